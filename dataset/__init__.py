@@ -1,0 +1,1 @@
+"""Data layer: AMASS reading, frame selection, annotations (Clip), motion features, shards and loader."""

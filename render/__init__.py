@@ -1,0 +1,1 @@
+"""Body models and headless EGL rendering of AMASS motions into videos."""
