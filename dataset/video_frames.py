@@ -1,0 +1,209 @@
+"""Video helpers for shards: read rendered mp4s, pack/unpack per-frame JPEGs, decode selected frames.
+
+Two shard video members are supported (see docs/readme/shards.md for the measured trade-off):
+
+- ``video.mp4``: the rendered H.264 file as is. Reading any frame means decoding the stream from its start.
+- ``video.jpgs``: every frame resized to the training resolution and JPEG-compressed, packed into one member so
+  the loader decodes only the frames it samples. Layout (all integers little-endian)::
+
+      b"LVJPGS1\\0"            8-byte magic
+      uint32 n                 number of frames
+      uint32 width, height     frame size in pixels
+      uint64 offsets[n + 1]    byte offsets of each JPEG, relative to the start of the data block
+      data                     the n JPEG files back to back (frame i = data[offsets[i]:offsets[i+1]])
+
+Frames are RGB, uint8, (H, W, 3) in numpy and (3, H, W) in torch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from dataset.errors import BadInputError
+
+JPGS_MAGIC = b"LVJPGS1\x00"
+_HEADER = struct.Struct("<8sIII")
+
+
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary shipped with imageio-ffmpeg."""
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def read_video(path: str | os.PathLike) -> np.ndarray:
+    """Decode every frame of a video file -> (T, H, W, 3) uint8 RGB. Raises BadInputError when unreadable."""
+    import imageio_ffmpeg
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(path, "video", "file not found")
+    try:
+        gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+        meta = next(gen)
+        w, h = meta["size"]
+        frames = [np.frombuffer(f, dtype=np.uint8).reshape(h, w, 3) for f in gen]
+    except (RuntimeError, OSError, StopIteration, ValueError) as exc:
+        raise BadInputError(path, "video", f"cannot decode: {exc}") from exc
+    if not frames:
+        raise BadInputError(path, "video", "no frames decoded")
+    return np.stack(frames)
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, quality: int | None = None,
+                crf: int = 23) -> None:
+    """Write (T, H, W, 3) uint8 frames as H.264 yuv420p mp4 (used by tests and benchmarks)."""
+    import imageio_ffmpeg
+
+    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+    t, h, w, _ = frames.shape
+    writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+                                         quality=quality, macro_block_size=1,
+                                         output_params=["-crf", str(crf), "-preset", "veryfast"]
+                                         if quality is None else None)
+    writer.send(None)
+    for f in frames:
+        writer.send(f)
+    writer.close()
+
+
+def read_sidecar(path: str | os.PathLike) -> dict:
+    """Read a render sidecar ``<keyid>.json``. Raises BadInputError when missing or not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(path, "sidecar", "file not found")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BadInputError(path, "sidecar", f"not readable JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadInputError(path, "sidecar", "expected a JSON object")
+    return data
+
+
+def resize_short_side(frames: np.ndarray, size: int) -> np.ndarray:
+    """Resize (T, H, W, 3) uint8 frames so the short side is ``size`` pixels (bilinear, antialiased)."""
+    import torch
+    import torch.nn.functional as F
+
+    t, h, w, _ = frames.shape
+    if min(h, w) == size:
+        return frames
+    scale = size / min(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    y = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+    return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def encode_jpgs(frames: np.ndarray, quality: int = 90) -> bytes:
+    """Pack (T, H, W, 3) uint8 frames as per-frame JPEGs into one ``video.jpgs`` member (layout above).
+
+    Encoding is deterministic for a given libjpeg (4:2:0 subsampling, no optimisation passes that vary)."""
+    from PIL import Image
+
+    frames = np.asarray(frames, dtype=np.uint8)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape}")
+    t, h, w, _ = frames.shape
+    blobs = []
+    for f in frames:
+        buf = io.BytesIO()
+        Image.fromarray(f).save(buf, format="JPEG", quality=int(quality), subsampling=2, optimize=False)
+        blobs.append(buf.getvalue())
+    offsets = np.zeros(t + 1, dtype="<u8")
+    offsets[1:] = np.cumsum([len(b) for b in blobs])
+    return _HEADER.pack(JPGS_MAGIC, t, w, h) + offsets.tobytes() + b"".join(blobs)
+
+
+def jpgs_info(data: bytes) -> tuple[int, int, int, np.ndarray, int]:
+    """Parse a ``video.jpgs`` header -> (num_frames, width, height, offsets (n+1,), data_start)."""
+    if len(data) < _HEADER.size:
+        raise ValueError("video.jpgs: truncated header")
+    magic, n, w, h = _HEADER.unpack_from(data, 0)
+    if magic != JPGS_MAGIC:
+        raise ValueError("video.jpgs: bad magic")
+    start = _HEADER.size + 8 * (n + 1)
+    if n == 0 or len(data) < start:
+        raise ValueError("video.jpgs: truncated offset table or no frames")
+    offsets = np.frombuffer(data, dtype="<u8", count=n + 1, offset=_HEADER.size)
+    if offsets[-1] + start != len(data) or np.any(np.diff(offsets.astype(np.int64)) <= 0):
+        raise ValueError("video.jpgs: offsets do not match the data size")
+    return int(n), int(w), int(h), offsets, start
+
+
+def decode_jpgs(data: bytes, indices: Iterable[int] | None = None):
+    """Decode frames ``indices`` (all when None) of a ``video.jpgs`` member -> torch uint8 (k, 3, H, W)."""
+    import torch
+    from torchvision.io import decode_jpeg, ImageReadMode
+
+    n, w, h, offsets, start = jpgs_info(data)
+    idx = range(n) if indices is None else [int(i) for i in indices]
+    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if isinstance(data, (bytes, memoryview)) \
+        else torch.frombuffer(data, dtype=torch.uint8)
+    parts = []
+    for i in idx:
+        if not 0 <= i < n:
+            raise IndexError(f"frame {i} out of range 0..{n - 1}")
+        parts.append(buf[start + int(offsets[i]):start + int(offsets[i + 1])])
+    frames = decode_jpeg(parts, mode=ImageReadMode.RGB)
+    return torch.stack(frames)
+
+
+def mp4_frames(data: bytes, indices: Sequence[int] | None = None) -> np.ndarray:
+    """Decode an mp4 held in memory and return frames ``indices`` -> (k, H, W, 3) uint8.
+
+    H.264 needs the stream decoded from the start, so this decodes up to the last wanted frame (through a
+    temporary file, because mp4 files written without ``faststart`` cannot be read from a pipe)."""
+    with tempfile.NamedTemporaryFile(suffix=".mp4") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        frames = read_video(tmp.name) if indices is None else _read_selected(tmp.name, indices)
+    return frames
+
+
+def _read_selected(path: str, indices: Sequence[int]) -> np.ndarray:
+    import imageio_ffmpeg
+
+    want = [int(i) for i in indices]
+    last = max(want)
+    gen = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24")
+    meta = next(gen)
+    w, h = meta["size"]
+    got: dict[int, np.ndarray] = {}
+    try:
+        for i, f in enumerate(gen):
+            if i in want and i not in got:
+                got[i] = np.frombuffer(f, dtype=np.uint8).reshape(h, w, 3)
+            if i >= last:
+                break
+    finally:
+        gen.close()
+    missing = [i for i in want if i not in got]
+    if missing:
+        raise ValueError(f"mp4 has fewer frames than requested (missing {missing[:3]})")
+    return np.stack([got[i] for i in want])
+
+
+def count_mp4_frames(data: bytes) -> int:
+    """Number of frames of an in-memory mp4 (by decoding it; used by the loader for the mp4 format)."""
+    with tempfile.NamedTemporaryFile(suffix=".mp4") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        cmd = [ffmpeg_exe(), "-v", "error", "-i", tmp.name, "-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
+        out = subprocess.run(cmd + ["-progress", "pipe:1"], capture_output=True, text=True, check=False)
+    frames = [ln.split("=", 1)[1] for ln in out.stdout.splitlines() if ln.startswith("frame=")]
+    if out.returncode != 0 or not frames:
+        raise ValueError(f"cannot count frames: {out.stderr.strip()[:200]}")
+    return int(frames[-1])
