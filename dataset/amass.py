@@ -80,9 +80,58 @@ def _finite(path: str, field: str, a: np.ndarray) -> None:
 
 
 def read_amass_header(path: str | os.PathLike) -> tuple[int, float]:
-    """(number of frames, fps) of an AMASS file without loading the poses (reads only ``trans``/fps)."""
-    m = load_amass(path)
-    return m.num_frames, m.fps
+    """(number of frames, fps) of an AMASS file, reading only array headers and the fps member.
+
+    Much faster than :func:`load_amass` (no pose data is read). Checks that ``poses`` is (T, 156|165)
+    with T > 0, that ``trans`` is (T, 3) and that the fps is positive; it does not scan for NaN.
+
+    Raises:
+        BadInputError: naming the file and the field (missing/unreadable/truncated file, missing key,
+            wrong shape, zero frames, bad fps).
+    """
+    path = os.fspath(path)
+    if not Path(path).is_file():
+        raise BadInputError(path, None, "file not found")
+    try:
+        zf = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as e:
+        raise BadInputError(path, None, f"unreadable or truncated npz ({e})") from e
+    with zf:
+        names = set(zf.namelist())
+
+        def shape_of(key: str) -> tuple[int, ...]:
+            if f"{key}.npy" not in names:
+                raise BadInputError(path, key, "missing key")
+            try:
+                with zf.open(f"{key}.npy") as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version == (1, 0):
+                        shape, _, _ = np.lib.format.read_array_header_1_0(fh)
+                    else:
+                        shape, _, _ = np.lib.format.read_array_header_2_0(fh)
+            except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+                raise BadInputError(path, key, f"unreadable or truncated ({e})") from e
+            return tuple(int(s) for s in shape)
+
+        pshape = shape_of("poses")
+        if len(pshape) != 2 or pshape[1] not in POSE_WIDTHS:
+            raise BadInputError(path, "poses", f"expected shape (T, 156) or (T, 165), got {pshape}")
+        if pshape[0] == 0:
+            raise BadInputError(path, "poses", "zero frames")
+        tshape = shape_of("trans")
+        if tshape != (pshape[0], 3):
+            raise BadInputError(path, "trans", f"expected shape ({pshape[0]}, 3), got {tshape}")
+        fps_key = next((k for k in _FPS_KEYS if f"{k}.npy" in names), None)
+        if fps_key is None:
+            raise BadInputError(path, "mocap_framerate", "missing key (nor mocap_frame_rate)")
+        try:
+            with zf.open(f"{fps_key}.npy") as fh:
+                fps = float(np.lib.format.read_array(fh, allow_pickle=False).reshape(()))
+        except (OSError, ValueError, TypeError, zipfile.BadZipFile, EOFError) as e:
+            raise BadInputError(path, fps_key, f"unreadable or not a number ({e})") from e
+    if not np.isfinite(fps) or fps <= 0:
+        raise BadInputError(path, fps_key, f"must be a positive number, got {fps}")
+    return pshape[0], fps
 
 
 def load_amass(path: str | os.PathLike) -> AmassMotion:
