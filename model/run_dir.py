@@ -1,0 +1,158 @@
+"""A training run directory: layout, provenance record and the metrics table.
+
+Layout (see docs/readme/train.md)::
+
+    RUN/config.json                  resolved model/loss/optimisation config + trainer options
+    RUN/run.json                     provenance: git commit, package versions, shard manifest hashes, command
+    RUN/metrics.csv                  one row per validation
+    RUN/tb/                          TensorBoard event files
+    RUN/checkpoints/last.safetensors  latest weights (model.save_checkpoint)
+    RUN/checkpoints/last.state.pt     optimiser/scheduler/scaler/RNG/loader position for --resume
+    RUN/checkpoints/best.safetensors  weights with the best validation score
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+from dataset.atomic import write_json, write_text
+
+log = logging.getLogger(__name__)
+
+PACKAGES = ("torch", "torchvision", "open_clip_torch", "transformers", "webdataset", "numpy", "safetensors",
+            "sentence-transformers", "tensorboard", "lavimo")
+
+
+class RunDir:
+    """Paths of one run directory (nothing is created until :meth:`create`)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    config = property(lambda self: self.root / "config.json")
+    info = property(lambda self: self.root / "run.json")
+    metrics = property(lambda self: self.root / "metrics.csv")
+    tb = property(lambda self: self.root / "tb")
+    ckpt_dir = property(lambda self: self.root / "checkpoints")
+    last = property(lambda self: self.root / "checkpoints" / "last.safetensors")
+    last_state = property(lambda self: self.root / "checkpoints" / "last.state.pt")
+    best = property(lambda self: self.root / "checkpoints" / "best.safetensors")
+    debug = property(lambda self: self.root / "debug")
+
+    def create(self) -> "RunDir":
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.tb.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def git_commit(repo: str | os.PathLike) -> dict[str, Any]:
+    """``{"commit": sha or None, "dirty": bool or None}`` of the repository holding ``repo``."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+        return {"commit": sha, "dirty": bool(status.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def write_run_info(run: RunDir, *, shards: str | os.PathLike, manifests: dict[str, dict],
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``run.json``: git commit, package versions, command line and, per split, the sha256 of the
+    shard manifest file plus the per-shard sha256 values it lists."""
+    shards = Path(shards)
+    shard_info: dict[str, Any] = {}
+    for split, manifest in manifests.items():
+        mpath = shards / f"{split}.json"
+        shard_info[split] = {
+            "manifest": str(mpath),
+            "manifest_sha256": sha256_file(mpath) if mpath.is_file() else None,
+            "shards": {str(s.get("name", s.get("path", i))): s.get("sha256")
+                       for i, s in enumerate(manifest.get("shards", [])) if isinstance(s, dict)},
+        }
+    info = {
+        "git": git_commit(Path(__file__).resolve().parents[1]),
+        "packages": package_versions(),
+        "command": [sys.executable, *sys.argv],
+        "shards": {"root": str(shards.resolve()), "splits": shard_info},
+    }
+    if extra:
+        info.update(extra)
+    write_json(run.info, info)
+    return info
+
+
+class MetricsTable:
+    """``metrics.csv``: one row per validation, rewritten atomically on each append.
+
+    Columns are fixed by the first row (later keys not in the header are dropped with a warning).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.rows: list[dict[str, Any]] = []
+        self.fields: list[str] = []
+        if self.path.is_file():
+            with open(self.path, newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                self.fields = list(reader.fieldnames or [])
+                self.rows = list(reader)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows logged after global step ``step`` (used on --resume: they will be recomputed)."""
+        keep = [r for r in self.rows if int(float(r["step"])) <= step]
+        if len(keep) != len(self.rows):
+            log.info("metrics.csv: dropping %d row(s) after step %d", len(self.rows) - len(keep), step)
+            self.rows = keep
+            self._write()
+
+    def append(self, row: dict[str, Any]) -> None:
+        if not self.fields:
+            self.fields = list(row)
+        extra = [k for k in row if k not in self.fields]
+        if extra:
+            log.warning("metrics.csv: columns %s not in the header; dropped", extra)
+        self.rows.append({k: row.get(k, "") for k in self.fields})
+        self._write()
+
+    def _write(self) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text(self.path, buf.getvalue())
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
