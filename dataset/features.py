@@ -33,6 +33,7 @@ A motion of T frames gives T-1 feature rows; :func:`features_to_joints` of N row
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -288,7 +289,7 @@ def joints_to_features(joints: np.ndarray, skeleton: str | Skeleton = "humanml3d
         BadInputError: wrong shape, fewer than 2 frames, NaN/inf, zero-length bones.
     """
     skel = get_skeleton(skeleton)
-    pos = process_joints(joints, skel)
+    pos = process_joints(_check_joints(joints, skel, min_frames=2), skel)
     feats = _features_from_processed(pos, skel)
     if not np.all(np.isfinite(feats)):
         raise BadInputError(None, "joints", "degenerate pose (features are not finite)")
@@ -440,17 +441,22 @@ def amass_to_joints(motion: "AmassMotion", frames: Sequence[int] | np.ndarray, b
     return (joints @ AMASS_TO_HUMANML3D).astype(np.float32)
 
 
-def _body_for(motion: "AmassMotion", body: Any) -> Any:
-    """A body to pose ``motion`` with: procedural (None), a model directory (gendered, as HumanML3D:
-    male for "male", female otherwise), or a ready ``Body``."""
-    if body is not None and hasattr(body, "pose"):
-        return body
+@functools.lru_cache(maxsize=8)
+def _cached_body(model_dir: str | None, model_type: str, gender: str) -> Any:
     from render.body import load_body  # the body-model code shared with rendering
 
+    return load_body(model_dir, model_type=model_type, gender=gender, num_betas=_NUM_BETAS)
+
+
+def _body_for(motion: "AmassMotion", body: Any) -> Any:
+    """A body to pose ``motion`` with: procedural (None), a model directory (the motion's model type,
+    gendered as HumanML3D: male for "male", female otherwise), or a ready ``Body``."""
+    if body is not None and hasattr(body, "pose"):
+        return body
     if body is None:
-        return load_body(None, model_type="smplh")
+        return _cached_body(None, "smplh", "neutral")
     gender = "male" if motion.gender == "male" else "female"
-    return load_body(os.fspath(body), model_type="smplh", gender=gender, num_betas=_NUM_BETAS)
+    return _cached_body(os.fspath(body), motion.model_type, gender)
 
 
 def _read_vecs(path: Path, skel: Skeleton) -> np.ndarray:
@@ -481,8 +487,9 @@ def clip_features(clip: "Clip", amass_root: str | os.PathLike | None, body: Any 
     Args:
         clip: the :class:`~dataset.clip.Clip`.
         amass_root: AMASS root directory (unused when reading ``humanml3d_vecs``).
-        body: None (procedural body), a body-model directory in smplx's layout (gendered SMPL-H,
-            as HumanML3D), or a ready ``render.body.Body``.
+        body: None (procedural body), a body-model directory in smplx's layout (the motion's model
+            type, SMPL-H for 156-dim poses, gendered as HumanML3D: the male model for "male", the
+            female one otherwise; loaded once and cached), or a ready ``render.body.Body``.
         humanml3d_vecs: optional directory of precomputed feature files.
         skeleton: "humanml3d" (263) or "kit" (251; only from ``humanml3d_vecs``, since AMASS
             bodies give SMPL joints).
