@@ -1,0 +1,424 @@
+"""TMR's retrieval protocols over an encoded split, for the six LAVIMO tasks.
+
+Protocols (names as in ``evaluate.py --protocol``; TMR's names in brackets):
+
+* ``all`` [normal]: the whole split, ground truth = the sample's own item.
+* ``threshold`` [threshold]: the whole split; a gallery item whose text is similar to the query's text
+  (score ``(cos + 1) / 2 > threshold`` on the sentence embeddings, default 0.8) also counts as correct, and
+  the best-scored correct item is the ground truth (see :mod:`model.metrics`).
+* ``dissimilar`` [nsim]: only the samples of a subset whose texts are mutually dissimilar (a list of ids such
+  as HumanML3D's ``nsim_test.txt``, or one built by :func:`build_dissimilar_subset`).
+* ``small-batches`` [guo]: keyids sorted, ``np.random.seed(0); np.random.shuffle(arange(N))``, batches of 32
+  (remainder dropped), each batch scored on its own, metrics averaged over the batches.
+
+Tasks: ``t2m m2t v2m m2v t2v v2t`` (query modality 2 gallery modality; t = text, v = video, m = motion).
+A task and its reverse share one similarity matrix (rows of ``x2y`` are ``x`` queries; ``y2x`` uses its
+transpose), as TMR computes ``m2t`` from the transposed ``t2m`` matrix.
+
+Texts: by default one text per sample (its first caption, as TMR evaluates). With several captions per
+sample (``--text-choice all``) every caption is its own text query (t2m, t2v: Q = number of captions rows,
+ground truth = the caption's sample) and, in the other direction (m2t, v2t), the gallery holds every caption
+and the best-scored caption of the query's sample is the ground truth. For the threshold protocol a sample's
+texts are all its evaluated captions: two items are "similar" when any caption of one is similar to any
+caption of the other. With one caption per sample all of this reduces exactly to TMR's square matrices.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from dataset.errors import BadInputError
+from model import metrics as M
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS: tuple[str, ...] = ("all", "threshold", "dissimilar", "small-batches")
+PROTOCOL_CHOICES: tuple[str, ...] = PROTOCOLS + ("everything",)
+TASKS: tuple[str, ...] = ("t2m", "m2t", "v2m", "m2v", "t2v", "v2t")
+MODALITY = {"t": "text", "v": "video", "m": "motion"}
+DEFAULT_THRESHOLD = 0.8
+
+
+def expand_protocols(names: str | Sequence[str]) -> list[str]:
+    """Protocol names -> the ordered list to compute (``everything`` = all four). Unknown names -> ValueError."""
+    if isinstance(names, str):
+        names = [names]
+    out: list[str] = []
+    for name in names:
+        if name == "everything":
+            wanted: Sequence[str] = PROTOCOLS
+        elif name in PROTOCOLS:
+            wanted = [name]
+        else:
+            raise ValueError(f"unknown protocol {name!r}; choose from {', '.join(PROTOCOL_CHOICES)}")
+        out.extend(p for p in wanted if p not in out)
+    return [p for p in PROTOCOLS if p in out]
+
+
+def parse_tasks(spec: str | Sequence[str] | None) -> list[str]:
+    """``"t2m,m2t"`` / ``["t2m", "m2t"]`` / None (all six) -> validated task list in canonical order."""
+    if spec is None:
+        return list(TASKS)
+    items = spec.replace(",", " ").split() if isinstance(spec, str) else [t for s in spec for t in s.replace(",", " ").split()]
+    if not items or items == ["all"]:
+        return list(TASKS)
+    bad = [t for t in items if t not in TASKS]
+    if bad:
+        raise ValueError(f"unknown task(s) {', '.join(bad)}; choose from {', '.join(TASKS)}")
+    return [t for t in TASKS if t in items]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the encoded split
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class EncodedSplit:
+    """Latents of one split, the input of every protocol.
+
+    Attributes:
+        keyids: N sample ids (any order; small-batches sorts them).
+        motion: (N, C) motion latents or None; video: (N, C) video latents or None.
+        text: (Q, C) text latents or None, one row per evaluated caption.
+        text_owner: (Q,) int sample index of each text row, non-decreasing (captions of a sample are contiguous).
+        captions: Q caption strings.
+        sent_emb: (Q, D) L2-normalised sentence embeddings of the captions (threshold protocol), or None.
+    """
+
+    keyids: list[str]
+    motion: np.ndarray | None = None
+    video: np.ndarray | None = None
+    text: np.ndarray | None = None
+    text_owner: np.ndarray | None = None
+    captions: list[str] = field(default_factory=list)
+    sent_emb: np.ndarray | None = None
+    sims: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.keyids)
+        if len(set(self.keyids)) != n:
+            raise ValueError("duplicate keyids in the encoded split")
+        for name in ("motion", "video"):
+            arr = getattr(self, name)
+            if arr is not None and arr.shape[0] != n:
+                raise ValueError(f"{name} has {arr.shape[0]} rows for {n} samples")
+        if self.text is not None:
+            q = self.text.shape[0]
+            if self.text_owner is None:
+                if q != n:
+                    raise ValueError("text_owner is needed when there is not exactly one text per sample")
+                self.text_owner = np.arange(n)
+            self.text_owner = np.asarray(self.text_owner, dtype=np.int64)
+            if self.text_owner.shape != (q,) or (q and (np.any(np.diff(self.text_owner) < 0)
+                                                       or self.text_owner.min() < 0 or self.text_owner.max() >= n)):
+                raise ValueError("text_owner must be (Q,) non-decreasing sample indices")
+            if self.sent_emb is not None and self.sent_emb.shape[0] != q:
+                raise ValueError(f"sent_emb has {self.sent_emb.shape[0]} rows for {q} texts")
+            if self.captions and len(self.captions) != q:
+                raise ValueError(f"{len(self.captions)} captions for {q} text rows")
+
+    @property
+    def n(self) -> int:
+        return len(self.keyids)
+
+    @property
+    def num_texts(self) -> int:
+        return 0 if self.text is None else int(self.text.shape[0])
+
+    @property
+    def one_text_per_sample(self) -> bool:
+        return self.text_owner is None or np.array_equal(self.text_owner, np.arange(self.n))
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> "EncodedSplit":
+        """The samples at positions ``idx`` (in that order) with their texts."""
+        idx = np.asarray(idx, dtype=np.int64)
+        text = owner = sent = None
+        caps: list[str] = []
+        rows = idx
+        if self.text is not None:
+            if self.one_text_per_sample:
+                rows = idx
+            else:
+                rows = (np.concatenate([np.flatnonzero(self.text_owner == i) for i in idx]) if idx.size
+                        else np.zeros(0, np.int64))
+            new_pos = np.empty(self.n, dtype=np.int64)
+            new_pos[idx] = np.arange(idx.size)
+            text = self.text[rows]
+            owner = new_pos[self.text_owner[rows]]
+            sent = None if self.sent_emb is None else self.sent_emb[rows]
+            caps = [self.captions[r] for r in rows] if self.captions else []
+        pick = {"t": rows, "v": idx, "m": idx}
+        sims = {(a, b): m[np.ix_(pick[a], pick[b])] for (a, b), m in self.sims.items()}
+        return EncodedSplit(
+            keyids=[self.keyids[i] for i in idx],
+            motion=None if self.motion is None else self.motion[idx],
+            video=None if self.video is None else self.video[idx],
+            text=text, text_owner=owner, captions=caps, sent_emb=sent, sims=sims,
+        )
+
+    def pair_sims(self, a: str, b: str) -> np.ndarray:
+        """Cosine similarities (rows: modality ``a`` items, columns: ``b`` items), computed once and cached.
+
+        Subsets slice the parent's cached matrix, so every protocol scores the very same numbers (and a
+        matrix saved with ``--save-sims`` reproduces them through ``--from-sims``).
+        """
+        if (a, b) not in self.sims:
+            sims = M.similarity_matrix(self.latents(a), self.latents(b))
+            self.sims[(a, b)] = M.check_sims(sims, square=False, field=f"{a}2{b} similarities")
+        return self.sims[(a, b)]
+
+    def cache_sims(self, tasks: Sequence[str]) -> None:
+        """Compute the similarity matrices needed by ``tasks`` (before taking subsets)."""
+        for a, b in _pairs(parse_tasks(list(tasks))):
+            self.pair_sims(a, b)
+
+    def latents(self, letter: str) -> np.ndarray:
+        arr = {"t": self.text, "v": self.video, "m": self.motion}[letter]
+        if arr is None:
+            raise ValueError(f"no {MODALITY[letter]} latents in the encoded split")
+        return arr
+
+    def sample_texts_similar(self, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Text similarity relations at the threshold (score ``(cos+1)/2 > threshold``).
+
+        Returns ``(tt (Q,Q), ts (Q,N), ss (N,N))`` boolean: caption~caption, caption~any caption of a
+        sample, any caption of a sample~any caption of another sample. Each includes the ground truth.
+        """
+        if self.sent_emb is None:
+            raise ValueError("the threshold protocol needs sentence embeddings of the texts")
+        emb = M.check_text_emb(self.sent_emb, self.num_texts)
+        tt = M.similar_text_mask(emb @ emb.T, threshold) | np.eye(self.num_texts, dtype=bool)
+        if self.one_text_per_sample:
+            return tt, tt, tt
+        starts = np.flatnonzero(np.r_[True, np.diff(self.text_owner) != 0])
+        owners = self.text_owner[starts]
+        ts = np.zeros((self.num_texts, self.n), dtype=bool)
+        ts[:, owners] = np.logical_or.reduceat(tt, starts, axis=1)
+        ss = np.zeros((self.n, self.n), dtype=bool)
+        ss[owners] = np.logical_or.reduceat(ts, starts, axis=0)
+        ss |= np.eye(self.n, dtype=bool)
+        return tt, ts, ss
+
+
+def _pairs(tasks: Sequence[str]) -> list[tuple[str, str]]:
+    """Unordered modality pairs needed for ``tasks`` as (row letter, column letter) of the shared matrix."""
+    out: list[tuple[str, str]] = []
+    for a, b in (("t", "m"), ("v", "m"), ("t", "v")):
+        if f"{a}2{b}" in tasks or f"{b}2{a}" in tasks:
+            out.append((a, b))
+    return out
+
+
+def task_metrics(split: EncodedSplit, tasks: Sequence[str], threshold: float | None = None) -> dict[str, dict[str, float]]:
+    """Metrics of every task in ``tasks`` on ``split`` (threshold variant when ``threshold`` is given)."""
+    tasks = parse_tasks(list(tasks))
+    rel = split.sample_texts_similar(threshold) if threshold is not None else None
+    one = split.one_text_per_sample
+    out: dict[str, dict[str, float]] = {}
+    for a, b in _pairs(tasks):
+        sims = split.pair_sims(a, b)
+        correct = _correct_mask(split, a, b, rel, one)
+        if f"{a}2{b}" in tasks:
+            out[f"{a}2{b}"] = M.ranks_to_metrics(M.gt_ranks(sims, correct))
+        if f"{b}2{a}" in tasks:
+            out[f"{b}2{a}"] = M.ranks_to_metrics(M.gt_ranks(sims.T, None if correct is None else correct.T))
+    return {t: out[t] for t in TASKS if t in out}
+
+
+def _correct_mask(split: EncodedSplit, a: str, b: str, rel, one: bool) -> np.ndarray | None:
+    """Boolean (rows of a, columns of b) of acceptable answers; None = the plain diagonal."""
+    text_rows = a == "t" and not one
+    if rel is None:
+        if not text_rows:
+            return None
+        return split.text_owner[:, None] == np.arange(split.n)[None, :]
+    tt, ts, ss = rel
+    if one:
+        return tt
+    return ts if a == "t" else ss
+
+
+# ----------------------------------------------------------------------------------------------------------
+# subsets
+# ----------------------------------------------------------------------------------------------------------
+def read_subset(path: str | os.PathLike) -> list[str]:
+    """Ids of a subset file (one id per line, blank lines ignored), e.g. HumanML3D's ``nsim_test.txt``."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise BadInputError(path, None, f"cannot read subset file: {exc.strerror or exc}") from exc
+    ids = [ln.strip() for ln in lines if ln.strip()]
+    if not ids:
+        raise BadInputError(path, None, "subset file lists no ids")
+    dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+    if dup:
+        raise BadInputError(path, "ids", f"duplicate id(s): {', '.join(dup[:10])}")
+    return ids
+
+
+def subset_indices(keyids: Sequence[str], ids: Sequence[str], path: str | os.PathLike | None = None,
+                   split: str = "split") -> np.ndarray:
+    """Positions of ``ids`` in ``keyids`` (subset order). An id missing from the split -> BadInputError."""
+    pos = {k: i for i, k in enumerate(keyids)}
+    missing = [i for i in ids if i not in pos]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" ... ({len(missing)} in all)" if len(missing) > 10 else "")
+        raise BadInputError(path, "ids", f"{len(missing)} of {len(ids)} subset id(s) are not in the {split} "
+                                         f"split ({len(keyids)} samples): {shown}")
+    return np.array([pos[i] for i in ids], dtype=np.int64)
+
+
+@dataclass
+class DissimilarSubset:
+    """Result of :func:`build_dissimilar_subset`: ``ids`` in pick order and what limited the pick."""
+
+    ids: list[str]
+    requested: int
+    candidates: int
+    max_pair_score: float
+    stopped_by: str  # "size" | "candidates" | "max_score"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ids": self.ids, "picked": len(self.ids), "requested": self.requested,
+                "candidates": self.candidates, "max_pair_score": self.max_pair_score,
+                "stopped_by": self.stopped_by,
+                "method": "greedy max-min on sentence-embedding cosine of the first caption; first pick = lowest "
+                          "mean similarity; ties by sorted keyid; score = (cos + 1) / 2"}
+
+
+def build_dissimilar_subset(keyids: Sequence[str], sent_emb: np.ndarray, size: int = 100,
+                            max_score: float | None = None) -> DissimilarSubset:
+    """Pick up to ``size`` samples whose texts are mutually dissimilar, deterministically.
+
+    Greedy farthest-point selection on the sentence-embedding cosine ``S = E E^T`` of one text per sample
+    (rows of ``sent_emb``, L2-normalised, aligned with ``keyids``): candidates are taken in sorted-keyid
+    order; the first pick is the text with the lowest mean similarity to all others; each next pick is the
+    candidate whose highest similarity to the picks so far is lowest (first in keyid order on ties).
+    Stops at ``size``, when candidates run out, or (with ``max_score``) before a pick whose score
+    ``(cos + 1) / 2`` to an earlier pick would exceed ``max_score``. Returns the ids in pick order.
+    """
+    n = len(keyids)
+    emb = M.check_text_emb(sent_emb, n, field="sent_emb")
+    if size < 1:
+        raise ValueError("size must be >= 1")
+    order = np.array(sorted(range(n), key=lambda i: keyids[i]), dtype=np.int64)
+    e = emb[order].astype(np.float64)
+    s = e @ e.T
+    picked: list[int] = []
+    if n == 0:
+        return DissimilarSubset([], size, 0, float("nan"), "candidates")
+    mean_sim = (s.sum(axis=1) - np.diag(s)) / max(n - 1, 1)
+    first = int(np.argmin(mean_sim))
+    picked.append(first)
+    nearest = s[first].copy()  # highest similarity of each candidate to the picks so far
+    taken = np.zeros(n, dtype=bool)
+    taken[first] = True
+    stopped = "size"
+    while len(picked) < size:
+        if taken.all():
+            stopped = "candidates"
+            break
+        cand = np.where(taken, np.inf, nearest)
+        j = int(np.argmin(cand))
+        if max_score is not None and (cand[j] + 1) / 2 > max_score:
+            stopped = "max_score"
+            break
+        picked.append(j)
+        taken[j] = True
+        nearest = np.maximum(nearest, s[j])
+    sub = s[np.ix_(picked, picked)]
+    if len(picked) > 1:
+        off = sub[~np.eye(len(picked), dtype=bool)]
+        max_pair = float((off.max() + 1) / 2)
+    else:
+        max_pair = float("nan")
+    ids = [keyids[int(order[p])] for p in picked]
+    if len(ids) < size:
+        why = {"candidates": f"the split has only {n} samples",
+               "max_score": f"no further text has score <= {max_score} to all picks"}.get(stopped, "")
+        log.warning("dissimilar subset: picked %d of the %d requested (%s)", len(ids), size, why)
+    return DissimilarSubset(ids, size, n, max_pair, stopped)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# protocols
+# ----------------------------------------------------------------------------------------------------------
+def run_protocols(
+    split: EncodedSplit,
+    protocols: Sequence[str],
+    tasks: Sequence[str],
+    threshold: float = DEFAULT_THRESHOLD,
+    subset_ids: Sequence[str] | None = None,
+    subset_path: str | os.PathLike | None = None,
+    split_name: str = "split",
+) -> dict[str, dict[str, Any]]:
+    """Every protocol in ``protocols`` (already expanded) x every task -> ``{protocol: {task: metrics, "n": ..}}``.
+
+    Extra per-protocol entries: ``queries`` (number of text queries, when it differs from ``n``),
+    ``threshold`` (threshold protocol), ``batches`` and ``batch_size`` (small-batches). A protocol that cannot
+    run (no sentence embeddings, fewer than 32 samples, no subset) raises ValueError/BadInputError.
+    """
+    tasks = parse_tasks(list(tasks))
+    split.cache_sims(tasks)
+    results: dict[str, dict[str, Any]] = {}
+    for proto in protocols:
+        if proto == "all":
+            res: dict[str, Any] = dict(task_metrics(split, tasks))
+            res["n"] = split.n
+        elif proto == "threshold":
+            res = dict(task_metrics(split, tasks, threshold=threshold))
+            res["n"] = split.n
+            res["threshold"] = float(threshold)
+        elif proto == "dissimilar":
+            if subset_ids is None:
+                raise ValueError("the dissimilar protocol needs --subset FILE or --build-dissimilar N")
+            idx = subset_indices(split.keyids, subset_ids, subset_path, split_name)
+            sub = split.subset(idx)
+            res = dict(task_metrics(sub, tasks))
+            res["n"] = sub.n
+            if not sub.one_text_per_sample:
+                res["queries"] = sub.num_texts
+        elif proto == "small-batches":
+            order = M.sorted_order(split.keyids, split.n)
+            batches = M.small_batch_indices(split.n)
+            if not batches:
+                raise ValueError(f"small-batches needs at least {M.SMALL_BATCH_SIZE} samples, got {split.n}")
+            per = [task_metrics(split.subset(order[b]), tasks) for b in batches]
+            res = {t: M.mean_metrics(p[t] for p in per) for t in per[0]}
+            res["n"] = split.n
+            res["batches"] = len(batches)
+            res["batch_size"] = M.SMALL_BATCH_SIZE
+        else:
+            raise ValueError(f"unknown protocol {proto!r}")
+        if proto in ("all", "threshold", "small-batches") and not split.one_text_per_sample:
+            res["queries"] = split.num_texts
+        results[proto] = res
+    return results
+
+
+def sims_protocols(sims: np.ndarray, text_emb: np.ndarray | None = None, threshold: float = DEFAULT_THRESHOLD,
+                   names: tuple[str, str] = ("t2m", "m2t")) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The protocols that a bare similarity matrix supports: all, threshold (with ``text_emb``), small-batches
+    (file order). Returns ``(results, skipped)`` with ``skipped = {protocol: reason}``."""
+    arr = M.check_sims(sims)
+    n = arr.shape[0]
+    results: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
+    results["all"] = {**M.bidirectional_metrics(arr, names=names), "n": n}
+    if text_emb is not None:
+        results["threshold"] = {**M.bidirectional_metrics(arr, text_emb, threshold, names=names), "n": n,
+                                "threshold": float(threshold)}
+    else:
+        skipped["threshold"] = "no text_emb in the file"
+    if n >= M.SMALL_BATCH_SIZE:
+        sb, nb = M.small_batch_metrics(arr, names=names)
+        results["small-batches"] = {**sb, "n": n, "batches": nb, "batch_size": M.SMALL_BATCH_SIZE}
+    else:
+        skipped["small-batches"] = f"needs at least {M.SMALL_BATCH_SIZE} samples, the matrix has {n}"
+    return results, skipped
