@@ -1,0 +1,752 @@
+"""Write and check WebDataset shards: one sample per clip with video, texts, sentence embeddings and motion.
+
+Layout of a shard set ``SHARDS/`` (see docs/readme/shards.md):
+
+- ``{split}-NNNNNN.tar``: plain POSIX tar files; each sample has the members ``<keyid>.meta.json``,
+  ``<keyid>.motion.npy`` (T-1, 263) float32 unnormalised HumanML3D features (Y-up), ``<keyid>.sent.npy``
+  (n_texts, D) float16 L2-normalised sentence embeddings, ``<keyid>.texts.json`` (list of {caption, start,
+  end}) and the video member ``<keyid>.video.jpgs`` (per-frame JPEGs at training resolution, the default) or
+  ``<keyid>.video.mp4`` (the rendered file).
+- ``{split}.json``: manifest (sample count, shards with count/bytes/sha256, text model, feature dim, video format,
+  tool version, skipped/failed clips).
+- ``stats.npz``: ``mean``/``std`` (D,) float32 of the train split's features (HumanML3D convention).
+- ``README.md``: dataset card. ``.build/``: per-shard state used to resume.
+
+Determinism: clips are ordered by keyid and cut into fixed slots of ``samples_per_shard`` (a clip that is
+skipped or fails leaves its slot empty), tar headers carry a fixed mtime/uid/gid/mode, members are written in a
+fixed order, so the same input gives byte-identical tars. Shards are written to a temp name and renamed
+(atomic). A shard whose inputs (clip definitions, video/sidecar/feature file sizes and mtimes, build settings)
+are unchanged since it was written is kept, so a second run is a no-op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from dataset.atomic import atomic_path, write_json
+from dataset.errors import BadInputError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+TOOL_VERSION = "lavimo-build-shards 1.0"
+TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed so rebuilds are byte-identical
+VIDEO_MEMBERS = {"jpgs": "video.jpgs", "mp4": "video.mp4"}
+BASE_MEMBERS = ("meta.json", "motion.npy", "sent.npy", "texts.json")
+SPLITS = ("train", "val", "test")
+
+
+class ShardSetMismatch(RuntimeError):
+    """The output directory holds a shard set built with other settings (text model, feature dim, video)."""
+
+
+@dataclass
+class BuildConfig:
+    """Settings of one ``build-shards`` run.
+
+    Attributes:
+        out: the shard set directory.
+        videos: directory with ``<keyid>.mp4`` + ``<keyid>.json`` from render-amass.
+        amass_root: AMASS root (motion features are computed from it unless ``humanml3d_vecs`` is given).
+        humanml3d_vecs: HumanML3D's ``new_joint_vecs`` directory (features read from ``<keyid>.npy``).
+        splits: splits to build.
+        samples_per_shard: clip slots per shard.
+        workers: processes that decode videos and compute features.
+        video_format: "jpgs" (per-frame JPEGs at ``frame_size``) or "mp4" (the rendered file as is).
+        frame_size: short side in pixels of the stored JPEG frames.
+        jpeg_quality: JPEG quality (1..95).
+        overwrite: delete an existing shard set (ours: tars, manifests, stats, card, state) before building.
+    """
+
+    out: Path
+    videos: Path
+    amass_root: Path | None = None
+    humanml3d_vecs: Path | None = None
+    splits: tuple[str, ...] = SPLITS
+    samples_per_shard: int = 256
+    workers: int = 1
+    video_format: str = "jpgs"
+    frame_size: int = 256
+    jpeg_quality: int = 90
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.videos = Path(self.videos)
+        self.amass_root = None if self.amass_root is None else Path(self.amass_root)
+        self.humanml3d_vecs = None if self.humanml3d_vecs is None else Path(self.humanml3d_vecs)
+        if self.video_format not in VIDEO_MEMBERS:
+            raise ValueError(f"video_format must be one of {sorted(VIDEO_MEMBERS)}, got {self.video_format!r}")
+        if self.samples_per_shard < 1:
+            raise ValueError("samples_per_shard must be >= 1")
+        if not 1 <= self.jpeg_quality <= 95:
+            raise ValueError("jpeg_quality must be in 1..95")
+        if self.frame_size < 16:
+            raise ValueError("frame_size must be >= 16 pixels")
+
+    def video_info(self) -> dict:
+        info = {"format": self.video_format, "member": VIDEO_MEMBERS[self.video_format]}
+        if self.video_format == "jpgs":
+            info.update(frame_size=self.frame_size, jpeg_quality=self.jpeg_quality)
+        return info
+
+
+@dataclass
+class BuildReport:
+    """Outcome of a build: sample and shard counts, per-clip reasons for skipped and failed clips."""
+
+    done: int = 0            # samples written in this run
+    kept: int = 0            # samples in shards kept from an earlier run
+    skipped: dict[str, str] = field(default_factory=dict)   # keyid -> reason (inputs missing)
+    failed: dict[str, str] = field(default_factory=dict)    # keyid -> reason (errors while processing)
+    shards_written: int = 0
+    shards_kept: int = 0
+    shards_removed: int = 0
+    per_split: dict[str, int] = field(default_factory=dict)
+    stats_written: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        return (f"done {self.done}, kept {self.kept}, skipped {len(self.skipped)}, failed {len(self.failed)} "
+                f"(shards written {self.shards_written}, kept {self.shards_kept}, removed {self.shards_removed}; "
+                f"samples per split {self.per_split})")
+
+
+# ----------------------------------------------------------------------------------------------- tar writing
+def tar_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
+    """A tar header with fixed metadata (mtime, owner, mode) for deterministic shards."""
+    ti = tarfile.TarInfo(name)
+    ti.size = len(data)
+    ti.mtime = TAR_MTIME
+    ti.mode = 0o444
+    ti.uid = ti.gid = 0
+    ti.uname = ti.gname = ""
+    ti.type = tarfile.REGTYPE
+    return ti, io.BytesIO(data)
+
+
+def write_tar(path: Path, samples: Sequence[dict[str, bytes]]) -> tuple[str, int]:
+    """Atomically write ``samples`` (dicts with ``__key__`` and member -> bytes) -> (sha256 hex, size bytes)."""
+    with atomic_path(path) as tmp:
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
+            for s in samples:
+                key = s["__key__"]
+                for member in sorted(k for k in s if k != "__key__"):
+                    tf.addfile(*tar_member(f"{key}.{member}", s[member]))
+        digest, size = sha256_file(tmp)
+        _public(tmp)
+    return digest, size
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while True:
+            b = fh.read(chunk)
+            if not b:
+                break
+            h.update(b)
+            size += len(b)
+    return h.hexdigest(), size
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+# ----------------------------------------------------------------------------------------------- per clip
+def default_features(clip, amass_root: Path | None, humanml3d_vecs: Path | None) -> np.ndarray:
+    """Motion features of a clip -> (T-1, D) float32 (dataset.features.clip_features)."""
+    from dataset.features import clip_features
+
+    return clip_features(clip, amass_root, humanml3d_vecs=humanml3d_vecs)
+
+
+def _stat(path: Path) -> list:
+    try:
+        st = path.stat()
+    except OSError:
+        return ["missing"]
+    return [st.st_size, st.st_mtime_ns]
+
+
+def clip_fingerprint(clip, cfg: BuildConfig) -> list:
+    """What a clip's sample depends on (definition + input file stats); a change triggers a rebuild."""
+    frames = None if clip.frames is None else hashlib.sha256(np.asarray(clip.frames, np.int64).tobytes()).hexdigest()
+    feat_src = (cfg.humanml3d_vecs / f"{clip.keyid}.npy") if cfg.humanml3d_vecs is not None else \
+        (cfg.amass_root / clip.amass_path if cfg.amass_root is not None else None)
+    return [clip.keyid, clip.amass_path, clip.fps, clip.split, bool(clip.mirrored), clip.dataset, frames,
+            [[t.caption, t.start, t.end] for t in clip.texts],
+            _stat(cfg.videos / f"{clip.keyid}.mp4"), _stat(cfg.videos / f"{clip.keyid}.json"),
+            None if feat_src is None else _stat(feat_src)]
+
+
+def texts_of(clip) -> list[dict]:
+    out = []
+    for t in clip.texts:
+        d = {"caption": t.caption, "start": t.start, "end": t.end}
+        if getattr(t, "tokens", None):
+            d["tokens"] = t.tokens
+        out.append(d)
+    return out
+
+
+def prepare_sample(clip, cfg: BuildConfig, features_fn: Callable) -> dict[str, bytes]:
+    """Everything of a sample except ``sent.npy`` (added by the caller, which holds the text model).
+
+    Raises BadInputError for bad inputs (unreadable video or sidecar, frame count mismatch, bad features)."""
+    from dataset.video_frames import encode_jpgs, read_sidecar, read_video, resize_short_side
+
+    mp4 = cfg.videos / f"{clip.keyid}.mp4"
+    side = read_sidecar(cfg.videos / f"{clip.keyid}.json")
+    frames = read_video(mp4)  # (T, H, W, 3) uint8
+    n_side = side.get("num_frames", len(side.get("frames", [])) or None)
+    if n_side is not None and int(n_side) != len(frames):
+        raise BadInputError(mp4, "video", f"{len(frames)} frames decoded but the sidecar says {n_side}")
+    feats = np.asarray(features_fn(clip), dtype=np.float32)
+    if feats.ndim != 2 or feats.shape[0] < 1 or not np.isfinite(feats).all():
+        raise BadInputError(clip.amass_path, "motion", f"bad features of shape {feats.shape} or non-finite values")
+    if feats.shape[0] + 1 != len(frames):
+        log.debug("%s: %d video frames for %d feature rows", clip.keyid, len(frames), feats.shape[0])
+    sample: dict[str, bytes] = {"__key__": clip.keyid}
+    if cfg.video_format == "jpgs":
+        small = frames if min(frames.shape[1:3]) <= cfg.frame_size else resize_short_side(frames, cfg.frame_size)
+        sample["video.jpgs"] = encode_jpgs(small, cfg.jpeg_quality)
+        stored = [int(small.shape[2]), int(small.shape[1])]
+    else:
+        sample["video.mp4"] = mp4.read_bytes()
+        stored = [int(frames.shape[2]), int(frames.shape[1])]
+    meta = {
+        "keyid": clip.keyid, "dataset": clip.dataset, "split": clip.split, "amass_path": clip.amass_path,
+        "fps": float(side.get("fps", clip.fps)), "num_frames": int(len(frames)),
+        "feature_rows": int(feats.shape[0]), "feature_dim": int(feats.shape[1]),
+        "avatar": side.get("avatar"), "light": side.get("light"),
+        "mirrored": bool(side.get("mirrored", clip.mirrored)), "body_model": side.get("body_model"),
+        "video_size": stored, "rendered_size": [int(frames.shape[2]), int(frames.shape[1])],
+        "frame_rule": clip.frame_spec.rule, "frame_start": clip.frame_spec.start, "frame_end": clip.frame_spec.end,
+    }
+    sample["meta.json"] = json_bytes(meta)
+    sample["motion.npy"] = npy_bytes(feats)
+    sample["texts.json"] = json_bytes(texts_of(clip))
+    return sample
+
+
+def _work(item):
+    """Pool entry point: (clip, cfg, features_fn) -> ("ok", sample) | ("failed", keyid, reason)."""
+    clip, cfg, features_fn = item
+    try:
+        return ("ok", prepare_sample(clip, cfg, features_fn))
+    except BadInputError as exc:
+        return ("failed", clip.keyid, exc.reason if exc.path is None else str(exc))
+    except Exception as exc:  # noqa: BLE001 - one bad clip must not stop a build; reported per clip
+        log.debug("clip %s failed", clip.keyid, exc_info=True)
+        return ("failed", clip.keyid, f"{type(exc).__name__}: {exc}")
+
+
+def _worker_init() -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+# ----------------------------------------------------------------------------------------------- set config
+def _set_config(cfg: BuildConfig, text_info: dict) -> dict:
+    return {"format_version": FORMAT_VERSION, "text_model": text_info, "video": cfg.video_info()}
+
+
+def read_manifests(out: Path) -> dict[str, dict]:
+    """All ``{split}.json`` manifests of a shard set -> {split: manifest}."""
+    found = {}
+    for p in sorted(Path(out).glob("*.json")):
+        try:
+            m = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(m, dict) and m.get("kind") == "lavimo-shards-manifest":
+            found[m.get("split", p.stem)] = m
+    return found
+
+
+def _check_compatible(out: Path, set_cfg: dict) -> int | None:
+    """Refuse a shard set built with another text model / video format; returns its feature dim if known."""
+    prior = []
+    for split, m in read_manifests(out).items():
+        prior.append((f"{split}.json", {k: m.get(k) for k in ("format_version", "text_model", "video")},
+                      m.get("feature_dim")))
+    state = out / ".build" / "set.json"
+    if state.is_file():
+        s = json.loads(state.read_text(encoding="utf-8"))
+        prior.append((".build/set.json", {k: s.get(k) for k in ("format_version", "text_model", "video")},
+                      s.get("feature_dim")))
+    dims = {d for _, _, d in prior if d is not None}
+    for where, c, _ in prior:
+        c = dict(c)
+        if isinstance(c.get("video"), dict):  # manifests add measured fields; compare the settings only
+            c["video"] = {k: c["video"].get(k) for k in set_cfg["video"]}
+        for k in ("format_version", "text_model", "video"):
+            if c.get(k) != set_cfg[k]:
+                raise ShardSetMismatch(
+                    f"{out / where}: the shard set was built with {k}={c.get(k)} but this run uses {set_cfg[k]}; "
+                    "one shard set cannot mix them (use another --out or --overwrite)")
+    if len(dims) > 1:
+        raise ShardSetMismatch(f"{out}: manifests disagree on the feature dimension {sorted(dims)}")
+    return dims.pop() if dims else None
+
+
+def remove_shard_set(out: Path) -> int:
+    """Delete the files a shard set consists of (tars, manifests, stats, card, state); returns the count."""
+    n = 0
+    manifests = read_manifests(out)
+    for p in list(out.glob("*.tar")):
+        if p.stem.rsplit("-", 1)[0] in set(manifests) | set(SPLITS):
+            p.unlink()
+            n += 1
+    for split in manifests:
+        (out / f"{split}.json").unlink(missing_ok=True)
+        n += 1
+    for name in ("stats.npz", "README.md"):
+        if (out / name).exists():
+            (out / name).unlink()
+            n += 1
+    build = out / ".build"
+    if build.is_dir():
+        for p in sorted(build.glob("*")):
+            p.unlink()
+        build.rmdir()
+    return n
+
+
+# ----------------------------------------------------------------------------------------------- build
+def build_shards(clips: Iterable, cfg: BuildConfig, *, embedder=None, features_fn: Callable | None = None,
+                 stats_fn: Callable | None = None, sources: dict | None = None,
+                 show_progress: bool = True) -> BuildReport:
+    """Build (or resume) a shard set from resolved clips.
+
+    Args:
+        clips: ``dataset.clip.Clip`` objects with ``split`` set (clips of other splits are ignored).
+        cfg: build settings.
+        embedder: a :class:`dataset.text_embed.SentenceEmbedder` (default: the bundled all-MiniLM-L6-v2).
+        features_fn: ``clip -> (T-1, D) float32`` (default: ``dataset.features.clip_features`` with
+            ``cfg.amass_root`` / ``cfg.humanml3d_vecs``); must be picklable when ``cfg.workers > 1``.
+        stats_fn: ``list[(T-1, D)] -> (mean, std)`` (default: ``dataset.features.feature_stats``).
+        sources: provenance recorded in the manifests (e.g. annotation source, AMASS root, videos dir).
+
+    Returns:
+        the BuildReport. Raises ShardSetMismatch when ``cfg.out`` holds an incompatible shard set.
+    """
+    from tqdm import tqdm
+
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.overwrite:
+        n = remove_shard_set(out)
+        log.info("--overwrite: removed %d files of the previous shard set in %s", n, out)
+    if embedder is None:
+        from dataset.text_embed import SentenceEmbedder
+
+        embedder = SentenceEmbedder()
+    if features_fn is None:
+        features_fn = functools.partial(default_features, amass_root=cfg.amass_root,
+                                        humanml3d_vecs=cfg.humanml3d_vecs)
+    set_cfg = _set_config(cfg, embedder.info())
+    feature_dim = _check_compatible(out, set_cfg)
+    build_dir = out / ".build"
+    build_dir.mkdir(exist_ok=True)
+    _write_state(build_dir / "set.json", {**set_cfg, "feature_dim": feature_dim})
+
+    report = BuildReport()
+    by_split: dict[str, list] = {s: [] for s in cfg.splits}
+    for c in clips:
+        if c.split in by_split:
+            by_split[c.split].append(c)
+    pool = None
+    if cfg.workers > 1:
+        import multiprocessing as mp
+
+        pool = mp.get_context("fork").Pool(cfg.workers, initializer=_worker_init)
+    try:
+        for split in cfg.splits:
+            feature_dim = _build_split(split, sorted(by_split[split], key=lambda c: c.keyid), cfg, set_cfg,
+                                       embedder, features_fn, feature_dim, pool, report, sources or {},
+                                       show_progress, tqdm)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    _write_state(build_dir / "set.json", {**set_cfg, "feature_dim": feature_dim})
+    report.stats_written = update_stats(out, stats_fn)
+    write_card(out)
+    write_json(build_dir / "report.json", report.to_dict())
+    return report
+
+
+def _build_split(split, clips, cfg, set_cfg, embedder, features_fn, feature_dim, pool, report, sources,
+                 show_progress, tqdm):
+    out = cfg.out
+    n_slots = cfg.samples_per_shard
+    plan = [clips[i:i + n_slots] for i in range(0, len(clips), n_slots)]
+    config_fp = json.dumps(set_cfg, sort_keys=True)
+    entries: list[dict] = []
+    todo: list[tuple[int, list, str]] = []
+    states: dict[int, dict] = {}
+    for si, group in enumerate(plan):
+        fp = hashlib.sha256(json.dumps([config_fp, [clip_fingerprint(c, cfg) for c in group]],
+                                       sort_keys=True, default=str).encode()).hexdigest()
+        name = shard_name(split, si)
+        state_path = out / ".build" / f"{name}.json"
+        state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else None
+        tar = out / name
+        if state and state.get("inputs") == fp and tar.is_file() and tar.stat().st_size == state.get("bytes"):
+            states[si] = state
+            if feature_dim is None:
+                feature_dim = state.get("feature_dim")
+        else:
+            todo.append((si, group, fp))
+    # remove shards of this split beyond the plan (the split shrank)
+    for p in sorted(out.glob(f"{split}-*.tar")):
+        idx = p.stem.rsplit("-", 1)[-1]
+        if idx.isdigit() and int(idx) >= len(plan):
+            p.unlink()
+            (out / ".build" / f"{p.name}.json").unlink(missing_ok=True)
+            report.shards_removed += 1
+
+    n_todo = sum(len(g) for _, g, _ in todo)
+    bar = tqdm(total=n_todo, desc=f"build-shards {split}", unit="clip", disable=not show_progress or n_todo == 0)
+    for si, group, fp in todo:
+        skipped: dict[str, str] = {}
+        work = []
+        for c in group:
+            if not c.texts:
+                skipped[c.keyid] = "texts: the clip has no texts"
+            elif not (cfg.videos / f"{c.keyid}.mp4").is_file():
+                skipped[c.keyid] = f"{cfg.videos / (c.keyid + '.mp4')}: video: file not found"
+            else:
+                work.append((c, cfg, features_fn))
+        bar.update(len(group) - len(work))
+        results = pool.imap(_work, work) if pool is not None else map(_work, work)
+        samples, failed = [], {}
+        for res in results:
+            bar.update(1)
+            if res[0] == "failed":
+                failed[res[1]] = res[2]
+                continue
+            sample = res[1]
+            dim = int(json.loads(sample["meta.json"])["feature_dim"])
+            if feature_dim is None:
+                feature_dim = dim
+            if dim != feature_dim:
+                failed[sample["__key__"]] = f"motion: feature dim {dim} differs from the shard set's {feature_dim}"
+                continue
+            samples.append(sample)
+        _add_sentences(samples, embedder)
+        name = shard_name(split, si)
+        digest, size = write_tar(out / name, samples)
+        state = {"inputs": fp, "name": name, "count": len(samples), "sha256": digest, "bytes": size,
+                 "keys": [s["__key__"] for s in samples], "skipped": skipped, "failed": failed,
+                 "feature_dim": feature_dim,
+                 "video_bytes": sum(len(s[VIDEO_MEMBERS[cfg.video_format]]) for s in samples)}
+        write_json(out / ".build" / f"{name}.json", state)
+        states[si] = state
+        _write_state(out / ".build" / "set.json", {**set_cfg, "feature_dim": feature_dim})
+        report.done += len(samples)
+        report.shards_written += 1
+        for k, r in skipped.items():
+            log.warning("skipped %s: %s", k, r)
+        for k, r in failed.items():
+            log.warning("failed %s: %s", k, r)
+    bar.close()
+    rebuilt = {t[0] for t in todo}
+    for si in range(len(plan)):
+        st = states[si]
+        if si not in rebuilt:
+            report.kept += st["count"]
+            report.shards_kept += 1
+        report.skipped.update(st.get("skipped", {}))
+        report.failed.update(st.get("failed", {}))
+        entries.append({"name": st["name"], "count": st["count"], "sha256": st["sha256"], "bytes": st["bytes"]})
+    n = sum(e["count"] for e in entries)
+    report.per_split[split] = n
+    video_bytes = sum(states[si].get("video_bytes", 0) for si in range(len(plan)))
+    manifest = {
+        "kind": "lavimo-shards-manifest", "format_version": FORMAT_VERSION, "tool_version": TOOL_VERSION,
+        "split": split, "num_samples": n, "num_shards": len(entries), "samples_per_shard": cfg.samples_per_shard,
+        "shards": entries, "text_model": set_cfg["text_model"], "feature_dim": feature_dim,
+        "video": {**set_cfg["video"],
+                  "bytes_per_sample": round(video_bytes / n) if n else None,
+                  "note": VIDEO_FORMAT_NOTE},
+        "members": sorted(BASE_MEMBERS + (VIDEO_MEMBERS[cfg.video_format],)),
+        "bytes_per_sample": round(sum(e["bytes"] for e in entries) / n) if n else None,
+        "skipped": {k: v for si in range(len(plan)) for k, v in states[si].get("skipped", {}).items()},
+        "failed": {k: v for si in range(len(plan)) for k, v in states[si].get("failed", {}).items()},
+        "sources": {k: str(v) for k, v in sorted(sources.items())},
+    }
+    if n == 0:
+        log.warning("split %s has no samples", split)
+    _write_if_changed(out / f"{split}.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return feature_dim
+
+
+VIDEO_FORMAT_NOTE = (
+    "jpgs = every frame resized to frame_size and JPEG-encoded, packed in one member, so the loader decodes only "
+    "the 8 frames it samples; mp4 = the rendered H.264 file, decoded from its start for every sample. "
+    "Measured numbers: docs/readme/shards.md (tests/benchmarks/bench_loader.py).")
+
+
+def _add_sentences(samples: list[dict], embedder) -> None:
+    """Add ``sent.npy`` (n_texts, D) float16 L2-normalised to each sample (one encode call per shard)."""
+    captions, spans = [], []
+    for s in samples:
+        texts = json.loads(s["texts.json"])
+        spans.append((len(captions), len(captions) + len(texts)))
+        captions.extend(t["caption"] for t in texts)
+    emb = embedder.encode(captions) if captions else np.zeros((0, embedder.dim), np.float32)
+    for s, (a, b) in zip(samples, spans):
+        s["sent.npy"] = npy_bytes(emb[a:b].astype(np.float16))
+
+
+def _write_state(path: Path, obj: dict) -> bool:
+    return _write_if_changed(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _public(path: Path) -> None:
+    """Give a temp file (created 0600 by mkstemp) the usual permissions (0666 minus the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _write_if_changed(path: Path, text: str) -> bool:
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return False
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        _public(tmp)
+    return True
+
+
+# ----------------------------------------------------------------------------------------------- stats, card
+def iter_tar_members(path: Path, suffix: str | None = None):
+    """Yield (member name, bytes) of a tar in order (only names ending with ``suffix`` when given)."""
+    with tarfile.open(path, "r") as tf:
+        for ti in tf:
+            if not ti.isfile() or (suffix is not None and not ti.name.endswith(suffix)):
+                continue
+            yield ti.name, tf.extractfile(ti).read()
+
+
+def update_stats(out: Path, stats_fn: Callable | None = None) -> bool:
+    """(Re)write ``stats.npz`` from the train shards' motion features when the train manifest changed.
+
+    ``mean``/``std`` are (D,) float32 from ``dataset.features.feature_stats`` (HumanML3D convention); the
+    file also records the train shards' sha256 list it was computed from. Returns True when written."""
+    manifests = read_manifests(out)
+    if "train" not in manifests:
+        log.warning("no train split in %s: stats.npz not written (the loader needs one)", out)
+        return False
+    m = manifests["train"]
+    fp = hashlib.sha256(json.dumps([e["sha256"] for e in m["shards"]]).encode()).hexdigest()
+    path = out / "stats.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                if str(z["train_fingerprint"]) == fp:
+                    return False
+        except (OSError, KeyError, ValueError):
+            pass
+    arrays = [np.load(io.BytesIO(data)) for e in m["shards"]
+              for _, data in iter_tar_members(out / e["name"], ".motion.npy")]
+    if not arrays:
+        log.warning("train split is empty: stats.npz not written")
+        return False
+    if stats_fn is None:
+        from dataset.features import feature_stats as stats_fn
+    mean, std = stats_fn(arrays)
+    mean = np.asarray(mean, np.float32)
+    std = np.asarray(std, np.float32)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, mean=mean, std=std, train_fingerprint=np.array(fp), num_samples=np.array(len(arrays)))
+        _public(tmp)
+    return True
+
+
+def write_card(out: Path) -> bool:
+    """Write ``SHARDS/README.md`` (dataset card) from the manifests; only when its content changes."""
+    manifests = read_manifests(out)
+    if not manifests:
+        return False
+    any_m = next(iter(manifests.values()))
+    tm, video = any_m["text_model"], any_m["video"]
+    lines = [
+        "# LAVIMO shard set", "",
+        "WebDataset shards of rendered AMASS motions: video, captions, sentence embeddings and motion features.",
+        "Written by `build-shards`; check with `build-shards check <this dir>`.", "",
+        "| split | samples | shards | skipped | failed | bytes/sample |", "| --- | --- | --- | --- | --- | --- |"]
+    for split, m in sorted(manifests.items()):
+        lines.append(f"| {split} | {m['num_samples']} | {m['num_shards']} | {len(m.get('skipped', {}))} | "
+                     f"{len(m.get('failed', {}))} | {m.get('bytes_per_sample')} |")
+    lines += [
+        "", "## Sample members", "",
+        "- `<keyid>.meta.json`: AMASS path, fps, frame count, avatar, light, mirrored, split.",
+        "- `<keyid>.texts.json`: captions as a list of {caption, start, end} (seconds in the clip; null = whole).",
+        f"- `<keyid>.sent.npy`: (n_texts, {tm['dim']}) float16, L2-normalised embeddings by `{tm['name']}`.",
+        f"- `<keyid>.motion.npy`: (T-1, {any_m.get('feature_dim')}) float32 HumanML3D-style features "
+        "(Y-up), unnormalised; normalise with `stats.npz` (`mean`, `std`, train split).",
+    ]
+    if video["format"] == "jpgs":
+        lines.append(f"- `<keyid>.video.jpgs`: all T frames, short side {video['frame_size']} px, JPEG quality "
+                     f"{video['jpeg_quality']}, packed (magic `LVJPGS1`, see dataset/video_frames.py).")
+    else:
+        lines.append("- `<keyid>.video.mp4`: the rendered H.264 video (T frames).")
+    lines += [
+        "", "## Load", "", "```python", "from dataset.stream import make_loader",
+        "loader = make_loader('<this dir>', 'train', batch_size=64, train=True, num_workers=8)", "```", "",
+        "## Licences", "",
+        "Motions come from AMASS (non-commercial research licence) and texts from HumanML3D / KIT-ML via their",
+        "annotation files; respect their terms when sharing these shards.",
+        "", f"Tool: {any_m.get('tool_version')}, format version {any_m.get('format_version')}.", ""]
+    return _write_if_changed(out / "README.md", "\n".join(lines))
+
+
+# ----------------------------------------------------------------------------------------------- check
+@dataclass
+class CheckReport:
+    """Result of :func:`check_shards`: problems found (empty = valid) and what was checked."""
+
+    problems: list[str] = field(default_factory=list)
+    samples: dict[str, int] = field(default_factory=dict)
+    shards: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_shards(out: str | os.PathLike, splits: Sequence[str] | None = None, deep: bool = True) -> CheckReport:
+    """Validate a shard set against its manifests.
+
+    Checks per shard: the file exists, its size and sha256 match the manifest, the tar reads to the end, every
+    sample has all members, the sample count matches; with ``deep`` also that the arrays parse with the
+    manifest's dimensions and the video member's header is intact. Also: stray tars, stats.npz shape."""
+    from dataset.video_frames import jpgs_info
+
+    out = Path(out)
+    rep = CheckReport()
+    manifests = read_manifests(out)
+    if not manifests:
+        rep.problems.append(f"{out}: no manifests ({{split}}.json) found")
+        return rep
+    for split in splits or sorted(manifests):
+        m = manifests.get(split)
+        if m is None:
+            rep.problems.append(f"{out / (split + '.json')}: manifest missing")
+            continue
+        listed = {e["name"] for e in m["shards"]}
+        for p in sorted(out.glob(f"{split}-*.tar")):
+            if p.name not in listed:
+                rep.problems.append(f"{p}: not listed in {split}.json")
+        vmember = m["video"]["member"]
+        need = set(BASE_MEMBERS) | {vmember}
+        total = 0
+        keys_seen: set[str] = set()
+        for e in m["shards"]:
+            rep.shards += 1
+            p = out / e["name"]
+            if not p.is_file():
+                rep.problems.append(f"{p}: missing")
+                continue
+            digest, size = sha256_file(p)
+            if size != e.get("bytes", size):
+                rep.problems.append(f"{p}: {size} bytes, manifest says {e['bytes']} (truncated or modified)")
+            if digest != e["sha256"]:
+                rep.problems.append(f"{p}: sha256 differs from the manifest")
+            samples: dict[str, dict[str, bytes]] = {}
+            try:
+                for name, data in iter_tar_members(p):
+                    key, _, member = name.partition(".")
+                    samples.setdefault(key, {})[member] = data if deep else b""
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                rep.problems.append(f"{p}: tar unreadable: {exc}")
+                continue
+            for key, mem in samples.items():
+                missing = need - set(mem)
+                if missing:
+                    rep.problems.append(f"{p}: sample {key}: members missing {sorted(missing)}")
+                if key in keys_seen:
+                    rep.problems.append(f"{p}: sample {key} appears twice in split {split}")
+                keys_seen.add(key)
+                if deep and not missing:
+                    prob = _check_sample(mem, m, vmember, jpgs_info)
+                    if prob:
+                        rep.problems.append(f"{p}: sample {key}: {prob}")
+            if len(samples) != e["count"]:
+                rep.problems.append(f"{p}: {len(samples)} samples, manifest says {e['count']}")
+            total += len(samples)
+        rep.samples[split] = total
+        if total != m["num_samples"]:
+            rep.problems.append(f"{out / (split + '.json')}: {total} samples found, manifest says {m['num_samples']}")
+    if "train" in manifests:
+        sp = out / "stats.npz"
+        if not sp.is_file():
+            rep.problems.append(f"{sp}: missing")
+        else:
+            try:
+                with np.load(sp) as z:
+                    d = manifests["train"].get("feature_dim")
+                    if z["mean"].shape != (d,) or z["std"].shape != (d,):
+                        rep.problems.append(f"{sp}: mean/std shapes {z['mean'].shape}/{z['std'].shape}, expected ({d},)")
+            except (OSError, KeyError, ValueError) as exc:
+                rep.problems.append(f"{sp}: unreadable: {exc}")
+    return rep
+
+
+def _check_sample(mem: dict[str, bytes], m: dict, vmember: str, jpgs_info) -> str | None:
+    try:
+        texts = json.loads(mem["texts.json"])
+        sent = np.load(io.BytesIO(mem["sent.npy"]))
+        motion = np.load(io.BytesIO(mem["motion.npy"]))
+        meta = json.loads(mem["meta.json"])
+    except (ValueError, OSError) as exc:
+        return f"unparsable member: {exc}"
+    if sent.dtype != np.float16 or sent.shape != (len(texts), m["text_model"]["dim"]):
+        return f"sent.npy {sent.dtype} {sent.shape}, expected float16 ({len(texts)}, {m['text_model']['dim']})"
+    if motion.dtype != np.float32 or motion.ndim != 2 or motion.shape[1] != m["feature_dim"]:
+        return f"motion.npy {motion.dtype} {motion.shape}, expected float32 (T-1, {m['feature_dim']})"
+    if vmember == "video.jpgs":
+        try:
+            n = jpgs_info(mem[vmember])[0]
+        except ValueError as exc:
+            return str(exc)
+        if n != meta.get("num_frames"):
+            return f"video has {n} frames, meta.json says {meta.get('num_frames')}"
+    elif len(mem[vmember]) < 8 or mem[vmember][4:8] != b"ftyp":
+        return "video.mp4 does not start with an mp4 header"
+    return None
