@@ -199,7 +199,6 @@ def test_feature_stats_convention():
     for name, sl in HUMANML3D.feature_slices().items():
         assert np.allclose(std[sl], raw_std[sl].mean(), rtol=1e-5), name
     _, std5 = feature_stats(arrays, feat_bias=5.0)
-    sl = HUMANML3D.feature_slices()
     assert np.allclose(std5[:4], std[:4] / 5) and np.allclose(std5[259:], std[259:] / 5)
     assert np.allclose(std5[4:259], std[4:259])
     # NaN arrays are skipped, as in the reference
@@ -295,6 +294,22 @@ def test_clip_features_from_vecs_dir(shared_data, tmp_path):
     with pytest.raises(BadInputError) as e:
         clip_features(_clip("000002"), amass_root=None, humanml3d_vecs=tmp_path)
     assert e.value.field == "features"
+
+
+def test_kit_features_need_a_vecs_dir(tmp_path):
+    with pytest.raises(ValueError):
+        clip_features(_clip(), amass_root=tmp_path, skeleton="kit")
+
+
+def test_antiparallel_bone_is_finite():
+    # a bone pointing exactly against its rest direction (the reference would give NaN here)
+    joints = synthetic_joints("humanml3d", 6, seed=4)
+    joints[:, 18] = joints[:, 16] + np.array([0.0, 1.0, 0.0]) * HUMANML3D.target_lengths[18]
+    joints[:, 20] = joints[:, 18] + np.array([0.0, 1.0, 0.0]) * HUMANML3D.target_lengths[20]
+    f = joints_to_features(joints)
+    assert np.all(np.isfinite(f))
+    rec = features_to_joints(f)
+    assert np.abs(rec - process_joints(joints)[:-1]).max() < 1e-6
 
 
 def test_clip_features_bad_amass(tmp_path):
