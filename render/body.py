@@ -1,0 +1,438 @@
+"""SMPL-family body models: AMASS poses -> posed vertices and joints (shared by features and rendering).
+
+``load_body(model_dir=None)`` gives the procedural SMPL-compatible body (``render.procedural_body``);
+``load_body(DIR, "smplh" | "smplx" | "smpl", gender)`` a real model from a directory in smplx's layout
+(``DIR/smplh/SMPLH_MALE.pkl`` or ``.npz``, ``DIR/smplx/SMPLX_FEMALE.npz``, ``DIR/smpl/SMPL_NEUTRAL.pkl``;
+AMASS's ``DIR/smplh/male/model.npz`` is accepted too). Both go through smplx's own model classes (the
+procedural body through ``smplx.SMPL(data_struct=...)``), so posing is the same code for both.
+
+Frames: AMASS root orientations map SMPL's body frame (Y up, facing +Z, left at +X) to the AMASS world
+(**Z up**, metres), so :meth:`Body.pose` returns vertices and joints in the AMASS world frame with the
+translation applied, exactly as AMASS's own body model does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dataset.errors import BadInputError
+
+log = logging.getLogger(__name__)
+
+#: region names of :attr:`Body.vertex_parts` (value = index into this tuple).
+PART_NAMES = ("skin", "top", "bottom", "shoes", "hair")
+SKIN, TOP, BOTTOM, SHOES, HAIR = range(5)
+
+MODEL_TYPES = ("smplh", "smplx", "smpl")
+GENDERS = ("neutral", "male", "female")
+POSE_WIDTHS = (156, 165)
+
+# SMPL body joints (first 22 of every kind) grouped by the clothing region they carry.
+_JOINT_PART = {0: BOTTOM, 1: BOTTOM, 2: BOTTOM, 4: BOTTOM, 5: BOTTOM, 3: TOP, 6: TOP, 9: TOP, 13: TOP,
+               14: TOP, 16: TOP, 17: TOP, 7: SHOES, 8: SHOES, 10: SHOES, 11: SHOES}
+_BODY_PAIRS = ((1, 2), (4, 5), (7, 8), (10, 11), (13, 14), (16, 17), (18, 19), (20, 21))
+
+
+@dataclass(frozen=True)
+class BodyOutput:
+    """Posed body, AMASS world frame (Z up, metres), translation applied.
+
+    vertices: (T, V, 3) float32.  joints: (T, J, 3) float32, the model's kinematic joints (J = 24 for the
+    procedural/SMPL body, 52 for SMPL-H, 55 for SMPL-X); the first 22 are SMPL's body joints for every kind.
+    """
+
+    vertices: np.ndarray
+    joints: np.ndarray
+
+
+def mirror_permutation(num_joints: int) -> np.ndarray:
+    """Index of the left/right mirror of each joint for 24 (SMPL), 52 (SMPL-H) or 55 (SMPL-X) joints."""
+    perm = np.arange(num_joints)
+    for a, b in _BODY_PAIRS:
+        perm[a], perm[b] = b, a
+    if num_joints == 24:
+        perm[22], perm[23] = 23, 22
+    elif num_joints == 52:                       # 22-36 left hand, 37-51 right hand
+        perm[22:37], perm[37:52] = np.arange(37, 52), np.arange(22, 37)
+    elif num_joints == 55:                       # 22 jaw, 23/24 eyes, 25-39 left hand, 40-54 right hand
+        perm[23], perm[24] = 24, 23
+        perm[25:40], perm[40:55] = np.arange(40, 55), np.arange(25, 40)
+    else:
+        raise ValueError(f"no mirror map for {num_joints} joints (expected 24, 52 or 55)")
+    return perm
+
+
+def mirror_amass(poses: np.ndarray, trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror an AMASS motion across the sagittal plane: left/right swapped, x -> -x.
+
+    poses: (T, 156 | 165 | 72) axis-angle; trans: (T, 3) metres, AMASS world (Z up).
+    Every joint's rotation R (root included) becomes M R M with M = diag(-1, 1, 1), i.e. the axis-angle
+    (x, y, z) -> (x, -y, -z); then left/right joints (and the hand blocks, and SMPL-X's eyes) swap places;
+    the translation's x is negated. For the root this works because AMASS's world x axis is reflected by the
+    same M: the mirrored root is W R M with W = M. The result is exact for a body whose rest pose is
+    left/right symmetric (the procedural one); for real models the pelvis rest joint is ~2 mm off x = 0.
+    Returns new arrays of the input dtype.
+    """
+    poses = np.asarray(poses)
+    trans = np.asarray(trans)
+    if poses.ndim != 2 or poses.shape[1] % 3 or poses.shape[1] // 3 not in (24, 52, 55):
+        raise BadInputError(None, "poses", f"expected (T, 72|156|165) axis-angle poses, got {poses.shape}")
+    if trans.shape != (poses.shape[0], 3):
+        raise BadInputError(None, "trans", f"expected ({poses.shape[0]}, 3), got {trans.shape}")
+    n = poses.shape[1] // 3
+    aa = poses.reshape(len(poses), n, 3)[:, mirror_permutation(n)] * np.array([1, -1, -1], dtype=poses.dtype)
+    return aa.reshape(poses.shape).copy(), trans * np.array([-1, 1, 1], dtype=trans.dtype)
+
+
+def compute_vertex_parts(weights: np.ndarray, v_template: np.ndarray) -> np.ndarray:
+    """(V,) uint8 clothing region per vertex (:data:`PART_NAMES`), from the skinning weights' argmax joint.
+
+    top: torso above the pelvis and upper arms (spine1-3, collars, shoulders); bottom: pelvis, thighs, shins;
+    shoes: ankles and feet; hair: the upper and back part of the head (SMPL's rest frame, +Z forward);
+    skin: everything else (face, neck, forearms, hands, and any joint beyond the 24 SMPL joints).
+    """
+    joint = np.asarray(weights).argmax(axis=1)
+    parts = np.full(len(joint), SKIN, dtype=np.uint8)
+    for j, p in _JOINT_PART.items():
+        parts[joint == j] = p
+    head = joint == 15
+    if head.any():
+        hv = np.asarray(v_template)[head]
+        lo, hi = hv.min(axis=0), hv.max(axis=0)
+        yn = (hv[:, 1] - lo[1]) / max(hi[1] - lo[1], 1e-9)
+        zn = (hv[:, 2] - lo[2]) / max(hi[2] - lo[2], 1e-9)
+        hair = (yn > 0.68 - 0.25 * np.clip((0.5 - zn) / 0.5, 0, 1)) | ((zn < 0.32) & (yn > 0.3))
+        idx = np.flatnonzero(head)
+        parts[idx[hair]] = HAIR
+    return parts
+
+
+class Body:
+    """A posable body model (procedural or real SMPL / SMPL-H / SMPL-X through smplx).
+
+    Attributes:
+        kind: "procedural" | "smpl" | "smplh" | "smplx".
+        gender: the model's gender ("neutral" for the procedural body).
+        faces: (F, 3) int32 triangle indices (outward facing).
+        num_vertices: V.
+        parents: (J,) int64 kinematic parents (root -1); J = 24 / 52 / 55.
+        num_betas: shape coefficients the model uses (betas given to :meth:`pose` are cut/zero-padded).
+        vertex_parts: (V,) uint8 clothing region per vertex, index into :data:`PART_NAMES`
+            (0 skin, 1 top, 2 bottom, 3 shoes, 4 hair).
+        vertex_joint: (V,) int16 the joint with the largest skinning weight per vertex.
+        source: the model file, or the procedural cache path.
+    """
+
+    def __init__(self, model: torch.nn.Module, kind: str, gender: str, source: str) -> None:
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.kind = kind
+        self.gender = gender
+        self.source = source
+        self.faces = np.asarray(model.faces, dtype=np.int32)
+        self.parents = model.parents.detach().cpu().numpy().astype(np.int64)
+        self.num_joints = len(self.parents)
+        self.num_betas = int(model.num_betas)
+        weights = model.lbs_weights.detach().cpu().numpy()
+        v_template = model.v_template.detach().cpu().numpy()
+        self.num_vertices = int(v_template.shape[0])
+        self.vertex_joint = weights.argmax(axis=1).astype(np.int16)
+        self.vertex_parts = compute_vertex_parts(weights, v_template)
+        self._has_posedirs = bool(torch.count_nonzero(model.posedirs).item() > 0)
+
+    def __repr__(self) -> str:
+        return (f"Body(kind={self.kind!r}, gender={self.gender!r}, V={self.num_vertices}, "
+                f"J={self.num_joints}, betas={self.num_betas})")
+
+    # -- inputs ---------------------------------------------------------------------------------------
+    def _betas(self, betas: Any) -> torch.Tensor:
+        b = np.zeros(self.num_betas, dtype=np.float32)
+        if betas is not None:
+            arr = np.asarray(betas, dtype=np.float64).ravel()
+            if not np.all(np.isfinite(arr)):
+                raise BadInputError(None, "betas", "contains NaN/inf")
+            k = min(len(arr), self.num_betas)
+            b[:k] = arr[:k]
+        return torch.from_numpy(b)[None]
+
+    def _split(self, poses: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Map (B, 156|165) AMASS poses onto the model's forward() arguments."""
+        width = poses.shape[1]
+        out = {"global_orient": poses[:, :3]}
+        body = poses[:, 3:66]
+        if width == 156:
+            hands = poses[:, 66:156]
+            jaw = eyes = None
+        else:
+            jaw, eyes, hands = poses[:, 66:69], poses[:, 69:75], poses[:, 75:165]
+        if self.kind in ("procedural", "smpl"):
+            out["body_pose"] = torch.cat([body, poses.new_zeros(len(poses), 6)], dim=1)
+            return out
+        out["body_pose"] = body
+        out["left_hand_pose"] = hands[:, :45]
+        out["right_hand_pose"] = hands[:, 45:]
+        if self.kind == "smplx":
+            zeros3 = poses.new_zeros(len(poses), 3)
+            out["jaw_pose"] = jaw if jaw is not None else zeros3
+            out["leye_pose"] = eyes[:, :3] if eyes is not None else zeros3
+            out["reye_pose"] = eyes[:, 3:] if eyes is not None else zeros3
+            out["expression"] = poses.new_zeros(len(poses), self.model.num_expression_coeffs)
+        return out
+
+    # -- posing ---------------------------------------------------------------------------------------
+    def _full_pose(self, p: torch.Tensor) -> torch.Tensor:
+        """(B, 156|165) AMASS poses -> (B, 3*J) full pose in the model's joint order (+ its pose mean)."""
+        a = self._split(p)
+        if self.kind in ("procedural", "smpl"):
+            parts = [a["global_orient"], a["body_pose"]]
+        elif self.kind == "smplh":
+            parts = [a["global_orient"], a["body_pose"], a["left_hand_pose"], a["right_hand_pose"]]
+        else:
+            parts = [a["global_orient"], a["body_pose"], a["jaw_pose"], a["leye_pose"], a["reye_pose"],
+                     a["left_hand_pose"], a["right_hand_pose"]]
+        full = torch.cat(parts, dim=1)
+        mean = getattr(self.model, "pose_mean", None)
+        return full + mean if mean is not None else full
+
+    def _check(self, poses: np.ndarray, trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        poses = np.asarray(poses)
+        trans = np.asarray(trans)
+        if poses.ndim != 2 or poses.shape[1] not in POSE_WIDTHS:
+            raise BadInputError(None, "poses", f"expected (T, 156) SMPL-H or (T, 165) SMPL-X axis-angle poses, "
+                                               f"got shape {poses.shape}")
+        if trans.shape != (poses.shape[0], 3):
+            raise BadInputError(None, "trans", f"expected shape ({poses.shape[0]}, 3), got {trans.shape}")
+        if not (np.all(np.isfinite(poses)) and np.all(np.isfinite(trans))):
+            raise BadInputError(None, "poses", "poses or trans contain NaN/inf")
+        return poses, trans
+
+    def pose(self, poses: np.ndarray, trans: np.ndarray, betas: np.ndarray | None = None,
+             chunk: int = 128) -> BodyOutput:
+        """Pose the body: AMASS axis-angle ``poses`` (T, 156 | 165) radians, ``trans`` (T, 3) metres and
+        ``betas`` (n,) -> :class:`BodyOutput` in the AMASS world frame (Z up, metres), float32.
+
+        For the procedural / SMPL body only the root (3) and body (63) parts of the pose are used (SMPL's
+        hand joints 22/23 get zero rotation); SMPL-H uses the 90 hand values (of either layout), SMPL-X also
+        jaw and eyes (zero for 156-dim input). Runs on CPU under ``torch.no_grad`` in chunks of ``chunk``
+        frames, with smplx's own building blocks (``blend_shapes``, ``vertices2joints``, ``batch_rodrigues``,
+        ``batch_rigid_transform``) on the smplx model's buffers; it equals ``smplx``'s ``forward``
+        (:meth:`pose_smplx`, to float32 rounding) but shapes the body once per call instead of once per frame,
+        skips all-zero pose blend shapes and does the skinning of the shaped rest vertices as one matrix
+        product per chunk.
+        Raises :class:`BadInputError` for a wrong pose width, mismatched lengths or non-finite values.
+        """
+        from smplx.lbs import batch_rigid_transform, batch_rodrigues, blend_shapes, vertices2joints
+
+        poses, trans = self._check(poses, trans)
+        t, nv, nj = len(poses), self.num_vertices, self.num_joints
+        verts = np.empty((t, nv, 3), dtype=np.float32)
+        joints = np.empty((t, nj, 3), dtype=np.float32)
+        m = self.model
+        with torch.no_grad():
+            beta = self._betas(betas)
+            v_shaped = m.v_template[None] + blend_shapes(beta, m.shapedirs)          # (1, V, 3)
+            j_rest = vertices2joints(m.J_regressor, v_shaped)                         # (1, J, 3)
+            weights = m.lbs_weights                                                   # (V, J)
+            # vertex-weight products K[v, 4j+c] = w[v, j] * (v_shaped, 1)[v, c]: with fixed rest vertices the
+            # whole skinning is one product (B*3, 4J) @ (4J, V)
+            vh = torch.cat([v_shaped[0], torch.ones(nv, 1)], dim=1)                   # (V, 4)
+            k_t = (weights[:, :, None] * vh[:, None, :]).reshape(nv, nj * 4).T.contiguous()
+            p_all = torch.from_numpy(np.ascontiguousarray(poses, dtype=np.float32))
+            t_all = torch.from_numpy(np.ascontiguousarray(trans, dtype=np.float32))
+            eye = torch.eye(3)
+            for s in range(0, t, chunk):
+                p = p_all[s:s + chunk]
+                b = len(p)
+                tr = t_all[s:s + b]
+                rot = batch_rodrigues(self._full_pose(p).reshape(-1, 3)).view(b, -1, 3, 3)
+                j_posed, rel = batch_rigid_transform(rot, j_rest.expand(b, -1, -1), m.parents)
+                rel = rel[:, :, :3, :].clone()                                        # (B, J, 3, 4)
+                rel[..., 3] += tr[:, None]              # weights sum to 1: translation rides along
+                out = (rel.permute(0, 2, 1, 3).reshape(b * 3, nj * 4) @ k_t).view(b, 3, nv)
+                out = out.transpose(1, 2)                                             # (B, V, 3)
+                if self._has_posedirs:
+                    # pose blend shapes: offsets d (B, V, 3) rotate with the blended rotations
+                    feat = (rot[:, 1:] - eye).reshape(b, -1)
+                    d = torch.matmul(feat, m.posedirs).view(b, nv, 3).transpose(0, 1)  # (V, B, 3)
+                    rb = (weights @ rel[..., :3].permute(1, 0, 2, 3).reshape(nj, b * 9)).view(nv, b, 3, 3)
+                    out = out + (rb[..., 0] * d[..., :1] + rb[..., 1] * d[..., 1:2]
+                                 + rb[..., 2] * d[..., 2:3]).transpose(0, 1)
+                verts[s:s + b] = out.numpy()
+                joints[s:s + b] = (j_posed + tr[:, None]).numpy()
+        return BodyOutput(vertices=verts, joints=joints)
+
+    def pose_smplx(self, poses: np.ndarray, trans: np.ndarray, betas: np.ndarray | None = None,
+                   chunk: int = 128) -> BodyOutput:
+        """Same as :meth:`pose` through smplx's own ``forward`` (the reference; slower: it re-shapes the body
+        and multiplies the pose blend shapes for every frame)."""
+        poses, trans = self._check(poses, trans)
+        t = len(poses)
+        verts = np.empty((t, self.num_vertices, 3), dtype=np.float32)
+        joints = np.empty((t, self.num_joints, 3), dtype=np.float32)
+        beta = self._betas(betas)
+        p_all = torch.from_numpy(np.ascontiguousarray(poses, dtype=np.float32))
+        t_all = torch.from_numpy(np.ascontiguousarray(trans, dtype=np.float32))
+        with torch.no_grad():
+            for s in range(0, t, chunk):
+                p = p_all[s:s + chunk]
+                out = self.model(betas=beta.expand(len(p), -1), transl=t_all[s:s + chunk], return_verts=True,
+                                 **self._split(p))
+                verts[s:s + len(p)] = out.vertices.numpy()
+                joints[s:s + len(p)] = out.joints[:, :self.num_joints].numpy()
+        return BodyOutput(vertices=verts, joints=joints)
+
+    def rest(self, betas: np.ndarray | None = None) -> BodyOutput:
+        """The rest (zero) pose in SMPL's own frame (Y up, facing +Z, left at +X): vertices (1, V, 3),
+        joints (1, J, 3) float32. (Not the AMASS world frame: no root rotation is applied.)"""
+        width = 165 if self.kind == "smplx" else 156
+        return self.pose(np.zeros((1, width)), np.zeros((1, 3)), betas)
+
+
+# -- loading ------------------------------------------------------------------------------------------
+class _Struct:
+    def __init__(self, **kw: Any) -> None:
+        self.__dict__.update(kw)
+
+
+def _plain(value: Any) -> Any:
+    """scipy.sparse -> dense ndarray; everything else unchanged."""
+    if hasattr(value, "toarray") and "scipy.sparse" in type(value).__module__:
+        return np.asarray(value.toarray())
+    return value
+
+
+@contextlib.contextmanager
+def _quiet_smplx():
+    """smplx prints warnings with print(); route them to our log instead."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        yield
+    for line in buf.getvalue().splitlines():
+        if line.strip():
+            log.debug("smplx: %s", line.strip())
+
+
+def _check_gender(gender: str) -> str:
+    g = str(gender).strip().lower()
+    if g not in GENDERS:
+        raise BadInputError(None, "gender", f"unknown gender {gender!r} (expected one of {', '.join(GENDERS)})")
+    return g
+
+
+def model_file_candidates(model_dir: str | os.PathLike, model_type: str, gender: str) -> list[Path]:
+    """Where a model file is looked for, in order (smplx's layout first, then AMASS's)."""
+    d = Path(model_dir)
+    stem = f"{model_type.upper()}_{gender.upper()}"
+    out = []
+    for base in (d / model_type, d):
+        out += [base / f"{stem}.npz", base / f"{stem}.pkl"]
+    out.append(d / model_type / gender / "model.npz")
+    return out
+
+
+def find_model_file(model_dir: str | os.PathLike, model_type: str, gender: str) -> Path:
+    """The model file for (type, gender) under ``model_dir``; FileNotFoundError naming what was expected."""
+    cands = model_file_candidates(model_dir, model_type, gender)
+    for c in cands:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(
+        f"no {model_type.upper()} {gender} body model under {model_dir}: expected "
+        f"{cands[0].relative_to(model_dir)} (or {cands[1].relative_to(model_dir)}) in smplx's layout "
+        f"(e.g. {Path(model_dir) / model_type / (model_type.upper() + '_' + gender.upper() + '.npz')}); "
+        f"download it from the SMPL-family website, or omit --body-models to use the procedural body")
+
+
+def _read_model_data(path: Path) -> dict[str, Any]:
+    from render.smpl_pickle import load_npz_restricted, load_smpl_pickle
+
+    data = load_smpl_pickle(path) if path.suffix == ".pkl" else load_npz_restricted(path)
+    return {k: _plain(v) for k, v in data.items()}
+
+
+def _load_real(model_dir: str | os.PathLike, model_type: str, gender: str, num_betas: int) -> Body:
+    import smplx
+
+    path = find_model_file(model_dir, model_type, gender)
+    data = _read_model_data(path)
+    missing = [k for k in ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "kintree_table", "weights")
+               if k not in data]
+    if missing:
+        raise BadInputError(path, missing[0], f"model file lacks {', '.join(missing)}")
+    log.info("loading %s %s body model from %s", model_type.upper(), gender, path)
+    with _quiet_smplx():
+        if model_type == "smpl":
+            model = smplx.SMPL(model_path=str(path), data_struct=_Struct(**data), num_betas=num_betas,
+                               gender=gender)
+        elif model_type == "smplh":
+            for side in ("l", "r"):
+                data.setdefault(f"hands_components{side}", np.eye(45))
+                data.setdefault(f"hands_mean{side}", np.zeros(45))
+            model = smplx.SMPLH(model_path=str(path), data_struct=_Struct(**data), num_betas=num_betas,
+                                gender=gender, use_pca=False, flat_hand_mean=True)
+        else:
+            # smplx.SMPLX always reads a file itself: hand it an npz of plain arrays we produced
+            with tempfile.TemporaryDirectory() as tmp:
+                npz = Path(tmp) / "model.npz"
+                np.savez(npz, **{k: np.asarray(v) for k, v in data.items()})
+                model = smplx.SMPLX(model_path=str(npz), ext="npz", num_betas=num_betas, gender=gender,
+                                    use_pca=False, flat_hand_mean=True, num_expression_coeffs=10,
+                                    use_face_contour=False)
+    return Body(model, model_type, gender, str(path))
+
+
+_PROCEDURAL: dict[int, Body] = {}
+
+
+def _load_procedural(num_betas: int) -> Body:
+    import smplx
+
+    from render.procedural_body import cache_path, load_procedural_body, procedural_posedirs
+
+    if num_betas in _PROCEDURAL:
+        return _PROCEDURAL[num_betas]
+    d = load_procedural_body()
+    struct = _Struct(f=d["f"].astype(np.int64), v_template=d["v_template"], shapedirs=d["shapedirs"],
+                     posedirs=procedural_posedirs(len(d["v_template"])), J_regressor=d["J_regressor"],
+                     kintree_table=d["kintree_table"], weights=d["weights"])
+    vertex_ids = {str(k): int(v) for k, v in zip(d["vertex_ids_names"], d["vertex_ids_values"])}
+    with _quiet_smplx():
+        model = smplx.SMPL(model_path=str(cache_path()), data_struct=struct, num_betas=num_betas,
+                           vertex_ids=vertex_ids)
+    body = Body(model, "procedural", "neutral", str(cache_path()))
+    _PROCEDURAL[num_betas] = body
+    return body
+
+
+def load_body(model_dir: str | os.PathLike | None = None, model_type: str = "smplh", gender: str = "neutral",
+              num_betas: int = 10) -> Body:
+    """Load a body model.
+
+    model_dir None -> the procedural SMPL-compatible body (kind "procedural"; ``model_type`` and ``gender``
+    are ignored: there is one neutral procedural body; cached per process and on disk).
+    Otherwise a real model from ``model_dir`` in smplx's layout: ``model_type`` "smplh" (for 156-dim AMASS
+    poses), "smplx" (165-dim) or "smpl"; ``gender`` "neutral" | "male" | "female" (AMASS stores the gender
+    it was fitted with). Raises BadInputError for an unknown gender/model type or a malformed model file,
+    FileNotFoundError (naming the expected file) when the file is missing.
+    """
+    g = _check_gender(gender)
+    if model_dir is None:
+        return _load_procedural(int(num_betas))
+    mt = str(model_type).strip().lower()
+    if mt not in MODEL_TYPES:
+        raise BadInputError(None, "model_type", f"unknown body model type {model_type!r} (expected "
+                                                f"{', '.join(MODEL_TYPES)})")
+    if not Path(model_dir).is_dir():
+        raise FileNotFoundError(f"--body-models directory {model_dir} does not exist")
+    return _load_real(model_dir, mt, g, int(num_betas))
