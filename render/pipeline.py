@@ -1,0 +1,365 @@
+"""Rendering clips to videos inside one worker: pose ahead on a thread, rasterise, encode on a thread.
+
+Per clip: read the AMASS file and select the clip's frames (video frame i = motion frame i), mirror for
+mirrored clips, pose the avatar's body (avatar and light drawn from ``(seed, keyid)``; a mirrored clip
+``M<id>`` keeps the avatar and light of ``<id>``), compute the follow-camera trajectory, then render every
+frame into ``OUT/<keyid>.mp4`` and write ``OUT/<keyid>.json``. Three stages overlap: a producer thread
+loads/poses/computes normals for upcoming frames (numpy/torch release the GIL), the calling thread owns the
+EGL context and rasterises, and :class:`render.video.VideoWriter` pipes frames to ffmpeg on its own thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from dataset.amass import load_amass
+from dataset.atomic import write_json
+from dataset.clip import Clip
+from dataset.errors import BadInputError
+from dataset.seeding import stable_choice
+from render.avatars import Avatar, load_avatars, region_labels, vertex_colors
+from render.lights import LightSetup, load_lights
+from render.scene import SceneRenderer, VertexNormals
+from render.trajectory import follow_trajectory
+from render.video import DEFAULT_CRF, DEFAULT_PRESET, VideoWriter
+
+log = logging.getLogger(__name__)
+
+RENDER_VERSION = 1
+CHUNK_FRAMES = 32
+
+
+def tool_version() -> str:
+    """``lavimo <package version> render/<RENDER_VERSION>`` for sidecars."""
+    try:
+        from importlib.metadata import version
+
+        v = version("lavimo")
+    except Exception:  # noqa: BLE001
+        v = "unknown"
+    return f"lavimo {v} render/{RENDER_VERSION}"
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """Settings shared by every clip of a run (picklable, sent to worker processes).
+
+    Attributes:
+        amass_root: AMASS root directory; out_dir: output directory.
+        avatars_dir / lights_path: asset locations; num_lights: draw from the first N setups.
+        size: frame width = height in pixels (even). seed: global seed for avatar/light choices.
+        body_models: smplx model directory, or None for the procedural body.
+        overwrite: re-render clips whose outputs exist. crf / preset / encoder_threads: x264 settings.
+    """
+
+    amass_root: str
+    out_dir: str
+    avatars_dir: str | None = None
+    lights_path: str | None = None
+    num_lights: int = 4
+    size: int = 512
+    seed: int = 0
+    body_models: str | None = None
+    overwrite: bool = False
+    crf: int = DEFAULT_CRF
+    preset: str = DEFAULT_PRESET
+    encoder_threads: int = 1
+
+
+@dataclass
+class ClipResult:
+    keyid: str
+    status: str  # "rendered" | "skipped" | "failed"
+    reason: str = ""
+    frames: int = 0
+    seconds: float = 0.0
+
+
+def outputs_complete(out_dir: str | os.PathLike, keyid: str) -> bool:
+    """True when ``<keyid>.mp4`` and a readable ``<keyid>.json`` sidecar both exist (sidecar is written last)."""
+    d = Path(out_dir)
+    mp4, js = d / f"{keyid}.mp4", d / f"{keyid}.json"
+    if not (mp4.is_file() and js.is_file() and mp4.stat().st_size > 0):
+        return False
+    try:
+        with open(js, encoding="utf-8") as fh:
+            meta = json.load(fh)
+        return meta.get("keyid") == keyid and int(meta.get("num_frames", -1)) >= 0
+    except (OSError, ValueError):
+        return False
+
+
+def base_keyid(clip: Clip) -> str:
+    """The keyid whose avatar/light a clip uses: a mirrored ``M<id>`` uses ``<id>``'s."""
+    k = clip.keyid
+    return k[1:] if clip.mirrored and k.startswith("M") and len(k) > 1 else k
+
+
+def choose_avatar_light(clip: Clip, seed: int, num_avatars: int, num_lights: int) -> tuple[int, int]:
+    """(avatar index, light index) for a clip from the stable hash of (seed, base keyid)."""
+    k = base_keyid(clip)
+    return stable_choice(seed, num_avatars, k, "avatar"), stable_choice(seed, num_lights, k, "light")
+
+
+def amass_file(amass_root: str | os.PathLike, amass_path: str) -> Path:
+    """``ROOT/amass_path``, falling back from ``*_poses.npz`` to ``*_stageii.npz`` (AMASS's newer release)."""
+    p = Path(amass_root) / amass_path
+    if not p.is_file() and amass_path.endswith("_poses.npz"):
+        alt = Path(amass_root) / (amass_path[: -len("_poses.npz")] + "_stageii.npz")
+        if alt.is_file():
+            return alt
+    return p
+
+
+class BodyCache:
+    """Body models and per-avatar region colours, loaded once per worker."""
+
+    def __init__(self, model_dir: str | None):
+        self.model_dir = model_dir
+        self._bodies: dict = {}
+        self._colors: dict = {}
+        self._normals: dict = {}
+
+    def body(self, model_type: str, gender: str):
+        from render.body import load_body
+
+        key = (model_type, gender)
+        if key not in self._bodies:
+            self._bodies[key] = load_body(self.model_dir, model_type=model_type, gender=gender)
+        return self._bodies[key]
+
+    def colors(self, body, model_type: str, avatar: Avatar, pose_width: int) -> np.ndarray:
+        key = (id(body), avatar.name)
+        if key not in self._colors:
+            rest = body.pose(np.zeros((1, pose_width)), np.zeros((1, 3)), avatar.betas)
+            labels = region_labels(np.asarray(rest.vertices[0]), np.asarray(rest.joints[0]), avatar.style)
+            self._colors[key] = vertex_colors(labels, avatar)
+        return self._colors[key]
+
+    def normals(self, body) -> VertexNormals:
+        key = id(body)
+        if key not in self._normals:
+            faces = np.asarray(body.faces)
+            self._normals[key] = VertexNormals(faces, int(faces.max()) + 1)
+        return self._normals[key]
+
+
+@dataclass
+class PreparedClip:
+    """Everything to render one clip, except the per-chunk vertices/normals (streamed)."""
+
+    clip: Clip
+    meta: dict
+    faces: np.ndarray
+    colors: np.ndarray
+    light: LightSetup
+    target_xy: np.ndarray
+    floor_z: float
+
+
+def prepare_clip(clip: Clip, cfg: RenderConfig, avatars: list[Avatar], lights: list[LightSetup],
+                 bodies: BodyCache, camera: dict) -> tuple[PreparedClip, np.ndarray]:
+    """Load, select frames, mirror, pose; returns the prepared clip and its vertices (T, V, 3) float32.
+
+    Raises:
+        BadInputError: bad or missing AMASS file, frames out of range, a clip selecting no frames.
+    """
+    from render.body import mirror_amass
+
+    path = amass_file(cfg.amass_root, clip.amass_path)
+    motion = load_amass(path)
+    if clip.frames is None:
+        try:
+            clip = clip.resolve(motion.num_frames, motion.fps)
+        except ValueError as e:
+            raise BadInputError(path, "frames", str(e)) from e
+    frames = np.asarray(clip.frames, dtype=np.int64)
+    if len(frames) == 0:
+        raise BadInputError(path, "frames", f"clip selects no frames ({motion.num_frames} frames at {motion.fps:g} fps)")
+    if frames.min() < 0 or frames.max() >= motion.num_frames:
+        raise BadInputError(path, "frames", f"frame indices outside 0..{motion.num_frames - 1}")
+    poses, trans = motion.poses[frames], motion.trans[frames]
+    if clip.mirrored:
+        poses, trans = mirror_amass(poses, trans)
+    ai, li = choose_avatar_light(clip, cfg.seed, len(avatars), min(cfg.num_lights, len(lights)))
+    avatar, light = avatars[ai], lights[li]
+    body = bodies.body(motion.model_type, avatar.gender)
+    out = body.pose(poses, trans, avatar.betas)
+    verts = np.asarray(out.vertices, dtype=np.float32)
+    joints = np.asarray(out.joints)
+    colors = bodies.colors(body, motion.model_type, avatar, poses.shape[1])
+    traj = follow_trajectory(joints[:, 0], verts[:, :, 2].min(axis=1), clip.fps)
+    meta = {
+        "keyid": clip.keyid,
+        "dataset": clip.dataset,
+        "split": clip.split,
+        "amass_path": clip.amass_path,
+        "amass_fps": motion.fps,
+        "frames": [int(f) for f in frames],
+        "num_frames": int(len(frames)),
+        "fps": float(clip.fps),
+        "size": [cfg.size, cfg.size],
+        "mirrored": bool(clip.mirrored),
+        "seed": cfg.seed,
+        "avatar": dict(avatar.to_dict(), index=ai, chosen_by=base_keyid(clip)),
+        "light": dict(light.to_dict(), chosen_from_first=min(cfg.num_lights, len(lights))),
+        "camera": camera,
+        "body_model": {"kind": getattr(body, "kind", "unknown"), "model_type": motion.model_type,
+                       "gender": avatar.gender, "model_dir": cfg.body_models,
+                       "num_vertices": int(verts.shape[1])},
+        "trajectory": traj.to_dict(),
+        "video": {"codec": "h264", "pix_fmt": "yuv420p", "container": "mp4", "crf": cfg.crf, "preset": cfg.preset},
+        "version": tool_version(),
+    }
+    prepared = PreparedClip(clip=clip, meta=meta, faces=np.asarray(body.faces), colors=colors, light=light,
+                            target_xy=traj.target_xy, floor_z=traj.floor_z)
+    return prepared, verts
+
+
+class _Producer(threading.Thread):
+    """Pose-ahead thread: puts ("start", PreparedClip) / ("chunk", verts, normals) / ("end",) / ("error", ...)."""
+
+    def __init__(self, clips: list[Clip], cfg: RenderConfig, avatars, lights, camera: dict,
+                 chunk: int = CHUNK_FRAMES):
+        super().__init__(name="pose-ahead", daemon=True)
+        self.clips, self.cfg, self.avatars, self.lights, self.camera = clips, cfg, avatars, lights, camera
+        self.chunk = chunk
+        self.q: queue.Queue = queue.Queue(maxsize=6)
+        self.stop = threading.Event()
+        self.bodies = BodyCache(cfg.body_models)
+
+    def _put(self, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        for clip in self.clips:
+            if self.stop.is_set():
+                return
+            try:
+                prepared, verts = prepare_clip(clip, self.cfg, self.avatars, self.lights, self.bodies, self.camera)
+                normals_fn = self.bodies.normals(self.bodies.body(
+                    prepared.meta["body_model"]["model_type"], prepared.meta["body_model"]["gender"]))
+            except BadInputError as e:
+                self._put(("error", clip, str(e)))
+                continue
+            except Exception as e:  # noqa: BLE001 - one clip's failure must not stop the run
+                log.debug("preparing %s failed", clip.keyid, exc_info=True)
+                self._put(("error", clip, f"{type(e).__name__}: {e}"))
+                continue
+            if not self._put(("start", prepared)):
+                return
+            for i in range(0, len(verts), self.chunk):
+                v = verts[i:i + self.chunk]
+                if not self._put(("chunk", v, normals_fn(v))):
+                    return
+            self._put(("end", clip))
+        self._put(("done",))
+
+
+def render_clips(clips: Iterable[Clip], cfg: RenderConfig, renderer: SceneRenderer | None = None,
+                 on_result: Callable[[ClipResult], None] | None = None,
+                 on_frames: Callable[[int], None] | None = None) -> list[ClipResult]:
+    """Render clips in this process (one EGL context). Skips complete outputs unless ``cfg.overwrite``.
+
+    Per-clip failures are returned as ``ClipResult(status="failed", reason=...)``; the others render.
+    ``on_result`` is called after each clip, ``on_frames(n)`` after each rendered chunk (progress).
+    """
+    avatars = load_avatars(cfg.avatars_dir)
+    lights = load_lights(cfg.lights_path)
+    own = renderer is None
+    renderer = renderer or SceneRenderer(cfg.size)
+    results: list[ClipResult] = []
+
+    def emit(r: ClipResult) -> None:
+        results.append(r)
+        if on_result:
+            on_result(r)
+
+    todo = []
+    for c in clips:
+        if not cfg.overwrite and outputs_complete(cfg.out_dir, c.keyid):
+            emit(ClipResult(c.keyid, "skipped", "outputs exist"))
+        else:
+            todo.append(c)
+    producer = _Producer(todo, cfg, avatars, lights, renderer.describe())
+    producer.start()
+    out_dir = Path(cfg.out_dir)
+    writer: VideoWriter | None = None
+    current: PreparedClip | None = None
+    failed_current: str | None = None
+    frame_i, t0 = 0, 0.0
+    try:
+        while True:
+            item = producer.q.get()
+            kind = item[0]
+            if kind == "done":
+                break
+            if kind == "error":
+                emit(ClipResult(item[1].keyid, "failed", item[2]))
+                continue
+            try:
+                if kind == "start":
+                    current, failed_current, frame_i, t0 = item[1], None, 0, time.perf_counter()
+                    renderer.set_lights(current.light)
+                    writer = VideoWriter(out_dir / f"{current.clip.keyid}.mp4", (cfg.size, cfg.size),
+                                         current.clip.fps, crf=cfg.crf, preset=cfg.preset,
+                                         threads=cfg.encoder_threads)
+                elif kind == "chunk":
+                    if failed_current is not None:
+                        continue
+                    verts, normals = item[1], item[2]
+                    for k in range(len(verts)):
+                        if frame_i == 0:
+                            renderer.set_body(current.faces, current.colors, verts[k], normals[k])
+                        target = current.target_xy[frame_i]
+                        layer = renderer.render_layer(verts[k], normals[k], target, current.floor_z)
+                        writer.write(functools.partial(renderer.compose, layer, target))
+                        frame_i += 1
+                    if on_frames:
+                        on_frames(len(verts))
+                elif kind == "end":
+                    if failed_current is not None:
+                        emit(ClipResult(current.clip.keyid, "failed", failed_current))
+                    else:
+                        writer.close()
+                        writer = None
+                        write_json(out_dir / f"{current.clip.keyid}.json", current.meta)
+                        emit(ClipResult(current.clip.keyid, "rendered", frames=frame_i,
+                                        seconds=time.perf_counter() - t0))
+                    current = None
+            except Exception as e:  # noqa: BLE001 - fail this clip, keep going
+                log.debug("rendering failed", exc_info=True)
+                if writer is not None:
+                    writer.abort()
+                    writer = None
+                if current is not None:
+                    failed_current = f"{type(e).__name__}: {e}"
+                    if kind == "end":
+                        emit(ClipResult(current.clip.keyid, "failed", failed_current))
+                        current = None
+                else:
+                    raise
+    finally:
+        producer.stop.set()
+        if writer is not None:
+            writer.abort()
+        if own:
+            renderer.close()
+    return results

@@ -1,0 +1,316 @@
+"""The pyrender EGL scene: fixed camera rig framing one person, checker floor, camera-frame point lights.
+
+World frame = AMASS (Z-up, metres). The camera looks along AMASS +y from ``distance_m`` behind the
+target, so the image's right is AMASS +x (a mirrored motion, x -> -x, renders as the horizontal reflection
+of the image) and its up is AMASS +z. pyrender uses OpenGL camera conventions (the camera looks down its
+local -z, y up); the lights of ``assets/lights.json`` are children of the camera node, so they move with the
+follow camera (see :mod:`render.trajectory`). The body mesh is created once per clip and its vertex buffer
+is rewritten in place every frame (``glBufferSubData``), so no per-frame scene rebuild or GPU re-allocation.
+Anti-aliasing: pyrender renders into a 4-sample MSAA framebuffer (supported by Mesa llvmpipe and NVIDIA).
+Only the avatar is rasterised per frame; the sky and the world-fixed checker floor are a precomputed
+backdrop it is composited over (see :class:`Backdrop`), which halves the per-frame raster work on llvmpipe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
+import pyrender  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+
+from render.avatars import srgb_to_linear  # noqa: E402
+from render.lights import LightSetup  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+class RendererSetupError(RuntimeError):
+    """The renderer cannot start (no EGL / OpenGL); the message says what to install."""
+
+
+EGL_HELP = ("could not create a headless EGL OpenGL context. Install Mesa's EGL for CPU rendering "
+            "(Debian/Ubuntu: apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri libgl1) or the NVIDIA "
+            "driver with its EGL library on GPU machines, and run with PYOPENGL_PLATFORM=egl")
+
+
+@dataclass(frozen=True)
+class CameraRig:
+    """The fixed camera, relative to the trajectory target and the floor (metres, degrees).
+
+    The eye is ``distance_m`` from the target along AMASS -y, ``eye_height_m`` above the floor, looking at
+    the point ``look_at_height_m`` above the floor. ``yfov_deg`` frames a 1.8 m person with room for jumps
+    and stretched arms at ``max_offset_m`` from the target.
+    """
+
+    distance_m: float = 5.0
+    eye_height_m: float = 1.35
+    look_at_height_m: float = 0.95
+    yfov_deg: float = 29.0
+    znear: float = 0.1
+    zfar: float = 40.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(type="perspective", view_direction="AMASS +y (image right = AMASS +x, image up = AMASS +z)")
+        return d
+
+    def pose(self, target_xy: np.ndarray, floor_z: float) -> np.ndarray:
+        """(4, 4) camera-to-world pose (OpenGL camera axes) for a ground-plane target (AMASS x, y)."""
+        eye = np.array([target_xy[0], target_xy[1] - self.distance_m, floor_z + self.eye_height_m])
+        at = np.array([target_xy[0], target_xy[1], floor_z + self.look_at_height_m])
+        fwd = at - eye
+        fwd /= np.linalg.norm(fwd)
+        right = np.cross(fwd, [0.0, 0.0, 1.0])
+        right /= np.linalg.norm(right)
+        up = np.cross(right, fwd)
+        m = np.eye(4)
+        m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = right, up, -fwd, eye
+        return m
+
+    def target_in_camera(self) -> np.ndarray:
+        """(3,) the look-at point in the OpenGL camera frame (on the -z axis)."""
+        dz = self.eye_height_m - self.look_at_height_m
+        return np.array([0.0, 0.0, -float(np.hypot(self.distance_m, dz))])
+
+
+class VertexNormals:
+    """Smooth per-vertex normals for a fixed triangle list, batched over frames.
+
+    Area-weighted face normals summed onto vertices through a sparse (V, F) incidence matrix.
+    """
+
+    def __init__(self, faces: np.ndarray, num_vertices: int):
+        self.faces = np.asarray(faces, dtype=np.int64)
+        f = len(self.faces)
+        rows = self.faces.reshape(-1)
+        cols = np.repeat(np.arange(f), 3)
+        self.incidence = sp.csr_matrix((np.ones(3 * f, dtype=np.float32), (rows, cols)), shape=(num_vertices, f))
+
+    def __call__(self, vertices: np.ndarray) -> np.ndarray:
+        """(T, V, 3) or (V, 3) float32 positions -> unit normals of the same shape (float32)."""
+        v = np.asarray(vertices, dtype=np.float32)
+        single = v.ndim == 2
+        if single:
+            v = v[None]
+        t = v.shape[0]
+        a, b, c = (v[:, self.faces[:, k]] for k in range(3))
+        fn = np.cross(b - a, c - a)  # (T, F, 3), area-weighted
+        vn = self.incidence @ fn.transpose(1, 0, 2).reshape(len(self.faces), 3 * t)
+        vn = vn.reshape(-1, t, 3).transpose(1, 0, 2)
+        vn /= np.maximum(np.linalg.norm(vn, axis=-1, keepdims=True), 1e-12)
+        vn = vn.astype(np.float32, copy=False)
+        return vn[0] if single else vn
+
+
+def _filtered_square(x: np.ndarray, tile: float, w: np.ndarray) -> np.ndarray:
+    """Box-filtered square wave (0 on [0, tile), 1 on [tile, 2 tile), period 2 tile) over width ``w``."""
+
+    def integral(u: np.ndarray) -> np.ndarray:
+        return np.floor(u / (2 * tile)) * tile + np.maximum(0.0, np.mod(u, 2 * tile) - tile)
+
+    return (integral(x + 0.5 * w) - integral(x - 0.5 * w)) / w
+
+
+class Backdrop:
+    """Sky and an infinite checker floor behind the avatar, composited per frame (no floor rasterisation).
+
+    The camera only translates with the trajectory and the lights live in the camera frame, so the floor's
+    shading per pixel never changes: it is rendered once per lighting setup (a white floor, 4x MSAA) as
+    ``shade`` (H, W, 3) and coverage (H, W). Per frame only the checker albedo moves (the pattern is fixed in
+    the world): each floor pixel's ground-plane point relative to the camera target is precomputed from
+    the camera rays, and the pattern is evaluated analytically, box-filtered over the pixel's footprint
+    (anti-aliased, fading to the mean tone towards the horizon). The avatar is rendered alone into an RGBA
+    layer and composited over it.
+    """
+
+    def __init__(self, size: int, rig: "CameraRig", tile_m: float, tones: tuple[float, float]):
+        self.size, self.rig, self.tile = size, rig, float(tile_m)
+        self.tones = np.asarray(tones, dtype=np.float32)
+        pose = rig.pose(np.zeros(2), 0.0)
+        t = np.tan(np.radians(rig.yfov_deg) / 2)
+        c = (np.arange(size, dtype=np.float64) + 0.5) / size * 2 - 1
+        xn, yn = np.meshgrid(c, -c)  # rows top->bottom
+        d = np.stack([xn * t, yn * t, -np.ones_like(xn)], -1) @ pose[:3, :3].T
+        eye = pose[:3, 3]
+        hit = d[..., 2] < -1e-9
+        s = np.where(hit, -eye[2] / np.where(hit, d[..., 2], -1.0), 0.0)
+        x, y = eye[0] + s * d[..., 0], eye[1] + s * d[..., 1]
+        far = ~hit | (s > 500.0)
+        wx = np.maximum(np.abs(np.gradient(x, axis=1)), np.abs(np.gradient(x, axis=0)))
+        wy = np.maximum(np.abs(np.gradient(y, axis=1)), np.abs(np.gradient(y, axis=0)))
+        big = 1e6
+        self.x = np.where(far, 0.0, x).astype(np.float64)
+        self.y = np.where(far, 0.0, y).astype(np.float64)
+        self.wx = np.where(far, big, np.maximum(wx, 1e-4)).astype(np.float64)
+        self.wy = np.where(far, big, np.maximum(wy, 1e-4)).astype(np.float64)
+        self.shade: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def pattern(self, target_xy: np.ndarray) -> np.ndarray:
+        """(H, W) float32 albedo factor of the floor for a camera target (world-fixed checker)."""
+        step = 2 * self.tile
+        ox, oy = (float(v) % step for v in target_xy)  # only the phase matters (keeps float precision)
+        fx = _filtered_square(self.x + ox, self.tile, self.wx)
+        fy = _filtered_square(self.y + oy, self.tile, self.wy)
+        checker = fx + fy - 2 * fx * fy
+        return (self.tones[0] + (self.tones[1] - self.tones[0]) * checker).astype(np.float32)
+
+
+class SceneRenderer:
+    """One EGL context + scene, reused for many clips (one per worker process).
+
+    Usage: ``set_lights(setup)``, ``set_body(faces, colors, first_vertices, first_normals)``, then per frame
+    ``render(vertices, normals, target_xy, floor_z) -> (size, size, 3) uint8``, or split across threads:
+    ``layer = render_layer(...)`` on the GL thread and ``compose(layer, target_xy)`` on any thread.
+    """
+
+    FLOOR_TILE_M = 0.5
+    # Floor tones as display values (pyrender's output gamma 2.2 applied to the linear tile albedo).
+    FLOOR_TONES = (0.60, 0.50)
+    SKY = (0.86, 0.88, 0.92)
+
+    def __init__(self, size: int = 512, rig: CameraRig | None = None):
+        self.size = int(size)
+        self.rig = rig or CameraRig()
+        try:
+            self.renderer = pyrender.OffscreenRenderer(self.size, self.size)
+        except Exception as e:  # noqa: BLE001 - any EGL/GL failure is a set-up error
+            raise RendererSetupError(f"{EGL_HELP} ({type(e).__name__}: {e})") from e
+        self.scene = pyrender.Scene(bg_color=(0.0, 0.0, 0.0, 0.0), ambient_light=(0.1, 0.1, 0.1))
+        cam = pyrender.PerspectiveCamera(yfov=np.radians(self.rig.yfov_deg), aspectRatio=1.0,
+                                         znear=self.rig.znear, zfar=self.rig.zfar)
+        self.cam_node = self.scene.add(cam, pose=self.rig.pose(np.zeros(2), 0.0))
+        self.light_nodes: list[pyrender.Node] = []
+        self.body_node: pyrender.Node | None = None
+        self._prim: pyrender.Primitive | None = None
+        self._interleaved: np.ndarray | None = None
+        self._fresh = False
+        self.in_place_updates = True
+        self.backdrop = Backdrop(self.size, self.rig, self.FLOOR_TILE_M, self.FLOOR_TONES)
+        self._bg: tuple[np.ndarray, np.ndarray] | None = None
+
+    def describe(self) -> dict:
+        """Camera and floor record for sidecars."""
+        return dict(self.rig.to_dict(), floor={"pattern": "checker fixed in the world", "tile_m": self.FLOOR_TILE_M,
+                                                "tones": list(self.FLOOR_TONES)}, sky=list(self.SKY))
+
+    # -- set-up per clip ---------------------------------------------------------------------------
+    def set_lights(self, setup: LightSetup) -> None:
+        """Replace the lights with ``setup`` (point lights parented to the camera, OpenGL camera frame)."""
+        for n in self.light_nodes:
+            self.scene.remove_node(n)
+        self.light_nodes = []
+        target = self.rig.target_in_camera()
+        for light in setup.lights:
+            pl = pyrender.PointLight(color=np.asarray(light.color), intensity=setup.pyrender_intensity(light, target))
+            pose = np.eye(4)
+            pose[:3, 3] = light.position_gl
+            node = pyrender.Node(light=pl, matrix=pose)
+            self.scene.add_node(node, parent_node=self.cam_node)
+            self.light_nodes.append(node)
+        self.scene.ambient_light = np.full(3, setup.ambient)
+        key = id(setup)
+        if key not in self.backdrop.shade:
+            self.backdrop.shade[key] = self._render_floor_shade()
+        self._bg = self.backdrop.shade[key]
+
+    def _render_floor_shade(self) -> tuple[np.ndarray, np.ndarray]:
+        """Premultiplied shade (H, W, 3) of a white floor under the current lights and the sky weight (H, W)."""
+        quad = np.array([[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]], dtype=np.float32) * 400.0
+        mat = pyrender.MetallicRoughnessMaterial(metallicFactor=0.0, roughnessFactor=1.0,
+                                                 baseColorFactor=(1.0, 1.0, 1.0, 1.0),
+                                                 emissiveFactor=(0.55, 0.55, 0.55))
+        prim = pyrender.Primitive(positions=quad, normals=np.tile([[0, 0, 1.0]], (4, 1)).astype(np.float32),
+                                  indices=np.array([[0, 1, 2], [0, 2, 3]], dtype=np.uint32), material=mat)
+        hidden = self.body_node
+        if hidden is not None:
+            self.scene.remove_node(hidden)
+        self.scene.set_pose(self.cam_node, self.rig.pose(np.zeros(2), 0.0))
+        node = self.scene.add(pyrender.Mesh([prim]))
+        try:
+            rgba, _ = self.renderer.render(self.scene, flags=pyrender.RenderFlags.RGBA)
+        finally:
+            self.scene.remove_node(node)
+            if hidden is not None:
+                self.scene.add_node(hidden)
+        rgba = rgba.astype(np.float32) / 255.0
+        return rgba[..., :3], 1.0 - rgba[..., 3]
+
+    def set_body(self, faces: np.ndarray, colors: np.ndarray, vertices: np.ndarray, normals: np.ndarray) -> None:
+        """Replace the body mesh: faces (F, 3), linear RGBA colours (V, 4), first frame's vertices/normals (V, 3)."""
+        if self.body_node is not None:
+            self.scene.remove_node(self.body_node)
+        mat = pyrender.MetallicRoughnessMaterial(metallicFactor=0.0, roughnessFactor=0.75,
+                                                 baseColorFactor=(1.0, 1.0, 1.0, 1.0))
+        colors = np.asarray(colors, dtype=np.float32)
+        self._prim = pyrender.Primitive(positions=np.asarray(vertices, np.float32),
+                                        normals=np.asarray(normals, np.float32), color_0=colors,
+                                        indices=np.asarray(faces, dtype=np.uint32), material=mat)
+        self.body_node = self.scene.add(pyrender.Mesh([self._prim]))
+        inter = np.empty((len(colors), 10), dtype=np.float32)
+        inter[:, 6:10] = colors
+        self._interleaved = inter
+        self._fresh = True
+
+    # -- per frame ---------------------------------------------------------------------------------
+    def _upload(self, vertices: np.ndarray, normals: np.ndarray) -> None:
+        """Rewrite the body's interleaved vertex buffer (positions, normals, colours) in place."""
+        from OpenGL import GL
+
+        prim = self._prim
+        if self._fresh or prim is None:
+            return  # the first render uploads the primitive's arrays
+        if self.in_place_updates and getattr(prim, "_buffers", None):
+            inter = self._interleaved
+            inter[:, 0:3] = vertices
+            inter[:, 3:6] = normals
+            GL.glBindBuffer(GL.GL_ARRAY_BUFFER, prim._buffers[0])
+            GL.glBufferSubData(GL.GL_ARRAY_BUFFER, 0, inter.nbytes, inter)
+            GL.glBindBuffer(GL.GL_ARRAY_BUFFER, 0)
+        else:  # fallback: re-create the mesh (pyrender internals changed)
+            self.set_body(prim.indices, self._interleaved[:, 6:10], vertices, normals)
+
+    def render_layer(self, vertices: np.ndarray, normals: np.ndarray, target_xy: np.ndarray,
+                     floor_z: float) -> np.ndarray:
+        """The avatar alone: vertices/normals (V, 3) AMASS world, metres -> (H, W, 4) uint8 premultiplied RGBA."""
+        self._upload(vertices, normals)
+        self.scene.set_pose(self.cam_node, self.rig.pose(target_xy, floor_z))
+        rgba, _ = self.renderer.render(self.scene, flags=pyrender.RenderFlags.RGBA)
+        self._fresh = False
+        return rgba
+
+    def compose(self, layer: np.ndarray, target_xy: np.ndarray) -> np.ndarray:
+        """Avatar layer over sky + floor for a camera target -> (H, W, 3) uint8 RGB (thread-safe)."""
+        if self._bg is None:
+            raise RuntimeError("set_lights() first")
+        shade, sky_w = self._bg
+        return compose_frame(layer, shade, sky_w, self.backdrop.pattern(target_xy), self.SKY)
+
+    def render(self, vertices: np.ndarray, normals: np.ndarray, target_xy: np.ndarray, floor_z: float) -> np.ndarray:
+        """Render one finished frame (layer + compose) -> (H, W, 3) uint8 RGB."""
+        return self.compose(self.render_layer(vertices, normals, target_xy, floor_z), target_xy)
+
+    def close(self) -> None:
+        try:
+            self.renderer.delete()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def compose_frame(layer: np.ndarray, shade: np.ndarray, sky_w: np.ndarray, pattern: np.ndarray,
+                  sky: tuple[float, float, float]) -> np.ndarray:
+    """out = avatar + (1 - alpha) * (floor shade * pattern + sky weight * sky colour), in display values.
+
+    Args:
+        layer: (H, W, 4) uint8 premultiplied avatar RGBA; shade: (H, W, 3) premultiplied white-floor colour;
+        sky_w: (H, W) sky coverage; pattern: (H, W) floor albedo factor.
+    """
+    fg = layer.astype(np.float32) * (1.0 / 255.0)
+    bg = shade * pattern[..., None] + sky_w[..., None] * np.asarray(sky, dtype=np.float32)
+    out = fg[..., :3] + bg * (1.0 - fg[..., 3:4])
+    return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
