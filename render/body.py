@@ -382,13 +382,17 @@ def _load_real(model_dir: str | os.PathLike, model_type: str, gender: str, num_b
             model = smplx.SMPLH(model_path=str(path), data_struct=_Struct(**data), num_betas=num_betas,
                                 gender=gender, use_pca=False, flat_hand_mean=True)
         else:
-            # smplx.SMPLX always reads a file itself: hand it an npz of plain arrays we produced
-            with tempfile.TemporaryDirectory() as tmp:
-                npz = Path(tmp) / "model.npz"
-                np.savez(npz, **{k: np.asarray(v) for k, v in data.items()})
-                model = smplx.SMPLX(model_path=str(npz), ext="npz", num_betas=num_betas, gender=gender,
-                                    use_pca=False, flat_hand_mean=True, num_expression_coeffs=10,
-                                    use_face_contour=False)
+            # smplx.SMPLX always reads a file itself: an .npz we have just read safely (any object members
+            # passed the restricted unpickler), or, for a .pkl, an npz of the plain arrays we produced
+            kw = dict(ext="npz", num_betas=num_betas, gender=gender, use_pca=False, flat_hand_mean=True,
+                      num_expression_coeffs=10, use_face_contour=False)
+            if path.suffix == ".npz":
+                model = smplx.SMPLX(model_path=str(path), **kw)
+            else:
+                with tempfile.TemporaryDirectory() as tmp:
+                    npz = Path(tmp) / "model.npz"
+                    np.savez(npz, **{k: np.asarray(v) for k, v in data.items()})
+                    model = smplx.SMPLX(model_path=str(npz), **kw)
     return Body(model, model_type, gender, str(path))
 
 

@@ -9,8 +9,8 @@ for. :class:`RestrictedUnpickler` resolves classes through an allow-list only:
   a small stand-in that keeps their pickled state; :func:`to_plain` then evaluates it to a numpy array
   (the value of a ``Ch`` is its ``x``; reorderings are replayed with numpy);
 - ``scipy.sparse`` csc/csr/coo matrices map to a stand-in rebuilt as a real scipy matrix from its arrays;
-- numpy's array/dtype/scalar reconstruction functions, ``copyreg._reconstructor`` and plain builtins
-  (``set``, ``dict``, ...) are allowed;
+- numpy's array/dtype/scalar reconstruction functions, ``copyreg._reconstructor``, ``_codecs.encode``
+  (how Python 3 writes bytes at protocol 2) and plain builtins (``set``, ``dict``, ...) are allowed;
 - anything else (``os.system``, ``builtins.eval``, ...) is refused with :class:`BadInputError`.
 """
 
@@ -119,6 +119,10 @@ class RestrictedUnpickler(pickle.Unpickler):
             import copyreg
 
             return copyreg._reconstructor
+        if module == "_codecs" and name == "encode":       # bytes in protocol-2 pickles written by Python 3
+            import codecs
+
+            return codecs.encode
         if module in ("builtins", "__builtin__") and name in _BUILTINS_ALLOWED:
             import builtins
 
