@@ -51,6 +51,7 @@ class LightSetup:
     lights: tuple[Light, ...]
     radiance_scale: float
     ambient: float
+    reference_gl: tuple[float, float, float] = (0.0, 0.0, 3.0)
 
     def to_dict(self) -> dict:
         """JSON-ready description for sidecars (paper numbers and the pyrender frame)."""
@@ -59,17 +60,20 @@ class LightSetup:
             "number": self.index + 1,
             "name": self.name,
             "ambient": self.ambient,
+            "radiance_scale": self.radiance_scale,
             "lights": [{"position": list(l.position), "color": list(l.color),
                         "position_gl_m": [round(v, 6) for v in l.position_gl]} for l in self.lights],
         }
 
     def pyrender_intensity(self, light: Light, target_gl: np.ndarray) -> float:
-        """pyrender point-light intensity giving radiance ``radiance_scale`` x colour at ``target_gl``.
+        """pyrender point-light intensity (the same for every light of every setup).
 
-        pyrender attenuates point lights by 1/d^2 (d in metres), so intensity = radiance_scale * d^2;
-        the light's colour is passed separately as the pyrender light colour.
+        pyrender attenuates point lights by 1/d^2 (d in metres). The intensity is ``radiance_scale * d_ref^2``
+        with d_ref the distance from the reference light position to ``target_gl`` (the look-at point, camera
+        frame), so a light at the reference position gives radiance ``radiance_scale`` x colour at the subject
+        and every other light falls off physically with its own distance. The colour is passed separately.
         """
-        d = float(np.linalg.norm(np.asarray(light.position_gl) - np.asarray(target_gl, dtype=np.float64)))
+        d = float(np.linalg.norm(np.asarray(self.reference_gl) - np.asarray(target_gl, dtype=np.float64)))
         return self.radiance_scale * d * d
 
 
@@ -108,6 +112,8 @@ def load_lights(path: str | os.PathLike | None = None) -> list[LightSetup]:
     to_gl, scale = _FRAMES[frame], _UNITS[units]
     radiance_scale = float(doc.get("radiance_scale", 2.4))
     ambient = float(doc.get("ambient", 0.1))
+    ref = _vec3(path, "reference_position", doc.get("reference_position", [0, 0, -300]))
+    ref_gl = tuple(float(v) for v in (to_gl @ np.asarray(ref)) * scale)
     setups = []
     for i, s in enumerate(doc["setups"]):
         where = f"setups[{i}]"
@@ -122,5 +128,6 @@ def load_lights(path: str | os.PathLike | None = None) -> list[LightSetup]:
             gl = tuple(float(v) for v in (to_gl @ np.asarray(pos)) * scale)
             lights.append(Light(position=pos, color=col, position_gl=gl))  # type: ignore[arg-type]
         setups.append(LightSetup(index=i, name=str(s.get("name", f"setup{i + 1}")), lights=tuple(lights),
-                                 radiance_scale=radiance_scale, ambient=ambient))
+                                 radiance_scale=radiance_scale, ambient=ambient,
+                                 reference_gl=ref_gl))  # type: ignore[arg-type]
     return setups

@@ -49,9 +49,9 @@ class CameraRig:
     """
 
     distance_m: float = 5.0
-    eye_height_m: float = 1.35
-    look_at_height_m: float = 0.95
-    yfov_deg: float = 29.0
+    eye_height_m: float = 1.4
+    look_at_height_m: float = 1.1
+    yfov_deg: float = 31.0
     znear: float = 0.1
     zfar: float = 40.0
 
