@@ -1,0 +1,190 @@
+"""The LAVIMO model: text, video and motion encoders into one latent space, motion-as-query fusion, a motion
+reconstruction decoder, and the training losses."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .config import LavimoConfig
+from .decoder import MotionDecoder, masked_smooth_l1
+from .fusion import MotionQueryFusion
+from .losses import contrastive_loss
+from .motion_encoder import MotionEncoder
+from .text_encoder import TextEncoder
+from .video_encoder import VideoEncoder
+from .weights import build_video_backbone, load_text_backbone
+
+log = logging.getLogger(__name__)
+
+LOSS_TERMS = ("tm", "vm", "tv", "recon")
+
+
+class LavimoModel(nn.Module):
+    """Tri-modal (or text-motion) retrieval model. Build it with :func:`build_model`.
+
+    Encoders return latents (B, C), not normalised; retrieval compares them by cosine similarity.
+    ``video`` is ``None`` when ``cfg.modalities == "tm"``; ``fusion`` is ``None`` when ``cfg.fusion`` is off;
+    ``decoder`` is ``None`` when ``cfg.recon_weight == 0``.
+    """
+
+    def __init__(self, cfg: LavimoConfig, text: TextEncoder, video: VideoEncoder | None):
+        super().__init__()
+        self.cfg = cfg
+        self.text = text
+        self.video = video
+        self.motion = MotionEncoder(cfg)
+        self.use_video = cfg.modalities == "tmv"
+        self.fusion = MotionQueryFusion(cfg.latent_dim) if (cfg.fusion and cfg.recon_weight > 0) else None
+        self.decoder = MotionDecoder(cfg) if cfg.recon_weight > 0 else None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.motion.proj_in.weight.device
+
+    @property
+    def latent_dim(self) -> int:
+        return self.cfg.latent_dim
+
+    # ------------------------------------------------------------------ encoders
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Texts -> (B, C) latents (tokenised here, on the model's device)."""
+        return self.text(texts)
+
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, F, 3, H, W) float CLIP-normalised frames (F <= num_frames, H = W = image_size) -> (B, C)."""
+        if self.video is None:
+            raise RuntimeError("this model was built with modalities='tm' and has no video encoder")
+        return self.video(video.to(self.device))
+
+    def encode_motion(self, motion: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, feature_dim) normalised features, (B, T) bool mask (True = valid; None = all) -> (B, C)."""
+        motion = motion.to(self.device)
+        if mask is not None:
+            mask = mask.to(self.device)
+        return self.motion(motion, mask)
+
+    # ------------------------------------------------------------------ fusion
+    def fuse(self, text: torch.Tensor, video: torch.Tensor | None, motion: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The latent the decoder reconstructs from, and the (B, 3) modality weights (text, video, motion).
+
+        With fusion: motion-as-query attention over (text, video, motion), or (text, motion) in the ``tm``
+        variant (video weight 0). Without fusion (``--no-fusion``): the motion latent itself, weights (0, 0, 1).
+        Every row of the weights sums to 1.
+        """
+        b = motion.shape[0]
+        weights = motion.new_zeros(b, 3)
+        if self.fusion is None:
+            weights[:, 2] = 1.0
+            return motion, weights
+        if self.use_video:
+            if video is None:
+                raise ValueError("tri-modal fusion needs the video latents")
+            fused, w = self.fusion(motion, [text, video, motion])
+            return fused, w
+        fused, w = self.fusion(motion, [text, motion])
+        weights = torch.stack([w[:, 0], torch.zeros_like(w[:, 0]), w[:, 1]], dim=1)
+        return fused, weights
+
+    # ------------------------------------------------------------------ losses
+    def compute_losses(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Training losses for one loader batch.
+
+        ``batch``: ``text`` list[str] (B), ``sent_emb`` (B, D) L2-normalised sentence embeddings of ``text``,
+        ``motion`` (B, T, feature_dim) normalised, ``mask`` (B, T) bool True = valid, and ``video``
+        (B, F, 3, H, W) in the tri-modal variant (ignored in ``tm``). Other keys are ignored.
+
+        Returns ``loss`` = tm + vm + tv + recon_weight * recon (scalar), the unweighted terms ``tm``
+        (text-motion), ``vm`` (video-motion), ``tv`` (text-video) contrastive losses and ``recon`` (masked
+        smooth-L1), each a scalar tensor (zero when the variant does not have it), and ``fusion_weights``
+        (B, 3) (text, video, motion; detached).
+        """
+        cfg = self.cfg
+        dev = self.device
+        for key in ("text", "motion", "mask") + (("video",) if self.use_video else ()):
+            if key not in batch:
+                raise KeyError(f"batch is missing {key!r}")
+        motion = batch["motion"].to(dev)
+        mask = batch["mask"].to(dev).bool()
+        sent = batch.get("sent_emb")
+        if sent is None and cfg.negative_filtering != "none":
+            raise KeyError(f"batch is missing 'sent_emb' (needed by negative_filtering={cfg.negative_filtering!r})")
+        sent = sent.to(dev) if sent is not None else None
+
+        t = self.encode_text(list(batch["text"]))
+        m = self.encode_motion(motion, mask)
+        v = self.encode_video(batch["video"]) if self.use_video else None
+
+        def nce(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return contrastive_loss(a, b, sent, mode=cfg.negative_filtering, threshold=cfg.threshold,
+                                    temperature=cfg.temperature)
+
+        zero = m.new_zeros(())
+        out: dict[str, torch.Tensor] = {k: zero for k in LOSS_TERMS}
+        out["tm"] = nce(t, m)
+        if v is not None:
+            out["vm"] = nce(v, m)
+            out["tv"] = nce(t, v)
+        if self.decoder is not None:
+            latent, weights = self.fuse(t, v, m)
+            recon = self.decoder(latent, mask)
+            out["recon"] = masked_smooth_l1(recon, motion.to(recon.dtype), mask)
+        else:
+            weights = m.new_zeros(m.shape[0], 3)
+            weights[:, 2] = 1.0
+        out["loss"] = out["tm"] + out["vm"] + out["tv"] + cfg.recon_weight * out["recon"]
+        out["fusion_weights"] = weights.detach()
+        return out
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Same as :meth:`compute_losses`."""
+        return self.compute_losses(batch)
+
+    # ------------------------------------------------------------------ optimisation helpers
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """The pretrained backbones' parameters (HF text encoder, CLIP image tower)."""
+        params = list(self.text.backbone.parameters())
+        if self.video is not None:
+            params += list(self.video.visual.parameters())
+        return params
+
+    def parameter_groups(self, lr: float | None = None, weight_decay: float | None = None,
+                         backbone_lr_scale: float | None = None) -> list[dict[str, Any]]:
+        """AdamW parameter groups: backbones at ``lr * backbone_lr_scale``, the rest at ``lr`` (defaults from
+        the config); only parameters that require gradients; empty groups dropped."""
+        lr = self.cfg.lr if lr is None else lr
+        wd = self.cfg.weight_decay if weight_decay is None else weight_decay
+        scale = self.cfg.backbone_lr_scale if backbone_lr_scale is None else backbone_lr_scale
+        bb_ids = {id(p) for p in self.backbone_parameters()}
+        backbone = [p for p in self.parameters() if p.requires_grad and id(p) in bb_ids]
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in bb_ids]
+        groups = [{"params": rest, "lr": lr, "weight_decay": wd, "name": "lavimo"},
+                  {"params": backbone, "lr": lr * scale, "weight_decay": wd, "name": "backbones"}]
+        return [g for g in groups if g["params"]]
+
+
+def build_model(cfg: LavimoConfig, *, pretrained: bool = True,
+                text_assets_dir: str | os.PathLike | None = None) -> LavimoModel:
+    """Build the model for ``cfg``.
+
+    Backbones load their pretrained weights from local files (see ``model/weights.py``) unless
+    ``cfg.random_init``; ``pretrained=False`` skips loading the CLIP weights (used by checkpoint loading, which
+    overwrites every weight), and ``text_assets_dir`` builds the text backbone from a saved config/tokenizer
+    folder instead of ``cfg.text_model``. Nothing is downloaded.
+    """
+    backbone, tokenizer = load_text_backbone(cfg, assets_dir=text_assets_dir)
+    text = TextEncoder(backbone, tokenizer, cfg, freeze=cfg.freeze_text)
+    video = None
+    if cfg.modalities == "tmv":
+        video = VideoEncoder(build_video_backbone(cfg, pretrained=pretrained), cfg, freeze=cfg.freeze_video)
+    model = LavimoModel(cfg, text, video)
+    n = sum(p.numel() for p in model.parameters())
+    log.info("built LAVIMO (%s, modalities=%s, fusion=%s, recon_weight=%g): %.1fM parameters", cfg.name,
+             cfg.modalities, cfg.fusion, cfg.recon_weight, n / 1e6)
+    return model

@@ -1,0 +1,155 @@
+"""Pretrained-weight loading from files the test writes itself (tiny random checkpoints): OpenAI-format CLIP
+state dicts (plain, fp16, TorchScript), open_clip training checkpoints, Kinetics-style wrappers, a Hugging Face
+DistilBERT directory; and clear errors when weights are missing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import MissingWeightsError, build_model, load_preset
+from model.weights import extract_visual_state_dict, resolve_text_model
+
+VISION = {"embed_dim": 32, "image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16,
+          "mlp_ratio": 2.0}
+
+
+def tiny_openai_clip(image_size: int = 32):
+    """A tiny open_clip CLIP; its state dict uses OpenAI's key layout (visual.*, transformer.*, ...)."""
+    from open_clip.model import CLIP
+
+    torch.manual_seed(123)
+    vision = dict(VISION, image_size=image_size)
+    vision.pop("embed_dim")
+    text = {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}
+    return CLIP(32, vision_cfg=vision, text_cfg=text, quick_gelu=True)
+
+
+def cfg_with_weights(path, **over):
+    return load_preset("tiny", random_init=False, video_weights=str(path), video_backbone_config=VISION,
+                       video_quick_gelu=True, **over)
+
+
+def assert_visual_equal(model, reference_visual):
+    ref = reference_visual.state_dict()
+    got = model.video.visual.state_dict()
+    assert set(got) == set(ref)
+    for k in ref:
+        assert torch.allclose(got[k], ref[k].float(), atol=1e-3 if ref[k].dtype == torch.float16 else 0), k
+
+
+def test_openai_state_dict_loads(tmp_path):
+    clip = tiny_openai_clip()
+    sd = clip.state_dict()
+    assert "visual.conv1.weight" in sd and "text_projection" in sd  # OpenAI layout
+    path = tmp_path / "ViT-tiny.pt"
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, path)  # OpenAI ships fp16
+    model = build_model(cfg_with_weights(path))
+    assert_visual_equal(model, clip.visual.half())
+    assert model.video.visual.conv1.weight.dtype == torch.float32
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
+def test_openai_torchscript_archive_loads(tmp_path):
+    clip = tiny_openai_clip().eval()
+    # OpenAI's ViT-B-32.pt is a traced CLIP whose state dict has the visual.* keys; trace a holder the same way
+    archive = torch.jit.trace(_Holder(clip.visual), torch.zeros(1, 3, 32, 32), check_trace=False)
+    path = tmp_path / "ViT-tiny-jit.pt"
+    torch.jit.save(archive, str(path))
+    model = build_model(cfg_with_weights(path))
+    assert_visual_equal(model, clip.visual)
+    with torch.no_grad():  # same function as the original tower
+        x = torch.randn(2, 3, 32, 32)
+        assert torch.allclose(model.video.visual.eval()(x), clip.visual(x), atol=1e-5)
+
+
+class _Holder(torch.nn.Module):
+    def __init__(self, visual):
+        super().__init__()
+        self.visual = visual
+
+    def forward(self, x):
+        return self.visual(x)
+
+
+def test_open_clip_and_kinetics_wrapped_checkpoints(tmp_path):
+    clip = tiny_openai_clip()
+    sd = clip.state_dict()
+    oc = tmp_path / "open_clip_epoch_3.pt"
+    torch.save({"epoch": 3, "name": "run", "state_dict": {f"module.{k}": v for k, v in sd.items()}}, oc)
+    assert_visual_equal(build_model(cfg_with_weights(oc)), clip.visual)
+    k400 = tmp_path / "k400_finetune.safetensors"
+    from safetensors.torch import save_file
+
+    wrapped = {f"image_encoder.{k[len('visual.'):]}": v.contiguous() for k, v in sd.items() if k.startswith("visual.")}
+    wrapped["prompt_learner.ctx"] = torch.zeros(4, 32)
+    save_file(wrapped, str(k400))
+    assert_visual_equal(build_model(cfg_with_weights(k400)), clip.visual)
+    nested = {"model": {f"module.model.visual.{k[7:]}": v for k, v in sd.items() if k.startswith("visual.")}}
+    assert set(extract_visual_state_dict(nested)) == set(clip.visual.state_dict())
+
+
+def test_position_embeddings_are_resized(tmp_path):
+    clip = tiny_openai_clip(image_size=32)  # 2x2 grid
+    path = tmp_path / "clip32.pt"
+    torch.save(clip.state_dict(), path)
+    model = build_model(cfg_with_weights(path, image_size=48))  # 3x3 grid
+    assert model.video.visual.positional_embedding.shape == (10, 32)
+    assert torch.equal(model.video.visual.conv1.weight, clip.visual.conv1.weight)
+    out = model.encode_video(torch.randn(1, 8, 3, 48, 48))
+    assert out.shape == (1, 32)
+
+
+def test_architecture_mismatch_and_missing_weights(tmp_path):
+    clip = tiny_openai_clip()
+    path = tmp_path / "clip.pt"
+    torch.save(clip.state_dict(), path)
+    wider = dict(VISION, width=64)
+    with pytest.raises(ValueError, match="does not match"):
+        build_model(load_preset("tiny", random_init=False, video_weights=str(path), video_backbone_config=wider))
+    with pytest.raises(MissingWeightsError, match="Kinetics-400"):
+        build_model(load_preset("tiny", random_init=False, video_weights=str(tmp_path / "absent.pt")))
+    # random_init ignores the missing file
+    assert build_model(load_preset("tiny", random_init=True, video_weights=str(tmp_path / "absent.pt")))
+
+
+def test_distilbert_directory_loads(tmp_path, monkeypatch):
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
+
+    from model.weights import minilm_path
+
+    torch.manual_seed(7)
+    conf = DistilBertConfig(vocab_size=30522, dim=32, n_layers=1, n_heads=2, hidden_dim=64,
+                            max_position_embeddings=64)
+    ref = DistilBertModel(conf).eval()
+    folder = tmp_path / "weights" / "distilbert-base-uncased"
+    ref.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(minilm_path())).save_pretrained(folder)  # same uncased WordPiece vocab
+
+    monkeypatch.setenv("LAVIMO_WEIGHTS", str(tmp_path / "weights"))
+    assert resolve_text_model("distilbert-base-uncased") == folder
+    cfg = load_preset("tiny", text_model="distilbert-base-uncased", text_backbone_config=None, random_init=False)
+    model = build_model(cfg)
+    bb = model.text.backbone
+    assert type(bb).__name__ == "DistilBertModel" and not cfg.freeze_text
+    for k, v in ref.state_dict().items():
+        assert torch.equal(bb.state_dict()[k], v), k
+    model.train()
+    batch_texts = ["a person walks", "a person runs in a circle"]
+    out = model.encode_text(batch_texts)
+    out.sum().backward()
+    assert bb.transformer.layer[0].attention.q_lin.weight.grad is not None  # fine-tuned (unfrozen) by default
+
+    # the same directory passed by path; random_init keeps the architecture but not the weights
+    model2 = build_model(load_preset("tiny", text_model=str(folder), text_backbone_config=None, random_init=True))
+    w2 = model2.text.backbone.embeddings.word_embeddings.weight
+    assert w2.shape == ref.embeddings.word_embeddings.weight.shape
+    assert not torch.equal(w2, ref.embeddings.word_embeddings.weight)
+
+
+def test_missing_text_model_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAVIMO_WEIGHTS", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(MissingWeightsError, match="random_init"):
+        build_model(load_preset("tiny", text_model="no-such-model-anywhere", text_backbone_config=None,
+                                random_init=False))
