@@ -21,7 +21,8 @@ It carries everything ``smplx.SMPL`` reads from a model file (``build_procedural
 posedirs are all zero (no pose-corrective blend shapes); :func:`procedural_posedirs` makes them.
 
 Generation takes about a second; the result is cached (``$LAVIMO_CACHE`` or ``~/.cache/lavimo``) in
-``procedural_body_v{VERSION}.npz``, written atomically. Nothing here is hand-edited binary data: the
+``procedural_body_v{VERSION}.npz``, written atomically, and regenerated when it was made by a different
+generator (fingerprint of this file's source). Nothing here is hand-edited binary data: the
 only embedded numbers are the rest joints and the primitive radii below.
 """
 
@@ -93,8 +94,8 @@ def _primitives(j: np.ndarray) -> list[tuple]:
     ]
     centre = [
         ("ell", 0, (0.0, -0.255, 0.010), (0.160, 0.115, 0.110)),                     # hips / pelvis
-        ("ell", 3, (0.0, -0.100, 0.020), (0.140, 0.130, 0.100)),                     # belly
-        ("ell", 6, (0.0, 0.040, 0.015), (0.150, 0.120, 0.105)),                      # lower chest
+        ("ell", 3, (0.0, -0.100, 0.020), (0.132, 0.150, 0.098)),                     # belly
+        ("ell", 6, (0.0, 0.040, 0.015), (0.148, 0.140, 0.105)),                      # lower chest
         ("ell", 9, (0.0, 0.150, 0.005), (0.165, 0.105, 0.100)),                      # upper chest
         ("cap", 12, (0.0, 0.230, -0.015), (0.0, 0.360, 0.005), 0.055, 0.052),        # neck
         ("ell", 15, (0.0, 0.428, 0.030), (0.078, 0.100, 0.094)),                     # head
@@ -146,10 +147,14 @@ _BLEND = 0.022           # smooth-union radius (metres)
 _BOUNDS = ((0.0, 0.93), (-1.24, 0.58), (-0.15, 0.23))   # x >= 0 half; mirrored to x < 0
 
 
+_TORSO_BLEND = 0.05     # wider blend between the torso parts (pelvis, belly, chest, neck)
+
+
 def _sdf(prims: list[tuple], pts: np.ndarray) -> np.ndarray:
     d = _primitive_sdf(prims[0], pts)
     for p in prims[1:]:
-        d = _smooth_min(d, _primitive_sdf(p, pts), _BLEND)
+        k = _TORSO_BLEND if p[1] in (0, 3, 6, 9) else _BLEND
+        d = _smooth_min(d, _primitive_sdf(p, pts), k)
     return d
 
 
@@ -342,6 +347,7 @@ def build_procedural_body() -> dict[str, np.ndarray]:
     ids = _vertex_ids(v)
     return {
         "version": np.array(VERSION),
+        "fingerprint": np.array(generator_fingerprint()),
         "v_template": v,
         "f": f.astype(np.int32),
         "weights": w,
@@ -370,7 +376,17 @@ def cache_path() -> Path:
     return cache_dir() / f"procedural_body_v{VERSION}.npz"
 
 
-_KEYS = ("version", "v_template", "f", "weights", "J_regressor", "shapedirs", "kintree_table", "joints",
+def generator_fingerprint() -> str:
+    """SHA-256 of this generator's source and the marching-cubes library version: a cached body made by
+    other code is regenerated, so editing the generator can never leave a stale cache behind."""
+    import skimage
+
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update(f"skimage {skimage.__version__} numpy {np.__version__.split('.')[0]}".encode())
+    return h.hexdigest()
+
+
+_KEYS = ("version", "fingerprint", "v_template", "f", "weights", "J_regressor", "shapedirs", "kintree_table", "joints",
          "mirror_vertices", "vertex_ids_names", "vertex_ids_values")
 
 
@@ -381,9 +397,9 @@ def load_procedural_body(cache: bool = True) -> dict[str, np.ndarray]:
         try:
             with np.load(path, allow_pickle=False) as z:
                 data = {k: z[k] for k in _KEYS}
-            if int(data["version"]) == VERSION:
+            if int(data["version"]) == VERSION and str(data["fingerprint"]) == generator_fingerprint():
                 return data
-            log.info("procedural body cache %s has another version; regenerating", path)
+            log.info("procedural body cache %s was made by another generator version; regenerating", path)
         except Exception as exc:  # noqa: BLE001 - a damaged cache is regenerated
             log.warning("procedural body cache %s unreadable (%s); regenerating", path, exc)
     data = build_procedural_body()
