@@ -112,15 +112,19 @@ def _caps(*templates: str) -> Callable[[MotionParams], list[str]]:
 
 
 def _gait(rig: Rig, start: float, step_t: float, n: int, hip: float, knee_swing: float, knee_stance: float,
-          arm: float, reverse: bool = False, elbow: float = 0.0) -> np.ndarray:
-    """Alternating steps (left first); returns the step progress s in [0, n]."""
+          arm: float, reverse: bool = False, elbow: float = 0.0, hip_lead: float = 0.0) -> np.ndarray:
+    """Alternating steps (left first); returns the step progress s in [0, n].
+
+    ``hip_lead`` (radians) advances the hip swing relative to the knee, so the swinging foot already moves
+    backward relative to the body when it lands (as in running).
+    """
     s = np.clip((rig.t - start) / step_t, 0, n)
     env = smoothstep(s / 0.6) * smoothstep((n - s) / 0.6)
     phi = -np.pi / 2 + np.pi * ((n - s) if reverse else s)
     for side, ph in (("l", phi), ("r", phi + np.pi)):
         swing = np.maximum(0.0, np.cos(ph)) ** 2
         behind = np.maximum(0.0, -np.sin(ph)) ** 3 * (1 - swing)
-        rig.add(f"{side}_hip_flex", env * hip * np.sin(ph))
+        rig.add(f"{side}_hip_flex", env * hip * np.sin(ph + (-hip_lead if reverse else hip_lead)))
         rig.add(f"{side}_knee", env * (knee_swing * swing + knee_stance * (1 - swing)))
         rig.add(f"{side}_ankle", env * (14 * behind - 8 * swing))
         rig.add(f"{side}_toe", env * 18 * behind)
@@ -128,6 +132,8 @@ def _gait(rig: Rig, start: float, step_t: float, n: int, hip: float, knee_swing:
         rig.add(f"{side}_elbow", env * (elbow + 0.4 * arm * np.maximum(0, -np.sin(ph))))
     rig.add("spine_twist", env * 0.25 * hip * np.sin(phi))
     rig.add("yaw", -env * 0.12 * hip * np.sin(phi))
+    rig.travel = (-1.0, 0.0) if reverse else (1.0, 0.0)
+    rig.lock_window = 0.1
     return s
 
 
@@ -209,6 +215,7 @@ def run(rig, p, T, rng):
     rig.lift = 0.05 * fly
     rig.contact = 1 - smoothstep(fly / 0.3)
     rig.auto_flight = True
+    rig.lock_window = 0.0
 
 
 def side_step(rig, p, T, rng):
@@ -290,6 +297,7 @@ def _jump_profile(rig: Rig, start: float, period: float, n: int, height: float, 
     rig.flight_v[:, 0] = np.where(air, flight_v[0], 0.0)
     rig.flight_v[:, 1] = np.where(air, flight_v[1], 0.0)
     tuck = np.where(air, bump(ta / t_fly), 0.0)
+    push = np.where(on, bump((tu - (t_off - 0.2)) / (t_fly + 0.3)), 0.0)  # toes down around the flight
     bend = 0.85 * pre + 0.8 * post
     legs = ("l", "r") if one_leg is None else (one_leg,)
     if one_leg is None:
@@ -297,7 +305,7 @@ def _jump_profile(rig: Rig, start: float, period: float, n: int, height: float, 
         for s in legs:
             rig.add(f"{s}_hip_flex", 25 * tuck)
             rig.add(f"{s}_knee", 40 * tuck)
-            rig.add(f"{s}_ankle", 25 * np.where(air, 1 - tuck, 0) + 25 * tuck)
+            rig.add(f"{s}_ankle", 25 * push)
     else:
         rig.add("pitch", 10 * crouch * bend)
         rig.add(f"{one_leg}_hip_flex", bend * (30 * crouch + 10 * crouch))
@@ -359,7 +367,7 @@ def jumping_jacks(rig, p, T, rng):
     for s in ("l", "r"):
         rig.add(f"{s}_hip_abd", 16 * AMP[p.amplitude] * spread)
         rig.add(f"{s}_sh_abd", 150 * AMP[p.amplitude] ** 0.3 * arms)
-        rig.add(f"{s}_ankle", 15 * (lift > 0))
+        rig.add(f"{s}_ankle", 15 * lift / h)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -617,7 +625,7 @@ def raise_arms(rig, p, T, rng):
     spec = ACTIONS["raise_arms"]
     a = AMP[p.amplitude]
     kk = _rep_hold(rig, spec.lead, spec.period_for(p), p.reps, 0.35, 0.65)
-    ang = 170 if a > 1 else (150 if a == 1 else 90)
+    ang = 165 if a > 1 else (150 if a == 1 else 90)
     for sd in (("l", "r") if p.side == "both" else (rig.sides(p.side)[0],)):
         if p.direction == "sideways":
             rig.add(f"{sd}_sh_abd", ang * kk)

@@ -15,7 +15,10 @@ authored for the left limb and mirrored for the right one:
   spine3 joint in the chest frame (left-arm convention; mirrored for the right arm);
 * ``lift`` (T,) metres above the floor (airborne phases), ``contact`` (T,) 1 = feet on the floor,
   ``flight_v`` (T, 2) m/s in the heading frame (forward, left) used while not in contact
-  (``auto_flight`` = continue at the average stance speed).
+  (``auto_flight`` = continue at the average stance speed); ``support`` (T, 2) optional planned stance
+  weights of the left/right foot, used instead of "the lowest foot" for the foot lock; ``lock_window``
+  (seconds) smooths the foot-locked motion; ``travel`` (forward, left) is a gait's direction of travel
+  in the heading frame: the foot lock never moves the body against it (a landing foot slips instead).
 
 :func:`assemble` converts a rig to ``poses`` (T, 156) and ``trans`` (T, 3) (AMASS, Z-up): the lowest sole
 point is put on the floor (z = 0) plus ``lift``, and the horizontal root motion is integrated so the
@@ -32,6 +35,7 @@ from scipy.ndimage import uniform_filter1d
 from dataset.synth_skeleton import OFFSETS, REST_JOINTS, Z_UP, forward_kinematics, matrix_to_rotvec
 
 _MIRROR = np.diag([-1.0, 1.0, 1.0])
+FLOOR_TOLERANCE = 0.01  # metres a sole may dip below the floor where the grounding is smoothed
 _L1 = float(np.linalg.norm(OFFSETS[18]))
 _L2 = float(np.linalg.norm(OFFSETS[20]))
 SHOULDER_IN_CHEST = REST_JOINTS[16] - REST_JOINTS[9]  # left shoulder relative to spine3 (rest frame)
@@ -84,6 +88,9 @@ class Rig:
         self.contact = np.ones(self.T)
         self.flight_v = np.zeros((self.T, 2))
         self.auto_flight = False
+        self.support: np.ndarray | None = None  # (T, 2) planned stance weights of the left/right foot
+        self.lock_window = 0.0  # seconds; > 0 averages the foot-lock motion over it
+        self.travel: tuple[float, float] | None = None  # heading-frame travel direction of a gait
 
     def __getitem__(self, k: str) -> np.ndarray:
         return self.ch[k]
@@ -250,7 +257,8 @@ def _flight_z0(z0: np.ndarray, contact: np.ndarray) -> np.ndarray:
 def assemble(rig: Rig, softness: float = 0.005) -> tuple[np.ndarray, np.ndarray]:
     """Rig -> (poses (T, 156), trans (T, 3)) with the feet on the floor and foot-locked root motion.
 
-    The lowest of the four sole points is at z = 0 (+ ``rig.lift``). While in contact, the root moves
+    The lowest of the four sole points is at z = 0 (+ ``rig.lift``), within :data:`FLOOR_TOLERANCE`
+    where the grounding is smoothed over 0.1 s. While in contact, the root moves
     horizontally so the sole points keep their place, weighted towards the lowest ones
     (softmin with ``softness`` metres); in flight it moves with ``rig.flight_v``.
     The horizontal path is centred on the origin (midpoint of its extent).
@@ -258,11 +266,26 @@ def assemble(rig: Rig, softness: float = 0.005) -> tuple[np.ndarray, np.ndarray]
     poses = rig_to_poses(rig)
     _, soles = forward_kinematics(poses, None)
     z0 = -soles[..., 2].min(axis=1)
+    # soften the kinks where the lowest point changes foot (landings) by <= FLOOR_TOLERANCE metres
+    win = max(1, int(round(0.1 * rig.fps)))
+    z0 = np.maximum(uniform_filter1d(z0, win, mode="nearest"), z0 - FLOOR_TOLERANCE)
     h = soles[..., 2] + z0[:, None]
     w = np.exp(-(h - h.min(axis=1, keepdims=True)) / softness)
+    if rig.support is not None:  # planned stance foot (gaits): heel/toe of each foot by height, feet by plan
+        w = w + 1e-12
+        for f, cols in ((0, [0, 2]), (1, [1, 3])):
+            w[:, cols] = w[:, cols] / w[:, cols].sum(axis=1, keepdims=True) * rig.support[:, f:f + 1]
     w /= w.sum(axis=1, keepdims=True)
     wm = 0.5 * (w[1:] + w[:-1])
     d_lock = -np.sum(wm[..., None] * (soles[1:, :, :2] - soles[:-1, :, :2]), axis=1)  # (T-1, 2) per frame
+    if rig.travel is not None:  # a gait never pushes the body against its travel direction
+        fwd, left = heading_vectors(rig.ch["yaw"])
+        dirw = fwd * rig.travel[0] + left * rig.travel[1]
+        dirw = 0.5 * (dirw[1:] + dirw[:-1])
+        comp = np.sum(d_lock * dirw, axis=1, keepdims=True)
+        d_lock = d_lock - np.minimum(comp, 0.0) * dirw
+    if rig.lock_window > 0:  # steady travel at the stepping's average speed (feet may slip a little)
+        d_lock = uniform_filter1d(d_lock, max(1, int(round(rig.lock_window * rig.fps))), axis=0, mode="nearest")
     c = np.clip(0.5 * (rig.contact[1:] + rig.contact[:-1]), 0, 1)[:, None]
     if rig.auto_flight:
         win = max(3, int(round(0.8 * rig.fps)))
