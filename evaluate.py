@@ -147,13 +147,18 @@ def from_sims(path: str | os.PathLike, threshold: float = P.DEFAULT_THRESHOLD,
     out_path = Path(out) if out else path.with_name("metrics.json")
     if out_path.suffix.lower() != ".json":
         out_path = out_path / "metrics.json"
-    write_json(out_path, results)
+    _write_metrics_json(out_path, results)
     md = R.metrics_markdown(results, info={"from_sims": str(path)}, skipped=skipped)
     write_text(out_path.with_suffix(".md"), md)
     for proto, why in skipped.items():
         log.warning("%s not computed: %s", proto, why)
     _print_summary(results, out_path)
     return results
+
+
+def _write_metrics_json(path: Path, results: dict[str, Any]) -> None:
+    """metrics.json in protocol order (all, threshold, dissimilar, small-batches) and task order, unrounded."""
+    write_text(path, json.dumps(results, indent=2) + "\n")
 
 
 def _print_summary(results: dict[str, Any], out_path: Path) -> None:
@@ -375,7 +380,7 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
         "fusion_weights": fusion, "skipped": skipped, "device": str(device),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "metrics.json", results)
+    _write_metrics_json(out_dir / "metrics.json", results)
     write_json(out_dir / "eval_info.json", _jsonable(info))
     write_text(out_dir / "metrics.md", R.metrics_markdown(results, info, fusion, skipped))
     if args.save_sims:

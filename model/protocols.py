@@ -335,7 +335,7 @@ def build_dissimilar_subset(keyids: Sequence[str], sent_emb: np.ndarray, size: i
     sub = s[np.ix_(picked, picked)]
     if len(picked) > 1:
         off = sub[~np.eye(len(picked), dtype=bool)]
-        max_pair = float((off.max() + 1) / 2)
+        max_pair = float(min(1.0, (off.max() + 1) / 2))
     else:
         max_pair = float("nan")
     ids = [keyids[int(order[p])] for p in picked]

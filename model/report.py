@@ -42,6 +42,11 @@ def _task_title(task: str) -> str:
     return f"{TASK_TITLES[a]}→{TASK_TITLES[b]}"
 
 
+def _task_short(task: str) -> str:
+    a, b = task.split("2")
+    return f"{a.upper()}→{b.upper()}"
+
+
 def metrics_markdown(results: Mapping[str, Mapping[str, Any]], info: Mapping[str, Any] | None = None,
                      fusion: Mapping[str, float] | None = None, skipped: Mapping[str, str] | None = None) -> str:
     """``metrics.md`` text for ``{protocol: {task: metrics, "n": N, ...}}`` (numbers rounded to 2 decimals)."""
@@ -60,7 +65,7 @@ def metrics_markdown(results: Mapping[str, Mapping[str, Any]], info: Mapping[str
         dirs = [t for t in (fwd, bwd) if any(t in results[p] for p in present)]
         lines.append(f"## {' / '.join(_task_title(t) for t in dirs)}")
         lines.append("")
-        head = ["Protocol", "N"] + [f"{_task_title(t)} {k}" for t in dirs for k in METRIC_KEYS]
+        head = ["Protocol", "N"] + [f"{_task_short(t)} {k}" for t in dirs for k in METRIC_KEYS]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
         latex = []
@@ -193,8 +198,13 @@ def tsne_figure(path: str | os.PathLike, text: np.ndarray, video: np.ndarray, mo
     x = np.concatenate([text, video, motion]).astype(np.float64)
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     perplexity = float(min(30.0, max(2.0, (3 * s - 1) / 3)))
-    y = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
-             metric="euclidean").fit_transform(x)
+    # exact t-SNE on one thread: ~100 points, deterministic, and no OpenMP oversubscription (Barnes-Hut with
+    # all threads took 25x longer on a busy 2-core machine)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        y = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, method="exact",
+                 metric="euclidean").fit_transform(x)
     fig, ax = plt.subplots(figsize=(7, 6), dpi=130)
     styles = (("text", "#1f77b4", "o"), ("video", "#ff7f0e", "s"), ("motion", "#2ca02c", "^"))
     for m, (name, colour, marker) in enumerate(styles):

@@ -134,3 +134,130 @@ def test_script_entry_point(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "all (n=5)" in proc.stdout
     assert json.loads((tmp_path / "metrics.json").read_text())["all"]["t2m"]["MedR"] == 1.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# model path: a real tiny checkpoint and real (synthetic) shards
+# ----------------------------------------------------------------------------------------------------------
+N_TEST = 34  # >= 32 so small-batches has one batch
+
+
+@pytest.fixture(scope="module")
+def tiny_eval(tmp_path_factory):
+    """(shards, run) with a tiny random-init LAVIMO checkpoint (tri-modal) and a test split of 34 clips."""
+    torch = pytest.importorskip("torch")
+    try:
+        from dataset.tiny_shards import make_tiny_shards
+        from model import build_model, load_preset, save_checkpoint
+    except ImportError as exc:  # pragma: no cover - every piece is in this repository
+        pytest.skip(f"model/shard pieces missing: {exc}")
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny_eval")
+    shards = make_tiny_shards(root / "shards", n_train=2, n_val=0, n_test=N_TEST, n_classes=4,
+                              frames=(10, 14), size=32, samples_per_shard=16)
+    run = root / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    cfg = load_preset("tiny")
+    save_checkpoint(build_model(cfg), run / "checkpoints" / "best.safetensors")
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
+    return shards, run
+
+
+@pytest.mark.slow
+def test_model_path_everything(tiny_eval, tmp_path, capsys):
+    shards, run = tiny_eval
+    out = tmp_path / "eval"
+    rc, cap = _run(["--run", run, "--shards", shards, "--split", "test", "--protocol", "everything",
+                    "--build-dissimilar", "100", "--gallery", "--gallery-queries", "2", "--tsne", "--save-sims",
+                    "--batch-size", "8",
+                    "--device", "auto", "--no-progress", "--out", out], capsys)
+    assert rc == 0, cap.err
+    res = json.loads((out / "metrics.json").read_text())
+    assert list(res) == ["all", "threshold", "dissimilar", "small-batches"]
+    for proto, r in res.items():
+        assert set(r) >= set(evaluate.P.TASKS) | {"n"}
+        for t in evaluate.P.TASKS:
+            assert set(r[t]) == set(M.METRIC_KEYS)
+            assert all(0 <= r[t][f"R@{k}"] <= 100 for k in M.RECALL_KS) and 1 <= r[t]["MedR"] <= r["n"]
+    assert res["all"]["n"] == N_TEST and res["small-batches"]["batches"] == 1
+    # fewer test clips than asked: all of them are picked, and it says so
+    assert res["dissimilar"]["n"] == N_TEST
+    assert f"picked {N_TEST} of 100 requested" in cap.out
+    ids = (out / "dissimilar_test.txt").read_text().split()
+    assert len(ids) == N_TEST and ids == sorted(ids)
+    info = json.loads((out / "eval_info.json").read_text())
+    fw = info["fusion_weights"]
+    assert set(fw) == {"text", "video", "motion"} and sum(fw.values()) == pytest.approx(1.0, abs=1e-4)
+    md = (out / "metrics.md").read_text()
+    assert "## Mean fusion attention weights" in md and "| threshold 0.8 | 34 |" in md
+    html = (out / "gallery.html").read_text()
+    assert html.count("<video") >= 5 * 2 * 3 and "Video→Motion" in html and "GT rank" in html
+    srcs = [s.split('"')[0] for s in html.split('<video src="')[1:]]
+    assert all((out / s).is_file() and (out / s).stat().st_size > 0 for s in srcs)
+    assert (out / "tsne.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the saved matrix reproduces the numbers through --from-sims
+    rc, cap = _run(["--from-sims", out / "sims.npz", "--out", tmp_path / "fs.json"], capsys)
+    assert rc == 0, cap.err
+    fs = json.loads((tmp_path / "fs.json").read_text())
+    for proto in ("all", "threshold", "small-batches"):
+        for t in ("t2m", "m2t"):
+            assert fs[proto][t] == res[proto][t], (proto, t)
+
+
+@pytest.mark.slow
+def test_model_path_subset_text_choice_and_errors(tiny_eval, tmp_path, capsys):
+    shards, run = tiny_eval
+    import tarfile
+
+    keyids = sorted({m.split(".", 1)[0] for t in sorted(shards.glob("test-*.tar")) for m in tarfile.open(t).getnames()})
+    assert len(keyids) == N_TEST
+    sub = tmp_path / "sub.txt"
+    # a subset id missing from the split -> a clear error naming it
+    sub.write_text("000999\n")
+    rc, cap = _run(["--run", run, "--shards", shards, "--protocol", "dissimilar", "--subset", sub,
+                    "--no-progress", "--out", tmp_path / "e1"], capsys)
+    assert rc == 2 and "000999" in cap.err and "not in the test split" in cap.err
+    # --protocol dissimilar without a subset -> error before any work
+    rc, cap = _run(["--run", run, "--shards", shards, "--protocol", "dissimilar", "--out", tmp_path / "e2"], capsys)
+    assert rc == 2 and "--subset" in cap.err
+    # every caption as its own query
+    rc, cap = _run(["--run", run, "--shards", shards, "--protocol", "all", "threshold", "--tasks", "t2m,m2t",
+                    "--text-choice", "all", "--no-progress", "--out", tmp_path / "tc"], capsys)
+    assert rc == 0, cap.err
+    res = json.loads((tmp_path / "tc" / "metrics.json").read_text())
+    assert set(res["all"]) == {"t2m", "m2t", "n", "queries"}
+    assert res["all"]["n"] == N_TEST and res["all"]["queries"] == 2 * N_TEST  # tiny shards: 2 captions a clip
+    assert "(68 texts)" in (tmp_path / "tc" / "metrics.md").read_text()
+    sub.write_text("\n".join(keyids[:10]) + "\n")
+    rc, cap = _run(["--run", run, "--shards", shards, "--protocol", "dissimilar", "--subset", sub,
+                    "--tasks", "v2m", "--no-progress", "--out", tmp_path / "s"], capsys)
+    assert rc == 0, cap.err
+    res = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert set(res["dissimilar"]) == {"v2m", "n"} and res["dissimilar"]["n"] == 10
+
+
+def test_gallery_html_marks_ground_truth_and_escapes():
+    from model import report as R
+
+    row = R.GalleryRow(task="t2m", query_keyid="000001", query_kind="text", query_text="a <b>person</b> walks",
+                       query_video=None, gt_rank=1.0,
+                       items=[{"keyid": "000007", "video": "media/000007.mp4", "text": "jumps", "score": 0.9,
+                               "gt": False},
+                              {"keyid": "000001", "video": "media/000001.mp4", "text": "walks", "score": 0.8,
+                               "gt": True}])
+    page = R.gallery_html([row])
+    assert page.count("<video") == 2 and 'src="media/000001.mp4"' in page
+    assert "<span class='badge'>GT</span> #2" in page and "class='cell gt'" in page
+    assert "&lt;b&gt;person&lt;/b&gt;" in page and "<b>person</b>" not in page
+
+
+def test_metrics_markdown_rounds_to_two_decimals():
+    from model import report as R
+
+    res = {"all": {"t2m": {"R@1": 12.3456, "R@2": 50, "R@3": 60, "R@5": 70, "R@10": 80, "MedR": 2.5},
+                   "m2t": {"R@1": 1 / 3, "R@2": 50, "R@3": 60, "R@5": 70, "R@10": 80, "MedR": 3.0}, "n": 9}}
+    md = R.metrics_markdown(res, fusion={"text": 0.2, "video": 0.3, "motion": 0.5})
+    assert "| all (whole split) | 9 | 12.35 | 50.00 | 60.00 | 70.00 | 80.00 | 2.50 | 0.33 |" in md
+    assert "& 12.35 & 50.00" in md and "| 0.200 | 0.300 | 0.500 |" in md
+    assert "Video" not in md.split("## Mean")[0].split("## ")[1]  # only the pairs that were computed
