@@ -15,6 +15,7 @@ directory, resume and DDP are described in docs/readme/train.md.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import math
 import os
@@ -31,16 +32,14 @@ from dataset.seeding import stable_seed
 from model.run_dir import MetricsTable, RunDir, load_json, write_run_info
 from model.schedule import paper_scheduler
 from model.training import (
-    DistInfo, LossModule, NonFiniteGuard, RunningMeans, TrainingDiverged, autocast, any_rank, barrier,
-    cleanup_distributed, encode_split, gather_rng_states, init_distributed, is_finite, load_training_state,
+    FUSION_NAMES, LOSS_TERMS, DistInfo, LossModule, NonFiniteGuard, RunningMeans, Stepper, TrainingDiverged,
+    barrier, cleanup_distributed, encode_split, gather_embeddings, gather_rng_states, init_distributed, load_training_state,
     param_groups, preserved_rng, resolve_device, resolve_precision, retrieval_scores, save_training_state,
-    seed_everything, set_rng_state, to_device,
+    seed_everything, set_rng_state,
 )
 
 log = logging.getLogger("train")
 
-LOSS_TERMS = ("loss", "tm", "vm", "tv", "recon")
-FUSION_NAMES = ("text", "video", "motion")
 # config fields a --resume may change without changing the optimisation
 RESUME_MUTABLE = {"num_workers", "log_every", "eval_every", "checkpoint_every", "epochs", "extra"}
 
@@ -75,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                    help="auto = bf16 autocast on CUDA, fp32 on CPU")
     r.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    r.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads per process (0 = torch's default; torchrun sets OMP_NUM_THREADS=1)")
     r.add_argument("--val-every", type=int, default=0,
                    help="validate every N steps (0 = at the end of every eval_every-th epoch and the last)")
     r.add_argument("--save-every", type=int, default=0,
@@ -83,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stop (after saving) once the global step reaches N; the schedule still follows --epochs")
     r.add_argument("--max-nan-steps", type=int, default=20,
                    help="stop when this many consecutive steps have a non-finite loss/gradient (0 = never)")
+    r.add_argument("--shuffle-buffer", type=int, default=None,
+                   help="samples in the loader's shuffle buffer per worker (default: the loader's; 1 = shard "
+                        "order only)")
     r.add_argument("--log-keyids", action="store_true",
                    help="debug: write the keyids of every training batch to RUN/debug/keyids-rank{R}.tsv")
     r.add_argument("--no-progress", action="store_true", help="no tqdm bars")
@@ -163,21 +167,26 @@ def check_shards(shards: Path, cfg) -> dict[str, dict]:
 
 
 def train_loader(args, cfg, epoch: int, steps: int, dinfo: DistInfo):
-    """The training loader of one epoch: shuffling seeded by (seed, epoch), ``steps`` batches on every rank."""
+    """The training loader of one epoch: shard order, shuffle buffer and augmentation seeded by (seed, epoch,
+    rank, worker) inside the loader; ``steps`` batches on every rank; shards split by rank."""
     from dataset.stream import make_loader
 
-    return make_loader(args.shards, "train", batch_size=cfg.batch_size, train=True,
-                       num_workers=cfg.num_workers, seed=stable_seed(cfg.seed, "train-epoch", epoch) % 2**31,
-                       image_size=cfg.image_size, num_frames=cfg.num_frames, max_motion_len=cfg.max_motion_len,
-                       epoch_batches=steps, rank=dinfo.rank, world_size=dinfo.world_size)
+    kw = {} if args.shuffle_buffer is None else {"shuffle_buffer": args.shuffle_buffer}
+    loader = make_loader(args.shards, "train", batch_size=cfg.batch_size, train=True,
+                         num_workers=cfg.num_workers, seed=cfg.seed, image_size=cfg.image_size,
+                         num_frames=cfg.num_frames, max_motion_len=cfg.max_motion_len, epoch_batches=steps,
+                         rank=dinfo.rank, world_size=dinfo.world_size, **kw)
+    loader.set_epoch(epoch)
+    return loader
 
 
-def val_loader(args, cfg):
+def val_loader(args, cfg, dinfo: DistInfo):
+    """Every val sample exactly once, split by rank (each rank encodes its shards; see validate())."""
     from dataset.stream import make_loader
 
     return make_loader(args.shards, "val", batch_size=cfg.batch_size, train=False, num_workers=cfg.num_workers,
                        seed=cfg.seed, image_size=cfg.image_size, num_frames=cfg.num_frames,
-                       max_motion_len=cfg.max_motion_len)
+                       max_motion_len=cfg.max_motion_len, rank=dinfo.rank, world_size=dinfo.world_size)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -189,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.shards = Path(args.shards)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     dinfo = init_distributed(args.device)
     try:
         return train(args, dinfo)
@@ -284,8 +295,8 @@ def train(args: argparse.Namespace, dinfo: DistInfo) -> int:
     if args.log_keyids:
         run.debug.mkdir(parents=True, exist_ok=True)
         keyid_log = open(run.debug / f"keyids-rank{dinfo.rank}.tsv", "a", encoding="utf-8")
-    trainable = [p for gr in groups for p in gr["params"]]
-    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    stepper = Stepper(net, optimizer, scaler, device=device, precision=precision, grad_clip=cfg.grad_clip,
+                      guard=guard, dinfo=dinfo)
 
     def save(epoch_: int, batch_: int) -> None:
         """last.safetensors + last.state.pt (collective: every rank contributes its RNG state)."""
@@ -304,14 +315,16 @@ def train(args: argparse.Namespace, dinfo: DistInfo) -> int:
         barrier(dinfo)
 
     def validate(epoch_: int) -> None:
-        """Retrieval metrics on the val split (rank 0), metrics.csv row, TensorBoard, best checkpoint."""
+        """Retrieval metrics on the whole val split (every rank encodes its shards, rank 0 gathers and scores),
+        a metrics.csv row, TensorBoard scalars, the best checkpoint."""
         nonlocal best_score, period
+        t0 = time.perf_counter()
+        with preserved_rng():
+            emb = encode_split(model, val_loader(args, cfg, dinfo), device, precision,
+                               with_video=cfg.modalities == "tmv")
+        emb = gather_embeddings(emb, dinfo)
         if dinfo.is_main:
-            t0 = time.perf_counter()
-            with preserved_rng():
-                emb = encode_split(model, val_loader(args, cfg), device, precision,
-                                   with_video=cfg.modalities == "tmv")
-                res = retrieval_scores(emb)
+            res = retrieval_scores(emb)
             means = period.means()
             row: dict[str, Any] = {"epoch": epoch_, "step": step, "lr": scheduler.get_last_lr()[0]}
             row.update({f"train_{k}": means.get(k, float("nan")) for k in LOSS_TERMS})
@@ -348,9 +361,11 @@ def train(args: argparse.Namespace, dinfo: DistInfo) -> int:
     net.train()
     stopped = False
     while epoch < cfg.epochs and not stopped:
-        with preserved_rng():  # loader construction must not move the training RNG streams
+        with preserved_rng():  # starting the loader (DataLoader base seed) must not move the training RNG
             seed_everything(stable_seed(cfg.seed, "loader-epoch", epoch, dinfo.rank))
             batches = iter(train_loader(args, cfg, epoch, steps_per_epoch, dinfo))
+            first = next(batches, None)
+        batches = itertools.chain([] if first is None else [first], batches)
         for _ in range(batch_in_epoch):  # skip what the interrupted run already consumed
             next(batches)
         if pending_rng is not None:
@@ -368,35 +383,14 @@ def train(args: argparse.Namespace, dinfo: DistInfo) -> int:
             if keyid_log is not None:
                 keyid_log.write(f"{epoch}\t{step}\t{','.join(batch['keyid'])}\n")
                 keyid_log.flush()
-            batch = to_device(batch, device)
-            with autocast(device, precision):
-                out = net(batch)
-            loss = out["loss"]
-            nonfinite = any_rank(not is_finite(loss.detach()), dinfo, device)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            gnorm = torch.nn.utils.clip_grad_norm_(trainable, clip)
-            if precision != "fp16":  # fp16 overflow is the GradScaler's job (it skips those steps itself)
-                nonfinite = nonfinite or not is_finite(gnorm)
-            if guard.update(not nonfinite, step):
-                optimizer.zero_grad(set_to_none=True)
-                if precision == "fp16":
-                    scaler.update()
-            else:
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                terms = {k: float(out[k].detach()) for k in LOSS_TERMS if torch.is_tensor(out.get(k))}
-                fw = out.get("fusion_weights")
-                if torch.is_tensor(fw) and fw.numel():
-                    for name, v in zip(FUSION_NAMES, fw.detach().float().mean(0).tolist()):
-                        terms[f"fusion_{name}"] = v
+            terms = stepper(batch, step)
+            if terms is not None:
                 period.add(terms)
                 if tb is not None and step % max(1, cfg.log_every) == 0:
                     for k, v in terms.items():
                         tb.add_scalar(f"train/{k}", v, step)
                     tb.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-                    tb.add_scalar("train/grad_norm", float(gnorm), step)
+                    tb.add_scalar("train/grad_norm", stepper.last_grad_norm, step)
             scheduler.step()
             step += 1
             batch_in_epoch += 1

@@ -314,6 +314,60 @@ def is_finite(x: torch.Tensor | float) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# one optimisation step
+
+LOSS_TERMS = ("loss", "tm", "vm", "tv", "recon")
+FUSION_NAMES = ("text", "video", "motion")
+
+
+class Stepper:
+    """One training step of ``net`` (a :class:`LossModule`, possibly DDP-wrapped / compiled).
+
+    forward under autocast -> backward (through the GradScaler for fp16) -> unscale -> global grad-norm clip ->
+    AdamW step -> zero grads. A step whose loss (on any rank) or gradient norm is not finite is skipped (no
+    parameter update) and counted by ``guard``. The lr scheduler is *not* stepped here.
+    """
+
+    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, *,
+                 device: torch.device, precision: str, grad_clip: float, guard: NonFiniteGuard,
+                 dinfo: DistInfo = DistInfo()):
+        self.net, self.optimizer, self.scaler = net, optimizer, scaler
+        self.device, self.precision, self.guard, self.dinfo = device, precision, guard, dinfo
+        self.clip = grad_clip if grad_clip > 0 else float("inf")
+        self.trainable = [p for g in optimizer.param_groups for p in g["params"]]
+        self.last_grad_norm = float("nan")
+
+    def __call__(self, batch: Mapping[str, Any], step: int) -> dict[str, float] | None:
+        """Run one step on ``batch`` (moved to the device here); returns the scalar loss terms and the mean
+        fusion weights (``fusion_text`` / ``fusion_video`` / ``fusion_motion``), or None when skipped."""
+        batch = to_device(batch, self.device)
+        with autocast(self.device, self.precision):
+            out = self.net(batch)
+        loss = out["loss"]
+        nonfinite = any_rank(not is_finite(loss.detach()), self.dinfo, self.device)
+        self.scaler.scale(loss).backward()  # always: DDP ranks must take part in the same all-reduces
+        self.scaler.unscale_(self.optimizer)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.trainable, self.clip)
+        self.last_grad_norm = float(gnorm)
+        if self.precision != "fp16":  # fp16 overflow is the GradScaler's job (it skips those steps itself)
+            nonfinite = nonfinite or not math.isfinite(self.last_grad_norm)
+        if self.guard.update(not nonfinite, step):
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.precision == "fp16":
+                self.scaler.update()
+            return None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        terms = {k: float(out[k].detach()) for k in LOSS_TERMS if torch.is_tensor(out.get(k))}
+        fw = out.get("fusion_weights")
+        if torch.is_tensor(fw) and fw.numel():
+            for name, v in zip(FUSION_NAMES, fw.detach().float().mean(0).tolist()):
+                terms[f"fusion_{name}"] = v
+        return terms
+
+
+# ----------------------------------------------------------------------------------------------------------
 # running means of the loss terms
 
 
@@ -369,6 +423,23 @@ def encode_split(model: nn.Module, batches: Iterable[Mapping[str, Any]], device:
         model.train(was_training)
     cat = {k: (torch.cat(v) if v else None) for k, v in out.items()}
     return {"keyid": keyids, **cat}
+
+
+def gather_embeddings(emb: dict[str, Any], info: DistInfo) -> dict[str, Any] | None:
+    """Concatenate every rank's :func:`encode_split` output on rank 0 (others get None); collective in DDP."""
+    if not info.enabled:
+        return emb
+    parts: list[Any] = [None] * info.world_size
+    dist.all_gather_object(parts, emb)
+    if not info.is_main:
+        return None
+    out: dict[str, Any] = {"keyid": [k for p in parts for k in p["keyid"]]}
+    for key in ("text", "video", "motion", "sent_emb"):
+        ts = [p[key] for p in parts if p[key] is not None]
+        out[key] = torch.cat(ts) if ts else None
+    if len(set(out["keyid"])) != len(out["keyid"]):
+        log.warning("validation: %d duplicate keyids across ranks", len(out["keyid"]) - len(set(out["keyid"])))
+    return out
 
 
 def retrieval_scores(emb: Mapping[str, Any]) -> dict[str, float]:

@@ -192,3 +192,245 @@ def test_run_dir_layout(tmp_path):
     assert run.last.name == "last.safetensors" and run.best.parent == run.ckpt_dir
     (tmp_path / "f").write_bytes(b"abc")
     assert sha256_file(tmp_path / "f").startswith("ba7816bf")
+
+
+class _NaNModel(torch.nn.Module):
+    """A stand-in with LAVIMO's compute_losses contract whose loss is NaN on chosen calls (Stepper test)."""
+
+    def __init__(self, nan_calls):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+        self.nan_calls, self.calls = set(nan_calls), 0
+
+    def compute_losses(self, batch):
+        loss = (self.w * batch["x"]).sum() ** 2
+        if self.calls in self.nan_calls:
+            loss = loss * float("nan")
+        self.calls += 1
+        return {"loss": loss, "tm": loss.detach(), "fusion_weights": torch.tensor([[0.2, 0.3, 0.5]])}
+
+
+def test_stepper_skips_nonfinite_steps():
+    from model.training import LossModule, Stepper
+
+    m = _NaNModel(nan_calls={1})
+    opt = torch.optim.AdamW(m.parameters(), lr=0.1)
+    guard = NonFiniteGuard(max_consecutive=2)
+    st = Stepper(LossModule(m), opt, torch.amp.GradScaler("cpu", enabled=False), device=torch.device("cpu"),
+                 precision="fp32", grad_clip=1.0, guard=guard)
+    batch = {"x": torch.tensor([1.0, 2.0, 3.0])}
+    terms = st(batch, 0)
+    assert terms["loss"] > 0 and terms["fusion_motion"] == pytest.approx(0.5)
+    before = m.w.detach().clone()
+    assert st(batch, 1) is None  # NaN: skipped, weights untouched, grads cleared
+    assert torch.equal(m.w, before) and m.w.grad is None and guard.total == 1
+    assert st(batch, 2) is not None and guard.consecutive == 0
+    m.nan_calls = {3, 4}
+    st(batch, 3)
+    with pytest.raises(TrainingDiverged):
+        st(batch, 4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# end to end on a tiny synthetic shard set
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cached_tiny_shards(request, name: str, **kw) -> Path:
+    """A tiny shard set (dataset.tiny_shards) cached in pytest's cache dir, keyed by the generator's and the
+    shard writer's sources and ``kw``; rebuilt when any of them changes."""
+    import hashlib
+    import os
+    import shutil
+
+    from dataset.tiny_shards import make_tiny_shards
+
+    h = hashlib.sha256(json.dumps(kw, sort_keys=True).encode())
+    for f in ("dataset/tiny_shards.py", "dataset/shards.py", "dataset/video_frames.py", "dataset/text_embed.py"):
+        h.update((REPO / f).read_bytes())
+    root = Path(request.config.cache.mkdir("lavimo-train-shards"))
+    out = root / f"{name}-{h.hexdigest()[:16]}"
+    if not (out / "train.json").is_file():
+        tmp = root / f"{out.name}.partial-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        make_tiny_shards(tmp, **kw)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    return out
+
+
+TINY = dict(n_train=32, n_val=8, n_classes=4, samples_per_shard=8, size=32, frames=(12, 20))
+
+
+@pytest.fixture(scope="module")
+def shards(request):
+    torch.set_num_threads(1)  # a shared 2-core machine: more threads only oversubscribe it
+    return cached_tiny_shards(request, "tiny", **TINY)
+
+
+def _run(argv) -> int:
+    return train_script.main([str(a) for a in argv])
+
+
+BASE = ["--preset", "tiny", "--device", "cpu", "--no-progress", "--threads", "1", "--set", "dropout=0.1"]
+
+
+@pytest.fixture(scope="module")
+def full_run(shards, tmp_path_factory):
+    """An uninterrupted 3-epoch tiny run (dropout on, so the RNG streams matter for resume)."""
+    out = tmp_path_factory.mktemp("full") / "run"
+    assert _run(["--shards", shards, "--out", out, "--epochs", 3, *BASE]) == 0
+    return out
+
+
+def _rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.slow
+def test_train_lowers_loss_and_logs_validation(full_run, shards):
+    rows = _rows(full_run)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert [int(r["step"]) for r in rows] == [8, 16, 24]  # 32 samples / batch 4
+    for r in rows:
+        for k in ("val_t2m_R@1", "val_t2m_R@5", "val_t2m_MedR", "val_v2m_R@1", "val_v2m_MedR", "samples_per_s",
+                  "lr", "fusion_text", "fusion_video", "fusion_motion"):
+            assert math.isfinite(float(r[k])), k
+        w = [float(r[f"fusion_{k}"]) for k in ("text", "video", "motion")]
+        assert sum(w) == pytest.approx(1.0, abs=1e-4)
+    losses = [float(r["train_loss"]) for r in rows]
+    assert losses[-1] < losses[0], losses
+    assert float(rows[-1]["lr"]) == pytest.approx(1e-4)  # tiny: lr_min reached at the last step
+    cfg = json.loads((full_run / "config.json").read_text())
+    assert cfg["model"]["epochs"] == 3 and cfg["model"]["dropout"] == 0.1
+    assert cfg["train"]["steps_per_epoch"] == 8
+    info = json.loads((full_run / "run.json").read_text())
+    assert info["shards"]["splits"]["train"]["manifest_sha256"] == sha256_file(shards / "train.json")
+    assert len(info["shards"]["splits"]["train"]["shards"]) == 4
+    assert "torch" in info["packages"] and "commit" in info["git"]
+    assert list((full_run / "tb").glob("events.out.tfevents.*"))
+    for name in ("best.safetensors", "last.safetensors", "last.state.pt"):
+        assert (full_run / "checkpoints" / name).is_file()
+    from model import load_checkpoint
+
+    best = load_checkpoint(full_run / "checkpoints" / "best.safetensors")
+    assert best.checkpoint_extra["val_score"] == pytest.approx(max(float(r["val_score"]) for r in rows))
+
+
+@pytest.mark.slow
+def test_resume_mid_epoch_is_exact(full_run, shards, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    # "killed" after a save in the middle of epoch 2: --save-every saves at step 10, --max-steps stops at 11
+    # after saving; simulate losing step 11 by resuming from the step-10 files
+    assert _run(["--shards", shards, "--out", out, "--epochs", 3, "--save-every", 5, "--max-steps", 10, *BASE]) == 0
+    state = load_training_state(out / "checkpoints" / "last.state.pt")
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 2, 10)
+    assert _run(["--shards", shards, "--out", out, "--resume", *BASE]) == 0
+    a = load_file(str(full_run / "checkpoints" / "last.safetensors"))
+    b = load_file(str(out / "checkpoints" / "last.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    ra, rb = _rows(full_run), _rows(out)
+    assert [r["step"] for r in rb] == [r["step"] for r in ra]
+    for x, y in zip(ra, rb):
+        for k in ("train_loss", "val_t2m_R@1", "val_v2m_R@1", "lr"):
+            assert float(x[k]) == pytest.approx(float(y[k]), abs=1e-5), k
+    # resuming a finished run is a no-op; a fresh start on an existing run is refused
+    assert _run(["--shards", shards, "--out", out, "--resume", *BASE]) == 0
+    with pytest.raises(SystemExit, match="--resume"):
+        _run(["--shards", shards, "--out", out, *BASE])
+    with pytest.raises(SystemExit, match="cannot change"):
+        _run(["--shards", shards, "--out", out, "--resume", "--lr", "0.5", *BASE])
+
+
+ABLATIONS = [
+    (["--modalities", "tm"], {"modalities": "tm"}),
+    (["--negative-filtering", "soft"], {"negative_filtering": "soft"}),
+    (["--negative-filtering", "tmr", "--threshold", "0.7"], {"negative_filtering": "tmr", "threshold": 0.7}),
+    (["--recon-weight", "0"], {"recon_weight": 0.0}),
+    (["--no-fusion"], {"fusion": False}),
+    (["--freeze-text"], {"freeze_text": True}),
+]
+
+
+def _batch(b=4, t=10, size=32, d=263):
+    g = torch.Generator().manual_seed(0)
+    return {"keyid": [f"{i:06d}" for i in range(b)], "video": torch.randn(b, 8, 3, size, size, generator=g),
+            "text": ["a person walks", "someone jumps", "a man waves", "a person sits"][:b],
+            "sent_emb": torch.nn.functional.normalize(torch.randn(b, 384, generator=g), dim=-1),
+            "motion": torch.randn(b, t, d, generator=g), "mask": torch.ones(b, t, dtype=torch.bool)}
+
+
+@pytest.mark.parametrize("flags,expect", ABLATIONS, ids=[" ".join(f) for f, _ in ABLATIONS])
+def test_ablation_flag_reaches_model_and_loss(flags, expect, monkeypatch, tmp_path):
+    import model.lavimo as lavimo
+    from model import build_model
+
+    args = train_script.parse_args(["--shards", "x", "--preset", "tiny", *flags])
+    cfg = train_script.resolve_config(args, RunDir(tmp_path / "r"))
+    for k, v in expect.items():
+        assert getattr(cfg, k) == v
+    calls = []
+    real = lavimo.contrastive_loss
+
+    def spy(x, y, sent_emb=None, **kw):
+        calls.append(kw)
+        return real(x, y, sent_emb, **kw)
+
+    monkeypatch.setattr(lavimo, "contrastive_loss", spy)
+    torch.manual_seed(0)
+    m = build_model(cfg)
+    out = m.compute_losses(_batch())
+    assert all(c["mode"] == cfg.negative_filtering and c["threshold"] == cfg.threshold for c in calls)
+    if cfg.modalities == "tm":
+        assert m.video is None and len(calls) == 1 and float(out["vm"]) == 0.0
+    else:
+        assert len(calls) == 3
+    if cfg.recon_weight == 0:
+        assert m.decoder is None and float(out["recon"]) == 0.0
+    if not cfg.fusion:
+        assert m.fusion is None and torch.equal(out["fusion_weights"][:, 2], torch.ones(4))
+    groups = param_groups(m, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    in_opt = {id(p) for g in groups for p in g["params"]}
+    text_in_opt = any(id(p) in in_opt for p in m.text.backbone.parameters())
+    assert text_in_opt is (not cfg.freeze_text)
+
+
+@pytest.mark.slow
+def test_ablation_flags_saved_config_and_checkpoint(shards, tmp_path):
+    from model import read_checkpoint_metadata
+
+    out = tmp_path / "run"
+    flags = ["--modalities", "tm", "--negative-filtering", "soft", "--threshold", "0.7", "--recon-weight", "0",
+             "--no-fusion", "--freeze-text"]
+    assert _run(["--shards", shards, "--out", out, "--epochs", 1, "--max-steps", 2, *BASE, *flags]) == 0
+    saved = json.loads((out / "config.json").read_text())["model"]
+    meta = read_checkpoint_metadata(out / "checkpoints" / "last.safetensors")["config"].to_dict()
+    for d in (saved, meta):
+        assert (d["modalities"], d["negative_filtering"], d["threshold"], d["recon_weight"], d["fusion"],
+                d["freeze_text"]) == ("tm", "soft", 0.7, 0.0, False, True)
+
+
+def test_bad_shards_give_clear_errors(shards, tmp_path, caplog):
+    import shutil
+
+    assert _run(["--shards", tmp_path / "nope", "--out", tmp_path / "r0", *BASE]) == 2
+    assert "shard directory not found" in caplog.text
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _run(["--shards", empty, "--out", tmp_path / "r1", *BASE]) == 2
+    assert "no train shards" in caplog.text
+    zero = tmp_path / "zero"
+    shutil.copytree(shards, zero)
+    m = json.loads((zero / "train.json").read_text())
+    m["num_samples"], m["shards"] = 0, []
+    (zero / "train.json").write_text(json.dumps(m))
+    assert _run(["--shards", zero, "--out", tmp_path / "r2", *BASE]) == 2
+    assert "the train split is empty" in caplog.text
+    assert _run(["--shards", shards, "--out", tmp_path / "r3", *BASE, "--set", "feature_dim=251"]) == 2
+    assert "263-dim motion features but preset 'tiny' expects feature_dim=251" in caplog.text
