@@ -347,6 +347,11 @@ def find_model_file(model_dir: str | os.PathLike, model_type: str, gender: str) 
     for c in cands:
         if c.is_file():
             return c
+    for c in cands:   # the official downloads spell some names in lower case (SMPLH_male.pkl)
+        if c.parent.is_dir():
+            for f in sorted(c.parent.iterdir()):
+                if f.name.lower() == c.name.lower() and f.is_file():
+                    return f
     raise FileNotFoundError(
         f"no {model_type.upper()} {gender} body model under {model_dir}: expected "
         f"{cands[0].relative_to(model_dir)} (or {cands[1].relative_to(model_dir)}) in smplx's layout "

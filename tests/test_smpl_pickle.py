@@ -151,7 +151,8 @@ def test_pickle_with_chumpy_objects_loads_as_arrays(tmp_path, monkeypatch):
 
 def test_smpl_pickle_through_load_body_matches_procedural(tmp_path, monkeypatch):
     chumpy = _fake_chumpy(monkeypatch)
-    _write_chumpy_pickle(tmp_path / "smpl" / "SMPL_NEUTRAL.pkl", _smpl_dict(24, posedirs_scale=1e-4), chumpy)
+    # lower-case gender as in the official downloads (SMPL_neutral.pkl) is found too
+    _write_chumpy_pickle(tmp_path / "smpl" / "SMPL_neutral.pkl", _smpl_dict(24, posedirs_scale=1e-4), chumpy)
     _without_chumpy(monkeypatch)
     body = load_body(tmp_path, model_type="smpl", gender="neutral")
     assert body.kind == "smpl" and body.num_joints == 24
