@@ -95,7 +95,7 @@ def read_amass_header(path: str | os.PathLike) -> tuple[int, float]:
     try:
         zf = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile, EOFError, ValueError) as e:
-        raise BadInputError(path, None, f"unreadable or truncated npz ({e})") from e
+        raise BadInputError(path, "archive", f"unreadable or truncated npz ({e})") from e
     with zf:
         names = set(zf.namelist())
 
@@ -147,9 +147,9 @@ def load_amass(path: str | os.PathLike) -> AmassMotion:
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise BadInputError(path, None, f"unreadable or truncated npz ({e})") from e
+        raise BadInputError(path, "archive", f"unreadable or truncated npz ({e})") from e
     if not isinstance(data, np.lib.npyio.NpzFile):
-        raise BadInputError(path, None, "not an npz archive")
+        raise BadInputError(path, "archive", "not an npz archive")
 
     def get(key: str) -> np.ndarray:
         if key not in data.files:
