@@ -68,15 +68,71 @@ class AugmentConfig:
 
 def crop_resize(frames, box: tuple[int, int, int, int], image_size: int):
     """Crop ``box`` = (top, left, height, width) of uint8 (k, 3, H, W) frames and resize to image_size² ->
-    float32 in [0, 1] (bilinear, antialiased when shrinking)."""
+    float32 in [0, 1] (bilinear, antialiased when shrinking; resized in uint8, which is ~3x faster)."""
     import torch.nn.functional as F
 
     t, l, h, w = box
-    x = frames[:, :, t:t + h, l:l + w].float().div_(255.0)
+    x = frames[:, :, t:t + h, l:l + w]
     if h != image_size or w != image_size:
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=h > image_size,
-                          align_corners=False)
-    return x.clamp_(0.0, 1.0)
+        x = F.interpolate(x.contiguous(), size=(image_size, image_size), mode="bilinear",
+                          antialias=h > image_size, align_corners=False)
+    return x.float().div_(255.0)
+
+
+_GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
+
+
+def grayscale(x):
+    """(k, 3, H, W) float -> (k, 1, H, W) luma."""
+    return (x[:, 0:1] * _GRAY[0]).add_(x[:, 1:2], alpha=_GRAY[1]).add_(x[:, 2:3], alpha=_GRAY[2])
+
+
+def adjust_brightness(x, factor: float):
+    return x.mul_(factor).clamp_(0.0, 1.0)
+
+
+def adjust_contrast(x, factor: float):
+    """Blend with the mean grey level of each frame (torchvision's definition)."""
+    mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+    return x.mul_(factor).add_(mean * (1.0 - factor)).clamp_(0.0, 1.0)
+
+
+def adjust_saturation(x, factor: float):
+    """Blend with the frame's grayscale version (torchvision's definition)."""
+    gray = grayscale(x)
+    return x.mul_(factor).add_(gray * (1.0 - factor)).clamp_(0.0, 1.0)
+
+
+def adjust_hue(x, shift: float):
+    """Rotate the hue by ``shift`` turns (-0.5..0.5) as a rotation of the chroma plane in YIQ space.
+
+    A linear approximation of an HSV hue shift (the one DALI uses): one 3x3 matrix per clip, about 50x faster
+    than torchvision's RGB->HSV->RGB round trip on CPU; luma is preserved."""
+    import torch
+
+    a = -2.0 * math.pi * shift  # sign chosen so a positive shift moves the HSV hue forward
+    rgb2yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, math.cos(a), -math.sin(a)], [0.0, math.sin(a), math.cos(a)]])
+    m = torch.linalg.inv(rgb2yiq) @ rot @ rgb2yiq
+    return torch.einsum("ij,kjhw->kihw", m.to(x.dtype), x).clamp_(0.0, 1.0)
+
+
+def gaussian_blur(x, sigma: float):
+    """Separable Gaussian blur of (k, 3, H, W) float frames: sigma in pixels, radius ceil(3 sigma), reflect
+    padding (torchvision's result) as two depthwise 1-D convolutions in channels-last layout, which is several
+    times faster on CPU than torchvision's 2-D kernel."""
+    import torch
+    import torch.nn.functional as F
+
+    k, c, h, w = x.shape
+    r = max(1, min(math.ceil(3.0 * sigma), h - 1, w - 1))
+    offs = torch.arange(-r, r + 1, dtype=x.dtype)
+    g = torch.exp(-0.5 * (offs / sigma) ** 2)
+    g = g / g.sum()
+    y = F.pad(x, (r, r, r, r), mode="reflect").contiguous(memory_format=torch.channels_last)
+    y = F.conv2d(y, g.view(1, 1, 1, -1).expand(c, 1, 1, 2 * r + 1).contiguous(), groups=c)
+    y = F.conv2d(y, g.view(1, 1, -1, 1).expand(c, 1, 2 * r + 1, 1).contiguous(), groups=c)
+    return y.contiguous()
 
 
 def center_box(height: int, width: int) -> tuple[int, int, int, int]:
@@ -101,31 +157,27 @@ def random_box(height: int, width: int, cfg: AugmentConfig, rng: np.random.Gener
 def augment_clip(frames, image_size: int, cfg: AugmentConfig, rng: np.random.Generator):
     """Training view of a clip: uint8 (k, 3, H, W) -> float32 (k, 3, image_size, image_size) in [0, 1]."""
     import torch
-    import torchvision.transforms.v2.functional as TF
 
     _, _, h, w = frames.shape
     x = crop_resize(frames, random_box(h, w, cfg, rng), image_size)
     if cfg.jitter_p > 0 and rng.random() < cfg.jitter_p:
-        ops = rng.permutation(4)
         b = rng.uniform(max(0.0, 1 - cfg.brightness), 1 + cfg.brightness)
         c = rng.uniform(max(0.0, 1 - cfg.contrast), 1 + cfg.contrast)
         s = rng.uniform(max(0.0, 1 - cfg.saturation), 1 + cfg.saturation)
         hu = rng.uniform(-cfg.hue, cfg.hue)
-        for op in ops:
+        for op in rng.permutation(4):  # random order, as torchvision's ColorJitter
             if op == 0 and cfg.brightness > 0:
-                x = TF.adjust_brightness(x, b)
+                x = adjust_brightness(x, b)
             elif op == 1 and cfg.contrast > 0:
-                x = TF.adjust_contrast(x, c)
+                x = adjust_contrast(x, c)
             elif op == 2 and cfg.saturation > 0:
-                x = TF.adjust_saturation(x, s)
+                x = adjust_saturation(x, s)
             elif op == 3 and cfg.hue > 0:
-                x = TF.adjust_hue(x, hu)
+                x = adjust_hue(x, hu)
     if cfg.grayscale_p > 0 and rng.random() < cfg.grayscale_p:
-        x = TF.rgb_to_grayscale(x, num_output_channels=3)
+        x = grayscale(x).expand(-1, 3, -1, -1).contiguous()
     if cfg.blur_p > 0 and rng.random() < cfg.blur_p:
-        sigma = float(rng.uniform(*cfg.blur_sigma))
-        k = 2 * math.ceil(3 * sigma) + 1
-        x = TF.gaussian_blur(x, kernel_size=[k, k], sigma=[sigma, sigma])
+        x = gaussian_blur(x, float(rng.uniform(*cfg.blur_sigma)))
     if cfg.hflip_p > 0 and rng.random() < cfg.hflip_p:
         x = torch.flip(x, dims=[-1])
     return x
@@ -141,6 +193,6 @@ def clip_normalize(x):
     """CLIP's per-channel normalisation of float (…, 3, H, W) images in [0, 1] (in place)."""
     import torch
 
-    mean = torch.tensor(CLIP_MEAN, dtype=x.dtype).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=x.dtype).view(3, 1, 1)
-    return x.sub_(mean).div_(std)
+    scale = torch.tensor([1.0 / s for s in CLIP_STD], dtype=x.dtype).view(3, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(CLIP_MEAN, CLIP_STD)], dtype=x.dtype).view(3, 1, 1)
+    return x.mul_(scale).add_(shift)

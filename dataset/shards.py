@@ -68,6 +68,7 @@ class BuildConfig:
         frame_size: short side in pixels of the stored JPEG frames.
         jpeg_quality: JPEG quality (1..95).
         overwrite: delete an existing shard set (ours: tars, manifests, stats, card, state) before building.
+        skeleton: feature layout, "humanml3d" (263) or "kit" (251, only from ``humanml3d_vecs``).
     """
 
     out: Path
@@ -81,6 +82,7 @@ class BuildConfig:
     frame_size: int = 256
     jpeg_quality: int = 90
     overwrite: bool = False
+    skeleton: str = "humanml3d"
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -180,11 +182,26 @@ def shard_name(split: str, index: int) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- per clip
-def default_features(clip, amass_root: Path | None, humanml3d_vecs: Path | None) -> np.ndarray:
-    """Motion features of a clip -> (T-1, D) float32 (dataset.features.clip_features)."""
+def default_features(clip, amass_root: Path | None, humanml3d_vecs: Path | None,
+                     skeleton: str = "humanml3d") -> np.ndarray:
+    """Motion features of a clip -> (T-1, D) float32 (dataset.features.clip_features, procedural body)."""
     from dataset.features import clip_features
 
-    return clip_features(clip, amass_root, humanml3d_vecs=humanml3d_vecs)
+    return clip_features(clip, amass_root, humanml3d_vecs=humanml3d_vecs, skeleton=skeleton)
+
+
+def default_stats(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """HumanML3D-convention mean/std (dataset.features.feature_stats) for 263 (humanml3d) or 251 (kit) dims;
+    plain per-dimension mean/std for any other dimension (no feature groups to average over)."""
+    dim = arrays[0].shape[1]
+    if dim in (263, 251):
+        from dataset.features import feature_stats
+
+        return feature_stats(arrays, skeleton="humanml3d" if dim == 263 else "kit")
+    log.warning("feature dim %d is neither HumanML3D (263) nor KIT (251): plain per-dimension mean/std", dim)
+    cat = np.concatenate(arrays, 0).astype(np.float64)
+    std = cat.std(0)
+    return cat.mean(0).astype(np.float32), np.where(std < 1e-8, 1.0, std).astype(np.float32)
 
 
 def _stat(path: Path) -> list:
@@ -356,7 +373,7 @@ def build_shards(clips: Iterable, cfg: BuildConfig, *, embedder=None, features_f
         embedder: a :class:`dataset.text_embed.SentenceEmbedder` (default: the bundled all-MiniLM-L6-v2).
         features_fn: ``clip -> (T-1, D) float32`` (default: ``dataset.features.clip_features`` with
             ``cfg.amass_root`` / ``cfg.humanml3d_vecs``); must be picklable when ``cfg.workers > 1``.
-        stats_fn: ``list[(T-1, D)] -> (mean, std)`` (default: ``dataset.features.feature_stats``).
+        stats_fn: ``list[(T-1, D)] -> (mean, std)`` (default: :func:`default_stats`).
         sources: provenance recorded in the manifests (e.g. annotation source, AMASS root, videos dir).
 
     Returns:
@@ -375,7 +392,7 @@ def build_shards(clips: Iterable, cfg: BuildConfig, *, embedder=None, features_f
         embedder = SentenceEmbedder()
     if features_fn is None:
         features_fn = functools.partial(default_features, amass_root=cfg.amass_root,
-                                        humanml3d_vecs=cfg.humanml3d_vecs)
+                                        humanml3d_vecs=cfg.humanml3d_vecs, skeleton=cfg.skeleton)
     set_cfg = _set_config(cfg, embedder.info())
     feature_dim = _check_compatible(out, set_cfg)
     build_dir = out / ".build"
@@ -586,9 +603,7 @@ def update_stats(out: Path, stats_fn: Callable | None = None) -> bool:
     if not arrays:
         log.warning("train split is empty: stats.npz not written")
         return False
-    if stats_fn is None:
-        from dataset.features import feature_stats as stats_fn
-    mean, std = stats_fn(arrays)
+    mean, std = (stats_fn or default_stats)(arrays)
     mean = np.asarray(mean, np.float32)
     std = np.asarray(std, np.float32)
     with atomic_path(path) as tmp:

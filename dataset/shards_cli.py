@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-size", type=int, default=256, help="short side of stored JPEG frames in pixels "
                    "(default 256: the 256x256 augmentation crop)")
     p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality 1..95 (default 90)")
+    p.add_argument("--skeleton", choices=("humanml3d", "kit"), default="humanml3d",
+                   help="feature layout: humanml3d (263-dim, default) or kit (251-dim, only with --humanml3d-vecs)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing shard set in --out first")
     p.add_argument("--dry-run", action="store_true", help="only check the shard set in --out against its manifests")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars, warnings only")
@@ -104,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = BuildConfig(out=Path(a.out), videos=Path(a.videos), amass_root=a.amass and Path(a.amass),
                           humanml3d_vecs=a.humanml3d_vecs and Path(a.humanml3d_vecs), splits=a.splits,
                           samples_per_shard=a.samples_per_shard, workers=a.workers, video_format=a.video_format,
-                          frame_size=a.frame_size, jpeg_quality=a.jpeg_quality, overwrite=a.overwrite)
+                          frame_size=a.frame_size, jpeg_quality=a.jpeg_quality, overwrite=a.overwrite,
+                          skeleton=a.skeleton)
     except ValueError as exc:
         p.error(str(exc))
     try:

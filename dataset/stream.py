@@ -6,6 +6,8 @@ permutation on every rank, re-drawn every pass) -> split by rank (``rank``/``wor
 batches with padding masks. The main process caps an epoch at ``epoch_batches`` batches with ``with_epoch``;
 in training every worker streams its shards in an endless loop, so every rank yields exactly ``epoch_batches``
 batches. Evaluation reads every sample of the rank's shards exactly once, in order, with a last partial batch.
+Shards are disjoint across ranks and workers within a pass; the sample shuffle buffer (at most one worker's
+share of a pass) mixes the end of one pass with the start of the next.
 
 Per sample:
 - video: ``num_frames`` frames by segment sampling (T frames cut into ``num_frames`` equal segments; a random
@@ -61,6 +63,8 @@ def resolve_shards(shards: str | Path | Sequence[str], split: str) -> tuple[list
         root = Path(shards)
         m = read_manifest(root, split)
         return [str(root / e["name"]) for e in m["shards"]], m, root
+    elif "{" not in str(shards) and not str(shards).endswith(".tar") and "://" not in str(shards):
+        raise FileNotFoundError(f"{shards}: no such shard set directory (build it with build-shards)")
     else:
         urls = list(wds.shardlists.expand_urls(str(shards)))
     if not urls:
@@ -184,7 +188,8 @@ class SampleTransform:
         if "video.jpgs" in sample:
             data = sample["video.jpgs"]
             n = jpgs_info(data)[0]
-            frames = decode_jpgs(data, self.frame_indices(n, rng))  # uint8 (k, 3, H, W)
+            zoom = self.augment.scale[1] if (self.train and self.augment is not None) else 1.0
+            frames = decode_jpgs(data, self.frame_indices(n, rng), min_size=int(np.ceil(self.image_size * zoom)))
         elif "video.mp4" in sample:
             meta = json.loads(sample["meta.json"])
             idx = self.frame_indices(int(meta["num_frames"]), rng)
@@ -371,6 +376,8 @@ def make_loader(shards: str | Path | Sequence[str], split: str, *, batch_size: i
             Never applied in evaluation.
         resampled: draw shards with replacement (each rank/worker independently) for long runs; training only.
         stats: path of a stats.npz (default ``<shard set>/stats.npz``).
+        shuffle_buffer: samples in the training shuffle buffer per worker (<= 1 disables it).
+        prefetch_factor: batches prefetched per worker.
 
     Yields:
         dicts with ``keyid`` list[str], ``video`` (B, num_frames, 3, S, S) float32 CLIP-normalised, ``text``
@@ -398,6 +405,10 @@ def make_loader(shards: str | Path | Sequence[str], split: str, *, batch_size: i
         if not resampled and num_workers > 1 and len(urls) < world_size * num_workers:
             log.warning("%d shards for %d ranks x %d workers: some workers stay idle", len(urls), world_size,
                         num_workers)
+        if num_samples and shuffle_buffer > 1:
+            # a buffer larger than this worker's share of one pass would only mix consecutive passes
+            share = -(-num_samples // (world_size * max(1, num_workers)))
+            shuffle_buffer = max(2, min(shuffle_buffer, share))
     source = ShardSource(urls, train, resampled, seed, rank, world_size)
     transform = SampleTransform(train, image_size, num_frames, max_motion_len, mean, std,
                                 AugmentConfig.from_any(augment) if train else None)

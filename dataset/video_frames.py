@@ -143,22 +143,28 @@ def jpgs_info(data: bytes) -> tuple[int, int, int, np.ndarray, int]:
     return int(n), int(w), int(h), offsets, start
 
 
-def decode_jpgs(data: bytes, indices: Iterable[int] | None = None):
-    """Decode frames ``indices`` (all when None) of a ``video.jpgs`` member -> torch uint8 (k, 3, H, W)."""
+def decode_jpgs(data: bytes, indices: Iterable[int] | None = None, min_size: int | None = None):
+    """Decode frames ``indices`` (all when None) of a ``video.jpgs`` member -> torch uint8 (k, 3, H, W).
+
+    With ``min_size``, JPEG DCT scaling (PIL's draft mode) decodes frames stored much larger than needed at
+    1/2, 1/4 or 1/8 size, keeping the short side >= ``min_size``. Uses PIL (libjpeg-turbo), not torchvision,
+    so loader workers do not import torchvision."""
     import torch
-    from torchvision.io import decode_jpeg, ImageReadMode
+    from PIL import Image
 
     n, w, h, offsets, start = jpgs_info(data)
     idx = range(n) if indices is None else [int(i) for i in indices]
-    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if isinstance(data, (bytes, memoryview)) \
-        else torch.frombuffer(data, dtype=torch.uint8)
-    parts = []
+    view = memoryview(data)
+    frames = []
     for i in idx:
         if not 0 <= i < n:
             raise IndexError(f"frame {i} out of range 0..{n - 1}")
-        parts.append(buf[start + int(offsets[i]):start + int(offsets[i + 1])])
-    frames = decode_jpeg(parts, mode=ImageReadMode.RGB)
-    return torch.stack(frames)
+        im = Image.open(io.BytesIO(view[start + int(offsets[i]):start + int(offsets[i + 1])]))
+        if min_size is not None and min(w, h) >= 2 * min_size:
+            im.draft("RGB", (max(1, w * min_size // min(w, h)), max(1, h * min_size // min(w, h))))
+        frames.append(np.asarray(im.convert("RGB")))
+    arr = np.stack(frames)  # (k, H, W, 3)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
 
 def mp4_frames(data: bytes, indices: Sequence[int] | None = None) -> np.ndarray:
