@@ -33,7 +33,7 @@ from model.run_dir import MetricsTable, RunDir, load_json, write_run_info
 from model.schedule import paper_scheduler
 from model.training import (
     FUSION_NAMES, LOSS_TERMS, DistInfo, LossModule, NonFiniteGuard, RunningMeans, Stepper, TrainingDiverged,
-    barrier, cleanup_distributed, encode_split, gather_embeddings, gather_rng_states, init_distributed, load_training_state,
+    barrier, cleanup_distributed, encode_split, gather_embeddings, gather_rng_states, mean_over_ranks, init_distributed, load_training_state,
     param_groups, preserved_rng, resolve_device, resolve_precision, retrieval_scores, save_training_state,
     seed_everything, set_rng_state,
 )
@@ -323,9 +323,9 @@ def train(args: argparse.Namespace, dinfo: DistInfo) -> int:
             emb = encode_split(model, val_loader(args, cfg, dinfo), device, precision,
                                with_video=cfg.modalities == "tmv")
         emb = gather_embeddings(emb, dinfo)
+        means = mean_over_ranks(period.means(), dinfo, device)  # loss terms averaged over ranks
         if dinfo.is_main:
             res = retrieval_scores(emb)
-            means = period.means()
             row: dict[str, Any] = {"epoch": epoch_, "step": step, "lr": scheduler.get_last_lr()[0]}
             row.update({f"train_{k}": means.get(k, float("nan")) for k in LOSS_TERMS})
             row.update({f"fusion_{k}": means.get(f"fusion_{k}", float("nan")) for k in FUSION_NAMES})
@@ -335,6 +335,7 @@ def train(args: argparse.Namespace, dinfo: DistInfo) -> int:
                 for k in ("R@1", "R@5", "R@10", "MedR"):
                     row[f"val_{d}_{k}"] = res.get(f"{d}/{k}", float("nan"))
             row["val_score"] = res["score"]
+            row["val_samples"] = int(res["n"])
             improved = best_score is None or res["score"] > best_score
             row["best"] = int(improved)
             if improved:

@@ -425,6 +425,16 @@ def encode_split(model: nn.Module, batches: Iterable[Mapping[str, Any]], device:
     return {"keyid": keyids, **cat}
 
 
+def mean_over_ranks(values: Mapping[str, float], info: DistInfo, device: torch.device) -> dict[str, float]:
+    """Average scalar values over ranks (collective in DDP; every rank must pass the same keys)."""
+    if not info.enabled or not values:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(keys, (t / info.world_size).tolist()))
+
+
 def gather_embeddings(emb: dict[str, Any], info: DistInfo) -> dict[str, Any] | None:
     """Concatenate every rank's :func:`encode_split` output on rank 0 (others get None); collective in DDP."""
     if not info.enabled:
