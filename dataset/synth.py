@@ -62,13 +62,13 @@ class MotionPlan:
 
 
 def choose_actions(n_motions: int, actions: list[str] | None = None) -> list[str]:
-    """Actions used for a corpus of ``n_motions``: all (or ``actions``), cut to n_motions // 3 so that
-    every action can appear in train, val and test."""
+    """Actions used for a corpus of ``n_motions``: all (or ``actions``), cut to n_motions // 4 so that
+    every action can appear in train (at least twice), val and test."""
     names = list(actions) if actions else list(ACTION_NAMES)
     unknown = [a for a in names if a not in ACTIONS]
     if unknown:
         raise ValueError(f"unknown action(s) {unknown}; see synth-amass --list-actions")
-    k = max(1, min(len(names), n_motions // 3))
+    k = max(1, min(len(names), n_motions // 4))
     if k < len(names):
         log.warning("%d motions are too few for %d actions in every split; using the first %d actions",
                     n_motions, len(names), k)
