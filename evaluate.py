@@ -360,6 +360,10 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
         msg = (f"dissimilar subset: picked {len(built.ids)} of {built.requested} requested from {built.candidates} "
                f"samples (max pairwise text score {built.max_pair_score:.3f}) -> {subset_path}")
         print(msg)
+        if built.max_pair_score > args.threshold:
+            log.warning("the built subset holds texts with score %.3f > %.2f (near duplicates); "
+                        "--dissimilar-max-score %.2f stops before them", built.max_pair_score, args.threshold,
+                        args.threshold)
     if "threshold" in protocols and split.sent_emb is None:
         raise ValueError("the threshold protocol needs sentence embeddings (the loader's sent_emb)")
 
