@@ -394,6 +394,9 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
     if args.tsne:
         write_tsne(out_dir / "tsne.png", split)
     _print_summary(results, out_dir / "metrics.json")
+    if args.text_choice == "all":
+        print(f"--text-choice all: every caption is its own text query ({split.num_texts} texts for {split.n} "
+              "samples); numbers are not comparable with one-text-per-sample (TMR) results")
     if fusion:
         print("mean fusion weights: " + ", ".join(f"{k} {v:.3f}" for k, v in fusion.items()))
     return results
