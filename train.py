@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
-import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,12 +27,12 @@ import torch
 from dataset.atomic import write_json
 from dataset.errors import BadInputError
 from dataset.seeding import stable_seed
-from model.run_dir import MetricsTable, RunDir, load_json, write_run_info
+from model.run_dir import MetricsTable, RunDir, write_run_info
 from model.schedule import paper_scheduler
 from model.training import (
     FUSION_NAMES, LOSS_TERMS, DistInfo, LossModule, NonFiniteGuard, RunningMeans, Stepper, TrainingDiverged,
     barrier, cleanup_distributed, encode_split, gather_embeddings, gather_rng_states, mean_over_ranks, init_distributed, load_training_state,
-    param_groups, preserved_rng, resolve_device, resolve_precision, retrieval_scores, save_training_state,
+    make_optimizer, preserved_rng, resolve_device, resolve_precision, retrieval_scores, save_training_state,
     seed_everything, set_rng_state,
 )
 
@@ -243,12 +241,7 @@ def train(args: argparse.Namespace, dinfo: DistInfo) -> int:
     # model, optimiser, schedule -----------------------------------------------------------------------------
     seed_everything(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg).to(device)
-    groups = param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                          backbone_lr_scale=cfg.backbone_lr_scale)
-    for gr in groups:
-        log.info("param group %-18s %10d params  lr %.3g  wd %.3g", gr["name"],
-                 sum(p.numel() for p in gr["params"]), gr["lr"], gr["weight_decay"])
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg)
     scheduler = paper_scheduler(optimizer, steps_per_epoch=steps_per_epoch, epochs=cfg.epochs,
                                 decay_start_epoch=cfg.lr_decay_start_epoch, lr=cfg.lr, lr_min=cfg.lr_min,
                                 warmup_steps=cfg.warmup_steps)

@@ -195,6 +195,19 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float,
     return groups
 
 
+def make_optimizer(model: nn.Module, cfg: Any) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups` with the config's ``lr``, ``betas``, ``weight_decay`` and
+    ``backbone_lr_scale`` (``cfg.optimizer`` must be ``adamw``, the paper's choice)."""
+    if str(getattr(cfg, "optimizer", "adamw")).lower() != "adamw":
+        raise ValueError(f"optimizer {cfg.optimizer!r} is not supported (adamw)")
+    groups = param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                          backbone_lr_scale=cfg.backbone_lr_scale)
+    for g in groups:
+        log.info("param group %-18s %10d params  lr %.3g  wd %.3g", g["name"],
+                 sum(p.numel() for p in g["params"]), g["lr"], g["weight_decay"])
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # randomness and training state
 
