@@ -192,9 +192,14 @@ class EncodedSplit:
         if self.sent_emb is None:
             raise ValueError("the threshold protocol needs sentence embeddings of the texts")
         emb = M.check_text_emb(self.sent_emb, self.num_texts)
-        tt = M.similar_text_mask(emb @ emb.T, threshold) | np.eye(self.num_texts, dtype=bool)
-        if self.one_text_per_sample:
+        q = self.num_texts
+        if self.one_text_per_sample:  # TMR's case: one full product, as TMR computes it
+            tt = M.similar_text_mask(emb @ emb.T, threshold) | np.eye(q, dtype=bool)
             return tt, tt, tt
+        tt = np.zeros((q, q), dtype=bool)  # row blocks: no (Q, Q) float matrix for many captions
+        for start in range(0, q, 2048):
+            tt[start:start + 2048] = M.similar_text_mask(emb[start:start + 2048] @ emb.T, threshold)
+        tt |= np.eye(q, dtype=bool)
         starts = np.flatnonzero(np.r_[True, np.diff(self.text_owner) != 0])
         owners = self.text_owner[starts]
         ts = np.zeros((self.num_texts, self.n), dtype=bool)

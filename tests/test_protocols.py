@@ -141,6 +141,12 @@ def test_all_captions_mode():
     # threshold with the captions' texts: caption 1 ("sample 0") is similar to nothing of sample 1 -> unchanged
     thr = P.task_metrics(s, ["t2m"], threshold=0.8)
     assert thr["t2m"]["R@1"] == pytest.approx(80.0)
+    # now caption 1 (of sample 0) says the same as caption 2 (of sample 1): motion 1 becomes a correct answer
+    sent2 = np.stack([[1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]]).astype(np.float32)
+    s2 = P.EncodedSplit(keyids=["a", "b", "c"], motion=motion, text=text, text_owner=owner, sent_emb=sent2)
+    tt, ts, ss = s2.sample_texts_similar(0.8)
+    assert ts[1].tolist() == [True, True, False] and ss[0].tolist() == [True, True, False]
+    assert P.task_metrics(s2, ["t2m"], threshold=0.8)["t2m"]["R@1"] == 100.0
     sub = s.subset([2, 0])
     assert sub.keyids == ["c", "a"] and sub.text_owner.tolist() == [0, 0, 1, 1]
 
