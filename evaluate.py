@@ -304,6 +304,8 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
     out_dir = Path(args.out) if args.out else run / "eval" / args.split
     if args.subset and args.build_dissimilar:
         raise ValueError("give either --subset or --build-dissimilar, not both")
+    if (args.subset or args.build_dissimilar) and "dissimilar" not in protocols:
+        log.warning("--subset/--build-dissimilar ignored: the dissimilar protocol was not asked for")
     explicit_dissimilar = "dissimilar" in protocols and "everything" not in args.protocol
     subset_ids = P.read_subset(args.subset) if args.subset else None
     if "dissimilar" in protocols and subset_ids is None and not args.build_dissimilar:
