@@ -205,7 +205,19 @@ def run(args: argparse.Namespace) -> int:
         raise SetupError(f"--lights must be between 1 and {len(lights)}")
     out = Path(args.out)
     check_output_dir(out)
-    probe_egl()
+    workers = args.workers
+    renderer = None
+    if workers == 1:  # the run's own renderer doubles as the EGL probe
+        from render.scene import RendererSetupError, SceneRenderer
+
+        if args.egl_devices:
+            os.environ["EGL_DEVICE_ID"] = args.egl_devices.split(",")[0].strip()
+        try:
+            renderer = SceneRenderer(args.size)
+        except RendererSetupError as e:
+            raise SetupError(str(e)) from e
+    else:
+        probe_egl()
     clips, ann_report = select_clips(args)
     cfg = RenderConfig(amass_root=str(args.amass), out_dir=str(out), avatars_dir=args.avatars,
                        lights_path=args.lights_file, num_lights=args.lights, size=args.size, seed=args.seed,
@@ -227,12 +239,13 @@ def run(args: argparse.Namespace) -> int:
         frames_done += n
         bar.set_postfix_str(f"{frames_done / max(time.perf_counter() - t0, 1e-9):.1f} frames/s", refresh=False)
 
-    workers = min(args.workers, max(1, len(clips)))
+    workers = min(workers, max(1, len(clips)))
     devices = [d.strip() for d in args.egl_devices.split(",")] if args.egl_devices else None
-    if workers == 1:
-        if devices:
-            os.environ["EGL_DEVICE_ID"] = devices[0]
-        render_clips(clips, cfg, on_result=on_result, on_frames=on_frames)
+    if renderer is not None:
+        try:
+            render_clips(clips, cfg, renderer=renderer, on_result=on_result, on_frames=on_frames)
+        finally:
+            renderer.close()
     else:
         ctx = mp.get_context("spawn")
         events = ctx.Queue()

@@ -121,44 +121,94 @@ class Backdrop:
     """Sky and an infinite checker floor behind the avatar, composited per frame (no floor rasterisation).
 
     The camera only translates with the trajectory and the lights live in the camera frame, so the floor's
-    shading per pixel never changes: it is rendered once per lighting setup (a white floor, 4x MSAA) as
-    ``shade`` (H, W, 3) and coverage (H, W). Per frame only the checker albedo moves (the pattern is fixed in
-    the world): each floor pixel's ground-plane point relative to the camera target is precomputed from
-    the camera rays, and the pattern is evaluated analytically, box-filtered over the pixel's footprint
-    (anti-aliased, fading to the mean tone towards the horizon). The avatar is rendered alone into an RGBA
-    layer and composited over it.
+    shading per pixel never changes: it is rendered once per lighting setup (a white floor, 4x MSAA) as a
+    premultiplied ``shade`` (H, W, 3) plus the sky's share. Per frame only the checker albedo moves (the
+    pattern is fixed in the world). The camera has no yaw or roll, so a floor pixel's depth ``y`` depends on
+    its row only and its ``x`` is ``A[row] * column_offset``: the pattern is the XOR of a per-row term (from
+    ``y``) and a per-row periodic function of ``x``, which is tabulated once per row at ``bins`` phases
+    (box-filtered over the row's pixel footprint, i.e. anti-aliased and fading to the mean tone towards the
+    horizon). A frame then costs one table gather and a few multiply-adds per floor pixel.
     """
 
-    def __init__(self, size: int, rig: "CameraRig", tile_m: float, tones: tuple[float, float]):
+    def __init__(self, size: int, rig: "CameraRig", tile_m: float, tones: tuple[float, float], bins: int = 512):
         self.size, self.rig, self.tile = size, rig, float(tile_m)
         self.tones = np.asarray(tones, dtype=np.float32)
+        self.bins = int(bins)
+        period = 2 * self.tile
         pose = rig.pose(np.zeros(2), 0.0)
         t = np.tan(np.radians(rig.yfov_deg) / 2)
         c = (np.arange(size, dtype=np.float64) + 0.5) / size * 2 - 1
-        xn, yn = np.meshgrid(c, -c)  # rows top->bottom
-        d = np.stack([xn * t, yn * t, -np.ones_like(xn)], -1) @ pose[:3, :3].T
+        # rays of the pixel centres; pose has no yaw/roll, so d_x = c_col * t and (d_y, d_z) depend on the row
+        rows_dir = np.stack([np.zeros(size), -c * t, -np.ones(size)], -1) @ pose[:3, :3].T  # (H, 3)
         eye = pose[:3, 3]
-        hit = d[..., 2] < -1e-9
-        s = np.where(hit, -eye[2] / np.where(hit, d[..., 2], -1.0), 0.0)
-        x, y = eye[0] + s * d[..., 0], eye[1] + s * d[..., 1]
-        far = ~hit | (s > 500.0)
-        wx = np.maximum(np.abs(np.gradient(x, axis=1)), np.abs(np.gradient(x, axis=0)))
-        wy = np.maximum(np.abs(np.gradient(y, axis=1)), np.abs(np.gradient(y, axis=0)))
-        big = 1e6
-        self.x = np.where(far, 0.0, x).astype(np.float64)
-        self.y = np.where(far, 0.0, y).astype(np.float64)
-        self.wx = np.where(far, big, np.maximum(wx, 1e-4)).astype(np.float64)
-        self.wy = np.where(far, big, np.maximum(wy, 1e-4)).astype(np.float64)
-        self.shade: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        hit = rows_dir[:, 2] < -1e-9
+        s = np.where(hit, -eye[2] / np.where(hit, rows_dir[:, 2], -1.0), np.inf)          # ray length scale
+        far = s > 500.0
+        y = np.where(far, 0.0, eye[1] + s * rows_dir[:, 1])                                  # depth per row
+        a_row = np.where(far, 0.0, s * t)                                                   # x = a_row * c_col
+        wy = np.where(far, 1e6, np.maximum(np.abs(np.gradient(y)), 1e-4))
+        wx = np.where(far, 1e6, np.maximum(a_row * (2.0 / size), np.abs(np.gradient(a_row)) * 0.5) + 1e-4)
+        self.row0 = int(np.argmax(hit)) if hit.any() else size                              # first floor row
+        r = slice(self.row0, size)
+        self._y, self._wy = y[r], wy[r]
+        # x in table bins, shifted positive (the gather wraps with & (bins - 1))
+        x = a_row[r, None] * c[None, :]
+        self._xb = (x / period * self.bins + 64 * self.bins).astype(np.float32)
+        phases = (np.arange(self.bins) + 0.5) / self.bins * period
+        self._table = _filtered_square(phases[None, :], self.tile, wx[r, None]).astype(np.float32).ravel()
+        self._row_off = (np.arange(size - self.row0, dtype=np.int64) * self.bins)[:, None]
+        if self.bins & (self.bins - 1):
+            raise ValueError("bins must be a power of two")
+        self.shade: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def prepare(self, shade: np.ndarray, sky_w: np.ndarray, sky: tuple[float, float, float]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-lighting constants: premultiplied floor shade of the floor rows (R, W, 3) * 255, the sky term of
+        those rows (R, W, 3) * 255 and the finished uint8 rows above the floor (row0, W, 3)."""
+        skyterm = sky_w[..., None] * np.asarray(sky, dtype=np.float32)[None, None]
+        top = np.clip(skyterm[:self.row0] * 255 + 0.5, 0, 255).astype(np.uint8)
+        return ((shade[self.row0:] * 255).astype(np.float32), (skyterm[self.row0:] * 255 + 0.5).astype(np.float32),
+                top)
 
     def pattern(self, target_xy: np.ndarray) -> np.ndarray:
-        """(H, W) float32 albedo factor of the floor for a camera target (world-fixed checker)."""
+        """(R, W) float32 albedo factor of the floor rows (``row0`` on) for a camera target (world-fixed checker)."""
         step = 2 * self.tile
-        ox, oy = (float(v) % step for v in target_xy)  # only the phase matters (keeps float precision)
-        fx = _filtered_square(self.x + ox, self.tile, self.wx)
-        fy = _filtered_square(self.y + oy, self.tile, self.wy)
-        checker = fx + fy - 2 * fx * fy
-        return (self.tones[0] + (self.tones[1] - self.tones[0]) * checker).astype(np.float32)
+        ox, oy = (float(v) % step for v in target_xy)  # only the phase matters
+        idx = (self._xb + np.float32(ox / step * self.bins)).astype(np.int64)
+        idx &= self.bins - 1
+        idx += self._row_off
+        fx = np.take(self._table, idx)
+        fy = _filtered_square(self._y + oy, self.tile, self._wy).astype(np.float32)[:, None]
+        # checker = fx XOR fy (filtered) = fx * (1 - 2 fy) + fy; tone = t0 + (t1 - t0) * checker
+        dt = self.tones[1] - self.tones[0]
+        return fx * (dt * (1 - 2 * fy)) + (self.tones[0] + dt * fy)
+
+    def full_pattern(self, target_xy: np.ndarray) -> np.ndarray:
+        """(H, W) pattern with 1 above the floor rows (for tests and inspection)."""
+        out = np.ones((self.size, self.size), dtype=np.float32)
+        out[self.row0:] = self.pattern(target_xy)
+        return out
+
+    def compose(self, layer: np.ndarray, target_xy: np.ndarray, consts: tuple[np.ndarray, np.ndarray, np.ndarray]
+                ) -> np.ndarray:
+        """Avatar layer (H, W, 4) uint8 premultiplied RGBA over sky + floor -> (H, W, 3) uint8 RGB."""
+        shade, skyterm, top = consts
+        out = np.empty((self.size, self.size, 3), dtype=np.uint8)
+        out[:self.row0] = top
+        floor = shade * self.pattern(target_xy)[..., None]
+        floor += skyterm
+        np.minimum(floor, 255.0, out=floor)
+        out[self.row0:] = floor.astype(np.uint8)
+        alpha = layer[..., 3]
+        rows = np.flatnonzero(alpha.any(axis=1))
+        if len(rows):
+            cols = np.flatnonzero(alpha[rows[0]:rows[-1] + 1].any(axis=0))
+            r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+            fg = layer[r0:r1, c0:c1].astype(np.uint16)
+            bg = out[r0:r1, c0:c1].astype(np.uint16)
+            blended = fg[..., :3] + (bg * (255 - fg[..., 3:4]) + 127) // 255
+            out[r0:r1, c0:c1] = np.minimum(blended, 255).astype(np.uint8)
+        return out
 
 
 class SceneRenderer:
@@ -192,7 +242,7 @@ class SceneRenderer:
         self._fresh = False
         self.in_place_updates = True
         self.backdrop = Backdrop(self.size, self.rig, self.FLOOR_TILE_M, self.FLOOR_TONES)
-        self._bg: tuple[np.ndarray, np.ndarray] | None = None
+        self._bg: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def describe(self) -> dict:
         """Camera and floor record for sidecars."""
@@ -216,7 +266,7 @@ class SceneRenderer:
         self.scene.ambient_light = np.full(3, setup.ambient)
         key = id(setup)
         if key not in self.backdrop.shade:
-            self.backdrop.shade[key] = self._render_floor_shade()
+            self.backdrop.shade[key] = self.backdrop.prepare(*self._render_floor_shade(), self.SKY)
         self._bg = self.backdrop.shade[key]
 
     def _render_floor_shade(self) -> tuple[np.ndarray, np.ndarray]:
@@ -288,8 +338,7 @@ class SceneRenderer:
         """Avatar layer over sky + floor for a camera target -> (H, W, 3) uint8 RGB (thread-safe)."""
         if self._bg is None:
             raise RuntimeError("set_lights() first")
-        shade, sky_w = self._bg
-        return compose_frame(layer, shade, sky_w, self.backdrop.pattern(target_xy), self.SKY)
+        return self.backdrop.compose(layer, target_xy, self._bg)
 
     def render(self, vertices: np.ndarray, normals: np.ndarray, target_xy: np.ndarray, floor_z: float) -> np.ndarray:
         """Render one finished frame (layer + compose) -> (H, W, 3) uint8 RGB."""
@@ -300,17 +349,3 @@ class SceneRenderer:
             self.renderer.delete()
         except Exception:  # noqa: BLE001
             pass
-
-
-def compose_frame(layer: np.ndarray, shade: np.ndarray, sky_w: np.ndarray, pattern: np.ndarray,
-                  sky: tuple[float, float, float]) -> np.ndarray:
-    """out = avatar + (1 - alpha) * (floor shade * pattern + sky weight * sky colour), in display values.
-
-    Args:
-        layer: (H, W, 4) uint8 premultiplied avatar RGBA; shade: (H, W, 3) premultiplied white-floor colour;
-        sky_w: (H, W) sky coverage; pattern: (H, W) floor albedo factor.
-    """
-    fg = layer.astype(np.float32) * (1.0 / 255.0)
-    bg = shade * pattern[..., None] + sky_w[..., None] * np.asarray(sky, dtype=np.float32)
-    out = fg[..., :3] + bg * (1.0 - fg[..., 3:4])
-    return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)

@@ -176,11 +176,14 @@ def test_floor_pattern_is_fixed_in_the_world_and_antialiased():
     from render.scene import Backdrop, CameraRig
 
     b = Backdrop(64, CameraRig(), 0.5, (0.6, 0.5))
+    assert 10 < b.row0 < 40  # horizon inside the frame
     p0 = b.pattern(np.array([0.3, -0.2]))
-    assert p0.shape == (64, 64) and p0.min() >= 0.5 - 1e-6 and p0.max() <= 0.6 + 1e-6
+    assert p0.shape == (64 - b.row0, 64) and p0.min() >= 0.5 - 1e-6 and p0.max() <= 0.6 + 1e-6
+    full = b.full_pattern(np.array([0.3, -0.2]))
+    assert (full[:b.row0] == 1).all() and np.array_equal(full[b.row0:], p0)
     np.testing.assert_allclose(b.pattern(np.array([0.3 + 1.0, -0.2 - 3.0])), p0, atol=1e-5)  # period 2 tiles
     assert not np.allclose(b.pattern(np.array([0.8, -0.2])), p0)  # half a period shifts the checker
-    mid = p0[p0.shape[0] // 2 + 2:]
+    mid = p0[p0.shape[0] // 2:]
     assert ((mid > 0.505) & (mid < 0.595)).any()  # filtered edges, not a hard 0/1 pattern
 
 
