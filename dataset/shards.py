@@ -285,6 +285,22 @@ def _work(item):
         return ("failed", clip.keyid, f"{type(exc).__name__}: {exc}")
 
 
+def _ordered(pool, items: list, window: int):
+    """Results of ``_work`` over ``items`` in order, at most ``window`` submitted ahead (bounded memory)."""
+    if pool is None:
+        yield from map(_work, items)
+        return
+    from collections import deque
+
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.apply_async(_work, (item,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
 def _worker_init() -> None:
     try:
         import torch
@@ -457,6 +473,7 @@ def _build_split(split, clips, cfg, set_cfg, embedder, features_fn, feature_dim,
 
     n_todo = sum(len(g) for _, g, _ in todo)
     bar = tqdm(total=n_todo, desc=f"build-shards {split}", unit="clip", disable=not show_progress or n_todo == 0)
+    jobs = []  # (shard index, group, fingerprint, skipped, work items)
     for si, group, fp in todo:
         skipped: dict[str, str] = {}
         work = []
@@ -467,10 +484,14 @@ def _build_split(split, clips, cfg, set_cfg, embedder, features_fn, feature_dim,
                 skipped[c.keyid] = f"{cfg.videos / (c.keyid + '.mp4')}: video: file not found"
             else:
                 work.append((c, cfg, features_fn))
+        jobs.append((si, group, fp, skipped, work))
+    # one ordered stream over all shards' clips, a bounded number in flight (workers never wait for a shard)
+    results = _ordered(pool, [w for job in jobs for w in job[4]], window=4 * max(1, cfg.workers))
+    for si, group, fp, skipped, work in jobs:
         bar.update(len(group) - len(work))
-        results = pool.imap(_work, work) if pool is not None else map(_work, work)
         samples, failed = [], {}
-        for res in results:
+        for _ in range(len(work)):
+            res = next(results)
             bar.update(1)
             if res[0] == "failed":
                 failed[res[1]] = res[2]
