@@ -278,3 +278,69 @@ def vertex_colors(labels: np.ndarray, avatar: Avatar) -> np.ndarray:
     rgba = np.ones((len(labels), 4), dtype=np.float32)
     rgba[:, :3] = table[np.asarray(labels, dtype=np.int64)]
     return rgba
+
+
+@dataclass(frozen=True)
+class UVLayout:
+    """A UV layout split at seams: render vertex k is body vertex ``vmap[k]`` with texture coordinate ``uv[k]``.
+
+    Attributes:
+        vmap: (N,) int64 body-vertex index per render vertex; uv: (N, 2) float32 in [0, 1] (OpenGL, v up);
+        faces: (F, 3) int64 triangles over render vertices; num_body_vertices: V of the layout's mesh.
+    """
+
+    vmap: np.ndarray
+    uv: np.ndarray
+    faces: np.ndarray
+    num_body_vertices: int
+
+
+def load_uv_layout(path: str | os.PathLike) -> UVLayout:
+    """Read an OBJ's ``v`` count, ``vt`` and ``f v/vt`` lines (triangles or polygons, fanned) into a :class:`UVLayout`.
+
+    Raises:
+        BadInputError: unreadable file, no ``vt``/faces, faces without texture indices, indices out of range.
+    """
+    path = os.fspath(path)
+    nv, vts, faces = 0, [], []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for ln, line in enumerate(fh, 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                if parts[0] == "v":
+                    nv += 1
+                elif parts[0] == "vt":
+                    vts.append((float(parts[1]), float(parts[2])))
+                elif parts[0] == "f":
+                    corners = []
+                    for c in parts[1:]:
+                        idx = c.split("/")
+                        if len(idx) < 2 or not idx[1]:
+                            raise BadInputError(path, f"line {ln}", "face corner without a texture index (v/vt)")
+                        corners.append((int(idx[0]), int(idx[1])))
+                    for k in range(1, len(corners) - 1):
+                        faces.append((corners[0], corners[k], corners[k + 1]))
+    except (OSError, ValueError, IndexError) as e:
+        raise BadInputError(path, None, f"unreadable OBJ UV layout ({e})") from e
+    if not vts or not faces:
+        raise BadInputError(path, None, "no texture coordinates (vt) or faces (f v/vt) in the UV layout")
+    corners = np.asarray(faces, dtype=np.int64).reshape(-1, 2)
+    corners = np.where(corners < 0, corners + np.array([nv, len(vts)]) + 1, corners) - 1  # 1-based, negatives
+    if corners[:, 0].min() < 0 or corners[:, 0].max() >= nv or corners[:, 1].min() < 0 or corners[:, 1].max() >= len(vts):
+        raise BadInputError(path, "f", "vertex or texture index out of range")
+    pairs, inverse = np.unique(corners, axis=0, return_inverse=True)
+    return UVLayout(vmap=pairs[:, 0], uv=np.asarray(vts, dtype=np.float32)[pairs[:, 1]],
+                    faces=inverse.reshape(-1, 3), num_body_vertices=nv)
+
+
+def load_texture_image(path: str | os.PathLike) -> np.ndarray:
+    """(H, W, 3) uint8 sRGB texture image (alpha dropped). Raises BadInputError when unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:  # noqa: BLE001 - PIL raises many types
+        raise BadInputError(path, None, f"unreadable texture image ({e})") from e

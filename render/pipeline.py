@@ -28,7 +28,7 @@ from dataset.atomic import write_json
 from dataset.clip import Clip
 from dataset.errors import BadInputError
 from dataset.seeding import stable_choice
-from render.avatars import Avatar, load_avatars, region_labels, vertex_colors
+from render.avatars import Avatar, load_avatars, load_texture_image, load_uv_layout, region_labels, vertex_colors
 from render.lights import LightSetup, load_lights
 from render.scene import SceneRenderer, VertexNormals
 from render.trajectory import follow_trajectory
@@ -136,7 +136,20 @@ class BodyCache:
 
         key = (model_type, gender)
         if key not in self._bodies:
-            self._bodies[key] = load_body(self.model_dir, model_type=model_type, gender=gender)
+            # Real model files come per gender; an avatar whose gender has no file falls back (logged).
+            tries = [gender] + (["male", "female"] if gender == "neutral" else ["neutral"])
+            first: Exception | None = None
+            for g in tries if self.model_dir is not None else [gender]:
+                try:
+                    self._bodies[key] = load_body(self.model_dir, model_type=model_type, gender=g)
+                    if g != gender:
+                        log.warning("no %s %s model in %s; avatars of that gender use the %s model",
+                                    gender, model_type, self.model_dir, g)
+                    break
+                except FileNotFoundError as e:
+                    first = first or e
+            else:
+                raise first  # type: ignore[misc]
         return self._bodies[key]
 
     def colors(self, body, model_type: str, avatar: Avatar, pose_width: int) -> np.ndarray:
@@ -145,6 +158,27 @@ class BodyCache:
             rest = body.pose(np.zeros((1, pose_width)), np.zeros((1, 3)), avatar.betas)
             labels = region_labels(np.asarray(rest.vertices[0]), np.asarray(rest.joints[0]), avatar.style)
             self._colors[key] = vertex_colors(labels, avatar)
+        return self._colors[key]
+
+    def texture(self, body, avatar: Avatar):
+        """(UVLayout, image) when the avatar names a UV texture that fits this (real) body, else None."""
+        if avatar.texture is None:
+            return None
+        key = (id(body), avatar.name, "texture")
+        if key not in self._colors:
+            found = None
+            if getattr(body, "kind", "procedural") == "procedural":
+                log.info("avatar %s: UV texture ignored on the procedural body (no SMPL UV layout); "
+                         "using region colours", avatar.name)
+            else:
+                layout = load_uv_layout(avatar.texture.uv_path)
+                if layout.num_body_vertices != body.num_vertices:
+                    log.warning("avatar %s: UV layout %s has %d vertices, the %s body %d; using region colours",
+                                avatar.name, avatar.texture.uv_path, layout.num_body_vertices, body.kind,
+                                body.num_vertices)
+                else:
+                    found = (layout, load_texture_image(avatar.texture.image_path))
+            self._colors[key] = found
         return self._colors[key]
 
     def normals(self, body) -> VertexNormals:
@@ -166,6 +200,8 @@ class PreparedClip:
     light: LightSetup
     target_xy: np.ndarray
     floor_z: float
+    texture: tuple | None = None  # (UVLayout, image) for real-SMPL UV textures
+    normals: VertexNormals | None = None
 
 
 def prepare_clip(clip: Clip, cfg: RenderConfig, avatars: list[Avatar], lights: list[LightSetup],
@@ -199,6 +235,7 @@ def prepare_clip(clip: Clip, cfg: RenderConfig, avatars: list[Avatar], lights: l
     verts = np.asarray(out.vertices, dtype=np.float32)
     joints = np.asarray(out.joints)
     colors = bodies.colors(body, motion.model_type, avatar, poses.shape[1])
+    texture = bodies.texture(body, avatar)
     traj = follow_trajectory(joints[:, 0], verts[:, :, 2].min(axis=1), clip.fps)
     meta = {
         "keyid": clip.keyid,
@@ -212,18 +249,20 @@ def prepare_clip(clip: Clip, cfg: RenderConfig, avatars: list[Avatar], lights: l
         "size": [cfg.size, cfg.size],
         "mirrored": bool(clip.mirrored),
         "seed": cfg.seed,
-        "avatar": dict(avatar.to_dict(), index=ai, chosen_by=base_keyid(clip)),
+        "avatar": dict(avatar.to_dict(), index=ai, chosen_by=base_keyid(clip),
+                       appearance_used="uv_texture" if texture else "region_colors"),
         "light": dict(light.to_dict(), chosen_from_first=min(cfg.num_lights, len(lights))),
         "camera": camera,
         "body_model": {"kind": getattr(body, "kind", "unknown"), "model_type": motion.model_type,
-                       "gender": avatar.gender, "model_dir": cfg.body_models,
+                       "gender": getattr(body, "gender", avatar.gender), "model_dir": cfg.body_models,
                        "num_vertices": int(verts.shape[1])},
         "trajectory": traj.to_dict(),
         "video": {"codec": "h264", "pix_fmt": "yuv420p", "container": "mp4", "crf": cfg.crf, "preset": cfg.preset},
         "version": tool_version(),
     }
     prepared = PreparedClip(clip=clip, meta=meta, faces=np.asarray(body.faces), colors=colors, light=light,
-                            target_xy=traj.target_xy, floor_z=traj.floor_z)
+                            target_xy=traj.target_xy, floor_z=traj.floor_z, texture=texture,
+                            normals=bodies.normals(body))
     return prepared, verts
 
 
@@ -254,8 +293,7 @@ class _Producer(threading.Thread):
                 return
             try:
                 prepared, verts = prepare_clip(clip, self.cfg, self.avatars, self.lights, self.bodies, self.camera)
-                normals_fn = self.bodies.normals(self.bodies.body(
-                    prepared.meta["body_model"]["model_type"], prepared.meta["body_model"]["gender"]))
+                normals_fn = prepared.normals
             except BadInputError as e:
                 self._put(("error", clip, str(e)))
                 continue
@@ -327,7 +365,9 @@ def render_clips(clips: Iterable[Clip], cfg: RenderConfig, renderer: SceneRender
                     verts, normals = item[1], item[2]
                     for k in range(len(verts)):
                         if frame_i == 0:
-                            renderer.set_body(current.faces, current.colors, verts[k], normals[k])
+                            tex = current.texture
+                            renderer.set_body(current.faces, current.colors, verts[k], normals[k],
+                                              *(tex if tex else (None, None)))
                         target = current.target_xy[frame_i]
                         layer = renderer.render_layer(verts[k], normals[k], target, current.floor_z)
                         writer.write(functools.partial(renderer.compose, layer, target))

@@ -239,6 +239,8 @@ class SceneRenderer:
         self.body_node: pyrender.Node | None = None
         self._prim: pyrender.Primitive | None = None
         self._interleaved: np.ndarray | None = None
+        self._vmap: np.ndarray | None = None
+        self._body_args: tuple = ()
         self._fresh = False
         self.in_place_updates = True
         self.backdrop = Backdrop(self.size, self.rig, self.FLOOR_TILE_M, self.FLOOR_TONES)
@@ -291,19 +293,42 @@ class SceneRenderer:
         rgba = rgba.astype(np.float32) / 255.0
         return rgba[..., :3], 1.0 - rgba[..., 3]
 
-    def set_body(self, faces: np.ndarray, colors: np.ndarray, vertices: np.ndarray, normals: np.ndarray) -> None:
-        """Replace the body mesh: faces (F, 3), linear RGBA colours (V, 4), first frame's vertices/normals (V, 3)."""
+    def set_body(self, faces: np.ndarray, colors: np.ndarray | None, vertices: np.ndarray, normals: np.ndarray,
+                 uv_layout=None, texture: np.ndarray | None = None) -> None:
+        """Replace the body mesh for a new clip.
+
+        Args:
+            faces: (F, 3) triangles; colors: (V, 4) linear RGBA vertex colours (ignored with a texture).
+            vertices, normals: (V, 3) the first frame (AMASS world, metres).
+            uv_layout: optional :class:`render.avatars.UVLayout` (seams split: render vertices gather body
+                vertices through ``vmap``) with ``texture`` (H, W, 3) uint8 sRGB, for real SMPL UV textures.
+        """
         if self.body_node is not None:
             self.scene.remove_node(self.body_node)
-        mat = pyrender.MetallicRoughnessMaterial(metallicFactor=0.0, roughnessFactor=0.75,
-                                                 baseColorFactor=(1.0, 1.0, 1.0, 1.0))
-        colors = np.asarray(colors, dtype=np.float32)
-        self._prim = pyrender.Primitive(positions=np.asarray(vertices, np.float32),
-                                        normals=np.asarray(normals, np.float32), color_0=colors,
-                                        indices=np.asarray(faces, dtype=np.uint32), material=mat)
+        vertices = np.asarray(vertices, np.float32)
+        normals = np.asarray(normals, np.float32)
+        if uv_layout is not None and texture is not None:
+            self._vmap = np.asarray(uv_layout.vmap, dtype=np.int64)
+            tex = pyrender.Texture(source=np.ascontiguousarray(texture), source_channels="RGB")
+            mat = pyrender.MetallicRoughnessMaterial(metallicFactor=0.0, roughnessFactor=0.75,
+                                                     baseColorFactor=(1.0, 1.0, 1.0, 1.0), baseColorTexture=tex)
+            uv = np.asarray(uv_layout.uv, np.float32)
+            self._prim = pyrender.Primitive(positions=vertices[self._vmap], normals=normals[self._vmap],
+                                            texcoord_0=uv, indices=np.asarray(uv_layout.faces, dtype=np.uint32),
+                                            material=mat)
+            inter = np.empty((len(uv), 8), dtype=np.float32)
+            inter[:, 6:8] = uv
+        else:
+            self._vmap = None
+            mat = pyrender.MetallicRoughnessMaterial(metallicFactor=0.0, roughnessFactor=0.75,
+                                                     baseColorFactor=(1.0, 1.0, 1.0, 1.0))
+            colors = np.asarray(colors, dtype=np.float32)
+            self._prim = pyrender.Primitive(positions=vertices, normals=normals, color_0=colors,
+                                            indices=np.asarray(faces, dtype=np.uint32), material=mat)
+            inter = np.empty((len(colors), 10), dtype=np.float32)
+            inter[:, 6:10] = colors
+        self._body_args = (faces, colors, uv_layout, texture)
         self.body_node = self.scene.add(pyrender.Mesh([self._prim]))
-        inter = np.empty((len(colors), 10), dtype=np.float32)
-        inter[:, 6:10] = colors
         self._interleaved = inter
         self._fresh = True
 
@@ -317,13 +342,18 @@ class SceneRenderer:
             return  # the first render uploads the primitive's arrays
         if self.in_place_updates and getattr(prim, "_buffers", None):
             inter = self._interleaved
-            inter[:, 0:3] = vertices
-            inter[:, 3:6] = normals
+            if self._vmap is not None:
+                inter[:, 0:3] = vertices[self._vmap]
+                inter[:, 3:6] = normals[self._vmap]
+            else:
+                inter[:, 0:3] = vertices
+                inter[:, 3:6] = normals
             GL.glBindBuffer(GL.GL_ARRAY_BUFFER, prim._buffers[0])
             GL.glBufferSubData(GL.GL_ARRAY_BUFFER, 0, inter.nbytes, inter)
             GL.glBindBuffer(GL.GL_ARRAY_BUFFER, 0)
         else:  # fallback: re-create the mesh (pyrender internals changed)
-            self.set_body(prim.indices, self._interleaved[:, 6:10], vertices, normals)
+            faces, colors, uv_layout, texture = self._body_args
+            self.set_body(faces, colors, vertices, normals, uv_layout, texture)
 
     def render_layer(self, vertices: np.ndarray, normals: np.ndarray, target_xy: np.ndarray,
                      floor_z: float) -> np.ndarray:
