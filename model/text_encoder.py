@@ -25,7 +25,8 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
-        self.max_length = int(cfg.text_max_length)
+        max_pos = int(getattr(backbone.config, "max_position_embeddings", cfg.text_max_length) or cfg.text_max_length)
+        self.max_length = min(int(cfg.text_max_length), max_pos)
         hidden = int(backbone.config.hidden_size)
         c = cfg.latent_dim
         self.proj_in = nn.Linear(hidden, c)

@@ -153,3 +153,20 @@ def test_missing_text_model_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(MissingWeightsError, match="random_init"):
         build_model(load_preset("tiny", text_model="no-such-model-anywhere", text_backbone_config=None,
                                 random_init=False))
+
+
+@pytest.mark.slow
+def test_demo_preset_loads_the_bundled_minilm():
+    from safetensors.torch import load_file
+
+    from model.weights import minilm_path
+
+    model = build_model(load_preset("demo"))
+    ref = load_file(str(minilm_path() / "model.safetensors"))
+    key = next(k for k in ref if k.endswith("embeddings.word_embeddings.weight"))
+    got = model.text.backbone.embeddings.word_embeddings.weight
+    assert torch.equal(got, ref[key].to(got.dtype))
+    assert model.video.visual.conv1.weight.shape == (128, 3, 16, 16)
+    with torch.inference_mode():
+        out = model.eval().encode_video(torch.zeros(2, 8, 3, 64, 64))
+    assert out.shape == (2, 256)
