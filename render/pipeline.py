@@ -288,27 +288,34 @@ class _Producer(threading.Thread):
         return False
 
     def run(self) -> None:
-        for clip in self.clips:
-            if self.stop.is_set():
-                return
-            try:
-                prepared, verts = prepare_clip(clip, self.cfg, self.avatars, self.lights, self.bodies, self.camera)
-                normals_fn = prepared.normals
-            except BadInputError as e:
-                self._put(("error", clip, str(e)))
-                continue
-            except Exception as e:  # noqa: BLE001 - one clip's failure must not stop the run
-                log.debug("preparing %s failed", clip.keyid, exc_info=True)
-                self._put(("error", clip, f"{type(e).__name__}: {e}"))
-                continue
-            if not self._put(("start", prepared)):
-                return
-            for i in range(0, len(verts), self.chunk):
-                v = verts[i:i + self.chunk]
-                if not self._put(("chunk", v, normals_fn(v))):
+        try:
+            for clip in self.clips:
+                if self.stop.is_set():
                     return
-            self._put(("end", clip))
-        self._put(("done",))
+                try:
+                    prepared, verts = prepare_clip(clip, self.cfg, self.avatars, self.lights, self.bodies,
+                                                   self.camera)
+                except BadInputError as e:
+                    self._put(("error", clip, str(e)))
+                    continue
+                except Exception as e:  # noqa: BLE001 - one clip's failure must not stop the run
+                    log.debug("preparing %s failed", clip.keyid, exc_info=True)
+                    self._put(("error", clip, f"{type(e).__name__}: {e}"))
+                    continue
+                if not self._put(("start", prepared)):
+                    return
+                try:
+                    for i in range(0, len(verts), self.chunk):
+                        v = verts[i:i + self.chunk]
+                        if not self._put(("chunk", v, prepared.normals(v))):
+                            return
+                except Exception as e:  # noqa: BLE001
+                    log.debug("posing %s failed", clip.keyid, exc_info=True)
+                    self._put(("abort", clip, f"{type(e).__name__}: {e}"))
+                    continue
+                self._put(("end", clip))
+        finally:
+            self._put(("done",))
 
 
 def render_clips(clips: Iterable[Clip], cfg: RenderConfig, renderer: SceneRenderer | None = None,
@@ -345,12 +352,24 @@ def render_clips(clips: Iterable[Clip], cfg: RenderConfig, renderer: SceneRender
     frame_i, t0 = 0, 0.0
     try:
         while True:
-            item = producer.q.get()
+            try:
+                item = producer.q.get(timeout=1.0)
+            except queue.Empty:
+                if not producer.is_alive() and producer.q.empty():
+                    break  # (the producer always ends with "done"; this is a safety net)
+                continue
             kind = item[0]
             if kind == "done":
                 break
             if kind == "error":
                 emit(ClipResult(item[1].keyid, "failed", item[2]))
+                continue
+            if kind == "abort":
+                if writer is not None:
+                    writer.abort()
+                    writer = None
+                emit(ClipResult(item[1].keyid, "failed", failed_current or item[2]))
+                current = None
                 continue
             try:
                 if kind == "start":
@@ -370,7 +389,8 @@ def render_clips(clips: Iterable[Clip], cfg: RenderConfig, renderer: SceneRender
                                               *(tex if tex else (None, None)))
                         target = current.target_xy[frame_i]
                         layer = renderer.render_layer(verts[k], normals[k], target, current.floor_z)
-                        writer.write(functools.partial(renderer.compose, layer, target))
+                        # composited on the encoder thread (constants bound now: lights may change later)
+                        writer.write(functools.partial(renderer.backdrop.compose, layer, target, renderer._bg))
                         frame_i += 1
                     if on_frames:
                         on_frames(len(verts))

@@ -244,7 +244,7 @@ class SceneRenderer:
         self._fresh = False
         self.in_place_updates = True
         self.backdrop = Backdrop(self.size, self.rig, self.FLOOR_TILE_M, self.FLOOR_TONES)
-        self._bg: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._bg: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # backdrop constants, current lights
 
     def describe(self) -> dict:
         """Camera and floor record for sidecars."""

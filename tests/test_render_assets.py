@@ -252,3 +252,18 @@ def test_uv_textured_body_renders_the_texture(tmp_path):
     bad.write_text("v 0 0 0\nf 1 1 1\n")
     with pytest.raises(BadInputError):
         load_uv_layout(bad)
+
+
+def test_no_egl_is_a_setup_error_saying_what_to_install(tmp_path, monkeypatch, capsys):
+    import pyrender
+
+    from render.cli import main
+
+    def broken(*a, **k):
+        raise RuntimeError("eglInitialize failed")
+
+    monkeypatch.setattr(pyrender, "OffscreenRenderer", broken)
+    rc = main(["--amass", str(tmp_path), "--annotations", str(tmp_path / "a.json"), "--out", str(tmp_path / "o")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "EGL" in err and "libegl" in err and "eglInitialize failed" in err

@@ -131,3 +131,23 @@ def test_setup_errors_stop_with_a_message(corpus, tmp_path, capsys):
     assert _run(corpus, blocker / "sub") == 2
     assert "not writable" in capsys.readouterr().err
     assert _run(corpus, tmp_path / "o", "--part", "3/2") == 2
+
+
+def test_failure_while_posing_frames_fails_the_clip_without_hanging(corpus, tmp_path, monkeypatch):
+    from render.scene import VertexNormals
+
+    calls = {"n": 0}
+    original = VertexNormals.__call__
+
+    def flaky(self, vertices):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise FloatingPointError("boom")
+        return original(self, vertices)
+
+    monkeypatch.setattr(VertexNormals, "__call__", flaky)
+    out = tmp_path / "v"
+    assert _run(corpus, out, "--limit", "2") == 1
+    rep = _report(out)
+    assert rep["rendered"] == 1 and list(rep["failed"].values()) == ["FloatingPointError: boom"]
+    assert len(list(out.glob("*.mp4"))) == 1
