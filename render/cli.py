@@ -162,10 +162,12 @@ def select_clips(args: argparse.Namespace) -> tuple[list[Clip], dict]:
     return select_part(clips, parse_part(args.part)), report
 
 
-def _worker_main(idx: int, clips: list[Clip], cfg, egl_device: str | None, events) -> None:
+def _worker_main(idx: int, clips: list[Clip], cfg, egl_device: str | None, events, lp_threads: int) -> None:
     """Worker process: own EGL context, renders its clips, reports results/frames through ``events``."""
     if egl_device is not None:
         os.environ["EGL_DEVICE_ID"] = str(egl_device)
+    # llvmpipe (CPU rendering) uses every core per context by default: share them between the workers.
+    os.environ.setdefault("LP_NUM_THREADS", str(lp_threads))
     os.environ["PYOPENGL_PLATFORM"] = "egl"
     logging.basicConfig(level=logging.WARNING, format=f"[worker {idx}] %(levelname)s %(name)s: %(message)s")
     try:
@@ -242,10 +244,15 @@ def run(args: argparse.Namespace) -> int:
     workers = min(workers, max(1, len(clips)))
     devices = [d.strip() for d in args.egl_devices.split(",")] if args.egl_devices else None
     if renderer is not None:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # posing shares the CPU with rasterisation and encoding
         try:
             render_clips(clips, cfg, renderer=renderer, on_result=on_result, on_frames=on_frames)
         finally:
             renderer.close()
+            torch.set_num_threads(threads)
     else:
         ctx = mp.get_context("spawn")
         events = ctx.Queue()
@@ -254,7 +261,8 @@ def run(args: argparse.Namespace) -> int:
         procs = []
         for i, share in enumerate(shares):
             dev = devices[i % len(devices)] if devices else None
-            pr = ctx.Process(target=_worker_main, args=(i, share, cfg, dev, events), daemon=True)
+            lp = max(1, (os.cpu_count() or 1) // workers)
+            pr = ctx.Process(target=_worker_main, args=(i, share, cfg, dev, events, lp), daemon=True)
             pr.start()
             procs.append(pr)
         alive = set(range(workers))
