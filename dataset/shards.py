@@ -285,6 +285,26 @@ def _work(item):
         return ("failed", clip.keyid, f"{type(exc).__name__}: {exc}")
 
 
+class _LazyPool:
+    """A process pool created on first use (a no-op re-run never forks workers); None for one worker."""
+
+    def __init__(self, workers: int):
+        self.workers, self.pool = workers, None
+
+    def get(self):
+        if self.pool is None and self.workers > 1:
+            import multiprocessing as mp
+
+            self.pool = mp.get_context("fork").Pool(self.workers, initializer=_worker_init)
+        return self.pool
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
+            self.pool = None
+
+
 def _ordered(pool, items: list, window: int):
     """Results of ``_work`` over ``items`` in order, at most ``window`` submitted ahead (bounded memory)."""
     if pool is None:
@@ -420,20 +440,14 @@ def build_shards(clips: Iterable, cfg: BuildConfig, *, embedder=None, features_f
     for c in clips:
         if c.split in by_split:
             by_split[c.split].append(c)
-    pool = None
-    if cfg.workers > 1:
-        import multiprocessing as mp
-
-        pool = mp.get_context("fork").Pool(cfg.workers, initializer=_worker_init)
+    pool = _LazyPool(cfg.workers)
     try:
         for split in cfg.splits:
             feature_dim = _build_split(split, sorted(by_split[split], key=lambda c: c.keyid), cfg, set_cfg,
                                        embedder, features_fn, feature_dim, pool, report, sources or {},
                                        show_progress, tqdm)
     finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+        pool.close()
     _write_state(build_dir / "set.json", {**set_cfg, "feature_dim": feature_dim})
     report.stats_written = update_stats(out, stats_fn)
     write_card(out)
@@ -486,7 +500,8 @@ def _build_split(split, clips, cfg, set_cfg, embedder, features_fn, feature_dim,
                 work.append((c, cfg, features_fn))
         jobs.append((si, group, fp, skipped, work))
     # one ordered stream over all shards' clips, a bounded number in flight (workers never wait for a shard)
-    results = _ordered(pool, [w for job in jobs for w in job[4]], window=4 * max(1, cfg.workers))
+    items = [w for job in jobs for w in job[4]]
+    results = _ordered(pool.get() if items else None, items, window=4 * max(1, cfg.workers))
     for si, group, fp, skipped, work in jobs:
         bar.update(len(group) - len(work))
         samples, failed = [], {}
