@@ -192,7 +192,9 @@ def val_loader(args, cfg, dinfo: DistInfo):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    args.command = [sys.executable, str(Path(__file__).resolve()), *argv]
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.shards = Path(args.shards)
@@ -224,16 +226,17 @@ def train(args: argparse.Namespace, dinfo: DistInfo) -> int:
         raise BadInputError(args.shards / "train.json", "num_samples",
                             f"{n_train} training samples are fewer than one batch of {cfg.batch_size} per rank "
                             f"x {dinfo.world_size} rank(s); lower --batch-size")
-    total_steps = steps_per_epoch * cfg.epochs
     trainer = {"shards": str(args.shards), "device": str(device), "precision": precision,
-               "world_size": dinfo.world_size, "steps_per_epoch": steps_per_epoch, "compile": args.compile,
+               "world_size": dinfo.world_size, "steps_per_epoch": steps_per_epoch,
+               "total_steps": steps_per_epoch * cfg.epochs, "compile": args.compile,
                "val_every": args.val_every, "save_every": args.save_every, "max_nan_steps": args.max_nan_steps,
                "global_batch": cfg.batch_size * dinfo.world_size}
     if dinfo.is_main:
         run.create()
         write_json(run.config, {"model": cfg.to_dict(), "train": trainer})
-        write_run_info(run, shards=args.shards, manifests=manifests, extra={"trainer": trainer,
-                                                                             "resume": bool(args.resume)})
+        write_run_info(run, shards=args.shards, manifests=manifests,
+                       extra={"command": getattr(args, "command", sys.argv), "trainer": trainer,
+                              "resume": bool(args.resume)})
     log.info("run %s: preset %s, %d train samples, %d steps/epoch x %d epochs, batch %d x %d rank(s), %s %s",
              run.root, cfg.name, n_train, steps_per_epoch, cfg.epochs, cfg.batch_size, dinfo.world_size,
              device, precision)

@@ -22,6 +22,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
@@ -88,8 +89,9 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
 
 def write_run_info(run: RunDir, *, shards: str | os.PathLike, manifests: dict[str, dict],
                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``run.json``: git commit, package versions, command line and, per split, the sha256 of the
-    shard manifest file plus the per-shard sha256 values it lists."""
+    """Write ``run.json``: git commit, package versions, command line (of this session, also appended to
+    ``sessions``, which keeps every start/resume) and, per split, the sha256 of the shard manifest file plus the
+    per-shard sha256 values it lists."""
     shards = Path(shards)
     shard_info: dict[str, Any] = {}
     for split, manifest in manifests.items():
@@ -100,14 +102,26 @@ def write_run_info(run: RunDir, *, shards: str | os.PathLike, manifests: dict[st
             "shards": {str(s.get("name", s.get("path", i))): s.get("sha256")
                        for i, s in enumerate(manifest.get("shards", [])) if isinstance(s, dict)},
         }
-    info = {
+    session = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "git": git_commit(Path(__file__).resolve().parents[1]),
         "packages": package_versions(),
         "command": [sys.executable, *sys.argv],
-        "shards": {"root": str(shards.resolve()), "splits": shard_info},
+        **(extra or {}),
     }
-    if extra:
-        info.update(extra)
+    shard_record = {"root": str(shards.resolve()), "splits": shard_info}
+    sessions = []
+    if run.info.is_file():  # a resumed run: keep the earlier sessions, warn when the shards changed
+        try:
+            old = load_json(run.info)
+            sessions = list(old.get("sessions", []))
+            if old.get("shards", {}).get("splits") not in (None, shard_info):
+                log.warning("the shards differ from the ones this run started with (see run.json)")
+                session["shards_changed_from"] = old.get("shards")
+        except (OSError, ValueError):
+            log.warning("%s unreadable; starting a new session list", run.info)
+    sessions.append(session)
+    info = {**session, "shards": shard_record, "sessions": sessions}
     write_json(run.info, info)
     return info
 

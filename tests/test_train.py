@@ -340,6 +340,8 @@ def test_resume_mid_epoch_is_exact(full_run, shards, tmp_path):
     for x, y in zip(ra, rb):
         for k in ("train_loss", "val_t2m_R@1", "val_v2m_R@1", "lr"):
             assert float(x[k]) == pytest.approx(float(y[k]), abs=1e-5), k
+    sessions = json.loads((out / "run.json").read_text())["sessions"]
+    assert [("--resume" in s["command"]) for s in sessions] == [False, True]
     # resuming a finished run is a no-op; a fresh start on an existing run is refused
     assert _run(["--shards", shards, "--out", out, "--resume", *BASE]) == 0
     with pytest.raises(SystemExit, match="--resume"):
