@@ -237,11 +237,12 @@ def prepare_sample(clip, cfg: BuildConfig, features_fn: Callable) -> dict[str, b
     """Everything of a sample except ``sent.npy`` (added by the caller, which holds the text model).
 
     Raises BadInputError for bad inputs (unreadable video or sidecar, frame count mismatch, bad features)."""
-    from dataset.video_frames import encode_jpgs, read_sidecar, read_video, resize_short_side
+    from dataset.video_frames import encode_jpgs, read_sidecar, read_video_scaled
 
     mp4 = cfg.videos / f"{clip.keyid}.mp4"
     side = read_sidecar(cfg.videos / f"{clip.keyid}.json")
-    frames = read_video(mp4)  # (T, H, W, 3) uint8
+    # (T, H, W, 3) uint8, scaled by ffmpeg while decoding (the mp4 format only needs the frame count)
+    frames, (src_w, src_h) = read_video_scaled(mp4, cfg.frame_size if cfg.video_format == "jpgs" else 32)
     n_side = side.get("num_frames", len(side.get("frames", [])) or None)
     if n_side is not None and int(n_side) != len(frames):
         raise BadInputError(mp4, "video", f"{len(frames)} frames decoded but the sidecar says {n_side}")
@@ -252,19 +253,18 @@ def prepare_sample(clip, cfg: BuildConfig, features_fn: Callable) -> dict[str, b
         log.debug("%s: %d video frames for %d feature rows", clip.keyid, len(frames), feats.shape[0])
     sample: dict[str, bytes] = {"__key__": clip.keyid}
     if cfg.video_format == "jpgs":
-        small = frames if min(frames.shape[1:3]) <= cfg.frame_size else resize_short_side(frames, cfg.frame_size)
-        sample["video.jpgs"] = encode_jpgs(small, cfg.jpeg_quality)
-        stored = [int(small.shape[2]), int(small.shape[1])]
+        sample["video.jpgs"] = encode_jpgs(frames, cfg.jpeg_quality)
+        stored = [int(frames.shape[2]), int(frames.shape[1])]
     else:
         sample["video.mp4"] = mp4.read_bytes()
-        stored = [int(frames.shape[2]), int(frames.shape[1])]
+        stored = [int(src_w), int(src_h)]
     meta = {
         "keyid": clip.keyid, "dataset": clip.dataset, "split": clip.split, "amass_path": clip.amass_path,
         "fps": float(side.get("fps", clip.fps)), "num_frames": int(len(frames)),
         "feature_rows": int(feats.shape[0]), "feature_dim": int(feats.shape[1]),
         "avatar": side.get("avatar"), "light": side.get("light"),
         "mirrored": bool(side.get("mirrored", clip.mirrored)), "body_model": side.get("body_model"),
-        "video_size": stored, "rendered_size": [int(frames.shape[2]), int(frames.shape[1])],
+        "video_size": stored, "rendered_size": [int(src_w), int(src_h)],
         "frame_rule": clip.frame_spec.rule, "frame_start": clip.frame_spec.start, "frame_end": clip.frame_spec.end,
     }
     sample["meta.json"] = json_bytes(meta)

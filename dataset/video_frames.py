@@ -21,7 +21,6 @@ import io
 import json
 import os
 import struct
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -34,30 +33,43 @@ JPGS_MAGIC = b"LVJPGS1\x00"
 _HEADER = struct.Struct("<8sIII")
 
 
-def ffmpeg_exe() -> str:
-    """Path of the ffmpeg binary shipped with imageio-ffmpeg."""
-    import imageio_ffmpeg
+def read_video(path: str | os.PathLike, short_side: int | None = None) -> np.ndarray:
+    """Decode every frame of a video file -> (T, H, W, 3) uint8 RGB. Raises BadInputError when unreadable.
 
-    return imageio_ffmpeg.get_ffmpeg_exe()
+    With ``short_side``, ffmpeg scales frames down (area averaging, aspect kept) so the short side is at most
+    ``short_side`` pixels while decoding, which is much cheaper than resizing afterwards."""
+    return read_video_scaled(path, short_side)[0]
 
 
-def read_video(path: str | os.PathLike) -> np.ndarray:
-    """Decode every frame of a video file -> (T, H, W, 3) uint8 RGB. Raises BadInputError when unreadable."""
+def read_video_scaled(path: str | os.PathLike, short_side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Like :func:`read_video`; also returns the source frame size (width, height) before scaling."""
+    import logging
+
     import imageio_ffmpeg
 
     path = Path(path)
     if not path.is_file():
         raise BadInputError(path, "video", "file not found")
+    out_params = None
+    if short_side is not None:
+        s = int(short_side)
+        out_params = ["-vf", f"scale=w='if(lte(iw,ih),min({s},iw),-2)':h='if(lte(iw,ih),-2,min({s},ih))'"
+                              ":flags=area"]
+    quiet = logging.getLogger("imageio_ffmpeg")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # it warns whenever the output size differs from the source
     try:
-        gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+        gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", output_params=out_params)
         meta = next(gen)
         w, h = meta["size"]
         frames = [np.frombuffer(f, dtype=np.uint8).reshape(h, w, 3) for f in gen]
-    except (RuntimeError, OSError, StopIteration, ValueError) as exc:
+    except (RuntimeError, OSError, StopIteration, ValueError, IndexError, AttributeError) as exc:
         raise BadInputError(path, "video", f"cannot decode: {exc}") from exc
+    finally:
+        quiet.setLevel(level)
     if not frames:
         raise BadInputError(path, "video", "no frames decoded")
-    return np.stack(frames)
+    return np.stack(frames), tuple(meta.get("source_size", (w, h)))
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, quality: int | None = None,
@@ -90,21 +102,6 @@ def read_sidecar(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise BadInputError(path, "sidecar", "expected a JSON object")
     return data
-
-
-def resize_short_side(frames: np.ndarray, size: int) -> np.ndarray:
-    """Resize (T, H, W, 3) uint8 frames so the short side is ``size`` pixels (bilinear, antialiased)."""
-    import torch
-    import torch.nn.functional as F
-
-    t, h, w, _ = frames.shape
-    if min(h, w) == size:
-        return frames
-    scale = size / min(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
-    y = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def encode_jpgs(frames: np.ndarray, quality: int = 90) -> bytes:
@@ -200,16 +197,3 @@ def _read_selected(path: str, indices: Sequence[int]) -> np.ndarray:
     if missing:
         raise ValueError(f"mp4 has fewer frames than requested (missing {missing[:3]})")
     return np.stack([got[i] for i in want])
-
-
-def count_mp4_frames(data: bytes) -> int:
-    """Number of frames of an in-memory mp4 (by decoding it; used by the loader for the mp4 format)."""
-    with tempfile.NamedTemporaryFile(suffix=".mp4") as tmp:
-        tmp.write(data)
-        tmp.flush()
-        cmd = [ffmpeg_exe(), "-v", "error", "-i", tmp.name, "-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
-        out = subprocess.run(cmd + ["-progress", "pipe:1"], capture_output=True, text=True, check=False)
-    frames = [ln.split("=", 1)[1] for ln in out.stdout.splitlines() if ln.startswith("frame=")]
-    if out.returncode != 0 or not frames:
-        raise ValueError(f"cannot count frames: {out.stderr.strip()[:200]}")
-    return int(frames[-1])

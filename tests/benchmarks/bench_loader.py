@@ -15,7 +15,6 @@ over repeats, ratios to the baseline and bytes per sample of each format.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os

@@ -1,9 +1,11 @@
 """Shard build throughput (clips/s) of dataset.shards.build_shards against a naive writer, same clips, one run.
 
-  naive   one process; per clip: decode the mp4, resize, JPEG-encode the frames, embed the clip's captions in
-          their own call, write the sample with webdataset's TarWriter (no resume state, no sha256, no card).
-  build   build_shards (the build-shards command): the same members, captions embedded once per shard, clips
-          decoded/encoded by --workers processes, deterministic headers, atomic shards, manifests, stats.
+  naive   one process; per clip: decode the mp4 at full resolution, resize each frame with PIL, JPEG-encode,
+          embed the clip's captions in their own call, write the sample with webdataset's TarWriter (no resume
+          state, no sha256, no manifest, no stats).
+  build   build_shards (the build-shards command): the same members; frames scaled by ffmpeg while decoding,
+          captions embedded once per shard, clips processed by --workers processes, deterministic headers,
+          atomic shards, manifests, stats, dataset card.
 
 Motion features come from a deterministic stand-in (random (T-1, 263) arrays) so the numbers measure the shard
 writer; computing features from AMASS is dataset.features' cost. Prints medians over repeats and the ratio.
@@ -32,12 +34,32 @@ from bench_loader import build_corpus  # noqa: E402
 from shard_fixtures import fake_features  # noqa: E402
 
 
+def naive_sample(clip, videos: Path, embedder, frame_size: int = 256) -> dict:
+    """One sample the straightforward way: full-resolution decode, PIL resize per frame, per-clip embedding."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from dataset.shards import json_bytes, npy_bytes, texts_of
+    from dataset.video_frames import encode_jpgs, read_sidecar, read_video
+
+    side = read_sidecar(videos / f"{clip.keyid}.json")
+    frames = read_video(videos / f"{clip.keyid}.mp4")
+    small = np.stack([np.asarray(Image.fromarray(f).resize((frame_size, frame_size), Image.BILINEAR))
+                      for f in frames])
+    feats = fake_features(clip)
+    texts = texts_of(clip)
+    return {"__key__": clip.keyid, "video.jpgs": encode_jpgs(small, 90), "motion.npy": npy_bytes(feats),
+            "texts.json": json_bytes(texts),
+            "sent.npy": npy_bytes(embedder.encode([t["caption"] for t in texts]).astype(np.float16)),
+            "meta.json": json.dumps({"keyid": clip.keyid, "num_frames": len(frames),
+                                     "avatar": side.get("avatar")}).encode()}
+
+
 def naive_build(clips, videos: Path, out: Path, embedder, samples_per_shard: int) -> float:
     import webdataset as wds
 
-    from dataset.shards import BuildConfig, npy_bytes, prepare_sample
-
-    cfg = BuildConfig(out=out, videos=videos)
     out.mkdir(parents=True)
     t0 = time.perf_counter()
     writer = None
@@ -46,9 +68,7 @@ def naive_build(clips, videos: Path, out: Path, embedder, samples_per_shard: int
             if writer is not None:
                 writer.close()
             writer = wds.TarWriter(str(out / f"train-{i // samples_per_shard:06d}.tar"))
-        s = prepare_sample(c, cfg, fake_features)
-        s["sent.npy"] = npy_bytes(embedder.encode([t.caption for t in c.texts]).astype("float16"))
-        writer.write(s)
+        writer.write(naive_sample(c, videos, embedder))
     if writer is not None:
         writer.close()
     return len(clips) / (time.perf_counter() - t0)
