@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r = p.add_argument_group("runtime")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-                   help="auto = bf16 autocast on CUDA, fp32 on CPU")
+                   help="auto = bf16 autocast on CUDA when the preset's amp is true (paper), else fp32")
     r.add_argument("--compile", action="store_true", help="torch.compile the training step")
     r.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads per process (0 = torch's default; torchrun sets OMP_NUM_THREADS=1)")
@@ -218,7 +218,7 @@ def train(args: argparse.Namespace, dinfo: DistInfo) -> int:
         raise SystemExit(f"error: {run.root} already holds a run; pass --resume or choose another --out")
     cfg = resolve_config(args, run)
     device = resolve_device(args.device, dinfo.local_rank)
-    precision = resolve_precision(args.precision, device)
+    precision = resolve_precision(args.precision, device, amp=cfg.amp)
     manifests = check_shards(args.shards, cfg)
     n_train = int(manifests["train"]["num_samples"])
     steps_per_epoch = cfg.epoch_batches or n_train // (cfg.batch_size * dinfo.world_size)

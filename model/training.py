@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import random
 from dataclasses import dataclass
@@ -62,10 +61,11 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     raise ValueError(f"unknown device {name!r} (auto|cpu|cuda)")
 
 
-def resolve_precision(name: str | None, device: torch.device) -> str:
-    """``None``/``auto`` -> ``bf16`` on a GPU that supports it, else ``fp32``. ``fp16`` needs CUDA."""
+def resolve_precision(name: str | None, device: torch.device, amp: bool = True) -> str:
+    """``None``/``auto`` -> ``bf16`` on a GPU that supports it when ``amp`` (the config's field; the paper
+    preset sets it), else ``fp32``. ``fp16`` needs CUDA."""
     if name in (None, "auto"):
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        if amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
             return "bf16"
         return "fp32"
     if name not in ("bf16", "fp16", "fp32"):
@@ -111,15 +111,6 @@ def cleanup_distributed() -> None:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
-
-
-def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
-    """True when ``flag`` is true on any rank (all ranks get the same answer)."""
-    if not info.enabled:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
 
 
 class LossModule(nn.Module):
@@ -320,12 +311,6 @@ class NonFiniteGuard:
         return {"total": self.total, "consecutive": self.consecutive}
 
 
-def is_finite(x: torch.Tensor | float) -> bool:
-    if torch.is_tensor(x):
-        return bool(torch.isfinite(x).all().item())
-    return math.isfinite(float(x))
-
-
 # ----------------------------------------------------------------------------------------------------------
 # one optimisation step
 
@@ -357,14 +342,25 @@ class Stepper:
         with autocast(self.device, self.precision):
             out = self.net(batch)
         loss = out["loss"]
-        nonfinite = any_rank(not is_finite(loss.detach()), self.dinfo, self.device)
         self.scaler.scale(loss).backward()  # always: DDP ranks must take part in the same all-reduces
         self.scaler.unscale_(self.optimizer)
         gnorm = torch.nn.utils.clip_grad_norm_(self.trainable, self.clip)
-        self.last_grad_norm = float(gnorm)
+        bad = ~torch.isfinite(loss.detach().float())
         if self.precision != "fp16":  # fp16 overflow is the GradScaler's job (it skips those steps itself)
-            nonfinite = nonfinite or not math.isfinite(self.last_grad_norm)
-        if self.guard.update(not nonfinite, step):
+            bad = bad | ~torch.isfinite(gnorm.float())
+        bad = bad.float().reshape(1)
+        if self.dinfo.enabled:  # every rank skips when any rank's loss is not finite
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        # everything the host needs in one device->host copy (one sync per step)
+        names = [k for k in LOSS_TERMS if torch.is_tensor(out.get(k))]
+        values = [bad, gnorm.detach().float().reshape(1)] + [out[k].detach().float().reshape(1) for k in names]
+        fw = out.get("fusion_weights")
+        if torch.is_tensor(fw) and fw.numel():
+            names += [f"fusion_{n}" for n in FUSION_NAMES]
+            values.append(fw.detach().float().mean(0).reshape(-1))
+        host = torch.cat(values).tolist()
+        self.last_grad_norm = host[1]
+        if self.guard.update(host[0] == 0.0, step):
             self.optimizer.zero_grad(set_to_none=True)
             if self.precision == "fp16":
                 self.scaler.update()
@@ -372,12 +368,7 @@ class Stepper:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        terms = {k: float(out[k].detach()) for k in LOSS_TERMS if torch.is_tensor(out.get(k))}
-        fw = out.get("fusion_weights")
-        if torch.is_tensor(fw) and fw.numel():
-            for name, v in zip(FUSION_NAMES, fw.detach().float().mean(0).tolist()):
-                terms[f"fusion_{name}"] = v
-        return terms
+        return dict(zip(names, host[2:]))
 
 
 # ----------------------------------------------------------------------------------------------------------

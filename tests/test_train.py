@@ -169,6 +169,7 @@ def test_retrieval_scores_perfect():
 def test_precision_rules():
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("auto", cpu, amp=False) == "fp32"
     assert resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(ValueError, match="fp16"):
         resolve_precision("fp16", cpu)
@@ -410,7 +411,12 @@ def test_ablation_flags_saved_config_and_checkpoint(shards, tmp_path):
     out = tmp_path / "run"
     flags = ["--modalities", "tm", "--negative-filtering", "soft", "--threshold", "0.7", "--recon-weight", "0",
              "--no-fusion", "--freeze-text"]
-    assert _run(["--shards", shards, "--out", out, "--epochs", 1, "--max-steps", 2, *BASE, *flags]) == 0
+    assert _run(["--shards", shards, "--out", out, "--epochs", 1, "--max-steps", 2, "--val-every", 1,
+                 *BASE, *flags]) == 0
+    rows = _rows(out)  # --val-every 1: a validation after each of the 2 steps, t2m only (no video)
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    assert all(math.isnan(float(r["val_v2m_R@1"])) and math.isfinite(float(r["val_t2m_R@1"])) for r in rows)
+    assert float(rows[0]["fusion_motion"]) == 1.0  # no fusion: the decoder reads the motion latent alone
     saved = json.loads((out / "config.json").read_text())["model"]
     meta = read_checkpoint_metadata(out / "checkpoints" / "last.safetensors")["config"].to_dict()
     for d in (saved, meta):

@@ -85,7 +85,7 @@ def main(argv=None) -> int:
         over["random_init"] = True
     cfg = load_preset(args.preset, **over)
     device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
+    precision = resolve_precision(args.precision, device, amp=cfg.amp)
     b = cfg.batch_size
 
     tmp = None
