@@ -554,7 +554,7 @@ def _build_split(split, clips, cfg, set_cfg, embedder, features_fn, feature_dim,
         "shards": entries, "text_model": set_cfg["text_model"], "feature_dim": feature_dim,
         "video": {**set_cfg["video"],
                   "bytes_per_sample": round(video_bytes / n) if n else None,
-                  "note": VIDEO_FORMAT_NOTE},
+                  "note": VIDEO_FORMAT_NOTE, "format_benchmark": FORMAT_BENCHMARK},
         "members": sorted(BASE_MEMBERS + (VIDEO_MEMBERS[cfg.video_format],)),
         "bytes_per_sample": round(sum(e["bytes"] for e in entries) / n) if n else None,
         "skipped": {k: v for si in range(len(plan)) for k, v in states[si].get("skipped", {}).items()},
@@ -566,6 +566,15 @@ def _build_split(split, clips, cfg, set_cfg, embedder, features_fn, feature_dim,
     _write_if_changed(out / f"{split}.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return feature_dim
 
+
+# What tests/benchmarks/bench_loader.py measured when the default format was chosen (recorded in manifests):
+# 16 render-amass clips at 512x512 (105 frames), 8 frames -> 224x224 augmented, one CPU process.
+FORMAT_BENCHMARK = {
+    "source": "tests/benchmarks/bench_loader.py, 16 rendered 512x512 clips, 1 CPU process (shared 2-core host)",
+    "jpgs": {"samples_per_s": 28.0, "video_bytes_per_sample": 905505},
+    "mp4": {"samples_per_s": 2.1, "video_bytes_per_sample": 275566},
+    "naive_mp4_decode_baseline": {"samples_per_s": 1.7},
+}
 
 VIDEO_FORMAT_NOTE = (
     "jpgs = every frame resized to frame_size and JPEG-encoded, packed in one member, so the loader decodes only "

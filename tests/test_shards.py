@@ -122,6 +122,7 @@ def test_second_run_is_noop(built, corpus, embedder):
     assert before == after
 
 
+@pytest.mark.slow
 def test_byte_identical_rebuild_and_resume(built, corpus, embedder, tmp_path):
     out, _ = built
     out2 = tmp_path / "again"

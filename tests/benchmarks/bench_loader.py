@@ -10,6 +10,7 @@ each in one process (per-worker throughput), and the baseline and jpgs loader wi
 over repeats, ratios to the baseline and bytes per sample of each format.
 
     .venv/bin/python tests/benchmarks/bench_loader.py [--quick] [--clips N] [--video-size S] [--repeats R]
+        [--videos RENDERS --annotations SRC --amass ROOT]   (real render-amass output instead of synthetic clips)
 """
 
 from __future__ import annotations
@@ -151,6 +152,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 3; quick 1)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for the all-cores runs")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--videos", type=Path, help="use real render-amass output (<keyid>.mp4 + .json) instead of "
+                    "synthetic videos; needs --annotations and --amass")
+    ap.add_argument("--annotations", type=Path, help="annotation source of --videos (load_clips)")
+    ap.add_argument("--amass", type=Path, help="AMASS root of --annotations")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -167,7 +172,19 @@ def main(argv=None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-loader-"))
     try:
-        clips, videos = build_corpus(tmp, n_clips, size, frames)
+        if args.videos is not None:
+            from dataclasses import replace
+
+            from dataset.annotations import load_clips
+
+            clips = [replace(c, split="train") for c in load_clips(args.annotations, args.amass)
+                     if (args.videos / f"{c.keyid}.mp4").is_file()][:n_clips]
+            videos = args.videos
+            n_clips = len(clips)
+            size = json.loads((videos / f"{clips[0].keyid}.json").read_text()).get("size", "?")
+            size = size[0] if isinstance(size, (list, tuple)) else size
+        else:
+            clips, videos = build_corpus(tmp, n_clips, size, frames)
         embedder = SentenceEmbedder()
         write_side_files(clips, tmp / "side", embedder)
         sets = {}
@@ -196,7 +213,8 @@ def main(argv=None) -> int:
                 results["jpgs_all"].append(measure_loader(sets["jpgs"][0], 4 * n_loader, batch, args.workers))
         med = {k: statistics.median(v) for k, v in results.items()}
         avg_frames = statistics.mean(c.num_frames for c in clips)
-        print(f"bench_loader: {n_clips} clips, {size}x{size} video, {avg_frames:.0f} frames on average, "
+        kind = "rendered" if args.videos is not None else "synthetic"
+        print(f"bench_loader: {n_clips} {kind} clips, {size}x{size} video, {avg_frames:.0f} frames on average, "
               f"8 frames -> 224x224 augmented, batch {batch}, {repeats} repeats, torch threads 1, "
               f"{os.cpu_count()} cores")
         print(f"{'path':<28}{'samples/s (median)':>20}{'x baseline':>12}")
