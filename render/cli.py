@@ -2,7 +2,7 @@
 
     render-amass --amass ROOT --annotations SRC --out DIR [--avatars assets/avatars] [--lights 4]
                  [--body-models DIR] [--size 512] [--fps F] [--split S] [--limit N] [--keyids FILE]
-                 [--mirror] [--workers N] [--part K/N] [--overwrite] [--seed 0]
+                 [--mirror] [--workers N] [--part K/N] [--overwrite] [--seed 0] [--lod auto|full|N]
 
 See docs/readme/render.md. Exit status: 0 all clips rendered or skipped, 1 some clip failed (after
 finishing the others), 2 set-up error (bad arguments, no EGL, avatars/lights/output unusable).
@@ -82,14 +82,11 @@ def check_output_dir(out: Path) -> None:
         raise SetupError(f"output directory {out} is not writable ({e}); pass a writable --out") from e
 
 
-def probe_egl() -> None:
-    """Create and drop a tiny EGL context, so a machine without EGL stops with install instructions."""
-    from render.scene import RendererSetupError, SceneRenderer
-
-    try:
-        SceneRenderer(16).close()
-    except RendererSetupError as e:
-        raise SetupError(str(e)) from e
+#: modules the worker processes need, imported once by the forkserver process the workers are forked from
+#: (instead of once per spawned worker: torch and pyrender alone take ~5 s of CPU to import). Importing them
+#: creates no EGL context and runs no torch kernels, so forking after it is safe.
+WORKER_PRELOAD = ["torch", "smplx", "scipy.sparse", "scipy.ndimage", "pyrender", "render.pipeline", "render.body",
+                  "render.scene", "render.trajectory"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--body-models", default=None,
                    help="smplx body-model directory (smplh/, smplx/ ...); default: the procedural body")
     p.add_argument("--size", type=int, default=512, help="frame width and height in pixels (even)")
+    p.add_argument("--lod", default="auto",
+                   help="body mesh level of detail: auto (full mesh from 384 px; below, 3,500 faces at 128 px scaled "
+                        "with the pixel area, at least 1,500), full, or a target face count (>= 500)")
     p.add_argument("--fps", type=float, default=None,
                    help="frame rate for time-rule clips (TMR annotations); default: the clip's (20). "
                         "HumanML3D-rule clips are fixed at 20")
@@ -162,13 +162,26 @@ def select_clips(args: argparse.Namespace) -> tuple[list[Clip], dict]:
     return select_part(clips, parse_part(args.part)), report
 
 
+def _fast_ffmpeg_spawn() -> None:
+    """Let imageio-ffmpeg start ffmpeg without its ``preexec_fn=os.setpgrp`` (which forces a full ``fork`` of
+    this large process, ~25 ms CPU and ~80 ms wall per clip, instead of ``vfork``, ~1.5 ms / ~9 ms). The
+    price: Ctrl-C also reaches ffmpeg, which only loses the clips in flight (as an interrupt does anyway).
+    A user-set ``IMAGEIO_FFMPEG_NO_PREVENT_SIGINT`` is respected."""
+    os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
+
+
 def _worker_main(idx: int, clips: list[Clip], cfg, egl_device: str | None, events, lp_threads: int) -> None:
-    """Worker process: own EGL context, renders its clips, reports results/frames through ``events``."""
+    """Worker process: own EGL context, renders its clips, reports results/frames through ``events``.
+
+    ``LP_NUM_THREADS`` (llvmpipe's rasteriser threads) is set to ``lp_threads`` before the EGL context is
+    created, unless the user set it. A renderer that cannot start is reported as ``("setup", idx, message)``.
+    """
     if egl_device is not None:
         os.environ["EGL_DEVICE_ID"] = str(egl_device)
     # llvmpipe (CPU rendering) uses every core per context by default: share them between the workers.
     os.environ.setdefault("LP_NUM_THREADS", str(lp_threads))
     os.environ["PYOPENGL_PLATFORM"] = "egl"
+    _fast_ffmpeg_spawn()
     logging.basicConfig(level=logging.WARNING, format=f"[worker {idx}] %(levelname)s %(name)s: %(message)s")
     try:
         import torch
@@ -177,18 +190,54 @@ def _worker_main(idx: int, clips: list[Clip], cfg, egl_device: str | None, event
     except Exception:  # noqa: BLE001
         pass
     from render.pipeline import render_clips
+    from render.scene import RendererSetupError, SceneRenderer
 
     try:
-        render_clips(clips, cfg, on_result=lambda r: events.put(("result", r)),
+        renderer = SceneRenderer(cfg.size)
+    except RendererSetupError as e:
+        events.put(("setup", idx, str(e)))
+        events.put(("exit", idx))
+        return
+    try:
+        render_clips(clips, cfg, renderer=renderer, on_result=lambda r: events.put(("result", r)),
                      on_frames=lambda n: events.put(("frames", n)))
     except Exception as e:  # noqa: BLE001 - reported by the parent as failures of the remaining clips
         events.put(("crash", idx, f"{type(e).__name__}: {e}"))
+    finally:
+        renderer.close()
     events.put(("exit", idx))
+
+
+def _worker_context(start: bool = False):
+    """multiprocessing context for the workers: forkserver (modules preloaded once) where available, else spawn.
+    ``start``: start the fork server now, so its imports overlap the parent's own set-up."""
+    try:
+        ctx = mp.get_context("forkserver")
+    except ValueError:  # no fork on this platform
+        return mp.get_context("spawn")
+    ctx.set_forkserver_preload(WORKER_PRELOAD)
+    if start:
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+    return ctx
+
+
+def _stop_fork_server() -> None:
+    """Stop (and reap) the fork server after the workers ended, so no idle process holding torch stays around
+    and its CPU time (the workers' included) is accounted to this process's children."""
+    try:
+        from multiprocessing import forkserver
+
+        forkserver._forkserver._stop()  # private in CPython 3.8-3.13; harmless to skip
+    except Exception:  # noqa: BLE001
+        log.debug("could not stop the fork server", exc_info=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from render.avatars import load_avatars
     from render.lights import load_lights
+    from render.lod import parse_lod
     from render.pipeline import ClipResult, RenderConfig, render_clips
 
     if args.size < 16 or args.size % 2:
@@ -196,6 +245,10 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise SetupError("--workers must be >= 1")
     part = parse_part(args.part)
+    try:
+        lod = parse_lod(args.lod)
+    except ValueError as e:
+        raise SetupError(str(e)) from e
     if not Path(args.amass).is_dir():
         raise SetupError(f"--amass {args.amass} is not a directory (the AMASS root holding KIT/, CMU/, ...)")
     try:
@@ -209,6 +262,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(out)
     workers = args.workers
     renderer = None
+    _fast_ffmpeg_spawn()
     if workers == 1:  # the run's own renderer doubles as the EGL probe
         from render.scene import RendererSetupError, SceneRenderer
 
@@ -218,12 +272,13 @@ def run(args: argparse.Namespace) -> int:
             renderer = SceneRenderer(args.size)
         except RendererSetupError as e:
             raise SetupError(str(e)) from e
-    else:
-        probe_egl()
+    else:  # each worker creates its own context and reports a set-up error as ("setup", i, message)
+        _worker_context(start=True)
     clips, ann_report = select_clips(args)
     cfg = RenderConfig(amass_root=str(args.amass), out_dir=str(out), avatars_dir=args.avatars,
                        lights_path=args.lights_file, num_lights=args.lights, size=args.size, seed=args.seed,
-                       body_models=args.body_models, overwrite=args.overwrite, crf=args.crf, preset=args.preset)
+                       body_models=args.body_models, overwrite=args.overwrite, crf=args.crf, preset=args.preset,
+                       lod=lod)
     log.info("%d clips to consider, %d avatars, lights 1..%d, %dx%d, %d worker(s)%s", len(clips), len(avatars),
              args.lights, args.size, args.size, args.workers, f", part {part[0]}/{part[1]}" if part else "")
 
@@ -254,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
             renderer.close()
             torch.set_num_threads(threads)
     else:
-        ctx = mp.get_context("spawn")
+        ctx = _worker_context()
         events = ctx.Queue()
         # Round-robin assignment over keyid order balances long and short clips on average.
         shares = [clips[i::workers] for i in range(workers)]
@@ -281,10 +336,18 @@ def run(args: argparse.Namespace) -> int:
                 on_frames(ev[1])
             elif ev[0] == "crash":
                 log.error("worker %d stopped: %s", ev[1], ev[2])
+            elif ev[0] == "setup":
+                for pr in procs:
+                    pr.terminate()
+                    pr.join(timeout=10)
+                _stop_fork_server()
+                bar.close()
+                raise SetupError(ev[2])
             elif ev[0] == "exit":
                 alive.discard(ev[1])
         for pr in procs:
             pr.join(timeout=10)
+        _stop_fork_server()
         for i, share in enumerate(shares):  # clips a crashed worker never reported
             for c in share:
                 if c.keyid not in results:

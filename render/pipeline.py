@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
@@ -30,9 +30,11 @@ from dataset.errors import BadInputError
 from dataset.seeding import stable_choice
 from render.avatars import Avatar, load_avatars, load_texture_image, load_uv_layout, region_labels, vertex_colors
 from render.lights import LightSetup, load_lights
-from render.scene import SceneRenderer, VertexNormals
-from render.trajectory import follow_trajectory
+from render.lod import LevelOfDetail, body_lod, full_detail, parse_lod
 from render.video import DEFAULT_CRF, DEFAULT_PRESET, VideoWriter
+
+if TYPE_CHECKING:  # pyrender / scipy are imported where used (a --workers parent process needs neither)
+    from render.scene import SceneRenderer, VertexNormals
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ RENDER_VERSION = 1
 CHUNK_FRAMES = 32
 
 
+@functools.lru_cache(maxsize=1)
 def tool_version() -> str:
     """``lavimo <package version> render/<RENDER_VERSION>`` for sidecars."""
     try:
@@ -61,6 +64,7 @@ class RenderConfig:
         size: frame width = height in pixels (even). seed: global seed for avatar/light choices.
         body_models: smplx model directory, or None for the procedural body.
         overwrite: re-render clips whose outputs exist. crf / preset / encoder_threads: x264 settings.
+        lod: level of detail of the body mesh, ``"auto"`` | ``"full"`` | a face count (see :mod:`render.lod`).
     """
 
     amass_root: str
@@ -75,6 +79,7 @@ class RenderConfig:
     crf: int = DEFAULT_CRF
     preset: str = DEFAULT_PRESET
     encoder_threads: int = 1
+    lod: str | int = "auto"
 
 
 @dataclass
@@ -130,6 +135,7 @@ class BodyCache:
         self._bodies: dict = {}
         self._colors: dict = {}
         self._normals: dict = {}
+        self._lods: dict = {}
 
     def body(self, model_type: str, gender: str):
         from render.body import load_body
@@ -182,11 +188,32 @@ class BodyCache:
         return self._colors[key]
 
     def normals(self, body) -> VertexNormals:
+        from render.scene import VertexNormals
+
         key = id(body)
         if key not in self._normals:
             faces = np.asarray(body.faces)
             self._normals[key] = VertexNormals(faces, int(faces.max()) + 1)
         return self._normals[key]
+
+    def lod(self, body, lod: str | int, size: int) -> tuple[LevelOfDetail, VertexNormals]:
+        """The body's level of detail for ``size``-pixel frames and the normals of the reduced mesh (computed
+        once per body; see :mod:`render.lod`)."""
+        from render.scene import VertexNormals
+
+        key = (id(body), str(lod), int(size))
+        if key not in self._lods:
+            t0 = time.perf_counter()
+            d = body_lod(body, lod, size)
+            if d.is_full:
+                normals = self.normals(body)
+            else:
+                normals = VertexNormals(d.local_faces, len(d.used))
+                log.info("body %s: level of detail %d of %d faces (%d vertices) for %d px frames, %.2f s",
+                         getattr(body, "kind", "?"), d.num_faces, d.full_faces, len(d.used), size,
+                         time.perf_counter() - t0)
+            self._lods[key] = (d, normals)
+        return self._lods[key]
 
 
 @dataclass
@@ -202,16 +229,20 @@ class PreparedClip:
     floor_z: float
     texture: tuple | None = None  # (UVLayout, image) for real-SMPL UV textures
     normals: VertexNormals | None = None
+    lod: LevelOfDetail | None = None
 
 
 def prepare_clip(clip: Clip, cfg: RenderConfig, avatars: list[Avatar], lights: list[LightSetup],
                  bodies: BodyCache, camera: dict) -> tuple[PreparedClip, np.ndarray]:
-    """Load, select frames, mirror, pose; returns the prepared clip and its vertices (T, V, 3) float32.
+    """Load, select frames, mirror, pose; returns the prepared clip and the vertices to draw (T, U, 3) float32:
+    all V body vertices for the full mesh, else the level of detail's ``used`` vertices (``prepared.faces``,
+    ``colors`` and ``normals`` then refer to those).
 
     Raises:
         BadInputError: bad or missing AMASS file, frames out of range, a clip selecting no frames.
     """
     from render.body import mirror_amass
+    from render.trajectory import follow_trajectory
 
     path = amass_file(cfg.amass_root, clip.amass_path)
     motion = load_amass(path)
@@ -237,6 +268,14 @@ def prepare_clip(clip: Clip, cfg: RenderConfig, avatars: list[Avatar], lights: l
     colors = bodies.colors(body, motion.model_type, avatar, poses.shape[1])
     texture = bodies.texture(body, avatar)
     traj = follow_trajectory(joints[:, 0], verts[:, :, 2].min(axis=1), clip.fps)
+    if texture is not None:  # UV layouts are split at seams over the full mesh: textured avatars stay full
+        lod, normals = full_detail(body.faces), bodies.normals(body)
+    else:
+        lod, normals = bodies.lod(body, cfg.lod, cfg.size)
+    faces, num_vertices = np.asarray(body.faces), int(verts.shape[1])
+    if not lod.is_full:
+        verts = np.ascontiguousarray(verts[:, lod.used])
+        faces, colors = lod.local_faces, colors[lod.used]
     meta = {
         "keyid": clip.keyid,
         "dataset": clip.dataset,
@@ -255,14 +294,15 @@ def prepare_clip(clip: Clip, cfg: RenderConfig, avatars: list[Avatar], lights: l
         "camera": camera,
         "body_model": {"kind": getattr(body, "kind", "unknown"), "model_type": motion.model_type,
                        "gender": getattr(body, "gender", avatar.gender), "model_dir": cfg.body_models,
-                       "num_vertices": int(verts.shape[1])},
+                       "num_vertices": num_vertices},
         "trajectory": traj.to_dict(),
+        "lod": dict(lod.to_dict(), mode=parse_lod(cfg.lod), reason="uv texture" if texture is not None else None),
         "video": {"codec": "h264", "pix_fmt": "yuv420p", "container": "mp4", "crf": cfg.crf, "preset": cfg.preset},
         "version": tool_version(),
     }
-    prepared = PreparedClip(clip=clip, meta=meta, faces=np.asarray(body.faces), colors=colors, light=light,
+    prepared = PreparedClip(clip=clip, meta=meta, faces=faces, colors=colors, light=light,
                             target_xy=traj.target_xy, floor_z=traj.floor_z, texture=texture,
-                            normals=bodies.normals(body))
+                            normals=normals, lod=lod)
     return prepared, verts
 
 
@@ -326,6 +366,8 @@ def render_clips(clips: Iterable[Clip], cfg: RenderConfig, renderer: SceneRender
     Per-clip failures are returned as ``ClipResult(status="failed", reason=...)``; the others render.
     ``on_result`` is called after each clip, ``on_frames(n)`` after each rendered chunk (progress).
     """
+    from render.scene import SceneRenderer
+
     avatars = load_avatars(cfg.avatars_dir)
     lights = load_lights(cfg.lights_path)
     own = renderer is None

@@ -4,8 +4,12 @@ World frame = AMASS (Z-up, metres). The camera looks along AMASS +y from ``dista
 target, so the image's right is AMASS +x (a mirrored motion, x -> -x, renders as the horizontal reflection
 of the image) and its up is AMASS +z. pyrender uses OpenGL camera conventions (the camera looks down its
 local -z, y up); the lights of ``assets/lights.json`` are children of the camera node, so they move with the
-follow camera (see :mod:`render.trajectory`). The body mesh is created once per clip and its vertex buffer
-is rewritten in place every frame (``glBufferSubData``), so no per-frame scene rebuild or GPU re-allocation.
+follow camera (see :mod:`render.trajectory`). The rasteriser keeps the camera at the base rig and
+translates the body by the opposite of the follow offset instead (the same image). The body mesh is
+created once per clip and its vertex buffer is rewritten in place every frame (``glBufferSubData``); after
+the clip's first frame (a full pyrender render) a frame is only "upload, draw, resolve, read colour" with
+the shader state pyrender left behind (see :meth:`SceneRenderer._lean_layer`), checked once against
+pyrender's own render.
 Anti-aliasing: pyrender renders into a 4-sample MSAA framebuffer (supported by Mesa llvmpipe and NVIDIA).
 Only the avatar is rasterised per frame; the sky and the world-fixed checker floor are a precomputed
 backdrop it is composited over (see :class:`Backdrop`), which halves the per-frame raster work on llvmpipe.
@@ -243,6 +247,10 @@ class SceneRenderer:
         self._body_args: tuple = ()
         self._fresh = False
         self.in_place_updates = True
+        self.lean_redraw = True  # per-frame redraw without pyrender's scene pass (see _lean_layer)
+        self._lean_program = None
+        self._lean_verified = False
+        self._num_indices = 0
         self.backdrop = Backdrop(self.size, self.rig, self.FLOOR_TILE_M, self.FLOOR_TONES)
         self._bg: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # backdrop constants, current lights
 
@@ -266,6 +274,7 @@ class SceneRenderer:
             self.scene.add_node(node, parent_node=self.cam_node)
             self.light_nodes.append(node)
         self.scene.ambient_light = np.full(3, setup.ambient)
+        self._lean_program = None  # the next frame goes through pyrender (sets the new lights' uniforms)
         key = id(setup)
         if key not in self.backdrop.shade:
             self.backdrop.shade[key] = self.backdrop.prepare(*self._render_floor_shade(), self.SKY)
@@ -331,38 +340,119 @@ class SceneRenderer:
         self.body_node = self.scene.add(pyrender.Mesh([self._prim]))
         self._interleaved = inter
         self._fresh = True
+        self._lean_program = None
 
     # -- per frame ---------------------------------------------------------------------------------
-    def _upload(self, vertices: np.ndarray, normals: np.ndarray) -> None:
-        """Rewrite the body's interleaved vertex buffer (positions, normals, colours) in place."""
+    def _offset(self, target_xy: np.ndarray, floor_z: float) -> np.ndarray:
+        """(3,) float32 world translation from the base rig (target 0, floor 0) to this frame's rig."""
+        return np.array([target_xy[0], target_xy[1], floor_z], dtype=np.float32)
+
+    def _upload(self, vertices: np.ndarray, normals: np.ndarray, offset: np.ndarray) -> bool:
+        """Rewrite the body's interleaved vertex buffer (positions - offset, normals, colours) in place.
+
+        Returns False when the mesh had to be re-created instead (pyrender internals changed)."""
         from OpenGL import GL
 
         prim = self._prim
-        if self._fresh or prim is None:
-            return  # the first render uploads the primitive's arrays
+        inter = self._interleaved
+        if self._vmap is not None:
+            np.subtract(vertices[self._vmap], offset, out=inter[:, 0:3])
+            inter[:, 3:6] = normals[self._vmap]
+        else:
+            np.subtract(vertices, offset, out=inter[:, 0:3])
+            inter[:, 3:6] = normals
+        if self._fresh:  # not in the GL context yet: the first render uploads the primitive's arrays
+            prim.positions = inter[:, 0:3]
+            prim.normals = inter[:, 3:6]
+            return True
         if self.in_place_updates and getattr(prim, "_buffers", None):
-            inter = self._interleaved
-            if self._vmap is not None:
-                inter[:, 0:3] = vertices[self._vmap]
-                inter[:, 3:6] = normals[self._vmap]
-            else:
-                inter[:, 0:3] = vertices
-                inter[:, 3:6] = normals
             GL.glBindBuffer(GL.GL_ARRAY_BUFFER, prim._buffers[0])
             GL.glBufferSubData(GL.GL_ARRAY_BUFFER, 0, inter.nbytes, inter)
             GL.glBindBuffer(GL.GL_ARRAY_BUFFER, 0)
-        else:  # fallback: re-create the mesh (pyrender internals changed)
-            faces, colors, uv_layout, texture = self._body_args
-            self.set_body(faces, colors, vertices, normals, uv_layout, texture)
+            return True
+        faces, colors, uv_layout, texture = self._body_args  # fallback: re-create the mesh
+        self.set_body(faces, colors, vertices - offset, normals, uv_layout, texture)
+        return False
+
+    def _pyrender_layer(self) -> np.ndarray:
+        rgba, _ = self.renderer.render(self.scene, flags=pyrender.RenderFlags.RGBA)
+        return rgba
+
+    def _lean_layer(self) -> np.ndarray:
+        """Redraw the body with the GL state, shader program and uniforms of the previous pyrender render.
+
+        Between frames nothing in the scene changes but the body's vertex buffer (the camera and its lights
+        stay at the base rig; the body is translated instead), so pyrender's per-frame work (scene traversal,
+        setting every uniform again, resolving and reading back the depth buffer) is skipped: clear the 4x
+        MSAA framebuffer, draw, resolve the colour, read RGBA. Same pixels as :meth:`_pyrender_layer`."""
+        from OpenGL import GL
+
+        r = self.renderer._renderer
+        w, h = r._main_fb_dims
+        GL.glBindFramebuffer(GL.GL_DRAW_FRAMEBUFFER, r._main_fb_ms)
+        GL.glViewport(0, 0, w, h)
+        GL.glClearColor(0.0, 0.0, 0.0, 0.0)
+        GL.glClear(GL.GL_COLOR_BUFFER_BIT | GL.GL_DEPTH_BUFFER_BIT)
+        GL.glUseProgram(self._lean_program._program_id)
+        GL.glBindVertexArray(self._prim._vaid)
+        GL.glDrawElements(GL.GL_TRIANGLES, self._num_indices, GL.GL_UNSIGNED_INT, None)
+        GL.glBindVertexArray(0)
+        GL.glUseProgram(0)
+        GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, r._main_fb_ms)
+        GL.glBindFramebuffer(GL.GL_DRAW_FRAMEBUFFER, r._main_fb)
+        GL.glBlitFramebuffer(0, 0, w, h, 0, 0, w, h, GL.GL_COLOR_BUFFER_BIT, GL.GL_LINEAR)
+        GL.glBindFramebuffer(GL.GL_READ_FRAMEBUFFER, r._main_fb)
+        buf = GL.glReadPixels(0, 0, w, h, GL.GL_RGBA, GL.GL_UNSIGNED_BYTE)
+        return np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 4)[::-1]
+
+    def _enable_lean(self) -> None:
+        """After a pyrender render of the current body: find its shader program for :meth:`_lean_layer`
+        (only for an untextured body drawn as one indexed triangle list, with pyrender's internals present)."""
+        self._lean_program = None
+        if not self.lean_redraw or self._vmap is not None:
+            return
+        try:
+            from pyrender.constants import GLTF, ProgramFlags
+
+            r = self.renderer._renderer
+            prim = self._prim
+            flags = pyrender.RenderFlags.RGBA | pyrender.RenderFlags.OFFSCREEN
+            program = r._get_primitive_program(prim, flags, ProgramFlags.USE_MATERIAL)
+            ok = (prim.mode == GLTF.TRIANGLES and prim.poses is None and prim._vaid is not None
+                  and program._program_id is not None and r._main_fb_ms is not None
+                  and tuple(r._main_fb_dims) == (self.size, self.size) and len(self.scene.mesh_nodes) == 1)
+        except Exception as e:  # noqa: BLE001 - pyrender changed: keep its own render path
+            log.warning("lean redraw unavailable (%s: %s); using pyrender's render for every frame",
+                        type(e).__name__, e)
+            self.lean_redraw = False
+            return
+        if ok:
+            self._lean_program = program
+            self._num_indices = int(prim.indices.size)
 
     def render_layer(self, vertices: np.ndarray, normals: np.ndarray, target_xy: np.ndarray,
                      floor_z: float) -> np.ndarray:
-        """The avatar alone: vertices/normals (V, 3) AMASS world, metres -> (H, W, 4) uint8 premultiplied RGBA."""
-        self._upload(vertices, normals)
-        self.scene.set_pose(self.cam_node, self.rig.pose(target_xy, floor_z))
-        rgba, _ = self.renderer.render(self.scene, flags=pyrender.RenderFlags.RGBA)
+        """The avatar alone: vertices/normals (V, 3) AMASS world, metres -> (H, W, 4) uint8 premultiplied RGBA.
+
+        The camera (and its lights) stay at the base rig (target 0, floor 0); the body is translated by
+        ``-(target_x, target_y, floor_z)`` instead, which gives the same image as moving the rig."""
+        fresh = self._fresh
+        same_mesh = self._upload(vertices, normals, self._offset(target_xy, floor_z))
+        if not fresh and same_mesh and self._lean_program is not None:
+            layer = self._lean_layer()
+            if not self._lean_verified:  # once per renderer: the lean redraw must give pyrender's pixels
+                ref = self._pyrender_layer()
+                self._lean_verified = True
+                if not np.array_equal(ref, layer):
+                    log.warning("lean redraw differs from pyrender's render (max %d); using pyrender's render",
+                                int(np.abs(ref.astype(np.int16) - layer).max()))
+                    self.lean_redraw, self._lean_program = False, None
+                    return ref
+            return layer
+        layer = self._pyrender_layer()
         self._fresh = False
-        return rgba
+        self._enable_lean()
+        return layer
 
     def compose(self, layer: np.ndarray, target_xy: np.ndarray) -> np.ndarray:
         """Avatar layer over sky + floor for a camera target -> (H, W, 3) uint8 RGB (thread-safe)."""
