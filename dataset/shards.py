@@ -246,11 +246,18 @@ def prepare_sample(clip, cfg: BuildConfig, features_fn: Callable) -> dict[str, b
     n_side = side.get("num_frames", len(side.get("frames", [])) or None)
     if n_side is not None and int(n_side) != len(frames):
         raise BadInputError(mp4, "video", f"{len(frames)} frames decoded but the sidecar says {n_side}")
+    if side.get("frames"):
+        # The video defines the clip's frames: compute the motion on exactly the AMASS frames the video
+        # shows (render-amass may have used another --fps than the annotations' default), so video frame
+        # i and motion frame i stay the same instant.
+        clip = dataclasses.replace(clip, frames=np.asarray(side["frames"], dtype=np.int64),
+                                   fps=float(side.get("fps", clip.fps)))
     feats = np.asarray(features_fn(clip), dtype=np.float32)
     if feats.ndim != 2 or feats.shape[0] < 1 or not np.isfinite(feats).all():
         raise BadInputError(clip.amass_path, "motion", f"bad features of shape {feats.shape} or non-finite values")
     if feats.shape[0] + 1 != len(frames):
-        log.debug("%s: %d video frames for %d feature rows", clip.keyid, len(frames), feats.shape[0])
+        log.warning("%s: %d video frames for %d feature rows (expected frames = rows + 1)", clip.keyid,
+                    len(frames), feats.shape[0])
     sample: dict[str, bytes] = {"__key__": clip.keyid}
     if cfg.video_format == "jpgs":
         sample["video.jpgs"] = encode_jpgs(frames, cfg.jpeg_quality)

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The end-to-end CPU demo: synth-amass -> render-amass -> build-shards -> train.py -> evaluate.py.
+# Each stage leaves a stamp in $DEMO/.done-<stage> after it succeeds, so a second run skips it;
+# `make demo-clean` starts over. Settings are chosen for a 2-core CPU and printed at the start.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+BIN=$VENV/bin
+DEMO=${DEMO:-demo}
+MOTIONS=${DEMO_MOTIONS:-480}
+TEST_FRACTION=${DEMO_TEST_FRACTION:-0.25}
+SIZE=${DEMO_SIZE:-112}
+FPS=${DEMO_FPS:-10}
+EPOCHS=${DEMO_EPOCHS:-12}
+WORKERS=${DEMO_WORKERS:-2}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYOPENGL_PLATFORM=${PYOPENGL_PLATFORM:-egl}
+mkdir -p "$DEMO"
+TIMES="$DEMO/stage-times.txt"
+: > "$TIMES.new"
+
+echo "LAVIMO demo: $MOTIONS synthetic motions (test fraction $TEST_FRACTION), videos ${SIZE}x${SIZE} at ${FPS} fps" \
+     "(CPU settings; the paper renders 512x512 at 20 fps), 13 avatars x 4 lighting setups, preset 'demo', $EPOCHS epochs"
+
+stage() {  # stage NAME COMMAND...
+  local name=$1; shift
+  local stamp="$DEMO/.done-$name"
+  if [[ -f $stamp ]]; then
+    echo "== $name: already complete (remove $stamp or run 'make demo-clean' to redo)"
+    printf '%-8s %8s\n' "$name" "skipped" >> "$TIMES.new"
+    return
+  fi
+  echo "== $name: $*"
+  local t0=$SECONDS
+  "$@"
+  local dt=$((SECONDS - t0))
+  date -u +%FT%TZ > "$stamp"
+  printf '%-8s %7ss\n' "$name" "$dt" >> "$TIMES.new"
+}
+
+stage synth  "$BIN/synth-amass" --out "$DEMO/corpus" --motions "$MOTIONS" --seed 0 --test-fraction "$TEST_FRACTION"
+stage render "$BIN/render-amass" --amass "$DEMO/corpus/amass" --annotations "$DEMO/corpus/annotations.json" \
+  --avatars assets/avatars --lights 4 --out "$DEMO/videos" --size "$SIZE" --fps "$FPS" --workers "$WORKERS"
+stage shards "$BIN/build-shards" --annotations "$DEMO/corpus/annotations.json" --amass "$DEMO/corpus/amass" \
+  --videos "$DEMO/videos" --out "$DEMO/shards" --frame-size "$SIZE" --workers "$WORKERS"
+stage train  "$BIN/python" train.py --shards "$DEMO/shards" --preset demo --epochs "$EPOCHS" --out "$DEMO/run" \
+  --workers 1 --device cpu
+stage eval   "$BIN/python" evaluate.py --run "$DEMO/run" --shards "$DEMO/shards" --split test --protocol everything \
+  --build-dissimilar 100 --out "$DEMO/eval" --gallery --videos "$DEMO/videos" --tsne
+
+mv "$TIMES.new" "$TIMES"
+echo
+echo "== results (text->motion and video->motion on the synthetic test split)"
+cat "$DEMO/eval/metrics.md"
+echo
+echo "stage times (this run):"
+cat "$TIMES"
+echo
+echo "metrics:        $DEMO/eval/metrics.md  ($DEMO/eval/metrics.json)"
+echo "gallery:        $DEMO/eval/gallery.html"
+echo "t-SNE:          $DEMO/eval/tsne.png"
+echo "contact sheets: docs/img/avatars.png, docs/img/lights.png (regenerate: $BIN/python -m render.contact_sheet --out docs/img)"
