@@ -3,6 +3,7 @@
     render-amass --amass ROOT --annotations SRC --out DIR [--avatars assets/avatars] [--lights 4]
                  [--body-models DIR] [--size 512] [--fps F] [--split S] [--limit N] [--keyids FILE]
                  [--mirror] [--workers N] [--part K/N] [--overwrite] [--seed 0] [--lod auto|full|N]
+                 [--shading auto|pixel|vertex]
 
 See docs/readme/render.md. Exit status: 0 all clips rendered or skipped, 1 some clip failed (after
 finishing the others), 2 set-up error (bad arguments, no EGL, avatars/lights/output unusable).
@@ -102,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--body-models", default=None,
                    help="smplx body-model directory (smplh/, smplx/ ...); default: the procedural body")
     p.add_argument("--size", type=int, default=512, help="frame width and height in pixels (even)")
+    p.add_argument("--shading", default="auto", choices=("auto", "pixel", "vertex"),
+                   help="auto: per vertex below 384 px (triangles cover a few pixels), else per pixel; pixel: "
+                        "pyrender's fragment shader; vertex: the same lighting per vertex, interpolated")
     p.add_argument("--lod", default="auto",
                    help="body mesh level of detail: auto (full mesh from 384 px; below, 3,500 faces at 128 px scaled "
                         "with the pixel area, at least 1,500), full, or a target face count (>= 500)")
@@ -278,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = RenderConfig(amass_root=str(args.amass), out_dir=str(out), avatars_dir=args.avatars,
                        lights_path=args.lights_file, num_lights=args.lights, size=args.size, seed=args.seed,
                        body_models=args.body_models, overwrite=args.overwrite, crf=args.crf, preset=args.preset,
-                       lod=lod)
+                       lod=lod, shading=args.shading)
     log.info("%d clips to consider, %d avatars, lights 1..%d, %dx%d, %d worker(s)%s", len(clips), len(avatars),
              args.lights, args.size, args.size, args.workers, f", part {part[0]}/{part[1]}" if part else "")
 

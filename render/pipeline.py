@@ -65,6 +65,8 @@ class RenderConfig:
         body_models: smplx model directory, or None for the procedural body.
         overwrite: re-render clips whose outputs exist. crf / preset / encoder_threads: x264 settings.
         lod: level of detail of the body mesh, ``"auto"`` | ``"full"`` | a face count (see :mod:`render.lod`).
+        shading: ``"auto"`` (per vertex below :data:`render.lod.AUTO_FULL_SIZE` px, else per pixel) | ``"pixel"``
+            (pyrender's fragment shader) | ``"vertex"`` (:class:`render.scene.VertexShading`).
     """
 
     amass_root: str
@@ -80,6 +82,24 @@ class RenderConfig:
     preset: str = DEFAULT_PRESET
     encoder_threads: int = 1
     lod: str | int = "auto"
+    shading: str = "auto"
+
+
+SHADINGS = ("auto", "pixel", "vertex")
+
+
+def resolve_shading(shading: str, size: int, textured: bool = False) -> str:
+    """"pixel" or "vertex" for a clip: ``auto`` shades per vertex below :data:`render.lod.AUTO_FULL_SIZE` px
+    (where triangles cover a few pixels each); UV-textured avatars are always shaded per pixel."""
+    if shading not in SHADINGS:
+        raise ValueError(f"shading must be one of {', '.join(SHADINGS)}, got {shading!r}")
+    if textured:
+        return "pixel"
+    if shading == "auto":
+        from render.lod import AUTO_FULL_SIZE
+
+        return "vertex" if size < AUTO_FULL_SIZE else "pixel"
+    return shading
 
 
 @dataclass
@@ -230,6 +250,7 @@ class PreparedClip:
     texture: tuple | None = None  # (UVLayout, image) for real-SMPL UV textures
     normals: VertexNormals | None = None
     lod: LevelOfDetail | None = None
+    shading: str = "pixel"
 
 
 def prepare_clip(clip: Clip, cfg: RenderConfig, avatars: list[Avatar], lights: list[LightSetup],
@@ -272,6 +293,7 @@ def prepare_clip(clip: Clip, cfg: RenderConfig, avatars: list[Avatar], lights: l
         lod, normals = full_detail(body.faces), bodies.normals(body)
     else:
         lod, normals = bodies.lod(body, cfg.lod, cfg.size)
+    shading = resolve_shading(cfg.shading, cfg.size, texture is not None)
     faces, num_vertices = np.asarray(body.faces), int(verts.shape[1])
     if not lod.is_full:
         verts = np.ascontiguousarray(verts[:, lod.used])
@@ -297,22 +319,26 @@ def prepare_clip(clip: Clip, cfg: RenderConfig, avatars: list[Avatar], lights: l
                        "num_vertices": num_vertices},
         "trajectory": traj.to_dict(),
         "lod": dict(lod.to_dict(), mode=parse_lod(cfg.lod), reason="uv texture" if texture is not None else None),
+        "shading": shading,
         "video": {"codec": "h264", "pix_fmt": "yuv420p", "container": "mp4", "crf": cfg.crf, "preset": cfg.preset},
         "version": tool_version(),
     }
     prepared = PreparedClip(clip=clip, meta=meta, faces=faces, colors=colors, light=light,
                             target_xy=traj.target_xy, floor_z=traj.floor_z, texture=texture,
-                            normals=normals, lod=lod)
+                            normals=normals, lod=lod, shading=shading)
     return prepared, verts
 
 
 class _Producer(threading.Thread):
-    """Pose-ahead thread: puts ("start", PreparedClip) / ("chunk", verts, normals) / ("end",) / ("error", ...)."""
+    """Pose-ahead thread: puts ("start", PreparedClip) / ("chunk", verts, normals, shaded colours or None) /
+    ("end",) / ("error", ...). ``renderer`` is only read (camera record, rig, vertex shading constants)."""
 
-    def __init__(self, clips: list[Clip], cfg: RenderConfig, avatars, lights, camera: dict,
+    def __init__(self, clips: list[Clip], cfg: RenderConfig, avatars, lights, renderer: SceneRenderer,
                  chunk: int = CHUNK_FRAMES):
         super().__init__(name="pose-ahead", daemon=True)
-        self.clips, self.cfg, self.avatars, self.lights, self.camera = clips, cfg, avatars, lights, camera
+        self.clips, self.cfg, self.avatars, self.lights = clips, cfg, avatars, lights
+        self.camera = renderer.describe()
+        self.renderer = renderer
         self.chunk = chunk
         self.q: queue.Queue = queue.Queue(maxsize=6)
         self.stop = threading.Event()
@@ -345,9 +371,18 @@ class _Producer(threading.Thread):
                 if not self._put(("start", prepared)):
                     return
                 try:
+                    shade = (self.renderer.vertex_shading(prepared.light) if prepared.shading == "vertex"
+                             else None)
                     for i in range(0, len(verts), self.chunk):
                         v = verts[i:i + self.chunk]
-                        if not self._put(("chunk", v, prepared.normals(v))):
+                        n = prepared.normals(v)
+                        c = None
+                        if shade is not None:  # in the renderer's base-rig frame (body moved, not the camera)
+                            off = np.empty((len(v), 1, 3), dtype=np.float32)
+                            off[:, 0, :2] = prepared.target_xy[i:i + len(v)]
+                            off[:, 0, 2] = prepared.floor_z
+                            c = shade(v - off, n, prepared.colors)
+                        if not self._put(("chunk", v, n, c)):
                             return
                 except Exception as e:  # noqa: BLE001
                     log.debug("posing %s failed", clip.keyid, exc_info=True)
@@ -385,7 +420,7 @@ def render_clips(clips: Iterable[Clip], cfg: RenderConfig, renderer: SceneRender
             emit(ClipResult(c.keyid, "skipped", "outputs exist"))
         else:
             todo.append(c)
-    producer = _Producer(todo, cfg, avatars, lights, renderer.describe())
+    producer = _Producer(todo, cfg, avatars, lights, renderer)
     producer.start()
     out_dir = Path(cfg.out_dir)
     writer: VideoWriter | None = None
@@ -423,14 +458,15 @@ def render_clips(clips: Iterable[Clip], cfg: RenderConfig, renderer: SceneRender
                 elif kind == "chunk":
                     if failed_current is not None:
                         continue
-                    verts, normals = item[1], item[2]
+                    verts, normals, shaded = item[1], item[2], item[3]
                     for k in range(len(verts)):
                         if frame_i == 0:
                             tex = current.texture
                             renderer.set_body(current.faces, current.colors, verts[k], normals[k],
-                                              *(tex if tex else (None, None)))
+                                              *(tex if tex else (None, None)), shading=current.shading)
                         target = current.target_xy[frame_i]
-                        layer = renderer.render_layer(verts[k], normals[k], target, current.floor_z)
+                        layer = renderer.render_layer(verts[k], normals[k], target, current.floor_z,
+                                                      None if shaded is None else shaded[k])
                         # composited on the encoder thread (constants bound now: lights may change later)
                         writer.write(functools.partial(renderer.backdrop.compose, layer, target, renderer._bg))
                         frame_i += 1

@@ -112,6 +112,72 @@ class VertexNormals:
         return vn[0] if single else vn
 
 
+class VertexShading:
+    """pyrender's metallic-roughness shading (its ``mesh.frag``) evaluated per VERTEX, in numpy.
+
+    For small frames the fragment shader dominates llvmpipe's raster time (a triangle covers a few pixels but
+    is shaded in 4x4 blocks); shading the ~1-3k vertices of a reduced body here and drawing with pyrender's
+    unlit ``FLAT`` shader (colours interpolated across each triangle, Gouraud shading) costs a quarter of
+    that. Same model as pyrender: point lights with 1/d² fall-off, GGX distribution, Schlick-Smith
+    geometry (k = (r + 1)² / 8), Schlick Fresnel with f0 = 0.04 (dielectric), diffuse (1 - F) · 0.96 / π,
+    plus ambient; the vertex colour multiplies the result, then gamma 1/2.2 and clamping, as pyrender does.
+    Differences to pyrender's per-pixel result come only from interpolating across triangles.
+
+    Positions are in the base-rig world frame (the renderer's camera at target 0, floor 0, see
+    :meth:`SceneRenderer.render_layer`): pass ``vertices - offset`` for a frame's rig offset.
+    """
+
+    def __init__(self, setup: LightSetup, rig: CameraRig, roughness: float = 0.75, metallic: float = 0.0):
+        cam = rig.pose(np.zeros(2), 0.0)
+        self.cam_pos = cam[:3, 3].astype(np.float32)
+        target = rig.target_in_camera()
+        self.light_pos = np.array([cam[:3, :3] @ np.asarray(l.position_gl) + cam[:3, 3] for l in setup.lights],
+                                  dtype=np.float32)                                   # (L, 3) world
+        self.light_rad = np.array([np.asarray(l.color) * setup.pyrender_intensity(l, target) for l in setup.lights],
+                                  dtype=np.float32)                                   # (L, 3) colour x intensity
+        self.ambient = np.float32(setup.ambient)
+        self.roughness = float(np.clip(roughness, 0.04, 1.0))
+        self.metallic = float(np.clip(metallic, 0.0, 1.0))
+
+    def __call__(self, vertices: np.ndarray, normals: np.ndarray, colors: np.ndarray) -> np.ndarray:
+        """vertices, normals (..., U, 3) base-rig world frame; colors (U, 4) linear RGBA -> (..., U, 4) float32
+        display RGBA (what pyrender's fragment shader would output at each vertex)."""
+        p = np.asarray(vertices, dtype=np.float32)
+        n = np.asarray(normals, dtype=np.float32)
+        n = n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
+        r, m = self.roughness, self.metallic
+        f0 = 0.04 * (1 - m) + m            # grey base colour (1, 1, 1): pyrender's base_color_factor
+        c_diff = (1 - 0.04) * (1 - m)
+        k = (r + 1) ** 2 / 8
+        a2 = (r * r) ** 2
+        v = self.cam_pos - p
+        v /= np.linalg.norm(v, axis=-1, keepdims=True)
+        nv = np.clip(np.abs((n * v).sum(-1)), 0.001, 1.0)
+        g1 = nv / (nv * (1 - k) + k)
+        color = np.zeros(p.shape, dtype=np.float32)
+        for lp, rad in zip(self.light_pos, self.light_rad):
+            l = lp - p
+            d2 = (l * l).sum(-1)
+            l /= np.sqrt(d2)[..., None]
+            h = l + v
+            h /= np.maximum(np.linalg.norm(h, axis=-1, keepdims=True), 1e-12)
+            nl = np.clip((n * l).sum(-1), 0.001, 1.0)
+            nh = np.clip((n * h).sum(-1), 0.0, 1.0)
+            vh = np.clip((v * h).sum(-1), 0.0, 1.0)
+            f = f0 + (1 - f0) * (1 - vh) ** 5
+            g = g1 * nl / (nl * (1 - k) + k)
+            dd = nh * nh * (a2 - 1) + 1
+            d = a2 / (np.pi * dd * dd)
+            brdf = (1 - f) * c_diff / np.pi + f * g * d / (4 * nl * nv + 0.001)
+            color += (nl * brdf / d2)[..., None] * rad
+        color += self.ambient
+        cols = np.asarray(colors, dtype=np.float32)
+        out = np.empty(p.shape[:-1] + (4,), dtype=np.float32)
+        out[..., :3] = np.clip(np.maximum(color * cols[:, :3], 0.0) ** (1 / 2.2), 0.0, 1.0)
+        out[..., 3] = np.clip(cols[:, 3], 0.0, 1.0)
+        return out
+
+
 def _filtered_square(x: np.ndarray, tile: float, w: np.ndarray) -> np.ndarray:
     """Box-filtered square wave (0 on [0, tile), 1 on [tile, 2 tile), period 2 tile) over width ``w``."""
 
@@ -163,7 +229,7 @@ class Backdrop:
         self._row_off = (np.arange(size - self.row0, dtype=np.int64) * self.bins)[:, None]
         if self.bins & (self.bins - 1):
             raise ValueError("bins must be a power of two")
-        self.shade: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.shade: dict = {}  # LightSetup -> prepare() constants
 
     def prepare(self, shade: np.ndarray, sky_w: np.ndarray, sky: tuple[float, float, float]
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -248,6 +314,11 @@ class SceneRenderer:
         self._fresh = False
         self.in_place_updates = True
         self.lean_redraw = True  # per-frame redraw without pyrender's scene pass (see _lean_layer)
+        self.shading = "pixel"   # of the current body: "pixel" (pyrender's shader) or "vertex" (VertexShading)
+        self._flags = pyrender.RenderFlags.RGBA
+        self._setup: LightSetup | None = None
+        self._vshading: dict[LightSetup, VertexShading] = {}
+        self._albedo: np.ndarray | None = None
         self._lean_program = None
         self._lean_verified = False
         self._num_indices = 0
@@ -274,8 +345,9 @@ class SceneRenderer:
             self.scene.add_node(node, parent_node=self.cam_node)
             self.light_nodes.append(node)
         self.scene.ambient_light = np.full(3, setup.ambient)
+        self._setup = setup
         self._lean_program = None  # the next frame goes through pyrender (sets the new lights' uniforms)
-        key = id(setup)
+        key = setup  # by value (frozen dataclass): a new LightSetup may reuse a freed one's id()
         if key not in self.backdrop.shade:
             self.backdrop.shade[key] = self.backdrop.prepare(*self._render_floor_shade(), self.SKY)
         self._bg = self.backdrop.shade[key]
@@ -303,7 +375,7 @@ class SceneRenderer:
         return rgba[..., :3], 1.0 - rgba[..., 3]
 
     def set_body(self, faces: np.ndarray, colors: np.ndarray | None, vertices: np.ndarray, normals: np.ndarray,
-                 uv_layout=None, texture: np.ndarray | None = None) -> None:
+                 uv_layout=None, texture: np.ndarray | None = None, shading: str = "pixel") -> None:
         """Replace the body mesh for a new clip.
 
         Args:
@@ -311,7 +383,11 @@ class SceneRenderer:
             vertices, normals: (V, 3) the first frame (AMASS world, metres).
             uv_layout: optional :class:`render.avatars.UVLayout` (seams split: render vertices gather body
                 vertices through ``vmap``) with ``texture`` (H, W, 3) uint8 sRGB, for real SMPL UV textures.
+            shading: "pixel" (pyrender's fragment shader) or "vertex" (:class:`VertexShading` per vertex, drawn
+                with pyrender's unlit shader; not with a texture, which is always shaded per pixel).
         """
+        if shading not in ("pixel", "vertex"):
+            raise ValueError(f"shading must be 'pixel' or 'vertex', got {shading!r}")
         if self.body_node is not None:
             self.scene.remove_node(self.body_node)
         vertices = np.asarray(vertices, np.float32)
@@ -327,6 +403,7 @@ class SceneRenderer:
                                             material=mat)
             inter = np.empty((len(uv), 8), dtype=np.float32)
             inter[:, 6:8] = uv
+            shading = "pixel"
         else:
             self._vmap = None
             mat = pyrender.MetallicRoughnessMaterial(metallicFactor=0.0, roughnessFactor=0.75,
@@ -336,7 +413,10 @@ class SceneRenderer:
                                             indices=np.asarray(faces, dtype=np.uint32), material=mat)
             inter = np.empty((len(colors), 10), dtype=np.float32)
             inter[:, 6:10] = colors
-        self._body_args = (faces, colors, uv_layout, texture)
+        self._body_args = (faces, colors, uv_layout, texture, shading)
+        self.shading = shading
+        self._flags = pyrender.RenderFlags.RGBA | (pyrender.RenderFlags.FLAT if shading == "vertex" else 0)
+        self._albedo = None if self._vmap is not None else np.asarray(colors, dtype=np.float32)
         self.body_node = self.scene.add(pyrender.Mesh([self._prim]))
         self._interleaved = inter
         self._fresh = True
@@ -347,7 +427,8 @@ class SceneRenderer:
         """(3,) float32 world translation from the base rig (target 0, floor 0) to this frame's rig."""
         return np.array([target_xy[0], target_xy[1], floor_z], dtype=np.float32)
 
-    def _upload(self, vertices: np.ndarray, normals: np.ndarray, offset: np.ndarray) -> bool:
+    def _upload(self, vertices: np.ndarray, normals: np.ndarray, offset: np.ndarray,
+                colors: np.ndarray | None = None) -> bool:
         """Rewrite the body's interleaved vertex buffer (positions - offset, normals, colours) in place.
 
         Returns False when the mesh had to be re-created instead (pyrender internals changed)."""
@@ -361,21 +442,27 @@ class SceneRenderer:
         else:
             np.subtract(vertices, offset, out=inter[:, 0:3])
             inter[:, 3:6] = normals
+            if colors is not None:
+                inter[:, 6:10] = colors
         if self._fresh:  # not in the GL context yet: the first render uploads the primitive's arrays
             prim.positions = inter[:, 0:3]
             prim.normals = inter[:, 3:6]
+            if self._vmap is None:
+                prim.color_0 = inter[:, 6:10]
             return True
         if self.in_place_updates and getattr(prim, "_buffers", None):
             GL.glBindBuffer(GL.GL_ARRAY_BUFFER, prim._buffers[0])
             GL.glBufferSubData(GL.GL_ARRAY_BUFFER, 0, inter.nbytes, inter)
             GL.glBindBuffer(GL.GL_ARRAY_BUFFER, 0)
             return True
-        faces, colors, uv_layout, texture = self._body_args  # fallback: re-create the mesh
-        self.set_body(faces, colors, vertices - offset, normals, uv_layout, texture)
+        faces, albedo, uv_layout, texture, shading = self._body_args  # fallback: re-create the mesh
+        self.set_body(faces, albedo, vertices - offset, normals, uv_layout, texture, shading)
+        if colors is not None and self._vmap is None:
+            self._prim.color_0 = colors
         return False
 
     def _pyrender_layer(self) -> np.ndarray:
-        rgba, _ = self.renderer.render(self.scene, flags=pyrender.RenderFlags.RGBA)
+        rgba, _ = self.renderer.render(self.scene, flags=self._flags)
         return rgba
 
     def _lean_layer(self) -> np.ndarray:
@@ -416,7 +503,7 @@ class SceneRenderer:
 
             r = self.renderer._renderer
             prim = self._prim
-            flags = pyrender.RenderFlags.RGBA | pyrender.RenderFlags.OFFSCREEN
+            flags = self._flags | pyrender.RenderFlags.OFFSCREEN
             program = r._get_primitive_program(prim, flags, ProgramFlags.USE_MATERIAL)
             ok = (prim.mode == GLTF.TRIANGLES and prim.poses is None and prim._vaid is not None
                   and program._program_id is not None and r._main_fb_ms is not None
@@ -430,14 +517,29 @@ class SceneRenderer:
             self._lean_program = program
             self._num_indices = int(prim.indices.size)
 
+    def vertex_shading(self, setup: LightSetup | None = None) -> VertexShading:
+        """The :class:`VertexShading` of a lighting setup (default: the current one) for this rig."""
+        setup = setup or self._setup
+        if setup is None:
+            raise RuntimeError("set_lights() first")
+        if setup not in self._vshading:
+            self._vshading[setup] = VertexShading(setup, self.rig)
+        return self._vshading[setup]
+
     def render_layer(self, vertices: np.ndarray, normals: np.ndarray, target_xy: np.ndarray,
-                     floor_z: float) -> np.ndarray:
+                     floor_z: float, colors: np.ndarray | None = None) -> np.ndarray:
         """The avatar alone: vertices/normals (V, 3) AMASS world, metres -> (H, W, 4) uint8 premultiplied RGBA.
 
         The camera (and its lights) stay at the base rig (target 0, floor 0); the body is translated by
-        ``-(target_x, target_y, floor_z)`` instead, which gives the same image as moving the rig."""
+        ``-(target_x, target_y, floor_z)`` instead, which gives the same image as moving the rig.
+        With vertex shading, ``colors`` (V, 4) are this frame's shaded display colours (computed ahead, e.g.
+        on another thread, with :meth:`vertex_shading` on ``vertices - (target_x, target_y, floor_z)``);
+        None computes them here."""
+        offset = self._offset(target_xy, floor_z)
+        if self.shading == "vertex" and colors is None:
+            colors = self.vertex_shading()(np.asarray(vertices, np.float32) - offset, normals, self._albedo)
         fresh = self._fresh
-        same_mesh = self._upload(vertices, normals, self._offset(target_xy, floor_z))
+        same_mesh = self._upload(vertices, normals, offset, colors if self.shading == "vertex" else None)
         if not fresh and same_mesh and self._lean_program is not None:
             layer = self._lean_layer()
             if not self._lean_verified:  # once per renderer: the lean redraw must give pyrender's pixels

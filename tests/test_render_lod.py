@@ -91,8 +91,8 @@ def test_lod_options_and_auto_targets():
 
 @pytest.mark.slow
 def test_render_with_auto_lod_shows_avatar_and_sidecar_records_it(tmp_path):
-    """96-px render of a synthetic clip through render_clips: the reduced body is in frame, the sidecar says so,
-    and the lean per-frame redraw gives pyrender's own pixels."""
+    """96-px render of a synthetic clip through render_clips: the reduced body is in frame, the sidecar says so;
+    the lean per-frame redraw gives pyrender's own pixels (both shadings) and vertex shading ~ pixel shading."""
     from dataset.clip import Clip, FrameSpec
     from render.body import load_body
     from render.lights import load_lights
@@ -112,6 +112,7 @@ def test_render_with_auto_lod_shows_avatar_and_sidecar_records_it(tmp_path):
         meta = json.loads((tmp_path / "out" / "k1.json").read_text())
         frames, _ = read_video(tmp_path / "out" / "k1.mp4")
         lod = meta["lod"]
+        assert meta["shading"] == "vertex"                                  # auto below 384 px
         assert lod["mode"] == "auto" and lod["target_faces"] == target_faces("auto", size, lod["full_faces"])
         assert abs(lod["faces"] - lod["target_faces"]) <= 0.05 * lod["target_faces"] < lod["full_faces"]
         renderer.set_lights(load_lights()[meta["light"]["index"]])
@@ -133,16 +134,24 @@ def test_render_with_auto_lod_shows_avatar_and_sidecar_records_it(tmp_path):
         poses[:, 3 * 16 + 2] = -1.1 + 0.8 * t
         verts = body.pose(poses, np.stack([0.3 * t, 0.1 * t, np.full(6, 0.95)], 1)).vertices[:, d.used]
         normals = VertexNormals(d.local_faces, len(d.used))(verts)
-        colors = np.ones((len(d.used), 4), np.float32)
+        colors = np.tile(np.array([[0.6, 0.3, 0.2, 1.0]], np.float32), (len(d.used), 1))
         layers = {}
-        for lean in (True, False):
-            renderer.lean_redraw = lean
-            renderer.set_body(d.local_faces, colors, verts[0], normals[0])
-            layers[lean] = [renderer.render_layer(verts[i], normals[i], np.array([0.3 * t[i], 0.0]), 0.0).copy()
-                            for i in range(6)]
-        assert renderer._lean_verified
-        for a, b in zip(layers[True], layers[False]):
-            assert np.array_equal(a, b)
+        for shading in ("pixel", "vertex"):
+            for lean in (True, False):
+                renderer.lean_redraw = lean
+                renderer._lean_verified = False
+                renderer.set_body(d.local_faces, colors, verts[0], normals[0], shading=shading)
+                layers[shading, lean] = [
+                    renderer.render_layer(verts[i], normals[i], np.array([0.3 * t[i], 0.0]), 0.0).copy()
+                    for i in range(6)]
+                assert renderer._lean_verified == lean and renderer.lean_redraw == lean
+            for a, b in zip(layers[shading, True], layers[shading, False]):
+                assert np.array_equal(a, b)
+        px = np.stack(layers["pixel", True]).astype(int)
+        vx = np.stack(layers["vertex", True]).astype(int)
+        inside = (px[..., 3] == 255) & (vx[..., 3] == 255)
+        assert inside.sum() > 200 and np.array_equal(px[..., 3] > 0, vx[..., 3] > 0)   # same silhouette
+        assert np.abs(px[..., :3] - vx[..., :3])[inside].mean() < 4.0                 # same lighting model
     finally:
         renderer.close()
 
@@ -158,9 +167,10 @@ def test_cli_lod_flag(tmp_path):
     base = ["--amass", str(tmp_path / "amass"), "--annotations", str(tmp_path / "a.json"), "--size", "64"]
     assert main(base + ["--out", str(tmp_path / "o1"), "--lod", "2000"]) == 0
     meta = json.loads((tmp_path / "o1" / "00000.json").read_text())
-    assert meta["lod"]["mode"] == 2000 and abs(meta["lod"]["faces"] - 2000) <= 100
+    assert meta["lod"]["mode"] == 2000 and abs(meta["lod"]["faces"] - 2000) <= 100 and meta["shading"] == "vertex"
     assert meta["body_model"]["num_vertices"] > meta["lod"]["vertices"]
-    assert main(base + ["--out", str(tmp_path / "o2"), "--lod", "full"]) == 0
+    assert main(base + ["--out", str(tmp_path / "o2"), "--lod", "full", "--shading", "pixel"]) == 0
     meta = json.loads((tmp_path / "o2" / "00000.json").read_text())
     assert meta["lod"]["faces"] == meta["lod"]["full_faces"] and meta["lod"]["target_faces"] is None
+    assert meta["shading"] == "pixel"
     assert main(base + ["--out", str(tmp_path / "o3"), "--lod", "12"]) == 2
