@@ -250,7 +250,14 @@ def cached_tiny_shards(request, name: str, **kw) -> Path:
     h = hashlib.sha256(json.dumps(kw, sort_keys=True).encode())
     for f in ("dataset/tiny_shards.py", "dataset/shards.py", "dataset/video_frames.py", "dataset/text_embed.py"):
         h.update((REPO / f).read_bytes())
-    root = Path(request.config.cache.mkdir("lavimo-train-shards"))
+    cache = getattr(request.config, "cache", None)  # absent under `-p no:cacheprovider`
+    if cache is not None:
+        root = Path(cache.mkdir("lavimo-train-shards"))
+    else:
+        import tempfile
+
+        root = Path(tempfile.gettempdir()) / "lavimo-train-shards"
+        root.mkdir(parents=True, exist_ok=True)
     out = root / f"{name}-{h.hexdigest()[:16]}"
     if not (out / "train.json").is_file():
         tmp = root / f"{out.name}.partial-{os.getpid()}"
