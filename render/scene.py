@@ -86,7 +86,8 @@ class CameraRig:
 class VertexNormals:
     """Smooth per-vertex normals for a fixed triangle list, batched over frames.
 
-    Area-weighted face normals summed onto vertices through a sparse (V, F) incidence matrix.
+    Area-weighted face normals summed onto vertices through a sparse (V, F) incidence matrix; the arithmetic
+    runs on contiguous (3, T, ...) component planes.
     """
 
     def __init__(self, faces: np.ndarray, num_vertices: int):
@@ -95,6 +96,7 @@ class VertexNormals:
         rows = self.faces.reshape(-1)
         cols = np.repeat(np.arange(f), 3)
         self.incidence = sp.csr_matrix((np.ones(3 * f, dtype=np.float32), (rows, cols)), shape=(num_vertices, f))
+        self._incidence_t = self.incidence.T.tocsr()                               # (F, V)
 
     def __call__(self, vertices: np.ndarray) -> np.ndarray:
         """(T, V, 3) or (V, 3) float32 positions -> unit normals of the same shape (float32)."""
@@ -103,13 +105,15 @@ class VertexNormals:
         if single:
             v = v[None]
         t = v.shape[0]
-        a, b, c = (v[:, self.faces[:, k]] for k in range(3))
-        fn = np.cross(b - a, c - a)  # (T, F, 3), area-weighted
-        vn = self.incidence @ fn.transpose(1, 0, 2).reshape(len(self.faces), 3 * t)
-        vn = vn.reshape(-1, t, 3).transpose(1, 0, 2)
-        vn /= np.maximum(np.linalg.norm(vn, axis=-1, keepdims=True), 1e-12)
-        vn = vn.astype(np.float32, copy=False)
-        return vn[0] if single else vn
+        p = np.ascontiguousarray(v.transpose(2, 0, 1))                             # (3, T, V)
+        a, b, c = (p[:, :, self.faces[:, k]] for k in range(3))                   # (3, T, F)
+        b -= a
+        c -= a
+        fn = np.stack([b[1] * c[2] - b[2] * c[1], b[2] * c[0] - b[0] * c[2], b[0] * c[1] - b[1] * c[0]])
+        vn = np.asarray(fn.reshape(3 * t, -1) @ self._incidence_t).reshape(3, t, -1)  # area-weighted sums
+        vn *= 1.0 / np.maximum(np.sqrt(vn[0] * vn[0] + vn[1] * vn[1] + vn[2] * vn[2]), 1e-12)
+        out = np.ascontiguousarray(vn.transpose(1, 2, 0), dtype=np.float32)
+        return out[0] if single else out
 
 
 class VertexShading:
@@ -142,40 +146,52 @@ class VertexShading:
     def __call__(self, vertices: np.ndarray, normals: np.ndarray, colors: np.ndarray) -> np.ndarray:
         """vertices, normals (..., U, 3) base-rig world frame; colors (U, 4) linear RGBA -> (..., U, 4) float32
         display RGBA (what pyrender's fragment shader would output at each vertex)."""
-        p = np.asarray(vertices, dtype=np.float32)
-        n = np.asarray(normals, dtype=np.float32)
-        n = n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
+        shape = np.shape(vertices)[:-1]
+        # component planes (3, N): every step below is a contiguous float32 vector operation
+        p = np.ascontiguousarray(np.asarray(vertices, dtype=np.float32).reshape(-1, 3).T)
+        n = np.ascontiguousarray(np.asarray(normals, dtype=np.float32).reshape(-1, 3).T)
+        n *= 1.0 / np.maximum(np.sqrt(_dot(n, n)), 1e-12)
         r, m = self.roughness, self.metallic
         f0 = 0.04 * (1 - m) + m            # grey base colour (1, 1, 1): pyrender's base_color_factor
         c_diff = (1 - 0.04) * (1 - m)
         k = (r + 1) ** 2 / 8
         a2 = (r * r) ** 2
-        v = self.cam_pos - p
-        v /= np.linalg.norm(v, axis=-1, keepdims=True)
-        nv = np.clip(np.abs((n * v).sum(-1)), 0.001, 1.0)
+        v = self.cam_pos[:, None] - p
+        v *= 1.0 / np.sqrt(_dot(v, v))
+        nv = np.clip(np.abs(_dot(n, v)), 0.001, 1.0)
         g1 = nv / (nv * (1 - k) + k)
-        color = np.zeros(p.shape, dtype=np.float32)
+        color = np.zeros_like(p)
         for lp, rad in zip(self.light_pos, self.light_rad):
-            l = lp - p
-            d2 = (l * l).sum(-1)
-            l /= np.sqrt(d2)[..., None]
+            l = lp[:, None] - p
+            d2 = _dot(l, l)
+            l *= 1.0 / np.sqrt(d2)
             h = l + v
-            h /= np.maximum(np.linalg.norm(h, axis=-1, keepdims=True), 1e-12)
-            nl = np.clip((n * l).sum(-1), 0.001, 1.0)
-            nh = np.clip((n * h).sum(-1), 0.0, 1.0)
-            vh = np.clip((v * h).sum(-1), 0.0, 1.0)
-            f = f0 + (1 - f0) * (1 - vh) ** 5
-            g = g1 * nl / (nl * (1 - k) + k)
+            h *= 1.0 / np.maximum(np.sqrt(_dot(h, h)), 1e-12)
+            nl = np.clip(_dot(n, l), 0.001, 1.0)
+            nh = np.clip(_dot(n, h), 0.0, 1.0)
+            vh = np.clip(_dot(v, h), 0.0, 1.0)
+            f = (1 - vh) ** 5
+            f *= 1 - f0
+            f += f0
             dd = nh * nh * (a2 - 1) + 1
-            d = a2 / (np.pi * dd * dd)
-            brdf = (1 - f) * c_diff / np.pi + f * g * d / (4 * nl * nv + 0.001)
-            color += (nl * brdf / d2)[..., None] * rad
+            spec = f * (g1 * nl / (nl * (1 - k) + k)) * (a2 / np.pi) / (dd * dd * (4 * nl * nv + 0.001))
+            w = (1 - f) * (c_diff / np.pi) + spec
+            w *= nl / d2
+            color += rad[:, None] * w[None]
         color += self.ambient
         cols = np.asarray(colors, dtype=np.float32)
-        out = np.empty(p.shape[:-1] + (4,), dtype=np.float32)
-        out[..., :3] = np.clip(np.maximum(color * cols[:, :3], 0.0) ** (1 / 2.2), 0.0, 1.0)
+        u = cols.shape[0]
+        color = color.reshape(3, -1, u) * cols[:, :3].T[:, None, :]
+        np.maximum(color, 0.0, out=color)
+        out = np.empty((int(np.prod(shape[:-1], dtype=np.int64)), u, 4), dtype=np.float32)
+        out[..., :3] = np.clip(color ** (1 / 2.2), 0.0, 1.0).transpose(1, 2, 0)
         out[..., 3] = np.clip(cols[:, 3], 0.0, 1.0)
-        return out
+        return out.reshape(shape + (4,))
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise dot product of (3, N) component planes -> (N,)."""
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 
 
 def _filtered_square(x: np.ndarray, tile: float, w: np.ndarray) -> np.ndarray:
