@@ -336,7 +336,7 @@ class SceneRenderer:
         self._vshading: dict[LightSetup, VertexShading] = {}
         self._albedo: np.ndarray | None = None
         self._lean_program = None
-        self._lean_verified = False
+        self._lean_verified: set[int] = set()  # render flags whose lean redraw was checked against pyrender
         self._num_indices = 0
         self.backdrop = Backdrop(self.size, self.rig, self.FLOOR_TILE_M, self.FLOOR_TONES)
         self._bg: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # backdrop constants, current lights
@@ -558,9 +558,9 @@ class SceneRenderer:
         same_mesh = self._upload(vertices, normals, offset, colors if self.shading == "vertex" else None)
         if not fresh and same_mesh and self._lean_program is not None:
             layer = self._lean_layer()
-            if not self._lean_verified:  # once per renderer: the lean redraw must give pyrender's pixels
+            if self._flags not in self._lean_verified:  # once per renderer and shading: same pixels as pyrender
                 ref = self._pyrender_layer()
-                self._lean_verified = True
+                self._lean_verified.add(self._flags)
                 if not np.array_equal(ref, layer):
                     log.warning("lean redraw differs from pyrender's render (max %d); using pyrender's render",
                                 int(np.abs(ref.astype(np.int16) - layer).max()))

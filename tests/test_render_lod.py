@@ -139,12 +139,12 @@ def test_render_with_auto_lod_shows_avatar_and_sidecar_records_it(tmp_path):
         for shading in ("pixel", "vertex"):
             for lean in (True, False):
                 renderer.lean_redraw = lean
-                renderer._lean_verified = False
+                renderer._lean_verified.clear()
                 renderer.set_body(d.local_faces, colors, verts[0], normals[0], shading=shading)
                 layers[shading, lean] = [
                     renderer.render_layer(verts[i], normals[i], np.array([0.3 * t[i], 0.0]), 0.0).copy()
                     for i in range(6)]
-                assert renderer._lean_verified == lean and renderer.lean_redraw == lean
+                assert bool(renderer._lean_verified) == lean and renderer.lean_redraw == lean
             for a, b in zip(layers[shading, True], layers[shading, False]):
                 assert np.array_equal(a, b)
         px = np.stack(layers["pixel", True]).astype(int)
@@ -174,3 +174,23 @@ def test_cli_lod_flag(tmp_path):
     assert meta["lod"]["faces"] == meta["lod"]["full_faces"] and meta["lod"]["target_faces"] is None
     assert meta["shading"] == "pixel"
     assert main(base + ["--out", str(tmp_path / "o3"), "--lod", "12"]) == 2
+
+
+@pytest.mark.slow
+def test_cli_worker_that_cannot_start_its_renderer_is_a_setup_error(tmp_path, capsys):
+    """--workers 2: each worker creates its own EGL context; one that cannot (no such EGL device) stops the run
+    with exit status 2 and the install help, like the single-process run."""
+    from render.cli import main
+    from tests.test_render_cli import _write_npz
+
+    ann = {}
+    for i in range(2):
+        _write_npz(tmp_path / "amass" / "s" / f"m{i}_poses.npz", seconds=0.3, fps=60.0, phase=0.0)
+        ann[f"0000{i}"] = {"path": f"s/m{i}_poses", "duration": 0.3,
+                           "annotations": [{"seg_id": f"0000{i}_0", "text": "a person waves", "start": 0.0, "end": 0.3}]}
+    (tmp_path / "a.json").write_text(json.dumps(ann))
+    rc = main(["--amass", str(tmp_path / "amass"), "--annotations", str(tmp_path / "a.json"), "--size", "64",
+               "--out", str(tmp_path / "o"), "--workers", "2", "--egl-devices", "97,98"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "EGL" in err and "libegl" in err and "Invalid device ID" in err
