@@ -399,10 +399,13 @@ def render_clips(clips: Iterable[Clip], cfg: RenderConfig, renderer: SceneRender
     """Render clips in this process (one EGL context). Skips complete outputs unless ``cfg.overwrite``.
 
     Per-clip failures are returned as ``ClipResult(status="failed", reason=...)``; the others render.
+    Raises ValueError for an invalid ``cfg.lod`` / ``cfg.shading``.
     ``on_result`` is called after each clip, ``on_frames(n)`` after each rendered chunk (progress).
     """
     from render.scene import SceneRenderer
 
+    parse_lod(cfg.lod)                    # bad settings stop here (ValueError), not clip by clip
+    resolve_shading(cfg.shading, cfg.size)
     avatars = load_avatars(cfg.avatars_dir)
     lights = load_lights(cfg.lights_path)
     own = renderer is None
