@@ -42,8 +42,9 @@ test-fast: venv
 bench: venv
 	@for b in tests/benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
+# The whole pipeline on the synthetic corpus (stages skip completed work; see scripts/demo.sh for the knobs).
 demo: venv
-	$(VENV)/bin/synth-amass --out $(DEMO)/corpus --motions 240 --seed 0
+	VENV=$(VENV) DEMO=$(DEMO) bash scripts/demo.sh
 
 demo-clean:
 	rm -rf $(DEMO)

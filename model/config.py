@@ -47,6 +47,11 @@ class LavimoConfig:
     temperature: float = 0.1  # InfoNCE temperature (ours: TMR's value; the paper does not state it)
     freeze_text: bool = False  # True = --freeze-text: the HF text backbone gets no gradient
     freeze_video: bool = False  # True: the CLIP image tower gets no gradient (ours; not a paper row)
+    # "rgb" (paper): CLIP-normalised frames as they are. "residual" (ours, for from-scratch image towers such
+    # as the CPU demo's): each frame minus the clip's mean frame, so the static background and clothing cancel
+    # and the tower sees the moving body; a randomly initialised tiny ViT otherwise maps every clip to nearly
+    # the same embedding and the video losses never leave the uniform baseline.
+    video_input: str = "rgb"
 
     # --- shapes ---
     latent_dim: int = 512  # C

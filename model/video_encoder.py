@@ -16,7 +16,8 @@ class VideoEncoder(nn.Module):
     Each frame goes through the image tower (output (B*F, E), E = CLIP embed dim, 512 for ViT-B/32), is
     projected to C, gets a sinusoidal frame position and runs through ``cfg.video_layers`` transformer layers;
     the learned token's output, after a linear map, is the latent. With ``freeze`` the tower runs without
-    gradients in eval mode.
+    gradients in eval mode. With ``cfg.video_input == "residual"`` each frame has the clip's mean frame
+    subtracted first (see LavimoConfig.video_input).
     """
 
     def __init__(self, visual: nn.Module, cfg: LavimoConfig, freeze: bool = False):
@@ -30,6 +31,9 @@ class VideoEncoder(nn.Module):
                                           cfg.activation, max_len=self.num_frames)
         self.head = nn.Linear(c, c)
         self.frozen = bool(freeze)
+        if cfg.video_input not in ("rgb", "residual"):
+            raise ValueError(f"video_input must be 'rgb' or 'residual', got {cfg.video_input!r}")
+        self.residual = cfg.video_input == "residual"
         if self.frozen:
             self.visual.requires_grad_(False)
             self.visual.eval()
@@ -49,6 +53,8 @@ class VideoEncoder(nn.Module):
         if h != self.image_size or w != self.image_size:
             raise ValueError(f"video frames are {h}x{w}; this model takes {self.image_size}x{self.image_size} "
                              f"(image_size)")
+        if self.residual:
+            video = video - video.mean(dim=1, keepdim=True)
         frames = video.reshape(b * f, 3, h, w).to(self.proj_in.weight.dtype)
         if self.frozen:
             with torch.no_grad():
