@@ -11,7 +11,7 @@ MOTIONS=${DEMO_MOTIONS:-480}
 TEST_FRACTION=${DEMO_TEST_FRACTION:-0.25}
 SIZE=${DEMO_SIZE:-112}
 FPS=${DEMO_FPS:-10}
-EPOCHS=${DEMO_EPOCHS:-12}
+EPOCHS=${DEMO_EPOCHS:-26}
 WORKERS=${DEMO_WORKERS:-2}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYOPENGL_PLATFORM=${PYOPENGL_PLATFORM:-egl}
 mkdir -p "$DEMO"
@@ -43,7 +43,7 @@ stage render "$BIN/render-amass" --amass "$DEMO/corpus/amass" --annotations "$DE
 stage shards "$BIN/build-shards" --annotations "$DEMO/corpus/annotations.json" --amass "$DEMO/corpus/amass" \
   --videos "$DEMO/videos" --out "$DEMO/shards" --frame-size "$SIZE" --workers "$WORKERS"
 stage train  "$BIN/python" train.py --shards "$DEMO/shards" --preset demo --epochs "$EPOCHS" --out "$DEMO/run" \
-  --workers 1 --device cpu
+  --workers 1 --threads 1 --device cpu
 stage eval   "$BIN/python" evaluate.py --run "$DEMO/run" --shards "$DEMO/shards" --split test --protocol everything \
   --build-dissimilar 100 --out "$DEMO/eval" --gallery --videos "$DEMO/videos" --tsne
 
