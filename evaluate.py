@@ -10,7 +10,7 @@ The model path encodes the split once (batched, ``torch.inference_mode``, GPU wh
 every asked protocol x task from the same similarity matrices. Outputs (in ``--out``, default
 ``RUN/eval/<split>``): ``metrics.json``, ``metrics.md``, ``eval_info.json`` (what was evaluated, fusion weights),
 and on request ``sims.npz``, ``gallery.html`` (+ ``gallery_media/``), ``tsne.png``, ``dissimilar_<split>.txt``.
-See docs/readme/evaluate.md.
+See the README.
 """
 
 from __future__ import annotations

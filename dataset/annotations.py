@@ -1,6 +1,6 @@
 """Reading motion-text annotations into :class:`~dataset.clip.Clip` lists.
 
-Two source layouts are read (see ``docs/readme/data.md``):
+Two source layouts are read (see the README):
 
 * **HumanML3D directory**: ``index.csv`` (``source_path,start_frame,end_frame,new_name``; paths as
   ``./pose_data/<AMASS path>.npy``, frames at 20 fps, ``end_frame == -1`` = to the end),

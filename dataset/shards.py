@@ -1,6 +1,6 @@
 """Write and check WebDataset shards: one sample per clip with video, texts, sentence embeddings and motion.
 
-Layout of a shard set ``SHARDS/`` (see docs/readme/shards.md):
+Layout of a shard set ``SHARDS/`` (see the README):
 
 - ``{split}-NNNNNN.tar``: plain POSIX tar files; each sample has the members ``<keyid>.meta.json``,
   ``<keyid>.motion.npy`` (T-1, 263) float32 unnormalised HumanML3D features (Y-up), ``<keyid>.sent.npy``
@@ -586,7 +586,7 @@ FORMAT_BENCHMARK = {
 VIDEO_FORMAT_NOTE = (
     "jpgs = every frame resized to frame_size and JPEG-encoded, packed in one member, so the loader decodes only "
     "the 8 frames it samples; mp4 = the rendered H.264 file, decoded from its start for every sample. "
-    "Measured numbers: docs/readme/shards.md (tests/benchmarks/bench_loader.py).")
+    "Measured numbers: the README (tests/benchmarks/bench_loader.py).")
 
 
 def _add_sentences(samples: list[dict], embedder) -> None:

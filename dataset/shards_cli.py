@@ -4,7 +4,7 @@
     build-shards check SHARDS [--splits train,val] [--quick]
     build-shards --out SHARDS --dry-run          (same as check)
 
-See docs/readme/shards.md for every flag and the shard format.
+See the README for every flag and the shard format.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Video helpers for shards: read rendered mp4s, pack/unpack per-frame JPEGs, decode selected frames.
 
-Two shard video members are supported (see docs/readme/shards.md for the measured trade-off):
+Two shard video members are supported (see the README for the measured trade-off):
 
 - ``video.mp4``: the rendered H.264 file as is. Reading any frame means decoding the stream from its start.
 - ``video.jpgs``: every frame resized to the training resolution and JPEG-compressed, packed into one member so

@@ -1,6 +1,6 @@
 """A training run directory: layout, provenance record and the metrics table.
 
-Layout (see docs/readme/train.md)::
+Layout (see the README)::
 
     RUN/config.json                  resolved model/loss/optimisation config + trainer options
     RUN/run.json                     provenance: git commit, package versions, shard manifest hashes, command

@@ -5,7 +5,7 @@
                  [--mirror] [--workers N] [--part K/N] [--overwrite] [--seed 0] [--lod auto|full|N]
                  [--shading auto|pixel|vertex]
 
-See docs/readme/render.md. Exit status: 0 all clips rendered or skipped, 1 some clip failed (after
+See the README. Exit status: 0 all clips rendered or skipped, 1 some clip failed (after
 finishing the others), 2 set-up error (bad arguments, no EGL, avatars/lights/output unusable).
 """
 
@@ -259,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
         avatars = load_avatars(args.avatars)
         lights = load_lights(args.lights_file)
     except BadInputError as e:
-        raise SetupError(f"{e}\n  fix or remove the file (see docs/readme/render.md for the spec format)") from e
+        raise SetupError(f"{e}\n  fix or remove the file (see the README for the spec format)") from e
     if not 1 <= args.lights <= len(lights):
         raise SetupError(f"--lights must be between 1 and {len(lights)}")
     out = Path(args.out)

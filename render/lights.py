@@ -4,7 +4,7 @@ The file keeps the paper's numbers verbatim. They are point-light positions in a
 with OpenCV axes (x right, y down, z forward into the scene) in centimetres; this module converts them to
 pyrender's OpenGL camera frame (x right, y up, the camera looks down -z) in metres: ``(x, -y, -z) / 100``.
 With that reading every setup lights the subject from the viewer's side (z = -300 is behind the camera),
-``y = -300`` is above and ``x = -300`` to the left — see docs/readme/render.md.
+``y = -300`` is above and ``x = -300`` to the left — see the README.
 """
 
 from __future__ import annotations
