@@ -9,7 +9,7 @@ Flags override the preset; the resolved config is saved to RUN/config.json. One 
 forward (model.compute_losses) under autocast, backward, gradient clipping, AdamW, per-step lr schedule
 (model/schedule.py). Validation (retrieval t2m / v2m on the whole val split) at the end of every
 ``eval_every`` epochs (or every --val-every steps), logged to metrics.csv and TensorBoard. The layout of the run
-directory, resume and DDP are described in docs/readme/train.md.
+directory, resume and DDP are described in the README.
 """
 
 from __future__ import annotations
