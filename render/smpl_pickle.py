@@ -31,31 +31,29 @@ from dataset.errors import BadInputError
 log = logging.getLogger(__name__)
 
 
-class ChumpyStandIn:
-    """Holds the pickled state of one chumpy object (class name in ``_chumpy_class``)."""
-
-    _chumpy_class = "chumpy.ch.Ch"
+class _PickledState:
+    """Keeps the state a pickle hands to ``__setstate__`` (in ``_state``) and the constructor args."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._args = args
 
     def __setstate__(self, state: Any) -> None:
         self.__dict__["_state"] = state if isinstance(state, dict) else {"_raw": state}
+
+
+class ChumpyStandIn(_PickledState):
+    """Holds the pickled state of one chumpy object (class name in ``_chumpy_class``)."""
+
+    _chumpy_class = "chumpy.ch.Ch"
 
     def __reduce__(self):  # never re-pickle a stand-in by accident
         raise TypeError("chumpy stand-ins are not picklable; call to_plain() first")
 
 
-class SparseStandIn:
+class SparseStandIn(_PickledState):
     """Holds the pickled state of one scipy.sparse matrix (format in ``_sparse_format``)."""
 
     _sparse_format = "csc"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._args = args
-
-    def __setstate__(self, state: Any) -> None:
-        self.__dict__["_state"] = state if isinstance(state, dict) else {"_raw": state}
 
 
 _stand_in_cache: dict[tuple[str, str], type] = {}
