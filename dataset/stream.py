@@ -35,7 +35,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from dataset.augment import AugmentConfig, augment_clip, clip_normalize, eval_view
-from dataset.seeding import stable_seed
+from dataset.seeding import stable_rng, stable_seed
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ class _ProcessAndBatch:
         import webdataset as wds
 
         worker, _ = _worker_info()
-        rng = np.random.default_rng(stable_seed(self.seed, "samples", self.source.epoch, self.rank, worker))
+        rng = stable_rng(self.seed, "samples", self.source.epoch, self.rank, worker)
         if self.train and self.shuffle_buffer > 1:
             src = wds.filters._shuffle(src, self.shuffle_buffer, min(100, self.shuffle_buffer),
                                        rng=random.Random(stable_seed(self.seed, "buffer", self.source.epoch,
