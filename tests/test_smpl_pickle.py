@@ -169,11 +169,16 @@ def test_smpl_pickle_through_load_body_matches_procedural(tmp_path, monkeypatch)
     np.testing.assert_array_equal(body.vertex_parts, proc.vertex_parts)
 
 
-def test_smplh_npz_hands(tmp_path):
-    model = _smpl_dict(52)
+def _write_npz_model(path, num_joints: int) -> None:
+    """A synthetic SMPL-family model with ``num_joints`` joints, saved as an .npz (dense J_regressor)."""
+    model = _smpl_dict(num_joints)
     model["J_regressor"] = model["J_regressor"].toarray()
-    (tmp_path / "smplh").mkdir()
-    np.savez_compressed(tmp_path / "smplh" / "SMPLH_MALE.npz", **model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **model)
+
+
+def test_smplh_npz_hands(tmp_path):
+    _write_npz_model(tmp_path / "smplh" / "SMPLH_MALE.npz", 52)
     body = load_body(tmp_path, model_type="smplh", gender="male")
     assert body.kind == "smplh" and body.num_joints == 52 and body.gender == "male"
     poses, trans, betas = _poses(10, 156)
@@ -197,10 +202,7 @@ def test_smplh_npz_hands(tmp_path):
 
 @pytest.mark.slow
 def test_smplx_npz_through_load_body(tmp_path):
-    model = _smpl_dict(55)
-    model["J_regressor"] = model["J_regressor"].toarray()
-    (tmp_path / "smplx").mkdir()
-    np.savez_compressed(tmp_path / "smplx" / "SMPLX_FEMALE.npz", **model)
+    _write_npz_model(tmp_path / "smplx" / "SMPLX_FEMALE.npz", 55)
     body = load_body(tmp_path, model_type="smplx", gender="female")
     assert body.kind == "smplx" and body.num_joints == 55
     poses, trans, betas = _poses(8, 165)
