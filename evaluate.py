@@ -289,8 +289,7 @@ def load_model(checkpoint: Path, device: Any):
         from model import load_checkpoint
     except ImportError as exc:  # pragma: no cover - the model package provides it
         raise RuntimeError("model.load_checkpoint is not available in this checkout") from exc
-    model = load_checkpoint(str(checkpoint))
-    return model.to(device).eval()
+    return load_checkpoint(checkpoint, device=device)  # moved to device and in eval mode by load_checkpoint
 
 
 def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
