@@ -1,0 +1,42 @@
+"""Smoke tests: every benchmark in tests/benchmarks runs end to end with --quick (so none rots) and prints
+its figures and its ratio against the naive baseline measured in the same run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "tests" / "benchmarks"
+
+# script, extra arguments, lines its output must contain
+CASES = [
+    ("bench_body.py", [], ["ratio pose/smplx:"]),
+    ("bench_features.py", [], ["ratio features:", "ratio amass->features:"]),
+    ("bench_loader.py", [], ["naive baseline, 1 proc", "loader jpgs, 1 proc", "bytes/sample",
+                             "ratio loader jpgs / naive baseline"]),
+    ("bench_shards.py", [], ["ratio build_shards / naive"]),
+    ("bench_metrics.py", [], ["identical ranks"]),
+    ("bench_render.py", [], ["pipeline", "naive", "raster limit", "ratio pipeline / naive",
+                             "ratio pipeline / raster limit"]),
+    ("bench_train.py", ["--preset", "tiny", "--threads", "1", "--device", "cpu"],
+     ["real shards (loader)", "in-memory batch (baseline)", "ratio real / in-memory", "projected:"]),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script,args,needles", CASES, ids=[c[0] for c in CASES])
+def test_benchmark_runs_quick(script: str, args: list[str], needles: list[str]):
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    for needle in needles:
+        assert needle in proc.stdout, f"{script}: {needle!r} missing from its output"
+    if script == "bench_metrics.py":  # both cases (plain and threshold) must agree with the baseline
+        assert proc.stdout.count("identical ranks") == 2
