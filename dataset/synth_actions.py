@@ -388,7 +388,7 @@ def kick(rig, p, T, rng):
         rig.add(f"{k_}_hip_flex", 15 * chamber)
         rig.add(f"{k_}_knee", 70 * chamber * (1 - strike) + 10 * strike)
         rig.add("roll", (-14 if k_ == "l" else 14) * a * strike)
-        rig.add(f"{k_}_hip_twist", (-20 if k_ == "l" else -20) * strike)
+        rig.add(f"{k_}_hip_twist", -20 * strike)  # side channels use the left convention (mirrored for right)
     else:
         rig.add(f"{k_}_hip_flex", -15 * chamber * (1 - strike) + 75 * a * strike)
         rig.add(f"{k_}_knee", 75 * chamber * (1 - strike) + 8 * strike)
