@@ -299,9 +299,9 @@ def train(args: argparse.Namespace, dinfo: DistInfo) -> int:
         rngs = gather_rng_states(dinfo)
         if dinfo.is_main:
             extra = {"step": step, "epoch": epoch_, "batch_in_epoch": batch_}
-            _save_weights(save_checkpoint, model, run.last, extra)
+            save_checkpoint(model, run.last, extra=extra)
             if cfg.checkpoint_every and batch_ == 0 and epoch_ % cfg.checkpoint_every == 0:
-                _save_weights(save_checkpoint, model, run.ckpt_dir / f"epoch-{epoch_:04d}.safetensors", extra)
+                save_checkpoint(model, run.ckpt_dir / f"epoch-{epoch_:04d}.safetensors", extra=extra)
             save_training_state(run.last_state, {
                 "version": 1, "epoch": epoch_, "batch_in_epoch": batch_, "step": step, "epochs": cfg.epochs,
                 "steps_per_epoch": steps_per_epoch, "world_size": dinfo.world_size,
@@ -336,8 +336,7 @@ def train(args: argparse.Namespace, dinfo: DistInfo) -> int:
             row["best"] = int(improved)
             if improved:
                 best_score = res["score"]
-                _save_weights(save_checkpoint, model, run.best,
-                              {"step": step, "epoch": epoch_, "val_score": res["score"]})
+                save_checkpoint(model, run.best, extra={"step": step, "epoch": epoch_, "val_score": res["score"]})
             metrics.append(row)
             if tb is not None:
                 for k, v in res.items():
@@ -435,13 +434,9 @@ def train(args: argparse.Namespace, dinfo: DistInfo) -> int:
 # small helpers
 
 
-def _save_weights(save_checkpoint, model: torch.nn.Module, path: Path, extra: dict) -> None:
-    save_checkpoint(model, path, extra=extra)  # atomic (dataset.atomic) inside
-
-
 def _load_weights(model: torch.nn.Module, path: Path, state: dict) -> None:
     """Load RUN/checkpoints/last.safetensors into ``model`` and check it belongs to the training state."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model
 
     from model.checkpoint import read_checkpoint_metadata
 
@@ -451,12 +446,8 @@ def _load_weights(model: torch.nn.Module, path: Path, state: dict) -> None:
     if step is not None and step != state["step"]:
         raise SystemExit(f"error: --resume: {path} is from step {step} but the training state is from step "
                          f"{state['step']} (the run was killed while saving); no consistent checkpoint to resume")
-    tensors = load_file(str(path))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    # save_checkpoint keeps one name per shared storage; the aliases it dropped are not really missing
-    own = model.state_dict()
-    loaded_ptrs = {own[k].untyped_storage().data_ptr() for k in tensors if k in own}
-    missing = [k for k in missing if own[k].untyped_storage().data_ptr() not in loaded_ptrs]
+    # load_model pairs with save_model (used by save_checkpoint): names of shared tensors are not reported missing
+    missing, unexpected = load_model(model, str(path), strict=False)
     if unexpected or missing:
         raise SystemExit(f"error: --resume: {path} does not match the model (missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]})")
