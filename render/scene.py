@@ -28,7 +28,6 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 import pyrender  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
-from render.avatars import srgb_to_linear  # noqa: E402
 from render.lights import LightSetup  # noqa: E402
 
 log = logging.getLogger(__name__)
