@@ -173,7 +173,7 @@ def train_loader(args, cfg, epoch: int, steps: int, dinfo: DistInfo):
     loader = make_loader(args.shards, "train", batch_size=cfg.batch_size, train=True,
                          num_workers=cfg.num_workers, seed=cfg.seed, image_size=cfg.image_size,
                          num_frames=cfg.num_frames, max_motion_len=cfg.max_motion_len, epoch_batches=steps,
-                         rank=dinfo.rank, world_size=dinfo.world_size, **kw)
+                         rank=dinfo.rank, world_size=dinfo.world_size, frame_crop=cfg.frame_crop, **kw)
     loader.set_epoch(epoch)
     return loader
 
@@ -184,7 +184,8 @@ def val_loader(args, cfg, dinfo: DistInfo):
 
     return make_loader(args.shards, "val", batch_size=cfg.batch_size, train=False, num_workers=cfg.num_workers,
                        seed=cfg.seed, image_size=cfg.image_size, num_frames=cfg.num_frames,
-                       max_motion_len=cfg.max_motion_len, rank=dinfo.rank, world_size=dinfo.world_size)
+                       max_motion_len=cfg.max_motion_len, rank=dinfo.rank, world_size=dinfo.world_size,
+                       frame_crop=cfg.frame_crop)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -135,9 +135,10 @@ def gaussian_blur(x, sigma: float):
     return y.contiguous()
 
 
-def center_box(height: int, width: int) -> tuple[int, int, int, int]:
-    """The largest centred square of a (height, width) frame."""
-    s = min(height, width)
+def center_box(height: int, width: int, fraction: float = 1.0) -> tuple[int, int, int, int]:
+    """The centred square of a (height, width) frame whose side is ``fraction`` of the short side (1 = the
+    largest), as (top, left, height, width)."""
+    s = max(1, int(round(min(height, width) * fraction)))
     return (height - s) // 2, (width - s) // 2, s, s
 
 

@@ -34,7 +34,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from dataset.augment import AugmentConfig, augment_clip, clip_normalize, eval_view
+from dataset.augment import AugmentConfig, augment_clip, center_box, clip_normalize, eval_view
 from dataset.seeding import stable_rng, stable_seed
 
 log = logging.getLogger(__name__)
@@ -165,11 +165,14 @@ class SampleTransform:
     """Decode one raw webdataset sample (member -> bytes) into tensors (see the module docstring)."""
 
     def __init__(self, train: bool, image_size: int, num_frames: int, max_motion_len: int, mean: np.ndarray,
-                 std: np.ndarray, augment: AugmentConfig | None):
+                 std: np.ndarray, augment: AugmentConfig | None, frame_crop: float = 1.0):
+        if not 0.0 < frame_crop <= 1.0:
+            raise ValueError(f"frame_crop must be in (0, 1], got {frame_crop}")
         self.train, self.image_size, self.num_frames = train, image_size, num_frames
         self.max_motion_len = max_motion_len
         self.mean, self.std = mean, std
         self.augment = augment
+        self.frame_crop = float(frame_crop)
 
     def frame_indices(self, n: int, rng: np.random.Generator | None) -> np.ndarray:
         """Segment sampling of ``num_frames`` indices out of ``n`` frames (random in training, else centres)."""
@@ -189,13 +192,17 @@ class SampleTransform:
             data = sample["video.jpgs"]
             n = jpgs_info(data)[0]
             zoom = self.augment.scale[1] if (self.train and self.augment is not None) else 1.0
-            frames = decode_jpgs(data, self.frame_indices(n, rng), min_size=int(np.ceil(self.image_size * zoom)))
+            frames = decode_jpgs(data, self.frame_indices(n, rng),
+                                 min_size=int(np.ceil(self.image_size * zoom / self.frame_crop)))
         elif "video.mp4" in sample:
             meta = json.loads(sample["meta.json"])
             idx = self.frame_indices(int(meta["num_frames"]), rng)
             frames = torch.from_numpy(mp4_frames(sample["video.mp4"], idx)).permute(0, 3, 1, 2).contiguous()
         else:
             raise KeyError("no video member (video.jpgs or video.mp4)")
+        if self.frame_crop < 1.0:
+            t, l, h, w = center_box(*frames.shape[-2:], fraction=self.frame_crop)
+            frames = frames[:, :, t:t + h, l:l + w]
         if self.train and self.augment is not None:
             x = augment_clip(frames, self.image_size, self.augment, rng)
         else:
@@ -353,7 +360,8 @@ def make_loader(shards: str | Path | Sequence[str], split: str, *, batch_size: i
                 num_workers: int = 0, seed: int = 0, image_size: int = 224, num_frames: int = 8,
                 max_motion_len: int = 196, epoch_batches: int | None = None, rank: int = 0, world_size: int = 1,
                 augment: Any = None, resampled: bool = False, stats: str | Path | None = None,
-                shuffle_buffer: int = SHUFFLE_BUFFER, prefetch_factor: int = 2) -> StreamLoader:
+                shuffle_buffer: int = SHUFFLE_BUFFER, prefetch_factor: int = 2,
+                frame_crop: float = 1.0) -> StreamLoader:
     """Streaming loader over a shard set.
 
     Args:
@@ -378,6 +386,8 @@ def make_loader(shards: str | Path | Sequence[str], split: str, *, batch_size: i
         stats: path of a stats.npz (default ``<shard set>/stats.npz``).
         shuffle_buffer: samples in the training shuffle buffer per worker (<= 1 disables it).
         prefetch_factor: batches prefetched per worker.
+        frame_crop: fraction of each stored frame's short side kept as a centred square before augmentation
+            and resizing (1 = the whole frame; < 1 zooms in on the centred person).
 
     Yields:
         dicts with ``keyid`` list[str], ``video`` (B, num_frames, 3, S, S) float32 CLIP-normalised, ``text``
@@ -411,7 +421,7 @@ def make_loader(shards: str | Path | Sequence[str], split: str, *, batch_size: i
             shuffle_buffer = max(2, min(shuffle_buffer, share))
     source = ShardSource(urls, train, resampled, seed, rank, world_size)
     transform = SampleTransform(train, image_size, num_frames, max_motion_len, mean, std,
-                                AugmentConfig.from_any(augment) if train else None)
+                                AugmentConfig.from_any(augment) if train else None, frame_crop)
     stage = _ProcessAndBatch(transform, batch_size, train, seed, rank, source, shuffle_buffer)
     pipeline = wds.DataPipeline(source, wds.tarfile_to_samples(handler=_count_and_continue), stage)
     return StreamLoader(pipeline, num_workers=num_workers, epoch_batches=epoch_batches, source=source,

@@ -59,6 +59,9 @@ class LavimoConfig:
     max_motion_len: int = 196  # feature rows (HumanML3D max 196 at 20 fps = 9.8 s)
     num_frames: int = 8  # video frames per clip
     image_size: int = 224  # video frame side in pixels
+    # fraction of the stored frame's short side kept (a centred square) before augmentation and resizing to
+    # image_size; < 1 zooms in on the person, whom the follow camera keeps centred (ours; 1 = the whole frame)
+    frame_crop: float = 1.0
 
     # --- temporal transformers (text / video / motion encoders, motion decoder) ---
     text_layers: int = 6
@@ -136,6 +139,8 @@ class LavimoConfig:
                 bad(name, "must be >= 1")
         if self.latent_dim % self.num_heads:
             bad("latent_dim", f"must be divisible by num_heads={self.num_heads}")
+        if not 0.0 < self.frame_crop <= 1.0:
+            bad("frame_crop", "must be in (0, 1] (fraction of the frame's short side kept)")
         if not 0.0 <= self.dropout < 1.0:
             bad("dropout", "must be in [0, 1)")
         if self.lr <= 0 or self.lr_min < 0:

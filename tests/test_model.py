@@ -80,6 +80,8 @@ def test_config_overrides_roundtrip_and_validation(tmp_path):
         load_preset("tiny", modalities="tv")
     with pytest.raises(FileNotFoundError, match="presets"):
         load_preset("nope")
+    with pytest.raises(ValueError, match="frame_crop"):
+        load_preset("tiny", frame_crop="1.5")
 
 
 # ---------------------------------------------------------------------------------------------- forward/backward
@@ -198,6 +200,32 @@ def test_freeze_text(tiny_cfg):
     assert any(grads_of(model, "text.temporal")) and any(grads_of(model, "video.visual"))
     trainable = {id(p) for g in model.parameter_groups() for p in g["params"]}
     assert not any(id(p) in trainable for p in model.text.backbone.parameters())
+
+
+def test_frozen_text_backbone_outputs_are_memoised(tiny_cfg):
+    model = build(tiny_cfg, freeze_text=True).eval()
+    calls = []
+    model.text.backbone.register_forward_hook(lambda mod, args, kwargs, out: calls.append(1), with_kwargs=True)
+    with torch.no_grad():
+        first = model.encode_text(TEXTS)
+        assert len(calls) == 1 and len(model.text._cache) == len(TEXTS)
+        # cached texts skip the backbone; a new text in the batch runs alone; order and padding do not matter
+        again = model.encode_text(TEXTS[::-1] + ["a new sentence that is longer than the others were"])
+        assert len(calls) == 2
+        assert torch.allclose(again[:4].flip(0), first, atol=1e-5)
+        # the same latents as the uncached path
+        model.text.frozen = False
+        plain = model.encode_text(TEXTS)
+        model.text.frozen = True
+        assert torch.allclose(plain, first, atol=1e-5)
+    # loading weights (a checkpoint) or moving the model forgets the cache
+    model.load_state_dict(model.state_dict())
+    assert len(model.text._cache) == 0
+    model.encode_text(TEXTS[:2])
+    model.to(torch.float32)
+    assert len(model.text._cache) == 0
+    with pytest.raises(TypeError):
+        model.encode_text("one string")
 
 
 def test_negative_filtering_modes_change_the_loss(tiny_cfg, tiny_model):

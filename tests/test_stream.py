@@ -155,6 +155,19 @@ def test_segment_sampling():
     assert st.frame_indices(3, None).max() <= 2  # fewer frames than segments: repeats, never out of range
 
 
+def test_frame_crop_keeps_the_centred_square(shards):
+    out, _ = shards
+    full = next(iter(make_loader(out, "val", batch_size=2, train=False, image_size=40)))["video"]
+    crop = next(iter(make_loader(out, "val", batch_size=2, train=False, image_size=20, frame_crop=0.5)))["video"]
+    assert crop.shape[-2:] == (20, 20)
+    # the stored frames are 40 px: a 0.5 crop is the 20 px centre, resized to 20 px = the same pixels
+    assert torch.allclose(crop, full[..., 10:30, 10:30], atol=1e-5)
+    train = next(iter(make_loader(out, "train", batch_size=2, train=True, image_size=16, frame_crop=0.5)))
+    assert train["video"].shape[-2:] == (16, 16)
+    with pytest.raises(ValueError, match="frame_crop"):
+        make_loader(out, "val", batch_size=2, train=False, frame_crop=0.0)
+
+
 def test_augmentation_is_clip_consistent():
     frames = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8)
     frames[:] = frames[0]  # a still clip: every frame must get the same augmentation

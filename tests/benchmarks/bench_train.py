@@ -117,7 +117,7 @@ def main(argv=None) -> int:
 
     loader = make_loader(shards, "train", batch_size=b, train=True, num_workers=cfg.num_workers, seed=cfg.seed,
                          image_size=cfg.image_size, num_frames=cfg.num_frames, max_motion_len=cfg.max_motion_len,
-                         epoch_batches=2 * (args.warmup + args.steps) + 1)
+                         epoch_batches=2 * (args.warmup + args.steps) + 1, frame_crop=cfg.frame_crop)
     it = iter(loader)
     batch0 = next(it)
 
