@@ -329,10 +329,7 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
     from dataset.stream import make_loader
 
     cfg = getattr(model, "cfg", None)
-    loader_kw: dict[str, Any] = {}
-    for key in ("image_size", "num_frames", "max_motion_len", "frame_crop"):
-        if cfg is not None and getattr(cfg, key, None) is not None:
-            loader_kw[key] = getattr(cfg, key)
+    loader_kw: dict[str, Any] = cfg.loader_kwargs() if cfg is not None else {}
     loader = make_loader(args.shards, args.split, batch_size=args.batch_size, train=False,
                          num_workers=args.workers, **loader_kw)
     embedder = None

@@ -171,9 +171,8 @@ def train_loader(args, cfg, epoch: int, steps: int, dinfo: DistInfo):
 
     kw = {} if args.shuffle_buffer is None else {"shuffle_buffer": args.shuffle_buffer}
     loader = make_loader(args.shards, "train", batch_size=cfg.batch_size, train=True,
-                         num_workers=cfg.num_workers, seed=cfg.seed, image_size=cfg.image_size,
-                         num_frames=cfg.num_frames, max_motion_len=cfg.max_motion_len, epoch_batches=steps,
-                         rank=dinfo.rank, world_size=dinfo.world_size, frame_crop=cfg.frame_crop, **kw)
+                         num_workers=cfg.num_workers, seed=cfg.seed, epoch_batches=steps,
+                         rank=dinfo.rank, world_size=dinfo.world_size, **cfg.loader_kwargs(), **kw)
     loader.set_epoch(epoch)
     return loader
 
@@ -183,9 +182,7 @@ def val_loader(args, cfg, dinfo: DistInfo):
     from dataset.stream import make_loader
 
     return make_loader(args.shards, "val", batch_size=cfg.batch_size, train=False, num_workers=cfg.num_workers,
-                       seed=cfg.seed, image_size=cfg.image_size, num_frames=cfg.num_frames,
-                       max_motion_len=cfg.max_motion_len, rank=dinfo.rank, world_size=dinfo.world_size,
-                       frame_crop=cfg.frame_crop)
+                       seed=cfg.seed, rank=dinfo.rank, world_size=dinfo.world_size, **cfg.loader_kwargs())
 
 
 # --------------------------------------------------------------------------------------------------------------

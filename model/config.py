@@ -151,6 +151,12 @@ class LavimoConfig:
             bad("activation", "must be 'gelu' or 'relu'")
 
     # ------------------------------------------------------------------
+    def loader_kwargs(self) -> dict[str, Any]:
+        """The fields ``dataset.stream.make_loader`` takes from the model: frame size and count, motion length,
+        frame crop (training, validation and evaluation must read the shards the same way)."""
+        return {"image_size": self.image_size, "num_frames": self.num_frames, "max_motion_len": self.max_motion_len,
+                "frame_crop": self.frame_crop}
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict of every field."""
         d = dataclasses.asdict(self)

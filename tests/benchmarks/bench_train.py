@@ -116,8 +116,7 @@ def main(argv=None) -> int:
             torch.cuda.synchronize(device)
 
     loader = make_loader(shards, "train", batch_size=b, train=True, num_workers=cfg.num_workers, seed=cfg.seed,
-                         image_size=cfg.image_size, num_frames=cfg.num_frames, max_motion_len=cfg.max_motion_len,
-                         epoch_batches=2 * (args.warmup + args.steps) + 1, frame_crop=cfg.frame_crop)
+                         epoch_batches=2 * (args.warmup + args.steps) + 1, **cfg.loader_kwargs())
     it = iter(loader)
     batch0 = next(it)
 
