@@ -63,10 +63,7 @@ class TextEncoder(nn.Module):
 
     def tokenize(self, texts: Sequence[str], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         """Token ids and attention mask, (B, L) each, padded to the longest text, truncated to max_length."""
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise TypeError("encode_text expects a list of strings")
-        if len(texts) == 0:
-            raise ValueError("encode_text got an empty list")
+        _check_texts(texts)
         enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                              return_tensors="pt")
         return {k: enc[k].to(device) if device is not None else enc[k] for k in self._keys}
@@ -94,13 +91,18 @@ class TextEncoder(nn.Module):
 
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         if self.frozen:
-            if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-                raise TypeError("encode_text expects a list of strings")
-            if len(texts) == 0:
-                raise ValueError("encode_text got an empty list")
+            _check_texts(texts)
             hidden, mask = self.frozen_hidden(texts)
         else:
             enc = self.tokenize(texts, self.proj_in.weight.device)
             hidden, mask = self.backbone(**enc).last_hidden_state, enc["attention_mask"].bool()
         x = self.proj_in(hidden.to(self.proj_in.weight.dtype))
         return self.head(self.temporal(x, mask))
+
+
+def _check_texts(texts: Sequence[str]) -> None:
+    """``encode_text`` takes a non-empty list of strings."""
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise TypeError("encode_text expects a list of strings")
+    if len(texts) == 0:
+        raise ValueError("encode_text got an empty list")

@@ -218,6 +218,14 @@ def test_frozen_text_backbone_outputs_are_memoised(tiny_cfg):
         plain = model.encode_text(TEXTS)
         model.text.frozen = True
         assert torch.allclose(plain, first, atol=1e-5)
+    # hidden states cached during evaluation (inference_mode) still serve a training step with gradients
+    model.text.clear_cache()
+    with torch.inference_mode():
+        model.encode_text(TEXTS)
+    model.train()
+    model.encode_text(TEXTS).sum().backward()
+    assert model.text.proj_in.weight.grad is not None
+    model.eval()
     # loading weights (a checkpoint) or moving the model forgets the cache
     model.load_state_dict(model.state_dict())
     assert len(model.text._cache) == 0
