@@ -11,7 +11,8 @@ MOTIONS=${DEMO_MOTIONS:-480}
 TEST_FRACTION=${DEMO_TEST_FRACTION:-0.25}
 SIZE=${DEMO_SIZE:-112}
 FPS=${DEMO_FPS:-10}
-EPOCHS=${DEMO_EPOCHS:-36}
+# epochs: the demo preset's (model/presets/demo.json) unless DEMO_EPOCHS is set
+EPOCHS=${DEMO_EPOCHS:-$("$BIN/python" -c 'from model.config import load_preset; print(load_preset("demo").epochs)')}
 WORKERS=${DEMO_WORKERS:-2}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYOPENGL_PLATFORM=${PYOPENGL_PLATFORM:-egl}
 mkdir -p "$DEMO"
