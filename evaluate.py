@@ -191,16 +191,6 @@ def resolve_checkpoint(run: str | os.PathLike, checkpoint: str | os.PathLike | N
                             "pass --checkpoint FILE")
 
 
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
-    return torch.device(name)
-
-
 def _has_video(model: Any) -> bool:
     """Whether the model encodes video (``modalities == "tmv"``)."""
     return getattr(model, "video", None) is not None and hasattr(model, "encode_video")
@@ -213,6 +203,18 @@ def _fusion_weights(model: Any, t: Any, v: Any, m: Any):
         return None
     _, w = model.fuse(t, v, m)
     return w
+
+
+def _first_caption_rows(t: Any, texts: Sequence[Sequence[str]], text: Sequence[str]) -> Any:
+    """The rows of ``t`` (every caption of the batch, flattened) that hold each sample's ``text``, when that is
+    its first caption (as the evaluation loader gives it); None otherwise, and the caller encodes ``text``."""
+    if t is None or any(not caps or caps[0] != first for caps, first in zip(texts, text)):
+        return None
+    starts, pos = [], 0
+    for caps in texts:
+        starts.append(pos)
+        pos += len(caps)
+    return t[starts]
 
 
 def encode_split(model: Any, loader: Any, device: Any, text_choice: str = "first", with_video: bool = True,
@@ -244,14 +246,18 @@ def encode_split(model: Any, loader: Any, device: Any, text_choice: str = "first
             mask = batch["mask"].to(device, non_blocking=True)
             m = model.encode_motion(motion, mask)
             v = model.encode_video(batch["video"].to(device, non_blocking=True)) if with_video else None
-            first = model.encode_text(list(batch["text"]))
             if text_choice == "all":
                 flat = [c for texts in batch["texts"] for c in texts]
-                t = model.encode_text(flat) if flat else first[:0]
+                t = model.encode_text(flat) if flat else None
+                first = _first_caption_rows(t, batch["texts"], batch["text"])
+                if first is None:  # a sample without captions, or "text" is not its first caption
+                    first = model.encode_text(list(batch["text"]))
+                if t is None:
+                    t = first[:0]
                 owner.extend(base + i for i, texts in enumerate(batch["texts"]) for _ in texts)
                 caps.extend(flat)
             else:
-                t = first
+                first = t = model.encode_text(list(batch["text"]))
                 owner.extend(range(base, base + len(b_keys)))
                 caps.extend(list(batch["text"]))
                 if batch.get("sent_emb") is not None:
@@ -312,6 +318,8 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError("--protocol dissimilar needs --subset FILE or --build-dissimilar K")
         log.warning("dissimilar protocol skipped: no --subset FILE or --build-dissimilar K")
         protocols = [p for p in protocols if p != "dissimilar"]
+
+    from model.training import resolve_device
 
     device = resolve_device(args.device)
     checkpoint = resolve_checkpoint(run, args.checkpoint)

@@ -198,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     args.shards = Path(args.shards)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        log.error("--device cuda was asked for but torch sees no CUDA device")
+        return 2
     dinfo = init_distributed(args.device)
     try:
         return train(args, dinfo)

@@ -48,12 +48,13 @@ class DistInfo:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:LOCAL_RANK`` when CUDA is available else ``cpu``; ``cuda`` without CUDA is an error."""
+    """``auto`` -> ``cuda:LOCAL_RANK`` when CUDA is available else ``cpu``; ``cuda`` without CUDA is a
+    ValueError (train.py and evaluate.py print it as an error, no traceback)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
+            raise ValueError("--device cuda was asked for but torch sees no CUDA device")
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     if name == "cpu":

@@ -237,6 +237,47 @@ def test_model_path_subset_text_choice_and_errors(tiny_eval, tmp_path, capsys):
     assert set(res["dissimilar"]) == {"v2m", "n"} and res["dissimilar"]["n"] == 10
 
 
+class _CountingModel:
+    """Deterministic stand-in encoders (a caption's latent depends only on its text) that count text calls."""
+
+    video = fusion = None
+
+    def __init__(self):
+        self.text_calls: list[list[str]] = []
+
+    def eval(self):
+        return self
+
+    def encode_text(self, texts):
+        import torch
+
+        self.text_calls.append(list(texts))
+        return torch.tensor([[float(len(t)), float(sum(map(ord, t)) % 97), 1.0] for t in texts])
+
+    def encode_motion(self, motion, mask):
+        return motion.sum(1)
+
+
+def test_encode_split_all_captions_encodes_each_caption_once():
+    torch = pytest.importorskip("torch")
+    texts = [["a man walks", "someone walks forward"], ["a person jumps"], ["waving", "he waves", "a wave"]]
+    batch = {"keyid": ["k0", "k1", "k2"], "texts": texts, "text": [t[0] for t in texts],
+             "motion": torch.arange(18, dtype=torch.float32).reshape(3, 2, 3), "mask": torch.ones(3, 2, dtype=torch.bool)}
+    model = _CountingModel()
+    split, captions_of, _ = evaluate.encode_split(model, [batch], "cpu", text_choice="all", with_video=False,
+                                                  progress=False)
+    assert model.text_calls == [[c for caps in texts for c in caps]]  # one call, first captions not re-encoded
+    assert split.text_owner.tolist() == [0, 0, 1, 2, 2, 2] and captions_of["k2"] == texts[2]
+    first, _, _ = evaluate.encode_split(_CountingModel(), [batch], "cpu", text_choice="first", with_video=False,
+                                        progress=False)
+    np.testing.assert_array_equal(split.text[[0, 2, 3]], first.text)
+    # the rows of the first captions are taken from the flat encoding; a mismatch falls back to encoding them
+    t = torch.arange(6.0)[:, None]
+    assert evaluate._first_caption_rows(t, texts, [c[0] for c in texts]).flatten().tolist() == [0.0, 2.0, 3.0]
+    assert evaluate._first_caption_rows(t, texts, ["a man walks", "other", "waving"]) is None
+    assert evaluate._first_caption_rows(t, [["x"], []], ["x", ""]) is None
+
+
 def test_gallery_html_marks_ground_truth_and_escapes():
     from model import report as R
 
