@@ -7,20 +7,22 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 BIN=$VENV/bin
 DEMO=${DEMO:-demo}
-MOTIONS=${DEMO_MOTIONS:-480}
-TEST_FRACTION=${DEMO_TEST_FRACTION:-0.25}
+MOTIONS=${DEMO_MOTIONS:-800}
+TEST_FRACTION=${DEMO_TEST_FRACTION:-0.15}
+VAL_FRACTION=${DEMO_VAL_FRACTION:-0.07}
+PRESET=${DEMO_PRESET:-demo}
 SIZE=${DEMO_SIZE:-112}
 FPS=${DEMO_FPS:-10}
-# epochs: the demo preset's (model/presets/demo.json) unless DEMO_EPOCHS is set
-EPOCHS=${DEMO_EPOCHS:-$("$BIN/python" -c 'from model.config import load_preset; print(load_preset("demo").epochs)')}
+# epochs: the preset's (model/presets/demo.json for 'demo') unless DEMO_EPOCHS is set
+EPOCHS=${DEMO_EPOCHS:-$("$BIN/python" -c 'import sys; from model.config import load_preset; print(load_preset(sys.argv[1]).epochs)' "$PRESET")}
 WORKERS=${DEMO_WORKERS:-2}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYOPENGL_PLATFORM=${PYOPENGL_PLATFORM:-egl}
 mkdir -p "$DEMO"
 TIMES="$DEMO/stage-times.txt"
 : > "$TIMES.new"
 
-echo "LAVIMO demo: $MOTIONS synthetic motions (test fraction $TEST_FRACTION), videos ${SIZE}x${SIZE} at ${FPS} fps" \
-     "(CPU settings; the paper renders 512x512 at 20 fps), 13 avatars x 4 lighting setups, preset 'demo', $EPOCHS epochs"
+echo "LAVIMO demo: $MOTIONS synthetic motions (test fraction $TEST_FRACTION, val $VAL_FRACTION), videos ${SIZE}x${SIZE} at ${FPS} fps" \
+     "(CPU settings; the paper renders 512x512 at 20 fps), 13 avatars x 4 lighting setups, preset '$PRESET', $EPOCHS epochs"
 
 stage() {  # stage NAME COMMAND...
   local name=$1; shift
@@ -38,12 +40,13 @@ stage() {  # stage NAME COMMAND...
   printf '%-8s %7ss\n' "$name" "$dt" >> "$TIMES.new"
 }
 
-stage synth  "$BIN/synth-amass" --out "$DEMO/corpus" --motions "$MOTIONS" --seed 0 --test-fraction "$TEST_FRACTION"
+stage synth  "$BIN/synth-amass" --out "$DEMO/corpus" --motions "$MOTIONS" --seed 0 --test-fraction "$TEST_FRACTION" \
+  --val-fraction "$VAL_FRACTION"
 stage render "$BIN/render-amass" --amass "$DEMO/corpus/amass" --annotations "$DEMO/corpus/annotations.json" \
   --avatars assets/avatars --lights 4 --out "$DEMO/videos" --size "$SIZE" --fps "$FPS" --workers "$WORKERS"
 stage shards "$BIN/build-shards" --annotations "$DEMO/corpus/annotations.json" --amass "$DEMO/corpus/amass" \
   --videos "$DEMO/videos" --out "$DEMO/shards" --frame-size "$SIZE" --workers "$WORKERS"
-stage train  "$BIN/python" train.py --shards "$DEMO/shards" --preset demo --epochs "$EPOCHS" --out "$DEMO/run" \
+stage train  "$BIN/python" train.py --shards "$DEMO/shards" --preset "$PRESET" --epochs "$EPOCHS" --out "$DEMO/run" \
   --workers 1 --threads 1 --device cpu
 stage eval   "$BIN/python" evaluate.py --run "$DEMO/run" --shards "$DEMO/shards" --split test --protocol everything \
   --build-dissimilar 100 --out "$DEMO/eval" --gallery --videos "$DEMO/videos" --tsne
