@@ -31,9 +31,9 @@ from model.run_dir import MetricsTable, RunDir, write_run_info
 from model.schedule import paper_scheduler
 from model.training import (
     FUSION_NAMES, LOSS_TERMS, DistInfo, LossModule, NonFiniteGuard, RunningMeans, Stepper, TrainingDiverged,
-    barrier, cleanup_distributed, encode_split, gather_embeddings, gather_rng_states, mean_over_ranks, init_distributed, load_training_state,
-    make_optimizer, preserved_rng, resolve_device, resolve_precision, retrieval_scores, save_training_state,
-    seed_everything, set_rng_state,
+    barrier, cleanup_distributed, encode_split, gather_embeddings, gather_rng_states, init_distributed,
+    load_training_state, local_rank_from_env, make_optimizer, mean_over_ranks, preserved_rng, resolve_device,
+    resolve_precision, retrieval_scores, save_training_state, seed_everything, set_rng_state,
 )
 
 log = logging.getLogger("train")
@@ -198,12 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     args.shards = Path(args.shards)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        log.error("--device cuda was asked for but torch sees no CUDA device")
-        return 2
-    dinfo = init_distributed(args.device)
     try:
-        return train(args, dinfo)
+        device = resolve_device(args.device, local_rank_from_env())
+    except ValueError as exc:  # --device cuda without CUDA
+        log.error("%s", exc)
+        return 2
+    dinfo = init_distributed(device)
+    try:
+        return train(args, dinfo, device)
     except (BadInputError, TrainingDiverged) as exc:
         log.error("%s", exc)
         return 2
@@ -211,14 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         cleanup_distributed()
 
 
-def train(args: argparse.Namespace, dinfo: DistInfo) -> int:
+def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> int:
     from model import build_model, save_checkpoint
 
     run = RunDir(args.out or Path("runs") / Path(args.preset).stem)
     if not args.resume and run.last_state.exists():
         raise SystemExit(f"error: {run.root} already holds a run; pass --resume or choose another --out")
     cfg = resolve_config(args, run)
-    device = resolve_device(args.device, dinfo.local_rank)
     precision = resolve_precision(args.precision, device, amp=cfg.amp)
     manifests = check_shards(args.shards, cfg)
     n_train = int(manifests["train"]["num_samples"])

@@ -47,6 +47,11 @@ class DistInfo:
         return self.rank == 0
 
 
+def local_rank_from_env() -> int:
+    """The process's GPU index on its node: torchrun's ``LOCAL_RANK`` (0 when not launched by torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> ``cuda:LOCAL_RANK`` when CUDA is available else ``cpu``; ``cuda`` without CUDA is a
     ValueError (train.py and evaluate.py print it as an error, no traceback)."""
@@ -84,20 +89,18 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def init_distributed(device_name: str) -> DistInfo:
+def init_distributed(device: torch.device) -> DistInfo:
     """Initialise ``torch.distributed`` when launched by torchrun (``WORLD_SIZE`` > 1).
 
-    Backend: ``nccl`` when training on CUDA, ``gloo`` on CPU. Returns the placement (rank 0 of 1 otherwise).
+    ``device`` comes from :func:`resolve_device` (which already selected ``cuda:LOCAL_RANK``). Backend: ``nccl``
+    on CUDA, ``gloo`` on CPU. Returns the placement (rank 0 of 1 otherwise).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     rank = int(os.environ["RANK"])
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
-    backend = "nccl" if use_cuda else "gloo"
-    if use_cuda:
-        torch.cuda.set_device(local)
+    local = local_rank_from_env()
+    backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     log.info("DDP: rank %d/%d (local %d), backend %s", rank, world, local, backend)

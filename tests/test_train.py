@@ -431,6 +431,13 @@ def test_ablation_flags_saved_config_and_checkpoint(shards, tmp_path):
                 d["freeze_text"]) == ("tm", "soft", 0.7, 0.0, False, True)
 
 
+def test_device_cuda_without_cuda_is_a_clear_error(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _run(["--shards", tmp_path, "--out", tmp_path / "run", *BASE, "--device", "cuda"]) == 2
+    assert "--device cuda was asked for but torch sees no CUDA device" in caplog.text
+    assert not (tmp_path / "run").exists()  # nothing written before the device was resolved
+
+
 def test_bad_shards_give_clear_errors(shards, tmp_path, caplog):
     import shutil
 
