@@ -16,6 +16,7 @@ See the README.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -104,10 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.run or not args.shards:
                 raise SystemExit("evaluate.py: give --run RUN and --shards SHARDS (or --from-sims FILE.npz)")
             evaluate_run(args)
-    except BadInputError as exc:
-        print(f"evaluate.py: error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # BadInputError is a ValueError
         print(f"evaluate.py: error: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -210,11 +208,8 @@ def _first_caption_rows(t: Any, texts: Sequence[Sequence[str]], text: Sequence[s
     its first caption (as the evaluation loader gives it); None otherwise, and the caller encodes ``text``."""
     if t is None or any(not caps or caps[0] != first for caps, first in zip(texts, text)):
         return None
-    starts, pos = [], 0
-    for caps in texts:
-        starts.append(pos)
-        pos += len(caps)
-    return t[starts]
+    starts = itertools.accumulate((len(caps) for caps in texts[:-1]), initial=0)  # each sample's first row
+    return t[list(starts)]
 
 
 def encode_split(model: Any, loader: Any, device: Any, text_choice: str = "first", with_video: bool = True,

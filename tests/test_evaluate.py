@@ -237,6 +237,13 @@ def test_model_path_subset_text_choice_and_errors(tiny_eval, tmp_path, capsys):
     assert set(res["dissimilar"]) == {"v2m", "n"} and res["dissimilar"]["n"] == 10
 
 
+def test_device_cuda_without_cuda_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc, out = _run(["--run", tmp_path, "--shards", tmp_path, "--protocol", "all", "--device", "cuda"], capsys)
+    assert rc == 2 and "--device cuda was asked for but torch sees no CUDA device" in out.err
+
+
 class _CountingModel:
     """Deterministic stand-in encoders (a caption's latent depends only on its text) that count text calls."""
 
