@@ -114,8 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ----------------------------------------------------------------------------------------------------------
 # --from-sims
 # ----------------------------------------------------------------------------------------------------------
-def load_sims_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read and validate ``sims`` (N, N) and optional ``text_emb`` (N, D) from an .npz file."""
+def load_sims_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+    """Read and validate ``sims`` (N, N), optional ``text_emb`` (N, D) and optional ``keyids`` (N,) strings
+    (row ``i`` = sample ``keyids[i]``) from an .npz file (never unpickled: object arrays are refused)."""
     path = Path(path)
     if not path.is_file():
         raise BadInputError(path, None, "file not found")
@@ -130,18 +131,31 @@ def load_sims_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | No
     emb = data.get("text_emb")
     if emb is not None:
         emb = M.check_text_emb(emb, sims.shape[0], path=str(path))
-    return sims, emb
+    keyids = None
+    if "keyids" in data:
+        k = data["keyids"]
+        if k.dtype.kind not in "US" or k.shape != (sims.shape[0],):
+            raise BadInputError(path, "keyids", f"expected {sims.shape[0]} strings, got {k.dtype} {k.shape}")
+        keyids = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in k.tolist()]
+        if len(set(keyids)) != len(keyids):
+            raise BadInputError(path, "keyids", "duplicate keyids")
+    return sims, emb, keyids
 
 
 def from_sims(path: str | os.PathLike, threshold: float = P.DEFAULT_THRESHOLD,
               out: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Metrics of a saved matrix (all, threshold when text_emb is present, small-batches in file order).
+    """Metrics of a saved matrix (all, threshold when text_emb is present, small-batches).
 
-    Writes ``out`` (default ``metrics.json`` next to the file) and ``metrics.md`` beside it; returns the results.
+    Small batches follow TMR: rows sorted by the file's ``keyids`` before the seeded shuffle; a file without
+    ``keyids`` is batched in row order (and says so). Writes ``out`` (default ``metrics.json`` next to the file)
+    and ``metrics.md`` beside it; returns the results.
     """
     path = Path(path)
-    sims, emb = load_sims_file(path)
-    results, skipped = P.sims_protocols(sims, emb, threshold)
+    sims, emb, keyids = load_sims_file(path)
+    if keyids is None:
+        log.warning("%s has no 'keyids': small batches are formed in file row order (TMR sorts by keyid first; "
+                    "add a 'keyids' member to match it)", path)
+    results, skipped = P.sims_protocols(sims, emb, threshold, keyids=keyids)
     out_path = Path(out) if out else path.with_name("metrics.json")
     if out_path.suffix.lower() != ".json":
         out_path = out_path / "metrics.json"

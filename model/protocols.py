@@ -408,9 +408,13 @@ def run_protocols(
 
 
 def sims_protocols(sims: np.ndarray, text_emb: np.ndarray | None = None, threshold: float = DEFAULT_THRESHOLD,
-                   names: tuple[str, str] = ("t2m", "m2t")) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """The protocols that a bare similarity matrix supports: all, threshold (with ``text_emb``), small-batches
-    (file order). Returns ``(results, skipped)`` with ``skipped = {protocol: reason}``."""
+                   names: tuple[str, str] = ("t2m", "m2t"), keyids: Sequence[str] | None = None
+                   ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The protocols that a bare similarity matrix supports: all, threshold (with ``text_emb``), small-batches.
+
+    Small batches are formed as TMR forms them: samples sorted by ``keyids`` first (row ``i`` of ``sims`` is
+    sample ``keyids[i]``), then TMR's seeded shuffle; in file row order when ``keyids`` is None.
+    Returns ``(results, skipped)`` with ``skipped = {protocol: reason}``."""
     arr = M.check_sims(sims)
     n = arr.shape[0]
     results: dict[str, dict[str, Any]] = {}
@@ -422,8 +426,9 @@ def sims_protocols(sims: np.ndarray, text_emb: np.ndarray | None = None, thresho
     else:
         skipped["threshold"] = "no text_emb in the file"
     if n >= M.SMALL_BATCH_SIZE:
-        sb, nb = M.small_batch_metrics(arr, names=names)
-        results["small-batches"] = {**sb, "n": n, "batches": nb, "batch_size": M.SMALL_BATCH_SIZE}
+        sb, nb = M.small_batch_metrics(arr, keyids, names=names)
+        results["small-batches"] = {**sb, "n": n, "batches": nb, "batch_size": M.SMALL_BATCH_SIZE,
+                                    "order": "sorted keyids" if keyids is not None else "file rows"}
     else:
         skipped["small-batches"] = f"needs at least {M.SMALL_BATCH_SIZE} samples, the matrix has {n}"
     return results, skipped

@@ -100,6 +100,35 @@ def test_from_sims_small_batches_70(tmp_path, capsys):
     assert json.loads((tmp_path / "m3.json").read_text())["small-batches"] == sb
 
 
+def test_from_sims_small_batches_follow_the_files_keyids(tmp_path, capsys, caplog):
+    """TMR sorts by keyid before batching: a file whose rows are in descending keyid order, with its keyids,
+    scores like the same matrix stored in ascending order; without keyids it is batched in row order."""
+    rng = np.random.default_rng(3)
+    n = 64
+    asc = rng.normal(size=(n, n)).astype(np.float32) + 1.5 * np.eye(n, dtype=np.float32)
+    keys = np.array([f"{i:06d}" for i in range(n)])
+    rev = np.arange(n)[::-1]
+    f_asc = _save(tmp_path / "asc.npz", sims=asc)
+    f_desc = _save(tmp_path / "desc.npz", sims=asc[np.ix_(rev, rev)], keyids=keys[rev])
+    f_desc_nokeys = _save(tmp_path / "desc0.npz", sims=asc[np.ix_(rev, rev)])
+    res = {}
+    for f in (f_asc, f_desc, f_desc_nokeys):
+        rc, out = _run(["--from-sims", f, "--out", tmp_path / f"{f.stem}.json"], capsys)
+        assert rc == 0, out.err
+        res[f.stem] = json.loads((tmp_path / f"{f.stem}.json").read_text())["small-batches"]
+        if f is f_desc_nokeys:
+            assert "no 'keyids'" in caplog.text
+    assert res["desc"]["t2m"] == res["asc"]["t2m"] and res["desc"]["m2t"] == res["asc"]["m2t"]
+    assert res["desc"]["order"] == "sorted keyids" and res["desc0"]["order"] == "file rows"
+    assert res["desc0"]["t2m"] != res["asc"]["t2m"]
+
+
+def test_from_sims_bad_keyids(tmp_path, capsys):
+    f = _save(tmp_path / "k.npz", sims=np.eye(4), keyids=np.array(["a", "b", "c"]))
+    rc, out = _run(["--from-sims", f], capsys)
+    assert rc == 2 and "keyids" in out.err and str(f) in out.err
+
+
 @pytest.mark.parametrize(
     "arrays, msg",
     [
