@@ -3,8 +3,8 @@
 Writes, under ``--out DIR``::
 
     DIR/amass/SynthMocap/subject_NN/<action>_KK_poses.npz   AMASS SMPL-H files (see below)
-    DIR/annotations.json + DIR/splits/{train,val,test,all}.txt   TMR-style annotations (seconds)
-    DIR/humanml3d/index.csv, texts/<keyid>.txt, {train,val,test,all}.txt   HumanML3D-style annotations
+    DIR/annotations.json + DIR/splits/{train,val,test,all,nsim_test}.txt   TMR-style annotations (seconds)
+    DIR/humanml3d/index.csv, texts/<keyid>.txt, {train,val,test,all,nsim_test}.txt   HumanML3D-style annotations
     DIR/synth.json   the corpus manifest (arguments, per-motion action and modifiers)
 
 Each npz holds ``poses`` (T, 156) float64 SMPL-H axis-angle (root orientation includes the +90 degree
@@ -12,6 +12,10 @@ turn about X from SMPL's Y-up rest frame to AMASS's Z-up world), ``trans`` (T, 3
 sole on the floor z = 0), ``betas`` (16,) zeros, ``gender`` "neutral", ``mocap_framerate`` (60, 100 or
 120 fps by subject) and ``dmpls`` (T, 8) zeros. Durations are whole 20-fps frames between 2 and 8 s, so
 the HumanML3D frame rule (stride fps/20) and the time rule (20 fps) select the same frames.
+
+``nsim_test.txt`` is the corpus's dissimilar subset, as TMR ships one for HumanML3D and KIT-ML: up to
+``nsim_size`` test motions whose first captions are mutually dissimilar, picked by
+:func:`dataset.subsets.build_dissimilar_subset` on the bundled sentence model's embeddings.
 
 Everything is a pure function of ``--seed`` and the arguments: running twice writes byte-identical files.
 """
@@ -34,6 +38,7 @@ from tqdm import tqdm
 
 from dataset.atomic import atomic_path, write_json, write_text
 from dataset.seeding import stable_rng
+from dataset.subsets import NSIM_SPLIT, build_dissimilar_subset
 from dataset.synth_actions import (ACTION_NAMES, ACTIONS, MotionParams, animate, captions, describe_action,
                                    sample_params)
 from dataset.synth_rig import assemble
@@ -204,7 +209,7 @@ def _remove_stale(root: Path, pattern: str, keep: set[Path]) -> int:
 
 def generate_corpus(out: str | Path, n_motions: int = 240, seed: int = 0, *, actions: list[str] | None = None,
                     test_fraction: float = 0.15, val_fraction: float = 0.10, subjects: int = 10,
-                    mirror: bool = False) -> dict:
+                    mirror: bool = False, nsim_size: int = 100) -> dict:
     """Generate the corpus under ``out`` and return its summary (see the module docstring)."""
     out = Path(out)
     t0 = time.perf_counter()
@@ -245,6 +250,13 @@ def generate_corpus(out: str | Path, n_motions: int = 240, seed: int = 0, *, act
         body = "".join(f"{k}\n" for k in sorted(split_ids.get(name, [])))
         write_text(out / "splits" / f"{name}.txt", body)
         write_text(h3d / f"{name}.txt", body)
+    nsim = dissimilar_test_ids(split_ids.get("test", []), {k: m["captions"][0] for k, m in motions.items()},
+                               nsim_size)
+    for target in (out / "splits" / f"{NSIM_SPLIT}.txt", h3d / f"{NSIM_SPLIT}.txt"):
+        if nsim:
+            write_text(target, "".join(f"{k}\n" for k in sorted(nsim)))
+        elif was_ours and target.is_file():
+            target.unlink()  # an earlier run's subset no longer applies
     write_text(h3d / "index.csv", "\n".join(index_rows) + "\n")
     for kid, lines in texts.items():
         write_text(h3d / "texts" / f"{kid}.txt", "\n".join(lines) + "\n")
@@ -256,12 +268,25 @@ def generate_corpus(out: str | Path, n_motions: int = 240, seed: int = 0, *, act
     summary = _summary(plans, motions, out, seed, mirror, time.perf_counter() - t0, stale)
     manifest = {"version": SYNTH_VERSION, "seed": seed, "motions": n_motions,
                 "args": {"test_fraction": test_fraction, "val_fraction": val_fraction, "subjects": subjects,
-                         "mirror": mirror, "actions": sorted({p.params.action for p in plans})},
+                         "mirror": mirror, "nsim_size": nsim_size, "actions": sorted({p.params.action for p in plans})},
                 "amass_root": "amass", "layouts": {"tmr": "annotations.json", "humanml3d": "humanml3d"},
                 "summary": {k: v for k, v in summary.items() if k not in ("out", "seconds", "stale_removed")},
                 "items": motions}
     write_json(out / "synth.json", manifest)
     return summary
+
+
+def dissimilar_test_ids(test_ids: list[str], first_caption: dict[str, str], size: int) -> list[str]:
+    """The corpus's ``nsim_test`` ids: up to ``size`` test motions (not their mirrored copies) whose first
+    captions are mutually dissimilar, by :func:`dataset.subsets.build_dissimilar_subset` on the bundled
+    sentence model. Empty when ``size`` is 0 or the test split is empty."""
+    ids = sorted(k for k in test_ids if k in first_caption)
+    if size <= 0 or not ids:
+        return []
+    from dataset.text_embed import SentenceEmbedder
+
+    emb = SentenceEmbedder().encode([first_caption[k] for k in ids])
+    return build_dissimilar_subset(ids, emb, min(size, len(ids))).ids
 
 
 def _summary(plans, motions, out, seed, mirror, seconds, stale) -> dict:
@@ -307,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subjects", type=int, default=10, help="number of subject folders (default 10)")
     ap.add_argument("--mirror", action="store_true",
                     help="also annotate mirrored copies (M-prefixed ids, left/right-swapped captions)")
+    ap.add_argument("--nsim-size", type=int, default=100,
+                    help="size of the dissimilar test subset written as splits/nsim_test.txt (0 = none; default 100)")
     ap.add_argument("--list-actions", action="store_true", help="print the actions and their parameters")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = ap.parse_args(argv)
@@ -321,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = generate_corpus(args.out, args.motions, args.seed, actions=actions,
                                   test_fraction=args.test_fraction, val_fraction=args.val_fraction,
-                                  subjects=args.subjects, mirror=args.mirror)
+                                  subjects=args.subjects, mirror=args.mirror, nsim_size=args.nsim_size)
     except (ValueError, OSError) as e:
         print(f"synth-amass: error: {e}", file=sys.stderr)
         return 2

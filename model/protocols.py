@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from dataset.errors import BadInputError
+from dataset.subsets import DissimilarSubset, build_dissimilar_subset, read_subset  # noqa: F401 (re-exported)
 from model import metrics as M
 
 log = logging.getLogger(__name__)
@@ -251,22 +252,6 @@ def _correct_mask(split: EncodedSplit, a: str, b: str, rel, one: bool) -> np.nda
 # ----------------------------------------------------------------------------------------------------------
 # subsets
 # ----------------------------------------------------------------------------------------------------------
-def read_subset(path: str | os.PathLike) -> list[str]:
-    """Ids of a subset file (one id per line, blank lines ignored), e.g. HumanML3D's ``nsim_test.txt``."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise BadInputError(path, None, f"cannot read subset file: {exc.strerror or exc}") from exc
-    ids = [ln.strip() for ln in lines if ln.strip()]
-    if not ids:
-        raise BadInputError(path, None, "subset file lists no ids")
-    dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
-    if dup:
-        raise BadInputError(path, "ids", f"duplicate id(s): {', '.join(dup[:10])}")
-    return ids
-
-
 def subset_indices(keyids: Sequence[str], ids: Sequence[str], path: str | os.PathLike | None = None,
                    split: str = "split") -> np.ndarray:
     """Positions of ``ids`` in ``keyids`` (subset order). An id missing from the split -> BadInputError."""
@@ -277,78 +262,6 @@ def subset_indices(keyids: Sequence[str], ids: Sequence[str], path: str | os.Pat
         raise BadInputError(path, "ids", f"{len(missing)} of {len(ids)} subset id(s) are not in the {split} "
                                          f"split ({len(keyids)} samples): {shown}")
     return np.array([pos[i] for i in ids], dtype=np.int64)
-
-
-@dataclass
-class DissimilarSubset:
-    """Result of :func:`build_dissimilar_subset`: ``ids`` in pick order and what limited the pick."""
-
-    ids: list[str]
-    requested: int
-    candidates: int
-    max_pair_score: float
-    stopped_by: str  # "size" | "candidates" | "max_score"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ids": self.ids, "picked": len(self.ids), "requested": self.requested,
-                "candidates": self.candidates, "max_pair_score": self.max_pair_score,
-                "stopped_by": self.stopped_by,
-                "method": "greedy max-min on sentence-embedding cosine of the first caption; first pick = lowest "
-                          "mean similarity; ties by sorted keyid; score = (cos + 1) / 2"}
-
-
-def build_dissimilar_subset(keyids: Sequence[str], sent_emb: np.ndarray, size: int = 100,
-                            max_score: float | None = None) -> DissimilarSubset:
-    """Pick up to ``size`` samples whose texts are mutually dissimilar, deterministically.
-
-    Greedy farthest-point selection on the sentence-embedding cosine ``S = E E^T`` of one text per sample
-    (rows of ``sent_emb``, L2-normalised, aligned with ``keyids``): candidates are taken in sorted-keyid
-    order; the first pick is the text with the lowest mean similarity to all others; each next pick is the
-    candidate whose highest similarity to the picks so far is lowest (first in keyid order on ties).
-    Stops at ``size``, when candidates run out, or (with ``max_score``) before a pick whose score
-    ``(cos + 1) / 2`` to an earlier pick would exceed ``max_score``. Returns the ids in pick order.
-    """
-    n = len(keyids)
-    emb = M.check_text_emb(sent_emb, n, field="sent_emb")
-    if size < 1:
-        raise ValueError("size must be >= 1")
-    order = np.array(sorted(range(n), key=lambda i: keyids[i]), dtype=np.int64)
-    e = emb[order].astype(np.float64)
-    s = e @ e.T
-    picked: list[int] = []
-    if n == 0:
-        return DissimilarSubset([], size, 0, float("nan"), "candidates")
-    mean_sim = (s.sum(axis=1) - np.diag(s)) / max(n - 1, 1)
-    first = int(np.argmin(mean_sim))
-    picked.append(first)
-    nearest = s[first].copy()  # highest similarity of each candidate to the picks so far
-    taken = np.zeros(n, dtype=bool)
-    taken[first] = True
-    stopped = "size"
-    while len(picked) < size:
-        if taken.all():
-            stopped = "candidates"
-            break
-        cand = np.where(taken, np.inf, nearest)
-        j = int(np.argmin(cand))
-        if max_score is not None and (cand[j] + 1) / 2 > max_score:
-            stopped = "max_score"
-            break
-        picked.append(j)
-        taken[j] = True
-        nearest = np.maximum(nearest, s[j])
-    sub = s[np.ix_(picked, picked)]
-    if len(picked) > 1:
-        off = sub[~np.eye(len(picked), dtype=bool)]
-        max_pair = float(min(1.0, (off.max() + 1) / 2))
-    else:
-        max_pair = float("nan")
-    ids = [keyids[int(order[p])] for p in picked]
-    if len(ids) < size:
-        why = {"candidates": f"the split has only {n} samples",
-               "max_score": f"no further text has score <= {max_score} to all picks"}.get(stopped, "")
-        log.warning("dissimilar subset: picked %d of the %d requested (%s)", len(ids), size, why)
-    return DissimilarSubset(ids, size, n, max_pair, stopped)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -194,3 +194,23 @@ def test_bad_arguments(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "x"), "--actions", "moonwalk"]) == 2
     assert "unknown action" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "y"), "--test-fraction", "0.7", "--val-fraction", "0.5"]) == 2
+
+
+def test_nsim_test_is_a_dissimilar_subset_of_the_test_split(corpus, tmp_path):
+    from dataset.subsets import build_dissimilar_subset
+    from dataset.text_embed import SentenceEmbedder
+
+    test = (corpus / "splits" / "test.txt").read_text().split()
+    nsim = (corpus / "splits" / "nsim_test.txt").read_text().split()
+    assert nsim == sorted(nsim) and set(nsim) == set(test)  # 30 motions: fewer test clips than 100, all taken
+    assert (corpus / "humanml3d" / "nsim_test.txt").read_text().split() == nsim
+    # a smaller size picks the builder's choice on the first captions
+    out = tmp_path / "small"
+    assert main(["--out", str(out), *ARGS, "--nsim-size", "3"]) == 0
+    small = (out / "splits" / "nsim_test.txt").read_text().split()
+    items = _items(out)
+    emb = SentenceEmbedder().encode([items[k]["captions"][0] for k in test])
+    assert small == sorted(build_dissimilar_subset(test, emb, 3).ids)
+    assert load_clips(out / "annotations.json", split="nsim_test").report.loaded == 3
+    assert main(["--out", str(out), *ARGS, "--nsim-size", "0"]) == 0
+    assert not (out / "splits" / "nsim_test.txt").exists()
