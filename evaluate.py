@@ -32,6 +32,7 @@ from dataset.errors import BadInputError
 from model import metrics as M
 from model import protocols as P
 from model import report as R
+from dataset.subsets import NSIM_SPLIT
 
 log = logging.getLogger("evaluate")
 
@@ -322,11 +323,20 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
         log.warning("--subset/--build-dissimilar ignored: the dissimilar protocol was not asked for")
     explicit_dissimilar = "dissimilar" in protocols and "everything" not in args.protocol
     subset_ids = P.read_subset(args.subset) if args.subset else None
+    nsim_split = None  # the dissimilar protocol on the shard set's own nsim_test split, as TMR evaluates it
     if "dissimilar" in protocols and subset_ids is None and not args.build_dissimilar:
-        if explicit_dissimilar:
-            raise ValueError("--protocol dissimilar needs --subset FILE or --build-dissimilar K")
-        log.warning("dissimilar protocol skipped: no --subset FILE or --build-dissimilar K")
-        protocols = [p for p in protocols if p != "dissimilar"]
+        if has_split(args.shards, NSIM_SPLIT):
+            nsim_split = NSIM_SPLIT
+        elif explicit_dissimilar:
+            raise ValueError(f"--protocol dissimilar: {args.shards} has no {NSIM_SPLIT} split (build-shards writes "
+                             f"one for HumanML3D, KIT-ML and the synthetic corpus, or when the annotations' splits/ "
+                             f"hold {NSIM_SPLIT}.txt); give --subset FILE or --build-dissimilar K")
+        else:
+            log.warning("dissimilar protocol skipped: no %s split in %s, no --subset FILE or --build-dissimilar K",
+                        NSIM_SPLIT, args.shards)
+            protocols = [p for p in protocols if p != "dissimilar"]
+    main_protocols = [p for p in protocols if not (p == "dissimilar" and nsim_split)]
+    need_main = bool(main_protocols) or args.gallery or args.tsne or args.save_sims
 
     from model.training import resolve_device
 
@@ -347,17 +357,40 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
 
     cfg = getattr(model, "cfg", None)
     loader_kw: dict[str, Any] = cfg.loader_kwargs() if cfg is not None else {}
-    loader = make_loader(args.shards, args.split, batch_size=args.batch_size, train=False,
-                         num_workers=args.workers, **loader_kw)
     embedder = None
     if args.text_choice == "all" and "threshold" in protocols:
         from dataset.text_embed import SentenceEmbedder
 
         embedder = SentenceEmbedder(args.text_model, device=str(device) if device.type == "cuda" else "cpu")
-    t0 = time.perf_counter()
-    split, captions_of, fusion = encode_split(model, loader, device, args.text_choice, with_video,
-                                              progress=not args.no_progress, embedder=embedder)
-    log.info("encoded %d samples (%d texts) in %.1fs", split.n, split.num_texts, time.perf_counter() - t0)
+
+    def encode(split_name: str):
+        loader = make_loader(args.shards, split_name, batch_size=args.batch_size, train=False,
+                             num_workers=args.workers, **loader_kw)
+        t0 = time.perf_counter()
+        enc = encode_split(model, loader, device, args.text_choice, with_video, progress=not args.no_progress,
+                           embedder=embedder)
+        log.info("encoded %d samples (%d texts) of %s in %.1fs", enc[0].n, enc[0].num_texts, split_name,
+                 time.perf_counter() - t0)
+        return enc
+
+    nsim_results: dict[str, Any] = {}
+    if nsim_split:
+        nsim, _, nsim_fusion = encode(nsim_split)
+        nsim_results = P.run_protocols(nsim, ["all"], tasks)["all"]
+        nsim_results["split"] = nsim_split
+    if not need_main:  # only the dissimilar protocol, on its own split
+        results = {"dissimilar": nsim_results}
+        info = {"run": str(run), "checkpoint": str(checkpoint), "shards": str(args.shards), "split": nsim_split,
+                "n": nsim.n, "texts": nsim.num_texts, "text_choice": args.text_choice, "tasks": tasks,
+                "protocols": ["dissimilar"], "subset": f"{nsim_split} split", "fusion_weights": nsim_fusion,
+                "device": str(device), **_text_model_info(args.shards, nsim_split)}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_metrics_json(out_dir / "metrics.json", results)
+        write_json(out_dir / "eval_info.json", _jsonable(info))
+        write_text(out_dir / "metrics.md", R.metrics_markdown(results, info, nsim_fusion, {}))
+        _print_summary(results, out_dir / "metrics.json")
+        return results
+    split, captions_of, fusion = encode(args.split)
     if args.text_choice == "all":
         log.info("--text-choice all: every caption is its own query (%d text queries for %d samples)",
                  split.num_texts, split.n)
@@ -388,15 +421,18 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
         protocols = [p for p in protocols if p != "small-batches"]
     for proto, why in skipped.items():
         log.warning("%s not computed: %s", proto, why)
-    results = P.run_protocols(split, protocols, tasks, threshold=args.threshold, subset_ids=subset_ids,
+    results = P.run_protocols(split, main_protocols, tasks, threshold=args.threshold, subset_ids=subset_ids,
                               subset_path=subset_path, split_name=args.split)
+    if nsim_split:
+        results = {p: (nsim_results if p == "dissimilar" else results[p]) for p in protocols}
+        subset_path = f"{nsim_split} split"
 
     info = {
         "run": str(run), "checkpoint": str(checkpoint), "shards": str(args.shards), "split": args.split,
         "n": split.n, "texts": split.num_texts, "text_choice": args.text_choice, "tasks": tasks,
         "protocols": list(results), "threshold": args.threshold if "threshold" in results else None,
         "subset": str(subset_path) if "dissimilar" in results else None, "dissimilar": dissimilar_info,
-        "fusion_weights": fusion, "skipped": skipped, "device": str(device),
+        "fusion_weights": fusion, "skipped": skipped, "device": str(device), **_text_model_info(args.shards, args.split),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_metrics_json(out_dir / "metrics.json", results)
@@ -415,6 +451,22 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
     if fusion:
         print("mean fusion weights: " + ", ".join(f"{k} {v:.3f}" for k, v in fusion.items()))
     return results
+
+
+def has_split(shards: str | os.PathLike, split: str) -> bool:
+    """Whether the shard set holds ``split`` (its manifest ``{split}.json`` exists)."""
+    return (Path(shards) / f"{split}.json").is_file()
+
+
+def _text_model_info(shards: str | os.PathLike, split: str) -> dict[str, Any]:
+    """The sentence model the split's embeddings came from, as its manifest records it (for metrics.json)."""
+    try:
+        from dataset.stream import read_manifest
+
+        text = read_manifest(shards, split).get("text_model") or {}
+    except (OSError, ValueError):
+        return {}
+    return {"sentence_model": text.get("name")} if isinstance(text, dict) and text.get("name") else {}
 
 
 def _jsonable(obj: Any) -> Any:
