@@ -29,6 +29,7 @@ import numpy as np
 
 from dataset.atomic import atomic_path, write_json, write_text
 from dataset.errors import BadInputError
+from dataset.keyids import check_keyid, child_path
 from model import metrics as M
 from model import protocols as P
 from model import report as R
@@ -97,14 +98,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.from_sims and (args.run or args.shards):
+        print("evaluate.py: error: --from-sims cannot be combined with --run/--shards", file=sys.stderr)
+        return 2
+    if not args.from_sims and (not args.run or not args.shards):
+        print("evaluate.py: error: give --run RUN and --shards SHARDS (or --from-sims FILE.npz)", file=sys.stderr)
+        return 2
     try:
         if args.from_sims:
-            if args.run or args.shards:
-                raise SystemExit("evaluate.py: --from-sims cannot be combined with --run/--shards")
             from_sims(args.from_sims, threshold=args.threshold, out=args.out)
         else:
-            if not args.run or not args.shards:
-                raise SystemExit("evaluate.py: give --run RUN and --shards SHARDS (or --from-sims FILE.npz)")
             evaluate_run(args)
     except (ValueError, FileNotFoundError) as exc:  # BadInputError is a ValueError
         print(f"evaluate.py: error: {exc}", file=sys.stderr)
@@ -574,7 +577,7 @@ def _gallery_media(out_dir: Path, keyids: Sequence[str], args: argparse.Namespac
     if args.videos:
         vdir = Path(args.videos)
         for k in keyids:
-            f = vdir / f"{k}.mp4"
+            f = child_path(vdir, f"{check_keyid(k, args.shards)}.mp4")
             if f.is_file():
                 media[k] = R.relative_src(f, out_dir)
     rest = [k for k in keyids if k not in media]

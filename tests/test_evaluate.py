@@ -338,3 +338,9 @@ def test_metrics_markdown_rounds_to_two_decimals():
     assert "| all (whole split) | 9 | 12.35 | 50.00 | 60.00 | 70.00 | 80.00 | 2.50 | 0.33 |" in md
     assert "& 12.35 & 50.00" in md and "| 0.200 | 0.300 | 0.500 |" in md
     assert "Video" not in md.split("## Mean")[0].split("## ")[1]  # only the pairs that were computed
+
+
+@pytest.mark.parametrize("args", [["--from-sims", "x.npz", "--run", "r"], ["--run", "r"], []])
+def test_usage_errors_exit_2(args, capsys):
+    rc, out = _run(args, capsys)
+    assert rc == 2 and "evaluate.py: error:" in out.err
