@@ -5,9 +5,18 @@ resize to the video encoder's input size and CLIP normalisation. The resize + cr
 one crop-and-resize (cheaper, same geometry): a window of side ``short_side / s`` pixels of the stored frame,
 with ``s`` drawn from ``scale``, is resized to ``image_size``.
 
-Horizontal flips are OFF by default: a flip mirrors left and right, so "waves his left hand" would then show the
-right hand while the text and the motion features still say left. Turn them on (``hflip_p``) only for data
-whose texts do not name sides.
+Horizontal flips (``hflip_p``) mirror left and right: "waves his left hand" would then show the right hand
+while the text and the motion features still say left. So a flip is only drawn for clips whose captions name no
+side (no "left"/"right"/"clockwise"/... word, see :func:`names_a_side`) unless ``hflip_sided`` is set; the
+motion features are never flipped. The paper preset flips with p = 0.5 under that rule; the default here is 0.
+
+RandAugment (``randaugment_ops`` > 0) is torchvision's ``transforms.v2.RandAugment`` applied once per clip: all
+frames of a clip get the same operations and magnitudes (the frames are passed as one batch, and the torch
+generator is seeded from the clip's numpy draw, so it is reproducible like the rest).
+
+Colour operations follow torchvision's definitions (brightness, contrast, saturation and grayscale are
+re-implemented in place for speed and tested for parity; hue uses ``torchvision.transforms.v2.functional
+.adjust_hue`` itself: an exact HSV rotation), as does the Gaussian blur (separable, tested for parity).
 
 All functions take and return torch tensors (k, 3, H, W); uint8 in, float32 in [0, 1] out of ``crop_resize``.
 """
@@ -15,7 +24,9 @@ All functions take and return torch tensors (k, 3, H, W); uint8 in, float32 in [
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -36,6 +47,9 @@ class AugmentConfig:
         grayscale_p: probability of converting a clip to grayscale.
         blur_p: probability of a Gaussian blur; sigma drawn from ``blur_sigma`` (pixels at ``image_size``).
         hflip_p: probability of a horizontal flip (0 by default; see the module docstring).
+        hflip_sided: also flip clips whose captions name a side (off: those are never flipped).
+        randaugment_ops: number of RandAugment operations per clip (0 = off); randaugment_magnitude: their
+            magnitude on torchvision's 0..30 scale (torchvision's defaults are 2 and 9).
     """
 
     scale: tuple[float, float] = (1.0, 1.25)
@@ -48,6 +62,9 @@ class AugmentConfig:
     blur_p: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     hflip_p: float = 0.0
+    hflip_sided: bool = False
+    randaugment_ops: int = 0
+    randaugment_magnitude: int = 9
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,7 +96,7 @@ def crop_resize(frames, box: tuple[int, int, int, int], image_size: int):
     return x.float().div_(255.0)
 
 
-_GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
+_GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma with torchvision's rounding (rgb_to_grayscale)
 
 
 def grayscale(x):
@@ -104,17 +121,11 @@ def adjust_saturation(x, factor: float):
 
 
 def adjust_hue(x, shift: float):
-    """Rotate the hue by ``shift`` turns (-0.5..0.5) as a rotation of the chroma plane in YIQ space.
+    """Rotate the hue of (k, 3, H, W) float frames in [0, 1] by ``shift`` turns (-0.5..0.5): torchvision's
+    exact RGB -> HSV -> RGB rotation."""
+    from torchvision.transforms.v2 import functional as TF
 
-    A linear approximation of an HSV hue shift (the one DALI uses): one 3x3 matrix per clip, about 50x faster
-    than torchvision's RGB->HSV->RGB round trip on CPU; luma is preserved."""
-    import torch
-
-    a = -2.0 * math.pi * shift  # sign chosen so a positive shift moves the HSV hue forward
-    rgb2yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-    rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, math.cos(a), -math.sin(a)], [0.0, math.sin(a), math.cos(a)]])
-    m = torch.linalg.inv(rgb2yiq) @ rot @ rgb2yiq
-    return torch.einsum("ij,kjhw->kihw", m.to(x.dtype), x).clamp_(0.0, 1.0)
+    return TF.adjust_hue(x, float(shift))
 
 
 def gaussian_blur(x, sigma: float):
@@ -155,12 +166,38 @@ def random_box(height: int, width: int, cfg: AugmentConfig, rng: np.random.Gener
     return top, left, side, side
 
 
-def augment_clip(frames, image_size: int, cfg: AugmentConfig, rng: np.random.Generator):
-    """Training view of a clip: uint8 (k, 3, H, W) -> float32 (k, 3, image_size, image_size) in [0, 1]."""
+_SIDE_WORDS = re.compile(r"\b(left|right|leftwards|rightwards|clockwise|counterclockwise|anticlockwise|"
+                         r"counter-clockwise|anti-clockwise)\b", re.IGNORECASE)
+
+
+def names_a_side(texts: Sequence[str]) -> bool:
+    """Whether any caption names a side or a turning sense (then a horizontal flip would contradict it)."""
+    return any(_SIDE_WORDS.search(t or "") for t in texts)
+
+
+def rand_augment(x, cfg: AugmentConfig, rng: np.random.Generator):
+    """torchvision's RandAugment on (k, 3, H, W) float frames in [0, 1], one draw for all k frames."""
+    import torch
+    from torchvision.transforms import v2
+
+    op = v2.RandAugment(num_ops=cfg.randaugment_ops, magnitude=cfg.randaugment_magnitude)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(rng.integers(0, 2**63 - 1)))
+        return op(x).clamp_(0.0, 1.0)
+
+
+def augment_clip(frames, image_size: int, cfg: AugmentConfig, rng: np.random.Generator, *,
+                 allow_flip: bool = True):
+    """Training view of a clip: uint8 (k, 3, H, W) -> float32 (k, 3, image_size, image_size) in [0, 1].
+
+    ``allow_flip``: False for clips whose captions name a side (the caller checks :func:`names_a_side`), unless
+    ``cfg.hflip_sided``."""
     import torch
 
     _, _, h, w = frames.shape
     x = crop_resize(frames, random_box(h, w, cfg, rng), image_size)
+    if cfg.randaugment_ops > 0:
+        x = rand_augment(x, cfg, rng)
     if cfg.jitter_p > 0 and rng.random() < cfg.jitter_p:
         b = rng.uniform(max(0.0, 1 - cfg.brightness), 1 + cfg.brightness)
         c = rng.uniform(max(0.0, 1 - cfg.contrast), 1 + cfg.contrast)
@@ -179,7 +216,7 @@ def augment_clip(frames, image_size: int, cfg: AugmentConfig, rng: np.random.Gen
         x = grayscale(x).expand(-1, 3, -1, -1).contiguous()
     if cfg.blur_p > 0 and rng.random() < cfg.blur_p:
         x = gaussian_blur(x, float(rng.uniform(*cfg.blur_sigma)))
-    if cfg.hflip_p > 0 and rng.random() < cfg.hflip_p:
+    if cfg.hflip_p > 0 and (allow_flip or cfg.hflip_sided) and rng.random() < cfg.hflip_p:
         x = torch.flip(x, dims=[-1])
     return x
 

@@ -63,6 +63,11 @@ class LavimoConfig:
     # image_size; < 1 zooms in on the person, whom the follow camera keeps centred (ours; 1 = the whole frame)
     frame_crop: float = 1.0
 
+    # --- training augmentation of the video frames (dataset/augment.py; one draw per clip) ---
+    hflip_p: float = 0.0  # horizontal flips; clips whose captions name a side are never flipped (see augment.py)
+    randaugment_ops: int = 0  # torchvision RandAugment operations per clip (0 = off)
+    randaugment_magnitude: int = 9  # RandAugment magnitude (torchvision's 0..30 scale)
+
     # --- temporal transformers (text / video / motion encoders, motion decoder) ---
     text_layers: int = 6
     video_layers: int = 6
@@ -141,6 +146,10 @@ class LavimoConfig:
             bad("latent_dim", f"must be divisible by num_heads={self.num_heads}")
         if not 0.0 < self.frame_crop <= 1.0:
             bad("frame_crop", "must be in (0, 1] (fraction of the frame's short side kept)")
+        if not 0.0 <= self.hflip_p <= 1.0:
+            bad("hflip_p", "must be in [0, 1]")
+        if self.randaugment_ops < 0 or not 0 <= self.randaugment_magnitude <= 30:
+            bad("randaugment_ops", "randaugment_ops must be >= 0 and randaugment_magnitude in [0, 30]")
         if not 0.0 <= self.dropout < 1.0:
             bad("dropout", "must be in [0, 1)")
         if self.lr <= 0 or self.lr_min < 0:
@@ -156,6 +165,12 @@ class LavimoConfig:
         frame crop (training, validation and evaluation must read the shards the same way)."""
         return {"image_size": self.image_size, "num_frames": self.num_frames, "max_motion_len": self.max_motion_len,
                 "frame_crop": self.frame_crop}
+
+    def augment_kwargs(self) -> dict[str, Any]:
+        """The training loader's augmentation settings (``make_loader(..., augment=...)``) held by the config;
+        the other :class:`dataset.augment.AugmentConfig` fields keep their defaults."""
+        return {"hflip_p": self.hflip_p, "randaugment_ops": self.randaugment_ops,
+                "randaugment_magnitude": self.randaugment_magnitude}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict of every field."""
