@@ -277,6 +277,33 @@ def resolve_clip_weights(cfg: LavimoConfig) -> Path | None:
         f"Nothing is downloaded.")
 
 
+def missing_pretrained(cfg: LavimoConfig) -> list[str]:
+    """One line per pretrained file or directory that ``cfg`` needs and that is nowhere on disk, saying what to
+    put where and where it comes from; empty when everything is there, or with ``random_init``.
+
+    Lets a command report every missing piece at once (``train.py`` prints them and exits 2) instead of
+    failing on the first one while building the model.
+    """
+    if cfg.random_init:
+        return []
+    out = []
+    if not cfg.text_backbone_config and resolve_text_model(cfg.text_model) is None:
+        out.append(f"text backbone {cfg.text_model!r}: a Hugging Face model directory (config.json, "
+                   f"model.safetensors or pytorch_model.bin, tokenizer files) at {weights_root() / cfg.text_model} "
+                   f"(e.g. `huggingface-cli download distilbert-base-uncased --local-dir "
+                   f"{weights_root() / cfg.text_model}` on a machine with network), or in the Hugging Face cache")
+    if cfg.modalities == "tmv" and cfg.video_weights and not cfg.video_backbone_config:
+        try:
+            resolve_clip_weights(cfg)
+        except MissingWeightsError:
+            out.append(f"video backbone {cfg.video_backbone} weights {cfg.video_weights!r}: the paper's CLIP "
+                       f"ViT-B/32 fine-tuned on Kinetics-400 (its reference [7]), or OpenAI's CLIP ViT-B/32 "
+                       f"(`ViT-B-32.pt`, TorchScript or state dict) or an open_clip checkpoint, as a file at "
+                       f"{weights_root() / cfg.video_weights}; or video_weights=openai when open_clip's cache "
+                       f"holds it")
+    return out
+
+
 def _is_torchscript(path: Path) -> bool:
     """True for TorchScript archives (zip files with a ``code/`` folder), e.g. OpenAI's ``ViT-B-32.pt``."""
     try:

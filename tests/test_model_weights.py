@@ -170,3 +170,18 @@ def test_demo_preset_loads_the_bundled_minilm():
     with torch.inference_mode():
         out = model.eval().encode_video(torch.zeros(2, 8, 3, 64, 64))
     assert out.shape == (2, 256)
+
+
+def test_missing_pretrained_lists_every_missing_piece(tmp_path, monkeypatch):
+    from model.weights import missing_pretrained
+
+    monkeypatch.setenv("LAVIMO_WEIGHTS", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.chdir(tmp_path)
+    cfg = load_preset("paper")
+    lines = missing_pretrained(cfg)
+    assert len(lines) == 2
+    assert "distilbert-base-uncased" in lines[0] and str(tmp_path / "distilbert-base-uncased") in lines[0]
+    assert "Kinetics-400" in lines[1] and str(tmp_path / "clip" / "ViT-B-32-kinetics400.pt") in lines[1]
+    assert missing_pretrained(cfg.replace(random_init=True)) == []
+    assert missing_pretrained(load_preset("tiny")) == []
