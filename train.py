@@ -10,13 +10,21 @@ forward (model.compute_losses) under autocast, backward, gradient clipping, Adam
 (model/schedule.py). Validation (retrieval t2m / v2m on the whole val split) at the end of every
 ``eval_every`` epochs (or every --val-every steps), logged to metrics.csv and TensorBoard. The layout of the run
 directory, resume and DDP are described in the README.
+
+Reliability (see the README, "Reliability"): the shard files are checked against their manifest's sha256 before
+training (``--no-verify`` skips it); a run that cannot make progress (no usable batch, an epoch without an
+optimiser step, more skipped samples than ``--max-skip-fraction``) stops with exit status 1 and the skip counts
+by reason; usage and set-up errors (bad flags, shards, checkpoints, a full disk) print one line and exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import itertools
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -30,13 +38,27 @@ from dataset.seeding import stable_seed
 from model.run_dir import MetricsTable, RunDir, write_run_info
 from model.schedule import paper_scheduler
 from model.training import (
-    FUSION_NAMES, LOSS_TERMS, DistInfo, LossModule, NonFiniteGuard, RunningMeans, Stepper, TrainingDiverged,
-    barrier, cleanup_distributed, encode_split, gather_embeddings, gather_rng_states, init_distributed,
-    load_training_state, local_rank_from_env, make_optimizer, mean_over_ranks, preserved_rng, resolve_device,
-    resolve_precision, retrieval_scores, save_training_state, seed_everything, set_rng_state,
+    FUSION_NAMES, LOSS_TERMS, DistInfo, LossModule, NonFiniteGuard, RunningMeans, SkipBudget, Stepper,
+    TrainingDiverged, TrainingStalled, barrier, cleanup_distributed, encode_split, format_counts,
+    gather_embeddings, gather_rng_states, init_distributed, load_training_state, loader_skip_counts,
+    local_rank_from_env, make_optimizer, mean_over_ranks, preserved_rng, resolve_device, resolve_precision,
+    retrieval_scores, save_training_state, seed_everything, set_rng_state,
 )
 
+try:  # the loader's "a whole pass gave no usable sample" error (dataset/stream.py)
+    from dataset.stream import NoUsableSamplesError
+except ImportError:  # pragma: no cover - older loader without it: never raised
+    class NoUsableSamplesError(RuntimeError):  # type: ignore[no-redef]
+        counts: dict = {}
+
 log = logging.getLogger("train")
+
+# exit statuses (README, "Reliability")
+EXIT_OK, EXIT_NO_PROGRESS, EXIT_SETUP = 0, 1, 2
+
+
+class SetupError(Exception):
+    """A usage or set-up problem (flags, run directory, checkpoint, disk): one line on stderr, exit status 2."""
 
 # config fields a --resume may change without changing the optimisation
 RESUME_MUTABLE = {"num_workers", "log_every", "eval_every", "checkpoint_every", "epochs", "extra"}
@@ -82,6 +104,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stop (after saving) once the global step reaches N; the schedule still follows --epochs")
     r.add_argument("--max-nan-steps", type=int, default=20,
                    help="stop when this many consecutive steps have a non-finite loss/gradient (0 = never)")
+    r.add_argument("--max-skip-fraction", type=float, default=0.5,
+                   help="stop (exit 1) when the loader skips more than this fraction of an epoch's samples "
+                        "(steps/epoch x batch size) within one epoch; inf = never")
+    r.add_argument("--no-verify", action="store_true",
+                   help="do not check the shard files against their manifest's sha256 before training")
     r.add_argument("--shuffle-buffer", type=int, default=None,
                    help="samples in the loader's shuffle buffer per worker (default: the loader's; 1 = shard "
                         "order only)")
@@ -107,7 +134,7 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         o["freeze_text"] = True
     for item in args.set:
         if "=" not in item:
-            raise SystemExit(f"error: --set expects FIELD=VALUE, got {item!r}")
+            raise SetupError(f"--set expects FIELD=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         o[k.strip().replace("-", "_")] = v
     return o
@@ -120,19 +147,34 @@ def resolve_config(args: argparse.Namespace, run: RunDir):
 
     overrides = config_overrides(args)
     if not args.resume:
-        return load_preset(args.preset, **overrides)
+        return _load_config(args.preset, overrides)
+    if not run.last_state.is_file():
+        raise SetupError(f"--resume: no checkpoint to resume in {run.ckpt_dir}; start fresh without --resume")
     if not run.config.is_file():
-        raise SystemExit(f"error: --resume: {run.config} not found (nothing to resume in {run.root})")
-    saved = load_preset(run.config)
-    cfg = load_preset(run.config, **overrides)
+        raise SetupError(f"--resume: {run.config} not found (nothing to resume in {run.root}); start fresh in "
+                         "another --out without --resume")
+    saved = _load_config(run.config, {})
+    cfg = _load_config(run.config, overrides)
     changed = sorted(k for k, v in cfg.to_dict().items()
                      if saved.to_dict()[k] != v and k not in RESUME_MUTABLE)
     if changed:
-        raise SystemExit(f"error: --resume cannot change {changed} of the saved run; start a new --out instead")
+        raise SetupError(f"--resume cannot change {changed} of the saved run; start a new --out instead")
     if cfg.epochs != saved.epochs:
         log.warning("--resume with epochs %d -> %d: the lr schedule is recomputed for the new length",
                     saved.epochs, cfg.epochs)
     return cfg
+
+
+def _load_config(source, overrides: dict[str, Any]):
+    """load_preset with its errors (missing file, bad JSON, unknown field, out-of-range value) as SetupError."""
+    from model import load_preset
+
+    try:
+        return load_preset(source, **overrides)
+    except FileNotFoundError as exc:
+        raise SetupError(str(exc)) from exc
+    except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        raise SetupError(f"{source} (with the flags' overrides): {' '.join(str(exc).split())}") from exc
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -140,28 +182,112 @@ def resolve_config(args: argparse.Namespace, run: RunDir):
 
 
 def check_shards(shards: Path, cfg) -> dict[str, dict]:
-    """Read the train/val manifests; clear errors for a missing/empty directory or a feature-dim mismatch."""
+    """Read the train/val manifests; clear errors (BadInputError naming the file and field) for a missing/empty
+    directory, an unreadable manifest or a feature-dim mismatch."""
     from dataset.stream import read_manifest
 
     if not shards.is_dir():
         raise BadInputError(shards, None, "shard directory not found (build it with build-shards)")
     manifests = {}
     for split in ("train", "val"):
-        if not (shards / f"{split}.json").is_file() and not any(shards.glob(f"{split}-*.tar")):
+        mpath = shards / f"{split}.json"
+        if not mpath.is_file() and not any(shards.glob(f"{split}-*.tar")):
             raise BadInputError(shards, split, f"no {split} shards ({split}.json + {split}-NNNNNN.tar); "
                                                "build them with build-shards")
-        m = read_manifest(shards, split)
-        n = int(m.get("num_samples", 0) or 0)
+        try:
+            m = read_manifest(shards, split)
+        except BadInputError:
+            raise
+        except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            raise BadInputError(mpath, None, f"unreadable manifest ({' '.join(str(exc).split())}); rebuild the "
+                                             "shards with build-shards") from exc
+        if not isinstance(m, dict):
+            raise BadInputError(mpath, None, "not a shard manifest (a JSON object); rebuild it with build-shards")
+        if not isinstance(m.get("shards", []), list):
+            raise BadInputError(mpath, "shards", "not a list; rebuild the shards with build-shards")
+        try:
+            n = int(m.get("num_samples", 0) or 0)
+            fdim = m.get("feature_dim")
+            fdim = None if fdim is None else int(fdim)
+        except (TypeError, ValueError) as exc:
+            raise BadInputError(mpath, "num_samples/feature_dim", f"not an integer ({exc})") from exc
         if n <= 0:
-            raise BadInputError(shards / f"{split}.json", "num_samples", f"the {split} split is empty")
-        fdim = m.get("feature_dim")
-        if fdim is not None and int(fdim) != int(cfg.feature_dim):
+            raise BadInputError(mpath, "num_samples", f"the {split} split is empty")
+        if fdim is not None and fdim != int(cfg.feature_dim):
             raise BadInputError(
-                shards / f"{split}.json", "feature_dim",
+                mpath, "feature_dim",
                 f"the shards hold {fdim}-dim motion features but preset {cfg.name!r} expects "
                 f"feature_dim={cfg.feature_dim} (use a matching preset or --set feature_dim={fdim})")
         manifests[split] = m
     return manifests
+
+
+_SHA256_HEX = frozenset("0123456789abcdef")
+
+
+def _verify_split(shards: Path, split: str, manifest: dict) -> dict[str, dict]:
+    """sha256 (streamed, dataset.hashing.sha256_file) and size of every shard the manifest lists, compared with
+    the manifest. Returns ``{name: {"sha256", "bytes", "match": True}}``; the first file that differs (or is
+    missing, or listed under a name that is not a plain file name) raises BadInputError naming it."""
+    from dataset.hashing import sha256_file
+    from dataset.keyids import child_path
+
+    mpath = shards / f"{split}.json"
+    out: dict[str, dict] = {}
+    for i, entry in enumerate(manifest.get("shards", [])):
+        if not isinstance(entry, dict):
+            raise BadInputError(mpath, f"shards[{i}]", "not an object; rebuild the shards with build-shards")
+        path = child_path(shards, entry.get("name"))  # refuses "../x", "/abs", ...
+        want = entry.get("sha256")
+        if not isinstance(want, str) or len(want) != 64 or not set(want) <= _SHA256_HEX:
+            raise BadInputError(mpath, f"shards[{i}].sha256", f"{str(want)[:80]!r} is not a sha256 hex digest; "
+                                "rebuild the shards with build-shards (or pass --no-verify)")
+        want_bytes = entry.get("bytes")
+        if not path.is_file():
+            raise BadInputError(path, None, f"listed in {mpath.name} but missing; rebuild the shards with "
+                                            "build-shards")
+        try:
+            digest, size = sha256_file(path)
+        except OSError as exc:
+            raise BadInputError(path, None, f"unreadable ({exc.strerror or exc})") from exc
+        if digest != want or (isinstance(want_bytes, int) and size != want_bytes):
+            raise BadInputError(
+                path, "sha256", f"the file ({size} bytes, sha256 {digest[:16]}...) differs from what {mpath.name} "
+                f"lists ({want_bytes} bytes, sha256 {want[:16]}...): modified or damaged; rebuild it with "
+                "build-shards (or pass --no-verify to train on it anyway)")
+        out[path.name] = {"sha256": digest, "bytes": size, "match": True}
+    return out
+
+
+def verify_shards(shards: Path, manifests: dict[str, dict], dinfo: DistInfo) -> dict[str, dict[str, dict]]:
+    """Check every train/val shard file against its manifest's sha256 before training (one streamed read per
+    file). Rank 0 reads; in DDP the outcome is broadcast so every rank stops on a mismatch. Returns
+    ``{split: {name: {"sha256", "bytes", "match"}}}`` for run.json; raises BadInputError (exit 2) naming the
+    first file that differs."""
+    result: Any = None
+    error: str | None = None
+    if dinfo.is_main:
+        t0 = time.perf_counter()
+        try:
+            result = {split: _verify_split(shards, split, m) for split, m in manifests.items()}
+        except BadInputError as exc:
+            if not dinfo.enabled:
+                raise
+            error = str(exc)
+        else:
+            n = sum(len(v) for v in result.values())
+            nbytes = sum(r["bytes"] for v in result.values() for r in v.values())
+            log.info("verified %d shard files (%.1f MB) against their manifests' sha256 in %.1fs", n, nbytes / 1e6,
+                     time.perf_counter() - t0)
+    if dinfo.enabled:
+        import torch.distributed as dist
+
+        box = [result, error]
+        dist.broadcast_object_list(box, src=0)
+        result, error = box
+    if error is not None:
+        raise SetupError(error)
+    return result
 
 
 def train_loader(args, cfg, epoch: int, steps: int, dinfo: DistInfo):
@@ -190,25 +316,32 @@ def val_loader(args, cfg, dinfo: DistInfo):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point. Exit status: 0 done; 1 training could not make progress (no usable batch, an
+    epoch without an optimiser step, too many skipped samples); 2 usage or set-up error (one line on stderr)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     args.command = [sys.executable, str(Path(__file__).resolve()), *argv]
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.shards = Path(args.shards)
+    if not args.max_skip_fraction >= 0:  # also NaN
+        return _fail(f"--max-skip-fraction must be >= 0 (inf = never stop), got {args.max_skip_fraction}",
+                     EXIT_SETUP)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     try:
         device = resolve_device(args.device, local_rank_from_env())
     except ValueError as exc:  # --device cuda without CUDA
-        log.error("%s", exc)
-        return 2
+        return _fail(str(exc), EXIT_SETUP)
     dinfo = init_distributed(device)
     try:
         return train(args, dinfo, device)
-    except (BadInputError, TrainingDiverged) as exc:
-        log.error("%s", exc)
-        return 2
+    except TrainingStalled as exc:
+        return _fail(str(exc), EXIT_NO_PROGRESS)
+    except (SetupError, BadInputError, TrainingDiverged) as exc:
+        return _fail(str(exc), EXIT_SETUP)
+    except OSError as exc:  # missing pretrained weights (MissingWeightsError), unreadable / unwritable files
+        return _fail(_os_error_text(exc), EXIT_SETUP)
     finally:
         cleanup_distributed()
 
@@ -218,9 +351,12 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
 
     run = RunDir(args.out or Path("runs") / Path(args.preset).stem)
     if not args.resume and run.last_state.exists():
-        raise SystemExit(f"error: {run.root} already holds a run; pass --resume or choose another --out")
+        raise SetupError(f"{run.root} already holds a run; pass --resume or choose another --out")
     cfg = resolve_config(args, run)
-    precision = resolve_precision(args.precision, device, amp=cfg.amp)
+    try:
+        precision = resolve_precision(args.precision, device, amp=cfg.amp)
+    except ValueError as exc:  # fp16 without CUDA
+        raise SetupError(str(exc)) from exc
     manifests = check_shards(args.shards, cfg)
     n_train = int(manifests["train"]["num_samples"])
     steps_per_epoch = cfg.epoch_batches or n_train // (cfg.batch_size * dinfo.world_size)
@@ -228,17 +364,28 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
         raise BadInputError(args.shards / "train.json", "num_samples",
                             f"{n_train} training samples are fewer than one batch of {cfg.batch_size} per rank "
                             f"x {dinfo.world_size} rank(s); lower --batch-size")
+    if args.no_verify:
+        verified = None
+        log.warning("--no-verify: the shard files are not checked against their manifests' sha256")
+    else:
+        verified = verify_shards(args.shards, manifests, dinfo)
+    max_skip = args.max_skip_fraction
     trainer = {"shards": str(args.shards), "device": str(device), "precision": precision,
                "world_size": dinfo.world_size, "steps_per_epoch": steps_per_epoch,
                "total_steps": steps_per_epoch * cfg.epochs, "compile": args.compile,
                "val_every": args.val_every, "save_every": args.save_every, "max_nan_steps": args.max_nan_steps,
+               "max_skip_fraction": max_skip if math.isfinite(max_skip) else None,
+               "verify": "skipped" if args.no_verify else "sha256",
                "global_batch": cfg.batch_size * dinfo.world_size}
     if dinfo.is_main:
-        run.create()
-        write_json(run.config, {"model": cfg.to_dict(), "train": trainer})
-        write_run_info(run, shards=args.shards, manifests=manifests,
-                       extra={"command": getattr(args, "command", sys.argv), "trainer": trainer,
-                              "resume": bool(args.resume)})
+        with _writing(run.root, run):
+            run.create()
+        with _writing(run.config, run):
+            write_json(run.config, {"model": cfg.to_dict(), "train": trainer})
+        with _writing(run.info, run):
+            write_run_info(run, shards=args.shards, manifests=manifests, verified=verified,
+                           extra={"command": getattr(args, "command", sys.argv), "trainer": trainer,
+                                  "resume": bool(args.resume)})
     log.info("run %s: preset %s, %d train samples, %d steps/epoch x %d epochs, batch %d x %d rank(s), %s %s",
              run.root, cfg.name, n_train, steps_per_epoch, cfg.epochs, cfg.batch_size, dinfo.world_size,
              device, precision)
@@ -254,24 +401,42 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
     seed_everything(stable_seed(cfg.seed, "train-rank", dinfo.rank))  # dropout etc. differ per rank
 
     epoch, batch_in_epoch, step = 0, 0, 0
+    updates, epoch_updates = 0, 0  # optimiser steps taken (in all, in the current epoch)
     best_score: float | None = None
     guard = NonFiniteGuard(args.max_nan_steps)
     period = RunningMeans()
     pending_rng: dict | None = None
     if args.resume:
-        state = load_training_state(run.last_state)
+        try:
+            state = load_training_state(run.last_state, complete=True)
+        except FileNotFoundError as exc:  # removed since resolve_config looked
+            raise SetupError(f"--resume: no checkpoint to resume in {run.ckpt_dir}; start fresh without "
+                             "--resume") from exc
+        except BadInputError as exc:
+            raise SetupError(f"{exc}; this run cannot be resumed from it: start a new --out (or remove "
+                             f"{run.ckpt_dir} and start again without --resume)") from exc
         _load_weights(model, run.last, state)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
         if state["steps_per_epoch"] != steps_per_epoch:
-            raise SystemExit(f"error: --resume: the run used {state['steps_per_epoch']} steps/epoch, now "
+            raise SetupError(f"--resume: the run used {state['steps_per_epoch']} steps/epoch, now "
                              f"{steps_per_epoch} (batch size, rank count or shards changed)")
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            guard = NonFiniteGuard(args.max_nan_steps, **state["nonfinite"])
+            period = RunningMeans(state["period"])
+            rngs = list(state["rng"])
+            with preserved_rng():  # a malformed RNG state fails here, not in the middle of the loop
+                for r in rngs:
+                    set_rng_state(r)
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as exc:
+            raise SetupError(f"{run.last_state}: does not fit this run's model and optimiser "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); start a new --out"
+                             ) from exc
         epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
         best_score = state["best_score"]
-        guard = NonFiniteGuard(args.max_nan_steps, **state["nonfinite"])
-        period = RunningMeans(state["period"])
-        rngs = state["rng"]
+        updates = _int_or(state.get("updates"), step - guard.total)  # states of older versions lack them
+        epoch_updates = _int_or(state.get("epoch_updates"), batch_in_epoch)
         if len(rngs) == dinfo.world_size:
             pending_rng = rngs[dinfo.rank]
         else:
@@ -280,7 +445,8 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
         log.info("resuming at epoch %d, batch %d (global step %d)", epoch, batch_in_epoch, step)
     metrics = MetricsTable(run.metrics) if dinfo.is_main else None
     if metrics is not None:
-        metrics.truncate_after(step)
+        with _writing(run.metrics, run):
+            metrics.truncate_after(step)
 
     net: torch.nn.Module = LossModule(model)
     if dinfo.enabled:
@@ -291,39 +457,62 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
     tb = _tensorboard(run) if dinfo.is_main else None
     keyid_log = None
     if args.log_keyids:
-        run.debug.mkdir(parents=True, exist_ok=True)
-        keyid_log = open(run.debug / f"keyids-rank{dinfo.rank}.tsv", "a", encoding="utf-8")
+        with _writing(run.debug, run):
+            run.debug.mkdir(parents=True, exist_ok=True)
+            keyid_log = open(run.debug / f"keyids-rank{dinfo.rank}.tsv", "a", encoding="utf-8")
     stepper = Stepper(net, optimizer, scaler, device=device, precision=precision, grad_clip=cfg.grad_clip,
                       guard=guard, dinfo=dinfo)
+    budget = SkipBudget(max_skip, steps_per_epoch * cfg.batch_size)
+
+    def save_weights(path: Path, extra: dict) -> None:
+        with _writing(path, run):
+            save_checkpoint(model, path, extra=extra)
 
     def save(epoch_: int, batch_: int) -> None:
-        """last.safetensors + last.state.pt (collective: every rank contributes its RNG state)."""
+        """last.safetensors + last.state.pt (collective: every rank contributes its RNG state). The state goes
+        to a temp file first, the weights are written (atomically) while it waits, then the state is renamed:
+        a crash or a full disk in between leaves the previous pair (or none), never a truncated file."""
         rngs = gather_rng_states(dinfo)
         if dinfo.is_main:
             extra = {"step": step, "epoch": epoch_, "batch_in_epoch": batch_}
-            save_checkpoint(model, run.last, extra=extra)
+            with _writing(run.last_state, run):
+                save_training_state(run.last_state, {
+                    "version": 1, "epoch": epoch_, "batch_in_epoch": batch_, "step": step, "epochs": cfg.epochs,
+                    "steps_per_epoch": steps_per_epoch, "world_size": dinfo.world_size,
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(), "rng": rngs, "best_score": best_score,
+                    "nonfinite": guard.state_dict(), "period": period.state_dict(),
+                    "updates": updates, "epoch_updates": epoch_updates},
+                    before_rename=lambda: save_weights(run.last, extra))
             if cfg.checkpoint_every and batch_ == 0 and epoch_ % cfg.checkpoint_every == 0:
-                save_checkpoint(model, run.ckpt_dir / f"epoch-{epoch_:04d}.safetensors", extra=extra)
-            save_training_state(run.last_state, {
-                "version": 1, "epoch": epoch_, "batch_in_epoch": batch_, "step": step, "epochs": cfg.epochs,
-                "steps_per_epoch": steps_per_epoch, "world_size": dinfo.world_size,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": rngs, "best_score": best_score,
-                "nonfinite": guard.state_dict(), "period": period.state_dict()})
+                save_weights(run.ckpt_dir / f"epoch-{epoch_:04d}.safetensors", extra)
         barrier(dinfo)
 
     def validate(epoch_: int) -> None:
         """Retrieval metrics on the whole val split (every rank encodes its shards, rank 0 gathers and scores),
-        a metrics.csv row, TensorBoard scalars, the best checkpoint."""
+        a metrics.csv row, TensorBoard scalars, the best checkpoint (never before the first optimiser step)."""
         nonlocal best_score, period
         t0 = time.perf_counter()
         with preserved_rng():
-            emb = encode_split(model, val_loader(args, cfg, dinfo), device, precision,
-                               with_video=cfg.modalities == "tmv")
+            loader = val_loader(args, cfg, dinfo)
+            try:
+                emb = encode_split(model, loader, device, precision, with_video=cfg.modalities == "tmv")
+            except NoUsableSamplesError as exc:
+                counts = dict(getattr(exc, "counts", None) or loader_skip_counts(loader))
+                raise TrainingStalled(f"validation: no usable sample in the val split on rank {dinfo.rank} "
+                                      f"({args.shards}); skipped by reason: {format_counts(counts)}; check the "
+                                      f"shards (build-shards check {args.shards})", counts) from exc
+        if getattr(loader, "skipped", 0):
+            log.warning("validation: %d val samples skipped (%s)", loader.skipped,
+                        format_counts(loader_skip_counts(loader)))
         emb = gather_embeddings(emb, dinfo)
         means = mean_over_ranks(period.means(), dinfo, device)  # loss terms averaged over ranks
         if dinfo.is_main:
-            res = retrieval_scores(emb)
+            try:
+                res = retrieval_scores(emb)
+            except ValueError as exc:  # fewer than 2 usable val samples
+                raise TrainingStalled(f"validation: {exc} (val samples skipped: "
+                                      f"{format_counts(loader_skip_counts(loader))})") from exc
             row: dict[str, Any] = {"epoch": epoch_, "step": step, "lr": scheduler.get_last_lr()[0]}
             row.update({f"train_{k}": means.get(k, float("nan")) for k in LOSS_TERMS})
             row.update({f"fusion_{k}": means.get(f"fusion_{k}", float("nan")) for k in FUSION_NAMES})
@@ -334,12 +523,15 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
                     row[f"val_{d}_{k}"] = res.get(f"{d}/{k}", float("nan"))
             row["val_score"] = res["score"]
             row["val_samples"] = int(res["n"])
-            improved = best_score is None or res["score"] > best_score
+            improved = updates > 0 and (best_score is None or res["score"] > best_score)
+            if updates == 0:
+                log.warning("no optimiser step so far: %s is not written (the weights are untrained)", run.best)
             row["best"] = int(improved)
             if improved:
                 best_score = res["score"]
-                save_checkpoint(model, run.best, extra={"step": step, "epoch": epoch_, "val_score": res["score"]})
-            metrics.append(row)
+                save_weights(run.best, {"step": step, "epoch": epoch_, "val_score": res["score"]})
+            with _writing(run.metrics, run):
+                metrics.append(row)
             if tb is not None:
                 for k, v in res.items():
                     tb.add_scalar(f"val/{k}", v, step)
@@ -361,11 +553,13 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
     while epoch < cfg.epochs and not stopped:
         with preserved_rng():  # starting the loader (DataLoader base seed) must not move the training RNG
             seed_everything(stable_seed(cfg.seed, "loader-epoch", epoch, dinfo.rank))
-            batches = iter(train_loader(args, cfg, epoch, steps_per_epoch, dinfo))
+            loader = train_loader(args, cfg, epoch, steps_per_epoch, dinfo)
+            budget.start_epoch(loader)
+            batches = _checked_batches(loader, budget, epoch, dinfo.rank, args.shards)
             first = next(batches, None)
         batches = itertools.chain([] if first is None else [first], batches)
-        for _ in range(batch_in_epoch):  # skip what the interrupted run already consumed
-            next(batches)
+        for i in range(batch_in_epoch):  # skip what the interrupted run already consumed
+            _next_batch(batches, i, steps_per_epoch, epoch, dinfo.rank)
         if pending_rng is not None:
             set_rng_state(pending_rng)
             pending_rng = None
@@ -373,16 +567,14 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
         epoch_end = False
         while batch_in_epoch < steps_per_epoch:
             t0 = time.perf_counter()
-            try:
-                batch = next(batches)
-            except StopIteration:
-                raise RuntimeError(f"the loader gave only {batch_in_epoch} of {steps_per_epoch} batches in epoch "
-                                   f"{epoch} on rank {dinfo.rank}") from None
+            batch = _next_batch(batches, batch_in_epoch, steps_per_epoch, epoch, dinfo.rank)
             if keyid_log is not None:
                 keyid_log.write(f"{epoch}\t{step}\t{','.join(batch['keyid'])}\n")
                 keyid_log.flush()
             terms = stepper(batch, step)
             if terms is not None:
+                updates += 1
+                epoch_updates += 1
                 period.add(terms)
                 if tb is not None and step % max(1, cfg.log_every) == 0:
                     for k, v in terms.items():
@@ -412,9 +604,20 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
                 save(epoch, batch_in_epoch)
         if bar is not None:
             bar.close()
+        skipped = budget.epoch_skipped(loader)
+        if skipped:
+            log.warning("epoch %d: the loader skipped %d samples on rank %d (%s)", epoch, skipped, dinfo.rank,
+                        format_counts(budget.epoch_counts(loader)))
         if epoch_end:
+            if epoch_updates == 0:  # the same on every rank (the skip decision is all-reduced)
+                raise TrainingStalled(
+                    f"epoch {epoch}: no optimiser step in {steps_per_epoch} batches: every batch had a non-finite "
+                    f"loss or gradient (their keyids are in the warnings above; loader skips this epoch: "
+                    f"{format_counts(budget.epoch_counts(loader))}); check the shards for NaN/inf values, or try "
+                    f"a lower --lr or --precision fp32", budget.epoch_counts(loader))
             epoch += 1
             batch_in_epoch = 0
+            epoch_updates = 0
             last = epoch == cfg.epochs
             if args.val_every == 0 and (last or epoch % max(1, cfg.eval_every) == 0):
                 validate(epoch - 1)
@@ -425,15 +628,80 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
         keyid_log.close()
     if tb is not None:
         tb.close()
+    if step > 0 and updates == 0:
+        raise TrainingStalled(f"no optimiser step in {step} step(s): every batch had a non-finite loss or gradient "
+                              f"(their keyids are in the warnings above); {run.best} was not written")
     if dinfo.is_main:
         log.info("done: global step %d, epoch %d/%d, %d non-finite step(s) skipped, best val score %s; run dir %s",
                  step, epoch, cfg.epochs, guard.total,
                  "n/a" if best_score is None else f"{best_score:.2f}", run.root)
-    return 0
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------------------------------------------
 # small helpers
+
+
+def _fail(message: str, code: int) -> int:
+    """Print ``error: message`` as one line on stderr; return the exit status ``code``."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    return code
+
+
+def _os_error_text(exc: OSError) -> str:
+    """One line for an OSError: the file, what happened, what to do."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{exc.filename or 'a file'}: no space left on device; free disk space (or choose another --out), "
+                "then rerun (with --resume if RUN/checkpoints/last.state.pt exists)")
+    if exc.filename is None:  # e.g. MissingWeightsError: its message says what to put where
+        return str(exc)
+    return f"{exc.filename}: {exc.strerror or exc}"
+
+
+@contextlib.contextmanager
+def _writing(path: Path, run: RunDir):
+    """Turn an OSError while writing ``path`` into a SetupError naming it (a full disk says how to go on)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            hint = (f"then rerun with --resume (the last complete checkpoint, {run.last_state}, is kept)"
+                    if run.last_state.is_file() else
+                    "then start again without --resume (no complete checkpoint was written)")
+            raise SetupError(f"{path}: no space left on device while writing it; free disk space (or choose "
+                             f"another --out), {hint}") from exc
+        raise SetupError(f"{path}: cannot write it ({exc.strerror or exc}); check the run directory "
+                         f"{run.root} (permissions, free space)") from exc
+
+
+def _int_or(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else max(0, int(default))
+
+
+def _checked_batches(loader, budget: SkipBudget, epoch: int, rank: int, shards: Path):
+    """Iterate ``loader``; after every batch check the epoch's skip budget; a pass without any usable sample
+    (the loader's NoUsableSamplesError) becomes TrainingStalled with the skip counts by reason."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except NoUsableSamplesError as exc:
+            counts = dict(getattr(exc, "counts", None) or budget.epoch_counts(loader))
+            raise TrainingStalled(f"epoch {epoch}: no usable training sample in a whole pass over the shards of "
+                                  f"rank {rank} ({shards}); skipped by reason: {format_counts(counts)}; check the "
+                                  f"shards (build-shards check {shards})", counts) from exc
+        budget.check(loader, epoch, rank)
+        yield batch
+
+
+def _next_batch(batches, index: int, steps: int, epoch: int, rank: int) -> dict:
+    try:
+        return next(batches)
+    except StopIteration:
+        raise TrainingStalled(f"the loader gave only {index} of {steps} batches in epoch {epoch} on rank "
+                              f"{rank}") from None
 
 
 def _load_weights(model: torch.nn.Module, path: Path, state: dict) -> None:
@@ -443,16 +711,22 @@ def _load_weights(model: torch.nn.Module, path: Path, state: dict) -> None:
     from model.checkpoint import read_checkpoint_metadata
 
     if not path.is_file():
-        raise SystemExit(f"error: --resume: {path} not found")
-    step = read_checkpoint_metadata(path)["extra"].get("step")
+        raise SetupError(f"--resume: {path} not found (the run was interrupted before its first complete "
+                         "checkpoint); start a new --out")
+    step = read_checkpoint_metadata(path)["extra"].get("step")  # BadInputError naming the file when malformed
     if step is not None and step != state["step"]:
-        raise SystemExit(f"error: --resume: {path} is from step {step} but the training state is from step "
-                         f"{state['step']} (the run was killed while saving); no consistent checkpoint to resume")
+        raise SetupError(f"--resume: {path} is from step {step} but the training state is from step "
+                         f"{state['step']} (the run was killed while saving); no consistent checkpoint to resume: "
+                         "start a new --out")
     # load_model pairs with save_model (used by save_checkpoint): names of shared tensors are not reported missing
-    missing, unexpected = load_model(model, str(path), strict=False)
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except Exception as exc:  # noqa: BLE001 - shape/dtype mismatch, damaged tensor data
+        raise SetupError(f"--resume: {path}: weights unreadable or not of this model "
+                         f"({' '.join(str(exc).split())[:200]}); start a new --out") from exc
     if unexpected or missing:
-        raise SystemExit(f"error: --resume: {path} does not match the model (missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]})")
+        raise SetupError(f"--resume: {path} does not match the model (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}); start a new --out")
 
 
 def _tensorboard(run: RunDir):

@@ -3,7 +3,8 @@
 Layout (see the README)::
 
     RUN/config.json                  resolved model/loss/optimisation config + trainer options
-    RUN/run.json                     provenance: git commit, package versions, shard manifest hashes, command
+    RUN/run.json                     provenance: git commit, package versions, command, shard manifests and
+                                     what was verified of every shard (sha256 computed, matched or "skipped")
     RUN/metrics.csv                  one row per validation
     RUN/tb/                          TensorBoard event files
     RUN/checkpoints/last.safetensors  latest weights (model.save_checkpoint)
@@ -14,7 +15,6 @@ Layout (see the README)::
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from dataset.atomic import write_json, write_text
+from dataset.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +58,6 @@ class RunDir:
         return self
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def git_commit(repo: str | os.PathLike) -> dict[str, Any]:
     """``{"commit": sha or None, "dirty": bool or None}`` of the repository holding ``repo``."""
     try:
@@ -88,20 +81,36 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
 
 
 def write_run_info(run: RunDir, *, shards: str | os.PathLike, manifests: dict[str, dict],
+                   verified: dict[str, dict[str, dict]] | None = None,
                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``run.json``: git commit, package versions, command line (of this session, also appended to
-    ``sessions``, which keeps every start/resume) and, per split, the sha256 of the shard manifest file plus the
-    per-shard sha256 values it lists."""
+    ``sessions``, which keeps every start/resume) and, per split, the sha256 of the shard manifest file and
+    per shard what this session verified.
+
+    ``verified`` is ``{split: {shard name: {"sha256": computed hex, "bytes": size, "match": bool}}}`` from the
+    verification before training, or None when it was skipped (``--no-verify``). Per split the record holds
+    ``"verify": "sha256"`` or ``"skipped"`` and ``"shards": {name: {"manifest_sha256": listed, "sha256":
+    computed, "bytes": size, "match": bool}}`` (only ``manifest_sha256`` when skipped).
+    """
     shards = Path(shards)
     shard_info: dict[str, Any] = {}
+    listed_only: dict[str, Any] = {}  # what identifies the shard set (compared across sessions)
     for split, manifest in manifests.items():
         mpath = shards / f"{split}.json"
-        shard_info[split] = {
-            "manifest": str(mpath),
-            "manifest_sha256": sha256_file(mpath) if mpath.is_file() else None,
-            "shards": {str(s.get("name", s.get("path", i))): s.get("sha256")
-                       for i, s in enumerate(manifest.get("shards", [])) if isinstance(s, dict)},
-        }
+        checked = None if verified is None else verified.get(split, {})
+        per_shard: dict[str, Any] = {}
+        for i, s in enumerate(manifest.get("shards", [])):
+            if not isinstance(s, dict):
+                continue
+            name = str(s.get("name", s.get("path", i)))
+            rec: dict[str, Any] = {"manifest_sha256": s.get("sha256")}
+            if checked is not None and name in checked:
+                rec.update(checked[name])
+            per_shard[name] = rec
+        manifest_sha = sha256_file(mpath)[0] if mpath.is_file() else None
+        shard_info[split] = {"manifest": str(mpath), "manifest_sha256": manifest_sha,
+                             "verify": "skipped" if verified is None else "sha256", "shards": per_shard}
+        listed_only[split] = [manifest_sha, {k: v["manifest_sha256"] for k, v in per_shard.items()}]
     session = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "git": git_commit(Path(__file__).resolve().parents[1]),
@@ -114,11 +123,17 @@ def write_run_info(run: RunDir, *, shards: str | os.PathLike, manifests: dict[st
     if run.info.is_file():  # a resumed run: keep the earlier sessions, warn when the shards changed
         try:
             old = load_json(run.info)
-            sessions = list(old.get("sessions", []))
-            if old.get("shards", {}).get("splits") not in (None, shard_info):
-                log.warning("the shards differ from the ones this run started with (see run.json)")
-                session["shards_changed_from"] = old.get("shards")
-        except (OSError, ValueError):
+            sessions = [x for x in old.get("sessions", []) if isinstance(x, dict)]
+            old_splits = old.get("shards", {}).get("splits")
+            if isinstance(old_splits, dict):
+                before = {k: [v.get("manifest_sha256"),
+                              {n: (r.get("manifest_sha256") if isinstance(r, dict) else r)
+                               for n, r in (v.get("shards") or {}).items()}]
+                          for k, v in old_splits.items() if isinstance(v, dict)}
+                if before != listed_only:
+                    log.warning("the shards differ from the ones this run started with (see run.json)")
+                    session["shards_changed_from"] = old.get("shards")
+        except (OSError, ValueError, AttributeError, TypeError):
             log.warning("%s unreadable; starting a new session list", run.info)
     sessions.append(session)
     info = {**session, "shards": shard_record, "sessions": sessions}

@@ -12,7 +12,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -20,6 +20,8 @@ import torch.distributed as dist
 from torch import nn
 
 from dataset.atomic import atomic_path
+from dataset.errors import BadInputError
+from dataset.keyids import is_keyid
 
 log = logging.getLogger(__name__)
 
@@ -261,21 +263,130 @@ def gather_rng_states(info: DistInfo) -> list[dict[str, Any]]:
     return out
 
 
-def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Atomically ``torch.save`` the training state (see :func:`make_training_state`)."""
+def save_training_state(path: str | os.PathLike, state: dict[str, Any],
+                        before_rename: Callable[[], Any] | None = None) -> None:
+    """Atomically ``torch.save`` the training state: written to a temp file in the same directory, fsynced and
+    renamed, so a crash or a full disk mid-write leaves the previous file (or none) in place, never a truncated
+    one. ``before_rename`` runs after the temp file is complete and before the rename (train.py writes the
+    matching weights there): when it raises, the previous state file stays."""
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+        if before_rename is not None:
+            before_rename()
 
 
-def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a training state written by :func:`save_training_state` (``weights_only=True``)."""
+# field -> accepted types of a training state (see train.py's save())
+_STATE_FIELDS: dict[str, tuple[type, ...]] = {
+    "epoch": (int,), "batch_in_epoch": (int,), "step": (int,), "steps_per_epoch": (int,),
+    "optimizer": (dict,), "scheduler": (dict,), "scaler": (dict,), "rng": (list, tuple),
+    "best_score": (float, int, type(None)), "nonfinite": (dict,), "period": (dict,),
+}
+
+
+def load_training_state(path: str | os.PathLike, complete: bool = False) -> dict[str, Any]:
+    """Load a training state written by :func:`save_training_state`.
+
+    Always ``torch.load(weights_only=True)``: tensors and plain containers only, no object is unpickled, no
+    code runs. Raises ``FileNotFoundError`` when the file is absent and :class:`BadInputError` naming the file
+    (and the field) when it is truncated, not a torch file, has another ``version``, or mistypes a field
+    train.py reads; with ``complete`` (train.py --resume) every one of those fields must be present.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no training state to resume from (was the run saved at least once?)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated zip, not a torch file, a pickle the safe loader refuses
+        detail = " ".join(str(exc).split())[:200]
+        raise BadInputError(path, None, f"unreadable training state ({type(exc).__name__}: {detail})") from exc
+    if not isinstance(state, dict):
+        raise BadInputError(path, None, f"not a training state (a {type(state).__name__}, expected a dict)")
     if state.get("version") != STATE_VERSION:
-        raise ValueError(f"{path}: training-state version {state.get('version')} != {STATE_VERSION}")
+        raise BadInputError(path, "version", f"training-state version {state.get('version')!r} != {STATE_VERSION}")
+    for name, types in _STATE_FIELDS.items():
+        if name not in state:
+            if complete:
+                raise BadInputError(path, name, "missing from the training state")
+            continue
+        value = state[name]
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise BadInputError(path, name, f"has type {type(value).__name__}")
+        if isinstance(value, int) and name != "best_score" and value < 0:
+            raise BadInputError(path, name, f"is negative ({value})")
     return state
+
+
+class TrainingStalled(RuntimeError):
+    """Training cannot make progress on this data: no usable batch, no optimiser step in an epoch, or more
+    skipped samples than ``--max-skip-fraction`` allows. ``counts`` maps skip reason -> samples (train.py
+    exits with status 1)."""
+
+    def __init__(self, message: str, counts: Mapping[str, int] | None = None):
+        super().__init__(message)
+        self.counts = dict(counts or {})
+
+
+def format_counts(counts: Mapping[str, int]) -> str:
+    """``{"motion shape": 3, "video": 1}`` -> ``"motion shape: 3, video: 1"`` (largest first); ``"none"``."""
+    items = sorted(((str(k), int(v)) for k, v in counts.items() if v), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{k}: {v}" for k, v in items) or "none"
+
+
+def loader_skip_counts(loader: Any) -> dict[str, int]:
+    """Samples the loader skipped so far by reason (``loader.skip_counts`` when the loader has it, else its
+    total under ``"skipped"``)."""
+    counts = getattr(loader, "skip_counts", None)
+    if isinstance(counts, Mapping) and counts:
+        return {str(k): int(v) for k, v in counts.items()}
+    total = int(getattr(loader, "skipped", 0) or 0)
+    return {"skipped": total} if total else {}
+
+
+class SkipBudget:
+    """Stops an epoch whose loader skips too much: more than ``max_fraction`` x ``epoch_samples`` samples
+    (this rank's samples per epoch: steps_per_epoch x batch size) skipped within one epoch raises
+    :class:`TrainingStalled` as soon as it happens. ``max_fraction`` = inf never stops."""
+
+    def __init__(self, max_fraction: float, epoch_samples: int):
+        if not max_fraction >= 0:  # also refuses NaN
+            raise ValueError(f"--max-skip-fraction must be >= 0 (inf = never stop), got {max_fraction}")
+        self.max_fraction, self.epoch_samples = float(max_fraction), int(epoch_samples)
+        self.limit = self.max_fraction * self.epoch_samples
+        self._base_total = 0
+        self._base_counts: dict[str, int] = {}
+
+    def start_epoch(self, loader: Any) -> None:
+        """Remember the loader's counters at the start of an epoch."""
+        self._base_total = int(getattr(loader, "skipped", 0) or 0)
+        self._base_counts = loader_skip_counts(loader)
+
+    def epoch_counts(self, loader: Any) -> dict[str, int]:
+        """Skipped samples by reason since :meth:`start_epoch`."""
+        now = loader_skip_counts(loader)
+        return {k: v - self._base_counts.get(k, 0) for k, v in now.items() if v - self._base_counts.get(k, 0)}
+
+    def epoch_skipped(self, loader: Any) -> int:
+        return int(getattr(loader, "skipped", 0) or 0) - self._base_total
+
+    def check(self, loader: Any, epoch: int, rank: int = 0) -> None:
+        """Raise :class:`TrainingStalled` when this epoch's skipped samples exceed the limit."""
+        n = self.epoch_skipped(loader)
+        if n > self.limit:
+            counts = self.epoch_counts(loader)
+            raise TrainingStalled(
+                f"epoch {epoch}: the loader skipped {n} samples on rank {rank}, more than --max-skip-fraction "
+                f"{self.max_fraction:g} x {self.epoch_samples} samples per epoch (skipped by reason: "
+                f"{format_counts(counts)}); check the shards (build-shards check SHARDS) or raise "
+                f"--max-skip-fraction", counts)
+
+
+def describe_keyids(keyids: Any, limit: int = 16) -> str:
+    """The batch's keyids for a log line (at most ``limit``; values that are not keyids are quoted)."""
+    if not isinstance(keyids, (list, tuple)):
+        return "?"
+    shown = [k if is_keyid(k) else repr(k)[:40] for k in keyids[:limit]]
+    more = f" (+{len(keyids) - limit} more)" if len(keyids) > limit else ""
+    return ",".join(shown) + more
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -295,15 +406,17 @@ class NonFiniteGuard:
         self.total = total
         self.consecutive = consecutive
 
-    def update(self, finite: bool, step: int) -> bool:
-        """Record one step; returns True when the step must be skipped."""
+    def update(self, finite: bool, step: int, keyids: Any = None, local: bool | None = None) -> bool:
+        """Record one step; returns True when the step must be skipped. ``keyids`` (the batch's) are logged
+        with a skipped step; ``local`` False says this rank's own loss was finite (another rank's was not)."""
         if finite:
             self.consecutive = 0
             return False
         self.total += 1
         self.consecutive += 1
-        log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row, %d in total)",
-                    step, self.consecutive, self.total)
+        where = "" if local is None or local else " (on another rank; this rank's loss was finite)"
+        log.warning("step %d: non-finite loss or gradient%s, step skipped (%d in a row, %d in total); batch "
+                    "keyids: %s", step, where, self.consecutive, self.total, describe_keyids(keyids))
         if self.max_consecutive and self.consecutive >= self.max_consecutive:
             raise TrainingDiverged(
                 f"training diverged: {self.consecutive} consecutive steps with a non-finite loss or gradient "
@@ -353,18 +466,20 @@ class Stepper:
         if self.precision != "fp16":  # fp16 overflow is the GradScaler's job (it skips those steps itself)
             bad = bad | ~torch.isfinite(gnorm.float())
         bad = bad.float().reshape(1)
+        local_bad = bad.clone()
         if self.dinfo.enabled:  # every rank skips when any rank's loss is not finite
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         # everything the host needs in one device->host copy (one sync per step)
         names = [k for k in LOSS_TERMS if torch.is_tensor(out.get(k))]
-        values = [bad, gnorm.detach().float().reshape(1)] + [out[k].detach().float().reshape(1) for k in names]
+        values = [bad, local_bad, gnorm.detach().float().reshape(1)]
+        values += [out[k].detach().float().reshape(1) for k in names]
         fw = out.get("fusion_weights")
         if torch.is_tensor(fw) and fw.numel():
             names += [f"fusion_{n}" for n in FUSION_NAMES]
             values.append(fw.detach().float().mean(0).reshape(-1))
         host = torch.cat(values).tolist()
-        self.last_grad_norm = host[1]
-        if self.guard.update(host[0] == 0.0, step):
+        self.last_grad_norm = host[2]
+        if self.guard.update(host[0] == 0.0, step, keyids=batch.get("keyid"), local=host[1] != 0.0):
             self.optimizer.zero_grad(set_to_none=True)
             if self.precision == "fp16":
                 self.scaler.update()
@@ -372,7 +487,7 @@ class Stepper:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return dict(zip(names, host[2:]))
+        return dict(zip(names, host[3:]))
 
 
 # ----------------------------------------------------------------------------------------------------------

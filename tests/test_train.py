@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.run_dir import MetricsTable, RunDir, sha256_file
+from dataset.hashing import sha256_file
+from model.run_dir import MetricsTable, RunDir
 from model.schedule import lr_factor, paper_scheduler
 from model.training import (
     NonFiniteGuard, RunningMeans, TrainingDiverged, load_training_state, param_groups, preserved_rng,
@@ -191,8 +192,9 @@ def test_run_dir_layout(tmp_path):
     run = RunDir(tmp_path / "r").create()
     assert run.ckpt_dir.is_dir() and run.tb.is_dir()
     assert run.last.name == "last.safetensors" and run.best.parent == run.ckpt_dir
-    (tmp_path / "f").write_bytes(b"abc")
-    assert sha256_file(tmp_path / "f").startswith("ba7816bf")
+    import model.run_dir
+
+    assert model.run_dir.sha256_file is sha256_file  # one sha256 helper: dataset.hashing's
 
 
 class _NaNModel(torch.nn.Module):
@@ -315,8 +317,12 @@ def test_train_lowers_loss_and_logs_validation(full_run, shards):
     assert cfg["model"]["epochs"] == 3 and cfg["model"]["dropout"] == 0.1
     assert cfg["train"]["steps_per_epoch"] == 8
     info = json.loads((full_run / "run.json").read_text())
-    assert info["shards"]["splits"]["train"]["manifest_sha256"] == sha256_file(shards / "train.json")
-    assert len(info["shards"]["splits"]["train"]["shards"]) == 4
+    train_info = info["shards"]["splits"]["train"]
+    assert train_info["manifest_sha256"] == sha256_file(shards / "train.json")[0]
+    assert train_info["verify"] == "sha256" and len(train_info["shards"]) == 4
+    for name, rec in train_info["shards"].items():  # what was computed, not just what the manifest says
+        assert rec["sha256"] == rec["manifest_sha256"] == sha256_file(shards / name)[0] and rec["match"] is True
+        assert rec["bytes"] == (shards / name).stat().st_size
     assert "torch" in info["packages"] and "commit" in info["git"]
     assert list((full_run / "tb").glob("events.out.tfevents.*"))
     for name in ("best.safetensors", "last.safetensors", "last.state.pt"):
@@ -328,7 +334,7 @@ def test_train_lowers_loss_and_logs_validation(full_run, shards):
 
 
 @pytest.mark.slow
-def test_resume_mid_epoch_is_exact(full_run, shards, tmp_path):
+def test_resume_mid_epoch_is_exact(full_run, shards, tmp_path, capsys):
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
@@ -352,10 +358,12 @@ def test_resume_mid_epoch_is_exact(full_run, shards, tmp_path):
     assert [("--resume" in s["command"]) for s in sessions] == [False, True]
     # resuming a finished run is a no-op; a fresh start on an existing run is refused
     assert _run(["--shards", shards, "--out", out, "--resume", *BASE]) == 0
-    with pytest.raises(SystemExit, match="--resume"):
-        _run(["--shards", shards, "--out", out, *BASE])
-    with pytest.raises(SystemExit, match="cannot change"):
-        _run(["--shards", shards, "--out", out, "--resume", "--lr", "0.5", *BASE])
+    capsys.readouterr()
+    assert _run(["--shards", shards, "--out", out, *BASE]) == 2  # usage errors exit 2 with one line
+    err = capsys.readouterr().err
+    assert "already holds a run; pass --resume" in err and "Traceback" not in err
+    assert _run(["--shards", shards, "--out", out, "--resume", "--lr", "0.5", *BASE]) == 2
+    assert "cannot change ['lr']" in capsys.readouterr().err
 
 
 ABLATIONS = [
@@ -431,28 +439,28 @@ def test_ablation_flags_saved_config_and_checkpoint(shards, tmp_path):
                 d["freeze_text"]) == ("tm", "soft", 0.7, 0.0, False, True)
 
 
-def test_device_cuda_without_cuda_is_a_clear_error(tmp_path, caplog, monkeypatch):
+def test_device_cuda_without_cuda_is_a_clear_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert _run(["--shards", tmp_path, "--out", tmp_path / "run", *BASE, "--device", "cuda"]) == 2
-    assert "--device cuda was asked for but torch sees no CUDA device" in caplog.text
+    assert "--device cuda was asked for but torch sees no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing written before the device was resolved
 
 
-def test_bad_shards_give_clear_errors(shards, tmp_path, caplog):
+def test_bad_shards_give_clear_errors(shards, tmp_path, capsys):
     import shutil
 
     assert _run(["--shards", tmp_path / "nope", "--out", tmp_path / "r0", *BASE]) == 2
-    assert "shard directory not found" in caplog.text
+    assert "shard directory not found" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
     assert _run(["--shards", empty, "--out", tmp_path / "r1", *BASE]) == 2
-    assert "no train shards" in caplog.text
+    assert "no train shards" in capsys.readouterr().err
     zero = tmp_path / "zero"
     shutil.copytree(shards, zero)
     m = json.loads((zero / "train.json").read_text())
     m["num_samples"], m["shards"] = 0, []
     (zero / "train.json").write_text(json.dumps(m))
     assert _run(["--shards", zero, "--out", tmp_path / "r2", *BASE]) == 2
-    assert "the train split is empty" in caplog.text
+    assert "the train split is empty" in capsys.readouterr().err
     assert _run(["--shards", shards, "--out", tmp_path / "r3", *BASE, "--set", "feature_dim=251"]) == 2
-    assert "263-dim motion features but preset 'tiny' expects feature_dim=251" in caplog.text
+    assert "263-dim motion features but preset 'tiny' expects feature_dim=251" in capsys.readouterr().err
