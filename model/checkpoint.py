@@ -64,8 +64,57 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, extra: dict[str, 
     return path
 
 
+# text asset files a checkpoint may carry (the text backbone's config.json and tokenizer files)
+_ASSET_SUFFIXES = (".json", ".txt", ".model")
+
+
+def _json_object(meta: dict[str, str], key: str, path: Path, default: str | None = None) -> dict[str, Any]:
+    """``meta[key]`` parsed as a JSON object, else BadInputError naming ``path`` and ``key``."""
+    text = meta.get(key, default)
+    if not isinstance(text, str):
+        raise BadInputError(path, key, "missing from the safetensors metadata")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise BadInputError(path, key, f"not valid JSON ({' '.join(str(exc).split())[:120]})") from exc
+    if not isinstance(value, dict):
+        raise BadInputError(path, key, f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _check_text_assets(assets: dict[str, Any], path: Path) -> dict[str, str]:
+    """The embedded text backbone files, refused unless they are plain data: plain file names with a
+    .json/.txt/.model suffix, text contents, JSON files parse, a config.json with a string ``model_type``, and no
+    ``auto_map`` (which would make transformers import code named by the file)."""
+    for name, text in assets.items():
+        if (not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\\" in name
+                or "\x00" in name or not name.endswith(_ASSET_SUFFIXES)):
+            raise BadInputError(path, META_TEXT, f"{str(name)[:80]!r} is not a plain text-asset file name "
+                                                 f"({'/'.join(_ASSET_SUFFIXES)})")
+        if not isinstance(text, str):
+            raise BadInputError(path, META_TEXT, f"{name}: expected text, got {type(text).__name__}")
+        if name.endswith(".json"):
+            try:
+                obj = json.loads(text)
+            except (ValueError, RecursionError) as exc:
+                raise BadInputError(path, META_TEXT, f"{name}: not valid JSON") from exc
+            if isinstance(obj, dict) and "auto_map" in obj:
+                raise BadInputError(path, META_TEXT, f"{name}: 'auto_map' (custom code) is not allowed in a "
+                                                     "checkpoint")
+            if name == "config.json" and not (isinstance(obj, dict) and isinstance(obj.get("model_type"), str)):
+                raise BadInputError(path, META_TEXT, "config.json: expected a JSON object with a model_type")
+    if "config.json" not in assets:  # without it the text backbone would be looked up by the config's name
+        raise BadInputError(path, META_TEXT, "no config.json among the text assets (save_checkpoint embeds it)")
+    return assets
+
+
 def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """``{"config": LavimoConfig, "extra": dict, "text_assets": dict}`` without loading the weights."""
+    """``{"config": LavimoConfig, "extra": dict, "text_assets": dict}`` without loading the weights.
+
+    A checkpoint is third-party input: the safetensors header is parsed by ``safetensors`` (no pickle), the
+    metadata fields must be JSON objects of the expected shape, the config must be a valid LavimoConfig; any
+    other content raises :class:`BadInputError` naming the file and the field. ``FileNotFoundError`` when absent.
+    """
     from safetensors import safe_open
 
     path = Path(path)
@@ -78,12 +127,13 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise BadInputError(path, "safetensors", f"not a readable safetensors file ({exc})") from exc
     if meta.get(META_FORMAT) != FORMAT or META_CONFIG not in meta:
         raise BadInputError(path, META_FORMAT, "not a LAVIMO checkpoint (no lavimo_config in the metadata)")
+    conf = _json_object(meta, META_CONFIG, path)
     try:
-        cfg = LavimoConfig.from_dict(json.loads(meta[META_CONFIG]))
-        assets = json.loads(meta.get(META_TEXT, "{}"))
-        extra = json.loads(meta.get(META_EXTRA, "{}"))
-    except (ValueError, TypeError) as exc:
-        raise BadInputError(path, META_CONFIG, f"bad checkpoint metadata: {exc}") from exc
+        cfg = LavimoConfig.from_dict(conf)
+    except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as exc:
+        raise BadInputError(path, META_CONFIG, f"bad checkpoint config: {' '.join(str(exc).split())[:300]}") from exc
+    assets = _check_text_assets(_json_object(meta, META_TEXT, path), path)
+    extra = _json_object(meta, META_EXTRA, path, "{}")
     return {"config": cfg, "extra": extra, "text_assets": assets}
 
 
@@ -101,11 +151,15 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     if overrides:
         cfg = cfg.replace(**overrides)
     with tempfile.TemporaryDirectory(prefix="lavimo-ckpt-") as tmp:
-        assets_dir = write_text_assets(info["text_assets"], tmp) if info["text_assets"] else None
-        model = build_model(cfg, pretrained=False, text_assets_dir=assets_dir)
+        assets_dir = write_text_assets(info["text_assets"], tmp)
+        try:
+            model = build_model(cfg, pretrained=False, text_assets_dir=assets_dir)
+        except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, OSError) as exc:
+            raise BadInputError(path, f"{META_CONFIG}/{META_TEXT}", f"cannot build the model it describes: "
+                                f"{' '.join(str(exc).split())[:300]}") from exc
     try:
         missing, unexpected = load_model(model, str(path), strict=False, device="cpu")
-    except RuntimeError as exc:  # shape mismatches
+    except Exception as exc:  # noqa: BLE001 - shape/dtype mismatches, damaged tensor data (SafetensorError)
         raise BadInputError(path, "weights", f"weights do not fit the saved config: {exc}") from exc
     if missing or unexpected:
         raise BadInputError(path, "weights", f"checkpoint does not match its config: missing {sorted(missing)[:5]}, "

@@ -81,3 +81,105 @@ def test_bad_checkpoints(tmp_path):
     save_file(load_file(str(good)), str(bad), metadata=meta)
     with pytest.raises(BadInputError, match="weights"):
         load_checkpoint(bad)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# checkpoints are third-party input: malformed metadata is refused with the file and field, nothing runs
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "good.safetensors"
+    save_checkpoint(build_model(load_preset("tiny")), path, extra={"step": 3})
+    return path
+
+
+def _with_metadata(src, dst, **changes):
+    """Copy checkpoint ``src`` to ``dst`` with metadata fields replaced (None removes one)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(src), framework="pt") as fh:
+        meta = dict(fh.metadata())
+    for k, v in changes.items():
+        if v is None:
+            meta.pop(k, None)
+        else:
+            meta[k] = v if isinstance(v, str) else json.dumps(v)
+    save_file(load_file(str(src)), str(dst), metadata=meta)
+    return dst
+
+
+BAD_META = [
+    ("lavimo_config", "{not json", "not valid JSON"),
+    ("lavimo_config", [1, 2], "expected a JSON object"),
+    ("lavimo_config", "[" * 100000 + "]" * 100000, "lavimo_config"),
+    ("lavimo_config", {"latent_dim": 32, "no_such_field": 1}, "unknown LavimoConfig field"),
+    ("lavimo_config", {"latent_dim": [32]}, "bad checkpoint config"),
+    ("lavimo_config", {"latent_dim": "many"}, "bad checkpoint config"),
+    ("lavimo_config", {"latent_dim": 30, "num_heads": 4}, "divisible"),
+    ("lavimo_extra", "[1]", "expected a JSON object"),
+    ("lavimo_extra", "{", "not valid JSON"),
+    ("lavimo_text_assets", "nope", "not valid JSON"),
+    ("lavimo_text_assets", {}, "no config.json"),
+    ("lavimo_text_assets", None, "missing"),
+]
+
+
+@pytest.mark.parametrize("field,value,message", BAD_META, ids=[f"{f}-{i}" for i, (f, _, _) in enumerate(BAD_META)])
+def test_malformed_metadata_is_refused(good_checkpoint, tmp_path, field, value, message):
+    bad = _with_metadata(good_checkpoint, tmp_path / "bad.safetensors", **{field: value})
+    for call in (read_checkpoint_metadata, load_checkpoint):
+        with pytest.raises(BadInputError, match=message) as err:
+            call(bad)
+        assert err.value.path == str(bad) and err.value.field.startswith(field)
+
+
+def test_text_assets_cannot_run_code_or_escape(good_checkpoint, tmp_path, monkeypatch):
+    from safetensors import safe_open
+
+    with safe_open(str(good_checkpoint), framework="pt") as fh:
+        assets = json.loads(fh.metadata()["lavimo_text_assets"])
+    marker = tmp_path / "pwned"
+    code = f"open({str(marker)!r}, 'w').write('x')\n"
+    conf = json.loads(assets["config.json"])
+    attempts = {
+        # transformers would import evil.py (trust_remote_code) when config.json names it in auto_map
+        "auto_map": {**assets, "config.json": json.dumps({**conf, "auto_map": {"AutoConfig": "evil.Evil",
+                                                                               "AutoModel": "evil.Evil"}}),
+                     "evil.py": code},
+        "python file": {**assets, "evil.py": code},
+        "traversal": {**assets, "../../escaped.json": "{}"},
+        "hidden": {**assets, ".evil.json": "{}"},
+        "tokenizer auto_map": {**assets, "tokenizer_config.json": json.dumps({"auto_map": {
+            "AutoTokenizer": ["evil.Evil", None]}})},
+        "no model_type": {**assets, "config.json": json.dumps({"hidden_size": 8})},
+        "not text": {**assets, "vocab.txt": 7},
+    }
+    monkeypatch.chdir(tmp_path)
+    for name, value in attempts.items():
+        bad = _with_metadata(good_checkpoint, tmp_path / "bad.safetensors", lavimo_text_assets=value)
+        with pytest.raises(BadInputError) as err:
+            load_checkpoint(bad)
+        assert err.value.path == str(bad) and err.value.field == "lavimo_text_assets", name
+        assert not marker.exists(), name
+        assert not (tmp_path.parent / "escaped.json").exists() and not list(tmp_path.rglob("escaped.json")), name
+
+
+def test_load_checkpoint_never_unpickles(good_checkpoint, monkeypatch):
+    def no_torch_load(*a, **kw):
+        raise AssertionError("torch.load called on a checkpoint")
+
+    monkeypatch.setattr(torch, "load", no_torch_load)
+    model = load_checkpoint(good_checkpoint)
+    assert model.checkpoint_extra == {"step": 3}
+
+
+def test_damaged_tensor_data_is_refused(good_checkpoint, tmp_path):
+    data = good_checkpoint.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) - 1000])  # header intact, tensor bytes short
+    with pytest.raises(BadInputError) as err:
+        load_checkpoint(cut)
+    assert err.value.path == str(cut)
