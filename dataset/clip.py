@@ -8,6 +8,7 @@ from typing import Literal
 import numpy as np
 
 from dataset.frames import HUMANML3D_FPS, humanml3d_frame_indices, time_frame_indices
+from dataset.keyids import check_keyid, is_keyid
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,9 @@ class Clip:
     """One annotated motion clip.
 
     Attributes:
-        keyid: dataset id exactly as written by the dataset ("000123", "M000123", "00001").
+        keyid: dataset id exactly as written by the dataset ("000123", "M000123", "00001"); it must follow
+            :data:`dataset.keyids.KEYID_RULE` (a name, never a path): any other value raises
+            :class:`~dataset.errors.BadInputError` at construction (also through ``dataclasses.replace``).
         amass_path: path of the AMASS npz relative to the AMASS root, with ".npz"
             (e.g. "KIT/3/kick_high_left02_poses.npz").
         frame_spec: the rule that selects AMASS frames.
@@ -69,6 +72,11 @@ class Clip:
     mirrored: bool = False
     frames: np.ndarray | None = field(default=None, compare=False, repr=False)
     dataset: str = ""
+
+    def __post_init__(self) -> None:
+        # Defence in depth: readers check keyids first and report bad ones per item; a Clip never carries one.
+        if not is_keyid(self.keyid):
+            check_keyid(self.keyid, None, "Clip.keyid")
 
     @property
     def num_frames(self) -> int | None:
