@@ -7,7 +7,7 @@ Two source layouts are read (see the README):
   ``texts/<keyid>.txt`` (lines ``caption#tokens#start#end``; ``0.0#0.0`` = the whole clip, otherwise
   seconds inside the clip) and split files ``splits/<split>.txt`` or ``<split>.txt`` at the root.
   ``M``-prefixed ids are HumanML3D's mirrored copies: same AMASS file and frames as the original row,
-  ``mirrored=True``, their own (left/right-swapped) texts.
+  ``mirrored=True``, their own (left/right-swapped) texts. An explicit ``M...`` row in the index wins.
 * **TMR-style** ``annotations.json`` (KIT-ML, HumanML3D, BABEL as released by TMR) + ``splits/*.txt``:
   ``{keyid: {path, duration, annotations: [{seg_id, text, start, end}]}}`` where ``path`` is the AMASS
   path without extension (``M/`` prefix = mirrored) and ``start``/``end`` are seconds in the AMASS
@@ -19,15 +19,48 @@ not in AMASS (HumanAct12), ids listed in a split file but absent from the index,
 root is given - clips whose AMASS file is missing or bad. Clips **without texts are kept** (with
 ``texts == ()``, so videos can still be rendered for them) and listed in ``report.no_texts``; callers
 that need texts (shards, training) filter them out.
+
+Untrusted input (every file here is third-party data; the rules below are per item, the rest still loads):
+
+* **Keyids are names, never paths.** Every keyid - ``annotations.json`` keys, ``index.csv`` ``new_name``
+  (a ``.npy`` suffix dropped), split-file lines (likewise), generated ``M`` copies - must follow
+  :data:`dataset.keyids.KEYID_RULE`; anything else (``../x``, ``/abs``, ``a/b``, ``a.b``, empty) is skipped as
+  ``bad_keyid`` with a reason quoting the value, the file and line, and never becomes a clip.
+  ``texts/<keyid>.txt`` is only opened for a valid keyid (through :func:`dataset.keyids.child_path`).
+* **AMASS paths are relative paths under the AMASS root.** ``index.csv`` ``source_path`` and
+  ``annotations.json`` ``path`` (backslashes read as ``/``, as Windows writes them) are refused as
+  ``bad_path`` when empty, absolute (``/x``, ``\\\\host\\x``, ``C:``), with an empty, ``.`` or ``..``
+  component, with a control character (NUL included) or not encodable as UTF-8.
+* **Duplicates are decided, never left to dict order.** Two ``annotations.json`` members or two
+  ``index.csv`` rows for one keyid: identical -> kept once and listed in ``report.duplicates`` (outcome
+  ``duplicate_kept``); different -> the keyid is skipped as ``duplicate_keyid``, the reason naming both
+  places (member numbers, line numbers). A split file listing an id twice -> kept once, listed in
+  ``report.duplicates``. An id listed in two of ``train``/``val``/``test`` -> skipped as ``duplicate_keyid``
+  naming both files (its split would be ambiguous). Duplicate fields inside one entry or annotation
+  object make that entry ``bad_entry``.
+* **One bad annotation drops its whole entry**: in ``annotations.json`` an annotation whose ``text`` is not a
+  string (list, number, null, object), whose ``start``/``end`` are not finite numbers with
+  ``0 <= start < end``, or that is not an object makes the keyid ``bad_entry`` (the clip's span depends on
+  all its annotations, so dropping one would silently change the clip); the reason names the annotation.
+* **Rows, not files, fail** in ``index.csv``: a row with missing columns, extra non-empty fields, a
+  frame number that is not an integer, or an empty/invalid ``new_name`` is reported with its line number
+  and column (keyed by its ``new_name``, or ``index.csv line N`` when it has none); the other rows load.
+* **Encodings**: every file is read as UTF-8 with an optional BOM and any of LF / CRLF / CR line ends.
+  Invalid UTF-8 in ``index.csv``, ``annotations.json`` or a split file is a :class:`BadInputError`
+  naming the file and line; in ``texts/<keyid>.txt`` it skips that keyid as ``bad_texts``. A malformed
+  index header, unreadable or too deeply nested JSON, or a top level that is not an object is likewise
+  a whole-file :class:`BadInputError`.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,16 +71,21 @@ from dataset.amass import read_amass_header
 from dataset.clip import Clip, FrameSpec, Text
 from dataset.errors import BadInputError
 from dataset.frames import HUMANML3D_FPS
+from dataset.keyids import check_keyid, child_path, is_keyid
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Clip", "ClipSet", "FrameSpec", "LoadReport", "Text", "load_clips", "humanml3d_amass_path",
-           "parse_humanml3d_text", "SPLIT_NAMES"]
+           "parse_humanml3d_text", "amass_path_problem", "SPLIT_NAMES"]
 
 SPLIT_NAMES = ("train", "val", "test")
 NOT_IN_AMASS = ("humanact12",)  # HumanML3D sources that are not AMASS motions
 # A TMR text within this many seconds of both clip bounds counts as covering the whole clip.
 _WHOLE_CLIP_TOL = 1e-3
+INDEX_COLUMNS = ("source_path", "start_frame", "end_frame", "new_name")
+_FRAME_RE = re.compile(r"-?[0-9]{1,12}")
+_DRIVE_RE = re.compile(r"[A-Za-z]:")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass
@@ -58,10 +96,15 @@ class LoadReport:
         source: the annotation source read; layout: "humanml3d" | "tmr"; split: the split asked for.
         requested: ids considered (split file lines, or all entries).
         loaded: clips returned.
-        skipped: keyid -> reason for every entry that did not become a clip.
+        skipped: keyid -> reason for every entry that did not become a clip (one outcome per keyid; an
+            index.csv row without a usable name is keyed ``index.csv line N``).
         no_texts: keyids of returned clips that have no texts (kept, see module docstring).
+        duplicates: keyid -> where, for exact duplicates that were kept once (identical annotations.json
+            members or index.csv rows, an id repeated in one split file). Conflicting duplicates are in
+            ``skipped`` as "duplicate_keyid".
         counts: number of entries per outcome ("loaded", "no_texts", "not_in_amass", "unknown_id",
-            "bad_entry", "missing_amass_file", "bad_amass_file", "mirrored_excluded").
+            "bad_entry", "bad_keyid", "bad_path", "bad_texts", "duplicate_keyid", "missing_amass_file",
+            "bad_amass_file", "mirrored_excluded"), plus "duplicate_kept" (entries of ``duplicates``).
     """
 
     source: str
@@ -72,15 +115,30 @@ class LoadReport:
     skipped: dict[str, str] = field(default_factory=dict)
     no_texts: list[str] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
+    duplicates: dict[str, str] = field(default_factory=dict)
 
     def skip(self, keyid: str, kind: str, reason: str) -> None:
+        """Record that ``keyid`` did not become a clip. A keyid has one outcome: a second call for the same
+        keyid appends its reason and is not counted again."""
+        if keyid in self.skipped:
+            self.skipped[keyid] += f"; {reason}"
+            return
         self.skipped[keyid] = reason
         self.counts[kind] += 1
+
+    def duplicate(self, keyid: str, reason: str) -> None:
+        """Record an exact duplicate that was kept once."""
+        if keyid in self.duplicates:
+            self.duplicates[keyid] += f"; {reason}"
+            return
+        self.duplicates[keyid] = reason
+        self.counts["duplicate_kept"] += 1
 
     def to_dict(self) -> dict:
         return {"source": self.source, "layout": self.layout, "split": self.split,
                 "requested": self.requested, "loaded": self.loaded, "counts": dict(sorted(self.counts.items())),
-                "no_texts": list(self.no_texts), "skipped": dict(self.skipped)}
+                "no_texts": list(self.no_texts), "skipped": dict(self.skipped),
+                "duplicates": dict(self.duplicates)}
 
     def summary(self) -> str:
         """One line: ``loaded N of M (kind: n, ...)``."""
@@ -104,8 +162,82 @@ class ClipSet(list):
 # helpers
 
 
+def _shown(value: object, limit: int = 80) -> str:
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def _keyid_problem(value: object) -> str | None:
+    """None for a valid keyid, else the message of :func:`check_keyid` (value quoted, rule stated)."""
+    if is_keyid(value):
+        return None
+    try:
+        check_keyid(value, None, None)
+    except BadInputError as e:
+        return e.message
+    return None  # pragma: no cover - check_keyid agrees with is_keyid
+
+
+def amass_path_problem(path: str) -> str | None:
+    """Why ``path`` is not a plain relative path under the AMASS root, or None when it is.
+
+    ``path`` is as stored in a clip (``/`` separators; readers turn ``\\`` into ``/`` first). Refused: empty,
+    absolute (``/x``, ``//host/x``, ``C:...``), an empty, ``.`` or ``..`` component, a control character
+    (NUL included), text that is not encodable as UTF-8 (lone surrogates).
+    """
+    if not isinstance(path, str) or not path:
+        return "is empty"
+    if _CONTROL_RE.search(path):
+        return "contains a control character"
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode"
+    if path.startswith("/") or _DRIVE_RE.match(path):
+        return "is absolute"
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        return "has an empty, '.' or '..' component"
+    return None
+
+
+def _path_message(raw: str, problem: str) -> str:
+    return f"{_shown(raw)} {problem} (AMASS paths must be relative paths under the AMASS root)"
+
+
+def _decode(path: Path, data: bytes) -> str:
+    """UTF-8 bytes (a leading BOM dropped) -> str; invalid UTF-8 -> BadInputError naming file and line."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise BadInputError(path, f"line {line}", f"not valid UTF-8 (byte 0x{data[e.start]:02x} at offset "
+                                                  f"{e.start}); the file must be UTF-8") from None
+
+
+def _read_text(path: Path) -> str:
+    """The whole file as text (see :func:`_decode`); unreadable -> BadInputError naming the file."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise BadInputError(path, None, f"cannot read ({e.strerror or e})") from None
+    return _decode(path, data)
+
+
+def _lines(text: str) -> list[str]:
+    """Split on LF, CRLF or CR (and nothing else)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def _display(path: Path) -> str:
+    """``splits/train.txt`` or ``train.txt``: short name of a file for reasons."""
+    return f"splits/{path.name}" if path.parent.name == "splits" else path.name
+
+
 def humanml3d_amass_path(source_path: str) -> str:
-    """index.csv's ``./pose_data/KIT/3/x_poses.npy`` -> AMASS-root-relative ``KIT/3/x_poses.npz``."""
+    """index.csv's ``./pose_data/KIT/3/x_poses.npy`` -> AMASS-root-relative ``KIT/3/x_poses.npz``.
+
+    Only rewrites; :func:`amass_path_problem` says whether the result is acceptable.
+    """
     p = source_path.strip().replace("\\", "/")
     for prefix in ("./", "pose_data/"):
         if p.startswith(prefix):
@@ -138,32 +270,61 @@ def parse_humanml3d_text(line: str) -> Text | None:
     return Text(caption.strip(), start, end, tokens or None)
 
 
-def _read_ids(path: Path) -> list[str]:
-    ids = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            s = line.strip()
-            if s:
-                ids.append(s[:-4] if s.endswith(".npy") else s)
-    return ids
+# A requested id and where it came from ("splits/train.txt line 3", "index.csv line 5: new_name", ...).
+_Ref = tuple[str, str]
+
+
+def _read_split(path: Path, report: LoadReport | None = None) -> list[_Ref]:
+    """A split file -> ``[(id, where)]`` in file order, each id once (a ``.npy`` suffix dropped).
+
+    Ids are not validated here (the loaders report invalid ones per item). A repeated id is kept at its
+    first line and, when ``report`` is given, recorded in ``report.duplicates``.
+    """
+    name = _display(path)
+    first: dict[str, int] = {}
+    out: list[_Ref] = []
+    for n, line in enumerate(_lines(_read_text(path)), start=1):
+        s = line.strip()
+        if not s:
+            continue
+        if s.endswith(".npy"):
+            s = s[:-4]
+        if s in first:
+            if report is not None:
+                report.duplicate(s, f"{name} lists it on lines {first[s]} and {n}; kept once")
+            continue
+        first[s] = n
+        out.append((s, f"{name} line {n}"))
+    return out
 
 
 def _split_file(root: Path, name: str) -> Path | None:
-    for cand in (root / "splits" / f"{name}.txt", root / f"{name}.txt"):
+    for d in (root / "splits", root):
+        cand = child_path(d, f"{name}.txt")  # a split name is one file name, never a path
         if cand.is_file():
             return cand
     return None
 
 
-def _membership(root: Path) -> dict[str, str]:
-    """keyid -> "train" | "val" | "test" from whichever of those split files exist."""
+def _membership(root: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """From whichever of train/val/test split files exist: (keyid -> split, keyid -> conflict reason).
+
+    An id listed in two of them is a conflict: it keeps the first split in ``membership`` and the reason
+    names both places.
+    """
     member: dict[str, str] = {}
+    where: dict[str, str] = {}
+    conflicts: dict[str, str] = {}
     for name in SPLIT_NAMES:
         f = _split_file(root, name)
-        if f is not None:
-            for k in _read_ids(f):
-                member.setdefault(k, name)
-    return member
+        if f is None:
+            continue
+        for k, w in _read_split(f):
+            if k in member:
+                conflicts.setdefault(k, f"listed in {where[k]} and {w}; its split is ambiguous")
+            else:
+                member[k], where[k] = name, w
+    return member, conflicts
 
 
 def _dataset_name(root: Path) -> str:
@@ -176,81 +337,202 @@ def _dataset_name(root: Path) -> str:
     return root.name
 
 
-def _requested_ids(root: Path, split: str | None, all_ids: list[str]) -> list[str]:
+def _requested_ids(root: Path, split: str | None, all_ids: list[_Ref], report: LoadReport) -> list[_Ref]:
     if split is None or split == "all":
         f = _split_file(root, "all")
-        return _read_ids(f) if f is not None else list(all_ids)
+        return _read_split(f, report) if f is not None else list(all_ids)
     f = _split_file(root, split)
     if f is None:
         raise BadInputError(root, "split", f"no split file {split}.txt (looked in splits/ and the root)")
-    return _read_ids(f)
+    return _read_split(f, report)
 
 
 # ----------------------------------------------------------------------------------------------------
 # HumanML3D
 
 
-def _read_index(index: Path) -> dict[str, tuple[str, int, int]]:
-    """index.csv -> {keyid: (source_path, start_frame, end_frame)}."""
-    rows: dict[str, tuple[str, int, int]] = {}
-    with open(index, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        need = {"source_path", "start_frame", "end_frame", "new_name"}
-        if reader.fieldnames is None or not need <= set(reader.fieldnames):
-            raise BadInputError(index, "header", f"expected columns {sorted(need)}, got {reader.fieldnames}")
-        for i, row in enumerate(reader, start=2):
-            try:
-                keyid = row["new_name"].strip()
-                keyid = keyid[:-4] if keyid.endswith(".npy") else keyid
-                rows[keyid] = (row["source_path"], int(row["start_frame"]), int(row["end_frame"]))
-            except (TypeError, ValueError, AttributeError) as e:
-                raise BadInputError(index, f"line {i}", f"bad row {row!r} ({e})") from e
-    return rows
+@dataclass(frozen=True)
+class _Row:
+    """One usable index.csv row."""
+
+    line: int
+    source_path: str
+    amass_path: str
+    start: int
+    end: int
+
+
+@dataclass
+class _Index:
+    """index.csv read row by row.
+
+    rows: keyid -> usable row; failed: key -> (kind, reason) for rows that cannot become clips (key =
+    their ``new_name``, or ``index.csv line N`` when they have none); order: every key once, in file order,
+    with where it came from (the ids requested when there is no split file).
+    """
+
+    rows: dict[str, _Row] = field(default_factory=dict)
+    failed: dict[str, tuple[str, str]] = field(default_factory=dict)
+    order: list[_Ref] = field(default_factory=list)
+
+
+def _parse_index_row(fields: list[str], col: dict[str, int], width: int, line: int, where: str,
+                     ) -> tuple[_Row | None, tuple[str, str] | None]:
+    """One data row -> (row, None) or (None, (kind, reason))."""
+    missing = [c for c in INDEX_COLUMNS if col[c] >= len(fields)]
+    if missing:
+        return None, ("bad_entry", f"{where}: missing column{'s' if len(missing) > 1 else ''} "
+                                   f"{', '.join(missing)} (the row has {len(fields)} of {width} fields)")
+    if any(f.strip() for f in fields[width:]):
+        return None, ("bad_entry", f"{where}: {len(fields)} fields, the header has {width} (an unquoted ','?)")
+    name = fields[col["new_name"]].strip()
+    name = name[:-4] if name.endswith(".npy") else name
+    problem = _keyid_problem(name)
+    if problem is not None:
+        return None, ("bad_keyid", f"{where}: new_name: {problem}")
+    frames = []
+    for c in ("start_frame", "end_frame"):
+        v = fields[col[c]].strip()
+        if not _FRAME_RE.fullmatch(v):
+            return None, ("bad_entry", f"{where}: {c}: {_shown(v)} is not an integer frame number")
+        frames.append(int(v))
+    source = fields[col["source_path"]]
+    amass_path = humanml3d_amass_path(source)
+    problem = amass_path_problem(amass_path)
+    if problem is not None:
+        return None, ("bad_path", f"{where}: source_path: {_path_message(source.strip(), problem)}")
+    return _Row(line, source.strip(), amass_path, frames[0], frames[1]), None
+
+
+def _read_index(index: Path, report: LoadReport) -> _Index:
+    """Read index.csv (UTF-8, optional BOM, LF or CRLF): per-row problems go to ``_Index.failed``.
+
+    Raises:
+        BadInputError: unreadable file, invalid UTF-8, CSV syntax the reader cannot get past, or a header
+            without the four columns.
+    """
+    name = index.name
+    reader = csv.reader(io.StringIO(_read_text(index), newline=""))
+    out = _Index()
+    seen: dict[str, tuple[int, tuple[str, ...]]] = {}  # valid keyid -> (first line, its stripped fields)
+    try:
+        header = [h.strip() for h in next(reader, None) or []]
+        need = set(INDEX_COLUMNS)
+        if not need <= set(header) or any(header.count(c) > 1 for c in INDEX_COLUMNS):
+            raise BadInputError(index, "header", f"expected the columns {list(INDEX_COLUMNS)} once each, got "
+                                                 f"{_shown(header, 200)}")
+        col = {c: header.index(c) for c in INDEX_COLUMNS}
+        for fields in reader:
+            if not fields:
+                continue
+            n = reader.line_num
+            where = f"{name} line {n}"
+            raw_name = fields[col["new_name"]].strip() if col["new_name"] < len(fields) else ""
+            raw_name = raw_name[:-4] if raw_name.endswith(".npy") else raw_name
+            key = raw_name or where
+            stripped = [raw_name if i == col["new_name"] else f.strip() for i, f in enumerate(fields)]
+            while len(stripped) > len(header) and not stripped[-1]:  # trailing empty fields are no difference
+                stripped.pop()
+            if is_keyid(key) and key in seen:  # the same keyid again: decide, never let the later row win
+                first, first_fields = seen[key]
+                prev = out.failed.get(key)
+                if prev is not None and prev[0] == "duplicate_keyid":
+                    out.failed[key] = (prev[0], f"{prev[1]}; line {n} too")
+                elif tuple(stripped) == first_fields:
+                    report.duplicate(key, f"{name} lines {first} and {n} are identical rows; kept once")
+                else:
+                    out.rows.pop(key, None)
+                    out.failed[key] = ("duplicate_keyid", f"{name} lines {first} and {n} both define it, with "
+                                                          f"different values; skipped")
+                continue
+            row, err = _parse_index_row(fields, col, len(header), n, where)
+            if is_keyid(key):
+                seen[key] = (n, tuple(stripped))
+            elif key in out.failed:  # two rows with the same invalid name: one outcome, both lines named
+                kind, reason = out.failed[key]
+                out.failed[key] = (kind, f"{reason}; again on line {n}")
+                continue
+            out.order.append((key, where + (": new_name" if key == raw_name else "")))
+            if row is not None:
+                out.rows[key] = row
+            else:
+                out.failed[key] = err
+    except csv.Error as e:
+        raise BadInputError(index, f"line {reader.line_num}", f"unreadable CSV ({e})") from None
+    if out.failed:
+        log.warning("%s: %d row(s) cannot be used (see the load report)", index, len(out.failed))
+    return out
 
 
 def _humanml3d_texts(texts_dir: Path | None, keyid: str) -> tuple[Text, ...]:
+    """Captions of ``texts/<keyid>.txt`` (``keyid`` already valid); () when there is no such file.
+
+    Raises:
+        BadInputError: the file exists but is unreadable or not UTF-8.
+    """
     if texts_dir is None:
         return ()
-    f = texts_dir / f"{keyid}.txt"
+    f = child_path(texts_dir, f"{check_keyid(keyid, texts_dir)}.txt")
     if not f.is_file():
         return ()
-    with open(f, encoding="utf-8") as fh:
-        out = [parse_humanml3d_text(line) for line in fh]
+    out = [parse_humanml3d_text(line) for line in _lines(_read_text(f))]
     return tuple(t for t in out if t is not None and t.caption)
 
 
 def _load_humanml3d(root: Path, split: str | None, mirrored: bool, report: LoadReport) -> list[Clip]:
     index = root / "index.csv"
-    rows = _read_index(index)
+    idx = _read_index(index, report)
+    rows, failed = idx.rows, idx.failed
     texts_dir = root / "texts" if (root / "texts").is_dir() else None
     if texts_dir is None:
         log.info("%s: no texts/ directory; clips will have no texts", root)
-    all_ids = list(rows) + ([f"M{k}" for k in rows] if mirrored else [])
-    ids = _requested_ids(root, split, all_ids)
-    member = _membership(root)
+    all_ids = list(idx.order)
+    if mirrored:
+        listed = {k for k, _ in idx.order}
+        all_ids += [(f"M{k}", f"{w} (mirrored copy)") for k, w in idx.order
+                    if is_keyid(k) and f"M{k}" not in listed]
+    ids = _requested_ids(root, split, all_ids, report)
+    member, conflicts = _membership(root)
     dataset = _dataset_name(root)
+    known = rows.keys() | failed.keys()
     clips = []
-    for keyid in ids:
-        is_m = keyid.startswith("M") and keyid[1:] in rows and keyid not in rows
+    for keyid, where in ids:
+        if not is_keyid(keyid):
+            if keyid in failed:  # an index row without a usable name
+                report.skip(keyid, *failed[keyid])
+            else:
+                report.skip(keyid, "bad_keyid", f"{where}: {_keyid_problem(keyid)}")
+            continue
+        is_m = keyid.startswith("M") and keyid[1:] in known and keyid not in known
         if is_m and not mirrored:
             report.counts["mirrored_excluded"] += 1
             continue
+        if keyid in conflicts:
+            report.skip(keyid, "duplicate_keyid", conflicts[keyid])
+            continue
         base = keyid[1:] if is_m else keyid
+        if base in failed:
+            report.skip(keyid, *failed[base])
+            continue
         if base not in rows:
             report.skip(keyid, "unknown_id", f"id not in {index.name}")
             continue
-        source_path, start, end = rows[base]
-        amass_path = humanml3d_amass_path(source_path)
-        if amass_path.split("/", 1)[0] in NOT_IN_AMASS:
-            report.skip(keyid, "not_in_amass", f"motion not in AMASS ({source_path})")
+        row = rows[base]
+        if row.amass_path.split("/", 1)[0] in NOT_IN_AMASS:
+            report.skip(keyid, "not_in_amass", f"motion not in AMASS ({row.source_path})")
             continue
+        start, end = row.start, row.end
         if start < 0 or (end != -1 and end <= start):
-            report.skip(keyid, "bad_entry", f"{index.name}: bad frame range [{start}, {end})")
+            report.skip(keyid, "bad_entry", f"{index.name} line {row.line}: bad frame range [{start}, {end})")
+            continue
+        try:
+            texts = _humanml3d_texts(texts_dir, keyid)
+        except BadInputError as e:
+            report.skip(keyid, "bad_texts", f"texts/{keyid}.txt: {e.reason}")
             continue
         spec = FrameSpec("humanml3d", float(start), None if end == -1 else float(end), HUMANML3D_FPS)
-        clips.append(Clip(keyid=keyid, amass_path=amass_path, frame_spec=spec, fps=HUMANML3D_FPS,
-                          texts=_humanml3d_texts(texts_dir, keyid), split=member.get(keyid, split),
-                          mirrored=is_m, dataset=dataset))
+        clips.append(Clip(keyid=keyid, amass_path=row.amass_path, frame_spec=spec, fps=HUMANML3D_FPS,
+                          texts=texts, split=member.get(keyid, split), mirrored=is_m, dataset=dataset))
     return clips
 
 
@@ -258,26 +540,85 @@ def _load_humanml3d(root: Path, split: str | None, mirrored: bool, report: LoadR
 # TMR annotations.json
 
 
-def _tmr_clip(keyid: str, entry: dict, src: Path, split: str | None, dataset: str) -> Clip:
+class _JsonObject(dict):
+    """A JSON object that remembers repeated member names: ``dups = {name: [(member number, value), ...]}``
+    (1-based member numbers in file order, first occurrence included). The dict keeps the first value."""
+
+    dups: dict = {}  # shared empty default, replaced (never mutated) when an object has repeats
+
+
+def _json_object(pairs: list[tuple[str, object]]) -> _JsonObject:
+    obj = _JsonObject()
+    dups: dict[str, list[tuple[int, object]]] | None = None
+    for i, (k, v) in enumerate(pairs, start=1):
+        if k in obj:
+            if dups is None:
+                dups = {}
+            if k not in dups:
+                first = next(j for j, (kk, _) in enumerate(pairs, start=1) if kk == k)
+                dups[k] = [(first, obj[k])]
+            dups[k].append((i, v))
+        else:
+            obj[k] = v
+    if dups:
+        obj.dups = dups
+    return obj
+
+
+def _entry_error(kind: str, src: Path, field_: str, message: str) -> BadInputError:
+    e = BadInputError(src, field_, message)
+    e.kind = kind  # type: ignore[attr-defined]
+    return e
+
+
+def _seconds(value: object) -> float:
+    """A JSON time: a number (or a numeric string, as before); bools, null, lists, objects refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _tmr_clip(keyid: str, entry: object, src: Path, split: str | None, dataset: str) -> Clip:
+    """One annotations.json entry -> Clip. Raises BadInputError (``.kind`` "bad_path" or "bad_entry")."""
     if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
         raise BadInputError(src, keyid, "entry must be an object with a string 'path'")
-    path = entry["path"].strip().replace("\\", "/")
+    if getattr(entry, "dups", None):
+        name, occ = next(iter(entry.dups.items()))
+        raise BadInputError(src, keyid, f"field {name!r} appears {len(occ)} times")
+    raw = entry["path"].strip()
+    path = raw.replace("\\", "/")
     is_m = path.startswith("M/")
     if is_m:
         path = path[2:]
     amass_path = path if path.endswith(".npz") else path + ".npz"
+    problem = amass_path_problem(path)
+    if problem is not None:
+        raise _entry_error("bad_path", src, f"{keyid}.path", _path_message(raw, problem))
     anns = entry.get("annotations") or []
     if not isinstance(anns, list):
         raise BadInputError(src, f"{keyid}.annotations", "must be a list")
     segs = []
     for j, a in enumerate(anns):
+        where = f"{keyid}.annotations[{j}]"
+        if not isinstance(a, dict):
+            raise BadInputError(src, where, f"must be an object, got {type(a).__name__}")
+        if getattr(a, "dups", None):
+            name, occ = next(iter(a.dups.items()))
+            raise BadInputError(src, where, f"field {name!r} appears {len(occ)} times")
+        if "text" not in a or not isinstance(a["text"], str):
+            got = type(a["text"]).__name__ if "text" in a else "nothing"
+            raise BadInputError(src, f"{where}.text", f"expected a string, got {got}")
+        text = a["text"].strip()
         try:
-            text = str(a["text"]).strip()
-            s, e = float(a["start"]), float(a["end"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise BadInputError(src, f"{keyid}.annotations[{j}]", f"needs text, start, end ({err})") from err
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadInputError(src, f"{where}.text", "not valid Unicode (lone surrogate)") from None
+        try:
+            s, e = _seconds(a["start"]), _seconds(a["end"])
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
+            raise BadInputError(src, where, f"needs text, start, end ({err})") from err
         if not (math.isfinite(s) and math.isfinite(e)) or e <= s or s < 0:
-            raise BadInputError(src, f"{keyid}.annotations[{j}]", f"bad time span [{s}, {e}]")
+            raise BadInputError(src, where, f"bad time span [{s}, {e}]")
         if text:
             segs.append((text, s, e))
     if segs:
@@ -285,7 +626,11 @@ def _tmr_clip(keyid: str, entry: dict, src: Path, split: str | None, dataset: st
     else:
         c0 = 0.0
         dur = entry.get("duration")
-        c1 = float(dur) if isinstance(dur, (int, float)) and dur > 0 else None
+        try:
+            d = _seconds(dur) if isinstance(dur, (int, float)) else None
+        except (TypeError, ValueError, OverflowError):
+            d = None
+        c1 = d if d is not None and math.isfinite(d) and d > 0 else None
     texts = []
     for text, s, e in segs:
         if abs(s - c0) <= _WHOLE_CLIP_TOL and c1 is not None and abs(e - c1) <= _WHOLE_CLIP_TOL:
@@ -297,27 +642,50 @@ def _tmr_clip(keyid: str, entry: dict, src: Path, split: str | None, dataset: st
                 split=split, mirrored=is_m, dataset=dataset)
 
 
-def _load_tmr(json_path: Path, split: str | None, mirrored: bool, report: LoadReport) -> list[Clip]:
-    root = json_path.parent
+def _read_json(json_path: Path) -> dict:
+    """annotations.json -> its top-level object (a :class:`_JsonObject`)."""
+    text = _read_text(json_path)
     try:
-        with open(json_path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError) as e:
-        raise BadInputError(json_path, None, f"unreadable JSON ({e})") from e
+        data = json.loads(text, object_pairs_hook=_json_object)
+    except RecursionError:
+        raise BadInputError(json_path, None, "unreadable JSON (nested too deeply)") from None
+    except ValueError as e:
+        raise BadInputError(json_path, None, f"unreadable JSON ({e})") from None
     if not isinstance(data, dict):
         raise BadInputError(json_path, None, "expected an object {keyid: entry}")
-    ids = _requested_ids(root, split, list(data))
-    member = _membership(root)
+    return data
+
+
+def _load_tmr(json_path: Path, split: str | None, mirrored: bool, report: LoadReport) -> list[Clip]:
+    root = json_path.parent
+    data = _read_json(json_path)
+    name = json_path.name
+    conflicts: dict[str, str] = {}
+    for k, occ in getattr(data, "dups", {}).items():
+        members = " and ".join(f"#{i}" for i, _ in occ)
+        if all(v == occ[0][1] for _, v in occ[1:]):
+            report.duplicate(k, f"{name} members {members} are identical entries; kept once")
+        else:
+            conflicts[k] = f"{name} members {members} all define it, with different entries; skipped"
+    ids = _requested_ids(root, split, [(k, f"{name}: top-level key") for k in data], report)
+    member, split_conflicts = _membership(root)
     dataset = _dataset_name(root)
     clips = []
-    for keyid in ids:
+    for keyid, where in ids:
+        problem = _keyid_problem(keyid)
+        if problem is not None:
+            report.skip(keyid, "bad_keyid", f"{where}: {problem}")
+            continue
         if keyid not in data:
-            report.skip(keyid, "unknown_id", f"id not in {json_path.name}")
+            report.skip(keyid, "unknown_id", f"id not in {name}")
+            continue
+        if keyid in conflicts or keyid in split_conflicts:
+            report.skip(keyid, "duplicate_keyid", conflicts.get(keyid) or split_conflicts[keyid])
             continue
         try:
             clip = _tmr_clip(keyid, data[keyid], json_path, member.get(keyid, split), dataset)
         except BadInputError as e:
-            report.skip(keyid, "bad_entry", e.reason)
+            report.skip(keyid, getattr(e, "kind", "bad_entry"), f"{name}: {e.reason}")
             continue
         if clip.mirrored and not mirrored:
             report.counts["mirrored_excluded"] += 1
