@@ -269,3 +269,42 @@ def test_npz_object_members_go_through_the_restricted_unpickler(tmp_path):
     with pytest.raises(BadInputError, match="refusing"):
         load_npz_restricted(evil)
     assert not (tmp_path / "pwned").exists()
+
+
+def _py2_array(a: np.ndarray) -> bytes:
+    """Opcodes Python 2's numpy writes for an array (protocol 2): array data as a py2 ``str`` (BINSTRING)."""
+    a = np.ascontiguousarray(a)
+    shape = b"(" + b"".join(b"J" + int(s).to_bytes(4, "little") for s in a.shape) + b"t"
+    code = a.dtype.str[1:].encode()
+    endian = a.dtype.str[:1].encode()
+    raw = a.tobytes()
+    return (b"cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\nK\x00\x85U\x01btR"
+            b"(K\x01" + shape + b"cnumpy\ndtype\n(U" + bytes([len(code)]) + code + b"K\x00K\x01tR"
+            b"(K\x03U\x01" + endian + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89T"
+            + len(raw).to_bytes(4, "little") + raw + b"tb")
+
+
+def _py2_object(module: str, name: str, state: dict[bytes, bytes]) -> bytes:
+    """``copy_reg._reconstructor(cls, object, None)`` + BUILD(state), as Python 2 pickles new-style classes."""
+    items = b"".join(b"U" + bytes([len(k)]) + k + v for k, v in state.items())
+    return (b"ccopy_reg\n_reconstructor\n(c" + module.encode() + b"\n" + name.encode()
+            + b"\nc__builtin__\nobject\nNtR}(" + items + b"ub")
+
+
+def test_python2_style_pickle_loads(tmp_path):
+    """The encoding of the official (Python 2) files: copy_reg._reconstructor, py2 str array data."""
+    v = np.arange(12.0).reshape(4, 3)
+    reg = sp.csc_matrix(np.array([[0.5, 0, 0.5, 0], [0, 1.0, 0, 0]]))
+    ch = _py2_object("chumpy.ch", "Ch", {b"x": _py2_array(v)})
+    csc = _py2_object("scipy.sparse.csc", "csc_matrix", {
+        b"data": _py2_array(reg.data), b"indices": _py2_array(reg.indices.astype(np.int32)),
+        b"indptr": _py2_array(reg.indptr.astype(np.int32)), b"_shape": b"K\x02K\x04\x86"})
+    f = _py2_array(np.array([[0, 1, 2]], dtype=np.uint32))
+    p = tmp_path / "SMPL_py2.pkl"
+    p.write_bytes(b"\x80\x02}(U\nv_template" + ch + b"U\x0bJ_regressor" + csc + b"U\x01f" + f
+                  + b"U\x08bs_styleU\x03lbsu.")
+    data = load_smpl_pickle(p)
+    np.testing.assert_array_equal(data["v_template"], v)
+    assert type(data["v_template"]) is np.ndarray and data["f"].dtype == np.uint32
+    np.testing.assert_array_equal(data["J_regressor"].toarray(), reg.toarray())
+    assert data["bs_style"] == "lbs"
