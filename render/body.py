@@ -6,6 +6,12 @@
 AMASS's ``DIR/smplh/male/model.npz`` is accepted too). Both go through smplx's own model classes (the
 procedural body through ``smplx.SMPL(data_struct=...)``), so posing is the same code for both.
 
+Model files are untrusted input: the project reads them itself (:mod:`render.smpl_pickle`: an allow-list
+unpickler for ``.pkl``, plain ``.npy`` reads for ``.npz``), checks the arrays (:func:`model_arrays`) and
+hands smplx plain arrays only (``data_struct`` for SMPL / SMPL-H; for SMPL-X, whose constructor always reads
+the file itself with ``np.load(allow_pickle=True)``, :func:`_smplx_from_arrays` builds the model without
+calling that constructor). smplx never opens a model file.
+
 Frames: AMASS root orientations map SMPL's body frame (Y up, facing +Z, left at +X) to the AMASS world
 (**Z up**, metres), so :meth:`Body.pose` returns vertices and joints in the AMASS world frame with the
 translation applied, exactly as AMASS's own body model does.
@@ -17,7 +23,6 @@ import contextlib
 import io
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -359,45 +364,164 @@ def find_model_file(model_dir: str | os.PathLike, model_type: str, gender: str) 
         f"download it from the SMPL-family website, or omit --body-models to use the procedural body")
 
 
+#: joints per real model kind (SMPL-H / SMPL-X as smplx builds them)
+_NUM_JOINTS = {"smpl": 24, "smplh": 52, "smplx": 55}
+#: fewest shape columns per kind (SMPL-X's first 10 of >= 20 are shape, the next 10 expression)
+_MIN_SHAPE_COLS = {"smpl": 10, "smplh": 10, "smplx": 20}
+
+
 def _read_model_data(path: Path) -> dict[str, Any]:
+    """Every member of a model file, read by the restricted loaders of :mod:`render.smpl_pickle`
+    (``.pkl``: allow-list unpickler; ``.npz``: plain ``.npy`` reads, object members through the same
+    allow-list). scipy.sparse values are made dense. Never ``np.load`` / ``pickle.load``."""
     from render.smpl_pickle import load_npz_restricted, load_smpl_pickle
 
-    data = load_smpl_pickle(path) if path.suffix == ".pkl" else load_npz_restricted(path)
+    if path.suffix.lower() == ".pkl":
+        data = load_smpl_pickle(path)
+    elif path.suffix.lower() == ".npz":
+        data = load_npz_restricted(path)
+    else:
+        raise BadInputError(path, None, "a body model file must be an .npz or a .pkl")
     return {k: _plain(v) for k, v in data.items()}
+
+
+def _array(path: Path, data: dict[str, Any], key: str, kinds: str, ndim: tuple[int, ...]) -> np.ndarray:
+    if key not in data:
+        raise BadInputError(path, key, "model file lacks this member")
+    a = data[key]
+    if not isinstance(a, np.ndarray) or a.dtype.kind not in kinds:
+        what = f"dtype {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__
+        raise BadInputError(path, key, f"expected an array of {'integers' if kinds == 'iu' else 'numbers'}, "
+                                       f"got {what}")
+    if a.ndim not in ndim:
+        raise BadInputError(path, key, f"expected {' or '.join(map(str, ndim))} dimensions, got shape {a.shape}")
+    if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+        raise BadInputError(path, key, "contains NaN/inf")
+    return a
+
+
+def model_arrays(path: str | os.PathLike, data: dict[str, Any], model_type: str) -> dict[str, np.ndarray]:
+    """The plain arrays smplx needs for ``model_type`` ("smpl" | "smplh" | "smplx"), checked for dtype
+    (numbers, no objects), shape and consistency, from the members ``data`` of the model file ``path``.
+
+    V vertices, F faces, J joints (24 / 52 / 55), K shape columns (>= 10; >= 20 for SMPL-X, whose columns
+    10:20 (or 300:310 with >= 400) are expression directions), P = 9 (J - 1) pose-blend columns:
+    ``v_template`` (V, 3), ``f`` (F, 3) ints in [0, V), ``shapedirs`` (V, 3, K), ``posedirs`` (V, 3, P) or
+    (3V, P), ``J_regressor`` (J, V), ``kintree_table`` (2, J) with parents before children, ``weights``
+    (V, J); SMPL-H/SMPL-X also ``hands_components{l,r}`` (n, 45) and ``hands_mean{l,r}`` (45,) (identity /
+    zeros when absent); SMPL-X also ``lmk_faces_idx`` (L,) ints in [0, F) and ``lmk_bary_coords`` (L, 3).
+    Other members are dropped. Raises BadInputError(path, member) naming the first bad member.
+    """
+    from smplx.vertex_ids import vertex_ids
+
+    path = Path(path)
+    f = _array(path, data, "f", "iu", (2,))
+    v = _array(path, data, "v_template", "f", (2,))
+    nv = v.shape[0]
+    if v.shape[1] != 3:
+        raise BadInputError(path, "v_template", f"expected (V, 3), got {v.shape}")
+    need_v = max(vertex_ids["smplx" if model_type == "smplx" else "smplh"].values()) + 1
+    if nv < need_v:
+        raise BadInputError(path, "v_template", f"{model_type.upper()} needs at least {need_v} vertices, "
+                                                f"got {nv}")
+    if f.shape[1] != 3 or f.shape[0] == 0 or f.min() < 0 or f.max() >= nv:
+        raise BadInputError(path, "f", f"expected (F, 3) vertex indices in [0, {nv}), got shape {f.shape}")
+    kintree = _array(path, data, "kintree_table", "iu", (2,))
+    nj = _NUM_JOINTS[model_type]
+    if kintree.shape != (2, nj):
+        raise BadInputError(path, "kintree_table", f"{model_type.upper()} has {nj} joints: expected (2, {nj}), "
+                                                   f"got {kintree.shape}")
+    parents = kintree[0].astype(np.int64)
+    if not all(0 <= parents[j] < j for j in range(1, nj)):
+        raise BadInputError(path, "kintree_table", "every joint's parent must be an earlier joint")
+    out: dict[str, np.ndarray] = {"f": f, "v_template": v, "kintree_table": kintree}
+    weights = _array(path, data, "weights", "f", (2,))
+    if weights.shape != (nv, nj):
+        raise BadInputError(path, "weights", f"expected ({nv}, {nj}), got {weights.shape}")
+    reg = _array(path, data, "J_regressor", "f", (2,))
+    if reg.shape != (nj, nv):
+        raise BadInputError(path, "J_regressor", f"expected ({nj}, {nv}), got {reg.shape}")
+    sd = _array(path, data, "shapedirs", "f", (3,))
+    if sd.shape[:2] != (nv, 3) or sd.shape[2] < _MIN_SHAPE_COLS[model_type]:
+        raise BadInputError(path, "shapedirs", f"expected ({nv}, 3, >= {_MIN_SHAPE_COLS[model_type]}), got "
+                                               f"{sd.shape}")
+    pd = _array(path, data, "posedirs", "f", (2, 3))
+    npose = 9 * (nj - 1)
+    if pd.shape not in ((nv, 3, npose), (3 * nv, npose)):
+        raise BadInputError(path, "posedirs", f"expected ({nv}, 3, {npose}), got {pd.shape}")
+    out.update(weights=weights, J_regressor=reg, shapedirs=sd, posedirs=pd)
+    if model_type in ("smplh", "smplx"):
+        for side in ("l", "r"):
+            comp, mean = f"hands_components{side}", f"hands_mean{side}"
+            out[comp] = (_array(path, data, comp, "f", (2,)) if comp in data else np.eye(45))
+            out[mean] = (_array(path, data, mean, "f", (1,)) if mean in data else np.zeros(45))
+            if out[comp].shape[1:] != (45,) or out[mean].shape != (45,):
+                bad = comp if out[comp].shape[1:] != (45,) else mean
+                raise BadInputError(path, bad, f"expected 45 hand-pose values, got shape {out[bad].shape}")
+    if model_type == "smplx":
+        idx = _array(path, data, "lmk_faces_idx", "iu", (1,))
+        bary = _array(path, data, "lmk_bary_coords", "f", (2,))
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(f)):
+            raise BadInputError(path, "lmk_faces_idx", f"face indices outside [0, {len(f)})")
+        if bary.shape != (len(idx), 3):
+            raise BadInputError(path, "lmk_bary_coords", f"expected ({len(idx)}, 3), got {bary.shape}")
+        out.update(lmk_faces_idx=idx, lmk_bary_coords=bary)
+    return out
+
+
+def _smplx_from_arrays(path: Path, arrays: dict[str, np.ndarray], gender: str, num_betas: int,
+                       num_expression_coeffs: int = 10) -> torch.nn.Module:
+    """An ``smplx.SMPLX`` built from arrays we read ourselves.
+
+    ``smplx.SMPLX.__init__`` always reads its model file itself (``np.load(..., allow_pickle=True)`` or
+    ``pickle.load``) and has no ``data_struct`` argument, so it is not called: the instance is made with
+    ``SMPLX.__new__``, its SMPL-H part by ``smplx.SMPLH.__init__`` with ``data_struct`` (which reads no file;
+    SMPL-X's vertex ids; flat hand mean, no hand PCA), and the SMPL-X additions are registered here as
+    smplx 0.1.28 does (landmark buffers, jaw/eye/expression parameters, expression directions; no face
+    contour). tests/test_untrusted_pickle.py checks the result equals smplx's own loading of the same arrays
+    (buffers, parameters and forward output), so a change in smplx shows up there.
+    """
+    import smplx
+    from smplx.vertex_ids import vertex_ids
+
+    dtype = torch.float32
+    model = smplx.SMPLX.__new__(smplx.SMPLX)
+    smplx.SMPLH.__init__(model, model_path=str(path), data_struct=_Struct(**arrays), num_betas=num_betas,
+                         gender=gender, use_pca=False, flat_hand_mean=True, vertex_ids=vertex_ids["smplx"],
+                         dtype=dtype, batch_size=1, ext="npz")
+    model.register_buffer("lmk_faces_idx", torch.tensor(arrays["lmk_faces_idx"].astype(np.int64)))
+    model.register_buffer("lmk_bary_coords", torch.tensor(arrays["lmk_bary_coords"], dtype=dtype))
+    model.use_face_contour = False
+    for name in ("jaw_pose", "leye_pose", "reye_pose"):
+        model.register_parameter(name, torch.nn.Parameter(torch.zeros(1, 3, dtype=dtype), requires_grad=True))
+    shapedirs = arrays["shapedirs"]
+    full = smplx.SMPLX.SHAPE_SPACE_DIM + smplx.SMPLX.EXPRESSION_SPACE_DIM
+    if shapedirs.shape[-1] < full:
+        start, n = 10, min(num_expression_coeffs, 10)
+    else:
+        start, n = smplx.SMPLX.SHAPE_SPACE_DIM, min(num_expression_coeffs, smplx.SMPLX.EXPRESSION_SPACE_DIM)
+    model._num_expression_coeffs = n
+    model.register_buffer("expr_dirs", torch.tensor(np.asarray(shapedirs[:, :, start:start + n]), dtype=dtype))
+    model.register_parameter("expression", torch.nn.Parameter(torch.zeros(1, n, dtype=dtype), requires_grad=True))
+    return model
 
 
 def _load_real(model_dir: str | os.PathLike, model_type: str, gender: str, num_betas: int) -> Body:
     import smplx
 
     path = find_model_file(model_dir, model_type, gender)
-    data = _read_model_data(path)
-    missing = [k for k in ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "kintree_table", "weights")
-               if k not in data]
-    if missing:
-        raise BadInputError(path, missing[0], f"model file lacks {', '.join(missing)}")
+    arrays = model_arrays(path, _read_model_data(path), model_type)
     log.info("loading %s %s body model from %s", model_type.upper(), gender, path)
+    # smplx is only handed plain arrays (data_struct / _smplx_from_arrays): it never opens the file itself
     with _quiet_smplx():
         if model_type == "smpl":
-            model = smplx.SMPL(model_path=str(path), data_struct=_Struct(**data), num_betas=num_betas,
+            model = smplx.SMPL(model_path=str(path), data_struct=_Struct(**arrays), num_betas=num_betas,
                                gender=gender)
         elif model_type == "smplh":
-            for side in ("l", "r"):
-                data.setdefault(f"hands_components{side}", np.eye(45))
-                data.setdefault(f"hands_mean{side}", np.zeros(45))
-            model = smplx.SMPLH(model_path=str(path), data_struct=_Struct(**data), num_betas=num_betas,
+            model = smplx.SMPLH(model_path=str(path), data_struct=_Struct(**arrays), num_betas=num_betas,
                                 gender=gender, use_pca=False, flat_hand_mean=True)
         else:
-            # smplx.SMPLX always reads a file itself: an .npz we have just read safely (any object members
-            # passed the restricted unpickler), or, for a .pkl, an npz of the plain arrays we produced
-            kw = dict(ext="npz", num_betas=num_betas, gender=gender, use_pca=False, flat_hand_mean=True,
-                      num_expression_coeffs=10, use_face_contour=False)
-            if path.suffix == ".npz":
-                model = smplx.SMPLX(model_path=str(path), **kw)
-            else:
-                with tempfile.TemporaryDirectory() as tmp:
-                    npz = Path(tmp) / "model.npz"
-                    np.savez(npz, **{k: np.asarray(v) for k, v in data.items()})
-                    model = smplx.SMPLX(model_path=str(npz), **kw)
+            model = _smplx_from_arrays(path, arrays, gender, num_betas)
     return Body(model, model_type, gender, str(path))
 
 
