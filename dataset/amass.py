@@ -7,6 +7,7 @@ world frame, shape coefficients and the gender of the body model used for fittin
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
 from dataclasses import dataclass
@@ -79,39 +80,97 @@ def _finite(path: str, field: str, a: np.ndarray) -> None:
         raise BadInputError(path, field, f"contains NaN/inf (first at index {tuple(int(i) for i in bad)})")
 
 
+_NUMERIC_KINDS = "iuf"
+#: an object (pickled) AMASS member is unpickled only up to this size (``gender`` is a few bytes)
+_MAX_OBJECT_MEMBER_BYTES = 1 << 16
+
+
+def _open_npz(path: str) -> zipfile.ZipFile:
+    if not Path(path).is_file():
+        raise BadInputError(path, None, "file not found")
+    try:
+        return zipfile.ZipFile(path)
+    except Exception as e:  # noqa: BLE001 - BadZipFile, OSError, EOFError, ValueError on a damaged file
+        raise BadInputError(path, "archive", f"unreadable or truncated npz ({e})") from e
+
+
+def _member(zf: zipfile.ZipFile, path: str, key: str) -> zipfile.ZipExtFile:
+    try:
+        return zf.open(f"{key}.npy")
+    except KeyError:
+        raise BadInputError(path, key, "missing key") from None
+    except Exception as e:  # noqa: BLE001 - damaged / encrypted member
+        raise BadInputError(path, key, f"unreadable or truncated ({e})") from e
+
+
+def _unpickle_plain(raw: bytes, path: str, key: str) -> np.ndarray:
+    """An object ``.npy`` member (numpy stores those as a pickle of the array) -> object array of plain values.
+
+    The unpickler (:class:`render.smpl_pickle.NumpyUnpickler`) admits exactly numpy's array reconstruction
+    globals (``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` as its argument, ``numpy.dtype``,
+    ``numpy.core.multiarray.scalar``, ``numpy.core.numeric._frombuffer``; also under ``numpy._core``), each a
+    checked stand-in (an object dtype only with one Python object per element, never from raw bytes), and
+    ``_codecs.encode`` to latin-1; no other global (no builtins callable, no ``os``, no ``exec``). The
+    elements must then be builtin str/bytes/numbers/None or lists/tuples/dicts of them
+    (:func:`render.smpl_pickle.check_plain`). Anything else -> BadInputError(path, key).
+    """
+    from render.smpl_pickle import NumpyUnpickler, check_plain, restricted_load
+
+    if len(raw) > _MAX_OBJECT_MEMBER_BYTES:
+        raise BadInputError(path, key, f"object array larger than {_MAX_OBJECT_MEMBER_BYTES} bytes")
+    obj = restricted_load(io.BytesIO(raw), Path(path), key, NumpyUnpickler)
+    if not isinstance(obj, np.ndarray) or obj.dtype != np.dtype(object):
+        raise BadInputError(path, key, f"object member holds a {type(obj).__name__}, not an object array")
+    arr = obj.view(np.ndarray)
+    try:
+        for v in arr.reshape(-1):
+            check_plain(v)
+    except (ValueError, RecursionError) as e:
+        raise BadInputError(path, key, f"object array element {e}") from e
+    out = np.empty(arr.shape, dtype=object)
+    out.reshape(-1)[:] = list(arr.reshape(-1))
+    return out
+
+
+def _read(zf: zipfile.ZipFile, path: str, key: str, numeric: bool = True) -> np.ndarray:
+    """Member ``key`` as an array, without numpy's pickle path (:func:`render.smpl_pickle.read_npy`).
+
+    numeric: a non-object array of booleans/integers/floats, else BadInputError. Otherwise (``gender``) a
+    str/bytes array, or an object array through :func:`_unpickle_plain`.
+    """
+    from render.smpl_pickle import read_npy
+
+    with _member(zf, path, key) as fh:
+        if numeric:
+            arr = read_npy(fh, path, key)
+            if arr.dtype.kind not in _NUMERIC_KINDS:
+                raise BadInputError(path, key, f"expected numbers, got dtype {arr.dtype}")
+            return arr
+        return read_npy(fh, path, key, object_loader=lambda raw: _unpickle_plain(raw, path, key))
+
+
 def read_amass_header(path: str | os.PathLike) -> tuple[int, float]:
     """(number of frames, fps) of an AMASS file, reading only array headers and the fps member.
 
     Much faster than :func:`load_amass` (no pose data is read). Checks that ``poses`` is (T, 156|165)
-    with T > 0, that ``trans`` is (T, 3) and that the fps is positive; it does not scan for NaN.
+    numbers with T > 0, that ``trans`` is (T, 3) numbers and that the fps is a positive number; it does not
+    scan for NaN. Nothing is unpickled (an object array where a number is expected is refused).
 
     Raises:
         BadInputError: naming the file and the field (missing/unreadable/truncated file, missing key,
-            wrong shape, zero frames, bad fps).
+            wrong shape or dtype, zero frames, bad fps).
     """
+    from render.smpl_pickle import read_npy_header
+
     path = os.fspath(path)
-    if not Path(path).is_file():
-        raise BadInputError(path, None, "file not found")
-    try:
-        zf = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as e:
-        raise BadInputError(path, "archive", f"unreadable or truncated npz ({e})") from e
-    with zf:
-        names = set(zf.namelist())
+    with _open_npz(path) as zf:
 
         def shape_of(key: str) -> tuple[int, ...]:
-            if f"{key}.npy" not in names:
-                raise BadInputError(path, key, "missing key")
-            try:
-                with zf.open(f"{key}.npy") as fh:
-                    version = np.lib.format.read_magic(fh)
-                    if version == (1, 0):
-                        shape, _, _ = np.lib.format.read_array_header_1_0(fh)
-                    else:
-                        shape, _, _ = np.lib.format.read_array_header_2_0(fh)
-            except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-                raise BadInputError(path, key, f"unreadable or truncated ({e})") from e
-            return tuple(int(s) for s in shape)
+            with _member(zf, path, key) as fh:
+                shape, _, dtype = read_npy_header(fh, path, key)
+            if dtype.hasobject or dtype.kind not in _NUMERIC_KINDS:
+                raise BadInputError(path, key, f"expected numbers, got dtype {dtype}")
+            return shape
 
         pshape = shape_of("poses")
         if len(pshape) != 2 or pshape[1] not in POSE_WIDTHS:
@@ -121,74 +180,54 @@ def read_amass_header(path: str | os.PathLike) -> tuple[int, float]:
         tshape = shape_of("trans")
         if tshape != (pshape[0], 3):
             raise BadInputError(path, "trans", f"expected shape ({pshape[0]}, 3), got {tshape}")
-        fps_key = next((k for k in _FPS_KEYS if f"{k}.npy" in names), None)
-        if fps_key is None:
-            raise BadInputError(path, "mocap_framerate", "missing key (nor mocap_frame_rate)")
-        try:
-            with zf.open(f"{fps_key}.npy") as fh:
-                fps = float(np.lib.format.read_array(fh, allow_pickle=False).reshape(()))
-        except (OSError, ValueError, TypeError, zipfile.BadZipFile, EOFError) as e:
-            raise BadInputError(path, fps_key, f"unreadable or not a number ({e})") from e
+        fps_key, fps = _fps(zf, path)
+    return pshape[0], fps
+
+
+def _fps(zf: zipfile.ZipFile, path: str) -> tuple[str, float]:
+    names = set(zf.namelist())
+    fps_key = next((k for k in _FPS_KEYS if f"{k}.npy" in names), None)
+    if fps_key is None:
+        raise BadInputError(path, "mocap_framerate", "missing key (nor mocap_frame_rate)")
+    arr = _read(zf, path, fps_key)
+    if arr.size != 1:
+        raise BadInputError(path, fps_key, f"expected a number, got shape {arr.shape}")
+    fps = float(arr.reshape(()))
     if not np.isfinite(fps) or fps <= 0:
         raise BadInputError(path, fps_key, f"must be a positive number, got {fps}")
-    return pshape[0], fps
+    return fps_key, fps
 
 
 def load_amass(path: str | os.PathLike) -> AmassMotion:
     """Read and validate one AMASS npz file.
 
+    AMASS files are untrusted input: the archive is read member by member without ``np.load`` and without
+    numpy's pickle path. ``poses``, ``trans``, ``betas`` and the frame rate must be plain numeric arrays;
+    ``gender`` may be a str/bytes array or, as in some AMASS releases, an object array, which is read by a
+    restricted unpickler that admits only numpy's array reconstruction and plain builtin values
+    (:func:`_unpickle_plain`). Other members are not read.
+
     Raises:
         BadInputError: naming the file and the field for a missing/unreadable/truncated file, a
-            missing key, a wrong shape, NaN/inf values, zero frames or a non-positive fps.
+            missing key, a wrong shape or dtype, an object member that is not plain data, NaN/inf values,
+            zero frames or a non-positive fps.
     """
     path = os.fspath(path)
-    if not Path(path).is_file():
-        raise BadInputError(path, None, "file not found")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise BadInputError(path, "archive", f"unreadable or truncated npz ({e})") from e
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise BadInputError(path, "archive", "not an npz archive")
-
-    def get(key: str) -> np.ndarray:
-        if key not in data.files:
-            raise BadInputError(path, key, "missing key")
-        try:
-            return data[key]
-        except ValueError as e:  # object arrays need pickle
-            try:
-                return np.load(path, allow_pickle=True)[key]
-            except Exception as e2:  # noqa: BLE001
-                raise BadInputError(path, key, f"unreadable ({e2})") from e
-        except (OSError, zipfile.BadZipFile, EOFError) as e:
-            raise BadInputError(path, key, f"unreadable or truncated ({e})") from e
-
-    with data:
-        poses = np.asarray(get("poses"), dtype=np.float64) if "poses" in data.files else None
-        if poses is None:
-            raise BadInputError(path, "poses", "missing key")
+    with _open_npz(path) as zf:
+        poses = np.asarray(_read(zf, path, "poses"), dtype=np.float64)
         if poses.ndim != 2 or poses.shape[1] not in POSE_WIDTHS:
             raise BadInputError(path, "poses", f"expected shape (T, 156) or (T, 165), got {poses.shape}")
         if poses.shape[0] == 0:
             raise BadInputError(path, "poses", "zero frames")
-        trans = np.asarray(get("trans"), dtype=np.float64)
+        trans = np.asarray(_read(zf, path, "trans"), dtype=np.float64)
         if trans.shape != (poses.shape[0], 3):
             raise BadInputError(path, "trans", f"expected shape ({poses.shape[0]}, 3), got {trans.shape}")
-        betas = np.asarray(get("betas"), dtype=np.float64).reshape(-1)
+        betas = np.asarray(_read(zf, path, "betas"), dtype=np.float64).reshape(-1)
         if betas.size < 10:
             raise BadInputError(path, "betas", f"expected at least 10 values, got {betas.size}")
-        gender = normalise_gender(get("gender"), path) if "gender" in data.files else "neutral"
-        fps_key = next((k for k in _FPS_KEYS if k in data.files), None)
-        if fps_key is None:
-            raise BadInputError(path, "mocap_framerate", "missing key (nor mocap_frame_rate)")
-        fps_arr = np.asarray(get(fps_key))
-        try:
-            fps = float(fps_arr.reshape(()))
-        except (TypeError, ValueError) as e:
-            raise BadInputError(path, fps_key, f"expected a number, got {fps_arr!r}") from e
-    if not np.isfinite(fps) or fps <= 0:
-        raise BadInputError(path, fps_key, f"must be a positive number, got {fps}")
+        has_gender = "gender.npy" in zf.namelist()
+        gender = normalise_gender(_read(zf, path, "gender", numeric=False), path) if has_gender else "neutral"
+        _, fps = _fps(zf, path)
     _finite(path, "poses", poses)
     _finite(path, "trans", trans)
     _finite(path, "betas", betas)
