@@ -10,33 +10,50 @@ Layout of a shard set ``SHARDS/`` (see the README):
 - ``{split}.json``: manifest (sample count, shards with count/bytes/sha256, text model, feature dim, video format,
   tool version, skipped/failed clips).
 - ``stats.npz``: ``mean``/``std`` (D,) float32 of the train split's features (HumanML3D convention).
-- ``README.md``: dataset card. ``.build/``: per-shard state used to resume.
+- ``README.md``: dataset card. ``.build/``: per-shard state used to resume (``.build/report.json``: the last run's
+  report).
 
 Determinism: clips are ordered by keyid and cut into fixed slots of ``samples_per_shard`` (a clip that is
 skipped or fails leaves its slot empty), tar headers carry a fixed mtime/uid/gid/mode, members are written in a
 fixed order, so the same input gives byte-identical tars. Shards are written to a temp name and renamed
 (atomic). A shard whose inputs (clip definitions, video/sidecar/feature file sizes and mtimes, build settings)
 are unchanged since it was written is kept, so a second run is a no-op.
+
+Untrusted input (see docs/interfaces.md): every clip's keyid must follow :data:`dataset.keyids.KEYID_RULE`
+(otherwise the clip fails, the build goes on); tar member names are built in one place (:func:`member_name`);
+input files are found with :func:`dataset.keyids.child_path`; a render sidecar must name the clip's keyid and,
+when it records ``video_size`` / ``video_sha256``, the video must match them. Readers (:func:`check_shards`,
+:func:`iter_tar_members`) refuse members that are not ``<keyid>.<ext>``. Temporary files of a killed run are
+removed by the next run; SIGINT/SIGTERM stop a build cleanly (the report says ``interrupted``) and worker
+processes die with their parent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import io
 import json
 import logging
+import math
 import os
+import re
+import signal
+import sys
 import tarfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from dataset.atomic import atomic_path, write_json
 from dataset.errors import BadInputError
+from dataset.hashing import sha256_file
+from dataset.keyids import check_keyid, check_member_name, child_path, is_keyid
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +62,25 @@ TOOL_VERSION = "lavimo-build-shards 1.0"
 TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed so rebuilds are byte-identical
 VIDEO_MEMBERS = {"jpgs": "video.jpgs", "mp4": "video.mp4"}
 BASE_MEMBERS = ("meta.json", "motion.npy", "sent.npy", "texts.json")
+ALL_MEMBERS = BASE_MEMBERS + tuple(VIDEO_MEMBERS.values())
 SPLITS = ("train", "val", "test")
+# temporary files of dataset.atomic (``.{final name}.XXXXXXXX.tmp{ext}``) whose final name is one of ours
+_TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+_OUR_NAME_RE = re.compile(r"^(?:[A-Za-z0-9_-]+-\d{6}\.tar(?:\.json)?|[A-Za-z0-9_-]+\.json|stats\.npz|README\.md)$")
+_SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+\.tar$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ShardSetMismatch(RuntimeError):
     """The output directory holds a shard set built with other settings (text model, feature dim, video)."""
+
+
+class BuildInterrupted(BaseException):
+    """SIGINT/SIGTERM during a build (a BaseException so no per-clip ``except Exception`` swallows it)."""
+
+    def __init__(self, signame: str):
+        super().__init__(signame)
+        self.signame = signame
 
 
 @dataclass
@@ -118,14 +149,29 @@ class BuildReport:
     shards_removed: int = 0
     per_split: dict[str, int] = field(default_factory=dict)
     stats_written: bool = False
+    leftovers_removed: list[str] = field(default_factory=list)  # temp files of a killed run, removed
+    interrupted: str | None = None  # "SIGINT" / "SIGTERM" when the run was stopped (what finished is counted)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def not_done(self) -> dict[str, str]:
+        """Clips that were not written (failed, or skipped for a missing input); clips without texts are not
+        counted (they are filtered out by design, see dataset/annotations.py)."""
+        out = dict(self.failed)
+        out.update({k: r for k, r in self.skipped.items() if r != NO_TEXTS})
+        return out
+
     def summary(self) -> str:
-        return (f"done {self.done}, kept {self.kept}, skipped {len(self.skipped)}, failed {len(self.failed)} "
+        text = (f"done {self.done}, kept {self.kept}, skipped {len(self.skipped)}, failed {len(self.failed)} "
                 f"(shards written {self.shards_written}, kept {self.shards_kept}, removed {self.shards_removed}; "
                 f"samples per split {self.per_split})")
+        if self.interrupted:
+            text += f"; interrupted by {self.interrupted} (run again to finish)"
+        return text
+
+
+NO_TEXTS = "texts: the clip has no texts"
 
 
 # ----------------------------------------------------------------------------------------------- tar writing
@@ -141,36 +187,73 @@ def tar_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
     return ti, io.BytesIO(data)
 
 
+def member_name(key: str, member: str) -> str:
+    """The tar member name ``<keyid>.<member>`` of a sample: the one place it is built.
+
+    Raises BadInputError for a key that is not a keyid or a member outside :data:`ALL_MEMBERS`, so a writer
+    can never put ``../x`` or ``/abs`` into a tar."""
+    check_keyid(key, field="keyid")
+    if member not in ALL_MEMBERS:
+        raise BadInputError(None, "member", f"{member!r} is not one of {sorted(ALL_MEMBERS)}")
+    return check_member_name(f"{key}.{member}")
+
+
 def write_tar(path: Path, samples: Sequence[dict[str, bytes]]) -> tuple[str, int]:
     """Atomically write ``samples`` (dicts with ``__key__`` and member -> bytes) -> (sha256 hex, size bytes)."""
-    with atomic_path(path) as tmp:
+    with _naming(path), atomic_path(path) as tmp:
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
             for s in samples:
                 key = s["__key__"]
                 for member in sorted(k for k in s if k != "__key__"):
-                    tf.addfile(*tar_member(f"{key}.{member}", s[member]))
+                    tf.addfile(*tar_member(member_name(key, member), s[member]))
         digest, size = sha256_file(tmp)
         _public(tmp)
     return digest, size
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while True:
-            b = fh.read(chunk)
-            if not b:
-                break
-            h.update(b)
-            size += len(b)
-    return h.hexdigest(), size
+@contextlib.contextmanager
+def _naming(path: str | os.PathLike) -> Iterator[None]:
+    """Give an OSError raised while writing ``path`` (ENOSPC, EIO, ...) the file name it lacks."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from exc
+        raise
 
 
 def npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
     return buf.getvalue()
+
+
+def load_npy_bytes(data: bytes, max_bytes: int = 1 << 30) -> np.ndarray:
+    """Parse a ``.npy`` member from untrusted bytes -> array.
+
+    The header is checked before any array memory is allocated: format version 1.0/2.0, no object dtype
+    (nothing is ever unpickled), and ``prod(shape) * itemsize`` equal to the bytes that follow (at most
+    ``max_bytes``), so a crafted header cannot make numpy allocate a huge array. Raises ValueError."""
+    from numpy.lib import format as npf
+
+    bio = io.BytesIO(data)
+    try:
+        version = npf.read_magic(bio)
+        if version == (1, 0):
+            shape, fortran, dtype = npf.read_array_header_1_0(bio)
+        elif version == (2, 0):
+            shape, fortran, dtype = npf.read_array_header_2_0(bio)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, EOFError, SyntaxError, TypeError) as exc:
+        raise ValueError(f"not a .npy array: {exc}") from exc
+    if dtype.hasobject:
+        raise ValueError(f"object dtype {dtype} refused (would need unpickling)")
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if len(shape) else dtype.itemsize
+    rest = len(data) - bio.tell()
+    if expected != rest or expected > max_bytes:
+        raise ValueError(f"header says shape {shape} {dtype} ({expected} bytes) but {rest} bytes follow")
+    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def json_bytes(obj: Any) -> bytes:
@@ -212,15 +295,25 @@ def _stat(path: Path) -> list:
     return [st.st_size, st.st_mtime_ns]
 
 
+def clip_inputs(clip, cfg: BuildConfig) -> tuple[Path, Path]:
+    """(video, sidecar) paths of a clip: ``videos/<keyid>.mp4`` and ``videos/<keyid>.json``.
+
+    Raises BadInputError when the keyid is not a keyid (never a path outside ``cfg.videos``)."""
+    key = check_keyid(clip.keyid, field="keyid")
+    return child_path(cfg.videos, f"{key}.mp4"), child_path(cfg.videos, f"{key}.json")
+
+
 def clip_fingerprint(clip, cfg: BuildConfig) -> list:
     """What a clip's sample depends on (definition + input file stats); a change triggers a rebuild."""
+    if not is_keyid(clip.keyid):
+        return [repr(clip.keyid), "invalid keyid"]
     frames = None if clip.frames is None else hashlib.sha256(np.asarray(clip.frames, np.int64).tobytes()).hexdigest()
-    feat_src = (cfg.humanml3d_vecs / f"{clip.keyid}.npy") if cfg.humanml3d_vecs is not None else \
+    feat_src = child_path(cfg.humanml3d_vecs, f"{clip.keyid}.npy") if cfg.humanml3d_vecs is not None else \
         (cfg.amass_root / clip.amass_path if cfg.amass_root is not None else None)
+    mp4, side = clip_inputs(clip, cfg)
     return [clip.keyid, clip.amass_path, clip.fps, clip.split, bool(clip.mirrored), clip.dataset, frames,
             [[t.caption, t.start, t.end] for t in clip.texts],
-            _stat(cfg.videos / f"{clip.keyid}.mp4"), _stat(cfg.videos / f"{clip.keyid}.json"),
-            None if feat_src is None else _stat(feat_src)]
+            _stat(mp4), _stat(side), None if feat_src is None else _stat(feat_src)]
 
 
 def texts_of(clip) -> list[dict]:
@@ -233,14 +326,64 @@ def texts_of(clip) -> list[dict]:
     return out
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def check_sidecar(side: dict, side_path: Path, keyid: str, mp4: Path) -> None:
+    """Check a render sidecar against its clip and video (raises BadInputError naming the file and field).
+
+    - ``keyid`` must be the clip's keyid (a sidecar copied or renamed from another clip is refused);
+    - ``video_size`` (bytes) / ``video_sha256`` (hex), when present, must match ``mp4`` (truncated or replaced
+      videos are refused);
+    - ``num_frames`` a non-negative integer, ``fps`` a finite number > 0, ``frames`` a list of non-negative
+      integer AMASS frame indices (as many as ``num_frames`` when both are given).
+    """
+    if side.get("keyid") != keyid:
+        raise BadInputError(side_path, "keyid", f"{side.get('keyid')!r} but the clip is {keyid!r} "
+                            "(a sidecar of another clip?)")
+    n = side.get("num_frames")
+    if n is not None and (not _is_int(n) or n < 0):
+        raise BadInputError(side_path, "num_frames", f"{n!r} is not a frame count")
+    fps = side.get("fps")
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float))
+                            or not math.isfinite(fps) or fps <= 0):
+        raise BadInputError(side_path, "fps", f"{fps!r} is not a positive frame rate")
+    frames = side.get("frames")
+    if frames is not None:
+        if not isinstance(frames, list) or not all(_is_int(f) and f >= 0 for f in frames):
+            raise BadInputError(side_path, "frames", "expected a list of non-negative AMASS frame indices")
+        if n is not None and len(frames) not in (0, n):
+            raise BadInputError(side_path, "frames", f"{len(frames)} frame indices but num_frames is {n}")
+    size, digest = side.get("video_size"), side.get("video_sha256")
+    if size is not None and (not _is_int(size) or size < 0):
+        raise BadInputError(side_path, "video_size", f"{size!r} is not a byte count")
+    if digest is not None and (not isinstance(digest, str) or not _SHA256_RE.match(digest.lower())):
+        raise BadInputError(side_path, "video_sha256", "expected 64 hexadecimal digits")
+    if digest is not None:
+        actual, actual_size = sha256_file(mp4)
+    elif size is not None:
+        actual, actual_size = None, mp4.stat().st_size
+    else:
+        return
+    if size is not None and actual_size != size:
+        raise BadInputError(mp4, "video", f"{actual_size} bytes but {side_path.name} says video_size {size} "
+                            "(truncated or replaced; render it again)")
+    if digest is not None and actual != digest.lower():
+        raise BadInputError(mp4, "video", f"sha256 differs from {side_path.name}'s video_sha256 "
+                            "(modified or replaced; render it again)")
+
+
 def prepare_sample(clip, cfg: BuildConfig, features_fn: Callable) -> dict[str, bytes]:
     """Everything of a sample except ``sent.npy`` (added by the caller, which holds the text model).
 
-    Raises BadInputError for bad inputs (unreadable video or sidecar, frame count mismatch, bad features)."""
+    Raises BadInputError for bad inputs (bad keyid, unreadable video or sidecar, sidecar of another clip or
+    not matching the video, frame count mismatch, bad features)."""
     from dataset.video_frames import encode_jpgs, read_sidecar, read_video_scaled
 
-    mp4 = cfg.videos / f"{clip.keyid}.mp4"
-    side = read_sidecar(cfg.videos / f"{clip.keyid}.json")
+    mp4, side_path = clip_inputs(clip, cfg)
+    side = read_sidecar(side_path)
+    check_sidecar(side, side_path, clip.keyid, mp4)
     # (T, H, W, 3) uint8, scaled by ffmpeg while decoding (the mp4 format only needs the frame count)
     frames, (src_w, src_h) = read_video_scaled(mp4, cfg.frame_size if cfg.video_format == "jpgs" else 32)
     n_side = side.get("num_frames", len(side.get("frames", [])) or None)
@@ -250,6 +393,9 @@ def prepare_sample(clip, cfg: BuildConfig, features_fn: Callable) -> dict[str, b
         # The video defines the clip's frames: compute the motion on exactly the AMASS frames the video
         # shows (render-amass may have used another --fps than the annotations' default), so video frame
         # i and motion frame i stay the same instant.
+        if len(side["frames"]) != len(frames):
+            raise BadInputError(side_path, "frames", f"{len(side['frames'])} frame indices for {len(frames)} "
+                                "decoded frames")
         clip = dataclasses.replace(clip, frames=np.asarray(side["frames"], dtype=np.int64),
                                    fps=float(side.get("fps", clip.fps)))
     feats = np.asarray(features_fn(clip), dtype=np.float32)
@@ -293,7 +439,9 @@ def _work(item):
 
 
 class _LazyPool:
-    """A process pool created on first use (a no-op re-run never forks workers); None for one worker."""
+    """A process pool created on first use (a no-op re-run never forks workers); None for one worker.
+
+    Workers die with the parent (:func:`_worker_init`); :meth:`terminate` stops them at once (interrupt)."""
 
     def __init__(self, workers: int):
         self.workers, self.pool = workers, None
@@ -302,12 +450,18 @@ class _LazyPool:
         if self.pool is None and self.workers > 1:
             import multiprocessing as mp
 
-            self.pool = mp.get_context("fork").Pool(self.workers, initializer=_worker_init)
+            self.pool = mp.get_context("fork").Pool(self.workers, initializer=_worker_init, initargs=(os.getpid(),))
         return self.pool
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
+            self.pool.join()
+            self.pool = None
+
+    def terminate(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
             self.pool.join()
             self.pool = None
 
@@ -328,7 +482,46 @@ def _ordered(pool, items: list, window: int):
         yield pending.popleft().get()
 
 
-def _worker_init() -> None:
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> str:
+    """Make this (child) process exit when ``parent_pid`` dies; returns the mechanism used.
+
+    On Linux: ``prctl(PR_SET_PDEATHSIG, sig)`` through ctypes ("prctl"). Elsewhere, or when prctl is not
+    available: a daemon thread that polls ``os.getppid()`` every 0.5 s and calls ``os._exit(1)`` once the
+    parent is gone ("poll")."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0:
+                if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                    os._exit(1)
+                return "prctl"
+        except (OSError, AttributeError):  # pragma: no cover - no libc / no prctl symbol
+            pass
+
+    def watch() -> None:
+        import time
+
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+    return "poll"
+
+
+def _worker_init(parent_pid: int | None = None) -> None:
+    """Pool worker set-up: die with the parent, leave SIGINT to the parent (which stops the pool), one
+    torch thread."""
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         import torch
 
@@ -337,22 +530,118 @@ def _worker_init() -> None:
         pass
 
 
+class _SignalDeferral:
+    """SIGINT/SIGTERM -> :class:`BuildInterrupted`, held back while a :meth:`deferred` block runs (a shard
+    that is being written is finished and counted first)."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: str | None = None
+
+    def handler(self, signum, _frame) -> None:
+        name = signal.Signals(signum).name
+        if self.depth:
+            self.pending = self.pending or name
+            return
+        raise BuildInterrupted(name)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+        if not self.depth and self.pending:
+            name, self.pending = self.pending, None
+            raise BuildInterrupted(name)
+
+
+_SIGNALS = _SignalDeferral()
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGINT/SIGTERM raise :class:`BuildInterrupted` in the main thread while the block runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _SIGNALS.depth, _SIGNALS.pending = 0, None
+    old = {s: signal.signal(s, _SIGNALS.handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def temp_leftovers(out: Path) -> list[Path]:
+    """Temporary files of an interrupted run in a shard set (``.{name}.XXXXXXXX.tmp*`` of dataset.atomic for
+    our own file names, in ``out`` and ``out/.build``)."""
+    found = []
+    for d in (out, out / ".build"):
+        if not d.is_dir():
+            continue
+        for p in sorted(d.iterdir()):
+            m = _TEMP_RE.match(p.name)
+            if m and _OUR_NAME_RE.match(m.group("target")) and (p.is_file() or p.is_symlink()):
+                found.append(p)
+    return found
+
+
+def remove_leftovers(out: Path) -> list[str]:
+    """Remove :func:`temp_leftovers` (logged); returns their paths."""
+    removed = []
+    for p in temp_leftovers(out):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            continue
+        log.info("removed %s (temporary file of an interrupted run)", p)
+        removed.append(str(p))
+    return removed
+
+
 # ----------------------------------------------------------------------------------------------- set config
 def _set_config(cfg: BuildConfig, text_info: dict) -> dict:
     return {"format_version": FORMAT_VERSION, "text_model": text_info, "video": cfg.video_info()}
 
 
 def read_manifests(out: Path) -> dict[str, dict]:
-    """All ``{split}.json`` manifests of a shard set -> {split: manifest}."""
+    """All ``{split}.json`` manifests of a shard set -> {split: manifest}.
+
+    Only visible files named ``<split>.json`` (split = letters, digits, ``_``, ``-``) whose ``split`` field
+    agrees with the file name count; temporary files of a killed run (``.train.json.XXXX.tmp.json``) never do."""
     found = {}
     for p in sorted(Path(out).glob("*.json")):
+        if not is_keyid(p.stem) or p.name != f"{p.stem}.json":
+            continue
         try:
             m = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
         if isinstance(m, dict) and m.get("kind") == "lavimo-shards-manifest":
-            found[m.get("split", p.stem)] = m
+            if m.get("split", p.stem) != p.stem:
+                log.warning("%s: split field %r differs from the file name: ignored", p, m.get("split"))
+                continue
+            found[p.stem] = m
     return found
+
+
+def manifest_shards(out: Path, split: str, m: dict) -> list[tuple[dict, Path]]:
+    """(entry, path) of every shard a manifest lists. Raises BadInputError naming the manifest when
+    ``shards`` is not a list of {name, ...} or a name is not a plain ``<name>.tar`` inside ``out``."""
+    where = Path(out) / f"{split}.json"
+    entries = m.get("shards") if isinstance(m, dict) else None
+    if not isinstance(entries, list):
+        raise BadInputError(where, "shards", "expected a list of shard entries")
+    result = []
+    for e in entries:
+        name = e.get("name") if isinstance(e, dict) else None
+        if not isinstance(name, str) or not _SHARD_NAME_RE.match(name):
+            raise BadInputError(where, "shards", f"shard name {name!r} is not a plain '<name>.tar' file name")
+        result.append((e, child_path(out, name)))
+    return result
 
 
 def _check_compatible(out: Path, set_cfg: dict) -> int | None:
@@ -426,6 +715,7 @@ def build_shards(clips: Iterable, cfg: BuildConfig, *, embedder=None, features_f
 
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
+    leftovers = remove_leftovers(out)
     if cfg.overwrite:
         n = remove_shard_set(out)
         log.info("--overwrite: removed %d files of the previous shard set in %s", n, out)
@@ -442,23 +732,32 @@ def build_shards(clips: Iterable, cfg: BuildConfig, *, embedder=None, features_f
     build_dir.mkdir(exist_ok=True)
     _write_state(build_dir / "set.json", {**set_cfg, "feature_dim": feature_dim})
 
-    report = BuildReport()
+    report = BuildReport(leftovers_removed=leftovers)
     by_split: dict[str, list] = {s: [] for s in cfg.splits}
     for c in clips:
         if c.split in by_split:
             by_split[c.split].append(c)
     pool = _LazyPool(cfg.workers)
-    try:
-        for split in cfg.splits:
-            feature_dim = _build_split(split, sorted(by_split[split], key=lambda c: c.keyid), cfg, set_cfg,
-                                       embedder, features_fn, feature_dim, pool, report, sources or {},
-                                       show_progress, tqdm)
-    finally:
-        pool.close()
-    _write_state(build_dir / "set.json", {**set_cfg, "feature_dim": feature_dim})
-    report.stats_written = update_stats(out, stats_fn)
-    write_card(out)
-    write_json(build_dir / "report.json", report.to_dict())
+    with _stop_on_signals():
+        try:
+            try:
+                for split in cfg.splits:
+                    feature_dim = _build_split(split, sorted(by_split[split], key=lambda c: str(c.keyid)), cfg,
+                                               set_cfg, embedder, features_fn, feature_dim, pool, report,
+                                               sources or {}, show_progress, tqdm)
+            except BaseException:
+                pool.terminate()  # interrupted or failed: do not wait for queued clips
+                raise
+            pool.close()
+            _write_state(build_dir / "set.json", {**set_cfg, "feature_dim": feature_dim})
+            report.stats_written = update_stats(out, stats_fn)
+            write_card(out)
+        except BuildInterrupted as exc:
+            report.interrupted = exc.signame
+            log.warning("%s: build stopped; %d samples in %d shards were written (run again to finish)",
+                        exc.signame, report.done, report.shards_written)
+        with _naming(build_dir / "report.json"):
+            write_json(build_dir / "report.json", report.to_dict())
     return report
 
 
@@ -476,7 +775,7 @@ def _build_split(split, clips, cfg, set_cfg, embedder, features_fn, feature_dim,
                                        sort_keys=True, default=str).encode()).hexdigest()
         name = shard_name(split, si)
         state_path = out / ".build" / f"{name}.json"
-        state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else None
+        state = _read_state(state_path)
         tar = out / name
         if state and state.get("inputs") == fp and tar.is_file() and tar.stat().st_size == state.get("bytes"):
             states[si] = state
@@ -494,24 +793,35 @@ def _build_split(split, clips, cfg, set_cfg, embedder, features_fn, feature_dim,
 
     n_todo = sum(len(g) for _, g, _ in todo)
     bar = tqdm(total=n_todo, desc=f"build-shards {split}", unit="clip", disable=not show_progress or n_todo == 0)
-    jobs = []  # (shard index, group, fingerprint, skipped, work items)
+    jobs = []  # (shard index, group, fingerprint, skipped, failed, work items)
+    seen: set[str] = set()
     for si, group, fp in todo:
         skipped: dict[str, str] = {}
+        failed0: dict[str, str] = {}
         work = []
         for c in group:
-            if not c.texts:
-                skipped[c.keyid] = "texts: the clip has no texts"
-            elif not (cfg.videos / f"{c.keyid}.mp4").is_file():
-                skipped[c.keyid] = f"{cfg.videos / (c.keyid + '.mp4')}: video: file not found"
+            key = str(c.keyid)
+            try:
+                mp4 = clip_inputs(c, cfg)[0]
+            except BadInputError as exc:
+                failed0[key] = exc.reason
+                continue
+            if key in seen:
+                failed0[key] = f"keyid: {key!r} appears twice in split {split}"
+            elif not c.texts:
+                skipped[key] = NO_TEXTS
+            elif not mp4.is_file():
+                skipped[key] = f"{mp4}: video: file not found"
             else:
                 work.append((c, cfg, features_fn))
-        jobs.append((si, group, fp, skipped, work))
+            seen.add(key)
+        jobs.append((si, group, fp, skipped, failed0, work))
     # one ordered stream over all shards' clips, a bounded number in flight (workers never wait for a shard)
-    items = [w for job in jobs for w in job[4]]
+    items = [w for job in jobs for w in job[5]]
     results = _ordered(pool.get() if items else None, items, window=4 * max(1, cfg.workers))
-    for si, group, fp, skipped, work in jobs:
+    for si, group, fp, skipped, failed0, work in jobs:
         bar.update(len(group) - len(work))
-        samples, failed = [], {}
+        samples, failed = [], dict(failed0)
         for _ in range(len(work)):
             res = next(results)
             bar.update(1)
@@ -528,16 +838,18 @@ def _build_split(split, clips, cfg, set_cfg, embedder, features_fn, feature_dim,
             samples.append(sample)
         _add_sentences(samples, embedder)
         name = shard_name(split, si)
-        digest, size = write_tar(out / name, samples)
-        state = {"inputs": fp, "name": name, "count": len(samples), "sha256": digest, "bytes": size,
-                 "keys": [s["__key__"] for s in samples], "skipped": skipped, "failed": failed,
-                 "feature_dim": feature_dim,
-                 "video_bytes": sum(len(s[VIDEO_MEMBERS[cfg.video_format]]) for s in samples)}
-        write_json(out / ".build" / f"{name}.json", state)
-        states[si] = state
-        _write_state(out / ".build" / "set.json", {**set_cfg, "feature_dim": feature_dim})
-        report.done += len(samples)
-        report.shards_written += 1
+        with _SIGNALS.deferred():  # a shard, its state and the counters are written together
+            digest, size = write_tar(out / name, samples)
+            state = {"inputs": fp, "name": name, "count": len(samples), "sha256": digest, "bytes": size,
+                     "keys": [s["__key__"] for s in samples], "skipped": skipped, "failed": failed,
+                     "feature_dim": feature_dim,
+                     "video_bytes": sum(len(s[VIDEO_MEMBERS[cfg.video_format]]) for s in samples)}
+            with _naming(out / ".build" / f"{name}.json"):
+                write_json(out / ".build" / f"{name}.json", state)
+            states[si] = state
+            _write_state(out / ".build" / "set.json", {**set_cfg, "feature_dim": feature_dim})
+            report.done += len(samples)
+            report.shards_written += 1
         for k, r in skipped.items():
             log.warning("skipped %s: %s", k, r)
         for k, r in failed.items():
@@ -601,6 +913,18 @@ def _add_sentences(samples: list[dict], embedder) -> None:
         s["sent.npy"] = npy_bytes(emb[a:b].astype(np.float16))
 
 
+def _read_state(path: Path) -> dict | None:
+    """A shard's resume state (None when absent or unreadable: the shard is rebuilt)."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        log.warning("%s: unreadable build state (%s): the shard is rebuilt", path, exc)
+        return None
+    return state if isinstance(state, dict) else None
+
+
 def _write_state(path: Path, obj: dict) -> bool:
     return _write_if_changed(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
@@ -613,20 +937,40 @@ def _public(path: Path) -> None:
 
 
 def _write_if_changed(path: Path, text: str) -> bool:
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return False
-    with atomic_path(path) as tmp:
+    try:
+        if path.is_file() and path.read_text(encoding="utf-8") == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    with _naming(path), atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
         _public(tmp)
     return True
 
 
 # ----------------------------------------------------------------------------------------------- stats, card
-def iter_tar_members(path: Path, suffix: str | None = None):
-    """Yield (member name, bytes) of a tar in order (only names ending with ``suffix`` when given)."""
+def iter_tar_members(path: Path, suffix: str | None = None, refused: list[str] | None = None):
+    """Yield (member name, bytes) of a tar in order (only names ending with ``suffix`` when given).
+
+    Members that are not regular files, or whose name is not ``<keyid>.<ext>`` (``/``, ``..``, a bad keyid:
+    :func:`dataset.keyids.check_member_name`), are never yielded: each is logged and, when ``refused`` is a
+    list, appended to it as ``"member 'NAME': reason"``."""
     with tarfile.open(path, "r") as tf:
         for ti in tf:
-            if not ti.isfile() or (suffix is not None and not ti.name.endswith(suffix)):
+            why = None
+            if not ti.isfile():
+                why = "not a regular file (link, directory or device)"
+            else:
+                try:
+                    check_member_name(ti.name, path)
+                except BadInputError as exc:
+                    why = exc.message
+            if why is not None:
+                log.warning("%s: member %r refused: %s", path, ti.name, why)
+                if refused is not None:
+                    refused.append(f"member {ti.name!r} refused: {why}")
+                continue
+            if suffix is not None and not ti.name.endswith(suffix):
                 continue
             yield ti.name, tf.extractfile(ti).read()
 
@@ -650,15 +994,15 @@ def update_stats(out: Path, stats_fn: Callable | None = None) -> bool:
                     return False
         except (OSError, KeyError, ValueError):
             pass
-    arrays = [np.load(io.BytesIO(data)) for e in m["shards"]
-              for _, data in iter_tar_members(out / e["name"], ".motion.npy")]
+    arrays = [load_npy_bytes(data) for _, path in manifest_shards(out, "train", m)
+              for _, data in iter_tar_members(path, ".motion.npy")]
     if not arrays:
         log.warning("train split is empty: stats.npz not written")
         return False
     mean, std = (stats_fn or default_stats)(arrays)
     mean = np.asarray(mean, np.float32)
     std = np.asarray(std, np.float32)
-    with atomic_path(path) as tmp:
+    with _naming(path), atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, mean=mean, std=std, train_fingerprint=np.array(fp), num_samples=np.array(len(arrays)))
         _public(tmp)
@@ -704,13 +1048,72 @@ def write_card(out: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- check
+def verify_shard(path: Path, entry: dict) -> dict:
+    """Check one shard file's bytes against its manifest entry (streaming sha256, constant memory).
+
+    Returns ``{"file": str, "size": int | None, "sha256": str | None, "expected_size": int | None,
+    "expected_sha256": str | None, "ok": bool, "problem": str | None}``; ``problem`` names the file."""
+    exp_size, exp_sha = entry.get("bytes"), entry.get("sha256")
+    res: dict[str, Any] = {"file": str(path), "size": None, "sha256": None, "expected_size": exp_size,
+                           "expected_sha256": exp_sha, "ok": False, "problem": None}
+    if not isinstance(exp_sha, str) or not _SHA256_RE.match(exp_sha):
+        res["problem"] = f"{path}: the manifest has no valid sha256 for it"
+        return res
+    try:
+        digest, size = sha256_file(path)
+    except FileNotFoundError:
+        res["problem"] = f"{path}: missing"
+        return res
+    except OSError as exc:
+        res["problem"] = f"{path}: unreadable: {exc.strerror or exc}"
+        return res
+    res.update(size=size, sha256=digest)
+    if _is_int(exp_size) and size != exp_size:
+        res["problem"] = f"{path}: {size} bytes, manifest says {exp_size} (truncated or modified)"
+    elif digest != exp_sha:
+        res["problem"] = f"{path}: sha256 differs from the manifest (modified or corrupt)"
+    else:
+        res["ok"] = True
+    return res
+
+
+def verify_shards(shards_dir: str | os.PathLike, splits: Sequence[str] | None = None) -> list[dict]:
+    """Check every shard of ``splits`` (default: every manifest) against its manifest's size and sha256.
+
+    Reads each tar once, in 1 MiB blocks (:func:`dataset.hashing.sha256_file`), without parsing it. Returns
+    one dict per listed shard, in manifest order (see :func:`verify_shard`: ``file``, ``size``, ``sha256``,
+    ``expected_size``, ``expected_sha256``, ``ok``, ``problem``); the set is intact when every ``ok`` is True.
+
+    Raises:
+        BadInputError: a requested split has no manifest (field ``manifest``), or a manifest's ``shards`` list
+            is malformed or names a file outside the directory (field ``shards``).
+    """
+    out = Path(shards_dir)
+    manifests = read_manifests(out)
+    wanted = list(splits) if splits else sorted(manifests)
+    if not wanted:
+        raise BadInputError(out, "manifest", "no manifests ({split}.json) found: not a shard set?")
+    results = []
+    for split in wanted:
+        m = manifests.get(split)
+        if m is None:
+            raise BadInputError(out / f"{split}.json", "manifest", "missing or not a shard manifest")
+        for e, path in manifest_shards(out, split, m):
+            results.append(verify_shard(path, e))
+    return results
+
+
 @dataclass
 class CheckReport:
-    """Result of :func:`check_shards`: problems found (empty = valid) and what was checked."""
+    """Result of :func:`check_shards`: problems found (empty = valid) and what was checked.
+
+    ``leftovers``: temporary files of an interrupted run (never counted as shards; the next build-shards run
+    removes them). They are not problems."""
 
     problems: list[str] = field(default_factory=list)
     samples: dict[str, int] = field(default_factory=dict)
     shards: int = 0
+    leftovers: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -721,12 +1124,14 @@ def check_shards(out: str | os.PathLike, splits: Sequence[str] | None = None, de
     """Validate a shard set against its manifests.
 
     Checks per shard: the file exists, its size and sha256 match the manifest, the tar reads to the end, every
-    sample has all members, the sample count matches; with ``deep`` also that the arrays parse with the
-    manifest's dimensions and the video member's header is intact. Also: stray tars, stats.npz shape."""
+    member is a regular file named ``<keyid>.<ext>`` (others are refused and reported), every sample has all
+    members, the sample count matches; with ``deep`` also that the arrays parse with the manifest's dimensions,
+    the motion features are finite and the video member's header is intact. Also: stray tars, stats.npz
+    shape, temporary files of a killed run (``leftovers``, not problems)."""
     from dataset.video_frames import jpgs_info
 
     out = Path(out)
-    rep = CheckReport()
+    rep = CheckReport(leftovers=[str(p) for p in temp_leftovers(out)])
     manifests = read_manifests(out)
     if not manifests:
         rep.problems.append(f"{out}: no manifests ({{split}}.json) found")
@@ -736,33 +1141,40 @@ def check_shards(out: str | os.PathLike, splits: Sequence[str] | None = None, de
         if m is None:
             rep.problems.append(f"{out / (split + '.json')}: manifest missing")
             continue
-        listed = {e["name"] for e in m["shards"]}
+        try:
+            listed_shards = manifest_shards(out, split, m)
+            vmember = m["video"]["member"]
+            if vmember not in VIDEO_MEMBERS.values():
+                raise BadInputError(out / f"{split}.json", "video", f"unknown video member {vmember!r}")
+        except (BadInputError, KeyError, TypeError) as exc:
+            rep.problems.append(str(exc) if isinstance(exc, BadInputError) else
+                                f"{out / (split + '.json')}: malformed manifest ({type(exc).__name__}: {exc})")
+            continue
+        listed = {path.name for _, path in listed_shards}
         for p in sorted(out.glob(f"{split}-*.tar")):
             if p.name not in listed:
                 rep.problems.append(f"{p}: not listed in {split}.json")
-        vmember = m["video"]["member"]
         need = set(BASE_MEMBERS) | {vmember}
         total = 0
         keys_seen: set[str] = set()
-        for e in m["shards"]:
+        for e, p in listed_shards:
             rep.shards += 1
-            p = out / e["name"]
-            if not p.is_file():
-                rep.problems.append(f"{p}: missing")
+            v = verify_shard(p, e)
+            if v["problem"]:
+                rep.problems.append(v["problem"])
+            if v["size"] is None:
                 continue
-            digest, size = sha256_file(p)
-            if size != e.get("bytes", size):
-                rep.problems.append(f"{p}: {size} bytes, manifest says {e['bytes']} (truncated or modified)")
-            if digest != e["sha256"]:
-                rep.problems.append(f"{p}: sha256 differs from the manifest")
             samples: dict[str, dict[str, bytes]] = {}
+            refused: list[str] = []
             try:
-                for name, data in iter_tar_members(p):
+                for name, data in iter_tar_members(p, refused=refused):
                     key, _, member = name.partition(".")
                     samples.setdefault(key, {})[member] = data if deep else b""
             except (tarfile.TarError, OSError, EOFError) as exc:
                 rep.problems.append(f"{p}: tar unreadable: {exc}")
                 continue
+            finally:
+                rep.problems.extend(f"{p}: {r}" for r in refused)
             for key, mem in samples.items():
                 missing = need - set(mem)
                 if missing:
@@ -774,12 +1186,13 @@ def check_shards(out: str | os.PathLike, splits: Sequence[str] | None = None, de
                     prob = _check_sample(mem, m, vmember, jpgs_info)
                     if prob:
                         rep.problems.append(f"{p}: sample {key}: {prob}")
-            if len(samples) != e["count"]:
-                rep.problems.append(f"{p}: {len(samples)} samples, manifest says {e['count']}")
+            if len(samples) != e.get("count"):
+                rep.problems.append(f"{p}: {len(samples)} samples, manifest says {e.get('count')}")
             total += len(samples)
         rep.samples[split] = total
-        if total != m["num_samples"]:
-            rep.problems.append(f"{out / (split + '.json')}: {total} samples found, manifest says {m['num_samples']}")
+        if total != m.get("num_samples"):
+            rep.problems.append(f"{out / (split + '.json')}: {total} samples found, manifest says "
+                                f"{m.get('num_samples')}")
     if "train" in manifests:
         sp = out / "stats.npz"
         if not sp.is_file():
@@ -790,6 +1203,8 @@ def check_shards(out: str | os.PathLike, splits: Sequence[str] | None = None, de
                     d = manifests["train"].get("feature_dim")
                     if z["mean"].shape != (d,) or z["std"].shape != (d,):
                         rep.problems.append(f"{sp}: mean/std shapes {z['mean'].shape}/{z['std'].shape}, expected ({d},)")
+                    elif not (np.isfinite(z["mean"]).all() and np.isfinite(z["std"]).all()):
+                        rep.problems.append(f"{sp}: mean/std contain NaN/inf")
             except (OSError, KeyError, ValueError) as exc:
                 rep.problems.append(f"{sp}: unreadable: {exc}")
     return rep
@@ -798,15 +1213,19 @@ def check_shards(out: str | os.PathLike, splits: Sequence[str] | None = None, de
 def _check_sample(mem: dict[str, bytes], m: dict, vmember: str, jpgs_info) -> str | None:
     try:
         texts = json.loads(mem["texts.json"])
-        sent = np.load(io.BytesIO(mem["sent.npy"]))
-        motion = np.load(io.BytesIO(mem["motion.npy"]))
+        sent = load_npy_bytes(mem["sent.npy"])
+        motion = load_npy_bytes(mem["motion.npy"])
         meta = json.loads(mem["meta.json"])
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, EOFError, RecursionError) as exc:
         return f"unparsable member: {exc}"
+    if not isinstance(texts, list) or not isinstance(meta, dict):
+        return "texts.json must be a list and meta.json an object"
     if sent.dtype != np.float16 or sent.shape != (len(texts), m["text_model"]["dim"]):
         return f"sent.npy {sent.dtype} {sent.shape}, expected float16 ({len(texts)}, {m['text_model']['dim']})"
     if motion.dtype != np.float32 or motion.ndim != 2 or motion.shape[1] != m["feature_dim"]:
         return f"motion.npy {motion.dtype} {motion.shape}, expected float32 (T-1, {m['feature_dim']})"
+    if not np.isfinite(motion).all():
+        return "motion.npy contains NaN/inf"
     if vmember == "video.jpgs":
         try:
             n = jpgs_info(mem[vmember])[0]

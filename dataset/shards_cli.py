@@ -4,12 +4,18 @@
     build-shards check SHARDS [--splits train,val] [--quick]
     build-shards --out SHARDS --dry-run          (same as check)
 
+Exit status: 0 every clip was written; 1 some clips failed or were skipped (the rest is written), the run was
+interrupted by SIGINT/SIGTERM (what finished is kept and reported in SHARDS/.build/report.json), or ``check``
+found problems; 2 usage or set-up error (missing directory, unreadable annotations, incompatible shard set,
+disk full), one line naming the file.
+
 See the README for every flag and the shard format.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -72,38 +78,73 @@ def run_check(shards: str, splits=None, deep: bool = True) -> int:
     rep = check_shards(shards, splits=splits, deep=deep)
     for prob in rep.problems:
         print(f"PROBLEM {prob}")
+    for left in rep.leftovers:
+        print(f"LEFTOVER {left} (temporary file of an interrupted run, not a shard; the next build-shards run "
+              "removes it)")
     counts = ", ".join(f"{k} {v}" for k, v in sorted(rep.samples.items()))
     print(f"checked {rep.shards} shards ({counts}): " + ("OK" if rep.ok else f"{len(rep.problems)} problems"))
     return 0 if rep.ok else 1
 
 
+def _setup_error(message: str) -> int:
+    """One line on stderr, exit status 2 (usage or set-up error)."""
+    print(f"build-shards: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _os_error(exc: OSError, default: str | os.PathLike) -> str:
+    where = exc.filename if exc.filename is not None else default
+    what = exc.strerror or str(exc)
+    hint = " (free some space and run again: finished shards are kept)" if exc.errno == errno.ENOSPC else ""
+    return f"{where}: {what}{hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 every clip written; 1 some clips failed or were skipped (the others are written), the
+    run was interrupted (SIGINT/SIGTERM), or ``check`` found problems; 2 usage or set-up error (one line)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "check":
         a = check_parser().parse_args(argv[1:])
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        if not Path(a.shards).is_dir():
+            return _setup_error(f"{a.shards}: not a directory (give a shard set written by build-shards)")
         return run_check(a.shards, a.splits, deep=not a.quick)
     p = build_parser()
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     if a.dry_run:
+        if not Path(a.out).is_dir():
+            return _setup_error(f"--out {a.out}: not a directory (give a shard set written by build-shards)")
         return run_check(a.out, None if a.splits == ("train", "val", "test") else a.splits)
     missing = [f for f in ("annotations", "videos") if getattr(a, f) is None]
     if a.amass is None and a.humanml3d_vecs is None:
         missing.append("amass (or --humanml3d-vecs)")
     if missing:
         p.error("missing " + ", ".join("--" + m for m in missing))
-    for flag, path in (("--videos", a.videos), ("--amass", a.amass), ("--humanml3d-vecs", a.humanml3d_vecs)):
+    for flag, path, what in (("--videos", a.videos, "render-amass's output directory"),
+                             ("--amass", a.amass, "the AMASS root"),
+                             ("--humanml3d-vecs", a.humanml3d_vecs, "HumanML3D's new_joint_vecs directory")):
         if path is not None and not Path(path).is_dir():
-            p.error(f"{flag} {path}: not a directory")
+            return _setup_error(f"{flag} {path}: not a directory (give {what})")
+    if not Path(a.annotations).exists():
+        return _setup_error(f"--annotations {a.annotations}: not found (give a HumanML3D directory or an "
+                            "annotations.json)")
+    out = Path(a.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _setup_error(f"--out {_os_error(exc, out)}")
+    if not os.access(out, os.W_OK | os.X_OK):
+        return _setup_error(f"--out {out}: not writable")
 
     from dataset.annotations import load_clips
+    from dataset.errors import BadInputError
     from dataset.shards import BuildConfig, ShardSetMismatch, build_shards
     from dataset.text_embed import SentenceEmbedder
 
     try:
-        cfg = BuildConfig(out=Path(a.out), videos=Path(a.videos), amass_root=a.amass and Path(a.amass),
+        cfg = BuildConfig(out=out, videos=Path(a.videos), amass_root=a.amass and Path(a.amass),
                           humanml3d_vecs=a.humanml3d_vecs and Path(a.humanml3d_vecs), splits=a.splits,
                           samples_per_shard=a.samples_per_shard, workers=a.workers, video_format=a.video_format,
                           frame_size=a.frame_size, jpeg_quality=a.jpeg_quality, overwrite=a.overwrite,
@@ -112,10 +153,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(exc))
     try:
         embedder = SentenceEmbedder(a.text_model)
-    except (FileNotFoundError, RuntimeError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    clips = load_clips(a.annotations, a.amass)
+    except (FileNotFoundError, RuntimeError, ValueError, OSError) as exc:
+        return _setup_error(f"--text-model: {exc}")
+    try:
+        clips = load_clips(a.annotations, a.amass)
+    except BadInputError as exc:
+        return _setup_error(f"annotations: {exc}")
+    except (OSError, ValueError) as exc:  # unreadable / not JSON / not UTF-8
+        return _setup_error(f"--annotations {a.annotations}: unreadable: {exc}")
     ann_report = getattr(clips, "report", None)
     sources = {"annotations": a.annotations, "amass": a.amass, "videos": a.videos}
     if a.humanml3d_vecs:
@@ -123,18 +168,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = build_shards(clips, cfg, embedder=embedder, sources=sources, show_progress=not a.quiet)
     except ShardSetMismatch as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _setup_error(str(exc))
+    except BadInputError as exc:  # a malformed shard set already in --out
+        return _setup_error(f"{exc} (use another --out or --overwrite)")
+    except OSError as exc:  # ENOSPC, EACCES, EIO while writing
+        return _setup_error(_os_error(exc, out))
     if ann_report is not None:
         print(f"annotations: {_short(ann_report)}")
     for kind, items in (("skipped", report.skipped), ("failed", report.failed)):
         for key, reason in sorted(items.items())[:20]:
             print(f"{kind} {key}: {reason}")
         if len(items) > 20:
-            print(f"... {len(items) - 20} more {kind} (see {Path(a.out) / '.build' / 'report.json'})")
+            print(f"... {len(items) - 20} more {kind} (see {out / '.build' / 'report.json'})")
     print(f"build-shards: {report.summary()}")
-    total = report.done + report.kept
-    return 0 if total > 0 or not (report.failed or report.skipped) else 1
+    if report.interrupted:
+        return 1
+    not_done = report.not_done()
+    if not_done:
+        print(f"build-shards: {len(not_done)} clips not written (reasons above and in "
+              f"{out / '.build' / 'report.json'}); the other clips are in the shards")
+        return 1
+    return 0
 
 
 def _short(rep) -> str:
