@@ -6,6 +6,13 @@ mirrored clips, pose the avatar's body (avatar and light drawn from ``(seed, key
 frame into ``OUT/<keyid>.mp4`` and write ``OUT/<keyid>.json``. Three stages overlap: a producer thread
 loads/poses/computes normals for upcoming frames (numpy/torch release the GIL), the calling thread owns the
 EGL context and rasterises, and :class:`render.video.VideoWriter` pipes frames to ffmpeg on its own thread.
+
+Safety on untrusted input: keyids are checked (:func:`dataset.keyids.check_keyid`) and every output path is
+built with :func:`dataset.keyids.child_path`, so no clip writes outside ``OUT``. Both outputs are written
+atomically; the sidecar, written last, records the video's ``video_size`` (bytes) and ``video_sha256``, and
+a clip counts as done on resume only when its mp4 still matches them (:func:`verify_outputs`). A missing or
+bad body-model file and a full disk stop the whole run (:class:`FatalRenderError`); other problems fail one
+clip and the rest go on.
 """
 
 from __future__ import annotations
@@ -27,11 +34,13 @@ from dataset.amass import load_amass
 from dataset.atomic import write_json
 from dataset.clip import Clip
 from dataset.errors import BadInputError
+from dataset.hashing import sha256_file
+from dataset.keyids import check_keyid, child_path
 from dataset.seeding import stable_choice
 from render.avatars import Avatar, load_avatars, load_texture_image, load_uv_layout, region_labels, vertex_colors
 from render.lights import LightSetup, load_lights
 from render.lod import LevelOfDetail, body_lod, full_detail, parse_lod
-from render.video import DEFAULT_CRF, DEFAULT_PRESET, VideoWriter
+from render.video import DEFAULT_CRF, DEFAULT_PRESET, VideoWriter, is_disk_full, probe_mp4
 
 if TYPE_CHECKING:  # pyrender / scipy are imported where used (a --workers parent process needs neither)
     from render.scene import SceneRenderer, VertexNormals
@@ -111,18 +120,73 @@ class ClipResult:
     seconds: float = 0.0
 
 
-def outputs_complete(out_dir: str | os.PathLike, keyid: str) -> bool:
-    """True when ``<keyid>.mp4`` and a readable ``<keyid>.json`` sidecar both exist (sidecar is written last)."""
-    d = Path(out_dir)
-    mp4, js = d / f"{keyid}.mp4", d / f"{keyid}.json"
-    if not (mp4.is_file() and js.is_file() and mp4.stat().st_size > 0):
-        return False
+class FatalRenderError(RuntimeError):
+    """A problem that stops the whole run, not one clip: ``kind`` "setup" (a missing or malformed body-model
+    file) or "disk_full" (no space left writing ``path``). The message is one line naming the file."""
+
+    def __init__(self, kind: str, message: str, path: str | os.PathLike | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.path = None if path is None else os.fspath(path)
+
+
+def output_paths(out_dir: str | os.PathLike, keyid: str) -> tuple[Path, Path]:
+    """(``OUT/<keyid>.mp4``, ``OUT/<keyid>.json``); BadInputError for a keyid that is not a plain name."""
+    check_keyid(keyid, None, "keyid")
+    return child_path(out_dir, f"{keyid}.mp4"), child_path(out_dir, f"{keyid}.json")
+
+
+NOT_RENDERED = "not rendered yet"
+
+
+def verify_outputs(out_dir: str | os.PathLike, keyid: str) -> tuple[bool, str]:
+    """Whether a clip's outputs are complete, and why (or why not).
+
+    Complete means: ``<keyid>.json`` parses, names ``keyid`` and a frame count, and ``<keyid>.mp4`` has the
+    sidecar's ``video_size`` and ``video_sha256``. Sidecars of older versions lack those two fields; their
+    mp4 only has to be non-empty and a complete mp4 container (:func:`render.video.probe_mp4`), and the
+    reason then starts with ``"legacy"``. Returns ``(True, "verified ...")``, ``(True, "legacy ...")`` or
+    ``(False, reason)``.
+    """
+    try:
+        mp4, js = output_paths(out_dir, keyid)
+    except BadInputError as e:
+        return False, e.reason
+    if not js.is_file():
+        return False, (f"{mp4.name} has no sidecar {js.name}" if mp4.exists() else NOT_RENDERED)
+    if not mp4.is_file():
+        return False, f"{mp4.name} is missing"
     try:
         with open(js, encoding="utf-8") as fh:
             meta = json.load(fh)
-        return meta.get("keyid") == keyid and int(meta.get("num_frames", -1)) >= 0
-    except (OSError, ValueError):
-        return False
+        if not isinstance(meta, dict) or meta.get("keyid") != keyid or int(meta.get("num_frames", -1)) < 0:
+            return False, f"{js.name} does not describe {keyid}"
+    except (OSError, ValueError, TypeError) as e:
+        return False, f"{js.name} is unreadable ({type(e).__name__})"
+    try:
+        size = mp4.stat().st_size
+    except OSError as e:
+        return False, f"{mp4.name} is unreadable ({e.strerror or e})"
+    want_size, want_sha = meta.get("video_size"), meta.get("video_sha256")
+    if want_size is None or want_sha is None:
+        bad = "empty file" if size == 0 else probe_mp4(mp4)
+        if bad is not None:
+            return False, f"{mp4.name}: {bad}"
+        return True, "legacy sidecar without video_sha256: only the mp4 container was checked"
+    if not isinstance(want_size, int) or size != want_size:
+        return False, f"{mp4.name} has {size} bytes, {js.name} records {want_size}"
+    try:
+        sha, _ = sha256_file(mp4)
+    except OSError as e:
+        return False, f"{mp4.name} is unreadable ({e.strerror or e})"
+    if sha != want_sha:
+        return False, f"{mp4.name}'s sha256 differs from {js.name}'s video_sha256"
+    return True, "verified size and sha256"
+
+
+def outputs_complete(out_dir: str | os.PathLike, keyid: str) -> bool:
+    """True when the clip's outputs pass :func:`verify_outputs` (the resume rule)."""
+    return verify_outputs(out_dir, keyid)[0]
 
 
 def base_keyid(clip: Clip) -> str:
@@ -174,8 +238,13 @@ class BodyCache:
                     break
                 except FileNotFoundError as e:
                     first = first or e
+                except BadInputError as e:  # a malformed model file fails every clip: stop the run
+                    if self.model_dir is None:
+                        raise
+                    raise FatalRenderError("setup", f"--body-models: {e}", e.path or self.model_dir) from e
             else:
-                raise first  # type: ignore[misc]
+                assert first is not None
+                raise FatalRenderError("setup", f"--body-models: {first}", self.model_dir) from first
         return self._bodies[key]
 
     def colors(self, body, model_type: str, avatar: Avatar, pose_width: int) -> np.ndarray:
@@ -361,6 +430,9 @@ class _Producer(threading.Thread):
                 try:
                     prepared, verts = prepare_clip(clip, self.cfg, self.avatars, self.lights, self.bodies,
                                                    self.camera)
+                except FatalRenderError as e:
+                    self._put(("fatal", e))
+                    return
                 except BadInputError as e:
                     self._put(("error", clip, str(e)))
                     continue
@@ -395,12 +467,23 @@ class _Producer(threading.Thread):
 
 def render_clips(clips: Iterable[Clip], cfg: RenderConfig, renderer: SceneRenderer | None = None,
                  on_result: Callable[[ClipResult], None] | None = None,
-                 on_frames: Callable[[int], None] | None = None) -> list[ClipResult]:
-    """Render clips in this process (one EGL context). Skips complete outputs unless ``cfg.overwrite``.
+                 on_frames: Callable[[int], None] | None = None,
+                 stop: Callable[[], bool] | None = None) -> list[ClipResult]:
+    """Render clips in this process (one EGL context).
+
+    A clip whose outputs pass :func:`verify_outputs` is skipped unless ``cfg.overwrite``; one whose outputs
+    exist but fail it (a truncated mp4, a sidecar that does not match) is rendered again, with the reason in
+    its result (``"re-rendered: ..."``). A clip with an invalid keyid fails without touching the disk.
 
     Per-clip failures are returned as ``ClipResult(status="failed", reason=...)``; the others render.
-    Raises ValueError for an invalid ``cfg.lod`` / ``cfg.shading``.
     ``on_result`` is called after each clip, ``on_frames(n)`` after each rendered chunk (progress).
+    ``stop`` is polled between frames: once it returns True the clip in flight is abandoned (its temporary
+    file removed, no result for it) and the results so far are returned.
+
+    Raises:
+        ValueError: an invalid ``cfg.lod`` / ``cfg.shading``.
+        FatalRenderError: a missing or malformed body-model file, or a full disk (the clip in flight is
+            abandoned first; the results so far have been passed to ``on_result``).
     """
     from render.scene import SceneRenderer
 
@@ -408,8 +491,7 @@ def render_clips(clips: Iterable[Clip], cfg: RenderConfig, renderer: SceneRender
     resolve_shading(cfg.shading, cfg.size)
     avatars = load_avatars(cfg.avatars_dir)
     lights = load_lights(cfg.lights_path)
-    own = renderer is None
-    renderer = renderer or SceneRenderer(cfg.size)
+    stopping = stop or (lambda: False)
     results: list[ClipResult] = []
 
     def emit(r: ClipResult) -> None:
@@ -417,23 +499,48 @@ def render_clips(clips: Iterable[Clip], cfg: RenderConfig, renderer: SceneRender
         if on_result:
             on_result(r)
 
-    todo = []
+    todo: list[Clip] = []
+    redo: dict[str, str] = {}
+    legacy = 0
     for c in clips:
-        if not cfg.overwrite and outputs_complete(cfg.out_dir, c.keyid):
-            emit(ClipResult(c.keyid, "skipped", "outputs exist"))
-        else:
+        if stopping():
+            return results
+        try:
+            check_keyid(c.keyid, None, "keyid")
+        except BadInputError as e:
+            emit(ClipResult(c.keyid, "failed", e.reason))
+            continue
+        if cfg.overwrite:
             todo.append(c)
+            continue
+        done, why = verify_outputs(cfg.out_dir, c.keyid)
+        if done:
+            legacy += why.startswith("legacy")
+            emit(ClipResult(c.keyid, "skipped", f"outputs exist ({why})"))
+        else:
+            if why != NOT_RENDERED:
+                redo[c.keyid] = why
+                log.info("re-rendering %s: %s", c.keyid, why)
+            todo.append(c)
+    if legacy:
+        log.warning("%d clip(s) skipped on older sidecars without video_size/video_sha256: only checked that each "
+                    "mp4 is a complete container (use --overwrite to re-render and record the hashes)", legacy)
+    if not todo or stopping():
+        return results
+    own = renderer is None
+    renderer = renderer or SceneRenderer(cfg.size)
     producer = _Producer(todo, cfg, avatars, lights, renderer)
     producer.start()
     out_dir = Path(cfg.out_dir)
     writer: VideoWriter | None = None
     current: PreparedClip | None = None
     failed_current: str | None = None
+    writing: Path | None = None  # the output file being written (named when the disk is full)
     frame_i, t0 = 0, 0.0
     try:
-        while True:
+        while not stopping():
             try:
-                item = producer.q.get(timeout=1.0)
+                item = producer.q.get(timeout=0.2)
             except queue.Empty:
                 if not producer.is_alive() and producer.q.empty():
                     break  # (the producer always ends with "done"; this is a safety net)
@@ -441,6 +548,8 @@ def render_clips(clips: Iterable[Clip], cfg: RenderConfig, renderer: SceneRender
             kind = item[0]
             if kind == "done":
                 break
+            if kind == "fatal":
+                raise item[1]
             if kind == "error":
                 emit(ClipResult(item[1].keyid, "failed", item[2]))
                 continue
@@ -455,14 +564,16 @@ def render_clips(clips: Iterable[Clip], cfg: RenderConfig, renderer: SceneRender
                 if kind == "start":
                     current, failed_current, frame_i, t0 = item[1], None, 0, time.perf_counter()
                     renderer.set_lights(current.light)
-                    writer = VideoWriter(out_dir / f"{current.clip.keyid}.mp4", (cfg.size, cfg.size),
-                                         current.clip.fps, crf=cfg.crf, preset=cfg.preset,
-                                         threads=cfg.encoder_threads)
+                    writing = child_path(out_dir, f"{current.clip.keyid}.mp4")
+                    writer = VideoWriter(writing, (cfg.size, cfg.size), current.clip.fps, crf=cfg.crf,
+                                         preset=cfg.preset, threads=cfg.encoder_threads)
                 elif kind == "chunk":
                     if failed_current is not None:
                         continue
                     verts, normals, shaded = item[1], item[2], item[3]
                     for k in range(len(verts)):
+                        if stopping():
+                            break
                         if frame_i == 0:
                             tex = current.texture
                             renderer.set_body(current.faces, current.colors, verts[k], normals[k],
@@ -476,20 +587,30 @@ def render_clips(clips: Iterable[Clip], cfg: RenderConfig, renderer: SceneRender
                     if on_frames:
                         on_frames(len(verts))
                 elif kind == "end":
+                    keyid = current.clip.keyid
                     if failed_current is not None:
-                        emit(ClipResult(current.clip.keyid, "failed", failed_current))
+                        emit(ClipResult(keyid, "failed", failed_current))
                     else:
                         writer.close()
                         writer = None
-                        write_json(out_dir / f"{current.clip.keyid}.json", current.meta)
-                        emit(ClipResult(current.clip.keyid, "rendered", frames=frame_i,
-                                        seconds=time.perf_counter() - t0))
+                        video_sha, video_size = sha256_file(writing)
+                        meta = dict(current.meta, video_size=video_size, video_sha256=video_sha)
+                        writing = child_path(out_dir, f"{keyid}.json")
+                        write_json(writing, meta)  # written last: its presence marks the clip done
+                        emit(ClipResult(keyid, "rendered",
+                                        reason=f"re-rendered: {redo[keyid]}" if keyid in redo else "",
+                                        frames=frame_i, seconds=time.perf_counter() - t0))
                     current = None
             except Exception as e:  # noqa: BLE001 - fail this clip, keep going
                 log.debug("rendering failed", exc_info=True)
                 if writer is not None:
                     writer.abort()
                     writer = None
+                if is_disk_full(e):
+                    raise FatalRenderError("disk_full", f"no space left on device writing {writing}; free some "
+                                           f"space and rerun (finished clips are kept)", writing) from e
+                if stopping():
+                    break  # e.g. ffmpeg got the same Ctrl-C: the clip was interrupted, not failed
                 if current is not None:
                     failed_current = f"{type(e).__name__}: {e}"
                     if kind == "end":
