@@ -5,20 +5,32 @@
                  [--mirror] [--workers N] [--part K/N] [--overwrite] [--seed 0] [--lod auto|full|N]
                  [--shading auto|pixel|vertex]
 
-See the README. Exit status: 0 all clips rendered or skipped, 1 some clip failed (after
-finishing the others), 2 set-up error (bad arguments, no EGL, avatars/lights/output unusable).
+See the README. Exit status: 0 all clips rendered or skipped, 1 some clip failed (after finishing the
+others) or the run was interrupted (SIGINT / SIGTERM; the report lists the clips not attempted), 2 set-up
+error (bad arguments, no EGL, avatars/lights/body models/output unusable, disk full), as one line.
+
+Reliability: outputs are written atomically and only inside ``--out`` (keyids are checked, see
+:mod:`dataset.keyids`); a clip counts as done only when its mp4 matches the size and sha256 recorded in its
+sidecar (:func:`render.pipeline.verify_outputs`); temporary files a killed run left for this run's clips are
+removed at start; worker processes exit when the parent dies.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import multiprocessing as mp
 import os
+import queue
+import re
+import signal
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable, Iterator
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
@@ -27,6 +39,7 @@ from tqdm import tqdm  # noqa: E402
 from dataset.atomic import write_json  # noqa: E402
 from dataset.clip import Clip  # noqa: E402
 from dataset.errors import BadInputError  # noqa: E402
+from dataset.keyids import check_keyid, is_keyid  # noqa: E402
 
 log = logging.getLogger("render-amass")
 
@@ -57,20 +70,87 @@ def select_part(clips: list[Clip], part: tuple[int, int] | None) -> list[Clip]:
     return ordered[k - 1::n]
 
 
-def add_mirrored(clips: list[Clip]) -> list[Clip]:
-    """``--mirror``: add an ``M<keyid>`` mirrored copy of every clip that has none."""
+def add_mirrored(clips: list[Clip], problems: dict[str, str] | None = None) -> list[Clip]:
+    """``--mirror``: add an ``M<keyid>`` mirrored copy of every clip that has none. A copy whose keyid would
+    break the keyid rule (a 128-character keyid) is left out and recorded in ``problems``."""
     have = {c.keyid for c in clips}
-    extra = [replace(c, keyid="M" + c.keyid, mirrored=True) for c in clips
-             if not c.mirrored and "M" + c.keyid not in have]
+    extra = []
+    for c in clips:
+        if c.mirrored or "M" + c.keyid in have:
+            continue
+        if not is_keyid("M" + c.keyid):
+            reason = f"--mirror: {ascii('M' + c.keyid)} would not be a valid keyid (too long)"
+            log.warning("%s; no mirrored copy of %s", reason, _show(c.keyid))
+            if problems is not None:
+                problems["M" + c.keyid] = reason
+            continue
+        extra.append(replace(c, keyid="M" + c.keyid, mirrored=True))
     return list(clips) + extra
 
 
-def read_keyids(path: str) -> list[str]:
+def read_keyids(path: str) -> tuple[list[str], dict[str, str]]:
+    """``--keyids FILE`` -> (valid keyids in file order, {"line N": reason} for lines that are not keyids).
+
+    Blank lines and ``#`` comments are ignored; an invalid line is reported, never used as a keyid."""
+    wanted: list[str] = []
+    invalid: dict[str, str] = {}
     try:
         with open(path, encoding="utf-8") as fh:
-            return [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
-    except OSError as e:
+            for n, line in enumerate(fh, 1):
+                text = line.strip()
+                if not text or text.startswith("#"):
+                    continue
+                try:
+                    wanted.append(check_keyid(text, path, f"line {n}"))
+                except BadInputError as e:
+                    invalid[f"line {n}"] = e.message
+    except (OSError, UnicodeDecodeError) as e:
         raise SetupError(f"--keyids: cannot read {path} ({e})") from e
+    return wanted, invalid
+
+
+_TEMP_RE = re.compile(r"^\.(?P<final>.+)\.[A-Za-z0-9_]+\.tmp(?:\.[A-Za-z0-9]+)?$")
+_PROBE_RE = re.compile(r"^\.write-probe-(?P<pid>[0-9]+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_temps(out: Path, finals: set[str]) -> tuple[int, int]:
+    """Remove temporary files a killed run left in ``out``: ``.{name}.XXXX.tmp{ext}`` (dataset.atomic and the
+    video writer) whose final ``name`` is in ``finals`` (this run's ``<keyid>.mp4`` / ``<keyid>.json`` /
+    report), and write probes of processes that no longer exist. Temporary files of other names are left
+    alone: another ``--part`` may be writing them now. Returns (removed, left)."""
+    removed = left = 0
+    try:
+        entries = list(os.scandir(out))
+    except OSError as e:
+        raise SetupError(f"cannot list the output directory {out} ({e.strerror or e})") from e
+    for entry in entries:
+        m = _TEMP_RE.match(entry.name)
+        probe = _PROBE_RE.match(entry.name)
+        if m is None and probe is None:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            continue
+        if (m is not None and m["final"] in finals) or (probe is not None and not _pid_alive(int(probe["pid"]))):
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise SetupError(f"cannot remove the stale temporary file {entry.path} ({e.strerror or e})") from e
+        else:
+            left += 1
+    return removed, left
 
 
 def check_output_dir(out: Path) -> None:
@@ -129,13 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def select_clips(args: argparse.Namespace) -> tuple[list[Clip], dict]:
+def select_clips(args: argparse.Namespace) -> tuple[list[Clip], dict, dict]:
+    """The clips to consider, the annotation load report, and notes on the selection: ``keyids_file``
+    (what ``--keyids`` did: ``{"path", "invalid": {"line N": reason}, "missing": [...]}``) and
+    ``mirror_skipped`` ({keyid: reason} of ``--mirror`` copies left out).
+    Clips keep whatever keyid the annotations gave them: the caller checks them (:func:`split_invalid`)."""
     from dataset.annotations import load_clips
 
     try:
         clips = load_clips(args.annotations, None, split=args.split, mirrored=not args.no_mirrored)
     except BadInputError as e:
         raise SetupError(f"--annotations: {e}") from e
+    except OSError as e:
+        raise SetupError(f"--annotations: cannot read {args.annotations} ({e.strerror or e})") from e
     rep = getattr(clips, "report", None)
     report = dict(rep.to_dict(), summary=rep.summary()) if rep is not None else {}
     clips = list(clips)
@@ -147,23 +233,48 @@ def select_clips(args: argparse.Namespace) -> tuple[list[Clip], dict]:
             if c.frame_spec.rule == "time":
                 c = replace(c, frame_spec=replace(c.frame_spec, fps=args.fps), fps=args.fps)
             elif abs(args.fps - c.fps) > 1e-9:
-                raise SetupError(f"--fps {args.fps:g}: clip {c.keyid} follows the HumanML3D frame rule, fixed at "
-                                 f"{c.fps:g} fps (its motion features are at that rate); drop --fps")
+                raise SetupError(f"--fps {args.fps:g}: clip {_show(c.keyid)} follows the HumanML3D frame rule, "
+                                 f"fixed at {c.fps:g} fps (its motion features are at that rate); drop --fps")
             out.append(c)
         clips = out
+    notes: dict = {}
     if args.mirror:
-        clips = add_mirrored(clips)
+        notes["mirror_skipped"] = {}
+        clips = add_mirrored(clips, notes["mirror_skipped"])
     if args.keyids:
-        wanted = read_keyids(args.keyids)
+        wanted, invalid = read_keyids(args.keyids)
+        if invalid:
+            first = next(iter(invalid.items()))
+            log.warning("%d line(s) of %s are not valid keyids and are ignored (first: %s: %s)", len(invalid),
+                        args.keyids, *first)
         by = {c.keyid: c for c in clips}
-        missing = [k for k in wanted if k not in by]
+        missing = [k for k in dict.fromkeys(wanted) if k not in by]
         if missing:
             log.warning("%d keyid(s) from %s are not among the clips (first: %s)", len(missing), args.keyids,
                         ", ".join(missing[:5]))
         clips = [by[k] for k in dict.fromkeys(wanted) if k in by]
+        notes["keyids_file"] = {"path": args.keyids, "invalid": invalid, "missing": missing}
     if args.limit is not None:
         clips = clips[: max(0, args.limit)]
-    return select_part(clips, parse_part(args.part)), report
+    return select_part(clips, parse_part(args.part)), report, notes
+
+
+def split_invalid(clips: list[Clip], source: str) -> tuple[list[Clip], dict[str, str]]:
+    """(clips with valid keyids, {bad keyid: reason naming ``source``}): a keyid that is not a plain name
+    (``../x``, ``a/b``, an absolute path, ...) never reaches a file path."""
+    good, bad = [], {}
+    for c in clips:
+        try:
+            check_keyid(c.keyid, source, "keyid")
+            good.append(c)
+        except BadInputError as e:
+            bad[c.keyid] = str(e)
+    return good, bad
+
+
+def _show(keyid: str) -> str:
+    """A keyid for a terminal line: as is when valid, else quoted and escaped."""
+    return keyid if is_keyid(keyid) else ascii(keyid)
 
 
 def _fast_ffmpeg_spawn() -> None:
@@ -174,12 +285,90 @@ def _fast_ffmpeg_spawn() -> None:
     os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
 
 
-def _worker_main(idx: int, clips: list[Clip], cfg, egl_device: str | None, events, lp_threads: int) -> None:
+class StopRequest:
+    """Set by SIGINT / SIGTERM: rendering stops after the current frame and the report is still written.
+
+    Call the object to ask whether a stop was requested; ``signal_name`` is "SIGINT" / "SIGTERM" / None.
+    A second signal in the parent ends the process at once (``os._exit(1)``, no report; the workers follow,
+    and the next run removes the temporary files)."""
+
+    def __init__(self, hard_exit_on_repeat: bool = True):
+        self.signal_name: str | None = None
+        self.hard_exit_on_repeat = hard_exit_on_repeat
+
+    def __call__(self) -> bool:
+        return self.signal_name is not None
+
+    def handle(self, signum: int, frame=None) -> None:
+        name = signal.Signals(signum).name
+        if self.signal_name is not None:
+            if self.hard_exit_on_repeat:
+                sys.stderr.write(f"\nrender-amass: {name} again: exiting now, without a report\n")
+                sys.stderr.flush()
+                os._exit(1)
+            return
+        self.signal_name = name
+        if self.hard_exit_on_repeat:
+            sys.stderr.write(f"\nrender-amass: {name}: stopping after the current frame "
+                             f"(the report is written; send it again to quit at once)\n")
+            sys.stderr.flush()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["StopRequest"]:
+        """Handle SIGINT and SIGTERM while inside (main thread only; elsewhere nothing is installed)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def _set_parent_death_signal() -> bool:
+    """Linux: have the kernel SIGKILL this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``).
+    Returns False where unavailable (other systems); the parent-pipe watchdog still applies."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        return libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(conn) -> None:
+    """Watchdog thread of a worker: ``conn`` is the read end of a pipe whose only write end the ``render-amass``
+    process holds; end of file means that process exited or was killed, so this worker leaves at once."""
+    try:
+        while True:
+            conn.recv_bytes()
+    except (EOFError, OSError):
+        pass
+    os._exit(3)
+
+
+def _worker_main(idx: int, clips: list[Clip], cfg, egl_device: str | None, events, lp_threads: int,
+                 parent_conn=None) -> None:
     """Worker process: own EGL context, renders its clips, reports results/frames through ``events``.
 
     ``LP_NUM_THREADS`` (llvmpipe's rasteriser threads) is set to ``lp_threads`` before the EGL context is
-    created, unless the user set it. A renderer that cannot start is reported as ``("setup", idx, message)``.
+    created, unless the user set it. A renderer that cannot start is reported as ``("setup", idx, message)``,
+    a :class:`render.pipeline.FatalRenderError` as ``("fatal", idx, message)``. The worker dies with the
+    parent (parent-death signal on Linux, and a watchdog on ``parent_conn``); SIGINT / SIGTERM make it stop
+    after the current frame and report what it finished.
     """
+    stop = StopRequest(hard_exit_on_repeat=False)
+    signal.signal(signal.SIGINT, stop.handle)
+    signal.signal(signal.SIGTERM, stop.handle)
+    _set_parent_death_signal()
+    if parent_conn is not None:
+        threading.Thread(target=_watch_parent, args=(parent_conn,), name="parent-watchdog", daemon=True).start()
     if egl_device is not None:
         os.environ["EGL_DEVICE_ID"] = str(egl_device)
     # llvmpipe (CPU rendering) uses every core per context by default: share them between the workers.
@@ -193,9 +382,12 @@ def _worker_main(idx: int, clips: list[Clip], cfg, egl_device: str | None, event
         torch.set_num_threads(1)
     except Exception:  # noqa: BLE001
         pass
-    from render.pipeline import render_clips
+    from render.pipeline import FatalRenderError, render_clips
     from render.scene import RendererSetupError, SceneRenderer
 
+    if stop():
+        events.put(("exit", idx))
+        return
     try:
         renderer = SceneRenderer(cfg.size)
     except RendererSetupError as e:
@@ -204,7 +396,9 @@ def _worker_main(idx: int, clips: list[Clip], cfg, egl_device: str | None, event
         return
     try:
         render_clips(clips, cfg, renderer=renderer, on_result=lambda r: events.put(("result", r)),
-                     on_frames=lambda n: events.put(("frames", n)))
+                     on_frames=lambda n: events.put(("frames", n)), stop=stop)
+    except FatalRenderError as e:
+        events.put(("fatal", idx, str(e)))
     except Exception as e:  # noqa: BLE001 - reported by the parent as failures of the remaining clips
         events.put(("crash", idx, f"{type(e).__name__}: {e}"))
     finally:
@@ -238,12 +432,92 @@ def _stop_fork_server() -> None:
         log.debug("could not stop the fork server", exc_info=True)
 
 
-def run(args: argparse.Namespace) -> int:
+#: seconds the workers get to finish their current frame after a stop (interrupt, fatal error) before a kill
+STOP_GRACE_S = 15.0
+
+
+def _render_in_workers(clips: list[Clip], cfg, workers: int, devices: list[str] | None,
+                       on_result: Callable, on_frames: Callable[[int], None], stop: StopRequest) -> str | None:
+    """Render ``clips`` round-robin over ``workers`` processes; returns the first fatal / set-up message of a
+    worker (the others are then stopped), else None. Clips a crashed worker never reported fail; clips left
+    by a stop get no result (the caller lists them as not attempted)."""
+    from render.pipeline import ClipResult
+
+    ctx = _worker_context()
+    events = ctx.Queue()
+    parent_r, parent_w = ctx.Pipe(duplex=False)  # the workers' watchdog: EOF when this process is gone
+    # Round-robin assignment over keyid order balances long and short clips on average.
+    shares = [clips[i::workers] for i in range(workers)]
+    procs: list = []
+    fatal: str | None = None
+    stopping_since: float | None = None
+    reported: set[str] = set()
+    try:
+        for i, share in enumerate(shares):
+            dev = devices[i % len(devices)] if devices else None
+            lp = max(1, (os.cpu_count() or 1) // workers)
+            pr = ctx.Process(target=_worker_main, args=(i, share, cfg, dev, events, lp, parent_r), daemon=True)
+            pr.start()
+            procs.append(pr)
+        parent_r.close()
+        alive = set(range(len(procs)))
+        while alive:
+            if stopping_since is None and (stop() or fatal is not None):
+                stopping_since = time.monotonic()
+                for i in alive:
+                    procs[i].terminate()  # SIGTERM: the worker stops after its current frame and reports
+            if stopping_since is not None and time.monotonic() - stopping_since > STOP_GRACE_S:
+                log.warning("worker(s) %s did not stop within %g s; killing them", sorted(alive), STOP_GRACE_S)
+                break
+            try:
+                ev = events.get(timeout=0.2)
+            except queue.Empty:
+                for i in list(alive):
+                    if not procs[i].is_alive() and procs[i].exitcode not in (0, None):
+                        if stopping_since is None:
+                            log.error("worker %d died (exit code %s)", i, procs[i].exitcode)
+                        alive.discard(i)
+                continue
+            if ev[0] == "result":
+                reported.add(ev[1].keyid)
+                on_result(ev[1])
+            elif ev[0] == "frames":
+                on_frames(ev[1])
+            elif ev[0] == "crash":
+                log.error("worker %d stopped: %s", ev[1], ev[2])
+            elif ev[0] in ("setup", "fatal"):
+                fatal = fatal or ev[2]
+            elif ev[0] == "exit":
+                alive.discard(ev[1])
+        for pr in procs:
+            pr.join(timeout=10 if stopping_since is None else 1)
+    finally:
+        for pr in procs:
+            if pr.is_alive():
+                pr.kill()
+                pr.join(timeout=5)
+        parent_w.close()
+        _stop_fork_server()
+    if stopping_since is None:
+        for i, share in enumerate(shares):  # clips a crashed worker never reported
+            for c in share:
+                if c.keyid not in reported:
+                    on_result(ClipResult(c.keyid, "failed", f"worker {i} stopped before rendering it"))
+    return fatal
+
+
+def _report_name(part: tuple[int, int] | None) -> str:
+    return "render-report.json" if part is None else f"render-report-part-{part[0]}-of-{part[1]}.json"
+
+
+def run(args: argparse.Namespace, stop: StopRequest | None = None) -> int:
+    """The whole command after argument parsing; returns the exit status (see the module docstring).
+    Raises SetupError for set-up problems found before rendering starts."""
     from render.avatars import load_avatars
     from render.lights import load_lights
     from render.lod import parse_lod
-    from render.pipeline import ClipResult, RenderConfig, render_clips
 
+    stop = stop or StopRequest()
     if args.size < 16 or args.size % 2:
         raise SetupError(f"--size must be an even number >= 16, got {args.size}")
     if args.workers < 1:
@@ -255,11 +529,23 @@ def run(args: argparse.Namespace) -> int:
         raise SetupError(str(e)) from e
     if not Path(args.amass).is_dir():
         raise SetupError(f"--amass {args.amass} is not a directory (the AMASS root holding KIT/, CMU/, ...)")
+    if args.body_models is not None and not Path(args.body_models).is_dir():
+        raise SetupError(f"--body-models {args.body_models} is not a directory (smplx's layout, e.g. "
+                         f"DIR/smplh/SMPLH_NEUTRAL.npz); omit --body-models to use the procedural body")
     try:
         avatars = load_avatars(args.avatars)
+    except BadInputError as e:  # names the file and the field
+        raise SetupError(f"{e}; fix or remove the file (see the README for the spec format)") from e
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        raise SetupError(f"--avatars {args.avatars or 'assets/avatars'}: unusable avatar spec "
+                         f"({type(e).__name__}: {e}); fix or remove it (see the README)") from e
+    try:
         lights = load_lights(args.lights_file)
     except BadInputError as e:
-        raise SetupError(f"{e}\n  fix or remove the file (see the README for the spec format)") from e
+        raise SetupError(f"{e}; fix the file (see the README for the format)") from e
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        raise SetupError(f"--lights-file {args.lights_file or 'assets/lights.json'}: unusable lighting setups "
+                         f"({type(e).__name__}: {e}); fix the file (see the README)") from e
     if not 1 <= args.lights <= len(lights):
         raise SetupError(f"--lights must be between 1 and {len(lights)}")
     out = Path(args.out)
@@ -278,18 +564,39 @@ def run(args: argparse.Namespace) -> int:
             raise SetupError(str(e)) from e
     else:  # each worker creates its own context and reports a set-up error as ("setup", i, message)
         _worker_context(start=True)
-    clips, ann_report = select_clips(args)
+    try:
+        return _run_clips(args, stop, part, lod, avatars, out, renderer)
+    finally:
+        if renderer is not None:
+            renderer.close()
+        if workers > 1:
+            _stop_fork_server()
+
+
+def _run_clips(args: argparse.Namespace, stop: StopRequest, part, lod, avatars, out: Path, renderer) -> int:
+    from render.pipeline import ClipResult, FatalRenderError, RenderConfig, render_clips
+    from render.video import is_disk_full
+
+    all_clips, ann_report, notes = select_clips(args)
+    clips, invalid = split_invalid(all_clips, args.annotations)
+    report_name = _report_name(part)
+    finals = {report_name} | {f"{c.keyid}.{ext}" for c in clips for ext in ("mp4", "json")}
+    removed, left = remove_stale_temps(out, finals)
+    if removed:
+        log.info("removed %d temporary file(s) left in %s by an interrupted run", removed, out)
+    if left:
+        log.info("left %d temporary file(s) of other clips in %s (another --part may be writing them)", left, out)
     cfg = RenderConfig(amass_root=str(args.amass), out_dir=str(out), avatars_dir=args.avatars,
                        lights_path=args.lights_file, num_lights=args.lights, size=args.size, seed=args.seed,
                        body_models=args.body_models, overwrite=args.overwrite, crf=args.crf, preset=args.preset,
                        lod=lod, shading=args.shading)
-    log.info("%d clips to consider, %d avatars, lights 1..%d, %dx%d, %d worker(s)%s", len(clips), len(avatars),
+    log.info("%d clips to consider, %d avatars, lights 1..%d, %dx%d, %d worker(s)%s", len(all_clips), len(avatars),
              args.lights, args.size, args.size, args.workers, f", part {part[0]}/{part[1]}" if part else "")
 
     results: dict[str, ClipResult] = {}
     frames_done = 0
     t0 = time.perf_counter()
-    bar = tqdm(total=len(clips), unit="clip", desc="render-amass", disable=None)
+    bar = tqdm(total=len(all_clips), unit="clip", desc="render-amass", disable=None)
 
     def on_result(r: ClipResult) -> None:
         results[r.keyid] = r
@@ -300,102 +607,113 @@ def run(args: argparse.Namespace) -> int:
         frames_done += n
         bar.set_postfix_str(f"{frames_done / max(time.perf_counter() - t0, 1e-9):.1f} frames/s", refresh=False)
 
-    workers = min(workers, max(1, len(clips)))
+    for keyid, reason in invalid.items():
+        on_result(ClipResult(keyid, "failed", reason))
+    workers = min(args.workers, max(1, len(clips)))
     devices = [d.strip() for d in args.egl_devices.split(",")] if args.egl_devices else None
-    if renderer is not None:
-        import torch
+    fatal: str | None = None
+    try:
+        if not clips or stop():
+            pass
+        elif renderer is not None:
+            import torch
 
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # posing shares the CPU with rasterisation and encoding
-        try:
-            render_clips(clips, cfg, renderer=renderer, on_result=on_result, on_frames=on_frames)
-        finally:
-            renderer.close()
-            torch.set_num_threads(threads)
-    else:
-        ctx = _worker_context()
-        events = ctx.Queue()
-        # Round-robin assignment over keyid order balances long and short clips on average.
-        shares = [clips[i::workers] for i in range(workers)]
-        procs = []
-        for i, share in enumerate(shares):
-            dev = devices[i % len(devices)] if devices else None
-            lp = max(1, (os.cpu_count() or 1) // workers)
-            pr = ctx.Process(target=_worker_main, args=(i, share, cfg, dev, events, lp), daemon=True)
-            pr.start()
-            procs.append(pr)
-        alive = set(range(workers))
-        while alive:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # posing shares the CPU with rasterisation and encoding
             try:
-                ev = events.get(timeout=1.0)
-            except Exception:  # noqa: BLE001 - queue.Empty
-                for i in list(alive):
-                    if not procs[i].is_alive() and procs[i].exitcode not in (0, None):
-                        log.error("worker %d died (exit code %s)", i, procs[i].exitcode)
-                        alive.discard(i)
-                continue
-            if ev[0] == "result":
-                on_result(ev[1])
-            elif ev[0] == "frames":
-                on_frames(ev[1])
-            elif ev[0] == "crash":
-                log.error("worker %d stopped: %s", ev[1], ev[2])
-            elif ev[0] == "setup":
-                for pr in procs:
-                    pr.terminate()
-                    pr.join(timeout=10)
-                _stop_fork_server()
-                bar.close()
-                raise SetupError(ev[2])
-            elif ev[0] == "exit":
-                alive.discard(ev[1])
-        for pr in procs:
-            pr.join(timeout=10)
-        _stop_fork_server()
-        for i, share in enumerate(shares):  # clips a crashed worker never reported
-            for c in share:
-                if c.keyid not in results:
-                    on_result(ClipResult(c.keyid, "failed", f"worker {i} stopped before rendering it"))
-    bar.close()
+                render_clips(clips, cfg, renderer=renderer, on_result=on_result, on_frames=on_frames, stop=stop)
+            except FatalRenderError as e:
+                fatal = str(e)
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            fatal = _render_in_workers(clips, cfg, workers, devices, on_result, on_frames, stop)
+    finally:
+        bar.close()
     elapsed = time.perf_counter() - t0
     rendered = [r for r in results.values() if r.status == "rendered"]
     skipped = [r for r in results.values() if r.status == "skipped"]
     failed = {r.keyid: r.reason for r in results.values() if r.status == "failed"}
+    not_attempted = [c.keyid for c in clips if c.keyid not in results]
     n_frames = sum(r.frames for r in rendered)
     report = {
         "rendered": len(rendered),
         "skipped": len(skipped),
         "failed": dict(sorted(failed.items())),
         "num_failed": len(failed),
-        "clips": len(clips),
+        "clips": len(all_clips),
         "frames_rendered": n_frames,
         "seconds": round(elapsed, 3),
         "frames_per_second": round(n_frames / elapsed, 2) if elapsed > 0 else None,
         "part": f"{part[0]}/{part[1]}" if part else None,
         "workers": workers,
+        "rerendered": {r.keyid: r.reason[len("re-rendered: "):] for r in rendered
+                       if r.reason.startswith("re-rendered: ")},
+        "skipped_unverified": sum(1 for r in skipped if "legacy" in r.reason),
+        "temp_files_removed": removed,
+        "interrupted": stop.signal_name,
+        "error": fatal,
+        "not_attempted": not_attempted,
+        "num_not_attempted": len(not_attempted),
+        "keyids_file": notes.get("keyids_file"),
+        "mirror_skipped": notes.get("mirror_skipped") or {},
         "annotations": ann_report.get("summary"),
         "annotation_report": ann_report,
     }
-    name = "render-report.json" if part is None else f"render-report-part-{part[0]}-of-{part[1]}.json"
-    write_json(out / name, report)
+    report_path = out / report_name
+    try:
+        write_json(report_path, report)
+    except OSError as e:
+        why = "no space left on device" if is_disk_full(e) else (e.strerror or str(e))
+        print(f"render-amass: error: cannot write the report {report_path} ({why})"
+              + (f"; also: {fatal}" if fatal else ""), file=sys.stderr)
+        return 2
     print(f"render-amass: rendered {len(rendered)}, skipped {len(skipped)}, failed {len(failed)} "
-          f"({n_frames} frames in {elapsed:.1f} s, {report['frames_per_second']} frames/s); report: {out / name}")
+          f"({n_frames} frames in {elapsed:.1f} s, {report['frames_per_second']} frames/s); report: {report_path}")
     for k, reason in list(sorted(failed.items()))[:20]:
-        print(f"  failed {k}: {reason}")
+        print(f"  failed {_show(k)}: {reason}")
     if len(failed) > 20:
         print(f"  ... and {len(failed) - 20} more (see the report)")
+    if fatal is not None:
+        print(f"render-amass: error: {_one_line(fatal)}", file=sys.stderr)
+        return 2
+    if stop.signal_name is not None:
+        print(f"render-amass: interrupted by {stop.signal_name}: {len(not_attempted)} clip(s) not attempted "
+              f"(run the same command again to finish them)", file=sys.stderr)
+        return 1
     return 1 if failed else 0
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except SetupError as e:
-        print(f"render-amass: error: {e}", file=sys.stderr)
-        return 2
+    from render.video import is_disk_full
+
+    stop = StopRequest()
+    with stop.installed():
+        try:
+            return run(args, stop)
+        except SetupError as e:
+            print(f"render-amass: error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("render-amass: interrupted", file=sys.stderr)
+            return 1
+        except OSError as e:
+            where = f" {e.filename}" if e.filename else ""
+            what = "no space left on device" if is_disk_full(e) else (e.strerror or str(e))
+            print(f"render-amass: error:{where}: {what}", file=sys.stderr)
+            return 2
+        except Exception as e:  # noqa: BLE001 - one line, never a traceback (-v logs it)
+            log.debug("unexpected error", exc_info=True)
+            print(f"render-amass: error: {type(e).__name__}: {_one_line(e)} (rerun with -v for details)",
+                  file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":
