@@ -69,14 +69,15 @@ def test_renders_every_clip_then_skips_them_all(corpus, tmp_path):
         assert len(frames) == meta["num_frames"] == len(meta["frames"]) == int((0.4 + 0.05 * i) * 20 + 1e-6)
         assert frames.shape[1:] == (SIZE, SIZE, 3) and info["fps"] == pytest.approx(20.0)
         for key in ("keyid", "avatar", "light", "fps", "amass_path", "frames", "num_frames", "size", "camera",
-                    "body_model", "mirrored", "trajectory", "version"):
+                    "body_model", "mirrored", "trajectory", "version", "video_size", "video_sha256"):
             assert key in meta, key
+        assert meta["video_size"] == (out / f"{k}.mp4").stat().st_size
         assert meta["amass_path"] == f"Synth/s{i % 2}/m{i}_poses.npz" and meta["frames"][1] == 3  # 60 -> 20 fps
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
     stamp = {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")}
     assert _run(corpus, out) == 0
     rep = _report(out)
-    assert rep["rendered"] == 0 and rep["skipped"] == NUM_CLIPS
+    assert rep["rendered"] == 0 and rep["skipped"] == NUM_CLIPS and rep["skipped_unverified"] == 0
     assert stamp == {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")}
 
 
