@@ -37,6 +37,7 @@ from dataset.errors import BadInputError
 from dataset.seeding import stable_seed
 from model.run_dir import MetricsTable, RunDir, write_run_info
 from model.schedule import paper_scheduler
+from model.weights import missing_pretrained
 from model.training import (
     FUSION_NAMES, LOSS_TERMS, DistInfo, LossModule, NonFiniteGuard, RunningMeans, SkipBudget, Stepper,
     TrainingDiverged, TrainingStalled, barrier, cleanup_distributed, encode_split, format_counts,
@@ -222,54 +223,39 @@ def check_shards(shards: Path, cfg) -> dict[str, dict]:
     return manifests
 
 
-_SHA256_HEX = frozenset("0123456789abcdef")
+def _verify_files(shards: Path, splits: list[str]) -> dict[str, dict[str, dict]]:
+    """``{split: {shard name: {"sha256", "bytes", "match": True}}}`` from dataset.shards.verify_shards (every
+    listed file read once, streamed through sha256); the first file that differs from its manifest entry (or is
+    missing) raises BadInputError naming it."""
+    from dataset.shards import verify_shards as verify_shard_files
 
-
-def _verify_split(shards: Path, split: str, manifest: dict) -> dict[str, dict]:
-    """sha256 (streamed, dataset.hashing.sha256_file) and size of every shard the manifest lists, compared with
-    the manifest. Returns ``{name: {"sha256", "bytes", "match": True}}``; the first file that differs (or is
-    missing, or listed under a name that is not a plain file name) raises BadInputError naming it."""
-    from dataset.hashing import sha256_file
-    from dataset.keyids import child_path
-
-    mpath = shards / f"{split}.json"
-    out: dict[str, dict] = {}
-    for i, entry in enumerate(manifest.get("shards", [])):
-        if not isinstance(entry, dict):
-            raise BadInputError(mpath, f"shards[{i}]", "not an object; rebuild the shards with build-shards")
-        path = child_path(shards, entry.get("name"))  # refuses "../x", "/abs", ...
-        want = entry.get("sha256")
-        if not isinstance(want, str) or len(want) != 64 or not set(want) <= _SHA256_HEX:
-            raise BadInputError(mpath, f"shards[{i}].sha256", f"{str(want)[:80]!r} is not a sha256 hex digest; "
-                                "rebuild the shards with build-shards (or pass --no-verify)")
-        want_bytes = entry.get("bytes")
-        if not path.is_file():
-            raise BadInputError(path, None, f"listed in {mpath.name} but missing; rebuild the shards with "
-                                            "build-shards")
-        try:
-            digest, size = sha256_file(path)
-        except OSError as exc:
-            raise BadInputError(path, None, f"unreadable ({exc.strerror or exc})") from exc
-        if digest != want or (isinstance(want_bytes, int) and size != want_bytes):
-            raise BadInputError(
-                path, "sha256", f"the file ({size} bytes, sha256 {digest[:16]}...) differs from what {mpath.name} "
-                f"lists ({want_bytes} bytes, sha256 {want[:16]}...): modified or damaged; rebuild it with "
-                "build-shards (or pass --no-verify to train on it anyway)")
-        out[path.name] = {"sha256": digest, "bytes": size, "match": True}
+    out: dict[str, dict[str, dict]] = {}
+    for split in splits:
+        results = verify_shard_files(shards, [split])
+        bad = [r for r in results if not r["ok"]]
+        if bad:
+            first = bad[0]
+            problem = str(first["problem"] or "differs from the manifest")
+            problem = problem.removeprefix(f"{first['file']}: ")
+            more = f" (and {len(bad) - 1} more {split} shard file(s))" if len(bad) > 1 else ""
+            raise BadInputError(first["file"], None, f"{problem}{more}; rebuild the shards with build-shards (or "
+                                                     "pass --no-verify to train on them anyway)")
+        out[split] = {Path(r["file"]).name: {"sha256": r["sha256"], "bytes": r["size"], "match": True}
+                      for r in results}
     return out
 
 
 def verify_shards(shards: Path, manifests: dict[str, dict], dinfo: DistInfo) -> dict[str, dict[str, dict]]:
-    """Check every train/val shard file against its manifest's sha256 before training (one streamed read per
-    file). Rank 0 reads; in DDP the outcome is broadcast so every rank stops on a mismatch. Returns
-    ``{split: {name: {"sha256", "bytes", "match"}}}`` for run.json; raises BadInputError (exit 2) naming the
-    first file that differs."""
+    """Check every train/val shard file against its manifest's sha256 and size before training (one streamed
+    read per file). Rank 0 reads; in DDP the outcome is broadcast so every rank stops on a mismatch. Returns
+    ``{split: {name: {"sha256", "bytes", "match"}}}`` for run.json; raises BadInputError / SetupError (exit 2)
+    naming the first file that differs."""
     result: Any = None
     error: str | None = None
     if dinfo.is_main:
         t0 = time.perf_counter()
         try:
-            result = {split: _verify_split(shards, split, m) for split, m in manifests.items()}
+            result = _verify_files(shards, list(manifests))
         except BadInputError as exc:
             if not dinfo.enabled:
                 raise
@@ -357,6 +343,10 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
         precision = resolve_precision(args.precision, device, amp=cfg.amp)
     except ValueError as exc:  # fp16 without CUDA
         raise SetupError(str(exc)) from exc
+    missing = missing_pretrained(cfg)
+    if missing:  # before anything is written: every missing piece in one message
+        raise SetupError(f"missing pretrained weights (nothing is downloaded; or use --set random_init=true): "
+                         f"{'; '.join(missing)}")
     manifests = check_shards(args.shards, cfg)
     n_train = int(manifests["train"]["num_samples"])
     steps_per_epoch = cfg.epoch_batches or n_train // (cfg.batch_size * dinfo.world_size)
@@ -428,7 +418,7 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
             rngs = list(state["rng"])
             with preserved_rng():  # a malformed RNG state fails here, not in the middle of the loop
                 for r in rngs:
-                    set_rng_state(r)
+                    set_rng_state({k: v for k, v in r.items() if k != "cuda"})
         except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as exc:
             raise SetupError(f"{run.last_state}: does not fit this run's model and optimiser "
                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); start a new --out"
@@ -713,7 +703,10 @@ def _load_weights(model: torch.nn.Module, path: Path, state: dict) -> None:
     if not path.is_file():
         raise SetupError(f"--resume: {path} not found (the run was interrupted before its first complete "
                          "checkpoint); start a new --out")
-    step = read_checkpoint_metadata(path)["extra"].get("step")  # BadInputError naming the file when malformed
+    try:
+        step = read_checkpoint_metadata(path)["extra"].get("step")
+    except BadInputError as exc:  # names the file and the field
+        raise SetupError(f"--resume: {exc}; start a new --out") from exc
     if step is not None and step != state["step"]:
         raise SetupError(f"--resume: {path} is from step {step} but the training state is from step "
                          f"{state['step']} (the run was killed while saving); no consistent checkpoint to resume: "

@@ -1,0 +1,395 @@
+"""train.py on untrusted input: crafted shard sets, damaged run directories, a full disk.
+
+Each test writes its own bad input: shard sets patched member by member (motion of the wrong width, NaN motion,
+a flipped byte), truncated or malicious training states, a checkpoint writer that fails with ENOSPC. Expected:
+exit status 1 when training cannot make progress (with the skip counts by reason), 2 with one line naming the
+file for set-up errors, never a hang, never untrained weights saved as ``best``.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train as train_script
+from dataset.errors import BadInputError
+from dataset.hashing import sha256_file
+from model.training import (
+    NonFiniteGuard, SkipBudget, TrainingStalled, load_training_state, save_training_state,
+)
+from test_train import BASE, TINY, cached_tiny_shards
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shards(request):
+    torch.set_num_threads(1)
+    return cached_tiny_shards(request, "tiny", **TINY)
+
+
+def _run(argv) -> int:
+    return train_script.main([str(a) for a in argv])
+
+
+def patch_shards(src: Path, dst: Path, change, splits=("train",)) -> Path:
+    """Copy shard set ``src`` to ``dst`` and rewrite every member of the ``splits``' tars with
+    ``change(key, member, data) -> data``; the manifests get the new sha256 and size, so the set is
+    consistently built, only its content is bad."""
+    shutil.copytree(src, dst)
+    for split in splits:
+        mpath = dst / f"{split}.json"
+        manifest = json.loads(mpath.read_text())
+        for entry in manifest["shards"]:
+            path = dst / entry["name"]
+            with tarfile.open(path) as tf:
+                members = [(m.name, tf.extractfile(m).read()) for m in tf.getmembers() if m.isfile()]
+            with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:
+                for name, data in members:
+                    key, _, member = name.partition(".")
+                    data = change(key, member, data)
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+            entry["sha256"], entry["bytes"] = sha256_file(path)
+        mpath.write_text(json.dumps(manifest, indent=2))
+    return dst
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def motion_change(new_motion, keys=None):
+    """A ``change`` that replaces ``motion.npy`` (of the keys in ``keys``, default all) by ``new_motion(old)``."""
+    def change(key, member, data):
+        if member != "motion.npy" or (keys is not None and key not in keys):
+            return data
+        old = np.load(io.BytesIO(data), allow_pickle=False)
+        return _npy(new_motion(old))
+    return change
+
+
+def _counts_in(message: str) -> dict[str, int]:
+    """The ``reason: n`` pairs after "skipped by reason:" in an error line."""
+    tail = message.split("skipped by reason:", 1)[1].split(";")[0].split(")")[0]
+    out = {}
+    for part in tail.split(","):
+        reason, _, n = part.rpartition(":")
+        out[reason.strip()] = int(n)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. training that cannot progress stops, with counts, within seconds
+
+
+@pytest.mark.slow
+def test_wrong_width_motion_everywhere_exits_1_with_counts(shards, tmp_path):
+    bad = patch_shards(shards, tmp_path / "bad", motion_change(lambda m: np.zeros((len(m), 10), np.float32)),
+                       splits=("train", "val"))
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    cmd = [sys.executable, str(REPO / "train.py"), "--shards", str(bad), "--out", str(out), "--epochs", "1",
+           *BASE]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: epoch 0: no usable training sample"), last
+    counts = _counts_in(last)
+    assert sum(counts.values()) >= 8, last  # at least one whole shard's samples, by reason
+    assert "Traceback" not in proc.stderr
+    assert not (out / "checkpoints" / "best.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_skip_fraction_over_threshold_exits_1(shards, tmp_path, capsys):
+    # 3 of every 4 training samples have 10-dim motion: each epoch would skip 3x the samples it trains on
+    train_keys = {f"{i:06d}" for i in range(TINY["n_train"]) if i % 4}
+    bad = patch_shards(shards, tmp_path / "bad", motion_change(lambda m: np.zeros((len(m), 10), np.float32),
+                                                               keys=train_keys))
+    assert _run(["--shards", bad, "--out", tmp_path / "r1", "--epochs", 1, *BASE]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "more than --max-skip-fraction 0.5 x 32 samples per epoch" in err, err
+    assert sum(_counts_in(err).values()) > 16
+    assert not (tmp_path / "r1" / "checkpoints" / "best.safetensors").exists()
+    # the threshold is a flag: inf never stops (two batches per pass are still usable)
+    assert _run(["--shards", bad, "--out", tmp_path / "r2", "--epochs", 1, "--max-steps", 3,
+                 "--max-skip-fraction", "inf", *BASE]) == 0
+    assert _run(["--shards", bad, "--out", tmp_path / "r3", "--max-skip-fraction", "-1", *BASE]) == 2
+    assert "--max-skip-fraction must be >= 0" in capsys.readouterr().err
+
+
+def test_skip_budget_unit():
+    class Loader:
+        skipped = 0
+        skip_counts: dict = {}
+
+    loader = Loader()
+    budget = SkipBudget(0.5, 8)
+    budget.start_epoch(loader)
+    loader.skipped, loader.skip_counts = 4, {"motion shape": 4}
+    budget.check(loader, 0)  # 4 <= 0.5 x 8
+    loader.skipped, loader.skip_counts = 5, {"motion shape": 4, "video": 1}
+    with pytest.raises(TrainingStalled, match="video: 1") as err:
+        budget.check(loader, 0)
+    assert err.value.counts == {"motion shape": 4, "video": 1}
+    budget.start_epoch(loader)  # a new epoch starts from zero
+    budget.check(loader, 1)
+    with pytest.raises(ValueError):
+        SkipBudget(float("nan"), 8)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. non-finite data: no best before an optimiser step, a non-zero exit, skipped batches logged with keyids
+
+
+def test_all_nan_motion_exits_nonzero_without_best(shards, tmp_path, capsys):
+    bad = patch_shards(shards, tmp_path / "bad", motion_change(lambda m: np.full_like(m, np.nan)))
+    out = tmp_path / "run"
+    rc = _run(["--shards", bad, "--out", out, "--epochs", 1, *BASE])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    last = err.strip().splitlines()[-1]
+    # the loader drops non-finite samples (no usable sample), or the loss is NaN on every batch (no step)
+    assert "no usable training sample" in last or "no optimiser step" in last, last
+    assert not (out / "checkpoints" / "best.safetensors").exists()
+
+
+def _nan_losses(monkeypatch):
+    from model.lavimo import LavimoModel
+
+    real = LavimoModel.compute_losses
+
+    def nan_losses(self, batch):
+        out = real(self, batch)
+        out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(LavimoModel, "compute_losses", nan_losses)
+
+
+def test_nan_loss_everywhere_never_writes_best(shards, tmp_path, capsys, caplog, monkeypatch):
+    _nan_losses(monkeypatch)
+    out = tmp_path / "run"
+    # validations after steps 1 and 2 (no optimiser step yet), then --max-steps stops the run at step 2
+    rc = _run(["--shards", shards, "--out", out, "--epochs", 1, "--val-every", 1, "--max-steps", 2, *BASE])
+    assert rc == 1
+    assert "no optimiser step in 2 step(s)" in capsys.readouterr().err
+    assert not (out / "checkpoints" / "best.safetensors").exists()
+    with open(out / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["step"], r["best"]) for r in rows] == [("1", "0"), ("2", "0")]
+    skipped = [r.getMessage() for r in caplog.records if "step skipped" in r.getMessage()]
+    assert len(skipped) == 2 and all("batch keyids: " in m for m in skipped)
+    keyids = skipped[0].split("batch keyids: ")[1].split(",")
+    assert len(keyids) == 4 and all(k.isdigit() and len(k) == 6 for k in keyids)
+    # a whole epoch without a step (8 batches < --max-nan-steps 20) is also an exit 1, not a finished run
+    assert _run(["--shards", shards, "--out", tmp_path / "run2", "--epochs", 1, *BASE]) == 1
+    assert "epoch 0: no optimiser step in 8 batches" in capsys.readouterr().err
+    assert not (tmp_path / "run2" / "checkpoints" / "best.safetensors").exists()
+
+
+def test_guard_logs_keyids(caplog):
+    g = NonFiniteGuard(5)
+    g.update(False, 7, keyids=["000001", "000002", "bad\nline"], local=True)
+    msg = caplog.records[-1].getMessage()
+    assert "step 7" in msg and "000001,000002,'bad\\nline'" in msg and "\n" not in msg
+    g.update(False, 8, keyids=["000003"], local=False)
+    assert "on another rank" in caplog.records[-1].getMessage()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. shard bytes verified against the manifest before training
+
+
+def test_flipped_byte_exits_2_naming_the_file(shards, tmp_path, capsys):
+    bad = tmp_path / "flipped"
+    shutil.copytree(shards, bad)
+    victim = bad / json.loads((bad / "train.json").read_text())["shards"][1]["name"]
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0x01  # in the tar's end-of-archive padding: the tar still reads, only the hash tells
+    victim.write_bytes(bytes(data))
+    out = tmp_path / "run"
+    assert _run(["--shards", bad, "--out", out, *BASE]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(victim) in err[0] and "sha256" in err[0] and "--no-verify" in err[0], err
+    assert not out.exists()  # nothing written before the shards are verified
+    # --no-verify trains on it and says so in run.json
+    assert _run(["--shards", bad, "--out", out, "--max-steps", 1, "--no-verify", *BASE]) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["shards"]["splits"]["train"]["verify"] == "skipped"
+    assert set(info["shards"]["splits"]["train"]["shards"][victim.name]) == {"manifest_sha256"}
+
+
+def test_manifest_naming_a_file_outside_is_refused(shards, tmp_path, capsys):
+    bad = tmp_path / "escape"
+    shutil.copytree(shards, bad)
+    m = json.loads((bad / "val.json").read_text())
+    m["shards"][0]["name"] = "../" + m["shards"][0]["name"]
+    (bad / "val.json").write_text(json.dumps(m))
+    assert _run(["--shards", bad, "--out", tmp_path / "run", *BASE]) == 2
+    line = _one_error_line(capsys)
+    assert str(bad / "val.json") in line and "not a plain" in line
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. set-up errors: exit 2, one line naming the file and what to do
+
+
+def _one_error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_disk_full_while_checkpointing(shards, tmp_path, capsys, monkeypatch):
+    import model
+
+    real = model.save_checkpoint
+    calls = []
+
+    def full_disk_after(n):
+        def save(m, path, extra=None):
+            calls.append(Path(path).name)
+            if len(calls) > n:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(m, path, extra=extra)
+        return save
+
+    # the very first checkpoint fails: exit 2, nothing half-written, and --resume says to start fresh
+    out = tmp_path / "run"
+    monkeypatch.setattr(model, "save_checkpoint", full_disk_after(0))
+    assert _run(["--shards", shards, "--out", out, "--max-steps", 1, *BASE]) == 2
+    line = _one_error_line(capsys)
+    assert str(out / "checkpoints" / "last.safetensors") in line and "no space left on device" in line
+    assert "start again without --resume" in line
+    assert not (out / "checkpoints" / "last.state.pt").exists()
+    assert not list((out / "checkpoints").glob(".*")), "temp files left behind"
+    monkeypatch.setattr(model, "save_checkpoint", real)
+    assert _run(["--shards", shards, "--out", out, "--resume", *BASE]) == 2
+    assert _one_error_line(capsys) == (f"error: --resume: no checkpoint to resume in {out / 'checkpoints'}; "
+                                       "start fresh without --resume")
+    # a later checkpoint fails: the previous weights + state pair stays and resumes
+    out2 = tmp_path / "run2"
+    calls.clear()
+    monkeypatch.setattr(model, "save_checkpoint", full_disk_after(1))
+    assert _run(["--shards", shards, "--out", out2, "--save-every", 1, "--max-steps", 3, *BASE]) == 2
+    assert "rerun with --resume" in _one_error_line(capsys)
+    assert load_training_state(out2 / "checkpoints" / "last.state.pt")["step"] == 1
+    assert not list((out2 / "checkpoints").glob(".*"))
+    monkeypatch.setattr(model, "save_checkpoint", real)
+    assert _run(["--shards", shards, "--out", out2, "--resume", "--max-steps", 2, *BASE]) == 0
+    assert load_training_state(out2 / "checkpoints" / "last.state.pt")["step"] == 2
+
+
+@pytest.fixture(scope="module")
+def saved_run(shards, tmp_path_factory):
+    """A run stopped after one step, with its last.state.pt."""
+    out = tmp_path_factory.mktemp("saved") / "run"
+    assert _run(["--shards", shards, "--out", out, "--max-steps", 1, *BASE]) == 0
+    return out
+
+
+def _copy_run(saved_run, tmp_path) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(saved_run, dst)
+    return dst
+
+
+def test_truncated_state_exits_2(saved_run, shards, tmp_path, capsys):
+    run = _copy_run(saved_run, tmp_path)
+    state = run / "checkpoints" / "last.state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    assert _run(["--shards", shards, "--out", run, "--resume", *BASE]) == 2
+    line = _one_error_line(capsys)
+    assert str(state) in line and "unreadable training state" in line and "start a new --out" in line
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_state_with_pickled_code_is_never_run(saved_run, shards, tmp_path, capsys):
+    run = _copy_run(saved_run, tmp_path)
+    marker = tmp_path / "pwned"
+    state = run / "checkpoints" / "last.state.pt"
+    good = torch.load(state, weights_only=True)
+    torch.save({**good, "period": _Evil(marker)}, state)
+    assert _run(["--shards", shards, "--out", run, "--resume", *BASE]) == 2
+    assert str(state) in _one_error_line(capsys)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("field,value", [("step", "7"), ("optimizer", []), ("epoch", -1), ("version", 9)])
+def test_malformed_state_fields_are_named(tmp_path, field, value):
+    path = tmp_path / "s.pt"
+    save_training_state(path, {"version": 1, "epoch": 0, "batch_in_epoch": 0, "step": 0, "steps_per_epoch": 1,
+                               "optimizer": {}, "scheduler": {}, "scaler": {}, "rng": [], "best_score": None,
+                               "nonfinite": {}, "period": {}, field: value})
+    with pytest.raises(BadInputError) as err:
+        load_training_state(path, complete=True)
+    assert err.value.path == str(path) and err.value.field == field
+
+
+def test_resume_without_state(shards, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    assert _run(["--shards", shards, "--out", empty, "--resume", *BASE]) == 2
+    assert _one_error_line(capsys) == (f"error: --resume: no checkpoint to resume in {empty / 'checkpoints'}; "
+                                       "start fresh without --resume")
+
+
+def test_usage_errors_exit_2_from_the_command_line(tmp_path):
+    assert "SystemExit" not in (REPO / "train.py").read_text()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--shards", str(tmp_path), "--set", "oops"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --set expects FIELD=VALUE, got 'oops'"
+
+
+def test_missing_pretrained_weights_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LAVIMO_WEIGHTS", str(tmp_path / "weights"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    out = tmp_path / "run"
+    assert _run(["--shards", tmp_path / "nope", "--out", out, "--preset", "paper", "--device", "cpu",
+                 "--no-progress"]) == 2
+    line = _one_error_line(capsys)
+    assert "missing pretrained weights" in line and str(tmp_path / "weights" / "distilbert-base-uncased") in line
+    assert not out.exists()
+
+
+def test_bad_config_values_exit_2(tmp_path, capsys):
+    assert _run(["--shards", tmp_path, "--out", tmp_path / "r", *BASE, "--set", "no_such_field=1"]) == 2
+    assert "unknown LavimoConfig field" in _one_error_line(capsys)
+    cfg = tmp_path / "preset.json"
+    cfg.write_text("{not json")
+    assert _run(["--shards", tmp_path, "--out", tmp_path / "r", "--preset", cfg, "--device", "cpu"]) == 2
+    assert str(cfg) in _one_error_line(capsys)
+
+
+def test_damaged_last_weights_exit_2(saved_run, shards, tmp_path, capsys):
+    run = _copy_run(saved_run, tmp_path)
+    weights = run / "checkpoints" / "last.safetensors"
+    weights.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}junk")
+    assert _run(["--shards", shards, "--out", run, "--resume", *BASE]) == 2
+    line = _one_error_line(capsys)
+    assert str(weights) in line and "start a new --out" in line
