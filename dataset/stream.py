@@ -19,28 +19,184 @@ Per sample:
 - motion: features normalised with ``stats.npz`` ((x - mean) / std), cropped to ``max_motion_len`` rows
   (a random window in training, the first rows in evaluation).
 
-Corrupt samples (unreadable members, bad video, shard read errors) are skipped with a warning and counted in
-``loader.skipped``; they never stop an epoch.
+Untrusted shards: the tars are read by this module (not by webdataset's tar expander), member by member.
+Members that are not regular files or whose name is not ``<keyid>.<ext>`` (``/``, ``..``, a bad keyid; see
+:func:`dataset.keyids.check_member_name`) are refused and never used; ``.npy`` members are parsed with their
+header checked first and never unpickled; manifests may only name plain ``<name>.tar`` files in their directory.
+
+Skipped samples never stop an epoch: each is logged with its keyid (the first few per reason) and counted per
+reason in ``loader.skip_counts`` (``loader.skipped`` = the total, ``loader.skip_examples`` = a few keyids per
+reason), summed over worker processes. Reasons (:data:`SKIP_REASONS`): ``shard_unreadable``, ``member_name``,
+``member_type``, ``member_size``, ``member_duplicate``, ``missing_member``, ``texts``, ``sent``,
+``sent_nonfinite``, ``motion_unreadable``, ``motion_shape``, ``motion_nonfinite``, ``meta``, ``video``,
+``other``.
+
+No usable sample: in training, once every shard has been read to its end with no usable sample since the last
+batch (by any worker; also with ``resampled=True``), iterating raises :class:`NoUsableSamplesError` (with
+``.counts``, reason -> number) instead of waiting forever for a batch; in evaluation (one process, world size
+1) a pass that skipped samples and gave no batch raises it too.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import random
+import tarfile
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from dataset.augment import AugmentConfig, augment_clip, center_box, clip_normalize, eval_view
+from dataset.errors import BadInputError
+from dataset.keyids import check_member_name
 from dataset.seeding import stable_rng, stable_seed
 
 log = logging.getLogger(__name__)
 
 SHUFFLE_BUFFER = 1000
-_SKIPPED = [0]  # per process: corrupt samples / shard errors since the last batch of this process
+MAX_MEMBER_BYTES = 1 << 30  # a tar member larger than this is refused (reason "member_size")
+SKIP_EXAMPLES = 5           # example keyids kept per skip reason
+_LOGGED_PER_REASON = 20     # skips logged one by one per reason and worker pass; the rest are only counted
+
+SKIP_REASONS = {
+    "shard_unreadable": "a shard could not be opened or read to its end (the sample being read is lost)",
+    "member_name": "a member whose name is not '<keyid>.<ext>' ('/', '..', bad keyid): refused",
+    "member_type": "a member that is not a regular file (link, directory, device): refused",
+    "member_size": f"a member larger than {MAX_MEMBER_BYTES} bytes: refused",
+    "member_duplicate": "a sample holding the same member twice",
+    "missing_member": "a sample without one of texts.json, sent.npy, motion.npy, meta.json, the video",
+    "texts": "texts.json is not a non-empty list of captions",
+    "sent": "sent.npy unreadable or not one row per caption",
+    "sent_nonfinite": "sent.npy holds NaN/inf",
+    "motion_unreadable": "motion.npy is not a numeric .npy array",
+    "motion_shape": "motion.npy is not (T >= 1, D) with D the stats' feature dimension",
+    "motion_nonfinite": "motion.npy holds NaN/inf (or overflows when normalised)",
+    "meta": "meta.json unreadable (mp4 video members)",
+    "video": "the video member cannot be decoded",
+    "other": "any other error while decoding the sample",
+}
+
+
+class NoUsableSamplesError(RuntimeError):
+    """No usable sample in a whole pass over the loader's shards: training would wait forever for a batch.
+
+    Attributes:
+        counts: reason -> number of skipped samples/members/shards since the last batch (see SKIP_REASONS).
+        examples: reason -> a few keyids (or member / shard names).
+        shards: how many shards the loader reads (None when unknown).
+    """
+
+    def __init__(self, counts: Mapping[str, int] | str | None = None,
+                 examples: Mapping[str, Sequence[str]] | None = None, shards: int | None = None):
+        message = counts if isinstance(counts, str) else None  # re-raised from a message only
+        self.counts = {} if message is not None else {str(k): int(v) for k, v in dict(counts or {}).items()}
+        self.examples = {str(k): list(v) for k, v in dict(examples or {}).items()}
+        self.shards = shards
+        if message is None:
+            reasons = ", ".join(
+                f"{k} {v}" + (f" (e.g. {', '.join(self.examples[k][:3])})" if self.examples.get(k) else "")
+                for k, v in sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))) or "nothing read"
+            where = f"{shards} shards" if shards is not None else "the shards"
+            message = (f"no usable sample in a whole pass over {where}; skipped: {reasons}. Check the set with "
+                       "'build-shards check SHARDS' and rebuild it (or the stats / preset that does not match it)")
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (self.counts, self.examples, self.shards))
+
+
+class SampleError(ValueError):
+    """A sample that cannot be used; ``reason`` is one of :data:`SKIP_REASONS`."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):
+        return (type(self), (self.reason, str(self)))
+
+
+class _Skips:
+    """Skip counts of one worker's pass, handed to the main process with each batch (or marker)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+        self.examples: dict[str, list[str]] = {}
+        self.logged: Counter = Counter()
+
+    def add(self, reason: str, key: str, url: str | None, detail: str) -> None:
+        self.counts[reason] += 1
+        ex = self.examples.setdefault(reason, [])
+        if len(ex) < SKIP_EXAMPLES and key not in ex:
+            ex.append(key)
+        self.logged[reason] += 1
+        if self.logged[reason] <= _LOGGED_PER_REASON:
+            log.warning("skipping %s (%s): %s: %s", key, url, reason, detail)
+            if self.logged[reason] == _LOGGED_PER_REASON:
+                log.warning("further '%s' skips in this worker are counted, not logged", reason)
+
+    def take(self) -> dict:
+        """The counts since the last take, as batch fields (``_skipped``, ``_skip_counts``, ``_skip_examples``)."""
+        out = {"_skipped": int(sum(self.counts.values())), "_skip_counts": dict(self.counts),
+               "_skip_examples": {k: list(v) for k, v in self.examples.items()}}
+        self.counts.clear()
+        self.examples.clear()
+        return out
+
+    def __bool__(self) -> bool:
+        return bool(self.counts)
+
+
+@dataclass
+class _Reading:
+    url: str
+    read: int = 0         # samples this reading of the shard produced
+    resolved: int = 0     # of those, decoded or skipped
+    usable: bool = False  # at least one decoded
+    complete: bool = False
+
+
+class _Ledger:
+    """Training only: which readings of a shard ended with every sample resolved and none usable ("dead")."""
+
+    def __init__(self) -> None:
+        self.open: dict[int, _Reading] = {}
+        self.next = 0
+        self.dead: list[str] = []
+
+    def start(self, url: str) -> int:
+        self.next += 1
+        self.open[self.next] = _Reading(url)
+        return self.next
+
+    def read(self, i: int) -> None:
+        self.open[i].read += 1
+
+    def finish(self, i: int) -> None:
+        self.open[i].complete = True
+        self._settle(i)
+
+    def resolved(self, i: int, usable: bool) -> None:
+        r = self.open.get(i)
+        if r is not None:
+            r.resolved += 1
+            r.usable = r.usable or usable
+            self._settle(i)
+
+    def _settle(self, i: int) -> None:
+        r = self.open[i]
+        if r.complete and r.resolved >= r.read:
+            del self.open[i]
+            if not r.usable:
+                self.dead.append(r.url)
+
+    def take_dead(self) -> list[str]:
+        d, self.dead = self.dead, []
+        return d
 
 
 # --------------------------------------------------------------------------------------------- manifest, urls
@@ -49,8 +205,14 @@ def read_manifest(shards: str | Path, split: str) -> dict:
     path = Path(shards) / f"{split}.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no manifest for split {split!r}; build the shards with build-shards")
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            m = json.load(fh)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise BadInputError(path, None, f"not a JSON manifest: {exc}") from exc
+    if not isinstance(m, dict) or not isinstance(m.get("shards"), list):
+        raise BadInputError(path, "shards", "not a shard manifest (no list of shards)")
+    return m
 
 
 def resolve_shards(shards: str | Path | Sequence[str], split: str) -> tuple[list[str], dict | None, Path]:
@@ -60,9 +222,11 @@ def resolve_shards(shards: str | Path | Sequence[str], split: str) -> tuple[list
     if isinstance(shards, (list, tuple)):
         urls = [str(u) for u in shards]
     elif Path(shards).is_dir():
+        from dataset.shards import manifest_shards
+
         root = Path(shards)
         m = read_manifest(root, split)
-        return [str(root / e["name"]) for e in m["shards"]], m, root
+        return [str(path) for _, path in manifest_shards(root, split, m)], m, root
     elif "{" not in str(shards) and not str(shards).endswith(".tar") and "://" not in str(shards):
         raise FileNotFoundError(f"{shards}: no such shard set directory (build it with build-shards)")
     else:
@@ -84,8 +248,15 @@ def load_stats(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: feature statistics missing (build-shards writes them with the train "
                                 "split; pass stats= to use another shard set's)")
-    with np.load(path) as z:
-        mean, std = z["mean"].astype(np.float32), z["std"].astype(np.float32)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            mean, std = z["mean"].astype(np.float32), z["std"].astype(np.float32)
+    except (OSError, KeyError, ValueError, EOFError) as exc:
+        raise BadInputError(path, "mean/std", f"unreadable feature statistics: {exc}") from exc
+    if mean.ndim != 1 or mean.shape != std.shape or mean.size == 0:
+        raise BadInputError(path, "mean/std", f"expected two (D,) arrays, got {mean.shape} and {std.shape}")
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        raise BadInputError(path, "mean/std", "contain NaN/inf (rebuild the train split's stats)")
     return mean, np.where(std < 1e-8, 1.0, std).astype(np.float32)
 
 
@@ -154,11 +325,73 @@ class ShardSource(_IterableDataset):
                 return
 
 
-def _count_and_continue(exc: Exception) -> bool:
-    """webdataset handler: log a shard/tar read error, count it, keep going."""
-    _SKIPPED[0] += 1
-    log.warning("skipping unreadable shard data: %s", exc)
-    return True
+def _shown(name: str) -> str:
+    r = repr(name)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _tar_samples(url: str, skips: _Skips) -> Iterator[dict]:
+    """The samples of one tar, read as a stream: consecutive members ``<key>.<ext>`` -> ``{"__key__": key,
+    "__url__": url, ext: bytes, ...}``. Refused members are counted in ``skips`` and never read; read errors
+    propagate (the caller counts the shard as unreadable)."""
+    import webdataset as wds
+
+    stream = wds.gopen(url, "rb")
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*") as tf:
+            cur: dict | None = None
+            for ti in tf:
+                if not ti.isreg():
+                    skips.add("member_type", _shown(ti.name), url, "not a regular file (link, directory, device)")
+                    continue
+                try:
+                    check_member_name(ti.name, url)
+                except BadInputError as exc:
+                    skips.add("member_name", _shown(ti.name), url, exc.message)
+                    continue
+                key, _, ext = ti.name.partition(".")
+                if ti.size > MAX_MEMBER_BYTES:
+                    skips.add("member_size", key, url, f"{ti.name}: {ti.size} bytes")
+                    continue
+                fh = tf.extractfile(ti)
+                data = fh.read() if fh is not None else b""
+                if len(data) != ti.size:
+                    raise EOFError(f"{ti.name}: member truncated")
+                if cur is None or cur["__key__"] != key:
+                    if cur is not None:
+                        yield cur
+                    cur = {"__key__": key, "__url__": url}
+                if ext in cur:
+                    cur.setdefault("__dup__", ext)
+                cur[ext] = data
+            if cur is not None:
+                yield cur
+    finally:
+        stream.close()
+
+
+def _read_tars(src: Iterator[dict], skips: _Skips, ledger: _Ledger | None) -> Iterator[dict]:
+    """Samples of the shards ``src`` yields (``{"url": ...}``). A shard that cannot be read to its end is
+    counted once ("shard_unreadable") and the stream goes on. With a ledger (training), samples carry the id
+    of their shard reading, and a reading that produced no sample yields a ``{"__tick__": True}`` so the
+    consumer can notice shards that give nothing at all."""
+    for item in src:
+        url = item["url"]
+        reading = ledger.start(url) if ledger is not None else None
+        produced = 0
+        try:
+            for sample in _tar_samples(url, skips):
+                if ledger is not None:
+                    ledger.read(reading)
+                    sample["__reading__"] = reading
+                produced += 1
+                yield sample
+        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+            skips.add("shard_unreadable", Path(str(url)).name, url, f"{type(exc).__name__}: {exc}")
+        if ledger is not None:
+            ledger.finish(reading)
+            if produced == 0:
+                yield {"__tick__": True}
 
 
 class SampleTransform:
@@ -185,6 +418,15 @@ class SampleTransform:
         return np.clip(np.floor(pos).astype(np.int64), 0, n - 1)
 
     def video(self, sample: dict, rng: np.random.Generator | None):
+        """(num_frames, 3, S, S) float32 CLIP-normalised frames of a sample (raises SampleError)."""
+        try:
+            return self._video(sample, rng)
+        except SampleError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any decoder error of untrusted bytes: skip the sample
+            raise SampleError("video", f"{type(exc).__name__}: {exc}") from exc
+
+    def _video(self, sample: dict, rng: np.random.Generator | None):
         import torch
         from dataset.video_frames import decode_jpgs, jpgs_info, mp4_frames
 
@@ -195,11 +437,19 @@ class SampleTransform:
             frames = decode_jpgs(data, self.frame_indices(n, rng),
                                  min_size=int(np.ceil(self.image_size * zoom / self.frame_crop)))
         elif "video.mp4" in sample:
-            meta = json.loads(sample["meta.json"])
-            idx = self.frame_indices(int(meta["num_frames"]), rng)
+            if "meta.json" not in sample:
+                raise SampleError("missing_member", "no meta.json member (needed for mp4 videos)")
+            try:
+                meta = json.loads(sample["meta.json"])
+                n = int(meta["num_frames"])
+                if n < 1:
+                    raise ValueError(f"num_frames {n}")
+            except (ValueError, TypeError, KeyError, RecursionError) as exc:
+                raise SampleError("meta", f"meta.json: {type(exc).__name__}: {exc}") from exc
+            idx = self.frame_indices(n, rng)
             frames = torch.from_numpy(mp4_frames(sample["video.mp4"], idx)).permute(0, 3, 1, 2).contiguous()
         else:
-            raise KeyError("no video member (video.jpgs or video.mp4)")
+            raise SampleError("missing_member", "no video member (video.jpgs or video.mp4)")
         if self.frame_crop < 1.0:
             t, l, h, w = center_box(*frames.shape[-2:], fraction=self.frame_crop)
             frames = frames[:, :, t:t + h, l:l + w]
@@ -210,23 +460,47 @@ class SampleTransform:
         return clip_normalize(x)
 
     def __call__(self, sample: dict, rng: np.random.Generator | None) -> dict:
+        """One raw sample -> the processed dict (see :func:`collate`). Raises :class:`SampleError` with a
+        reason of :data:`SKIP_REASONS` for a sample that cannot be used."""
         import torch
 
-        texts = json.loads(sample["texts.json"])
-        captions = [t["caption"] if isinstance(t, dict) else str(t) for t in texts]
-        if not captions:
-            raise ValueError("no texts")
-        sent = np.load(io.BytesIO(sample["sent.npy"]))
-        if sent.shape[0] != len(captions):
-            raise ValueError(f"sent.npy has {sent.shape[0]} rows for {len(captions)} texts")
+        from dataset.shards import load_npy_bytes
+
+        if "__dup__" in sample:
+            raise SampleError("member_duplicate", f"member {sample['__dup__']!r} appears twice")
+        for m in ("texts.json", "sent.npy", "motion.npy"):
+            if m not in sample:
+                raise SampleError("missing_member", f"no {m} member")
+        captions = _captions(sample["texts.json"])
+        try:
+            sent = load_npy_bytes(sample["sent.npy"])
+        except ValueError as exc:
+            raise SampleError("sent", f"sent.npy: {exc}") from exc
+        if sent.ndim != 2 or sent.shape[0] != len(captions) or sent.dtype.kind != "f":
+            raise SampleError("sent", f"sent.npy {sent.dtype} {sent.shape} for {len(captions)} texts")
+        if not np.isfinite(sent).all():
+            raise SampleError("sent_nonfinite", "sent.npy holds NaN/inf")
         i = int(rng.integers(len(captions))) if self.train and rng is not None else 0
-        motion = np.load(io.BytesIO(sample["motion.npy"]))
+        try:
+            motion = load_npy_bytes(sample["motion.npy"])
+        except ValueError as exc:
+            raise SampleError("motion_unreadable", f"motion.npy: {exc}") from exc
+        if motion.dtype.kind not in "fiu":
+            raise SampleError("motion_unreadable", f"motion.npy has dtype {motion.dtype}, expected float32")
         if motion.ndim != 2 or motion.shape[1] != self.mean.shape[0] or len(motion) == 0:
-            raise ValueError(f"motion.npy shape {motion.shape} does not match stats dim {self.mean.shape[0]}")
+            raise SampleError("motion_shape", f"motion.npy shape {motion.shape} does not match stats dim "
+                              f"{self.mean.shape[0]}")
+        bad = ~np.isfinite(motion)
+        if bad.any():
+            raise SampleError("motion_nonfinite", f"motion.npy holds {int(bad.sum())} NaN/inf values "
+                              f"(first at row {int(np.argwhere(bad)[0][0])})")
         if len(motion) > self.max_motion_len:
             start = int(rng.integers(len(motion) - self.max_motion_len + 1)) if self.train and rng is not None else 0
             motion = motion[start:start + self.max_motion_len]
-        motion = (motion - self.mean) / self.std
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected just below
+            motion = ((motion.astype(np.float32) - self.mean) / self.std).astype(np.float32)
+        if not np.isfinite(motion).all():
+            raise SampleError("motion_nonfinite", "motion features overflow when normalised with stats.npz")
         return {
             "keyid": sample["__key__"],
             "video": self.video(sample, rng),
@@ -235,6 +509,20 @@ class SampleTransform:
             "sent_emb": torch.from_numpy(sent[i].astype(np.float32)),
             "motion": torch.from_numpy(np.ascontiguousarray(motion, dtype=np.float32)),
         }
+
+
+def _captions(data: bytes) -> list[str]:
+    """Captions of a ``texts.json`` member (a non-empty list of {caption, ...} or strings)."""
+    try:
+        texts = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise SampleError("texts", f"texts.json: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(texts, list) or not texts:
+        raise SampleError("texts", "texts.json holds no texts")
+    captions = [t.get("caption") if isinstance(t, dict) else t for t in texts]
+    if not all(isinstance(c, str) for c in captions):
+        raise SampleError("texts", "texts.json: every text needs a string caption")
+    return captions
 
 
 def collate(samples: list[dict]) -> dict:
@@ -261,10 +549,12 @@ def collate(samples: list[dict]) -> dict:
 
 
 class _ProcessAndBatch:
-    """Pipeline stage: shuffle buffer (training), per-sample transform with corrupt-sample skipping, batching.
+    """Pipeline stage: tar reading, shuffle buffer (training), per-sample transform with skipping, batching.
 
-    Each batch carries ``_skipped`` (samples/shard errors skipped in this process since its last batch); the
-    loader pops it and sums it into ``loader.skipped``."""
+    Each batch carries ``_skipped`` / ``_skip_counts`` / ``_skip_examples`` (what this process skipped since
+    its last batch); the loader pops them and sums them. In training, a shard reading that ended with no usable
+    sample is announced by a marker ``{"_dead": [url], ...}`` (no ``video``), so the main process can tell
+    "every shard gives nothing" from "slow" (see :class:`NoUsableSamplesError`)."""
 
     def __init__(self, transform: SampleTransform, batch_size: int, train: bool, seed: int, rank: int,
                  source: ShardSource, shuffle_buffer: int):
@@ -276,35 +566,45 @@ class _ProcessAndBatch:
 
         worker, _ = _worker_info()
         rng = stable_rng(self.seed, "samples", self.source.epoch, self.rank, worker)
+        skips = _Skips()
+        ledger = _Ledger() if self.train else None
+        stream = _read_tars(iter(src), skips, ledger)
         if self.train and self.shuffle_buffer > 1:
-            src = wds.filters._shuffle(src, self.shuffle_buffer, min(100, self.shuffle_buffer),
-                                       rng=random.Random(stable_seed(self.seed, "buffer", self.source.epoch,
-                                                                     self.rank, worker)))
+            stream = wds.filters._shuffle(stream, self.shuffle_buffer, min(100, self.shuffle_buffer),
+                                          rng=random.Random(stable_seed(self.seed, "buffer", self.source.epoch,
+                                                                        self.rank, worker)))
         batch: list[dict] = []
-        for raw in src:
-            try:
-                batch.append(self.transform(raw, rng if self.train else None))
-            except Exception as exc:  # noqa: BLE001 - a corrupt sample never stops a run; counted and logged
-                _SKIPPED[0] += 1
-                log.warning("skipping corrupt sample %s (%s): %s: %s", raw.get("__key__"), raw.get("__url__"),
-                            type(exc).__name__, exc)
-                continue
-            if len(batch) == self.batch_size:
-                yield self._emit(batch)
-                batch = []
+        for raw in stream:
+            if "__tick__" not in raw:
+                reading = raw.pop("__reading__", None)
+                usable = self._process(raw, rng if self.train else None, batch, skips)
+                if ledger is not None and reading is not None:
+                    ledger.resolved(reading, usable)
+                if len(batch) == self.batch_size:
+                    yield self._emit(batch, skips)
+                    batch = []
+            if ledger is not None and ledger.dead:
+                yield {"_dead": ledger.take_dead(), **skips.take()}
         if batch and not self.train:
-            yield self._emit(batch)
-        elif _SKIPPED[0] and not self.train:
-            yield {"_skipped": self._take_skipped()}
+            yield self._emit(batch, skips)
+        elif skips:
+            yield skips.take()
+
+    def _process(self, raw: dict, rng, batch: list, skips: _Skips) -> bool:
+        key, url = raw.get("__key__"), raw.get("__url__")
+        try:
+            batch.append(self.transform(raw, rng))
+            return True
+        except SampleError as exc:
+            skips.add(exc.reason, key, url, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a corrupt sample never stops a run; counted and logged
+            skips.add("other", key, url, f"{type(exc).__name__}: {exc}")
+        return False
 
     @staticmethod
-    def _take_skipped() -> int:
-        n, _SKIPPED[0] = _SKIPPED[0], 0
-        return n
-
-    def _emit(self, batch: list[dict]) -> dict:
+    def _emit(batch: list[dict], skips: _Skips) -> dict:
         out = collate(batch)
-        out["_skipped"] = self._take_skipped()
+        out.update(skips.take())
         return out
 
 
@@ -312,19 +612,31 @@ def _worker_init(_: int) -> None:
     import torch
 
     torch.set_num_threads(1)
-    _SKIPPED[0] = 0
 
 
 # --------------------------------------------------------------------------------------------- loader
 class StreamLoader:
-    """Iterable of batch dicts (see :func:`make_loader`). Each ``iter()`` is one epoch; ``skipped`` counts
-    corrupt samples skipped so far; ``len()`` is the number of batches per epoch when known."""
+    """Iterable of batch dicts (see :func:`make_loader`). Each ``iter()`` is one epoch; ``len()`` is the
+    number of batches per epoch when known.
+
+    Attributes:
+        skipped: samples / members / shards skipped so far (all epochs, all worker processes).
+        skip_counts: Counter reason -> count (:data:`SKIP_REASONS`); its values sum to ``skipped``.
+        skip_examples: reason -> up to :data:`SKIP_EXAMPLES` keyids (member or shard names for those reasons).
+
+    Raises (while iterating) :class:`NoUsableSamplesError` when no shard gives a usable sample (module
+    docstring)."""
 
     def __init__(self, pipeline, *, num_workers: int, epoch_batches: int | None, source: ShardSource,
-                 num_samples: int | None, prefetch_factor: int = 2):
+                 num_samples: int | None, prefetch_factor: int = 2, train: bool | None = None,
+                 world_size: int = 1):
         self.pipeline, self.num_workers, self.epoch_batches = pipeline, num_workers, epoch_batches
         self.source, self.num_samples, self.prefetch_factor = source, num_samples, prefetch_factor
+        self.train = source.train if train is None else train
+        self.world_size = world_size
         self.skipped = 0
+        self.skip_counts: Counter = Counter()
+        self.skip_examples: dict[str, list[str]] = {}
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -336,6 +648,25 @@ class StreamLoader:
             raise TypeError("this loader's epoch length is unknown (evaluation over shards without a manifest)")
         return self.epoch_batches
 
+    def _account(self, item: dict, period: Counter, period_examples: dict[str, list[str]]) -> int:
+        """Pop the skip fields of a batch/marker into the totals and the current no-batch period."""
+        n = int(item.pop("_skipped", 0) or 0)
+        counts = item.pop("_skip_counts", None) or {}
+        examples = item.pop("_skip_examples", None) or {}
+        for reason, c in counts.items():
+            self.skip_counts[reason] += int(c)
+            period[reason] += int(c)
+        for reason, keys in examples.items():
+            for target in (self.skip_examples.setdefault(reason, []), period_examples.setdefault(reason, [])):
+                for k in keys:
+                    if len(target) < SKIP_EXAMPLES and k not in target:
+                        target.append(k)
+        if n:
+            self.skipped += n
+            log.warning("%d samples skipped so far (%s)", self.skipped,
+                        ", ".join(f"{k} {v}" for k, v in sorted(self.skip_counts.items())))
+        return n
+
     def __iter__(self) -> Iterator[dict]:
         import webdataset as wds
 
@@ -344,16 +675,28 @@ class StreamLoader:
                                worker_init_fn=_worker_init if self.num_workers > 0 else None,
                                prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
                                persistent_workers=False)
-        if self.epoch_batches is not None:
-            loader = loader.with_epoch(self.epoch_batches)
         self.epoch += 1
-        for batch in loader:
-            n = batch.pop("_skipped", 0)
-            if n:
-                self.skipped += int(n)
-                log.warning("%d corrupt samples skipped so far", self.skipped)
-            if "video" in batch:
-                yield batch
+        all_urls = set(self.source.urls)
+        dead: set[str] = set()
+        period: Counter = Counter()
+        period_examples: dict[str, list[str]] = {}
+        batches = skipped = 0
+        for item in loader:
+            skipped += self._account(item, period, period_examples)
+            if "video" in item:
+                dead.clear()
+                period.clear()
+                period_examples.clear()
+                yield item
+                batches += 1
+                if self.epoch_batches is not None and batches >= self.epoch_batches:
+                    return
+                continue
+            dead.update(item.get("_dead", ()))
+            if self.train and all_urls and dead >= all_urls:
+                raise NoUsableSamplesError(period, period_examples, shards=len(all_urls))
+        if not self.train and batches == 0 and skipped and self.world_size == 1:
+            raise NoUsableSamplesError(period, period_examples, shards=len(all_urls))
 
 
 def make_loader(shards: str | Path | Sequence[str], split: str, *, batch_size: int, train: bool,
@@ -393,6 +736,10 @@ def make_loader(shards: str | Path | Sequence[str], split: str, *, batch_size: i
         dicts with ``keyid`` list[str], ``video`` (B, num_frames, 3, S, S) float32 CLIP-normalised, ``text``
         list[str], ``texts`` list[list[str]], ``sent_emb`` (B, D) float32, ``motion`` (B, T, F) float32
         normalised, ``mask`` (B, T) bool (True = valid), ``length`` (B,) long.
+
+    Raises:
+        FileNotFoundError: no manifest / shard set / stats.npz. BadInputError: a malformed manifest or stats.npz
+        (naming the file). While iterating: :class:`NoUsableSamplesError` (see the module docstring).
     """
     import webdataset as wds
 
@@ -403,7 +750,10 @@ def make_loader(shards: str | Path | Sequence[str], split: str, *, batch_size: i
     urls, manifest, root = resolve_shards(shards, split)
     rank, world_size = _dist_info(rank, world_size)
     mean, std = load_stats(stats if stats is not None else root)
-    num_samples = manifest["num_samples"] if manifest else None
+    try:
+        num_samples = int(manifest["num_samples"]) if manifest else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadInputError(root / f"{split}.json", "num_samples", "missing or not an integer") from exc
     if train:
         if epoch_batches is None:
             if num_samples is None:
@@ -423,6 +773,7 @@ def make_loader(shards: str | Path | Sequence[str], split: str, *, batch_size: i
     transform = SampleTransform(train, image_size, num_frames, max_motion_len, mean, std,
                                 AugmentConfig.from_any(augment) if train else None, frame_crop)
     stage = _ProcessAndBatch(transform, batch_size, train, seed, rank, source, shuffle_buffer)
-    pipeline = wds.DataPipeline(source, wds.tarfile_to_samples(handler=_count_and_continue), stage)
+    pipeline = wds.DataPipeline(source, stage)
     return StreamLoader(pipeline, num_workers=num_workers, epoch_batches=epoch_batches, source=source,
-                        num_samples=num_samples, prefetch_factor=prefetch_factor)
+                        num_samples=num_samples, prefetch_factor=prefetch_factor, train=train,
+                        world_size=world_size)

@@ -124,18 +124,27 @@ def encode_jpgs(frames: np.ndarray, quality: int = 90) -> bytes:
     return _HEADER.pack(JPGS_MAGIC, t, w, h) + offsets.tobytes() + b"".join(blobs)
 
 
+MAX_FRAME_SIDE = 8192  # pixels; larger stored frames are refused (decompression-bomb guard)
+
+
 def jpgs_info(data: bytes) -> tuple[int, int, int, np.ndarray, int]:
-    """Parse a ``video.jpgs`` header -> (num_frames, width, height, offsets (n+1,), data_start)."""
+    """Parse a ``video.jpgs`` header -> (num_frames, width, height, offsets (n+1,), data_start).
+
+    Raises ValueError for anything that is not a well-formed member (bad magic, truncated table, frame size
+    0 or above :data:`MAX_FRAME_SIDE`, offsets that do not start at 0, increase and end at the data size)."""
     if len(data) < _HEADER.size:
         raise ValueError("video.jpgs: truncated header")
     magic, n, w, h = _HEADER.unpack_from(data, 0)
     if magic != JPGS_MAGIC:
         raise ValueError("video.jpgs: bad magic")
+    if not (1 <= w <= MAX_FRAME_SIDE and 1 <= h <= MAX_FRAME_SIDE):
+        raise ValueError(f"video.jpgs: frame size {w}x{h} outside 1..{MAX_FRAME_SIDE}")
     start = _HEADER.size + 8 * (n + 1)
     if n == 0 or len(data) < start:
         raise ValueError("video.jpgs: truncated offset table or no frames")
     offsets = np.frombuffer(data, dtype="<u8", count=n + 1, offset=_HEADER.size)
-    if offsets[-1] + start != len(data) or np.any(np.diff(offsets.astype(np.int64)) <= 0):
+    if (offsets[0] != 0 or int(offsets[-1]) + start != len(data)
+            or np.any(np.diff(offsets.astype(np.int64)) <= 0)):
         raise ValueError("video.jpgs: offsets do not match the data size")
     return int(n), int(w), int(h), offsets, start
 
@@ -157,6 +166,9 @@ def decode_jpgs(data: bytes, indices: Iterable[int] | None = None, min_size: int
         if not 0 <= i < n:
             raise IndexError(f"frame {i} out of range 0..{n - 1}")
         im = Image.open(io.BytesIO(view[start + int(offsets[i]):start + int(offsets[i + 1])]))
+        if im.format != "JPEG" or im.size != (w, h):  # checked before decoding any pixel
+            raise ValueError(f"video.jpgs: frame {i} is a {im.format} of {im.size[0]}x{im.size[1]}, the header "
+                             f"says JPEG {w}x{h}")
         if min_size is not None and min(w, h) >= 2 * min_size:
             im.draft("RGB", (max(1, w * min_size // min(w, h)), max(1, h * min_size // min(w, h))))
         frames.append(np.asarray(im.convert("RGB")))

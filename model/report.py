@@ -237,20 +237,31 @@ def extract_shard_clips(shards: str | os.PathLike, split: str, keyids: Sequence[
     Reads the tar members directly (no loader, no decoding for ``video.mp4`` members, which are copied);
     ``video.jpgs`` members (all frames as JPEGs) are decoded and re-encoded as H.264 at the clip's fps from
     ``meta.json``. Clips already extracted are reused; a clip that cannot be read is logged and left out.
+
+    Untrusted shards: a wanted keyid that is not a keyid, and tar members whose name is not ``<keyid>.<ext>``
+    (``/``, ``..``) or that are not regular files, are refused (logged, never written); every file is written
+    as ``child_path(out_dir, "<keyid>.mp4")``, so nothing lands outside ``out_dir``. An existing symlink there
+    is never reused (it is replaced by the extracted file).
     """
     import tarfile
 
+    from dataset.errors import BadInputError
+    from dataset.keyids import check_keyid, check_member_name, child_path
     from dataset.stream import resolve_shards
     from dataset.video_frames import decode_jpgs, write_video
 
     out_dir = Path(out_dir)
-    wanted = set(keyids)
+    targets: dict[str, Path] = {}
+    for k in keyids:
+        try:
+            targets[k] = child_path(out_dir, f"{check_keyid(k)}.mp4")
+        except BadInputError as exc:
+            log.warning("gallery: %s: refused", exc)
     done: dict[str, Path] = {}
-    for k in list(wanted):
-        f = out_dir / f"{k}.mp4"
-        if f.is_file() and f.stat().st_size > 0:
+    for k, f in targets.items():
+        if f.is_file() and not f.is_symlink() and f.stat().st_size > 0:
             done[k] = f
-    wanted -= set(done)
+    wanted = set(targets) - set(done)
     if not wanted:
         return done
     urls, _, _ = resolve_shards(shards, split)
@@ -262,16 +273,23 @@ def extract_shard_clips(shards: str | os.PathLike, split: str, keyids: Sequence[
             with tarfile.open(url) as tar:
                 found: dict[str, dict[str, bytes]] = {}
                 for member in tar:
-                    key, _, suffix = member.name.rpartition("/")[2].partition(".")
+                    try:
+                        if not member.isfile():
+                            raise BadInputError(url, "member", f"{member.name!r} is not a regular file")
+                        check_member_name(member.name, url)
+                    except BadInputError as exc:
+                        log.warning("gallery: %s: refused", exc)
+                        continue
+                    key, _, suffix = member.name.partition(".")
                     if key in wanted and suffix in ("video.mp4", "video.jpgs", "meta.json"):
                         fh = tar.extractfile(member)
                         if fh is not None:
                             found.setdefault(key, {})[suffix] = fh.read()
-        except (OSError, tarfile.TarError) as exc:
+        except (OSError, tarfile.TarError, EOFError) as exc:
             log.warning("gallery: cannot read %s: %s", url, exc)
             continue
         for key, mem in found.items():
-            target = out_dir / f"{key}.mp4"
+            target = targets[key]
             try:
                 if "video.mp4" in mem:
                     with atomic_path(target) as tmp:
@@ -280,6 +298,8 @@ def extract_shard_clips(shards: str | os.PathLike, split: str, keyids: Sequence[
                     import json
 
                     fps = float(json.loads(mem["meta.json"]).get("fps", 20.0)) if "meta.json" in mem else 20.0
+                    if not np.isfinite(fps) or fps <= 0:
+                        raise ValueError(f"meta.json: fps {fps!r} is not a positive frame rate")
                     frames = decode_jpgs(mem["video.jpgs"]).permute(0, 2, 3, 1).numpy()
                     if frames.shape[1] % 2 or frames.shape[2] % 2:  # yuv420p needs even sides
                         frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
