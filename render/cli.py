@@ -177,9 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", required=True,
                    help="HumanML3D directory (index.csv, texts/, splits) or TMR-style annotations.json")
     p.add_argument("--out", required=True, help="output directory for <keyid>.mp4 / <keyid>.json / the report")
-    p.add_argument("--avatars", default=None, help="directory of avatar specs *.json (default: assets/avatars)")
+    p.add_argument("--avatars", default=None, help="avatar specs: a directory of *.json, or an assets root holding avatars/ and "
+                        "lights.json (default: assets/avatars)")
     p.add_argument("--lights", type=int, default=4, help="draw each clip's lighting setup from the first N")
-    p.add_argument("--lights-file", default=None, help="lighting setups JSON (default: assets/lights.json)")
+    p.add_argument("--lights-file", default=None, help="lighting setups JSON (default: lights.json of the --avatars assets root, else "
+                        "assets/lights.json)")
     p.add_argument("--body-models", default=None,
                    help="smplx body-model directory (smplh/, smplx/ ...); default: the procedural body")
     p.add_argument("--size", type=int, default=512, help="frame width and height in pixels (even)")
@@ -506,6 +508,21 @@ def _render_in_workers(clips: list[Clip], cfg, workers: int, devices: list[str] 
     return fatal
 
 
+def resolve_asset_paths(avatars: str | None, lights_file: str | None) -> tuple[str | None, str | None]:
+    """``--avatars`` may name the avatar specs directory itself (``assets/avatars``) or an assets root holding
+    ``avatars/*.json`` and ``lights.json`` (``assets/``, as the paper's command line writes it). For a root, the
+    specs are ``ROOT/avatars`` and, unless ``--lights-file`` is given, the lights are ``ROOT/lights.json``.
+    Returns the (avatars directory, lights file) to load; None keeps the installed defaults."""
+    if avatars is None:
+        return None, lights_file
+    root = Path(avatars)
+    if root.is_dir() and (root / "avatars").is_dir() and any((root / "avatars").glob("*.json")):
+        if lights_file is None and (root / "lights.json").is_file():
+            lights_file = str(root / "lights.json")
+        return str(root / "avatars"), lights_file
+    return avatars, lights_file
+
+
 def _report_name(part: tuple[int, int] | None) -> str:
     return "render-report.json" if part is None else f"render-report-part-{part[0]}-of-{part[1]}.json"
 
@@ -532,6 +549,7 @@ def run(args: argparse.Namespace, stop: StopRequest | None = None) -> int:
     if args.body_models is not None and not Path(args.body_models).is_dir():
         raise SetupError(f"--body-models {args.body_models} is not a directory (smplx's layout, e.g. "
                          f"DIR/smplh/SMPLH_NEUTRAL.npz); omit --body-models to use the procedural body")
+    args.avatars, args.lights_file = resolve_asset_paths(args.avatars, args.lights_file)
     try:
         avatars = load_avatars(args.avatars)
     except BadInputError as e:  # names the file and the field

@@ -152,3 +152,23 @@ def test_failure_while_posing_frames_fails_the_clip_without_hanging(corpus, tmp_
     rep = _report(out)
     assert rep["rendered"] == 1 and list(rep["failed"].values()) == ["FloatingPointError: boom"]
     assert len(list(out.glob("*.mp4"))) == 1
+
+
+def test_the_papers_command_line_verbatim(corpus, tmp_path):
+    """`render-amass --avatars assets/ --lights 4` as users copy it: assets/ is the root holding avatars/ and
+    lights.json; the clips get the same avatars and lights as with --avatars assets/avatars."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    exe = Path(sys.executable).with_name("render-amass")
+    cmd = [str(exe), "--amass", str(corpus / "amass"), "--annotations", str(corpus / "annotations.json"),
+           "--avatars", "assets/", "--lights", "4", "--out", str(tmp_path / "verbatim")]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _report(tmp_path / "verbatim")["rendered"] == NUM_CLIPS
+    assert _run(corpus, tmp_path / "explicit", "--avatars", str(repo / "assets" / "avatars"), "--lights", "4") == 0
+    for i in range(NUM_CLIPS):
+        a = json.loads((tmp_path / "verbatim" / f"{i:05d}.json").read_text())
+        b = json.loads((tmp_path / "explicit" / f"{i:05d}.json").read_text())
+        assert (a["avatar"], a["light"], list(a["size"])) == (b["avatar"], b["light"], [512, 512])
