@@ -88,6 +88,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--recon-weight", type=float, help="lambda_recon (0 drops the decoder)")
     g.add_argument("--no-fusion", action="store_true", help="reconstruct from the motion latent alone")
     g.add_argument("--freeze-text", action="store_true", help="no gradient into the text backbone")
+    g.add_argument("--random-init", action="store_true",
+                   help="random backbones instead of the pretrained DistilBERT / CLIP weights (no files needed)")
+    g.add_argument("--hflip-p", type=float,
+                   help="probability of a horizontal flip per training clip (never for captions naming a side)")
+    g.add_argument("--randaugment", type=int, metavar="N",
+                   help="torchvision RandAugment operations per training clip (0 = off)")
     g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="any other config field, e.g. --set temperature=0.07 (repeatable)")
     r = p.add_argument_group("runtime")
@@ -126,13 +132,16 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     for flag, field in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"),
                         ("workers", "num_workers"), ("seed", "seed"), ("modalities", "modalities"),
                         ("negative_filtering", "negative_filtering"), ("threshold", "threshold"),
-                        ("recon_weight", "recon_weight")):
+                        ("recon_weight", "recon_weight"), ("hflip_p", "hflip_p"),
+                        ("randaugment", "randaugment_ops")):
         if getattr(args, flag) is not None:
             o[field] = getattr(args, flag)
     if args.no_fusion:
         o["fusion"] = False
     if args.freeze_text:
         o["freeze_text"] = True
+    if args.random_init:
+        o["random_init"] = True
     for item in args.set:
         if "=" not in item:
             raise SetupError(f"--set expects FIELD=VALUE, got {item!r}")
@@ -284,7 +293,8 @@ def train_loader(args, cfg, epoch: int, steps: int, dinfo: DistInfo):
     kw = {} if args.shuffle_buffer is None else {"shuffle_buffer": args.shuffle_buffer}
     loader = make_loader(args.shards, "train", batch_size=cfg.batch_size, train=True,
                          num_workers=cfg.num_workers, seed=cfg.seed, epoch_batches=steps,
-                         rank=dinfo.rank, world_size=dinfo.world_size, **cfg.loader_kwargs(), **kw)
+                         rank=dinfo.rank, world_size=dinfo.world_size, augment=cfg.augment_kwargs(),
+                         **cfg.loader_kwargs(), **kw)
     loader.set_epoch(epoch)
     return loader
 
@@ -345,7 +355,7 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
         raise SetupError(str(exc)) from exc
     missing = missing_pretrained(cfg)
     if missing:  # before anything is written: every missing piece in one message
-        raise SetupError(f"missing pretrained weights (nothing is downloaded; or use --set random_init=true): "
+        raise SetupError(f"missing pretrained weights (nothing is downloaded; or pass --random-init): "
                          f"{'; '.join(missing)}")
     manifests = check_shards(args.shards, cfg)
     n_train = int(manifests["train"]["num_samples"])

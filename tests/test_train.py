@@ -464,3 +464,22 @@ def test_bad_shards_give_clear_errors(shards, tmp_path, capsys):
     assert "the train split is empty" in capsys.readouterr().err
     assert _run(["--shards", shards, "--out", tmp_path / "r3", *BASE, "--set", "feature_dim=251"]) == 2
     assert "263-dim motion features but preset 'tiny' expects feature_dim=251" in capsys.readouterr().err
+
+
+def test_augmentation_and_random_init_flags_reach_the_config_and_the_loader(monkeypatch):
+    import train as T
+    from model import load_preset
+
+    args = T.parse_args(["--shards", "x", "--hflip-p", "0.5", "--randaugment", "2", "--random-init"])
+    o = T.config_overrides(args)
+    assert o == {"hflip_p": 0.5, "randaugment_ops": 2, "random_init": True}
+    cfg = load_preset("paper", **o)
+    from model.weights import missing_pretrained
+    assert missing_pretrained(cfg) == []
+    seen = {}
+    import dataset.stream as S
+    loader = type("Loader", (), {"set_epoch": lambda self, epoch: None})
+    monkeypatch.setattr(S, "make_loader", lambda *a, **kw: seen.update(kw) or loader())
+    from model.training import DistInfo
+    T.train_loader(args, cfg, 0, 1, DistInfo())
+    assert seen["augment"] == {"hflip_p": 0.5, "randaugment_ops": 2, "randaugment_magnitude": 9}
