@@ -1183,7 +1183,10 @@ def check_shards(out: str | os.PathLike, splits: Sequence[str] | None = None, de
                     rep.problems.append(f"{p}: sample {key} appears twice in split {split}")
                 keys_seen.add(key)
                 if deep and not missing:
-                    prob = _check_sample(mem, m, vmember, jpgs_info)
+                    try:
+                        prob = _check_sample(mem, m, vmember, jpgs_info)
+                    except (KeyError, TypeError) as exc:
+                        prob = f"the manifest lacks a valid text_model.dim / feature_dim ({exc!r})"
                     if prob:
                         rep.problems.append(f"{p}: sample {key}: {prob}")
             if len(samples) != e.get("count"):

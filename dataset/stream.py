@@ -334,9 +334,12 @@ def _tar_samples(url: str, skips: _Skips) -> Iterator[dict]:
     """The samples of one tar, read as a stream: consecutive members ``<key>.<ext>`` -> ``{"__key__": key,
     "__url__": url, ext: bytes, ...}``. Refused members are counted in ``skips`` and never read; read errors
     propagate (the caller counts the shard as unreadable)."""
+    import os
+
     import webdataset as wds
 
-    stream = wds.gopen(url, "rb")
+    # local files are opened as files (a ':' in a path is never taken for a URL scheme such as "pipe:")
+    stream = open(url, "rb") if os.path.isfile(url) else wds.gopen(url, "rb")
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as tf:
             cur: dict | None = None
