@@ -112,6 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:  # BadInputError is a ValueError
         print(f"evaluate.py: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from dataset.stream import NoUsableSamplesError
+
+        if not isinstance(exc, NoUsableSamplesError):
+            raise
+        print(f"evaluate.py: error: {exc}", file=sys.stderr)  # every sample of the split was refused
+        return 1
     return 0
 
 

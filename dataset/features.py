@@ -43,6 +43,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from dataset.errors import BadInputError
+from dataset.keyids import check_keyid, child_path
 from dataset.motion import HUMANML3D, Skeleton, get_skeleton
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -500,7 +501,7 @@ def clip_features(clip: "Clip", amass_root: str | os.PathLike | None, body: Any 
     """
     skel = get_skeleton(skeleton)
     if humanml3d_vecs is not None:
-        return _read_vecs(Path(humanml3d_vecs) / f"{clip.keyid}.npy", skel)
+        return _read_vecs(child_path(humanml3d_vecs, f"{check_keyid(clip.keyid)}.npy"), skel)
     if skel.name != HUMANML3D.name:
         raise ValueError(f"skeleton {skel.name!r} features can only be read from a new_joint_vecs "
                          "directory (AMASS bodies give the 22-joint humanml3d skeleton)")

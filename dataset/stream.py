@@ -50,7 +50,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from dataset.augment import AugmentConfig, augment_clip, center_box, clip_normalize, eval_view
+from dataset.augment import AugmentConfig, augment_clip, center_box, clip_normalize, eval_view, names_a_side
 from dataset.errors import BadInputError
 from dataset.keyids import check_member_name
 from dataset.seeding import stable_rng, stable_seed
@@ -420,16 +420,17 @@ class SampleTransform:
             pos = (lo + hi) / 2.0
         return np.clip(np.floor(pos).astype(np.int64), 0, n - 1)
 
-    def video(self, sample: dict, rng: np.random.Generator | None):
-        """(num_frames, 3, S, S) float32 CLIP-normalised frames of a sample (raises SampleError)."""
+    def video(self, sample: dict, rng: np.random.Generator | None, captions: Sequence[str] = ()):
+        """(num_frames, 3, S, S) float32 CLIP-normalised frames of a sample (raises SampleError). ``captions``:
+        the sample's texts; a horizontal flip is never drawn for a clip whose captions name a side."""
         try:
-            return self._video(sample, rng)
+            return self._video(sample, rng, captions)
         except SampleError:
             raise
         except Exception as exc:  # noqa: BLE001 - any decoder error of untrusted bytes: skip the sample
             raise SampleError("video", f"{type(exc).__name__}: {exc}") from exc
 
-    def _video(self, sample: dict, rng: np.random.Generator | None):
+    def _video(self, sample: dict, rng: np.random.Generator | None, captions: Sequence[str] = ()):
         import torch
         from dataset.video_frames import decode_jpgs, jpgs_info, mp4_frames
 
@@ -457,7 +458,7 @@ class SampleTransform:
             t, l, h, w = center_box(*frames.shape[-2:], fraction=self.frame_crop)
             frames = frames[:, :, t:t + h, l:l + w]
         if self.train and self.augment is not None:
-            x = augment_clip(frames, self.image_size, self.augment, rng)
+            x = augment_clip(frames, self.image_size, self.augment, rng, allow_flip=not names_a_side(captions))
         else:
             x = eval_view(frames, self.image_size)
         return clip_normalize(x)
@@ -506,7 +507,7 @@ class SampleTransform:
             raise SampleError("motion_nonfinite", "motion features overflow when normalised with stats.npz")
         return {
             "keyid": sample["__key__"],
-            "video": self.video(sample, rng),
+            "video": self.video(sample, rng, captions),
             "text": captions[i],
             "texts": captions,
             "sent_emb": torch.from_numpy(sent[i].astype(np.float32)),

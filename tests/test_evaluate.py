@@ -344,3 +344,14 @@ def test_metrics_markdown_rounds_to_two_decimals():
 def test_usage_errors_exit_2(args, capsys):
     rc, out = _run(args, capsys)
     assert rc == 2 and "evaluate.py: error:" in out.err
+
+
+def test_a_split_without_usable_samples_is_one_line_exit_1(monkeypatch, capsys):
+    from dataset.stream import NoUsableSamplesError
+
+    def refuse(args):
+        raise NoUsableSamplesError({"motion_shape": 34})
+
+    monkeypatch.setattr(evaluate, "evaluate_run", refuse)
+    rc, out = _run(["--run", "r", "--shards", "s"], capsys)
+    assert rc == 1 and "motion_shape" in out.err and "Traceback" not in out.err
