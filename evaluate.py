@@ -431,6 +431,7 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
         protocols = [p for p in protocols if p != "small-batches"]
     for proto, why in skipped.items():
         log.warning("%s not computed: %s", proto, why)
+    main_protocols = [p for p in main_protocols if p in protocols]  # minus the skipped ones
     results = P.run_protocols(split, main_protocols, tasks, threshold=args.threshold, subset_ids=subset_ids,
                               subset_path=subset_path, split_name=args.split)
     if nsim_split:
