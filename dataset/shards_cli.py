@@ -15,12 +15,15 @@ See the README for every flag and the shard format.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import logging
 import os
 import sys
 from pathlib import Path
+
+from dataset.subsets import NSIM_SPLIT
 
 log = logging.getLogger("build-shards")
 
@@ -45,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "computing them from AMASS")
     p.add_argument("--splits", type=_splits, default=("train", "val", "test"),
                    help="comma-separated splits to build (default train,val,test)")
+    p.add_argument("--no-nsim", action="store_true",
+                   help="do not pack the dissimilar subset as the nsim_test split (default: packed with test when "
+                        "the annotations' splits hold nsim_test.txt or the dataset is HumanML3D / KIT-ML)")
     p.add_argument("--samples-per-shard", type=int, default=256, help="clips per shard (default 256)")
     p.add_argument("--workers", type=int, default=max(1, min(8, (os.cpu_count() or 2) - 1)),
                    help="processes decoding videos and computing features (default: cores-1, at most 8)")
@@ -162,6 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:  # unreadable / not JSON / not UTF-8
         return _setup_error(f"--annotations {a.annotations}: unreadable: {exc}")
     ann_report = getattr(clips, "report", None)
+    if "test" in a.splits and NSIM_SPLIT not in a.splits and not a.no_nsim:
+        try:
+            nsim, nsim_note = nsim_clips(clips, a.annotations)
+        except BadInputError as exc:
+            return _setup_error(f"{NSIM_SPLIT}: {exc}")
+        if nsim:
+            clips = list(clips) + nsim
+            cfg = dataclasses.replace(cfg, splits=tuple(cfg.splits) + (NSIM_SPLIT,))
+            print(f"{NSIM_SPLIT}: {nsim_note}")
     sources = {"annotations": a.annotations, "amass": a.amass, "videos": a.videos}
     if a.humanml3d_vecs:
         sources["humanml3d_vecs"] = a.humanml3d_vecs
@@ -189,6 +204,33 @@ def main(argv: list[str] | None = None) -> int:
               f"{out / '.build' / 'report.json'}); the other clips are in the shards")
         return 1
     return 0
+
+
+def nsim_clips(clips: list, annotations: str | os.PathLike) -> tuple[list, str]:
+    """The clips of the dataset's dissimilar subset, relabelled as split ``nsim_test`` (TMR evaluates the list as
+    a split of its own, so ids outside the test split count too), and a note saying where the ids came from.
+
+    Ids come from the annotations' own ``nsim_test.txt`` (``splits/`` or the root, as the other split files), else
+    from TMR's published list when the clips' dataset is HumanML3D or KIT-ML (``dataset/subsets``); no list ->
+    ``[]``. Ids of the list that are not among the loaded clips are named in the note."""
+    from dataset.subsets import published_subset, read_subset
+
+    src = Path(annotations)
+    root = src if src.is_dir() else src.parent
+    listed = next((f for f in (root / "splits" / f"{NSIM_SPLIT}.txt", root / f"{NSIM_SPLIT}.txt") if f.is_file()),
+                  None)
+    if listed is None and clips:
+        listed = published_subset(clips[0].dataset)
+    if listed is None:
+        return [], ""
+    ids = read_subset(listed)
+    by_key = {c.keyid: c for c in clips}
+    found = [dataclasses.replace(by_key[k], split=NSIM_SPLIT) for k in ids if k in by_key]
+    missing = [k for k in ids if k not in by_key]
+    note = f"{len(found)} of the {len(ids)} ids of {listed}"
+    if missing:
+        note += f" (not among the loaded clips: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''})"
+    return found, note
 
 
 def _short(rep) -> str:

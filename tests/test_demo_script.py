@@ -6,6 +6,7 @@ are the README's captured run.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -46,6 +47,8 @@ def test_demo_script_runs_every_stage_then_skips_them(tmp_path: Path) -> None:
         assert (out / f".done-{stage}").is_file()
     assert "preset 'tiny', 1 epochs" in first.stdout
     assert "| dissimilar subset |" in first.stdout
+    info = json.loads((out / "eval" / "eval_info.json").read_text())  # TMR's way: nsim_test as its own split
+    assert info["subset"] == "nsim_test split" and (out / "shards" / "nsim_test.json").is_file()
     for rel in ("eval/metrics.md", "eval/metrics.json", "eval/gallery.html", "eval/tsne.png"):
         assert (out / rel).is_file(), rel
         assert str(out / rel) in first.stdout
