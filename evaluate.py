@@ -394,6 +394,7 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
                 "n": nsim.n, "texts": nsim.num_texts, "text_choice": args.text_choice, "tasks": tasks,
                 "protocols": ["dissimilar"], "subset": f"{nsim_split} split", "fusion_weights": nsim_fusion,
                 "device": str(device), **_text_model_info(args.shards, nsim_split)}
+        _record_sentence_model(results, info, cfg)
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_metrics_json(out_dir / "metrics.json", results)
         write_json(out_dir / "eval_info.json", _jsonable(info))
@@ -446,6 +447,7 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
         "fusion_weights": fusion, "skipped": skipped, "device": str(device), **_text_model_info(args.shards, args.split),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
+    _record_sentence_model(results, info, cfg)
     _write_metrics_json(out_dir / "metrics.json", results)
     write_json(out_dir / "eval_info.json", _jsonable(info))
     write_text(out_dir / "metrics.md", R.metrics_markdown(results, info, fusion, skipped))
@@ -462,6 +464,22 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
     if fusion:
         print("mean fusion weights: " + ", ".join(f"{k} {v:.3f}" for k, v in fusion.items()))
     return results
+
+
+def _record_sentence_model(results: dict[str, Any], info: dict[str, Any], cfg: Any) -> None:
+    """Put the sentence model of the evaluated embeddings into every protocol's metrics.json entry, and warn when
+    the threshold protocol scores texts with another model than the one the run's config names (TMR's and the
+    paper's threshold 0.8 is defined on all-mpnet-base-v2 scores)."""
+    from dataset.text_embed import same_sentence_model
+
+    name = info.get("sentence_model")
+    for res in results.values():
+        res["sentence_model"] = name
+    wanted = getattr(cfg, "sentence_model", None)
+    if "threshold" in results and wanted and not same_sentence_model(name, wanted):
+        log.warning("the threshold protocol scores texts with %s embeddings, but the run's config names %s: its "
+                    "numbers are not comparable with results computed on %s scores (see the README, 'Reproducing "
+                    "the paper')", name or "unrecorded", wanted, wanted)
 
 
 def has_split(shards: str | os.PathLike, split: str) -> bool:

@@ -37,6 +37,7 @@ from dataset.errors import BadInputError
 from dataset.seeding import stable_seed
 from model.run_dir import MetricsTable, RunDir, write_run_info
 from model.schedule import paper_scheduler
+from dataset.text_embed import same_sentence_model
 from model.weights import missing_pretrained
 from model.training import (
     FUSION_NAMES, LOSS_TERMS, DistInfo, LossModule, NonFiniteGuard, RunningMeans, SkipBudget, Stepper,
@@ -254,6 +255,12 @@ def _verify_files(shards: Path, splits: list[str]) -> dict[str, dict[str, dict]]
     return out
 
 
+def sentence_model_of(manifest: dict) -> str | None:
+    """The sentence model a shard manifest records for its ``sent.npy`` embeddings (None when unrecorded)."""
+    tm = manifest.get("text_model")
+    return str(tm["name"]) if isinstance(tm, dict) and tm.get("name") else None
+
+
 def verify_shards(shards: Path, manifests: dict[str, dict], dinfo: DistInfo) -> dict[str, dict[str, dict]]:
     """Check every train/val shard file against its manifest's sha256 and size before training (one streamed
     read per file). Rank 0 reads; in DDP the outcome is broadcast so every rank stops on a mismatch. Returns
@@ -370,7 +377,14 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
     else:
         verified = verify_shards(args.shards, manifests, dinfo)
     max_skip = args.max_skip_fraction
-    trainer = {"shards": str(args.shards), "device": str(device), "precision": precision,
+    shard_sentence_model = sentence_model_of(manifests["train"])
+    if cfg.negative_filtering != "none" and not same_sentence_model(shard_sentence_model, cfg.sentence_model):
+        log.warning("the shards' sentence embeddings come from %s, but the threshold %.2f of %s negative filtering "
+                    "is defined on %s scores (the config's sentence_model): the filtering is not the paper's; "
+                    "rebuild the shards with build-shards --text-model DIR of that model, or set sentence_model",
+                    shard_sentence_model or "an unrecorded model", cfg.threshold, cfg.negative_filtering,
+                    cfg.sentence_model)
+    trainer = {"shards": str(args.shards), "sentence_model": shard_sentence_model, "device": str(device), "precision": precision,
                "world_size": dinfo.world_size, "steps_per_epoch": steps_per_epoch,
                "total_steps": steps_per_epoch * cfg.epochs, "compile": args.compile,
                "val_every": args.val_every, "save_every": args.save_every, "max_nan_steps": args.max_nan_steps,

@@ -150,3 +150,12 @@ class SentenceEmbedder:
 
     def __repr__(self) -> str:
         return f"SentenceEmbedder(name={self.name!r}, dim={self.dim}, pooling={self.pooling!r})"
+
+
+def same_sentence_model(a: str | None, b: str | None) -> bool:
+    """Whether two sentence-model names denote the same model: compared by their last path component, case
+    insensitive (``sentence-transformers/all-mpnet-base-v2`` = a local ``.../all-mpnet-base-v2`` directory)."""
+    if not a or not b:
+        return False
+    return str(a).rstrip("/").split("/")[-1].lower() == str(b).rstrip("/").split("/")[-1].lower()
+

@@ -44,6 +44,10 @@ class LavimoConfig:
     recon_weight: float = 0.1  # lambda_recon; 0 drops the decoder branch entirely (Row5)
     negative_filtering: str = "lavimo"  # "lavimo" | "tmr" | "soft" | "none" (see model/losses.py)
     threshold: float = 0.8  # epsilon on TMR's score scale (cos + 1) / 2
+    # the sentence model whose scores (cos + 1) / 2 threshold / epsilon are defined on: TMR's and the paper's
+    # all-mpnet-base-v2; shards embedded with another model give scores on another scale (train.py and evaluate.py
+    # warn), see the README, "Reproducing the paper"
+    sentence_model: str = "sentence-transformers/all-mpnet-base-v2"
     temperature: float = 0.1  # InfoNCE temperature (ours: TMR's value; the paper does not state it)
     freeze_text: bool = False  # True = --freeze-text: the HF text backbone gets no gradient
     freeze_video: bool = False  # True: the CLIP image tower gets no gradient (ours; not a paper row)

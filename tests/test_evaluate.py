@@ -255,7 +255,7 @@ def test_model_path_subset_text_choice_and_errors(tiny_eval, tmp_path, capsys):
                     "--text-choice", "all", "--no-progress", "--out", tmp_path / "tc"], capsys)
     assert rc == 0, cap.err
     res = json.loads((tmp_path / "tc" / "metrics.json").read_text())
-    assert set(res["all"]) == {"t2m", "m2t", "n", "queries"}
+    assert set(res["all"]) == {"t2m", "m2t", "n", "queries", "sentence_model"}
     assert res["all"]["n"] == N_TEST and res["all"]["queries"] == 2 * N_TEST  # tiny shards: 2 captions a clip
     assert "(68 texts)" in (tmp_path / "tc" / "metrics.md").read_text()
     sub.write_text("\n".join(keyids[:10]) + "\n")
@@ -355,3 +355,23 @@ def test_a_split_without_usable_samples_is_one_line_exit_1(monkeypatch, capsys):
     monkeypatch.setattr(evaluate, "evaluate_run", refuse)
     rc, out = _run(["--run", "r", "--shards", "s"], capsys)
     assert rc == 1 and "motion_shape" in out.err and "Traceback" not in out.err
+
+
+@pytest.mark.slow
+def test_sentence_model_is_recorded_and_a_mismatch_warns(tiny_eval, tmp_path, capsys, caplog):
+    from model import build_model, load_preset, save_checkpoint
+
+    shards, run = tiny_eval
+    rc, cap = _run(["--run", run, "--shards", shards, "--protocol", "threshold", "--no-progress",
+                    "--out", tmp_path / "same"], capsys)
+    assert rc == 0, cap.err
+    res = json.loads((tmp_path / "same" / "metrics.json").read_text())
+    assert res["threshold"]["sentence_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert "not comparable" not in caplog.text
+    other = tmp_path / "run_mpnet"
+    (other / "checkpoints").mkdir(parents=True)
+    cfg = load_preset("tiny", sentence_model="sentence-transformers/all-mpnet-base-v2")
+    save_checkpoint(build_model(cfg), other / "checkpoints" / "best.safetensors")
+    rc, cap = _run(["--run", other, "--shards", shards, "--protocol", "threshold", "--no-progress",
+                    "--out", tmp_path / "other"], capsys)
+    assert rc == 0 and "not comparable" in caplog.text and "all-mpnet-base-v2" in caplog.text
