@@ -1,13 +1,17 @@
 """``build-shards``: write WebDataset shards from annotations + AMASS + rendered videos, or check a shard set.
 
-    build-shards --annotations SRC --amass ROOT --videos DIR --out SHARDS [options]
+    build-shards --annotations SRC --amass ROOT --videos DIR --out SHARDS [--body-models DIR] [options]
     build-shards check SHARDS [--splits train,val] [--quick]
     build-shards --out SHARDS --dry-run          (same as check)
 
+Motion features are computed from AMASS with the procedural body, or with the real SMPL-family models of
+``--body-models DIR`` (smplx's layout, as render-amass), gendered per AMASS file; ``--humanml3d-vecs`` reads the
+released vectors instead (no body is posed). The manifests record ``sources.body_models``.
+
 Exit status: 0 every clip was written; 1 some clips failed or were skipped (the rest is written), the run was
 interrupted by SIGINT/SIGTERM (what finished is kept and reported in SHARDS/.build/report.json), or ``check``
-found problems; 2 usage or set-up error (missing directory, unreadable annotations, incompatible shard set,
-disk full), one line naming the file.
+found problems; 2 usage or set-up error (missing directory, unreadable annotations, missing or malformed body
+model, incompatible shard set, disk full), one line naming the file.
 
 See the README for every flag and the shard format.
 """
@@ -17,12 +21,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import functools
 import json
 import logging
 import os
 import sys
 from pathlib import Path
 
+from dataset.errors import BadInputError
 from dataset.subsets import NSIM_SPLIT
 
 log = logging.getLogger("build-shards")
@@ -46,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="shard set directory")
     p.add_argument("--humanml3d-vecs", help="take features from HumanML3D's new_joint_vecs/<keyid>.npy instead of "
                    "computing them from AMASS")
+    p.add_argument("--body-models", metavar="DIR",
+                   help="SMPL-family body-model directory in smplx's layout, as render-amass --body-models (e.g. "
+                        "DIR/smplh/SMPLH_MALE.npz and SMPLH_FEMALE.npz; DIR/smplx/ for 165-dim poses): features "
+                        "computed from AMASS pose the real body, gendered per AMASS file as HumanML3D (the male "
+                        "model for 'male', the female one otherwise); default: the procedural body. Not used with "
+                        "--humanml3d-vecs (the vectors are read as they are)")
     p.add_argument("--splits", type=_splits, default=("train", "val", "test"),
                    help="comma-separated splits to build (default train,val,test)")
     p.add_argument("--no-nsim", action="store_true",
@@ -128,9 +140,14 @@ def main(argv: list[str] | None = None) -> int:
         missing.append("amass (or --humanml3d-vecs)")
     if missing:
         p.error("missing " + ", ".join("--" + m for m in missing))
+    if a.skeleton == "kit" and a.humanml3d_vecs is None:
+        p.error("--skeleton kit needs --humanml3d-vecs (features computed from AMASS use the 22-joint humanml3d "
+                "skeleton: omit --skeleton)")
     for flag, path, what in (("--videos", a.videos, "render-amass's output directory"),
                              ("--amass", a.amass, "the AMASS root"),
-                             ("--humanml3d-vecs", a.humanml3d_vecs, "HumanML3D's new_joint_vecs directory")):
+                             ("--humanml3d-vecs", a.humanml3d_vecs, "HumanML3D's new_joint_vecs directory"),
+                             ("--body-models", a.body_models, "a body-model directory in smplx's layout, e.g. "
+                              "DIR/smplh/SMPLH_MALE.npz; omit --body-models to use the procedural body")):
         if path is not None and not Path(path).is_dir():
             return _setup_error(f"{flag} {path}: not a directory (give {what})")
     if not Path(a.annotations).exists():
@@ -145,7 +162,6 @@ def main(argv: list[str] | None = None) -> int:
         return _setup_error(f"--out {out}: not writable")
 
     from dataset.annotations import load_clips
-    from dataset.errors import BadInputError
     from dataset.shards import BuildConfig, ShardSetMismatch, build_shards
     from dataset.text_embed import SentenceEmbedder
 
@@ -177,11 +193,33 @@ def main(argv: list[str] | None = None) -> int:
             clips = list(clips) + nsim
             cfg = dataclasses.replace(cfg, splits=tuple(cfg.splits) + (NSIM_SPLIT,))
             print(f"{NSIM_SPLIT}: {nsim_note}")
-    sources = {"annotations": a.annotations, "amass": a.amass, "videos": a.videos}
+    sources = {"annotations": a.annotations, "amass": a.amass, "videos": a.videos,
+               "body_models": body_models_source(a.body_models, a.humanml3d_vecs)}
     if a.humanml3d_vecs:
         sources["humanml3d_vecs"] = a.humanml3d_vecs
+    features_fn = None  # build_shards' default: clip_features with the procedural body, or the vectors
+    if a.humanml3d_vecs is not None:
+        if a.body_models is not None:
+            log.info("--body-models %s is not used: features are read from --humanml3d-vecs", a.body_models)
+    else:
+        if not a.overwrite:
+            clash = body_models_clash(out, sources["body_models"])
+            if clash:
+                return _setup_error(clash)
+        if a.body_models is not None:
+            try:
+                needed = load_needed_bodies(a.body_models, [c for c in clips if c.split in cfg.splits], a.amass)
+            except BadInputError as exc:  # a malformed model file: names the file and the member
+                return _setup_error(f"--body-models: {exc}")
+            except (FileNotFoundError, ValueError) as exc:  # names the file expected under DIR
+                return _setup_error(f"--body-models: {exc}")
+            except OSError as exc:
+                return _setup_error(f"--body-models {_os_error(exc, a.body_models)}")
+            log.info("body models for the features: %s", ", ".join(f"{t} {g}" for t, g in needed) or "none needed")
+            features_fn = amass_features_fn(cfg.amass_root, a.body_models, cfg.skeleton)
     try:
-        report = build_shards(clips, cfg, embedder=embedder, sources=sources, show_progress=not a.quiet)
+        report = build_shards(clips, cfg, embedder=embedder, features_fn=features_fn, sources=sources,
+                              show_progress=not a.quiet)
     except ShardSetMismatch as exc:
         return _setup_error(str(exc))
     except BadInputError as exc:  # a malformed shard set already in --out
@@ -204,6 +242,106 @@ def main(argv: list[str] | None = None) -> int:
               f"{out / '.build' / 'report.json'}); the other clips are in the shards")
         return 1
     return 0
+
+
+#: ``sources.body_models`` of a shard set whose features were read from ``--humanml3d-vecs``
+BODY_MODELS_UNUSED = "none (features read from humanml3d_vecs)"
+
+
+def body_models_source(body_models: str | os.PathLike | None, humanml3d_vecs: str | os.PathLike | None) -> str:
+    """What the manifests record as ``sources.body_models``: the ``--body-models`` directory, ``"procedural"``,
+    or :data:`BODY_MODELS_UNUSED` when the features come from ``--humanml3d-vecs``."""
+    if humanml3d_vecs is not None:
+        return BODY_MODELS_UNUSED
+    return "procedural" if body_models is None else os.fspath(body_models)
+
+
+def _same_body(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    if "procedural" in (a, b) or BODY_MODELS_UNUSED in (a, b):
+        return False
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def body_models_clash(out: str | os.PathLike, body_models: str) -> str | None:
+    """A one-line message when the shard set in ``out`` has features computed from AMASS with another body
+    than ``body_models`` (a ``sources.body_models`` value), else None.
+
+    The shards' resume fingerprints do not cover the body, so a run with another body would keep the old
+    shards: like another text model, it needs another ``--out`` or ``--overwrite``. Manifests written before
+    ``body_models`` was recorded count as ``"procedural"`` (the only body there was); manifests of features
+    read from ``humanml3d_vecs`` never clash (their shards are rebuilt: their inputs differ)."""
+    from dataset.shards import read_manifests
+
+    for split, m in sorted(read_manifests(Path(out)).items()):
+        src = m.get("sources") if isinstance(m.get("sources"), dict) else {}
+        if src.get("humanml3d_vecs") not in (None, "None"):
+            continue
+        prior = str(src.get("body_models", "procedural"))
+        if not _same_body(prior, body_models):
+            return (f"{Path(out) / (split + '.json')}: the shard set's motion features were computed with "
+                    f"body_models={prior} but this run uses {body_models}; one shard set cannot mix them (use "
+                    "another --out or --overwrite)")
+    return None
+
+
+def amass_body_key(path: str | os.PathLike) -> tuple[str, str]:
+    """(model type, gender) of the body :func:`dataset.features.clip_features` poses an AMASS file with, given a
+    model directory: "smplh" for (T, 156) poses, "smplx" for (T, 165); "male" for a male file, "female"
+    otherwise (HumanML3D's rule). Reads only the ``poses`` header and the ``gender`` member (never unpickles
+    anything but plain strings, as :func:`dataset.amass.load_amass`).
+
+    Raises:
+        BadInputError: naming the file and the field (missing/unreadable file, bad poses shape or gender).
+    """
+    from dataset.amass import POSE_WIDTHS, _member, _open_npz, _read, normalise_gender
+    from render.smpl_pickle import read_npy_header
+
+    path = os.fspath(path)
+    with _open_npz(path) as zf:
+        with _member(zf, path, "poses") as fh:
+            shape, _, _ = read_npy_header(fh, path, "poses")
+        if len(shape) != 2 or shape[1] not in POSE_WIDTHS:
+            raise BadInputError(path, "poses", f"expected shape (T, 156) or (T, 165), got {shape}")
+        gender = "neutral"
+        if "gender.npy" in zf.namelist():
+            gender = normalise_gender(_read(zf, path, "gender", numeric=False), path)
+    return POSE_WIDTHS[shape[1]], ("male" if gender == "male" else "female")
+
+
+def load_needed_bodies(body_models: str | os.PathLike, clips: list, amass_root: str | os.PathLike
+                       ) -> list[tuple[str, str]]:
+    """Load (and cache in this process, so forked workers inherit them) the real bodies the clips' AMASS files
+    need; returns the sorted (model type, gender) pairs.
+
+    An AMASS file that cannot be read is left out here: its clips fail one by one during the build, with the
+    reason. Raises FileNotFoundError naming the model file expected under ``body_models`` (as render-amass
+    reports it), BadInputError naming a malformed model file and its member."""
+    from dataset.features import _cached_body
+
+    needed: set[tuple[str, str]] = set()
+    for rel in sorted({str(c.amass_path) for c in clips}):
+        try:
+            needed.add(amass_body_key(Path(amass_root) / rel))
+        except (BadInputError, OSError) as exc:
+            log.debug("%s: body model not determined (%s); its clips fail during the build", rel, exc)
+    for model_type, gender in sorted(needed):
+        _cached_body(os.fspath(body_models), model_type, gender)  # the key clip_features looks it up with
+    return sorted(needed)
+
+
+def amass_features_fn(amass_root: str | os.PathLike, body_models: str | os.PathLike, skeleton: str = "humanml3d"):
+    """``clip -> (T-1, 263) float32``: :func:`dataset.features.clip_features` with the real bodies of
+    ``body_models``. A partial of a module function over plain paths, so it pickles to the worker processes
+    (each loads a body once, or inherits the parent's cache when forked)."""
+    from dataset.features import clip_features
+
+    return functools.partial(clip_features, amass_root=Path(amass_root), body=os.fspath(body_models),
+                             skeleton=skeleton)
 
 
 def nsim_clips(clips: list, annotations: str | os.PathLike) -> tuple[list, str]:
