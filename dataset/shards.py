@@ -1,12 +1,18 @@
 """Write and check WebDataset shards: one sample per clip with video, texts, sentence embeddings and motion.
 
+Caption segments: a clip is written once, with its whole motion and video, whatever its captions' spans;
+``texts.json`` keeps each caption's ``start``/``end`` (seconds inside the clip, null = whole clip) and the
+loader (dataset/stream.py, "Caption segments") cuts the motion rows and video frames of the caption it picks
+to that span, as HumanML3D's and TMR's loaders do. So a shard set does not depend on the minimum segment
+length, and shards built before segments were cut load unchanged.
+
 Layout of a shard set ``SHARDS/`` (see the README):
 
 - ``{split}-NNNNNN.tar``: plain POSIX tar files; each sample has the members ``<keyid>.meta.json``,
   ``<keyid>.motion.npy`` (T-1, 263) float32 unnormalised HumanML3D features (Y-up), ``<keyid>.sent.npy``
-  (n_texts, D) float16 L2-normalised sentence embeddings, ``<keyid>.texts.json`` (list of {caption, start,
-  end}) and the video member ``<keyid>.video.jpgs`` (per-frame JPEGs at training resolution, the default) or
-  ``<keyid>.video.mp4`` (the rendered file).
+  (n_texts, D) float16 L2-normalised sentence embeddings (row i = text i), ``<keyid>.texts.json`` (list of
+  {caption, start, end}; :func:`parse_texts`) and the video member ``<keyid>.video.jpgs`` (per-frame JPEGs at
+  training resolution, the default) or ``<keyid>.video.mp4`` (the rendered file).
 - ``{split}.json``: manifest (sample count, shards with count/bytes/sha256, text model, feature dim, video format,
   tool version, skipped/failed clips).
 - ``stats.npz``: ``mean``/``std`` (D,) float32 of the train split's features (HumanML3D convention).
@@ -262,6 +268,52 @@ def json_bytes(obj: Any) -> bytes:
 
 def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
+
+
+def finite_number(v: Any) -> float | None:
+    """``v`` as a float when it is a JSON number (not a bool) with a finite value, else None."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:  # an integer too large for a float
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _span_value(t: Any, key: str, n: int) -> float | None:
+    v = t.get(key) if isinstance(t, dict) else None
+    if v is None:
+        return None
+    f = finite_number(v)
+    if f is None or f < 0:
+        shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+        raise ValueError(f"texts.json text {n}: {key} {shown} is not null or a number of seconds >= 0")
+    return f
+
+
+def parse_texts(data: bytes) -> tuple[list[str], list[tuple[float | None, float | None]]]:
+    """Captions and spans of a ``texts.json`` member (a non-empty list of {caption, start, end} or strings)
+    -> (captions, [(start, end)]) with start/end seconds inside the clip or None (None = whole clip / from the
+    start / to the end; the loader's segment rule is in dataset/stream.py). Raises ValueError for anything else
+    (not JSON, not a non-empty list, a caption that is not a string, a start/end that is not null or a finite
+    number >= 0, an ``end <= start`` other than HumanML3D's whole-clip ``0, 0``)."""
+    try:
+        texts = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"texts.json: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(texts, list) or not texts:
+        raise ValueError("texts.json holds no texts")
+    captions = [t.get("caption") if isinstance(t, dict) else t for t in texts]
+    if not all(isinstance(c, str) for c in captions):
+        raise ValueError("texts.json: every text needs a string caption")
+    spans = []
+    for n, t in enumerate(texts):
+        start, end = _span_value(t, "start", n), _span_value(t, "end", n)
+        if start is not None and end is not None and end <= start and not start == end == 0:
+            raise ValueError(f"texts.json text {n}: end {end} is not after start {start}")
+        spans.append((start, end))
+    return captions, spans
 
 
 # ----------------------------------------------------------------------------------------------- per clip
@@ -1027,7 +1079,8 @@ def write_card(out: Path) -> bool:
     lines += [
         "", "## Sample members", "",
         "- `<keyid>.meta.json`: AMASS path, fps, frame count, avatar, light, mirrored, split.",
-        "- `<keyid>.texts.json`: captions as a list of {caption, start, end} (seconds in the clip; null = whole).",
+        "- `<keyid>.texts.json`: captions as a list of {caption, start, end} (seconds in the clip; null = whole;",
+        "  the loader cuts motion and video to the span of the caption it uses).",
         f"- `<keyid>.sent.npy`: (n_texts, {tm['dim']}) float16, L2-normalised embeddings by `{tm['name']}`.",
         f"- `<keyid>.motion.npy`: (T-1, {any_m.get('feature_dim')}) float32 HumanML3D-style features "
         "(Y-up), unnormalised; normalise with `stats.npz` (`mean`, `std`, train split).",
@@ -1223,6 +1276,10 @@ def _check_sample(mem: dict[str, bytes], m: dict, vmember: str, jpgs_info) -> st
         return f"unparsable member: {exc}"
     if not isinstance(texts, list) or not isinstance(meta, dict):
         return "texts.json must be a list and meta.json an object"
+    try:
+        parse_texts(mem["texts.json"])  # captions are strings, spans null or seconds >= 0 with end > start
+    except ValueError as exc:
+        return str(exc)
     if sent.dtype != np.float16 or sent.shape != (len(texts), m["text_model"]["dim"]):
         return f"sent.npy {sent.dtype} {sent.shape}, expected float16 ({len(texts)}, {m['text_model']['dim']})"
     if motion.dtype != np.float32 or motion.ndim != 2 or motion.shape[1] != m["feature_dim"]:

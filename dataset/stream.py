@@ -19,6 +19,31 @@ Per sample:
 - motion: features normalised with ``stats.npz`` ((x - mean) / std), cropped to ``max_motion_len`` rows
   (a random window in training, the first rows in evaluation).
 
+Caption segments (where the cut happens): a shard holds one sample per clip, with the whole clip's motion and
+video, whatever its captions' spans (``texts.json`` ``start``/``end``, seconds inside the clip); the cut is
+made here, in the loader, after the caption is chosen - as HumanML3D's and TMR's loaders cut their motion files.
+
+- Whole clip: ``end`` null with ``start`` null or 0; ``start == end == 0`` (HumanML3D's ``#0.0#0.0``); or a
+  span that covers every motion row (``0`` to the clip's duration or beyond). Read exactly as before segments
+  existed (same random draws, same rows and frames).
+- Segment: motion rows ``[lo, hi)`` with ``lo = int(start * fps)``, ``hi = int(end * fps)`` (HumanML3D's
+  ``motion[int(f_tag*20):int(to_tag*20)]``, ``int`` = floor for these non-negative times; TMR's motion loader
+  uses the same ``int(t * fps)`` on its seconds), ``fps`` from ``meta.json`` (20 for HumanML3D; a sample with a
+  span and no readable fps is skipped as ``missing_member`` / ``meta``); ``start`` null = 0, ``end`` null = the
+  end of the clip; rows past the end of the clip are not counted. The video frames are sampled (segment
+  sampling as above) only among the frames ``[lo, hi)`` (frame i = motion frame i), and the caption's own
+  sentence embedding (its ``sent.npy`` row) goes with them. The ``max_motion_len`` crop then applies to the
+  segment's rows.
+- Minimum length: a segment with fewer than ``min_segment_len`` rows (default :func:`min_segment_rows`: 40
+  for 263-dim HumanML3D features, 24 for 251-dim KIT-ML, HumanML3D's ``min_motion_len``) is never paired with
+  its caption. Training draws uniformly among the usable captions (whole-clip ones and long-enough segments;
+  with every caption usable it is the same draw as before); evaluation takes the first usable caption (the
+  first caption whenever it is usable, segment or not). A sample without a usable caption is skipped as
+  ``segment_too_short``. Unlike HumanML3D (which drops segments of 200 rows or more), long segments are
+  cropped like whole clips.
+- A ``start``/``end`` that is not null or a finite number >= 0, or ``end <= start`` (other than ``0, 0``),
+  makes the sample ``texts`` (:func:`dataset.shards.parse_texts`).
+
 Untrusted shards: the tars are read by this module (not by webdataset's tar expander), member by member.
 Members that are not regular files or whose name is not ``<keyid>.<ext>`` (``/``, ``..``, a bad keyid; see
 :func:`dataset.keyids.check_member_name`) are refused and never used; ``.npy`` members are parsed with their
@@ -28,8 +53,8 @@ Skipped samples never stop an epoch: each is logged with its keyid (the first fe
 reason in ``loader.skip_counts`` (``loader.skipped`` = the total, ``loader.skip_examples`` = a few keyids per
 reason), summed over worker processes. Reasons (:data:`SKIP_REASONS`): ``shard_unreadable``, ``member_name``,
 ``member_type``, ``member_size``, ``member_duplicate``, ``missing_member``, ``texts``, ``sent``,
-``sent_nonfinite``, ``motion_unreadable``, ``motion_shape``, ``motion_nonfinite``, ``meta``, ``video``,
-``other``.
+``sent_nonfinite``, ``motion_unreadable``, ``motion_shape``, ``motion_nonfinite``, ``segment_too_short``,
+``meta``, ``video``, ``other``.
 
 No usable sample: in training, once every shard has been read to its end with no usable sample since the last
 batch (by any worker; also with ``resampled=True``), iterating raises :class:`NoUsableSamplesError` (with
@@ -60,6 +85,11 @@ log = logging.getLogger(__name__)
 SHUFFLE_BUFFER = 1000
 MAX_MEMBER_BYTES = 1 << 30  # a tar member larger than this is refused (reason "member_size")
 SKIP_EXAMPLES = 5           # example keyids kept per skip reason
+# HumanML3D's min_motion_len (text-to-motion Text2MotionDatasetV2): segments shorter than this many feature
+# rows are not used, per feature width (263 = HumanML3D "t2m", 251 = KIT-ML); other widths use the default.
+MIN_SEGMENT_ROWS = {263: 40, 251: 24}
+DEFAULT_MIN_SEGMENT_ROWS = 40
+_WHOLE_EPS = 1e-6  # rows: a span from 0 whose end reaches the last row within this covers the whole clip
 _LOGGED_PER_REASON = 20     # skips logged one by one per reason and worker pass; the rest are only counted
 
 SKIP_REASONS = {
@@ -75,7 +105,8 @@ SKIP_REASONS = {
     "motion_unreadable": "motion.npy is not a numeric .npy array",
     "motion_shape": "motion.npy is not (T >= 1, D) with D the stats' feature dimension",
     "motion_nonfinite": "motion.npy holds NaN/inf (or overflows when normalised)",
-    "meta": "meta.json unreadable (mp4 video members)",
+    "segment_too_short": "every caption is a time segment shorter than the minimum (min_segment_len rows)",
+    "meta": "meta.json unreadable (mp4 video members; captions with a time span need its fps)",
     "video": "the video member cannot be decoded",
     "other": "any other error while decoding the sample",
 }
@@ -401,7 +432,8 @@ class SampleTransform:
     """Decode one raw webdataset sample (member -> bytes) into tensors (see the module docstring)."""
 
     def __init__(self, train: bool, image_size: int, num_frames: int, max_motion_len: int, mean: np.ndarray,
-                 std: np.ndarray, augment: AugmentConfig | None, frame_crop: float = 1.0):
+                 std: np.ndarray, augment: AugmentConfig | None, frame_crop: float = 1.0,
+                 min_segment_len: int | None = None):
         if not 0.0 < frame_crop <= 1.0:
             raise ValueError(f"frame_crop must be in (0, 1], got {frame_crop}")
         self.train, self.image_size, self.num_frames = train, image_size, num_frames
@@ -409,6 +441,8 @@ class SampleTransform:
         self.mean, self.std = mean, std
         self.augment = augment
         self.frame_crop = float(frame_crop)
+        self.min_segment_len = (min_segment_rows(int(mean.shape[0])) if min_segment_len is None
+                                else _check_min_segment_len(min_segment_len))
 
     def frame_indices(self, n: int, rng: np.random.Generator | None) -> np.ndarray:
         """Segment sampling of ``num_frames`` indices out of ``n`` frames (random in training, else centres)."""
@@ -420,17 +454,33 @@ class SampleTransform:
             pos = (lo + hi) / 2.0
         return np.clip(np.floor(pos).astype(np.int64), 0, n - 1)
 
-    def video(self, sample: dict, rng: np.random.Generator | None, captions: Sequence[str] = ()):
+    def window_indices(self, n: int, window: tuple[int, int] | None, rng: np.random.Generator | None
+                       ) -> np.ndarray:
+        """Frame indices for a video of ``n`` frames: :meth:`frame_indices` over the frames ``[lo, hi)`` of
+        ``window`` (clipped to the video), over all ``n`` frames when ``window`` is None. Raises SampleError
+        ("video") when the window holds no frame of the video."""
+        if window is None:
+            return self.frame_indices(n, rng)
+        lo, hi = window[0], min(window[1], n)
+        if hi <= lo:
+            raise SampleError("video", f"the caption's segment (frames {window[0]}..{window[1] - 1}) lies past "
+                              f"the video's {n} frames")
+        return lo + self.frame_indices(hi - lo, rng)
+
+    def video(self, sample: dict, rng: np.random.Generator | None, captions: Sequence[str] = (),
+              window: tuple[int, int] | None = None):
         """(num_frames, 3, S, S) float32 CLIP-normalised frames of a sample (raises SampleError). ``captions``:
-        the sample's texts; a horizontal flip is never drawn for a clip whose captions name a side."""
+        the sample's texts; a horizontal flip is never drawn for a clip whose captions name a side.
+        ``window``: frames ``[lo, hi)`` to sample from (the chosen caption's segment; None = every frame)."""
         try:
-            return self._video(sample, rng, captions)
+            return self._video(sample, rng, captions, window)
         except SampleError:
             raise
         except Exception as exc:  # noqa: BLE001 - any decoder error of untrusted bytes: skip the sample
             raise SampleError("video", f"{type(exc).__name__}: {exc}") from exc
 
-    def _video(self, sample: dict, rng: np.random.Generator | None, captions: Sequence[str] = ()):
+    def _video(self, sample: dict, rng: np.random.Generator | None, captions: Sequence[str] = (),
+               window: tuple[int, int] | None = None):
         import torch
         from dataset.video_frames import decode_jpgs, jpgs_info, mp4_frames
 
@@ -438,7 +488,7 @@ class SampleTransform:
             data = sample["video.jpgs"]
             n = jpgs_info(data)[0]
             zoom = self.augment.scale[1] if (self.train and self.augment is not None) else 1.0
-            frames = decode_jpgs(data, self.frame_indices(n, rng),
+            frames = decode_jpgs(data, self.window_indices(n, window, rng),
                                  min_size=int(np.ceil(self.image_size * zoom / self.frame_crop)))
         elif "video.mp4" in sample:
             if "meta.json" not in sample:
@@ -450,7 +500,7 @@ class SampleTransform:
                     raise ValueError(f"num_frames {n}")
             except (ValueError, TypeError, KeyError, RecursionError) as exc:
                 raise SampleError("meta", f"meta.json: {type(exc).__name__}: {exc}") from exc
-            idx = self.frame_indices(n, rng)
+            idx = self.window_indices(n, window, rng)
             frames = torch.from_numpy(mp4_frames(sample["video.mp4"], idx)).permute(0, 3, 1, 2).contiguous()
         else:
             raise SampleError("missing_member", "no video member (video.jpgs or video.mp4)")
@@ -468,14 +518,17 @@ class SampleTransform:
         reason of :data:`SKIP_REASONS` for a sample that cannot be used."""
         import torch
 
-        from dataset.shards import load_npy_bytes
+        from dataset.shards import load_npy_bytes, parse_texts
 
         if "__dup__" in sample:
             raise SampleError("member_duplicate", f"member {sample['__dup__']!r} appears twice")
         for m in ("texts.json", "sent.npy", "motion.npy"):
             if m not in sample:
                 raise SampleError("missing_member", f"no {m} member")
-        captions = _captions(sample["texts.json"])
+        try:
+            captions, spans = parse_texts(sample["texts.json"])
+        except ValueError as exc:
+            raise SampleError("texts", str(exc)) from exc
         try:
             sent = load_npy_bytes(sample["sent.npy"])
         except ValueError as exc:
@@ -484,7 +537,8 @@ class SampleTransform:
             raise SampleError("sent", f"sent.npy {sent.dtype} {sent.shape} for {len(captions)} texts")
         if not np.isfinite(sent).all():
             raise SampleError("sent_nonfinite", "sent.npy holds NaN/inf")
-        i = int(rng.integers(len(captions))) if self.train and rng is not None else 0
+        # drawn here, before anything can fail, as it always was: the same draws with whole-clip captions
+        drawn = int(rng.integers(len(captions))) if self.train and rng is not None else 0
         try:
             motion = load_npy_bytes(sample["motion.npy"])
         except ValueError as exc:
@@ -498,6 +552,9 @@ class SampleTransform:
         if bad.any():
             raise SampleError("motion_nonfinite", f"motion.npy holds {int(bad.sum())} NaN/inf values "
                               f"(first at row {int(np.argwhere(bad)[0][0])})")
+        i, window = self.choose_text(spans, drawn, len(motion), sample, rng)
+        if window is not None:
+            motion = motion[window[0]:window[1]]
         if len(motion) > self.max_motion_len:
             start = int(rng.integers(len(motion) - self.max_motion_len + 1)) if self.train and rng is not None else 0
             motion = motion[start:start + self.max_motion_len]
@@ -507,26 +564,90 @@ class SampleTransform:
             raise SampleError("motion_nonfinite", "motion features overflow when normalised with stats.npz")
         return {
             "keyid": sample["__key__"],
-            "video": self.video(sample, rng, captions),
+            "video": self.video(sample, rng, captions, window),
             "text": captions[i],
             "texts": captions,
             "sent_emb": torch.from_numpy(sent[i].astype(np.float32)),
             "motion": torch.from_numpy(np.ascontiguousarray(motion, dtype=np.float32)),
         }
 
+    def choose_text(self, spans: Sequence[tuple[float | None, float | None]], drawn: int, motion_rows: int,
+                    sample: Mapping[str, bytes], rng: np.random.Generator | None
+                    ) -> tuple[int, tuple[int, int] | None]:
+        """The caption to use and its segment -> (text index, motion rows ``[lo, hi)`` or None = whole clip).
 
-def _captions(data: bytes) -> list[str]:
-    """Captions of a ``texts.json`` member (a non-empty list of {caption, ...} or strings)."""
+        ``spans``: each text's (start, end) seconds from :func:`dataset.shards.parse_texts`; ``drawn``: the
+        caption drawn at random (training) or 0; ``motion_rows``: the clip's feature rows. The rule is in the
+        module docstring ("Caption segments").
+        Raises SampleError: ``segment_too_short`` (no usable caption), ``missing_member`` / ``meta`` (a span
+        but no readable fps in meta.json)."""
+        if all(is_whole_clip(s, e) for s, e in spans):
+            return drawn, None  # whole-clip captions only: exactly the pre-segment behaviour
+        fps = _meta_fps(sample)
+        windows = [segment_rows(s, e, fps, motion_rows) for s, e in spans]
+        usable = [j for j, w in enumerate(windows) if w is None or w[1] - w[0] >= self.min_segment_len]
+        if not usable:
+            lens = ", ".join(str(w[1] - w[0]) for w in windows if w is not None)
+            raise SampleError("segment_too_short", f"every caption is a segment shorter than "
+                              f"{self.min_segment_len} motion rows (rows: {lens}; clip {motion_rows} rows)")
+        if self.train and rng is not None:
+            # uniform over the usable captions: keep the draw when usable, else draw again among them
+            i = drawn if drawn in usable else usable[int(rng.integers(len(usable)))]
+        else:
+            i = usable[0]
+        return i, windows[i]
+
+
+def min_segment_rows(feature_dim: int) -> int:
+    """HumanML3D's minimum segment length in feature rows for a feature width: 40 (263, HumanML3D), 24 (251,
+    KIT-ML), :data:`DEFAULT_MIN_SEGMENT_ROWS` otherwise."""
+    return MIN_SEGMENT_ROWS.get(int(feature_dim), DEFAULT_MIN_SEGMENT_ROWS)
+
+
+def _check_min_segment_len(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"min_segment_len must be an integer >= 1 (feature rows), got {value!r}")
+    return int(value)
+
+
+def is_whole_clip(start: float | None, end: float | None) -> bool:
+    """True for a caption of the whole clip: ``end`` None with ``start`` None or 0, or ``start == end == 0``
+    (HumanML3D's ``#0.0#0.0``)."""
+    return (end is None and not start) or (start == 0 and end == 0)
+
+
+def segment_rows(start: float | None, end: float | None, fps: float, motion_rows: int) -> tuple[int, int] | None:
+    """Motion feature rows ``[lo, hi)`` of a caption's span, or None for a whole-clip caption.
+
+    ``start``/``end``: seconds inside the clip (checked by :func:`dataset.shards.parse_texts`: None or finite
+    >= 0). Whole clip (None): :func:`is_whole_clip`, or a span whose rows are all ``motion_rows`` rows (cutting
+    would change nothing). Otherwise ``lo = int(start * fps)`` (0 when ``start`` is None), ``hi = int(end *
+    fps)`` (``motion_rows`` when ``end`` is None), as HumanML3D's ``motion[int(f_tag*20):int(to_tag*20)]``;
+    both clipped to ``[0, motion_rows]`` (a span past the end keeps the rows that exist; ``hi - lo`` may be
+    0)."""
+    if is_whole_clip(start, end):
+        return None
+    lo = 0 if start is None else int(min(start * fps, motion_rows))
+    hi = motion_rows if end is None else int(min(end * fps, motion_rows))
+    if lo == 0 and (end is None or end * fps + _WHOLE_EPS >= motion_rows):
+        return None  # (the tolerance: e.g. end = rows / 12.5 s gives end * 12.5 = rows - 1e-14)
+    return lo, max(lo, hi)
+
+
+def _meta_fps(sample: Mapping[str, bytes]) -> float:
+    """The clip's motion/video frame rate from ``meta.json`` (needed to cut a caption's segment)."""
+    from dataset.shards import finite_number
+
+    if "meta.json" not in sample:
+        raise SampleError("missing_member", "no meta.json member (its fps is needed for captions with a time span)")
     try:
-        texts = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise SampleError("texts", f"texts.json: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(texts, list) or not texts:
-        raise SampleError("texts", "texts.json holds no texts")
-    captions = [t.get("caption") if isinstance(t, dict) else t for t in texts]
-    if not all(isinstance(c, str) for c in captions):
-        raise SampleError("texts", "texts.json: every text needs a string caption")
-    return captions
+        meta = json.loads(sample["meta.json"])
+        fps = finite_number(meta["fps"])
+        if fps is None or fps <= 0:
+            raise ValueError(f"fps {str(meta['fps'])[:40]} is not a positive frame rate")
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        raise SampleError("meta", f"meta.json: {type(exc).__name__}: {exc}") from exc
+    return fps
 
 
 def collate(samples: list[dict]) -> dict:
@@ -708,7 +829,7 @@ def make_loader(shards: str | Path | Sequence[str], split: str, *, batch_size: i
                 max_motion_len: int = 196, epoch_batches: int | None = None, rank: int = 0, world_size: int = 1,
                 augment: Any = None, resampled: bool = False, stats: str | Path | None = None,
                 shuffle_buffer: int = SHUFFLE_BUFFER, prefetch_factor: int = 2,
-                frame_crop: float = 1.0) -> StreamLoader:
+                frame_crop: float = 1.0, min_segment_len: int | None = None) -> StreamLoader:
     """Streaming loader over a shard set.
 
     Args:
@@ -735,11 +856,15 @@ def make_loader(shards: str | Path | Sequence[str], split: str, *, batch_size: i
         prefetch_factor: batches prefetched per worker.
         frame_crop: fraction of each stored frame's short side kept as a centred square before augmentation
             and resizing (1 = the whole frame; < 1 zooms in on the centred person).
+        min_segment_len: a caption's time segment shorter than this many motion feature rows is not used
+            (module docstring, "Caption segments"); None = :func:`min_segment_rows` of the stats' feature width
+            (40 for 263-dim HumanML3D features, 24 for 251-dim KIT-ML), as HumanML3D's ``min_motion_len``.
 
     Yields:
         dicts with ``keyid`` list[str], ``video`` (B, num_frames, 3, S, S) float32 CLIP-normalised, ``text``
         list[str], ``texts`` list[list[str]], ``sent_emb`` (B, D) float32, ``motion`` (B, T, F) float32
-        normalised, ``mask`` (B, T) bool (True = valid), ``length`` (B,) long.
+        normalised, ``mask`` (B, T) bool (True = valid), ``length`` (B,) long. When ``text`` is a caption with
+        a time span, ``video``, ``motion`` and ``sent_emb`` are all of that segment (module docstring).
 
     Raises:
         FileNotFoundError: no manifest / shard set / stats.npz. BadInputError: a malformed manifest or stats.npz
@@ -749,6 +874,8 @@ def make_loader(shards: str | Path | Sequence[str], split: str, *, batch_size: i
 
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
+    if min_segment_len is not None:
+        _check_min_segment_len(min_segment_len)
     if resampled and not train:
         raise ValueError("resampled=True is for training; evaluation reads every sample once")
     urls, manifest, root = resolve_shards(shards, split)
@@ -775,7 +902,8 @@ def make_loader(shards: str | Path | Sequence[str], split: str, *, batch_size: i
             shuffle_buffer = max(2, min(shuffle_buffer, share))
     source = ShardSource(urls, train, resampled, seed, rank, world_size)
     transform = SampleTransform(train, image_size, num_frames, max_motion_len, mean, std,
-                                AugmentConfig.from_any(augment) if train else None, frame_crop)
+                                AugmentConfig.from_any(augment) if train else None, frame_crop,
+                                min_segment_len)
     stage = _ProcessAndBatch(transform, batch_size, train, seed, rank, source, shuffle_buffer)
     pipeline = wds.DataPipeline(source, stage)
     return StreamLoader(pipeline, num_workers=num_workers, epoch_batches=epoch_batches, source=source,
