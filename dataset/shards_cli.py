@@ -140,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         missing.append("amass (or --humanml3d-vecs)")
     if missing:
         p.error("missing " + ", ".join("--" + m for m in missing))
+    for flag, value, ok, rule in (("--samples-per-shard", a.samples_per_shard, a.samples_per_shard >= 1, ">= 1"),
+                                  ("--workers", a.workers, a.workers >= 1, ">= 1"),
+                                  ("--frame-size", a.frame_size, a.frame_size >= 16, ">= 16 (pixels)"),
+                                  ("--jpeg-quality", a.jpeg_quality, 1 <= a.jpeg_quality <= 95, "in 1..95")):
+        if not ok:
+            p.error(f"{flag} must be {rule}, got {value}")
     if a.skeleton == "kit" and a.humanml3d_vecs is None:
         p.error("--skeleton kit needs --humanml3d-vecs (features computed from AMASS use the 22-joint humanml3d "
                 "skeleton: omit --skeleton)")
@@ -157,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        return _setup_error(f"--out {_os_error(exc, out)}")
+        return _setup_error(f"--out {_os_error(exc, out)} (give a directory for the shard set)")
     if not os.access(out, os.W_OK | os.X_OK):
-        return _setup_error(f"--out {out}: not writable")
+        return _setup_error(f"--out {out}: not writable (give a writable directory)")
 
     from dataset.annotations import load_clips
     from dataset.shards import BuildConfig, ShardSetMismatch, build_shards

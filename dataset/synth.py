@@ -18,6 +18,10 @@ the HumanML3D frame rule (stride fps/20) and the time rule (20 fps) select the s
 :func:`dataset.subsets.build_dissimilar_subset` on the bundled sentence model's embeddings.
 
 Everything is a pure function of ``--seed`` and the arguments: running twice writes byte-identical files.
+
+Exit status: 0 the corpus was written; 1 interrupted (Ctrl-C: run the same command again, it rewrites the
+corpus); 2 usage or set-up error, one line (bad arguments, ``--out`` not a writable directory, disk full, the
+bundled sentence model missing), checked before anything is written where possible.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import argparse
 import io
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -345,15 +350,61 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--out is required (or --list-actions)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     actions = [a.strip() for a in args.actions.split(",") if a.strip()] if args.actions else None
+    problem = _argument_problem(args, actions)
+    if problem is None:
+        problem = _output_problem(Path(args.out))
+    if problem is not None:
+        return _error(problem)
     try:
         summary = generate_corpus(args.out, args.motions, args.seed, actions=actions,
                                   test_fraction=args.test_fraction, val_fraction=args.val_fraction,
                                   subjects=args.subjects, mirror=args.mirror, nsim_size=args.nsim_size)
-    except (ValueError, OSError) as e:
-        print(f"synth-amass: error: {e}", file=sys.stderr)
-        return 2
+    except OSError as e:  # disk full, a path component that is a file, permissions
+        where = f"{e.filename}: " if e.filename else ""
+        return _error(f"{where}{e.strerror or e} (--out {args.out}; fix it and run again: the corpus is rewritten)")
+    except (ValueError, RuntimeError) as e:  # bad arguments; the bundled sentence model missing (--nsim-size)
+        return _error(str(e))
+    except KeyboardInterrupt:
+        print(f"synth-amass: interrupted; run the same command again to write the whole corpus to {args.out}",
+              file=sys.stderr)
+        return 1
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
+
+
+def _error(message: str) -> int:
+    """One line on stderr, exit status 2 (usage or set-up error)."""
+    print(f"synth-amass: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
+
+
+def _argument_problem(args: argparse.Namespace, actions: list[str] | None) -> str | None:
+    """What is wrong with the arguments (one line), or None; checked before anything is written."""
+    if args.motions < 1:
+        return f"--motions must be >= 1, got {args.motions}"
+    if args.subjects < 1:
+        return f"--subjects must be >= 1, got {args.subjects}"
+    if args.nsim_size < 0:
+        return f"--nsim-size must be >= 0 (0 = no dissimilar subset), got {args.nsim_size}"
+    tf, vf = args.test_fraction, args.val_fraction
+    if not (0 <= tf < 1 and 0 <= vf < 1 and tf + vf < 1):  # also NaN
+        return f"--test-fraction and --val-fraction must be in [0, 1) with a sum below 1, got {tf} and {vf}"
+    unknown = [a for a in actions or () if a not in ACTIONS]
+    if unknown:
+        return f"unknown action(s) {unknown}; see synth-amass --list-actions"
+    return None
+
+
+def _output_problem(out: Path) -> str | None:
+    """Why ``out`` cannot take the corpus (one line naming it), or None; creates the directory."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".synth-write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        return f"--out {out}: not a writable directory ({e.strerror or e}); pass a writable --out"
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover
