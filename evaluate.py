@@ -109,9 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from_sims(args.from_sims, threshold=args.threshold, out=args.out)
         else:
             evaluate_run(args)
-    except (ValueError, FileNotFoundError) as exc:  # BadInputError is a ValueError
+    except (ValueError, OSError) as exc:  # BadInputError is a ValueError; missing files, permissions, disk full
         print(f"evaluate.py: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("evaluate.py: interrupted", file=sys.stderr)
+        return 1
     except RuntimeError as exc:
         from dataset.stream import NoUsableSamplesError
 
@@ -134,8 +137,9 @@ def load_sims_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | No
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-    except Exception as exc:  # noqa: BLE001 - any unreadable archive
-        raise BadInputError(path, None, f"not a readable .npz archive: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - any unreadable archive (numpy's text suggests pickle: not shown)
+        raise BadInputError(path, None, f"not a readable .npz archive of plain arrays "
+                                        f"({type(exc).__name__}); object arrays are refused") from exc
     if "sims" not in data:
         raise BadInputError(path, "sims", f"missing (members: {', '.join(sorted(data)) or 'none'})")
     sims = M.check_sims(data["sims"], path=str(path))

@@ -263,7 +263,7 @@ def test_model_path_subset_text_choice_and_errors(tiny_eval, tmp_path, capsys):
                     "--tasks", "v2m", "--no-progress", "--out", tmp_path / "s"], capsys)
     assert rc == 0, cap.err
     res = json.loads((tmp_path / "s" / "metrics.json").read_text())
-    assert set(res["dissimilar"]) == {"v2m", "n"} and res["dissimilar"]["n"] == 10
+    assert set(res["dissimilar"]) == {"v2m", "n", "sentence_model"} and res["dissimilar"]["n"] == 10
 
 
 def test_device_cuda_without_cuda_is_a_clear_error(tmp_path, capsys, monkeypatch):
