@@ -3,7 +3,7 @@
 
     python scripts/paper_ablations.py train --shards SHARDS --out runs/ablations [--table table2|NAME,...|all]
         [--rows ours,row5,...] [--preset paper] [--epochs N] [--set FIELD=VALUE ...] [--random-init]
-        [--device D] [--dry-run] [--in-process] [-- TRAIN.PY FLAGS...]
+        [--device D] [--launcher 'torchrun --nproc_per_node=4'] [--dry-run] [--in-process] [-- TRAIN.PY FLAGS...]
     python scripts/paper_ablations.py table --shards SHARDS --runs runs/ablations [--table ...] [--rows ...]
         [--split test] [--threshold 0.8] [--format md|latex] [--output FILE] [--no-paper] [--force]
         [--device D] [--dry-run] [--in-process] [-- EVALUATE.PY FLAGS...]
@@ -272,12 +272,13 @@ def _parse_quietly(parse: Callable[[list[str]], argparse.Namespace], argv: list[
 
 
 def resolve_rows(tables: dict[str, Table], shards: str, preset: str, global_args: list[str],
-                 passthrough: list[str], data_path: Path) -> dict[str, Resolved]:
+                 passthrough: list[str], data_path: Path, warn_for: set[str] | None = None) -> dict[str, Resolved]:
     """Every row of every table (so run sharing does not depend on what is selected) -> Resolved, by row name.
 
     The config is resolved exactly as train.py does it (``train.parse_args``, ``train.config_overrides``,
     ``model.load_preset``). Flags that would move the run (``--out``, ``--shards``, ``--preset``, ``--resume``) are
-    refused in the rows and after ``--``.
+    refused in the rows and after ``--``. Rows in ``warn_for`` (default all) get a warning when an option of
+    this command line overrides one of their own flags.
     """
     import train as train_script
     from model import load_preset
@@ -313,7 +314,7 @@ def resolve_rows(tables: dict[str, Table], shards: str, preset: str, global_args
             what = f"{data_path}: {row.field}.flags ({row.name})"
             row_over = overrides(parse(row.flags, what), what)
             clash = sorted(k for k in row_over if k in common_over and str(common_over[k]) != str(row_over[k]))
-            if clash:
+            if clash and (warn_for is None or row.name in warn_for):
                 log.warning("row %s: %s from this command line override the row's own flags", row.name,
                             ", ".join(f"{k}={common_over[k]}" for k in clash))
             argv = [*row.flags, *common]
@@ -372,12 +373,14 @@ def run_state(run_dir: Path, cfg: Any) -> tuple[str, str]:
 # running train.py / evaluate.py
 
 
-def tool_command(script: Path, argv: Sequence[str]) -> list[str]:
-    """The exact command line a user would type (this Python, the script's absolute path)."""
-    return [sys.executable, str(script), *argv]
+def tool_command(script: Path, argv: Sequence[str], launcher: Sequence[str] | None = None) -> list[str]:
+    """The exact command line a user would type: this Python (or ``launcher``, e.g. torchrun) on the script's
+    absolute path."""
+    return [*(launcher or [sys.executable]), str(script), *argv]
 
 
-def run_tool(script: Path, argv: list[str], log_path: Path, in_process: bool) -> int:
+def run_tool(script: Path, argv: list[str], log_path: Path, in_process: bool,
+             launcher: Sequence[str] | None = None) -> int:
     """Run train.py / evaluate.py with ``argv``; its output is appended to ``log_path``. Returns its exit status.
 
     Subprocess (default): this Python on the script; Ctrl-C / SIGTERM stop it (SIGTERM, then SIGKILL after 30 s)
@@ -385,7 +388,7 @@ def run_tool(script: Path, argv: list[str], log_path: Path, in_process: bool) ->
     the log (an uncaught exception is logged with its traceback and counts as status 1).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = tool_command(script, argv)
+    cmd = tool_command(script, argv, launcher)
     with open(log_path, "a", encoding="utf-8") as fh:
         fh.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {'(in process) ' if in_process else ''}"
                  f"{shlex.join(cmd)}\n")
@@ -482,7 +485,11 @@ def cmd_train(args: argparse.Namespace, passthrough: list[str]) -> int:
         global_args.append("--random-init")
     if args.device:
         global_args += ["--device", args.device]
-    resolved = resolve_rows(tables, args.shards, args.preset, global_args, passthrough, data_path)
+    resolved = resolve_rows(tables, args.shards, args.preset, global_args, passthrough, data_path,
+                            warn_for={r.name for r in selected})
+    launcher = shlex.split(args.launcher) if args.launcher else None
+    if launcher is not None and (args.in_process or not launcher):
+        raise SetupError("--launcher: give a command (e.g. 'torchrun --nproc_per_node=4'), without --in-process")
 
     from model.weights import missing_pretrained
 
@@ -512,7 +519,7 @@ def cmd_train(args: argparse.Namespace, passthrough: list[str]) -> int:
             continue
         state, detail = run_state(run_dir, canon.cfg)
         argv = [*canon.argv, "--out", str(run_dir)] + (["--resume"] if state == "resume" else [])
-        cmd = tool_command(TRAIN_PY, argv)
+        cmd = tool_command(TRAIN_PY, argv, launcher)
         if state == "conflict":
             print(f"{head}: FAILED{shared}: {detail}", flush=True)
             failed.append(row.name)
@@ -537,7 +544,7 @@ def cmd_train(args: argparse.Namespace, passthrough: list[str]) -> int:
         print(f"{head} ({row.label}): {what}{shared} -> {_rel(run_dir)}", flush=True)
         _write_records(out, resolved, res.run, cmd)
         t0 = time.perf_counter()
-        rc = run_tool(TRAIN_PY, argv, log_path, args.in_process)
+        rc = run_tool(TRAIN_PY, argv, log_path, args.in_process, launcher)
         dt = time.perf_counter() - t0
         if rc == 0:
             print(f"{head}: done in {dt:.1f} s", flush=True)
@@ -905,10 +912,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
         sp.add_argument("--in-process", action="store_true",
                         help="call the tool's main() in this process instead of a subprocess (faster start; a "
-                             "crash of one row then ends the whole command)")
+                             "hard crash of one row, e.g. out of memory, then ends the whole command)")
         sp.add_argument("--log-level", default="WARNING")
 
-    t = sub.add_parser("train", help="train every selected row (skips complete runs, resumes unfinished ones)")
+    t = sub.add_parser("train", help="train every selected row (skips complete runs, resumes unfinished ones)",
+                       epilog="Arguments after -- are added to every train.py command (e.g. -- --threads 1).")
     common(t)
     t.add_argument("--out", default="runs/ablations", help="directory of the runs (default: %(default)s)")
     t.add_argument("--preset", default="paper", help="preset (paper, demo, tiny or a JSON file)")
@@ -916,8 +924,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="config field for every row, repeatable; wins over a row's own flags")
     t.add_argument("--random-init", action="store_true", help="random backbones (no pretrained weights needed)")
+    t.add_argument("--launcher", default=None, metavar="CMD",
+                   help="run train.py with this instead of this Python, e.g. 'torchrun --nproc_per_node=4'")
 
-    e = sub.add_parser("table", help="evaluate every selected row's run and print the table")
+    e = sub.add_parser("table", help="evaluate every selected row's run and print the table",
+                       epilog="Arguments after -- are added to every evaluate.py command (e.g. -- --batch-size 32).")
     common(e)
     e.add_argument("--runs", default="runs/ablations", help="directory of the runs (train's --out)")
     e.add_argument("--split", default="test", help="split to evaluate (default: %(default)s)")

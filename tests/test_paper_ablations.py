@@ -106,6 +106,12 @@ def test_dry_run_prints_exact_train_commands(fake_shards, tmp_path, capsys):
     assert "dry run: 7 row(s), nothing was run" in stdout
     assert not out.exists()  # a dry run writes nothing
 
+    rc, stdout, err = _main(["train", "--shards", fake_shards, "--out", out, "--preset", "tiny", "--rows", "row6",
+                             "--random-init", "--launcher", "torchrun --nproc_per_node=2", "--dry-run"], capsys)
+    assert rc == 0, err
+    assert f"  torchrun --nproc_per_node=2 {REPO / 'train.py'} --shards {fake_shards} --preset tiny --no-fusion " \
+           f"--random-init --no-progress --out {out / 'row6'}" in stdout.splitlines(), stdout
+
 
 def test_dry_run_shares_runs_of_identical_configs(fake_shards, tmp_path, capsys):
     rc, stdout, err = _main(["train", "--shards", fake_shards, "--out", tmp_path / "r", "--preset", "tiny",
@@ -135,6 +141,9 @@ def test_usage_errors_exit_2_with_one_line(fake_shards, tmp_path, capsys):
         (["train", "--shards", fake_shards, "--out", out, "--preset", "nosuch"], "--preset"),
         (["train", "--shards", fake_shards, "--out", out, "--", "--resume"], "--resume may not be given"),
         (["train", "--shards", fake_shards, "--out", out, "--", "--no-such-flag"], "unrecognized arguments"),
+        (["train", "--shards", fake_shards, "--out", out, "--preset", "paper", "--rows", "ours", "--set",
+          f"text_model={tmp_path / 'no-such-model'}"], "missing pretrained weights"),
+        (["train", "--shards", fake_shards, "--out", out, "--launcher", "torchrun", "--in-process"], "--launcher"),
         (["table", "--shards", fake_shards, "--runs", out], "--runs directory not found"),
         (["table", "--shards", fake_shards, "--runs", tmp_path, "--split", "../test"], "--split"),
     ]
@@ -321,3 +330,39 @@ def test_train_every_table2_row_then_print_the_table(request, tmp_path, capsys):
                              "--in-process"], capsys)
     assert rc == 1 and "wrongdim: FAILED" in err and "no numbers for wrongdim" in err
     assert re.search(r"^\| wrongdim \| wrongdim \| ours \| n/a \|", stdout, re.M) and "`n/a` no result" in stdout
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_running_train_py_and_exits_1(request, tmp_path):
+    """SIGTERM while a row trains: the train.py child is stopped (no orphan), the script exits 1 and says how
+    to continue."""
+    import signal
+    import time
+
+    shards = _cached_tiny_shards(request)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "train", "--shards", str(shards), "--out",
+                             str(tmp_path / "r"), "--preset", "tiny", "--epochs", "50", "--random-init", "--device",
+                             "cpu", "--rows", "ours"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        first = proc.stdout.readline()
+        assert "ours" in first and "training" in first, first
+        children: list[int] = []
+        deadline = time.monotonic() + 20
+        while not children and time.monotonic() < deadline:
+            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as fh:
+                children = [int(c) for c in fh.read().split()]
+            time.sleep(0.05)
+        assert children, "train.py was not started"
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 1, err
+    assert "interrupted: rerun the same command" in err
+    for child in children:
+        assert not Path(f"/proc/{child}").exists() or "State:\tZ" in Path(f"/proc/{child}/status").read_text()
