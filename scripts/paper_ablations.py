@@ -362,7 +362,7 @@ def run_state(run_dir: Path, cfg: Any) -> tuple[str, str]:
     try:
         extra = read_checkpoint_metadata(run_dir / "checkpoints" / "last.safetensors")["extra"]
         epoch, batch = int(extra.get("epoch", -1)), int(extra.get("batch_in_epoch", 0))
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         return "resume", f"last checkpoint unreadable ({' '.join(str(exc).split())[:120]})"
     if epoch >= cfg.epochs and batch == 0:
         return "complete", f"epoch {epoch}/{cfg.epochs}"
