@@ -85,3 +85,19 @@ def simple_stats(arrays):
     """Plain per-dimension mean/std (stand-in for dataset.features.feature_stats)."""
     cat = np.concatenate(arrays, 0)
     return cat.mean(0).astype(np.float32), cat.std(0).astype(np.float32)
+
+
+class FakeEmbedder:
+    """A deterministic sentence 'model' (no model load): every sentence -> the same ``dim``-dim unit vector.
+    ``name`` tells two such models apart (a shard set refuses to mix models)."""
+
+    def __init__(self, name: str = "fake-embedder", dim: int = 8):
+        self.name, self.dim = name, dim
+
+    def info(self) -> dict:
+        return {"name": self.name, "dim": self.dim, "pooling": "mean", "normalized": True}
+
+    def encode(self, sentences) -> np.ndarray:
+        v = np.ones((len(sentences), self.dim), np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shard_fixtures import fake_features, make_corpus  # noqa: E402
+from shard_fixtures import FakeEmbedder, fake_features, make_corpus  # noqa: E402
 
 from dataset.clip import Text  # noqa: E402
 from dataset.errors import BadInputError  # noqa: E402
@@ -35,17 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 COUNTS = {"train": 4, "val": 2}
 
 
-class FakeEmbedder:
-    """A tiny deterministic 'text model' (no model load): 8-dim unit vectors."""
-
-    name, dim = "fake-embedder", 8
-
-    def info(self):
-        return {"name": self.name, "dim": self.dim, "pooling": "mean", "normalized": True}
-
-    def encode(self, sentences):
-        v = np.ones((len(sentences), self.dim), np.float32)
-        return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 @pytest.fixture(scope="module")
@@ -370,15 +359,8 @@ import json, os, sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 import numpy as np
-from shard_fixtures import fake_features, make_corpus
+from shard_fixtures import FakeEmbedder, fake_features, make_corpus
 import dataset.annotations, dataset.shards, dataset.text_embed
-
-class FakeEmbedder:
-    name, dim = "fake-embedder", 8
-    def info(self):
-        return {{"name": self.name, "dim": self.dim, "pooling": "mean", "normalized": True}}
-    def encode(self, sentences):
-        return np.full((len(sentences), self.dim), 8 ** -0.5, np.float32)
 
 root = Path({root!r})
 clips, videos = make_corpus(root, {{"train": 4}}, size=16, frames=(6, 8))
