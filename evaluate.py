@@ -27,9 +27,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dataset.atomic import atomic_path, write_json, write_text
-from dataset.errors import BadInputError
-from dataset.keyids import check_keyid, child_path
+from core.atomic import atomic_path, write_json, write_text
+from core.errors import BadInputError
+from core.keyids import check_keyid, child_path
 from model import metrics as M
 from model import protocols as P
 from model import report as R
@@ -352,7 +352,7 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
     main_protocols = [p for p in protocols if not (p == "dissimilar" and nsim_split)]
     need_main = bool(main_protocols) or args.gallery or args.tsne or args.save_sims
 
-    from model.training import resolve_device
+    from core.device import resolve_device
 
     device = resolve_device(args.device)
     checkpoint = resolve_checkpoint(run, args.checkpoint)

@@ -32,9 +32,10 @@ from typing import Any
 
 import torch
 
-from dataset.atomic import write_json
-from dataset.errors import BadInputError
-from dataset.seeding import stable_seed
+from core.atomic import write_json
+from core.device import resolve_device, resolve_precision
+from core.errors import BadInputError
+from core.seeding import stable_seed
 from model.run_dir import MetricsTable, RunDir, write_run_info
 from model.schedule import paper_scheduler
 from dataset.text_embed import same_sentence_model
@@ -43,7 +44,7 @@ from model.training import (
     FUSION_NAMES, LOSS_TERMS, DistInfo, LossModule, NonFiniteGuard, RunningMeans, SkipBudget, Stepper,
     TrainingDiverged, TrainingStalled, barrier, cleanup_distributed, encode_split, format_counts,
     gather_embeddings, gather_rng_states, init_distributed, load_training_state, loader_skip_counts,
-    local_rank_from_env, make_optimizer, mean_over_ranks, preserved_rng, resolve_device, resolve_precision,
+    local_rank_from_env, make_optimizer, mean_over_ranks, preserved_rng,
     retrieval_scores, save_training_state, seed_everything, set_rng_state,
 )
 

@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from dataset.errors import BadInputError
-from dataset.keyids import check_keyid, child_path
+from core.errors import BadInputError
+from core.keyids import check_keyid, child_path
 from dataset.motion import HUMANML3D, Skeleton, get_skeleton
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -25,9 +25,9 @@ fixed order, so the same input gives byte-identical tars. Shards are written to 
 (atomic). A shard whose inputs (clip definitions, video/sidecar/feature file sizes and mtimes, build settings)
 are unchanged since it was written is kept, so a second run is a no-op.
 
-Untrusted input (see docs/interfaces.md): every clip's keyid must follow :data:`dataset.keyids.KEYID_RULE`
+Untrusted input (see docs/interfaces.md): every clip's keyid must follow :data:`core.keyids.KEYID_RULE`
 (otherwise the clip fails, the build goes on); tar member names are built in one place (:func:`member_name`);
-input files are found with :func:`dataset.keyids.child_path`; a render sidecar must name the clip's keyid and,
+input files are found with :func:`core.keyids.child_path`; a render sidecar must name the clip's keyid and,
 when it records ``video_size`` / ``video_sha256``, the video must match them. Readers (:func:`check_shards`,
 :func:`iter_tar_members`) refuse members that are not ``<keyid>.<ext>``. Temporary files of a killed run are
 removed by the next run; SIGINT/SIGTERM stop a build cleanly (the report says ``interrupted``) and worker
@@ -56,10 +56,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from dataset.atomic import atomic_path, write_json
-from dataset.errors import BadInputError
-from dataset.hashing import sha256_file
-from dataset.keyids import check_keyid, check_member_name, child_path, is_keyid
+from core.atomic import atomic_path, write_json
+from core.errors import BadInputError
+from core.hashing import sha256_file
+from core.keyids import check_keyid, check_member_name, child_path, is_keyid
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ VIDEO_MEMBERS = {"jpgs": "video.jpgs", "mp4": "video.mp4"}
 BASE_MEMBERS = ("meta.json", "motion.npy", "sent.npy", "texts.json")
 ALL_MEMBERS = BASE_MEMBERS + tuple(VIDEO_MEMBERS.values())
 SPLITS = ("train", "val", "test")
-# temporary files of dataset.atomic (``.{final name}.XXXXXXXX.tmp{ext}``) whose final name is one of ours
+# temporary files of core.atomic (``.{final name}.XXXXXXXX.tmp{ext}``) whose final name is one of ours
 _TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
 _OUR_NAME_RE = re.compile(r"^(?:[A-Za-z0-9_-]+-\d{6}\.tar(?:\.json)?|[A-Za-z0-9_-]+\.json|stats\.npz|README\.md)$")
 _SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+\.tar$")
@@ -628,7 +628,7 @@ def _stop_on_signals() -> Iterator[None]:
 
 
 def temp_leftovers(out: Path) -> list[Path]:
-    """Temporary files of an interrupted run in a shard set (``.{name}.XXXXXXXX.tmp*`` of dataset.atomic for
+    """Temporary files of an interrupted run in a shard set (``.{name}.XXXXXXXX.tmp*`` of core.atomic for
     our own file names, in ``out`` and ``out/.build``)."""
     found = []
     for d in (out, out / ".build"):
@@ -1005,7 +1005,7 @@ def iter_tar_members(path: Path, suffix: str | None = None, refused: list[str] |
     """Yield (member name, bytes) of a tar in order (only names ending with ``suffix`` when given).
 
     Members that are not regular files, or whose name is not ``<keyid>.<ext>`` (``/``, ``..``, a bad keyid:
-    :func:`dataset.keyids.check_member_name`), are never yielded: each is logged and, when ``refused`` is a
+    :func:`core.keyids.check_member_name`), are never yielded: each is logged and, when ``refused`` is a
     list, appended to it as ``"member 'NAME': reason"``."""
     with tarfile.open(path, "r") as tf:
         for ti in tf:
@@ -1133,7 +1133,7 @@ def verify_shard(path: Path, entry: dict) -> dict:
 def verify_shards(shards_dir: str | os.PathLike, splits: Sequence[str] | None = None) -> list[dict]:
     """Check every shard of ``splits`` (default: every manifest) against its manifest's size and sha256.
 
-    Reads each tar once, in 1 MiB blocks (:func:`dataset.hashing.sha256_file`), without parsing it. Returns
+    Reads each tar once, in 1 MiB blocks (:func:`core.hashing.sha256_file`), without parsing it. Returns
     one dict per listed shard, in manifest order (see :func:`verify_shard`: ``file``, ``size``, ``sha256``,
     ``expected_size``, ``expected_sha256``, ``ok``, ``problem``); the set is intact when every ``ok`` is True.
 

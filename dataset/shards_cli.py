@@ -28,7 +28,7 @@ import os
 import sys
 from pathlib import Path
 
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 from dataset.subsets import NSIM_SPLIT
 
 log = logging.getLogger("build-shards")
@@ -305,7 +305,7 @@ def amass_body_key(path: str | os.PathLike) -> tuple[str, str]:
         BadInputError: naming the file and the field (missing/unreadable file, bad poses shape or gender).
     """
     from dataset.amass import POSE_WIDTHS, _member, _open_npz, _read, normalise_gender
-    from render.smpl_pickle import read_npy_header
+    from core.restricted_unpickle import read_npy_header
 
     path = os.fspath(path)
     with _open_npz(path) as zf:

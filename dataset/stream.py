@@ -46,7 +46,7 @@ made here, in the loader, after the caption is chosen - as HumanML3D's and TMR's
 
 Untrusted shards: the tars are read by this module (not by webdataset's tar expander), member by member.
 Members that are not regular files or whose name is not ``<keyid>.<ext>`` (``/``, ``..``, a bad keyid; see
-:func:`dataset.keyids.check_member_name`) are refused and never used; ``.npy`` members are parsed with their
+:func:`core.keyids.check_member_name`) are refused and never used; ``.npy`` members are parsed with their
 header checked first and never unpickled; manifests may only name plain ``<name>.tar`` files in their directory.
 
 Skipped samples never stop an epoch: each is logged with its keyid (the first few per reason) and counted per
@@ -76,9 +76,9 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from dataset.augment import AugmentConfig, augment_clip, center_box, clip_normalize, eval_view, names_a_side
-from dataset.errors import BadInputError
-from dataset.keyids import check_member_name
-from dataset.seeding import stable_rng, stable_seed
+from core.errors import BadInputError
+from core.keyids import check_member_name
+from core.seeding import stable_rng, stable_seed
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset.seeding import stable_rng
+from core.seeding import stable_rng
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def make_tiny_shards(out: str | os.PathLike, *, n_train: int = 48, n_val: int = 
         feature_dim: motion feature dimension (263 HumanML3D-like, 251 KIT-like).
         fps: clip frame rate (written to the sidecars).
         samples_per_shard: clips per tar.
-        seed: randomness (per clip via dataset.seeding).
+        seed: randomness (per clip via core.seeding).
         embedder: a SentenceEmbedder (default: the bundled all-MiniLM-L6-v2).
     """
     from dataset.clip import Clip, FrameSpec, Text

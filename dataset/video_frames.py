@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 
 JPGS_MAGIC = b"LVJPGS1\x00"
 _HEADER = struct.Struct("<8sIII")

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 from dataset.subsets import DissimilarSubset, build_dissimilar_subset, read_subset  # noqa: F401 (re-exported)
 from model import metrics as M
 

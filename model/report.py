@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from dataset.atomic import atomic_path, write_text
+from core.atomic import atomic_path, write_text
 from model.metrics import METRIC_KEYS
 
 log = logging.getLogger(__name__)
@@ -245,8 +245,8 @@ def extract_shard_clips(shards: str | os.PathLike, split: str, keyids: Sequence[
     """
     import tarfile
 
-    from dataset.errors import BadInputError
-    from dataset.keyids import check_keyid, check_member_name, child_path
+    from core.errors import BadInputError
+    from core.keyids import check_keyid, check_member_name, child_path
     from dataset.stream import resolve_shards
     from dataset.video_frames import decode_jpgs, write_video
 

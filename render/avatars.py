@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 
 log = logging.getLogger(__name__)
 

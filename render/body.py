@@ -6,7 +6,7 @@
 AMASS's ``DIR/smplh/male/model.npz`` is accepted too). Both go through smplx's own model classes (the
 procedural body through ``smplx.SMPL(data_struct=...)``), so posing is the same code for both.
 
-Model files are untrusted input: the project reads them itself (:mod:`render.smpl_pickle`: an allow-list
+Model files are untrusted input: the project reads them itself (:mod:`body.smpl_files`: an allow-list
 unpickler for ``.pkl``, plain ``.npy`` reads for ``.npz``), checks the arrays (:func:`model_arrays`) and
 hands smplx plain arrays only (``data_struct`` for SMPL / SMPL-H; for SMPL-X, whose constructor always reads
 the file itself with ``np.load(allow_pickle=True)``, :func:`_smplx_from_arrays` builds the model without
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
@@ -371,10 +371,10 @@ _MIN_SHAPE_COLS = {"smpl": 10, "smplh": 10, "smplx": 20}
 
 
 def _read_model_data(path: Path) -> dict[str, Any]:
-    """Every member of a model file, read by the restricted loaders of :mod:`render.smpl_pickle`
+    """Every member of a model file, read by the restricted loaders of :mod:`body.smpl_files`
     (``.pkl``: allow-list unpickler; ``.npz``: plain ``.npy`` reads, object members through the same
     allow-list). scipy.sparse values are made dense. Never ``np.load`` / ``pickle.load``."""
-    from render.smpl_pickle import load_npz_restricted, load_smpl_pickle
+    from body.smpl_files import load_npz_restricted, load_smpl_pickle
 
     if path.suffix.lower() == ".pkl":
         data = load_smpl_pickle(path)

@@ -10,7 +10,7 @@ others) or the run was interrupted (SIGINT / SIGTERM; the report lists the clips
 error (bad arguments, no EGL, avatars/lights/body models/output unusable, disk full), as one line.
 
 Reliability: outputs are written atomically and only inside ``--out`` (keyids are checked, see
-:mod:`dataset.keyids`); a clip counts as done only when its mp4 matches the size and sha256 recorded in its
+:mod:`core.keyids`); a clip counts as done only when its mp4 matches the size and sha256 recorded in its
 sidecar (:func:`render.pipeline.verify_outputs`); temporary files a killed run left for this run's clips are
 removed at start; worker processes exit when the parent dies.
 """
@@ -36,10 +36,10 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 from tqdm import tqdm  # noqa: E402
 
-from dataset.atomic import write_json  # noqa: E402
+from core.atomic import write_json  # noqa: E402
 from dataset.clip import Clip  # noqa: E402
-from dataset.errors import BadInputError  # noqa: E402
-from dataset.keyids import check_keyid, is_keyid  # noqa: E402
+from core.errors import BadInputError  # noqa: E402
+from core.keyids import check_keyid, is_keyid  # noqa: E402
 
 log = logging.getLogger("render-amass")
 
@@ -124,7 +124,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(out: Path, finals: set[str]) -> tuple[int, int]:
-    """Remove temporary files a killed run left in ``out``: ``.{name}.XXXX.tmp{ext}`` (dataset.atomic and the
+    """Remove temporary files a killed run left in ``out``: ``.{name}.XXXX.tmp{ext}`` (core.atomic and the
     video writer) whose final ``name`` is in ``finals`` (this run's ``<keyid>.mp4`` / ``<keyid>.json`` /
     report), and write probes of processes that no longer exist. Temporary files of other names are left
     alone: another ``--part`` may be writing them now. Returns (removed, left)."""

@@ -19,7 +19,7 @@ import numpy as np
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
-from dataset.atomic import atomic_path  # noqa: E402
+from core.atomic import atomic_path  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ frame into ``OUT/<keyid>.mp4`` and write ``OUT/<keyid>.json``. Three stages over
 loads/poses/computes normals for upcoming frames (numpy/torch release the GIL), the calling thread owns the
 EGL context and rasterises, and :class:`render.video.VideoWriter` pipes frames to ffmpeg on its own thread.
 
-Safety on untrusted input: keyids are checked (:func:`dataset.keyids.check_keyid`) and every output path is
-built with :func:`dataset.keyids.child_path`, so no clip writes outside ``OUT``. Both outputs are written
+Safety on untrusted input: keyids are checked (:func:`core.keyids.check_keyid`) and every output path is
+built with :func:`core.keyids.child_path`, so no clip writes outside ``OUT``. Both outputs are written
 atomically; the sidecar, written last, records the video's ``video_size`` (bytes) and ``video_sha256``, and
 a clip counts as done on resume only when its mp4 still matches them (:func:`verify_outputs`). A missing or
 bad body-model file and a full disk stop the whole run (:class:`FatalRenderError`); other problems fail one
@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import numpy as np
 
 from dataset.amass import load_amass
-from dataset.atomic import write_json
+from core.atomic import write_json
 from dataset.clip import Clip
-from dataset.errors import BadInputError
-from dataset.hashing import sha256_file
-from dataset.keyids import check_keyid, child_path
-from dataset.seeding import stable_choice
+from core.errors import BadInputError
+from core.hashing import sha256_file
+from core.keyids import check_keyid, child_path
+from core.seeding import stable_choice
 from render.avatars import Avatar, load_avatars, load_texture_image, load_uv_layout, region_labels, vertex_colors
 from render.lights import LightSetup, load_lights
 from render.lod import LevelOfDetail, body_lod, full_detail, parse_lod

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset.atomic import atomic_path
+from core.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Frames are handed to :meth:`VideoWriter.write` (non-blocking up to ``queue_frames``); a thread pipes them to
 an ffmpeg subprocess, so encoding overlaps rasterisation. The file is written to a temporary name in the
-target directory and renamed on :meth:`close` (atomic, via ``dataset.atomic``); :meth:`abort` removes it.
+target directory and renamed on :meth:`close` (atomic, via ``core.atomic``); :meth:`abort` removes it.
 ``+faststart`` puts the index first so browsers can start playback before the download ends.
 
 A file is only moved into place when ffmpeg exited with status 0 and :func:`probe_mp4` finds a complete
@@ -25,7 +25,7 @@ from typing import Callable
 import imageio_ffmpeg
 import numpy as np
 
-from dataset.atomic import atomic_path
+from core.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -52,9 +52,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python scripts/paper_ablations.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from dataset.atomic import write_json, write_text  # noqa: E402
-from dataset.errors import BadInputError  # noqa: E402
-from dataset.keyids import check_keyid, child_path  # noqa: E402
+from core.atomic import write_json, write_text  # noqa: E402
+from core.errors import BadInputError  # noqa: E402
+from core.keyids import check_keyid, child_path  # noqa: E402
 
 DEFAULT_DATA = REPO / "model" / "presets" / "ablations" / "paper_tables.json"
 TRAIN_PY = REPO / "train.py"

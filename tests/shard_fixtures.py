@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from dataset.clip import Clip, FrameSpec, Text
-from dataset.seeding import stable_rng
+from core.seeding import stable_rng
 from dataset.video_frames import write_video
 
 FEATURE_DIM = 263

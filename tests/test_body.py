@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 from render import procedural_body as pb
 from render.body import PART_NAMES, Body, load_body, mirror_amass, mirror_permutation
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 from dataset.features import (AMASS_TO_HUMANML3D, amass_to_joints, clip_features, feature_stats,
                               features_to_joints, joints_to_features, mirror_joints, process_joints)
 from dataset.motion import HUMANML3D, KIT, get_skeleton

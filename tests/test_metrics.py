@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 from model import metrics as M
 
 # np.random.seed(0); np.random.shuffle(np.arange(70)) -- the permutation TMR's guo protocol draws for N = 70.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 from model import metrics as M
 from model import protocols as P
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dataset.clip import Clip, FrameSpec
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 from render.avatars import REGIONS, load_avatar, load_avatars, region_labels, vertex_colors
 from render.cli import add_mirrored, parse_part, select_part, SetupError
 from render.lights import load_lights

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from dataset.hashing import sha256_file
+from core.hashing import sha256_file
 from render.cli import main
 from render.video import probe_mp4
 

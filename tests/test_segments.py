@@ -19,7 +19,7 @@ import pytest
 from dataset.annotations import load_clips, parse_humanml3d_text
 from dataset.augment import CLIP_MEAN, CLIP_STD
 from dataset.clip import Clip, FrameSpec, Text
-from dataset.seeding import stable_rng
+from core.seeding import stable_rng
 from dataset.shards import BuildConfig, build_shards, check_shards, json_bytes, npy_bytes, parse_texts
 from dataset.stream import (SKIP_REASONS, SampleError, SampleTransform, is_whole_clip, load_stats, make_loader,
                             min_segment_rows, segment_rows)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shard_fixtures import fake_features, make_corpus  # noqa: E402
 
 from dataset.clip import Text  # noqa: E402
-from dataset.errors import BadInputError  # noqa: E402
+from core.errors import BadInputError  # noqa: E402
 from dataset.shards import (BuildConfig, build_shards, check_shards, member_name, read_manifests,  # noqa: E402
                             temp_leftovers, verify_shards, write_tar)
 from dataset.shards_cli import main as cli_main  # noqa: E402

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 from render import procedural_body as pb
 from render.body import load_body
-from render.smpl_pickle import load_npz_restricted, load_smpl_pickle
+from body.smpl_files import load_npz_restricted, load_smpl_pickle
 
 
 def _fake_chumpy(monkeypatch) -> types.SimpleNamespace:

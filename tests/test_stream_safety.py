@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 from dataset.stream import NoUsableSamplesError, SampleTransform, load_stats, make_loader
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from dataset.hashing import sha256_file
+from core.device import resolve_precision
+from core.hashing import sha256_file
 from model.run_dir import MetricsTable, RunDir
 from model.schedule import lr_factor, paper_scheduler
 from model.training import (
     NonFiniteGuard, RunningMeans, TrainingDiverged, load_training_state, param_groups, preserved_rng,
-    resolve_precision, retrieval_scores, rng_state, save_training_state, set_rng_state,
+    retrieval_scores, rng_state, save_training_state, set_rng_state,
 )
 
 import train as train_script
@@ -194,7 +195,7 @@ def test_run_dir_layout(tmp_path):
     assert run.last.name == "last.safetensors" and run.best.parent == run.ckpt_dir
     import model.run_dir
 
-    assert model.run_dir.sha256_file is sha256_file  # one sha256 helper: dataset.hashing's
+    assert model.run_dir.sha256_file is sha256_file  # one sha256 helper: core.hashing's
 
 
 class _NaNModel(torch.nn.Module):

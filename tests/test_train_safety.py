@@ -24,8 +24,8 @@ import pytest
 import torch
 
 import train as train_script
-from dataset.errors import BadInputError
-from dataset.hashing import sha256_file
+from core.errors import BadInputError
+from core.hashing import sha256_file
 from model.training import (
     NonFiniteGuard, SkipBudget, TrainingStalled, load_training_state, save_training_state,
 )

@@ -37,7 +37,7 @@ from shard_fixtures import fake_features, make_clip, write_clip_video  # noqa: E
 
 
 def build_corpus(root: Path, n: int, size: int, frames: tuple[int, int]):
-    from dataset.seeding import stable_rng
+    from core.seeding import stable_rng
 
     videos = root / "videos"
     videos.mkdir(parents=True)

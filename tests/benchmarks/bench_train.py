@@ -67,8 +67,8 @@ def main(argv=None) -> int:
 
     from dataset.stream import make_loader
     from model import build_model, load_preset
-    from model.training import (LossModule, NonFiniteGuard, Stepper, make_optimizer, resolve_device,
-                                resolve_precision, seed_everything)
+    from core.device import resolve_device, resolve_precision
+    from model.training import LossModule, NonFiniteGuard, Stepper, make_optimizer, seed_everything
 
     if args.quick:
         args.steps, args.warmup = min(args.steps, 3), min(args.warmup, 1)
