@@ -166,7 +166,7 @@ def check_output_dir(out: Path) -> None:
 #: modules the worker processes need, imported once by the forkserver process the workers are forked from
 #: (instead of once per spawned worker: torch and pyrender alone take ~5 s of CPU to import). Importing them
 #: creates no EGL context and runs no torch kernels, so forking after it is safe.
-WORKER_PRELOAD = ["torch", "smplx", "scipy.sparse", "scipy.ndimage", "pyrender", "render.pipeline", "render.body",
+WORKER_PRELOAD = ["torch", "smplx", "scipy.sparse", "scipy.ndimage", "pyrender", "render.pipeline", "body.model",
                   "render.scene", "render.trajectory"]
 
 

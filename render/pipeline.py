@@ -222,7 +222,7 @@ class BodyCache:
         self._lods: dict = {}
 
     def body(self, model_type: str, gender: str):
-        from render.body import load_body
+        from body.model import load_body
 
         key = (model_type, gender)
         if key not in self._bodies:
@@ -331,7 +331,7 @@ def prepare_clip(clip: Clip, cfg: RenderConfig, avatars: list[Avatar], lights: l
     Raises:
         BadInputError: bad or missing AMASS file, frames out of range, a clip selecting no frames.
     """
-    from render.body import mirror_amass
+    from body.model import mirror_amass
     from render.trajectory import follow_trajectory
 
     path = amass_file(cfg.amass_root, clip.amass_path)

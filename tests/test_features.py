@@ -217,7 +217,7 @@ def test_feature_stats_convention():
 # ------------------------------------------------------------------------------------------------
 
 class _RecordingBody:
-    """A test double for render.body.Body: joints = given array, records the call."""
+    """A test double for body.model.Body: joints = given array, records the call."""
 
     def __init__(self, joints):
         self.joints = joints
@@ -247,7 +247,7 @@ def test_amass_axes_are_humanml3d_convention():
 
 @pytest.fixture(scope="module")
 def procedural_body():
-    body_mod = pytest.importorskip("render.body", reason="render/body.py not available")
+    body_mod = pytest.importorskip("body.model", reason="render/body.py not available")
     return body_mod.load_body(None)
 
 

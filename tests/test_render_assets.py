@@ -89,7 +89,7 @@ def test_avatars_dir_problems(tmp_path):
 
 
 def test_regions_on_the_procedural_body():
-    from render.body import load_body
+    from body.model import load_body
 
     body = load_body()
     a = load_avatar(REPO / "assets" / "avatars" / "a01-red-tee.json")

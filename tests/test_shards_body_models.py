@@ -28,7 +28,7 @@ from dataset.features import clip_features  # noqa: E402
 from dataset.shards import read_manifests  # noqa: E402
 from dataset.shards_cli import BODY_MODELS_UNUSED, amass_features_fn  # noqa: E402
 from dataset.shards_cli import main as cli_main  # noqa: E402
-from render.body import load_body  # noqa: E402
+from body.model import load_body  # noqa: E402
 from tests.test_smpl_pickle import _smpl_dict  # noqa: E402
 
 #: keyid -> (AMASS file, gender, split)

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 
 from dataset.amass import load_amass, read_amass_header
 from core.errors import BadInputError
-from render.body import load_body
+from body.model import load_body
 from body.smpl_files import load_npz_restricted, load_smpl_pickle
 from core.restricted_unpickle import MAX_DEPTH
 from tests.test_smpl_pickle import _fake_chumpy, _smpl_dict, _without_chumpy, _write_chumpy_pickle

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     from dataset.amass import load_amass
     from dataset.clip import Clip, FrameSpec
     from render.avatars import load_avatars, region_labels, vertex_colors
-    from render.body import load_body
+    from body.model import load_body
     from render.lights import load_lights
     from render.pipeline import RenderConfig, choose_avatar_light, render_clips
     from render.scene import SceneRenderer, VertexNormals
