@@ -176,7 +176,7 @@ def tiny_eval(tmp_path_factory):
     """(shards, run) with a tiny random-init LAVIMO checkpoint (tri-modal) and a test split of 34 clips."""
     torch = pytest.importorskip("torch")
     try:
-        from dataset.tiny_shards import make_tiny_shards
+        from tests.fixtures.tiny_shards import make_tiny_shards
         from model import build_model, load_preset, save_checkpoint
     except ImportError as exc:  # pragma: no cover - every piece is in this repository
         pytest.skip(f"model/shard pieces missing: {exc}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import json
-import sys
 import tarfile
 from pathlib import Path
 
@@ -18,8 +17,7 @@ import numpy as np
 import pytest
 import torch._dynamo  # noqa: F401  # loads triton's LLVM now: loaded after mesa's (EGL rendering), it segfaults
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shard_fixtures import fake_features, make_corpus  # noqa: E402
+from tests.fixtures.shard_fixtures import fake_features, make_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,7 +55,7 @@ SYNTH = ["--motions", "4", "--subjects", "2", "--nsim-size", "0"]
     (2, "not an int"), (2, "out is a file"), (2, "out under a file"), (2, "disk full"),
 ])
 def test_synth_amass(code, case, tmp_path, capsys, monkeypatch):
-    import dataset.synth as synth
+    import dataset.synth.corpus as synth
 
     out = tmp_path / "corpus"
     args = ["--out", str(out), *SYNTH]

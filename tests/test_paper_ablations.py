@@ -220,14 +220,14 @@ TINY_SHARDS = dict(n_train=32, n_val=8, n_test=34, n_classes=4, samples_per_shar
 
 
 def _cached_tiny_shards(request) -> Path:
-    """Tiny shards (dataset.tiny_shards) in pytest's cache, rebuilt when the generator or writer changes.
+    """Tiny shards (tests.fixtures.tiny_shards) in pytest's cache, rebuilt when the generator or writer changes.
     Clips of 41-45 feature rows: at least the loader's minimum caption segment (40 rows for 263-dim features)."""
     import hashlib
 
-    from dataset.tiny_shards import make_tiny_shards
+    from tests.fixtures.tiny_shards import make_tiny_shards
 
     h = hashlib.sha256(json.dumps(TINY_SHARDS, sort_keys=True).encode())
-    for f in ("dataset/tiny_shards.py", "dataset/shards.py", "dataset/video_frames.py", "dataset/text_embed.py"):
+    for f in ("tests/fixtures/tiny_shards.py", "dataset/shards.py", "dataset/video_frames.py", "dataset/text_embed.py"):
         h.update((REPO / f).read_bytes())
     cache = getattr(request.config, "cache", None)
     root = Path(cache.mkdir("lavimo-ablation-shards")) if cache is not None else Path(

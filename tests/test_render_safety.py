@@ -1,6 +1,6 @@
 """``render-amass`` on untrusted input and under interruption (issue 15).
 
-Every test writes its own crafted input on top of a tiny synthetic corpus (``dataset.synth``, 32 px frames,
+Every test writes its own crafted input on top of a tiny synthetic corpus (``dataset.synth.corpus``, 32 px frames,
 a few frames per clip): keyids that are paths, truncated / altered outputs, stale temporary files, killed and
 interrupted runs, set-up errors (missing body models, bad lights, full disk).
 """
@@ -34,7 +34,7 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
     """A 4-motion synthetic AMASS corpus (2-8 s motions); tests write their own annotations on top."""
-    from dataset.synth import generate_corpus
+    from dataset.synth.corpus import generate_corpus
 
     root = tmp_path_factory.mktemp("render_safety")
     generate_corpus(root, n_motions=4, subjects=1, nsim_size=0)  # nsim_size=0: no sentence model

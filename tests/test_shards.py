@@ -7,15 +7,12 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shard_fixtures import FEATURE_DIM, fake_features, make_clip, make_corpus, write_clip_video  # noqa: E402
+from tests.fixtures.shard_fixtures import FEATURE_DIM, fake_features, make_clip, make_corpus, write_clip_video  # noqa: E402
 
 from dataset.shards import (BuildConfig, ShardSetMismatch, build_shards, check_shards,  # noqa: E402
                             read_manifests)

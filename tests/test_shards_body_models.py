@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import sys
 import tarfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,8 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shard_fixtures import write_clip_video  # noqa: E402
+from tests.fixtures.shard_fixtures import write_clip_video  # noqa: E402
 
 from dataset.annotations import load_clips  # noqa: E402
 from dataset.features import clip_features  # noqa: E402

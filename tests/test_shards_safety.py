@@ -22,8 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shard_fixtures import fake_features, make_corpus  # noqa: E402
+from tests.fixtures.shard_fixtures import fake_features, make_corpus  # noqa: E402
 
 from dataset.clip import Text  # noqa: E402
 from core.errors import BadInputError  # noqa: E402
@@ -368,9 +367,9 @@ def test_enospc_is_a_setup_error_naming_the_file(cli_env, capsys, monkeypatch):
 _SCRIPT_HEAD = """
 import json, os, sys, time
 from pathlib import Path
-sys.path.insert(0, {tests!r})
+sys.path.insert(0, {repo!r})
 import numpy as np
-from shard_fixtures import fake_features, make_corpus
+from tests.fixtures.shard_fixtures import fake_features, make_corpus
 import dataset.annotations, dataset.shards, dataset.text_embed
 
 class FakeEmbedder:
@@ -393,7 +392,7 @@ def features(clip, *a, **k):
 
 def _script(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "run.py"
-    path.write_text(_SCRIPT_HEAD.format(tests=str(ROOT / "tests"), root=str(tmp_path)) + textwrap.dedent(body))
+    path.write_text(_SCRIPT_HEAD.format(repo=str(ROOT), root=str(tmp_path)) + textwrap.dedent(body))
     return path
 
 

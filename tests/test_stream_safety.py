@@ -43,7 +43,7 @@ class FakeEmbedder:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """8 train clips (2 shards of 4) and 4 val clips (1 shard), 16 px, real writer."""
-    from dataset.tiny_shards import make_tiny_shards
+    from tests.fixtures.tiny_shards import make_tiny_shards
 
     out = tmp_path_factory.mktemp("stream-safety") / "shards"
     make_tiny_shards(out, n_train=8, n_val=4, samples_per_shard=4, size=16, frames=(9, 12),

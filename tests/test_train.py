@@ -242,16 +242,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def cached_tiny_shards(request, name: str, **kw) -> Path:
-    """A tiny shard set (dataset.tiny_shards) cached in pytest's cache dir, keyed by the generator's and the
+    """A tiny shard set (tests.fixtures.tiny_shards) cached in pytest's cache dir, keyed by the generator's and the
     shard writer's sources and ``kw``; rebuilt when any of them changes."""
     import hashlib
     import os
     import shutil
 
-    from dataset.tiny_shards import make_tiny_shards
+    from tests.fixtures.tiny_shards import make_tiny_shards
 
     h = hashlib.sha256(json.dumps(kw, sort_keys=True).encode())
-    for f in ("dataset/tiny_shards.py", "dataset/shards.py", "dataset/video_frames.py", "dataset/text_embed.py"):
+    for f in ("tests/fixtures/tiny_shards.py", "dataset/shards.py", "dataset/video_frames.py", "dataset/text_embed.py"):
         h.update((REPO / f).read_bytes())
     cache = getattr(request.config, "cache", None)  # absent under `-p no:cacheprovider`
     if cache is not None:

@@ -29,11 +29,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from shard_fixtures import fake_features, make_clip, write_clip_video  # noqa: E402
+from tests.fixtures.shard_fixtures import fake_features, make_clip, write_clip_video  # noqa: E402
 
 
 def build_corpus(root: Path, n: int, size: int, frames: tuple[int, int]):

@@ -26,12 +26,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench_loader import build_corpus  # noqa: E402
-from shard_fixtures import fake_features  # noqa: E402
+from tests.fixtures.shard_fixtures import fake_features  # noqa: E402
 
 
 def naive_sample(clip, videos: Path, embedder, frame_size: int = 256) -> dict:
