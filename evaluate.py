@@ -488,13 +488,15 @@ def _record_sentence_model(results: dict[str, Any], info: dict[str, Any], cfg: A
 
 def has_split(shards: str | os.PathLike, split: str) -> bool:
     """Whether the shard set holds ``split`` (its manifest ``{split}.json`` exists)."""
-    return (Path(shards) / f"{split}.json").is_file()
+    from dataset.shard_format import manifest_path
+
+    return manifest_path(shards, split).is_file()
 
 
 def _text_model_info(shards: str | os.PathLike, split: str) -> dict[str, Any]:
     """The sentence model the split's embeddings came from, as its manifest records it (for metrics.json)."""
     try:
-        from dataset.stream import read_manifest
+        from dataset.shard_format import read_manifest
 
         text = read_manifest(shards, split).get("text_model") or {}
     except (OSError, ValueError):

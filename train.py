@@ -193,16 +193,16 @@ def _load_config(source, overrides: dict[str, Any]):
 # shards
 
 
-def check_shards(shards: Path, cfg) -> dict[str, dict]:
-    """Read the train/val manifests; clear errors (BadInputError naming the file and field) for a missing/empty
+def check_training_manifests(shards: Path, cfg) -> dict[str, dict]:
+    """Read the train/val manifests (not the tars: see :func:`verify_shards`); clear errors (BadInputError naming the file and field) for a missing/empty
     directory, an unreadable manifest or a feature-dim mismatch."""
-    from dataset.stream import read_manifest
+    from dataset.shard_format import manifest_path, read_manifest
 
     if not shards.is_dir():
         raise BadInputError(shards, None, "shard directory not found (build it with build-shards)")
     manifests = {}
     for split in ("train", "val"):
-        mpath = shards / f"{split}.json"
+        mpath = manifest_path(shards, split)
         if not mpath.is_file() and not any(shards.glob(f"{split}-*.tar")):
             raise BadInputError(shards, split, f"no {split} shards ({split}.json + {split}-NNNNNN.tar); "
                                                "build them with build-shards")
@@ -365,7 +365,7 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
     if missing:  # before anything is written: every missing piece in one message
         raise SetupError(f"missing pretrained weights (nothing is downloaded; or pass --random-init): "
                          f"{'; '.join(missing)}")
-    manifests = check_shards(args.shards, cfg)
+    manifests = check_training_manifests(args.shards, cfg)
     n_train = int(manifests["train"]["num_samples"])
     steps_per_epoch = cfg.epoch_batches or n_train // (cfg.batch_size * dinfo.world_size)
     if steps_per_epoch < 1:

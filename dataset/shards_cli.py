@@ -281,7 +281,7 @@ def body_models_clash(out: str | os.PathLike, body_models: str) -> str | None:
     shards: like another text model, it needs another ``--out`` or ``--overwrite``. Manifests written before
     ``body_models`` was recorded count as ``"procedural"`` (the only body there was); manifests of features
     read from ``humanml3d_vecs`` never clash (their shards are rebuilt: their inputs differ)."""
-    from dataset.shards import read_manifests
+    from dataset.shard_format import manifest_path, read_manifests
 
     for split, m in sorted(read_manifests(Path(out)).items()):
         src = m.get("sources") if isinstance(m.get("sources"), dict) else {}
@@ -289,7 +289,7 @@ def body_models_clash(out: str | os.PathLike, body_models: str) -> str | None:
             continue
         prior = str(src.get("body_models", "procedural"))
         if not _same_body(prior, body_models):
-            return (f"{Path(out) / (split + '.json')}: the shard set's motion features were computed with "
+            return (f"{manifest_path(out, split)}: the shard set's motion features were computed with "
                     f"body_models={prior} but this run uses {body_models}; one shard set cannot mix them (use "
                     "another --out or --overwrite)")
     return None

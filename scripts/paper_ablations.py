@@ -55,6 +55,7 @@ if str(REPO) not in sys.path:  # `python scripts/paper_ablations.py` from anywhe
 from core.atomic import write_json, write_text  # noqa: E402
 from core.errors import BadInputError  # noqa: E402
 from core.keyids import check_keyid, child_path  # noqa: E402
+from dataset.shard_format import manifest_path  # noqa: E402
 
 DEFAULT_DATA = REPO / "model" / "presets" / "ablations" / "paper_tables.json"
 TRAIN_PY = REPO / "train.py"
@@ -466,9 +467,9 @@ def cmd_train(args: argparse.Namespace, passthrough: list[str]) -> int:
     tables = load_data(data_path)
     selected = select_rows(tables, args.table, args.rows, data_path)
     shards = Path(args.shards)
-    for f in ("train.json", "val.json"):
-        if not (shards / f).is_file():
-            raise SetupError(f"{shards / f}: not found; --shards needs a shard set with train and val splits "
+    for split in ("train", "val"):
+        if not manifest_path(shards, split).is_file():
+            raise SetupError(f"{manifest_path(shards, split)}: not found; --shards needs a shard set with train and val splits "
                              "(build it with build-shards)")
     out = Path(args.out)
     if out.exists() and not out.is_dir():

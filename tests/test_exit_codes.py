@@ -262,7 +262,7 @@ def test_build_shards(code, case, shards_cli, tmp_path, capsys, monkeypatch):
     if code == 0:
         assert "done 5" in printed.out
     elif code == 1:  # the other clips are written
-        from dataset.shards import read_manifests
+        from dataset.shard_format import read_manifests
 
         assert "1 clips not written" in printed.out
         assert sum(m["num_samples"] for m in read_manifests(out).values()) == sum(COUNTS.values()) - 1

@@ -14,8 +14,8 @@ import pytest
 
 from tests.fixtures.shard_fixtures import FEATURE_DIM, fake_features, make_clip, make_corpus, write_clip_video  # noqa: E402
 
-from dataset.shards import (BuildConfig, ShardSetMismatch, build_shards, check_shards,  # noqa: E402
-                            read_manifests)
+from dataset.shard_format import read_manifests  # noqa: E402
+from dataset.shards import BuildConfig, ShardSetMismatch, build_shards, check_shards  # noqa: E402
 from dataset.shards_cli import main as cli_main  # noqa: E402
 
 COUNTS = {"train": 6, "val": 3, "test": 2}

@@ -23,7 +23,7 @@ from tests.fixtures.shard_fixtures import write_clip_video  # noqa: E402
 
 from dataset.annotations import load_clips  # noqa: E402
 from dataset.features import clip_features  # noqa: E402
-from dataset.shards import read_manifests  # noqa: E402
+from dataset.shard_format import read_manifests  # noqa: E402
 from dataset.shards_cli import BODY_MODELS_UNUSED, amass_features_fn  # noqa: E402
 from dataset.shards_cli import main as cli_main  # noqa: E402
 from body.model import load_body  # noqa: E402

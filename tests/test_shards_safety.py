@@ -26,8 +26,8 @@ from tests.fixtures.shard_fixtures import fake_features, make_corpus  # noqa: E4
 
 from dataset.clip import Text  # noqa: E402
 from core.errors import BadInputError  # noqa: E402
-from dataset.shards import (BuildConfig, build_shards, check_shards, member_name, read_manifests,  # noqa: E402
-                            temp_leftovers, verify_shards, write_tar)
+from dataset.shard_format import member_name, read_manifests, write_tar  # noqa: E402
+from dataset.shards import BuildConfig, build_shards, check_shards, temp_leftovers, verify_shards  # noqa: E402
 from dataset.shards_cli import main as cli_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

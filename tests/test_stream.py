@@ -16,7 +16,8 @@ from tests.fixtures.shard_fixtures import FEATURE_DIM, fake_features, make_corpu
 
 from dataset.augment import CLIP_MEAN, CLIP_STD, AugmentConfig, augment_clip, clip_normalize  # noqa: E402
 from dataset.shards import BuildConfig, build_shards  # noqa: E402
-from dataset.stream import SampleTransform, load_stats, make_loader, read_manifest  # noqa: E402
+from dataset.shard_format import load_stats, read_manifest  # noqa: E402
+from dataset.stream import SampleTransform, make_loader  # noqa: E402
 
 COUNTS = {"train": 8, "val": 5}
 

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from core.errors import BadInputError
-from dataset.stream import NoUsableSamplesError, SampleTransform, load_stats, make_loader
+from dataset.shard_format import load_stats
+from dataset.stream import NoUsableSamplesError, SampleTransform, make_loader
 
 ROOT = Path(__file__).resolve().parents[1]
 KW = dict(image_size=16, num_frames=2)  # small batches: these tests are about skipping, not pixels

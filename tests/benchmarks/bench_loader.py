@@ -166,7 +166,8 @@ def main(argv=None) -> int:
     frames = (16, 30) if args.quick else (80, 196)
     batch = 4 if args.quick else 8
 
-    from dataset.shards import BuildConfig, build_shards, read_manifests
+    from dataset.shard_format import read_manifests
+    from dataset.shards import BuildConfig, build_shards
     from dataset.text_embed import SentenceEmbedder
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-loader-"))

@@ -40,7 +40,8 @@ def naive_sample(clip, videos: Path, embedder, frame_size: int = 256) -> dict:
     import numpy as np
     from PIL import Image
 
-    from dataset.shards import json_bytes, npy_bytes, texts_of
+    from dataset.shard_format import json_bytes, npy_bytes
+    from dataset.shards import texts_of
     from dataset.video_frames import encode_jpgs, read_sidecar, read_video
 
     side = read_sidecar(videos / f"{clip.keyid}.json")
