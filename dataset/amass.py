@@ -149,6 +149,18 @@ def _read(zf: zipfile.ZipFile, path: str, key: str, numeric: bool = True) -> np.
         return read_npy(fh, path, key, object_loader=lambda raw: _unpickle_plain(raw, path, key))
 
 
+def amass_file(amass_root: str | os.PathLike, amass_path: str) -> tuple[str, Path]:
+    """(the relative path used, the file) for ``amass_path`` under ``amass_root``: ``ROOT/amass_path``, falling
+    back from ``*_poses.npz`` to ``*_stageii.npz`` (AMASS's newer release) when only that one exists. The file
+    need not exist (the caller reports it)."""
+    p = Path(amass_root) / amass_path
+    if not p.is_file() and amass_path.endswith("_poses.npz"):
+        alt = amass_path[: -len("_poses.npz")] + "_stageii.npz"
+        if (Path(amass_root) / alt).is_file():
+            return alt, Path(amass_root) / alt
+    return amass_path, p
+
+
 def read_amass_header(path: str | os.PathLike) -> tuple[int, float]:
     """(number of frames, fps) of an AMASS file, reading only array headers and the fps member.
 

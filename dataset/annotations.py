@@ -67,7 +67,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dataset.amass import read_amass_header
+from dataset.amass import amass_file, read_amass_header
 from dataset.clip import Clip, FrameSpec, Text
 from core.errors import BadInputError
 from dataset.frames import HUMANML3D_FPS
@@ -701,20 +701,10 @@ def _load_tmr(json_path: Path, split: str | None, mirrored: bool, report: LoadRe
 # AMASS resolution
 
 
-def _amass_file(amass_root: Path, amass_path: str) -> tuple[str, Path]:
-    """The file for ``amass_path``, falling back from ``*_poses.npz`` to ``*_stageii.npz``."""
-    p = amass_root / amass_path
-    if not p.is_file() and amass_path.endswith("_poses.npz"):
-        alt = amass_path[: -len("_poses.npz")] + "_stageii.npz"
-        if (amass_root / alt).is_file():
-            return alt, amass_root / alt
-    return amass_path, p
-
-
 def _resolve(clips: list[Clip], amass_root: Path, report: LoadReport) -> list[Clip]:
     headers: dict[str, tuple[str, int, float] | BadInputError] = {}
     for ap in tqdm(sorted({c.amass_path for c in clips}), desc="AMASS headers", unit="file", disable=None):
-        real, p = _amass_file(amass_root, ap)
+        real, p = amass_file(amass_root, ap)
         try:
             n, fps = read_amass_header(p)
             headers[ap] = (real, n, fps)

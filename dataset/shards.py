@@ -295,13 +295,15 @@ def prepare_sample(clip, cfg: BuildConfig, features_fn: Callable) -> dict[str, b
 
     Raises BadInputError for bad inputs (bad keyid, unreadable video or sidecar, sidecar of another clip or
     not matching the video, frame count mismatch, bad features)."""
-    from dataset.video_frames import encode_jpgs, read_sidecar, read_video_scaled
+    from core.mp4 import read_video
+    from dataset.video_frames import encode_jpgs, read_sidecar
 
     mp4, side_path = clip_inputs(clip, cfg)
     side = read_sidecar(side_path)
     check_sidecar(side, side_path, clip.keyid, mp4)
     # (T, H, W, 3) uint8, scaled by ffmpeg while decoding (the mp4 format only needs the frame count)
-    frames, (src_w, src_h) = read_video_scaled(mp4, cfg.frame_size if cfg.video_format == "jpgs" else 32)
+    frames, info = read_video(mp4, cfg.frame_size if cfg.video_format == "jpgs" else 32)
+    src_w, src_h = info["source_size"]
     n_side = side.get("num_frames", len(side.get("frames", [])) or None)
     if n_side is not None and int(n_side) != len(frames):
         raise BadInputError(mp4, "video", f"{len(frames)} frames decoded but the sidecar says {n_side}")

@@ -438,7 +438,8 @@ class SampleTransform:
     def _video(self, sample: dict, rng: np.random.Generator | None, captions: Sequence[str] = (),
                window: tuple[int, int] | None = None):
         import torch
-        from dataset.video_frames import decode_jpgs, jpgs_info, mp4_frames
+        from core.mp4 import mp4_frames
+        from dataset.video_frames import decode_jpgs, jpgs_info
 
         if VIDEO_JPGS in sample:
             data = sample[VIDEO_JPGS]

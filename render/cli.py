@@ -593,7 +593,7 @@ def run(args: argparse.Namespace, stop: StopRequest | None = None) -> int:
 
 def _run_clips(args: argparse.Namespace, stop: StopRequest, part, lod, avatars, out: Path, renderer) -> int:
     from render.pipeline import ClipResult, FatalRenderError, RenderConfig, render_clips
-    from render.video import is_disk_full
+    from core.mp4 import is_disk_full
 
     all_clips, ann_report, notes = select_clips(args)
     clips, invalid = split_invalid(all_clips, args.annotations)
@@ -710,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from render.video import is_disk_full
+    from core.mp4 import is_disk_full
 
     stop = StopRequest()
     with stop.installed():

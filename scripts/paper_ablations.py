@@ -11,7 +11,7 @@
 The rows are data (``model/presets/ablations/paper_tables.json``, or ``--data FILE``): each row is a name (its run
 directory ``OUT/<name>``), a label, the ``train.py`` flags added to the preset, where that mapping comes from, and
 the paper's numbers (null until a user fills them in). ``train`` runs ``train.py`` once per row, as a user would
-(a subprocess with this Python; ``--in-process`` calls ``train.main(argv)`` instead): a row whose run is complete
+(a subprocess with this Python; ``--in-process`` calls ``training.cli.main(argv)`` instead): a row whose run is complete
 is skipped, an unfinished one is continued with ``--resume``. Rows that resolve to the same config (e.g. the
 epsilon sweep's 0.8 and ``ours`` under the paper preset) share the run of the first such row in the data file.
 ``table`` runs ``evaluate.py --protocol threshold --tasks t2m m2t`` per run (TMR's "all with threshold"
@@ -276,11 +276,11 @@ def resolve_rows(tables: dict[str, Table], shards: str, preset: str, global_args
                  passthrough: list[str], data_path: Path) -> dict[str, Resolved]:
     """Every row of every table (so run sharing does not depend on what is selected) -> Resolved, by row name.
 
-    The config is resolved exactly as train.py does it (``train.parse_args``, ``train.config_overrides``,
+    The config is resolved exactly as train.py does it (``training.cli.parse_args``, ``config_overrides``,
     ``model.load_preset``). Flags that would move the run (``--out``, ``--shards``, ``--preset``, ``--resume``) are
     refused in the rows and after ``--``.
     """
-    import train as train_script
+    import training.cli as train_script
     from model import load_preset
 
     try:
@@ -341,7 +341,7 @@ def run_state(run_dir: Path, cfg: Any) -> tuple[str, str]:
     ``--resume`` may not change (detail names the fields). An unreadable config or checkpoint gives ``resume``
     (train.py then says what is wrong with it).
     """
-    import train as train_script
+    import training.cli as train_script
     from model import load_preset
     from model.checkpoint import read_checkpoint_metadata
 
@@ -406,10 +406,14 @@ def run_tool(script: Path, argv: list[str], log_path: Path, in_process: bool) ->
             raise
 
 
-def _run_in_process(module_name: str, argv: list[str], fh) -> int:
+#: the module whose ``main`` each top-level script runs
+_COMMAND_MODULES = {"train": "training.cli", "evaluate": "evaluation.cli"}
+
+
+def _run_in_process(script_name: str, argv: list[str], fh) -> int:
     import importlib
 
-    module = importlib.import_module(module_name)
+    module = importlib.import_module(_COMMAND_MODULES[script_name])
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     handler = logging.StreamHandler(fh)
@@ -668,7 +672,7 @@ def cmd_table(args: argparse.Namespace, passthrough: list[str]) -> int:
     if not runs.is_dir():
         raise SetupError(f"{runs}: --runs directory not found (train the rows first: "
                          f"python scripts/paper_ablations.py train --shards {shards} --out {runs})")
-    import evaluate as evaluate_script
+    import evaluation.cli as evaluate_script
 
     base_tail = ["--split", split, "--protocol", "threshold", "--threshold", repr(float(args.threshold)),
                  "--tasks", "t2m", "m2t"]

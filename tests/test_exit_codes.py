@@ -322,7 +322,7 @@ def bad_motion_shards(tiny_shards, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_run(tiny_shards, tmp_path_factory):
     """(exit status, run directory) of a tiny two-step training run."""
-    import train
+    import training.cli as train
 
     out = tmp_path_factory.mktemp("train") / "run"
     rc = train.main([*map(str, ["--shards", tiny_shards, "--out", out, "--max-steps", 2, *TRAIN])])
@@ -335,7 +335,7 @@ def trained_run(tiny_shards, tmp_path_factory):
     (2, "unknown preset"), (2, "not an int"),
 ])
 def test_train_py(code, case, tiny_shards, bad_motion_shards, trained_run, tmp_path, capsys):
-    import train
+    import training.cli as train
 
     out = tmp_path / "run"
     args = ["--shards", tiny_shards, "--out", out, "--max-steps", 2, *TRAIN]
@@ -381,7 +381,7 @@ def _identity_sims(path: Path) -> Path:
     (2, "sims not square"), (2, "unknown protocol"),
 ])
 def test_evaluate_py(code, case, trained_run, bad_motion_shards, tmp_path, capsys):
-    import evaluate
+    import evaluation.cli as evaluate
 
     sims = _identity_sims(tmp_path / "sims.npz")
     args = ["--from-sims", sims, "--out", tmp_path / "metrics.json"]

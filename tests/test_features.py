@@ -247,7 +247,7 @@ def test_amass_axes_are_humanml3d_convention():
 
 @pytest.fixture(scope="module")
 def procedural_body():
-    body_mod = pytest.importorskip("body.model", reason="render/body.py not available")
+    body_mod = pytest.importorskip("body.model", reason="body/model.py not available")
     return body_mod.load_body(None)
 
 

@@ -227,7 +227,8 @@ def _cached_tiny_shards(request) -> Path:
     from tests.fixtures.tiny_shards import make_tiny_shards
 
     h = hashlib.sha256(json.dumps(TINY_SHARDS, sort_keys=True).encode())
-    for f in ("tests/fixtures/tiny_shards.py", "dataset/shards.py", "dataset/video_frames.py", "dataset/text_embed.py"):
+    for f in ("tests/fixtures/tiny_shards.py", "dataset/shards.py", "dataset/shard_format.py", "dataset/video_frames.py",
+              "core/mp4.py", "dataset/text_embed.py"):
         h.update((REPO / f).read_bytes())
     cache = getattr(request.config, "cache", None)
     root = Path(cache.mkdir("lavimo-ablation-shards")) if cache is not None else Path(

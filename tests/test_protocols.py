@@ -1,4 +1,4 @@
-"""Protocols over an encoded split (model/protocols.py): tasks, subsets, dissimilar picks, several captions."""
+"""Protocols over an encoded split (evaluation/protocols.py): tasks, subsets, dissimilar picks, several captions."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from core.errors import BadInputError
-from model import metrics as M
-from model import protocols as P
+from evaluation import metrics as M
+from evaluation import protocols as P
 
 
 def _split(n=40, c=8, seed=0, noise=0.3):

@@ -189,7 +189,7 @@ def test_floor_pattern_is_fixed_in_the_world_and_antialiased():
 
 # ------------------------------------------------------------------------------------------------ video
 def test_video_writer_roundtrip_and_abort(tmp_path):
-    from render.video import VideoWriter, read_video
+    from core.mp4 import VideoWriter, read_video
 
     frames = [np.full((32, 48, 3), 40 * i, dtype=np.uint8) for i in range(5)]
     with VideoWriter(tmp_path / "a.mp4", (48, 32), fps=20.0) as w:

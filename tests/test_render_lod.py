@@ -98,7 +98,7 @@ def test_render_with_auto_lod_shows_avatar_and_sidecar_records_it(tmp_path):
     from render.lights import load_lights
     from render.pipeline import RenderConfig, render_clips
     from render.scene import SceneRenderer, VertexNormals
-    from render.video import read_video
+    from core.mp4 import read_video
     from tests.test_render_cli import _write_npz
 
     size = 96

@@ -1,4 +1,4 @@
-"""The streaming loader (and the gallery extractor of model/report.py) on crafted shards: refused member names and
+"""The streaming loader (and the gallery extractor of evaluation/report.py) on crafted shards: refused member names and
 links, non-finite or wrong-width motion skipped per sample and counted per reason (also across worker
 processes), malformed manifests and stats, pickled .npy members, and the hang when no sample is usable (it must
 raise NoUsableSamplesError within seconds, also with workers and resampled shards)."""
@@ -367,7 +367,7 @@ def test_sample_transform_reasons():
 
 
 def test_gallery_extraction_refuses_crafted_names_and_links(tiny, tmp_path):
-    from model.report import extract_shard_clips
+    from evaluation.report import extract_shard_clips
 
     out = _copy(tiny, tmp_path / "set")
     evil = []

@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 import torch
 
-import train as train_script
+import training.cli as train_script
 from core.errors import BadInputError
 from core.hashing import sha256_file
-from model.training import (
+from training.loop import (
     NonFiniteGuard, SkipBudget, TrainingStalled, load_training_state, save_training_state,
 )
 from test_train import BASE, TINY, cached_tiny_shards

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from render.pipeline import RenderConfig, choose_avatar_light, render_clips
     from render.scene import SceneRenderer, VertexNormals
     from render.trajectory import follow_trajectory
-    from render.video import DEFAULT_CRF, DEFAULT_PRESET
+    from core.mp4 import DEFAULT_CRF, DEFAULT_PRESET
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_render_"))
     seconds = args.frames / 20.0

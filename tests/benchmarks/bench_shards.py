@@ -42,10 +42,11 @@ def naive_sample(clip, videos: Path, embedder, frame_size: int = 256) -> dict:
 
     from dataset.shard_format import json_bytes, npy_bytes
     from dataset.shards import texts_of
-    from dataset.video_frames import encode_jpgs, read_sidecar, read_video
+    from core.mp4 import read_video
+    from dataset.video_frames import encode_jpgs, read_sidecar
 
     side = read_sidecar(videos / f"{clip.keyid}.json")
-    frames = read_video(videos / f"{clip.keyid}.mp4")
+    frames, _ = read_video(videos / f"{clip.keyid}.mp4")
     small = np.stack([np.asarray(Image.fromarray(f).resize((frame_size, frame_size), Image.BILINEAR))
                       for f in frames])
     feats = fake_features(clip)

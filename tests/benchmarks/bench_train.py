@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     from dataset.stream import make_loader
     from model import build_model, load_preset
     from core.device import resolve_device, resolve_precision
-    from model.training import LossModule, NonFiniteGuard, Stepper, make_optimizer, seed_everything
+    from training.loop import LossModule, NonFiniteGuard, Stepper, make_optimizer, seed_everything
 
     if args.quick:
         args.steps, args.warmup = min(args.steps, 3), min(args.warmup, 1)

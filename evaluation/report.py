@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from core.atomic import atomic_path, write_text
-from model.metrics import METRIC_KEYS
+from evaluation.metrics import METRIC_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,8 @@ def extract_shard_clips(shards: str | os.PathLike, split: str, keyids: Sequence[
     from core.keyids import check_keyid, child_path
     from dataset.shard_format import META, VIDEO_JPGS, VIDEO_MP4, iter_tar_members
     from dataset.stream import resolve_shards
-    from dataset.video_frames import decode_jpgs, write_video
+    from core.mp4 import write_video
+    from dataset.video_frames import decode_jpgs
 
     out_dir = Path(out_dir)
     targets: dict[str, Path] = {}
