@@ -304,7 +304,7 @@ TRAIN = ["--preset", "tiny", "--device", "cpu", "--no-progress", "--threads", "1
 def tiny_shards(request):
     import torch
 
-    from tests.test_train import cached_tiny_shards
+    from tests.fixtures.tiny_shards import cached_tiny_shards
 
     torch.set_num_threads(1)
     return cached_tiny_shards(request, "exit-codes", **TINY)

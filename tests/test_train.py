@@ -28,6 +28,7 @@ from training.run_dir import MetricsTable, RunDir
 from training.schedule import lr_factor, paper_scheduler
 
 import training.cli as train_script
+from tests.fixtures.tiny_shards import cached_tiny_shards
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -240,37 +241,6 @@ def test_stepper_skips_nonfinite_steps():
 # end to end on a tiny synthetic shard set
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cached_tiny_shards(request, name: str, **kw) -> Path:
-    """A tiny shard set (tests.fixtures.tiny_shards) cached in pytest's cache dir, keyed by the generator's and the
-    shard writer's sources and ``kw``; rebuilt when any of them changes."""
-    import hashlib
-    import os
-    import shutil
-
-    from tests.fixtures.tiny_shards import make_tiny_shards
-
-    h = hashlib.sha256(json.dumps(kw, sort_keys=True).encode())
-    for f in ("tests/fixtures/tiny_shards.py", "dataset/shards.py", "dataset/shard_format.py", "dataset/video_frames.py",
-              "core/mp4.py", "dataset/text_embed.py"):
-        h.update((REPO / f).read_bytes())
-    cache = getattr(request.config, "cache", None)  # absent under `-p no:cacheprovider`
-    if cache is not None:
-        root = Path(cache.mkdir("lavimo-train-shards"))
-    else:
-        import tempfile
-
-        root = Path(tempfile.gettempdir()) / "lavimo-train-shards"
-        root.mkdir(parents=True, exist_ok=True)
-    out = root / f"{name}-{h.hexdigest()[:16]}"
-    if not (out / "train.json").is_file():
-        tmp = root / f"{out.name}.partial-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        make_tiny_shards(tmp, **kw)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    return out
 
 
 TINY = dict(n_train=32, n_val=8, n_classes=4, samples_per_shard=8, size=32, frames=(12, 20))

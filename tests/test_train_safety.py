@@ -29,7 +29,9 @@ from core.hashing import sha256_file
 from training.loop import (
     NonFiniteGuard, SkipBudget, TrainingStalled, load_training_state, save_training_state,
 )
-from test_train import BASE, TINY, cached_tiny_shards
+from test_train import BASE, TINY
+
+from tests.fixtures.tiny_shards import cached_tiny_shards
 
 REPO = Path(__file__).resolve().parents[1]
 
