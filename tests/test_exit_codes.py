@@ -17,22 +17,9 @@ import numpy as np
 import pytest
 import torch._dynamo  # noqa: F401  # loads triton's LLVM now: loaded after mesa's (EGL rendering), it segfaults
 
-from tests.fixtures.shard_fixtures import fake_features, make_corpus  # noqa: E402
+from tests.fixtures.shard_fixtures import FakeEmbedder, fake_features, make_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class FakeEmbedder:
-    """A deterministic 8-dim 'text model' (no model load)."""
-
-    name, dim = "fake-embedder", 8
-
-    def info(self):
-        return {"name": self.name, "dim": self.dim, "pooling": "mean", "normalized": True}
-
-    def encode(self, sentences):
-        v = np.ones((len(sentences), self.dim), np.float32)
-        return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 def _stderr_line(capsys) -> str:

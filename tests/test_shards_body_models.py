@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tests.fixtures.shard_fixtures import write_clip_video  # noqa: E402
+from tests.fixtures.shard_fixtures import FakeEmbedder, write_clip_video  # noqa: E402
 
 from dataset.annotations import load_clips  # noqa: E402
 from dataset.features import clip_features  # noqa: E402
@@ -34,19 +34,6 @@ CLIPS = {"000000": ("S1/walk_male_poses", "male", "train"), "000001": ("S2/wave_
          "000002": ("S2/wave_female_poses", "female", "val")}
 FPS = 60.0
 SCALE = {"male": 1.3, "female": 0.8}  # the crafted models' size relative to the procedural body
-
-
-class FakeEmbedder:
-    """A deterministic 8-dim 'text model' (no model load)."""
-
-    name, dim = "fake-embedder", 8
-
-    def info(self):
-        return {"name": self.name, "dim": self.dim, "pooling": "mean", "normalized": True}
-
-    def encode(self, sentences):
-        v = np.ones((len(sentences), self.dim), np.float32)
-        return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 def write_amass(path: Path, gender: str, seed: int, frames: int = 90) -> None:

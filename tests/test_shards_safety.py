@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tests.fixtures.shard_fixtures import fake_features, make_corpus  # noqa: E402
+from tests.fixtures.shard_fixtures import FakeEmbedder, fake_features, make_corpus  # noqa: E402
 
 from dataset.clip import Text  # noqa: E402
 from core.errors import BadInputError  # noqa: E402
@@ -32,19 +32,6 @@ from dataset.shards_cli import main as cli_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNTS = {"train": 4, "val": 2}
-
-
-class FakeEmbedder:
-    """A tiny deterministic 'text model' (no model load): 8-dim unit vectors."""
-
-    name, dim = "fake-embedder", 8
-
-    def info(self):
-        return {"name": self.name, "dim": self.dim, "pooling": "mean", "normalized": True}
-
-    def encode(self, sentences):
-        v = np.ones((len(sentences), self.dim), np.float32)
-        return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 @pytest.fixture(scope="module")
