@@ -316,7 +316,7 @@ def test_sigterm_stops_the_running_train_py_and_exits_1(request, tmp_path):
     import signal
     import time
 
-    shards = _cached_tiny_shards(request)
+    shards = cached_tiny_shards(request, "ablation", **TINY_SHARDS)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "train", "--shards", str(shards), "--out",
                              str(tmp_path / "r"), "--preset", "tiny", "--epochs", "50", "--random-init", "--device",
