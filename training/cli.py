@@ -512,6 +512,9 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
                                      precision=precision, fusion=False)[0]
             except EmptySplitError:  # this rank's part of the val split is empty (gathered with the others')
                 split = None
+            except ValueError as exc:  # e.g. a keyid twice in the val shards (a crafted or damaged set)
+                raise SetupError(f"validation: {exc} ({args.shards}); check the shards (build-shards check "
+                                 f"{args.shards})") from exc
             except NoUsableSamplesError as exc:
                 counts = dict(getattr(exc, "counts", None) or loader_skip_counts(loader))
                 raise TrainingStalled(f"validation: no usable sample in the val split on rank {dinfo.rank} "
