@@ -292,6 +292,23 @@ def verify_shards(shards: Path, manifests: dict[str, dict], dinfo: DistInfo) -> 
     return result
 
 
+def preprocess_record(cfg, shards: Path) -> dict[str, Any]:
+    """``extra["preprocess"]`` of every checkpoint: what encoding a raw input needs besides the weights (the
+    shards' feature mean/std, frame count and sampling rule, image size and crop, CLIP normalisation, text model).
+    Read by ``search.model.load``; the same fields as ``search.model.preprocess_record``."""
+    from dataset.augment import CLIP_MEAN, CLIP_STD
+    from dataset.stream import load_stats
+
+    mean, std = load_stats(shards)
+    return {"version": 1, "feature_mean": mean.tolist(), "feature_std": std.tolist(),
+            "feature_dim": int(cfg.feature_dim), "max_motion_len": int(cfg.max_motion_len),
+            "motion_crop": "first max_motion_len rows", "num_frames": int(cfg.num_frames),
+            "frame_sampling": "segment centres (dataset.stream.SampleTransform.frame_indices, evaluation)",
+            "image_size": int(cfg.image_size), "frame_crop": float(cfg.frame_crop), "clip_mean": list(CLIP_MEAN),
+            "clip_std": list(CLIP_STD), "video_input": str(cfg.video_input), "text_model": str(cfg.text_model),
+            "text_max_length": int(cfg.text_max_length)}
+
+
 def train_loader(args, cfg, epoch: int, steps: int, dinfo: DistInfo):
     """The training loader of one epoch: shard order, shuffle buffer and augmentation seeded by (seed, epoch,
     rank, worker) inside the loader; ``steps`` batches on every rank; shards split by rank."""
@@ -478,9 +495,11 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
                       guard=guard, dinfo=dinfo)
     budget = SkipBudget(max_skip, steps_per_epoch * cfg.batch_size)
 
+    preprocess = preprocess_record(cfg, args.shards)
+
     def save_weights(path: Path, extra: dict) -> None:
         with _writing(path, run):
-            save_checkpoint(model, path, extra=extra)
+            save_checkpoint(model, path, extra={**extra, "preprocess": preprocess})
 
     def save(epoch_: int, batch_: int) -> None:
         """last.safetensors + last.state.pt (collective: every rank contributes its RNG state). The state goes
