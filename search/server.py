@@ -13,7 +13,7 @@ number in the index); every string on the page is escaped (``html.escape`` serve
 script); bad input is an HTTP 4xx with a message, and the server keeps serving.
 """
 
-from __future__ import annotations
+
 
 import html
 import logging
