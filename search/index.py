@@ -107,7 +107,7 @@ class Index:
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         npz = root / NPZ
-        keyids = np.array([e.keyid for e in self.entries], dtype="U128")
+        keyids = np.array([e.keyid for e in self.entries], dtype=str)
         with atomic_path(npz) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, keyid=keyids, motion=self.motion.astype(np.float32),

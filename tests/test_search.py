@@ -326,3 +326,28 @@ def test_server_motion_upload(client, tiny, tmp_path):
     r = client.post("/api/search", data={"k": "1", "kind": "motion"},
                     files={"file": ("m.npy", buf.getvalue(), "application/octet-stream")})
     assert r.status_code == 200 and r.json()["results"][0]["keyid"] == key
+
+
+# ------------------------------------------------------------------------------------------------ train.py
+@pytest.mark.slow
+def test_train_writes_preprocess_into_checkpoints(tmp_path):
+    """Every checkpoint train.py saves carries extra["preprocess"]: search.model.load needs no stats."""
+    import train as train_script
+    from dataset.stream import load_stats
+    from dataset.tiny_shards import make_tiny_shards
+    from search.model import PREPROCESS_KEYS, load
+
+    torch.set_num_threads(1)
+    shards = make_tiny_shards(tmp_path / "shards", n_train=8, n_val=4, n_test=0, n_classes=4, frames=(10, 12),
+                              size=32, samples_per_shard=8)
+    out = tmp_path / "run"
+    assert train_script.main([str(a) for a in ("--shards", shards, "--out", out, "--preset", "tiny", "--device",
+                                               "cpu", "--no-progress", "--threads", "1", "--epochs", 1,
+                                               "--max-steps", 1, "--batch-size", 4)]) == 0
+    mean, std = load_stats(shards)
+    for ckpt in sorted((out / "checkpoints").glob("*.safetensors")):
+        r = load(ckpt)
+        assert set(PREPROCESS_KEYS) <= set(r.preprocess)
+        np.testing.assert_array_equal(r.mean, mean)
+        np.testing.assert_array_equal(r.std, std)
+        assert r.preprocess["num_frames"] == r.model.cfg.num_frames
