@@ -3,11 +3,12 @@ changes: core/, body/, dataset/, model/, evaluation/). Nothing else in ``search`
 
 from __future__ import annotations
 
-from dataset.atomic import atomic_path, write_json  # noqa: F401  (core.atomic after the layout change)
+from core.atomic import atomic_path, write_json  # noqa: F401
 from dataset.augment import CLIP_MEAN, CLIP_STD, center_box, clip_normalize, crop_resize, eval_view  # noqa: F401
-from dataset.errors import BadInputError  # noqa: F401  (core.errors)
-from dataset.hashing import sha256_file  # noqa: F401  (core.hashing)
-from dataset.keyids import check_keyid, child_path, is_keyid  # noqa: F401  (core.keyids)
+from core.errors import BadInputError  # noqa: F401
+from core.hashing import sha256_file  # noqa: F401
+from core.keyids import check_keyid, child_path, is_keyid  # noqa: F401
+from model.checkpoint import PREPROCESS_VERSION, preprocess_record  # noqa: F401
 
 
 def stream():
@@ -18,8 +19,8 @@ def stream():
 
 
 def shards():
-    """``dataset.shards`` (parse_texts, load_npy_bytes, iter_tar_members, read_manifests)."""
-    import dataset.shards as m
+    """``dataset.shard_format`` (parse_texts, load_npy_bytes, iter_tar_members, read_manifests, load_stats)."""
+    import dataset.shard_format as m
 
     return m
 
@@ -39,10 +40,14 @@ def clip_types():
 
 
 def video_frames():
-    """``dataset.video_frames`` (write_video, decode_jpgs, jpgs_info, mp4_frames; core.mp4 after the layout)."""
-    import dataset.video_frames as m
+    """JPEG frame packing (``dataset.video_frames.decode_jpgs``) and mp4 I/O (``core.mp4``) in one namespace."""
+    import types
 
-    return m
+    import core.mp4 as mp4
+    import dataset.video_frames as vf
+
+    return types.SimpleNamespace(decode_jpgs=vf.decode_jpgs, jpgs_info=getattr(vf, "jpgs_info", None),
+                                 write_video=mp4.write_video, mp4_frames=mp4.mp4_frames)
 
 
 def checkpoint():

@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dataset.errors import BadInputError  # noqa: E402
+from core.errors import BadInputError  # noqa: E402
 
 N_TEST = 12
 
@@ -21,7 +21,7 @@ N_TEST = 12
 def tiny(tmp_path_factory):
     """(shards, checkpoint with preprocess, checkpoint without, index dir) on tiny shards and a random tiny model."""
     from dataset.stream import load_stats
-    from dataset.tiny_shards import make_tiny_shards
+    from tests.fixtures.tiny_shards import make_tiny_shards
     from model import build_model, load_preset, save_checkpoint
     from search.index import build_index
     from search.model import load, preprocess_record
@@ -141,7 +141,7 @@ def test_video_frame_choice_is_the_loaders(tmp_path):
     frames = np.zeros((t, 32, 48, 3), np.uint8)
     for i in range(t):
         frames[i, :, :, 0] = i * 6  # frame number in the red channel
-    from dataset.video_frames import write_video
+    from core.mp4 import write_video
 
     path = tmp_path / "n.mp4"
     write_video(path, frames, fps=10, quality=10)
@@ -155,7 +155,7 @@ def test_video_frame_choice_is_the_loaders(tmp_path):
 
 @pytest.mark.parametrize("case", ["text", "empty", "oneframe", "missing"])
 def test_bad_videos_name_the_file(tiny, tmp_path, case):
-    from dataset.video_frames import write_video
+    from core.mp4 import write_video
 
     path = tmp_path / f"{case}.mp4"
     if case == "text":
@@ -334,7 +334,7 @@ def test_train_writes_preprocess_into_checkpoints(tmp_path):
     """Every checkpoint train.py saves carries extra["preprocess"]: search.model.load needs no stats."""
     import train as train_script
     from dataset.stream import load_stats
-    from dataset.tiny_shards import make_tiny_shards
+    from tests.fixtures.tiny_shards import make_tiny_shards
     from search.model import PREPROCESS_KEYS, load
 
     torch.set_num_threads(1)

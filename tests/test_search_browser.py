@@ -102,7 +102,7 @@ def _build(tmp_path_factory) -> dict:
     import torch
 
     from dataset.stream import load_stats
-    from dataset.tiny_shards import make_tiny_shards
+    from tests.fixtures.tiny_shards import make_tiny_shards
     from model import build_model, load_preset, save_checkpoint
     from search.index import build_index
     from search.model import load, preprocess_record

@@ -59,7 +59,7 @@ def main() -> int:
     import torch
 
     from dataset.stream import load_stats
-    from dataset.tiny_shards import make_tiny_shards
+    from tests.fixtures.tiny_shards import make_tiny_shards
     from model import build_model, load_preset, save_checkpoint
     from search.index import Entry, Index, build_index, shard_items
     from search.model import load, preprocess_record
