@@ -144,7 +144,7 @@ def test_video_frame_choice_is_the_loaders(tmp_path):
     from core.mp4 import write_video
 
     path = tmp_path / "n.mp4"
-    write_video(path, frames, fps=10, quality=10)
+    write_video(path, frames, fps=10, crf=0)
     for mode in ("seek", "select"):
         got = read_frames(path, 8, mode=mode)
         assert got.shape == (8, 32, 48, 3)
