@@ -14,7 +14,8 @@ export TOKENIZERS_PARALLELISM := false
 
 all: test
 
-# System packages for headless EGL rendering (Mesa on CPU). Installed with apt-get when root and missing.
+# System packages for headless EGL rendering (Mesa on CPU) and the search page's browser test (Chromium).
+# Installed with apt-get when root and missing.
 sysdeps:
 	@if ldconfig -p 2>/dev/null | grep -q 'libEGL_mesa.so' && ldconfig -p | grep -q 'libGL.so.1'; then \
 	  echo "[setup] Mesa EGL present"; \
@@ -23,6 +24,15 @@ sysdeps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 >/dev/null; \
 	else \
 	  echo "[setup] WARNING: Mesa EGL missing and not root; install libegl1 libegl-mesa0 libgl1-mesa-dri for rendering"; \
+	fi
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+	  echo "[setup] headless Chromium present (search page browser test)"; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  echo "[setup] installing chromium chromium-driver (search page browser test)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+	    || echo "[setup] WARNING: chromium not installed; the browser test will skip"; \
+	else \
+	  echo "[setup] WARNING: chromium/chromium-driver missing and not root; the search page browser test will skip"; \
 	fi
 
 $(STAMP): pyproject.toml | sysdeps

@@ -21,6 +21,38 @@ from .config import LavimoConfig
 from .lavimo import LavimoModel, build_model
 from .weights import text_assets, write_text_assets
 
+PREPROCESS_VERSION = 1  # version of extra["preprocess"]
+
+
+def preprocess_record(cfg: LavimoConfig, mean: Any, std: Any) -> dict[str, Any]:
+    """The ``extra["preprocess"]`` dict for a model config and the training shards' feature (mean, std).
+
+    ``mean``/``std``: (D,) as ``dataset.stream.load_stats`` returns them (std already floored). Everything else
+    comes from the config; the rule names describe the loader's evaluation path (``dataset/stream.py``).
+    train.py writes it into every checkpoint; ``search.model.load`` reads it."""
+    import numpy as np
+
+    from dataset.augment import CLIP_MEAN, CLIP_STD
+
+    return {
+        "version": PREPROCESS_VERSION,
+        "feature_mean": [float(x) for x in np.asarray(mean, np.float32)],
+        "feature_std": [float(x) for x in np.asarray(std, np.float32)],
+        "feature_dim": int(cfg.feature_dim),
+        "max_motion_len": int(cfg.max_motion_len),
+        "motion_crop": "first max_motion_len rows",
+        "num_frames": int(cfg.num_frames),
+        "frame_sampling": "segment centres (dataset.stream.SampleTransform.frame_indices, evaluation)",
+        "image_size": int(cfg.image_size),
+        "frame_crop": float(cfg.frame_crop),
+        "clip_mean": list(CLIP_MEAN),
+        "clip_std": list(CLIP_STD),
+        "video_input": str(cfg.video_input),
+        "text_model": str(cfg.text_model),
+        "text_max_length": int(cfg.text_max_length),
+    }
+
+
 log = logging.getLogger(__name__)
 
 FORMAT = "lavimo-checkpoint-v1"

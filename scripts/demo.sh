@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The end-to-end CPU demo: synth-amass -> render-amass -> build-shards -> train.py -> evaluate.py.
+# The end-to-end CPU demo: synth-amass -> render-amass -> build-shards -> train.py -> evaluate.py -> lavimo-search.
 # Each stage leaves a stamp in $DEMO/.done-<stage> after it succeeds, so a second run skips it;
 # `make demo-clean` starts over. Settings are chosen for a 2-core CPU and printed at the start.
 set -euo pipefail
@@ -51,11 +51,16 @@ stage train  "$BIN/python" train.py --shards "$DEMO/shards" --preset "$PRESET" -
 # the dissimilar protocol runs on the nsim_test split that synth-amass chose and build-shards packed (as TMR's)
 stage eval   "$BIN/python" evaluate.py --run "$DEMO/run" --shards "$DEMO/shards" --split test --protocol everything \
   --out "$DEMO/eval" --gallery --videos "$DEMO/videos" --tsne
+# index the test split, then a text, a video (a rendered test clip re-encoded) and a motion query (search/demo.py)
+stage search "$BIN/python" -m search.demo --demo "$DEMO"
 
 mv "$TIMES.new" "$TIMES"
 echo
 echo "== results (text->motion and video->motion on the synthetic test split)"
 cat "$DEMO/eval/metrics.md"
+echo
+echo "== search (top-5 of a text, a video and a motion query over the test split's index)"
+cat "$DEMO/search/queries.txt"
 echo
 echo "stage times (this run):"
 cat "$TIMES"

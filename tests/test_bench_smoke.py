@@ -21,6 +21,7 @@ CASES = [
                              "ratio loader jpgs / naive baseline"]),
     ("bench_shards.py", [], ["ratio build_shards / naive"]),
     ("bench_metrics.py", [], ["identical ranks"]),
+    ("bench_search.py", [], ["text query over", "video query auto", "ratio build / naive", "memory of a"]),
     ("bench_render.py", [], ["pipeline", "naive", "raster limit", "ratio pipeline / naive",
                              "ratio pipeline / raster limit"]),
     ("bench_train.py", ["--preset", "tiny", "--threads", "1", "--device", "cpu"],

@@ -1,4 +1,4 @@
-"""`make demo`'s script (scripts/demo.sh): its knobs are documented, and it runs the five stages end to end.
+"""`make demo`'s script (scripts/demo.sh): its knobs are documented, and it runs the six stages end to end.
 
 The end-to-end test shrinks the corpus (84 motions, 32 px at 5 fps) and trains the ``tiny`` preset for one epoch,
 so it checks the wiring (every stage, the printed table and paths, skip-on-rerun), not the retrieval numbers; those
@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "demo.sh"
-STAGES = ("synth", "render", "shards", "train", "eval")
+STAGES = ("synth", "render", "shards", "train", "eval", "search")
 
 
 def test_demo_knobs_are_documented_in_readme() -> None:
@@ -52,6 +52,9 @@ def test_demo_script_runs_every_stage_then_skips_them(tmp_path: Path) -> None:
     for rel in ("eval/metrics.md", "eval/metrics.json", "eval/gallery.html", "eval/tsne.png"):
         assert (out / rel).is_file(), rel
         assert str(out / rel) in first.stdout
+    for query in ("text query", "video query", "motion query"):  # the search stage's three top-5 tables
+        assert first.stdout.count(f"== {query} ") == 2, query  # printed by the stage and again at the end
+    assert first.stdout.count("   5  ") >= 6 and (out / "search" / "index" / "index.json").is_file()
     times = (out / "stage-times.txt").read_text().split("\n")
     assert [t.split()[0] for t in times if t] == list(STAGES)
     assert all(t.split()[1].endswith("s") and t.split()[1] != "skipped" for t in times if t)
@@ -63,4 +66,5 @@ def test_demo_script_runs_every_stage_then_skips_them(tmp_path: Path) -> None:
     for stage in STAGES:
         assert f"== {stage}: already complete" in second.stdout
     assert "| dissimilar subset |" in second.stdout
+    assert "== motion query " in second.stdout  # the saved queries are printed again
     assert all(t.split()[1] == "skipped" for t in (out / "stage-times.txt").read_text().split("\n") if t)

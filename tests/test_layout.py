@@ -2,14 +2,15 @@
 
 Rule: the packages form one order,
 
-    core < body < dataset < render < model < evaluation < training
+    core < body < dataset < render < model < evaluation < training < search
 
 and a module may import (at the top or inside a function, ``import`` or ``from ... import``) only from its own
 package and from the packages before it. So ``core`` imports none of them; ``body`` (the SMPL skeleton and body
 models) only ``core``; ``dataset`` never imports ``render`` (rendering reads AMASS files and clips, which are
 dataset's, not the other way round); ``model`` (the network) never imports ``training`` or ``evaluation``;
 ``evaluation`` (metrics, protocols, the one split encoder) never imports ``training``, which uses evaluation's
-encoder and metrics for its validation. Nothing in the packages imports the top-level scripts ``train.py`` /
+encoder and metrics for its validation; ``search`` (the index, queries and the page: the pipeline's last
+stage) may use all of them but none uses it. Nothing in the packages imports the top-level scripts ``train.py`` /
 ``evaluate.py`` (thin wrappers around ``training.cli`` / ``evaluation.cli``), ``scripts/`` or ``tests/``.
 
 Every ``.py`` file of the packages is read with :mod:`ast` (nothing is imported or run).
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-ORDER = ("core", "body", "dataset", "render", "model", "evaluation", "training")
+ORDER = ("core", "body", "dataset", "render", "model", "evaluation", "training", "search")
 #: top-level names no package module may import
 FORBIDDEN = {"train", "evaluate", "scripts", "tests"}
 

@@ -476,9 +476,14 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
                       guard=guard, dinfo=dinfo)
     budget = SkipBudget(max_skip, steps_per_epoch * cfg.batch_size)
 
+    from dataset.shard_format import load_stats
+    from model.checkpoint import preprocess_record
+
+    preprocess = preprocess_record(cfg, *load_stats(args.shards))  # encoding raw inputs needs no shard set
+
     def save_weights(path: Path, extra: dict) -> None:
         with _writing(path, run):
-            save_checkpoint(model, path, extra=extra)
+            save_checkpoint(model, path, extra={**extra, "preprocess": preprocess})
 
     def save(epoch_: int, batch_: int) -> None:
         """last.safetensors + last.state.pt (collective: every rank contributes its RNG state). The state goes

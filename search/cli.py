@@ -1,0 +1,206 @@
+"""``lavimo-search``: build a motion index, query it by text / video / motion, render motion previews, serve the
+search page.
+
+    lavimo-search index --checkpoint RUN/checkpoints/best.safetensors --shards SHARDS --split test --out IDX
+    lavimo-search index --checkpoint CKPT --features HumanML3D/ --out IDX          # new_joint_vecs/*.npy (+ texts/)
+    lavimo-search query --index IDX --text "a person hops on the left leg" [--k 5] [--json]
+    lavimo-search query --index IDX --video clip.mov [--start 2 --end 6.5] [--crop x,y,size]
+    lavimo-search query --index IDX --motion motion.npy [--captions]              # motion->motion / motion->text
+    lavimo-search preview motion.npy --out motion.mp4                            # features or joints -> mp4
+    lavimo-search serve --index IDX [--host 127.0.0.1 --port 8000]
+
+``query`` and ``serve`` use the checkpoint recorded in the index (``--checkpoint`` to give it; it must be the
+same file, by sha256). Checkpoints from before train.py recorded their preprocessing need ``--stats``.
+Exit status: 0 done; 1 some items failed (index: samples skipped, listed); 2 usage or set-up error (one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ._project import BadInputError
+
+
+class _Usage(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lavimo-search", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def model_args(q: argparse.ArgumentParser, required: bool) -> None:
+        q.add_argument("--checkpoint", required=required, type=Path, help="a .safetensors saved by train.py")
+        q.add_argument("--stats", type=Path, help="stats.npz or shard set dir (checkpoints without preprocessing)")
+        q.add_argument("--device", default="cpu")
+
+    i = sub.add_parser("index", help="build or extend a motion index")
+    model_args(i, True)
+    src = i.add_mutually_exclusive_group(required=True)
+    src.add_argument("--shards", type=Path, help="a build-shards directory")
+    src.add_argument("--features", type=Path, help="a folder of new_joint_vecs/*.npy (+ texts/*.txt)")
+    i.add_argument("--split", action="append", help="shard split(s) to index (repeatable; 'all'); default test")
+    i.add_argument("--videos", type=Path, help="rendered <keyid>.mp4 to use as previews")
+    i.add_argument("--no-previews", action="store_true", help="do not write previews from the shards' videos")
+    i.add_argument("--out", type=Path, required=True)
+    i.add_argument("--batch-size", type=int, default=32)
+    i.add_argument("--no-progress", action="store_true")
+
+    q = sub.add_parser("query", help="top-k motions (or captions) for a text, video or motion")
+    model_args(q, False)
+    q.add_argument("--index", type=Path, required=True)
+    what = q.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text")
+    what.add_argument("--video", type=Path)
+    what.add_argument("--motion", type=Path, help=".npy features (T, 263) / joints (T, 22, 3), or an AMASS .npz")
+    q.add_argument("--start", type=float, help="window start, seconds (video / AMASS)")
+    q.add_argument("--end", type=float, help="window end, seconds (video / AMASS)")
+    q.add_argument("--crop", help="video: square x,y,size in pixels (default: the centred square)")
+    q.add_argument("--fps", type=float, help="AMASS motion: feature frame rate (default 20)")
+    q.add_argument("--captions", action="store_true", help="motion -> text: the captions that fit the motion")
+    q.add_argument("--k", type=int, default=5)
+    q.add_argument("--json", action="store_true")
+
+    v = sub.add_parser("preview", help="features or joints .npy -> stick-figure mp4")
+    v.add_argument("motion", type=Path)
+    v.add_argument("--out", type=Path, required=True)
+    v.add_argument("--fps", type=float, default=20.0)
+    v.add_argument("--size", type=int, default=256)
+    v.add_argument("--force", action="store_true", help="render again even when --out is newer (cache)")
+
+    s = sub.add_parser("serve", help="the search page on http://HOST:PORT/")
+    model_args(s, False)
+    s.add_argument("--index", type=Path, required=True)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    return p
+
+
+def open_index(index_dir: Path, checkpoint: Path | None, stats: Path | None, device: str = "cpu"):
+    """(Retriever, Index) for an index directory, the checkpoint defaulting to the one it records."""
+    from .index import META, Index
+    from .model import load
+
+    meta_path = index_dir / META
+    if checkpoint is None:
+        try:
+            checkpoint = Path(json.loads(meta_path.read_text(encoding="utf-8"))["checkpoint"])
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{index_dir}: no index (build it with 'lavimo-search index')") from exc
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BadInputError(meta_path, "checkpoint", "unreadable; pass --checkpoint") from exc
+    retriever = load(checkpoint, stats=stats, device=device)
+    return retriever, Index.load(index_dir, retriever.sha256)
+
+
+def run_query(retriever, index, *, text: str | None = None, video: Path | None = None,
+              motion: Path | None = None, k: int = 5, captions: bool = False, start: float | None = None,
+              end: float | None = None, crop=None, fps: float | None = None) -> dict[str, Any]:
+    """One query -> ``{"query": {...}, "results": [...]}`` (motions; captions with ``captions``)."""
+    if text is not None:
+        q, kind, against = retriever.encode_text([text]), "text", "motion"
+    elif video is not None:
+        q, kind, against = retriever.encode_video(video, start, end, crop), "video", "motion"
+    else:
+        q, kind = retriever.encode_motion(motion, fps, start, end), "motion"
+        against = "text" if captions else "motion"
+    hits = index.search(q, k, against)
+    if against == "text":
+        results = [{"caption": caption_of(index, i), "keyid": index.entries[int(index.text_owner[i])].keyid,
+                    "score": round(s, 6)} for i, s in hits]
+    else:
+        results = [index.result(i, s) for i, s in hits]
+    return {"query": {"kind": kind, "against": against, "k": k}, "results": results}
+
+
+def caption_of(index, row: int) -> str:
+    """The caption of text row ``row`` (rows are the entries' captions in order)."""
+    owner = int(index.text_owner[row])
+    first = int((index.text_owner < owner).sum())
+    return index.entries[owner].captions[row - first]
+
+
+def _table(res: dict[str, Any]) -> str:
+    rows = res["results"]
+    if res["query"]["against"] == "text":
+        lines = [f"{'rank':>4}  {'score':>7}  {'keyid':<10} caption"]
+        lines += [f"{n:>4}  {r['score']:7.3f}  {r['keyid']:<10} {r['caption']}" for n, r in enumerate(rows, 1)]
+        return "\n".join(lines)
+    lines = [f"{'rank':>4}  {'score':>7}  {'keyid':<10} {'caption':<52} source | preview"]
+    for n, r in enumerate(rows, 1):
+        cap = (r["captions"][0] if r["captions"] else "-")[:52]
+        s = r["source"]
+        src = (f"{s.get('amass_path')} [{s.get('frame_start')}..{s.get('frame_end')} s]" if s.get("kind") == "shard"
+               else str(s.get("path")))
+        lines.append(f"{n:>4}  {r['score']:7.3f}  {r['keyid']:<10} {cap:<52} {src} | {r['preview'] or '-'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = _parser().parse_args(argv)
+    try:
+        return _main(args)
+    except (BadInputError, FileNotFoundError, _Usage, ValueError) as exc:
+        print(f"lavimo-search {args.cmd}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lavimo-search: interrupted", file=sys.stderr)
+        return 1
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.cmd == "preview":
+        from .preview import render_preview
+
+        out = render_preview(args.motion, args.out, fps=args.fps, size=args.size, force=args.force)
+        print(out)
+        return 0
+    if args.cmd == "index":
+        from .index import build_index
+        from .model import load
+
+        if args.batch_size < 1:
+            raise _Usage("--batch-size must be >= 1")
+        r = load(args.checkpoint, stats=args.stats, device=args.device)
+        idx, rep = build_index(r, args.out, shards=args.shards, folder=args.features,
+                               splits=args.split or ["test"], videos=args.videos, previews=not args.no_previews,
+                               batch_size=args.batch_size, progress=not args.no_progress)
+        print(f"index {args.out}: {len(idx)} motions; {rep.summary()}")
+        for f in rep.failed[:20]:
+            print(f"  failed: {f}", file=sys.stderr)
+        return 1 if rep.failed else 0
+    if args.cmd == "query":
+        from .video import parse_crop
+
+        if args.k < 1:
+            raise _Usage("--k must be >= 1")
+        if args.captions and args.motion is None:
+            raise _Usage("--captions goes with --motion (motion -> text)")
+        r, idx = open_index(args.index, args.checkpoint, args.stats, args.device)
+        res = run_query(r, idx, text=args.text, video=args.video, motion=args.motion, k=args.k,
+                        captions=args.captions, start=args.start, end=args.end, crop=parse_crop(args.crop),
+                        fps=args.fps)
+        print(json.dumps(res, indent=2) if args.json else _table(res))
+        return 0
+    if args.cmd == "serve":
+        from .server import serve
+
+        r, idx = open_index(args.index, args.checkpoint, args.stats, args.device)
+        serve(r, idx, host=args.host, port=args.port)
+        return 0
+    raise _Usage(f"unknown command {args.cmd}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,387 @@
+"""A motion index: the latents of a database of motions under one checkpoint, searched exactly (a matrix product).
+
+Sources: a shard set (``build-shards`` output; one split, several, or ``all``) or a HumanML3D-style folder
+(``new_joint_vecs/*.npy`` features, optional ``texts/<id>.txt`` with ``caption#tokens#start#end`` lines).
+
+On disk, in the index directory (format :data:`FORMAT` version :data:`VERSION`):
+
+- ``index.npz`` (no pickled objects; read with ``allow_pickle=False``): ``keyid`` (N,) str, ``motion`` (N, C)
+  and ``video`` (N, C) float32 L2-normalised latents (``video`` rows are 0 where the database has no video,
+  ``has_video`` (N,) bool), ``text`` (K, C) latents of every caption and ``text_owner`` (K,) int64 (its motion).
+- ``index.json``: format, version, the checkpoint's path and sha256, the npz's sha256, latent size, the
+  database description, and per motion ``keyid``, ``captions``, ``source`` (AMASS path + frame rule, or the
+  feature file) and ``preview`` (a video file, or null: rendered on demand by ``search.preview``).
+
+Both are written atomically (npz first, then the json naming its sha256). A query refuses an index built with
+another checkpoint. Building again into the same directory with the same checkpoint only encodes the motions
+that are not in it yet (incremental).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from ._project import BadInputError, atomic_path, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+FORMAT = "lavimo-search-index"
+VERSION = 1
+NPZ = "index.npz"
+META = "index.json"
+PREVIEWS = "previews"
+
+
+@dataclass
+class Entry:
+    keyid: str
+    captions: list[str]
+    source: dict[str, Any]
+    preview: str | None = None
+
+
+@dataclass
+class BuildReport:
+    done: int = 0
+    reused: int = 0
+    failed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (f"{self.done} encoded, {self.reused} reused, {len(self.failed)} failed"
+                + (f" (e.g. {'; '.join(self.failed[:3])})" if self.failed else "") + f" in {self.seconds:.1f} s")
+
+
+class Index:
+    """An index in memory: ``entries`` (list[Entry]) and the latent arrays (module docstring)."""
+
+    def __init__(self, entries: list[Entry], motion: np.ndarray, video: np.ndarray, has_video: np.ndarray,
+                 text: np.ndarray, text_owner: np.ndarray, meta: dict[str, Any], root: Path | None = None):
+        self.entries, self.motion, self.video, self.has_video = entries, motion, video, has_video
+        self.text, self.text_owner, self.meta, self.root = text, text_owner, meta, root
+        self.pos = {e.keyid: i for i, e in enumerate(entries)}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    # -------------------------------------------------------------------------------------------- search
+    def search(self, query: np.ndarray, k: int = 5, against: str = "motion") -> list[tuple[int, float]]:
+        """Exact top-k by cosine similarity: ``against`` "motion" (default) or "video" latents of the index,
+        or "text" (caption rows; returns caption row numbers). ``query`` (C,) or (1, C) L2-normalised."""
+        q = np.asarray(query, np.float32).reshape(-1)
+        mat = {"motion": self.motion, "video": self.video, "text": self.text}[against]
+        if mat.shape[0] == 0:
+            return []
+        scores = mat @ q
+        if against == "video":
+            scores = np.where(self.has_video, scores, -np.inf)
+        k = max(1, min(int(k), len(scores)))
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(int(i), float(scores[i])) for i in top if np.isfinite(scores[i])]
+
+    def result(self, i: int, score: float) -> dict[str, Any]:
+        e = self.entries[i]
+        return {"keyid": e.keyid, "score": round(score, 6), "captions": list(e.captions), "source": e.source,
+                "preview": self.preview_path(i)}
+
+    def preview_path(self, i: int) -> str | None:
+        """The preview video of motion ``i`` as an absolute path (None when it has none yet)."""
+        p = self.entries[i].preview
+        if p is None:
+            return None
+        path = Path(p)
+        return str(path if path.is_absolute() or self.root is None else self.root / path)
+
+    # -------------------------------------------------------------------------------------------- io
+    def save(self, root: str | os.PathLike) -> Path:
+        """Write index.npz then index.json atomically into ``root``."""
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        npz = root / NPZ
+        keyids = np.array([e.keyid for e in self.entries], dtype=str)
+        with atomic_path(npz) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, keyid=keyids, motion=self.motion.astype(np.float32),
+                         video=self.video.astype(np.float32), has_video=self.has_video.astype(bool),
+                         text=self.text.astype(np.float32), text_owner=self.text_owner.astype(np.int64))
+        meta = dict(self.meta)
+        meta.update({"format": FORMAT, "version": VERSION, "count": len(self.entries),
+                     "npz_sha256": sha256_file(npz)[0],
+                     "entries": [{"keyid": e.keyid, "captions": e.captions, "source": e.source,
+                                  "preview": e.preview} for e in self.entries]})
+        write_json(root / META, meta)
+        self.meta, self.root = meta, root
+        return root
+
+    @classmethod
+    def load(cls, root: str | os.PathLike, checkpoint_sha256: str | None = None) -> "Index":
+        """Read an index directory. ``checkpoint_sha256``: refuse an index of another checkpoint.
+        Raises FileNotFoundError (no index) or BadInputError naming the file and the field."""
+        root = Path(root)
+        meta_path, npz = root / META, root / NPZ
+        if not meta_path.is_file() or not npz.is_file():
+            raise FileNotFoundError(f"{root}: no index (build it with 'lavimo-search index')")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise BadInputError(meta_path, None, f"not a JSON index description ({exc})") from exc
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise BadInputError(meta_path, "format", f"not a {FORMAT} file")
+        if meta.get("version") != VERSION:
+            raise BadInputError(meta_path, "version", f"index format version {meta.get('version')!r}, this code "
+                                                      f"reads {VERSION}: rebuild it with 'lavimo-search index'")
+        if checkpoint_sha256 is not None and meta.get("checkpoint_sha256") != checkpoint_sha256:
+            raise BadInputError(meta_path, "checkpoint_sha256", f"built with another checkpoint "
+                                f"({meta.get('checkpoint')}, sha256 {str(meta.get('checkpoint_sha256'))[:12]}): "
+                                "its latents do not compare with this model's; rebuild the index with this "
+                                "checkpoint or query with that one")
+        if sha256_file(npz)[0] != meta.get("npz_sha256"):
+            raise BadInputError(npz, "npz_sha256", "does not match index.json (an interrupted or mixed build): "
+                                                   "rebuild the index")
+        try:
+            with np.load(npz, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in ("keyid", "motion", "video", "has_video", "text", "text_owner")}
+        except (OSError, ValueError, KeyError, EOFError) as exc:
+            raise BadInputError(npz, None, f"unreadable index arrays ({exc})") from exc
+        rows = meta.get("entries")
+        if not isinstance(rows, list) or len(rows) != len(arrays["keyid"]):
+            raise BadInputError(meta_path, "entries", "does not list one entry per indexed motion")
+        entries = [Entry(str(r["keyid"]), [str(c) for c in r.get("captions", [])], dict(r.get("source") or {}),
+                         r.get("preview")) for r in rows]
+        if [e.keyid for e in entries] != [str(k) for k in arrays["keyid"]]:
+            raise BadInputError(meta_path, "entries", "keyids differ from index.npz")
+        meta = {k: v for k, v in meta.items() if k != "entries"}
+        return cls(entries, arrays["motion"], arrays["video"], arrays["has_video"], arrays["text"],
+                   arrays["text_owner"], meta, root)
+
+
+# ------------------------------------------------------------------------------------------------ sources
+@dataclass
+class Item:
+    """One motion to index: raw feature rows or a loader-processed sample, its captions and provenance."""
+
+    keyid: str
+    captions: list[str]
+    source: dict[str, Any]
+    motion: np.ndarray                 # normalised (T, D)
+    video: Any = None                  # (F, 3, S, S) tensor or None
+    preview_frames: Any = None         # callable -> (frames (T,H,W,3) uint8, fps) or bytes of an mp4, or None
+
+
+def shard_items(shards: str | os.PathLike, splits: Sequence[str], retriever: Any,
+                failed: list[str]) -> Iterator[Item]:
+    """Samples of a shard set, decoded by the loader's evaluation transform with the checkpoint's preprocessing
+    (``dataset.stream.SampleTransform``: first usable caption's segment, first max_motion_len rows, segment-centre
+    frames, centred crop). A sample the loader would skip is recorded in ``failed`` ("keyid: reason")."""
+    from ._project import shards as shards_mod, stream
+
+    st = stream()
+    root = Path(shards)
+    p = retriever.preprocess
+    transform = st.SampleTransform(False, p["image_size"], p["num_frames"], p["max_motion_len"], retriever.mean,
+                                   retriever.std, None, p["frame_crop"])
+    for split in splits:
+        urls, _, _ = st.resolve_shards(root, split)
+        for url in urls:
+            skips = st._Skips()
+            for raw in st._tar_samples(url, skips):
+                key = raw.get("__key__")
+                try:
+                    s = transform(raw, None)
+                except Exception as exc:  # noqa: BLE001 - SampleError or a decoder error: reported, build goes on
+                    failed.append(f"{key}: {getattr(exc, 'reason', type(exc).__name__)}: {exc}")
+                    continue
+                try:
+                    meta = json.loads(raw.get("meta.json", b"{}"))
+                except ValueError:
+                    meta = {}
+                meta = meta if isinstance(meta, dict) else {}
+                source = {"kind": "shard", "split": split, "shard": Path(url).name,
+                          "amass_path": meta.get("amass_path"), "frame_rule": meta.get("frame_rule"),
+                          "frame_start": meta.get("frame_start"), "frame_end": meta.get("frame_end"),
+                          "fps": meta.get("fps")}
+                yield Item(key, list(s["texts"]), source, s["motion"].numpy(), s["video"],
+                           _shard_preview(raw, meta))
+            for reason, n in skips.counts.items():
+                failed.append(f"{Path(url).name}: {n} member(s) refused ({reason})")
+
+
+def _shard_preview(raw: dict, meta: dict):
+    if "video.mp4" in raw:
+        data = raw["video.mp4"]
+        return lambda: data
+    if "video.jpgs" in raw:
+        data, fps = raw["video.jpgs"], float(meta.get("fps") or 20.0)
+
+        def frames():
+            from ._project import video_frames
+
+            return video_frames().decode_jpgs(data).permute(0, 2, 3, 1).numpy(), fps
+        return frames
+    return None
+
+
+def _humanml3d_texts(path: Path) -> list[str]:
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        cap = line.split("#", 1)[0].strip()
+        if cap:
+            out.append(cap)
+    return out
+
+
+def folder_items(folder: str | os.PathLike, retriever: Any, failed: list[str]) -> Iterator[Item]:
+    """``FOLDER/new_joint_vecs/*.npy`` (or ``FOLDER/*.npy``) feature files, captions from ``FOLDER/texts``."""
+    from ._project import is_keyid
+
+    root = Path(folder)
+    vecs = root / "new_joint_vecs" if (root / "new_joint_vecs").is_dir() else root
+    texts = root / "texts"
+    for f in sorted(vecs.glob("*.npy")):
+        if not is_keyid(f.stem):
+            failed.append(f"{f.name}: file name is not a keyid")
+            continue
+        try:
+            feats = retriever.features_of(f)
+            motion = retriever.normalise(feats)
+        except BadInputError as exc:
+            failed.append(f"{f.name}: {exc.reason if hasattr(exc, 'reason') else exc}")
+            continue
+        tf = texts / f"{f.stem}.txt"
+        caps = _humanml3d_texts(tf) if tf.is_file() else []
+        st = f.stat()
+        yield Item(f.stem, caps, {"kind": "features", "path": str(f.resolve()), "rows": int(len(feats)),
+                                  "size": st.st_size, "mtime": int(st.st_mtime)}, motion)
+
+
+# ------------------------------------------------------------------------------------------------ build
+def build_index(retriever: Any, out: str | os.PathLike, *, shards: str | os.PathLike | None = None,
+                splits: Sequence[str] = ("test",), folder: str | os.PathLike | None = None,
+                videos: str | os.PathLike | None = None, previews: bool = True, batch_size: int = 32,
+                progress: bool = True) -> tuple[Index, BuildReport]:
+    """Build (or extend) the index in ``out`` from a shard set (``splits``; "all" = every manifest) or a feature
+    folder. ``videos``: a directory of rendered ``<keyid>.mp4`` used as previews when present; otherwise, with
+    ``previews``, a shard's own video is written to ``out/previews/<keyid>.mp4``. Motions already in an index of
+    the same checkpoint in ``out`` are kept, not re-encoded. Returns the index and a report (bad samples are
+    listed in ``report.failed``; the build goes on)."""
+    from tqdm import tqdm
+
+    from ._project import child_path, shards as shards_mod
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    report = BuildReport()
+    sha = retriever.sha256
+    old: Index | None = None
+    if (out / META).is_file():
+        try:
+            old = Index.load(out, sha)
+        except BadInputError as exc:
+            log.warning("%s: starting a new index (%s)", out, exc.message)
+    if (shards is None) == (folder is None):
+        raise ValueError("give exactly one of shards= or folder=")
+    if shards is not None:
+        if list(splits) == ["all"]:
+            splits = sorted(shards_mod().read_manifests(Path(shards)))
+        items = shard_items(shards, splits, retriever, report.failed)
+        total = 0
+        for s in splits:
+            try:
+                total += int(json.loads((Path(shards) / f"{s}.json").read_text())["num_samples"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        database = {"kind": "shards", "path": str(Path(shards).resolve()), "splits": list(splits)}
+    else:
+        items = folder_items(folder, retriever, report.failed)
+        total = None
+        database = {"kind": "features", "path": str(Path(folder).resolve())}
+    entries: list[Entry] = list(old.entries) if old else []
+    mot = [old.motion] if old else []
+    vid = [old.video] if old else []
+    hv = [old.has_video] if old else []
+    txt = [old.text] if old else []
+    owner = [old.text_owner] if old else []
+    seen = {e.keyid: e.source for e in entries}
+    batch: list[Item] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        base = len(entries)
+        m = retriever.encode_motion_batch([it.motion for it in batch])
+        v = np.zeros_like(m)
+        has = np.array([it.video is not None for it in batch])
+        if has.any() and retriever.has_video:
+            import torch
+
+            idx = np.flatnonzero(has)
+            v[idx] = retriever.encode_video_batch(torch.stack([batch[i].video for i in idx]))
+        else:
+            has[:] = False
+        caps = [(base + j, c) for j, it in enumerate(batch) for c in it.captions]
+        if caps:
+            txt.append(retriever.encode_text([c for _, c in caps]))
+            owner.append(np.array([o for o, _ in caps], np.int64))
+        for it in batch:
+            entries.append(Entry(it.keyid, it.captions, it.source, _preview(it, out, videos, previews,
+                                                                           child_path)))
+        mot.append(m)
+        vid.append(v)
+        hv.append(has)
+        report.done += len(batch)
+        batch.clear()
+
+    bar = tqdm(total=total, desc="index", unit="motion", disable=not progress)
+    for it in items:
+        bar.update(1)
+        if it.keyid in seen:
+            if seen[it.keyid] == it.source:
+                report.reused += 1
+            else:
+                where = it.source.get("shard") or it.source.get("path")
+                report.failed.append(f"{it.keyid}: duplicate keyid (from {where}), first kept")
+            continue
+        seen[it.keyid] = it.source
+        batch.append(it)
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    bar.close()
+    c = retriever.latent_dim
+    cat = lambda xs, shape, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(shape, dt)  # noqa: E731
+    index = Index(entries, cat(mot, (0, c), np.float32), cat(vid, (0, c), np.float32), cat(hv, (0,), bool),
+                  cat(txt, (0, c), np.float32), cat(owner, (0,), np.int64),
+                  {"checkpoint": str(Path(retriever.checkpoint).resolve()), "checkpoint_sha256": sha,
+                   "latent_dim": c, "database": database})
+    index.save(out)
+    report.seconds = time.perf_counter() - t0
+    return index, report
+
+
+def _preview(it: Item, out: Path, videos, previews: bool, child_path) -> str | None:
+    if videos is not None:
+        p = child_path(videos, f"{it.keyid}.mp4")
+        if p.is_file():
+            return str(p.resolve())
+    if not previews or it.preview_frames is None:
+        return None
+    target = child_path(out / PREVIEWS, f"{it.keyid}.mp4")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    got = it.preview_frames()
+    if isinstance(got, bytes):
+        with atomic_path(target) as tmp:
+            Path(tmp).write_bytes(got)
+    else:
+        from .preview import write_mp4
+
+        write_mp4(target, *got)
+    return f"{PREVIEWS}/{it.keyid}.mp4"

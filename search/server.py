@@ -1,0 +1,293 @@
+"""The search page: a local FastAPI app (uvicorn) over one index and its checkpoint.
+
+- ``GET /``: the page (a text box, a video or motion file upload, top-k results as playing previews with their
+  scores, captions and sources). ``GET /?text=...&k=5`` renders results on the server (works without script).
+- ``POST /api/search`` (multipart form): ``text`` or ``file`` (+ ``kind`` "video" | "motion"), ``k``,
+  ``captions`` (motion -> text), ``start``/``end`` (video window, s) -> JSON ``{"query", "results"}``.
+- ``GET /preview/{n}``: the preview mp4 of the n-th indexed motion (rendered on demand for feature databases).
+
+Safety: binds 127.0.0.1 by default; uploads are limited in size (:data:`MAX_UPLOAD_BYTES`, HTTP 413) and type
+(extensions :data:`VIDEO_TYPES` / :data:`MOTION_TYPES`, HTTP 415), stored under a name of the server's choosing
+and deleted after the query; no request ever names a file the server reads (previews are addressed by their
+number in the index); every string on the page is escaped (``html.escape`` server-side, ``textContent`` in the
+script); bad input is an HTTP 4xx with a message, and the server keeps serving.
+"""
+
+
+
+import html
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from ._project import BadInputError
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD_BYTES = 64 << 20
+VIDEO_TYPES = (".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".ogv")
+MOTION_TYPES = (".npy",)
+MAX_K = 50
+MAX_TEXT = 1000
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>LAVIMO motion search</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
+form{display:flex;gap:.5em;flex-wrap:wrap;align-items:center;margin-bottom:1em}
+#text{flex:1;min-width:20em;padding:.4em;font-size:1em}
+#results{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:1em}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.5em}
+.card video{width:100%;background:#000;border-radius:4px}
+.score{font-weight:bold}.keyid{color:#666;font-family:monospace}.src{color:#777;font-size:.8em;word-break:break-all}
+#error{color:#b00;font-weight:bold}
+</style></head><body>
+<h1>LAVIMO motion search</h1>
+<p>{summary}</p>
+<form id="form" method="get" action="/">
+<input id="text" name="text" placeholder="a person hops on the left leg" value="{text}">
+<label>k <input id="k" name="k" type="number" min="1" max="{max_k}" value="{k}" style="width:4em"></label>
+<label>or a file <input id="file" name="file" type="file" accept="{accept}"></label>
+<button id="go" type="submit">Search</button>
+</form>
+<div id="error">{error}</div>
+<div id="status"></div>
+<div id="results">{results}</div>
+<script>
+const form = document.getElementById('form');
+form.addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const fd = new FormData();
+  const file = document.getElementById('file').files[0];
+  if (file) { fd.append('file', file); fd.append('kind', /\\.npy$/i.test(file.name) ? 'motion' : 'video'); }
+  else { fd.append('text', document.getElementById('text').value); }
+  fd.append('k', document.getElementById('k').value);
+  const err = document.getElementById('error'), out = document.getElementById('results');
+  err.textContent = ''; out.replaceChildren(); document.getElementById('status').textContent = 'searching...';
+  try {
+    const r = await fetch('/api/search', {method: 'POST', body: fd});
+    const data = await r.json();
+    document.getElementById('status').textContent = '';
+    if (!r.ok) { err.textContent = data.error || ('HTTP ' + r.status); return; }
+    for (const hit of data.results) out.appendChild(card(hit));
+    out.dataset.done = '1';
+  } catch (e) { err.textContent = String(e); document.getElementById('status').textContent = ''; }
+});
+function el(tag, cls, text) { const e = document.createElement(tag); if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text; return e; }
+function card(hit) {
+  const c = el('div', 'card'); c.dataset.keyid = hit.keyid;
+  if (hit.preview_url) { const v = el('video'); v.src = hit.preview_url; v.autoplay = true; v.loop = true;
+    v.muted = true; v.playsInline = true; v.controls = true; c.appendChild(v); }
+  c.appendChild(el('div', 'score', hit.score.toFixed(3) + ' '));
+  c.lastChild.appendChild(el('span', 'keyid', hit.keyid));
+  for (const t of (hit.captions || []).slice(0, 3)) c.appendChild(el('div', 'cap', t));
+  if (hit.caption) c.appendChild(el('div', 'cap', hit.caption));
+  if (hit.source_text) c.appendChild(el('div', 'src', hit.source_text));
+  return c;
+}
+</script></body></html>"""
+
+
+def _source_text(s: dict[str, Any]) -> str:
+    if s.get("kind") == "shard":
+        return f"{s.get('amass_path')} [{s.get('frame_start')}..{s.get('frame_end')} s] ({s.get('shard')})"
+    return f"{s.get('path')}"
+
+
+class SearchService:
+    """The model, the index and a lock (one query encodes at a time)."""
+
+    def __init__(self, retriever: Any, index: Any):
+        self.retriever, self.index = retriever, index
+        self.lock = threading.Lock()
+
+    def query(self, **kw: Any) -> dict[str, Any]:
+        from .cli import run_query
+
+        with self.lock:
+            res = run_query(self.retriever, self.index, **kw)
+        for hit in res["results"]:
+            if "source" in hit:
+                n = self.index.pos[hit["keyid"]]
+                hit["preview_url"] = f"/preview/{n}" if self.can_preview(n) else None
+                hit["source_text"] = _source_text(hit["source"])
+                hit.pop("preview", None)  # server paths stay on the server
+        return res
+
+    def can_preview(self, n: int) -> bool:
+        e = self.index.entries[n]
+        return e.preview is not None or e.source.get("kind") == "features"
+
+    def preview_file(self, n: int) -> Path | None:
+        from .index import PREVIEWS
+        from .preview import render_preview
+
+        idx = self.index
+        p = idx.preview_path(n)
+        if p is not None and Path(p).is_file():
+            return Path(p)
+        e = idx.entries[n]
+        if e.source.get("kind") == "features" and idx.root is not None:
+            from ._project import child_path
+
+            out = child_path(idx.root / PREVIEWS, f"{e.keyid}.mp4")
+            with self.lock:
+                return render_preview(e.source["path"], out)
+        return None
+
+
+def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BYTES):
+    """The FastAPI app (module docstring)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+
+    svc = SearchService(retriever, index)
+    app = FastAPI(title="LAVIMO motion search", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = svc
+
+    class HTTPError(Exception):
+        def __init__(self, status: int, message: str):
+            self.status, self.message = status, message
+
+    @app.exception_handler(HTTPError)
+    async def _http_error(_req, exc: HTTPError):
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def _any_error(_req, exc: Exception):  # never a traceback to the client; the server keeps serving
+        log.exception("request failed")
+        return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
+
+    def _k(value: Any) -> int:
+        try:
+            k = int(value)
+        except (TypeError, ValueError):
+            raise HTTPError(400, "k must be an integer") from None
+        if not 1 <= k <= MAX_K:
+            raise HTTPError(400, f"k must be in 1..{MAX_K}")
+        return k
+
+    def _text(value: Any) -> str:
+        t = str(value or "").strip()
+        if not t:
+            raise HTTPError(400, "type a query text or choose a file")
+        if len(t) > MAX_TEXT:
+            raise HTTPError(400, f"query text longer than {MAX_TEXT} characters")
+        return t
+
+    def _render(text: str = "", k: int = 5, results: list | None = None, error: str = "") -> str:
+        cards = []
+        for hit in results or []:
+            video = (f'<video src="{html.escape(hit["preview_url"])}" autoplay loop muted playsinline controls>'
+                     f"</video>" if hit.get("preview_url") else "")
+            caps = "".join(f'<div class="cap">{html.escape(c)}</div>' for c in hit.get("captions", [])[:3])
+            cards.append(f'<div class="card" data-keyid="{html.escape(hit["keyid"])}">{video}<div class="score">'
+                         f'{hit["score"]:.3f} <span class="keyid">{html.escape(hit["keyid"])}</span></div>{caps}'
+                         f'<div class="src">{html.escape(hit.get("source_text", ""))}</div></div>')
+        db = index.meta.get("database", {})
+        summary = (f"{len(index)} motions from {html.escape(str(db.get('kind', '?')))} "
+                   f"{html.escape(', '.join(db.get('splits', [])))}; video and .npy motion uploads up to "
+                   f"{max_upload_bytes >> 20} MiB")
+        page = _PAGE
+        for key, val in (("{summary}", summary), ("{text}", html.escape(text)), ("{k}", str(int(k))),
+                         ("{max_k}", str(MAX_K)), ("{accept}", html.escape(",".join(VIDEO_TYPES + MOTION_TYPES))),
+                         ("{error}", html.escape(error)), ("{results}", "".join(cards))):
+            page = page.replace(key, val)
+        return page
+
+    @app.get("/", response_class=HTMLResponse)
+    def page(text: str = "", k: str = "5"):
+        if not text:
+            return HTMLResponse(_render())
+        try:
+            kk = _k(k)
+            res = svc.query(text=_text(text), k=kk)
+            return HTMLResponse(_render(text, kk, res["results"]))
+        except HTTPError as exc:
+            return HTMLResponse(_render(text, 5, error=exc.message), status_code=exc.status)
+
+    @app.post("/api/search")
+    async def api_search(request: Request):
+        from starlette.concurrency import run_in_threadpool
+
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_upload_bytes + 65536:
+            raise HTTPError(413, f"upload larger than {max_upload_bytes >> 20} MiB")
+        try:
+            form = await request.form(max_files=1, max_fields=16)
+        except HTTPError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - malformed multipart body
+            raise HTTPError(400, f"unreadable form ({type(exc).__name__})") from exc
+        k = _k(form.get("k", 5))
+        upload = form.get("file")
+        captions = str(form.get("captions", "")).lower() in ("1", "true", "on", "yes")
+        if upload is None or isinstance(upload, str) or not getattr(upload, "filename", ""):
+            if captions:
+                raise HTTPError(400, "captions (motion -> text) needs a motion file")
+            text = _text(form.get("text"))
+            return await run_in_threadpool(svc.query, text=text, k=k)
+        name = str(upload.filename)
+        ext = os.path.splitext(name)[1].lower()
+        kind = str(form.get("kind") or ("motion" if ext in MOTION_TYPES else "video"))
+        allowed = {"video": VIDEO_TYPES, "motion": MOTION_TYPES}.get(kind)
+        if allowed is None:
+            raise HTTPError(400, "kind must be video or motion")
+        if ext not in allowed:
+            raise HTTPError(415, f"{kind} uploads must be one of {', '.join(allowed)}; got {ext or 'no extension'}")
+        window = {}
+        for key in ("start", "end"):
+            if form.get(key) not in (None, ""):
+                try:
+                    window[key] = float(form.get(key))
+                except (TypeError, ValueError):
+                    raise HTTPError(400, f"{key} must be a number of seconds") from None
+        fd, tmp = tempfile.mkstemp(prefix="lavimo-upload-", suffix=ext)
+        try:
+            size = 0
+            with os.fdopen(fd, "wb") as fh:
+                while chunk := await upload.read(1 << 20):
+                    size += len(chunk)
+                    if size > max_upload_bytes:
+                        raise HTTPError(413, f"upload larger than {max_upload_bytes >> 20} MiB")
+                    fh.write(chunk)
+            if size == 0:
+                raise HTTPError(400, f"{name}: empty file")
+            kw = {"video": Path(tmp)} if kind == "video" else {"motion": Path(tmp), "captions": captions}
+            try:
+                return await run_in_threadpool(svc.query, k=k, **kw, **window)
+            except BadInputError as exc:
+                raise HTTPError(400, str(exc).replace(tmp, name)) from exc
+            except ValueError as exc:
+                raise HTTPError(400, str(exc).replace(tmp, name)) from exc
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    @app.get("/preview/{n}")
+    def preview(n: int):
+        if not 0 <= n < len(index):
+            raise HTTPError(404, "no such result")
+        try:
+            p = svc.preview_file(n)
+        except BadInputError as exc:
+            raise HTTPError(404, f"no preview: {exc.message}") from exc
+        if p is None:
+            raise HTTPError(404, "this motion has no preview")
+        return FileResponse(p, media_type="video/mp4")
+
+    return app
+
+
+def serve(retriever: Any, index: Any, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run the page with uvicorn until interrupted."""
+    import uvicorn
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s: the page is reachable from other machines", host)
+    print(f"LAVIMO search: http://{host}:{port}/ ({len(index)} motions; Ctrl-C stops)", flush=True)
+    uvicorn.run(create_app(retriever, index), host=host, port=port, log_level="warning")
+

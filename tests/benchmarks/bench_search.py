@@ -1,0 +1,187 @@
+#!/usr/bin/env python
+"""Benchmark search/: query latency, video-query latency, index build throughput, index memory.
+
+1. Text query over an index of 100k motions (synthetic L2-normalised latents; the size is what matters for the
+   matrix product): encode the text + exact top-5, median and p95 over the repeats after warm-up
+   (target median <= 50 ms). The search alone is printed too.
+2. Video query on a 10 s 1280x720 30 fps H.264 file (ffmpeg testsrc, x264 defaults: a keyframe every 250
+   frames): ``encode_video`` with each decoding mode of search/video.py - ``select`` (one ffmpeg pass with a
+   select filter over the window), ``seek`` (one ffmpeg per frame, ``-ss`` before ``-i``, 2 at a time) and
+   ``auto`` (the default) - median and p95 (target <= 1.5 s).
+3. Index build throughput on a tiny shard set: ``build_index`` (batches of 32) vs a naive baseline that encodes
+   one motion at a time through the public API (``encode_motion``, ``encode_video`` on its frames,
+   ``encode_text`` per clip) in the same run (target >= 10x).
+4. Memory of a 100k index: the arrays in memory (motion + video + 3 captions per motion) and the npz on disk.
+
+The model is the ``demo`` preset's architecture with random weights (``--preset``; ``--checkpoint`` for a trained
+one): latency does not depend on the weights.
+
+    .venv/bin/python tests/benchmarks/bench_search.py [--quick] [--n 100000] [--repeats 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def stats(times: list[float]) -> tuple[float, float]:
+    t = sorted(times)
+    return statistics.median(t), t[min(len(t) - 1, int(round(0.95 * (len(t) - 1))))]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    p.add_argument("--n", type=int, default=None, help="index size for the query benchmark (default 100000)")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--preset", default=None, help="model preset (default demo; tiny with --quick)")
+    p.add_argument("--checkpoint", type=Path, help="a trained checkpoint instead of random weights")
+    p.add_argument("--stats", type=Path, help="stats for a checkpoint without preprocessing")
+    args = p.parse_args()
+    n = args.n or (5000 if args.quick else 100_000)
+    reps = args.repeats or (5 if args.quick else 20)
+    preset = args.preset or ("tiny" if args.quick else "demo")
+
+    import torch
+
+    from dataset.stream import load_stats
+    from tests.fixtures.tiny_shards import make_tiny_shards
+    from model import build_model, load_preset, save_checkpoint
+    from search.index import Entry, Index, build_index, shard_items
+    from search.model import load, preprocess_record
+    from search.video import ffmpeg_exe
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-search-"))
+    shards = make_tiny_shards(tmp / "shards", n_train=2, n_val=0, n_test=16 if args.quick else 96, n_classes=8,
+                              frames=(20, 40), size=64, samples_per_shard=32)
+    if args.checkpoint:
+        r = load(args.checkpoint, stats=args.stats)
+        what = str(args.checkpoint)
+    else:
+        cfg = load_preset(preset, random_init=True)
+        torch.manual_seed(0)
+        ckpt = save_checkpoint(build_model(cfg), tmp / "model.safetensors",
+                               extra={"preprocess": preprocess_record(cfg, *load_stats(shards))})
+        r = load(ckpt)
+        what = f"preset {preset} (random weights)"
+    c = r.latent_dim
+    print(f"model: {what}; latent {c}; {r.preprocess['num_frames']} frames of {r.preprocess['image_size']} px; "
+          f"torch threads {torch.get_num_threads()}")
+
+    # 1. text query over n motions ---------------------------------------------------------------------------
+    rng = np.random.default_rng(0)
+
+    def unit(rows: int) -> np.ndarray:
+        x = rng.standard_normal((rows, c), dtype=np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    index = Index([Entry(f"{i:06d}", [], {}) for i in range(n)], unit(n), unit(n), np.ones(n, bool),
+                  np.zeros((0, c), np.float32), np.zeros(0, np.int64), {})
+    queries = [f"a person walks forward and turns {i} times" for i in range(reps + 3)]
+    full, search_only = [], []
+    for i, q in enumerate(queries):
+        t0 = time.perf_counter()
+        lat = r.encode_text([q])
+        t1 = time.perf_counter()
+        index.search(lat, 5)
+        t2 = time.perf_counter()
+        if i >= 3:
+            full.append(t2 - t0)
+            search_only.append(t2 - t1)
+    med, p95 = stats(full)
+    smed, sp95 = stats(search_only)
+    print(f"text query over {n} motions: median {med * 1e3:.1f} ms, p95 {p95 * 1e3:.1f} ms "
+          f"(search alone: median {smed * 1e3:.2f} ms, p95 {sp95 * 1e3:.2f} ms); target <= 50 ms: "
+          f"ratio target / median {0.05 / med:.2f}")
+
+    # 2. video query on a 10 s 1280x720 30 fps file -----------------------------------------------------------
+    dur = 4 if args.quick else 10
+    video = tmp / "testsrc.mp4"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc=size=1280x720:rate=30:"
+                    f"duration={dur}", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(video)], check=True)
+    vreps = 3 if args.quick else 7
+    if r.has_video:
+        for mode in ("select", "seek", "auto"):
+            r.encode_video(video, mode=mode)  # warm-up
+            times = []
+            for _ in range(vreps):
+                t0 = time.perf_counter()
+                r.encode_video(video, mode=mode)
+                times.append(time.perf_counter() - t0)
+            med, p95 = stats(times)
+            print(f"video query {mode:<6} ({dur} s 1280x720 30 fps H.264): median {med:.3f} s, p95 {p95:.3f} s; "
+                  f"target <= 1.5 s: ratio target / median {1.5 / med:.2f}")
+        from search.video import read_frames
+
+        t0 = time.perf_counter()
+        read_frames(video, r.preprocess["num_frames"])
+        print(f"  of which decoding {r.preprocess['num_frames']} frames (auto): {time.perf_counter() - t0:.3f} s")
+    else:
+        print("video query: this model has no video encoder (modalities tm)")
+
+    # 3. index build throughput vs one motion at a time -------------------------------------------------------
+    t0 = time.perf_counter()
+    built, rep = build_index(r, tmp / "index", shards=shards, splits=["test"], previews=False, progress=False,
+                             batch_size=32)
+    t_batch = time.perf_counter() - t0
+    failed: list[str] = []
+    t0 = time.perf_counter()
+    naive_n = 0
+    for it in shard_items(shards, ["test"], r, failed):  # the same decoded samples, each encoded on its own
+        r.encode_motion_batch([it.motion])
+        if it.video is not None and r.has_video:
+            r.encode_video_batch(it.video[None])
+        r.encode_text(it.captions)
+        naive_n += 1
+    t_naive = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    decoded = sum(1 for _ in shard_items(shards, ["test"], r, failed))  # reading + decoding alone
+    t_decode = time.perf_counter() - t0
+    a, b = len(built) / t_batch, naive_n / t_naive
+    print(f"  reading + decoding the samples alone (no model): {decoded} in {t_decode:.2f} s = "
+          f"{decoded / t_decode:.1f} samples/s")
+    print(f"index build: {len(built)} motions in {t_batch:.2f} s = {a:.1f} motions/s (batches of 32); naive one at "
+          f"a time: {naive_n} in {t_naive:.2f} s = {b:.1f} motions/s; ratio build / naive {a / b:.2f}x "
+          f"(target >= 10x)")
+
+    # 4. memory of an n-motion index ---------------------------------------------------------------------------
+    k = 3 * n
+    mem = 2 * n * c * 4 + k * c * 4 + k * 8 + n
+    big = Index([Entry(f"{i:06d}", [f"caption {i} a", f"caption {i} b", f"caption {i} c"], {"kind": "features",
+                 "path": f"/data/new_joint_vecs/{i:06d}.npy"}) for i in range(n)], index.motion, index.video,
+                index.has_video, unit(k), np.repeat(np.arange(n), 3), {"checkpoint_sha256": "0" * 64})
+    t0 = time.perf_counter()
+    big.save(tmp / "big")
+    t_save = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    Index.load(tmp / "big", "0" * 64)
+    t_load = time.perf_counter() - t0
+    disk_npz = (tmp / "big" / "index.npz").stat().st_size
+    disk_json = (tmp / "big" / "index.json").stat().st_size
+    print(f"memory of a {n}-motion index (latent {c}, 3 captions each): arrays {mem / 2**20:.1f} MiB in memory "
+          f"(motion {n * c * 4 / 2**20:.1f} + video {n * c * 4 / 2**20:.1f} + captions {k * c * 4 / 2**20:.1f}); "
+          f"on disk npz {disk_npz / 2**20:.1f} MiB + json {disk_json / 2**20:.1f} MiB; save {t_save:.2f} s, "
+          f"load {t_load:.2f} s")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

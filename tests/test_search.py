@@ -1,0 +1,353 @@
+"""search/: the Python API, the motion index, real video files, the CLI, the search page, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from core.errors import BadInputError  # noqa: E402
+
+N_TEST = 12
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(shards, checkpoint with preprocess, checkpoint without, index dir) on tiny shards and a random tiny model."""
+    from dataset.stream import load_stats
+    from tests.fixtures.tiny_shards import make_tiny_shards
+    from model import build_model, load_preset, save_checkpoint
+    from search.index import build_index
+    from search.model import load, preprocess_record
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("search")
+    shards = make_tiny_shards(root / "shards", n_train=2, n_val=0, n_test=N_TEST, n_classes=4, frames=(10, 14),
+                              size=32, samples_per_shard=8)
+    cfg = load_preset("tiny")
+    model = build_model(cfg)
+    ckpt = save_checkpoint(model, root / "best.safetensors",
+                           extra={"step": 1, "preprocess": preprocess_record(cfg, *load_stats(shards))})
+    old = save_checkpoint(model, root / "old.safetensors", extra={"step": 1})
+    r = load(ckpt)
+    index, report = build_index(r, root / "index", shards=shards, splits=["test"], progress=False, batch_size=5)
+    assert not report.failed and report.done == N_TEST
+    return {"root": root, "shards": shards, "ckpt": ckpt, "old": old, "r": r, "index": index}
+
+
+def _raw_samples(shards: Path, split: str = "test"):
+    from dataset.shards import load_npy_bytes, parse_texts
+    from dataset.stream import _Skips, resolve_shards, _tar_samples
+
+    urls, _, _ = resolve_shards(shards, split)
+    for u in urls:
+        for raw in _tar_samples(u, _Skips()):
+            yield raw["__key__"], load_npy_bytes(raw["motion.npy"]), parse_texts(raw["texts.json"])[0]
+
+
+def _ffmpeg() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+# ------------------------------------------------------------------------------------------------ exactness
+def test_index_scores_are_the_models_own_encodings(tiny):
+    r, index = tiny["r"], tiny["index"]
+    assert len(index) == N_TEST
+    for key, feats, caps in _raw_samples(tiny["shards"]):
+        i = index.pos[key]
+        own = r.encode_motion(feats)
+        np.testing.assert_allclose(index.motion[i], own[0], atol=2e-5)
+        assert index.entries[i].captions == caps
+        # a motion query of an indexed motion finds itself first, with cosine 1
+        top = index.search(own, k=3)
+        assert top[0][0] == i and top[0][1] == pytest.approx(1.0, abs=1e-4)
+        # text query: the index's scores are exactly text latent . motion latents
+        t = r.encode_text([caps[0]])
+        hits = index.search(t, k=N_TEST)
+        np.testing.assert_allclose([s for _, s in hits], np.sort(index.motion @ t[0])[::-1], atol=1e-5)
+    assert np.allclose(np.linalg.norm(index.motion, axis=1), 1, atol=1e-5)
+    assert index.has_video.all() and np.allclose(np.linalg.norm(index.video, axis=1), 1, atol=1e-5)
+
+
+def test_joints_and_features_inputs_agree(tiny):
+    from dataset.features import joints_to_features
+
+    r = tiny["r"]
+    rng = np.random.default_rng(0)
+    joints = np.cumsum(rng.normal(0, 0.01, (30, 22, 3)), axis=0).astype(np.float32) + _rest()
+    a = r.encode_motion(joints)
+    b = r.encode_motion(joints_to_features(joints))
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def _rest() -> np.ndarray:
+    from dataset.motion import HUMANML3D
+
+    j = np.zeros((22, 3), np.float32)
+    for chain in HUMANML3D.chains:
+        for p, c in zip(chain[:-1], chain[1:]):
+            j[c] = j[p] + HUMANML3D.raw_offsets[c] * HUMANML3D.target_lengths[c]
+    return j + np.array([0, 1.0, 0], np.float32)
+
+
+def test_incremental_build_reuses_and_same_latents(tiny, tmp_path):
+    from search.index import Index, build_index
+
+    r = tiny["r"]
+    out = tmp_path / "idx"
+    _, rep1 = build_index(r, out, shards=tiny["shards"], splits=["test"], progress=False, previews=False)
+    _, rep2 = build_index(r, out, shards=tiny["shards"], splits=["test"], progress=False, previews=False)
+    assert (rep1.done, rep2.done, rep2.reused) == (N_TEST, 0, N_TEST)
+    again = Index.load(out, r.sha256)
+    np.testing.assert_array_equal(again.motion, tiny["index"].motion)
+    with np.load(out / "index.npz", allow_pickle=False) as z:  # no object arrays: readable without pickle
+        assert z["keyid"].dtype.kind == "U"
+
+
+# ------------------------------------------------------------------------------------------------ video
+def test_video_query_on_reencoded_clip(tiny, tmp_path):
+    """A preview (the shard's own frames) re-encoded at another size, aspect ratio (padded) and fps, as VP9 in
+    webm, encodes close to the indexed clip's video latent and finds it among the top 5 videos."""
+    r, index = tiny["r"], tiny["index"]
+    i = 3
+    src = index.preview_path(i)
+    assert src and Path(src).is_file()
+    out = tmp_path / "re.webm"
+    subprocess.run([_ffmpeg(), "-v", "error", "-y", "-i", src, "-vf", "scale=90:90,pad=160:90:35:0,setsar=1",
+                    "-r", "25", "-c:v", "libvpx-vp9", "-b:v", "1M", str(out)], check=True)
+    q = r.encode_video(out)
+    assert float(q[0] @ index.video[i]) > 0.9
+    assert i in [j for j, _ in index.search(q, k=5, against="video")]
+    # the same through both decoding paths
+    a = r.encode_video(out, mode="seek")
+    b = r.encode_video(out, mode="select")
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_video_frame_choice_is_the_loaders(tmp_path):
+    """Numbered frames: the decoded frames are exactly the loader's segment centres, also within a window."""
+    from search.video import frame_numbers, read_frames
+
+    t = 40
+    frames = np.zeros((t, 32, 48, 3), np.uint8)
+    for i in range(t):
+        frames[i, :, :, 0] = i * 6  # frame number in the red channel
+    from core.mp4 import write_video
+
+    path = tmp_path / "n.mp4"
+    write_video(path, frames, fps=10, crf=0)
+    for mode in ("seek", "select"):
+        got = read_frames(path, 8, mode=mode)
+        assert got.shape == (8, 32, 48, 3)
+        np.testing.assert_allclose(got[:, 16, 24, 0] / 6, frame_numbers(t, 8), atol=0.6)
+        got = read_frames(path, 4, start=1.0, end=3.0, mode=mode)
+        np.testing.assert_allclose(got[:, 16, 24, 0] / 6, 10 + frame_numbers(20, 4), atol=0.6)
+
+
+@pytest.mark.parametrize("case", ["text", "empty", "oneframe", "missing"])
+def test_bad_videos_name_the_file(tiny, tmp_path, case):
+    from core.mp4 import write_video
+
+    path = tmp_path / f"{case}.mp4"
+    if case == "text":
+        path.write_text("not a video")
+    elif case == "empty":
+        path.write_bytes(b"")
+    elif case == "oneframe":
+        write_video(path, np.zeros((1, 32, 32, 3), np.uint8), fps=10)
+    with pytest.raises(BadInputError) as e:
+        tiny["r"].encode_video(path)
+    assert str(path) in str(e.value)
+
+
+def test_crop_outside_the_frame(tiny, tmp_path):
+    from search.video import model_view
+
+    with pytest.raises(BadInputError, match="crop"):
+        model_view(np.zeros((2, 40, 60, 3), np.uint8), 32, crop=(30, 0, 40))
+    x = model_view(np.zeros((2, 40, 60, 3), np.uint8), 32, crop=(10, 0, 40))
+    assert tuple(x.shape) == (2, 3, 32, 32)
+
+
+# ------------------------------------------------------------------------------------------------ bad motions
+@pytest.mark.parametrize("case", ["shape", "nan", "pickle", "dtype"])
+def test_bad_motion_files(tiny, tmp_path, case):
+    path = tmp_path / f"{case}.npy"
+    if case == "shape":
+        np.save(path, np.zeros((10, 7), np.float32))
+    elif case == "nan":
+        a = np.zeros((10, 263), np.float32)
+        a[3, 5] = np.nan
+        np.save(path, a)
+    elif case == "pickle":
+        marker = tmp_path / "pwned"
+        np.save(path, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    else:
+        np.save(path, np.array(["a", "b"]))
+    with pytest.raises(BadInputError) as e:
+        tiny["r"].encode_motion(path)
+    assert str(path) in str(e.value)
+    if case == "pickle":
+        assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def test_checkpoint_without_preprocess(tiny):
+    from search.model import load
+
+    with pytest.raises(BadInputError, match="stats="):
+        load(tiny["old"])
+    r = load(tiny["old"], stats=tiny["shards"])  # older runs: the shard set they were trained on
+    np.testing.assert_array_equal(r.mean, tiny["r"].mean)
+
+
+def test_index_of_another_checkpoint_is_refused(tiny):
+    from search.index import Index
+    from search.model import load
+
+    other = load(tiny["old"], stats=tiny["shards"])
+    with pytest.raises(BadInputError, match="another checkpoint"):
+        Index.load(tiny["index"].root, other.sha256)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "search.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.slow
+def test_cli_query_and_errors(tiny, tmp_path):
+    idx = tiny["index"].root
+    res = _cli("query", "--index", idx, "--text", "a person walks forward", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert len(out["results"]) == 5 and {"keyid", "score", "captions", "source", "preview"} <= set(out["results"][0])
+    feats = next(_raw_samples(tiny["shards"]))[1]
+    np.save(tmp_path / "m.npy", feats)
+    res = _cli("query", "--index", idx, "--motion", tmp_path / "m.npy", "--captions", "--k", "3")
+    assert res.returncode == 0 and res.stdout.count("\n") == 4, res.stderr
+    # another checkpoint, a bad video: exit 2, one line, no traceback
+    res = _cli("query", "--index", idx, "--checkpoint", tiny["old"], "--stats", tiny["shards"], "--text", "x")
+    assert res.returncode == 2 and "another checkpoint" in res.stderr and "Traceback" not in res.stderr
+    (tmp_path / "bad.mp4").write_text("nope")
+    res = _cli("query", "--index", idx, "--video", tmp_path / "bad.mp4")
+    assert res.returncode == 2 and "bad.mp4" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------------ features folder, previews
+def test_feature_folder_index_and_previews(tiny, tmp_path):
+    from search.index import build_index
+    from search.preview import render_preview
+
+    folder = tmp_path / "hml"
+    (folder / "new_joint_vecs").mkdir(parents=True)
+    (folder / "texts").mkdir()
+    for n, (key, feats, caps) in enumerate(_raw_samples(tiny["shards"])):
+        if n == 4:
+            break
+        np.save(folder / "new_joint_vecs" / f"{key}.npy", feats)
+        (folder / "texts" / f"{key}.txt").write_text("".join(f"{c}#a/DET#0.0#0.0\n" for c in caps))
+    np.save(folder / "new_joint_vecs" / "bad.npy", np.zeros((3, 5), np.float32))
+    index, rep = build_index(tiny["r"], tmp_path / "idx", folder=folder, progress=False)
+    assert rep.done == 4 and len(rep.failed) == 1 and "bad.npy" in rep.failed[0]
+    assert index.entries[0].source["kind"] == "features" and index.entries[0].captions
+    np.testing.assert_allclose(index.motion, tiny["index"].motion[[tiny["index"].pos[e.keyid] for e in
+                                                                   index.entries]], atol=2e-5)
+    out = render_preview(folder / "new_joint_vecs" / f"{index.entries[0].keyid}.npy", tmp_path / "p.mp4")
+    assert out.stat().st_size > 0
+    mtime = out.stat().st_mtime_ns
+    render_preview(folder / "new_joint_vecs" / f"{index.entries[0].keyid}.npy", tmp_path / "p.mp4")
+    assert out.stat().st_mtime_ns == mtime  # cached
+
+
+# ------------------------------------------------------------------------------------------------ server
+@pytest.fixture(scope="module")
+def client(tiny):
+    from fastapi.testclient import TestClient
+
+    from search.server import create_app
+
+    return TestClient(create_app(tiny["r"], tiny["index"], max_upload_bytes=200_000))
+
+
+def test_server_text_search_and_page(client, tiny):
+    r = client.get("/")
+    assert r.status_code == 200 and 'id="text"' in r.text
+    r = client.post("/api/search", data={"text": "a person jumps up and down", "k": "3"})
+    assert r.status_code == 200, r.text
+    res = r.json()["results"]
+    assert len(res) == 3 and all(h["preview_url"].startswith("/preview/") for h in res)
+    assert "preview" not in res[0]  # no server paths
+    v = client.get(res[0]["preview_url"])
+    assert v.status_code == 200 and v.headers["content-type"] == "video/mp4" and len(v.content) > 100
+    # server-side rendering escapes the query
+    r = client.get("/", params={"text": "<script>alert(1)</script>", "k": "2"})
+    assert r.status_code == 200 and "<script>alert(1)" not in r.text and "&lt;script&gt;" in r.text
+
+
+def test_server_bad_inputs_keep_serving(client, tmp_path):
+    cases = [
+        ({"text": ""}, None, 400),
+        ({"text": "x", "k": "0"}, None, 400),
+        ({"k": "3", "kind": "video"}, ("big.mp4", b"\0" * 300_000, "video/mp4"), 413),
+        ({"k": "3", "kind": "video"}, ("x.exe", b"MZ", "application/octet-stream"), 415),
+        ({"k": "3", "kind": "video"}, ("bad.mp4", b"not a video", "video/mp4"), 400),
+        ({"k": "3", "kind": "motion"}, ("m.npy", b"\x93NUMPY garbage", "application/octet-stream"), 400),
+    ]
+    for data, file, status in cases:
+        files = {"file": file} if file else None
+        r = client.post("/api/search", data=data, files=files)
+        assert r.status_code == status, (data, r.text)
+        assert r.json()["error"]
+        if file and file[0] == "bad.mp4":
+            assert "bad.mp4" in r.json()["error"] and "lavimo-upload" not in r.json()["error"]
+        ok = client.post("/api/search", data={"text": "a person walks forward"})
+        assert ok.status_code == 200
+    assert client.get("/preview/999").status_code == 404
+    assert client.get("/preview/..%2F..%2Fetc%2Fpasswd").status_code in (404, 422)
+
+
+def test_server_motion_upload(client, tiny, tmp_path):
+    key, feats, _ = next(_raw_samples(tiny["shards"]))
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, feats)
+    r = client.post("/api/search", data={"k": "1", "kind": "motion"},
+                    files={"file": ("m.npy", buf.getvalue(), "application/octet-stream")})
+    assert r.status_code == 200 and r.json()["results"][0]["keyid"] == key
+
+
+# ------------------------------------------------------------------------------------------------ train.py
+@pytest.mark.slow
+def test_train_writes_preprocess_into_checkpoints(tmp_path):
+    """Every checkpoint train.py saves carries extra["preprocess"]: search.model.load needs no stats."""
+    import train as train_script
+    from dataset.stream import load_stats
+    from tests.fixtures.tiny_shards import make_tiny_shards
+    from search.model import PREPROCESS_KEYS, load
+
+    torch.set_num_threads(1)
+    shards = make_tiny_shards(tmp_path / "shards", n_train=8, n_val=4, n_test=0, n_classes=4, frames=(10, 12),
+                              size=32, samples_per_shard=8)
+    out = tmp_path / "run"
+    assert train_script.main([str(a) for a in ("--shards", shards, "--out", out, "--preset", "tiny", "--device",
+                                               "cpu", "--no-progress", "--threads", "1", "--epochs", 1,
+                                               "--max-steps", 1, "--batch-size", 4)]) == 0
+    mean, std = load_stats(shards)
+    for ckpt in sorted((out / "checkpoints").glob("*.safetensors")):
+        r = load(ckpt)
+        assert set(PREPROCESS_KEYS) <= set(r.preprocess)
+        np.testing.assert_array_equal(r.mean, mean)
+        np.testing.assert_array_equal(r.std, std)
+        assert r.preprocess["num_frames"] == r.model.cfg.num_frames
