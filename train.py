@@ -39,6 +39,7 @@ from model.run_dir import MetricsTable, RunDir, write_run_info
 from model.schedule import paper_scheduler
 from dataset.text_embed import same_sentence_model
 from model.weights import missing_pretrained
+from model.ddp import needs_find_unused_parameters
 from model.training import (
     FUSION_NAMES, LOSS_TERMS, DistInfo, LossModule, NonFiniteGuard, RunningMeans, SkipBudget, Stepper,
     TrainingDiverged, TrainingStalled, barrier, cleanup_distributed, encode_split, format_counts,
@@ -93,6 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="random backbones instead of the pretrained DistilBERT / CLIP weights (no files needed)")
     g.add_argument("--hflip-p", type=float,
                    help="probability of a horizontal flip per training clip (never for captions naming a side)")
+    g.add_argument("--no-gather-negatives", action="store_true",
+                   help="DDP: contrastive losses over each rank's own batch instead of the global batch "
+                        "(config gather_negatives; see docs/scaling.md)")
     g.add_argument("--randaugment", type=int, metavar="N",
                    help="torchvision RandAugment operations per training clip (0 = off)")
     g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -143,6 +147,8 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         o["freeze_text"] = True
     if args.random_init:
         o["random_init"] = True
+    if args.no_gather_negatives:
+        o["gather_negatives"] = False
     for item in args.set:
         if "=" not in item:
             raise SetupError(f"--set expects FIELD=VALUE, got {item!r}")
@@ -465,7 +471,8 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
     net: torch.nn.Module = LossModule(model)
     if dinfo.enabled:
         net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+            net, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=needs_find_unused_parameters(model))  # model/ddp.py
     if args.compile:
         net = torch.compile(net)
     tb = _tensorboard(run) if dinfo.is_main else None
