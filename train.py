@@ -40,6 +40,7 @@ from model.schedule import paper_scheduler
 from dataset.text_embed import same_sentence_model
 from model.weights import missing_pretrained
 from model.ddp import needs_find_unused_parameters
+from model.preemption import EXIT_PREEMPTED, StopRequest, resolve_resume
 from model.training import (
     FUSION_NAMES, LOSS_TERMS, DistInfo, LossModule, NonFiniteGuard, RunningMeans, SkipBudget, Stepper,
     TrainingDiverged, TrainingStalled, barrier, cleanup_distributed, encode_split, format_counts,
@@ -77,7 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shards", required=True, help="shard directory ({split}-NNNNNN.tar, {split}.json, stats.npz)")
     p.add_argument("--preset", default="paper", help="paper | demo | tiny | path/to/config.json")
     p.add_argument("--out", default=None, help="run directory (default runs/<preset name>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", nargs="?", const="yes", choices=["yes", "auto"], default=None,
+                   help="continue the run in --out from its last checkpoint; '--resume auto': resume when --out holds "
+                        "a checkpoint, else start fresh (one command line for the first launch and every requeue)")
     g = p.add_argument_group("preset overrides (default: the preset's value)")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int, help="per-rank batch size")
@@ -343,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # --device cuda without CUDA
         return _fail(str(exc), EXIT_SETUP)
     dinfo = init_distributed(device)
+    stop = StopRequest().install()  # SIGTERM / SIGUSR1: checkpoint after the current step, exit 75
+    args.stop_request = stop
     try:
         return train(args, dinfo, device)
     except TrainingStalled as exc:
@@ -352,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # missing pretrained weights (MissingWeightsError), unreadable / unwritable files
         return _fail(_os_error_text(exc), EXIT_SETUP)
     finally:
+        stop.uninstall()
         cleanup_distributed()
 
 
@@ -359,6 +365,10 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
     from model import build_model, save_checkpoint
 
     run = RunDir(args.out or Path("runs") / Path(args.preset).stem)
+    auto_resume = args.resume == "auto"
+    args.resume = resolve_resume(args.resume, run.last_state)
+    if auto_resume:
+        log.info("--resume auto: %s", f"resuming from {run.last_state}" if args.resume else "no checkpoint, fresh start")
     if not args.resume and run.last_state.exists():
         raise SetupError(f"{run.root} already holds a run; pass --resume or choose another --out")
     cfg = resolve_config(args, run)
@@ -570,7 +580,8 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
     if epoch >= cfg.epochs:
         log.info("the run already finished %d epochs; nothing to do", cfg.epochs)
     net.train()
-    stopped = False
+    stopped = preempted = False
+    stop_request = getattr(args, "stop_request", None)
     while epoch < cfg.epochs and not stopped:
         with preserved_rng():  # starting the loader (DataLoader base seed) must not move the training RNG
             seed_everything(stable_seed(cfg.seed, "loader-epoch", epoch, dinfo.rank))
@@ -616,6 +627,8 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
             epoch_end = batch_in_epoch == steps_per_epoch
             if args.max_steps and step >= args.max_steps:
                 stopped = True
+            if stop_request is not None and stop_request.requested(dinfo.enabled, device):
+                stopped = preempted = True
             if args.val_every and step % args.val_every == 0 and not epoch_end:
                 validate(epoch)
             if stopped and not epoch_end:
@@ -652,6 +665,11 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
     if step > 0 and updates == 0:
         raise TrainingStalled(f"no optimiser step in {step} step(s): every batch had a non-finite loss or gradient "
                               f"(their keyids are in the warnings above); {run.best} was not written")
+    if preempted and epoch < cfg.epochs:
+        log.warning("stopped by a signal at global step %d (epoch %d, batch %d) after writing %s; relaunch with "
+                    "--resume auto (or --resume) to continue; exit status %d", step, epoch, batch_in_epoch,
+                    run.last_state, EXIT_PREEMPTED)
+        return EXIT_PREEMPTED
     if dinfo.is_main:
         log.info("done: global step %d, epoch %d/%d, %d non-finite step(s) skipped, best val score %s; run dir %s",
                  step, epoch, cfg.epochs, guard.total,
