@@ -35,6 +35,7 @@ import torch
 from dataset.atomic import write_json
 from dataset.errors import BadInputError
 from dataset.seeding import stable_seed
+from dataset.slurm import SlurmEnvError, apply_srun_env
 from model.run_dir import MetricsTable, RunDir, write_run_info
 from model.schedule import paper_scheduler
 from dataset.text_embed import same_sentence_model
@@ -341,6 +342,10 @@ def main(argv: list[str] | None = None) -> int:
                      EXIT_SETUP)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    try:  # launched by srun (not torchrun): RANK / WORLD_SIZE / LOCAL_RANK / MASTER_* from Slurm's variables
+        apply_srun_env()
+    except SlurmEnvError as exc:
+        return _fail(str(exc), EXIT_SETUP)
     try:
         device = resolve_device(args.device, local_rank_from_env())
     except ValueError as exc:  # --device cuda without CUDA

@@ -710,6 +710,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    from dataset.slurm import SlurmEnvError, part_argument
+
+    try:  # no --part inside a Slurm job array: the task's part (dataset/slurm.py)
+        args.part = part_argument(args.part)
+    except SlurmEnvError as e:
+        print(f"render-amass: error: {e}", file=sys.stderr)
+        return 2
     from render.video import is_disk_full
 
     stop = StopRequest()
