@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="worker processes, each with its own EGL context")
     p.add_argument("--egl-devices", default=None,
                    help="comma-separated EGL device ids handed to workers round-robin (several GPUs)")
-    p.add_argument("--part", default=None, help="K/N: render only the K-th of N deterministic parts")
+    p.add_argument("--part", default=None, help="K/N: render only the K-th of N deterministic parts (default inside "
+                   "a Slurm job array: from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT)")
     p.add_argument("--overwrite", action="store_true", help="re-render clips whose outputs exist")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-clip avatar and light choice")
     p.add_argument("--crf", type=int, default=18, help="x264 constant rate factor (lower = better quality)")
