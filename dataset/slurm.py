@@ -75,6 +75,17 @@ def part_argument(given: str | None, env: Mapping[str, str] | None = None) -> st
     return f"{part[0]}/{part[1]}"
 
 
+def parse_part(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> ``(K, N)`` with 1 <= K <= N; ValueError naming the value otherwise."""
+    try:
+        k, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise ValueError(f"--part expects K/N (e.g. 1/4), got {text!r}") from None
+    if not 1 <= k <= n:
+        raise ValueError(f"--part K/N needs 1 <= K <= N, got {text!r}")
+    return k, n
+
+
 def first_host(nodelist: str) -> str:
     """The first host of a Slurm hostlist expression: ``"gpu[03-05,9],cpu1"`` -> ``"gpu03"``,
     ``"rack[1-2]-n[4-5]"`` -> ``"rack1-n4"``, ``"a,b"`` -> ``"a"``."""

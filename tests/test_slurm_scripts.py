@@ -19,7 +19,8 @@ def _fake_bin(tmp_path: Path) -> Path:
     bin_dir.mkdir()
     for name in ("srun", "scontrol", "render-amass", "build-shards"):
         f = bin_dir / name
-        f.write_text(f'#!/bin/bash\necho "{name} $*" >> "$CALLS"\n'
+        f.write_text(f'#!/bin/bash\necho "{name} $*${{SLURM_ARRAY_TASK_ID:+ [array task $SLURM_ARRAY_TASK_ID]}}" '
+                     f'>> "$CALLS"\n'
                      f'[ "{name}" = srun ] && exit "${{FAKE_RC:-0}}"\nexit 0\n')
         f.chmod(0o755)
     return bin_dir
@@ -48,6 +49,16 @@ def test_render_array_leaves_part_to_the_task(tmp_path):
     rc, calls = _run(tmp_path, "render_array.sbatch", AMASS="/a", ANN="/h", OUT="/v")
     assert rc == 0 and calls[0].startswith("render-amass --amass /a --annotations /h --out /v")
     assert "--part" not in calls[0]
+
+
+def test_shard_array_and_merge(tmp_path):
+    env = dict(ANN="/h", AMASS="/a", VIDEOS="/v", OUT="/o", SLURM_ARRAY_TASK_ID="3")
+    rc, calls = _run(tmp_path, "build_shards.sbatch", **env)
+    assert rc == 0 and calls == ["build-shards --annotations /h --amass /a --videos /v --out /o --workers 8 --quiet "
+                                 "[array task 3]"]
+    rc, calls = _run(tmp_path, "build_shards.sbatch", MERGE="1", **env)  # the merge does not see the array
+    assert rc == 0 and calls == ["build-shards --annotations /h --amass /a --videos /v --out /o --workers 8 --quiet",
+                                 "build-shards check /o --quick"]
 
 
 def test_scripts_refuse_missing_settings(tmp_path):
