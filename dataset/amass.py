@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 
 POSE_WIDTHS = {156: "smplh", 165: "smplx"}
 _FPS_KEYS = ("mocap_framerate", "mocap_frame_rate")
@@ -106,15 +106,15 @@ def _member(zf: zipfile.ZipFile, path: str, key: str) -> zipfile.ZipExtFile:
 def _unpickle_plain(raw: bytes, path: str, key: str) -> np.ndarray:
     """An object ``.npy`` member (numpy stores those as a pickle of the array) -> object array of plain values.
 
-    The unpickler (:class:`render.smpl_pickle.NumpyUnpickler`) admits exactly numpy's array reconstruction
+    The unpickler (:class:`core.restricted_unpickle.NumpyUnpickler`) admits exactly numpy's array reconstruction
     globals (``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` as its argument, ``numpy.dtype``,
     ``numpy.core.multiarray.scalar``, ``numpy.core.numeric._frombuffer``; also under ``numpy._core``), each a
     checked stand-in (an object dtype only with one Python object per element, never from raw bytes), and
     ``_codecs.encode`` to latin-1; no other global (no builtins callable, no ``os``, no ``exec``). The
     elements must then be builtin str/bytes/numbers/None or lists/tuples/dicts of them
-    (:func:`render.smpl_pickle.check_plain`). Anything else -> BadInputError(path, key).
+    (:func:`core.restricted_unpickle.check_plain`). Anything else -> BadInputError(path, key).
     """
-    from render.smpl_pickle import NumpyUnpickler, check_plain, restricted_load
+    from core.restricted_unpickle import NumpyUnpickler, check_plain, restricted_load
 
     if len(raw) > _MAX_OBJECT_MEMBER_BYTES:
         raise BadInputError(path, key, f"object array larger than {_MAX_OBJECT_MEMBER_BYTES} bytes")
@@ -133,12 +133,12 @@ def _unpickle_plain(raw: bytes, path: str, key: str) -> np.ndarray:
 
 
 def _read(zf: zipfile.ZipFile, path: str, key: str, numeric: bool = True) -> np.ndarray:
-    """Member ``key`` as an array, without numpy's pickle path (:func:`render.smpl_pickle.read_npy`).
+    """Member ``key`` as an array, without numpy's pickle path (:func:`core.restricted_unpickle.read_npy`).
 
     numeric: a non-object array of booleans/integers/floats, else BadInputError. Otherwise (``gender``) a
     str/bytes array, or an object array through :func:`_unpickle_plain`.
     """
-    from render.smpl_pickle import read_npy
+    from core.restricted_unpickle import read_npy
 
     with _member(zf, path, key) as fh:
         if numeric:
@@ -147,6 +147,18 @@ def _read(zf: zipfile.ZipFile, path: str, key: str, numeric: bool = True) -> np.
                 raise BadInputError(path, key, f"expected numbers, got dtype {arr.dtype}")
             return arr
         return read_npy(fh, path, key, object_loader=lambda raw: _unpickle_plain(raw, path, key))
+
+
+def amass_file(amass_root: str | os.PathLike, amass_path: str) -> tuple[str, Path]:
+    """(the relative path used, the file) for ``amass_path`` under ``amass_root``: ``ROOT/amass_path``, falling
+    back from ``*_poses.npz`` to ``*_stageii.npz`` (AMASS's newer release) when only that one exists. The file
+    need not exist (the caller reports it)."""
+    p = Path(amass_root) / amass_path
+    if not p.is_file() and amass_path.endswith("_poses.npz"):
+        alt = amass_path[: -len("_poses.npz")] + "_stageii.npz"
+        if (Path(amass_root) / alt).is_file():
+            return alt, Path(amass_root) / alt
+    return amass_path, p
 
 
 def read_amass_header(path: str | os.PathLike) -> tuple[int, float]:
@@ -160,7 +172,7 @@ def read_amass_header(path: str | os.PathLike) -> tuple[int, float]:
         BadInputError: naming the file and the field (missing/unreadable/truncated file, missing key,
             wrong shape or dtype, zero frames, bad fps).
     """
-    from render.smpl_pickle import read_npy_header
+    from core.restricted_unpickle import read_npy_header
 
     path = os.fspath(path)
     with _open_npz(path) as zf:

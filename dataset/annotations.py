@@ -24,9 +24,9 @@ Untrusted input (every file here is third-party data; the rules below are per it
 
 * **Keyids are names, never paths.** Every keyid - ``annotations.json`` keys, ``index.csv`` ``new_name``
   (a ``.npy`` suffix dropped), split-file lines (likewise), generated ``M`` copies - must follow
-  :data:`dataset.keyids.KEYID_RULE`; anything else (``../x``, ``/abs``, ``a/b``, ``a.b``, empty) is skipped as
+  :data:`core.keyids.KEYID_RULE`; anything else (``../x``, ``/abs``, ``a/b``, ``a.b``, empty) is skipped as
   ``bad_keyid`` with a reason quoting the value, the file and line, and never becomes a clip.
-  ``texts/<keyid>.txt`` is only opened for a valid keyid (through :func:`dataset.keyids.child_path`).
+  ``texts/<keyid>.txt`` is only opened for a valid keyid (through :func:`core.keyids.child_path`).
 * **AMASS paths are relative paths under the AMASS root.** ``index.csv`` ``source_path`` and
   ``annotations.json`` ``path`` (backslashes read as ``/``, as Windows writes them) are refused as
   ``bad_path`` when empty, absolute (``/x``, ``\\\\host\\x``, ``C:``), with an empty, ``.`` or ``..``
@@ -67,11 +67,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dataset.amass import read_amass_header
+from dataset.amass import amass_file, read_amass_header
 from dataset.clip import Clip, FrameSpec, Text
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 from dataset.frames import HUMANML3D_FPS
-from dataset.keyids import check_keyid, child_path, is_keyid
+from core.keyids import check_keyid, child_path, is_keyid
 
 log = logging.getLogger(__name__)
 
@@ -701,20 +701,10 @@ def _load_tmr(json_path: Path, split: str | None, mirrored: bool, report: LoadRe
 # AMASS resolution
 
 
-def _amass_file(amass_root: Path, amass_path: str) -> tuple[str, Path]:
-    """The file for ``amass_path``, falling back from ``*_poses.npz`` to ``*_stageii.npz``."""
-    p = amass_root / amass_path
-    if not p.is_file() and amass_path.endswith("_poses.npz"):
-        alt = amass_path[: -len("_poses.npz")] + "_stageii.npz"
-        if (amass_root / alt).is_file():
-            return alt, amass_root / alt
-    return amass_path, p
-
-
 def _resolve(clips: list[Clip], amass_root: Path, report: LoadReport) -> list[Clip]:
     headers: dict[str, tuple[str, int, float] | BadInputError] = {}
     for ap in tqdm(sorted({c.amass_path for c in clips}), desc="AMASS headers", unit="file", disable=None):
-        real, p = _amass_file(amass_root, ap)
+        real, p = amass_file(amass_root, ap)
         try:
             n, fps = read_amass_header(p)
             headers[ap] = (real, n, fps)

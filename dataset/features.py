@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from dataset.errors import BadInputError
-from dataset.keyids import check_keyid, child_path
+from core.errors import BadInputError
+from core.keyids import check_keyid, child_path
 from dataset.motion import HUMANML3D, Skeleton, get_skeleton
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -422,7 +422,7 @@ def amass_to_joints(motion: "AmassMotion", frames: Sequence[int] | np.ndarray, b
     Args:
         motion: an :class:`~dataset.amass.AmassMotion`.
         frames: AMASS frame indices (int, one per motion frame), e.g. ``clip.frames``.
-        body: a ``render.body.Body`` (``load_body(...)``); HumanML3D uses the gendered SMPL-H
+        body: a ``body.model.Body`` (``load_body(...)``); HumanML3D uses the gendered SMPL-H
             model (male for "male", female otherwise), see :func:`clip_features`.
     Returns:
         (T, 22, 3) float32 joints, metres, Y up.
@@ -444,7 +444,7 @@ def amass_to_joints(motion: "AmassMotion", frames: Sequence[int] | np.ndarray, b
 
 @functools.lru_cache(maxsize=8)
 def _cached_body(model_dir: str | None, model_type: str, gender: str) -> Any:
-    from render.body import load_body  # the body-model code shared with rendering
+    from body.model import load_body  # the body-model code shared with rendering
 
     return load_body(model_dir, model_type=model_type, gender=gender, num_betas=_NUM_BETAS)
 
@@ -490,7 +490,7 @@ def clip_features(clip: "Clip", amass_root: str | os.PathLike | None, body: Any 
         amass_root: AMASS root directory (unused when reading ``humanml3d_vecs``).
         body: None (procedural body), a body-model directory in smplx's layout (the motion's model
             type, SMPL-H for 156-dim poses, gendered as HumanML3D: the male model for "male", the
-            female one otherwise; loaded once and cached), or a ready ``render.body.Body``.
+            female one otherwise; loaded once and cached), or a ready ``body.model.Body``.
         humanml3d_vecs: optional directory of precomputed feature files.
         skeleton: "humanml3d" (263) or "kit" (251; only from ``humanml3d_vecs``, since AMASS
             bodies give SMPL joints).

@@ -25,13 +25,15 @@ fixed order, so the same input gives byte-identical tars. Shards are written to 
 (atomic). A shard whose inputs (clip definitions, video/sidecar/feature file sizes and mtimes, build settings)
 are unchanged since it was written is kept, so a second run is a no-op.
 
-Untrusted input (see docs/interfaces.md): every clip's keyid must follow :data:`dataset.keyids.KEYID_RULE`
-(otherwise the clip fails, the build goes on); tar member names are built in one place (:func:`member_name`);
-input files are found with :func:`dataset.keyids.child_path`; a render sidecar must name the clip's keyid and,
-when it records ``video_size`` / ``video_sha256``, the video must match them. Readers (:func:`check_shards`,
-:func:`iter_tar_members`) refuse members that are not ``<keyid>.<ext>``. Temporary files of a killed run are
-removed by the next run; SIGINT/SIGTERM stop a build cleanly (the report says ``interrupted``) and worker
-processes die with their parent.
+Untrusted input (see docs/interfaces.md): every clip's keyid must follow :data:`core.keyids.KEYID_RULE`
+(otherwise the clip fails, the build goes on); tar member names are built in one place
+(:func:`dataset.shard_format.member_name`); input files are found with :func:`core.keyids.child_path`; a render
+sidecar must name the clip's keyid and, when it records ``video_size`` / ``video_sha256``, the video must match
+them. Readers (:func:`check_shards`, :func:`dataset.shard_format.iter_tar_members`) refuse members that are not
+``<keyid>.<ext>``. Temporary files of a killed run are removed by the next run; SIGINT/SIGTERM stop a build
+cleanly (the report says ``interrupted``) and worker processes die with their parent.
+
+The format itself (file and member names, manifests, tar reading, ``stats.npz``) is :mod:`dataset.shard_format`.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import logging
 import math
@@ -56,24 +57,23 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from dataset.atomic import atomic_path, write_json
-from dataset.errors import BadInputError
-from dataset.hashing import sha256_file
-from dataset.keyids import check_keyid, check_member_name, child_path, is_keyid
+from core.atomic import write_json
+from core.errors import BadInputError
+from core.hashing import sha256_file
+from core.keyids import check_keyid, child_path, is_keyid
+from dataset.shard_format import (
+    BASE_MEMBERS, FORMAT_VERSION, MANIFEST_KIND, META, MOTION, SENT, SPLITS, STATS_NAME, TEXTS, VIDEO_JPGS,
+    VIDEO_MEMBERS, VIDEO_MP4, iter_tar_members, json_bytes, load_npy_bytes, manifest_path,
+    manifest_shards, naming, npy_bytes, parse_texts, read_manifests, shard_name, stats_arrays, stats_fingerprint,
+    write_if_changed, write_manifest, write_stats, write_tar,
+)
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 TOOL_VERSION = "lavimo-build-shards 1.0"
-TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed so rebuilds are byte-identical
-VIDEO_MEMBERS = {"jpgs": "video.jpgs", "mp4": "video.mp4"}
-BASE_MEMBERS = ("meta.json", "motion.npy", "sent.npy", "texts.json")
-ALL_MEMBERS = BASE_MEMBERS + tuple(VIDEO_MEMBERS.values())
-SPLITS = ("train", "val", "test")
-# temporary files of dataset.atomic (``.{final name}.XXXXXXXX.tmp{ext}``) whose final name is one of ours
+# temporary files of core.atomic (``.{final name}.XXXXXXXX.tmp{ext}``) whose final name is one of ours
 _TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
 _OUR_NAME_RE = re.compile(r"^(?:[A-Za-z0-9_-]+-\d{6}\.tar(?:\.json)?|[A-Za-z0-9_-]+\.json|stats\.npz|README\.md)$")
-_SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+\.tar$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -191,142 +191,6 @@ class BuildReport:
 NO_TEXTS = "texts: the clip has no texts"
 
 
-# ----------------------------------------------------------------------------------------------- tar writing
-def tar_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
-    """A tar header with fixed metadata (mtime, owner, mode) for deterministic shards."""
-    ti = tarfile.TarInfo(name)
-    ti.size = len(data)
-    ti.mtime = TAR_MTIME
-    ti.mode = 0o444
-    ti.uid = ti.gid = 0
-    ti.uname = ti.gname = ""
-    ti.type = tarfile.REGTYPE
-    return ti, io.BytesIO(data)
-
-
-def member_name(key: str, member: str) -> str:
-    """The tar member name ``<keyid>.<member>`` of a sample: the one place it is built.
-
-    Raises BadInputError for a key that is not a keyid or a member outside :data:`ALL_MEMBERS`, so a writer
-    can never put ``../x`` or ``/abs`` into a tar."""
-    check_keyid(key, field="keyid")
-    if member not in ALL_MEMBERS:
-        raise BadInputError(None, "member", f"{member!r} is not one of {sorted(ALL_MEMBERS)}")
-    return check_member_name(f"{key}.{member}")
-
-
-def write_tar(path: Path, samples: Sequence[dict[str, bytes]]) -> tuple[str, int]:
-    """Atomically write ``samples`` (dicts with ``__key__`` and member -> bytes) -> (sha256 hex, size bytes)."""
-    with _naming(path), atomic_path(path) as tmp:
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
-            for s in samples:
-                key = s["__key__"]
-                for member in sorted(k for k in s if k != "__key__"):
-                    tf.addfile(*tar_member(member_name(key, member), s[member]))
-        digest, size = sha256_file(tmp)
-        _public(tmp)
-    return digest, size
-
-
-@contextlib.contextmanager
-def _naming(path: str | os.PathLike) -> Iterator[None]:
-    """Give an OSError raised while writing ``path`` (ENOSPC, EIO, ...) the file name it lacks."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.filename is None and exc.errno is not None:
-            raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from exc
-        raise
-
-
-def npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    return buf.getvalue()
-
-
-def load_npy_bytes(data: bytes, max_bytes: int = 1 << 30) -> np.ndarray:
-    """Parse a ``.npy`` member from untrusted bytes -> array.
-
-    The header is checked before any array memory is allocated: format version 1.0/2.0, no object dtype
-    (nothing is ever unpickled), and ``prod(shape) * itemsize`` equal to the bytes that follow (at most
-    ``max_bytes``), so a crafted header cannot make numpy allocate a huge array. Raises ValueError."""
-    from numpy.lib import format as npf
-
-    bio = io.BytesIO(data)
-    try:
-        version = npf.read_magic(bio)
-        if version == (1, 0):
-            shape, fortran, dtype = npf.read_array_header_1_0(bio)
-        elif version == (2, 0):
-            shape, fortran, dtype = npf.read_array_header_2_0(bio)
-        else:
-            raise ValueError(f"unsupported .npy version {version}")
-    except (ValueError, EOFError, SyntaxError, TypeError) as exc:
-        raise ValueError(f"not a .npy array: {exc}") from exc
-    if dtype.hasobject:
-        raise ValueError(f"object dtype {dtype} refused (would need unpickling)")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if len(shape) else dtype.itemsize
-    rest = len(data) - bio.tell()
-    if expected != rest or expected > max_bytes:
-        raise ValueError(f"header says shape {shape} {dtype} ({expected} bytes) but {rest} bytes follow")
-    return np.load(io.BytesIO(data), allow_pickle=False)
-
-
-def json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def shard_name(split: str, index: int) -> str:
-    return f"{split}-{index:06d}.tar"
-
-
-def finite_number(v: Any) -> float | None:
-    """``v`` as a float when it is a JSON number (not a bool) with a finite value, else None."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    try:
-        f = float(v)
-    except OverflowError:  # an integer too large for a float
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _span_value(t: Any, key: str, n: int) -> float | None:
-    v = t.get(key) if isinstance(t, dict) else None
-    if v is None:
-        return None
-    f = finite_number(v)
-    if f is None or f < 0:
-        shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
-        raise ValueError(f"texts.json text {n}: {key} {shown} is not null or a number of seconds >= 0")
-    return f
-
-
-def parse_texts(data: bytes) -> tuple[list[str], list[tuple[float | None, float | None]]]:
-    """Captions and spans of a ``texts.json`` member (a non-empty list of {caption, start, end} or strings)
-    -> (captions, [(start, end)]) with start/end seconds inside the clip or None (None = whole clip / from the
-    start / to the end; the loader's segment rule is in dataset/stream.py). Raises ValueError for anything else
-    (not JSON, not a non-empty list, a caption that is not a string, a start/end that is not null or a finite
-    number >= 0, an ``end <= start`` other than HumanML3D's whole-clip ``0, 0``)."""
-    try:
-        texts = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"texts.json: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(texts, list) or not texts:
-        raise ValueError("texts.json holds no texts")
-    captions = [t.get("caption") if isinstance(t, dict) else t for t in texts]
-    if not all(isinstance(c, str) for c in captions):
-        raise ValueError("texts.json: every text needs a string caption")
-    spans = []
-    for n, t in enumerate(texts):
-        start, end = _span_value(t, "start", n), _span_value(t, "end", n)
-        if start is not None and end is not None and end <= start and not start == end == 0:
-            raise ValueError(f"texts.json text {n}: end {end} is not after start {start}")
-        spans.append((start, end))
-    return captions, spans
-
-
 # ----------------------------------------------------------------------------------------------- per clip
 def default_features(clip, amass_root: Path | None, humanml3d_vecs: Path | None,
                      skeleton: str = "humanml3d") -> np.ndarray:
@@ -442,13 +306,15 @@ def prepare_sample(clip, cfg: BuildConfig, features_fn: Callable) -> dict[str, b
 
     Raises BadInputError for bad inputs (bad keyid, unreadable video or sidecar, sidecar of another clip or
     not matching the video, frame count mismatch, bad features)."""
-    from dataset.video_frames import encode_jpgs, read_sidecar, read_video_scaled
+    from core.mp4 import read_video
+    from dataset.video_frames import encode_jpgs, read_sidecar
 
     mp4, side_path = clip_inputs(clip, cfg)
     side = read_sidecar(side_path)
     check_sidecar(side, side_path, clip.keyid, mp4)
     # (T, H, W, 3) uint8, scaled by ffmpeg while decoding (the mp4 format only needs the frame count)
-    frames, (src_w, src_h) = read_video_scaled(mp4, cfg.frame_size if cfg.video_format == "jpgs" else 32)
+    frames, info = read_video(mp4, cfg.frame_size if cfg.video_format == "jpgs" else 32)
+    src_w, src_h = info["source_size"]
     n_side = side.get("num_frames", len(side.get("frames", [])) or None)
     if n_side is not None and int(n_side) != len(frames):
         raise BadInputError(mp4, "video", f"{len(frames)} frames decoded but the sidecar says {n_side}")
@@ -469,10 +335,10 @@ def prepare_sample(clip, cfg: BuildConfig, features_fn: Callable) -> dict[str, b
                     len(frames), feats.shape[0])
     sample: dict[str, bytes] = {"__key__": clip.keyid}
     if cfg.video_format == "jpgs":
-        sample["video.jpgs"] = encode_jpgs(frames, cfg.jpeg_quality)
+        sample[VIDEO_JPGS] = encode_jpgs(frames, cfg.jpeg_quality)
         stored = [int(frames.shape[2]), int(frames.shape[1])]
     else:
-        sample["video.mp4"] = mp4.read_bytes()
+        sample[VIDEO_MP4] = mp4.read_bytes()
         stored = [int(src_w), int(src_h)]
     meta = {
         "keyid": clip.keyid, "dataset": clip.dataset, "split": clip.split, "amass_path": clip.amass_path,
@@ -483,9 +349,9 @@ def prepare_sample(clip, cfg: BuildConfig, features_fn: Callable) -> dict[str, b
         "video_size": stored, "rendered_size": [int(src_w), int(src_h)],
         "frame_rule": clip.frame_spec.rule, "frame_start": clip.frame_spec.start, "frame_end": clip.frame_spec.end,
     }
-    sample["meta.json"] = json_bytes(meta)
-    sample["motion.npy"] = npy_bytes(feats)
-    sample["texts.json"] = json_bytes(texts_of(clip))
+    sample[META] = json_bytes(meta)
+    sample[MOTION] = npy_bytes(feats)
+    sample[TEXTS] = json_bytes(texts_of(clip))
     return sample
 
 
@@ -639,7 +505,7 @@ def _stop_on_signals() -> Iterator[None]:
 
 
 def temp_leftovers(out: Path) -> list[Path]:
-    """Temporary files of an interrupted run in a shard set (``.{name}.XXXXXXXX.tmp*`` of dataset.atomic for
+    """Temporary files of an interrupted run in a shard set (``.{name}.XXXXXXXX.tmp*`` of core.atomic for
     our own file names, in ``out`` and ``out/.build``)."""
     found = []
     for d in (out, out / ".build"):
@@ -668,43 +534,6 @@ def remove_leftovers(out: Path) -> list[str]:
 # ----------------------------------------------------------------------------------------------- set config
 def _set_config(cfg: BuildConfig, text_info: dict) -> dict:
     return {"format_version": FORMAT_VERSION, "text_model": text_info, "video": cfg.video_info()}
-
-
-def read_manifests(out: Path) -> dict[str, dict]:
-    """All ``{split}.json`` manifests of a shard set -> {split: manifest}.
-
-    Only visible files named ``<split>.json`` (split = letters, digits, ``_``, ``-``) whose ``split`` field
-    agrees with the file name count; temporary files of a killed run (``.train.json.XXXX.tmp.json``) never do."""
-    found = {}
-    for p in sorted(Path(out).glob("*.json")):
-        if not is_keyid(p.stem) or p.name != f"{p.stem}.json":
-            continue
-        try:
-            m = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue
-        if isinstance(m, dict) and m.get("kind") == "lavimo-shards-manifest":
-            if m.get("split", p.stem) != p.stem:
-                log.warning("%s: split field %r differs from the file name: ignored", p, m.get("split"))
-                continue
-            found[p.stem] = m
-    return found
-
-
-def manifest_shards(out: Path, split: str, m: dict) -> list[tuple[dict, Path]]:
-    """(entry, path) of every shard a manifest lists. Raises BadInputError naming the manifest when
-    ``shards`` is not a list of {name, ...} or a name is not a plain ``<name>.tar`` inside ``out``."""
-    where = Path(out) / f"{split}.json"
-    entries = m.get("shards") if isinstance(m, dict) else None
-    if not isinstance(entries, list):
-        raise BadInputError(where, "shards", "expected a list of shard entries")
-    result = []
-    for e in entries:
-        name = e.get("name") if isinstance(e, dict) else None
-        if not isinstance(name, str) or not _SHARD_NAME_RE.match(name):
-            raise BadInputError(where, "shards", f"shard name {name!r} is not a plain '<name>.tar' file name")
-        result.append((e, child_path(out, name)))
-    return result
 
 
 def _check_compatible(out: Path, set_cfg: dict) -> int | None:
@@ -742,9 +571,9 @@ def remove_shard_set(out: Path) -> int:
             p.unlink()
             n += 1
     for split in manifests:
-        (out / f"{split}.json").unlink(missing_ok=True)
+        manifest_path(out, split).unlink(missing_ok=True)
         n += 1
-    for name in ("stats.npz", "README.md"):
+    for name in (STATS_NAME, "README.md"):
         if (out / name).exists():
             (out / name).unlink()
             n += 1
@@ -821,7 +650,7 @@ def build_shards(clips: Iterable, cfg: BuildConfig, *, embedder=None, features_f
             log.warning("%s: build stopped; %d samples in %d shards were written (run again to finish)",
                         exc.signame, report.done, report.shards_written)
         report_name = "report.json" if cfg.part is None else f"report-part-{cfg.part[0]}-of-{cfg.part[1]}.json"
-        with _naming(build_dir / report_name):
+        with naming(build_dir / report_name):
             write_json(build_dir / report_name, report.to_dict())
     return report
 
@@ -894,7 +723,7 @@ def _build_split(split, clips, cfg, set_cfg, embedder, features_fn, feature_dim,
                 failed[res[1]] = res[2]
                 continue
             sample = res[1]
-            dim = int(json.loads(sample["meta.json"])["feature_dim"])
+            dim = int(json.loads(sample[META])["feature_dim"])
             if feature_dim is None:
                 feature_dim = dim
             if dim != feature_dim:
@@ -909,7 +738,7 @@ def _build_split(split, clips, cfg, set_cfg, embedder, features_fn, feature_dim,
                      "keys": [s["__key__"] for s in samples], "skipped": skipped, "failed": failed,
                      "feature_dim": feature_dim,
                      "video_bytes": sum(len(s[VIDEO_MEMBERS[cfg.video_format]]) for s in samples)}
-            with _naming(out / ".build" / f"{name}.json"):
+            with naming(out / ".build" / f"{name}.json"):
                 write_json(out / ".build" / f"{name}.json", state)
             states[si] = state
             _write_state(out / ".build" / "set.json", {**set_cfg, "feature_dim": feature_dim})
@@ -936,7 +765,7 @@ def _build_split(split, clips, cfg, set_cfg, embedder, features_fn, feature_dim,
         return feature_dim
     video_bytes = sum(states[si].get("video_bytes", 0) for si in range(len(plan)))
     manifest = {
-        "kind": "lavimo-shards-manifest", "format_version": FORMAT_VERSION, "tool_version": TOOL_VERSION,
+        "kind": MANIFEST_KIND, "format_version": FORMAT_VERSION, "tool_version": TOOL_VERSION,
         "split": split, "num_samples": n, "num_shards": len(entries), "samples_per_shard": cfg.samples_per_shard,
         "shards": entries, "text_model": set_cfg["text_model"], "feature_dim": feature_dim,
         "video": {**set_cfg["video"],
@@ -950,7 +779,7 @@ def _build_split(split, clips, cfg, set_cfg, embedder, features_fn, feature_dim,
     }
     if n == 0:
         log.warning("split %s has no samples", split)
-    _write_if_changed(out / f"{split}.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_manifest(out, split, manifest)
     return feature_dim
 
 
@@ -973,12 +802,12 @@ def _add_sentences(samples: list[dict], embedder) -> None:
     """Add ``sent.npy`` (n_texts, D) float16 L2-normalised to each sample (one encode call per shard)."""
     captions, spans = [], []
     for s in samples:
-        texts = json.loads(s["texts.json"])
+        texts = json.loads(s[TEXTS])
         spans.append((len(captions), len(captions) + len(texts)))
         captions.extend(t["caption"] for t in texts)
     emb = embedder.encode(captions) if captions else np.zeros((0, embedder.dim), np.float32)
     for s, (a, b) in zip(samples, spans):
-        s["sent.npy"] = npy_bytes(emb[a:b].astype(np.float16))
+        s[SENT] = npy_bytes(emb[a:b].astype(np.float16))
 
 
 def _read_state(path: Path) -> dict | None:
@@ -994,55 +823,10 @@ def _read_state(path: Path) -> dict | None:
 
 
 def _write_state(path: Path, obj: dict) -> bool:
-    return _write_if_changed(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def _public(path: Path) -> None:
-    """Give a temp file (created 0600 by mkstemp) the usual permissions (0666 minus the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def _write_if_changed(path: Path, text: str) -> bool:
-    try:
-        if path.is_file() and path.read_text(encoding="utf-8") == text:
-            return False
-    except (OSError, UnicodeDecodeError):
-        pass
-    with _naming(path), atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-        _public(tmp)
-    return True
+    return write_if_changed(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------- stats, card
-def iter_tar_members(path: Path, suffix: str | None = None, refused: list[str] | None = None):
-    """Yield (member name, bytes) of a tar in order (only names ending with ``suffix`` when given).
-
-    Members that are not regular files, or whose name is not ``<keyid>.<ext>`` (``/``, ``..``, a bad keyid:
-    :func:`dataset.keyids.check_member_name`), are never yielded: each is logged and, when ``refused`` is a
-    list, appended to it as ``"member 'NAME': reason"``."""
-    with tarfile.open(path, "r") as tf:
-        for ti in tf:
-            why = None
-            if not ti.isfile():
-                why = "not a regular file (link, directory or device)"
-            else:
-                try:
-                    check_member_name(ti.name, path)
-                except BadInputError as exc:
-                    why = exc.message
-            if why is not None:
-                log.warning("%s: member %r refused: %s", path, ti.name, why)
-                if refused is not None:
-                    refused.append(f"member {ti.name!r} refused: {why}")
-                continue
-            if suffix is not None and not ti.name.endswith(suffix):
-                continue
-            yield ti.name, tf.extractfile(ti).read()
-
-
 def update_stats(out: Path, stats_fn: Callable | None = None) -> bool:
     """(Re)write ``stats.npz`` from the train shards' motion features when the train manifest changed.
 
@@ -1054,27 +838,30 @@ def update_stats(out: Path, stats_fn: Callable | None = None) -> bool:
         return False
     m = manifests["train"]
     fp = hashlib.sha256(json.dumps([e["sha256"] for e in m["shards"]]).encode()).hexdigest()
-    path = out / "stats.npz"
-    if path.is_file():
-        try:
-            with np.load(path) as z:
-                if str(z["train_fingerprint"]) == fp:
-                    return False
-        except (OSError, KeyError, ValueError):
-            pass
-    arrays = [load_npy_bytes(data) for _, path in manifest_shards(out, "train", m)
-              for _, data in iter_tar_members(path, ".motion.npy")]
+    path = out / STATS_NAME
+    if stats_fingerprint(path) == fp:
+        return False
+    arrays = [load_npy_bytes(data) for _, shard in manifest_shards(out, "train", m)
+              for _, data in _shard_members(shard, want=lambda name: name.endswith("." + MOTION))]
     if not arrays:
         log.warning("train split is empty: stats.npz not written")
         return False
     mean, std = (stats_fn or default_stats)(arrays)
     mean = np.asarray(mean, np.float32)
     std = np.asarray(std, np.float32)
-    with _naming(path), atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, mean=mean, std=std, train_fingerprint=np.array(fp), num_samples=np.array(len(arrays)))
-        _public(tmp)
+    write_stats(path, mean, std, fingerprint=fp, num_samples=len(arrays))
     return True
+
+
+def _shard_members(path: Path, *, want: Callable[[str], bool] | None = None, refused: list[str] | None = None):
+    """:func:`dataset.shard_format.iter_tar_members` of one shard; each refused member is logged and, when
+    ``refused`` is a list, appended to it as ``"member 'NAME' refused: reason"``."""
+    def note(ti, reason: str, message: str) -> None:
+        log.warning("%s: member %r refused: %s", path, ti.name, message)
+        if refused is not None:
+            refused.append(f"member {ti.name!r} refused: {message}")
+
+    return iter_tar_members(path, refused=note, want=want)
 
 
 def write_card(out: Path) -> bool:
@@ -1113,7 +900,7 @@ def write_card(out: Path) -> bool:
         "Motions come from AMASS (non-commercial research licence) and texts from HumanML3D / KIT-ML via their",
         "annotation files; respect their terms when sharing these shards.",
         "", f"Tool: {any_m.get('tool_version')}, format version {any_m.get('format_version')}.", ""]
-    return _write_if_changed(out / "README.md", "\n".join(lines))
+    return write_if_changed(out / "README.md", "\n".join(lines))
 
 
 # ----------------------------------------------------------------------------------------------- check
@@ -1149,7 +936,7 @@ def verify_shard(path: Path, entry: dict) -> dict:
 def verify_shards(shards_dir: str | os.PathLike, splits: Sequence[str] | None = None) -> list[dict]:
     """Check every shard of ``splits`` (default: every manifest) against its manifest's size and sha256.
 
-    Reads each tar once, in 1 MiB blocks (:func:`dataset.hashing.sha256_file`), without parsing it. Returns
+    Reads each tar once, in 1 MiB blocks (:func:`core.hashing.sha256_file`), without parsing it. Returns
     one dict per listed shard, in manifest order (see :func:`verify_shard`: ``file``, ``size``, ``sha256``,
     ``expected_size``, ``expected_sha256``, ``ok``, ``problem``); the set is intact when every ``ok`` is True.
 
@@ -1166,7 +953,7 @@ def verify_shards(shards_dir: str | os.PathLike, splits: Sequence[str] | None = 
     for split in wanted:
         m = manifests.get(split)
         if m is None:
-            raise BadInputError(out / f"{split}.json", "manifest", "missing or not a shard manifest")
+            raise BadInputError(manifest_path(out, split), "manifest", "missing or not a shard manifest")
         for e, path in manifest_shards(out, split, m):
             results.append(verify_shard(path, e))
     return results
@@ -1208,16 +995,16 @@ def check_shards(out: str | os.PathLike, splits: Sequence[str] | None = None, de
     for split in splits or sorted(manifests):
         m = manifests.get(split)
         if m is None:
-            rep.problems.append(f"{out / (split + '.json')}: manifest missing")
+            rep.problems.append(f"{manifest_path(out, split)}: manifest missing")
             continue
         try:
             listed_shards = manifest_shards(out, split, m)
             vmember = m["video"]["member"]
             if vmember not in VIDEO_MEMBERS.values():
-                raise BadInputError(out / f"{split}.json", "video", f"unknown video member {vmember!r}")
+                raise BadInputError(manifest_path(out, split), "video", f"unknown video member {vmember!r}")
         except (BadInputError, KeyError, TypeError) as exc:
             rep.problems.append(str(exc) if isinstance(exc, BadInputError) else
-                                f"{out / (split + '.json')}: malformed manifest ({type(exc).__name__}: {exc})")
+                                f"{manifest_path(out, split)}: malformed manifest ({type(exc).__name__}: {exc})")
             continue
         listed = {path.name for _, path in listed_shards}
         for p in sorted(out.glob(f"{split}-*.tar")):
@@ -1236,7 +1023,7 @@ def check_shards(out: str | os.PathLike, splits: Sequence[str] | None = None, de
             samples: dict[str, dict[str, bytes]] = {}
             refused: list[str] = []
             try:
-                for name, data in iter_tar_members(p, refused=refused):
+                for name, data in _shard_members(p, refused=refused):
                     key, _, member = name.partition(".")
                     samples.setdefault(key, {})[member] = data if deep else b""
             except (tarfile.TarError, OSError, EOFError) as exc:
@@ -1263,20 +1050,20 @@ def check_shards(out: str | os.PathLike, splits: Sequence[str] | None = None, de
             total += len(samples)
         rep.samples[split] = total
         if total != m.get("num_samples"):
-            rep.problems.append(f"{out / (split + '.json')}: {total} samples found, manifest says "
+            rep.problems.append(f"{manifest_path(out, split)}: {total} samples found, manifest says "
                                 f"{m.get('num_samples')}")
     if "train" in manifests:
-        sp = out / "stats.npz"
+        sp = out / STATS_NAME
         if not sp.is_file():
             rep.problems.append(f"{sp}: missing")
         else:
             try:
-                with np.load(sp) as z:
-                    d = manifests["train"].get("feature_dim")
-                    if z["mean"].shape != (d,) or z["std"].shape != (d,):
-                        rep.problems.append(f"{sp}: mean/std shapes {z['mean'].shape}/{z['std'].shape}, expected ({d},)")
-                    elif not (np.isfinite(z["mean"]).all() and np.isfinite(z["std"]).all()):
-                        rep.problems.append(f"{sp}: mean/std contain NaN/inf")
+                mean, std = stats_arrays(sp)
+                d = manifests["train"].get("feature_dim")
+                if mean.shape != (d,) or std.shape != (d,):
+                    rep.problems.append(f"{sp}: mean/std shapes {mean.shape}/{std.shape}, expected ({d},)")
+                elif not (np.isfinite(mean).all() and np.isfinite(std).all()):
+                    rep.problems.append(f"{sp}: mean/std contain NaN/inf")
             except (OSError, KeyError, ValueError) as exc:
                 rep.problems.append(f"{sp}: unreadable: {exc}")
     return rep
@@ -1284,16 +1071,16 @@ def check_shards(out: str | os.PathLike, splits: Sequence[str] | None = None, de
 
 def _check_sample(mem: dict[str, bytes], m: dict, vmember: str, jpgs_info) -> str | None:
     try:
-        texts = json.loads(mem["texts.json"])
-        sent = load_npy_bytes(mem["sent.npy"])
-        motion = load_npy_bytes(mem["motion.npy"])
-        meta = json.loads(mem["meta.json"])
+        texts = json.loads(mem[TEXTS])
+        sent = load_npy_bytes(mem[SENT])
+        motion = load_npy_bytes(mem[MOTION])
+        meta = json.loads(mem[META])
     except (ValueError, OSError, EOFError, RecursionError) as exc:
         return f"unparsable member: {exc}"
     if not isinstance(texts, list) or not isinstance(meta, dict):
         return "texts.json must be a list and meta.json an object"
     try:
-        parse_texts(mem["texts.json"])  # captions are strings, spans null or seconds >= 0 with end > start
+        parse_texts(mem[TEXTS])  # captions are strings, spans null or seconds >= 0 with end > start
     except ValueError as exc:
         return str(exc)
     if sent.dtype != np.float16 or sent.shape != (len(texts), m["text_model"]["dim"]):
@@ -1302,7 +1089,7 @@ def _check_sample(mem: dict[str, bytes], m: dict, vmember: str, jpgs_info) -> st
         return f"motion.npy {motion.dtype} {motion.shape}, expected float32 (T-1, {m['feature_dim']})"
     if not np.isfinite(motion).all():
         return "motion.npy contains NaN/inf"
-    if vmember == "video.jpgs":
+    if vmember == VIDEO_JPGS:
         try:
             n = jpgs_info(mem[vmember])[0]
         except ValueError as exc:

@@ -28,7 +28,7 @@ import os
 import sys
 from pathlib import Path
 
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 from dataset.subsets import NSIM_SPLIT
 
 log = logging.getLogger("build-shards")
@@ -163,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(a.annotations).exists():
         return _setup_error(f"--annotations {a.annotations}: not found (give a HumanML3D directory or an "
                             "annotations.json)")
-    from dataset.slurm import SlurmEnvError, parse_part, part_argument
+    from core.slurm import SlurmEnvError, parse_part, part_argument
 
-    try:  # no --part inside a Slurm job array: the task's part (dataset/slurm.py)
+    try:  # no --part inside a Slurm job array: the task's part (core/slurm.py)
         part_text = part_argument(a.part)
         part = None if part_text is None else parse_part(part_text)
     except (SlurmEnvError, ValueError) as exc:
@@ -296,7 +296,7 @@ def body_models_clash(out: str | os.PathLike, body_models: str) -> str | None:
     shards: like another text model, it needs another ``--out`` or ``--overwrite``. Manifests written before
     ``body_models`` was recorded count as ``"procedural"`` (the only body there was); manifests of features
     read from ``humanml3d_vecs`` never clash (their shards are rebuilt: their inputs differ)."""
-    from dataset.shards import read_manifests
+    from dataset.shard_format import manifest_path, read_manifests
 
     for split, m in sorted(read_manifests(Path(out)).items()):
         src = m.get("sources") if isinstance(m.get("sources"), dict) else {}
@@ -304,7 +304,7 @@ def body_models_clash(out: str | os.PathLike, body_models: str) -> str | None:
             continue
         prior = str(src.get("body_models", "procedural"))
         if not _same_body(prior, body_models):
-            return (f"{Path(out) / (split + '.json')}: the shard set's motion features were computed with "
+            return (f"{manifest_path(out, split)}: the shard set's motion features were computed with "
                     f"body_models={prior} but this run uses {body_models}; one shard set cannot mix them (use "
                     "another --out or --overwrite)")
     return None
@@ -320,7 +320,7 @@ def amass_body_key(path: str | os.PathLike) -> tuple[str, str]:
         BadInputError: naming the file and the field (missing/unreadable file, bad poses shape or gender).
     """
     from dataset.amass import POSE_WIDTHS, _member, _open_npz, _read, normalise_gender
-    from render.smpl_pickle import read_npy_header
+    from core.restricted_unpickle import read_npy_header
 
     path = os.fspath(path)
     with _open_npz(path) as zf:

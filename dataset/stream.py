@@ -42,11 +42,11 @@ made here, in the loader, after the caption is chosen - as HumanML3D's and TMR's
   ``segment_too_short``. Unlike HumanML3D (which drops segments of 200 rows or more), long segments are
   cropped like whole clips.
 - A ``start``/``end`` that is not null or a finite number >= 0, or ``end <= start`` (other than ``0, 0``),
-  makes the sample ``texts`` (:func:`dataset.shards.parse_texts`).
+  makes the sample ``texts`` (:func:`dataset.shard_format.parse_texts`).
 
 Untrusted shards: the tars are read by this module (not by webdataset's tar expander), member by member.
 Members that are not regular files or whose name is not ``<keyid>.<ext>`` (``/``, ``..``, a bad keyid; see
-:func:`dataset.keyids.check_member_name`) are refused and never used; ``.npy`` members are parsed with their
+:func:`core.keyids.check_member_name`) are refused and never used; ``.npy`` members are parsed with their
 header checked first and never unpickled; manifests may only name plain ``<name>.tar`` files in their directory.
 
 Skipped samples never stop an epoch: each is logged with its keyid (the first few per reason) and counted per
@@ -76,9 +76,12 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from dataset.augment import AugmentConfig, augment_clip, center_box, clip_normalize, eval_view, names_a_side
-from dataset.errors import BadInputError
-from dataset.keyids import check_member_name
-from dataset.seeding import stable_rng, stable_seed
+from core.errors import BadInputError
+from core.seeding import stable_rng, stable_seed
+from dataset.shard_format import (
+    META, MOTION, SENT, TEXTS, VIDEO_JPGS, VIDEO_MP4, finite_number, iter_tar_members, load_npy_bytes, load_stats,
+    manifest_path, manifest_shards, parse_texts, read_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -231,21 +234,6 @@ class _Ledger:
 
 
 # --------------------------------------------------------------------------------------------- manifest, urls
-def read_manifest(shards: str | Path, split: str) -> dict:
-    """The manifest ``{shards}/{split}.json`` as a dict (FileNotFoundError with a hint when absent)."""
-    path = Path(shards) / f"{split}.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no manifest for split {split!r}; build the shards with build-shards")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            m = json.load(fh)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise BadInputError(path, None, f"not a JSON manifest: {exc}") from exc
-    if not isinstance(m, dict) or not isinstance(m.get("shards"), list):
-        raise BadInputError(path, "shards", "not a shard manifest (no list of shards)")
-    return m
-
-
 def resolve_shards(shards: str | Path | Sequence[str], split: str) -> tuple[list[str], dict | None, Path]:
     """Shard urls, manifest (or None) and the shard set directory for a directory, brace pattern or list."""
     import webdataset as wds
@@ -253,8 +241,6 @@ def resolve_shards(shards: str | Path | Sequence[str], split: str) -> tuple[list
     if isinstance(shards, (list, tuple)):
         urls = [str(u) for u in shards]
     elif Path(shards).is_dir():
-        from dataset.shards import manifest_shards
-
         root = Path(shards)
         m = read_manifest(root, split)
         return [str(path) for _, path in manifest_shards(root, split, m)], m, root
@@ -266,29 +252,9 @@ def resolve_shards(shards: str | Path | Sequence[str], split: str) -> tuple[list
         raise FileNotFoundError(f"no shards in {shards!r}")
     root = Path(urls[0]).parent
     manifest = None
-    if (root / f"{split}.json").is_file():
+    if manifest_path(root, split).is_file():
         manifest = read_manifest(root, split)
     return urls, manifest, root
-
-
-def load_stats(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) (D,) float32 from ``stats.npz`` (a file or a shard set directory)."""
-    path = Path(root)
-    if path.is_dir():
-        path = path / "stats.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: feature statistics missing (build-shards writes them with the train "
-                                "split; pass stats= to use another shard set's)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            mean, std = z["mean"].astype(np.float32), z["std"].astype(np.float32)
-    except (OSError, KeyError, ValueError, EOFError) as exc:
-        raise BadInputError(path, "mean/std", f"unreadable feature statistics: {exc}") from exc
-    if mean.ndim != 1 or mean.shape != std.shape or mean.size == 0:
-        raise BadInputError(path, "mean/std", f"expected two (D,) arrays, got {mean.shape} and {std.shape}")
-    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
-        raise BadInputError(path, "mean/std", "contain NaN/inf (rebuild the train split's stats)")
-    return mean, np.where(std < 1e-8, 1.0, std).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------- pipeline stages
@@ -363,43 +329,33 @@ def _shown(name: str) -> str:
 
 def _tar_samples(url: str, skips: _Skips) -> Iterator[dict]:
     """The samples of one tar, read as a stream: consecutive members ``<key>.<ext>`` -> ``{"__key__": key,
-    "__url__": url, ext: bytes, ...}``. Refused members are counted in ``skips`` and never read; read errors
-    propagate (the caller counts the shard as unreadable)."""
+    "__url__": url, ext: bytes, ...}``. Refused members (:func:`dataset.shard_format.iter_tar_members`) are
+    counted in ``skips`` and never read; read errors propagate (the caller counts the shard as unreadable)."""
     import os
 
     import webdataset as wds
 
+    def refused(ti, reason: str, message: str) -> None:
+        if reason == "member_size":
+            skips.add(reason, ti.name.partition(".")[0], url, f"{ti.name}: {message}")
+        else:
+            skips.add(reason, _shown(ti.name), url, message)
+
     # local files are opened as files (a ':' in a path is never taken for a URL scheme such as "pipe:")
     stream = open(url, "rb") if os.path.isfile(url) else wds.gopen(url, "rb")
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tf:
-            cur: dict | None = None
-            for ti in tf:
-                if not ti.isreg():
-                    skips.add("member_type", _shown(ti.name), url, "not a regular file (link, directory, device)")
-                    continue
-                try:
-                    check_member_name(ti.name, url)
-                except BadInputError as exc:
-                    skips.add("member_name", _shown(ti.name), url, exc.message)
-                    continue
-                key, _, ext = ti.name.partition(".")
-                if ti.size > MAX_MEMBER_BYTES:
-                    skips.add("member_size", key, url, f"{ti.name}: {ti.size} bytes")
-                    continue
-                fh = tf.extractfile(ti)
-                data = fh.read() if fh is not None else b""
-                if len(data) != ti.size:
-                    raise EOFError(f"{ti.name}: member truncated")
-                if cur is None or cur["__key__"] != key:
-                    if cur is not None:
-                        yield cur
-                    cur = {"__key__": key, "__url__": url}
-                if ext in cur:
-                    cur.setdefault("__dup__", ext)
-                cur[ext] = data
-            if cur is not None:
-                yield cur
+        cur: dict | None = None
+        for name, data in iter_tar_members(stream, where=url, refused=refused, max_bytes=MAX_MEMBER_BYTES):
+            key, _, ext = name.partition(".")
+            if cur is None or cur["__key__"] != key:
+                if cur is not None:
+                    yield cur
+                cur = {"__key__": key, "__url__": url}
+            if ext in cur:
+                cur.setdefault("__dup__", ext)
+            cur[ext] = data
+        if cur is not None:
+            yield cur
     finally:
         stream.close()
 
@@ -482,26 +438,27 @@ class SampleTransform:
     def _video(self, sample: dict, rng: np.random.Generator | None, captions: Sequence[str] = (),
                window: tuple[int, int] | None = None):
         import torch
-        from dataset.video_frames import decode_jpgs, jpgs_info, mp4_frames
+        from core.mp4 import mp4_frames
+        from dataset.video_frames import decode_jpgs, jpgs_info
 
-        if "video.jpgs" in sample:
-            data = sample["video.jpgs"]
+        if VIDEO_JPGS in sample:
+            data = sample[VIDEO_JPGS]
             n = jpgs_info(data)[0]
             zoom = self.augment.scale[1] if (self.train and self.augment is not None) else 1.0
             frames = decode_jpgs(data, self.window_indices(n, window, rng),
                                  min_size=int(np.ceil(self.image_size * zoom / self.frame_crop)))
-        elif "video.mp4" in sample:
-            if "meta.json" not in sample:
+        elif VIDEO_MP4 in sample:
+            if META not in sample:
                 raise SampleError("missing_member", "no meta.json member (needed for mp4 videos)")
             try:
-                meta = json.loads(sample["meta.json"])
+                meta = json.loads(sample[META])
                 n = int(meta["num_frames"])
                 if n < 1:
                     raise ValueError(f"num_frames {n}")
             except (ValueError, TypeError, KeyError, RecursionError) as exc:
                 raise SampleError("meta", f"meta.json: {type(exc).__name__}: {exc}") from exc
             idx = self.window_indices(n, window, rng)
-            frames = torch.from_numpy(mp4_frames(sample["video.mp4"], idx)).permute(0, 3, 1, 2).contiguous()
+            frames = torch.from_numpy(mp4_frames(sample[VIDEO_MP4], idx)).permute(0, 3, 1, 2).contiguous()
         else:
             raise SampleError("missing_member", "no video member (video.jpgs or video.mp4)")
         if self.frame_crop < 1.0:
@@ -518,19 +475,18 @@ class SampleTransform:
         reason of :data:`SKIP_REASONS` for a sample that cannot be used."""
         import torch
 
-        from dataset.shards import load_npy_bytes, parse_texts
 
         if "__dup__" in sample:
             raise SampleError("member_duplicate", f"member {sample['__dup__']!r} appears twice")
-        for m in ("texts.json", "sent.npy", "motion.npy"):
+        for m in (TEXTS, SENT, MOTION):
             if m not in sample:
                 raise SampleError("missing_member", f"no {m} member")
         try:
-            captions, spans = parse_texts(sample["texts.json"])
+            captions, spans = parse_texts(sample[TEXTS])
         except ValueError as exc:
             raise SampleError("texts", str(exc)) from exc
         try:
-            sent = load_npy_bytes(sample["sent.npy"])
+            sent = load_npy_bytes(sample[SENT])
         except ValueError as exc:
             raise SampleError("sent", f"sent.npy: {exc}") from exc
         if sent.ndim != 2 or sent.shape[0] != len(captions) or sent.dtype.kind != "f":
@@ -540,7 +496,7 @@ class SampleTransform:
         # drawn here, before anything can fail, as it always was: the same draws with whole-clip captions
         drawn = int(rng.integers(len(captions))) if self.train and rng is not None else 0
         try:
-            motion = load_npy_bytes(sample["motion.npy"])
+            motion = load_npy_bytes(sample[MOTION])
         except ValueError as exc:
             raise SampleError("motion_unreadable", f"motion.npy: {exc}") from exc
         if motion.dtype.kind not in "fiu":
@@ -576,7 +532,7 @@ class SampleTransform:
                     ) -> tuple[int, tuple[int, int] | None]:
         """The caption to use and its segment -> (text index, motion rows ``[lo, hi)`` or None = whole clip).
 
-        ``spans``: each text's (start, end) seconds from :func:`dataset.shards.parse_texts`; ``drawn``: the
+        ``spans``: each text's (start, end) seconds from :func:`dataset.shard_format.parse_texts`; ``drawn``: the
         caption drawn at random (training) or 0; ``motion_rows``: the clip's feature rows. The rule is in the
         module docstring ("Caption segments").
         Raises SampleError: ``segment_too_short`` (no usable caption), ``missing_member`` / ``meta`` (a span
@@ -619,7 +575,7 @@ def is_whole_clip(start: float | None, end: float | None) -> bool:
 def segment_rows(start: float | None, end: float | None, fps: float, motion_rows: int) -> tuple[int, int] | None:
     """Motion feature rows ``[lo, hi)`` of a caption's span, or None for a whole-clip caption.
 
-    ``start``/``end``: seconds inside the clip (checked by :func:`dataset.shards.parse_texts`: None or finite
+    ``start``/``end``: seconds inside the clip (checked by :func:`dataset.shard_format.parse_texts`: None or finite
     >= 0). Whole clip (None): :func:`is_whole_clip`, or a span whose rows are all ``motion_rows`` rows (cutting
     would change nothing). Otherwise ``lo = int(start * fps)`` (0 when ``start`` is None), ``hi = int(end *
     fps)`` (``motion_rows`` when ``end`` is None), as HumanML3D's ``motion[int(f_tag*20):int(to_tag*20)]``;
@@ -636,12 +592,11 @@ def segment_rows(start: float | None, end: float | None, fps: float, motion_rows
 
 def _meta_fps(sample: Mapping[str, bytes]) -> float:
     """The clip's motion/video frame rate from ``meta.json`` (needed to cut a caption's segment)."""
-    from dataset.shards import finite_number
 
-    if "meta.json" not in sample:
+    if META not in sample:
         raise SampleError("missing_member", "no meta.json member (its fps is needed for captions with a time span)")
     try:
-        meta = json.loads(sample["meta.json"])
+        meta = json.loads(sample[META])
         fps = finite_number(meta["fps"])
         if fps is None or fps <= 0:
             raise ValueError(f"fps {str(meta['fps'])[:40]} is not a positive frame rate")

@@ -1,4 +1,6 @@
-"""Video helpers for shards: read rendered mp4s, pack/unpack per-frame JPEGs, decode selected frames.
+"""Video helpers for shards: render sidecars, pack/unpack per-frame JPEGs, decode selected frames.
+
+Reading and writing mp4 files is :mod:`core.mp4`'s (``read_video``, ``mp4_frames``, ``write_video``).
 
 Two shard video members are supported (see the README for the measured trade-off):
 
@@ -21,72 +23,15 @@ import io
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 
 JPGS_MAGIC = b"LVJPGS1\x00"
 _HEADER = struct.Struct("<8sIII")
-
-
-def read_video(path: str | os.PathLike, short_side: int | None = None) -> np.ndarray:
-    """Decode every frame of a video file -> (T, H, W, 3) uint8 RGB. Raises BadInputError when unreadable.
-
-    With ``short_side``, ffmpeg scales frames down (area averaging, aspect kept) so the short side is at most
-    ``short_side`` pixels while decoding, which is much cheaper than resizing afterwards."""
-    return read_video_scaled(path, short_side)[0]
-
-
-def read_video_scaled(path: str | os.PathLike, short_side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
-    """Like :func:`read_video`; also returns the source frame size (width, height) before scaling."""
-    import logging
-
-    import imageio_ffmpeg
-
-    path = Path(path)
-    if not path.is_file():
-        raise BadInputError(path, "video", "file not found")
-    out_params = None
-    if short_side is not None:
-        s = int(short_side)
-        out_params = ["-vf", f"scale=w='if(lte(iw,ih),min({s},iw),-2)':h='if(lte(iw,ih),-2,min({s},ih))'"
-                              ":flags=area"]
-    quiet = logging.getLogger("imageio_ffmpeg")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # it warns whenever the output size differs from the source
-    try:
-        gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", output_params=out_params)
-        meta = next(gen)
-        w, h = meta["size"]
-        frames = [np.frombuffer(f, dtype=np.uint8).reshape(h, w, 3) for f in gen]
-    except (RuntimeError, OSError, StopIteration, ValueError, IndexError, AttributeError) as exc:
-        raise BadInputError(path, "video", f"cannot decode: {exc}") from exc
-    finally:
-        quiet.setLevel(level)
-    if not frames:
-        raise BadInputError(path, "video", "no frames decoded")
-    return np.stack(frames), tuple(meta.get("source_size", (w, h)))
-
-
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, quality: int | None = None,
-                crf: int = 23) -> None:
-    """Write (T, H, W, 3) uint8 frames as H.264 yuv420p mp4 (used by tests and benchmarks)."""
-    import imageio_ffmpeg
-
-    frames = np.ascontiguousarray(frames, dtype=np.uint8)
-    t, h, w, _ = frames.shape
-    writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-                                         quality=quality, macro_block_size=1,
-                                         output_params=["-crf", str(crf), "-preset", "veryfast"]
-                                         if quality is None else None)
-    writer.send(None)
-    for f in frames:
-        writer.send(f)
-    writer.close()
 
 
 def read_sidecar(path: str | os.PathLike) -> dict:
@@ -174,38 +119,3 @@ def decode_jpgs(data: bytes, indices: Iterable[int] | None = None, min_size: int
         frames.append(np.asarray(im.convert("RGB")))
     arr = np.stack(frames)  # (k, H, W, 3)
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
-
-
-def mp4_frames(data: bytes, indices: Sequence[int] | None = None) -> np.ndarray:
-    """Decode an mp4 held in memory and return frames ``indices`` -> (k, H, W, 3) uint8.
-
-    H.264 needs the stream decoded from the start, so this decodes up to the last wanted frame (through a
-    temporary file, because mp4 files written without ``faststart`` cannot be read from a pipe)."""
-    with tempfile.NamedTemporaryFile(suffix=".mp4") as tmp:
-        tmp.write(data)
-        tmp.flush()
-        frames = read_video(tmp.name) if indices is None else _read_selected(tmp.name, indices)
-    return frames
-
-
-def _read_selected(path: str, indices: Sequence[int]) -> np.ndarray:
-    import imageio_ffmpeg
-
-    want = [int(i) for i in indices]
-    last = max(want)
-    gen = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24")
-    meta = next(gen)
-    w, h = meta["size"]
-    got: dict[int, np.ndarray] = {}
-    try:
-        for i, f in enumerate(gen):
-            if i in want and i not in got:
-                got[i] = np.frombuffer(f, dtype=np.uint8).reshape(h, w, 3)
-            if i >= last:
-                break
-    finally:
-        gen.close()
-    missing = [i for i in want if i not in got]
-    if missing:
-        raise ValueError(f"mp4 has fewer frames than requested (missing {missing[:3]})")
-    return np.stack([got[i] for i in want])

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dataset.atomic import atomic_path
-from dataset.errors import BadInputError
+from core.atomic import atomic_path
+from core.errors import BadInputError
 
 from .config import LavimoConfig
 from .lavimo import LavimoModel, build_model

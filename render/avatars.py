@@ -24,24 +24,23 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from dataset.errors import BadInputError
+from body.skeleton import JOINT as _J
+from body.skeleton import NUM_BODY_JOINTS, PARENTS
+from core.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_AVATARS = Path(__file__).resolve().parents[1] / "assets" / "avatars"
 REGIONS = ("skin", "top", "bottom", "shoes", "hair")
+SKIN, TOP, BOTTOM, SHOES, HAIR = range(len(REGIONS))
 _STYLE_CHOICES = {"sleeves": ("short", "long", "none"), "legs": ("long", "shorts"), "hair": ("short", "long", "none")}
 _STYLE_DEFAULT = {"sleeves": "short", "legs": "long", "hair": "short"}
 _GENDERS = ("male", "female", "neutral")
 
-# SMPL body joints (first 22 of every kind).
-PELVIS, L_HIP, R_HIP, SPINE1, L_KNEE, R_KNEE, SPINE2, L_ANKLE, R_ANKLE, SPINE3 = range(10)
-L_FOOT, R_FOOT, NECK, L_COLLAR, R_COLLAR, HEAD, L_SHOULDER, R_SHOULDER, L_ELBOW, R_ELBOW = range(10, 20)
-L_WRIST, R_WRIST = 20, 21
-SMPL_PARENTS_22 = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19)
 
 
 @dataclass(frozen=True)
@@ -208,43 +207,43 @@ def region_labels(rest_vertices: np.ndarray, rest_joints: np.ndarray, style: dic
     """
     st = dict(_STYLE_DEFAULT, **(style or {}))
     v = np.asarray(rest_vertices, dtype=np.float64)
-    j = np.asarray(rest_joints, dtype=np.float64)[:22]
-    up = j[HEAD] - j[PELVIS]
+    j = np.asarray(rest_joints, dtype=np.float64)[:NUM_BODY_JOINTS]
+    up = j[_J["head"]] - j[_J["pelvis"]]
     up /= np.linalg.norm(up)
-    left = j[L_SHOULDER] - j[R_SHOULDER]
+    left = j[_J["left_shoulder"]] - j[_J["right_shoulder"]]
     left -= up * (left @ up)
     left /= np.linalg.norm(left)
     fwd = np.cross(left, up)
     height = lambda x: x @ up  # noqa: E731
     # Bones: (parent, child) of the tree, plus hand, head-top and toe extensions.
     a, b, child = [], [], []
-    for c, p in enumerate(SMPL_PARENTS_22):
+    for c, p in enumerate(PARENTS[:NUM_BODY_JOINTS].tolist()):
         if p >= 0:
             a.append(j[p]); b.append(j[c]); child.append(c)
-    for w, e, tag in ((L_WRIST, L_ELBOW, 100), (R_WRIST, R_ELBOW, 101)):
+    for w, e, tag in ((_J["left_wrist"], _J["left_elbow"], 100), (_J["right_wrist"], _J["right_elbow"], 101)):
         a.append(j[w]); b.append(j[w] + 0.45 * (j[w] - j[e])); child.append(tag)
-    a.append(j[HEAD]); b.append(j[HEAD] + 0.12 * up); child.append(102)
-    for f, tag in ((L_FOOT, 103), (R_FOOT, 104)):
+    a.append(j[_J["head"]]); b.append(j[_J["head"]] + 0.12 * up); child.append(102)
+    for f, tag in ((_J["left_foot"], 103), (_J["right_foot"], 104)):
         a.append(j[f]); b.append(j[f] + 0.06 * fwd); child.append(tag)
     a, b, child = np.asarray(a), np.asarray(b), np.asarray(child)
     dist, t = _segment_distance(v, a, b)
     k = dist.argmin(1)
     bone, tb = child[k], t[np.arange(len(v)), k]
 
-    SKIN, TOP, BOTTOM, SHOES, HAIR = range(5)
     lab = np.full(len(v), TOP, dtype=np.int8)
     h = height(v)
-    waist = height(j[PELVIS]) + 0.55 * (height(j[SPINE1]) - height(j[PELVIS])) + 0.04
-    torso = np.isin(bone, (L_HIP, R_HIP, SPINE1, SPINE2, SPINE3, L_COLLAR, R_COLLAR, NECK))
+    waist = height(j[_J["pelvis"]]) + 0.55 * (height(j[_J["spine1"]]) - height(j[_J["pelvis"]])) + 0.04
+    torso = np.isin(bone, (_J["left_hip"], _J["right_hip"], _J["spine1"], _J["spine2"], _J["spine3"],
+                           _J["left_collar"], _J["right_collar"], _J["neck"]))
     lab[torso & (h < waist)] = BOTTOM
-    lab[np.isin(bone, (L_HIP, R_HIP))] = BOTTOM
-    thigh = np.isin(bone, (L_KNEE, R_KNEE))
-    shin = np.isin(bone, (L_ANKLE, R_ANKLE))
+    lab[np.isin(bone, (_J["left_hip"], _J["right_hip"]))] = BOTTOM
+    thigh = np.isin(bone, (_J["left_knee"], _J["right_knee"]))
+    shin = np.isin(bone, (_J["left_ankle"], _J["right_ankle"]))
     lab[thigh | shin] = BOTTOM
     if st["legs"] == "shorts":
         lab[shin | (thigh & (tb > 0.55))] = SKIN
-    upper_arm = np.isin(bone, (L_ELBOW, R_ELBOW))
-    forearm = np.isin(bone, (L_WRIST, R_WRIST))
+    upper_arm = np.isin(bone, (_J["left_elbow"], _J["right_elbow"]))
+    forearm = np.isin(bone, (_J["left_wrist"], _J["right_wrist"]))
     hands = np.isin(bone, (100, 101))
     sleeves = st["sleeves"]
     if sleeves == "none":
@@ -254,15 +253,15 @@ def region_labels(rest_vertices: np.ndarray, rest_joints: np.ndarray, style: dic
     else:
         lab[forearm & (tb > 0.9)] = SKIN
     lab[hands] = SKIN
-    neck_bone = bone == HEAD  # NECK -> HEAD segment
+    neck_bone = bone == _J["head"]  # the neck -> head segment
     head = np.isin(bone, (102,)) | (neck_bone & (tb > 0.35))
     lab[neck_bone] = SKIN
     lab[head] = SKIN
-    feet = np.isin(bone, (L_FOOT, R_FOOT, 103, 104))
-    ankle_h = 0.5 * (height(j[L_ANKLE]) + height(j[R_ANKLE])) + 0.03
+    feet = np.isin(bone, (_J["left_foot"], _J["right_foot"], 103, 104))
+    ankle_h = 0.5 * (height(j[_J["left_ankle"]]) + height(j[_J["right_ankle"]])) + 0.03
     lab[feet | ((shin | feet) & (h < ankle_h))] = SHOES
     if st["hair"] != "none":
-        rel = v - j[HEAD]
+        rel = v - j[_J["head"]]
         rh, rf = rel @ up, rel @ fwd
         near_head = np.linalg.norm(rel, axis=1) < 0.2
         hair = near_head & ((rh > 0.085) | ((rh > 0.0) & (rf < -0.02)))
@@ -278,6 +277,46 @@ def vertex_colors(labels: np.ndarray, avatar: Avatar) -> np.ndarray:
     rgba = np.ones((len(labels), 4), dtype=np.float32)
     rgba[:, :3] = table[np.asarray(labels, dtype=np.int64)]
     return rgba
+
+
+#: region names of :func:`vertex_parts` (value = index into this tuple): the avatar regions.
+PART_NAMES = REGIONS
+# SMPL body joints (first 22 of every kind) grouped by the clothing region they carry (compute_vertex_parts).
+_JOINT_PART = {_J["pelvis"]: BOTTOM, _J["left_hip"]: BOTTOM, _J["right_hip"]: BOTTOM, _J["left_knee"]: BOTTOM,
+               _J["right_knee"]: BOTTOM, _J["spine1"]: TOP, _J["spine2"]: TOP, _J["spine3"]: TOP,
+               _J["left_collar"]: TOP, _J["right_collar"]: TOP, _J["left_shoulder"]: TOP, _J["right_shoulder"]: TOP,
+               _J["left_ankle"]: SHOES, _J["right_ankle"]: SHOES, _J["left_foot"]: SHOES, _J["right_foot"]: SHOES}
+
+
+def compute_vertex_parts(weights: np.ndarray, v_template: np.ndarray) -> np.ndarray:
+    """(V,) uint8 clothing region per vertex (:data:`PART_NAMES`), from the skinning weights' argmax joint.
+
+    top: torso above the pelvis and upper arms (spine1-3, collars, shoulders); bottom: pelvis, thighs, shins;
+    shoes: ankles and feet; hair: the upper and back part of the head (SMPL's rest frame, +Z forward);
+    skin: everything else (face, neck, forearms, hands, and any joint beyond the 24 SMPL joints).
+    (Rendering colours bodies by :func:`region_labels`; this coarser rule needs no joints.)
+    """
+    joint = np.asarray(weights).argmax(axis=1)
+    parts = np.full(len(joint), SKIN, dtype=np.uint8)
+    for j, p in _JOINT_PART.items():
+        parts[joint == j] = p
+    head = joint == _J["head"]
+    if head.any():
+        hv = np.asarray(v_template)[head]
+        lo, hi = hv.min(axis=0), hv.max(axis=0)
+        yn = (hv[:, 1] - lo[1]) / max(hi[1] - lo[1], 1e-9)
+        zn = (hv[:, 2] - lo[2]) / max(hi[2] - lo[2], 1e-9)
+        hair = (yn > 0.68 - 0.25 * np.clip((0.5 - zn) / 0.5, 0, 1)) | ((zn < 0.32) & (yn > 0.3))
+        idx = np.flatnonzero(head)
+        parts[idx[hair]] = HAIR
+    return parts
+
+
+def vertex_parts(body: Any) -> np.ndarray:
+    """(V,) uint8 :func:`compute_vertex_parts` of a :class:`body.model.Body` (from its skinning weights and rest
+    vertices): 0 skin, 1 top, 2 bottom, 3 shoes, 4 hair."""
+    model = body.model
+    return compute_vertex_parts(model.lbs_weights.detach().cpu().numpy(), model.v_template.detach().cpu().numpy())
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ others) or the run was interrupted (SIGINT / SIGTERM; the report lists the clips
 error (bad arguments, no EGL, avatars/lights/body models/output unusable, disk full), as one line.
 
 Reliability: outputs are written atomically and only inside ``--out`` (keyids are checked, see
-:mod:`dataset.keyids`); a clip counts as done only when its mp4 matches the size and sha256 recorded in its
+:mod:`core.keyids`); a clip counts as done only when its mp4 matches the size and sha256 recorded in its
 sidecar (:func:`render.pipeline.verify_outputs`); temporary files a killed run left for this run's clips are
 removed at start; worker processes exit when the parent dies.
 """
@@ -36,10 +36,10 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 from tqdm import tqdm  # noqa: E402
 
-from dataset.atomic import write_json  # noqa: E402
+from core.atomic import write_json  # noqa: E402
 from dataset.clip import Clip  # noqa: E402
-from dataset.errors import BadInputError  # noqa: E402
-from dataset.keyids import check_keyid, is_keyid  # noqa: E402
+from core.errors import BadInputError  # noqa: E402
+from core.keyids import check_keyid, is_keyid  # noqa: E402
 
 log = logging.getLogger("render-amass")
 
@@ -124,7 +124,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(out: Path, finals: set[str]) -> tuple[int, int]:
-    """Remove temporary files a killed run left in ``out``: ``.{name}.XXXX.tmp{ext}`` (dataset.atomic and the
+    """Remove temporary files a killed run left in ``out``: ``.{name}.XXXX.tmp{ext}`` (core.atomic and the
     video writer) whose final ``name`` is in ``finals`` (this run's ``<keyid>.mp4`` / ``<keyid>.json`` /
     report), and write probes of processes that no longer exist. Temporary files of other names are left
     alone: another ``--part`` may be writing them now. Returns (removed, left)."""
@@ -166,7 +166,7 @@ def check_output_dir(out: Path) -> None:
 #: modules the worker processes need, imported once by the forkserver process the workers are forked from
 #: (instead of once per spawned worker: torch and pyrender alone take ~5 s of CPU to import). Importing them
 #: creates no EGL context and runs no torch kernels, so forking after it is safe.
-WORKER_PRELOAD = ["torch", "smplx", "scipy.sparse", "scipy.ndimage", "pyrender", "render.pipeline", "render.body",
+WORKER_PRELOAD = ["torch", "smplx", "scipy.sparse", "scipy.ndimage", "pyrender", "render.pipeline", "body.model",
                   "render.scene", "render.trajectory"]
 
 
@@ -594,7 +594,7 @@ def run(args: argparse.Namespace, stop: StopRequest | None = None) -> int:
 
 def _run_clips(args: argparse.Namespace, stop: StopRequest, part, lod, avatars, out: Path, renderer) -> int:
     from render.pipeline import ClipResult, FatalRenderError, RenderConfig, render_clips
-    from render.video import is_disk_full
+    from core.mp4 import is_disk_full
 
     all_clips, ann_report, notes = select_clips(args)
     clips, invalid = split_invalid(all_clips, args.annotations)
@@ -716,14 +716,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from dataset.slurm import SlurmEnvError, part_argument
+    from core.slurm import SlurmEnvError, part_argument
 
-    try:  # no --part inside a Slurm job array: the task's part (dataset/slurm.py)
+    try:  # no --part inside a Slurm job array: the task's part (core/slurm.py)
         args.part = part_argument(args.part)
     except SlurmEnvError as e:
         print(f"render-amass: error: {e}", file=sys.stderr)
         return 2
-    from render.video import is_disk_full
+    from core.mp4 import is_disk_full
 
     stop = StopRequest()
     with stop.installed():

@@ -19,7 +19,7 @@ import numpy as np
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
-from dataset.atomic import atomic_path  # noqa: E402
+from core.atomic import atomic_path  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def make_contact_sheets(out_dir: str | os.PathLike, avatars_dir: str | None = No
                         body_models: str | None = None, tile: int = 160, light_avatar: int = 0) -> list[Path]:
     """Write ``avatars.png`` and ``lights.png`` into ``out_dir``; returns their paths."""
     from render.avatars import load_avatars
-    from render.body import load_body
+    from body.model import load_body
     from render.lights import load_lights
     from render.scene import SceneRenderer
 

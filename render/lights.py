@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 
 DEFAULT_LIGHTS = Path(__file__).resolve().parents[1] / "assets" / "lights.json"
 _FRAMES = {

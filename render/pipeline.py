@@ -5,10 +5,10 @@ mirrored clips, pose the avatar's body (avatar and light drawn from ``(seed, key
 ``M<id>`` keeps the avatar and light of ``<id>``), compute the follow-camera trajectory, then render every
 frame into ``OUT/<keyid>.mp4`` and write ``OUT/<keyid>.json``. Three stages overlap: a producer thread
 loads/poses/computes normals for upcoming frames (numpy/torch release the GIL), the calling thread owns the
-EGL context and rasterises, and :class:`render.video.VideoWriter` pipes frames to ffmpeg on its own thread.
+EGL context and rasterises, and :class:`core.mp4.VideoWriter` pipes frames to ffmpeg on its own thread.
 
-Safety on untrusted input: keyids are checked (:func:`dataset.keyids.check_keyid`) and every output path is
-built with :func:`dataset.keyids.child_path`, so no clip writes outside ``OUT``. Both outputs are written
+Safety on untrusted input: keyids are checked (:func:`core.keyids.check_keyid`) and every output path is
+built with :func:`core.keyids.child_path`, so no clip writes outside ``OUT``. Both outputs are written
 atomically; the sidecar, written last, records the video's ``video_size`` (bytes) and ``video_sha256``, and
 a clip counts as done on resume only when its mp4 still matches them (:func:`verify_outputs`). A missing or
 bad body-model file and a full disk stop the whole run (:class:`FatalRenderError`); other problems fail one
@@ -30,17 +30,17 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
-from dataset.amass import load_amass
-from dataset.atomic import write_json
+from dataset.amass import amass_file, load_amass
+from core.atomic import write_json
 from dataset.clip import Clip
-from dataset.errors import BadInputError
-from dataset.hashing import sha256_file
-from dataset.keyids import check_keyid, child_path
-from dataset.seeding import stable_choice
+from core.errors import BadInputError
+from core.hashing import sha256_file
+from core.keyids import check_keyid, child_path
+from core.seeding import stable_choice
 from render.avatars import Avatar, load_avatars, load_texture_image, load_uv_layout, region_labels, vertex_colors
 from render.lights import LightSetup, load_lights
 from render.lod import LevelOfDetail, body_lod, full_detail, parse_lod
-from render.video import DEFAULT_CRF, DEFAULT_PRESET, VideoWriter, is_disk_full, probe_mp4
+from core.mp4 import DEFAULT_CRF, DEFAULT_PRESET, VideoWriter, is_disk_full, probe_mp4
 
 if TYPE_CHECKING:  # pyrender / scipy are imported where used (a --workers parent process needs neither)
     from render.scene import SceneRenderer, VertexNormals
@@ -144,7 +144,7 @@ def verify_outputs(out_dir: str | os.PathLike, keyid: str) -> tuple[bool, str]:
 
     Complete means: ``<keyid>.json`` parses, names ``keyid`` and a frame count, and ``<keyid>.mp4`` has the
     sidecar's ``video_size`` and ``video_sha256``. Sidecars of older versions lack those two fields; their
-    mp4 only has to be non-empty and a complete mp4 container (:func:`render.video.probe_mp4`), and the
+    mp4 only has to be non-empty and a complete mp4 container (:func:`core.mp4.probe_mp4`), and the
     reason then starts with ``"legacy"``. Returns ``(True, "verified ...")``, ``(True, "legacy ...")`` or
     ``(False, reason)``.
     """
@@ -201,16 +201,6 @@ def choose_avatar_light(clip: Clip, seed: int, num_avatars: int, num_lights: int
     return stable_choice(seed, num_avatars, k, "avatar"), stable_choice(seed, num_lights, k, "light")
 
 
-def amass_file(amass_root: str | os.PathLike, amass_path: str) -> Path:
-    """``ROOT/amass_path``, falling back from ``*_poses.npz`` to ``*_stageii.npz`` (AMASS's newer release)."""
-    p = Path(amass_root) / amass_path
-    if not p.is_file() and amass_path.endswith("_poses.npz"):
-        alt = Path(amass_root) / (amass_path[: -len("_poses.npz")] + "_stageii.npz")
-        if alt.is_file():
-            return alt
-    return p
-
-
 class BodyCache:
     """Body models and per-avatar region colours, loaded once per worker."""
 
@@ -222,7 +212,7 @@ class BodyCache:
         self._lods: dict = {}
 
     def body(self, model_type: str, gender: str):
-        from render.body import load_body
+        from body.model import load_body
 
         key = (model_type, gender)
         if key not in self._bodies:
@@ -331,10 +321,10 @@ def prepare_clip(clip: Clip, cfg: RenderConfig, avatars: list[Avatar], lights: l
     Raises:
         BadInputError: bad or missing AMASS file, frames out of range, a clip selecting no frames.
     """
-    from render.body import mirror_amass
+    from body.model import mirror_amass
     from render.trajectory import follow_trajectory
 
-    path = amass_file(cfg.amass_root, clip.amass_path)
+    _, path = amass_file(cfg.amass_root, clip.amass_path)
     motion = load_amass(path)
     if clip.frames is None:
         try:

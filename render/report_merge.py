@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dataset.atomic import write_json
+from core.atomic import write_json
 
 PART_REPORT = re.compile(r"^render-report-part-(\d+)-of-(\d+)\.json$")
 SUMMED = ("rendered", "skipped", "num_failed", "frames_rendered", "skipped_unverified", "temp_files_removed",

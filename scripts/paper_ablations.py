@@ -11,7 +11,7 @@
 The rows are data (``model/presets/ablations/paper_tables.json``, or ``--data FILE``): each row is a name (its run
 directory ``OUT/<name>``), a label, the ``train.py`` flags added to the preset, where that mapping comes from, and
 the paper's numbers (null until a user fills them in). ``train`` runs ``train.py`` once per row, as a user would
-(a subprocess with this Python; ``--in-process`` calls ``train.main(argv)`` instead): a row whose run is complete
+(a subprocess with this Python; ``--in-process`` calls ``training.cli.main(argv)`` instead): a row whose run is complete
 is skipped, an unfinished one is continued with ``--resume``. Rows that resolve to the same config (e.g. the
 epsilon sweep's 0.8 and ``ours`` under the paper preset) share the run of the first such row in the data file.
 ``table`` runs ``evaluate.py --protocol threshold --tasks t2m m2t`` per run (TMR's "all with threshold"
@@ -52,9 +52,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python scripts/paper_ablations.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from dataset.atomic import write_json, write_text  # noqa: E402
-from dataset.errors import BadInputError  # noqa: E402
-from dataset.keyids import check_keyid, child_path  # noqa: E402
+from core.atomic import write_json, write_text  # noqa: E402
+from core.errors import BadInputError  # noqa: E402
+from core.keyids import check_keyid, child_path  # noqa: E402
+from dataset.shard_format import manifest_path  # noqa: E402
 
 DEFAULT_DATA = REPO / "model" / "presets" / "ablations" / "paper_tables.json"
 TRAIN_PY = REPO / "train.py"
@@ -275,12 +276,12 @@ def resolve_rows(tables: dict[str, Table], shards: str, preset: str, global_args
                  passthrough: list[str], data_path: Path, warn_for: set[str] | None = None) -> dict[str, Resolved]:
     """Every row of every table (so run sharing does not depend on what is selected) -> Resolved, by row name.
 
-    The config is resolved exactly as train.py does it (``train.parse_args``, ``train.config_overrides``,
+    The config is resolved exactly as train.py does it (``training.cli.parse_args``, ``config_overrides``,
     ``model.load_preset``). Flags that would move the run (``--out``, ``--shards``, ``--preset``, ``--resume``) are
     refused in the rows and after ``--``. Rows in ``warn_for`` (default all) get a warning when an option of
     this command line overrides one of their own flags.
     """
-    import train as train_script
+    import training.cli as train_script
     from model import load_preset
 
     try:
@@ -341,7 +342,7 @@ def run_state(run_dir: Path, cfg: Any) -> tuple[str, str]:
     ``--resume`` may not change (detail names the fields). An unreadable config or checkpoint gives ``resume``
     (train.py then says what is wrong with it).
     """
-    import train as train_script
+    import training.cli as train_script
     from model import load_preset
     from model.checkpoint import read_checkpoint_metadata
 
@@ -408,10 +409,14 @@ def run_tool(script: Path, argv: list[str], log_path: Path, in_process: bool,
             raise
 
 
-def _run_in_process(module_name: str, argv: list[str], fh) -> int:
+#: the module whose ``main`` each top-level script runs
+_COMMAND_MODULES = {"train": "training.cli", "evaluate": "evaluation.cli"}
+
+
+def _run_in_process(script_name: str, argv: list[str], fh) -> int:
     import importlib
 
-    module = importlib.import_module(module_name)
+    module = importlib.import_module(_COMMAND_MODULES[script_name])
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     handler = logging.StreamHandler(fh)
@@ -469,9 +474,9 @@ def cmd_train(args: argparse.Namespace, passthrough: list[str]) -> int:
     tables = load_data(data_path)
     selected = select_rows(tables, args.table, args.rows, data_path)
     shards = Path(args.shards)
-    for f in ("train.json", "val.json"):
-        if not (shards / f).is_file():
-            raise SetupError(f"{shards / f}: not found; --shards needs a shard set with train and val splits "
+    for split in ("train", "val"):
+        if not manifest_path(shards, split).is_file():
+            raise SetupError(f"{manifest_path(shards, split)}: not found; --shards needs a shard set with train and val splits "
                              "(build it with build-shards)")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -674,7 +679,7 @@ def cmd_table(args: argparse.Namespace, passthrough: list[str]) -> int:
     if not runs.is_dir():
         raise SetupError(f"{runs}: --runs directory not found (train the rows first: "
                          f"python scripts/paper_ablations.py train --shards {shards} --out {runs})")
-    import evaluate as evaluate_script
+    import evaluation.cli as evaluate_script
 
     base_tail = ["--split", split, "--protocol", "threshold", "--threshold", repr(float(args.threshold)),
                  "--tasks", "t2m", "m2t"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dataset.amass import load_amass, normalise_gender, read_amass_header
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 
 
 def _write(path, **arrays):

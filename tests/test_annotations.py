@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dataset.annotations import ClipSet, humanml3d_amass_path, load_clips, parse_humanml3d_text
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 from dataset.frames import humanml3d_frame_indices
 
 

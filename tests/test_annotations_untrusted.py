@@ -17,7 +17,7 @@ import pytest
 import dataset.annotations as annotations
 from dataset.annotations import load_clips
 from dataset.clip import Clip, FrameSpec
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 
 HEADER = "source_path,start_frame,end_frame,new_name"
 BAD_KEYIDS = ["../x", "/abs/path", "a/b", "", "a.b", "a b", "x" * 129]

@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import trimesh
 
-from dataset.errors import BadInputError
-from render import procedural_body as pb
-from render.body import PART_NAMES, Body, load_body, mirror_amass, mirror_permutation
+from core.errors import BadInputError
+from body import procedural as pb
+from body import skeleton
+from body.model import Body, load_body, mirror_amass
+from body.skeleton import mirror_permutation
+from render.avatars import PART_NAMES, vertex_parts
 
 FLIP = np.array([-1.0, 1.0, 1.0])
 
@@ -53,7 +56,7 @@ def test_rest_pose_is_symmetric(data):
     v, mirror = data["v_template"], data["mirror_vertices"]
     np.testing.assert_allclose(v[mirror] * FLIP, v, atol=1e-9)
     j = data["joints"]
-    np.testing.assert_allclose(j[pb.MIRROR_JOINTS] * FLIP, j, atol=0)
+    np.testing.assert_allclose(j[skeleton.MIRROR_JOINTS] * FLIP, j, atol=0)
 
 
 def test_weights_and_regressor(data):
@@ -64,8 +67,8 @@ def test_weights_and_regressor(data):
     reg = data["J_regressor"]
     assert reg.shape == (24, len(data["v_template"]))
     np.testing.assert_allclose(reg.sum(axis=1), 1.0, atol=1e-9)
-    np.testing.assert_allclose(reg @ data["v_template"], pb.rest_joints(), atol=1e-7)
-    assert (data["kintree_table"][0, 1:] == pb.PARENTS[1:]).all()
+    np.testing.assert_allclose(reg @ data["v_template"], skeleton.rest_joints(), atol=1e-7)
+    assert (data["kintree_table"][0, 1:] == skeleton.PARENTS[1:]).all()
     # every joint drives some vertices (argmax)
     assert set(np.unique(w.argmax(axis=1))) == set(range(24))
 
@@ -87,11 +90,11 @@ def test_generation_is_deterministic_and_cached(tmp_path, monkeypatch):
 def test_body_api(body):
     assert body.kind == "procedural" and body.gender == "neutral"
     assert body.num_vertices >= 6890 and body.faces.shape[1] == 3 and body.faces.dtype == np.int32
-    assert list(body.parents) == list(pb.PARENTS)
-    assert body.vertex_parts.shape == (body.num_vertices,) and body.vertex_parts.dtype == np.uint8
-    assert set(np.unique(body.vertex_parts)) == set(range(len(PART_NAMES)))
+    assert list(body.parents) == list(skeleton.PARENTS)
+    parts = vertex_parts(body)
+    assert parts.shape == (body.num_vertices,) and parts.dtype == np.uint8
+    assert set(np.unique(parts)) == set(range(len(PART_NAMES)))
     rest = body.rest().vertices[0]
-    parts = body.vertex_parts
     y = rest[:, 1]
     assert y[parts == 4].min() > y[parts == 1].max() - 0.05        # hair above the top
     assert y[parts == 3].max() < y[parts == 2].mean()             # shoes below the trousers

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import evaluate
-from model import metrics as M
+import evaluation.cli as evaluate
+from evaluation import metrics as M
+from evaluation.encode import encode_split, first_caption_rows
 
 from tests.test_metrics import SHUFFLE_70, _guo_probe, _unit
 
@@ -176,7 +177,7 @@ def tiny_eval(tmp_path_factory):
     """(shards, run) with a tiny random-init LAVIMO checkpoint (tri-modal) and a test split of 34 clips."""
     torch = pytest.importorskip("torch")
     try:
-        from dataset.tiny_shards import make_tiny_shards
+        from tests.fixtures.tiny_shards import make_tiny_shards
         from model import build_model, load_preset, save_checkpoint
     except ImportError as exc:  # pragma: no cover - every piece is in this repository
         pytest.skip(f"model/shard pieces missing: {exc}")
@@ -300,22 +301,21 @@ def test_encode_split_all_captions_encodes_each_caption_once():
     batch = {"keyid": ["k0", "k1", "k2"], "texts": texts, "text": [t[0] for t in texts],
              "motion": torch.arange(18, dtype=torch.float32).reshape(3, 2, 3), "mask": torch.ones(3, 2, dtype=torch.bool)}
     model = _CountingModel()
-    split, captions_of, _ = evaluate.encode_split(model, [batch], "cpu", text_choice="all", with_video=False,
-                                                  progress=False)
+    split, captions_of, _ = encode_split(model, [batch], "cpu", text_choice="all", with_video=False, progress=False)
     assert model.text_calls == [[c for caps in texts for c in caps]]  # one call, first captions not re-encoded
     assert split.text_owner.tolist() == [0, 0, 1, 2, 2, 2] and captions_of["k2"] == texts[2]
-    first, _, _ = evaluate.encode_split(_CountingModel(), [batch], "cpu", text_choice="first", with_video=False,
-                                        progress=False)
+    first, _, _ = encode_split(_CountingModel(), [batch], "cpu", text_choice="first", with_video=False,
+                               progress=False)
     np.testing.assert_array_equal(split.text[[0, 2, 3]], first.text)
     # the rows of the first captions are taken from the flat encoding; a mismatch falls back to encoding them
     t = torch.arange(6.0)[:, None]
-    assert evaluate._first_caption_rows(t, texts, [c[0] for c in texts]).flatten().tolist() == [0.0, 2.0, 3.0]
-    assert evaluate._first_caption_rows(t, texts, ["a man walks", "other", "waving"]) is None
-    assert evaluate._first_caption_rows(t, [["x"], []], ["x", ""]) is None
+    assert first_caption_rows(t, texts, [c[0] for c in texts]).flatten().tolist() == [0.0, 2.0, 3.0]
+    assert first_caption_rows(t, texts, ["a man walks", "other", "waving"]) is None
+    assert first_caption_rows(t, [["x"], []], ["x", ""]) is None
 
 
 def test_gallery_html_marks_ground_truth_and_escapes():
-    from model import report as R
+    from evaluation import report as R
 
     row = R.GalleryRow(task="t2m", query_keyid="000001", query_kind="text", query_text="a <b>person</b> walks",
                        query_video=None, gt_rank=1.0,
@@ -330,7 +330,7 @@ def test_gallery_html_marks_ground_truth_and_escapes():
 
 
 def test_metrics_markdown_rounds_to_two_decimals():
-    from model import report as R
+    from evaluation import report as R
 
     res = {"all": {"t2m": {"R@1": 12.3456, "R@2": 50, "R@3": 60, "R@5": 70, "R@10": 80, "MedR": 2.5},
                    "m2t": {"R@1": 1 / 3, "R@2": 50, "R@3": 60, "R@5": 70, "R@10": 80, "MedR": 3.0}, "n": 9}}

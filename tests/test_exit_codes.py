@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import json
-import sys
 import tarfile
 from pathlib import Path
 
@@ -18,12 +17,9 @@ import numpy as np
 import pytest
 import torch._dynamo  # noqa: F401  # loads triton's LLVM now: loaded after mesa's (EGL rendering), it segfaults
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shard_fixtures import FakeEmbedder, fake_features, make_corpus  # noqa: E402
+from tests.fixtures.shard_fixtures import FakeEmbedder, fake_features, make_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
 
 
 def _stderr_line(capsys) -> str:
@@ -46,7 +42,7 @@ SYNTH = ["--motions", "4", "--subjects", "2", "--nsim-size", "0"]
     (2, "not an int"), (2, "out is a file"), (2, "out under a file"), (2, "disk full"),
 ])
 def test_synth_amass(code, case, tmp_path, capsys, monkeypatch):
-    import dataset.synth as synth
+    import dataset.synth.corpus as synth
 
     out = tmp_path / "corpus"
     args = ["--out", str(out), *SYNTH]
@@ -253,7 +249,7 @@ def test_build_shards(code, case, shards_cli, tmp_path, capsys, monkeypatch):
     if code == 0:
         assert "done 5" in printed.out
     elif code == 1:  # the other clips are written
-        from dataset.shards import read_manifests
+        from dataset.shard_format import read_manifests
 
         assert "1 clips not written" in printed.out
         assert sum(m["num_samples"] for m in read_manifests(out).values()) == sum(COUNTS.values()) - 1
@@ -295,7 +291,7 @@ TRAIN = ["--preset", "tiny", "--device", "cpu", "--no-progress", "--threads", "1
 def tiny_shards(request):
     import torch
 
-    from tests.test_train import cached_tiny_shards
+    from tests.fixtures.tiny_shards import cached_tiny_shards
 
     torch.set_num_threads(1)
     return cached_tiny_shards(request, "exit-codes", **TINY)
@@ -313,7 +309,7 @@ def bad_motion_shards(tiny_shards, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_run(tiny_shards, tmp_path_factory):
     """(exit status, run directory) of a tiny two-step training run."""
-    import train
+    import training.cli as train
 
     out = tmp_path_factory.mktemp("train") / "run"
     rc = train.main([*map(str, ["--shards", tiny_shards, "--out", out, "--max-steps", 2, *TRAIN])])
@@ -326,7 +322,7 @@ def trained_run(tiny_shards, tmp_path_factory):
     (2, "unknown preset"), (2, "not an int"),
 ])
 def test_train_py(code, case, tiny_shards, bad_motion_shards, trained_run, tmp_path, capsys):
-    import train
+    import training.cli as train
 
     out = tmp_path / "run"
     args = ["--shards", tiny_shards, "--out", out, "--max-steps", 2, *TRAIN]
@@ -372,7 +368,7 @@ def _identity_sims(path: Path) -> Path:
     (2, "sims not square"), (2, "unknown protocol"),
 ])
 def test_evaluate_py(code, case, trained_run, bad_motion_shards, tmp_path, capsys):
-    import evaluate
+    import evaluation.cli as evaluate
 
     sims = _identity_sims(tmp_path / "sims.npz")
     args = ["--from-sims", sims, "--out", tmp_path / "metrics.json"]

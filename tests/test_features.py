@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 from dataset.features import (AMASS_TO_HUMANML3D, amass_to_joints, clip_features, feature_stats,
                               features_to_joints, joints_to_features, mirror_joints, process_joints)
 from dataset.motion import HUMANML3D, KIT, get_skeleton
@@ -217,7 +217,7 @@ def test_feature_stats_convention():
 # ------------------------------------------------------------------------------------------------
 
 class _RecordingBody:
-    """A test double for render.body.Body: joints = given array, records the call."""
+    """A test double for body.model.Body: joints = given array, records the call."""
 
     def __init__(self, joints):
         self.joints = joints
@@ -247,7 +247,7 @@ def test_amass_axes_are_humanml3d_convention():
 
 @pytest.fixture(scope="module")
 def procedural_body():
-    body_mod = pytest.importorskip("render.body", reason="render/body.py not available")
+    body_mod = pytest.importorskip("body.model", reason="body/model.py not available")
     return body_mod.load_body(None)
 
 

@@ -63,7 +63,7 @@ def _worker(rank: int, world: int, port: int, outdir: str, gather: bool) -> None
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         from model.ddp import needs_find_unused_parameters
-        from model.training import LossModule
+        from training.loop import LossModule
 
         for mode in MODES:
             cfg, model = _model(mode, gather)

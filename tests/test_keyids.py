@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from dataset.errors import BadInputError
-from dataset.hashing import sha256_file
-from dataset.keyids import check_keyid, check_member_name, child_path, is_keyid
+from core.errors import BadInputError
+from core.hashing import sha256_file
+from core.keyids import check_keyid, check_member_name, child_path, is_keyid
 
 
 @pytest.mark.parametrize("good", ["000123", "M000123", "00001", "a_b-c", "x" * 128])

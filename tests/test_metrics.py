@@ -1,12 +1,12 @@
-"""Reference behaviour of the metric core (model/metrics.py): TMR's ranks, tie-break, threshold and guo batches."""
+"""Reference behaviour of the metric core (evaluation/metrics.py): TMR's ranks, tie-break, threshold and guo batches."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dataset.errors import BadInputError
-from model import metrics as M
+from core.errors import BadInputError
+from evaluation import metrics as M
 
 # np.random.seed(0); np.random.shuffle(np.arange(70)) -- the permutation TMR's guo protocol draws for N = 70.
 SHUFFLE_70 = [26, 27, 48, 22, 30, 51, 7, 59, 34, 69, 56, 28, 31, 42, 33, 55, 68, 62, 43, 4, 65, 50, 2, 40, 11,

@@ -260,6 +260,7 @@ def test_negative_filtering_modes_change_the_loss(tiny_cfg, tiny_model):
 def test_parameter_groups_scale_backbones(tiny_cfg, tiny_model):
     groups = tiny_model.parameter_groups(lr=1e-3, backbone_lr_scale=0.1)
     by_name = {g["name"]: g for g in groups}
-    assert by_name["backbones"]["lr"] == pytest.approx(1e-4) and by_name["lavimo"]["lr"] == 1e-3
+    assert by_name["backbone/decay"]["lr"] == pytest.approx(1e-4) and by_name["head/decay"]["lr"] == 1e-3
+    assert by_name["head/no_decay"]["weight_decay"] == 0.0
     n_all = sum(p.numel() for p in tiny_model.parameters() if p.requires_grad)
     assert sum(p.numel() for g in groups for p in g["params"]) == n_all

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 from model import build_model, load_checkpoint, load_preset, read_checkpoint_metadata, save_checkpoint
 
 

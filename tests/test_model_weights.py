@@ -116,7 +116,7 @@ def test_architecture_mismatch_and_missing_weights(tmp_path):
 def test_distilbert_directory_loads(tmp_path, monkeypatch):
     from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
 
-    from model.weights import minilm_path
+    from dataset.text_embed import bundled_model_path
 
     torch.manual_seed(7)
     conf = DistilBertConfig(vocab_size=30522, dim=32, n_layers=1, n_heads=2, hidden_dim=64,
@@ -124,7 +124,7 @@ def test_distilbert_directory_loads(tmp_path, monkeypatch):
     ref = DistilBertModel(conf).eval()
     folder = tmp_path / "weights" / "distilbert-base-uncased"
     ref.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(str(minilm_path())).save_pretrained(folder)  # same uncased WordPiece vocab
+    AutoTokenizer.from_pretrained(str(bundled_model_path())).save_pretrained(folder)  # same uncased WordPiece vocab
 
     monkeypatch.setenv("LAVIMO_WEIGHTS", str(tmp_path / "weights"))
     assert resolve_text_model("distilbert-base-uncased") == folder
@@ -159,10 +159,10 @@ def test_missing_text_model_is_a_clear_error(tmp_path, monkeypatch):
 def test_demo_preset_loads_the_bundled_minilm():
     from safetensors.torch import load_file
 
-    from model.weights import minilm_path
+    from dataset.text_embed import bundled_model_path
 
     model = build_model(load_preset("demo"))
-    ref = load_file(str(minilm_path() / "model.safetensors"))
+    ref = load_file(str(bundled_model_path() / "model.safetensors"))
     key = next(k for k in ref if k.endswith("embeddings.word_embeddings.weight"))
     got = model.text.backbone.embeddings.word_embeddings.weight
     assert torch.equal(got, ref[key].to(got.dtype))

@@ -13,12 +13,13 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures.tiny_shards import cached_tiny_shards
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "paper_ablations.py"
@@ -228,36 +229,12 @@ def test_crafted_run_record_stays_inside_runs(tmp_path, fake_shards, capsys):
 TINY_SHARDS = dict(n_train=32, n_val=8, n_test=34, n_classes=4, samples_per_shard=16, size=32, frames=(42, 46))
 
 
-def _cached_tiny_shards(request) -> Path:
-    """Tiny shards (dataset.tiny_shards) in pytest's cache, rebuilt when the generator or writer changes.
-    Clips of 41-45 feature rows: at least the loader's minimum caption segment (40 rows for 263-dim features)."""
-    import hashlib
-
-    from dataset.tiny_shards import make_tiny_shards
-
-    h = hashlib.sha256(json.dumps(TINY_SHARDS, sort_keys=True).encode())
-    for f in ("dataset/tiny_shards.py", "dataset/shards.py", "dataset/video_frames.py", "dataset/text_embed.py"):
-        h.update((REPO / f).read_bytes())
-    cache = getattr(request.config, "cache", None)
-    root = Path(cache.mkdir("lavimo-ablation-shards")) if cache is not None else Path(
-        __import__("tempfile").gettempdir()) / "lavimo-ablation-shards"
-    root.mkdir(parents=True, exist_ok=True)
-    out = root / f"tiny-{h.hexdigest()[:16]}"
-    if not (out / "test.json").is_file():
-        tmp = root / f"{out.name}.partial-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        make_tiny_shards(tmp, **TINY_SHARDS)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    return out
-
-
 @pytest.mark.slow
 def test_train_every_table2_row_then_print_the_table(request, tmp_path, capsys):
     import torch
 
     torch.set_num_threads(1)
-    shards = _cached_tiny_shards(request)
+    shards = cached_tiny_shards(request, "ablation", **TINY_SHARDS)  # 41-45 feature rows: >= the min segment
     out = tmp_path / "ablations"
     base = ["--shards", shards, "--out", out, "--preset", "tiny", "--epochs", "1", "--set", "epoch_batches=2",
             "--random-init", "--device", "cpu", "--in-process"]

@@ -1,4 +1,4 @@
-"""Preemption (model/preemption.py, train.py): SIGUSR1 / SIGTERM mid-epoch -> the step finishes, a complete
+"""Preemption (training/preemption.py, train.py): SIGUSR1 / SIGTERM mid-epoch -> the step finishes, a complete
 checkpoint is written and train.py exits 75; the same command line (--resume auto) then ends with weights
 bit-identical to an uninterrupted run."""
 
@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import train as train_script
-from model.preemption import EXIT_PREEMPTED, StopRequest, resolve_resume
-from model.training import load_training_state
-from test_train import TINY, cached_tiny_shards
+import training.cli as train_script
+from training.preemption import EXIT_PREEMPTED, StopRequest, resolve_resume
+from training.loop import load_training_state
+from tests.fixtures.tiny_shards import cached_tiny_shards
+from tests.test_train import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = ["--preset", "tiny", "--device", "cpu", "--no-progress", "--threads", "1", "--set", "dropout=0.1",

@@ -1,13 +1,13 @@
-"""Protocols over an encoded split (model/protocols.py): tasks, subsets, dissimilar picks, several captions."""
+"""Protocols over an encoded split (evaluation/protocols.py): tasks, subsets, dissimilar picks, several captions."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dataset.errors import BadInputError
-from model import metrics as M
-from model import protocols as P
+from core.errors import BadInputError
+from evaluation import metrics as M
+from evaluation import protocols as P
 
 
 def _split(n=40, c=8, seed=0, noise=0.3):

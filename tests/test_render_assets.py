@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dataset.clip import Clip, FrameSpec
-from dataset.errors import BadInputError
+from core.errors import BadInputError
 from render.avatars import REGIONS, load_avatar, load_avatars, region_labels, vertex_colors
 from render.cli import add_mirrored, parse_part, select_part, SetupError
 from render.lights import load_lights
@@ -89,7 +89,7 @@ def test_avatars_dir_problems(tmp_path):
 
 
 def test_regions_on_the_procedural_body():
-    from render.body import load_body
+    from body.model import load_body
 
     body = load_body()
     a = load_avatar(REPO / "assets" / "avatars" / "a01-red-tee.json")
@@ -189,7 +189,7 @@ def test_floor_pattern_is_fixed_in_the_world_and_antialiased():
 
 # ------------------------------------------------------------------------------------------------ video
 def test_video_writer_roundtrip_and_abort(tmp_path):
-    from render.video import VideoWriter, read_video
+    from core.mp4 import VideoWriter, read_video
 
     frames = [np.full((32, 48, 3), 40 * i, dtype=np.uint8) for i in range(5)]
     with VideoWriter(tmp_path / "a.mp4", (48, 32), fps=20.0) as w:

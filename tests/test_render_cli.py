@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from render.cli import main
-from render.video import read_video
+from core.mp4 import read_video
 
 pytestmark = pytest.mark.slow
 SIZE = 64

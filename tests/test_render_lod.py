@@ -13,7 +13,7 @@ from render.lod import (AUTO_FULL_SIZE, body_lod, full_detail, parse_lod, simpli
 
 @pytest.fixture(scope="module")
 def body():
-    from render.body import load_body
+    from body.model import load_body
 
     return load_body()
 
@@ -94,11 +94,11 @@ def test_render_with_auto_lod_shows_avatar_and_sidecar_records_it(tmp_path):
     """96-px render of a synthetic clip through render_clips: the reduced body is in frame, the sidecar says so;
     the lean per-frame redraw gives pyrender's own pixels (both shadings) and vertex shading ~ pixel shading."""
     from dataset.clip import Clip, FrameSpec
-    from render.body import load_body
+    from body.model import load_body
     from render.lights import load_lights
     from render.pipeline import RenderConfig, render_clips
     from render.scene import SceneRenderer, VertexNormals
-    from render.video import read_video
+    from core.mp4 import read_video
     from tests.test_render_cli import _write_npz
 
     size = 96

@@ -1,6 +1,6 @@
 """``render-amass`` on untrusted input and under interruption (issue 15).
 
-Every test writes its own crafted input on top of a tiny synthetic corpus (``dataset.synth``, 32 px frames,
+Every test writes its own crafted input on top of a tiny synthetic corpus (``dataset.synth.corpus``, 32 px frames,
 a few frames per clip): keyids that are paths, truncated / altered outputs, stale temporary files, killed and
 interrupted runs, set-up errors (missing body models, bad lights, full disk).
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from dataset.hashing import sha256_file
+from core.hashing import sha256_file
 from render.cli import main
-from render.video import probe_mp4
+from core.mp4 import probe_mp4
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -34,7 +34,7 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
     """A 4-motion synthetic AMASS corpus (2-8 s motions); tests write their own annotations on top."""
-    from dataset.synth import generate_corpus
+    from dataset.synth.corpus import generate_corpus
 
     root = tmp_path_factory.mktemp("render_safety")
     generate_corpus(root, n_motions=4, subjects=1, nsim_size=0)  # nsim_size=0: no sentence model
@@ -212,7 +212,7 @@ def test_old_sidecars_without_hashes_fall_back_to_a_container_check(synth, tmp_p
 def test_probe_mp4_tells_complete_from_cut_files(tmp_path):
     import numpy as np
 
-    from render.video import VideoWriter
+    from core.mp4 import VideoWriter
 
     good = tmp_path / "v.mp4"
     with VideoWriter(good, (SIZE, SIZE), 20.0) as w:
@@ -315,7 +315,7 @@ def test_bad_avatar_and_unusable_out_are_setup_errors(synth, tmp_path, capsys):
 @pytest.mark.parametrize("where", ["video", "sidecar"])
 def test_disk_full_stops_the_run_with_one_line_and_a_report(synth, tmp_path, capsys, monkeypatch, where):
     import render.pipeline as pipeline
-    from render.video import VideoWriter
+    from core.mp4 import VideoWriter
 
     ann = write_annotations(tmp_path / "ann", synth, ["k0", "k1", "k2", "k3"])
     out = tmp_path / "out"

@@ -13,7 +13,7 @@ from dataset.clip import Clip, FrameSpec
 from render.lights import load_lights
 from render.pipeline import RenderConfig, render_clips
 from render.scene import CameraRig, SceneRenderer
-from render.video import read_video
+from core.mp4 import read_video
 
 pytestmark = pytest.mark.slow
 SIZE = 96

@@ -19,11 +19,13 @@ import pytest
 from dataset.annotations import load_clips, parse_humanml3d_text
 from dataset.augment import CLIP_MEAN, CLIP_STD
 from dataset.clip import Clip, FrameSpec, Text
-from dataset.seeding import stable_rng
-from dataset.shards import BuildConfig, build_shards, check_shards, json_bytes, npy_bytes, parse_texts
-from dataset.stream import (SKIP_REASONS, SampleError, SampleTransform, is_whole_clip, load_stats, make_loader,
+from core.seeding import stable_rng
+from dataset.shard_format import json_bytes, load_stats, npy_bytes, parse_texts
+from dataset.shards import BuildConfig, build_shards, check_shards
+from dataset.stream import (SKIP_REASONS, SampleError, SampleTransform, is_whole_clip, make_loader,
                             min_segment_rows, segment_rows)
-from dataset.video_frames import encode_jpgs, write_video
+from core.mp4 import write_video
+from dataset.video_frames import encode_jpgs
 
 FPS = 20.0
 T = 61          # video frames per clip -> 60 motion rows

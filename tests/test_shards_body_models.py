@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import sys
 import tarfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,15 +19,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shard_fixtures import FakeEmbedder, write_clip_video  # noqa: E402
+from tests.fixtures.shard_fixtures import FakeEmbedder, write_clip_video  # noqa: E402
 
 from dataset.annotations import load_clips  # noqa: E402
 from dataset.features import clip_features  # noqa: E402
-from dataset.shards import read_manifests  # noqa: E402
+from dataset.shard_format import read_manifests  # noqa: E402
 from dataset.shards_cli import BODY_MODELS_UNUSED, amass_features_fn  # noqa: E402
 from dataset.shards_cli import main as cli_main  # noqa: E402
-from render.body import load_body  # noqa: E402
+from body.model import load_body  # noqa: E402
 from tests.test_smpl_pickle import _smpl_dict  # noqa: E402
 
 #: keyid -> (AMASS file, gender, split)
@@ -36,8 +34,6 @@ CLIPS = {"000000": ("S1/walk_male_poses", "male", "train"), "000001": ("S2/wave_
          "000002": ("S2/wave_female_poses", "female", "val")}
 FPS = 60.0
 SCALE = {"male": 1.3, "female": 0.8}  # the crafted models' size relative to the procedural body
-
-
 
 
 def write_amass(path: Path, gender: str, seed: int, frames: int = 90) -> None:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shard_fixtures import FakeEmbedder, fake_features, make_corpus, simple_stats  # noqa: E402
+from tests.fixtures.shard_fixtures import FakeEmbedder, fake_features, make_corpus, simple_stats  # noqa: E402
 
 from dataset.shards import BuildConfig, build_shards, read_manifests  # noqa: E402
 from dataset.shards_cli import main as cli_main  # noqa: E402

@@ -22,19 +22,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shard_fixtures import FakeEmbedder, fake_features, make_corpus  # noqa: E402
+from tests.fixtures.shard_fixtures import FakeEmbedder, fake_features, make_corpus  # noqa: E402
 
 from dataset.clip import Text  # noqa: E402
-from dataset.errors import BadInputError  # noqa: E402
-from dataset.shards import (BuildConfig, build_shards, check_shards, member_name, read_manifests,  # noqa: E402
-                            temp_leftovers, verify_shards, write_tar)
+from core.errors import BadInputError  # noqa: E402
+from dataset.shard_format import member_name, read_manifests, write_tar  # noqa: E402
+from dataset.shards import BuildConfig, build_shards, check_shards, temp_leftovers, verify_shards  # noqa: E402
 from dataset.shards_cli import main as cli_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNTS = {"train": 4, "val": 2}
-
-
 
 
 @pytest.fixture(scope="module")
@@ -357,10 +354,17 @@ def test_enospc_is_a_setup_error_naming_the_file(cli_env, capsys, monkeypatch):
 _SCRIPT_HEAD = """
 import json, os, sys, time
 from pathlib import Path
-sys.path.insert(0, {tests!r})
+sys.path.insert(0, {repo!r})
 import numpy as np
-from shard_fixtures import FakeEmbedder, fake_features, make_corpus
+from tests.fixtures.shard_fixtures import fake_features, make_corpus
 import dataset.annotations, dataset.shards, dataset.text_embed
+
+class FakeEmbedder:
+    name, dim = "fake-embedder", 8
+    def info(self):
+        return {{"name": self.name, "dim": self.dim, "pooling": "mean", "normalized": True}}
+    def encode(self, sentences):
+        return np.full((len(sentences), self.dim), 8 ** -0.5, np.float32)
 
 root = Path({root!r})
 clips, videos = make_corpus(root, {{"train": 4}}, size=16, frames=(6, 8))
@@ -375,7 +379,7 @@ def features(clip, *a, **k):
 
 def _script(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "run.py"
-    path.write_text(_SCRIPT_HEAD.format(tests=str(ROOT / "tests"), root=str(tmp_path)) + textwrap.dedent(body))
+    path.write_text(_SCRIPT_HEAD.format(repo=str(ROOT), root=str(tmp_path)) + textwrap.dedent(body))
     return path
 
 

@@ -1,4 +1,4 @@
-"""dataset/slurm.py: --part from a Slurm job array, torch.distributed variables of srun tasks (crafted
+"""core/slurm.py: --part from a Slurm job array, torch.distributed variables of srun tasks (crafted
 environments; no Slurm needed), render-amass taking its part from the array, and train.py run as 2 srun-style
 processes (no torchrun) forming one DDP job."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dataset.slurm import SlurmEnvError, apply_srun_env, array_part, first_host, part_argument, srun_process_env
+from core.slurm import SlurmEnvError, apply_srun_env, array_part, first_host, part_argument, srun_process_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,7 +101,8 @@ def test_render_amass_takes_its_part_from_the_array(monkeypatch, capsys):
 def test_train_py_as_two_srun_tasks(request, tmp_path):
     """Two plain `python train.py` processes with srun's variables (what srun --ntasks=2 sets) form one gloo
     DDP job: world size 2, and both ranks finish."""
-    from test_train import TINY, cached_tiny_shards
+    from tests.fixtures.tiny_shards import cached_tiny_shards
+    from tests.test_train import TINY
 
     shards = cached_tiny_shards(request, "tiny", **TINY)
     out = tmp_path / "run"

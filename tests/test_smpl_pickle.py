@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from dataset.errors import BadInputError
-from render import procedural_body as pb
-from render.body import load_body
-from render.smpl_pickle import load_npz_restricted, load_smpl_pickle
+from core.errors import BadInputError
+from body import procedural as pb
+from body import skeleton
+from body.model import load_body
+from body.smpl_files import load_npz_restricted, load_smpl_pickle
+from render.avatars import vertex_parts
 
 
 def _fake_chumpy(monkeypatch) -> types.SimpleNamespace:
@@ -64,12 +66,12 @@ def _smpl_dict(num_joints: int = 24, posedirs_scale: float = 0.0) -> dict:
     d = pb.load_procedural_body()
     v, w24, reg24 = d["v_template"], d["weights"], d["J_regressor"]
     nv = len(v)
-    parents = list(pb.PARENTS[:22])
+    parents = list(skeleton.PARENTS[:22])
     rows = [reg24[j] for j in range(22)]
     w = np.zeros((nv, num_joints))
     w[:, :22] = w24[:, :22]
     if num_joints == 24:
-        parents, rows, w = list(pb.PARENTS), list(reg24), w24.copy()
+        parents, rows, w = list(skeleton.PARENTS), list(reg24), w24.copy()
     else:
         if num_joints == 55:                      # jaw, left eye, right eye
             parents += [15, 15, 15]
@@ -166,7 +168,7 @@ def test_smpl_pickle_through_load_body_matches_procedural(tmp_path, monkeypatch)
     np.testing.assert_allclose(a.joints, b.joints, atol=1e-5)
     diff = np.abs(a.vertices - b.vertices).max()
     assert 1e-5 < diff < 2e-2
-    np.testing.assert_array_equal(body.vertex_parts, proc.vertex_parts)
+    np.testing.assert_array_equal(vertex_parts(body), vertex_parts(proc))
 
 
 def _write_npz_model(path, num_joints: int) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import tarfile
 from pathlib import Path
 
@@ -13,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shard_fixtures import FEATURE_DIM, fake_features, make_corpus  # noqa: E402
+from tests.fixtures.shard_fixtures import FEATURE_DIM, fake_features, make_corpus  # noqa: E402
 
 from dataset.augment import CLIP_MEAN, CLIP_STD, AugmentConfig, augment_clip, clip_normalize  # noqa: E402
 from dataset.shards import BuildConfig, build_shards  # noqa: E402
-from dataset.stream import SampleTransform, load_stats, make_loader, read_manifest  # noqa: E402
+from dataset.shard_format import load_stats, read_manifest  # noqa: E402
+from dataset.stream import SampleTransform, make_loader  # noqa: E402
 
 COUNTS = {"train": 8, "val": 5}
 

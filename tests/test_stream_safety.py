@@ -1,4 +1,4 @@
-"""The streaming loader (and the gallery extractor of model/report.py) on crafted shards: refused member names and
+"""The streaming loader (and the gallery extractor of evaluation/report.py) on crafted shards: refused member names and
 links, non-finite or wrong-width motion skipped per sample and counted per reason (also across worker
 processes), malformed manifests and stats, pickled .npy members, and the hang when no sample is usable (it must
 raise NoUsableSamplesError within seconds, also with workers and resampled shards)."""
@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset.errors import BadInputError
-from dataset.stream import NoUsableSamplesError, SampleTransform, load_stats, make_loader
+from core.errors import BadInputError
+from dataset.shard_format import load_stats
+from dataset.stream import NoUsableSamplesError, SampleTransform, make_loader
 
 ROOT = Path(__file__).resolve().parents[1]
 KW = dict(image_size=16, num_frames=2)  # small batches: these tests are about skipping, not pixels
@@ -43,7 +44,7 @@ class FakeEmbedder:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """8 train clips (2 shards of 4) and 4 val clips (1 shard), 16 px, real writer."""
-    from dataset.tiny_shards import make_tiny_shards
+    from tests.fixtures.tiny_shards import make_tiny_shards
 
     out = tmp_path_factory.mktemp("stream-safety") / "shards"
     make_tiny_shards(out, n_train=8, n_val=4, samples_per_shard=4, size=16, frames=(9, 12),
@@ -366,7 +367,7 @@ def test_sample_transform_reasons():
 
 
 def test_gallery_extraction_refuses_crafted_names_and_links(tiny, tmp_path):
-    from model.report import extract_shard_clips
+    from evaluation.report import extract_shard_clips
 
     out = _copy(tiny, tmp_path / "set")
     evil = []

@@ -10,10 +10,10 @@ import pytest
 
 from dataset.amass import load_amass
 from dataset.annotations import load_clips
-from dataset.synth import main, mirror_caption, plan_corpus, tokens
-from dataset.synth_actions import ACTION_NAMES, ACTIONS, MotionParams, animate, captions, sample_params
-from dataset.synth_rig import FLOOR_TOLERANCE, assemble, heading_vectors
-from dataset.synth_skeleton import forward_kinematics, limit_violations
+from dataset.synth.corpus import main, mirror_caption, plan_corpus, tokens
+from dataset.synth.actions import ACTION_NAMES, ACTIONS, MotionParams, animate, captions, sample_params
+from dataset.synth.rig import FLOOR_TOLERANCE, assemble, heading_vectors
+from dataset.synth.skeleton import forward_kinematics, limit_violations
 
 ARGS = ["--motions", "30", "--seed", "1"]
 

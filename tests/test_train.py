@@ -1,4 +1,4 @@
-"""train.py and its helpers (model/schedule.py, model/run_dir.py, model/training.py).
+"""train.py and its helpers (training/schedule.py, training/run_dir.py, training/loop.py, training/cli.py).
 
 Unit tests for the parts that stand alone (schedule, run dir, training state, NaN guard, flags) plus the
 end-to-end runs on a tiny synthetic shard set (marked slow): loss goes down, metrics.csv per epoch, exact resume,
@@ -17,15 +17,18 @@ import numpy as np
 import pytest
 import torch
 
-from dataset.hashing import sha256_file
-from model.run_dir import MetricsTable, RunDir
-from model.schedule import lr_factor, paper_scheduler
-from model.training import (
-    NonFiniteGuard, RunningMeans, TrainingDiverged, load_training_state, param_groups, preserved_rng,
-    resolve_precision, retrieval_scores, rng_state, save_training_state, set_rng_state,
+from core.device import resolve_precision
+from core.hashing import sha256_file
+from model.lavimo import param_groups
+from training.loop import (
+    NonFiniteGuard, RunningMeans, TrainingDiverged, load_training_state, preserved_rng, retrieval_scores, rng_state,
+    save_training_state, set_rng_state,
 )
+from training.run_dir import MetricsTable, RunDir
+from training.schedule import lr_factor, paper_scheduler
 
-import train as train_script
+import training.cli as train_script
+from tests.fixtures.tiny_shards import cached_tiny_shards
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -192,9 +195,9 @@ def test_run_dir_layout(tmp_path):
     run = RunDir(tmp_path / "r").create()
     assert run.ckpt_dir.is_dir() and run.tb.is_dir()
     assert run.last.name == "last.safetensors" and run.best.parent == run.ckpt_dir
-    import model.run_dir
+    import training.run_dir
 
-    assert model.run_dir.sha256_file is sha256_file  # one sha256 helper: dataset.hashing's
+    assert training.run_dir.sha256_file is sha256_file  # one sha256 helper: core.hashing's
 
 
 class _NaNModel(torch.nn.Module):
@@ -214,7 +217,7 @@ class _NaNModel(torch.nn.Module):
 
 
 def test_stepper_skips_nonfinite_steps():
-    from model.training import LossModule, Stepper
+    from training.loop import LossModule, Stepper
 
     m = _NaNModel(nan_calls={1})
     opt = torch.optim.AdamW(m.parameters(), lr=0.1)
@@ -238,36 +241,6 @@ def test_stepper_skips_nonfinite_steps():
 # end to end on a tiny synthetic shard set
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cached_tiny_shards(request, name: str, **kw) -> Path:
-    """A tiny shard set (dataset.tiny_shards) cached in pytest's cache dir, keyed by the generator's and the
-    shard writer's sources and ``kw``; rebuilt when any of them changes."""
-    import hashlib
-    import os
-    import shutil
-
-    from dataset.tiny_shards import make_tiny_shards
-
-    h = hashlib.sha256(json.dumps(kw, sort_keys=True).encode())
-    for f in ("dataset/tiny_shards.py", "dataset/shards.py", "dataset/video_frames.py", "dataset/text_embed.py"):
-        h.update((REPO / f).read_bytes())
-    cache = getattr(request.config, "cache", None)  # absent under `-p no:cacheprovider`
-    if cache is not None:
-        root = Path(cache.mkdir("lavimo-train-shards"))
-    else:
-        import tempfile
-
-        root = Path(tempfile.gettempdir()) / "lavimo-train-shards"
-        root.mkdir(parents=True, exist_ok=True)
-    out = root / f"{name}-{h.hexdigest()[:16]}"
-    if not (out / "train.json").is_file():
-        tmp = root / f"{out.name}.partial-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        make_tiny_shards(tmp, **kw)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    return out
 
 
 TINY = dict(n_train=32, n_val=8, n_classes=4, samples_per_shard=8, size=32, frames=(12, 20))
@@ -467,7 +440,7 @@ def test_bad_shards_give_clear_errors(shards, tmp_path, capsys):
 
 
 def test_augmentation_and_random_init_flags_reach_the_config_and_the_loader(monkeypatch):
-    import train as T
+    import training.cli as T
     from model import load_preset
 
     args = T.parse_args(["--shards", "x", "--hflip-p", "0.5", "--randaugment", "2", "--random-init"])
@@ -480,6 +453,6 @@ def test_augmentation_and_random_init_flags_reach_the_config_and_the_loader(monk
     import dataset.stream as S
     loader = type("Loader", (), {"set_epoch": lambda self, epoch: None})
     monkeypatch.setattr(S, "make_loader", lambda *a, **kw: seen.update(kw) or loader())
-    from model.training import DistInfo
+    from training.loop import DistInfo
     T.train_loader(args, cfg, 0, 1, DistInfo())
     assert seen["augment"] == {"hflip_p": 0.5, "randaugment_ops": 2, "randaugment_magnitude": 9}

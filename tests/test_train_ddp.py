@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from test_train import TINY, cached_tiny_shards
+from test_train import TINY
+
+from tests.fixtures.tiny_shards import cached_tiny_shards
 
 REPO = Path(__file__).resolve().parents[1]
 

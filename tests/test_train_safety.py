@@ -23,13 +23,15 @@ import numpy as np
 import pytest
 import torch
 
-import train as train_script
-from dataset.errors import BadInputError
-from dataset.hashing import sha256_file
-from model.training import (
+import training.cli as train_script
+from core.errors import BadInputError
+from core.hashing import sha256_file
+from training.loop import (
     NonFiniteGuard, SkipBudget, TrainingStalled, load_training_state, save_training_state,
 )
-from test_train import BASE, TINY, cached_tiny_shards
+from test_train import BASE, TINY
+
+from tests.fixtures.tiny_shards import cached_tiny_shards
 
 REPO = Path(__file__).resolve().parents[1]
 

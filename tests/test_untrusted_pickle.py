@@ -22,9 +22,10 @@ import pytest
 import scipy.sparse as sp
 
 from dataset.amass import load_amass, read_amass_header
-from dataset.errors import BadInputError
-from render.body import load_body
-from render.smpl_pickle import MAX_DEPTH, load_npz_restricted, load_smpl_pickle
+from core.errors import BadInputError
+from body.model import load_body
+from body.smpl_files import load_npz_restricted, load_smpl_pickle
+from core.restricted_unpickle import MAX_DEPTH
 from tests.test_smpl_pickle import _fake_chumpy, _smpl_dict, _without_chumpy, _write_chumpy_pickle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,7 +168,7 @@ def test_amass_segfault_vector_is_a_clean_error(tmp_path):
     r = _run_isolated(f"""
         import sys
         from dataset.amass import load_amass
-        from dataset.errors import BadInputError
+        from core.errors import BadInputError
         try:
             print(repr(load_amass({str(p)!r})))
         except BadInputError as e:
@@ -201,8 +202,8 @@ def test_object_pointer_vectors_end_as_bad_input_not_sigsegv(tmp_path, vector, m
     p.write_bytes(_proto2_setitem("v_template", vector))
     r = _run_isolated(f"""
         import sys
-        from render.smpl_pickle import load_smpl_pickle
-        from dataset.errors import BadInputError
+        from body.smpl_files import load_smpl_pickle
+        from core.errors import BadInputError
         try:
             print(repr(load_smpl_pickle({str(p)!r})))     # touching object pointers made from bytes crashes
         except BadInputError as e:
@@ -215,8 +216,8 @@ def test_object_pointer_vectors_end_as_bad_input_not_sigsegv(tmp_path, vector, m
     z = _write_npz(tmp_path / "m.npz", {"v_template.npy": _object_npy(b"\x80\x02" + vector + b".")})
     r = _run_isolated(f"""
         import sys
-        from render.smpl_pickle import load_npz_restricted
-        from dataset.errors import BadInputError
+        from body.smpl_files import load_npz_restricted
+        from core.errors import BadInputError
         try:
             print(repr(load_npz_restricted({str(z)!r})))
         except BadInputError as e:
@@ -545,7 +546,7 @@ def test_missing_unreadable_and_truncated_model_files(tmp_path, monkeypatch):
             load_body(tmp_path, "smpl", "male")
         assert str(pkl) in str(e.value) and e.value.field == "pickle"
     # unreadable (permissions; simulated, as the tests may run as root)
-    import render.smpl_pickle as smpl_pickle
+    import body.smpl_files as smpl_pickle
 
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")

@@ -90,7 +90,7 @@ def test_dissimilar_on_kit_ids_evaluates_the_whole_list(tmp_path, capsys):
     from dataset.shards_cli import nsim_clips
     from dataset.subsets import PUBLISHED, read_subset
     from model import build_model, load_preset, save_checkpoint
-    from shard_fixtures import fake_features, make_clip, simple_stats, write_clip_video
+    from tests.fixtures.shard_fixtures import fake_features, make_clip, simple_stats, write_clip_video
 
     kit = load_clips(SHARED / "kitml" / "annotations.json")
     test_ids = read_subset(SHARED / "kitml" / "splits" / "test.txt")

@@ -16,8 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dataset.errors import BadInputError
-from dataset.keyids import check_keyid
+from core.errors import BadInputError
+from core.keyids import check_keyid
 
 log = logging.getLogger(__name__)
 

@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
     except ImportError:  # pragma: no cover
         pass
-    from render.body import load_body
+    from body.model import load_body
 
     body = load_body(None)
     motion, frames, desc = load_clip(args.seconds or (2.0 if args.quick else SECONDS))

@@ -47,7 +47,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
     import model.gather as gather_mod
     from model import build_model, load_preset
     from model.ddp import needs_find_unused_parameters
-    from model.training import DistInfo, LossModule, NonFiniteGuard, Stepper, make_optimizer
+    from training.loop import DistInfo, LossModule, NonFiniteGuard, Stepper, make_optimizer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(args.threads)

@@ -29,15 +29,14 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from shard_fixtures import fake_features, make_clip, write_clip_video  # noqa: E402
+from tests.fixtures.shard_fixtures import fake_features, make_clip, write_clip_video  # noqa: E402
 
 
 def build_corpus(root: Path, n: int, size: int, frames: tuple[int, int]):
-    from dataset.seeding import stable_rng
+    from core.seeding import stable_rng
 
     videos = root / "videos"
     videos.mkdir(parents=True)
@@ -167,7 +166,8 @@ def main(argv=None) -> int:
     frames = (16, 30) if args.quick else (80, 196)
     batch = 4 if args.quick else 8
 
-    from dataset.shards import BuildConfig, build_shards, read_manifests
+    from dataset.shard_format import read_manifests
+    from dataset.shards import BuildConfig, build_shards
     from dataset.text_embed import SentenceEmbedder
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-loader-"))

@@ -92,12 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     from dataset.amass import load_amass
     from dataset.clip import Clip, FrameSpec
     from render.avatars import load_avatars, region_labels, vertex_colors
-    from render.body import load_body
+    from body.model import load_body
     from render.lights import load_lights
     from render.pipeline import RenderConfig, choose_avatar_light, render_clips
     from render.scene import SceneRenderer, VertexNormals
     from render.trajectory import follow_trajectory
-    from render.video import DEFAULT_CRF, DEFAULT_PRESET
+    from core.mp4 import DEFAULT_CRF, DEFAULT_PRESET
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_render_"))
     seconds = args.frames / 20.0

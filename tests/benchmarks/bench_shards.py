@@ -26,12 +26,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench_loader import build_corpus  # noqa: E402
-from shard_fixtures import fake_features  # noqa: E402
+from tests.fixtures.shard_fixtures import fake_features  # noqa: E402
 
 
 def naive_sample(clip, videos: Path, embedder, frame_size: int = 256) -> dict:
@@ -41,11 +40,13 @@ def naive_sample(clip, videos: Path, embedder, frame_size: int = 256) -> dict:
     import numpy as np
     from PIL import Image
 
-    from dataset.shards import json_bytes, npy_bytes, texts_of
-    from dataset.video_frames import encode_jpgs, read_sidecar, read_video
+    from dataset.shard_format import json_bytes, npy_bytes
+    from dataset.shards import texts_of
+    from core.mp4 import read_video
+    from dataset.video_frames import encode_jpgs, read_sidecar
 
     side = read_sidecar(videos / f"{clip.keyid}.json")
-    frames = read_video(videos / f"{clip.keyid}.mp4")
+    frames, _ = read_video(videos / f"{clip.keyid}.mp4")
     small = np.stack([np.asarray(Image.fromarray(f).resize((frame_size, frame_size), Image.BILINEAR))
                       for f in frames])
     feats = fake_features(clip)

@@ -14,7 +14,7 @@ memory (CUDA: max allocated; CPU: peak RSS of this process) and the projected wa
 over ``--train-samples`` samples at the real overall rate.
 
 Without ``--shards`` a synthetic shard set is written to a temp dir with the real shard writer
-(dataset/tiny_shards.py: per-frame JPEGs stored at ``--frame-size`` px, clips of 60-120 frames); the training
+(tests/fixtures/tiny_shards.py: per-frame JPEGs stored at ``--frame-size`` px, clips of 60-120 frames); the training
 loader loops over it endlessly, so a few shards feed any number of steps.
 """
 
@@ -67,8 +67,8 @@ def main(argv=None) -> int:
 
     from dataset.stream import make_loader
     from model import build_model, load_preset
-    from model.training import (LossModule, NonFiniteGuard, Stepper, make_optimizer, resolve_device,
-                                resolve_precision, seed_everything)
+    from core.device import resolve_device, resolve_precision
+    from training.loop import LossModule, NonFiniteGuard, Stepper, make_optimizer, seed_everything
 
     if args.quick:
         args.steps, args.warmup = min(args.steps, 3), min(args.warmup, 1)
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     tmp = None
     shards = args.shards
     if shards is None:
-        from dataset.tiny_shards import make_tiny_shards
+        from tests.fixtures.tiny_shards import make_tiny_shards
 
         tmp = tempfile.TemporaryDirectory(prefix="bench-train-")
         n = max(2 * b, 16)

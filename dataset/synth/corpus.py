@@ -41,12 +41,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from dataset.atomic import atomic_path, write_json, write_text
-from dataset.seeding import stable_rng
+from core.atomic import atomic_path, write_json, write_text
+from core.seeding import stable_rng
 from dataset.subsets import NSIM_SPLIT, build_dissimilar_subset
-from dataset.synth_actions import (ACTION_NAMES, ACTIONS, MotionParams, animate, captions, describe_action,
+from dataset.synth.actions import (ACTION_NAMES, ACTIONS, MotionParams, animate, captions, describe_action,
                                    sample_params)
-from dataset.synth_rig import assemble
+from dataset.synth.rig import assemble
 
 log = logging.getLogger(__name__)
 

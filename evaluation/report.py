@@ -18,8 +18,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from dataset.atomic import atomic_path, write_text
-from model.metrics import METRIC_KEYS
+from core.atomic import atomic_path, write_text
+from evaluation.metrics import METRIC_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -245,10 +245,12 @@ def extract_shard_clips(shards: str | os.PathLike, split: str, keyids: Sequence[
     """
     import tarfile
 
-    from dataset.errors import BadInputError
-    from dataset.keyids import check_keyid, check_member_name, child_path
+    from core.errors import BadInputError
+    from core.keyids import check_keyid, child_path
+    from dataset.shard_format import META, VIDEO_JPGS, VIDEO_MP4, iter_tar_members
     from dataset.stream import resolve_shards
-    from dataset.video_frames import decode_jpgs, write_video
+    from core.mp4 import write_video
+    from dataset.video_frames import decode_jpgs
 
     out_dir = Path(out_dir)
     targets: dict[str, Path] = {}
@@ -269,38 +271,35 @@ def extract_shard_clips(shards: str | os.PathLike, split: str, keyids: Sequence[
     for url in urls:
         if not wanted:
             break
+
+        def refused(ti, reason: str, message: str, url: str = url) -> None:
+            log.warning("gallery: %s: member %r refused: %s", url, ti.name, message)
+
+        def want(name: str) -> bool:
+            key, _, suffix = name.partition(".")
+            return key in wanted and suffix in (VIDEO_MP4, VIDEO_JPGS, META)
+
+        found: dict[str, dict[str, bytes]] = {}
         try:
-            with tarfile.open(url) as tar:
-                found: dict[str, dict[str, bytes]] = {}
-                for member in tar:
-                    try:
-                        if not member.isfile():
-                            raise BadInputError(url, "member", f"{member.name!r} is not a regular file")
-                        check_member_name(member.name, url)
-                    except BadInputError as exc:
-                        log.warning("gallery: %s: refused", exc)
-                        continue
-                    key, _, suffix = member.name.partition(".")
-                    if key in wanted and suffix in ("video.mp4", "video.jpgs", "meta.json"):
-                        fh = tar.extractfile(member)
-                        if fh is not None:
-                            found.setdefault(key, {})[suffix] = fh.read()
+            for name, data in iter_tar_members(url, refused=refused, want=want):
+                key, _, suffix = name.partition(".")
+                found.setdefault(key, {})[suffix] = data
         except (OSError, tarfile.TarError, EOFError) as exc:
             log.warning("gallery: cannot read %s: %s", url, exc)
             continue
         for key, mem in found.items():
             target = targets[key]
             try:
-                if "video.mp4" in mem:
+                if VIDEO_MP4 in mem:
                     with atomic_path(target) as tmp:
-                        tmp.write_bytes(mem["video.mp4"])
-                elif "video.jpgs" in mem:
+                        tmp.write_bytes(mem[VIDEO_MP4])
+                elif VIDEO_JPGS in mem:
                     import json
 
-                    fps = float(json.loads(mem["meta.json"]).get("fps", 20.0)) if "meta.json" in mem else 20.0
+                    fps = float(json.loads(mem[META]).get("fps", 20.0)) if META in mem else 20.0
                     if not np.isfinite(fps) or fps <= 0:
                         raise ValueError(f"meta.json: fps {fps!r} is not a positive frame rate")
-                    frames = decode_jpgs(mem["video.jpgs"]).permute(0, 2, 3, 1).numpy()
+                    frames = decode_jpgs(mem[VIDEO_JPGS]).permute(0, 2, 3, 1).numpy()
                     if frames.shape[1] % 2 or frames.shape[2] % 2:  # yuv420p needs even sides
                         frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
                     with atomic_path(target) as tmp:

@@ -22,8 +22,9 @@ posedirs are all zero (no pose-corrective blend shapes); :func:`procedural_posed
 
 Generation takes about a second; the result is cached (``$LAVIMO_CACHE`` or ``~/.cache/lavimo``) in
 ``procedural_body_v{VERSION}.npz``, written atomically, and regenerated when it was made by a different
-generator (fingerprint of this file's source). Nothing here is hand-edited binary data: the
-only embedded numbers are the rest joints and the primitive radii below.
+generator (fingerprint of this file's and :mod:`body.skeleton`'s source). Nothing here is hand-edited binary
+data: the only embedded numbers are the rest joints (:func:`body.skeleton.rest_joints`) and the primitive radii
+below.
 """
 
 from __future__ import annotations
@@ -35,45 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset.atomic import atomic_path
+from body.skeleton import MIRROR_JOINTS, NUM_JOINTS, PARENTS, rest_joints
+from core.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
 VERSION = 1
-NUM_JOINTS = 24
 NUM_BETAS = 10
-
-JOINT_NAMES = (
-    "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2", "left_ankle",
-    "right_ankle", "spine3", "left_foot", "right_foot", "neck", "left_collar", "right_collar", "head",
-    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
-    "left_hand", "right_hand",
-)
-#: SMPL's kinematic tree: parent of each joint (root -1).
-PARENTS = np.array([-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21],
-                   dtype=np.int64)
-#: index of the mirror (left <-> right) joint for each of the 24 SMPL joints.
-MIRROR_JOINTS = np.array([0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10, 12, 14, 13, 15, 17, 16, 19, 18, 21, 20, 23, 22],
-                         dtype=np.int64)
-
-# Approximate SMPL neutral rest joints (metres, Y up, +Z forward, left = +X), left/right symmetrised.
-# Centre joints: (y, z); side joints: the LEFT joint (x, y, z), the right one is its mirror.
-_CENTRE = {0: (-0.223, 0.028), 3: (-0.110, 0.017), 6: (0.030, 0.028), 9: (0.085, 0.027),
-           12: (0.288, -0.010), 15: (0.355, 0.045)}
-_LEFT = {1: (0.068, -0.314, 0.022), 4: (0.104, -0.700, 0.016), 7: (0.088, -1.104, -0.020),
-         10: (0.119, -1.157, 0.103), 13: (0.081, 0.194, -0.004), 16: (0.176, 0.227, -0.020),
-         18: (0.434, 0.215, -0.043), 20: (0.687, 0.222, -0.041), 22: (0.773, 0.213, -0.057)}
-
-
-def rest_joints() -> np.ndarray:
-    """(24, 3) float64 rest joints in SMPL's frame (metres, Y up, faces +Z, left at +X), exactly symmetric."""
-    j = np.zeros((NUM_JOINTS, 3))
-    for k, (y, z) in _CENTRE.items():
-        j[k] = (0.0, y, z)
-    for k, (x, y, z) in _LEFT.items():
-        j[k] = (x, y, z)
-        j[MIRROR_JOINTS[k]] = (-x, y, z)
-    return j
 
 
 # Surface primitives. ("cap", joint, a, b, r_a, r_b) is a tapered capsule from a to b; ("ell", joint,
@@ -377,11 +346,15 @@ def cache_path() -> Path:
 
 
 def generator_fingerprint() -> str:
-    """SHA-256 of this generator's source and the marching-cubes library version: a cached body made by
-    other code is regenerated, so editing the generator can never leave a stale cache behind."""
+    """SHA-256 of this generator's source (this file and :mod:`body.skeleton`, whose rest joints it is built
+    around) and the marching-cubes library version: a cached body made by other code is regenerated, so editing
+    the generator can never leave a stale cache behind."""
     import skimage
 
+    from body import skeleton
+
     h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update(Path(skeleton.__file__).read_bytes())
     h.update(f"skimage {skimage.__version__} numpy {np.__version__.split('.')[0]}".encode())
     return h.hexdigest()
 

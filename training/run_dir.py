@@ -27,8 +27,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from dataset.atomic import write_json, write_text
-from dataset.hashing import sha256_file
+from core.atomic import write_json, write_text
+from core.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 

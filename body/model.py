@@ -1,12 +1,12 @@
 """SMPL-family body models: AMASS poses -> posed vertices and joints (shared by features and rendering).
 
-``load_body(model_dir=None)`` gives the procedural SMPL-compatible body (``render.procedural_body``);
+``load_body(model_dir=None)`` gives the procedural SMPL-compatible body (:mod:`body.procedural`);
 ``load_body(DIR, "smplh" | "smplx" | "smpl", gender)`` a real model from a directory in smplx's layout
 (``DIR/smplh/SMPLH_MALE.pkl`` or ``.npz``, ``DIR/smplx/SMPLX_FEMALE.npz``, ``DIR/smpl/SMPL_NEUTRAL.pkl``;
 AMASS's ``DIR/smplh/male/model.npz`` is accepted too). Both go through smplx's own model classes (the
 procedural body through ``smplx.SMPL(data_struct=...)``), so posing is the same code for both.
 
-Model files are untrusted input: the project reads them itself (:mod:`render.smpl_pickle`: an allow-list
+Model files are untrusted input: the project reads them itself (:mod:`body.smpl_files`: an allow-list
 unpickler for ``.pkl``, plain ``.npy`` reads for ``.npz``), checks the arrays (:func:`model_arrays`) and
 hands smplx plain arrays only (``data_struct`` for SMPL / SMPL-H; for SMPL-X, whose constructor always reads
 the file itself with ``np.load(allow_pickle=True)``, :func:`_smplx_from_arrays` builds the model without
@@ -30,23 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from dataset.errors import BadInputError
+from body.skeleton import mirror_permutation
+from core.errors import BadInputError
 
 log = logging.getLogger(__name__)
-
-#: region names of :attr:`Body.vertex_parts` (value = index into this tuple).
-PART_NAMES = ("skin", "top", "bottom", "shoes", "hair")
-SKIN, TOP, BOTTOM, SHOES, HAIR = range(5)
 
 MODEL_TYPES = ("smplh", "smplx", "smpl")
 GENDERS = ("neutral", "male", "female")
 POSE_WIDTHS = (156, 165)
-
-# SMPL body joints (first 22 of every kind) grouped by the clothing region they carry.
-_JOINT_PART = {0: BOTTOM, 1: BOTTOM, 2: BOTTOM, 4: BOTTOM, 5: BOTTOM, 3: TOP, 6: TOP, 9: TOP, 13: TOP,
-               14: TOP, 16: TOP, 17: TOP, 7: SHOES, 8: SHOES, 10: SHOES, 11: SHOES}
-_BODY_PAIRS = ((1, 2), (4, 5), (7, 8), (10, 11), (13, 14), (16, 17), (18, 19), (20, 21))
-
 
 @dataclass(frozen=True)
 class BodyOutput:
@@ -58,23 +49,6 @@ class BodyOutput:
 
     vertices: np.ndarray
     joints: np.ndarray
-
-
-def mirror_permutation(num_joints: int) -> np.ndarray:
-    """Index of the left/right mirror of each joint for 24 (SMPL), 52 (SMPL-H) or 55 (SMPL-X) joints."""
-    perm = np.arange(num_joints)
-    for a, b in _BODY_PAIRS:
-        perm[a], perm[b] = b, a
-    if num_joints == 24:
-        perm[22], perm[23] = 23, 22
-    elif num_joints == 52:                       # 22-36 left hand, 37-51 right hand
-        perm[22:37], perm[37:52] = np.arange(37, 52), np.arange(22, 37)
-    elif num_joints == 55:                       # 22 jaw, 23/24 eyes, 25-39 left hand, 40-54 right hand
-        perm[23], perm[24] = 24, 23
-        perm[25:40], perm[40:55] = np.arange(40, 55), np.arange(25, 40)
-    else:
-        raise ValueError(f"no mirror map for {num_joints} joints (expected 24, 52 or 55)")
-    return perm
 
 
 def mirror_amass(poses: np.ndarray, trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -99,29 +73,6 @@ def mirror_amass(poses: np.ndarray, trans: np.ndarray) -> tuple[np.ndarray, np.n
     return aa.reshape(poses.shape).copy(), trans * np.array([-1, 1, 1], dtype=trans.dtype)
 
 
-def compute_vertex_parts(weights: np.ndarray, v_template: np.ndarray) -> np.ndarray:
-    """(V,) uint8 clothing region per vertex (:data:`PART_NAMES`), from the skinning weights' argmax joint.
-
-    top: torso above the pelvis and upper arms (spine1-3, collars, shoulders); bottom: pelvis, thighs, shins;
-    shoes: ankles and feet; hair: the upper and back part of the head (SMPL's rest frame, +Z forward);
-    skin: everything else (face, neck, forearms, hands, and any joint beyond the 24 SMPL joints).
-    """
-    joint = np.asarray(weights).argmax(axis=1)
-    parts = np.full(len(joint), SKIN, dtype=np.uint8)
-    for j, p in _JOINT_PART.items():
-        parts[joint == j] = p
-    head = joint == 15
-    if head.any():
-        hv = np.asarray(v_template)[head]
-        lo, hi = hv.min(axis=0), hv.max(axis=0)
-        yn = (hv[:, 1] - lo[1]) / max(hi[1] - lo[1], 1e-9)
-        zn = (hv[:, 2] - lo[2]) / max(hi[2] - lo[2], 1e-9)
-        hair = (yn > 0.68 - 0.25 * np.clip((0.5 - zn) / 0.5, 0, 1)) | ((zn < 0.32) & (yn > 0.3))
-        idx = np.flatnonzero(head)
-        parts[idx[hair]] = HAIR
-    return parts
-
-
 class Body:
     """A posable body model (procedural or real SMPL / SMPL-H / SMPL-X through smplx).
 
@@ -132,8 +83,6 @@ class Body:
         num_vertices: V.
         parents: (J,) int64 kinematic parents (root -1); J = 24 / 52 / 55.
         num_betas: shape coefficients the model uses (betas given to :meth:`pose` are cut/zero-padded).
-        vertex_parts: (V,) uint8 clothing region per vertex, index into :data:`PART_NAMES`
-            (0 skin, 1 top, 2 bottom, 3 shoes, 4 hair).
         vertex_joint: (V,) int16 the joint with the largest skinning weight per vertex.
         source: the model file, or the procedural cache path.
     """
@@ -153,7 +102,6 @@ class Body:
         v_template = model.v_template.detach().cpu().numpy()
         self.num_vertices = int(v_template.shape[0])
         self.vertex_joint = weights.argmax(axis=1).astype(np.int16)
-        self.vertex_parts = compute_vertex_parts(weights, v_template)
         self._has_posedirs = bool(torch.count_nonzero(model.posedirs).item() > 0)
 
     def __repr__(self) -> str:
@@ -371,10 +319,10 @@ _MIN_SHAPE_COLS = {"smpl": 10, "smplh": 10, "smplx": 20}
 
 
 def _read_model_data(path: Path) -> dict[str, Any]:
-    """Every member of a model file, read by the restricted loaders of :mod:`render.smpl_pickle`
+    """Every member of a model file, read by the restricted loaders of :mod:`body.smpl_files`
     (``.pkl``: allow-list unpickler; ``.npz``: plain ``.npy`` reads, object members through the same
     allow-list). scipy.sparse values are made dense. Never ``np.load`` / ``pickle.load``."""
-    from render.smpl_pickle import load_npz_restricted, load_smpl_pickle
+    from body.smpl_files import load_npz_restricted, load_smpl_pickle
 
     if path.suffix.lower() == ".pkl":
         data = load_smpl_pickle(path)
@@ -531,7 +479,7 @@ _PROCEDURAL: dict[int, Body] = {}
 def _load_procedural(num_betas: int) -> Body:
     import smplx
 
-    from render.procedural_body import cache_path, load_procedural_body, procedural_posedirs
+    from body.procedural import cache_path, load_procedural_body, procedural_posedirs
 
     if num_betas in _PROCEDURAL:
         return _PROCEDURAL[num_betas]

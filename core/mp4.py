@@ -1,9 +1,16 @@
-"""MP4 writing: H.264 / yuv420p through imageio-ffmpeg's bundled ffmpeg, on a background thread.
+"""THE mp4 reader and writer: H.264 / yuv420p through imageio-ffmpeg's bundled ffmpeg.
 
-Frames are handed to :meth:`VideoWriter.write` (non-blocking up to ``queue_frames``); a thread pipes them to
-an ffmpeg subprocess, so encoding overlaps rasterisation. The file is written to a temporary name in the
-target directory and renamed on :meth:`close` (atomic, via ``dataset.atomic``); :meth:`abort` removes it.
-``+faststart`` puts the index first so browsers can start playback before the download ends.
+Writing: :class:`VideoWriter` (rendering; frames are handed to :meth:`VideoWriter.write`, non-blocking up to
+``queue_frames``, and a thread pipes them to an ffmpeg subprocess, so encoding overlaps rasterisation) and
+:func:`write_video` (a whole clip in one call: tests, benchmarks, the evaluation gallery). The file is written
+to a temporary name in the target directory and renamed on :meth:`VideoWriter.close` (atomic, via
+``core.atomic``); :meth:`VideoWriter.abort` removes it. The x264 settings are parameters: ``crf``, ``preset``,
+``threads`` and ``faststart`` (``+faststart`` puts the index first so browsers can start playback before the
+download ends); the renderer's defaults are :data:`DEFAULT_CRF` / :data:`DEFAULT_PRESET`, one x264 thread and
+faststart, :func:`write_video`'s are CRF 23, ``veryfast``, x264's own thread count and no faststart.
+
+Reading: :func:`read_video` (every frame, optionally scaled down while decoding), :func:`read_frames` (selected
+frames of a file) and :func:`mp4_frames` (selected frames of an mp4 held in memory).
 
 A file is only moved into place when ffmpeg exited with status 0 and :func:`probe_mp4` finds a complete
 container; a failure while the disk is full is raised as ``OSError(errno.ENOSPC, ...)`` naming the file, so
@@ -18,14 +25,16 @@ import os
 import queue
 import shutil
 import struct
+import tempfile
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import imageio_ffmpeg
 import numpy as np
 
-from dataset.atomic import atomic_path
+from core.atomic import atomic_path
+from core.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +129,14 @@ class VideoWriter:
         size: (width, height) in pixels, both even (yuv420p).
         fps: frames per second written into the stream (may be fractional).
         crf, preset: x264 quality / speed.
-        threads: x264 threads (1 per worker keeps several workers from oversubscribing the CPU; 0 = auto).
+        threads: x264 threads (1 per worker keeps several workers from oversubscribing the CPU; 0 = x264's own
+            choice, no ``-threads`` flag).
         queue_frames: frames buffered before :meth:`write` blocks.
+        faststart: move the index to the front (``-movflags +faststart``).
     """
 
     def __init__(self, path: str | os.PathLike, size: tuple[int, int], fps: float, crf: int = DEFAULT_CRF,
-                 preset: str = DEFAULT_PRESET, threads: int = 1, queue_frames: int = 16):
+                 preset: str = DEFAULT_PRESET, threads: int = 1, queue_frames: int = 16, faststart: bool = True):
         w, h = int(size[0]), int(size[1])
         if w % 2 or h % 2:
             raise ValueError(f"video size must be even for yuv420p, got {w}x{h}")
@@ -135,7 +146,9 @@ class VideoWriter:
         self.frames_written = 0
         self._ctx = atomic_path(self.path)
         self._tmp = self._ctx.__enter__()
-        params = ["-preset", preset, "-crf", str(int(crf)), "-movflags", "+faststart"]
+        params = ["-preset", preset, "-crf", str(int(crf))]
+        if faststart:
+            params += ["-movflags", "+faststart"]
         if threads:
             params += ["-threads", str(int(threads))]
         try:
@@ -245,10 +258,81 @@ class VideoWriter:
             self.abort()
 
 
-def read_video(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
-    """Decode an mp4 -> (frames (N, H, W, 3) uint8, ffmpeg metadata with ``fps`` and ``codec``). For tests/tools."""
-    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
-    meta = next(reader)
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int = 23, preset: str = "veryfast",
+                threads: int = 0, faststart: bool = False) -> None:
+    """Write (T, H, W, 3) uint8 frames (H and W even) as an H.264 yuv420p mp4 in one call, atomically, through
+    :class:`VideoWriter` with these settings (tests, benchmarks, the evaluation gallery)."""
+    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+    t, h, w, _ = frames.shape
+    with VideoWriter(path, (w, h), fps, crf=crf, preset=preset, threads=threads, faststart=faststart) as writer:
+        for f in frames:
+            writer.write(f)
+
+
+def read_video(path: str | os.PathLike, short_side: int | None = None) -> tuple[np.ndarray, dict]:
+    """Decode every frame of a video file -> (frames (T, H, W, 3) uint8 RGB, ffmpeg's metadata: ``fps``,
+    ``codec``, ``size`` and ``source_size`` (width, height) before scaling).
+
+    With ``short_side``, ffmpeg scales frames down (area averaging, aspect kept) so the short side is at most
+    ``short_side`` pixels while decoding, which is much cheaper than resizing afterwards.
+    Raises BadInputError(path, "video") when the file is missing, cannot be decoded or holds no frames."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(path, "video", "file not found")
+    out_params = None
+    if short_side is not None:
+        s = int(short_side)
+        out_params = ["-vf", f"scale=w='if(lte(iw,ih),min({s},iw),-2)':h='if(lte(iw,ih),-2,min({s},ih))'"
+                              ":flags=area"]
+    quiet = logging.getLogger("imageio_ffmpeg")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # it warns whenever the output size differs from the source
+    try:
+        gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", output_params=out_params)
+        meta = next(gen)
+        w, h = meta["size"]
+        frames = [np.frombuffer(f, dtype=np.uint8).reshape(h, w, 3) for f in gen]
+    except (RuntimeError, OSError, StopIteration, ValueError, IndexError, AttributeError) as exc:
+        raise BadInputError(path, "video", f"cannot decode: {exc}") from exc
+    finally:
+        quiet.setLevel(level)
+    if not frames:
+        raise BadInputError(path, "video", "no frames decoded")
+    meta = dict(meta)
+    meta["source_size"] = tuple(meta.get("source_size", (w, h)))
+    return np.stack(frames), meta
+
+
+def read_frames(path: str | os.PathLike, indices: Sequence[int]) -> np.ndarray:
+    """Frames ``indices`` of a video file -> (k, H, W, 3) uint8, decoding only up to the last one wanted.
+    Raises ValueError when the file has fewer frames."""
+    want = [int(i) for i in indices]
+    last = max(want)
+    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    meta = next(gen)
     w, h = meta["size"]
-    frames = [np.frombuffer(f, dtype=np.uint8).reshape(h, w, 3) for f in reader]
-    return (np.stack(frames) if frames else np.zeros((0, h, w, 3), np.uint8)), meta
+    got: dict[int, np.ndarray] = {}
+    try:
+        for i, f in enumerate(gen):
+            if i in want and i not in got:
+                got[i] = np.frombuffer(f, dtype=np.uint8).reshape(h, w, 3)
+            if i >= last:
+                break
+    finally:
+        gen.close()
+    missing = [i for i in want if i not in got]
+    if missing:
+        raise ValueError(f"mp4 has fewer frames than requested (missing {missing[:3]})")
+    return np.stack([got[i] for i in want])
+
+
+def mp4_frames(data: bytes, indices: Sequence[int] | None = None) -> np.ndarray:
+    """Decode an mp4 held in memory and return frames ``indices`` (all when None) -> (k, H, W, 3) uint8.
+
+    H.264 needs the stream decoded from the start, so this decodes up to the last wanted frame (through a
+    temporary file, because mp4 files written without ``faststart`` cannot be read from a pipe)."""
+    with tempfile.NamedTemporaryFile(suffix=".mp4") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        frames = read_video(tmp.name)[0] if indices is None else read_frames(tmp.name, indices)
+    return frames

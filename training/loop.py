@@ -1,7 +1,9 @@
-"""Helpers of train.py: devices and precision, DDP set-up, parameter groups, RNG and training-state
-checkpoints, the NaN/inf guard, and validation retrieval metrics.
+"""Helpers of the training loop: DDP set-up, the optimiser, RNG and training-state checkpoints, the skip budget
+and NaN/inf guard, one optimisation step (:class:`Stepper`), and validation retrieval metrics.
 
-Each helper has one job; the training loop itself lives in the root ``train.py``.
+Each helper has one job; the loop itself is :func:`training.cli.train` (``train.py``). Devices and precision are
+:mod:`core.device`; the parameter groups are the model's (:meth:`model.lavimo.LavimoModel.parameter_groups`);
+validation encodes with :func:`evaluation.encode.encode_split` and scores with :mod:`evaluation.metrics`.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from dataset.atomic import atomic_path
-from dataset.errors import BadInputError
-from dataset.keyids import is_keyid
+from core.atomic import atomic_path
+from core.errors import BadInputError
+from core.device import autocast
+from core.keyids import is_keyid
+from evaluation.metrics import retrieval_metrics, similarity_matrix
+from evaluation.protocols import EncodedSplit
+from model.lavimo import FUSION_NAMES, LOSS_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -52,43 +58,6 @@ class DistInfo:
 def local_rank_from_env() -> int:
     """The process's GPU index on its node: torchrun's ``LOCAL_RANK`` (0 when not launched by torchrun)."""
     return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:LOCAL_RANK`` when CUDA is available else ``cpu``; ``cuda`` without CUDA is a
-    ValueError (train.py and evaluate.py print it as an error, no traceback)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for but torch sees no CUDA device")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ValueError(f"unknown device {name!r} (auto|cpu|cuda)")
-
-
-def resolve_precision(name: str | None, device: torch.device, amp: bool = True) -> str:
-    """``None``/``auto`` -> ``bf16`` on a GPU that supports it when ``amp`` (the config's field; the paper
-    preset sets it), else ``fp32``. ``fp16`` needs CUDA."""
-    if name in (None, "auto"):
-        if amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return "bf16"
-        return "fp32"
-    if name not in ("bf16", "fp16", "fp32"):
-        raise ValueError(f"unknown precision {name!r} (bf16|fp16|fp32)")
-    if name == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16 needs --device cuda (use bf16 or fp32 on CPU)")
-    return name
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast context for ``bf16``/``fp16``; a no-op for ``fp32``."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def init_distributed(device: torch.device) -> DistInfo:
@@ -143,62 +112,14 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
 # optimiser
 
 
-def _backbone_prefixes(model: nn.Module) -> list[str]:
-    """Names of the top-most submodules that come from a pretrained-model library (Hugging Face
-    ``transformers`` or ``open_clip``): the text model and the CLIP vision tower."""
-    prefixes: list[str] = []
-    for name, mod in model.named_modules():
-        if not name:
-            continue
-        origin = type(mod).__module__
-        if origin.startswith(("transformers.", "open_clip.")):
-            if not any(name == p or name.startswith(p + ".") for p in prefixes):
-                prefixes.append(name)
-    return prefixes
-
-
-def param_groups(model: nn.Module, *, lr: float, weight_decay: float,
-                 backbone_lr_scale: float = 1.0) -> list[dict[str, Any]]:
-    """AdamW parameter groups over the trainable parameters (``requires_grad``).
-
-    * backbone (the pretrained text model and CLIP image tower: ``model.backbone_parameters()`` when the model
-      has it, else the submodules from ``transformers`` / ``open_clip``): ``lr * backbone_lr_scale``;
-      everything else: ``lr``;
-    * weight decay on matrices and embeddings (``ndim >= 2``) only, none on biases, norms, scalars.
-
-    Empty groups are dropped; every group carries a ``name`` for logs.
-    """
-    if hasattr(model, "backbone_parameters"):
-        backbone_ids = {id(p) for p in model.backbone_parameters()}
-    else:
-        prefixes = _backbone_prefixes(model)
-        backbone_ids = {id(p) for n, p in model.named_parameters()
-                        if any(n == q or n.startswith(q + ".") for q in prefixes)}
-    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        buckets.setdefault((id(p) in backbone_ids, p.ndim >= 2), []).append(p)
-    groups = []
-    for (backbone, decay), params in sorted(buckets.items()):
-        groups.append({
-            "name": f"{'backbone' if backbone else 'head'}/{'decay' if decay else 'no_decay'}",
-            "params": params,
-            "lr": lr * (backbone_lr_scale if backbone else 1.0),
-            "weight_decay": weight_decay if decay else 0.0,
-        })
-    if not groups:
-        raise ValueError("the model has no trainable parameters")
-    return groups
-
-
 def make_optimizer(model: nn.Module, cfg: Any) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` with the config's ``lr``, ``betas``, ``weight_decay`` and
-    ``backbone_lr_scale`` (``cfg.optimizer`` must be ``adamw``, the paper's choice)."""
+    """AdamW over the model's :meth:`~model.lavimo.LavimoModel.parameter_groups` with the config's ``lr``,
+    ``betas``, ``weight_decay`` and ``backbone_lr_scale`` (``cfg.optimizer`` must be ``adamw``, the paper's
+    choice)."""
     if str(getattr(cfg, "optimizer", "adamw")).lower() != "adamw":
         raise ValueError(f"optimizer {cfg.optimizer!r} is not supported (adamw)")
-    groups = param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                          backbone_lr_scale=cfg.backbone_lr_scale)
+    groups = model.parameter_groups(lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    backbone_lr_scale=cfg.backbone_lr_scale)
     for g in groups:
         log.info("param group %-18s %10d params  lr %.3g  wd %.3g", g["name"],
                  sum(p.numel() for p in g["params"]), g["lr"], g["weight_decay"])
@@ -431,8 +352,6 @@ class NonFiniteGuard:
 # ----------------------------------------------------------------------------------------------------------
 # one optimisation step
 
-LOSS_TERMS = ("loss", "tm", "vm", "tv", "recon")
-FUSION_NAMES = ("text", "video", "motion")
 
 
 class Stepper:
@@ -470,7 +389,7 @@ class Stepper:
         if self.dinfo.enabled:  # every rank skips when any rank's loss is not finite
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         # everything the host needs in one device->host copy (one sync per step)
-        names = [k for k in LOSS_TERMS if torch.is_tensor(out.get(k))]
+        names = [k for k in LOSS_KEYS if torch.is_tensor(out.get(k))]
         values = [bad, local_bad, gnorm.detach().float().reshape(1)]
         values += [out[k].detach().float().reshape(1) for k in names]
         fw = out.get("fusion_weights")
@@ -522,32 +441,6 @@ class RunningMeans:
 # validation
 
 
-@torch.no_grad()
-def encode_split(model: nn.Module, batches: Iterable[Mapping[str, Any]], device: torch.device, precision: str,
-                 with_video: bool = True) -> dict[str, Any]:
-    """Encode a whole split: ``{"keyid": [N], "text": (N,C), "video": (N,C) | None, "motion": (N,C),
-    "sent_emb": (N,D) | None}`` float32 on CPU (latents as the model returns them, not normalised)."""
-    was_training = model.training
-    model.eval()
-    keyids: list[str] = []
-    out: dict[str, list[torch.Tensor]] = {"text": [], "video": [], "motion": [], "sent_emb": []}
-    try:
-        for batch in batches:
-            b = to_device(batch, device)
-            with autocast(device, precision):
-                out["text"].append(model.encode_text(list(b["text"])).float().cpu())
-                if with_video:
-                    out["video"].append(model.encode_video(b["video"]).float().cpu())
-                out["motion"].append(model.encode_motion(b["motion"], b["mask"]).float().cpu())
-            if torch.is_tensor(b.get("sent_emb")):
-                out["sent_emb"].append(b["sent_emb"].float().cpu())
-            keyids.extend(batch["keyid"])
-    finally:
-        model.train(was_training)
-    cat = {k: (torch.cat(v) if v else None) for k, v in out.items()}
-    return {"keyid": keyids, **cat}
-
-
 def mean_over_ranks(values: Mapping[str, float], info: DistInfo, device: torch.device) -> dict[str, float]:
     """Average scalar values over ranks (collective in DDP; every rank must pass the same keys)."""
     if not info.enabled or not values:
@@ -558,8 +451,13 @@ def mean_over_ranks(values: Mapping[str, float], info: DistInfo, device: torch.d
     return dict(zip(keys, (t / info.world_size).tolist()))
 
 
-def gather_embeddings(emb: dict[str, Any], info: DistInfo) -> dict[str, Any] | None:
-    """Concatenate every rank's :func:`encode_split` output on rank 0 (others get None); collective in DDP."""
+def gather_embeddings(split: EncodedSplit | None, info: DistInfo) -> dict[str, Any] | None:
+    """The latents of a validation split, ``{"keyid": [N], "text": (N,C), "video": (N,C) | None,
+    "motion": (N,C)}`` float32 numpy, from every rank's :func:`evaluation.encode.encode_split` output (None on a
+    rank that got no sample), concatenated on rank 0 (others get None); collective in DDP."""
+    emb: dict[str, Any] = {"keyid": [], "text": None, "video": None, "motion": None}
+    if split is not None:
+        emb = {"keyid": list(split.keyids), "text": split.text, "video": split.video, "motion": split.motion}
     if not info.enabled:
         return emb
     parts: list[Any] = [None] * info.world_size
@@ -567,9 +465,9 @@ def gather_embeddings(emb: dict[str, Any], info: DistInfo) -> dict[str, Any] | N
     if not info.is_main:
         return None
     out: dict[str, Any] = {"keyid": [k for p in parts for k in p["keyid"]]}
-    for key in ("text", "video", "motion", "sent_emb"):
-        ts = [p[key] for p in parts if p[key] is not None]
-        out[key] = torch.cat(ts) if ts else None
+    for key in ("text", "video", "motion"):
+        arrays = [p[key] for p in parts if p[key] is not None]
+        out[key] = np.concatenate(arrays) if arrays else None
     if len(set(out["keyid"])) != len(out["keyid"]):
         log.warning("validation: %d duplicate keyids across ranks", len(out["keyid"]) - len(set(out["keyid"])))
     return out
@@ -577,13 +475,11 @@ def gather_embeddings(emb: dict[str, Any], info: DistInfo) -> dict[str, Any] | N
 
 def retrieval_scores(emb: Mapping[str, Any]) -> dict[str, float]:
     """Validation retrieval metrics t2m (text->motion) and, when video latents exist, v2m (video->motion),
-    with ``model.metrics`` (same code as evaluate.py; standard protocol, no text-similarity threshold).
+    with ``evaluation.metrics`` (same code as evaluate.py; standard protocol, no text-similarity threshold).
 
     Keys: ``t2m/R@1``, ``t2m/R@5``, ``t2m/R@10``, ``t2m/MedR`` (and ``v2m/...``), plus ``score``: the mean over
     the evaluated directions of (R@1 + R@5 + R@10) / 3 — the number that selects ``best.safetensors``.
     """
-    from model.metrics import retrieval_metrics, similarity_matrix
-
     n = len(emb["keyid"])
     if n < 2:
         raise ValueError(f"validation needs at least 2 samples, got {n}")
@@ -593,7 +489,7 @@ def retrieval_scores(emb: Mapping[str, Any]) -> dict[str, float]:
     res: dict[str, float] = {}
     scores = []
     for name, query in dirs.items():
-        sims = similarity_matrix(query.numpy(), emb["motion"].numpy())
+        sims = similarity_matrix(_numpy(query), _numpy(emb["motion"]))
         m = retrieval_metrics(sims)
         for k in ("R@1", "R@5", "R@10", "MedR"):
             res[f"{name}/{k}"] = float(m[k])
@@ -601,3 +497,8 @@ def retrieval_scores(emb: Mapping[str, Any]) -> dict[str, float]:
     res["score"] = float(np.mean(scores))
     res["n"] = float(n)
     return res
+
+
+def _numpy(x: Any) -> np.ndarray:
+    """A CPU tensor or an array as a numpy array."""
+    return x.numpy() if torch.is_tensor(x) else np.asarray(x)

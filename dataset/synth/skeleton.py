@@ -1,9 +1,10 @@
-"""An approximate SMPL rest skeleton and forward kinematics for the synthetic corpus.
+"""Forward kinematics on an approximate SMPL rest skeleton, for the synthetic corpus.
 
-The numbers are approximate joint locations of the neutral SMPL template (metres, SMPL's rest frame:
-**Y-up**, the body faces +Z, its left is +X), made exactly left/right symmetric. They are used to put
-the synthetic bodies' feet on the floor and to check the motions; a real SMPL-H body gives joints
-within a few centimetres of these.
+The joint tree and the rest joints come from :mod:`body.skeleton` (its generator table
+:data:`body.skeleton.SYNTH_REST_JOINTS`: approximate joint locations of the neutral SMPL template, metres,
+SMPL's rest frame: **Y-up**, the body faces +Z, its left is +X, exactly left/right symmetric). They are used to
+put the synthetic bodies' feet on the floor and to check the motions; a real SMPL-H body gives joints within a
+few centimetres of these.
 
 AMASS convention reproduced here: a body's world joints are
 ``trans + J0 + R_root @ (J_k - J0)`` chained down the tree, where ``J0`` (the pelvis rest location) is
@@ -16,36 +17,11 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-JOINT_NAMES = (
-    "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2", "left_ankle",
-    "right_ankle", "spine3", "left_foot", "right_foot", "neck", "left_collar", "right_collar", "head",
-    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
-    "left_hand", "right_hand",
-)
-PARENTS = np.array([-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21])
-# Left/right partner of each joint (for mirroring).
-MIRROR = np.array([0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10, 12, 14, 13, 15, 17, 16, 19, 18, 21, 20, 23, 22])
+from body.skeleton import JOINT_NAMES, PARENTS, SYNTH_REST_JOINTS
 
-# Approximate neutral SMPL rest joints (Y-up, metres); left side listed, right side = x mirrored.
-_HALF = {
-    0: (0.000, -0.223, 0.028), 3: (0.000, -0.107, 0.002), 6: (0.000, 0.025, 0.029), 9: (0.000, 0.076, 0.034),
-    12: (0.000, 0.297, 0.016), 15: (0.000, 0.381, 0.057),
-    1: (0.069, -0.314, 0.022), 4: (0.104, -0.700, 0.033), 7: (0.088, -1.110, -0.010), 10: (0.119, -1.160, 0.125),
-    13: (0.080, 0.207, 0.012), 16: (0.173, 0.238, 0.017), 18: (0.430, 0.227, -0.011), 20: (0.688, 0.236, -0.009),
-    22: (0.772, 0.229, -0.019),
-}
-
-
-def _rest_joints() -> np.ndarray:
-    j = np.zeros((24, 3))
-    for i, p in _HALF.items():
-        j[i] = p
-        if MIRROR[i] != i:
-            j[MIRROR[i]] = (-p[0], p[1], p[2])
-    return j
-
-
-REST_JOINTS = _rest_joints()
+#: the generator's rest skeleton (SMPL's frame, Y up): body.skeleton's second table, kept apart from THE rest
+#: joints because the synthetic corpus is computed from these numbers (see body.skeleton's docstring).
+REST_JOINTS = SYNTH_REST_JOINTS
 OFFSETS = np.concatenate([REST_JOINTS[:1], REST_JOINTS[1:] - REST_JOINTS[PARENTS[1:]]])
 
 # Points of the soles that touch the floor, as (joint, offset in that joint's rest frame):

@@ -1,0 +1,388 @@
+"""The shard-set format, defined once: file and member names, manifests, tar reading and writing, ``stats.npz``.
+
+Every reader and writer of a shard set goes through this module: the writer (:mod:`dataset.shards`), its
+checks, the loader (:mod:`dataset.stream`), training (``train.py``) and evaluation (the gallery extractor of
+:mod:`evaluation.report`).
+
+A shard set ``SHARDS/``:
+
+- ``{split}-NNNNNN.tar`` (:func:`shard_name`): plain POSIX tars; each sample has the members ``<keyid>.<member>``
+  (:func:`member_name`) for :data:`BASE_MEMBERS` (``meta.json``, ``motion.npy``, ``sent.npy``, ``texts.json``;
+  :func:`parse_texts`) and one video member of :data:`VIDEO_MEMBERS` (``video.jpgs`` or ``video.mp4``). Readers
+  take them from :func:`iter_tar_members`, which refuses members that are not regular files named
+  ``<keyid>.<ext>`` (:func:`refusal`).
+- ``{split}.json`` (:func:`manifest_path`): the manifest (``kind`` :data:`MANIFEST_KIND`), written by
+  :func:`write_manifest`, read by :func:`read_manifest` (one split, strict) or :func:`read_manifests` (all of a
+  set); :func:`manifest_shards` gives the tar files it lists (plain names inside the set only).
+- ``stats.npz`` (:data:`STATS_NAME`): ``mean``/``std`` (D,) float32 of the train split's features, with the
+  train shards' fingerprint they were computed from (:func:`write_stats`, :func:`load_stats`,
+  :func:`stats_fingerprint`).
+
+Members and ``.npy`` payloads are untrusted input: :func:`load_npy_bytes` never unpickles and checks sizes before
+allocating.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import tarfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
+
+import numpy as np
+
+from core.atomic import atomic_path
+from core.errors import BadInputError
+from core.hashing import sha256_file
+from core.keyids import check_keyid, check_member_name, child_path, is_keyid
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST_KIND = "lavimo-shards-manifest"
+TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed so rebuilds are byte-identical
+META, MOTION, SENT, TEXTS = "meta.json", "motion.npy", "sent.npy", "texts.json"
+VIDEO_JPGS, VIDEO_MP4 = "video.jpgs", "video.mp4"
+VIDEO_MEMBERS = {"jpgs": VIDEO_JPGS, "mp4": VIDEO_MP4}
+BASE_MEMBERS = (META, MOTION, SENT, TEXTS)
+ALL_MEMBERS = BASE_MEMBERS + tuple(VIDEO_MEMBERS.values())
+SPLITS = ("train", "val", "test")
+STATS_NAME = "stats.npz"
+SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+\.tar$")
+#: the message of a member that is not a regular file
+NOT_REGULAR = "not a regular file (link, directory or device)"
+
+
+# ----------------------------------------------------------------------------------------------- names
+def member_name(key: str, member: str) -> str:
+    """The tar member name ``<keyid>.<member>`` of a sample: the one place it is built.
+
+    Raises BadInputError for a key that is not a keyid or a member outside :data:`ALL_MEMBERS`, so a writer
+    can never put ``../x`` or ``/abs`` into a tar."""
+    check_keyid(key, field="keyid")
+    if member not in ALL_MEMBERS:
+        raise BadInputError(None, "member", f"{member!r} is not one of {sorted(ALL_MEMBERS)}")
+    return check_member_name(f"{key}.{member}")
+
+
+def shard_name(split: str, index: int) -> str:
+    """The file name of shard ``index`` of ``split``: ``{split}-NNNNNN.tar``."""
+    return f"{split}-{index:06d}.tar"
+
+
+def manifest_path(out: str | os.PathLike, split: str) -> Path:
+    """The manifest of ``split`` in the shard set ``out``: ``out/{split}.json``."""
+    return Path(out) / f"{split}.json"
+
+
+# ----------------------------------------------------------------------------------------------- writing
+@contextlib.contextmanager
+def naming(path: str | os.PathLike) -> Iterator[None]:
+    """Give an OSError raised while writing ``path`` (ENOSPC, EIO, ...) the file name it lacks."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from exc
+        raise
+
+
+def make_public(path: Path) -> None:
+    """Give a temp file (created 0600 by mkstemp) the usual permissions (0666 minus the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    try:
+        if path.is_file() and path.read_text(encoding="utf-8") == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    with naming(path), atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        make_public(tmp)
+    return True
+
+
+def tar_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
+    """A tar header with fixed metadata (mtime, owner, mode) for deterministic shards."""
+    ti = tarfile.TarInfo(name)
+    ti.size = len(data)
+    ti.mtime = TAR_MTIME
+    ti.mode = 0o444
+    ti.uid = ti.gid = 0
+    ti.uname = ti.gname = ""
+    ti.type = tarfile.REGTYPE
+    return ti, io.BytesIO(data)
+
+
+def write_tar(path: Path, samples: Sequence[dict[str, bytes]]) -> tuple[str, int]:
+    """Atomically write ``samples`` (dicts with ``__key__`` and member -> bytes) -> (sha256 hex, size bytes)."""
+    with naming(path), atomic_path(path) as tmp:
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
+            for s in samples:
+                key = s["__key__"]
+                for member in sorted(k for k in s if k != "__key__"):
+                    tf.addfile(*tar_member(member_name(key, member), s[member]))
+        digest, size = sha256_file(tmp)
+        make_public(tmp)
+    return digest, size
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def manifest_json(manifest: dict) -> str:
+    """The text of a manifest file (indented, sorted keys, newline-terminated: the same bytes for the same dict)."""
+    return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+
+
+def write_manifest(out: str | os.PathLike, split: str, manifest: dict) -> bool:
+    """Write ``out/{split}.json`` atomically unless it already holds the same text; True when written."""
+    return write_if_changed(manifest_path(out, split), manifest_json(manifest))
+
+
+def write_stats(path: str | os.PathLike, mean: np.ndarray, std: np.ndarray, *, fingerprint: str,
+                num_samples: int) -> None:
+    """Write ``stats.npz`` atomically: ``mean``/``std`` (D,), the train ``fingerprint`` they were computed from
+    (:func:`stats_fingerprint`) and the number of feature arrays."""
+    path = Path(path)
+    with naming(path), atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, mean=mean, std=std, train_fingerprint=np.array(fingerprint),
+                     num_samples=np.array(num_samples))
+        make_public(tmp)
+
+
+# ----------------------------------------------------------------------------------------------- reading
+def load_npy_bytes(data: bytes, max_bytes: int = 1 << 30) -> np.ndarray:
+    """Parse a ``.npy`` member from untrusted bytes -> array.
+
+    The header is checked before any array memory is allocated: format version 1.0/2.0, no object dtype
+    (nothing is ever unpickled), and ``prod(shape) * itemsize`` equal to the bytes that follow (at most
+    ``max_bytes``), so a crafted header cannot make numpy allocate a huge array. Raises ValueError."""
+    from numpy.lib import format as npf
+
+    bio = io.BytesIO(data)
+    try:
+        version = npf.read_magic(bio)
+        if version == (1, 0):
+            shape, fortran, dtype = npf.read_array_header_1_0(bio)
+        elif version == (2, 0):
+            shape, fortran, dtype = npf.read_array_header_2_0(bio)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, EOFError, SyntaxError, TypeError) as exc:
+        raise ValueError(f"not a .npy array: {exc}") from exc
+    if dtype.hasobject:
+        raise ValueError(f"object dtype {dtype} refused (would need unpickling)")
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if len(shape) else dtype.itemsize
+    rest = len(data) - bio.tell()
+    if expected != rest or expected > max_bytes:
+        raise ValueError(f"header says shape {shape} {dtype} ({expected} bytes) but {rest} bytes follow")
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def finite_number(v: Any) -> float | None:
+    """``v`` as a float when it is a JSON number (not a bool) with a finite value, else None."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:  # an integer too large for a float
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _span_value(t: Any, key: str, n: int) -> float | None:
+    v = t.get(key) if isinstance(t, dict) else None
+    if v is None:
+        return None
+    f = finite_number(v)
+    if f is None or f < 0:
+        shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+        raise ValueError(f"texts.json text {n}: {key} {shown} is not null or a number of seconds >= 0")
+    return f
+
+
+def parse_texts(data: bytes) -> tuple[list[str], list[tuple[float | None, float | None]]]:
+    """Captions and spans of a ``texts.json`` member (a non-empty list of {caption, start, end} or strings)
+    -> (captions, [(start, end)]) with start/end seconds inside the clip or None (None = whole clip / from the
+    start / to the end; the loader's segment rule is in dataset/stream.py). Raises ValueError for anything else
+    (not JSON, not a non-empty list, a caption that is not a string, a start/end that is not null or a finite
+    number >= 0, an ``end <= start`` other than HumanML3D's whole-clip ``0, 0``)."""
+    try:
+        texts = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"texts.json: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(texts, list) or not texts:
+        raise ValueError("texts.json holds no texts")
+    captions = [t.get("caption") if isinstance(t, dict) else t for t in texts]
+    if not all(isinstance(c, str) for c in captions):
+        raise ValueError("texts.json: every text needs a string caption")
+    spans = []
+    for n, t in enumerate(texts):
+        start, end = _span_value(t, "start", n), _span_value(t, "end", n)
+        if start is not None and end is not None and end <= start and not start == end == 0:
+            raise ValueError(f"texts.json text {n}: end {end} is not after start {start}")
+        spans.append((start, end))
+    return captions, spans
+
+
+def read_manifest(shards: str | Path, split: str) -> dict:
+    """The manifest ``{shards}/{split}.json`` as a dict (FileNotFoundError with a hint when absent)."""
+    path = manifest_path(shards, split)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest for split {split!r}; build the shards with build-shards")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            m = json.load(fh)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise BadInputError(path, None, f"not a JSON manifest: {exc}") from exc
+    if not isinstance(m, dict) or not isinstance(m.get("shards"), list):
+        raise BadInputError(path, "shards", "not a shard manifest (no list of shards)")
+    return m
+
+
+def read_manifests(out: Path) -> dict[str, dict]:
+    """All ``{split}.json`` manifests of a shard set -> {split: manifest}.
+
+    Only visible files named ``<split>.json`` (split = letters, digits, ``_``, ``-``) whose ``split`` field
+    agrees with the file name count; temporary files of a killed run (``.train.json.XXXX.tmp.json``) never do."""
+    found = {}
+    for p in sorted(Path(out).glob("*.json")):
+        if not is_keyid(p.stem) or p.name != f"{p.stem}.json":
+            continue
+        try:
+            m = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(m, dict) and m.get("kind") == MANIFEST_KIND:
+            if m.get("split", p.stem) != p.stem:
+                log.warning("%s: split field %r differs from the file name: ignored", p, m.get("split"))
+                continue
+            found[p.stem] = m
+    return found
+
+
+def manifest_shards(out: Path, split: str, m: dict) -> list[tuple[dict, Path]]:
+    """(entry, path) of every shard a manifest lists. Raises BadInputError naming the manifest when
+    ``shards`` is not a list of {name, ...} or a name is not a plain ``<name>.tar`` inside ``out``."""
+    where = manifest_path(out, split)
+    entries = m.get("shards") if isinstance(m, dict) else None
+    if not isinstance(entries, list):
+        raise BadInputError(where, "shards", "expected a list of shard entries")
+    result = []
+    for e in entries:
+        name = e.get("name") if isinstance(e, dict) else None
+        if not isinstance(name, str) or not SHARD_NAME_RE.match(name):
+            raise BadInputError(where, "shards", f"shard name {name!r} is not a plain '<name>.tar' file name")
+        result.append((e, child_path(out, name)))
+    return result
+
+
+def refusal(ti: tarfile.TarInfo, where: str | os.PathLike) -> tuple[str, str] | None:
+    """Why the member ``ti`` of the tar ``where`` must not be read, as (reason, message): ``member_type`` when it
+    is not a regular file (link, directory, device), ``member_name`` when its name is not ``<keyid>.<ext>``
+    (:func:`core.keyids.check_member_name`: no ``/``, no ``..``); None when it may be read."""
+    if not ti.isreg():
+        return "member_type", NOT_REGULAR
+    try:
+        check_member_name(ti.name, where)
+    except BadInputError as exc:
+        return "member_name", exc.message
+    return None
+
+
+def iter_tar_members(source: str | os.PathLike | BinaryIO, *, where: str | os.PathLike | None = None,
+                     refused: Callable[[tarfile.TarInfo, str, str], None] | None = None,
+                     want: Callable[[str], bool] | None = None,
+                     max_bytes: int | None = None) -> Iterator[tuple[str, bytes]]:
+    """(member name, bytes) of a shard tar in tar order, read as one stream (``r|*``: constant memory).
+
+    ``source``: a path or a binary file object (``where`` names it in messages). Members refused by
+    :func:`refusal`, and members larger than ``max_bytes`` (reason ``member_size``), are never read:
+    ``refused(tarinfo, reason, message)`` is called for each. Members whose name ``want`` rejects are skipped
+    unread. A member whose data ends early raises EOFError; a damaged tar raises ``tarfile.TarError`` / OSError.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        where = source if where is None else where
+        tf = tarfile.open(source, mode="r|*")
+    else:
+        where = "<tar>" if where is None else where
+        tf = tarfile.open(fileobj=source, mode="r|*")
+    with tf:
+        for ti in tf:
+            why = refusal(ti, where)
+            if why is None and max_bytes is not None and ti.size > max_bytes:
+                why = ("member_size", f"{ti.size} bytes")
+            if why is not None:
+                if refused is not None:
+                    refused(ti, *why)
+                continue
+            if want is not None and not want(ti.name):
+                continue
+            fh = tf.extractfile(ti)
+            data = fh.read() if fh is not None else b""
+            if len(data) != ti.size:
+                raise EOFError(f"{ti.name}: member truncated")
+            yield ti.name, data
+
+
+def stats_path(root: str | os.PathLike) -> Path:
+    """``root`` when it is a file, else the shard set's ``root/stats.npz``."""
+    path = Path(root)
+    return path / STATS_NAME if path.is_dir() else path
+
+
+def stats_fingerprint(path: str | os.PathLike) -> str | None:
+    """The train fingerprint a ``stats.npz`` was computed from; None when the file is absent or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            return str(z["train_fingerprint"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def stats_arrays(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) of a ``stats.npz`` as float32, unchecked (never unpickled). Raises numpy's errors (OSError,
+    KeyError for a missing array, ValueError, EOFError) for an unreadable file."""
+    with np.load(path, allow_pickle=False) as z:
+        return z["mean"].astype(np.float32), z["std"].astype(np.float32)
+
+
+def load_stats(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) (D,) float32 from ``stats.npz`` (a file or a shard set directory), checked (one dimension D,
+    finite); a std below 1e-8 reads as 1. Raises FileNotFoundError (missing) or BadInputError (field
+    ``mean/std``)."""
+    path = stats_path(root)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: feature statistics missing (build-shards writes them with the train "
+                                "split; pass stats= to use another shard set's)")
+    try:
+        mean, std = stats_arrays(path)
+    except (OSError, KeyError, ValueError, EOFError) as exc:
+        raise BadInputError(path, "mean/std", f"unreadable feature statistics: {exc}") from exc
+    if mean.ndim != 1 or mean.shape != std.shape or mean.size == 0:
+        raise BadInputError(path, "mean/std", f"expected two (D,) arrays, got {mean.shape} and {std.shape}")
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        raise BadInputError(path, "mean/std", "contain NaN/inf (rebuild the train split's stats)")
+    return mean, np.where(std < 1e-8, 1.0, std).astype(np.float32)
