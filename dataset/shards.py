@@ -106,6 +106,9 @@ class BuildConfig:
         jpeg_quality: JPEG quality (1..95).
         overwrite: delete an existing shard set (ours: tars, manifests, stats, card, state) before building.
         skeleton: feature layout, "humanml3d" (263) or "kit" (251, only from ``humanml3d_vecs``).
+        part: ``(K, N)``: build only the shard slots ``i`` with ``i % N == K - 1`` of every split (parts may run
+            at the same time into the same ``out``) and write no manifest, stats or card; a run without ``part``
+            afterwards keeps every shard the parts wrote (same fingerprints) and writes them (the merge).
     """
 
     out: Path
@@ -120,6 +123,7 @@ class BuildConfig:
     jpeg_quality: int = 90
     overwrite: bool = False
     skeleton: str = "humanml3d"
+    part: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -134,6 +138,13 @@ class BuildConfig:
             raise ValueError("jpeg_quality must be in 1..95")
         if self.frame_size < 16:
             raise ValueError("frame_size must be >= 16 pixels")
+        if self.part is not None:
+            k, n = self.part
+            if not 1 <= k <= n:
+                raise ValueError(f"part K/N needs 1 <= K <= N, got {k}/{n}")
+            if self.overwrite:
+                raise ValueError("--overwrite cannot be combined with --part (it would delete the other parts' "
+                                 "shards); remove the shard set once before starting the parts")
 
     def video_info(self) -> dict:
         info = {"format": self.video_format, "member": VIDEO_MEMBERS[self.video_format]}
@@ -596,7 +607,7 @@ def build_shards(clips: Iterable, cfg: BuildConfig, *, embedder=None, features_f
 
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
-    leftovers = remove_leftovers(out)
+    leftovers = remove_leftovers(out) if cfg.part is None else []  # other parts' temp files may be in use
     if cfg.overwrite:
         n = remove_shard_set(out)
         log.info("--overwrite: removed %d files of the previous shard set in %s", n, out)
@@ -631,14 +642,16 @@ def build_shards(clips: Iterable, cfg: BuildConfig, *, embedder=None, features_f
                 raise
             pool.close()
             _write_state(build_dir / "set.json", {**set_cfg, "feature_dim": feature_dim})
-            report.stats_written = update_stats(out, stats_fn)
-            write_card(out)
+            if cfg.part is None:  # a part leaves the manifests, stats and card to the run without --part
+                report.stats_written = update_stats(out, stats_fn)
+                write_card(out)
         except BuildInterrupted as exc:
             report.interrupted = exc.signame
             log.warning("%s: build stopped; %d samples in %d shards were written (run again to finish)",
                         exc.signame, report.done, report.shards_written)
-        with naming(build_dir / "report.json"):
-            write_json(build_dir / "report.json", report.to_dict())
+        report_name = "report.json" if cfg.part is None else f"report-part-{cfg.part[0]}-of-{cfg.part[1]}.json"
+        with naming(build_dir / report_name):
+            write_json(build_dir / report_name, report.to_dict())
     return report
 
 
@@ -662,13 +675,13 @@ def _build_split(split, clips, cfg, set_cfg, embedder, features_fn, feature_dim,
             states[si] = state
             if feature_dim is None:
                 feature_dim = state.get("feature_dim")
-        else:
+        elif cfg.part is None or si % cfg.part[1] == cfg.part[0] - 1:
             todo.append((si, group, fp))
     # remove shards of this split beyond the plan (the split shrank)
     for p in sorted(out.glob(f"{split}-*.tar")):
         idx = p.stem.rsplit("-", 1)[-1]
         if idx.isdigit() and int(idx) >= len(plan):
-            p.unlink()
+            p.unlink(missing_ok=True)  # another --part may have removed it already
             (out / ".build" / f"{p.name}.json").unlink(missing_ok=True)
             report.shards_removed += 1
 
@@ -737,7 +750,8 @@ def _build_split(split, clips, cfg, set_cfg, embedder, features_fn, feature_dim,
             log.warning("failed %s: %s", k, r)
     bar.close()
     rebuilt = {t[0] for t in todo}
-    for si in range(len(plan)):
+    mine = [si for si in range(len(plan)) if cfg.part is None or si % cfg.part[1] == cfg.part[0] - 1]
+    for si in mine:
         st = states[si]
         if si not in rebuilt:
             report.kept += st["count"]
@@ -747,6 +761,8 @@ def _build_split(split, clips, cfg, set_cfg, embedder, features_fn, feature_dim,
         entries.append({"name": st["name"], "count": st["count"], "sha256": st["sha256"], "bytes": st["bytes"]})
     n = sum(e["count"] for e in entries)
     report.per_split[split] = n
+    if cfg.part is not None:  # the manifest lists every part's shards: written by the run without --part
+        return feature_dim
     video_bytes = sum(states[si].get("video_bytes", 0) for si in range(len(plan)))
     manifest = {
         "kind": MANIFEST_KIND, "format_version": FORMAT_VERSION, "tool_version": TOOL_VERSION,

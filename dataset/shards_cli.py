@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skeleton", choices=("humanml3d", "kit"), default="humanml3d",
                    help="feature layout: humanml3d (263-dim, default) or kit (251-dim, only with --humanml3d-vecs)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing shard set in --out first")
+    p.add_argument("--part", default=None,
+                   help="K/N: build only every N-th shard slot starting at K-1 (parts may run at once into the same "
+                        "--out; default inside a Slurm job array: from SLURM_ARRAY_TASK_ID / _COUNT); afterwards run "
+                        "the same command without --part: it keeps every shard and writes the manifests and stats")
     p.add_argument("--dry-run", action="store_true", help="only check the shard set in --out against its manifests")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars, warnings only")
     return p
@@ -159,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(a.annotations).exists():
         return _setup_error(f"--annotations {a.annotations}: not found (give a HumanML3D directory or an "
                             "annotations.json)")
+    from core.slurm import SlurmEnvError, parse_part, part_argument
+
+    try:  # no --part inside a Slurm job array: the task's part (core/slurm.py)
+        part_text = part_argument(a.part)
+        part = None if part_text is None else parse_part(part_text)
+    except (SlurmEnvError, ValueError) as exc:
+        return _setup_error(str(exc))
     out = Path(a.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                           humanml3d_vecs=a.humanml3d_vecs and Path(a.humanml3d_vecs), splits=a.splits,
                           samples_per_shard=a.samples_per_shard, workers=a.workers, video_format=a.video_format,
                           frame_size=a.frame_size, jpeg_quality=a.jpeg_quality, overwrite=a.overwrite,
-                          skeleton=a.skeleton)
+                          skeleton=a.skeleton, part=part)
     except ValueError as exc:
         p.error(str(exc))
     try:
@@ -240,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         if len(items) > 20:
             print(f"... {len(items) - 20} more {kind} (see {out / '.build' / 'report.json'})")
     print(f"build-shards: {report.summary()}")
+    if part is not None and not report.interrupted:
+        print(f"build-shards: part {part[0]}/{part[1]} written; when every part has finished, run the same command "
+              "without --part (outside the job array) to write the manifests and stats.npz (it keeps every shard "
+              "the parts wrote)")
     if report.interrupted:
         return 1
     not_done = report.not_done()

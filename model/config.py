@@ -116,6 +116,10 @@ class LavimoConfig:
     checkpoint_every: int = 10  # epochs between checkpoints
     log_every: int = 50  # steps between log lines
     amp: bool = False  # mixed precision on CUDA
+    # DDP only: the contrastive losses and negative filtering over the global batch (every rank's latents and
+    # sentence embeddings gathered, model/gather.py), as one process with batch_size x world_size; False = each
+    # rank over its own batch_size rows (train.py --no-gather-negatives)
+    gather_negatives: bool = True
     extra: dict = field(default_factory=dict)  # free-form settings for tools; not read by the model
 
     # ------------------------------------------------------------------

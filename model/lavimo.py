@@ -13,6 +13,7 @@ from torch import nn
 from .config import LavimoConfig
 from .decoder import MotionDecoder, masked_smooth_l1
 from .fusion import MotionQueryFusion
+from .gather import batch_gather
 from .losses import contrastive_loss
 from .motion_encoder import MotionEncoder
 from .text_encoder import TextEncoder
@@ -127,16 +128,22 @@ class LavimoModel(nn.Module):
         m = self.encode_motion(motion, mask)
         v = self.encode_video(batch["video"]) if self.use_video else None
 
+        # under DDP (cfg.gather_negatives): the contrastive terms over every rank's rows (model/gather.py)
+        gather = batch_gather(cfg.gather_negatives, m.shape[0], dev)
+        t_all, m_all, v_all, sent_all = t, m, v, sent
+        if gather is not None:
+            t_all, m_all, v_all, sent_all = gather(t), gather(m), gather(v), gather(sent, grad=False)
+
         def nce(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            return contrastive_loss(a, b, sent, mode=cfg.negative_filtering, threshold=cfg.threshold,
+            return contrastive_loss(a, b, sent_all, mode=cfg.negative_filtering, threshold=cfg.threshold,
                                     temperature=cfg.temperature)
 
         zero = m.new_zeros(())
         out: dict[str, torch.Tensor] = {k: zero for k in LOSS_TERMS}
-        out["tm"] = nce(t, m)
+        out["tm"] = nce(t_all, m_all)
         if v is not None:
-            out["vm"] = nce(v, m)
-            out["tv"] = nce(t, v)
+            out["vm"] = nce(v_all, m_all)
+            out["tv"] = nce(t_all, v_all)
         if self.decoder is not None:
             latent, weights = self.fuse(t, v, m)
             recon = self.decoder(latent, mask)

@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="worker processes, each with its own EGL context")
     p.add_argument("--egl-devices", default=None,
                    help="comma-separated EGL device ids handed to workers round-robin (several GPUs)")
-    p.add_argument("--part", default=None, help="K/N: render only the K-th of N deterministic parts")
+    p.add_argument("--part", default=None, help="K/N: render only the K-th of N deterministic parts (default inside "
+                   "a Slurm job array: from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT)")
     p.add_argument("--overwrite", action="store_true", help="re-render clips whose outputs exist")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-clip avatar and light choice")
     p.add_argument("--crf", type=int, default=18, help="x264 constant rate factor (lower = better quality)")
@@ -707,9 +708,21 @@ def _one_line(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["merge-reports"]:  # render-amass merge-reports OUT: one report from the parts' reports
+        from render.report_merge import main as merge_main
+
+        return merge_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    from core.slurm import SlurmEnvError, part_argument
+
+    try:  # no --part inside a Slurm job array: the task's part (core/slurm.py)
+        args.part = part_argument(args.part)
+    except SlurmEnvError as e:
+        print(f"render-amass: error: {e}", file=sys.stderr)
+        return 2
     from core.mp4 import is_disk_full
 
     stop = StopRequest()

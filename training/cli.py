@@ -36,10 +36,12 @@ from core.atomic import write_json
 from core.device import resolve_device, resolve_precision
 from core.errors import BadInputError
 from core.seeding import stable_seed
+from core.slurm import SlurmEnvError, apply_srun_env
 from dataset.stream import NoUsableSamplesError
 from dataset.text_embed import same_sentence_model
 from evaluation.encode import EmptySplitError, encode_split
 from model.lavimo import FUSION_NAMES, LOSS_KEYS
+from model.ddp import needs_find_unused_parameters
 from model.weights import missing_pretrained
 from training.loop import (
     DistInfo, LossModule, NonFiniteGuard, RunningMeans, SkipBudget, Stepper, TrainingDiverged, TrainingStalled,
@@ -48,6 +50,7 @@ from training.loop import (
     retrieval_scores, save_training_state, seed_everything, set_rng_state,
 )
 from training.run_dir import MetricsTable, RunDir, write_run_info
+from training.preemption import EXIT_PREEMPTED, StopRequest, resolve_resume
 from training.schedule import paper_scheduler
 
 log = logging.getLogger("train")
@@ -76,7 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shards", required=True, help="shard directory ({split}-NNNNNN.tar, {split}.json, stats.npz)")
     p.add_argument("--preset", default="paper", help="paper | demo | tiny | path/to/config.json")
     p.add_argument("--out", default=None, help="run directory (default runs/<preset name>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", nargs="?", const="yes", choices=["yes", "auto"], default=None,
+                   help="continue the run in --out from its last checkpoint; '--resume auto': resume when --out holds "
+                        "a checkpoint, else start fresh (one command line for the first launch and every requeue)")
     g = p.add_argument_group("preset overrides (default: the preset's value)")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int, help="per-rank batch size")
@@ -93,6 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="random backbones instead of the pretrained DistilBERT / CLIP weights (no files needed)")
     g.add_argument("--hflip-p", type=float,
                    help="probability of a horizontal flip per training clip (never for captions naming a side)")
+    g.add_argument("--no-gather-negatives", action="store_true",
+                   help="DDP: contrastive losses over each rank's own batch instead of the global batch "
+                        "(config gather_negatives; see docs/scaling.md)")
     g.add_argument("--randaugment", type=int, metavar="N",
                    help="torchvision RandAugment operations per training clip (0 = off)")
     g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -143,6 +151,8 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         o["freeze_text"] = True
     if args.random_init:
         o["random_init"] = True
+    if args.no_gather_negatives:
+        o["gather_negatives"] = False
     for item in args.set:
         if "=" not in item:
             raise SetupError(f"--set expects FIELD=VALUE, got {item!r}")
@@ -330,11 +340,17 @@ def main(argv: list[str] | None = None) -> int:
                      EXIT_SETUP)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    try:  # launched by srun (not torchrun): RANK / WORLD_SIZE / LOCAL_RANK / MASTER_* from Slurm's variables
+        apply_srun_env()
+    except SlurmEnvError as exc:
+        return _fail(str(exc), EXIT_SETUP)
     try:
         device = resolve_device(args.device, local_rank_from_env())
     except ValueError as exc:  # --device cuda without CUDA
         return _fail(str(exc), EXIT_SETUP)
     dinfo = init_distributed(device)
+    stop = StopRequest().install()  # SIGTERM / SIGUSR1: checkpoint after the current step, exit 75
+    args.stop_request = stop
     try:
         return train(args, dinfo, device)
     except TrainingStalled as exc:
@@ -344,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # missing pretrained weights (MissingWeightsError), unreadable / unwritable files
         return _fail(_os_error_text(exc), EXIT_SETUP)
     finally:
+        stop.uninstall()
         cleanup_distributed()
 
 
@@ -351,6 +368,10 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
     from model import build_model, save_checkpoint
 
     run = RunDir(args.out or Path("runs") / Path(args.preset).stem)
+    auto_resume = args.resume == "auto"
+    args.resume = resolve_resume(args.resume, run.last_state)
+    if auto_resume:
+        log.info("--resume auto: %s", f"resuming from {run.last_state}" if args.resume else "no checkpoint, fresh start")
     if not args.resume and run.last_state.exists():
         raise SetupError(f"{run.root} already holds a run; pass --resume or choose another --out")
     cfg = resolve_config(args, run)
@@ -463,7 +484,7 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
     net: torch.nn.Module = LossModule(model)
     if dinfo.enabled:
         net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+            net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=needs_find_unused_parameters(model))  # model/ddp.py
     if args.compile:
         net = torch.compile(net)
     tb = _tensorboard(run) if dinfo.is_main else None
@@ -572,7 +593,8 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
     if epoch >= cfg.epochs:
         log.info("the run already finished %d epochs; nothing to do", cfg.epochs)
     net.train()
-    stopped = False
+    stopped = preempted = False
+    stop_request = getattr(args, "stop_request", None)
     while epoch < cfg.epochs and not stopped:
         with preserved_rng():  # starting the loader (DataLoader base seed) must not move the training RNG
             seed_everything(stable_seed(cfg.seed, "loader-epoch", epoch, dinfo.rank))
@@ -618,6 +640,8 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
             epoch_end = batch_in_epoch == steps_per_epoch
             if args.max_steps and step >= args.max_steps:
                 stopped = True
+            if stop_request is not None and stop_request.requested(dinfo.enabled, device):
+                stopped = preempted = True
             if args.val_every and step % args.val_every == 0 and not epoch_end:
                 validate(epoch)
             if stopped and not epoch_end:
@@ -654,6 +678,11 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
     if step > 0 and updates == 0:
         raise TrainingStalled(f"no optimiser step in {step} step(s): every batch had a non-finite loss or gradient "
                               f"(their keyids are in the warnings above); {run.best} was not written")
+    if preempted and epoch < cfg.epochs:
+        log.warning("stopped by a signal at global step %d (epoch %d, batch %d) after writing %s; relaunch with "
+                    "--resume auto (or --resume) to continue; exit status %d", step, epoch, batch_in_epoch,
+                    run.last_state, EXIT_PREEMPTED)
+        return EXIT_PREEMPTED
     if dinfo.is_main:
         log.info("done: global step %d, epoch %d/%d, %d non-finite step(s) skipped, best val score %s; run dir %s",
                  step, epoch, cfg.epochs, guard.total,

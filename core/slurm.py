@@ -1,0 +1,154 @@
+"""Slurm's environment variables -> what the commands need: the ``--part K/N`` of a job-array task
+(render-amass, build-shards) and the rank / world size / local rank / master address of a training process
+that ``srun`` launched (train.py; torchrun's variables win when present).
+
+Nothing here talks to Slurm: the functions read an environment mapping (``os.environ`` by default), so they are
+tested with crafted environments (tests/test_slurm_env.py). See docs/scaling.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Mapping, MutableMapping
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT_BASE = 20000  # MASTER_PORT = base + SLURM_JOB_ID % 20000 when MASTER_PORT is unset
+
+
+class SlurmEnvError(ValueError):
+    """Slurm's variables are present but unusable (the message names the variable)."""
+
+
+def _int(env: Mapping[str, str], name: str) -> int | None:
+    value = env.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise SlurmEnvError(f"${name}={value!r} is not an integer") from None
+
+
+def array_part(env: Mapping[str, str] | None = None) -> tuple[int, int] | None:
+    """``(K, N)`` (1-based part K of N) of the job-array task, or None outside a job array.
+
+    ``K = (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP + 1`` and
+    ``N = SLURM_ARRAY_TASK_COUNT``, so ``--array=0-7``, ``--array=1-8`` and ``--array=0-14:2`` all give parts
+    1..8 of 8. An array given as a list of ids that are not one evenly stepped range (``--array=1,4,9``) cannot
+    be mapped to parts: SlurmEnvError (pass --part explicitly then).
+    """
+    env = os.environ if env is None else env
+    task = _int(env, "SLURM_ARRAY_TASK_ID")
+    if task is None:
+        return None
+    lo = _int(env, "SLURM_ARRAY_TASK_MIN")
+    hi = _int(env, "SLURM_ARRAY_TASK_MAX")
+    step = _int(env, "SLURM_ARRAY_TASK_STEP") or 1
+    count = _int(env, "SLURM_ARRAY_TASK_COUNT")
+    if lo is None:
+        raise SlurmEnvError("$SLURM_ARRAY_TASK_ID is set but $SLURM_ARRAY_TASK_MIN is not; pass --part K/N")
+    if count is None:
+        if hi is None:
+            raise SlurmEnvError("neither $SLURM_ARRAY_TASK_COUNT nor $SLURM_ARRAY_TASK_MAX is set; pass --part K/N")
+        count = (hi - lo) // step + 1
+    if step <= 0 or count <= 0:
+        raise SlurmEnvError(f"job array step {step} / count {count} must be positive; pass --part K/N")
+    offset = task - lo
+    k = offset // step + 1
+    if offset < 0 or offset % step or k > count or (hi is not None and (hi - lo) // step + 1 != count):
+        raise SlurmEnvError(f"$SLURM_ARRAY_TASK_ID={task} (min {lo}, max {hi}, step {step}, count {count}) is not "
+                            "one of an evenly stepped range of ids; submit --array=0-(N-1) or pass --part K/N")
+    return k, count
+
+
+def part_argument(given: str | None, env: Mapping[str, str] | None = None) -> str | None:
+    """The ``--part`` value to use: ``given`` when the user passed one, else ``"K/N"`` from the job array, else
+    None (everything)."""
+    if given is not None:
+        return given
+    part = array_part(env)
+    if part is None:
+        return None
+    log.info("--part %d/%d from the Slurm job array (SLURM_ARRAY_TASK_ID)", *part)
+    return f"{part[0]}/{part[1]}"
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> ``(K, N)`` with 1 <= K <= N; ValueError naming the value otherwise."""
+    try:
+        k, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise ValueError(f"--part expects K/N (e.g. 1/4), got {text!r}") from None
+    if not 1 <= k <= n:
+        raise ValueError(f"--part K/N needs 1 <= K <= N, got {text!r}")
+    return k, n
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm hostlist expression: ``"gpu[03-05,9],cpu1"`` -> ``"gpu03"``,
+    ``"rack[1-2]-n[4-5]"`` -> ``"rack1-n4"``, ``"a,b"`` -> ``"a"``."""
+    out: list[str] = []
+    i = 0
+    while i < len(nodelist):
+        c = nodelist[i]
+        if c == ",":
+            break
+        if c == "[":
+            j = nodelist.find("]", i)
+            if j < 0:
+                raise SlurmEnvError(f"unbalanced '[' in the node list {nodelist!r}")
+            first = nodelist[i + 1:j].split(",")[0].split("-")[0]
+            out.append(first)
+            i = j + 1
+            continue
+        out.append(c)
+        i += 1
+    host = "".join(out).strip()
+    if not host:
+        raise SlurmEnvError(f"no host in the node list {nodelist!r}")
+    return host
+
+
+def srun_process_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The torch.distributed variables of a process that ``srun`` started (not torchrun): ``RANK`` =
+    SLURM_PROCID, ``WORLD_SIZE`` = SLURM_STEP_NUM_TASKS (or SLURM_NTASKS), ``LOCAL_RANK`` = SLURM_LOCALID,
+    ``MASTER_ADDR`` = the first host of SLURM_STEP_NODELIST (or SLURM_JOB_NODELIST), ``MASTER_PORT`` = base +
+    SLURM_JOB_ID % 20000. Empty when torchrun's ``WORLD_SIZE`` / ``RANK`` are already set or the process was not
+    started by srun (``SLURM_STEP_NUM_TASKS`` / ``SLURM_PROCID`` absent: e.g. python run straight in an sbatch
+    script, which must stay a single process). Variables already set (MASTER_ADDR, MASTER_PORT) are kept."""
+    env = os.environ if env is None else env
+    if "WORLD_SIZE" in env or "RANK" in env:
+        return {}
+    rank = _int(env, "SLURM_PROCID")
+    world = _int(env, "SLURM_STEP_NUM_TASKS")
+    if rank is None or world is None:
+        return {}
+    local = _int(env, "SLURM_LOCALID") or 0
+    if not 0 <= rank < world:
+        raise SlurmEnvError(f"$SLURM_PROCID={rank} is outside 0..$SLURM_STEP_NUM_TASKS-1={world - 1}")
+    out = {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(local)}
+    if world > 1:
+        if "MASTER_ADDR" not in env:
+            nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+            if not nodes:
+                raise SlurmEnvError("srun started several tasks but $SLURM_STEP_NODELIST / $SLURM_JOB_NODELIST "
+                                    "is unset; export MASTER_ADDR")
+            out["MASTER_ADDR"] = first_host(nodes)
+        if "MASTER_PORT" not in env:
+            job = _int(env, "SLURM_JOB_ID") or 0
+            out["MASTER_PORT"] = str(DEFAULT_PORT_BASE + job % 20000)
+    return out
+
+
+def apply_srun_env(env: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Set :func:`srun_process_env`'s variables in ``env`` (``os.environ``) so that ``torch.distributed``'s
+    ``env://`` initialisation and train.py's rank handling work under plain ``srun``; returns what was set."""
+    env = os.environ if env is None else env
+    new = srun_process_env(env)
+    env.update(new)
+    if new:
+        log.info("srun task: rank %s of %s (local %s), master %s:%s", new["RANK"], new["WORLD_SIZE"],
+                 new["LOCAL_RANK"], env.get("MASTER_ADDR", "-"), env.get("MASTER_PORT", "-"))
+    return new

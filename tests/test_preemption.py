@@ -1,0 +1,105 @@
+"""Preemption (training/preemption.py, train.py): SIGUSR1 / SIGTERM mid-epoch -> the step finishes, a complete
+checkpoint is written and train.py exits 75; the same command line (--resume auto) then ends with weights
+bit-identical to an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import training.cli as train_script
+from training.preemption import EXIT_PREEMPTED, StopRequest, resolve_resume
+from training.loop import load_training_state
+from tests.fixtures.tiny_shards import cached_tiny_shards
+from tests.test_train import TINY
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = ["--preset", "tiny", "--device", "cpu", "--no-progress", "--threads", "1", "--set", "dropout=0.1",
+        "--epochs", "2", "--resume", "auto"]
+
+
+@pytest.fixture(scope="module")
+def shards(request):
+    torch.set_num_threads(1)
+    return cached_tiny_shards(request, "tiny", **TINY)
+
+
+def _argv(shards: Path, out: Path) -> list[str]:
+    return ["--shards", str(shards), "--out", str(out), *BASE]
+
+
+def test_resolve_resume(tmp_path):
+    state = tmp_path / "last.state.pt"
+    assert resolve_resume(None, state) is False
+    assert resolve_resume("auto", state) is False  # nothing to resume: a fresh start
+    assert resolve_resume("yes", state) is True  # bare --resume: the run must hold a checkpoint
+    state.write_bytes(b"x")
+    assert resolve_resume("auto", state) is True
+
+
+def test_stop_request_records_the_signal():
+    with StopRequest() as stop:
+        assert not stop.requested()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.requested() and stop.signum == signal.SIGUSR1
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # restored
+
+
+@pytest.mark.slow
+def test_signal_mid_epoch_then_same_command_is_bit_identical(shards, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    full = tmp_path / "full"
+    assert train_script.main(_argv(shards, full)) == 0
+
+    class SignalAtStep5(train_script.Stepper):  # the cluster's SIGUSR1 arrives while step 5 runs
+        def __call__(self, batch, step):
+            if step == 5:
+                os.kill(os.getpid(), signal.SIGUSR1)
+            return super().__call__(batch, step)
+
+    out = tmp_path / "preempted"
+    with monkeypatch.context() as m:
+        m.setattr(train_script, "Stepper", SignalAtStep5)
+        assert train_script.main(_argv(shards, out)) == EXIT_PREEMPTED
+    state = load_training_state(out / "checkpoints" / "last.state.pt", complete=True)
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (0, 6, 6)  # step 5 finished, then saved
+    assert train_script.main(_argv(shards, out)) == 0  # the very same command line
+    a = load_file(str(full / "checkpoints" / "last.safetensors"))
+    b = load_file(str(out / "checkpoints" / "last.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_exits_75_with_a_checkpoint(shards, tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, str(REPO / "train.py"), *_argv(shards, out), "--log-keyids", "--epochs", "50"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        keyids = out / "debug" / "keyids-rank0.tsv"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if keyids.is_file() and keyids.read_text().count("\n") >= 2:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == EXIT_PREEMPTED, err[-3000:]
+    assert "relaunch with --resume auto" in err
+    state = load_training_state(out / "checkpoints" / "last.state.pt", complete=True)
+    assert 2 <= state["step"] < 400

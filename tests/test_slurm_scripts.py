@@ -1,0 +1,68 @@
+"""scripts/slurm/*.sbatch run with stand-ins for srun / scontrol / render-amass on PATH: the training job
+requeues itself exactly when train.py exits 75 (checkpointed after a signal), passes --resume auto, and the
+render array leaves --part to the array task."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SLURM = REPO / "scripts" / "slurm"
+
+
+def _fake_bin(tmp_path: Path) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("srun", "scontrol", "render-amass", "build-shards"):
+        f = bin_dir / name
+        f.write_text(f'#!/bin/bash\necho "{name} $*${{SLURM_ARRAY_TASK_ID:+ [array task $SLURM_ARRAY_TASK_ID]}}" '
+                     f'>> "$CALLS"\n'
+                     f'[ "{name}" = srun ] && exit "${{FAKE_RC:-0}}"\nexit 0\n')
+        f.chmod(0o755)
+    return bin_dir
+
+
+def _run(tmp_path: Path, script: str, **env) -> tuple[int, list[str]]:
+    calls = tmp_path / "calls.txt"
+    calls.unlink(missing_ok=True)
+    bin_dir = tmp_path / "bin" if (tmp_path / "bin").is_dir() else _fake_bin(tmp_path)
+    full = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", CALLS=str(calls), **env)
+    proc = subprocess.run(["bash", str(SLURM / script)], cwd=REPO, env=full, capture_output=True, text=True,
+                          timeout=60)
+    return proc.returncode, calls.read_text().splitlines() if calls.exists() else []
+
+
+@pytest.mark.parametrize("train_rc,job_rc,requeued", [(75, 0, True), (0, 0, False), (2, 2, False), (1, 1, False)])
+def test_train_job_requeues_on_exit_75(tmp_path, train_rc, job_rc, requeued):
+    rc, calls = _run(tmp_path, "train.sbatch", SHARDS="/s", OUT="/o", SLURM_JOB_ID="42", FAKE_RC=str(train_rc))
+    assert rc == job_rc
+    assert calls[0].startswith("srun ") and "train.py --shards /s --out /o" in calls[0]
+    assert "--resume auto" in calls[0]
+    assert (calls[1:] == ["scontrol requeue 42"]) is requeued
+
+
+def test_render_array_leaves_part_to_the_task(tmp_path):
+    rc, calls = _run(tmp_path, "render_array.sbatch", AMASS="/a", ANN="/h", OUT="/v")
+    assert rc == 0 and calls[0].startswith("render-amass --amass /a --annotations /h --out /v")
+    assert "--part" not in calls[0]
+
+
+def test_shard_array_and_merge(tmp_path):
+    env = dict(ANN="/h", AMASS="/a", VIDEOS="/v", OUT="/o", SLURM_ARRAY_TASK_ID="3")
+    rc, calls = _run(tmp_path, "build_shards.sbatch", **env)
+    assert rc == 0 and calls == ["build-shards --annotations /h --amass /a --videos /v --out /o --workers 8 --quiet "
+                                 "[array task 3]"]
+    rc, calls = _run(tmp_path, "build_shards.sbatch", MERGE="1", **env)  # the merge does not see the array
+    assert rc == 0 and calls == ["build-shards --annotations /h --amass /a --videos /v --out /o --workers 8 --quiet",
+                                 "build-shards check /o --quick"]
+
+
+def test_scripts_refuse_missing_settings(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("SHARDS", "OUT")}
+    proc = subprocess.run(["bash", str(SLURM / "train.sbatch")], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode != 0 and "SHARDS" in proc.stderr
