@@ -1,4 +1,4 @@
-"""Atomic writes: a file appears whole or not at all (see DESIGN.md, "Atomic writes")."""
+"""Atomic writes: a file appears whole or not at all (see docs/design.md, "Atomic writes")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The one exception type for bad input (see DESIGN.md, "Errors")."""
+"""The one exception type for bad input (see docs/design.md, "Errors")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Keyids are names, never paths (see docs/interfaces.md, "Untrusted input").
+"""Keyids are names, never paths (see docs/design.md, "Untrusted input", and docs/security.md).
 
 Every reader of third-party input (annotations.json keys, HumanML3D ``new_name`` and split files, render
 sidecars, shard members, ``--keyids``) passes each keyid through :func:`check_keyid`, and every place that

@@ -1,4 +1,4 @@
-"""Stable per-item randomness (see DESIGN.md, "Randomness").
+"""Stable per-item randomness (see docs/design.md, "Randomness").
 
 Choices made per clip (avatar, light, crops) derive from a hash of (global seed, keyid, purpose),
 never from Python's ``hash()`` or process order, so any worker, part or re-run makes the same choice.

@@ -1,4 +1,4 @@
-"""The one ``Clip`` type carried from annotations to shards (see DESIGN.md, "One Clip type")."""
+"""The one ``Clip`` type carried from annotations to shards (see docs/design.md, "One Clip type")."""
 
 from __future__ import annotations
 

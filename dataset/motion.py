@@ -108,7 +108,7 @@ def _lengths(values: list[float]) -> np.ndarray:
 
 
 # Reference bone lengths (metres) of HumanML3D's target skeleton (first frame of motion 000021), for
-# joints 1..21. Derived once, offline, from ../shared/data/humanml3d/new_joints/012314.npy: that file
+# joints 1..21. Derived once, offline, from HumanML3D's new_joints/012314.npy: that file
 # holds joints already retargeted to the reference skeleton, so every frame has exactly its bone
 # lengths (per-bone spread across the 170 frames < 2e-6 m, float32 noise); the values are the mean
 # over frames of ||joint - parent|| in float64, rounded to 1e-7 m.

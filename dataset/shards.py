@@ -25,7 +25,7 @@ fixed order, so the same input gives byte-identical tars. Shards are written to 
 (atomic). A shard whose inputs (clip definitions, video/sidecar/feature file sizes and mtimes, build settings)
 are unchanged since it was written is kept, so a second run is a no-op.
 
-Untrusted input (see docs/interfaces.md): every clip's keyid must follow :data:`core.keyids.KEYID_RULE`
+Untrusted input (see docs/security.md): every clip's keyid must follow :data:`core.keyids.KEYID_RULE`
 (otherwise the clip fails, the build goes on); tar member names are built in one place
 (:func:`dataset.shard_format.member_name`); input files are found with :func:`core.keyids.child_path`; a render
 sidecar must name the clip's keyid and, when it records ``video_size`` / ``video_sha256``, the video must match

@@ -606,7 +606,7 @@ def _meta_fps(sample: Mapping[str, bytes]) -> float:
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack processed samples into the batch dict of docs/interfaces.md (motion zero-padded, mask True = valid)."""
+    """Stack processed samples into the batch dict of docs/design.md ("Shards and the loader") (motion zero-padded, mask True = valid)."""
     import torch
 
     lengths = torch.tensor([s["motion"].shape[0] for s in samples], dtype=torch.long)

@@ -2,7 +2,8 @@
 similarity matrix (the top-level ``evaluate.py`` only calls :func:`main`).
 
     python evaluate.py --run runs/NAME --shards SHARDS --split test --protocol everything \\
-        --subset ../shared/data/humanml3d/splits/nsim_test.txt --gallery --tsne
+        --gallery --tsne
+    python evaluate.py --run runs/NAME --shards SHARDS --protocol dissimilar         # the nsim_test split
     python evaluate.py --run runs/NAME --shards SHARDS --protocol dissimilar --build-dissimilar 100
     python evaluate.py --from-sims sims.npz [--threshold 0.8] [--out metrics.json]
 
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threshold", type=float, default=P.DEFAULT_THRESHOLD,
                     help="threshold protocol: a gallery item whose text has score (cos+1)/2 > this counts as correct")
     pr.add_argument("--subset", metavar="FILE", help="dissimilar protocol: file of ids, one per line "
-                                                      "(e.g. ../shared/data/humanml3d/splits/nsim_test.txt)")
+                                                      "(default: the shard set's own nsim_test split)")
     pr.add_argument("--build-dissimilar", type=int, metavar="K",
                     help="dissimilar protocol: pick K mutually dissimilar texts of the split (saved to "
                          "OUT/dissimilar_<split>.txt) instead of --subset")

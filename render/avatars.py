@@ -28,13 +28,15 @@ from typing import Any
 
 import numpy as np
 
+import assets
+
 from body.skeleton import JOINT as _J
 from body.skeleton import NUM_BODY_JOINTS, PARENTS
 from core.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_AVATARS = Path(__file__).resolve().parents[1] / "assets" / "avatars"
+DEFAULT_AVATARS = assets.AVATARS  # installed with the package (assets/__init__.py)
 REGIONS = ("skin", "top", "bottom", "shoes", "hair")
 SKIN, TOP, BOTTOM, SHOES, HAIR = range(len(REGIONS))
 _STYLE_CHOICES = {"sleeves": ("short", "long", "none"), "legs": ("long", "shorts"), "hair": ("short", "long", "none")}

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+import assets
+
 from core.errors import BadInputError
 
-DEFAULT_LIGHTS = Path(__file__).resolve().parents[1] / "assets" / "lights.json"
+DEFAULT_LIGHTS = assets.LIGHTS  # installed with the package (assets/__init__.py)
 _FRAMES = {
     # source frame -> matrix taking source camera coords to OpenGL camera coords
     "opencv_camera": np.diag([1.0, -1.0, -1.0]),
