@@ -1,26 +1,59 @@
-"""Stick-figure preview videos of a motion (features or joints -> mp4), for databases without rendered videos.
+"""Skeleton preview videos of a motion (features or joints -> mp4), rendered on demand for databases without
+rendered videos, through the project's headless renderer (:mod:`render.scene`, pyrender on EGL).
 
-A plain numpy rasteriser (no OpenGL): the 22 SMPL joints of HumanML3D's skeleton, drawn as its five kinematic
-chains (``dataset.motion.HUMANML3D.chains``; left side blue, right side red, spine grey) in an orthographic view
-30 degrees off the front, the camera following the root horizontally, the ground as a line. Features are turned
-into joints with ``dataset.features.features_to_joints`` (HumanML3D's ``recover_from_ric``).
+The 22 joints of HumanML3D's skeleton (Y up, metres; features are turned into joints with
+``dataset.features.features_to_joints``, HumanML3D's ``recover_from_ric``) become one clean skeleton mesh
+per frame: a cylinder per bone of the kinematic chains of ``dataset.motion.HUMANML3D`` (right side red, left
+side blue, spine grey) and a sphere per joint (a larger one for the head), built from ``trimesh.creation``
+templates. The joints are rotated about the vertical so the first frame faces the camera ``angle_deg`` off the
+front, converted to the renderer's AMASS frame (Z up, the inverse of ``dataset.features.AMASS_TO_HUMANML3D``)
+and rendered like ``render-amass`` renders bodies: one lighting setup of ``assets/lights.json``
+(:func:`render.lights.load_lights`), the follow camera of :mod:`render.trajectory` over a checker floor fixed in
+the world (the floor at the skeleton's lowest point), frames encoded by :class:`core.mp4.VideoWriter`
+(H.264, atomic).
+
+Cache: next to ``out`` a hidden ``.{out name}.key`` holds the sha256 of the joints and every setting
+(size, fps, angle, lighting, renderer, :data:`PREVIEW_VERSION`); a call whose key matches the existing
+``out`` returns it without rendering. Both files are written atomically.
+
+Fallback: when no EGL/OpenGL context can be created (:class:`render.scene.RendererSetupError`, or pyrender
+cannot be imported), a plain numpy rasteriser draws the chains as a stick figure in an orthographic view
+(:func:`draw`), logged as a warning; the cache key records which renderer made the file, so a later call with
+a working renderer replaces a fallback preview.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ._project import BadInputError, atomic_path
 
-# chain colours (RGB) in the order of HUMANML3D.chains: right leg, left leg, spine, right arm, left arm
+log = logging.getLogger(__name__)
+
+PREVIEW_VERSION = 2  # bump when the look of a preview changes (invalidates cached previews)
+MIN_SIZE, MAX_SIZE = 16, 2048
+MAX_FPS = 240.0
+
+# chain colours in the order of HUMANML3D.chains: right leg, left leg, spine, right arm, left arm
 _COLOURS = ((214, 60, 60), (60, 110, 214), (90, 90, 90), (214, 60, 60), (60, 110, 214))
+BONE_RADIUS_M = 0.028
+JOINT_RADIUS_M = 0.042
+HEAD_RADIUS_M = 0.10
+_HEAD = 15
+_JOINT_RGB = (235, 235, 228)
 
 
 def to_joints(motion: np.ndarray, source: str | os.PathLike | None = None) -> np.ndarray:
-    """(T, 263) features or (T, 22, 3) joints -> (T, 22, 3) joints (metres, Y up). BadInputError otherwise."""
+    """(T, 263) features or (T, 22, 3) joints -> (T, 22, 3) float32 joints (metres, Y up). BadInputError
+    otherwise."""
     from ._project import features
 
     a = np.asarray(motion)
@@ -29,8 +62,145 @@ def to_joints(motion: np.ndarray, source: str | os.PathLike | None = None) -> np
     if a.ndim == 3 and a.shape[1:] == (22, 3) and len(a) >= 1:
         return a.astype(np.float32)
     if a.ndim == 2 and a.shape[1] == 263 and len(a) >= 1:
-        return features().features_to_joints(a)
+        j = features().features_to_joints(a)
+        if not np.isfinite(j).all():
+            raise BadInputError(source, "motion", "features give non-finite joints")
+        return np.asarray(j, np.float32)
     raise BadInputError(source, "motion", f"shape {a.shape}: expected features (T, 263) or joints (T, 22, 3)")
+
+
+# ---------------------------------------------------------------------------------------------- skeleton mesh
+def _skeleton():
+    from dataset.motion import HUMANML3D
+
+    return HUMANML3D
+
+
+def bones() -> list[tuple[int, int, int]]:
+    """The skeleton's bones as (parent joint, child joint, chain index), from ``HUMANML3D.chains``."""
+    return [(p, c, k) for k, chain in enumerate(_skeleton().chains) for p, c in zip(chain[:-1], chain[1:])]
+
+
+@dataclass
+class SkeletonMesh:
+    """A fixed-topology mesh of cylinders (bones) and spheres (joints), posed per frame by :meth:`pose`.
+
+    Attributes:
+        faces: (F, 3) int triangles; colors: (V, 4) float32 linear RGBA per vertex.
+    """
+
+    faces: np.ndarray
+    colors: np.ndarray
+    _cyl_v: np.ndarray
+    _cyl_n: np.ndarray
+    _sph_v: np.ndarray
+    _sph_n: np.ndarray
+    _bones: np.ndarray     # (B, 2) parent, child
+    _radii: np.ndarray     # (J,) joint sphere radii
+
+    @classmethod
+    def build(cls, sections: int = 14, subdivisions: int = 2) -> "SkeletonMesh":
+        import trimesh
+
+        cyl = trimesh.creation.cylinder(radius=1.0, height=1.0, sections=sections)   # z in [-0.5, 0.5]
+        sph = trimesh.creation.icosphere(subdivisions=subdivisions, radius=1.0)
+        b = bones()
+        nj = _skeleton().num_joints
+        pairs = np.array([(p, c) for p, c, _ in b], dtype=np.int64)
+        cv, sv = len(cyl.vertices), len(sph.vertices)
+        faces = [cyl.faces + i * cv for i in range(len(b))]
+        faces += [sph.faces + len(b) * cv + j * sv for j in range(nj)]
+        joint_chain = np.full(nj, 2)                  # root: spine colour
+        for p, c, k in b:
+            joint_chain[c] = k
+        lin = lambda rgb: (np.asarray(rgb, np.float32) / 255.0) ** 2.2  # noqa: E731 - sRGB -> linear
+        cols = [np.tile(np.r_[lin(_COLOURS[k]), 1.0], (cv, 1)) for _, _, k in b]
+        cols += [np.tile(np.r_[lin(_JOINT_RGB if j != _HEAD else _COLOURS[2]), 1.0], (sv, 1)) for j in range(nj)]
+        radii = np.full(nj, JOINT_RADIUS_M, np.float32)
+        radii[_HEAD] = HEAD_RADIUS_M
+        return cls(np.concatenate(faces).astype(np.int64), np.concatenate(cols).astype(np.float32),
+                   np.asarray(cyl.vertices, np.float32), np.asarray(cyl.vertex_normals, np.float32),
+                   np.asarray(sph.vertices, np.float32), np.asarray(sph.vertex_normals, np.float32), pairs, radii)
+
+    def pose(self, joints: np.ndarray, bone_radius: float = BONE_RADIUS_M) -> tuple[np.ndarray, np.ndarray]:
+        """(T, J, 3) joints (any right-handed frame, metres) -> vertices, unit normals (T, V, 3) float32."""
+        j = np.asarray(joints, np.float64)
+        t = len(j)
+        a, c = j[:, self._bones[:, 0]], j[:, self._bones[:, 1]]                    # (T, B, 3)
+        d = c - a
+        length = np.linalg.norm(d, axis=-1)                                        # (T, B)
+        ez = np.where(length[..., None] > 1e-9, d / np.maximum(length, 1e-9)[..., None], [0.0, 0.0, 1.0])
+        helper = np.where((np.abs(ez[..., 2]) < 0.9)[..., None], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0])
+        ex = np.cross(helper, ez)
+        ex /= np.linalg.norm(ex, axis=-1, keepdims=True)
+        ey = np.cross(ez, ex)
+        rot = np.stack([ex, ey, ez], axis=-1)                                      # (T, B, 3, 3) columns
+        scale = np.stack([np.full_like(length, bone_radius), np.full_like(length, bone_radius),
+                          np.maximum(length, 1e-6)], axis=-1)                      # (T, B, 3)
+        cv = np.einsum("tbij,tbvj->tbvi", rot, self._cyl_v[None, None] * scale[:, :, None, :])
+        cv += ((a + c) / 2)[:, :, None, :]
+        cn = np.einsum("tbij,tbvj->tbvi", rot, self._cyl_n[None, None] / scale[:, :, None, :])
+        cn /= np.maximum(np.linalg.norm(cn, axis=-1, keepdims=True), 1e-12)
+        sv = j[:, :, None, :] + self._radii[None, :, None, None] * self._sph_v[None, None]
+        sn = np.broadcast_to(self._sph_n[None, None], sv.shape)
+        verts = np.concatenate([cv.reshape(t, -1, 3), sv.reshape(t, -1, 3)], axis=1).astype(np.float32)
+        normals = np.concatenate([cn.reshape(t, -1, 3), sn.reshape(t, -1, 3)], axis=1).astype(np.float32)
+        return verts, normals
+
+
+def face_camera(joints: np.ndarray, angle_deg: float = 30.0) -> np.ndarray:
+    """(T, 22, 3) HumanML3D joints (Y up) -> the same rotated about the vertical through the first root so that
+    the first frame faces the preview camera ``angle_deg`` off the front; then in the renderer's AMASS frame
+    (Z up, the camera looks along +Y), (T, 22, 3) float64 metres."""
+    from dataset.features import AMASS_TO_HUMANML3D
+
+    sk = _skeleton()
+    r_hip, l_hip, r_sh, l_sh = sk.face_joints
+    j0 = np.asarray(joints[0], np.float64)
+    across = (j0[r_hip] - j0[l_hip]) + (j0[r_sh] - j0[l_sh])
+    fwd = np.cross([0.0, 1.0, 0.0], across)                                       # HumanML3D's facing rule
+    a = np.deg2rad(angle_deg)
+    want = np.array([np.sin(a), -np.cos(a), 0.0]) @ AMASS_TO_HUMANML3D             # towards the camera (AMASS -y)
+    theta = np.arctan2(want[0], want[2]) - (np.arctan2(fwd[0], fwd[2]) if np.hypot(fwd[0], fwd[2]) > 1e-9 else 0.0)
+    c, s = np.cos(theta), np.sin(theta)
+    ry = np.array([[c, 0.0, -s], [0.0, 1.0, 0.0], [s, 0.0, c]])                    # row vectors: (x, z) += theta
+    pivot = np.array([j0[0, 0], 0.0, j0[0, 2]])
+    h = (np.asarray(joints, np.float64) - pivot) @ ry + pivot
+    return h @ AMASS_TO_HUMANML3D.T                                                 # HumanML3D -> AMASS
+
+
+# ---------------------------------------------------------------------------------------------- renderers
+def render_frames(joints: np.ndarray, size: int = 256, fps: float = 20.0, angle_deg: float = 30.0, light: int = 0,
+                  writer=None) -> np.ndarray | None:
+    """(T, 22, 3) HumanML3D joints -> (T, size, size, 3) uint8 frames through :class:`render.scene.SceneRenderer`
+    (raises ``render.scene.RendererSetupError`` without EGL). With ``writer`` (a :class:`core.mp4.VideoWriter`)
+    the frames are written to it instead and None is returned."""
+    from render.lights import load_lights
+    from render.scene import SceneRenderer
+    from render.trajectory import follow_trajectory
+
+    world = face_camera(joints, angle_deg)
+    mesh = SkeletonMesh.build()
+    verts, normals = mesh.pose(world)
+    traj = follow_trajectory(world[:, 0], verts[:, :, 2].min(axis=1), fps)
+    setups = load_lights()
+    setup = setups[int(light) % len(setups)]
+    renderer = SceneRenderer(size)  # one EGL context per call: a context stays bound to its thread
+    frames = None if writer is not None else np.empty((len(world), size, size, 3), np.uint8)
+    try:
+        renderer.set_lights(setup)
+        renderer.set_body(mesh.faces, mesh.colors, verts[0], normals[0])
+        for k in range(len(world)):
+            target = traj.target_xy[k]
+            layer = renderer.render_layer(verts[k], normals[k], target, traj.floor_z)
+            img = renderer.compose(layer, target)
+            if writer is not None:
+                writer.write(img)
+            else:
+                frames[k] = img
+    finally:
+        renderer.close()
+    return frames
 
 
 def _line(img: np.ndarray, p0, p1, colour, width: int) -> None:
@@ -47,10 +217,9 @@ def _line(img: np.ndarray, p0, p1, colour, width: int) -> None:
 
 
 def draw(joints: np.ndarray, size: int = 256, angle_deg: float = 30.0) -> np.ndarray:
-    """(T, 22, 3) joints -> (T, size, size, 3) uint8 frames (white background)."""
-    from ._project import features
-
-    chains = features().get_skeleton("humanml3d").chains
+    """Fallback without EGL: (T, 22, 3) joints -> (T, size, size, 3) uint8 stick-figure frames drawn in numpy
+    (orthographic view ``angle_deg`` off the front, the view following the root, white background)."""
+    chains = _skeleton().chains
     a = np.deg2rad(angle_deg)
     t = len(joints)
     frames = np.full((t, size, size, 3), 255, np.uint8)
@@ -67,7 +236,7 @@ def draw(joints: np.ndarray, size: int = 256, angle_deg: float = 30.0) -> np.nda
         for chain, colour in zip(chains, _COLOURS):
             for p, c in zip(chain[:-1], chain[1:]):
                 _line(frames[i], (px[p], py[p]), (px[c], py[c]), colour, width)
-        hx, hy = int(round(px[15])), int(round(py[15]))
+        hx, hy = int(round(px[_HEAD])), int(round(py[_HEAD]))
         rr = max(3, size // 30)
         yy, xx = np.ogrid[:size, :size]
         frames[i][(xx - hx) ** 2 + (yy - hy) ** 2 <= rr * rr] = (90, 90, 90)
@@ -86,24 +255,86 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float) -> Path:
     return path
 
 
+# ---------------------------------------------------------------------------------------------- entry point
+@functools.lru_cache(maxsize=1)
+def egl_available() -> bool:
+    """Whether pyrender can be imported and an EGL context created (a 16x16 test context; once per process)."""
+    try:
+        import render.scene  # noqa: F401 - sets PYOPENGL_PLATFORM=egl unless set
+        import pyrender
+
+        r = pyrender.OffscreenRenderer(16, 16)
+        r.delete()
+        return True
+    except Exception:  # noqa: BLE001 - any import/EGL failure means "no renderer"
+        return False
+
+
+def _key_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.key")
+
+
+def cache_key(joints: np.ndarray, settings: dict) -> str:
+    """sha256 hex of the (T, 22, 3) float32 joints and the JSON of ``settings``."""
+    h = hashlib.sha256()
+    j = np.ascontiguousarray(joints, dtype="<f4")
+    h.update(json.dumps({"shape": list(j.shape), "version": PREVIEW_VERSION, **settings}, sort_keys=True).encode())
+    h.update(j.tobytes())
+    return h.hexdigest()
+
+
+def _cached(out: Path, key: str) -> bool:
+    try:
+        return out.is_file() and _key_path(out).read_text().strip() == key
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def render_preview(motion: np.ndarray | str | os.PathLike, out: str | os.PathLike, fps: float = 20.0,
-                   size: int = 256, force: bool = False) -> Path:
-    """Features/joints (array or ``.npy`` path, read without pickle) -> stick-figure mp4 at ``out``; an existing
-    ``out`` newer than the source is kept (cache) unless ``force``."""
+                   size: int = 256, force: bool = False, angle_deg: float = 30.0, light: int = 0,
+                   renderer: str = "auto") -> Path:
+    """Features (T, 263) or joints (T, 22, 3) (array, or ``.npy`` path read without pickle) -> a skeleton mp4
+    at ``out`` (``size`` x ``size`` pixels, one frame per motion frame at ``fps``), rendered through
+    :mod:`render.scene` (module docstring); the numpy stick figure when EGL is unavailable (``renderer``:
+    "auto", "egl" (no fallback) or "numpy"). An existing ``out`` whose cache key (joints and settings) matches
+    is returned as is unless ``force``. Raises BadInputError for a bad motion file, ValueError for bad
+    settings."""
+    if renderer not in ("auto", "egl", "numpy"):
+        raise ValueError(f"renderer must be 'auto', 'egl' or 'numpy', got {renderer!r}")
+    if not (MIN_SIZE <= int(size) <= MAX_SIZE) or int(size) % 2:
+        raise ValueError(f"--size must be an even number of pixels in [{MIN_SIZE}, {MAX_SIZE}], got {size}")
+    if not (0 < float(fps) <= MAX_FPS):
+        raise ValueError(f"--fps must be in (0, {MAX_FPS:g}], got {fps}")
+    size, fps = int(size), float(fps)
     out = Path(out)
     src = None
     if isinstance(motion, (str, os.PathLike)):
         src = Path(motion)
         if not src.is_file():
             raise BadInputError(src, "motion", "file not found")
-        if out.is_file() and not force and out.stat().st_mtime >= src.stat().st_mtime:
-            return out
         try:
             motion = np.load(src, allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
             raise BadInputError(src, "motion", f"not a readable .npy array ({exc})") from exc
-    elif out.is_file() and not force:
-        return out
     joints = to_joints(motion, src)
+    use = renderer
+    if use == "auto":
+        use = "egl" if egl_available() else "numpy"
+        if use == "numpy":
+            log.warning("no EGL/OpenGL context for the skeleton renderer: drawing a numpy stick figure instead "
+                        "(install Mesa's EGL, libegl1 libegl-mesa0 libgl1-mesa-dri, for rendered previews)")
+    settings = {"size": size, "fps": fps, "angle_deg": float(angle_deg), "light": int(light), "renderer": use}
+    key = cache_key(joints, settings)
+    if not force and _cached(out, key):
+        return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    return write_mp4(out, draw(joints, size), fps)
+    if use == "egl":
+        from core.mp4 import VideoWriter
+
+        with VideoWriter(out, (size, size), fps) as writer:  # atomic: ``out`` appears on close
+            render_frames(joints, size, fps, angle_deg, light, writer=writer)
+    else:
+        write_mp4(out, draw(joints, size, angle_deg), fps)
+    with atomic_path(_key_path(out)) as tmp:
+        Path(tmp).write_text(key + "\n")
+    return out
