@@ -20,6 +20,10 @@ Fallback: when no EGL/OpenGL context can be created (:class:`render.scene.Render
 cannot be imported), a plain numpy rasteriser draws the chains as a stick figure in an orthographic view
 (:func:`draw`), logged as a warning; the cache key records which renderer made the file, so a later call with
 a working renderer replaces a fallback preview.
+
+Before its first EGL context the module loads triton's native library when triton is installed: Mesa's EGL
+driver and triton each bring an LLVM, and triton loaded second (e.g. by a model load after a preview in the
+same process) segfaults.
 """
 
 from __future__ import annotations
@@ -71,9 +75,10 @@ def to_joints(motion: np.ndarray, source: str | os.PathLike | None = None) -> np
 
 # ---------------------------------------------------------------------------------------------- skeleton mesh
 def _skeleton():
-    from dataset.motion import HUMANML3D
+    """``dataset.motion.HUMANML3D`` (through ``dataset.features``, as the rest of ``search`` does)."""
+    from ._project import features
 
-    return HUMANML3D
+    return features().get_skeleton("humanml3d")
 
 
 def bones() -> list[tuple[int, int, int]]:
@@ -152,8 +157,9 @@ def face_camera(joints: np.ndarray, angle_deg: float = 30.0) -> np.ndarray:
     """(T, 22, 3) HumanML3D joints (Y up) -> the same rotated about the vertical through the first root so that
     the first frame faces the preview camera ``angle_deg`` off the front; then in the renderer's AMASS frame
     (Z up, the camera looks along +Y), (T, 22, 3) float64 metres."""
-    from dataset.features import AMASS_TO_HUMANML3D
+    from ._project import features
 
+    AMASS_TO_HUMANML3D = features().AMASS_TO_HUMANML3D  # noqa: N806
     sk = _skeleton()
     r_hip, l_hip, r_sh, l_sh = sk.face_joints
     j0 = np.asarray(joints[0], np.float64)
@@ -170,11 +176,28 @@ def face_camera(joints: np.ndarray, angle_deg: float = 30.0) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- renderers
+def _load_triton_first() -> None:
+    """Load triton's native library (and its LLVM) before Mesa's EGL driver (and its LLVM): loaded the other way
+    round in one process, a later ``import triton`` (torch._dynamo, a model load) segfaults. A no-op when
+    triton is not installed or already loaded; cheap once torch is imported."""
+    import importlib.util
+    import sys
+
+    if "triton._C.libtriton" in sys.modules:
+        return
+    try:
+        if importlib.util.find_spec("triton") is not None:
+            import triton._C.libtriton  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - a broken triton install only matters to its own users
+        log.debug("triton not preloaded: %s", exc)
+
+
 def render_frames(joints: np.ndarray, size: int = 256, fps: float = 20.0, angle_deg: float = 30.0, light: int = 0,
                   writer=None) -> np.ndarray | None:
     """(T, 22, 3) HumanML3D joints -> (T, size, size, 3) uint8 frames through :class:`render.scene.SceneRenderer`
     (raises ``render.scene.RendererSetupError`` without EGL). With ``writer`` (a :class:`core.mp4.VideoWriter`)
     the frames are written to it instead and None is returned."""
+    _load_triton_first()
     from render.lights import load_lights
     from render.scene import SceneRenderer
     from render.trajectory import follow_trajectory
@@ -259,6 +282,7 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float) -> Path:
 @functools.lru_cache(maxsize=1)
 def egl_available() -> bool:
     """Whether pyrender can be imported and an EGL context created (a 16x16 test context; once per process)."""
+    _load_triton_first()
     try:
         import render.scene  # noqa: F401 - sets PYOPENGL_PLATFORM=egl unless set
         import pyrender

@@ -158,3 +158,17 @@ def test_cli_preview(tmp_path):
     res = run(tmp_path / "missing.npy", "--out", tmp_path / "x.mp4")
     assert res.returncode == 2 and "missing.npy" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.slow
+def test_model_imports_after_a_preview_do_not_crash(tmp_path):
+    """A preview first, then torch._dynamo / triton (what loading a model does): no segfault (the renderer loads
+    triton's native library before Mesa's EGL driver)."""
+    code = ("import numpy as np, search.preview as p\n"
+            f"p.render_preview(np.load({str(tmp_path / 'w.npy')!r}), {str(tmp_path / 'w.mp4')!r}, size=32, "
+            "renderer='egl')\n"
+            "import torch._dynamo\nprint('ok')\n")
+    np.save(tmp_path / "w.npy", walking(3))
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYOPENGL_PLATFORM="egl")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
