@@ -68,12 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--k", type=int, default=5)
     q.add_argument("--json", action="store_true")
 
-    v = sub.add_parser("preview", help="features or joints .npy -> stick-figure mp4")
+    v = sub.add_parser("preview", help="features or joints .npy -> skeleton mp4 rendered through the headless renderer (numpy stick figure without EGL)")
     v.add_argument("motion", type=Path)
     v.add_argument("--out", type=Path, required=True)
     v.add_argument("--fps", type=float, default=20.0)
     v.add_argument("--size", type=int, default=256)
-    v.add_argument("--force", action="store_true", help="render again even when --out is newer (cache)")
+    v.add_argument("--force", action="store_true", help="render again even when the cached preview matches")
 
     s = sub.add_parser("serve", help="the search page on http://HOST:PORT/")
     model_args(s, False)
