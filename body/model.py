@@ -9,7 +9,7 @@ procedural body through ``smplx.SMPL(data_struct=...)``), so posing is the same 
 Model files are untrusted input: the project reads them itself (:mod:`body.smpl_files`: an allow-list
 unpickler for ``.pkl``, plain ``.npy`` reads for ``.npz``), checks the arrays (:func:`model_arrays`) and
 hands smplx plain arrays only (``data_struct`` for SMPL / SMPL-H; for SMPL-X, whose constructor always reads
-the file itself with ``np.load(allow_pickle=True)``, :func:`_smplx_from_arrays` builds the model without
+the file itself with a pickle-enabled ``np.load``, :func:`_smplx_from_arrays` builds the model without
 calling that constructor). smplx never opens a model file.
 
 Frames: AMASS root orientations map SMPL's body frame (Y up, facing +Z, left at +X) to the AMASS world
@@ -421,7 +421,7 @@ def _smplx_from_arrays(path: Path, arrays: dict[str, np.ndarray], gender: str, n
                        num_expression_coeffs: int = 10) -> torch.nn.Module:
     """An ``smplx.SMPLX`` built from arrays we read ourselves.
 
-    ``smplx.SMPLX.__init__`` always reads its model file itself (``np.load(..., allow_pickle=True)`` or
+    ``smplx.SMPLX.__init__`` always reads its model file itself (a pickle-enabled ``np.load`` or
     ``pickle.load``) and has no ``data_struct`` argument, so it is not called: the instance is made with
     ``SMPLX.__new__``, its SMPL-H part by ``smplx.SMPLH.__init__`` with ``data_struct`` (which reads no file;
     SMPL-X's vertex ids; flat hand mean, no hand PCA), and the SMPL-X additions are registered here as

@@ -22,6 +22,10 @@ from .lavimo import LavimoModel, build_model
 from .weights import text_assets, write_text_assets
 
 PREPROCESS_VERSION = 1  # version of extra["preprocess"]
+#: the fields of extra["preprocess"] (what :func:`preprocess_record` writes and ``search.model.load`` requires)
+PREPROCESS_KEYS = ("version", "feature_mean", "feature_std", "feature_dim", "max_motion_len", "motion_crop",
+                   "num_frames", "frame_sampling", "image_size", "frame_crop", "clip_mean", "clip_std",
+                   "video_input", "text_model", "text_max_length")
 
 
 def preprocess_record(cfg: LavimoConfig, mean: Any, std: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from dataset.augment import CLIP_MEAN, CLIP_STD, center_box, clip_normalize, cro
 from core.errors import BadInputError  # noqa: F401
 from core.hashing import sha256_file  # noqa: F401
 from core.keyids import check_keyid, child_path, is_keyid  # noqa: F401
-from model.checkpoint import PREPROCESS_VERSION, preprocess_record  # noqa: F401
+from model.checkpoint import PREPROCESS_KEYS, PREPROCESS_VERSION, preprocess_record  # noqa: F401
 
 
 def stream():

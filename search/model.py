@@ -22,11 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._project import PREPROCESS_VERSION, BadInputError, preprocess_record  # noqa: F401 (re-exported)
+from ._project import PREPROCESS_KEYS, PREPROCESS_VERSION, BadInputError, preprocess_record  # noqa: F401 (re-exported)
 
-PREPROCESS_KEYS = ("version", "feature_mean", "feature_std", "feature_dim", "max_motion_len", "motion_crop",
-                   "num_frames", "frame_sampling", "image_size", "frame_crop", "clip_mean", "clip_std",
-                   "video_input", "text_model", "text_max_length")
 MOTION_SUFFIXES = (".npy", ".npz")
 
 

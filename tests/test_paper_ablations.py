@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.processes import sigterm_when
 from tests.fixtures.tiny_shards import cached_tiny_shards
 
 REPO = Path(__file__).resolve().parents[1]
@@ -313,8 +314,6 @@ def test_train_every_table2_row_then_print_the_table(request, tmp_path, capsys):
 def test_sigterm_stops_the_running_train_py_and_exits_1(request, tmp_path):
     """SIGTERM while a row trains: the train.py child is stopped (no orphan), the script exits 1 and says how
     to continue."""
-    import signal
-    import time
 
     shards = cached_tiny_shards(request, "ablation", **TINY_SHARDS)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -322,23 +321,17 @@ def test_sigterm_stops_the_running_train_py_and_exits_1(request, tmp_path):
                              str(tmp_path / "r"), "--preset", "tiny", "--epochs", "50", "--random-init", "--device",
                              "cpu", "--rows", "ours"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
-    try:
-        first = proc.stdout.readline()
-        assert "ours" in first and "training" in first, first
-        children: list[int] = []
-        deadline = time.monotonic() + 20
-        while not children and time.monotonic() < deadline:
-            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as fh:
-                children = [int(c) for c in fh.read().split()]
-            time.sleep(0.05)
-        assert children, "train.py was not started"
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=60)
-        err = proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    children: list[int] = []  # the train.py process(es) the script started
+
+    def train_py_running() -> bool:
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as fh:
+            children[:] = [int(c) for c in fh.read().split()]
+        return bool(children)
+
+    first = proc.stdout.readline()
+    rc, err = sigterm_when(proc, train_py_running, timeout=20)
+    assert "ours" in first and "training" in first, first
+    assert children, "train.py was not started"
     assert rc == 1, err
     assert "interrupted: rerun the same command" in err
     for child in children:

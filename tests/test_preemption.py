@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import torch
 import training.cli as train_script
 from training.preemption import EXIT_PREEMPTED, StopRequest, resolve_resume
 from training.loop import load_training_state
+from tests.fixtures.processes import sigterm_when
 from tests.fixtures.tiny_shards import cached_tiny_shards
 from tests.test_train import TINY
 
@@ -85,20 +85,8 @@ def test_sigterm_to_the_process_exits_75_with_a_checkpoint(shards, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, str(REPO / "train.py"), *_argv(shards, out), "--log-keyids", "--epochs", "50"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        keyids = out / "debug" / "keyids-rank0.tsv"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if keyids.is_file() and keyids.read_text().count("\n") >= 2:
-                break
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=60)
-        err = proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    keyids = out / "debug" / "keyids-rank0.tsv"
+    rc, err = sigterm_when(proc, lambda: keyids.is_file() and keyids.read_text().count("\n") >= 2)
     assert rc == EXIT_PREEMPTED, err[-3000:]
     assert "relaunch with --resume auto" in err
     state = load_training_state(out / "checkpoints" / "last.state.pt", complete=True)

@@ -347,7 +347,7 @@ def test_train_writes_preprocess_into_checkpoints(tmp_path):
     mean, std = load_stats(shards)
     for ckpt in sorted((out / "checkpoints").glob("*.safetensors")):
         r = load(ckpt)
-        assert set(PREPROCESS_KEYS) <= set(r.preprocess)
+        assert set(r.preprocess) == set(PREPROCESS_KEYS)  # exactly the record preprocess_record writes
         np.testing.assert_array_equal(r.mean, mean)
         np.testing.assert_array_equal(r.std, std)
         assert r.preprocess["num_frames"] == r.model.cfg.num_frames

@@ -12,7 +12,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from tests.fixtures.shard_fixtures import FEATURE_DIM, fake_features, make_clip, make_corpus, write_clip_video  # noqa: E402
+from tests.fixtures.shard_fixtures import FEATURE_DIM, FakeEmbedder, fake_features, make_clip, make_corpus, write_clip_video  # noqa: E402
 
 from dataset.shard_format import read_manifests  # noqa: E402
 from dataset.shards import BuildConfig, ShardSetMismatch, build_shards, check_shards  # noqa: E402
@@ -163,23 +163,10 @@ def test_bad_video_fails_clip_and_build_goes_on(corpus, embedder, tmp_path):
     assert read_manifests(tmp_path / "s")["val"]["failed"].keys() == {"000006"}
 
 
-class _OtherEmbedder:
-    """A second 'text model' (another name and dimension) to check that a shard set refuses to mix models."""
-
-    name, dim = "other-model", 8
-
-    def info(self):
-        return {"name": self.name, "dim": self.dim, "pooling": "mean", "normalized": True}
-
-    def encode(self, sentences):
-        v = np.ones((len(sentences), self.dim), np.float32)
-        return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
 def test_refuses_mixing_text_models_and_feature_dims(built, corpus, embedder, tmp_path):
     out, _ = built
     with pytest.raises(ShardSetMismatch, match="text_model"):
-        _build(*corpus, out, _OtherEmbedder())
+        _build(*corpus, out, FakeEmbedder("other-model"))
     with pytest.raises(ShardSetMismatch, match="video"):
         _build(*corpus, out, embedder, video_format="mp4")
     # features of another dimension in the same set: those clips fail, the set stays 263-dim

@@ -4,6 +4,7 @@ avatars and lights from any working directory and every console script answers -
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,9 +18,14 @@ SCRIPTS = ("synth-amass", "render-amass", "build-shards", "lavimo-train", "lavim
 
 @pytest.mark.slow
 def test_wheel_installs_assets_and_console_scripts(tmp_path):
+    # build from a copy of the sources, so that no build/ left in the checkout (with files of modules that no
+    # longer exist) can leak into the wheel, and the checkout is not written to
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "demo", "runs", "*.egg-info",
+                                                             "__pycache__", ".pytest_cache"))
     wheels = tmp_path / "wheels"
     p = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                        str(wheels), str(REPO)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                        str(wheels), str(src)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     (wheel,) = wheels.glob("lavimo-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
