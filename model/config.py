@@ -1,8 +1,15 @@
-"""The LAVIMO configuration: one flat dataclass for the model, the losses and the optimisation.
+"""The LAVIMO model's configuration: its architecture and training objective, saved in every checkpoint.
 
-Presets (``paper``, ``demo``, ``tiny``) are JSON files in ``model/presets/``; :func:`load_preset` reads one (or
-any JSON file holding these fields, e.g. a run's saved config), applies keyword overrides, validates and returns
-a :class:`LavimoConfig`. The resolved config is saved into every run and every checkpoint.
+:class:`LavimoConfig` holds what defines the network and its losses (modalities, fusion, layer counts, shapes,
+backbones and how their weights are initialised, negative filtering, temperature, lambda_recon). The run's
+settings (batch size, optimiser, schedule, epochs, loop, augmentation, gathering across ranks) are
+:class:`training.config.TrainConfig`, which the model never reads; a checkpoint therefore fixes the model and
+nothing about how it was trained, and ``train.py --resume`` takes the model from the run and the run's settings
+from the command line.
+
+Presets (``paper``, ``demo``, ``tiny``) are JSON files in ``model/presets/`` (the architecture) beside
+``training/presets/`` (the run's settings of the same name); :func:`load_preset` reads the model part (or the
+``"model"`` object of a run's saved ``config.json``), applies keyword overrides, validates.
 
 The dataclass defaults are the paper's values (Yin et al., arXiv 2403.00691) where the paper states them; the
 fields marked "ours" are choices the paper does not specify.
@@ -10,14 +17,13 @@ fields marked "ours" are choices the paper does not specify.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from core.jsonconfig import JsonConfig, read_config_json
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +34,8 @@ NEGATIVE_FILTERING = ("lavimo", "tmr", "soft", "none")
 
 
 @dataclass
-class LavimoConfig:
-    """All settings of a LAVIMO run (model, losses, optimisation, training loop).
+class LavimoConfig(JsonConfig):
+    """The LAVIMO model: architecture, backbones and training objective (saved in every checkpoint).
 
     Shapes: latents are ``(B, latent_dim)``; motion features ``(B, T, feature_dim)`` with ``T <= max_motion_len``
     (HumanML3D 263-dim features at 20 fps, Y-up, normalised with the shards' ``stats.npz``); video
@@ -67,11 +73,6 @@ class LavimoConfig:
     # image_size; < 1 zooms in on the person, whom the follow camera keeps centred (ours; 1 = the whole frame)
     frame_crop: float = 1.0
 
-    # --- training augmentation of the video frames (dataset/augment.py; one draw per clip) ---
-    hflip_p: float = 0.0  # horizontal flips; clips whose captions name a side are never flipped (see augment.py)
-    randaugment_ops: int = 0  # torchvision RandAugment operations per clip (0 = off)
-    randaugment_magnitude: int = 9  # RandAugment magnitude (torchvision's 0..30 scale)
-
     # --- temporal transformers (text / video / motion encoders, motion decoder) ---
     text_layers: int = 6
     video_layers: int = 6
@@ -95,39 +96,7 @@ class LavimoConfig:
     trust_weights_pickle: bool = False  # allow torch.load(weights_only=False) for checkpoints with pickled objects
     random_init: bool = False  # True: random backbones instead of pretrained weights (no files needed)
 
-    # --- optimisation (paper: AdamW lr 1e-4, linear decay to 1e-5 after epoch 100, 400 epochs, batch 64) ---
-    batch_size: int = 64
-    lr: float = 1e-4
-    lr_min: float = 1e-5
-    lr_decay_start_epoch: int = 100
-    epochs: int = 400
-    optimizer: str = "adamw"
-    weight_decay: float = 0.01  # ours (AdamW default)
-    betas: tuple[float, float] = (0.9, 0.999)
-    backbone_lr_scale: float = 1.0  # lr multiplier for the pretrained text/image backbones (ours)
-    grad_clip: float = 1.0  # max global grad norm, 0 = off (ours)
-    warmup_steps: int = 0
-
-    # --- training loop ---
-    seed: int = 0
-    num_workers: int = 0
-    epoch_batches: int | None = None  # batches per epoch for streaming loaders (None = one pass)
-    eval_every: int = 10  # epochs between validation passes
-    checkpoint_every: int = 10  # epochs between checkpoints
-    log_every: int = 50  # steps between log lines
-    amp: bool = False  # mixed precision on CUDA
-    # DDP only: the contrastive losses and negative filtering over the global batch (every rank's latents and
-    # sentence embeddings gathered, model/gather.py), as one process with batch_size x world_size; False = each
-    # rank over its own batch_size rows (train.py --no-gather-negatives)
-    gather_negatives: bool = True
-    extra: dict = field(default_factory=dict)  # free-form settings for tools; not read by the model
-
     # ------------------------------------------------------------------
-    def __post_init__(self) -> None:
-        if isinstance(self.betas, list):
-            self.betas = tuple(self.betas)
-        self.validate()
-
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field when a value is out of range."""
         def bad(name: str, msg: str) -> None:
@@ -144,7 +113,7 @@ class LavimoConfig:
         if self.recon_weight < 0:
             bad("recon_weight", "must be >= 0")
         for name in ("latent_dim", "feature_dim", "max_motion_len", "num_frames", "image_size", "num_heads",
-                     "ff_dim", "text_max_length", "batch_size", "epochs"):
+                     "ff_dim", "text_max_length"):
             if int(getattr(self, name)) <= 0:
                 bad(name, "must be > 0")
         for name in ("text_layers", "video_layers", "motion_layers", "decoder_layers"):
@@ -154,16 +123,8 @@ class LavimoConfig:
             bad("latent_dim", f"must be divisible by num_heads={self.num_heads}")
         if not 0.0 < self.frame_crop <= 1.0:
             bad("frame_crop", "must be in (0, 1] (fraction of the frame's short side kept)")
-        if not 0.0 <= self.hflip_p <= 1.0:
-            bad("hflip_p", "must be in [0, 1]")
-        if self.randaugment_ops < 0 or not 0 <= self.randaugment_magnitude <= 30:
-            bad("randaugment_ops", "randaugment_ops must be >= 0 and randaugment_magnitude in [0, 30]")
         if not 0.0 <= self.dropout < 1.0:
             bad("dropout", "must be in [0, 1)")
-        if self.lr <= 0 or self.lr_min < 0:
-            bad("lr", "lr must be > 0 and lr_min >= 0")
-        if self.grad_clip < 0:
-            bad("grad_clip", "must be >= 0 (0 = off)")
         if self.activation not in ("gelu", "relu"):
             bad("activation", "must be 'gelu' or 'relu'")
 
@@ -174,71 +135,6 @@ class LavimoConfig:
         return {"image_size": self.image_size, "num_frames": self.num_frames, "max_motion_len": self.max_motion_len,
                 "frame_crop": self.frame_crop}
 
-    def augment_kwargs(self) -> dict[str, Any]:
-        """The training loader's augmentation settings (``make_loader(..., augment=...)``) held by the config;
-        the other :class:`dataset.augment.AugmentConfig` fields keep their defaults."""
-        return {"hflip_p": self.hflip_p, "randaugment_ops": self.randaugment_ops,
-                "randaugment_magnitude": self.randaugment_magnitude}
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict of every field."""
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LavimoConfig":
-        """Build from a dict; missing fields take the defaults, unknown fields raise ``ValueError``."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown LavimoConfig field(s) {unknown}; valid fields: {sorted(names)}")
-        return cls(**{k: _coerce(k, v) for k, v in d.items()})
-
-    def replace(self, **overrides: Any) -> "LavimoConfig":
-        """A copy with ``overrides`` applied (validated)."""
-        d = self.to_dict()
-        d.update(overrides)
-        return LavimoConfig.from_dict(d)
-
-
-_HINTS: dict[str, Any] | None = None
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """Convert CLI-style strings ("0.1", "true", "none") to the field's declared type."""
-    global _HINTS
-    if _HINTS is None:
-        _HINTS = typing.get_type_hints(LavimoConfig)
-    hint = _HINTS.get(name)
-    if not isinstance(value, str) or hint is None:
-        return value
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if args else hint
-    if optional and value.lower() in ("none", "null", ""):
-        return None
-    try:
-        if base is bool:
-            low = value.lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if base is int:
-            return int(value)
-        if base is float:
-            return float(value)
-        if typing.get_origin(base) is dict or base is dict:
-            return json.loads(value)
-    except ValueError as exc:
-        raise ValueError(f"LavimoConfig.{name}: cannot parse {value!r} as {base}") from exc
-    return value
-
 
 def list_presets() -> list[str]:
     """Names of the bundled presets."""
@@ -246,30 +142,16 @@ def list_presets() -> list[str]:
 
 
 def load_preset(name_or_path: str | os.PathLike, **overrides: Any) -> LavimoConfig:
-    """Load a bundled preset (``paper``, ``demo``, ``tiny``) or a JSON file, apply overrides, validate.
+    """The model of a bundled preset (``paper``, ``demo``, ``tiny``) or of a JSON file, with overrides, validated.
 
-    A JSON file may hold the fields at top level or under a ``"model"`` / ``"config"`` key (so a run's saved
-    ``config.json`` can be passed). Overrides may be typed values or CLI strings (``fusion="false"``); unknown
-    names raise ``ValueError``.
+    A JSON file holds the fields at top level or under a ``"model"`` key (so a run's saved ``config.json`` can be
+    passed). Overrides may be typed values or CLI strings (``fusion="false"``); unknown names raise
+    ``ValueError``. The run's settings of a preset are :func:`training.config.load_run_config`'s.
     """
-    s = os.fspath(name_or_path)
-    path = Path(s)
-    if not path.suffix and (PRESET_DIR / f"{s}.json").is_file():
-        path = PRESET_DIR / f"{s}.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no preset or config file {s!r}; bundled presets: {list_presets()} (or pass a JSON file path)")
-    with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object of LavimoConfig fields")
-    for key in ("model", "config"):
-        if key in data and isinstance(data[key], dict) and "latent_dim" in data[key]:
-            data = data[key]
-            break
-    data = dict(data)
-    data.pop("_comment", None)
+    path, data = read_config_json(name_or_path, PRESET_DIR)
+    if isinstance(data.get("model"), dict):
+        data = dict(data["model"])
     data.update(overrides)
     cfg = LavimoConfig.from_dict(data)
-    log.debug("loaded preset %s -> %s", s, cfg.name)
+    log.debug("loaded preset %s -> %s", path, cfg.name)
     return cfg

@@ -100,7 +100,7 @@ class LavimoModel(nn.Module):
         return fused, weights
 
     # ------------------------------------------------------------------ losses
-    def compute_losses(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def compute_losses(self, batch: Mapping[str, Any], gather_negatives: bool = True) -> dict[str, torch.Tensor]:
         """Training losses for one loader batch.
 
         ``batch``: ``text`` list[str] (B), ``sent_emb`` (B, D) L2-normalised sentence embeddings of ``text``,
@@ -111,6 +111,10 @@ class LavimoModel(nn.Module):
         (text-motion), ``vm`` (video-motion), ``tv`` (text-video) contrastive losses and ``recon`` (masked
         smooth-L1), each a scalar tensor (zero when the variant does not have it), and ``fusion_weights``
         (B, 3) (text, video, motion; detached).
+
+        ``gather_negatives`` (the run's setting, :class:`training.config.TrainConfig`): under DDP the contrastive
+        terms and negative filtering run over every rank's rows (model/gather.py), as one process with the
+        global batch; without DDP it changes nothing.
         """
         cfg = self.cfg
         dev = self.device
@@ -128,8 +132,8 @@ class LavimoModel(nn.Module):
         m = self.encode_motion(motion, mask)
         v = self.encode_video(batch["video"]) if self.use_video else None
 
-        # under DDP (cfg.gather_negatives): the contrastive terms over every rank's rows (model/gather.py)
-        gather = batch_gather(cfg.gather_negatives, m.shape[0], dev)
+        # under DDP (gather_negatives): the contrastive terms over every rank's rows (model/gather.py)
+        gather = batch_gather(gather_negatives, m.shape[0], dev)
         t_all, m_all, v_all, sent_all = t, m, v, sent
         if gather is not None:
             t_all, m_all, v_all, sent_all = gather(t), gather(m), gather(v), gather(sent, grad=False)
@@ -167,15 +171,11 @@ class LavimoModel(nn.Module):
             params += list(self.video.visual.parameters())
         return params
 
-    def parameter_groups(self, lr: float | None = None, weight_decay: float | None = None,
-                         backbone_lr_scale: float | None = None) -> list[dict[str, Any]]:
+    def parameter_groups(self, lr: float, weight_decay: float, backbone_lr_scale: float = 1.0
+                         ) -> list[dict[str, Any]]:
         """THE AdamW parameter groups of this model (the optimiser of ``train.py`` uses them): :func:`param_groups`
-        with the backbones of :meth:`backbone_parameters`; ``lr``, ``weight_decay`` and ``backbone_lr_scale``
-        default to the config's."""
-        return param_groups(self, lr=self.cfg.lr if lr is None else lr,
-                            weight_decay=self.cfg.weight_decay if weight_decay is None else weight_decay,
-                            backbone_lr_scale=(self.cfg.backbone_lr_scale if backbone_lr_scale is None
-                                               else backbone_lr_scale))
+        with the backbones of :meth:`backbone_parameters`; the values are the run's (training.config.TrainConfig)."""
+        return param_groups(self, lr=lr, weight_decay=weight_decay, backbone_lr_scale=backbone_lr_scale)
 
 
 def _backbone_prefixes(model: nn.Module) -> list[str]:

@@ -71,6 +71,8 @@ ROW_KEYS = {"name", "label", "flags", "mapping", "mapping_is_ours", "paper"}
 TABLE_KEYS = {"title", "paper_table", "paper_table_note", "values_are_ours", "rows"}
 # config fields that do not change what a run learns: two rows differing only in these share one run
 NOT_RESULT_FIELDS = {"num_workers", "log_every", "eval_every", "checkpoint_every"}
+# fields in which a saved run may differ from a row and still be continued into it (more epochs extend it)
+CONTINUABLE_FIELDS = NOT_RESULT_FIELDS | {"epochs", "extra"}
 
 log = logging.getLogger("paper_ablations")
 
@@ -255,7 +257,7 @@ class Resolved:
 
     row: Row
     argv: list[str]
-    cfg: Any  # model.LavimoConfig
+    cfg: Any  # training.config.RunConfig
     key: str
     run: str = ""
 
@@ -277,15 +279,15 @@ def resolve_rows(tables: dict[str, Table], shards: str, preset: str, global_args
     """Every row of every table (so run sharing does not depend on what is selected) -> Resolved, by row name.
 
     The config is resolved exactly as train.py does it (``training.cli.parse_args``, ``config_overrides``,
-    ``model.load_preset``). Flags that would move the run (``--out``, ``--shards``, ``--preset``, ``--resume``) are
+    ``training.config.load_run_config``). Flags that would move the run (``--out``, ``--shards``, ``--preset``, ``--resume``) are
     refused in the rows and after ``--``. Rows in ``warn_for`` (default all) get a warning when an option of
     this command line overrides one of their own flags.
     """
     import training.cli as train_script
-    from model import load_preset
+    from training.config import load_run_config
 
     try:
-        load_preset(preset)
+        load_run_config(preset)
     except FileNotFoundError as exc:
         raise SetupError(f"--preset: {exc}") from None
     except (ValueError, TypeError) as exc:
@@ -321,13 +323,13 @@ def resolve_rows(tables: dict[str, Table], shards: str, preset: str, global_args
             argv = [*row.flags, *common]
             a = parse(argv, what)
             try:
-                cfg = load_preset(preset, **overrides(a, what))
+                cfg = load_run_config(preset, **overrides(a, what))
             except (ValueError, TypeError, FileNotFoundError) as exc:
                 raise SetupError(f"{what}: {' '.join(str(exc).split())}") from None
             full = ["--shards", shards, "--preset", preset, *argv]
             if "--no-progress" not in full:
                 full.append("--no-progress")  # train.py's output goes to a log file
-            key = json.dumps({k: v for k, v in cfg.to_dict().items() if k not in NOT_RESULT_FIELDS},
+            key = json.dumps({k: v for k, v in cfg.flat().items() if k not in NOT_RESULT_FIELDS},
                              sort_keys=True, default=str)
             run = first_of_key.setdefault(key, row.name)
             out[row.name] = Resolved(row=row, argv=full, cfg=cfg, key=key, run=run)
@@ -338,23 +340,22 @@ def run_state(run_dir: Path, cfg: Any) -> tuple[str, str]:
     """What a run directory needs: ``("fresh"|"resume"|"complete"|"conflict", detail)``.
 
     ``complete``: ``last.state.pt`` exists, the saved config matches ``cfg`` and ``last.safetensors`` says
-    ``epoch >= cfg.epochs`` at batch 0. ``conflict``: the saved config differs from ``cfg`` in a field a
-    ``--resume`` may not change (detail names the fields). An unreadable config or checkpoint gives ``resume``
+    ``epoch >= cfg.train.epochs`` at batch 0. ``conflict``: the saved config differs from ``cfg`` in a field
+    that changes the result (anything but :data:`CONTINUABLE_FIELDS`; detail names the fields). An unreadable config or checkpoint gives ``resume``
     (train.py then says what is wrong with it).
     """
-    import training.cli as train_script
-    from model import load_preset
     from model.checkpoint import read_checkpoint_metadata
+    from training.config import load_run_config
 
     state = run_dir / "checkpoints" / "last.state.pt"
     if not state.is_file():
         return "fresh", ""
     try:
-        saved = load_preset(run_dir / "config.json").to_dict()
+        saved = load_run_config(run_dir / "config.json").flat()
     except (OSError, ValueError, TypeError) as exc:
         return "resume", f"saved config unreadable ({' '.join(str(exc).split())[:120]})"
-    want = cfg.to_dict()
-    changed = [k for k in sorted(want) if saved.get(k) != want[k] and k not in train_script.RESUME_MUTABLE]
+    want = cfg.flat()
+    changed = [k for k in sorted(want) if saved.get(k) != want[k] and k not in CONTINUABLE_FIELDS]
     if changed:
         shown = "; ".join(f"{k}: saved {saved.get(k)!r}, wanted {want[k]!r}" for k in changed[:4])
         more = f" (+{len(changed) - 4} more)" if len(changed) > 4 else ""
@@ -365,9 +366,9 @@ def run_state(run_dir: Path, cfg: Any) -> tuple[str, str]:
         epoch, batch = int(extra.get("epoch", -1)), int(extra.get("batch_in_epoch", 0))
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         return "resume", f"last checkpoint unreadable ({' '.join(str(exc).split())[:120]})"
-    if epoch >= cfg.epochs and batch == 0:
-        return "complete", f"epoch {epoch}/{cfg.epochs}"
-    return "resume", f"from epoch {epoch}/{cfg.epochs}, batch {batch}"
+    if epoch >= cfg.train.epochs and batch == 0:
+        return "complete", f"epoch {epoch}/{cfg.train.epochs}"
+    return "resume", f"from epoch {epoch}/{cfg.train.epochs}, batch {batch}"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -498,7 +499,7 @@ def cmd_train(args: argparse.Namespace, passthrough: list[str]) -> int:
 
     from model.weights import missing_pretrained
 
-    missing = sorted({m for r in selected for m in missing_pretrained(resolved[resolved[r.name].run].cfg)})
+    missing = sorted({m for r in selected for m in missing_pretrained(resolved[resolved[r.name].run].cfg.model)})
     if missing:
         msg = (f"missing pretrained weights (nothing is downloaded; or pass --random-init): {'; '.join(missing)}")
         if not args.dry_run:
@@ -779,7 +780,7 @@ def _training_note(run_dir: Path) -> str:
         from model.checkpoint import read_checkpoint_metadata
 
         cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-        epochs = int(cfg["model"]["epochs"])
+        epochs = int(cfg["train"]["epochs"])
         extra = read_checkpoint_metadata(run_dir / "checkpoints" / "last.safetensors")["extra"]
         epoch = int(extra.get("epoch", 0))
     except (OSError, ValueError, TypeError, KeyError):

@@ -37,10 +37,10 @@ def _batch(cfg, rows: slice) -> dict:
     return {k: v[rows] for k, v in full.items()}
 
 
-def _model(mode: str, gather: bool = True):
+def _model(mode: str):
     from model import build_model, load_preset
 
-    cfg = load_preset("tiny", negative_filtering=mode, gather_negatives=gather)
+    cfg = load_preset("tiny", negative_filtering=mode)
     torch.manual_seed(0)
     # eval(): no dropout (the tiny BERT backbone has 0.1), whose random masks depend on how the batch is split
     return cfg, build_model(cfg).eval()
@@ -66,9 +66,9 @@ def _worker(rank: int, world: int, port: int, outdir: str, gather: bool) -> None
         from training.loop import LossModule
 
         for mode in MODES:
-            cfg, model = _model(mode, gather)
+            cfg, model = _model(mode)
             net = torch.nn.parallel.DistributedDataParallel(
-                LossModule(model), find_unused_parameters=needs_find_unused_parameters(model))
+                LossModule(model, gather_negatives=gather), find_unused_parameters=needs_find_unused_parameters(model))
             per = 8 // world
             out = net(_batch(cfg, slice(rank * per, (rank + 1) * per)))
             out["loss"].backward()  # DDP averages the gradients over the ranks here

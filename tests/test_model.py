@@ -56,8 +56,7 @@ def grads_of(model, prefix: str) -> list[bool]:
 def test_presets_load_and_paper_values():
     assert {"paper", "demo", "tiny"} <= set(list_presets())
     p = load_preset("paper")
-    assert (p.latent_dim, p.threshold, p.recon_weight, p.batch_size) == (512, 0.8, 0.1, 64)
-    assert (p.lr, p.lr_min, p.lr_decay_start_epoch, p.epochs) == (1e-4, 1e-5, 100, 400)
+    assert (p.latent_dim, p.threshold, p.recon_weight) == (512, 0.8, 0.1)
     assert p.text_layers == p.video_layers == p.motion_layers == p.decoder_layers == 6
     assert p.text_model == "distilbert-base-uncased" and p.video_backbone == "ViT-B-32"
     assert p.modalities == "tmv" and p.fusion and p.negative_filtering == "lavimo" and not p.freeze_text
@@ -66,8 +65,8 @@ def test_presets_load_and_paper_values():
 
 
 def test_config_overrides_roundtrip_and_validation(tmp_path):
-    cfg = load_preset("tiny", fusion="false", threshold="0.7", modalities="tm", epoch_batches="none")
-    assert cfg.fusion is False and cfg.threshold == 0.7 and cfg.modalities == "tm" and cfg.epoch_batches is None
+    cfg = load_preset("tiny", fusion="false", threshold="0.7", modalities="tm", text_backbone_config="none")
+    assert cfg.fusion is False and cfg.threshold == 0.7 and cfg.modalities == "tm" and cfg.text_backbone_config is None
     assert LavimoConfig.from_dict(cfg.to_dict()) == cfg
     path = tmp_path / "run_config.json"
     path.write_text('{"model": ' + cfg.to_json() + ', "trainer": {}}')
@@ -198,7 +197,7 @@ def test_freeze_text(tiny_cfg):
     out["loss"].backward()
     assert all(p.grad is None for p in model.text.backbone.parameters())
     assert any(grads_of(model, "text.temporal")) and any(grads_of(model, "video.visual"))
-    trainable = {id(p) for g in model.parameter_groups() for p in g["params"]}
+    trainable = {id(p) for g in model.parameter_groups(lr=1e-4, weight_decay=0.01) for p in g["params"]}
     assert not any(id(p) in trainable for p in model.text.backbone.parameters())
 
 
@@ -258,7 +257,7 @@ def test_negative_filtering_modes_change_the_loss(tiny_cfg, tiny_model):
 
 
 def test_parameter_groups_scale_backbones(tiny_cfg, tiny_model):
-    groups = tiny_model.parameter_groups(lr=1e-3, backbone_lr_scale=0.1)
+    groups = tiny_model.parameter_groups(lr=1e-3, weight_decay=0.01, backbone_lr_scale=0.1)
     by_name = {g["name"]: g for g in groups}
     assert by_name["backbone/decay"]["lr"] == pytest.approx(1e-4) and by_name["head/decay"]["lr"] == 1e-3
     assert by_name["head/no_decay"]["weight_decay"] == 0.0

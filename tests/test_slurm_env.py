@@ -118,4 +118,4 @@ def test_train_py_as_two_srun_tasks(request, tmp_path):
     errs = [p.communicate(timeout=600)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs[0][-3000:] + errs[1][-3000:]
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["train"]["world_size"] == 2 and cfg["train"]["global_batch"] == 8
+    assert cfg["trainer"]["world_size"] == 2 and cfg["trainer"]["global_batch"] == 8

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import random
 from pathlib import Path
@@ -208,7 +209,7 @@ class _NaNModel(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.ones(3))
         self.nan_calls, self.calls = set(nan_calls), 0
 
-    def compute_losses(self, batch):
+    def compute_losses(self, batch, gather_negatives=True):
         loss = (self.w * batch["x"]).sum() ** 2
         if self.calls in self.nan_calls:
             loss = loss * float("nan")
@@ -287,8 +288,8 @@ def test_train_lowers_loss_and_logs_validation(full_run, shards):
     assert losses[-1] < losses[0], losses
     assert float(rows[-1]["lr"]) == pytest.approx(1e-4)  # tiny: lr_min reached at the last step
     cfg = json.loads((full_run / "config.json").read_text())
-    assert cfg["model"]["epochs"] == 3 and cfg["model"]["dropout"] == 0.1
-    assert cfg["train"]["steps_per_epoch"] == 8
+    assert cfg["train"]["epochs"] == 3 and cfg["model"]["dropout"] == 0.1
+    assert cfg["trainer"]["steps_per_epoch"] == 8
     info = json.loads((full_run / "run.json").read_text())
     train_info = info["shards"]["splits"]["train"]
     assert train_info["manifest_sha256"] == sha256_file(shards / "train.json")[0]
@@ -307,7 +308,7 @@ def test_train_lowers_loss_and_logs_validation(full_run, shards):
 
 
 @pytest.mark.slow
-def test_resume_mid_epoch_is_exact(full_run, shards, tmp_path, capsys):
+def test_resume_mid_epoch_is_exact(full_run, shards, tmp_path, capsys, caplog):
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
@@ -335,8 +336,15 @@ def test_resume_mid_epoch_is_exact(full_run, shards, tmp_path, capsys):
     assert _run(["--shards", shards, "--out", out, *BASE]) == 2  # usage errors exit 2 with one line
     err = capsys.readouterr().err
     assert "already holds a run; pass --resume" in err and "Traceback" not in err
-    assert _run(["--shards", shards, "--out", out, "--resume", "--lr", "0.5", *BASE]) == 2
-    assert "cannot change ['lr']" in capsys.readouterr().err
+    # the checkpoint fixes the model: a flag that changes it is refused, naming the field
+    assert _run(["--shards", shards, "--out", out, "--resume", "--no-fusion", *BASE]) == 2
+    assert "cannot change the model of the saved run (fusion True -> False)" in capsys.readouterr().err
+    # the run's settings are the command line's (no list of mutable fields): a finished run with another lr
+    # has nothing left to do, and the change is logged
+    with caplog.at_level(logging.INFO, logger="train"):
+        assert _run(["--shards", shards, "--out", out, "--resume", "--lr", "0.5", *BASE]) == 0
+    assert "changed run settings: lr 0.001 -> 0.5" in caplog.text
+    assert json.loads((out / "config.json").read_text())["train"]["lr"] == 0.5
 
 
 ABLATIONS = [
@@ -363,7 +371,7 @@ def test_ablation_flag_reaches_model_and_loss(flags, expect, monkeypatch, tmp_pa
     from model import build_model
 
     args = train_script.parse_args(["--shards", "x", "--preset", "tiny", *flags])
-    cfg = train_script.resolve_config(args, RunDir(tmp_path / "r"))
+    cfg = train_script.resolve_config(args, RunDir(tmp_path / "r")).model
     for k, v in expect.items():
         assert getattr(cfg, k) == v
     calls = []
@@ -386,7 +394,7 @@ def test_ablation_flag_reaches_model_and_loss(flags, expect, monkeypatch, tmp_pa
         assert m.decoder is None and float(out["recon"]) == 0.0
     if not cfg.fusion:
         assert m.fusion is None and torch.equal(out["fusion_weights"][:, 2], torch.ones(4))
-    groups = param_groups(m, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = param_groups(m, lr=1e-3, weight_decay=0.01)
     in_opt = {id(p) for g in groups for p in g["params"]}
     text_in_opt = any(id(p) in in_opt for p in m.text.backbone.parameters())
     assert text_in_opt is (not cfg.freeze_text)
@@ -441,18 +449,18 @@ def test_bad_shards_give_clear_errors(shards, tmp_path, capsys):
 
 def test_augmentation_and_random_init_flags_reach_the_config_and_the_loader(monkeypatch):
     import training.cli as T
-    from model import load_preset
+    from training.config import load_run_config
 
     args = T.parse_args(["--shards", "x", "--hflip-p", "0.5", "--randaugment", "2", "--random-init"])
     o = T.config_overrides(args)
     assert o == {"hflip_p": 0.5, "randaugment_ops": 2, "random_init": True}
-    cfg = load_preset("paper", **o)
+    rc = load_run_config("paper", **o)
     from model.weights import missing_pretrained
-    assert missing_pretrained(cfg) == []
+    assert missing_pretrained(rc.model) == []
     seen = {}
     import dataset.stream as S
     loader = type("Loader", (), {"set_epoch": lambda self, epoch: None})
     monkeypatch.setattr(S, "make_loader", lambda *a, **kw: seen.update(kw) or loader())
     from training.loop import DistInfo
-    T.train_loader(args, cfg, 0, 1, DistInfo())
+    T.train_loader(args, rc.model, rc.train, 0, 1, DistInfo())
     assert seen["augment"] == {"hflip_p": 0.5, "randaugment_ops": 2, "randaugment_magnitude": 9}

@@ -30,7 +30,7 @@ def test_wheel_installs_assets_and_console_scripts(tmp_path):
     (wheel,) = wheels.glob("lavimo-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "assets/lights.json" in names and sum(n.startswith("assets/avatars/") for n in names) == 13
-    assert "model/presets/paper.json" in names and "dataset/subsets/kitml_nsim_test.txt" in names
+    assert {"model/presets/paper.json", "training/presets/paper.json", "dataset/subsets/kitml_nsim_test.txt"} <= set(names)
     target = tmp_path / "site"
     p = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target",
                         str(target), str(wheel)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -39,6 +39,8 @@ def test_wheel_installs_assets_and_console_scripts(tmp_path):
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}
     code = ("import render.avatars as a, render.lights as l; avs = a.load_avatars(); ls = l.load_lights(); "
+            "from training.config import load_run_config; rc = load_run_config('paper'); "
+            "assert (rc.model.latent_dim, rc.train.epochs) == (512, 400); "
             "print(a.__file__, len(avs), len(ls), a.DEFAULT_AVATARS)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=elsewhere,
                        env=env)

@@ -5,7 +5,8 @@
     python train.py --shards SHARDS --out runs/tiny --resume           # continue exactly where it stopped
     torchrun --nproc_per_node=4 train.py --shards SHARDS --preset paper --out runs/paper
 
-Flags override the preset; the resolved config is saved to RUN/config.json. One step = one batch per rank:
+Flags override the preset (its model, ``model/presets/NAME.json``, and its run settings,
+``training/presets/NAME.json``); both are saved to RUN/config.json. One step = one batch per rank:
 forward (model.compute_losses) under autocast, backward, gradient clipping, AdamW, per-step lr schedule
 (training/schedule.py). Validation (retrieval t2m / v2m on the whole val split) at the end of every
 ``eval_every`` epochs (or every --val-every steps), logged to metrics.csv and TensorBoard. The layout of the run
@@ -49,6 +50,7 @@ from training.loop import (
     load_training_state, loader_skip_counts, local_rank_from_env, make_optimizer, mean_over_ranks, preserved_rng,
     retrieval_scores, save_training_state, seed_everything, set_rng_state,
 )
+from training.config import RunConfig, TrainConfig, load_run_config
 from training.run_dir import MetricsTable, RunDir, write_run_info
 from training.preemption import EXIT_PREEMPTED, StopRequest, resolve_resume
 from training.schedule import paper_scheduler
@@ -65,8 +67,6 @@ EXIT_OK, EXIT_NO_PROGRESS, EXIT_SETUP = 0, 1, 2
 class SetupError(Exception):
     """A usage or set-up problem (flags, run directory, checkpoint, disk): one line on stderr, exit status 2."""
 
-# config fields a --resume may change without changing the optimisation
-RESUME_MUTABLE = {"num_workers", "log_every", "eval_every", "checkpoint_every", "epochs", "extra"}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -161,9 +161,12 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return o
 
 
-def resolve_config(args: argparse.Namespace, run: RunDir):
-    """Preset + flags -> LavimoConfig. On --resume the run's saved config is the base, and flags may only
-    change the fields in RESUME_MUTABLE."""
+def resolve_config(args: argparse.Namespace, run: RunDir) -> RunConfig:
+    """Preset + flags -> the run's :class:`~training.config.RunConfig` (model + run settings).
+
+    On --resume the run's saved config is the base: the model is the checkpoint's (a flag that would change it
+    is refused: that is another model, so another --out), the run's settings are the saved ones with this
+    command line's flags applied, each change logged."""
     overrides = config_overrides(args)
     if not args.resume:
         return _load_config(args.preset, overrides)
@@ -174,22 +177,29 @@ def resolve_config(args: argparse.Namespace, run: RunDir):
                          "another --out without --resume")
     saved = _load_config(run.config, {})
     cfg = _load_config(run.config, overrides)
-    changed = sorted(k for k, v in cfg.to_dict().items()
-                     if saved.to_dict()[k] != v and k not in RESUME_MUTABLE)
-    if changed:
-        raise SetupError(f"--resume cannot change {changed} of the saved run; start a new --out instead")
-    if cfg.epochs != saved.epochs:
+    model_changes = _changes(saved.model.to_dict(), cfg.model.to_dict())
+    if model_changes:
+        raise SetupError(f"--resume cannot change the model of the saved run ({model_changes}): the checkpoint "
+                         "holds that model; start a new --out instead")
+    run_changes = _changes(saved.train.to_dict(), cfg.train.to_dict())
+    if run_changes:
+        log.info("--resume with changed run settings: %s", run_changes)
+    if cfg.train.epochs != saved.train.epochs:
         log.warning("--resume with epochs %d -> %d: the lr schedule is recomputed for the new length",
-                    saved.epochs, cfg.epochs)
+                    saved.train.epochs, cfg.train.epochs)
     return cfg
 
 
-def _load_config(source, overrides: dict[str, Any]):
-    """load_preset with its errors (missing file, bad JSON, unknown field, out-of-range value) as SetupError."""
-    from model import load_preset
+def _changes(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """``"lr 0.0001 -> 5e-05, seed 0 -> 1"`` for the fields whose values differ ("" when none)."""
+    return ", ".join(f"{k} {before[k]!r} -> {after[k]!r}" for k in sorted(after) if before.get(k) != after[k])
 
+
+def _load_config(source, overrides: dict[str, Any]) -> RunConfig:
+    """load_run_config with its errors (missing file, bad JSON, unknown field, out-of-range value) as
+    SetupError."""
     try:
-        return load_preset(source, **overrides)
+        return load_run_config(source, **overrides)
     except FileNotFoundError as exc:
         raise SetupError(str(exc)) from exc
     except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
@@ -300,26 +310,26 @@ def verify_shards(shards: Path, manifests: dict[str, dict], dinfo: DistInfo) -> 
     return result
 
 
-def train_loader(args, cfg, epoch: int, steps: int, dinfo: DistInfo):
+def train_loader(args, cfg, tc: TrainConfig, epoch: int, steps: int, dinfo: DistInfo):
     """The training loader of one epoch: shard order, shuffle buffer and augmentation seeded by (seed, epoch,
     rank, worker) inside the loader; ``steps`` batches on every rank; shards split by rank."""
     from dataset.stream import make_loader
 
     kw = {} if args.shuffle_buffer is None else {"shuffle_buffer": args.shuffle_buffer}
-    loader = make_loader(args.shards, "train", batch_size=cfg.batch_size, train=True,
-                         num_workers=cfg.num_workers, seed=cfg.seed, epoch_batches=steps,
-                         rank=dinfo.rank, world_size=dinfo.world_size, augment=cfg.augment_kwargs(),
+    loader = make_loader(args.shards, "train", batch_size=tc.batch_size, train=True,
+                         num_workers=tc.num_workers, seed=tc.seed, epoch_batches=steps,
+                         rank=dinfo.rank, world_size=dinfo.world_size, augment=tc.augment_kwargs(),
                          **cfg.loader_kwargs(), **kw)
     loader.set_epoch(epoch)
     return loader
 
 
-def val_loader(args, cfg, dinfo: DistInfo):
+def val_loader(args, cfg, tc: TrainConfig, dinfo: DistInfo):
     """Every val sample exactly once, split by rank (each rank encodes its shards; see validate())."""
     from dataset.stream import make_loader
 
-    return make_loader(args.shards, "val", batch_size=cfg.batch_size, train=False, num_workers=cfg.num_workers,
-                       seed=cfg.seed, rank=dinfo.rank, world_size=dinfo.world_size, **cfg.loader_kwargs())
+    return make_loader(args.shards, "val", batch_size=tc.batch_size, train=False, num_workers=tc.num_workers,
+                       seed=tc.seed, rank=dinfo.rank, world_size=dinfo.world_size, **cfg.loader_kwargs())
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -374,9 +384,10 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
         log.info("--resume auto: %s", f"resuming from {run.last_state}" if args.resume else "no checkpoint, fresh start")
     if not args.resume and run.last_state.exists():
         raise SetupError(f"{run.root} already holds a run; pass --resume or choose another --out")
-    cfg = resolve_config(args, run)
+    run_cfg = resolve_config(args, run)
+    cfg, tc = run_cfg.model, run_cfg.train  # the model (saved in checkpoints), the run's settings
     try:
-        precision = resolve_precision(args.precision, device, amp=cfg.amp)
+        precision = resolve_precision(args.precision, device, amp=tc.amp)
     except ValueError as exc:  # fp16 without CUDA
         raise SetupError(str(exc)) from exc
     missing = missing_pretrained(cfg)
@@ -385,10 +396,10 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
                          f"{'; '.join(missing)}")
     manifests = check_training_manifests(args.shards, cfg)
     n_train = int(manifests["train"]["num_samples"])
-    steps_per_epoch = cfg.epoch_batches or n_train // (cfg.batch_size * dinfo.world_size)
+    steps_per_epoch = tc.epoch_batches or n_train // (tc.batch_size * dinfo.world_size)
     if steps_per_epoch < 1:
         raise BadInputError(args.shards / "train.json", "num_samples",
-                            f"{n_train} training samples are fewer than one batch of {cfg.batch_size} per rank "
+                            f"{n_train} training samples are fewer than one batch of {tc.batch_size} per rank "
                             f"x {dinfo.world_size} rank(s); lower --batch-size")
     if args.no_verify:
         verified = None
@@ -405,33 +416,33 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
                     cfg.sentence_model)
     trainer = {"shards": str(args.shards), "sentence_model": shard_sentence_model, "device": str(device), "precision": precision,
                "world_size": dinfo.world_size, "steps_per_epoch": steps_per_epoch,
-               "total_steps": steps_per_epoch * cfg.epochs, "compile": args.compile,
+               "total_steps": steps_per_epoch * tc.epochs, "compile": args.compile,
                "val_every": args.val_every, "save_every": args.save_every, "max_nan_steps": args.max_nan_steps,
                "max_skip_fraction": max_skip if math.isfinite(max_skip) else None,
                "verify": "skipped" if args.no_verify else "sha256",
-               "global_batch": cfg.batch_size * dinfo.world_size}
+               "global_batch": tc.batch_size * dinfo.world_size}
     if dinfo.is_main:
         with _writing(run.root, run):
             run.create()
         with _writing(run.config, run):
-            write_json(run.config, {"model": cfg.to_dict(), "train": trainer})
+            write_json(run.config, {**run_cfg.to_dict(), "trainer": trainer})
         with _writing(run.info, run):
             write_run_info(run, shards=args.shards, manifests=manifests, verified=verified,
                            extra={"command": getattr(args, "command", sys.argv), "trainer": trainer,
                                   "resume": bool(args.resume)})
     log.info("run %s: preset %s, %d train samples, %d steps/epoch x %d epochs, batch %d x %d rank(s), %s %s",
-             run.root, cfg.name, n_train, steps_per_epoch, cfg.epochs, cfg.batch_size, dinfo.world_size,
+             run.root, cfg.name, n_train, steps_per_epoch, tc.epochs, tc.batch_size, dinfo.world_size,
              device, precision)
 
     # model, optimiser, schedule -----------------------------------------------------------------------------
-    seed_everything(cfg.seed)  # identical initial weights on every rank
+    seed_everything(tc.seed)  # identical initial weights on every rank
     model = build_model(cfg).to(device)
-    optimizer = make_optimizer(model, cfg)
-    scheduler = paper_scheduler(optimizer, steps_per_epoch=steps_per_epoch, epochs=cfg.epochs,
-                                decay_start_epoch=cfg.lr_decay_start_epoch, lr=cfg.lr, lr_min=cfg.lr_min,
-                                warmup_steps=cfg.warmup_steps)
+    optimizer = make_optimizer(model, tc)
+    scheduler = paper_scheduler(optimizer, steps_per_epoch=steps_per_epoch, epochs=tc.epochs,
+                                decay_start_epoch=tc.lr_decay_start_epoch, lr=tc.lr, lr_min=tc.lr_min,
+                                warmup_steps=tc.warmup_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    seed_everything(stable_seed(cfg.seed, "train-rank", dinfo.rank))  # dropout etc. differ per rank
+    seed_everything(stable_seed(tc.seed, "train-rank", dinfo.rank))  # dropout etc. differ per rank
 
     epoch, batch_in_epoch, step = 0, 0, 0
     updates, epoch_updates = 0, 0  # optimiser steps taken (in all, in the current epoch)
@@ -481,7 +492,7 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
         with _writing(run.metrics, run):
             metrics.truncate_after(step)
 
-    net: torch.nn.Module = LossModule(model)
+    net: torch.nn.Module = LossModule(model, tc.gather_negatives)
     if dinfo.enabled:
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=needs_find_unused_parameters(model))  # model/ddp.py
@@ -493,9 +504,9 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
         with _writing(run.debug, run):
             run.debug.mkdir(parents=True, exist_ok=True)
             keyid_log = open(run.debug / f"keyids-rank{dinfo.rank}.tsv", "a", encoding="utf-8")
-    stepper = Stepper(net, optimizer, scaler, device=device, precision=precision, grad_clip=cfg.grad_clip,
+    stepper = Stepper(net, optimizer, scaler, device=device, precision=precision, grad_clip=tc.grad_clip,
                       guard=guard, dinfo=dinfo)
-    budget = SkipBudget(max_skip, steps_per_epoch * cfg.batch_size)
+    budget = SkipBudget(max_skip, steps_per_epoch * tc.batch_size)
 
     from dataset.shard_format import load_stats
     from model.checkpoint import preprocess_record
@@ -515,14 +526,14 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
             extra = {"step": step, "epoch": epoch_, "batch_in_epoch": batch_}
             with _writing(run.last_state, run):
                 save_training_state(run.last_state, {
-                    "version": 1, "epoch": epoch_, "batch_in_epoch": batch_, "step": step, "epochs": cfg.epochs,
+                    "version": 1, "epoch": epoch_, "batch_in_epoch": batch_, "step": step, "epochs": tc.epochs,
                     "steps_per_epoch": steps_per_epoch, "world_size": dinfo.world_size,
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(), "rng": rngs, "best_score": best_score,
                     "nonfinite": guard.state_dict(), "period": period.state_dict(),
                     "updates": updates, "epoch_updates": epoch_updates},
                     before_rename=lambda: save_weights(run.last, extra))
-            if cfg.checkpoint_every and batch_ == 0 and epoch_ % cfg.checkpoint_every == 0:
+            if tc.checkpoint_every and batch_ == 0 and epoch_ % tc.checkpoint_every == 0:
                 save_weights(run.ckpt_dir / f"epoch-{epoch_:04d}.safetensors", extra)
         barrier(dinfo)
 
@@ -532,7 +543,7 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
         nonlocal best_score, period
         t0 = time.perf_counter()
         with preserved_rng():
-            loader = val_loader(args, cfg, dinfo)
+            loader = val_loader(args, cfg, tc, dinfo)
             try:
                 split = encode_split(model, loader, device, with_video=cfg.modalities == "tmv", progress=False,
                                      precision=precision, fusion=False)[0]
@@ -590,15 +601,15 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
         barrier(dinfo)
 
     # the loop -----------------------------------------------------------------------------------------------
-    if epoch >= cfg.epochs:
-        log.info("the run already finished %d epochs; nothing to do", cfg.epochs)
+    if epoch >= tc.epochs:
+        log.info("the run already finished %d epochs; nothing to do", tc.epochs)
     net.train()
     stopped = preempted = False
     stop_request = getattr(args, "stop_request", None)
-    while epoch < cfg.epochs and not stopped:
+    while epoch < tc.epochs and not stopped:
         with preserved_rng():  # starting the loader (DataLoader base seed) must not move the training RNG
-            seed_everything(stable_seed(cfg.seed, "loader-epoch", epoch, dinfo.rank))
-            loader = train_loader(args, cfg, epoch, steps_per_epoch, dinfo)
+            seed_everything(stable_seed(tc.seed, "loader-epoch", epoch, dinfo.rank))
+            loader = train_loader(args, cfg, tc, epoch, steps_per_epoch, dinfo)
             budget.start_epoch(loader)
             batches = _checked_batches(loader, budget, epoch, dinfo.rank, args.shards)
             first = next(batches, None)
@@ -608,7 +619,7 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
         if pending_rng is not None:
             set_rng_state(pending_rng)
             pending_rng = None
-        bar = _progress(args, dinfo, epoch, cfg.epochs, steps_per_epoch, batch_in_epoch)
+        bar = _progress(args, dinfo, epoch, tc.epochs, steps_per_epoch, batch_in_epoch)
         epoch_end = False
         while batch_in_epoch < steps_per_epoch:
             t0 = time.perf_counter()
@@ -621,7 +632,7 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
                 updates += 1
                 epoch_updates += 1
                 period.add(terms)
-                if tb is not None and step % max(1, cfg.log_every) == 0:
+                if tb is not None and step % max(1, tc.log_every) == 0:
                     for k, v in terms.items():
                         tb.add_scalar(f"train/{k}", v, step)
                     tb.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
@@ -630,7 +641,7 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
             step += 1
             batch_in_epoch += 1
             dt = time.perf_counter() - t0
-            period.samples += cfg.batch_size * dinfo.world_size
+            period.samples += tc.batch_size * dinfo.world_size
             period.seconds += dt
             if bar is not None:
                 m = period.means()
@@ -665,8 +676,8 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
             epoch += 1
             batch_in_epoch = 0
             epoch_updates = 0
-            last = epoch == cfg.epochs
-            if args.val_every == 0 and (last or epoch % max(1, cfg.eval_every) == 0):
+            last = epoch == tc.epochs
+            if args.val_every == 0 and (last or epoch % max(1, tc.eval_every) == 0):
                 validate(epoch - 1)
             elif args.val_every and (last or step % args.val_every == 0):
                 validate(epoch - 1)
@@ -678,14 +689,14 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
     if step > 0 and updates == 0:
         raise TrainingStalled(f"no optimiser step in {step} step(s): every batch had a non-finite loss or gradient "
                               f"(their keyids are in the warnings above); {run.best} was not written")
-    if preempted and epoch < cfg.epochs:
+    if preempted and epoch < tc.epochs:
         log.warning("stopped by a signal at global step %d (epoch %d, batch %d) after writing %s; relaunch with "
                     "--resume auto (or --resume) to continue; exit status %d", step, epoch, batch_in_epoch,
                     run.last_state, EXIT_PREEMPTED)
         return EXIT_PREEMPTED
     if dinfo.is_main:
         log.info("done: global step %d, epoch %d/%d, %d non-finite step(s) skipped, best val score %s; run dir %s",
-                 step, epoch, cfg.epochs, guard.total,
+                 step, epoch, tc.epochs, guard.total,
                  "n/a" if best_score is None else f"{best_score:.2f}", run.root)
     return EXIT_OK
 

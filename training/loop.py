@@ -95,12 +95,13 @@ class LossModule(nn.Module):
     this way lets DDP see the whole training step.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, gather_negatives: bool = True):
         super().__init__()
         self.model = model
+        self.gather_negatives = gather_negatives  # the run's setting (TrainConfig.gather_negatives)
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:  # noqa: D102
-        return self.model.compute_losses(batch)
+        return self.model.compute_losses(batch, gather_negatives=self.gather_negatives)
 
 
 def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -113,9 +114,9 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def make_optimizer(model: nn.Module, cfg: Any) -> torch.optim.AdamW:
-    """AdamW over the model's :meth:`~model.lavimo.LavimoModel.parameter_groups` with the config's ``lr``,
-    ``betas``, ``weight_decay`` and ``backbone_lr_scale`` (``cfg.optimizer`` must be ``adamw``, the paper's
-    choice)."""
+    """AdamW over the model's :meth:`~model.lavimo.LavimoModel.parameter_groups` with the run's ``lr``,
+    ``betas``, ``weight_decay`` and ``backbone_lr_scale`` (``cfg`` a :class:`training.config.TrainConfig`;
+    ``cfg.optimizer`` must be ``adamw``, the paper's choice)."""
     if str(getattr(cfg, "optimizer", "adamw")).lower() != "adamw":
         raise ValueError(f"optimizer {cfg.optimizer!r} is not supported (adamw)")
     groups = model.parameter_groups(lr=cfg.lr, weight_decay=cfg.weight_decay,

@@ -2,7 +2,7 @@
 
 Layout (see the README)::
 
-    RUN/config.json                  resolved model/loss/optimisation config + trainer options
+    RUN/config.json                  {"model": LavimoConfig, "train": TrainConfig, "trainer": options}
     RUN/run.json                     provenance: git commit, package versions, command, shard manifests and
                                      what was verified of every shard (sha256 computed, matched or "skipped")
     RUN/metrics.csv                  one row per validation

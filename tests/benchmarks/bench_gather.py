@@ -45,7 +45,8 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     import model.gather as gather_mod
-    from model import build_model, load_preset
+    from model import build_model
+    from training.config import load_run_config
     from model.ddp import needs_find_unused_parameters
     from training.loop import DistInfo, LossModule, NonFiniteGuard, Stepper, make_optimizer
 
@@ -85,16 +86,17 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
             over = {"gather_negatives": gather, "batch_size": args.batch_size}
             if args.random_init:
                 over["random_init"] = True
-            cfg = load_preset(args.preset, **over)
+            run_cfg = load_run_config(args.preset, **over)
+            cfg, tc = run_cfg.model, run_cfg.train
             torch.manual_seed(0)
             model = build_model(cfg).to(device)
             net = torch.nn.parallel.DistributedDataParallel(
-                LossModule(model), device_ids=[rank] if cuda else None,
+                LossModule(model, tc.gather_negatives), device_ids=[rank] if cuda else None,
                 find_unused_parameters=needs_find_unused_parameters(model))
-            opt = make_optimizer(model, cfg)
+            opt = make_optimizer(model, tc)
             precision = "bf16" if cuda else "fp32"
             step = Stepper(net, opt, torch.amp.GradScaler(device.type, enabled=False), device=device,
-                           precision=precision, grad_clip=cfg.grad_clip, guard=NonFiniteGuard(0),
+                           precision=precision, grad_clip=tc.grad_clip, guard=NonFiniteGuard(0),
                            dinfo=DistInfo(rank, world, rank))
             batches = [_batch(cfg, args.batch_size, rank * 1000 + i) for i in range(4)]
             times, shares = [], []

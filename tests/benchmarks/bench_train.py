@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     import torch
 
     from dataset.stream import make_loader
-    from model import build_model, load_preset
+    from training.config import load_run_config
     from core.device import resolve_device, resolve_precision
     from training.loop import LossModule, NonFiniteGuard, Stepper, make_optimizer, seed_everything
 
@@ -83,10 +83,13 @@ def main(argv=None) -> int:
         over["num_workers"] = args.workers
     if args.random_init:
         over["random_init"] = True
-    cfg = load_preset(args.preset, **over)
+    from model import build_model
+
+    run_cfg = load_run_config(args.preset, **over)
+    cfg, tc = run_cfg.model, run_cfg.train  # the model, the run's settings
     device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device, amp=cfg.amp)
-    b = cfg.batch_size
+    precision = resolve_precision(args.precision, device, amp=tc.amp)
+    b = tc.batch_size
 
     tmp = None
     shards = args.shards
@@ -101,21 +104,21 @@ def main(argv=None) -> int:
                                   frames=(20, 40) if args.quick else (60, 120), feature_dim=cfg.feature_dim)
         print(f"built synthetic shards: {n} clips, {args.frame_size}px JPEG frames ({time.perf_counter() - t0:.0f}s)")
 
-    seed_everything(cfg.seed)
+    seed_everything(tc.seed)
     model = build_model(cfg).to(device)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, tc)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     net = LossModule(model)
     if args.compile:
         net = torch.compile(net)
-    step = Stepper(net, optimizer, scaler, device=device, precision=precision, grad_clip=cfg.grad_clip,
+    step = Stepper(net, optimizer, scaler, device=device, precision=precision, grad_clip=tc.grad_clip,
                    guard=NonFiniteGuard(0))
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    loader = make_loader(shards, "train", batch_size=b, train=True, num_workers=cfg.num_workers, seed=cfg.seed,
+    loader = make_loader(shards, "train", batch_size=b, train=True, num_workers=tc.num_workers, seed=tc.seed,
                          epoch_batches=2 * (args.warmup + args.steps) + 1, **cfg.loader_kwargs())
     it = iter(loader)
     batch0 = next(it)
@@ -148,7 +151,7 @@ def main(argv=None) -> int:
         return b / med, overall
 
     print(f"preset {cfg.name}: batch {b}, image {cfg.image_size}px x {cfg.num_frames} frames, latent "
-          f"{cfg.latent_dim}, workers {cfg.num_workers}, device {device}, precision {precision}, "
+          f"{cfg.latent_dim}, workers {tc.num_workers}, device {device}, precision {precision}, "
           f"threads {torch.get_num_threads()}, {args.steps} timed steps after {args.warmup} warm-up")
     real_med, real_all = report("real shards (loader)", real_times)
     mem_med, mem_all = report("in-memory batch (baseline)", mem_times)

@@ -1,0 +1,164 @@
+"""The run's settings: how a LAVIMO model is trained (not what it is).
+
+:class:`TrainConfig` holds the batch, the optimiser and its schedule, the epochs, the loop's periods, the
+training loader's augmentation and the gathering of negatives across ranks. The model's architecture and
+objective are :class:`model.config.LavimoConfig`, saved in every checkpoint. A run (``RUN/config.json``) is
+both: :class:`RunConfig`, ``{"model": ..., "train": ..., "trainer": ...}`` on disk.
+
+Presets: ``training/presets/NAME.json`` holds the run's settings of the preset whose model is
+``model/presets/NAME.json``; :func:`load_run_config` reads both (or a JSON file), routes each override to the
+half that owns the field and validates.
+
+Resume (``train.py --resume``): the model comes from the run (a flag that would change it is refused); the run's
+settings are the saved ones with this command line's flags applied, every change logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.jsonconfig import JsonConfig, read_config_json
+from model.config import PRESET_DIR as MODEL_PRESET_DIR
+from model.config import LavimoConfig
+
+log = logging.getLogger(__name__)
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+
+@dataclass
+class TrainConfig(JsonConfig):
+    """The settings of a training run. Defaults are the paper's (Yin et al., arXiv 2403.00691: AdamW, lr 1e-4
+    with a linear decay to 1e-5 after epoch 100, 400 epochs, batch 64) where it states them, "ours" otherwise."""
+
+    # --- optimisation ---
+    batch_size: int = 64  # per rank
+    lr: float = 1e-4
+    lr_min: float = 1e-5
+    lr_decay_start_epoch: int = 100
+    epochs: int = 400
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01  # ours (AdamW default)
+    betas: tuple[float, float] = (0.9, 0.999)
+    backbone_lr_scale: float = 1.0  # lr multiplier for the pretrained text/image backbones (ours)
+    grad_clip: float = 1.0  # max global grad norm, 0 = off (ours)
+    warmup_steps: int = 0
+
+    # --- training augmentation of the video frames (dataset/augment.py; one draw per clip) ---
+    hflip_p: float = 0.0  # horizontal flips; clips whose captions name a side are never flipped (see augment.py)
+    randaugment_ops: int = 0  # torchvision RandAugment operations per clip (0 = off)
+    randaugment_magnitude: int = 9  # RandAugment magnitude (torchvision's 0..30 scale)
+
+    # --- the loop ---
+    seed: int = 0
+    num_workers: int = 0  # loader worker processes per rank
+    epoch_batches: int | None = None  # batches per epoch for streaming loaders (None = one pass)
+    eval_every: int = 10  # epochs between validation passes
+    checkpoint_every: int = 10  # epochs between checkpoints
+    log_every: int = 50  # steps between log lines
+    amp: bool = False  # mixed precision on CUDA (train.py --precision auto: bf16 when true)
+    # DDP only: the contrastive losses and negative filtering over the global batch (every rank's latents and
+    # sentence embeddings gathered, model/gather.py), as one process with batch_size x world_size; False = each
+    # rank over its own batch_size rows (train.py --no-gather-negatives)
+    gather_negatives: bool = True
+    extra: dict = field(default_factory=dict)  # free-form settings for tools; not read by the trainer
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field when a value is out of range."""
+        def bad(name: str, msg: str) -> None:
+            raise ValueError(f"TrainConfig.{name}: {msg} (got {getattr(self, name)!r})")
+
+        for name in ("batch_size", "epochs"):
+            if int(getattr(self, name)) <= 0:
+                bad(name, "must be > 0")
+        if self.lr <= 0 or self.lr_min < 0:
+            bad("lr", "lr must be > 0 and lr_min >= 0")
+        if self.grad_clip < 0:
+            bad("grad_clip", "must be >= 0 (0 = off)")
+        if str(self.optimizer).lower() != "adamw":
+            bad("optimizer", "only 'adamw' (the paper's) is supported")
+        if len(self.betas) != 2:
+            bad("betas", "must be two numbers")
+        if not 0.0 <= self.hflip_p <= 1.0:
+            bad("hflip_p", "must be in [0, 1]")
+        if self.randaugment_ops < 0 or not 0 <= self.randaugment_magnitude <= 30:
+            bad("randaugment_ops", "randaugment_ops must be >= 0 and randaugment_magnitude in [0, 30]")
+        if self.epoch_batches is not None and self.epoch_batches <= 0:
+            bad("epoch_batches", "must be > 0 or None (one pass)")
+
+    def augment_kwargs(self) -> dict[str, Any]:
+        """The training loader's augmentation settings (``make_loader(..., augment=...)``); the other
+        :class:`dataset.augment.AugmentConfig` fields keep their defaults."""
+        return {"hflip_p": self.hflip_p, "randaugment_ops": self.randaugment_ops,
+                "randaugment_magnitude": self.randaugment_magnitude}
+
+
+@dataclass
+class RunConfig:
+    """A training run's configuration: the model (saved in checkpoints) and the run's settings."""
+
+    model: LavimoConfig
+    train: TrainConfig
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """``{"model": {...}, "train": {...}}`` (the shape of ``RUN/config.json`` without its ``trainer``)."""
+        return {"model": self.model.to_dict(), "train": self.train.to_dict()}
+
+    def flat(self) -> dict[str, Any]:
+        """Every field of both halves in one dict (their names never clash)."""
+        return {**self.model.to_dict(), **self.train.to_dict()}
+
+    def replace(self, **overrides: Any) -> "RunConfig":
+        """A copy with ``overrides`` routed to the half that owns each field (unknown names raise ValueError)."""
+        model_over, train_over = split_fields(overrides)
+        return RunConfig(self.model.replace(**model_over), self.train.replace(**train_over))
+
+
+def split_fields(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``values`` split into (model fields, run-setting fields); a name of neither raises ``ValueError``."""
+    model_names, train_names = LavimoConfig.field_names(), TrainConfig.field_names()
+    unknown = sorted(set(values) - model_names - train_names)
+    if unknown:
+        raise ValueError(f"unknown config field(s) {unknown}; model fields: {sorted(model_names)}; run settings: "
+                         f"{sorted(train_names)}")
+    return ({k: v for k, v in values.items() if k in model_names},
+            {k: v for k, v in values.items() if k in train_names})
+
+
+def list_presets() -> list[str]:
+    """Names of the bundled presets (a model and run settings of each name)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def load_run_config(name_or_path: str | os.PathLike, **overrides: Any) -> RunConfig:
+    """A bundled preset (``paper``, ``demo``, ``tiny``: ``model/presets/NAME.json`` + ``training/presets/NAME.json``)
+    or a JSON file, with ``overrides`` (typed values or CLI strings) routed to the model or the run's settings.
+
+    A JSON file may be a run's ``config.json`` (``{"model": {...}, "train": {...}}``) or one flat object with
+    fields of both. Raises ``FileNotFoundError`` (no such preset or file) or ``ValueError`` (bad JSON, unknown
+    field, out-of-range value).
+    """
+    s = os.fspath(name_or_path)
+    model_over, train_over = split_fields(overrides)
+    if not Path(s).suffix and (PRESET_DIR / f"{s}.json").is_file():
+        _, model_data = read_config_json(s, MODEL_PRESET_DIR)
+        _, train_data = read_config_json(s, PRESET_DIR)
+    else:
+        path, data = read_config_json(s, PRESET_DIR)
+        if isinstance(data.get("model"), dict) or isinstance(data.get("train"), dict):
+            model_data, train_data = dict(data.get("model") or {}), dict(data.get("train") or {})
+        else:
+            try:
+                model_data, train_data = split_fields(data)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
+    return RunConfig(LavimoConfig.from_dict({**model_data, **model_over}),
+                     TrainConfig.from_dict({**train_data, **train_over}))
