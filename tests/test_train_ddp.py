@@ -46,7 +46,7 @@ def test_torchrun_two_ranks_disjoint(request, tmp_path):
         assert len(a) == len(set(a)) == 16 and len(b) == len(set(b)) == 16
         assert not set(a) & set(b), f"epoch {epoch}: ranks share {sorted(set(a) & set(b))}"
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["train"]["world_size"] == 2 and cfg["train"]["global_batch"] == 8
+    assert cfg["trainer"]["world_size"] == 2 and cfg["trainer"]["global_batch"] == 8
     with open(out / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["step"]) for r in rows] == [4, 8]

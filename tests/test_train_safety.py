@@ -381,7 +381,7 @@ def test_missing_pretrained_weights_exit_2(tmp_path, capsys, monkeypatch):
 
 def test_bad_config_values_exit_2(tmp_path, capsys):
     assert _run(["--shards", tmp_path, "--out", tmp_path / "r", *BASE, "--set", "no_such_field=1"]) == 2
-    assert "unknown LavimoConfig field" in _one_error_line(capsys)
+    assert "unknown config field(s) ['no_such_field']" in _one_error_line(capsys)
     cfg = tmp_path / "preset.json"
     cfg.write_text("{not json")
     assert _run(["--shards", tmp_path, "--out", tmp_path / "r", "--preset", cfg, "--device", "cpu"]) == 2

@@ -160,7 +160,7 @@ def main(argv=None) -> int:
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (max allocated), "
               f"{torch.cuda.max_memory_reserved(device) / 2**30:.2f} GiB reserved")
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
-    epochs = args.epochs or cfg.epochs
+    epochs = args.epochs or tc.epochs
     hours = epochs * args.train_samples / real_all / 3600
     print(f"projected: {epochs} epochs x {args.train_samples} samples at {real_all:.1f} samples/s = {hours:.1f} h")
     if tmp is not None:
