@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from render.cli import main as render_main
+from tests.fixtures import slurm_cluster as sc
 from tests.fixtures.slurm_cluster import ClusterUnavailable, single_node_cluster
 
-pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 SLURM = REPO / "scripts" / "slurm"
 NUM_CLIPS = 4  # x2 with the script's --mirror
@@ -77,6 +78,7 @@ def _write_corpus(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_render_array_equals_a_local_run(cluster, tmp_path):
     corpus = _write_corpus(tmp_path / "corpus")
     common = dict(AMASS=str(corpus / "amass"), ANN=str(corpus / "annotations.json"), WORKERS="1")
@@ -124,6 +126,7 @@ def _metrics(run: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if k != "samples_per_s" and v != ""} for row in csv.DictReader(fh)]
 
 
+@pytest.mark.slow
 def test_srun_training_equals_torchrun(cluster, request, tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -164,3 +167,48 @@ def test_srun_training_equals_torchrun(cluster, request, tmp_path):
     assert sorted(a) == sorted(b)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _running_with(text: str) -> list[str]:
+    """Command lines of live processes that mention ``text``."""
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if d.name.isdigit() and text in cmd:
+            found.append(cmd)
+    return found
+
+
+def test_cluster_unavailable_says_why(monkeypatch, tmp_path):
+    """Missing packages, no root, a daemon that dies at start: ClusterUnavailable naming the cause (the
+    fixture's skip reason), promptly, with nothing left running and the cluster's directory removed."""
+    tools = sc.DAEMONS + sc.CLIENTS + ("munge", "unmunge")
+    real = {b: shutil.which(b) for b in tools}
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ClusterUnavailable, match="munged.*not found.*make sysdeps"):
+        sc.check_prerequisites()
+    monkeypatch.undo()
+    if None in real.values() or os.geteuid() != 0:
+        pytest.skip("the rest needs root and slurm-wlm + munge")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(ClusterUnavailable, match="needs root"):
+        sc.check_prerequisites()
+    monkeypatch.undo()
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for b, path in real.items():
+        (bin_dir / b).symlink_to(path)
+    (bin_dir / "slurmctld").unlink()
+    (bin_dir / "slurmctld").write_text("#!/bin/sh\necho 'fatal: no such plugin (stand-in)' >&2\nexit 1\n")
+    (bin_dir / "slurmctld").chmod(0o755)
+    root = tmp_path / "cluster"
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(sc.tempfile, "mkdtemp", lambda prefix="": (root.mkdir(), str(root))[1])
+    with pytest.raises(ClusterUnavailable, match=r"`slurmctld -D .*` exited 1: fatal: no such plugin \(stand-in\)"):
+        with single_node_cluster(start_timeout=20):
+            pass
+    assert not root.exists() and not _running_with(str(root))
