@@ -14,8 +14,10 @@ export TOKENIZERS_PARALLELISM := false
 
 all: test
 
-# System packages for headless EGL rendering (Mesa on CPU) and the search page's browser test (Chromium).
-# Installed with apt-get when root and missing.
+# System packages for headless EGL rendering (Mesa on CPU), the search page's browser test (Chromium) and the
+# single-node Slurm test (slurm-wlm + munge; tests/test_slurm_cluster.py starts its own daemons on localhost).
+# Installed with apt-get when root and missing. On a systemd host Debian's postinst enables munge.service (and
+# slurmd / slurmctld units, which stay down without an /etc/slurm/slurm.conf); the test uses none of them.
 sysdeps:
 	@if ldconfig -p 2>/dev/null | grep -q 'libEGL_mesa.so' && ldconfig -p | grep -q 'libGL.so.1'; then \
 	  echo "[setup] Mesa EGL present"; \
@@ -33,6 +35,16 @@ sysdeps:
 	    || echo "[setup] WARNING: chromium not installed; the browser test will skip"; \
 	else \
 	  echo "[setup] WARNING: chromium/chromium-driver missing and not root; the search page browser test will skip"; \
+	fi
+	@if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null \
+	    && command -v sbatch >/dev/null && command -v srun >/dev/null; then \
+	  echo "[setup] Slurm and munge present (single-node Slurm test)"; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  echo "[setup] installing slurm-wlm munge (single-node Slurm test)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null \
+	    || echo "[setup] WARNING: slurm-wlm/munge not installed; the Slurm cluster test will skip"; \
+	else \
+	  echo "[setup] WARNING: slurm-wlm/munge missing and not root; the Slurm cluster test will skip"; \
 	fi
 
 $(STAMP): pyproject.toml | sysdeps

@@ -1,11 +1,12 @@
 """``render-amass merge-reports OUT``: merge the per-part reports of a job array into one ``render-report.json``.
 
 Each ``render-amass --part K/N`` writes ``OUT/render-report-part-K-of-N.json``. The merged report sums the counts
-(``rendered``, ``skipped``, ``num_failed``, ``frames_rendered``, ``num_not_attempted``, ...), joins the per-clip
-dicts and lists (``failed``, ``rerendered``, ``not_attempted``, ``mirror_skipped``), lists every part's
-``seconds`` / ``frames_per_second`` / ``interrupted`` / ``error`` under ``parts``, and names the parts of 1..N
-that have no report (``missing_parts``). Exit status: 0 every part reported and nothing failed or was left out;
-1 some clips failed / were not attempted, or parts are missing; 2 no part report in OUT, or a report that is not
+(``clips``: a part counts only its own; ``rendered``, ``skipped``, ``num_failed``, ``frames_rendered``,
+``num_not_attempted``, ...), joins the per-clip dicts and lists (``failed``, ``rerendered``, ``not_attempted``,
+``mirror_skipped``), lists every part's ``seconds`` / ``frames_per_second`` / ``interrupted`` / ``error`` under
+``parts``, and names the parts of 1..N that have no report (``missing_parts``). Exit status: 0 every part reported
+and nothing failed or was left out; 1 some clips failed / were not attempted, or parts are missing; 2 no part
+report in OUT, or a report that is not
 a render report of one N (one line naming the file).
 """
 
@@ -20,8 +21,8 @@ from typing import Any
 from core.atomic import write_json
 
 PART_REPORT = re.compile(r"^render-report-part-(\d+)-of-(\d+)\.json$")
-SUMMED = ("rendered", "skipped", "num_failed", "frames_rendered", "skipped_unverified", "temp_files_removed",
-          "num_not_attempted")
+SUMMED = ("clips", "rendered", "skipped", "num_failed", "frames_rendered", "skipped_unverified",
+          "temp_files_removed", "num_not_attempted")
 JOINED_DICTS = ("failed", "rerendered", "mirror_skipped")
 
 
@@ -46,7 +47,7 @@ def merge_part_reports(out: str | Path) -> dict[str, Any]:
     found = {k: (n, p) for k, _, p in reports}
     merged: dict[str, Any] = {k: 0 for k in SUMMED}
     merged.update({k: {} for k in JOINED_DICTS})
-    merged.update(not_attempted=[], parts={}, clips=None, annotations=None)
+    merged.update(not_attempted=[], parts={}, annotations=None)
     for k, (_, path) in sorted(found.items()):
         try:
             rep = json.loads(path.read_text(encoding="utf-8"))
@@ -69,7 +70,6 @@ def merge_part_reports(out: str | Path) -> dict[str, Any]:
         merged["not_attempted"] += rep.get("not_attempted", [])
         merged["parts"][f"{k}/{n}"] = {key: rep.get(key) for key in ("seconds", "frames_per_second", "workers",
                                                                     "interrupted", "error")}
-        merged["clips"] = rep.get("clips", merged["clips"])
         merged["annotations"] = rep.get("annotations", merged["annotations"])
     merged["failed"] = dict(sorted(merged["failed"].items()))
     merged["missing_parts"] = [f"{k}/{n}" for k in range(1, n + 1) if k not in found]

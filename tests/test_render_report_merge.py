@@ -10,7 +10,7 @@ from render.cli import main
 
 
 def _part(out: Path, k: int, n: int, **kw) -> None:
-    rep = {"rendered": 2, "skipped": 1, "failed": {}, "num_failed": 0, "clips": 12, "frames_rendered": 100,
+    rep = {"rendered": 2, "skipped": 1, "failed": {}, "num_failed": 0, "clips": 4, "frames_rendered": 100,
            "seconds": 5.0, "frames_per_second": 20.0, "part": f"{k}/{n}", "workers": 1, "rerendered": {},
            "skipped_unverified": 0, "temp_files_removed": 0, "interrupted": None, "error": None,
            "not_attempted": [], "num_not_attempted": 0, "mirror_skipped": {}, "annotations": "ok"}
@@ -23,6 +23,7 @@ def test_merge_all_parts(tmp_path):
         _part(tmp_path, k, 3)
     assert main(["merge-reports", str(tmp_path)]) == 0
     rep = json.loads((tmp_path / "render-report.json").read_text())
+    # a part's "clips" counts that part's clips (render-amass --part): the merged report has the whole corpus
     assert (rep["rendered"], rep["skipped"], rep["frames_rendered"], rep["clips"]) == (6, 3, 300, 12)
     assert rep["missing_parts"] == [] and sorted(rep["parts"]) == ["1/3", "2/3", "3/3"]
 
