@@ -157,7 +157,7 @@ def test_srun_training_equals_torchrun(cluster, request, tmp_path):
 
     for run in (srun_out, torchrun_out):
         cfg = json.loads((run / "config.json").read_text())
-        assert cfg["train"]["world_size"] == 2 and cfg["train"]["global_batch"] == 8
+        assert cfg["trainer"]["world_size"] == 2 and cfg["trainer"]["global_batch"] == 8
     got, want = _metrics(srun_out), _metrics(torchrun_out)
     assert len(got) == len(want) >= 1 and [sorted(r) for r in got] == [sorted(r) for r in want]
     for g, w in zip(got, want):
