@@ -63,6 +63,13 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch):
+    """127.0.0.1 is reached directly even where http_proxy is set (urllib and curl both read no_proxy)."""
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+
+
 @pytest.fixture(scope="module")
 def shards(request):
     torch.set_num_threads(1)
@@ -192,6 +199,31 @@ def test_manifest_naming_other_files_is_refused(shards, tmp_path, capsys, evil):
                 assert _run(["--shards", spec, "--out", tmp_path / "run", "--epochs", 1, *flags, *BASE]) == 2
                 assert "is not a plain '<name>.tar' file name" in capsys.readouterr().err
     assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
+def test_remote_tar_differing_from_its_manifest_stops_training(shards, tmp_path, capsys):
+    root = tmp_path / "site"
+    shutil.copytree(shards, root / "shards")
+    tar = root / "shards" / "val-000000.tar"
+    data = bytearray(tar.read_bytes())
+    data[-2000] ^= 0xFF  # same size, other bytes
+    tar.write_bytes(bytes(data))
+    with serve(root) as base:
+        assert _run(["--shards", base + "/shards", "--out", tmp_path / "run", "--epochs", 1, *BASE]) == 2
+    err = capsys.readouterr().err
+    assert f"{base}/shards/val-000000.tar: sha256 differs from the manifest" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_gallery_clips_from_url(shards, site, tmp_path):
+    from evaluation.report import extract_shard_clips
+
+    keys = next(iter(make_loader(shards, "val", batch_size=2, train=False)))["keyid"]
+    local = extract_shard_clips(shards, "val", keys, tmp_path / "local")
+    remote = extract_shard_clips(site, "val", keys, tmp_path / "url")
+    assert sorted(local) == sorted(remote) == sorted(keys)
+    for k in keys:
+        assert remote[k].parent == tmp_path / "url" and remote[k].stat().st_size > 0
 
 
 # ---------------------------------------------------------------------------------------------------------
