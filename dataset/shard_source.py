@@ -170,10 +170,11 @@ def shard_location(spec: str | os.PathLike | RemoteShards) -> Path | RemoteShard
 # ----------------------------------------------------------------------------------------------- reading
 def open_shard(url: str | os.PathLike) -> BinaryIO:
     """A binary stream of one tar: a local file (a path that exists is never taken for a URL, even with a
-    ``:``) or webdataset's ``gopen`` for http(s) and ``pipe:`` URLs (curl / a shell; their errors surface as
-    OSError on read or close)."""
+    ``:``), else webdataset's ``gopen`` (http(s) through curl, ``pipe:`` through a shell, the other schemes
+    webdataset knows for brace patterns and url lists given to the loader; their errors surface as OSError on
+    read or close)."""
     url = os.fspath(url)
-    if os.path.isfile(url) or not is_url(url):
+    if os.path.isfile(url):
         return open(url, "rb")
     import webdataset as wds
 
