@@ -14,6 +14,9 @@ A shard set ``SHARDS/``:
 - ``{split}.json`` (:func:`manifest_path`): the manifest (``kind`` :data:`MANIFEST_KIND`), written by
   :func:`write_manifest`, read by :func:`read_manifest` (one split, strict) or :func:`read_manifests` (all of a
   set); :func:`manifest_shards` gives the tar files it lists (plain names inside the set only).
+- A set may also be read from an http(s) base URL or a ``pipe:`` command (:mod:`dataset.shard_source`, the one
+  rule for where its files are): :func:`read_manifest`, :func:`manifest_shards` and :func:`load_stats` take
+  such a location as well as a directory.
 - ``stats.npz`` (:data:`STATS_NAME`): ``mean``/``std`` (D,) float32 of the train split's features, with the
   train shards' fingerprint they were computed from (:func:`write_stats`, :func:`load_stats`,
   :func:`stats_fingerprint`).
@@ -41,6 +44,7 @@ from core.atomic import atomic_path
 from core.errors import BadInputError
 from core.hashing import sha256_file
 from core.keyids import check_keyid, check_member_name, child_path, is_keyid
+from dataset.shard_source import CommandFailed, RemoteShards, is_remote, shard_location
 
 log = logging.getLogger(__name__)
 
@@ -244,16 +248,33 @@ def parse_texts(data: bytes) -> tuple[list[str], list[tuple[float | None, float 
     return captions, spans
 
 
-def read_manifest(shards: str | Path, split: str) -> dict:
-    """The manifest ``{shards}/{split}.json`` as a dict (FileNotFoundError with a hint when absent)."""
-    path = manifest_path(shards, split)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no manifest for split {split!r}; build the shards with build-shards")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            m = json.load(fh)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise BadInputError(path, None, f"not a JSON manifest: {exc}") from exc
+def read_manifest(shards: str | Path | RemoteShards, split: str) -> dict:
+    """The manifest ``{shards}/{split}.json`` as a dict (FileNotFoundError with a hint when absent).
+
+    ``shards`` is a shard set location (:mod:`dataset.shard_source`): a directory, or an http(s) base URL /
+    ``pipe:`` command, whose manifest is fetched (at most :data:`dataset.shard_source.SMALL_FILE_MAX_BYTES`,
+    within its timeout; :class:`dataset.shard_source.FetchError` naming the URL when that fails)."""
+    if is_remote(shards):
+        loc = shard_location(shards)
+        path: str | Path = loc.url(f"{split}.json")
+        try:
+            raw = loc.read_bytes(f"{split}.json")
+        except (FileNotFoundError, CommandFailed) as exc:
+            raise FileNotFoundError(f"{exc}: no manifest for split {split!r} in {loc}; build the shards with "
+                                    "build-shards") from exc
+        try:
+            m = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise BadInputError(path, None, f"not a JSON manifest: {exc}") from exc
+    else:
+        path = manifest_path(shards, split)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no manifest for split {split!r}; build the shards with build-shards")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                m = json.load(fh)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise BadInputError(path, None, f"not a JSON manifest: {exc}") from exc
     if not isinstance(m, dict) or not isinstance(m.get("shards"), list):
         raise BadInputError(path, "shards", "not a shard manifest (no list of shards)")
     return m
@@ -280,19 +301,22 @@ def read_manifests(out: Path) -> dict[str, dict]:
     return found
 
 
-def manifest_shards(out: Path, split: str, m: dict) -> list[tuple[dict, Path]]:
-    """(entry, path) of every shard a manifest lists. Raises BadInputError naming the manifest when
-    ``shards`` is not a list of {name, ...} or a name is not a plain ``<name>.tar`` inside ``out``."""
-    where = manifest_path(out, split)
+def manifest_shards(out: Path | RemoteShards, split: str, m: dict) -> list[tuple[dict, Path | str]]:
+    """(entry, path) of every shard a manifest lists; for a remote set (:mod:`dataset.shard_source`) the path is
+    the shard's URL (or ``pipe:`` command). Raises BadInputError naming the manifest when ``shards`` is not a
+    list of {name, ...} or a name is not a plain ``<name>.tar`` inside ``out`` (no ``/``, ``..``, URL: a
+    manifest never makes a reader fetch another host or run another command)."""
+    remote = is_remote(out)
+    where = shard_location(out).url(f"{split}.json") if remote else manifest_path(out, split)
     entries = m.get("shards") if isinstance(m, dict) else None
     if not isinstance(entries, list):
         raise BadInputError(where, "shards", "expected a list of shard entries")
-    result = []
+    result: list[tuple[dict, Path | str]] = []
     for e in entries:
         name = e.get("name") if isinstance(e, dict) else None
         if not isinstance(name, str) or not SHARD_NAME_RE.match(name):
             raise BadInputError(where, "shards", f"shard name {name!r} is not a plain '<name>.tar' file name")
-        result.append((e, child_path(out, name)))
+        result.append((e, shard_location(out).url(name) if remote else child_path(out, name)))
     return result
 
 
@@ -345,7 +369,8 @@ def iter_tar_members(source: str | os.PathLike | BinaryIO, *, where: str | os.Pa
 
 
 def stats_path(root: str | os.PathLike) -> Path:
-    """``root`` when it is a file, else the shard set's ``root/stats.npz``."""
+    """``root`` when it is a file, else the shard set's ``root/stats.npz`` (local sets; a remote set's is
+    ``RemoteShards.url(STATS_NAME)``)."""
     path = Path(root)
     return path / STATS_NAME if path.is_dir() else path
 
@@ -362,23 +387,34 @@ def stats_fingerprint(path: str | os.PathLike) -> str | None:
         return None
 
 
-def stats_arrays(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) of a ``stats.npz`` as float32, unchecked (never unpickled). Raises numpy's errors (OSError,
-    KeyError for a missing array, ValueError, EOFError) for an unreadable file."""
+def stats_arrays(path: str | os.PathLike | BinaryIO) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) of a ``stats.npz`` (a path or a binary file object) as float32, unchecked (never unpickled).
+    Raises numpy's errors (OSError, KeyError for a missing array, ValueError, EOFError) for an unreadable file."""
     with np.load(path, allow_pickle=False) as z:
         return z["mean"].astype(np.float32), z["std"].astype(np.float32)
 
 
-def load_stats(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) (D,) float32 from ``stats.npz`` (a file or a shard set directory), checked (one dimension D,
-    finite); a std below 1e-8 reads as 1. Raises FileNotFoundError (missing) or BadInputError (field
-    ``mean/std``)."""
-    path = stats_path(root)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: feature statistics missing (build-shards writes them with the train "
-                                "split; pass stats= to use another shard set's)")
+def load_stats(root: str | Path | RemoteShards) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) (D,) float32 from ``stats.npz`` (a file, a shard set directory, or a remote set's
+    ``stats.npz`` fetched through :mod:`dataset.shard_source`), checked (one dimension D, finite); a std below
+    1e-8 reads as 1. Raises FileNotFoundError (missing), BadInputError (field ``mean/std``) or
+    :class:`dataset.shard_source.FetchError` (a remote file that cannot be fetched)."""
+    source: Path | io.BytesIO
+    if is_remote(root):
+        loc = shard_location(root)
+        path: str | Path = loc.url(STATS_NAME)
+        try:
+            source = io.BytesIO(loc.read_bytes(STATS_NAME))
+        except (FileNotFoundError, CommandFailed) as exc:
+            raise FileNotFoundError(f"{exc}: feature statistics missing (build-shards writes them with the train "
+                                    "split; pass stats= to use another shard set's)") from exc
+    else:
+        path = source = stats_path(root)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: feature statistics missing (build-shards writes them with the train "
+                                    "split; pass stats= to use another shard set's)")
     try:
-        mean, std = stats_arrays(path)
+        mean, std = stats_arrays(source)
     except (OSError, KeyError, ValueError, EOFError) as exc:
         raise BadInputError(path, "mean/std", f"unreadable feature statistics: {exc}") from exc
     if mean.ndim != 1 or mean.shape != std.shape or mean.size == 0:

@@ -64,9 +64,10 @@ from core.keyids import check_keyid, child_path, is_keyid
 from dataset.shard_format import (
     BASE_MEMBERS, FORMAT_VERSION, MANIFEST_KIND, META, MOTION, SENT, SPLITS, STATS_NAME, TEXTS, VIDEO_JPGS,
     VIDEO_MEMBERS, VIDEO_MP4, iter_tar_members, json_bytes, load_npy_bytes, manifest_path,
-    manifest_shards, naming, npy_bytes, parse_texts, read_manifests, shard_name, stats_arrays, stats_fingerprint,
-    write_if_changed, write_manifest, write_stats, write_tar,
+    manifest_shards, naming, npy_bytes, parse_texts, read_manifest, read_manifests, shard_name, stats_arrays,
+    stats_fingerprint, write_if_changed, write_manifest, write_stats, write_tar,
 )
+from dataset.shard_source import FetchError, RemoteShards, is_remote, is_url, sha256_remote, shard_location
 
 log = logging.getLogger(__name__)
 
@@ -904,21 +905,27 @@ def write_card(out: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- check
-def verify_shard(path: Path, entry: dict) -> dict:
-    """Check one shard file's bytes against its manifest entry (streaming sha256, constant memory).
+def verify_shard(path: Path | str, entry: dict) -> dict:
+    """Check one shard file's bytes against its manifest entry (streaming sha256, constant memory). ``path`` is
+    a local file or the URL (``pipe:`` command) of a remote set's shard (:mod:`dataset.shard_source`; the whole
+    tar is streamed once, nothing is stored).
 
-    Returns ``{"file": str, "size": int | None, "sha256": str | None, "expected_size": int | None,
-    "expected_sha256": str | None, "ok": bool, "problem": str | None}``; ``problem`` names the file."""
+    Returns ``{"file": str, "name": manifest name, "size": int | None, "sha256": str | None, "expected_size":
+    int | None, "expected_sha256": str | None, "ok": bool, "problem": str | None}``; ``problem`` names the
+    file."""
     exp_size, exp_sha = entry.get("bytes"), entry.get("sha256")
-    res: dict[str, Any] = {"file": str(path), "size": None, "sha256": None, "expected_size": exp_size,
-                           "expected_sha256": exp_sha, "ok": False, "problem": None}
+    res: dict[str, Any] = {"file": str(path), "name": entry.get("name"), "size": None, "sha256": None,
+                           "expected_size": exp_size, "expected_sha256": exp_sha, "ok": False, "problem": None}
     if not isinstance(exp_sha, str) or not _SHA256_RE.match(exp_sha):
         res["problem"] = f"{path}: the manifest has no valid sha256 for it"
         return res
     try:
-        digest, size = sha256_file(path)
+        digest, size = sha256_remote(path) if is_url(path) else sha256_file(path)
     except FileNotFoundError:
         res["problem"] = f"{path}: missing"
+        return res
+    except FetchError as exc:  # names the url
+        res["problem"] = f"{exc}"
         return res
     except OSError as exc:
         res["problem"] = f"{path}: unreadable: {exc.strerror or exc}"
@@ -933,19 +940,33 @@ def verify_shard(path: Path, entry: dict) -> dict:
     return res
 
 
-def verify_shards(shards_dir: str | os.PathLike, splits: Sequence[str] | None = None) -> list[dict]:
+def verify_shards(shards_dir: str | os.PathLike | RemoteShards, splits: Sequence[str] | None = None) -> list[dict]:
     """Check every shard of ``splits`` (default: every manifest) against its manifest's size and sha256.
 
-    Reads each tar once, in 1 MiB blocks (:func:`core.hashing.sha256_file`), without parsing it. Returns
-    one dict per listed shard, in manifest order (see :func:`verify_shard`: ``file``, ``size``, ``sha256``,
-    ``expected_size``, ``expected_sha256``, ``ok``, ``problem``); the set is intact when every ``ok`` is True.
+    Reads each tar once, in 1 MiB blocks (:func:`core.hashing.sha256_file`), without parsing it. A remote set
+    (an http(s) base URL or ``pipe:`` command, :mod:`dataset.shard_source`) needs ``splits`` (its manifests
+    cannot be listed) and has every tar streamed once over the network. Returns one dict per listed shard, in
+    manifest order (see :func:`verify_shard`: ``file``, ``name``, ``size``, ``sha256``, ``expected_size``,
+    ``expected_sha256``, ``ok``, ``problem``); the set is intact when every ``ok`` is True.
 
     Raises:
         BadInputError: a requested split has no manifest (field ``manifest``), or a manifest's ``shards`` list
             is malformed or names a file outside the directory (field ``shards``).
     """
-    out = Path(shards_dir)
-    manifests = read_manifests(out)
+    out: Path | RemoteShards
+    if is_remote(shards_dir):
+        out = shard_location(shards_dir)
+        if not splits:
+            raise BadInputError(str(out), "manifest", "name the splits to verify: a remote set cannot be listed")
+        manifests: dict[str, dict] = {}
+        for split in splits:
+            try:
+                manifests[split] = read_manifest(out, split)
+            except FileNotFoundError as exc:
+                raise BadInputError(out.url(f"{split}.json"), "manifest", f"missing ({exc})") from exc
+    else:
+        out = Path(shards_dir)
+        manifests = read_manifests(out)
     wanted = list(splits) if splits else sorted(manifests)
     if not wanted:
         raise BadInputError(out, "manifest", "no manifests ({split}.json) found: not a shard set?")

@@ -47,7 +47,9 @@ made here, in the loader, after the caption is chosen - as HumanML3D's and TMR's
 Untrusted shards: the tars are read by this module (not by webdataset's tar expander), member by member.
 Members that are not regular files or whose name is not ``<keyid>.<ext>`` (``/``, ``..``, a bad keyid; see
 :func:`core.keyids.check_member_name`) are refused and never used; ``.npy`` members are parsed with their
-header checked first and never unpickled; manifests may only name plain ``<name>.tar`` files in their directory.
+header checked first and never unpickled; manifests may only name plain ``<name>.tar`` files in their directory
+(also for a set read from an http(s) URL or a ``pipe:`` command, :mod:`dataset.shard_source`: a manifest never
+makes the loader fetch another host or path or run another command).
 
 Skipped samples never stop an epoch: each is logged with its keyid (the first few per reason) and counted per
 reason in ``loader.skip_counts`` (``loader.skipped`` = the total, ``loader.skip_examples`` = a few keyids per
@@ -82,6 +84,7 @@ from dataset.shard_format import (
     META, MOTION, SENT, TEXTS, VIDEO_JPGS, VIDEO_MP4, finite_number, iter_tar_members, load_npy_bytes, load_stats,
     manifest_path, manifest_shards, parse_texts, read_manifest,
 )
+from dataset.shard_source import RemoteShards, is_remote, open_shard, shard_location
 
 log = logging.getLogger(__name__)
 
@@ -234,12 +237,19 @@ class _Ledger:
 
 
 # --------------------------------------------------------------------------------------------- manifest, urls
-def resolve_shards(shards: str | Path | Sequence[str], split: str) -> tuple[list[str], dict | None, Path]:
-    """Shard urls, manifest (or None) and the shard set directory for a directory, brace pattern or list."""
+def resolve_shards(shards: str | Path | RemoteShards | Sequence[str], split: str
+                   ) -> tuple[list[str], dict | None, Path | RemoteShards]:
+    """Shard urls, manifest (or None) and the shard set location for a directory, a remote set location (an
+    http(s) base URL or a ``pipe:`` command with ``{}``: :mod:`dataset.shard_source`), a brace pattern or a
+    list."""
     import webdataset as wds
 
     if isinstance(shards, (list, tuple)):
         urls = [str(u) for u in shards]
+    elif is_remote(shards):
+        loc = shard_location(shards)
+        m = read_manifest(loc, split)
+        return [str(url) for _, url in manifest_shards(loc, split, m)], m, loc
     elif Path(shards).is_dir():
         root = Path(shards)
         m = read_manifest(root, split)
@@ -331,18 +341,15 @@ def _tar_samples(url: str, skips: _Skips) -> Iterator[dict]:
     """The samples of one tar, read as a stream: consecutive members ``<key>.<ext>`` -> ``{"__key__": key,
     "__url__": url, ext: bytes, ...}``. Refused members (:func:`dataset.shard_format.iter_tar_members`) are
     counted in ``skips`` and never read; read errors propagate (the caller counts the shard as unreadable)."""
-    import os
-
-    import webdataset as wds
-
     def refused(ti, reason: str, message: str) -> None:
         if reason == "member_size":
             skips.add(reason, ti.name.partition(".")[0], url, f"{ti.name}: {message}")
         else:
             skips.add(reason, _shown(ti.name), url, message)
 
-    # local files are opened as files (a ':' in a path is never taken for a URL scheme such as "pipe:")
-    stream = open(url, "rb") if os.path.isfile(url) else wds.gopen(url, "rb")
+    # local files are opened as files (a ':' in a path is never taken for a URL scheme such as "pipe:"); http(s)
+    # and pipe: urls are streamed by webdataset's gopen (dataset/shard_source.py)
+    stream = open_shard(url)
     try:
         cur: dict | None = None
         for name, data in iter_tar_members(stream, where=url, refused=refused, max_bytes=MAX_MEMBER_BYTES):
@@ -779,7 +786,7 @@ class StreamLoader:
             raise NoUsableSamplesError(period, period_examples, shards=len(all_urls))
 
 
-def make_loader(shards: str | Path | Sequence[str], split: str, *, batch_size: int, train: bool,
+def make_loader(shards: str | Path | RemoteShards | Sequence[str], split: str, *, batch_size: int, train: bool,
                 num_workers: int = 0, seed: int = 0, image_size: int = 224, num_frames: int = 8,
                 max_motion_len: int = 196, epoch_batches: int | None = None, rank: int = 0, world_size: int = 1,
                 augment: Any = None, resampled: bool = False, stats: str | Path | None = None,
@@ -788,7 +795,8 @@ def make_loader(shards: str | Path | Sequence[str], split: str, *, batch_size: i
     """Streaming loader over a shard set.
 
     Args:
-        shards: a shard set directory (shards from ``{split}.json``), a brace pattern
+        shards: a shard set directory (shards from ``{split}.json``), a remote shard set (an http(s) base URL
+            or a ``pipe:`` command with ``{}`` for the file name; :mod:`dataset.shard_source`), a brace pattern
             (``"SHARDS/train-{000000..000009}.tar"``) or a list of tar paths/urls.
         split: "train" | "val" | "test" (names the manifest).
         batch_size: samples per batch B.
@@ -806,7 +814,7 @@ def make_loader(shards: str | Path | Sequence[str], split: str, *, batch_size: i
         augment: None/True = the default AugmentConfig in training, False = none, a dict or AugmentConfig.
             Never applied in evaluation.
         resampled: draw shards with replacement (each rank/worker independently) for long runs; training only.
-        stats: path of a stats.npz (default ``<shard set>/stats.npz``).
+        stats: path of a stats.npz (default ``<shard set>/stats.npz``, fetched for a remote set).
         shuffle_buffer: samples in the training shuffle buffer per worker (<= 1 disables it).
         prefetch_factor: batches prefetched per worker.
         frame_crop: fraction of each stored frame's short side kept as a centred square before augmentation

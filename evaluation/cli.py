@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_argument_group("what to evaluate (either --run + --shards, or --from-sims)")
     src.add_argument("--run", help="run directory written by train.py (config.json, checkpoints/)")
     src.add_argument("--checkpoint", help="weights file (default RUN/checkpoints/best.safetensors, else last)")
-    src.add_argument("--shards", help="shard directory ({split}-NNNNNN.tar, {split}.json, stats.npz)")
+    src.add_argument("--shards", help="shard set ({split}-NNNNNN.tar, {split}.json, stats.npz): a directory, an "
+                                      "http(s) base URL (files at URL/NAME) or 'pipe:CMD' with {} for the file "
+                                      "name (e.g. 'pipe:aws s3 cp s3://bucket/shards/{} -'); see docs/scaling.md")
     src.add_argument("--split", default="test", help="split to evaluate")
     src.add_argument("--from-sims", metavar="FILE.npz",
                      help="score a saved matrix: 'sims' (N,N; rows = text queries, columns = motions; ground "
@@ -238,6 +240,9 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    from dataset.shard_source import shard_location
+
+    shard_location(args.shards)  # a directory, an http(s) base URL or a pipe: command; BadInputError otherwise
     protocols = P.expand_protocols(args.protocol)
     tasks = P.parse_tasks(args.tasks)
     run = Path(args.run)
@@ -398,9 +403,14 @@ def _record_sentence_model(results: dict[str, Any], info: dict[str, Any], cfg: A
 
 
 def has_split(shards: str | os.PathLike, split: str) -> bool:
-    """Whether the shard set holds ``split`` (its manifest ``{split}.json`` exists)."""
+    """Whether the shard set holds ``split`` (its manifest ``{split}.json`` exists). For a remote set (an http(s)
+    base URL or ``pipe:`` command, dataset/shard_source.py) the manifest is fetched: absent on an http 404 or a
+    command that exits non-zero; a dead server or a timeout raises FetchError (an OSError naming the URL)."""
     from dataset.shard_format import manifest_path
+    from dataset.shard_source import is_remote, shard_location
 
+    if is_remote(shards):
+        return shard_location(shards).exists(f"{split}.json")
     return manifest_path(shards, split).is_file()
 
 

@@ -248,6 +248,7 @@ def extract_shard_clips(shards: str | os.PathLike, split: str, keyids: Sequence[
     from core.errors import BadInputError
     from core.keyids import check_keyid, child_path
     from dataset.shard_format import META, VIDEO_JPGS, VIDEO_MP4, iter_tar_members
+    from dataset.shard_source import open_shard
     from dataset.stream import resolve_shards
     from core.mp4 import write_video
     from dataset.video_frames import decode_jpgs
@@ -281,9 +282,10 @@ def extract_shard_clips(shards: str | os.PathLike, split: str, keyids: Sequence[
 
         found: dict[str, dict[str, bytes]] = {}
         try:
-            for name, data in iter_tar_members(url, refused=refused, want=want):
-                key, _, suffix = name.partition(".")
-                found.setdefault(key, {})[suffix] = data
+            with open_shard(url) as stream:  # a local file, or an http(s) / pipe: url (dataset/shard_source.py)
+                for name, data in iter_tar_members(stream, where=url, refused=refused, want=want):
+                    key, _, suffix = name.partition(".")
+                    found.setdefault(key, {})[suffix] = data
         except (OSError, tarfile.TarError, EOFError) as exc:
             log.warning("gallery: cannot read %s: %s", url, exc)
             continue

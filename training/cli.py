@@ -38,6 +38,7 @@ from core.device import resolve_device, resolve_precision
 from core.errors import BadInputError
 from core.seeding import stable_seed
 from core.slurm import SlurmEnvError, apply_srun_env
+from dataset.shard_source import FetchError, RemoteShards, is_remote, shard_location
 from dataset.stream import NoUsableSamplesError
 from dataset.text_embed import same_sentence_model
 from evaluation.encode import EmptySplitError, encode_split
@@ -76,7 +77,10 @@ class SetupError(Exception):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train LAVIMO (text / video / motion retrieval) from shards.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--shards", required=True, help="shard directory ({split}-NNNNNN.tar, {split}.json, stats.npz)")
+    p.add_argument("--shards", required=True,
+                   help="shard set ({split}-NNNNNN.tar, {split}.json, stats.npz): a directory, an http(s) base URL "
+                        "(http://host/shards: files at http://host/shards/NAME) or 'pipe:CMD' with {} for the "
+                        "file name (e.g. 'pipe:aws s3 cp s3://bucket/shards/{} -'); see docs/scaling.md")
     p.add_argument("--preset", default="paper", help="paper | demo | tiny | path/to/config.json")
     p.add_argument("--out", default=None, help="run directory (default runs/<preset name>)")
     p.add_argument("--resume", nargs="?", const="yes", choices=["yes", "auto"], default=None,
@@ -210,24 +214,30 @@ def _load_config(source, overrides: dict[str, Any]) -> RunConfig:
 # shards
 
 
-def check_training_manifests(shards: Path, cfg) -> dict[str, dict]:
+def check_training_manifests(shards: Path | RemoteShards, cfg) -> dict[str, dict]:
     """Read the train/val manifests (not the tars: see :func:`verify_shards`); clear errors (BadInputError naming the file and field) for a missing/empty
-    directory, an unreadable manifest or a feature-dim mismatch."""
+    directory, an unreadable manifest or a feature-dim mismatch. ``shards`` may be a remote set (an http(s) base
+    URL or ``pipe:`` command, dataset/shard_source.py): a server or command that fails raises its FetchError
+    (an OSError naming the URL)."""
     from dataset.shard_format import manifest_path, read_manifest
 
-    if not shards.is_dir():
+    remote = is_remote(shards)
+    if not remote and not shards.is_dir():
         raise BadInputError(shards, None, "shard directory not found (build it with build-shards)")
     manifests = {}
     for split in ("train", "val"):
-        mpath = manifest_path(shards, split)
-        if not mpath.is_file() and not any(shards.glob(f"{split}-*.tar")):
+        mpath = shards.url(f"{split}.json") if remote else manifest_path(shards, split)
+        if not remote and not mpath.is_file() and not any(shards.glob(f"{split}-*.tar")):
             raise BadInputError(shards, split, f"no {split} shards ({split}.json + {split}-NNNNNN.tar); "
                                                "build them with build-shards")
         try:
             m = read_manifest(shards, split)
-        except BadInputError:
+        except (BadInputError, FetchError):
             raise
         except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            if remote and isinstance(exc, FileNotFoundError):  # http 404 or a failing pipe: command
+                raise BadInputError(mpath, split, f"no {split} manifest at this location ({exc}); check --shards "
+                                                  "(build the shards with build-shards)") from exc
             raise BadInputError(mpath, None, f"unreadable manifest ({' '.join(str(exc).split())}); rebuild the "
                                              "shards with build-shards") from exc
         if not isinstance(m, dict):
@@ -251,10 +261,11 @@ def check_training_manifests(shards: Path, cfg) -> dict[str, dict]:
     return manifests
 
 
-def _verify_files(shards: Path, splits: list[str]) -> dict[str, dict[str, dict]]:
+def _verify_files(shards: Path | RemoteShards, splits: list[str]) -> dict[str, dict[str, dict]]:
     """``{split: {shard name: {"sha256", "bytes", "match": True}}}`` from dataset.shards.verify_shards (every
-    listed file read once, streamed through sha256); the first file that differs from its manifest entry (or is
-    missing) raises BadInputError naming it."""
+    listed file read once, streamed through sha256; for a remote set every tar is downloaded once, nothing
+    stored); the first file that differs from its manifest entry (or is missing or unreadable) raises
+    BadInputError naming it."""
     from dataset.shards import verify_shards as verify_shard_files
 
     out: dict[str, dict[str, dict]] = {}
@@ -268,7 +279,8 @@ def _verify_files(shards: Path, splits: list[str]) -> dict[str, dict[str, dict]]
             more = f" (and {len(bad) - 1} more {split} shard file(s))" if len(bad) > 1 else ""
             raise BadInputError(first["file"], None, f"{problem}{more}; rebuild the shards with build-shards (or "
                                                      "pass --no-verify to train on them anyway)")
-        out[split] = {Path(r["file"]).name: {"sha256": r["sha256"], "bytes": r["size"], "match": True}
+        out[split] = {r.get("name") or Path(r["file"]).name: {"sha256": r["sha256"], "bytes": r["size"],
+                                                              "match": True}
                       for r in results}
     return out
 
@@ -279,15 +291,20 @@ def sentence_model_of(manifest: dict) -> str | None:
     return str(tm["name"]) if isinstance(tm, dict) and tm.get("name") else None
 
 
-def verify_shards(shards: Path, manifests: dict[str, dict], dinfo: DistInfo) -> dict[str, dict[str, dict]]:
+def verify_shards(shards: Path | RemoteShards, manifests: dict[str, dict], dinfo: DistInfo
+                  ) -> dict[str, dict[str, dict]]:
     """Check every train/val shard file against its manifest's sha256 and size before training (one streamed
-    read per file). Rank 0 reads; in DDP the outcome is broadcast so every rank stops on a mismatch. Returns
+    read per file; a remote set's tars are each downloaded once more for this, see docs/scaling.md, "Shards from
+    URLs"). Rank 0 reads; in DDP the outcome is broadcast so every rank stops on a mismatch. Returns
     ``{split: {name: {"sha256", "bytes", "match"}}}`` for run.json; raises BadInputError / SetupError (exit 2)
     naming the first file that differs."""
     result: Any = None
     error: str | None = None
     if dinfo.is_main:
         t0 = time.perf_counter()
+        if is_remote(shards):
+            log.info("verifying the remote shards %s: every train/val tar is read once over the network before "
+                     "training (--no-verify skips it)", shards)
         try:
             result = _verify_files(shards, list(manifests))
         except BadInputError as exc:
@@ -344,7 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     args.command = [sys.executable, str(TRAIN_PY), *argv]
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args.shards = Path(args.shards)
+    try:  # a directory, an http(s) base URL or a pipe: command (dataset/shard_source.py)
+        args.shards = shard_location(args.shards)
+    except BadInputError as exc:
+        return _fail(str(exc), EXIT_SETUP)
     if not args.max_skip_fraction >= 0:  # also NaN
         return _fail(f"--max-skip-fraction must be >= 0 (inf = never stop), got {args.max_skip_fraction}",
                      EXIT_SETUP)

@@ -15,6 +15,7 @@ Layout (see the README)::
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -90,9 +91,14 @@ def write_run_info(run: RunDir, *, shards: str | os.PathLike, manifests: dict[st
     ``verified`` is ``{split: {shard name: {"sha256": computed hex, "bytes": size, "match": bool}}}`` from the
     verification before training, or None when it was skipped (``--no-verify``). Per split the record holds
     ``"verify": "sha256"`` or ``"skipped"`` and ``"shards": {name: {"manifest_sha256": listed, "sha256":
-    computed, "bytes": size, "match": bool}}`` (only ``manifest_sha256`` when skipped).
+    computed, "bytes": size, "match": bool}}`` (only ``manifest_sha256`` when skipped). ``shards`` may be a
+    remote set (an http(s) base URL or ``pipe:`` command, dataset/shard_source.py): ``root`` is then the
+    location as given, each ``manifest`` its URL, and the manifests are fetched again for their sha256.
     """
-    shards = Path(shards)
+    from dataset.shard_source import is_remote, shard_location
+
+    remote = is_remote(shards)
+    shards = shard_location(shards) if remote else Path(shards)
     shard_info: dict[str, Any] = {}
     listed_only: dict[str, Any] = {}  # what identifies the shard set (compared across sessions)
     for split, manifest in manifests.items():
@@ -107,7 +113,10 @@ def write_run_info(run: RunDir, *, shards: str | os.PathLike, manifests: dict[st
             if checked is not None and name in checked:
                 rec.update(checked[name])
             per_shard[name] = rec
-        manifest_sha = sha256_file(mpath)[0] if mpath.is_file() else None
+        if remote:  # the manifest's bytes fetched again (a small file)
+            manifest_sha = hashlib.sha256(shards.read_bytes(f"{split}.json")).hexdigest()
+        else:
+            manifest_sha = sha256_file(mpath)[0] if mpath.is_file() else None
         shard_info[split] = {"manifest": str(mpath), "manifest_sha256": manifest_sha,
                              "verify": "skipped" if verified is None else "sha256", "shards": per_shard}
         listed_only[split] = [manifest_sha, {k: v["manifest_sha256"] for k, v in per_shard.items()}]
@@ -118,7 +127,7 @@ def write_run_info(run: RunDir, *, shards: str | os.PathLike, manifests: dict[st
         "command": [sys.executable, *sys.argv],
         **(extra or {}),
     }
-    shard_record = {"root": str(shards.resolve()), "splits": shard_info}
+    shard_record = {"root": str(shards) if remote else str(shards.resolve()), "splits": shard_info}
     sessions = []
     if run.info.is_file():  # a resumed run: keep the earlier sessions, warn when the shards changed
         try:

@@ -1,0 +1,294 @@
+"""Shards from URLs (dataset/shard_source.py): ``train.py --shards`` / ``evaluate.py --shards`` read a shard set
+from an http(s) base URL or a ``pipe:`` command with ``{}`` as well as from a directory.
+
+A tiny shard set is served by ``http.server`` on 127.0.0.1 (port 0) in a thread. The end-to-end checks (marked
+slow) train one epoch from the URL, from ``pipe:cat DIR/{}`` and from the directory with the same seed and compare
+the weights bit for bit, and evaluate the run on the URL and on the directory (same metrics.json). The fast ones:
+the location rule, a dead server and a hanging one exit 2 within seconds naming the URL, a failing command exits
+2 naming it, manifests naming ``../x.tar`` or ``http://evil/x.tar`` are refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import functools
+import json
+import shutil
+import socket
+import threading
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+import evaluation.cli as evaluate_script
+import training.cli as train_script
+from core.errors import BadInputError
+from dataset.shard_source import (
+    CommandFailed, FetchError, RemoteShards, fetch_bytes, is_remote, shard_location,
+)
+from dataset.stream import make_loader, resolve_shards
+from tests.fixtures.tiny_shards import cached_tiny_shards
+from tests.test_train import TINY
+
+BASE = ["--preset", "tiny", "--device", "cpu", "--no-progress", "--threads", "1", "--set", "dropout=0.1"]
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+        pass
+
+
+@contextlib.contextmanager
+def serve(directory: Path):
+    """Serve ``directory`` on http://127.0.0.1:PORT/ in a thread; yields the base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(directory)))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch):
+    """127.0.0.1 is reached directly even where http_proxy is set (urllib and curl both read no_proxy)."""
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+
+
+@pytest.fixture(scope="module")
+def shards(request):
+    torch.set_num_threads(1)
+    return cached_tiny_shards(request, "tiny", **TINY)
+
+
+@pytest.fixture(scope="module")
+def site(shards, tmp_path_factory):
+    """The tiny set served as http://127.0.0.1:PORT/data/shards (a path below the root, as on a real server)."""
+    root = tmp_path_factory.mktemp("site")
+    (root / "data").mkdir()
+    shutil.copytree(shards, root / "data" / "shards")
+    with serve(root) as base:
+        yield base + "/data/shards"
+
+
+def _run(argv) -> int:
+    return train_script.main([str(a) for a in argv])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the rule
+
+
+def test_location_rule(tmp_path):
+    http = shard_location("http://host:8000/a/shards/")
+    assert isinstance(http, RemoteShards) and str(http) == "http://host:8000/a/shards/"
+    assert http.url("train.json") == "http://host:8000/a/shards/train.json"
+    assert http / "train-000000.tar" == "http://host:8000/a/shards/train-000000.tar"
+    assert shard_location("https://h/s").url("stats.npz") == "https://h/s/stats.npz"
+    pipe = shard_location("pipe:aws s3 cp s3://bucket/shards/{} -")
+    assert pipe.url("val-000001.tar") == "pipe:aws s3 cp s3://bucket/shards/val-000001.tar -"
+    assert shard_location(str(tmp_path)) == tmp_path and shard_location(tmp_path) == tmp_path
+    assert not is_remote(str(tmp_path)) and not is_remote("http://h/s/train-{000000..000003}.tar")
+    for bad in ("pipe:cat shards/train.json", "s3://bucket/shards", "file:///data/shards", "gs://b/s",
+                "http://h/s/train-000000.tar"):
+        with pytest.raises(BadInputError):
+            shard_location(bad)
+    for name in ("../x.tar", "a/b.tar", "http://evil/x.tar", "x.tar; rm -rf ~", "x.sh", "", ".tar"):
+        with pytest.raises(BadInputError):
+            pipe.url(name)
+        with pytest.raises(BadInputError):
+            http.url(name)
+
+
+def test_fetch_limits_and_failures():
+    assert fetch_bytes("pipe:printf abc") == b"abc"
+    with pytest.raises(FetchError, match="more than the 1000 bytes"):
+        fetch_bytes("pipe:head -c 5000 /dev/zero", max_bytes=1000)
+    t0 = time.monotonic()
+    with pytest.raises(FetchError, match="did not finish within 0.5 s"):
+        fetch_bytes("pipe:sleep 30", timeout=0.5)
+    assert time.monotonic() - t0 < 5
+    with pytest.raises(CommandFailed, match=r"pipe:echo oops >&2; exit 3: the command exited with status 3 \(oops\)"):
+        fetch_bytes("pipe:echo oops >&2; exit 3")
+
+
+def test_manifest_and_stats_over_http_and_pipe(shards, site):
+    local_urls, local_m, _ = resolve_shards(shards, "train")
+    for spec in (site, f"pipe:cat {shards}/{{}}"):
+        urls, m, root = resolve_shards(spec, "train")
+        assert m == local_m and isinstance(root, RemoteShards)
+        assert [u.rsplit("/", 1)[-1].split()[0] for u in urls] == [Path(u).name for u in local_urls]
+    loader = make_loader(site, "val", batch_size=4, train=False)
+    batches = list(loader)
+    assert sum(len(b["keyid"]) for b in batches) == TINY["n_val"]
+    with pytest.raises(FileNotFoundError, match="HTTP 404"):
+        resolve_shards(site, "test")  # the tiny set has no test split
+
+
+# ---------------------------------------------------------------------------------------------------------
+# failures: exit 2, quickly, naming the URL
+
+
+def test_dead_server_exits_2_naming_the_url(tmp_path, capsys):
+    url = f"http://127.0.0.1:{_closed_port()}/shards"
+    t0 = time.monotonic()
+    assert _run(["--shards", url, "--out", tmp_path / "run", "--epochs", 1, *BASE]) == 2
+    err = capsys.readouterr().err
+    assert f"{url}/train.json" in err and "cannot connect" in err, err
+    assert not (tmp_path / "run").exists()
+    code = evaluate_script.main(["--run", str(tmp_path / "nothing"), "--shards", url, "--device", "cpu",
+                                 "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert url in err and "cannot connect" in err, err
+    assert time.monotonic() - t0 < 20
+
+
+def test_hanging_server_times_out(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LAVIMO_FETCH_TIMEOUT", "1")
+    with socket.socket() as s:  # accepts connections (backlog) but never answers
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/shards"
+        t0 = time.monotonic()
+        assert _run(["--shards", url, "--out", tmp_path / "run", "--epochs", 1, *BASE]) == 2
+        assert time.monotonic() - t0 < 15
+    err = capsys.readouterr().err
+    assert f"{url}/train.json" in err and "within 1 s" in err, err
+
+
+def test_failing_pipe_and_bad_locations_exit_2(tmp_path, capsys):
+    spec = f"pipe:cat {tmp_path}/missing/{{}}"
+    assert _run(["--shards", spec, "--out", tmp_path / "run", "--epochs", 1, *BASE]) == 2
+    err = capsys.readouterr().err
+    assert f"pipe:cat {tmp_path}/missing/train.json" in err and "exited with status 1" in err, err
+    for bad in ("pipe:cat shards/train.json", "s3://bucket/shards"):
+        assert _run(["--shards", bad, "--out", tmp_path / "run", "--epochs", 1, *BASE]) == 2
+        assert bad in capsys.readouterr().err
+        assert evaluate_script.main(["--run", str(tmp_path), "--shards", bad, "--device", "cpu"]) == 2
+        assert bad in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("evil", ["../x.tar", "http://evil/x.tar", "pipe:touch pwned", "sub/x.tar"])
+def test_manifest_naming_other_files_is_refused(shards, tmp_path, capsys, evil):
+    root = tmp_path / "site"
+    shutil.copytree(shards, root / "shards")
+    m = json.loads((root / "shards" / "train.json").read_text())
+    m["shards"][0]["name"] = evil
+    (root / "shards" / "train.json").write_text(json.dumps(m))
+    with serve(root) as base:
+        for spec in (base + "/shards", f"pipe:cat {root}/shards/{{}}"):
+            with pytest.raises(BadInputError, match="not a plain '<name>.tar' file name"):
+                resolve_shards(spec, "train")
+            for flags in ([], ["--no-verify"]):
+                assert _run(["--shards", spec, "--out", tmp_path / "run", "--epochs", 1, *flags, *BASE]) == 2
+                assert "is not a plain '<name>.tar' file name" in capsys.readouterr().err
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
+def test_remote_tar_differing_from_its_manifest_stops_training(shards, tmp_path, capsys):
+    root = tmp_path / "site"
+    shutil.copytree(shards, root / "shards")
+    tar = root / "shards" / "val-000000.tar"
+    data = bytearray(tar.read_bytes())
+    data[-2000] ^= 0xFF  # same size, other bytes
+    tar.write_bytes(bytes(data))
+    with serve(root) as base:
+        assert _run(["--shards", base + "/shards", "--out", tmp_path / "run", "--epochs", 1, *BASE]) == 2
+    err = capsys.readouterr().err
+    assert f"{base}/shards/val-000000.tar: sha256 differs from the manifest" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_gallery_clips_from_url(shards, site, tmp_path):
+    from evaluation.report import extract_shard_clips
+
+    keys = next(iter(make_loader(shards, "val", batch_size=2, train=False)))["keyid"]
+    local = extract_shard_clips(shards, "val", keys, tmp_path / "local")
+    remote = extract_shard_clips(site, "val", keys, tmp_path / "url")
+    assert sorted(local) == sorted(remote) == sorted(keys)
+    for k in keys:
+        assert remote[k].parent == tmp_path / "url" and remote[k].stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# end to end: one epoch from the URL / a pipe = from the directory
+
+
+@pytest.fixture(scope="module")
+def local_run(shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "run"
+    assert _run(["--shards", shards, "--out", out, "--epochs", 1, *BASE]) == 0
+    return out
+
+
+def _rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    from safetensors.torch import load_file
+
+    wa = load_file(str(a / "checkpoints" / "last.safetensors"))
+    wb = load_file(str(b / "checkpoints" / "last.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+@pytest.mark.slow
+def test_train_from_url_equals_local(local_run, shards, site, tmp_path):
+    out = tmp_path / "run"
+    assert _run(["--shards", site, "--out", out, "--epochs", 1, *BASE]) == 0
+    rows, local_rows = _rows(out), _rows(local_run)
+    assert len(rows) == 1 and float(rows[0]["train_loss"]) > 0  # the epoch's loss and validation were logged
+    _same_weights(local_run, out)
+    for k in ("step", "lr", "train_loss", "val_t2m_R@1", "val_v2m_R@1", "val_score"):
+        assert rows[0][k] == local_rows[0][k], k
+    info = json.loads((out / "run.json").read_text())
+    assert info["shards"]["root"] == site
+    local = json.loads((local_run / "run.json").read_text())["shards"]["splits"]
+    for split in ("train", "val"):
+        rec = info["shards"]["splits"][split]
+        assert rec["manifest"] == f"{site}/{split}.json" and rec["verify"] == "sha256"
+        assert rec["manifest_sha256"] == local[split]["manifest_sha256"]
+        assert rec["shards"] == local[split]["shards"]  # every tar streamed once and matched
+        assert all(r["match"] for r in rec["shards"].values())
+    assert json.loads((out / "config.json").read_text())["train"]["shards"] == site
+
+
+@pytest.mark.slow
+def test_train_from_pipe_equals_local(local_run, shards, tmp_path):
+    out = tmp_path / "run"
+    assert _run(["--shards", f"pipe:cat {shards}/{{}}", "--out", out, "--epochs", 1, "--no-verify", *BASE]) == 0
+    _same_weights(local_run, out)
+    splits = json.loads((out / "run.json").read_text())["shards"]["splits"]
+    assert splits["train"]["verify"] == "skipped"
+
+
+@pytest.mark.slow
+def test_evaluate_on_url_equals_local(local_run, shards, site, tmp_path):
+    common = ["--run", str(local_run), "--split", "val", "--protocol", "all", "threshold", "--batch-size", "8",
+              "--device", "cpu", "--no-progress"]
+    assert evaluate_script.main([*common, "--shards", str(shards), "--out", str(tmp_path / "local")]) == 0
+    assert evaluate_script.main([*common, "--shards", site, "--out", str(tmp_path / "url")]) == 0
+    a = json.loads((tmp_path / "local" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "url" / "metrics.json").read_text())
+    assert a == b and a["all"]["n"] == TINY["n_val"]
+    assert json.loads((tmp_path / "url" / "eval_info.json").read_text())["shards"] == site
