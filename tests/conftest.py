@@ -29,6 +29,14 @@ def repo_root() -> Path:
     return REPO
 
 
+@pytest.fixture(scope="module")
+def shards(request) -> Path:
+    """The trainer tests' tiny shard set (tests/fixtures/runs.py, TRAIN_SET); a test file may define its own."""
+    from tests.fixtures.runs import train_shards
+
+    return train_shards(request)
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip tests marked ``gpu`` when CUDA is not available."""
     try:

@@ -11,24 +11,16 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import training.cli as train_script
 from training.preemption import EXIT_PREEMPTED, StopRequest, resolve_resume
 from training.loop import load_training_state
 from tests.fixtures.processes import sigterm_when
-from tests.fixtures.tiny_shards import cached_tiny_shards
-from tests.test_train import TINY
+from tests.fixtures.runs import assert_same_last_weights
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = ["--preset", "tiny", "--device", "cpu", "--no-progress", "--threads", "1", "--set", "dropout=0.1",
         "--epochs", "2", "--resume", "auto"]
-
-
-@pytest.fixture(scope="module")
-def shards(request):
-    torch.set_num_threads(1)
-    return cached_tiny_shards(request, "tiny", **TINY)
 
 
 def _argv(shards: Path, out: Path) -> list[str]:
@@ -54,8 +46,6 @@ def test_stop_request_records_the_signal():
 
 @pytest.mark.slow
 def test_signal_mid_epoch_then_same_command_is_bit_identical(shards, tmp_path, monkeypatch):
-    from safetensors.torch import load_file
-
     full = tmp_path / "full"
     assert train_script.main(_argv(shards, full)) == 0
 
@@ -72,11 +62,7 @@ def test_signal_mid_epoch_then_same_command_is_bit_identical(shards, tmp_path, m
     state = load_training_state(out / "checkpoints" / "last.state.pt", complete=True)
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (0, 6, 6)  # step 5 finished, then saved
     assert train_script.main(_argv(shards, out)) == 0  # the very same command line
-    a = load_file(str(full / "checkpoints" / "last.safetensors"))
-    b = load_file(str(out / "checkpoints" / "last.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_last_weights(full, out)
 
 
 @pytest.mark.slow

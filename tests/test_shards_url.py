@@ -11,7 +11,6 @@ the location rule, a dead server and a hanging one exit 2 within seconds naming 
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import json
 import shutil
@@ -22,19 +21,16 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import torch
 
 import evaluation.cli as evaluate_script
-import training.cli as train_script
 from core.errors import BadInputError
 from dataset.shard_source import (
     CommandFailed, FetchError, RemoteShards, fetch_bytes, is_remote, shard_location,
 )
 from dataset.stream import make_loader, resolve_shards
-from tests.fixtures.tiny_shards import cached_tiny_shards
-from tests.test_train import TINY
+from tests.fixtures.runs import TINY_FLAGS, TRAIN_SET, assert_same_last_weights, metrics_rows, run_train, train_tiny
 
-BASE = ["--preset", "tiny", "--device", "cpu", "--no-progress", "--threads", "1", "--set", "dropout=0.1"]
+BASE = TINY_FLAGS
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -71,12 +67,6 @@ def _no_proxy(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def shards(request):
-    torch.set_num_threads(1)
-    return cached_tiny_shards(request, "tiny", **TINY)
-
-
-@pytest.fixture(scope="module")
 def site(shards, tmp_path_factory):
     """The tiny set served as http://127.0.0.1:PORT/data/shards (a path below the root, as on a real server)."""
     root = tmp_path_factory.mktemp("site")
@@ -86,8 +76,7 @@ def site(shards, tmp_path_factory):
         yield base + "/data/shards"
 
 
-def _run(argv) -> int:
-    return train_script.main([str(a) for a in argv])
+_run = run_train
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -135,7 +124,7 @@ def test_manifest_and_stats_over_http_and_pipe(shards, site):
         assert [u.rsplit("/", 1)[-1].split()[0] for u in urls] == [Path(u).name for u in local_urls]
     loader = make_loader(site, "val", batch_size=4, train=False)
     batches = list(loader)
-    assert sum(len(b["keyid"]) for b in batches) == TINY["n_val"]
+    assert sum(len(b["keyid"]) for b in batches) == TRAIN_SET["n_val"]
     with pytest.raises(FileNotFoundError, match="HTTP 404"):
         resolve_shards(site, "test")  # the tiny set has no test split
 
@@ -232,33 +221,16 @@ def test_gallery_clips_from_url(shards, site, tmp_path):
 
 @pytest.fixture(scope="module")
 def local_run(shards, tmp_path_factory):
-    out = tmp_path_factory.mktemp("local") / "run"
-    assert _run(["--shards", shards, "--out", out, "--epochs", 1, *BASE]) == 0
-    return out
-
-
-def _rows(run: Path) -> list[dict]:
-    with open(run / "metrics.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _same_weights(a: Path, b: Path) -> None:
-    from safetensors.torch import load_file
-
-    wa = load_file(str(a / "checkpoints" / "last.safetensors"))
-    wb = load_file(str(b / "checkpoints" / "last.safetensors"))
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
+    return train_tiny(shards, tmp_path_factory.mktemp("local") / "run", 1)
 
 
 @pytest.mark.slow
 def test_train_from_url_equals_local(local_run, shards, site, tmp_path):
     out = tmp_path / "run"
     assert _run(["--shards", site, "--out", out, "--epochs", 1, *BASE]) == 0
-    rows, local_rows = _rows(out), _rows(local_run)
+    rows, local_rows = metrics_rows(out), metrics_rows(local_run)
     assert len(rows) == 1 and float(rows[0]["train_loss"]) > 0  # the epoch's loss and validation were logged
-    _same_weights(local_run, out)
+    assert_same_last_weights(local_run, out)
     for k in ("step", "lr", "train_loss", "val_t2m_R@1", "val_v2m_R@1", "val_score"):
         assert rows[0][k] == local_rows[0][k], k
     info = json.loads((out / "run.json").read_text())
@@ -270,14 +242,14 @@ def test_train_from_url_equals_local(local_run, shards, site, tmp_path):
         assert rec["manifest_sha256"] == local[split]["manifest_sha256"]
         assert rec["shards"] == local[split]["shards"]  # every tar streamed once and matched
         assert all(r["match"] for r in rec["shards"].values())
-    assert json.loads((out / "config.json").read_text())["train"]["shards"] == site
+    assert json.loads((out / "config.json").read_text())["trainer"]["shards"] == site
 
 
 @pytest.mark.slow
 def test_train_from_pipe_equals_local(local_run, shards, tmp_path):
     out = tmp_path / "run"
     assert _run(["--shards", f"pipe:cat {shards}/{{}}", "--out", out, "--epochs", 1, "--no-verify", *BASE]) == 0
-    _same_weights(local_run, out)
+    assert_same_last_weights(local_run, out)
     splits = json.loads((out / "run.json").read_text())["shards"]["splits"]
     assert splits["train"]["verify"] == "skipped"
 
@@ -290,5 +262,5 @@ def test_evaluate_on_url_equals_local(local_run, shards, site, tmp_path):
     assert evaluate_script.main([*common, "--shards", site, "--out", str(tmp_path / "url")]) == 0
     a = json.loads((tmp_path / "local" / "metrics.json").read_text())
     b = json.loads((tmp_path / "url" / "metrics.json").read_text())
-    assert a == b and a["all"]["n"] == TINY["n_val"]
+    assert a == b and a["all"]["n"] == TRAIN_SET["n_val"]
     assert json.loads((tmp_path / "url" / "eval_info.json").read_text())["shards"] == site

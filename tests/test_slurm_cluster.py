@@ -128,13 +128,9 @@ def _metrics(run: Path) -> list[dict[str, float]]:
 
 @pytest.mark.slow
 def test_srun_training_equals_torchrun(cluster, request, tmp_path):
-    import torch
-    from safetensors.torch import load_file
+    from tests.fixtures.runs import assert_same_last_weights, train_shards
 
-    from tests.fixtures.tiny_shards import cached_tiny_shards
-    from tests.test_train import TINY
-
-    shards = cached_tiny_shards(request, "tiny", **TINY)
+    shards = train_shards(request)
     # appended to train.sbatch's own flags (the last of a repeated flag wins): the tiny preset on CPU
     extra = ["--preset", "tiny", "--device", "cpu", "--epochs", "1", "--workers", "0", "--threads", "1",
              "--shuffle-buffer", "1"]
@@ -162,11 +158,7 @@ def test_srun_training_equals_torchrun(cluster, request, tmp_path):
     assert len(got) == len(want) >= 1 and [sorted(r) for r in got] == [sorted(r) for r in want]
     for g, w in zip(got, want):
         assert g == pytest.approx(w, rel=1e-5, abs=1e-6)
-    a = load_file(srun_out / "checkpoints" / "last.safetensors")
-    b = load_file(torchrun_out / "checkpoints" / "last.safetensors")
-    assert sorted(a) == sorted(b)
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert_same_last_weights(srun_out, torchrun_out, rtol=1e-5, atol=1e-6)
 
 
 def _running_with(text: str) -> list[str]:

@@ -101,10 +101,9 @@ def test_render_amass_takes_its_part_from_the_array(monkeypatch, capsys):
 def test_train_py_as_two_srun_tasks(request, tmp_path):
     """Two plain `python train.py` processes with srun's variables (what srun --ntasks=2 sets) form one gloo
     DDP job: world size 2, and both ranks finish."""
-    from tests.fixtures.tiny_shards import cached_tiny_shards
-    from tests.test_train import TINY
+    from tests.fixtures.runs import train_shards
 
-    shards = cached_tiny_shards(request, "tiny", **TINY)
+    shards = train_shards(request)
     out = tmp_path / "run"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

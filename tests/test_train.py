@@ -29,7 +29,7 @@ from training.run_dir import MetricsTable, RunDir
 from training.schedule import lr_factor, paper_scheduler
 
 import training.cli as train_script
-from tests.fixtures.tiny_shards import cached_tiny_shards
+from tests.fixtures.runs import TINY_FLAGS, assert_same_last_weights, metrics_rows, run_train, train_tiny
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -244,38 +244,22 @@ def test_stepper_skips_nonfinite_steps():
 REPO = Path(__file__).resolve().parents[1]
 
 
-TINY = dict(n_train=32, n_val=8, n_classes=4, samples_per_shard=8, size=32, frames=(12, 20))
 
 
-@pytest.fixture(scope="module")
-def shards(request):
-    torch.set_num_threads(1)  # a shared 2-core machine: more threads only oversubscribe it
-    return cached_tiny_shards(request, "tiny", **TINY)
-
-
-def _run(argv) -> int:
-    return train_script.main([str(a) for a in argv])
-
-
-BASE = ["--preset", "tiny", "--device", "cpu", "--no-progress", "--threads", "1", "--set", "dropout=0.1"]
+_run, BASE = run_train, TINY_FLAGS
 
 
 @pytest.fixture(scope="module")
 def full_run(shards, tmp_path_factory):
     """An uninterrupted 3-epoch tiny run (dropout on, so the RNG streams matter for resume)."""
-    out = tmp_path_factory.mktemp("full") / "run"
-    assert _run(["--shards", shards, "--out", out, "--epochs", 3, *BASE]) == 0
-    return out
+    return train_tiny(shards, tmp_path_factory.mktemp("full") / "run", 3)
 
 
-def _rows(run: Path) -> list[dict]:
-    with open(run / "metrics.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 @pytest.mark.slow
 def test_train_lowers_loss_and_logs_validation(full_run, shards):
-    rows = _rows(full_run)
+    rows = metrics_rows(full_run)
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     assert [int(r["step"]) for r in rows] == [8, 16, 24]  # 32 samples / batch 4
     for r in rows:
@@ -309,8 +293,6 @@ def test_train_lowers_loss_and_logs_validation(full_run, shards):
 
 @pytest.mark.slow
 def test_resume_mid_epoch_is_exact(full_run, shards, tmp_path, capsys, caplog):
-    from safetensors.torch import load_file
-
     out = tmp_path / "run"
     # "killed" after a save in the middle of epoch 2: --save-every saves at step 10, --max-steps stops at 11
     # after saving; simulate losing step 11 by resuming from the step-10 files
@@ -318,12 +300,8 @@ def test_resume_mid_epoch_is_exact(full_run, shards, tmp_path, capsys, caplog):
     state = load_training_state(out / "checkpoints" / "last.state.pt")
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 2, 10)
     assert _run(["--shards", shards, "--out", out, "--resume", *BASE]) == 0
-    a = load_file(str(full_run / "checkpoints" / "last.safetensors"))
-    b = load_file(str(out / "checkpoints" / "last.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
-    ra, rb = _rows(full_run), _rows(out)
+    assert_same_last_weights(full_run, out, atol=1e-6)
+    ra, rb = metrics_rows(full_run), metrics_rows(out)
     assert [r["step"] for r in rb] == [r["step"] for r in ra]
     for x, y in zip(ra, rb):
         for k in ("train_loss", "val_t2m_R@1", "val_v2m_R@1", "lr"):
@@ -409,7 +387,7 @@ def test_ablation_flags_saved_config_and_checkpoint(shards, tmp_path):
              "--no-fusion", "--freeze-text"]
     assert _run(["--shards", shards, "--out", out, "--epochs", 1, "--max-steps", 2, "--val-every", 1,
                  *BASE, *flags]) == 0
-    rows = _rows(out)  # --val-every 1: a validation after each of the 2 steps, t2m only (no video)
+    rows = metrics_rows(out)  # --val-every 1: a validation after each of the 2 steps, t2m only (no video)
     assert [int(r["step"]) for r in rows] == [1, 2]
     assert all(math.isnan(float(r["val_v2m_R@1"])) and math.isfinite(float(r["val_t2m_R@1"])) for r in rows)
     assert float(rows[0]["fusion_motion"]) == 1.0  # no fusion: the decoder reads the motion latent alone

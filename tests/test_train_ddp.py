@@ -13,16 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from test_train import TINY
-
-from tests.fixtures.tiny_shards import cached_tiny_shards
+from tests.fixtures.runs import train_shards
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_torchrun_two_ranks_disjoint(request, tmp_path):
-    shards = cached_tiny_shards(request, "tiny", **TINY)
+    shards = train_shards(request)
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     # --shuffle-buffer 1: with the loader's default buffer (1000 samples, filled across passes over the rank's

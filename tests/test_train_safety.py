@@ -23,27 +23,19 @@ import numpy as np
 import pytest
 import torch
 
-import training.cli as train_script
 from core.errors import BadInputError
 from core.hashing import sha256_file
 from training.loop import (
     NonFiniteGuard, SkipBudget, TrainingStalled, load_training_state, save_training_state,
 )
-from test_train import BASE, TINY
+from test_train import BASE
 
-from tests.fixtures.tiny_shards import cached_tiny_shards
+from tests.fixtures.runs import TRAIN_SET, run_train
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def shards(request):
-    torch.set_num_threads(1)
-    return cached_tiny_shards(request, "tiny", **TINY)
-
-
-def _run(argv) -> int:
-    return train_script.main([str(a) for a in argv])
+_run = run_train
 
 
 def patch_shards(src: Path, dst: Path, change, splits=("train",)) -> Path:
@@ -121,7 +113,7 @@ def test_wrong_width_motion_everywhere_exits_1_with_counts(shards, tmp_path):
 @pytest.mark.slow
 def test_skip_fraction_over_threshold_exits_1(shards, tmp_path, capsys):
     # 3 of every 4 training samples have 10-dim motion: each epoch would skip 3x the samples it trains on
-    train_keys = {f"{i:06d}" for i in range(TINY["n_train"]) if i % 4}
+    train_keys = {f"{i:06d}" for i in range(TRAIN_SET["n_train"]) if i % 4}
     bad = patch_shards(shards, tmp_path / "bad", motion_change(lambda m: np.zeros((len(m), 10), np.float32),
                                                                keys=train_keys))
     assert _run(["--shards", bad, "--out", tmp_path / "r1", "--epochs", 1, *BASE]) == 1
