@@ -13,8 +13,8 @@ VAL_FRACTION=${DEMO_VAL_FRACTION:-0.07}
 PRESET=${DEMO_PRESET:-demo}
 SIZE=${DEMO_SIZE:-112}
 FPS=${DEMO_FPS:-10}
-# epochs: the preset's (model/presets/demo.json for 'demo') unless DEMO_EPOCHS is set
-EPOCHS=${DEMO_EPOCHS:-$("$BIN/python" -c 'import sys; from model.config import load_preset; print(load_preset(sys.argv[1]).epochs)' "$PRESET")}
+# epochs: the preset's (training/presets/demo.json for 'demo') unless DEMO_EPOCHS is set
+EPOCHS=${DEMO_EPOCHS:-$("$BIN/python" -c 'import sys; from training.config import load_run_config; print(load_run_config(sys.argv[1]).train.epochs)' "$PRESET")}
 WORKERS=${DEMO_WORKERS:-2}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYOPENGL_PLATFORM=${PYOPENGL_PLATFORM:-egl}
 mkdir -p "$DEMO"

@@ -28,6 +28,13 @@ def test_demo_knobs_are_documented_in_readme() -> None:
     assert not [k for k in sorted(knobs) if f"`{k}`" not in readme], "knobs of scripts/demo.sh missing in README"
 
 
+def test_default_epochs_are_the_presets() -> None:
+    """Without DEMO_EPOCHS the script asks the preset (its run settings) for the epoch count: 20 for 'demo'."""
+    (code,) = re.findall(r"EPOCHS=\$\{DEMO_EPOCHS:-\$\(\"\$BIN/python\" -c '([^']+)' \"\$PRESET\"\)\}", SCRIPT.read_text())
+    p = subprocess.run([sys.executable, "-c", code, "demo"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "20", p.stderr[-2000:]
+
+
 def _run_demo(out: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, VENV=str(Path(sys.executable).parents[1]), DEMO=str(out), DEMO_MOTIONS="84",
                DEMO_TEST_FRACTION="0.34", DEMO_VAL_FRACTION="0.2", DEMO_SIZE="32", DEMO_FPS="5",
