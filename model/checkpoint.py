@@ -165,7 +165,7 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise BadInputError(path, META_FORMAT, "not a LAVIMO checkpoint (no lavimo_config in the metadata)")
     conf = _json_object(meta, META_CONFIG, path)
     try:
-        cfg = LavimoConfig.from_dict(conf)
+        cfg = LavimoConfig.from_saved(conf)  # a checkpoint from before the model / run split loads too
     except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as exc:
         raise BadInputError(path, META_CONFIG, f"bad checkpoint config: {' '.join(str(exc).split())[:300]}") from exc
     assets = _check_text_assets(_json_object(meta, META_TEXT, path), path)
@@ -178,7 +178,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
 
     No pretrained files are read: backbones are built from the saved config (and the saved text config and
     tokenizer) and overwritten by the checkpoint. ``overrides`` change non-architectural config fields (e.g.
-    ``negative_filtering``, ``lr``). The ``extra`` dict is available as ``model.checkpoint_extra``.
+    ``negative_filtering``, ``threshold``). The ``extra`` dict is available as ``model.checkpoint_extra``.
     """
     from safetensors.torch import load_model
 

@@ -29,6 +29,15 @@ log = logging.getLogger(__name__)
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
+#: the run settings a config of version 0.1.0 before the model / run split carried beside the model's fields
+#: (now training.config.TrainConfig's); :meth:`LavimoConfig.from_saved` drops them, so checkpoints and run
+#: directories written before the split still load. A historical list: it never grows.
+PRE_SPLIT_RUN_FIELDS = frozenset({
+    "batch_size", "lr", "lr_min", "lr_decay_start_epoch", "epochs", "optimizer", "weight_decay", "betas",
+    "backbone_lr_scale", "grad_clip", "warmup_steps", "seed", "num_workers", "epoch_batches", "eval_every",
+    "checkpoint_every", "log_every", "amp", "gather_negatives", "extra", "hflip_p", "randaugment_ops",
+    "randaugment_magnitude"})
+
 MODALITIES = ("tmv", "tm")
 NEGATIVE_FILTERING = ("lavimo", "tmr", "soft", "none")
 
@@ -128,6 +137,12 @@ class LavimoConfig(JsonConfig):
         if self.activation not in ("gelu", "relu"):
             bad("activation", "must be 'gelu' or 'relu'")
 
+    @classmethod
+    def from_saved(cls, d: dict[str, Any]) -> "LavimoConfig":
+        """:meth:`from_dict` for a saved config (a checkpoint's or a run's), which may come from before the model /
+        run split and then also holds run settings (:data:`PRE_SPLIT_RUN_FIELDS`): those are dropped."""
+        return cls.from_dict({k: v for k, v in d.items() if k not in PRE_SPLIT_RUN_FIELDS})
+
     # ------------------------------------------------------------------
     def loader_kwargs(self) -> dict[str, Any]:
         """The fields ``dataset.stream.make_loader`` takes from the model: frame size and count, motion length,
@@ -145,12 +160,13 @@ def load_preset(name_or_path: str | os.PathLike, **overrides: Any) -> LavimoConf
     """The model of a bundled preset (``paper``, ``demo``, ``tiny``) or of a JSON file, with overrides, validated.
 
     A JSON file holds the fields at top level or under a ``"model"`` key (so a run's saved ``config.json`` can be
-    passed). Overrides may be typed values or CLI strings (``fusion="false"``); unknown names raise
-    ``ValueError``. The run's settings of a preset are :func:`training.config.load_run_config`'s.
+    passed; one from before the model / run split, whose ``"model"`` object also holds run settings, too).
+    Overrides may be typed values or CLI strings (``fusion="false"``); unknown names raise ``ValueError``. The
+    run's settings of a preset are :func:`training.config.load_run_config`'s.
     """
     path, data = read_config_json(name_or_path, PRESET_DIR)
     if isinstance(data.get("model"), dict):
-        data = dict(data["model"])
+        data = {k: v for k, v in data["model"].items() if k not in PRE_SPLIT_RUN_FIELDS}
     data.update(overrides)
     cfg = LavimoConfig.from_dict(data)
     log.debug("loaded preset %s -> %s", path, cfg.name)

@@ -69,3 +69,78 @@ def test_checkpoints_carry_the_model_only(tmp_path):
     save_checkpoint(build_model(cfg), tmp_path / "m.safetensors")
     assert read_checkpoint_metadata(tmp_path / "m.safetensors")["config"] == cfg
     assert isinstance(load_run_config("tiny"), RunConfig) and TrainConfig().epochs == 400
+
+
+def test_resumed_optimiser_takes_the_runs_current_settings():
+    """A saved optimiser / scheduler state brings back the saved lr, weight decay and betas; apply_group_settings
+    puts this run's back (base lrs, the lr of the current step), and changes nothing when they are the same."""
+    import torch
+
+    from model import build_model
+    from training.loop import apply_group_settings, group_settings, make_optimizer
+    from training.schedule import lr_factor, paper_scheduler
+
+    torch.manual_seed(0)
+    rc = load_run_config("tiny", backbone_lr_scale=0.1)
+    model = build_model(rc.model)
+
+    def built(tc: TrainConfig):
+        opt = make_optimizer(model, tc)
+        return opt, paper_scheduler(opt, steps_per_epoch=4, epochs=tc.epochs, decay_start_epoch=tc.lr_decay_start_epoch,
+                                    lr=tc.lr, lr_min=tc.lr_min)
+
+    old_opt, old_sched = built(rc.train)
+    for _ in range(5):
+        old_opt.step()
+        old_sched.step()
+    saved = old_opt.state_dict(), old_sched.state_dict()
+    same_lrs = [g["lr"] for g in old_opt.param_groups]
+
+    new = rc.train.replace(lr=0.5, weight_decay=0.3, betas=(0.8, 0.9))
+    opt, sched = built(new)
+    current = group_settings(opt)
+    opt.load_state_dict(saved[0])
+    sched.load_state_dict(saved[1])
+    assert opt.param_groups[0]["weight_decay"] in (0.0, 0.01)  # the saved value came back ...
+    apply_group_settings(opt, sched, current)  # ... and is replaced
+    factor = lr_factor(5, steps_per_epoch=4, epochs=new.epochs, decay_start_epoch=new.lr_decay_start_epoch,
+                       lr=0.5, lr_min=new.lr_min)
+    for g in opt.param_groups:
+        scale = 0.1 if g["name"].startswith("backbone") else 1.0
+        assert g["initial_lr"] == pytest.approx(0.5 * scale) and g["lr"] == pytest.approx(0.5 * scale * factor)
+        assert g["weight_decay"] in (0.0, 0.3) and g["betas"] == (0.8, 0.9)
+    assert sched.get_last_lr() == [g["lr"] for g in opt.param_groups]
+
+    opt, sched = built(rc.train)  # unchanged settings: the very same numbers as the saved state
+    current = group_settings(opt)
+    opt.load_state_dict(saved[0])
+    sched.load_state_dict(saved[1])
+    apply_group_settings(opt, sched, current)
+    assert [g["lr"] for g in opt.param_groups] == same_lrs
+
+
+def test_configs_from_before_the_split_still_load(tmp_path):
+    """Checkpoints and run directories written before the model / run split held both halves in one object."""
+    import torch
+
+    from model import build_model, read_checkpoint_metadata, save_checkpoint
+    from model.config import PRE_SPLIT_RUN_FIELDS
+
+    assert PRE_SPLIT_RUN_FIELDS <= TrainConfig.field_names()
+    rc = load_run_config("tiny", lr=3e-4)
+    old = {"model": rc.flat(), "train": {"device": "cpu", "world_size": 1, "steps_per_epoch": 8}}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(old))
+    assert load_run_config(path) == rc and load_preset(path) == rc.model
+    torch.manual_seed(0)
+    ckpt = tmp_path / "old.safetensors"
+    save_checkpoint(build_model(rc.model), ckpt)
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(ckpt), framework="pt") as fh:
+        meta = dict(fh.metadata())
+    conf = json.loads(meta["lavimo_config"])
+    meta["lavimo_config"] = json.dumps({**conf, **rc.train.to_dict()})  # as a pre-split checkpoint held it
+    save_file(load_file(str(ckpt)), str(ckpt), metadata=meta)
+    assert read_checkpoint_metadata(ckpt)["config"] == rc.model

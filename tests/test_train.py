@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 import math
 import random
 from pathlib import Path
@@ -299,6 +300,8 @@ def test_resume_mid_epoch_is_exact(full_run, shards, tmp_path, capsys, caplog):
     assert _run(["--shards", shards, "--out", out, "--epochs", 3, "--save-every", 5, "--max-steps", 10, *BASE]) == 0
     state = load_training_state(out / "checkpoints" / "last.state.pt")
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 2, 10)
+    changed = tmp_path / "changed"
+    shutil.copytree(out, changed)
     assert _run(["--shards", shards, "--out", out, "--resume", *BASE]) == 0
     assert_same_last_weights(full_run, out, atol=1e-6)
     ra, rb = metrics_rows(full_run), metrics_rows(out)
@@ -323,6 +326,14 @@ def test_resume_mid_epoch_is_exact(full_run, shards, tmp_path, capsys, caplog):
         assert _run(["--shards", shards, "--out", out, "--resume", "--lr", "0.5", *BASE]) == 0
     assert "changed run settings: lr 0.001 -> 0.5" in caplog.text
     assert json.loads((out / "config.json").read_text())["train"]["lr"] == 0.5
+    # ... and they take effect mid-run: the saved optimiser state does not bring the old lr back
+    assert _run(["--shards", shards, "--out", changed, "--resume", "--lr", "0.002", *BASE]) == 0
+    resumed = [r for r in metrics_rows(changed) if int(r["step"]) > 10]
+    assert [int(r["step"]) for r in resumed] == [16, 24]
+    for r in resumed:
+        want = 0.002 * lr_factor(int(r["step"]), steps_per_epoch=8, epochs=3, decay_start_epoch=1, lr=0.002,
+                                 lr_min=1e-4)
+        assert float(r["lr"]) == pytest.approx(want, rel=1e-6)
 
 
 ABLATIONS = [

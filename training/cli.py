@@ -46,7 +46,7 @@ from model.lavimo import FUSION_NAMES, LOSS_KEYS
 from model.ddp import needs_find_unused_parameters
 from model.weights import missing_pretrained
 from training.loop import (
-    DistInfo, LossModule, NonFiniteGuard, RunningMeans, SkipBudget, Stepper, TrainingDiverged, TrainingStalled,
+    DistInfo, LossModule, NonFiniteGuard, apply_group_settings, group_settings, RunningMeans, SkipBudget, Stepper, TrainingDiverged, TrainingStalled,
     barrier, cleanup_distributed, format_counts, gather_embeddings, gather_rng_states, init_distributed,
     load_training_state, loader_skip_counts, local_rank_from_env, make_optimizer, mean_over_ranks, preserved_rng,
     retrieval_scores, save_training_state, seed_everything, set_rng_state,
@@ -484,8 +484,10 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
             raise SetupError(f"--resume: the run used {state['steps_per_epoch']} steps/epoch, now "
                              f"{steps_per_epoch} (batch size, rank count or shards changed)")
         try:
+            current = group_settings(optimizer)  # this command line's lr, weight decay, betas
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            apply_group_settings(optimizer, scheduler, current)  # the saved state brought back the saved ones
             scaler.load_state_dict(state["scaler"])
             guard = NonFiniteGuard(args.max_nan_steps, **state["nonfinite"])
             period = RunningMeans(state["period"])

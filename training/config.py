@@ -56,7 +56,7 @@ class TrainConfig(JsonConfig):
     # --- the loop ---
     seed: int = 0
     num_workers: int = 0  # loader worker processes per rank
-    epoch_batches: int | None = None  # batches per epoch for streaming loaders (None = one pass)
+    epoch_batches: int | None = None  # batches per epoch for streaming loaders (None or 0 = one pass)
     eval_every: int = 10  # epochs between validation passes
     checkpoint_every: int = 10  # epochs between checkpoints
     log_every: int = 50  # steps between log lines
@@ -87,8 +87,8 @@ class TrainConfig(JsonConfig):
             bad("hflip_p", "must be in [0, 1]")
         if self.randaugment_ops < 0 or not 0 <= self.randaugment_magnitude <= 30:
             bad("randaugment_ops", "randaugment_ops must be >= 0 and randaugment_magnitude in [0, 30]")
-        if self.epoch_batches is not None and self.epoch_batches <= 0:
-            bad("epoch_batches", "must be > 0 or None (one pass)")
+        if self.epoch_batches is not None and self.epoch_batches < 0:
+            bad("epoch_batches", "must be >= 0 (0 or None: one pass over the shards)")
 
     def augment_kwargs(self) -> dict[str, Any]:
         """The training loader's augmentation settings (``make_loader(..., augment=...)``); the other
@@ -142,8 +142,8 @@ def load_run_config(name_or_path: str | os.PathLike, **overrides: Any) -> RunCon
     """A bundled preset (``paper``, ``demo``, ``tiny``: ``model/presets/NAME.json`` + ``training/presets/NAME.json``)
     or a JSON file, with ``overrides`` (typed values or CLI strings) routed to the model or the run's settings.
 
-    A JSON file may be a run's ``config.json`` (``{"model": {...}, "train": {...}}``) or one flat object with
-    fields of both. Raises ``FileNotFoundError`` (no such preset or file) or ``ValueError`` (bad JSON, unknown
+    A JSON file may be a run's ``config.json`` (``{"model": {...}, "train": {...}}``; also one written before the
+    model / run split, whose ``"model"`` held both halves) or one flat object with fields of both. Raises ``FileNotFoundError`` (no such preset or file) or ``ValueError`` (bad JSON, unknown
     field, out-of-range value).
     """
     s = os.fspath(name_or_path)
@@ -153,8 +153,13 @@ def load_run_config(name_or_path: str | os.PathLike, **overrides: Any) -> RunCon
         _, train_data = read_config_json(s, PRESET_DIR)
     else:
         path, data = read_config_json(s, PRESET_DIR)
-        if isinstance(data.get("model"), dict) or isinstance(data.get("train"), dict):
-            model_data, train_data = dict(data.get("model") or {}), dict(data.get("train") or {})
+        model_part = data.get("model")
+        if isinstance(model_part, dict) and set(model_part) & TrainConfig.field_names():
+            # a run's config.json from before the model / run split: "model" held both halves, "train" the
+            # trainer's options (device, world size, ...), which are not settings
+            model_data, train_data = split_fields(model_part)
+        elif isinstance(model_part, dict) or isinstance(data.get("train"), dict):
+            model_data, train_data = dict(model_part or {}), dict(data.get("train") or {})
         else:
             try:
                 model_data, train_data = split_fields(data)

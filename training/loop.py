@@ -127,6 +127,34 @@ def make_optimizer(model: nn.Module, cfg: Any) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
 
+#: what a parameter group holds of the run's settings: its base lr (``lr`` x the backbone scale, the schedule's
+#: starting point), weight decay and AdamW betas. A saved optimiser state brings back the saved values.
+GROUP_SETTINGS = ("initial_lr", "weight_decay", "betas")
+
+
+def group_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """Per parameter group, :data:`GROUP_SETTINGS` of a freshly built optimiser (the run's current settings)."""
+    return [{k: g[k] for k in GROUP_SETTINGS} for g in optimizer.param_groups]
+
+
+def apply_group_settings(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                         settings: list[dict[str, Any]]) -> None:
+    """After ``load_state_dict`` on resume: the run's current settings (from :func:`group_settings` of the fresh
+    optimiser) replace the saved ones in every group, the scheduler's base lrs follow them, and each group's lr
+    is recomputed for the current step with the current schedule (``base_lr x factor(step)``, exactly what the
+    scheduler computes; unchanged settings give the very same numbers). Raises ``ValueError`` when the group
+    count differs (another model)."""
+    if len(settings) != len(optimizer.param_groups):
+        raise ValueError(f"{len(optimizer.param_groups)} parameter groups in the saved optimiser state, "
+                         f"{len(settings)} in this model")
+    for group, values in zip(optimizer.param_groups, settings):
+        group.update(values)
+    scheduler.base_lrs = [values["initial_lr"] for values in settings]
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # randomness and training state
 
