@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     model = build_model(cfg).to(device)
     optimizer = make_optimizer(model, tc)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    net = LossModule(model)
+    net = LossModule(model, tc.gather_negatives)
     if args.compile:
         net = torch.compile(net)
     step = Stepper(net, optimizer, scaler, device=device, precision=precision, grad_clip=tc.grad_clip,
