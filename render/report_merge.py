@@ -31,7 +31,10 @@ class ReportError(ValueError):
 
 
 def merge_part_reports(out: str | Path) -> dict[str, Any]:
-    """The merged report of ``out``'s part reports (see the module docstring); raises ReportError."""
+    """The merged report of ``out``'s part reports (see the module docstring); raises ReportError.
+
+    With parts missing, the merged counts cover only the parts found: ``clips`` is then the number of clips of
+    those parts, not of the whole corpus (the absent parts are listed in ``missing_parts``)."""
     out = Path(out)
     reports: list[tuple[int, int, Path]] = []
     for p in sorted(out.iterdir()) if out.is_dir() else []:

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,11 +55,30 @@ def _job_env(cluster, **extra: str) -> dict[str, str]:
     return env
 
 
+def _run(args: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
+    """A local command (a batch script run by bash, torchrun) in its own process group, text output; on a timeout
+    the whole group is killed (no stray render / training processes) and the test fails with the output so far."""
+    try:
+        return sc.run_group(args, timeout=timeout, text=True, **kw)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"`{' '.join(args)}` timed out after {timeout:g} s (its process group was killed):\n"
+                    f"{sc._text(exc.stdout)[-2000:]}{sc._text(exc.stderr)[-3000:]}")
+
+
 def _sbatch_wait(cluster, args: list[str], env: dict[str, str], log_glob: str, timeout: float) -> str:
-    """``sbatch --wait ...`` -> the job's output; fails with the job log and the daemon logs on a non-zero exit."""
-    proc = cluster.run(["sbatch", "--wait", "--chdir", str(REPO), *args], env=env, timeout=timeout)
-    logs = "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-4000:]}"
-                     for p in sorted((cluster.root / "log").glob(log_glob)))
+    """``sbatch --wait ...`` -> the job's output; fails with the job log and the daemon logs on a non-zero exit or
+    a timeout (the job is cancelled then, so that the module's node is free for the next test)."""
+    def job_logs() -> str:
+        return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-4000:]}"
+                         for p in sorted((cluster.root / "log").glob(log_glob)))
+
+    try:
+        proc = cluster.run(["sbatch", "--wait", "--chdir", str(REPO), *args], env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        sc.cancel_jobs(cluster)  # sbatch --wait was killed, not its job
+        pytest.fail(f"sbatch --wait did not return in {timeout:g} s (job cancelled)\n{job_logs()}\n"
+                    f"--- cluster ---\n{cluster.logs()}")
+    logs = job_logs()
     assert proc.returncode == 0, (f"sbatch exited {proc.returncode}: {proc.stdout}{proc.stderr}\n{logs}\n"
                                   f"--- cluster ---\n{cluster.logs()}")
     return logs
@@ -93,8 +113,8 @@ def test_render_array_equals_a_local_run(cluster, tmp_path):
 
     # the same script run locally (no job array: no --part), one render-amass over the whole corpus
     local_env = {k: v for k, v in _job_env(cluster, OUT=str(local_out), **common).items() if k != "SLURM_CONF"}
-    local = subprocess.run(["bash", str(SLURM / "render_array.sbatch"), "--size", str(SIZE)], cwd=REPO,
-                           env=local_env, capture_output=True, text=True, timeout=180)
+    local = _run(["bash", str(SLURM / "render_array.sbatch"), "--size", str(SIZE)], cwd=REPO, env=local_env,
+                 timeout=180)
     assert local.returncode == 0, local.stdout[-2000:] + local.stderr[-3000:]
 
     def outputs(d: Path) -> dict[str, bytes]:
@@ -148,7 +168,7 @@ def test_srun_training_equals_torchrun(cluster, request, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "train.py"), "--shards", str(shards), "--out", str(torchrun_out), "--batch-size", "4",
            "--no-progress", *extra]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = _run(cmd, cwd=REPO, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
     for run in (srun_out, torchrun_out):
@@ -159,6 +179,18 @@ def test_srun_training_equals_torchrun(cluster, request, tmp_path):
     for g, w in zip(got, want):
         assert g == pytest.approx(w, rel=1e-5, abs=1e-6)
     assert_same_last_weights(srun_out, torchrun_out, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_sbatch_wait_timeout_cancels_the_job(cluster):
+    """An ``sbatch --wait`` that times out fails the test and cancels its job: the module's node is free again."""
+    env = _job_env(cluster)
+    with pytest.raises(pytest.fail.Exception, match="did not return in 3 s \\(job cancelled\\)"):
+        _sbatch_wait(cluster, [*SMALL_JOB, f"--output={cluster.root}/log/hang-%j.out", "--wrap", "sleep 300"], env,
+                     "hang-*.out", timeout=3)
+    assert cluster.run(["squeue", "-h", "-o", "%A"], timeout=10, check=True).stdout.split() == []
+    _sbatch_wait(cluster, [*SMALL_JOB, f"--output={cluster.root}/log/next-%j.out", "--wrap", "echo next ran"], env,
+                 "next-*.out", timeout=60)
 
 
 def _running_with(text: str) -> list[str]:
@@ -176,13 +208,24 @@ def _running_with(text: str) -> list[str]:
 
 def test_cluster_unavailable_says_why(monkeypatch, tmp_path):
     """Missing packages, no root, a daemon that dies at start: ClusterUnavailable naming the cause (the
-    fixture's skip reason), promptly, with nothing left running and the cluster's directory removed."""
-    tools = sc.DAEMONS + sc.CLIENTS + ("munge", "unmunge")
+    fixture's skip reason), promptly, with nothing left running and the cluster's directory removed even when a
+    teardown step raises."""
+    tools = sc.DAEMONS + sc.CLIENTS + sc.MUNGE_CLIENTS
     real = {b: shutil.which(b) for b in tools}
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(ClusterUnavailable, match="munged.*not found.*make sysdeps"):
+    with pytest.raises(ClusterUnavailable, match="munged.*unmunge not found.*make sysdeps"):
         sc.check_prerequisites()
     monkeypatch.undo()
+    if real["unmunge"] is not None:  # the munge probe's second half is checked too
+        only_unmunge = tmp_path / "no-unmunge"
+        only_unmunge.mkdir()
+        for b in tools:
+            if b != "unmunge" and real[b] is not None:
+                (only_unmunge / b).symlink_to(real[b])
+        monkeypatch.setenv("PATH", str(only_unmunge))
+        with pytest.raises(ClusterUnavailable, match="^unmunge not found"):
+            sc.check_prerequisites()
+        monkeypatch.undo()
     if None in real.values() or os.geteuid() != 0:
         pytest.skip("the rest needs root and slurm-wlm + munge")
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
@@ -190,17 +233,112 @@ def test_cluster_unavailable_says_why(monkeypatch, tmp_path):
         sc.check_prerequisites()
     monkeypatch.undo()
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for b, path in real.items():
-        (bin_dir / b).symlink_to(path)
-    (bin_dir / "slurmctld").unlink()
-    (bin_dir / "slurmctld").write_text("#!/bin/sh\necho 'fatal: no such plugin (stand-in)' >&2\nexit 1\n")
-    (bin_dir / "slurmctld").chmod(0o755)
+    bin_dir = _stand_ins(tmp_path, {"slurmctld": "#!/bin/sh\necho 'fatal: no such plugin (stand-in)' >&2\nexit 1\n"})
     root = tmp_path / "cluster"
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setattr(sc.tempfile, "mkdtemp", lambda prefix="": (root.mkdir(), str(root))[1])
+    real_stop, stopped = sc._stop, []
+
+    def stop_then_time_out(proc, wait=10.0):  # each stop works, then raises: the later steps must run anyway
+        real_stop(proc, wait)
+        stopped.append(Path(proc.args[0]).name)
+        raise subprocess.TimeoutExpired(proc.args, wait)
+
+    monkeypatch.setattr(sc, "_stop", stop_then_time_out)
     with pytest.raises(ClusterUnavailable, match=r"`slurmctld -D .*` exited 1: fatal: no such plugin \(stand-in\)"):
         with single_node_cluster(start_timeout=20):
             pass
+    assert stopped == ["slurmctld", "munged"]
     assert not root.exists() and not _running_with(str(root))
+
+
+def test_run_group_kills_the_whole_group_on_timeout():
+    """subprocess.run(timeout=...) kills only the shell; run_group kills its children too and says what ran."""
+    marker = "31.7125"  # an odd duration: only this test's sleeps carry it
+    start = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired) as info:
+        sc.run_group(["bash", "-c", f"echo started; sleep {marker} & sleep {marker}; echo never"], timeout=1)
+    assert time.monotonic() - start < 10
+    assert b"started" in info.value.stdout and b"never" not in info.value.stdout
+    deadline = time.monotonic() + 5  # SIGKILL is delivered at once; allow for the kernel to reap
+    while _running_with(f"sleep {marker}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running_with(f"sleep {marker}")
+    done = sc.run_group(["bash", "-c", "cat; echo err >&2; exit 3"], input="in", text=True, timeout=10)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "in", "err\n")
+
+
+def test_stop_and_teardown_never_abort(monkeypatch, tmp_path):
+    """A process that will not die (wait() times out even after SIGKILL) or is already gone: _stop returns; a
+    teardown step that raises does not keep the later ones (munged, the directory) from running."""
+    class Stuck:
+        pid, returncode = -1, None
+
+        def poll(self):
+            return None
+
+        def terminate(self):
+            raise ProcessLookupError
+
+        kill = terminate
+
+        def wait(self, timeout=None):
+            raise subprocess.TimeoutExpired("stuck", timeout)
+
+    def gone(pgid, sig):
+        raise ProcessLookupError
+
+    monkeypatch.setattr(sc.os, "killpg", gone)
+    sc._stop(Stuck(), wait=0.01)
+    monkeypatch.undo()
+
+    errors: list[BaseException] = []
+    for exc in (subprocess.TimeoutExpired("x", 1), ProcessLookupError(), ValueError("bug")):
+        def boom(exc=exc):
+            raise exc
+        sc._teardown_step(errors, boom)
+    assert [type(e) for e in errors] == [ValueError]
+
+
+def _stand_ins(tmp_path: Path, scripts: dict[str, str]) -> Path:
+    """A bin directory with the real Slurm / munge programs, except ``scripts`` (name -> shell script text)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for b in sc.DAEMONS + sc.CLIENTS + sc.MUNGE_CLIENTS:
+        if b in scripts:
+            (bin_dir / b).write_text(scripts[b])
+            (bin_dir / b).chmod(0o755)
+        else:
+            (bin_dir / b).symlink_to(shutil.which(b))
+    return bin_dir
+
+
+HANG = "#!/bin/sh\necho 'stand-in waiting' >&2\n/bin/sleep 47.3125 &\nwait\n"  # a child outliving a killed shell
+
+
+@pytest.mark.parametrize("scripts, reason", [
+    ({"unmunge": HANG}, r"`unmunge -S \S+` timed out after 1 s: stand-in waiting"),
+    ({"munge": "#!/nonexistent/interpreter\n"}, r"`munge -n -S \S+` could not start: .*No such file"),
+    ({"unmunge": "#!/bin/sh\necho 'unmunge: Error: Invalid credential (stand-in)' >&2\nexit 7\n"},
+     r"round trip failed: `unmunge -S \S+` exited 7: unmunge: Error: Invalid credential \(stand-in\)"),
+    ({"scontrol": HANG}, r"waiting for slurmctld \(scontrol ping\) \(last: `scontrol ping` timed out after 1 s"),
+    ({"scontrol": "#!/nonexistent/interpreter\n"}, r"`scontrol ping` could not start: .*No such file"),
+], ids=["unmunge-hangs", "munge-cannot-start", "unmunge-fails", "scontrol-hangs", "scontrol-cannot-start"])
+def test_probe_failures_say_why(monkeypatch, tmp_path, scripts, reason):
+    """The munge round trip and the readiness polls: a probe that hangs, cannot start or fails is
+    ClusterUnavailable (the fixture's skip) naming the command and its output, never a test error; a hung probe's
+    process group is killed, and nothing of the cluster is left running."""
+    if os.geteuid() != 0 or None in {shutil.which(b) for b in sc.DAEMONS + sc.CLIENTS + sc.MUNGE_CLIENTS}:
+        pytest.skip("needs root and slurm-wlm + munge")
+    bin_dir = _stand_ins(tmp_path, scripts)
+    root = tmp_path / "cluster"
+    # only the stand-ins' directory: a program that cannot start must not be found again further down PATH
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setattr(sc.tempfile, "mkdtemp", lambda prefix="": (root.mkdir(), str(root))[1])
+    monkeypatch.setattr(sc, "PROBE_TIMEOUT", 1.0)
+    start = time.monotonic()
+    with pytest.raises(ClusterUnavailable, match=reason):
+        with single_node_cluster(start_timeout=3):
+            pass
+    assert time.monotonic() - start < 30
+    assert not root.exists() and not _running_with(str(root)) and not _running_with("sleep 47.3125")
