@@ -58,7 +58,9 @@ BASE_MEMBERS = (META, MOTION, SENT, TEXTS)
 ALL_MEMBERS = BASE_MEMBERS + tuple(VIDEO_MEMBERS.values())
 SPLITS = ("train", "val", "test")
 STATS_NAME = "stats.npz"
-SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+\.tar$")
+#: a shard's file name in a manifest: a letter or digit, then letters, digits, ``_``, ``-``, then ``.tar``;
+#: always used with ``fullmatch`` (``$`` would let a trailing newline through into a ``pipe:`` command)
+SHARD_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.tar")
 #: the message of a member that is not a regular file
 NOT_REGULAR = "not a regular file (link, directory or device)"
 
@@ -314,7 +316,7 @@ def manifest_shards(out: Path | RemoteShards, split: str, m: dict) -> list[tuple
     result: list[tuple[dict, Path | str]] = []
     for e in entries:
         name = e.get("name") if isinstance(e, dict) else None
-        if not isinstance(name, str) or not SHARD_NAME_RE.match(name):
+        if not isinstance(name, str) or not SHARD_NAME_RE.fullmatch(name):
             raise BadInputError(where, "shards", f"shard name {name!r} is not a plain '<name>.tar' file name")
         result.append((e, shard_location(out).url(name) if remote else child_path(out, name)))
     return result

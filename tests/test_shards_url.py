@@ -5,16 +5,21 @@ A tiny shard set is served by ``http.server`` on 127.0.0.1 (port 0) in a thread.
 slow) train one epoch from the URL, from ``pipe:cat DIR/{}`` and from the directory with the same seed and compare
 the weights bit for bit, and evaluate the run on the URL and on the directory (same metrics.json). The fast ones:
 the location rule, a dead server and a hanging one exit 2 within seconds naming the URL, a failing command exits
-2 naming it, manifests naming ``../x.tar`` or ``http://evil/x.tar`` are refused.
+2 naming it, manifests naming ``../x.tar``, ``http://evil/x.tar``, ``x.tar\\n`` or ``-Ix.tar`` are refused; a
+server that stalls in a tar, or dribbles a manifest, fails within ``LAVIMO_FETCH_TIMEOUT``; closing a ``pipe:``
+stream ends its processes; ``run.json`` hashes the manifest bytes training parsed without fetching them again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
+import logging
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -24,8 +29,10 @@ import pytest
 
 import evaluation.cli as evaluate_script
 from core.errors import BadInputError
+from dataset.shard_format import read_manifest
 from dataset.shard_source import (
-    CommandFailed, FetchError, RemoteShards, fetch_bytes, is_remote, shard_location,
+    FETCH_TIMEOUT, CommandFailed, FetchError, RemoteShards, fetch_bytes, fetch_timeout, is_remote, open_shard,
+    shard_location, sha256_remote,
 )
 from dataset.stream import make_loader, resolve_shards
 from tests.fixtures.runs import TINY_FLAGS, TRAIN_SET, assert_same_last_weights, metrics_rows, run_train, train_tiny
@@ -39,9 +46,9 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve(directory: Path):
+def serve(directory: Path, handler=_QuietHandler):
     """Serve ``directory`` on http://127.0.0.1:PORT/ in a thread; yields the base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(directory)))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -97,7 +104,15 @@ def test_location_rule(tmp_path):
                 "http://h/s/train-000000.tar"):
         with pytest.raises(BadInputError):
             shard_location(bad)
-    for name in ("../x.tar", "a/b.tar", "http://evil/x.tar", "x.tar; rm -rf ~", "x.sh", "", ".tar"):
+    for bad in ("http://h/s#x", "http://h/s?token=1", "https://h/s/?", "https://h/s/#"):  # BASE/NAME impossible
+        with pytest.raises(BadInputError, match="query .* or fragment"):
+            shard_location(bad)
+        with pytest.raises(ValueError):
+            RemoteShards(bad)
+    assert shard_location("pipe:curl -sf 'https://h/s/{}?token=1#x'").url("a.tar") == \
+        "pipe:curl -sf 'https://h/s/a.tar?token=1#x'"
+    for name in ("../x.tar", "a/b.tar", "http://evil/x.tar", "x.tar; rm -rf ~", "x.sh", "", ".tar",
+                 "x.tar\n", "train.json\n", "-Ix.tar", "_x.tar", "--output=x.tar"):
         with pytest.raises(BadInputError):
             pipe.url(name)
         with pytest.raises(BadInputError):
@@ -166,14 +181,18 @@ def test_failing_pipe_and_bad_locations_exit_2(tmp_path, capsys):
     assert _run(["--shards", spec, "--out", tmp_path / "run", "--epochs", 1, *BASE]) == 2
     err = capsys.readouterr().err
     assert f"pipe:cat {tmp_path}/missing/train.json" in err and "exited with status 1" in err, err
-    for bad in ("pipe:cat shards/train.json", "s3://bucket/shards"):
+    for bad in ("pipe:cat shards/train.json", "s3://bucket/shards", "http://h/s#x", "http://h/s?token=1"):
+        hint = "query (?...) or fragment (#...)" if bad.startswith("http") else ""
         assert _run(["--shards", bad, "--out", tmp_path / "run", "--epochs", 1, *BASE]) == 2
-        assert bad in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert bad in err and hint in err, err
         assert evaluate_script.main(["--run", str(tmp_path), "--shards", bad, "--device", "cpu"]) == 2
-        assert bad in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert bad in err and hint in err, err
 
 
-@pytest.mark.parametrize("evil", ["../x.tar", "http://evil/x.tar", "pipe:touch pwned", "sub/x.tar"])
+@pytest.mark.parametrize("evil", ["../x.tar", "http://evil/x.tar", "pipe:touch pwned", "sub/x.tar",
+                                  "x.tar\ntouch pwned", "x.tar\n", "-Ix.tar"])
 def test_manifest_naming_other_files_is_refused(shards, tmp_path, capsys, evil):
     root = tmp_path / "site"
     shutil.copytree(shards, root / "shards")
@@ -188,6 +207,186 @@ def test_manifest_naming_other_files_is_refused(shards, tmp_path, capsys, evil):
                 assert _run(["--shards", spec, "--out", tmp_path / "run", "--epochs", 1, *flags, *BASE]) == 2
                 assert "is not a plain '<name>.tar' file name" in capsys.readouterr().err
     assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
+def test_fetch_timeout_setting(monkeypatch, caplog):
+    """inf / nan / <= 0 / not a number fall back to the default with a warning naming the variable (no
+    OverflowError from a select(inf) or curl argument)."""
+    monkeypatch.setenv("LAVIMO_FETCH_TIMEOUT", "Infinity")
+    assert fetch_bytes("pipe:printf abc") == b"abc"
+    with open_shard("pipe:printf abc") as fh:
+        assert fh.read() == b"abc"
+    monkeypatch.setenv("LAVIMO_FETCH_TIMEOUT", "2.5")
+    assert fetch_timeout() == 2.5
+    for bad in ("inf", "-inf", "nan", "0", "-1", "abc", "1e999"):
+        monkeypatch.setenv("LAVIMO_FETCH_TIMEOUT", bad)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="dataset.shard_source"):
+            assert fetch_timeout() == FETCH_TIMEOUT  # the first use of each value warns
+        assert "LAVIMO_FETCH_TIMEOUT" in caplog.text and bad in caplog.text
+
+
+def _stalling_handler(release: threading.Event):
+    """Serves files as usual, except tars: their headers and first 1000 bytes, then nothing until ``release``."""
+    class Handler(_QuietHandler):
+        def do_GET(self):  # noqa: N802 - the base class's name
+            if not self.path.endswith(".tar"):
+                return super().do_GET()
+            data = Path(self.translate_path(self.path)).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[:1000])
+            self.wfile.flush()
+            release.wait(30)
+            return None
+    return Handler
+
+
+@pytest.fixture
+def stalling_site(shards):
+    release = threading.Event()
+    with serve(shards.parent, _stalling_handler(release)) as base:
+        yield f"{base}/{shards.name}"
+    release.set()
+
+
+def test_stalled_tar_read_times_out(stalling_site, tmp_path, capsys, monkeypatch):
+    """A server that answers the manifest but stalls inside a tar: reads fail within ~LAVIMO_FETCH_TIMEOUT naming
+    the tar's URL (the loader, the sha256 check), and train.py (which verifies first) exits 2 within seconds."""
+    monkeypatch.setenv("LAVIMO_FETCH_TIMEOUT", "1")
+    urls, _, _ = resolve_shards(stalling_site, "val")
+    t0 = time.monotonic()
+    with open_shard(urls[0]) as fh:
+        assert len(fh.read(1000)) == 1000
+        with pytest.raises(FetchError, match=f"{urls[0]}: no data for 1 s|{urls[0]}: curl exited with status 28"):
+            fh.read()
+    assert time.monotonic() - t0 < 5
+    with pytest.raises(FetchError, match=urls[0]):
+        sha256_remote(urls[0])
+    assert time.monotonic() - t0 < 9
+    t0 = time.monotonic()
+    assert _run(["--shards", stalling_site, "--out", tmp_path / "run", "--epochs", 1, *BASE]) == 2
+    assert time.monotonic() - t0 < 20
+    err = capsys.readouterr().err
+    assert f"{stalling_site}/" in err and ".tar" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def _sleeping(tag: str) -> bytes:
+    return subprocess.run(["pgrep", "-f", f"sleep {tag}"], capture_output=True).stdout
+
+
+def test_pipe_stream_close_kills_the_command(monkeypatch):
+    """close() of a pipe: stream whose command still runs ends its whole process group at once; a stalled
+    command's read fails within the timeout; a non-zero exit at the end of the output names the command."""
+    monkeypatch.setenv("LAVIMO_FETCH_TIMEOUT", "1")
+    cmd = "pipe:head -c 100 /dev/zero; sleep 31.4159"
+    fh = open_shard(cmd)
+    assert fh.read(100) == bytes(100)
+    assert _sleeping("31.4159")
+    t0 = time.monotonic()
+    fh.close()
+    assert time.monotonic() - t0 < 0.5
+    assert not _sleeping("31.4159")
+    t0 = time.monotonic()
+    with open_shard(cmd) as fh, pytest.raises(FetchError, match="no data for 1 s"):
+        fh.read()
+    assert time.monotonic() - t0 < 3
+    assert not _sleeping("31.4159")
+    with open_shard("pipe:printf abc; echo broken >&2; exit 4") as fh, \
+            pytest.raises(CommandFailed, match=r"exit 4: the command exited with status 4 \(broken\)"):
+        fh.read()
+
+
+def test_http_tar_needs_curl(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: None)
+    with pytest.raises(FetchError, match="http://h/s/a.tar: .*needs the curl program"):
+        open_shard("http://h/s/a.tar")
+
+
+@contextlib.contextmanager
+def dribbling_server(at_once: bytes, dribbled: bytes, every: float = 0.1):
+    """An http server on 127.0.0.1 that answers every request with ``at_once`` then ``dribbled`` one byte every
+    ``every`` seconds; yields its base URL."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    srv.settimeout(0.1)
+    stop = threading.Event()
+
+    def run():
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            with conn:
+                try:
+                    conn.recv(65536)
+                    conn.sendall(at_once)
+                    for b in dribbled:
+                        if stop.wait(every):
+                            break
+                        conn.sendall(bytes([b]))
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        srv.close()
+
+
+@pytest.mark.parametrize("part", ["body", "headers"])
+def test_dribbling_server_cannot_stretch_a_fetch(part):
+    """A server sending a byte every 0.1 s: the fetch of a small file fails at its overall deadline (1 s), not
+    when the body (or the headers) are complete."""
+    body = b"{" + b" " * 300 + b"}"
+    head = b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    at_once, dribbled = (head, body) if part == "body" else (b"", head + body)
+    with dribbling_server(at_once, dribbled) as base:
+        t0 = time.monotonic()
+        with pytest.raises(FetchError, match=f"{base}/s/train.json: .*within 1 s"):
+            fetch_bytes(f"{base}/s/train.json", timeout=1)
+        assert time.monotonic() - t0 < 2.5
+
+
+def test_run_json_hashes_the_manifest_bytes_training_parsed(shards, tmp_path, caplog):
+    """run.json's manifest_sha256 of a remote set is the sha256 of the bytes read_manifest parsed, remembered
+    when they were fetched: the server may be gone or serve other bytes by then; a manifest this process never
+    fetched is recorded as unavailable (a warning), never as an error."""
+    from training.run_dir import RunDir, write_run_info
+
+    root = tmp_path / "site"
+    shutil.copytree(shards, root / "shards")
+    original = (root / "shards" / "train.json").read_bytes()
+    with serve(root) as base:
+        loc = f"{base}/shards"
+        manifests = {split: read_manifest(loc, split) for split in ("train", "val")}
+    (root / "shards" / "train.json").write_bytes(original.replace(b"\n", b"\n\n"))  # other bytes, same JSON
+    run = RunDir(tmp_path / "run").create()
+    info = write_run_info(run, shards=loc, manifests=manifests)  # the server is gone: nothing is fetched
+    rec = info["shards"]["splits"]["train"]
+    assert rec["manifest"] == f"{loc}/train.json"
+    assert rec["manifest_sha256"] == hashlib.sha256(original).hexdigest()
+    assert "manifest_sha256_unavailable" not in rec
+    on_disk = json.loads((run.root / "run.json").read_text())["shards"]["splits"]
+    assert on_disk["val"]["manifest_sha256"] == hashlib.sha256((root / "shards" / "val.json").read_bytes()).hexdigest()
+    other = {**manifests["train"], "num_samples": -1}  # not what was fetched
+    with caplog.at_level(logging.WARNING, logger="training.run_dir"):
+        info = write_run_info(run, shards=loc, manifests={"train": other})
+    rec = info["shards"]["splits"]["train"]
+    assert rec["manifest_sha256"] is None and "fetched no manifest" in rec["manifest_sha256_unavailable"]
+    assert "no sha256 for" in caplog.text
+    pipe = f"pipe:cat {root}/shards/{{}}"
+    m = read_manifest(pipe, "train")
+    rec = write_run_info(run, shards=pipe, manifests={"train": m})["shards"]["splits"]["train"]
+    assert rec["manifest_sha256"] == hashlib.sha256((root / "shards" / "train.json").read_bytes()).hexdigest()
 
 
 def test_remote_tar_differing_from_its_manifest_stops_training(shards, tmp_path, capsys):

@@ -15,7 +15,6 @@ Layout (see the README)::
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -93,9 +92,13 @@ def write_run_info(run: RunDir, *, shards: str | os.PathLike, manifests: dict[st
     ``"verify": "sha256"`` or ``"skipped"`` and ``"shards": {name: {"manifest_sha256": listed, "sha256":
     computed, "bytes": size, "match": bool}}`` (only ``manifest_sha256`` when skipped). ``shards`` may be a
     remote set (an http(s) base URL or ``pipe:`` command, dataset/shard_source.py): ``root`` is then the
-    location as given, each ``manifest`` its URL, and the manifests are fetched again for their sha256.
+    location as given, each ``manifest`` its URL, and ``manifest_sha256`` the sha256 of the bytes this process
+    fetched and parsed into ``manifests[split]`` (:func:`dataset.shard_source.fetched_manifest_sha256`; never
+    fetched again). When no such fetch is remembered (a manifest dict from elsewhere, or changed after reading)
+    ``manifest_sha256`` is None and ``manifest_sha256_unavailable`` says why (with a warning); run.json is
+    written all the same.
     """
-    from dataset.shard_source import is_remote, shard_location
+    from dataset.shard_source import fetched_manifest_sha256, is_remote, shard_location
 
     remote = is_remote(shards)
     shards = shard_location(shards) if remote else Path(shards)
@@ -113,12 +116,19 @@ def write_run_info(run: RunDir, *, shards: str | os.PathLike, manifests: dict[st
             if checked is not None and name in checked:
                 rec.update(checked[name])
             per_shard[name] = rec
-        if remote:  # the manifest's bytes fetched again (a small file)
-            manifest_sha = hashlib.sha256(shards.read_bytes(f"{split}.json")).hexdigest()
+        unavailable = None
+        if remote:  # the hash of the bytes read_manifest parsed, remembered when they were fetched
+            manifest_sha = fetched_manifest_sha256(str(mpath), manifest)
+            if manifest_sha is None:
+                unavailable = ("this process fetched no manifest with this content from the URL (the sha256 is "
+                               "recorded only for the bytes training parsed; it is never fetched again)")
+                log.warning("run.json: no sha256 for %s: %s", mpath, unavailable)
         else:
             manifest_sha = sha256_file(mpath)[0] if mpath.is_file() else None
         shard_info[split] = {"manifest": str(mpath), "manifest_sha256": manifest_sha,
                              "verify": "skipped" if verified is None else "sha256", "shards": per_shard}
+        if unavailable:
+            shard_info[split]["manifest_sha256_unavailable"] = unavailable
         listed_only[split] = [manifest_sha, {k: v["manifest_sha256"] for k, v in per_shard.items()}]
     session = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
