@@ -66,3 +66,15 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
     """Atomically write ``obj`` as JSON (keys sorted, so output is deterministic)."""
     write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+
+
+def check_writable_dir(path: str | os.PathLike) -> Path:
+    """Create the directory ``path`` if needed and check that a file can be created in it (an unnamed temporary
+    file, gone when closed: nothing is ever left behind, even by a killed process). Raises ``OSError``
+    (``FileExistsError`` / ``NotADirectoryError`` when a file is in the way, ``PermissionError``, a read-only or
+    full file system). The output-directory check of every command."""
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=p):
+        pass
+    return p

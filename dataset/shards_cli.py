@@ -28,6 +28,7 @@ import os
 import sys
 from pathlib import Path
 
+from core.atomic import check_writable_dir
 from core.errors import BadInputError
 from dataset.subsets import NSIM_SPLIT
 
@@ -172,11 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         return _setup_error(str(exc))
     out = Path(a.out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        check_writable_dir(out)
     except OSError as exc:
-        return _setup_error(f"--out {_os_error(exc, out)} (give a directory for the shard set)")
-    if not os.access(out, os.W_OK | os.X_OK):
-        return _setup_error(f"--out {out}: not writable (give a writable directory)")
+        return _setup_error(f"--out {_os_error(exc, out)} (give a writable directory for the shard set)")
 
     from dataset.annotations import load_clips
     from dataset.shards import BuildConfig, ShardSetMismatch, build_shards

@@ -36,7 +36,7 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 from tqdm import tqdm  # noqa: E402
 
-from core.atomic import write_json  # noqa: E402
+from core.atomic import check_writable_dir, write_json  # noqa: E402
 from dataset.clip import Clip  # noqa: E402
 from core.errors import BadInputError  # noqa: E402
 from core.keyids import check_keyid, is_keyid  # noqa: E402
@@ -110,23 +110,10 @@ def read_keyids(path: str) -> tuple[list[str], dict[str, str]]:
 
 
 _TEMP_RE = re.compile(r"^\.(?P<final>.+)\.[A-Za-z0-9_]+\.tmp(?:\.[A-Za-z0-9]+)?$")
-_PROBE_RE = re.compile(r"^\.write-probe-(?P<pid>[0-9]+)$")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def remove_stale_temps(out: Path, finals: set[str]) -> tuple[int, int]:
     """Remove temporary files a killed run left in ``out``: ``.{name}.XXXX.tmp{ext}`` (core.atomic and the
     video writer) whose final ``name`` is in ``finals`` (this run's ``<keyid>.mp4`` / ``<keyid>.json`` /
-    report), and write probes of processes that no longer exist. Temporary files of other names are left
+    report). Temporary files of other names are left
     alone: another ``--part`` may be writing them now. Returns (removed, left)."""
     removed = left = 0
     try:
@@ -135,12 +122,9 @@ def remove_stale_temps(out: Path, finals: set[str]) -> tuple[int, int]:
         raise SetupError(f"cannot list the output directory {out} ({e.strerror or e})") from e
     for entry in entries:
         m = _TEMP_RE.match(entry.name)
-        probe = _PROBE_RE.match(entry.name)
-        if m is None and probe is None:
+        if m is None or entry.is_dir(follow_symlinks=False):
             continue
-        if entry.is_dir(follow_symlinks=False):
-            continue
-        if (m is not None and m["final"] in finals) or (probe is not None and not _pid_alive(int(probe["pid"]))):
+        if m["final"] in finals:
             try:
                 os.unlink(entry.path)
                 removed += 1
@@ -155,10 +139,7 @@ def remove_stale_temps(out: Path, finals: set[str]) -> tuple[int, int]:
 
 def check_output_dir(out: Path) -> None:
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        check_writable_dir(out)
     except OSError as e:
         raise SetupError(f"output directory {out} is not writable ({e}); pass a writable --out") from e
 

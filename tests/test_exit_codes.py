@@ -22,6 +22,16 @@ from tests.fixtures.shard_fixtures import FakeEmbedder, fake_features, make_corp
 REPO = Path(__file__).resolve().parents[1]
 
 
+def test_check_writable_dir_creates_and_leaves_nothing(tmp_path):
+    from core.atomic import check_writable_dir
+
+    out = check_writable_dir(tmp_path / "a" / "b")
+    assert out.is_dir() and list(out.iterdir()) == []  # the probe is an unnamed file: nothing to clean up
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError):
+        check_writable_dir(tmp_path / "file" / "sub")
+
+
 def _stderr_line(capsys) -> str:
     """The one line a usage or set-up error prints on stderr (argparse's own errors add a usage block first)."""
     err = capsys.readouterr().err

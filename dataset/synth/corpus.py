@@ -30,7 +30,6 @@ import argparse
 import io
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -41,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from core.atomic import atomic_path, write_json, write_text
+from core.atomic import atomic_path, check_writable_dir, write_json, write_text
 from core.seeding import stable_rng
 from dataset.subsets import NSIM_SPLIT, build_dissimilar_subset
 from dataset.synth.actions import (ACTION_NAMES, ACTIONS, MotionParams, animate, captions, describe_action,
@@ -311,8 +310,8 @@ def _summary(plans, motions, out, seed, mirror, seconds, stale) -> dict:
 
 def format_summary(s: dict) -> str:
     lines = [f"synth-amass: {s['motions']} motions ({s['clips']} clips) of {s['actions']} actions -> {s['out']}",
-             f"  splits: " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()),
-             f"  fps mix: " + ", ".join(f"{k} fps x{v}" for k, v in s["fps"].items()),
+             "  splits: " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()),
+             "  fps mix: " + ", ".join(f"{k} fps x{v}" for k, v in s["fps"].items()),
              f"  duration: {s['total_duration_s']:.1f} s in total, {s['mean_duration_s']:.2f} s per motion",
              "  per action (train/val/test):"]
     for a, c in s["per_action"].items():
@@ -398,10 +397,7 @@ def _argument_problem(args: argparse.Namespace, actions: list[str] | None) -> st
 def _output_problem(out: Path) -> str | None:
     """Why ``out`` cannot take the corpus (one line naming it), or None; creates the directory."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".synth-write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        check_writable_dir(out)
     except OSError as e:
         return f"--out {out}: not a writable directory ({e.strerror or e}); pass a writable --out"
     return None
