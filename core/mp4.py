@@ -34,7 +34,7 @@ import imageio_ffmpeg
 import numpy as np
 
 from core.atomic import atomic_path
-from core.errors import BadInputError
+from core.errors import BadInputError, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +51,8 @@ logging.getLogger("imageio_ffmpeg").addFilter(_NoEmptyVideoWarning())
 
 DEFAULT_CRF = 18
 DEFAULT_PRESET = "veryfast"
-#: errno values that mean "the output file system is full": the run stops (see :func:`is_disk_full`).
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT} if hasattr(errno, "EDQUOT") else {errno.ENOSPC})
 #: below this many free bytes a failed write is taken to be a full disk (ffmpeg's own errno is not visible).
 LOW_SPACE_BYTES = 1 << 20
-
-
-def is_disk_full(exc: BaseException | None) -> bool:
-    """True when ``exc`` or an exception it was raised from is an OSError for a full disk / quota."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def _low_on_space(directory: Path) -> bool:

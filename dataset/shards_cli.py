@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import functools
 import json
 import logging
@@ -29,7 +28,7 @@ import sys
 from pathlib import Path
 
 from core.atomic import check_writable_dir
-from core.errors import BadInputError
+from core.errors import BadInputError, os_error_text, print_error
 from dataset.subsets import NSIM_SPLIT
 
 log = logging.getLogger("build-shards")
@@ -109,17 +108,13 @@ def run_check(shards: str, splits=None, deep: bool = True) -> int:
     return 0 if rep.ok else 1
 
 
-def _setup_error(message: str) -> int:
+def _setup_error(message: object) -> int:
     """One line on stderr, exit status 2 (usage or set-up error)."""
-    print(f"build-shards: error: {message}", file=sys.stderr)
-    return 2
+    return print_error("build-shards", message)
 
 
 def _os_error(exc: OSError, default: str | os.PathLike) -> str:
-    where = exc.filename if exc.filename is not None else default
-    what = exc.strerror or str(exc)
-    hint = " (free some space and run again: finished shards are kept)" if exc.errno == errno.ENOSPC else ""
-    return f"{where}: {what}{hint}"
+    return os_error_text(exc, default, " (free some space and run again: finished shards are kept)")
 
 
 def main(argv: list[str] | None = None) -> int:

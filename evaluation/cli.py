@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from core.atomic import atomic_path, write_json, write_text
-from core.errors import BadInputError
+from core.errors import BadInputError, print_error
 from core.keyids import check_keyid, child_path
 from dataset.subsets import NSIM_SPLIT
 from evaluation import metrics as M
@@ -36,6 +36,7 @@ from evaluation import protocols as P
 from evaluation import report as R
 from evaluation.encode import encode_split
 
+PROG = "evaluate.py"
 log = logging.getLogger("evaluate")
 
 GALLERY_QUERIES = 6
@@ -102,29 +103,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(levelname)s %(name)s: %(message)s")
     if args.from_sims and (args.run or args.shards):
-        print("evaluate.py: error: --from-sims cannot be combined with --run/--shards", file=sys.stderr)
-        return 2
+        return print_error(PROG, "--from-sims cannot be combined with --run/--shards")
     if not args.from_sims and (not args.run or not args.shards):
-        print("evaluate.py: error: give --run RUN and --shards SHARDS (or --from-sims FILE.npz)", file=sys.stderr)
-        return 2
+        return print_error(PROG, "give --run RUN and --shards SHARDS (or --from-sims FILE.npz)")
     try:
         if args.from_sims:
             from_sims(args.from_sims, threshold=args.threshold, out=args.out)
         else:
             evaluate_run(args)
     except (ValueError, OSError) as exc:  # BadInputError is a ValueError; missing files, permissions, disk full
-        print(f"evaluate.py: error: {exc}", file=sys.stderr)
-        return 2
+        return print_error(PROG, exc)
     except KeyboardInterrupt:
-        print("evaluate.py: interrupted", file=sys.stderr)
+        print(f"{PROG}: interrupted", file=sys.stderr)
         return 1
     except RuntimeError as exc:
         from dataset.stream import NoUsableSamplesError
 
         if not isinstance(exc, NoUsableSamplesError):
             raise
-        print(f"evaluate.py: error: {exc}", file=sys.stderr)  # every sample of the split was refused
-        return 1
+        return print_error(PROG, exc, 1)  # every sample of the split was refused
     return 0
 
 

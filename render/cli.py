@@ -38,10 +38,11 @@ from tqdm import tqdm  # noqa: E402
 
 from core.atomic import check_writable_dir, write_json  # noqa: E402
 from dataset.clip import Clip  # noqa: E402
-from core.errors import BadInputError  # noqa: E402
+from core.errors import BadInputError, os_error_text, print_error  # noqa: E402
 from core.keyids import check_keyid, is_keyid  # noqa: E402
 
-log = logging.getLogger("render-amass")
+PROG = "render-amass"
+log = logging.getLogger(PROG)
 
 
 class SetupError(RuntimeError):
@@ -152,7 +153,7 @@ WORKER_PRELOAD = ["torch", "smplx", "scipy.sparse", "scipy.ndimage", "pyrender",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="render-amass", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--amass", required=True, help="AMASS root directory (holding KIT/, CMU/, ...)")
     p.add_argument("--annotations", required=True,
@@ -575,7 +576,6 @@ def run(args: argparse.Namespace, stop: StopRequest | None = None) -> int:
 
 def _run_clips(args: argparse.Namespace, stop: StopRequest, part, lod, avatars, out: Path, renderer) -> int:
     from render.pipeline import ClipResult, FatalRenderError, RenderConfig, render_clips
-    from core.mp4 import is_disk_full
 
     all_clips, ann_report, notes = select_clips(args)
     clips, invalid = split_invalid(all_clips, args.annotations)
@@ -596,7 +596,7 @@ def _run_clips(args: argparse.Namespace, stop: StopRequest, part, lod, avatars, 
     results: dict[str, ClipResult] = {}
     frames_done = 0
     t0 = time.perf_counter()
-    bar = tqdm(total=len(all_clips), unit="clip", desc="render-amass", disable=None)
+    bar = tqdm(total=len(all_clips), unit="clip", desc=PROG, disable=None)
 
     def on_result(r: ClipResult) -> None:
         results[r.keyid] = r
@@ -664,28 +664,21 @@ def _run_clips(args: argparse.Namespace, stop: StopRequest, part, lod, avatars, 
     try:
         write_json(report_path, report)
     except OSError as e:
-        why = "no space left on device" if is_disk_full(e) else (e.strerror or str(e))
-        print(f"render-amass: error: cannot write the report {report_path} ({why})"
-              + (f"; also: {fatal}" if fatal else ""), file=sys.stderr)
-        return 2
-    print(f"render-amass: rendered {len(rendered)}, skipped {len(skipped)}, failed {len(failed)} "
+        return print_error(PROG, f"cannot write the report ({os_error_text(e, report_path)})"
+                           + (f"; also: {fatal}" if fatal else ""))
+    print(f"{PROG}: rendered {len(rendered)}, skipped {len(skipped)}, failed {len(failed)} "
           f"({n_frames} frames in {elapsed:.1f} s, {report['frames_per_second']} frames/s); report: {report_path}")
     for k, reason in list(sorted(failed.items()))[:20]:
         print(f"  failed {_show(k)}: {reason}")
     if len(failed) > 20:
         print(f"  ... and {len(failed) - 20} more (see the report)")
     if fatal is not None:
-        print(f"render-amass: error: {_one_line(fatal)}", file=sys.stderr)
-        return 2
+        return print_error(PROG, fatal)
     if stop.signal_name is not None:
-        print(f"render-amass: interrupted by {stop.signal_name}: {len(not_attempted)} clip(s) not attempted "
+        print(f"{PROG}: interrupted by {stop.signal_name}: {len(not_attempted)} clip(s) not attempted "
               f"(run the same command again to finish them)", file=sys.stderr)
         return 1
     return 1 if failed else 0
-
-
-def _one_line(text: str) -> str:
-    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -702,30 +695,21 @@ def main(argv: list[str] | None = None) -> int:
     try:  # no --part inside a Slurm job array: the task's part (core/slurm.py)
         args.part = part_argument(args.part)
     except SlurmEnvError as e:
-        print(f"render-amass: error: {e}", file=sys.stderr)
-        return 2
-    from core.mp4 import is_disk_full
-
+        return print_error(PROG, e)
     stop = StopRequest()
     with stop.installed():
         try:
             return run(args, stop)
         except SetupError as e:
-            print(f"render-amass: error: {_one_line(e)}", file=sys.stderr)
-            return 2
+            return print_error(PROG, e)
         except KeyboardInterrupt:
-            print("render-amass: interrupted", file=sys.stderr)
+            print(f"{PROG}: interrupted", file=sys.stderr)
             return 1
         except OSError as e:
-            where = f" {e.filename}" if e.filename else ""
-            what = "no space left on device" if is_disk_full(e) else (e.strerror or str(e))
-            print(f"render-amass: error:{where}: {what}", file=sys.stderr)
-            return 2
+            return print_error(PROG, os_error_text(e))
         except Exception as e:  # noqa: BLE001 - one line, never a traceback (-v logs it)
             log.debug("unexpected error", exc_info=True)
-            print(f"render-amass: error: {type(e).__name__}: {_one_line(e)} (rerun with -v for details)",
-                  file=sys.stderr)
-            return 2
+            return print_error(PROG, f"{type(e).__name__}: {e} (rerun with -v for details)")
 
 
 if __name__ == "__main__":

@@ -33,14 +33,14 @@ import numpy as np
 from dataset.amass import amass_file, load_amass
 from core.atomic import write_json
 from dataset.clip import Clip
-from core.errors import BadInputError
+from core.errors import BadInputError, is_disk_full
 from core.hashing import sha256_file
 from core.keyids import check_keyid, child_path
 from core.seeding import stable_choice
 from render.avatars import Avatar, load_avatars, load_texture_image, load_uv_layout, region_labels, vertex_colors
 from render.lights import LightSetup, load_lights
 from render.lod import LevelOfDetail, body_lod, full_detail, parse_lod
-from core.mp4 import DEFAULT_CRF, DEFAULT_PRESET, VideoWriter, is_disk_full, probe_mp4
+from core.mp4 import DEFAULT_CRF, DEFAULT_PRESET, VideoWriter, probe_mp4
 
 if TYPE_CHECKING:  # pyrender / scipy are imported where used (a --workers parent process needs neither)
     from render.scene import SceneRenderer, VertexNormals

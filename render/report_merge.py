@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import write_json
+from core.errors import os_error_text, print_error
 
 PART_REPORT = re.compile(r"^render-report-part-(\d+)-of-(\d+)\.json$")
 SUMMED = ("clips", "rendered", "skipped", "num_failed", "frames_rendered", "skipped_unverified",
@@ -90,9 +91,11 @@ def main(argv: list[str]) -> int:
     try:
         merged = merge_part_reports(out)
     except ReportError as exc:
-        print(f"render-amass: error: {exc}", file=sys.stderr)
-        return 2
-    write_json(out / "render-report.json", merged)
+        return print_error("render-amass", exc)
+    try:
+        write_json(out / "render-report.json", merged)
+    except OSError as exc:  # a full disk, permissions: one line, not a traceback
+        return print_error("render-amass", f"cannot write the merged report ({os_error_text(exc)})")
     print(f"render-amass: merged {len(merged['merged_from'])} part report(s): rendered {merged['rendered']}, "
           f"skipped {merged['skipped']}, failed {merged['num_failed']}, not attempted "
           f"{merged['num_not_attempted']}; missing parts: {', '.join(merged['missing_parts']) or 'none'}; "

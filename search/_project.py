@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from core.atomic import atomic_path, write_json  # noqa: F401
 from dataset.augment import CLIP_MEAN, CLIP_STD, center_box, clip_normalize, crop_resize, eval_view  # noqa: F401
-from core.errors import BadInputError  # noqa: F401
+from core.errors import BadInputError, print_error  # noqa: F401
 from core.hashing import sha256_file  # noqa: F401
 from core.keyids import check_keyid, child_path, is_keyid  # noqa: F401
 from model.checkpoint import PREPROCESS_KEYS, PREPROCESS_VERSION, preprocess_record  # noqa: F401

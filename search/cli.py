@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._project import BadInputError
+from ._project import BadInputError, print_error
 
 
 class _Usage(Exception):
@@ -152,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(args)
     except (BadInputError, FileNotFoundError, _Usage, ValueError) as exc:
-        print(f"lavimo-search {args.cmd}: error: {exc}", file=sys.stderr)
-        return 2
+        return print_error(f"lavimo-search {args.cmd}", exc)
     except KeyboardInterrupt:
         print("lavimo-search: interrupted", file=sys.stderr)
         return 1

@@ -58,7 +58,7 @@ def test_synth_amass(code, case, tmp_path, capsys, monkeypatch):
     args = ["--out", str(out), *SYNTH]
     expect = {"motions 0": "--motions", "subjects 0": "--subjects", "nsim-size -1": "--nsim-size",
               "fractions": "--test-fraction", "unknown action": "moonwalk", "not an int": "--motions",
-              "out is a file": str(out), "out under a file": str(out), "disk full": "No space left",
+              "out is a file": str(out), "out under a file": str(out), "disk full": "o space left on device",
               "interrupted": "interrupted"}.get(case)
     if case == "motions 0":
         args += ["--motions", "0"]
@@ -226,7 +226,7 @@ def test_build_shards(code, case, shards_cli, tmp_path, capsys, monkeypatch):
     expect = {"videos not a dir": "--videos", "annotations missing": "--annotations", "out is a file": "--out",
               "samples-per-shard 0": "--samples-per-shard must be >= 1", "workers 0": "--workers", "kit skeleton without vecs": "--skeleton kit",
               "body-models not a dir": "--body-models", "missing --videos": "--videos",
-              "disk full": "No space left"}.get(case)
+              "disk full": "o space left on device"}.get(case)
     vids = Path(args[args.index("--videos") + 1])
     if case == "one video unreadable":
         (vids / "000001.mp4").write_bytes(b"not a video")

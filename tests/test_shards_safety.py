@@ -345,7 +345,7 @@ def test_enospc_is_a_setup_error_naming_the_file(cli_env, capsys, monkeypatch):
     monkeypatch.setattr(tarfile.TarFile, "addfile", full)
     assert cli_main(cli_env.args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "No space left on device" in err[0] and "train-000000.tar" in err[0], err
+    assert len(err) == 1 and "no space left on device" in err[0] and "train-000000.tar" in err[0], err
     assert not temp_leftovers(cli_env.out) and not list(cli_env.out.glob("*.tar"))
 
 

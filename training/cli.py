@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import itertools
 import logging
 import math
@@ -35,7 +34,7 @@ import torch
 
 from core.atomic import write_json
 from core.device import resolve_device, resolve_precision
-from core.errors import BadInputError
+from core.errors import BadInputError, is_disk_full, os_error_text, print_error
 from core.seeding import stable_seed
 from core.slurm import SlurmEnvError, apply_srun_env
 from dataset.shard_source import FetchError, RemoteShards, is_remote, shard_location
@@ -727,20 +726,16 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
 # small helpers
 
 
-def _fail(message: str, code: int) -> int:
+def _fail(message: object, code: int) -> int:
     """Print ``error: message`` as one line on stderr; return the exit status ``code``."""
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
-    return code
+    return print_error(None, message, code)
 
 
 def _os_error_text(exc: OSError) -> str:
-    """One line for an OSError: the file, what happened, what to do."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (f"{exc.filename or 'a file'}: no space left on device; free disk space (or choose another --out), "
-                "then rerun (with --resume if RUN/checkpoints/last.state.pt exists)")
-    if exc.filename is None:  # e.g. MissingWeightsError: its message says what to put where
-        return str(exc)
-    return f"{exc.filename}: {exc.strerror or exc}"
+    """One line for an OSError: the file, what happened, what to do (MissingWeightsError's message says what to
+    put where)."""
+    return os_error_text(exc, disk_full_hint="; free disk space (or choose another --out), then rerun (with "
+                                             "--resume if RUN/checkpoints/last.state.pt exists)")
 
 
 @contextlib.contextmanager
@@ -749,7 +744,7 @@ def _writing(path: Path, run: RunDir):
     try:
         yield
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_disk_full(exc):
             hint = (f"then rerun with --resume (the last complete checkpoint, {run.last_state}, is kept)"
                     if run.last_state.is_file() else
                     "then start again without --resume (no complete checkpoint was written)")

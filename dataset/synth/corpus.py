@@ -41,6 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from core.atomic import atomic_path, check_writable_dir, write_json, write_text
+from core.errors import print_error
 from core.seeding import stable_rng
 from dataset.subsets import NSIM_SPLIT, build_dissimilar_subset
 from dataset.synth.actions import (ACTION_NAMES, ACTIONS, MotionParams, animate, captions, describe_action,
@@ -371,10 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _error(message: str) -> int:
+def _error(message: object) -> int:
     """One line on stderr, exit status 2 (usage or set-up error)."""
-    print(f"synth-amass: error: {' '.join(str(message).split())}", file=sys.stderr)
-    return 2
+    return print_error("synth-amass", message)
 
 
 def _argument_problem(args: argparse.Namespace, actions: list[str] | None) -> str | None:
