@@ -5,9 +5,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+
+#: the name :func:`atomic_path` gives its temporary file: ``.{final name}.{random}.tmp{ext}`` in the target's folder
+TEMP_NAME_RE = re.compile(r"^\.(?P<final>.+)\.[A-Za-z0-9_]+\.tmp(?:\.[A-Za-z0-9]+)?$")
+
+
+def temp_target(name: str) -> str | None:
+    """The final file name a temporary file named ``name`` (of :func:`atomic_path`) was for, or None when
+    ``name`` is not such a temporary file (used to find what a killed run left behind)."""
+    m = TEMP_NAME_RE.match(name)
+    return None if m is None else m["final"]
 
 
 @contextlib.contextmanager

@@ -99,13 +99,6 @@ def naming(path: str | os.PathLike) -> Iterator[None]:
         raise
 
 
-def make_public(path: Path) -> None:
-    """Give a temp file (created 0600 by mkstemp) the usual permissions (0666 minus the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def write_if_changed(path: Path, text: str) -> bool:
     try:
         if path.is_file() and path.read_text(encoding="utf-8") == text:
@@ -114,7 +107,6 @@ def write_if_changed(path: Path, text: str) -> bool:
         pass
     with naming(path), atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        make_public(tmp)
     return True
 
 
@@ -139,7 +131,6 @@ def write_tar(path: Path, samples: Sequence[dict[str, bytes]]) -> tuple[str, int
                 for member in sorted(k for k in s if k != "__key__"):
                     tf.addfile(*tar_member(member_name(key, member), s[member]))
         digest, size = sha256_file(tmp)
-        make_public(tmp)
     return digest, size
 
 
@@ -172,7 +163,6 @@ def write_stats(path: str | os.PathLike, mean: np.ndarray, std: np.ndarray, *, f
         with open(tmp, "wb") as fh:
             np.savez(fh, mean=mean, std=std, train_fingerprint=np.array(fingerprint),
                      num_samples=np.array(num_samples))
-        make_public(tmp)
 
 
 # ----------------------------------------------------------------------------------------------- reading

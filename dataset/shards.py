@@ -44,11 +44,9 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import signal
-import sys
 import tarfile
 import threading
 from dataclasses import dataclass, field
@@ -57,13 +55,14 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from core.atomic import write_json
+from core.atomic import temp_target, write_json
 from core.errors import BadInputError
 from core.hashing import sha256_file
+from core.process import set_parent_death_signal
 from core.keyids import check_keyid, child_path, is_keyid
 from dataset.shard_format import (
     BASE_MEMBERS, FORMAT_VERSION, MANIFEST_KIND, META, MOTION, SENT, SPLITS, STATS_NAME, TEXTS, VIDEO_JPGS,
-    VIDEO_MEMBERS, VIDEO_MP4, iter_tar_members, json_bytes, load_npy_bytes, manifest_path,
+    VIDEO_MEMBERS, VIDEO_MP4, finite_number, iter_tar_members, json_bytes, load_npy_bytes, manifest_path,
     manifest_shards, naming, npy_bytes, parse_texts, read_manifest, read_manifests, shard_name, stats_arrays,
     stats_fingerprint, write_if_changed, write_manifest, write_stats, write_tar,
 )
@@ -72,8 +71,7 @@ from dataset.shard_source import FetchError, RemoteShards, is_remote, is_url, sh
 log = logging.getLogger(__name__)
 
 TOOL_VERSION = "lavimo-build-shards 1.0"
-# temporary files of core.atomic (``.{final name}.XXXXXXXX.tmp{ext}``) whose final name is one of ours
-_TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+# final names of ours, whose temporary files (core.atomic.temp_target) a killed run may leave behind
 _OUR_NAME_RE = re.compile(r"^(?:[A-Za-z0-9_-]+-\d{6}\.tar(?:\.json)?|[A-Za-z0-9_-]+\.json|stats\.npz|README\.md)$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -274,8 +272,7 @@ def check_sidecar(side: dict, side_path: Path, keyid: str, mp4: Path) -> None:
     if n is not None and (not _is_int(n) or n < 0):
         raise BadInputError(side_path, "num_frames", f"{n!r} is not a frame count")
     fps = side.get("fps")
-    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float))
-                            or not math.isfinite(fps) or fps <= 0):
+    if fps is not None and not (finite_number(fps) or 0) > 0:
         raise BadInputError(side_path, "fps", f"{fps!r} is not a positive frame rate")
     frames = side.get("frames")
     if frames is not None:
@@ -412,26 +409,16 @@ def _ordered(pool, items: list, window: int):
         yield pending.popleft().get()
 
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
 def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> str:
     """Make this (child) process exit when ``parent_pid`` dies; returns the mechanism used.
 
     On Linux: ``prctl(PR_SET_PDEATHSIG, sig)`` through ctypes ("prctl"). Elsewhere, or when prctl is not
     available: a daemon thread that polls ``os.getppid()`` every 0.5 s and calls ``os._exit(1)`` once the
     parent is gone ("poll")."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0:
-                if os.getppid() != parent_pid:  # the parent died before prctl took effect
-                    os._exit(1)
-                return "prctl"
-        except (OSError, AttributeError):  # pragma: no cover - no libc / no prctl symbol
-            pass
+    if set_parent_death_signal(sig):
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+        return "prctl"
 
     def watch() -> None:
         import time
@@ -513,8 +500,8 @@ def temp_leftovers(out: Path) -> list[Path]:
         if not d.is_dir():
             continue
         for p in sorted(d.iterdir()):
-            m = _TEMP_RE.match(p.name)
-            if m and _OUR_NAME_RE.match(m.group("target")) and (p.is_file() or p.is_symlink()):
+            target = temp_target(p.name)
+            if target and _OUR_NAME_RE.match(target) and (p.is_file() or p.is_symlink()):
                 found.append(p)
     return found
 

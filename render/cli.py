@@ -23,7 +23,6 @@ import logging
 import multiprocessing as mp
 import os
 import queue
-import re
 import signal
 import sys
 import threading
@@ -36,9 +35,10 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 from tqdm import tqdm  # noqa: E402
 
-from core.atomic import check_writable_dir, write_json  # noqa: E402
+from core.atomic import check_writable_dir, temp_target, write_json  # noqa: E402
 from dataset.clip import Clip  # noqa: E402
 from core.errors import BadInputError, os_error_text, print_error  # noqa: E402
+from core.process import set_parent_death_signal  # noqa: E402
 from core.keyids import check_keyid, is_keyid  # noqa: E402
 
 PROG = "render-amass"
@@ -50,16 +50,15 @@ class SetupError(RuntimeError):
 
 
 def parse_part(text: str | None) -> tuple[int, int] | None:
-    """``"K/N"`` -> (K, N) with 1 <= K <= N."""
+    """``"K/N"`` -> (K, N) with 1 <= K <= N (core.slurm's rule; its ValueError as a SetupError)."""
     if text is None:
         return None
+    from core.slurm import parse_part as parse
+
     try:
-        k, n = (int(x) for x in text.split("/"))
+        return parse(text)
     except ValueError as e:
-        raise SetupError(f"--part expects K/N (e.g. 1/4), got {text!r}") from e
-    if not (1 <= k <= n):
-        raise SetupError(f"--part K/N needs 1 <= K <= N, got {text!r}")
-    return k, n
+        raise SetupError(str(e)) from None
 
 
 def select_part(clips: list[Clip], part: tuple[int, int] | None) -> list[Clip]:
@@ -110,22 +109,20 @@ def read_keyids(path: str) -> tuple[list[str], dict[str, str]]:
     return wanted, invalid
 
 
-_TEMP_RE = re.compile(r"^\.(?P<final>.+)\.[A-Za-z0-9_]+\.tmp(?:\.[A-Za-z0-9]+)?$")
 def remove_stale_temps(out: Path, finals: set[str]) -> tuple[int, int]:
     """Remove temporary files a killed run left in ``out``: ``.{name}.XXXX.tmp{ext}`` (core.atomic and the
     video writer) whose final ``name`` is in ``finals`` (this run's ``<keyid>.mp4`` / ``<keyid>.json`` /
-    report). Temporary files of other names are left
-    alone: another ``--part`` may be writing them now. Returns (removed, left)."""
+    report). Temporary files of other names are left alone: another ``--part`` may be writing them now. Returns (removed, left)."""
     removed = left = 0
     try:
         entries = list(os.scandir(out))
     except OSError as e:
         raise SetupError(f"cannot list the output directory {out} ({e.strerror or e})") from e
     for entry in entries:
-        m = _TEMP_RE.match(entry.name)
-        if m is None or entry.is_dir(follow_symlinks=False):
+        final = temp_target(entry.name)
+        if final is None or entry.is_dir(follow_symlinks=False):
             continue
-        if m["final"] in finals:
+        if final in finals:
             try:
                 os.unlink(entry.path)
                 removed += 1
@@ -312,21 +309,6 @@ class StopRequest:
                 signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
-def _set_parent_death_signal() -> bool:
-    """Linux: have the kernel SIGKILL this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``).
-    Returns False where unavailable (other systems); the parent-pipe watchdog still applies."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        return libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
 def _watch_parent(conn) -> None:
     """Watchdog thread of a worker: ``conn`` is the read end of a pipe whose only write end the ``render-amass``
     process holds; end of file means that process exited or was killed, so this worker leaves at once."""
@@ -351,7 +333,7 @@ def _worker_main(idx: int, clips: list[Clip], cfg, egl_device: str | None, event
     stop = StopRequest(hard_exit_on_repeat=False)
     signal.signal(signal.SIGINT, stop.handle)
     signal.signal(signal.SIGTERM, stop.handle)
-    _set_parent_death_signal()
+    set_parent_death_signal()  # the kernel kills this worker with its parent (Linux); the pipe watchdog too
     if parent_conn is not None:
         threading.Thread(target=_watch_parent, args=(parent_conn,), name="parent-watchdog", daemon=True).start()
     if egl_device is not None:
