@@ -1,14 +1,20 @@
 """Every project module ``search`` uses, imported in this one place (rename the imports here when the layout
-changes: core/, body/, dataset/, model/, evaluation/). Nothing else in ``search`` imports project modules."""
+changes: core/, dataset/, render/, model/). The other modules of ``search`` import project code only through
+this module: the names below, or the functions that import a module on first use (the heavy or
+order-sensitive ones: the loader, the renderer)."""
 
 from __future__ import annotations
 
-from core.atomic import atomic_path, write_json  # noqa: F401
-from dataset.augment import CLIP_MEAN, CLIP_STD, center_box, clip_normalize, crop_resize, eval_view  # noqa: F401
-from core.errors import BadInputError, print_error  # noqa: F401
-from core.hashing import sha256_file  # noqa: F401
-from core.keyids import check_keyid, child_path, is_keyid  # noqa: F401
-from model.checkpoint import PREPROCESS_KEYS, PREPROCESS_VERSION, preprocess_record  # noqa: F401
+from core.atomic import atomic_path, write_json
+from core.errors import BadInputError, print_error
+from core.hashing import sha256_file
+from core.keyids import child_path, is_keyid
+from dataset.augment import center_box, clip_normalize, eval_view
+from model.checkpoint import PREPROCESS_KEYS, preprocess_record
+
+__all__ = ["BadInputError", "PREPROCESS_KEYS", "atomic_path", "center_box", "checkpoint", "child_path",
+           "clip_normalize", "clip_types", "eval_view", "features", "is_keyid", "mp4", "preprocess_record",
+           "print_error", "renderer", "sha256_file", "shards", "stream", "video_frames", "write_json"]
 
 
 def stream():
@@ -40,14 +46,31 @@ def clip_types():
 
 
 def video_frames():
-    """JPEG frame packing (``dataset.video_frames.decode_jpgs``) and mp4 I/O (``core.mp4``) in one namespace."""
+    """``dataset.video_frames`` (decode_jpgs: a shard's packed JPEG frames)."""
+    import dataset.video_frames as m
+
+    return m
+
+
+def mp4():
+    """``core.mp4`` (VideoWriter, write_video: H.264 mp4 files written atomically)."""
+    import core.mp4 as m
+
+    return m
+
+
+def renderer():
+    """The headless renderer: ``render.scene`` (SceneRenderer, RendererSetupError; importing it sets
+    ``PYOPENGL_PLATFORM=egl`` unless set), ``render.lights`` (load_lights) and ``render.trajectory``
+    (follow_trajectory) in one namespace. Imported on first call: ``search.preview`` loads triton first."""
     import types
 
-    import core.mp4 as mp4
-    import dataset.video_frames as vf
+    import render.lights as lights
+    import render.scene as scene
+    import render.trajectory as trajectory
 
-    return types.SimpleNamespace(decode_jpgs=vf.decode_jpgs, jpgs_info=getattr(vf, "jpgs_info", None),
-                                 write_video=mp4.write_video, mp4_frames=mp4.mp4_frames)
+    return types.SimpleNamespace(SceneRenderer=scene.SceneRenderer, RendererSetupError=scene.RendererSetupError,
+                                 load_lights=lights.load_lights, follow_trajectory=trajectory.follow_trajectory)
 
 
 def checkpoint():

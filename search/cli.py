@@ -25,10 +25,19 @@ from pathlib import Path
 from typing import Any
 
 from ._project import BadInputError, print_error
+from .index import source_text
 
 
 class _Usage(Exception):
     pass
+
+
+def _split_list(value: str) -> list[str]:
+    """``--split`` value: "test", "a,b" -> ["a", "b"] (spaces around names ignored; an empty name is an error)."""
+    names = [v.strip() for v in value.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{value!r}: empty split name (give e.g. test or train,test)")
+    return names
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     src = i.add_mutually_exclusive_group(required=True)
     src.add_argument("--shards", type=Path, help="a build-shards directory")
     src.add_argument("--features", type=Path, help="a folder of new_joint_vecs/*.npy (+ texts/*.txt)")
-    i.add_argument("--split", action="append", help="shard split(s) to index (repeatable; 'all'); default test")
+    i.add_argument("--split", action="extend", type=_split_list, metavar="SPLIT[,SPLIT...]",
+                   help="shard split(s) to index: a comma list, repeatable, or 'all'; default test")
     i.add_argument("--videos", type=Path, help="rendered <keyid>.mp4 to use as previews")
     i.add_argument("--no-previews", action="store_true", help="do not write previews from the shards' videos")
     i.add_argument("--out", type=Path, required=True)
@@ -68,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--k", type=int, default=5)
     q.add_argument("--json", action="store_true")
 
-    v = sub.add_parser("preview", help="features or joints .npy -> skeleton mp4 rendered through the headless renderer (numpy stick figure without EGL)")
+    v = sub.add_parser("preview", help="features or joints .npy -> skeleton mp4 rendered through the headless "
+                                       "renderer (numpy stick figure without EGL)")
     v.add_argument("motion", type=Path)
     v.add_argument("--out", type=Path, required=True)
     v.add_argument("--fps", type=float, default=20.0)
@@ -136,10 +147,8 @@ def _table(res: dict[str, Any]) -> str:
     lines = [f"{'rank':>4}  {'score':>7}  {'keyid':<10} {'caption':<52} source | preview"]
     for n, r in enumerate(rows, 1):
         cap = (r["captions"][0] if r["captions"] else "-")[:52]
-        s = r["source"]
-        src = (f"{s.get('amass_path')} [{s.get('frame_start')}..{s.get('frame_end')} s]" if s.get("kind") == "shard"
-               else str(s.get("path")))
-        lines.append(f"{n:>4}  {r['score']:7.3f}  {r['keyid']:<10} {cap:<52} {src} | {r['preview'] or '-'}")
+        lines.append(f"{n:>4}  {r['score']:7.3f}  {r['keyid']:<10} {cap:<52} {source_text(r['source'])} | "
+                     f"{r['preview'] or '-'}")
     return "\n".join(lines)
 
 
@@ -171,9 +180,12 @@ def _main(args: argparse.Namespace) -> int:
 
         if args.batch_size < 1:
             raise _Usage("--batch-size must be >= 1")
+        splits = list(dict.fromkeys(args.split or ["test"]))  # in order, each once
+        if "all" in splits and len(splits) > 1:
+            raise _Usage("--split all already means every split; give it alone")
         r = load(args.checkpoint, stats=args.stats, device=args.device)
         idx, rep = build_index(r, args.out, shards=args.shards, folder=args.features,
-                               splits=args.split or ["test"], videos=args.videos, previews=not args.no_previews,
+                               splits=splits, videos=args.videos, previews=not args.no_previews,
                                batch_size=args.batch_size, progress=not args.no_progress)
         print(f"index {args.out}: {len(idx)} motions; {rep.summary()}")
         for f in rep.failed[:20]:

@@ -13,8 +13,9 @@ On disk, in the index directory (format :data:`FORMAT` version :data:`VERSION`):
   feature file) and ``preview`` (a video file, or null: rendered on demand by ``search.preview``).
 
 Both are written atomically (npz first, then the json naming its sha256). A query refuses an index built with
-another checkpoint. Building again into the same directory with the same checkpoint only encodes the motions
-that are not in it yet (incremental).
+another checkpoint. Building again into the same directory with the same checkpoint only decodes and encodes the
+motions that are not in it yet (incremental): a shard sample already indexed with the same source (its
+``meta.json`` and shard name) is kept without decoding its video.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -164,6 +165,15 @@ class Index:
                    arrays["text_owner"], meta, root)
 
 
+def source_text(source: dict[str, Any]) -> str:
+    """One line for a motion's ``source`` (the CLI's table and the search page): "AMASS path [start..end s]
+    (shard)" for a shard sample, the feature file's path otherwise."""
+    if source.get("kind") == "shard":
+        return (f"{source.get('amass_path')} [{source.get('frame_start')}..{source.get('frame_end')} s] "
+                f"({source.get('shard')})")
+    return str(source.get("path"))
+
+
 # ------------------------------------------------------------------------------------------------ sources
 @dataclass
 class Item:
@@ -172,17 +182,21 @@ class Item:
     keyid: str
     captions: list[str]
     source: dict[str, Any]
-    motion: np.ndarray                 # normalised (T, D)
+    motion: np.ndarray | None          # normalised (T, D); None: not decoded (already indexed, same source)
     video: Any = None                  # (F, 3, S, S) tensor or None
     preview_frames: Any = None         # callable -> (frames (T,H,W,3) uint8, fps) or bytes of an mp4, or None
 
 
-def shard_items(shards: str | os.PathLike, splits: Sequence[str], retriever: Any,
-                failed: list[str]) -> Iterator[Item]:
+def shard_items(shards: str | os.PathLike, splits: Sequence[str], retriever: Any, failed: list[str],
+                indexed: Mapping[str, dict[str, Any]] | None = None) -> Iterator[Item]:
     """Samples of a shard set, decoded by the loader's evaluation transform with the checkpoint's preprocessing
     (``dataset.stream.SampleTransform``: first usable caption's segment, first max_motion_len rows, segment-centre
-    frames, centred crop). A sample the loader would skip is recorded in ``failed`` ("keyid: reason")."""
-    from ._project import shards as shards_mod, stream
+    frames, centred crop). A sample the loader would skip is recorded in ``failed`` ("keyid: reason").
+
+    ``indexed`` (keyid -> source, read as the iteration goes): a sample whose keyid is in it with the same
+    source (which comes from its ``meta.json`` and the shard's name alone) is not decoded; it is yielded as an
+    Item with ``motion`` None, for the caller to keep its indexed entry."""
+    from ._project import stream
 
     st = stream()
     root = Path(shards)
@@ -196,11 +210,6 @@ def shard_items(shards: str | os.PathLike, splits: Sequence[str], retriever: Any
             for raw in st._tar_samples(url, skips):
                 key = raw.get("__key__")
                 try:
-                    s = transform(raw, None)
-                except Exception as exc:  # noqa: BLE001 - SampleError or a decoder error: reported, build goes on
-                    failed.append(f"{key}: {getattr(exc, 'reason', type(exc).__name__)}: {exc}")
-                    continue
-                try:
                     meta = json.loads(raw.get("meta.json", b"{}"))
                 except ValueError:
                     meta = {}
@@ -209,6 +218,14 @@ def shard_items(shards: str | os.PathLike, splits: Sequence[str], retriever: Any
                           "amass_path": meta.get("amass_path"), "frame_rule": meta.get("frame_rule"),
                           "frame_start": meta.get("frame_start"), "frame_end": meta.get("frame_end"),
                           "fps": meta.get("fps")}
+                if indexed is not None and indexed.get(key) == source:
+                    yield Item(key, [], source, None)  # already indexed from this very sample: no decode
+                    continue
+                try:
+                    s = transform(raw, None)
+                except Exception as exc:  # noqa: BLE001 - SampleError or a decoder error: reported, build goes on
+                    failed.append(f"{key}: {getattr(exc, 'reason', type(exc).__name__)}: {exc}")
+                    continue
                 yield Item(key, list(s["texts"]), source, s["motion"].numpy(), s["video"],
                            _shard_preview(raw, meta))
             for reason, n in skips.counts.items():
@@ -289,10 +306,12 @@ def build_index(retriever: Any, out: str | os.PathLike, *, shards: str | os.Path
             log.warning("%s: starting a new index (%s)", out, exc.message)
     if (shards is None) == (folder is None):
         raise ValueError("give exactly one of shards= or folder=")
+    entries: list[Entry] = list(old.entries) if old else []
+    seen = {e.keyid: e.source for e in entries}  # keyid -> source, of the old index and of this build so far
     if shards is not None:
         if list(splits) == ["all"]:
             splits = sorted(shards_mod().read_manifests(Path(shards)))
-        items = shard_items(shards, splits, retriever, report.failed)
+        items = shard_items(shards, splits, retriever, report.failed, indexed=seen)
         total = 0
         for s in splits:
             try:
@@ -304,13 +323,11 @@ def build_index(retriever: Any, out: str | os.PathLike, *, shards: str | os.Path
         items = folder_items(folder, retriever, report.failed)
         total = None
         database = {"kind": "features", "path": str(Path(folder).resolve())}
-    entries: list[Entry] = list(old.entries) if old else []
     mot = [old.motion] if old else []
     vid = [old.video] if old else []
     hv = [old.has_video] if old else []
     txt = [old.text] if old else []
     owner = [old.text_owner] if old else []
-    seen = {e.keyid: e.source for e in entries}
     batch: list[Item] = []
 
     def flush() -> None:

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._project import PREPROCESS_KEYS, PREPROCESS_VERSION, BadInputError, preprocess_record  # noqa: F401 (re-exported)
+from ._project import PREPROCESS_KEYS, BadInputError, preprocess_record  # noqa: F401 (re-exported)
 
 MOTION_SUFFIXES = (".npy", ".npz")
 

@@ -180,6 +180,7 @@ def _load_triton_first() -> None:
     """Load triton's native library (and its LLVM) before Mesa's EGL driver (and its LLVM): loaded the other way
     round in one process, a later ``import triton`` (torch._dynamo, a model load) segfaults. A no-op when
     triton is not installed or already loaded; cheap once torch is imported."""
+    import importlib
     import importlib.util
     import sys
 
@@ -187,7 +188,7 @@ def _load_triton_first() -> None:
         return
     try:
         if importlib.util.find_spec("triton") is not None:
-            import triton._C.libtriton  # noqa: F401
+            importlib.import_module("triton._C.libtriton")
     except Exception as exc:  # noqa: BLE001 - a broken triton install only matters to its own users
         log.debug("triton not preloaded: %s", exc)
 
@@ -198,17 +199,16 @@ def render_frames(joints: np.ndarray, size: int = 256, fps: float = 20.0, angle_
     (raises ``render.scene.RendererSetupError`` without EGL). With ``writer`` (a :class:`core.mp4.VideoWriter`)
     the frames are written to it instead and None is returned."""
     _load_triton_first()
-    from render.lights import load_lights
-    from render.scene import SceneRenderer
-    from render.trajectory import follow_trajectory
+    from ._project import renderer as project_renderer
 
+    rd = project_renderer()
     world = face_camera(joints, angle_deg)
     mesh = SkeletonMesh.build()
     verts, normals = mesh.pose(world)
-    traj = follow_trajectory(world[:, 0], verts[:, :, 2].min(axis=1), fps)
-    setups = load_lights()
+    traj = rd.follow_trajectory(world[:, 0], verts[:, :, 2].min(axis=1), fps)
+    setups = rd.load_lights()
     setup = setups[int(light) % len(setups)]
-    renderer = SceneRenderer(size)  # one EGL context per call: a context stays bound to its thread
+    renderer = rd.SceneRenderer(size)  # one EGL context per call: a context stays bound to its thread
     frames = None if writer is not None else np.empty((len(world), size, size, 3), np.uint8)
     try:
         renderer.set_lights(setup)
@@ -267,14 +267,14 @@ def draw(joints: np.ndarray, size: int = 256, angle_deg: float = 30.0) -> np.nda
 
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float) -> Path:
-    """(T, H, W, 3) uint8 -> H.264 mp4 at ``path``, atomically (even sizes; browsers play it)."""
-    from ._project import video_frames
+    """(T, H, W, 3) uint8 -> H.264 mp4 at ``path``, atomically (``core.mp4.write_video`` is; even sizes, so
+    browsers play it)."""
+    from ._project import mp4
 
     f = np.asarray(frames, np.uint8)
     f = f[:, : f.shape[1] // 2 * 2, : f.shape[2] // 2 * 2]
     path = Path(path)
-    with atomic_path(path) as tmp:
-        video_frames().write_video(tmp, f, fps=fps)
+    mp4().write_video(path, f, fps=fps)
     return path
 
 
@@ -284,7 +284,9 @@ def egl_available() -> bool:
     """Whether pyrender can be imported and an EGL context created (a 16x16 test context; once per process)."""
     _load_triton_first()
     try:
-        import render.scene  # noqa: F401 - sets PYOPENGL_PLATFORM=egl unless set
+        from ._project import renderer
+
+        renderer()  # render.scene sets PYOPENGL_PLATFORM=egl unless set
         import pyrender
 
         r = pyrender.OffscreenRenderer(16, 16)
@@ -353,9 +355,9 @@ def render_preview(motion: np.ndarray | str | os.PathLike, out: str | os.PathLik
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     if use == "egl":
-        from core.mp4 import VideoWriter
+        from ._project import mp4
 
-        with VideoWriter(out, (size, size), fps) as writer:  # atomic: ``out`` appears on close
+        with mp4().VideoWriter(out, (size, size), fps) as writer:  # atomic: ``out`` appears on close
             render_frames(joints, size, fps, angle_deg, light, writer=writer)
     else:
         write_mp4(out, draw(joints, size, angle_deg), fps)

@@ -4,7 +4,8 @@
   scores, captions and sources). ``GET /?text=...&k=5`` renders results on the server (works without script).
 - ``POST /api/search`` (multipart form): ``text`` or ``file`` (+ ``kind`` "video" | "motion"), ``k``,
   ``captions`` (motion -> text), ``start``/``end`` (video window, s) -> JSON ``{"query", "results"}``.
-- ``GET /preview/{n}``: the preview mp4 of the n-th indexed motion (rendered on demand for feature databases).
+- ``GET /preview/{n}``: the preview mp4 of the n-th indexed motion (for feature databases rendered on the first
+  request, outside the query lock, and served from that file afterwards).
 
 Safety: binds 127.0.0.1 by default; uploads are limited in size (:data:`MAX_UPLOAD_BYTES`, HTTP 413) and type
 (extensions :data:`VIDEO_TYPES` / :data:`MOTION_TYPES`, HTTP 415), stored under a name of the server's choosing
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ._project import BadInputError
+from .index import source_text
 
 log = logging.getLogger(__name__)
 
@@ -92,18 +94,14 @@ function card(hit) {
 </script></body></html>"""
 
 
-def _source_text(s: dict[str, Any]) -> str:
-    if s.get("kind") == "shard":
-        return f"{s.get('amass_path')} [{s.get('frame_start')}..{s.get('frame_end')} s] ({s.get('shard')})"
-    return f"{s.get('path')}"
-
-
 class SearchService:
-    """The model, the index and a lock (one query encodes at a time)."""
+    """The model, the index and two locks: ``lock`` (one query encodes at a time) and ``render_lock`` (one preview
+    renders at a time; queries go on meanwhile)."""
 
     def __init__(self, retriever: Any, index: Any):
         self.retriever, self.index = retriever, index
         self.lock = threading.Lock()
+        self.render_lock = threading.Lock()
 
     def query(self, **kw: Any) -> dict[str, Any]:
         from .cli import run_query
@@ -114,7 +112,7 @@ class SearchService:
             if "source" in hit:
                 n = self.index.pos[hit["keyid"]]
                 hit["preview_url"] = f"/preview/{n}" if self.can_preview(n) else None
-                hit["source_text"] = _source_text(hit["source"])
+                hit["source_text"] = source_text(hit["source"])
                 hit.pop("preview", None)  # server paths stay on the server
         return res
 
@@ -123,21 +121,32 @@ class SearchService:
         return e.preview is not None or e.source.get("kind") == "features"
 
     def preview_file(self, n: int) -> Path | None:
+        """The preview mp4 of motion ``n``: the index's file, else (feature databases) rendered on the first
+        request into ``IDX/previews/<keyid>.mp4`` and remembered as the entry's preview, so the next requests
+        (a browser sends several range requests per video) serve the file without rendering again. Renders
+        hold ``render_lock``, not the query lock."""
+        p = self._existing_preview(n)
+        if p is not None:
+            return p
+        idx = self.index
+        e = idx.entries[n]
+        if e.source.get("kind") != "features" or idx.root is None:
+            return None
+        from ._project import child_path
         from .index import PREVIEWS
         from .preview import render_preview
 
-        idx = self.index
-        p = idx.preview_path(n)
-        if p is not None and Path(p).is_file():
-            return Path(p)
-        e = idx.entries[n]
-        if e.source.get("kind") == "features" and idx.root is not None:
-            from ._project import child_path
+        with self.render_lock:
+            p = self._existing_preview(n)  # rendered by another request while this one waited
+            if p is not None:
+                return p
+            out = render_preview(e.source["path"], child_path(idx.root / PREVIEWS, f"{e.keyid}.mp4"))
+            e.preview = f"{PREVIEWS}/{e.keyid}.mp4"  # relative to the index directory, as build_index writes it
+        return out
 
-            out = child_path(idx.root / PREVIEWS, f"{e.keyid}.mp4")
-            with self.lock:
-                return render_preview(e.source["path"], out)
-        return None
+    def _existing_preview(self, n: int) -> Path | None:
+        p = self.index.preview_path(n)
+        return Path(p) if p is not None and Path(p).is_file() else None
 
 
 def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BYTES):

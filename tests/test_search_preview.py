@@ -115,6 +115,25 @@ def test_numpy_fallback_without_egl(tmp_path, monkeypatch, caplog, counter):
     assert _skeleton_mask(frames[0]).sum() > 10
 
 
+def test_write_mp4_is_atomic_once(tmp_path, monkeypatch):
+    """write_mp4 relies on core.mp4's own atomic write (one temporary file, renamed), not a second one around it."""
+    import core.mp4
+    import search.preview as sp
+
+    entered = []
+    real = core.mp4.atomic_path
+
+    def counted(path, *a, **kw):
+        entered.append(Path(path))
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(core.mp4, "atomic_path", counted)
+    monkeypatch.setattr(sp, "atomic_path", counted)
+    out = preview.write_mp4(tmp_path / "s.mp4", np.zeros((3, 17, 33, 3), np.uint8), 10.0)
+    assert entered == [out] and read_video(out)[0].shape == (3, 16, 32, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.mp4"]
+
+
 def test_bad_motion_and_settings(tmp_path):
     marker = tmp_path / "pwned"
 
