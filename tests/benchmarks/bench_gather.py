@@ -4,11 +4,15 @@ gathering, and the share of the step spent in the gathers (the collectives of Ba
 backward of a gather is a slice, no communication).
 
     .venv/bin/python tests/benchmarks/bench_gather.py                        # tiny preset, gloo, CPU
+    .venv/bin/python tests/benchmarks/bench_gather.py --quick                # the smoke test's few steps
     .venv/bin/python tests/benchmarks/bench_gather.py --preset demo --batch-size 32 --random-init
     .venv/bin/python tests/benchmarks/bench_gather.py --device cuda --preset paper --random-init  # 2 GPUs, nccl
 
 One step = model/training.Stepper's work on an in-memory batch (forward, backward with DDP's all-reduce, clip,
-AdamW); median over ``--steps`` timed steps after ``--warmup``. Rank 0 prints one line per setting.
+AdamW); median over ``--steps`` timed steps after ``--warmup``. Rank 0 prints one line per setting, then the
+ratio of the two medians against the baseline measured in the same run (the step without gathering):
+``ratio gather / no-gather: X.XXx`` beside the gathers' share. ``--quick`` (the smoke test): 5 steps after 2
+warm-up, still 2 gloo ranks and the tiny preset unless told otherwise.
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
 
     gather_mod.BatchGather.__init__, gather_mod.BatchGather.__call__ = timed_init, timed_call
     try:
+        medians, share_of = {}, {}  # per setting: median step (s), median share of the gathers
         for gather in (False, True):
             over = {"gather_negatives": gather, "batch_size": args.batch_size}
             if args.random_init:
@@ -111,11 +116,17 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
                     times.append(dt)
                     shares.append(spent[0] / dt)
             med = statistics.median(times)
+            medians[gather], share_of[gather] = med, statistics.median(shares)
             if rank == 0:
                 print(f"{args.preset} {args.device} {world} ranks x batch {args.batch_size} "
                       f"(global {world * args.batch_size}), gather_negatives={gather}: median step {med * 1000:.1f} ms"
                       f", {world * args.batch_size / med:.1f} samples/s, gather share "
                       f"{statistics.median(shares) * 100:.2f}% of the step", flush=True)
+        if rank == 0:  # against the baseline of the same run: the same steps without gathering
+            print(f"{args.preset} {args.device} {world} ranks x batch {args.batch_size}: ratio gather / no-gather: "
+                  f"{medians[True] / medians[False]:.2f}x (median step {medians[True] * 1000:.1f} / "
+                  f"{medians[False] * 1000:.1f} ms over {args.steps} steps), gather share "
+                  f"{share_of[True] * 100:.2f}% of the step", flush=True)
     finally:
         dist.destroy_process_group()
 
@@ -127,12 +138,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--batch-size", type=int, default=16, help="per rank")
     p.add_argument("--ranks", type=int, default=2)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default 20; 5 with --quick)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; 2 with --quick)")
+    p.add_argument("--quick", action="store_true", help="few steps (smoke test): still 2 ranks, tiny preset")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--random-init", action="store_true")
     args = p.parse_args(argv)
+    if args.steps is None:
+        args.steps = 5 if args.quick else 20
+    if args.warmup is None:
+        args.warmup = 2 if args.quick else 3
+    if args.steps < 1 or args.warmup < 0:
+        p.error("--steps must be >= 1 and --warmup >= 0")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
