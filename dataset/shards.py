@@ -927,21 +927,26 @@ def verify_shard(path: Path | str, entry: dict) -> dict:
     return res
 
 
-def verify_shards(shards_dir: str | os.PathLike | RemoteShards, splits: Sequence[str] | None = None) -> list[dict]:
+def verify_shards(shards_dir: str | os.PathLike | RemoteShards, splits: Sequence[str] | None = None, *,
+                  manifests: dict[str, dict] | None = None) -> list[dict]:
     """Check every shard of ``splits`` (default: every manifest) against its manifest's size and sha256.
 
     Reads each tar once, in 1 MiB blocks (:func:`core.hashing.sha256_file`), without parsing it. A remote set
     (an http(s) base URL or ``pipe:`` command, :mod:`dataset.shard_source`) needs ``splits`` (its manifests
     cannot be listed) and has every tar streamed once over the network. Returns one dict per listed shard, in
     manifest order (see :func:`verify_shard`: ``file``, ``name``, ``size``, ``sha256``, ``expected_size``,
-    ``expected_sha256``, ``ok``, ``problem``); the set is intact when every ``ok`` is True.
+    ``expected_sha256``, ``ok``, ``problem``); the set is intact when every ``ok`` is True. ``manifests``
+    (``{split: manifest}``, e.g. what a trainer already read and checked) are used instead of reading them
+    again, so the tars are checked against those very manifests.
 
     Raises:
         BadInputError: a requested split has no manifest (field ``manifest``), or a manifest's ``shards`` list
             is malformed or names a file outside the directory (field ``shards``).
     """
     out: Path | RemoteShards
-    if is_remote(shards_dir):
+    if manifests is not None:
+        out = shard_location(shards_dir) if is_remote(shards_dir) else Path(shards_dir)
+    elif is_remote(shards_dir):
         out = shard_location(shards_dir)
         if not splits:
             raise BadInputError(str(out), "manifest", "name the splits to verify: a remote set cannot be listed")

@@ -348,7 +348,7 @@ def _tar_samples(url: str, skips: _Skips) -> Iterator[dict]:
             skips.add(reason, _shown(ti.name), url, message)
 
     # local files are opened as files (a ':' in a path is never taken for a URL scheme such as "pipe:"); http(s)
-    # and pipe: urls are streamed by webdataset's gopen (dataset/shard_source.py)
+    # and pipe: urls are streamed by dataset/shard_source.py's own opener (curl / sh, with a stall timeout)
     stream = open_shard(url)
     try:
         cur: dict | None = None

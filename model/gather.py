@@ -75,7 +75,7 @@ class BatchGather:
             t = torch.tensor([int(n_local)], dtype=torch.int64, device=device)
             out = [torch.empty_like(t) for _ in range(self.world_size)]
             dist.all_gather(out, t)
-            self.sizes = [int(s.item()) for s in out]
+            self.sizes = torch.cat(out).tolist()  # one device-to-host copy, not one per rank
 
     @property
     def enabled(self) -> bool:

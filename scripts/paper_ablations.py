@@ -778,9 +778,9 @@ def _training_note(run_dir: Path) -> str:
     """`` (training incomplete: epoch 3/400)`` when the run's last checkpoint is before its last epoch."""
     try:
         from model.checkpoint import read_checkpoint_metadata
+        from training.config import load_run_config
 
-        cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-        epochs = int(cfg["train"]["epochs"])
+        epochs = load_run_config(run_dir / "config.json").train.epochs
         extra = read_checkpoint_metadata(run_dir / "checkpoints" / "last.safetensors")["extra"]
         epoch = int(extra.get("epoch", 0))
     except (OSError, ValueError, TypeError, KeyError):

@@ -26,7 +26,7 @@ import torch
 from core.errors import BadInputError
 from core.hashing import sha256_file
 from training.loop import (
-    NonFiniteGuard, SkipBudget, TrainingStalled, load_training_state, save_training_state,
+    NonFiniteGuard, SkipBudget, TrainingStalled, load_training_state,
 )
 from test_train import BASE
 
@@ -336,9 +336,10 @@ def test_state_with_pickled_code_is_never_run(saved_run, shards, tmp_path, capsy
 @pytest.mark.parametrize("field,value", [("step", "7"), ("optimizer", []), ("epoch", -1), ("version", 9)])
 def test_malformed_state_fields_are_named(tmp_path, field, value):
     path = tmp_path / "s.pt"
-    save_training_state(path, {"version": 1, "epoch": 0, "batch_in_epoch": 0, "step": 0, "steps_per_epoch": 1,
-                               "optimizer": {}, "scheduler": {}, "scaler": {}, "rng": [], "best_score": None,
-                               "nonfinite": {}, "period": {}, field: value})
+    # a crafted file (save_training_state would stamp the right version)
+    torch.save({"version": 1, "epoch": 0, "batch_in_epoch": 0, "step": 0, "steps_per_epoch": 1, "optimizer": {},
+                "scheduler": {}, "scaler": {}, "rng": [], "best_score": None, "nonfinite": {}, "period": {},
+                field: value}, path)
     with pytest.raises(BadInputError) as err:
         load_training_state(path, complete=True)
     assert err.value.path == str(path) and err.value.field == field

@@ -10,9 +10,9 @@ Flags override the preset (its model, ``model/presets/NAME.json``, and its run s
 forward (model.compute_losses) under autocast, backward, gradient clipping, AdamW, per-step lr schedule
 (training/schedule.py). Validation (retrieval t2m / v2m on the whole val split) at the end of every
 ``eval_every`` epochs (or every --val-every steps), logged to metrics.csv and TensorBoard. The layout of the run
-directory, resume and DDP are described in the README.
+directory, resume and DDP are described in docs/training.md (several machines: docs/scaling.md).
 
-Reliability (see the README, "Reliability"): the shard files are checked against their manifest's sha256 before
+Reliability (docs/training.md, "Reliability"): the shard files are checked against their manifest's sha256 before
 training (``--no-verify`` skips it); a run that cannot make progress (no usable batch, an epoch without an
 optimiser step, more skipped samples than ``--max-skip-fraction``) stops with exit status 1 and the skip counts
 by reason; usage and set-up errors (bad flags, shards, checkpoints, a full disk) print one line and exit 2.
@@ -179,7 +179,10 @@ def resolve_config(args: argparse.Namespace, run: RunDir) -> RunConfig:
         raise SetupError(f"--resume: {run.config} not found (nothing to resume in {run.root}); start fresh in "
                          "another --out without --resume")
     saved = _load_config(run.config, {})
-    cfg = _load_config(run.config, overrides)
+    try:
+        cfg = saved.replace(**overrides)
+    except (ValueError, TypeError) as exc:
+        raise SetupError(f"{run.config} (with the flags' overrides): {' '.join(str(exc).split())}") from exc
     model_changes = _changes(saved.model.to_dict(), cfg.model.to_dict())
     if model_changes:
         raise SetupError(f"--resume cannot change the model of the saved run ({model_changes}): the checkpoint "
@@ -260,16 +263,16 @@ def check_training_manifests(shards: Path | RemoteShards, cfg) -> dict[str, dict
     return manifests
 
 
-def _verify_files(shards: Path | RemoteShards, splits: list[str]) -> dict[str, dict[str, dict]]:
+def _verify_files(shards: Path | RemoteShards, manifests: dict[str, dict]) -> dict[str, dict[str, dict]]:
     """``{split: {shard name: {"sha256", "bytes", "match": True}}}`` from dataset.shards.verify_shards (every
     listed file read once, streamed through sha256; for a remote set every tar is downloaded once, nothing
-    stored); the first file that differs from its manifest entry (or is missing or unreadable) raises
+    stored), against ``manifests`` (those training checked: never read twice); the first file that differs from its manifest entry (or is missing or unreadable) raises
     BadInputError naming it."""
     from dataset.shards import verify_shards as verify_shard_files
 
     out: dict[str, dict[str, dict]] = {}
-    for split in splits:
-        results = verify_shard_files(shards, [split])
+    for split in manifests:
+        results = verify_shard_files(shards, [split], manifests=manifests)
         bad = [r for r in results if not r["ok"]]
         if bad:
             first = bad[0]
@@ -305,7 +308,7 @@ def verify_shards(shards: Path | RemoteShards, manifests: dict[str, dict], dinfo
             log.info("verifying the remote shards %s: every train/val tar is read once over the network before "
                      "training (--no-verify skips it)", shards)
         try:
-            result = _verify_files(shards, list(manifests))
+            result = _verify_files(shards, manifests)
         except BadInputError as exc:
             if not dinfo.enabled:
                 raise
@@ -547,7 +550,7 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
             extra = {"step": step, "epoch": epoch_, "batch_in_epoch": batch_}
             with _writing(run.last_state, run):
                 save_training_state(run.last_state, {
-                    "version": 1, "epoch": epoch_, "batch_in_epoch": batch_, "step": step, "epochs": tc.epochs,
+                    "epoch": epoch_, "batch_in_epoch": batch_, "step": step, "epochs": tc.epochs,
                     "steps_per_epoch": steps_per_epoch, "world_size": dinfo.world_size,
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(), "rng": rngs, "best_score": best_score,

@@ -133,11 +133,6 @@ def split_fields(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
             {k: v for k, v in values.items() if k in train_names})
 
 
-def list_presets() -> list[str]:
-    """Names of the bundled presets (a model and run settings of each name)."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
-
-
 def load_run_config(name_or_path: str | os.PathLike, **overrides: Any) -> RunConfig:
     """A bundled preset (``paper``, ``demo``, ``tiny``: ``model/presets/NAME.json`` + ``training/presets/NAME.json``)
     or a JSON file, with ``overrides`` (typed values or CLI strings) routed to the model or the run's settings.

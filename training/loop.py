@@ -218,14 +218,15 @@ def save_training_state(path: str | os.PathLike, state: dict[str, Any],
     """Atomically ``torch.save`` the training state: written to a temp file in the same directory, fsynced and
     renamed, so a crash or a full disk mid-write leaves the previous file (or none) in place, never a truncated
     one. ``before_rename`` runs after the temp file is complete and before the rename (train.py writes the
-    matching weights there): when it raises, the previous state file stays."""
+    matching weights there): when it raises, the previous state file stays. The state is stamped with
+    :data:`STATE_VERSION`, which :func:`load_training_state` checks."""
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        torch.save({**state, "version": STATE_VERSION}, tmp)
         if before_rename is not None:
             before_rename()
 
 
-# field -> accepted types of a training state (see train.py's save())
+# field -> accepted types of a training state (see training/cli.py, save())
 _STATE_FIELDS: dict[str, tuple[type, ...]] = {
     "epoch": (int,), "batch_in_epoch": (int,), "step": (int,), "steps_per_epoch": (int,),
     "optimizer": (dict,), "scheduler": (dict,), "scaler": (dict,), "rng": (list, tuple),

@@ -81,9 +81,10 @@ class StopRequest:
             return self.local
         flag = torch.tensor([1.0 if self.local else 0.0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() > 0 and self.signum is None:
+        stop = flag.item() > 0  # one device-to-host copy
+        if stop and self.signum is None:
             self.signum = int(signal.SIGTERM)  # another rank got it
-        return flag.item() > 0
+        return stop
 
 
 def resolve_resume(value: str | bool | None, last_state: str | os.PathLike) -> bool:
