@@ -191,7 +191,9 @@ def load_npy_bytes(data: bytes, max_bytes: int = 1 << 30) -> np.ndarray:
     rest = len(data) - bio.tell()
     if expected != rest or expected > max_bytes:
         raise ValueError(f"header says shape {shape} {dtype} ({expected} bytes) but {rest} bytes follow")
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    # the header is parsed once (not again by np.load); a copy, so the array owns writable memory as np.load's
+    return np.frombuffer(data, dtype=dtype, count=int(np.prod(shape, dtype=np.int64)), offset=bio.tell()
+                         ).reshape(shape, order="F" if fortran else "C").copy(order="K")
 
 
 def finite_number(v: Any) -> float | None:
