@@ -176,11 +176,9 @@ N_TEST = 34  # >= 32 so small-batches has one batch
 def tiny_eval(tmp_path_factory):
     """(shards, run) with a tiny random-init LAVIMO checkpoint (tri-modal) and a test split of 34 clips."""
     torch = pytest.importorskip("torch")
-    try:
-        from tests.fixtures.tiny_shards import make_tiny_shards
-        from model import build_model, load_preset, save_checkpoint
-    except ImportError as exc:  # pragma: no cover - every piece is in this repository
-        pytest.skip(f"model/shard pieces missing: {exc}")
+    from tests.fixtures.tiny_shards import make_tiny_shards
+    from model import build_model, load_preset, save_checkpoint
+
     torch.set_num_threads(2)
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("tiny_eval")

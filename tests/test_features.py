@@ -247,8 +247,9 @@ def test_amass_axes_are_humanml3d_convention():
 
 @pytest.fixture(scope="module")
 def procedural_body():
-    body_mod = pytest.importorskip("body.model", reason="body/model.py not available")
-    return body_mod.load_body(None)
+    from body.model import load_body
+
+    return load_body(None)
 
 
 @pytest.mark.slow

@@ -57,7 +57,7 @@ def _reference(mode: str) -> tuple[dict, dict]:
     return _terms(out), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _worker(rank: int, world: int, port: int, outdir: str, gather: bool) -> None:
+def _worker(rank: int, world: int, port: int, outdir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -65,32 +65,47 @@ def _worker(rank: int, world: int, port: int, outdir: str, gather: bool) -> None
         from model.ddp import needs_find_unused_parameters
         from training.loop import LossModule
 
-        for mode in MODES:
-            cfg, model = _model(mode)
-            net = torch.nn.parallel.DistributedDataParallel(
-                LossModule(model, gather_negatives=gather), find_unused_parameters=needs_find_unused_parameters(model))
-            per = 8 // world
-            out = net(_batch(cfg, slice(rank * per, (rank + 1) * per)))
-            out["loss"].backward()  # DDP averages the gradients over the ranks here
-            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-            torch.save({"terms": _terms(out), "grads": grads}, Path(outdir) / f"{mode}-{rank}.pt")
+        for gather in (True, False):
+            for mode in MODES:
+                cfg, model = _model(mode)
+                net = torch.nn.parallel.DistributedDataParallel(
+                    LossModule(model, gather_negatives=gather),
+                    find_unused_parameters=needs_find_unused_parameters(model))
+                per = 8 // world
+                out = net(_batch(cfg, slice(rank * per, (rank + 1) * per)))
+                out["loss"].backward()  # DDP averages the gradients over the ranks here
+                grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+                torch.save({"terms": _terms(out), "grads": grads}, Path(outdir) / f"{mode}-{gather}-{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def _run_ranks(tmp_path: Path, gather: bool) -> None:
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path), gather), nprocs=2, join=True,
-                       start_method="spawn")
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> Path:
+    """One 2-rank gloo job for both tests: ``{mode}-{gather}-{rank}.pt`` for every mode, with and without
+    gathered negatives."""
+    outdir = tmp_path_factory.mktemp("gather")
+    mp.start_processes(_worker, args=(2, _free_port(), str(outdir)), nprocs=2, join=True, start_method="spawn")
+    return outdir
+
+
+@pytest.fixture(scope="module")
+def references() -> dict[str, tuple[dict, dict]]:
+    """mode -> (loss terms, gradients) of one process on all 8 samples."""
+    torch.set_num_threads(1)
+    return {mode: _reference(mode) for mode in MODES}
+
+
+def _load(ranks: Path, mode: str, gather: bool, rank: int) -> dict:
+    return torch.load(ranks / f"{mode}-{gather}-{rank}.pt", weights_only=True)
 
 
 @pytest.mark.slow
-def test_two_ranks_equal_one_process(tmp_path):
-    torch.set_num_threads(1)
-    _run_ranks(tmp_path, gather=True)
+def test_two_ranks_equal_one_process(ranks, references):
     for mode in MODES:
-        ref_terms, ref_grads = _reference(mode)
+        ref_terms, ref_grads = references[mode]
         for rank in (0, 1):
-            got = torch.load(tmp_path / f"{mode}-{rank}.pt", weights_only=True)
+            got = _load(ranks, mode, True, rank)
             for k in ("tm", "vm", "tv"):  # the contrastive terms: the global batch's on every rank
                 assert got["terms"][k] == pytest.approx(ref_terms[k], rel=1e-5, abs=1e-6), (mode, rank, k)
             assert set(got["grads"]) == set(ref_grads), mode
@@ -98,19 +113,17 @@ def test_two_ranks_equal_one_process(tmp_path):
                 torch.testing.assert_close(got["grads"][name], g, rtol=1e-4, atol=1e-6,
                                            msg=lambda m: f"{mode} rank {rank} {name}: {m}")
         # recon is each rank's own mean; their average (what DDP optimises) is the one process's value
-        r0, r1 = (torch.load(tmp_path / f"{mode}-{r}.pt", weights_only=True)["terms"] for r in (0, 1))
+        r0, r1 = (_load(ranks, mode, True, r)["terms"] for r in (0, 1))
         assert (r0["recon"] + r1["recon"]) / 2 == pytest.approx(ref_terms["recon"], rel=1e-5)
         assert (r0["loss"] + r1["loss"]) / 2 == pytest.approx(ref_terms["loss"], rel=1e-5)
 
 
 @pytest.mark.slow
-def test_without_gather_ranks_see_only_their_rows(tmp_path):
+def test_without_gather_ranks_see_only_their_rows(ranks, references):
     """gather_negatives=False: the old per-rank loss (4 negatives candidates), which differs from the global one."""
-    torch.set_num_threads(1)
-    _run_ranks(tmp_path, gather=False)
     for mode in MODES:
-        ref_terms, _ = _reference(mode)
-        got = torch.load(tmp_path / f"{mode}-0.pt", weights_only=True)
+        ref_terms, _ = references[mode]
+        got = _load(ranks, mode, False, 0)
         assert got["terms"]["tm"] != pytest.approx(ref_terms["tm"], rel=1e-3), mode
 
 

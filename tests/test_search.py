@@ -190,14 +190,25 @@ def test_bad_motion_files(tiny, tmp_path, case):
         np.save(path, a)
     elif case == "pickle":
         marker = tmp_path / "pwned"
-        np.save(path, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+        np.save(path, np.array([_Exploit(str(marker))], dtype=object), allow_pickle=True)
     else:
         np.save(path, np.array(["a", "b"]))
     with pytest.raises(BadInputError) as e:
         tiny["r"].encode_motion(path)
     assert str(path) in str(e.value)
     if case == "pickle":
-        assert not marker.exists()
+        assert not marker.exists()  # never unpickled: refused when read, not by the later dtype check
+        assert "not a readable .npy array" in str(e.value)
+
+
+class _Exploit:
+    """Unpickling this would create a marker file."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -343,9 +354,12 @@ def test_train_writes_preprocess_into_checkpoints(tmp_path):
     out = tmp_path / "run"
     assert train_script.main([str(a) for a in ("--shards", shards, "--out", out, "--preset", "tiny", "--device",
                                                "cpu", "--no-progress", "--threads", "1", "--epochs", 1,
-                                               "--max-steps", 1, "--batch-size", 4)]) == 0
+                                               "--max-steps", 1, "--val-every", 1, "--batch-size", 4)]) == 0
     mean, std = load_stats(shards)
-    for ckpt in sorted((out / "checkpoints").glob("*.safetensors")):
+    ckpts = sorted((out / "checkpoints").glob("*.safetensors"))
+    # --max-steps 1 stops mid-epoch (2 steps per epoch): last from the stop, best from --val-every 1
+    assert {c.name for c in ckpts} == {"best.safetensors", "last.safetensors"}, ckpts
+    for ckpt in ckpts:
         r = load(ckpt)
         assert set(r.preprocess) == set(PREPROCESS_KEYS)  # exactly the record preprocess_record writes
         np.testing.assert_array_equal(r.mean, mean)

@@ -214,7 +214,9 @@ def test_humanml3d_vecs_are_used_as_before(inputs, tmp_path, capsys):
     assert cli_main(args) == 0, capsys.readouterr()
     m = read_manifests(out)["train"]
     assert m["sources"]["body_models"] == BODY_MODELS_UNUSED and m["sources"]["humanml3d_vecs"] == str(vecs)
-    for keyid, got in _motions(out).items():
+    motions = _motions(out)
+    assert set(motions) == set(CLIPS), sorted(motions)   # --splits train,val: every clip
+    for keyid, got in motions.items():
         np.testing.assert_array_equal(got, np.load(vecs / f"{keyid}.npy"))
 
 

@@ -111,7 +111,8 @@ def test_train_py_as_two_srun_tasks(request, tmp_path):
     base = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     base.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", MASTER_PORT=str(port))
     cmd = [sys.executable, str(REPO / "train.py"), "--shards", str(shards), "--preset", "tiny", "--device", "cpu",
-           "--epochs", "1", "--out", str(out), "--no-progress", "--threads", "1", "--shuffle-buffer", "1"]
+           "--epochs", "1", "--max-steps", "1", "--out", str(out), "--no-progress", "--threads", "1",
+           "--shuffle-buffer", "1"]
     procs = [subprocess.Popen(cmd, cwd=REPO, env={**base, **_srun(r, 2, r, SLURM_STEP_NODELIST="localhost")},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
     errs = [p.communicate(timeout=600)[1] for p in procs]

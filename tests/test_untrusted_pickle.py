@@ -107,6 +107,25 @@ def _run_isolated(code: str, timeout: float = 60) -> subprocess.CompletedProcess
                           capture_output=True, text=True)
 
 
+def _isolated_bad_input(loader_dotted_name: str, path: Path) -> str:
+    """Call ``loader_dotted_name`` (e.g. ``dataset.amass.load_amass``) on ``path`` in a fresh interpreter (a
+    crash there is a return code, not a dead test run); it must raise BadInputError (exit 3, not -11 for
+    SIGSEGV). Returns stdout: ``BAD <the error>``."""
+    module, name = loader_dotted_name.rsplit(".", 1)
+    r = _run_isolated(f"""
+        import sys
+        from {module} import {name}
+        from core.errors import BadInputError
+        try:
+            print(repr({name}({str(path)!r})))     # touching object pointers made from bytes crashes
+        except BadInputError as e:
+            print("BAD", e)
+            sys.exit(3)
+    """)
+    assert r.returncode == 3, (loader_dotted_name, r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    return r.stdout
+
+
 # -- 1. AMASS ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["os.system", "posix.system", "builtins.exec", "numpy runstring", "element"])
 def test_amass_object_gender_cannot_run_code(tmp_path, kind):
@@ -165,18 +184,7 @@ def test_amass_gender_not_plain_data(tmp_path, payload, why):
 def test_amass_segfault_vector_is_a_clean_error(tmp_path):
     p = _write_npz(tmp_path / "seg.npz", _amass_members(gender=_object_npy(b"\x80\x02" + _NDARRAY_OBJ_BUFFER
                                                                            + b".")))
-    r = _run_isolated(f"""
-        import sys
-        from dataset.amass import load_amass
-        from core.errors import BadInputError
-        try:
-            print(repr(load_amass({str(p)!r})))
-        except BadInputError as e:
-            print("BAD", e)
-            sys.exit(3)
-    """)
-    assert r.returncode == 3, (r.returncode, r.stderr[-2000:])
-    assert f"BAD {p}: gender: refusing a direct numpy.ndarray" in r.stdout
+    assert f"BAD {p}: gender: refusing a direct numpy.ndarray" in _isolated_bad_input("dataset.amass.load_amass", p)
 
 
 def test_amass_gender_member_size_and_truncation(tmp_path):
@@ -200,32 +208,12 @@ def test_amass_gender_member_size_and_truncation(tmp_path):
 def test_object_pointer_vectors_end_as_bad_input_not_sigsegv(tmp_path, vector, message):
     p = tmp_path / "SMPL_NEUTRAL.pkl"
     p.write_bytes(_proto2_setitem("v_template", vector))
-    r = _run_isolated(f"""
-        import sys
-        from body.smpl_files import load_smpl_pickle
-        from core.errors import BadInputError
-        try:
-            print(repr(load_smpl_pickle({str(p)!r})))     # touching object pointers made from bytes crashes
-        except BadInputError as e:
-            print("BAD", e)
-            sys.exit(3)
-    """)
-    assert r.returncode == 3, (r.returncode, r.stderr[-2000:])     # -11 would be SIGSEGV
-    assert f"BAD {p}: pickle: " in r.stdout and message in r.stdout
+    out = _isolated_bad_input("body.smpl_files.load_smpl_pickle", p)
+    assert f"BAD {p}: pickle: " in out and message in out
     # and the same file in an npz member (object arrays of model npz files use the same unpickler)
     z = _write_npz(tmp_path / "m.npz", {"v_template.npy": _object_npy(b"\x80\x02" + vector + b".")})
-    r = _run_isolated(f"""
-        import sys
-        from body.smpl_files import load_npz_restricted
-        from core.errors import BadInputError
-        try:
-            print(repr(load_npz_restricted({str(z)!r})))
-        except BadInputError as e:
-            print("BAD", e)
-            sys.exit(3)
-    """)
-    assert r.returncode == 3, (r.returncode, r.stderr[-2000:])
-    assert f"BAD {z}: v_template: " in r.stdout and message in r.stdout
+    out = _isolated_bad_input("body.smpl_files.load_npz_restricted", z)
+    assert f"BAD {z}: v_template: " in out and message in out
 
 
 @pytest.mark.parametrize("value, message", [
