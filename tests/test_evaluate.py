@@ -175,20 +175,15 @@ N_TEST = 34  # >= 32 so small-batches has one batch
 @pytest.fixture(scope="module")
 def tiny_eval(tmp_path_factory):
     """(shards, run) with a tiny random-init LAVIMO checkpoint (tri-modal) and a test split of 34 clips."""
-    torch = pytest.importorskip("torch")
-    from tests.fixtures.tiny_shards import make_tiny_shards
-    from model import build_model, load_preset, save_checkpoint
+    from tests.fixtures.runs import random_tiny_checkpoint
 
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
     root = tmp_path_factory.mktemp("tiny_eval")
-    shards = make_tiny_shards(root / "shards", n_train=2, n_val=0, n_test=N_TEST, n_classes=4,
-                              frames=(10, 14), size=32, samples_per_shard=16)
+    shards, ckpt, model = random_tiny_checkpoint(root, n_test=N_TEST, n_classes=4, frames=(10, 14),
+                                                 samples_per_shard=16, preprocess=False)
     run = root / "run"
     (run / "checkpoints").mkdir(parents=True)
-    cfg = load_preset("tiny")
-    save_checkpoint(build_model(cfg), run / "checkpoints" / "best.safetensors")
-    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
+    ckpt.rename(run / "checkpoints" / ckpt.name)
+    (run / "config.json").write_text(json.dumps(model.cfg.to_dict()))
     return shards, run
 
 

@@ -20,21 +20,14 @@ N_TEST = 12
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(shards, checkpoint with preprocess, checkpoint without, index dir) on tiny shards and a random tiny model."""
-    from dataset.stream import load_stats
-    from tests.fixtures.tiny_shards import make_tiny_shards
-    from model import build_model, load_preset, save_checkpoint
+    from model import save_checkpoint
     from search.index import build_index
-    from search.model import load, preprocess_record
+    from search.model import load
+    from tests.fixtures.runs import random_tiny_checkpoint
 
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
     root = tmp_path_factory.mktemp("search")
-    shards = make_tiny_shards(root / "shards", n_train=2, n_val=0, n_test=N_TEST, n_classes=4, frames=(10, 14),
-                              size=32, samples_per_shard=8)
-    cfg = load_preset("tiny")
-    model = build_model(cfg)
-    ckpt = save_checkpoint(model, root / "best.safetensors",
-                           extra={"step": 1, "preprocess": preprocess_record(cfg, *load_stats(shards))})
+    shards, ckpt, model = random_tiny_checkpoint(root, n_test=N_TEST, n_classes=4, frames=(10, 14),
+                                                 samples_per_shard=8)
     old = save_checkpoint(model, root / "old.safetensors", extra={"step": 1})
     r = load(ckpt)
     index, report = build_index(r, root / "index", shards=shards, splits=["test"], progress=False, batch_size=5)

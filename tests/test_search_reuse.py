@@ -19,20 +19,11 @@ N_TEST = 4
 # ------------------------------------------------------------------------------------------------ rebuilds
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    from dataset.stream import load_stats
-    from model import build_model, load_preset, save_checkpoint
-    from search.model import load, preprocess_record
-    from tests.fixtures.tiny_shards import make_tiny_shards
+    from search.model import load
+    from tests.fixtures.runs import random_tiny_checkpoint
 
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("reuse")
-    shards = make_tiny_shards(root / "shards", n_train=2, n_val=0, n_test=N_TEST, n_classes=2, frames=(10, 12),
-                              size=32, samples_per_shard=8)
-    cfg = load_preset("tiny")
-    ckpt = save_checkpoint(build_model(cfg), root / "best.safetensors",
-                           extra={"step": 1, "preprocess": preprocess_record(cfg, *load_stats(shards))})
+    shards, ckpt, _ = random_tiny_checkpoint(tmp_path_factory.mktemp("reuse"), n_test=N_TEST, n_classes=2,
+                                             frames=(10, 12), samples_per_shard=8)
     return {"shards": shards, "r": load(ckpt)}
 
 
