@@ -196,9 +196,10 @@ def test_project_modules_only_through_project_py():
 
 
 def test_search_has_no_unused_imports():
-    api = pytest.importorskip("pyflakes.api")
-    from pyflakes.reporter import Reporter
     import io
+
+    from pyflakes import api  # a test dependency (pyproject's [test] extra)
+    from pyflakes.reporter import Reporter
 
     out = io.StringIO()
     n = api.checkRecursive([str(REPO / "search")], Reporter(out, out))
