@@ -28,7 +28,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -36,8 +35,8 @@ import numpy as np
 
 from core.errors import BadInputError
 from core.restricted_unpickle import (
-    BARE_STAND_INS, MAX_DEPTH, NumpyUnpickler, Refused, check_bounded, failure_reason, numeric_array, read_npy,
-    restricted_load,
+    BARE_STAND_INS, MAX_DEPTH, MAX_MODEL_FILE_BYTES, ByteBudget, NumpyUnpickler, Refused, check_bounded,
+    failure_reason, numeric_array, open_npz, read_npz_member, restricted_load, take_bytes,
 )
 
 log = logging.getLogger(__name__)
@@ -122,6 +121,30 @@ class RestrictedUnpickler(NumpyUnpickler):
 
 
 
+#: most numbers a list / tuple in a model pickle may hold where an array is expected (real files store arrays)
+_MAX_LIST_ELEMENTS = 1 << 24
+
+
+def _as_array(value: Any, what: str) -> np.ndarray:
+    """``np.asarray(value)`` with its cost counted first: an array is used as it is (already charged when it was
+    built); a list / tuple (which a pickle can make of many references to one large array) is walked, its
+    numbers counted (at most :data:`_MAX_LIST_ELEMENTS`) and charged to the active budget before numpy
+    allocates the result."""
+    if isinstance(value, np.ndarray):
+        return value
+    n, stack = 0, [value]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, (list, tuple)):
+            stack.extend(x)
+        else:
+            n += x.size if isinstance(x, np.ndarray) else 1
+        if n > _MAX_LIST_ELEMENTS or len(stack) > _MAX_LIST_ELEMENTS:
+            raise Refused(f"{what}: a list of more than {_MAX_LIST_ELEMENTS} numbers")
+    take_bytes(n * 8, what)
+    return np.asarray(value)
+
+
 class _Converter:
     """:func:`to_plain` with a memo (shared references are converted once: no exponential blow-up from a
     pickle's memo) and a depth bound (cycles and deep nesting end as an error)."""
@@ -179,7 +202,8 @@ class _Converter:
         def sub(key: str) -> np.ndarray:
             if key not in st:
                 raise ValueError(f"chumpy {cls} object without its '{key}' term")
-            return numeric_array(self(st[key], depth), f"chumpy {cls} term '{key}'")
+            what = f"chumpy {cls} term '{key}'"
+            return numeric_array(_as_array(self(st[key], depth), what), what)
 
         def arg(key: str) -> Any:
             if key not in st:
@@ -189,15 +213,22 @@ class _Converter:
         if cls == "Ch":
             if "x" not in st:
                 raise ValueError("chumpy Ch object without its 'x' value")
-            return np.asarray(self(st["x"], depth), dtype=np.float64)
+            x = _as_array(self(st["x"], depth), "chumpy Ch")
+            if x.dtype != np.float64:
+                take_bytes(x.size * 8, "chumpy Ch")
+            return np.asarray(x, dtype=np.float64)
         if cls == "Select":
-            idxs = np.asarray(arg("idxs"))
+            idxs, a = _as_array(arg("idxs"), "chumpy Select indices"), sub("a")
             if idxs.dtype.kind not in "iu":
                 raise ValueError(f"chumpy Select indices of dtype {idxs.dtype}")
-            r = sub("a").ravel()[idxs].copy()
+            check_bounded(idxs.size, "chumpy Select")
+            take_bytes(idxs.size * a.itemsize, "chumpy Select")
+            r = a.ravel()[idxs].copy()
             return r.reshape(arg("preferred_shape")) if "preferred_shape" in st else r
         if cls == "transpose":
-            return np.ascontiguousarray(np.transpose(sub("a"), axes=self(st.get("axes"), depth)))
+            a = sub("a")
+            take_bytes(a.nbytes, "chumpy transpose")
+            return np.ascontiguousarray(np.transpose(a, axes=self(st.get("axes"), depth)))
         if cls == "Reshape":
             return sub("a").reshape(arg("newshape"))
         if cls == "swapaxes":
@@ -205,16 +236,20 @@ class _Converter:
         if cls == "rollaxis":
             return np.rollaxis(sub("a"), int(arg("axis")), int(st.get("start", 0)))
         if cls == "Tile":
-            a, reps = sub("a"), np.asarray(arg("reps"))
+            a, reps = sub("a"), _as_array(arg("reps"), "chumpy Tile reps")
             if reps.dtype.kind not in "iu" or reps.ndim > 1 or (reps < 0).any():
                 raise ValueError("malformed chumpy Tile reps")
-            check_bounded(a.size * int(np.prod([int(r) for r in reps.ravel()], dtype=object)), "chumpy Tile")
+            n = a.size * int(np.prod([int(r) for r in reps.ravel()], dtype=object))
+            check_bounded(n, "chumpy Tile")
+            take_bytes(n * a.itemsize, "chumpy Tile")
             return np.tile(a, reps)
         if cls == "Repeat":
-            a, repeats = sub("a"), np.asarray(arg("repeats"))
+            a, repeats = sub("a"), _as_array(arg("repeats"), "chumpy Repeat repeats")
             if repeats.dtype.kind not in "iu" or (repeats < 0).any():
                 raise ValueError("malformed chumpy Repeat repeats")
-            check_bounded(int(repeats.max(initial=0)) * a.size, "chumpy Repeat")   # an upper bound of the result
+            n = int(repeats.max(initial=0)) * a.size             # an upper bound of the result
+            check_bounded(n, "chumpy Repeat")
+            take_bytes(n * a.itemsize, "chumpy Repeat")
             return np.repeat(a, repeats, self(st.get("axis"), depth))
         if cls == "Concatenate":
             terms = st.get("dterms") or sorted((k for k in st if isinstance(k, str) and k.startswith("m")
@@ -223,6 +258,7 @@ class _Converter:
                 raise ValueError("malformed chumpy Concatenate terms")
             parts = [sub(t) for t in terms]
             check_bounded(sum(p.size for p in parts), "chumpy Concatenate")
+            take_bytes(sum(p.nbytes for p in parts), "chumpy Concatenate")
             return np.concatenate(parts, axis=int(st.get("axis", 0)))
         raise Refused(f"unsupported chumpy class {obj._chumpy_class} (only Ch and reorderings can be "
                        "converted without chumpy)")
@@ -239,11 +275,12 @@ class _Converter:
                 or not all(type(s) is int and 0 <= s < 2 ** 31 for s in shape)):
             raise ValueError(f"malformed {fmt} sparse matrix shape {shape!r:.80}")
         check_bounded(shape[0] * shape[1], f"{fmt} sparse matrix (dense)")
+        take_bytes(shape[0] * shape[1] * 8, f"{fmt} sparse matrix (made dense for the model)")
 
         def field(key: str, kinds: str) -> np.ndarray:
             if key not in st:
                 raise ValueError(f"{fmt} sparse matrix without its '{key}' array")
-            a = np.asarray(self(st[key], depth))
+            a = _as_array(self(st[key], depth), f"{fmt} sparse matrix '{key}'")
             if a.dtype.kind not in kinds or a.ndim != 1:
                 raise ValueError(f"{fmt} sparse matrix '{key}' must be a 1-d array of numbers, got "
                                  f"{a.dtype} {a.shape}")
@@ -280,10 +317,12 @@ def load_smpl_pickle(path: str | os.PathLike) -> dict[str, Any]:
     """Read an SMPL-family ``.pkl`` without chumpy -> dict of numpy arrays (sparse stays scipy.sparse).
 
     Only what :class:`RestrictedUnpickler` admits is built (see the module docstring); nothing in the file
-    runs. Raises FileNotFoundError for a missing file and :class:`BadInputError` naming the file and the
-    member (``pickle`` while unpickling, then the top-level key being converted) for everything else:
-    unreadable or truncated file, refused global, object array from raw bytes, malformed chumpy or sparse
-    state, nesting or sizes over the bounds.
+    runs. Every array built (unpickled, converted from chumpy terms, a sparse matrix made dense) is charged to
+    one :class:`core.restricted_unpickle.ByteBudget` of :data:`MAX_MODEL_FILE_BYTES` before it is allocated.
+    Raises FileNotFoundError for a missing file and :class:`BadInputError` naming the file and the member
+    (``pickle`` while unpickling, then the top-level key being converted) for everything else: unreadable or
+    truncated file, refused global, object array from raw bytes, malformed chumpy or sparse state, nesting,
+    sizes or total bytes over the bounds.
     """
     path = Path(path)
     try:
@@ -292,18 +331,20 @@ def load_smpl_pickle(path: str | os.PathLike) -> dict[str, Any]:
         raise
     except OSError as exc:
         raise BadInputError(path, "pickle", f"unreadable ({exc.strerror or exc})") from exc
+    budget = ByteBudget(MAX_MODEL_FILE_BYTES)
     with fh:
-        data = restricted_load(fh, path, "pickle", RestrictedUnpickler)
+        data = restricted_load(fh, path, "pickle", RestrictedUnpickler, budget)
     if not isinstance(data, dict):
         raise BadInputError(path, "pickle", f"expected a dict of model arrays, got {type(data).__name__}")
     out: dict[str, Any] = {}
     conv = _Converter()
-    for key, value in data.items():
-        name = key if isinstance(key, str) else repr(key)[:40]
-        try:
-            out[name] = conv(value)
-        except Exception as exc:  # noqa: BLE001 - any failure on untrusted state is bad input
-            raise BadInputError(path, name, failure_reason(exc)) from exc
+    with budget.active():
+        for key, value in data.items():
+            name = key if isinstance(key, str) else repr(key)[:40]
+            try:
+                out[name] = conv(value)
+            except Exception as exc:  # noqa: BLE001 - any failure on untrusted state is bad input
+                raise BadInputError(path, name, failure_reason(exc)) from exc
     return out
 
 
@@ -311,20 +352,17 @@ def load_npz_restricted(path: str | os.PathLike) -> dict[str, Any]:
     """Read an SMPL-family model ``.npz`` -> dict of member name (without ``.npy``) -> value.
 
     Every member must be an ``.npy`` array (any other member is refused, naming it). Plain arrays are read by
-    :func:`read_npy` (no pickle). Object members (SMPL-X keeps e.g. name tables that way) go through
-    :class:`RestrictedUnpickler`, the same allow-list as ``.pkl`` files, then :func:`to_plain`; nothing here
-    calls ``np.load``, so numpy's pickle path is never reached. Raises FileNotFoundError for a missing file,
-    BadInputError naming the file and member for everything else.
+    :func:`core.restricted_unpickle.read_npz_member` (no pickle; the header must agree with the bytes the zip
+    declares and holds before anything is allocated). Object members (SMPL-X keeps e.g. name tables that way)
+    go through :class:`RestrictedUnpickler`, the same allow-list as ``.pkl`` files, then :func:`to_plain`;
+    nothing here calls ``np.load``, so numpy's pickle path is never reached. All arrays together are bounded
+    by one :class:`core.restricted_unpickle.ByteBudget` of :data:`MAX_MODEL_FILE_BYTES`. Raises
+    FileNotFoundError for a missing file, BadInputError naming the file and member for everything else.
     """
     path = Path(path)
     out: dict[str, Any] = {}
-    try:
-        zf = zipfile.ZipFile(path)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - BadZipFile, OSError, EOFError, ValueError on a damaged file
-        raise BadInputError(path, "npz", f"unreadable or truncated npz ({failure_reason(exc)})") from exc
-    with zf:
+    budget = ByteBudget(MAX_MODEL_FILE_BYTES)
+    with open_npz(path) as zf:
         for info in zf.infolist():
             member = info.filename
             if not member.endswith(".npy") or info.is_dir():
@@ -333,16 +371,13 @@ def load_npz_restricted(path: str | os.PathLike) -> dict[str, Any]:
             key = member[:-4]
 
             def unpickle(raw: bytes, key: str = key) -> Any:
-                obj = restricted_load(io.BytesIO(raw), path, key, RestrictedUnpickler)
+                obj = restricted_load(io.BytesIO(raw), path, key, RestrictedUnpickler, budget)
                 try:
-                    return _Converter()(obj)
+                    with budget.active():
+                        return _Converter()(obj)
                 except Exception as exc:  # noqa: BLE001 - any failure on untrusted state is bad input
                     raise BadInputError(path, key, failure_reason(exc)) from exc
 
-            try:
-                fh = zf.open(info)
-            except Exception as exc:  # noqa: BLE001 - damaged / encrypted member
-                raise BadInputError(path, key, f"unreadable member ({failure_reason(exc)})") from exc
-            with fh:
-                out[key] = read_npy(fh, path, key, object_loader=unpickle)
+            out[key] = read_npz_member(zf, path, key, object_loader=unpickle, max_bytes=MAX_MODEL_FILE_BYTES,
+                                       budget=budget)
     return out

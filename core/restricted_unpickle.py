@@ -24,11 +24,15 @@ naming the file and the member (:func:`restricted_load`).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import io
 import logging
 import os
 import pickle
 import re
-from typing import Any, BinaryIO, Callable
+import zipfile
+from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 
@@ -44,6 +48,16 @@ MAX_DEPTH = 64
 MAX_PICKLE_MEMBER_BYTES = 64 << 20
 #: ``.npy`` members never name more than 32 dimensions (numpy's own limit is 64).
 _MAX_NDIM = 32
+#: Largest single array (bytes) read from an untrusted file: 1 GiB, 8x SMPL-X's ``posedirs`` (the largest array
+#: of any real input: 10475 x 3 x 486 float64, 122 MB) and far above an AMASS sequence (poses of a 10-minute
+#: take at 120 fps: 72000 x 165 float64, 95 MB).
+MAX_ARRAY_BYTES = 1 << 30
+#: Total bytes of the arrays one body-model file (``.pkl`` or ``.npz``) may make us build, whatever their number:
+#: 1 GiB; a real SMPL / SMPL-H / SMPL-X model holds 100-300 MB of arrays (SMPL-X: posedirs 122 MB, shapedirs
+#: 10475 x 3 x 400 float64 101 MB), so 3x headroom, while a 1 KB pickle of many bounded arrays stops here.
+MAX_MODEL_FILE_BYTES = 1 << 30
+#: what :func:`read_npy` reads at a time
+_READ_CHUNK = 1 << 22
 
 # dtype type codes a pickle may ask for (what numpy's dtype.__reduce__ writes for plain dtypes)
 _DTYPE_CODE = re.compile(r"(b1|\?|[iu][1248]|f[248]|c(8|16)|O[48]?|[SU][1-9][0-9]{0,6})\Z")
@@ -51,6 +65,18 @@ _DTYPE_CODE = re.compile(r"(b1|\?|[iu][1248]|f[248]|c(8|16)|O[48]?|[SU][1-9][0-9
 
 class Refused(ValueError):
     """Raised inside the unpickler; turned into BadInputError(path, member, message) at the load boundary."""
+
+
+#: the :class:`ByteBudget` of the file being loaded (set by :func:`restricted_load` / the body-model loaders)
+_ACTIVE_BUDGET: contextvars.ContextVar[Any] = contextvars.ContextVar("lavimo_byte_budget", default=None)
+
+
+def take_bytes(nbytes: int, what: str) -> None:
+    """Charge ``nbytes`` (about to be allocated for ``what``) to the active :class:`ByteBudget`, if any; raises
+    :class:`Refused` past its limit."""
+    budget = _ACTIVE_BUDGET.get()
+    if budget is not None:
+        budget.take(nbytes, what)
 
 
 # -- checked numpy reconstruction -----------------------------------------------------------------------
@@ -152,6 +178,7 @@ class _CheckedArray(np.ndarray):
             if len(data) != size * dtype.itemsize:
                 raise Refused(f"array data holds {len(data)} bytes, shape {shape} of {dtype} needs "
                                f"{size * dtype.itemsize}")
+        take_bytes(size * dtype.itemsize, f"array of shape {shape}")
         np.ndarray.__setstate__(self, (shape, dtype, bool(fortran), data))
 
     def __reduce__(self):
@@ -206,6 +233,7 @@ def _checked_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any = "C") -> n
     raw = _raw_bytes(buf)
     if len(raw) != size * dt.itemsize or order not in ("C", "F"):
         raise Refused("malformed array buffer")
+    take_bytes(size * dt.itemsize, f"array of shape {shape}")
     return np.frombuffer(raw, dtype=dt, count=size).reshape(shape, order=order).copy()
 
 
@@ -302,16 +330,38 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def restricted_load(fh: BinaryIO, path: str | os.PathLike, member: str,
-                    cls: type[NumpyUnpickler] = NumpyUnpickler) -> Any:
-    """Run ``cls`` (an allow-list unpickler) over ``fh``; every failure -> BadInputError(path, member)."""
+                    cls: type[NumpyUnpickler] = NumpyUnpickler, budget: "ByteBudget | None" = None) -> Any:
+    """Run ``cls`` (an allow-list unpickler) over ``fh``; every failure -> BadInputError(path, member). The
+    arrays it builds are charged to ``budget`` (default: a fresh one of :data:`MAX_MODEL_FILE_BYTES`)."""
     try:
-        return cls(fh, path, member).load()
+        with (budget or ByteBudget(MAX_MODEL_FILE_BYTES)).active():
+            return cls(fh, path, member).load()
     except BadInputError:
         raise
     except Refused as exc:
         raise BadInputError(path, member, str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - UnpicklingError, EOFError, TypeError, RecursionError, ...
         raise BadInputError(path, member, f"not a readable pickle: {failure_reason(exc)}") from exc
+
+
+class _Bounded:
+    """A read-only view of ``fh`` that yields at most ``limit`` bytes and counts what it yielded (``pos``): a
+    stream whose container declares ``n`` bytes is read through ``_Bounded(fh, n + 1)``, so a lying size never
+    makes a reader consume (or decompress) more than one byte past what was declared."""
+
+    def __init__(self, fh: BinaryIO, limit: int) -> None:
+        self._fh = fh
+        self.left = limit
+        self.pos = 0
+
+    def read(self, n: int | None = -1) -> bytes:
+        n = self.left if n is None or n < 0 else min(n, self.left)
+        if n <= 0:
+            return b""
+        data = self._fh.read(n)
+        self.left -= len(data)
+        self.pos += len(data)
+        return data
 
 
 def read_npy_header(fh: BinaryIO, path: str | os.PathLike, member: str) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -335,42 +385,132 @@ def read_npy_header(fh: BinaryIO, path: str | os.PathLike, member: str) -> tuple
 
 
 def read_npy(fh: BinaryIO, path: str | os.PathLike, member: str,
-             object_loader: Callable[[bytes], Any] | None = None) -> Any:
-    """One ``.npy`` member as a plain array, without numpy's pickle path.
+             object_loader: Callable[[bytes], Any] | None = None, *, nbytes: int,
+             max_bytes: int = MAX_ARRAY_BYTES, budget: "ByteBudget | None" = None) -> Any:
+    """One ``.npy`` member of an untrusted file as a plain array, without numpy's pickle path: the one checked
+    ``.npy`` reader (AMASS and body-model npz members, shard ``.npy`` members, ``stats.npz``).
 
-    Arrays of a dtype without objects: exactly ``size * itemsize`` bytes after the header, as a writable
-    ``np.ndarray`` (shape and order from the header; at most :data:`MAX_ELEMENTS` elements). Object arrays
-    (numpy stores them as a pickle): refused unless ``object_loader`` is given, which gets the pickle's
-    bytes (at most :data:`MAX_PICKLE_MEMBER_BYTES`). Raises BadInputError(path, member).
+    ``nbytes`` is the member's size (header included) as its container declares it: the zip member's
+    uncompressed size, or the length of an in-memory member. Nothing is allocated for the array until its
+    header has been checked against it: at most :data:`MAX_ELEMENTS` elements, ``size * itemsize`` equal to
+    the ``nbytes`` left after the header and at most ``max_bytes`` (and within ``budget``, when given, which is
+    charged). The data is then read incrementally (memory follows the bytes really produced, never more than
+    ``nbytes + 1`` are read: a container's declared size can lie too), and must be exactly that long.
+    Returns a writable ``np.ndarray`` (shape and order from the header). Object arrays (numpy stores them as a
+    pickle): refused unless ``object_loader`` is given, which gets the pickle's bytes (at most
+    :data:`MAX_PICKLE_MEMBER_BYTES`). Raises BadInputError(path, member).
     """
-    shape, fortran, dtype = read_npy_header(fh, path, member)
-    if dtype.hasobject:
-        if object_loader is None:
-            raise BadInputError(path, member, "object array (a pickle): refused, expected plain numbers")
-        raw = fh.read(MAX_PICKLE_MEMBER_BYTES + 1)
-        if len(raw) > MAX_PICKLE_MEMBER_BYTES:
-            raise BadInputError(path, member, f"pickled member larger than {MAX_PICKLE_MEMBER_BYTES} bytes")
-        return object_loader(raw)
+    src = _Bounded(fh, max(int(nbytes), 0) + 1)
+    shape, fortran, dtype = read_npy_header(src, path, member)  # type: ignore[arg-type]
+    present = int(nbytes) - src.pos
     try:
-        _, size = _check_shape(shape)
-    except Refused as exc:
-        raise BadInputError(path, member, str(exc)) from exc
-    nbytes = size * dtype.itemsize
-    buf = bytearray(nbytes)               # filled in place: the array owns writable memory, no extra copy
-    view, got = memoryview(buf), 0
-    try:
-        while got < nbytes:
-            n = fh.readinto(view[got:])
-            if not n:
+        if dtype.hasobject:
+            if object_loader is None:
+                raise BadInputError(path, member, "object array (a pickle): refused, expected plain numbers")
+            if present > MAX_PICKLE_MEMBER_BYTES:
+                raise BadInputError(path, member, f"pickled member of {present} bytes, larger than "
+                                                  f"{MAX_PICKLE_MEMBER_BYTES}")
+            raw = src.read(present + 1)
+            if len(raw) != present:
+                raise BadInputError(path, member, f"truncated or oversized pickled member: {len(raw)} bytes, "
+                                                  f"{present} declared")
+            return object_loader(raw)
+        try:
+            _, size = _check_shape(shape)
+        except Refused as exc:
+            raise BadInputError(path, member, str(exc)) from exc
+        expected = size * dtype.itemsize
+        if expected != present:
+            what = "truncated array" if present < expected else "array with trailing data"
+            raise BadInputError(path, member, f"{what}: the header declares shape {shape} of {dtype} ({expected} "
+                                              f"bytes), the member holds {max(present, 0)} bytes of data")
+        if expected > max_bytes:
+            raise BadInputError(path, member, f"array of {expected} bytes is larger than the {max_bytes}-byte "
+                                              "budget per array")
+        if budget is not None:
+            budget.charge(expected, path, member)
+        buf = bytearray()  # grown as bytes arrive (realloc, no extra copy): a lying size costs what is there
+        while len(buf) < expected:
+            chunk = src.read(min(_READ_CHUNK, expected - len(buf)))
+            if not chunk:
                 break
-            got += n
+            buf += chunk
+        if len(buf) != expected:
+            raise BadInputError(path, member, f"truncated array: {len(buf)} of {expected} bytes")
+        if src.read(1):
+            raise BadInputError(path, member, f"more data than the {nbytes} bytes declared")
+    except BadInputError:
+        raise
     except Exception as exc:  # noqa: BLE001 - zlib / zipfile / OS errors on a damaged archive
         raise BadInputError(path, member, f"unreadable or truncated array ({failure_reason(exc)})") from exc
-    finally:
-        view.release()
-    if got != nbytes:
-        raise BadInputError(path, member, f"truncated array: {got} of {nbytes} bytes")
     return np.frombuffer(buf, dtype=dtype, count=size).reshape(shape, order="F" if fortran else "C")
+
+
+def read_npy_bytes(data: bytes, path: str | os.PathLike | None, member: str,
+                   max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
+    """:func:`read_npy` of an in-memory ``.npy`` (e.g. a shard tar member): plain arrays only."""
+    return read_npy(io.BytesIO(data), path, member, nbytes=len(data), max_bytes=max_bytes)
+
+
+def open_npz(path: str | os.PathLike, source: str | os.PathLike | BinaryIO | None = None) -> zipfile.ZipFile:
+    """``path`` (or the file object ``source``, named ``path``) as a zip archive; BadInputError(path,
+    ``archive``) when it is not one (a ``.npy`` saved under an ``.npz`` name, a truncated file, ...)."""
+    try:
+        return zipfile.ZipFile(path if source is None else source)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - BadZipFile, OSError, EOFError, ValueError on a damaged file
+        raise BadInputError(path, "archive", f"not an npz archive, or unreadable or truncated ({failure_reason(exc)})") from exc
+
+
+def read_npz_member(zf: zipfile.ZipFile, path: str | os.PathLike, key: str,
+                    object_loader: Callable[[bytes], Any] | None = None, *,
+                    max_bytes: int = MAX_ARRAY_BYTES, budget: "ByteBudget | None" = None) -> Any:
+    """The member ``key`` (``key.npy``) of the npz ``zf`` through :func:`read_npy`, checked against the
+    uncompressed size its central directory declares. BadInputError(path, key): missing, encrypted, damaged,
+    or any :func:`read_npy` refusal."""
+    try:
+        info = zf.getinfo(f"{key}.npy")
+    except KeyError:
+        raise BadInputError(path, key, "missing key") from None
+    try:
+        fh = zf.open(info)
+    except Exception as exc:  # noqa: BLE001 - damaged / encrypted member
+        raise BadInputError(path, key, f"unreadable member ({failure_reason(exc)})") from exc
+    with fh:
+        return read_npy(fh, path, key, object_loader, nbytes=info.file_size, max_bytes=max_bytes, budget=budget)
+
+
+class ByteBudget:
+    """A running total of the array bytes one untrusted file has made a reader build, refused past ``limit``
+    (:data:`MAX_MODEL_FILE_BYTES` for a body model): each array is bounded on its own, their sum too."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, nbytes: int, what: str = "arrays") -> None:
+        """Count ``nbytes`` more (before they are allocated); :class:`Refused` past the limit."""
+        self.used += int(nbytes)
+        if self.used > self.limit:
+            raise Refused(f"{what}: the file's arrays would need {self.used} bytes, over the budget of "
+                          f"{self.limit} bytes per file")
+
+    def charge(self, nbytes: int, path: str | os.PathLike | None = None, member: str | None = None) -> None:
+        """:meth:`take`, as BadInputError(path, member)."""
+        try:
+            self.take(nbytes, "array")
+        except Refused as exc:
+            raise BadInputError(path, member, str(exc)) from None
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[ByteBudget]:
+        """Make this the budget :func:`take_bytes` charges while the block runs."""
+        token = _ACTIVE_BUDGET.set(self)
+        try:
+            yield self
+        finally:
+            _ACTIVE_BUDGET.reset(token)
 
 
 #: the stand-ins a pickle's numpy globals resolve to: never a value of a loaded file on their own

@@ -83,6 +83,9 @@ def _finite(path: str, field: str, a: np.ndarray) -> None:
 _NUMERIC_KINDS = "iuf"
 #: an object (pickled) AMASS member is unpickled only up to this size (``gender`` is a few bytes)
 _MAX_OBJECT_MEMBER_BYTES = 1 << 16
+#: largest AMASS array read (bytes): 256 MiB, 2.7x the poses of a 10-minute take at 120 fps (72000 x 165
+#: float64, 95 MB); a compressed member that inflates past it is refused before it is read
+MAX_AMASS_ARRAY_BYTES = 1 << 28
 
 
 def _open_npz(path: str) -> zipfile.ZipFile:
@@ -133,20 +136,22 @@ def _unpickle_plain(raw: bytes, path: str, key: str) -> np.ndarray:
 
 
 def _read(zf: zipfile.ZipFile, path: str, key: str, numeric: bool = True) -> np.ndarray:
-    """Member ``key`` as an array, without numpy's pickle path (:func:`core.restricted_unpickle.read_npy`).
+    """Member ``key`` as an array, without numpy's pickle path and without allocating what its header declares
+    before the bytes are there (:func:`core.restricted_unpickle.read_npz_member`: the ``.npy`` header must agree
+    with the zip's declared size, at most :data:`MAX_AMASS_ARRAY_BYTES` per array).
 
     numeric: a non-object array of booleans/integers/floats, else BadInputError. Otherwise (``gender``) a
     str/bytes array, or an object array through :func:`_unpickle_plain`.
     """
-    from core.restricted_unpickle import read_npy
+    from core.restricted_unpickle import read_npz_member
 
-    with _member(zf, path, key) as fh:
-        if numeric:
-            arr = read_npy(fh, path, key)
-            if arr.dtype.kind not in _NUMERIC_KINDS:
-                raise BadInputError(path, key, f"expected numbers, got dtype {arr.dtype}")
-            return arr
-        return read_npy(fh, path, key, object_loader=lambda raw: _unpickle_plain(raw, path, key))
+    if numeric:
+        arr = read_npz_member(zf, path, key, max_bytes=MAX_AMASS_ARRAY_BYTES)
+        if arr.dtype.kind not in _NUMERIC_KINDS:
+            raise BadInputError(path, key, f"expected numbers, got dtype {arr.dtype}")
+        return arr
+    return read_npz_member(zf, path, key, object_loader=lambda raw: _unpickle_plain(raw, path, key),
+                           max_bytes=MAX_AMASS_ARRAY_BYTES)
 
 
 def amass_file(amass_root: str | os.PathLike, amass_path: str) -> tuple[str, Path]:

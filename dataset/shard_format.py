@@ -21,8 +21,9 @@ A shard set ``SHARDS/``:
   train shards' fingerprint they were computed from (:func:`write_stats`, :func:`load_stats`,
   :func:`stats_fingerprint`).
 
-Members and ``.npy`` payloads are untrusted input: :func:`load_npy_bytes` never unpickles and checks sizes before
-allocating.
+Members and ``.npy`` payloads are untrusted input: :func:`load_npy_bytes` and :func:`stats_arrays` go through the
+one checked ``.npy`` reader (:func:`core.restricted_unpickle.read_npy`): never unpickled, sizes checked against
+the bytes present before allocating.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import numpy as np
 
 from core.atomic import atomic_path
 from core.errors import BadInputError
+from core.restricted_unpickle import MAX_ARRAY_BYTES, open_npz, read_npy_bytes, read_npz_member
 from core.hashing import sha256_file
 from core.keyids import check_keyid, check_member_name, child_path, is_keyid
 from dataset.shard_source import CommandFailed, RemoteShards, is_remote, shard_location
@@ -58,6 +60,8 @@ BASE_MEMBERS = (META, MOTION, SENT, TEXTS)
 ALL_MEMBERS = BASE_MEMBERS + tuple(VIDEO_MEMBERS.values())
 SPLITS = ("train", "val", "test")
 STATS_NAME = "stats.npz"
+#: largest member of a ``stats.npz`` read (bytes): 64 MiB; its arrays are (D,) vectors (D = 263 for HumanML3D)
+_MAX_STATS_MEMBER_BYTES = 1 << 26
 #: a shard's file name in a manifest: a letter or digit, then letters, digits, ``_``, ``-``, then ``.tar``;
 #: always used with ``fullmatch`` (``$`` would let a trailing newline through into a ``pipe:`` command)
 SHARD_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.tar")
@@ -166,34 +170,16 @@ def write_stats(path: str | os.PathLike, mean: np.ndarray, std: np.ndarray, *, f
 
 
 # ----------------------------------------------------------------------------------------------- reading
-def load_npy_bytes(data: bytes, max_bytes: int = 1 << 30) -> np.ndarray:
-    """Parse a ``.npy`` member from untrusted bytes -> array.
-
-    The header is checked before any array memory is allocated: format version 1.0/2.0, no object dtype
-    (nothing is ever unpickled), and ``prod(shape) * itemsize`` equal to the bytes that follow (at most
-    ``max_bytes``), so a crafted header cannot make numpy allocate a huge array. Raises ValueError."""
-    from numpy.lib import format as npf
-
-    bio = io.BytesIO(data)
+def load_npy_bytes(data: bytes, max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
+    """Parse a ``.npy`` member from untrusted bytes -> array, through the one checked ``.npy`` reader
+    (:func:`core.restricted_unpickle.read_npy`): format version 1.0/2.0, no object dtype (nothing is ever
+    unpickled), ``prod(shape) * itemsize`` equal to the bytes that follow and at most ``max_bytes``, all checked
+    before any array memory is allocated. Raises ValueError (the message, without a file: callers name the
+    member)."""
     try:
-        version = npf.read_magic(bio)
-        if version == (1, 0):
-            shape, fortran, dtype = npf.read_array_header_1_0(bio)
-        elif version == (2, 0):
-            shape, fortran, dtype = npf.read_array_header_2_0(bio)
-        else:
-            raise ValueError(f"unsupported .npy version {version}")
-    except (ValueError, EOFError, SyntaxError, TypeError) as exc:
-        raise ValueError(f"not a .npy array: {exc}") from exc
-    if dtype.hasobject:
-        raise ValueError(f"object dtype {dtype} refused (would need unpickling)")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if len(shape) else dtype.itemsize
-    rest = len(data) - bio.tell()
-    if expected != rest or expected > max_bytes:
-        raise ValueError(f"header says shape {shape} {dtype} ({expected} bytes) but {rest} bytes follow")
-    # the header is parsed once (not again by np.load); a copy, so the array owns writable memory as np.load's
-    return np.frombuffer(data, dtype=dtype, count=int(np.prod(shape, dtype=np.int64)), offset=bio.tell()
-                         ).reshape(shape, order="F" if fortran else "C").copy(order="K")
+        return read_npy_bytes(data, None, "npy", max_bytes)
+    except BadInputError as exc:
+        raise ValueError(exc.message) from None
 
 
 def finite_number(v: Any) -> float | None:
@@ -370,22 +356,36 @@ def stats_path(root: str | os.PathLike) -> Path:
 
 
 def stats_fingerprint(path: str | os.PathLike) -> str | None:
-    """The train fingerprint a ``stats.npz`` was computed from; None when the file is absent or unreadable."""
+    """The train fingerprint a ``stats.npz`` was computed from; None when the file is absent or unreadable
+    (read with :func:`core.restricted_unpickle.read_npz_member`: bounded, never unpickled)."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
-        with np.load(path) as z:
-            return str(z["train_fingerprint"])
-    except (OSError, KeyError, ValueError):
+        with open_npz(path) as zf:
+            fp = read_npz_member(zf, path, "train_fingerprint", max_bytes=_MAX_STATS_MEMBER_BYTES)
+    except (OSError, BadInputError):
         return None
+    return str(fp) if fp.dtype.kind in "US" and fp.size == 1 else None
 
 
-def stats_arrays(path: str | os.PathLike | BinaryIO) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) of a ``stats.npz`` (a path or a binary file object) as float32, unchecked (never unpickled).
-    Raises numpy's errors (OSError, KeyError for a missing array, ValueError, EOFError) for an unreadable file."""
-    with np.load(path, allow_pickle=False) as z:
-        return z["mean"].astype(np.float32), z["std"].astype(np.float32)
+def stats_arrays(path: str | os.PathLike | BinaryIO, where: str | os.PathLike | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) of a ``stats.npz`` (a path or a binary file object, named ``where``) as float32, unchecked
+    for shape and values. Read with :func:`core.restricted_unpickle.read_npz_member` (never unpickled; each
+    member's header agrees with the bytes present and is at most :data:`_MAX_STATS_MEMBER_BYTES`, all before
+    anything is allocated). Raises BadInputError naming the file and the member (``archive`` when it is not
+    an npz, ``mean`` / ``std`` for a missing, malformed, oversized or non-numeric member), OSError when the
+    file cannot be read."""
+    where = where if where is not None else (path if isinstance(path, (str, os.PathLike)) else "<stats>")
+    with open_npz(where, None if isinstance(path, (str, os.PathLike)) else path) as zf:
+        out = []
+        for key in ("mean", "std"):
+            a = read_npz_member(zf, where, key, max_bytes=_MAX_STATS_MEMBER_BYTES)
+            if a.dtype.kind not in "iuf":
+                raise BadInputError(where, key, f"expected numbers, got dtype {a.dtype}")
+            out.append(a.astype(np.float32))
+    return out[0], out[1]
 
 
 def load_stats(root: str | Path | RemoteShards) -> tuple[np.ndarray, np.ndarray]:
@@ -408,8 +408,10 @@ def load_stats(root: str | Path | RemoteShards) -> tuple[np.ndarray, np.ndarray]
             raise FileNotFoundError(f"{path}: feature statistics missing (build-shards writes them with the train "
                                     "split; pass stats= to use another shard set's)")
     try:
-        mean, std = stats_arrays(source)
-    except (OSError, KeyError, ValueError, EOFError) as exc:
+        mean, std = stats_arrays(source, path)
+    except BadInputError:
+        raise
+    except OSError as exc:
         raise BadInputError(path, "mean/std", f"unreadable feature statistics: {exc}") from exc
     if mean.ndim != 1 or mean.shape != std.shape or mean.size == 0:
         raise BadInputError(path, "mean/std", f"expected two (D,) arrays, got {mean.shape} and {std.shape}")

@@ -528,11 +528,12 @@ def _check_compatible(out: Path, set_cfg: dict) -> int | None:
     """Refuse a shard set built with another text model / video format; returns its feature dim if known."""
     prior = []
     for split, m in read_manifests(out).items():
+        _check_feature_dim(manifest_path(out, split), m.get("feature_dim"))
         prior.append((f"{split}.json", {k: m.get(k) for k in ("format_version", "text_model", "video")},
                       m.get("feature_dim")))
     state = out / ".build" / "set.json"
     if state.is_file():
-        s = json.loads(state.read_text(encoding="utf-8"))
+        s = _read_set_state(state)
         prior.append((".build/set.json", {k: s.get(k) for k in ("format_version", "text_model", "video")},
                       s.get("feature_dim")))
     dims = {d for _, _, d in prior if d is not None}
@@ -548,6 +549,27 @@ def _check_compatible(out: Path, set_cfg: dict) -> int | None:
     if len(dims) > 1:
         raise ShardSetMismatch(f"{out}: manifests disagree on the feature dimension {sorted(dims)}")
     return dims.pop() if dims else None
+
+
+def _read_set_state(path: Path) -> dict:
+    """``.build/set.json`` (the set's build state: format version, text model, video settings, feature dim) as a
+    dict. Raises BadInputError(path, field) for a file that is not UTF-8 JSON (e.g. truncated), nests too deep,
+    is not an object, or whose fields have the wrong type; OSError when it cannot be read."""
+    try:
+        s = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise BadInputError(path, None, f"not a JSON build state ({why})") from None
+    if not isinstance(s, dict):
+        raise BadInputError(path, None, f"expected a JSON object, got {type(s).__name__}")
+    _check_feature_dim(path, s.get("feature_dim"))
+    return s
+
+
+def _check_feature_dim(path: Path, dim: Any) -> None:
+    """A recorded ``feature_dim`` is absent (None) or a positive integer; else BadInputError(path, feature_dim)."""
+    if dim is not None and (type(dim) is not int or dim <= 0):
+        raise BadInputError(path, "feature_dim", f"expected a positive integer, got {dim!r:.40}")
 
 
 def remove_shard_set(out: Path) -> int:

@@ -457,3 +457,41 @@ def test_signal_stops_the_build_and_reports_what_finished(tmp_path, sig):
     assert "interrupted" in stdout and "Traceback" not in stderr
     assert not temp_leftovers(tmp_path / "out") and not (tmp_path / "out" / "train-000001.tar").exists()
     _wait_for(lambda: not any(_alive(p) for p in pids), 10, "the pool workers to stop")
+
+
+# ------------------------------------------------------------------- 7. build state and stats (issue 24)
+@pytest.mark.parametrize("case", ["truncated", "not_an_object", "deep", "feature_dim"])
+def test_bad_build_state_is_one_line_exit_2(cli_env, case, capsys):
+    """``.build/set.json`` that is truncated, not an object, nested too deeply or with a non-integer feature_dim:
+    exit 2 with one line naming it (a JSONDecodeError / AttributeError / TypeError traceback before)."""
+    assert cli_main(cli_env.args) == 0
+    state = cli_env.out / ".build" / "set.json"
+    text = state.read_text()
+    state.write_text({"truncated": text[: len(text) // 2], "not_an_object": "[1, 2]",
+                      "deep": "[" * 100000 + "]" * 100000,
+                      "feature_dim": json.dumps({**json.loads(text), "feature_dim": [8]})}[case])
+    capsys.readouterr()
+    assert cli_main(cli_env.args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "set.json" in err[0] and "Traceback" not in err[0], err
+    if case == "feature_dim":
+        assert "feature_dim" in err[0]
+
+
+@pytest.mark.parametrize("case", ["npy", "8TiB", "truncated"])
+def test_check_reports_a_bad_stats_file(built, tmp_path, case, capsys):
+    """A stats.npz that is really a .npy, declares 8 TiB, or is cut short: one problem naming it, exit 1 (a
+    TypeError / MemoryError traceback before)."""
+    from tests.fixtures import array_bombs as ab
+
+    out = _copy_set(built, tmp_path / "set")
+    stats = out / "stats.npz"
+    if case == "npy":
+        stats.write_bytes(ab.npy_bytes(np.ones(8, np.float32)))
+    elif case == "8TiB":
+        ab.huge_npz(stats, declared=1 << 43)
+    else:
+        stats.write_bytes(stats.read_bytes()[:-40])
+    assert cli_main(["check", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert "stats.npz" in text and "Traceback" not in text

@@ -1,0 +1,218 @@
+"""Memory budgets of the array readers (issue 24, item 6): a declared array size must match the bytes present
+before anything is allocated, one checked ``.npy`` reader for every untrusted array, a total byte budget per
+body-model file, and one BadInputError (never a traceback) for the bombs of the issue.
+
+The bombs run in a child process (:func:`tests.fixtures.untrusted.run_python`) whose peak RSS is asserted; the child
+imports only numpy and the reader (no torch), so 300 MiB is far above a refusal (~40 MiB measured) and far
+below the 2-4 GiB the old readers reached on the same files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.fixtures import array_bombs as ab  # noqa: E402
+from tests.fixtures.untrusted import run_python  # noqa: E402
+
+from core.errors import BadInputError  # noqa: E402
+from core.restricted_unpickle import ByteBudget, read_npy_bytes, read_npz_member  # noqa: E402
+from dataset.shard_format import load_npy_bytes, load_stats, stats_arrays  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+AMASS_SAMPLES = [SHARED / "amass" / "amass_sample.npz", SHARED / "amass" / "dmpl_sample.npz"]
+#: the peak RSS a refused bomb may cost the reading process (numpy + the reader: ~40 MiB measured)
+BOMB_RSS_MIB = 300
+
+_CHILD = """
+import json, sys
+from core.errors import BadInputError
+mod, fn, path = sys.argv[1:4]
+reader = getattr(__import__(mod, fromlist=[fn]), fn)
+try:
+    reader(path)
+    print(json.dumps({"outcome": "loaded"}))
+except BadInputError as exc:
+    print(json.dumps({"outcome": "refused", "field": exc.field, "message": str(exc)}))
+"""
+
+
+def _stats_as_npy(p: Path) -> Path:
+    p.write_bytes(ab.npy_bytes(np.ones(64, np.float32)))
+    return p
+
+
+def _amass_2tb(p: Path) -> Path:
+    return ab.write_npz(p, {"poses": ab.npy_header(((1 << 41) // (8 * 156), 156)), "trans": ab.npy_header((5, 3))})
+
+
+#: (case, reader module, reader, builder, file name, field the refusal names)
+BOMBS = [
+    ("amass_715_bytes", "dataset.amass", "load_amass", ab.amass_bomb, "bomb_poses.npz", "poses"),
+    ("amass_2TB", "dataset.amass", "load_amass", _amass_2tb, "big_poses.npz", "poses"),
+    ("body_npz_204_bytes", "body.smpl_files", "load_npz_restricted", ab.body_npz_bomb, "SMPLH_MALE.npz",
+     "v_template"),
+    ("body_npz_2TB", "body.smpl_files", "load_npz_restricted", lambda p: ab.huge_npz(p, "v_template"),
+     "SMPLX_MALE.npz", "v_template"),
+    ("smpl_pickle_1KB", "body.smpl_files", "load_smpl_pickle", ab.smpl_tile_bomb, "SMPL_MALE.pkl", "t0"),
+    ("stats_8TiB", "dataset.shard_format", "load_stats", lambda p: ab.huge_npz(p, declared=1 << 43),
+     "stats.npz", "mean"),
+    ("stats_2TB", "dataset.shard_format", "load_stats", ab.huge_npz, "stats.npz", "mean"),
+    ("stats_is_a_npy", "dataset.shard_format", "load_stats", _stats_as_npy, "stats.npz", "archive"),
+]
+
+
+@pytest.mark.parametrize("case,mod,fn,build,name,field", BOMBS, ids=[b[0] for b in BOMBS])
+def test_issue_bombs_are_one_bad_input_error_in_bounded_memory(tmp_path, case, mod, fn, build, name, field):
+    """Failed on the branch point: amass 2056 MiB, body npz 2080 MiB (refused only after allocating), the SMPL
+    pickle loaded at 4127 MiB in 36 s, the stats files ended in tracebacks (MemoryError / TypeError)."""
+    path = build(tmp_path / name)
+    assert path.stat().st_size < 1100
+    m = run_python(_CHILD, mod, fn, path, timeout=60)
+    assert m.returncode == 0 and "Traceback" not in m.stderr, m.stderr[-2000:]
+    got = json.loads(m.stdout.strip().splitlines()[-1])
+    assert got["outcome"] == "refused" and got["field"] == field, got
+    assert name in got["message"] and "\n" not in got["message"], got
+    assert m.peak_rss_mib < BOMB_RSS_MIB, f"{case}: peak RSS {m.peak_rss_mib:.0f} MiB"
+    assert m.seconds < 30
+
+
+# ------------------------------------------------------------------------------------- parity with numpy
+_BENIGN = [
+    np.arange(24, dtype="<f8").reshape(2, 3, 4),
+    np.asfortranarray(np.arange(12, dtype="<f4").reshape(3, 4)),
+    np.arange(6, dtype=">i4").reshape(2, 3),
+    np.array(3.5),
+    np.zeros((0, 263), np.float32),
+    np.array([True, False]),
+    np.arange(5, dtype=np.uint16),
+    np.array(["male"]),
+    np.array(b"female"),
+    np.array([1 + 2j], np.complex64),
+    np.random.default_rng(0).standard_normal((17, 263)).astype(np.float16),
+]
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_npz_members_match_np_load(tmp_path, compress):
+    p = tmp_path / "a.npz"
+    (np.savez_compressed if compress else np.savez)(p, **{f"a{i}": a for i, a in enumerate(_BENIGN)})
+    with np.load(p, allow_pickle=False) as z, zipfile.ZipFile(p) as zf:
+        for i in range(len(_BENIGN)):
+            want, got = z[f"a{i}"], read_npz_member(zf, p, f"a{i}")
+            assert got.dtype == want.dtype and got.shape == want.shape
+            assert got.flags.f_contiguous == want.flags.f_contiguous and got.flags.writeable
+            np.testing.assert_array_equal(got, want)
+
+
+def test_npy_bytes_match_np_load():
+    for a in _BENIGN:
+        raw = ab.npy_bytes(a)
+        want = np.load(io.BytesIO(raw), allow_pickle=False)
+        for got in (load_npy_bytes(raw), read_npy_bytes(raw, None, "x")):
+            assert got.dtype == want.dtype and got.shape == want.shape and got.flags.writeable
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("sample", AMASS_SAMPLES, ids=lambda p: p.name)
+def test_real_amass_members_match_np_load(sample):
+    if not sample.is_file():
+        pytest.skip(f"{sample}: ../shared fixtures absent")
+    with np.load(sample, allow_pickle=True) as z, zipfile.ZipFile(sample) as zf:
+        for key in z.files:
+            want = z[key]
+            if want.dtype.hasobject:
+                continue
+            got = read_npz_member(zf, sample, key)
+            assert got.dtype == want.dtype and got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
+
+
+def test_stats_match_np_load(tmp_path):
+    from dataset.shard_format import stats_fingerprint, write_stats
+
+    mean, std = np.arange(263, dtype=np.float32), np.full(263, 2.0, np.float32)
+    write_stats(tmp_path / "stats.npz", mean, std, fingerprint="ab" * 32, num_samples=3)
+    got_mean, got_std = stats_arrays(tmp_path / "stats.npz")
+    np.testing.assert_array_equal(got_mean, mean)
+    np.testing.assert_array_equal(got_std, std)
+    assert stats_fingerprint(tmp_path / "stats.npz") == "ab" * 32
+    np.testing.assert_array_equal(load_stats(tmp_path)[1], std)
+
+
+# ------------------------------------------------------------------------------- sizes that do not agree
+def test_header_and_bytes_must_agree(tmp_path):
+    raw = ab.npy_bytes(np.arange(10.0))
+    with pytest.raises(ValueError, match="truncated"):
+        load_npy_bytes(raw[:-8])
+    with pytest.raises(ValueError, match="trailing data"):
+        load_npy_bytes(raw + b"\0" * 8)
+    with pytest.raises(ValueError, match="larger than"):
+        load_npy_bytes(ab.npy_header((1 << 40,)))
+
+
+@pytest.mark.parametrize("declared", [10, 100000, (1 << 32) - 1])
+def test_zip_declared_size_that_lies(tmp_path, declared):
+    """The central directory's uncompressed size is rewritten: smaller or larger than the member really is."""
+    p = ab.write_npz(tmp_path / "a.npz", {"poses": ab.npy_bytes(np.zeros((20, 156)))}, compress=True)
+    ab.set_declared_size(p, "poses.npy", declared)
+    with zipfile.ZipFile(p) as zf, pytest.raises(BadInputError) as e:
+        read_npz_member(zf, p, "poses")
+    assert e.value.field == "poses" and str(p) in str(e.value)
+
+
+def test_compressed_member_over_the_budget_is_refused_before_inflating(tmp_path):
+    """A deflate bomb (a small member that inflates to 8 MiB) against a 1 MiB budget: refused from the header."""
+    p = ab.write_npz(tmp_path / "a.npz", {"poses": ab.npy_bytes(np.zeros((1 << 20,)))}, compress=True)
+    assert p.stat().st_size < 20000
+    with zipfile.ZipFile(p) as zf, pytest.raises(BadInputError, match="budget per array"):
+        read_npz_member(zf, p, "poses", max_bytes=1 << 20)
+
+
+def test_body_model_total_budget(tmp_path, monkeypatch):
+    """Each array within bounds, their sum over the file's budget (lowered here to 1 MiB): refused, naming the
+    member that crossed it, for an npz and for a pickle of chumpy Tiles."""
+    import body.smpl_files as sf
+
+    npz = ab.write_npz(tmp_path / "m.npz", {k: ab.npy_bytes(np.zeros(50_000)) for k in ("a", "b", "c")})
+    pkl = ab.smpl_tile_bomb(tmp_path / "m.pkl", copies=3, reps=50_000)
+    assert set(sf.load_npz_restricted(npz)) == {"a", "b", "c"}           # 1.2 MB: within the real budget
+    assert sf.load_smpl_pickle(pkl)["t2"].shape == (50_000,)
+    monkeypatch.setattr(sf, "MAX_MODEL_FILE_BYTES", 1 << 20)
+    with pytest.raises(BadInputError, match="budget") as e:
+        sf.load_npz_restricted(npz)
+    assert e.value.field == "c"
+    with pytest.raises(BadInputError, match="budget") as e:
+        sf.load_smpl_pickle(pkl)
+    assert e.value.field == "t2"
+
+
+def test_pickle_list_of_repeated_arrays_is_charged_before_numpy_builds_it(tmp_path):
+    """A chumpy Ch whose ``x`` is a list of 20000 references to one 8000-element array (memo GETs: a ~100 KB
+    file): np.asarray would build 1.3 GB; the list is counted and refused first."""
+    arr = ab._p2_float_array([0.0] * 8000)
+    x = b"(" + arr + b"q\x01" + b"h\x01" * 19999 + b"l"
+    ch = ab._p2_object("chumpy.ch", "Ch", {"x": x})
+    p = tmp_path / "SMPL.pkl"
+    p.write_bytes(b"\x80\x02}(" + ab._p2_str("v_template") + ch + b"u.")
+    from body.smpl_files import load_smpl_pickle
+
+    m = run_python("import sys\nfrom body.smpl_files import load_smpl_pickle as f\nfrom core.errors import "
+                   "BadInputError\ntry:\n    f(sys.argv[1])\nexcept BadInputError as e:\n    print(e)", p)
+    assert m.returncode == 0 and "more than" in m.stdout and "v_template" in m.stdout, (m.stdout, m.stderr)
+    assert m.peak_rss_mib < BOMB_RSS_MIB
+    with pytest.raises(BadInputError):
+        load_smpl_pickle(p)
+
+
+def test_byte_budget_counts_and_refuses():
+    b = ByteBudget(100)
+    b.charge(60, "f", "a")
+    with pytest.raises(BadInputError, match="budget") as e:
+        b.charge(41, "f", "b")
+    assert e.value.field == "b" and e.value.path == "f"
