@@ -88,6 +88,18 @@ _DRIVE_RE = re.compile(r"[A-Za-z]:")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
+#: longest reason kept for one keyid: later repeats of a keyid (a file may repeat a row 100 000 times) are not
+#: appended past it, so recording them stays linear in the number of rows
+_MAX_REASON_CHARS = 1000
+
+
+def _more(reason: str, extra: str) -> str:
+    """``reason; extra``, or ``reason`` ending in ``; ...`` once it is :data:`_MAX_REASON_CHARS` long."""
+    if len(reason) < _MAX_REASON_CHARS:
+        return f"{reason}; {extra}"
+    return reason if reason.endswith("; ...") else f"{reason}; ..."
+
+
 @dataclass
 class LoadReport:
     """What :func:`load_clips` did.
@@ -121,7 +133,7 @@ class LoadReport:
         """Record that ``keyid`` did not become a clip. A keyid has one outcome: a second call for the same
         keyid appends its reason and is not counted again."""
         if keyid in self.skipped:
-            self.skipped[keyid] += f"; {reason}"
+            self.skipped[keyid] = _more(self.skipped[keyid], reason)
             return
         self.skipped[keyid] = reason
         self.counts[kind] += 1
@@ -129,7 +141,7 @@ class LoadReport:
     def duplicate(self, keyid: str, reason: str) -> None:
         """Record an exact duplicate that was kept once."""
         if keyid in self.duplicates:
-            self.duplicates[keyid] += f"; {reason}"
+            self.duplicates[keyid] = _more(self.duplicates[keyid], reason)
             return
         self.duplicates[keyid] = reason
         self.counts["duplicate_kept"] += 1
@@ -437,7 +449,7 @@ def _read_index(index: Path, report: LoadReport) -> _Index:
                 first, first_fields = seen[key]
                 prev = out.failed.get(key)
                 if prev is not None and prev[0] == "duplicate_keyid":
-                    out.failed[key] = (prev[0], f"{prev[1]}; line {n} too")
+                    out.failed[key] = (prev[0], _more(prev[1], f"line {n} too"))
                 elif tuple(stripped) == first_fields:
                     report.duplicate(key, f"{name} lines {first} and {n} are identical rows; kept once")
                 else:
@@ -450,7 +462,7 @@ def _read_index(index: Path, report: LoadReport) -> _Index:
                 seen[key] = (n, tuple(stripped))
             elif key in out.failed:  # two rows with the same invalid name: one outcome, both lines named
                 kind, reason = out.failed[key]
-                out.failed[key] = (kind, f"{reason}; again on line {n}")
+                out.failed[key] = (kind, _more(reason, f"again on line {n}"))
                 continue
             out.order.append((key, where + (": new_name" if key == raw_name else "")))
             if row is not None:

@@ -244,7 +244,7 @@ def read_manifest(shards: str | Path | RemoteShards, split: str) -> dict:
                                     "build-shards") from exc
         try:
             m = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # not UTF-8 / JSON, over 4300 digits, too deep
             raise BadInputError(path, None, f"not a JSON manifest: {exc}") from exc
     else:
         path = manifest_path(shards, split)
@@ -253,7 +253,7 @@ def read_manifest(shards: str | Path | RemoteShards, split: str) -> dict:
         try:
             with open(path, encoding="utf-8") as fh:
                 m = json.load(fh)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # not UTF-8 / JSON, over 4300 digits, too deep
             raise BadInputError(path, None, f"not a JSON manifest: {exc}") from exc
     if not isinstance(m, dict) or not isinstance(m.get("shards"), list):
         raise BadInputError(path, "shards", "not a shard manifest (no list of shards)")
@@ -271,7 +271,7 @@ def read_manifests(out: Path) -> dict[str, dict]:
             continue
         try:
             m = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8 / JSON, too deep
             continue
         if isinstance(m, dict) and m.get("kind") == MANIFEST_KIND:
             if m.get("split", p.stem) != p.stem:

@@ -557,7 +557,7 @@ def _read_set_state(path: Path) -> dict:
     is not an object, or whose fields have the wrong type; OSError when it cannot be read."""
     try:
         s = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # not UTF-8 / JSON, an integer over 4300 digits, too deep
         why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise BadInputError(path, None, f"not a JSON build state ({why})") from None
     if not isinstance(s, dict):
@@ -826,7 +826,7 @@ def _read_state(path: Path) -> dict | None:
         state = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # unreadable, not UTF-8 / JSON, too deep
         log.warning("%s: unreadable build state (%s): the shard is rebuilt", path, exc)
         return None
     return state if isinstance(state, dict) else None

@@ -375,3 +375,33 @@ def test_split_name_is_a_file_name(tmp_path):
     (tmp_path / "evil.txt").write_text("000000\n")
     with pytest.raises(BadInputError, match="not a plain file name"):
         load_clips(h, split="../evil")
+
+
+def test_repeated_rows_and_ids_cost_linear_time(tmp_path):
+    """An index.csv repeating one row 100 000 times, a split file and a subset file repeating one id: the
+    duplicate bookkeeping stays linear (a reason string grown row by row, and ``ids.count`` per id, took
+    minutes on the branch point: the fuzz test's 2.4 MB index.csv ran past 100 s)."""
+    from tests.fixtures.untrusted import run_python
+
+    d = tmp_path / "h3d"
+    (d / "splits").mkdir(parents=True)
+    row = b"./pose_data/KIT/3/walk_poses.npy,0,40,000000.npy\n"
+    (d / "index.csv").write_bytes(b"source_path,start_frame,end_frame,new_name\n" + row * 100_000)
+    (d / "splits" / "train.txt").write_bytes(b"000000\n" * 100_000)
+    (tmp_path / "nsim_test.txt").write_bytes(b"000001\n" * 100_000)
+    m = run_python("""
+        import sys
+        from dataset.annotations import load_clips
+        from dataset.subsets import read_subset
+        from core.errors import BadInputError
+        clips = load_clips(sys.argv[1], None, "train")
+        print(len(clips), clips.report.counts["duplicate_kept"], len(clips.report.duplicates["000000"]))
+        try:
+            read_subset(sys.argv[2])
+        except BadInputError as exc:
+            print(exc.field)
+    """, d, tmp_path / "nsim_test.txt", timeout=60)
+    assert not m.timed_out and m.returncode == 0, m.stderr[-2000:]
+    n, kept, reason_len, field = m.stdout.split()
+    assert (n, kept, field) == ("1", "1", "ids") and int(reason_len) < 1100
+    assert m.seconds < 20

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -56,7 +57,7 @@ def read_subset(path: str | os.PathLike) -> list[str]:
         check_keyid(ln, path, f"line {k + 1}")
     if not ids:
         raise BadInputError(path, None, "subset file lists no ids")
-    dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+    dup = sorted(i for i, n in Counter(ids).items() if n > 1)  # linear: ids.count per id was quadratic
     if dup:
         raise BadInputError(path, "ids", f"duplicate id(s): {', '.join(dup[:10])}")
     return ids
