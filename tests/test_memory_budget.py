@@ -216,3 +216,56 @@ def test_byte_budget_counts_and_refuses():
     with pytest.raises(BadInputError, match="budget") as e:
         b.charge(41, "f", "b")
     assert e.value.field == "b" and e.value.path == "f"
+
+
+# ------------------------------------------------------------------------------------------ through a command
+def _render_inputs(root: Path) -> tuple[Path, Path]:
+    """A good 0.2 s AMASS clip 00000 and the issue's bomb as clip 00001 (TMR annotations)."""
+    t = np.arange(12) / 60.0
+    poses = np.zeros((12, 156))
+    amass = root / "amass"
+    (amass / "S").mkdir(parents=True)
+    np.savez(amass / "S" / "a_poses.npz", poses=poses, trans=np.stack([0.4 * t, 0 * t, 0.95 + 0 * t], 1),
+             betas=np.zeros(16), gender=np.array("neutral"), mocap_framerate=np.array(60.0))
+    ab.amass_bomb(amass / "S" / "b_poses.npz")
+    ann = {k: {"path": f"S/{c}_poses", "duration": 0.2,
+               "annotations": [{"seg_id": c, "text": "a person stands", "start": 0.0, "end": 0.2}]}
+           for k, c in (("00000", "a"), ("00001", "b"))}
+    (root / "annotations.json").write_text(json.dumps(ann))
+    return amass, root / "annotations.json"
+
+
+_RENDER = "import sys\nfrom render.cli import main\nsys.exit(main(sys.argv[1:]))"
+
+
+def test_render_amass_with_bombs_one_line_and_bounded_memory(tmp_path):
+    """render-amass (torch imported: ~0.5-0.9 GiB before any input) on the AMASS bomb as one clip: that clip
+    fails alone (exit 1, its reason names the file and poses); with a body-model bomb as the model: exit 2 with
+    one line naming it. Peak RSS stays within 400 MiB of the same command on good inputs only."""
+    amass, ann = _render_inputs(tmp_path)
+    base = ["--amass", amass, "--annotations", ann, "--size", "32", "--workers", "1"]
+    m = run_python(_RENDER, *base, "--out", tmp_path / "v1", "--keyids", _keyids(tmp_path, "00000"), timeout=300)
+    assert m.returncode == 0, m.stderr[-2000:]
+    baseline = m.peak_rss_mib
+    m = run_python(_RENDER, *base, "--out", tmp_path / "v2", timeout=300)
+    assert m.returncode == 1 and "Traceback" not in m.stderr, m.stderr[-2000:]
+    report = json.loads((tmp_path / "v2" / "render-report.json").read_text())
+    assert set(report["failed"]) == {"00001"} and "poses" in json.dumps(report["failed"]), report["failed"]
+    assert m.peak_rss_mib < baseline + 400, (m.peak_rss_mib, baseline)
+    models = tmp_path / "models" / "smplh"
+    models.mkdir(parents=True)
+    for g in ("NEUTRAL", "MALE", "FEMALE"):
+        ab.body_npz_bomb(models / f"SMPLH_{g}.npz")
+    m = run_python(_RENDER, *base, "--out", tmp_path / "v3", "--keyids", _keyids(tmp_path, "00000"),
+                   "--body-models", tmp_path / "models", timeout=300)
+    lines = [ln for ln in m.stderr.splitlines() if "error:" in ln]  # the other lines are INFO logs
+    assert m.returncode == 2 and len(lines) == 1 and "Traceback" not in m.stderr, m.stderr
+    assert lines[0].startswith("render-amass: error: --body-models: ") and "SMPLH_" in lines[0], lines
+    assert "v_template" in lines[0], lines
+    assert m.peak_rss_mib < baseline + 400, (m.peak_rss_mib, baseline)
+
+
+def _keyids(root: Path, *keys: str) -> Path:
+    p = root / f"keyids-{'-'.join(keys)}.txt"
+    p.write_text("".join(f"{k}\n" for k in keys))
+    return p
