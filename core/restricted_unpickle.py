@@ -384,6 +384,47 @@ def read_npy_header(fh: BinaryIO, path: str | os.PathLike, member: str) -> tuple
     return tuple(int(s) for s in shape), bool(fortran), dtype
 
 
+def check_declared(shape: tuple[int, ...], dtype: np.dtype, present: int, path: str | os.PathLike | None,
+                   member: str, max_bytes: int = MAX_ARRAY_BYTES) -> tuple[int, int]:
+    """The rule of every untrusted ``.npy`` read, before anything is allocated: ``shape`` has at most
+    :data:`MAX_ELEMENTS` elements, ``size * itemsize`` equals the ``present`` bytes after the header and is at
+    most ``max_bytes``. Returns (size, nbytes); raises BadInputError(path, member)."""
+    try:
+        _, size = _check_shape(shape)
+    except Refused as exc:
+        raise BadInputError(path, member, str(exc)) from exc
+    expected = size * dtype.itemsize
+    if expected != present:
+        what = "truncated array" if present < expected else "array with trailing data"
+        raise BadInputError(path, member, f"{what}: the header declares shape {shape} of {dtype} ({expected} "
+                                          f"bytes), the member holds {max(present, 0)} bytes of data")
+    if expected > max_bytes:
+        raise BadInputError(path, member, f"array of {expected} bytes is larger than the {max_bytes}-byte "
+                                          "budget per array")
+    return size, expected
+
+
+def read_npz_header(zf: zipfile.ZipFile, path: str | os.PathLike, key: str, max_bytes: int = MAX_ARRAY_BYTES
+                    ) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of the member ``key`` of the npz ``zf`` without reading its data; a plain
+    dtype's header is checked against the zip's declared size (:func:`check_declared`), so a header-only reader
+    (``read_amass_header``) reports the same shapes :func:`read_npz_member` would accept."""
+    try:
+        info = zf.getinfo(f"{key}.npy")
+    except KeyError:
+        raise BadInputError(path, key, "missing key") from None
+    try:
+        fh = zf.open(info)
+    except Exception as exc:  # noqa: BLE001 - damaged / encrypted member
+        raise BadInputError(path, key, f"unreadable member ({failure_reason(exc)})") from exc
+    with fh:
+        src = _Bounded(fh, info.file_size + 1)
+        shape, fortran, dtype = read_npy_header(src, path, key)  # type: ignore[arg-type]
+    if not dtype.hasobject:
+        check_declared(shape, dtype, info.file_size - src.pos, path, key, max_bytes)
+    return shape, fortran, dtype
+
+
 def read_npy(fh: BinaryIO, path: str | os.PathLike, member: str,
              object_loader: Callable[[bytes], Any] | None = None, *, nbytes: int,
              max_bytes: int = MAX_ARRAY_BYTES, budget: "ByteBudget | None" = None) -> Any:
@@ -415,18 +456,7 @@ def read_npy(fh: BinaryIO, path: str | os.PathLike, member: str,
                 raise BadInputError(path, member, f"truncated or oversized pickled member: {len(raw)} bytes, "
                                                   f"{present} declared")
             return object_loader(raw)
-        try:
-            _, size = _check_shape(shape)
-        except Refused as exc:
-            raise BadInputError(path, member, str(exc)) from exc
-        expected = size * dtype.itemsize
-        if expected != present:
-            what = "truncated array" if present < expected else "array with trailing data"
-            raise BadInputError(path, member, f"{what}: the header declares shape {shape} of {dtype} ({expected} "
-                                              f"bytes), the member holds {max(present, 0)} bytes of data")
-        if expected > max_bytes:
-            raise BadInputError(path, member, f"array of {expected} bytes is larger than the {max_bytes}-byte "
-                                              "budget per array")
+        size, expected = check_declared(shape, dtype, present, path, member, max_bytes)
         if budget is not None:
             budget.charge(expected, path, member)
         buf = bytearray()  # grown as bytes arrive (realloc, no extra copy): a lying size costs what is there

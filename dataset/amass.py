@@ -97,15 +97,6 @@ def _open_npz(path: str) -> zipfile.ZipFile:
         raise BadInputError(path, "archive", f"unreadable or truncated npz ({e})") from e
 
 
-def _member(zf: zipfile.ZipFile, path: str, key: str) -> zipfile.ZipExtFile:
-    try:
-        return zf.open(f"{key}.npy")
-    except KeyError:
-        raise BadInputError(path, key, "missing key") from None
-    except Exception as e:  # noqa: BLE001 - damaged / encrypted member
-        raise BadInputError(path, key, f"unreadable or truncated ({e})") from e
-
-
 def _unpickle_plain(raw: bytes, path: str, key: str) -> np.ndarray:
     """An object ``.npy`` member (numpy stores those as a pickle of the array) -> object array of plain values.
 
@@ -177,14 +168,13 @@ def read_amass_header(path: str | os.PathLike) -> tuple[int, float]:
         BadInputError: naming the file and the field (missing/unreadable/truncated file, missing key,
             wrong shape or dtype, zero frames, bad fps).
     """
-    from core.restricted_unpickle import read_npy_header
+    from core.restricted_unpickle import read_npz_header
 
     path = os.fspath(path)
     with _open_npz(path) as zf:
 
         def shape_of(key: str) -> tuple[int, ...]:
-            with _member(zf, path, key) as fh:
-                shape, _, dtype = read_npy_header(fh, path, key)
+            shape, _, dtype = read_npz_header(zf, path, key, MAX_AMASS_ARRAY_BYTES)
             if dtype.hasobject or dtype.kind not in _NUMERIC_KINDS:
                 raise BadInputError(path, key, f"expected numbers, got dtype {dtype}")
             return shape

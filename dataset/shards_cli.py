@@ -313,13 +313,12 @@ def amass_body_key(path: str | os.PathLike) -> tuple[str, str]:
     Raises:
         BadInputError: naming the file and the field (missing/unreadable file, bad poses shape or gender).
     """
-    from dataset.amass import POSE_WIDTHS, _member, _open_npz, _read, normalise_gender
-    from core.restricted_unpickle import read_npy_header
+    from dataset.amass import MAX_AMASS_ARRAY_BYTES, POSE_WIDTHS, _open_npz, _read, normalise_gender
+    from core.restricted_unpickle import read_npz_header
 
     path = os.fspath(path)
     with _open_npz(path) as zf:
-        with _member(zf, path, "poses") as fh:
-            shape, _, _ = read_npy_header(fh, path, "poses")
+        shape, _, _ = read_npz_header(zf, path, "poses", MAX_AMASS_ARRAY_BYTES)
         if len(shape) != 2 or shape[1] not in POSE_WIDTHS:
             raise BadInputError(path, "poses", f"expected shape (T, 156) or (T, 165), got {shape}")
         gender = "neutral"

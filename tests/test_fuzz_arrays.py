@@ -24,7 +24,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tests.fixtures import array_bombs as ab
 from tests.fixtures.untrusted import run_python

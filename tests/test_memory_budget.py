@@ -269,3 +269,28 @@ def _keyids(root: Path, *keys: str) -> Path:
     p = root / f"keyids-{'-'.join(keys)}.txt"
     p.write_text("".join(f"{k}\n" for k in keys))
     return p
+
+
+def test_npy_parity_with_numpy_property():
+    """Any plain array numpy can save (hypothesis: dtypes, byte orders, shapes including 0-d and empty, C and
+    Fortran order) reads back through the checked reader exactly as ``np.load`` reads it."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra import numpy as hnp
+
+    dtypes = st.one_of(hnp.boolean_dtypes(), hnp.integer_dtypes(), hnp.unsigned_integer_dtypes(),
+                       hnp.floating_dtypes(), hnp.complex_number_dtypes(), hnp.byte_string_dtypes(max_len=6),
+                       hnp.unicode_string_dtypes(max_len=6))
+
+    @settings(derandomize=True, deadline=None, max_examples=150)
+    @given(hnp.arrays(dtypes, hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5)), st.booleans())
+    def check(a: np.ndarray, fortran: bool) -> None:
+        a = np.asfortranarray(a) if fortran else a
+        raw = ab.npy_bytes(a)
+        want = np.load(io.BytesIO(raw), allow_pickle=False)
+        got = read_npy_bytes(raw, None, "x")
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert got.flags.f_contiguous == want.flags.f_contiguous and got.flags.c_contiguous == want.flags.c_contiguous
+        assert got.tobytes(order="A") == want.tobytes(order="A")
+
+    check()
