@@ -18,8 +18,12 @@ states, no object arrays from raw bytes, no direct ``numpy.ndarray(...)`` calls)
   ``bytes``/``bytearray`` (not from an int: no size-only allocations);
 - anything else (``os.system``, ``posix.system``, ``builtins.exec``, ``builtins.eval``, ...) is refused.
 
+Memory is bounded per file: every array built (unpickled, converted from chumpy, a sparse matrix at its dense
+size, an npz member) is charged, before it is allocated, to one :class:`core.restricted_unpickle.ByteBudget` of
+:data:`core.restricted_unpickle.MAX_MODEL_FILE_BYTES` (1 GiB; a real model holds 100-300 MB of arrays).
+
 Every failure (refused global, malformed state, chumpy object without its terms, cycles, too deep nesting,
-sizes over the bounds) ends as :class:`BadInputError` naming the file and the member (the npz member, or the
+sizes over the bounds or the budget) ends as :class:`BadInputError` naming the file and the member (the npz member, or the
 pickle's top-level key once known, else ``pickle``).
 """
 
@@ -304,9 +308,10 @@ class _Converter:
 def to_plain(obj: Any, path: Any = None) -> Any:
     """Replace chumpy stand-ins by numpy arrays, sparse stand-ins by scipy matrices and checked arrays by
     plain ``np.ndarray``, recursively (shared objects once; cycles / nesting deeper than :data:`MAX_DEPTH`
-    raise). Raises :class:`BadInputError` (``path``, field ``pickle``) on malformed stand-ins."""
+    raise; what it builds within one budget of :data:`MAX_MODEL_FILE_BYTES`). Raises :class:`BadInputError` (``path``, field ``pickle``) on malformed stand-ins."""
     try:
-        return _Converter()(obj)
+        with ByteBudget(MAX_MODEL_FILE_BYTES).active():
+            return _Converter()(obj)
     except BadInputError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure on untrusted state is bad input
