@@ -128,18 +128,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ----------------------------------------------------------------------------------------------------------
 # --from-sims
 # ----------------------------------------------------------------------------------------------------------
+#: largest member of a ``--from-sims`` file read (bytes): 4 GiB, a float32 (32768, 32768) matrix
+_MAX_SIMS_MEMBER_BYTES = 1 << 32
+
+
 def load_sims_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
     """Read and validate ``sims`` (N, N), optional ``text_emb`` (N, D) and optional ``keyids`` (N,) strings
     (row ``i`` = sample ``keyids[i]``) from an .npz file (never unpickled: object arrays are refused)."""
     path = Path(path)
     if not path.is_file():
         raise BadInputError(path, None, "file not found")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except Exception as exc:  # noqa: BLE001 - any unreadable archive (numpy's text suggests pickle: not shown)
-        raise BadInputError(path, None, f"not a readable .npz archive of plain arrays "
-                                        f"({type(exc).__name__}); object arrays are refused") from exc
+    from core.restricted_unpickle import open_npz, read_npz_member
+
+    try:  # the checked .npy reader: never unpickled, each header checked against the bytes present first
+        with open_npz(path) as zf:
+            data = {i.filename[:-4]: read_npz_member(zf, path, i.filename[:-4], max_bytes=_MAX_SIMS_MEMBER_BYTES)
+                    for i in zf.infolist() if i.filename.endswith(".npy")}
+    except BadInputError as exc:
+        if exc.field != "archive":
+            raise
+        raise BadInputError(path, None, f"not a readable .npz archive of plain arrays ({exc.message})") from exc
     if "sims" not in data:
         raise BadInputError(path, "sims", f"missing (members: {', '.join(sorted(data)) or 'none'})")
     sims = M.check_sims(data["sims"], path=str(path))

@@ -294,3 +294,18 @@ def test_npy_parity_with_numpy_property():
         assert got.tobytes(order="A") == want.tobytes(order="A")
 
     check()
+
+
+def test_from_sims_file_goes_through_the_checked_reader(tmp_path):
+    """``lavimo-evaluate --from-sims``: a member whose header declares more than it holds is refused naming the
+    member (np.load said only "not a readable .npz archive (ValueError)"); benign files read as before."""
+    from evaluation.cli import load_sims_file
+
+    p = ab.write_npz(tmp_path / "sims.npz", {"sims": ab.npy_header((4096, 4096), "<f4") + b"\0" * 64})
+    with pytest.raises(BadInputError, match="truncated") as e:
+        load_sims_file(p)
+    assert e.value.field == "sims"
+    np.savez(tmp_path / "ok.npz", sims=np.eye(3, dtype=np.float32), keyids=np.array(["a", "b", "c"]))
+    sims, emb, keyids = load_sims_file(tmp_path / "ok.npz")
+    np.testing.assert_array_equal(sims, np.eye(3))
+    assert emb is None and keyids == ["a", "b", "c"]
