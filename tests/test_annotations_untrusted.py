@@ -377,6 +377,7 @@ def test_split_name_is_a_file_name(tmp_path):
         load_clips(h, split="../evil")
 
 
+@pytest.mark.slow
 def test_repeated_rows_and_ids_cost_linear_time(tmp_path):
     """An index.csv repeating one row 100 000 times, a split file and a subset file repeating one id: the
     duplicate bookkeeping stays linear (a reason string grown row by row, and ``ids.count`` per id, took

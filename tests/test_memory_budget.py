@@ -238,6 +238,7 @@ def _render_inputs(root: Path) -> tuple[Path, Path]:
 _RENDER = "import sys\nfrom render.cli import main\nsys.exit(main(sys.argv[1:]))"
 
 
+@pytest.mark.slow
 def test_render_amass_with_bombs_one_line_and_bounded_memory(tmp_path):
     """render-amass (torch imported: ~0.5-0.9 GiB before any input) on the AMASS bomb as one clip: that clip
     fails alone (exit 1, its reason names the file and poses); with a body-model bomb as the model: exit 2 with
