@@ -482,6 +482,14 @@ def read_npy_bytes(data: bytes, path: str | os.PathLike | None, member: str,
     return read_npy(io.BytesIO(data), path, member, nbytes=len(data), max_bytes=max_bytes)
 
 
+def read_npy_file(path: str | os.PathLike, member: str = "array", max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
+    """:func:`read_npy` of a standalone ``.npy`` file (e.g. HumanML3D's ``new_joint_vecs/<keyid>.npy``, a motion
+    query): plain arrays only, checked against the file's size before anything is allocated.
+    ``FileNotFoundError`` when absent; BadInputError(path, member) for anything wrong with the content."""
+    with open(path, "rb") as fh:
+        return read_npy(fh, path, member, nbytes=os.fstat(fh.fileno()).st_size, max_bytes=max_bytes)
+
+
 def open_npz(path: str | os.PathLike, source: str | os.PathLike | BinaryIO | None = None) -> zipfile.ZipFile:
     """``path`` (or the file object ``source``, named ``path``) as a zip archive; BadInputError(path,
     ``archive``) when it is not one (a ``.npy`` saved under an ``.npz`` name, a truncated file, ...)."""

@@ -44,6 +44,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from core.errors import BadInputError
 from core.keyids import check_keyid, child_path
+from core.restricted_unpickle import read_npy_file
 from dataset.motion import HUMANML3D, Skeleton, get_skeleton
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -464,8 +465,8 @@ def _read_vecs(path: Path, skel: Skeleton) -> np.ndarray:
     if not path.is_file():
         raise BadInputError(path, None, "file not found")
     try:
-        a = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
+        a = read_npy_file(path, "features")  # header checked against the file's size before allocating
+    except OSError as e:
         raise BadInputError(path, None, f"unreadable .npy ({e})") from e
     if a.ndim != 2 or a.shape[1] != skel.feature_dim or a.shape[0] < 1:
         raise BadInputError(path, "features", f"expected shape (N, {skel.feature_dim}), got {a.shape}")

@@ -51,6 +51,11 @@ def _amass_2tb(p: Path) -> Path:
     return ab.write_npz(p, {"poses": ab.npy_header(((1 << 41) // (8 * 156), 156)), "trans": ab.npy_header((5, 3))})
 
 
+def _npy_file_2tb(p: Path) -> Path:
+    p.write_bytes(ab.npy_header(((1 << 41) // (4 * 263), 263), "<f4"))
+    return p
+
+
 #: (case, reader module, reader, builder, file name, field the refusal names)
 BOMBS = [
     ("amass_715_bytes", "dataset.amass", "load_amass", ab.amass_bomb, "bomb_poses.npz", "poses"),
@@ -64,6 +69,7 @@ BOMBS = [
      "stats.npz", "mean"),
     ("stats_2TB", "dataset.shard_format", "load_stats", ab.huge_npz, "stats.npz", "mean"),
     ("stats_is_a_npy", "dataset.shard_format", "load_stats", _stats_as_npy, "stats.npz", "archive"),
+    ("npy_file_2TB", "core.restricted_unpickle", "read_npy_file", _npy_file_2tb, "000001.npy", "array"),
 ]
 
 
@@ -310,3 +316,19 @@ def test_from_sims_file_goes_through_the_checked_reader(tmp_path):
     sims, emb, keyids = load_sims_file(tmp_path / "ok.npz")
     np.testing.assert_array_equal(sims, np.eye(3))
     assert emb is None and keyids == ["a", "b", "c"]
+
+
+def test_humanml3d_vecs_go_through_the_checked_reader(tmp_path):
+    """``--humanml3d-vecs`` files (third-party ``new_joint_vecs/<keyid>.npy``) are read by read_npy_file: the
+    same array as np.load for a real file, one BadInputError naming the file for a header declaring 2 TB."""
+    from dataset.features import _read_vecs
+    from dataset.motion import get_skeleton
+
+    skel = get_skeleton("humanml3d")
+    good = np.random.default_rng(0).standard_normal((9, skel.feature_dim)).astype(np.float32)
+    np.save(tmp_path / "000002.npy", good)
+    np.testing.assert_array_equal(_read_vecs(tmp_path / "000002.npy", skel), np.load(tmp_path / "000002.npy"))
+    bomb = _npy_file_2tb(tmp_path / "000001.npy")
+    with pytest.raises(BadInputError, match="000001.npy") as err:
+        _read_vecs(bomb, skel)
+    assert err.value.field == "features"
