@@ -461,3 +461,41 @@ def test_interrupt_writes_the_report_and_exits_1(synth, tmp_path, sig, workers, 
 
     for p in out.glob("c*.mp4"):
         assert verify_outputs(out, p.stem)[0], p.name
+
+
+def _our_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name == "pose-ahead" or t.name.startswith("encode-")]
+
+
+@pytest.mark.parametrize("stop_after", [1, 25, None])  # frames: in the first clip, in a later one, never
+def test_render_clips_leaves_no_thread_running_when_it_returns(synth, tmp_path, stop_after):
+    """Issue 24: a stopped render_clips returned with its pose-ahead thread still running; at the command's exit
+    the interpreter then killed that thread inside torch and the C++ runtime aborted the process (SIGABRT,
+    "terminate called without an active exception"). Whatever ends it, no thread of its own may outlive it."""
+    from dataset.clip import Clip, FrameSpec
+    from render.pipeline import RenderConfig, render_clips
+    from render.scene import SceneRenderer
+
+    path = _motions(synth)[0] + ".npz"
+    clips = [Clip(keyid=f"k{i}", amass_path=path, frame_spec=FrameSpec("time", 0.0, 1.0, 20.0), fps=20.0)
+             for i in range(8)]
+    out = tmp_path / "out"
+    out.mkdir()
+    frames = {"n": 0}
+
+    def count(n: int) -> None:
+        frames["n"] += n
+
+    assert _our_threads() == []
+    renderer = SceneRenderer(SIZE)  # the caller's, as render-amass --workers 1 passes its own
+    try:
+        res = render_clips(clips, RenderConfig(amass_root=str(synth / "amass"), out_dir=str(out), size=SIZE),
+                           renderer=renderer, on_frames=count,
+                           stop=lambda: stop_after is not None and frames["n"] >= stop_after)
+        assert _our_threads() == []  # checked at once, not "soon"
+    finally:
+        renderer.close()
+    assert len(res) == (8 if stop_after is None else stop_after // 20)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
