@@ -15,6 +15,8 @@ torch = pytest.importorskip("torch")
 from core.errors import BadInputError  # noqa: E402
 
 N_TEST = 12
+#: docs/design.md "Determinism": float encodings of other batch compositions / hosts agree to this, not bit for bit
+LATENT_RTOL, LATENT_ATOL = 1e-5, 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -93,15 +95,26 @@ def _rest() -> np.ndarray:
 
 
 def test_incremental_build_reuses_and_same_latents(tiny, tmp_path):
+    """Reused latents are the stored ones, bit for bit; latents encoded in other batches (the fixture's index was
+    built 5 clips per batch, this one 32) agree within docs/design.md's tolerance for float encodings, not bit
+    for bit: the kernels' summation order depends on the batch's shape and on the CPU (issue 24)."""
     from search.index import Index, build_index
 
     r = tiny["r"]
     out = tmp_path / "idx"
-    _, rep1 = build_index(r, out, shards=tiny["shards"], splits=["test"], progress=False, previews=False)
+    first, rep1 = build_index(r, out, shards=tiny["shards"], splits=["test"], progress=False, previews=False)
     _, rep2 = build_index(r, out, shards=tiny["shards"], splits=["test"], progress=False, previews=False)
     assert (rep1.done, rep2.done, rep2.reused) == (N_TEST, 0, N_TEST)
     again = Index.load(out, r.sha256)
-    np.testing.assert_array_equal(again.motion, tiny["index"].motion)
+    assert [e.keyid for e in again.entries] == [e.keyid for e in first.entries]
+    for name in ("motion", "video", "text"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(first, name), err_msg=name)
+    other = tiny["index"]
+    assert [e.keyid for e in other.entries] == [e.keyid for e in again.entries]
+    np.testing.assert_array_equal(again.text_owner, other.text_owner)
+    for name in ("motion", "video", "text"):
+        np.testing.assert_allclose(getattr(again, name), getattr(other, name), rtol=LATENT_RTOL, atol=LATENT_ATOL,
+                                   err_msg=name)
     with np.load(out / "index.npz", allow_pickle=False) as z:  # no object arrays: readable without pickle
         assert z["keyid"].dtype.kind == "U"
 
