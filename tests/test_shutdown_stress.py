@@ -56,14 +56,22 @@ def _pin(proc: subprocess.Popen, cpu: int) -> None:
         pass
 
 
+#: a busy loop that ends by itself when the test process is gone (even killed by SIGKILL) or after 10 minutes
+BURN = ("import os, time\n"
+        "parent, end = os.getppid(), time.monotonic() + 600\n"
+        "while os.getppid() == parent and time.monotonic() < end:\n"
+        "    for _ in range(200000):\n"
+        "        pass\n")
+
+
 class Burner:
-    """One busy-looping shell per CPU in ``cpus``, each pinned to its CPU, in its own process group."""
+    """One busy-looping process per CPU in ``cpus``, each pinned to its CPU, in its own process group."""
 
     def __init__(self, cpus: list[int]):
         self.procs: list[subprocess.Popen] = []
         try:
             for cpu in cpus:
-                self.procs.append(subprocess.Popen(["sh", "-c", "while :; do :; done"], start_new_session=True,
+                self.procs.append(subprocess.Popen([sys.executable, "-c", BURN], start_new_session=True,
                                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                                    stderr=subprocess.DEVNULL))
                 _pin(self.procs[-1], cpu)
