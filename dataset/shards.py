@@ -449,17 +449,24 @@ def _worker_init(parent_pid: int | None = None) -> None:
 
 class _SignalDeferral:
     """SIGINT/SIGTERM -> :class:`BuildInterrupted`, held back while a :meth:`deferred` block runs (a shard
-    that is being written is finished and counted first)."""
+    that is being written is finished and counted first). One signal stops the build: once it was raised, or
+    once the build's outcome is ``decided`` (the report is being written), signals are ignored, so a repeat or a
+    late one never escapes as an exception from the clean-up or the report's write, and the exit status always
+    agrees with the report."""
 
     def __init__(self) -> None:
         self.depth = 0
         self.pending: str | None = None
+        self.decided = False
 
     def handler(self, signum, _frame) -> None:
         name = signal.Signals(signum).name
-        if self.depth:
-            self.pending = self.pending or name
+        if self.decided or self.pending:
             return
+        if self.depth:
+            self.pending = name
+            return
+        self.decided = True
         raise BuildInterrupted(name)
 
     @contextlib.contextmanager
@@ -470,7 +477,7 @@ class _SignalDeferral:
         finally:
             self.depth -= 1
         if not self.depth and self.pending:
-            name, self.pending = self.pending, None
+            name, self.pending, self.decided = self.pending, None, True
             raise BuildInterrupted(name)
 
 
@@ -483,7 +490,7 @@ def _stop_on_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _SIGNALS.depth, _SIGNALS.pending = 0, None
+    _SIGNALS.depth, _SIGNALS.pending, _SIGNALS.decided = 0, None, False
     old = {s: signal.signal(s, _SIGNALS.handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
@@ -659,6 +666,7 @@ def build_shards(clips: Iterable, cfg: BuildConfig, *, embedder=None, features_f
             report.interrupted = exc.signame
             log.warning("%s: build stopped; %d samples in %d shards were written (run again to finish)",
                         exc.signame, report.done, report.shards_written)
+        _SIGNALS.decided = True  # the report says how the build ended: later signals change nothing
         report_name = "report.json" if cfg.part is None else f"report-part-{cfg.part[0]}-of-{cfg.part[1]}.json"
         with naming(build_dir / report_name):
             write_json(build_dir / report_name, report.to_dict())

@@ -120,6 +120,7 @@ def _os_error(exc: OSError, default: str | os.PathLike) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 every clip written; 1 some clips failed or were skipped (the others are written), the
     run was interrupted (SIGINT/SIGTERM), or ``check`` found problems; 2 usage or set-up error (one line)."""
+    command = argv is None  # this process's own command line (not a caller's in-process main([...]))
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "check":
         a = check_parser().parse_args(argv[1:])
@@ -231,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = build_shards(clips, cfg, embedder=embedder, features_fn=features_fn, sources=sources,
                               show_progress=not a.quiet)
+        if command:  # the report is written: a signal while the process exits must not kill it (exit -15)
+            _ignore_stop_signals()
     except ShardSetMismatch as exc:
         return _setup_error(str(exc))
     except BadInputError as exc:  # a malformed shard set already in --out
@@ -257,6 +260,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{out / '.build' / 'report.json'}); the other clips are in the shards")
         return 1
     return 0
+
+
+def _ignore_stop_signals() -> None:
+    """SIGINT / SIGTERM ignored from now until the process exits: the build's outcome is decided and written,
+    and with the default action back (build_shards restores it) a signal while the interpreter exits would turn
+    exit 0/1 into death by that signal."""
+    import signal
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
 
 
 #: ``sources.body_models`` of a shard set whose features were read from ``--humanml3d-vecs``

@@ -272,17 +272,30 @@ class StopRequest:
 
     Call the object to ask whether a stop was requested; ``signal_name`` is "SIGINT" / "SIGTERM" / None.
     A second signal in the parent ends the process at once (``os._exit(1)``, no report; the workers follow,
-    and the next run removes the temporary files)."""
+    and the next run removes the temporary files). Once :meth:`decide` was called (the report is being
+    written), signals are ignored: the report and the exit status already say how the run ended.
+
+    The handler only records the signal (and writes to stderr): it never raises, so a signal can never unwind
+    the main thread out of native code (EGL, torch, ffmpeg pipes) or leave a thread running at exit."""
 
     def __init__(self, hard_exit_on_repeat: bool = True):
         self.signal_name: str | None = None
         self.hard_exit_on_repeat = hard_exit_on_repeat
+        self.decided = False
 
     def __call__(self) -> bool:
         return self.signal_name is not None
 
+    def decide(self) -> str | None:
+        """The signal that stopped the run (or None), fixed from now on: later signals are ignored, so the report
+        and the exit status agree however late a signal comes."""
+        self.decided = True
+        return self.signal_name
+
     def handle(self, signum: int, frame=None) -> None:
         name = signal.Signals(signum).name
+        if self.decided:
+            return
         if self.signal_name is not None:
             if self.hard_exit_on_repeat:
                 sys.stderr.write(f"\nrender-amass: {name} again: exiting now, without a report\n")
@@ -296,8 +309,12 @@ class StopRequest:
             sys.stderr.flush()
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator["StopRequest"]:
-        """Handle SIGINT and SIGTERM while inside (main thread only; elsewhere nothing is installed)."""
+    def installed(self, then_ignore: bool = False) -> Iterator["StopRequest"]:
+        """Handle SIGINT and SIGTERM while inside (main thread only; elsewhere nothing is installed).
+
+        On leaving, the previous handlers come back, or with ``then_ignore`` (the process is about to exit:
+        the command's own run) both signals are ignored from then on: with the default action back, a signal
+        during the interpreter's exit would kill a process whose report says it ended normally."""
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
@@ -306,7 +323,7 @@ class StopRequest:
             yield self
         finally:
             for s, h in previous.items():
-                signal.signal(s, h if h is not None else signal.SIG_DFL)
+                signal.signal(s, signal.SIG_IGN if then_ignore else h if h is not None else signal.SIG_DFL)
 
 
 def _watch_parent(conn) -> None:
@@ -613,6 +630,7 @@ def _run_clips(args: argparse.Namespace, stop: StopRequest, part, lod, avatars, 
     finally:
         bar.close()
     elapsed = time.perf_counter() - t0
+    interrupted = stop.decide()  # the report and the exit status both say this, whatever signal comes later
     rendered = [r for r in results.values() if r.status == "rendered"]
     skipped = [r for r in results.values() if r.status == "skipped"]
     failed = {r.keyid: r.reason for r in results.values() if r.status == "failed"}
@@ -633,7 +651,7 @@ def _run_clips(args: argparse.Namespace, stop: StopRequest, part, lod, avatars, 
                        if r.reason.startswith("re-rendered: ")},
         "skipped_unverified": sum(1 for r in skipped if "legacy" in r.reason),
         "temp_files_removed": removed,
-        "interrupted": stop.signal_name,
+        "interrupted": interrupted,
         "error": fatal,
         "not_attempted": not_attempted,
         "num_not_attempted": len(not_attempted),
@@ -656,14 +674,17 @@ def _run_clips(args: argparse.Namespace, stop: StopRequest, part, lod, avatars, 
         print(f"  ... and {len(failed) - 20} more (see the report)")
     if fatal is not None:
         return print_error(PROG, fatal)
-    if stop.signal_name is not None:
-        print(f"{PROG}: interrupted by {stop.signal_name}: {len(not_attempted)} clip(s) not attempted "
+    if interrupted is not None:
+        print(f"{PROG}: interrupted by {interrupted}: {len(not_attempted)} clip(s) not attempted "
               f"(run the same command again to finish them)", file=sys.stderr)
         return 1
     return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; ``argv`` None means this is the process's own command line (``render-amass``, ``python -m
+    render.cli``): SIGINT / SIGTERM are then ignored once the run has ended, until the process exits."""
+    command = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["merge-reports"]:  # render-amass merge-reports OUT: one report from the parts' reports
         from render.report_merge import main as merge_main
@@ -679,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
     except SlurmEnvError as e:
         return print_error(PROG, e)
     stop = StopRequest()
-    with stop.installed():
+    with stop.installed(then_ignore=command):
         try:
             return run(args, stop)
         except SetupError as e:

@@ -6,6 +6,8 @@ mirrored clips, pose the avatar's body (avatar and light drawn from ``(seed, key
 frame into ``OUT/<keyid>.mp4`` and write ``OUT/<keyid>.json``. Three stages overlap: a producer thread
 loads/poses/computes normals for upcoming frames (numpy/torch release the GIL), the calling thread owns the
 EGL context and rasterises, and :class:`core.mp4.VideoWriter` pipes frames to ffmpeg on its own thread.
+Whatever ends :func:`render_clips` (done, stopped, an error), both threads have ended when it returns: a thread
+left inside torch when the interpreter exits aborts the process (see :func:`_stop_producer`).
 
 Safety on untrusted input: keyids are checked (:func:`core.keyids.check_keyid`) and every output path is
 built with :func:`core.keyids.child_path`, so no clip writes outside ``OUT``. Both outputs are written
@@ -609,9 +611,28 @@ def render_clips(clips: Iterable[Clip], cfg: RenderConfig, renderer: SceneRender
                 else:
                     raise
     finally:
-        producer.stop.set()
+        _stop_producer(producer)
         if writer is not None:
             writer.abort()
         if own:
             renderer.close()
     return results
+
+
+def _stop_producer(producer: _Producer) -> None:
+    """Stop the pose-ahead thread and wait for it: no thread of ours may still run when render_clips returns.
+
+    Why (issue 24): a stopped run used to return with this daemon thread still posing the next clip. When the
+    command then exited, the interpreter finalised while the thread was inside a torch kernel (which runs with
+    the GIL released behind a C++ guard); CPython ends such a thread with ``pthread_exit`` when it tries to take
+    the GIL back, the forced unwind reaches the guard's ``noexcept`` destructor, and the C++ runtime calls
+    ``std::terminate``: "terminate called without an active exception", SIGABRT (exit -6) instead of the report's
+    exit 1. Joining bounds the wait to what the thread is doing now (one clip's posing at most): every put and
+    every clip checks ``producer.stop``, and emptying the queue releases a put that waits for room."""
+    producer.stop.set()
+    while producer.is_alive():
+        try:
+            producer.q.get(timeout=0.05)
+        except queue.Empty:
+            pass
+    producer.join()

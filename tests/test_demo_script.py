@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -66,12 +65,13 @@ def test_demo_script_runs_every_stage_then_skips_them(tmp_path: Path) -> None:
     assert [t.split()[0] for t in times if t] == list(STAGES)
     assert all(t.split()[1].endswith("s") and t.split()[1] != "skipped" for t in times if t)
 
-    t0 = time.monotonic()
     second = _run_demo(out)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert time.monotonic() - t0 < 60
     for stage in STAGES:
         assert f"== {stage}: already complete" in second.stdout
+    # nothing ran again: told by the work (every stage skipped), not by a wall clock (issue 24: a loaded machine)
+    times = [t.split() for t in (out / "stage-times.txt").read_text().split("\n") if t]
+    assert times == [[stage, "skipped"] for stage in STAGES], times
     assert "| dissimilar subset |" in second.stdout
     assert "== motion query " in second.stdout  # the saved queries are printed again
     assert all(t.split()[1] == "skipped" for t in (out / "stage-times.txt").read_text().split("\n") if t)

@@ -15,6 +15,8 @@ torch = pytest.importorskip("torch")
 from core.errors import BadInputError  # noqa: E402
 
 N_TEST = 12
+#: docs/design.md "Determinism": float encodings of other batch compositions / hosts agree to this, not bit for bit
+LATENT_RTOL, LATENT_ATOL = 1e-5, 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def test_index_scores_are_the_models_own_encodings(tiny):
     for key, feats, caps in _raw_samples(tiny["shards"]):
         i = index.pos[key]
         own = r.encode_motion(feats)
-        np.testing.assert_allclose(index.motion[i], own[0], atol=2e-5)
+        np.testing.assert_allclose(index.motion[i], own[0], rtol=LATENT_RTOL, atol=LATENT_ATOL)  # batch 5 vs 1
         assert index.entries[i].captions == caps
         # a motion query of an indexed motion finds itself first, with cosine 1
         top = index.search(own, k=3)
@@ -66,7 +68,8 @@ def test_index_scores_are_the_models_own_encodings(tiny):
         # text query: the index's scores are exactly text latent . motion latents
         t = r.encode_text([caps[0]])
         hits = index.search(t, k=N_TEST)
-        np.testing.assert_allclose([s for _, s in hits], np.sort(index.motion @ t[0])[::-1], atol=1e-5)
+        np.testing.assert_allclose([s for _, s in hits], np.sort(index.motion @ t[0])[::-1], rtol=LATENT_RTOL,
+                                   atol=LATENT_ATOL)
     assert np.allclose(np.linalg.norm(index.motion, axis=1), 1, atol=1e-5)
     assert index.has_video.all() and np.allclose(np.linalg.norm(index.video, axis=1), 1, atol=1e-5)
 
@@ -93,15 +96,26 @@ def _rest() -> np.ndarray:
 
 
 def test_incremental_build_reuses_and_same_latents(tiny, tmp_path):
+    """Reused latents are the stored ones, bit for bit; latents encoded in other batches (the fixture's index was
+    built 5 clips per batch, this one 32) agree within docs/design.md's tolerance for float encodings, not bit
+    for bit: the kernels' summation order depends on the batch's shape and on the CPU (issue 24)."""
     from search.index import Index, build_index
 
     r = tiny["r"]
     out = tmp_path / "idx"
-    _, rep1 = build_index(r, out, shards=tiny["shards"], splits=["test"], progress=False, previews=False)
+    first, rep1 = build_index(r, out, shards=tiny["shards"], splits=["test"], progress=False, previews=False)
     _, rep2 = build_index(r, out, shards=tiny["shards"], splits=["test"], progress=False, previews=False)
     assert (rep1.done, rep2.done, rep2.reused) == (N_TEST, 0, N_TEST)
     again = Index.load(out, r.sha256)
-    np.testing.assert_array_equal(again.motion, tiny["index"].motion)
+    assert [e.keyid for e in again.entries] == [e.keyid for e in first.entries]
+    for name in ("motion", "video", "text"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(first, name), err_msg=name)
+    other = tiny["index"]
+    assert [e.keyid for e in other.entries] == [e.keyid for e in again.entries]
+    np.testing.assert_array_equal(again.text_owner, other.text_owner)
+    for name in ("motion", "video", "text"):
+        np.testing.assert_allclose(getattr(again, name), getattr(other, name), rtol=LATENT_RTOL, atol=LATENT_ATOL,
+                                   err_msg=name)
     with np.load(out / "index.npz", allow_pickle=False) as z:  # no object arrays: readable without pickle
         assert z["keyid"].dtype.kind == "U"
 

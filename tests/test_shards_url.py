@@ -126,7 +126,7 @@ def test_fetch_limits_and_failures():
     t0 = time.monotonic()
     with pytest.raises(FetchError, match="did not finish within 0.5 s"):
         fetch_bytes("pipe:sleep 30", timeout=0.5)
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 15  # the timeout ended it, not the command (30 s); generous for a loaded machine
     with pytest.raises(CommandFailed, match=r"pipe:echo oops >&2; exit 3: the command exited with status 3 \(oops\)"):
         fetch_bytes("pipe:echo oops >&2; exit 3")
 
@@ -261,10 +261,10 @@ def test_stalled_tar_read_times_out(stalling_site, tmp_path, capsys, monkeypatch
         assert len(fh.read(1000)) == 1000
         with pytest.raises(FetchError, match=f"{urls[0]}: no data for 1 s|{urls[0]}: curl exited with status 28"):
             fh.read()
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 15  # the server stalls until the test ends: only the 1 s timeout ends a read
     with pytest.raises(FetchError, match=urls[0]):
         sha256_remote(urls[0])
-    assert time.monotonic() - t0 < 9
+    assert time.monotonic() - t0 < 30
     t0 = time.monotonic()
     assert _run(["--shards", stalling_site, "--out", tmp_path / "run", "--epochs", 1, *BASE]) == 2
     assert time.monotonic() - t0 < 20
@@ -287,12 +287,13 @@ def test_pipe_stream_close_kills_the_command(monkeypatch):
     assert _sleeping("31.4159")
     t0 = time.monotonic()
     fh.close()
-    assert time.monotonic() - t0 < 0.5
+    # bounds far below the command's 31 s (what waiting for it would take), far above a loaded machine's delays
+    assert time.monotonic() - t0 < 10
     assert not _sleeping("31.4159")
     t0 = time.monotonic()
     with open_shard(cmd) as fh, pytest.raises(FetchError, match="no data for 1 s"):
         fh.read()
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < 15
     assert not _sleeping("31.4159")
     with open_shard("pipe:printf abc; echo broken >&2; exit 4") as fh, \
             pytest.raises(CommandFailed, match=r"exit 4: the command exited with status 4 \(broken\)"):
@@ -353,7 +354,7 @@ def test_dribbling_server_cannot_stretch_a_fetch(part):
         t0 = time.monotonic()
         with pytest.raises(FetchError, match=f"{base}/s/train.json: .*within 1 s"):
             fetch_bytes(f"{base}/s/train.json", timeout=1)
-        assert time.monotonic() - t0 < 2.5
+        assert time.monotonic() - t0 < 10  # dribbling the whole answer takes ~30 s
 
 
 def test_run_json_hashes_the_manifest_bytes_training_parsed(shards, tmp_path, caplog):

@@ -190,7 +190,7 @@ def test_sbatch_wait_timeout_cancels_the_job(cluster):
                      "hang-*.out", timeout=3)
     assert cluster.run(["squeue", "-h", "-o", "%A"], timeout=10, check=True).stdout.split() == []
     _sbatch_wait(cluster, [*SMALL_JOB, f"--output={cluster.root}/log/next-%j.out", "--wrap", "echo next ran"], env,
-                 "next-*.out", timeout=60)
+                 "next-*.out", timeout=180)
 
 
 def _running_with(text: str) -> list[str]:
@@ -260,7 +260,7 @@ def test_run_group_kills_the_whole_group_on_timeout():
         sc.run_group(["bash", "-c", f"echo started; sleep {marker} & sleep {marker}; echo never"], timeout=1)
     assert time.monotonic() - start < 10
     assert b"started" in info.value.stdout and b"never" not in info.value.stdout
-    deadline = time.monotonic() + 5  # SIGKILL is delivered at once; allow for the kernel to reap
+    deadline = time.monotonic() + 30  # SIGKILL is delivered at once; allow a loaded machine to reap (a poll)
     while _running_with(f"sleep {marker}") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _running_with(f"sleep {marker}")

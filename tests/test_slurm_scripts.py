@@ -32,7 +32,7 @@ def _run(tmp_path: Path, script: str, **env) -> tuple[int, list[str]]:
     bin_dir = tmp_path / "bin" if (tmp_path / "bin").is_dir() else _fake_bin(tmp_path)
     full = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", CALLS=str(calls), **env)
     proc = subprocess.run(["bash", str(SLURM / script)], cwd=REPO, env=full, capture_output=True, text=True,
-                          timeout=60)
+                          timeout=180)
     return proc.returncode, calls.read_text().splitlines() if calls.exists() else []
 
 
@@ -64,5 +64,5 @@ def test_shard_array_and_merge(tmp_path):
 def test_scripts_refuse_missing_settings(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("SHARDS", "OUT")}
     proc = subprocess.run(["bash", str(SLURM / "train.sbatch")], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=60)
+                          timeout=180)
     assert proc.returncode != 0 and "SHARDS" in proc.stderr
