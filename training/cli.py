@@ -208,7 +208,9 @@ def _load_config(source, overrides: dict[str, Any]) -> RunConfig:
         return load_run_config(source, **overrides)
     except FileNotFoundError as exc:
         raise SetupError(str(exc)) from exc
-    except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
+    except BadInputError as exc:  # not JSON, too big, nested too deep: names the file
+        raise SetupError(str(exc)) from exc
+    except (ValueError, TypeError) as exc:
         raise SetupError(f"{source} (with the flags' overrides): {' '.join(str(exc).split())}") from exc
 
 

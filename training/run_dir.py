@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 import platform
@@ -29,6 +28,7 @@ from typing import Any, Iterable
 
 from core.atomic import write_json, write_text
 from core.hashing import sha256_file
+from core.jsonconfig import read_json_file
 
 log = logging.getLogger(__name__)
 
@@ -202,5 +202,6 @@ class MetricsTable:
 
 
 def load_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    """The JSON value of a run-directory file (``run.json``, ``config.json``): size and nesting capped
+    (:func:`core.jsonconfig.read_json_file`); :class:`BadInputError` naming the file when it is not JSON."""
+    return read_json_file(path)
