@@ -388,3 +388,114 @@ def test_damaged_last_weights_exit_2(saved_run, shards, tmp_path, capsys):
     assert _run(["--shards", shards, "--out", run, "--resume", *BASE]) == 2
     line = _one_error_line(capsys)
     assert str(weights) in line and "start a new --out" in line
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5. issue 24: no code from a downloaded run directory, bounded JSON, a killed run's temp files, a full disk in
+#    the real writers
+
+
+def test_downloaded_run_cannot_switch_pickle_loading_on(saved_run, shards, tmp_path, capsys, caplog):
+    # the attack: a run directory's config.json sets trust_weights_pickle and points video_weights at a pickle;
+    # train.py --resume on it must not unpickle it (no option read from a file enables code loading)
+    run = _copy_run(saved_run, tmp_path)
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "clip.pt"
+    torch.save({"visual.conv1.weight": torch.zeros(4, 3, 16, 16), "hook": _Evil(marker)}, evil)
+    conf = json.loads((run / "config.json").read_text())
+    conf["model"].update(trust_weights_pickle=True, random_init=False, video_weights=str(evil))
+    (run / "config.json").write_text(json.dumps(conf))
+    assert _run(["--shards", shards, "--out", run, "--resume", *BASE]) == 2
+    line = _one_error_line(capsys)
+    assert str(evil) in line and "weights-only" in line and ".safetensors" in line, line
+    assert not marker.exists()
+    assert "trust_weights_pickle=True is ignored" in caplog.text
+
+
+def test_trust_option_cannot_be_set_on_the_command_line(tmp_path, capsys):
+    assert _run(["--shards", tmp_path, "--out", tmp_path / "r", *BASE, "--set", "trust_weights_pickle=true"]) == 2
+    assert "unknown config field(s) ['trust_weights_pickle']" in _one_error_line(capsys)
+
+
+def test_deeply_nested_run_json_files(saved_run, shards, tmp_path, capsys, caplog):
+    nested = "[" * 100000 + "]" * 100000
+    # config.json: the run cannot be resumed from it, one line naming it
+    run = _copy_run(saved_run, tmp_path)
+    (run / "config.json").write_text('{"model": ' + nested + "}")
+    assert _run(["--shards", shards, "--out", run, "--resume", *BASE]) == 2
+    line = _one_error_line(capsys)
+    assert str(run / "config.json") in line and "nested deeper" in line, line
+    # run.json (provenance only): a warning, a new session list, training goes on
+    run2 = tmp_path / "run2"
+    shutil.copytree(saved_run, run2)
+    (run2 / "run.json").write_text(nested)
+    assert _run(["--shards", shards, "--out", run2, "--resume", "--max-steps", 2, *BASE]) == 0
+    assert "run.json unreadable" in caplog.text
+    assert len(json.loads((run2 / "run.json").read_text())["sessions"]) == 1
+
+
+def test_resume_removes_a_killed_runs_temp_files_and_nothing_else(saved_run, shards, tmp_path):
+    run = _copy_run(saved_run, tmp_path)
+    ck = run / "checkpoints"
+    # what atomic_path leaves when the process is killed mid-write: .{final}.{random}.tmp{ext}
+    stale = [ck / ".last.safetensors.k1ll3d.tmp.safetensors", ck / ".last.state.pt.ab_12x.tmp.pt",
+             ck / ".epoch-0001.safetensors.q9q9q9.tmp.safetensors", run / ".metrics.csv.zz00zz.tmp.csv"]
+    kept = [ck / ".notes.abc.tmp", ck / "mine.txt", run / ".last.safetensors.abc.tmp.safetensors",
+            run / "tb" / ".run.json.abc.tmp.json", ck / ".other.bin.abc.tmp.bin"]
+    for p in stale + kept:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"partial")
+    link = ck / ".best.safetensors.lnk000.tmp.safetensors"
+    link.symlink_to(run / "keep-me")
+    (run / "keep-me").write_text("x")
+    assert _run(["--shards", shards, "--out", run, "--resume", "--max-steps", 2, *BASE]) == 0
+    assert [p for p in stale if p.exists()] == []
+    assert all(p.exists() for p in kept) and link.is_symlink() and (run / "keep-me").exists()
+    assert not [p for p in ck.glob(".*.tmp*") if p not in kept and p != link]
+
+
+def test_disk_full_in_the_real_writers_exits_2_with_one_line(shards, tmp_path, capsys, monkeypatch):
+    """The writers themselves on a full disk: torch.save writing last.state.pt into /dev/full (the OS answers
+    ENOSPC to every write; torch reports it as a RuntimeError "unexpected pos ...", as it does on a full tmpfs),
+    and safetensors' save_file failing as it does on a full file system (its SafetensorError, measured on a
+    64 KiB tmpfs: "Error while serializing: I/O error: No space left on device (os error 28)")."""
+    import builtins
+
+    import training.loop
+
+    import stat
+
+    if not (os.path.exists("/dev/full") and stat.S_ISCHR(os.stat("/dev/full").st_mode)):
+        pytest.skip("no /dev/full device on this system")
+
+    def open_full(path, mode="r", *a, **kw):  # the state's temporary file is a device that is always full
+        if ".last.state.pt." in str(path) and "w" in mode:
+            return builtins.open("/dev/full", mode, *a, **kw)
+        return builtins.open(path, mode, *a, **kw)
+
+    real_save = torch.save
+
+    def save_to_full(obj, f, *a, **kw):  # the code at the branch point passed a path to torch.save
+        return real_save(obj, "/dev/full" if isinstance(f, (str, os.PathLike)) else f, *a, **kw)
+
+    monkeypatch.setattr(training.loop, "open", open_full, raising=False)
+    monkeypatch.setattr(torch, "save", save_to_full)
+    out = tmp_path / "run"
+    assert _run(["--shards", shards, "--out", out, "--max-steps", 1, *BASE]) == 2
+    line = _one_error_line(capsys)
+    assert str(out / "checkpoints" / "last.state.pt") in line and "no space left on device" in line, line
+    assert not list((out / "checkpoints").iterdir()), "partial files left behind"
+    monkeypatch.undo()
+
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full_disk(*a, **kw):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    out2 = tmp_path / "run2"
+    assert _run(["--shards", shards, "--out", out2, "--max-steps", 1, *BASE]) == 2
+    line = _one_error_line(capsys)
+    assert str(out2 / "checkpoints" / "last.safetensors") in line and "no space left on device" in line, line
+    assert not list((out2 / "checkpoints").iterdir()), "partial files left behind"

@@ -51,7 +51,7 @@ from training.loop import (
     retrieval_scores, save_training_state, seed_everything, set_rng_state,
 )
 from training.config import RunConfig, TrainConfig, load_run_config
-from training.run_dir import MetricsTable, RunDir, write_run_info
+from training.run_dir import MetricsTable, RunDir, remove_stale_temp_files, write_run_info
 from training.preemption import EXIT_PREEMPTED, StopRequest, resolve_resume
 from training.schedule import paper_scheduler
 
@@ -448,6 +448,7 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
     if dinfo.is_main:
         with _writing(run.root, run):
             run.create()
+            remove_stale_temp_files(run)  # what a killed run left half-written (never counted, never read)
         with _writing(run.config, run):
             write_json(run.config, {**run_cfg.to_dict(), "trainer": trainer})
         with _writing(run.info, run):

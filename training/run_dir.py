@@ -19,6 +19,7 @@ import io
 import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from core.atomic import write_json, write_text
+from core.atomic import temp_target, write_json, write_text
 from core.hashing import sha256_file
 from core.jsonconfig import read_json_file
 
@@ -56,6 +57,34 @@ class RunDir:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.tb.mkdir(parents=True, exist_ok=True)
         return self
+
+
+#: the files of a run directory that are written atomically (core.atomic): a killed run may leave a temporary file
+#: of one of these (``.{name}.{random}.tmp{ext}``), which :func:`remove_stale_temp_files` removes
+_RUN_FILE_RE = re.compile(r"^(config\.json|run\.json|metrics\.csv)$")
+_CKPT_FILE_RE = re.compile(r"^(last\.safetensors|last\.state\.pt|best\.safetensors|epoch-\d+\.safetensors)$")
+
+
+def remove_stale_temp_files(run: RunDir) -> list[Path]:
+    """Remove the temporary files a killed run left in ``run`` (docs/design.md, "Atomic writes"): only regular
+    files (not links) in RUN/ and RUN/checkpoints/ whose name is :func:`core.atomic.temp_target`'s rule for one of
+    the run's own files; nothing else is touched. Returns what was removed. Call it only when no other process
+    writes to the run (train.py's rank 0 before it writes anything)."""
+    removed = []
+    for folder, rule in ((run.root, _RUN_FILE_RE), (run.ckpt_dir, _CKPT_FILE_RE)):
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.iterdir()):
+            final = temp_target(p.name)
+            if final is None or not rule.match(final) or p.is_symlink() or not p.is_file():
+                continue
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(p)
+            log.info("removed %s, a temporary file of %s left by a killed run", p, final)
+    return removed
 
 
 def git_commit(repo: str | os.PathLike) -> dict[str, Any]:
