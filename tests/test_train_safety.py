@@ -103,7 +103,7 @@ def test_wrong_width_motion_everywhere_exits_1_with_counts(shards, tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: epoch 0: no usable training sample"), last
+    assert last.startswith("train.py: error: epoch 0: no usable training sample"), last
     counts = _counts_in(last)
     assert sum(counts.values()) >= 8, last  # at least one whole shard's samples, by reason
     assert "Traceback" not in proc.stderr
@@ -246,7 +246,7 @@ def test_manifest_naming_a_file_outside_is_refused(shards, tmp_path, capsys):
 
 
 def _one_error_line(capsys) -> str:
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train.py: error:")]
     assert len(err) == 1, err
     return err[0]
 
@@ -276,7 +276,7 @@ def test_disk_full_while_checkpointing(shards, tmp_path, capsys, monkeypatch):
     assert not list((out / "checkpoints").glob(".*")), "temp files left behind"
     monkeypatch.setattr(model, "save_checkpoint", real)
     assert _run(["--shards", shards, "--out", out, "--resume", *BASE]) == 2
-    assert _one_error_line(capsys) == (f"error: --resume: no checkpoint to resume in {out / 'checkpoints'}; "
+    assert _one_error_line(capsys) == (f"train.py: error: --resume: no checkpoint to resume in {out / 'checkpoints'}; "
                                        "start fresh without --resume")
     # a later checkpoint fails: the previous weights + state pair stays and resumes
     out2 = tmp_path / "run2"
@@ -348,7 +348,7 @@ def test_malformed_state_fields_are_named(tmp_path, field, value):
 def test_resume_without_state(shards, tmp_path, capsys):
     empty = tmp_path / "empty"
     assert _run(["--shards", shards, "--out", empty, "--resume", *BASE]) == 2
-    assert _one_error_line(capsys) == (f"error: --resume: no checkpoint to resume in {empty / 'checkpoints'}; "
+    assert _one_error_line(capsys) == (f"train.py: error: --resume: no checkpoint to resume in {empty / 'checkpoints'}; "
                                        "start fresh without --resume")
 
 
@@ -358,7 +358,7 @@ def test_usage_errors_exit_2_from_the_command_line(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--shards", str(tmp_path), "--set", "oops"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: --set expects FIELD=VALUE, got 'oops'"
+    assert proc.stderr.strip() == "train.py: error: --set expects FIELD=VALUE, got 'oops'"
 
 
 def test_missing_pretrained_weights_exit_2(tmp_path, capsys, monkeypatch):

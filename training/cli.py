@@ -732,9 +732,13 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
 # small helpers
 
 
+#: the program name of train.py's error lines (``train.py: error: MESSAGE``, docs/design.md, "Errors")
+PROG = "train.py"
+
+
 def _fail(message: object, code: int) -> int:
-    """Print ``error: message`` as one line on stderr; return the exit status ``code``."""
-    return print_error(None, message, code)
+    """Print ``train.py: error: message`` as one line on stderr; return the exit status ``code``."""
+    return print_error(PROG, message, code)
 
 
 def _os_error_text(exc: OSError) -> str:
