@@ -3,7 +3,8 @@
 Readers: ``model.load_checkpoint`` / ``read_checkpoint_metadata`` (LAVIMO safetensors checkpoints), the pretrained
 CLIP weights loader (``model.weights._load_any``: safetensors or a weights-only torch zip), ``load_training_state``
 (``last.state.pt``, a weights-only torch zip), a run's ``config.json`` (``train.py``'s config loading) and
-``run.json`` (``training.run_dir.load_json``).
+``run.json`` (``training.run_dir.load_json``), ``metrics.csv`` (``training.run_dir.MetricsTable``, read back on
+resume).
 
 Mutated files are generated with hypothesis (derandomized, so CI sees the same files every run) and all of one
 test's files are read in ONE child process (:func:`tests.fixtures.untrusted.run_python`: address-space cap, its
@@ -53,7 +54,7 @@ from model import load_checkpoint
 from model.weights import _load_any
 from training.cli import SetupError, _load_config
 from training.loop import load_training_state
-from training.run_dir import load_json
+from training.run_dir import MetricsTable, load_json
 
 READERS = {
     "ckpt": lambda p: load_checkpoint(p),
@@ -61,6 +62,7 @@ READERS = {
     "state": lambda p: load_training_state(p, complete=True),
     "config": lambda p: _load_config(p, {}),
     "runjson": lambda p: load_json(p),
+    "metrics": lambda p: MetricsTable(p).truncate_after(1),
 }
 for kind, path in json.loads(sys.argv[1]):
     t0 = time.monotonic()
@@ -141,7 +143,8 @@ def originals(tmp_path_factory) -> dict[str, Path]:
     cfg = load_run_config("tiny")
     (root / "config.json").write_text(json.dumps({**cfg.to_dict(), "trainer": {"world_size": 1}}, indent=2))
     (root / "run.json").write_text(json.dumps({"sessions": [{"command": ["train.py"]}], "shards": {}}, indent=2))
-    return {"ckpt": root / "ckpt.safetensors", "clip_st": root / "clip.safetensors", "clip_pt": root / "clip.pt",
+    (root / "metrics.csv").write_text("epoch,step,lr,val_score,best\n0,1,0.001,12.5,1\n0,2,0.001,11.0,0\n")
+    return {"metrics": root / "metrics.csv", "ckpt": root / "ckpt.safetensors", "clip_st": root / "clip.safetensors", "clip_pt": root / "clip.pt",
             "state": root / "last.state.pt", "config": root / "config.json", "runjson": root / "run.json"}
 
 
@@ -272,13 +275,27 @@ def _json_mutation(data: bytes, kind: str, a: int, b: int) -> bytes:
     return _bytes_mutation(data, kind if kind in BLIND_KINDS else "flip", a, b)
 
 
+def _csv_mutation(data: bytes, kind: str, a: int, b: int) -> bytes:
+    """metrics.csv mutations: a field longer than csv's limit, a step that is not a number, no step column, or a
+    blind byte mutation."""
+    if kind == "longfield":
+        return data + b"0," + b"9" * (200_000 + a % 1000) + b",x,1,0\n"
+    if kind == "step":
+        return data + ["0,abc,1,1,0\n", "0,,1,1,0\n", "0\n", "0,1e999999,1,1,0\n"][b % 4].encode()
+    if kind == "header":
+        return data.replace(b"step", b"stp", 1)
+    return _bytes_mutation(data, kind, a, b)
+
+
 @FUZZ
 @given(muts=_mutations(["nest", "types", "trust", *BLIND_KINDS], 28),
-       run_muts=_mutations(["nest", "types", *BLIND_KINDS], 12))
-def test_fuzz_run_directory_json(originals, tmp_path_factory, muts, run_muts):
+       run_muts=_mutations(["nest", "types", *BLIND_KINDS], 12),
+       csv_muts=_mutations(["longfield", "step", "header", *BLIND_KINDS], 14))
+def test_fuzz_run_directory_files(originals, tmp_path_factory, muts, run_muts, csv_muts):
     tmp = tmp_path_factory.mktemp("fuzz-json")
     files = _write_all(tmp, originals["config"], muts, _json_mutation, "config")
     files += _write_all(tmp, originals["runjson"], run_muts, _json_mutation, "runjson")
+    files += _write_all(tmp, originals["metrics"], csv_muts, _csv_mutation, "metrics")
     _run_child(files)
 
 

@@ -499,3 +499,12 @@ def test_disk_full_in_the_real_writers_exits_2_with_one_line(shards, tmp_path, c
     line = _one_error_line(capsys)
     assert str(out2 / "checkpoints" / "last.safetensors") in line and "no space left on device" in line, line
     assert not list((out2 / "checkpoints").iterdir()), "partial files left behind"
+
+
+def test_damaged_metrics_table_exits_2_naming_it(saved_run, shards, tmp_path, capsys):
+    run = _copy_run(saved_run, tmp_path)
+    for text in ("epoch,step\n0,abc\n", "epoch,step\n0," + "9" * 200_000 + "\n"):
+        (run / "metrics.csv").write_text(text)
+        assert _run(["--shards", shards, "--out", run, "--resume", *BASE]) == 2
+        line = _one_error_line(capsys)
+        assert str(run / "metrics.csv") in line and "move it out of the run directory" in line, line

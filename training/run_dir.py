@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from core.atomic import temp_target, write_json, write_text
+from core.errors import BadInputError
 from core.hashing import sha256_file
 from core.jsonconfig import read_json_file
 
@@ -189,6 +190,11 @@ def write_run_info(run: RunDir, *, shards: str | os.PathLike, manifests: dict[st
     return info
 
 
+#: the largest metrics.csv read back on --resume (one row per validation: a few hundred bytes each)
+MAX_METRICS_BYTES = 256 * 2**20
+_MOVE_AWAY = "move it out of the run directory to resume (it is the validation log; a new one is started)"
+
+
 class MetricsTable:
     """``metrics.csv``: one row per validation, rewritten atomically on each append.
 
@@ -200,14 +206,32 @@ class MetricsTable:
         self.rows: list[dict[str, Any]] = []
         self.fields: list[str] = []
         if self.path.is_file():
-            with open(self.path, newline="", encoding="utf-8") as fh:
-                reader = csv.DictReader(fh)
-                self.fields = list(reader.fieldnames or [])
-                self.rows = list(reader)
+            size = self.path.stat().st_size
+            if size > MAX_METRICS_BYTES:
+                raise BadInputError(self.path, None, f"{size} bytes, more than the {MAX_METRICS_BYTES} accepted for "
+                                                     f"a metrics table; {_MOVE_AWAY}")
+            try:
+                with open(self.path, newline="", encoding="utf-8") as fh:
+                    reader = csv.DictReader(fh)
+                    self.fields = list(reader.fieldnames or [])
+                    self.rows = list(reader)
+            except (csv.Error, UnicodeDecodeError, ValueError) as exc:  # a field over csv's limit, bad bytes
+                raise BadInputError(self.path, None, f"unreadable metrics table ({' '.join(str(exc).split())[:120]});"
+                                                     f" {_MOVE_AWAY}") from exc
+            if self.rows and "step" not in self.fields:
+                raise BadInputError(self.path, "step", f"no step column; {_MOVE_AWAY}")
 
     def truncate_after(self, step: int) -> None:
         """Drop rows logged after global step ``step`` (used on --resume: they will be recomputed)."""
-        keep = [r for r in self.rows if int(float(r["step"])) <= step]
+        keep = []
+        for i, r in enumerate(self.rows):
+            try:
+                row_step = float(r.get("step"))  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise BadInputError(self.path, "step", f"row {i + 1}: {str(r.get('step'))[:40]!r} is not a step; "
+                                                       f"{_MOVE_AWAY}") from None
+            if row_step <= step:  # NaN and inf rows are dropped
+                keep.append(r)
         if len(keep) != len(self.rows):
             log.info("metrics.csv: dropping %d row(s) after step %d", len(self.rows) - len(keep), step)
             self.rows = keep
