@@ -256,6 +256,29 @@ def _check_fits_file(skeleton: nn.Module, header: Any, path: Path) -> None:
                             "refused before allocating them")
 
 
+def _check_fits(cfg: LavimoConfig, info: dict[str, Any], assets_dir: Path, path: Path) -> None:
+    """Build ``cfg``'s model on the ``meta`` device (no memory) and refuse it unless the checkpoint's tensors
+    (``info["header"]``) can fill it (:func:`_check_fits_file`)."""
+    try:
+        with torch.device("meta"), _quiet("model"):  # shapes only, no memory; checked before allocating
+            skeleton = build_model(cfg, pretrained=False, text_assets_dir=assets_dir)
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, OSError) as exc:
+        raise BadInputError(path, f"{META_CONFIG}/{META_TEXT}", f"cannot build the model it describes: "
+                            f"{' '.join(str(exc).split())[:300]}") from exc
+    _check_fits_file(skeleton, info["header"], path)
+
+
+def check_checkpoint_fits(path: str | os.PathLike) -> dict[str, Any]:
+    """:func:`read_checkpoint_metadata`, then the model its config describes is built on the ``meta`` device and
+    compared with the file's tensors (no memory is allocated for it); returns the metadata. ``train.py --resume``
+    calls it before building the run's model, so a run directory whose config describes a huge model is refused
+    before it is allocated. :class:`BadInputError` naming the file."""
+    info = read_checkpoint_metadata(path)
+    with tempfile.TemporaryDirectory(prefix="lavimo-ckpt-") as tmp:
+        _check_fits(info["config"], info, write_text_assets(info["text_assets"], tmp), Path(path))
+    return info
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", **overrides: Any) -> LavimoModel:
     """Rebuild the model saved by :func:`save_checkpoint` and load its weights; returned in eval mode.
 
@@ -271,14 +294,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         cfg = cfg.replace(**overrides)
     with tempfile.TemporaryDirectory(prefix="lavimo-ckpt-") as tmp:
         assets_dir = write_text_assets(info["text_assets"], tmp)
+        _check_fits(cfg, info, assets_dir, Path(path))
         try:
-            with torch.device("meta"), _quiet("model"):  # shapes only, no memory; checked before allocating
-                skeleton = build_model(cfg, pretrained=False, text_assets_dir=assets_dir)
-            _check_fits_file(skeleton, info["header"], Path(path))
-            del skeleton
             model = build_model(cfg, pretrained=False, text_assets_dir=assets_dir)
-        except BadInputError:
-            raise
         except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, OSError) as exc:
             raise BadInputError(path, f"{META_CONFIG}/{META_TEXT}", f"cannot build the model it describes: "
                                 f"{' '.join(str(exc).split())[:300]}") from exc

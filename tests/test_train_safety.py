@@ -405,11 +405,44 @@ def test_downloaded_run_cannot_switch_pickle_loading_on(saved_run, shards, tmp_p
     conf = json.loads((run / "config.json").read_text())
     conf["model"].update(trust_weights_pickle=True, random_init=False, video_weights=str(evil))
     (run / "config.json").write_text(json.dumps(conf))
+    # the attacker controls the whole directory: last.safetensors' saved config says the same
+    _set_checkpoint_config(run / "checkpoints" / "last.safetensors", conf["model"])
     assert _run(["--shards", shards, "--out", run, "--resume", *BASE]) == 2
     line = _one_error_line(capsys)
     assert str(evil) in line and "weights-only" in line and ".safetensors" in line, line
     assert not marker.exists()
     assert "trust_weights_pickle=True is ignored" in caplog.text
+
+
+def _set_checkpoint_config(path: Path, model_config: dict) -> None:
+    """Rewrite the ``lavimo_config`` in safetensors file ``path``'s header (the tensors are kept)."""
+    import struct
+
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    header["__metadata__"]["lavimo_config"] = json.dumps(model_config)
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+
+
+@pytest.mark.parametrize("where", ["config.json", "both"])
+def test_resume_of_a_crafted_huge_model_is_refused_before_allocating(saved_run, shards, tmp_path, where):
+    # a run directory whose config.json (and, in "both", last.safetensors' saved config too) describes a model of
+    # billions of weights: refused before train.py allocates it (before: 13 GiB and more)
+    from tests.fixtures.untrusted import assert_clean_refusal, run_measured
+
+    run = _copy_run(saved_run, tmp_path)
+    conf = json.loads((run / "config.json").read_text())
+    conf["model"].update(latent_dim=16384, ff_dim=65536, num_heads=2)
+    (run / "config.json").write_text(json.dumps(conf))
+    last = run / "checkpoints" / "last.safetensors"
+    if where == "both":
+        _set_checkpoint_config(last, conf["model"])
+    m = run_measured([sys.executable, str(REPO / "train.py"), "--shards", str(shards), "--out", str(run),
+                      "--resume", *map(str, BASE)], cwd=REPO, timeout=120)
+    assert_clean_refusal(m, last, codes=(2,), max_rss_mib=1600)
+    assert ("refused before allocating" if where == "both" else "is not the one") in m.stderr, m.stderr
 
 
 def test_trust_option_cannot_be_set_on_the_command_line(tmp_path, capsys):

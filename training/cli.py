@@ -460,6 +460,8 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
              device, precision)
 
     # model, optimiser, schedule -----------------------------------------------------------------------------
+    if args.resume:  # before the run's model is built: the checkpoint must hold that model (bounded memory)
+        _check_resume_checkpoint(run, cfg)
     seed_everything(tc.seed)  # identical initial weights on every rank
     model = build_model(cfg).to(device)
     optimizer = make_optimizer(model, tc)
@@ -792,6 +794,25 @@ def _next_batch(batches, index: int, steps: int, epoch: int, rank: int) -> dict:
     except StopIteration:
         raise TrainingStalled(f"the loader gave only {index} of {steps} batches in epoch {epoch} on rank "
                               f"{rank}") from None
+
+
+def _check_resume_checkpoint(run: RunDir, cfg) -> None:
+    """Refuse to resume unless RUN/checkpoints/last.safetensors passes ``model.checkpoint.check_checkpoint_fits``
+    and its config is the model of RUN/config.json: the model train.py builds is then the one the file holds, so
+    a run directory cannot make it allocate more than its own weights (a crafted config.json)."""
+    from model.checkpoint import check_checkpoint_fits
+
+    if not run.last.is_file():
+        raise SetupError(f"--resume: {run.last} not found (the run was interrupted before its first complete "
+                         "checkpoint); start a new --out")
+    try:
+        saved = check_checkpoint_fits(run.last)["config"]
+    except BadInputError as exc:
+        raise SetupError(f"--resume: {exc}; start a new --out") from exc
+    changes = _changes(saved.to_dict(), cfg.to_dict())
+    if changes:
+        raise SetupError(f"--resume: the model of {run.config} is not the one {run.last} holds ({changes[:300]}); "
+                         "start a new --out")
 
 
 def _load_weights(model: torch.nn.Module, path: Path, state: dict) -> None:
