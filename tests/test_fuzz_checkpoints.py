@@ -332,5 +332,6 @@ def test_crafted_checkpoint_through_evaluate_exits_2_with_one_line(originals, tm
                       str(bomb), "--shards", str(tmp_path / "no-shards"), "--device", "cpu", "--no-progress"],
                      cwd=REPO)
     assert_clean_refusal(m, bomb, codes=(2,), max_rss_mib=EVALUATE_RSS_MIB)
+    print(f"refused: exit {m.returncode}, peak RSS {m.peak_rss_mib:.0f} MiB, {m.seconds:.1f} s")
     assert "refused before allocating" in m.stderr, m.stderr
     assert len([ln for ln in m.stderr.splitlines() if "error:" in ln]) == 1, m.stderr

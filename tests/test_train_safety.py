@@ -442,6 +442,7 @@ def test_resume_of_a_crafted_huge_model_is_refused_before_allocating(saved_run, 
     m = run_measured([sys.executable, str(REPO / "train.py"), "--shards", str(shards), "--out", str(run),
                       "--resume", *map(str, BASE)], cwd=REPO, timeout=120)
     assert_clean_refusal(m, last, codes=(2,), max_rss_mib=1600)
+    print(f"refused: exit {m.returncode}, peak RSS {m.peak_rss_mib:.0f} MiB, {m.seconds:.1f} s")
     assert ("refused before allocating" if where == "both" else "is not the one") in m.stderr, m.stderr
 
 
