@@ -21,6 +21,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -56,14 +57,38 @@ def _depth_ok(value: Any, max_depth: int) -> bool:
     return True
 
 
+#: the most JSON values (structural ``,`` / ``:`` outside strings) accepted in one document: parsing builds one
+#: Python object per value (~50 bytes each), so 98 MB of ``[0,0,...]`` would cost 4.5 GB; real files hold far fewer
+#: (a tokenizer.json of a 250k-word vocabulary ~ 0.5 M)
+MAX_JSON_ITEMS = 2_000_000
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def json_items(raw: bytes) -> int:
+    """The number of ``,`` and ``:`` outside JSON strings in ``raw`` (about the number of values it holds), computed
+    in C-speed passes without building any value; below ``MAX_JSON_ITEMS / 2`` it may count those inside strings
+    too (an upper bound, without copying ``raw``)."""
+    total = raw.count(b",") + raw.count(b":")
+    if total <= MAX_JSON_ITEMS // 2:  # an upper bound already small: no need to strip the strings (no copy)
+        return total
+    stripped = _JSON_STRING.sub(b'""', raw)
+    return stripped.count(b",") + stripped.count(b":")
+
+
 def loads_bounded(text: str | bytes, source: str | os.PathLike | None, field: str | None = None, *,
-                  max_bytes: int = MAX_JSON_FILE_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """``json.loads(text)`` for text from a file we may not have written: at most ``max_bytes`` bytes (UTF-8) and
-    ``max_depth`` levels of nesting. Every failure (too big, not UTF-8, not JSON, nested too deep, including the
-    parser's own RecursionError) raises :class:`BadInputError` naming ``source`` and ``field``."""
-    size = len(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
-    if size > max_bytes:
-        raise BadInputError(source, field, f"{size} bytes of JSON, more than the {max_bytes} accepted")
+                  max_bytes: int = MAX_JSON_FILE_BYTES, max_depth: int = MAX_JSON_DEPTH,
+                  max_items: int = MAX_JSON_ITEMS) -> Any:
+    """``json.loads(text)`` for text from a file we may not have written: at most ``max_bytes`` bytes (UTF-8),
+    ``max_items`` values (:func:`json_items`, checked before parsing) and ``max_depth`` levels of nesting. Every
+    failure (too big, too many values, not UTF-8, not JSON, nested too deep, including the parser's own
+    RecursionError) raises :class:`BadInputError` naming ``source`` and ``field``."""
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+    if len(raw) > max_bytes:
+        raise BadInputError(source, field, f"{len(raw)} bytes of JSON, more than the {max_bytes} accepted")
+    items = json_items(raw)
+    if items > max_items:
+        raise BadInputError(source, field, f"about {items} JSON values, more than the {max_items} accepted")
+    del raw
     try:
         value = json.loads(text)
     except RecursionError as exc:

@@ -7,8 +7,8 @@ to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets into the tensor
 
 * ``N`` is at most :data:`MAX_HEADER_BYTES` and fits in the file (a crafted length cannot make it read or allocate
   more than the file holds);
-* the header is UTF-8 JSON nested at most :data:`core.jsonconfig.MAX_JSON_DEPTH` deep, a JSON object whose
-  ``__metadata__`` maps strings to strings;
+* the header is UTF-8 JSON of at most :data:`MAX_HEADER_ITEMS` values (counted before parsing) nested at most
+  :data:`core.jsonconfig.MAX_JSON_DEPTH` deep, a JSON object whose ``__metadata__`` maps strings to strings;
 * every tensor has a known dtype, a shape of non-negative integers and offsets inside the tensor bytes whose
   length is exactly ``prod(shape) x itemsize``; tensors do not overlap and together cover the tensor bytes.
 
@@ -27,9 +27,14 @@ from typing import Any
 from core.errors import BadInputError
 from core.jsonconfig import MAX_JSON_DEPTH, loads_bounded
 
-#: the largest header accepted (bytes), safetensors' own limit (100 MB); a LAVIMO checkpoint's header (tensor
-#: table + config + the text backbone's tokenizer files) is about 1 MB
-MAX_HEADER_BYTES = 100_000_000
+#: the largest header accepted (bytes): 32 MiB, a third of safetensors' own limit (100 MB), so that reading and
+#: checking one costs at most ~100 MB; a LAVIMO checkpoint's header (tensor table + config + the text backbone's
+#: tokenizer files) is about 1 MB, a CLIP state dict's a few KB
+MAX_HEADER_BYTES = 32 * 2**20
+
+#: the most JSON values in a header (a paper checkpoint's: ~5 k; the text assets are strings, one value each):
+#: parsing costs ~50 bytes of Python objects per value, so this bounds it at ~50 MB
+MAX_HEADER_ITEMS = 1_000_000
 
 #: bytes per element of every safetensors dtype
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
@@ -69,7 +74,8 @@ def read_header(path: str | os.PathLike, *, max_header_bytes: int = MAX_HEADER_B
         raw = fh.read(n)
     if len(raw) != n:
         raise bad("the file changed while it was read")
-    obj = loads_bounded(raw, path, FIELD, max_bytes=max_header_bytes, max_depth=MAX_JSON_DEPTH)
+    obj = loads_bounded(raw, path, FIELD, max_bytes=max_header_bytes, max_depth=MAX_JSON_DEPTH,
+                        max_items=MAX_HEADER_ITEMS)
     if not isinstance(obj, dict):
         raise bad(f"expected a JSON object, got {type(obj).__name__}")
     meta = obj.pop("__metadata__", None)
