@@ -7,7 +7,7 @@ Nothing here downloads. Where weights are looked for, in order:
   Face model directory) and ``weights/clip/ViT-B-32-kinetics400.pt`` (a CLIP checkpoint);
 * text models: an existing Hugging Face hub cache entry for the repo id (``~/.cache/huggingface/hub``);
 * CLIP: an open_clip pretrained tag (``video_weights="openai"``) is looked up in the Hugging Face hub cache and in
-  the legacy ``~/.cache/clip`` folder.
+  the legacy ``~/.cache/clip`` folder (OpenAI's TorchScript files there are refused: convert them, docs/model.md).
 
 Missing weights raise :class:`MissingWeightsError` saying what to put where, unless ``random_init`` is set.
 
