@@ -241,7 +241,8 @@ def _check_fits_file(skeleton: nn.Module, header: Any, path: Path) -> None:
         found = header.tensors.get(name)
         if found is not None and tuple(found[1]) != tuple(t.shape):
             raise BadInputError(path, "weights", f"tensor {name!r} is {list(found[1])} in the file but the saved "
-                                                 f"config describes {list(t.shape)}; refused before allocating the model")
+                                                 f"config describes {list(t.shape)}; refused before allocating the "
+                                                 "model")
     saved = {id(t): t.numel() for t in sd.values()}
     need = sum(saved.values())
     have = sum(math.prod(shape) for _, shape in header.tensors.values())

@@ -274,7 +274,8 @@ def resolve_clip_weights(cfg: LavimoConfig) -> Path | None:
     raise MissingWeightsError(
         f"CLIP weights {spec!r} for {name} not found (looked in: {', '.join(searched)}). The paper starts from "
         f"CLIP {name} fine-tuned on Kinetics-400: put that checkpoint (a state dict (.safetensors or weights-only "
-        f".pt), open_clip or a Kinetics fine-tune wrapping CLIP; TorchScript archives must be converted first) at {weights_root() / 'clip' / 'ViT-B-32-kinetics400.pt'}, or pass "
+        f".pt), open_clip or a Kinetics fine-tune wrapping CLIP; TorchScript archives must be converted first) at "
+        f"{weights_root() / 'clip' / 'ViT-B-32-kinetics400.pt'}, or pass "
         f"video_weights=<file> / video_weights=openai (if in your open_clip cache), or set random_init=true. "
         f"Nothing is downloaded.")
 
@@ -300,7 +301,8 @@ def missing_pretrained(cfg: LavimoConfig) -> list[str]:
         except MissingWeightsError:
             out.append(f"video backbone {cfg.video_backbone} weights {cfg.video_weights!r}: the paper's CLIP "
                        f"ViT-B/32 fine-tuned on Kinetics-400 (its reference [7]), or OpenAI's CLIP ViT-B/32 "
-                       f"(`ViT-B-32.pt` converted to .safetensors: TorchScript archives are refused) or an open_clip checkpoint, as a file at "
+                       f"(`ViT-B-32.pt` converted to .safetensors: TorchScript archives are refused) or an "
+                       f"open_clip checkpoint, as a file at "
                        f"{weights_root() / cfg.video_weights}; or video_weights=openai when open_clip's cache "
                        f"holds it")
     return out
@@ -327,7 +329,7 @@ def _is_torchscript(path: Path) -> bool:
 def _load_any(path: Path) -> Any:
     """The tensors (or plain containers of tensors) in a pretrained weights file; never runs code from it.
 
-    ``.safetensors`` (or a file that starts like one): :func:`model.safetensors_header.load_tensors`; a TorchScript
+    ``.safetensors``: :func:`model.safetensors_header.load_tensors` (header checked first); a TorchScript
     archive: refused; anything else: ``torch.load(weights_only=True)``. Every refusal is a :class:`BadInputError`
     naming the file and saying how to convert it."""
     from model.safetensors_header import load_tensors
