@@ -1,12 +1,23 @@
 """Self-contained safetensors checkpoints: weights + the resolved config + the text backbone's config and
 tokenizer in the file's metadata, so ``load_checkpoint`` needs neither the training code nor the original
-pretrained files."""
+pretrained files.
+
+Checkpoints are untrusted input (docs/security.md, "Checkpoints and training state"). Loading one costs at most
+about what its tensors take: the header is checked before anything is allocated
+(:func:`model.safetensors_header.read_header`: length capped and inside the file, tensor extents matching their
+shapes and the bytes present), the metadata JSON is size- and depth-capped, the text backbone's ``config.json``
+may not declare more than :data:`MAX_LAYERS` layers, and the model the config describes is first built on the
+``meta`` device (no memory) and compared with the file's tensors: a config that describes a bigger model than the
+file holds, or tensors of other shapes, is refused before the real model is allocated."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +27,7 @@ from torch import nn
 
 from core.atomic import atomic_path
 from core.errors import BadInputError
+from core.jsonconfig import loads_bounded
 
 from .config import LavimoConfig
 from .lavimo import LavimoModel, build_model
@@ -65,6 +77,16 @@ META_CONFIG = "lavimo_config"
 META_TEXT = "lavimo_text_assets"
 META_EXTRA = "lavimo_extra"
 
+#: the most bytes of one JSON metadata field: the config and extra are a few KB, the text assets (a tokenizer's
+#: vocabulary and merges) up to a few MB; the whole header is capped by safetensors_header.MAX_HEADER_BYTES (32 MiB)
+MAX_META_BYTES = {META_CONFIG: 1 * 2**20, META_EXTRA: 16 * 2**20, META_TEXT: 32 * 2**20}
+#: the most layers a checkpoint's text backbone config.json may declare (int values of keys naming layers); the
+#: paper's backbones have 6 to 12
+MAX_LAYERS = 256
+#: the most elements of the buffers a checkpoint's config makes the model compute rather than load (position
+#: tables: max_motion_len x latent_dim; the paper's are 0.1 M): 16 M elements, 64 MB of float32
+MAX_UNSAVED_ELEMENTS = 2**24
+
 
 def _unwrap(model: nn.Module) -> LavimoModel:
     """The LavimoModel inside DDP / torch.compile wrappers."""
@@ -95,9 +117,22 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, extra: dict[str, 
     path = Path(path)
     with atomic_path(path) as tmp:
         # save_model drops duplicate names of tensors that share memory and makes tensors contiguous
-        save_model(m, str(tmp), metadata=metadata, force_contiguous=True)
+        try:
+            save_model(m, str(tmp), metadata=metadata, force_contiguous=True)
+        except Exception as exc:  # noqa: BLE001 - safetensors reports I/O errors (a full disk) as SafetensorError
+            raise _as_os_error(exc, path) from exc
     log.info("saved checkpoint %s", path)
     return path
+
+
+def _as_os_error(exc: BaseException, path: Path) -> BaseException:
+    """``exc`` as an OSError naming ``path`` when it is safetensors' report of an I/O error ("... (os error 28)",
+    e.g. a full disk), so callers see the errno; ``exc`` itself otherwise."""
+    m = re.search(r"\(os error (\d+)\)", str(exc))
+    if isinstance(exc, OSError) or m is None:
+        return exc
+    code = int(m[1])
+    return OSError(code, os.strerror(code), str(path))
 
 
 # text asset files a checkpoint may carry (the text backbone's config.json and tokenizer files)
@@ -105,17 +140,26 @@ _ASSET_SUFFIXES = (".json", ".txt", ".model")
 
 
 def _json_object(meta: dict[str, str], key: str, path: Path, default: str | None = None) -> dict[str, Any]:
-    """``meta[key]`` parsed as a JSON object, else BadInputError naming ``path`` and ``key``."""
+    """``meta[key]`` parsed as a JSON object (size capped by :data:`MAX_META_BYTES`, nesting by
+    core.jsonconfig.MAX_JSON_DEPTH), else BadInputError naming ``path`` and ``key``."""
     text = meta.get(key, default)
     if not isinstance(text, str):
         raise BadInputError(path, key, "missing from the safetensors metadata")
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise BadInputError(path, key, f"not valid JSON ({' '.join(str(exc).split())[:120]})") from exc
+    value = loads_bounded(text, path, key, max_bytes=MAX_META_BYTES.get(key, 2**20))
     if not isinstance(value, dict):
         raise BadInputError(path, key, f"expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def _too_many_layers(obj: Any) -> str | None:
+    """The first ``key=value`` of a (backbone) config dict whose key names layers and whose integer value is over
+    :data:`MAX_LAYERS` (a crafted config that would build millions of modules), else None."""
+    if not isinstance(obj, dict):
+        return None
+    for k, v in obj.items():
+        if "layer" in str(k).lower() and isinstance(v, int) and not isinstance(v, bool) and v > MAX_LAYERS:
+            return f"{k}={v}"
+    return None
 
 
 def _check_text_assets(assets: dict[str, Any], path: Path) -> dict[str, str]:
@@ -131,36 +175,39 @@ def _check_text_assets(assets: dict[str, Any], path: Path) -> dict[str, str]:
             raise BadInputError(path, META_TEXT, f"{name}: expected text, got {type(text).__name__}")
         if name.endswith(".json"):
             try:
-                obj = json.loads(text)
-            except (ValueError, RecursionError) as exc:
-                raise BadInputError(path, META_TEXT, f"{name}: not valid JSON") from exc
+                obj = loads_bounded(text, path, META_TEXT, max_bytes=MAX_META_BYTES[META_TEXT])
+            except BadInputError as exc:
+                raise BadInputError(path, META_TEXT, f"{name}: {exc.message}") from exc
             if isinstance(obj, dict) and "auto_map" in obj:
                 raise BadInputError(path, META_TEXT, f"{name}: 'auto_map' (custom code) is not allowed in a "
                                                      "checkpoint")
             if name == "config.json" and not (isinstance(obj, dict) and isinstance(obj.get("model_type"), str)):
                 raise BadInputError(path, META_TEXT, "config.json: expected a JSON object with a model_type")
+            if name == "config.json" and _too_many_layers(obj):
+                raise BadInputError(path, META_TEXT, f"config.json: {_too_many_layers(obj)} layers, more than the "
+                                                     f"{MAX_LAYERS} accepted")
     if "config.json" not in assets:  # without it the text backbone would be looked up by the config's name
         raise BadInputError(path, META_TEXT, "no config.json among the text assets (save_checkpoint embeds it)")
     return assets
 
 
 def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """``{"config": LavimoConfig, "extra": dict, "text_assets": dict}`` without loading the weights.
+    """``{"config": LavimoConfig, "extra": dict, "text_assets": dict, "header": safetensors_header.Header}``
+    without loading the weights.
 
-    A checkpoint is third-party input: the safetensors header is parsed by ``safetensors`` (no pickle), the
-    metadata fields must be JSON objects of the expected shape, the config must be a valid LavimoConfig; any
-    other content raises :class:`BadInputError` naming the file and the field. ``FileNotFoundError`` when absent.
+    A checkpoint is third-party input: the safetensors header is read and checked by
+    :func:`model.safetensors_header.read_header` (no pickle; length, JSON size and nesting, tensor extents against
+    the bytes present), the metadata fields must be JSON objects of the expected shape, the config must be a valid
+    LavimoConfig; any other content raises :class:`BadInputError` naming the file and the field.
+    ``FileNotFoundError`` when absent.
     """
-    from safetensors import safe_open
+    from .safetensors_header import read_header
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except Exception as exc:  # noqa: BLE001
-        raise BadInputError(path, "safetensors", f"not a readable safetensors file ({exc})") from exc
+    header = read_header(path)
+    meta = header.metadata
     if meta.get(META_FORMAT) != FORMAT or META_CONFIG not in meta:
         raise BadInputError(path, META_FORMAT, "not a LAVIMO checkpoint (no lavimo_config in the metadata)")
     conf = _json_object(meta, META_CONFIG, path)
@@ -170,7 +217,67 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise BadInputError(path, META_CONFIG, f"bad checkpoint config: {' '.join(str(exc).split())[:300]}") from exc
     assets = _check_text_assets(_json_object(meta, META_TEXT, path), path)
     extra = _json_object(meta, META_EXTRA, path, "{}")
-    return {"config": cfg, "extra": extra, "text_assets": assets}
+    return {"config": cfg, "extra": extra, "text_assets": assets, "header": header}
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    """Logger ``name`` (and its children) at WARNING for the block: the meta-device build's "built LAVIMO: N
+    parameters" would describe a model that is never allocated."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_fits_file(skeleton: nn.Module, header: Any, path: Path) -> None:
+    """Refuse (BadInputError naming ``path``) a model, built on the ``meta`` device from the checkpoint's config,
+    that the file's tensors cannot fill: more elements than the file holds, or a tensor of another shape."""
+    sd = skeleton.state_dict()
+    for name, t in sd.items():
+        found = header.tensors.get(name)
+        if found is not None and tuple(found[1]) != tuple(t.shape):
+            raise BadInputError(path, "weights", f"tensor {name!r} is {list(found[1])} in the file but the saved "
+                                                 f"config describes {list(t.shape)}; refused before allocating the "
+                                                 "model")
+    saved = {id(t): t.numel() for t in sd.values()}
+    need = sum(saved.values())
+    have = sum(math.prod(shape) for _, shape in header.tensors.values())
+    if need > have:
+        raise BadInputError(path, f"{META_CONFIG}/{META_TEXT}", f"the saved config describes a model of {need} "
+                            f"weights but the file holds {have}; refused before allocating it")
+    # buffers the file does not hold (sinusoidal position tables sized by max_motion_len, ...)
+    unsaved = sum(b.numel() for b in skeleton.buffers() if id(b) not in saved)
+    if unsaved > MAX_UNSAVED_ELEMENTS:
+        raise BadInputError(path, META_CONFIG, f"the saved config describes {unsaved} elements of buffers that are "
+                            f"not in the file (more than {MAX_UNSAVED_ELEMENTS}; e.g. max_motion_len too large); "
+                            "refused before allocating them")
+
+
+def _check_fits(cfg: LavimoConfig, info: dict[str, Any], assets_dir: Path, path: Path) -> None:
+    """Build ``cfg``'s model on the ``meta`` device (no memory) and refuse it unless the checkpoint's tensors
+    (``info["header"]``) can fill it (:func:`_check_fits_file`)."""
+    try:
+        with torch.device("meta"), _quiet("model"):  # shapes only, no memory; checked before allocating
+            skeleton = build_model(cfg, pretrained=False, text_assets_dir=assets_dir)
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, OSError) as exc:
+        raise BadInputError(path, f"{META_CONFIG}/{META_TEXT}", f"cannot build the model it describes: "
+                            f"{' '.join(str(exc).split())[:300]}") from exc
+    _check_fits_file(skeleton, info["header"], path)
+
+
+def check_checkpoint_fits(path: str | os.PathLike) -> dict[str, Any]:
+    """:func:`read_checkpoint_metadata`, then the model its config describes is built on the ``meta`` device and
+    compared with the file's tensors (no memory is allocated for it); returns the metadata. ``train.py --resume``
+    calls it before building the run's model, so a run directory whose config describes a huge model is refused
+    before it is allocated. :class:`BadInputError` naming the file."""
+    info = read_checkpoint_metadata(path)
+    with tempfile.TemporaryDirectory(prefix="lavimo-ckpt-") as tmp:
+        _check_fits(info["config"], info, write_text_assets(info["text_assets"], tmp), Path(path))
+    return info
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", **overrides: Any) -> LavimoModel:
@@ -188,6 +295,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         cfg = cfg.replace(**overrides)
     with tempfile.TemporaryDirectory(prefix="lavimo-ckpt-") as tmp:
         assets_dir = write_text_assets(info["text_assets"], tmp)
+        _check_fits(cfg, info, assets_dir, Path(path))
         try:
             model = build_model(cfg, pretrained=False, text_assets_dir=assets_dir)
         except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, OSError) as exc:

@@ -21,7 +21,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from core.jsonconfig import JsonConfig, read_config_json
 
@@ -39,6 +39,9 @@ PRE_SPLIT_RUN_FIELDS = frozenset({
     "randaugment_magnitude"})
 
 MODALITIES = ("tmv", "tm")
+#: the most layers of any encoder or backbone (the paper's have 6 to 12): a config read from a checkpoint or a run
+#: directory cannot make the loader build millions of modules
+MAX_LAYERS = 256
 NEGATIVE_FILTERING = ("lavimo", "tmr", "soft", "none")
 
 
@@ -50,6 +53,13 @@ class LavimoConfig(JsonConfig):
     (HumanML3D 263-dim features at 20 fps, Y-up, normalised with the shards' ``stats.npz``); video
     ``(B, num_frames, 3, image_size, image_size)`` CLIP-normalised.
     """
+
+    #: removed options (see JsonConfig.REMOVED_FIELDS): saved configs holding them still load, the value is ignored
+    REMOVED_FIELDS: ClassVar[dict[str, str]] = {
+        "trust_weights_pickle": "weights are only ever loaded as tensors (safetensors, or torch.load("
+                                "weights_only=True)); no setting read from a file can enable code loading; convert "
+                                "a pickled or TorchScript file to .safetensors on a machine you trust (docs/model.md)",
+    }
 
     name: str = "custom"
 
@@ -102,7 +112,6 @@ class LavimoConfig(JsonConfig):
     video_backbone_config: dict | None = None  # custom open_clip vision_cfg (+ "embed_dim") instead of the name
     video_quick_gelu: bool = True  # OpenAI CLIP (and the Kinetics fine-tunes of it) use QuickGELU
     video_weights: str | None = None  # file path, or an open_clip pretrained tag ("openai") looked up in caches
-    trust_weights_pickle: bool = False  # allow torch.load(weights_only=False) for checkpoints with pickled objects
     random_init: bool = False  # True: random backbones instead of pretrained weights (no files needed)
 
     # ------------------------------------------------------------------
@@ -126,8 +135,12 @@ class LavimoConfig(JsonConfig):
             if int(getattr(self, name)) <= 0:
                 bad(name, "must be > 0")
         for name in ("text_layers", "video_layers", "motion_layers", "decoder_layers"):
-            if int(getattr(self, name)) < 1:
-                bad(name, "must be >= 1")
+            if not 1 <= int(getattr(self, name)) <= MAX_LAYERS:
+                bad(name, f"must be in [1, {MAX_LAYERS}]")
+        for name in ("text_backbone_config", "video_backbone_config"):
+            for k, v in (getattr(self, name) or {}).items():
+                if "layer" in str(k).lower() and isinstance(v, int) and not isinstance(v, bool) and v > MAX_LAYERS:
+                    bad(name, f"{k}={v}: at most {MAX_LAYERS} layers")
         if self.latent_dim % self.num_heads:
             bad("latent_dim", f"must be divisible by num_heads={self.num_heads}")
         if not 0.0 < self.frame_crop <= 1.0:
@@ -164,6 +177,9 @@ def load_preset(name_or_path: str | os.PathLike, **overrides: Any) -> LavimoConf
     Overrides may be typed values or CLI strings (``fusion="false"``); unknown names raise ``ValueError``. The
     run's settings of a preset are :func:`training.config.load_run_config`'s.
     """
+    unknown = sorted(set(overrides) - LavimoConfig.field_names())
+    if unknown:  # a removed name too: only files saved before its removal may still hold it
+        raise ValueError(f"unknown LavimoConfig field(s) {unknown}; valid fields: {sorted(LavimoConfig.field_names())}")
     path, data = read_config_json(name_or_path, PRESET_DIR)
     if isinstance(data.get("model"), dict):
         data = {k: v for k, v in data["model"].items() if k not in PRE_SPLIT_RUN_FIELDS}

@@ -7,15 +7,22 @@ Nothing here downloads. Where weights are looked for, in order:
   Face model directory) and ``weights/clip/ViT-B-32-kinetics400.pt`` (a CLIP checkpoint);
 * text models: an existing Hugging Face hub cache entry for the repo id (``~/.cache/huggingface/hub``);
 * CLIP: an open_clip pretrained tag (``video_weights="openai"``) is looked up in the Hugging Face hub cache and in
-  the legacy ``~/.cache/clip`` folder.
+  the legacy ``~/.cache/clip`` folder (OpenAI's TorchScript files there are refused: convert them, docs/model.md).
 
 Missing weights raise :class:`MissingWeightsError` saying what to put where, unless ``random_init`` is set.
 
 CLIP checkpoint formats that load (the image tower is picked out of the file by its ``conv1.weight`` /
-``positional_embedding`` keys, whatever prefix it sits under): OpenAI's TorchScript archives (``ViT-B-32.pt``),
-OpenAI-format state dicts (``visual.conv1.weight`` ...), open_clip training checkpoints (``{"state_dict": ...}``,
-``module.`` prefixes), ``.safetensors`` files, and the Kinetics-400 fine-tunes that wrap a CLIP model
-(``model.visual.*``, ``module.image_encoder.*`` and the like, nested under ``"model"`` / ``"state_dict"``).
+``positional_embedding`` keys, whatever prefix it sits under): OpenAI-format state dicts (``visual.conv1.weight``
+...), open_clip training checkpoints (``{"state_dict": ...}``, ``module.`` prefixes), ``.safetensors`` files, and
+the Kinetics-400 fine-tunes that wrap a CLIP model (``model.visual.*``, ``module.image_encoder.*`` and the like,
+nested under ``"model"`` / ``"state_dict"``).
+
+Weights files are untrusted input and are only ever read as tensors (docs/security.md, "Checkpoints and training
+state"): ``.safetensors`` (header checked first by :func:`model.safetensors_header.read_header`), anything else
+with ``torch.load(weights_only=True)`` (tensors and plain containers; no object is unpickled). TorchScript
+archives (a zip with a ``code/`` folder, e.g. OpenAI's ``ViT-B-32.pt``) hold code that ``torch.jit.load`` would
+run; they are refused with one line saying how to convert them (:data:`CONVERT_HINT`). No option, and no setting
+read from a file, switches any of this off.
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import warnings
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.errors import BadInputError
 from dataset.text_embed import bundled_model_path
 
 from .config import LavimoConfig
@@ -266,8 +273,9 @@ def resolve_clip_weights(cfg: LavimoConfig) -> Path | None:
                 return legacy
     raise MissingWeightsError(
         f"CLIP weights {spec!r} for {name} not found (looked in: {', '.join(searched)}). The paper starts from "
-        f"CLIP {name} fine-tuned on Kinetics-400: put that checkpoint (OpenAI TorchScript/state dict, open_clip "
-        f"or a Kinetics fine-tune wrapping CLIP) at {weights_root() / 'clip' / 'ViT-B-32-kinetics400.pt'}, or pass "
+        f"CLIP {name} fine-tuned on Kinetics-400: put that checkpoint (a state dict (.safetensors or weights-only "
+        f".pt), open_clip or a Kinetics fine-tune wrapping CLIP; TorchScript archives must be converted first) at "
+        f"{weights_root() / 'clip' / 'ViT-B-32-kinetics400.pt'}, or pass "
         f"video_weights=<file> / video_weights=openai (if in your open_clip cache), or set random_init=true. "
         f"Nothing is downloaded.")
 
@@ -293,42 +301,50 @@ def missing_pretrained(cfg: LavimoConfig) -> list[str]:
         except MissingWeightsError:
             out.append(f"video backbone {cfg.video_backbone} weights {cfg.video_weights!r}: the paper's CLIP "
                        f"ViT-B/32 fine-tuned on Kinetics-400 (its reference [7]), or OpenAI's CLIP ViT-B/32 "
-                       f"(`ViT-B-32.pt`, TorchScript or state dict) or an open_clip checkpoint, as a file at "
+                       f"(`ViT-B-32.pt` converted to .safetensors: TorchScript archives are refused) or an "
+                       f"open_clip checkpoint, as a file at "
                        f"{weights_root() / cfg.video_weights}; or video_weights=openai when open_clip's cache "
                        f"holds it")
     return out
 
 
+#: how to turn a file LAVIMO refuses (TorchScript, pickled objects) into one it reads: on a machine you trust
+CONVERT_HINT = ("convert it on a machine you trust: python -c \"import torch, safetensors.torch as st; "
+                "m = torch.jit.load('IN.pt'); st.save_file({k: v.contiguous() for k, v in m.state_dict().items()}, "
+                "'OUT.safetensors')\" (for a pickled checkpoint: torch.load('IN.pt', weights_only=False) and save "
+                "its state dict the same way), then pass OUT.safetensors (docs/model.md, \"Converting weights\")")
+
+
 def _is_torchscript(path: Path) -> bool:
-    """True for TorchScript archives (zip files with a ``code/`` folder), e.g. OpenAI's ``ViT-B-32.pt``."""
+    """True for TorchScript archives (zip files with a ``code/`` folder or ``constants.pkl``), e.g. OpenAI's
+    ``ViT-B-32.pt``. Only the zip's directory is read."""
     try:
         with zipfile.ZipFile(path) as zf:
-            return any("/code/" in f"/{n}" for n in zf.namelist())
-    except (zipfile.BadZipFile, OSError):
+            return any("/code/" in f"/{n}" or n.endswith("/constants.pkl") or n == "constants.pkl"
+                       for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         return False
 
 
-def _load_any(path: Path, trust_pickle: bool) -> Any:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def _load_any(path: Path) -> Any:
+    """The tensors (or plain containers of tensors) in a pretrained weights file; never runs code from it.
 
-        return load_file(str(path))
+    ``.safetensors``: :func:`model.safetensors_header.load_tensors` (header checked first); a TorchScript
+    archive: refused; anything else: ``torch.load(weights_only=True)``. Every refusal is a :class:`BadInputError`
+    naming the file and saying how to convert it."""
+    from model.safetensors_header import load_tensors
+
+    if path.suffix == ".safetensors":
+        return load_tensors(path)
     if _is_torchscript(path):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but reads OpenAI's files
-            sd = torch.jit.load(str(path), map_location="cpu").state_dict()
-        for key in ("input_resolution", "context_length", "vocab_size"):
-            sd.pop(key, None)
-        return sd
+        raise BadInputError(path, None, f"a TorchScript archive (it holds code, which is never run: weights are "
+                                        f"loaded as tensors only); {CONVERT_HINT}")
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
-    except Exception as exc:  # noqa: BLE001
-        if not trust_pickle:
-            raise ValueError(
-                f"{path}: cannot read as a weights-only checkpoint ({type(exc).__name__}: {exc}). If the file holds "
-                f"pickled training state (optimizer, config objects) and you trust it, set trust_weights_pickle="
-                f"true, or re-save just its state dict") from exc
-        raise
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as exc:  # noqa: BLE001 - a pickle the weights-only loader refuses, a damaged file
+        detail = " ".join(str(exc).split())[:160]
+        raise BadInputError(path, None, f"not a weights-only checkpoint ({type(exc).__name__}: {detail}); objects "
+                                        f"other than tensors are never unpickled; {CONVERT_HINT}") from exc
 
 
 def _find_state_dict(obj: Any, depth: int = 0) -> dict[str, torch.Tensor] | None:
@@ -375,16 +391,18 @@ def extract_visual_state_dict(obj: Any, source: str = "<checkpoint>") -> dict[st
     return out
 
 
-def load_visual_weights(visual: nn.Module, path: str | os.PathLike, trust_pickle: bool = False) -> None:
+def load_visual_weights(visual: nn.Module, path: str | os.PathLike) -> None:
     """Load a CLIP checkpoint's image tower into ``visual`` (open_clip ``VisionTransformer``), in place.
 
     Position embeddings are interpolated when the checkpoint's grid differs from ``visual``'s image size.
-    Raises ``ValueError`` with the mismatching keys when the checkpoint is a different architecture.
+    Raises ``ValueError`` with the mismatching keys when the checkpoint is a different architecture, and
+    :class:`BadInputError` (a ``ValueError``) naming the file when it is not a tensors-only file (TorchScript,
+    pickled objects, a damaged or crafted safetensors header).
     """
     from open_clip.model import resize_pos_embed
 
     path = Path(path)
-    sd = extract_visual_state_dict(_load_any(path, trust_pickle), str(path))
+    sd = extract_visual_state_dict(_load_any(path), str(path))
     wrapped = {f"visual.{k}": v for k, v in sd.items()}
     resize_pos_embed(wrapped, SimpleNamespace(visual=visual))
     sd = {k[len("visual."):]: v for k, v in wrapped.items()}
@@ -415,5 +433,5 @@ def build_video_backbone(cfg: LavimoConfig, pretrained: bool = True) -> nn.Modul
         log.log(level, "video_weights not set: the image tower (%s) starts from random weights",
                 "custom config" if cfg.video_backbone_config else cfg.video_backbone)
         return visual
-    load_visual_weights(visual, path, trust_pickle=cfg.trust_weights_pickle)
+    load_visual_weights(visual, path)
     return visual

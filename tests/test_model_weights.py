@@ -1,5 +1,5 @@
 """Pretrained-weight loading from files the test writes itself (tiny random checkpoints): OpenAI-format CLIP
-state dicts (plain, fp16, TorchScript), open_clip training checkpoints, Kinetics-style wrappers, a Hugging Face
+state dicts (plain, fp16; TorchScript archives and pickles refused without running them), open_clip training checkpoints, Kinetics-style wrappers, a Hugging Face
 DistilBERT directory; and clear errors when weights are missing."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.errors import BadInputError
 from model import MissingWeightsError, build_model, load_preset
 from model.weights import extract_visual_state_dict, resolve_text_model
 
@@ -49,18 +50,77 @@ def test_openai_state_dict_loads(tmp_path):
     assert model.video.visual.conv1.weight.dtype == torch.float32
 
 
+class _MarkerOnUnpickle:
+    """A pickled object whose loading creates ``marker`` (what a malicious checkpoint does)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
-def test_openai_torchscript_archive_loads(tmp_path):
+def test_torchscript_archive_is_refused_without_loading_it(tmp_path, monkeypatch):
+    # OpenAI's ViT-B-32.pt is a traced CLIP: a zip with a code/ folder that torch.jit.load would compile and run
     clip = tiny_openai_clip().eval()
-    # OpenAI's ViT-B-32.pt is a traced CLIP whose state dict has the visual.* keys; trace a holder the same way
-    archive = torch.jit.trace(_Holder(clip.visual), torch.zeros(1, 3, 32, 32), check_trace=False)
-    path = tmp_path / "ViT-tiny-jit.pt"
-    torch.jit.save(archive, str(path))
-    model = build_model(cfg_with_weights(path))
-    assert_visual_equal(model, clip.visual)
-    with torch.no_grad():  # same function as the original tower
-        x = torch.randn(2, 3, 32, 32)
-        assert torch.allclose(model.video.visual.eval()(x), clip.visual(x), atol=1e-5)
+    for kind, archive in (("traced", torch.jit.trace(_Holder(clip.visual), torch.zeros(1, 3, 32, 32),
+                                                     check_trace=False)),
+                          ("scripted", torch.jit.script(_Scripted()))):
+        path = tmp_path / f"ViT-tiny-{kind}.pt"
+        torch.jit.save(archive, str(path))
+
+        def no_jit(*a, **kw):
+            raise AssertionError("torch.jit.load called on a weights file")
+
+        monkeypatch.setattr(torch.jit, "load", no_jit)
+        with pytest.raises(BadInputError) as err:
+            build_model(cfg_with_weights(path))
+        assert err.value.path == str(path)
+        msg = str(err.value)
+        assert "TorchScript" in msg and ".safetensors" in msg and "\n" not in msg, msg
+        monkeypatch.undo()
+
+
+class _Scripted(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(2))
+
+    def forward(self, x):
+        return x + self.w
+
+
+def test_pickled_weights_never_run_code(tmp_path):
+    marker = tmp_path / "pwned"
+    clip = tiny_openai_clip()
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": clip.state_dict(), "hook": _MarkerOnUnpickle(marker)}, path)
+    with pytest.raises(BadInputError) as err:
+        build_model(cfg_with_weights(path))
+    assert err.value.path == str(path) and "weights-only" in str(err.value)
+    assert not marker.exists()
+
+
+def test_trust_weights_pickle_is_gone(tmp_path, caplog):
+    from model.config import LavimoConfig
+
+    assert "trust_weights_pickle" not in LavimoConfig.field_names()
+    # saved configs that hold it still load: false silently, true with a warning that it is ignored
+    caplog.clear()
+    base = load_preset("tiny").to_dict()
+    assert LavimoConfig.from_saved({**base, "trust_weights_pickle": False}) == load_preset("tiny")
+    assert "trust_weights_pickle" not in caplog.text
+    assert LavimoConfig.from_saved({**base, "trust_weights_pickle": True}) == load_preset("tiny")
+    assert "trust_weights_pickle=True is ignored" in caplog.text
+    preset = tmp_path / "old.json"
+    preset.write_text(__import__("json").dumps({**base, "trust_weights_pickle": True}))
+    assert load_preset(str(preset)) == load_preset("tiny")
+    # an override (the command line, the API) cannot name it
+    with pytest.raises(ValueError, match="unknown LavimoConfig field"):
+        load_preset("tiny", trust_weights_pickle=True)
+    with pytest.raises(ValueError, match="unknown LavimoConfig field"):
+        load_preset("tiny").replace(trust_weights_pickle=True)
 
 
 class _Holder(torch.nn.Module):

@@ -104,7 +104,7 @@ def test_wrong_width_motion_everywhere_exits_1_with_counts(shards, tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: epoch 0: no usable training sample"), last
+    assert last.startswith("train.py: error: epoch 0: no usable training sample"), last
     counts = _counts_in(last)
     assert sum(counts.values()) >= 8, last  # at least one whole shard's samples, by reason
     assert "Traceback" not in proc.stderr
@@ -247,7 +247,7 @@ def test_manifest_naming_a_file_outside_is_refused(shards, tmp_path, capsys):
 
 
 def _one_error_line(capsys) -> str:
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train.py: error:")]
     assert len(err) == 1, err
     return err[0]
 
@@ -277,7 +277,7 @@ def test_disk_full_while_checkpointing(shards, tmp_path, capsys, monkeypatch):
     assert not list((out / "checkpoints").glob(".*")), "temp files left behind"
     monkeypatch.setattr(model, "save_checkpoint", real)
     assert _run(["--shards", shards, "--out", out, "--resume", *BASE]) == 2
-    assert _one_error_line(capsys) == (f"error: --resume: no checkpoint to resume in {out / 'checkpoints'}; "
+    assert _one_error_line(capsys) == (f"train.py: error: --resume: no checkpoint to resume in {out / 'checkpoints'}; "
                                        "start fresh without --resume")
     # a later checkpoint fails: the previous weights + state pair stays and resumes
     out2 = tmp_path / "run2"
@@ -349,7 +349,7 @@ def test_malformed_state_fields_are_named(tmp_path, field, value):
 def test_resume_without_state(shards, tmp_path, capsys):
     empty = tmp_path / "empty"
     assert _run(["--shards", shards, "--out", empty, "--resume", *BASE]) == 2
-    assert _one_error_line(capsys) == (f"error: --resume: no checkpoint to resume in {empty / 'checkpoints'}; "
+    assert _one_error_line(capsys) == (f"train.py: error: --resume: no checkpoint to resume in {empty / 'checkpoints'}; "
                                        "start fresh without --resume")
 
 
@@ -359,7 +359,7 @@ def test_usage_errors_exit_2_from_the_command_line(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--shards", str(tmp_path), "--set", "oops"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: --set expects FIELD=VALUE, got 'oops'"
+    assert proc.stderr.strip() == "train.py: error: --set expects FIELD=VALUE, got 'oops'"
 
 
 def test_missing_pretrained_weights_exit_2(tmp_path, capsys, monkeypatch):
@@ -389,3 +389,157 @@ def test_damaged_last_weights_exit_2(saved_run, shards, tmp_path, capsys):
     assert _run(["--shards", shards, "--out", run, "--resume", *BASE]) == 2
     line = _one_error_line(capsys)
     assert str(weights) in line and "start a new --out" in line
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5. issue 24: no code from a downloaded run directory, bounded JSON, a killed run's temp files, a full disk in
+#    the real writers
+
+
+def test_downloaded_run_cannot_switch_pickle_loading_on(saved_run, shards, tmp_path, capsys, caplog):
+    # the attack: a run directory's config.json sets trust_weights_pickle and points video_weights at a pickle;
+    # train.py --resume on it must not unpickle it (no option read from a file enables code loading)
+    run = _copy_run(saved_run, tmp_path)
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "clip.pt"
+    torch.save({"visual.conv1.weight": torch.zeros(4, 3, 16, 16), "hook": _Evil(marker)}, evil)
+    conf = json.loads((run / "config.json").read_text())
+    conf["model"].update(trust_weights_pickle=True, random_init=False, video_weights=str(evil))
+    (run / "config.json").write_text(json.dumps(conf))
+    # the attacker controls the whole directory: last.safetensors' saved config says the same
+    _set_checkpoint_config(run / "checkpoints" / "last.safetensors", conf["model"])
+    assert _run(["--shards", shards, "--out", run, "--resume", *BASE]) == 2
+    line = _one_error_line(capsys)
+    assert str(evil) in line and "weights-only" in line and ".safetensors" in line, line
+    assert not marker.exists()
+    assert "trust_weights_pickle=True is ignored" in caplog.text
+
+
+def _set_checkpoint_config(path: Path, model_config: dict) -> None:
+    """Rewrite the ``lavimo_config`` in safetensors file ``path``'s header (the tensors are kept)."""
+    import struct
+
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    header["__metadata__"]["lavimo_config"] = json.dumps(model_config)
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+
+
+@pytest.mark.parametrize("where", ["config.json", "both"])
+def test_resume_of_a_crafted_huge_model_is_refused_before_allocating(saved_run, shards, tmp_path, where):
+    # a run directory whose config.json (and, in "both", last.safetensors' saved config too) describes a model of
+    # billions of weights: refused before train.py allocates it (before: 13 GiB and more)
+    from tests.fixtures.untrusted import assert_clean_refusal, run_measured
+
+    run = _copy_run(saved_run, tmp_path)
+    conf = json.loads((run / "config.json").read_text())
+    conf["model"].update(latent_dim=16384, ff_dim=65536, num_heads=2)
+    (run / "config.json").write_text(json.dumps(conf))
+    last = run / "checkpoints" / "last.safetensors"
+    if where == "both":
+        _set_checkpoint_config(last, conf["model"])
+    m = run_measured([sys.executable, str(REPO / "train.py"), "--shards", str(shards), "--out", str(run),
+                      "--resume", *map(str, BASE)], cwd=REPO, timeout=120)
+    assert_clean_refusal(m, last, codes=(2,), max_rss_mib=1600)
+    print(f"refused: exit {m.returncode}, peak RSS {m.peak_rss_mib:.0f} MiB, {m.seconds:.1f} s")
+    assert ("refused before allocating" if where == "both" else "is not the one") in m.stderr, m.stderr
+
+
+def test_trust_option_cannot_be_set_on_the_command_line(tmp_path, capsys):
+    assert _run(["--shards", tmp_path, "--out", tmp_path / "r", *BASE, "--set", "trust_weights_pickle=true"]) == 2
+    assert "unknown config field(s) ['trust_weights_pickle']" in _one_error_line(capsys)
+
+
+def test_deeply_nested_run_json_files(saved_run, shards, tmp_path, capsys, caplog):
+    nested = "[" * 100000 + "]" * 100000
+    # config.json: the run cannot be resumed from it, one line naming it
+    run = _copy_run(saved_run, tmp_path)
+    (run / "config.json").write_text('{"model": ' + nested + "}")
+    assert _run(["--shards", shards, "--out", run, "--resume", *BASE]) == 2
+    line = _one_error_line(capsys)
+    assert str(run / "config.json") in line and "nested deeper" in line, line
+    # run.json (provenance only): a warning, a new session list, training goes on
+    run2 = tmp_path / "run2"
+    shutil.copytree(saved_run, run2)
+    (run2 / "run.json").write_text(nested)
+    assert _run(["--shards", shards, "--out", run2, "--resume", "--max-steps", 2, *BASE]) == 0
+    assert "run.json unreadable" in caplog.text
+    assert len(json.loads((run2 / "run.json").read_text())["sessions"]) == 1
+
+
+def test_resume_removes_a_killed_runs_temp_files_and_nothing_else(saved_run, shards, tmp_path):
+    run = _copy_run(saved_run, tmp_path)
+    ck = run / "checkpoints"
+    # what atomic_path leaves when the process is killed mid-write: .{final}.{random}.tmp{ext}
+    stale = [ck / ".last.safetensors.k1ll3d.tmp.safetensors", ck / ".last.state.pt.ab_12x.tmp.pt",
+             ck / ".epoch-0001.safetensors.q9q9q9.tmp.safetensors", run / ".metrics.csv.zz00zz.tmp.csv"]
+    kept = [ck / ".notes.abc.tmp", ck / "mine.txt", run / ".last.safetensors.abc.tmp.safetensors",
+            run / "tb" / ".run.json.abc.tmp.json", ck / ".other.bin.abc.tmp.bin"]
+    for p in stale + kept:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"partial")
+    link = ck / ".best.safetensors.lnk000.tmp.safetensors"
+    link.symlink_to(run / "keep-me")
+    (run / "keep-me").write_text("x")
+    assert _run(["--shards", shards, "--out", run, "--resume", "--max-steps", 2, *BASE]) == 0
+    assert [p for p in stale if p.exists()] == []
+    assert all(p.exists() for p in kept) and link.is_symlink() and (run / "keep-me").exists()
+    assert not [p for p in ck.glob(".*.tmp*") if p not in kept and p != link]
+
+
+def test_disk_full_in_the_real_writers_exits_2_with_one_line(shards, tmp_path, capsys, monkeypatch):
+    """The writers themselves on a full disk: torch.save writing last.state.pt into /dev/full (the OS answers
+    ENOSPC to every write; torch reports it as a RuntimeError "unexpected pos ...", as it does on a full tmpfs),
+    and safetensors' save_file failing as it does on a full file system (its SafetensorError, measured on a
+    64 KiB tmpfs: "Error while serializing: I/O error: No space left on device (os error 28)")."""
+    import builtins
+
+    import training.loop
+
+    import stat
+
+    if not (os.path.exists("/dev/full") and stat.S_ISCHR(os.stat("/dev/full").st_mode)):
+        pytest.skip("no /dev/full device on this system")
+
+    def open_full(path, mode="r", *a, **kw):  # the state's temporary file is a device that is always full
+        if ".last.state.pt." in str(path) and "w" in mode:
+            return builtins.open("/dev/full", mode, *a, **kw)
+        return builtins.open(path, mode, *a, **kw)
+
+    real_save = torch.save
+
+    def save_to_full(obj, f, *a, **kw):  # the code at the branch point passed a path to torch.save
+        return real_save(obj, "/dev/full" if isinstance(f, (str, os.PathLike)) else f, *a, **kw)
+
+    monkeypatch.setattr(training.loop, "open", open_full, raising=False)
+    monkeypatch.setattr(torch, "save", save_to_full)
+    out = tmp_path / "run"
+    assert _run(["--shards", shards, "--out", out, "--max-steps", 1, *BASE]) == 2
+    line = _one_error_line(capsys)
+    assert str(out / "checkpoints" / "last.state.pt") in line and "no space left on device" in line, line
+    assert not list((out / "checkpoints").iterdir()), "partial files left behind"
+    monkeypatch.undo()
+
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full_disk(*a, **kw):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    out2 = tmp_path / "run2"
+    assert _run(["--shards", shards, "--out", out2, "--max-steps", 1, *BASE]) == 2
+    line = _one_error_line(capsys)
+    assert str(out2 / "checkpoints" / "last.safetensors") in line and "no space left on device" in line, line
+    assert not list((out2 / "checkpoints").iterdir()), "partial files left behind"
+
+
+def test_damaged_metrics_table_exits_2_naming_it(saved_run, shards, tmp_path, capsys):
+    run = _copy_run(saved_run, tmp_path)
+    for text in ("epoch,step\n0,abc\n", "epoch,step\n0," + "9" * 200_000 + "\n"):
+        (run / "metrics.csv").write_text(text)
+        assert _run(["--shards", shards, "--out", run, "--resume", *BASE]) == 2
+        line = _one_error_line(capsys)
+        assert str(run / "metrics.csv") in line and "move it out of the run directory" in line, line

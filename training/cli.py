@@ -51,7 +51,7 @@ from training.loop import (
     retrieval_scores, save_training_state, seed_everything, set_rng_state,
 )
 from training.config import RunConfig, TrainConfig, load_run_config
-from training.run_dir import MetricsTable, RunDir, write_run_info
+from training.run_dir import MetricsTable, RunDir, remove_stale_temp_files, write_run_info
 from training.preemption import EXIT_PREEMPTED, StopRequest, resolve_resume
 from training.schedule import paper_scheduler
 
@@ -208,7 +208,9 @@ def _load_config(source, overrides: dict[str, Any]) -> RunConfig:
         return load_run_config(source, **overrides)
     except FileNotFoundError as exc:
         raise SetupError(str(exc)) from exc
-    except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
+    except BadInputError as exc:  # not JSON, too big, nested too deep: names the file
+        raise SetupError(str(exc)) from exc
+    except (ValueError, TypeError) as exc:
         raise SetupError(f"{source} (with the flags' overrides): {' '.join(str(exc).split())}") from exc
 
 
@@ -446,6 +448,7 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
     if dinfo.is_main:
         with _writing(run.root, run):
             run.create()
+            remove_stale_temp_files(run)  # what a killed run left half-written (never counted, never read)
         with _writing(run.config, run):
             write_json(run.config, {**run_cfg.to_dict(), "trainer": trainer})
         with _writing(run.info, run):
@@ -457,6 +460,8 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
              device, precision)
 
     # model, optimiser, schedule -----------------------------------------------------------------------------
+    if args.resume:  # before the run's model is built: the checkpoint must hold that model (bounded memory)
+        _check_resume_checkpoint(run, cfg)
     seed_everything(tc.seed)  # identical initial weights on every rank
     model = build_model(cfg).to(device)
     optimizer = make_optimizer(model, tc)
@@ -729,9 +734,13 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
 # small helpers
 
 
+#: the program name of train.py's error lines (``train.py: error: MESSAGE``, docs/design.md, "Errors")
+PROG = "train.py"
+
+
 def _fail(message: object, code: int) -> int:
-    """Print ``error: message`` as one line on stderr; return the exit status ``code``."""
-    return print_error(None, message, code)
+    """Print ``train.py: error: message`` as one line on stderr; return the exit status ``code``."""
+    return print_error(PROG, message, code)
 
 
 def _os_error_text(exc: OSError) -> str:
@@ -785,6 +794,25 @@ def _next_batch(batches, index: int, steps: int, epoch: int, rank: int) -> dict:
     except StopIteration:
         raise TrainingStalled(f"the loader gave only {index} of {steps} batches in epoch {epoch} on rank "
                               f"{rank}") from None
+
+
+def _check_resume_checkpoint(run: RunDir, cfg) -> None:
+    """Refuse to resume unless RUN/checkpoints/last.safetensors passes ``model.checkpoint.check_checkpoint_fits``
+    and its config is the model of RUN/config.json: the model train.py builds is then the one the file holds, so
+    a run directory cannot make it allocate more than its own weights (a crafted config.json)."""
+    from model.checkpoint import check_checkpoint_fits
+
+    if not run.last.is_file():
+        raise SetupError(f"--resume: {run.last} not found (the run was interrupted before its first complete "
+                         "checkpoint); start a new --out")
+    try:
+        saved = check_checkpoint_fits(run.last)["config"]
+    except BadInputError as exc:
+        raise SetupError(f"--resume: {exc}; start a new --out") from exc
+    changes = _changes(saved.to_dict(), cfg.to_dict())
+    if changes:
+        raise SetupError(f"--resume: the model of {run.config} is not the one {run.last} holds ({changes[:300]}); "
+                         "start a new --out")
 
 
 def _load_weights(model: torch.nn.Module, path: Path, state: dict) -> None:

@@ -122,9 +122,13 @@ class RunConfig:
         return RunConfig(self.model.replace(**model_over), self.train.replace(**train_over))
 
 
-def split_fields(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``values`` split into (model fields, run-setting fields); a name of neither raises ``ValueError``."""
+def split_fields(values: dict[str, Any], saved: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``values`` split into (model fields, run-setting fields); a name of neither raises ``ValueError``. With
+    ``saved`` (values read from a file) a removed model field (``LavimoConfig.REMOVED_FIELDS``) goes to the model
+    part, whose ``from_dict`` drops it; overrides never name one."""
     model_names, train_names = LavimoConfig.field_names(), TrainConfig.field_names()
+    if saved:
+        model_names = model_names | set(LavimoConfig.REMOVED_FIELDS)
     unknown = sorted(set(values) - model_names - train_names)
     if unknown:
         raise ValueError(f"unknown config field(s) {unknown}; model fields: {sorted(model_names)}; run settings: "
@@ -152,12 +156,12 @@ def load_run_config(name_or_path: str | os.PathLike, **overrides: Any) -> RunCon
         if isinstance(model_part, dict) and set(model_part) & TrainConfig.field_names():
             # a run's config.json from before the model / run split: "model" held both halves, "train" the
             # trainer's options (device, world size, ...), which are not settings
-            model_data, train_data = split_fields(model_part)
+            model_data, train_data = split_fields(model_part, saved=True)
         elif isinstance(model_part, dict) or isinstance(data.get("train"), dict):
             model_data, train_data = dict(model_part or {}), dict(data.get("train") or {})
         else:
             try:
-                model_data, train_data = split_fields(data)
+                model_data, train_data = split_fields(data, saved=True)
             except ValueError as exc:
                 raise ValueError(f"{path}: {exc}") from None
     return RunConfig(LavimoConfig.from_dict({**model_data, **model_over}),

@@ -213,6 +213,25 @@ def gather_rng_states(info: DistInfo) -> list[dict[str, Any]]:
     return out
 
 
+class _WriteErrors:
+    """A binary file for ``torch.save`` that remembers the OSError of a failed write: torch swallows it and raises
+    a RuntimeError without the errno ("unexpected pos ..."), so a full disk would not be recognised."""
+
+    def __init__(self, fh: Any):
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
 def save_training_state(path: str | os.PathLike, state: dict[str, Any],
                         before_rename: Callable[[], Any] | None = None) -> None:
     """Atomically ``torch.save`` the training state: written to a temp file in the same directory, fsynced and
@@ -221,7 +240,14 @@ def save_training_state(path: str | os.PathLike, state: dict[str, Any],
     matching weights there): when it raises, the previous state file stays. The state is stamped with
     :data:`STATE_VERSION`, which :func:`load_training_state` checks."""
     with atomic_path(path) as tmp:
-        torch.save({**state, "version": STATE_VERSION}, tmp)
+        with open(tmp, "wb") as fh:
+            out = _WriteErrors(fh)
+            try:
+                torch.save({**state, "version": STATE_VERSION}, out)
+            except RuntimeError as exc:  # torch reports a failed write (a full disk) as "unexpected pos ..."
+                if out.error is not None:
+                    raise out.error from exc
+                raise
         if before_rename is not None:
             before_rename()
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -27,8 +27,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from core.atomic import write_json, write_text
+from core.atomic import temp_target, write_json, write_text
+from core.errors import BadInputError
 from core.hashing import sha256_file
+from core.jsonconfig import read_json_file
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,34 @@ class RunDir:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.tb.mkdir(parents=True, exist_ok=True)
         return self
+
+
+#: the files of a run directory that are written atomically (core.atomic): a killed run may leave a temporary file
+#: of one of these (``.{name}.{random}.tmp{ext}``), which :func:`remove_stale_temp_files` removes
+_RUN_FILE_RE = re.compile(r"^(config\.json|run\.json|metrics\.csv)$")
+_CKPT_FILE_RE = re.compile(r"^(last\.safetensors|last\.state\.pt|best\.safetensors|epoch-\d+\.safetensors)$")
+
+
+def remove_stale_temp_files(run: RunDir) -> list[Path]:
+    """Remove the temporary files a killed run left in ``run`` (docs/design.md, "Atomic writes"): only regular
+    files (not links) in RUN/ and RUN/checkpoints/ whose name is :func:`core.atomic.temp_target`'s rule for one of
+    the run's own files; nothing else is touched. Returns what was removed. Call it only when no other process
+    writes to the run (train.py's rank 0 before it writes anything)."""
+    removed = []
+    for folder, rule in ((run.root, _RUN_FILE_RE), (run.ckpt_dir, _CKPT_FILE_RE)):
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.iterdir()):
+            final = temp_target(p.name)
+            if final is None or not rule.match(final) or p.is_symlink() or not p.is_file():
+                continue
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(p)
+            log.info("removed %s, a temporary file of %s left by a killed run", p, final)
+    return removed
 
 
 def git_commit(repo: str | os.PathLike) -> dict[str, Any]:
@@ -160,6 +190,11 @@ def write_run_info(run: RunDir, *, shards: str | os.PathLike, manifests: dict[st
     return info
 
 
+#: the largest metrics.csv read back on --resume (one row per validation: a few hundred bytes each)
+MAX_METRICS_BYTES = 256 * 2**20
+_MOVE_AWAY = "move it out of the run directory to resume (it is the validation log; a new one is started)"
+
+
 class MetricsTable:
     """``metrics.csv``: one row per validation, rewritten atomically on each append.
 
@@ -171,14 +206,32 @@ class MetricsTable:
         self.rows: list[dict[str, Any]] = []
         self.fields: list[str] = []
         if self.path.is_file():
-            with open(self.path, newline="", encoding="utf-8") as fh:
-                reader = csv.DictReader(fh)
-                self.fields = list(reader.fieldnames or [])
-                self.rows = list(reader)
+            size = self.path.stat().st_size
+            if size > MAX_METRICS_BYTES:
+                raise BadInputError(self.path, None, f"{size} bytes, more than the {MAX_METRICS_BYTES} accepted for "
+                                                     f"a metrics table; {_MOVE_AWAY}")
+            try:
+                with open(self.path, newline="", encoding="utf-8") as fh:
+                    reader = csv.DictReader(fh)
+                    self.fields = list(reader.fieldnames or [])
+                    self.rows = list(reader)
+            except (csv.Error, UnicodeDecodeError, ValueError) as exc:  # a field over csv's limit, bad bytes
+                raise BadInputError(self.path, None, f"unreadable metrics table ({' '.join(str(exc).split())[:120]});"
+                                                     f" {_MOVE_AWAY}") from exc
+            if self.rows and "step" not in self.fields:
+                raise BadInputError(self.path, "step", f"no step column; {_MOVE_AWAY}")
 
     def truncate_after(self, step: int) -> None:
         """Drop rows logged after global step ``step`` (used on --resume: they will be recomputed)."""
-        keep = [r for r in self.rows if int(float(r["step"])) <= step]
+        keep = []
+        for i, r in enumerate(self.rows):
+            try:
+                row_step = float(r.get("step"))  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise BadInputError(self.path, "step", f"row {i + 1}: {str(r.get('step'))[:40]!r} is not a step; "
+                                                       f"{_MOVE_AWAY}") from None
+            if row_step <= step:  # NaN and inf rows are dropped
+                keep.append(r)
         if len(keep) != len(self.rows):
             log.info("metrics.csv: dropping %d row(s) after step %d", len(self.rows) - len(keep), step)
             self.rows = keep
@@ -202,5 +255,6 @@ class MetricsTable:
 
 
 def load_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    """The JSON value of a run-directory file (``run.json``, ``config.json``): size and nesting capped
+    (:func:`core.jsonconfig.read_json_file`); :class:`BadInputError` naming the file when it is not JSON."""
+    return read_json_file(path)
