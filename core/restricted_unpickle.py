@@ -404,19 +404,25 @@ def check_declared(shape: tuple[int, ...], dtype: np.dtype, present: int, path: 
     return size, expected
 
 
-def read_npz_header(zf: zipfile.ZipFile, path: str | os.PathLike, key: str, max_bytes: int = MAX_ARRAY_BYTES
-                    ) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """(shape, fortran_order, dtype) of the member ``key`` of the npz ``zf`` without reading its data; a plain
-    dtype's header is checked against the zip's declared size (:func:`check_declared`), so a header-only reader
-    (``read_amass_header``) reports the same shapes :func:`read_npz_member` would accept."""
+def _open_member(zf: zipfile.ZipFile, path: str | os.PathLike, key: str) -> tuple[zipfile.ZipInfo, BinaryIO]:
+    """(the zip entry, an open stream) of the npz member ``key.npy``; BadInputError(path, key) when it is missing,
+    encrypted or damaged."""
     try:
         info = zf.getinfo(f"{key}.npy")
     except KeyError:
         raise BadInputError(path, key, "missing key") from None
     try:
-        fh = zf.open(info)
+        return info, zf.open(info)
     except Exception as exc:  # noqa: BLE001 - damaged / encrypted member
         raise BadInputError(path, key, f"unreadable member ({failure_reason(exc)})") from exc
+
+
+def read_npz_header(zf: zipfile.ZipFile, path: str | os.PathLike, key: str, max_bytes: int = MAX_ARRAY_BYTES
+                    ) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of the member ``key`` of the npz ``zf`` without reading its data; a plain
+    dtype's header is checked against the zip's declared size (:func:`check_declared`), so a header-only reader
+    (``read_amass_header``) reports the same shapes :func:`read_npz_member` would accept."""
+    info, fh = _open_member(zf, path, key)
     with fh:
         src = _Bounded(fh, info.file_size + 1)
         shape, fortran, dtype = read_npy_header(src, path, key)  # type: ignore[arg-type]
@@ -507,14 +513,7 @@ def read_npz_member(zf: zipfile.ZipFile, path: str | os.PathLike, key: str,
     """The member ``key`` (``key.npy``) of the npz ``zf`` through :func:`read_npy`, checked against the
     uncompressed size its central directory declares. BadInputError(path, key): missing, encrypted, damaged,
     or any :func:`read_npy` refusal."""
-    try:
-        info = zf.getinfo(f"{key}.npy")
-    except KeyError:
-        raise BadInputError(path, key, "missing key") from None
-    try:
-        fh = zf.open(info)
-    except Exception as exc:  # noqa: BLE001 - damaged / encrypted member
-        raise BadInputError(path, key, f"unreadable member ({failure_reason(exc)})") from exc
+    info, fh = _open_member(zf, path, key)
     with fh:
         return read_npy(fh, path, key, object_loader, nbytes=info.file_size, max_bytes=max_bytes, budget=budget)
 

@@ -297,11 +297,7 @@ def _body_npz_base(tmp: Path) -> bytes:
 
 
 def _p2_int_array(values: list[int]) -> bytes:
-    raw = np.asarray(values, "<i4").tobytes()
-    return (b"cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\nK\x00\x85U\x01btR"
-            b"(K\x01(J" + struct.pack("<i", len(values)) + b"tcnumpy\ndtype\n(U\x02i4K\x00K\x01tR"
-            b"(K\x03U\x01<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89T"
-            + struct.pack("<I", len(raw)) + raw + b"tb")
+    return ab.p2_array(values, "i4")
 
 
 def _pickle_base() -> bytes:
