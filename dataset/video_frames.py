@@ -70,6 +70,9 @@ def encode_jpgs(frames: np.ndarray, quality: int = 90) -> bytes:
 
 
 MAX_FRAME_SIDE = 8192  # pixels; larger stored frames are refused (decompression-bomb guard)
+#: most bytes of decoded frames one :func:`decode_jpgs` call returns (frames x decoded size x 3); more is refused
+#: before any frame is decoded.
+MAX_DECODED_BYTES = 1 << 30
 
 
 def jpgs_info(data: bytes) -> tuple[int, int, int, np.ndarray, int]:
@@ -98,13 +101,23 @@ def decode_jpgs(data: bytes, indices: Iterable[int] | None = None, min_size: int
     """Decode frames ``indices`` (all when None) of a ``video.jpgs`` member -> torch uint8 (k, 3, H, W).
 
     With ``min_size``, JPEG DCT scaling (PIL's draft mode) decodes frames stored much larger than needed at
-    1/2, 1/4 or 1/8 size, keeping the short side >= ``min_size``. Uses PIL (libjpeg-turbo), not torchvision,
+    1/2, 1/4 or 1/8 size, keeping the short side >= ``min_size``. The decoded frames may take at most
+    :data:`MAX_DECODED_BYTES` (checked from the header before decoding; each frame's JPEG header must say the
+    member's size, also checked before its pixels are decoded). Uses PIL (libjpeg-turbo), not torchvision,
     so loader workers do not import torchvision."""
     import torch
     from PIL import Image
 
     n, w, h, offsets, start = jpgs_info(data)
     idx = range(n) if indices is None else [int(i) for i in indices]
+    scale = 1  # the DCT scale draft mode will use (1, 2, 4 or 8)
+    if min_size is not None and min(w, h) >= 2 * min_size:
+        while scale < 8 and min(w, h) // (2 * scale) >= min_size:
+            scale *= 2
+    need = len(idx) * (-(-w // scale)) * (-(-h // scale)) * 3
+    if need > MAX_DECODED_BYTES:
+        raise ValueError(f"video.jpgs: {len(idx)} frames of {w}x{h} would decode to {need >> 20} MiB, above the "
+                         f"budget of {MAX_DECODED_BYTES >> 20} MiB")
     view = memoryview(data)
     frames = []
     for i in idx:
