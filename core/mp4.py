@@ -419,11 +419,12 @@ def count_frames(info: MediaInfo) -> MediaInfo:
     n = int(frames[-1]) if frames else 0
     if n > MAX_FRAMES:
         raise BadInputError(info.path, "video", f"more than {MAX_FRAMES} frames")
-    last = int(times[-1]) / 1e6 if times else 0.0
-    if n < 2 or last <= 0:
+    end = int(times[-1]) / 1e6 if times else 0.0  # where the last packet ends
+    if 0 < info.fps <= 1000 and n >= 1:  # a frame rate but no duration
+        return dataclasses.replace(info, duration=n / info.fps)
+    if n < 2 or end <= 0:
         raise BadInputError(info.path, "video", f"no frame rate or duration in the header and {n} frame(s) found")
-    fps = (n - 1) / last  # out_time is the last packet's start: n - 1 frame intervals
-    return dataclasses.replace(info, fps=fps, duration=n / fps)
+    return dataclasses.replace(info, fps=n / end, duration=end)
 
 
 def scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:

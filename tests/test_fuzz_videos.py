@@ -336,3 +336,17 @@ def test_jpgs_member_of_huge_frames_is_checked_before_decoding(tmp_path):
     assert out.get("all_refused", "").startswith("video.jpgs: 8 frames of 8192x8192"), out
     assert out["two"] == [2, 3, 1024, 1024], out
     assert m.peak_rss_mib - out["base_kib"] / 1024 < BOMB_EXTRA_MIB, m.peak_rss_mib
+
+
+def test_webm_without_duration_is_read(tmp_path):
+    """A webm written to a pipe (as a browser's MediaRecorder does: no duration in the header) still works: its
+    packets are counted (no decoding) and a query's frames come from the whole clip."""
+    from search.video import probe, read_frames
+
+    p = tmp_path / "live.webm"
+    with open(p, "wb") as fh:
+        subprocess.run([_ffmpeg(), "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=30", "-t", "2",
+                        "-c:v", "libvpx", "-b:v", "200k", "-f", "webm", "-live", "1", "pipe:1"], stdout=fh, check=True)
+    info = probe(p)
+    assert info.fps == pytest.approx(30.0) and info.duration == pytest.approx(2.0, abs=0.05)
+    assert read_frames(p, 8).shape == (8, 48, 64, 3)
