@@ -26,9 +26,9 @@ Preprocessing of a real video (any container and codec the bundled ffmpeg reads,
    ``image_size`` comes out with that crop at twice ``image_size``), so a large video costs what a small one does.
 5. **Crop**: a square. By default the centred square of side ``frame_crop x`` the short side (the model's
    ``frame_crop``, 1 = the largest centred square: ``dataset.augment.center_box``), as the loader does with the
-   renderer's follow camera, which keeps the person centred. ``crop=(x, y, size)`` (pixels of the decoded
-   source frame after rotation, top-left corner and side; checked before decoding) picks another square, e.g. where the person is in a phone video; it must lie
-   inside the frame.
+   renderer's follow camera, which keeps the person centred. ``crop=(x, y, size)`` (pixels of the source
+   frame after rotation, top-left corner and side; checked before decoding) picks another square, e.g. where the
+   person is in a phone video; it must lie inside the frame.
 6. **Resize and normalise**: ``dataset.augment.eval_view`` (bilinear, antialiased, to ``image_size``) and
    ``clip_normalize`` (CLIP mean/std) -> (num_frames, 3, S, S) float32, the loader's evaluation view.
 """

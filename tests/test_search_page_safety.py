@@ -58,7 +58,7 @@ def _playlists(target: str) -> dict[str, bytes]:
             "hls": f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\n{target}\n#EXT-X-ENDLIST\n".encode()}
 
 
-# ------------------------------------------------------------------------------------------------ ffmpeg sees only media
+# -------------------------------------------------------------------------------------------- ffmpeg sees only media
 def test_uploaded_playlists_never_read_local_files(client, tiny):
     """An upload named clip.mp4 that is an ffconcat list or an HLS playlist naming a real local video (the index's
     preview; relative to the upload directory, which the concat demuxer's "safe" mode allows) and one naming a
