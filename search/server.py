@@ -357,7 +357,8 @@ def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BY
             raise HTTPError(404, "this motion has no preview") from exc
         if p is None:
             raise HTTPError(404, "this motion has no preview")
-        return FileResponse(p, media_type="video/mp4")
+        # a shard's video member is copied as is: never let a browser sniff it as anything but video
+        return FileResponse(p, media_type="video/mp4", headers={"X-Content-Type-Options": "nosniff"})
 
     return app
 

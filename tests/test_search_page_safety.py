@@ -194,6 +194,7 @@ def test_chunked_upload_stops_at_the_cap(tiny, monkeypatch):
     finally:
         server.should_exit = True
         thread.join(10)
+    print(f"chunked body: {sent[0]} bytes generated, the largest spool held {biggest[0]}")
     assert biggest[0] <= CAP + overhead + chunk, (biggest[0], sent[0])
 
 
@@ -224,6 +225,7 @@ def test_previews_only_from_inside_the_index(tiny, tmp_path):
         assert index.preview_path(n) is None
     ok = c.get("/preview/3")
     assert ok.status_code == 200 and ok.headers["content-type"] == "video/mp4"
+    assert ok.headers["x-content-type-options"] == "nosniff"
 
 
 # ------------------------------------------------------------------------------------------------ one line, exit 2
