@@ -355,3 +355,23 @@ def test_webm_without_duration_is_read(tmp_path):
     info = probe(p)
     assert info.fps == pytest.approx(30.0) and info.duration == pytest.approx(2.0, abs=0.05)
     assert read_frames(p, 8).shape == (8, 48, 64, 3)
+
+
+def test_read_video_frame_and_byte_caps(videos, tmp_path, monkeypatch):
+    """read_video returns at most MAX_FRAMES frames and MAX_DECODED_BYTES of them: a longer video is refused with
+    one line naming the file, not decoded into memory without bound."""
+    import core.mp4 as mp4
+    from core.errors import BadInputError
+
+    p = tmp_path / "a.mp4"
+    p.write_bytes(videos["mp4"])  # 12 frames of 64 x 48
+    assert mp4.read_video(p)[0].shape == (12, 48, 64, 3)
+    monkeypatch.setattr(mp4, "MAX_FRAMES", 5)
+    with pytest.raises(BadInputError, match=r"more than 5 frames of 64x48") as e:
+        mp4.read_video(p)
+    assert str(e.value).startswith(f"{p}: video: ")
+    monkeypatch.setattr(mp4, "MAX_FRAMES", 20_000)
+    monkeypatch.setattr(mp4, "MAX_DECODED_BYTES", 10 * 64 * 48 * 3)
+    with pytest.raises(BadInputError, match=r"more than 10 frames"):
+        mp4.read_video(p)
+    assert mp4.read_video(p, 24)[0].shape == (12, 24, 32, 3)  # scaled while decoding: within the budget
