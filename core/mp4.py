@@ -10,7 +10,11 @@ download ends); the renderer's defaults are :data:`DEFAULT_CRF` / :data:`DEFAULT
 faststart, :func:`write_video`'s are CRF 23, ``veryfast``, x264's own thread count and no faststart.
 
 Reading: :func:`read_video` (every frame, optionally scaled down while decoding), :func:`read_frames` (selected
-frames of a file) and :func:`mp4_frames` (selected frames of an mp4 held in memory).
+frames of a file) and :func:`mp4_frames` (selected frames of an mp4 held in memory). Every read treats the file
+as untrusted: :func:`probe_video` first (a text file is refused; ffmpeg may use only the file protocol and the
+demuxers of :data:`ALLOWED_DEMUXERS`; a frame above :data:`MAX_FRAME_PIXELS` is refused), then :func:`decode`
+with ``-f`` the probed demuxer, frames scaled by ffmpeg to a fixed size and at most a stated number of them
+(docs/security.md, "Videos and images").
 
 A file is only moved into place when ffmpeg exited with status 0 and :func:`probe_mp4` finds a complete
 container; a failure while the disk is full is raised as ``OSError(errno.ENOSPC, ...)`` naming the file, so
@@ -19,14 +23,18 @@ callers can stop a batch instead of failing every remaining clip.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
 import queue
+import re
 import shutil
 import struct
 import tempfile
+import subprocess
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -256,70 +264,289 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: in
             writer.write(f)
 
 
-def read_video(path: str | os.PathLike, short_side: int | None = None) -> tuple[np.ndarray, dict]:
-    """Decode every frame of a video file -> (frames (T, H, W, 3) uint8 RGB, ffmpeg's metadata: ``fps``,
-    ``codec``, ``size`` and ``source_size`` (width, height) before scaling).
+# ------------------------------------------------------------------------------------------------ reading
+# Every ffmpeg run on a file this tool did not write goes through probe_video (the container, frame size and rate
+# from the header, with ffmpeg restricted to ALLOWED_DEMUXERS and the file protocol) and decode (the same
+# restrictions plus ``-f <probed demuxer>``): see docs/security.md, "Videos and images".
 
-    With ``short_side``, ffmpeg scales frames down (area averaging, aspect kept) so the short side is at most
-    ``short_side`` pixels while decoding, which is much cheaper than resizing afterwards.
-    Raises BadInputError(path, "video") when the file is missing, cannot be decoded or holds no frames."""
+#: the demuxers (ffmpeg's names) a file we did not write may be read with: real video containers only (mp4 / mov /
+#: m4v, mkv / webm, avi, MPEG program and transport streams, ogg / ogv). concat / ffconcat lists, HLS / DASH
+#: playlists, SDP, image2 patterns and single images, lavfi, tty and every other demuxer are refused by ffmpeg
+#: itself (``-format_whitelist``) before it opens anything but the file.
+ALLOWED_DEMUXERS = ("mov", "matroska", "avi", "mpeg", "mpegts", "ogg")
+#: largest source frame decoded, in pixels (8K UHD, 7680 x 4320); larger is refused before decoding.
+MAX_FRAME_PIXELS = 7680 * 4320
+#: most frames one :func:`read_video` returns (or :func:`count_frames` counts); more is refused.
+MAX_FRAMES = 20_000
+#: most bytes of decoded (scaled) frames one :func:`read_video` returns; more is refused.
+MAX_DECODED_BYTES = 2 << 30
+#: ffmpeg's ``-max_alloc``: no single allocation of the decoder or demuxer above this (bytes).
+MAX_ALLOC_BYTES = 512 << 20
+#: the text sniff reads this many bytes: a file whose start is UTF-8 text without NUL bytes is not a video.
+SNIFF_BYTES = 4096
+PROBE_TIMEOUT_S = 30
+DECODE_TIMEOUT_S = 300
+
+_INPUT = re.compile(r"^Input #0, (.+?), from '", re.M)
+_DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
+_VIDEO = re.compile(r"Stream #0:\S+.*?: Video: (.*)")
+_SIZE = re.compile(r",\s*(\d{1,5})x(\d{1,5})\b")
+_FPS = re.compile(r"(\d+(?:\.\d+)?)\s*(?:fps|tbr)\b")
+_ROTATE = re.compile(r"(?:rotate\s*:\s*|rotation of\s*)(-?\d+(?:\.\d+)?)")
+
+
+def ffmpeg_exe() -> str:
+    """The ffmpeg binary bundled with imageio-ffmpeg."""
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What a video file's header says (:func:`probe_video`): ``demuxer`` (one of :data:`ALLOWED_DEMUXERS`),
+    ``codec``, decoded ``width`` x ``height`` in pixels after rotation, ``fps`` (frames / s), ``duration`` in
+    seconds (0.0 when the header has none, e.g. a browser's MediaRecorder webm: then :func:`count_frames` fills
+    it), ``source_size`` (width, height) as stored (before rotation)."""
+
+    path: Path
+    demuxer: str
+    codec: str
+    width: int
+    height: int
+    fps: float
+    duration: float
+    source_size: tuple[int, int]
+
+    def frames_in(self, start: float, end: float | None) -> int:
+        """Frames shown in ``[start, end)`` seconds (end None = the end of the file)."""
+        stop = self.duration if end is None else min(end, self.duration)
+        return max(0, int(np.floor((stop - start) * self.fps + 1e-6)))
+
+
+def input_args(path: str | os.PathLike, demuxer: str | None = None) -> list[str]:
+    """ffmpeg's input options for a file we did not write, ending in ``-i``: the file protocol only
+    (``file:`` + the absolute path, so no name is read as a protocol, a pattern or an option), the demuxer
+    allow-list, ``-f demuxer`` when the probe chose it, and :data:`MAX_ALLOC_BYTES`."""
+    args = ["-max_alloc", str(MAX_ALLOC_BYTES), "-protocol_whitelist", "file",
+            "-format_whitelist", ",".join(ALLOWED_DEMUXERS)]
+    if demuxer is not None:
+        if demuxer not in ALLOWED_DEMUXERS:
+            raise ValueError(f"demuxer {demuxer!r} is not one of {ALLOWED_DEMUXERS}")
+        args += ["-f", demuxer]
+    return args + ["-i", "file:" + os.path.abspath(os.fspath(path))]
+
+
+def _refuse_text(path: Path) -> None:
+    """BadInputError when ``path`` is empty or starts as a text file (a concat list, playlist, SDP, a list of
+    paths): no video container starts with :data:`SNIFF_BYTES` of NUL-free UTF-8."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+    except OSError as exc:
+        raise BadInputError(path, "video", f"unreadable ({exc.strerror or type(exc).__name__})") from None
+    if not head:
+        raise BadInputError(path, "video", "empty file")
+    if b"\0" in head:
+        return
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # binary (a multi-byte character cut at the end of the sniff is text)
+            return
+    raise BadInputError(path, "video", "a text file, not a video (playlists, concat lists and other text "
+                                           "inputs are refused)")
+
+
+def probe_video(path: str | os.PathLike) -> MediaInfo:
+    """Read a video file's header with ffmpeg restricted to :data:`ALLOWED_DEMUXERS` and the file protocol
+    (nothing decoded). Raises BadInputError(path, "video") for a missing, empty or text file, a container that is
+    not allowed, no video stream, no frame size or rate, a frame above :data:`MAX_FRAME_PIXELS`. Messages never
+    quote ffmpeg's output (it could name other files)."""
     path = Path(path)
     if not path.is_file():
         raise BadInputError(path, "video", "file not found")
-    out_params = None
-    if short_side is not None:
-        s = int(short_side)
-        out_params = ["-vf", f"scale=w='if(lte(iw,ih),min({s},iw),-2)':h='if(lte(iw,ih),-2,min({s},ih))'"
-                              ":flags=area"]
-    quiet = logging.getLogger("imageio_ffmpeg")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # it warns whenever the output size differs from the source
+    _refuse_text(path)
     try:
-        gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", output_params=out_params)
-        meta = next(gen)
-        w, h = meta["size"]
-        frames = [np.frombuffer(f, dtype=np.uint8).reshape(h, w, 3) for f in gen]
-    except (RuntimeError, OSError, StopIteration, ValueError, IndexError, AttributeError) as exc:
-        raise BadInputError(path, "video", f"cannot decode: {exc}") from exc
-    finally:
-        quiet.setLevel(level)
-    if not frames:
+        res = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", *input_args(path)], capture_output=True,
+                             timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        raise BadInputError(path, "video", f"ffmpeg did not read the header within {PROBE_TIMEOUT_S} s") from exc
+    text = res.stderr.decode("utf-8", "replace")
+    allowed = "mp4/mov, mkv/webm, avi, mpeg, mpegts, ogg"
+    if "not on whitelist" in text:
+        raise BadInputError(path, "video", f"not a video container this tool reads ({allowed})")
+    got = _INPUT.search(text)
+    demuxer = got.group(1).split(",")[0] if got else None
+    if demuxer not in ALLOWED_DEMUXERS:
+        raise BadInputError(path, "video", f"not a video ffmpeg can read (containers: {allowed})")
+    vid = _VIDEO.search(text)
+    if vid is None:
+        raise BadInputError(path, "video", "no video stream")
+    line = vid.group(1)
+    size = _SIZE.search(line)
+    fps = _FPS.search(line)
+    if size is None:
+        raise BadInputError(path, "video", "no frame size in the stream header")
+    sw, sh = int(size.group(1)), int(size.group(2))
+    if sw < 1 or sh < 1 or sw * sh > MAX_FRAME_PIXELS:
+        raise BadInputError(path, "video", f"frame size {sw}x{sh} outside 1..{MAX_FRAME_PIXELS} pixels "
+                                           f"({MAX_FRAME_PIXELS / 1e6:.1f} MP)")
+    w, h = sw, sh
+    rot = _ROTATE.search(text)
+    if rot is not None and round(abs(float(rot.group(1)))) % 180 == 90:
+        w, h = h, w
+    dur = _DURATION.search(text)
+    duration = 3600.0 * int(dur.group(1)) + 60.0 * int(dur.group(2)) + float(dur.group(3)) if dur else 0.0
+    rate = float(fps.group(1)) if fps is not None else 0.0
+    codec = line.split(",")[0].split()[0] if line.split() else "?"
+    info = MediaInfo(path, demuxer, codec, w, h, rate, duration, (sw, sh))
+    if duration <= 0 or not 0 < rate <= 1000:
+        info = count_frames(info)
+    return info
+
+
+def count_frames(info: MediaInfo) -> MediaInfo:
+    """``info`` with ``duration`` and ``fps`` measured by reading the packets of the video stream (no decoding):
+    for files whose header has no duration or frame rate (a browser's MediaRecorder webm says ``1k tbr`` and no
+    duration). Stops after :data:`MAX_FRAMES` packets (refused). Raises BadInputError."""
+    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", *input_args(info.path, info.demuxer), "-map", "0:v:0",
+           "-c", "copy", "-frames:v", str(MAX_FRAMES + 1), "-f", "null", "-progress", "pipe:1", "-nostats", "-"]
+    try:
+        res = subprocess.run(cmd, capture_output=True, timeout=DECODE_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        raise BadInputError(info.path, "video", f"counting its frames took more than {DECODE_TIMEOUT_S} s") from exc
+    frames = re.findall(rb"^frame=(\d+)", res.stdout, re.M)
+    times = re.findall(rb"^out_time_us=(\d+)", res.stdout, re.M)
+    n = int(frames[-1]) if frames else 0
+    if n > MAX_FRAMES:
+        raise BadInputError(info.path, "video", f"more than {MAX_FRAMES} frames")
+    end = int(times[-1]) / 1e6 if times else 0.0  # where the last packet ends
+    if 0 < info.fps <= 1000 and n >= 1:  # a frame rate but no duration
+        return dataclasses.replace(info, duration=n / info.fps)
+    if n < 2 or end <= 0:
+        raise BadInputError(info.path, "video", f"no frame rate or duration in the header and {n} frame(s) found")
+    return dataclasses.replace(info, fps=n / end, duration=end)
+
+
+def scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """(width, height) scaled down (never up) so the short side is at most ``short_side``, the other side
+    keeping the aspect ratio rounded to an even number (ffmpeg's ``-2``)."""
+    if short_side is None or min(width, height) <= int(short_side):
+        return width, height
+    s = int(short_side)
+    if width <= height:
+        return s, max(2, _even(s * height, width))
+    return max(2, _even(s * width, height)), s
+
+
+def _even(num: int, den: int) -> int:
+    """``num / den`` rounded to the nearest even integer, halves away from zero (ffmpeg's av_rescale * 2)."""
+    return (num + den) // (2 * den) * 2
+
+
+def decode(info: MediaInfo, size: tuple[int, int], max_frames: int, *, before_input: Sequence[str] = (),
+           filters: Sequence[str] = (), timeout: float = DECODE_TIMEOUT_S) -> tuple[np.ndarray, bool]:
+    """Decode the first video stream of ``info.path`` -> (frames (k, H, W, 3) uint8 RGB with (W, H) = ``size``,
+    whether a frame beyond ``max_frames`` existed).
+
+    ``before_input``: input options (``-ss``, ``-t``); ``filters``: ``-vf`` filters applied before the final
+    ``scale`` to ``size`` (so every frame has that size whatever the stream does later). ffmpeg runs restricted
+    (:func:`input_args` with ``-f info.demuxer``), its frames are read into one array of at most ``max_frames``
+    frames (untouched pages cost no memory). ffmpeg's messages are not passed on (they could name other files).
+    Raises BadInputError(path, "video")."""
+    w, h = int(size[0]), int(size[1])
+    frame_bytes = w * h * 3
+    if max_frames < 1 or max_frames * frame_bytes > MAX_DECODED_BYTES:
+        raise BadInputError(info.path, "video", f"{max_frames} frames of {w}x{h} exceed the decoding budget of "
+                                                f"{MAX_DECODED_BYTES >> 20} MiB")
+    vf = ",".join([*filters, f"scale={w}:{h}:flags=area"])
+    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-threads", "2", *before_input,
+           *input_args(info.path, info.demuxer), "-map", "0:v:0", "-vf", vf, "-fps_mode", "passthrough",
+           "-frames:v", str(max_frames + 1), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    out = np.empty((max_frames, h, w, 3), np.uint8)
+    k, more = 0, False
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            while k < max_frames:
+                got = proc.stdout.readinto(memoryview(out[k]).cast("B"))
+                if got < frame_bytes:
+                    break
+                k += 1
+            if k == max_frames:
+                more = len(proc.stdout.read(frame_bytes)) == frame_bytes
+        finally:
+            proc.stdout.close()
+            if more:
+                proc.kill()
+            code = proc.wait()
+            killed = not timer.is_alive() and code != 0 and not more
+            timer.cancel()
+        if killed:
+            raise BadInputError(info.path, "video", f"decoding took more than {timeout:g} s")
+        if code != 0 and not more and k == 0:
+            err.seek(0)
+            log.debug("ffmpeg on %s: %s", info.path, err.read(4096).decode("utf-8", "replace"))
+            raise BadInputError(info.path, "video", "ffmpeg could not decode it (a damaged or unsupported stream)")
+    return out[:k], more
+
+
+def read_video(path: str | os.PathLike, short_side: int | None = None) -> tuple[np.ndarray, dict]:
+    """Decode every frame of a video file -> (frames (T, H, W, 3) uint8 RGB, ``fps``, ``codec``, ``size`` and
+    ``source_size`` (width, height) before scaling and rotation, ``demuxer``).
+
+    With ``short_side``, ffmpeg scales frames down (area averaging, aspect kept, even sizes) so the short side is
+    at most ``short_side`` pixels while decoding, which is much cheaper than resizing afterwards. The file is
+    read as an untrusted one (:func:`probe_video`); at most :data:`MAX_FRAMES` frames and
+    :data:`MAX_DECODED_BYTES` bytes of frames. Raises BadInputError(path, "video") when the file is missing,
+    refused, cannot be decoded, holds no frames or more than the caps."""
+    info = probe_video(path)
+    w, h = scaled_size(info.width, info.height, short_side)
+    cap = min(MAX_FRAMES, MAX_DECODED_BYTES // (w * h * 3))
+    frames, more = decode(info, (w, h), cap)
+    if more:
+        raise BadInputError(path, "video", f"more than {cap} frames of {w}x{h} (the decoding budget: "
+                                           f"{MAX_FRAMES} frames, {MAX_DECODED_BYTES >> 20} MiB)")
+    if not len(frames):
         raise BadInputError(path, "video", "no frames decoded")
-    meta = dict(meta)
-    meta["source_size"] = tuple(meta.get("source_size", (w, h)))
-    return np.stack(frames), meta
+    meta = {"fps": info.fps, "codec": info.codec, "size": (w, h), "source_size": info.source_size,
+            "demuxer": info.demuxer, "duration": info.duration}
+    return frames, meta
 
 
-def read_frames(path: str | os.PathLike, indices: Sequence[int]) -> np.ndarray:
-    """Frames ``indices`` of a video file -> (k, H, W, 3) uint8, decoding only up to the last one wanted.
-    Raises ValueError when the file has fewer frames."""
+def read_frames(path: str | os.PathLike, indices: Sequence[int], short_side: int | None = None) -> np.ndarray:
+    """Frames ``indices`` (decode order) of a video file -> (k, H, W, 3) uint8, decoding only up to the last one
+    wanted and keeping only the wanted ones (``select``), scaled as in :func:`read_video`. Raises
+    BadInputError(path, "video") when the file is refused or has fewer frames."""
     want = [int(i) for i in indices]
-    last = max(want)
-    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
-    meta = next(gen)
-    w, h = meta["size"]
-    got: dict[int, np.ndarray] = {}
-    try:
-        for i, f in enumerate(gen):
-            if i in want and i not in got:
-                got[i] = np.frombuffer(f, dtype=np.uint8).reshape(h, w, 3)
-            if i >= last:
-                break
-    finally:
-        gen.close()
-    missing = [i for i in want if i not in got]
-    if missing:
-        raise ValueError(f"mp4 has fewer frames than requested (missing {missing[:3]})")
-    return np.stack([got[i] for i in want])
+    if not want or min(want) < 0:
+        raise ValueError(f"frame indices must be >= 0, got {want[:5]}")
+    info = probe_video(path)
+    uniq = sorted(set(want))
+    w, h = scaled_size(info.width, info.height, short_side)
+    expr = "+".join(f"eq(n\\,{i})" for i in uniq)
+    got, _ = decode(info, (w, h), len(uniq), filters=[f"select='{expr}'"])
+    if len(got) < len(uniq):
+        missing = uniq[len(got):]
+        raise BadInputError(path, "video", f"fewer frames than requested (missing {missing[:3]})")
+    pos = {v: j for j, v in enumerate(uniq)}
+    return np.stack([got[pos[i]] for i in want])
 
 
-def mp4_frames(data: bytes, indices: Sequence[int] | None = None) -> np.ndarray:
-    """Decode an mp4 held in memory and return frames ``indices`` (all when None) -> (k, H, W, 3) uint8.
+def mp4_frames(data: bytes, indices: Sequence[int] | None = None, short_side: int | None = None) -> np.ndarray:
+    """Decode a video held in memory (a shard's ``video.mp4`` member) and return frames ``indices`` (all when
+    None) -> (k, H, W, 3) uint8, scaled down to ``short_side`` as :func:`read_video` does.
 
-    H.264 needs the stream decoded from the start, so this decodes up to the last wanted frame (through a
-    temporary file, because mp4 files written without ``faststart`` cannot be read from a pipe)."""
+    Through a temporary file (mp4 files written without ``faststart`` cannot be read from a pipe), read as an
+    untrusted file (:func:`probe_video`: allowed containers, frame size cap). H.264 needs the stream decoded
+    from the start, so this decodes up to the last wanted frame."""
     with tempfile.NamedTemporaryFile(suffix=".mp4") as tmp:
         tmp.write(data)
         tmp.flush()
-        frames = read_video(tmp.name)[0] if indices is None else read_frames(tmp.name, indices)
-    return frames
+        try:
+            if indices is None:
+                return read_video(tmp.name, short_side)[0]
+            return read_frames(tmp.name, indices, short_side)
+        except BadInputError as exc:  # the temporary name means nothing to the caller
+            raise BadInputError("video.mp4", exc.field, exc.message) from None

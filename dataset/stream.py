@@ -448,12 +448,12 @@ class SampleTransform:
         from core.mp4 import mp4_frames
         from dataset.video_frames import decode_jpgs, jpgs_info
 
+        zoom = self.augment.scale[1] if (self.train and self.augment is not None) else 1.0
+        min_size = int(np.ceil(self.image_size * zoom / self.frame_crop))  # the short side the crop needs
         if VIDEO_JPGS in sample:
             data = sample[VIDEO_JPGS]
             n = jpgs_info(data)[0]
-            zoom = self.augment.scale[1] if (self.train and self.augment is not None) else 1.0
-            frames = decode_jpgs(data, self.window_indices(n, window, rng),
-                                 min_size=int(np.ceil(self.image_size * zoom / self.frame_crop)))
+            frames = decode_jpgs(data, self.window_indices(n, window, rng), min_size=min_size)
         elif VIDEO_MP4 in sample:
             if META not in sample:
                 raise SampleError("missing_member", "no meta.json member (needed for mp4 videos)")
@@ -465,7 +465,10 @@ class SampleTransform:
             except (ValueError, TypeError, KeyError, RecursionError) as exc:
                 raise SampleError("meta", f"meta.json: {type(exc).__name__}: {exc}") from exc
             idx = self.window_indices(n, window, rng)
-            frames = torch.from_numpy(mp4_frames(sample[VIDEO_MP4], idx)).permute(0, 3, 1, 2).contiguous()
+            # decoded as an untrusted file (core.mp4: allowed containers, frame size cap), scaled by ffmpeg to a
+            # short side of at most 2 x min_size (as JPEG frames are by draft mode)
+            frames = torch.from_numpy(mp4_frames(sample[VIDEO_MP4], idx, short_side=2 * min_size)
+                                      ).permute(0, 3, 1, 2).contiguous()
         else:
             raise SampleError("missing_member", "no video member (video.jpgs or video.mp4)")
         if self.frame_crop < 1.0:

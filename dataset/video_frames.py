@@ -70,6 +70,9 @@ def encode_jpgs(frames: np.ndarray, quality: int = 90) -> bytes:
 
 
 MAX_FRAME_SIDE = 8192  # pixels; larger stored frames are refused (decompression-bomb guard)
+#: most bytes of decoded frames one :func:`decode_jpgs` call returns (frames x decoded size x 3); more is refused
+#: before any frame is decoded.
+MAX_DECODED_BYTES = 512 << 20
 
 
 def jpgs_info(data: bytes) -> tuple[int, int, int, np.ndarray, int]:
@@ -98,24 +101,45 @@ def decode_jpgs(data: bytes, indices: Iterable[int] | None = None, min_size: int
     """Decode frames ``indices`` (all when None) of a ``video.jpgs`` member -> torch uint8 (k, 3, H, W).
 
     With ``min_size``, JPEG DCT scaling (PIL's draft mode) decodes frames stored much larger than needed at
-    1/2, 1/4 or 1/8 size, keeping the short side >= ``min_size``. Uses PIL (libjpeg-turbo), not torchvision,
+    1/2, 1/4 or 1/8 size, keeping the short side >= ``min_size``. The decoded frames may take at most
+    :data:`MAX_DECODED_BYTES` (checked from the header before decoding; each frame's JPEG header must say the
+    member's size, also checked before its pixels are decoded). Uses PIL (libjpeg-turbo), not torchvision,
     so loader workers do not import torchvision."""
     import torch
     from PIL import Image
 
     n, w, h, offsets, start = jpgs_info(data)
     idx = range(n) if indices is None else [int(i) for i in indices]
+    scale = 1  # the DCT scale draft mode will use (1, 2, 4 or 8)
+    if min_size is not None and min(w, h) >= 2 * min_size:
+        while scale < 8 and min(w, h) // (2 * scale) >= min_size:
+            scale *= 2
+    need = len(idx) * (-(-w // scale)) * (-(-h // scale)) * 3
+    if need > MAX_DECODED_BYTES:
+        raise ValueError(f"video.jpgs: {len(idx)} frames of {w}x{h} would decode to {need >> 20} MiB, above the "
+                         f"budget of {MAX_DECODED_BYTES >> 20} MiB")
     view = memoryview(data)
-    frames = []
-    for i in idx:
+    arr = None  # (k, H, W, 3), allocated at the first frame's decoded size (the same for every frame)
+    for j, i in enumerate(idx):
         if not 0 <= i < n:
-            raise IndexError(f"frame {i} out of range 0..{n - 1}")
-        im = Image.open(io.BytesIO(view[start + int(offsets[i]):start + int(offsets[i + 1])]))
-        if im.format != "JPEG" or im.size != (w, h):  # checked before decoding any pixel
-            raise ValueError(f"video.jpgs: frame {i} is a {im.format} of {im.size[0]}x{im.size[1]}, the header "
-                             f"says JPEG {w}x{h}")
-        if min_size is not None and min(w, h) >= 2 * min_size:
-            im.draft("RGB", (max(1, w * min_size // min(w, h)), max(1, h * min_size // min(w, h))))
-        frames.append(np.asarray(im.convert("RGB")))
-    arr = np.stack(frames)  # (k, H, W, 3)
+            raise IndexError(f"video.jpgs: frame {i} out of range 0..{n - 1}")
+        try:
+            im = Image.open(io.BytesIO(view[start + int(offsets[i]):start + int(offsets[i + 1])]))
+            if im.format != "JPEG" or im.size != (w, h):  # checked before decoding any pixel
+                raise ValueError(f"video.jpgs: frame {i} is a {im.format} of {im.size[0]}x{im.size[1]}, the "
+                                 f"header says JPEG {w}x{h}")
+            if scale > 1:
+                im.draft("RGB", (max(1, w * min_size // min(w, h)), max(1, h * min_size // min(w, h))))
+            frame = np.asarray(im.convert("RGB"))
+        except ValueError:
+            raise
+        except (OSError, SyntaxError, struct.error, IndexError, Image.DecompressionBombError) as exc:
+            raise ValueError(f"video.jpgs: frame {i} cannot be decoded ({type(exc).__name__}: {exc})") from None
+        if arr is None:
+            arr = np.empty((len(idx),) + frame.shape, np.uint8)
+        if frame.shape != arr.shape[1:]:
+            raise ValueError(f"video.jpgs: frame {i} decodes to {frame.shape}, frame {idx[0]} to {arr.shape[1:]}")
+        arr[j] = frame
+    if arr is None:
+        raise ValueError("video.jpgs: no frames asked for")
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()

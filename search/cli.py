@@ -7,7 +7,7 @@ search page.
     lavimo-search query --index IDX --video clip.mov [--start 2 --end 6.5] [--crop x,y,size]
     lavimo-search query --index IDX --motion motion.npy [--captions]              # motion->motion / motion->text
     lavimo-search preview motion.npy --out motion.mp4                            # features or joints -> mp4
-    lavimo-search serve --index IDX [--host 127.0.0.1 --port 8000]
+    lavimo-search serve --index IDX [--host 127.0.0.1 --port 8000] [--allow-host NAME]
 
 ``query`` and ``serve`` use the checkpoint recorded in the index (``--checkpoint`` to give it; it must be the
 same file, by sha256). Checkpoints from before train.py recorded their preprocessing need ``--stats``.
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._project import BadInputError, print_error
+from ._project import BadInputError, os_error_text, print_error
 from .index import source_text
 
 
@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--index", type=Path, required=True)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="answer requests whose Host header is NAME too (repeatable; default only the bound address "
+                        "and localhost; also $LAVIMO_SEARCH_ALLOWED_HOSTS, a comma list)")
     return p
 
 
@@ -162,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         return _main(args)
     except (BadInputError, FileNotFoundError, _Usage, ValueError) as exc:
         return print_error(f"lavimo-search {args.cmd}", exc)
+    except OSError as exc:  # a full disk, an unwritable output: one line, no traceback
+        return print_error(f"lavimo-search {args.cmd}", os_error_text(
+            exc, getattr(args, "out", None) or getattr(args, "index", None),
+            disk_full_hint=" (free some space and run it again; an existing index is left as it was)"))
     except KeyboardInterrupt:
         print("lavimo-search: interrupted", file=sys.stderr)
         return 1
@@ -208,7 +215,7 @@ def _main(args: argparse.Namespace) -> int:
         from .server import serve
 
         r, idx = open_index(args.index, args.checkpoint, args.stats, args.device)
-        serve(r, idx, host=args.host, port=args.port)
+        serve(r, idx, host=args.host, port=args.port, allow_hosts=args.allow_host)
         return 0
     raise _Usage(f"unknown command {args.cmd}")
 

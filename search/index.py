@@ -10,7 +10,8 @@ On disk, in the index directory (format :data:`FORMAT` version :data:`VERSION`):
   ``has_video`` (N,) bool), ``text`` (K, C) latents of every caption and ``text_owner`` (K,) int64 (its motion).
 - ``index.json``: format, version, the checkpoint's path and sha256, the npz's sha256, latent size, the
   database description, and per motion ``keyid``, ``captions``, ``source`` (AMASS path + frame rule, or the
-  feature file) and ``preview`` (a video file, or null: rendered on demand by ``search.preview``).
+  feature file) and ``preview`` (a video file inside the index directory, relative to it, or null: rendered on
+  demand by ``search.preview``; a preview that resolves outside the directory is ignored).
 
 Both are written atomically (npz first, then the json naming its sha256). A query refuses an index built with
 another checkpoint. Building again into the same directory with the same checkpoint only decodes and encodes the
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,12 +97,24 @@ class Index:
                 "preview": self.preview_path(i)}
 
     def preview_path(self, i: int) -> str | None:
-        """The preview video of motion ``i`` as an absolute path (None when it has none yet)."""
+        """The preview video of motion ``i``: ``IDX/<preview>`` (None when it has none yet, or when the index's
+        JSON names a file that, symbolic links resolved, is not inside the index directory: an edited index
+        cannot point the page at other files; docs/security.md, "The search page and index")."""
         p = self.entries[i].preview
-        if p is None:
+        if p is None or self.root is None:
             return None
-        path = Path(p)
-        return str(path if path.is_absolute() or self.root is None else self.root / path)
+        try:
+            path = self.root / str(p)
+            inside = path.resolve().is_relative_to(self.root.resolve())
+        except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop
+            return None
+        if not inside:
+            if not getattr(self, "_warned_outside", False):
+                self._warned_outside = True
+                log.warning("%s: previews outside the index directory are ignored (e.g. %s's; an index built "
+                            "before previews were copied in: rebuild it)", self.root / META, self.entries[i].keyid)
+            return None
+        return str(path)
 
     # -------------------------------------------------------------------------------------------- io
     def save(self, root: str | os.PathLike) -> Path:
@@ -148,21 +162,98 @@ class Index:
         if sha256_file(npz)[0] != meta.get("npz_sha256"):
             raise BadInputError(npz, "npz_sha256", "does not match index.json (an interrupted or mixed build): "
                                                    "rebuild the index")
-        try:
-            with np.load(npz, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in ("keyid", "motion", "video", "has_video", "text", "text_owner")}
-        except (OSError, ValueError, KeyError, EOFError) as exc:
-            raise BadInputError(npz, None, f"unreadable index arrays ({exc})") from exc
+        arrays = read_index_arrays(npz)
         rows = meta.get("entries")
         if not isinstance(rows, list) or len(rows) != len(arrays["keyid"]):
             raise BadInputError(meta_path, "entries", "does not list one entry per indexed motion")
-        entries = [Entry(str(r["keyid"]), [str(c) for c in r.get("captions", [])], dict(r.get("source") or {}),
-                         r.get("preview")) for r in rows]
+        entries = [_entry(meta_path, j, r) for j, r in enumerate(rows)]
         if [e.keyid for e in entries] != [str(k) for k in arrays["keyid"]]:
             raise BadInputError(meta_path, "entries", "keyids differ from index.npz")
         meta = {k: v for k, v in meta.items() if k != "entries"}
         return cls(entries, arrays["motion"], arrays["video"], arrays["has_video"], arrays["text"],
                    arrays["text_owner"], meta, root)
+
+
+#: the arrays of index.npz: name -> (dtype kinds accepted, number of dimensions)
+_ARRAYS = {"keyid": ("U", 1), "motion": ("f", 2), "video": ("f", 2), "has_video": ("b", 1), "text": ("f", 2),
+           "text_owner": ("iu", 1)}
+
+
+def read_index_arrays(npz: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``index.npz`` (:data:`_ARRAYS`), read without pickle and without allocating more than the
+    file holds: every member must be stored uncompressed (as ``np.savez`` writes) and its ``.npy`` header must
+    declare exactly the bytes the member holds, before anything is allocated. Shapes must agree (N keyids, N
+    motion and video rows of C columns, K text rows of C columns and K owners in ``0..N-1``). Raises
+    BadInputError(npz, field)."""
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    out: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(npz) as zf:
+            for name, (kinds, ndim) in _ARRAYS.items():
+                try:
+                    info = zf.getinfo(f"{name}.npy")
+                except KeyError:
+                    raise BadInputError(npz, name, "missing array") from None
+                if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+                    raise BadInputError(npz, name, "compressed member (index.npz is written uncompressed)")
+                with zf.open(info) as fh:
+                    version = npy.read_magic(fh)
+                    if version == (1, 0):
+                        shape, fortran, dtype = npy.read_array_header_1_0(fh)
+                    elif version == (2, 0):
+                        shape, fortran, dtype = npy.read_array_header_2_0(fh)
+                    else:
+                        raise BadInputError(npz, name, f"unsupported .npy version {version}")
+                    if dtype.hasobject or dtype.kind not in kinds or len(shape) != ndim:
+                        raise BadInputError(npz, name, f"{dtype} array of {len(shape)} dimensions, expected "
+                                                       f"{ndim} dimension(s) of kind {kinds}")
+                    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                    if declared != info.file_size - fh.tell():
+                        raise BadInputError(npz, name, f"declares {declared} bytes of data, the member holds "
+                                                       f"{info.file_size - fh.tell()}")
+                    data = fh.read(declared)
+                if len(data) != declared:
+                    raise BadInputError(npz, name, "truncated member")
+                a = np.frombuffer(data, dtype=dtype)
+                out[name] = a.reshape(shape, order="F" if fortran else "C")
+    except BadInputError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError,
+            SyntaxError, TypeError, OverflowError) as exc:  # the header parser raises ValueError/SyntaxError
+        raise BadInputError(npz, None, f"unreadable index arrays ({type(exc).__name__}: "
+                                       f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    n, c = len(out["keyid"]), out["motion"].shape[1]
+    for name, rows in (("motion", n), ("video", n), ("has_video", n), ("text_owner", len(out["text"]))):
+        if len(out[name]) != rows:
+            raise BadInputError(npz, name, f"{len(out[name])} rows, expected {rows}")
+    for name in ("video", "text"):
+        if out[name].shape[1] != c:
+            raise BadInputError(npz, name, f"{out[name].shape[1]} columns, the motion latents have {c}")
+    own = out["text_owner"]
+    if len(own) and (int(own.min()) < 0 or int(own.max()) >= n or np.any(np.diff(own.astype(np.int64)) < 0)):
+        raise BadInputError(npz, "text_owner", f"owners outside 0..{n - 1} or out of order")
+    for name in ("motion", "video", "text"):
+        out[name] = out[name].astype(np.float32)
+        if not np.isfinite(out[name]).all():
+            raise BadInputError(npz, name, "non-finite latents")
+    out["text_owner"] = own.astype(np.int64)
+    return out
+
+
+def _entry(meta_path: Path, j: int, row: Any) -> Entry:
+    """Entry ``j`` of index.json's ``entries`` (BadInputError naming it unless keyid is a string, captions a list
+    of strings, source an object and preview a string or null)."""
+    if not isinstance(row, dict):
+        raise BadInputError(meta_path, f"entries[{j}]", "not an object")
+    keyid, caps, source, preview = row.get("keyid"), row.get("captions", []), row.get("source"), row.get("preview")
+    if (not isinstance(keyid, str) or not isinstance(caps, list) or not all(isinstance(c, str) for c in caps)
+            or not isinstance(source, (dict, type(None))) or not isinstance(preview, (str, type(None)))):
+        raise BadInputError(meta_path, f"entries[{j}]", "expected keyid (string), captions (list of strings), "
+                                                        "source (object) and preview (string or null)")
+    return Entry(keyid, list(caps), dict(source or {}), preview)
 
 
 def source_text(source: dict[str, Any]) -> str:
@@ -385,13 +476,20 @@ def build_index(retriever: Any, out: str | os.PathLike, *, shards: str | os.Path
 
 
 def _preview(it: Item, out: Path, videos, previews: bool, child_path) -> str | None:
+    target = child_path(out / PREVIEWS, f"{it.keyid}.mp4")
     if videos is not None:
         p = child_path(videos, f"{it.keyid}.mp4")
-        if p.is_file():
-            return str(p.resolve())
+        if p.is_file():  # copied in (a hard link when it can): previews are served only from inside the index
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target) as tmp:
+                try:
+                    os.unlink(tmp)
+                    os.link(p, tmp)
+                except OSError:
+                    shutil.copyfile(p, tmp)
+            return f"{PREVIEWS}/{it.keyid}.mp4"
     if not previews or it.preview_frames is None:
         return None
-    target = child_path(out / PREVIEWS, f"{it.keyid}.mp4")
     target.parent.mkdir(parents=True, exist_ok=True)
     got = it.preview_frames()
     if isinstance(got, bytes):

@@ -79,13 +79,14 @@ class Retriever:
                      crop: tuple[int, int, int] | None = None, mode: str = "auto"):
         """The model's input for one video: a file path (search/video.py) or (T, H, W, 3) uint8 frames (the
         loader's frame choice is applied when T > num_frames) -> (num_frames, 3, S, S) float32."""
-        from .video import frame_numbers, model_view, read_frames
+        from .video import frame_numbers, model_view, query_frames
 
         p = self.preprocess
         source = None
-        if isinstance(video, (str, os.PathLike)):
+        if isinstance(video, (str, os.PathLike)):  # decoded at the size the model needs; crop in those pixels
             source = video
-            frames = read_frames(video, p["num_frames"], start, end, mode=mode)
+            frames, crop = query_frames(video, p["num_frames"], p["image_size"], p["frame_crop"], crop, start, end,
+                                        mode=mode)
         else:
             frames = np.asarray(video)
             if frames.ndim != 4 or len(frames) < 2:

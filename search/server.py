@@ -7,13 +7,18 @@
 - ``GET /preview/{n}``: the preview mp4 of the n-th indexed motion (for feature databases rendered on the first
   request, outside the query lock, and served from that file afterwards).
 
-Safety: binds 127.0.0.1 by default; uploads are limited in size (:data:`MAX_UPLOAD_BYTES`, HTTP 413) and type
+Safety (docs/security.md, "The search page and index"): binds 127.0.0.1 by default; a request whose ``Host``
+header is not an allowed name (the bound address, ``localhost``, ``127.0.0.1``, ``::1`` and what
+``--allow-host`` / ``LAVIMO_SEARCH_ALLOWED_HOSTS`` add) is answered 421 (DNS rebinding); request bodies are
+limited to :data:`MAX_UPLOAD_BYTES` plus :data:`FORM_OVERHEAD_BYTES` as they arrive, with or without a
+Content-Length (chunked bodies too: the form parser stops at the cap, HTTP 413); uploads are limited in type
 (extensions :data:`VIDEO_TYPES` / :data:`MOTION_TYPES`, HTTP 415), stored under a name of the server's choosing
-and deleted after the query; no request ever names a file the server reads (previews are addressed by their
-number in the index); every string on the page is escaped (``html.escape`` server-side, ``textContent`` in the
-script); bad input is an HTTP 4xx with a message, and the server keeps serving.
+and deleted after the query, and read as untrusted files (videos: ``core.mp4.probe_video``); no request ever
+names a file the server reads (previews are addressed by their number in the index, and served only from inside
+the index directory, whatever its JSON says); every string on the page is escaped (``html.escape``
+server-side, ``textContent`` in the script); bad input is an HTTP 4xx with a message, and the server keeps
+serving.
 """
-
 
 
 import html
@@ -22,7 +27,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ._project import BadInputError
 from .index import source_text
@@ -30,6 +35,11 @@ from .index import source_text
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 64 << 20
+#: what a request body may hold beyond the upload itself (multipart headers, the other form fields)
+FORM_OVERHEAD_BYTES = 64 << 10
+#: Host names every server answers to (the bound address is added); more with --allow-host or this variable
+DEFAULT_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "::1")
+ALLOWED_HOSTS_ENV = "LAVIMO_SEARCH_ALLOWED_HOSTS"
 VIDEO_TYPES = (".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".ogv")
 MOTION_TYPES = (".npy",)
 MAX_K = 50
@@ -149,14 +159,60 @@ class SearchService:
         return Path(p) if p is not None and Path(p).is_file() else None
 
 
-def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BYTES):
-    """The FastAPI app (module docstring)."""
+def host_name(header: str) -> str:
+    """The host of a ``Host`` header, lower case, without the port: "LOCALHOST:8000" -> "localhost",
+    "[::1]:8000" -> "::1"."""
+    h = header.strip().lower()
+    if h.startswith("["):
+        return h[1:h.find("]")] if "]" in h else h
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
+def allowed_hosts(bound: str | None = None, extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """The Host names the page answers to: :data:`DEFAULT_ALLOWED_HOSTS`, the bound address ``bound`` (unless
+    a wildcard address), ``extra`` and the comma list in ``$LAVIMO_SEARCH_ALLOWED_HOSTS``."""
+    names = list(DEFAULT_ALLOWED_HOSTS)
+    if bound and bound not in ("0.0.0.0", "::", ""):
+        names.append(bound)
+    names += list(extra) + os.environ.get(ALLOWED_HOSTS_ENV, "").split(",")
+    return tuple(dict.fromkeys(host_name(n) for n in names if n.strip()))
+
+
+class _HostCheck:
+    """ASGI middleware: HTTP requests whose ``Host`` is not in ``hosts`` get 421 (a page on another site that a
+    DNS name rebound to this address cannot use it)."""
+
+    def __init__(self, app, hosts: Sequence[str]):
+        self.app, self.hosts = app, frozenset(host_name(h) for h in hosts)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            host = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"host"), "")
+            if host_name(host) not in self.hosts:
+                from starlette.responses import JSONResponse
+
+                resp = JSONResponse({"error": "this server does not answer to that Host header (start it with "
+                                              "--allow-host NAME to add one)"}, status_code=421)
+                return await resp(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+               hosts: Sequence[str] | None = None):
+    """The FastAPI app (module docstring). ``hosts``: the Host names it answers to (default
+    :func:`allowed_hosts`)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
     svc = SearchService(retriever, index)
     app = FastAPI(title="LAVIMO motion search", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = svc
+    app.add_middleware(_HostCheck, hosts=allowed_hosts() if hosts is None else tuple(hosts))
+    body_cap = max_upload_bytes + FORM_OVERHEAD_BYTES
 
     class HTTPError(Exception):
         def __init__(self, status: int, message: str):
@@ -223,11 +279,25 @@ def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BY
     async def api_search(request: Request):
         from starlette.concurrency import run_in_threadpool
 
+        too_large = HTTPError(413, f"upload larger than {max_upload_bytes >> 20} MiB")
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_upload_bytes + 65536:
-            raise HTTPError(413, f"upload larger than {max_upload_bytes >> 20} MiB")
+        if length is not None and length.isdigit() and int(length) > body_cap:
+            raise too_large
+        received = 0
+
+        async def capped_receive():  # the cap holds for chunked bodies too: counted as they arrive
+            nonlocal received
+            message = await request.receive()
+            if message.get("type") == "http.request":
+                received += len(message.get("body", b""))
+                if received > body_cap:
+                    raise _TooLarge
+            return message
+
         try:
-            form = await request.form(max_files=1, max_fields=16)
+            form = await Request(request.scope, capped_receive).form(max_files=1, max_fields=16)
+        except _TooLarge:
+            raise too_large from None
         except HTTPError:
             raise
         except Exception as exc:  # noqa: BLE001 - malformed multipart body
@@ -282,21 +352,27 @@ def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BY
             raise HTTPError(404, "no such result")
         try:
             p = svc.preview_file(n)
-        except BadInputError as exc:
-            raise HTTPError(404, f"no preview: {exc.message}") from exc
+        except (BadInputError, OSError) as exc:  # the reason stays in the log: it could tell which files exist
+            log.warning("preview %d: %s", n, exc)
+            raise HTTPError(404, "this motion has no preview") from exc
         if p is None:
             raise HTTPError(404, "this motion has no preview")
-        return FileResponse(p, media_type="video/mp4")
+        # a shard's video member is copied as is: never let a browser sniff it as anything but video
+        return FileResponse(p, media_type="video/mp4", headers={"X-Content-Type-Options": "nosniff"})
 
     return app
 
 
-def serve(retriever: Any, index: Any, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the page with uvicorn until interrupted."""
+def serve(retriever: Any, index: Any, host: str = "127.0.0.1", port: int = 8000,
+          allow_hosts: Sequence[str] = ()) -> None:
+    """Run the page with uvicorn until interrupted. ``allow_hosts``: Host names to answer to besides the bound
+    address and localhost (:func:`allowed_hosts`)."""
     import uvicorn
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: the page is reachable from other machines", host)
-    print(f"LAVIMO search: http://{host}:{port}/ ({len(index)} motions; Ctrl-C stops)", flush=True)
-    uvicorn.run(create_app(retriever, index), host=host, port=port, log_level="warning")
+    hosts = allowed_hosts(host, allow_hosts)
+    print(f"LAVIMO search: http://{host}:{port}/ ({len(index)} motions; Host names {', '.join(hosts)}; Ctrl-C "
+          "stops)", flush=True)
+    uvicorn.run(create_app(retriever, index, hosts=hosts), host=host, port=port, log_level="warning")
 

@@ -2,8 +2,12 @@
 
 Preprocessing of a real video (any container and codec the bundled ffmpeg reads, any size, aspect ratio, fps):
 
-1. **Probe** (``ffmpeg -i FILE``, header only): duration, frame rate, frame size, rotation. A file ffmpeg cannot
-   open, without a video stream, or with fewer than 2 frames in the window is refused (BadInputError naming it).
+1. **Probe** (``core.mp4.probe_video``, header only): container, duration, frame rate, frame size, rotation. The
+   file is untrusted: a text file (concat list, playlist) is refused before ffmpeg runs, ffmpeg may use only the
+   file protocol and the demuxers of ``core.mp4.ALLOWED_DEMUXERS`` (docs/security.md, "Videos and images"), a
+   frame above ``core.mp4.MAX_FRAME_PIXELS`` is refused. A file ffmpeg cannot open, without a video stream, or
+   with fewer than 2 frames in the window is refused (BadInputError naming it). A file whose header has no
+   duration or frame rate (a browser's MediaRecorder webm) has its packets counted instead (no decoding).
 2. **Window**: ``[start, end)`` seconds (default the whole file). Its frames are numbered ``0..n-1`` with
    ``n = floor((end - start) * fps)``, frame ``i`` being the one shown at ``start + i / fps``.
 3. **Frame choice**: the loader's evaluation rule (``dataset.stream.SampleTransform.frame_indices``): the
@@ -17,91 +21,44 @@ Preprocessing of a real video (any container and codec the bundled ffmpeg reads,
    converts only the kept ones). ``"auto"`` (default) uses ``select`` for windows up to :data:`SELECT_MAX_FRAMES`
    frames and ``seek`` for longer ones (tests/benchmarks/bench_search.py measures both). A variable-frame-rate
    file whose ``select`` pass returns fewer frames than asked is re-read with ``seek``. Rotation metadata is
-   applied (ffmpeg's autorotate); non-square pixels are not corrected.
+   applied (ffmpeg's autorotate); non-square pixels are not corrected. Frames are scaled by ffmpeg while
+   decoding to the size the model needs (:func:`decode_size`: a frame whose crop is more than twice the model's
+   ``image_size`` comes out with that crop at twice ``image_size``), so a large video costs what a small one does.
 5. **Crop**: a square. By default the centred square of side ``frame_crop x`` the short side (the model's
    ``frame_crop``, 1 = the largest centred square: ``dataset.augment.center_box``), as the loader does with the
-   renderer's follow camera, which keeps the person centred. ``crop=(x, y, size)`` (pixels of the decoded
-   frame, top-left corner and side) picks another square, e.g. where the person is in a phone video; it must lie
-   inside the frame.
+   renderer's follow camera, which keeps the person centred. ``crop=(x, y, size)`` (pixels of the source
+   frame after rotation, top-left corner and side; checked before decoding) picks another square, e.g. where the
+   person is in a phone video; it must lie inside the frame.
 6. **Resize and normalise**: ``dataset.augment.eval_view`` (bilinear, antialiased, to ``image_size``) and
    ``clip_normalize`` (CLIP mean/std) -> (num_frames, 3, S, S) float32, the loader's evaluation view.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import re
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ._project import BadInputError
+from ._project import BadInputError, mp4
 
 SELECT_MAX_FRAMES = 900   # "auto": a select pass over at most this many frames (30 s at 30 fps), else seeks
-PROBE_TIMEOUT_S = 30
 DECODE_TIMEOUT_S = 120
 
 
 def ffmpeg_exe() -> str:
     """The ffmpeg binary bundled with imageio-ffmpeg."""
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
+    return mp4().ffmpeg_exe()
 
 
-@dataclass
-class VideoInfo:
-    """What the container header says: ``duration`` s, ``fps``, decoded ``width`` x ``height`` (after rotation)."""
-
-    duration: float
-    fps: float
-    width: int
-    height: int
-
-    def frames_in(self, start: float, end: float | None) -> int:
-        """Frames shown in ``[start, end)`` seconds (end None = the end of the file)."""
-        stop = self.duration if end is None else min(end, self.duration)
-        return max(0, int(np.floor((stop - start) * self.fps + 1e-6)))
-
-
-_DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
-_VIDEO = re.compile(r"Stream #\S+.*?: Video: (.*)")
-_SIZE = re.compile(r"\b(\d{2,5})x(\d{2,5})\b")
-_FPS = re.compile(r"(\d+(?:\.\d+)?)\s*(?:fps|tbr)\b")
-_ROTATE = re.compile(r"(?:rotate\s*:\s*|rotation of\s*)(-?\d+(?:\.\d+)?)")
-
-
-def probe(path: str | os.PathLike) -> VideoInfo:
-    """Read the header of a video file with ffmpeg (nothing decoded). Raises BadInputError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadInputError(path, "video", "file not found")
-    try:
-        res = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True,
-                             timeout=PROBE_TIMEOUT_S)
-    except subprocess.TimeoutExpired as exc:
-        raise BadInputError(path, "video", f"ffmpeg did not read the header within {PROBE_TIMEOUT_S} s") from exc
-    text = res.stderr.decode("utf-8", "replace")
-    vid = _VIDEO.search(text)
-    if vid is None:
-        last = [ln.strip() for ln in text.splitlines() if ln.strip()][-1:] or ["no output"]
-        raise BadInputError(path, "video", f"not a video ffmpeg can read ({last[0][-160:]})")
-    line = vid.group(1)
-    size = _SIZE.search(line)
-    fps = _FPS.search(line)
-    dur = _DURATION.search(text)
-    if size is None or fps is None or float(fps.group(1)) <= 0:
-        raise BadInputError(path, "video", f"no frame size or frame rate in the stream header ({line[:120]})")
-    w, h = int(size.group(1)), int(size.group(2))
-    rot = _ROTATE.search(text)
-    if rot is not None and round(abs(float(rot.group(1)))) % 180 == 90:
-        w, h = h, w
-    duration = 3600.0 * int(dur.group(1)) + 60.0 * int(dur.group(2)) + float(dur.group(3)) if dur else 0.0
-    return VideoInfo(duration=duration, fps=float(fps.group(1)), width=w, height=h)
+def probe(path: str | os.PathLike):
+    """Read the header of a video file (``core.mp4.probe_video``: restricted to real video containers, nothing
+    decoded) -> ``core.mp4.MediaInfo`` (``duration``, ``fps``, ``width``, ``height`` after rotation,
+    ``frames_in(start, end)``). Raises BadInputError naming the file."""
+    return mp4().probe_video(path)
 
 
 def frame_numbers(n: int, num_frames: int) -> np.ndarray:
@@ -113,53 +70,79 @@ def frame_numbers(n: int, num_frames: int) -> np.ndarray:
     return t.frame_indices(int(n), None)
 
 
-def _raw(cmd: list[str], path: Path, w: int, h: int) -> np.ndarray:
-    """Run ffmpeg writing rgb24 frames to stdout -> (k, h, w, 3) uint8."""
-    try:
-        res = subprocess.run(cmd, capture_output=True, timeout=DECODE_TIMEOUT_S)
-    except subprocess.TimeoutExpired as exc:
-        raise BadInputError(path, "video", f"decoding took more than {DECODE_TIMEOUT_S} s") from exc
-    if res.returncode != 0:
-        msg = [ln for ln in res.stderr.decode("utf-8", "replace").splitlines() if ln.strip()][-1:] or ["?"]
-        raise BadInputError(path, "video", f"ffmpeg could not decode it ({msg[0][-160:]})")
-    k = len(res.stdout) // (w * h * 3)
-    return np.frombuffer(res.stdout[:k * w * h * 3], dtype=np.uint8).reshape(k, h, w, 3)
+def decode_size(width: int, height: int, image_size: int | None, frame_crop: float = 1.0,
+                crop: tuple[int, int, int] | None = None) -> tuple[int, int]:
+    """The (width, height) to decode a ``width`` x ``height`` video at for a model of ``image_size``: unchanged
+    when the square the model sees (``crop``'s side, else ``frame_crop`` x the short side) is at most twice
+    ``image_size``; else scaled down (aspect kept, even sides) so that square is twice ``image_size`` (the
+    antialiased resize to ``image_size`` then sees the same detail; the loader's JPEG frames are decoded at a
+    reduced scale by the same rule)."""
+    if image_size is None:
+        return width, height
+    short = min(width, height)
+    side = crop[2] if crop is not None else frame_crop * short
+    target = math.ceil(2 * int(image_size) * short / max(side, 1))
+    if short < 2 * target:  # only when it saves at least half of each side
+        return width, height
+    return mp4().scaled_size(width, height, target)
 
 
-def _seek(path: Path, info: VideoInfo, times: Sequence[float]) -> list[np.ndarray | None]:
+def scale_crop(crop: tuple[int, int, int] | None, source: tuple[int, int], decoded: tuple[int, int]
+               ) -> tuple[int, int, int] | None:
+    """A crop square (x, y, size) in source pixels -> the same square in pixels of frames decoded at ``decoded``
+    (width, height), kept inside the frame."""
+    if crop is None or tuple(source) == tuple(decoded):
+        return crop
+    f = min(decoded[0] / source[0], decoded[1] / source[1])
+    x, y = int(round(crop[0] * f)), int(round(crop[1] * f))
+    side = max(2, min(int(round(crop[2] * f)), decoded[0] - x, decoded[1] - y))
+    return x, y, side
+
+
+def check_crop(crop: tuple[int, int, int] | None, width: int, height: int, source=None) -> None:
+    """BadInputError unless ``crop`` (x, y, size) is a square of side >= 2 inside a ``width`` x ``height`` frame."""
+    if crop is None:
+        return
+    cx, cy, side = (int(v) for v in crop)
+    if side < 2 or cx < 0 or cy < 0 or cx + side > width or cy + side > height:
+        raise BadInputError(source, "crop", f"square x={cx} y={cy} size={side} does not lie inside the "
+                                            f"{width}x{height} frame")
+
+
+def _seek(info, size: tuple[int, int], times: Sequence[float]) -> list[np.ndarray | None]:
     def one(t: float) -> np.ndarray | None:
-        cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-ss", f"{max(0.0, t):.6f}", "-i", str(path),
-               "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-        got = _raw(cmd, path, info.width, info.height)
+        got, _ = mp4().decode(info, size, 1, before_input=["-ss", f"{max(0.0, t):.6f}"], timeout=DECODE_TIMEOUT_S)
         return got[0] if len(got) else None
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         return list(pool.map(one, times))
 
 
-def _select(path: Path, info: VideoInfo, start: float, end: float | None, numbers: Sequence[int]) -> np.ndarray:
-    expr = "+".join(f"eq(n\\,{int(i)})" for i in sorted(set(int(i) for i in numbers)))
-    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error"]
+def _select(info, size: tuple[int, int], start: float, end: float | None, numbers: Sequence[int]) -> np.ndarray:
+    uniq = sorted(set(int(i) for i in numbers))
+    expr = "+".join(f"eq(n\\,{i})" for i in uniq)
+    before = []
     if start > 0:
-        cmd += ["-ss", f"{start:.6f}"]
+        before += ["-ss", f"{start:.6f}"]
     if end is not None:
-        cmd += ["-t", f"{max(0.0, end - start):.6f}"]
-    cmd += ["-i", str(path), "-vf", f"select='{expr}'", "-fps_mode", "passthrough", "-f", "rawvideo",
-            "-pix_fmt", "rgb24", "-"]
-    return _raw(cmd, path, info.width, info.height)
+        before += ["-t", f"{max(0.0, end - start):.6f}"]
+    return mp4().decode(info, size, len(uniq), before_input=before, filters=[f"select='{expr}'"],
+                        timeout=DECODE_TIMEOUT_S)[0]
 
 
 def read_frames(path: str | os.PathLike, num_frames: int, start: float | None = None, end: float | None = None,
-                mode: str = "auto") -> np.ndarray:
+                mode: str = "auto", size: tuple[int, int] | None = None, info=None) -> np.ndarray:
     """The ``num_frames`` frames a video query uses (module docstring, steps 1-4) -> (num_frames, H, W, 3) uint8.
 
     ``start``/``end``: the window in seconds (None = the file's start / end). ``mode``: "auto", "seek", "select".
-    Raises BadInputError naming the file: unreadable, no video stream, a bad window, fewer than 2 frames.
+    ``size``: (width, height) to decode at (None = the frame size after rotation). ``info``: the probe, if done.
+    Raises BadInputError naming the file: unreadable, refused, no video stream, a bad window, fewer than 2 frames.
     """
     path = Path(path)
     if mode not in ("auto", "seek", "select"):
         raise ValueError(f"mode must be auto, seek or select, got {mode!r}")
-    info = probe(path)
+    info = probe(path) if info is None else info
+    size = (info.width, info.height) if size is None else (int(size[0]), int(size[1]))
     s = 0.0 if start is None else float(start)
     if not np.isfinite(s) or s < 0 or (end is not None and not (np.isfinite(end) and end > s)):
         raise BadInputError(path, "window", f"start {start} / end {end}: need 0 <= start < end (seconds)")
@@ -173,13 +156,13 @@ def read_frames(path: str | os.PathLike, num_frames: int, start: float | None = 
     if mode == "auto":
         mode = "select" if n <= SELECT_MAX_FRAMES else "seek"
     if mode == "select":
-        got = _select(path, info, s, end, numbers)
+        got = _select(info, size, s, end, numbers)
         uniq = sorted(set(int(i) for i in numbers))
         if len(got) == len(uniq):
             pos = {v: j for j, v in enumerate(uniq)}
             return np.stack([got[pos[int(i)]] for i in numbers])
         # fewer frames than the header promised (variable frame rate, a damaged tail): seek each one
-    frames = _seek(path, info, [s + (int(i) - 0.25) / info.fps for i in numbers])
+    frames = _seek(info, size, [s + (int(i) - 0.25) / info.fps for i in numbers])
     have = [f for f in frames if f is not None]
     if len(have) < 2:
         raise BadInputError(path, "video", f"only {len(have)} frame(s) could be decoded: a video query needs at "
@@ -189,6 +172,18 @@ def read_frames(path: str | os.PathLike, num_frames: int, start: float | None = 
         last = f if f is not None else last
         out.append(last)
     return np.stack(out)
+
+
+def query_frames(path: str | os.PathLike, num_frames: int, image_size: int, frame_crop: float = 1.0,
+                 crop: tuple[int, int, int] | None = None, start: float | None = None, end: float | None = None,
+                 mode: str = "auto") -> tuple[np.ndarray, tuple[int, int, int] | None]:
+    """A video query's frames decoded at the size the model needs (:func:`decode_size`) -> (frames (num_frames,
+    H, W, 3) uint8, ``crop`` in pixels of those frames). ``crop`` (source pixels) is checked before decoding."""
+    info = probe(path)
+    check_crop(crop, info.width, info.height, path)
+    size = decode_size(info.width, info.height, image_size, frame_crop, crop)
+    frames = read_frames(path, num_frames, start, end, mode, size=size, info=info)
+    return frames, scale_crop(crop, (info.width, info.height), size)
 
 
 def model_view(frames: np.ndarray, image_size: int, frame_crop: float = 1.0,
@@ -209,10 +204,8 @@ def model_view(frames: np.ndarray, image_size: int, frame_crop: float = 1.0,
     if crop is None:
         top, left, ch, cw = center_box(h, w, fraction=frame_crop)
     else:
+        check_crop(crop, w, h, source)
         cx, cy, side = (int(v) for v in crop)
-        if side < 2 or cx < 0 or cy < 0 or cx + side > w or cy + side > h:
-            raise BadInputError(source, "crop", f"square x={cx} y={cy} size={side} does not lie inside the "
-                                                f"{w}x{h} frame")
         top, left, ch, cw = cy, cx, side, side
     x = x[:, :, top:top + ch, left:left + cw]
     return clip_normalize(eval_view(x, image_size))

@@ -295,7 +295,8 @@ def client(tiny):
 
     from search.server import create_app
 
-    return TestClient(create_app(tiny["r"], tiny["index"], max_upload_bytes=200_000))
+    return TestClient(create_app(tiny["r"], tiny["index"], max_upload_bytes=200_000),
+                      base_url="http://localhost")
 
 
 def test_server_text_search_and_page(client, tiny):

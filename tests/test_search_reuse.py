@@ -133,7 +133,7 @@ def test_feature_preview_is_rendered_once_outside_the_query_lock(tmp_path, rende
     index = _feature_index(tmp_path)
     app = create_app(None, index)
     renders["svc"] = app.state.service
-    client = TestClient(app)
+    client = TestClient(app, base_url="http://localhost")
     for _ in range(5):  # a browser's range requests
         got = client.get("/preview/0", headers={"Range": "bytes=0-99"})
         assert got.status_code in (200, 206) and got.headers["content-type"] == "video/mp4"
