@@ -131,7 +131,7 @@ def _as_dtype(value: Any) -> np.dtype:
     return value.dtype
 
 
-def _check_shape(shape: Any) -> tuple[tuple[int, ...], int]:
+def _check_shape(shape: Any, max_elements: int = MAX_ELEMENTS) -> tuple[tuple[int, ...], int]:
     if not isinstance(shape, tuple) or len(shape) > _MAX_NDIM:
         raise Refused(f"malformed array shape {shape!r:.80}")
     size = 1
@@ -139,8 +139,8 @@ def _check_shape(shape: Any) -> tuple[tuple[int, ...], int]:
         if type(s) is not int or s < 0:
             raise Refused(f"malformed array shape {shape!r:.80}")
         size *= s
-        if size > MAX_ELEMENTS:
-            raise Refused(f"array of shape {shape!r:.80} is larger than {MAX_ELEMENTS} elements")
+        if size > max_elements:
+            raise Refused(f"array of shape {shape!r:.80} is larger than {max_elements} elements")
     return shape, size
 
 
@@ -385,12 +385,13 @@ def read_npy_header(fh: BinaryIO, path: str | os.PathLike, member: str) -> tuple
 
 
 def check_declared(shape: tuple[int, ...], dtype: np.dtype, present: int, path: str | os.PathLike | None,
-                   member: str, max_bytes: int = MAX_ARRAY_BYTES) -> tuple[int, int]:
+                   member: str, max_bytes: int = MAX_ARRAY_BYTES, max_elements: int = MAX_ELEMENTS
+                   ) -> tuple[int, int]:
     """The rule of every untrusted ``.npy`` read, before anything is allocated: ``shape`` has at most
-    :data:`MAX_ELEMENTS` elements, ``size * itemsize`` equals the ``present`` bytes after the header and is at
-    most ``max_bytes``. Returns (size, nbytes); raises BadInputError(path, member)."""
+    ``max_elements`` elements (:data:`MAX_ELEMENTS`), ``size * itemsize`` equals the ``present`` bytes after the
+    header and is at most ``max_bytes``. Returns (size, nbytes); raises BadInputError(path, member)."""
     try:
-        _, size = _check_shape(shape)
+        _, size = _check_shape(shape, max_elements)
     except Refused as exc:
         raise BadInputError(path, member, str(exc)) from exc
     expected = size * dtype.itemsize
@@ -433,13 +434,14 @@ def read_npz_header(zf: zipfile.ZipFile, path: str | os.PathLike, key: str, max_
 
 def read_npy(fh: BinaryIO, path: str | os.PathLike, member: str,
              object_loader: Callable[[bytes], Any] | None = None, *, nbytes: int,
-             max_bytes: int = MAX_ARRAY_BYTES, budget: "ByteBudget | None" = None) -> Any:
+             max_bytes: int = MAX_ARRAY_BYTES, budget: "ByteBudget | None" = None,
+             max_elements: int = MAX_ELEMENTS) -> Any:
     """One ``.npy`` member of an untrusted file as a plain array, without numpy's pickle path: the one checked
     ``.npy`` reader (AMASS and body-model npz members, shard ``.npy`` members, ``stats.npz``).
 
     ``nbytes`` is the member's size (header included) as its container declares it: the zip member's
     uncompressed size, or the length of an in-memory member. Nothing is allocated for the array until its
-    header has been checked against it: at most :data:`MAX_ELEMENTS` elements, ``size * itemsize`` equal to
+    header has been checked against it: at most ``max_elements`` elements, ``size * itemsize`` equal to
     the ``nbytes`` left after the header and at most ``max_bytes`` (and within ``budget``, when given, which is
     charged). The data is then read incrementally (memory follows the bytes really produced, never more than
     ``nbytes + 1`` are read: a container's declared size can lie too), and must be exactly that long.
@@ -462,7 +464,7 @@ def read_npy(fh: BinaryIO, path: str | os.PathLike, member: str,
                 raise BadInputError(path, member, f"truncated or oversized pickled member: {len(raw)} bytes, "
                                                   f"{present} declared")
             return object_loader(raw)
-        size, expected = check_declared(shape, dtype, present, path, member, max_bytes)
+        size, expected = check_declared(shape, dtype, present, path, member, max_bytes, max_elements)
         if budget is not None:
             budget.charge(expected, path, member)
         buf = bytearray()  # grown as bytes arrive (realloc, no extra copy): a lying size costs what is there
@@ -509,13 +511,15 @@ def open_npz(path: str | os.PathLike, source: str | os.PathLike | BinaryIO | Non
 
 def read_npz_member(zf: zipfile.ZipFile, path: str | os.PathLike, key: str,
                     object_loader: Callable[[bytes], Any] | None = None, *,
-                    max_bytes: int = MAX_ARRAY_BYTES, budget: "ByteBudget | None" = None) -> Any:
+                    max_bytes: int = MAX_ARRAY_BYTES, budget: "ByteBudget | None" = None,
+                    max_elements: int = MAX_ELEMENTS) -> Any:
     """The member ``key`` (``key.npy``) of the npz ``zf`` through :func:`read_npy`, checked against the
     uncompressed size its central directory declares. BadInputError(path, key): missing, encrypted, damaged,
     or any :func:`read_npy` refusal."""
     info, fh = _open_member(zf, path, key)
     with fh:
-        return read_npy(fh, path, key, object_loader, nbytes=info.file_size, max_bytes=max_bytes, budget=budget)
+        return read_npy(fh, path, key, object_loader, nbytes=info.file_size, max_bytes=max_bytes, budget=budget,
+                        max_elements=max_elements)
 
 
 class ByteBudget:

@@ -32,7 +32,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ._project import BadInputError, atomic_path, sha256_file, write_json
+from ._project import BadInputError, atomic_path, open_npz, read_npz_member, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -175,56 +175,27 @@ class Index:
 
 
 #: the arrays of index.npz: name -> (dtype kinds accepted, number of dimensions)
+#: an index's arrays are as large as its library (10 M motions x 256 float32 latents = 10 GB): no per-array cap
+#: beyond what the file holds (the checked reader still refuses a header that disagrees with the member's bytes)
+_INDEX_MAX_ARRAY = 1 << 40
+
 _ARRAYS = {"keyid": ("U", 1), "motion": ("f", 2), "video": ("f", 2), "has_video": ("b", 1), "text": ("f", 2),
            "text_owner": ("iu", 1)}
 
 
 def read_index_arrays(npz: Path) -> dict[str, np.ndarray]:
-    """The arrays of an ``index.npz`` (:data:`_ARRAYS`), read without pickle and without allocating more than the
-    file holds: every member must be stored uncompressed (as ``np.savez`` writes) and its ``.npy`` header must
-    declare exactly the bytes the member holds, before anything is allocated. Shapes must agree (N keyids, N
-    motion and video rows of C columns, K text rows of C columns and K owners in ``0..N-1``). Raises
-    BadInputError(npz, field)."""
-    import zipfile
-
-    from numpy.lib import format as npy
-
+    """The arrays of an ``index.npz`` (:data:`_ARRAYS`), read by the project's one checked ``.npy`` reader
+    (``core.restricted_unpickle.read_npz_member``: no pickle, each header checked against the bytes the member
+    holds before anything is allocated). Kinds, dimensions and shapes must agree (N keyids, N motion and video
+    rows of C columns, K text rows of C columns and K owners in ``0..N-1``). Raises BadInputError(npz, field)."""
     out: dict[str, np.ndarray] = {}
-    try:
-        with zipfile.ZipFile(npz) as zf:
-            for name, (kinds, ndim) in _ARRAYS.items():
-                try:
-                    info = zf.getinfo(f"{name}.npy")
-                except KeyError:
-                    raise BadInputError(npz, name, "missing array") from None
-                if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
-                    raise BadInputError(npz, name, "compressed member (index.npz is written uncompressed)")
-                with zf.open(info) as fh:
-                    version = npy.read_magic(fh)
-                    if version == (1, 0):
-                        shape, fortran, dtype = npy.read_array_header_1_0(fh)
-                    elif version == (2, 0):
-                        shape, fortran, dtype = npy.read_array_header_2_0(fh)
-                    else:
-                        raise BadInputError(npz, name, f"unsupported .npy version {version}")
-                    if dtype.hasobject or dtype.kind not in kinds or len(shape) != ndim:
-                        raise BadInputError(npz, name, f"{dtype} array of {len(shape)} dimensions, expected "
-                                                       f"{ndim} dimension(s) of kind {kinds}")
-                    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
-                    if declared != info.file_size - fh.tell():
-                        raise BadInputError(npz, name, f"declares {declared} bytes of data, the member holds "
-                                                       f"{info.file_size - fh.tell()}")
-                    data = fh.read(declared)
-                if len(data) != declared:
-                    raise BadInputError(npz, name, "truncated member")
-                a = np.frombuffer(data, dtype=dtype)
-                out[name] = a.reshape(shape, order="F" if fortran else "C")
-    except BadInputError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError,
-            SyntaxError, TypeError, OverflowError) as exc:  # the header parser raises ValueError/SyntaxError
-        raise BadInputError(npz, None, f"unreadable index arrays ({type(exc).__name__}: "
-                                       f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    with open_npz(npz) as zf:
+        for name, (kinds, ndim) in _ARRAYS.items():
+            a = read_npz_member(zf, npz, name, max_bytes=_INDEX_MAX_ARRAY, max_elements=_INDEX_MAX_ARRAY)
+            if a.dtype.kind not in kinds or a.ndim != ndim:
+                raise BadInputError(npz, name, f"{a.dtype} array of {a.ndim} dimensions, expected {ndim} "
+                                               f"dimension(s) of kind {kinds}")
+            out[name] = a
     n, c = len(out["keyid"]), out["motion"].shape[1]
     for name, rows in (("motion", n), ("video", n), ("has_video", n), ("text_owner", len(out["text"]))):
         if len(out[name]) != rows:

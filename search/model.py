@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._project import PREPROCESS_KEYS, BadInputError, preprocess_record  # noqa: F401 (re-exported)
+from ._project import PREPROCESS_KEYS, BadInputError, preprocess_record, read_npy_file  # noqa: F401 (re-exported)
 
 MOTION_SUFFIXES = (".npy", ".npz")
 
@@ -135,10 +135,10 @@ class Retriever:
             if src.suffix.lower() != ".npy":
                 raise BadInputError(src, "motion", f"expected a .npy (features or joints) or an AMASS .npz, got "
                                                    f"{src.suffix or 'no suffix'}")
-            try:
-                motion = np.load(src, allow_pickle=False)
-            except (OSError, ValueError, EOFError) as exc:
-                raise BadInputError(src, "motion", f"not a readable .npy array ({exc})") from exc
+            try:  # the checked .npy reader: the header must match the file's size before anything is allocated
+                motion = read_npy_file(src, "motion")
+            except OSError as exc:
+                raise BadInputError(src, "motion", f"not a readable .npy array ({exc.strerror or exc})") from exc
         a = np.asarray(motion)
         d = int(self.preprocess["feature_dim"])
         if a.dtype.kind not in "fiu":

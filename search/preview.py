@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._project import BadInputError, atomic_path
+from ._project import BadInputError, atomic_path, read_npy_file
 
 log = logging.getLogger(__name__)
 
@@ -338,10 +338,10 @@ def render_preview(motion: np.ndarray | str | os.PathLike, out: str | os.PathLik
         src = Path(motion)
         if not src.is_file():
             raise BadInputError(src, "motion", "file not found")
-        try:
-            motion = np.load(src, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise BadInputError(src, "motion", f"not a readable .npy array ({exc})") from exc
+        try:  # the checked .npy reader: the header must match the file's size before anything is allocated
+            motion = read_npy_file(src, "motion")
+        except OSError as exc:
+            raise BadInputError(src, "motion", f"not a readable .npy array ({exc.strerror or exc})") from exc
     joints = to_joints(motion, src)
     use = renderer
     if use == "auto":
