@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fixtures.child_peak import PEAK
+from tests.fixtures.child_peak import PEAK, reader_loop
 from tests.fixtures.untrusted import run_python
 
 FUZZ = settings(derandomize=True, deadline=None, max_examples=2, database=None,
@@ -124,23 +124,14 @@ def _records(m, n: int) -> list[dict]:
     return rows
 
 
-READ_VIDEOS = PEAK + r"""
-import json, sys, traceback
+READ_VIDEOS = reader_loop("""
 from core.errors import BadInputError
 from core.mp4 import read_frames, read_video
-for p in json.loads(sys.argv[1]):
-    rec = {"file": p}
-    try:
-        f, meta = read_video(p, 32)
-        g = read_frames(p, [0, 2], 32)
-        rec["ok"] = [list(f.shape), list(g.shape)]
-    except BadInputError as e:
-        rec["refused"] = str(e)
-    except Exception:
-        rec["crash"] = traceback.format_exc()
-    print(json.dumps(rec), flush=True)
-print(json.dumps({"peak_kib": peak_kib()}))
-"""
+""", """
+f, meta = read_video(p, 32)
+g = read_frames(p, [0, 2], 32)
+ok = [list(f.shape), list(g.shape)]
+""")
 
 
 @FUZZ
@@ -167,26 +158,16 @@ def test_fuzz_video_files(seed, videos, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------------ .jpgs members
-READ_JPGS = PEAK + r"""
-import json, sys, traceback
+READ_JPGS = reader_loop("""
 import torch  # decode_jpgs returns tensors: imported before the baseline
 from dataset.video_frames import decode_jpgs, jpgs_info
-base = peak_kib()
-for p in json.loads(sys.argv[1]):
-    data = open(p, "rb").read()
-    rec = {"file": p}
-    try:
-        n = jpgs_info(data)[0]
-        a = decode_jpgs(data, [0, n - 1], min_size=16)
-        b = decode_jpgs(data)
-        rec["ok"] = [list(a.shape), list(b.shape)]
-    except ValueError as e:
-        rec["refused"] = str(e)
-    except Exception:
-        rec["crash"] = traceback.format_exc()
-    print(json.dumps(rec), flush=True)
-print(json.dumps({"base_kib": base, "peak_kib": peak_kib()}))
-"""
+""", """
+data = open(p, "rb").read()
+n = jpgs_info(data)[0]
+a = decode_jpgs(data, [0, n - 1], min_size=16)
+b = decode_jpgs(data)
+ok = [list(a.shape), list(b.shape)]
+""", refused="ValueError")
 
 def mutate_jpgs(data: bytes, muts) -> bytes:
     b = bytearray(data)

@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 
 from core.errors import BadInputError  # noqa: E402
 from tests.fixtures.untrusted import assert_clean_refusal, run_measured, run_python  # noqa: E402
-from tests.fixtures.child_peak import PEAK  # noqa: E402
+from tests.fixtures.child_peak import reader_loop  # noqa: E402
 
 CAP = 100_000  # the test server's upload cap, bytes
 
@@ -270,23 +270,12 @@ def test_truncated_index_files_are_one_line(tiny, tmp_path, which):
 
 
 # ------------------------------------------------------------------------------------------------ index fuzz
-LOAD_INDEXES = PEAK + r"""
-import json, sys, traceback
+LOAD_INDEXES = reader_loop("""
 from core.errors import BadInputError
 from search.index import Index
-base = peak_kib()
-for d in json.loads(sys.argv[1]):
-    rec = {"dir": d}
-    try:
-        i = Index.load(d)
-        rec["ok"] = len(i)
-    except BadInputError as e:
-        rec["refused"] = str(e)
-    except Exception:
-        rec["crash"] = traceback.format_exc()
-    print(json.dumps(rec), flush=True)
-print(json.dumps({"base_kib": base, "peak_kib": peak_kib()}))
-"""
+""", """
+ok = len(Index.load(p))
+""")
 
 
 def _json_mutation(rng: np.random.Generator, meta: dict, text: str) -> str:
@@ -389,8 +378,8 @@ def test_fuzz_index_files(tmp_path):
         assert not crashes, crashes[0]["crash"]
         for r in rows[:-1]:
             if "refused" in r:
-                assert (r["refused"].startswith(f"{r['dir']}/index.json") or
-                        r["refused"].startswith(f"{r['dir']}/index.npz")) and "\n" not in r["refused"], r
+                assert (r["refused"].startswith(f"{r['file']}/index.json") or
+                        r["refused"].startswith(f"{r['file']}/index.npz")) and "\n" not in r["refused"], r
         assert (rows[-1]["peak_kib"] - rows[-1]["base_kib"]) / 1024 < 200, rows[-1]
         assert m.seconds < 60
 
