@@ -79,7 +79,7 @@ META_EXTRA = "lavimo_extra"
 
 #: the most bytes of one JSON metadata field: the config and extra are a few KB, the text assets (a tokenizer's
 #: vocabulary and merges) up to a few MB; the whole header is capped by safetensors_header.MAX_HEADER_BYTES (32 MiB)
-MAX_META_BYTES = {META_CONFIG: 1 * 2**20, META_EXTRA: 16 * 2**20, META_TEXT: 32 * 2**20}
+MAX_META_BYTES = {META_CONFIG: 1 * 2**20, META_EXTRA: 16 * 2**20, META_TEXT: 16 * 2**20}
 #: the most layers a checkpoint's text backbone config.json may declare (int values of keys naming layers); the
 #: paper's backbones have 6 to 12
 MAX_LAYERS = 256

@@ -334,7 +334,7 @@ def _load_any(path: Path) -> Any:
     naming the file and saying how to convert it."""
     from model.safetensors_header import load_tensors
 
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         return load_tensors(path)
     if _is_torchscript(path):
         raise BadInputError(path, None, f"a TorchScript archive (it holds code, which is never run: weights are "
