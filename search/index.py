@@ -113,7 +113,8 @@ class Index:
             if not getattr(self, "_warned_outside", False):
                 self._warned_outside = True
                 log.warning("%s: previews outside the index directory are ignored (e.g. %s's; an index built "
-                            "before previews were copied in: rebuild it)", self.root / META, self.entries[i].keyid)
+                            "before previews were copied in: build it again with --videos DIR)", self.root / META,
+                            self.entries[i].keyid)
             return None
         return str(path)
 
@@ -441,6 +442,8 @@ def build_index(retriever: Any, out: str | os.PathLike, *, shards: str | os.Path
     if (shards is None) == (folder is None):
         raise ValueError("give exactly one of shards= or folder=")
     entries: list[Entry] = list(old.entries) if old else []
+    if old:
+        _repair_previews(old, out, videos, child_path)
     seen = {e.keyid: e.source for e in entries}  # keyid -> source, of the old index and of this build so far
     if shards is not None:
         if list(splits) == ["all"]:
@@ -516,6 +519,30 @@ def build_index(retriever: Any, out: str | os.PathLike, *, shards: str | os.Path
     index.save(out)
     report.seconds = time.perf_counter() - t0
     return index, report
+
+
+def _repair_previews(old: Index, out: Path, videos, child_path) -> None:
+    """Entries kept from an index built before previews were copied in name their preview by an absolute path
+    (or one outside ``out``), which :meth:`Index.preview_path` ignores: with ``videos`` the rendered video is
+    copied (hard-linked) into ``out/previews/`` again (:func:`_preview`); without, or when ``videos`` has none for
+    that motion, the preview is dropped, with one logged note. An absolute path inside ``out`` is made relative."""
+    dropped = []
+    old._warned_outside = True  # preview_path's own note ("rebuild it") would be noise here: this is the rebuild
+    for i, e in enumerate(old.entries):
+        if e.preview is None:
+            continue
+        inside = old.preview_path(i)
+        if inside is not None:
+            if Path(e.preview).is_absolute():
+                e.preview = Path(inside).resolve().relative_to(out.resolve()).as_posix()
+            continue
+        e.preview = _preview(Item(e.keyid, e.captions, e.source, None), out, videos, False, child_path)
+        if e.preview is None:
+            dropped.append(e.keyid)
+    if dropped:
+        log.warning("%s: %d preview(s) outside the index directory dropped (e.g. %s's: an index built before "
+                    "previews were copied in); build again with --videos DIR to copy the rendered videos in",
+                    out / META, len(dropped), dropped[0])
 
 
 def _preview(it: Item, out: Path, videos, previews: bool, child_path) -> str | None:
