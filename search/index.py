@@ -118,6 +118,26 @@ class Index:
             return None
         return str(path)
 
+    def feature_file(self, i: int) -> Path | None:
+        """The feature file of motion ``i`` of an index of a feature folder, for rendering its preview: the entry's
+        ``source.path`` when it is a string that, symbolic links resolved, names ``<keyid>.npy`` inside the folder
+        index.json records as the database (``database.path``, kind ``features``); None otherwise (another kind
+        of index, no folder recorded, a missing or non-string path, a path elsewhere: an edited index cannot make
+        the page render other files; docs/security.md, "The search page and index")."""
+        e = self.entries[i]
+        db = self.meta.get("database")
+        if e.source.get("kind") != "features" or not isinstance(db, dict) or db.get("kind") != "features":
+            return None
+        folder, path = db.get("path"), e.source.get("path")
+        if not isinstance(folder, str) or not isinstance(path, str) or not folder or not path:
+            return None
+        try:
+            p, root = Path(path).resolve(), Path(folder).resolve()
+            ok = p.is_relative_to(root) and p.name == f"{e.keyid}.npy"
+        except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop
+            return None
+        return p if ok else None
+
     # -------------------------------------------------------------------------------------------- io
     def save(self, root: str | os.PathLike) -> Path:
         """Write index.npz then index.json atomically into ``root``."""

@@ -127,8 +127,7 @@ class SearchService:
         return res
 
     def can_preview(self, n: int) -> bool:
-        e = self.index.entries[n]
-        return e.preview is not None or e.source.get("kind") == "features"
+        return self.index.preview_path(n) is not None or self.index.feature_file(n) is not None
 
     def preview_file(self, n: int) -> Path | None:
         """The preview mp4 of motion ``n``: the index's file, else (feature databases) rendered on the first
@@ -140,7 +139,8 @@ class SearchService:
             return p
         idx = self.index
         e = idx.entries[n]
-        if e.source.get("kind") != "features" or idx.root is None:
+        source = idx.feature_file(n)  # a string path to <keyid>.npy inside the recorded feature folder, or None
+        if source is None or idx.root is None:
             return None
         from ._project import child_path
         from .index import PREVIEWS
@@ -150,7 +150,7 @@ class SearchService:
             p = self._existing_preview(n)  # rendered by another request while this one waited
             if p is not None:
                 return p
-            out = render_preview(e.source["path"], child_path(idx.root / PREVIEWS, f"{e.keyid}.mp4"))
+            out = render_preview(source, child_path(idx.root / PREVIEWS, f"{e.keyid}.mp4"))
             e.preview = f"{PREVIEWS}/{e.keyid}.mp4"  # relative to the index directory, as build_index writes it
         return out
 
@@ -160,12 +160,13 @@ class SearchService:
 
 
 def host_name(header: str) -> str:
-    """The host of a ``Host`` header, lower case, without the port: "LOCALHOST:8000" -> "localhost",
-    "[::1]:8000" -> "::1"."""
+    """The host of a ``Host`` header, lower case, without the port and one trailing dot: "LOCALHOST:8000" ->
+    "localhost", "localhost.:8000" -> "localhost", "[::1]:8000" -> "::1" ("localhost.evil" stays itself)."""
     h = header.strip().lower()
     if h.startswith("["):
         return h[1:h.find("]")] if "]" in h else h
-    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+    h = h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+    return h[:-1] if h.endswith(".") else h  # "localhost." is the fully qualified localhost (one dot only)
 
 
 def allowed_hosts(bound: str | None = None, extra: Sequence[str] = ()) -> tuple[str, ...]:
@@ -352,7 +353,8 @@ def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BY
             raise HTTPError(404, "no such result")
         try:
             p = svc.preview_file(n)
-        except (BadInputError, OSError) as exc:  # the reason stays in the log: it could tell which files exist
+        except (BadInputError, OSError, KeyError, TypeError, ValueError) as exc:  # the reason stays in the log:
+            # it could tell which files exist
             log.warning("preview %d: %s", n, exc)
             raise HTTPError(404, "this motion has no preview") from exc
         if p is None:

@@ -118,11 +118,11 @@ def test_host_header_allow_list(client, tiny, monkeypatch):
     --allow-host / $LAVIMO_SEARCH_ALLOWED_HOSTS add names."""
     from fastapi.testclient import TestClient
 
-    for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example", ""):
+    for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example", "", "localhost.evil", "localhost.."):
         r = client.get("/", headers={"Host": host})
         assert r.status_code == 421 and "Host" in r.json()["error"], (host, r.status_code)
         assert client.post("/api/search", data={"text": "a person walks"}, headers={"Host": host}).status_code == 421
-    for host in ("localhost:8000", "127.0.0.1:8000", "[::1]:8000", "LOCALHOST"):
+    for host in ("localhost:8000", "127.0.0.1:8000", "[::1]:8000", "LOCALHOST", "localhost.", "localhost.:8000"):
         assert client.get("/", headers={"Host": host}).status_code == 200, host
     from search.server import allowed_hosts, create_app
 
