@@ -182,19 +182,24 @@ def test_chunked_upload_stops_at_the_cap(tiny, monkeypatch):
             yield b"\0" * chunk
         yield b"\r\n--XyZ--\r\n"
 
+    status = None
     try:
         with httpx.Client(timeout=30) as c:
             try:
                 r = c.post(f"http://127.0.0.1:{port}/api/search", content=body(),
                            headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
+                status = r.status_code
                 assert r.status_code == 413, r.text
                 assert "upload larger than" in r.json()["error"]
             except (httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadError):
-                pass  # the server answered and closed while the client was still sending: also a refusal
+                pass  # the server answered and closed while the client was still sending: checked below
     finally:
         server.should_exit = True
         thread.join(10)
-    print(f"chunked body: {sent[0]} bytes generated, the largest spool held {biggest[0]}")
+    print(f"chunked body: {sent[0]} bytes generated, the largest spool held {biggest[0]}, answer {status}")
+    # never vacuous: either the 413 was seen, or the form parser's spool did receive the upload's bytes (the cap
+    # stopped a parse that was under way, not a server that refused the connection or never parsed the form)
+    assert status == 413 or biggest[0] > 0, (status, biggest[0], sent[0])
     assert biggest[0] <= CAP + overhead + chunk, (biggest[0], sent[0])
 
 
