@@ -13,10 +13,14 @@ On disk, in the index directory (format :data:`FORMAT` version :data:`VERSION`):
   feature file) and ``preview`` (a video file inside the index directory, relative to it, or null: rendered on
   demand by ``search.preview``; a preview that resolves outside the directory is ignored).
 
-Both are written atomically (npz first, then the json naming its sha256). A query refuses an index built with
+Both are written atomically (npz first, then the json naming its sha256), the npz's members stored uncompressed.
+Reading is bounded (docs/security.md, "The search page and index"): index.json through
+``core.jsonconfig.loads_bounded`` (:func:`read_index_json`), then index.npz header first (:func:`read_index_arrays`:
+every member's shape must be what index.json implies before any data is read). A query refuses an index built with
 another checkpoint. Building again into the same directory with the same checkpoint only decodes and encodes the
 motions that are not in it yet (incremental): a shard sample already indexed with the same source (its
-``meta.json`` and shard name) is kept without decoding its video.
+``meta.json`` and shard name) is kept without decoding its video; a kept preview that an older build stored outside
+the directory is copied in from ``videos`` or dropped (:func:`_repair_previews`).
 """
 
 from __future__ import annotations

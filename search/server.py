@@ -15,7 +15,8 @@ Content-Length (chunked bodies too: the form parser stops at the cap, HTTP 413);
 (extensions :data:`VIDEO_TYPES` / :data:`MOTION_TYPES`, HTTP 415), stored under a name of the server's choosing
 and deleted after the query, and read as untrusted files (videos: ``core.mp4.probe_video``); no request ever
 names a file the server reads (previews are addressed by their number in the index, and served only from inside
-the index directory, whatever its JSON says); every string on the page is escaped (``html.escape``
+the index directory, whatever its JSON says; a feature index's previews are rendered only from ``<keyid>.npy``
+inside the feature folder the index records, :meth:`search.index.Index.feature_file`); every string on the page is escaped (``html.escape``
 server-side, ``textContent`` in the script); bad input is an HTTP 4xx with a message, and the server keeps
 serving.
 """
