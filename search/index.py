@@ -155,6 +155,7 @@ class Index:
                          video=self.video.astype(np.float32), has_video=self.has_video.astype(bool),
                          text=self.text.astype(np.float32), text_owner=self.text_owner.astype(np.int64))
         meta = dict(self.meta)
+        meta.setdefault("latent_dim", int(self.motion.shape[1]))  # read back first: it fixes the arrays' shapes
         meta.update({"format": FORMAT, "version": VERSION, "count": len(self.entries),
                      "npz_sha256": sha256_file(npz)[0],
                      "entries": [{"keyid": e.keyid, "captions": e.captions, "source": e.source,
@@ -248,14 +249,21 @@ _ARRAYS = {"keyid": ("U", 4 * MAX_KEYID_CHARS), "motion": ("f", 8), "video": ("f
 _INDEX_MAX_ARRAY = 1 << 40
 
 
+#: the most bytes read from a member for its .npy header (numpy writes them in 128-byte steps; a header declaring
+#: more ends, past this, as a truncated header)
+_MAX_HEADER_READ = 1 << 16
+
+
 class _Counted:
-    """A read-only view of a stream that counts the bytes read (the length of a member's .npy header)."""
+    """A read-only view of a member's stream for reading its .npy header: yields at most :data:`_MAX_HEADER_READ`
+    bytes (a version-2 header may declare a length of 4 GiB) and counts those read (the header's length)."""
 
     def __init__(self, fh) -> None:
         self._fh, self.pos = fh, 0
 
     def read(self, n: int = -1) -> bytes:
-        data = self._fh.read(n)
+        left = _MAX_HEADER_READ - self.pos
+        data = self._fh.read(left if n is None or n < 0 else min(n, left)) if left > 0 else b""
         self.pos += len(data)
         return data
 
@@ -304,7 +312,7 @@ def read_index_arrays(npz: Path, n: int, k: int, c: int) -> dict[str, np.ndarray
     if len(own) and (int(own.min()) < 0 or int(own.max()) >= n or np.any(np.diff(own.astype(np.int64)) < 0)):
         raise BadInputError(npz, "text_owner", f"owners outside 0..{n - 1} or out of order")
     for name in ("motion", "video", "text"):
-        out[name] = out[name].astype(np.float32)
+        out[name] = out[name].astype(np.float32, copy=False)  # no second copy of a float32 file's latents
         if not np.isfinite(out[name]).all():
             raise BadInputError(npz, name, "non-finite latents")
     out["text_owner"] = own.astype(np.int64)

@@ -428,14 +428,33 @@ def test_deflated_index_member_is_refused_from_its_header(tmp_path):
     """index.npz is read header first: a ~261 KB npz whose deflated ``motion`` member declares (1, 67 M) float32
     (honestly: its zip entry says 256 MiB uncompressed) for an index.json of one motion of 16 columns is refused
     with one line naming index.npz before any member's data is read: at most 100 MiB above the child's baseline."""
+    import zipfile
+
+    from core.hashing import sha256_file
+
     d = _bomb_index(tmp_path / "bomb")
     assert (d / "index.npz").stat().st_size < 400_000
-    m = run_python(LOAD_INDEXES, json.dumps([str(d)]), timeout=120)
+    # and one whose deflated keyid member starts with a version-2 .npy header declaring 128 MiB of header
+    d2 = _bomb_index(tmp_path / "header", columns=16)
+    with zipfile.ZipFile(d2 / "index.npz", "a", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("keyid2.npy", b"")  # (zipfile cannot replace a member: rebuild below)
+    with zipfile.ZipFile(d2 / "index.npz") as zf:
+        members = {n: zf.read(n) for n in zf.namelist() if n not in ("keyid.npy", "keyid2.npy")}
+    hlen = 128 << 20
+    with zipfile.ZipFile(d2 / "index.npz", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("keyid.npy", b"\x93NUMPY\x02\x00" + hlen.to_bytes(4, "little") + b"{" + b" " * (hlen - 1))
+        for n, b in members.items():
+            zf.writestr(n, b)
+    meta = json.loads((d2 / "index.json").read_text())
+    meta["npz_sha256"] = sha256_file(d2 / "index.npz")[0]
+    (d2 / "index.json").write_text(json.dumps(meta))
+    m = run_python(LOAD_INDEXES, json.dumps([str(d), str(d2)]), timeout=120)
     assert not m.timed_out and m.returncode == 0, m.stderr[-3000:]
     rows = [json.loads(line) for line in m.stdout.splitlines() if line.startswith("{")]
-    assert "refused" in rows[0], rows[0]
+    assert "refused" in rows[0] and "refused" in rows[1], rows
     assert (rows[-1]["peak_kib"] - rows[-1]["base_kib"]) / 1024 <= 100, rows
     assert rows[0]["refused"].startswith(f"{d}/index.npz: motion: ") and "\n" not in rows[0]["refused"], rows[0]
+    assert rows[1]["refused"].startswith(f"{d2}/index.npz: keyid: "), rows[1]
 
 
 def test_index_arrays_must_have_the_jsons_shapes(tmp_path):
