@@ -255,9 +255,11 @@ def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BY
             cards.append(f'<div class="card" data-keyid="{html.escape(hit["keyid"])}">{video}<div class="score">'
                          f'{hit["score"]:.3f} <span class="keyid">{html.escape(hit["keyid"])}</span></div>{caps}'
                          f'<div class="src">{html.escape(hit.get("source_text", ""))}</div></div>')
-        db = index.meta.get("database", {})
+        db = index.meta.get("database")  # index.json's: any JSON value (an edited index must not make a 500)
+        db = db if isinstance(db, dict) else {}
+        splits = db.get("splits") if isinstance(db.get("splits"), list) else []
         summary = (f"{len(index)} motions from {html.escape(str(db.get('kind', '?')))} "
-                   f"{html.escape(', '.join(db.get('splits', [])))}; video and .npy motion uploads up to "
+                   f"{html.escape(', '.join(map(str, splits)))}; video and .npy motion uploads up to "
                    f"{max_upload_bytes >> 20} MiB")
         page = _PAGE
         for key, val in (("{summary}", summary), ("{text}", html.escape(text)), ("{k}", str(int(k))),

@@ -622,6 +622,9 @@ def test_feature_previews_only_from_the_feature_folder(tmp_path, monkeypatch):
     assert rendered == [str(folder / "M00000.npy")]
     index.meta = {"database": {"kind": "features", "path": 7}}  # no usable feature folder recorded: nothing
     assert client.get("/preview/1").status_code == 404
+    for db in (7, ["x"], {"kind": "features", "splits": [1, None]}):  # the page itself never fails on the JSON
+        index.meta = {"database": db}
+        assert client.get("/").status_code == 200 and client.get("/preview/1").status_code == 404, db
 
 
 def app_can_preview(index, k: int) -> bool:
