@@ -568,7 +568,10 @@ def _repair_previews(old: Index, out: Path, videos, child_path) -> None:
             if Path(e.preview).is_absolute():
                 e.preview = Path(inside).resolve().relative_to(out.resolve()).as_posix()
             continue
-        e.preview = _preview(Item(e.keyid, e.captions, e.source, None), out, videos, False, child_path)
+        try:
+            e.preview = _preview(Item(e.keyid, e.captions, e.source, None), out, videos, False, child_path)
+        except BadInputError:  # a keyid that cannot name a file (child_path): no preview
+            e.preview = None
         if e.preview is None:
             dropped.append(e.keyid)
     if dropped:

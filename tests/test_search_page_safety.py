@@ -254,10 +254,12 @@ def test_disk_full_while_indexing_is_one_line(tiny, tmp_path):
     assert "no space left on device" in m.stderr and len(m.stderr.strip().splitlines()) == 1, m.stderr
 
 
+@pytest.mark.parametrize("checkpoint", ["given", "recorded"])
 @pytest.mark.parametrize("which", ["index.json", "index.npz"])
-def test_truncated_index_files_are_one_line(tiny, tmp_path, which):
+def test_truncated_index_files_are_one_line(tiny, tmp_path, which, checkpoint):
     """A truncated index.json, or a truncated index.npz whose sha256 the JSON was edited to match: ``lavimo-search
-    query`` exits 2 with one line naming that file."""
+    query`` exits 2 with one line naming that file, with ``--checkpoint`` and without (the checkpoint index.json
+    records: the documented default)."""
     from core.hashing import sha256_file
 
     d = tmp_path / "index"
@@ -268,8 +270,9 @@ def test_truncated_index_files_are_one_line(tiny, tmp_path, which):
         meta = json.loads((d / "index.json").read_text())
         meta["npz_sha256"] = sha256_file(f)[0]
         (d / "index.json").write_text(json.dumps(meta))
+    given = ["--checkpoint", str(tiny["ckpt"])] if checkpoint == "given" else []
     m = run_measured([sys.executable, "-m", "search.cli", "query", "--index", str(d), "--text", "a person walks",
-                      "--checkpoint", str(tiny["ckpt"])], timeout=180)
+                      *given], timeout=180)
     assert_clean_refusal(m, f, codes=(2,), max_rss_mib=4096, max_seconds=180)
     assert len(m.stderr.strip().splitlines()) == 1, m.stderr
 
