@@ -99,19 +99,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def open_index(index_dir: Path, checkpoint: Path | None, stats: Path | None, device: str = "cpu"):
     """(Retriever, Index) for an index directory, the checkpoint defaulting to the one it records."""
-    from .index import META, Index
+    from .index import META, Index, read_index_json
     from .model import load
 
     meta_path = index_dir / META
     if checkpoint is None:
-        try:
-            checkpoint = Path(json.loads(meta_path.read_text(encoding="utf-8"))["checkpoint"])
+        try:  # bounded: a hostile index.json is one BadInputError naming it (read_index_json), never a traceback
+            recorded = read_index_json(meta_path).get("checkpoint")
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{index_dir}: no index (build it with 'lavimo-search index')") from exc
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise BadInputError(meta_path, "checkpoint", "unreadable; pass --checkpoint") from exc
+        if not isinstance(recorded, str) or not recorded or "\0" in recorded:
+            raise BadInputError(meta_path, "checkpoint", "not a file name; pass --checkpoint")
+        checkpoint = Path(recorded)
     retriever = load(checkpoint, stats=stats, device=device)
-    return retriever, Index.load(index_dir, retriever.sha256)
+    return retriever, Index.load(index_dir, retriever.sha256, retriever.latent_dim)
 
 
 def run_query(retriever, index, *, text: str | None = None, video: Path | None = None,

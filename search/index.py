@@ -13,26 +13,31 @@ On disk, in the index directory (format :data:`FORMAT` version :data:`VERSION`):
   feature file) and ``preview`` (a video file inside the index directory, relative to it, or null: rendered on
   demand by ``search.preview``; a preview that resolves outside the directory is ignored).
 
-Both are written atomically (npz first, then the json naming its sha256). A query refuses an index built with
+Both are written atomically (npz first, then the json naming its sha256), the npz's members stored uncompressed.
+Reading is bounded (docs/security.md, "The search page and index"): index.json through
+``core.jsonconfig.loads_bounded`` (:func:`read_index_json`), then index.npz header first (:func:`read_index_arrays`:
+every member's shape must be what index.json implies before any data is read). A query refuses an index built with
 another checkpoint. Building again into the same directory with the same checkpoint only decodes and encodes the
 motions that are not in it yet (incremental): a shard sample already indexed with the same source (its
-``meta.json`` and shard name) is kept without decoding its video.
+``meta.json`` and shard name) is kept without decoding its video; a kept preview that an older build stored outside
+the directory is copied in from ``videos`` or dropped (:func:`_repair_previews`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ._project import BadInputError, atomic_path, open_npz, read_npz_member, sha256_file, write_json
+from ._project import (BadInputError, atomic_path, check_declared, loads_bounded, open_npz, read_json_file,
+                       read_npy_header, read_npz_member, sha256_file, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +117,30 @@ class Index:
             if not getattr(self, "_warned_outside", False):
                 self._warned_outside = True
                 log.warning("%s: previews outside the index directory are ignored (e.g. %s's; an index built "
-                            "before previews were copied in: rebuild it)", self.root / META, self.entries[i].keyid)
+                            "before previews were copied in: build it again with --videos DIR)", self.root / META,
+                            self.entries[i].keyid)
             return None
         return str(path)
+
+    def feature_file(self, i: int) -> Path | None:
+        """The feature file of motion ``i`` of an index of a feature folder, for rendering its preview: the entry's
+        ``source.path`` when it is a string that, symbolic links resolved, names ``<keyid>.npy`` inside the folder
+        index.json records as the database (``database.path``, kind ``features``); None otherwise (another kind
+        of index, no folder recorded, a missing or non-string path, a path elsewhere: an edited index cannot make
+        the page render other files; docs/security.md, "The search page and index")."""
+        e = self.entries[i]
+        db = self.meta.get("database")
+        if e.source.get("kind") != "features" or not isinstance(db, dict) or db.get("kind") != "features":
+            return None
+        folder, path = db.get("path"), e.source.get("path")
+        if not isinstance(folder, str) or not isinstance(path, str) or not folder or not path:
+            return None
+        try:
+            p, root = Path(path).resolve(), Path(folder).resolve()
+            ok = p.is_relative_to(root) and p.name == f"{e.keyid}.npy"
+        except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop
+            return None
+        return p if ok else None
 
     # -------------------------------------------------------------------------------------------- io
     def save(self, root: str | os.PathLike) -> Path:
@@ -129,6 +155,7 @@ class Index:
                          video=self.video.astype(np.float32), has_video=self.has_video.astype(bool),
                          text=self.text.astype(np.float32), text_owner=self.text_owner.astype(np.int64))
         meta = dict(self.meta)
+        meta.setdefault("latent_dim", int(self.motion.shape[1]))  # read back first: it fixes the arrays' shapes
         meta.update({"format": FORMAT, "version": VERSION, "count": len(self.entries),
                      "npz_sha256": sha256_file(npz)[0],
                      "entries": [{"keyid": e.keyid, "captions": e.captions, "source": e.source,
@@ -138,19 +165,18 @@ class Index:
         return root
 
     @classmethod
-    def load(cls, root: str | os.PathLike, checkpoint_sha256: str | None = None) -> "Index":
-        """Read an index directory. ``checkpoint_sha256``: refuse an index of another checkpoint.
+    def load(cls, root: str | os.PathLike, checkpoint_sha256: str | None = None,
+             latent_dim: int | None = None) -> "Index":
+        """Read an index directory. ``checkpoint_sha256``: refuse an index of another checkpoint; ``latent_dim``:
+        refuse one whose latents are not of this size (the model's). index.json is read first (bounded:
+        :func:`read_index_json`) and fixes every array's shape; index.npz's member headers are then all checked
+        against those shapes before any member's data is read (:func:`read_index_arrays`).
         Raises FileNotFoundError (no index) or BadInputError naming the file and the field."""
         root = Path(root)
         meta_path, npz = root / META, root / NPZ
         if not meta_path.is_file() or not npz.is_file():
             raise FileNotFoundError(f"{root}: no index (build it with 'lavimo-search index')")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise BadInputError(meta_path, None, f"not a JSON index description ({exc})") from exc
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise BadInputError(meta_path, "format", f"not a {FORMAT} file")
+        meta = read_index_json(meta_path)
         if meta.get("version") != VERSION:
             raise BadInputError(meta_path, "version", f"index format version {meta.get('version')!r}, this code "
                                                       f"reads {VERSION}: rebuild it with 'lavimo-search index'")
@@ -159,55 +185,134 @@ class Index:
                                 f"({meta.get('checkpoint')}, sha256 {str(meta.get('checkpoint_sha256'))[:12]}): "
                                 "its latents do not compare with this model's; rebuild the index with this "
                                 "checkpoint or query with that one")
+        rows = meta.get("entries")
+        if not isinstance(rows, list):
+            raise BadInputError(meta_path, "entries", "not a list of one entry per indexed motion")
+        entries = [_entry(meta_path, j, r) for j, r in enumerate(rows)]
+        c = meta.get("latent_dim")
+        if type(c) is not int or not 1 <= c <= MAX_LATENT_DIM:
+            raise BadInputError(meta_path, "latent_dim", f"{str(c)[:40]!r} is not a latent size in 1..{MAX_LATENT_DIM}")
+        if latent_dim is not None and c != latent_dim:
+            raise BadInputError(meta_path, "latent_dim", f"latents of {c} values, this model's have {latent_dim}")
         if sha256_file(npz)[0] != meta.get("npz_sha256"):
             raise BadInputError(npz, "npz_sha256", "does not match index.json (an interrupted or mixed build): "
                                                    "rebuild the index")
-        arrays = read_index_arrays(npz)
-        rows = meta.get("entries")
-        if not isinstance(rows, list) or len(rows) != len(arrays["keyid"]):
-            raise BadInputError(meta_path, "entries", "does not list one entry per indexed motion")
-        entries = [_entry(meta_path, j, r) for j, r in enumerate(rows)]
+        arrays = read_index_arrays(npz, len(entries), sum(len(e.captions) for e in entries), c)
         if [e.keyid for e in entries] != [str(k) for k in arrays["keyid"]]:
             raise BadInputError(meta_path, "entries", "keyids differ from index.npz")
+        owners = np.repeat(np.arange(len(entries), dtype=np.int64), [len(e.captions) for e in entries])
+        if not np.array_equal(arrays["text_owner"], owners):
+            raise BadInputError(npz, "text_owner", "does not match the captions index.json lists per motion")
         meta = {k: v for k, v in meta.items() if k != "entries"}
         return cls(entries, arrays["motion"], arrays["video"], arrays["has_video"], arrays["text"],
                    arrays["text_owner"], meta, root)
 
 
-#: the arrays of index.npz: name -> (dtype kinds accepted, number of dimensions)
-#: an index's arrays are as large as its library (10 M motions x 256 float32 latents = 10 GB): no per-array cap
-#: beyond what the file holds (the checked reader still refuses a header that disagrees with the member's bytes)
+#: index.json is as large as its library (~400 bytes and ~15 JSON values per motion): read with these caps instead
+#: of the 16 MiB / 2 M values of other JSON state files (core.jsonconfig); parsing costs at most ~50 bytes a value
+MAX_INDEX_JSON_BYTES = 512 << 20
+MAX_INDEX_JSON_ITEMS = 32_000_000
+#: the largest latent size an index may declare (LAVIMO's models use 256..1024)
+MAX_LATENT_DIM = 1 << 14
+#: the longest keyid string index.npz may store (keyids are at most 128 characters)
+MAX_KEYID_CHARS = 256
+
+
+def read_index_json(path: str | os.PathLike) -> dict[str, Any]:
+    """The object in an ``index.json`` (:func:`core.jsonconfig.loads_bounded`: at most
+    :data:`MAX_INDEX_JSON_BYTES` bytes, checked before reading, :data:`MAX_INDEX_JSON_ITEMS` values and 64 levels of
+    nesting; a RecursionError is never raised). FileNotFoundError when absent; anything else wrong (unreadable,
+    not JSON, not an object of :data:`FORMAT`) is a BadInputError naming the file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_INDEX_JSON_BYTES:
+                raise BadInputError(path, None, f"{size} bytes, more than the {MAX_INDEX_JSON_BYTES} accepted for "
+                                                "an index description")
+            data = fh.read(MAX_INDEX_JSON_BYTES + 1)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise BadInputError(path, None, f"unreadable ({exc.strerror or exc})") from exc
+    meta = loads_bounded(data, path, max_bytes=MAX_INDEX_JSON_BYTES, max_items=MAX_INDEX_JSON_ITEMS)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise BadInputError(path, "format", f"not a {FORMAT} file")
+    return meta
+
+
+#: the arrays of index.npz: name -> (dtype kinds accepted, largest item size in bytes)
+_ARRAYS = {"keyid": ("U", 4 * MAX_KEYID_CHARS), "motion": ("f", 8), "video": ("f", 8), "has_video": ("b", 1),
+           "text": ("f", 8), "text_owner": ("iu", 8)}
+#: no per-array cap: an index's arrays are as large as its library (10 M motions x 256 float32 latents = 10 GB);
+#: what bounds them is index.json (the shapes) and the file itself (members stored, not compressed)
 _INDEX_MAX_ARRAY = 1 << 40
 
-_ARRAYS = {"keyid": ("U", 1), "motion": ("f", 2), "video": ("f", 2), "has_video": ("b", 1), "text": ("f", 2),
-           "text_owner": ("iu", 1)}
+
+#: the most bytes read from a member for its .npy header (numpy writes them in 128-byte steps; a header declaring
+#: more ends, past this, as a truncated header)
+_MAX_HEADER_READ = 1 << 16
 
 
-def read_index_arrays(npz: Path) -> dict[str, np.ndarray]:
-    """The arrays of an ``index.npz`` (:data:`_ARRAYS`), read by the project's one checked ``.npy`` reader
-    (``core.restricted_unpickle.read_npz_member``: no pickle, each header checked against the bytes the member
-    holds before anything is allocated). Kinds, dimensions and shapes must agree (N keyids, N motion and video
-    rows of C columns, K text rows of C columns and K owners in ``0..N-1``). Raises BadInputError(npz, field)."""
+class _Counted:
+    """A read-only view of a member's stream for reading its .npy header: yields at most :data:`_MAX_HEADER_READ`
+    bytes (a version-2 header may declare a length of 4 GiB) and counts those read (the header's length)."""
+
+    def __init__(self, fh) -> None:
+        self._fh, self.pos = fh, 0
+
+    def read(self, n: int = -1) -> bytes:
+        left = _MAX_HEADER_READ - self.pos
+        data = self._fh.read(left if n is None or n < 0 else min(n, left)) if left > 0 else b""
+        self.pos += len(data)
+        return data
+
+
+def read_index_arrays(npz: Path, n: int, k: int, c: int) -> dict[str, np.ndarray]:
+    """The arrays of an ``index.npz`` (:data:`_ARRAYS`) for an index.json of ``n`` motions with ``k`` captions in
+    all and latents of ``c`` values, header first: every member's ``.npy`` header is read (numpy's header parser,
+    no pickle) and must declare the shape the JSON implies (``keyid`` (N,), ``motion`` and ``video`` (N, C),
+    ``has_video`` (N,), ``text`` (K, C), ``text_owner`` (K,)), an accepted dtype, and exactly the bytes its zip
+    entry holds (``check_declared``); every member must be stored uncompressed, as ``Index.save`` writes it (a
+    deflated member could expand to far more than the file). Only then is any data read (the one checked ``.npy``
+    reader, ``read_npz_member``), so what is allocated is at most the file's own size. Owners must be in
+    ``0..N-1`` and in order, latents finite. Raises BadInputError(npz, field)."""
+    expected = {"keyid": (n,), "motion": (n, c), "video": (n, c), "has_video": (n,), "text": (k, c),
+                "text_owner": (k,)}
     out: dict[str, np.ndarray] = {}
     with open_npz(npz) as zf:
-        for name, (kinds, ndim) in _ARRAYS.items():
-            a = read_npz_member(zf, npz, name, max_bytes=_INDEX_MAX_ARRAY, max_elements=_INDEX_MAX_ARRAY)
-            if a.dtype.kind not in kinds or a.ndim != ndim:
-                raise BadInputError(npz, name, f"{a.dtype} array of {a.ndim} dimensions, expected {ndim} "
-                                               f"dimension(s) of kind {kinds}")
-            out[name] = a
-    n, c = len(out["keyid"]), out["motion"].shape[1]
-    for name, rows in (("motion", n), ("video", n), ("has_video", n), ("text_owner", len(out["text"]))):
-        if len(out[name]) != rows:
-            raise BadInputError(npz, name, f"{len(out[name])} rows, expected {rows}")
-    for name in ("video", "text"):
-        if out[name].shape[1] != c:
-            raise BadInputError(npz, name, f"{out[name].shape[1]} columns, the motion latents have {c}")
+        infos = {}
+        for name, (kinds, max_item) in _ARRAYS.items():  # every header before any data
+            try:
+                info = zf.getinfo(f"{name}.npy")
+            except KeyError:
+                raise BadInputError(npz, name, "missing key") from None
+            try:
+                with zf.open(info) as fh:
+                    src = _Counted(fh)
+                    shape, _, dtype = read_npy_header(src, npz, name)
+            except BadInputError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a damaged or encrypted member
+                raise BadInputError(npz, name, f"unreadable member ({type(exc).__name__})") from exc
+            if dtype.kind not in kinds or dtype.itemsize > max_item or shape != expected[name]:
+                raise BadInputError(npz, name, f"shape {shape} of {dtype}; index.json ({n} motions, {k} captions, "
+                                               f"latent_dim {c}) implies shape {expected[name]} of kind {kinds}")
+            check_declared(shape, dtype, info.file_size - src.pos, npz, name, max_bytes=_INDEX_MAX_ARRAY,
+                           max_elements=_INDEX_MAX_ARRAY)
+            infos[name] = info
+        for name, info in infos.items():
+            if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+                raise BadInputError(npz, name, "compressed member: lavimo-search index stores index.npz "
+                                               "uncompressed (a compressed member could expand to far more than "
+                                               "the file)")
+        for name in _ARRAYS:
+            out[name] = read_npz_member(zf, npz, name, max_bytes=_INDEX_MAX_ARRAY, max_elements=_INDEX_MAX_ARRAY)
     own = out["text_owner"]
     if len(own) and (int(own.min()) < 0 or int(own.max()) >= n or np.any(np.diff(own.astype(np.int64)) < 0)):
         raise BadInputError(npz, "text_owner", f"owners outside 0..{n - 1} or out of order")
     for name in ("motion", "video", "text"):
-        out[name] = out[name].astype(np.float32)
+        out[name] = out[name].astype(np.float32, copy=False)  # no second copy of a float32 file's latents
         if not np.isfinite(out[name]).all():
             raise BadInputError(npz, name, "non-finite latents")
     out["text_owner"] = own.astype(np.int64)
@@ -271,10 +376,10 @@ def shard_items(shards: str | os.PathLike, splits: Sequence[str], retriever: Any
             skips = st._Skips()
             for raw in st._tar_samples(url, skips):
                 key = raw.get("__key__")
-                try:
-                    meta = json.loads(raw.get("meta.json", b"{}"))
-                except ValueError:
-                    meta = {}
+                try:  # bounded (size, values, nesting): a hostile member is a failed sample, never a traceback
+                    meta = loads_bounded(raw.get("meta.json", b"{}"), Path(url).name, f"{key}/meta.json")
+                except BadInputError:
+                    meta = {}  # the loader's transform below reads meta.json itself and reports the sample
                 meta = meta if isinstance(meta, dict) else {}
                 source = {"kind": "shard", "split": split, "shard": Path(url).name,
                           "amass_path": meta.get("amass_path"), "frame_rule": meta.get("frame_rule"),
@@ -363,12 +468,14 @@ def build_index(retriever: Any, out: str | os.PathLike, *, shards: str | os.Path
     old: Index | None = None
     if (out / META).is_file():
         try:
-            old = Index.load(out, sha)
+            old = Index.load(out, sha, retriever.latent_dim)
         except BadInputError as exc:
             log.warning("%s: starting a new index (%s)", out, exc.message)
     if (shards is None) == (folder is None):
         raise ValueError("give exactly one of shards= or folder=")
     entries: list[Entry] = list(old.entries) if old else []
+    if old:
+        _repair_previews(old, out, videos, child_path)
     seen = {e.keyid: e.source for e in entries}  # keyid -> source, of the old index and of this build so far
     if shards is not None:
         if list(splits) == ["all"]:
@@ -376,9 +483,9 @@ def build_index(retriever: Any, out: str | os.PathLike, *, shards: str | os.Path
         items = shard_items(shards, splits, retriever, report.failed, indexed=seen)
         total = 0
         for s in splits:
-            try:
-                total += int(json.loads((Path(shards) / f"{s}.json").read_text())["num_samples"])
-            except (OSError, ValueError, KeyError, TypeError):
+            try:  # only the progress bar's total: a manifest that cannot say is reported by the loader below
+                total += int(read_json_file(Path(shards) / f"{s}.json")["num_samples"])
+            except (OSError, ValueError, KeyError, TypeError, OverflowError):  # BadInputError is a ValueError
                 pass
         database = {"kind": "shards", "path": str(Path(shards).resolve()), "splits": list(splits)}
     else:
@@ -444,6 +551,33 @@ def build_index(retriever: Any, out: str | os.PathLike, *, shards: str | os.Path
     index.save(out)
     report.seconds = time.perf_counter() - t0
     return index, report
+
+
+def _repair_previews(old: Index, out: Path, videos, child_path) -> None:
+    """Entries kept from an index built before previews were copied in name their preview by an absolute path
+    (or one outside ``out``), which :meth:`Index.preview_path` ignores: with ``videos`` the rendered video is
+    copied (hard-linked) into ``out/previews/`` again (:func:`_preview`); without, or when ``videos`` has none for
+    that motion, the preview is dropped, with one logged note. An absolute path inside ``out`` is made relative."""
+    dropped = []
+    old._warned_outside = True  # preview_path's own note ("rebuild it") would be noise here: this is the rebuild
+    for i, e in enumerate(old.entries):
+        if e.preview is None:
+            continue
+        inside = old.preview_path(i)
+        if inside is not None:
+            if Path(e.preview).is_absolute():
+                e.preview = Path(inside).resolve().relative_to(out.resolve()).as_posix()
+            continue
+        try:
+            e.preview = _preview(Item(e.keyid, e.captions, e.source, None), out, videos, False, child_path)
+        except BadInputError:  # a keyid that cannot name a file (child_path): no preview
+            e.preview = None
+        if e.preview is None:
+            dropped.append(e.keyid)
+    if dropped:
+        log.warning("%s: %d preview(s) outside the index directory dropped (e.g. %s's: an index built before "
+                    "previews were copied in); build again with --videos DIR to copy the rendered videos in",
+                    out / META, len(dropped), dropped[0])
 
 
 def _preview(it: Item, out: Path, videos, previews: bool, child_path) -> str | None:

@@ -15,7 +15,8 @@ Content-Length (chunked bodies too: the form parser stops at the cap, HTTP 413);
 (extensions :data:`VIDEO_TYPES` / :data:`MOTION_TYPES`, HTTP 415), stored under a name of the server's choosing
 and deleted after the query, and read as untrusted files (videos: ``core.mp4.probe_video``); no request ever
 names a file the server reads (previews are addressed by their number in the index, and served only from inside
-the index directory, whatever its JSON says); every string on the page is escaped (``html.escape``
+the index directory, whatever its JSON says; a feature index's previews are rendered only from ``<keyid>.npy``
+inside the feature folder the index records, :meth:`search.index.Index.feature_file`); every string on the page is escaped (``html.escape``
 server-side, ``textContent`` in the script); bad input is an HTTP 4xx with a message, and the server keeps
 serving.
 """
@@ -127,8 +128,7 @@ class SearchService:
         return res
 
     def can_preview(self, n: int) -> bool:
-        e = self.index.entries[n]
-        return e.preview is not None or e.source.get("kind") == "features"
+        return self.index.preview_path(n) is not None or self.index.feature_file(n) is not None
 
     def preview_file(self, n: int) -> Path | None:
         """The preview mp4 of motion ``n``: the index's file, else (feature databases) rendered on the first
@@ -140,7 +140,8 @@ class SearchService:
             return p
         idx = self.index
         e = idx.entries[n]
-        if e.source.get("kind") != "features" or idx.root is None:
+        source = idx.feature_file(n)  # a string path to <keyid>.npy inside the recorded feature folder, or None
+        if source is None or idx.root is None:
             return None
         from ._project import child_path
         from .index import PREVIEWS
@@ -150,7 +151,7 @@ class SearchService:
             p = self._existing_preview(n)  # rendered by another request while this one waited
             if p is not None:
                 return p
-            out = render_preview(e.source["path"], child_path(idx.root / PREVIEWS, f"{e.keyid}.mp4"))
+            out = render_preview(source, child_path(idx.root / PREVIEWS, f"{e.keyid}.mp4"))
             e.preview = f"{PREVIEWS}/{e.keyid}.mp4"  # relative to the index directory, as build_index writes it
         return out
 
@@ -160,12 +161,13 @@ class SearchService:
 
 
 def host_name(header: str) -> str:
-    """The host of a ``Host`` header, lower case, without the port: "LOCALHOST:8000" -> "localhost",
-    "[::1]:8000" -> "::1"."""
+    """The host of a ``Host`` header, lower case, without the port and one trailing dot: "LOCALHOST:8000" ->
+    "localhost", "localhost.:8000" -> "localhost", "[::1]:8000" -> "::1" ("localhost.evil" stays itself)."""
     h = header.strip().lower()
     if h.startswith("["):
         return h[1:h.find("]")] if "]" in h else h
-    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+    h = h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+    return h[:-1] if h.endswith(".") else h  # "localhost." is the fully qualified localhost (one dot only)
 
 
 def allowed_hosts(bound: str | None = None, extra: Sequence[str] = ()) -> tuple[str, ...]:
@@ -253,9 +255,11 @@ def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BY
             cards.append(f'<div class="card" data-keyid="{html.escape(hit["keyid"])}">{video}<div class="score">'
                          f'{hit["score"]:.3f} <span class="keyid">{html.escape(hit["keyid"])}</span></div>{caps}'
                          f'<div class="src">{html.escape(hit.get("source_text", ""))}</div></div>')
-        db = index.meta.get("database", {})
+        db = index.meta.get("database")  # index.json's: any JSON value (an edited index must not make a 500)
+        db = db if isinstance(db, dict) else {}
+        splits = db.get("splits") if isinstance(db.get("splits"), list) else []
         summary = (f"{len(index)} motions from {html.escape(str(db.get('kind', '?')))} "
-                   f"{html.escape(', '.join(db.get('splits', [])))}; video and .npy motion uploads up to "
+                   f"{html.escape(', '.join(map(str, splits)))}; video and .npy motion uploads up to "
                    f"{max_upload_bytes >> 20} MiB")
         page = _PAGE
         for key, val in (("{summary}", summary), ("{text}", html.escape(text)), ("{k}", str(int(k))),
@@ -352,7 +356,8 @@ def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BY
             raise HTTPError(404, "no such result")
         try:
             p = svc.preview_file(n)
-        except (BadInputError, OSError) as exc:  # the reason stays in the log: it could tell which files exist
+        except (BadInputError, OSError, KeyError, TypeError, ValueError) as exc:  # the reason stays in the log:
+            # it could tell which files exist
             log.warning("preview %d: %s", n, exc)
             raise HTTPError(404, "this motion has no preview") from exc
         if p is None:

@@ -95,8 +95,8 @@ def _feature_index(tmp_path: Path, n: int = 2):
         np.save(f, np.zeros((4, 263), np.float32))
         entries.append(Entry(f.stem, [], {"kind": "features", "path": str(f)}))
     z = np.zeros((n, 8), np.float32)
-    return Index(entries, z, z, np.zeros(n, bool), np.zeros((0, 8), np.float32), np.zeros(0, np.int64), {},
-                 tmp_path / "idx")
+    return Index(entries, z, z, np.zeros(n, bool), np.zeros((0, 8), np.float32), np.zeros(0, np.int64),
+                 {"database": {"kind": "features", "path": str(tmp_path)}}, tmp_path / "idx")
 
 
 @pytest.fixture()
