@@ -364,17 +364,38 @@ class _Bounded:
         return data
 
 
+#: the longest ``.npy`` header read (bytes; numpy writes ~128 for a plain array): a version-2 header may declare a
+#: length of up to 4 GiB, which a deflated member can really produce, so the length is checked before reading it
+MAX_NPY_HEADER_BYTES = 1 << 16
+
+
 def read_npy_header(fh: BinaryIO, path: str | os.PathLike, member: str) -> tuple[tuple[int, ...], bool, np.dtype]:
     """(shape, fortran_order, dtype) from an ``.npy`` stream's header (numpy's own header parser: a bounded
-    ``ast.literal_eval``, no pickle). Raises BadInputError(path, member) for a malformed header."""
+    ``ast.literal_eval``, no pickle). The declared header length is checked (at most :data:`MAX_NPY_HEADER_BYTES`)
+    before the header is read, and exactly the magic, the length and the header are consumed from ``fh``.
+    Raises BadInputError(path, member) for a malformed, truncated or oversized header."""
     try:
-        version = np.lib.format.read_magic(fh)
+        prefix = fh.read(10)  # magic (6) + version (2) + the first two bytes of the length
+        if len(prefix) < 10 or prefix[:6] != b"\x93NUMPY":
+            raise ValueError("not a .npy array (bad magic or truncated)")
+        version = (prefix[6], prefix[7])
         if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            length = int.from_bytes(prefix[8:10], "little")
         elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            more = fh.read(2)
+            prefix += more
+            length = int.from_bytes(prefix[8:12], "little")
         else:
             raise ValueError(f"unsupported .npy format version {version}")
+        if length > MAX_NPY_HEADER_BYTES:
+            raise BadInputError(path, member, f"a .npy header of {length} bytes (at most {MAX_NPY_HEADER_BYTES})")
+        header = fh.read(length)
+        if len(header) != length:
+            raise ValueError(f"truncated header: {len(header)} of {length} bytes")
+        head = io.BytesIO(prefix + header)
+        np.lib.format.read_magic(head)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = reader(head, max_header_size=MAX_NPY_HEADER_BYTES)
     except BadInputError:
         raise
     except Exception as exc:  # noqa: BLE001 - ValueError, EOFError, zipfile/zlib errors on bad input
@@ -418,8 +439,8 @@ def _open_member(zf: zipfile.ZipFile, path: str | os.PathLike, key: str) -> tupl
         raise BadInputError(path, key, f"unreadable member ({failure_reason(exc)})") from exc
 
 
-def read_npz_header(zf: zipfile.ZipFile, path: str | os.PathLike, key: str, max_bytes: int = MAX_ARRAY_BYTES
-                    ) -> tuple[tuple[int, ...], bool, np.dtype]:
+def read_npz_header(zf: zipfile.ZipFile, path: str | os.PathLike, key: str, max_bytes: int = MAX_ARRAY_BYTES,
+                    max_elements: int = MAX_ELEMENTS) -> tuple[tuple[int, ...], bool, np.dtype]:
     """(shape, fortran_order, dtype) of the member ``key`` of the npz ``zf`` without reading its data; a plain
     dtype's header is checked against the zip's declared size (:func:`check_declared`), so a header-only reader
     (``read_amass_header``) reports the same shapes :func:`read_npz_member` would accept."""
@@ -428,7 +449,7 @@ def read_npz_header(zf: zipfile.ZipFile, path: str | os.PathLike, key: str, max_
         src = _Bounded(fh, info.file_size + 1)
         shape, fortran, dtype = read_npy_header(src, path, key)  # type: ignore[arg-type]
     if not dtype.hasobject:
-        check_declared(shape, dtype, info.file_size - src.pos, path, key, max_bytes)
+        check_declared(shape, dtype, info.file_size - src.pos, path, key, max_bytes, max_elements)
     return shape, fortran, dtype
 
 

@@ -36,8 +36,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ._project import (BadInputError, atomic_path, check_declared, loads_bounded, open_npz, read_json_file,
-                       read_npy_header, read_npz_member, sha256_file, write_json)
+from ._project import (BadInputError, atomic_path, loads_bounded, open_npz, read_json_file, read_npz_header,
+                       read_npz_member, sha256_file, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -249,23 +249,7 @@ _ARRAYS = {"keyid": ("U", 4 * MAX_KEYID_CHARS), "motion": ("f", 8), "video": ("f
 _INDEX_MAX_ARRAY = 1 << 40
 
 
-#: the most bytes read from a member for its .npy header (numpy writes them in 128-byte steps; a header declaring
-#: more ends, past this, as a truncated header)
-_MAX_HEADER_READ = 1 << 16
 
-
-class _Counted:
-    """A read-only view of a member's stream for reading its .npy header: yields at most :data:`_MAX_HEADER_READ`
-    bytes (a version-2 header may declare a length of 4 GiB) and counts those read (the header's length)."""
-
-    def __init__(self, fh) -> None:
-        self._fh, self.pos = fh, 0
-
-    def read(self, n: int = -1) -> bytes:
-        left = _MAX_HEADER_READ - self.pos
-        data = self._fh.read(left if n is None or n < 0 else min(n, left)) if left > 0 else b""
-        self.pos += len(data)
-        return data
 
 
 def read_index_arrays(npz: Path, n: int, k: int, c: int) -> dict[str, np.ndarray]:
@@ -273,7 +257,7 @@ def read_index_arrays(npz: Path, n: int, k: int, c: int) -> dict[str, np.ndarray
     all and latents of ``c`` values, header first: every member's ``.npy`` header is read (numpy's header parser,
     no pickle) and must declare the shape the JSON implies (``keyid`` (N,), ``motion`` and ``video`` (N, C),
     ``has_video`` (N,), ``text`` (K, C), ``text_owner`` (K,)), an accepted dtype, and exactly the bytes its zip
-    entry holds (``check_declared``); every member must be stored uncompressed, as ``Index.save`` writes it (a
+    entry holds (``read_npz_header``: the header length itself capped); every member must be stored uncompressed, as ``Index.save`` writes it (a
     deflated member could expand to far more than the file). Only then is any data read (the one checked ``.npy``
     reader, ``read_npz_member``), so what is allocated is at most the file's own size. Owners must be in
     ``0..N-1`` and in order, latents finite. Raises BadInputError(npz, field)."""
@@ -283,24 +267,12 @@ def read_index_arrays(npz: Path, n: int, k: int, c: int) -> dict[str, np.ndarray
     with open_npz(npz) as zf:
         infos = {}
         for name, (kinds, max_item) in _ARRAYS.items():  # every header before any data
-            try:
-                info = zf.getinfo(f"{name}.npy")
-            except KeyError:
-                raise BadInputError(npz, name, "missing key") from None
-            try:
-                with zf.open(info) as fh:
-                    src = _Counted(fh)
-                    shape, _, dtype = read_npy_header(src, npz, name)
-            except BadInputError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a damaged or encrypted member
-                raise BadInputError(npz, name, f"unreadable member ({type(exc).__name__})") from exc
+            shape, _, dtype = read_npz_header(zf, npz, name, max_bytes=_INDEX_MAX_ARRAY,
+                                              max_elements=_INDEX_MAX_ARRAY)  # checked against the entry's size
             if dtype.kind not in kinds or dtype.itemsize > max_item or shape != expected[name]:
                 raise BadInputError(npz, name, f"shape {shape} of {dtype}; index.json ({n} motions, {k} captions, "
                                                f"latent_dim {c}) implies shape {expected[name]} of kind {kinds}")
-            check_declared(shape, dtype, info.file_size - src.pos, npz, name, max_bytes=_INDEX_MAX_ARRAY,
-                           max_elements=_INDEX_MAX_ARRAY)
-            infos[name] = info
+            infos[name] = zf.getinfo(f"{name}.npy")
         for name, info in infos.items():
             if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
                 raise BadInputError(npz, name, "compressed member: lavimo-search index stores index.npz "
