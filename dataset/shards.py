@@ -63,8 +63,8 @@ from core.keyids import check_keyid, child_path, is_keyid
 from dataset.shard_format import (
     BASE_MEMBERS, FORMAT_VERSION, MANIFEST_KIND, META, MOTION, SENT, SPLITS, STATS_NAME, TEXTS, VIDEO_JPGS,
     VIDEO_MEMBERS, VIDEO_MP4, finite_number, iter_tar_members, json_bytes, load_npy_bytes, manifest_path,
-    manifest_shards, naming, npy_bytes, parse_texts, read_manifest, read_manifests, shard_name, stats_arrays,
-    stats_fingerprint, write_if_changed, write_manifest, write_stats, write_tar,
+    manifest_shards, naming, npy_bytes, parse_json_member, parse_texts, read_manifest, read_manifests, shard_name,
+    stats_arrays, stats_fingerprint, write_if_changed, write_manifest, write_stats, write_tar,
 )
 from dataset.shard_source import FetchError, RemoteShards, is_remote, is_url, sha256_remote, shard_location
 
@@ -1114,10 +1114,10 @@ def check_shards(out: str | os.PathLike, splits: Sequence[str] | None = None, de
 
 def _check_sample(mem: dict[str, bytes], m: dict, vmember: str, jpgs_info) -> str | None:
     try:
-        texts = json.loads(mem[TEXTS])
+        texts = parse_json_member(mem[TEXTS], TEXTS)
         sent = load_npy_bytes(mem[SENT])
         motion = load_npy_bytes(mem[MOTION])
-        meta = json.loads(mem[META])
+        meta = parse_json_member(mem[META], META)
     except (ValueError, OSError, EOFError, RecursionError) as exc:
         return f"unparsable member: {exc}"
     if not isinstance(texts, list) or not isinstance(meta, dict):
