@@ -304,7 +304,7 @@ def prepare_sample(clip, cfg: BuildConfig, features_fn: Callable) -> dict[str, b
 
     Raises BadInputError for bad inputs (bad keyid, unreadable video or sidecar, sidecar of another clip or
     not matching the video, frame count mismatch, bad features)."""
-    from core.mp4 import frame_count, iter_frames, read_frames
+    from core.mp4 import decode, frame_count, iter_frames, scaled_size
     from dataset.video_frames import JpgsEncoder, read_sidecar
 
     mp4, side_path = clip_inputs(clip, cfg)
@@ -326,9 +326,10 @@ def prepare_sample(clip, cfg: BuildConfig, features_fn: Callable) -> dict[str, b
         n_frames = len(enc)
     else:
         # the mp4 is stored as is: its frames are counted from its packets (no decoding) and its first frame
-        # decoded to check that it is a readable video
+        # decoded (ffmpeg stopped right after) to check that it is a readable video
         n_frames, info = frame_count(mp4, MAX_CLIP_FRAMES)
-        read_frames(mp4, [0], short_side=32)
+        if not len(decode(info, scaled_size(info.width, info.height, 32), 1)[0]):
+            raise BadInputError(mp4, "video", "no frame could be decoded")
         if mp4.stat().st_size > MEMBER_MAX_BYTES[VIDEO_MP4]:
             raise BadInputError(mp4, "video", f"{mp4.stat().st_size} bytes, more than the "
                                               f"{MEMBER_MAX_BYTES[VIDEO_MP4]} a shard reader accepts")
