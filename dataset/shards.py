@@ -62,9 +62,10 @@ from core.process import set_parent_death_signal
 from core.keyids import check_keyid, child_path, is_keyid
 from dataset.shard_format import (
     BASE_MEMBERS, FORMAT_VERSION, MANIFEST_KIND, MAX_CLIP_FRAMES, MEMBER_MAX_BYTES, META, MOTION, SENT, SPLITS,
-    STATS_NAME, TEXTS, VIDEO_JPGS, VIDEO_MEMBERS, VIDEO_MP4, finite_number, iter_tar_members, json_bytes, load_npy_bytes, manifest_path,
-    manifest_shards, naming, npy_bytes, parse_json_member, parse_texts, read_manifest, read_manifests, shard_name,
-    stats_arrays, stats_fingerprint, write_if_changed, write_manifest, write_stats, write_tar,
+    STATS_NAME, TEXTS, VIDEO_JPGS, VIDEO_MEMBERS, VIDEO_MP4, finite_number, iter_tar_members, json_bytes,
+    load_npy_bytes, manifest_path, manifest_shards, naming, npy_bytes, parse_json_member, parse_texts, read_manifest,
+    read_manifests, shard_name, stats_arrays, stats_fingerprint, write_if_changed, write_manifest, write_stats,
+    write_tar,
 )
 from dataset.shard_source import FetchError, RemoteShards, is_remote, is_url, sha256_remote, shard_location
 

@@ -60,9 +60,9 @@ makes the loader fetch another host or path or run another command).
 Skipped samples never stop an epoch: each is logged with its keyid (the first few per reason) and counted per
 reason in ``loader.skip_counts`` (``loader.skipped`` = the total, ``loader.skip_examples`` = a few keyids per
 reason), summed over worker processes. Reasons (:data:`SKIP_REASONS`): ``shard_unreadable``, ``member_name``,
-``member_type``, ``member_kind``, ``member_size``, ``sample_size``, ``member_duplicate``, ``missing_member``, ``texts``, ``sent``,
-``sent_nonfinite``, ``motion_unreadable``, ``motion_shape``, ``motion_nonfinite``, ``segment_too_short``,
-``meta``, ``video``, ``other``.
+``member_type``, ``member_kind``, ``member_size``, ``sample_size``, ``member_duplicate``, ``missing_member``,
+``texts``, ``sent``, ``sent_nonfinite``, ``motion_unreadable``, ``motion_shape``, ``motion_nonfinite``,
+``segment_too_short``, ``meta``, ``video``, ``other``.
 
 No usable sample: in training, once every shard has been read to its end with no usable sample since the last
 batch (by any worker; also with ``resampled=True``), iterating raises :class:`NoUsableSamplesError` (with
