@@ -9,9 +9,9 @@ A shard set ``SHARDS/``:
 - ``{split}-NNNNNN.tar`` (:func:`shard_name`): plain (uncompressed) POSIX tars; each sample has the members
   ``<keyid>.<member>`` (:func:`member_name`) for :data:`BASE_MEMBERS` (``meta.json``, ``motion.npy``,
   ``sent.npy``, ``texts.json``; :func:`parse_texts`) and one video member of :data:`VIDEO_MEMBERS`
-  (``video.jpgs`` or ``video.mp4``). Readers take them from :func:`iter_tar_members`, which refuses compressed tars and members that are not regular files
-  named ``<keyid>.<kind>`` of a known kind within that kind's byte cap (:func:`refusal`,
-  :data:`MEMBER_MAX_BYTES`); JSON members are parsed bounded (:func:`parse_json_member`).
+  (``video.jpgs`` or ``video.mp4``). Readers take them from :func:`iter_tar_members`, which refuses compressed
+  tars and members that are not regular files named ``<keyid>.<kind>`` of a known kind within that kind's byte
+  cap (:func:`refusal`, :data:`MEMBER_MAX_BYTES`); JSON members are parsed bounded (:func:`parse_json_member`).
 - ``{split}.json`` (:func:`manifest_path`): the manifest (``kind`` :data:`MANIFEST_KIND`), written by
   :func:`write_manifest`, read by :func:`read_manifest` (one split, strict) or :func:`read_manifests` (all of a
   set); :func:`manifest_shards` gives the tar files it lists (plain names inside the set only).
@@ -250,8 +250,9 @@ def parse_texts(data: bytes) -> tuple[list[str], list[tuple[float | None, float 
     """Captions and spans of a ``texts.json`` member (a non-empty list of {caption, start, end} or strings;
     parsed by :func:`parse_json_member`: size and nesting capped) -> (captions, [(start, end)]) with start/end
     seconds inside the clip or None (None = whole clip / from the start / to the end; the loader's segment rule
-    is in dataset/stream.py). Raises ValueError for anything else (not JSON, not a non-empty list, a caption that is not a string, a start/end that is not null or a finite
-    number >= 0, an ``end <= start`` other than HumanML3D's whole-clip ``0, 0``)."""
+    is in dataset/stream.py). Raises ValueError for anything else (not JSON, not a non-empty list, a caption that
+    is not a string, a start/end that is not null or a finite number >= 0, an ``end <= start`` other than
+    HumanML3D's whole-clip ``0, 0``)."""
     texts = parse_json_member(data, TEXTS)
     if not isinstance(texts, list) or not texts:
         raise ValueError("texts.json holds no texts")
