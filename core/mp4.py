@@ -36,7 +36,7 @@ import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import imageio_ffmpeg
 import numpy as np
@@ -274,12 +274,20 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: in
 #: playlists, SDP, image2 patterns and single images, lavfi, tty and every other demuxer are refused by ffmpeg
 #: itself (``-format_whitelist``) before it opens anything but the file.
 ALLOWED_DEMUXERS = ("mov", "matroska", "avi", "mpeg", "mpegts", "ogg")
-#: largest source frame decoded, in pixels (8K UHD, 7680 x 4320); larger is refused before decoding.
+#: largest source frame decoded, in pixels (8K UHD, 7680 x 4320): a header saying more is refused before decoding,
+#: and ffmpeg's decoder is given ``-max_pixels`` so a stream that changes size later cannot decode a larger frame
+#: either (the file is then refused).
 MAX_FRAME_PIXELS = 7680 * 4320
 #: most frames one :func:`read_video` returns (or :func:`count_frames` counts); more is refused.
 MAX_FRAMES = 20_000
-#: most bytes of decoded (scaled) frames one :func:`read_video` returns; more is refused.
+#: most bytes of decoded (scaled) frames one :func:`read_video` returns; more is refused. The array starts at
+#: the size the header announces (duration x fps + 1 frames) and grows by half when the stream holds more, so
+#: a short video never reserves the budget.
 MAX_DECODED_BYTES = 2 << 30
+#: most frames :func:`iter_frames` streams (an hour at 30 fps) unless told otherwise; it holds one chunk of
+#: frames at a time (:data:`STREAM_CHUNK_FRAMES`), whatever the clip's length.
+MAX_STREAM_FRAMES = 3600 * 30
+STREAM_CHUNK_FRAMES = 64
 #: ffmpeg's ``-max_alloc``: no single allocation of the decoder or demuxer above this (bytes).
 MAX_ALLOC_BYTES = 512 << 20
 #: the text sniff reads this many bytes: a file whose start is UTF-8 text without NUL bytes is not a video.
@@ -325,8 +333,10 @@ class MediaInfo:
 def input_args(path: str | os.PathLike, demuxer: str | None = None) -> list[str]:
     """ffmpeg's input options for a file we did not write, ending in ``-i``: the file protocol only
     (``file:`` + the absolute path, so no name is read as a protocol, a pattern or an option), the demuxer
-    allow-list, ``-f demuxer`` when the probe chose it, and :data:`MAX_ALLOC_BYTES`."""
-    args = ["-max_alloc", str(MAX_ALLOC_BYTES), "-protocol_whitelist", "file",
+    allow-list, ``-f demuxer`` when the probe chose it, :data:`MAX_ALLOC_BYTES` and the decoder's
+    ``-max_pixels`` :data:`MAX_FRAME_PIXELS` (no frame above it is decoded, even when the stream changes size
+    after its first header)."""
+    args = ["-max_alloc", str(MAX_ALLOC_BYTES), "-max_pixels", str(MAX_FRAME_PIXELS), "-protocol_whitelist", "file",
             "-format_whitelist", ",".join(ALLOWED_DEMUXERS)]
     if demuxer is not None:
         if demuxer not in ALLOWED_DEMUXERS:
@@ -404,22 +414,40 @@ def probe_video(path: str | os.PathLike) -> MediaInfo:
     return info
 
 
-def count_frames(info: MediaInfo) -> MediaInfo:
-    """``info`` with ``duration`` and ``fps`` measured by reading the packets of the video stream (no decoding):
-    for files whose header has no duration or frame rate (a browser's MediaRecorder webm says ``1k tbr`` and no
-    duration). Stops after :data:`MAX_FRAMES` packets (refused). Raises BadInputError."""
+def _count_packets(info: MediaInfo, max_frames: int) -> tuple[int, float]:
+    """(packets of the first video stream up to ``max_frames + 1``, where the last one ends in seconds), read
+    without decoding (``-c copy``). Raises BadInputError past :data:`DECODE_TIMEOUT_S`."""
     cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", *input_args(info.path, info.demuxer), "-map", "0:v:0",
-           "-c", "copy", "-frames:v", str(MAX_FRAMES + 1), "-f", "null", "-progress", "pipe:1", "-nostats", "-"]
+           "-c", "copy", "-frames:v", str(max_frames + 1), "-f", "null", "-progress", "pipe:1", "-nostats", "-"]
     try:
         res = subprocess.run(cmd, capture_output=True, timeout=DECODE_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
         raise BadInputError(info.path, "video", f"counting its frames took more than {DECODE_TIMEOUT_S} s") from exc
     frames = re.findall(rb"^frame=(\d+)", res.stdout, re.M)
     times = re.findall(rb"^out_time_us=(\d+)", res.stdout, re.M)
-    n = int(frames[-1]) if frames else 0
+    return (int(frames[-1]) if frames else 0), (int(times[-1]) / 1e6 if times else 0.0)
+
+
+def frame_count(path: str | os.PathLike, max_frames: int = MAX_STREAM_FRAMES) -> tuple[int, MediaInfo]:
+    """(number of frames, :func:`probe_video`'s info) of a video file, counted from its packets without
+    decoding any (one packet per frame, as in the H.264 mp4 files render-amass writes). Raises
+    BadInputError(path, "video") for a refused file, no frame, or more than ``max_frames`` frames."""
+    info = probe_video(path)
+    n, _ = _count_packets(info, max_frames)
+    if n > max_frames:
+        raise BadInputError(info.path, "video", f"more than {max_frames} frames")
+    if n < 1:
+        raise BadInputError(info.path, "video", "no frames")
+    return n, info
+
+
+def count_frames(info: MediaInfo) -> MediaInfo:
+    """``info`` with ``duration`` and ``fps`` measured by reading the packets of the video stream (no decoding):
+    for files whose header has no duration or frame rate (a browser's MediaRecorder webm says ``1k tbr`` and no
+    duration). Stops after :data:`MAX_FRAMES` packets (refused). Raises BadInputError."""
+    n, end = _count_packets(info, MAX_FRAMES)  # end: where the last packet ends
     if n > MAX_FRAMES:
         raise BadInputError(info.path, "video", f"more than {MAX_FRAMES} frames")
-    end = int(times[-1]) / 1e6 if times else 0.0  # where the last packet ends
     if 0 < info.fps <= 1000 and n >= 1:  # a frame rate but no duration
         return dataclasses.replace(info, duration=n / info.fps)
     if n < 2 or end <= 0:
@@ -443,53 +471,131 @@ def _even(num: int, den: int) -> int:
     return (num + den) // (2 * den) * 2
 
 
+#: what ffmpeg says when a frame is above ``-max_pixels`` (then the file is refused, not read in part)
+_OVER_MAX_PIXELS = b"exceeds specified max pixel count"
+
+
+def _decoded_chunks(info: MediaInfo, size: tuple[int, int], max_frames: int, chunk: int, *,
+                    before_input: Sequence[str] = (), filters: Sequence[str] = (), timeout: float = DECODE_TIMEOUT_S,
+                    per_chunk: bool = False) -> Iterator[np.ndarray | None]:
+    """The frames of :func:`decode` as they come: arrays (k <= ``chunk``, H, W, 3) uint8 (a new one each time),
+    then ``None`` when a frame beyond ``max_frames`` exists (ffmpeg is then stopped). ``timeout``: for the
+    whole decoding, or for each chunk when ``per_chunk`` (a stall guard while the consumer works on each chunk).
+    Abandoning the generator stops ffmpeg. Raises BadInputError(path, "video")."""
+    w, h = int(size[0]), int(size[1])
+    frame_bytes = w * h * 3
+    vf = ",".join([*filters, f"scale={w}:{h}:flags=area"])
+    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-threads", "2", *before_input,
+           *input_args(info.path, info.demuxer), "-map", "0:v:0", "-vf", vf, "-fps_mode", "passthrough",
+           "-frames:v", str(max_frames + 1), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    k, more, finished, fired = 0, False, False, []
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+
+        def expire() -> None:
+            fired.append(True)
+            proc.kill()
+
+        timer = threading.Timer(timeout, expire)
+        timer.start()
+        try:
+            while k < max_frames:
+                buf = np.empty((min(chunk, max_frames - k), h, w, 3), np.uint8)
+                got_frames = 0
+                for j in range(len(buf)):
+                    got = proc.stdout.readinto(memoryview(buf[j]).cast("B"))
+                    if got < frame_bytes:
+                        break
+                    got_frames += 1
+                k += got_frames
+                if got_frames:
+                    if per_chunk:
+                        timer.cancel()
+                    yield buf[:got_frames]
+                    if per_chunk:
+                        timer = threading.Timer(timeout, expire)
+                        timer.start()
+                if got_frames < len(buf):
+                    break
+            if k == max_frames:
+                more = len(proc.stdout.read(frame_bytes)) == frame_bytes
+            finished = True
+        finally:  # also when the consumer abandons the generator: ffmpeg is stopped
+            proc.stdout.close()
+            if more or not finished:
+                proc.kill()
+            code = proc.wait()
+            timer.cancel()
+        if fired and code != 0 and not more:
+            raise BadInputError(info.path, "video", f"decoding took more than {timeout:g} s")
+        err.seek(0)
+        said = err.read(1 << 16)
+        if _OVER_MAX_PIXELS in said:
+            raise BadInputError(info.path, "video", f"a frame above {MAX_FRAME_PIXELS} pixels (the stream changes "
+                                                    "size after its header)")
+        if code != 0 and not more and k == 0:
+            log.debug("ffmpeg on %s: %s", info.path, said[:4096].decode("utf-8", "replace"))
+            raise BadInputError(info.path, "video", "ffmpeg could not decode it (a damaged or unsupported stream)")
+    if more:
+        yield None
+
+
 def decode(info: MediaInfo, size: tuple[int, int], max_frames: int, *, before_input: Sequence[str] = (),
-           filters: Sequence[str] = (), timeout: float = DECODE_TIMEOUT_S) -> tuple[np.ndarray, bool]:
+           filters: Sequence[str] = (), timeout: float = DECODE_TIMEOUT_S, expect: int | None = None
+           ) -> tuple[np.ndarray, bool]:
     """Decode the first video stream of ``info.path`` -> (frames (k, H, W, 3) uint8 RGB with (W, H) = ``size``,
     whether a frame beyond ``max_frames`` existed).
 
     ``before_input``: input options (``-ss``, ``-t``); ``filters``: ``-vf`` filters applied before the final
     ``scale`` to ``size`` (so every frame has that size whatever the stream does later). ffmpeg runs restricted
-    (:func:`input_args` with ``-f info.demuxer``), its frames are read into one array of at most ``max_frames``
-    frames (untouched pages cost no memory). ffmpeg's messages are not passed on (they could name other files).
-    Raises BadInputError(path, "video")."""
+    (:func:`input_args` with ``-f info.demuxer``, ``-max_pixels``). The frames go into one array of ``expect``
+    frames (default: ``max_frames``, at most 64), grown by half whenever it is full, never past ``max_frames``:
+    memory follows the frames that exist, not the cap. ffmpeg's messages are not passed on (they could name
+    other files). Raises BadInputError(path, "video")."""
     w, h = int(size[0]), int(size[1])
     frame_bytes = w * h * 3
     if max_frames < 1 or max_frames * frame_bytes > MAX_DECODED_BYTES:
         raise BadInputError(info.path, "video", f"{max_frames} frames of {w}x{h} exceed the decoding budget of "
                                                 f"{MAX_DECODED_BYTES >> 20} MiB")
-    vf = ",".join([*filters, f"scale={w}:{h}:flags=area"])
-    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-threads", "2", *before_input,
-           *input_args(info.path, info.demuxer), "-map", "0:v:0", "-vf", vf, "-fps_mode", "passthrough",
-           "-frames:v", str(max_frames + 1), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-    out = np.empty((max_frames, h, w, 3), np.uint8)
+    cap = max(1, min(max_frames, 64 if expect is None else int(expect)))
+    out = np.empty((cap, h, w, 3), np.uint8)
     k, more = 0, False
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            while k < max_frames:
-                got = proc.stdout.readinto(memoryview(out[k]).cast("B"))
-                if got < frame_bytes:
-                    break
-                k += 1
-            if k == max_frames:
-                more = len(proc.stdout.read(frame_bytes)) == frame_bytes
-        finally:
-            proc.stdout.close()
-            if more:
-                proc.kill()
-            code = proc.wait()
-            killed = not timer.is_alive() and code != 0 and not more
-            timer.cancel()
-        if killed:
-            raise BadInputError(info.path, "video", f"decoding took more than {timeout:g} s")
-        if code != 0 and not more and k == 0:
-            err.seek(0)
-            log.debug("ffmpeg on %s: %s", info.path, err.read(4096).decode("utf-8", "replace"))
-            raise BadInputError(info.path, "video", "ffmpeg could not decode it (a damaged or unsupported stream)")
+    for part in _decoded_chunks(info, (w, h), max_frames, 64, before_input=before_input, filters=filters,
+                                timeout=timeout):
+        if part is None:
+            more = True
+            break
+        if k + len(part) > len(out):
+            grown = np.empty((min(max_frames, max(k + len(part), len(out) * 3 // 2)), h, w, 3), np.uint8)
+            grown[:k] = out[:k]
+            out = grown
+        out[k:k + len(part)] = part
+        k += len(part)
     return out[:k], more
+
+
+def iter_frames(path: str | os.PathLike, short_side: int | None = None, *, max_frames: int = MAX_STREAM_FRAMES,
+                chunk: int = STREAM_CHUNK_FRAMES, timeout: float = DECODE_TIMEOUT_S
+                ) -> tuple[MediaInfo, tuple[int, int], Iterator[np.ndarray]]:
+    """(info, (W, H), chunks): every frame of a video file as consecutive (k <= ``chunk``, H, W, 3) uint8 RGB
+    arrays, scaled as in :func:`read_video`, for a consumer that handles a clip chunk by chunk (build-shards'
+    JPEG frames): memory is one chunk, whatever the length. The file is probed first (:func:`probe_video`);
+    iterating raises BadInputError(path, "video") when it cannot be decoded, holds no frame or more than
+    ``max_frames`` (:data:`MAX_STREAM_FRAMES`, an hour at 30 fps), or a chunk takes longer than ``timeout``."""
+    info = probe_video(path)
+    w, h = scaled_size(info.width, info.height, short_side)
+
+    def chunks() -> Iterator[np.ndarray]:
+        n = 0
+        for part in _decoded_chunks(info, (w, h), max_frames, chunk, timeout=timeout, per_chunk=True):
+            if part is None:
+                raise BadInputError(info.path, "video", f"more than {max_frames} frames")
+            n += len(part)
+            yield part
+        if n == 0:
+            raise BadInputError(info.path, "video", "no frames decoded")
+
+    return info, (w, h), chunks()
 
 
 def read_video(path: str | os.PathLike, short_side: int | None = None) -> tuple[np.ndarray, dict]:
@@ -499,12 +605,13 @@ def read_video(path: str | os.PathLike, short_side: int | None = None) -> tuple[
     With ``short_side``, ffmpeg scales frames down (area averaging, aspect kept, even sizes) so the short side is
     at most ``short_side`` pixels while decoding, which is much cheaper than resizing afterwards. The file is
     read as an untrusted one (:func:`probe_video`); at most :data:`MAX_FRAMES` frames and
-    :data:`MAX_DECODED_BYTES` bytes of frames. Raises BadInputError(path, "video") when the file is missing,
+    :data:`MAX_DECODED_BYTES` bytes of frames, held in an array sized from the header's duration x fps and grown
+    when the stream holds more (:func:`decode`). Raises BadInputError(path, "video") when the file is missing,
     refused, cannot be decoded, holds no frames or more than the caps."""
     info = probe_video(path)
     w, h = scaled_size(info.width, info.height, short_side)
     cap = min(MAX_FRAMES, MAX_DECODED_BYTES // (w * h * 3))
-    frames, more = decode(info, (w, h), cap)
+    frames, more = decode(info, (w, h), cap, expect=int(info.duration * info.fps) + 1)
     if more:
         raise BadInputError(path, "video", f"more than {cap} frames of {w}x{h} (the decoding budget: "
                                            f"{MAX_FRAMES} frames, {MAX_DECODED_BYTES >> 20} MiB)")

@@ -6,11 +6,12 @@ checks, the loader (:mod:`dataset.stream`), training (``train.py``) and evaluati
 
 A shard set ``SHARDS/``:
 
-- ``{split}-NNNNNN.tar`` (:func:`shard_name`): plain POSIX tars; each sample has the members ``<keyid>.<member>``
-  (:func:`member_name`) for :data:`BASE_MEMBERS` (``meta.json``, ``motion.npy``, ``sent.npy``, ``texts.json``;
-  :func:`parse_texts`) and one video member of :data:`VIDEO_MEMBERS` (``video.jpgs`` or ``video.mp4``). Readers
-  take them from :func:`iter_tar_members`, which refuses members that are not regular files named
-  ``<keyid>.<ext>`` (:func:`refusal`).
+- ``{split}-NNNNNN.tar`` (:func:`shard_name`): plain (uncompressed) POSIX tars; each sample has the members
+  ``<keyid>.<member>`` (:func:`member_name`) for :data:`BASE_MEMBERS` (``meta.json``, ``motion.npy``,
+  ``sent.npy``, ``texts.json``; :func:`parse_texts`) and one video member of :data:`VIDEO_MEMBERS`
+  (``video.jpgs`` or ``video.mp4``). Readers take them from :func:`iter_tar_members`, which refuses compressed
+  tars and members that are not regular files named ``<keyid>.<kind>`` of a known kind within that kind's byte
+  cap (:func:`refusal`, :data:`MEMBER_MAX_BYTES`); JSON members are parsed bounded (:func:`parse_json_member`).
 - ``{split}.json`` (:func:`manifest_path`): the manifest (``kind`` :data:`MANIFEST_KIND`), written by
   :func:`write_manifest`, read by :func:`read_manifest` (one split, strict) or :func:`read_manifests` (all of a
   set); :func:`manifest_shards` gives the tar files it lists (plain names inside the set only).
@@ -67,6 +68,27 @@ _MAX_STATS_MEMBER_BYTES = 1 << 26
 SHARD_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.tar")
 #: the message of a member that is not a regular file
 NOT_REGULAR = "not a regular file (link, directory or device)"
+#: the longest clip a shard sample holds, in frames: an hour at 30 fps (build-shards refuses longer ones; the
+#: member caps below are sized from it)
+MAX_CLIP_FRAMES = 3600 * 30
+#: the most bytes read of each member kind (:func:`iter_tar_members`); a larger member is refused unread (reason
+#: ``member_size``). JSON members are small (a sample's meta.json is ~1 KB, texts.json a few KB);
+#: ``motion.npy`` fits :data:`MAX_CLIP_FRAMES` rows of up to 600 float32 features (HumanML3D's 263 take 114 MB);
+#: ``sent.npy`` 16k captions of a 1024-wide float16 embedding; a video member 1 GiB (an hour of 256-pixel
+#: JPEG frames at quality 90 is ~1 GB). build-shards refuses to write a sample whose member is above its cap.
+MEMBER_MAX_BYTES = {
+    META: 1 << 20,
+    TEXTS: 4 << 20,
+    SENT: 32 << 20,
+    MOTION: 256 << 20,
+    VIDEO_JPGS: 1 << 30,
+    VIDEO_MP4: 1 << 30,
+}
+#: the most bytes of members one sample (consecutive members of one keyid, duplicates included) may hold; the
+#: members past it are refused unread (reason ``sample_size``) and the sample is not used
+MAX_SAMPLE_BYTES = (1 << 30) + (256 << 20)
+#: the first bytes of a compressed stream (gzip, bzip2, xz, zstd): such a "tar" is refused, never decompressed
+_COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"))
 
 
 # ----------------------------------------------------------------------------------------------- names
@@ -204,16 +226,34 @@ def _span_value(t: Any, key: str, n: int) -> float | None:
     return f
 
 
-def parse_texts(data: bytes) -> tuple[list[str], list[tuple[float | None, float | None]]]:
-    """Captions and spans of a ``texts.json`` member (a non-empty list of {caption, start, end} or strings)
-    -> (captions, [(start, end)]) with start/end seconds inside the clip or None (None = whole clip / from the
-    start / to the end; the loader's segment rule is in dataset/stream.py). Raises ValueError for anything else
-    (not JSON, not a non-empty list, a caption that is not a string, a start/end that is not null or a finite
-    number >= 0, an ``end <= start`` other than HumanML3D's whole-clip ``0, 0``)."""
+def parse_json_member(data: bytes, member: str = META) -> Any:
+    """The JSON value of a ``meta.json`` / ``texts.json`` member, parsed with
+    :func:`core.jsonconfig.loads_bounded`: at most the member's cap (:data:`MEMBER_MAX_BYTES`) and 64 levels of
+    nesting. Raises ValueError naming the member (not JSON, not UTF-8, too big, nested too deep)."""
+    from core.jsonconfig import loads_bounded
+
     try:
-        texts = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"texts.json: {type(exc).__name__}: {exc}") from exc
+        return loads_bounded(data, None, member, max_bytes=MEMBER_MAX_BYTES.get(member, 1 << 20))
+    except BadInputError as exc:
+        raise ValueError(f"{member}: {exc.message}") from None
+
+
+def parse_meta(data: bytes) -> dict:
+    """A ``meta.json`` member as a dict (:func:`parse_json_member`); ValueError when it is not a JSON object."""
+    meta = parse_json_member(data, META)
+    if not isinstance(meta, dict):
+        raise ValueError("meta.json: not a JSON object")
+    return meta
+
+
+def parse_texts(data: bytes) -> tuple[list[str], list[tuple[float | None, float | None]]]:
+    """Captions and spans of a ``texts.json`` member (a non-empty list of {caption, start, end} or strings;
+    parsed by :func:`parse_json_member`: size and nesting capped) -> (captions, [(start, end)]) with start/end
+    seconds inside the clip or None (None = whole clip / from the start / to the end; the loader's segment rule
+    is in dataset/stream.py). Raises ValueError for anything else (not JSON, not a non-empty list, a caption that
+    is not a string, a start/end that is not null or a finite number >= 0, an ``end <= start`` other than
+    HumanML3D's whole-clip ``0, 0``)."""
+    texts = parse_json_member(data, TEXTS)
     if not isinstance(texts, list) or not texts:
         raise ValueError("texts.json holds no texts")
     captions = [t.get("caption") if isinstance(t, dict) else t for t in texts]
@@ -300,52 +340,117 @@ def manifest_shards(out: Path | RemoteShards, split: str, m: dict) -> list[tuple
     return result
 
 
+def member_kind(name: str) -> str:
+    """The kind of a member ``<keyid>.<kind>`` (``meta.json``, ``video.mp4``, ...)."""
+    return name.partition(".")[2]
+
+
 def refusal(ti: tarfile.TarInfo, where: str | os.PathLike) -> tuple[str, str] | None:
     """Why the member ``ti`` of the tar ``where`` must not be read, as (reason, message): ``member_type`` when it
     is not a regular file (link, directory, device), ``member_name`` when its name is not ``<keyid>.<ext>``
-    (:func:`core.keyids.check_member_name`: no ``/``, no ``..``); None when it may be read."""
+    (:func:`core.keyids.check_member_name`: no ``/``, no ``..``), ``member_kind`` when ``<ext>`` is not one of
+    :data:`ALL_MEMBERS`, ``member_size`` when it is larger than its kind's cap (:data:`MEMBER_MAX_BYTES`); None
+    when it may be read."""
     if not ti.isreg():
         return "member_type", NOT_REGULAR
     try:
         check_member_name(ti.name, where)
     except BadInputError as exc:
         return "member_name", exc.message
+    kind = member_kind(ti.name)
+    if kind not in MEMBER_MAX_BYTES:
+        return "member_kind", f"not a shard member ({', '.join(ALL_MEMBERS)}): skipped unread"
+    if ti.size > MEMBER_MAX_BYTES[kind]:
+        return "member_size", f"{ti.size} bytes, more than the {MEMBER_MAX_BYTES[kind]} read of a {kind}"
     return None
+
+
+class CompressedTarError(tarfile.ReadError):
+    """A shard that is a compressed stream (gzip, bzip2, xz, zstd): shards are plain tars, never decompressed."""
+
+
+def _tar_head(fh: BinaryIO, where: str | os.PathLike) -> bytes:
+    """The first tar block of ``fh`` (fewer bytes at the end of the stream); raises :class:`CompressedTarError`
+    naming ``where`` when it starts like a compressed stream rather than a tar header (``ustar`` at byte 257)."""
+    head = b""
+    while len(head) < tarfile.BLOCKSIZE:
+        got = fh.read(tarfile.BLOCKSIZE - len(head))
+        if not got:
+            break
+        head += got
+    if head[257:262] != b"ustar":
+        for magic, kind in _COMPRESSED:
+            if head.startswith(magic):
+                raise CompressedTarError(f"{where}: a {kind}-compressed file, not a plain tar (shards are read "
+                                         "uncompressed only: decompress it first)")
+    return head
+
+
+class _Prefixed:
+    """A read-only stream: ``head``, then the rest of ``fh`` (the bytes :func:`_tar_head` took)."""
+
+    def __init__(self, head: bytes, fh: BinaryIO):
+        self._head, self._fh = head, fh
+
+    def read(self, n: int | None = -1) -> bytes:
+        if not self._head:
+            return self._fh.read(n)
+        if n is None or n < 0:
+            data, self._head = self._head + self._fh.read(), b""
+            return data
+        data, self._head = self._head[:n], self._head[n:]
+        if len(data) < n:
+            data += self._fh.read(n - len(data))
+        return data
 
 
 def iter_tar_members(source: str | os.PathLike | BinaryIO, *, where: str | os.PathLike | None = None,
                      refused: Callable[[tarfile.TarInfo, str, str], None] | None = None,
                      want: Callable[[str], bool] | None = None,
+                     admit: Callable[[tarfile.TarInfo], tuple[str, str] | None] | None = None,
                      max_bytes: int | None = None) -> Iterator[tuple[str, bytes]]:
-    """(member name, bytes) of a shard tar in tar order, read as one stream (``r|*``: constant memory).
+    """(member name, bytes) of a shard tar in tar order, read as one uncompressed stream (``r|``: constant
+    memory; a gzip / bzip2 / xz / zstd file raises :class:`CompressedTarError` naming it, nothing is ever
+    decompressed).
 
     ``source``: a path or a binary file object (``where`` names it in messages). Members refused by
-    :func:`refusal`, and members larger than ``max_bytes`` (reason ``member_size``), are never read:
-    ``refused(tarinfo, reason, message)`` is called for each. Members whose name ``want`` rejects are skipped
-    unread. A member whose data ends early raises EOFError; a damaged tar raises ``tarfile.TarError`` / OSError.
+    :func:`refusal` (not a regular file, a bad name, a kind not in :data:`ALL_MEMBERS`, larger than its kind's
+    cap in :data:`MEMBER_MAX_BYTES` or than ``max_bytes``), and members ``admit(tarinfo)`` gives a (reason,
+    message) for, are never read: ``refused(tarinfo, reason, message)`` is called for each. Members whose name
+    ``want`` rejects are skipped unread. A member whose data ends early raises EOFError; a damaged tar raises
+    ``tarfile.TarError`` / OSError.
     """
-    if isinstance(source, (str, os.PathLike)):
+    own = isinstance(source, (str, os.PathLike))
+    if own:
         where = source if where is None else where
-        tf = tarfile.open(source, mode="r|*")
+        fh: BinaryIO = open(source, "rb")
     else:
         where = "<tar>" if where is None else where
-        tf = tarfile.open(fileobj=source, mode="r|*")
-    with tf:
-        for ti in tf:
-            why = refusal(ti, where)
-            if why is None and max_bytes is not None and ti.size > max_bytes:
-                why = ("member_size", f"{ti.size} bytes")
-            if why is not None:
-                if refused is not None:
-                    refused(ti, *why)
-                continue
-            if want is not None and not want(ti.name):
-                continue
-            fh = tf.extractfile(ti)
-            data = fh.read() if fh is not None else b""
-            if len(data) != ti.size:
-                raise EOFError(f"{ti.name}: member truncated")
-            yield ti.name, data
+        fh = source  # type: ignore[assignment]
+    try:
+        head = _tar_head(fh, where)
+        with tarfile.open(fileobj=_Prefixed(head, fh), mode="r|") as tf:  # type: ignore[call-overload]
+            for ti in tf:
+                tf.members = []  # a stream is read once: keep no TarInfo of the members already passed
+                why = refusal(ti, where)
+                if why is None and max_bytes is not None and ti.size > max_bytes:
+                    why = ("member_size", f"{ti.size} bytes")
+                if why is None and admit is not None:
+                    why = admit(ti)
+                if why is not None:
+                    if refused is not None:
+                        refused(ti, *why)
+                    continue
+                if want is not None and not want(ti.name):
+                    continue
+                member = tf.extractfile(ti)
+                data = member.read() if member is not None else b""
+                if len(data) != ti.size:
+                    raise EOFError(f"{ti.name}: member truncated")
+                yield ti.name, data
+    finally:
+        if own:
+            fh.close()
 
 
 def stats_path(root: str | os.PathLike) -> Path:

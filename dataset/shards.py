@@ -61,10 +61,11 @@ from core.hashing import sha256_file
 from core.process import set_parent_death_signal
 from core.keyids import check_keyid, child_path, is_keyid
 from dataset.shard_format import (
-    BASE_MEMBERS, FORMAT_VERSION, MANIFEST_KIND, META, MOTION, SENT, SPLITS, STATS_NAME, TEXTS, VIDEO_JPGS,
-    VIDEO_MEMBERS, VIDEO_MP4, finite_number, iter_tar_members, json_bytes, load_npy_bytes, manifest_path,
-    manifest_shards, naming, npy_bytes, parse_texts, read_manifest, read_manifests, shard_name, stats_arrays,
-    stats_fingerprint, write_if_changed, write_manifest, write_stats, write_tar,
+    BASE_MEMBERS, FORMAT_VERSION, MANIFEST_KIND, MAX_CLIP_FRAMES, MEMBER_MAX_BYTES, META, MOTION, SENT, SPLITS,
+    STATS_NAME, TEXTS, VIDEO_JPGS, VIDEO_MEMBERS, VIDEO_MP4, finite_number, iter_tar_members, json_bytes,
+    load_npy_bytes, manifest_path, manifest_shards, naming, npy_bytes, parse_json_member, parse_texts, read_manifest,
+    read_manifests, shard_name, stats_arrays, stats_fingerprint, write_if_changed, write_manifest, write_stats,
+    write_tar,
 )
 from dataset.shard_source import FetchError, RemoteShards, is_remote, is_url, sha256_remote, shard_location
 
@@ -304,43 +305,68 @@ def prepare_sample(clip, cfg: BuildConfig, features_fn: Callable) -> dict[str, b
 
     Raises BadInputError for bad inputs (bad keyid, unreadable video or sidecar, sidecar of another clip or
     not matching the video, frame count mismatch, bad features)."""
-    from core.mp4 import read_video
-    from dataset.video_frames import encode_jpgs, read_sidecar
+    from core.mp4 import decode, frame_count, iter_frames, scaled_size
+    from dataset.video_frames import JpgsEncoder, read_sidecar
 
     mp4, side_path = clip_inputs(clip, cfg)
     side = read_sidecar(side_path)
     check_sidecar(side, side_path, clip.keyid, mp4)
-    # (T, H, W, 3) uint8, scaled by ffmpeg while decoding (the mp4 format only needs the frame count)
-    frames, info = read_video(mp4, cfg.frame_size if cfg.video_format == "jpgs" else 32)
-    src_w, src_h = info["source_size"]
+    if cfg.video_format == "jpgs":
+        # frames scaled by ffmpeg while decoding and JPEG-encoded chunk by chunk: a long clip never sits in memory
+        # decoded; at most MAX_CLIP_FRAMES frames and a member of at most MEMBER_MAX_BYTES[video.jpgs]
+        info, (out_w, out_h), chunks = iter_frames(mp4, cfg.frame_size, max_frames=MAX_CLIP_FRAMES)
+        enc = JpgsEncoder(cfg.jpeg_quality, max_bytes=MEMBER_MAX_BYTES[VIDEO_JPGS])
+        try:
+            for part in chunks:
+                enc.add(part)
+        except BadInputError:
+            raise
+        except ValueError as exc:
+            raise BadInputError(mp4, "video", f"{exc} (the largest member a shard reader accepts; lower "
+                                              "--frame-size or --jpeg-quality, or use --video-format mp4)") from None
+        n_frames = len(enc)
+    else:
+        # the mp4 is stored as is: its frames are counted from its packets (no decoding) and its first frame
+        # decoded (ffmpeg stopped right after) to check that it is a readable video
+        n_frames, info = frame_count(mp4, MAX_CLIP_FRAMES)
+        if not len(decode(info, scaled_size(info.width, info.height, 32), 1)[0]):
+            raise BadInputError(mp4, "video", "no frame could be decoded")
+        if mp4.stat().st_size > MEMBER_MAX_BYTES[VIDEO_MP4]:
+            raise BadInputError(mp4, "video", f"{mp4.stat().st_size} bytes, more than the "
+                                              f"{MEMBER_MAX_BYTES[VIDEO_MP4]} a shard reader accepts")
+    src_w, src_h = info.source_size
     n_side = side.get("num_frames", len(side.get("frames", [])) or None)
-    if n_side is not None and int(n_side) != len(frames):
-        raise BadInputError(mp4, "video", f"{len(frames)} frames decoded but the sidecar says {n_side}")
+    if n_side is not None and int(n_side) != n_frames:
+        raise BadInputError(mp4, "video", f"{n_frames} frames decoded but the sidecar says {n_side}")
     if side.get("frames"):
         # The video defines the clip's frames: compute the motion on exactly the AMASS frames the video
         # shows (render-amass may have used another --fps than the annotations' default), so video frame
         # i and motion frame i stay the same instant.
-        if len(side["frames"]) != len(frames):
-            raise BadInputError(side_path, "frames", f"{len(side['frames'])} frame indices for {len(frames)} "
+        if len(side["frames"]) != n_frames:
+            raise BadInputError(side_path, "frames", f"{len(side['frames'])} frame indices for {n_frames} "
                                 "decoded frames")
         clip = dataclasses.replace(clip, frames=np.asarray(side["frames"], dtype=np.int64),
                                    fps=float(side.get("fps", clip.fps)))
     feats = np.asarray(features_fn(clip), dtype=np.float32)
     if feats.ndim != 2 or feats.shape[0] < 1 or not np.isfinite(feats).all():
         raise BadInputError(clip.amass_path, "motion", f"bad features of shape {feats.shape} or non-finite values")
-    if feats.shape[0] + 1 != len(frames):
+    if feats.shape[0] + 1 != n_frames:
         log.warning("%s: %d video frames for %d feature rows (expected frames = rows + 1)", clip.keyid,
-                    len(frames), feats.shape[0])
+                    n_frames, feats.shape[0])
+    motion = npy_bytes(feats)
+    if len(motion) > MEMBER_MAX_BYTES[MOTION]:
+        raise BadInputError(clip.amass_path, "motion", f"{len(motion)} bytes of features, more than the "
+                                                       f"{MEMBER_MAX_BYTES[MOTION]} a shard reader accepts")
     sample: dict[str, bytes] = {"__key__": clip.keyid}
     if cfg.video_format == "jpgs":
-        sample[VIDEO_JPGS] = encode_jpgs(frames, cfg.jpeg_quality)
-        stored = [int(frames.shape[2]), int(frames.shape[1])]
+        sample[VIDEO_JPGS] = enc.finish()
+        stored = [int(out_w), int(out_h)]
     else:
         sample[VIDEO_MP4] = mp4.read_bytes()
         stored = [int(src_w), int(src_h)]
     meta = {
         "keyid": clip.keyid, "dataset": clip.dataset, "split": clip.split, "amass_path": clip.amass_path,
-        "fps": float(side.get("fps", clip.fps)), "num_frames": int(len(frames)),
+        "fps": float(side.get("fps", clip.fps)), "num_frames": int(n_frames),
         "feature_rows": int(feats.shape[0]), "feature_dim": int(feats.shape[1]),
         "avatar": side.get("avatar"), "light": side.get("light"),
         "mirrored": bool(side.get("mirrored", clip.mirrored)), "body_model": side.get("body_model"),
@@ -348,7 +374,7 @@ def prepare_sample(clip, cfg: BuildConfig, features_fn: Callable) -> dict[str, b
         "frame_rule": clip.frame_spec.rule, "frame_start": clip.frame_spec.start, "frame_end": clip.frame_spec.end,
     }
     sample[META] = json_bytes(meta)
-    sample[MOTION] = npy_bytes(feats)
+    sample[MOTION] = motion
     sample[TEXTS] = json_bytes(texts_of(clip))
     return sample
 
@@ -1114,10 +1140,10 @@ def check_shards(out: str | os.PathLike, splits: Sequence[str] | None = None, de
 
 def _check_sample(mem: dict[str, bytes], m: dict, vmember: str, jpgs_info) -> str | None:
     try:
-        texts = json.loads(mem[TEXTS])
+        texts = parse_json_member(mem[TEXTS], TEXTS)
         sent = load_npy_bytes(mem[SENT])
         motion = load_npy_bytes(mem[MOTION])
-        meta = json.loads(mem[META])
+        meta = parse_json_member(mem[META], META)
     except (ValueError, OSError, EOFError, RecursionError) as exc:
         return f"unparsable member: {exc}"
     if not isinstance(texts, list) or not isinstance(meta, dict):

@@ -44,9 +44,15 @@ made here, in the loader, after the caption is chosen - as HumanML3D's and TMR's
 - A ``start``/``end`` that is not null or a finite number >= 0, or ``end <= start`` (other than ``0, 0``),
   makes the sample ``texts`` (:func:`dataset.shard_format.parse_texts`).
 
-Untrusted shards: the tars are read by this module (not by webdataset's tar expander), member by member.
+Untrusted shards: the tars are read by this module (not by webdataset's tar expander), member by member, as
+plain uncompressed tars (a gzip / bzip2 / xz / zstd shard is ``shard_unreadable``, never decompressed).
 Members that are not regular files or whose name is not ``<keyid>.<ext>`` (``/``, ``..``, a bad keyid; see
-:func:`core.keyids.check_member_name`) are refused and never used; ``.npy`` members are parsed with their
+:func:`core.keyids.check_member_name`) are refused and never used; members of another kind than the six of
+the format are skipped unread (``member_kind``); each kind has a byte cap
+(:data:`dataset.shard_format.MEMBER_MAX_BYTES`, ``member_size``) and a sample's members together at most
+:data:`dataset.shard_format.MAX_SAMPLE_BYTES` (``sample_size``), both checked from the tar header before the
+data is read; JSON members are parsed with their size and nesting capped
+(:func:`dataset.shard_format.parse_json_member`); ``.npy`` members are parsed with their
 header checked first and never unpickled; manifests may only name plain ``<name>.tar`` files in their directory
 (also for a set read from an http(s) URL or a ``pipe:`` command, :mod:`dataset.shard_source`: a manifest never
 makes the loader fetch another host or path or run another command).
@@ -54,9 +60,9 @@ makes the loader fetch another host or path or run another command).
 Skipped samples never stop an epoch: each is logged with its keyid (the first few per reason) and counted per
 reason in ``loader.skip_counts`` (``loader.skipped`` = the total, ``loader.skip_examples`` = a few keyids per
 reason), summed over worker processes. Reasons (:data:`SKIP_REASONS`): ``shard_unreadable``, ``member_name``,
-``member_type``, ``member_size``, ``member_duplicate``, ``missing_member``, ``texts``, ``sent``,
-``sent_nonfinite``, ``motion_unreadable``, ``motion_shape``, ``motion_nonfinite``, ``segment_too_short``,
-``meta``, ``video``, ``other``.
+``member_type``, ``member_kind``, ``member_size``, ``sample_size``, ``member_duplicate``, ``missing_member``,
+``texts``, ``sent``, ``sent_nonfinite``, ``motion_unreadable``, ``motion_shape``, ``motion_nonfinite``,
+``segment_too_short``, ``meta``, ``video``, ``other``.
 
 No usable sample: in training, once every shard has been read to its end with no usable sample since the last
 batch (by any worker; also with ``resampled=True``), iterating raises :class:`NoUsableSamplesError` (with
@@ -66,7 +72,6 @@ batch (by any worker; also with ``resampled=True``), iterating raises :class:`No
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import tarfile
@@ -81,15 +86,15 @@ from dataset.augment import AugmentConfig, augment_clip, center_box, clip_normal
 from core.errors import BadInputError
 from core.seeding import stable_rng, stable_seed
 from dataset.shard_format import (
-    META, MOTION, SENT, TEXTS, VIDEO_JPGS, VIDEO_MP4, finite_number, iter_tar_members, load_npy_bytes, load_stats,
-    manifest_path, manifest_shards, parse_texts, read_manifest,
+    MAX_SAMPLE_BYTES, META, MOTION, SENT, TEXTS, VIDEO_JPGS, VIDEO_MP4, finite_number,
+    iter_tar_members, load_npy_bytes, load_stats, manifest_path, manifest_shards, member_kind, parse_meta,
+    parse_texts, read_manifest,
 )
 from dataset.shard_source import RemoteShards, is_remote, open_shard, shard_location
 
 log = logging.getLogger(__name__)
 
 SHUFFLE_BUFFER = 1000
-MAX_MEMBER_BYTES = 1 << 30  # a tar member larger than this is refused (reason "member_size")
 SKIP_EXAMPLES = 5           # example keyids kept per skip reason
 # HumanML3D's min_motion_len (text-to-motion Text2MotionDatasetV2): segments shorter than this many feature
 # rows are not used, per feature width (263 = HumanML3D "t2m", 251 = KIT-ML); other widths use the default.
@@ -102,7 +107,11 @@ SKIP_REASONS = {
     "shard_unreadable": "a shard could not be opened or read to its end (the sample being read is lost)",
     "member_name": "a member whose name is not '<keyid>.<ext>' ('/', '..', bad keyid): refused",
     "member_type": "a member that is not a regular file (link, directory, device): refused",
-    "member_size": f"a member larger than {MAX_MEMBER_BYTES} bytes: refused",
+    "member_kind": "a member of an unknown kind (not meta.json, motion.npy, sent.npy, texts.json, video.jpgs, "
+                   "video.mp4): skipped unread",
+    "member_size": "a member larger than its kind's cap (dataset.shard_format.MEMBER_MAX_BYTES): refused unread",
+    "sample_size": f"a sample whose members hold more than {MAX_SAMPLE_BYTES} bytes: the rest refused unread, "
+                   "the sample not used",
     "member_duplicate": "a sample holding the same member twice",
     "missing_member": "a sample without one of texts.json, sent.npy, motion.npy, meta.json, the video",
     "texts": "texts.json is not a non-empty list of captions",
@@ -341,9 +350,27 @@ def _tar_samples(url: str, skips: _Skips) -> Iterator[dict]:
     """The samples of one tar, read as a stream: consecutive members ``<key>.<ext>`` -> ``{"__key__": key,
     "__url__": url, ext: bytes, ...}``. Refused members (:func:`dataset.shard_format.iter_tar_members`) are
     counted in ``skips`` and never read; read errors propagate (the caller counts the shard as unreadable)."""
+    too_big: set[str] = set()  # keys of samples past MAX_SAMPLE_BYTES (each counted once)
+    run = {"key": None, "bytes": 0}  # the sample being read: its key and the bytes of its members so far
+
+    def admit(ti) -> tuple[str, str] | None:
+        key = ti.name.partition(".")[0]
+        if key != run["key"]:
+            run["key"], run["bytes"] = key, 0
+            too_big.discard(key)  # the same key again after another sample: a new sample
+        run["bytes"] += ti.size
+        if run["bytes"] > MAX_SAMPLE_BYTES:
+            return "sample_size", f"{run['bytes']} bytes of members, more than the {MAX_SAMPLE_BYTES} of a sample"
+        return None
+
     def refused(ti, reason: str, message: str) -> None:
-        if reason == "member_size":
-            skips.add(reason, ti.name.partition(".")[0], url, f"{ti.name}: {message}")
+        key = ti.name.partition(".")[0]
+        if reason == "sample_size":
+            if key not in too_big:
+                too_big.add(key)
+                skips.add(reason, key, url, f"{ti.name}: {message}")
+        elif reason == "member_size":
+            skips.add(reason, key, url, f"{ti.name}: {message}")
         else:
             skips.add(reason, _shown(ti.name), url, message)
 
@@ -352,16 +379,16 @@ def _tar_samples(url: str, skips: _Skips) -> Iterator[dict]:
     stream = open_shard(url)
     try:
         cur: dict | None = None
-        for name, data in iter_tar_members(stream, where=url, refused=refused, max_bytes=MAX_MEMBER_BYTES):
-            key, _, ext = name.partition(".")
+        for name, data in iter_tar_members(stream, where=url, refused=refused, admit=admit):
+            key, ext = name.partition(".")[0], member_kind(name)
             if cur is None or cur["__key__"] != key:
-                if cur is not None:
+                if cur is not None and cur["__key__"] not in too_big:
                     yield cur
                 cur = {"__key__": key, "__url__": url}
             if ext in cur:
                 cur.setdefault("__dup__", ext)
             cur[ext] = data
-        if cur is not None:
+        if cur is not None and cur["__key__"] not in too_big:
             yield cur
     finally:
         stream.close()
@@ -458,7 +485,7 @@ class SampleTransform:
             if META not in sample:
                 raise SampleError("missing_member", "no meta.json member (needed for mp4 videos)")
             try:
-                meta = json.loads(sample[META])
+                meta = parse_meta(sample[META])
                 n = int(meta["num_frames"])
                 if n < 1:
                     raise ValueError(f"num_frames {n}")
@@ -606,7 +633,7 @@ def _meta_fps(sample: Mapping[str, bytes]) -> float:
     if META not in sample:
         raise SampleError("missing_member", "no meta.json member (its fps is needed for captions with a time span)")
     try:
-        meta = json.loads(sample[META])
+        meta = parse_meta(sample[META])
         fps = finite_number(meta["fps"])
         if fps is None or fps <= 0:
             raise ValueError(f"fps {str(meta['fps'])[:40]} is not a positive frame rate")

@@ -49,24 +49,58 @@ def read_sidecar(path: str | os.PathLike) -> dict:
     return data
 
 
+class JpgsEncoder:
+    """Build a ``video.jpgs`` member frame by frame (layout above): :meth:`add` JPEG-encodes a chunk of (k, H, W,
+    3) uint8 frames at once, so a long clip costs one chunk of decoded frames plus its compressed JPEGs;
+    :meth:`finish` returns the member. ``max_bytes``: the largest member accepted (ValueError as soon as the
+    JPEGs pass it)."""
+
+    def __init__(self, quality: int = 90, max_bytes: int | None = None):
+        self.quality, self.max_bytes = int(quality), max_bytes
+        self.size: tuple[int, int] | None = None
+        self._blobs: list[bytes] = []
+        self._bytes = 0
+
+    def add(self, frames: np.ndarray) -> None:
+        from PIL import Image
+
+        frames = np.asarray(frames, dtype=np.uint8)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape}")
+        size = (int(frames.shape[2]), int(frames.shape[1]))
+        if self.size is None:
+            self.size = size
+        elif size != self.size:
+            raise ValueError(f"frames of {size[0]}x{size[1]} after frames of {self.size[0]}x{self.size[1]}")
+        for f in frames:
+            buf = io.BytesIO()
+            Image.fromarray(f).save(buf, format="JPEG", quality=self.quality, subsampling=2, optimize=False)
+            self._blobs.append(buf.getvalue())
+            self._bytes += len(self._blobs[-1])
+            if self.max_bytes is not None and self._bytes + 8 * len(self._blobs) > self.max_bytes:
+                raise ValueError(f"video.jpgs: more than {self.max_bytes} bytes of JPEG frames after "
+                                 f"{len(self._blobs)} frames")
+
+    def __len__(self) -> int:
+        return len(self._blobs)
+
+    def finish(self) -> bytes:
+        if self.size is None:
+            raise ValueError("video.jpgs: no frames")
+        t, (w, h) = len(self._blobs), self.size
+        offsets = np.zeros(t + 1, dtype="<u8")
+        offsets[1:] = np.cumsum([len(b) for b in self._blobs])
+        return _HEADER.pack(JPGS_MAGIC, t, w, h) + offsets.tobytes() + b"".join(self._blobs)
+
+
 def encode_jpgs(frames: np.ndarray, quality: int = 90) -> bytes:
-    """Pack (T, H, W, 3) uint8 frames as per-frame JPEGs into one ``video.jpgs`` member (layout above).
+    """Pack (T, H, W, 3) uint8 frames as per-frame JPEGs into one ``video.jpgs`` member (layout above;
+    :class:`JpgsEncoder` builds one chunk by chunk).
 
     Encoding is deterministic for a given libjpeg (4:2:0 subsampling, no optimisation passes that vary)."""
-    from PIL import Image
-
-    frames = np.asarray(frames, dtype=np.uint8)
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape}")
-    t, h, w, _ = frames.shape
-    blobs = []
-    for f in frames:
-        buf = io.BytesIO()
-        Image.fromarray(f).save(buf, format="JPEG", quality=int(quality), subsampling=2, optimize=False)
-        blobs.append(buf.getvalue())
-    offsets = np.zeros(t + 1, dtype="<u8")
-    offsets[1:] = np.cumsum([len(b) for b in blobs])
-    return _HEADER.pack(JPGS_MAGIC, t, w, h) + offsets.tobytes() + b"".join(blobs)
+    enc = JpgsEncoder(quality)
+    enc.add(frames)
+    return enc.finish()
 
 
 MAX_FRAME_SIDE = 8192  # pixels; larger stored frames are refused (decompression-bomb guard)

@@ -296,9 +296,9 @@ def extract_shard_clips(shards: str | os.PathLike, split: str, keyids: Sequence[
                     with atomic_path(target) as tmp:
                         tmp.write_bytes(mem[VIDEO_MP4])
                 elif VIDEO_JPGS in mem:
-                    import json
+                    from dataset.shard_format import parse_meta
 
-                    fps = float(json.loads(mem[META]).get("fps", 20.0)) if META in mem else 20.0
+                    fps = float(parse_meta(mem[META]).get("fps", 20.0)) if META in mem else 20.0
                     if not np.isfinite(fps) or fps <= 0:
                         raise ValueError(f"meta.json: fps {fps!r} is not a positive frame rate")
                     frames = decode_jpgs(mem[VIDEO_JPGS]).permute(0, 2, 3, 1).numpy()

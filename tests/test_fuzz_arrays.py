@@ -95,15 +95,16 @@ def texts_member(path):
     parse_texts(Path(path).read_bytes())
 
 def tar_members(path):
-    """A shard tar as the readers take it: members streamed, .npy / texts.json / meta.json parsed."""
-    from dataset.shard_format import iter_tar_members, load_npy_bytes, parse_texts
-    for name, data in iter_tar_members(path, refused=lambda *a: None, max_bytes=1 << 26):
+    """A shard tar as the readers take it (the product's per-kind caps): members streamed, .npy / texts.json /
+    meta.json parsed."""
+    from dataset.shard_format import iter_tar_members, load_npy_bytes, parse_meta, parse_texts
+    for name, data in iter_tar_members(path, refused=lambda *a: None):
         if name.endswith(".npy"):
             load_npy_bytes(data)
         elif name.endswith(".texts.json"):
             parse_texts(data)
         elif name.endswith(".meta.json"):
-            json.loads(data)
+            parse_meta(data)
 
 def manifest(path):
     from dataset.shard_format import manifest_shards, read_manifest, read_manifests
@@ -485,3 +486,103 @@ def test_fuzz_annotations_and_split_files(tmp_path):
         cases.append((d / "nsim_test.txt", "fuzz_adapters:subset", ""))
     rows = _run(tmp_path, cases)
     assert _outcomes(rows).get("ok", 0) > 20 and _outcomes(rows).get("refused", 0) > 20
+
+
+# ------------------------------------------------------------------------------------ tar bombs (issue 24)
+# The loader's own tar reading (dataset.stream._tar_samples over dataset.shard_format.iter_tar_members, with the
+# product's caps) on two bombs: a gzip file named .tar (decompressing would give a member ~1000x its size) and a
+# sample of many members of unknown kinds (kept in memory until the sample ends, before the fix). The child
+# imports the loader first (torch: a few hundred MiB), then reports its peak RSS before and after the read: the
+# growth is what the shard cost.
+_TAR_BOMB_CHILD = r'''
+import json, resource, sys, tarfile
+from dataset.stream import _Skips, _tar_samples
+
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+before = peak()
+skips = _Skips()
+out = {}
+try:
+    out["keys"] = [(s["__key__"], sorted(k for k in s if not k.startswith("__"))) for s in _tar_samples(sys.argv[1],
+                                                                                                         skips)]
+except (tarfile.TarError, OSError, EOFError, ValueError) as exc:  # what _read_tars counts as shard_unreadable
+    out["refused"] = f"{type(exc).__name__}: {exc}"
+out.update(counts=dict(skips.counts), before=before, growth=peak() - before)
+print(json.dumps(out))
+'''
+#: what reading one bomb shard may add to the loader process's peak RSS (one member read at a time, the biggest
+#: here being a few KB; the readers' buffers: a few MiB)
+TAR_BOMB_GROWTH_MIB = 48
+
+
+def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for name, data in members:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _tar_base_members() -> list[tuple[str, bytes]]:
+    """(name, bytes) of :func:`_tar_base`'s members in order."""
+    with tarfile.open(fileobj=io.BytesIO(_tar_base())) as tf:
+        return [(ti.name, tf.extractfile(ti).read()) for ti in tf.getmembers()]
+
+
+def _tar_bomb(path: Path) -> dict:
+    m = run_python(_TAR_BOMB_CHILD, path, timeout=120)
+    assert not m.timed_out and m.returncode == 0, f"rc={m.returncode} {m.stderr[-3000:]}"
+    return json.loads(m.stdout.strip().splitlines()[-1])
+
+
+def test_compressed_tar_is_refused_unread(tmp_path):
+    """A gzip stream named ``.tar`` (40 KB on disk, a 48 MiB motion.npy inside) is refused with one message
+    naming it; nothing is decompressed."""
+    import gzip
+
+    from dataset.shard_format import npy_bytes
+
+    base = _tar_base()
+    bomb = _tar_bytes(_tar_base_members()[:4] + [("000002.motion.npy", npy_bytes(np.zeros((48 << 20) // 4 - 32,
+                                                                                          np.float32)))])
+    path = tmp_path / "train-000000.tar"
+    path.write_bytes(gzip.compress(bomb, compresslevel=9))
+    assert path.stat().st_size < 200_000
+    got = _tar_bomb(path)
+    assert "keys" not in got, got
+    assert "gzip-compressed" in got["refused"] and path.name in got["refused"], got
+    assert got["growth"] < TAR_BOMB_GROWTH_MIB, got
+    # bzip2 and xz too; a plain tar with the same members reads
+    import bz2
+    import lzma
+
+    for comp, kind in ((bz2.compress, "bzip2"), (lzma.compress, "xz")):
+        path.write_bytes(comp(base))
+        got = _tar_bomb(path)
+        assert kind + "-compressed" in got.get("refused", ""), got
+    path.write_bytes(base)
+    assert [k for k, _ in _tar_bomb(path)["keys"]] == ["000001", "000002"]
+
+
+def test_many_members_per_sample_are_not_kept(tmp_path):
+    """One sample with 1500 members of unknown kinds (128 KiB each, 188 MiB in all) between its real members:
+    they are skipped unread (``member_kind``), the sample keeps only its members, memory does not grow with them;
+    a member above its kind's cap (a 2 MiB meta.json) is refused unread (``member_size``)."""
+    members = dict(_tar_base_members())
+    junk = b"\x01" * (128 << 10)
+    order = [(n, d) for n, d in members.items() if n.startswith("000001.")][:2]
+    order += [(f"000001.extra{i:04d}.bin", junk) for i in range(1500)]
+    order += [(n, d) for n, d in members.items() if n.startswith("000001.")][2:]
+    order += [("000002.meta.json", b" " * (2 << 20))]
+    order += [(n, d) for n, d in members.items() if n.startswith("000002.") and not n.endswith("meta.json")]
+    path = tmp_path / "train-000000.tar"
+    path.write_bytes(_tar_bytes(order))
+    got = _tar_bomb(path)
+    assert got.get("keys") == [["000001", ["meta.json", "motion.npy", "sent.npy", "texts.json"]],
+                               ["000002", ["motion.npy", "sent.npy", "texts.json"]]], got
+    assert got["counts"] == {"member_kind": 1500, "member_size": 1}, got
+    assert got["growth"] < TAR_BOMB_GROWTH_MIB, got

@@ -356,3 +356,73 @@ def test_read_video_frame_and_byte_caps(videos, tmp_path, monkeypatch):
     with pytest.raises(BadInputError, match=r"more than 10 frames"):
         mp4.read_video(p)
     assert mp4.read_video(p, 24)[0].shape == (12, 24, 32, 3)  # scaled while decoding: within the budget
+
+
+# ------------------------------------------------------------ issue 24: allocation, streaming, mid-stream size
+RLIMIT_READ = r"""
+import json, resource, sys
+from core.mp4 import read_video
+vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")) * 1024
+limit = vm + (1 << 30)  # what this process maps now, plus 1 GiB: as under ulimit -v or overcommit_memory=2
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+try:
+    print(json.dumps({"ok": list(read_video(sys.argv[1])[0].shape)}))
+except BaseException as e:
+    print(json.dumps({"error": f"{type(e).__name__}: {e}"[:300]}))
+"""
+
+
+def test_read_video_reserves_what_the_header_announces(tmp_path):
+    """A 12-frame 256 x 256 video reads in a process allowed only 1 GiB more address space: the frame array is
+    sized from the probe (duration x fps + 1) and grown when needed, not reserved at the 2 GiB budget (before:
+    MemoryError)."""
+    from core.mp4 import write_video
+
+    frames = np.broadcast_to(np.arange(12, dtype=np.uint8)[:, None, None, None] * 20, (12, 256, 256, 3)).copy()
+    write_video(tmp_path / "a.mp4", frames, fps=10)
+    m = run_python(RLIMIT_READ, tmp_path / "a.mp4", timeout=60, address_space=False)
+    assert m.returncode == 0 and not m.timed_out, m.stderr[-2000:]
+    assert json.loads(m.stdout.strip().splitlines()[-1]) == {"ok": [12, 256, 256, 3]}
+
+
+def test_decode_grows_past_a_short_header(videos, tmp_path, monkeypatch):
+    """A header announcing fewer frames than the stream holds: the array grows (all 12 frames come back); a stream
+    longer than iter_frames' max_frames is refused; iter_frames hands out chunks of at most ``chunk`` frames."""
+    import dataclasses
+
+    import core.mp4 as mp4
+    from core.errors import BadInputError
+
+    p = tmp_path / "a.mp4"
+    p.write_bytes(videos["mp4"])
+    real = mp4.probe_video
+    monkeypatch.setattr(mp4, "probe_video", lambda path: dataclasses.replace(real(path), duration=0.1))
+    assert mp4.read_video(p)[0].shape == (12, 48, 64, 3)
+    info, size, chunks = mp4.iter_frames(p, 24, chunk=5)
+    assert size == (32, 24) and [len(c) for c in chunks] == [5, 5, 2]
+    with pytest.raises(BadInputError, match="more than 10 frames"):
+        list(mp4.iter_frames(p, max_frames=10)[2])
+
+
+def test_frame_above_the_pixel_cap_mid_stream_is_refused(tmp_path, monkeypatch):
+    """An H.264 stream that starts at 64 x 64 and switches to 256 x 256 (two raw streams concatenated, then muxed):
+    the probe sees 64 x 64; ffmpeg's decoder gets ``-max_pixels`` and refuses the larger frames, and the file is
+    refused (here with the cap lowered to 128 x 128 to keep the file small; the product's is MAX_FRAME_PIXELS)."""
+    import core.mp4 as mp4
+    from core.errors import BadInputError
+
+    ff = _ffmpeg()
+    for name, size in (("a", "64x64"), ("b", "256x256")):
+        subprocess.run([ff, "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc=size={size}:rate=10", "-frames:v",
+                        "10", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-f", "h264",
+                        str(tmp_path / f"{name}.h264")], check=True, timeout=60)
+    (tmp_path / "ab.h264").write_bytes((tmp_path / "a.h264").read_bytes() + (tmp_path / "b.h264").read_bytes())
+    subprocess.run([ff, "-v", "error", "-y", "-r", "10", "-f", "h264", "-i", str(tmp_path / "ab.h264"), "-c", "copy",
+                    str(tmp_path / "ab.mp4")], check=True, timeout=60)
+    assert "-max_pixels" in mp4.input_args(tmp_path / "ab.mp4")
+    info = mp4.probe_video(tmp_path / "ab.mp4")
+    assert (info.width, info.height) == (64, 64)
+    assert len(mp4.read_video(tmp_path / "ab.mp4", 32)[0]) == 20  # within the real cap: every frame, scaled
+    monkeypatch.setattr(mp4, "MAX_FRAME_PIXELS", 128 * 128)
+    with pytest.raises(BadInputError, match=r"a frame above 16384 pixels"):
+        mp4.read_video(tmp_path / "ab.mp4", 32)

@@ -387,3 +387,49 @@ def test_gallery_extraction_refuses_crafted_names_and_links(tiny, tmp_path):
     assert outside.read_bytes() == b"do not touch"
     assert not (tmp_path / "escape.video.mp4").exists() and not (tmp_path / "eval" / "escape.video.mp4").exists()
     assert sorted(p.name for p in gallery.iterdir()) == ["000008.mp4", "000010.mp4"]
+
+
+# ------------------------------------------------------------------- issue 24: compressed shards, sample caps
+
+
+def test_compressed_shard_and_oversized_sample(tiny, tmp_path, monkeypatch):
+    """A gzip shard (even named .tar) is one ``shard_unreadable``, never decompressed; a sample whose members
+    hold more than MAX_SAMPLE_BYTES is skipped once (``sample_size``) and the next sample is read."""
+    import gzip
+
+    import dataset.stream as stream
+
+    out = _copy(tiny, tmp_path / "set")
+    _rewrite(out / "val-000000.tar", lambda n, d: d + b" " * 600_000 if n == "000009.texts.json" else d)
+    monkeypatch.setattr(stream, "MAX_SAMPLE_BYTES", 500_000)
+    loader = make_loader(out, "val", batch_size=2, train=False, **KW)
+    assert _keys(loader) == ["000008", "000010", "000011"]
+    assert loader.skip_counts == {"sample_size": 1}, loader.skip_counts
+    assert loader.skip_examples["sample_size"] == ["000009"]
+
+    tar = out / "val-000000.tar"
+    tar.write_bytes(gzip.compress(tar.read_bytes()))
+    m = json.loads((out / "val.json").read_text())
+    raw = tar.read_bytes()
+    m["shards"][0].update(bytes=len(raw), sha256=hashlib.sha256(raw).hexdigest())
+    (out / "val.json").write_text(json.dumps(m))
+    loader = make_loader(out, "val", batch_size=2, train=False, **KW)
+    with pytest.raises(NoUsableSamplesError) as info:
+        _keys(loader)
+    assert info.value.counts == {"shard_unreadable": 1}
+
+
+def test_json_members_are_bounded():
+    """texts.json / meta.json are parsed with their size and nesting capped (ValueError naming the member)."""
+    from dataset.shard_format import MEMBER_MAX_BYTES, parse_texts
+
+    big = json.dumps(["a person walks"] * (MEMBER_MAX_BYTES["texts.json"] // 16 + 1)).encode()
+    with pytest.raises(ValueError, match="texts.json: .*bytes of JSON, more than"):
+        parse_texts(big)
+    with pytest.raises(ValueError, match="texts.json: JSON nested deeper"):
+        parse_texts(b"[" * 100_000 + b"]" * 100_000)
+    from dataset.shard_format import parse_meta
+
+    with pytest.raises(ValueError, match="meta.json: JSON nested deeper"):
+        parse_meta(b"[" * 1000 + b"]" * 1000)
+    assert parse_meta(b'{"fps": 20}') == {"fps": 20}
