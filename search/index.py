@@ -335,9 +335,9 @@ def shard_items(shards: str | os.PathLike, splits: Sequence[str], retriever: Any
     ``indexed`` (keyid -> source, read as the iteration goes): a sample whose keyid is in it with the same
     source (which comes from its ``meta.json`` and the shard's name alone) is not decoded; it is yielded as an
     Item with ``motion`` None, for the caller to keep its indexed entry."""
-    from ._project import stream
+    from ._project import shards as shards_mod, stream
 
-    st = stream()
+    st, sm = stream(), shards_mod()
     root = Path(shards)
     p = retriever.preprocess
     transform = st.SampleTransform(False, p["image_size"], p["num_frames"], p["max_motion_len"], retriever.mean,
@@ -348,11 +348,10 @@ def shard_items(shards: str | os.PathLike, splits: Sequence[str], retriever: Any
             skips = st._Skips()
             for raw in st._tar_samples(url, skips):
                 key = raw.get("__key__")
-                try:  # bounded (size, values, nesting): a hostile member is a failed sample, never a traceback
-                    meta = loads_bounded(raw.get("meta.json", b"{}"), Path(url).name, f"{key}/meta.json")
-                except BadInputError:
+                try:  # the shard format's one meta.json parser (bounded): a hostile member is a failed sample
+                    meta = sm.parse_meta(raw.get("meta.json", b"{}"))
+                except ValueError:
                     meta = {}  # the loader's transform below reads meta.json itself and reports the sample
-                meta = meta if isinstance(meta, dict) else {}
                 source = {"kind": "shard", "split": split, "shard": Path(url).name,
                           "amass_path": meta.get("amass_path"), "frame_rule": meta.get("frame_rule"),
                           "frame_start": meta.get("frame_start"), "frame_end": meta.get("frame_end"),
