@@ -498,27 +498,33 @@ def test_check_reports_a_bad_stats_file(built, tmp_path, case, capsys):
     assert "stats.npz" in text and "Traceback" not in text
 
 
+def _test_render(vids: Path, n: int, size: int) -> None:
+    """``vids/000001.mp4`` (``n`` frames of ffmpeg's ``testsrc`` at ``size`` x ``size``, 20 fps) and its sidecar."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    vids.mkdir(exist_ok=True)
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i",
+                    f"testsrc=size={size}x{size}:rate=20", "-frames:v", str(n), "-c:v", "libx264", "-preset",
+                    "ultrafast", "-pix_fmt", "yuv420p", str(vids / "000001.mp4")], check=True, timeout=120)
+    (vids / "000001.json").write_text(json.dumps({"keyid": "000001", "num_frames": n, "fps": 20.0}))
+
+
 # ------------------------------------------------------------------------ issue 24: long renders are accepted
 @pytest.mark.parametrize("video_format", ["jpgs", "mp4"])
 def test_long_clip_is_accepted(tmp_path, video_format):
     """A 25,000-frame clip (20 min 50 s at 20 fps; 16 x 16 pixels to stay fast) is a sample in both formats: jpgs
     frames are decoded and JPEG-encoded chunk by chunk, mp4 frames are counted from the packets (before: refused
     past read_video's 20,000 frames, and in jpgs mode past 2 GiB of decoded frames, ~9 min at frame size 256)."""
-    import subprocess
     from types import SimpleNamespace
-
-    import imageio_ffmpeg
 
     from dataset.shards import prepare_sample
     from dataset.video_frames import jpgs_info
 
     n = 25_000
     vids = tmp_path / "videos"
-    vids.mkdir()
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i",
-                    "testsrc=size=16x16:rate=20", "-frames:v", str(n), "-c:v", "libx264", "-preset", "ultrafast",
-                    "-pix_fmt", "yuv420p", str(vids / "000001.mp4")], check=True, timeout=60)
-    (vids / "000001.json").write_text(json.dumps({"keyid": "000001", "num_frames": n, "fps": 20.0}))
+    _test_render(vids, n, 16)
     clip = SimpleNamespace(keyid="000001", frames=None, fps=20.0, amass_path="KIT/1/walk_poses.npz",
                            dataset="kit", split="train", mirrored=False, texts=[],
                            frame_spec=SimpleNamespace(rule="all", start=None, end=None))
@@ -557,19 +563,13 @@ print(json.dumps({"frames": json.loads(sample["meta.json"])["num_frames"], "jpgs
 def test_jpgs_mode_holds_one_chunk_of_decoded_frames(tmp_path):
     """2,000 frames of 256 x 256 (375 MiB decoded) become a video.jpgs member while the process grows by far less
     than the decoded clip: frames are JPEG-encoded chunk by chunk (before: all decoded at once, +436 MiB measured)."""
-    import subprocess
 
-    import imageio_ffmpeg
 
     from tests.fixtures.untrusted import run_python
 
     n = 2000
     vids = tmp_path / "videos"
-    vids.mkdir()
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i",
-                    "testsrc=size=256x256:rate=20", "-frames:v", str(n), "-c:v", "libx264", "-preset", "ultrafast",
-                    "-pix_fmt", "yuv420p", str(vids / "000001.mp4")], check=True, timeout=60)
-    (vids / "000001.json").write_text(json.dumps({"keyid": "000001", "num_frames": n, "fps": 20.0}))
+    _test_render(vids, n, 256)
     m = run_python(_JPGS_PEAK, vids, n, timeout=120)
     assert m.returncode == 0 and not m.timed_out, m.stderr[-2000:]
     out = json.loads(m.stdout.strip().splitlines()[-1])
