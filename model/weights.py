@@ -20,8 +20,8 @@ nested under ``"model"`` / ``"state_dict"``).
 Weights files are untrusted input and are only ever read as tensors (docs/security.md, "Checkpoints and training
 state"): ``.safetensors`` (header checked first by :func:`model.safetensors_header.read_header`), anything else
 with ``torch.load(weights_only=True)`` (tensors and plain containers; no object is unpickled). TorchScript
-archives (a zip with a ``code/`` folder, e.g. OpenAI's ``ViT-B-32.pt``) hold code that ``torch.jit.load`` would
-run; they are refused with one line saying how to convert them (:data:`CONVERT_HINT`). No option, and no setting
+archives (a zip with a ``code/`` folder, e.g. OpenAI's ``ViT-B-32.pt``) hold code that loading them would run;
+they are refused with one line saying how to convert them (:data:`CONVERT_HINT`). No option, and no setting
 read from a file, switches any of this off.
 """
 
@@ -309,10 +309,8 @@ def missing_pretrained(cfg: LavimoConfig) -> list[str]:
 
 
 #: how to turn a file LAVIMO refuses (TorchScript, pickled objects) into one it reads: on a machine you trust
-CONVERT_HINT = ("convert it on a machine you trust: python -c \"import torch, safetensors.torch as st; "
-                "m = torch.jit.load('IN.pt'); st.save_file({k: v.contiguous() for k, v in m.state_dict().items()}, "
-                "'OUT.safetensors')\" (for a pickled checkpoint: torch.load('IN.pt', weights_only=False) and save "
-                "its state dict the same way), then pass OUT.safetensors (docs/model.md, \"Converting weights\")")
+CONVERT_HINT = ("convert it to .safetensors once, on a machine you trust (the one-line command is in docs/model.md, "
+                "\"Converting weights\"), then pass the .safetensors file")
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -112,7 +112,7 @@ def test_incremental_build_reuses_and_same_latents(tiny, tmp_path):
         np.testing.assert_array_equal(getattr(again, name), getattr(first, name), err_msg=name)
     other = tiny["index"]
     assert [e.keyid for e in other.entries] == [e.keyid for e in again.entries]
-    np.testing.assert_array_equal(again.text_owner, other.text_owner)
+    np.testing.assert_array_equal(again.text_owner, other.text_owner)  # integers: exact on any host
     for name in ("motion", "video", "text"):
         np.testing.assert_allclose(getattr(again, name), getattr(other, name), rtol=LATENT_RTOL, atol=LATENT_ATOL,
                                    err_msg=name)

@@ -63,6 +63,7 @@ def test_rebuild_decodes_nothing_already_indexed(tiny, tmp_path, decodes):
     after = Index.load(out, r.sha256)
     assert [e.keyid for e in after.entries] == [e.keyid for e in before.entries]
     assert [e.source for e in after.entries] == [e.source for e in before.entries]
+    # bit for bit: a rebuild reuses the stored latents (read back, never re-encoded): docs/design.md, "Determinism"
     np.testing.assert_array_equal(after.motion, before.motion)
     np.testing.assert_array_equal(after.video, before.video)
     np.testing.assert_array_equal(after.text, before.text)
