@@ -44,6 +44,7 @@ import numpy as np
 
 from core.atomic import atomic_path
 from core.errors import BadInputError
+from core.jsonconfig import loads_bounded, read_json_file
 from core.restricted_unpickle import MAX_ARRAY_BYTES, open_npz, read_npy_bytes, read_npz_member
 from core.hashing import sha256_file
 from core.keyids import check_keyid, check_member_name, child_path, is_keyid
@@ -282,19 +283,12 @@ def read_manifest(shards: str | Path | RemoteShards, split: str) -> dict:
         except (FileNotFoundError, CommandFailed) as exc:
             raise FileNotFoundError(f"{exc}: no manifest for split {split!r} in {loc}; build the shards with "
                                     "build-shards") from exc
-        try:
-            m = json.loads(raw.decode("utf-8"))
-        except (ValueError, RecursionError) as exc:  # not UTF-8 / JSON, over 4300 digits, too deep
-            raise BadInputError(path, None, f"not a JSON manifest: {exc}") from exc
+        m = loads_bounded(raw, path)  # size, values and nesting capped: BadInputError naming the URL
     else:
         path = manifest_path(shards, split)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no manifest for split {split!r}; build the shards with build-shards")
-        try:
-            with open(path, encoding="utf-8") as fh:
-                m = json.load(fh)
-        except (ValueError, RecursionError) as exc:  # not UTF-8 / JSON, over 4300 digits, too deep
-            raise BadInputError(path, None, f"not a JSON manifest: {exc}") from exc
+        m = read_json_file(path)  # size, values and nesting capped: BadInputError naming the file
     if not isinstance(m, dict) or not isinstance(m.get("shards"), list):
         raise BadInputError(path, "shards", "not a shard manifest (no list of shards)")
     return m
@@ -310,8 +304,8 @@ def read_manifests(out: Path) -> dict[str, dict]:
         if not is_keyid(p.stem) or p.name != f"{p.stem}.json":
             continue
         try:
-            m = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8 / JSON, too deep
+            m = read_json_file(p)
+        except (OSError, ValueError):  # unreadable, or not bounded UTF-8 JSON (BadInputError is a ValueError)
             continue
         if isinstance(m, dict) and m.get("kind") == MANIFEST_KIND:
             if m.get("split", p.stem) != p.stem:

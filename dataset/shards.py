@@ -57,6 +57,7 @@ import numpy as np
 
 from core.atomic import temp_target, write_json
 from core.errors import BadInputError
+from core.jsonconfig import read_json_file
 from core.hashing import sha256_file
 from core.process import set_parent_death_signal
 from core.keyids import check_keyid, child_path, is_keyid
@@ -588,11 +589,7 @@ def _read_set_state(path: Path) -> dict:
     """``.build/set.json`` (the set's build state: format version, text model, video settings, feature dim) as a
     dict. Raises BadInputError(path, field) for a file that is not UTF-8 JSON (e.g. truncated), nests too deep,
     is not an object, or whose fields have the wrong type; OSError when it cannot be read."""
-    try:
-        s = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as exc:  # not UTF-8 / JSON, an integer over 4300 digits, too deep
-        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        raise BadInputError(path, None, f"not a JSON build state ({why})") from None
+    s = read_json_file(path)  # size, values and nesting capped: BadInputError naming the file
     if not isinstance(s, dict):
         raise BadInputError(path, None, f"expected a JSON object, got {type(s).__name__}")
     _check_feature_dim(path, s.get("feature_dim"))
@@ -857,10 +854,10 @@ def _add_sentences(samples: list[dict], embedder) -> None:
 def _read_state(path: Path) -> dict | None:
     """A shard's resume state (None when absent or unreadable: the shard is rebuilt)."""
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state = read_json_file(path)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, RecursionError) as exc:  # unreadable, not UTF-8 / JSON, too deep
+    except (OSError, ValueError) as exc:  # unreadable, or not bounded UTF-8 JSON (BadInputError is a ValueError)
         log.warning("%s: unreadable build state (%s): the shard is rebuilt", path, exc)
         return None
     return state if isinstance(state, dict) else None
