@@ -101,8 +101,8 @@ def loads_bounded(text: str | bytes, source: str | os.PathLike | None, field: st
 
 
 def read_json_file(path: str | os.PathLike, *, max_bytes: int = MAX_JSON_FILE_BYTES,
-                   max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """The JSON value in file ``path`` (:func:`loads_bounded`: size and nesting capped; the size is checked before
+                   max_depth: int = MAX_JSON_DEPTH, max_items: int = MAX_JSON_ITEMS) -> Any:
+    """The JSON value in file ``path`` (:func:`loads_bounded`: size, values and nesting capped; the size is checked before
     the file is read). ``FileNotFoundError`` when it is absent, other OSErrors as raised; anything wrong with the
     content is a :class:`BadInputError` naming the file."""
     path = Path(path)
@@ -111,7 +111,7 @@ def read_json_file(path: str | os.PathLike, *, max_bytes: int = MAX_JSON_FILE_BY
         if size > max_bytes:
             raise BadInputError(path, None, f"{size} bytes, more than the {max_bytes} accepted for a JSON file")
         data = fh.read(max_bytes + 1)
-    return loads_bounded(data, path, max_bytes=max_bytes, max_depth=max_depth)
+    return loads_bounded(data, path, max_bytes=max_bytes, max_depth=max_depth, max_items=max_items)
 
 _HINTS: dict[type, dict[str, Any]] = {}
 

@@ -89,12 +89,11 @@ MAX_AMASS_ARRAY_BYTES = 1 << 28
 
 
 def _open_npz(path: str) -> zipfile.ZipFile:
+    from core.restricted_unpickle import open_npz
+
     if not Path(path).is_file():
         raise BadInputError(path, None, "file not found")
-    try:
-        return zipfile.ZipFile(path)
-    except Exception as e:  # noqa: BLE001 - BadZipFile, OSError, EOFError, ValueError on a damaged file
-        raise BadInputError(path, "archive", f"unreadable or truncated npz ({e})") from e
+    return open_npz(path)  # the checked reader's opener: BadInputError(path, "archive") for a damaged file
 
 
 def _unpickle_plain(raw: bytes, path: str, key: str) -> np.ndarray:

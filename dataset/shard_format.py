@@ -48,6 +48,7 @@ from core.jsonconfig import loads_bounded, read_json_file
 from core.restricted_unpickle import MAX_ARRAY_BYTES, open_npz, read_npy_bytes, read_npz_member
 from core.hashing import sha256_file
 from core.keyids import check_keyid, check_member_name, child_path, is_keyid
+from core.mp4 import MAX_STREAM_FRAMES
 from dataset.shard_source import CommandFailed, RemoteShards, is_remote, shard_location
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,8 @@ SHARD_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.tar")
 #: the message of a member that is not a regular file
 NOT_REGULAR = "not a regular file (link, directory or device)"
 #: the longest clip a shard sample holds, in frames: an hour at 30 fps (build-shards refuses longer ones; the
-#: member caps below are sized from it)
-MAX_CLIP_FRAMES = 3600 * 30
+#: member caps below are sized from it); the same number as the longest stream core.mp4 decodes
+MAX_CLIP_FRAMES = MAX_STREAM_FRAMES
 #: the most bytes read of each member kind (:func:`iter_tar_members`); a larger member is refused unread (reason
 #: ``member_size``). JSON members are small (a sample's meta.json is ~1 KB, texts.json a few KB);
 #: ``motion.npy`` fits :data:`MAX_CLIP_FRAMES` rows of up to 600 float32 features (HumanML3D's 263 take 114 MB);

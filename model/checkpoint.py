@@ -29,7 +29,7 @@ from core.atomic import atomic_path
 from core.errors import BadInputError
 from core.jsonconfig import loads_bounded
 
-from .config import LavimoConfig
+from .config import MAX_LAYERS, LavimoConfig, too_many_layers
 from .lavimo import LavimoModel, build_model
 from .weights import text_assets, write_text_assets
 
@@ -80,9 +80,6 @@ META_EXTRA = "lavimo_extra"
 #: the most bytes of one JSON metadata field: the config and extra are a few KB, the text assets (a tokenizer's
 #: vocabulary and merges) up to a few MB; the whole header is capped by safetensors_header.MAX_HEADER_BYTES (32 MiB)
 MAX_META_BYTES = {META_CONFIG: 1 * 2**20, META_EXTRA: 16 * 2**20, META_TEXT: 16 * 2**20}
-#: the most layers a checkpoint's text backbone config.json may declare (int values of keys naming layers); the
-#: paper's backbones have 6 to 12
-MAX_LAYERS = 256
 #: the most elements of the buffers a checkpoint's config makes the model compute rather than load (position
 #: tables: max_motion_len x latent_dim; the paper's are 0.1 M): 16 M elements, 64 MB of float32
 MAX_UNSAVED_ELEMENTS = 2**24
@@ -151,17 +148,6 @@ def _json_object(meta: dict[str, str], key: str, path: Path, default: str | None
     return value
 
 
-def _too_many_layers(obj: Any) -> str | None:
-    """The first ``key=value`` of a (backbone) config dict whose key names layers and whose integer value is over
-    :data:`MAX_LAYERS` (a crafted config that would build millions of modules), else None."""
-    if not isinstance(obj, dict):
-        return None
-    for k, v in obj.items():
-        if "layer" in str(k).lower() and isinstance(v, int) and not isinstance(v, bool) and v > MAX_LAYERS:
-            return f"{k}={v}"
-    return None
-
-
 def _check_text_assets(assets: dict[str, Any], path: Path) -> dict[str, str]:
     """The embedded text backbone files, refused unless they are plain data: plain file names with a
     .json/.txt/.model suffix, text contents, JSON files parse, a config.json with a string ``model_type``, and no
@@ -183,8 +169,9 @@ def _check_text_assets(assets: dict[str, Any], path: Path) -> dict[str, str]:
                                                      "checkpoint")
             if name == "config.json" and not (isinstance(obj, dict) and isinstance(obj.get("model_type"), str)):
                 raise BadInputError(path, META_TEXT, "config.json: expected a JSON object with a model_type")
-            if name == "config.json" and _too_many_layers(obj):
-                raise BadInputError(path, META_TEXT, f"config.json: {_too_many_layers(obj)} layers, more than the "
+            over = too_many_layers(obj) if name == "config.json" else None
+            if over:
+                raise BadInputError(path, META_TEXT, f"config.json: {over} layers, more than the "
                                                      f"{MAX_LAYERS} accepted")
     if "config.json" not in assets:  # without it the text backbone would be looked up by the config's name
         raise BadInputError(path, META_TEXT, "no config.json among the text assets (save_checkpoint embeds it)")

@@ -42,6 +42,17 @@ MODALITIES = ("tmv", "tm")
 #: the most layers of any encoder or backbone (the paper's have 6 to 12): a config read from a checkpoint or a run
 #: directory cannot make the loader build millions of modules
 MAX_LAYERS = 256
+
+
+def too_many_layers(backbone_config: Any) -> str | None:
+    """The first ``key=value`` of a backbone config dict whose key names layers and whose integer value is over
+    :data:`MAX_LAYERS` (a crafted config that would build millions of modules), else None."""
+    if not isinstance(backbone_config, dict):
+        return None
+    for k, v in backbone_config.items():
+        if "layer" in str(k).lower() and isinstance(v, int) and not isinstance(v, bool) and v > MAX_LAYERS:
+            return f"{k}={v}"
+    return None
 NEGATIVE_FILTERING = ("lavimo", "tmr", "soft", "none")
 
 
@@ -138,9 +149,9 @@ class LavimoConfig(JsonConfig):
             if not 1 <= int(getattr(self, name)) <= MAX_LAYERS:
                 bad(name, f"must be in [1, {MAX_LAYERS}]")
         for name in ("text_backbone_config", "video_backbone_config"):
-            for k, v in (getattr(self, name) or {}).items():
-                if "layer" in str(k).lower() and isinstance(v, int) and not isinstance(v, bool) and v > MAX_LAYERS:
-                    bad(name, f"{k}={v}: at most {MAX_LAYERS} layers")
+            over = too_many_layers(getattr(self, name))
+            if over:
+                bad(name, f"{over}: at most {MAX_LAYERS} layers")
         if self.latent_dim % self.num_heads:
             bad("latent_dim", f"must be divisible by num_heads={self.num_heads}")
         if not 0.0 < self.frame_crop <= 1.0:

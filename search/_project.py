@@ -8,14 +8,14 @@ from __future__ import annotations
 from core.atomic import atomic_path, write_json
 from core.errors import BadInputError, os_error_text, print_error
 from core.hashing import sha256_file
-from core.jsonconfig import loads_bounded, read_json_file
+from core.jsonconfig import read_json_file
 from core.keyids import child_path, is_keyid
 from core.restricted_unpickle import open_npz, read_npy_file, read_npz_header, read_npz_member
 from dataset.augment import center_box, clip_normalize, eval_view
 from model.checkpoint import PREPROCESS_KEYS, preprocess_record
 
 __all__ = ["BadInputError", "PREPROCESS_KEYS", "atomic_path", "center_box", "checkpoint", "child_path",
-           "clip_normalize", "clip_types", "eval_view", "features", "is_keyid", "loads_bounded", "mp4", "open_npz",
+           "clip_normalize", "clip_types", "eval_view", "features", "is_keyid", "mp4", "open_npz",
            "os_error_text", "preprocess_record", "print_error", "read_json_file", "read_npy_file", "read_npz_header",
            "read_npz_member", "renderer", "sha256_file", "shards", "stream", "video_frames",
            "write_json"]

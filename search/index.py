@@ -36,7 +36,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ._project import (BadInputError, atomic_path, loads_bounded, open_npz, read_json_file, read_npz_header,
+from ._project import (BadInputError, atomic_path, open_npz, read_json_file, read_npz_header,
                        read_npz_member, sha256_file, write_json)
 
 log = logging.getLogger(__name__)
@@ -225,17 +225,11 @@ def read_index_json(path: str | os.PathLike) -> dict[str, Any]:
     not JSON, not an object of :data:`FORMAT`) is a BadInputError naming the file."""
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size > MAX_INDEX_JSON_BYTES:
-                raise BadInputError(path, None, f"{size} bytes, more than the {MAX_INDEX_JSON_BYTES} accepted for "
-                                                "an index description")
-            data = fh.read(MAX_INDEX_JSON_BYTES + 1)
+        meta = read_json_file(path, max_bytes=MAX_INDEX_JSON_BYTES, max_items=MAX_INDEX_JSON_ITEMS)
     except FileNotFoundError:
         raise
     except OSError as exc:
         raise BadInputError(path, None, f"unreadable ({exc.strerror or exc})") from exc
-    meta = loads_bounded(data, path, max_bytes=MAX_INDEX_JSON_BYTES, max_items=MAX_INDEX_JSON_ITEMS)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BadInputError(path, "format", f"not a {FORMAT} file")
     return meta
