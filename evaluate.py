@@ -6,12 +6,12 @@
     python evaluate.py --run runs/NAME --shards SHARDS --protocol dissimilar         # the nsim_test split
     python evaluate.py --from-sims sims.npz [--threshold 0.8] [--out metrics.json]
 
-The command lives in :mod:`evaluation.cli` (``python evaluate.py --help``); this file only runs it.
+The command lives in :mod:`lavimo.evaluation.cli` (``python evaluate.py --help``); this file only runs it.
 """
 
 import sys
 
-from evaluation.cli import main
+from lavimo.evaluation.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,12 +5,12 @@
     python train.py --shards SHARDS --out runs/tiny --resume           # continue exactly where it stopped
     torchrun --nproc_per_node=4 train.py --shards SHARDS --preset paper --out runs/paper
 
-The command lives in :mod:`training.cli` (``python train.py --help``); this file only runs it.
+The command lives in :mod:`lavimo.training.cli` (``python train.py --help``); this file only runs it.
 """
 
 import sys
 
-from training.cli import main
+from lavimo.training.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,12 +1,12 @@
 """SMPL-family body models: AMASS poses -> posed vertices and joints (shared by features and rendering).
 
-``load_body(model_dir=None)`` gives the procedural SMPL-compatible body (:mod:`body.procedural`);
+``load_body(model_dir=None)`` gives the procedural SMPL-compatible body (:mod:`lavimo.body.procedural`);
 ``load_body(DIR, "smplh" | "smplx" | "smpl", gender)`` a real model from a directory in smplx's layout
 (``DIR/smplh/SMPLH_MALE.pkl`` or ``.npz``, ``DIR/smplx/SMPLX_FEMALE.npz``, ``DIR/smpl/SMPL_NEUTRAL.pkl``;
 AMASS's ``DIR/smplh/male/model.npz`` is accepted too). Both go through smplx's own model classes (the
 procedural body through ``smplx.SMPL(data_struct=...)``), so posing is the same code for both.
 
-Model files are untrusted input: the project reads them itself (:mod:`body.smpl_files`: an allow-list
+Model files are untrusted input: the project reads them itself (:mod:`lavimo.body.smpl_files`: an allow-list
 unpickler for ``.pkl``, plain ``.npy`` reads for ``.npz``), checks the arrays (:func:`model_arrays`) and
 hands smplx plain arrays only (``data_struct`` for SMPL / SMPL-H; for SMPL-X, whose constructor always reads
 the file itself with a pickle-enabled ``np.load``, :func:`_smplx_from_arrays` builds the model without
@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from body.skeleton import mirror_permutation
-from core.errors import BadInputError
+from lavimo.body.skeleton import mirror_permutation
+from lavimo.core.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
@@ -319,10 +319,10 @@ _MIN_SHAPE_COLS = {"smpl": 10, "smplh": 10, "smplx": 20}
 
 
 def _read_model_data(path: Path) -> dict[str, Any]:
-    """Every member of a model file, read by the restricted loaders of :mod:`body.smpl_files`
+    """Every member of a model file, read by the restricted loaders of :mod:`lavimo.body.smpl_files`
     (``.pkl``: allow-list unpickler; ``.npz``: plain ``.npy`` reads, object members through the same
     allow-list). scipy.sparse values are made dense. Never ``np.load`` / ``pickle.load``."""
-    from body.smpl_files import load_npz_restricted, load_smpl_pickle
+    from lavimo.body.smpl_files import load_npz_restricted, load_smpl_pickle
 
     if path.suffix.lower() == ".pkl":
         data = load_smpl_pickle(path)
@@ -479,7 +479,7 @@ _PROCEDURAL: dict[int, Body] = {}
 def _load_procedural(num_betas: int) -> Body:
     import smplx
 
-    from body.procedural import cache_path, load_procedural_body, procedural_posedirs
+    from lavimo.body.procedural import cache_path, load_procedural_body, procedural_posedirs
 
     if num_betas in _PROCEDURAL:
         return _PROCEDURAL[num_betas]

@@ -22,8 +22,8 @@ posedirs are all zero (no pose-corrective blend shapes); :func:`procedural_posed
 
 Generation takes about a second; the result is cached (``$LAVIMO_CACHE`` or ``~/.cache/lavimo``) in
 ``procedural_body_v{VERSION}.npz``, written atomically, and regenerated when it was made by a different
-generator (fingerprint of this file's and :mod:`body.skeleton`'s source). Nothing here is hand-edited binary
-data: the only embedded numbers are the rest joints (:func:`body.skeleton.rest_joints`) and the primitive radii
+generator (fingerprint of this file's and :mod:`lavimo.body.skeleton`'s source). Nothing here is hand-edited binary
+data: the only embedded numbers are the rest joints (:func:`lavimo.body.skeleton.rest_joints`) and the primitive radii
 below.
 """
 
@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from body.skeleton import MIRROR_JOINTS, NUM_JOINTS, PARENTS, rest_joints
-from core.atomic import atomic_path
+from lavimo.body.skeleton import MIRROR_JOINTS, NUM_JOINTS, PARENTS, rest_joints
+from lavimo.core.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -346,12 +346,12 @@ def cache_path() -> Path:
 
 
 def generator_fingerprint() -> str:
-    """SHA-256 of this generator's source (this file and :mod:`body.skeleton`, whose rest joints it is built
+    """SHA-256 of this generator's source (this file and :mod:`lavimo.body.skeleton`, whose rest joints it is built
     around) and the marching-cubes library version: a cached body made by other code is regenerated, so editing
     the generator can never leave a stale cache behind."""
     import skimage
 
-    from body import skeleton
+    from lavimo.body import skeleton
 
     h = hashlib.sha256(Path(__file__).read_bytes())
     h.update(Path(skeleton.__file__).read_bytes())

@@ -11,10 +11,10 @@ exactly left/right symmetric (each table lists the centre joints as (y, z) and t
 Two rest-joint tables, on purpose:
 
 * :func:`rest_joints` (``REST_CENTRE`` / ``REST_LEFT``) is THE table: approximate joints of SMPL's neutral
-  template. The procedural body (:mod:`body.procedural`) is built around it, so the features and the rendered
+  template. The procedural body (:mod:`lavimo.body.procedural`) is built around it, so the features and the rendered
   videos of the procedural body use it.
 * :data:`SYNTH_REST_JOINTS` (``SYNTH_CENTRE`` / ``SYNTH_LEFT``) is the synthetic-motion generator's skeleton
-  (:mod:`dataset.synth.skeleton`'s forward kinematics; e.g. spine1 at y = -0.107 where THE table has -0.110).
+  (:mod:`lavimo.dataset.synth.skeleton`'s forward kinematics; e.g. spine1 at y = -0.107 where THE table has -0.110).
   The generator places feet on the floor and checks its motions with it, so the synthetic corpus (its poses and
   root translations) is a function of these numbers; replacing them by THE table would change every corpus
   ``synth-amass`` writes for a given seed. Both describe the same skeleton within about 3 cm.

@@ -4,7 +4,7 @@ The official SMPL-family pickles (Python 2, protocol 2) store several arrays (``
 ``posedirs``, ``weights``, ``J``) as ``chumpy`` objects and ``J_regressor`` as a ``scipy.sparse`` matrix.
 ``chumpy`` no longer imports with current numpy, and a plain ``pickle.load`` would run whatever a file asks
 for. Model files are untrusted input, so they are read with :class:`RestrictedUnpickler`: the checked numpy
-reconstruction of :mod:`core.restricted_unpickle` (see its docstring: allow-listed dtypes, validated array
+reconstruction of :mod:`lavimo.core.restricted_unpickle` (see its docstring: allow-listed dtypes, validated array
 states, no object arrays from raw bytes, no direct ``numpy.ndarray(...)`` calls) plus
 
 - ``chumpy.*`` classes map to a fresh stand-in class per load that keeps their pickled state;
@@ -19,8 +19,8 @@ states, no object arrays from raw bytes, no direct ``numpy.ndarray(...)`` calls)
 - anything else (``os.system``, ``posix.system``, ``builtins.exec``, ``builtins.eval``, ...) is refused.
 
 Memory is bounded per file: every array built (unpickled, converted from chumpy, a sparse matrix at its dense
-size, an npz member) is charged, before it is allocated, to one :class:`core.restricted_unpickle.ByteBudget` of
-:data:`core.restricted_unpickle.MAX_MODEL_FILE_BYTES` (1 GiB; a real model holds 100-300 MB of arrays).
+size, an npz member) is charged, before it is allocated, to one :class:`lavimo.core.restricted_unpickle.ByteBudget` of
+:data:`lavimo.core.restricted_unpickle.MAX_MODEL_FILE_BYTES` (1 GiB; a real model holds 100-300 MB of arrays).
 
 Every failure (refused global, malformed state, chumpy object without its terms, cycles, too deep nesting,
 sizes over the bounds or the budget) ends as :class:`BadInputError` naming the file and the member (the npz member, or the
@@ -37,8 +37,8 @@ from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
-from core.errors import BadInputError
-from core.restricted_unpickle import (
+from lavimo.core.errors import BadInputError
+from lavimo.core.restricted_unpickle import (
     BARE_STAND_INS, MAX_DEPTH, MAX_MODEL_FILE_BYTES, ByteBudget, NumpyUnpickler, Refused, check_bounded,
     failure_reason, numeric_array, open_npz, read_npz_member, restricted_load, take_bytes,
 )
@@ -323,7 +323,7 @@ def load_smpl_pickle(path: str | os.PathLike) -> dict[str, Any]:
 
     Only what :class:`RestrictedUnpickler` admits is built (see the module docstring); nothing in the file
     runs. Every array built (unpickled, converted from chumpy terms, a sparse matrix made dense) is charged to
-    one :class:`core.restricted_unpickle.ByteBudget` of :data:`MAX_MODEL_FILE_BYTES` before it is allocated.
+    one :class:`lavimo.core.restricted_unpickle.ByteBudget` of :data:`MAX_MODEL_FILE_BYTES` before it is allocated.
     Raises FileNotFoundError for a missing file and :class:`BadInputError` naming the file and the member
     (``pickle`` while unpickling, then the top-level key being converted) for everything else: unreadable or
     truncated file, refused global, object array from raw bytes, malformed chumpy or sparse state, nesting,
@@ -357,11 +357,11 @@ def load_npz_restricted(path: str | os.PathLike) -> dict[str, Any]:
     """Read an SMPL-family model ``.npz`` -> dict of member name (without ``.npy``) -> value.
 
     Every member must be an ``.npy`` array (any other member is refused, naming it). Plain arrays are read by
-    :func:`core.restricted_unpickle.read_npz_member` (no pickle; the header must agree with the bytes the zip
+    :func:`lavimo.core.restricted_unpickle.read_npz_member` (no pickle; the header must agree with the bytes the zip
     declares and holds before anything is allocated). Object members (SMPL-X keeps e.g. name tables that way)
     go through :class:`RestrictedUnpickler`, the same allow-list as ``.pkl`` files, then :func:`to_plain`;
     nothing here calls ``np.load``, so numpy's pickle path is never reached. All arrays together are bounded
-    by one :class:`core.restricted_unpickle.ByteBudget` of :data:`MAX_MODEL_FILE_BYTES`. Raises
+    by one :class:`lavimo.core.restricted_unpickle.ByteBudget` of :data:`MAX_MODEL_FILE_BYTES`. Raises
     FileNotFoundError for a missing file, BadInputError naming the file and member for everything else.
     """
     path = Path(path)

@@ -1,7 +1,7 @@
 """Flat dataclass configurations that round-trip through JSON and take command-line strings.
 
-The model's architecture (:class:`model.config.LavimoConfig`) and the run's settings
-(:class:`training.config.TrainConfig`) are two such dataclasses; this base gives both the same behaviour:
+The model's architecture (:class:`lavimo.model.config.LavimoConfig`) and the run's settings
+(:class:`lavimo.training.config.TrainConfig`) are two such dataclasses; this base gives both the same behaviour:
 ``from_dict`` (unknown names raise ``ValueError``), ``to_dict`` / ``to_json`` (tuples become lists),
 ``replace(**overrides)`` and the conversion of CLI strings (``"0.1"``, ``"true"``, ``"none"``, JSON objects) to
 each field's declared type. Subclasses implement ``validate()`` (raise ``ValueError`` naming the field).
@@ -10,7 +10,7 @@ It is also the one place where JSON state files that may come from elsewhere (a 
 the command line, a downloaded run directory's ``config.json`` / ``run.json``, a checkpoint's metadata) are parsed:
 :func:`loads_bounded` / :func:`read_json_file` cap the size (:data:`MAX_JSON_FILE_BYTES`) and the nesting
 (:data:`MAX_JSON_DEPTH`) and turn every failure (bad UTF-8, bad JSON, a RecursionError on deep nesting) into one
-:class:`core.errors.BadInputError` naming the file. Fields that were removed from a configuration are listed in
+:class:`lavimo.core.errors.BadInputError` naming the file. Fields that were removed from a configuration are listed in
 the subclass's ``REMOVED_FIELDS``: a saved file that still holds one loads (the value is dropped, with a warning
 when it would have switched something on); an override naming one is refused like any unknown name.
 """
@@ -27,7 +27,7 @@ import typing
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from core.errors import BadInputError
+from lavimo.core.errors import BadInputError
 
 C = TypeVar("C", bound="JsonConfig")
 

@@ -17,7 +17,7 @@ import os
 import re
 from pathlib import Path
 
-from core.errors import BadInputError
+from lavimo.core.errors import BadInputError
 
 KEYID_MAX_LEN = 128
 KEYID_RULE = "1-128 characters of ASCII letters, digits, '_' and '-'"

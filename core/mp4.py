@@ -4,7 +4,7 @@ Writing: :class:`VideoWriter` (rendering; frames are handed to :meth:`VideoWrite
 ``queue_frames``, and a thread pipes them to an ffmpeg subprocess, so encoding overlaps rasterisation) and
 :func:`write_video` (a whole clip in one call: tests, benchmarks, the evaluation gallery). The file is written
 to a temporary name in the target directory and renamed on :meth:`VideoWriter.close` (atomic, via
-``core.atomic``); :meth:`VideoWriter.abort` removes it. The x264 settings are parameters: ``crf``, ``preset``,
+``lavimo.core.atomic``); :meth:`VideoWriter.abort` removes it. The x264 settings are parameters: ``crf``, ``preset``,
 ``threads`` and ``faststart`` (``+faststart`` puts the index first so browsers can start playback before the
 download ends); the renderer's defaults are :data:`DEFAULT_CRF` / :data:`DEFAULT_PRESET`, one x264 thread and
 faststart, :func:`write_video`'s are CRF 23, ``veryfast``, x264's own thread count and no faststart.
@@ -41,8 +41,8 @@ from typing import Callable, Iterator, Sequence
 import imageio_ffmpeg
 import numpy as np
 
-from core.atomic import atomic_path
-from core.errors import BadInputError, is_disk_full
+from lavimo.core.atomic import atomic_path
+from lavimo.core.errors import BadInputError, is_disk_full
 
 log = logging.getLogger(__name__)
 

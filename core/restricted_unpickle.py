@@ -17,7 +17,7 @@ allow-list, and every numpy object it builds is checked before numpy sees the fi
 - ``_codecs.encode`` only with the latin-1 codec (how Python 3 writes bytes at protocol 2);
 - anything else (``os.system``, ``posix.system``, ``builtins.exec``, ``builtins.eval``, ...) is refused.
 
-:class:`NumpyUnpickler` admits exactly that; :class:`body.smpl_files.RestrictedUnpickler` extends it with the
+:class:`NumpyUnpickler` admits exactly that; :class:`lavimo.body.smpl_files.RestrictedUnpickler` extends it with the
 SMPL-family stand-ins (chumpy, scipy.sparse, a few builtins). Every failure ends as :class:`BadInputError`
 naming the file and the member (:func:`restricted_load`).
 """
@@ -36,7 +36,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 
-from core.errors import BadInputError
+from lavimo.core.errors import BadInputError
 
 log = logging.getLogger(__name__)
 

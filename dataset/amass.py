@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import BadInputError
+from lavimo.core.errors import BadInputError
 
 POSE_WIDTHS = {156: "smplh", 165: "smplx"}
 _FPS_KEYS = ("mocap_framerate", "mocap_frame_rate")
@@ -89,7 +89,7 @@ MAX_AMASS_ARRAY_BYTES = 1 << 28
 
 
 def _open_npz(path: str) -> zipfile.ZipFile:
-    from core.restricted_unpickle import open_npz
+    from lavimo.core.restricted_unpickle import open_npz
 
     if not Path(path).is_file():
         raise BadInputError(path, None, "file not found")
@@ -99,15 +99,15 @@ def _open_npz(path: str) -> zipfile.ZipFile:
 def _unpickle_plain(raw: bytes, path: str, key: str) -> np.ndarray:
     """An object ``.npy`` member (numpy stores those as a pickle of the array) -> object array of plain values.
 
-    The unpickler (:class:`core.restricted_unpickle.NumpyUnpickler`) admits exactly numpy's array reconstruction
+    The unpickler (:class:`lavimo.core.restricted_unpickle.NumpyUnpickler`) admits exactly numpy's array reconstruction
     globals (``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` as its argument, ``numpy.dtype``,
     ``numpy.core.multiarray.scalar``, ``numpy.core.numeric._frombuffer``; also under ``numpy._core``), each a
     checked stand-in (an object dtype only with one Python object per element, never from raw bytes), and
     ``_codecs.encode`` to latin-1; no other global (no builtins callable, no ``os``, no ``exec``). The
     elements must then be builtin str/bytes/numbers/None or lists/tuples/dicts of them
-    (:func:`core.restricted_unpickle.check_plain`). Anything else -> BadInputError(path, key).
+    (:func:`lavimo.core.restricted_unpickle.check_plain`). Anything else -> BadInputError(path, key).
     """
-    from core.restricted_unpickle import NumpyUnpickler, check_plain, restricted_load
+    from lavimo.core.restricted_unpickle import NumpyUnpickler, check_plain, restricted_load
 
     if len(raw) > _MAX_OBJECT_MEMBER_BYTES:
         raise BadInputError(path, key, f"object array larger than {_MAX_OBJECT_MEMBER_BYTES} bytes")
@@ -127,13 +127,13 @@ def _unpickle_plain(raw: bytes, path: str, key: str) -> np.ndarray:
 
 def _read(zf: zipfile.ZipFile, path: str, key: str, numeric: bool = True) -> np.ndarray:
     """Member ``key`` as an array, without numpy's pickle path and without allocating what its header declares
-    before the bytes are there (:func:`core.restricted_unpickle.read_npz_member`: the ``.npy`` header must agree
+    before the bytes are there (:func:`lavimo.core.restricted_unpickle.read_npz_member`: the ``.npy`` header must agree
     with the zip's declared size, at most :data:`MAX_AMASS_ARRAY_BYTES` per array).
 
     numeric: a non-object array of booleans/integers/floats, else BadInputError. Otherwise (``gender``) a
     str/bytes array, or an object array through :func:`_unpickle_plain`.
     """
-    from core.restricted_unpickle import read_npz_member
+    from lavimo.core.restricted_unpickle import read_npz_member
 
     if numeric:
         arr = read_npz_member(zf, path, key, max_bytes=MAX_AMASS_ARRAY_BYTES)
@@ -167,7 +167,7 @@ def read_amass_header(path: str | os.PathLike) -> tuple[int, float]:
         BadInputError: naming the file and the field (missing/unreadable/truncated file, missing key,
             wrong shape or dtype, zero frames, bad fps).
     """
-    from core.restricted_unpickle import read_npz_header
+    from lavimo.core.restricted_unpickle import read_npz_header
 
     path = os.fspath(path)
     with _open_npz(path) as zf:

@@ -1,4 +1,4 @@
-"""Reading motion-text annotations into :class:`~dataset.clip.Clip` lists.
+"""Reading motion-text annotations into :class:`~lavimo.dataset.clip.Clip` lists.
 
 Two source layouts are read (see the README):
 
@@ -24,9 +24,9 @@ Untrusted input (every file here is third-party data; the rules below are per it
 
 * **Keyids are names, never paths.** Every keyid - ``annotations.json`` keys, ``index.csv`` ``new_name``
   (a ``.npy`` suffix dropped), split-file lines (likewise), generated ``M`` copies - must follow
-  :data:`core.keyids.KEYID_RULE`; anything else (``../x``, ``/abs``, ``a/b``, ``a.b``, empty) is skipped as
+  :data:`lavimo.core.keyids.KEYID_RULE`; anything else (``../x``, ``/abs``, ``a/b``, ``a.b``, empty) is skipped as
   ``bad_keyid`` with a reason quoting the value, the file and line, and never becomes a clip.
-  ``texts/<keyid>.txt`` is only opened for a valid keyid (through :func:`core.keyids.child_path`).
+  ``texts/<keyid>.txt`` is only opened for a valid keyid (through :func:`lavimo.core.keyids.child_path`).
 * **AMASS paths are relative paths under the AMASS root.** ``index.csv`` ``source_path`` and
   ``annotations.json`` ``path`` (backslashes read as ``/``, as Windows writes them) are refused as
   ``bad_path`` when empty, absolute (``/x``, ``\\\\host\\x``, ``C:``), with an empty, ``.`` or ``..``
@@ -67,11 +67,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dataset.amass import amass_file, read_amass_header
-from dataset.clip import Clip, FrameSpec, Text
-from core.errors import BadInputError
-from dataset.frames import HUMANML3D_FPS
-from core.keyids import check_keyid, child_path, is_keyid
+from lavimo.dataset.amass import amass_file, read_amass_header
+from lavimo.dataset.clip import Clip, FrameSpec, Text
+from lavimo.core.errors import BadInputError
+from lavimo.dataset.frames import HUMANML3D_FPS
+from lavimo.core.keyids import check_keyid, child_path, is_keyid
 
 log = logging.getLogger(__name__)
 

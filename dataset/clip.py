@@ -7,8 +7,8 @@ from typing import Literal
 
 import numpy as np
 
-from dataset.frames import HUMANML3D_FPS, humanml3d_frame_indices, time_frame_indices
-from core.keyids import check_keyid, is_keyid
+from lavimo.dataset.frames import HUMANML3D_FPS, humanml3d_frame_indices, time_frame_indices
+from lavimo.core.keyids import check_keyid, is_keyid
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,8 @@ class Clip:
 
     Attributes:
         keyid: dataset id exactly as written by the dataset ("000123", "M000123", "00001"); it must follow
-            :data:`core.keyids.KEYID_RULE` (a name, never a path): any other value raises
-            :class:`~core.errors.BadInputError` at construction (also through ``dataclasses.replace``).
+            :data:`lavimo.core.keyids.KEYID_RULE` (a name, never a path): any other value raises
+            :class:`~lavimo.core.errors.BadInputError` at construction (also through ``dataclasses.replace``).
         amass_path: path of the AMASS npz relative to the AMASS root, with ".npz"
             (e.g. "KIT/3/kick_high_left02_poses.npz").
         frame_spec: the rule that selects AMASS frames.

@@ -5,7 +5,7 @@ reference pipeline of HumanML3D (Guo et al., 2022: ``raw_pose_processing``, ``mo
 ``process_file`` / ``recover_from_ric``, ``cal_mean_variance``), including its quirks, so that our
 numbers are the dataset's numbers.
 
-Axes and units (see also :mod:`dataset.motion`):
+Axes and units (see also :mod:`lavimo.dataset.motion`):
 
 * AMASS / body model output: **Z up**, metres (:func:`amass_to_joints` input side).
 * Joints and features: HumanML3D's convention, **Y up**, metres (KIT: millimetres). AMASS joints are
@@ -42,14 +42,14 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from core.errors import BadInputError
-from core.keyids import check_keyid, child_path
-from core.restricted_unpickle import read_npy_file
-from dataset.motion import HUMANML3D, Skeleton, get_skeleton
+from lavimo.core.errors import BadInputError
+from lavimo.core.keyids import check_keyid, child_path
+from lavimo.core.restricted_unpickle import read_npy_file
+from lavimo.dataset.motion import HUMANML3D, Skeleton, get_skeleton
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dataset.amass import AmassMotion
-    from dataset.clip import Clip
+    from lavimo.dataset.amass import AmassMotion
+    from lavimo.dataset.clip import Clip
 
 log = logging.getLogger(__name__)
 
@@ -421,9 +421,9 @@ def amass_to_joints(motion: "AmassMotion", frames: Sequence[int] | np.ndarray, b
     ``data[..., 0] *= -1``; together a proper rotation).
 
     Args:
-        motion: an :class:`~dataset.amass.AmassMotion`.
+        motion: an :class:`~lavimo.dataset.amass.AmassMotion`.
         frames: AMASS frame indices (int, one per motion frame), e.g. ``clip.frames``.
-        body: a ``body.model.Body`` (``load_body(...)``); HumanML3D uses the gendered SMPL-H
+        body: a ``lavimo.body.model.Body`` (``load_body(...)``); HumanML3D uses the gendered SMPL-H
             model (male for "male", female otherwise), see :func:`clip_features`.
     Returns:
         (T, 22, 3) float32 joints, metres, Y up.
@@ -445,7 +445,7 @@ def amass_to_joints(motion: "AmassMotion", frames: Sequence[int] | np.ndarray, b
 
 @functools.lru_cache(maxsize=8)
 def _cached_body(model_dir: str | None, model_type: str, gender: str) -> Any:
-    from body.model import load_body  # the body-model code shared with rendering
+    from lavimo.body.model import load_body  # the body-model code shared with rendering
 
     return load_body(model_dir, model_type=model_type, gender=gender, num_betas=_NUM_BETAS)
 
@@ -487,11 +487,11 @@ def clip_features(clip: "Clip", amass_root: str | os.PathLike | None, body: Any 
     :func:`mirror_joints` when ``clip.mirrored``, then :func:`joints_to_features`.
 
     Args:
-        clip: the :class:`~dataset.clip.Clip`.
+        clip: the :class:`~lavimo.dataset.clip.Clip`.
         amass_root: AMASS root directory (unused when reading ``humanml3d_vecs``).
         body: None (procedural body), a body-model directory in smplx's layout (the motion's model
             type, SMPL-H for 156-dim poses, gendered as HumanML3D: the male model for "male", the
-            female one otherwise; loaded once and cached), or a ready ``body.model.Body``.
+            female one otherwise; loaded once and cached), or a ready ``lavimo.body.model.Body``.
         humanml3d_vecs: optional directory of precomputed feature files.
         skeleton: "humanml3d" (263) or "kit" (251; only from ``humanml3d_vecs``, since AMASS
             bodies give SMPL joints).
@@ -508,7 +508,7 @@ def clip_features(clip: "Clip", amass_root: str | os.PathLike | None, body: Any 
                          "directory (AMASS bodies give the 22-joint humanml3d skeleton)")
     if amass_root is None:
         raise ValueError("clip_features needs amass_root (or humanml3d_vecs)")
-    from dataset.amass import load_amass
+    from lavimo.dataset.amass import load_amass
 
     path = Path(amass_root) / clip.amass_path
     motion = load_amass(path)

@@ -8,7 +8,7 @@ Two skeletons, as in HumanML3D (Guo et al., 2022) and its KIT-ML variant:
 * ``"kit"``: the 21 MMM joints of KIT-ML (pelvis, torso, neck, head, arms, legs with two foot joints),
   joints in **millimetres** (KIT-ML's unit), Y up. Feature vector: 4 + 20*3 + 20*6 + 21*3 + 4 = 251.
 
-The algorithm in :mod:`dataset.features` is the same for both; only the numbers here differ.
+The algorithm in :mod:`lavimo.dataset.features` is the same for both; only the numbers here differ.
 
 Joint indices (humanml3d / SMPL): 0 pelvis, 1 l_hip, 2 r_hip, 3 spine1, 4 l_knee, 5 r_knee, 6 spine2,
 7 l_ankle, 8 r_ankle, 9 spine3, 10 l_foot, 11 r_foot, 12 neck, 13 l_collar, 14 r_collar, 15 head,
@@ -41,7 +41,7 @@ class Skeleton:
         face_joints: (r_hip, l_hip, r_shoulder, l_shoulder), used to find the facing direction.
         contact_threshold: squared per-frame foot displacement below which a foot is in contact,
             in the skeleton's unit squared (0.002 m^2 for humanml3d, 0.05 mm^2 for kit).
-        mirror_right, mirror_left: joints swapped by :func:`dataset.features.mirror_joints`.
+        mirror_right, mirror_left: joints swapped by :func:`lavimo.dataset.features.mirror_joints`.
         unit: "m" or "mm".
     """
 

@@ -1,8 +1,8 @@
 """The shard-set format, defined once: file and member names, manifests, tar reading and writing, ``stats.npz``.
 
-Every reader and writer of a shard set goes through this module: the writer (:mod:`dataset.shards`), its
-checks, the loader (:mod:`dataset.stream`), training (``train.py``) and evaluation (the gallery extractor of
-:mod:`evaluation.report`).
+Every reader and writer of a shard set goes through this module: the writer (:mod:`lavimo.dataset.shards`), its
+checks, the loader (:mod:`lavimo.dataset.stream`), training (``train.py``) and evaluation (the gallery extractor of
+:mod:`lavimo.evaluation.report`).
 
 A shard set ``SHARDS/``:
 
@@ -15,7 +15,7 @@ A shard set ``SHARDS/``:
 - ``{split}.json`` (:func:`manifest_path`): the manifest (``kind`` :data:`MANIFEST_KIND`), written by
   :func:`write_manifest`, read by :func:`read_manifest` (one split, strict) or :func:`read_manifests` (all of a
   set); :func:`manifest_shards` gives the tar files it lists (plain names inside the set only).
-- A set may also be read from an http(s) base URL or a ``pipe:`` command (:mod:`dataset.shard_source`, the one
+- A set may also be read from an http(s) base URL or a ``pipe:`` command (:mod:`lavimo.dataset.shard_source`, the one
   rule for where its files are): :func:`read_manifest`, :func:`manifest_shards` and :func:`load_stats` take
   such a location as well as a directory.
 - ``stats.npz`` (:data:`STATS_NAME`): ``mean``/``std`` (D,) float32 of the train split's features, with the
@@ -23,7 +23,7 @@ A shard set ``SHARDS/``:
   :func:`stats_fingerprint`).
 
 Members and ``.npy`` payloads are untrusted input: :func:`load_npy_bytes` and :func:`stats_arrays` go through the
-one checked ``.npy`` reader (:func:`core.restricted_unpickle.read_npy`): never unpickled, sizes checked against
+one checked ``.npy`` reader (:func:`lavimo.core.restricted_unpickle.read_npy`): never unpickled, sizes checked against
 the bytes present before allocating.
 """
 
@@ -42,14 +42,14 @@ from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 
-from core.atomic import atomic_path
-from core.errors import BadInputError
-from core.jsonconfig import loads_bounded, read_json_file
-from core.restricted_unpickle import MAX_ARRAY_BYTES, open_npz, read_npy_bytes, read_npz_member
-from core.hashing import sha256_file
-from core.keyids import check_keyid, check_member_name, child_path, is_keyid
-from core.mp4 import MAX_STREAM_FRAMES
-from dataset.shard_source import CommandFailed, RemoteShards, is_remote, shard_location
+from lavimo.core.atomic import atomic_path
+from lavimo.core.errors import BadInputError
+from lavimo.core.jsonconfig import loads_bounded, read_json_file
+from lavimo.core.restricted_unpickle import MAX_ARRAY_BYTES, open_npz, read_npy_bytes, read_npz_member
+from lavimo.core.hashing import sha256_file
+from lavimo.core.keyids import check_keyid, check_member_name, child_path, is_keyid
+from lavimo.core.mp4 import MAX_STREAM_FRAMES
+from lavimo.dataset.shard_source import CommandFailed, RemoteShards, is_remote, shard_location
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ SHARD_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.tar")
 #: the message of a member that is not a regular file
 NOT_REGULAR = "not a regular file (link, directory or device)"
 #: the longest clip a shard sample holds, in frames: an hour at 30 fps (build-shards refuses longer ones; the
-#: member caps below are sized from it); the same number as the longest stream core.mp4 decodes
+#: member caps below are sized from it); the same number as the longest stream lavimo.core.mp4 decodes
 MAX_CLIP_FRAMES = MAX_STREAM_FRAMES
 #: the most bytes read of each member kind (:func:`iter_tar_members`); a larger member is refused unread (reason
 #: ``member_size``). JSON members are small (a sample's meta.json is ~1 KB, texts.json a few KB);
@@ -196,7 +196,7 @@ def write_stats(path: str | os.PathLike, mean: np.ndarray, std: np.ndarray, *, f
 # ----------------------------------------------------------------------------------------------- reading
 def load_npy_bytes(data: bytes, max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
     """Parse a ``.npy`` member from untrusted bytes -> array, through the one checked ``.npy`` reader
-    (:func:`core.restricted_unpickle.read_npy`): format version 1.0/2.0, no object dtype (nothing is ever
+    (:func:`lavimo.core.restricted_unpickle.read_npy`): format version 1.0/2.0, no object dtype (nothing is ever
     unpickled), ``prod(shape) * itemsize`` equal to the bytes that follow and at most ``max_bytes``, all checked
     before any array memory is allocated. Raises ValueError (the message, without a file: callers name the
     member)."""
@@ -230,9 +230,9 @@ def _span_value(t: Any, key: str, n: int) -> float | None:
 
 def parse_json_member(data: bytes, member: str = META) -> Any:
     """The JSON value of a ``meta.json`` / ``texts.json`` member, parsed with
-    :func:`core.jsonconfig.loads_bounded`: at most the member's cap (:data:`MEMBER_MAX_BYTES`) and 64 levels of
+    :func:`lavimo.core.jsonconfig.loads_bounded`: at most the member's cap (:data:`MEMBER_MAX_BYTES`) and 64 levels of
     nesting. Raises ValueError naming the member (not JSON, not UTF-8, too big, nested too deep)."""
-    from core.jsonconfig import loads_bounded
+    from lavimo.core.jsonconfig import loads_bounded
 
     try:
         return loads_bounded(data, None, member, max_bytes=MEMBER_MAX_BYTES.get(member, 1 << 20))
@@ -273,9 +273,9 @@ def parse_texts(data: bytes) -> tuple[list[str], list[tuple[float | None, float 
 def read_manifest(shards: str | Path | RemoteShards, split: str) -> dict:
     """The manifest ``{shards}/{split}.json`` as a dict (FileNotFoundError with a hint when absent).
 
-    ``shards`` is a shard set location (:mod:`dataset.shard_source`): a directory, or an http(s) base URL /
-    ``pipe:`` command, whose manifest is fetched (at most :data:`dataset.shard_source.SMALL_FILE_MAX_BYTES`,
-    within its timeout; :class:`dataset.shard_source.FetchError` naming the URL when that fails)."""
+    ``shards`` is a shard set location (:mod:`lavimo.dataset.shard_source`): a directory, or an http(s) base URL /
+    ``pipe:`` command, whose manifest is fetched (at most :data:`lavimo.dataset.shard_source.SMALL_FILE_MAX_BYTES`,
+    within its timeout; :class:`lavimo.dataset.shard_source.FetchError` naming the URL when that fails)."""
     if is_remote(shards):
         loc = shard_location(shards)
         path: str | Path = loc.url(f"{split}.json")
@@ -317,7 +317,7 @@ def read_manifests(out: Path) -> dict[str, dict]:
 
 
 def manifest_shards(out: Path | RemoteShards, split: str, m: dict) -> list[tuple[dict, Path | str]]:
-    """(entry, path) of every shard a manifest lists; for a remote set (:mod:`dataset.shard_source`) the path is
+    """(entry, path) of every shard a manifest lists; for a remote set (:mod:`lavimo.dataset.shard_source`) the path is
     the shard's URL (or ``pipe:`` command). Raises BadInputError naming the manifest when ``shards`` is not a
     list of {name, ...} or a name is not a plain ``<name>.tar`` inside ``out`` (no ``/``, ``..``, URL: a
     manifest never makes a reader fetch another host or run another command)."""
@@ -343,7 +343,7 @@ def member_kind(name: str) -> str:
 def refusal(ti: tarfile.TarInfo, where: str | os.PathLike) -> tuple[str, str] | None:
     """Why the member ``ti`` of the tar ``where`` must not be read, as (reason, message): ``member_type`` when it
     is not a regular file (link, directory, device), ``member_name`` when its name is not ``<keyid>.<ext>``
-    (:func:`core.keyids.check_member_name`: no ``/``, no ``..``), ``member_kind`` when ``<ext>`` is not one of
+    (:func:`lavimo.core.keyids.check_member_name`: no ``/``, no ``..``), ``member_kind`` when ``<ext>`` is not one of
     :data:`ALL_MEMBERS`, ``member_size`` when it is larger than its kind's cap (:data:`MEMBER_MAX_BYTES`); None
     when it may be read."""
     if not ti.isreg():
@@ -457,7 +457,7 @@ def stats_path(root: str | os.PathLike) -> Path:
 
 def stats_fingerprint(path: str | os.PathLike) -> str | None:
     """The train fingerprint a ``stats.npz`` was computed from; None when the file is absent or unreadable
-    (read with :func:`core.restricted_unpickle.read_npz_member`: bounded, never unpickled)."""
+    (read with :func:`lavimo.core.restricted_unpickle.read_npz_member`: bounded, never unpickled)."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -472,7 +472,7 @@ def stats_fingerprint(path: str | os.PathLike) -> str | None:
 def stats_arrays(path: str | os.PathLike | BinaryIO, where: str | os.PathLike | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) of a ``stats.npz`` (a path or a binary file object, named ``where``) as float32, unchecked
-    for shape and values. Read with :func:`core.restricted_unpickle.read_npz_member` (never unpickled; each
+    for shape and values. Read with :func:`lavimo.core.restricted_unpickle.read_npz_member` (never unpickled; each
     member's header agrees with the bytes present and is at most :data:`_MAX_STATS_MEMBER_BYTES`, all before
     anything is allocated). Raises BadInputError naming the file and the member (``archive`` when it is not
     an npz, ``mean`` / ``std`` for a missing, malformed, oversized or non-numeric member), OSError when the
@@ -490,9 +490,9 @@ def stats_arrays(path: str | os.PathLike | BinaryIO, where: str | os.PathLike | 
 
 def load_stats(root: str | Path | RemoteShards) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) (D,) float32 from ``stats.npz`` (a file, a shard set directory, or a remote set's
-    ``stats.npz`` fetched through :mod:`dataset.shard_source`), checked (one dimension D, finite); a std below
+    ``stats.npz`` fetched through :mod:`lavimo.dataset.shard_source`), checked (one dimension D, finite); a std below
     1e-8 reads as 1. Raises FileNotFoundError (missing), BadInputError (field ``mean/std``) or
-    :class:`dataset.shard_source.FetchError` (a remote file that cannot be fetched)."""
+    :class:`lavimo.dataset.shard_source.FetchError` (a remote file that cannot be fetched)."""
     source: Path | io.BytesIO
     if is_remote(root):
         loc = shard_location(root)

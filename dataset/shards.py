@@ -25,15 +25,15 @@ fixed order, so the same input gives byte-identical tars. Shards are written to 
 (atomic). A shard whose inputs (clip definitions, video/sidecar/feature file sizes and mtimes, build settings)
 are unchanged since it was written is kept, so a second run is a no-op.
 
-Untrusted input (see docs/security.md): every clip's keyid must follow :data:`core.keyids.KEYID_RULE`
+Untrusted input (see docs/security.md): every clip's keyid must follow :data:`lavimo.core.keyids.KEYID_RULE`
 (otherwise the clip fails, the build goes on); tar member names are built in one place
-(:func:`dataset.shard_format.member_name`); input files are found with :func:`core.keyids.child_path`; a render
+(:func:`lavimo.dataset.shard_format.member_name`); input files are found with :func:`lavimo.core.keyids.child_path`; a render
 sidecar must name the clip's keyid and, when it records ``video_size`` / ``video_sha256``, the video must match
-them. Readers (:func:`check_shards`, :func:`dataset.shard_format.iter_tar_members`) refuse members that are not
+them. Readers (:func:`check_shards`, :func:`lavimo.dataset.shard_format.iter_tar_members`) refuse members that are not
 ``<keyid>.<ext>``. Temporary files of a killed run are removed by the next run; SIGINT/SIGTERM stop a build
 cleanly (the report says ``interrupted``) and worker processes die with their parent.
 
-The format itself (file and member names, manifests, tar reading, ``stats.npz``) is :mod:`dataset.shard_format`.
+The format itself (file and member names, manifests, tar reading, ``stats.npz``) is :mod:`lavimo.dataset.shard_format`.
 """
 
 from __future__ import annotations
@@ -55,25 +55,25 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from core.atomic import temp_target, write_json
-from core.errors import BadInputError
-from core.jsonconfig import read_json_file
-from core.hashing import sha256_file
-from core.process import set_parent_death_signal
-from core.keyids import check_keyid, child_path, is_keyid
-from dataset.shard_format import (
+from lavimo.core.atomic import temp_target, write_json
+from lavimo.core.errors import BadInputError
+from lavimo.core.jsonconfig import read_json_file
+from lavimo.core.hashing import sha256_file
+from lavimo.core.process import set_parent_death_signal
+from lavimo.core.keyids import check_keyid, child_path, is_keyid
+from lavimo.dataset.shard_format import (
     BASE_MEMBERS, FORMAT_VERSION, MANIFEST_KIND, MAX_CLIP_FRAMES, MEMBER_MAX_BYTES, META, MOTION, SENT, SPLITS,
     STATS_NAME, TEXTS, VIDEO_JPGS, VIDEO_MEMBERS, VIDEO_MP4, finite_number, iter_tar_members, json_bytes,
     load_npy_bytes, manifest_path, manifest_shards, naming, npy_bytes, parse_json_member, parse_texts, read_manifest,
     read_manifests, shard_name, stats_arrays, stats_fingerprint, write_if_changed, write_manifest, write_stats,
     write_tar,
 )
-from dataset.shard_source import FetchError, RemoteShards, is_remote, is_url, sha256_remote, shard_location
+from lavimo.dataset.shard_source import FetchError, RemoteShards, is_remote, is_url, sha256_remote, shard_location
 
 log = logging.getLogger(__name__)
 
 TOOL_VERSION = "lavimo-build-shards 1.0"
-# final names of ours, whose temporary files (core.atomic.temp_target) a killed run may leave behind
+# final names of ours, whose temporary files (lavimo.core.atomic.temp_target) a killed run may leave behind
 _OUR_NAME_RE = re.compile(r"^(?:[A-Za-z0-9_-]+-\d{6}\.tar(?:\.json)?|[A-Za-z0-9_-]+\.json|stats\.npz|README\.md)$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -195,18 +195,18 @@ NO_TEXTS = "texts: the clip has no texts"
 # ----------------------------------------------------------------------------------------------- per clip
 def default_features(clip, amass_root: Path | None, humanml3d_vecs: Path | None,
                      skeleton: str = "humanml3d") -> np.ndarray:
-    """Motion features of a clip -> (T-1, D) float32 (dataset.features.clip_features, procedural body)."""
-    from dataset.features import clip_features
+    """Motion features of a clip -> (T-1, D) float32 (lavimo.dataset.features.clip_features, procedural body)."""
+    from lavimo.dataset.features import clip_features
 
     return clip_features(clip, amass_root, humanml3d_vecs=humanml3d_vecs, skeleton=skeleton)
 
 
 def default_stats(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """HumanML3D-convention mean/std (dataset.features.feature_stats) for 263 (humanml3d) or 251 (kit) dims;
+    """HumanML3D-convention mean/std (lavimo.dataset.features.feature_stats) for 263 (humanml3d) or 251 (kit) dims;
     plain per-dimension mean/std for any other dimension (no feature groups to average over)."""
     dim = arrays[0].shape[1]
     if dim in (263, 251):
-        from dataset.features import feature_stats
+        from lavimo.dataset.features import feature_stats
 
         return feature_stats(arrays, skeleton="humanml3d" if dim == 263 else "kit")
     log.warning("feature dim %d is neither HumanML3D (263) nor KIT (251): plain per-dimension mean/std", dim)
@@ -306,8 +306,8 @@ def prepare_sample(clip, cfg: BuildConfig, features_fn: Callable) -> dict[str, b
 
     Raises BadInputError for bad inputs (bad keyid, unreadable video or sidecar, sidecar of another clip or
     not matching the video, frame count mismatch, bad features)."""
-    from core.mp4 import decode, frame_count, iter_frames, scaled_size
-    from dataset.video_frames import JpgsEncoder, read_sidecar
+    from lavimo.core.mp4 import decode, frame_count, iter_frames, scaled_size
+    from lavimo.dataset.video_frames import JpgsEncoder, read_sidecar
 
     mp4, side_path = clip_inputs(clip, cfg)
     side = read_sidecar(side_path)
@@ -527,7 +527,7 @@ def _stop_on_signals() -> Iterator[None]:
 
 
 def temp_leftovers(out: Path) -> list[Path]:
-    """Temporary files of an interrupted run in a shard set (``.{name}.XXXXXXXX.tmp*`` of core.atomic for
+    """Temporary files of an interrupted run in a shard set (``.{name}.XXXXXXXX.tmp*`` of lavimo.core.atomic for
     our own file names, in ``out`` and ``out/.build``)."""
     found = []
     for d in (out, out / ".build"):
@@ -632,10 +632,10 @@ def build_shards(clips: Iterable, cfg: BuildConfig, *, embedder=None, features_f
     """Build (or resume) a shard set from resolved clips.
 
     Args:
-        clips: ``dataset.clip.Clip`` objects with ``split`` set (clips of other splits are ignored).
+        clips: ``lavimo.dataset.clip.Clip`` objects with ``split`` set (clips of other splits are ignored).
         cfg: build settings.
-        embedder: a :class:`dataset.text_embed.SentenceEmbedder` (default: the bundled all-MiniLM-L6-v2).
-        features_fn: ``clip -> (T-1, D) float32`` (default: ``dataset.features.clip_features`` with
+        embedder: a :class:`lavimo.dataset.text_embed.SentenceEmbedder` (default: the bundled all-MiniLM-L6-v2).
+        features_fn: ``clip -> (T-1, D) float32`` (default: ``lavimo.dataset.features.clip_features`` with
             ``cfg.amass_root`` / ``cfg.humanml3d_vecs``); must be picklable when ``cfg.workers > 1``.
         stats_fn: ``list[(T-1, D)] -> (mean, std)`` (default: :func:`default_stats`).
         sources: provenance recorded in the manifests (e.g. annotation source, AMASS root, videos dir).
@@ -652,7 +652,7 @@ def build_shards(clips: Iterable, cfg: BuildConfig, *, embedder=None, features_f
         n = remove_shard_set(out)
         log.info("--overwrite: removed %d files of the previous shard set in %s", n, out)
     if embedder is None:
-        from dataset.text_embed import SentenceEmbedder
+        from lavimo.dataset.text_embed import SentenceEmbedder
 
         embedder = SentenceEmbedder()
     if features_fn is None:
@@ -871,7 +871,7 @@ def _write_state(path: Path, obj: dict) -> bool:
 def update_stats(out: Path, stats_fn: Callable | None = None) -> bool:
     """(Re)write ``stats.npz`` from the train shards' motion features when the train manifest changed.
 
-    ``mean``/``std`` are (D,) float32 from ``dataset.features.feature_stats`` (HumanML3D convention); the
+    ``mean``/``std`` are (D,) float32 from ``lavimo.dataset.features.feature_stats`` (HumanML3D convention); the
     file also records the train shards' sha256 list it was computed from. Returns True when written."""
     manifests = read_manifests(out)
     if "train" not in manifests:
@@ -895,7 +895,7 @@ def update_stats(out: Path, stats_fn: Callable | None = None) -> bool:
 
 
 def _shard_members(path: Path, *, want: Callable[[str], bool] | None = None, refused: list[str] | None = None):
-    """:func:`dataset.shard_format.iter_tar_members` of one shard; each refused member is logged and, when
+    """:func:`lavimo.dataset.shard_format.iter_tar_members` of one shard; each refused member is logged and, when
     ``refused`` is a list, appended to it as ``"member 'NAME' refused: reason"``."""
     def note(ti, reason: str, message: str) -> None:
         log.warning("%s: member %r refused: %s", path, ti.name, message)
@@ -935,7 +935,7 @@ def write_card(out: Path) -> bool:
     else:
         lines.append("- `<keyid>.video.mp4`: the rendered H.264 video (T frames).")
     lines += [
-        "", "## Load", "", "```python", "from dataset.stream import make_loader",
+        "", "## Load", "", "```python", "from lavimo.dataset.stream import make_loader",
         "loader = make_loader('<this dir>', 'train', batch_size=64, train=True, num_workers=8)", "```", "",
         "## Licences", "",
         "Motions come from AMASS (non-commercial research licence) and texts from HumanML3D / KIT-ML via their",
@@ -947,7 +947,7 @@ def write_card(out: Path) -> bool:
 # ----------------------------------------------------------------------------------------------- check
 def verify_shard(path: Path | str, entry: dict) -> dict:
     """Check one shard file's bytes against its manifest entry (streaming sha256, constant memory). ``path`` is
-    a local file or the URL (``pipe:`` command) of a remote set's shard (:mod:`dataset.shard_source`; the whole
+    a local file or the URL (``pipe:`` command) of a remote set's shard (:mod:`lavimo.dataset.shard_source`; the whole
     tar is streamed once, nothing is stored).
 
     Returns ``{"file": str, "name": manifest name, "size": int | None, "sha256": str | None, "expected_size":
@@ -984,8 +984,8 @@ def verify_shards(shards_dir: str | os.PathLike | RemoteShards, splits: Sequence
                   manifests: dict[str, dict] | None = None) -> list[dict]:
     """Check every shard of ``splits`` (default: every manifest) against its manifest's size and sha256.
 
-    Reads each tar once, in 1 MiB blocks (:func:`core.hashing.sha256_file`), without parsing it. A remote set
-    (an http(s) base URL or ``pipe:`` command, :mod:`dataset.shard_source`) needs ``splits`` (its manifests
+    Reads each tar once, in 1 MiB blocks (:func:`lavimo.core.hashing.sha256_file`), without parsing it. A remote set
+    (an http(s) base URL or ``pipe:`` command, :mod:`lavimo.dataset.shard_source`) needs ``splits`` (its manifests
     cannot be listed) and has every tar streamed once over the network. Returns one dict per listed shard, in
     manifest order (see :func:`verify_shard`: ``file``, ``name``, ``size``, ``sha256``, ``expected_size``,
     ``expected_sha256``, ``ok``, ``problem``); the set is intact when every ``ok`` is True. ``manifests``
@@ -1050,7 +1050,7 @@ def check_shards(out: str | os.PathLike, splits: Sequence[str] | None = None, de
     members, the sample count matches; with ``deep`` also that the arrays parse with the manifest's dimensions,
     the motion features are finite and the video member's header is intact. Also: stray tars, stats.npz
     shape, temporary files of a killed run (``leftovers``, not problems)."""
-    from dataset.video_frames import jpgs_info
+    from lavimo.dataset.video_frames import jpgs_info
 
     out = Path(out)
     rep = CheckReport(leftovers=[str(p) for p in temp_leftovers(out)])

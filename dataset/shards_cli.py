@@ -27,9 +27,9 @@ import os
 import sys
 from pathlib import Path
 
-from core.atomic import check_writable_dir
-from core.errors import BadInputError, os_error_text, print_error
-from dataset.subsets import NSIM_SPLIT
+from lavimo.core.atomic import check_writable_dir
+from lavimo.core.errors import BadInputError, os_error_text, print_error
+from lavimo.dataset.subsets import NSIM_SPLIT
 
 log = logging.getLogger("build-shards")
 
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="build-shards", description="Write WebDataset shards (video, texts, sentence embeddings, motion "
         "features) for training and evaluation; 'build-shards check SHARDS' validates a shard set.")
     p.add_argument("--annotations", help="annotation source: a HumanML3D directory or annotations.json "
-                   "(+ splits/), as read by dataset.annotations.load_clips")
+                   "(+ splits/), as read by lavimo.dataset.annotations.load_clips")
     p.add_argument("--amass", help="AMASS root directory (npz files)")
     p.add_argument("--videos", help="render-amass output directory (<keyid>.mp4 + <keyid>.json)")
     p.add_argument("--out", required=True, help="shard set directory")
@@ -95,7 +95,7 @@ def check_parser() -> argparse.ArgumentParser:
 
 
 def run_check(shards: str, splits=None, deep: bool = True) -> int:
-    from dataset.shards import check_shards
+    from lavimo.dataset.shards import check_shards
 
     rep = check_shards(shards, splits=splits, deep=deep)
     for prob in rep.problems:
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(a.annotations).exists():
         return _setup_error(f"--annotations {a.annotations}: not found (give a HumanML3D directory or an "
                             "annotations.json)")
-    from core.slurm import SlurmEnvError, parse_part, part_argument
+    from lavimo.core.slurm import SlurmEnvError, parse_part, part_argument
 
     try:  # no --part inside a Slurm job array: the task's part (core/slurm.py)
         part_text = part_argument(a.part)
@@ -173,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         return _setup_error(f"--out {_os_error(exc, out)} (give a writable directory for the shard set)")
 
-    from dataset.annotations import load_clips
-    from dataset.shards import BuildConfig, ShardSetMismatch, build_shards
-    from dataset.text_embed import SentenceEmbedder
+    from lavimo.dataset.annotations import load_clips
+    from lavimo.dataset.shards import BuildConfig, ShardSetMismatch, build_shards
+    from lavimo.dataset.text_embed import SentenceEmbedder
 
     try:
         cfg = BuildConfig(out=out, videos=Path(a.videos), amass_root=a.amass and Path(a.amass),
@@ -303,7 +303,7 @@ def body_models_clash(out: str | os.PathLike, body_models: str) -> str | None:
     shards: like another text model, it needs another ``--out`` or ``--overwrite``. Manifests written before
     ``body_models`` was recorded count as ``"procedural"`` (the only body there was); manifests of features
     read from ``humanml3d_vecs`` never clash (their shards are rebuilt: their inputs differ)."""
-    from dataset.shard_format import manifest_path, read_manifests
+    from lavimo.dataset.shard_format import manifest_path, read_manifests
 
     for split, m in sorted(read_manifests(Path(out)).items()):
         src = m.get("sources") if isinstance(m.get("sources"), dict) else {}
@@ -318,16 +318,16 @@ def body_models_clash(out: str | os.PathLike, body_models: str) -> str | None:
 
 
 def amass_body_key(path: str | os.PathLike) -> tuple[str, str]:
-    """(model type, gender) of the body :func:`dataset.features.clip_features` poses an AMASS file with, given a
+    """(model type, gender) of the body :func:`lavimo.dataset.features.clip_features` poses an AMASS file with, given a
     model directory: "smplh" for (T, 156) poses, "smplx" for (T, 165); "male" for a male file, "female"
     otherwise (HumanML3D's rule). Reads only the ``poses`` header and the ``gender`` member (never unpickles
-    anything but plain strings, as :func:`dataset.amass.load_amass`).
+    anything but plain strings, as :func:`lavimo.dataset.amass.load_amass`).
 
     Raises:
         BadInputError: naming the file and the field (missing/unreadable file, bad poses shape or gender).
     """
-    from dataset.amass import MAX_AMASS_ARRAY_BYTES, POSE_WIDTHS, _open_npz, _read, normalise_gender
-    from core.restricted_unpickle import read_npz_header
+    from lavimo.dataset.amass import MAX_AMASS_ARRAY_BYTES, POSE_WIDTHS, _open_npz, _read, normalise_gender
+    from lavimo.core.restricted_unpickle import read_npz_header
 
     path = os.fspath(path)
     with _open_npz(path) as zf:
@@ -348,7 +348,7 @@ def load_needed_bodies(body_models: str | os.PathLike, clips: list, amass_root: 
     An AMASS file that cannot be read is left out here: its clips fail one by one during the build, with the
     reason. Raises FileNotFoundError naming the model file expected under ``body_models`` (as render-amass
     reports it), BadInputError naming a malformed model file and its member."""
-    from dataset.features import _cached_body
+    from lavimo.dataset.features import _cached_body
 
     needed: set[tuple[str, str]] = set()
     for rel in sorted({str(c.amass_path) for c in clips}):
@@ -362,10 +362,10 @@ def load_needed_bodies(body_models: str | os.PathLike, clips: list, amass_root: 
 
 
 def amass_features_fn(amass_root: str | os.PathLike, body_models: str | os.PathLike, skeleton: str = "humanml3d"):
-    """``clip -> (T-1, 263) float32``: :func:`dataset.features.clip_features` with the real bodies of
+    """``clip -> (T-1, 263) float32``: :func:`lavimo.dataset.features.clip_features` with the real bodies of
     ``body_models``. A partial of a module function over plain paths, so it pickles to the worker processes
     (each loads a body once, or inherits the parent's cache when forked)."""
-    from dataset.features import clip_features
+    from lavimo.dataset.features import clip_features
 
     return functools.partial(clip_features, amass_root=Path(amass_root), body=os.fspath(body_models),
                              skeleton=skeleton)
@@ -378,7 +378,7 @@ def nsim_clips(clips: list, annotations: str | os.PathLike) -> tuple[list, str]:
     Ids come from the annotations' own ``nsim_test.txt`` (``splits/`` or the root, as the other split files), else
     from TMR's published list when the clips' dataset is HumanML3D or KIT-ML (``dataset/subsets``); no list ->
     ``[]``. Ids of the list that are not among the loaded clips are named in the note."""
-    from dataset.subsets import published_subset, read_subset
+    from lavimo.dataset.subsets import published_subset, read_subset
 
     src = Path(annotations)
     root = src if src.is_dir() else src.parent

@@ -1,6 +1,6 @@
 """Video helpers for shards: render sidecars, pack/unpack per-frame JPEGs, decode selected frames.
 
-Reading and writing mp4 files is :mod:`core.mp4`'s (``read_video``, ``mp4_frames``, ``write_video``).
+Reading and writing mp4 files is :mod:`lavimo.core.mp4`'s (``read_video``, ``mp4_frames``, ``write_video``).
 
 Two shard video members are supported (see the README for the measured trade-off):
 
@@ -28,7 +28,7 @@ from typing import Iterable
 
 import numpy as np
 
-from core.errors import BadInputError
+from lavimo.core.errors import BadInputError
 
 JPGS_MAGIC = b"LVJPGS1\x00"
 _HEADER = struct.Struct("<8sIII")

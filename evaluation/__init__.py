@@ -1,3 +1,3 @@
-"""Retrieval evaluation: TMR's metrics (:mod:`evaluation.metrics`) and protocols (:mod:`evaluation.protocols`),
-the one split encoder (:mod:`evaluation.encode`, also used by training's validation), the reports
-(:mod:`evaluation.report`) and ``evaluate.py``'s command (:mod:`evaluation.cli`)."""
+"""Retrieval evaluation: TMR's metrics (:mod:`lavimo.evaluation.metrics`) and protocols (:mod:`lavimo.evaluation.protocols`),
+the one split encoder (:mod:`lavimo.evaluation.encode`, also used by training's validation), the reports
+(:mod:`lavimo.evaluation.report`) and ``evaluate.py``'s command (:mod:`lavimo.evaluation.cli`)."""

@@ -7,7 +7,7 @@ similarity matrix (the top-level ``evaluate.py`` only calls :func:`main`).
     python evaluate.py --run runs/NAME --shards SHARDS --protocol dissimilar --build-dissimilar 100
     python evaluate.py --from-sims sims.npz [--threshold 0.8] [--out metrics.json]
 
-The model path encodes the split once (:func:`evaluation.encode.encode_split`: batched, no gradients, GPU when
+The model path encodes the split once (:func:`lavimo.evaluation.encode.encode_split`: batched, no gradients, GPU when
 present, tqdm) and computes every asked protocol x task from the same similarity matrices. Outputs (in ``--out``, default
 ``RUN/eval/<split>``): ``metrics.json``, ``metrics.md``, ``eval_info.json`` (what was evaluated, fusion weights),
 and on request ``sims.npz``, ``gallery.html`` (+ ``gallery_media/``), ``tsne.png``, ``dissimilar_<split>.txt``.
@@ -27,14 +27,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from core.atomic import atomic_path, write_json, write_text
-from core.errors import BadInputError, print_error
-from core.keyids import check_keyid, child_path
-from dataset.subsets import NSIM_SPLIT
-from evaluation import metrics as M
-from evaluation import protocols as P
-from evaluation import report as R
-from evaluation.encode import encode_split
+from lavimo.core.atomic import atomic_path, write_json, write_text
+from lavimo.core.errors import BadInputError, print_error
+from lavimo.core.keyids import check_keyid, child_path
+from lavimo.dataset.subsets import NSIM_SPLIT
+from lavimo.evaluation import metrics as M
+from lavimo.evaluation import protocols as P
+from lavimo.evaluation import report as R
+from lavimo.evaluation.encode import encode_split
 
 PROG = "evaluate.py"
 log = logging.getLogger("evaluate")
@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 1
     except RuntimeError as exc:
-        from dataset.stream import NoUsableSamplesError
+        from lavimo.dataset.stream import NoUsableSamplesError
 
         if not isinstance(exc, NoUsableSamplesError):
             raise
@@ -138,7 +138,7 @@ def load_sims_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | No
     path = Path(path)
     if not path.is_file():
         raise BadInputError(path, None, "file not found")
-    from core.restricted_unpickle import open_npz, read_npz_member
+    from lavimo.core.restricted_unpickle import open_npz, read_npz_member
 
     try:  # the checked .npy reader: never unpickled, each header checked against the bytes present first
         with open_npz(path) as zf:
@@ -234,7 +234,7 @@ def _has_video(model: Any) -> bool:
 def load_model(checkpoint: Path, device: Any):
     """``model.load_checkpoint`` onto ``device`` in eval mode."""
     try:
-        from model import load_checkpoint
+        from lavimo.model import load_checkpoint
     except ImportError as exc:  # pragma: no cover - the model package provides it
         raise RuntimeError("model.load_checkpoint is not available in this checkout") from exc
     return load_checkpoint(checkpoint, device=device)  # moved to device and in eval mode by load_checkpoint
@@ -245,7 +245,7 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
-    from dataset.shard_source import shard_location
+    from lavimo.dataset.shard_source import shard_location
 
     shard_location(args.shards)  # a directory, an http(s) base URL or a pipe: command; BadInputError otherwise
     protocols = P.expand_protocols(args.protocol)
@@ -273,7 +273,7 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
     main_protocols = [p for p in protocols if not (p == "dissimilar" and nsim_split)]
     need_main = bool(main_protocols) or args.gallery or args.tsne or args.save_sims
 
-    from core.device import resolve_device
+    from lavimo.core.device import resolve_device
 
     device = resolve_device(args.device)
     checkpoint = resolve_checkpoint(run, args.checkpoint)
@@ -288,13 +288,13 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
         if not tasks:
             raise ValueError("no task left to evaluate (the model has no video encoder)")
 
-    from dataset.stream import make_loader
+    from lavimo.dataset.stream import make_loader
 
     cfg = getattr(model, "cfg", None)
     loader_kw: dict[str, Any] = cfg.loader_kwargs() if cfg is not None else {}
     embedder = None
     if args.text_choice == "all" and "threshold" in protocols:
-        from dataset.text_embed import SentenceEmbedder
+        from lavimo.dataset.text_embed import SentenceEmbedder
 
         embedder = SentenceEmbedder(args.text_model, device=str(device) if device.type == "cuda" else "cpu")
 
@@ -395,7 +395,7 @@ def _record_sentence_model(results: dict[str, Any], info: dict[str, Any], cfg: A
     """Put the sentence model of the evaluated embeddings into every protocol's metrics.json entry, and warn when
     the threshold protocol scores texts with another model than the one the run's config names (TMR's and the
     paper's threshold 0.8 is defined on all-mpnet-base-v2 scores)."""
-    from dataset.text_embed import same_sentence_model
+    from lavimo.dataset.text_embed import same_sentence_model
 
     name = info.get("sentence_model")
     for res in results.values():
@@ -411,8 +411,8 @@ def has_split(shards: str | os.PathLike, split: str) -> bool:
     """Whether the shard set holds ``split`` (its manifest ``{split}.json`` exists). For a remote set (an http(s)
     base URL or ``pipe:`` command, dataset/shard_source.py) the manifest is fetched: absent on an http 404 or a
     command that exits non-zero; a dead server or a timeout raises FetchError (an OSError naming the URL)."""
-    from dataset.shard_format import manifest_path
-    from dataset.shard_source import is_remote, shard_location
+    from lavimo.dataset.shard_format import manifest_path
+    from lavimo.dataset.shard_source import is_remote, shard_location
 
     if is_remote(shards):
         return shard_location(shards).exists(f"{split}.json")
@@ -422,7 +422,7 @@ def has_split(shards: str | os.PathLike, split: str) -> bool:
 def _text_model_info(shards: str | os.PathLike, split: str) -> dict[str, Any]:
     """The sentence model the split's embeddings came from, as its manifest records it (for metrics.json)."""
     try:
-        from dataset.shard_format import read_manifest
+        from lavimo.dataset.shard_format import read_manifest
 
         text = read_manifest(shards, split).get("text_model") or {}
     except (OSError, ValueError):
@@ -444,7 +444,7 @@ def _first_caption_emb(split: P.EncodedSplit, embedder: Any) -> np.ndarray:
     """One sentence embedding per sample (its first evaluated caption), for building the dissimilar subset."""
     if split.sent_emb is None:
         if embedder is None:
-            from dataset.text_embed import SentenceEmbedder
+            from lavimo.dataset.text_embed import SentenceEmbedder
 
             embedder = SentenceEmbedder()
         firsts = [split.captions[int(np.flatnonzero(split.text_owner == i)[0])] for i in range(split.n)]

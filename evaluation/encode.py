@@ -1,5 +1,5 @@
 """Encoding a split: THE encoder of every sample's text, video and motion latents, used by evaluate.py and by
-training's validation (``training.loop``)."""
+training's validation (``lavimo.training.loop``)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from core.device import autocast
-from evaluation.protocols import EncodedSplit
-from model.lavimo import FUSION_NAMES
+from lavimo.core.device import autocast
+from lavimo.evaluation.protocols import EncodedSplit
+from lavimo.model.lavimo import FUSION_NAMES
 
 
 class EmptySplitError(ValueError):

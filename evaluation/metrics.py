@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from core.errors import BadInputError
+from lavimo.core.errors import BadInputError
 
 log = logging.getLogger(__name__)
 

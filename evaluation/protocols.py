@@ -5,7 +5,7 @@ Protocols (names as in ``evaluate.py --protocol``; TMR's names in brackets):
 * ``all`` [normal]: the whole split, ground truth = the sample's own item.
 * ``threshold`` [threshold]: the whole split; a gallery item whose text is similar to the query's text
   (score ``(cos + 1) / 2 > threshold`` on the sentence embeddings, default 0.8) also counts as correct, and
-  the best-scored correct item is the ground truth (see :mod:`evaluation.metrics`).
+  the best-scored correct item is the ground truth (see :mod:`lavimo.evaluation.metrics`).
 * ``dissimilar`` [nsim]: only the samples of a subset whose texts are mutually dissimilar (a list of ids such
   as HumanML3D's ``nsim_test.txt``, or one built by :func:`build_dissimilar_subset`).
 * ``small-batches`` [guo]: keyids sorted, ``np.random.seed(0); np.random.shuffle(arange(N))``, batches of 32
@@ -33,9 +33,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from core.errors import BadInputError
-from dataset.subsets import DissimilarSubset, build_dissimilar_subset, read_subset  # noqa: F401 (re-exported)
-from evaluation import metrics as M
+from lavimo.core.errors import BadInputError
+from lavimo.dataset.subsets import DissimilarSubset, build_dissimilar_subset, read_subset  # noqa: F401 (re-exported)
+from lavimo.evaluation import metrics as M
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from core.atomic import atomic_path, write_text
-from evaluation.metrics import METRIC_KEYS
+from lavimo.core.atomic import atomic_path, write_text
+from lavimo.evaluation.metrics import METRIC_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -245,13 +245,13 @@ def extract_shard_clips(shards: str | os.PathLike, split: str, keyids: Sequence[
     """
     import tarfile
 
-    from core.errors import BadInputError
-    from core.keyids import check_keyid, child_path
-    from dataset.shard_format import META, VIDEO_JPGS, VIDEO_MP4, iter_tar_members
-    from dataset.shard_source import open_shard
-    from dataset.stream import resolve_shards
-    from core.mp4 import write_video
-    from dataset.video_frames import decode_jpgs
+    from lavimo.core.errors import BadInputError
+    from lavimo.core.keyids import check_keyid, child_path
+    from lavimo.dataset.shard_format import META, VIDEO_JPGS, VIDEO_MP4, iter_tar_members
+    from lavimo.dataset.shard_source import open_shard
+    from lavimo.dataset.stream import resolve_shards
+    from lavimo.core.mp4 import write_video
+    from lavimo.dataset.video_frames import decode_jpgs
 
     out_dir = Path(out_dir)
     targets: dict[str, Path] = {}
@@ -296,7 +296,7 @@ def extract_shard_clips(shards: str | os.PathLike, split: str, keyids: Sequence[
                     with atomic_path(target) as tmp:
                         tmp.write_bytes(mem[VIDEO_MP4])
                 elif VIDEO_JPGS in mem:
-                    from dataset.shard_format import parse_meta
+                    from lavimo.dataset.shard_format import parse_meta
 
                     fps = float(parse_meta(mem[META]).get("fps", 20.0)) if META in mem else 20.0
                     if not np.isfinite(fps) or fps <= 0:

@@ -1,6 +1,6 @@
 """LAVIMO model: presets, the tri-modal model, losses and checkpoints.
 
-    from model import load_preset, build_model, load_checkpoint, save_checkpoint
+    from lavimo.model import load_preset, build_model, load_checkpoint, save_checkpoint
 """
 
 from .checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint

@@ -4,7 +4,7 @@ pretrained files.
 
 Checkpoints are untrusted input (docs/security.md, "Checkpoints and training state"). Loading one costs at most
 about what its tensors take: the header is checked before anything is allocated
-(:func:`model.safetensors_header.read_header`: length capped and inside the file, tensor extents matching their
+(:func:`lavimo.model.safetensors_header.read_header`: length capped and inside the file, tensor extents matching their
 shapes and the bytes present), the metadata JSON is size- and depth-capped, the text backbone's ``config.json``
 may not declare more than :data:`MAX_LAYERS` layers, and the model the config describes is first built on the
 ``meta`` device (no memory) and compared with the file's tensors: a config that describes a bigger model than the
@@ -25,16 +25,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.atomic import atomic_path
-from core.errors import BadInputError
-from core.jsonconfig import loads_bounded
+from lavimo.core.atomic import atomic_path
+from lavimo.core.errors import BadInputError
+from lavimo.core.jsonconfig import loads_bounded
 
 from .config import MAX_LAYERS, LavimoConfig, too_many_layers
 from .lavimo import LavimoModel, build_model
 from .weights import text_assets, write_text_assets
 
 PREPROCESS_VERSION = 1  # version of extra["preprocess"]
-#: the fields of extra["preprocess"] (what :func:`preprocess_record` writes and ``search.model.load`` requires)
+#: the fields of extra["preprocess"] (what :func:`preprocess_record` writes and ``lavimo.search.model.load`` requires)
 PREPROCESS_KEYS = ("version", "feature_mean", "feature_std", "feature_dim", "max_motion_len", "motion_crop",
                    "num_frames", "frame_sampling", "image_size", "frame_crop", "clip_mean", "clip_std",
                    "video_input", "text_model", "text_max_length")
@@ -43,12 +43,12 @@ PREPROCESS_KEYS = ("version", "feature_mean", "feature_std", "feature_dim", "max
 def preprocess_record(cfg: LavimoConfig, mean: Any, std: Any) -> dict[str, Any]:
     """The ``extra["preprocess"]`` dict for a model config and the training shards' feature (mean, std).
 
-    ``mean``/``std``: (D,) as ``dataset.stream.load_stats`` returns them (std already floored). Everything else
+    ``mean``/``std``: (D,) as ``lavimo.dataset.stream.load_stats`` returns them (std already floored). Everything else
     comes from the config; the rule names describe the loader's evaluation path (``dataset/stream.py``).
-    train.py writes it into every checkpoint; ``search.model.load`` reads it."""
+    train.py writes it into every checkpoint; ``lavimo.search.model.load`` reads it."""
     import numpy as np
 
-    from dataset.augment import CLIP_MEAN, CLIP_STD
+    from lavimo.dataset.augment import CLIP_MEAN, CLIP_STD
 
     return {
         "version": PREPROCESS_VERSION,
@@ -58,7 +58,7 @@ def preprocess_record(cfg: LavimoConfig, mean: Any, std: Any) -> dict[str, Any]:
         "max_motion_len": int(cfg.max_motion_len),
         "motion_crop": "first max_motion_len rows",
         "num_frames": int(cfg.num_frames),
-        "frame_sampling": "segment centres (dataset.stream.SampleTransform.frame_indices, evaluation)",
+        "frame_sampling": "segment centres (lavimo.dataset.stream.SampleTransform.frame_indices, evaluation)",
         "image_size": int(cfg.image_size),
         "frame_crop": float(cfg.frame_crop),
         "clip_mean": list(CLIP_MEAN),
@@ -138,7 +138,7 @@ _ASSET_SUFFIXES = (".json", ".txt", ".model")
 
 def _json_object(meta: dict[str, str], key: str, path: Path, default: str | None = None) -> dict[str, Any]:
     """``meta[key]`` parsed as a JSON object (size capped by :data:`MAX_META_BYTES`, nesting by
-    core.jsonconfig.MAX_JSON_DEPTH), else BadInputError naming ``path`` and ``key``."""
+    lavimo.core.jsonconfig.MAX_JSON_DEPTH), else BadInputError naming ``path`` and ``key``."""
     text = meta.get(key, default)
     if not isinstance(text, str):
         raise BadInputError(path, key, "missing from the safetensors metadata")
@@ -183,7 +183,7 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
     without loading the weights.
 
     A checkpoint is third-party input: the safetensors header is read and checked by
-    :func:`model.safetensors_header.read_header` (no pickle; length, JSON size and nesting, tensor extents against
+    :func:`lavimo.model.safetensors_header.read_header` (no pickle; length, JSON size and nesting, tensor extents against
     the bytes present), the metadata fields must be JSON objects of the expected shape, the config must be a valid
     LavimoConfig; any other content raises :class:`BadInputError` naming the file and the field.
     ``FileNotFoundError`` when absent.

@@ -3,7 +3,7 @@
 :class:`LavimoConfig` holds what defines the network and its losses (modalities, fusion, layer counts, shapes,
 backbones and how their weights are initialised, negative filtering, temperature, lambda_recon). The run's
 settings (batch size, optimiser, schedule, epochs, loop, augmentation, gathering across ranks) are
-:class:`training.config.TrainConfig`, which the model never reads; a checkpoint therefore fixes the model and
+:class:`lavimo.training.config.TrainConfig`, which the model never reads; a checkpoint therefore fixes the model and
 nothing about how it was trained, and ``train.py --resume`` takes the model from the run and the run's settings
 from the command line.
 
@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from core.jsonconfig import JsonConfig, read_config_json
+from lavimo.core.jsonconfig import JsonConfig, read_config_json
 
 log = logging.getLogger(__name__)
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 #: the run settings a config of version 0.1.0 before the model / run split carried beside the model's fields
-#: (now training.config.TrainConfig's); :meth:`LavimoConfig.from_saved` drops them, so checkpoints and run
+#: (now lavimo.training.config.TrainConfig's); :meth:`LavimoConfig.from_saved` drops them, so checkpoints and run
 #: directories written before the split still load. A historical list: it never grows.
 PRE_SPLIT_RUN_FIELDS = frozenset({
     "batch_size", "lr", "lr_min", "lr_decay_start_epoch", "epochs", "optimizer", "weight_decay", "betas",
@@ -169,7 +169,7 @@ class LavimoConfig(JsonConfig):
 
     # ------------------------------------------------------------------
     def loader_kwargs(self) -> dict[str, Any]:
-        """The fields ``dataset.stream.make_loader`` takes from the model: frame size and count, motion length,
+        """The fields ``lavimo.dataset.stream.make_loader`` takes from the model: frame size and count, motion length,
         frame crop (training, validation and evaluation must read the shards the same way)."""
         return {"image_size": self.image_size, "num_frames": self.num_frames, "max_motion_len": self.max_motion_len,
                 "frame_crop": self.frame_crop}
@@ -186,7 +186,7 @@ def load_preset(name_or_path: str | os.PathLike, **overrides: Any) -> LavimoConf
     A JSON file holds the fields at top level or under a ``"model"`` key (so a run's saved ``config.json`` can be
     passed; one from before the model / run split, whose ``"model"`` object also holds run settings, too).
     Overrides may be typed values or CLI strings (``fusion="false"``); unknown names raise ``ValueError``. The
-    run's settings of a preset are :func:`training.config.load_run_config`'s.
+    run's settings of a preset are :func:`lavimo.training.config.load_run_config`'s.
     """
     unknown = sorted(set(overrides) - LavimoConfig.field_names())
     if unknown:  # a removed name too: only files saved before its removal may still hold it

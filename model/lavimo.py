@@ -112,7 +112,7 @@ class LavimoModel(nn.Module):
         smooth-L1), each a scalar tensor (zero when the variant does not have it), and ``fusion_weights``
         (B, 3) (text, video, motion; detached).
 
-        ``gather_negatives`` (the run's setting, :class:`training.config.TrainConfig`): under DDP the contrastive
+        ``gather_negatives`` (the run's setting, :class:`lavimo.training.config.TrainConfig`): under DDP the contrastive
         terms and negative filtering run over every rank's rows (model/gather.py), as one process with the
         global batch; without DDP it changes nothing.
         """
@@ -174,7 +174,7 @@ class LavimoModel(nn.Module):
     def parameter_groups(self, lr: float, weight_decay: float, backbone_lr_scale: float = 1.0
                          ) -> list[dict[str, Any]]:
         """THE AdamW parameter groups of this model (the optimiser of ``train.py`` uses them): :func:`param_groups`
-        with the backbones of :meth:`backbone_parameters`; the values are the run's (training.config.TrainConfig)."""
+        with the backbones of :meth:`backbone_parameters`; the values are the run's (lavimo.training.config.TrainConfig)."""
         return param_groups(self, lr=lr, weight_decay=weight_decay, backbone_lr_scale=backbone_lr_scale)
 
 

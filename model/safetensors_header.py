@@ -8,12 +8,12 @@ to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets into the tensor
 * ``N`` is at most :data:`MAX_HEADER_BYTES` and fits in the file (a crafted length cannot make it read or allocate
   more than the file holds);
 * the header is UTF-8 JSON of at most :data:`MAX_HEADER_ITEMS` values (counted before parsing) nested at most
-  :data:`core.jsonconfig.MAX_JSON_DEPTH` deep, a JSON object whose ``__metadata__`` maps strings to strings;
+  :data:`lavimo.core.jsonconfig.MAX_JSON_DEPTH` deep, a JSON object whose ``__metadata__`` maps strings to strings;
 * every tensor has a known dtype, a shape of non-negative integers and offsets inside the tensor bytes whose
   length is exactly ``prod(shape) x itemsize``; tensors do not overlap and together cover the tensor bytes.
 
 So every byte a later ``safetensors`` call allocates is a byte that is in the file. Anything else raises
-:class:`core.errors.BadInputError` naming the file and ``"safetensors header"``.
+:class:`lavimo.core.errors.BadInputError` naming the file and ``"safetensors header"``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import BadInputError
-from core.jsonconfig import MAX_JSON_DEPTH, loads_bounded
+from lavimo.core.errors import BadInputError
+from lavimo.core.jsonconfig import MAX_JSON_DEPTH, loads_bounded
 
 #: the largest header accepted (bytes): 32 MiB, a third of safetensors' own limit (100 MB), so that reading and
 #: checking one costs at most ~100 MB; a LAVIMO checkpoint's header (tensor table + config + the text backbone's

@@ -18,7 +18,7 @@ the Kinetics-400 fine-tunes that wrap a CLIP model (``model.visual.*``, ``module
 nested under ``"model"`` / ``"state_dict"``).
 
 Weights files are untrusted input and are only ever read as tensors (docs/security.md, "Checkpoints and training
-state"): ``.safetensors`` (header checked first by :func:`model.safetensors_header.read_header`), anything else
+state"): ``.safetensors`` (header checked first by :func:`lavimo.model.safetensors_header.read_header`), anything else
 with ``torch.load(weights_only=True)`` (tensors and plain containers; no object is unpickled). TorchScript
 archives (a zip with a ``code/`` folder, e.g. OpenAI's ``ViT-B-32.pt``) hold code that loading them would run;
 they are refused with one line saying how to convert them (:data:`CONVERT_HINT`). No option, and no setting
@@ -38,8 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.errors import BadInputError
-from dataset.text_embed import bundled_model_path
+from lavimo.core.errors import BadInputError
+from lavimo.dataset.text_embed import bundled_model_path
 
 from .config import LavimoConfig
 
@@ -327,10 +327,10 @@ def _is_torchscript(path: Path) -> bool:
 def _load_any(path: Path) -> Any:
     """The tensors (or plain containers of tensors) in a pretrained weights file; never runs code from it.
 
-    ``.safetensors``: :func:`model.safetensors_header.load_tensors` (header checked first); a TorchScript
+    ``.safetensors``: :func:`lavimo.model.safetensors_header.load_tensors` (header checked first); a TorchScript
     archive: refused; anything else: ``torch.load(weights_only=True)``. Every refusal is a :class:`BadInputError`
     naming the file and saying how to convert it."""
-    from model.safetensors_header import load_tensors
+    from lavimo.model.safetensors_header import load_tensors
 
     if path.suffix.lower() == ".safetensors":
         return load_tensors(path)

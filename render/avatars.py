@@ -28,11 +28,10 @@ from typing import Any
 
 import numpy as np
 
-import assets
-
-from body.skeleton import JOINT as _J
-from body.skeleton import NUM_BODY_JOINTS, PARENTS
-from core.errors import BadInputError
+from lavimo import assets
+from lavimo.body.skeleton import JOINT as _J
+from lavimo.body.skeleton import NUM_BODY_JOINTS, PARENTS
+from lavimo.core.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +314,7 @@ def compute_vertex_parts(weights: np.ndarray, v_template: np.ndarray) -> np.ndar
 
 
 def vertex_parts(body: Any) -> np.ndarray:
-    """(V,) uint8 :func:`compute_vertex_parts` of a :class:`body.model.Body` (from its skinning weights and rest
+    """(V,) uint8 :func:`compute_vertex_parts` of a :class:`lavimo.body.model.Body` (from its skinning weights and rest
     vertices): 0 skin, 1 top, 2 bottom, 3 shoes, 4 hair."""
     model = body.model
     return compute_vertex_parts(model.lbs_weights.detach().cpu().numpy(), model.v_template.detach().cpu().numpy())

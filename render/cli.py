@@ -10,8 +10,8 @@ others) or the run was interrupted (SIGINT / SIGTERM; the report lists the clips
 error (bad arguments, no EGL, avatars/lights/body models/output unusable, disk full), as one line.
 
 Reliability: outputs are written atomically and only inside ``--out`` (keyids are checked, see
-:mod:`core.keyids`); a clip counts as done only when its mp4 matches the size and sha256 recorded in its
-sidecar (:func:`render.pipeline.verify_outputs`); temporary files a killed run left for this run's clips are
+:mod:`lavimo.core.keyids`); a clip counts as done only when its mp4 matches the size and sha256 recorded in its
+sidecar (:func:`lavimo.render.pipeline.verify_outputs`); temporary files a killed run left for this run's clips are
 removed at start; worker processes exit when the parent dies.
 """
 
@@ -35,11 +35,11 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 from tqdm import tqdm  # noqa: E402
 
-from core.atomic import check_writable_dir, temp_target, write_json  # noqa: E402
-from dataset.clip import Clip  # noqa: E402
-from core.errors import BadInputError, os_error_text, print_error  # noqa: E402
-from core.process import set_parent_death_signal  # noqa: E402
-from core.keyids import check_keyid, is_keyid  # noqa: E402
+from lavimo.core.atomic import check_writable_dir, temp_target, write_json  # noqa: E402
+from lavimo.dataset.clip import Clip  # noqa: E402
+from lavimo.core.errors import BadInputError, os_error_text, print_error  # noqa: E402
+from lavimo.core.process import set_parent_death_signal  # noqa: E402
+from lavimo.core.keyids import check_keyid, is_keyid  # noqa: E402
 
 PROG = "render-amass"
 log = logging.getLogger(PROG)
@@ -50,10 +50,10 @@ class SetupError(RuntimeError):
 
 
 def parse_part(text: str | None) -> tuple[int, int] | None:
-    """``"K/N"`` -> (K, N) with 1 <= K <= N (core.slurm's rule; its ValueError as a SetupError)."""
+    """``"K/N"`` -> (K, N) with 1 <= K <= N (lavimo.core.slurm's rule; its ValueError as a SetupError)."""
     if text is None:
         return None
-    from core.slurm import parse_part as parse
+    from lavimo.core.slurm import parse_part as parse
 
     try:
         return parse(text)
@@ -110,7 +110,7 @@ def read_keyids(path: str) -> tuple[list[str], dict[str, str]]:
 
 
 def remove_stale_temps(out: Path, finals: set[str]) -> tuple[int, int]:
-    """Remove temporary files a killed run left in ``out``: ``.{name}.XXXX.tmp{ext}`` (core.atomic and the
+    """Remove temporary files a killed run left in ``out``: ``.{name}.XXXX.tmp{ext}`` (lavimo.core.atomic and the
     video writer) whose final ``name`` is in ``finals`` (this run's ``<keyid>.mp4`` / ``<keyid>.json`` /
     report). Temporary files of other names are left alone: another ``--part`` may be writing them now. Returns (removed, left)."""
     removed = left = 0
@@ -145,8 +145,8 @@ def check_output_dir(out: Path) -> None:
 #: modules the worker processes need, imported once by the forkserver process the workers are forked from
 #: (instead of once per spawned worker: torch and pyrender alone take ~5 s of CPU to import). Importing them
 #: creates no EGL context and runs no torch kernels, so forking after it is safe.
-WORKER_PRELOAD = ["torch", "smplx", "scipy.sparse", "scipy.ndimage", "pyrender", "render.pipeline", "body.model",
-                  "render.scene", "render.trajectory"]
+WORKER_PRELOAD = ["torch", "smplx", "scipy.sparse", "scipy.ndimage", "pyrender", "lavimo.render.pipeline", "lavimo.body.model",
+                  "lavimo.render.scene", "lavimo.render.trajectory"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,7 +196,7 @@ def select_clips(args: argparse.Namespace) -> tuple[list[Clip], dict, dict]:
     (what ``--keyids`` did: ``{"path", "invalid": {"line N": reason}, "missing": [...]}``) and
     ``mirror_skipped`` ({keyid: reason} of ``--mirror`` copies left out).
     Clips keep whatever keyid the annotations gave them: the caller checks them (:func:`split_invalid`)."""
-    from dataset.annotations import load_clips
+    from lavimo.dataset.annotations import load_clips
 
     try:
         clips = load_clips(args.annotations, None, split=args.split, mirrored=not args.no_mirrored)
@@ -343,7 +343,7 @@ def _worker_main(idx: int, clips: list[Clip], cfg, egl_device: str | None, event
 
     ``LP_NUM_THREADS`` (llvmpipe's rasteriser threads) is set to ``lp_threads`` before the EGL context is
     created, unless the user set it. A renderer that cannot start is reported as ``("setup", idx, message)``,
-    a :class:`render.pipeline.FatalRenderError` as ``("fatal", idx, message)``. The worker dies with the
+    a :class:`lavimo.render.pipeline.FatalRenderError` as ``("fatal", idx, message)``. The worker dies with the
     parent (parent-death signal on Linux, and a watchdog on ``parent_conn``); SIGINT / SIGTERM make it stop
     after the current frame and report what it finished.
     """
@@ -366,8 +366,8 @@ def _worker_main(idx: int, clips: list[Clip], cfg, egl_device: str | None, event
         torch.set_num_threads(1)
     except Exception:  # noqa: BLE001
         pass
-    from render.pipeline import FatalRenderError, render_clips
-    from render.scene import RendererSetupError, SceneRenderer
+    from lavimo.render.pipeline import FatalRenderError, render_clips
+    from lavimo.render.scene import RendererSetupError, SceneRenderer
 
     if stop():
         events.put(("exit", idx))
@@ -425,7 +425,7 @@ def _render_in_workers(clips: list[Clip], cfg, workers: int, devices: list[str] 
     """Render ``clips`` round-robin over ``workers`` processes; returns the first fatal / set-up message of a
     worker (the others are then stopped), else None. Clips a crashed worker never reported fail; clips left
     by a stop get no result (the caller lists them as not attempted)."""
-    from render.pipeline import ClipResult
+    from lavimo.render.pipeline import ClipResult
 
     ctx = _worker_context()
     events = ctx.Queue()
@@ -512,9 +512,9 @@ def _report_name(part: tuple[int, int] | None) -> str:
 def run(args: argparse.Namespace, stop: StopRequest | None = None) -> int:
     """The whole command after argument parsing; returns the exit status (see the module docstring).
     Raises SetupError for set-up problems found before rendering starts."""
-    from render.avatars import load_avatars
-    from render.lights import load_lights
-    from render.lod import parse_lod
+    from lavimo.render.avatars import load_avatars
+    from lavimo.render.lights import load_lights
+    from lavimo.render.lod import parse_lod
 
     stop = stop or StopRequest()
     if args.size < 16 or args.size % 2:
@@ -554,7 +554,7 @@ def run(args: argparse.Namespace, stop: StopRequest | None = None) -> int:
     renderer = None
     _fast_ffmpeg_spawn()
     if workers == 1:  # the run's own renderer doubles as the EGL probe
-        from render.scene import RendererSetupError, SceneRenderer
+        from lavimo.render.scene import RendererSetupError, SceneRenderer
 
         if args.egl_devices:
             os.environ["EGL_DEVICE_ID"] = args.egl_devices.split(",")[0].strip()
@@ -574,7 +574,7 @@ def run(args: argparse.Namespace, stop: StopRequest | None = None) -> int:
 
 
 def _run_clips(args: argparse.Namespace, stop: StopRequest, part, lod, avatars, out: Path, renderer) -> int:
-    from render.pipeline import ClipResult, FatalRenderError, RenderConfig, render_clips
+    from lavimo.render.pipeline import ClipResult, FatalRenderError, RenderConfig, render_clips
 
     all_clips, ann_report, notes = select_clips(args)
     clips, invalid = split_invalid(all_clips, args.annotations)
@@ -683,17 +683,17 @@ def _run_clips(args: argparse.Namespace, stop: StopRequest, part, lod, avatars, 
 
 def main(argv: list[str] | None = None) -> int:
     """The command; ``argv`` None means this is the process's own command line (``render-amass``, ``python -m
-    render.cli``): SIGINT / SIGTERM are then ignored once the run has ended, until the process exits."""
+    lavimo.render.cli``): SIGINT / SIGTERM are then ignored once the run has ended, until the process exits."""
     command = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["merge-reports"]:  # render-amass merge-reports OUT: one report from the parts' reports
-        from render.report_merge import main as merge_main
+        from lavimo.render.report_merge import main as merge_main
 
         return merge_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from core.slurm import SlurmEnvError, part_argument
+    from lavimo.core.slurm import SlurmEnvError, part_argument
 
     try:  # no --part inside a Slurm job array: the task's part (core/slurm.py)
         args.part = part_argument(args.part)

@@ -1,6 +1,6 @@
 """Contact sheets: the 13 avatars, and one avatar under the 4 lighting setups, as small PNGs.
 
-    python -m render.contact_sheet --out docs/img [--avatars assets/avatars] [--body-models DIR] [--tile 160]
+    python -m lavimo.render.contact_sheet --out docs/img [--avatars assets/avatars] [--body-models DIR] [--tile 160]
 
 writes ``avatars.png`` (every avatar in an A-pose, lighting setup 1, labelled) and ``lights.png`` (one avatar
 in a mid-stride pose under each setup, labelled with the paper's numbers), through the same renderer as
@@ -19,7 +19,7 @@ import numpy as np
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
-from core.atomic import atomic_path  # noqa: E402
+from lavimo.core.atomic import atomic_path  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ def demo_pose(kind: str = "apose") -> tuple[np.ndarray, np.ndarray]:
 
 def render_still(renderer, body, avatar, setup, kind: str = "apose") -> np.ndarray:
     """(size, size, 3) uint8 image of ``avatar`` posed by :func:`demo_pose` under lighting ``setup``."""
-    from render.avatars import region_labels, vertex_colors
-    from render.scene import VertexNormals
+    from lavimo.render.avatars import region_labels, vertex_colors
+    from lavimo.render.scene import VertexNormals
 
     poses, trans = demo_pose(kind)
     rest = body.pose(np.zeros_like(poses), trans, avatar.betas)
@@ -95,10 +95,10 @@ def _save_png(path: Path, img: np.ndarray) -> None:
 def make_contact_sheets(out_dir: str | os.PathLike, avatars_dir: str | None = None, lights_path: str | None = None,
                         body_models: str | None = None, tile: int = 160, light_avatar: int = 0) -> list[Path]:
     """Write ``avatars.png`` and ``lights.png`` into ``out_dir``; returns their paths."""
-    from render.avatars import load_avatars
-    from body.model import load_body
-    from render.lights import load_lights
-    from render.scene import SceneRenderer
+    from lavimo.render.avatars import load_avatars
+    from lavimo.body.model import load_body
+    from lavimo.render.lights import load_lights
+    from lavimo.render.scene import SceneRenderer
 
     avatars = load_avatars(avatars_dir)
     setups = load_lights(lights_path)
@@ -124,7 +124,7 @@ def make_contact_sheets(out_dir: str | os.PathLike, avatars_dir: str | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m render.contact_sheet", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m lavimo.render.contact_sheet", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="docs/img", help="output directory for avatars.png and lights.png")
     ap.add_argument("--avatars", default=None, help="avatar specs directory (default: assets/avatars)")
     ap.add_argument("--lights-file", default=None, help="lighting setups (default: assets/lights.json)")

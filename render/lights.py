@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-import assets
-
-from core.errors import BadInputError
+from lavimo import assets
+from lavimo.core.errors import BadInputError
 
 DEFAULT_LIGHTS = assets.LIGHTS  # installed with the package (assets/__init__.py)
 _FRAMES = {

@@ -248,7 +248,7 @@ def skinning_groups(vertex_joint: np.ndarray, parents: np.ndarray, keep: int = 2
 
 
 def body_lod(body, lod: str | int, size: int) -> LevelOfDetail:
-    """The level of detail of a :class:`body.model.Body` for frames ``size`` pixels wide (rest pose, zero
+    """The level of detail of a :class:`lavimo.body.model.Body` for frames ``size`` pixels wide (rest pose, zero
     betas; groups from the dominant skinning joint)."""
     faces = np.asarray(body.faces, dtype=np.int64)
     n = target_faces(lod, size, len(faces))

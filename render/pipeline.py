@@ -5,12 +5,12 @@ mirrored clips, pose the avatar's body (avatar and light drawn from ``(seed, key
 ``M<id>`` keeps the avatar and light of ``<id>``), compute the follow-camera trajectory, then render every
 frame into ``OUT/<keyid>.mp4`` and write ``OUT/<keyid>.json``. Three stages overlap: a producer thread
 loads/poses/computes normals for upcoming frames (numpy/torch release the GIL), the calling thread owns the
-EGL context and rasterises, and :class:`core.mp4.VideoWriter` pipes frames to ffmpeg on its own thread.
+EGL context and rasterises, and :class:`lavimo.core.mp4.VideoWriter` pipes frames to ffmpeg on its own thread.
 Whatever ends :func:`render_clips` (done, stopped, an error), both threads have ended when it returns: a thread
 left inside torch when the interpreter exits aborts the process (see :func:`_stop_producer`).
 
-Safety on untrusted input: keyids are checked (:func:`core.keyids.check_keyid`) and every output path is
-built with :func:`core.keyids.child_path`, so no clip writes outside ``OUT``. Both outputs are written
+Safety on untrusted input: keyids are checked (:func:`lavimo.core.keyids.check_keyid`) and every output path is
+built with :func:`lavimo.core.keyids.child_path`, so no clip writes outside ``OUT``. Both outputs are written
 atomically; the sidecar, written last, records the video's ``video_size`` (bytes) and ``video_sha256``, and
 a clip counts as done on resume only when its mp4 still matches them (:func:`verify_outputs`). A missing or
 bad body-model file and a full disk stop the whole run (:class:`FatalRenderError`); other problems fail one
@@ -32,20 +32,20 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
-from dataset.amass import amass_file, load_amass
-from core.atomic import write_json
-from dataset.clip import Clip
-from core.errors import BadInputError, is_disk_full
-from core.hashing import sha256_file
-from core.keyids import check_keyid, child_path
-from core.seeding import stable_choice
-from render.avatars import Avatar, load_avatars, load_texture_image, load_uv_layout, region_labels, vertex_colors
-from render.lights import LightSetup, load_lights
-from render.lod import LevelOfDetail, body_lod, full_detail, parse_lod
-from core.mp4 import DEFAULT_CRF, DEFAULT_PRESET, VideoWriter, probe_mp4
+from lavimo.dataset.amass import amass_file, load_amass
+from lavimo.core.atomic import write_json
+from lavimo.dataset.clip import Clip
+from lavimo.core.errors import BadInputError, is_disk_full
+from lavimo.core.hashing import sha256_file
+from lavimo.core.keyids import check_keyid, child_path
+from lavimo.core.seeding import stable_choice
+from lavimo.render.avatars import Avatar, load_avatars, load_texture_image, load_uv_layout, region_labels, vertex_colors
+from lavimo.render.lights import LightSetup, load_lights
+from lavimo.render.lod import LevelOfDetail, body_lod, full_detail, parse_lod
+from lavimo.core.mp4 import DEFAULT_CRF, DEFAULT_PRESET, VideoWriter, probe_mp4
 
 if TYPE_CHECKING:  # pyrender / scipy are imported where used (a --workers parent process needs neither)
-    from render.scene import SceneRenderer, VertexNormals
+    from lavimo.render.scene import SceneRenderer, VertexNormals
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,9 @@ class RenderConfig:
         size: frame width = height in pixels (even). seed: global seed for avatar/light choices.
         body_models: smplx model directory, or None for the procedural body.
         overwrite: re-render clips whose outputs exist. crf / preset / encoder_threads: x264 settings.
-        lod: level of detail of the body mesh, ``"auto"`` | ``"full"`` | a face count (see :mod:`render.lod`).
-        shading: ``"auto"`` (per vertex below :data:`render.lod.AUTO_FULL_SIZE` px, else per pixel) | ``"pixel"``
-            (pyrender's fragment shader) | ``"vertex"`` (:class:`render.scene.VertexShading`).
+        lod: level of detail of the body mesh, ``"auto"`` | ``"full"`` | a face count (see :mod:`lavimo.render.lod`).
+        shading: ``"auto"`` (per vertex below :data:`lavimo.render.lod.AUTO_FULL_SIZE` px, else per pixel) | ``"pixel"``
+            (pyrender's fragment shader) | ``"vertex"`` (:class:`lavimo.render.scene.VertexShading`).
     """
 
     amass_root: str
@@ -100,14 +100,14 @@ SHADINGS = ("auto", "pixel", "vertex")
 
 
 def resolve_shading(shading: str, size: int, textured: bool = False) -> str:
-    """"pixel" or "vertex" for a clip: ``auto`` shades per vertex below :data:`render.lod.AUTO_FULL_SIZE` px
+    """"pixel" or "vertex" for a clip: ``auto`` shades per vertex below :data:`lavimo.render.lod.AUTO_FULL_SIZE` px
     (where triangles cover a few pixels each); UV-textured avatars are always shaded per pixel."""
     if shading not in SHADINGS:
         raise ValueError(f"shading must be one of {', '.join(SHADINGS)}, got {shading!r}")
     if textured:
         return "pixel"
     if shading == "auto":
-        from render.lod import AUTO_FULL_SIZE
+        from lavimo.render.lod import AUTO_FULL_SIZE
 
         return "vertex" if size < AUTO_FULL_SIZE else "pixel"
     return shading
@@ -146,7 +146,7 @@ def verify_outputs(out_dir: str | os.PathLike, keyid: str) -> tuple[bool, str]:
 
     Complete means: ``<keyid>.json`` parses, names ``keyid`` and a frame count, and ``<keyid>.mp4`` has the
     sidecar's ``video_size`` and ``video_sha256``. Sidecars of older versions lack those two fields; their
-    mp4 only has to be non-empty and a complete mp4 container (:func:`core.mp4.probe_mp4`), and the
+    mp4 only has to be non-empty and a complete mp4 container (:func:`lavimo.core.mp4.probe_mp4`), and the
     reason then starts with ``"legacy"``. Returns ``(True, "verified ...")``, ``(True, "legacy ...")`` or
     ``(False, reason)``.
     """
@@ -214,7 +214,7 @@ class BodyCache:
         self._lods: dict = {}
 
     def body(self, model_type: str, gender: str):
-        from body.model import load_body
+        from lavimo.body.model import load_body
 
         key = (model_type, gender)
         if key not in self._bodies:
@@ -269,7 +269,7 @@ class BodyCache:
         return self._colors[key]
 
     def normals(self, body) -> VertexNormals:
-        from render.scene import VertexNormals
+        from lavimo.render.scene import VertexNormals
 
         key = id(body)
         if key not in self._normals:
@@ -279,8 +279,8 @@ class BodyCache:
 
     def lod(self, body, lod: str | int, size: int) -> tuple[LevelOfDetail, VertexNormals]:
         """The body's level of detail for ``size``-pixel frames and the normals of the reduced mesh (computed
-        once per body; see :mod:`render.lod`)."""
-        from render.scene import VertexNormals
+        once per body; see :mod:`lavimo.render.lod`)."""
+        from lavimo.render.scene import VertexNormals
 
         key = (id(body), str(lod), int(size))
         if key not in self._lods:
@@ -323,8 +323,8 @@ def prepare_clip(clip: Clip, cfg: RenderConfig, avatars: list[Avatar], lights: l
     Raises:
         BadInputError: bad or missing AMASS file, frames out of range, a clip selecting no frames.
     """
-    from body.model import mirror_amass
-    from render.trajectory import follow_trajectory
+    from lavimo.body.model import mirror_amass
+    from lavimo.render.trajectory import follow_trajectory
 
     _, path = amass_file(cfg.amass_root, clip.amass_path)
     motion = load_amass(path)
@@ -477,7 +477,7 @@ def render_clips(clips: Iterable[Clip], cfg: RenderConfig, renderer: SceneRender
         FatalRenderError: a missing or malformed body-model file, or a full disk (the clip in flight is
             abandoned first; the results so far have been passed to ``on_result``).
     """
-    from render.scene import SceneRenderer
+    from lavimo.render.scene import SceneRenderer
 
     parse_lod(cfg.lod)                    # bad settings stop here (ValueError), not clip by clip
     resolve_shading(cfg.shading, cfg.size)

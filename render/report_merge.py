@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.atomic import write_json
-from core.errors import os_error_text, print_error
+from lavimo.core.atomic import write_json
+from lavimo.core.errors import os_error_text, print_error
 
 PART_REPORT = re.compile(r"^render-report-part-(\d+)-of-(\d+)\.json$")
 SUMMED = ("clips", "rendered", "skipped", "num_failed", "frames_rendered", "skipped_unverified",

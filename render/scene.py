@@ -4,7 +4,7 @@ World frame = AMASS (Z-up, metres). The camera looks along AMASS +y from ``dista
 target, so the image's right is AMASS +x (a mirrored motion, x -> -x, renders as the horizontal reflection
 of the image) and its up is AMASS +z. pyrender uses OpenGL camera conventions (the camera looks down its
 local -z, y up); the lights of ``assets/lights.json`` are children of the camera node, so they move with the
-follow camera (see :mod:`render.trajectory`). The rasteriser keeps the camera at the base rig and
+follow camera (see :mod:`lavimo.render.trajectory`). The rasteriser keeps the camera at the base rig and
 translates the body by the opposite of the follow offset instead (the same image). The body mesh is
 created once per clip and its vertex buffer is rewritten in place every frame (``glBufferSubData``); after
 the clip's first frame (a full pyrender render) a frame is only "upload, draw, resolve, read colour" with
@@ -28,7 +28,7 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 import pyrender  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
-from render.lights import LightSetup  # noqa: E402
+from lavimo.render.lights import LightSetup  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -396,7 +396,7 @@ class SceneRenderer:
         Args:
             faces: (F, 3) triangles; colors: (V, 4) linear RGBA vertex colours (ignored with a texture).
             vertices, normals: (V, 3) the first frame (AMASS world, metres).
-            uv_layout: optional :class:`render.avatars.UVLayout` (seams split: render vertices gather body
+            uv_layout: optional :class:`lavimo.render.avatars.UVLayout` (seams split: render vertices gather body
                 vertices through ``vmap``) with ``texture`` (H, W, 3) uint8 sRGB, for real SMPL UV textures.
             shading: "pixel" (pyrender's fragment shader) or "vertex" (:class:`VertexShading` per vertex, drawn
                 with pyrender's unlit shader; not with a texture, which is always shaded per pixel).

@@ -14,7 +14,7 @@ PRESET=${DEMO_PRESET:-demo}
 SIZE=${DEMO_SIZE:-112}
 FPS=${DEMO_FPS:-10}
 # epochs: the preset's (training/presets/demo.json for 'demo') unless DEMO_EPOCHS is set
-EPOCHS=${DEMO_EPOCHS:-$("$BIN/python" -c 'import sys; from training.config import load_run_config; print(load_run_config(sys.argv[1]).train.epochs)' "$PRESET")}
+EPOCHS=${DEMO_EPOCHS:-$("$BIN/python" -c 'import sys; from lavimo.training.config import load_run_config; print(load_run_config(sys.argv[1]).train.epochs)' "$PRESET")}
 WORKERS=${DEMO_WORKERS:-2}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYOPENGL_PLATFORM=${PYOPENGL_PLATFORM:-egl}
 mkdir -p "$DEMO"
@@ -52,7 +52,7 @@ stage train  "$BIN/python" train.py --shards "$DEMO/shards" --preset "$PRESET" -
 stage eval   "$BIN/python" evaluate.py --run "$DEMO/run" --shards "$DEMO/shards" --split test --protocol everything \
   --out "$DEMO/eval" --gallery --videos "$DEMO/videos" --tsne
 # index the test split, then a text, a video (a rendered test clip re-encoded) and a motion query (search/demo.py)
-stage search "$BIN/python" -m search.demo --demo "$DEMO"
+stage search "$BIN/python" -m lavimo.search.demo --demo "$DEMO"
 
 mv "$TIMES.new" "$TIMES"
 echo
@@ -68,4 +68,4 @@ echo
 echo "metrics:        $DEMO/eval/metrics.md  ($DEMO/eval/metrics.json)"
 echo "gallery:        $DEMO/eval/gallery.html"
 echo "t-SNE:          $DEMO/eval/tsne.png"
-echo "contact sheets: docs/img/avatars.png, docs/img/lights.png (regenerate: $BIN/python -m render.contact_sheet --out docs/img)"
+echo "contact sheets: docs/img/avatars.png, docs/img/lights.png (regenerate: $BIN/python -m lavimo.render.contact_sheet --out docs/img)"

@@ -11,7 +11,7 @@
 The rows are data (``model/presets/ablations/paper_tables.json``, or ``--data FILE``): each row is a name (its run
 directory ``OUT/<name>``), a label, the ``train.py`` flags added to the preset, where that mapping comes from, and
 the paper's numbers (null until a user fills them in). ``train`` runs ``train.py`` once per row, as a user would
-(a subprocess with this Python; ``--in-process`` calls ``training.cli.main(argv)`` instead): a row whose run is complete
+(a subprocess with this Python; ``--in-process`` calls ``lavimo.training.cli.main(argv)`` instead): a row whose run is complete
 is skipped, an unfinished one is continued with ``--resume``. Rows that resolve to the same config (e.g. the
 epsilon sweep's 0.8 and ``ours`` under the paper preset) share the run of the first such row in the data file.
 ``table`` runs ``evaluate.py --protocol threshold --tasks t2m m2t`` per run (TMR's "all with threshold"
@@ -52,10 +52,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python scripts/paper_ablations.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from core.atomic import write_json, write_text  # noqa: E402
-from core.errors import BadInputError  # noqa: E402
-from core.keyids import check_keyid, child_path  # noqa: E402
-from dataset.shard_format import manifest_path  # noqa: E402
+from lavimo.core.atomic import write_json, write_text  # noqa: E402
+from lavimo.core.errors import BadInputError  # noqa: E402
+from lavimo.core.keyids import check_keyid, child_path  # noqa: E402
+from lavimo.dataset.shard_format import manifest_path  # noqa: E402
 
 DEFAULT_DATA = REPO / "model" / "presets" / "ablations" / "paper_tables.json"
 TRAIN_PY = REPO / "train.py"
@@ -257,7 +257,7 @@ class Resolved:
 
     row: Row
     argv: list[str]
-    cfg: Any  # training.config.RunConfig
+    cfg: Any  # lavimo.training.config.RunConfig
     key: str
     run: str = ""
 
@@ -278,13 +278,13 @@ def resolve_rows(tables: dict[str, Table], shards: str, preset: str, global_args
                  passthrough: list[str], data_path: Path, warn_for: set[str] | None = None) -> dict[str, Resolved]:
     """Every row of every table (so run sharing does not depend on what is selected) -> Resolved, by row name.
 
-    The config is resolved exactly as train.py does it (``training.cli.parse_args``, ``config_overrides``,
-    ``training.config.load_run_config``). Flags that would move the run (``--out``, ``--shards``, ``--preset``, ``--resume``) are
+    The config is resolved exactly as train.py does it (``lavimo.training.cli.parse_args``, ``config_overrides``,
+    ``lavimo.training.config.load_run_config``). Flags that would move the run (``--out``, ``--shards``, ``--preset``, ``--resume``) are
     refused in the rows and after ``--``. Rows in ``warn_for`` (default all) get a warning when an option of
     this command line overrides one of their own flags.
     """
-    import training.cli as train_script
-    from training.config import load_run_config
+    import lavimo.training.cli as train_script
+    from lavimo.training.config import load_run_config
 
     try:
         load_run_config(preset)
@@ -344,8 +344,8 @@ def run_state(run_dir: Path, cfg: Any) -> tuple[str, str]:
     that changes the result (anything but :data:`CONTINUABLE_FIELDS`; detail names the fields). An unreadable config or checkpoint gives ``resume``
     (train.py then says what is wrong with it).
     """
-    from model.checkpoint import read_checkpoint_metadata
-    from training.config import load_run_config
+    from lavimo.model.checkpoint import read_checkpoint_metadata
+    from lavimo.training.config import load_run_config
 
     state = run_dir / "checkpoints" / "last.state.pt"
     if not state.is_file():
@@ -411,7 +411,7 @@ def run_tool(script: Path, argv: list[str], log_path: Path, in_process: bool,
 
 
 #: the module whose ``main`` each top-level script runs
-_COMMAND_MODULES = {"train": "training.cli", "evaluate": "evaluation.cli"}
+_COMMAND_MODULES = {"train": "lavimo.training.cli", "evaluate": "lavimo.evaluation.cli"}
 
 
 def _run_in_process(script_name: str, argv: list[str], fh) -> int:
@@ -497,7 +497,7 @@ def cmd_train(args: argparse.Namespace, passthrough: list[str]) -> int:
     if launcher is not None and (args.in_process or not launcher):
         raise SetupError("--launcher: give a command (e.g. 'torchrun --nproc_per_node=4'), without --in-process")
 
-    from model.weights import missing_pretrained
+    from lavimo.model.weights import missing_pretrained
 
     missing = sorted({m for r in selected for m in missing_pretrained(resolved[resolved[r.name].run].cfg.model)})
     if missing:
@@ -680,7 +680,7 @@ def cmd_table(args: argparse.Namespace, passthrough: list[str]) -> int:
     if not runs.is_dir():
         raise SetupError(f"{runs}: --runs directory not found (train the rows first: "
                          f"python scripts/paper_ablations.py train --shards {shards} --out {runs})")
-    import evaluation.cli as evaluate_script
+    import lavimo.evaluation.cli as evaluate_script
 
     base_tail = ["--split", split, "--protocol", "threshold", "--threshold", repr(float(args.threshold)),
                  "--tasks", "t2m", "m2t"]
@@ -777,8 +777,8 @@ def cmd_table(args: argparse.Namespace, passthrough: list[str]) -> int:
 def _training_note(run_dir: Path) -> str:
     """`` (training incomplete: epoch 3/400)`` when the run's last checkpoint is before its last epoch."""
     try:
-        from model.checkpoint import read_checkpoint_metadata
-        from training.config import load_run_config
+        from lavimo.model.checkpoint import read_checkpoint_metadata
+        from lavimo.training.config import load_run_config
 
         epochs = load_run_config(run_dir / "config.json").train.epochs
         extra = read_checkpoint_metadata(run_dir / "checkpoints" / "last.safetensors")["extra"]

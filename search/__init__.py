@@ -1,3 +1,3 @@
-"""Search a motion database with a trained LAVIMO model: ``search.model.load`` (Python API), ``search.index``
-(motion index), ``search.video`` (real video files), ``search.preview`` (skeleton previews through the headless renderer),
-``search.cli`` (``lavimo-search``), ``search.server`` (the search page)."""
+"""Search a motion database with a trained LAVIMO model: ``lavimo.search.model.load`` (Python API), ``lavimo.search.index``
+(motion index), ``lavimo.search.video`` (real video files), ``lavimo.search.preview`` (skeleton previews through the headless renderer),
+``lavimo.search.cli`` (``lavimo-search``), ``lavimo.search.server`` (the search page)."""

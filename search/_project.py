@@ -5,14 +5,14 @@ order-sensitive ones: the loader, the renderer)."""
 
 from __future__ import annotations
 
-from core.atomic import atomic_path, write_json
-from core.errors import BadInputError, os_error_text, print_error
-from core.hashing import sha256_file
-from core.jsonconfig import read_json_file
-from core.keyids import child_path, is_keyid
-from core.restricted_unpickle import open_npz, read_npy_file, read_npz_header, read_npz_member
-from dataset.augment import center_box, clip_normalize, eval_view
-from model.checkpoint import PREPROCESS_KEYS, preprocess_record
+from lavimo.core.atomic import atomic_path, write_json
+from lavimo.core.errors import BadInputError, os_error_text, print_error
+from lavimo.core.hashing import sha256_file
+from lavimo.core.jsonconfig import read_json_file
+from lavimo.core.keyids import child_path, is_keyid
+from lavimo.core.restricted_unpickle import open_npz, read_npy_file, read_npz_header, read_npz_member
+from lavimo.dataset.augment import center_box, clip_normalize, eval_view
+from lavimo.model.checkpoint import PREPROCESS_KEYS, preprocess_record
 
 __all__ = ["BadInputError", "PREPROCESS_KEYS", "atomic_path", "center_box", "checkpoint", "child_path",
            "clip_normalize", "clip_types", "eval_view", "features", "is_keyid", "mp4", "open_npz",
@@ -22,63 +22,63 @@ __all__ = ["BadInputError", "PREPROCESS_KEYS", "atomic_path", "center_box", "che
 
 
 def stream():
-    """``dataset.stream`` (the loader: SampleTransform, load_stats, resolve_shards, _tar_samples, collate)."""
-    import dataset.stream as m
+    """``lavimo.dataset.stream`` (the loader: SampleTransform, load_stats, resolve_shards, _tar_samples, collate)."""
+    import lavimo.dataset.stream as m
 
     return m
 
 
 def shards():
-    """``dataset.shard_format`` (parse_texts, load_npy_bytes, iter_tar_members, read_manifests, load_stats)."""
-    import dataset.shard_format as m
+    """``lavimo.dataset.shard_format`` (parse_texts, load_npy_bytes, iter_tar_members, read_manifests, load_stats)."""
+    import lavimo.dataset.shard_format as m
 
     return m
 
 
 def features():
-    """``dataset.features`` (joints_to_features, features_to_joints, clip_features)."""
-    import dataset.features as m
+    """``lavimo.dataset.features`` (joints_to_features, features_to_joints, clip_features)."""
+    import lavimo.dataset.features as m
 
     return m
 
 
 def clip_types():
-    """``dataset.clip`` (Clip, FrameSpec)."""
-    import dataset.clip as m
+    """``lavimo.dataset.clip`` (Clip, FrameSpec)."""
+    import lavimo.dataset.clip as m
 
     return m
 
 
 def video_frames():
-    """``dataset.video_frames`` (decode_jpgs: a shard's packed JPEG frames)."""
-    import dataset.video_frames as m
+    """``lavimo.dataset.video_frames`` (decode_jpgs: a shard's packed JPEG frames)."""
+    import lavimo.dataset.video_frames as m
 
     return m
 
 
 def mp4():
-    """``core.mp4`` (VideoWriter, write_video: H.264 mp4 files written atomically)."""
-    import core.mp4 as m
+    """``lavimo.core.mp4`` (VideoWriter, write_video: H.264 mp4 files written atomically)."""
+    import lavimo.core.mp4 as m
 
     return m
 
 
 def renderer():
-    """The headless renderer: ``render.scene`` (SceneRenderer, RendererSetupError; importing it sets
-    ``PYOPENGL_PLATFORM=egl`` unless set), ``render.lights`` (load_lights) and ``render.trajectory``
-    (follow_trajectory) in one namespace. Imported on first call: ``search.preview`` loads triton first."""
+    """The headless renderer: ``lavimo.render.scene`` (SceneRenderer, RendererSetupError; importing it sets
+    ``PYOPENGL_PLATFORM=egl`` unless set), ``lavimo.render.lights`` (load_lights) and ``lavimo.render.trajectory``
+    (follow_trajectory) in one namespace. Imported on first call: ``lavimo.search.preview`` loads triton first."""
     import types
 
-    import render.lights as lights
-    import render.scene as scene
-    import render.trajectory as trajectory
+    import lavimo.render.lights as lights
+    import lavimo.render.scene as scene
+    import lavimo.render.trajectory as trajectory
 
     return types.SimpleNamespace(SceneRenderer=scene.SceneRenderer, RendererSetupError=scene.RendererSetupError,
                                  load_lights=lights.load_lights, follow_trajectory=trajectory.follow_trajectory)
 
 
 def checkpoint():
-    """``model.checkpoint`` (load_checkpoint, read_checkpoint_metadata)."""
-    import model.checkpoint as m
+    """``lavimo.model.checkpoint`` (load_checkpoint, read_checkpoint_metadata)."""
+    import lavimo.model.checkpoint as m
 
     return m

@@ -1,6 +1,6 @@
 """The demo's last stage (scripts/demo.sh ``search``): index the synthetic test split and run three queries.
 
-    python -m search.demo --demo DEMO
+    python -m lavimo.search.demo --demo DEMO
 
 Builds ``DEMO/search/index`` from ``DEMO/run``'s best checkpoint and ``DEMO/shards`` (test split, previews from
 ``DEMO/videos``), picks the first test clip with a rendered video and runs: a text query (its first caption), a
@@ -24,7 +24,7 @@ from ._project import BadInputError
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m search.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lavimo.search.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--demo", type=Path, required=True)
     p.add_argument("--k", type=int, default=5)
     args = p.parse_args(argv)

@@ -11,11 +11,11 @@ On disk, in the index directory (format :data:`FORMAT` version :data:`VERSION`):
 - ``index.json``: format, version, the checkpoint's path and sha256, the npz's sha256, latent size, the
   database description, and per motion ``keyid``, ``captions``, ``source`` (AMASS path + frame rule, or the
   feature file) and ``preview`` (a video file inside the index directory, relative to it, or null: rendered on
-  demand by ``search.preview``; a preview that resolves outside the directory is ignored).
+  demand by ``lavimo.search.preview``; a preview that resolves outside the directory is ignored).
 
 Both are written atomically (npz first, then the json naming its sha256), the npz's members stored uncompressed.
 Reading is bounded (docs/security.md, "The search page and index"): index.json through
-``core.jsonconfig.loads_bounded`` (:func:`read_index_json`), then index.npz header first (:func:`read_index_arrays`:
+``lavimo.core.jsonconfig.loads_bounded`` (:func:`read_index_json`), then index.npz header first (:func:`read_index_arrays`:
 every member's shape must be what index.json implies before any data is read). A query refuses an index built with
 another checkpoint. Building again into the same directory with the same checkpoint only decodes and encodes the
 motions that are not in it yet (incremental): a shard sample already indexed with the same source (its
@@ -209,7 +209,7 @@ class Index:
 
 
 #: index.json is as large as its library (~400 bytes and ~15 JSON values per motion): read with these caps instead
-#: of the 16 MiB / 2 M values of other JSON state files (core.jsonconfig); parsing costs at most ~50 bytes a value
+#: of the 16 MiB / 2 M values of other JSON state files (lavimo.core.jsonconfig); parsing costs at most ~50 bytes a value
 MAX_INDEX_JSON_BYTES = 512 << 20
 MAX_INDEX_JSON_ITEMS = 32_000_000
 #: the largest latent size an index may declare (LAVIMO's models use 256..1024)
@@ -219,7 +219,7 @@ MAX_KEYID_CHARS = 256
 
 
 def read_index_json(path: str | os.PathLike) -> dict[str, Any]:
-    """The object in an ``index.json`` (:func:`core.jsonconfig.loads_bounded`: at most
+    """The object in an ``index.json`` (:func:`lavimo.core.jsonconfig.loads_bounded`: at most
     :data:`MAX_INDEX_JSON_BYTES` bytes, checked before reading, :data:`MAX_INDEX_JSON_ITEMS` values and 64 levels of
     nesting; a RecursionError is never raised). FileNotFoundError when absent; anything else wrong (unreadable,
     not JSON, not an object of :data:`FORMAT`) is a BadInputError naming the file."""
@@ -323,7 +323,7 @@ class Item:
 def shard_items(shards: str | os.PathLike, splits: Sequence[str], retriever: Any, failed: list[str],
                 indexed: Mapping[str, dict[str, Any]] | None = None) -> Iterator[Item]:
     """Samples of a shard set, decoded by the loader's evaluation transform with the checkpoint's preprocessing
-    (``dataset.stream.SampleTransform``: first usable caption's segment, first max_motion_len rows, segment-centre
+    (``lavimo.dataset.stream.SampleTransform``: first usable caption's segment, first max_motion_len rows, segment-centre
     frames, centred crop). A sample the loader would skip is recorded in ``failed`` ("keyid: reason").
 
     ``indexed`` (keyid -> source, read as the iteration goes): a sample whose keyid is in it with the same

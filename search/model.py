@@ -1,6 +1,6 @@
 """Load a trained LAVIMO checkpoint in one call and encode raw inputs (texts, video files, motions).
 
-    from search.model import load
+    from lavimo.search.model import load
     r = load("runs/demo/checkpoints/best.safetensors")
     t = r.encode_text(["a person hops on the left leg"])          # (1, C) float32, rows of L2 norm 1
     v = r.encode_video("phone.mov", start=2.0, end=6.5)          # (1, C)
@@ -118,10 +118,10 @@ class Retriever:
         """Raw (unnormalised) feature rows (T, D) of a motion input:
 
         - (T, D) features (HumanML3D ``new_joint_vecs`` layout, D = the model's ``feature_dim``);
-        - (T, 22, 3) joints in metres, Y up (``dataset.features.joints_to_features``; T >= 2 -> T - 1 rows);
+        - (T, 22, 3) joints in metres, Y up (``lavimo.dataset.features.joints_to_features``; T >= 2 -> T - 1 rows);
         - a path: ``.npy`` holding either of those (read without pickle), or an AMASS ``.npz`` (the window
           ``start``..``end`` seconds, resampled to ``fps``, default 20, posed with the procedural body:
-          ``dataset.features.clip_features``).
+          ``lavimo.dataset.features.clip_features``).
         Raises BadInputError naming the file: wrong shape, NaN/inf, unreadable."""
         from ._project import features
 

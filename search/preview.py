@@ -1,22 +1,22 @@
 """Skeleton preview videos of a motion (features or joints -> mp4), rendered on demand for databases without
-rendered videos, through the project's headless renderer (:mod:`render.scene`, pyrender on EGL).
+rendered videos, through the project's headless renderer (:mod:`lavimo.render.scene`, pyrender on EGL).
 
 The 22 joints of HumanML3D's skeleton (Y up, metres; features are turned into joints with
-``dataset.features.features_to_joints``, HumanML3D's ``recover_from_ric``) become one clean skeleton mesh
-per frame: a cylinder per bone of the kinematic chains of ``dataset.motion.HUMANML3D`` (right side red, left
+``lavimo.dataset.features.features_to_joints``, HumanML3D's ``recover_from_ric``) become one clean skeleton mesh
+per frame: a cylinder per bone of the kinematic chains of ``lavimo.dataset.motion.HUMANML3D`` (right side red, left
 side blue, spine grey) and a sphere per joint (a larger one for the head), built from ``trimesh.creation``
 templates. The joints are rotated about the vertical so the first frame faces the camera ``angle_deg`` off the
-front, converted to the renderer's AMASS frame (Z up, the inverse of ``dataset.features.AMASS_TO_HUMANML3D``)
+front, converted to the renderer's AMASS frame (Z up, the inverse of ``lavimo.dataset.features.AMASS_TO_HUMANML3D``)
 and rendered like ``render-amass`` renders bodies: one lighting setup of ``assets/lights.json``
-(:func:`render.lights.load_lights`), the follow camera of :mod:`render.trajectory` over a checker floor fixed in
-the world (the floor at the skeleton's lowest point), frames encoded by :class:`core.mp4.VideoWriter`
+(:func:`lavimo.render.lights.load_lights`), the follow camera of :mod:`lavimo.render.trajectory` over a checker floor fixed in
+the world (the floor at the skeleton's lowest point), frames encoded by :class:`lavimo.core.mp4.VideoWriter`
 (H.264, atomic).
 
 Cache: next to ``out`` a hidden ``.{out name}.key`` holds the sha256 of the joints and every setting
 (size, fps, angle, lighting, renderer, :data:`PREVIEW_VERSION`); a call whose key matches the existing
 ``out`` returns it without rendering. Both files are written atomically.
 
-Fallback: when no EGL/OpenGL context can be created (:class:`render.scene.RendererSetupError`, or pyrender
+Fallback: when no EGL/OpenGL context can be created (:class:`lavimo.render.scene.RendererSetupError`, or pyrender
 cannot be imported), a plain numpy rasteriser draws the chains as a stick figure in an orthographic view
 (:func:`draw`), logged as a warning; the cache key records which renderer made the file, so a later call with
 a working renderer replaces a fallback preview.
@@ -75,7 +75,7 @@ def to_joints(motion: np.ndarray, source: str | os.PathLike | None = None) -> np
 
 # ---------------------------------------------------------------------------------------------- skeleton mesh
 def _skeleton():
-    """``dataset.motion.HUMANML3D`` (through ``dataset.features``, as the rest of ``search`` does)."""
+    """``lavimo.dataset.motion.HUMANML3D`` (through ``lavimo.dataset.features``, as the rest of ``search`` does)."""
     from ._project import features
 
     return features().get_skeleton("humanml3d")
@@ -195,8 +195,8 @@ def _load_triton_first() -> None:
 
 def render_frames(joints: np.ndarray, size: int = 256, fps: float = 20.0, angle_deg: float = 30.0, light: int = 0,
                   writer=None) -> np.ndarray | None:
-    """(T, 22, 3) HumanML3D joints -> (T, size, size, 3) uint8 frames through :class:`render.scene.SceneRenderer`
-    (raises ``render.scene.RendererSetupError`` without EGL). With ``writer`` (a :class:`core.mp4.VideoWriter`)
+    """(T, 22, 3) HumanML3D joints -> (T, size, size, 3) uint8 frames through :class:`lavimo.render.scene.SceneRenderer`
+    (raises ``lavimo.render.scene.RendererSetupError`` without EGL). With ``writer`` (a :class:`lavimo.core.mp4.VideoWriter`)
     the frames are written to it instead and None is returned."""
     _load_triton_first()
     from ._project import renderer as project_renderer
@@ -267,7 +267,7 @@ def draw(joints: np.ndarray, size: int = 256, angle_deg: float = 30.0) -> np.nda
 
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float) -> Path:
-    """(T, H, W, 3) uint8 -> H.264 mp4 at ``path``, atomically (``core.mp4.write_video`` is; even sizes, so
+    """(T, H, W, 3) uint8 -> H.264 mp4 at ``path``, atomically (``lavimo.core.mp4.write_video`` is; even sizes, so
     browsers play it)."""
     from ._project import mp4
 
@@ -286,7 +286,7 @@ def egl_available() -> bool:
     try:
         from ._project import renderer
 
-        renderer()  # render.scene sets PYOPENGL_PLATFORM=egl unless set
+        renderer()  # lavimo.render.scene sets PYOPENGL_PLATFORM=egl unless set
         import pyrender
 
         r = pyrender.OffscreenRenderer(16, 16)
@@ -321,7 +321,7 @@ def render_preview(motion: np.ndarray | str | os.PathLike, out: str | os.PathLik
                    renderer: str = "auto") -> Path:
     """Features (T, 263) or joints (T, 22, 3) (array, or ``.npy`` path read without pickle) -> a skeleton mp4
     at ``out`` (``size`` x ``size`` pixels, one frame per motion frame at ``fps``), rendered through
-    :mod:`render.scene` (module docstring); the numpy stick figure when EGL is unavailable (``renderer``:
+    :mod:`lavimo.render.scene` (module docstring); the numpy stick figure when EGL is unavailable (``renderer``:
     "auto", "egl" (no fallback) or "numpy"). An existing ``out`` whose cache key (joints and settings) matches
     is returned as is unless ``force``. Raises BadInputError for a bad motion file, ValueError for bad
     settings."""

@@ -13,10 +13,10 @@ header is not an allowed name (the bound address, ``localhost``, ``127.0.0.1``, 
 limited to :data:`MAX_UPLOAD_BYTES` plus :data:`FORM_OVERHEAD_BYTES` as they arrive, with or without a
 Content-Length (chunked bodies too: the form parser stops at the cap, HTTP 413); uploads are limited in type
 (extensions :data:`VIDEO_TYPES` / :data:`MOTION_TYPES`, HTTP 415), stored under a name of the server's choosing
-and deleted after the query, and read as untrusted files (videos: ``core.mp4.probe_video``); no request ever
+and deleted after the query, and read as untrusted files (videos: ``lavimo.core.mp4.probe_video``); no request ever
 names a file the server reads (previews are addressed by their number in the index, and served only from inside
 the index directory, whatever its JSON says; a feature index's previews are rendered only from ``<keyid>.npy``
-inside the feature folder the index records, :meth:`search.index.Index.feature_file`); every string on the page is escaped (``html.escape``
+inside the feature folder the index records, :meth:`lavimo.search.index.Index.feature_file`); every string on the page is escaped (``html.escape``
 server-side, ``textContent`` in the script); bad input is an HTTP 4xx with a message, and the server keeps
 serving.
 """

@@ -2,15 +2,15 @@
 
 Preprocessing of a real video (any container and codec the bundled ffmpeg reads, any size, aspect ratio, fps):
 
-1. **Probe** (``core.mp4.probe_video``, header only): container, duration, frame rate, frame size, rotation. The
+1. **Probe** (``lavimo.core.mp4.probe_video``, header only): container, duration, frame rate, frame size, rotation. The
    file is untrusted: a text file (concat list, playlist) is refused before ffmpeg runs, ffmpeg may use only the
-   file protocol and the demuxers of ``core.mp4.ALLOWED_DEMUXERS`` (docs/security.md, "Videos and images"), a
-   frame above ``core.mp4.MAX_FRAME_PIXELS`` is refused. A file ffmpeg cannot open, without a video stream, or
+   file protocol and the demuxers of ``lavimo.core.mp4.ALLOWED_DEMUXERS`` (docs/security.md, "Videos and images"), a
+   frame above ``lavimo.core.mp4.MAX_FRAME_PIXELS`` is refused. A file ffmpeg cannot open, without a video stream, or
    with fewer than 2 frames in the window is refused (BadInputError naming it). A file whose header has no
    duration or frame rate (a browser's MediaRecorder webm) has its packets counted instead (no decoding).
 2. **Window**: ``[start, end)`` seconds (default the whole file). Its frames are numbered ``0..n-1`` with
    ``n = floor((end - start) * fps)``, frame ``i`` being the one shown at ``start + i / fps``.
-3. **Frame choice**: the loader's evaluation rule (``dataset.stream.SampleTransform.frame_indices``): the
+3. **Frame choice**: the loader's evaluation rule (``lavimo.dataset.stream.SampleTransform.frame_indices``): the
    ``n`` frames are cut into ``num_frames`` equal segments and the centre frame of each is taken. Training
    videos were sampled the same way over a whole clip, so a window that frames the action as tightly as a
    database clip gives the closest view.
@@ -25,11 +25,11 @@ Preprocessing of a real video (any container and codec the bundled ffmpeg reads,
    decoding to the size the model needs (:func:`decode_size`: a frame whose crop is more than twice the model's
    ``image_size`` comes out with that crop at twice ``image_size``), so a large video costs what a small one does.
 5. **Crop**: a square. By default the centred square of side ``frame_crop x`` the short side (the model's
-   ``frame_crop``, 1 = the largest centred square: ``dataset.augment.center_box``), as the loader does with the
+   ``frame_crop``, 1 = the largest centred square: ``lavimo.dataset.augment.center_box``), as the loader does with the
    renderer's follow camera, which keeps the person centred. ``crop=(x, y, size)`` (pixels of the source
    frame after rotation, top-left corner and side; checked before decoding) picks another square, e.g. where the
    person is in a phone video; it must lie inside the frame.
-6. **Resize and normalise**: ``dataset.augment.eval_view`` (bilinear, antialiased, to ``image_size``) and
+6. **Resize and normalise**: ``lavimo.dataset.augment.eval_view`` (bilinear, antialiased, to ``image_size``) and
    ``clip_normalize`` (CLIP mean/std) -> (num_frames, 3, S, S) float32, the loader's evaluation view.
 """
 
@@ -55,8 +55,8 @@ def ffmpeg_exe() -> str:
 
 
 def probe(path: str | os.PathLike):
-    """Read the header of a video file (``core.mp4.probe_video``: restricted to real video containers, nothing
-    decoded) -> ``core.mp4.MediaInfo`` (``duration``, ``fps``, ``width``, ``height`` after rotation,
+    """Read the header of a video file (``lavimo.core.mp4.probe_video``: restricted to real video containers, nothing
+    decoded) -> ``lavimo.core.mp4.MediaInfo`` (``duration``, ``fps``, ``width``, ``height`` after rotation,
     ``frames_in(start, end)``). Raises BadInputError naming the file."""
     return mp4().probe_video(path)
 

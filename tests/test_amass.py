@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from dataset.amass import load_amass, normalise_gender, read_amass_header
-from core.errors import BadInputError
+from lavimo.dataset.amass import load_amass, normalise_gender, read_amass_header
+from lavimo.core.errors import BadInputError
 
 
 def _write(path, **arrays):

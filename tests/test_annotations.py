@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from dataset.annotations import ClipSet, humanml3d_amass_path, load_clips, parse_humanml3d_text
-from core.errors import BadInputError
-from dataset.frames import humanml3d_frame_indices
+from lavimo.dataset.annotations import ClipSet, humanml3d_amass_path, load_clips, parse_humanml3d_text
+from lavimo.core.errors import BadInputError
+from lavimo.dataset.frames import humanml3d_frame_indices
 
 
 def test_humanml3d_index_without_texts(shared_data):

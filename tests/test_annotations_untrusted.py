@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import dataset.annotations as annotations
-from dataset.annotations import load_clips
-from dataset.clip import Clip, FrameSpec
-from core.errors import BadInputError
+import lavimo.dataset.annotations as annotations
+from lavimo.dataset.annotations import load_clips
+from lavimo.dataset.clip import Clip, FrameSpec
+from lavimo.core.errors import BadInputError
 
 HEADER = "source_path,start_frame,end_frame,new_name"
 BAD_KEYIDS = ["../x", "/abs/path", "a/b", "", "a.b", "a b", "x" * 129]
@@ -392,9 +392,9 @@ def test_repeated_rows_and_ids_cost_linear_time(tmp_path):
     (tmp_path / "nsim_test.txt").write_bytes(b"000001\n" * 100_000)
     m = run_python("""
         import sys
-        from dataset.annotations import load_clips
-        from dataset.subsets import read_subset
-        from core.errors import BadInputError
+        from lavimo.dataset.annotations import load_clips
+        from lavimo.dataset.subsets import read_subset
+        from lavimo.core.errors import BadInputError
         clips = load_clips(sys.argv[1], None, "train")
         print(len(clips), clips.report.counts["duplicate_kept"], len(clips.report.duplicates["000000"]))
         try:

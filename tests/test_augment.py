@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from dataset.augment import (AugmentConfig, adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation,
+from lavimo.dataset.augment import (AugmentConfig, adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation,
                              augment_clip, crop_resize, gaussian_blur, grayscale, names_a_side)
 
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import trimesh
 
-from core.errors import BadInputError
-from body import procedural as pb
-from body import skeleton
-from body.model import Body, load_body, mirror_amass
-from body.skeleton import mirror_permutation
-from render.avatars import PART_NAMES, vertex_parts
+from lavimo.core.errors import BadInputError
+from lavimo.body import procedural as pb
+from lavimo.body import skeleton
+from lavimo.body.model import Body, load_body, mirror_amass
+from lavimo.body.skeleton import mirror_permutation
+from lavimo.render.avatars import PART_NAMES, vertex_parts
 
 FLIP = np.array([-1.0, 1.0, 1.0])
 

@@ -1,5 +1,5 @@
-"""The configuration split: the model (model.config.LavimoConfig, saved in checkpoints) apart from the run's
-settings (training.config.TrainConfig); presets of both halves, overrides routed by field name, a run's
+"""The configuration split: the model (lavimo.model.config.LavimoConfig, saved in checkpoints) apart from the run's
+settings (lavimo.training.config.TrainConfig); presets of both halves, overrides routed by field name, a run's
 config.json read back, and checkpoints carrying the model only."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from model.config import LavimoConfig, list_presets, load_preset
-from training.config import PRESET_DIR as RUN_PRESET_DIR
-from training.config import RunConfig, TrainConfig, load_run_config, split_fields
+from lavimo.model.config import LavimoConfig, list_presets, load_preset
+from lavimo.training.config import PRESET_DIR as RUN_PRESET_DIR
+from lavimo.training.config import RunConfig, TrainConfig, load_run_config, split_fields
 
 
 def test_the_two_halves_share_no_field_and_every_preset_has_both():
@@ -63,7 +63,7 @@ def test_run_config_json_and_flat_files_read_back(tmp_path):
 def test_checkpoints_carry_the_model_only(tmp_path):
     import torch
 
-    from model import build_model, read_checkpoint_metadata, save_checkpoint
+    from lavimo.model import build_model, read_checkpoint_metadata, save_checkpoint
 
     torch.manual_seed(0)
     cfg = load_preset("tiny")
@@ -77,9 +77,9 @@ def test_resumed_optimiser_takes_the_runs_current_settings():
     puts this run's back (base lrs, the lr of the current step), and changes nothing when they are the same."""
     import torch
 
-    from model import build_model
-    from training.loop import apply_group_settings, group_settings, make_optimizer
-    from training.schedule import lr_factor, paper_scheduler
+    from lavimo.model import build_model
+    from lavimo.training.loop import apply_group_settings, group_settings, make_optimizer
+    from lavimo.training.schedule import lr_factor, paper_scheduler
 
     torch.manual_seed(0)
     rc = load_run_config("tiny", backbone_lr_scale=0.1)
@@ -124,8 +124,8 @@ def test_configs_from_before_the_split_still_load(tmp_path):
     """Checkpoints and run directories written before the model / run split held both halves in one object."""
     import torch
 
-    from model import build_model, read_checkpoint_metadata, save_checkpoint
-    from model.config import PRE_SPLIT_RUN_FIELDS
+    from lavimo.model import build_model, read_checkpoint_metadata, save_checkpoint
+    from lavimo.model.config import PRE_SPLIT_RUN_FIELDS
 
     assert PRE_SPLIT_RUN_FIELDS <= TrainConfig.field_names()
     rc = load_run_config("tiny", lr=3e-4)

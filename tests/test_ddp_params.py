@@ -31,8 +31,8 @@ def _batch(cfg, b: int = 3) -> dict:
 
 @pytest.mark.parametrize("overrides,needs", CONFIGS)
 def test_unused_parameters_match_a_real_step(overrides, needs):
-    from model import build_model, load_preset
-    from model.ddp import needs_find_unused_parameters, unused_parameter_names
+    from lavimo.model import build_model, load_preset
+    from lavimo.model.ddp import needs_find_unused_parameters, unused_parameter_names
 
     torch.set_num_threads(1)
     cfg = load_preset("tiny", **overrides)

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import evaluation.cli as evaluate
-from evaluation import metrics as M
-from evaluation.encode import encode_split, first_caption_rows
+import lavimo.evaluation.cli as evaluate
+from lavimo.evaluation import metrics as M
+from lavimo.evaluation.encode import encode_split, first_caption_rows
 
 from tests.test_metrics import SHUFFLE_70, _guo_probe, _unit
 
@@ -310,7 +310,7 @@ def test_encode_split_all_captions_encodes_each_caption_once():
 
 
 def test_gallery_html_marks_ground_truth_and_escapes():
-    from evaluation import report as R
+    from lavimo.evaluation import report as R
 
     row = R.GalleryRow(task="t2m", query_keyid="000001", query_kind="text", query_text="a <b>person</b> walks",
                        query_video=None, gt_rank=1.0,
@@ -325,7 +325,7 @@ def test_gallery_html_marks_ground_truth_and_escapes():
 
 
 def test_metrics_markdown_rounds_to_two_decimals():
-    from evaluation import report as R
+    from lavimo.evaluation import report as R
 
     res = {"all": {"t2m": {"R@1": 12.3456, "R@2": 50, "R@3": 60, "R@5": 70, "R@10": 80, "MedR": 2.5},
                    "m2t": {"R@1": 1 / 3, "R@2": 50, "R@3": 60, "R@5": 70, "R@10": 80, "MedR": 3.0}, "n": 9}}
@@ -342,7 +342,7 @@ def test_usage_errors_exit_2(args, capsys):
 
 
 def test_a_split_without_usable_samples_is_one_line_exit_1(monkeypatch, capsys):
-    from dataset.stream import NoUsableSamplesError
+    from lavimo.dataset.stream import NoUsableSamplesError
 
     def refuse(args):
         raise NoUsableSamplesError({"motion_shape": 34})
@@ -354,7 +354,7 @@ def test_a_split_without_usable_samples_is_one_line_exit_1(monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_sentence_model_is_recorded_and_a_mismatch_warns(tiny_eval, tmp_path, capsys, caplog):
-    from model import build_model, load_preset, save_checkpoint
+    from lavimo.model import build_model, load_preset, save_checkpoint
 
     shards, run = tiny_eval
     rc, cap = _run(["--run", run, "--shards", shards, "--protocol", "threshold", "--no-progress",

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_check_writable_dir_creates_and_leaves_nothing(tmp_path):
-    from core.atomic import check_writable_dir
+    from lavimo.core.atomic import check_writable_dir
 
     out = check_writable_dir(tmp_path / "a" / "b")
     assert out.is_dir() and list(out.iterdir()) == []  # the probe is an unnamed file: nothing to clean up
@@ -52,7 +52,7 @@ SYNTH = ["--motions", "4", "--subjects", "2", "--nsim-size", "0"]
     (2, "not an int"), (2, "out is a file"), (2, "out under a file"), (2, "disk full"),
 ])
 def test_synth_amass(code, case, tmp_path, capsys, monkeypatch):
-    import dataset.synth.corpus as synth
+    import lavimo.dataset.synth.corpus as synth
 
     out = tmp_path / "corpus"
     args = ["--out", str(out), *SYNTH]
@@ -131,7 +131,7 @@ def _render_inputs(root: Path, bad: bool = False) -> tuple[Path, Path]:
     (2, "body model missing"), (2, "out under a file"), (2, "unknown flag"),
 ])
 def test_render_amass(code, case, tmp_path, capsys):
-    from render.cli import main
+    from lavimo.render.cli import main
 
     amass, ann = _render_inputs(tmp_path, bad=case == "one clip failed")
     out = tmp_path / "videos"
@@ -187,10 +187,11 @@ def shards_cli(shard_corpus, tmp_path, monkeypatch):
     """build-shards' main with the corpus' clips, fake features and a fake text model; returns (main, args)."""
     import shutil
 
-    import dataset.annotations
-    import dataset.shards
-    import dataset.text_embed
-    from dataset.shards_cli import main
+    import lavimo.dataset.annotations
+
+    import lavimo.dataset.shards
+    import lavimo.dataset.text_embed
+    from lavimo.dataset.shards_cli import main
 
     clips, videos = shard_corpus
     vids = tmp_path / "videos"
@@ -198,9 +199,9 @@ def shards_cli(shard_corpus, tmp_path, monkeypatch):
     (tmp_path / "amass").mkdir()
     ann = tmp_path / "annotations.json"
     ann.write_text("{}")
-    monkeypatch.setattr(dataset.annotations, "load_clips", lambda *a, **k: list(clips))
-    monkeypatch.setattr(dataset.text_embed, "SentenceEmbedder", lambda *a, **k: FakeEmbedder())
-    monkeypatch.setattr(dataset.shards, "default_features", lambda clip, *a, **k: fake_features(clip))
+    monkeypatch.setattr(lavimo.dataset.annotations, "load_clips", lambda *a, **k: list(clips))
+    monkeypatch.setattr(lavimo.dataset.text_embed, "SentenceEmbedder", lambda *a, **k: FakeEmbedder())
+    monkeypatch.setattr(lavimo.dataset.shards, "default_features", lambda clip, *a, **k: fake_features(clip))
     args = ["--annotations", str(ann), "--amass", str(tmp_path / "amass"), "--videos", str(vids), "--out",
             str(tmp_path / "shards"), "--splits", "train,val", "--workers", "1", "--samples-per-shard", "2",
             "--quiet"]
@@ -259,7 +260,7 @@ def test_build_shards(code, case, shards_cli, tmp_path, capsys, monkeypatch):
     if code == 0:
         assert "done 5" in printed.out
     elif code == 1:  # the other clips are written
-        from dataset.shard_format import read_manifests
+        from lavimo.dataset.shard_format import read_manifests
 
         assert "1 clips not written" in printed.out
         assert sum(m["num_samples"] for m in read_manifests(out).values()) == sum(COUNTS.values()) - 1
@@ -319,7 +320,7 @@ def bad_motion_shards(tiny_shards, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_run(tiny_shards, tmp_path_factory):
     """(exit status, run directory) of a tiny two-step training run."""
-    import training.cli as train
+    import lavimo.training.cli as train
 
     out = tmp_path_factory.mktemp("train") / "run"
     rc = train.main([*map(str, ["--shards", tiny_shards, "--out", out, "--max-steps", 2, *TRAIN])])
@@ -332,7 +333,7 @@ def trained_run(tiny_shards, tmp_path_factory):
     (2, "unknown preset"), (2, "not an int"),
 ])
 def test_train_py(code, case, tiny_shards, bad_motion_shards, trained_run, tmp_path, capsys):
-    import training.cli as train
+    import lavimo.training.cli as train
 
     out = tmp_path / "run"
     args = ["--shards", tiny_shards, "--out", out, "--max-steps", 2, *TRAIN]
@@ -378,7 +379,7 @@ def _identity_sims(path: Path) -> Path:
     (2, "sims not square"), (2, "unknown protocol"),
 ])
 def test_evaluate_py(code, case, trained_run, bad_motion_shards, tmp_path, capsys):
-    import evaluation.cli as evaluate
+    import lavimo.evaluation.cli as evaluate
 
     sims = _identity_sims(tmp_path / "sims.npz")
     args = ["--from-sims", sims, "--out", tmp_path / "metrics.json"]

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from core.errors import BadInputError
-from dataset.features import (AMASS_TO_HUMANML3D, amass_to_joints, clip_features, feature_stats,
+from lavimo.core.errors import BadInputError
+from lavimo.dataset.features import (AMASS_TO_HUMANML3D, amass_to_joints, clip_features, feature_stats,
                               features_to_joints, joints_to_features, mirror_joints, process_joints)
-from dataset.motion import HUMANML3D, KIT, get_skeleton
+from lavimo.dataset.motion import HUMANML3D, KIT, get_skeleton
 
 
 # ------------------------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ def test_feature_stats_convention():
 # ------------------------------------------------------------------------------------------------
 
 class _RecordingBody:
-    """A test double for body.model.Body: joints = given array, records the call."""
+    """A test double for lavimo.body.model.Body: joints = given array, records the call."""
 
     def __init__(self, joints):
         self.joints = joints
@@ -247,7 +247,7 @@ def test_amass_axes_are_humanml3d_convention():
 
 @pytest.fixture(scope="module")
 def procedural_body():
-    from body.model import load_body
+    from lavimo.body.model import load_body
 
     return load_body(None)
 
@@ -255,8 +255,8 @@ def procedural_body():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["amass_sample.npz", "dmpl_sample.npz"])
 def test_real_amass_with_procedural_body(shared_data, procedural_body, name):
-    from dataset.amass import load_amass
-    from dataset.frames import time_frame_indices
+    from lavimo.dataset.amass import load_amass
+    from lavimo.dataset.frames import time_frame_indices
 
     motion = load_amass(shared_data / "amass" / name)
     frames = time_frame_indices(motion.num_frames, motion.fps, 20.0)
@@ -277,7 +277,7 @@ def test_real_amass_with_procedural_body(shared_data, procedural_body, name):
 # ------------------------------------------------------------------------------------------------
 
 def _clip(keyid="012314", amass_path="x/y.npz", frames=None, mirrored=False):
-    from dataset.clip import Clip, FrameSpec
+    from lavimo.dataset.clip import Clip, FrameSpec
 
     return Clip(keyid=keyid, amass_path=amass_path, frame_spec=FrameSpec("time", 0.0, None, 20.0),
                 fps=20.0, mirrored=mirrored, frames=frames)

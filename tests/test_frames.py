@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dataset.clip import Clip, FrameSpec
-from dataset.frames import humanml3d_frame_indices, humanml3d_trim_frames, time_frame_indices
+from lavimo.dataset.clip import Clip, FrameSpec
+from lavimo.dataset.frames import humanml3d_frame_indices, humanml3d_trim_frames, time_frame_indices
 
 
 def test_humanml3d_120fps_stride6():

@@ -1,9 +1,9 @@
 """Fuzz and memory-bomb tests of the checkpoint / weights / run-directory readers (issue 24).
 
 Readers: ``model.load_checkpoint`` / ``read_checkpoint_metadata`` (LAVIMO safetensors checkpoints), the pretrained
-CLIP weights loader (``model.weights._load_any``: safetensors or a weights-only torch zip), ``load_training_state``
+CLIP weights loader (``lavimo.model.weights._load_any``: safetensors or a weights-only torch zip), ``load_training_state``
 (``last.state.pt``, a weights-only torch zip), a run's ``config.json`` (``train.py``'s config loading) and
-``run.json`` (``training.run_dir.load_json``), ``metrics.csv`` (``training.run_dir.MetricsTable``, read back on
+``run.json`` (``lavimo.training.run_dir.load_json``), ``metrics.csv`` (``lavimo.training.run_dir.MetricsTable``, read back on
 resume).
 
 Mutated files are generated with hypothesis (derandomized, so CI sees the same files every run) and all of one
@@ -49,12 +49,12 @@ import json, resource, sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-from core.errors import BadInputError
-from model import load_checkpoint
-from model.weights import _load_any
-from training.cli import SetupError, _load_config
-from training.loop import load_training_state
-from training.run_dir import MetricsTable, load_json
+from lavimo.core.errors import BadInputError
+from lavimo.model import load_checkpoint
+from lavimo.model.weights import _load_any
+from lavimo.training.cli import SetupError, _load_config
+from lavimo.training.loop import load_training_state
+from lavimo.training.run_dir import MetricsTable, load_json
 
 READERS = {
     "ckpt": lambda p: load_checkpoint(p),
@@ -124,9 +124,9 @@ def originals(tmp_path_factory) -> dict[str, Path]:
     run.json, as train.py writes them."""
     from safetensors.torch import save_file
 
-    from model import build_model, load_preset, save_checkpoint
-    from training.config import load_run_config
-    from training.loop import rng_state, save_training_state
+    from lavimo.model import build_model, load_preset, save_checkpoint
+    from lavimo.training.config import load_run_config
+    from lavimo.training.loop import rng_state, save_training_state
 
     root = tmp_path_factory.mktemp("originals")
     torch.manual_seed(0)

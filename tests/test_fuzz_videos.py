@@ -30,7 +30,7 @@ FUZZ = settings(derandomize=True, deadline=None, max_examples=2, database=None,
                                        HealthCheck.data_too_large])
 BATCH = 24  # mutated files per example (one child reads them all)
 
-#: peak RSS of a child that reads mutated videos (numpy + core.mp4, and the ffmpeg processes it runs), MiB
+#: peak RSS of a child that reads mutated videos (numpy + lavimo.core.mp4, and the ffmpeg processes it runs), MiB
 VIDEO_RSS_MIB = 400
 #: what a bomb may add to a child's RSS above its own baseline after imports (torch alone is ~700-900 MiB), MiB
 BOMB_EXTRA_MIB = 300
@@ -44,8 +44,8 @@ def _ffmpeg() -> str:
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> dict[str, bytes]:
-    """Small valid files: an H.264 mp4 written by core.mp4 and a VP8 webm written by ffmpeg."""
-    from core.mp4 import write_video
+    """Small valid files: an H.264 mp4 written by lavimo.core.mp4 and a VP8 webm written by ffmpeg."""
+    from lavimo.core.mp4 import write_video
 
     d = tmp_path_factory.mktemp("videos")
     t = np.arange(12, dtype=np.uint8)[:, None, None, None]
@@ -125,8 +125,8 @@ def _records(m, n: int) -> list[dict]:
 
 
 READ_VIDEOS = reader_loop("""
-from core.errors import BadInputError
-from core.mp4 import read_frames, read_video
+from lavimo.core.errors import BadInputError
+from lavimo.core.mp4 import read_frames, read_video
 """, """
 f, meta = read_video(p, 32)
 g = read_frames(p, [0, 2], 32)
@@ -160,7 +160,7 @@ def test_fuzz_video_files(seed, videos, tmp_path_factory):
 # ------------------------------------------------------------------------------------------------ .jpgs members
 READ_JPGS = reader_loop("""
 import torch  # decode_jpgs returns tensors: imported before the baseline
-from dataset.video_frames import decode_jpgs, jpgs_info
+from lavimo.dataset.video_frames import decode_jpgs, jpgs_info
 """, """
 data = open(p, "rb").read()
 n = jpgs_info(data)[0]
@@ -186,7 +186,7 @@ def test_fuzz_jpgs_members(seed, tmp_path_factory):
     """Mutated ``video.jpgs`` members (header fields huge, offsets, truncation, flipped JPEG bytes): decoded or
     refused with one ValueError line naming ``video.jpgs`` (the loader turns it into a skipped sample); the RSS
     above the child's baseline stays under BOMB_EXTRA_MIB."""
-    from dataset.video_frames import encode_jpgs
+    from lavimo.dataset.video_frames import encode_jpgs
 
     t = np.arange(4, dtype=np.uint8)[:, None, None, None]
     base = encode_jpgs(np.broadcast_to(t * 50, (4, 32, 48, 3)).copy())
@@ -219,7 +219,7 @@ def huge_mp4(tmp_path_factory) -> Path:
 
 QUERY = PEAK + r"""
 import json, sys
-import search.video as sv
+import lavimo.search.video as sv
 base = peak_kib()
 try:
     if hasattr(sv, "query_frames"):
@@ -237,8 +237,8 @@ print(json.dumps(out))
 SHARD_MEMBER = PEAK + r"""
 import json, sys
 import torch
-from core.mp4 import mp4_frames
-from core.errors import BadInputError
+from lavimo.core.mp4 import mp4_frames
+from lavimo.core.errors import BadInputError
 base = peak_kib()
 data = open(sys.argv[1], "rb").read()
 import inspect
@@ -288,7 +288,7 @@ def test_large_allowed_video_is_decoded_at_the_size_needed(tmp_path):
 JPGS_BOMB = PEAK + r"""
 import json, sys
 import torch
-from dataset.video_frames import decode_jpgs
+from lavimo.dataset.video_frames import decode_jpgs
 base = peak_kib()
 data = open(sys.argv[1], "rb").read()
 out = {"base_kib": base}
@@ -312,7 +312,7 @@ def test_jpgs_member_of_huge_frames_is_checked_before_decoding(tmp_path):
     buf = io.BytesIO()
     Image.new("RGB", (8192, 8192), (90, 120, 150)).save(buf, format="JPEG", quality=50)
     jpg = buf.getvalue()
-    from dataset.video_frames import _HEADER, JPGS_MAGIC  # the layout encode_jpgs writes
+    from lavimo.dataset.video_frames import _HEADER, JPGS_MAGIC  # the layout encode_jpgs writes
 
     offsets = np.arange(9, dtype="<u8") * len(jpg)
     (tmp_path / "bomb.jpgs").write_bytes(_HEADER.pack(JPGS_MAGIC, 8, 8192, 8192) + offsets.tobytes() + jpg * 8)
@@ -327,7 +327,7 @@ def test_jpgs_member_of_huge_frames_is_checked_before_decoding(tmp_path):
 def test_webm_without_duration_is_read(tmp_path):
     """A webm written to a pipe (as a browser's MediaRecorder does: no duration in the header) still works: its
     packets are counted (no decoding) and a query's frames come from the whole clip."""
-    from search.video import probe, read_frames
+    from lavimo.search.video import probe, read_frames
 
     p = tmp_path / "live.webm"
     with open(p, "wb") as fh:
@@ -341,8 +341,8 @@ def test_webm_without_duration_is_read(tmp_path):
 def test_read_video_frame_and_byte_caps(videos, tmp_path, monkeypatch):
     """read_video returns at most MAX_FRAMES frames and MAX_DECODED_BYTES of them: a longer video is refused with
     one line naming the file, not decoded into memory without bound."""
-    import core.mp4 as mp4
-    from core.errors import BadInputError
+    import lavimo.core.mp4 as mp4
+    from lavimo.core.errors import BadInputError
 
     p = tmp_path / "a.mp4"
     p.write_bytes(videos["mp4"])  # 12 frames of 64 x 48
@@ -361,7 +361,7 @@ def test_read_video_frame_and_byte_caps(videos, tmp_path, monkeypatch):
 # ------------------------------------------------------------ issue 24: allocation, streaming, mid-stream size
 RLIMIT_READ = r"""
 import json, resource, sys
-from core.mp4 import read_video
+from lavimo.core.mp4 import read_video
 vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")) * 1024
 limit = vm + (1 << 30)  # what this process maps now, plus 1 GiB: as under ulimit -v or overcommit_memory=2
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -376,7 +376,7 @@ def test_read_video_reserves_what_the_header_announces(tmp_path):
     """A 12-frame 256 x 256 video reads in a process allowed only 1 GiB more address space: the frame array is
     sized from the probe (duration x fps + 1) and grown when needed, not reserved at the 2 GiB budget (before:
     MemoryError)."""
-    from core.mp4 import write_video
+    from lavimo.core.mp4 import write_video
 
     frames = np.broadcast_to(np.arange(12, dtype=np.uint8)[:, None, None, None] * 20, (12, 256, 256, 3)).copy()
     write_video(tmp_path / "a.mp4", frames, fps=10)
@@ -390,8 +390,8 @@ def test_decode_grows_past_a_short_header(videos, tmp_path, monkeypatch):
     longer than iter_frames' max_frames is refused; iter_frames hands out chunks of at most ``chunk`` frames."""
     import dataclasses
 
-    import core.mp4 as mp4
-    from core.errors import BadInputError
+    import lavimo.core.mp4 as mp4
+    from lavimo.core.errors import BadInputError
 
     p = tmp_path / "a.mp4"
     p.write_bytes(videos["mp4"])
@@ -408,8 +408,8 @@ def test_frame_above_the_pixel_cap_mid_stream_is_refused(tmp_path, monkeypatch):
     """An H.264 stream that starts at 64 x 64 and switches to 256 x 256 (two raw streams concatenated, then muxed):
     the probe sees 64 x 64; ffmpeg's decoder gets ``-max_pixels`` and refuses the larger frames, and the file is
     refused (here with the cap lowered to 128 x 128 to keep the file small; the product's is MAX_FRAME_PIXELS)."""
-    import core.mp4 as mp4
-    from core.errors import BadInputError
+    import lavimo.core.mp4 as mp4
+    from lavimo.core.errors import BadInputError
 
     ff = _ffmpeg()
     for name, size in (("a", "64x64"), ("b", "256x256")):

@@ -38,7 +38,7 @@ def _batch(cfg, rows: slice) -> dict:
 
 
 def _model(mode: str):
-    from model import build_model, load_preset
+    from lavimo.model import build_model, load_preset
 
     cfg = load_preset("tiny", negative_filtering=mode)
     torch.manual_seed(0)
@@ -62,8 +62,8 @@ def _worker(rank: int, world: int, port: int, outdir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        from model.ddp import needs_find_unused_parameters
-        from training.loop import LossModule
+        from lavimo.model.ddp import needs_find_unused_parameters
+        from lavimo.training.loop import LossModule
 
         for gather in (True, False):
             for mode in MODES:
@@ -131,7 +131,7 @@ def _uneven_worker(rank: int, world: int, port: int, outdir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        from model.gather import BatchGather
+        from lavimo.model.gather import BatchGather
 
         n = 3 if rank == 0 else 5
         x = torch.arange(n * 2, dtype=torch.float32).reshape(n, 2).add(100 * rank).requires_grad_(True)
@@ -156,6 +156,6 @@ def test_uneven_batches_gather_in_rank_order(tmp_path):
 
 
 def test_identity_without_process_group():
-    from model.gather import batch_gather
+    from lavimo.model.gather import batch_gather
 
     assert batch_gather(True, 4) is None  # no process group: the losses stay on the local rows

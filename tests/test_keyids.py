@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import BadInputError
-from core.hashing import sha256_file
-from core.keyids import check_keyid, check_member_name, child_path, is_keyid
+from lavimo.core.errors import BadInputError
+from lavimo.core.hashing import sha256_file
+from lavimo.core.keyids import check_keyid, check_member_name, child_path, is_keyid
 
 
 @pytest.mark.parametrize("good", ["000123", "M000123", "00001", "a_b-c", "x" * 128])

@@ -1,4 +1,4 @@
-"""The four negative-filtering modes of model.losses.contrastive_loss, pinned on hand-made batches.
+"""The four negative-filtering modes of lavimo.model.losses.contrastive_loss, pinned on hand-made batches.
 
 Expected values are computed here independently with plain Python floats and loops.
 """
@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from model.losses import contrastive_loss
+from lavimo.model.losses import contrastive_loss
 
 TAU = 0.1
 EPS = 0.8

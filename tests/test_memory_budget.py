@@ -20,9 +20,9 @@ import pytest
 from tests.fixtures import array_bombs as ab  # noqa: E402
 from tests.fixtures.untrusted import run_python  # noqa: E402
 
-from core.errors import BadInputError  # noqa: E402
-from core.restricted_unpickle import ByteBudget, read_npy_bytes, read_npz_member  # noqa: E402
-from dataset.shard_format import load_npy_bytes, load_stats, stats_arrays  # noqa: E402
+from lavimo.core.errors import BadInputError  # noqa: E402
+from lavimo.core.restricted_unpickle import ByteBudget, read_npy_bytes, read_npz_member  # noqa: E402
+from lavimo.dataset.shard_format import load_npy_bytes, load_stats, stats_arrays  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 AMASS_SAMPLES = [SHARED / "amass" / "amass_sample.npz", SHARED / "amass" / "dmpl_sample.npz"]
@@ -31,7 +31,7 @@ BOMB_RSS_MIB = 300
 
 _CHILD = """
 import json, sys
-from core.errors import BadInputError
+from lavimo.core.errors import BadInputError
 mod, fn, path = sys.argv[1:4]
 reader = getattr(__import__(mod, fromlist=[fn]), fn)
 try:
@@ -65,19 +65,19 @@ def _header_bomb(p: Path) -> Path:
 
 #: (case, reader module, reader, builder, file name, field the refusal names)
 BOMBS = [
-    ("amass_715_bytes", "dataset.amass", "load_amass", ab.amass_bomb, "bomb_poses.npz", "poses"),
-    ("amass_2TB", "dataset.amass", "load_amass", _amass_2tb, "big_poses.npz", "poses"),
-    ("body_npz_204_bytes", "body.smpl_files", "load_npz_restricted", ab.body_npz_bomb, "SMPLH_MALE.npz",
+    ("amass_715_bytes", "lavimo.dataset.amass", "load_amass", ab.amass_bomb, "bomb_poses.npz", "poses"),
+    ("amass_2TB", "lavimo.dataset.amass", "load_amass", _amass_2tb, "big_poses.npz", "poses"),
+    ("body_npz_204_bytes", "lavimo.body.smpl_files", "load_npz_restricted", ab.body_npz_bomb, "SMPLH_MALE.npz",
      "v_template"),
-    ("body_npz_2TB", "body.smpl_files", "load_npz_restricted", lambda p: ab.huge_npz(p, "v_template"),
+    ("body_npz_2TB", "lavimo.body.smpl_files", "load_npz_restricted", lambda p: ab.huge_npz(p, "v_template"),
      "SMPLX_MALE.npz", "v_template"),
-    ("smpl_pickle_1KB", "body.smpl_files", "load_smpl_pickle", ab.smpl_tile_bomb, "SMPL_MALE.pkl", "t0"),
-    ("stats_8TiB", "dataset.shard_format", "load_stats", lambda p: ab.huge_npz(p, declared=1 << 43),
+    ("smpl_pickle_1KB", "lavimo.body.smpl_files", "load_smpl_pickle", ab.smpl_tile_bomb, "SMPL_MALE.pkl", "t0"),
+    ("stats_8TiB", "lavimo.dataset.shard_format", "load_stats", lambda p: ab.huge_npz(p, declared=1 << 43),
      "stats.npz", "mean"),
-    ("stats_2TB", "dataset.shard_format", "load_stats", ab.huge_npz, "stats.npz", "mean"),
-    ("stats_is_a_npy", "dataset.shard_format", "load_stats", _stats_as_npy, "stats.npz", "archive"),
-    ("npz_header_128MiB", "dataset.shard_format", "load_stats", _header_bomb, "stats.npz", "mean"),
-    ("npy_file_2TB", "core.restricted_unpickle", "read_npy_file", _npy_file_2tb, "000001.npy", "array"),
+    ("stats_2TB", "lavimo.dataset.shard_format", "load_stats", ab.huge_npz, "stats.npz", "mean"),
+    ("stats_is_a_npy", "lavimo.dataset.shard_format", "load_stats", _stats_as_npy, "stats.npz", "archive"),
+    ("npz_header_128MiB", "lavimo.dataset.shard_format", "load_stats", _header_bomb, "stats.npz", "mean"),
+    ("npy_file_2TB", "lavimo.core.restricted_unpickle", "read_npy_file", _npy_file_2tb, "000001.npy", "array"),
 ]
 
 
@@ -148,7 +148,7 @@ def test_real_amass_members_match_np_load(sample):
 
 
 def test_stats_match_np_load(tmp_path):
-    from dataset.shard_format import stats_fingerprint, write_stats
+    from lavimo.dataset.shard_format import stats_fingerprint, write_stats
 
     mean, std = np.arange(263, dtype=np.float32), np.full(263, 2.0, np.float32)
     write_stats(tmp_path / "stats.npz", mean, std, fingerprint="ab" * 32, num_samples=3)
@@ -191,7 +191,7 @@ def test_compressed_member_over_the_budget_is_refused_before_inflating(tmp_path)
 def test_body_model_total_budget(tmp_path, monkeypatch):
     """Each array within bounds, their sum over the file's budget (lowered here to 1 MiB): refused, naming the
     member that crossed it, for an npz and for a pickle of chumpy Tiles."""
-    import body.smpl_files as sf
+    import lavimo.body.smpl_files as sf
 
     npz = ab.write_npz(tmp_path / "m.npz", {k: ab.npy_bytes(np.zeros(50_000)) for k in ("a", "b", "c")})
     pkl = ab.smpl_tile_bomb(tmp_path / "m.pkl", copies=3, reps=50_000)
@@ -214,9 +214,9 @@ def test_pickle_list_of_repeated_arrays_is_charged_before_numpy_builds_it(tmp_pa
     ch = ab._p2_object("chumpy.ch", "Ch", {"x": x})
     p = tmp_path / "SMPL.pkl"
     p.write_bytes(b"\x80\x02}(" + ab._p2_str("v_template") + ch + b"u.")
-    from body.smpl_files import load_smpl_pickle
+    from lavimo.body.smpl_files import load_smpl_pickle
 
-    m = run_python("import sys\nfrom body.smpl_files import load_smpl_pickle as f\nfrom core.errors import "
+    m = run_python("import sys\nfrom lavimo.body.smpl_files import load_smpl_pickle as f\nfrom lavimo.core.errors import "
                    "BadInputError\ntry:\n    f(sys.argv[1])\nexcept BadInputError as e:\n    print(e)", p)
     assert m.returncode == 0 and "more than" in m.stdout and "v_template" in m.stdout, (m.stdout, m.stderr)
     assert m.peak_rss_mib < BOMB_RSS_MIB
@@ -249,7 +249,7 @@ def _render_inputs(root: Path) -> tuple[Path, Path]:
     return amass, root / "annotations.json"
 
 
-_RENDER = "import sys\nfrom render.cli import main\nsys.exit(main(sys.argv[1:]))"
+_RENDER = "import sys\nfrom lavimo.render.cli import main\nsys.exit(main(sys.argv[1:]))"
 
 
 @pytest.mark.slow
@@ -314,7 +314,7 @@ def test_npy_parity_with_numpy_property():
 def test_from_sims_file_goes_through_the_checked_reader(tmp_path):
     """``lavimo-evaluate --from-sims``: a member whose header declares more than it holds is refused naming the
     member (np.load said only "not a readable .npz archive (ValueError)"); benign files read as before."""
-    from evaluation.cli import load_sims_file
+    from lavimo.evaluation.cli import load_sims_file
 
     p = ab.write_npz(tmp_path / "sims.npz", {"sims": ab.npy_header((4096, 4096), "<f4") + b"\0" * 64})
     with pytest.raises(BadInputError, match="truncated") as e:
@@ -329,8 +329,8 @@ def test_from_sims_file_goes_through_the_checked_reader(tmp_path):
 def test_humanml3d_vecs_go_through_the_checked_reader(tmp_path):
     """``--humanml3d-vecs`` files (third-party ``new_joint_vecs/<keyid>.npy``) are read by read_npy_file: the
     same array as np.load for a real file, one BadInputError naming the file for a header declaring 2 TB."""
-    from dataset.features import _read_vecs
-    from dataset.motion import get_skeleton
+    from lavimo.dataset.features import _read_vecs
+    from lavimo.dataset.motion import get_skeleton
 
     skel = get_skeleton("humanml3d")
     good = np.random.default_rng(0).standard_normal((9, skel.feature_dim)).astype(np.float32)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.errors import BadInputError
-from evaluation import metrics as M
+from lavimo.core.errors import BadInputError
+from lavimo.evaluation import metrics as M
 
 # np.random.seed(0); np.random.shuffle(np.arange(70)) -- the permutation TMR's guo protocol draws for N = 70.
 SHUFFLE_70 = [26, 27, 48, 22, 30, 51, 7, 59, 34, 69, 56, 28, 31, 42, 33, 55, 68, 62, 43, 4, 65, 50, 2, 40, 11,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import LavimoConfig, build_model, list_presets, load_preset
+from lavimo.model import LavimoConfig, build_model, list_presets, load_preset
 
 B, T = 4, 24
 TEXTS = ["a person walks forward", "a person walks forward slowly", "someone jumps twice", "a man waves"]

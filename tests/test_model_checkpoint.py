@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from core.errors import BadInputError
-from model import build_model, load_checkpoint, load_preset, read_checkpoint_metadata, save_checkpoint
+from lavimo.core.errors import BadInputError
+from lavimo.model import build_model, load_checkpoint, load_preset, read_checkpoint_metadata, save_checkpoint
 
 
 def _inputs(cfg):

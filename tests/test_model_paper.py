@@ -8,7 +8,7 @@ import torch
 
 @pytest.mark.slow
 def test_paper_preset_random_init_forward(tmp_path, monkeypatch):
-    from model import build_model, load_preset
+    from lavimo.model import build_model, load_preset
 
     # no weights anywhere: DistilBERT falls back to DistilBertConfig() + the bundled (same-vocab) tokenizer
     monkeypatch.setenv("LAVIMO_WEIGHTS", str(tmp_path))
@@ -35,8 +35,8 @@ def test_paper_preset_random_init_forward(tmp_path, monkeypatch):
 
 
 def test_paper_preset_without_weights_is_a_clear_error(tmp_path, monkeypatch):
-    from model import MissingWeightsError, load_preset
-    from model.weights import build_video_backbone, resolve_clip_weights
+    from lavimo.model import MissingWeightsError, load_preset
+    from lavimo.model.weights import build_video_backbone, resolve_clip_weights
 
     monkeypatch.setenv("LAVIMO_WEIGHTS", str(tmp_path))
     monkeypatch.chdir(tmp_path)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.errors import BadInputError
-from model import MissingWeightsError, build_model, load_preset
-from model.weights import extract_visual_state_dict, resolve_text_model
+from lavimo.core.errors import BadInputError
+from lavimo.model import MissingWeightsError, build_model, load_preset
+from lavimo.model.weights import extract_visual_state_dict, resolve_text_model
 
 VISION = {"embed_dim": 32, "image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16,
           "mlp_ratio": 2.0}
@@ -103,7 +103,7 @@ def test_pickled_weights_never_run_code(tmp_path):
 
 
 def test_trust_weights_pickle_is_gone(tmp_path, caplog):
-    from model.config import LavimoConfig
+    from lavimo.model.config import LavimoConfig
 
     assert "trust_weights_pickle" not in LavimoConfig.field_names()
     # saved configs that hold it still load: false silently, true with a warning that it is ignored
@@ -176,7 +176,7 @@ def test_architecture_mismatch_and_missing_weights(tmp_path):
 def test_distilbert_directory_loads(tmp_path, monkeypatch):
     from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
 
-    from dataset.text_embed import bundled_model_path
+    from lavimo.dataset.text_embed import bundled_model_path
 
     torch.manual_seed(7)
     conf = DistilBertConfig(vocab_size=30522, dim=32, n_layers=1, n_heads=2, hidden_dim=64,
@@ -219,7 +219,7 @@ def test_missing_text_model_is_a_clear_error(tmp_path, monkeypatch):
 def test_demo_preset_loads_the_bundled_minilm():
     from safetensors.torch import load_file
 
-    from dataset.text_embed import bundled_model_path
+    from lavimo.dataset.text_embed import bundled_model_path
 
     model = build_model(load_preset("demo"))
     ref = load_file(str(bundled_model_path() / "model.safetensors"))
@@ -233,7 +233,7 @@ def test_demo_preset_loads_the_bundled_minilm():
 
 
 def test_missing_pretrained_lists_every_missing_piece(tmp_path, monkeypatch):
-    from model.weights import missing_pretrained
+    from lavimo.model.weights import missing_pretrained
 
     monkeypatch.setenv("LAVIMO_WEIGHTS", str(tmp_path))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))

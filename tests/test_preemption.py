@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import training.cli as train_script
-from training.preemption import EXIT_PREEMPTED, StopRequest, resolve_resume
-from training.loop import load_training_state
+import lavimo.training.cli as train_script
+from lavimo.training.preemption import EXIT_PREEMPTED, StopRequest, resolve_resume
+from lavimo.training.loop import load_training_state
 from tests.fixtures.processes import sigterm_when
 from tests.fixtures.runs import assert_same_last_weights
 

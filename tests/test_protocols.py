@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.errors import BadInputError
-from evaluation import metrics as M
-from evaluation import protocols as P
+from lavimo.core.errors import BadInputError
+from lavimo.evaluation import metrics as M
+from lavimo.evaluation import protocols as P
 
 
 def _split(n=40, c=8, seed=0, noise=0.3):

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset.clip import Clip, FrameSpec
-from core.errors import BadInputError
-from render.avatars import REGIONS, load_avatar, load_avatars, region_labels, vertex_colors
-from render.cli import add_mirrored, parse_part, select_part, SetupError
-from render.lights import load_lights
-from render.pipeline import base_keyid, choose_avatar_light
-from render.trajectory import follow_trajectory
+from lavimo.dataset.clip import Clip, FrameSpec
+from lavimo.core.errors import BadInputError
+from lavimo.render.avatars import REGIONS, load_avatar, load_avatars, region_labels, vertex_colors
+from lavimo.render.cli import add_mirrored, parse_part, select_part, SetupError
+from lavimo.render.lights import load_lights
+from lavimo.render.pipeline import base_keyid, choose_avatar_light
+from lavimo.render.trajectory import follow_trajectory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,7 +89,7 @@ def test_avatars_dir_problems(tmp_path):
 
 
 def test_regions_on_the_procedural_body():
-    from body.model import load_body
+    from lavimo.body.model import load_body
 
     body = load_body()
     a = load_avatar(REPO / "assets" / "avatars" / "a01-red-tee.json")
@@ -162,7 +162,7 @@ def test_trajectory_follows_constant_velocity_without_lag_and_clamps():
 def test_vertex_normals_of_a_sphere_point_outwards():
     import trimesh
 
-    from render.scene import VertexNormals
+    from lavimo.render.scene import VertexNormals
 
     s = trimesh.creation.icosphere(3)
     v = np.asarray(s.vertices, dtype=np.float32)
@@ -173,7 +173,7 @@ def test_vertex_normals_of_a_sphere_point_outwards():
 
 
 def test_floor_pattern_is_fixed_in_the_world_and_antialiased():
-    from render.scene import Backdrop, CameraRig
+    from lavimo.render.scene import Backdrop, CameraRig
 
     b = Backdrop(64, CameraRig(), 0.5, (0.6, 0.5))
     assert 10 < b.row0 < 40  # horizon inside the frame
@@ -189,7 +189,7 @@ def test_floor_pattern_is_fixed_in_the_world_and_antialiased():
 
 # ------------------------------------------------------------------------------------------------ video
 def test_video_writer_roundtrip_and_abort(tmp_path):
-    from core.mp4 import VideoWriter, read_video
+    from lavimo.core.mp4 import VideoWriter, read_video
 
     frames = [np.full((32, 48, 3), 40 * i, dtype=np.uint8) for i in range(5)]
     with VideoWriter(tmp_path / "a.mp4", (48, 32), fps=20.0) as w:
@@ -212,9 +212,9 @@ def test_uv_textured_body_renders_the_texture(tmp_path):
     """A UV layout (OBJ v/vt, seams split) + texture image on a stand-in mesh: the texture shows up."""
     import trimesh
 
-    from render.avatars import load_uv_layout
-    from render.lights import load_lights
-    from render.scene import SceneRenderer, VertexNormals
+    from lavimo.render.avatars import load_uv_layout
+    from lavimo.render.lights import load_lights
+    from lavimo.render.scene import SceneRenderer, VertexNormals
 
     box = trimesh.creation.box(extents=(0.6, 0.4, 1.7))
     box.apply_translation((0, 0, 0.85))
@@ -257,7 +257,7 @@ def test_uv_textured_body_renders_the_texture(tmp_path):
 def test_no_egl_is_a_setup_error_saying_what_to_install(tmp_path, monkeypatch, capsys):
     import pyrender
 
-    from render.cli import main
+    from lavimo.render.cli import main
 
     def broken(*a, **k):
         raise RuntimeError("eglInitialize failed")

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from render.cli import main
-from core.mp4 import read_video
+from lavimo.render.cli import main
+from lavimo.core.mp4 import read_video
 
 pytestmark = pytest.mark.slow
 SIZE = 64
@@ -135,7 +135,7 @@ def test_setup_errors_stop_with_a_message(corpus, tmp_path, capsys):
 
 
 def test_failure_while_posing_frames_fails_the_clip_without_hanging(corpus, tmp_path, monkeypatch):
-    from render.scene import VertexNormals
+    from lavimo.render.scene import VertexNormals
 
     calls = {"n": 0}
     original = VertexNormals.__call__

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from render.lod import (AUTO_FULL_SIZE, body_lod, full_detail, parse_lod, simplify, skinning_groups,
+from lavimo.render.lod import (AUTO_FULL_SIZE, body_lod, full_detail, parse_lod, simplify, skinning_groups,
                         target_faces)
 
 
 @pytest.fixture(scope="module")
 def body():
-    from body.model import load_body
+    from lavimo.body.model import load_body
 
     return load_body()
 
@@ -93,12 +93,12 @@ def test_lod_options_and_auto_targets():
 def test_render_with_auto_lod_shows_avatar_and_sidecar_records_it(tmp_path):
     """96-px render of a synthetic clip through render_clips: the reduced body is in frame, the sidecar says so;
     the lean per-frame redraw gives pyrender's own pixels (both shadings) and vertex shading ~ pixel shading."""
-    from dataset.clip import Clip, FrameSpec
-    from body.model import load_body
-    from render.lights import load_lights
-    from render.pipeline import RenderConfig, render_clips
-    from render.scene import SceneRenderer, VertexNormals
-    from core.mp4 import read_video
+    from lavimo.dataset.clip import Clip, FrameSpec
+    from lavimo.body.model import load_body
+    from lavimo.render.lights import load_lights
+    from lavimo.render.pipeline import RenderConfig, render_clips
+    from lavimo.render.scene import SceneRenderer, VertexNormals
+    from lavimo.core.mp4 import read_video
     from tests.test_render_cli import _write_npz
 
     size = 96
@@ -158,7 +158,7 @@ def test_render_with_auto_lod_shows_avatar_and_sidecar_records_it(tmp_path):
 
 @pytest.mark.slow
 def test_cli_lod_flag(tmp_path):
-    from render.cli import main
+    from lavimo.render.cli import main
     from tests.test_render_cli import _write_npz
 
     _write_npz(tmp_path / "amass" / "s" / "m_poses.npz", seconds=0.3, fps=60.0, phase=0.0)
@@ -180,7 +180,7 @@ def test_cli_lod_flag(tmp_path):
 def test_cli_worker_that_cannot_start_its_renderer_is_a_setup_error(tmp_path, capsys):
     """--workers 2: each worker creates its own EGL context; one that cannot (no such EGL device) stops the run
     with exit status 2 and the install help, like the single-process run."""
-    from render.cli import main
+    from lavimo.render.cli import main
     from tests.test_render_cli import _write_npz
 
     ann = {}

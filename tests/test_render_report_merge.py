@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from render.cli import main
+from lavimo.render.cli import main
 
 
 def _part(out: Path, k: int, n: int, **kw) -> None:

@@ -1,6 +1,6 @@
 """``render-amass`` on untrusted input and under interruption (issue 15).
 
-Every test writes its own crafted input on top of a tiny synthetic corpus (``dataset.synth.corpus``, 32 px frames,
+Every test writes its own crafted input on top of a tiny synthetic corpus (``lavimo.dataset.synth.corpus``, 32 px frames,
 a few frames per clip): keyids that are paths, truncated / altered outputs, stale temporary files, killed and
 interrupted runs, set-up errors (missing body models, bad lights, full disk).
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from core.hashing import sha256_file
-from render.cli import main
-from core.mp4 import probe_mp4
+from lavimo.core.hashing import sha256_file
+from lavimo.render.cli import main
+from lavimo.core.mp4 import probe_mp4
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -34,7 +34,7 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
     """A 4-motion synthetic AMASS corpus (2-8 s motions); tests write their own annotations on top."""
-    from dataset.synth.corpus import generate_corpus
+    from lavimo.dataset.synth.corpus import generate_corpus
 
     root = tmp_path_factory.mktemp("render_safety")
     generate_corpus(root, n_motions=4, subjects=1, nsim_size=0)  # nsim_size=0: no sentence model
@@ -129,8 +129,8 @@ def test_invalid_lines_of_the_keyids_file_are_reported_not_used(synth, tmp_path)
 
 def test_render_clips_refuses_an_invalid_keyid_itself(synth, tmp_path):
     """Library callers of render_clips get the same protection as the command."""
-    from dataset.clip import Clip, FrameSpec
-    from render.pipeline import RenderConfig, render_clips
+    from lavimo.dataset.clip import Clip, FrameSpec
+    from lavimo.render.pipeline import RenderConfig, render_clips
 
     import numpy as np
 
@@ -207,7 +207,7 @@ def test_old_sidecars_without_hashes_fall_back_to_a_container_check(synth, tmp_p
 def test_probe_mp4_tells_complete_from_cut_files(tmp_path):
     import numpy as np
 
-    from core.mp4 import VideoWriter
+    from lavimo.core.mp4 import VideoWriter
 
     good = tmp_path / "v.mp4"
     with VideoWriter(good, (SIZE, SIZE), 20.0) as w:
@@ -308,8 +308,8 @@ def test_bad_avatar_and_unusable_out_are_setup_errors(synth, tmp_path, capsys):
 
 @pytest.mark.parametrize("where", ["video", "sidecar"])
 def test_disk_full_stops_the_run_with_one_line_and_a_report(synth, tmp_path, capsys, monkeypatch, where):
-    import render.pipeline as pipeline
-    from core.mp4 import VideoWriter
+    import lavimo.render.pipeline as pipeline
+    from lavimo.core.mp4 import VideoWriter
 
     ann = write_annotations(tmp_path / "ann", synth, ["k0", "k1", "k2", "k3"])
     out = tmp_path / "out"
@@ -376,7 +376,7 @@ def _session_processes(sid: int) -> list[tuple[int, str]]:
 
 
 def _start(synth: Path, ann: Path, out: Path, workers: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "render.cli", "--amass", str(synth / "amass"), "--annotations", str(ann),
+    cmd = [sys.executable, "-m", "lavimo.render.cli", "--amass", str(synth / "amass"), "--annotations", str(ann),
            "--out", str(out), "--size", str(SIZE), "--workers", str(workers)]
     return subprocess.Popen(cmd, cwd=REPO, env=_env(), start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -469,7 +469,7 @@ def test_interrupt_writes_the_report_and_exits_1(synth, tmp_path, sig, workers, 
     assert 0 < rep["num_not_attempted"] == len(rep["not_attempted"])
     assert not set(rep["not_attempted"]) & {p.stem for p in out.glob("c*.mp4")}
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # the clip in flight left no temp file
-    from render.pipeline import verify_outputs
+    from lavimo.render.pipeline import verify_outputs
 
     for p in out.glob("c*.mp4"):
         assert verify_outputs(out, p.stem)[0], p.name
@@ -486,9 +486,9 @@ def test_render_clips_leaves_no_thread_running_when_it_returns(synth, tmp_path, 
     """Issue 24: a stopped render_clips returned with its pose-ahead thread still running; at the command's exit
     the interpreter then killed that thread inside torch and the C++ runtime aborted the process (SIGABRT,
     "terminate called without an active exception"). Whatever ends it, no thread of its own may outlive it."""
-    from dataset.clip import Clip, FrameSpec
-    from render.pipeline import RenderConfig, render_clips
-    from render.scene import SceneRenderer
+    from lavimo.dataset.clip import Clip, FrameSpec
+    from lavimo.render.pipeline import RenderConfig, render_clips
+    from lavimo.render.scene import SceneRenderer
 
     path = _motions(synth)[0] + ".npz"
     clips = [Clip(keyid=f"k{i}", amass_path=path, frame_spec=FrameSpec("time", 0.0, 1.0, 20.0), fps=20.0)

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset.clip import Clip, FrameSpec
-from render.lights import load_lights
-from render.pipeline import RenderConfig, render_clips
-from render.scene import CameraRig, SceneRenderer
-from core.mp4 import read_video
+from lavimo.dataset.clip import Clip, FrameSpec
+from lavimo.render.lights import load_lights
+from lavimo.render.pipeline import RenderConfig, render_clips
+from lavimo.render.scene import CameraRig, SceneRenderer
+from lavimo.core.mp4 import read_video
 
 pytestmark = pytest.mark.slow
 SIZE = 96

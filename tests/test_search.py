@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from core.errors import BadInputError  # noqa: E402
+from lavimo.core.errors import BadInputError  # noqa: E402
 
 N_TEST = 12
 #: docs/design.md "Determinism": float encodings of other batch compositions / hosts agree to this, not bit for bit
@@ -22,9 +22,9 @@ LATENT_RTOL, LATENT_ATOL = 1e-5, 1e-5
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(shards, checkpoint with preprocess, checkpoint without, index dir) on tiny shards and a random tiny model."""
-    from model import save_checkpoint
-    from search.index import build_index
-    from search.model import load
+    from lavimo.model import save_checkpoint
+    from lavimo.search.index import build_index
+    from lavimo.search.model import load
     from tests.fixtures.runs import random_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("search")
@@ -38,8 +38,8 @@ def tiny(tmp_path_factory):
 
 
 def _raw_samples(shards: Path, split: str = "test"):
-    from dataset.shards import load_npy_bytes, parse_texts
-    from dataset.stream import _Skips, resolve_shards, _tar_samples
+    from lavimo.dataset.shards import load_npy_bytes, parse_texts
+    from lavimo.dataset.stream import _Skips, resolve_shards, _tar_samples
 
     urls, _, _ = resolve_shards(shards, split)
     for u in urls:
@@ -75,7 +75,7 @@ def test_index_scores_are_the_models_own_encodings(tiny):
 
 
 def test_joints_and_features_inputs_agree(tiny):
-    from dataset.features import joints_to_features
+    from lavimo.dataset.features import joints_to_features
 
     r = tiny["r"]
     rng = np.random.default_rng(0)
@@ -86,7 +86,7 @@ def test_joints_and_features_inputs_agree(tiny):
 
 
 def _rest() -> np.ndarray:
-    from dataset.motion import HUMANML3D
+    from lavimo.dataset.motion import HUMANML3D
 
     j = np.zeros((22, 3), np.float32)
     for chain in HUMANML3D.chains:
@@ -99,7 +99,7 @@ def test_incremental_build_reuses_and_same_latents(tiny, tmp_path):
     """Reused latents are the stored ones, bit for bit; latents encoded in other batches (the fixture's index was
     built 5 clips per batch, this one 32) agree within docs/design.md's tolerance for float encodings, not bit
     for bit: the kernels' summation order depends on the batch's shape and on the CPU (issue 24)."""
-    from search.index import Index, build_index
+    from lavimo.search.index import Index, build_index
 
     r = tiny["r"]
     out = tmp_path / "idx"
@@ -142,13 +142,13 @@ def test_video_query_on_reencoded_clip(tiny, tmp_path):
 
 def test_video_frame_choice_is_the_loaders(tmp_path):
     """Numbered frames: the decoded frames are exactly the loader's segment centres, also within a window."""
-    from search.video import frame_numbers, read_frames
+    from lavimo.search.video import frame_numbers, read_frames
 
     t = 40
     frames = np.zeros((t, 32, 48, 3), np.uint8)
     for i in range(t):
         frames[i, :, :, 0] = i * 6  # frame number in the red channel
-    from core.mp4 import write_video
+    from lavimo.core.mp4 import write_video
 
     path = tmp_path / "n.mp4"
     write_video(path, frames, fps=10, crf=0)
@@ -162,7 +162,7 @@ def test_video_frame_choice_is_the_loaders(tmp_path):
 
 @pytest.mark.parametrize("case", ["text", "empty", "oneframe", "missing"])
 def test_bad_videos_name_the_file(tiny, tmp_path, case):
-    from core.mp4 import write_video
+    from lavimo.core.mp4 import write_video
 
     path = tmp_path / f"{case}.mp4"
     if case == "text":
@@ -177,7 +177,7 @@ def test_bad_videos_name_the_file(tiny, tmp_path, case):
 
 
 def test_crop_outside_the_frame(tiny, tmp_path):
-    from search.video import model_view
+    from lavimo.search.video import model_view
 
     with pytest.raises(BadInputError, match="crop"):
         model_view(np.zeros((2, 40, 60, 3), np.uint8), 32, crop=(30, 0, 40))
@@ -220,7 +220,7 @@ class _Exploit:
 
 # ------------------------------------------------------------------------------------------------ checkpoints
 def test_checkpoint_without_preprocess(tiny):
-    from search.model import load
+    from lavimo.search.model import load
 
     with pytest.raises(BadInputError, match="stats="):
         load(tiny["old"])
@@ -229,8 +229,8 @@ def test_checkpoint_without_preprocess(tiny):
 
 
 def test_index_of_another_checkpoint_is_refused(tiny):
-    from search.index import Index
-    from search.model import load
+    from lavimo.search.index import Index
+    from lavimo.search.model import load
 
     other = load(tiny["old"], stats=tiny["shards"])
     with pytest.raises(BadInputError, match="another checkpoint"):
@@ -238,7 +238,7 @@ def test_index_of_another_checkpoint_is_refused(tiny):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "search.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lavimo.search.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=300)
 
 
@@ -264,8 +264,8 @@ def test_cli_query_and_errors(tiny, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ features folder, previews
 def test_feature_folder_index_and_previews(tiny, tmp_path):
-    from search.index import build_index
-    from search.preview import render_preview
+    from lavimo.search.index import build_index
+    from lavimo.search.preview import render_preview
 
     folder = tmp_path / "hml"
     (folder / "new_joint_vecs").mkdir(parents=True)
@@ -293,7 +293,7 @@ def test_feature_folder_index_and_previews(tiny, tmp_path):
 def client(tiny):
     from fastapi.testclient import TestClient
 
-    from search.server import create_app
+    from lavimo.search.server import create_app
 
     return TestClient(create_app(tiny["r"], tiny["index"], max_upload_bytes=200_000),
                       base_url="http://localhost")
@@ -350,11 +350,11 @@ def test_server_motion_upload(client, tiny, tmp_path):
 # ------------------------------------------------------------------------------------------------ train.py
 @pytest.mark.slow
 def test_train_writes_preprocess_into_checkpoints(tmp_path):
-    """Every checkpoint train.py saves carries extra["preprocess"]: search.model.load needs no stats."""
+    """Every checkpoint train.py saves carries extra["preprocess"]: lavimo.search.model.load needs no stats."""
     import train as train_script
-    from dataset.stream import load_stats
+    from lavimo.dataset.stream import load_stats
     from tests.fixtures.tiny_shards import make_tiny_shards
-    from search.model import PREPROCESS_KEYS, load
+    from lavimo.search.model import PREPROCESS_KEYS, load
 
     torch.set_num_threads(1)
     shards = make_tiny_shards(tmp_path / "shards", n_train=8, n_val=4, n_test=0, n_classes=4, frames=(10, 12),

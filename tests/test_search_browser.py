@@ -41,7 +41,7 @@ def test_search_page_in_chromium(tmp_path_factory):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from search.server import create_app
+    from lavimo.search.server import create_app
 
     data = _build(tmp_path_factory)
     r, index = data["r"], data["index"]
@@ -104,11 +104,11 @@ def _build(tmp_path_factory) -> dict:
     """A tiny shard set with larger frames (so the screenshot shows something), a random tiny model, its index."""
     import torch
 
-    from dataset.stream import load_stats
+    from lavimo.dataset.stream import load_stats
     from tests.fixtures.tiny_shards import make_tiny_shards
-    from model import build_model, load_preset, save_checkpoint
-    from search.index import build_index
-    from search.model import load, preprocess_record
+    from lavimo.model import build_model, load_preset, save_checkpoint
+    from lavimo.search.index import build_index
+    from lavimo.search.model import load, preprocess_record
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("browser")

@@ -21,7 +21,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from core.errors import BadInputError  # noqa: E402
+from lavimo.core.errors import BadInputError  # noqa: E402
 from tests.fixtures.untrusted import assert_clean_refusal, run_measured, run_python  # noqa: E402
 from tests.fixtures.child_peak import reader_loop  # noqa: E402
 
@@ -31,8 +31,8 @@ CAP = 100_000  # the test server's upload cap, bytes
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A random tiny checkpoint, its shards and an index with previews (the shards' own videos)."""
-    from search.index import build_index
-    from search.model import load
+    from lavimo.search.index import build_index
+    from lavimo.search.model import load
     from tests.fixtures.runs import random_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("pagesafety")
@@ -47,7 +47,7 @@ def tiny(tmp_path_factory):
 def client(tiny):
     from fastapi.testclient import TestClient
 
-    from search.server import create_app
+    from lavimo.search.server import create_app
 
     return TestClient(create_app(tiny["r"], tiny["index"], max_upload_bytes=CAP), base_url="http://localhost")
 
@@ -89,7 +89,7 @@ def test_cli_video_query_on_a_concat_list_is_one_line(tiny, tmp_path):
             shutil.copyfile(tiny["index"].preview_path(0), d / "media" / "clip.mp4")
         lst = d / "list.mp4"
         lst.write_bytes(b"ffconcat version 1.0\nfile media/clip.mp4\n")
-        m = run_measured([sys.executable, "-m", "search.cli", "query", "--index", str(tiny["dir"]), "--video",
+        m = run_measured([sys.executable, "-m", "lavimo.search.cli", "query", "--index", str(tiny["dir"]), "--video",
                           str(lst), "--checkpoint", str(tiny["ckpt"])], timeout=180)
         assert_clean_refusal(m, lst, codes=(2,), max_rss_mib=4096, max_seconds=180)
         assert len(m.stderr.strip().splitlines()) == 1, m.stderr
@@ -124,7 +124,7 @@ def test_host_header_allow_list(client, tiny, monkeypatch):
         assert client.post("/api/search", data={"text": "a person walks"}, headers={"Host": host}).status_code == 421
     for host in ("localhost:8000", "127.0.0.1:8000", "[::1]:8000", "LOCALHOST", "localhost.", "localhost.:8000"):
         assert client.get("/", headers={"Host": host}).status_code == 200, host
-    from search.server import allowed_hosts, create_app
+    from lavimo.search.server import allowed_hosts, create_app
 
     monkeypatch.setenv("LAVIMO_SEARCH_ALLOWED_HOSTS", "search.lan, other.lan")
     hosts = allowed_hosts("192.168.1.5", ["box.example"])
@@ -147,7 +147,7 @@ def test_chunked_upload_stops_at_the_cap(tiny, monkeypatch):
     import starlette.formparsers as fp
     import uvicorn
 
-    import search.server as server_mod
+    import lavimo.search.server as server_mod
 
     create_app = server_mod.create_app
     overhead = getattr(server_mod, "FORM_OVERHEAD_BYTES", 64 << 10)
@@ -208,8 +208,8 @@ def test_previews_only_from_inside_the_index(tiny, tmp_path):
     404 and never the file's bytes; an honest preview is still served."""
     from fastapi.testclient import TestClient
 
-    from search.index import Index
-    from search.server import create_app
+    from lavimo.search.index import Index
+    from lavimo.search.server import create_app
 
     d = tmp_path / "index"
     shutil.copytree(tiny["dir"], d)
@@ -240,7 +240,7 @@ import numpy as np
 def full(*a, **k):
     raise OSError(errno.ENOSPC, "No space left on device")
 np.savez = full
-from search.cli import main
+from lavimo.search.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -260,7 +260,7 @@ def test_truncated_index_files_are_one_line(tiny, tmp_path, which, checkpoint):
     """A truncated index.json, or a truncated index.npz whose sha256 the JSON was edited to match: ``lavimo-search
     query`` exits 2 with one line naming that file, with ``--checkpoint`` and without (the checkpoint index.json
     records: the documented default)."""
-    from core.hashing import sha256_file
+    from lavimo.core.hashing import sha256_file
 
     d = tmp_path / "index"
     shutil.copytree(tiny["dir"], d)
@@ -271,7 +271,7 @@ def test_truncated_index_files_are_one_line(tiny, tmp_path, which, checkpoint):
         meta["npz_sha256"] = sha256_file(f)[0]
         (d / "index.json").write_text(json.dumps(meta))
     given = ["--checkpoint", str(tiny["ckpt"])] if checkpoint == "given" else []
-    m = run_measured([sys.executable, "-m", "search.cli", "query", "--index", str(d), "--text", "a person walks",
+    m = run_measured([sys.executable, "-m", "lavimo.search.cli", "query", "--index", str(d), "--text", "a person walks",
                       *given], timeout=180)
     assert_clean_refusal(m, f, codes=(2,), max_rss_mib=4096, max_seconds=180)
     assert len(m.stderr.strip().splitlines()) == 1, m.stderr
@@ -279,8 +279,8 @@ def test_truncated_index_files_are_one_line(tiny, tmp_path, which, checkpoint):
 
 # ------------------------------------------------------------------------------------------------ index fuzz
 LOAD_INDEXES = reader_loop("""
-from core.errors import BadInputError
-from search.index import Index
+from lavimo.core.errors import BadInputError
+from lavimo.search.index import Index
 """, """
 ok = len(Index.load(p))
 """)
@@ -345,8 +345,8 @@ def test_fuzz_index_files(tmp_path):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from core.hashing import sha256_file
-    from search.index import Entry, Index
+    from lavimo.core.hashing import sha256_file
+    from lavimo.search.index import Entry, Index
 
     n, c = 6, 16
     g = np.random.default_rng(0)
@@ -401,7 +401,7 @@ def _bomb_index(d: Path, columns: int = 1 << 26) -> Path:
     import io
     import zipfile
 
-    from core.hashing import sha256_file
+    from lavimo.core.hashing import sha256_file
 
     d.mkdir(parents=True)
     c = 16
@@ -433,7 +433,7 @@ def test_deflated_index_member_is_refused_from_its_header(tmp_path):
     with one line naming index.npz before any member's data is read: at most 100 MiB above the child's baseline."""
     import zipfile
 
-    from core.hashing import sha256_file
+    from lavimo.core.hashing import sha256_file
 
     d = _bomb_index(tmp_path / "bomb")
     assert (d / "index.npz").stat().st_size < 400_000
@@ -463,7 +463,7 @@ def test_deflated_index_member_is_refused_from_its_header(tmp_path):
 def test_index_arrays_must_have_the_jsons_shapes(tmp_path):
     """Every index.npz member must have the shape index.json implies (N entries, K captions, C = latent_dim)
     before its data is read; compressed members are refused (lavimo-search index stores them uncompressed)."""
-    from search.index import Entry, Index
+    from lavimo.search.index import Entry, Index
 
     n, c = 3, 8
     z = np.zeros((n, c), np.float32)
@@ -498,7 +498,7 @@ def test_deeply_nested_index_json_without_checkpoint_is_one_line(tiny, tmp_path)
     shutil.copytree(tiny["dir"], d)
     for text in ("[" * 100_000, "[" * 100_000 + "]" * 100_000, '{"checkpoint": ' + "[" * 100_000):
         (d / "index.json").write_text(text)
-        m = run_measured([sys.executable, "-m", "search.cli", "query", "--index", str(d), "--text", "walk"],
+        m = run_measured([sys.executable, "-m", "lavimo.search.cli", "query", "--index", str(d), "--text", "walk"],
                          timeout=180)
         assert_clean_refusal(m, d / "index.json", codes=(2,), max_rss_mib=4096, max_seconds=180)
         assert len(m.stderr.strip().splitlines()) == 1, m.stderr
@@ -507,9 +507,9 @@ def test_deeply_nested_index_json_without_checkpoint_is_one_line(tiny, tmp_path)
 def test_nested_shard_meta_and_manifest_while_indexing(tiny, tmp_path, monkeypatch):
     """A shard sample whose meta.json nests 100 000 deep is a failed sample (the build goes on); a manifest that
     does is a BadInputError naming it, never a RecursionError."""
-    import dataset.stream as st
+    import lavimo.dataset.stream as st
 
-    from search.index import build_index, shard_items
+    from lavimo.search.index import build_index, shard_items
 
     real = st._tar_samples
     hit = []
@@ -553,7 +553,7 @@ def test_rebuilding_an_old_index_restores_its_previews(tiny, tmp_path, caplog):
     """An index whose previews are absolute paths into the videos folder (built before previews were copied in):
     rebuilding it with --videos copies them into IDX/previews/ (the entries reused, nothing re-encoded); without
     --videos the outside previews are dropped with a logged note (never kept pointing outside)."""
-    from search.index import Index, build_index
+    from lavimo.search.index import Index, build_index
 
     videos = tmp_path / "videos"
     d = tmp_path / "old"
@@ -569,7 +569,7 @@ def test_rebuilding_an_old_index_restores_its_previews(tiny, tmp_path, caplog):
         assert p and Path(p).read_bytes() == (videos / f"{k}.mp4").read_bytes()
     d2 = tmp_path / "old2"
     _old_style_previews(tiny, d2, videos)
-    with caplog.at_level("WARNING", logger="search.index"):
+    with caplog.at_level("WARNING", logger="lavimo.search.index"):
         build_index(tiny["r"], d2, shards=tiny["root"] / "shards", splits=["test"], previews=False,
                     progress=False)
     again = Index.load(d2, tiny["r"].sha256)
@@ -582,11 +582,11 @@ def test_feature_previews_only_from_the_feature_folder(tmp_path, monkeypatch):
     """For an index of a feature folder the server renders ``source.path`` only when it is a string naming
     ``<keyid>.npy`` inside the folder index.json records (symbolic links resolved); another path, a link out, a
     missing or non-string path: 404, never a 500, nothing rendered."""
-    import search.preview as preview
+    import lavimo.search.preview as preview
     from fastapi.testclient import TestClient
 
-    from search.index import Entry, Index
-    from search.server import create_app
+    from lavimo.search.index import Entry, Index
+    from lavimo.search.server import create_app
 
     rendered = []
 
@@ -631,7 +631,7 @@ def test_feature_previews_only_from_the_feature_folder(tmp_path, monkeypatch):
 
 
 def app_can_preview(index, k: int) -> bool:
-    from search.server import SearchService
+    from lavimo.search.server import SearchService
 
     return SearchService(None, index).can_preview(k)
 
@@ -639,7 +639,7 @@ def app_can_preview(index, k: int) -> bool:
 def test_host_names_with_a_trailing_dot():
     """``localhost.`` (the fully qualified form, with or without a port) is localhost; ``localhost.evil`` and
     ``localhost..`` are not."""
-    from search.server import host_name
+    from lavimo.search.server import host_name
 
     assert host_name("localhost.") == host_name("LOCALHOST.:8000") == "localhost"
     assert host_name("127.0.0.1.:80") == "127.0.0.1"

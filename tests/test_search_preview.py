@@ -1,4 +1,4 @@
-"""Skeleton previews rendered on demand (search.preview): through the headless renderer (render.scene on EGL),
+"""Skeleton previews rendered on demand (lavimo.search.preview): through the headless renderer (lavimo.render.scene on EGL),
 cached by a hash of the joints and the settings, features or joints in, a numpy stick figure only without EGL.
 
 Keep this file free of transformers / triton imports: importing them after an EGL context in the same process
@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from body.skeleton import rest_joints
-from core.errors import BadInputError
-from core.mp4 import read_video
-from dataset.features import joints_to_features
+from lavimo.body.skeleton import rest_joints
+from lavimo.core.errors import BadInputError
+from lavimo.core.mp4 import read_video
+from lavimo.dataset.features import joints_to_features
 
-import search.preview as preview
+import lavimo.search.preview as preview
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 128
@@ -107,7 +107,7 @@ def test_features_file_input(tmp_path, counter):
 def test_numpy_fallback_without_egl(tmp_path, monkeypatch, caplog, counter):
     monkeypatch.setattr(preview, "egl_available", lambda: False)
     out = tmp_path / "f.mp4"
-    with caplog.at_level(logging.WARNING, logger="search.preview"):
+    with caplog.at_level(logging.WARNING, logger="lavimo.search.preview"):
         preview.render_preview(walking(8), out, size=64)
     assert "no EGL" in caplog.text and len(counter) == 0
     frames, _ = read_video(out)
@@ -116,18 +116,18 @@ def test_numpy_fallback_without_egl(tmp_path, monkeypatch, caplog, counter):
 
 
 def test_write_mp4_is_atomic_once(tmp_path, monkeypatch):
-    """write_mp4 relies on core.mp4's own atomic write (one temporary file, renamed), not a second one around it."""
-    import core.mp4
-    import search.preview as sp
+    """write_mp4 relies on lavimo.core.mp4's own atomic write (one temporary file, renamed), not a second one around it."""
+    import lavimo.core.mp4
+    import lavimo.search.preview as sp
 
     entered = []
-    real = core.mp4.atomic_path
+    real = lavimo.core.mp4.atomic_path
 
     def counted(path, *a, **kw):
         entered.append(Path(path))
         return real(path, *a, **kw)
 
-    monkeypatch.setattr(core.mp4, "atomic_path", counted)
+    monkeypatch.setattr(lavimo.core.mp4, "atomic_path", counted)
     monkeypatch.setattr(sp, "atomic_path", counted)
     out = preview.write_mp4(tmp_path / "s.mp4", np.zeros((3, 17, 33, 3), np.uint8), 10.0)
     assert entered == [out] and read_video(out)[0].shape == (3, 16, 32, 3)
@@ -166,7 +166,7 @@ def test_cli_preview(tmp_path):
     np.save(src, walking(6))
     env = dict(os.environ, PYTHONPATH=str(REPO), PYOPENGL_PLATFORM="egl", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "search.cli", "preview", *map(str, a)],  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "lavimo.search.cli", "preview", *map(str, a)],  # noqa: E731
                                     capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     res = run(src, "--out", tmp_path / "o" / "w.mp4", "--size", 64)
     assert res.returncode == 0, res.stderr
@@ -183,7 +183,7 @@ def test_cli_preview(tmp_path):
 def test_model_imports_after_a_preview_do_not_crash(tmp_path):
     """A preview first, then torch._dynamo / triton (what loading a model does): no segfault (the renderer loads
     triton's native library before Mesa's EGL driver)."""
-    code = ("import numpy as np, search.preview as p\n"
+    code = ("import numpy as np, lavimo.search.preview as p\n"
             f"p.render_preview(np.load({str(tmp_path / 'w.npy')!r}), {str(tmp_path / 'w.mp4')!r}, size=32, "
             "renderer='egl')\n"
             "import torch._dynamo\nprint('ok')\n")

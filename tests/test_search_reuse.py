@@ -19,7 +19,7 @@ N_TEST = 4
 # ------------------------------------------------------------------------------------------------ rebuilds
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from search.model import load
+    from lavimo.search.model import load
     from tests.fixtures.runs import random_tiny_checkpoint
 
     shards, ckpt, _ = random_tiny_checkpoint(tmp_path_factory.mktemp("reuse"), n_test=N_TEST, n_classes=2,
@@ -30,7 +30,7 @@ def tiny(tmp_path_factory):
 @pytest.fixture()
 def decodes(monkeypatch):
     """Counts the loader's sample transform (motion rows + video decode) and its video decode."""
-    import dataset.stream as st
+    import lavimo.dataset.stream as st
 
     calls = {"sample": 0, "video": 0}
     call, video = st.SampleTransform.__call__, st.SampleTransform.video
@@ -49,7 +49,7 @@ def decodes(monkeypatch):
 
 
 def test_rebuild_decodes_nothing_already_indexed(tiny, tmp_path, decodes):
-    from search.index import Index, build_index
+    from lavimo.search.index import Index, build_index
 
     r, out = tiny["r"], tmp_path / "idx"
     _, first = build_index(r, out, shards=tiny["shards"], splits=["test"], progress=False, previews=False)
@@ -70,7 +70,7 @@ def test_rebuild_decodes_nothing_already_indexed(tiny, tmp_path, decodes):
 
 
 def test_a_sample_with_another_source_is_decoded(tiny, decodes):
-    from search.index import shard_items
+    from lavimo.search.index import shard_items
 
     failed: list[str] = []
     items = list(shard_items(tiny["shards"], ["test"], tiny["r"], failed))
@@ -87,7 +87,7 @@ def test_a_sample_with_another_source_is_decoded(tiny, decodes):
 
 # ------------------------------------------------------------------------------------------------ server previews
 def _feature_index(tmp_path: Path, n: int = 2):
-    from search.index import Entry, Index
+    from lavimo.search.index import Entry, Index
 
     entries = []
     for k in range(n):
@@ -103,7 +103,7 @@ def _feature_index(tmp_path: Path, n: int = 2):
 @pytest.fixture()
 def renders(monkeypatch):
     """A fake preview renderer: counts calls, checks the query lock is free while it renders, writes bytes."""
-    import search.preview as preview
+    import lavimo.search.preview as preview
 
     calls: list[tuple[str, Path]] = []
     state = {"svc": None, "query_lock_free": []}
@@ -129,7 +129,7 @@ def renders(monkeypatch):
 def test_feature_preview_is_rendered_once_outside_the_query_lock(tmp_path, renders):
     from fastapi.testclient import TestClient
 
-    from search.server import create_app
+    from lavimo.search.server import create_app
 
     index = _feature_index(tmp_path)
     app = create_app(None, index)
@@ -153,7 +153,7 @@ def test_feature_preview_is_rendered_once_outside_the_query_lock(tmp_path, rende
 
 # ------------------------------------------------------------------------------------------------ CLI, formatting
 def test_split_accepts_comma_lists():
-    from search.cli import _parser, main
+    from lavimo.search.cli import _parser, main
 
     def splits(*a: str):
         return _parser().parse_args(["index", "--checkpoint", "c.safetensors", "--shards", "s", "--out", "o",
@@ -168,8 +168,8 @@ def test_split_accepts_comma_lists():
 
 
 def test_one_source_formatter():
-    from search.cli import _table
-    from search.index import source_text
+    from lavimo.search.cli import _table
+    from lavimo.search.index import source_text
 
     shard = {"kind": "shard", "amass_path": "CMU/01/01_01_poses.npz", "frame_start": 1.5, "frame_end": 4.0,
              "shard": "test-000000.tar"}

@@ -14,9 +14,9 @@ import pytest
 
 from tests.fixtures.shard_fixtures import FEATURE_DIM, FakeEmbedder, fake_features, make_clip, make_corpus, write_clip_video  # noqa: E402
 
-from dataset.shard_format import read_manifests  # noqa: E402
-from dataset.shards import BuildConfig, ShardSetMismatch, build_shards, check_shards  # noqa: E402
-from dataset.shards_cli import main as cli_main  # noqa: E402
+from lavimo.dataset.shard_format import read_manifests  # noqa: E402
+from lavimo.dataset.shards import BuildConfig, ShardSetMismatch, build_shards, check_shards  # noqa: E402
+from lavimo.dataset.shards_cli import main as cli_main  # noqa: E402
 
 COUNTS = {"train": 6, "val": 3, "test": 2}
 MISSING = "000004"  # a train clip whose video is deleted
@@ -24,7 +24,7 @@ MISSING = "000004"  # a train clip whose video is deleted
 
 @pytest.fixture(scope="module")
 def embedder():
-    from dataset.text_embed import SentenceEmbedder
+    from lavimo.dataset.text_embed import SentenceEmbedder
 
     return SentenceEmbedder()
 
@@ -92,7 +92,7 @@ def test_sample_contents(built, corpus):
     meta = json.loads(members[f"{key}.meta.json"])
     assert meta["num_frames"] == clips[key].num_frames == motion.shape[0] + 1
     assert meta["split"] == "train" and meta["avatar"] == "proc_00" and meta["amass_path"] == clips[key].amass_path
-    from dataset.video_frames import decode_jpgs, jpgs_info
+    from lavimo.dataset.video_frames import decode_jpgs, jpgs_info
 
     n, w, h, _, _ = jpgs_info(members[f"{key}.video.jpgs"])
     assert (n, w, h) == (clips[key].num_frames, 48, 48)  # never upscaled past the rendered size
@@ -199,7 +199,7 @@ def test_mp4_format_and_overwrite(corpus, embedder, tmp_path):
 def test_cli_end_to_end_on_real_amass(shared_data, tmp_path, capsys):
     """build-shards CLI: TMR-style annotations over the real AMASS sample, features computed from AMASS with
     the procedural body, videos written to the clips' frame counts, two workers."""
-    from dataset.annotations import load_clips
+    from lavimo.dataset.annotations import load_clips
 
     amass = tmp_path / "amass"
     (amass / "SAMPLE").mkdir(parents=True)

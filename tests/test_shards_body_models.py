@@ -21,12 +21,12 @@ import pytest
 
 from tests.fixtures.shard_fixtures import FakeEmbedder, write_clip_video  # noqa: E402
 
-from dataset.annotations import load_clips  # noqa: E402
-from dataset.features import clip_features  # noqa: E402
-from dataset.shard_format import read_manifests  # noqa: E402
-from dataset.shards_cli import BODY_MODELS_UNUSED, amass_features_fn  # noqa: E402
-from dataset.shards_cli import main as cli_main  # noqa: E402
-from body.model import load_body  # noqa: E402
+from lavimo.dataset.annotations import load_clips  # noqa: E402
+from lavimo.dataset.features import clip_features  # noqa: E402
+from lavimo.dataset.shard_format import read_manifests  # noqa: E402
+from lavimo.dataset.shards_cli import BODY_MODELS_UNUSED, amass_features_fn  # noqa: E402
+from lavimo.dataset.shards_cli import main as cli_main  # noqa: E402
+from lavimo.body.model import load_body  # noqa: E402
 from tests.test_smpl_pickle import _smpl_dict  # noqa: E402
 
 #: keyid -> (AMASS file, gender, split)
@@ -91,9 +91,8 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def fake_text_model(monkeypatch):
-    import dataset.text_embed
-
-    monkeypatch.setattr(dataset.text_embed, "SentenceEmbedder", lambda *a, **k: FakeEmbedder())
+    import lavimo.dataset.text_embed
+    monkeypatch.setattr(lavimo.dataset.text_embed, "SentenceEmbedder", lambda *a, **k: FakeEmbedder())
 
 
 def _args(inputs, out: Path, *extra) -> list[str]:

@@ -11,8 +11,8 @@ import pytest
 
 from tests.fixtures.shard_fixtures import FakeEmbedder, fake_features, make_corpus, simple_stats  # noqa: E402
 
-from dataset.shards import BuildConfig, build_shards, read_manifests  # noqa: E402
-from dataset.shards_cli import main as cli_main  # noqa: E402
+from lavimo.dataset.shards import BuildConfig, build_shards, read_manifests  # noqa: E402
+from lavimo.dataset.shards_cli import main as cli_main  # noqa: E402
 
 COUNTS = {"train": 9, "val": 4}  # 2 samples per shard: train slots 0..4, val slots 0..1
 
@@ -83,7 +83,7 @@ def test_cli_refuses_overwrite_with_part(tmp_path, capsys):
 
 
 def test_cli_takes_the_part_from_the_array(tmp_path, monkeypatch):
-    import dataset.shards as shards
+    import lavimo.dataset.shards as shards
 
     seen = {}
 
@@ -92,8 +92,8 @@ def test_cli_takes_the_part_from_the_array(tmp_path, monkeypatch):
         raise shards.ShardSetMismatch("stop here")
 
     monkeypatch.setattr(shards, "build_shards", fake_build)
-    monkeypatch.setattr("dataset.annotations.load_clips", lambda *a, **k: [])
-    monkeypatch.setattr("dataset.text_embed.SentenceEmbedder", lambda *a, **k: FakeEmbedder())
+    monkeypatch.setattr("lavimo.dataset.annotations.load_clips", lambda *a, **k: [])
+    monkeypatch.setattr("lavimo.dataset.text_embed.SentenceEmbedder", lambda *a, **k: FakeEmbedder())
     for k, v in {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "4"}.items():
         monkeypatch.setenv(k, v)
     assert _cli(tmp_path) == 2 and seen["part"] == (2, 4)

@@ -27,14 +27,14 @@ from pathlib import Path
 
 import pytest
 
-import evaluation.cli as evaluate_script
-from core.errors import BadInputError
-from dataset.shard_format import read_manifest
-from dataset.shard_source import (
+import lavimo.evaluation.cli as evaluate_script
+from lavimo.core.errors import BadInputError
+from lavimo.dataset.shard_format import read_manifest
+from lavimo.dataset.shard_source import (
     FETCH_TIMEOUT, CommandFailed, FetchError, RemoteShards, fetch_bytes, fetch_timeout, is_remote, open_shard,
     shard_location, sha256_remote,
 )
-from dataset.stream import make_loader, resolve_shards
+from lavimo.dataset.stream import make_loader, resolve_shards
 from tests.fixtures.runs import TINY_FLAGS, TRAIN_SET, assert_same_last_weights, metrics_rows, run_train, train_tiny
 
 BASE = TINY_FLAGS
@@ -221,7 +221,7 @@ def test_fetch_timeout_setting(monkeypatch, caplog):
     for bad in ("inf", "-inf", "nan", "0", "-1", "abc", "1e999"):
         monkeypatch.setenv("LAVIMO_FETCH_TIMEOUT", bad)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="dataset.shard_source"):
+        with caplog.at_level(logging.WARNING, logger="lavimo.dataset.shard_source"):
             assert fetch_timeout() == FETCH_TIMEOUT  # the first use of each value warns
         assert "LAVIMO_FETCH_TIMEOUT" in caplog.text and bad in caplog.text
 
@@ -361,7 +361,7 @@ def test_run_json_hashes_the_manifest_bytes_training_parsed(shards, tmp_path, ca
     """run.json's manifest_sha256 of a remote set is the sha256 of the bytes read_manifest parsed, remembered
     when they were fetched: the server may be gone or serve other bytes by then; a manifest this process never
     fetched is recorded as unavailable (a warning), never as an error."""
-    from training.run_dir import RunDir, write_run_info
+    from lavimo.training.run_dir import RunDir, write_run_info
 
     root = tmp_path / "site"
     shutil.copytree(shards, root / "shards")
@@ -379,7 +379,7 @@ def test_run_json_hashes_the_manifest_bytes_training_parsed(shards, tmp_path, ca
     on_disk = json.loads((run.root / "run.json").read_text())["shards"]["splits"]
     assert on_disk["val"]["manifest_sha256"] == hashlib.sha256((root / "shards" / "val.json").read_bytes()).hexdigest()
     other = {**manifests["train"], "num_samples": -1}  # not what was fetched
-    with caplog.at_level(logging.WARNING, logger="training.run_dir"):
+    with caplog.at_level(logging.WARNING, logger="lavimo.training.run_dir"):
         info = write_run_info(run, shards=loc, manifests={"train": other})
     rec = info["shards"]["splits"]["train"]
     assert rec["manifest_sha256"] is None and "fetched no manifest" in rec["manifest_sha256_unavailable"]
@@ -405,7 +405,7 @@ def test_remote_tar_differing_from_its_manifest_stops_training(shards, tmp_path,
 
 
 def test_gallery_clips_from_url(shards, site, tmp_path):
-    from evaluation.report import extract_shard_clips
+    from lavimo.evaluation.report import extract_shard_clips
 
     keys = next(iter(make_loader(shards, "val", batch_size=2, train=False)))["keyid"]
     local = extract_shard_clips(shards, "val", keys, tmp_path / "local")

@@ -4,7 +4,7 @@ decided (the report being written) changes neither the report nor the exit statu
 ``build-shards``).
 
 The bug this guards against: under load, a SIGTERM made ``render-amass`` print ``terminate called without an
-active exception`` and die by SIGABRT (exit -6). The pose-ahead thread of :func:`render.pipeline.render_clips`
+active exception`` and die by SIGABRT (exit -6). The pose-ahead thread of :func:`lavimo.render.pipeline.render_clips`
 was left running (a daemon thread) when the run stopped; if it was inside a torch kernel when the interpreter
 finalised, CPython ended it with ``pthread_exit`` as it re-took the GIL, and the unwind through torch's
 ``noexcept`` GIL guard called ``std::terminate``. See docs/rendering.md ("Signals").
@@ -92,7 +92,7 @@ class Burner:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> tuple[Path, Path]:
     """(AMASS root, annotations.json of CLIPS clips of SECONDS each) of a 4-motion synthetic corpus."""
-    from dataset.synth.corpus import generate_corpus
+    from lavimo.dataset.synth.corpus import generate_corpus
 
     root = tmp_path_factory.mktemp("shutdown_stress")
     generate_corpus(root, n_motions=4, subjects=1, nsim_size=0)
@@ -113,7 +113,7 @@ def _run(corpus, out: Path, cpu: int, delay: float | None) -> dict:
     set-up line (its handlers are installed by then). Returns what the checks need."""
     amass, ann = corpus
     err_path = out.with_suffix(".stderr")
-    cmd = [sys.executable, "-m", "render.cli", "--amass", str(amass), "--annotations", str(ann), "--out", str(out),
+    cmd = [sys.executable, "-m", "lavimo.render.cli", "--amass", str(amass), "--annotations", str(ann), "--out", str(out),
            "--size", str(SIZE)]
     with open(err_path, "w") as err:
         proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), start_new_session=True, stdin=subprocess.DEVNULL,
@@ -141,7 +141,7 @@ def _run(corpus, out: Path, cpu: int, delay: float | None) -> dict:
 def _check(run: dict) -> None:
     """Exit 1 after the signal (0 when the run had finished first), one valid report whose counts add up, every
     rendered clip verified, no temporary file left."""
-    from render.pipeline import verify_outputs
+    from lavimo.render.pipeline import verify_outputs
 
     rc, err, out = run["rc"], run["err"], run["out"]
     when = "no signal" if run["delay"] is None else f"SIGTERM {run['delay']:.2f} s after set-up"
@@ -232,13 +232,13 @@ def _sigterm_before(module, monkeypatch, name: str) -> list[str]:
 
 
 def test_render_signal_while_the_report_is_written_is_ignored(corpus, tmp_path, monkeypatch, capsys):
-    import render.cli
-    from render.cli import main
+    import lavimo.render.cli
+    from lavimo.render.cli import main
 
     amass, ann = corpus
     keys = tmp_path / "keys.txt"
     keys.write_text("c000\nc001\n")
-    sent = _sigterm_before(render.cli, monkeypatch, "render-report.json")
+    sent = _sigterm_before(lavimo.render.cli, monkeypatch, "render-report.json")
     out = tmp_path / "out"
     rc = main(["--amass", str(amass), "--annotations", str(ann), "--out", str(out), "--size", str(SIZE),
                "--keyids", str(keys)])
@@ -250,19 +250,19 @@ def test_render_signal_while_the_report_is_written_is_ignored(corpus, tmp_path, 
 
 
 def test_build_shards_signal_while_the_report_is_written_is_ignored(tmp_path, monkeypatch, capsys):
-    import dataset.annotations
-    import dataset.shards
-    import dataset.text_embed
-    from dataset.shards_cli import main
+    import lavimo.dataset.annotations
+    import lavimo.dataset.shards
+    import lavimo.dataset.text_embed
+    from lavimo.dataset.shards_cli import main
     from tests.fixtures.shard_fixtures import FakeEmbedder, fake_features, make_corpus
 
     clips, videos = make_corpus(tmp_path / "corpus", {"train": 3, "val": 2}, size=16, frames=(6, 9))
-    monkeypatch.setattr(dataset.annotations, "load_clips", lambda *a, **k: clips)
-    monkeypatch.setattr(dataset.text_embed, "SentenceEmbedder", lambda *a, **k: FakeEmbedder())
-    monkeypatch.setattr(dataset.shards, "default_features", lambda clip, *a, **k: fake_features(clip))
+    monkeypatch.setattr(lavimo.dataset.annotations, "load_clips", lambda *a, **k: clips)
+    monkeypatch.setattr(lavimo.dataset.text_embed, "SentenceEmbedder", lambda *a, **k: FakeEmbedder())
+    monkeypatch.setattr(lavimo.dataset.shards, "default_features", lambda clip, *a, **k: fake_features(clip))
     (tmp_path / "amass").mkdir()
     (tmp_path / "annotations.json").write_text("{}")
-    sent = _sigterm_before(dataset.shards, monkeypatch, "report.json")
+    sent = _sigterm_before(lavimo.dataset.shards, monkeypatch, "report.json")
     out = tmp_path / "out"
     rc = main(["--annotations", str(tmp_path / "annotations.json"), "--amass", str(tmp_path / "amass"), "--videos",
                str(videos), "--out", str(out), "--splits", "train,val", "--workers", "1", "--samples-per-shard", "2",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from render.cli import main as render_main
+from lavimo.render.cli import main as render_main
 from tests.fixtures import slurm_cluster as sc
 from tests.fixtures.slurm_cluster import ClusterUnavailable, single_node_cluster
 

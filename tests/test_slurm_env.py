@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from core.slurm import SlurmEnvError, apply_srun_env, array_part, first_host, part_argument, srun_process_env
+from lavimo.core.slurm import SlurmEnvError, apply_srun_env, array_part, first_host, part_argument, srun_process_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ def test_srun_process_env():
 
 
 def test_render_amass_takes_its_part_from_the_array(monkeypatch, capsys):
-    import render.cli as cli
+    import lavimo.render.cli as cli
 
     seen = {}
     monkeypatch.setattr(cli, "run", lambda args, stop=None: seen.setdefault("part", args.part) and 0)

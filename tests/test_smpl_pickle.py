@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from core.errors import BadInputError
-from body import procedural as pb
-from body import skeleton
-from body.model import load_body
-from body.smpl_files import load_npz_restricted, load_smpl_pickle
-from render.avatars import vertex_parts
+from lavimo.core.errors import BadInputError
+from lavimo.body import procedural as pb
+from lavimo.body import skeleton
+from lavimo.body.model import load_body
+from lavimo.body.smpl_files import load_npz_restricted, load_smpl_pickle
+from lavimo.render.avatars import vertex_parts
 
 
 def _fake_chumpy(monkeypatch) -> types.SimpleNamespace:

@@ -14,17 +14,17 @@ import torch
 
 from tests.fixtures.shard_fixtures import FEATURE_DIM, fake_features, make_corpus  # noqa: E402
 
-from dataset.augment import CLIP_MEAN, CLIP_STD, AugmentConfig, augment_clip, clip_normalize  # noqa: E402
-from dataset.shards import BuildConfig, build_shards  # noqa: E402
-from dataset.shard_format import load_stats, read_manifest  # noqa: E402
-from dataset.stream import SampleTransform, make_loader  # noqa: E402
+from lavimo.dataset.augment import CLIP_MEAN, CLIP_STD, AugmentConfig, augment_clip, clip_normalize  # noqa: E402
+from lavimo.dataset.shards import BuildConfig, build_shards  # noqa: E402
+from lavimo.dataset.shard_format import load_stats, read_manifest  # noqa: E402
+from lavimo.dataset.stream import SampleTransform, make_loader  # noqa: E402
 
 COUNTS = {"train": 8, "val": 5}
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from dataset.text_embed import SentenceEmbedder
+    from lavimo.dataset.text_embed import SentenceEmbedder
 
     root = tmp_path_factory.mktemp("stream")
     clips, videos = make_corpus(root, COUNTS, size=40, frames=(14, 40), n_texts=3)

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset.amass import load_amass
-from dataset.annotations import load_clips
-from dataset.synth.corpus import main, mirror_caption, plan_corpus, tokens
-from dataset.synth.actions import ACTION_NAMES, ACTIONS, MotionParams, animate, captions, sample_params
-from dataset.synth.rig import FLOOR_TOLERANCE, assemble, heading_vectors
-from dataset.synth.skeleton import forward_kinematics, limit_violations
+from lavimo.dataset.amass import load_amass
+from lavimo.dataset.annotations import load_clips
+from lavimo.dataset.synth.corpus import main, mirror_caption, plan_corpus, tokens
+from lavimo.dataset.synth.actions import ACTION_NAMES, ACTIONS, MotionParams, animate, captions, sample_params
+from lavimo.dataset.synth.rig import FLOOR_TOLERANCE, assemble, heading_vectors
+from lavimo.dataset.synth.skeleton import forward_kinematics, limit_violations
 
 ARGS = ["--motions", "30", "--seed", "1"]
 
@@ -197,8 +197,8 @@ def test_bad_arguments(tmp_path, capsys):
 
 
 def test_nsim_test_is_a_dissimilar_subset_of_the_test_split(corpus, tmp_path):
-    from dataset.subsets import build_dissimilar_subset
-    from dataset.text_embed import SentenceEmbedder
+    from lavimo.dataset.subsets import build_dissimilar_subset
+    from lavimo.dataset.text_embed import SentenceEmbedder
 
     test = (corpus / "splits" / "test.txt").read_text().split()
     nsim = (corpus / "splits" / "nsim_test.txt").read_text().split()

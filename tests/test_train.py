@@ -19,17 +19,17 @@ import numpy as np
 import pytest
 import torch
 
-from core.device import resolve_precision
-from core.hashing import sha256_file
-from model.lavimo import param_groups
-from training.loop import (
+from lavimo.core.device import resolve_precision
+from lavimo.core.hashing import sha256_file
+from lavimo.model.lavimo import param_groups
+from lavimo.training.loop import (
     NonFiniteGuard, RunningMeans, TrainingDiverged, load_training_state, preserved_rng, retrieval_scores, rng_state,
     save_training_state, set_rng_state,
 )
-from training.run_dir import MetricsTable, RunDir
-from training.schedule import lr_factor, paper_scheduler
+from lavimo.training.run_dir import MetricsTable, RunDir
+from lavimo.training.schedule import lr_factor, paper_scheduler
 
-import training.cli as train_script
+import lavimo.training.cli as train_script
 from tests.fixtures.runs import TINY_FLAGS, assert_same_last_weights, metrics_rows, run_train, train_tiny
 
 
@@ -197,9 +197,8 @@ def test_run_dir_layout(tmp_path):
     run = RunDir(tmp_path / "r").create()
     assert run.ckpt_dir.is_dir() and run.tb.is_dir()
     assert run.last.name == "last.safetensors" and run.best.parent == run.ckpt_dir
-    import training.run_dir
-
-    assert training.run_dir.sha256_file is sha256_file  # one sha256 helper: core.hashing's
+    import lavimo.training.run_dir
+    assert lavimo.training.run_dir.sha256_file is sha256_file  # one sha256 helper: lavimo.core.hashing's
 
 
 class _NaNModel(torch.nn.Module):
@@ -219,7 +218,7 @@ class _NaNModel(torch.nn.Module):
 
 
 def test_stepper_skips_nonfinite_steps():
-    from training.loop import LossModule, Stepper
+    from lavimo.training.loop import LossModule, Stepper
 
     m = _NaNModel(nan_calls={1})
     opt = torch.optim.AdamW(m.parameters(), lr=0.1)
@@ -286,7 +285,7 @@ def test_train_lowers_loss_and_logs_validation(full_run, shards):
     assert list((full_run / "tb").glob("events.out.tfevents.*"))
     for name in ("best.safetensors", "last.safetensors", "last.state.pt"):
         assert (full_run / "checkpoints" / name).is_file()
-    from model import load_checkpoint
+    from lavimo.model import load_checkpoint
 
     best = load_checkpoint(full_run / "checkpoints" / "best.safetensors")
     assert best.checkpoint_extra["val_score"] == pytest.approx(max(float(r["val_score"]) for r in rows))
@@ -356,8 +355,8 @@ def _batch(b=4, t=10, size=32, d=263):
 
 @pytest.mark.parametrize("flags,expect", ABLATIONS, ids=[" ".join(f) for f, _ in ABLATIONS])
 def test_ablation_flag_reaches_model_and_loss(flags, expect, monkeypatch, tmp_path):
-    import model.lavimo as lavimo
-    from model import build_model
+    import lavimo.model.lavimo as lavimo
+    from lavimo.model import build_model
 
     args = train_script.parse_args(["--shards", "x", "--preset", "tiny", *flags])
     cfg = train_script.resolve_config(args, RunDir(tmp_path / "r")).model
@@ -391,7 +390,7 @@ def test_ablation_flag_reaches_model_and_loss(flags, expect, monkeypatch, tmp_pa
 
 @pytest.mark.slow
 def test_ablation_flags_saved_config_and_checkpoint(shards, tmp_path):
-    from model import read_checkpoint_metadata
+    from lavimo.model import read_checkpoint_metadata
 
     out = tmp_path / "run"
     flags = ["--modalities", "tm", "--negative-filtering", "soft", "--threshold", "0.7", "--recon-weight", "0",
@@ -437,19 +436,19 @@ def test_bad_shards_give_clear_errors(shards, tmp_path, capsys):
 
 
 def test_augmentation_and_random_init_flags_reach_the_config_and_the_loader(monkeypatch):
-    import training.cli as T
-    from training.config import load_run_config
+    import lavimo.training.cli as T
+    from lavimo.training.config import load_run_config
 
     args = T.parse_args(["--shards", "x", "--hflip-p", "0.5", "--randaugment", "2", "--random-init"])
     o = T.config_overrides(args)
     assert o == {"hflip_p": 0.5, "randaugment_ops": 2, "random_init": True}
     rc = load_run_config("paper", **o)
-    from model.weights import missing_pretrained
+    from lavimo.model.weights import missing_pretrained
     assert missing_pretrained(rc.model) == []
     seen = {}
-    import dataset.stream as S
+    import lavimo.dataset.stream as S
     loader = type("Loader", (), {"set_epoch": lambda self, epoch: None})
     monkeypatch.setattr(S, "make_loader", lambda *a, **kw: seen.update(kw) or loader())
-    from training.loop import DistInfo
+    from lavimo.training.loop import DistInfo
     T.train_loader(args, rc.model, rc.train, 0, 1, DistInfo())
     assert seen["augment"] == {"hflip_p": 0.5, "randaugment_ops": 2, "randaugment_magnitude": 9}

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.errors import BadInputError
-from core.hashing import sha256_file
-from training.loop import (
+from lavimo.core.errors import BadInputError
+from lavimo.core.hashing import sha256_file
+from lavimo.training.loop import (
     NonFiniteGuard, SkipBudget, TrainingStalled, load_training_state,
 )
 from test_train import BASE
@@ -166,7 +166,7 @@ def test_all_nan_motion_exits_nonzero_without_best(shards, tmp_path, capsys):
 
 
 def _nan_losses(monkeypatch):
-    from model.lavimo import LavimoModel
+    from lavimo.model.lavimo import LavimoModel
 
     real = LavimoModel.compute_losses
 
@@ -253,8 +253,7 @@ def _one_error_line(capsys) -> str:
 
 
 def test_disk_full_while_checkpointing(shards, tmp_path, capsys, monkeypatch):
-    import model
-
+    from lavimo import model
     real = model.save_checkpoint
     calls = []
 
@@ -496,7 +495,7 @@ def test_disk_full_in_the_real_writers_exits_2_with_one_line(shards, tmp_path, c
     64 KiB tmpfs: "Error while serializing: I/O error: No space left on device (os error 28)")."""
     import builtins
 
-    import training.loop
+    import lavimo.training.loop
 
     import stat
 
@@ -513,7 +512,7 @@ def test_disk_full_in_the_real_writers_exits_2_with_one_line(shards, tmp_path, c
     def save_to_full(obj, f, *a, **kw):  # the code at the branch point passed a path to torch.save
         return real_save(obj, "/dev/full" if isinstance(f, (str, os.PathLike)) else f, *a, **kw)
 
-    monkeypatch.setattr(training.loop, "open", open_full, raising=False)
+    monkeypatch.setattr(lavimo.training.loop, "open", open_full, raising=False)
     monkeypatch.setattr(torch, "save", save_to_full)
     out = tmp_path / "run"
     assert _run(["--shards", shards, "--out", out, "--max-steps", 1, *BASE]) == 2

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from dataset.amass import load_amass, read_amass_header
-from core.errors import BadInputError
-from body.model import load_body
-from body.smpl_files import load_npz_restricted, load_smpl_pickle
-from core.restricted_unpickle import MAX_DEPTH
+from lavimo.dataset.amass import load_amass, read_amass_header
+from lavimo.core.errors import BadInputError
+from lavimo.body.model import load_body
+from lavimo.body.smpl_files import load_npz_restricted, load_smpl_pickle
+from lavimo.core.restricted_unpickle import MAX_DEPTH
 from tests.test_smpl_pickle import _fake_chumpy, _smpl_dict, _without_chumpy, _write_chumpy_pickle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,14 +108,14 @@ def _run_isolated(code: str, timeout: float = 60) -> subprocess.CompletedProcess
 
 
 def _isolated_bad_input(loader_dotted_name: str, path: Path) -> str:
-    """Call ``loader_dotted_name`` (e.g. ``dataset.amass.load_amass``) on ``path`` in a fresh interpreter (a
+    """Call ``loader_dotted_name`` (e.g. ``lavimo.dataset.amass.load_amass``) on ``path`` in a fresh interpreter (a
     crash there is a return code, not a dead test run); it must raise BadInputError (exit 3, not -11 for
     SIGSEGV). Returns stdout: ``BAD <the error>``."""
     module, name = loader_dotted_name.rsplit(".", 1)
     r = _run_isolated(f"""
         import sys
         from {module} import {name}
-        from core.errors import BadInputError
+        from lavimo.core.errors import BadInputError
         try:
             print(repr({name}({str(path)!r})))     # touching object pointers made from bytes crashes
         except BadInputError as e:
@@ -184,7 +184,7 @@ def test_amass_gender_not_plain_data(tmp_path, payload, why):
 def test_amass_segfault_vector_is_a_clean_error(tmp_path):
     p = _write_npz(tmp_path / "seg.npz", _amass_members(gender=_object_npy(b"\x80\x02" + _NDARRAY_OBJ_BUFFER
                                                                            + b".")))
-    assert f"BAD {p}: gender: refusing a direct numpy.ndarray" in _isolated_bad_input("dataset.amass.load_amass", p)
+    assert f"BAD {p}: gender: refusing a direct numpy.ndarray" in _isolated_bad_input("lavimo.dataset.amass.load_amass", p)
 
 
 def test_amass_gender_member_size_and_truncation(tmp_path):
@@ -208,11 +208,11 @@ def test_amass_gender_member_size_and_truncation(tmp_path):
 def test_object_pointer_vectors_end_as_bad_input_not_sigsegv(tmp_path, vector, message):
     p = tmp_path / "SMPL_NEUTRAL.pkl"
     p.write_bytes(_proto2_setitem("v_template", vector))
-    out = _isolated_bad_input("body.smpl_files.load_smpl_pickle", p)
+    out = _isolated_bad_input("lavimo.body.smpl_files.load_smpl_pickle", p)
     assert f"BAD {p}: pickle: " in out and message in out
     # and the same file in an npz member (object arrays of model npz files use the same unpickler)
     z = _write_npz(tmp_path / "m.npz", {"v_template.npy": _object_npy(b"\x80\x02" + vector + b".")})
-    out = _isolated_bad_input("body.smpl_files.load_npz_restricted", z)
+    out = _isolated_bad_input("lavimo.body.smpl_files.load_npz_restricted", z)
     assert f"BAD {z}: v_template: " in out and message in out
 
 
@@ -534,7 +534,7 @@ def test_missing_unreadable_and_truncated_model_files(tmp_path, monkeypatch):
             load_body(tmp_path, "smpl", "male")
         assert str(pkl) in str(e.value) and e.value.field == "pickle"
     # unreadable (permissions; simulated, as the tests may run as root)
-    import body.smpl_files as smpl_pickle
+    import lavimo.body.smpl_files as smpl_pickle
 
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
@@ -545,7 +545,7 @@ def test_missing_unreadable_and_truncated_model_files(tmp_path, monkeypatch):
     assert str(pkl) in str(e.value)
     pkl.unlink()
     _write_model(npz, 52, "npz")
-    monkeypatch.setattr(zipfile, "ZipFile", denied)  # the npz is opened by core.restricted_unpickle.open_npz
+    monkeypatch.setattr(zipfile, "ZipFile", denied)  # the npz is opened by lavimo.core.restricted_unpickle.open_npz
     with pytest.raises(BadInputError, match="Permission denied") as e:
         load_body(tmp_path, "smplh", "male")
     assert str(npz) in str(e.value)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model import build_model, load_preset
+from lavimo.model import build_model, load_preset
 
 
 def test_residual_input_ignores_static_background():

@@ -38,8 +38,8 @@ def test_wheel_installs_assets_and_console_scripts(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}
-    code = ("import render.avatars as a, render.lights as l; avs = a.load_avatars(); ls = l.load_lights(); "
-            "from training.config import load_run_config; rc = load_run_config('paper'); "
+    code = ("import lavimo.render.avatars as a, lavimo.render.lights as l; avs = a.load_avatars(); ls = l.load_lights(); "
+            "from lavimo.training.config import load_run_config; rc = load_run_config('paper'); "
             "assert (rc.model.latent_dim, rc.train.epochs) == (512, 400); "
             "print(a.__file__, len(avs), len(ls), a.DEFAULT_AVATARS)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=elsewhere,

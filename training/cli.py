@@ -32,28 +32,28 @@ from typing import Any
 
 import torch
 
-from core.atomic import write_json
-from core.device import resolve_device, resolve_precision
-from core.errors import BadInputError, is_disk_full, os_error_text, print_error
-from core.seeding import stable_seed
-from core.slurm import SlurmEnvError, apply_srun_env
-from dataset.shard_source import FetchError, RemoteShards, is_remote, shard_location
-from dataset.stream import NoUsableSamplesError
-from dataset.text_embed import same_sentence_model
-from evaluation.encode import EmptySplitError, encode_split
-from model.lavimo import FUSION_NAMES, LOSS_KEYS
-from model.ddp import needs_find_unused_parameters
-from model.weights import missing_pretrained
-from training.loop import (
+from lavimo.core.atomic import write_json
+from lavimo.core.device import resolve_device, resolve_precision
+from lavimo.core.errors import BadInputError, is_disk_full, os_error_text, print_error
+from lavimo.core.seeding import stable_seed
+from lavimo.core.slurm import SlurmEnvError, apply_srun_env
+from lavimo.dataset.shard_source import FetchError, RemoteShards, is_remote, shard_location
+from lavimo.dataset.stream import NoUsableSamplesError
+from lavimo.dataset.text_embed import same_sentence_model
+from lavimo.evaluation.encode import EmptySplitError, encode_split
+from lavimo.model.lavimo import FUSION_NAMES, LOSS_KEYS
+from lavimo.model.ddp import needs_find_unused_parameters
+from lavimo.model.weights import missing_pretrained
+from lavimo.training.loop import (
     DistInfo, LossModule, NonFiniteGuard, apply_group_settings, group_settings, RunningMeans, SkipBudget, Stepper, TrainingDiverged, TrainingStalled,
     barrier, cleanup_distributed, format_counts, gather_embeddings, gather_rng_states, init_distributed,
     load_training_state, loader_skip_counts, local_rank_from_env, make_optimizer, mean_over_ranks, preserved_rng,
     retrieval_scores, save_training_state, seed_everything, set_rng_state,
 )
-from training.config import RunConfig, TrainConfig, load_run_config
-from training.run_dir import MetricsTable, RunDir, remove_stale_temp_files, write_run_info
-from training.preemption import EXIT_PREEMPTED, StopRequest, resolve_resume
-from training.schedule import paper_scheduler
+from lavimo.training.config import RunConfig, TrainConfig, load_run_config
+from lavimo.training.run_dir import MetricsTable, RunDir, remove_stale_temp_files, write_run_info
+from lavimo.training.preemption import EXIT_PREEMPTED, StopRequest, resolve_resume
+from lavimo.training.schedule import paper_scheduler
 
 log = logging.getLogger("train")
 
@@ -165,7 +165,7 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def resolve_config(args: argparse.Namespace, run: RunDir) -> RunConfig:
-    """Preset + flags -> the run's :class:`~training.config.RunConfig` (model + run settings).
+    """Preset + flags -> the run's :class:`~lavimo.training.config.RunConfig` (model + run settings).
 
     On --resume the run's saved config is the base: the model is the checkpoint's (a flag that would change it
     is refused: that is another model, so another --out), the run's settings are the saved ones with this
@@ -223,7 +223,7 @@ def check_training_manifests(shards: Path | RemoteShards, cfg) -> dict[str, dict
     directory, an unreadable manifest or a feature-dim mismatch. ``shards`` may be a remote set (an http(s) base
     URL or ``pipe:`` command, dataset/shard_source.py): a server or command that fails raises its FetchError
     (an OSError naming the URL)."""
-    from dataset.shard_format import manifest_path, read_manifest
+    from lavimo.dataset.shard_format import manifest_path, read_manifest
 
     remote = is_remote(shards)
     if not remote and not shards.is_dir():
@@ -266,11 +266,11 @@ def check_training_manifests(shards: Path | RemoteShards, cfg) -> dict[str, dict
 
 
 def _verify_files(shards: Path | RemoteShards, manifests: dict[str, dict]) -> dict[str, dict[str, dict]]:
-    """``{split: {shard name: {"sha256", "bytes", "match": True}}}`` from dataset.shards.verify_shards (every
+    """``{split: {shard name: {"sha256", "bytes", "match": True}}}`` from lavimo.dataset.shards.verify_shards (every
     listed file read once, streamed through sha256; for a remote set every tar is downloaded once, nothing
     stored), against ``manifests`` (those training checked: never read twice); the first file that differs from its manifest entry (or is missing or unreadable) raises
     BadInputError naming it."""
-    from dataset.shards import verify_shards as verify_shard_files
+    from lavimo.dataset.shards import verify_shards as verify_shard_files
 
     out: dict[str, dict[str, dict]] = {}
     for split in manifests:
@@ -334,7 +334,7 @@ def verify_shards(shards: Path | RemoteShards, manifests: dict[str, dict], dinfo
 def train_loader(args, cfg, tc: TrainConfig, epoch: int, steps: int, dinfo: DistInfo):
     """The training loader of one epoch: shard order, shuffle buffer and augmentation seeded by (seed, epoch,
     rank, worker) inside the loader; ``steps`` batches on every rank; shards split by rank."""
-    from dataset.stream import make_loader
+    from lavimo.dataset.stream import make_loader
 
     kw = {} if args.shuffle_buffer is None else {"shuffle_buffer": args.shuffle_buffer}
     loader = make_loader(args.shards, "train", batch_size=tc.batch_size, train=True,
@@ -347,7 +347,7 @@ def train_loader(args, cfg, tc: TrainConfig, epoch: int, steps: int, dinfo: Dist
 
 def val_loader(args, cfg, tc: TrainConfig, dinfo: DistInfo):
     """Every val sample exactly once, split by rank (each rank encodes its shards; see validate())."""
-    from dataset.stream import make_loader
+    from lavimo.dataset.stream import make_loader
 
     return make_loader(args.shards, "val", batch_size=tc.batch_size, train=False, num_workers=tc.num_workers,
                        seed=tc.seed, rank=dinfo.rank, world_size=dinfo.world_size, **cfg.loader_kwargs())
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> int:
-    from model import build_model, save_checkpoint
+    from lavimo.model import build_model, save_checkpoint
 
     run = RunDir(args.out or Path("runs") / Path(args.preset).stem)
     auto_resume = args.resume == "auto"
@@ -537,8 +537,8 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
                       guard=guard, dinfo=dinfo)
     budget = SkipBudget(max_skip, steps_per_epoch * tc.batch_size)
 
-    from dataset.shard_format import load_stats
-    from model.checkpoint import preprocess_record
+    from lavimo.dataset.shard_format import load_stats
+    from lavimo.model.checkpoint import preprocess_record
 
     preprocess = preprocess_record(cfg, *load_stats(args.shards))  # encoding raw inputs needs no shard set
 
@@ -797,10 +797,10 @@ def _next_batch(batches, index: int, steps: int, epoch: int, rank: int) -> dict:
 
 
 def _check_resume_checkpoint(run: RunDir, cfg) -> None:
-    """Refuse to resume unless RUN/checkpoints/last.safetensors passes ``model.checkpoint.check_checkpoint_fits``
+    """Refuse to resume unless RUN/checkpoints/last.safetensors passes ``lavimo.model.checkpoint.check_checkpoint_fits``
     and its config is the model of RUN/config.json: the model train.py builds is then the one the file holds, so
     a run directory cannot make it allocate more than its own weights (a crafted config.json)."""
-    from model.checkpoint import check_checkpoint_fits
+    from lavimo.model.checkpoint import check_checkpoint_fits
 
     if not run.last.is_file():
         raise SetupError(f"--resume: {run.last} not found (the run was interrupted before its first complete "
@@ -819,7 +819,7 @@ def _load_weights(model: torch.nn.Module, path: Path, state: dict) -> None:
     """Load RUN/checkpoints/last.safetensors into ``model`` and check it belongs to the training state."""
     from safetensors.torch import load_model
 
-    from model.checkpoint import read_checkpoint_metadata
+    from lavimo.model.checkpoint import read_checkpoint_metadata
 
     if not path.is_file():
         raise SetupError(f"--resume: {path} not found (the run was interrupted before its first complete "

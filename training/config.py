@@ -2,7 +2,7 @@
 
 :class:`TrainConfig` holds the batch, the optimiser and its schedule, the epochs, the loop's periods, the
 training loader's augmentation and the gathering of negatives across ranks. The model's architecture and
-objective are :class:`model.config.LavimoConfig`, saved in every checkpoint. A run (``RUN/config.json``) is
+objective are :class:`lavimo.model.config.LavimoConfig`, saved in every checkpoint. A run (``RUN/config.json``) is
 both: :class:`RunConfig`, ``{"model": ..., "train": ..., "trainer": ...}`` on disk.
 
 Presets: ``training/presets/NAME.json`` holds the run's settings of the preset whose model is
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.jsonconfig import JsonConfig, read_config_json
-from model.config import PRESET_DIR as MODEL_PRESET_DIR
-from model.config import LavimoConfig
+from lavimo.core.jsonconfig import JsonConfig, read_config_json
+from lavimo.model.config import PRESET_DIR as MODEL_PRESET_DIR
+from lavimo.model.config import LavimoConfig
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class TrainConfig(JsonConfig):
 
     def augment_kwargs(self) -> dict[str, Any]:
         """The training loader's augmentation settings (``make_loader(..., augment=...)``); the other
-        :class:`dataset.augment.AugmentConfig` fields keep their defaults."""
+        :class:`lavimo.dataset.augment.AugmentConfig` fields keep their defaults."""
         return {"hflip_p": self.hflip_p, "randaugment_ops": self.randaugment_ops,
                 "randaugment_magnitude": self.randaugment_magnitude}
 

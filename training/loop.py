@@ -1,9 +1,9 @@
 """Helpers of the training loop: DDP set-up, the optimiser, RNG and training-state checkpoints, the skip budget
 and NaN/inf guard, one optimisation step (:class:`Stepper`), and validation retrieval metrics.
 
-Each helper has one job; the loop itself is :func:`training.cli.train` (``train.py``). Devices and precision are
-:mod:`core.device`; the parameter groups are the model's (:meth:`model.lavimo.LavimoModel.parameter_groups`);
-validation encodes with :func:`evaluation.encode.encode_split` and scores with :mod:`evaluation.metrics`.
+Each helper has one job; the loop itself is :func:`lavimo.training.cli.train` (``train.py``). Devices and precision are
+:mod:`lavimo.core.device`; the parameter groups are the model's (:meth:`lavimo.model.lavimo.LavimoModel.parameter_groups`);
+validation encodes with :func:`lavimo.evaluation.encode.encode_split` and scores with :mod:`lavimo.evaluation.metrics`.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from core.atomic import atomic_path
-from core.errors import BadInputError
-from core.device import autocast
-from core.keyids import is_keyid
-from evaluation.metrics import retrieval_metrics, similarity_matrix
-from evaluation.protocols import EncodedSplit
-from model.lavimo import FUSION_NAMES, LOSS_KEYS
+from lavimo.core.atomic import atomic_path
+from lavimo.core.errors import BadInputError
+from lavimo.core.device import autocast
+from lavimo.core.keyids import is_keyid
+from lavimo.evaluation.metrics import retrieval_metrics, similarity_matrix
+from lavimo.evaluation.protocols import EncodedSplit
+from lavimo.model.lavimo import FUSION_NAMES, LOSS_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,8 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def make_optimizer(model: nn.Module, cfg: Any) -> torch.optim.AdamW:
-    """AdamW over the model's :meth:`~model.lavimo.LavimoModel.parameter_groups` with the run's ``lr``,
-    ``betas``, ``weight_decay`` and ``backbone_lr_scale`` (``cfg`` a :class:`training.config.TrainConfig`;
+    """AdamW over the model's :meth:`~lavimo.model.lavimo.LavimoModel.parameter_groups` with the run's ``lr``,
+    ``betas``, ``weight_decay`` and ``backbone_lr_scale`` (``cfg`` a :class:`lavimo.training.config.TrainConfig`;
     ``cfg.optimizer`` must be ``adamw``, the paper's choice)."""
     if str(getattr(cfg, "optimizer", "adamw")).lower() != "adamw":
         raise ValueError(f"optimizer {cfg.optimizer!r} is not supported (adamw)")
@@ -509,7 +509,7 @@ def mean_over_ranks(values: Mapping[str, float], info: DistInfo, device: torch.d
 
 def gather_embeddings(split: EncodedSplit | None, info: DistInfo) -> dict[str, Any] | None:
     """The latents of a validation split, ``{"keyid": [N], "text": (N,C), "video": (N,C) | None,
-    "motion": (N,C)}`` float32 numpy, from every rank's :func:`evaluation.encode.encode_split` output (None on a
+    "motion": (N,C)}`` float32 numpy, from every rank's :func:`lavimo.evaluation.encode.encode_split` output (None on a
     rank that got no sample), concatenated on rank 0 (others get None); collective in DDP."""
     emb: dict[str, Any] = {"keyid": [], "text": None, "video": None, "motion": None}
     if split is not None:
@@ -531,7 +531,7 @@ def gather_embeddings(split: EncodedSplit | None, info: DistInfo) -> dict[str, A
 
 def retrieval_scores(emb: Mapping[str, Any]) -> dict[str, float]:
     """Validation retrieval metrics t2m (text->motion) and, when video latents exist, v2m (video->motion),
-    with ``evaluation.metrics`` (same code as evaluate.py; standard protocol, no text-similarity threshold).
+    with ``lavimo.evaluation.metrics`` (same code as evaluate.py; standard protocol, no text-similarity threshold).
 
     Keys: ``t2m/R@1``, ``t2m/R@5``, ``t2m/R@10``, ``t2m/MedR`` (and ``v2m/...``), plus ``score``: the mean over
     the evaluated directions of (R@1 + R@5 + R@10) / 3 — the number that selects ``best.safetensors``.

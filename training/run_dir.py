@@ -27,10 +27,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from core.atomic import temp_target, write_json, write_text
-from core.errors import BadInputError
-from core.hashing import sha256_file
-from core.jsonconfig import read_json_file
+from lavimo.core.atomic import temp_target, write_json, write_text
+from lavimo.core.errors import BadInputError
+from lavimo.core.hashing import sha256_file
+from lavimo.core.jsonconfig import read_json_file
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class RunDir:
         return self
 
 
-#: the files of a run directory that are written atomically (core.atomic): a killed run may leave a temporary file
+#: the files of a run directory that are written atomically (lavimo.core.atomic): a killed run may leave a temporary file
 #: of one of these (``.{name}.{random}.tmp{ext}``), which :func:`remove_stale_temp_files` removes
 _RUN_FILE_RE = re.compile(r"^(config\.json|run\.json|metrics\.csv)$")
 _CKPT_FILE_RE = re.compile(r"^(last\.safetensors|last\.state\.pt|best\.safetensors|epoch-\d+\.safetensors)$")
@@ -68,7 +68,7 @@ _CKPT_FILE_RE = re.compile(r"^(last\.safetensors|last\.state\.pt|best\.safetenso
 
 def remove_stale_temp_files(run: RunDir) -> list[Path]:
     """Remove the temporary files a killed run left in ``run`` (docs/design.md, "Atomic writes"): only regular
-    files (not links) in RUN/ and RUN/checkpoints/ whose name is :func:`core.atomic.temp_target`'s rule for one of
+    files (not links) in RUN/ and RUN/checkpoints/ whose name is :func:`lavimo.core.atomic.temp_target`'s rule for one of
     the run's own files; nothing else is touched. Returns what was removed. Call it only when no other process
     writes to the run (train.py's rank 0 before it writes anything)."""
     removed = []
@@ -123,12 +123,12 @@ def write_run_info(run: RunDir, *, shards: str | os.PathLike, manifests: dict[st
     computed, "bytes": size, "match": bool}}`` (only ``manifest_sha256`` when skipped). ``shards`` may be a
     remote set (an http(s) base URL or ``pipe:`` command, dataset/shard_source.py): ``root`` is then the
     location as given, each ``manifest`` its URL, and ``manifest_sha256`` the sha256 of the bytes this process
-    fetched and parsed into ``manifests[split]`` (:func:`dataset.shard_source.fetched_manifest_sha256`; never
+    fetched and parsed into ``manifests[split]`` (:func:`lavimo.dataset.shard_source.fetched_manifest_sha256`; never
     fetched again). When no such fetch is remembered (a manifest dict from elsewhere, or changed after reading)
     ``manifest_sha256`` is None and ``manifest_sha256_unavailable`` says why (with a warning); run.json is
     written all the same.
     """
-    from dataset.shard_source import fetched_manifest_sha256, is_remote, shard_location
+    from lavimo.dataset.shard_source import fetched_manifest_sha256, is_remote, shard_location
 
     remote = is_remote(shards)
     shards = shard_location(shards) if remote else Path(shards)
@@ -256,5 +256,5 @@ class MetricsTable:
 
 def load_json(path: str | os.PathLike) -> Any:
     """The JSON value of a run-directory file (``run.json``, ``config.json``): size and nesting capped
-    (:func:`core.jsonconfig.read_json_file`); :class:`BadInputError` naming the file when it is not JSON."""
+    (:func:`lavimo.core.jsonconfig.read_json_file`); :class:`BadInputError` naming the file when it is not JSON."""
     return read_json_file(path)

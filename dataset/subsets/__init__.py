@@ -17,8 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from core.errors import BadInputError
-from core.keyids import check_keyid
+from lavimo.core.errors import BadInputError
+from lavimo.core.keyids import check_keyid
 
 log = logging.getLogger(__name__)
 

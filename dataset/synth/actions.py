@@ -1,8 +1,8 @@
 """The synthetic corpus' actions: parameters, procedural animation and captions.
 
-Every action animates a :class:`~dataset.synth.rig.Rig` from a :class:`MotionParams` (side, direction,
+Every action animates a :class:`~lavimo.dataset.synth.rig.Rig` from a :class:`MotionParams` (side, direction,
 speed, amplitude, repetitions) and writes at least three paraphrased captions that state those modifiers.
-Angles are degrees in SMPL's rest frame (see :mod:`dataset.synth.rig`); times are seconds.
+Angles are degrees in SMPL's rest frame (see :mod:`lavimo.dataset.synth.rig`); times are seconds.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from dataset.synth.rig import Rig, bump, smoothstep, standing
+from lavimo.dataset.synth.rig import Rig, bump, smoothstep, standing
 
 SPEED = {"slow": 0.75, "normal": 1.0, "fast": 1.3}
 AMP = {"small": 0.7, "normal": 1.0, "large": 1.25}

@@ -15,7 +15,7 @@ the HumanML3D frame rule (stride fps/20) and the time rule (20 fps) select the s
 
 ``nsim_test.txt`` is the corpus's dissimilar subset, as TMR ships one for HumanML3D and KIT-ML: up to
 ``nsim_size`` test motions whose first captions are mutually dissimilar, picked by
-:func:`dataset.subsets.build_dissimilar_subset` on the bundled sentence model's embeddings.
+:func:`lavimo.dataset.subsets.build_dissimilar_subset` on the bundled sentence model's embeddings.
 
 Everything is a pure function of ``--seed`` and the arguments: running twice writes byte-identical files.
 
@@ -40,13 +40,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from core.atomic import atomic_path, check_writable_dir, write_json, write_text
-from core.errors import print_error
-from core.seeding import stable_rng
-from dataset.subsets import NSIM_SPLIT, build_dissimilar_subset
-from dataset.synth.actions import (ACTION_NAMES, ACTIONS, MotionParams, animate, captions, describe_action,
+from lavimo.core.atomic import atomic_path, check_writable_dir, write_json, write_text
+from lavimo.core.errors import print_error
+from lavimo.core.seeding import stable_rng
+from lavimo.dataset.subsets import NSIM_SPLIT, build_dissimilar_subset
+from lavimo.dataset.synth.actions import (ACTION_NAMES, ACTIONS, MotionParams, animate, captions, describe_action,
                                    sample_params)
-from dataset.synth.rig import assemble
+from lavimo.dataset.synth.rig import assemble
 
 log = logging.getLogger(__name__)
 
@@ -283,12 +283,12 @@ def generate_corpus(out: str | Path, n_motions: int = 240, seed: int = 0, *, act
 
 def dissimilar_test_ids(test_ids: list[str], first_caption: dict[str, str], size: int) -> list[str]:
     """The corpus's ``nsim_test`` ids: up to ``size`` test motions (not their mirrored copies) whose first
-    captions are mutually dissimilar, by :func:`dataset.subsets.build_dissimilar_subset` on the bundled
+    captions are mutually dissimilar, by :func:`lavimo.dataset.subsets.build_dissimilar_subset` on the bundled
     sentence model. Empty when ``size`` is 0 or the test split is empty."""
     ids = sorted(k for k in test_ids if k in first_caption)
     if size <= 0 or not ids:
         return []
-    from dataset.text_embed import SentenceEmbedder
+    from lavimo.dataset.text_embed import SentenceEmbedder
 
     emb = SentenceEmbedder().encode([first_caption[k] for k in ids])
     return build_dissimilar_subset(ids, emb, min(size, len(ids))).ids

@@ -32,7 +32,7 @@ from collections import defaultdict
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
-from dataset.synth.skeleton import OFFSETS, REST_JOINTS, Z_UP, forward_kinematics, matrix_to_rotvec
+from lavimo.dataset.synth.skeleton import OFFSETS, REST_JOINTS, Z_UP, forward_kinematics, matrix_to_rotvec
 
 _MIRROR = np.diag([-1.0, 1.0, 1.0])
 FLOOR_TOLERANCE = 0.01  # metres a sole may dip below the floor where the grounding is smoothed

@@ -1,7 +1,7 @@
 """Forward kinematics on an approximate SMPL rest skeleton, for the synthetic corpus.
 
-The joint tree and the rest joints come from :mod:`body.skeleton` (its generator table
-:data:`body.skeleton.SYNTH_REST_JOINTS`: approximate joint locations of the neutral SMPL template, metres,
+The joint tree and the rest joints come from :mod:`lavimo.body.skeleton` (its generator table
+:data:`lavimo.body.skeleton.SYNTH_REST_JOINTS`: approximate joint locations of the neutral SMPL template, metres,
 SMPL's rest frame: **Y-up**, the body faces +Z, its left is +X, exactly left/right symmetric). They are used to
 put the synthetic bodies' feet on the floor and to check the motions; a real SMPL-H body gives joints within a
 few centimetres of these.
@@ -17,10 +17,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from body.skeleton import JOINT_NAMES, PARENTS, SYNTH_REST_JOINTS
+from lavimo.body.skeleton import JOINT_NAMES, PARENTS, SYNTH_REST_JOINTS
 
-#: the generator's rest skeleton (SMPL's frame, Y up): body.skeleton's second table, kept apart from THE rest
-#: joints because the synthetic corpus is computed from these numbers (see body.skeleton's docstring).
+#: the generator's rest skeleton (SMPL's frame, Y up): lavimo.body.skeleton's second table, kept apart from THE rest
+#: joints because the synthetic corpus is computed from these numbers (see lavimo.body.skeleton's docstring).
 REST_JOINTS = SYNTH_REST_JOINTS
 OFFSETS = np.concatenate([REST_JOINTS[:1], REST_JOINTS[1:] - REST_JOINTS[PARENTS[1:]]])
 

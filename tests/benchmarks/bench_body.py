@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from body.model import load_body  # noqa: E402
+from lavimo.body.model import load_body  # noqa: E402
 
 
 def _frames(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:

@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO))
 
 from scipy.ndimage import gaussian_filter1d  # noqa: E402
 
-from dataset import features as F  # noqa: E402
-from dataset.motion import HUMANML3D, Skeleton  # noqa: E402
+from lavimo.dataset import features as F  # noqa: E402
+from lavimo.dataset.motion import HUMANML3D, Skeleton  # noqa: E402
 
 FPS = 20.0
 SECONDS = 10.0
@@ -120,8 +120,8 @@ def load_clip(seconds: float = SECONDS) -> tuple[SimpleNamespace, np.ndarray, st
     sample = shared / "amass" / "amass_sample.npz"
     n = int(seconds * FPS)
     if sample.is_file():
-        from dataset.amass import load_amass
-        from dataset.frames import time_frame_indices
+        from lavimo.dataset.amass import load_amass
+        from lavimo.dataset.frames import time_frame_indices
 
         motion = load_amass(sample)
         fwd = time_frame_indices(motion.num_frames, motion.fps, FPS)
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
     except ImportError:  # pragma: no cover
         pass
-    from body.model import load_body
+    from lavimo.body.model import load_body
 
     body = load_body(None)
     motion, frames, desc = load_clip(args.seconds or (2.0 if args.quick else SECONDS))

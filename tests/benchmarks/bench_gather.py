@@ -48,11 +48,11 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
-    import model.gather as gather_mod
-    from model import build_model
-    from training.config import load_run_config
-    from model.ddp import needs_find_unused_parameters
-    from training.loop import DistInfo, LossModule, NonFiniteGuard, Stepper, make_optimizer
+    import lavimo.model.gather as gather_mod
+    from lavimo.model import build_model
+    from lavimo.training.config import load_run_config
+    from lavimo.model.ddp import needs_find_unused_parameters
+    from lavimo.training.loop import DistInfo, LossModule, NonFiniteGuard, Stepper, make_optimizer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(args.threads)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark the metric core: evaluation.metrics.gt_ranks (counting, O(N^2)) vs a sort-based baseline (O(N^2 log N)).
+"""Benchmark the metric core: lavimo.evaluation.metrics.gt_ranks (counting, O(N^2)) vs a sort-based baseline (O(N^2 log N)).
 
 The baseline is how TMR's evaluation finds ranks: sort every row, locate the positions equal to the ground-truth
 score, average them. Both must give identical ranks (checked on every run). Matrix sizes: HumanML3D's test split
@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from evaluation.metrics import gt_ranks, similar_text_mask  # noqa: E402
+from lavimo.evaluation.metrics import gt_ranks, similar_text_mask  # noqa: E402
 
 
 def sort_baseline(sims: np.ndarray, correct: np.ndarray | None = None) -> np.ndarray:

@@ -5,7 +5,7 @@
 Three measurements on the same clip (the real AMASS sample from ../shared when present, else a synthetic
 AMASS file), same size, avatar, materials and lights, procedural body:
 
-* **pipeline** - ``render.pipeline.render_clips`` end to end: npz -> frames -> posed mesh -> raster ->
+* **pipeline** - ``lavimo.render.pipeline.render_clips`` end to end: npz -> frames -> posed mesh -> raster ->
   composite -> H.264 mp4 + sidecar on disk (pose-ahead thread, in-place vertex buffer, encoder thread).
 * **naive** - pose the clip, then per frame build a new ``trimesh.Trimesh`` and ``pyrender.Mesh`` (floor
   as real geometry, as a straightforward implementation would), render, and append the frame to an
@@ -89,15 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     import pyrender
     import trimesh
 
-    from dataset.amass import load_amass
-    from dataset.clip import Clip, FrameSpec
-    from render.avatars import load_avatars, region_labels, vertex_colors
-    from body.model import load_body
-    from render.lights import load_lights
-    from render.pipeline import RenderConfig, choose_avatar_light, render_clips
-    from render.scene import SceneRenderer, VertexNormals
-    from render.trajectory import follow_trajectory
-    from core.mp4 import DEFAULT_CRF, DEFAULT_PRESET
+    from lavimo.dataset.amass import load_amass
+    from lavimo.dataset.clip import Clip, FrameSpec
+    from lavimo.render.avatars import load_avatars, region_labels, vertex_colors
+    from lavimo.body.model import load_body
+    from lavimo.render.lights import load_lights
+    from lavimo.render.pipeline import RenderConfig, choose_avatar_light, render_clips
+    from lavimo.render.scene import SceneRenderer, VertexNormals
+    from lavimo.render.trajectory import follow_trajectory
+    from lavimo.core.mp4 import DEFAULT_CRF, DEFAULT_PRESET
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_render_"))
     seconds = args.frames / 20.0

@@ -65,12 +65,12 @@ def main() -> int:
 
     import torch
 
-    from dataset.stream import load_stats
+    from lavimo.dataset.stream import load_stats
     from tests.fixtures.tiny_shards import make_tiny_shards
-    from model import build_model, load_preset, save_checkpoint
-    from search.index import Entry, Index, build_index, shard_items
-    from search.model import load, preprocess_record
-    from search.video import ffmpeg_exe
+    from lavimo.model import build_model, load_preset, save_checkpoint
+    from lavimo.search.index import Entry, Index, build_index, shard_items
+    from lavimo.search.model import load, preprocess_record
+    from lavimo.search.video import ffmpeg_exe
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     tmp = Path(tempfile.mkdtemp(prefix="bench-search-"))
@@ -134,7 +134,7 @@ def main() -> int:
                     f"duration={dur}", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(video)], check=True)
     vreps = 3 if args.quick else 7
     if r.has_video:
-        from search.video import frame_numbers, probe
+        from lavimo.search.video import frame_numbers, probe
 
         def naive_encode(path: Path) -> np.ndarray:
             """The naive baseline: decode every frame of the file in one ffmpeg, keep the query's frames."""
@@ -180,7 +180,7 @@ def main() -> int:
         print("  video query ratios (medians, same run): "
               + ", ".join(f"naive / {m} {vmed['naive'] / vmed[m]:.2f}x" for m in ("select", "seek", "auto"))
               + "; " + ", ".join(f"{m} / auto {vmed[m] / vmed['auto']:.2f}x" for m in ("select", "seek")))
-        from search.video import read_frames
+        from lavimo.search.video import read_frames
 
         t0 = time.perf_counter()
         read_frames(video, r.preprocess["num_frames"])

@@ -1,4 +1,4 @@
-"""Shard build throughput (clips/s) of dataset.shards.build_shards against a naive writer, same clips, one run.
+"""Shard build throughput (clips/s) of lavimo.dataset.shards.build_shards against a naive writer, same clips, one run.
 
   naive   one process; per clip: decode the mp4 at full resolution, resize each frame with PIL, JPEG-encode,
           embed the clip's captions in their own call, write the sample with webdataset's TarWriter (no resume
@@ -8,7 +8,7 @@
           atomic shards, manifests, stats, dataset card.
 
 Motion features come from a deterministic stand-in (random (T-1, 263) arrays) so the numbers measure the shard
-writer; computing features from AMASS is dataset.features' cost. Prints medians over repeats and the ratio.
+writer; computing features from AMASS is lavimo.dataset.features' cost. Prints medians over repeats and the ratio.
 
     .venv/bin/python tests/benchmarks/bench_shards.py [--quick] [--clips N] [--video-size S] [--workers W]
 """
@@ -40,10 +40,10 @@ def naive_sample(clip, videos: Path, embedder, frame_size: int = 256) -> dict:
     import numpy as np
     from PIL import Image
 
-    from dataset.shard_format import json_bytes, npy_bytes
-    from dataset.shards import texts_of
-    from core.mp4 import read_video
-    from dataset.video_frames import encode_jpgs, read_sidecar
+    from lavimo.dataset.shard_format import json_bytes, npy_bytes
+    from lavimo.dataset.shards import texts_of
+    from lavimo.core.mp4 import read_video
+    from lavimo.dataset.video_frames import encode_jpgs, read_sidecar
 
     side = read_sidecar(videos / f"{clip.keyid}.json")
     frames, _ = read_video(videos / f"{clip.keyid}.mp4")
@@ -76,7 +76,7 @@ def naive_build(clips, videos: Path, out: Path, embedder, samples_per_shard: int
 
 
 def real_build(clips, videos: Path, out: Path, embedder, samples_per_shard: int, workers: int) -> float:
-    from dataset.shards import BuildConfig, build_shards
+    from lavimo.dataset.shards import BuildConfig, build_shards
 
     t0 = time.perf_counter()
     rep = build_shards(clips, BuildConfig(out=out, videos=videos, splits=("train",), workers=workers,
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     frames = (16, 30) if args.quick else (80, 196)
     per_shard = max(1, n // 4)
 
-    from dataset.text_embed import SentenceEmbedder
+    from lavimo.dataset.text_embed import SentenceEmbedder
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-shards-"))
     try:

@@ -65,10 +65,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
-    from dataset.stream import make_loader
-    from training.config import load_run_config
-    from core.device import resolve_device, resolve_precision
-    from training.loop import LossModule, NonFiniteGuard, Stepper, make_optimizer, seed_everything
+    from lavimo.dataset.stream import make_loader
+    from lavimo.training.config import load_run_config
+    from lavimo.core.device import resolve_device, resolve_precision
+    from lavimo.training.loop import LossModule, NonFiniteGuard, Stepper, make_optimizer, seed_everything
 
     if args.quick:
         args.steps, args.warmup = min(args.steps, 3), min(args.warmup, 1)
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         over["num_workers"] = args.workers
     if args.random_init:
         over["random_init"] = True
-    from model import build_model
+    from lavimo.model import build_model
 
     run_cfg = load_run_config(args.preset, **over)
     cfg, tc = run_cfg.model, run_cfg.train  # the model, the run's settings
