@@ -64,3 +64,9 @@ def os_error_text(exc: OSError, default: str | os.PathLike | None = None, disk_f
     what = "no space left on device" if full else (exc.strerror or str(exc))
     text = f"{what}{disk_full_hint if full else ''}"
     return text if where is None else f"{os.fspath(where)}: {text}"
+
+
+class SetupError(RuntimeError):
+    """A usage or set-up problem that stops the whole command before (or instead of) any item: a missing input, an
+    unwritable output, a flag that does not fit. The message says what to fix; every command reports it with
+    :func:`print_error` and exits 2 (docs/design.md, "Errors")."""
