@@ -59,8 +59,8 @@ from lavimo.core.atomic import temp_target, write_json
 from lavimo.core.errors import BadInputError
 from lavimo.core.jsonconfig import read_json_file
 from lavimo.core.hashing import sha256_file
-from lavimo.core.process import set_parent_death_signal
 from lavimo.core.keyids import check_keyid, child_path, is_keyid
+from lavimo.core.workers import WorkerPool
 from lavimo.dataset.shard_format import (
     BASE_MEMBERS, FORMAT_VERSION, MANIFEST_KIND, MAX_CLIP_FRAMES, MEMBER_MAX_BYTES, META, MOTION, SENT, SPLITS,
     STATS_NAME, TEXTS, VIDEO_JPGS, VIDEO_MEMBERS, VIDEO_MP4, finite_number, iter_tar_members, json_bytes,
@@ -392,88 +392,6 @@ def _work(item):
         return ("failed", clip.keyid, f"{type(exc).__name__}: {exc}")
 
 
-class _LazyPool:
-    """A process pool created on first use (a no-op re-run never forks workers); None for one worker.
-
-    Workers die with the parent (:func:`_worker_init`); :meth:`terminate` stops them at once (interrupt)."""
-
-    def __init__(self, workers: int):
-        self.workers, self.pool = workers, None
-
-    def get(self):
-        if self.pool is None and self.workers > 1:
-            import multiprocessing as mp
-
-            self.pool = mp.get_context("fork").Pool(self.workers, initializer=_worker_init, initargs=(os.getpid(),))
-        return self.pool
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
-            self.pool.join()
-            self.pool = None
-
-    def terminate(self) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
-            self.pool = None
-
-
-def _ordered(pool, items: list, window: int):
-    """Results of ``_work`` over ``items`` in order, at most ``window`` submitted ahead (bounded memory)."""
-    if pool is None:
-        yield from map(_work, items)
-        return
-    from collections import deque
-
-    pending: deque = deque()
-    for item in items:
-        pending.append(pool.apply_async(_work, (item,)))
-        if len(pending) >= window:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
-
-
-def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> str:
-    """Make this (child) process exit when ``parent_pid`` dies; returns the mechanism used.
-
-    On Linux: ``prctl(PR_SET_PDEATHSIG, sig)`` through ctypes ("prctl"). Elsewhere, or when prctl is not
-    available: a daemon thread that polls ``os.getppid()`` every 0.5 s and calls ``os._exit(1)`` once the
-    parent is gone ("poll")."""
-    if set_parent_death_signal(sig):
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
-        return "prctl"
-
-    def watch() -> None:
-        import time
-
-        while True:
-            if os.getppid() != parent_pid:
-                os._exit(1)
-            time.sleep(0.5)
-
-    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
-    return "poll"
-
-
-def _worker_init(parent_pid: int | None = None) -> None:
-    """Pool worker set-up: die with the parent, leave SIGINT to the parent (which stops the pool), one
-    torch thread."""
-    if parent_pid is not None:
-        die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover
-        pass
-
-
 class _SignalDeferral:
     """SIGINT/SIGTERM -> :class:`BuildInterrupted`, held back while a :meth:`deferred` block runs (a shard
     that is being written is finished and counted first). One signal stops the build: once it was raised, or
@@ -669,7 +587,7 @@ def build_shards(clips: Iterable, cfg: BuildConfig, *, embedder=None, features_f
     for c in clips:
         if c.split in by_split:
             by_split[c.split].append(c)
-    pool = _LazyPool(cfg.workers)
+    pool = WorkerPool(cfg.workers)
     with _stop_on_signals():
         try:
             try:
@@ -753,7 +671,7 @@ def _build_split(split, clips, cfg, set_cfg, embedder, features_fn, feature_dim,
         jobs.append((si, group, fp, skipped, failed0, work))
     # one ordered stream over all shards' clips, a bounded number in flight (workers never wait for a shard)
     items = [w for job in jobs for w in job[5]]
-    results = _ordered(pool.get() if items else None, items, window=4 * max(1, cfg.workers))
+    results = (pool if items else WorkerPool(1)).ordered(_work, items, window=4 * max(1, cfg.workers))
     for si, group, fp, skipped, failed0, work in jobs:
         bar.update(len(group) - len(work))
         samples, failed = [], dict(failed0)
