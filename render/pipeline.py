@@ -186,11 +186,6 @@ def verify_outputs(out_dir: str | os.PathLike, keyid: str) -> tuple[bool, str]:
     return True, "verified size and sha256"
 
 
-def outputs_complete(out_dir: str | os.PathLike, keyid: str) -> bool:
-    """True when the clip's outputs pass :func:`verify_outputs` (the resume rule)."""
-    return verify_outputs(out_dir, keyid)[0]
-
-
 def base_keyid(clip: Clip) -> str:
     """The keyid whose avatar/light a clip uses: a mirrored ``M<id>`` uses ``<id>``'s."""
     k = clip.keyid
