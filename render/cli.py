@@ -72,7 +72,7 @@ def add_mirrored(clips: list[Clip], problems: dict[str, str] | None = None) -> l
             continue
         if not is_keyid("M" + c.keyid):
             reason = f"--mirror: {ascii('M' + c.keyid)} would not be a valid keyid (too long)"
-            log.warning("%s; no mirrored copy of %s", reason, _show(c.keyid))
+            log.warning("%s; no mirrored copy of %s", reason, c.keyid)
             if problems is not None:
                 problems["M" + c.keyid] = reason
             continue
@@ -207,7 +207,7 @@ def select_clips(args: argparse.Namespace) -> tuple[list[Clip], dict, dict]:
             if c.frame_spec.rule == "time":
                 c = replace(c, frame_spec=replace(c.frame_spec, fps=args.fps), fps=args.fps)
             elif abs(args.fps - c.fps) > 1e-9:
-                raise SetupError(f"--fps {args.fps:g}: clip {_show(c.keyid)} follows the HumanML3D frame rule, "
+                raise SetupError(f"--fps {args.fps:g}: clip {c.keyid} follows the HumanML3D frame rule, "
                                  f"fixed at {c.fps:g} fps (its motion features are at that rate); drop --fps")
             out.append(c)
         clips = out
@@ -231,11 +231,6 @@ def select_clips(args: argparse.Namespace) -> tuple[list[Clip], dict, dict]:
     if args.limit is not None:
         clips = clips[: max(0, args.limit)]
     return select_part(clips, parse_part(args.part)), report, notes
-
-
-def _show(keyid: str) -> str:
-    """A keyid for a terminal line: as is when valid, else quoted and escaped."""
-    return keyid if is_keyid(keyid) else ascii(keyid)
 
 
 def _fast_ffmpeg_spawn() -> None:
@@ -549,7 +544,7 @@ def _finish(report_path: Path, report: dict, elapsed: float, fatal: str | None, 
           f"({report['frames_rendered']} frames in {elapsed:.1f} s, "
           f"{report['frames_per_second']} frames/s); report: {report_path}")
     for k, reason in list(failed.items())[:20]:
-        print(f"  failed {_show(k)}: {reason}")
+        print(f"  failed {k}: {reason}")
     if len(failed) > 20:
         print(f"  ... and {len(failed) - 20} more (see the report)")
     if fatal is not None:

@@ -653,13 +653,10 @@ class _ClipWriter:
 def _stop_producer(producer: _Producer) -> None:
     """Stop the pose-ahead thread and wait for it: no thread of ours may still run when render_clips returns.
 
-    Why (issue 24): a stopped run used to return with this daemon thread still posing the next clip. When the
-    command then exited, the interpreter finalised while the thread was inside a torch kernel (which runs with
-    the GIL released behind a C++ guard); CPython ends such a thread with ``pthread_exit`` when it tries to take
-    the GIL back, the forced unwind reaches the guard's ``noexcept`` destructor, and the C++ runtime calls
-    ``std::terminate``: "terminate called without an active exception", SIGABRT (exit -6) instead of the report's
-    exit 1. Joining bounds the wait to what the thread is doing now (one clip's posing at most): every put and
-    every clip checks ``producer.stop``, and emptying the queue releases a put that waits for room."""
+    Issue 24: a daemon thread left inside a torch kernel when the interpreter exits is ended with ``pthread_exit``,
+    whose unwind through torch's ``noexcept`` GIL guard calls ``std::terminate`` (SIGABRT instead of the report's
+    exit 1). The wait is bounded: every put and every clip checks ``producer.stop``, and emptying the queue
+    releases a put that waits for room."""
     producer.stop.set()
     while producer.is_alive():
         try:
