@@ -18,18 +18,13 @@ removed at start; worker processes exit when the parent dies.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import multiprocessing as mp
 import os
-import queue
-import signal
 import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
@@ -37,16 +32,13 @@ from tqdm import tqdm  # noqa: E402
 
 from lavimo.core.atomic import check_writable_dir, temp_target, write_json  # noqa: E402
 from lavimo.dataset.clip import Clip  # noqa: E402
-from lavimo.core.errors import BadInputError, os_error_text, print_error  # noqa: E402
-from lavimo.core.process import set_parent_death_signal  # noqa: E402
+from lavimo.core.errors import BadInputError, SetupError, os_error_text, print_error  # noqa: E402
 from lavimo.core.keyids import check_keyid, is_keyid  # noqa: E402
+from lavimo.core.stop import StopSignals  # noqa: E402
+from lavimo.core.workers import WorkerProcesses, fork_server_context, stop_fork_server, worker_setup  # noqa: E402
 
 PROG = "render-amass"
 log = logging.getLogger(PROG)
-
-
-class SetupError(RuntimeError):
-    """A problem that stops the whole run (message says what to fix)."""
 
 
 def parse_part(text: str | None) -> tuple[int, int] | None:
@@ -80,7 +72,7 @@ def add_mirrored(clips: list[Clip], problems: dict[str, str] | None = None) -> l
             continue
         if not is_keyid("M" + c.keyid):
             reason = f"--mirror: {ascii('M' + c.keyid)} would not be a valid keyid (too long)"
-            log.warning("%s; no mirrored copy of %s", reason, _show(c.keyid))
+            log.warning("%s; no mirrored copy of %s", reason, c.keyid)
             if problems is not None:
                 problems["M" + c.keyid] = reason
             continue
@@ -142,7 +134,7 @@ def check_output_dir(out: Path) -> None:
         raise SetupError(f"output directory {out} is not writable ({e}); pass a writable --out") from e
 
 
-#: modules the worker processes need, imported once by the forkserver process the workers are forked from
+#: modules the worker processes need, imported once by the fork server the workers are forked from
 #: (instead of once per spawned worker: torch and pyrender alone take ~5 s of CPU to import). Importing them
 #: creates no EGL context and runs no torch kernels, so forking after it is safe.
 WORKER_PRELOAD = ["torch", "smplx", "scipy.sparse", "scipy.ndimage", "pyrender", "lavimo.render.pipeline", "lavimo.body.model",
@@ -195,7 +187,7 @@ def select_clips(args: argparse.Namespace) -> tuple[list[Clip], dict, dict]:
     """The clips to consider, the annotation load report, and notes on the selection: ``keyids_file``
     (what ``--keyids`` did: ``{"path", "invalid": {"line N": reason}, "missing": [...]}``) and
     ``mirror_skipped`` ({keyid: reason} of ``--mirror`` copies left out).
-    Clips keep whatever keyid the annotations gave them: the caller checks them (:func:`split_invalid`)."""
+    Every clip's keyid was checked when the clip was made (:class:`lavimo.dataset.clip.Clip`)."""
     from lavimo.dataset.annotations import load_clips
 
     try:
@@ -215,7 +207,7 @@ def select_clips(args: argparse.Namespace) -> tuple[list[Clip], dict, dict]:
             if c.frame_spec.rule == "time":
                 c = replace(c, frame_spec=replace(c.frame_spec, fps=args.fps), fps=args.fps)
             elif abs(args.fps - c.fps) > 1e-9:
-                raise SetupError(f"--fps {args.fps:g}: clip {_show(c.keyid)} follows the HumanML3D frame rule, "
+                raise SetupError(f"--fps {args.fps:g}: clip {c.keyid} follows the HumanML3D frame rule, "
                                  f"fixed at {c.fps:g} fps (its motion features are at that rate); drop --fps")
             out.append(c)
         clips = out
@@ -241,24 +233,6 @@ def select_clips(args: argparse.Namespace) -> tuple[list[Clip], dict, dict]:
     return select_part(clips, parse_part(args.part)), report, notes
 
 
-def split_invalid(clips: list[Clip], source: str) -> tuple[list[Clip], dict[str, str]]:
-    """(clips with valid keyids, {bad keyid: reason naming ``source``}): a keyid that is not a plain name
-    (``../x``, ``a/b``, an absolute path, ...) never reaches a file path."""
-    good, bad = [], {}
-    for c in clips:
-        try:
-            check_keyid(c.keyid, source, "keyid")
-            good.append(c)
-        except BadInputError as e:
-            bad[c.keyid] = str(e)
-    return good, bad
-
-
-def _show(keyid: str) -> str:
-    """A keyid for a terminal line: as is when valid, else quoted and escaped."""
-    return keyid if is_keyid(keyid) else ascii(keyid)
-
-
 def _fast_ffmpeg_spawn() -> None:
     """Let imageio-ffmpeg start ffmpeg without its ``preexec_fn=os.setpgrp`` (which forces a full ``fork`` of
     this large process, ~25 ms CPU and ~80 ms wall per clip, instead of ``vfork``, ~1.5 ms / ~9 ms). The
@@ -267,92 +241,28 @@ def _fast_ffmpeg_spawn() -> None:
     os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
 
 
-class StopRequest:
-    """Set by SIGINT / SIGTERM: rendering stops after the current frame and the report is still written.
-
-    Call the object to ask whether a stop was requested; ``signal_name`` is "SIGINT" / "SIGTERM" / None.
-    A second signal in the parent ends the process at once (``os._exit(1)``, no report; the workers follow,
-    and the next run removes the temporary files). Once :meth:`decide` was called (the report is being
-    written), signals are ignored: the report and the exit status already say how the run ended.
-
-    The handler only records the signal (and writes to stderr): it never raises, so a signal can never unwind
-    the main thread out of native code (EGL, torch, ffmpeg pipes) or leave a thread running at exit."""
-
-    def __init__(self, hard_exit_on_repeat: bool = True):
-        self.signal_name: str | None = None
-        self.hard_exit_on_repeat = hard_exit_on_repeat
-        self.decided = False
-
-    def __call__(self) -> bool:
-        return self.signal_name is not None
-
-    def decide(self) -> str | None:
-        """The signal that stopped the run (or None), fixed from now on: later signals are ignored, so the report
-        and the exit status agree however late a signal comes."""
-        self.decided = True
-        return self.signal_name
-
-    def handle(self, signum: int, frame=None) -> None:
-        name = signal.Signals(signum).name
-        if self.decided:
-            return
-        if self.signal_name is not None:
-            if self.hard_exit_on_repeat:
-                sys.stderr.write(f"\nrender-amass: {name} again: exiting now, without a report\n")
-                sys.stderr.flush()
-                os._exit(1)
-            return
-        self.signal_name = name
-        if self.hard_exit_on_repeat:
-            sys.stderr.write(f"\nrender-amass: {name}: stopping after the current frame "
-                             f"(the report is written; send it again to quit at once)\n")
-            sys.stderr.flush()
-
-    @contextlib.contextmanager
-    def installed(self, then_ignore: bool = False) -> Iterator["StopRequest"]:
-        """Handle SIGINT and SIGTERM while inside (main thread only; elsewhere nothing is installed).
-
-        On leaving, the previous handlers come back, or with ``then_ignore`` (the process is about to exit:
-        the command's own run) both signals are ignored from then on: with the default action back, a signal
-        during the interpreter's exit would kill a process whose report says it ended normally."""
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield self
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, signal.SIG_IGN if then_ignore else h if h is not None else signal.SIG_DFL)
+def stop_signals() -> StopSignals:
+    """The command's SIGINT / SIGTERM handler: rendering stops after the current frame and the report is still
+    written; a second signal ends the process at once (``os._exit(1)``, no report; the workers follow, and the
+    next run removes the temporary files). The handler only records the signal: it never raises, so a signal
+    can never unwind the main thread out of native code (EGL, torch, ffmpeg pipes)."""
+    return StopSignals(prog=PROG, on_first="stopping after the current frame (the report is written; send it "
+                       "again to quit at once)", on_repeat="exit")
 
 
-def _watch_parent(conn) -> None:
-    """Watchdog thread of a worker: ``conn`` is the read end of a pipe whose only write end the ``render-amass``
-    process holds; end of file means that process exited or was killed, so this worker leaves at once."""
-    try:
-        while True:
-            conn.recv_bytes()
-    except (EOFError, OSError):
-        pass
-    os._exit(3)
-
-
-def _worker_main(idx: int, clips: list[Clip], cfg, egl_device: str | None, events, lp_threads: int,
+def _worker_main(idx: int, clips: list[Clip], cfg, egl_device: str | None, lp_threads: int, events,
                  parent_conn=None) -> None:
-    """Worker process: own EGL context, renders its clips, reports results/frames through ``events``.
+    """Worker process (a :class:`lavimo.core.workers.WorkerProcesses` target): own EGL context, renders its clips,
+    reports ``("result", ClipResult)`` / ``("frames", n)`` through ``events``.
 
     ``LP_NUM_THREADS`` (llvmpipe's rasteriser threads) is set to ``lp_threads`` before the EGL context is
     created, unless the user set it. A renderer that cannot start is reported as ``("setup", idx, message)``,
     a :class:`lavimo.render.pipeline.FatalRenderError` as ``("fatal", idx, message)``. The worker dies with the
-    parent (parent-death signal on Linux, and a watchdog on ``parent_conn``); SIGINT / SIGTERM make it stop
-    after the current frame and report what it finished.
+    parent (:func:`lavimo.core.workers.worker_setup`); SIGINT / SIGTERM make it stop after the current frame and
+    report what it finished.
     """
-    stop = StopRequest(hard_exit_on_repeat=False)
-    signal.signal(signal.SIGINT, stop.handle)
-    signal.signal(signal.SIGTERM, stop.handle)
-    set_parent_death_signal()  # the kernel kills this worker with its parent (Linux); the pipe watchdog too
-    if parent_conn is not None:
-        threading.Thread(target=_watch_parent, args=(parent_conn,), name="parent-watchdog", daemon=True).start()
+    stop = StopSignals().install()
+    worker_setup(parent_conn)
     if egl_device is not None:
         os.environ["EGL_DEVICE_ID"] = str(egl_device)
     # llvmpipe (CPU rendering) uses every core per context by default: share them between the workers.
@@ -390,99 +300,38 @@ def _worker_main(idx: int, clips: list[Clip], cfg, egl_device: str | None, event
     events.put(("exit", idx))
 
 
-def _worker_context(start: bool = False):
-    """multiprocessing context for the workers: forkserver (modules preloaded once) where available, else spawn.
-    ``start``: start the fork server now, so its imports overlap the parent's own set-up."""
-    try:
-        ctx = mp.get_context("forkserver")
-    except ValueError:  # no fork on this platform
-        return mp.get_context("spawn")
-    ctx.set_forkserver_preload(WORKER_PRELOAD)
-    if start:
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
-    return ctx
-
-
-def _stop_fork_server() -> None:
-    """Stop (and reap) the fork server after the workers ended, so no idle process holding torch stays around
-    and its CPU time (the workers' included) is accounted to this process's children."""
-    try:
-        from multiprocessing import forkserver
-
-        forkserver._forkserver._stop()  # private in CPython 3.8-3.13; harmless to skip
-    except Exception:  # noqa: BLE001
-        log.debug("could not stop the fork server", exc_info=True)
-
-
 #: seconds the workers get to finish their current frame after a stop (interrupt, fatal error) before a kill
 STOP_GRACE_S = 15.0
 
 
 def _render_in_workers(clips: list[Clip], cfg, workers: int, devices: list[str] | None,
-                       on_result: Callable, on_frames: Callable[[int], None], stop: StopRequest) -> str | None:
+                       on_result: Callable, on_frames: Callable[[int], None], stop: StopSignals) -> str | None:
     """Render ``clips`` round-robin over ``workers`` processes; returns the first fatal / set-up message of a
     worker (the others are then stopped), else None. Clips a crashed worker never reported fail; clips left
     by a stop get no result (the caller lists them as not attempted)."""
     from lavimo.render.pipeline import ClipResult
 
-    ctx = _worker_context()
-    events = ctx.Queue()
-    parent_r, parent_w = ctx.Pipe(duplex=False)  # the workers' watchdog: EOF when this process is gone
     # Round-robin assignment over keyid order balances long and short clips on average.
     shares = [clips[i::workers] for i in range(workers)]
-    procs: list = []
+    lp = max(1, (os.cpu_count() or 1) // workers)
+    jobs = [(share, cfg, devices[i % len(devices)] if devices else None, lp) for i, share in enumerate(shares)]
     fatal: str | None = None
-    stopping_since: float | None = None
     reported: set[str] = set()
-    try:
-        for i, share in enumerate(shares):
-            dev = devices[i % len(devices)] if devices else None
-            lp = max(1, (os.cpu_count() or 1) // workers)
-            pr = ctx.Process(target=_worker_main, args=(i, share, cfg, dev, events, lp, parent_r), daemon=True)
-            pr.start()
-            procs.append(pr)
-        parent_r.close()
-        alive = set(range(len(procs)))
-        while alive:
-            if stopping_since is None and (stop() or fatal is not None):
-                stopping_since = time.monotonic()
-                for i in alive:
-                    procs[i].terminate()  # SIGTERM: the worker stops after its current frame and reports
-            if stopping_since is not None and time.monotonic() - stopping_since > STOP_GRACE_S:
-                log.warning("worker(s) %s did not stop within %g s; killing them", sorted(alive), STOP_GRACE_S)
-                break
-            try:
-                ev = events.get(timeout=0.2)
-            except queue.Empty:
-                for i in list(alive):
-                    if not procs[i].is_alive() and procs[i].exitcode not in (0, None):
-                        if stopping_since is None:
-                            log.error("worker %d died (exit code %s)", i, procs[i].exitcode)
-                        alive.discard(i)
-                continue
-            if ev[0] == "result":
-                reported.add(ev[1].keyid)
-                on_result(ev[1])
-            elif ev[0] == "frames":
-                on_frames(ev[1])
-            elif ev[0] == "crash":
-                log.error("worker %d stopped: %s", ev[1], ev[2])
-            elif ev[0] in ("setup", "fatal"):
-                fatal = fatal or ev[2]
-            elif ev[0] == "exit":
-                alive.discard(ev[1])
-        for pr in procs:
-            pr.join(timeout=10 if stopping_since is None else 1)
-    finally:
-        for pr in procs:
-            if pr.is_alive():
-                pr.kill()
-                pr.join(timeout=5)
-        parent_w.close()
-        _stop_fork_server()
-    if stopping_since is None:
+
+    def on_event(ev: tuple) -> None:
+        nonlocal fatal
+        if ev[0] == "result":
+            reported.add(ev[1].keyid)
+            on_result(ev[1])
+        elif ev[0] == "frames":
+            on_frames(ev[1])
+        elif ev[0] == "crash":
+            log.error("worker %d stopped: %s", ev[1], ev[2])
+        elif ev[0] in ("setup", "fatal"):
+            fatal = fatal or ev[2]
+
+    procs = WorkerProcesses(_worker_main, jobs, WORKER_PRELOAD, grace_s=STOP_GRACE_S)
+    if not procs.run(on_event, lambda: stop() or fatal is not None):
         for i, share in enumerate(shares):  # clips a crashed worker never reported
             for c in share:
                 if c.keyid not in reported:
@@ -509,14 +358,14 @@ def _report_name(part: tuple[int, int] | None) -> str:
     return "render-report.json" if part is None else f"render-report-part-{part[0]}-of-{part[1]}.json"
 
 
-def run(args: argparse.Namespace, stop: StopRequest | None = None) -> int:
+def run(args: argparse.Namespace, stop: StopSignals | None = None) -> int:
     """The whole command after argument parsing; returns the exit status (see the module docstring).
     Raises SetupError for set-up problems found before rendering starts."""
     from lavimo.render.avatars import load_avatars
     from lavimo.render.lights import load_lights
     from lavimo.render.lod import parse_lod
 
-    stop = stop or StopRequest()
+    stop = stop or StopSignals()
     if args.size < 16 or args.size % 2:
         raise SetupError(f"--size must be an even number >= 16, got {args.size}")
     if args.workers < 1:
@@ -563,21 +412,42 @@ def run(args: argparse.Namespace, stop: StopRequest | None = None) -> int:
         except RendererSetupError as e:
             raise SetupError(str(e)) from e
     else:  # each worker creates its own context and reports a set-up error as ("setup", i, message)
-        _worker_context(start=True)
+        fork_server_context(WORKER_PRELOAD, start=True)
     try:
         return _run_clips(args, stop, part, lod, avatars, out, renderer)
     finally:
         if renderer is not None:
             renderer.close()
         if workers > 1:
-            _stop_fork_server()
+            stop_fork_server()
 
 
-def _run_clips(args: argparse.Namespace, stop: StopRequest, part, lod, avatars, out: Path, renderer) -> int:
-    from lavimo.render.pipeline import ClipResult, FatalRenderError, RenderConfig, render_clips
+class _Progress:
+    """The clips' results as they come, and the progress bar (clips done, frames/s)."""
 
-    all_clips, ann_report, notes = select_clips(args)
-    clips, invalid = split_invalid(all_clips, args.annotations)
+    def __init__(self, total: int):
+        self.results: dict = {}
+        self.frames = 0
+        self.t0 = time.perf_counter()
+        self.bar = tqdm(total=total, unit="clip", desc=PROG, disable=None)
+
+    def on_result(self, r) -> None:
+        self.results[r.keyid] = r
+        self.bar.update(1)
+
+    def on_frames(self, n: int) -> None:
+        self.frames += n
+        self.bar.set_postfix_str(f"{self.frames / max(time.perf_counter() - self.t0, 1e-9):.1f} frames/s",
+                                 refresh=False)
+
+
+def _run_clips(args: argparse.Namespace, stop: StopSignals, part, lod, avatars, out: Path, renderer) -> int:
+    """Select the clips, remove stale temporary files, render (here or in workers), write the report; returns
+    the exit status. The clips' keyids were checked when the clips were made (:class:`lavimo.dataset.clip.Clip`,
+    :func:`read_keyids`) and are trusted from here on; outputs are joined with ``child_path``."""
+    from lavimo.render.pipeline import RenderConfig
+
+    clips, ann_report, notes = select_clips(args)
     report_name = _report_name(part)
     finals = {report_name} | {f"{c.keyid}.{ext}" for c in clips for ext in ("mp4", "json")}
     removed, left = remove_stale_temps(out, finals)
@@ -589,59 +459,59 @@ def _run_clips(args: argparse.Namespace, stop: StopRequest, part, lod, avatars, 
                        lights_path=args.lights_file, num_lights=args.lights, size=args.size, seed=args.seed,
                        body_models=args.body_models, overwrite=args.overwrite, crf=args.crf, preset=args.preset,
                        lod=lod, shading=args.shading)
-    log.info("%d clips to consider, %d avatars, lights 1..%d, %dx%d, %d worker(s)%s", len(all_clips), len(avatars),
+    log.info("%d clips to consider, %d avatars, lights 1..%d, %dx%d, %d worker(s)%s", len(clips), len(avatars),
              args.lights, args.size, args.size, args.workers, f", part {part[0]}/{part[1]}" if part else "")
-
-    results: dict[str, ClipResult] = {}
-    frames_done = 0
-    t0 = time.perf_counter()
-    bar = tqdm(total=len(all_clips), unit="clip", desc=PROG, disable=None)
-
-    def on_result(r: ClipResult) -> None:
-        results[r.keyid] = r
-        bar.update(1)
-
-    def on_frames(n: int) -> None:
-        nonlocal frames_done
-        frames_done += n
-        bar.set_postfix_str(f"{frames_done / max(time.perf_counter() - t0, 1e-9):.1f} frames/s", refresh=False)
-
-    for keyid, reason in invalid.items():
-        on_result(ClipResult(keyid, "failed", reason))
+    progress = _Progress(len(clips))
     workers = min(args.workers, max(1, len(clips)))
-    devices = [d.strip() for d in args.egl_devices.split(",")] if args.egl_devices else None
-    fatal: str | None = None
     try:
-        if not clips or stop():
-            pass
-        elif renderer is not None:
-            import torch
-
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # posing shares the CPU with rasterisation and encoding
-            try:
-                render_clips(clips, cfg, renderer=renderer, on_result=on_result, on_frames=on_frames, stop=stop)
-            except FatalRenderError as e:
-                fatal = str(e)
-            finally:
-                torch.set_num_threads(threads)
-        else:
-            fatal = _render_in_workers(clips, cfg, workers, devices, on_result, on_frames, stop)
+        fatal = _render(clips, cfg, workers, args.egl_devices, renderer, stop, progress)
     finally:
-        bar.close()
-    elapsed = time.perf_counter() - t0
+        progress.bar.close()
+    elapsed = time.perf_counter() - progress.t0
     interrupted = stop.decide()  # the report and the exit status both say this, whatever signal comes later
+    report = _report(progress.results, clips, elapsed, part, workers, removed, interrupted, fatal, notes, ann_report)
+    return _finish(out / report_name, report, elapsed, fatal, interrupted)
+
+
+def _render(clips: list[Clip], cfg, workers: int, egl_devices: str | None, renderer, stop: StopSignals,
+            progress: _Progress) -> str | None:
+    """Render ``clips`` with the run's own ``renderer``, else in ``workers`` processes; returns the message of a
+    fatal error (:class:`lavimo.render.pipeline.FatalRenderError`, a worker's set-up error) or None."""
+    from lavimo.render.pipeline import FatalRenderError, render_clips
+
+    if not clips or stop():
+        return None
+    if renderer is None:
+        devices = [d.strip() for d in egl_devices.split(",")] if egl_devices else None
+        return _render_in_workers(clips, cfg, workers, devices, progress.on_result, progress.on_frames, stop)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # posing shares the CPU with rasterisation and encoding
+    try:
+        render_clips(clips, cfg, renderer=renderer, on_result=progress.on_result, on_frames=progress.on_frames,
+                     stop=stop)
+    except FatalRenderError as e:
+        return str(e)
+    finally:
+        torch.set_num_threads(threads)
+    return None
+
+
+def _report(results: dict, clips: list[Clip], elapsed: float, part, workers: int, removed: int,
+            interrupted: str | None, fatal: str | None, notes: dict, ann_report: dict) -> dict:
+    """The run's report (``render-report.json``; docs/rendering.md lists its fields)."""
     rendered = [r for r in results.values() if r.status == "rendered"]
     skipped = [r for r in results.values() if r.status == "skipped"]
     failed = {r.keyid: r.reason for r in results.values() if r.status == "failed"}
     not_attempted = [c.keyid for c in clips if c.keyid not in results]
     n_frames = sum(r.frames for r in rendered)
-    report = {
+    return {
         "rendered": len(rendered),
         "skipped": len(skipped),
         "failed": dict(sorted(failed.items())),
         "num_failed": len(failed),
-        "clips": len(all_clips),
+        "clips": len(clips),
         "frames_rendered": n_frames,
         "seconds": round(elapsed, 3),
         "frames_per_second": round(n_frames / elapsed, 2) if elapsed > 0 else None,
@@ -660,22 +530,27 @@ def _run_clips(args: argparse.Namespace, stop: StopRequest, part, lod, avatars, 
         "annotations": ann_report.get("summary"),
         "annotation_report": ann_report,
     }
-    report_path = out / report_name
+
+
+def _finish(report_path: Path, report: dict, elapsed: float, fatal: str | None, interrupted: str | None) -> int:
+    """Write the report, print the summary (and the first 20 failures); returns the exit status."""
     try:
         write_json(report_path, report)
     except OSError as e:
         return print_error(PROG, f"cannot write the report ({os_error_text(e, report_path)})"
                            + (f"; also: {fatal}" if fatal else ""))
-    print(f"{PROG}: rendered {len(rendered)}, skipped {len(skipped)}, failed {len(failed)} "
-          f"({n_frames} frames in {elapsed:.1f} s, {report['frames_per_second']} frames/s); report: {report_path}")
-    for k, reason in list(sorted(failed.items()))[:20]:
-        print(f"  failed {_show(k)}: {reason}")
+    failed = report["failed"]
+    print(f"{PROG}: rendered {report['rendered']}, skipped {report['skipped']}, failed {len(failed)} "
+          f"({report['frames_rendered']} frames in {elapsed:.1f} s, "
+          f"{report['frames_per_second']} frames/s); report: {report_path}")
+    for k, reason in list(failed.items())[:20]:
+        print(f"  failed {k}: {reason}")
     if len(failed) > 20:
         print(f"  ... and {len(failed) - 20} more (see the report)")
     if fatal is not None:
         return print_error(PROG, fatal)
     if interrupted is not None:
-        print(f"{PROG}: interrupted by {interrupted}: {len(not_attempted)} clip(s) not attempted "
+        print(f"{PROG}: interrupted by {interrupted}: {report['num_not_attempted']} clip(s) not attempted "
               f"(run the same command again to finish them)", file=sys.stderr)
         return 1
     return 1 if failed else 0
@@ -699,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         args.part = part_argument(args.part)
     except SlurmEnvError as e:
         return print_error(PROG, e)
-    stop = StopRequest()
+    stop = stop_signals()
     with stop.installed(then_ignore=command):
         try:
             return run(args, stop)

@@ -133,8 +133,8 @@ class FatalRenderError(RuntimeError):
 
 
 def output_paths(out_dir: str | os.PathLike, keyid: str) -> tuple[Path, Path]:
-    """(``OUT/<keyid>.mp4``, ``OUT/<keyid>.json``); BadInputError for a keyid that is not a plain name."""
-    check_keyid(keyid, None, "keyid")
+    """(``OUT/<keyid>.mp4``, ``OUT/<keyid>.json``), directly inside ``OUT`` (:func:`lavimo.core.keyids.child_path`;
+    BadInputError for a name that would land elsewhere). The keyid was checked where the clip was made."""
     return child_path(out_dir, f"{keyid}.mp4"), child_path(out_dir, f"{keyid}.json")
 
 
@@ -184,11 +184,6 @@ def verify_outputs(out_dir: str | os.PathLike, keyid: str) -> tuple[bool, str]:
     if sha != want_sha:
         return False, f"{mp4.name}'s sha256 differs from {js.name}'s video_sha256"
     return True, "verified size and sha256"
-
-
-def outputs_complete(out_dir: str | os.PathLike, keyid: str) -> bool:
-    """True when the clip's outputs pass :func:`verify_outputs` (the resume rule)."""
-    return verify_outputs(out_dir, keyid)[0]
 
 
 def base_keyid(clip: Clip) -> str:
@@ -491,12 +486,35 @@ def render_clips(clips: Iterable[Clip], cfg: RenderConfig, renderer: SceneRender
         if on_result:
             on_result(r)
 
-    todo: list[Clip] = []
     redo: dict[str, str] = {}
+    todo = _clips_to_render(clips, cfg, emit, stopping, redo)
+    if not todo or stopping():
+        return results
+    own = renderer is None
+    renderer = renderer or SceneRenderer(cfg.size)
+    producer = _Producer(todo, cfg, avatars, lights, renderer)
+    producer.start()
+    writer = _ClipWriter(renderer, cfg, emit, on_frames, stopping, redo)
+    try:
+        _render_produced(producer, writer, stopping)
+    finally:
+        _stop_producer(producer)
+        writer.abort()
+        if own:
+            renderer.close()
+    return results
+
+
+def _clips_to_render(clips: Iterable[Clip], cfg: RenderConfig, emit: Callable[[ClipResult], None],
+                     stopping: Callable[[], bool], redo: dict[str, str]) -> list[Clip] | None:
+    """The clips to render, in order (None once ``stopping()``). A clip with an invalid keyid fails here (the one
+    check of this library boundary: a :class:`Clip` checked its keyid when made, but code may have changed it),
+    a clip whose outputs are complete is skipped; ``redo`` gets {keyid: why} of incomplete outputs."""
+    todo: list[Clip] = []
     legacy = 0
     for c in clips:
         if stopping():
-            return results
+            return None
         try:
             check_keyid(c.keyid, None, "keyid")
         except BadInputError as e:
@@ -517,118 +535,128 @@ def render_clips(clips: Iterable[Clip], cfg: RenderConfig, renderer: SceneRender
     if legacy:
         log.warning("%d clip(s) skipped on older sidecars without video_size/video_sha256: only checked that each "
                     "mp4 is a complete container (use --overwrite to re-render and record the hashes)", legacy)
-    if not todo or stopping():
-        return results
-    own = renderer is None
-    renderer = renderer or SceneRenderer(cfg.size)
-    producer = _Producer(todo, cfg, avatars, lights, renderer)
-    producer.start()
-    out_dir = Path(cfg.out_dir)
-    writer: VideoWriter | None = None
-    current: PreparedClip | None = None
-    failed_current: str | None = None
-    writing: Path | None = None  # the output file being written (named when the disk is full)
-    frame_i, t0 = 0, 0.0
-    try:
-        while not stopping():
-            try:
-                item = producer.q.get(timeout=0.2)
-            except queue.Empty:
-                if not producer.is_alive() and producer.q.empty():
-                    break  # (the producer always ends with "done"; this is a safety net)
-                continue
-            kind = item[0]
-            if kind == "done":
-                break
-            if kind == "fatal":
-                raise item[1]
-            if kind == "error":
-                emit(ClipResult(item[1].keyid, "failed", item[2]))
-                continue
-            if kind == "abort":
-                if writer is not None:
-                    writer.abort()
-                    writer = None
-                emit(ClipResult(item[1].keyid, "failed", failed_current or item[2]))
-                current = None
-                continue
-            try:
-                if kind == "start":
-                    current, failed_current, frame_i, t0 = item[1], None, 0, time.perf_counter()
-                    renderer.set_lights(current.light)
-                    writing = child_path(out_dir, f"{current.clip.keyid}.mp4")
-                    writer = VideoWriter(writing, (cfg.size, cfg.size), current.clip.fps, crf=cfg.crf,
-                                         preset=cfg.preset, threads=cfg.encoder_threads)
-                elif kind == "chunk":
-                    if failed_current is not None:
-                        continue
-                    verts, normals, shaded = item[1], item[2], item[3]
-                    for k in range(len(verts)):
-                        if stopping():
-                            break
-                        if frame_i == 0:
-                            tex = current.texture
-                            renderer.set_body(current.faces, current.colors, verts[k], normals[k],
-                                              *(tex if tex else (None, None)), shading=current.shading)
-                        target = current.target_xy[frame_i]
-                        layer = renderer.render_layer(verts[k], normals[k], target, current.floor_z,
-                                                      None if shaded is None else shaded[k])
-                        # composited on the encoder thread (constants bound now: lights may change later)
-                        writer.write(functools.partial(renderer.backdrop.compose, layer, target, renderer._bg))
-                        frame_i += 1
-                    if on_frames:
-                        on_frames(len(verts))
-                elif kind == "end":
-                    keyid = current.clip.keyid
-                    if failed_current is not None:
-                        emit(ClipResult(keyid, "failed", failed_current))
-                    else:
-                        writer.close()
-                        writer = None
-                        video_sha, video_size = sha256_file(writing)
-                        meta = dict(current.meta, video_size=video_size, video_sha256=video_sha)
-                        writing = child_path(out_dir, f"{keyid}.json")
-                        write_json(writing, meta)  # written last: its presence marks the clip done
-                        emit(ClipResult(keyid, "rendered",
-                                        reason=f"re-rendered: {redo[keyid]}" if keyid in redo else "",
-                                        frames=frame_i, seconds=time.perf_counter() - t0))
-                    current = None
-            except Exception as e:  # noqa: BLE001 - fail this clip, keep going
-                log.debug("rendering failed", exc_info=True)
-                if writer is not None:
-                    writer.abort()
-                    writer = None
-                if is_disk_full(e):
-                    raise FatalRenderError("disk_full", f"no space left on device writing {writing}; free some "
-                                           f"space and rerun (finished clips are kept)", writing) from e
-                if stopping():
-                    break  # e.g. ffmpeg got the same Ctrl-C: the clip was interrupted, not failed
-                if current is not None:
-                    failed_current = f"{type(e).__name__}: {e}"
-                    if kind == "end":
-                        emit(ClipResult(current.clip.keyid, "failed", failed_current))
-                        current = None
-                else:
-                    raise
-    finally:
-        _stop_producer(producer)
-        if writer is not None:
+    return todo
+
+
+def _render_produced(producer: _Producer, writer: _ClipWriter, stopping: Callable[[], bool]) -> None:
+    """Take the producer's items until it is done (or ``stopping()``) and hand them to ``writer``."""
+    while not stopping():
+        try:
+            item = producer.q.get(timeout=0.2)
+        except queue.Empty:
+            if not producer.is_alive() and producer.q.empty():
+                break  # (the producer always ends with "done"; this is a safety net)
+            continue
+        kind = item[0]
+        if kind == "done":
+            break
+        if kind == "fatal":
+            raise item[1]
+        if kind == "error":
+            writer.emit(ClipResult(item[1].keyid, "failed", item[2]))
+            continue
+        if kind == "abort":
             writer.abort()
-        if own:
-            renderer.close()
-    return results
+            writer.emit(ClipResult(item[1].keyid, "failed", writer.failed or item[2]))
+            writer.current = None
+            continue
+        try:
+            getattr(writer, kind)(*item[1:])  # start / chunk / end
+        except Exception as e:  # noqa: BLE001 - fail this clip, keep going
+            if writer.failed_step(e, kind):
+                break
+
+
+class _ClipWriter:
+    """The calling thread's side of :func:`render_clips`: owns the EGL context, rasterises the producer's chunks
+    and writes one clip's outputs at a time (the video, then the sidecar that marks the clip done)."""
+
+    def __init__(self, renderer: SceneRenderer, cfg: RenderConfig, emit: Callable[[ClipResult], None],
+                 on_frames: Callable[[int], None] | None, stopping: Callable[[], bool], redo: dict[str, str]):
+        self.renderer, self.cfg, self.emit, self.on_frames, self.stopping, self.redo = (
+            renderer, cfg, emit, on_frames, stopping, redo)
+        self.video: VideoWriter | None = None
+        self.current: PreparedClip | None = None
+        self.failed: str | None = None  # why the clip in flight failed (its remaining chunks are dropped)
+        self.writing: Path | None = None  # the output file being written (named when the disk is full)
+        self.frame_i, self.t0 = 0, 0.0
+
+    def start(self, prepared: PreparedClip) -> None:
+        cfg = self.cfg
+        self.current, self.failed, self.frame_i, self.t0 = prepared, None, 0, time.perf_counter()
+        self.renderer.set_lights(prepared.light)
+        self.writing = output_paths(cfg.out_dir, prepared.clip.keyid)[0]
+        self.video = VideoWriter(self.writing, (cfg.size, cfg.size), prepared.clip.fps, crf=cfg.crf,
+                                 preset=cfg.preset, threads=cfg.encoder_threads)
+
+    def chunk(self, verts: np.ndarray, normals: np.ndarray, shaded: np.ndarray | None) -> None:
+        if self.failed is not None:
+            return
+        current, renderer = self.current, self.renderer
+        for k in range(len(verts)):
+            if self.stopping():
+                break
+            if self.frame_i == 0:
+                tex = current.texture
+                renderer.set_body(current.faces, current.colors, verts[k], normals[k],
+                                  *(tex if tex else (None, None)), shading=current.shading)
+            target = current.target_xy[self.frame_i]
+            layer = renderer.render_layer(verts[k], normals[k], target, current.floor_z,
+                                          None if shaded is None else shaded[k])
+            # composited on the encoder thread (constants bound now: lights may change later)
+            self.video.write(functools.partial(renderer.backdrop.compose, layer, target, renderer._bg))
+            self.frame_i += 1
+        if self.on_frames:
+            self.on_frames(len(verts))
+
+    def end(self, clip: Clip) -> None:  # noqa: ARG002 - the producer's ("end", clip)
+        keyid = self.current.clip.keyid
+        if self.failed is not None:
+            self.emit(ClipResult(keyid, "failed", self.failed))
+        else:
+            self.video.close()
+            self.video = None
+            video_sha, video_size = sha256_file(self.writing)
+            meta = dict(self.current.meta, video_size=video_size, video_sha256=video_sha)
+            self.writing = output_paths(self.cfg.out_dir, keyid)[1]
+            write_json(self.writing, meta)  # written last: its presence marks the clip done
+            self.emit(ClipResult(keyid, "rendered",
+                                 reason=f"re-rendered: {self.redo[keyid]}" if keyid in self.redo else "",
+                                 frames=self.frame_i, seconds=time.perf_counter() - self.t0))
+        self.current = None
+
+    def abort(self) -> None:
+        """Drop the video being written (its temporary file is removed)."""
+        if self.video is not None:
+            self.video.abort()
+            self.video = None
+
+    def failed_step(self, e: Exception, kind: str) -> bool:
+        """A start / chunk / end step raised ``e``: the clip in flight fails (a full disk stops the run); returns
+        True when rendering should stop (the error came with a stop request)."""
+        log.debug("rendering failed", exc_info=True)
+        self.abort()
+        if is_disk_full(e):
+            raise FatalRenderError("disk_full", f"no space left on device writing {self.writing}; free some "
+                                   f"space and rerun (finished clips are kept)", self.writing) from e
+        if self.stopping():
+            return True  # e.g. ffmpeg got the same Ctrl-C: the clip was interrupted, not failed
+        if self.current is None:
+            raise e
+        self.failed = f"{type(e).__name__}: {e}"
+        if kind == "end":
+            self.emit(ClipResult(self.current.clip.keyid, "failed", self.failed))
+            self.current = None
+        return False
 
 
 def _stop_producer(producer: _Producer) -> None:
     """Stop the pose-ahead thread and wait for it: no thread of ours may still run when render_clips returns.
 
-    Why (issue 24): a stopped run used to return with this daemon thread still posing the next clip. When the
-    command then exited, the interpreter finalised while the thread was inside a torch kernel (which runs with
-    the GIL released behind a C++ guard); CPython ends such a thread with ``pthread_exit`` when it tries to take
-    the GIL back, the forced unwind reaches the guard's ``noexcept`` destructor, and the C++ runtime calls
-    ``std::terminate``: "terminate called without an active exception", SIGABRT (exit -6) instead of the report's
-    exit 1. Joining bounds the wait to what the thread is doing now (one clip's posing at most): every put and
-    every clip checks ``producer.stop``, and emptying the queue releases a put that waits for room."""
+    Issue 24: a daemon thread left inside a torch kernel when the interpreter exits is ended with ``pthread_exit``,
+    whose unwind through torch's ``noexcept`` GIL guard calls ``std::terminate`` (SIGABRT instead of the report's
+    exit 1). The wait is bounded: every put and every clip checks ``producer.stop``, and emptying the queue
+    releases a put that waits for room."""
     producer.stop.set()
     while producer.is_alive():
         try:

@@ -6,8 +6,7 @@ Each ``render-amass --part K/N`` writes ``OUT/render-report-part-K-of-N.json``. 
 ``mirror_skipped``), lists every part's ``seconds`` / ``frames_per_second`` / ``interrupted`` / ``error`` under
 ``parts``, and names the parts of 1..N that have no report (``missing_parts``). Exit status: 0 every part reported
 and nothing failed or was left out; 1 some clips failed / were not attempted, or parts are missing; 2 no part
-report in OUT, or a report that is not
-a render report of one N (one line naming the file).
+report in OUT, or a report that is not a render report of one N (one line naming the file).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lavimo.core.atomic import write_json
-from lavimo.core.errors import os_error_text, print_error
+from lavimo.core.errors import SetupError, os_error_text, print_error
 
 PART_REPORT = re.compile(r"^render-report-part-(\d+)-of-(\d+)\.json$")
 SUMMED = ("clips", "rendered", "skipped", "num_failed", "frames_rendered", "skipped_unverified",
@@ -27,12 +26,8 @@ SUMMED = ("clips", "rendered", "skipped", "num_failed", "frames_rendered", "skip
 JOINED_DICTS = ("failed", "rerendered", "mirror_skipped")
 
 
-class ReportError(ValueError):
-    """A part report that cannot be merged (the message names the file)."""
-
-
 def merge_part_reports(out: str | Path) -> dict[str, Any]:
-    """The merged report of ``out``'s part reports (see the module docstring); raises ReportError.
+    """The merged report of ``out``'s part reports (see the module docstring); raises SetupError.
 
     With parts missing, the merged counts cover only the parts found: ``clips`` is then the number of clips of
     those parts, not of the whole corpus (the absent parts are listed in ``missing_parts``)."""
@@ -43,10 +38,10 @@ def merge_part_reports(out: str | Path) -> dict[str, Any]:
         if m and p.is_file():
             reports.append((int(m.group(1)), int(m.group(2)), p))
     if not reports:
-        raise ReportError(f"{out}: no render-report-part-K-of-N.json (run render-amass --part K/N first)")
+        raise SetupError(f"{out}: no render-report-part-K-of-N.json (run render-amass --part K/N first)")
     totals = {n for _, n, _ in reports}
     if len(totals) != 1:
-        raise ReportError(f"{out}: part reports of different N {sorted(totals)}; remove the stale ones")
+        raise SetupError(f"{out}: part reports of different N {sorted(totals)}; remove the stale ones")
     n = totals.pop()
     found = {k: (n, p) for k, _, p in reports}
     merged: dict[str, Any] = {k: 0 for k in SUMMED}
@@ -56,21 +51,21 @@ def merge_part_reports(out: str | Path) -> dict[str, Any]:
         try:
             rep = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ReportError(f"{path}: unreadable ({exc})") from exc
+            raise SetupError(f"{path}: unreadable ({exc})") from exc
         if not isinstance(rep, dict) or rep.get("part") != f"{k}/{n}":
-            raise ReportError(f"{path}: part: not the render report of part {k}/{n}")
+            raise SetupError(f"{path}: part: not the render report of part {k}/{n}")
         for key in SUMMED:
             value = rep.get(key, 0)
             if not isinstance(value, int) or isinstance(value, bool):
-                raise ReportError(f"{path}: {key}: not an integer")
+                raise SetupError(f"{path}: {key}: not an integer")
             merged[key] += value
         for key in JOINED_DICTS:
             value = rep.get(key) or {}
             if not isinstance(value, dict):
-                raise ReportError(f"{path}: {key}: not an object")
+                raise SetupError(f"{path}: {key}: not an object")
             merged[key].update(value)
         if not isinstance(rep.get("not_attempted", []), list):
-            raise ReportError(f"{path}: not_attempted: not a list")
+            raise SetupError(f"{path}: not_attempted: not a list")
         merged["not_attempted"] += rep.get("not_attempted", [])
         merged["parts"][f"{k}/{n}"] = {key: rep.get(key) for key in ("seconds", "frames_per_second", "workers",
                                                                     "interrupted", "error")}
@@ -90,7 +85,7 @@ def main(argv: list[str]) -> int:
     out = Path(argv[0])
     try:
         merged = merge_part_reports(out)
-    except ReportError as exc:
+    except SetupError as exc:
         return print_error("render-amass", exc)
     try:
         write_json(out / "render-report.json", merged)
