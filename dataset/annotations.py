@@ -170,8 +170,7 @@ class ClipSet(list):
         return {c.keyid: c for c in self}
 
 
-# ----------------------------------------------------------------------------------------------------
-# helpers
+# -- helpers -------------------------------------------------------------------------------------------------
 
 
 def _shown(value: object, limit: int = 80) -> str:
@@ -359,8 +358,7 @@ def _requested_ids(root: Path, split: str | None, all_ids: list[_Ref], report: L
     return _read_split(f, report)
 
 
-# ----------------------------------------------------------------------------------------------------
-# HumanML3D
+# -- HumanML3D -----------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -548,8 +546,7 @@ def _load_humanml3d(root: Path, split: str | None, mirrored: bool, report: LoadR
     return clips
 
 
-# ----------------------------------------------------------------------------------------------------
-# TMR annotations.json
+# -- TMR annotations.json ------------------------------------------------------------------------------------
 
 
 class _JsonObject(dict):
@@ -709,8 +706,7 @@ def _load_tmr(json_path: Path, split: str | None, mirrored: bool, report: LoadRe
     return clips
 
 
-# ----------------------------------------------------------------------------------------------------
-# AMASS resolution
+# -- AMASS resolution ----------------------------------------------------------------------------------------
 
 
 def _resolve(clips: list[Clip], amass_root: Path, report: LoadReport) -> list[Clip]:
@@ -745,8 +741,6 @@ def _resolve(clips: list[Clip], amass_root: Path, report: LoadReport) -> list[Cl
         out.append(rc)
     return out
 
-
-# ----------------------------------------------------------------------------------------------------
 
 
 def load_clips(source: str | os.PathLike, amass_root: str | os.PathLike | None = None, split: str | None = None,

@@ -66,9 +66,7 @@ _SMOOTH_SIGMA = 20.0   # gaussian smoothing (frames) of the facing direction for
 _NUM_BETAS = 10        # HumanML3D uses the first 10 shape coefficients
 
 
-# ---------------------------------------------------------------------------------------------
-# quaternions (w, x, y, z), batched over any leading dims, float64
-# ---------------------------------------------------------------------------------------------
+# -- quaternions (w, x, y, z), batched over any leading dims, float64 ----------------------------------------
 
 def _qmul(q: np.ndarray, r: np.ndarray) -> np.ndarray:
     """Hamilton product q * r."""
@@ -132,9 +130,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
-# ---------------------------------------------------------------------------------------------
-# the reference algorithm
-# ---------------------------------------------------------------------------------------------
+# -- the reference algorithm ---------------------------------------------------------------------------------
 
 def _check_joints(joints: Any, skel: Skeleton, field: str = "joints", min_frames: int = 2) -> np.ndarray:
     a = np.asarray(joints, dtype=np.float64)
@@ -407,9 +403,7 @@ def feature_stats(arrays: Iterable[np.ndarray], skeleton: str | Skeleton = "huma
     return mean.astype(np.float32), out.astype(np.float32)
 
 
-# ---------------------------------------------------------------------------------------------
-# AMASS -> joints, and one call per clip
-# ---------------------------------------------------------------------------------------------
+# -- AMASS -> joints, and one call per clip ------------------------------------------------------------------
 
 def amass_to_joints(motion: "AmassMotion", frames: Sequence[int] | np.ndarray, body: Any) -> np.ndarray:
     """SMPL-H forward kinematics on the selected AMASS frames, in HumanML3D's axes.

@@ -125,7 +125,6 @@ class LavimoConfig(JsonConfig):
     video_weights: str | None = None  # file path, or an open_clip pretrained tag ("openai") looked up in caches
     random_init: bool = False  # True: random backbones instead of pretrained weights (no files needed)
 
-    # ------------------------------------------------------------------
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field when a value is out of range."""
         def bad(name: str, msg: str) -> None:
@@ -167,7 +166,6 @@ class LavimoConfig(JsonConfig):
         run split and then also holds run settings (:data:`PRE_SPLIT_RUN_FIELDS`): those are dropped."""
         return cls.from_dict({k: v for k, v in d.items() if k not in PRE_SPLIT_RUN_FIELDS})
 
-    # ------------------------------------------------------------------
     def loader_kwargs(self) -> dict[str, Any]:
         """The fields ``lavimo.dataset.stream.make_loader`` takes from the model: frame size and count, motion length,
         frame crop (training, validation and evaluation must read the shards the same way)."""

@@ -65,9 +65,7 @@ def _candidates(name: str) -> list[Path]:
     return [Path.cwd() / p, weights_root() / p]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Text backbone
-# ----------------------------------------------------------------------------------------------------------
+# -- Text backbone -------------------------------------------------------------------------------------------
 def resolve_text_model(name: str) -> Path | None:
     """Directory of a Hugging Face text model named by ``name``, or ``None`` when it is nowhere on disk.
 
@@ -194,9 +192,7 @@ def write_text_assets(assets: dict[str, str], folder: str | os.PathLike) -> Path
     return folder
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Video backbone (open_clip image tower)
-# ----------------------------------------------------------------------------------------------------------
+# -- Video backbone (open_clip image tower) ------------------------------------------------------------------
 def vision_spec(cfg: LavimoConfig) -> tuple[dict, int, bool]:
     """(open_clip vision_cfg dict, embed_dim, quick_gelu) for ``cfg``'s video backbone.
 

@@ -67,8 +67,7 @@ class MotionPlan:
     params: MotionParams
 
 
-# ----------------------------------------------------------------------------------------------------
-# planning
+# -- planning ------------------------------------------------------------------------------------------------
 
 
 def choose_actions(n_motions: int, actions: list[str] | None = None) -> list[str]:
@@ -129,8 +128,7 @@ def plan_corpus(n_motions: int, seed: int = 0, actions: list[str] | None = None,
     return plans
 
 
-# ----------------------------------------------------------------------------------------------------
-# text
+# -- text ----------------------------------------------------------------------------------------------------
 
 
 _POS = {}
@@ -176,8 +174,7 @@ def mirror_caption(caption: str) -> str:
     return re.sub(r"\b(left|right|clockwise|counterclockwise)\b", lambda m: _SWAP[m.group(1)], caption)
 
 
-# ----------------------------------------------------------------------------------------------------
-# writing
+# -- writing -------------------------------------------------------------------------------------------------
 
 
 def motion_arrays(plan: MotionPlan, seed: int) -> dict[str, np.ndarray]:

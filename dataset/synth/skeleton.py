@@ -29,8 +29,6 @@ OFFSETS = np.concatenate([REST_JOINTS[:1], REST_JOINTS[1:] - REST_JOINTS[PARENTS
 SOLE_POINTS = ((7, (0.0, -0.075, -0.045)), (8, (0.0, -0.075, -0.045)),
                (10, (0.0, -0.025, 0.060)), (11, (0.0, -0.025, 0.060)))
 REST_FLOOR_Y = -1.185
-# Height of the pelvis rest location above the soles in the rest pose (metres).
-REST_PELVIS_HEIGHT = REST_JOINTS[0, 1] - REST_FLOOR_Y
 
 # Rough per-joint limits on the rotation angle relative to the parent (degrees), for checks.
 JOINT_LIMIT_DEG = {
