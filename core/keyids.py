@@ -23,7 +23,13 @@ KEYID_MAX_LEN = 128
 KEYID_RULE = "1-128 characters of ASCII letters, digits, '_' and '-'"
 _KEYID_RE = re.compile(r"[A-Za-z0-9_-]{1,%d}" % KEYID_MAX_LEN)
 
-__all__ = ["KEYID_RULE", "KEYID_MAX_LEN", "is_keyid", "check_keyid", "child_path", "check_member_name"]
+__all__ = ["KEYID_RULE", "KEYID_MAX_LEN", "is_keyid", "check_keyid", "child_path", "check_member_name", "shown"]
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (ending in ``...``) for messages."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
 def is_keyid(value: object) -> bool:
@@ -39,11 +45,10 @@ def check_keyid(value: object, path: str | os.PathLike | None = None, field: str
     """
     if is_keyid(value):
         return value  # type: ignore[return-value]
-    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
     if not isinstance(value, str):
-        msg = f"{shown} is not a valid keyid: expected a string, got {type(value).__name__}"
+        msg = f"{shown(value)} is not a valid keyid: expected a string, got {type(value).__name__}"
     else:
-        msg = f"{shown} is not a valid keyid ({KEYID_RULE})"
+        msg = f"{shown(value)} is not a valid keyid ({KEYID_RULE})"
     raise BadInputError(path, field, msg)
 
 

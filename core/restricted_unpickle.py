@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 #: Largest array (elements) any loader here builds; SMPL-X's posedirs, the largest, holds ~15.3 M.
 MAX_ELEMENTS = 1 << 28
-#: Deepest nesting of containers / chumpy terms :func:`to_plain` follows.
+#: Deepest nesting of containers / chumpy terms the body-model converter follows.
 MAX_DEPTH = 64
 #: Largest pickled (object) ``.npy`` member of an npz that is unpickled at all.
 MAX_PICKLE_MEMBER_BYTES = 64 << 20
@@ -155,7 +155,7 @@ def _raw_bytes(data: Any) -> bytes:
 class _CheckedArray(np.ndarray):
     """The array ``_reconstruct`` hands to BUILD: validates the pickled state before numpy uses it.
 
-    :func:`to_plain` turns it into a plain ``np.ndarray`` (a view of the same memory).
+    Converted to a plain ``np.ndarray`` (a view of the same memory) after loading.
     """
 
     def __setstate__(self, state: Any) -> None:

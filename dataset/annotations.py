@@ -71,7 +71,7 @@ from lavimo.dataset.amass import amass_file, read_amass_header
 from lavimo.dataset.clip import Clip, FrameSpec, Text
 from lavimo.core.errors import BadInputError
 from lavimo.dataset.frames import HUMANML3D_FPS
-from lavimo.core.keyids import check_keyid, child_path, is_keyid
+from lavimo.core.keyids import check_keyid, child_path, is_keyid, shown
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +173,6 @@ class ClipSet(list):
 # -- helpers -------------------------------------------------------------------------------------------------
 
 
-def _shown(value: object, limit: int = 80) -> str:
-    r = repr(value)
-    return r if len(r) <= limit else r[: limit - 3] + "..."
-
-
 def _keyid_problem(value: object) -> str | None:
     """None for a valid keyid, else the message of :func:`check_keyid` (value quoted, rule stated)."""
     if is_keyid(value):
@@ -212,7 +207,7 @@ def amass_path_problem(path: str) -> str | None:
 
 
 def _path_message(raw: str, problem: str) -> str:
-    return f"{_shown(raw)} {problem} (AMASS paths must be relative paths under the AMASS root)"
+    return f"{shown(raw)} {problem} (AMASS paths must be relative paths under the AMASS root)"
 
 
 def _decode(path: Path, data: bytes) -> str:
@@ -404,7 +399,7 @@ def _parse_index_row(fields: list[str], col: dict[str, int], width: int, line: i
     for c in ("start_frame", "end_frame"):
         v = fields[col[c]].strip()
         if not _FRAME_RE.fullmatch(v):
-            return None, ("bad_entry", f"{where}: {c}: {_shown(v)} is not an integer frame number")
+            return None, ("bad_entry", f"{where}: {c}: {shown(v)} is not an integer frame number")
         frames.append(int(v))
     source = fields[col["source_path"]]
     amass_path = humanml3d_amass_path(source)
@@ -430,7 +425,7 @@ def _read_index(index: Path, report: LoadReport) -> _Index:
         need = set(INDEX_COLUMNS)
         if not need <= set(header) or any(header.count(c) > 1 for c in INDEX_COLUMNS):
             raise BadInputError(index, "header", f"expected the columns {list(INDEX_COLUMNS)} once each, got "
-                                                 f"{_shown(header, 200)}")
+                                                 f"{shown(header, 200)}")
         col = {c: header.index(c) for c in INDEX_COLUMNS}
         for fields in reader:
             if not fields:

@@ -208,17 +208,9 @@ def _facing_quat(joints: np.ndarray, skel: Skeleton, *, ik_order: bool, smooth: 
 
 
 def process_joints(joints: np.ndarray, skeleton: str | Skeleton = "humanml3d") -> np.ndarray:
-    """Canonicalise joints as HumanML3D does before computing features.
-
-    Retarget to the reference skeleton (bone lengths; root trajectory scaled by the leg-length
-    ratio), put the feet on the floor (global min height -> 0), move the frame-0 root to the origin
-    in XZ and rotate about Y so the body faces +Z in frame 0.
-
-    Args:
-        joints: (T, J, 3) Y-up joint positions (metres for humanml3d, mm for kit).
-    Returns:
-        (T, J, 3) float64 processed joints ("global positions" of the reference).
-    """
+    """Canonicalise (T, J, 3) Y-up joints (metres for humanml3d, mm for kit) as HumanML3D does: retarget to the
+    reference skeleton (:func:`_retarget`), feet on the floor (global min height -> 0), frame-0 root at the XZ
+    origin, facing +Z in frame 0. Returns (T, J, 3) float64 (the reference's "global positions")."""
     skel = get_skeleton(skeleton)
     pos = _retarget(_check_joints(joints, skel, min_frames=1), skel)
     pos[..., 1] -= pos[..., 1].min()
@@ -295,16 +287,9 @@ def joints_to_features(joints: np.ndarray, skeleton: str | Skeleton = "humanml3d
 
 
 def features_to_joints(features: np.ndarray, skeleton: str | Skeleton = "humanml3d") -> np.ndarray:
-    """Joint positions from features: HumanML3D's ``recover_from_ric``.
-
-    Integrates the root rotation/linear velocities (starting at the origin facing +Z), takes the
-    root height, and places the rotation-invariant joint positions around the root.
-
-    Args:
-        features: (..., N, 263 | 251) feature rows (unnormalised).
-    Returns:
-        (..., N, 22 | 21, 3) float32 joints, Y up (metres for humanml3d).
-    """
+    """HumanML3D's ``recover_from_ric``: unnormalised (..., N, 263 | 251) features -> (..., N, 22 | 21, 3) float32
+    joints, Y up (metres for humanml3d): root velocities integrated from the origin facing +Z, root height, and
+    the rotation-invariant positions placed around the root."""
     skel = get_skeleton(skeleton)
     f = np.asarray(features, dtype=np.float64)
     if f.ndim < 2 or f.shape[-1] != skel.feature_dim:
@@ -331,15 +316,8 @@ def features_to_joints(features: np.ndarray, skeleton: str | Skeleton = "humanml
 
 
 def mirror_joints(joints: np.ndarray, skeleton: str | Skeleton = "humanml3d") -> np.ndarray:
-    """Left/right mirror as HumanML3D's ``swap_left_right`` (used for its ``M`` ids).
-
-    Negates x (the lateral axis in HumanML3D's Y-up frame) and swaps the left and right joints.
-
-    Args:
-        joints: (..., J, 3) joints in HumanML3D axes.
-    Returns:
-        (..., J, 3) mirrored joints, same dtype; mirroring twice gives the input back.
-    """
+    """HumanML3D's ``swap_left_right`` (its ``M`` ids) of (..., J, 3) joints in HumanML3D axes: x (lateral)
+    negated, left and right joints swapped. Same shape and dtype; mirroring twice gives the input back."""
     skel = get_skeleton(skeleton)
     a = np.array(joints, copy=True)
     if a.ndim < 2 or a.shape[-2:] != (skel.num_joints, 3):
@@ -406,23 +384,11 @@ def feature_stats(arrays: Iterable[np.ndarray], skeleton: str | Skeleton = "huma
 # -- AMASS -> joints, and one call per clip ------------------------------------------------------------------
 
 def amass_to_joints(motion: "AmassMotion", frames: Sequence[int] | np.ndarray, body: Any) -> np.ndarray:
-    """SMPL-H forward kinematics on the selected AMASS frames, in HumanML3D's axes.
+    """SMPL-H forward kinematics on AMASS ``frames`` (indices, e.g. ``clip.frames``) of ``motion`` with ``body``
+    (a ``lavimo.body.model.Body``), as HumanML3D's ``raw_pose_processing``: root orientation, body and hand pose,
+    translation and the first 10 betas; the first 22 joints, mapped to Y up by :data:`AMASS_TO_HUMANML3D`.
 
-    Poses the body with root orientation, body and hand pose, translation and the first 10 betas
-    (HumanML3D's ``raw_pose_processing``), keeps the first 22 joints (the SMPL body tree) and maps
-    AMASS's Z-up frame to HumanML3D's Y-up one with ``(x, y, z) -> (-x, z, y)``
-    (:data:`AMASS_TO_HUMANML3D`: HumanML3D's ``trans_matrix`` swap of Y and Z followed by its
-    ``data[..., 0] *= -1``; together a proper rotation).
-
-    Args:
-        motion: an :class:`~lavimo.dataset.amass.AmassMotion`.
-        frames: AMASS frame indices (int, one per motion frame), e.g. ``clip.frames``.
-        body: a ``lavimo.body.model.Body`` (``load_body(...)``); HumanML3D uses the gendered SMPL-H
-            model (male for "male", female otherwise), see :func:`clip_features`.
-    Returns:
-        (T, 22, 3) float32 joints, metres, Y up.
-    Raises:
-        BadInputError: frame indices out of range, or no frames.
+    Returns (T, 22, 3) float32 joints, metres, Y up. Raises BadInputError: no frames, or indices out of range.
     """
     idx = np.asarray(frames, dtype=np.int64).reshape(-1)
     if idx.size == 0:
@@ -445,8 +411,9 @@ def _cached_body(model_dir: str | None, model_type: str, gender: str) -> Any:
 
 
 def _body_for(motion: "AmassMotion", body: Any) -> Any:
-    """A body to pose ``motion`` with: procedural (None), a model directory (the motion's model type,
-    gendered as HumanML3D: male for "male", female otherwise), or a ready ``Body``."""
+    """A body to pose ``motion`` with: procedural (None), a body-model directory in smplx's layout (the motion's
+    model type, SMPL-H for 156-dim poses, gendered as HumanML3D: male for "male", female otherwise), or a ready
+    ``Body``."""
     if body is not None and hasattr(body, "pose"):
         return body
     if body is None:
@@ -472,27 +439,14 @@ def _read_vecs(path: Path, skel: Skeleton) -> np.ndarray:
 def clip_features(clip: "Clip", amass_root: str | os.PathLike | None, body: Any = None,
                   humanml3d_vecs: str | os.PathLike | None = None,
                   skeleton: str | Skeleton = "humanml3d") -> np.ndarray:
-    """The feature rows of one clip (one call per clip, for build-shards).
+    """The (T-1, 263 | 251) float32 feature rows of one clip (one call per clip, for build-shards).
 
-    With ``humanml3d_vecs`` (a HumanML3D/KIT-ML ``new_joint_vecs`` directory) it reads
-    ``<humanml3d_vecs>/<keyid>.npy`` as is (``M`` keyids are HumanML3D's mirrored files).
-    Otherwise it computes them: ``load_amass(amass_root / clip.amass_path)``, the clip's frames
-    (``clip.frames``, or resolved against the file), :func:`amass_to_joints`,
-    :func:`mirror_joints` when ``clip.mirrored``, then :func:`joints_to_features`.
-
-    Args:
-        clip: the :class:`~lavimo.dataset.clip.Clip`.
-        amass_root: AMASS root directory (unused when reading ``humanml3d_vecs``).
-        body: None (procedural body), a body-model directory in smplx's layout (the motion's model
-            type, SMPL-H for 156-dim poses, gendered as HumanML3D: the male model for "male", the
-            female one otherwise; loaded once and cached), or a ready ``lavimo.body.model.Body``.
-        humanml3d_vecs: optional directory of precomputed feature files.
-        skeleton: "humanml3d" (263) or "kit" (251; only from ``humanml3d_vecs``, since AMASS
-            bodies give SMPL joints).
-    Returns:
-        (T-1, 263 | 251) float32.
-    Raises:
-        BadInputError: naming the file and field (missing/bad AMASS or features file, bad frames).
+    With ``humanml3d_vecs`` (a HumanML3D/KIT-ML ``new_joint_vecs`` directory) it reads ``<keyid>.npy`` there as
+    is (``M`` keyids are HumanML3D's mirrored files); otherwise ``load_amass(amass_root / clip.amass_path)``, the
+    clip's frames (``clip.frames``, or resolved against the file), :func:`amass_to_joints`, :func:`mirror_joints`
+    when ``clip.mirrored``, :func:`joints_to_features`. ``body``: see :func:`_body_for` (loaded once, cached).
+    ``skeleton`` "kit" (251) only from ``humanml3d_vecs`` (AMASS bodies give SMPL joints).
+    Raises BadInputError naming the file and field (missing/bad AMASS or features file, bad frames).
     """
     skel = get_skeleton(skeleton)
     if humanml3d_vecs is not None:

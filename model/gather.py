@@ -15,9 +15,6 @@ ranks, so the backward of the local slot multiplies its gradient by K: DDP's mea
 of one process with batch B (tests/test_gather.py checks loss and gradients for every negative-filtering mode).
 Terms that stay per rank (the reconstruction loss: a mean over the rank's rows) are untouched: DDP's mean of
 per-rank means with equal batch sizes is the global mean.
-
-Cost: one all_gather of (B/K, C) float32 per latent (text, motion, video) plus one of the sentence embeddings
-and one of the batch sizes per step; the (B, B) loss is computed on every rank (B = 256: 65k logits, nothing).
 Ranks with different batch sizes are handled (rows are padded to the largest for the collective and trimmed).
 """
 
