@@ -1,7 +1,7 @@
-"""Flat dataclass configurations (:class:`lavimo.model.config.LavimoConfig`, :class:`lavimo.training.config.TrainConfig`)
-that round-trip through JSON and take command-line strings (:class:`JsonConfig`), and the one parser of JSON state
-files that may come from elsewhere (presets, a run directory's ``config.json`` / ``run.json``, checkpoint metadata):
-:func:`loads_bounded` / :func:`read_json_file`, size, value count and nesting capped, every failure one
+"""Flat dataclass configurations (``LavimoConfig``, ``TrainConfig``) that round-trip through JSON and take
+command-line strings (:class:`JsonConfig`), and the one parser of JSON state files that may come from elsewhere
+(presets, a run directory's ``config.json`` / ``run.json``, checkpoint metadata): :func:`loads_bounded` /
+:func:`read_json_file`, size, value count and nesting capped, every failure one
 :class:`lavimo.core.errors.BadInputError` naming the file.
 """
 

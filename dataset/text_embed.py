@@ -71,11 +71,8 @@ class SentenceEmbedder:
         self.device = device
         self.batch_size = int(batch_size)
         self.pooling = self._pooling_mode()
-        self.normalize = True  # the embeddings are always L2-normalised (what the loss expects)
         st_cfg = self.path / "sentence_bert_config.json"
         self.max_seq_length = int(_read_json(st_cfg).get("max_seq_length", 256)) if st_cfg.is_file() else 256
-        self._model = None
-        self._tokenizer = None
         self._load()
 
     def _pooling_mode(self) -> str:

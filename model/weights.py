@@ -36,7 +36,8 @@ from .config import LavimoConfig
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_TOKENIZER_FILE_SUFFIXES = (".json", ".txt", ".model")
+#: text asset files a checkpoint carries (the text backbone's config.json and tokenizer files)
+TEXT_ASSET_SUFFIXES = (".json", ".txt", ".model")
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -162,7 +163,7 @@ def text_assets(backbone: nn.Module, tokenizer: Any) -> dict[str, str]:
         tokenizer.save_pretrained(tmp)
         out = {}
         for p in sorted(Path(tmp).iterdir()):
-            if p.is_file() and p.suffix in _TOKENIZER_FILE_SUFFIXES:
+            if p.is_file() and p.suffix in TEXT_ASSET_SUFFIXES:
                 out[p.name] = p.read_text(encoding="utf-8")
     return out
 

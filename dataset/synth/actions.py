@@ -7,7 +7,7 @@ Angles are degrees in SMPL's rest frame (see :mod:`lavimo.dataset.synth.rig`); t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -53,7 +53,6 @@ class ActionSpec:
     lead: float = 0.5
     tail: float = 0.5
     unit: str = "times"  # what reps count (for --list-actions)
-    tags: tuple = field(default=())
 
     def period_for(self, p: MotionParams) -> float:
         return self.period / SPEED[p.speed]
@@ -67,10 +66,6 @@ class ActionSpec:
 
 def times(n: int) -> str:
     return {1: "once", 2: "twice"}.get(n, f"{NUM[n] if n < len(NUM) else n} times")
-
-
-def count(n: int, noun: str) -> str:
-    return f"{NUM[n] if n < len(NUM) else n} {noun}{'' if n == 1 else 's'}"
 
 
 def adv(p: MotionParams, normal: str = "") -> str:
@@ -846,10 +841,8 @@ ACTIONS: dict[str, ActionSpec] = {s.name: s for s in _SPECS}
 ACTION_NAMES: tuple[str, ...] = tuple(ACTIONS)
 
 
-def fit_reps(spec: ActionSpec, p: MotionParams, min_s: float = 2.0, max_s: float = 8.0) -> MotionParams:
+def fit_reps(spec: ActionSpec, p: MotionParams, max_s: float = 8.0) -> MotionParams:
     """Lower ``p.reps`` until the motion lasts at most ``max_s`` seconds (never below 1)."""
-    from dataclasses import replace
-
     while p.reps > 1 and spec.duration(p) > max_s:
         p = replace(p, reps=p.reps - 1)
     return p
