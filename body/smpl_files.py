@@ -124,7 +124,6 @@ class RestrictedUnpickler(NumpyUnpickler):
         return super().find_class(module, name)
 
 
-
 #: most numbers a list / tuple in a model pickle may hold where an array is expected (real files store arrays)
 _MAX_LIST_ELEMENTS = 1 << 24
 

@@ -282,7 +282,6 @@ class NumpyUnpickler(pickle.Unpickler):
         raise Refused("refusing a persistent id")
 
 
-
 _PLAIN_SCALARS = (str, bytes, int, float, complex, bool, type(None))
 
 

@@ -575,6 +575,13 @@ def _entry_error(kind: str, src: Path, field_: str, message: str) -> BadInputErr
     return e
 
 
+def _check_no_dups(obj: dict, src: Path, where: str) -> None:
+    """BadInputError(src, where) when the JSON object ``obj`` repeats a member name."""
+    if getattr(obj, "dups", None):
+        name, occ = next(iter(obj.dups.items()))
+        raise BadInputError(src, where, f"field {name!r} appears {len(occ)} times")
+
+
 def _seconds(value: object) -> float:
     """A JSON time: a number (or a numeric string, as before); bools, null, lists, objects refused."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -586,9 +593,7 @@ def _tmr_clip(keyid: str, entry: object, src: Path, split: str | None, dataset: 
     """One annotations.json entry -> Clip. Raises BadInputError (``.kind`` "bad_path" or "bad_entry")."""
     if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
         raise BadInputError(src, keyid, "entry must be an object with a string 'path'")
-    if getattr(entry, "dups", None):
-        name, occ = next(iter(entry.dups.items()))
-        raise BadInputError(src, keyid, f"field {name!r} appears {len(occ)} times")
+    _check_no_dups(entry, src, keyid)
     raw = entry["path"].strip()
     path = raw.replace("\\", "/")
     is_m = path.startswith("M/")
@@ -606,9 +611,7 @@ def _tmr_clip(keyid: str, entry: object, src: Path, split: str | None, dataset: 
         where = f"{keyid}.annotations[{j}]"
         if not isinstance(a, dict):
             raise BadInputError(src, where, f"must be an object, got {type(a).__name__}")
-        if getattr(a, "dups", None):
-            name, occ = next(iter(a.dups.items()))
-            raise BadInputError(src, where, f"field {name!r} appears {len(occ)} times")
+        _check_no_dups(a, src, where)
         if "text" not in a or not isinstance(a["text"], str):
             got = type(a["text"]).__name__ if "text" in a else "nothing"
             raise BadInputError(src, f"{where}.text", f"expected a string, got {got}")
@@ -735,7 +738,6 @@ def _resolve(clips: list[Clip], amass_root: Path, report: LoadReport) -> list[Cl
             continue
         out.append(rc)
     return out
-
 
 
 def load_clips(source: str | os.PathLike, amass_root: str | os.PathLike | None = None, split: str | None = None,

@@ -265,18 +265,10 @@ def _features_from_processed(pos: np.ndarray, skel: Skeleton) -> np.ndarray:
 
 
 def joints_to_features(joints: np.ndarray, skeleton: str | Skeleton = "humanml3d") -> np.ndarray:
-    """HumanML3D features of a joint sequence (the reference ``process_file``, threshold 0.002).
-
-    Args:
-        joints: (T, J, 3) joint positions, T >= 2, in HumanML3D axes (Y up; metres for
-            "humanml3d" with J=22 SMPL joints, millimetres for "kit" with J=21 MMM joints).
-            Any placement, facing and overall scale: the result is invariant to rotation about Y,
-            horizontal translation and uniform scale.
-        skeleton: "humanml3d" (263 values) or "kit" (251 values), or a :class:`Skeleton`.
-    Returns:
-        (T-1, 263 | 251) float32.
-    Raises:
-        BadInputError: wrong shape, fewer than 2 frames, NaN/inf, zero-length bones.
+    """HumanML3D features (the reference ``process_file``) of (T, J, 3) joints, T >= 2, in HumanML3D axes (Y up;
+    metres for "humanml3d", J=22 SMPL joints; millimetres for "kit", J=21 MMM joints) -> (T-1, 263 | 251) float32.
+    Invariant to rotation about Y, horizontal translation and uniform scale. Raises BadInputError: wrong shape,
+    fewer than 2 frames, NaN/inf, zero-length bones.
     """
     skel = get_skeleton(skeleton)
     pos = process_joints(_check_joints(joints, skel, min_frames=2), skel)
@@ -343,10 +335,7 @@ def feature_stats(arrays: Iterable[np.ndarray], skeleton: str | Skeleton = "huma
     Arrays containing NaN are skipped with a warning (as the reference does). Groups with zero
     spread get std 1.0 so normalisation never divides by zero.
 
-    Args:
-        arrays: feature arrays (N_i, D), D = 263 (humanml3d) or 251 (kit).
-    Returns:
-        (mean, std), each (D,) float32.
+    ``arrays``: feature arrays (N_i, D), D = 263 (humanml3d) or 251 (kit). Returns (mean, std), each (D,) float32.
     """
     skel = get_skeleton(skeleton)
     d = skel.feature_dim

@@ -37,12 +37,8 @@ def humanml3d_frame_indices(amass_path: str, num_frames: int, fps: float,
     HumanML3D keeps every ``int(fps / 20)``-th AMASS frame starting at 0, drops the leading seconds
     of some sub-datasets (:data:`HUMANML3D_TRIM_SECONDS`, in 20-fps frames), then slices
     ``[start_frame:end_frame]`` as given in ``index.csv``; ``end_frame == -1`` means to the end
-    (only HumanAct12 rows use it in the released index, and those are not AMASS motions).
-
-    Args:
-        amass_path: the AMASS path as written in index.csv (only the sub-dataset name matters).
-        num_frames: AMASS frame count; fps: AMASS mocap frame rate.
-        start_frame, end_frame: 20-fps frame bounds from index.csv.
+    (only HumanAct12 rows use it in the released index, and those are not AMASS motions). ``amass_path``: as in
+    index.csv (only the sub-dataset name matters); ``num_frames`` / ``fps``: the AMASS sequence's.
     """
     stride = int(fps / HUMANML3D_FPS)
     if stride < 1:

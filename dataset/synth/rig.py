@@ -130,7 +130,6 @@ def standing(rig: Rig, rng: np.random.Generator) -> None:
     rig.add("neck_flex", rng.uniform(-3, 5))
 
 
-
 def _arm_ik(targets: np.ndarray, poles: np.ndarray, collar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Left-arm two-bone IK: wrist targets (T,3) relative to spine3 -> (shoulder R (T,3,3), elbow rad)."""
     shoulder = (REST_JOINTS[16] - REST_JOINTS[13])

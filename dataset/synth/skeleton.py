@@ -85,17 +85,10 @@ def matrix_to_rotvec(R: np.ndarray) -> np.ndarray:
 
 def forward_kinematics(poses: np.ndarray, trans: np.ndarray | None = None,
                        extra_points: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """World joints of AMASS poses on the approximate rest skeleton.
-
-    Args:
-        poses: (T, >=66) axis-angle (root + 21 body joints first, as AMASS SMPL-H/SMPL-X), radians.
-        trans: (T, 3) AMASS translation in metres (Z-up world); None = zeros.
-        extra_points: also return the four sole points.
-
-    Returns:
-        joints (T, 22, 3) and sole points (T, 4, 3) [left heel, right heel, left toe, right toe], both
-        metres in the AMASS world frame (Z-up), translation applied.
-    """
+    """World joints of AMASS poses (T, >=66) axis-angle radians (root + 21 body joints first) with ``trans``
+    (T, 3) metres (None = zeros) on the approximate rest skeleton -> joints (T, 22, 3) and, with
+    ``extra_points``, the sole points (T, 4, 3) [left heel, right heel, left toe, right toe] (else (T, 0, 3)),
+    metres in the AMASS world frame (Z-up), translation applied."""
     poses = np.asarray(poses, dtype=np.float64)
     T = poses.shape[0]
     rots = rotvec_to_matrix(poses[:, :66].reshape(T, 22, 3))
