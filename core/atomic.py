@@ -63,12 +63,6 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
             os.fsync(fh.fileno())
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Atomically write ``data`` to ``path``."""
-    with atomic_open(path, "wb") as fh:
-        fh.write(data)
-
-
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Atomically write UTF-8 ``text`` to ``path``."""
     with atomic_open(path, "w", encoding="utf-8") as fh:

@@ -20,36 +20,26 @@ root is given - clips whose AMASS file is missing or bad. Clips **without texts 
 ``texts == ()``, so videos can still be rendered for them) and listed in ``report.no_texts``; callers
 that need texts (shards, training) filter them out.
 
-Untrusted input (every file here is third-party data; the rules below are per item, the rest still loads):
+Untrusted input (docs/security.md, "Annotations"); every rule is per item, the rest still loads:
 
-* **Keyids are names, never paths.** Every keyid - ``annotations.json`` keys, ``index.csv`` ``new_name``
-  (a ``.npy`` suffix dropped), split-file lines (likewise), generated ``M`` copies - must follow
-  :data:`lavimo.core.keyids.KEYID_RULE`; anything else (``../x``, ``/abs``, ``a/b``, ``a.b``, empty) is skipped as
-  ``bad_keyid`` with a reason quoting the value, the file and line, and never becomes a clip.
-  ``texts/<keyid>.txt`` is only opened for a valid keyid (through :func:`lavimo.core.keyids.child_path`).
-* **AMASS paths are relative paths under the AMASS root.** ``index.csv`` ``source_path`` and
-  ``annotations.json`` ``path`` (backslashes read as ``/``, as Windows writes them) are refused as
-  ``bad_path`` when empty, absolute (``/x``, ``\\\\host\\x``, ``C:``), with an empty, ``.`` or ``..``
-  component, with a control character (NUL included) or not encodable as UTF-8.
-* **Duplicates are decided, never left to dict order.** Two ``annotations.json`` members or two
-  ``index.csv`` rows for one keyid: identical -> kept once and listed in ``report.duplicates`` (outcome
-  ``duplicate_kept``); different -> the keyid is skipped as ``duplicate_keyid``, the reason naming both
-  places (member numbers, line numbers). A split file listing an id twice -> kept once, listed in
-  ``report.duplicates``. An id listed in two of ``train``/``val``/``test`` -> skipped as ``duplicate_keyid``
-  naming both files (its split would be ambiguous). Duplicate fields inside one entry or annotation
-  object make that entry ``bad_entry``.
-* **One bad annotation drops its whole entry**: in ``annotations.json`` an annotation whose ``text`` is not a
-  string (list, number, null, object), whose ``start``/``end`` are not finite numbers with
-  ``0 <= start < end``, or that is not an object makes the keyid ``bad_entry`` (the clip's span depends on
-  all its annotations, so dropping one would silently change the clip); the reason names the annotation.
-* **Rows, not files, fail** in ``index.csv``: a row with missing columns, extra non-empty fields, a
-  frame number that is not an integer, or an empty/invalid ``new_name`` is reported with its line number
-  and column (keyed by its ``new_name``, or ``index.csv line N`` when it has none); the other rows load.
-* **Encodings**: every file is read as UTF-8 with an optional BOM and any of LF / CRLF / CR line ends.
-  Invalid UTF-8 in ``index.csv``, ``annotations.json`` or a split file is a :class:`BadInputError`
-  naming the file and line; in ``texts/<keyid>.txt`` it skips that keyid as ``bad_texts``. A malformed
-  index header, unreadable or too deeply nested JSON, or a top level that is not an object is likewise
-  a whole-file :class:`BadInputError`.
+* **Keyids are names, never paths**: every keyid (``annotations.json`` keys, ``index.csv`` ``new_name`` and split
+  lines, a ``.npy`` suffix dropped; generated ``M`` copies) must follow :data:`lavimo.core.keyids.KEYID_RULE`, else
+  it is skipped as ``bad_keyid`` (value, file and line quoted); ``texts/<keyid>.txt`` is only opened for a valid
+  keyid (:func:`lavimo.core.keyids.child_path`).
+* **AMASS paths are relative paths under the AMASS root** (``source_path``, ``path``; ``\\`` read as ``/``):
+  :func:`amass_path_problem` refuses the rest as ``bad_path``.
+* **Duplicates are decided, never left to dict order**: identical ``annotations.json`` members / ``index.csv`` rows
+  are kept once (``report.duplicates``, ``duplicate_kept``), different ones skip the keyid as ``duplicate_keyid``
+  naming both places; an id repeated in a split file is kept once (``report.duplicates``), one in two of
+  train/val/test is ``duplicate_keyid``; duplicate fields inside one entry or annotation make it ``bad_entry``.
+* **One bad annotation drops its whole entry** (the clip's span depends on all of them): a ``text`` that is not a
+  string, ``start``/``end`` not finite numbers with ``0 <= start < end``, or not an object -> ``bad_entry``.
+* **Rows, not files, fail** in ``index.csv``: missing columns, extra non-empty fields, a non-integer frame or an
+  empty/invalid ``new_name`` fail that row alone, with its line and column (keyed ``index.csv line N`` if unnamed).
+* **Encodings**: UTF-8 with an optional BOM, LF / CRLF / CR line ends. Invalid UTF-8 in ``index.csv``,
+  ``annotations.json`` or a split file, a malformed index header, unreadable or too deeply nested JSON, or a
+  top level that is not an object is a whole-file :class:`BadInputError` naming the file (and line); in
+  ``texts/<keyid>.txt`` it skips that keyid as ``bad_texts``.
 """
 
 from __future__ import annotations
