@@ -48,13 +48,11 @@ class BodyOutput:
 def mirror_amass(poses: np.ndarray, trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mirror an AMASS motion across the sagittal plane: left/right swapped, x -> -x.
 
-    poses: (T, 156 | 165 | 72) axis-angle; trans: (T, 3) metres, AMASS world (Z up).
-    Every joint's rotation R (root included) becomes M R M with M = diag(-1, 1, 1), i.e. the axis-angle
-    (x, y, z) -> (x, -y, -z); then left/right joints (and the hand blocks, and SMPL-X's eyes) swap places;
-    the translation's x is negated. For the root this works because AMASS's world x axis is reflected by the
-    same M: the mirrored root is W R M with W = M. The result is exact for a body whose rest pose is
-    left/right symmetric (the procedural one); for real models the pelvis rest joint is ~2 mm off x = 0.
-    Returns new arrays of the input dtype.
+    poses: (T, 156 | 165 | 72) axis-angle; trans: (T, 3) metres, AMASS world (Z up). Every rotation R (root
+    included; AMASS's world x is reflected by the same M) becomes M R M, M = diag(-1, 1, 1): axis-angle
+    (x, y, z) -> (x, -y, -z); left/right joints (hand blocks, SMPL-X's eyes) swap; trans x is negated. Exact for
+    a left/right symmetric rest pose (the procedural body; real models' pelvis is ~2 mm off x = 0). New arrays
+    of the input dtype.
     """
     poses = np.asarray(poses)
     trans = np.asarray(trans)
@@ -334,10 +332,8 @@ def _array(path: Path, data: dict[str, Any], key: str, kinds: str, ndim: tuple[i
 
 
 def model_arrays(path: str | os.PathLike, data: dict[str, Any], model_type: str) -> dict[str, np.ndarray]:
-    """The plain arrays smplx needs for ``model_type`` ("smpl" | "smplh" | "smplx"), checked for dtype
-    (numbers, no objects), shape and consistency, from the members ``data`` of the model file ``path``.
-
-    V vertices, F faces, J joints (24 / 52 / 55), K shape columns (>= 10; >= 20 for SMPL-X, whose columns
+    """The plain arrays smplx needs for ``model_type`` from the members ``data`` of model file ``path``, checked
+    for dtype (numbers, no objects), shape and consistency. V vertices, F faces, J joints (24 / 52 / 55), K shape columns (>= 10; >= 20 for SMPL-X, whose columns
     10:20 (or 300:310 with >= 400) are expression directions), P = 9 (J - 1) pose-blend columns:
     ``v_template`` (V, 3), ``f`` (F, 3) ints in [0, V), ``shapedirs`` (V, 3, K), ``posedirs`` (V, 3, P) or
     (3V, P), ``J_regressor`` (J, V), ``kintree_table`` (2, J) with parents before children, ``weights``
@@ -404,15 +400,10 @@ def model_arrays(path: str | os.PathLike, data: dict[str, Any], model_type: str)
 
 def _smplx_from_arrays(path: Path, arrays: dict[str, np.ndarray], gender: str, num_betas: int,
                        num_expression_coeffs: int = 10) -> torch.nn.Module:
-    """An ``smplx.SMPLX`` built from arrays we read ourselves.
-
-    ``smplx.SMPLX.__init__`` always reads its model file itself (a pickle-enabled ``np.load`` or
-    ``pickle.load``) and has no ``data_struct`` argument, so it is not called: the instance is made with
-    ``SMPLX.__new__``, its SMPL-H part by ``smplx.SMPLH.__init__`` with ``data_struct`` (which reads no file;
-    SMPL-X's vertex ids; flat hand mean, no hand PCA), and the SMPL-X additions are registered here as
-    smplx 0.1.28 does (landmark buffers, jaw/eye/expression parameters, expression directions; no face
-    contour). tests/test_untrusted_pickle.py checks the result equals smplx's own loading of the same arrays
-    (buffers, parameters and forward output), so a change in smplx shows up there.
+    """An ``smplx.SMPLX`` built from arrays we read ourselves, without ``SMPLX.__init__`` (which always reads the
+    file with a pickle-enabled loader): ``SMPLX.__new__``, the SMPL-H part by ``SMPLH.__init__`` with
+    ``data_struct`` (no file; SMPL-X's vertex ids, flat hand mean, no PCA), the SMPL-X additions registered as
+    smplx 0.1.28 does (no face contour). tests/test_untrusted_pickle.py checks it equals smplx's own loading.
     """
     import smplx
     from smplx.vertex_ids import vertex_ids

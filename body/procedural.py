@@ -20,11 +20,9 @@ It carries everything ``smplx.SMPL`` reads from a model file (``build_procedural
 
 posedirs are all zero (no pose-corrective blend shapes); :func:`procedural_posedirs` makes them.
 
-Generation takes about a second; the result is cached (``$LAVIMO_CACHE`` or ``~/.cache/lavimo``) in
-``procedural_body_v{VERSION}.npz``, written atomically, and regenerated when it was made by a different
-generator (fingerprint of this file's and :mod:`lavimo.body.skeleton`'s source). Nothing here is hand-edited binary
-data: the only embedded numbers are the rest joints (:func:`lavimo.body.skeleton.rest_joints`) and the primitive radii
-below.
+Generation takes about a second; the result is cached atomically (:func:`cache_path`) and regenerated when it was
+made by a different generator (:func:`generator_fingerprint`). The only embedded numbers are the rest joints
+(:func:`lavimo.body.skeleton.rest_joints`) and the primitive sizes below.
 """
 
 from __future__ import annotations

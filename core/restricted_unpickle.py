@@ -48,13 +48,11 @@ MAX_DEPTH = 64
 MAX_PICKLE_MEMBER_BYTES = 64 << 20
 #: ``.npy`` members never name more than 32 dimensions (numpy's own limit is 64).
 _MAX_NDIM = 32
-#: Largest single array (bytes) read from an untrusted file: 1 GiB, 8x SMPL-X's ``posedirs`` (the largest array
-#: of any real input: 10475 x 3 x 486 float64, 122 MB) and far above an AMASS sequence (poses of a 10-minute
-#: take at 120 fps: 72000 x 165 float64, 95 MB).
+#: Largest single array (bytes) read from an untrusted file: 1 GiB, 8x the largest real one (SMPL-X's ``posedirs``,
+#: 10475 x 3 x 486 float64, 122 MB; a 10-minute AMASS take at 120 fps: 95 MB).
 MAX_ARRAY_BYTES = 1 << 30
 #: Total bytes of the arrays one body-model file (``.pkl`` or ``.npz``) may make us build, whatever their number:
-#: 1 GiB; a real SMPL / SMPL-H / SMPL-X model holds 100-300 MB of arrays (SMPL-X: posedirs 122 MB, shapedirs
-#: 10475 x 3 x 400 float64 101 MB), so 3x headroom, while a 1 KB pickle of many bounded arrays stops here.
+#: 1 GiB, 3x a real SMPL-family model's 100-300 MB; a 1 KB pickle of many bounded arrays stops here.
 MAX_MODEL_FILE_BYTES = 1 << 30
 #: what :func:`read_npy` reads at a time
 _READ_CHUNK = 1 << 22
@@ -369,10 +367,9 @@ MAX_NPY_HEADER_BYTES = 1 << 16
 
 
 def read_npy_header(fh: BinaryIO, path: str | os.PathLike, member: str) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """(shape, fortran_order, dtype) from an ``.npy`` stream's header (numpy's own header parser: a bounded
-    ``ast.literal_eval``, no pickle). The declared header length is checked (at most :data:`MAX_NPY_HEADER_BYTES`)
-    before the header is read, and exactly the magic, the length and the header are consumed from ``fh``.
-    Raises BadInputError(path, member) for a malformed, truncated or oversized header."""
+    """(shape, fortran_order, dtype) from an ``.npy`` stream's header (numpy's bounded parser, no pickle), its
+    declared length checked (<= :data:`MAX_NPY_HEADER_BYTES`) before it is read; consumes exactly magic, length
+    and header. BadInputError(path, member) for a malformed, truncated or oversized header."""
     try:
         prefix = fh.read(10)  # magic (6) + version (2) + the first two bytes of the length
         if len(prefix) < 10 or prefix[:6] != b"\x93NUMPY":
@@ -456,18 +453,15 @@ def read_npy(fh: BinaryIO, path: str | os.PathLike, member: str,
              object_loader: Callable[[bytes], Any] | None = None, *, nbytes: int,
              max_bytes: int = MAX_ARRAY_BYTES, budget: "ByteBudget | None" = None,
              max_elements: int = MAX_ELEMENTS) -> Any:
-    """One ``.npy`` member of an untrusted file as a plain array, without numpy's pickle path: the one checked
-    ``.npy`` reader (AMASS and body-model npz members, shard ``.npy`` members, ``stats.npz``).
+    """One ``.npy`` member of an untrusted file as a writable plain array, without numpy's pickle path: the one
+    checked ``.npy`` reader (AMASS and body-model npz members, shard ``.npy`` members, ``stats.npz``).
 
-    ``nbytes`` is the member's size (header included) as its container declares it: the zip member's
-    uncompressed size, or the length of an in-memory member. Nothing is allocated for the array until its
-    header has been checked against it: at most ``max_elements`` elements, ``size * itemsize`` equal to
-    the ``nbytes`` left after the header and at most ``max_bytes`` (and within ``budget``, when given, which is
-    charged). The data is then read incrementally (memory follows the bytes really produced, never more than
-    ``nbytes + 1`` are read: a container's declared size can lie too), and must be exactly that long.
-    Returns a writable ``np.ndarray`` (shape and order from the header). Object arrays (numpy stores them as a
-    pickle): refused unless ``object_loader`` is given, which gets the pickle's bytes (at most
-    :data:`MAX_PICKLE_MEMBER_BYTES`). Raises BadInputError(path, member).
+    ``nbytes``: the member's size (header included) as its container declares it. Nothing is allocated until the
+    header passes :func:`check_declared` against it (and ``budget``, when given, is charged); the data is then
+    read incrementally (memory follows the bytes really produced, at most ``nbytes + 1`` read: a declared size
+    can lie too) and must be exactly that long. Object arrays (a pickle): refused unless ``object_loader`` is
+    given, which gets the pickle's bytes (at most :data:`MAX_PICKLE_MEMBER_BYTES`). Raises BadInputError(path,
+    member).
     """
     src = _Bounded(fh, max(int(nbytes), 0) + 1)
     shape, fortran, dtype = read_npy_header(src, path, member)  # type: ignore[arg-type]

@@ -176,13 +176,9 @@ def _check_text_assets(assets: dict[str, Any], path: Path) -> dict[str, str]:
 
 def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """``{"config": LavimoConfig, "extra": dict, "text_assets": dict, "header": safetensors_header.Header}``
-    without loading the weights.
-
-    A checkpoint is third-party input: the safetensors header is read and checked by
-    :func:`lavimo.model.safetensors_header.read_header` (no pickle; length, JSON size and nesting, tensor extents against
-    the bytes present), the metadata fields must be JSON objects of the expected shape, the config must be a valid
-    LavimoConfig; any other content raises :class:`BadInputError` naming the file and the field.
-    ``FileNotFoundError`` when absent.
+    without loading the weights: the header checked by :func:`lavimo.model.safetensors_header.read_header`, the
+    metadata fields JSON objects of the expected shape, the config a valid LavimoConfig; else
+    :class:`BadInputError` naming the file and the field. ``FileNotFoundError`` when absent.
     """
     from .safetensors_header import read_header
 
@@ -258,10 +254,8 @@ def _check_fits(cfg: LavimoConfig, info: dict[str, Any], assets_dir: Path, path:
 
 
 def check_checkpoint_fits(path: str | os.PathLike) -> dict[str, Any]:
-    """:func:`read_checkpoint_metadata`, then the model its config describes is built on the ``meta`` device and
-    compared with the file's tensors (no memory is allocated for it); returns the metadata. ``train.py --resume``
-    calls it before building the run's model, so a run directory whose config describes a huge model is refused
-    before it is allocated. :class:`BadInputError` naming the file."""
+    """:func:`read_checkpoint_metadata` plus :func:`_check_fits` (no memory allocated); returns the metadata.
+    ``train.py --resume`` calls it before building the run's model. :class:`BadInputError` naming the file."""
     info = read_checkpoint_metadata(path)
     with tempfile.TemporaryDirectory(prefix="lavimo-ckpt-") as tmp:
         _check_fits(info["config"], info, write_text_assets(info["text_assets"], tmp), Path(path))
@@ -269,12 +263,9 @@ def check_checkpoint_fits(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", **overrides: Any) -> LavimoModel:
-    """Rebuild the model saved by :func:`save_checkpoint` and load its weights; returned in eval mode.
-
-    No pretrained files are read: backbones are built from the saved config (and the saved text config and
-    tokenizer) and overwritten by the checkpoint. ``overrides`` change non-architectural config fields (e.g.
-    ``negative_filtering``, ``threshold``). The ``extra`` dict is available as ``model.checkpoint_extra``.
-    """
+    """Rebuild the model saved by :func:`save_checkpoint` from its saved config, text config and tokenizer (no
+    pretrained files read) and load its weights; in eval mode, ``extra`` as ``model.checkpoint_extra``.
+    ``overrides``: non-architectural config fields (e.g. ``negative_filtering``, ``threshold``)."""
     from safetensors.torch import load_model
 
     info = read_checkpoint_metadata(path)

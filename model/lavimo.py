@@ -160,7 +160,6 @@ class LavimoModel(nn.Module):
         return out
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Same as :meth:`compute_losses`."""
         return self.compute_losses(batch)
 
     # ------------------------------------------------------------------ optimisation helpers
@@ -229,13 +228,9 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float,
 
 def build_model(cfg: LavimoConfig, *, pretrained: bool = True,
                 text_assets_dir: str | os.PathLike | None = None) -> LavimoModel:
-    """Build the model for ``cfg``.
-
-    Backbones load their pretrained weights from local files (see ``model/weights.py``) unless
-    ``cfg.random_init``; ``pretrained=False`` skips loading the CLIP weights (used by checkpoint loading, which
-    overwrites every weight), and ``text_assets_dir`` builds the text backbone from a saved config/tokenizer
-    folder instead of ``cfg.text_model``. Nothing is downloaded.
-    """
+    """Build the model for ``cfg``; backbones pretrained from local files (``model/weights.py``, never downloaded)
+    unless ``cfg.random_init``. Checkpoint loading passes ``pretrained=False`` (no CLIP weights) and
+    ``text_assets_dir`` (the saved text config/tokenizer instead of ``cfg.text_model``)."""
     backbone, tokenizer = load_text_backbone(cfg, assets_dir=text_assets_dir)
     text = TextEncoder(backbone, tokenizer, cfg, freeze=cfg.freeze_text)
     video = None

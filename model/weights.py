@@ -108,15 +108,9 @@ def load_text_tokenizer(source: Path | None):
 
 
 def load_text_backbone(cfg: LavimoConfig, assets_dir: str | os.PathLike | None = None) -> tuple[nn.Module, Any]:
-    """The Hugging Face encoder and its tokenizer for ``cfg``.
-
-    * ``assets_dir`` (used when loading a checkpoint): a folder with ``config.json`` and the tokenizer files;
-      the backbone is built from the config with random weights (the checkpoint overwrites them).
-    * ``cfg.text_backbone_config`` set: a random backbone of that shape (``model_type`` + HF config kwargs),
-      tokenizer from ``cfg.text_model`` (the ``tiny`` preset).
-    * otherwise the pretrained model from :func:`resolve_text_model`; with ``cfg.random_init`` a random backbone
-      of the same architecture (``DistilBertConfig()`` for DistilBERT when its files are absent).
-    """
+    """The Hugging Face encoder and its tokenizer for ``cfg``: random weights from ``assets_dir``'s config
+    (checkpoint loading) or from ``cfg.text_backbone_config`` (the ``tiny`` preset), else the pretrained model of
+    :func:`resolve_text_model` (random, same architecture, with ``cfg.random_init``)."""
     from transformers import AutoConfig, AutoModel
 
     if assets_dir is not None:

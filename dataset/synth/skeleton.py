@@ -1,10 +1,7 @@
 """Forward kinematics on an approximate SMPL rest skeleton, for the synthetic corpus.
 
-The joint tree and the rest joints come from :mod:`lavimo.body.skeleton` (its generator table
-:data:`lavimo.body.skeleton.SYNTH_REST_JOINTS`: approximate joint locations of the neutral SMPL template, metres,
-SMPL's rest frame: **Y-up**, the body faces +Z, its left is +X, exactly left/right symmetric). They are used to
-put the synthetic bodies' feet on the floor and to check the motions; a real SMPL-H body gives joints within a
-few centimetres of these.
+The joint tree and rest joints are :mod:`lavimo.body.skeleton`'s generator table (:data:`REST_JOINTS`, metres,
+SMPL's rest frame: **Y-up**, facing +Z, left at +X, exactly symmetric; a real SMPL-H body is within a few cm).
 
 AMASS convention reproduced here: a body's world joints are
 ``trans + J0 + R_root @ (J_k - J0)`` chained down the tree, where ``J0`` (the pelvis rest location) is
@@ -19,8 +16,7 @@ from scipy.spatial.transform import Rotation
 
 from lavimo.body.skeleton import JOINT_NAMES, PARENTS, SYNTH_REST_JOINTS
 
-#: the generator's rest skeleton (SMPL's frame, Y up): lavimo.body.skeleton's second table, kept apart from THE rest
-#: joints because the synthetic corpus is computed from these numbers (see lavimo.body.skeleton's docstring).
+#: the generator's rest skeleton (see lavimo.body.skeleton's docstring for why it is not THE rest joints)
 REST_JOINTS = SYNTH_REST_JOINTS
 OFFSETS = np.concatenate([REST_JOINTS[:1], REST_JOINTS[1:] - REST_JOINTS[PARENTS[1:]]])
 
