@@ -8,10 +8,8 @@ numbers are the dataset's numbers.
 Axes and units (see also :mod:`lavimo.dataset.motion`):
 
 * AMASS / body model output: **Z up**, metres (:func:`amass_to_joints` input side).
-* Joints and features: HumanML3D's convention, **Y up**, metres (KIT: millimetres). AMASS joints are
-  converted with ``(x, y, z) -> (-x, z, y)``: HumanML3D's ``raw_pose_processing`` multiplies by
-  ``[[1,0,0],[0,0,1],[0,1,0]]`` (swap Y and Z, a reflection) and its cropping step then negates x
-  (``data[..., 0] *= -1``), which makes the whole a proper rotation (det +1).
+* Joints and features: HumanML3D's convention, **Y up**, metres (KIT: millimetres); AMASS joints are converted
+  by :data:`AMASS_TO_HUMANML3D`, ``(x, y, z) -> (-x, z, y)``, a proper rotation.
 * After :func:`joints_to_features`' canonicalisation the feet touch the floor (min height 0), the root
   starts at the origin in XZ and the body initially faces +Z.
 
@@ -58,7 +56,8 @@ __all__ = [
     "features_to_joints", "mirror_joints", "feature_stats", "clip_features",
 ]
 
-# AMASS (Z up) -> HumanML3D (Y up): HumanML3D's trans_matrix (swap Y and Z) followed by its x flip.
+# AMASS (Z up) -> HumanML3D (Y up): raw_pose_processing's trans_matrix [[1,0,0],[0,0,1],[0,1,0]] (swap Y and Z,
+# a reflection), then its cropping step's data[..., 0] *= -1; together a proper rotation (det +1).
 # Row vectors: joints_h = joints_amass @ AMASS_TO_HUMANML3D, i.e. (x, y, z) -> (-x, z, y).
 AMASS_TO_HUMANML3D = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]) @ np.diag([-1.0, 1.0, 1.0])
 
