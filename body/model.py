@@ -333,8 +333,9 @@ def _array(path: Path, data: dict[str, Any], key: str, kinds: str, ndim: tuple[i
 
 def model_arrays(path: str | os.PathLike, data: dict[str, Any], model_type: str) -> dict[str, np.ndarray]:
     """The plain arrays smplx needs for ``model_type`` from the members ``data`` of model file ``path``, checked
-    for dtype (numbers, no objects), shape and consistency. V vertices, F faces, J joints (24 / 52 / 55), K shape columns (>= 10; >= 20 for SMPL-X, whose columns
-    10:20 (or 300:310 with >= 400) are expression directions), P = 9 (J - 1) pose-blend columns:
+    for dtype (numbers, no objects), shape and consistency. V vertices, F faces, J joints (24 / 52 / 55), K shape
+    columns (>= 10; >= 20 for SMPL-X, whose columns 10:20 (or 300:310 with >= 400) are expression directions),
+    P = 9 (J - 1) pose-blend columns:
     ``v_template`` (V, 3), ``f`` (F, 3) ints in [0, V), ``shapedirs`` (V, 3, K), ``posedirs`` (V, 3, P) or
     (3V, P), ``J_regressor`` (J, V), ``kintree_table`` (2, J) with parents before children, ``weights``
     (V, J); SMPL-H/SMPL-X also ``hands_components{l,r}`` (n, 45) and ``hands_mean{l,r}`` (45,) (identity /

@@ -38,11 +38,8 @@ def is_keyid(value: object) -> bool:
 
 
 def check_keyid(value: object, path: str | os.PathLike | None = None, field: str | None = "keyid") -> str:
-    """Return ``value`` if it is a valid keyid, else raise :class:`BadInputError` naming ``path`` and ``field``.
-
-    The message quotes the offending value (shortened) and states the rule, e.g.
-    ``annotations.json: keyid: '../x' is not a valid keyid (1-128 characters of ...)``.
-    """
+    """Return ``value`` if it is a valid keyid, else raise :class:`BadInputError` naming ``path`` and ``field``,
+    quoting the value and stating the rule (``'../x' is not a valid keyid (1-128 characters of ...)``)."""
     if is_keyid(value):
         return value  # type: ignore[return-value]
     if not isinstance(value, str):
@@ -53,12 +50,9 @@ def check_keyid(value: object, path: str | os.PathLike | None = None, field: str
 
 
 def child_path(directory: str | os.PathLike, name: str) -> Path:
-    """``directory / name``, guaranteed to stay directly inside ``directory``.
-
-    ``name`` must be one plain file name (no separator, not ``.``/``..``, no NUL). Raises
-    :class:`BadInputError` otherwise, so that a crafted keyid or member name can never make a writer touch a
-    file outside its output directory (symlinks inside the directory are the user's own business).
-    """
+    """``directory / name``, guaranteed to stay directly inside ``directory``: ``name`` must be one plain file name
+    (no separator, not ``.``/``..``, no NUL), else :class:`BadInputError`, so a crafted keyid or member name never
+    makes a writer touch a file outside its directory (symlinks inside it are the user's own business)."""
     if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
             or "\x00" in name or os.sep in name or (os.altsep and os.altsep in name)):
         raise BadInputError(directory, "name", f"{name!r} is not a plain file name")
@@ -70,10 +64,8 @@ def child_path(directory: str | os.PathLike, name: str) -> Path:
 
 
 def check_member_name(name: object, path: str | os.PathLike | None = None) -> str:
-    """A tar member name as the shard readers accept it: ``<keyid>.<ext>`` with no ``/`` and no ``..``.
-
-    Raises :class:`BadInputError` naming the shard ``path`` and the member.
-    """
+    """A tar member name as the shard readers accept it, ``<keyid>.<ext>`` with no ``/`` and no ``..``; else
+    :class:`BadInputError` naming the shard ``path`` and the member."""
     if not isinstance(name, str) or "/" in name or "\\" in name or ".." in name or "\x00" in name:
         raise BadInputError(path, "member", f"{name!r}: member names must be '<keyid>.<ext>' without '/' or '..'")
     key, dot, ext = name.partition(".")

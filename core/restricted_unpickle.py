@@ -342,9 +342,8 @@ def restricted_load(fh: BinaryIO, path: str | os.PathLike, member: str,
 
 
 class _Bounded:
-    """A read-only view of ``fh`` that yields at most ``limit`` bytes and counts what it yielded (``pos``): a
-    stream whose container declares ``n`` bytes is read through ``_Bounded(fh, n + 1)``, so a lying size never
-    makes a reader consume (or decompress) more than one byte past what was declared."""
+    """A read-only view of ``fh`` yielding at most ``limit`` bytes, counted in ``pos``: read through
+    ``_Bounded(fh, n + 1)``, a stream declared ``n`` bytes long is never consumed (or decompressed) further."""
 
     def __init__(self, fh: BinaryIO, limit: int) -> None:
         self._fh = fh
@@ -404,9 +403,9 @@ def read_npy_header(fh: BinaryIO, path: str | os.PathLike, member: str) -> tuple
 def check_declared(shape: tuple[int, ...], dtype: np.dtype, present: int, path: str | os.PathLike | None,
                    member: str, max_bytes: int = MAX_ARRAY_BYTES, max_elements: int = MAX_ELEMENTS
                    ) -> tuple[int, int]:
-    """The rule of every untrusted ``.npy`` read, before anything is allocated: ``shape`` has at most
-    ``max_elements`` elements (:data:`MAX_ELEMENTS`), ``size * itemsize`` equals the ``present`` bytes after the
-    header and is at most ``max_bytes``. Returns (size, nbytes); raises BadInputError(path, member)."""
+    """The rule of every untrusted ``.npy`` read, before anything is allocated: at most ``max_elements`` elements,
+    ``size * itemsize`` equal to the ``present`` bytes and at most ``max_bytes``. (size, nbytes), or
+    BadInputError(path, member)."""
     try:
         _, size = _check_shape(shape, max_elements)
     except Refused as exc:
@@ -437,9 +436,8 @@ def _open_member(zf: zipfile.ZipFile, path: str | os.PathLike, key: str) -> tupl
 
 def read_npz_header(zf: zipfile.ZipFile, path: str | os.PathLike, key: str, max_bytes: int = MAX_ARRAY_BYTES,
                     max_elements: int = MAX_ELEMENTS) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """(shape, fortran_order, dtype) of the member ``key`` of the npz ``zf`` without reading its data; a plain
-    dtype's header is checked against the zip's declared size (:func:`check_declared`), so a header-only reader
-    (``read_amass_header``) reports the same shapes :func:`read_npz_member` would accept."""
+    """(shape, fortran_order, dtype) of npz member ``key`` without reading its data, checked against the zip's
+    declared size (:func:`check_declared`, plain dtypes) as :func:`read_npz_member` would."""
     info, fh = _open_member(zf, path, key)
     with fh:
         src = _Bounded(fh, info.file_size + 1)
@@ -513,8 +511,8 @@ def read_npy_file(path: str | os.PathLike, member: str = "array", max_bytes: int
 
 
 def open_npz(path: str | os.PathLike, source: str | os.PathLike | BinaryIO | None = None) -> zipfile.ZipFile:
-    """``path`` (or the file object ``source``, named ``path``) as a zip archive; BadInputError(path,
-    ``archive``) when it is not one (a ``.npy`` saved under an ``.npz`` name, a truncated file, ...)."""
+    """``path`` (or the file object ``source``) as a zip archive; BadInputError(path, ``archive``) when it is not
+    one."""
     try:
         return zipfile.ZipFile(path if source is None else source)
     except FileNotFoundError:
@@ -527,9 +525,8 @@ def read_npz_member(zf: zipfile.ZipFile, path: str | os.PathLike, key: str,
                     object_loader: Callable[[bytes], Any] | None = None, *,
                     max_bytes: int = MAX_ARRAY_BYTES, budget: "ByteBudget | None" = None,
                     max_elements: int = MAX_ELEMENTS) -> Any:
-    """The member ``key`` (``key.npy``) of the npz ``zf`` through :func:`read_npy`, checked against the
-    uncompressed size its central directory declares. BadInputError(path, key): missing, encrypted, damaged,
-    or any :func:`read_npy` refusal."""
+    """npz member ``key`` (``key.npy``) through :func:`read_npy` against its declared uncompressed size;
+    BadInputError(path, key): missing, encrypted, damaged, or any :func:`read_npy` refusal."""
     info, fh = _open_member(zf, path, key)
     with fh:
         return read_npy(fh, path, key, object_loader, nbytes=info.file_size, max_bytes=max_bytes, budget=budget,

@@ -51,12 +51,9 @@ def humanml3d_frame_indices(amass_path: str, num_frames: int, fps: float,
 
 def time_frame_indices(num_frames: int, fps: float, target_fps: float = HUMANML3D_FPS,
                        start: float = 0.0, end: float | None = None) -> np.ndarray:
-    """AMASS frame indices resampling ``[start, end)`` seconds to ``target_fps`` by time.
-
-    Frame i of the clip is at time ``start + i / target_fps``; it takes the nearest AMASS frame
-    (``round(t * fps)``), clipped to the sequence. ``end=None`` (or < 0) means the end of the sequence.
-    The clip has ``floor((end - start) * target_fps + 1e-6)`` frames (at least 1 if start is in range).
-    """
+    """AMASS frame indices resampling ``[start, end)`` seconds (``end`` None or < 0: to the end) to ``target_fps``:
+    frame i is the nearest AMASS frame to ``start + i / target_fps`` (``round(t * fps)``, clipped), for
+    ``floor((end - start) * target_fps + 1e-6)`` frames."""
     duration = num_frames / fps
     if end is None or end < 0 or end > duration:
         end = duration

@@ -55,13 +55,11 @@ class _GatherRows(torch.autograd.Function):
 
 
 class BatchGather:
-    """Gathers per-rank (n_r, ...) tensors into the global (sum n_r, ...) in rank order.
-
-    ``BatchGather(n_local)`` is collective (it all-gathers the row counts once); then call it on each tensor, in
-    the same order on every rank. ``grad=True`` (latents): the result is differentiable in the local rows, and
-    their gradient is multiplied by ``world_size`` (see the module docstring) unless ``scale_grad=False``.
-    ``grad=False`` (sentence embeddings): a detached gather. ``None`` passes through. Without an initialised
-    process group (or with one rank) it is the identity.
+    """Gathers per-rank (n_r, ...) tensors into the global (sum n_r, ...) in rank order; the identity without a
+    process group of more than one rank. Construction is collective (the row counts); then call it on each tensor
+    in the same order on every rank: ``grad=True`` (latents) differentiable in the local rows, their gradient
+    times ``world_size`` unless ``scale_grad=False``; ``grad=False`` (sentence embeddings) detached; ``None``
+    passes through.
     """
 
     def __init__(self, n_local: int, device: torch.device | None = None, scale_grad: bool = True):
