@@ -732,23 +732,15 @@ def _resolve(clips: list[Clip], amass_root: Path, report: LoadReport) -> list[Cl
 
 def load_clips(source: str | os.PathLike, amass_root: str | os.PathLike | None = None, split: str | None = None,
                *, mirrored: bool = True) -> ClipSet:
-    """Read annotations into clips.
+    """Read annotations into a :class:`ClipSet` in split-file order, with ``.report`` (:class:`LoadReport`).
 
-    Args:
-        source: a HumanML3D directory (with ``index.csv``) or its ``index.csv``; or a TMR-style
-            ``annotations.json`` or the directory holding it.
-        amass_root: AMASS root (holding ``KIT/``, ``CMU/``, ...). When given, every clip is resolved
-            (``clip.frames`` = AMASS frame indices, read from the file's frame count and fps); clips
-            whose file is missing or bad are skipped and reported. When None, ``frames`` stays None.
-        split: "train" | "val" | "test" | any other split-file name; None or "all" = all entries.
-        mirrored: include mirrored copies (HumanML3D ``M`` ids, TMR ``M/`` paths).
-
-    Returns:
-        A :class:`ClipSet` in split-file order, with ``.report`` (:class:`LoadReport`).
-
-    Raises:
-        BadInputError: when the source itself is unusable (no index/annotations file, missing split
-            file, malformed index header). Per-entry problems are reported, not raised.
+    ``source``: a HumanML3D directory (with ``index.csv``) or its ``index.csv``, or a TMR-style
+    ``annotations.json`` or its directory. ``amass_root`` (holding ``KIT/``, ``CMU/``, ...): every clip is
+    resolved (``clip.frames`` from the file's frame count and fps), clips whose file is missing or bad are
+    skipped and reported; None: ``frames`` stays None. ``split``: a split-file name; None or "all" = all
+    entries. ``mirrored``: include mirrored copies (HumanML3D ``M`` ids, TMR ``M/`` paths). Raises
+    BadInputError when the source itself is unusable (no index/annotations file, missing split file, malformed
+    index header); per-entry problems are reported, not raised.
     """
     src = Path(source)
     if src.is_dir():

@@ -325,16 +325,11 @@ def feature_stats(arrays: Iterable[np.ndarray], skeleton: str | Skeleton = "huma
                   feat_bias: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Normalisation statistics in HumanML3D's convention (``cal_mean_variance``).
 
-    ``mean`` is the per-dimension mean over all rows of all arrays; ``std`` is the per-dimension
-    (population) standard deviation, then replaced inside each feature group (root_rot_velocity,
-    root_linear_velocity, root_y, ric, rot, local_velocity, foot_contact) by the group's average.
-    HumanML3D's released ``Std.npy`` divides every group by 1.0 (the default here). ``feat_bias``
-    reproduces the training-time variant of text-to-motion (its ``Text2MotionDataset`` with
-    ``opt.feat_bias = 5``): the std of the four root values and of the foot contacts divided by it.
-    Arrays containing NaN are skipped with a warning (as the reference does). Groups with zero
-    spread get std 1.0 so normalisation never divides by zero.
-
-    ``arrays``: feature arrays (N_i, D), D = 263 (humanml3d) or 251 (kit). Returns (mean, std), each (D,) float32.
+    ``arrays`` (N_i, D), D = 263 (humanml3d) or 251 (kit) -> (mean, std), each (D,) float32: the per-dimension
+    mean over all rows, and the population std replaced inside each feature group by the group's average (1.0
+    for a group with zero spread). ``feat_bias`` (HumanML3D's released ``Std.npy``: 1.0, the default;
+    text-to-motion's training ``opt.feat_bias = 5``) divides the std of the root values and foot contacts.
+    Arrays containing NaN are skipped with a warning, as the reference does.
     """
     skel = get_skeleton(skeleton)
     d = skel.feature_dim
