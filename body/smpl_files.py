@@ -12,11 +12,9 @@ states, no object arrays from raw bytes, no direct ``numpy.ndarray(...)`` calls)
   with numpy, with output sizes bounded);
 - ``scipy.sparse`` csc/csr/coo matrices map to a stand-in rebuilt as a real scipy matrix from its arrays,
   after a full format check (indices within the shape, monotonic ``indptr``, numeric arrays);
-- ``copyreg._reconstructor`` only for ``(stand-in class, object, None)``; ``_codecs.encode`` only with the
-  latin-1 codec (how Python 3 writes bytes at protocol 2); the builtins ``set``, ``frozenset``, ``dict``,
-  ``list``, ``tuple``, ``object``, ``slice``, ``complex``, ``int``, ``float``, ``bool``, ``str`` and
-  ``bytes``/``bytearray`` (not from an int: no size-only allocations);
-- anything else (``os.system``, ``posix.system``, ``builtins.exec``, ``builtins.eval``, ...) is refused.
+- ``copyreg._reconstructor`` only for ``(stand-in class, object, None)``; the builtins ``set``, ``frozenset``,
+  ``dict``, ``list``, ``tuple``, ``object``, ``slice``, ``complex``, ``int``, ``float``, ``bool``, ``str`` and
+  ``bytes``/``bytearray`` (not from an int: no size-only allocations); anything else is refused as there.
 
 Memory is bounded per file: every array built (unpickled, converted from chumpy, a sparse matrix at its dense
 size, an npz member) is charged, before it is allocated, to one :class:`lavimo.core.restricted_unpickle.ByteBudget` of
