@@ -1,16 +1,9 @@
 """SMPL-family body models: AMASS poses -> posed vertices and joints (shared by features and rendering).
 
-``load_body(model_dir=None)`` gives the procedural SMPL-compatible body (:mod:`lavimo.body.procedural`);
-``load_body(DIR, "smplh" | "smplx" | "smpl", gender)`` a real model from a directory in smplx's layout
-(``DIR/smplh/SMPLH_MALE.pkl`` or ``.npz``, ``DIR/smplx/SMPLX_FEMALE.npz``, ``DIR/smpl/SMPL_NEUTRAL.pkl``;
-AMASS's ``DIR/smplh/male/model.npz`` is accepted too). Both go through smplx's own model classes (the
-procedural body through ``smplx.SMPL(data_struct=...)``), so posing is the same code for both.
-
-Model files are untrusted input: the project reads them itself (:mod:`lavimo.body.smpl_files`: an allow-list
-unpickler for ``.pkl``, plain ``.npy`` reads for ``.npz``), checks the arrays (:func:`model_arrays`) and
-hands smplx plain arrays only (``data_struct`` for SMPL / SMPL-H; for SMPL-X, whose constructor always reads
-the file itself with a pickle-enabled ``np.load``, :func:`_smplx_from_arrays` builds the model without
-calling that constructor). smplx never opens a model file.
+:func:`load_body` gives the procedural body or a real model; both are smplx model classes, so posing is one code.
+Model files are untrusted input: read by :mod:`lavimo.body.smpl_files` (allow-list unpickler, plain ``.npy``
+reads), checked (:func:`model_arrays`) and handed to smplx as plain arrays only (``data_struct``; SMPL-X through
+:func:`_smplx_from_arrays`): smplx never opens a model file.
 
 Frames: AMASS root orientations map SMPL's body frame (Y up, facing +Z, left at +X) to the AMASS world
 (**Z up**, metres), so :meth:`Body.pose` returns vertices and joints in the AMASS world frame with the
@@ -25,6 +18,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -54,13 +48,11 @@ class BodyOutput:
 def mirror_amass(poses: np.ndarray, trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mirror an AMASS motion across the sagittal plane: left/right swapped, x -> -x.
 
-    poses: (T, 156 | 165 | 72) axis-angle; trans: (T, 3) metres, AMASS world (Z up).
-    Every joint's rotation R (root included) becomes M R M with M = diag(-1, 1, 1), i.e. the axis-angle
-    (x, y, z) -> (x, -y, -z); then left/right joints (and the hand blocks, and SMPL-X's eyes) swap places;
-    the translation's x is negated. For the root this works because AMASS's world x axis is reflected by the
-    same M: the mirrored root is W R M with W = M. The result is exact for a body whose rest pose is
-    left/right symmetric (the procedural one); for real models the pelvis rest joint is ~2 mm off x = 0.
-    Returns new arrays of the input dtype.
+    poses: (T, 156 | 165 | 72) axis-angle; trans: (T, 3) metres, AMASS world (Z up). Every rotation R (root
+    included; AMASS's world x is reflected by the same M) becomes M R M, M = diag(-1, 1, 1): axis-angle
+    (x, y, z) -> (x, -y, -z); left/right joints (hand blocks, SMPL-X's eyes) swap; trans x is negated. Exact for
+    a left/right symmetric rest pose (the procedural body; real models' pelvis is ~2 mm off x = 0). New arrays
+    of the input dtype.
     """
     poses = np.asarray(poses)
     trans = np.asarray(trans)
@@ -175,14 +167,10 @@ class Body:
         """Pose the body: AMASS axis-angle ``poses`` (T, 156 | 165) radians, ``trans`` (T, 3) metres and
         ``betas`` (n,) -> :class:`BodyOutput` in the AMASS world frame (Z up, metres), float32.
 
-        For the procedural / SMPL body only the root (3) and body (63) parts of the pose are used (SMPL's
-        hand joints 22/23 get zero rotation); SMPL-H uses the 90 hand values (of either layout), SMPL-X also
-        jaw and eyes (zero for 156-dim input). Runs on CPU under ``torch.no_grad`` in chunks of ``chunk``
-        frames, with smplx's own building blocks (``blend_shapes``, ``vertices2joints``, ``batch_rodrigues``,
-        ``batch_rigid_transform``) on the smplx model's buffers; it equals ``smplx``'s ``forward``
-        (:meth:`pose_smplx`, to float32 rounding) but shapes the body once per call instead of once per frame,
-        skips all-zero pose blend shapes and does the skinning of the shaped rest vertices as one matrix
-        product per chunk.
+        Procedural / SMPL: root (3) and body (63) only (SMPL's hand joints 22/23 get zero rotation); SMPL-H also
+        the 90 hand values, SMPL-X also jaw and eyes (zero for 156-dim input). Equals smplx's ``forward``
+        (:meth:`pose_smplx`, to float32 rounding) with smplx's own building blocks, but shapes the body once per
+        call, skips all-zero pose blend shapes and skins as one matrix product per ``chunk`` frames (CPU, no_grad).
         Raises :class:`BadInputError` for a wrong pose width, mismatched lengths or non-finite values.
         """
         from smplx.lbs import batch_rigid_transform, batch_rodrigues, blend_shapes, vertices2joints
@@ -253,11 +241,6 @@ class Body:
 
 
 # -- loading ------------------------------------------------------------------------------------------
-class _Struct:
-    def __init__(self, **kw: Any) -> None:
-        self.__dict__.update(kw)
-
-
 def _plain(value: Any) -> Any:
     """scipy.sparse -> dense ndarray; everything else unchanged."""
     if hasattr(value, "toarray") and "scipy.sparse" in type(value).__module__:
@@ -349,11 +332,10 @@ def _array(path: Path, data: dict[str, Any], key: str, kinds: str, ndim: tuple[i
 
 
 def model_arrays(path: str | os.PathLike, data: dict[str, Any], model_type: str) -> dict[str, np.ndarray]:
-    """The plain arrays smplx needs for ``model_type`` ("smpl" | "smplh" | "smplx"), checked for dtype
-    (numbers, no objects), shape and consistency, from the members ``data`` of the model file ``path``.
-
-    V vertices, F faces, J joints (24 / 52 / 55), K shape columns (>= 10; >= 20 for SMPL-X, whose columns
-    10:20 (or 300:310 with >= 400) are expression directions), P = 9 (J - 1) pose-blend columns:
+    """The plain arrays smplx needs for ``model_type`` from the members ``data`` of model file ``path``, checked
+    for dtype (numbers, no objects), shape and consistency. V vertices, F faces, J joints (24 / 52 / 55), K shape
+    columns (>= 10; >= 20 for SMPL-X, whose columns 10:20 (or 300:310 with >= 400) are expression directions),
+    P = 9 (J - 1) pose-blend columns:
     ``v_template`` (V, 3), ``f`` (F, 3) ints in [0, V), ``shapedirs`` (V, 3, K), ``posedirs`` (V, 3, P) or
     (3V, P), ``J_regressor`` (J, V), ``kintree_table`` (2, J) with parents before children, ``weights``
     (V, J); SMPL-H/SMPL-X also ``hands_components{l,r}`` (n, 45) and ``hands_mean{l,r}`` (45,) (identity /
@@ -419,22 +401,17 @@ def model_arrays(path: str | os.PathLike, data: dict[str, Any], model_type: str)
 
 def _smplx_from_arrays(path: Path, arrays: dict[str, np.ndarray], gender: str, num_betas: int,
                        num_expression_coeffs: int = 10) -> torch.nn.Module:
-    """An ``smplx.SMPLX`` built from arrays we read ourselves.
-
-    ``smplx.SMPLX.__init__`` always reads its model file itself (a pickle-enabled ``np.load`` or
-    ``pickle.load``) and has no ``data_struct`` argument, so it is not called: the instance is made with
-    ``SMPLX.__new__``, its SMPL-H part by ``smplx.SMPLH.__init__`` with ``data_struct`` (which reads no file;
-    SMPL-X's vertex ids; flat hand mean, no hand PCA), and the SMPL-X additions are registered here as
-    smplx 0.1.28 does (landmark buffers, jaw/eye/expression parameters, expression directions; no face
-    contour). tests/test_untrusted_pickle.py checks the result equals smplx's own loading of the same arrays
-    (buffers, parameters and forward output), so a change in smplx shows up there.
+    """An ``smplx.SMPLX`` built from arrays we read ourselves, without ``SMPLX.__init__`` (which always reads the
+    file with a pickle-enabled loader): ``SMPLX.__new__``, the SMPL-H part by ``SMPLH.__init__`` with
+    ``data_struct`` (no file; SMPL-X's vertex ids, flat hand mean, no PCA), the SMPL-X additions registered as
+    smplx 0.1.28 does (no face contour). tests/test_untrusted_pickle.py checks it equals smplx's own loading.
     """
     import smplx
     from smplx.vertex_ids import vertex_ids
 
     dtype = torch.float32
     model = smplx.SMPLX.__new__(smplx.SMPLX)
-    smplx.SMPLH.__init__(model, model_path=str(path), data_struct=_Struct(**arrays), num_betas=num_betas,
+    smplx.SMPLH.__init__(model, model_path=str(path), data_struct=SimpleNamespace(**arrays), num_betas=num_betas,
                          gender=gender, use_pca=False, flat_hand_mean=True, vertex_ids=vertex_ids["smplx"],
                          dtype=dtype, batch_size=1, ext="npz")
     model.register_buffer("lmk_faces_idx", torch.tensor(arrays["lmk_faces_idx"].astype(np.int64)))
@@ -463,10 +440,10 @@ def _load_real(model_dir: str | os.PathLike, model_type: str, gender: str, num_b
     # smplx is only handed plain arrays (data_struct / _smplx_from_arrays): it never opens the file itself
     with _quiet_smplx():
         if model_type == "smpl":
-            model = smplx.SMPL(model_path=str(path), data_struct=_Struct(**arrays), num_betas=num_betas,
+            model = smplx.SMPL(model_path=str(path), data_struct=SimpleNamespace(**arrays), num_betas=num_betas,
                                gender=gender)
         elif model_type == "smplh":
-            model = smplx.SMPLH(model_path=str(path), data_struct=_Struct(**arrays), num_betas=num_betas,
+            model = smplx.SMPLH(model_path=str(path), data_struct=SimpleNamespace(**arrays), num_betas=num_betas,
                                 gender=gender, use_pca=False, flat_hand_mean=True)
         else:
             model = _smplx_from_arrays(path, arrays, gender, num_betas)
@@ -484,7 +461,7 @@ def _load_procedural(num_betas: int) -> Body:
     if num_betas in _PROCEDURAL:
         return _PROCEDURAL[num_betas]
     d = load_procedural_body()
-    struct = _Struct(f=d["f"].astype(np.int64), v_template=d["v_template"], shapedirs=d["shapedirs"],
+    struct = SimpleNamespace(f=d["f"].astype(np.int64), v_template=d["v_template"], shapedirs=d["shapedirs"],
                      posedirs=procedural_posedirs(len(d["v_template"])), J_regressor=d["J_regressor"],
                      kintree_table=d["kintree_table"], weights=d["weights"])
     vertex_ids = {str(k): int(v) for k, v in zip(d["vertex_ids_names"], d["vertex_ids_values"])}
@@ -500,12 +477,12 @@ def load_body(model_dir: str | os.PathLike | None = None, model_type: str = "smp
               num_betas: int = 10) -> Body:
     """Load a body model.
 
-    model_dir None -> the procedural SMPL-compatible body (kind "procedural"; ``model_type`` and ``gender``
-    are ignored: there is one neutral procedural body; cached per process and on disk).
-    Otherwise a real model from ``model_dir`` in smplx's layout: ``model_type`` "smplh" (for 156-dim AMASS
-    poses), "smplx" (165-dim) or "smpl"; ``gender`` "neutral" | "male" | "female" (AMASS stores the gender
-    it was fitted with). Raises BadInputError for an unknown gender/model type or a malformed model file,
-    FileNotFoundError (naming the expected file) when the file is missing.
+    model_dir None -> the one neutral procedural SMPL-compatible body (:mod:`lavimo.body.procedural`; kind
+    "procedural", ``model_type`` / ``gender`` ignored; cached per process and on disk). Otherwise a real model
+    from ``model_dir`` in smplx's layout (``smplh/SMPLH_MALE.pkl`` or ``.npz``, ``smplx/SMPLX_FEMALE.npz``, ...;
+    AMASS's ``smplh/male/model.npz`` too): ``model_type`` "smplh" (156-dim AMASS poses), "smplx" (165-dim) or
+    "smpl"; ``gender`` "neutral" | "male" | "female". Raises BadInputError for an unknown gender/model type or a
+    malformed model file, FileNotFoundError (naming the expected file) when the file is missing.
     """
     g = _check_gender(gender)
     if model_dir is None:

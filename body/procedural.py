@@ -20,11 +20,9 @@ It carries everything ``smplx.SMPL`` reads from a model file (``build_procedural
 
 posedirs are all zero (no pose-corrective blend shapes); :func:`procedural_posedirs` makes them.
 
-Generation takes about a second; the result is cached (``$LAVIMO_CACHE`` or ``~/.cache/lavimo``) in
-``procedural_body_v{VERSION}.npz``, written atomically, and regenerated when it was made by a different
-generator (fingerprint of this file's and :mod:`lavimo.body.skeleton`'s source). Nothing here is hand-edited binary
-data: the only embedded numbers are the rest joints (:func:`lavimo.body.skeleton.rest_joints`) and the primitive radii
-below.
+Generation takes about a second; the result is cached atomically (:func:`cache_path`) and regenerated when it was
+made by a different generator (:func:`generator_fingerprint`). The only embedded numbers are the rest joints
+(:func:`lavimo.body.skeleton.rest_joints`) and the primitive sizes below.
 """
 
 from __future__ import annotations
@@ -70,9 +68,7 @@ def _primitives(j: np.ndarray) -> list[tuple]:
         ("ell", 15, (0.0, 0.428, 0.030), (0.078, 0.100, 0.094)),                     # head
         ("ell", 15, (0.0, 0.382, 0.070), (0.052, 0.042, 0.052)),                     # jaw / chin
     ]
-    prims = []
-    for p in centre:
-        prims.append(p)
+    prims = list(centre)
     for p in left:
         prims.append(p)
         prims.append(_mirror_primitive(p))
@@ -93,12 +89,8 @@ def _mirror_primitive(p: tuple) -> tuple:
 def _primitive_sdf(p: tuple, pts: np.ndarray) -> np.ndarray:
     """Approximate signed distance (metres, negative inside) of one primitive at points (N, 3)."""
     if p[0] == "cap":
-        a, b = np.asarray(p[2], float), np.asarray(p[3], float)
-        ra, rb = p[4], p[5]
-        ab = b - a
-        t = np.clip(((pts - a) @ ab) / float(ab @ ab), 0.0, 1.0)
-        closest = a + t[:, None] * ab
-        return np.linalg.norm(pts - closest, axis=1) - (ra + t * (rb - ra))
+        closest, t = _closest_on_segment(pts, np.asarray(p[2], float), np.asarray(p[3], float))
+        return np.linalg.norm(pts - closest, axis=1) - (p[4] + t * (p[5] - p[4]))
     c, r = np.asarray(p[2], float), np.asarray(p[3], float)
     q = pts - c
     k0 = np.linalg.norm(q / r, axis=1)
@@ -158,35 +150,37 @@ def _mirror_map(v: np.ndarray) -> np.ndarray:
     return idx
 
 
-def _taubin(v: np.ndarray, faces: np.ndarray, iterations: int = 12, lamb: float = 0.5,
-            mu: float = -0.53) -> np.ndarray:
-    """Taubin smoothing with uniform (umbrella) weights; keeps volume, removes marching-cubes terraces."""
+def _neighbour_mean(faces: np.ndarray, n: int):
+    """(n, n) sparse operator: the mean over each vertex's mesh neighbours (uniform / umbrella weights)."""
     import scipy.sparse as sp
 
-    n = len(v)
     e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
     e = np.concatenate([e, e[:, ::-1]])
     adj = sp.csr_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
     adj.data[:] = 1.0
-    deg = np.asarray(adj.sum(axis=1)).ravel()
-    avg = sp.diags(1.0 / deg) @ adj
+    return sp.diags(1.0 / np.asarray(adj.sum(axis=1)).ravel()) @ adj
+
+
+def _taubin(v: np.ndarray, faces: np.ndarray, iterations: int = 12, lamb: float = 0.5,
+            mu: float = -0.53) -> np.ndarray:
+    """Taubin smoothing with uniform (umbrella) weights; keeps volume, removes marching-cubes terraces."""
+    avg = _neighbour_mean(faces, len(v))
     for _ in range(iterations):
         v = v + lamb * (avg @ v - v)
         v = v + mu * (avg @ v - v)
     return v
 
 
-def _closest_on_segment(pts: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _closest_on_segment(pts: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(closest points on the segment a-b, their parameter t in [0, 1]) for points (N, 3)."""
     ab = b - a
     t = np.clip(((pts - a) @ ab) / float(ab @ ab), 0.0, 1.0)
-    return a + t[:, None] * ab
+    return a + t[:, None] * ab, t
 
 
 def _skinning_weights(v: np.ndarray, faces: np.ndarray, prims: list[tuple], mirror: np.ndarray,
                       tau: float = 0.012, smooth_iters: int = 6, keep: int = 4) -> np.ndarray:
     """(V, 24) weights: softmax of -primitive distance / tau per joint, mesh-smoothed, top-``keep``."""
-    import scipy.sparse as sp
-
     d = np.stack([_primitive_sdf(p, v) for p in prims], axis=1)          # (V, P)
     logits = -(d - d.min(axis=1, keepdims=True)) / tau
     wp = np.exp(logits)
@@ -194,12 +188,7 @@ def _skinning_weights(v: np.ndarray, faces: np.ndarray, prims: list[tuple], mirr
     for i, p in enumerate(prims):
         w[:, p[1]] += wp[:, i]
     w /= w.sum(axis=1, keepdims=True)
-    n = len(v)
-    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    e = np.concatenate([e, e[:, ::-1]])
-    adj = sp.csr_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
-    adj.data[:] = 1.0
-    avg = sp.diags(1.0 / np.asarray(adj.sum(axis=1)).ravel()) @ adj
+    avg = _neighbour_mean(faces, len(v))
     for _ in range(smooth_iters):
         w = 0.5 * w + 0.5 * (avg @ w)
     w = 0.5 * (w + w[mirror][:, MIRROR_JOINTS])
@@ -262,9 +251,9 @@ def _shapedirs(v: np.ndarray, w: np.ndarray, joints: np.ndarray, mirror: np.ndar
     girth = np.zeros_like(v)
     for j, end in bone_end.items():
         if j in (0, 3, 6, 9):
-            c = _closest_on_segment(v, spine_a, spine_b)
+            c = _closest_on_segment(v, spine_a, spine_b)[0]
         else:
-            c = _closest_on_segment(v, joints[j], joints[end])
+            c = _closest_on_segment(v, joints[j], joints[end])[0]
         girth += w[:, [j]] * gain[j] * (v - c)
     sd[:, :, 1] = girth
     # 2 limb length: arms beyond the shoulders (along x), legs below the hips (along -y)

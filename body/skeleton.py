@@ -8,16 +8,10 @@ Frame of the rest joints: SMPL's own (metres, **Y up**, the body faces **+Z**, i
 exactly left/right symmetric (each table lists the centre joints as (y, z) and the LEFT side joints as
 (x, y, z); the right side is the mirror image).
 
-Two rest-joint tables, on purpose:
-
-* :func:`rest_joints` (``REST_CENTRE`` / ``REST_LEFT``) is THE table: approximate joints of SMPL's neutral
-  template. The procedural body (:mod:`lavimo.body.procedural`) is built around it, so the features and the rendered
-  videos of the procedural body use it.
-* :data:`SYNTH_REST_JOINTS` (``SYNTH_CENTRE`` / ``SYNTH_LEFT``) is the synthetic-motion generator's skeleton
-  (:mod:`lavimo.dataset.synth.skeleton`'s forward kinematics; e.g. spine1 at y = -0.107 where THE table has -0.110).
-  The generator places feet on the floor and checks its motions with it, so the synthetic corpus (its poses and
-  root translations) is a function of these numbers; replacing them by THE table would change every corpus
-  ``synth-amass`` writes for a given seed. Both describe the same skeleton within about 3 cm.
+Two rest-joint tables, on purpose (the same skeleton within about 3 cm): :func:`rest_joints` is THE table
+(approximate joints of SMPL's neutral template; the procedural body is built around it), :data:`SYNTH_REST_JOINTS`
+the synthetic-motion generator's (:mod:`lavimo.dataset.synth.skeleton`), from which every ``synth-amass`` corpus
+is computed: replacing it by THE table would change every corpus written for a given seed.
 """
 
 from __future__ import annotations

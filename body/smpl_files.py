@@ -8,15 +8,13 @@ reconstruction of :mod:`lavimo.core.restricted_unpickle` (see its docstring: all
 states, no object arrays from raw bytes, no direct ``numpy.ndarray(...)`` calls) plus
 
 - ``chumpy.*`` classes map to a fresh stand-in class per load that keeps their pickled state;
-  :func:`to_plain` then evaluates it to a numpy array (a ``Ch`` is its ``x``; reorderings are replayed
+  :class:`_Converter` then evaluates it to a numpy array (a ``Ch`` is its ``x``; reorderings are replayed
   with numpy, with output sizes bounded);
 - ``scipy.sparse`` csc/csr/coo matrices map to a stand-in rebuilt as a real scipy matrix from its arrays,
   after a full format check (indices within the shape, monotonic ``indptr``, numeric arrays);
-- ``copyreg._reconstructor`` only for ``(stand-in class, object, None)``; ``_codecs.encode`` only with the
-  latin-1 codec (how Python 3 writes bytes at protocol 2); the builtins ``set``, ``frozenset``, ``dict``,
-  ``list``, ``tuple``, ``object``, ``slice``, ``complex``, ``int``, ``float``, ``bool``, ``str`` and
-  ``bytes``/``bytearray`` (not from an int: no size-only allocations);
-- anything else (``os.system``, ``posix.system``, ``builtins.exec``, ``builtins.eval``, ...) is refused.
+- ``copyreg._reconstructor`` only for ``(stand-in class, object, None)``; the builtins ``set``, ``frozenset``,
+  ``dict``, ``list``, ``tuple``, ``object``, ``slice``, ``complex``, ``int``, ``float``, ``bool``, ``str`` and
+  ``bytes``/``bytearray`` (not from an int: no size-only allocations); anything else is refused as there.
 
 Memory is bounded per file: every array built (unpickled, converted from chumpy, a sparse matrix at its dense
 size, an npz member) is charged, before it is allocated, to one :class:`lavimo.core.restricted_unpickle.ByteBudget` of
@@ -57,7 +55,7 @@ class _PickledState:
         self.__dict__["_state"] = state if isinstance(state, dict) else {"_raw": state}
 
     def __reduce__(self):  # never re-pickle a stand-in by accident
-        raise TypeError("stand-ins are not picklable; call to_plain() first")
+        raise TypeError("stand-ins are not picklable; convert them first")
 
 
 class ChumpyStandIn(_PickledState):
@@ -124,7 +122,6 @@ class RestrictedUnpickler(NumpyUnpickler):
         return super().find_class(module, name)
 
 
-
 #: most numbers a list / tuple in a model pickle may hold where an array is expected (real files store arrays)
 _MAX_LIST_ELEMENTS = 1 << 24
 
@@ -150,8 +147,9 @@ def _as_array(value: Any, what: str) -> np.ndarray:
 
 
 class _Converter:
-    """:func:`to_plain` with a memo (shared references are converted once: no exponential blow-up from a
-    pickle's memo) and a depth bound (cycles and deep nesting end as an error)."""
+    """Stand-ins -> numpy arrays / scipy matrices, checked arrays -> plain ``np.ndarray``, recursively, with a
+    memo (shared references converted once: no exponential blow-up from a pickle's memo) and a depth bound
+    (cycles and deep nesting end as an error)."""
 
     def __init__(self) -> None:
         self._memo: dict[int, Any] = {}
@@ -305,30 +303,10 @@ class _Converter:
         return m
 
 
-def to_plain(obj: Any, path: Any = None) -> Any:
-    """Replace chumpy stand-ins by numpy arrays, sparse stand-ins by scipy matrices and checked arrays by
-    plain ``np.ndarray``, recursively (shared objects once; cycles / nesting deeper than :data:`MAX_DEPTH`
-    raise; what it builds within one budget of :data:`MAX_MODEL_FILE_BYTES`). Raises :class:`BadInputError` (``path``, field ``pickle``) on malformed stand-ins."""
-    try:
-        with ByteBudget(MAX_MODEL_FILE_BYTES).active():
-            return _Converter()(obj)
-    except BadInputError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any failure on untrusted state is bad input
-        raise BadInputError(path, "pickle", failure_reason(exc)) from exc
-
-
 def load_smpl_pickle(path: str | os.PathLike) -> dict[str, Any]:
-    """Read an SMPL-family ``.pkl`` without chumpy -> dict of numpy arrays (sparse stays scipy.sparse).
-
-    Only what :class:`RestrictedUnpickler` admits is built (see the module docstring); nothing in the file
-    runs. Every array built (unpickled, converted from chumpy terms, a sparse matrix made dense) is charged to
-    one :class:`lavimo.core.restricted_unpickle.ByteBudget` of :data:`MAX_MODEL_FILE_BYTES` before it is allocated.
-    Raises FileNotFoundError for a missing file and :class:`BadInputError` naming the file and the member
-    (``pickle`` while unpickling, then the top-level key being converted) for everything else: unreadable or
-    truncated file, refused global, object array from raw bytes, malformed chumpy or sparse state, nesting,
-    sizes or total bytes over the bounds.
-    """
+    """Read an SMPL-family ``.pkl`` without chumpy -> dict of numpy arrays (sparse stays scipy.sparse), under
+    the rules and the one budget of the module docstring; nothing in the file runs. FileNotFoundError for a
+    missing file; BadInputError naming the file and member (``pickle``, then the top-level key) for the rest."""
     path = Path(path)
     try:
         fh = open(path, "rb")
@@ -354,14 +332,11 @@ def load_smpl_pickle(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_npz_restricted(path: str | os.PathLike) -> dict[str, Any]:
-    """Read an SMPL-family model ``.npz`` -> dict of member name (without ``.npy``) -> value.
+    """Read an SMPL-family model ``.npz`` -> {member name without ``.npy``: value}; never ``np.load``.
 
-    Every member must be an ``.npy`` array (any other member is refused, naming it). Plain arrays are read by
-    :func:`lavimo.core.restricted_unpickle.read_npz_member` (no pickle; the header must agree with the bytes the zip
-    declares and holds before anything is allocated). Object members (SMPL-X keeps e.g. name tables that way)
-    go through :class:`RestrictedUnpickler`, the same allow-list as ``.pkl`` files, then :func:`to_plain`;
-    nothing here calls ``np.load``, so numpy's pickle path is never reached. All arrays together are bounded
-    by one :class:`lavimo.core.restricted_unpickle.ByteBudget` of :data:`MAX_MODEL_FILE_BYTES`. Raises
+    Only ``.npy`` members (others refused, named). Plain arrays: :func:`read_npz_member` (header checked against
+    the zip's declared bytes before allocating). Object members (SMPL-X's name tables): the ``.pkl`` allow-list
+    (:class:`RestrictedUnpickler`), then converted. One budget of :data:`MAX_MODEL_FILE_BYTES` for all arrays.
     FileNotFoundError for a missing file, BadInputError naming the file and member for everything else.
     """
     path = Path(path)

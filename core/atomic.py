@@ -24,12 +24,9 @@ def temp_target(name: str) -> str | None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path in the target's directory; rename it onto ``path`` on success.
-
-    Use for writers that need a file name (ffmpeg, tarfile, np.savez). The temp file keeps
-    ``path``'s extension (or ``suffix``) so tools that look at extensions still work. On an
-    exception the temp file is removed and ``path`` is untouched.
-    """
+    """Yield a temporary path in the target's directory (for writers that need a file name: ffmpeg, tarfile,
+    np.savez; it keeps ``path``'s extension, or ``suffix``), fsynced and renamed onto ``path`` on success; on an
+    exception it is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ext = suffix if suffix is not None else "".join(path.suffixes[-1:])
@@ -63,12 +60,6 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
             os.fsync(fh.fileno())
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Atomically write ``data`` to ``path``."""
-    with atomic_open(path, "wb") as fh:
-        fh.write(data)
-
-
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Atomically write UTF-8 ``text`` to ``path``."""
     with atomic_open(path, "w", encoding="utf-8") as fh:
@@ -81,10 +72,9 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
 
 
 def check_writable_dir(path: str | os.PathLike) -> Path:
-    """Create the directory ``path`` if needed and check that a file can be created in it (an unnamed temporary
-    file, gone when closed: nothing is ever left behind, even by a killed process). Raises ``OSError``
-    (``FileExistsError`` / ``NotADirectoryError`` when a file is in the way, ``PermissionError``, a read-only or
-    full file system). The output-directory check of every command."""
+    """The output-directory check of every command: create ``path`` if needed and create an unnamed temporary
+    file in it (nothing left behind, even by a killed process). Raises ``OSError`` (a file in the way,
+    ``PermissionError``, a read-only or full file system)."""
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=p):

@@ -1,18 +1,8 @@
-"""Flat dataclass configurations that round-trip through JSON and take command-line strings.
-
-The model's architecture (:class:`lavimo.model.config.LavimoConfig`) and the run's settings
-(:class:`lavimo.training.config.TrainConfig`) are two such dataclasses; this base gives both the same behaviour:
-``from_dict`` (unknown names raise ``ValueError``), ``to_dict`` / ``to_json`` (tuples become lists),
-``replace(**overrides)`` and the conversion of CLI strings (``"0.1"``, ``"true"``, ``"none"``, JSON objects) to
-each field's declared type. Subclasses implement ``validate()`` (raise ``ValueError`` naming the field).
-
-It is also the one place where JSON state files that may come from elsewhere (a preset or ``config.json`` given on
-the command line, a downloaded run directory's ``config.json`` / ``run.json``, a checkpoint's metadata) are parsed:
-:func:`loads_bounded` / :func:`read_json_file` cap the size (:data:`MAX_JSON_FILE_BYTES`) and the nesting
-(:data:`MAX_JSON_DEPTH`) and turn every failure (bad UTF-8, bad JSON, a RecursionError on deep nesting) into one
-:class:`lavimo.core.errors.BadInputError` naming the file. Fields that were removed from a configuration are listed in
-the subclass's ``REMOVED_FIELDS``: a saved file that still holds one loads (the value is dropped, with a warning
-when it would have switched something on); an override naming one is refused like any unknown name.
+"""Flat dataclass configurations (``LavimoConfig``, ``TrainConfig``) that round-trip through JSON and take
+command-line strings (:class:`JsonConfig`), and the one parser of JSON state files that may come from elsewhere
+(presets, a run directory's ``config.json`` / ``run.json``, checkpoint metadata): :func:`loads_bounded` /
+:func:`read_json_file`, size, value count and nesting capped, every failure one
+:class:`lavimo.core.errors.BadInputError` naming the file.
 """
 
 from __future__ import annotations

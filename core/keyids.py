@@ -23,7 +23,13 @@ KEYID_MAX_LEN = 128
 KEYID_RULE = "1-128 characters of ASCII letters, digits, '_' and '-'"
 _KEYID_RE = re.compile(r"[A-Za-z0-9_-]{1,%d}" % KEYID_MAX_LEN)
 
-__all__ = ["KEYID_RULE", "KEYID_MAX_LEN", "is_keyid", "check_keyid", "child_path", "check_member_name"]
+__all__ = ["KEYID_RULE", "KEYID_MAX_LEN", "is_keyid", "check_keyid", "child_path", "check_member_name", "shown"]
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (ending in ``...``) for messages."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
 def is_keyid(value: object) -> bool:
@@ -32,28 +38,21 @@ def is_keyid(value: object) -> bool:
 
 
 def check_keyid(value: object, path: str | os.PathLike | None = None, field: str | None = "keyid") -> str:
-    """Return ``value`` if it is a valid keyid, else raise :class:`BadInputError` naming ``path`` and ``field``.
-
-    The message quotes the offending value (shortened) and states the rule, e.g.
-    ``annotations.json: keyid: '../x' is not a valid keyid (1-128 characters of ...)``.
-    """
+    """Return ``value`` if it is a valid keyid, else raise :class:`BadInputError` naming ``path`` and ``field``,
+    quoting the value and stating the rule (``'../x' is not a valid keyid (1-128 characters of ...)``)."""
     if is_keyid(value):
         return value  # type: ignore[return-value]
-    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
     if not isinstance(value, str):
-        msg = f"{shown} is not a valid keyid: expected a string, got {type(value).__name__}"
+        msg = f"{shown(value)} is not a valid keyid: expected a string, got {type(value).__name__}"
     else:
-        msg = f"{shown} is not a valid keyid ({KEYID_RULE})"
+        msg = f"{shown(value)} is not a valid keyid ({KEYID_RULE})"
     raise BadInputError(path, field, msg)
 
 
 def child_path(directory: str | os.PathLike, name: str) -> Path:
-    """``directory / name``, guaranteed to stay directly inside ``directory``.
-
-    ``name`` must be one plain file name (no separator, not ``.``/``..``, no NUL). Raises
-    :class:`BadInputError` otherwise, so that a crafted keyid or member name can never make a writer touch a
-    file outside its output directory (symlinks inside the directory are the user's own business).
-    """
+    """``directory / name``, guaranteed to stay directly inside ``directory``: ``name`` must be one plain file name
+    (no separator, not ``.``/``..``, no NUL), else :class:`BadInputError`, so a crafted keyid or member name never
+    makes a writer touch a file outside its directory (symlinks inside it are the user's own business)."""
     if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
             or "\x00" in name or os.sep in name or (os.altsep and os.altsep in name)):
         raise BadInputError(directory, "name", f"{name!r} is not a plain file name")
@@ -65,10 +64,8 @@ def child_path(directory: str | os.PathLike, name: str) -> Path:
 
 
 def check_member_name(name: object, path: str | os.PathLike | None = None) -> str:
-    """A tar member name as the shard readers accept it: ``<keyid>.<ext>`` with no ``/`` and no ``..``.
-
-    Raises :class:`BadInputError` naming the shard ``path`` and the member.
-    """
+    """A tar member name as the shard readers accept it, ``<keyid>.<ext>`` with no ``/`` and no ``..``; else
+    :class:`BadInputError` naming the shard ``path`` and the member."""
     if not isinstance(name, str) or "/" in name or "\\" in name or ".." in name or "\x00" in name:
         raise BadInputError(path, "member", f"{name!r}: member names must be '<keyid>.<ext>' without '/' or '..'")
     key, dot, ext = name.partition(".")

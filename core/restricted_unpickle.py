@@ -42,19 +42,17 @@ log = logging.getLogger(__name__)
 
 #: Largest array (elements) any loader here builds; SMPL-X's posedirs, the largest, holds ~15.3 M.
 MAX_ELEMENTS = 1 << 28
-#: Deepest nesting of containers / chumpy terms :func:`to_plain` follows.
+#: Deepest nesting of containers / chumpy terms the body-model converter follows.
 MAX_DEPTH = 64
 #: Largest pickled (object) ``.npy`` member of an npz that is unpickled at all.
 MAX_PICKLE_MEMBER_BYTES = 64 << 20
 #: ``.npy`` members never name more than 32 dimensions (numpy's own limit is 64).
 _MAX_NDIM = 32
-#: Largest single array (bytes) read from an untrusted file: 1 GiB, 8x SMPL-X's ``posedirs`` (the largest array
-#: of any real input: 10475 x 3 x 486 float64, 122 MB) and far above an AMASS sequence (poses of a 10-minute
-#: take at 120 fps: 72000 x 165 float64, 95 MB).
+#: Largest single array (bytes) read from an untrusted file: 1 GiB, 8x the largest real one (SMPL-X's ``posedirs``,
+#: 10475 x 3 x 486 float64, 122 MB; a 10-minute AMASS take at 120 fps: 95 MB).
 MAX_ARRAY_BYTES = 1 << 30
 #: Total bytes of the arrays one body-model file (``.pkl`` or ``.npz``) may make us build, whatever their number:
-#: 1 GiB; a real SMPL / SMPL-H / SMPL-X model holds 100-300 MB of arrays (SMPL-X: posedirs 122 MB, shapedirs
-#: 10475 x 3 x 400 float64 101 MB), so 3x headroom, while a 1 KB pickle of many bounded arrays stops here.
+#: 1 GiB, 3x a real SMPL-family model's 100-300 MB; a 1 KB pickle of many bounded arrays stops here.
 MAX_MODEL_FILE_BYTES = 1 << 30
 #: what :func:`read_npy` reads at a time
 _READ_CHUNK = 1 << 22
@@ -155,7 +153,7 @@ def _raw_bytes(data: Any) -> bytes:
 class _CheckedArray(np.ndarray):
     """The array ``_reconstruct`` hands to BUILD: validates the pickled state before numpy uses it.
 
-    :func:`to_plain` turns it into a plain ``np.ndarray`` (a view of the same memory).
+    Converted to a plain ``np.ndarray`` (a view of the same memory) after loading.
     """
 
     def __setstate__(self, state: Any) -> None:
@@ -282,7 +280,6 @@ class NumpyUnpickler(pickle.Unpickler):
         raise Refused("refusing a persistent id")
 
 
-
 _PLAIN_SCALARS = (str, bytes, int, float, complex, bool, type(None))
 
 
@@ -345,9 +342,8 @@ def restricted_load(fh: BinaryIO, path: str | os.PathLike, member: str,
 
 
 class _Bounded:
-    """A read-only view of ``fh`` that yields at most ``limit`` bytes and counts what it yielded (``pos``): a
-    stream whose container declares ``n`` bytes is read through ``_Bounded(fh, n + 1)``, so a lying size never
-    makes a reader consume (or decompress) more than one byte past what was declared."""
+    """A read-only view of ``fh`` yielding at most ``limit`` bytes, counted in ``pos``: read through
+    ``_Bounded(fh, n + 1)``, a stream declared ``n`` bytes long is never consumed (or decompressed) further."""
 
     def __init__(self, fh: BinaryIO, limit: int) -> None:
         self._fh = fh
@@ -370,10 +366,9 @@ MAX_NPY_HEADER_BYTES = 1 << 16
 
 
 def read_npy_header(fh: BinaryIO, path: str | os.PathLike, member: str) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """(shape, fortran_order, dtype) from an ``.npy`` stream's header (numpy's own header parser: a bounded
-    ``ast.literal_eval``, no pickle). The declared header length is checked (at most :data:`MAX_NPY_HEADER_BYTES`)
-    before the header is read, and exactly the magic, the length and the header are consumed from ``fh``.
-    Raises BadInputError(path, member) for a malformed, truncated or oversized header."""
+    """(shape, fortran_order, dtype) from an ``.npy`` stream's header (numpy's bounded parser, no pickle), its
+    declared length checked (<= :data:`MAX_NPY_HEADER_BYTES`) before it is read; consumes exactly magic, length
+    and header. BadInputError(path, member) for a malformed, truncated or oversized header."""
     try:
         prefix = fh.read(10)  # magic (6) + version (2) + the first two bytes of the length
         if len(prefix) < 10 or prefix[:6] != b"\x93NUMPY":
@@ -408,9 +403,9 @@ def read_npy_header(fh: BinaryIO, path: str | os.PathLike, member: str) -> tuple
 def check_declared(shape: tuple[int, ...], dtype: np.dtype, present: int, path: str | os.PathLike | None,
                    member: str, max_bytes: int = MAX_ARRAY_BYTES, max_elements: int = MAX_ELEMENTS
                    ) -> tuple[int, int]:
-    """The rule of every untrusted ``.npy`` read, before anything is allocated: ``shape`` has at most
-    ``max_elements`` elements (:data:`MAX_ELEMENTS`), ``size * itemsize`` equals the ``present`` bytes after the
-    header and is at most ``max_bytes``. Returns (size, nbytes); raises BadInputError(path, member)."""
+    """The rule of every untrusted ``.npy`` read, before anything is allocated: at most ``max_elements`` elements,
+    ``size * itemsize`` equal to the ``present`` bytes and at most ``max_bytes``. (size, nbytes), or
+    BadInputError(path, member)."""
     try:
         _, size = _check_shape(shape, max_elements)
     except Refused as exc:
@@ -441,9 +436,8 @@ def _open_member(zf: zipfile.ZipFile, path: str | os.PathLike, key: str) -> tupl
 
 def read_npz_header(zf: zipfile.ZipFile, path: str | os.PathLike, key: str, max_bytes: int = MAX_ARRAY_BYTES,
                     max_elements: int = MAX_ELEMENTS) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """(shape, fortran_order, dtype) of the member ``key`` of the npz ``zf`` without reading its data; a plain
-    dtype's header is checked against the zip's declared size (:func:`check_declared`), so a header-only reader
-    (``read_amass_header``) reports the same shapes :func:`read_npz_member` would accept."""
+    """(shape, fortran_order, dtype) of npz member ``key`` without reading its data, checked against the zip's
+    declared size (:func:`check_declared`, plain dtypes) as :func:`read_npz_member` would."""
     info, fh = _open_member(zf, path, key)
     with fh:
         src = _Bounded(fh, info.file_size + 1)
@@ -457,18 +451,15 @@ def read_npy(fh: BinaryIO, path: str | os.PathLike, member: str,
              object_loader: Callable[[bytes], Any] | None = None, *, nbytes: int,
              max_bytes: int = MAX_ARRAY_BYTES, budget: "ByteBudget | None" = None,
              max_elements: int = MAX_ELEMENTS) -> Any:
-    """One ``.npy`` member of an untrusted file as a plain array, without numpy's pickle path: the one checked
-    ``.npy`` reader (AMASS and body-model npz members, shard ``.npy`` members, ``stats.npz``).
+    """One ``.npy`` member of an untrusted file as a writable plain array, without numpy's pickle path: the one
+    checked ``.npy`` reader (AMASS and body-model npz members, shard ``.npy`` members, ``stats.npz``).
 
-    ``nbytes`` is the member's size (header included) as its container declares it: the zip member's
-    uncompressed size, or the length of an in-memory member. Nothing is allocated for the array until its
-    header has been checked against it: at most ``max_elements`` elements, ``size * itemsize`` equal to
-    the ``nbytes`` left after the header and at most ``max_bytes`` (and within ``budget``, when given, which is
-    charged). The data is then read incrementally (memory follows the bytes really produced, never more than
-    ``nbytes + 1`` are read: a container's declared size can lie too), and must be exactly that long.
-    Returns a writable ``np.ndarray`` (shape and order from the header). Object arrays (numpy stores them as a
-    pickle): refused unless ``object_loader`` is given, which gets the pickle's bytes (at most
-    :data:`MAX_PICKLE_MEMBER_BYTES`). Raises BadInputError(path, member).
+    ``nbytes``: the member's size (header included) as its container declares it. Nothing is allocated until the
+    header passes :func:`check_declared` against it (and ``budget``, when given, is charged); the data is then
+    read incrementally (memory follows the bytes really produced, at most ``nbytes + 1`` read: a declared size
+    can lie too) and must be exactly that long. Object arrays (a pickle): refused unless ``object_loader`` is
+    given, which gets the pickle's bytes (at most :data:`MAX_PICKLE_MEMBER_BYTES`). Raises BadInputError(path,
+    member).
     """
     src = _Bounded(fh, max(int(nbytes), 0) + 1)
     shape, fortran, dtype = read_npy_header(src, path, member)  # type: ignore[arg-type]
@@ -520,8 +511,8 @@ def read_npy_file(path: str | os.PathLike, member: str = "array", max_bytes: int
 
 
 def open_npz(path: str | os.PathLike, source: str | os.PathLike | BinaryIO | None = None) -> zipfile.ZipFile:
-    """``path`` (or the file object ``source``, named ``path``) as a zip archive; BadInputError(path,
-    ``archive``) when it is not one (a ``.npy`` saved under an ``.npz`` name, a truncated file, ...)."""
+    """``path`` (or the file object ``source``) as a zip archive; BadInputError(path, ``archive``) when it is not
+    one."""
     try:
         return zipfile.ZipFile(path if source is None else source)
     except FileNotFoundError:
@@ -534,9 +525,8 @@ def read_npz_member(zf: zipfile.ZipFile, path: str | os.PathLike, key: str,
                     object_loader: Callable[[bytes], Any] | None = None, *,
                     max_bytes: int = MAX_ARRAY_BYTES, budget: "ByteBudget | None" = None,
                     max_elements: int = MAX_ELEMENTS) -> Any:
-    """The member ``key`` (``key.npy``) of the npz ``zf`` through :func:`read_npy`, checked against the
-    uncompressed size its central directory declares. BadInputError(path, key): missing, encrypted, damaged,
-    or any :func:`read_npy` refusal."""
+    """npz member ``key`` (``key.npy``) through :func:`read_npy` against its declared uncompressed size;
+    BadInputError(path, key): missing, encrypted, damaged, or any :func:`read_npy` refusal."""
     info, fh = _open_member(zf, path, key)
     with fh:
         return read_npy(fh, path, key, object_loader, nbytes=info.file_size, max_bytes=max_bytes, budget=budget,

@@ -32,12 +32,9 @@ def _int(env: Mapping[str, str], name: str) -> int | None:
 
 
 def array_part(env: Mapping[str, str] | None = None) -> tuple[int, int] | None:
-    """``(K, N)`` (1-based part K of N) of the job-array task, or None outside a job array.
-
-    ``K = (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP + 1`` and
-    ``N = SLURM_ARRAY_TASK_COUNT``, so ``--array=0-7``, ``--array=1-8`` and ``--array=0-14:2`` all give parts
-    1..8 of 8. An array given as a list of ids that are not one evenly stepped range (``--array=1,4,9``) cannot
-    be mapped to parts: SlurmEnvError (pass --part explicitly then).
+    """``(K, N)`` (1-based part K of N) of the job-array task, or None outside a job array: ``K = (TASK_ID -
+    TASK_MIN) / TASK_STEP + 1``, ``N = TASK_COUNT`` (``--array=0-7``, ``1-8``, ``0-14:2``: parts 1..8 of 8). Ids
+    that are not one evenly stepped range (``--array=1,4,9``): SlurmEnvError (pass --part then).
     """
     env = os.environ if env is None else env
     task = _int(env, "SLURM_ARRAY_TASK_ID")
@@ -112,12 +109,11 @@ def first_host(nodelist: str) -> str:
 
 
 def srun_process_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The torch.distributed variables of a process that ``srun`` started (not torchrun): ``RANK`` =
-    SLURM_PROCID, ``WORLD_SIZE`` = SLURM_STEP_NUM_TASKS (or SLURM_NTASKS), ``LOCAL_RANK`` = SLURM_LOCALID,
-    ``MASTER_ADDR`` = the first host of SLURM_STEP_NODELIST (or SLURM_JOB_NODELIST), ``MASTER_PORT`` = base +
-    SLURM_JOB_ID % 20000. Empty when torchrun's ``WORLD_SIZE`` / ``RANK`` are already set or the process was not
-    started by srun (``SLURM_STEP_NUM_TASKS`` / ``SLURM_PROCID`` absent: e.g. python run straight in an sbatch
-    script, which must stay a single process). Variables already set (MASTER_ADDR, MASTER_PORT) are kept."""
+    """The torch.distributed variables of a process ``srun`` started: ``RANK`` = SLURM_PROCID, ``WORLD_SIZE`` =
+    SLURM_STEP_NUM_TASKS, ``LOCAL_RANK`` = SLURM_LOCALID, ``MASTER_ADDR`` = the first host of the step's (or job's)
+    node list, ``MASTER_PORT`` = base + SLURM_JOB_ID % 20000; MASTER_ADDR / MASTER_PORT already set are kept.
+    Empty under torchrun (``WORLD_SIZE`` / ``RANK`` set) or outside srun (e.g. python straight in an sbatch
+    script, which must stay a single process)."""
     env = os.environ if env is None else env
     if "WORLD_SIZE" in env or "RANK" in env:
         return {}

@@ -97,15 +97,10 @@ def _open_npz(path: str) -> zipfile.ZipFile:
 
 
 def _unpickle_plain(raw: bytes, path: str, key: str) -> np.ndarray:
-    """An object ``.npy`` member (numpy stores those as a pickle of the array) -> object array of plain values.
-
-    The unpickler (:class:`lavimo.core.restricted_unpickle.NumpyUnpickler`) admits exactly numpy's array reconstruction
-    globals (``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` as its argument, ``numpy.dtype``,
-    ``numpy.core.multiarray.scalar``, ``numpy.core.numeric._frombuffer``; also under ``numpy._core``), each a
-    checked stand-in (an object dtype only with one Python object per element, never from raw bytes), and
-    ``_codecs.encode`` to latin-1; no other global (no builtins callable, no ``os``, no ``exec``). The
-    elements must then be builtin str/bytes/numbers/None or lists/tuples/dicts of them
-    (:func:`lavimo.core.restricted_unpickle.check_plain`). Anything else -> BadInputError(path, key).
+    """An object ``.npy`` member (a pickle of the array) -> object array of plain values: unpickled by
+    :class:`lavimo.core.restricted_unpickle.NumpyUnpickler` (numpy's checked array reconstruction and ``_codecs.encode``
+    to latin-1, no other global), elements then checked by :func:`lavimo.core.restricted_unpickle.check_plain`
+    (builtin str/bytes/numbers/None, lists/tuples/dicts of them). Anything else -> BadInputError(path, key).
     """
     from lavimo.core.restricted_unpickle import NumpyUnpickler, check_plain, restricted_load
 
@@ -126,13 +121,9 @@ def _unpickle_plain(raw: bytes, path: str, key: str) -> np.ndarray:
 
 
 def _read(zf: zipfile.ZipFile, path: str, key: str, numeric: bool = True) -> np.ndarray:
-    """Member ``key`` as an array, without numpy's pickle path and without allocating what its header declares
-    before the bytes are there (:func:`lavimo.core.restricted_unpickle.read_npz_member`: the ``.npy`` header must agree
-    with the zip's declared size, at most :data:`MAX_AMASS_ARRAY_BYTES` per array).
-
-    numeric: a non-object array of booleans/integers/floats, else BadInputError. Otherwise (``gender``) a
-    str/bytes array, or an object array through :func:`_unpickle_plain`.
-    """
+    """Member ``key`` through :func:`lavimo.core.restricted_unpickle.read_npz_member` (at most
+    :data:`MAX_AMASS_ARRAY_BYTES`): ``numeric`` a non-object array of booleans/integers/floats, else BadInputError;
+    otherwise (``gender``) a str/bytes array, or an object array through :func:`_unpickle_plain`."""
     from lavimo.core.restricted_unpickle import read_npz_member
 
     if numeric:
@@ -157,16 +148,8 @@ def amass_file(amass_root: str | os.PathLike, amass_path: str) -> tuple[str, Pat
 
 
 def read_amass_header(path: str | os.PathLike) -> tuple[int, float]:
-    """(number of frames, fps) of an AMASS file, reading only array headers and the fps member.
-
-    Much faster than :func:`load_amass` (no pose data is read). Checks that ``poses`` is (T, 156|165)
-    numbers with T > 0, that ``trans`` is (T, 3) numbers and that the fps is a positive number; it does not
-    scan for NaN. Nothing is unpickled (an object array where a number is expected is refused).
-
-    Raises:
-        BadInputError: naming the file and the field (missing/unreadable/truncated file, missing key,
-            wrong shape or dtype, zero frames, bad fps).
-    """
+    """(number of frames, fps) of an AMASS file from the array headers and the fps member only (no pose data,
+    nothing unpickled, no NaN scan): the shape, dtype and fps checks of :func:`load_amass`, same BadInputErrors."""
     from lavimo.core.restricted_unpickle import read_npz_header
 
     path = os.fspath(path)
@@ -205,18 +188,11 @@ def _fps(zf: zipfile.ZipFile, path: str) -> tuple[str, float]:
 
 
 def load_amass(path: str | os.PathLike) -> AmassMotion:
-    """Read and validate one AMASS npz file.
-
-    AMASS files are untrusted input: the archive is read member by member without ``np.load`` and without
-    numpy's pickle path. ``poses``, ``trans``, ``betas`` and the frame rate must be plain numeric arrays;
-    ``gender`` may be a str/bytes array or, as in some AMASS releases, an object array, which is read by a
-    restricted unpickler that admits only numpy's array reconstruction and plain builtin values
-    (:func:`_unpickle_plain`). Other members are not read.
-
-    Raises:
-        BadInputError: naming the file and the field for a missing/unreadable/truncated file, a
-            missing key, a wrong shape or dtype, an object member that is not plain data, NaN/inf values,
-            zero frames or a non-positive fps.
+    """Read and validate one AMASS npz file (untrusted input: member by member, never ``np.load`` or numpy's
+    pickle path). ``poses``, ``trans``, ``betas`` and the frame rate must be plain numeric arrays; ``gender`` may
+    be a str/bytes array or an object array (some AMASS releases; :func:`_unpickle_plain`). Other members are
+    not read. Raises BadInputError naming the file and the field: missing/unreadable/truncated file, missing
+    key, wrong shape or dtype, an object member that is not plain data, NaN/inf, zero frames, fps <= 0.
     """
     path = os.fspath(path)
     with _open_npz(path) as zf:

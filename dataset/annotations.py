@@ -20,36 +20,26 @@ root is given - clips whose AMASS file is missing or bad. Clips **without texts 
 ``texts == ()``, so videos can still be rendered for them) and listed in ``report.no_texts``; callers
 that need texts (shards, training) filter them out.
 
-Untrusted input (every file here is third-party data; the rules below are per item, the rest still loads):
+Untrusted input (docs/security.md, "Annotations"); every rule is per item, the rest still loads:
 
-* **Keyids are names, never paths.** Every keyid - ``annotations.json`` keys, ``index.csv`` ``new_name``
-  (a ``.npy`` suffix dropped), split-file lines (likewise), generated ``M`` copies - must follow
-  :data:`lavimo.core.keyids.KEYID_RULE`; anything else (``../x``, ``/abs``, ``a/b``, ``a.b``, empty) is skipped as
-  ``bad_keyid`` with a reason quoting the value, the file and line, and never becomes a clip.
-  ``texts/<keyid>.txt`` is only opened for a valid keyid (through :func:`lavimo.core.keyids.child_path`).
-* **AMASS paths are relative paths under the AMASS root.** ``index.csv`` ``source_path`` and
-  ``annotations.json`` ``path`` (backslashes read as ``/``, as Windows writes them) are refused as
-  ``bad_path`` when empty, absolute (``/x``, ``\\\\host\\x``, ``C:``), with an empty, ``.`` or ``..``
-  component, with a control character (NUL included) or not encodable as UTF-8.
-* **Duplicates are decided, never left to dict order.** Two ``annotations.json`` members or two
-  ``index.csv`` rows for one keyid: identical -> kept once and listed in ``report.duplicates`` (outcome
-  ``duplicate_kept``); different -> the keyid is skipped as ``duplicate_keyid``, the reason naming both
-  places (member numbers, line numbers). A split file listing an id twice -> kept once, listed in
-  ``report.duplicates``. An id listed in two of ``train``/``val``/``test`` -> skipped as ``duplicate_keyid``
-  naming both files (its split would be ambiguous). Duplicate fields inside one entry or annotation
-  object make that entry ``bad_entry``.
-* **One bad annotation drops its whole entry**: in ``annotations.json`` an annotation whose ``text`` is not a
-  string (list, number, null, object), whose ``start``/``end`` are not finite numbers with
-  ``0 <= start < end``, or that is not an object makes the keyid ``bad_entry`` (the clip's span depends on
-  all its annotations, so dropping one would silently change the clip); the reason names the annotation.
-* **Rows, not files, fail** in ``index.csv``: a row with missing columns, extra non-empty fields, a
-  frame number that is not an integer, or an empty/invalid ``new_name`` is reported with its line number
-  and column (keyed by its ``new_name``, or ``index.csv line N`` when it has none); the other rows load.
-* **Encodings**: every file is read as UTF-8 with an optional BOM and any of LF / CRLF / CR line ends.
-  Invalid UTF-8 in ``index.csv``, ``annotations.json`` or a split file is a :class:`BadInputError`
-  naming the file and line; in ``texts/<keyid>.txt`` it skips that keyid as ``bad_texts``. A malformed
-  index header, unreadable or too deeply nested JSON, or a top level that is not an object is likewise
-  a whole-file :class:`BadInputError`.
+* **Keyids are names, never paths**: every keyid (``annotations.json`` keys, ``index.csv`` ``new_name`` and split
+  lines, a ``.npy`` suffix dropped; generated ``M`` copies) must follow :data:`lavimo.core.keyids.KEYID_RULE`, else
+  it is skipped as ``bad_keyid`` (value, file and line quoted); ``texts/<keyid>.txt`` is only opened for a valid
+  keyid (:func:`lavimo.core.keyids.child_path`).
+* **AMASS paths are relative paths under the AMASS root** (``source_path``, ``path``; ``\\`` read as ``/``):
+  :func:`amass_path_problem` refuses the rest as ``bad_path``.
+* **Duplicates are decided, never left to dict order**: identical ``annotations.json`` members / ``index.csv`` rows
+  are kept once (``report.duplicates``, ``duplicate_kept``), different ones skip the keyid as ``duplicate_keyid``
+  naming both places; an id repeated in a split file is kept once (``report.duplicates``), one in two of
+  train/val/test is ``duplicate_keyid``; duplicate fields inside one entry or annotation make it ``bad_entry``.
+* **One bad annotation drops its whole entry** (the clip's span depends on all of them): a ``text`` that is not a
+  string, ``start``/``end`` not finite numbers with ``0 <= start < end``, or not an object -> ``bad_entry``.
+* **Rows, not files, fail** in ``index.csv``: missing columns, extra non-empty fields, a non-integer frame or an
+  empty/invalid ``new_name`` fail that row alone, with its line and column (keyed ``index.csv line N`` if unnamed).
+* **Encodings**: UTF-8 with an optional BOM, LF / CRLF / CR line ends. Invalid UTF-8 in ``index.csv``,
+  ``annotations.json`` or a split file, a malformed index header, unreadable or too deeply nested JSON, or a
+  top level that is not an object is a whole-file :class:`BadInputError` naming the file (and line); in
+  ``texts/<keyid>.txt`` it skips that keyid as ``bad_texts``.
 """
 
 from __future__ import annotations
@@ -71,7 +61,7 @@ from lavimo.dataset.amass import amass_file, read_amass_header
 from lavimo.dataset.clip import Clip, FrameSpec, Text
 from lavimo.core.errors import BadInputError
 from lavimo.dataset.frames import HUMANML3D_FPS
-from lavimo.core.keyids import check_keyid, child_path, is_keyid
+from lavimo.core.keyids import check_keyid, child_path, is_keyid, shown
 
 log = logging.getLogger(__name__)
 
@@ -170,13 +160,7 @@ class ClipSet(list):
         return {c.keyid: c for c in self}
 
 
-# ----------------------------------------------------------------------------------------------------
-# helpers
-
-
-def _shown(value: object, limit: int = 80) -> str:
-    r = repr(value)
-    return r if len(r) <= limit else r[: limit - 3] + "..."
+# -- helpers -------------------------------------------------------------------------------------------------
 
 
 def _keyid_problem(value: object) -> str | None:
@@ -213,7 +197,7 @@ def amass_path_problem(path: str) -> str | None:
 
 
 def _path_message(raw: str, problem: str) -> str:
-    return f"{_shown(raw)} {problem} (AMASS paths must be relative paths under the AMASS root)"
+    return f"{shown(raw)} {problem} (AMASS paths must be relative paths under the AMASS root)"
 
 
 def _decode(path: Path, data: bytes) -> str:
@@ -359,8 +343,7 @@ def _requested_ids(root: Path, split: str | None, all_ids: list[_Ref], report: L
     return _read_split(f, report)
 
 
-# ----------------------------------------------------------------------------------------------------
-# HumanML3D
+# -- HumanML3D -----------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -406,7 +389,7 @@ def _parse_index_row(fields: list[str], col: dict[str, int], width: int, line: i
     for c in ("start_frame", "end_frame"):
         v = fields[col[c]].strip()
         if not _FRAME_RE.fullmatch(v):
-            return None, ("bad_entry", f"{where}: {c}: {_shown(v)} is not an integer frame number")
+            return None, ("bad_entry", f"{where}: {c}: {shown(v)} is not an integer frame number")
         frames.append(int(v))
     source = fields[col["source_path"]]
     amass_path = humanml3d_amass_path(source)
@@ -432,7 +415,7 @@ def _read_index(index: Path, report: LoadReport) -> _Index:
         need = set(INDEX_COLUMNS)
         if not need <= set(header) or any(header.count(c) > 1 for c in INDEX_COLUMNS):
             raise BadInputError(index, "header", f"expected the columns {list(INDEX_COLUMNS)} once each, got "
-                                                 f"{_shown(header, 200)}")
+                                                 f"{shown(header, 200)}")
         col = {c: header.index(c) for c in INDEX_COLUMNS}
         for fields in reader:
             if not fields:
@@ -548,8 +531,7 @@ def _load_humanml3d(root: Path, split: str | None, mirrored: bool, report: LoadR
     return clips
 
 
-# ----------------------------------------------------------------------------------------------------
-# TMR annotations.json
+# -- TMR annotations.json ------------------------------------------------------------------------------------
 
 
 class _JsonObject(dict):
@@ -583,6 +565,13 @@ def _entry_error(kind: str, src: Path, field_: str, message: str) -> BadInputErr
     return e
 
 
+def _check_no_dups(obj: dict, src: Path, where: str) -> None:
+    """BadInputError(src, where) when the JSON object ``obj`` repeats a member name."""
+    if getattr(obj, "dups", None):
+        name, occ = next(iter(obj.dups.items()))
+        raise BadInputError(src, where, f"field {name!r} appears {len(occ)} times")
+
+
 def _seconds(value: object) -> float:
     """A JSON time: a number (or a numeric string, as before); bools, null, lists, objects refused."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -594,9 +583,7 @@ def _tmr_clip(keyid: str, entry: object, src: Path, split: str | None, dataset: 
     """One annotations.json entry -> Clip. Raises BadInputError (``.kind`` "bad_path" or "bad_entry")."""
     if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
         raise BadInputError(src, keyid, "entry must be an object with a string 'path'")
-    if getattr(entry, "dups", None):
-        name, occ = next(iter(entry.dups.items()))
-        raise BadInputError(src, keyid, f"field {name!r} appears {len(occ)} times")
+    _check_no_dups(entry, src, keyid)
     raw = entry["path"].strip()
     path = raw.replace("\\", "/")
     is_m = path.startswith("M/")
@@ -614,9 +601,7 @@ def _tmr_clip(keyid: str, entry: object, src: Path, split: str | None, dataset: 
         where = f"{keyid}.annotations[{j}]"
         if not isinstance(a, dict):
             raise BadInputError(src, where, f"must be an object, got {type(a).__name__}")
-        if getattr(a, "dups", None):
-            name, occ = next(iter(a.dups.items()))
-            raise BadInputError(src, where, f"field {name!r} appears {len(occ)} times")
+        _check_no_dups(a, src, where)
         if "text" not in a or not isinstance(a["text"], str):
             got = type(a["text"]).__name__ if "text" in a else "nothing"
             raise BadInputError(src, f"{where}.text", f"expected a string, got {got}")
@@ -709,8 +694,7 @@ def _load_tmr(json_path: Path, split: str | None, mirrored: bool, report: LoadRe
     return clips
 
 
-# ----------------------------------------------------------------------------------------------------
-# AMASS resolution
+# -- AMASS resolution ----------------------------------------------------------------------------------------
 
 
 def _resolve(clips: list[Clip], amass_root: Path, report: LoadReport) -> list[Clip]:
@@ -746,28 +730,17 @@ def _resolve(clips: list[Clip], amass_root: Path, report: LoadReport) -> list[Cl
     return out
 
 
-# ----------------------------------------------------------------------------------------------------
-
-
 def load_clips(source: str | os.PathLike, amass_root: str | os.PathLike | None = None, split: str | None = None,
                *, mirrored: bool = True) -> ClipSet:
-    """Read annotations into clips.
+    """Read annotations into a :class:`ClipSet` in split-file order, with ``.report`` (:class:`LoadReport`).
 
-    Args:
-        source: a HumanML3D directory (with ``index.csv``) or its ``index.csv``; or a TMR-style
-            ``annotations.json`` or the directory holding it.
-        amass_root: AMASS root (holding ``KIT/``, ``CMU/``, ...). When given, every clip is resolved
-            (``clip.frames`` = AMASS frame indices, read from the file's frame count and fps); clips
-            whose file is missing or bad are skipped and reported. When None, ``frames`` stays None.
-        split: "train" | "val" | "test" | any other split-file name; None or "all" = all entries.
-        mirrored: include mirrored copies (HumanML3D ``M`` ids, TMR ``M/`` paths).
-
-    Returns:
-        A :class:`ClipSet` in split-file order, with ``.report`` (:class:`LoadReport`).
-
-    Raises:
-        BadInputError: when the source itself is unusable (no index/annotations file, missing split
-            file, malformed index header). Per-entry problems are reported, not raised.
+    ``source``: a HumanML3D directory (with ``index.csv``) or its ``index.csv``, or a TMR-style
+    ``annotations.json`` or its directory. ``amass_root`` (holding ``KIT/``, ``CMU/``, ...): every clip is
+    resolved (``clip.frames`` from the file's frame count and fps), clips whose file is missing or bad are
+    skipped and reported; None: ``frames`` stays None. ``split``: a split-file name; None or "all" = all
+    entries. ``mirrored``: include mirrored copies (HumanML3D ``M`` ids, TMR ``M/`` paths). Raises
+    BadInputError when the source itself is unusable (no index/annotations file, missing split file, malformed
+    index header); per-entry problems are reported, not raised.
     """
     src = Path(source)
     if src.is_dir():

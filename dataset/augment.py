@@ -10,13 +10,9 @@ while the text and the motion features still say left. So a flip is only drawn f
 side (no "left"/"right"/"clockwise"/... word, see :func:`names_a_side`) unless ``hflip_sided`` is set; the
 motion features are never flipped. The paper preset flips with p = 0.5 under that rule; the default here is 0.
 
-RandAugment (``randaugment_ops`` > 0) is torchvision's ``transforms.v2.RandAugment`` applied once per clip: all
-frames of a clip get the same operations and magnitudes (the frames are passed as one batch, and the torch
-generator is seeded from the clip's numpy draw, so it is reproducible like the rest).
-
-Colour operations follow torchvision's definitions (brightness, contrast, saturation and grayscale are
-re-implemented in place for speed and tested for parity; hue uses ``torchvision.transforms.v2.functional
-.adjust_hue`` itself: an exact HSV rotation), as does the Gaussian blur (separable, tested for parity).
+RandAugment (``randaugment_ops`` > 0) is torchvision's, once per clip (:func:`rand_augment`). Colour operations
+and the blur follow torchvision's definitions (re-implemented in place for speed, tested for parity; hue is
+torchvision's own).
 
 All functions take and return torch tensors (k, 3, H, W); uint8 in, float32 in [0, 1] out of ``crop_resize``.
 """

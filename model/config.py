@@ -1,18 +1,10 @@
-"""The LAVIMO model's configuration: its architecture and training objective, saved in every checkpoint.
+"""The LAVIMO model's configuration (:class:`LavimoConfig`): architecture and training objective, saved in every
+checkpoint. The run's settings (batch size, optimiser, schedule, augmentation, ...) are
+:class:`lavimo.training.config.TrainConfig`, which the model never reads: a checkpoint fixes the model and nothing
+about how it was trained. Presets (``paper``, ``demo``, ``tiny``): ``model/presets/*.json`` (:func:`load_preset`).
 
-:class:`LavimoConfig` holds what defines the network and its losses (modalities, fusion, layer counts, shapes,
-backbones and how their weights are initialised, negative filtering, temperature, lambda_recon). The run's
-settings (batch size, optimiser, schedule, epochs, loop, augmentation, gathering across ranks) are
-:class:`lavimo.training.config.TrainConfig`, which the model never reads; a checkpoint therefore fixes the model and
-nothing about how it was trained, and ``train.py --resume`` takes the model from the run and the run's settings
-from the command line.
-
-Presets (``paper``, ``demo``, ``tiny``) are JSON files in ``model/presets/`` (the architecture) beside
-``training/presets/`` (the run's settings of the same name); :func:`load_preset` reads the model part (or the
-``"model"`` object of a run's saved ``config.json``), applies keyword overrides, validates.
-
-The dataclass defaults are the paper's values (Yin et al., arXiv 2403.00691) where the paper states them; the
-fields marked "ours" are choices the paper does not specify.
+Defaults are the paper's values (Yin et al., arXiv 2403.00691) where it states them; fields marked "ours" are
+choices the paper does not specify.
 """
 
 from __future__ import annotations
@@ -125,7 +117,6 @@ class LavimoConfig(JsonConfig):
     video_weights: str | None = None  # file path, or an open_clip pretrained tag ("openai") looked up in caches
     random_init: bool = False  # True: random backbones instead of pretrained weights (no files needed)
 
-    # ------------------------------------------------------------------
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field when a value is out of range."""
         def bad(name: str, msg: str) -> None:
@@ -167,7 +158,6 @@ class LavimoConfig(JsonConfig):
         run split and then also holds run settings (:data:`PRE_SPLIT_RUN_FIELDS`): those are dropped."""
         return cls.from_dict({k: v for k, v in d.items() if k not in PRE_SPLIT_RUN_FIELDS})
 
-    # ------------------------------------------------------------------
     def loader_kwargs(self) -> dict[str, Any]:
         """The fields ``lavimo.dataset.stream.make_loader`` takes from the model: frame size and count, motion length,
         frame crop (training, validation and evaluation must read the shards the same way)."""

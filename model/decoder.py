@@ -11,12 +11,9 @@ from .layers import sinusoidal_positions
 
 
 class MotionDecoder(nn.Module):
-    """``forward(latent (B, C), mask (B, T) bool True = valid) -> (B, T, feature_dim)``.
-
-    ACTOR/TMR-style: the queries are sinusoidal frame positions (T of them), the memory is the latent as one
-    token; ``cfg.decoder_layers`` pre-LN transformer decoder layers (self-attention with the padding mask,
-    cross-attention to the latent) and a linear map to the feature dimension give one feature row per frame.
-    Output rows at padded frames are computed but meaningless (the loss masks them).
+    """``forward(latent (B, C), mask (B, T) bool True = valid) -> (B, T, feature_dim)``, ACTOR/TMR-style: T
+    sinusoidal frame positions as queries, the latent as one memory token, ``cfg.decoder_layers`` pre-LN decoder
+    layers and a linear map. Rows at padded frames are meaningless (the loss masks them).
     """
 
     def __init__(self, cfg: LavimoConfig):
@@ -40,10 +37,8 @@ class MotionDecoder(nn.Module):
 
 
 def masked_smooth_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Smooth-L1 (beta 1) averaged over the valid frames' feature values: sum over valid (t, d) / (n_valid * D).
-
-    ``pred``, ``target`` (B, T, D); ``mask`` (B, T) bool True = valid. Returns a scalar.
-    """
+    """Smooth-L1 (beta 1) of ``pred`` / ``target`` (B, T, D) averaged over the valid frames' values, ``mask``
+    (B, T) bool True = valid: sum over valid (t, d) / (n_valid * D), a scalar."""
     per = F.smooth_l1_loss(pred, target, reduction="none", beta=1.0)  # (B, T, D)
     m = mask.to(per.dtype)[..., None]
     denom = (m.sum() * per.shape[-1]).clamp_min(1.0)

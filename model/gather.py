@@ -15,9 +15,6 @@ ranks, so the backward of the local slot multiplies its gradient by K: DDP's mea
 of one process with batch B (tests/test_gather.py checks loss and gradients for every negative-filtering mode).
 Terms that stay per rank (the reconstruction loss: a mean over the rank's rows) are untouched: DDP's mean of
 per-rank means with equal batch sizes is the global mean.
-
-Cost: one all_gather of (B/K, C) float32 per latent (text, motion, video) plus one of the sentence embeddings
-and one of the batch sizes per step; the (B, B) loss is computed on every rank (B = 256: 65k logits, nothing).
 Ranks with different batch sizes are handled (rows are padded to the largest for the collective and trimmed).
 """
 
@@ -58,13 +55,11 @@ class _GatherRows(torch.autograd.Function):
 
 
 class BatchGather:
-    """Gathers per-rank (n_r, ...) tensors into the global (sum n_r, ...) in rank order.
-
-    ``BatchGather(n_local)`` is collective (it all-gathers the row counts once); then call it on each tensor, in
-    the same order on every rank. ``grad=True`` (latents): the result is differentiable in the local rows, and
-    their gradient is multiplied by ``world_size`` (see the module docstring) unless ``scale_grad=False``.
-    ``grad=False`` (sentence embeddings): a detached gather. ``None`` passes through. Without an initialised
-    process group (or with one rank) it is the identity.
+    """Gathers per-rank (n_r, ...) tensors into the global (sum n_r, ...) in rank order; the identity without a
+    process group of more than one rank. Construction is collective (the row counts); then call it on each tensor
+    in the same order on every rank: ``grad=True`` (latents) differentiable in the local rows, their gradient
+    times ``world_size`` unless ``scale_grad=False``; ``grad=False`` (sentence embeddings) detached; ``None``
+    passes through.
     """
 
     def __init__(self, n_local: int, device: torch.device | None = None, scale_grad: bool = True):

@@ -101,20 +101,14 @@ class LavimoModel(nn.Module):
 
     # ------------------------------------------------------------------ losses
     def compute_losses(self, batch: Mapping[str, Any], gather_negatives: bool = True) -> dict[str, torch.Tensor]:
-        """Training losses for one loader batch.
+        """Training losses for one loader batch: ``text`` list[str] (B), ``sent_emb`` (B, D) L2-normalised,
+        ``motion`` (B, T, feature_dim) normalised, ``mask`` (B, T) bool True = valid, ``video`` (B, F, 3, H, W)
+        (tri-modal only); other keys ignored.
 
-        ``batch``: ``text`` list[str] (B), ``sent_emb`` (B, D) L2-normalised sentence embeddings of ``text``,
-        ``motion`` (B, T, feature_dim) normalised, ``mask`` (B, T) bool True = valid, and ``video``
-        (B, F, 3, H, W) in the tri-modal variant (ignored in ``tm``). Other keys are ignored.
-
-        Returns ``loss`` = tm + vm + tv + recon_weight * recon (scalar), the unweighted terms ``tm``
-        (text-motion), ``vm`` (video-motion), ``tv`` (text-video) contrastive losses and ``recon`` (masked
-        smooth-L1), each a scalar tensor (zero when the variant does not have it), and ``fusion_weights``
-        (B, 3) (text, video, motion; detached).
-
-        ``gather_negatives`` (the run's setting, :class:`lavimo.training.config.TrainConfig`): under DDP the contrastive
-        terms and negative filtering run over every rank's rows (model/gather.py), as one process with the
-        global batch; without DDP it changes nothing.
+        Returns ``loss`` = tm + vm + tv + recon_weight * recon and the unweighted terms :data:`LOSS_TERMS` (scalars,
+        zero when the variant lacks one), and ``fusion_weights`` (B, 3) (text, video, motion; detached).
+        ``gather_negatives`` (the run's setting): under DDP the contrastive terms run over every rank's rows
+        (model/gather.py), as one process with the global batch.
         """
         cfg = self.cfg
         dev = self.device
@@ -160,7 +154,6 @@ class LavimoModel(nn.Module):
         return out
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Same as :meth:`compute_losses`."""
         return self.compute_losses(batch)
 
     # ------------------------------------------------------------------ optimisation helpers
@@ -229,13 +222,9 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float,
 
 def build_model(cfg: LavimoConfig, *, pretrained: bool = True,
                 text_assets_dir: str | os.PathLike | None = None) -> LavimoModel:
-    """Build the model for ``cfg``.
-
-    Backbones load their pretrained weights from local files (see ``model/weights.py``) unless
-    ``cfg.random_init``; ``pretrained=False`` skips loading the CLIP weights (used by checkpoint loading, which
-    overwrites every weight), and ``text_assets_dir`` builds the text backbone from a saved config/tokenizer
-    folder instead of ``cfg.text_model``. Nothing is downloaded.
-    """
+    """Build the model for ``cfg``; backbones pretrained from local files (``model/weights.py``, never downloaded)
+    unless ``cfg.random_init``. Checkpoint loading passes ``pretrained=False`` (no CLIP weights) and
+    ``text_assets_dir`` (the saved text config/tokenizer instead of ``cfg.text_model``)."""
     backbone, tokenizer = load_text_backbone(cfg, assets_dir=text_assets_dir)
     text = TextEncoder(backbone, tokenizer, cfg, freeze=cfg.freeze_text)
     video = None

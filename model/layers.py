@@ -28,14 +28,9 @@ def transformer_encoder(dim: int, layers: int, heads: int, ff_dim: int, dropout:
 
 
 class PooledTransformer(nn.Module):
-    """Temporal transformer over a sequence, pooled by a learned summary token.
-
-    A learned token is prepended to the sequence, sinusoidal positions (token = position 0) are added, the
-    sequence runs through a pre-LN transformer encoder with a key padding mask, and the token's output is the
-    pooled vector. Padded positions never influence it.
-
-    Input ``x`` (B, L, dim) with ``L <= max_len``, ``mask`` (B, L) bool (True = valid) or ``None`` (all valid).
-    Output (B, dim).
+    """Temporal transformer pooled by a learned summary token: ``x`` (B, L, dim), ``L <= max_len``, ``mask``
+    (B, L) bool True = valid or ``None`` -> (B, dim). The token is prepended, sinusoidal positions added (token =
+    position 0), a pre-LN encoder runs with the key padding mask; the token's output is the pooled vector.
     """
 
     def __init__(self, dim: int, layers: int, heads: int, ff_dim: int, dropout: float, activation: str,

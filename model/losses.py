@@ -78,11 +78,8 @@ def _symmetric_kl(targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 
 def contrastive_loss(x: torch.Tensor, y: torch.Tensor, sent_emb: torch.Tensor | None = None, mode: str = "lavimo",
                      threshold: float = 0.8, temperature: float = 0.1) -> torch.Tensor:
-    """Symmetric contrastive loss between paired latents ``x`` and ``y`` (B, C); scalar.
-
-    ``mode``: ``"lavimo"`` | ``"tmr"`` | ``"soft"`` | ``"none"`` (formulas in the module docstring).
-    ``sent_emb`` (B, D): sentence embeddings of the texts paired with the rows (needed except for ``none``).
-    ``threshold``: eps on the score scale (cos + 1) / 2. ``temperature``: tau.
+    """Symmetric contrastive loss (scalar) between paired latents ``x`` and ``y`` (B, C), ``mode`` as in the module
+    docstring; ``sent_emb`` (B, D) of the rows' texts (except for ``none``), ``threshold`` eps, ``temperature`` tau.
     """
     if mode not in MODES:
         raise ValueError(f"unknown negative-filtering mode {mode!r}; choose one of {MODES}")

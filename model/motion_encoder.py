@@ -10,12 +10,9 @@ from .layers import PooledTransformer
 
 
 class MotionEncoder(nn.Module):
-    """``forward(motion (B, T, feature_dim), mask (B, T) bool True = valid) -> (B, C)``.
-
-    Features (HumanML3D 263-dim at 20 fps, Y-up, normalised with the shards' mean/std) are linearly embedded to
-    C, get sinusoidal frame positions and run through ``cfg.motion_layers`` transformer layers with the padding
-    mask. Pooling: a learned summary token (its output, after a linear map, is the latent); padded frames never
-    influence it.
+    """``forward(motion (B, T, feature_dim), mask (B, T) bool True = valid) -> (B, C)``: features (HumanML3D
+    263-dim at 20 fps, Y-up, normalised with the shards' mean/std) embedded to C, a :class:`PooledTransformer` of
+    ``cfg.motion_layers`` layers (padded frames never influence it) and a linear map.
     """
 
     def __init__(self, cfg: LavimoConfig):

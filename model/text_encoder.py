@@ -13,13 +13,10 @@ from .layers import PooledTransformer
 
 
 class TextEncoder(nn.Module):
-    """``forward(texts: list[str]) -> (B, C)``.
-
-    The backbone's last hidden states (B, L, H) are projected to C, get sinusoidal positions and run through
-    ``cfg.text_layers`` transformer layers with the tokenizer's padding mask; the learned token's output, after a
-    linear map, is the latent. With ``freeze`` the backbone runs without gradients and stays in eval mode
-    (``--freeze-text`` ablation), and its hidden states are memoised per text (:meth:`frozen_hidden`): a frozen
-    backbone gives every text the same output in every epoch, so each caption goes through it once.
+    """``forward(texts: list[str]) -> (B, C)``: the backbone's last hidden states (B, L, H) projected to C through
+    a :class:`PooledTransformer` of ``cfg.text_layers`` layers (the tokenizer's padding mask) and a linear map.
+    With ``freeze`` (``--freeze-text``) the backbone runs without gradients in eval mode and its hidden states are
+    memoised per text (:meth:`frozen_hidden`): each caption goes through it once.
     """
 
     #: texts whose frozen hidden states are kept (about 25 kB each for a 384-wide backbone and 16 tokens)

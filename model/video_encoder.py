@@ -11,13 +11,10 @@ from .layers import PooledTransformer
 
 
 class VideoEncoder(nn.Module):
-    """``forward(video (B, F, 3, H, W) float CLIP-normalised, F <= num_frames, H = W = image_size) -> (B, C)``.
-
-    Each frame goes through the image tower (output (B*F, E), E = CLIP embed dim, 512 for ViT-B/32), is
-    projected to C, gets a sinusoidal frame position and runs through ``cfg.video_layers`` transformer layers;
-    the learned token's output, after a linear map, is the latent. With ``freeze`` the tower runs without
-    gradients in eval mode. With ``cfg.video_input == "residual"`` each frame has the clip's mean frame
-    subtracted first (see LavimoConfig.video_input).
+    """``forward(video (B, F, 3, H, W) float CLIP-normalised, F <= num_frames, H = W = image_size) -> (B, C)``:
+    the image tower per frame ((B*F, E), E = 512 for ViT-B/32) projected to C, a :class:`PooledTransformer` of
+    ``cfg.video_layers`` layers and a linear map. ``freeze``: the tower runs without gradients in eval mode.
+    ``cfg.video_input == "residual"``: each frame minus the clip's mean frame first.
     """
 
     def __init__(self, visual: nn.Module, cfg: LavimoConfig, freeze: bool = False):

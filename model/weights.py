@@ -1,21 +1,11 @@
 """Pretrained backbones from local files only: the Hugging Face text encoder and the open_clip image tower.
 
-Nothing here downloads. Where weights are looked for, in order:
-
-* an absolute path, or a path relative to the current directory;
-* ``$LAVIMO_WEIGHTS/<path>`` (default ``<repo>/weights``), e.g. ``weights/distilbert-base-uncased/`` (a Hugging
-  Face model directory) and ``weights/clip/ViT-B-32-kinetics400.pt`` (a CLIP checkpoint);
-* text models: an existing Hugging Face hub cache entry for the repo id (``~/.cache/huggingface/hub``);
-* CLIP: an open_clip pretrained tag (``video_weights="openai"``) is looked up in the Hugging Face hub cache and in
-  the legacy ``~/.cache/clip`` folder (OpenAI's TorchScript files there are refused: convert them, docs/model.md).
-
-Missing weights raise :class:`MissingWeightsError` saying what to put where, unless ``random_init`` is set.
-
-CLIP checkpoint formats that load (the image tower is picked out of the file by its ``conv1.weight`` /
-``positional_embedding`` keys, whatever prefix it sits under): OpenAI-format state dicts (``visual.conv1.weight``
-...), open_clip training checkpoints (``{"state_dict": ...}``, ``module.`` prefixes), ``.safetensors`` files, and
-the Kinetics-400 fine-tunes that wrap a CLIP model (``model.visual.*``, ``module.image_encoder.*`` and the like,
-nested under ``"model"`` / ``"state_dict"``).
+Nothing here downloads. Weights are looked for as an absolute path or one relative to the current directory,
+then under ``$LAVIMO_WEIGHTS`` (default ``<repo>/weights``, e.g. ``weights/distilbert-base-uncased/``,
+``weights/clip/ViT-B-32-kinetics400.pt``), then in the Hugging Face hub cache (text models by repo id, CLIP by
+open_clip pretrained tag, also the legacy ``~/.cache/clip``). Missing weights raise :class:`MissingWeightsError`
+saying what to put where, unless ``random_init`` is set. A CLIP checkpoint may be any state dict that holds the
+image tower under some prefix (OpenAI, open_clip, Kinetics-400 fine-tunes: :func:`extract_visual_state_dict`).
 
 Weights files are untrusted input and are only ever read as tensors (docs/security.md, "Checkpoints and training
 state"): ``.safetensors`` (header checked first by :func:`lavimo.model.safetensors_header.read_header`), anything else
@@ -46,7 +36,8 @@ from .config import LavimoConfig
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_TOKENIZER_FILE_SUFFIXES = (".json", ".txt", ".model")
+#: text asset files a checkpoint carries (the text backbone's config.json and tokenizer files)
+TEXT_ASSET_SUFFIXES = (".json", ".txt", ".model")
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -65,16 +56,10 @@ def _candidates(name: str) -> list[Path]:
     return [Path.cwd() / p, weights_root() / p]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Text backbone
-# ----------------------------------------------------------------------------------------------------------
+# -- Text backbone -------------------------------------------------------------------------------------------
 def resolve_text_model(name: str) -> Path | None:
-    """Directory of a Hugging Face text model named by ``name``, or ``None`` when it is nowhere on disk.
-
-    ``"minilm"`` is the bundled all-MiniLM-L6-v2; otherwise a local directory (absolute, relative to the
-    current directory or to :func:`weights_root`), then the Hugging Face hub cache for the repo id (never the
-    network).
-    """
+    """Directory of the Hugging Face text model ``name`` (``"minilm"``: the bundled all-MiniLM-L6-v2), or ``None``
+    when it is nowhere on disk (see the module docstring; never the network)."""
     if name.lower() in ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"):
         return bundled_model_path()
     for cand in _candidates(name):
@@ -123,15 +108,9 @@ def load_text_tokenizer(source: Path | None):
 
 
 def load_text_backbone(cfg: LavimoConfig, assets_dir: str | os.PathLike | None = None) -> tuple[nn.Module, Any]:
-    """The Hugging Face encoder and its tokenizer for ``cfg``.
-
-    * ``assets_dir`` (used when loading a checkpoint): a folder with ``config.json`` and the tokenizer files;
-      the backbone is built from the config with random weights (the checkpoint overwrites them).
-    * ``cfg.text_backbone_config`` set: a random backbone of that shape (``model_type`` + HF config kwargs),
-      tokenizer from ``cfg.text_model`` (the ``tiny`` preset).
-    * otherwise the pretrained model from :func:`resolve_text_model`; with ``cfg.random_init`` a random backbone
-      of the same architecture (``DistilBertConfig()`` for DistilBERT when its files are absent).
-    """
+    """The Hugging Face encoder and its tokenizer for ``cfg``: random weights from ``assets_dir``'s config
+    (checkpoint loading) or from ``cfg.text_backbone_config`` (the ``tiny`` preset), else the pretrained model of
+    :func:`resolve_text_model` (random, same architecture, with ``cfg.random_init``)."""
     from transformers import AutoConfig, AutoModel
 
     if assets_dir is not None:
@@ -178,7 +157,7 @@ def text_assets(backbone: nn.Module, tokenizer: Any) -> dict[str, str]:
         tokenizer.save_pretrained(tmp)
         out = {}
         for p in sorted(Path(tmp).iterdir()):
-            if p.is_file() and p.suffix in _TOKENIZER_FILE_SUFFIXES:
+            if p.is_file() and p.suffix in TEXT_ASSET_SUFFIXES:
                 out[p.name] = p.read_text(encoding="utf-8")
     return out
 
@@ -194,16 +173,11 @@ def write_text_assets(assets: dict[str, str], folder: str | os.PathLike) -> Path
     return folder
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Video backbone (open_clip image tower)
-# ----------------------------------------------------------------------------------------------------------
+# -- Video backbone (open_clip image tower) ------------------------------------------------------------------
 def vision_spec(cfg: LavimoConfig) -> tuple[dict, int, bool]:
-    """(open_clip vision_cfg dict, embed_dim, quick_gelu) for ``cfg``'s video backbone.
-
-    ``cfg.video_backbone_config`` (a vision_cfg dict with an extra ``embed_dim``) wins over the model name; the
-    name may carry open_clip's ``-quickgelu`` suffix. ``vision_cfg["image_size"]`` is set to ``cfg.image_size``
-    (pretrained position embeddings are interpolated to it).
-    """
+    """(open_clip vision_cfg dict, embed_dim, quick_gelu) for ``cfg``'s video backbone: ``cfg.video_backbone_config``
+    (a vision_cfg with an extra ``embed_dim``) wins over the model name (``-quickgelu`` suffix allowed);
+    ``image_size`` is ``cfg.image_size`` (pretrained position embeddings are interpolated to it)."""
     quick = bool(cfg.video_quick_gelu)
     if cfg.video_backbone_config:
         vc = dict(cfg.video_backbone_config)
@@ -237,10 +211,8 @@ def build_visual(cfg: LavimoConfig) -> nn.Module:
 
 
 def resolve_clip_weights(cfg: LavimoConfig) -> Path | None:
-    """The CLIP checkpoint file for ``cfg.video_weights``, or ``None`` if none is configured.
-
-    Raises :class:`MissingWeightsError` when it is configured but not on disk.
-    """
+    """The CLIP checkpoint file for ``cfg.video_weights``, or ``None`` if none is configured; raises
+    :class:`MissingWeightsError` when it is configured but not on disk."""
     spec = cfg.video_weights
     if not spec:
         return None
@@ -281,12 +253,8 @@ def resolve_clip_weights(cfg: LavimoConfig) -> Path | None:
 
 
 def missing_pretrained(cfg: LavimoConfig) -> list[str]:
-    """One line per pretrained file or directory that ``cfg`` needs and that is nowhere on disk, saying what to
-    put where and where it comes from; empty when everything is there, or with ``random_init``.
-
-    Lets a command report every missing piece at once (``train.py`` prints them and exits 2) instead of
-    failing on the first one while building the model.
-    """
+    """One line per pretrained file or directory ``cfg`` needs that is nowhere on disk, saying what to put where
+    (empty when all are there, or with ``random_init``), so a command reports them all at once (train.py: exit 2)."""
     if cfg.random_init:
         return []
     out = []

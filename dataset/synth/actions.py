@@ -7,7 +7,7 @@ Angles are degrees in SMPL's rest frame (see :mod:`lavimo.dataset.synth.rig`); t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -53,7 +53,6 @@ class ActionSpec:
     lead: float = 0.5
     tail: float = 0.5
     unit: str = "times"  # what reps count (for --list-actions)
-    tags: tuple = field(default=())
 
     def period_for(self, p: MotionParams) -> float:
         return self.period / SPEED[p.speed]
@@ -62,16 +61,11 @@ class ActionSpec:
         return self.lead + p.reps * self.period_for(p) + self.tail
 
 
-# ----------------------------------------------------------------------------------------------------
-# words
+# -- words ---------------------------------------------------------------------------------------------------
 
 
 def times(n: int) -> str:
     return {1: "once", 2: "twice"}.get(n, f"{NUM[n] if n < len(NUM) else n} times")
-
-
-def count(n: int, noun: str) -> str:
-    return f"{NUM[n] if n < len(NUM) else n} {noun}{'' if n == 1 else 's'}"
 
 
 def adv(p: MotionParams, normal: str = "") -> str:
@@ -107,8 +101,7 @@ def _caps(*templates: str) -> Callable[[MotionParams], list[str]]:
     return fn
 
 
-# ----------------------------------------------------------------------------------------------------
-# building blocks
+# -- building blocks -----------------------------------------------------------------------------------------
 
 
 def _gait(rig: Rig, start: float, step_t: float, n: int, hip: float, knee_swing: float, knee_stance: float,
@@ -184,8 +177,7 @@ def _keys(u: np.ndarray, knots: tuple[float, ...], values: tuple[float, ...]) ->
     return out
 
 
-# ----------------------------------------------------------------------------------------------------
-# actions: locomotion
+# -- actions: locomotion -------------------------------------------------------------------------------------
 
 
 def walk(rig, p, T, rng):
@@ -274,8 +266,7 @@ def spin(rig, p, T, rng):
         rig.add(f"{sd}_elbow", 20 * env)
 
 
-# ----------------------------------------------------------------------------------------------------
-# actions: jumps
+# -- actions: jumps ------------------------------------------------------------------------------------------
 
 
 def _jump_profile(rig: Rig, start: float, period: float, n: int, height: float, crouch: float,
@@ -370,8 +361,7 @@ def jumping_jacks(rig, p, T, rng):
         rig.add(f"{s}_ankle", 15 * lift / h)
 
 
-# ----------------------------------------------------------------------------------------------------
-# actions: legs
+# -- actions: legs -------------------------------------------------------------------------------------------
 
 
 def kick(rig, p, T, rng):
@@ -515,8 +505,7 @@ def balance(rig, p, T, rng):
         rig.add(f"{s}_elbow", -10 * k)
 
 
-# ----------------------------------------------------------------------------------------------------
-# actions: upper body
+# -- actions: upper body -------------------------------------------------------------------------------------
 
 
 def bow(rig, p, T, rng):
@@ -690,8 +679,7 @@ def stretch(rig, p, T, rng):
     rig.add("neck_flex", -5 * up)
 
 
-# ----------------------------------------------------------------------------------------------------
-# the registry
+# -- the registry --------------------------------------------------------------------------------------------
 
 LR = ("left", "right")
 LRB = ("left", "right", "both")
@@ -853,10 +841,8 @@ ACTIONS: dict[str, ActionSpec] = {s.name: s for s in _SPECS}
 ACTION_NAMES: tuple[str, ...] = tuple(ACTIONS)
 
 
-def fit_reps(spec: ActionSpec, p: MotionParams, min_s: float = 2.0, max_s: float = 8.0) -> MotionParams:
+def fit_reps(spec: ActionSpec, p: MotionParams, max_s: float = 8.0) -> MotionParams:
     """Lower ``p.reps`` until the motion lasts at most ``max_s`` seconds (never below 1)."""
-    from dataclasses import replace
-
     while p.reps > 1 and spec.duration(p) > max_s:
         p = replace(p, reps=p.reps - 1)
     return p

@@ -67,8 +67,7 @@ class MotionPlan:
     params: MotionParams
 
 
-# ----------------------------------------------------------------------------------------------------
-# planning
+# -- planning ------------------------------------------------------------------------------------------------
 
 
 def choose_actions(n_motions: int, actions: list[str] | None = None) -> list[str]:
@@ -129,8 +128,7 @@ def plan_corpus(n_motions: int, seed: int = 0, actions: list[str] | None = None,
     return plans
 
 
-# ----------------------------------------------------------------------------------------------------
-# text
+# -- text ----------------------------------------------------------------------------------------------------
 
 
 _POS = {}
@@ -176,8 +174,7 @@ def mirror_caption(caption: str) -> str:
     return re.sub(r"\b(left|right|clockwise|counterclockwise)\b", lambda m: _SWAP[m.group(1)], caption)
 
 
-# ----------------------------------------------------------------------------------------------------
-# writing
+# -- writing -------------------------------------------------------------------------------------------------
 
 
 def motion_arrays(plan: MotionPlan, seed: int) -> dict[str, np.ndarray]:
@@ -354,27 +351,23 @@ def main(argv: list[str] | None = None) -> int:
     if problem is None:
         problem = _output_problem(Path(args.out))
     if problem is not None:
-        return _error(problem)
+        return print_error("synth-amass", problem)
     try:
         summary = generate_corpus(args.out, args.motions, args.seed, actions=actions,
                                   test_fraction=args.test_fraction, val_fraction=args.val_fraction,
                                   subjects=args.subjects, mirror=args.mirror, nsim_size=args.nsim_size)
     except OSError as e:  # disk full, a path component that is a file, permissions
         where = f"{e.filename}: " if e.filename else ""
-        return _error(f"{where}{e.strerror or e} (--out {args.out}; fix it and run again: the corpus is rewritten)")
+        return print_error("synth-amass", f"{where}{e.strerror or e} (--out {args.out}; fix it and run again: the "
+                                          "corpus is rewritten)")
     except (ValueError, RuntimeError) as e:  # bad arguments; the bundled sentence model missing (--nsim-size)
-        return _error(str(e))
+        return print_error("synth-amass", str(e))
     except KeyboardInterrupt:
         print(f"synth-amass: interrupted; run the same command again to write the whole corpus to {args.out}",
               file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
-
-
-def _error(message: object) -> int:
-    """One line on stderr, exit status 2 (usage or set-up error)."""
-    return print_error("synth-amass", message)
 
 
 def _argument_problem(args: argparse.Namespace, actions: list[str] | None) -> str | None:

@@ -38,7 +38,6 @@ _MIRROR = np.diag([-1.0, 1.0, 1.0])
 FLOOR_TOLERANCE = 0.01  # metres a sole may dip below the floor where the grounding is smoothed
 _L1 = float(np.linalg.norm(OFFSETS[18]))
 _L2 = float(np.linalg.norm(OFFSETS[20]))
-SHOULDER_IN_CHEST = REST_JOINTS[16] - REST_JOINTS[9]  # left shoulder relative to spine3 (rest frame)
 
 
 def smoothstep(x: np.ndarray) -> np.ndarray:
@@ -117,11 +116,6 @@ class Rig:
         u = np.where(inside, x - k, 0.0)
         return u, np.where(inside, k, -1)
 
-    def rep_bumps(self, start: float, period: float, n: int, a: float = 0.0, b: float = 1.0) -> np.ndarray:
-        """One :func:`bump` per repetition over the fraction [a, b] of each repetition."""
-        u, k = self.reps(start, period, n)
-        return np.where(k >= 0, bump((u - a) / (b - a)), 0.0)
-
 
 def standing(rig: Rig, rng: np.random.Generator) -> None:
     """Relaxed standing posture (with small per-motion variation)."""
@@ -134,9 +128,6 @@ def standing(rig: Rig, rng: np.random.Generator) -> None:
         rig.add(f"{s}_ankle", -knee)  # keep the sole flat
         rig.add(f"{s}_curl", 0.25 + rng.uniform(0, 0.1))
     rig.add("neck_flex", rng.uniform(-3, 5))
-
-
-# ----------------------------------------------------------------------------------------------------
 
 
 def _arm_ik(targets: np.ndarray, poles: np.ndarray, collar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,7 @@
 """Forward kinematics on an approximate SMPL rest skeleton, for the synthetic corpus.
 
-The joint tree and the rest joints come from :mod:`lavimo.body.skeleton` (its generator table
-:data:`lavimo.body.skeleton.SYNTH_REST_JOINTS`: approximate joint locations of the neutral SMPL template, metres,
-SMPL's rest frame: **Y-up**, the body faces +Z, its left is +X, exactly left/right symmetric). They are used to
-put the synthetic bodies' feet on the floor and to check the motions; a real SMPL-H body gives joints within a
-few centimetres of these.
+The joint tree and rest joints are :mod:`lavimo.body.skeleton`'s generator table (:data:`REST_JOINTS`, metres,
+SMPL's rest frame: **Y-up**, facing +Z, left at +X, exactly symmetric; a real SMPL-H body is within a few cm).
 
 AMASS convention reproduced here: a body's world joints are
 ``trans + J0 + R_root @ (J_k - J0)`` chained down the tree, where ``J0`` (the pelvis rest location) is
@@ -19,8 +16,7 @@ from scipy.spatial.transform import Rotation
 
 from lavimo.body.skeleton import JOINT_NAMES, PARENTS, SYNTH_REST_JOINTS
 
-#: the generator's rest skeleton (SMPL's frame, Y up): lavimo.body.skeleton's second table, kept apart from THE rest
-#: joints because the synthetic corpus is computed from these numbers (see lavimo.body.skeleton's docstring).
+#: the generator's rest skeleton (see lavimo.body.skeleton's docstring for why it is not THE rest joints)
 REST_JOINTS = SYNTH_REST_JOINTS
 OFFSETS = np.concatenate([REST_JOINTS[:1], REST_JOINTS[1:] - REST_JOINTS[PARENTS[1:]]])
 
@@ -29,8 +25,6 @@ OFFSETS = np.concatenate([REST_JOINTS[:1], REST_JOINTS[1:] - REST_JOINTS[PARENTS
 SOLE_POINTS = ((7, (0.0, -0.075, -0.045)), (8, (0.0, -0.075, -0.045)),
                (10, (0.0, -0.025, 0.060)), (11, (0.0, -0.025, 0.060)))
 REST_FLOOR_Y = -1.185
-# Height of the pelvis rest location above the soles in the rest pose (metres).
-REST_PELVIS_HEIGHT = REST_JOINTS[0, 1] - REST_FLOOR_Y
 
 # Rough per-joint limits on the rotation angle relative to the parent (degrees), for checks.
 JOINT_LIMIT_DEG = {
@@ -87,17 +81,10 @@ def matrix_to_rotvec(R: np.ndarray) -> np.ndarray:
 
 def forward_kinematics(poses: np.ndarray, trans: np.ndarray | None = None,
                        extra_points: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """World joints of AMASS poses on the approximate rest skeleton.
-
-    Args:
-        poses: (T, >=66) axis-angle (root + 21 body joints first, as AMASS SMPL-H/SMPL-X), radians.
-        trans: (T, 3) AMASS translation in metres (Z-up world); None = zeros.
-        extra_points: also return the four sole points.
-
-    Returns:
-        joints (T, 22, 3) and sole points (T, 4, 3) [left heel, right heel, left toe, right toe], both
-        metres in the AMASS world frame (Z-up), translation applied.
-    """
+    """World joints of AMASS poses (T, >=66) axis-angle radians (root + 21 body joints first) with ``trans``
+    (T, 3) metres (None = zeros) on the approximate rest skeleton -> joints (T, 22, 3) and, with
+    ``extra_points``, the sole points (T, 4, 3) [left heel, right heel, left toe, right toe] (else (T, 0, 3)),
+    metres in the AMASS world frame (Z-up), translation applied."""
     poses = np.asarray(poses, dtype=np.float64)
     T = poses.shape[0]
     rots = rotvec_to_matrix(poses[:, :66].reshape(T, 22, 3))
