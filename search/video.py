@@ -42,8 +42,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
-from ._project import BadInputError, mp4
+from lavimo.core import mp4
+from lavimo.core.errors import BadInputError
+from lavimo.dataset.augment import center_box, clip_normalize, eval_view
+from lavimo.dataset.stream import SampleTransform
 
 SELECT_MAX_FRAMES = 900   # "auto": a select pass over at most this many frames (30 s at 30 fps), else seeks
 DECODE_TIMEOUT_S = 120
@@ -51,22 +55,19 @@ DECODE_TIMEOUT_S = 120
 
 def ffmpeg_exe() -> str:
     """The ffmpeg binary bundled with imageio-ffmpeg."""
-    return mp4().ffmpeg_exe()
+    return mp4.ffmpeg_exe()
 
 
 def probe(path: str | os.PathLike):
     """Read the header of a video file (``lavimo.core.mp4.probe_video``: restricted to real video containers, nothing
     decoded) -> ``lavimo.core.mp4.MediaInfo`` (``duration``, ``fps``, ``width``, ``height`` after rotation,
     ``frames_in(start, end)``). Raises BadInputError naming the file."""
-    return mp4().probe_video(path)
+    return mp4.probe_video(path)
 
 
 def frame_numbers(n: int, num_frames: int) -> np.ndarray:
     """The loader's evaluation choice of ``num_frames`` frame numbers out of ``n`` (segment centres)."""
-    from ._project import stream
-
-    t = stream().SampleTransform(False, 8, int(num_frames), 1, np.zeros(1, np.float32), np.ones(1, np.float32),
-                                 None, 1.0, 1)
+    t = SampleTransform(False, 8, int(num_frames), 1, np.zeros(1, np.float32), np.ones(1, np.float32), None, 1.0, 1)
     return t.frame_indices(int(n), None)
 
 
@@ -84,7 +85,7 @@ def decode_size(width: int, height: int, image_size: int | None, frame_crop: flo
     target = math.ceil(2 * int(image_size) * short / max(side, 1))
     if short < 2 * target:  # only when it saves at least half of each side
         return width, height
-    return mp4().scaled_size(width, height, target)
+    return mp4.scaled_size(width, height, target)
 
 
 def scale_crop(crop: tuple[int, int, int] | None, source: tuple[int, int], decoded: tuple[int, int]
@@ -111,7 +112,7 @@ def check_crop(crop: tuple[int, int, int] | None, width: int, height: int, sourc
 
 def _seek(info, size: tuple[int, int], times: Sequence[float]) -> list[np.ndarray | None]:
     def one(t: float) -> np.ndarray | None:
-        got, _ = mp4().decode(info, size, 1, before_input=["-ss", f"{max(0.0, t):.6f}"], timeout=DECODE_TIMEOUT_S)
+        got, _ = mp4.decode(info, size, 1, before_input=["-ss", f"{max(0.0, t):.6f}"], timeout=DECODE_TIMEOUT_S)
         return got[0] if len(got) else None
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -120,13 +121,12 @@ def _seek(info, size: tuple[int, int], times: Sequence[float]) -> list[np.ndarra
 
 def _select(info, size: tuple[int, int], start: float, end: float | None, numbers: Sequence[int]) -> np.ndarray:
     uniq = sorted(set(int(i) for i in numbers))
-    expr = "+".join(f"eq(n\\,{i})" for i in uniq)
     before = []
     if start > 0:
         before += ["-ss", f"{start:.6f}"]
     if end is not None:
         before += ["-t", f"{max(0.0, end - start):.6f}"]
-    return mp4().decode(info, size, len(uniq), before_input=before, filters=[f"select='{expr}'"],
+    return mp4.decode(info, size, len(uniq), before_input=before, filters=[mp4.select_filter(uniq)],
                         timeout=DECODE_TIMEOUT_S)[0]
 
 
@@ -192,10 +192,6 @@ def model_view(frames: np.ndarray, image_size: int, frame_crop: float = 1.0,
 
     ``crop``: (x, y, size) pixels, a square inside the frame; None = the centred square of ``frame_crop`` x the
     short side."""
-    import torch
-
-    from ._project import center_box, clip_normalize, eval_view
-
     a = np.asarray(frames)
     if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8 or len(a) == 0:
         raise BadInputError(source, "frames", f"expected (T, H, W, 3) uint8 frames, got {a.dtype} {a.shape}")
