@@ -463,8 +463,7 @@ def _first_caption_emb(split: P.EncodedSplit, embedder: Any) -> np.ndarray:
             embedder = SentenceEmbedder()
         firsts = [split.captions[int(np.flatnonzero(split.text_owner == i)[0])] for i in range(split.n)]
         return np.asarray(embedder.encode(firsts), dtype=np.float32)
-    first_rows = np.flatnonzero(np.r_[True, np.diff(split.text_owner) != 0])
-    return split.sent_emb[first_rows]
+    return split.sent_emb[split.first_rows]
 
 
 def save_sims(path: Path, split: P.EncodedSplit) -> None:
@@ -474,7 +473,7 @@ def save_sims(path: Path, split: P.EncodedSplit) -> None:
     ``keyids`` (N,) str; ``v2m`` (N, N) video->motion when video latents exist.
     """
     order = M.sorted_order(split.keyids, split.n)
-    first_rows = np.flatnonzero(np.r_[True, np.diff(split.text_owner) != 0])
+    first_rows = split.first_rows
     if first_rows.size != split.n:
         raise ValueError("cannot save sims: some samples have no text")
     sims_tm = split.pair_sims("t", "m")[np.ix_(first_rows[order], order)]
@@ -508,7 +507,7 @@ def write_gallery(out_dir: Path, split: P.EncodedSplit, captions_of: dict[str, l
         gtasks = ["t2m"] if split.text is not None else []
     order = M.sorted_order(split.keyids, split.n)
     queries = [int(order[i]) for i in _pick_queries(split.n, args.gallery_queries)]
-    first_rows = np.flatnonzero(np.r_[True, np.diff(split.text_owner) != 0])
+    first_rows = split.first_rows
     rows: list[R.GalleryRow] = []
     needed: set[str] = set()
     for task in gtasks:
@@ -567,8 +566,7 @@ def write_tsne(path: Path, split: P.EncodedSplit, samples: int = TSNE_SAMPLES) -
         return None
     order = M.sorted_order(split.keyids, split.n)
     pick = [int(order[i]) for i in _pick_queries(split.n, samples)]
-    first_rows = np.flatnonzero(np.r_[True, np.diff(split.text_owner) != 0])
-    R.tsne_figure(path, split.text[first_rows[pick]], split.video[pick], split.motion[pick],
+    R.tsne_figure(path, split.text[split.first_rows[pick]], split.video[pick], split.motion[pick],
                   labels=[split.keyids[i] for i in pick])
     log.info("wrote %s", path)
     return path

@@ -132,10 +132,7 @@ class Retriever:
             if src.suffix.lower() != ".npy":
                 raise BadInputError(src, "motion", f"expected a .npy (features or joints) or an AMASS .npz, got "
                                                    f"{src.suffix or 'no suffix'}")
-            try:  # the checked .npy reader: the header must match the file's size before anything is allocated
-                motion = read_npy_file(src, "motion")
-            except OSError as exc:
-                raise BadInputError(src, "motion", f"not a readable .npy array ({exc.strerror or exc})") from exc
+            motion = read_motion_npy(src)
         a = np.asarray(motion)
         d = int(self.preprocess["feature_dim"])
         if a.dtype.kind not in "fiu":
@@ -186,6 +183,15 @@ class Retriever:
         mask = torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]
         with torch.inference_mode():
             return _l2(self.model.encode_motion(torch.from_numpy(x), mask).float().cpu().numpy())
+
+
+def read_motion_npy(path: Path) -> np.ndarray:
+    """The array in a motion ``.npy`` through the checked reader (never unpickled; the header must match the file's
+    size before anything is allocated). BadInputError naming the file when it cannot be read."""
+    try:
+        return read_npy_file(path, "motion")
+    except OSError as exc:
+        raise BadInputError(path, "motion", f"not a readable .npy array ({exc.strerror or exc})") from exc
 
 
 def _check_preprocess(pre: Any, path: Path) -> dict[str, Any]:

@@ -41,8 +41,9 @@ import numpy as np
 from lavimo.core import mp4
 from lavimo.core.atomic import atomic_path
 from lavimo.core.errors import BadInputError
-from lavimo.core.restricted_unpickle import read_npy_file
 from lavimo.dataset.features import AMASS_TO_HUMANML3D, features_to_joints, get_skeleton
+
+from .model import read_motion_npy
 
 log = logging.getLogger(__name__)
 
@@ -330,10 +331,7 @@ def render_preview(motion: np.ndarray | str | os.PathLike, out: str | os.PathLik
         src = Path(motion)
         if not src.is_file():
             raise BadInputError(src, "motion", "file not found")
-        try:  # the checked .npy reader: the header must match the file's size before anything is allocated
-            motion = read_npy_file(src, "motion")
-        except OSError as exc:
-            raise BadInputError(src, "motion", f"not a readable .npy array ({exc.strerror or exc})") from exc
+        motion = read_motion_npy(src)
     joints = to_joints(motion, src)
     use = renderer
     if use == "auto":
