@@ -1,29 +1,21 @@
 """Skeleton preview videos of a motion (features or joints -> mp4), rendered on demand for databases without
 rendered videos, through the project's headless renderer (:mod:`lavimo.render.scene`, pyrender on EGL).
 
-The 22 joints of HumanML3D's skeleton (Y up, metres; features are turned into joints with
-``lavimo.dataset.features.features_to_joints``, HumanML3D's ``recover_from_ric``) become one clean skeleton mesh
-per frame: a cylinder per bone of the kinematic chains of ``lavimo.dataset.motion.HUMANML3D`` (right side red, left
-side blue, spine grey) and a sphere per joint (a larger one for the head), built from ``trimesh.creation``
-templates. The joints are rotated about the vertical so the first frame faces the camera ``angle_deg`` off the
-front, converted to the renderer's AMASS frame (Z up, the inverse of ``lavimo.dataset.features.AMASS_TO_HUMANML3D``)
-and rendered like ``render-amass`` renders bodies: one lighting setup of ``assets/lights.json``
-(:func:`lavimo.render.lights.load_lights`), the follow camera of :mod:`lavimo.render.trajectory` over a checker floor fixed in
-the world (the floor at the skeleton's lowest point), frames encoded by :class:`lavimo.core.mp4.VideoWriter`
-(H.264, atomic).
+HumanML3D's 22 joints (Y up, metres; features through ``lavimo.dataset.features.features_to_joints``) become one
+mesh per frame (:class:`SkeletonMesh`: a cylinder per bone of ``HUMANML3D``'s chains, right red, left blue, spine
+grey; a sphere per joint), turned so the first frame faces the camera ``angle_deg`` off the front
+(:func:`face_camera`, into the renderer's Z-up AMASS frame) and rendered like ``render-amass`` renders bodies: a
+lighting setup of ``assets/lights.json``, the follow camera over a checker floor at the lowest joint, frames
+encoded by :class:`lavimo.core.mp4.VideoWriter` (H.264, atomic).
 
-Cache: next to ``out`` a hidden ``.{out name}.key`` holds the sha256 of the joints and every setting
-(size, fps, angle, lighting, renderer, :data:`PREVIEW_VERSION`); a call whose key matches the existing
-``out`` returns it without rendering. Both files are written atomically.
-
-Fallback: when no EGL/OpenGL context can be created (:class:`lavimo.render.scene.RendererSetupError`, or pyrender
-cannot be imported), a plain numpy rasteriser draws the chains as a stick figure in an orthographic view
-(:func:`draw`), logged as a warning; the cache key records which renderer made the file, so a later call with
-a working renderer replaces a fallback preview.
+Cache: a hidden ``.{out name}.key`` next to ``out`` holds the sha256 of the joints and every setting (size, fps,
+angle, lighting, renderer, :data:`PREVIEW_VERSION`); a call whose key matches returns ``out`` without rendering.
+Without an EGL/OpenGL context (or pyrender) a numpy stick figure is drawn instead (:func:`draw`, with a warning);
+the key records the renderer, so a later call with a working one replaces it.
 
 Before its first EGL context the module loads triton's native library when triton is installed: Mesa's EGL
 driver and triton each bring an LLVM, and triton loaded second (e.g. by a model load after a preview in the
-same process) segfaults.
+same process) segfaults. So ``lavimo.render`` is imported only inside the functions that render, after that.
 """
 
 from __future__ import annotations
