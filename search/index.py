@@ -14,13 +14,10 @@ On disk, in the index directory (format :data:`FORMAT` version :data:`VERSION`):
   demand by ``lavimo.search.preview``; a preview that resolves outside the directory is ignored).
 
 Both are written atomically (npz first, then the json naming its sha256), the npz's members stored uncompressed.
-Reading is bounded (docs/security.md, "The search page and index"): index.json through
-``lavimo.core.jsonconfig.loads_bounded`` (:func:`read_index_json`), then index.npz header first (:func:`read_index_arrays`:
-every member's shape must be what index.json implies before any data is read). A query refuses an index built with
-another checkpoint. Building again into the same directory with the same checkpoint only decodes and encodes the
-motions that are not in it yet (incremental): a shard sample already indexed with the same source (its
-``meta.json`` and shard name) is kept without decoding its video; a kept preview that an older build stored outside
-the directory is copied in from ``videos`` or dropped (:func:`_repair_previews`).
+Reading is bounded (docs/security.md, "The search page and index"): :func:`read_index_json`, then
+:func:`read_index_arrays` (every member's header checked against index.json before any data is read). A query
+refuses an index built with another checkpoint. Building again into the same directory with the same checkpoint
+is incremental (:func:`build_index`: kept motions are not decoded again; :func:`_repair_previews`).
 """
 
 from __future__ import annotations
