@@ -415,8 +415,8 @@ def probe_video(path: str | os.PathLike) -> MediaInfo:
 
 
 def _count_packets(info: MediaInfo, max_frames: int) -> tuple[int, float]:
-    """(packets of the first video stream up to ``max_frames + 1``, where the last one ends in seconds), read
-    without decoding (``-c copy``). Raises BadInputError past :data:`DECODE_TIMEOUT_S`."""
+    """(packets of the first video stream, where the last one ends in seconds), read without decoding (``-c
+    copy``). Raises BadInputError past :data:`DECODE_TIMEOUT_S` or for more than ``max_frames`` packets."""
     cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", *input_args(info.path, info.demuxer), "-map", "0:v:0",
            "-c", "copy", "-frames:v", str(max_frames + 1), "-f", "null", "-progress", "pipe:1", "-nostats", "-"]
     try:
@@ -425,7 +425,10 @@ def _count_packets(info: MediaInfo, max_frames: int) -> tuple[int, float]:
         raise BadInputError(info.path, "video", f"counting its frames took more than {DECODE_TIMEOUT_S} s") from exc
     frames = re.findall(rb"^frame=(\d+)", res.stdout, re.M)
     times = re.findall(rb"^out_time_us=(\d+)", res.stdout, re.M)
-    return (int(frames[-1]) if frames else 0), (int(times[-1]) / 1e6 if times else 0.0)
+    n = int(frames[-1]) if frames else 0
+    if n > max_frames:
+        raise BadInputError(info.path, "video", f"more than {max_frames} frames")
+    return n, (int(times[-1]) / 1e6 if times else 0.0)
 
 
 def frame_count(path: str | os.PathLike, max_frames: int = MAX_STREAM_FRAMES) -> tuple[int, MediaInfo]:
@@ -434,8 +437,6 @@ def frame_count(path: str | os.PathLike, max_frames: int = MAX_STREAM_FRAMES) ->
     BadInputError(path, "video") for a refused file, no frame, or more than ``max_frames`` frames."""
     info = probe_video(path)
     n, _ = _count_packets(info, max_frames)
-    if n > max_frames:
-        raise BadInputError(info.path, "video", f"more than {max_frames} frames")
     if n < 1:
         raise BadInputError(info.path, "video", "no frames")
     return n, info
@@ -446,8 +447,6 @@ def count_frames(info: MediaInfo) -> MediaInfo:
     for files whose header has no duration or frame rate (a browser's MediaRecorder webm says ``1k tbr`` and no
     duration). Stops after :data:`MAX_FRAMES` packets (refused). Raises BadInputError."""
     n, end = _count_packets(info, MAX_FRAMES)  # end: where the last packet ends
-    if n > MAX_FRAMES:
-        raise BadInputError(info.path, "video", f"more than {MAX_FRAMES} frames")
     if 0 < info.fps <= 1000 and n >= 1:  # a frame rate but no duration
         return dataclasses.replace(info, duration=n / info.fps)
     if n < 2 or end <= 0:
@@ -622,6 +621,11 @@ def read_video(path: str | os.PathLike, short_side: int | None = None) -> tuple[
     return frames, meta
 
 
+def select_filter(numbers: Sequence[int]) -> str:
+    """The ``-vf`` filter keeping frames ``numbers`` (decode order, each once): ``select='eq(n\\,3)+eq(n\\,9)'``."""
+    return "select='" + "+".join(f"eq(n\\,{int(i)})" for i in numbers) + "'"
+
+
 def read_frames(path: str | os.PathLike, indices: Sequence[int], short_side: int | None = None) -> np.ndarray:
     """Frames ``indices`` (decode order) of a video file -> (k, H, W, 3) uint8, decoding only up to the last one
     wanted and keeping only the wanted ones (``select``), scaled as in :func:`read_video`. Raises
@@ -632,8 +636,7 @@ def read_frames(path: str | os.PathLike, indices: Sequence[int], short_side: int
     info = probe_video(path)
     uniq = sorted(set(want))
     w, h = scaled_size(info.width, info.height, short_side)
-    expr = "+".join(f"eq(n\\,{i})" for i in uniq)
-    got, _ = decode(info, (w, h), len(uniq), filters=[f"select='{expr}'"])
+    got, _ = decode(info, (w, h), len(uniq), filters=[select_filter(uniq)])
     if len(got) < len(uniq):
         missing = uniq[len(got):]
         raise BadInputError(path, "video", f"fewer frames than requested (missing {missing[:3]})")

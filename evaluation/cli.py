@@ -22,19 +22,28 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from lavimo.core.atomic import atomic_path, write_json, write_text
-from lavimo.core.errors import BadInputError, print_error
+from lavimo.core.device import resolve_device
+from lavimo.core.errors import BadInputError, SetupError, print_error
 from lavimo.core.keyids import check_keyid, child_path
+from lavimo.core.restricted_unpickle import open_npz, read_npz_member
+from lavimo.dataset.shard_format import manifest_path, read_manifest
+from lavimo.dataset.shard_source import is_remote, shard_location
+from lavimo.dataset.stream import NoUsableSamplesError, make_loader
 from lavimo.dataset.subsets import NSIM_SPLIT
+from lavimo.dataset.text_embed import SentenceEmbedder, same_sentence_model
 from lavimo.evaluation import metrics as M
 from lavimo.evaluation import protocols as P
 from lavimo.evaluation import report as R
 from lavimo.evaluation.encode import encode_split
+from lavimo.model import load_checkpoint
 
 PROG = "evaluate.py"
 log = logging.getLogger("evaluate")
@@ -102,26 +111,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(levelname)s %(name)s: %(message)s")
-    if args.from_sims and (args.run or args.shards):
-        return print_error(PROG, "--from-sims cannot be combined with --run/--shards")
-    if not args.from_sims and (not args.run or not args.shards):
-        return print_error(PROG, "give --run RUN and --shards SHARDS (or --from-sims FILE.npz)")
     try:
+        if args.from_sims and (args.run or args.shards):
+            raise SetupError("--from-sims cannot be combined with --run/--shards")
+        if not args.from_sims and (not args.run or not args.shards):
+            raise SetupError("give --run RUN and --shards SHARDS (or --from-sims FILE.npz)")
         if args.from_sims:
             from_sims(args.from_sims, threshold=args.threshold, out=args.out)
         else:
             evaluate_run(args)
-    except (ValueError, OSError) as exc:  # BadInputError is a ValueError; missing files, permissions, disk full
+    except (SetupError, ValueError, OSError) as exc:  # BadInputError is a ValueError; missing files, disk full
         return print_error(PROG, exc)
+    except NoUsableSamplesError as exc:  # every sample of the split was refused
+        return print_error(PROG, exc, 1)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 1
-    except RuntimeError as exc:
-        from lavimo.dataset.stream import NoUsableSamplesError
-
-        if not isinstance(exc, NoUsableSamplesError):
-            raise
-        return print_error(PROG, exc, 1)  # every sample of the split was refused
     return 0
 
 
@@ -138,8 +143,6 @@ def load_sims_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | No
     path = Path(path)
     if not path.is_file():
         raise BadInputError(path, None, "file not found")
-    from lavimo.core.restricted_unpickle import open_npz, read_npz_member
-
     try:  # the checked .npy reader: never unpickled, each header checked against the bytes present first
         with open_npz(path) as zf:
             data = {i.filename[:-4]: read_npz_member(zf, path, i.filename[:-4], max_bytes=_MAX_SIMS_MEMBER_BYTES)
@@ -233,124 +236,45 @@ def _has_video(model: Any) -> bool:
 
 def load_model(checkpoint: Path, device: Any):
     """``model.load_checkpoint`` onto ``device`` in eval mode."""
-    try:
-        from lavimo.model import load_checkpoint
-    except ImportError as exc:  # pragma: no cover - the model package provides it
-        raise RuntimeError("model.load_checkpoint is not available in this checkout") from exc
     return load_checkpoint(checkpoint, device=device)  # moved to device and in eval mode by load_checkpoint
 
 
 def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
     """The model path of the CLI: encode the split, run the protocols, write every output."""
-    import torch
-
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
-    from lavimo.dataset.shard_source import shard_location
-
     shard_location(args.shards)  # a directory, an http(s) base URL or a pipe: command; BadInputError otherwise
     protocols = P.expand_protocols(args.protocol)
     tasks = P.parse_tasks(args.tasks)
     run = Path(args.run)
     out_dir = Path(args.out) if args.out else run / "eval" / args.split
-    if args.subset and args.build_dissimilar:
-        raise ValueError("give either --subset or --build-dissimilar, not both")
-    if (args.subset or args.build_dissimilar) and "dissimilar" not in protocols:
-        log.warning("--subset/--build-dissimilar ignored: the dissimilar protocol was not asked for")
-    explicit_dissimilar = "dissimilar" in protocols and "everything" not in args.protocol
-    subset_ids = P.read_subset(args.subset) if args.subset else None
-    nsim_split = None  # the dissimilar protocol on the shard set's own nsim_test split, as TMR evaluates it
-    if "dissimilar" in protocols and subset_ids is None and not args.build_dissimilar:
-        if has_split(args.shards, NSIM_SPLIT):
-            nsim_split = NSIM_SPLIT
-        elif explicit_dissimilar:
-            raise ValueError(f"--protocol dissimilar: {args.shards} has no {NSIM_SPLIT} split (build-shards writes "
-                             f"one for HumanML3D, KIT-ML and the synthetic corpus, or when the annotations' splits/ "
-                             f"hold {NSIM_SPLIT}.txt); give --subset FILE or --build-dissimilar K")
-        else:
-            log.warning("dissimilar protocol skipped: no %s split in %s, no --subset FILE or --build-dissimilar K",
-                        NSIM_SPLIT, args.shards)
-            protocols = [p for p in protocols if p != "dissimilar"]
+    protocols, subset_ids, nsim_split = _dissimilar_plan(args, protocols)
     main_protocols = [p for p in protocols if not (p == "dissimilar" and nsim_split)]
     need_main = bool(main_protocols) or args.gallery or args.tsne or args.save_sims
-
-    from lavimo.core.device import resolve_device
-
-    device = resolve_device(args.device)
-    checkpoint = resolve_checkpoint(run, args.checkpoint)
-    log.info("loading %s on %s", checkpoint, device)
-    model = load_model(checkpoint, device)
-    with_video = _has_video(model)
-    if not with_video:
-        dropped = [t for t in tasks if "v" in t]
-        tasks = [t for t in tasks if "v" not in t]
-        if dropped:
-            log.warning("the model has no video encoder: tasks %s skipped", ", ".join(dropped))
-        if not tasks:
-            raise ValueError("no task left to evaluate (the model has no video encoder)")
-
-    from lavimo.dataset.stream import make_loader
-
-    cfg = getattr(model, "cfg", None)
-    loader_kw: dict[str, Any] = cfg.loader_kwargs() if cfg is not None else {}
-    embedder = None
-    if args.text_choice == "all" and "threshold" in protocols:
-        from lavimo.dataset.text_embed import SentenceEmbedder
-
-        embedder = SentenceEmbedder(args.text_model, device=str(device) if device.type == "cuda" else "cpu")
-
-    def encode(split_name: str):
-        loader = make_loader(args.shards, split_name, batch_size=args.batch_size, train=False,
-                             num_workers=args.workers, **loader_kw)
-        t0 = time.perf_counter()
-        enc = encode_split(model, loader, device, args.text_choice, with_video, progress=not args.no_progress,
-                           embedder=embedder)
-        log.info("encoded %d samples (%d texts) of %s in %.1fs", enc[0].n, enc[0].num_texts, split_name,
-                 time.perf_counter() - t0)
-        return enc
-
+    enc = _Encoder.load(args, run, tasks, protocols)
+    tasks = enc.tasks
     nsim_results: dict[str, Any] = {}
     if nsim_split:
-        nsim, _, nsim_fusion = encode(nsim_split)
+        nsim, _, nsim_fusion = enc.encode(nsim_split)
         nsim_results = P.run_protocols(nsim, ["all"], tasks)["all"]
         nsim_results["split"] = nsim_split
     if not need_main:  # only the dissimilar protocol, on its own split
         results = {"dissimilar": nsim_results}
-        info = {"run": str(run), "checkpoint": str(checkpoint), "shards": str(args.shards), "split": nsim_split,
+        info = {"run": str(run), "checkpoint": str(enc.checkpoint), "shards": str(args.shards), "split": nsim_split,
                 "n": nsim.n, "texts": nsim.num_texts, "text_choice": args.text_choice, "tasks": tasks,
                 "protocols": ["dissimilar"], "subset": f"{nsim_split} split", "fusion_weights": nsim_fusion,
-                "device": str(device), **_text_model_info(args.shards, nsim_split)}
-        _record_sentence_model(results, info, cfg)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _write_metrics_json(out_dir / "metrics.json", results)
-        write_json(out_dir / "eval_info.json", _jsonable(info))
-        write_text(out_dir / "metrics.md", R.metrics_markdown(results, info, nsim_fusion, {}))
+                "device": str(enc.device), **_text_model_info(args.shards, nsim_split)}
+        _write_metrics(out_dir, results, info, nsim_fusion, {}, enc.cfg)
         _print_summary(results, out_dir / "metrics.json")
         return results
-    split, captions_of, fusion = encode(args.split)
+    split, captions_of, fusion = enc.encode(args.split)
     if args.text_choice == "all":
         log.info("--text-choice all: every caption is its own query (%d text queries for %d samples)",
                  split.num_texts, split.n)
-
-    subset_path = args.subset
-    dissimilar_info = None
+    subset_path, dissimilar_info = args.subset, None
     if "dissimilar" in protocols and args.build_dissimilar:
-        first_emb = _first_caption_emb(split, embedder)
-        built = P.build_dissimilar_subset(split.keyids, first_emb, args.build_dissimilar, args.dissimilar_max_score)
-        subset_ids = built.ids
-        subset_path = out_dir / f"dissimilar_{args.split}.txt"
-        write_text(subset_path, "".join(f"{k}\n" for k in sorted(built.ids)))
-        dissimilar_info = built.to_dict()
-        write_json(subset_path.with_suffix(".json"), dissimilar_info)
-        msg = (f"dissimilar subset: picked {len(built.ids)} of {built.requested} requested from {built.candidates} "
-               f"samples (max pairwise text score {built.max_pair_score:.3f}) -> {subset_path}")
-        print(msg)
-        if built.max_pair_score > args.threshold:
-            log.warning("the built subset holds texts with score %.3f > %.2f (near duplicates); "
-                        "--dissimilar-max-score %.2f stops before them", built.max_pair_score, args.threshold,
-                        args.threshold)
+        subset_ids, subset_path, dissimilar_info = _build_dissimilar(args, split, enc.embedder, out_dir)
     if "threshold" in protocols and split.sent_emb is None:
         raise ValueError("the threshold protocol needs sentence embeddings (the loader's sent_emb)")
-
     skipped: dict[str, str] = {}
     if "small-batches" in protocols and split.n < M.SMALL_BATCH_SIZE:
         skipped["small-batches"] = f"needs at least {M.SMALL_BATCH_SIZE} samples, the split has {split.n}"
@@ -363,19 +287,15 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
     if nsim_split:
         results = {p: (nsim_results if p == "dissimilar" else results[p]) for p in protocols}
         subset_path = f"{nsim_split} split"
-
     info = {
-        "run": str(run), "checkpoint": str(checkpoint), "shards": str(args.shards), "split": args.split,
+        "run": str(run), "checkpoint": str(enc.checkpoint), "shards": str(args.shards), "split": args.split,
         "n": split.n, "texts": split.num_texts, "text_choice": args.text_choice, "tasks": tasks,
         "protocols": list(results), "threshold": args.threshold if "threshold" in results else None,
         "subset": str(subset_path) if "dissimilar" in results else None, "dissimilar": dissimilar_info,
-        "fusion_weights": fusion, "skipped": skipped, "device": str(device), **_text_model_info(args.shards, args.split),
+        "fusion_weights": fusion, "skipped": skipped, "device": str(enc.device),
+        **_text_model_info(args.shards, args.split),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _record_sentence_model(results, info, cfg)
-    _write_metrics_json(out_dir / "metrics.json", results)
-    write_json(out_dir / "eval_info.json", _jsonable(info))
-    write_text(out_dir / "metrics.md", R.metrics_markdown(results, info, fusion, skipped))
+    _write_metrics(out_dir, results, info, fusion, skipped, enc.cfg)
     if args.save_sims:
         save_sims(out_dir / "sims.npz", split)
     if args.gallery:
@@ -391,12 +311,113 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def _dissimilar_plan(args: argparse.Namespace, protocols: list[str]
+                     ) -> tuple[list[str], list[str] | None, str | None]:
+    """(protocols, the ``--subset`` ids or None, the shard set's own split for the dissimilar protocol or None):
+    without ``--subset`` or ``--build-dissimilar`` the dissimilar protocol runs on the shard set's
+    :data:`NSIM_SPLIT` split, as TMR evaluates it, and is skipped (asked by ``everything``) or refused (asked by
+    name) when there is none."""
+    if args.subset and args.build_dissimilar:
+        raise SetupError("give either --subset or --build-dissimilar, not both")
+    if (args.subset or args.build_dissimilar) and "dissimilar" not in protocols:
+        log.warning("--subset/--build-dissimilar ignored: the dissimilar protocol was not asked for")
+    subset_ids = P.read_subset(args.subset) if args.subset else None
+    if "dissimilar" not in protocols or subset_ids is not None or args.build_dissimilar:
+        return protocols, subset_ids, None
+    if has_split(args.shards, NSIM_SPLIT):
+        return protocols, subset_ids, NSIM_SPLIT
+    if "everything" not in args.protocol:
+        raise SetupError(f"--protocol dissimilar: {args.shards} has no {NSIM_SPLIT} split (build-shards writes "
+                         f"one for HumanML3D, KIT-ML and the synthetic corpus, or when the annotations' splits/ "
+                         f"hold {NSIM_SPLIT}.txt); give --subset FILE or --build-dissimilar K")
+    log.warning("dissimilar protocol skipped: no %s split in %s, no --subset FILE or --build-dissimilar K",
+                NSIM_SPLIT, args.shards)
+    return [p for p in protocols if p != "dissimilar"], subset_ids, None
+
+
+@dataclass
+class _Encoder:
+    """A run's model, loaded for the CLI, and the loader settings it encodes a split with."""
+
+    args: argparse.Namespace
+    model: Any
+    device: Any
+    checkpoint: Path
+    tasks: list[str]
+    embedder: Any = None
+    loader_kw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cfg(self) -> Any:
+        return getattr(self.model, "cfg", None)
+
+    @classmethod
+    def load(cls, args: argparse.Namespace, run: Path, tasks: list[str], protocols: list[str]) -> "_Encoder":
+        """The checkpoint on the device; the video tasks dropped (warned) for a model without video; the sentence
+        embedder that ``--text-choice all`` with the threshold protocol needs."""
+        device = resolve_device(args.device)
+        checkpoint = resolve_checkpoint(run, args.checkpoint)
+        log.info("loading %s on %s", checkpoint, device)
+        model = load_model(checkpoint, device)
+        if not _has_video(model):
+            dropped = [t for t in tasks if "v" in t]
+            tasks = [t for t in tasks if "v" not in t]
+            if dropped:
+                log.warning("the model has no video encoder: tasks %s skipped", ", ".join(dropped))
+            if not tasks:
+                raise SetupError("no task left to evaluate (the model has no video encoder)")
+        enc = cls(args, model, device, checkpoint, tasks)
+        enc.loader_kw = enc.cfg.loader_kwargs() if enc.cfg is not None else {}
+        if args.text_choice == "all" and "threshold" in protocols:
+            enc.embedder = SentenceEmbedder(args.text_model, device=str(device) if device.type == "cuda" else "cpu")
+        return enc
+
+    def encode(self, split_name: str):
+        """:func:`encode_split` of ``split_name`` -> (EncodedSplit, captions per keyid, mean fusion weights)."""
+        args = self.args
+        loader = make_loader(args.shards, split_name, batch_size=args.batch_size, train=False,
+                             num_workers=args.workers, **self.loader_kw)
+        t0 = time.perf_counter()
+        enc = encode_split(self.model, loader, self.device, args.text_choice, _has_video(self.model),
+                           progress=not args.no_progress, embedder=self.embedder)
+        log.info("encoded %d samples (%d texts) of %s in %.1fs", enc[0].n, enc[0].num_texts, split_name,
+                 time.perf_counter() - t0)
+        return enc
+
+
+def _build_dissimilar(args: argparse.Namespace, split: P.EncodedSplit, embedder: Any, out_dir: Path
+                      ) -> tuple[list[str], Path, dict[str, Any]]:
+    """``--build-dissimilar K``: pick K mutually dissimilar texts of the split, written to
+    ``OUT/dissimilar_<split>.txt`` (+ ``.json``) -> (ids, that file, its record)."""
+    first_emb = _first_caption_emb(split, embedder)
+    built = P.build_dissimilar_subset(split.keyids, first_emb, args.build_dissimilar, args.dissimilar_max_score)
+    subset_path = out_dir / f"dissimilar_{args.split}.txt"
+    write_text(subset_path, "".join(f"{k}\n" for k in sorted(built.ids)))
+    dissimilar_info = built.to_dict()
+    write_json(subset_path.with_suffix(".json"), dissimilar_info)
+    print(f"dissimilar subset: picked {len(built.ids)} of {built.requested} requested from {built.candidates} "
+          f"samples (max pairwise text score {built.max_pair_score:.3f}) -> {subset_path}")
+    if built.max_pair_score > args.threshold:
+        log.warning("the built subset holds texts with score %.3f > %.2f (near duplicates); "
+                    "--dissimilar-max-score %.2f stops before them", built.max_pair_score, args.threshold,
+                    args.threshold)
+    return built.ids, subset_path, dissimilar_info
+
+
+def _write_metrics(out_dir: Path, results: dict[str, Any], info: dict[str, Any], fusion: Any,
+                   skipped: dict[str, str], cfg: Any) -> None:
+    """metrics.json, eval_info.json and metrics.md in ``out_dir`` (the sentence model recorded in each)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _record_sentence_model(results, info, cfg)
+    _write_metrics_json(out_dir / "metrics.json", results)
+    write_json(out_dir / "eval_info.json", _jsonable(info))
+    write_text(out_dir / "metrics.md", R.metrics_markdown(results, info, fusion, skipped))
+
+
 def _record_sentence_model(results: dict[str, Any], info: dict[str, Any], cfg: Any) -> None:
     """Put the sentence model of the evaluated embeddings into every protocol's metrics.json entry, and warn when
     the threshold protocol scores texts with another model than the one the run's config names (TMR's and the
     paper's threshold 0.8 is defined on all-mpnet-base-v2 scores)."""
-    from lavimo.dataset.text_embed import same_sentence_model
-
     name = info.get("sentence_model")
     for res in results.values():
         res["sentence_model"] = name
@@ -411,9 +432,6 @@ def has_split(shards: str | os.PathLike, split: str) -> bool:
     """Whether the shard set holds ``split`` (its manifest ``{split}.json`` exists). For a remote set (an http(s)
     base URL or ``pipe:`` command, dataset/shard_source.py) the manifest is fetched: absent on an http 404 or a
     command that exits non-zero; a dead server or a timeout raises FetchError (an OSError naming the URL)."""
-    from lavimo.dataset.shard_format import manifest_path
-    from lavimo.dataset.shard_source import is_remote, shard_location
-
     if is_remote(shards):
         return shard_location(shards).exists(f"{split}.json")
     return manifest_path(shards, split).is_file()
@@ -422,8 +440,6 @@ def has_split(shards: str | os.PathLike, split: str) -> bool:
 def _text_model_info(shards: str | os.PathLike, split: str) -> dict[str, Any]:
     """The sentence model the split's embeddings came from, as its manifest records it (for metrics.json)."""
     try:
-        from lavimo.dataset.shard_format import read_manifest
-
         text = read_manifest(shards, split).get("text_model") or {}
     except (OSError, ValueError):
         return {}
@@ -444,13 +460,10 @@ def _first_caption_emb(split: P.EncodedSplit, embedder: Any) -> np.ndarray:
     """One sentence embedding per sample (its first evaluated caption), for building the dissimilar subset."""
     if split.sent_emb is None:
         if embedder is None:
-            from lavimo.dataset.text_embed import SentenceEmbedder
-
             embedder = SentenceEmbedder()
         firsts = [split.captions[int(np.flatnonzero(split.text_owner == i)[0])] for i in range(split.n)]
         return np.asarray(embedder.encode(firsts), dtype=np.float32)
-    first_rows = np.flatnonzero(np.r_[True, np.diff(split.text_owner) != 0])
-    return split.sent_emb[first_rows]
+    return split.sent_emb[split.first_rows]
 
 
 def save_sims(path: Path, split: P.EncodedSplit) -> None:
@@ -460,7 +473,7 @@ def save_sims(path: Path, split: P.EncodedSplit) -> None:
     ``keyids`` (N,) str; ``v2m`` (N, N) video->motion when video latents exist.
     """
     order = M.sorted_order(split.keyids, split.n)
-    first_rows = np.flatnonzero(np.r_[True, np.diff(split.text_owner) != 0])
+    first_rows = split.first_rows
     if first_rows.size != split.n:
         raise ValueError("cannot save sims: some samples have no text")
     sims_tm = split.pair_sims("t", "m")[np.ix_(first_rows[order], order)]
@@ -494,7 +507,7 @@ def write_gallery(out_dir: Path, split: P.EncodedSplit, captions_of: dict[str, l
         gtasks = ["t2m"] if split.text is not None else []
     order = M.sorted_order(split.keyids, split.n)
     queries = [int(order[i]) for i in _pick_queries(split.n, args.gallery_queries)]
-    first_rows = np.flatnonzero(np.r_[True, np.diff(split.text_owner) != 0])
+    first_rows = split.first_rows
     rows: list[R.GalleryRow] = []
     needed: set[str] = set()
     for task in gtasks:
@@ -553,8 +566,7 @@ def write_tsne(path: Path, split: P.EncodedSplit, samples: int = TSNE_SAMPLES) -
         return None
     order = M.sorted_order(split.keyids, split.n)
     pick = [int(order[i]) for i in _pick_queries(split.n, samples)]
-    first_rows = np.flatnonzero(np.r_[True, np.diff(split.text_owner) != 0])
-    R.tsne_figure(path, split.text[first_rows[pick]], split.video[pick], split.motion[pick],
+    R.tsne_figure(path, split.text[split.first_rows[pick]], split.video[pick], split.motion[pick],
                   labels=[split.keyids[i] for i in pick])
     log.info("wrote %s", path)
     return path

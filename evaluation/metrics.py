@@ -184,6 +184,15 @@ def ranks_to_metrics(ranks: Any) -> dict[str, float]:
     return out
 
 
+def _threshold_correct(arr: np.ndarray, text_emb: Any, threshold: float | None) -> np.ndarray | None:
+    """The (N, N) correct-answer mask of the threshold variant (the diagonal included); None without both
+    ``text_emb`` and ``threshold`` (the plain diagonal)."""
+    if text_emb is None or threshold is None:
+        return None
+    selfsim = text_self_similarity(check_text_emb(text_emb, arr.shape[0]))
+    return similar_text_mask(selfsim, threshold) | np.eye(arr.shape[0], dtype=bool)
+
+
 def retrieval_metrics(sims: Any, text_emb: Any = None, threshold: float | None = None) -> dict[str, float]:
     """Metrics of one retrieval direction of a square (N, N) matrix; rows are queries, GT on the diagonal.
 
@@ -192,10 +201,7 @@ def retrieval_metrics(sims: Any, text_emb: Any = None, threshold: float | None =
     ``{"R@1","R@2","R@3","R@5","R@10","MedR"}`` (R@k in percent, unrounded).
     """
     arr = check_sims(sims)
-    correct = None
-    if text_emb is not None and threshold is not None:
-        selfsim = text_self_similarity(check_text_emb(text_emb, arr.shape[0]))
-        correct = similar_text_mask(selfsim, threshold) | np.eye(arr.shape[0], dtype=bool)
+    correct = _threshold_correct(arr, text_emb, threshold)
     return ranks_to_metrics(gt_ranks(arr, correct))
 
 
@@ -211,10 +217,7 @@ def bidirectional_metrics(
     threshold variant uses the same text self-similarity for both directions.
     """
     arr = check_sims(sims)
-    correct = None
-    if text_emb is not None and threshold is not None:
-        selfsim = text_self_similarity(check_text_emb(text_emb, arr.shape[0]))
-        correct = similar_text_mask(selfsim, threshold) | np.eye(arr.shape[0], dtype=bool)
+    correct = _threshold_correct(arr, text_emb, threshold)
     fwd = ranks_to_metrics(gt_ranks(arr, correct))
     bwd = ranks_to_metrics(gt_ranks(arr.T, None if correct is None else correct.T))
     return {names[0]: fwd, names[1]: bwd}

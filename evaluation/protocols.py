@@ -28,13 +28,12 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from lavimo.core.errors import BadInputError
-from lavimo.dataset.subsets import DissimilarSubset, build_dissimilar_subset, read_subset  # noqa: F401 (re-exported)
+from lavimo.dataset.subsets import build_dissimilar_subset, read_subset  # noqa: F401 (re-exported)
 from lavimo.evaluation import metrics as M
 
 log = logging.getLogger(__name__)
@@ -132,6 +131,11 @@ class EncodedSplit:
         return 0 if self.text is None else int(self.text.shape[0])
 
     @property
+    def first_rows(self) -> np.ndarray:
+        """(N,) the first text row of each sample (its first caption; every sample has a text)."""
+        return np.flatnonzero(np.r_[True, np.diff(self.text_owner) != 0])
+
+    @property
     def one_text_per_sample(self) -> bool:
         return self.text_owner is None or np.array_equal(self.text_owner, np.arange(self.n))
 
@@ -201,7 +205,7 @@ class EncodedSplit:
         for start in range(0, q, 2048):
             tt[start:start + 2048] = M.similar_text_mask(emb[start:start + 2048] @ emb.T, threshold)
         tt |= np.eye(q, dtype=bool)
-        starts = np.flatnonzero(np.r_[True, np.diff(self.text_owner) != 0])
+        starts = self.first_rows
         owners = self.text_owner[starts]
         ts = np.zeros((self.num_texts, self.n), dtype=bool)
         ts[:, owners] = np.logical_or.reduceat(tt, starts, axis=1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import logging
 import os
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -19,6 +20,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from lavimo.core.atomic import atomic_path, write_text
+from lavimo.core.errors import BadInputError
+from lavimo.core.keyids import check_keyid, child_path
+from lavimo.core.mp4 import write_video
+from lavimo.dataset.shard_format import META, VIDEO_JPGS, VIDEO_MP4, iter_tar_members, parse_meta
+from lavimo.dataset.shard_source import open_shard
+from lavimo.dataset.stream import resolve_shards
+from lavimo.dataset.video_frames import decode_jpgs
 from lavimo.evaluation.metrics import METRIC_KEYS
 
 log = logging.getLogger(__name__)
@@ -243,16 +251,6 @@ def extract_shard_clips(shards: str | os.PathLike, split: str, keyids: Sequence[
     as ``child_path(out_dir, "<keyid>.mp4")``, so nothing lands outside ``out_dir``. An existing symlink there
     is never reused (it is replaced by the extracted file).
     """
-    import tarfile
-
-    from lavimo.core.errors import BadInputError
-    from lavimo.core.keyids import check_keyid, child_path
-    from lavimo.dataset.shard_format import META, VIDEO_JPGS, VIDEO_MP4, iter_tar_members
-    from lavimo.dataset.shard_source import open_shard
-    from lavimo.dataset.stream import resolve_shards
-    from lavimo.core.mp4 import write_video
-    from lavimo.dataset.video_frames import decode_jpgs
-
     out_dir = Path(out_dir)
     targets: dict[str, Path] = {}
     for k in keyids:
@@ -290,27 +288,32 @@ def extract_shard_clips(shards: str | os.PathLike, split: str, keyids: Sequence[
             log.warning("gallery: cannot read %s: %s", url, exc)
             continue
         for key, mem in found.items():
-            target = targets[key]
             try:
-                if VIDEO_MP4 in mem:
-                    with atomic_path(target) as tmp:
-                        tmp.write_bytes(mem[VIDEO_MP4])
-                elif VIDEO_JPGS in mem:
-                    from lavimo.dataset.shard_format import parse_meta
-
-                    fps = float(parse_meta(mem[META]).get("fps", 20.0)) if META in mem else 20.0
-                    if not np.isfinite(fps) or fps <= 0:
-                        raise ValueError(f"meta.json: fps {fps!r} is not a positive frame rate")
-                    frames = decode_jpgs(mem[VIDEO_JPGS]).permute(0, 2, 3, 1).numpy()
-                    if frames.shape[1] % 2 or frames.shape[2] % 2:  # yuv420p needs even sides
-                        frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
-                    with atomic_path(target) as tmp:
-                        write_video(tmp, frames, fps)
-                else:
+                if not _write_clip(targets[key], mem):
                     continue
             except Exception as exc:  # noqa: BLE001 - one bad clip must not stop the gallery
                 log.warning("gallery: cannot extract %s from %s: %s", key, url, exc)
                 continue
-            done[key] = target
+            done[key] = targets[key]
             wanted.discard(key)
     return done
+
+
+def _write_clip(target: Path, mem: Mapping[str, bytes]) -> bool:
+    """``target`` from a sample's members: its ``video.mp4`` copied, else its ``video.jpgs`` encoded as H.264 at
+    the fps of its ``meta.json`` (default 20); False when it has neither."""
+    if VIDEO_MP4 in mem:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(mem[VIDEO_MP4])
+        return True
+    if VIDEO_JPGS not in mem:
+        return False
+    fps = float(parse_meta(mem[META]).get("fps", 20.0)) if META in mem else 20.0
+    if not np.isfinite(fps) or fps <= 0:
+        raise ValueError(f"meta.json: fps {fps!r} is not a positive frame rate")
+    frames = decode_jpgs(mem[VIDEO_JPGS]).permute(0, 2, 3, 1).numpy()
+    if frames.shape[1] % 2 or frames.shape[2] % 2:  # yuv420p needs even sides
+        frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
+    with atomic_path(target) as tmp:
+        write_video(tmp, frames, fps)
+    return True

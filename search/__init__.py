@@ -1,3 +1,3 @@
-"""Search a motion database with a trained LAVIMO model: ``lavimo.search.model.load`` (Python API), ``lavimo.search.index``
-(motion index), ``lavimo.search.video`` (real video files), ``lavimo.search.preview`` (skeleton previews through the headless renderer),
-``lavimo.search.cli`` (``lavimo-search``), ``lavimo.search.server`` (the search page)."""
+"""Search a motion database with a trained LAVIMO model: ``model`` (``load``, the Python API), ``index`` (the
+motion index), ``query`` (one query), ``video`` (real video files), ``preview`` (skeleton previews through the
+headless renderer), ``cli`` (``lavimo-search``), ``server`` (the search page), ``demo`` (the demo's last stage)."""

@@ -24,12 +24,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._project import BadInputError, os_error_text, print_error
-from .index import source_text
+from lavimo.core.errors import BadInputError, SetupError, os_error_text, print_error
 
-
-class _Usage(Exception):
-    pass
+from .index import build_index, source_text
+from .model import load
+from .preview import render_preview
+from .query import open_index, run_query
+from .server import serve
+from .video import parse_crop
 
 
 def _split_list(value: str) -> list[str]:
@@ -97,51 +99,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def open_index(index_dir: Path, checkpoint: Path | None, stats: Path | None, device: str = "cpu"):
-    """(Retriever, Index) for an index directory, the checkpoint defaulting to the one it records."""
-    from .index import META, Index, read_index_json
-    from .model import load
-
-    meta_path = index_dir / META
-    if checkpoint is None:
-        try:  # bounded: a hostile index.json is one BadInputError naming it (read_index_json), never a traceback
-            recorded = read_index_json(meta_path).get("checkpoint")
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(f"{index_dir}: no index (build it with 'lavimo-search index')") from exc
-        if not isinstance(recorded, str) or not recorded or "\0" in recorded:
-            raise BadInputError(meta_path, "checkpoint", "not a file name; pass --checkpoint")
-        checkpoint = Path(recorded)
-    retriever = load(checkpoint, stats=stats, device=device)
-    return retriever, Index.load(index_dir, retriever.sha256, retriever.latent_dim)
-
-
-def run_query(retriever, index, *, text: str | None = None, video: Path | None = None,
-              motion: Path | None = None, k: int = 5, captions: bool = False, start: float | None = None,
-              end: float | None = None, crop=None, fps: float | None = None) -> dict[str, Any]:
-    """One query -> ``{"query": {...}, "results": [...]}`` (motions; captions with ``captions``)."""
-    if text is not None:
-        q, kind, against = retriever.encode_text([text]), "text", "motion"
-    elif video is not None:
-        q, kind, against = retriever.encode_video(video, start, end, crop), "video", "motion"
-    else:
-        q, kind = retriever.encode_motion(motion, fps, start, end), "motion"
-        against = "text" if captions else "motion"
-    hits = index.search(q, k, against)
-    if against == "text":
-        results = [{"caption": caption_of(index, i), "keyid": index.entries[int(index.text_owner[i])].keyid,
-                    "score": round(s, 6)} for i, s in hits]
-    else:
-        results = [index.result(i, s) for i, s in hits]
-    return {"query": {"kind": kind, "against": against, "k": k}, "results": results}
-
-
-def caption_of(index, row: int) -> str:
-    """The caption of text row ``row`` (rows are the entries' captions in order)."""
-    owner = int(index.text_owner[row])
-    first = int((index.text_owner < owner).sum())
-    return index.entries[owner].captions[row - first]
-
-
 def _table(res: dict[str, Any]) -> str:
     rows = res["results"]
     if res["query"]["against"] == "text":
@@ -164,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _main(args)
-    except (BadInputError, FileNotFoundError, _Usage, ValueError) as exc:
+    except (BadInputError, FileNotFoundError, SetupError, ValueError) as exc:
         return print_error(f"lavimo-search {args.cmd}", exc)
     except OSError as exc:  # a full disk, an unwritable output: one line, no traceback
         return print_error(f"lavimo-search {args.cmd}", os_error_text(
@@ -177,20 +134,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     if args.cmd == "preview":
-        from .preview import render_preview
-
         out = render_preview(args.motion, args.out, fps=args.fps, size=args.size, force=args.force)
         print(out)
         return 0
     if args.cmd == "index":
-        from .index import build_index
-        from .model import load
-
         if args.batch_size < 1:
-            raise _Usage("--batch-size must be >= 1")
+            raise SetupError("--batch-size must be >= 1")
         splits = list(dict.fromkeys(args.split or ["test"]))  # in order, each once
         if "all" in splits and len(splits) > 1:
-            raise _Usage("--split all already means every split; give it alone")
+            raise SetupError("--split all already means every split; give it alone")
         r = load(args.checkpoint, stats=args.stats, device=args.device)
         idx, rep = build_index(r, args.out, shards=args.shards, folder=args.features,
                                splits=splits, videos=args.videos, previews=not args.no_previews,
@@ -200,12 +152,10 @@ def _main(args: argparse.Namespace) -> int:
             print(f"  failed: {f}", file=sys.stderr)
         return 1 if rep.failed else 0
     if args.cmd == "query":
-        from .video import parse_crop
-
         if args.k < 1:
-            raise _Usage("--k must be >= 1")
+            raise SetupError("--k must be >= 1")
         if args.captions and args.motion is None:
-            raise _Usage("--captions goes with --motion (motion -> text)")
+            raise SetupError("--captions goes with --motion (motion -> text)")
         r, idx = open_index(args.index, args.checkpoint, args.stats, args.device)
         res = run_query(r, idx, text=args.text, video=args.video, motion=args.motion, k=args.k,
                         captions=args.captions, start=args.start, end=args.end, crop=parse_crop(args.crop),
@@ -213,12 +163,10 @@ def _main(args: argparse.Namespace) -> int:
         print(json.dumps(res, indent=2) if args.json else _table(res))
         return 0
     if args.cmd == "serve":
-        from .server import serve
-
         r, idx = open_index(args.index, args.checkpoint, args.stats, args.device)
         serve(r, idx, host=args.host, port=args.port, allow_hosts=args.allow_host)
         return 0
-    raise _Usage(f"unknown command {args.cmd}")
+    raise SetupError(f"unknown command {args.cmd}")
 
 
 if __name__ == "__main__":

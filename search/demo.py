@@ -20,7 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ._project import BadInputError
+from lavimo.core.errors import BadInputError
+from lavimo.dataset import shard_format, stream
+
+from .cli import _table
+from .index import build_index
+from .model import load
+from .query import run_query
+from .video import ffmpeg_exe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,11 +45,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(demo: Path, k: int = 5) -> str:
-    from .cli import _table, run_query
-    from .index import build_index
-    from .model import load
-    from .video import ffmpeg_exe
-
     ckpts = demo / "run" / "checkpoints"
     ckpt = next((c for c in (ckpts / "best.safetensors", ckpts / "last.safetensors") if c.is_file()), None)
     if ckpt is None:
@@ -88,13 +90,10 @@ def run(demo: Path, k: int = 5) -> str:
 
 
 def _features_of(shards: Path, keyid: str) -> np.ndarray:
-    from ._project import shards as shards_mod, stream
-
-    st = stream()
-    for url in st.resolve_shards(shards, "test")[0]:
-        for raw in st._tar_samples(url, st._Skips()):
+    for url in stream.resolve_shards(shards, "test")[0]:
+        for raw in stream._tar_samples(url, stream._Skips()):
             if raw.get("__key__") == keyid:
-                return shards_mod().load_npy_bytes(raw["motion.npy"])
+                return shard_format.load_npy_bytes(raw["motion.npy"])
     raise FileNotFoundError(f"{shards}: no motion for {keyid}")
 
 

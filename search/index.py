@@ -14,13 +14,10 @@ On disk, in the index directory (format :data:`FORMAT` version :data:`VERSION`):
   demand by ``lavimo.search.preview``; a preview that resolves outside the directory is ignored).
 
 Both are written atomically (npz first, then the json naming its sha256), the npz's members stored uncompressed.
-Reading is bounded (docs/security.md, "The search page and index"): index.json through
-``lavimo.core.jsonconfig.loads_bounded`` (:func:`read_index_json`), then index.npz header first (:func:`read_index_arrays`:
-every member's shape must be what index.json implies before any data is read). A query refuses an index built with
-another checkpoint. Building again into the same directory with the same checkpoint only decodes and encodes the
-motions that are not in it yet (incremental): a shard sample already indexed with the same source (its
-``meta.json`` and shard name) is kept without decoding its video; a kept preview that an older build stored outside
-the directory is copied in from ``videos`` or dropped (:func:`_repair_previews`).
+Reading is bounded (docs/security.md, "The search page and index"): :func:`read_index_json`, then
+:func:`read_index_arrays` (every member's header checked against index.json before any data is read). A query
+refuses an index built with another checkpoint. Building again into the same directory with the same checkpoint
+is incremental (:func:`build_index`: kept motions are not decoded again; :func:`_repair_previews`).
 """
 
 from __future__ import annotations
@@ -35,9 +32,18 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
-from ._project import (BadInputError, atomic_path, open_npz, read_json_file, read_npz_header,
-                       read_npz_member, sha256_file, write_json)
+from lavimo.core.atomic import atomic_path, write_json
+from lavimo.core.errors import BadInputError
+from lavimo.core.hashing import sha256_file
+from lavimo.core.jsonconfig import read_json_file
+from lavimo.core.keyids import child_path, is_keyid
+from lavimo.core.restricted_unpickle import open_npz, read_npz_header, read_npz_member
+from lavimo.dataset import shard_format, stream, video_frames
+
+from .preview import write_mp4
 
 log = logging.getLogger(__name__)
 
@@ -329,21 +335,18 @@ def shard_items(shards: str | os.PathLike, splits: Sequence[str], retriever: Any
     ``indexed`` (keyid -> source, read as the iteration goes): a sample whose keyid is in it with the same
     source (which comes from its ``meta.json`` and the shard's name alone) is not decoded; it is yielded as an
     Item with ``motion`` None, for the caller to keep its indexed entry."""
-    from ._project import shards as shards_mod, stream
-
-    st, sm = stream(), shards_mod()
     root = Path(shards)
     p = retriever.preprocess
-    transform = st.SampleTransform(False, p["image_size"], p["num_frames"], p["max_motion_len"], retriever.mean,
+    transform = stream.SampleTransform(False, p["image_size"], p["num_frames"], p["max_motion_len"], retriever.mean,
                                    retriever.std, None, p["frame_crop"])
     for split in splits:
-        urls, _, _ = st.resolve_shards(root, split)
+        urls, _, _ = stream.resolve_shards(root, split)
         for url in urls:
-            skips = st._Skips()
-            for raw in st._tar_samples(url, skips):
+            skips = stream._Skips()
+            for raw in stream._tar_samples(url, skips):
                 key = raw.get("__key__")
                 try:  # the shard format's one meta.json parser (bounded): a hostile member is a failed sample
-                    meta = sm.parse_meta(raw.get("meta.json", b"{}"))
+                    meta = shard_format.parse_meta(raw.get("meta.json", b"{}"))
                 except ValueError:
                     meta = {}  # the loader's transform below reads meta.json itself and reports the sample
                 source = {"kind": "shard", "split": split, "shard": Path(url).name,
@@ -372,9 +375,7 @@ def _shard_preview(raw: dict, meta: dict):
         data, fps = raw["video.jpgs"], float(meta.get("fps") or 20.0)
 
         def frames():
-            from ._project import video_frames
-
-            return video_frames().decode_jpgs(data).permute(0, 2, 3, 1).numpy(), fps
+            return video_frames.decode_jpgs(data).permute(0, 2, 3, 1).numpy(), fps
         return frames
     return None
 
@@ -390,8 +391,6 @@ def _humanml3d_texts(path: Path) -> list[str]:
 
 def folder_items(folder: str | os.PathLike, retriever: Any, failed: list[str]) -> Iterator[Item]:
     """``FOLDER/new_joint_vecs/*.npy`` (or ``FOLDER/*.npy``) feature files, captions from ``FOLDER/texts``."""
-    from ._project import is_keyid
-
     root = Path(folder)
     vecs = root / "new_joint_vecs" if (root / "new_joint_vecs").is_dir() else root
     texts = root / "texts"
@@ -422,75 +421,31 @@ def build_index(retriever: Any, out: str | os.PathLike, *, shards: str | os.Path
     ``previews``, a shard's own video is written to ``out/previews/<keyid>.mp4``. Motions already in an index of
     the same checkpoint in ``out`` are kept, not re-encoded. Returns the index and a report (bad samples are
     listed in ``report.failed``; the build goes on)."""
-    from tqdm import tqdm
-
-    from ._project import child_path, shards as shards_mod
-
     t0 = time.perf_counter()
     out = Path(out)
     report = BuildReport()
-    sha = retriever.sha256
     old: Index | None = None
     if (out / META).is_file():
         try:
-            old = Index.load(out, sha, retriever.latent_dim)
+            old = Index.load(out, retriever.sha256, retriever.latent_dim)
         except BadInputError as exc:
             log.warning("%s: starting a new index (%s)", out, exc.message)
     if (shards is None) == (folder is None):
         raise ValueError("give exactly one of shards= or folder=")
-    entries: list[Entry] = list(old.entries) if old else []
     if old:
-        _repair_previews(old, out, videos, child_path)
-    seen = {e.keyid: e.source for e in entries}  # keyid -> source, of the old index and of this build so far
+        _repair_previews(old, out, videos)
+    parts = _Parts.of(old)
+    seen = {e.keyid: e.source for e in parts.entries}  # keyid -> source, of the old index and of this build so far
     if shards is not None:
         if list(splits) == ["all"]:
-            splits = sorted(shards_mod().read_manifests(Path(shards)))
+            splits = sorted(shard_format.read_manifests(Path(shards)))
         items = shard_items(shards, splits, retriever, report.failed, indexed=seen)
-        total = 0
-        for s in splits:
-            try:  # only the progress bar's total: a manifest that cannot say is reported by the loader below
-                total += int(read_json_file(Path(shards) / f"{s}.json")["num_samples"])
-            except (OSError, ValueError, KeyError, TypeError, OverflowError):  # BadInputError is a ValueError
-                pass
+        total = _announced(Path(shards), splits)
         database = {"kind": "shards", "path": str(Path(shards).resolve()), "splits": list(splits)}
     else:
-        items = folder_items(folder, retriever, report.failed)
-        total = None
+        items, total = folder_items(folder, retriever, report.failed), None
         database = {"kind": "features", "path": str(Path(folder).resolve())}
-    mot = [old.motion] if old else []
-    vid = [old.video] if old else []
-    hv = [old.has_video] if old else []
-    txt = [old.text] if old else []
-    owner = [old.text_owner] if old else []
     batch: list[Item] = []
-
-    def flush() -> None:
-        if not batch:
-            return
-        base = len(entries)
-        m = retriever.encode_motion_batch([it.motion for it in batch])
-        v = np.zeros_like(m)
-        has = np.array([it.video is not None for it in batch])
-        if has.any() and retriever.has_video:
-            import torch
-
-            idx = np.flatnonzero(has)
-            v[idx] = retriever.encode_video_batch(torch.stack([batch[i].video for i in idx]))
-        else:
-            has[:] = False
-        caps = [(base + j, c) for j, it in enumerate(batch) for c in it.captions]
-        if caps:
-            txt.append(retriever.encode_text([c for _, c in caps]))
-            owner.append(np.array([o for o, _ in caps], np.int64))
-        for it in batch:
-            entries.append(Entry(it.keyid, it.captions, it.source, _preview(it, out, videos, previews,
-                                                                           child_path)))
-        mot.append(m)
-        vid.append(v)
-        hv.append(has)
-        report.done += len(batch)
-        batch.clear()
-
     bar = tqdm(total=total, desc="index", unit="motion", disable=not progress)
     for it in items:
         bar.update(1)
@@ -504,21 +459,81 @@ def build_index(retriever: Any, out: str | os.PathLike, *, shards: str | os.Path
         seen[it.keyid] = it.source
         batch.append(it)
         if len(batch) >= batch_size:
-            flush()
-    flush()
+            report.done += parts.add(retriever, batch, lambda it: _preview(it, out, videos, previews))
+    report.done += parts.add(retriever, batch, lambda it: _preview(it, out, videos, previews))
     bar.close()
-    c = retriever.latent_dim
-    cat = lambda xs, shape, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(shape, dt)  # noqa: E731
-    index = Index(entries, cat(mot, (0, c), np.float32), cat(vid, (0, c), np.float32), cat(hv, (0,), bool),
-                  cat(txt, (0, c), np.float32), cat(owner, (0,), np.int64),
-                  {"checkpoint": str(Path(retriever.checkpoint).resolve()), "checkpoint_sha256": sha,
-                   "latent_dim": c, "database": database})
+    index = parts.index({"checkpoint": str(Path(retriever.checkpoint).resolve()), "checkpoint_sha256":
+                         retriever.sha256, "latent_dim": retriever.latent_dim, "database": database})
     index.save(out)
     report.seconds = time.perf_counter() - t0
     return index, report
 
 
-def _repair_previews(old: Index, out: Path, videos, child_path) -> None:
+def _announced(shards: Path, splits: Sequence[str]) -> int:
+    """The samples the splits' manifests announce: only the progress bar's total (a manifest that cannot say is
+    reported by the loader)."""
+    total = 0
+    for s in splits:
+        try:
+            total += int(read_json_file(shards / f"{s}.json")["num_samples"])
+        except (OSError, ValueError, KeyError, TypeError, OverflowError):  # BadInputError is a ValueError
+            pass
+    return total
+
+
+@dataclass
+class _Parts:
+    """An index being built: its entries and latent blocks (those of the index kept first), a batch at a time."""
+
+    entries: list[Entry]
+    motion: list[np.ndarray]
+    video: list[np.ndarray]
+    has_video: list[np.ndarray]
+    text: list[np.ndarray]
+    text_owner: list[np.ndarray]
+
+    @classmethod
+    def of(cls, old: Index | None) -> "_Parts":
+        if old is None:
+            return cls([], [], [], [], [], [])
+        return cls(list(old.entries), [old.motion], [old.video], [old.has_video], [old.text], [old.text_owner])
+
+    def add(self, retriever: Any, batch: list[Item], preview) -> int:
+        """Encode ``batch`` (motions; videos when the model has a video encoder; captions) and append it with each
+        item's ``preview(item)``; empties ``batch`` and returns how many items it held."""
+        if not batch:
+            return 0
+        base = len(self.entries)
+        m = retriever.encode_motion_batch([it.motion for it in batch])
+        v = np.zeros_like(m)
+        has = np.array([it.video is not None for it in batch])
+        if has.any() and retriever.has_video:
+            idx = np.flatnonzero(has)
+            v[idx] = retriever.encode_video_batch(torch.stack([batch[i].video for i in idx]))
+        else:
+            has[:] = False
+        caps = [(base + j, c) for j, it in enumerate(batch) for c in it.captions]
+        if caps:
+            self.text.append(retriever.encode_text([c for _, c in caps]))
+            self.text_owner.append(np.array([o for o, _ in caps], np.int64))
+        for it in batch:
+            self.entries.append(Entry(it.keyid, it.captions, it.source, preview(it)))
+        self.motion.append(m)
+        self.video.append(v)
+        self.has_video.append(has)
+        n = len(batch)
+        batch.clear()
+        return n
+
+    def index(self, meta: dict[str, Any]) -> Index:
+        c = meta["latent_dim"]
+        cat = lambda xs, shape, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(shape, dt)  # noqa: E731
+        return Index(self.entries, cat(self.motion, (0, c), np.float32), cat(self.video, (0, c), np.float32),
+                     cat(self.has_video, (0,), bool), cat(self.text, (0, c), np.float32),
+                     cat(self.text_owner, (0,), np.int64), meta)
+
+
+def _repair_previews(old: Index, out: Path, videos) -> None:
     """Entries kept from an index built before previews were copied in name their preview by an absolute path
     (or one outside ``out``), which :meth:`Index.preview_path` ignores: with ``videos`` the rendered video is
     copied (hard-linked) into ``out/previews/`` again (:func:`_preview`); without, or when ``videos`` has none for
@@ -534,7 +549,7 @@ def _repair_previews(old: Index, out: Path, videos, child_path) -> None:
                 e.preview = Path(inside).resolve().relative_to(out.resolve()).as_posix()
             continue
         try:
-            e.preview = _preview(Item(e.keyid, e.captions, e.source, None), out, videos, False, child_path)
+            e.preview = _preview(Item(e.keyid, e.captions, e.source, None), out, videos, False)
         except BadInputError:  # a keyid that cannot name a file (child_path): no preview
             e.preview = None
         if e.preview is None:
@@ -545,7 +560,7 @@ def _repair_previews(old: Index, out: Path, videos, child_path) -> None:
                     out / META, len(dropped), dropped[0])
 
 
-def _preview(it: Item, out: Path, videos, previews: bool, child_path) -> str | None:
+def _preview(it: Item, out: Path, videos, previews: bool) -> str | None:
     target = child_path(out / PREVIEWS, f"{it.keyid}.mp4")
     if videos is not None:
         p = child_path(videos, f"{it.keyid}.mp4")
@@ -566,7 +581,5 @@ def _preview(it: Item, out: Path, videos, previews: bool, child_path) -> str | N
         with atomic_path(target) as tmp:
             Path(tmp).write_bytes(got)
     else:
-        from .preview import write_mp4
-
         write_mp4(target, *got)
     return f"{PREVIEWS}/{it.keyid}.mp4"

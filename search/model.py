@@ -21,8 +21,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
-from ._project import PREPROCESS_KEYS, BadInputError, preprocess_record, read_npy_file  # noqa: F401 (re-exported)
+from lavimo.core.errors import BadInputError
+from lavimo.core.hashing import sha256_file
+from lavimo.core.restricted_unpickle import read_npy_file
+from lavimo.dataset.clip import Clip, FrameSpec
+from lavimo.dataset.features import clip_features, joints_to_features
+from lavimo.dataset.stream import load_stats
+from lavimo.model.checkpoint import PREPROCESS_KEYS, load_checkpoint, preprocess_record  # PREPROCESS_KEYS re-exported
+
+from .video import frame_numbers, model_view, query_frames
 
 MOTION_SUFFIXES = (".npy", ".npz")
 
@@ -49,8 +58,6 @@ class Retriever:
     def sha256(self) -> str:
         """The checkpoint file's sha256 (computed once)."""
         if self._sha is None:
-            from ._project import sha256_file
-
             self._sha = sha256_file(self.checkpoint)[0]
         return self._sha
 
@@ -61,8 +68,6 @@ class Retriever:
     # ------------------------------------------------------------------------------------------------ text
     def encode_text(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """A list of strings -> (B, C). Empty strings are refused (ValueError)."""
-        import torch
-
         if isinstance(texts, str):
             raise TypeError("encode_text expects a list of strings")
         texts = list(texts)
@@ -79,8 +84,6 @@ class Retriever:
                      crop: tuple[int, int, int] | None = None, mode: str = "auto"):
         """The model's input for one video: a file path (search/video.py) or (T, H, W, 3) uint8 frames (the
         loader's frame choice is applied when T > num_frames) -> (num_frames, 3, S, S) float32."""
-        from .video import frame_numbers, model_view, query_frames
-
         p = self.preprocess
         source = None
         if isinstance(video, (str, os.PathLike)):  # decoded at the size the model needs; crop in those pixels
@@ -97,8 +100,6 @@ class Retriever:
     def encode_video(self, video: Any, start: float | None = None, end: float | None = None,
                      crop: tuple[int, int, int] | None = None, mode: str = "auto") -> np.ndarray:
         """One video (path or frames; see :meth:`video_tensor`) -> (1, C)."""
-        import torch
-
         if not self.has_video:
             raise BadInputError(self.checkpoint, "modalities", "this model has no video encoder (modalities 'tm')")
         x = self.video_tensor(video, start, end, crop, mode)
@@ -107,8 +108,6 @@ class Retriever:
 
     def encode_video_batch(self, videos) -> np.ndarray:
         """(B, F, 3, S, S) model-ready frames (the loader's ``video``) -> (B, C)."""
-        import torch
-
         with torch.inference_mode():
             return _l2(self.model.encode_video(videos).float().cpu().numpy())
 
@@ -123,8 +122,6 @@ class Retriever:
           ``start``..``end`` seconds, resampled to ``fps``, default 20, posed with the procedural body:
           ``lavimo.dataset.features.clip_features``).
         Raises BadInputError naming the file: wrong shape, NaN/inf, unreadable."""
-        from ._project import features
-
         src = None
         if isinstance(motion, (str, os.PathLike)):
             src = Path(motion)
@@ -135,10 +132,7 @@ class Retriever:
             if src.suffix.lower() != ".npy":
                 raise BadInputError(src, "motion", f"expected a .npy (features or joints) or an AMASS .npz, got "
                                                    f"{src.suffix or 'no suffix'}")
-            try:  # the checked .npy reader: the header must match the file's size before anything is allocated
-                motion = read_npy_file(src, "motion")
-            except OSError as exc:
-                raise BadInputError(src, "motion", f"not a readable .npy array ({exc.strerror or exc})") from exc
+            motion = read_motion_npy(src)
         a = np.asarray(motion)
         d = int(self.preprocess["feature_dim"])
         if a.dtype.kind not in "fiu":
@@ -149,21 +143,17 @@ class Retriever:
             return a.astype(np.float32)
         if a.ndim == 3 and a.shape[1:] == (22, 3) and d == 263:
             try:
-                return features().joints_to_features(a.astype(np.float32))
+                return joints_to_features(a.astype(np.float32))
             except BadInputError as exc:
                 raise BadInputError(src, exc.field, exc.message) from exc
         raise BadInputError(src, "motion", f"shape {a.shape}: expected features (T, {d}) or joints (T, 22, 3)")
 
     def _amass_features(self, path: Path, fps: float | None, start: float | None, end: float | None) -> np.ndarray:
-        from ._project import clip_types, features
-
-        ct = clip_types()
         rate = 20.0 if fps is None else float(fps)
-        clip = ct.Clip(keyid="query", amass_path=path.name,
-                       frame_spec=ct.FrameSpec("time", float(start or 0.0), end, fps=rate), fps=rate,
-                       dataset="query")
+        clip = Clip(keyid="query", amass_path=path.name, frame_spec=FrameSpec("time", float(start or 0.0), end,
+                                                                              fps=rate), fps=rate, dataset="query")
         try:
-            return features().clip_features(clip, path.parent)
+            return clip_features(clip, path.parent)
         except BadInputError:
             raise
         except (OSError, ValueError, KeyError) as exc:
@@ -185,8 +175,6 @@ class Retriever:
 
     def encode_motion_batch(self, normalised: Sequence[np.ndarray]) -> np.ndarray:
         """Normalised (T_i, D) arrays (:meth:`normalise`) -> (B, C); padded with a mask, one forward pass."""
-        import torch
-
         lengths = [len(x) for x in normalised]
         t = max(lengths)
         x = np.zeros((len(normalised), t, int(self.preprocess["feature_dim"])), np.float32)
@@ -195,6 +183,15 @@ class Retriever:
         mask = torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]
         with torch.inference_mode():
             return _l2(self.model.encode_motion(torch.from_numpy(x), mask).float().cpu().numpy())
+
+
+def read_motion_npy(path: Path) -> np.ndarray:
+    """The array in a motion ``.npy`` through the checked reader (never unpickled; the header must match the file's
+    size before anything is allocated). BadInputError naming the file when it cannot be read."""
+    try:
+        return read_npy_file(path, "motion")
+    except OSError as exc:
+        raise BadInputError(path, "motion", f"not a readable .npy array ({exc.strerror or exc})") from exc
 
 
 def _check_preprocess(pre: Any, path: Path) -> dict[str, Any]:
@@ -217,14 +214,12 @@ def load(checkpoint: str | os.PathLike, stats: str | os.PathLike | None = None, 
     ``extra["preprocess"]`` (saved before train.py wrote it), and used instead of the checkpoint's when given.
     Raises FileNotFoundError (no checkpoint) or BadInputError naming the file and the field (not a LAVIMO
     checkpoint, no preprocessing and no ``stats``, malformed preprocessing)."""
-    from ._project import checkpoint as ck, stream
-
     path = Path(checkpoint)
-    model = ck().load_checkpoint(path, device=device)
+    model = load_checkpoint(path, device=device)
     extra = getattr(model, "checkpoint_extra", {}) or {}
     pre = extra.get("preprocess")
     if stats is not None:
-        mean, std = stream().load_stats(stats)
+        mean, std = load_stats(stats)
         pre = preprocess_record(model.cfg, mean, std)
     elif pre is None:
         raise BadInputError(path, "lavimo_extra/preprocess", "this checkpoint does not carry its preprocessing "

@@ -1,29 +1,21 @@
 """Skeleton preview videos of a motion (features or joints -> mp4), rendered on demand for databases without
 rendered videos, through the project's headless renderer (:mod:`lavimo.render.scene`, pyrender on EGL).
 
-The 22 joints of HumanML3D's skeleton (Y up, metres; features are turned into joints with
-``lavimo.dataset.features.features_to_joints``, HumanML3D's ``recover_from_ric``) become one clean skeleton mesh
-per frame: a cylinder per bone of the kinematic chains of ``lavimo.dataset.motion.HUMANML3D`` (right side red, left
-side blue, spine grey) and a sphere per joint (a larger one for the head), built from ``trimesh.creation``
-templates. The joints are rotated about the vertical so the first frame faces the camera ``angle_deg`` off the
-front, converted to the renderer's AMASS frame (Z up, the inverse of ``lavimo.dataset.features.AMASS_TO_HUMANML3D``)
-and rendered like ``render-amass`` renders bodies: one lighting setup of ``assets/lights.json``
-(:func:`lavimo.render.lights.load_lights`), the follow camera of :mod:`lavimo.render.trajectory` over a checker floor fixed in
-the world (the floor at the skeleton's lowest point), frames encoded by :class:`lavimo.core.mp4.VideoWriter`
-(H.264, atomic).
+HumanML3D's 22 joints (Y up, metres; features through ``lavimo.dataset.features.features_to_joints``) become one
+mesh per frame (:class:`SkeletonMesh`: a cylinder per bone of ``HUMANML3D``'s chains, right red, left blue, spine
+grey; a sphere per joint), turned so the first frame faces the camera ``angle_deg`` off the front
+(:func:`face_camera`, into the renderer's Z-up AMASS frame) and rendered like ``render-amass`` renders bodies: a
+lighting setup of ``assets/lights.json``, the follow camera over a checker floor at the lowest joint, frames
+encoded by :class:`lavimo.core.mp4.VideoWriter` (H.264, atomic).
 
-Cache: next to ``out`` a hidden ``.{out name}.key`` holds the sha256 of the joints and every setting
-(size, fps, angle, lighting, renderer, :data:`PREVIEW_VERSION`); a call whose key matches the existing
-``out`` returns it without rendering. Both files are written atomically.
-
-Fallback: when no EGL/OpenGL context can be created (:class:`lavimo.render.scene.RendererSetupError`, or pyrender
-cannot be imported), a plain numpy rasteriser draws the chains as a stick figure in an orthographic view
-(:func:`draw`), logged as a warning; the cache key records which renderer made the file, so a later call with
-a working renderer replaces a fallback preview.
+Cache: a hidden ``.{out name}.key`` next to ``out`` holds the sha256 of the joints and every setting (size, fps,
+angle, lighting, renderer, :data:`PREVIEW_VERSION`); a call whose key matches returns ``out`` without rendering.
+Without an EGL/OpenGL context (or pyrender) a numpy stick figure is drawn instead (:func:`draw`, with a warning);
+the key records the renderer, so a later call with a working one replaces it.
 
 Before its first EGL context the module loads triton's native library when triton is installed: Mesa's EGL
 driver and triton each bring an LLVM, and triton loaded second (e.g. by a model load after a preview in the
-same process) segfaults.
+same process) segfaults. So ``lavimo.render`` is imported only inside the functions that render, after that.
 """
 
 from __future__ import annotations
@@ -38,7 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ._project import BadInputError, atomic_path, read_npy_file
+from lavimo.core import mp4
+from lavimo.core.atomic import atomic_path
+from lavimo.core.errors import BadInputError
+from lavimo.dataset.features import AMASS_TO_HUMANML3D, features_to_joints, get_skeleton
+
+from .model import read_motion_npy
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +55,13 @@ _JOINT_RGB = (235, 235, 228)
 def to_joints(motion: np.ndarray, source: str | os.PathLike | None = None) -> np.ndarray:
     """(T, 263) features or (T, 22, 3) joints -> (T, 22, 3) float32 joints (metres, Y up). BadInputError
     otherwise."""
-    from ._project import features
-
     a = np.asarray(motion)
     if a.dtype.kind not in "fiu" or not np.isfinite(a).all():
         raise BadInputError(source, "motion", "expected a finite numeric array")
     if a.ndim == 3 and a.shape[1:] == (22, 3) and len(a) >= 1:
         return a.astype(np.float32)
     if a.ndim == 2 and a.shape[1] == 263 and len(a) >= 1:
-        j = features().features_to_joints(a)
+        j = features_to_joints(a)
         if not np.isfinite(j).all():
             raise BadInputError(source, "motion", "features give non-finite joints")
         return np.asarray(j, np.float32)
@@ -76,9 +71,7 @@ def to_joints(motion: np.ndarray, source: str | os.PathLike | None = None) -> np
 # ---------------------------------------------------------------------------------------------- skeleton mesh
 def _skeleton():
     """``lavimo.dataset.motion.HUMANML3D`` (through ``lavimo.dataset.features``, as the rest of ``search`` does)."""
-    from ._project import features
-
-    return features().get_skeleton("humanml3d")
+    return get_skeleton("humanml3d")
 
 
 def bones() -> list[tuple[int, int, int]]:
@@ -157,9 +150,6 @@ def face_camera(joints: np.ndarray, angle_deg: float = 30.0) -> np.ndarray:
     """(T, 22, 3) HumanML3D joints (Y up) -> the same rotated about the vertical through the first root so that
     the first frame faces the preview camera ``angle_deg`` off the front; then in the renderer's AMASS frame
     (Z up, the camera looks along +Y), (T, 22, 3) float64 metres."""
-    from ._project import features
-
-    AMASS_TO_HUMANML3D = features().AMASS_TO_HUMANML3D  # noqa: N806
     sk = _skeleton()
     r_hip, l_hip, r_sh, l_sh = sk.face_joints
     j0 = np.asarray(joints[0], np.float64)
@@ -198,17 +188,18 @@ def render_frames(joints: np.ndarray, size: int = 256, fps: float = 20.0, angle_
     """(T, 22, 3) HumanML3D joints -> (T, size, size, 3) uint8 frames through :class:`lavimo.render.scene.SceneRenderer`
     (raises ``lavimo.render.scene.RendererSetupError`` without EGL). With ``writer`` (a :class:`lavimo.core.mp4.VideoWriter`)
     the frames are written to it instead and None is returned."""
-    _load_triton_first()
-    from ._project import renderer as project_renderer
+    _load_triton_first()  # before the renderer's first import (lavimo.render.scene sets PYOPENGL_PLATFORM=egl)
+    from lavimo.render.lights import load_lights
+    from lavimo.render.scene import SceneRenderer
+    from lavimo.render.trajectory import follow_trajectory
 
-    rd = project_renderer()
     world = face_camera(joints, angle_deg)
     mesh = SkeletonMesh.build()
     verts, normals = mesh.pose(world)
-    traj = rd.follow_trajectory(world[:, 0], verts[:, :, 2].min(axis=1), fps)
-    setups = rd.load_lights()
+    traj = follow_trajectory(world[:, 0], verts[:, :, 2].min(axis=1), fps)
+    setups = load_lights()
     setup = setups[int(light) % len(setups)]
-    renderer = rd.SceneRenderer(size)  # one EGL context per call: a context stays bound to its thread
+    renderer = SceneRenderer(size)  # one EGL context per call: a context stays bound to its thread
     frames = None if writer is not None else np.empty((len(world), size, size, 3), np.uint8)
     try:
         renderer.set_lights(setup)
@@ -269,12 +260,10 @@ def draw(joints: np.ndarray, size: int = 256, angle_deg: float = 30.0) -> np.nda
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float) -> Path:
     """(T, H, W, 3) uint8 -> H.264 mp4 at ``path``, atomically (``lavimo.core.mp4.write_video`` is; even sizes, so
     browsers play it)."""
-    from ._project import mp4
-
     f = np.asarray(frames, np.uint8)
     f = f[:, : f.shape[1] // 2 * 2, : f.shape[2] // 2 * 2]
     path = Path(path)
-    mp4().write_video(path, f, fps=fps)
+    mp4.write_video(path, f, fps=fps)
     return path
 
 
@@ -284,13 +273,9 @@ def egl_available() -> bool:
     """Whether pyrender can be imported and an EGL context created (a 16x16 test context; once per process)."""
     _load_triton_first()
     try:
-        from ._project import renderer
+        from lavimo.render import scene  # imports pyrender with PYOPENGL_PLATFORM=egl unless set
 
-        renderer()  # lavimo.render.scene sets PYOPENGL_PLATFORM=egl unless set
-        import pyrender
-
-        r = pyrender.OffscreenRenderer(16, 16)
-        r.delete()
+        scene.pyrender.OffscreenRenderer(16, 16).delete()
         return True
     except Exception:  # noqa: BLE001 - any import/EGL failure means "no renderer"
         return False
@@ -338,10 +323,7 @@ def render_preview(motion: np.ndarray | str | os.PathLike, out: str | os.PathLik
         src = Path(motion)
         if not src.is_file():
             raise BadInputError(src, "motion", "file not found")
-        try:  # the checked .npy reader: the header must match the file's size before anything is allocated
-            motion = read_npy_file(src, "motion")
-        except OSError as exc:
-            raise BadInputError(src, "motion", f"not a readable .npy array ({exc.strerror or exc})") from exc
+        motion = read_motion_npy(src)
     joints = to_joints(motion, src)
     use = renderer
     if use == "auto":
@@ -355,9 +337,7 @@ def render_preview(motion: np.ndarray | str | os.PathLike, out: str | os.PathLik
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     if use == "egl":
-        from ._project import mp4
-
-        with mp4().VideoWriter(out, (size, size), fps) as writer:  # atomic: ``out`` appears on close
+        with mp4.VideoWriter(out, (size, size), fps) as writer:  # atomic: ``out`` appears on close
             render_frames(joints, size, fps, angle_deg, light, writer=writer)
     else:
         write_mp4(out, draw(joints, size, angle_deg), fps)

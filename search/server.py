@@ -21,7 +21,6 @@ server-side, ``textContent`` in the script); bad input is an HTTP 4xx with a mes
 serving.
 """
 
-
 import html
 import logging
 import os
@@ -30,8 +29,12 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from ._project import BadInputError
-from .index import source_text
+from lavimo.core.errors import BadInputError
+from lavimo.core.keyids import child_path
+
+from . import preview
+from .index import PREVIEWS, source_text
+from .query import run_query
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +118,6 @@ class SearchService:
         self.render_lock = threading.Lock()
 
     def query(self, **kw: Any) -> dict[str, Any]:
-        from .cli import run_query
-
         with self.lock:
             res = run_query(self.retriever, self.index, **kw)
         for hit in res["results"]:
@@ -143,15 +144,11 @@ class SearchService:
         source = idx.feature_file(n)  # a string path to <keyid>.npy inside the recorded feature folder, or None
         if source is None or idx.root is None:
             return None
-        from ._project import child_path
-        from .index import PREVIEWS
-        from .preview import render_preview
-
         with self.render_lock:
             p = self._existing_preview(n)  # rendered by another request while this one waited
             if p is not None:
                 return p
-            out = render_preview(source, child_path(idx.root / PREVIEWS, f"{e.keyid}.mp4"))
+            out = preview.render_preview(source, child_path(idx.root / PREVIEWS, f"{e.keyid}.mp4"))
             e.preview = f"{PREVIEWS}/{e.keyid}.mp4"  # relative to the index directory, as build_index writes it
         return out
 
@@ -203,25 +200,152 @@ class _TooLarge(Exception):
     pass
 
 
+class _HTTPError(Exception):
+    """An HTTP 4xx answered as ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str):
+        self.status, self.message = status, message
+
+
+def _k(value: Any) -> int:
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        raise _HTTPError(400, "k must be an integer") from None
+    if not 1 <= k <= MAX_K:
+        raise _HTTPError(400, f"k must be in 1..{MAX_K}")
+    return k
+
+
+def _text(value: Any) -> str:
+    t = str(value or "").strip()
+    if not t:
+        raise _HTTPError(400, "type a query text or choose a file")
+    if len(t) > MAX_TEXT:
+        raise _HTTPError(400, f"query text longer than {MAX_TEXT} characters")
+    return t
+
+
+def _render(index: Any, max_upload_bytes: int, text: str = "", k: int = 5, results: list | None = None,
+            error: str = "") -> str:
+    """The page (:data:`_PAGE`) with its summary of ``index``, the query and its result cards, every string
+    escaped."""
+    cards = []
+    for hit in results or []:
+        video = (f'<video src="{html.escape(hit["preview_url"])}" autoplay loop muted playsinline controls>'
+                 f"</video>" if hit.get("preview_url") else "")
+        caps = "".join(f'<div class="cap">{html.escape(c)}</div>' for c in hit.get("captions", [])[:3])
+        cards.append(f'<div class="card" data-keyid="{html.escape(hit["keyid"])}">{video}<div class="score">'
+                     f'{hit["score"]:.3f} <span class="keyid">{html.escape(hit["keyid"])}</span></div>{caps}'
+                     f'<div class="src">{html.escape(hit.get("source_text", ""))}</div></div>')
+    db = index.meta.get("database")  # index.json's: any JSON value (an edited index must not make a 500)
+    db = db if isinstance(db, dict) else {}
+    splits = db.get("splits") if isinstance(db.get("splits"), list) else []
+    summary = (f"{len(index)} motions from {html.escape(str(db.get('kind', '?')))} "
+               f"{html.escape(', '.join(map(str, splits)))}; video and .npy motion uploads up to "
+               f"{max_upload_bytes >> 20} MiB")
+    page = _PAGE
+    for key, val in (("{summary}", summary), ("{text}", html.escape(text)), ("{k}", str(int(k))),
+                     ("{max_k}", str(MAX_K)), ("{accept}", html.escape(",".join(VIDEO_TYPES + MOTION_TYPES))),
+                     ("{error}", html.escape(error)), ("{results}", "".join(cards))):
+        page = page.replace(key, val)
+    return page
+
+
+async def _read_form(request: Any, max_upload_bytes: int):
+    """The multipart form of ``request``, its body capped at ``max_upload_bytes`` + :data:`FORM_OVERHEAD_BYTES`
+    (by Content-Length, and counted as it arrives: chunked bodies too): 413 past it, 400 when malformed."""
+    from starlette.requests import Request
+
+    too_large = _HTTPError(413, f"upload larger than {max_upload_bytes >> 20} MiB")
+    body_cap = max_upload_bytes + FORM_OVERHEAD_BYTES
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > body_cap:
+        raise too_large
+    received = 0
+
+    async def capped_receive():
+        nonlocal received
+        message = await request.receive()
+        if message.get("type") == "http.request":
+            received += len(message.get("body", b""))
+            if received > body_cap:
+                raise _TooLarge
+        return message
+
+    try:
+        return await Request(request.scope, capped_receive).form(max_files=1, max_fields=16)
+    except _TooLarge:
+        raise too_large from None
+    except _HTTPError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - malformed multipart body
+        raise _HTTPError(400, f"unreadable form ({type(exc).__name__})") from exc
+
+
+def _upload_query(form: Any, name: str) -> tuple[str, str, dict[str, Any]]:
+    """(extension, kind, window) of an uploaded file ``name``: ``kind`` "video" or "motion" (the form's, else by
+    extension) with an extension of that kind (415 otherwise), the window ``start``/``end`` in seconds."""
+    ext = os.path.splitext(name)[1].lower()
+    kind = str(form.get("kind") or ("motion" if ext in MOTION_TYPES else "video"))
+    allowed = {"video": VIDEO_TYPES, "motion": MOTION_TYPES}.get(kind)
+    if allowed is None:
+        raise _HTTPError(400, "kind must be video or motion")
+    if ext not in allowed:
+        raise _HTTPError(415, f"{kind} uploads must be one of {', '.join(allowed)}; got {ext or 'no extension'}")
+    window = {}
+    for key in ("start", "end"):
+        if form.get(key) not in (None, ""):
+            try:
+                window[key] = float(form.get(key))
+            except (TypeError, ValueError):
+                raise _HTTPError(400, f"{key} must be a number of seconds") from None
+    return ext, kind, window
+
+
+async def _search_upload(svc: SearchService, upload: Any, form: Any, k: int, captions: bool,
+                         max_upload_bytes: int) -> dict[str, Any]:
+    """A query by an uploaded video or motion file: stored under a name of the server's choosing (at most
+    ``max_upload_bytes``, 413 past it), queried, deleted; errors name the upload's own file name."""
+    from starlette.concurrency import run_in_threadpool
+
+    name = str(upload.filename)
+    ext, kind, window = _upload_query(form, name)
+    fd, tmp = tempfile.mkstemp(prefix="lavimo-upload-", suffix=ext)
+    try:
+        size = 0
+        with os.fdopen(fd, "wb") as fh:
+            while chunk := await upload.read(1 << 20):
+                size += len(chunk)
+                if size > max_upload_bytes:
+                    raise _HTTPError(413, f"upload larger than {max_upload_bytes >> 20} MiB")
+                fh.write(chunk)
+        if size == 0:
+            raise _HTTPError(400, f"{name}: empty file")
+        kw = {"video": Path(tmp)} if kind == "video" else {"motion": Path(tmp), "captions": captions}
+        try:
+            return await run_in_threadpool(svc.query, k=k, **kw, **window)
+        except ValueError as exc:  # BadInputError is a ValueError
+            raise _HTTPError(400, str(exc).replace(tmp, name)) from exc
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                hosts: Sequence[str] | None = None):
     """The FastAPI app (module docstring). ``hosts``: the Host names it answers to (default
     :func:`allowed_hosts`)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+    from starlette.concurrency import run_in_threadpool
 
     svc = SearchService(retriever, index)
     app = FastAPI(title="LAVIMO motion search", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = svc
     app.add_middleware(_HostCheck, hosts=allowed_hosts() if hosts is None else tuple(hosts))
-    body_cap = max_upload_bytes + FORM_OVERHEAD_BYTES
 
-    class HTTPError(Exception):
-        def __init__(self, status: int, message: str):
-            self.status, self.message = status, message
-
-    @app.exception_handler(HTTPError)
-    async def _http_error(_req, exc: HTTPError):
+    @app.exception_handler(_HTTPError)
+    async def _http_error(_req, exc: _HTTPError):
         return JSONResponse({"error": exc.message}, status_code=exc.status)
 
     @app.exception_handler(Exception)
@@ -229,139 +353,43 @@ def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BY
         log.exception("request failed")
         return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
 
-    def _k(value: Any) -> int:
-        try:
-            k = int(value)
-        except (TypeError, ValueError):
-            raise HTTPError(400, "k must be an integer") from None
-        if not 1 <= k <= MAX_K:
-            raise HTTPError(400, f"k must be in 1..{MAX_K}")
-        return k
-
-    def _text(value: Any) -> str:
-        t = str(value or "").strip()
-        if not t:
-            raise HTTPError(400, "type a query text or choose a file")
-        if len(t) > MAX_TEXT:
-            raise HTTPError(400, f"query text longer than {MAX_TEXT} characters")
-        return t
-
-    def _render(text: str = "", k: int = 5, results: list | None = None, error: str = "") -> str:
-        cards = []
-        for hit in results or []:
-            video = (f'<video src="{html.escape(hit["preview_url"])}" autoplay loop muted playsinline controls>'
-                     f"</video>" if hit.get("preview_url") else "")
-            caps = "".join(f'<div class="cap">{html.escape(c)}</div>' for c in hit.get("captions", [])[:3])
-            cards.append(f'<div class="card" data-keyid="{html.escape(hit["keyid"])}">{video}<div class="score">'
-                         f'{hit["score"]:.3f} <span class="keyid">{html.escape(hit["keyid"])}</span></div>{caps}'
-                         f'<div class="src">{html.escape(hit.get("source_text", ""))}</div></div>')
-        db = index.meta.get("database")  # index.json's: any JSON value (an edited index must not make a 500)
-        db = db if isinstance(db, dict) else {}
-        splits = db.get("splits") if isinstance(db.get("splits"), list) else []
-        summary = (f"{len(index)} motions from {html.escape(str(db.get('kind', '?')))} "
-                   f"{html.escape(', '.join(map(str, splits)))}; video and .npy motion uploads up to "
-                   f"{max_upload_bytes >> 20} MiB")
-        page = _PAGE
-        for key, val in (("{summary}", summary), ("{text}", html.escape(text)), ("{k}", str(int(k))),
-                         ("{max_k}", str(MAX_K)), ("{accept}", html.escape(",".join(VIDEO_TYPES + MOTION_TYPES))),
-                         ("{error}", html.escape(error)), ("{results}", "".join(cards))):
-            page = page.replace(key, val)
-        return page
-
     @app.get("/", response_class=HTMLResponse)
     def page(text: str = "", k: str = "5"):
         if not text:
-            return HTMLResponse(_render())
+            return HTMLResponse(_render(index, max_upload_bytes))
         try:
             kk = _k(k)
             res = svc.query(text=_text(text), k=kk)
-            return HTMLResponse(_render(text, kk, res["results"]))
-        except HTTPError as exc:
-            return HTMLResponse(_render(text, 5, error=exc.message), status_code=exc.status)
+            return HTMLResponse(_render(index, max_upload_bytes, text, kk, res["results"]))
+        except _HTTPError as exc:
+            return HTMLResponse(_render(index, max_upload_bytes, text, 5, error=exc.message),
+                                status_code=exc.status)
 
     @app.post("/api/search")
     async def api_search(request: Request):
-        from starlette.concurrency import run_in_threadpool
-
-        too_large = HTTPError(413, f"upload larger than {max_upload_bytes >> 20} MiB")
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > body_cap:
-            raise too_large
-        received = 0
-
-        async def capped_receive():  # the cap holds for chunked bodies too: counted as they arrive
-            nonlocal received
-            message = await request.receive()
-            if message.get("type") == "http.request":
-                received += len(message.get("body", b""))
-                if received > body_cap:
-                    raise _TooLarge
-            return message
-
-        try:
-            form = await Request(request.scope, capped_receive).form(max_files=1, max_fields=16)
-        except _TooLarge:
-            raise too_large from None
-        except HTTPError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - malformed multipart body
-            raise HTTPError(400, f"unreadable form ({type(exc).__name__})") from exc
+        form = await _read_form(request, max_upload_bytes)
         k = _k(form.get("k", 5))
         upload = form.get("file")
         captions = str(form.get("captions", "")).lower() in ("1", "true", "on", "yes")
         if upload is None or isinstance(upload, str) or not getattr(upload, "filename", ""):
             if captions:
-                raise HTTPError(400, "captions (motion -> text) needs a motion file")
+                raise _HTTPError(400, "captions (motion -> text) needs a motion file")
             text = _text(form.get("text"))
             return await run_in_threadpool(svc.query, text=text, k=k)
-        name = str(upload.filename)
-        ext = os.path.splitext(name)[1].lower()
-        kind = str(form.get("kind") or ("motion" if ext in MOTION_TYPES else "video"))
-        allowed = {"video": VIDEO_TYPES, "motion": MOTION_TYPES}.get(kind)
-        if allowed is None:
-            raise HTTPError(400, "kind must be video or motion")
-        if ext not in allowed:
-            raise HTTPError(415, f"{kind} uploads must be one of {', '.join(allowed)}; got {ext or 'no extension'}")
-        window = {}
-        for key in ("start", "end"):
-            if form.get(key) not in (None, ""):
-                try:
-                    window[key] = float(form.get(key))
-                except (TypeError, ValueError):
-                    raise HTTPError(400, f"{key} must be a number of seconds") from None
-        fd, tmp = tempfile.mkstemp(prefix="lavimo-upload-", suffix=ext)
-        try:
-            size = 0
-            with os.fdopen(fd, "wb") as fh:
-                while chunk := await upload.read(1 << 20):
-                    size += len(chunk)
-                    if size > max_upload_bytes:
-                        raise HTTPError(413, f"upload larger than {max_upload_bytes >> 20} MiB")
-                    fh.write(chunk)
-            if size == 0:
-                raise HTTPError(400, f"{name}: empty file")
-            kw = {"video": Path(tmp)} if kind == "video" else {"motion": Path(tmp), "captions": captions}
-            try:
-                return await run_in_threadpool(svc.query, k=k, **kw, **window)
-            except BadInputError as exc:
-                raise HTTPError(400, str(exc).replace(tmp, name)) from exc
-            except ValueError as exc:
-                raise HTTPError(400, str(exc).replace(tmp, name)) from exc
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        return await _search_upload(svc, upload, form, k, captions, max_upload_bytes)
 
     @app.get("/preview/{n}")
-    def preview(n: int):
+    def preview_video(n: int):
         if not 0 <= n < len(index):
-            raise HTTPError(404, "no such result")
+            raise _HTTPError(404, "no such result")
         try:
             p = svc.preview_file(n)
         except (BadInputError, OSError, KeyError, TypeError, ValueError) as exc:  # the reason stays in the log:
             # it could tell which files exist
             log.warning("preview %d: %s", n, exc)
-            raise HTTPError(404, "this motion has no preview") from exc
+            raise _HTTPError(404, "this motion has no preview") from exc
         if p is None:
-            raise HTTPError(404, "this motion has no preview")
+            raise _HTTPError(404, "this motion has no preview")
         # a shard's video member is copied as is: never let a browser sniff it as anything but video
         return FileResponse(p, media_type="video/mp4", headers={"X-Content-Type-Options": "nosniff"})
 

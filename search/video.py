@@ -1,36 +1,24 @@
-"""Reading a user's video file for a video query: exactly the frames and the view the model was trained on.
+"""Reading a user's video file for a video query: exactly the frames and the view the model was trained on
+(any container and codec the bundled ffmpeg reads, any size, aspect ratio and fps; docs/search.md).
 
-Preprocessing of a real video (any container and codec the bundled ffmpeg reads, any size, aspect ratio, fps):
-
-1. **Probe** (``lavimo.core.mp4.probe_video``, header only): container, duration, frame rate, frame size, rotation. The
-   file is untrusted: a text file (concat list, playlist) is refused before ffmpeg runs, ffmpeg may use only the
-   file protocol and the demuxers of ``lavimo.core.mp4.ALLOWED_DEMUXERS`` (docs/security.md, "Videos and images"), a
-   frame above ``lavimo.core.mp4.MAX_FRAME_PIXELS`` is refused. A file ffmpeg cannot open, without a video stream, or
-   with fewer than 2 frames in the window is refused (BadInputError naming it). A file whose header has no
-   duration or frame rate (a browser's MediaRecorder webm) has its packets counted instead (no decoding).
-2. **Window**: ``[start, end)`` seconds (default the whole file). Its frames are numbered ``0..n-1`` with
-   ``n = floor((end - start) * fps)``, frame ``i`` being the one shown at ``start + i / fps``.
+1. **Probe** (``lavimo.core.mp4.probe_video``: header only, the file untrusted, docs/security.md "Videos and
+   images"): duration, frame rate, frame size after rotation. A header without duration or frame rate (a
+   browser's MediaRecorder webm) has its packets counted. Unreadable, no video stream, or fewer than 2 frames in
+   the window: BadInputError naming the file.
+2. **Window** ``[start, end)`` seconds (default the whole file): frames ``0..n-1``, ``n = floor((end - start) *
+   fps)``, frame ``i`` shown at ``start + i / fps``.
 3. **Frame choice**: the loader's evaluation rule (``lavimo.dataset.stream.SampleTransform.frame_indices``): the
-   ``n`` frames are cut into ``num_frames`` equal segments and the centre frame of each is taken. Training
-   videos were sampled the same way over a whole clip, so a window that frames the action as tightly as a
-   database clip gives the closest view.
-4. **Decoding only those frames**: ``mode="seek"`` runs one ffmpeg per frame with ``-ss T`` *before* ``-i``
-   (a fast seek to the keyframe before ``T`` then an accurate decode up to ``T``; ``T = start + (i - 0.25) /
-   fps`` so rounding never lands on the previous frame), two at a time; ``mode="select"`` runs one ffmpeg over
-   the window with a ``select`` filter keeping the chosen frame numbers (decodes every frame of the window once,
-   converts only the kept ones). ``"auto"`` (default) uses ``select`` for windows up to :data:`SELECT_MAX_FRAMES`
-   frames and ``seek`` for longer ones (tests/benchmarks/bench_search.py measures both). A variable-frame-rate
-   file whose ``select`` pass returns fewer frames than asked is re-read with ``seek``. Rotation metadata is
-   applied (ffmpeg's autorotate); non-square pixels are not corrected. Frames are scaled by ffmpeg while
-   decoding to the size the model needs (:func:`decode_size`: a frame whose crop is more than twice the model's
-   ``image_size`` comes out with that crop at twice ``image_size``), so a large video costs what a small one does.
-5. **Crop**: a square. By default the centred square of side ``frame_crop x`` the short side (the model's
-   ``frame_crop``, 1 = the largest centred square: ``lavimo.dataset.augment.center_box``), as the loader does with the
-   renderer's follow camera, which keeps the person centred. ``crop=(x, y, size)`` (pixels of the source
-   frame after rotation, top-left corner and side; checked before decoding) picks another square, e.g. where the
-   person is in a phone video; it must lie inside the frame.
+   centre frame of each of ``num_frames`` equal segments, as training videos were sampled over a whole clip.
+4. **Decoding only those frames**, scaled by ffmpeg to the size the model needs (:func:`decode_size`):
+   ``mode="select"`` one ffmpeg pass over the window with a ``select`` filter, ``mode="seek"`` one ffmpeg per
+   frame with ``-ss T`` before ``-i`` (``T = start + (i - 0.25) / fps``, two at a time); ``"auto"``: select up to
+   :data:`SELECT_MAX_FRAMES` frames, else seek, and seek when a select pass returns too few frames (a
+   variable frame rate). Rotation is applied (autorotate); non-square pixels are not corrected.
+5. **Crop**: a square: the centred one of ``frame_crop`` x the short side (``lavimo.dataset.augment.center_box``,
+   as the loader does with the renderer's follow camera), or ``crop=(x, y, size)`` in source pixels after
+   rotation (checked before decoding; it must lie inside the frame).
 6. **Resize and normalise**: ``lavimo.dataset.augment.eval_view`` (bilinear, antialiased, to ``image_size``) and
-   ``clip_normalize`` (CLIP mean/std) -> (num_frames, 3, S, S) float32, the loader's evaluation view.
+   ``clip_normalize`` -> (num_frames, 3, S, S) float32, the loader's evaluation view.
 """
 
 from __future__ import annotations
@@ -42,8 +30,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
-from ._project import BadInputError, mp4
+from lavimo.core import mp4
+from lavimo.core.errors import BadInputError
+from lavimo.dataset.augment import center_box, clip_normalize, eval_view
+from lavimo.dataset.stream import SampleTransform
 
 SELECT_MAX_FRAMES = 900   # "auto": a select pass over at most this many frames (30 s at 30 fps), else seeks
 DECODE_TIMEOUT_S = 120
@@ -51,22 +43,19 @@ DECODE_TIMEOUT_S = 120
 
 def ffmpeg_exe() -> str:
     """The ffmpeg binary bundled with imageio-ffmpeg."""
-    return mp4().ffmpeg_exe()
+    return mp4.ffmpeg_exe()
 
 
 def probe(path: str | os.PathLike):
     """Read the header of a video file (``lavimo.core.mp4.probe_video``: restricted to real video containers, nothing
     decoded) -> ``lavimo.core.mp4.MediaInfo`` (``duration``, ``fps``, ``width``, ``height`` after rotation,
     ``frames_in(start, end)``). Raises BadInputError naming the file."""
-    return mp4().probe_video(path)
+    return mp4.probe_video(path)
 
 
 def frame_numbers(n: int, num_frames: int) -> np.ndarray:
     """The loader's evaluation choice of ``num_frames`` frame numbers out of ``n`` (segment centres)."""
-    from ._project import stream
-
-    t = stream().SampleTransform(False, 8, int(num_frames), 1, np.zeros(1, np.float32), np.ones(1, np.float32),
-                                 None, 1.0, 1)
+    t = SampleTransform(False, 8, int(num_frames), 1, np.zeros(1, np.float32), np.ones(1, np.float32), None, 1.0, 1)
     return t.frame_indices(int(n), None)
 
 
@@ -84,7 +73,7 @@ def decode_size(width: int, height: int, image_size: int | None, frame_crop: flo
     target = math.ceil(2 * int(image_size) * short / max(side, 1))
     if short < 2 * target:  # only when it saves at least half of each side
         return width, height
-    return mp4().scaled_size(width, height, target)
+    return mp4.scaled_size(width, height, target)
 
 
 def scale_crop(crop: tuple[int, int, int] | None, source: tuple[int, int], decoded: tuple[int, int]
@@ -111,7 +100,7 @@ def check_crop(crop: tuple[int, int, int] | None, width: int, height: int, sourc
 
 def _seek(info, size: tuple[int, int], times: Sequence[float]) -> list[np.ndarray | None]:
     def one(t: float) -> np.ndarray | None:
-        got, _ = mp4().decode(info, size, 1, before_input=["-ss", f"{max(0.0, t):.6f}"], timeout=DECODE_TIMEOUT_S)
+        got, _ = mp4.decode(info, size, 1, before_input=["-ss", f"{max(0.0, t):.6f}"], timeout=DECODE_TIMEOUT_S)
         return got[0] if len(got) else None
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -120,13 +109,12 @@ def _seek(info, size: tuple[int, int], times: Sequence[float]) -> list[np.ndarra
 
 def _select(info, size: tuple[int, int], start: float, end: float | None, numbers: Sequence[int]) -> np.ndarray:
     uniq = sorted(set(int(i) for i in numbers))
-    expr = "+".join(f"eq(n\\,{i})" for i in uniq)
     before = []
     if start > 0:
         before += ["-ss", f"{start:.6f}"]
     if end is not None:
         before += ["-t", f"{max(0.0, end - start):.6f}"]
-    return mp4().decode(info, size, len(uniq), before_input=before, filters=[f"select='{expr}'"],
+    return mp4.decode(info, size, len(uniq), before_input=before, filters=[mp4.select_filter(uniq)],
                         timeout=DECODE_TIMEOUT_S)[0]
 
 
@@ -192,10 +180,6 @@ def model_view(frames: np.ndarray, image_size: int, frame_crop: float = 1.0,
 
     ``crop``: (x, y, size) pixels, a square inside the frame; None = the centred square of ``frame_crop`` x the
     short side."""
-    import torch
-
-    from ._project import center_box, clip_normalize, eval_view
-
     a = np.asarray(frames)
     if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8 or len(a) == 0:
         raise BadInputError(source, "frames", f"expected (T, H, W, 3) uint8 frames, got {a.dtype} {a.shape}")

@@ -1,0 +1,55 @@
+"""One query against an index: :func:`open_index` (the index and the model it was built with) and
+:func:`run_query` (text, video or motion -> top-k motions, or captions), shared by ``lavimo-search query``, the
+search page and the demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lavimo.core.errors import BadInputError
+
+from .index import META, Index, read_index_json
+from .model import load
+
+
+def open_index(index_dir: Path, checkpoint: Path | None, stats: Path | None, device: str = "cpu"):
+    """(Retriever, Index) for an index directory, the checkpoint defaulting to the one it records."""
+    meta_path = index_dir / META
+    if checkpoint is None:
+        try:  # bounded: a hostile index.json is one BadInputError naming it (read_index_json), never a traceback
+            recorded = read_index_json(meta_path).get("checkpoint")
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{index_dir}: no index (build it with 'lavimo-search index')") from exc
+        if not isinstance(recorded, str) or not recorded or "\0" in recorded:
+            raise BadInputError(meta_path, "checkpoint", "not a file name; pass --checkpoint")
+        checkpoint = Path(recorded)
+    retriever = load(checkpoint, stats=stats, device=device)
+    return retriever, Index.load(index_dir, retriever.sha256, retriever.latent_dim)
+
+
+def run_query(retriever, index, *, text: str | None = None, video: Path | None = None,
+              motion: Path | None = None, k: int = 5, captions: bool = False, start: float | None = None,
+              end: float | None = None, crop=None, fps: float | None = None) -> dict[str, Any]:
+    """One query -> ``{"query": {...}, "results": [...]}`` (motions; captions with ``captions``)."""
+    if text is not None:
+        q, kind, against = retriever.encode_text([text]), "text", "motion"
+    elif video is not None:
+        q, kind, against = retriever.encode_video(video, start, end, crop), "video", "motion"
+    else:
+        q, kind = retriever.encode_motion(motion, fps, start, end), "motion"
+        against = "text" if captions else "motion"
+    hits = index.search(q, k, against)
+    if against == "text":
+        results = [{"caption": caption_of(index, i), "keyid": index.entries[int(index.text_owner[i])].keyid,
+                    "score": round(s, 6)} for i, s in hits]
+    else:
+        results = [index.result(i, s) for i, s in hits]
+    return {"query": {"kind": kind, "against": against, "k": k}, "results": results}
+
+
+def caption_of(index, row: int) -> str:
+    """The caption of text row ``row`` (rows are the entries' captions in order)."""
+    owner = int(index.text_owner[row])
+    first = int((index.text_owner < owner).sum())
+    return index.entries[owner].captions[row - first]
