@@ -454,3 +454,19 @@ def test_augmentation_and_random_init_flags_reach_the_config_and_the_loader(monk
     from lavimo.training.data import train_loader
     train_loader(args.shards, rc.model, rc.train, 0, 1, DistInfo(), args.shuffle_buffer)
     assert seen["augment"] == {"hflip_p": 0.5, "randaugment_ops": 2, "randaugment_magnitude": 9}
+
+
+def test_the_command_is_lavimo_train_and_training_cli_points_to_it():
+    """``python -m lavimo.train`` is the command (``train.py``; ``main(argv)``); ``python -m lavimo.training.cli``
+    only parses flags: one line pointing to ``python -m lavimo.train``, exit status 2."""
+    import subprocess
+    import sys
+
+    import lavimo.train
+
+    assert callable(lavimo.train.main)
+    help_ = subprocess.run([sys.executable, "-m", "lavimo.train", "--help"], capture_output=True, text=True)
+    assert help_.returncode == 0 and "--shards" in help_.stdout
+    proc = subprocess.run([sys.executable, "-m", "lavimo.training.cli"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "python -m lavimo.train" in proc.stderr
