@@ -1,4 +1,5 @@
-"""train.py and its helpers (training/schedule.py, training/run_dir.py, training/loop.py, training/cli.py, training/trainer.py).
+"""train.py and its helpers (training/schedule.py, training/run_dir.py, training/loop.py, training/cli.py,
+training/trainer.py).
 
 Unit tests for the parts that stand alone (schedule, run dir, training state, NaN guard, flags) plus the
 end-to-end runs on a tiny synthetic shard set (marked slow): loss goes down, metrics.csv per epoch, exact resume,

@@ -144,8 +144,8 @@ def load_run_config(name_or_path: str | os.PathLike, **overrides: Any) -> RunCon
     or a JSON file, with ``overrides`` (typed values or CLI strings) routed to the model or the run's settings.
 
     A JSON file may be a run's ``config.json`` (``{"model": {...}, "train": {...}}``; also one written before the
-    model / run split, whose ``"model"`` held both halves) or one flat object with fields of both. Raises ``FileNotFoundError`` (no such preset or file) or ``ValueError`` (bad JSON, unknown
-    field, out-of-range value).
+    model / run split, whose ``"model"`` held both halves) or one flat object with fields of both. Raises
+    ``FileNotFoundError`` (no such preset or file) or ``ValueError`` (bad JSON, unknown field, out-of-range value).
     """
     s = os.fspath(name_or_path)
     model_over, train_over = split_fields(overrides)

@@ -18,10 +18,10 @@ log = logging.getLogger("train")
 
 
 def check_training_manifests(shards: Path | RemoteShards, cfg) -> dict[str, dict]:
-    """Read the train/val manifests (not the tars: see :func:`verify_shards`); clear errors (BadInputError naming the file and field) for a missing/empty
-    directory, an unreadable manifest or a feature-dim mismatch. ``shards`` may be a remote set (an http(s) base
-    URL or ``pipe:`` command, dataset/shard_source.py): a server or command that fails raises its FetchError
-    (an OSError naming the URL)."""
+    """Read the train/val manifests (not the tars: see :func:`verify_shards`); clear errors (BadInputError
+    naming the file and field) for a missing/empty directory, an unreadable manifest or a feature-dim mismatch.
+    ``shards`` may be a remote set (an http(s) base URL or ``pipe:`` command, dataset/shard_source.py): a server
+    or command that fails raises its FetchError (an OSError naming the URL)."""
     from lavimo.dataset.shard_format import manifest_path, read_manifest
 
     remote = is_remote(shards)
@@ -67,8 +67,8 @@ def check_training_manifests(shards: Path | RemoteShards, cfg) -> dict[str, dict
 def _verify_files(shards: Path | RemoteShards, manifests: dict[str, dict]) -> dict[str, dict[str, dict]]:
     """``{split: {shard name: {"sha256", "bytes", "match": True}}}`` from lavimo.dataset.shards.verify_shards (every
     listed file read once, streamed through sha256; for a remote set every tar is downloaded once, nothing
-    stored), against ``manifests`` (those training checked: never read twice); the first file that differs from its manifest entry (or is missing or unreadable) raises
-    BadInputError naming it."""
+    stored), against ``manifests`` (those training checked: never read twice); the first file that differs from
+    its manifest entry (or is missing or unreadable) raises BadInputError naming it."""
     from lavimo.dataset.shards import verify_shards as verify_shard_files
 
     out: dict[str, dict[str, dict]] = {}

@@ -1,9 +1,10 @@
 """Helpers of the training loop: DDP set-up, the optimiser, RNG and training-state checkpoints, the skip budget
 and NaN/inf guard, one optimisation step (:class:`Stepper`), and validation retrieval metrics.
 
-Each helper has one job; the loop itself is :class:`lavimo.training.trainer.Trainer`. Devices and precision are
-:mod:`lavimo.core.device`; the parameter groups are the model's (:meth:`lavimo.model.lavimo.LavimoModel.parameter_groups`);
-validation encodes with :func:`lavimo.evaluation.encode.encode_split` and scores with :mod:`lavimo.evaluation.metrics`.
+Each helper has one job; the loop itself is :class:`lavimo.training.trainer.Trainer`. Devices and precision
+are :mod:`lavimo.core.device`; the parameter groups are the model's
+(:meth:`lavimo.model.lavimo.LavimoModel.parameter_groups`); validation encodes with
+:func:`lavimo.evaluation.encode.encode_split` and scores with :mod:`lavimo.evaluation.metrics`.
 """
 
 from __future__ import annotations

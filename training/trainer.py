@@ -87,12 +87,8 @@ class Trainer:
         self.guard = NonFiniteGuard(options.max_nan_steps)
         self.period = RunningMeans()  # loss terms and throughput since the last validation
         self.pending_rng: dict | None = None  # this rank's saved RNG state, set once the loader is past it
-        # opened by fit()
-        self.net: torch.nn.Module | None = None
-        self.stepper: Stepper | None = None
-        self.budget: SkipBudget | None = None
-        self.metrics: MetricsTable | None = None
-        self.tb = self.keyid_log = self.preprocess = None
+        # opened by fit(): the wrapped network, its Stepper, the SkipBudget, metrics.csv, TensorBoard, the keyid log
+        self.net = self.stepper = self.budget = self.metrics = self.tb = self.keyid_log = self.preprocess = None
 
     # ----------------------------------------------------------------------------------------------------------
     # resume
@@ -389,9 +385,8 @@ class Trainer:
         row.update({f"fusion_{k}": means.get(f"fusion_{k}", float("nan")) for k in FUSION_NAMES})
         row["samples_per_s"] = self.period.samples_per_s()
         row["nonfinite_skipped"] = self.guard.total
-        for d in ("t2m", "v2m"):
-            for k in ("R@1", "R@5", "R@10", "MedR"):
-                row[f"val_{d}_{k}"] = res.get(f"{d}/{k}", float("nan"))
+        row.update({f"val_{d}_{k}": res.get(f"{d}/{k}", float("nan")) for d in ("t2m", "v2m")
+                    for k in ("R@1", "R@5", "R@10", "MedR")})
         row["val_score"] = res["score"]
         row["val_samples"] = int(res["n"])
         improved = self.updates > 0 and (self.best_score is None or res["score"] > self.best_score)
