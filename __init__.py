@@ -7,4 +7,10 @@ checkout's ``train.py`` / ``evaluate.py``, runnable as ``python -m lavimo.train`
 The structure and its contracts: docs/design.md.
 """
 
+from pathlib import Path
+
 __version__ = "0.1.0"
+
+#: the Slurm batch scripts (train, render array, shard array), installed with the package (a checkout's
+#: ``scripts/slurm/``): ``sbatch "$(python -c 'import lavimo; print(lavimo.SLURM_SCRIPTS)')/train.sbatch"``
+SLURM_SCRIPTS = Path(__file__).resolve().parent / "scripts" / "slurm"

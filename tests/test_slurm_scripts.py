@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,9 @@ def _run(tmp_path: Path, script: str, **env) -> tuple[int, list[str]]:
     calls = tmp_path / "calls.txt"
     calls.unlink(missing_ok=True)
     bin_dir = tmp_path / "bin" if (tmp_path / "bin").is_dir() else _fake_bin(tmp_path)
-    full = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", CALLS=str(calls), **env)
+    # the stand-ins first, then this interpreter's bin (its `python` imports lavimo), then the rest
+    full = dict(os.environ, PATH=f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}", CALLS=str(calls),
+                **env)
     proc = subprocess.run(["bash", str(SLURM / script)], cwd=REPO, env=full, capture_output=True, text=True,
                           timeout=180)
     return proc.returncode, calls.read_text().splitlines() if calls.exists() else []
@@ -40,15 +43,18 @@ def _run(tmp_path: Path, script: str, **env) -> tuple[int, list[str]]:
 def test_train_job_requeues_on_exit_75(tmp_path, train_rc, job_rc, requeued):
     rc, calls = _run(tmp_path, "train.sbatch", SHARDS="/s", OUT="/o", SLURM_JOB_ID="42", FAKE_RC=str(train_rc))
     assert rc == job_rc
-    assert calls[0].startswith("srun ") and "train.py --shards /s --out /o" in calls[0]
+    assert calls[0].startswith("srun ") and "python -m lavimo.train --shards /s --out /o" in calls[0]
     assert "--resume auto" in calls[0]
     assert (calls[1:] == ["scontrol requeue 42"]) is requeued
 
 
 def test_render_array_leaves_part_to_the_task(tmp_path):
     rc, calls = _run(tmp_path, "render_array.sbatch", AMASS="/a", ANN="/h", OUT="/v")
-    assert rc == 0 and calls[0].startswith("render-amass --amass /a --annotations /h --out /v")
+    assert rc == 0 and calls[0].startswith("render-amass --amass /a --annotations /h --out /v --avatars ")
     assert "--part" not in calls[0]
+    assert (Path(calls[0].split("--avatars ")[1].split()[0]) / "avatars").is_dir()  # the installed assets
+    rc, calls = _run(tmp_path, "render_array.sbatch", AMASS="/a", ANN="/h", OUT="/v", AVATARS="mine/")
+    assert rc == 0 and "--avatars mine/ --lights 4" in calls[0]
 
 
 def test_shard_array_and_merge(tmp_path):
