@@ -471,3 +471,5 @@ def test_the_command_is_lavimo_train_and_training_cli_points_to_it():
     proc = subprocess.run([sys.executable, "-m", "lavimo.training.cli"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "python -m lavimo.train" in proc.stderr
+    stale = subprocess.run([sys.executable, "-m", "lavimo.training.cli", "--help"], capture_output=True, text=True)
+    assert stale.returncode == 0 and "--shards" in stale.stdout  # an install whose lavimo-train points here

@@ -142,8 +142,13 @@ def os_error_line(exc: OSError) -> str:
                                              "--resume if RUN/checkpoints/last.state.pt exists)")
 
 
-def main(argv: list[str] | None = None) -> int:  # noqa: ARG001 - python -m lavimo.training.cli
-    """Not the command: one line pointing to it, exit status 2."""
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lavimo.training.cli`` is not the command: ``--help`` shows train.py's flags (this module's; an
+    install whose ``lavimo-train`` still points here keeps answering it), anything else is one line pointing to
+    ``python -m lavimo.train``, exit status 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "-h" in argv or "--help" in argv:
+        parse_args(["--help"])  # prints the usage, exits 0
     return print_error("python -m lavimo.training.cli", "this module only parses train.py's flags; train with "
                        "python -m lavimo.train (or train.py, lavimo-train)", EXIT_SETUP)
 
