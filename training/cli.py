@@ -1,12 +1,7 @@
 """``train.py``'s command line: its flags (:func:`parse_args`; flags override the preset, ``--set`` any field),
 what they set (:func:`config_overrides` for the config, :func:`runtime_options` for the loop) and how the
-command reports (one ``train.py: error: ...`` line and its exit status). The run itself is told top to bottom in
-``train.py`` (``python -m lavimo.train``), the loop is :mod:`lavimo.training.trainer`.
-
-Exit statuses (docs/training.md, "Reliability"): 0 done; 1 training could not make progress (no usable batch, an
-epoch without an optimiser step, more skipped samples than ``--max-skip-fraction``; the skip counts by reason);
-2 usage and set-up errors (bad flags, shards, checkpoints, a full disk); 75 stopped by a signal after writing a
-checkpoint (training/preemption.py).
+command reports: one ``train.py: error: ...`` line, exit status 1 (no progress possible: the skip counts by
+reason) or 2 (usage and set-up errors); docs/training.md, "Reliability". The run itself is ``train.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +15,7 @@ from lavimo.core.errors import SetupError, os_error_text, print_error
 from lavimo.training.trainer import Options
 
 # exit statuses (docs/training.md, "Reliability"; 75 is training/preemption.py's EXIT_PREEMPTED)
-EXIT_OK, EXIT_NO_PROGRESS, EXIT_SETUP = 0, 1, 2
+EXIT_NO_PROGRESS, EXIT_SETUP = 1, 2
 
 #: the program name of train.py's error lines (``train.py: error: MESSAGE``, docs/design.md, "Errors")
 PROG = "train.py"

@@ -1,17 +1,11 @@
 """Preemption-safe training: SIGTERM / SIGUSR1 ask train.py to stop after the current step.
 
 A cluster that preempts a job (Slurm: ``PreemptMode=REQUEUE``, a time limit with ``--signal``) sends SIGTERM or
-a chosen signal a while before it kills the processes. :func:`preemption_signals` records them (the one
-stop-signal handler, :class:`lavimo.core.stop.StopSignals`); the trainer asks :func:`stop_requested` after every
-optimisation step, and once a signal came (on any rank: the decision is all-reduced, so every rank stops after the
-same step) it finishes that step, writes a complete checkpoint (``last.safetensors`` + ``last.state.pt``, exactly
-as a periodic save) and exits with :data:`EXIT_PREEMPTED`. A second signal is only logged (a cluster's final
-SIGKILL still ends the process). Relaunching the same command line with ``--resume auto`` continues
-bit-identically (see :func:`resolve_resume`).
-
-Exit status :data:`EXIT_PREEMPTED` = 75 (``EX_TEMPFAIL`` of sysexits.h, "try again later") is what a requeue
-script tests (``scripts/slurm/train.sbatch``): 0 = finished, 1 = no progress possible, 2 = usage / set-up
-error, 75 = stopped by a signal with a checkpoint written, relaunch to continue.
+a chosen signal a while before it kills the processes. :func:`preemption_signals` records them
+(:class:`lavimo.core.stop.StopSignals`); the trainer asks :func:`stop_requested` after every step (all-reduced:
+every rank stops after the same step), writes a complete checkpoint and exits with :data:`EXIT_PREEMPTED` = 75
+(``EX_TEMPFAIL``, what ``scripts/slurm/train.sbatch`` tests to requeue). A second signal is only logged. The same
+command line with ``--resume auto`` continues bit-identically (:func:`resolve_resume`).
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """The training loop: :class:`Trainer` (``fit`` -> ``train_one_epoch`` -> one step, ``validate``, ``save``,
 ``resume``), holding the run's state explicitly (epoch, batch in epoch, global step, optimiser steps, best score,
-the NaN/inf guard and the running means). ``train.py`` builds the model and a Trainer and calls :meth:`Trainer.fit`.
-
-One step = one batch per rank (:class:`lavimo.training.loop.Stepper`): forward under autocast, backward, gradient
-clipping, AdamW, then the per-step lr schedule (training/schedule.py). Validation (retrieval t2m / v2m on the
-whole val split) at the end of every ``eval_every`` epochs (or every ``val_every`` steps) writes a metrics.csv row
-and TensorBoard scalars. A checkpoint (``last.safetensors`` + ``last.state.pt``) holds everything a resume needs to
-continue bit-identically: optimiser, scheduler, scaler, every rank's RNG states, the counters (docs/training.md).
+NaN/inf guard, running means). One step = one batch per rank (:class:`lavimo.training.loop.Stepper`), then the
+per-step lr schedule. A checkpoint (``last.safetensors`` + ``last.state.pt``) holds everything a resume needs to
+continue bit-identically (docs/training.md).
 """
 
 from __future__ import annotations
@@ -41,8 +37,6 @@ from lavimo.training.run_dir import MetricsTable, RunDir, writing
 from lavimo.training.schedule import paper_scheduler
 
 log = logging.getLogger("train")
-
-EXIT_OK = 0
 
 
 @dataclass(frozen=True)
@@ -169,7 +163,7 @@ class Trainer:
             log.info("done: global step %d, epoch %d/%d, %d non-finite step(s) skipped, best val score %s; run dir "
                      "%s", self.step, self.epoch, tc.epochs, self.guard.total,
                      "n/a" if self.best_score is None else f"{self.best_score:.2f}", run.root)
-        return EXIT_OK
+        return 0
 
     def _open(self) -> None:
         """Before this session's first step: metrics.csv cut back to the current step (rank 0), the network
