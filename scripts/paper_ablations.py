@@ -11,7 +11,7 @@
 The rows are data (``model/presets/ablations/paper_tables.json``, or ``--data FILE``): each row is a name (its run
 directory ``OUT/<name>``), a label, the ``train.py`` flags added to the preset, where that mapping comes from, and
 the paper's numbers (null until a user fills them in). ``train`` runs ``train.py`` once per row, as a user would
-(a subprocess with this Python; ``--in-process`` calls ``lavimo.training.cli.main(argv)`` instead): a row whose run is complete
+(a subprocess with this Python; ``--in-process`` calls ``lavimo.train.main(argv)`` instead): a row whose run is complete
 is skipped, an unfinished one is continued with ``--resume``. Rows that resolve to the same config (e.g. the
 epsilon sweep's 0.8 and ``ours`` under the paper preset) share the run of the first such row in the data file.
 ``table`` runs ``evaluate.py --protocol threshold --tasks t2m m2t`` per run (TMR's "all with threshold"
@@ -283,6 +283,7 @@ def resolve_rows(tables: dict[str, Table], shards: str, preset: str, global_args
     refused in the rows and after ``--``. Rows in ``warn_for`` (default all) get a warning when an option of
     this command line overrides one of their own flags.
     """
+    import lavimo.core.errors
     import lavimo.training.cli as train_script
     from lavimo.training.config import load_run_config
 
@@ -305,7 +306,7 @@ def resolve_rows(tables: dict[str, Table], shards: str, preset: str, global_args
     def overrides(a: argparse.Namespace, what: str) -> dict[str, Any]:
         try:
             return train_script.config_overrides(a)
-        except train_script.SetupError as exc:
+        except lavimo.core.errors.SetupError as exc:
             raise SetupError(f"{what}: {exc}") from None
 
     common = [*global_args, *passthrough]
@@ -411,7 +412,7 @@ def run_tool(script: Path, argv: list[str], log_path: Path, in_process: bool,
 
 
 #: the module whose ``main`` each top-level script runs
-_COMMAND_MODULES = {"train": "lavimo.training.cli", "evaluate": "lavimo.evaluation.cli"}
+_COMMAND_MODULES = {"train": "lavimo.train", "evaluate": "lavimo.evaluation.cli"}
 
 
 def _run_in_process(script_name: str, argv: list[str], fh) -> int:

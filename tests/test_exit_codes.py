@@ -320,7 +320,7 @@ def bad_motion_shards(tiny_shards, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_run(tiny_shards, tmp_path_factory):
     """(exit status, run directory) of a tiny two-step training run."""
-    import lavimo.training.cli as train
+    import lavimo.train as train
 
     out = tmp_path_factory.mktemp("train") / "run"
     rc = train.main([*map(str, ["--shards", tiny_shards, "--out", out, "--max-steps", 2, *TRAIN])])
@@ -333,7 +333,7 @@ def trained_run(tiny_shards, tmp_path_factory):
     (2, "unknown preset"), (2, "not an int"),
 ])
 def test_train_py(code, case, tiny_shards, bad_motion_shards, trained_run, tmp_path, capsys):
-    import lavimo.training.cli as train
+    import lavimo.train as train
 
     out = tmp_path / "run"
     args = ["--shards", tiny_shards, "--out", out, "--max-steps", 2, *TRAIN]

@@ -52,7 +52,8 @@ torch.set_num_threads(1)
 from lavimo.core.errors import BadInputError
 from lavimo.model import load_checkpoint
 from lavimo.model.weights import _load_any
-from lavimo.training.cli import SetupError, _load_config
+from lavimo.core.errors import SetupError
+from lavimo.training.config import _load_config
 from lavimo.training.loop import load_training_state
 from lavimo.training.run_dir import MetricsTable, load_json
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import lavimo.training.cli as train_script
-from lavimo.training.preemption import EXIT_PREEMPTED, StopRequest, resolve_resume
+import lavimo.train as train_script
+import lavimo.training.trainer
+from lavimo.training.preemption import EXIT_PREEMPTED, preemption_signals, resolve_resume, stop_requested
 from lavimo.training.loop import load_training_state
 from tests.fixtures.processes import sigterm_when
 from tests.fixtures.runs import assert_same_last_weights
@@ -37,10 +38,12 @@ def test_resolve_resume(tmp_path):
 
 
 def test_stop_request_records_the_signal():
-    with StopRequest() as stop:
-        assert not stop.requested()
+    with preemption_signals().installed() as stop:
+        assert not stop_requested(stop)
         os.kill(os.getpid(), signal.SIGUSR1)
-        assert stop.requested() and stop.signum == signal.SIGUSR1
+        assert stop_requested(stop) and stop.signal_name == "SIGUSR1"
+        os.kill(os.getpid(), signal.SIGTERM)  # a second signal is only logged
+        assert stop.signal_name == "SIGUSR1"
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # restored
 
 
@@ -49,7 +52,7 @@ def test_signal_mid_epoch_then_same_command_is_bit_identical(shards, tmp_path, m
     full = tmp_path / "full"
     assert train_script.main(_argv(shards, full)) == 0
 
-    class SignalAtStep5(train_script.Stepper):  # the cluster's SIGUSR1 arrives while step 5 runs
+    class SignalAtStep5(lavimo.training.trainer.Stepper):  # the cluster's SIGUSR1 arrives while step 5 runs
         def __call__(self, batch, step):
             if step == 5:
                 os.kill(os.getpid(), signal.SIGUSR1)
@@ -57,7 +60,7 @@ def test_signal_mid_epoch_then_same_command_is_bit_identical(shards, tmp_path, m
 
     out = tmp_path / "preempted"
     with monkeypatch.context() as m:
-        m.setattr(train_script, "Stepper", SignalAtStep5)
+        m.setattr(lavimo.training.trainer, "Stepper", SignalAtStep5)
         assert train_script.main(_argv(shards, out)) == EXIT_PREEMPTED
     state = load_training_state(out / "checkpoints" / "last.state.pt", complete=True)
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (0, 6, 6)  # step 5 finished, then saved

@@ -1,4 +1,5 @@
-"""train.py and its helpers (training/schedule.py, training/run_dir.py, training/loop.py, training/cli.py).
+"""train.py and its helpers (training/schedule.py, training/run_dir.py, training/loop.py, training/cli.py,
+training/trainer.py).
 
 Unit tests for the parts that stand alone (schedule, run dir, training state, NaN guard, flags) plus the
 end-to-end runs on a tiny synthetic shard set (marked slow): loss goes down, metrics.csv per epoch, exact resume,
@@ -30,6 +31,7 @@ from lavimo.training.run_dir import MetricsTable, RunDir
 from lavimo.training.schedule import lr_factor, paper_scheduler
 
 import lavimo.training.cli as train_script
+from lavimo.training.config import resolve_config
 from tests.fixtures.runs import TINY_FLAGS, assert_same_last_weights, metrics_rows, run_train, train_tiny
 
 
@@ -359,7 +361,7 @@ def test_ablation_flag_reaches_model_and_loss(flags, expect, monkeypatch, tmp_pa
     from lavimo.model import build_model
 
     args = train_script.parse_args(["--shards", "x", "--preset", "tiny", *flags])
-    cfg = train_script.resolve_config(args, RunDir(tmp_path / "r")).model
+    cfg = resolve_config(args.preset, train_script.config_overrides(args), RunDir(tmp_path / "r"), False).model
     for k, v in expect.items():
         assert getattr(cfg, k) == v
     calls = []
@@ -450,5 +452,24 @@ def test_augmentation_and_random_init_flags_reach_the_config_and_the_loader(monk
     loader = type("Loader", (), {"set_epoch": lambda self, epoch: None})
     monkeypatch.setattr(S, "make_loader", lambda *a, **kw: seen.update(kw) or loader())
     from lavimo.training.loop import DistInfo
-    T.train_loader(args, rc.model, rc.train, 0, 1, DistInfo())
+    from lavimo.training.data import train_loader
+    train_loader(args.shards, rc.model, rc.train, 0, 1, DistInfo(), args.shuffle_buffer)
     assert seen["augment"] == {"hflip_p": 0.5, "randaugment_ops": 2, "randaugment_magnitude": 9}
+
+
+def test_the_command_is_lavimo_train_and_training_cli_points_to_it():
+    """``python -m lavimo.train`` is the command (``train.py``; ``main(argv)``); ``python -m lavimo.training.cli``
+    only parses flags: one line pointing to ``python -m lavimo.train``, exit status 2."""
+    import subprocess
+    import sys
+
+    import lavimo.train
+
+    assert callable(lavimo.train.main)
+    help_ = subprocess.run([sys.executable, "-m", "lavimo.train", "--help"], capture_output=True, text=True)
+    assert help_.returncode == 0 and "--shards" in help_.stdout
+    proc = subprocess.run([sys.executable, "-m", "lavimo.training.cli"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "python -m lavimo.train" in proc.stderr
+    stale = subprocess.run([sys.executable, "-m", "lavimo.training.cli", "--help"], capture_output=True, text=True)
+    assert stale.returncode == 0 and "--shards" in stale.stdout  # an install whose lavimo-train points here

@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lavimo.core.errors import BadInputError, SetupError
 from lavimo.core.jsonconfig import JsonConfig, read_config_json
 from lavimo.model.config import PRESET_DIR as MODEL_PRESET_DIR
 from lavimo.model.config import LavimoConfig
 
 log = logging.getLogger(__name__)
+run_log = logging.getLogger("train")  # train.py's log (the resume lines below are part of its story)
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
@@ -142,8 +144,8 @@ def load_run_config(name_or_path: str | os.PathLike, **overrides: Any) -> RunCon
     or a JSON file, with ``overrides`` (typed values or CLI strings) routed to the model or the run's settings.
 
     A JSON file may be a run's ``config.json`` (``{"model": {...}, "train": {...}}``; also one written before the
-    model / run split, whose ``"model"`` held both halves) or one flat object with fields of both. Raises ``FileNotFoundError`` (no such preset or file) or ``ValueError`` (bad JSON, unknown
-    field, out-of-range value).
+    model / run split, whose ``"model"`` held both halves) or one flat object with fields of both. Raises
+    ``FileNotFoundError`` (no such preset or file) or ``ValueError`` (bad JSON, unknown field, out-of-range value).
     """
     s = os.fspath(name_or_path)
     model_over, train_over = split_fields(overrides)
@@ -166,3 +168,51 @@ def load_run_config(name_or_path: str | os.PathLike, **overrides: Any) -> RunCon
                 raise ValueError(f"{path}: {exc}") from None
     return RunConfig(LavimoConfig.from_dict({**model_data, **model_over}),
                      TrainConfig.from_dict({**train_data, **train_over}))
+
+
+def resolve_config(preset: str, overrides: dict[str, Any], run: Any, resume: bool) -> RunConfig:
+    """Preset + flags (``overrides``) -> the run's :class:`RunConfig` (model + run settings); ``run`` a
+    :class:`lavimo.training.run_dir.RunDir`.
+
+    On resume the run's saved config is the base: the model is the checkpoint's (a flag that would change it
+    is refused: that is another model, so another --out), the run's settings are the saved ones with this
+    command line's flags applied, each change logged. Every problem is a :class:`SetupError`."""
+    if not resume:
+        return _load_config(preset, overrides)
+    if not run.last_state.is_file():
+        raise SetupError(f"--resume: no checkpoint to resume in {run.ckpt_dir}; start fresh without --resume")
+    if not run.config.is_file():
+        raise SetupError(f"--resume: {run.config} not found (nothing to resume in {run.root}); start fresh in "
+                         "another --out without --resume")
+    saved = _load_config(run.config, {})
+    try:
+        cfg = saved.replace(**overrides)
+    except (ValueError, TypeError) as exc:
+        raise SetupError(f"{run.config} (with the flags' overrides): {' '.join(str(exc).split())}") from exc
+    model_changes = changes(saved.model.to_dict(), cfg.model.to_dict())
+    if model_changes:
+        raise SetupError(f"--resume cannot change the model of the saved run ({model_changes}): the checkpoint "
+                         "holds that model; start a new --out instead")
+    run_changes = changes(saved.train.to_dict(), cfg.train.to_dict())
+    if run_changes:
+        run_log.info("--resume with changed run settings: %s", run_changes)
+    if cfg.train.epochs != saved.train.epochs:
+        run_log.warning("--resume with epochs %d -> %d: the lr schedule is recomputed for the new length",
+                        saved.train.epochs, cfg.train.epochs)
+    return cfg
+
+
+def changes(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """``"lr 0.0001 -> 5e-05, seed 0 -> 1"`` for the fields whose values differ ("" when none)."""
+    return ", ".join(f"{k} {before[k]!r} -> {after[k]!r}" for k in sorted(after) if before.get(k) != after[k])
+
+
+def _load_config(source: str | os.PathLike, overrides: dict[str, Any]) -> RunConfig:
+    """load_run_config with its errors (missing file, bad JSON, unknown field, out-of-range value) as
+    SetupError."""
+    try:
+        return load_run_config(source, **overrides)
+    except (FileNotFoundError, BadInputError) as exc:  # BadInputError: not JSON, too big, too deep; names the file
+        raise SetupError(str(exc)) from exc
+    except (ValueError, TypeError) as exc:
+        raise SetupError(f"{source} (with the flags' overrides): {' '.join(str(exc).split())}") from exc

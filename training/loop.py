@@ -1,9 +1,10 @@
 """Helpers of the training loop: DDP set-up, the optimiser, RNG and training-state checkpoints, the skip budget
 and NaN/inf guard, one optimisation step (:class:`Stepper`), and validation retrieval metrics.
 
-Each helper has one job; the loop itself is :func:`lavimo.training.cli.train` (``train.py``). Devices and precision are
-:mod:`lavimo.core.device`; the parameter groups are the model's (:meth:`lavimo.model.lavimo.LavimoModel.parameter_groups`);
-validation encodes with :func:`lavimo.evaluation.encode.encode_split` and scores with :mod:`lavimo.evaluation.metrics`.
+Each helper has one job; the loop itself is :class:`lavimo.training.trainer.Trainer`. Devices and precision
+are :mod:`lavimo.core.device`; the parameter groups are the model's
+(:meth:`lavimo.model.lavimo.LavimoModel.parameter_groups`); validation encodes with
+:func:`lavimo.evaluation.encode.encode_split` and scores with :mod:`lavimo.evaluation.metrics`.
 """
 
 from __future__ import annotations
@@ -252,7 +253,7 @@ def save_training_state(path: str | os.PathLike, state: dict[str, Any],
             before_rename()
 
 
-# field -> accepted types of a training state (see training/cli.py, save())
+# field -> accepted types of a training state (see training/trainer.py, Trainer.save)
 _STATE_FIELDS: dict[str, tuple[type, ...]] = {
     "epoch": (int,), "batch_in_epoch": (int,), "step": (int,), "steps_per_epoch": (int,),
     "optimizer": (dict,), "scheduler": (dict,), "scaler": (dict,), "rng": (list, tuple),

@@ -14,6 +14,7 @@ Layout (see the README)::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from lavimo.core.atomic import temp_target, write_json, write_text
-from lavimo.core.errors import BadInputError
+from lavimo.core.errors import BadInputError, SetupError, is_disk_full
 from lavimo.core.hashing import sha256_file
 from lavimo.core.jsonconfig import read_json_file
 
@@ -58,6 +59,35 @@ class RunDir:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.tb.mkdir(parents=True, exist_ok=True)
         return self
+
+
+@contextlib.contextmanager
+def writing(path: Path, run: RunDir):
+    """Turn an OSError while writing ``path`` into a SetupError naming it (a full disk says how to go on)."""
+    try:
+        yield
+    except OSError as exc:
+        if is_disk_full(exc):
+            hint = (f"then rerun with --resume (the last complete checkpoint, {run.last_state}, is kept)"
+                    if run.last_state.is_file() else
+                    "then start again without --resume (no complete checkpoint was written)")
+            raise SetupError(f"{path}: no space left on device while writing it; free disk space (or choose "
+                             f"another --out), {hint}") from exc
+        raise SetupError(f"{path}: cannot write it ({exc.strerror or exc}); check the run directory "
+                         f"{run.root} (permissions, free space)") from exc
+
+
+def start_run(run: RunDir, config: dict[str, Any], *, shards: str | os.PathLike, manifests: dict[str, dict],
+              verified: dict[str, dict[str, dict]] | None, extra: dict[str, Any]) -> None:
+    """Rank 0's first writes of a session: the run directory (what a killed run left half-written removed,
+    never counted, never read), ``config.json`` (``config``) and ``run.json`` (:func:`write_run_info`)."""
+    with writing(run.root, run):
+        run.create()
+        remove_stale_temp_files(run)
+    with writing(run.config, run):
+        write_json(run.config, config)
+    with writing(run.info, run):
+        write_run_info(run, shards=shards, manifests=manifests, verified=verified, extra=extra)
 
 
 #: the files of a run directory that are written atomically (lavimo.core.atomic): a killed run may leave a temporary file
