@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 1
     except RuntimeError as exc:
-        from lavimo.dataset.stream import NoUsableSamplesError
+        from lavimo.dataset.shards.stream import NoUsableSamplesError
 
         if not isinstance(exc, NoUsableSamplesError):
             raise
@@ -245,7 +245,7 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
-    from lavimo.dataset.shard_source import shard_location
+    from lavimo.dataset.shards.source import shard_location
 
     shard_location(args.shards)  # a directory, an http(s) base URL or a pipe: command; BadInputError otherwise
     protocols = P.expand_protocols(args.protocol)
@@ -288,7 +288,7 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
         if not tasks:
             raise ValueError("no task left to evaluate (the model has no video encoder)")
 
-    from lavimo.dataset.stream import make_loader
+    from lavimo.dataset.shards.stream import make_loader
 
     cfg = getattr(model, "cfg", None)
     loader_kw: dict[str, Any] = cfg.loader_kwargs() if cfg is not None else {}
@@ -409,10 +409,10 @@ def _record_sentence_model(results: dict[str, Any], info: dict[str, Any], cfg: A
 
 def has_split(shards: str | os.PathLike, split: str) -> bool:
     """Whether the shard set holds ``split`` (its manifest ``{split}.json`` exists). For a remote set (an http(s)
-    base URL or ``pipe:`` command, dataset/shard_source.py) the manifest is fetched: absent on an http 404 or a
+    base URL or ``pipe:`` command, dataset/shards/source.py) the manifest is fetched: absent on an http 404 or a
     command that exits non-zero; a dead server or a timeout raises FetchError (an OSError naming the URL)."""
-    from lavimo.dataset.shard_format import manifest_path
-    from lavimo.dataset.shard_source import is_remote, shard_location
+    from lavimo.dataset.shards.format import manifest_path
+    from lavimo.dataset.shards.source import is_remote, shard_location
 
     if is_remote(shards):
         return shard_location(shards).exists(f"{split}.json")
@@ -422,7 +422,7 @@ def has_split(shards: str | os.PathLike, split: str) -> bool:
 def _text_model_info(shards: str | os.PathLike, split: str) -> dict[str, Any]:
     """The sentence model the split's embeddings came from, as its manifest records it (for metrics.json)."""
     try:
-        from lavimo.dataset.shard_format import read_manifest
+        from lavimo.dataset.shards.format import read_manifest
 
         text = read_manifest(shards, split).get("text_model") or {}
     except (OSError, ValueError):

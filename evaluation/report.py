@@ -247,9 +247,9 @@ def extract_shard_clips(shards: str | os.PathLike, split: str, keyids: Sequence[
 
     from lavimo.core.errors import BadInputError
     from lavimo.core.keyids import check_keyid, child_path
-    from lavimo.dataset.shard_format import META, VIDEO_JPGS, VIDEO_MP4, iter_tar_members
-    from lavimo.dataset.shard_source import open_shard
-    from lavimo.dataset.stream import resolve_shards
+    from lavimo.dataset.shards.format import META, VIDEO_JPGS, VIDEO_MP4, iter_tar_members
+    from lavimo.dataset.shards.source import open_shard
+    from lavimo.dataset.shards.stream import resolve_shards
     from lavimo.core.mp4 import write_video
     from lavimo.dataset.video_frames import decode_jpgs
 
@@ -282,7 +282,7 @@ def extract_shard_clips(shards: str | os.PathLike, split: str, keyids: Sequence[
 
         found: dict[str, dict[str, bytes]] = {}
         try:
-            with open_shard(url) as stream:  # a local file, or an http(s) / pipe: url (dataset/shard_source.py)
+            with open_shard(url) as stream:  # a local file, or an http(s) / pipe: url (dataset/shards/source.py)
                 for name, data in iter_tar_members(stream, where=url, refused=refused, want=want):
                     key, _, suffix = name.partition(".")
                     found.setdefault(key, {})[suffix] = data
@@ -296,7 +296,7 @@ def extract_shard_clips(shards: str | os.PathLike, split: str, keyids: Sequence[
                     with atomic_path(target) as tmp:
                         tmp.write_bytes(mem[VIDEO_MP4])
                 elif VIDEO_JPGS in mem:
-                    from lavimo.dataset.shard_format import parse_meta
+                    from lavimo.dataset.shards.format import parse_meta
 
                     fps = float(parse_meta(mem[META]).get("fps", 20.0)) if META in mem else 20.0
                     if not np.isfinite(fps) or fps <= 0:

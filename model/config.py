@@ -169,7 +169,7 @@ class LavimoConfig(JsonConfig):
 
     # ------------------------------------------------------------------
     def loader_kwargs(self) -> dict[str, Any]:
-        """The fields ``lavimo.dataset.stream.make_loader`` takes from the model: frame size and count, motion length,
+        """The fields ``lavimo.dataset.shards.stream.make_loader`` takes from the model: frame size and count, motion length,
         frame crop (training, validation and evaluation must read the shards the same way)."""
         return {"image_size": self.image_size, "num_frames": self.num_frames, "max_motion_len": self.max_motion_len,
                 "frame_crop": self.frame_crop}

@@ -22,15 +22,15 @@ __all__ = ["BadInputError", "PREPROCESS_KEYS", "atomic_path", "center_box", "che
 
 
 def stream():
-    """``lavimo.dataset.stream`` (the loader: SampleTransform, load_stats, resolve_shards, _tar_samples, collate)."""
-    import lavimo.dataset.stream as m
+    """``lavimo.dataset.shards.stream`` (the loader: SampleTransform, load_stats, resolve_shards, _tar_samples, collate)."""
+    import lavimo.dataset.shards.stream as m
 
     return m
 
 
 def shards():
-    """``lavimo.dataset.shard_format`` (parse_texts, load_npy_bytes, iter_tar_members, read_manifests, load_stats)."""
-    import lavimo.dataset.shard_format as m
+    """``lavimo.dataset.shards.format`` (parse_texts, load_npy_bytes, iter_tar_members, read_manifests, load_stats)."""
+    import lavimo.dataset.shards.format as m
 
     return m
 

@@ -323,7 +323,7 @@ class Item:
 def shard_items(shards: str | os.PathLike, splits: Sequence[str], retriever: Any, failed: list[str],
                 indexed: Mapping[str, dict[str, Any]] | None = None) -> Iterator[Item]:
     """Samples of a shard set, decoded by the loader's evaluation transform with the checkpoint's preprocessing
-    (``lavimo.dataset.stream.SampleTransform``: first usable caption's segment, first max_motion_len rows, segment-centre
+    (``lavimo.dataset.shards.stream.SampleTransform``: first usable caption's segment, first max_motion_len rows, segment-centre
     frames, centred crop). A sample the loader would skip is recorded in ``failed`` ("keyid: reason").
 
     ``indexed`` (keyid -> source, read as the iteration goes): a sample whose keyid is in it with the same

@@ -10,7 +10,7 @@ Preprocessing of a real video (any container and codec the bundled ffmpeg reads,
    duration or frame rate (a browser's MediaRecorder webm) has its packets counted instead (no decoding).
 2. **Window**: ``[start, end)`` seconds (default the whole file). Its frames are numbered ``0..n-1`` with
    ``n = floor((end - start) * fps)``, frame ``i`` being the one shown at ``start + i / fps``.
-3. **Frame choice**: the loader's evaluation rule (``lavimo.dataset.stream.SampleTransform.frame_indices``): the
+3. **Frame choice**: the loader's evaluation rule (``lavimo.dataset.shards.stream.SampleTransform.frame_indices``): the
    ``n`` frames are cut into ``num_frames`` equal segments and the centre frame of each is taken. Training
    videos were sampled the same way over a whole clip, so a window that frames the action as tightly as a
    database clip gives the closest view.

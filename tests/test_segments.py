@@ -20,9 +20,9 @@ from lavimo.dataset.annotations import load_clips, parse_humanml3d_text
 from lavimo.dataset.augment import CLIP_MEAN, CLIP_STD
 from lavimo.dataset.clip import Clip, FrameSpec, Text
 from lavimo.core.seeding import stable_rng
-from lavimo.dataset.shard_format import json_bytes, load_stats, npy_bytes, parse_texts
-from lavimo.dataset.shards import BuildConfig, build_shards, check_shards
-from lavimo.dataset.stream import (SKIP_REASONS, SampleError, SampleTransform, is_whole_clip, make_loader,
+from lavimo.dataset.shards.format import json_bytes, load_stats, npy_bytes, parse_texts
+from lavimo.dataset.shards.build import BuildConfig, build_shards, check_shards
+from lavimo.dataset.shards.stream import (SKIP_REASONS, SampleError, SampleTransform, is_whole_clip, make_loader,
                             min_segment_rows, segment_rows)
 from lavimo.core.mp4 import write_video
 from lavimo.dataset.video_frames import encode_jpgs

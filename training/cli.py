@@ -37,8 +37,8 @@ from lavimo.core.device import resolve_device, resolve_precision
 from lavimo.core.errors import BadInputError, is_disk_full, os_error_text, print_error
 from lavimo.core.seeding import stable_seed
 from lavimo.core.slurm import SlurmEnvError, apply_srun_env
-from lavimo.dataset.shard_source import FetchError, RemoteShards, is_remote, shard_location
-from lavimo.dataset.stream import NoUsableSamplesError
+from lavimo.dataset.shards.source import FetchError, RemoteShards, is_remote, shard_location
+from lavimo.dataset.shards.stream import NoUsableSamplesError
 from lavimo.dataset.text_embed import same_sentence_model
 from lavimo.evaluation.encode import EmptySplitError, encode_split
 from lavimo.model.lavimo import FUSION_NAMES, LOSS_KEYS
@@ -221,9 +221,9 @@ def _load_config(source, overrides: dict[str, Any]) -> RunConfig:
 def check_training_manifests(shards: Path | RemoteShards, cfg) -> dict[str, dict]:
     """Read the train/val manifests (not the tars: see :func:`verify_shards`); clear errors (BadInputError naming the file and field) for a missing/empty
     directory, an unreadable manifest or a feature-dim mismatch. ``shards`` may be a remote set (an http(s) base
-    URL or ``pipe:`` command, dataset/shard_source.py): a server or command that fails raises its FetchError
+    URL or ``pipe:`` command, dataset/shards/source.py): a server or command that fails raises its FetchError
     (an OSError naming the URL)."""
-    from lavimo.dataset.shard_format import manifest_path, read_manifest
+    from lavimo.dataset.shards.format import manifest_path, read_manifest
 
     remote = is_remote(shards)
     if not remote and not shards.is_dir():
@@ -270,7 +270,7 @@ def _verify_files(shards: Path | RemoteShards, manifests: dict[str, dict]) -> di
     listed file read once, streamed through sha256; for a remote set every tar is downloaded once, nothing
     stored), against ``manifests`` (those training checked: never read twice); the first file that differs from its manifest entry (or is missing or unreadable) raises
     BadInputError naming it."""
-    from lavimo.dataset.shards import verify_shards as verify_shard_files
+    from lavimo.dataset.shards.build import verify_shards as verify_shard_files
 
     out: dict[str, dict[str, dict]] = {}
     for split in manifests:
@@ -334,7 +334,7 @@ def verify_shards(shards: Path | RemoteShards, manifests: dict[str, dict], dinfo
 def train_loader(args, cfg, tc: TrainConfig, epoch: int, steps: int, dinfo: DistInfo):
     """The training loader of one epoch: shard order, shuffle buffer and augmentation seeded by (seed, epoch,
     rank, worker) inside the loader; ``steps`` batches on every rank; shards split by rank."""
-    from lavimo.dataset.stream import make_loader
+    from lavimo.dataset.shards.stream import make_loader
 
     kw = {} if args.shuffle_buffer is None else {"shuffle_buffer": args.shuffle_buffer}
     loader = make_loader(args.shards, "train", batch_size=tc.batch_size, train=True,
@@ -347,7 +347,7 @@ def train_loader(args, cfg, tc: TrainConfig, epoch: int, steps: int, dinfo: Dist
 
 def val_loader(args, cfg, tc: TrainConfig, dinfo: DistInfo):
     """Every val sample exactly once, split by rank (each rank encodes its shards; see validate())."""
-    from lavimo.dataset.stream import make_loader
+    from lavimo.dataset.shards.stream import make_loader
 
     return make_loader(args.shards, "val", batch_size=tc.batch_size, train=False, num_workers=tc.num_workers,
                        seed=tc.seed, rank=dinfo.rank, world_size=dinfo.world_size, **cfg.loader_kwargs())
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     args.command = [sys.executable, str(TRAIN_PY), *argv]
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:  # a directory, an http(s) base URL or a pipe: command (dataset/shard_source.py)
+    try:  # a directory, an http(s) base URL or a pipe: command (dataset/shards/source.py)
         args.shards = shard_location(args.shards)
     except BadInputError as exc:
         return _fail(str(exc), EXIT_SETUP)
@@ -537,7 +537,7 @@ def train(args: argparse.Namespace, dinfo: DistInfo, device: torch.device) -> in
                       guard=guard, dinfo=dinfo)
     budget = SkipBudget(max_skip, steps_per_epoch * tc.batch_size)
 
-    from lavimo.dataset.shard_format import load_stats
+    from lavimo.dataset.shards.format import load_stats
     from lavimo.model.checkpoint import preprocess_record
 
     preprocess = preprocess_record(cfg, *load_stats(args.shards))  # encoding raw inputs needs no shard set

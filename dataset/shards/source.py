@@ -1,7 +1,7 @@
 """Where a shard set lives: a local directory, an http(s) URL base or a ``pipe:`` command. The one rule.
 
-``--shards`` of ``train.py`` / ``evaluate.py`` (and :func:`lavimo.dataset.stream.make_loader`, the manifest and
-``stats.npz`` readers of :mod:`lavimo.dataset.shard_format`, the sha256 check before training, the gallery's clip
+``--shards`` of ``train.py`` / ``evaluate.py`` (and :func:`lavimo.dataset.shards.stream.make_loader`, the manifest and
+``stats.npz`` readers of :mod:`lavimo.dataset.shards.format`, the sha256 check before training, the gallery's clip
 extractor) take a shard set location ``SHARDS``; the file ``NAME`` of the set (``{split}.json``, ``stats.npz``,
 ``{split}-NNNNNN.tar``) is:
 
@@ -17,7 +17,7 @@ extractor) take a shard set location ``SHARDS``; the file ``NAME`` of the set (`
 ``[A-Za-z0-9_-]*``, then ``.tar``, ``.json`` or ``.npz`` (the whole string: no newline, no leading ``-``, no
 ``/``, no ``..``, no ``:``, no shell characters). Shard names come from the manifest, which is untrusted: it can
 never make a reader fetch another host or path, run another command or pass an option to one
-(:func:`lavimo.dataset.shard_format.manifest_shards` refuses such names too). An http(s) base URL with a query
+(:func:`lavimo.dataset.shards.format.manifest_shards` refuses such names too). An http(s) base URL with a query
 (``?``) or fragment (``#``) is refused: ``NAME`` could not be appended to it.
 
 Reading (the timeouts are ``LAVIMO_FETCH_TIMEOUT`` seconds, default :data:`FETCH_TIMEOUT`, :func:`fetch_timeout`):

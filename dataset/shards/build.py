@@ -2,7 +2,7 @@
 
 Caption segments: a clip is written once, with its whole motion and video, whatever its captions' spans;
 ``texts.json`` keeps each caption's ``start``/``end`` (seconds inside the clip, null = whole clip) and the
-loader (dataset/stream.py, "Caption segments") cuts the motion rows and video frames of the caption it picks
+loader (dataset/shards/stream.py, "Caption segments") cuts the motion rows and video frames of the caption it picks
 to that span, as HumanML3D's and TMR's loaders do. So a shard set does not depend on the minimum segment
 length, and shards built before segments were cut load unchanged.
 
@@ -27,13 +27,13 @@ are unchanged since it was written is kept, so a second run is a no-op.
 
 Untrusted input (see docs/security.md): every clip's keyid must follow :data:`lavimo.core.keyids.KEYID_RULE`
 (otherwise the clip fails, the build goes on); tar member names are built in one place
-(:func:`lavimo.dataset.shard_format.member_name`); input files are found with :func:`lavimo.core.keyids.child_path`; a render
+(:func:`lavimo.dataset.shards.format.member_name`); input files are found with :func:`lavimo.core.keyids.child_path`; a render
 sidecar must name the clip's keyid and, when it records ``video_size`` / ``video_sha256``, the video must match
-them. Readers (:func:`check_shards`, :func:`lavimo.dataset.shard_format.iter_tar_members`) refuse members that are not
+them. Readers (:func:`check_shards`, :func:`lavimo.dataset.shards.format.iter_tar_members`) refuse members that are not
 ``<keyid>.<ext>``. Temporary files of a killed run are removed by the next run; SIGINT/SIGTERM stop a build
 cleanly (the report says ``interrupted``) and worker processes die with their parent.
 
-The format itself (file and member names, manifests, tar reading, ``stats.npz``) is :mod:`lavimo.dataset.shard_format`.
+The format itself (file and member names, manifests, tar reading, ``stats.npz``) is :mod:`lavimo.dataset.shards.format`.
 """
 
 from __future__ import annotations
@@ -61,14 +61,14 @@ from lavimo.core.jsonconfig import read_json_file
 from lavimo.core.hashing import sha256_file
 from lavimo.core.keyids import check_keyid, child_path, is_keyid
 from lavimo.core.workers import WorkerPool
-from lavimo.dataset.shard_format import (
+from lavimo.dataset.shards.format import (
     BASE_MEMBERS, FORMAT_VERSION, MANIFEST_KIND, MAX_CLIP_FRAMES, MEMBER_MAX_BYTES, META, MOTION, SENT, SPLITS,
     STATS_NAME, TEXTS, VIDEO_JPGS, VIDEO_MEMBERS, VIDEO_MP4, finite_number, iter_tar_members, json_bytes,
     load_npy_bytes, manifest_path, manifest_shards, naming, npy_bytes, parse_json_member, parse_texts, read_manifest,
     read_manifests, shard_name, stats_arrays, stats_fingerprint, write_if_changed, write_manifest, write_stats,
     write_tar,
 )
-from lavimo.dataset.shard_source import FetchError, RemoteShards, is_remote, is_url, sha256_remote, shard_location
+from lavimo.dataset.shards.source import FetchError, RemoteShards, is_remote, is_url, sha256_remote, shard_location
 
 log = logging.getLogger(__name__)
 
@@ -813,7 +813,7 @@ def update_stats(out: Path, stats_fn: Callable | None = None) -> bool:
 
 
 def _shard_members(path: Path, *, want: Callable[[str], bool] | None = None, refused: list[str] | None = None):
-    """:func:`lavimo.dataset.shard_format.iter_tar_members` of one shard; each refused member is logged and, when
+    """:func:`lavimo.dataset.shards.format.iter_tar_members` of one shard; each refused member is logged and, when
     ``refused`` is a list, appended to it as ``"member 'NAME' refused: reason"``."""
     def note(ti, reason: str, message: str) -> None:
         log.warning("%s: member %r refused: %s", path, ti.name, message)
@@ -853,7 +853,7 @@ def write_card(out: Path) -> bool:
     else:
         lines.append("- `<keyid>.video.mp4`: the rendered H.264 video (T frames).")
     lines += [
-        "", "## Load", "", "```python", "from lavimo.dataset.stream import make_loader",
+        "", "## Load", "", "```python", "from lavimo.dataset.shards.stream import make_loader",
         "loader = make_loader('<this dir>', 'train', batch_size=64, train=True, num_workers=8)", "```", "",
         "## Licences", "",
         "Motions come from AMASS (non-commercial research licence) and texts from HumanML3D / KIT-ML via their",
@@ -865,7 +865,7 @@ def write_card(out: Path) -> bool:
 # ----------------------------------------------------------------------------------------------- check
 def verify_shard(path: Path | str, entry: dict) -> dict:
     """Check one shard file's bytes against its manifest entry (streaming sha256, constant memory). ``path`` is
-    a local file or the URL (``pipe:`` command) of a remote set's shard (:mod:`lavimo.dataset.shard_source`; the whole
+    a local file or the URL (``pipe:`` command) of a remote set's shard (:mod:`lavimo.dataset.shards.source`; the whole
     tar is streamed once, nothing is stored).
 
     Returns ``{"file": str, "name": manifest name, "size": int | None, "sha256": str | None, "expected_size":
@@ -903,7 +903,7 @@ def verify_shards(shards_dir: str | os.PathLike | RemoteShards, splits: Sequence
     """Check every shard of ``splits`` (default: every manifest) against its manifest's size and sha256.
 
     Reads each tar once, in 1 MiB blocks (:func:`lavimo.core.hashing.sha256_file`), without parsing it. A remote set
-    (an http(s) base URL or ``pipe:`` command, :mod:`lavimo.dataset.shard_source`) needs ``splits`` (its manifests
+    (an http(s) base URL or ``pipe:`` command, :mod:`lavimo.dataset.shards.source`) needs ``splits`` (its manifests
     cannot be listed) and has every tar streamed once over the network. Returns one dict per listed shard, in
     manifest order (see :func:`verify_shard`: ``file``, ``name``, ``size``, ``sha256``, ``expected_size``,
     ``expected_sha256``, ``ok``, ``problem``); the set is intact when every ``ok`` is True. ``manifests``

@@ -1,7 +1,7 @@
 """The shard-set format, defined once: file and member names, manifests, tar reading and writing, ``stats.npz``.
 
-Every reader and writer of a shard set goes through this module: the writer (:mod:`lavimo.dataset.shards`), its
-checks, the loader (:mod:`lavimo.dataset.stream`), training (``train.py``) and evaluation (the gallery extractor of
+Every reader and writer of a shard set goes through this module: the writer (:mod:`lavimo.dataset.shards.build`), its
+checks, the loader (:mod:`lavimo.dataset.shards.stream`), training (``train.py``) and evaluation (the gallery extractor of
 :mod:`lavimo.evaluation.report`).
 
 A shard set ``SHARDS/``:
@@ -15,7 +15,7 @@ A shard set ``SHARDS/``:
 - ``{split}.json`` (:func:`manifest_path`): the manifest (``kind`` :data:`MANIFEST_KIND`), written by
   :func:`write_manifest`, read by :func:`read_manifest` (one split, strict) or :func:`read_manifests` (all of a
   set); :func:`manifest_shards` gives the tar files it lists (plain names inside the set only).
-- A set may also be read from an http(s) base URL or a ``pipe:`` command (:mod:`lavimo.dataset.shard_source`, the one
+- A set may also be read from an http(s) base URL or a ``pipe:`` command (:mod:`lavimo.dataset.shards.source`, the one
   rule for where its files are): :func:`read_manifest`, :func:`manifest_shards` and :func:`load_stats` take
   such a location as well as a directory.
 - ``stats.npz`` (:data:`STATS_NAME`): ``mean``/``std`` (D,) float32 of the train split's features, with the
@@ -49,7 +49,7 @@ from lavimo.core.restricted_unpickle import MAX_ARRAY_BYTES, open_npz, read_npy_
 from lavimo.core.hashing import sha256_file
 from lavimo.core.keyids import check_keyid, check_member_name, child_path, is_keyid
 from lavimo.core.mp4 import MAX_STREAM_FRAMES
-from lavimo.dataset.shard_source import CommandFailed, RemoteShards, is_remote, shard_location
+from lavimo.dataset.shards.source import CommandFailed, RemoteShards, is_remote, shard_location
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ def parse_texts(data: bytes) -> tuple[list[str], list[tuple[float | None, float 
     """Captions and spans of a ``texts.json`` member (a non-empty list of {caption, start, end} or strings;
     parsed by :func:`parse_json_member`: size and nesting capped) -> (captions, [(start, end)]) with start/end
     seconds inside the clip or None (None = whole clip / from the start / to the end; the loader's segment rule
-    is in dataset/stream.py). Raises ValueError for anything else (not JSON, not a non-empty list, a caption that
+    is in dataset/shards/stream.py). Raises ValueError for anything else (not JSON, not a non-empty list, a caption that
     is not a string, a start/end that is not null or a finite number >= 0, an ``end <= start`` other than
     HumanML3D's whole-clip ``0, 0``)."""
     texts = parse_json_member(data, TEXTS)
@@ -273,9 +273,9 @@ def parse_texts(data: bytes) -> tuple[list[str], list[tuple[float | None, float 
 def read_manifest(shards: str | Path | RemoteShards, split: str) -> dict:
     """The manifest ``{shards}/{split}.json`` as a dict (FileNotFoundError with a hint when absent).
 
-    ``shards`` is a shard set location (:mod:`lavimo.dataset.shard_source`): a directory, or an http(s) base URL /
-    ``pipe:`` command, whose manifest is fetched (at most :data:`lavimo.dataset.shard_source.SMALL_FILE_MAX_BYTES`,
-    within its timeout; :class:`lavimo.dataset.shard_source.FetchError` naming the URL when that fails)."""
+    ``shards`` is a shard set location (:mod:`lavimo.dataset.shards.source`): a directory, or an http(s) base URL /
+    ``pipe:`` command, whose manifest is fetched (at most :data:`lavimo.dataset.shards.source.SMALL_FILE_MAX_BYTES`,
+    within its timeout; :class:`lavimo.dataset.shards.source.FetchError` naming the URL when that fails)."""
     if is_remote(shards):
         loc = shard_location(shards)
         path: str | Path = loc.url(f"{split}.json")
@@ -317,7 +317,7 @@ def read_manifests(out: Path) -> dict[str, dict]:
 
 
 def manifest_shards(out: Path | RemoteShards, split: str, m: dict) -> list[tuple[dict, Path | str]]:
-    """(entry, path) of every shard a manifest lists; for a remote set (:mod:`lavimo.dataset.shard_source`) the path is
+    """(entry, path) of every shard a manifest lists; for a remote set (:mod:`lavimo.dataset.shards.source`) the path is
     the shard's URL (or ``pipe:`` command). Raises BadInputError naming the manifest when ``shards`` is not a
     list of {name, ...} or a name is not a plain ``<name>.tar`` inside ``out`` (no ``/``, ``..``, URL: a
     manifest never makes a reader fetch another host or run another command)."""
@@ -490,9 +490,9 @@ def stats_arrays(path: str | os.PathLike | BinaryIO, where: str | os.PathLike | 
 
 def load_stats(root: str | Path | RemoteShards) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) (D,) float32 from ``stats.npz`` (a file, a shard set directory, or a remote set's
-    ``stats.npz`` fetched through :mod:`lavimo.dataset.shard_source`), checked (one dimension D, finite); a std below
+    ``stats.npz`` fetched through :mod:`lavimo.dataset.shards.source`), checked (one dimension D, finite); a std below
     1e-8 reads as 1. Raises FileNotFoundError (missing), BadInputError (field ``mean/std``) or
-    :class:`lavimo.dataset.shard_source.FetchError` (a remote file that cannot be fetched)."""
+    :class:`lavimo.dataset.shards.source.FetchError` (a remote file that cannot be fetched)."""
     source: Path | io.BytesIO
     if is_remote(root):
         loc = shard_location(root)

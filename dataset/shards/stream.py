@@ -42,19 +42,19 @@ made here, in the loader, after the caption is chosen - as HumanML3D's and TMR's
   ``segment_too_short``. Unlike HumanML3D (which drops segments of 200 rows or more), long segments are
   cropped like whole clips.
 - A ``start``/``end`` that is not null or a finite number >= 0, or ``end <= start`` (other than ``0, 0``),
-  makes the sample ``texts`` (:func:`lavimo.dataset.shard_format.parse_texts`).
+  makes the sample ``texts`` (:func:`lavimo.dataset.shards.format.parse_texts`).
 
 Untrusted shards: the tars are read by this module (not by webdataset's tar expander), member by member, as
 plain uncompressed tars (a gzip / bzip2 / xz / zstd shard is ``shard_unreadable``, never decompressed).
 Members that are not regular files or whose name is not ``<keyid>.<ext>`` (``/``, ``..``, a bad keyid; see
 :func:`lavimo.core.keyids.check_member_name`) are refused and never used; members of another kind than the six of
 the format are skipped unread (``member_kind``); each kind has a byte cap
-(:data:`lavimo.dataset.shard_format.MEMBER_MAX_BYTES`, ``member_size``) and a sample's members together at most
-:data:`lavimo.dataset.shard_format.MAX_SAMPLE_BYTES` (``sample_size``), both checked from the tar header before the
+(:data:`lavimo.dataset.shards.format.MEMBER_MAX_BYTES`, ``member_size``) and a sample's members together at most
+:data:`lavimo.dataset.shards.format.MAX_SAMPLE_BYTES` (``sample_size``), both checked from the tar header before the
 data is read; JSON members are parsed with their size and nesting capped
-(:func:`lavimo.dataset.shard_format.parse_json_member`); ``.npy`` members are parsed with their
+(:func:`lavimo.dataset.shards.format.parse_json_member`); ``.npy`` members are parsed with their
 header checked first and never unpickled; manifests may only name plain ``<name>.tar`` files in their directory
-(also for a set read from an http(s) URL or a ``pipe:`` command, :mod:`lavimo.dataset.shard_source`: a manifest never
+(also for a set read from an http(s) URL or a ``pipe:`` command, :mod:`lavimo.dataset.shards.source`: a manifest never
 makes the loader fetch another host or path or run another command).
 
 Skipped samples never stop an epoch: each is logged with its keyid (the first few per reason) and counted per
@@ -85,12 +85,12 @@ import numpy as np
 from lavimo.dataset.augment import AugmentConfig, augment_clip, center_box, clip_normalize, eval_view, names_a_side
 from lavimo.core.errors import BadInputError
 from lavimo.core.seeding import stable_rng, stable_seed
-from lavimo.dataset.shard_format import (
+from lavimo.dataset.shards.format import (
     MAX_SAMPLE_BYTES, META, MOTION, SENT, TEXTS, VIDEO_JPGS, VIDEO_MP4, finite_number,
     iter_tar_members, load_npy_bytes, load_stats, manifest_path, manifest_shards, member_kind, parse_meta,
     parse_texts, read_manifest,
 )
-from lavimo.dataset.shard_source import RemoteShards, is_remote, open_shard, shard_location
+from lavimo.dataset.shards.source import RemoteShards, is_remote, open_shard, shard_location
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ SKIP_REASONS = {
     "member_type": "a member that is not a regular file (link, directory, device): refused",
     "member_kind": "a member of an unknown kind (not meta.json, motion.npy, sent.npy, texts.json, video.jpgs, "
                    "video.mp4): skipped unread",
-    "member_size": "a member larger than its kind's cap (lavimo.dataset.shard_format.MEMBER_MAX_BYTES): refused unread",
+    "member_size": "a member larger than its kind's cap (lavimo.dataset.shards.format.MEMBER_MAX_BYTES): refused unread",
     "sample_size": f"a sample whose members hold more than {MAX_SAMPLE_BYTES} bytes: the rest refused unread, "
                    "the sample not used",
     "member_duplicate": "a sample holding the same member twice",
@@ -249,7 +249,7 @@ class _Ledger:
 def resolve_shards(shards: str | Path | RemoteShards | Sequence[str], split: str
                    ) -> tuple[list[str], dict | None, Path | RemoteShards]:
     """Shard urls, manifest (or None) and the shard set location for a directory, a remote set location (an
-    http(s) base URL or a ``pipe:`` command with ``{}``: :mod:`lavimo.dataset.shard_source`), a brace pattern or a
+    http(s) base URL or a ``pipe:`` command with ``{}``: :mod:`lavimo.dataset.shards.source`), a brace pattern or a
     list."""
     import webdataset as wds
 
@@ -348,7 +348,7 @@ def _shown(name: str) -> str:
 
 def _tar_samples(url: str, skips: _Skips) -> Iterator[dict]:
     """The samples of one tar, read as a stream: consecutive members ``<key>.<ext>`` -> ``{"__key__": key,
-    "__url__": url, ext: bytes, ...}``. Refused members (:func:`lavimo.dataset.shard_format.iter_tar_members`) are
+    "__url__": url, ext: bytes, ...}``. Refused members (:func:`lavimo.dataset.shards.format.iter_tar_members`) are
     counted in ``skips`` and never read; read errors propagate (the caller counts the shard as unreadable)."""
     too_big: set[str] = set()  # keys of samples past MAX_SAMPLE_BYTES (each counted once)
     run = {"key": None, "bytes": 0}  # the sample being read: its key and the bytes of its members so far
@@ -375,7 +375,7 @@ def _tar_samples(url: str, skips: _Skips) -> Iterator[dict]:
             skips.add(reason, _shown(ti.name), url, message)
 
     # local files are opened as files (a ':' in a path is never taken for a URL scheme such as "pipe:"); http(s)
-    # and pipe: urls are streamed by dataset/shard_source.py's own opener (curl / sh, with a stall timeout)
+    # and pipe: urls are streamed by dataset/shards/source.py's own opener (curl / sh, with a stall timeout)
     stream = open_shard(url)
     try:
         cur: dict | None = None
@@ -569,7 +569,7 @@ class SampleTransform:
                     ) -> tuple[int, tuple[int, int] | None]:
         """The caption to use and its segment -> (text index, motion rows ``[lo, hi)`` or None = whole clip).
 
-        ``spans``: each text's (start, end) seconds from :func:`lavimo.dataset.shard_format.parse_texts`; ``drawn``: the
+        ``spans``: each text's (start, end) seconds from :func:`lavimo.dataset.shards.format.parse_texts`; ``drawn``: the
         caption drawn at random (training) or 0; ``motion_rows``: the clip's feature rows. The rule is in the
         module docstring ("Caption segments").
         Raises SampleError: ``segment_too_short`` (no usable caption), ``missing_member`` / ``meta`` (a span
@@ -612,7 +612,7 @@ def is_whole_clip(start: float | None, end: float | None) -> bool:
 def segment_rows(start: float | None, end: float | None, fps: float, motion_rows: int) -> tuple[int, int] | None:
     """Motion feature rows ``[lo, hi)`` of a caption's span, or None for a whole-clip caption.
 
-    ``start``/``end``: seconds inside the clip (checked by :func:`lavimo.dataset.shard_format.parse_texts`: None or finite
+    ``start``/``end``: seconds inside the clip (checked by :func:`lavimo.dataset.shards.format.parse_texts`: None or finite
     >= 0). Whole clip (None): :func:`is_whole_clip`, or a span whose rows are all ``motion_rows`` rows (cutting
     would change nothing). Otherwise ``lo = int(start * fps)`` (0 when ``start`` is None), ``hi = int(end *
     fps)`` (``motion_rows`` when ``end`` is None), as HumanML3D's ``motion[int(f_tag*20):int(to_tag*20)]``;
@@ -826,7 +826,7 @@ def make_loader(shards: str | Path | RemoteShards | Sequence[str], split: str, *
 
     Args:
         shards: a shard set directory (shards from ``{split}.json``), a remote shard set (an http(s) base URL
-            or a ``pipe:`` command with ``{}`` for the file name; :mod:`lavimo.dataset.shard_source`), a brace pattern
+            or a ``pipe:`` command with ``{}`` for the file name; :mod:`lavimo.dataset.shards.source`), a brace pattern
             (``"SHARDS/train-{000000..000009}.tar"``) or a list of tar paths/urls.
         split: "train" | "val" | "test" (names the manifest).
         batch_size: samples per batch B.

@@ -95,7 +95,7 @@ def check_parser() -> argparse.ArgumentParser:
 
 
 def run_check(shards: str, splits=None, deep: bool = True) -> int:
-    from lavimo.dataset.shards import check_shards
+    from lavimo.dataset.shards.build import check_shards
 
     rep = check_shards(shards, splits=splits, deep=deep)
     for prob in rep.problems:
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return _setup_error(f"--out {_os_error(exc, out)} (give a writable directory for the shard set)")
 
     from lavimo.dataset.annotations import load_clips
-    from lavimo.dataset.shards import BuildConfig, ShardSetMismatch, build_shards
+    from lavimo.dataset.shards.build import BuildConfig, ShardSetMismatch, build_shards
     from lavimo.dataset.text_embed import SentenceEmbedder
 
     try:
@@ -303,7 +303,7 @@ def body_models_clash(out: str | os.PathLike, body_models: str) -> str | None:
     shards: like another text model, it needs another ``--out`` or ``--overwrite``. Manifests written before
     ``body_models`` was recorded count as ``"procedural"`` (the only body there was); manifests of features
     read from ``humanml3d_vecs`` never clash (their shards are rebuilt: their inputs differ)."""
-    from lavimo.dataset.shard_format import manifest_path, read_manifests
+    from lavimo.dataset.shards.format import manifest_path, read_manifests
 
     for split, m in sorted(read_manifests(Path(out)).items()):
         src = m.get("sources") if isinstance(m.get("sources"), dict) else {}
