@@ -296,9 +296,10 @@ def extract_shard_clips(shards: str | os.PathLike, split: str, keyids: Sequence[
                     with atomic_path(target) as tmp:
                         tmp.write_bytes(mem[VIDEO_MP4])
                 elif VIDEO_JPGS in mem:
-                    from lavimo.dataset.shards.format import parse_meta
+                    from lavimo.dataset.shards.format import SampleMeta
 
-                    fps = float(parse_meta(mem[META]).get("fps", 20.0)) if META in mem else 20.0
+                    fps = SampleMeta.parse(mem[META]).fps if META in mem else None
+                    fps = 20.0 if fps is None else float(fps)
                     if not np.isfinite(fps) or fps <= 0:
                         raise ValueError(f"meta.json: fps {fps!r} is not a positive frame rate")
                     frames = decode_jpgs(mem[VIDEO_JPGS]).permute(0, 2, 3, 1).numpy()

@@ -343,13 +343,13 @@ def shard_items(shards: str | os.PathLike, splits: Sequence[str], retriever: Any
             for raw in st._tar_samples(url, skips):
                 key = raw.get("__key__")
                 try:  # the shard format's one meta.json parser (bounded): a hostile member is a failed sample
-                    meta = sm.parse_meta(raw.get("meta.json", b"{}"))
+                    meta = sm.SampleMeta.parse(raw.get("meta.json", b"{}"))
                 except ValueError:
-                    meta = {}  # the loader's transform below reads meta.json itself and reports the sample
+                    meta = sm.SampleMeta()  # the loader's transform below reads meta.json itself and reports the sample
                 source = {"kind": "shard", "split": split, "shard": Path(url).name,
-                          "amass_path": meta.get("amass_path"), "frame_rule": meta.get("frame_rule"),
-                          "frame_start": meta.get("frame_start"), "frame_end": meta.get("frame_end"),
-                          "fps": meta.get("fps")}
+                          "amass_path": meta.amass_path, "frame_rule": meta.frame_rule,
+                          "frame_start": meta.frame_start, "frame_end": meta.frame_end,
+                          "fps": meta.fps}
                 if indexed is not None and indexed.get(key) == source:
                     yield Item(key, [], source, None)  # already indexed from this very sample: no decode
                     continue
@@ -364,12 +364,12 @@ def shard_items(shards: str | os.PathLike, splits: Sequence[str], retriever: Any
                 failed.append(f"{Path(url).name}: {n} member(s) refused ({reason})")
 
 
-def _shard_preview(raw: dict, meta: dict):
+def _shard_preview(raw: dict, meta):
     if "video.mp4" in raw:
         data = raw["video.mp4"]
         return lambda: data
     if "video.jpgs" in raw:
-        data, fps = raw["video.jpgs"], float(meta.get("fps") or 20.0)
+        data, fps = raw["video.jpgs"], float(meta.fps or 20.0)
 
         def frames():
             from ._project import video_frames

@@ -38,7 +38,7 @@ def tiny(tmp_path_factory):
 
 
 def _raw_samples(shards: Path, split: str = "test"):
-    from lavimo.dataset.shards.build import load_npy_bytes, parse_texts
+    from lavimo.dataset.shards.format import load_npy_bytes, parse_texts
     from lavimo.dataset.shards.stream import _Skips, resolve_shards, _tar_samples
 
     urls, _, _ = resolve_shards(shards, split)

@@ -21,7 +21,8 @@ from lavimo.dataset.augment import CLIP_MEAN, CLIP_STD
 from lavimo.dataset.clip import Clip, FrameSpec, Text
 from lavimo.core.seeding import stable_rng
 from lavimo.dataset.shards.format import json_bytes, load_stats, npy_bytes, parse_texts
-from lavimo.dataset.shards.build import BuildConfig, build_shards, check_shards
+from lavimo.dataset.shards.build import BuildConfig, build_shards
+from lavimo.dataset.shards.check import check_shards
 from lavimo.dataset.shards.stream import (SKIP_REASONS, SampleError, SampleTransform, is_whole_clip, make_loader,
                             min_segment_rows, segment_rows)
 from lavimo.core.mp4 import write_video

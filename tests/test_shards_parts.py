@@ -11,7 +11,8 @@ import pytest
 
 from tests.fixtures.shard_fixtures import FakeEmbedder, fake_features, make_corpus, simple_stats  # noqa: E402
 
-from lavimo.dataset.shards.build import BuildConfig, build_shards, read_manifests  # noqa: E402
+from lavimo.dataset.shards.build import BuildConfig, build_shards  # noqa: E402
+from lavimo.dataset.shards.format import read_manifests  # noqa: E402
 from lavimo.dataset.shards.cli import main as cli_main  # noqa: E402
 
 COUNTS = {"train": 9, "val": 4}  # 2 samples per shard: train slots 0..4, val slots 0..1

@@ -27,7 +27,8 @@ from tests.fixtures.shard_fixtures import FakeEmbedder, fake_features, make_corp
 from lavimo.dataset.clip import Text  # noqa: E402
 from lavimo.core.errors import BadInputError  # noqa: E402
 from lavimo.dataset.shards.format import member_name, read_manifests, write_tar  # noqa: E402
-from lavimo.dataset.shards.build import BuildConfig, build_shards, check_shards, temp_leftovers, verify_shards  # noqa: E402
+from lavimo.dataset.shards.build import BuildConfig, build_shards, temp_leftovers  # noqa: E402
+from lavimo.dataset.shards.check import check_shards, verify_shards  # noqa: E402
 from lavimo.dataset.shards.cli import main as cli_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -266,11 +266,11 @@ def check_training_manifests(shards: Path | RemoteShards, cfg) -> dict[str, dict
 
 
 def _verify_files(shards: Path | RemoteShards, manifests: dict[str, dict]) -> dict[str, dict[str, dict]]:
-    """``{split: {shard name: {"sha256", "bytes", "match": True}}}`` from lavimo.dataset.shards.verify_shards (every
+    """``{split: {shard name: {"sha256", "bytes", "match": True}}}`` from dataset/shards/check.py verify_shards (every
     listed file read once, streamed through sha256; for a remote set every tar is downloaded once, nothing
     stored), against ``manifests`` (those training checked: never read twice); the first file that differs from its manifest entry (or is missing or unreadable) raises
     BadInputError naming it."""
-    from lavimo.dataset.shards.build import verify_shards as verify_shard_files
+    from lavimo.dataset.shards.check import verify_shards as verify_shard_files
 
     out: dict[str, dict[str, dict]] = {}
     for split in manifests:
