@@ -228,8 +228,6 @@ def parse_json_member(data: bytes, member: str = META) -> Any:
     """The JSON value of a ``meta.json`` / ``texts.json`` member, parsed with
     :func:`lavimo.core.jsonconfig.loads_bounded`: at most the member's cap (:data:`MEMBER_MAX_BYTES`) and 64 levels of
     nesting. Raises ValueError naming the member (not JSON, not UTF-8, too big, nested too deep)."""
-    from lavimo.core.jsonconfig import loads_bounded
-
     try:
         return loads_bounded(data, None, member, max_bytes=MEMBER_MAX_BYTES.get(member, 1 << 20))
     except BadInputError as exc:
