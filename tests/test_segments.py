@@ -2,7 +2,7 @@
 and its own sentence embedding; whole-clip captions are unchanged; segments shorter than HumanML3D's minimum are
 never used (training draws another caption, evaluation takes the first usable one, else the sample is skipped as
 ``segment_too_short``). Spans come from HumanML3D ``caption#tokens#start#end`` lines and TMR ``annotations.json``
-(both read by dataset/annotations.py); shards are built with the real writer (lavimo.dataset.shards.build_shards).
+(both read by dataset/annotations.py); shards are built with the real writer (lavimo.dataset.shards.build.build_shards).
 
 Fixture content encodes indices: motion feature row r has r in column 0, and video frame i is a flat grey frame of
 brightness ``8 + 4 i``, so the rows and frames the loader returns can be read back as indices."""

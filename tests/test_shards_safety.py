@@ -405,8 +405,8 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_die_when_the_parent_is_killed(tmp_path):
     script = _script(tmp_path, """
-        cfg = lavimo.dataset.shards.BuildConfig(out=root / "out", videos=videos, samples_per_shard=2, workers=2)
-        lavimo.dataset.shards.build_shards(clips, cfg, embedder=FakeEmbedder(), features_fn=features, show_progress=False)
+        cfg = lavimo.dataset.shards.build.BuildConfig(out=root / "out", videos=videos, samples_per_shard=2, workers=2)
+        lavimo.dataset.shards.build.build_shards(clips, cfg, embedder=FakeEmbedder(), features_fn=features, show_progress=False)
     """)
     proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -436,7 +436,7 @@ def test_signal_stops_the_build_and_reports_what_finished(tmp_path, sig):
         amass.mkdir()
         lavimo.dataset.annotations.load_clips = lambda *a, **k: clips
         lavimo.dataset.text_embed.SentenceEmbedder = lambda *a, **k: FakeEmbedder()
-        lavimo.dataset.shards.default_features = features
+        lavimo.dataset.shards.build.default_features = features
         from lavimo.dataset.shards.cli import main
         sys.exit(main(["--annotations", str(root / "run.py"), "--amass", str(amass), "--videos", str(videos),
                        "--out", str(root / "out"), "--samples-per-shard", "2", "--workers", "2", "--quiet"]))

@@ -235,14 +235,10 @@ def resolve_shards(shards: str | Path | RemoteShards | Sequence[str], split: str
 
     if isinstance(shards, (list, tuple)):
         urls = [str(u) for u in shards]
-    elif is_remote(shards):
+    elif is_remote(shards) or Path(shards).is_dir():
         loc = shard_set(shards)
         m = read_manifest(loc, split)
         return [str(url) for _, url in manifest_shards(loc, split, m)], m, loc
-    elif Path(shards).is_dir():
-        root = Path(shards)
-        m = read_manifest(root, split)
-        return [str(path) for _, path in manifest_shards(root, split, m)], m, root
     elif "{" not in str(shards) and not str(shards).endswith(".tar") and "://" not in str(shards):
         raise FileNotFoundError(f"{shards}: no such shard set directory (build it with build-shards)")
     else:

@@ -1,4 +1,4 @@
-"""Shard build throughput (clips/s) of lavimo.dataset.shards.build_shards against a naive writer, same clips, one run.
+"""Shard build throughput (clips/s) of lavimo.dataset.shards.build.build_shards against a naive writer, same clips, one run.
 
   naive   one process; per clip: decode the mp4 at full resolution, resize each frame with PIL, JPEG-encode,
           embed the clip's captions in their own call, write the sample with webdataset's TarWriter (no resume
