@@ -26,7 +26,7 @@ import torch
 from lavimo.core.device import resolve_device, resolve_precision
 from lavimo.core.errors import BadInputError, SetupError
 from lavimo.core.slurm import SlurmEnvError, apply_srun_env
-from lavimo.dataset.shard_source import shard_location
+from lavimo.dataset.shards.source import shard_location
 from lavimo.model.weights import missing_pretrained
 from lavimo.training import data
 from lavimo.training.cli import (EXIT_NO_PROGRESS, EXIT_SETUP, config_overrides, fail, os_error_line, parse_args,

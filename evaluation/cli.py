@@ -34,9 +34,9 @@ from lavimo.core.device import resolve_device
 from lavimo.core.errors import BadInputError, SetupError, print_error
 from lavimo.core.keyids import check_keyid, child_path
 from lavimo.core.restricted_unpickle import open_npz, read_npz_member
-from lavimo.dataset.shard_format import manifest_path, read_manifest
-from lavimo.dataset.shard_source import is_remote, shard_location
-from lavimo.dataset.stream import NoUsableSamplesError, make_loader
+from lavimo.dataset.shards.format import manifest_path, read_manifest
+from lavimo.dataset.shards.source import is_remote, shard_location
+from lavimo.dataset.shards.stream import NoUsableSamplesError, make_loader
 from lavimo.dataset.subsets import NSIM_SPLIT
 from lavimo.dataset.text_embed import SentenceEmbedder, same_sentence_model
 from lavimo.evaluation import metrics as M
@@ -430,7 +430,7 @@ def _record_sentence_model(results: dict[str, Any], info: dict[str, Any], cfg: A
 
 def has_split(shards: str | os.PathLike, split: str) -> bool:
     """Whether the shard set holds ``split`` (its manifest ``{split}.json`` exists). For a remote set (an http(s)
-    base URL or ``pipe:`` command, dataset/shard_source.py) the manifest is fetched: absent on an http 404 or a
+    base URL or ``pipe:`` command, dataset/shards/source.py) the manifest is fetched: absent on an http 404 or a
     command that exits non-zero; a dead server or a timeout raises FetchError (an OSError naming the URL)."""
     if is_remote(shards):
         return shard_location(shards).exists(f"{split}.json")

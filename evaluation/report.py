@@ -23,9 +23,9 @@ from lavimo.core.atomic import atomic_path, write_text
 from lavimo.core.errors import BadInputError
 from lavimo.core.keyids import check_keyid, child_path
 from lavimo.core.mp4 import write_video
-from lavimo.dataset.shard_format import META, VIDEO_JPGS, VIDEO_MP4, iter_tar_members, parse_meta
-from lavimo.dataset.shard_source import open_shard
-from lavimo.dataset.stream import resolve_shards
+from lavimo.dataset.shards.format import META, VIDEO_JPGS, VIDEO_MP4, iter_tar_members, SampleMeta
+from lavimo.dataset.shards.source import open_shard
+from lavimo.dataset.shards.stream import resolve_shards
 from lavimo.dataset.video_frames import decode_jpgs
 from lavimo.evaluation.metrics import METRIC_KEYS
 
@@ -280,7 +280,7 @@ def extract_shard_clips(shards: str | os.PathLike, split: str, keyids: Sequence[
 
         found: dict[str, dict[str, bytes]] = {}
         try:
-            with open_shard(url) as stream:  # a local file, or an http(s) / pipe: url (dataset/shard_source.py)
+            with open_shard(url) as stream:  # a local file, or an http(s) / pipe: url (dataset/shards/source.py)
                 for name, data in iter_tar_members(stream, where=url, refused=refused, want=want):
                     key, _, suffix = name.partition(".")
                     found.setdefault(key, {})[suffix] = data
@@ -308,7 +308,8 @@ def _write_clip(target: Path, mem: Mapping[str, bytes]) -> bool:
         return True
     if VIDEO_JPGS not in mem:
         return False
-    fps = float(parse_meta(mem[META]).get("fps", 20.0)) if META in mem else 20.0
+    fps = SampleMeta.parse(mem[META]).fps if META in mem else None
+    fps = 20.0 if fps is None else float(fps)
     if not np.isfinite(fps) or fps <= 0:
         raise ValueError(f"meta.json: fps {fps!r} is not a positive frame rate")
     frames = decode_jpgs(mem[VIDEO_JPGS]).permute(0, 2, 3, 1).numpy()

@@ -43,8 +43,8 @@ PREPROCESS_KEYS = ("version", "feature_mean", "feature_std", "feature_dim", "max
 def preprocess_record(cfg: LavimoConfig, mean: Any, std: Any) -> dict[str, Any]:
     """The ``extra["preprocess"]`` dict for a model config and the training shards' feature (mean, std).
 
-    ``mean``/``std``: (D,) as ``lavimo.dataset.stream.load_stats`` returns them (std already floored). Everything else
-    comes from the config; the rule names describe the loader's evaluation path (``dataset/stream.py``).
+    ``mean``/``std``: (D,) as ``lavimo.dataset.shards.stream.load_stats`` returns them (std already floored). Everything else
+    comes from the config; the rule names describe the loader's evaluation path (``dataset/shards/stream.py``).
     train.py writes it into every checkpoint; ``lavimo.search.model.load`` reads it."""
     import numpy as np
 
@@ -58,7 +58,7 @@ def preprocess_record(cfg: LavimoConfig, mean: Any, std: Any) -> dict[str, Any]:
         "max_motion_len": int(cfg.max_motion_len),
         "motion_crop": "first max_motion_len rows",
         "num_frames": int(cfg.num_frames),
-        "frame_sampling": "segment centres (lavimo.dataset.stream.SampleTransform.frame_indices, evaluation)",
+        "frame_sampling": "segment centres (lavimo.dataset.shards.stream.SampleTransform.frame_indices, evaluation)",
         "image_size": int(cfg.image_size),
         "frame_crop": float(cfg.frame_crop),
         "clip_mean": list(CLIP_MEAN),

@@ -159,7 +159,7 @@ class LavimoConfig(JsonConfig):
         return cls.from_dict({k: v for k, v in d.items() if k not in PRE_SPLIT_RUN_FIELDS})
 
     def loader_kwargs(self) -> dict[str, Any]:
-        """The fields ``lavimo.dataset.stream.make_loader`` takes from the model: frame size and count, motion length,
+        """The fields ``lavimo.dataset.shards.stream.make_loader`` takes from the model: frame size and count, motion length,
         frame crop (training, validation and evaluation must read the shards the same way)."""
         return {"image_size": self.image_size, "num_frames": self.num_frames, "max_motion_len": self.max_motion_len,
                 "frame_crop": self.frame_crop}

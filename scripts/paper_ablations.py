@@ -55,7 +55,7 @@ if str(REPO) not in sys.path:  # `python scripts/paper_ablations.py` from anywhe
 from lavimo.core.atomic import write_json, write_text  # noqa: E402
 from lavimo.core.errors import BadInputError  # noqa: E402
 from lavimo.core.keyids import check_keyid, child_path  # noqa: E402
-from lavimo.dataset.shard_format import manifest_path  # noqa: E402
+from lavimo.dataset.shards.format import manifest_path  # noqa: E402
 
 DEFAULT_DATA = REPO / "model" / "presets" / "ablations" / "paper_tables.json"
 TRAIN_PY = REPO / "train.py"

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from lavimo.core.errors import BadInputError
-from lavimo.dataset import shard_format, stream
+from lavimo.dataset.shards import format as shard_format, stream
 
 from .cli import _table
 from .index import build_index

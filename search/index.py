@@ -41,7 +41,8 @@ from lavimo.core.hashing import sha256_file
 from lavimo.core.jsonconfig import read_json_file
 from lavimo.core.keyids import child_path, is_keyid
 from lavimo.core.restricted_unpickle import open_npz, read_npz_header, read_npz_member
-from lavimo.dataset import shard_format, stream, video_frames
+from lavimo.dataset import video_frames
+from lavimo.dataset.shards import format as shard_format, stream
 
 from .preview import write_mp4
 
@@ -329,7 +330,7 @@ class Item:
 def shard_items(shards: str | os.PathLike, splits: Sequence[str], retriever: Any, failed: list[str],
                 indexed: Mapping[str, dict[str, Any]] | None = None) -> Iterator[Item]:
     """Samples of a shard set, decoded by the loader's evaluation transform with the checkpoint's preprocessing
-    (``lavimo.dataset.stream.SampleTransform``: first usable caption's segment, first max_motion_len rows, segment-centre
+    (``lavimo.dataset.shards.stream.SampleTransform``: first usable caption's segment, first max_motion_len rows, segment-centre
     frames, centred crop). A sample the loader would skip is recorded in ``failed`` ("keyid: reason").
 
     ``indexed`` (keyid -> source, read as the iteration goes): a sample whose keyid is in it with the same
@@ -346,13 +347,13 @@ def shard_items(shards: str | os.PathLike, splits: Sequence[str], retriever: Any
             for raw in stream._tar_samples(url, skips):
                 key = raw.get("__key__")
                 try:  # the shard format's one meta.json parser (bounded): a hostile member is a failed sample
-                    meta = shard_format.parse_meta(raw.get("meta.json", b"{}"))
+                    meta = shard_format.SampleMeta.parse(raw.get("meta.json", b"{}"))
                 except ValueError:
-                    meta = {}  # the loader's transform below reads meta.json itself and reports the sample
+                    meta = shard_format.SampleMeta()  # the loader's transform below reads meta.json itself and reports the sample
                 source = {"kind": "shard", "split": split, "shard": Path(url).name,
-                          "amass_path": meta.get("amass_path"), "frame_rule": meta.get("frame_rule"),
-                          "frame_start": meta.get("frame_start"), "frame_end": meta.get("frame_end"),
-                          "fps": meta.get("fps")}
+                          "amass_path": meta.amass_path, "frame_rule": meta.frame_rule,
+                          "frame_start": meta.frame_start, "frame_end": meta.frame_end,
+                          "fps": meta.fps}
                 if indexed is not None and indexed.get(key) == source:
                     yield Item(key, [], source, None)  # already indexed from this very sample: no decode
                     continue
@@ -367,12 +368,12 @@ def shard_items(shards: str | os.PathLike, splits: Sequence[str], retriever: Any
                 failed.append(f"{Path(url).name}: {n} member(s) refused ({reason})")
 
 
-def _shard_preview(raw: dict, meta: dict):
+def _shard_preview(raw: dict, meta):
     if "video.mp4" in raw:
         data = raw["video.mp4"]
         return lambda: data
     if "video.jpgs" in raw:
-        data, fps = raw["video.jpgs"], float(meta.get("fps") or 20.0)
+        data, fps = raw["video.jpgs"], float(meta.fps or 20.0)
 
         def frames():
             return video_frames.decode_jpgs(data).permute(0, 2, 3, 1).numpy(), fps

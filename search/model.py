@@ -28,7 +28,7 @@ from lavimo.core.hashing import sha256_file
 from lavimo.core.restricted_unpickle import read_npy_file
 from lavimo.dataset.clip import Clip, FrameSpec
 from lavimo.dataset.features import clip_features, joints_to_features
-from lavimo.dataset.stream import load_stats
+from lavimo.dataset.shards.stream import load_stats
 from lavimo.model.checkpoint import PREPROCESS_KEYS, load_checkpoint, preprocess_record  # PREPROCESS_KEYS re-exported
 
 from .video import frame_numbers, model_view, query_frames

@@ -7,7 +7,7 @@
    the window: BadInputError naming the file.
 2. **Window** ``[start, end)`` seconds (default the whole file): frames ``0..n-1``, ``n = floor((end - start) *
    fps)``, frame ``i`` shown at ``start + i / fps``.
-3. **Frame choice**: the loader's evaluation rule (``lavimo.dataset.stream.SampleTransform.frame_indices``): the
+3. **Frame choice**: the loader's evaluation rule (``lavimo.dataset.shards.stream.SampleTransform.frame_indices``): the
    centre frame of each of ``num_frames`` equal segments, as training videos were sampled over a whole clip.
 4. **Decoding only those frames**, scaled by ffmpeg to the size the model needs (:func:`decode_size`):
    ``mode="select"`` one ffmpeg pass over the window with a ``select`` filter, ``mode="seek"`` one ffmpeg per
@@ -35,7 +35,7 @@ import torch
 from lavimo.core import mp4
 from lavimo.core.errors import BadInputError
 from lavimo.dataset.augment import center_box, clip_normalize, eval_view
-from lavimo.dataset.stream import SampleTransform
+from lavimo.dataset.shards.stream import SampleTransform
 
 SELECT_MAX_FRAMES = 900   # "auto": a select pass over at most this many frames (30 s at 30 fps), else seeks
 DECODE_TIMEOUT_S = 120

@@ -342,7 +342,7 @@ def test_usage_errors_exit_2(args, capsys):
 
 
 def test_a_split_without_usable_samples_is_one_line_exit_1(monkeypatch, capsys):
-    from lavimo.dataset.stream import NoUsableSamplesError
+    from lavimo.dataset.shards.stream import NoUsableSamplesError
 
     def refuse(args):
         raise NoUsableSamplesError({"motion_shape": 34})

@@ -189,9 +189,9 @@ def shards_cli(shard_corpus, tmp_path, monkeypatch):
 
     import lavimo.dataset.annotations
 
-    import lavimo.dataset.shards
+    import lavimo.dataset.shards.build
     import lavimo.dataset.text_embed
-    from lavimo.dataset.shards_cli import main
+    from lavimo.dataset.shards.cli import main
 
     clips, videos = shard_corpus
     vids = tmp_path / "videos"
@@ -201,7 +201,7 @@ def shards_cli(shard_corpus, tmp_path, monkeypatch):
     ann.write_text("{}")
     monkeypatch.setattr(lavimo.dataset.annotations, "load_clips", lambda *a, **k: list(clips))
     monkeypatch.setattr(lavimo.dataset.text_embed, "SentenceEmbedder", lambda *a, **k: FakeEmbedder())
-    monkeypatch.setattr(lavimo.dataset.shards, "default_features", lambda clip, *a, **k: fake_features(clip))
+    monkeypatch.setattr(lavimo.dataset.shards.build, "default_features", lambda clip, *a, **k: fake_features(clip))
     args = ["--annotations", str(ann), "--amass", str(tmp_path / "amass"), "--videos", str(vids), "--out",
             str(tmp_path / "shards"), "--splits", "train,val", "--workers", "1", "--samples-per-shard", "2",
             "--quiet"]
@@ -260,7 +260,7 @@ def test_build_shards(code, case, shards_cli, tmp_path, capsys, monkeypatch):
     if code == 0:
         assert "done 5" in printed.out
     elif code == 1:  # the other clips are written
-        from lavimo.dataset.shard_format import read_manifests
+        from lavimo.dataset.shards.format import read_manifests
 
         assert "1 clips not written" in printed.out
         assert sum(m["num_samples"] for m in read_manifests(out).values()) == sum(COUNTS.values()) - 1

@@ -82,22 +82,22 @@ def amass_both(path):
         load_amass(path)
 
 def stats_both(path):
-    from lavimo.dataset.shard_format import load_stats, stats_fingerprint
+    from lavimo.dataset.shards.format import load_stats, stats_fingerprint
     stats_fingerprint(path)
     load_stats(path)
 
 def npy_member(path):
-    from lavimo.dataset.shard_format import load_npy_bytes
+    from lavimo.dataset.shards.format import load_npy_bytes
     load_npy_bytes(Path(path).read_bytes())
 
 def texts_member(path):
-    from lavimo.dataset.shard_format import parse_texts
+    from lavimo.dataset.shards.format import parse_texts
     parse_texts(Path(path).read_bytes())
 
 def tar_members(path):
     """A shard tar as the readers take it (the product's per-kind caps): members streamed, .npy / texts.json /
     meta.json parsed."""
-    from lavimo.dataset.shard_format import iter_tar_members, load_npy_bytes, parse_meta, parse_texts
+    from lavimo.dataset.shards.format import iter_tar_members, load_npy_bytes, parse_meta, parse_texts
     for name, data in iter_tar_members(path, refused=lambda *a: None):
         if name.endswith(".npy"):
             load_npy_bytes(data)
@@ -107,14 +107,14 @@ def tar_members(path):
             parse_meta(data)
 
 def manifest(path):
-    from lavimo.dataset.shard_format import manifest_shards, read_manifest, read_manifests
+    from lavimo.dataset.shards.format import manifest_shards, read_manifest, read_manifests
     root = Path(path).parent
     read_manifests(root)
     m = read_manifest(root, "train")
     manifest_shards(root, "train", m)
 
 def build_state(path):
-    from lavimo.dataset.shards import _read_set_state
+    from lavimo.dataset.shards.build import _read_set_state
     _read_set_state(Path(path))
 
 def annotations(path):
@@ -315,7 +315,7 @@ def _pickle_base() -> bytes:
 
 
 def _stats_base(tmp: Path) -> bytes:
-    from lavimo.dataset.shard_format import write_stats
+    from lavimo.dataset.shards.format import write_stats
 
     write_stats(tmp / "stats.npz", np.arange(16, dtype=np.float32), np.ones(16, np.float32),
                 fingerprint="ab" * 32, num_samples=3)
@@ -324,7 +324,7 @@ def _stats_base(tmp: Path) -> bytes:
 
 def _tar_base() -> bytes:
     """Two samples laid out as the shard writer does (``<keyid>.<member>`` plain files)."""
-    from lavimo.dataset.shard_format import json_bytes, npy_bytes
+    from lavimo.dataset.shards.format import json_bytes, npy_bytes
 
     samples = [{"__key__": k, "motion.npy": npy_bytes(np.ones((6, 8), np.float32)),
                 "sent.npy": npy_bytes(np.zeros((1, 4), np.float16)),
@@ -410,7 +410,7 @@ def test_fuzz_shard_members_tars_and_manifests(tmp_path):
     """.npy members (ValueError is load_npy_bytes' documented error: the loader counts the sample as skipped),
     texts.json, whole tars (iter_tar_members also raises EOFError / TarError / OSError for a damaged tar: the
     loader reports that shard) and manifests."""
-    from lavimo.dataset.shard_format import npy_bytes
+    from lavimo.dataset.shards.format import npy_bytes
 
     npys = [npy_bytes(np.ones((6, 8), np.float32)), npy_bytes(np.zeros((2, 4), np.float16)),
             npy_bytes(np.asfortranarray(np.ones((3, 5))))]
@@ -489,14 +489,14 @@ def test_fuzz_annotations_and_split_files(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ tar bombs (issue 24)
-# The loader's own tar reading (lavimo.dataset.stream._tar_samples over lavimo.dataset.shard_format.iter_tar_members, with the
+# The loader's own tar reading (lavimo.dataset.shards.stream._tar_samples over lavimo.dataset.shards.format.iter_tar_members, with the
 # product's caps) on two bombs: a gzip file named .tar (decompressing would give a member ~1000x its size) and a
 # sample of many members of unknown kinds (kept in memory until the sample ends, before the fix). The child
 # imports the loader first (torch: a few hundred MiB), then reports its peak RSS before and after the read: the
 # growth is what the shard cost.
 _TAR_BOMB_CHILD = r'''
 import json, resource, sys, tarfile
-from lavimo.dataset.stream import _Skips, _tar_samples
+from lavimo.dataset.shards.stream import _Skips, _tar_samples
 
 def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -544,7 +544,7 @@ def test_compressed_tar_is_refused_unread(tmp_path):
     naming it; nothing is decompressed."""
     import gzip
 
-    from lavimo.dataset.shard_format import npy_bytes
+    from lavimo.dataset.shards.format import npy_bytes
 
     base = _tar_base()
     bomb = _tar_bytes(_tar_base_members()[:4] + [("000002.motion.npy", npy_bytes(np.zeros((48 << 20) // 4 - 32,

@@ -22,7 +22,7 @@ from tests.fixtures.untrusted import run_python  # noqa: E402
 
 from lavimo.core.errors import BadInputError  # noqa: E402
 from lavimo.core.restricted_unpickle import ByteBudget, read_npy_bytes, read_npz_member  # noqa: E402
-from lavimo.dataset.shard_format import load_npy_bytes, load_stats, stats_arrays  # noqa: E402
+from lavimo.dataset.shards.format import load_npy_bytes, load_stats, stats_arrays  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 AMASS_SAMPLES = [SHARED / "amass" / "amass_sample.npz", SHARED / "amass" / "dmpl_sample.npz"]
@@ -72,11 +72,11 @@ BOMBS = [
     ("body_npz_2TB", "lavimo.body.smpl_files", "load_npz_restricted", lambda p: ab.huge_npz(p, "v_template"),
      "SMPLX_MALE.npz", "v_template"),
     ("smpl_pickle_1KB", "lavimo.body.smpl_files", "load_smpl_pickle", ab.smpl_tile_bomb, "SMPL_MALE.pkl", "t0"),
-    ("stats_8TiB", "lavimo.dataset.shard_format", "load_stats", lambda p: ab.huge_npz(p, declared=1 << 43),
+    ("stats_8TiB", "lavimo.dataset.shards.format", "load_stats", lambda p: ab.huge_npz(p, declared=1 << 43),
      "stats.npz", "mean"),
-    ("stats_2TB", "lavimo.dataset.shard_format", "load_stats", ab.huge_npz, "stats.npz", "mean"),
-    ("stats_is_a_npy", "lavimo.dataset.shard_format", "load_stats", _stats_as_npy, "stats.npz", "archive"),
-    ("npz_header_128MiB", "lavimo.dataset.shard_format", "load_stats", _header_bomb, "stats.npz", "mean"),
+    ("stats_2TB", "lavimo.dataset.shards.format", "load_stats", ab.huge_npz, "stats.npz", "mean"),
+    ("stats_is_a_npy", "lavimo.dataset.shards.format", "load_stats", _stats_as_npy, "stats.npz", "archive"),
+    ("npz_header_128MiB", "lavimo.dataset.shards.format", "load_stats", _header_bomb, "stats.npz", "mean"),
     ("npy_file_2TB", "lavimo.core.restricted_unpickle", "read_npy_file", _npy_file_2tb, "000001.npy", "array"),
 ]
 
@@ -148,7 +148,7 @@ def test_real_amass_members_match_np_load(sample):
 
 
 def test_stats_match_np_load(tmp_path):
-    from lavimo.dataset.shard_format import stats_fingerprint, write_stats
+    from lavimo.dataset.shards.format import stats_fingerprint, write_stats
 
     mean, std = np.arange(263, dtype=np.float32), np.full(263, 2.0, np.float32)
     write_stats(tmp_path / "stats.npz", mean, std, fingerprint="ab" * 32, num_samples=3)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lavimo.dataset.annotations import load_clips
-from lavimo.dataset.shards_cli import nsim_clips
+from lavimo.dataset.shards.cli import nsim_clips
 from lavimo.dataset.subsets import PUBLISHED, published_subset, read_subset
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -38,8 +38,8 @@ def tiny(tmp_path_factory):
 
 
 def _raw_samples(shards: Path, split: str = "test"):
-    from lavimo.dataset.shards import load_npy_bytes, parse_texts
-    from lavimo.dataset.stream import _Skips, resolve_shards, _tar_samples
+    from lavimo.dataset.shards.format import load_npy_bytes, parse_texts
+    from lavimo.dataset.shards.stream import _Skips, resolve_shards, _tar_samples
 
     urls, _, _ = resolve_shards(shards, split)
     for u in urls:
@@ -352,7 +352,7 @@ def test_server_motion_upload(client, tiny, tmp_path):
 def test_train_writes_preprocess_into_checkpoints(tmp_path):
     """Every checkpoint train.py saves carries extra["preprocess"]: lavimo.search.model.load needs no stats."""
     import train as train_script
-    from lavimo.dataset.stream import load_stats
+    from lavimo.dataset.shards.stream import load_stats
     from tests.fixtures.tiny_shards import make_tiny_shards
     from lavimo.search.model import PREPROCESS_KEYS, load
 

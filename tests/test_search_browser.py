@@ -104,7 +104,7 @@ def _build(tmp_path_factory) -> dict:
     """A tiny shard set with larger frames (so the screenshot shows something), a random tiny model, its index."""
     import torch
 
-    from lavimo.dataset.stream import load_stats
+    from lavimo.dataset.shards.stream import load_stats
     from tests.fixtures.tiny_shards import make_tiny_shards
     from lavimo.model import build_model, load_preset, save_checkpoint
     from lavimo.search.index import build_index

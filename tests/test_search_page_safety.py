@@ -507,7 +507,7 @@ def test_deeply_nested_index_json_without_checkpoint_is_one_line(tiny, tmp_path)
 def test_nested_shard_meta_and_manifest_while_indexing(tiny, tmp_path, monkeypatch):
     """A shard sample whose meta.json nests 100 000 deep is a failed sample (the build goes on); a manifest that
     does is a BadInputError naming it, never a RecursionError."""
-    import lavimo.dataset.stream as st
+    import lavimo.dataset.shards.stream as st
 
     from lavimo.search.index import build_index, shard_items
 

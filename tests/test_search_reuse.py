@@ -30,7 +30,7 @@ def tiny(tmp_path_factory):
 @pytest.fixture()
 def decodes(monkeypatch):
     """Counts the loader's sample transform (motion rows + video decode) and its video decode."""
-    import lavimo.dataset.stream as st
+    import lavimo.dataset.shards.stream as st
 
     calls = {"sample": 0, "video": 0}
     call, video = st.SampleTransform.__call__, st.SampleTransform.video

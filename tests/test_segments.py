@@ -2,7 +2,7 @@
 and its own sentence embedding; whole-clip captions are unchanged; segments shorter than HumanML3D's minimum are
 never used (training draws another caption, evaluation takes the first usable one, else the sample is skipped as
 ``segment_too_short``). Spans come from HumanML3D ``caption#tokens#start#end`` lines and TMR ``annotations.json``
-(both read by dataset/annotations.py); shards are built with the real writer (lavimo.dataset.shards.build_shards).
+(both read by dataset/annotations.py); shards are built with the real writer (lavimo.dataset.shards.build.build_shards).
 
 Fixture content encodes indices: motion feature row r has r in column 0, and video frame i is a flat grey frame of
 brightness ``8 + 4 i``, so the rows and frames the loader returns can be read back as indices."""
@@ -20,9 +20,10 @@ from lavimo.dataset.annotations import load_clips, parse_humanml3d_text
 from lavimo.dataset.augment import CLIP_MEAN, CLIP_STD
 from lavimo.dataset.clip import Clip, FrameSpec, Text
 from lavimo.core.seeding import stable_rng
-from lavimo.dataset.shard_format import json_bytes, load_stats, npy_bytes, parse_texts
-from lavimo.dataset.shards import BuildConfig, build_shards, check_shards
-from lavimo.dataset.stream import (SKIP_REASONS, SampleError, SampleTransform, is_whole_clip, make_loader,
+from lavimo.dataset.shards.format import json_bytes, load_stats, npy_bytes, parse_texts
+from lavimo.dataset.shards.build import BuildConfig, build_shards
+from lavimo.dataset.shards.check import check_shards
+from lavimo.dataset.shards.stream import (SKIP_REASONS, SampleError, SampleTransform, is_whole_clip, make_loader,
                             min_segment_rows, segment_rows)
 from lavimo.core.mp4 import write_video
 from lavimo.dataset.video_frames import encode_jpgs

@@ -14,9 +14,10 @@ import pytest
 
 from tests.fixtures.shard_fixtures import FEATURE_DIM, FakeEmbedder, fake_features, make_clip, make_corpus, write_clip_video  # noqa: E402
 
-from lavimo.dataset.shard_format import read_manifests  # noqa: E402
-from lavimo.dataset.shards import BuildConfig, ShardSetMismatch, build_shards, check_shards  # noqa: E402
-from lavimo.dataset.shards_cli import main as cli_main  # noqa: E402
+from lavimo.dataset.shards.format import read_manifests  # noqa: E402
+from lavimo.dataset.shards.build import BuildConfig, ShardSetMismatch, build_shards  # noqa: E402
+from lavimo.dataset.shards.check import check_shards  # noqa: E402
+from lavimo.dataset.shards.cli import main as cli_main  # noqa: E402
 
 COUNTS = {"train": 6, "val": 3, "test": 2}
 MISSING = "000004"  # a train clip whose video is deleted

@@ -23,9 +23,9 @@ from tests.fixtures.shard_fixtures import FakeEmbedder, write_clip_video  # noqa
 
 from lavimo.dataset.annotations import load_clips  # noqa: E402
 from lavimo.dataset.features import clip_features  # noqa: E402
-from lavimo.dataset.shard_format import read_manifests  # noqa: E402
-from lavimo.dataset.shards_cli import BODY_MODELS_UNUSED, amass_features_fn  # noqa: E402
-from lavimo.dataset.shards_cli import main as cli_main  # noqa: E402
+from lavimo.dataset.shards.format import read_manifests  # noqa: E402
+from lavimo.dataset.shards.cli import BODY_MODELS_UNUSED, amass_features_fn  # noqa: E402
+from lavimo.dataset.shards.cli import main as cli_main  # noqa: E402
 from lavimo.body.model import load_body  # noqa: E402
 from tests.test_smpl_pickle import _smpl_dict  # noqa: E402
 

@@ -11,8 +11,9 @@ import pytest
 
 from tests.fixtures.shard_fixtures import FakeEmbedder, fake_features, make_corpus, simple_stats  # noqa: E402
 
-from lavimo.dataset.shards import BuildConfig, build_shards, read_manifests  # noqa: E402
-from lavimo.dataset.shards_cli import main as cli_main  # noqa: E402
+from lavimo.dataset.shards.build import BuildConfig, build_shards  # noqa: E402
+from lavimo.dataset.shards.format import read_manifests  # noqa: E402
+from lavimo.dataset.shards.cli import main as cli_main  # noqa: E402
 
 COUNTS = {"train": 9, "val": 4}  # 2 samples per shard: train slots 0..4, val slots 0..1
 
@@ -83,7 +84,7 @@ def test_cli_refuses_overwrite_with_part(tmp_path, capsys):
 
 
 def test_cli_takes_the_part_from_the_array(tmp_path, monkeypatch):
-    import lavimo.dataset.shards as shards
+    import lavimo.dataset.shards.build as shards
 
     seen = {}
 

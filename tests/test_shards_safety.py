@@ -26,9 +26,10 @@ from tests.fixtures.shard_fixtures import FakeEmbedder, fake_features, make_corp
 
 from lavimo.dataset.clip import Text  # noqa: E402
 from lavimo.core.errors import BadInputError  # noqa: E402
-from lavimo.dataset.shard_format import member_name, read_manifests, write_tar  # noqa: E402
-from lavimo.dataset.shards import BuildConfig, build_shards, check_shards, temp_leftovers, verify_shards  # noqa: E402
-from lavimo.dataset.shards_cli import main as cli_main  # noqa: E402
+from lavimo.dataset.shards.format import member_name, read_manifests, write_tar  # noqa: E402
+from lavimo.dataset.shards.build import BuildConfig, build_shards, temp_leftovers  # noqa: E402
+from lavimo.dataset.shards.check import check_shards, verify_shards  # noqa: E402
+from lavimo.dataset.shards.cli import main as cli_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNTS = {"train": 4, "val": 2}
@@ -270,7 +271,7 @@ def test_temp_files_of_a_killed_run_are_leftovers_then_removed(built, corpus, tm
     assert cli_main(["check", str(out)]) == 0
     printed = capsys.readouterr().out
     assert all(f"LEFTOVER {p}" in printed for p in junk)
-    caplog.set_level("INFO", logger="lavimo.dataset.shards")
+    caplog.set_level("INFO", logger="lavimo.dataset.shards.build")
     report = _build(*corpus, out)
     assert sorted(report.leftovers_removed) == sorted(map(str, junk))
     assert not any(p.exists() for p in junk) and mine.exists()
@@ -285,7 +286,7 @@ def test_temp_files_of_a_killed_run_are_leftovers_then_removed(built, corpus, tm
 def cli_env(corpus, tmp_path, monkeypatch):
     """build-shards CLI with the clips of the corpus, fake features and the fake text model."""
     import lavimo.dataset.annotations
-    import lavimo.dataset.shards
+    import lavimo.dataset.shards.build
     import lavimo.dataset.text_embed
     clips, videos = corpus
     vids = _copy_set(videos, tmp_path / "videos")
@@ -296,7 +297,7 @@ def cli_env(corpus, tmp_path, monkeypatch):
     state = {"clips": list(clips)}
     monkeypatch.setattr(lavimo.dataset.annotations, "load_clips", lambda *a, **k: state["clips"])
     monkeypatch.setattr(lavimo.dataset.text_embed, "SentenceEmbedder", lambda *a, **k: FakeEmbedder())
-    monkeypatch.setattr(lavimo.dataset.shards, "default_features", lambda clip, *a, **k: fake_features(clip))
+    monkeypatch.setattr(lavimo.dataset.shards.build, "default_features", lambda clip, *a, **k: fake_features(clip))
     args = ["--annotations", str(ann), "--amass", str(amass), "--videos", str(vids), "--out",
             str(tmp_path / "out"), "--workers", "1", "--samples-per-shard", "2", "--quiet"]
     return SimpleNamespace(args=args, videos=vids, out=tmp_path / "out", state=state, amass=amass, ann=ann)
@@ -356,7 +357,7 @@ from pathlib import Path
 sys.path.insert(0, {repo!r})
 import numpy as np
 from tests.fixtures.shard_fixtures import fake_features, make_corpus
-import lavimo.dataset.annotations, lavimo.dataset.shards, lavimo.dataset.text_embed
+import lavimo.dataset.annotations, lavimo.dataset.shards.build, lavimo.dataset.text_embed
 
 class FakeEmbedder:
     name, dim = "fake-embedder", 8
@@ -404,8 +405,8 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_die_when_the_parent_is_killed(tmp_path):
     script = _script(tmp_path, """
-        cfg = lavimo.dataset.shards.BuildConfig(out=root / "out", videos=videos, samples_per_shard=2, workers=2)
-        lavimo.dataset.shards.build_shards(clips, cfg, embedder=FakeEmbedder(), features_fn=features, show_progress=False)
+        cfg = lavimo.dataset.shards.build.BuildConfig(out=root / "out", videos=videos, samples_per_shard=2, workers=2)
+        lavimo.dataset.shards.build.build_shards(clips, cfg, embedder=FakeEmbedder(), features_fn=features, show_progress=False)
     """)
     proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -435,8 +436,8 @@ def test_signal_stops_the_build_and_reports_what_finished(tmp_path, sig):
         amass.mkdir()
         lavimo.dataset.annotations.load_clips = lambda *a, **k: clips
         lavimo.dataset.text_embed.SentenceEmbedder = lambda *a, **k: FakeEmbedder()
-        lavimo.dataset.shards.default_features = features
-        from lavimo.dataset.shards_cli import main
+        lavimo.dataset.shards.build.default_features = features
+        from lavimo.dataset.shards.cli import main
         sys.exit(main(["--annotations", str(root / "run.py"), "--amass", str(amass), "--videos", str(videos),
                        "--out", str(root / "out"), "--samples-per-shard", "2", "--workers", "2", "--quiet"]))
     """)
@@ -518,7 +519,7 @@ def test_long_clip_is_accepted(tmp_path, video_format):
     past read_video's 20,000 frames, and in jpgs mode past 2 GiB of decoded frames, ~9 min at frame size 256)."""
     from types import SimpleNamespace
 
-    from lavimo.dataset.shards import prepare_sample
+    from lavimo.dataset.shards.build import prepare_sample
     from lavimo.dataset.video_frames import jpgs_info
 
     n = 25_000
@@ -542,7 +543,7 @@ import json, resource, sys
 from pathlib import Path
 from types import SimpleNamespace
 import numpy as np
-from lavimo.dataset.shards import prepare_sample
+from lavimo.dataset.shards.build import prepare_sample
 
 def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

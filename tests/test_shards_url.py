@@ -1,4 +1,4 @@
-"""Shards from URLs (dataset/shard_source.py): ``train.py --shards`` / ``evaluate.py --shards`` read a shard set
+"""Shards from URLs (dataset/shards/source.py): ``train.py --shards`` / ``evaluate.py --shards`` read a shard set
 from an http(s) base URL or a ``pipe:`` command with ``{}`` as well as from a directory.
 
 A tiny shard set is served by ``http.server`` on 127.0.0.1 (port 0) in a thread. The end-to-end checks (marked
@@ -29,12 +29,12 @@ import pytest
 
 import lavimo.evaluation.cli as evaluate_script
 from lavimo.core.errors import BadInputError
-from lavimo.dataset.shard_format import read_manifest
-from lavimo.dataset.shard_source import (
+from lavimo.dataset.shards.format import read_manifest
+from lavimo.dataset.shards.source import (
     FETCH_TIMEOUT, CommandFailed, FetchError, RemoteShards, fetch_bytes, fetch_timeout, is_remote, open_shard,
     shard_location, sha256_remote,
 )
-from lavimo.dataset.stream import make_loader, resolve_shards
+from lavimo.dataset.shards.stream import make_loader, resolve_shards
 from tests.fixtures.runs import TINY_FLAGS, TRAIN_SET, assert_same_last_weights, metrics_rows, run_train, train_tiny
 
 BASE = TINY_FLAGS
@@ -221,7 +221,7 @@ def test_fetch_timeout_setting(monkeypatch, caplog):
     for bad in ("inf", "-inf", "nan", "0", "-1", "abc", "1e999"):
         monkeypatch.setenv("LAVIMO_FETCH_TIMEOUT", bad)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="lavimo.dataset.shard_source"):
+        with caplog.at_level(logging.WARNING, logger="lavimo.dataset.shards.source"):
             assert fetch_timeout() == FETCH_TIMEOUT  # the first use of each value warns
         assert "LAVIMO_FETCH_TIMEOUT" in caplog.text and bad in caplog.text
 

@@ -251,18 +251,18 @@ def test_render_signal_while_the_report_is_written_is_ignored(corpus, tmp_path, 
 
 def test_build_shards_signal_while_the_report_is_written_is_ignored(tmp_path, monkeypatch, capsys):
     import lavimo.dataset.annotations
-    import lavimo.dataset.shards
+    import lavimo.dataset.shards.build
     import lavimo.dataset.text_embed
-    from lavimo.dataset.shards_cli import main
+    from lavimo.dataset.shards.cli import main
     from tests.fixtures.shard_fixtures import FakeEmbedder, fake_features, make_corpus
 
     clips, videos = make_corpus(tmp_path / "corpus", {"train": 3, "val": 2}, size=16, frames=(6, 9))
     monkeypatch.setattr(lavimo.dataset.annotations, "load_clips", lambda *a, **k: clips)
     monkeypatch.setattr(lavimo.dataset.text_embed, "SentenceEmbedder", lambda *a, **k: FakeEmbedder())
-    monkeypatch.setattr(lavimo.dataset.shards, "default_features", lambda clip, *a, **k: fake_features(clip))
+    monkeypatch.setattr(lavimo.dataset.shards.build, "default_features", lambda clip, *a, **k: fake_features(clip))
     (tmp_path / "amass").mkdir()
     (tmp_path / "annotations.json").write_text("{}")
-    sent = _sigterm_before(lavimo.dataset.shards, monkeypatch, "report.json")
+    sent = _sigterm_before(lavimo.dataset.shards.build, monkeypatch, "report.json")
     out = tmp_path / "out"
     rc = main(["--annotations", str(tmp_path / "annotations.json"), "--amass", str(tmp_path / "amass"), "--videos",
                str(videos), "--out", str(out), "--splits", "train,val", "--workers", "1", "--samples-per-shard", "2",

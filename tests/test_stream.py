@@ -15,9 +15,9 @@ import torch
 from tests.fixtures.shard_fixtures import FEATURE_DIM, fake_features, make_corpus  # noqa: E402
 
 from lavimo.dataset.augment import CLIP_MEAN, CLIP_STD, AugmentConfig, augment_clip, clip_normalize  # noqa: E402
-from lavimo.dataset.shards import BuildConfig, build_shards  # noqa: E402
-from lavimo.dataset.shard_format import load_stats, read_manifest  # noqa: E402
-from lavimo.dataset.stream import SampleTransform, make_loader  # noqa: E402
+from lavimo.dataset.shards.build import BuildConfig, build_shards  # noqa: E402
+from lavimo.dataset.shards.format import load_stats, read_manifest  # noqa: E402
+from lavimo.dataset.shards.stream import SampleTransform, make_loader  # noqa: E402
 
 COUNTS = {"train": 8, "val": 5}
 

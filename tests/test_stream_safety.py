@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from lavimo.core.errors import BadInputError
-from lavimo.dataset.shard_format import load_stats
-from lavimo.dataset.stream import NoUsableSamplesError, SampleTransform, make_loader
+from lavimo.dataset.shards.format import load_stats
+from lavimo.dataset.shards.stream import NoUsableSamplesError, SampleTransform, make_loader
 
 ROOT = Path(__file__).resolve().parents[1]
 KW = dict(image_size=16, num_frames=2)  # small batches: these tests are about skipping, not pixels
@@ -322,7 +322,7 @@ def test_no_usable_sample_with_workers_exits_in_a_subprocess(tiny, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(f"""
         import sys
-        from lavimo.dataset.stream import NoUsableSamplesError, make_loader
+        from lavimo.dataset.shards.stream import NoUsableSamplesError, make_loader
         for kw in (dict(num_workers=2), dict(num_workers=2, resampled=True, epoch_batches=100)):
             try:
                 list(make_loader({str(out)!r}, "train", batch_size=2, train=True, image_size=16, num_frames=2,
@@ -352,7 +352,7 @@ def test_sample_transform_reasons():
         "motion_unreadable": {**base, "motion.npy": _npy(np.array(["a", "b"]))},
         "motion_nonfinite": {**base, "motion.npy": _npy(np.full((3, 4), 1e38, np.float64) * 10)},
     }
-    from lavimo.dataset.stream import SampleError
+    from lavimo.dataset.shards.stream import SampleError
 
     for reason, sample in cases.items():
         with pytest.raises(SampleError) as e:
@@ -397,7 +397,7 @@ def test_compressed_shard_and_oversized_sample(tiny, tmp_path, monkeypatch):
     hold more than MAX_SAMPLE_BYTES is skipped once (``sample_size``) and the next sample is read."""
     import gzip
 
-    import lavimo.dataset.stream as stream
+    import lavimo.dataset.shards.stream as stream
 
     out = _copy(tiny, tmp_path / "set")
     _rewrite(out / "val-000000.tar", lambda n, d: d + b" " * 600_000 if n == "000009.texts.json" else d)
@@ -421,14 +421,14 @@ def test_compressed_shard_and_oversized_sample(tiny, tmp_path, monkeypatch):
 
 def test_json_members_are_bounded():
     """texts.json / meta.json are parsed with their size and nesting capped (ValueError naming the member)."""
-    from lavimo.dataset.shard_format import MEMBER_MAX_BYTES, parse_texts
+    from lavimo.dataset.shards.format import MEMBER_MAX_BYTES, parse_texts
 
     big = json.dumps(["a person walks"] * (MEMBER_MAX_BYTES["texts.json"] // 16 + 1)).encode()
     with pytest.raises(ValueError, match="texts.json: .*bytes of JSON, more than"):
         parse_texts(big)
     with pytest.raises(ValueError, match="texts.json: JSON nested deeper"):
         parse_texts(b"[" * 100_000 + b"]" * 100_000)
-    from lavimo.dataset.shard_format import parse_meta
+    from lavimo.dataset.shards.format import parse_meta
 
     with pytest.raises(ValueError, match="meta.json: JSON nested deeper"):
         parse_meta(b"[" * 1000 + b"]" * 1000)

@@ -448,7 +448,7 @@ def test_augmentation_and_random_init_flags_reach_the_config_and_the_loader(monk
     from lavimo.model.weights import missing_pretrained
     assert missing_pretrained(rc.model) == []
     seen = {}
-    import lavimo.dataset.stream as S
+    import lavimo.dataset.shards.stream as S
     loader = type("Loader", (), {"set_epoch": lambda self, epoch: None})
     monkeypatch.setattr(S, "make_loader", lambda *a, **kw: seen.update(kw) or loader())
     from lavimo.training.loop import DistInfo

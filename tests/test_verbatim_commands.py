@@ -86,8 +86,8 @@ def test_dissimilar_on_kit_ids_evaluates_all_101(tmp_path, capsys):
     import torch
 
     import evaluate
-    from lavimo.dataset.shards import BuildConfig, build_shards
-    from lavimo.dataset.shards_cli import nsim_clips
+    from lavimo.dataset.shards.build import BuildConfig, build_shards
+    from lavimo.dataset.shards.cli import nsim_clips
     from lavimo.dataset.subsets import read_subset
     from lavimo.model import build_model, load_preset, save_checkpoint
     from tests.fixtures.shard_fixtures import fake_features, make_clip, simple_stats, write_clip_video

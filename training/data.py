@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lavimo.core.errors import BadInputError, SetupError
-from lavimo.dataset.shard_source import FetchError, RemoteShards, is_remote
+from lavimo.dataset.shards.source import FetchError, RemoteShards, is_remote
 from lavimo.dataset.text_embed import same_sentence_model
 from lavimo.training.config import TrainConfig
 from lavimo.training.loop import DistInfo
@@ -20,9 +20,9 @@ log = logging.getLogger("train")
 def check_training_manifests(shards: Path | RemoteShards, cfg) -> dict[str, dict]:
     """Read the train/val manifests (not the tars: see :func:`verify_shards`); clear errors (BadInputError
     naming the file and field) for a missing/empty directory, an unreadable manifest or a feature-dim mismatch.
-    ``shards`` may be a remote set (an http(s) base URL or ``pipe:`` command, dataset/shard_source.py): a server
+    ``shards`` may be a remote set (an http(s) base URL or ``pipe:`` command, dataset/shards/source.py): a server
     or command that fails raises its FetchError (an OSError naming the URL)."""
-    from lavimo.dataset.shard_format import manifest_path, read_manifest
+    from lavimo.dataset.shards.format import manifest_path, read_manifest
 
     remote = is_remote(shards)
     if not remote and not shards.is_dir():
@@ -69,7 +69,7 @@ def _verify_files(shards: Path | RemoteShards, manifests: dict[str, dict]) -> di
     listed file read once, streamed through sha256; for a remote set every tar is downloaded once, nothing
     stored), against ``manifests`` (those training checked: never read twice); the first file that differs from
     its manifest entry (or is missing or unreadable) raises BadInputError naming it."""
-    from lavimo.dataset.shards import verify_shards as verify_shard_files
+    from lavimo.dataset.shards.check import verify_shards as verify_shard_files
 
     out: dict[str, dict[str, dict]] = {}
     for split in manifests:
@@ -134,7 +134,7 @@ def train_loader(shards: Path | RemoteShards, cfg, tc: TrainConfig, epoch: int, 
                  shuffle_buffer: int | None = None):
     """The training loader of one epoch: shard order, shuffle buffer and augmentation seeded by (seed, epoch,
     rank, worker) inside the loader; ``steps`` batches on every rank; shards split by rank."""
-    from lavimo.dataset.stream import make_loader
+    from lavimo.dataset.shards.stream import make_loader
 
     kw = {} if shuffle_buffer is None else {"shuffle_buffer": shuffle_buffer}
     loader = make_loader(shards, "train", batch_size=tc.batch_size, train=True,
@@ -147,7 +147,7 @@ def train_loader(shards: Path | RemoteShards, cfg, tc: TrainConfig, epoch: int, 
 
 def val_loader(shards: Path | RemoteShards, cfg, tc: TrainConfig, dinfo: DistInfo):
     """Every val sample exactly once, split by rank (each rank encodes its shards; see Trainer.validate)."""
-    from lavimo.dataset.stream import make_loader
+    from lavimo.dataset.shards.stream import make_loader
 
     return make_loader(shards, "val", batch_size=tc.batch_size, train=False, num_workers=tc.num_workers,
                        seed=tc.seed, rank=dinfo.rank, world_size=dinfo.world_size, **cfg.loader_kwargs())

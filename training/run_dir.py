@@ -151,14 +151,14 @@ def write_run_info(run: RunDir, *, shards: str | os.PathLike, manifests: dict[st
     verification before training, or None when it was skipped (``--no-verify``). Per split the record holds
     ``"verify": "sha256"`` or ``"skipped"`` and ``"shards": {name: {"manifest_sha256": listed, "sha256":
     computed, "bytes": size, "match": bool}}`` (only ``manifest_sha256`` when skipped). ``shards`` may be a
-    remote set (an http(s) base URL or ``pipe:`` command, dataset/shard_source.py): ``root`` is then the
+    remote set (an http(s) base URL or ``pipe:`` command, dataset/shards/source.py): ``root`` is then the
     location as given, each ``manifest`` its URL, and ``manifest_sha256`` the sha256 of the bytes this process
-    fetched and parsed into ``manifests[split]`` (:func:`lavimo.dataset.shard_source.fetched_manifest_sha256`; never
+    fetched and parsed into ``manifests[split]`` (:func:`lavimo.dataset.shards.source.fetched_manifest_sha256`; never
     fetched again). When no such fetch is remembered (a manifest dict from elsewhere, or changed after reading)
     ``manifest_sha256`` is None and ``manifest_sha256_unavailable`` says why (with a warning); run.json is
     written all the same.
     """
-    from lavimo.dataset.shard_source import fetched_manifest_sha256, is_remote, shard_location
+    from lavimo.dataset.shards.source import fetched_manifest_sha256, is_remote, shard_location
 
     remote = is_remote(shards)
     shards = shard_location(shards) if remote else Path(shards)

@@ -19,8 +19,8 @@ import torch
 from lavimo.core.errors import BadInputError, SetupError
 from lavimo.core.seeding import stable_seed
 from lavimo.core.stop import StopSignals
-from lavimo.dataset.shard_source import RemoteShards
-from lavimo.dataset.stream import NoUsableSamplesError
+from lavimo.dataset.shards.source import RemoteShards
+from lavimo.dataset.shards.stream import NoUsableSamplesError
 from lavimo.evaluation.encode import EmptySplitError, encode_split
 from lavimo.model.ddp import needs_find_unused_parameters
 from lavimo.model.lavimo import FUSION_NAMES, LOSS_KEYS
@@ -169,7 +169,7 @@ class Trainer:
         """Before this session's first step: metrics.csv cut back to the current step (rank 0), the network
         (DDP-wrapped, compiled), TensorBoard, the keyid log, the stepper, the skip budget and the preprocess
         record every checkpoint carries."""
-        from lavimo.dataset.shard_format import load_stats
+        from lavimo.dataset.shards.format import load_stats
         from lavimo.model.checkpoint import preprocess_record
 
         run, dinfo, device, tc, opts = self.run, self.dinfo, self.device, self.tc, self.opts

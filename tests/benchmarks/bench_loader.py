@@ -4,8 +4,8 @@ Measured in one run on the same synthetic clips:
   baseline  naive per-clip loading: decode the whole mp4 with imageio, pick 8 frames (segment sampling),
             torchvision PIL transforms per frame (random resize + 256 crop, colour jitter, grayscale, blur,
             resize to 224, CLIP normalisation), read texts/sentence embeddings/motion from files.
-  jpgs      lavimo.dataset.stream.make_loader over shards with the ``video.jpgs`` member (the default format).
-  mp4       lavimo.dataset.stream.make_loader over shards with the rendered ``video.mp4`` member.
+  jpgs      lavimo.dataset.shards.stream.make_loader over shards with the ``video.jpgs`` member (the default format).
+  mp4       lavimo.dataset.shards.stream.make_loader over shards with the rendered ``video.mp4`` member.
 each in one process (per-worker throughput), and the baseline and jpgs loader with all cores. Prints medians
 over repeats, ratios to the baseline and bytes per sample of each format.
 
@@ -119,7 +119,7 @@ def measure_baseline(clips, videos, side, n_procs: int) -> float:
 
 def write_side_files(clips, side: Path, embedder) -> None:
     """texts / sentence embeddings / motion as loose files for the baseline (what it reads besides the mp4)."""
-    from lavimo.dataset.shards import texts_of
+    from lavimo.dataset.shards.build import texts_of
 
     side.mkdir(parents=True)
     for c in clips:
@@ -131,7 +131,7 @@ def write_side_files(clips, side: Path, embedder) -> None:
 
 # ------------------------------------------------------------------------------------------------ loader
 def measure_loader(shards: Path, n_samples: int, batch_size: int, workers: int) -> float:
-    from lavimo.dataset.stream import make_loader
+    from lavimo.dataset.shards.stream import make_loader
 
     batches = max(1, n_samples // batch_size)
     loader = make_loader(shards, "train", batch_size=batch_size, train=True, num_workers=workers,
@@ -166,8 +166,8 @@ def main(argv=None) -> int:
     frames = (16, 30) if args.quick else (80, 196)
     batch = 4 if args.quick else 8
 
-    from lavimo.dataset.shard_format import read_manifests
-    from lavimo.dataset.shards import BuildConfig, build_shards
+    from lavimo.dataset.shards.format import read_manifests
+    from lavimo.dataset.shards.build import BuildConfig, build_shards
     from lavimo.dataset.text_embed import SentenceEmbedder
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-loader-"))

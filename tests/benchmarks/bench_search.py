@@ -65,7 +65,7 @@ def main() -> int:
 
     import torch
 
-    from lavimo.dataset.stream import load_stats
+    from lavimo.dataset.shards.stream import load_stats
     from tests.fixtures.tiny_shards import make_tiny_shards
     from lavimo.model import build_model, load_preset, save_checkpoint
     from lavimo.search.index import Entry, Index, build_index, shard_items

@@ -1,4 +1,4 @@
-"""Shard build throughput (clips/s) of lavimo.dataset.shards.build_shards against a naive writer, same clips, one run.
+"""Shard build throughput (clips/s) of lavimo.dataset.shards.build.build_shards against a naive writer, same clips, one run.
 
   naive   one process; per clip: decode the mp4 at full resolution, resize each frame with PIL, JPEG-encode,
           embed the clip's captions in their own call, write the sample with webdataset's TarWriter (no resume
@@ -40,8 +40,8 @@ def naive_sample(clip, videos: Path, embedder, frame_size: int = 256) -> dict:
     import numpy as np
     from PIL import Image
 
-    from lavimo.dataset.shard_format import json_bytes, npy_bytes
-    from lavimo.dataset.shards import texts_of
+    from lavimo.dataset.shards.format import json_bytes, npy_bytes
+    from lavimo.dataset.shards.build import texts_of
     from lavimo.core.mp4 import read_video
     from lavimo.dataset.video_frames import encode_jpgs, read_sidecar
 
@@ -76,7 +76,7 @@ def naive_build(clips, videos: Path, out: Path, embedder, samples_per_shard: int
 
 
 def real_build(clips, videos: Path, out: Path, embedder, samples_per_shard: int, workers: int) -> float:
-    from lavimo.dataset.shards import BuildConfig, build_shards
+    from lavimo.dataset.shards.build import BuildConfig, build_shards
 
     t0 = time.perf_counter()
     rep = build_shards(clips, BuildConfig(out=out, videos=videos, splits=("train",), workers=workers,

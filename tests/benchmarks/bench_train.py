@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
-    from lavimo.dataset.stream import make_loader
+    from lavimo.dataset.shards.stream import make_loader
     from lavimo.training.config import load_run_config
     from lavimo.core.device import resolve_device, resolve_precision
     from lavimo.training.loop import LossModule, NonFiniteGuard, Stepper, make_optimizer, seed_everything

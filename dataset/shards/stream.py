@@ -1,74 +1,24 @@
-"""Streaming loader over build-shards output: a WebDataset pipeline yielding training / evaluation batches.
+"""Streaming loader over build-shards output: a WebDataset pipeline yielding training / evaluation batches
+(docs/shards.md, "The loader"; the batch dict is :func:`collate`'s).
 
-Pipeline (per DataLoader worker): shard list (manifest or brace notation) -> shard shuffle (training; the same
-permutation on every rank, re-drawn every pass) -> split by rank (``rank``/``world_size`` or torch.distributed)
--> split by worker -> tar reading -> sample shuffle buffer (training) -> per-sample decode and transforms ->
-batches with padding masks. The main process caps an epoch at ``epoch_batches`` batches with ``with_epoch``;
-in training every worker streams its shards in an endless loop, so every rank yields exactly ``epoch_batches``
-batches. Evaluation reads every sample of the rank's shards exactly once, in order, with a last partial batch.
-Shards are disjoint across ranks and workers within a pass; the sample shuffle buffer (at most one worker's
-share of a pass) mixes the end of one pass with the start of the next.
+Pipeline per DataLoader worker: :class:`ShardSource` (the shard list: the same permutation on every rank per
+pass in training, split by rank then by worker) -> :func:`_read_tars` (our tar reader: the shard format's caps
+and refusals, :func:`lavimo.dataset.shards.format.iter_tar_members`) -> webdataset's shuffle buffer (training)
+-> :class:`SampleTransform` (decode, augment, normalise; :class:`SampleError` skips a sample) -> batches. Training
+streams endlessly and the main process cuts an epoch at ``epoch_batches``; evaluation reads every sample of the
+rank's shards once, in order, the last batch partial.
 
-Per sample:
-- video: ``num_frames`` frames by segment sampling (T frames cut into ``num_frames`` equal segments; a random
-  frame of each segment in training, the centre frame in evaluation); training augmentation
-  (dataset/augment.py: random resize + 256 crop, colour jitter, grayscale, blur; no horizontal flip by default)
-  or a centre square in evaluation; resized to ``image_size`` and CLIP-normalised -> (num_frames, 3, S, S).
-- text: one caption at random in training, the first in evaluation, with its sentence embedding (float32);
-  ``texts`` keeps all captions.
-- motion: features normalised with ``stats.npz`` ((x - mean) / std), cropped to ``max_motion_len`` rows
-  (a random window in training, the first rows in evaluation).
+Caption segments (docs/shards.md, "Caption segments"): a shard holds the whole clip; the loader cuts the
+motion rows and video frames of the caption it picks (:meth:`SampleTransform.choose_text`,
+:func:`segment_rows`); a segment shorter than ``min_segment_len`` rows is never paired with its caption.
 
-Caption segments (where the cut happens): a shard holds one sample per clip, with the whole clip's motion and
-video, whatever its captions' spans (``texts.json`` ``start``/``end``, seconds inside the clip); the cut is
-made here, in the loader, after the caption is chosen - as HumanML3D's and TMR's loaders cut their motion files.
-
-- Whole clip: ``end`` null with ``start`` null or 0; ``start == end == 0`` (HumanML3D's ``#0.0#0.0``); or a
-  span that covers every motion row (``0`` to the clip's duration or beyond). Read exactly as before segments
-  existed (same random draws, same rows and frames).
-- Segment: motion rows ``[lo, hi)`` with ``lo = int(start * fps)``, ``hi = int(end * fps)`` (HumanML3D's
-  ``motion[int(f_tag*20):int(to_tag*20)]``, ``int`` = floor for these non-negative times; TMR's motion loader
-  uses the same ``int(t * fps)`` on its seconds), ``fps`` from ``meta.json`` (20 for HumanML3D; a sample with a
-  span and no readable fps is skipped as ``missing_member`` / ``meta``); ``start`` null = 0, ``end`` null = the
-  end of the clip; rows past the end of the clip are not counted. The video frames are sampled (segment
-  sampling as above) only among the frames ``[lo, hi)`` (frame i = motion frame i), and the caption's own
-  sentence embedding (its ``sent.npy`` row) goes with them. The ``max_motion_len`` crop then applies to the
-  segment's rows.
-- Minimum length: a segment with fewer than ``min_segment_len`` rows (default :func:`min_segment_rows`: 40
-  for 263-dim HumanML3D features, 24 for 251-dim KIT-ML, HumanML3D's ``min_motion_len``) is never paired with
-  its caption. Training draws uniformly among the usable captions (whole-clip ones and long-enough segments;
-  with every caption usable it is the same draw as before); evaluation takes the first usable caption (the
-  first caption whenever it is usable, segment or not). A sample without a usable caption is skipped as
-  ``segment_too_short``. Unlike HumanML3D (which drops segments of 200 rows or more), long segments are
-  cropped like whole clips.
-- A ``start``/``end`` that is not null or a finite number >= 0, or ``end <= start`` (other than ``0, 0``),
-  makes the sample ``texts`` (:func:`lavimo.dataset.shard_format.parse_texts`).
-
-Untrusted shards: the tars are read by this module (not by webdataset's tar expander), member by member, as
-plain uncompressed tars (a gzip / bzip2 / xz / zstd shard is ``shard_unreadable``, never decompressed).
-Members that are not regular files or whose name is not ``<keyid>.<ext>`` (``/``, ``..``, a bad keyid; see
-:func:`lavimo.core.keyids.check_member_name`) are refused and never used; members of another kind than the six of
-the format are skipped unread (``member_kind``); each kind has a byte cap
-(:data:`lavimo.dataset.shard_format.MEMBER_MAX_BYTES`, ``member_size``) and a sample's members together at most
-:data:`lavimo.dataset.shard_format.MAX_SAMPLE_BYTES` (``sample_size``), both checked from the tar header before the
-data is read; JSON members are parsed with their size and nesting capped
-(:func:`lavimo.dataset.shard_format.parse_json_member`); ``.npy`` members are parsed with their
-header checked first and never unpickled; manifests may only name plain ``<name>.tar`` files in their directory
-(also for a set read from an http(s) URL or a ``pipe:`` command, :mod:`lavimo.dataset.shard_source`: a manifest never
-makes the loader fetch another host or path or run another command).
-
-Skipped samples never stop an epoch: each is logged with its keyid (the first few per reason) and counted per
-reason in ``loader.skip_counts`` (``loader.skipped`` = the total, ``loader.skip_examples`` = a few keyids per
-reason), summed over worker processes. Reasons (:data:`SKIP_REASONS`): ``shard_unreadable``, ``member_name``,
-``member_type``, ``member_kind``, ``member_size``, ``sample_size``, ``member_duplicate``, ``missing_member``,
-``texts``, ``sent``, ``sent_nonfinite``, ``motion_unreadable``, ``motion_shape``, ``motion_nonfinite``,
-``segment_too_short``, ``meta``, ``video``, ``other``.
-
-No usable sample: in training, once every shard has been read to its end with no usable sample since the last
-batch (by any worker; also with ``resampled=True``), iterating raises :class:`NoUsableSamplesError` (with
-``.counts``, reason -> number) instead of waiting forever for a batch; in evaluation (one process, world size
-1) a pass that skipped samples and gave no batch raises it too.
+Skipped samples (docs/shards.md, "Bad samples") never stop an epoch: each is logged (the first few per reason)
+and counted in one :class:`SkipStats` per worker, handed to the main process beside the batches and summed in
+``loader.skips`` (``loader.skip_counts``, ``loader.skipped``, ``loader.skip_examples``); reasons:
+:data:`SKIP_REASONS`. A whole pass without a usable sample raises :class:`NoUsableSamplesError` (training; and
+a single-process evaluation pass that skipped samples and gave no batch).
 """
+
 
 from __future__ import annotations
 
@@ -85,12 +35,11 @@ import numpy as np
 from lavimo.dataset.augment import AugmentConfig, augment_clip, center_box, clip_normalize, eval_view, names_a_side
 from lavimo.core.errors import BadInputError
 from lavimo.core.seeding import stable_rng, stable_seed
-from lavimo.dataset.shard_format import (
-    MAX_SAMPLE_BYTES, META, MOTION, SENT, TEXTS, VIDEO_JPGS, VIDEO_MP4, finite_number,
-    iter_tar_members, load_npy_bytes, load_stats, manifest_path, manifest_shards, member_kind, parse_meta,
-    parse_texts, read_manifest,
+from lavimo.dataset.shards.format import (
+    MAX_SAMPLE_BYTES, META, MOTION, SENT, TEXTS, VIDEO_JPGS, VIDEO_MP4, SampleMeta, iter_tar_members,
+    load_npy_bytes, load_stats, manifest_path, manifest_shards, member_kind, parse_texts, read_manifest,
 )
-from lavimo.dataset.shard_source import RemoteShards, is_remote, open_shard, shard_location
+from lavimo.dataset.shards.source import RemoteShards, is_remote, open_shard, shard_set
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +58,7 @@ SKIP_REASONS = {
     "member_type": "a member that is not a regular file (link, directory, device): refused",
     "member_kind": "a member of an unknown kind (not meta.json, motion.npy, sent.npy, texts.json, video.jpgs, "
                    "video.mp4): skipped unread",
-    "member_size": "a member larger than its kind's cap (lavimo.dataset.shard_format.MEMBER_MAX_BYTES): refused unread",
+    "member_size": "a member larger than its kind's cap (lavimo.dataset.shards.format.MEMBER_MAX_BYTES): refused unread",
     "sample_size": f"a sample whose members hold more than {MAX_SAMPLE_BYTES} bytes: the rest refused unread, "
                    "the sample not used",
     "member_duplicate": "a sample holding the same member twice",
@@ -166,35 +115,66 @@ class SampleError(ValueError):
         return (type(self), (self.reason, str(self)))
 
 
-class _Skips:
-    """Skip counts of one worker's pass, handed to the main process with each batch (or marker)."""
+class SkipStats:
+    """Skipped samples by reason (:data:`SKIP_REASONS`): ``counts`` (a Counter), ``examples`` (reason -> up to
+    :data:`SKIP_EXAMPLES` keyids, or member / shard names), :attr:`total`. A worker's pass records each skip
+    (:meth:`add`, logging the first few per reason) and hands what it gathered since its last hand-over to the
+    main process beside each batch (:meth:`take`); the loader sums them (:meth:`merge`)."""
 
     def __init__(self) -> None:
         self.counts: Counter = Counter()
         self.examples: dict[str, list[str]] = {}
         self.logged: Counter = Counter()
 
-    def add(self, reason: str, key: str, url: str | None, detail: str) -> None:
-        self.counts[reason] += 1
+    @property
+    def total(self) -> int:
+        return int(sum(self.counts.values()))
+
+    def _example(self, reason: str, key: str) -> None:
         ex = self.examples.setdefault(reason, [])
         if len(ex) < SKIP_EXAMPLES and key not in ex:
             ex.append(key)
+
+    def add(self, reason: str, key: str, url: str | None, detail: str) -> None:
+        self.counts[reason] += 1
+        self._example(reason, key)
         self.logged[reason] += 1
         if self.logged[reason] <= _LOGGED_PER_REASON:
             log.warning("skipping %s (%s): %s: %s", key, url, reason, detail)
             if self.logged[reason] == _LOGGED_PER_REASON:
                 log.warning("further '%s' skips in this worker are counted, not logged", reason)
 
-    def take(self) -> dict:
-        """The counts since the last take, as batch fields (``_skipped``, ``_skip_counts``, ``_skip_examples``)."""
-        out = {"_skipped": int(sum(self.counts.values())), "_skip_counts": dict(self.counts),
-               "_skip_examples": {k: list(v) for k, v in self.examples.items()}}
-        self.counts.clear()
-        self.examples.clear()
+    def merge(self, other: "SkipStats") -> None:
+        """Add ``other``'s counts and examples to these."""
+        for reason, c in other.counts.items():
+            self.counts[reason] += int(c)
+        for reason, keys in other.examples.items():
+            self.examples.setdefault(reason, [])
+            for k in keys:
+                self._example(reason, k)
+
+    def take(self) -> "SkipStats":
+        """The counts and examples since the last take (this object starts again from none)."""
+        out = SkipStats()
+        out.counts, out.examples = self.counts, self.examples
+        self.counts, self.examples = Counter(), {}
         return out
 
     def __bool__(self) -> bool:
         return bool(self.counts)
+
+
+_Skips = SkipStats  # the name search/ reads shards with
+
+
+@dataclass
+class _Handover:
+    """What a worker hands the main process: a batch (None for a marker), the skips since its last hand-over and
+    (training) the shard readings that ended with no usable sample."""
+
+    batch: dict | None
+    skips: SkipStats
+    dead: tuple[str, ...] = ()
 
 
 @dataclass
@@ -249,20 +229,16 @@ class _Ledger:
 def resolve_shards(shards: str | Path | RemoteShards | Sequence[str], split: str
                    ) -> tuple[list[str], dict | None, Path | RemoteShards]:
     """Shard urls, manifest (or None) and the shard set location for a directory, a remote set location (an
-    http(s) base URL or a ``pipe:`` command with ``{}``: :mod:`lavimo.dataset.shard_source`), a brace pattern or a
+    http(s) base URL or a ``pipe:`` command with ``{}``: :mod:`lavimo.dataset.shards.source`), a brace pattern or a
     list."""
     import webdataset as wds
 
     if isinstance(shards, (list, tuple)):
         urls = [str(u) for u in shards]
-    elif is_remote(shards):
-        loc = shard_location(shards)
+    elif is_remote(shards) or Path(shards).is_dir():
+        loc = shard_set(shards)
         m = read_manifest(loc, split)
         return [str(url) for _, url in manifest_shards(loc, split, m)], m, loc
-    elif Path(shards).is_dir():
-        root = Path(shards)
-        m = read_manifest(root, split)
-        return [str(path) for _, path in manifest_shards(root, split, m)], m, root
     elif "{" not in str(shards) and not str(shards).endswith(".tar") and "://" not in str(shards):
         raise FileNotFoundError(f"{shards}: no such shard set directory (build it with build-shards)")
     else:
@@ -346,9 +322,9 @@ def _shown(name: str) -> str:
     return r if len(r) <= 60 else r[:57] + "..."
 
 
-def _tar_samples(url: str, skips: _Skips) -> Iterator[dict]:
+def _tar_samples(url: str, skips: SkipStats) -> Iterator[dict]:
     """The samples of one tar, read as a stream: consecutive members ``<key>.<ext>`` -> ``{"__key__": key,
-    "__url__": url, ext: bytes, ...}``. Refused members (:func:`lavimo.dataset.shard_format.iter_tar_members`) are
+    "__url__": url, ext: bytes, ...}``. Refused members (:func:`lavimo.dataset.shards.format.iter_tar_members`) are
     counted in ``skips`` and never read; read errors propagate (the caller counts the shard as unreadable)."""
     too_big: set[str] = set()  # keys of samples past MAX_SAMPLE_BYTES (each counted once)
     run = {"key": None, "bytes": 0}  # the sample being read: its key and the bytes of its members so far
@@ -375,7 +351,7 @@ def _tar_samples(url: str, skips: _Skips) -> Iterator[dict]:
             skips.add(reason, _shown(ti.name), url, message)
 
     # local files are opened as files (a ':' in a path is never taken for a URL scheme such as "pipe:"); http(s)
-    # and pipe: urls are streamed by dataset/shard_source.py's own opener (curl / sh, with a stall timeout)
+    # and pipe: urls are streamed by dataset/shards/source.py's own opener (curl / sh, with a stall timeout)
     stream = open_shard(url)
     try:
         cur: dict | None = None
@@ -394,7 +370,7 @@ def _tar_samples(url: str, skips: _Skips) -> Iterator[dict]:
         stream.close()
 
 
-def _read_tars(src: Iterator[dict], skips: _Skips, ledger: _Ledger | None) -> Iterator[dict]:
+def _read_tars(src: Iterator[dict], skips: SkipStats, ledger: _Ledger | None) -> Iterator[dict]:
     """Samples of the shards ``src`` yields (``{"url": ...}``). A shard that cannot be read to its end is
     counted once ("shard_unreadable") and the stream goes on. With a ledger (training), samples carry the id
     of their shard reading, and a reading that produced no sample yields a ``{"__tick__": True}`` so the
@@ -485,10 +461,7 @@ class SampleTransform:
             if META not in sample:
                 raise SampleError("missing_member", "no meta.json member (needed for mp4 videos)")
             try:
-                meta = parse_meta(sample[META])
-                n = int(meta["num_frames"])
-                if n < 1:
-                    raise ValueError(f"num_frames {n}")
+                n = SampleMeta.parse(sample[META]).frame_count()
             except (ValueError, TypeError, KeyError, RecursionError) as exc:
                 raise SampleError("meta", f"meta.json: {type(exc).__name__}: {exc}") from exc
             idx = self.window_indices(n, window, rng)
@@ -569,7 +542,7 @@ class SampleTransform:
                     ) -> tuple[int, tuple[int, int] | None]:
         """The caption to use and its segment -> (text index, motion rows ``[lo, hi)`` or None = whole clip).
 
-        ``spans``: each text's (start, end) seconds from :func:`lavimo.dataset.shard_format.parse_texts`; ``drawn``: the
+        ``spans``: each text's (start, end) seconds from :func:`lavimo.dataset.shards.format.parse_texts`; ``drawn``: the
         caption drawn at random (training) or 0; ``motion_rows``: the clip's feature rows. The rule is in the
         module docstring ("Caption segments").
         Raises SampleError: ``segment_too_short`` (no usable caption), ``missing_member`` / ``meta`` (a span
@@ -612,7 +585,7 @@ def is_whole_clip(start: float | None, end: float | None) -> bool:
 def segment_rows(start: float | None, end: float | None, fps: float, motion_rows: int) -> tuple[int, int] | None:
     """Motion feature rows ``[lo, hi)`` of a caption's span, or None for a whole-clip caption.
 
-    ``start``/``end``: seconds inside the clip (checked by :func:`lavimo.dataset.shard_format.parse_texts`: None or finite
+    ``start``/``end``: seconds inside the clip (checked by :func:`lavimo.dataset.shards.format.parse_texts`: None or finite
     >= 0). Whole clip (None): :func:`is_whole_clip`, or a span whose rows are all ``motion_rows`` rows (cutting
     would change nothing). Otherwise ``lo = int(start * fps)`` (0 when ``start`` is None), ``hi = int(end *
     fps)`` (``motion_rows`` when ``end`` is None), as HumanML3D's ``motion[int(f_tag*20):int(to_tag*20)]``;
@@ -633,13 +606,9 @@ def _meta_fps(sample: Mapping[str, bytes]) -> float:
     if META not in sample:
         raise SampleError("missing_member", "no meta.json member (its fps is needed for captions with a time span)")
     try:
-        meta = parse_meta(sample[META])
-        fps = finite_number(meta["fps"])
-        if fps is None or fps <= 0:
-            raise ValueError(f"fps {str(meta['fps'])[:40]} is not a positive frame rate")
+        return SampleMeta.parse(sample[META]).frame_rate()
     except (ValueError, TypeError, KeyError, RecursionError) as exc:
         raise SampleError("meta", f"meta.json: {type(exc).__name__}: {exc}") from exc
-    return fps
 
 
 def collate(samples: list[dict]) -> dict:
@@ -668,28 +637,28 @@ def collate(samples: list[dict]) -> dict:
 class _ProcessAndBatch:
     """Pipeline stage: tar reading, shuffle buffer (training), per-sample transform with skipping, batching.
 
-    Each batch carries ``_skipped`` / ``_skip_counts`` / ``_skip_examples`` (what this process skipped since
-    its last batch); the loader pops them and sums them. In training, a shard reading that ended with no usable
-    sample is announced by a marker ``{"_dead": [url], ...}`` (no ``video``), so the main process can tell
-    "every shard gives nothing" from "slow" (see :class:`NoUsableSamplesError`)."""
+    Yields :class:`_Handover` objects: each batch with the :class:`SkipStats` of this process since its last
+    hand-over (the loader sums them); in training, a marker (no batch) names the shard readings that ended with
+    no usable sample, so the main process can tell "every shard gives nothing" from "slow"
+    (:class:`NoUsableSamplesError`)."""
 
     def __init__(self, transform: SampleTransform, batch_size: int, train: bool, seed: int, rank: int,
                  source: ShardSource, shuffle_buffer: int):
         self.transform, self.batch_size, self.train = transform, batch_size, train
         self.seed, self.rank, self.source, self.shuffle_buffer = seed, rank, source, shuffle_buffer
 
-    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
+    def __call__(self, src: Iterator[dict]) -> Iterator[_Handover]:
         import webdataset as wds
 
         worker, _ = _worker_info()
         rng = stable_rng(self.seed, "samples", self.source.epoch, self.rank, worker)
-        skips = _Skips()
+        skips = SkipStats()
         ledger = _Ledger() if self.train else None
         stream = _read_tars(iter(src), skips, ledger)
         if self.train and self.shuffle_buffer > 1:
-            stream = wds.filters._shuffle(stream, self.shuffle_buffer, min(100, self.shuffle_buffer),
-                                          rng=random.Random(stable_seed(self.seed, "buffer", self.source.epoch,
-                                                                        self.rank, worker)))
+            stream = wds.shuffle(self.shuffle_buffer, min(100, self.shuffle_buffer),
+                                 rng=random.Random(stable_seed(self.seed, "buffer", self.source.epoch, self.rank,
+                                                               worker)))(stream)
         batch: list[dict] = []
         for raw in stream:
             if "__tick__" not in raw:
@@ -698,16 +667,16 @@ class _ProcessAndBatch:
                 if ledger is not None and reading is not None:
                     ledger.resolved(reading, usable)
                 if len(batch) == self.batch_size:
-                    yield self._emit(batch, skips)
+                    yield _Handover(collate(batch), skips.take())
                     batch = []
             if ledger is not None and ledger.dead:
-                yield {"_dead": ledger.take_dead(), **skips.take()}
+                yield _Handover(None, skips.take(), tuple(ledger.take_dead()))
         if batch and not self.train:
-            yield self._emit(batch, skips)
+            yield _Handover(collate(batch), skips.take())
         elif skips:
-            yield skips.take()
+            yield _Handover(None, skips.take())
 
-    def _process(self, raw: dict, rng, batch: list, skips: _Skips) -> bool:
+    def _process(self, raw: dict, rng, batch: list, skips: SkipStats) -> bool:
         key, url = raw.get("__key__"), raw.get("__url__")
         try:
             batch.append(self.transform(raw, rng))
@@ -717,12 +686,6 @@ class _ProcessAndBatch:
         except Exception as exc:  # noqa: BLE001 - a corrupt sample never stops a run; counted and logged
             skips.add("other", key, url, f"{type(exc).__name__}: {exc}")
         return False
-
-    @staticmethod
-    def _emit(batch: list[dict], skips: _Skips) -> dict:
-        out = collate(batch)
-        out.update(skips.take())
-        return out
 
 
 def _worker_init(_: int) -> None:
@@ -751,10 +714,20 @@ class StreamLoader:
         self.source, self.num_samples, self.prefetch_factor = source, num_samples, prefetch_factor
         self.train = source.train if train is None else train
         self.world_size = world_size
-        self.skipped = 0
-        self.skip_counts: Counter = Counter()
-        self.skip_examples: dict[str, list[str]] = {}
+        self.skips = SkipStats()  # all epochs, all worker processes
         self.epoch = 0
+
+    @property
+    def skipped(self) -> int:
+        return self.skips.total
+
+    @property
+    def skip_counts(self) -> Counter:
+        return self.skips.counts
+
+    @property
+    def skip_examples(self) -> dict[str, list[str]]:
+        return self.skips.examples
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch used to seed shard order and augmentation of the next ``iter()``."""
@@ -764,25 +737,6 @@ class StreamLoader:
         if self.epoch_batches is None:
             raise TypeError("this loader's epoch length is unknown (evaluation over shards without a manifest)")
         return self.epoch_batches
-
-    def _account(self, item: dict, period: Counter, period_examples: dict[str, list[str]]) -> int:
-        """Pop the skip fields of a batch/marker into the totals and the current no-batch period."""
-        n = int(item.pop("_skipped", 0) or 0)
-        counts = item.pop("_skip_counts", None) or {}
-        examples = item.pop("_skip_examples", None) or {}
-        for reason, c in counts.items():
-            self.skip_counts[reason] += int(c)
-            period[reason] += int(c)
-        for reason, keys in examples.items():
-            for target in (self.skip_examples.setdefault(reason, []), period_examples.setdefault(reason, [])):
-                for k in keys:
-                    if len(target) < SKIP_EXAMPLES and k not in target:
-                        target.append(k)
-        if n:
-            self.skipped += n
-            log.warning("%d samples skipped so far (%s)", self.skipped,
-                        ", ".join(f"{k} {v}" for k, v in sorted(self.skip_counts.items())))
-        return n
 
     def __iter__(self) -> Iterator[dict]:
         import webdataset as wds
@@ -795,25 +749,28 @@ class StreamLoader:
         self.epoch += 1
         all_urls = set(self.source.urls)
         dead: set[str] = set()
-        period: Counter = Counter()
-        period_examples: dict[str, list[str]] = {}
+        period = SkipStats()  # skips since the last batch
         batches = skipped = 0
-        for item in loader:
-            skipped += self._account(item, period, period_examples)
-            if "video" in item:
+        for out in loader:
+            self.skips.merge(out.skips)
+            period.merge(out.skips)
+            if out.skips:
+                skipped += out.skips.total
+                log.warning("%d samples skipped so far (%s)", self.skipped,
+                            ", ".join(f"{k} {v}" for k, v in sorted(self.skip_counts.items())))
+            if out.batch is not None:
                 dead.clear()
-                period.clear()
-                period_examples.clear()
-                yield item
+                period = SkipStats()
+                yield out.batch
                 batches += 1
                 if self.epoch_batches is not None and batches >= self.epoch_batches:
                     return
                 continue
-            dead.update(item.get("_dead", ()))
+            dead.update(out.dead)
             if self.train and all_urls and dead >= all_urls:
-                raise NoUsableSamplesError(period, period_examples, shards=len(all_urls))
+                raise NoUsableSamplesError(period.counts, period.examples, shards=len(all_urls))
         if not self.train and batches == 0 and skipped and self.world_size == 1:
-            raise NoUsableSamplesError(period, period_examples, shards=len(all_urls))
+            raise NoUsableSamplesError(period.counts, period.examples, shards=len(all_urls))
 
 
 def make_loader(shards: str | Path | RemoteShards | Sequence[str], split: str, *, batch_size: int, train: bool,
@@ -826,7 +783,7 @@ def make_loader(shards: str | Path | RemoteShards | Sequence[str], split: str, *
 
     Args:
         shards: a shard set directory (shards from ``{split}.json``), a remote shard set (an http(s) base URL
-            or a ``pipe:`` command with ``{}`` for the file name; :mod:`lavimo.dataset.shard_source`), a brace pattern
+            or a ``pipe:`` command with ``{}`` for the file name; :mod:`lavimo.dataset.shards.source`), a brace pattern
             (``"SHARDS/train-{000000..000009}.tar"``) or a list of tar paths/urls.
         split: "train" | "val" | "test" (names the manifest).
         batch_size: samples per batch B.

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from lavimo.core.atomic import check_writable_dir
-from lavimo.core.errors import BadInputError, os_error_text, print_error
+from lavimo.core.errors import BadInputError, SetupError, os_error_text, print_error
 from lavimo.dataset.subsets import NSIM_SPLIT
 
 log = logging.getLogger("build-shards")
@@ -95,7 +95,7 @@ def check_parser() -> argparse.ArgumentParser:
 
 
 def run_check(shards: str, splits=None, deep: bool = True) -> int:
-    from lavimo.dataset.shards import check_shards
+    from lavimo.dataset.shards.check import check_shards
 
     rep = check_shards(shards, splits=splits, deep=deep)
     for prob in rep.problems:
@@ -108,11 +108,6 @@ def run_check(shards: str, splits=None, deep: bool = True) -> int:
     return 0 if rep.ok else 1
 
 
-def _setup_error(message: object) -> int:
-    """One line on stderr, exit status 2 (usage or set-up error)."""
-    return print_error("build-shards", message)
-
-
 def _os_error(exc: OSError, default: str | os.PathLike) -> str:
     return os_error_text(exc, default, " (free some space and run again: finished shards are kept)")
 
@@ -122,20 +117,29 @@ def main(argv: list[str] | None = None) -> int:
     run was interrupted (SIGINT/SIGTERM), or ``check`` found problems; 2 usage or set-up error (one line)."""
     command = argv is None  # this process's own command line (not a caller's in-process main([...]))
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "check":
-        a = check_parser().parse_args(argv[1:])
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-        if not Path(a.shards).is_dir():
-            return _setup_error(f"{a.shards}: not a directory (give a shard set written by build-shards)")
-        return run_check(a.shards, a.splits, deep=not a.quick)
-    p = build_parser()
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    if a.dry_run:
-        if not Path(a.out).is_dir():
-            return _setup_error(f"--out {a.out}: not a directory (give a shard set written by build-shards)")
-        return run_check(a.out, None if a.splits == ("train", "val", "test") else a.splits)
+    try:
+        if argv and argv[0] == "check":
+            a = check_parser().parse_args(argv[1:])
+            logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+            if not Path(a.shards).is_dir():
+                raise SetupError(f"{a.shards}: not a directory (give a shard set written by build-shards)")
+            return run_check(a.shards, a.splits, deep=not a.quick)
+        p = build_parser()
+        a = p.parse_args(argv)
+        logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO,
+                            format="%(levelname)s %(name)s: %(message)s")
+        if a.dry_run:
+            if not Path(a.out).is_dir():
+                raise SetupError(f"--out {a.out}: not a directory (give a shard set written by build-shards)")
+            return run_check(a.out, None if a.splits == ("train", "val", "test") else a.splits)
+        return _build(p, a, command)
+    except SetupError as exc:
+        return print_error("build-shards", exc)
+
+
+def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> tuple[int, int] | None:
+    """Check the build flags and inputs (usage errors exit through ``p.error``, set-up errors raise SetupError);
+    returns the ``--part`` (K, N) or None."""
     missing = [f for f in ("annotations", "videos") if getattr(a, f) is None]
     if a.amass is None and a.humanml3d_vecs is None:
         missing.append("amass (or --humanml3d-vecs)")
@@ -156,25 +160,30 @@ def main(argv: list[str] | None = None) -> int:
                              ("--body-models", a.body_models, "a body-model directory in smplx's layout, e.g. "
                               "DIR/smplh/SMPLH_MALE.npz; omit --body-models to use the procedural body")):
         if path is not None and not Path(path).is_dir():
-            return _setup_error(f"{flag} {path}: not a directory (give {what})")
+            raise SetupError(f"{flag} {path}: not a directory (give {what})")
     if not Path(a.annotations).exists():
-        return _setup_error(f"--annotations {a.annotations}: not found (give a HumanML3D directory or an "
-                            "annotations.json)")
+        raise SetupError(f"--annotations {a.annotations}: not found (give a HumanML3D directory or an "
+                         "annotations.json)")
     from lavimo.core.slurm import SlurmEnvError, parse_part, part_argument
 
     try:  # no --part inside a Slurm job array: the task's part (core/slurm.py)
         part_text = part_argument(a.part)
         part = None if part_text is None else parse_part(part_text)
     except (SlurmEnvError, ValueError) as exc:
-        return _setup_error(str(exc))
-    out = Path(a.out)
+        raise SetupError(str(exc)) from None
     try:
-        check_writable_dir(out)
+        check_writable_dir(Path(a.out))
     except OSError as exc:
-        return _setup_error(f"--out {_os_error(exc, out)} (give a writable directory for the shard set)")
+        raise SetupError(f"--out {_os_error(exc, Path(a.out))} (give a writable directory for the shard set)") from None
+    return part
 
+
+def _build(p: argparse.ArgumentParser, a: argparse.Namespace, command: bool) -> int:
+    """``build-shards`` without ``check`` / ``--dry-run``: build, print the outcome, its exit status."""
+    part = _check_args(p, a)
+    out = Path(a.out)
     from lavimo.dataset.annotations import load_clips
-    from lavimo.dataset.shards import BuildConfig, ShardSetMismatch, build_shards
+    from lavimo.dataset.shards.build import BuildConfig, ShardSetMismatch, build_shards
     from lavimo.dataset.text_embed import SentenceEmbedder
 
     try:
@@ -188,19 +197,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         embedder = SentenceEmbedder(a.text_model)
     except (FileNotFoundError, RuntimeError, ValueError, OSError) as exc:
-        return _setup_error(f"--text-model: {exc}")
+        raise SetupError(f"--text-model: {exc}") from None
     try:
         clips = load_clips(a.annotations, a.amass)
     except BadInputError as exc:
-        return _setup_error(f"annotations: {exc}")
+        raise SetupError(f"annotations: {exc}") from None
     except (OSError, ValueError) as exc:  # unreadable / not JSON / not UTF-8
-        return _setup_error(f"--annotations {a.annotations}: unreadable: {exc}")
+        raise SetupError(f"--annotations {a.annotations}: unreadable: {exc}") from None
     ann_report = getattr(clips, "report", None)
     if "test" in a.splits and NSIM_SPLIT not in a.splits and not a.no_nsim:
         try:
             nsim, nsim_note = nsim_clips(clips, a.annotations)
         except BadInputError as exc:
-            return _setup_error(f"{NSIM_SPLIT}: {exc}")
+            raise SetupError(f"{NSIM_SPLIT}: {exc}") from None
         if nsim:
             clips = list(clips) + nsim
             cfg = dataclasses.replace(cfg, splits=tuple(cfg.splits) + (NSIM_SPLIT,))
@@ -209,39 +218,48 @@ def main(argv: list[str] | None = None) -> int:
                "body_models": body_models_source(a.body_models, a.humanml3d_vecs)}
     if a.humanml3d_vecs:
         sources["humanml3d_vecs"] = a.humanml3d_vecs
-    features_fn = None  # build_shards' default: clip_features with the procedural body, or the vectors
+    features_fn = _features_fn(a, cfg, clips, sources["body_models"])
+    try:
+        report = build_shards(clips, cfg, embedder=embedder, features_fn=features_fn, sources=sources,
+                              show_progress=not a.quiet, then_ignore_signals=command)
+    except ShardSetMismatch as exc:
+        raise SetupError(str(exc)) from None
+    except BadInputError as exc:  # a malformed shard set already in --out
+        raise SetupError(f"{exc} (use another --out or --overwrite)") from None
+    except OSError as exc:  # ENOSPC, EACCES, EIO while writing
+        raise SetupError(_os_error(exc, out)) from None
+    if ann_report is not None:
+        print(f"annotations: {_short(ann_report)}")
+    return _outcome(report, out, part)
+
+
+def _features_fn(a: argparse.Namespace, cfg, clips: list, body_models: str):
+    """The motion features of the build: None (build_shards' default: clip_features with the procedural body,
+    or the vectors) or :func:`amass_features_fn` with the real bodies of ``--body-models`` (loaded here)."""
     if a.humanml3d_vecs is not None:
         if a.body_models is not None:
             log.info("--body-models %s is not used: features are read from --humanml3d-vecs", a.body_models)
-    else:
-        if not a.overwrite:
-            clash = body_models_clash(out, sources["body_models"])
-            if clash:
-                return _setup_error(clash)
-        if a.body_models is not None:
-            try:
-                needed = load_needed_bodies(a.body_models, [c for c in clips if c.split in cfg.splits], a.amass)
-            except BadInputError as exc:  # a malformed model file: names the file and the member
-                return _setup_error(f"--body-models: {exc}")
-            except (FileNotFoundError, ValueError) as exc:  # names the file expected under DIR
-                return _setup_error(f"--body-models: {exc}")
-            except OSError as exc:
-                return _setup_error(f"--body-models {_os_error(exc, a.body_models)}")
-            log.info("body models for the features: %s", ", ".join(f"{t} {g}" for t, g in needed) or "none needed")
-            features_fn = amass_features_fn(cfg.amass_root, a.body_models, cfg.skeleton)
+        return None
+    if not a.overwrite:
+        clash = body_models_clash(Path(a.out), body_models)
+        if clash:
+            raise SetupError(clash)
+    if a.body_models is None:
+        return None
     try:
-        report = build_shards(clips, cfg, embedder=embedder, features_fn=features_fn, sources=sources,
-                              show_progress=not a.quiet)
-        if command:  # the report is written: a signal while the process exits must not kill it (exit -15)
-            _ignore_stop_signals()
-    except ShardSetMismatch as exc:
-        return _setup_error(str(exc))
-    except BadInputError as exc:  # a malformed shard set already in --out
-        return _setup_error(f"{exc} (use another --out or --overwrite)")
-    except OSError as exc:  # ENOSPC, EACCES, EIO while writing
-        return _setup_error(_os_error(exc, out))
-    if ann_report is not None:
-        print(f"annotations: {_short(ann_report)}")
+        needed = load_needed_bodies(a.body_models, [c for c in clips if c.split in cfg.splits], a.amass)
+    except BadInputError as exc:  # a malformed model file: names the file and the member
+        raise SetupError(f"--body-models: {exc}") from None
+    except (FileNotFoundError, ValueError) as exc:  # names the file expected under DIR
+        raise SetupError(f"--body-models: {exc}") from None
+    except OSError as exc:
+        raise SetupError(f"--body-models {_os_error(exc, a.body_models)}") from None
+    log.info("body models for the features: %s", ", ".join(f"{t} {g}" for t, g in needed) or "none needed")
+    return amass_features_fn(cfg.amass_root, a.body_models, cfg.skeleton)
+
+
+def _outcome(report, out: Path, part: tuple[int, int] | None) -> int:
+    """Print what the build did; exit status 1 when it was interrupted or some clips were not written."""
     for kind, items in (("skipped", report.skipped), ("failed", report.failed)):
         for key, reason in sorted(items.items())[:20]:
             print(f"{kind} {key}: {reason}")
@@ -260,16 +278,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{out / '.build' / 'report.json'}); the other clips are in the shards")
         return 1
     return 0
-
-
-def _ignore_stop_signals() -> None:
-    """SIGINT / SIGTERM ignored from now until the process exits: the build's outcome is decided and written,
-    and with the default action back (build_shards restores it) a signal while the interpreter exits would turn
-    exit 0/1 into death by that signal."""
-    import signal
-
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, signal.SIG_IGN)
 
 
 #: ``sources.body_models`` of a shard set whose features were read from ``--humanml3d-vecs``
@@ -303,7 +311,7 @@ def body_models_clash(out: str | os.PathLike, body_models: str) -> str | None:
     shards: like another text model, it needs another ``--out`` or ``--overwrite``. Manifests written before
     ``body_models`` was recorded count as ``"procedural"`` (the only body there was); manifests of features
     read from ``humanml3d_vecs`` never clash (their shards are rebuilt: their inputs differ)."""
-    from lavimo.dataset.shard_format import manifest_path, read_manifests
+    from lavimo.dataset.shards.format import manifest_path, read_manifests
 
     for split, m in sorted(read_manifests(Path(out)).items()):
         src = m.get("sources") if isinstance(m.get("sources"), dict) else {}

@@ -1,43 +1,25 @@
-"""Where a shard set lives: a local directory, an http(s) URL base or a ``pipe:`` command. The one rule.
+"""Where a shard set lives: a local directory, an http(s) base URL or a ``pipe:`` command. The one rule
+(docs/scaling.md, "Shards from URLs").
 
-``--shards`` of ``train.py`` / ``evaluate.py`` (and :func:`lavimo.dataset.stream.make_loader`, the manifest and
-``stats.npz`` readers of :mod:`lavimo.dataset.shard_format`, the sha256 check before training, the gallery's clip
-extractor) take a shard set location ``SHARDS``; the file ``NAME`` of the set (``{split}.json``, ``stats.npz``,
-``{split}-NNNNNN.tar``) is:
+The file ``NAME`` of a set ``SHARDS`` (``{split}.json``, ``stats.npz``, ``{split}-NNNNNN.tar``) is
+``http(s)://HOST/PATH/NAME`` for an http(s) base URL (a trailing ``/`` dropped), the standard output of the shell
+command ``CMD`` with every ``{}`` replaced by ``NAME`` for ``pipe:CMD`` (which must exit 0), else
+``SHARDS/NAME``. :func:`shard_location` resolves a command line's ``--shards`` (other schemes, a ``pipe:``
+without ``{}``, a tar URL or a base URL with ``?`` / ``#`` are refused); :func:`shard_set` is the readers'.
 
-- ``http://HOST/PATH`` or ``https://HOST/PATH`` (the set's base URL, not a tar): ``http://HOST/PATH/NAME`` (a
-  trailing ``/`` of the base is dropped, one ``/`` is added);
-- ``pipe:CMD`` where ``CMD`` holds the placeholder ``{}``: the standard output of the shell command ``CMD`` with
-  every ``{}`` replaced by ``NAME``, e.g. ``pipe:curl -sfL https://host/shards/{}`` or
-  ``pipe:aws s3 cp s3://bucket/shards/{} -``. The command must exit 0 (a non-zero exit is an error naming it);
-- anything else: a local directory, ``SHARDS/NAME``, exactly as before. Other URL schemes (``s3://``,
-  ``gs://``, ``file://``, ...) are refused with a hint to use ``pipe:``.
+``NAME`` is checked where the URL or command is built (:func:`check_file_name`: a letter or digit, then
+``[A-Za-z0-9_-]*``, then ``.tar`` / ``.json`` / ``.npz``, the whole string): an untrusted manifest can never make
+a reader fetch another host or path, run another command or pass an option to one.
 
-``NAME`` is always checked here, where the URL or command is built: only a letter or digit, then
-``[A-Za-z0-9_-]*``, then ``.tar``, ``.json`` or ``.npz`` (the whole string: no newline, no leading ``-``, no
-``/``, no ``..``, no ``:``, no shell characters). Shard names come from the manifest, which is untrusted: it can
-never make a reader fetch another host or path, run another command or pass an option to one
-(:func:`lavimo.dataset.shard_format.manifest_shards` refuses such names too). An http(s) base URL with a query
-(``?``) or fragment (``#``) is refused: ``NAME`` could not be appended to it.
-
-Reading (the timeouts are ``LAVIMO_FETCH_TIMEOUT`` seconds, default :data:`FETCH_TIMEOUT`, :func:`fetch_timeout`):
-
-- tars are streamed by :func:`open_shard`, our one opener for both schemes (:class:`ProcessStream`): ``curl``
-  for http(s) (an argument list, no shell; unbuffered; connection timeout, ``--speed-limit 1 --speed-time T``;
-  http(s) only, also on redirects), ``/bin/sh -c CMD`` for ``pipe:``, each in its own process group. A read that
-  gets no byte within the timeout raises :class:`FetchError` (a stalled server or command never hangs a reader);
-  ``close()`` kills the process group (SIGTERM, then SIGKILL) and reaps it; a non-zero exit at the end of the
-  stream is a :class:`FetchError` naming the URL or command with the end of its stderr. Local files are opened
-  as files;
-- the small files (manifests, ``stats.npz``) are read whole by :func:`fetch_bytes`: ``urllib`` for http(s), the
-  shell command for ``pipe:``, at most :data:`SMALL_FILE_MAX_BYTES` bytes and within the timeout overall (a
-  server sending a byte now and then cannot stretch it). A dead server, a timeout or a failing command raises
-  :class:`FetchError` (an OSError naming the URL or command); an http 404 raises FileNotFoundError. The sha256s
-  of the manifest bytes fetched (the last few per URL) are kept in memory (:func:`fetched_manifest_sha256`), so
-  ``run.json`` records the hash of the bytes training parsed without fetching them again.
-
-Nothing is written anywhere: remote files are streamed or held in memory.
+Reading, within ``LAVIMO_FETCH_TIMEOUT`` seconds (:func:`fetch_timeout`): tars stream through
+:func:`open_shard` (:class:`ProcessStream`: ``curl`` without a shell for http(s), ``/bin/sh -c`` for ``pipe:``,
+each in its own process group; a read waiting longer than the timeout for a byte, or a non-zero exit, raises
+:class:`FetchError` naming the URL or command; ``close()`` kills the process group). Manifests and ``stats.npz``
+are read whole by :func:`fetch_bytes` (at most :data:`SMALL_FILE_MAX_BYTES`, within the timeout overall; an
+http 404 is FileNotFoundError); the sha256 of the manifest bytes fetched are remembered
+(:func:`fetched_manifest_sha256`) for ``run.json``. Nothing is written anywhere.
 """
+
 
 from __future__ import annotations
 
@@ -57,7 +39,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Union
 
 from lavimo.core.errors import BadInputError
 
@@ -259,6 +241,17 @@ def shard_location(spec: str | os.PathLike | RemoteShards) -> Path | RemoteShard
         raise BadInputError(spec, None, "only http://, https:// and pipe: locations are read (for other storage "
                                         f"use a command, e.g. 'pipe:aws s3 cp s3://bucket/shards/{PLACEHOLDER} -')")
     return Path(spec)
+
+
+#: a shard set's location once resolved (:func:`shard_set`): a local directory or a :class:`RemoteShards`
+ShardSet = Union[Path, RemoteShards]
+
+
+def shard_set(spec: str | os.PathLike | RemoteShards) -> ShardSet:
+    """``spec`` resolved once, for the readers: a :class:`RemoteShards` when :func:`is_remote` (checked as by
+    :func:`shard_location`), else the local directory ``Path(spec)``. The command lines resolve ``--shards``
+    with :func:`shard_location`, which also refuses other URL schemes and a ``pipe:`` without ``{}``."""
+    return shard_location(spec) if is_remote(spec) else Path(spec)
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -553,60 +546,28 @@ def _fetch_http(url: str, max_bytes: int, timeout: float) -> bytes:
         deadline.cancel()
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    """Kill the process group this module started for a ``pipe:`` command (its shell and the shell's children)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
-
-
 def _fetch_pipe(url: str, max_bytes: int, timeout: float) -> bytes:
-    cmd = url[len("pipe:"):]
+    """A ``pipe:`` command's whole output through :class:`ProcessStream`, each read waiting at most what is left
+    of ``timeout`` (so the command has ``timeout`` seconds in all, its exit included)."""
+    late = f"{url}: the command did not finish within {timeout:g} s (LAVIMO_FETCH_TIMEOUT)"
     deadline = time.monotonic() + timeout
-    try:
-        proc = subprocess.Popen(cmd, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,  # noqa: S602
-                                stderr=subprocess.PIPE, start_new_session=True)
-    except OSError as exc:
-        raise FetchError(f"{url}: cannot start the command ({exc})") from exc
-    out, err = bytearray(), bytearray()
-    sel = selectors.DefaultSelector()
-    try:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        sel.register(proc.stderr, selectors.EVENT_READ)
-        while sel.get_map():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                _kill(proc)
-                raise FetchError(f"{url}: the command did not finish within {timeout:g} s (LAVIMO_FETCH_TIMEOUT)")
-            for key, _ in sel.select(remaining):
-                block = os.read(key.fd, 1 << 16)
-                if not block:
-                    sel.unregister(key.fileobj)
-                elif key.fileobj is proc.stdout:
-                    out += block
-                    if len(out) > max_bytes:
-                        _kill(proc)
-                        raise FetchError(f"{url}: more than the {max_bytes} bytes allowed for this file")
-                else:
-                    err = (err + block)[-4 * _ERR_TAIL:]
-        try:
-            rc = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _kill(proc)
-            raise FetchError(f"{url}: the command did not finish within {timeout:g} s "
-                             "(LAVIMO_FETCH_TIMEOUT)") from None
-    finally:
-        sel.close()
-        if proc.poll() is None:
-            _kill(proc)
-        proc.stdout.close()
-        proc.stderr.close()
-    if rc != 0:
-        tail = " ".join(err.decode("utf-8", "replace").split())[-_ERR_TAIL:]
-        raise CommandFailed(f"{url}: the command exited with status {rc}" + (f" ({tail})" if tail else ""))
-    return bytes(out)
+    out, buf = bytearray(), bytearray(1 << 16)
+    with ProcessStream(["/bin/sh", "-c", url[len("pipe:"):]], url, timeout) as stream:
+        while True:
+            stream.timeout = deadline - time.monotonic()
+            try:
+                if stream.timeout <= 0:
+                    raise FetchError(late)
+                n = stream.readinto(buf)
+            except CommandFailed:
+                raise
+            except FetchError:
+                raise FetchError(late) from None
+            if not n:
+                return bytes(out)
+            out += buf[:n]
+            if len(out) > max_bytes:
+                raise FetchError(f"{url}: more than the {max_bytes} bytes allowed for this file")
 
 
 def sha256_remote(url: str, chunk: int = 1 << 20) -> tuple[str, int]:

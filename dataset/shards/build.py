@@ -1,57 +1,32 @@
-"""Write and check WebDataset shards: one sample per clip with video, texts, sentence embeddings and motion.
+"""Write a shard set (``build-shards``): one sample per clip with video, texts, sentence embeddings and motion
+(the format: :mod:`lavimo.dataset.shards.format`; docs/shards.md).
 
-Caption segments: a clip is written once, with its whole motion and video, whatever its captions' spans;
-``texts.json`` keeps each caption's ``start``/``end`` (seconds inside the clip, null = whole clip) and the
-loader (dataset/stream.py, "Caption segments") cuts the motion rows and video frames of the caption it picks
-to that span, as HumanML3D's and TMR's loaders do. So a shard set does not depend on the minimum segment
-length, and shards built before segments were cut load unchanged.
+A clip is written once, with its whole motion and video; ``texts.json`` keeps each caption's span and the
+loader cuts it (docs/shards.md, "Caption segments"). Determinism: clips are ordered by keyid and cut into fixed
+slots of ``samples_per_shard`` (a skipped or failed clip leaves its slot empty); tar headers and member order
+are fixed, so the same input gives byte-identical tars, written atomically. A shard whose inputs (clip
+definitions, input file sizes and mtimes, build settings) are unchanged is kept: a second run is a no-op
+(resume state in ``SHARDS/.build/``, the last run's report in ``.build/report.json``).
 
-Layout of a shard set ``SHARDS/`` (see the README):
-
-- ``{split}-NNNNNN.tar``: plain POSIX tar files; each sample has the members ``<keyid>.meta.json``,
-  ``<keyid>.motion.npy`` (T-1, 263) float32 unnormalised HumanML3D features (Y-up), ``<keyid>.sent.npy``
-  (n_texts, D) float16 L2-normalised sentence embeddings (row i = text i), ``<keyid>.texts.json`` (list of
-  {caption, start, end}; :func:`parse_texts`) and the video member ``<keyid>.video.jpgs`` (per-frame JPEGs at
-  training resolution, the default) or ``<keyid>.video.mp4`` (the rendered file).
-- ``{split}.json``: manifest (sample count, shards with count/bytes/sha256, text model, feature dim, video format,
-  tool version, skipped/failed clips).
-- ``stats.npz``: ``mean``/``std`` (D,) float32 of the train split's features (HumanML3D convention).
-- ``README.md``: dataset card. ``.build/``: per-shard state used to resume (``.build/report.json``: the last run's
-  report).
-
-Determinism: clips are ordered by keyid and cut into fixed slots of ``samples_per_shard`` (a clip that is
-skipped or fails leaves its slot empty), tar headers carry a fixed mtime/uid/gid/mode, members are written in a
-fixed order, so the same input gives byte-identical tars. Shards are written to a temp name and renamed
-(atomic). A shard whose inputs (clip definitions, video/sidecar/feature file sizes and mtimes, build settings)
-are unchanged since it was written is kept, so a second run is a no-op.
-
-Untrusted input (see docs/security.md): every clip's keyid must follow :data:`lavimo.core.keyids.KEYID_RULE`
-(otherwise the clip fails, the build goes on); tar member names are built in one place
-(:func:`lavimo.dataset.shard_format.member_name`); input files are found with :func:`lavimo.core.keyids.child_path`; a render
-sidecar must name the clip's keyid and, when it records ``video_size`` / ``video_sha256``, the video must match
-them. Readers (:func:`check_shards`, :func:`lavimo.dataset.shard_format.iter_tar_members`) refuse members that are not
-``<keyid>.<ext>``. Temporary files of a killed run are removed by the next run; SIGINT/SIGTERM stop a build
-cleanly (the report says ``interrupted``) and worker processes die with their parent.
-
-The format itself (file and member names, manifests, tar reading, ``stats.npz``) is :mod:`lavimo.dataset.shard_format`.
+Untrusted input (docs/security.md): keyids follow :data:`lavimo.core.keyids.KEYID_RULE` (else the clip fails,
+the build goes on); input files are found with :func:`lavimo.core.keyids.child_path`; a render sidecar must name
+the clip's keyid and match its video (:func:`check_sidecar`). SIGINT/SIGTERM stop a build between shards
+(:class:`lavimo.core.stop.StopSignals`; the report says ``interrupted``); worker processes die with their parent;
+a killed run's temporary files are removed by the next run.
 """
+
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
 import logging
-import os
 import re
-import signal
-import tarfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -60,22 +35,20 @@ from lavimo.core.errors import BadInputError
 from lavimo.core.jsonconfig import read_json_file
 from lavimo.core.hashing import sha256_file
 from lavimo.core.keyids import check_keyid, child_path, is_keyid
+from lavimo.core.stop import StopSignals
 from lavimo.core.workers import WorkerPool
-from lavimo.dataset.shard_format import (
-    BASE_MEMBERS, FORMAT_VERSION, MANIFEST_KIND, MAX_CLIP_FRAMES, MEMBER_MAX_BYTES, META, MOTION, SENT, SPLITS,
-    STATS_NAME, TEXTS, VIDEO_JPGS, VIDEO_MEMBERS, VIDEO_MP4, finite_number, iter_tar_members, json_bytes,
-    load_npy_bytes, manifest_path, manifest_shards, naming, npy_bytes, parse_json_member, parse_texts, read_manifest,
-    read_manifests, shard_name, stats_arrays, stats_fingerprint, write_if_changed, write_manifest, write_stats,
-    write_tar,
+from lavimo.dataset.shards.format import (
+    BASE_MEMBERS, FORMAT_VERSION, MANIFEST_KIND, MAX_CLIP_FRAMES, MEMBER_MAX_BYTES, META, MOTION, SENT, SHA256_RE,
+    SPLITS, STATS_NAME, TEXTS, SampleMeta, VIDEO_JPGS, VIDEO_MEMBERS, VIDEO_MP4, finite_number, is_int, json_bytes,
+    load_npy_bytes, manifest_path, manifest_shards, naming, npy_bytes, read_manifests, shard_members, shard_name,
+    stats_fingerprint, write_if_changed, write_manifest, write_stats, write_tar,
 )
-from lavimo.dataset.shard_source import FetchError, RemoteShards, is_remote, is_url, sha256_remote, shard_location
 
 log = logging.getLogger(__name__)
 
 TOOL_VERSION = "lavimo-build-shards 1.0"
 # final names of ours, whose temporary files (lavimo.core.atomic.temp_target) a killed run may leave behind
 _OUR_NAME_RE = re.compile(r"^(?:[A-Za-z0-9_-]+-\d{6}\.tar(?:\.json)?|[A-Za-z0-9_-]+\.json|stats\.npz|README\.md)$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ShardSetMismatch(RuntimeError):
@@ -254,10 +227,6 @@ def texts_of(clip) -> list[dict]:
     return out
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
 def check_sidecar(side: dict, side_path: Path, keyid: str, mp4: Path) -> None:
     """Check a render sidecar against its clip and video (raises BadInputError naming the file and field).
 
@@ -271,21 +240,21 @@ def check_sidecar(side: dict, side_path: Path, keyid: str, mp4: Path) -> None:
         raise BadInputError(side_path, "keyid", f"{side.get('keyid')!r} but the clip is {keyid!r} "
                             "(a sidecar of another clip?)")
     n = side.get("num_frames")
-    if n is not None and (not _is_int(n) or n < 0):
+    if n is not None and (not is_int(n) or n < 0):
         raise BadInputError(side_path, "num_frames", f"{n!r} is not a frame count")
     fps = side.get("fps")
     if fps is not None and not (finite_number(fps) or 0) > 0:
         raise BadInputError(side_path, "fps", f"{fps!r} is not a positive frame rate")
     frames = side.get("frames")
     if frames is not None:
-        if not isinstance(frames, list) or not all(_is_int(f) and f >= 0 for f in frames):
+        if not isinstance(frames, list) or not all(is_int(f) and f >= 0 for f in frames):
             raise BadInputError(side_path, "frames", "expected a list of non-negative AMASS frame indices")
         if n is not None and len(frames) not in (0, n):
             raise BadInputError(side_path, "frames", f"{len(frames)} frame indices but num_frames is {n}")
     size, digest = side.get("video_size"), side.get("video_sha256")
-    if size is not None and (not _is_int(size) or size < 0):
+    if size is not None and (not is_int(size) or size < 0):
         raise BadInputError(side_path, "video_size", f"{size!r} is not a byte count")
-    if digest is not None and (not isinstance(digest, str) or not _SHA256_RE.match(digest.lower())):
+    if digest is not None and (not isinstance(digest, str) or not SHA256_RE.match(digest.lower())):
         raise BadInputError(side_path, "video_sha256", "expected 64 hexadecimal digits")
     if digest is not None:
         actual, actual_size = sha256_file(mp4)
@@ -365,16 +334,15 @@ def prepare_sample(clip, cfg: BuildConfig, features_fn: Callable) -> dict[str, b
     else:
         sample[VIDEO_MP4] = mp4.read_bytes()
         stored = [int(src_w), int(src_h)]
-    meta = {
-        "keyid": clip.keyid, "dataset": clip.dataset, "split": clip.split, "amass_path": clip.amass_path,
-        "fps": float(side.get("fps", clip.fps)), "num_frames": int(n_frames),
-        "feature_rows": int(feats.shape[0]), "feature_dim": int(feats.shape[1]),
-        "avatar": side.get("avatar"), "light": side.get("light"),
-        "mirrored": bool(side.get("mirrored", clip.mirrored)), "body_model": side.get("body_model"),
-        "video_size": stored, "rendered_size": [int(src_w), int(src_h)],
-        "frame_rule": clip.frame_spec.rule, "frame_start": clip.frame_spec.start, "frame_end": clip.frame_spec.end,
-    }
-    sample[META] = json_bytes(meta)
+    sample[META] = SampleMeta(
+        keyid=clip.keyid, dataset=clip.dataset, split=clip.split, amass_path=clip.amass_path,
+        fps=float(side.get("fps", clip.fps)), num_frames=int(n_frames),
+        feature_rows=int(feats.shape[0]), feature_dim=int(feats.shape[1]),
+        avatar=side.get("avatar"), light=side.get("light"),
+        mirrored=bool(side.get("mirrored", clip.mirrored)), body_model=side.get("body_model"),
+        video_size=stored, rendered_size=[int(src_w), int(src_h)],
+        frame_rule=clip.frame_spec.rule, frame_start=clip.frame_spec.start, frame_end=clip.frame_spec.end,
+    ).to_bytes()
     sample[MOTION] = motion
     sample[TEXTS] = json_bytes(texts_of(clip))
     return sample
@@ -390,58 +358,6 @@ def _work(item):
     except Exception as exc:  # noqa: BLE001 - one bad clip must not stop a build; reported per clip
         log.debug("clip %s failed", clip.keyid, exc_info=True)
         return ("failed", clip.keyid, f"{type(exc).__name__}: {exc}")
-
-
-class _SignalDeferral:
-    """SIGINT/SIGTERM -> :class:`BuildInterrupted`, held back while a :meth:`deferred` block runs (a shard
-    that is being written is finished and counted first). One signal stops the build: once it was raised, or
-    once the build's outcome is ``decided`` (the report is being written), signals are ignored, so a repeat or a
-    late one never escapes as an exception from the clean-up or the report's write, and the exit status always
-    agrees with the report."""
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.pending: str | None = None
-        self.decided = False
-
-    def handler(self, signum, _frame) -> None:
-        name = signal.Signals(signum).name
-        if self.decided or self.pending:
-            return
-        if self.depth:
-            self.pending = name
-            return
-        self.decided = True
-        raise BuildInterrupted(name)
-
-    @contextlib.contextmanager
-    def deferred(self) -> Iterator[None]:
-        self.depth += 1
-        try:
-            yield
-        finally:
-            self.depth -= 1
-        if not self.depth and self.pending:
-            name, self.pending, self.decided = self.pending, None, True
-            raise BuildInterrupted(name)
-
-
-_SIGNALS = _SignalDeferral()
-
-
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    """SIGINT/SIGTERM raise :class:`BuildInterrupted` in the main thread while the block runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    _SIGNALS.depth, _SIGNALS.pending, _SIGNALS.decided = 0, None, False
-    old = {s: signal.signal(s, _SIGNALS.handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def temp_leftovers(out: Path) -> list[Path]:
@@ -546,7 +462,7 @@ def remove_shard_set(out: Path) -> int:
 # ----------------------------------------------------------------------------------------------- build
 def build_shards(clips: Iterable, cfg: BuildConfig, *, embedder=None, features_fn: Callable | None = None,
                  stats_fn: Callable | None = None, sources: dict | None = None,
-                 show_progress: bool = True) -> BuildReport:
+                 show_progress: bool = True, then_ignore_signals: bool = False) -> BuildReport:
     """Build (or resume) a shard set from resolved clips.
 
     Args:
@@ -557,6 +473,8 @@ def build_shards(clips: Iterable, cfg: BuildConfig, *, embedder=None, features_f
             ``cfg.amass_root`` / ``cfg.humanml3d_vecs``); must be picklable when ``cfg.workers > 1``.
         stats_fn: ``list[(T-1, D)] -> (mean, std)`` (default: :func:`default_stats`).
         sources: provenance recorded in the manifests (e.g. annotation source, AMASS root, videos dir).
+        then_ignore_signals: SIGINT/SIGTERM stay ignored after the build (its process is about to exit:
+            :meth:`lavimo.core.stop.StopSignals.uninstall`) instead of getting their previous handlers back.
 
     Returns:
         the BuildReport. Raises ShardSetMismatch when ``cfg.out`` holds an incompatible shard set.
@@ -588,13 +506,14 @@ def build_shards(clips: Iterable, cfg: BuildConfig, *, embedder=None, features_f
         if c.split in by_split:
             by_split[c.split].append(c)
     pool = WorkerPool(cfg.workers)
-    with _stop_on_signals():
+    stop = StopSignals(raise_as=BuildInterrupted)
+    with stop.installed(then_ignore=then_ignore_signals):
         try:
             try:
                 for split in cfg.splits:
                     feature_dim = _build_split(split, sorted(by_split[split], key=lambda c: str(c.keyid)), cfg,
                                                set_cfg, embedder, features_fn, feature_dim, pool, report,
-                                               sources or {}, show_progress, tqdm)
+                                               sources or {}, show_progress, tqdm, stop)
             except BaseException:
                 pool.terminate()  # interrupted or failed: do not wait for queued clips
                 raise
@@ -607,7 +526,7 @@ def build_shards(clips: Iterable, cfg: BuildConfig, *, embedder=None, features_f
             report.interrupted = exc.signame
             log.warning("%s: build stopped; %d samples in %d shards were written (run again to finish)",
                         exc.signame, report.done, report.shards_written)
-        _SIGNALS.decided = True  # the report says how the build ended: later signals change nothing
+        stop.decide()  # the report says how the build ended: later signals change nothing
         report_name = "report.json" if cfg.part is None else f"report-part-{cfg.part[0]}-of-{cfg.part[1]}.json"
         with naming(build_dir / report_name):
             write_json(build_dir / report_name, report.to_dict())
@@ -615,38 +534,87 @@ def build_shards(clips: Iterable, cfg: BuildConfig, *, embedder=None, features_f
 
 
 def _build_split(split, clips, cfg, set_cfg, embedder, features_fn, feature_dim, pool, report, sources,
-                 show_progress, tqdm):
-    out = cfg.out
+                 show_progress, tqdm, stop):
+    """Build (or keep) the shards of one split and write its manifest (not for a ``--part`` run); returns the
+    shard set's feature dimension (None while unknown)."""
     n_slots = cfg.samples_per_shard
     plan = [clips[i:i + n_slots] for i in range(0, len(clips), n_slots)]
+    states, todo, feature_dim = _plan_split(split, plan, cfg, set_cfg, feature_dim, report)
+    n_todo = sum(len(g) for _, g, _ in todo)
+    bar = tqdm(total=n_todo, desc=f"build-shards {split}", unit="clip", disable=not show_progress or n_todo == 0)
+    jobs = _clip_jobs(split, todo, cfg, features_fn)
+    # one ordered stream over all shards' clips, a bounded number in flight (workers never wait for a shard)
+    items = [w for job in jobs for w in job[5]]
+    results = (pool if items else WorkerPool(1)).ordered(_work, items, window=4 * max(1, cfg.workers))
+    for si, group, fp, skipped, failed0, work in jobs:
+        bar.update(len(group) - len(work))
+        samples, failed = [], dict(failed0)
+        for _ in range(len(work)):
+            res = next(results)
+            bar.update(1)
+            if res[0] == "failed":
+                failed[res[1]] = res[2]
+                continue
+            sample = res[1]
+            dim = int(SampleMeta.parse(sample[META]).feature_dim)
+            if feature_dim is None:
+                feature_dim = dim
+            if dim != feature_dim:
+                failed[sample["__key__"]] = f"motion: feature dim {dim} differs from the shard set's {feature_dim}"
+                continue
+            samples.append(sample)
+        _add_sentences(samples, embedder)
+        with stop.deferred():  # a shard, its state and the counters are written together
+            states[si] = _write_shard(cfg, split, si, fp, samples, skipped, failed, feature_dim)
+            _write_state(cfg.out / ".build" / "set.json", {**set_cfg, "feature_dim": feature_dim})
+            report.done += len(samples)
+            report.shards_written += 1
+        for k, r in skipped.items():
+            log.warning("skipped %s: %s", k, r)
+        for k, r in failed.items():
+            log.warning("failed %s: %s", k, r)
+    bar.close()
+    _tally_split(split, plan, {t[0] for t in todo}, states, cfg, set_cfg, feature_dim, report, sources)
+    return feature_dim
+
+
+def _mine(cfg: BuildConfig, si: int) -> bool:
+    """Whether shard slot ``si`` is this run's (every slot, or the ``--part`` K/N's)."""
+    return cfg.part is None or si % cfg.part[1] == cfg.part[0] - 1
+
+
+def _plan_split(split, plan, cfg, set_cfg, feature_dim, report):
+    """The states of the shards kept from an earlier run (inputs unchanged) -> (states, [(slot, clips,
+    fingerprint)] to build, feature dim); removes the split's shards beyond ``plan`` (the split shrank)."""
+    out = cfg.out
     config_fp = json.dumps(set_cfg, sort_keys=True)
-    entries: list[dict] = []
     todo: list[tuple[int, list, str]] = []
     states: dict[int, dict] = {}
     for si, group in enumerate(plan):
         fp = hashlib.sha256(json.dumps([config_fp, [clip_fingerprint(c, cfg) for c in group]],
                                        sort_keys=True, default=str).encode()).hexdigest()
         name = shard_name(split, si)
-        state_path = out / ".build" / f"{name}.json"
-        state = _read_state(state_path)
+        state = _read_state(out / ".build" / f"{name}.json")
         tar = out / name
         if state and state.get("inputs") == fp and tar.is_file() and tar.stat().st_size == state.get("bytes"):
             states[si] = state
             if feature_dim is None:
                 feature_dim = state.get("feature_dim")
-        elif cfg.part is None or si % cfg.part[1] == cfg.part[0] - 1:
+        elif _mine(cfg, si):
             todo.append((si, group, fp))
-    # remove shards of this split beyond the plan (the split shrank)
     for p in sorted(out.glob(f"{split}-*.tar")):
         idx = p.stem.rsplit("-", 1)[-1]
         if idx.isdigit() and int(idx) >= len(plan):
             p.unlink(missing_ok=True)  # another --part may have removed it already
             (out / ".build" / f"{p.name}.json").unlink(missing_ok=True)
             report.shards_removed += 1
+    return states, todo, feature_dim
 
-    n_todo = sum(len(g) for _, g, _ in todo)
-    bar = tqdm(total=n_todo, desc=f"build-shards {split}", unit="clip", disable=not show_progress or n_todo == 0)
-    jobs = []  # (shard index, group, fingerprint, skipped, failed, work items)
+
+def _clip_jobs(split, todo, cfg, features_fn):
+    """Per shard to build: (slot, clips, fingerprint, skipped, failed, pool work items); a clip without texts
+    or video is skipped, a bad or repeated keyid fails, the others are work for the pool."""
+    jobs = []
     seen: set[str] = set()
     for si, group, fp in todo:
         skipped: dict[str, str] = {}
@@ -669,48 +637,27 @@ def _build_split(split, clips, cfg, set_cfg, embedder, features_fn, feature_dim,
                 work.append((c, cfg, features_fn))
             seen.add(key)
         jobs.append((si, group, fp, skipped, failed0, work))
-    # one ordered stream over all shards' clips, a bounded number in flight (workers never wait for a shard)
-    items = [w for job in jobs for w in job[5]]
-    results = (pool if items else WorkerPool(1)).ordered(_work, items, window=4 * max(1, cfg.workers))
-    for si, group, fp, skipped, failed0, work in jobs:
-        bar.update(len(group) - len(work))
-        samples, failed = [], dict(failed0)
-        for _ in range(len(work)):
-            res = next(results)
-            bar.update(1)
-            if res[0] == "failed":
-                failed[res[1]] = res[2]
-                continue
-            sample = res[1]
-            dim = int(json.loads(sample[META])["feature_dim"])
-            if feature_dim is None:
-                feature_dim = dim
-            if dim != feature_dim:
-                failed[sample["__key__"]] = f"motion: feature dim {dim} differs from the shard set's {feature_dim}"
-                continue
-            samples.append(sample)
-        _add_sentences(samples, embedder)
-        name = shard_name(split, si)
-        with _SIGNALS.deferred():  # a shard, its state and the counters are written together
-            digest, size = write_tar(out / name, samples)
-            state = {"inputs": fp, "name": name, "count": len(samples), "sha256": digest, "bytes": size,
-                     "keys": [s["__key__"] for s in samples], "skipped": skipped, "failed": failed,
-                     "feature_dim": feature_dim,
-                     "video_bytes": sum(len(s[VIDEO_MEMBERS[cfg.video_format]]) for s in samples)}
-            with naming(out / ".build" / f"{name}.json"):
-                write_json(out / ".build" / f"{name}.json", state)
-            states[si] = state
-            _write_state(out / ".build" / "set.json", {**set_cfg, "feature_dim": feature_dim})
-            report.done += len(samples)
-            report.shards_written += 1
-        for k, r in skipped.items():
-            log.warning("skipped %s: %s", k, r)
-        for k, r in failed.items():
-            log.warning("failed %s: %s", k, r)
-    bar.close()
-    rebuilt = {t[0] for t in todo}
-    mine = [si for si in range(len(plan)) if cfg.part is None or si % cfg.part[1] == cfg.part[0] - 1]
-    for si in mine:
+    return jobs
+
+
+def _write_shard(cfg, split, si, fp, samples, skipped, failed, feature_dim) -> dict:
+    """Write shard ``si`` of ``split`` and its resume state; returns the state."""
+    name = shard_name(split, si)
+    digest, size = write_tar(cfg.out / name, samples)
+    state = {"inputs": fp, "name": name, "count": len(samples), "sha256": digest, "bytes": size,
+             "keys": [s["__key__"] for s in samples], "skipped": skipped, "failed": failed,
+             "feature_dim": feature_dim,
+             "video_bytes": sum(len(s[VIDEO_MEMBERS[cfg.video_format]]) for s in samples)}
+    with naming(cfg.out / ".build" / f"{name}.json"):
+        write_json(cfg.out / ".build" / f"{name}.json", state)
+    return state
+
+
+def _tally_split(split, plan, rebuilt, states, cfg, set_cfg, feature_dim, report, sources) -> None:
+    """Count the split's shards in ``report`` and (not for a ``--part`` run: the manifest lists every part's
+    shards) write its manifest."""
+    entries: list[dict] = []
+    for si in (si for si in range(len(plan)) if _mine(cfg, si)):
         st = states[si]
         if si not in rebuilt:
             report.kept += st["count"]
@@ -720,8 +667,8 @@ def _build_split(split, clips, cfg, set_cfg, embedder, features_fn, feature_dim,
         entries.append({"name": st["name"], "count": st["count"], "sha256": st["sha256"], "bytes": st["bytes"]})
     n = sum(e["count"] for e in entries)
     report.per_split[split] = n
-    if cfg.part is not None:  # the manifest lists every part's shards: written by the run without --part
-        return feature_dim
+    if cfg.part is not None:
+        return
     video_bytes = sum(states[si].get("video_bytes", 0) for si in range(len(plan)))
     manifest = {
         "kind": MANIFEST_KIND, "format_version": FORMAT_VERSION, "tool_version": TOOL_VERSION,
@@ -738,8 +685,7 @@ def _build_split(split, clips, cfg, set_cfg, embedder, features_fn, feature_dim,
     }
     if n == 0:
         log.warning("split %s has no samples", split)
-    write_manifest(out, split, manifest)
-    return feature_dim
+    write_manifest(cfg.out, split, manifest)
 
 
 # What tests/benchmarks/bench_loader.py measured when the default format was chosen (recorded in manifests):
@@ -801,7 +747,7 @@ def update_stats(out: Path, stats_fn: Callable | None = None) -> bool:
     if stats_fingerprint(path) == fp:
         return False
     arrays = [load_npy_bytes(data) for _, shard in manifest_shards(out, "train", m)
-              for _, data in _shard_members(shard, want=lambda name: name.endswith("." + MOTION))]
+              for _, data in shard_members(shard, want=lambda name: name.endswith("." + MOTION))]
     if not arrays:
         log.warning("train split is empty: stats.npz not written")
         return False
@@ -810,17 +756,6 @@ def update_stats(out: Path, stats_fn: Callable | None = None) -> bool:
     std = np.asarray(std, np.float32)
     write_stats(path, mean, std, fingerprint=fp, num_samples=len(arrays))
     return True
-
-
-def _shard_members(path: Path, *, want: Callable[[str], bool] | None = None, refused: list[str] | None = None):
-    """:func:`lavimo.dataset.shard_format.iter_tar_members` of one shard; each refused member is logged and, when
-    ``refused`` is a list, appended to it as ``"member 'NAME' refused: reason"``."""
-    def note(ti, reason: str, message: str) -> None:
-        log.warning("%s: member %r refused: %s", path, ti.name, message)
-        if refused is not None:
-            refused.append(f"member {ti.name!r} refused: {message}")
-
-    return iter_tar_members(path, refused=note, want=want)
 
 
 def write_card(out: Path) -> bool:
@@ -853,233 +788,10 @@ def write_card(out: Path) -> bool:
     else:
         lines.append("- `<keyid>.video.mp4`: the rendered H.264 video (T frames).")
     lines += [
-        "", "## Load", "", "```python", "from lavimo.dataset.stream import make_loader",
+        "", "## Load", "", "```python", "from lavimo.dataset.shards.stream import make_loader",
         "loader = make_loader('<this dir>', 'train', batch_size=64, train=True, num_workers=8)", "```", "",
         "## Licences", "",
         "Motions come from AMASS (non-commercial research licence) and texts from HumanML3D / KIT-ML via their",
         "annotation files; respect their terms when sharing these shards.",
         "", f"Tool: {any_m.get('tool_version')}, format version {any_m.get('format_version')}.", ""]
     return write_if_changed(out / "README.md", "\n".join(lines))
-
-
-# ----------------------------------------------------------------------------------------------- check
-def verify_shard(path: Path | str, entry: dict) -> dict:
-    """Check one shard file's bytes against its manifest entry (streaming sha256, constant memory). ``path`` is
-    a local file or the URL (``pipe:`` command) of a remote set's shard (:mod:`lavimo.dataset.shard_source`; the whole
-    tar is streamed once, nothing is stored).
-
-    Returns ``{"file": str, "name": manifest name, "size": int | None, "sha256": str | None, "expected_size":
-    int | None, "expected_sha256": str | None, "ok": bool, "problem": str | None}``; ``problem`` names the
-    file."""
-    exp_size, exp_sha = entry.get("bytes"), entry.get("sha256")
-    res: dict[str, Any] = {"file": str(path), "name": entry.get("name"), "size": None, "sha256": None,
-                           "expected_size": exp_size, "expected_sha256": exp_sha, "ok": False, "problem": None}
-    if not isinstance(exp_sha, str) or not _SHA256_RE.match(exp_sha):
-        res["problem"] = f"{path}: the manifest has no valid sha256 for it"
-        return res
-    try:
-        digest, size = sha256_remote(path) if is_url(path) else sha256_file(path)
-    except FileNotFoundError:
-        res["problem"] = f"{path}: missing"
-        return res
-    except FetchError as exc:  # names the url
-        res["problem"] = f"{exc}"
-        return res
-    except OSError as exc:
-        res["problem"] = f"{path}: unreadable: {exc.strerror or exc}"
-        return res
-    res.update(size=size, sha256=digest)
-    if _is_int(exp_size) and size != exp_size:
-        res["problem"] = f"{path}: {size} bytes, manifest says {exp_size} (truncated or modified)"
-    elif digest != exp_sha:
-        res["problem"] = f"{path}: sha256 differs from the manifest (modified or corrupt)"
-    else:
-        res["ok"] = True
-    return res
-
-
-def verify_shards(shards_dir: str | os.PathLike | RemoteShards, splits: Sequence[str] | None = None, *,
-                  manifests: dict[str, dict] | None = None) -> list[dict]:
-    """Check every shard of ``splits`` (default: every manifest) against its manifest's size and sha256.
-
-    Reads each tar once, in 1 MiB blocks (:func:`lavimo.core.hashing.sha256_file`), without parsing it. A remote set
-    (an http(s) base URL or ``pipe:`` command, :mod:`lavimo.dataset.shard_source`) needs ``splits`` (its manifests
-    cannot be listed) and has every tar streamed once over the network. Returns one dict per listed shard, in
-    manifest order (see :func:`verify_shard`: ``file``, ``name``, ``size``, ``sha256``, ``expected_size``,
-    ``expected_sha256``, ``ok``, ``problem``); the set is intact when every ``ok`` is True. ``manifests``
-    (``{split: manifest}``, e.g. what a trainer already read and checked) are used instead of reading them
-    again, so the tars are checked against those very manifests.
-
-    Raises:
-        BadInputError: a requested split has no manifest (field ``manifest``), or a manifest's ``shards`` list
-            is malformed or names a file outside the directory (field ``shards``).
-    """
-    out: Path | RemoteShards
-    if manifests is not None:
-        out = shard_location(shards_dir) if is_remote(shards_dir) else Path(shards_dir)
-    elif is_remote(shards_dir):
-        out = shard_location(shards_dir)
-        if not splits:
-            raise BadInputError(str(out), "manifest", "name the splits to verify: a remote set cannot be listed")
-        manifests: dict[str, dict] = {}
-        for split in splits:
-            try:
-                manifests[split] = read_manifest(out, split)
-            except FileNotFoundError as exc:
-                raise BadInputError(out.url(f"{split}.json"), "manifest", f"missing ({exc})") from exc
-    else:
-        out = Path(shards_dir)
-        manifests = read_manifests(out)
-    wanted = list(splits) if splits else sorted(manifests)
-    if not wanted:
-        raise BadInputError(out, "manifest", "no manifests ({split}.json) found: not a shard set?")
-    results = []
-    for split in wanted:
-        m = manifests.get(split)
-        if m is None:
-            raise BadInputError(manifest_path(out, split), "manifest", "missing or not a shard manifest")
-        for e, path in manifest_shards(out, split, m):
-            results.append(verify_shard(path, e))
-    return results
-
-
-@dataclass
-class CheckReport:
-    """Result of :func:`check_shards`: problems found (empty = valid) and what was checked.
-
-    ``leftovers``: temporary files of an interrupted run (never counted as shards; the next build-shards run
-    removes them). They are not problems."""
-
-    problems: list[str] = field(default_factory=list)
-    samples: dict[str, int] = field(default_factory=dict)
-    shards: int = 0
-    leftovers: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def check_shards(out: str | os.PathLike, splits: Sequence[str] | None = None, deep: bool = True) -> CheckReport:
-    """Validate a shard set against its manifests.
-
-    Checks per shard: the file exists, its size and sha256 match the manifest, the tar reads to the end, every
-    member is a regular file named ``<keyid>.<ext>`` (others are refused and reported), every sample has all
-    members, the sample count matches; with ``deep`` also that the arrays parse with the manifest's dimensions,
-    the motion features are finite and the video member's header is intact. Also: stray tars, stats.npz
-    shape, temporary files of a killed run (``leftovers``, not problems)."""
-    from lavimo.dataset.video_frames import jpgs_info
-
-    out = Path(out)
-    rep = CheckReport(leftovers=[str(p) for p in temp_leftovers(out)])
-    manifests = read_manifests(out)
-    if not manifests:
-        rep.problems.append(f"{out}: no manifests ({{split}}.json) found")
-        return rep
-    for split in splits or sorted(manifests):
-        m = manifests.get(split)
-        if m is None:
-            rep.problems.append(f"{manifest_path(out, split)}: manifest missing")
-            continue
-        try:
-            listed_shards = manifest_shards(out, split, m)
-            vmember = m["video"]["member"]
-            if vmember not in VIDEO_MEMBERS.values():
-                raise BadInputError(manifest_path(out, split), "video", f"unknown video member {vmember!r}")
-        except (BadInputError, KeyError, TypeError) as exc:
-            rep.problems.append(str(exc) if isinstance(exc, BadInputError) else
-                                f"{manifest_path(out, split)}: malformed manifest ({type(exc).__name__}: {exc})")
-            continue
-        listed = {path.name for _, path in listed_shards}
-        for p in sorted(out.glob(f"{split}-*.tar")):
-            if p.name not in listed:
-                rep.problems.append(f"{p}: not listed in {split}.json")
-        need = set(BASE_MEMBERS) | {vmember}
-        total = 0
-        keys_seen: set[str] = set()
-        for e, p in listed_shards:
-            rep.shards += 1
-            v = verify_shard(p, e)
-            if v["problem"]:
-                rep.problems.append(v["problem"])
-            if v["size"] is None:
-                continue
-            samples: dict[str, dict[str, bytes]] = {}
-            refused: list[str] = []
-            try:
-                for name, data in _shard_members(p, refused=refused):
-                    key, _, member = name.partition(".")
-                    samples.setdefault(key, {})[member] = data if deep else b""
-            except (tarfile.TarError, OSError, EOFError) as exc:
-                rep.problems.append(f"{p}: tar unreadable: {exc}")
-                continue
-            finally:
-                rep.problems.extend(f"{p}: {r}" for r in refused)
-            for key, mem in samples.items():
-                missing = need - set(mem)
-                if missing:
-                    rep.problems.append(f"{p}: sample {key}: members missing {sorted(missing)}")
-                if key in keys_seen:
-                    rep.problems.append(f"{p}: sample {key} appears twice in split {split}")
-                keys_seen.add(key)
-                if deep and not missing:
-                    try:
-                        prob = _check_sample(mem, m, vmember, jpgs_info)
-                    except (KeyError, TypeError) as exc:
-                        prob = f"the manifest lacks a valid text_model.dim / feature_dim ({exc!r})"
-                    if prob:
-                        rep.problems.append(f"{p}: sample {key}: {prob}")
-            if len(samples) != e.get("count"):
-                rep.problems.append(f"{p}: {len(samples)} samples, manifest says {e.get('count')}")
-            total += len(samples)
-        rep.samples[split] = total
-        if total != m.get("num_samples"):
-            rep.problems.append(f"{manifest_path(out, split)}: {total} samples found, manifest says "
-                                f"{m.get('num_samples')}")
-    if "train" in manifests:
-        sp = out / STATS_NAME
-        if not sp.is_file():
-            rep.problems.append(f"{sp}: missing")
-        else:
-            try:
-                mean, std = stats_arrays(sp)
-                d = manifests["train"].get("feature_dim")
-                if mean.shape != (d,) or std.shape != (d,):
-                    rep.problems.append(f"{sp}: mean/std shapes {mean.shape}/{std.shape}, expected ({d},)")
-                elif not (np.isfinite(mean).all() and np.isfinite(std).all()):
-                    rep.problems.append(f"{sp}: mean/std contain NaN/inf")
-            except (OSError, KeyError, ValueError) as exc:
-                rep.problems.append(f"{sp}: unreadable: {exc}")
-    return rep
-
-
-def _check_sample(mem: dict[str, bytes], m: dict, vmember: str, jpgs_info) -> str | None:
-    try:
-        texts = parse_json_member(mem[TEXTS], TEXTS)
-        sent = load_npy_bytes(mem[SENT])
-        motion = load_npy_bytes(mem[MOTION])
-        meta = parse_json_member(mem[META], META)
-    except (ValueError, OSError, EOFError, RecursionError) as exc:
-        return f"unparsable member: {exc}"
-    if not isinstance(texts, list) or not isinstance(meta, dict):
-        return "texts.json must be a list and meta.json an object"
-    try:
-        parse_texts(mem[TEXTS])  # captions are strings, spans null or seconds >= 0 with end > start
-    except ValueError as exc:
-        return str(exc)
-    if sent.dtype != np.float16 or sent.shape != (len(texts), m["text_model"]["dim"]):
-        return f"sent.npy {sent.dtype} {sent.shape}, expected float16 ({len(texts)}, {m['text_model']['dim']})"
-    if motion.dtype != np.float32 or motion.ndim != 2 or motion.shape[1] != m["feature_dim"]:
-        return f"motion.npy {motion.dtype} {motion.shape}, expected float32 (T-1, {m['feature_dim']})"
-    if not np.isfinite(motion).all():
-        return "motion.npy contains NaN/inf"
-    if vmember == VIDEO_JPGS:
-        try:
-            n = jpgs_info(mem[vmember])[0]
-        except ValueError as exc:
-            return str(exc)
-        if n != meta.get("num_frames"):
-            return f"video has {n} frames, meta.json says {meta.get('num_frames')}"
-    elif len(mem[vmember]) < 8 or mem[vmember][4:8] != b"ftyp":
-        return "video.mp4 does not start with an mp4 header"
-    return None

@@ -1,35 +1,24 @@
-"""The shard-set format, defined once: file and member names, manifests, tar reading and writing, ``stats.npz``.
+"""The shard-set format, defined once: file and member names, ``meta.json`` (:class:`SampleMeta`), manifests,
+tar reading and writing, ``stats.npz`` (docs/shards.md, "Layout").
 
-Every reader and writer of a shard set goes through this module: the writer (:mod:`lavimo.dataset.shards`), its
-checks, the loader (:mod:`lavimo.dataset.stream`), training (``train.py``) and evaluation (the gallery extractor of
-:mod:`lavimo.evaluation.report`).
+A shard set ``SHARDS/``: ``{split}-NNNNNN.tar`` (:func:`shard_name`), plain uncompressed POSIX tars whose
+sample ``<keyid>`` has the members ``<keyid>.<member>`` (:func:`member_name`) of :data:`BASE_MEMBERS` and one of
+:data:`VIDEO_MEMBERS`; ``{split}.json`` (:func:`manifest_path`, kind :data:`MANIFEST_KIND`; :func:`write_manifest`,
+:func:`read_manifest`, :func:`read_manifests`, :func:`manifest_shards`); ``stats.npz`` (:data:`STATS_NAME`:
+``mean`` / ``std`` (D,) float32 of the train features and the train shards' fingerprint; :func:`write_stats`,
+:func:`load_stats`). The readers also take a remote set (:mod:`lavimo.dataset.shards.source`).
 
-A shard set ``SHARDS/``:
-
-- ``{split}-NNNNNN.tar`` (:func:`shard_name`): plain (uncompressed) POSIX tars; each sample has the members
-  ``<keyid>.<member>`` (:func:`member_name`) for :data:`BASE_MEMBERS` (``meta.json``, ``motion.npy``,
-  ``sent.npy``, ``texts.json``; :func:`parse_texts`) and one video member of :data:`VIDEO_MEMBERS`
-  (``video.jpgs`` or ``video.mp4``). Readers take them from :func:`iter_tar_members`, which refuses compressed
-  tars and members that are not regular files named ``<keyid>.<kind>`` of a known kind within that kind's byte
-  cap (:func:`refusal`, :data:`MEMBER_MAX_BYTES`); JSON members are parsed bounded (:func:`parse_json_member`).
-- ``{split}.json`` (:func:`manifest_path`): the manifest (``kind`` :data:`MANIFEST_KIND`), written by
-  :func:`write_manifest`, read by :func:`read_manifest` (one split, strict) or :func:`read_manifests` (all of a
-  set); :func:`manifest_shards` gives the tar files it lists (plain names inside the set only).
-- A set may also be read from an http(s) base URL or a ``pipe:`` command (:mod:`lavimo.dataset.shard_source`, the one
-  rule for where its files are): :func:`read_manifest`, :func:`manifest_shards` and :func:`load_stats` take
-  such a location as well as a directory.
-- ``stats.npz`` (:data:`STATS_NAME`): ``mean``/``std`` (D,) float32 of the train split's features, with the
-  train shards' fingerprint they were computed from (:func:`write_stats`, :func:`load_stats`,
-  :func:`stats_fingerprint`).
-
-Members and ``.npy`` payloads are untrusted input: :func:`load_npy_bytes` and :func:`stats_arrays` go through the
-one checked ``.npy`` reader (:func:`lavimo.core.restricted_unpickle.read_npy`): never unpickled, sizes checked against
-the bytes present before allocating.
+Members, manifests and ``.npy`` payloads are untrusted: tars are read as one uncompressed stream
+(:func:`iter_tar_members`; compressed files refused) and members refused from their header (:func:`refusal`:
+type, name, kind, :data:`MEMBER_MAX_BYTES`); JSON is parsed bounded (:func:`parse_json_member`); ``.npy`` goes
+through the one checked reader (:func:`load_npy_bytes`, never unpickled, sizes checked before allocating).
 """
+
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -49,7 +38,7 @@ from lavimo.core.restricted_unpickle import MAX_ARRAY_BYTES, open_npz, read_npy_
 from lavimo.core.hashing import sha256_file
 from lavimo.core.keyids import check_keyid, check_member_name, child_path, is_keyid
 from lavimo.core.mp4 import MAX_STREAM_FRAMES
-from lavimo.dataset.shard_source import CommandFailed, RemoteShards, is_remote, shard_location
+from lavimo.dataset.shards.source import CommandFailed, RemoteShards, shard_set
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +57,8 @@ _MAX_STATS_MEMBER_BYTES = 1 << 26
 #: a shard's file name in a manifest: a letter or digit, then letters, digits, ``_``, ``-``, then ``.tar``;
 #: always used with ``fullmatch`` (``$`` would let a trailing newline through into a ``pipe:`` command)
 SHARD_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.tar")
+#: a sha256 in hex, as manifests, build states and render sidecars record it
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 #: the message of a member that is not a regular file
 NOT_REGULAR = "not a regular file (link, directory or device)"
 #: the longest clip a shard sample holds, in frames: an hour at 30 fps (build-shards refuses longer ones; the
@@ -206,6 +197,11 @@ def load_npy_bytes(data: bytes, max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
         raise ValueError(exc.message) from None
 
 
+def is_int(x: Any) -> bool:
+    """Whether ``x`` is an integer (Python or numpy), not a bool."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
 def finite_number(v: Any) -> float | None:
     """``v`` as a float when it is a JSON number (not a bool) with a finite value, else None."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -232,8 +228,6 @@ def parse_json_member(data: bytes, member: str = META) -> Any:
     """The JSON value of a ``meta.json`` / ``texts.json`` member, parsed with
     :func:`lavimo.core.jsonconfig.loads_bounded`: at most the member's cap (:data:`MEMBER_MAX_BYTES`) and 64 levels of
     nesting. Raises ValueError naming the member (not JSON, not UTF-8, too big, nested too deep)."""
-    from lavimo.core.jsonconfig import loads_bounded
-
     try:
         return loads_bounded(data, None, member, max_bytes=MEMBER_MAX_BYTES.get(member, 1 << 20))
     except BadInputError as exc:
@@ -241,18 +235,74 @@ def parse_json_member(data: bytes, member: str = META) -> Any:
 
 
 def parse_meta(data: bytes) -> dict:
-    """A ``meta.json`` member as a dict (:func:`parse_json_member`); ValueError when it is not a JSON object."""
+    """A ``meta.json`` member as a dict (:func:`parse_json_member`); ValueError when it is not a JSON object.
+    Readers use :meth:`SampleMeta.parse`, which is built on it."""
     meta = parse_json_member(data, META)
     if not isinstance(meta, dict):
         raise ValueError("meta.json: not a JSON object")
     return meta
 
 
+@dataclasses.dataclass(frozen=True)
+class SampleMeta:
+    """A sample's ``meta.json``: the one type that writes (:meth:`to_bytes`, build-shards) and reads
+    (:meth:`parse`: the loader, ``build-shards check``, the evaluation gallery, the search index) it.
+
+    ``fps``: frames per second of the clip's video and motion; ``num_frames``: video frames T;
+    ``feature_rows`` / ``feature_dim``: the motion member's (T-1, D); ``video_size`` / ``rendered_size``:
+    [width, height] in pixels of the stored and the rendered frames; ``frame_rule`` / ``frame_start`` /
+    ``frame_end``: the clip's AMASS frame selection. Read from an untrusted shard every field may be absent
+    (None) or of any JSON type: readers check the fields they use (:meth:`frame_rate`, :meth:`frame_count`)."""
+
+    keyid: Any = None
+    dataset: Any = None
+    split: Any = None
+    amass_path: Any = None
+    fps: Any = None
+    num_frames: Any = None
+    feature_rows: Any = None
+    feature_dim: Any = None
+    avatar: Any = None
+    light: Any = None
+    mirrored: Any = None
+    body_model: Any = None
+    video_size: Any = None
+    rendered_size: Any = None
+    frame_rule: Any = None
+    frame_start: Any = None
+    frame_end: Any = None
+
+    def to_bytes(self) -> bytes:
+        """The member's bytes (sorted keys, :func:`json_bytes`)."""
+        return json_bytes(dataclasses.asdict(self))
+
+    @classmethod
+    def parse(cls, data: bytes) -> "SampleMeta":
+        """The member ``data`` (:func:`parse_meta`: bounded, a JSON object; ValueError otherwise); unknown keys
+        are ignored, absent ones are None."""
+        meta = parse_meta(data)
+        return cls(**{f.name: meta.get(f.name) for f in dataclasses.fields(cls)})
+
+    def frame_rate(self) -> float:
+        """``fps`` as a finite number > 0; ValueError otherwise."""
+        fps = finite_number(self.fps)
+        if fps is None or fps <= 0:
+            raise ValueError(f"fps {str(self.fps)[:40]} is not a positive frame rate")
+        return fps
+
+    def frame_count(self) -> int:
+        """``num_frames`` as an int >= 1; ValueError / TypeError otherwise."""
+        n = int(self.num_frames)
+        if n < 1:
+            raise ValueError(f"num_frames {n}")
+        return n
+
+
 def parse_texts(data: bytes) -> tuple[list[str], list[tuple[float | None, float | None]]]:
     """Captions and spans of a ``texts.json`` member (a non-empty list of {caption, start, end} or strings;
     parsed by :func:`parse_json_member`: size and nesting capped) -> (captions, [(start, end)]) with start/end
     seconds inside the clip or None (None = whole clip / from the start / to the end; the loader's segment rule
-    is in dataset/stream.py). Raises ValueError for anything else (not JSON, not a non-empty list, a caption that
+    is in dataset/shards/stream.py). Raises ValueError for anything else (not JSON, not a non-empty list, a caption that
     is not a string, a start/end that is not null or a finite number >= 0, an ``end <= start`` other than
     HumanML3D's whole-clip ``0, 0``)."""
     texts = parse_json_member(data, TEXTS)
@@ -273,11 +323,11 @@ def parse_texts(data: bytes) -> tuple[list[str], list[tuple[float | None, float 
 def read_manifest(shards: str | Path | RemoteShards, split: str) -> dict:
     """The manifest ``{shards}/{split}.json`` as a dict (FileNotFoundError with a hint when absent).
 
-    ``shards`` is a shard set location (:mod:`lavimo.dataset.shard_source`): a directory, or an http(s) base URL /
-    ``pipe:`` command, whose manifest is fetched (at most :data:`lavimo.dataset.shard_source.SMALL_FILE_MAX_BYTES`,
-    within its timeout; :class:`lavimo.dataset.shard_source.FetchError` naming the URL when that fails)."""
-    if is_remote(shards):
-        loc = shard_location(shards)
+    ``shards`` is a shard set location (:mod:`lavimo.dataset.shards.source`): a directory, or an http(s) base URL /
+    ``pipe:`` command, whose manifest is fetched (at most :data:`lavimo.dataset.shards.source.SMALL_FILE_MAX_BYTES`,
+    within its timeout; :class:`lavimo.dataset.shards.source.FetchError` naming the URL when that fails)."""
+    loc = shard_set(shards)
+    if isinstance(loc, RemoteShards):
         path: str | Path = loc.url(f"{split}.json")
         try:
             raw = loc.read_bytes(f"{split}.json")
@@ -286,7 +336,7 @@ def read_manifest(shards: str | Path | RemoteShards, split: str) -> dict:
                                     "build-shards") from exc
         m = loads_bounded(raw, path)  # size, values and nesting capped: BadInputError naming the URL
     else:
-        path = manifest_path(shards, split)
+        path = manifest_path(loc, split)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no manifest for split {split!r}; build the shards with build-shards")
         m = read_json_file(path)  # size, values and nesting capped: BadInputError naming the file
@@ -317,12 +367,13 @@ def read_manifests(out: Path) -> dict[str, dict]:
 
 
 def manifest_shards(out: Path | RemoteShards, split: str, m: dict) -> list[tuple[dict, Path | str]]:
-    """(entry, path) of every shard a manifest lists; for a remote set (:mod:`lavimo.dataset.shard_source`) the path is
+    """(entry, path) of every shard a manifest lists; for a remote set (:mod:`lavimo.dataset.shards.source`) the path is
     the shard's URL (or ``pipe:`` command). Raises BadInputError naming the manifest when ``shards`` is not a
     list of {name, ...} or a name is not a plain ``<name>.tar`` inside ``out`` (no ``/``, ``..``, URL: a
     manifest never makes a reader fetch another host or run another command)."""
-    remote = is_remote(out)
-    where = shard_location(out).url(f"{split}.json") if remote else manifest_path(out, split)
+    loc = shard_set(out)
+    remote = isinstance(loc, RemoteShards)
+    where = loc.url(f"{split}.json") if remote else manifest_path(loc, split)
     entries = m.get("shards") if isinstance(m, dict) else None
     if not isinstance(entries, list):
         raise BadInputError(where, "shards", "expected a list of shard entries")
@@ -331,7 +382,7 @@ def manifest_shards(out: Path | RemoteShards, split: str, m: dict) -> list[tuple
         name = e.get("name") if isinstance(e, dict) else None
         if not isinstance(name, str) or not SHARD_NAME_RE.fullmatch(name):
             raise BadInputError(where, "shards", f"shard name {name!r} is not a plain '<name>.tar' file name")
-        result.append((e, shard_location(out).url(name) if remote else child_path(out, name)))
+        result.append((e, loc.url(name) if remote else child_path(loc, name)))
     return result
 
 
@@ -448,6 +499,17 @@ def iter_tar_members(source: str | os.PathLike | BinaryIO, *, where: str | os.Pa
             fh.close()
 
 
+def shard_members(path: Path, *, want: Callable[[str], bool] | None = None, refused: list[str] | None = None):
+    """:func:`iter_tar_members` of one shard; each refused member is logged and, when
+    ``refused`` is a list, appended to it as ``"member 'NAME' refused: reason"``."""
+    def note(ti, reason: str, message: str) -> None:
+        log.warning("%s: member %r refused: %s", path, ti.name, message)
+        if refused is not None:
+            refused.append(f"member {ti.name!r} refused: {message}")
+
+    return iter_tar_members(path, refused=note, want=want)
+
+
 def stats_path(root: str | os.PathLike) -> Path:
     """``root`` when it is a file, else the shard set's ``root/stats.npz`` (local sets; a remote set's is
     ``RemoteShards.url(STATS_NAME)``)."""
@@ -490,12 +552,12 @@ def stats_arrays(path: str | os.PathLike | BinaryIO, where: str | os.PathLike | 
 
 def load_stats(root: str | Path | RemoteShards) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) (D,) float32 from ``stats.npz`` (a file, a shard set directory, or a remote set's
-    ``stats.npz`` fetched through :mod:`lavimo.dataset.shard_source`), checked (one dimension D, finite); a std below
+    ``stats.npz`` fetched through :mod:`lavimo.dataset.shards.source`), checked (one dimension D, finite); a std below
     1e-8 reads as 1. Raises FileNotFoundError (missing), BadInputError (field ``mean/std``) or
-    :class:`lavimo.dataset.shard_source.FetchError` (a remote file that cannot be fetched)."""
+    :class:`lavimo.dataset.shards.source.FetchError` (a remote file that cannot be fetched)."""
     source: Path | io.BytesIO
-    if is_remote(root):
-        loc = shard_location(root)
+    loc = shard_set(root)
+    if isinstance(loc, RemoteShards):
         path: str | Path = loc.url(STATS_NAME)
         try:
             source = io.BytesIO(loc.read_bytes(STATS_NAME))
@@ -503,7 +565,7 @@ def load_stats(root: str | Path | RemoteShards) -> tuple[np.ndarray, np.ndarray]
             raise FileNotFoundError(f"{exc}: feature statistics missing (build-shards writes them with the train "
                                     "split; pass stats= to use another shard set's)") from exc
     else:
-        path = source = stats_path(root)
+        path = source = stats_path(loc)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: feature statistics missing (build-shards writes them with the train "
                                     "split; pass stats= to use another shard set's)")
