@@ -1,26 +1,24 @@
 #!/usr/bin/env python
 """Train the rows of the LAVIMO paper's Tables 2-6, evaluate them and print each table beside the paper's numbers.
 
-    python scripts/paper_ablations.py [train|table|all] --shards SHARDS --out runs/ablations
-        [--tables table2,table3|all] [--rows tmr,ours,...] [--preset paper] [--epochs N] [--set FIELD=VALUE ...]
-        [--random-init] [--device D] [--split test] [--launcher CMD] [--in-process] [--dry-run] [--force]
-        [-- TRAIN.PY FLAGS...]
+    python scripts/paper_ablations.py [all|train|table] --shards SHARDS --out runs/ablations [--tables all]
+        [--rows tmr,ours,...] [--preset paper] [--epochs N] [--set FIELD=VALUE ...] [--random-init] [--device D]
+        [--split test] [--launcher CMD] [--in-process] [--dry-run] [--force] [-- TRAIN.PY FLAGS...]
 
 The rows are data: ``evaluation/paper/lavimo_tables.json`` (``--data``; the paper's figures, source named there).
-A Table 2 row is four switches (modalities, DistilBERT, negative filtering, reconstruction); a row of Tables 3-6 is
-the ``sweep_base`` row with one ``parameter`` set to its ``value``. :func:`switch_flags` turns them into
-``train.py`` flags. ``train`` trains every selected row (``OUT/<run>/``: a complete run is skipped, an unfinished
-one resumed); rows resolving to the same config share the run of the first such row. ``table`` evaluates each run
-(``evaluate.py --protocol threshold --tasks t2m m2t v2m``, skipped when its metrics are newer than the checkpoint)
-and writes ``OUT/tables/paper_tables.{md,tex,json,png}``: per row ours, the paper's and the difference, and the
-fusion weights beside the paper's. ``all`` (the default) does both. The feature width comes from the shard
-manifest; the shard set's dataset (its samples' ``meta.json``) must be the table's, or a non-published corpus.
-
+A Table 2 row is four switches; a row of Tables 3-6 is the ``sweep_base`` row with ``parameter`` = ``value``;
+:func:`switch_flags` turns them into ``train.py`` flags. ``train`` trains each row into ``OUT/<run>/`` (complete
+runs skipped, unfinished ones resumed; rows resolving to the same config share the first such row's run).
+``table`` evaluates each run (``evaluate.py --protocol threshold --tasks t2m m2t v2m``, skipped while its metrics
+are newer than the checkpoint) and writes ``OUT/tables/paper_tables.{md,tex,json,png}``: per row ours, the paper's
+and the difference, and the fusion weights beside the paper's. ``all`` (default) does both. The feature width
+comes from the shard manifest; the shards' dataset (their ``meta.json``) must be the table's or an unpublished one.
 Logs: ``OUT/logs/<run>-train.log``, ``OUT/logs/<run>-eval-<split>.log``.
-Exit status: 0 every row done; 1 some row failed (the others still ran; the table marks it) or interrupted
-(SIGINT / SIGTERM: the running child is stopped; rerun to continue); 2 usage or set-up error (bad flags, a data
-file row with unknown switches or a missing paper number, a run directory of another config, a shard set of
-another dataset), one line on stderr naming the file and field.
+
+Exit status: 0 every row done; 1 some row failed (the others still ran; the table marks it) or interrupted (SIGINT /
+SIGTERM: the running child is stopped; rerun to continue); 2 usage or set-up error (bad flags; a data file row with
+unknown switches or a missing paper number; a run directory of another config; shards of another dataset), one
+line on stderr naming the file and field.
 """
 
 from __future__ import annotations
@@ -44,13 +42,13 @@ if str(REPO) not in sys.path:  # `python scripts/paper_ablations.py` from anywhe
 
 from lavimo.core.atomic import write_json, write_text  # noqa: E402
 from lavimo.core.errors import BadInputError, SetupError, print_error  # noqa: E402
-from lavimo.core.keyids import child_path  # noqa: E402
+from lavimo.core.keyids import check_keyid, child_path  # noqa: E402
 from lavimo.core.stop import StopSignals  # noqa: E402
 
 PROG = "paper_ablations.py"
 DATA = REPO / "evaluation" / "paper" / "lavimo_tables.json"
 TRAIN_PY, EVALUATE_PY = REPO / "train.py", REPO / "evaluate.py"
-#: each switch value of a Table 2 row -> its train.py flags (docs/model.md names the config fields)
+#: each switch value of a Table 2 row -> its train.py flags (the config fields: docs/model.md)
 SWITCHES = {
     "modalities": {"MT": ["--modalities", "tm"], "MTV": ["--modalities", "tmv"]},
     "distilbert": {"frozen": ["--freeze-text"], "unfrozen": ["--set", "freeze_text=false"]},
@@ -58,41 +56,32 @@ SWITCHES = {
                            "ours": ["--negative-filtering", "lavimo"]},
     "reconstruction": {"none": ["--recon-weight", "0"], "plain": ["--no-fusion"], "fusion": ["--set", "fusion=true"]},
 }
-#: a sweep's parameter -> its train.py flag (``{}`` = the row's value) and its name in the paper's header
+#: a sweep's parameter -> (its train.py flag, ``{}`` = the row's value; its name in the paper's header)
 SWEEPS = {"recon_weight": ("--recon-weight {}", "λ_recon"), "negative_threshold": ("--threshold {}", "ε"),
           "batch_size": ("--batch-size {}", "B"), "latent_dim": ("--set latent_dim={}", "C")}
 TASK_NAMES = {"t2m": "T→M", "m2t": "M→T", "v2m": "V→M"}
-MODALITY_WEIGHTS = ("text", "video", "motion")
-# config fields that do not change what a run learns: two rows differing only in these share one run
-NOT_RESULT_FIELDS = {"num_workers", "log_every", "eval_every", "checkpoint_every"}
+WEIGHTS = ("text", "video", "motion")
+NOT_RESULT_FIELDS = {"num_workers", "log_every", "eval_every", "checkpoint_every"}  # rows differing only here share
 CONTINUABLE_FIELDS = NOT_RESULT_FIELDS | {"epochs", "extra"}  # a saved run may differ in these and be continued
 EXIT_OK, EXIT_FAILED, EXIT_SETUP = 0, 1, 2
 
 
 class Interrupted(Exception):
-    """A stop signal came: the running child was stopped."""
-
-
-# ------------------------------------------------------------------------------------------------ the data file
+    """A stop signal came; the running child was stopped."""
 
 
 @dataclasses.dataclass
 class Row:
-    """One row of a paper table: its switches (Table 2's four; a sweep row has its base row's plus ``parameter``
-    = ``value``) and the paper's numbers (``paper[column]``, R@k in %, MedR a rank)."""
+    """A row of a paper table: its switches (a sweep row: its base row's, plus ``parameter`` = ``value``) and the
+    paper's numbers by column (``t2m_R1``: R@1 in %; ``t2m_MedR``: median rank)."""
 
     table: str
-    index: int
-    name: str  # the row's id: its run directory unless it shares another row's run
+    name: str  # the row's id and, unless it shares another row's run, its run directory
     label: str
     switches: dict[str, str]
     paper: dict[str, float]
     parameter: str | None = None
     value: float | None = None
-
-    @property
-    def field(self) -> str:
-        return f"{self.table}.rows[{self.index}]"
 
 
 @dataclasses.dataclass
@@ -107,7 +96,7 @@ class Table:
 
 
 def switch_flags(row: Row) -> list[str]:
-    """The one place a row becomes a run: its switches (and sweep value) as ``train.py`` flags, added to the
+    """The one place a row becomes a run: its switches (and sweep value) as ``train.py`` flags added to the
     preset's. Every switch is given explicitly, so a row does not depend on the preset's defaults."""
     flags = [f for key, options in SWITCHES.items() for f in options[row.switches[key]]]
     if row.parameter is not None:
@@ -125,59 +114,53 @@ def _number(path: Path, field: str, v: Any, what: str = "a number") -> float:
     return float(v)
 
 
-def _paper(path: Path, field: str, r: dict, columns: list[str]) -> dict[str, float]:
-    metrics = r.get("metrics")
-    if not isinstance(metrics, dict):
-        raise BadInputError(path, f"{field}.metrics", "missing (the paper's numbers of the row)")
-    for col in columns:
-        if col not in metrics:
-            raise BadInputError(path, f"{field}.metrics.{col}", "missing paper number")
-    return {c: _number(path, f"{field}.metrics.{c}", metrics[c], "the paper's number") for c in columns}
+def _load_row(path: Path, field: str, r: Any, t: Table, base: Row | None) -> Row:
+    if not isinstance(r, dict):
+        raise BadInputError(path, field, "expected an object")
+    known = {"value", "metrics"} if base else {"row", "metrics", *SWITCHES}
+    unknown = sorted(set(r) - known)
+    if unknown:
+        raise BadInputError(path, f"{field}.{unknown[0]}", f"unknown switch (known: {', '.join(sorted(known))})")
+    metrics = r.get("metrics") if isinstance(r.get("metrics"), dict) else {}
+    missing = [c for c in t.columns if c not in metrics]
+    if missing:
+        raise BadInputError(path, f"{field}.metrics.{missing[0]}", "missing paper number")
+    paper = {c: _number(path, f"{field}.metrics.{c}", metrics[c], "the paper's number") for c in t.columns}
+    if base is not None:
+        value = _number(path, f"{field}.value", r.get("value"))
+        return Row(t.name, f"{t.parameter}-{_num_text(value).replace('.', 'p')}", _num_text(value),
+                   dict(base.switches), paper, t.parameter, value)
+    for key, options in SWITCHES.items():
+        if r.get(key) not in options:
+            raise BadInputError(path, f"{field}.{key}", f"unknown switch value {r.get(key)!r} (known: "
+                                f"{', '.join(options)})")
+    if not isinstance(r.get("row"), str) or not r["row"].isalnum():
+        raise BadInputError(path, f"{field}.row", "expected the row's name (letters and digits)")
+    return Row(t.name, r["row"].lower(), r["row"], {k: r[k] for k in SWITCHES}, paper)
 
 
-def _load_table(path: Path, tname: str, t: Any, base: dict[str, Row]) -> Table:
+def _load_table(path: Path, name: str, t: Any, base: dict[str, Row]) -> Table:
     if not isinstance(t, dict) or not isinstance(t.get("rows"), list) or not t["rows"]:
-        raise BadInputError(path, f"{tname}.rows", "expected a non-empty list of rows")
+        raise BadInputError(path, f"{name}.rows", "expected a non-empty list of rows")
     cols = t.get("columns")
     if not isinstance(cols, list) or not cols or not all(
             isinstance(c, str) and c.partition("_")[0] in TASK_NAMES and c.partition("_")[2] for c in cols):
-        raise BadInputError(path, f"{tname}.columns", f"expected names TASK_METRIC with TASK in {list(TASK_NAMES)}")
+        raise BadInputError(path, f"{name}.columns", f"expected names TASK_METRIC, TASK one of {list(TASK_NAMES)}")
     param = t.get("parameter")
     if param is not None and param not in SWEEPS:
-        raise BadInputError(path, f"{tname}.parameter", f"unknown sweep parameter {param!r} (known: {list(SWEEPS)})")
-    sweep_base = base.get(str(t.get("sweep_base"))) if param is not None else None
-    if param is not None and sweep_base is None:
-        raise BadInputError(path, f"{tname}.sweep_base", f"expected the name of a table2 row, one of {list(base)}")
-    rows = []
-    for i, r in enumerate(t["rows"]):
-        field = f"{tname}.rows[{i}]"
-        if not isinstance(r, dict):
-            raise BadInputError(path, field, "expected an object")
-        known = {"value", "metrics"} if param else {"row", "metrics", *SWITCHES}
-        unknown = sorted(set(r) - known)
-        if unknown:
-            raise BadInputError(path, f"{field}.{unknown[0]}", f"unknown switch (known: {sorted(known)})")
-        paper = _paper(path, field, r, cols)
-        if param is not None:
-            value = _number(path, f"{field}.value", r.get("value"))
-            name = f"{param}-{_num_text(value).replace('.', 'p')}"
-            rows.append(Row(tname, i, name, _num_text(value), dict(sweep_base.switches), paper, param, value))
-            continue
-        for key, options in SWITCHES.items():
-            if r.get(key) not in options:
-                raise BadInputError(path, f"{field}.{key}", f"unknown switch value {r.get(key)!r} (known: "
-                                    f"{', '.join(options)})")
-        label = r.get("row")
-        if not isinstance(label, str) or not label.isalnum():
-            raise BadInputError(path, f"{field}.row", "expected the row's name (letters and digits)")
-        rows.append(Row(tname, i, label.lower(), label, {k: r[k] for k in SWITCHES}, paper))
-    threshold = _number(path, f"{tname}.threshold", t.get("threshold", 0.8))
-    return Table(tname, str(t.get("caption", tname)), str(t.get("dataset", "")), threshold, cols, rows, param)
+        raise BadInputError(path, f"{name}.parameter", f"unknown sweep parameter {param!r} (known: {list(SWEEPS)})")
+    if param is not None and t.get("sweep_base") not in base:
+        raise BadInputError(path, f"{name}.sweep_base", f"expected the name of a table2 row, one of {list(base)}")
+    table = Table(name, str(t.get("caption", name)), str(t.get("dataset", "")),
+                  _number(path, f"{name}.threshold", t.get("threshold", 0.8)), cols, [], param)
+    table.rows = [_load_row(path, f"{name}.rows[{i}]", r, table, base.get(t.get("sweep_base")) if param else None)
+                  for i, r in enumerate(t["rows"])]
+    return table
 
 
 def load_tables(path: str | Path = DATA) -> tuple[dict[str, Table], dict[str, float], str]:
     """The data file -> (tables by name, the paper's fusion weights, the source). Raises BadInputError naming
-    the file and the field (unknown switch, missing paper number, ...)."""
+    the file and the field (an unknown switch, a missing paper number, ...)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -186,16 +169,14 @@ def load_tables(path: str | Path = DATA) -> tuple[dict[str, Table], dict[str, fl
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise BadInputError(path, "json", f"not a readable JSON file ({' '.join(str(exc).split())[:160]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("table2"), dict):
-        raise BadInputError(path, "table2", "missing: the data file needs Table 2 (the sweeps start from its rows)")
-    tables: dict[str, Table] = {"table2": _load_table(path, "table2", data["table2"], {})}
+        raise BadInputError(path, "table2", "missing (the sweeps start from its rows)")
+    tables = {"table2": _load_table(path, "table2", data["table2"], {})}
     base = {r.label: r for r in tables["table2"].rows}
     for name in sorted(k for k in data if k.startswith("table") and k != "table2"):
         tables[name] = _load_table(path, name, data[name], base)
     fw = data.get("fusion_attention_weights")
-    if not isinstance(fw, dict):
-        raise BadInputError(path, "fusion_attention_weights", "missing paper number")
-    fusion = {m: _number(path, f"fusion_attention_weights.{m}", fw.get(m), "the paper's number")
-              for m in MODALITY_WEIGHTS}
+    fw = fw if isinstance(fw, dict) else {}
+    fusion = {m: _number(path, f"fusion_attention_weights.{m}", fw.get(m), "the paper's number") for m in WEIGHTS}
     return tables, fusion, str(data.get("source", ""))
 
 
@@ -206,24 +187,21 @@ def select_rows(tables: dict[str, Table], tables_arg: str, rows_arg: str | None)
         raise SetupError(f"--tables: unknown table {', '.join(unknown) or repr(tables_arg)} (tables: "
                          f"{', '.join(tables)}, or all)")
     rows = [r for n in names for r in tables[n].rows]
-    if rows_arg is None:
-        return rows
-    wanted = {w.strip().lower() for w in rows_arg.split(",") if w.strip()}
+    wanted = {w.strip().lower() for w in (rows_arg or "").split(",") if w.strip()}
     unknown = sorted(wanted - {r.name for r in rows})
-    if unknown or not wanted:
-        raise SetupError(f"--rows: unknown row {', '.join(unknown) or repr(rows_arg)}; rows of "
-                         f"{', '.join(names)}: {', '.join(dict.fromkeys(r.name for r in rows))}")
-    return [r for r in rows if r.name in wanted]
+    if unknown or (rows_arg is not None and not wanted):
+        raise SetupError(f"--rows: unknown row {', '.join(unknown) or repr(rows_arg)}; rows of {', '.join(names)}: "
+                         f"{', '.join(dict.fromkeys(r.name for r in rows))}")
+    return [r for r in rows if not wanted or r.name in wanted]
 
 
 # ------------------------------------------------------------------------------------------ shards and configs
 
 
 def shard_facts(shards: Path, tables: list[Table]) -> dict[str, Any]:
-    """What the shard set says: ``feature_dim`` (train manifest), ``dataset`` and ``fps`` (its first sample's
-    meta.json). A shard set of a published dataset other than a selected table's raises BadInputError."""
-    from lavimo.dataset.shards.format import SampleMeta, manifest_path, manifest_shards, read_manifest, \
-        shard_members
+    """``feature_dim`` (the train manifest's), ``dataset`` and ``fps`` (its first sample's meta.json) of a shard
+    set; a set of a published dataset (KIT-ML, HumanML3D) other than a selected table's raises BadInputError."""
+    from lavimo.dataset.shards.format import SampleMeta, manifest_path, manifest_shards, read_manifest, shard_members
 
     for split in ("train", "val"):
         if not manifest_path(shards, split).is_file():
@@ -232,24 +210,22 @@ def shard_facts(shards: Path, tables: list[Table]) -> dict[str, Any]:
     m = read_manifest(shards, "train")
     facts: dict[str, Any] = {"feature_dim": m.get("feature_dim"), "dataset": None, "fps": None}
     with contextlib.suppress(OSError, ValueError, EOFError, BadInputError, IndexError, StopIteration):
-        _, first = manifest_shards(shards, "train", m)[0]
-        meta = SampleMeta.parse(next(d for _, d in shard_members(Path(first), want=lambda n: n.endswith(".meta.json"))))
+        first = Path(manifest_shards(shards, "train", m)[0][1])
+        meta = SampleMeta.parse(next(d for _, d in shard_members(first, want=lambda n: n.endswith(".meta.json"))))
         facts["dataset"], facts["fps"] = meta.dataset, meta.fps
-    norm = str(facts["dataset"] or ("kitml" if facts["feature_dim"] == 251 else "")).lower()
-    norm = norm.replace("-", "").replace("_", "")
+    have = "".join(c for c in str(facts["dataset"] or ("kitml" if facts["feature_dim"] == 251 else "")).lower()
+                   if c.isalnum())
     for t in tables:
-        want = t.dataset.lower().replace("-", "").replace("_", "")
-        if norm in ("kitml", "humanml3d") and want and norm != want:
-            raise BadInputError(manifest_path(shards, "train"), "dataset",
-                                f"the shard set holds {facts['dataset'] or 'KIT-ML features (251)'} but {t.name} is "
-                                f"on {t.dataset}: build the shards of {t.dataset}")
+        if have in ("kitml", "humanml3d") and have != "".join(c for c in t.dataset.lower() if c.isalnum()):
+            raise BadInputError(manifest_path(shards, "train"), "dataset", f"the shards hold "
+                                f"{facts['dataset'] or 'KIT-ML features (251)'} but {t.name} is on {t.dataset}")
     return facts
 
 
 @dataclasses.dataclass
 class Resolved:
-    """A row as a train.py run: ``argv`` without ``--out``/``--resume``, its config, and ``run`` = the name of the
-    run directory (the first row of the data file with the same config)."""
+    """A row as a train.py run: ``argv`` without ``--out``/``--resume``, its config, and ``run`` = its run
+    directory's name (the first row of the data file with the same config)."""
 
     row: Row
     argv: list[str]
@@ -269,17 +245,17 @@ def _quiet_parse(parse, argv: list[str], what: str):
 
 
 def resolve_rows(tables: dict[str, Table], shards: str, preset: str, common: list[str]) -> dict[str, Resolved]:
-    """Every row of every table (so run sharing does not depend on the selection) -> Resolved, by row name; the
-    config as train.py resolves it. ``common`` (dataset, command-line and ``--`` flags) comes after the row's."""
+    """Every row of every table (run sharing does not depend on the selection) -> Resolved, by row name; the
+    config as train.py resolves it, ``common`` (dataset, command-line and ``--`` flags) after the row's flags."""
     import lavimo.training.cli as train_cli
     from lavimo.training.config import load_run_config
 
     out: dict[str, Resolved] = {}
     first: dict[str, str] = {}
     for row in (r for t in tables.values() for r in t.rows):
-        what = f"{row.name} ({', '.join(switch_flags(row))} + command-line flags)"
-        argv = [*switch_flags(row), *common]
-        a = _quiet_parse(train_cli.parse_args, ["--shards", shards, "--preset", preset, *argv], what)
+        what = f"{row.name} ({shlex.join(switch_flags(row))} + command-line flags)"
+        argv = ["--shards", shards, "--preset", preset, *switch_flags(row), *common]
+        a = _quiet_parse(train_cli.parse_args, argv, what)
         moved = [f for f, ok in (("--out", a.out is None), ("--shards", a.shards == shards),
                                  ("--preset", a.preset == preset), ("--resume", not a.resume)) if not ok]
         if moved:
@@ -292,7 +268,6 @@ def resolve_rows(tables: dict[str, Table], shards: str, preset: str, common: lis
             raise SetupError(f"{what}: {' '.join(str(exc).split())}") from None
         key = json.dumps({k: v for k, v in cfg.flat().items() if k not in NOT_RESULT_FIELDS}, sort_keys=True,
                          default=str)
-        argv = ["--shards", shards, "--preset", preset, *argv]
         out[row.name] = Resolved(row, argv + ([] if "--no-progress" in argv else ["--no-progress"]), cfg,
                                  first.setdefault(key, row.name))
     return out
@@ -300,8 +275,8 @@ def resolve_rows(tables: dict[str, Table], shards: str, preset: str, common: lis
 
 def run_state(run_dir: Path, cfg: Any) -> tuple[str, str]:
     """``("fresh"|"resume"|"complete", detail)`` of a run directory. A saved config that differs from ``cfg`` in a
-    field that changes the result raises BadInputError naming ``config.json`` and the field (another preset or
-    switches: remove the directory or choose another --out)."""
+    field that changes the result (another preset or switches) raises BadInputError naming its config.json and
+    the field."""
     from lavimo.model.checkpoint import read_checkpoint_metadata
     from lavimo.training.config import load_run_config
 
@@ -314,10 +289,9 @@ def run_state(run_dir: Path, cfg: Any) -> tuple[str, str]:
         want = cfg.flat()
         changed = [k for k in sorted(want) if saved.get(k) != want[k] and k not in CONTINUABLE_FIELDS]
         if changed:
-            k = changed[0]
-            raise BadInputError(saved_path, k, f"a run of another config (saved {saved.get(k)!r}, this row wants "
-                                f"{want[k]!r}{f'; +{len(changed) - 1} more field(s)' if len(changed) > 1 else ''}): "
-                                "remove the directory or choose another --out")
+            raise BadInputError(saved_path, changed[0], f"a run of another config (saved {saved.get(changed[0])!r}, "
+                                f"this row wants {want[changed[0]]!r}; {len(changed)} field(s) differ): remove "
+                                "the directory or choose another --out")
     if not (run_dir / "checkpoints" / "last.state.pt").is_file():
         return "fresh", ""
     try:
@@ -330,16 +304,16 @@ def run_state(run_dir: Path, cfg: Any) -> tuple[str, str]:
     return "resume", f"from epoch {epoch}/{cfg.train.epochs}, batch {batch}"
 
 
-# --------------------------------------------------------------------------------- running train.py / evaluate.py
+# -------------------------------------------------------------------------------- running train.py / evaluate.py
 
 
 def run_tool(script: Path, argv: list[str], log_path: Path, stop: StopSignals, in_process: bool = False,
              launcher: Sequence[str] | None = None) -> int:
-    """Run train.py / evaluate.py with ``argv``, output appended to ``log_path``; its exit status.
+    """Run train.py / evaluate.py, its output appended to ``log_path``; its exit status.
 
-    The stop signals only *record* (``stop``), so no signal can land between ``Popen`` starting the child and this
-    function holding it: the child is polled, and stopped (SIGTERM, SIGKILL after 30 s) once a signal was recorded;
-    then :class:`Interrupted` is raised. ``in_process``: ``module.main(argv)`` here (a crash counts as status 1)."""
+    The stop signals only *record* (``stop``), so none can land between ``Popen`` starting the child and this
+    function holding it: the child is polled and, once a signal was recorded, stopped (SIGTERM, SIGKILL after
+    30 s); then :class:`Interrupted` is raised. ``in_process``: ``module.main(argv)`` here (a crash is status 1)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [*(launcher or [sys.executable]), str(script), *argv]
     with open(log_path, "a", encoding="utf-8") as fh:
@@ -380,66 +354,57 @@ def _run_in_process(name: str, argv: list[str], fh) -> int:
     root.setLevel(logging.INFO)
     try:
         with contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-            try:
-                rc = module.main(list(argv))
-            except SystemExit as exc:
-                rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            except Exception:  # noqa: BLE001 - one row's crash must not stop the others
-                traceback.print_exc(file=fh)
-                rc = 1
+            rc = module.main(list(argv))
+    except SystemExit as exc:
+        rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception:  # noqa: BLE001 - one row's crash must not stop the others
+        traceback.print_exc(file=fh)
+        rc = 1
     finally:
-        root.handlers[:], root.level = saved[0], saved[1]
+        root.handlers[:], root.level = saved
     return int(rc or 0)
 
 
 def error_line(log_path: Path) -> str:
-    """The last line of the log's last command that looks like an error (else its last line)."""
+    """The last line of the log's last command that looks like an error (else its last line), and the log."""
     try:
         text = log_path.read_text(encoding="utf-8", errors="replace")[-65536:]
     except OSError:
-        return ""
+        text = ""
     lines = [ln.strip() for ln in text.rpartition("\n=== ")[2].splitlines()[1:] if ln.strip()]
     pick = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "")
-    return pick[:300]
+    return f"{pick[:300]} (log: {log_path})"
 
 
-def train_rows(selected: list[Row], res: dict[str, Resolved], out: Path, args, stop: StopSignals) -> list[str]:
-    """Train each selected row's run once (skip complete, resume unfinished); the names of the failed rows."""
-    runs = list(dict.fromkeys(res[r.name].run for r in selected))
-    states = {run: run_state(child_path(out, run), res[run].cfg) for run in runs}  # all refusals before any work
+def train_rows(selected: list[Row], res: dict[str, Resolved], args, stop: StopSignals) -> list[str]:
+    """Train each selected row's run once (complete: skipped, unfinished: resumed); a line per failed run."""
+    out, runs = Path(args.out), list(dict.fromkeys(res[r.name].run for r in selected))
+    states = {run: run_state(child_path(out, run), res[run].cfg) for run in runs}  # every refusal before any work
     launcher = shlex.split(args.launcher) if args.launcher else None
-    failed: dict[str, str] = {}
+    failed = []
     for i, run in enumerate(runs, 1):
-        rows = [r.name for r in selected if res[r.name].run == run]
-        head = f"[{i}/{len(runs)}] {run}" + (f" (also {', '.join(n for n in rows if n != run)})"
-                                               if rows != [run] else "")
-        state, detail = states[run]
-        run_dir = child_path(out, run)
+        also = [r.name for r in selected if res[r.name].run == run and r.name != run]
+        head = f"[{i}/{len(runs)}] {run}" + (f" (also {', '.join(also)})" if also else "")
+        (state, detail), run_dir = states[run], child_path(out, run)
         argv = [*res[run].argv, "--out", str(run_dir), *(["--resume"] if state == "resume" else [])]
         if state == "complete":
             print(f"{head}: skipped, complete ({detail})", flush=True)
-            continue
-        if args.dry_run:
-            print(f"{head}: would {'train' if state == 'fresh' else 'resume (' + detail + ')'}\n  "
+        elif args.dry_run:
+            print(f"{head}: would {'train' if state == 'fresh' else f'resume ({detail})'}\n  "
                   f"{shlex.join([*(launcher or [sys.executable]), str(TRAIN_PY), *argv])}", flush=True)
-            continue
-        print(f"{head}: {'training' if state == 'fresh' else 'resuming ' + detail} -> {run_dir}", flush=True)
-        t0, log_path = time.perf_counter(), child_path(out / "logs", f"{run}-train.log")
-        rc = run_tool(TRAIN_PY, argv, log_path, stop, args.in_process, launcher)
-        if rc == 0:
-            print(f"{head}: done in {time.perf_counter() - t0:.1f} s", flush=True)
         else:
-            failed.update({n: f"train.py exit {rc}: {error_line(log_path)} (log: {log_path})" for n in rows})
-            print(f"{head}: FAILED, exit {rc}: {error_line(log_path)} (log: {log_path})", flush=True)
-    return [f"{n}: {why}" for n, why in failed.items()]
-
-
-# ------------------------------------------------------------------------------------------------ evaluation
+            print(f"{head}: {'training' if state == 'fresh' else f'resuming {detail}'} -> {run_dir}", flush=True)
+            t0, log_path = time.perf_counter(), child_path(out / "logs", f"{run}-train.log")
+            rc = run_tool(TRAIN_PY, argv, log_path, stop, args.in_process, launcher)
+            print(f"{head}: " + (f"done in {time.perf_counter() - t0:.1f} s" if rc == 0 else
+                                 f"FAILED, exit {rc}: {error_line(log_path)}"), flush=True)
+            failed += [f"{run}: train.py exit {rc}"] if rc else []
+    return failed
 
 
 def evaluate_run(run_dir: Path, args, stop: StopSignals) -> dict[str, Any]:
-    """The threshold protocol's numbers of a run (``{"t2m": {"R@1": ...}, ...}``, ``n``, ``fusion``), evaluated
-    unless ``metrics.json`` is newer than the checkpoint; ``{"error": ...}`` when it cannot be had."""
+    """The threshold protocol's numbers of a run: ``tasks`` (``{"t2m": {"R@1": ...}}``), ``n``, ``fusion``;
+    evaluated unless its metrics.json is newer than the checkpoint. ``{"error": ...}`` when there are none."""
     from lavimo.evaluation.cli import resolve_checkpoint
 
     try:
@@ -448,8 +413,7 @@ def evaluate_run(run_dir: Path, args, stop: StopSignals) -> dict[str, Any]:
         return {"error": f"{run_dir}: no checkpoint (not trained)"}
     eval_dir = child_path(run_dir / "eval", f"table-{args.split}")
     metrics = eval_dir / "metrics.json"
-    fresh = metrics.is_file() and metrics.stat().st_mtime >= checkpoint.stat().st_mtime and not args.force
-    if not fresh:
+    if args.force or not metrics.is_file() or metrics.stat().st_mtime < checkpoint.stat().st_mtime:
         if args.dry_run:
             return {"error": "dry run"}
         argv = ["--run", str(run_dir), "--shards", args.shards, "--split", args.split, "--protocol", "threshold",
@@ -458,14 +422,14 @@ def evaluate_run(run_dir: Path, args, stop: StopSignals) -> dict[str, Any]:
         log_path = child_path(Path(args.out) / "logs", f"{run_dir.name}-eval-{args.split}.log")
         rc = run_tool(EVALUATE_PY, argv, log_path, stop, args.in_process)
         if rc != 0:
-            return {"error": f"evaluate.py exit {rc}: {error_line(log_path)} (log: {log_path})"}
+            return {"error": f"evaluate.py exit {rc}: {error_line(log_path)}"}
     try:
         proto = json.loads(metrics.read_text(encoding="utf-8"))["threshold"]
         info = json.loads((eval_dir / "eval_info.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return {"error": f"{metrics}: unreadable ({exc})"}
-    return {"tasks": {t: v for t, v in proto.items() if isinstance(v, dict)}, "n": proto.get("n", info.get("n")),
-            "fusion": info.get("fusion_weights") or {}}
+        return {"tasks": {t: v for t, v in proto.items() if isinstance(v, dict)}, "n": info.get("n"),
+                "fusion": info.get("fusion_weights") or None}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return {"error": f"{metrics}: unreadable ({' '.join(str(exc).split())[:120]})"}
 
 
 def column_value(result: dict[str, Any], column: str) -> float | None:
@@ -475,106 +439,85 @@ def column_value(result: dict[str, Any], column: str) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-# --------------------------------------------------------------------------------------------------- rendering
+# ---------------------------------------------------------------------------------------------------- the tables
 
 
 def table_json(tables: dict[str, Table], selected: list[Row], res: dict[str, Resolved], results: dict[str, dict],
-               fusion_paper: dict[str, float], source: str, facts: dict, args) -> dict[str, Any]:
-    """Everything the renderers print: per table and row ours, the paper's and the difference (ours - paper)."""
-    keep = {id(r) for r in selected}
+               paper_fusion: dict[str, float], source: str, facts: dict, args) -> dict[str, Any]:
+    """What the renderers print: per table and row ours, the paper's and the difference (ours - paper)."""
     out: dict[str, Any] = {"source": source, "split": args.split, "threshold": args.threshold, "shards": facts,
                            "tables": {}}
     for t in tables.values():
         rows = []
-        for r in (r for r in t.rows if id(r) in keep):
+        for r in (r for r in selected if r.table == t.name):
             result = results[res[r.name].run]
             ours = {c: column_value(result, c) for c in t.columns}
-            rows.append({"row": r.name, "label": r.label, "switches": r.switches, "parameter": r.parameter,
-                         "value": r.value, "run": res[r.name].run, "ours": ours, "paper": r.paper,
+            rows.append({"row": r.name, "label": r.label, "switches": r.switches, "value": r.value,
+                         "run": res[r.name].run, "ours": ours, "paper": r.paper, "n": result.get("n"),
                          "diff": {c: None if ours[c] is None else round(ours[c] - r.paper[c], 4) for c in t.columns},
-                         "n": result.get("n"), "error": result.get("error")})
+                         "error": result.get("error")})
         if rows:
             out["tables"][t.name] = {"caption": t.caption, "dataset": t.dataset, "parameter": t.parameter,
                                      "columns": t.columns, "rows": rows}
-    ours_fw = next((results[res[r.name].run].get("fusion") for r in selected if r.name == "ours"), None) or None
-    out["fusion_weights"] = {"paper": fusion_paper, "ours": ours_fw, "diff": None if not ours_fw else {
-        m: round(float(ours_fw[m]) - fusion_paper[m], 4) for m in MODALITY_WEIGHTS if m in ours_fw}}
+    fw = results.get(res["ours"].run, {}).get("fusion") if "ours" in res else None
+    out["fusion_weights"] = {"ours": fw, "paper": paper_fusion, "diff": fw and {
+        m: round(float(fw[m]) - paper_fusion[m], 4) for m in WEIGHTS if m in fw}}
     return out
 
 
-def _fmt(v: float | None, sign: bool = False) -> str:
-    return "n/a" if v is None else (f"{v:+.2f}" if sign else f"{v:.2f}")
-
-
-def _lines(t: dict) -> list[tuple[list[str], str, list[str]]]:
-    """(setting cells, which line, number cells) of a table: per row ours, paper, Δ."""
-    out = []
+def _grid(t: dict) -> list[list[str]]:
+    """A table's header and cells: the setting, then per row a line of ours, of the paper's and of Δ."""
+    metric = {c: c.split("_")[1] if c.endswith("MedR") else "R@" + c.split("_R")[1] for c in t["columns"]}
+    setting = ["Row", *(k.replace("_", " ") for k in SWITCHES)] if t["parameter"] is None else \
+        [SWEEPS[t["parameter"]][1]]
+    grid = [[*setting, "", *(f"{TASK_NAMES[c.split('_')[0]]} {metric[c]}" for c in t["columns"])]]
     for r in t["rows"]:
-        setting = [r["label"], *r["switches"].values()] if t["parameter"] is None else [r["label"]]
-        for kind, vals, sign in (("ours", r["ours"], False), ("paper", r["paper"], False), ("Δ", r["diff"], True)):
-            out.append((setting if kind == "ours" else [""] * len(setting), kind,
-                        [_fmt(vals[c], sign) for c in t["columns"]]))
-    return out
+        cells = [r["label"], *r["switches"].values()][:len(setting)]
+        for kind, vals, f in (("ours", r["ours"], "{:.2f}"), ("paper", r["paper"], "{:.2f}"), ("Δ", r["diff"], "{:+.2f}")):
+            grid.append([*(cells if kind == "ours" else [""] * len(cells)), kind,
+                         *("n/a" if vals[c] is None else f.format(vals[c]) for c in t["columns"])])
+    return grid
 
 
-def _header(t: dict) -> list[str]:
-    first = ["Row", "Modalities", "DistilBERT", "Neg. filtering", "Reconstruction"] if t["parameter"] is None \
-        else [SWEEPS[t["parameter"]][1]]
-    return first + [""] + [f"{TASK_NAMES[c.split('_')[0]]} {c.split('_')[1].replace('R', 'R@', 1) if c.split('_')[1] != 'MedR' else 'MedR'}"
-                           for c in t["columns"]]
+def _fusion_grid(fw: dict) -> list[list[str]]:
+    return [["", *WEIGHTS]] + [[kind, *("n/a" if not fw[kind] or m not in fw[kind] else f.format(fw[kind][m])
+                                        for m in WEIGHTS)]
+                               for kind, f in (("ours", "{:.4f}"), ("paper", "{:.4f}"), ("diff", "{:+.4f}"))]
 
 
 def _protocol(data: dict, t: dict) -> str:
-    ns = sorted({r["n"] for r in t["rows"] if r["n"] is not None})
-    f = data["shards"]
-    return (f"Paper: {t['dataset']}. Ours: {f.get('dataset') or 'unknown dataset'} shards (feature_dim "
-            f"{f.get('feature_dim')}, {f.get('fps')} fps), split {data['split']}"
-            f"{', N = ' + '/'.join(map(str, ns)) if ns else ''}; TMR's \"all with threshold\" protocol "
-            f"(threshold {data['threshold']:g}); R@k in %, MedR = median rank; Δ = ours − paper.")
+    ns, f = sorted({r["n"] for r in t["rows"] if r["n"] is not None}), data["shards"]
+    return (f"Paper: {t['dataset']}. Ours: {f['dataset'] or 'unknown'} shards (feature_dim {f['feature_dim']}, "
+            f"{f['fps']} fps), split {data['split']}{', N = ' + '/'.join(map(str, ns)) if ns else ''}. TMR's "
+            f"\"all with threshold\" protocol ({data['threshold']:g}); R@k in %, MedR = median rank; Δ = ours − paper.")
 
 
-def render_markdown(data: dict) -> str:
-    lines: list[str] = []
-    for t in data["tables"].values():
-        head = _header(t)
-        lines += [f"### {t['caption']}", "", _protocol(data, t), "", "| " + " | ".join(head) + " |",
-                  "|" + "---|" * (len(head) - len(t["columns"])) + "---:|" * len(t["columns"])]
-        lines += ["| " + " | ".join([*s, k, *v]) + " |" for s, k, v in _lines(t)]
-        lines += [f"- `n/a` {r['row']}: {r['error']}" for r in t["rows"] if r["error"]] + [""]
-    fw = data["fusion_weights"]
-    lines += ["### Fusion attention weights (Ours, mean over the split)", "", "| | text | video | motion |",
-              "|---|---:|---:|---:|"]
-    for kind, vals, sign in (("ours", fw["ours"], False), ("paper", fw["paper"], False), ("Δ", fw["diff"], True)):
-        lines.append(f"| {kind} | " + " | ".join(
-            f"{vals[m]:+.4f}" if sign and vals and m in vals else f"{vals[m]:.4f}" if vals and m in vals else "n/a"
-            for m in MODALITY_WEIGHTS) + " |")
-    return "\n".join(lines + ["", f"Paper: {data['source']}", ""])
-
-
-def _tex(text: str) -> str:
-    repl = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "→": r"$\rightarrow$", "−": "-", "Δ": r"$\Delta$",
-            "λ": r"$\lambda$", "ε": r"$\epsilon$"}
-    return "".join(repl.get(c, c) for c in str(text))
-
-
-def render_latex(data: dict) -> str:
-    out: list[str] = []
-    for t in data["tables"].values():
-        head = _header(t)
-        out += [f"% {_tex(t['caption'])}", f"% {_tex(_protocol(data, t))}",
-                r"\begin{tabular}{" + "l" * (len(head) - len(t["columns"])) + "r" * len(t["columns"]) + "}",
-                r"\hline", " & ".join(_tex(h) for h in head) + r" \\", r"\hline"]
-        out += [" & ".join(_tex(c) for c in [*s, k, *v]) + r" \\" for s, k, v in _lines(t)]
-        out += [r"\hline", r"\end{tabular}", ""]
-    fw = data["fusion_weights"]
-    out += ["% fusion attention weights (text, video, motion)"] + [
-        f"% {kind}: " + ", ".join(f"{vals[m]:.4f}" if vals and m in vals else "n/a" for m in MODALITY_WEIGHTS)
-        for kind, vals in (("ours", fw["ours"]), ("paper", fw["paper"]))]
-    return "\n".join(out) + "\n"
+def render(data: dict, latex: bool = False) -> str:
+    """The tables in the paper's layout as Markdown, or (``latex``) as LaTeX tabulars with the notes as comments."""
+    tex = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "→": r"$\rightarrow$", "−": "-", "Δ": r"$\Delta$",
+           "λ": r"$\lambda$", "ε": r"$\epsilon$"}
+    esc = (lambda s: "".join(tex.get(c, c) for c in str(s))) if latex else (lambda s: str(s).replace("|", "\\|"))
+    blocks = [(t["caption"], _protocol(data, t), _grid(t), len(t["columns"]),
+               [f"n/a {r['row']}: {r['error']}" for r in t["rows"] if r["error"]]) for t in data["tables"].values()]
+    blocks.append(("Fusion attention weights of the Ours run (mean over the split)", "",
+                   _fusion_grid(data["fusion_weights"]), len(WEIGHTS), []))
+    out = []
+    for title, note, grid, n_numbers, errors in blocks:
+        n_text = len(grid[0]) - n_numbers
+        if latex:
+            out += [f"% {esc(title)}", *([f"% {esc(note)}"] if note else []), r"\begin{tabular}{" + "l" * n_text
+                    + "r" * (len(grid[0]) - n_text) + "}", r"\hline", " & ".join(map(esc, grid[0])) + r" \\",
+                    r"\hline", *(" & ".join(map(esc, g)) + r" \\" for g in grid[1:]), r"\hline", r"\end{tabular}",
+                    *(f"% {esc(e)}" for e in errors), ""]
+        else:
+            out += [f"### {title}", "", *([note, ""] if note else []), "| " + " | ".join(map(esc, grid[0])) + " |",
+                    "|" + "---|" * n_text + "---:|" * (len(grid[0]) - n_text),
+                    *("| " + " | ".join(map(esc, g)) + " |" for g in grid[1:]), *(f"- {esc(e)}" for e in errors), ""]
+    return "\n".join(out + [("% " if latex else "") + f"Paper: {data['source']}", ""])
 
 
 def render_png(data: dict, path: Path) -> None:
-    """Grouped bars of R@1 (each table's first column) per row, ours beside the paper's; one panel per table."""
+    """Grouped bars of each table's first column (T→M R@1) per row, ours beside the paper's; a panel per table."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -589,34 +532,32 @@ def render_png(data: dict, path: Path) -> None:
         ax.bar(x + 0.2, [r["paper"][col] for r in t["rows"]], 0.4, label="paper")
         ax.set_xticks(x, [r["label"] for r in t["rows"]], rotation=45, fontsize=8)
         ax.set_title(t["caption"].split(".")[0] + (f" ({SWEEPS[t['parameter']][1]})" if t["parameter"] else ""))
-        ax.set_ylabel(_header(t)[-len(t["columns"])] + " (%)")
+        ax.set_ylabel(_grid(t)[0][-len(t["columns"])] + " (%)")
     axes[0][0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def write_tables(selected: list[Row], res: dict[str, Resolved], tables, fusion_paper, source, facts, args,
-                 stop: StopSignals) -> int:
+def write_tables(selected: list[Row], res: dict[str, Resolved], loaded, facts: dict, args, stop) -> int:
+    """Evaluate every selected row's run, print the Markdown tables, write OUT/tables/; 1 if a row has no result."""
     runs = list(dict.fromkeys(res[r.name].run for r in selected))
     results: dict[str, dict] = {}
     for i, run in enumerate(runs, 1):
         results[run] = evaluate_run(child_path(Path(args.out), run), args, stop)
-        err = results[run].get("error")
-        print(f"[{i}/{len(runs)}] {run}: " + (f"FAILED: {err}" if err else "evaluated"), file=sys.stderr, flush=True)
+        print(f"[{i}/{len(runs)}] {run}: " + (f"FAILED: {results[run]['error']}" if "error" in results[run] else
+                                              "evaluated"), file=sys.stderr, flush=True)
     if args.dry_run:
         return EXIT_OK
-    data = table_json(tables, selected, res, results, fusion_paper, source, facts, args)
-    md = render_markdown(data)
-    out = Path(args.out) / "tables"
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "paper_tables.md", md)
-    write_text(out / "paper_tables.tex", render_latex(data))
-    write_json(out / "paper_tables.json", data)
-    render_png(data, out / "paper_tables.png")
-    print(md, end="", flush=True)
-    print(f"tables written to {out}/paper_tables.{{md,tex,json,png}}", file=sys.stderr)
-    return EXIT_FAILED if any(r.get("error") for r in results.values()) else EXIT_OK
+    data, out = table_json(loaded[0], selected, res, results, loaded[1], loaded[2], facts, args), Path(args.out)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    write_text(out / "tables" / "paper_tables.md", render(data))
+    write_text(out / "tables" / "paper_tables.tex", render(data, latex=True))
+    write_json(out / "tables" / "paper_tables.json", data)
+    render_png(data, out / "tables" / "paper_tables.png")
+    print(render(data), end="", flush=True)
+    print(f"tables written to {out / 'tables'}/paper_tables.{{md,tex,json,png}}", file=sys.stderr)
+    return EXIT_FAILED if any("error" in r for r in results.values()) else EXIT_OK
 
 
 # ------------------------------------------------------------------------------------------------- command line
@@ -648,20 +589,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, passthrough: list[str], stop: StopSignals) -> int:
-    from lavimo.core.keyids import check_keyid
-
-    tables, fusion_paper, source = load_tables(args.data)
-    selected = select_rows(tables, args.tables, args.rows)
+    loaded = load_tables(args.data)
+    selected = select_rows(loaded[0], args.tables, args.rows)
     check_keyid(args.split, None, "--split")
     if args.launcher is not None and (args.in_process or not shlex.split(args.launcher)):
         raise SetupError("--launcher: give a command (e.g. 'torchrun --nproc_per_node=4'), without --in-process")
-    facts = shard_facts(Path(args.shards), [tables[t] for t in dict.fromkeys(r.table for r in selected)])
-    args.threshold = tables[selected[0].table].threshold
+    facts = shard_facts(Path(args.shards), [loaded[0][t] for t in dict.fromkeys(r.table for r in selected)])
+    args.threshold = loaded[0][selected[0].table].threshold
     common = [*(["--set", f"feature_dim={facts['feature_dim']}"] if facts["feature_dim"] else []),
               *(["--epochs", str(args.epochs)] if args.epochs is not None else []),
               *[f for s in args.set for f in ("--set", s)], *(["--random-init"] if args.random_init else []),
               *(["--device", args.device] if args.device else []), *passthrough]
-    res = resolve_rows(tables, args.shards, args.preset, common)
+    res = resolve_rows(loaded[0], args.shards, args.preset, common)
     failed: list[str] = []
     if args.mode in ("all", "train"):
         from lavimo.model.weights import missing_pretrained
@@ -669,13 +608,11 @@ def run(args: argparse.Namespace, passthrough: list[str], stop: StopSignals) -> 
         missing = sorted({m for r in selected for m in missing_pretrained(res[res[r.name].run].cfg.model)})
         if missing and not args.dry_run:
             raise SetupError(f"missing pretrained weights (or pass --random-init): {'; '.join(missing)}")
-        failed = train_rows(selected, res, Path(args.out), args, stop)
+        failed = train_rows(selected, res, args, stop)
         if args.dry_run:
             print(f"dry run: {len(selected)} row(s), nothing was run", flush=True)
             return EXIT_OK
-    rc = EXIT_OK
-    if args.mode in ("all", "table"):
-        rc = write_tables(selected, res, tables, fusion_paper, source, facts, args, stop)
+    rc = write_tables(selected, res, loaded, facts, args, stop) if args.mode in ("all", "table") else EXIT_OK
     for line in failed:
         print(f"FAILED {line}", file=sys.stderr)
     return EXIT_FAILED if failed else rc
@@ -683,17 +620,15 @@ def run(args: argparse.Namespace, passthrough: list[str], stop: StopSignals) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    passthrough: list[str] = []
-    if "--" in argv:
-        argv, passthrough = argv[:argv.index("--")], argv[argv.index("--") + 1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(argv[:cut])
     except SystemExit as exc:
         return int(exc.code) if isinstance(exc.code, int) else EXIT_SETUP
     stop = StopSignals(prog=PROG, on_first="stopping the running child")
     try:
         with stop.installed():
-            return run(args, passthrough, stop)
+            return run(args, argv[cut + 1:], stop)
     except (SetupError, BadInputError) as exc:
         return print_error(PROG, exc, EXIT_SETUP)
     except OSError as exc:

@@ -1,18 +1,19 @@
-"""scripts/paper_ablations.py: the paper's ablation rows as train.py commands, and their retrieval table.
+"""scripts/paper_ablations.py: the paper's Tables 2-6 as data, rows -> train.py flags, and the tables of a toy run.
 
-Fast tests: --dry-run prints the exact train.py command of every Table 2 row and writes nothing; usage errors
-(unknown row or table, a crafted rows file, flags that would move a run) exit 2 with one line naming the file and
-field, and write nothing. The slow test trains every Table 2 row on tiny synthetic shards, prints the table, and
-covers skip / resume / conflicting runs / a failing row (exit 1) / the subprocess path.
+Fast: the row -> flags mapping of all seven Table 2 rows against the data file (and the configs they resolve to),
+the sweeps' values and columns, the shipped figures against ``../shared`` (skipped without it), bad input (exit 2,
+one line naming the file and field, nothing written). The toy run trains every row of Tables 2-6 on tiny synthetic
+shards in process, prints the tables with the paper's numbers, marks a failing row (exit 1) and resumes. Slow: a
+SIGTERM stops the running train.py child.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
-import re
-import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +25,10 @@ from tests.fixtures.tiny_shards import cached_tiny_shards
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "paper_ablations.py"
-DATA = REPO / "model" / "presets" / "ablations" / "paper_tables.json"
-TABLE2 = ("row1", "row2", "row3", "row4", "row5", "row6", "ours")
+DATA = REPO / "evaluation" / "paper" / "lavimo_tables.json"
+SHARED = REPO.parent / "shared" / "paper" / "lavimo_tables.json"
+TABLE2 = ("tmr", "row2", "row3", "row4", "row5", "row6", "ours")
+TINY_SHARDS = dict(n_train=32, n_val=8, n_test=34, n_classes=4, samples_per_shard=16, size=32, frames=(42, 46))
 
 
 def _load_script():
@@ -45,283 +48,254 @@ def _main(argv, capsys):
     return rc, cap.out, cap.err
 
 
-def _cli(argv, timeout=120):
-    """The script as a user runs it (its own process)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, argv)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
 @pytest.fixture
 def fake_shards(tmp_path):
-    """A directory that passes the script's own checks (manifests present); nothing reads it in these tests."""
+    """A directory that passes the runner's shard checks (manifests, no samples); nothing trains on it."""
     d = tmp_path / "shards"
     d.mkdir()
     for split in ("train", "val", "test"):
-        (d / f"{split}.json").write_text("{}")
+        (d / f"{split}.json").write_text('{"shards": []}')
     return d
 
 
 def _files(root: Path) -> set[Path]:
-    return {p for p in root.rglob("*")} if root.exists() else set()
+    return set(root.rglob("*")) if root.exists() else set()
 
 
-# ----------------------------------------------------------------------------------------------------------
-# the rows file
+# ----------------------------------------------------------------------------------------------- the data file
 
 
-def test_rows_file_has_every_table2_row_and_no_paper_number():
-    tables = pa.load_data(DATA)
-    assert [r.name for r in tables["table2"].rows] == list(TABLE2)
-    rows = {r.name: r for r in tables["table2"].rows}
-    assert rows["row1"].flags == ["--modalities", "tm", "--negative-filtering", "tmr"]
-    assert rows["row5"].flags == ["--recon-weight", "0"] and not rows["row5"].mapping_is_ours
-    assert rows["row6"].flags == ["--no-fusion"] and not rows["row6"].mapping_is_ours
-    assert rows["ours"].flags == []
-    assert all(rows[r].mapping_is_ours for r in ("row2", "row3", "row4"))  # our guess, marked as such
-    assert {"threshold", "recon_weight", "frames", "freezing"} <= set(tables)
+def test_table2_rows_map_to_the_papers_switches(fake_shards):
     raw = json.loads(DATA.read_text())
-    for t in raw["tables"].values():
-        for r in t["rows"]:  # nothing invented: every paper value is null until a user fills it in
-            assert "arXiv 2403.00691" in r["paper"]["source"]
-            assert all(v is None for d in ("t2m", "m2t") for v in r["paper"][d].values())
-    assert "ablations" not in __import__("model").list_presets()  # not mistaken for a model preset
+    tables, fusion, source = pa.load_tables(DATA)
+    rows = tables["table2"].rows
+    assert [r.name for r in rows] == list(TABLE2) and "arXiv 2403.00691" in source
+    for row, r in zip(rows, raw["table2"]["rows"]):  # the switches are the data file's, the numbers the paper's
+        assert row.switches == {k: r[k] for k in ("modalities", "distilbert", "negative_filtering", "reconstruction")}
+        assert row.paper == r["metrics"]
+    flags = {r.name: pa.switch_flags(r) for r in rows}
+    assert flags["tmr"] == ["--modalities", "tm", "--freeze-text", "--negative-filtering", "tmr", "--no-fusion"]
+    assert flags["row2"] == ["--modalities", "tmv", "--freeze-text", "--negative-filtering", "tmr",
+                             "--set", "fusion=true"]
+    assert flags["row5"][-2:] == ["--recon-weight", "0"] and flags["row4"][5] == "soft"
+    # what train.py makes of them (the config each row trains with)
+    res = pa.resolve_rows(tables, str(fake_shards), "tiny", [])
+    cfg = {name: res[name].cfg.model for name in TABLE2}
+    want = {  # modalities, frozen text, filtering, reconstruction weight > 0, fusion
+        "tmr": ("tm", True, "tmr", True, False), "row2": ("tmv", True, "tmr", True, True),
+        "row3": ("tmv", False, "tmr", True, True), "row4": ("tmv", False, "soft", True, True),
+        "row5": ("tmv", False, "lavimo", False, True), "row6": ("tmv", False, "lavimo", True, False),
+        "ours": ("tmv", False, "lavimo", True, True)}
+    for name, (mod, frozen, filt, recon, fuse) in want.items():
+        c = cfg[name]
+        assert (c.modalities, c.freeze_text, c.negative_filtering, c.recon_weight > 0, c.fusion) == \
+            (mod, frozen, filt, recon, fuse), name
+    assert fusion == {"text": 0.1147, "video": 0.217, "motion": 0.6684}
 
 
-# ----------------------------------------------------------------------------------------------------------
-# dry run and usage errors (fast)
+def test_sweeps_have_the_papers_values_and_columns(fake_shards):
+    tables, _, _ = pa.load_tables(DATA)
+    values = {t: [r.value for r in tables[t].rows] for t in ("table3", "table4", "table5", "table6")}
+    assert values == {"table3": [0.001, 0.01, 0.1, 1.0], "table4": [0.7, 0.75, 0.8, 0.85, 0.9],
+                      "table5": [16, 32, 64, 128], "table6": [128, 256, 512, 1024]}
+    for t in values:
+        assert tables[t].columns == [f"{task}_{m}" for task in ("t2m", "v2m") for m in ("R1", "R2", "R3", "MedR")]
+    assert tables["table2"].columns == [f"{task}_{m}" for task in ("t2m", "m2t") for m in ("R1", "R5", "R10", "MedR")]
+    res = pa.resolve_rows(tables, str(fake_shards), "paper", ["--random-init"])
+    # under the paper preset each sweep's default value is the Ours run (shared), every other value a run of its own
+    shared = sorted(r for r, v in res.items() if v.run == "ours" and r != "ours")
+    assert shared == ["batch_size-64", "latent_dim-512", "negative_threshold-0p8", "recon_weight-0p1"]
+    assert res["recon_weight-0p001"].cfg.model.recon_weight == 0.001
+    assert res["negative_threshold-0p7"].cfg.model.threshold == 0.7
+    assert res["batch_size-16"].cfg.train.batch_size == 16 and res["latent_dim-1024"].cfg.model.latent_dim == 1024
 
 
-def test_dry_run_prints_exact_train_commands(fake_shards, tmp_path, capsys):
+@pytest.mark.skipif(not SHARED.is_file(), reason="../shared/paper/lavimo_tables.json is not here (a user's clone)")
+def test_shipped_figures_are_the_published_ones():
+    shipped, published = json.loads(DATA.read_text()), json.loads(SHARED.read_text())
+    for t in ("table3", "table4", "table5", "table6"):
+        assert shipped[t].pop("sweep_base") == "Ours"
+    shipped["notes"] = shipped["notes"][:len(published["notes"])]
+    assert shipped == published
+
+
+def test_dry_run_prints_the_train_commands_and_writes_nothing(fake_shards, tmp_path, capsys):
     out = tmp_path / "runs"
-    rc, stdout, err = _main(["train", "--shards", fake_shards, "--out", out, "--preset", "tiny", "--epochs", "1",
-                             "--set", "epoch_batches=2", "--random-init", "--dry-run"], capsys)
+    rc, stdout, err = _main(["train", "--shards", fake_shards, "--out", out, "--preset", "tiny", "--tables",
+                             "table2,table4", "--random-init", "--dry-run"], capsys)
     assert rc == 0, err
-    flags = {r.name: r.flags for r in pa.load_data(DATA)["table2"].rows}
-    lines = stdout.splitlines()
-    for i, name in enumerate(TABLE2, 1):
-        assert any(ln.startswith(f"[{i}/7] {name}: would train") for ln in lines), stdout
-        cmd = [sys.executable, str(REPO / "train.py"), "--shards", str(fake_shards), "--preset", "tiny",
-               *flags[name], "--epochs", "1", "--set", "epoch_batches=2", "--random-init", "--no-progress",
-               "--out", str(out / name)]
-        assert f"  {shlex.join(cmd)}" in lines, (name, stdout)
-    assert "dry run: 7 row(s), nothing was run" in stdout
-    assert not out.exists()  # a dry run writes nothing
-
-    rc, stdout, err = _main(["train", "--shards", fake_shards, "--out", out, "--preset", "tiny", "--rows", "row6",
-                             "--random-init", "--launcher", "torchrun --nproc_per_node=2", "--dry-run"], capsys)
-    assert rc == 0, err
-    assert f"  torchrun --nproc_per_node=2 {REPO / 'train.py'} --shards {fake_shards} --preset tiny --no-fusion " \
-           f"--random-init --no-progress --out {out / 'row6'}" in stdout.splitlines(), stdout
-
-
-def test_dry_run_shares_runs_of_identical_configs(fake_shards, tmp_path, capsys):
-    rc, stdout, err = _main(["train", "--shards", fake_shards, "--out", tmp_path / "r", "--preset", "tiny",
-                             "--rows", "eps080,eps070", "--random-init", "--dry-run"], capsys)
-    assert rc == 0, err
-    assert "eps070: would train" in stdout
-    # epsilon 0.8 is the tiny preset's own value: that row is the "ours" run, trained once under that name
-    assert re.search(r"eps080: would train \(same config as ours: shares its run\) -> \S*/r/ours", stdout)
-    assert str(tmp_path / "r" / "eps080") not in stdout
-
-
-def test_bad_row_name_exits_2(fake_shards, tmp_path):
-    out = tmp_path / "runs"
-    p = _cli(["train", "--shards", fake_shards, "--out", out, "--rows", "ours,row9", "--dry-run"])
-    assert p.returncode == 2, p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
-    assert "--rows: unknown row row9" in lines[0] and "row1, row2" in lines[0] and str(DATA) in lines[0]
+    assert "[1/11] tmr: would train\n" in stdout and "ours (also negative_threshold-0p8): would train" in stdout
+    assert (f"--preset tiny --modalities tm --freeze-text --negative-filtering tmr --no-fusion --random-init "
+            f"--no-progress --out {out / 'tmr'}\n") in stdout
+    assert "--threshold 0.7 --random-init --no-progress" in stdout and "dry run: 12 row(s)" in stdout
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------- bad input
+
+
+def _edited(tmp_path: Path, edit) -> Path:
+    data = copy.deepcopy(json.loads(DATA.read_text()))
+    edit(data)
+    path = tmp_path / "tables.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("edit, field, needle", [
+    (lambda d: d["table2"]["rows"][0].update(video_backbone="clip"), "table2.rows[0].video_backbone",
+     "unknown switch"),
+    (lambda d: d["table2"]["rows"][1].update(negative_filtering="hard"), "table2.rows[1].negative_filtering",
+     "unknown switch value 'hard'"),
+    (lambda d: d["table4"]["rows"][2]["metrics"].pop("v2m_R3"), "table4.rows[2].metrics.v2m_R3",
+     "missing paper number"),
+    (lambda d: d["table2"]["rows"][6]["metrics"].update(t2m_R1=None), "table2.rows[6].metrics.t2m_R1",
+     "expected the paper's number"),
+    (lambda d: d["fusion_attention_weights"].pop("video"), "fusion_attention_weights.video", "the paper's number"),
+    (lambda d: d["table5"].update(parameter="dropout"), "table5.parameter", "unknown sweep parameter"),
+])
+def test_bad_data_file_exits_2_naming_file_and_field(edit, field, needle, fake_shards, tmp_path, capsys):
+    data = _edited(tmp_path, edit)
+    before = _files(tmp_path)
+    rc, stdout, err = _main(["--shards", fake_shards, "--out", tmp_path / "runs", "--data", data, "--preset",
+                             "tiny"], capsys)
+    assert rc == 2, err
+    assert f"{data}: {field}: " in err and needle in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert _files(tmp_path) == before
+
+
+def test_run_directory_of_another_preset_exits_2(fake_shards, tmp_path, capsys):
+    from lavimo.training.config import load_run_config
+
+    out = tmp_path / "runs"
+    (out / "tmr").mkdir(parents=True)
+    (out / "tmr" / "config.json").write_text(json.dumps(load_run_config("demo").to_dict()))
+    before = _files(tmp_path)
+    rc, stdout, err = _main(["train", "--shards", fake_shards, "--out", out, "--preset", "tiny", "--rows",
+                             "tmr,ours", "--random-init"], capsys)
+    assert rc == 2 and stdout == "", stdout + err
+    assert f"{out / 'tmr' / 'config.json'}: " in err and "a run of another config" in err, err
+    assert len(err.strip().splitlines()) == 1 and _files(tmp_path) == before
+
+
+def test_shards_of_another_dataset_exit_2(tmp_path, capsys):
+    from lavimo.dataset.shards.format import write_tar
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_tar(shards / "train-000000.tar", [{"__key__": "000000", "meta.json": b'{"dataset": "humanml3d"}'}])
+    for split in ("train", "val"):
+        (shards / f"{split}.json").write_text(json.dumps({"feature_dim": 263, "shards": [
+            {"name": "train-000000.tar"}]}))
+    rc, stdout, err = _main(["--shards", shards, "--out", tmp_path / "runs", "--preset", "tiny", "--tables",
+                             "table3"], capsys)
+    assert rc == 2, err
+    assert f"{shards / 'train.json'}: dataset: the shards hold humanml3d but table3 is on KIT-ML" in err, err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_usage_errors_exit_2_with_one_line(fake_shards, tmp_path, capsys):
     out = tmp_path / "runs"
     cases = [
-        (["train", "--shards", fake_shards, "--out", out, "--table", "table9"], "--table: unknown table table9"),
-        (["train", "--shards", tmp_path / "nope", "--out", out], "train.json: not found"),
-        (["train", "--shards", fake_shards, "--out", out, "--preset", "nosuch"], "--preset"),
-        (["train", "--shards", fake_shards, "--out", out, "--", "--resume"], "--resume may not be given"),
-        (["train", "--shards", fake_shards, "--out", out, "--", "--no-such-flag"], "unrecognized arguments"),
-        (["train", "--shards", fake_shards, "--out", out, "--preset", "paper", "--rows", "ours", "--set",
-          f"text_model={tmp_path / 'no-such-model'}"], "missing pretrained weights"),
-        (["train", "--shards", fake_shards, "--out", out, "--launcher", "torchrun", "--in-process"], "--launcher"),
-        (["table", "--shards", fake_shards, "--runs", out], "--runs directory not found"),
-        (["table", "--shards", fake_shards, "--runs", tmp_path, "--split", "../test"], "--split"),
+        (["--tables", "table9"], "--tables: unknown table table9"),
+        (["--rows", "ours,row9"], "--rows: unknown row row9"),
+        (["--split", "../test"], "--split"),
+        (["--launcher", "torchrun", "--in-process"], "--launcher"),
+        (["--preset", "nosuch"], "--preset"),
+        (["--", "--out", "elsewhere"], "--out may not be given"),
+        (["--", "--no-such-flag"], "unrecognized arguments"),
+        (["--preset", "paper", "--rows", "ours", "--set", f"text_model={tmp_path / 'nope'}"],
+         "missing pretrained weights"),
     ]
-    for argv, needle in cases:
+    for extra, needle in cases:
+        argv = ["--shards", fake_shards, "--out", out, *extra]
+        if "--preset" not in extra:
+            argv[4:4] = ["--preset", "tiny"]
         rc, stdout, err = _main(argv, capsys)
-        assert rc == 2, (argv, err)
-        assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (argv, err)
+        assert rc == 2, (extra, err)
+        assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (extra, err)
+    rc, _, err = _main(["--shards", tmp_path / "nope", "--out", out], capsys)
+    assert rc == 2 and "train.json: not found" in err
     assert not out.exists()
 
 
-def _crafted_rows(tmp_path: Path, rows: list) -> Path:
-    path = tmp_path / "rows.json"
-    path.write_text(json.dumps({"tables": {"table2": {"rows": rows}}}))
-    return path
+# ------------------------------------------------------------------------------------------------- the toy run
 
 
-@pytest.mark.parametrize("row, field, needle", [
-    ({"name": "../../escape", "flags": []}, "tables.table2.rows[0].name", "not a valid keyid"),
-    ({"name": "logs", "flags": []}, "tables.table2.rows[0].name", "reserved"),
-    ({"name": "x", "flags": "--no-fusion"}, "tables.table2.rows[0].flags", "list of train.py arguments"),
-    ({"name": "x", "flags": [], "paper": {"t2m": {"R@1": "12"}}}, "tables.table2.rows[0].paper.t2m.R@1",
-     "number or null"),
-    ({"name": "x", "flags": [], "paper": {"t2m": {"R@11": 1}}}, "tables.table2.rows[0].paper.t2m", "unknown"),
-    ({"name": "x", "flag": []}, "tables.table2.rows[0]", "unknown keys ['flag']"),
-    ({"name": "x", "flags": ["--out", "/tmp/elsewhere"]}, "tables.table2.rows[0].flags", "--out may not be given"),
-    ({"name": "x", "flags": ["--ou", "elsewhere"]}, "tables.table2.rows[0].flags", "--out may not be given"),
-    ({"name": "x", "flags": ["--shards", "/elsewhere"]}, "tables.table2.rows[0].flags", "--shards may not"),
-    ({"name": "x", "flags": ["--set", "no_such_field=1"]}, "tables.table2.rows[0].flags", "no_such_field"),
-])
-def test_crafted_rows_file_exits_2_naming_file_and_field(row, field, needle, fake_shards, tmp_path, capsys):
-    data = _crafted_rows(tmp_path, [row])
-    out = tmp_path / "runs"
-    before = _files(tmp_path)
-    rc, stdout, err = _main(["train", "--shards", fake_shards, "--out", out, "--data", data, "--preset", "tiny"],
-                            capsys)
-    assert rc == 2, err
-    assert str(data) in err and field in err and needle in err, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert _files(tmp_path) == before  # nothing written, inside or outside --out
-    assert not (tmp_path.parent / "escape").exists()
+def _table_lines(stdout: str, caption_start: str) -> list[str]:
+    lines = stdout.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith(f"### {caption_start}"))
+    body = lines[start + 1:]
+    return body[:next(i for i, ln in enumerate(body) if ln.startswith("### "))]
 
 
-def test_unreadable_rows_file_exits_2(fake_shards, tmp_path, capsys):
-    bad = tmp_path / "rows.json"
-    bad.write_bytes(b"{not json")
-    rc, _, err = _main(["train", "--shards", fake_shards, "--data", bad, "--out", tmp_path / "r"], capsys)
-    assert rc == 2 and str(bad) in err and "json" in err, err
-    rc, _, err = _main(["train", "--shards", fake_shards, "--data", tmp_path / "missing.json"], capsys)
-    assert rc == 2 and "missing.json" in err and "not found" in err, err
-
-
-def test_filled_in_paper_numbers_are_printed():
-    tables = pa.load_data(DATA)
-    row = tables["table2"].rows[-1]
-    row.paper["t2m"]["R@1"] = 12.5
-    res = {r.name: pa.Result({d: {m: 1.0 for m in pa.METRICS} for d in pa.DIRECTIONS}, 34)
-           for r in tables["table2"].rows}
-    names = {r.name: r.name for r in tables["table2"].rows}
-    md = pa.render_markdown(tables, tables["table2"].rows, res, names, data_path=DATA, split="test", threshold=0.8)
-    paper_lines = [ln for ln in md.splitlines() if ln.startswith("| | | paper |")]
-    assert paper_lines[-1].split("|")[4].strip() == "12.50" and "—" in paper_lines[-1]
-    tex = pa.render_latex(tables, tables["table2"].rows, res, names, data_path=DATA, split="test", threshold=0.8)
-    assert "\\begin{tabular}" in tex and " & & paper & 12.50 & --- &" in tex and "\\end{tabular}" in tex
-
-
-def test_crafted_run_record_stays_inside_runs(tmp_path, fake_shards, capsys):
-    runs = tmp_path / "runs"
-    (runs / "rows").mkdir(parents=True)
-    (runs / "rows" / "ours.json").write_text(json.dumps({"run": "../../outside"}))
-    before = _files(tmp_path)
-    rc, stdout, err = _main(["table", "--shards", fake_shards, "--runs", runs, "--rows", "ours"], capsys)
-    assert rc == 1, err
-    assert str(runs / "rows" / "ours.json") in err and "run" in err and "not a valid keyid" in err
-    assert "| ours | " in stdout and "n/a" in stdout
-    assert _files(tmp_path) == before
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the whole path on tiny synthetic shards (slow)
-
-
-TINY_SHARDS = dict(n_train=32, n_val=8, n_test=34, n_classes=4, samples_per_shard=16, size=32, frames=(42, 46))
-
-
-@pytest.mark.slow
-def test_train_every_table2_row_then_print_the_table(request, tmp_path, capsys):
+def test_toy_run_prints_tables_2_to_6_beside_the_paper_and_resumes(request, tmp_path, capsys):
     import torch
 
     torch.set_num_threads(1)
-    shards = cached_tiny_shards(request, "ablation", **TINY_SHARDS)  # 41-45 feature rows: >= the min segment
+    shards = cached_tiny_shards(request, "ablation", **TINY_SHARDS)
     out = tmp_path / "ablations"
-    base = ["--shards", shards, "--out", out, "--preset", "tiny", "--epochs", "1", "--set", "epoch_batches=2",
-            "--random-init", "--device", "cpu", "--in-process"]
-    rc, stdout, err = _main(["train", *base, "--", "--threads", "1"], capsys)
+    bad = out / "row2" / "checkpoints"  # a row that fails: its run directory holds a broken checkpoint
+    bad.mkdir(parents=True)
+    (bad / "last.state.pt").write_bytes(b"junk")
+    (bad / "last.safetensors").write_bytes(b"junk")
+    argv = ["--shards", shards, "--out", out, "--preset", "tiny", "--epochs", "1", "--set", "epoch_batches=1",
+            "--random-init", "--device", "cpu", "--in-process", "--", "--threads", "1"]
+    rc, stdout, err = _main(argv, capsys)
+    assert rc == 1, stdout + err
+    assert "row2: FAILED, exit" in stdout and "[7/22] ours (also recon_weight-0p1, negative_threshold-0p8): done" \
+        in stdout, stdout
+    t2 = _table_lines(stdout, "Table 2.")
+    assert t2[3] == ("| Row | modalities | distilbert | negative filtering | reconstruction |  | T→M R@1 | T→M R@5 | "
+                     "T→M R@10 | T→M MedR | M→T R@1 | M→T R@5 | M→T R@10 | M→T MedR |")
+    assert t2[5].startswith("| TMR | MT | frozen | tmr | plain | ours | ")
+    assert t2[6] == "|  |  |  |  |  | paper | 24.58 | 50.48 | 60.36 | 5.00 | 19.64 | 41.20 | 53.01 | 9.50 |"
+    assert t2[7].startswith("|  |  |  |  |  | Δ | ") and t2[8].endswith("| ours | " + " | ".join(["n/a"] * 8) + " |")
+    assert any(ln.startswith("- n/a row2: ") for ln in t2)
+    assert "N = 34" in t2[1] and "synthetic shards (feature_dim 263, 20.0 fps)" in t2[1]
+    t3 = _table_lines(stdout, "Table 3.")
+    assert t3[3] == ("| λ_recon |  | T→M R@1 | T→M R@2 | T→M R@3 | T→M MedR | V→M R@1 | V→M R@2 | V→M R@3 | "
+                     "V→M MedR |")
+    assert [ln.split("|")[1].strip() for ln in t3[5::3][:4]] == ["0.001", "0.01", "0.1", "1"]
+    assert t3[6] == "|  | paper | 18.11 | 25.16 | 34.30 | 13.00 | 22.41 | 31.49 | 46.53 | 10.00 |"
+    for caption, name, n in (("Table 4.", "ε", 5), ("Table 5.", "B", 4), ("Table 6.", "C", 4)):
+        lines = _table_lines(stdout, caption)
+        assert lines[3].startswith(f"| {name} |  | T→M R@1 | T→M R@2 |") and len(lines[5:5 + 3 * n]) == 3 * n
+        ours = [ln for ln in lines if "| ours |" in ln]
+        assert len(ours) == n and all("n/a" not in ln for ln in ours), lines
+    assert "| paper | 0.1147 | 0.2170 | 0.6684 |" in stdout
+    files = {p.name for p in (out / "tables").iterdir()}
+    assert files == {"paper_tables.md", "paper_tables.tex", "paper_tables.json", "paper_tables.png"}
+    data = json.loads((out / "tables" / "paper_tables.json").read_text())
+    row = data["tables"]["table2"]["rows"][0]
+    assert row["paper"]["t2m_R1"] == 24.58 and row["diff"]["t2m_R1"] == round(row["ours"]["t2m_R1"] - 24.58, 4)
+    assert data["fusion_weights"]["paper"]["motion"] == 0.6684 and set(data["fusion_weights"]["ours"]) == {
+        "text", "video", "motion"}
+    tex = (out / "tables" / "paper_tables.tex").read_text()
+    assert "\\begin{tabular}{llllllrrrrrrrr}" in tex and "& paper & 24.58 & 50.48 &" in tex
+
+    # resumable: with the broken run removed only row2 trains and is evaluated; the rest is skipped
+    shutil.rmtree(out / "row2")
+    rc, stdout, err = _main(argv, capsys)
     assert rc == 0, stdout + err
-    for i, name in enumerate(TABLE2, 1):
-        assert f"[{i}/7] {name}: done in" in stdout, stdout
-        assert (out / name / "checkpoints" / "last.safetensors").is_file()
-        rec = json.loads((out / "rows" / f"{name}.json").read_text())
-        assert rec["run"] == name and rec["command"][1] == str(REPO / "train.py")
-    assert "train: 7 done, 0 skipped, 0 failed" in stdout
-    assert json.loads((out / "row1" / "config.json").read_text())["model"]["modalities"] == "tm"
-    assert json.loads((out / "row5" / "config.json").read_text())["model"]["recon_weight"] == 0
-    # rows of the sweeps with the same config as a trained row point at its run
-    assert json.loads((out / "rows" / "eps080.json").read_text())["run"] == "ours"
-    assert json.loads((out / "rows" / "lambda0p0.json").read_text())["run"] == "row5"
-
-    rc, stdout, err = _main(["table", "--shards", shards, "--runs", out, "--device", "cpu", "--in-process"], capsys)
-    assert rc == 0, stdout + err
-    lines = stdout.splitlines()
-    assert lines[0] == "### Table 2: ablations (paper: Table 2 of arXiv 2403.00691)"
-    assert "TMR's \"all with threshold\" protocol (threshold 0.8), split test, N = 34" in stdout
-    header = ("| Row | Setting | | T→M R@1 | T→M R@5 | T→M R@10 | T→M MedR | M→T R@1 | M→T R@5 | M→T R@10 | "
-              "M→T MedR |")
-    assert header in lines
-    body = lines[lines.index(header) + 2:]
-    for k, name in enumerate(TABLE2):
-        ours, paper = body[2 * k].split("|"), body[2 * k + 1].split("|")
-        assert ours[1].strip().rstrip("*") == name and ours[3].strip() == "ours", body[2 * k]
-        nums = [float(c) for c in ours[4:12]]  # every row has numbers
-        assert all(0 <= v <= 100 for v in nums[:3] + nums[4:7]) and nums[3] >= 1 and nums[7] >= 1
-        assert paper[3].strip() == "paper" and [c.strip() for c in paper[4:12]] == ["—"] * 8
-    assert body[0].split("|")[1].strip() == "row1*"  # our guessed mappings are marked
-    assert sum("paper value not filled in" in ln for ln in lines) == 1  # said once
-    assert "no result" not in stdout
-    for name in TABLE2:
-        assert f"{name}: done in" in err  # progress lines on stderr
-        info = json.loads((out / name / "eval" / "table-test" / "eval_info.json").read_text())
-        assert info["protocols"] == ["threshold"] and info["threshold"] == 0.8
-
-    # a second table skips the evaluations; --format latex
-    rc, stdout, err = _main(["table", "--shards", shards, "--runs", out, "--device", "cpu", "--in-process",
-                             "--rows", "row5,lambda0p0", "--format", "latex"], capsys)
-    assert rc == 0, err
-    assert "[1/1] row5: skipped, metrics exist" in err
-    assert re.search(r"^row5 & no reconstruction \(lambda\\_recon = 0\) & ours( & \d+\.\d\d){8} \\\\$", stdout,
-                     re.M), stdout
-    assert "lambda\\_recon = 0.0 (run: row5) & ours" in stdout
-
-    # complete rows are skipped; a longer schedule resumes (--resume); other settings in the same --out refuse
-    rc, stdout, _ = _main(["train", *base], capsys)
-    assert rc == 0 and stdout.count("skipped, complete (epoch 1/1)") == 7, stdout
-    rc, stdout, _ = _main(["train", *base[:6], "--epochs", "2", *base[8:], "--rows", "row6", "--dry-run"], capsys)
-    assert rc == 0 and "would resume (from epoch 1/2, batch 0)" in stdout
-    assert re.search(r"--out \S*/row6 --resume$", stdout, re.M), stdout
-    rc, stdout, _ = _main(["train", *base, "--set", "epoch_batches=3", "--rows", "row6"], capsys)
-    assert rc == 1 and "holds a run with other settings (epoch_batches: saved 2, wanted 3)" in stdout, stdout
-
-    # a row that fails (train.py refuses its feature_dim) is reported, the others still run; the subprocess path; exit 1
-    data = tmp_path / "rows.json"
-    data.write_text(json.dumps({"tables": {"t": {"rows": [
-        {"name": "wrongdim", "flags": ["--set", "feature_dim=251"]},
-        {"name": "ours", "flags": []}]}}}))
-    p = _cli(["train", *[a for a in base if a != "--in-process"], "--data", data])
-    assert p.returncode == 1, p.stdout + p.stderr
-    assert re.search(r"\[1/2\] wrongdim: FAILED, exit 2 .*feature_dim.*\(log: \S+wrongdim-train\.log\)",
-                     p.stdout), p.stdout
-    assert "[2/2] ours: skipped, complete" in p.stdout and "1 failed (wrongdim)" in p.stdout
-    rc, stdout, err = _main(["table", "--shards", shards, "--runs", out, "--data", data, "--device", "cpu",
-                             "--in-process"], capsys)
-    assert rc == 1 and "wrongdim: FAILED" in err and "no numbers for wrongdim" in err
-    assert re.search(r"^\| wrongdim \| wrongdim \| ours \| n/a \|", stdout, re.M) and "`n/a` no result" in stdout
+    assert stdout.count("skipped, complete (epoch 1/1)") == 21 and "row2: training" in stdout, stdout
+    assert err.count(": evaluated") == 22 and "| Row2 | MTV | frozen | tmr | fusion | ours | " in stdout
+    assert "n/a" not in stdout.split("### Fusion")[0]
+    assert (out / "logs" / "ours-eval-test.log").read_text().count("\n=== ") == 1  # evaluated once
 
 
 @pytest.mark.slow
 def test_sigterm_stops_the_running_train_py_and_exits_1(request, tmp_path):
-    """SIGTERM while a row trains: the train.py child is stopped (no orphan), the script exits 1 and says how
-    to continue."""
-
+    """SIGTERM while a row trains: the train.py child is stopped (no orphan), the runner exits 1 and says how to
+    continue. The signal is only recorded, so it cannot leave a child that Popen is starting unmanaged."""
     shards = cached_tiny_shards(request, "ablation", **TINY_SHARDS)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "train", "--shards", str(shards), "--out",
                              str(tmp_path / "r"), "--preset", "tiny", "--epochs", "50", "--random-init", "--device",
                              "cpu", "--rows", "ours"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
-    children: list[int] = []  # the train.py process(es) the script started
+    children: list[int] = []
 
     def train_py_running() -> bool:
         with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as fh:
@@ -329,7 +303,7 @@ def test_sigterm_stops_the_running_train_py_and_exits_1(request, tmp_path):
         return bool(children)
 
     first = proc.stdout.readline()
-    rc, err = sigterm_when(proc, train_py_running)  # polls (up to 120 s: the child imports torch first)
+    rc, err = sigterm_when(proc, train_py_running)
     assert "ours" in first and "training" in first, first
     assert children, "train.py was not started"
     assert rc == 1, err
