@@ -51,7 +51,8 @@ def test_wheel_installs_one_package_unshadowed(tmp_path):
     assert "lavimo/assets/lights.json" in names and sum(n.startswith("lavimo/assets/avatars/") for n in names) == 13
     assert {"lavimo/model/presets/paper.json", "lavimo/training/presets/paper.json", "lavimo/train.py",
             "lavimo/evaluate.py", "lavimo/dataset/subsets/kitml_nsim_test.txt",
-            "lavimo/evaluation/paper/lavimo_tables.json", "lavimo/scripts/slurm/train.sbatch", "lavimo/scripts/slurm/render_array.sbatch"} <= set(names)
+            "lavimo/evaluation/paper/lavimo_tables.json", "lavimo/scripts/slurm/train.sbatch",
+            "lavimo/scripts/slurm/render_array.sbatch"} <= set(names)
     target = tmp_path / "site"
     p = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target",
                         str(target), str(wheel)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
