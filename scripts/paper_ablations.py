@@ -1,24 +1,20 @@
 #!/usr/bin/env python
-"""Train the rows of the LAVIMO paper's Tables 2-6, evaluate them and print each table beside the paper's numbers.
+"""Train the rows of the LAVIMO paper's Tables 2-6, evaluate them, print each table beside the paper's numbers.
 
     python scripts/paper_ablations.py [all|train|table] --shards SHARDS --out runs/ablations [--tables all]
         [--rows tmr,ours,...] [--preset paper] [--epochs N] [--set FIELD=VALUE ...] [--random-init] [--device D]
         [--split test] [--launcher CMD] [--in-process] [--dry-run] [--force] [-- TRAIN.PY FLAGS...]
 
-The rows are data: ``evaluation/paper/lavimo_tables.json`` (``--data``; the paper's figures, source named there).
-A Table 2 row is four switches; a row of Tables 3-6 is the ``sweep_base`` row with ``parameter`` = ``value``;
-:func:`switch_flags` turns them into ``train.py`` flags. ``train`` trains each row into ``OUT/<run>/`` (complete
-runs skipped, unfinished ones resumed; rows resolving to the same config share the first such row's run).
-``table`` evaluates each run (``evaluate.py --protocol threshold --tasks t2m m2t v2m``, skipped while its metrics
-are newer than the checkpoint) and writes ``OUT/tables/paper_tables.{md,tex,json,png}``: per row ours, the paper's
-and the difference, and the fusion weights beside the paper's. ``all`` (default) does both. The feature width
-comes from the shard manifest; the shards' dataset (their ``meta.json``) must be the table's or an unpublished one.
-Logs: ``OUT/logs/<run>-train.log``, ``OUT/logs/<run>-eval-<split>.log``.
+The rows and the paper's figures are data (``evaluation/paper/lavimo_tables.json``); :func:`switch_flags` turns a
+row's switches into ``train.py`` flags. ``train``: each row's run in ``OUT/<run>/`` (complete: skipped, unfinished:
+resumed; rows of the same config share one run). ``table``: each run evaluated under TMR's threshold protocol
+(skipped while its metrics are newer than the checkpoint), ``OUT/tables/paper_tables.{md,tex,json,png}`` written
+(ours, the paper's, the difference; fusion weights). ``all`` (default): both. docs/paper.md says more.
 
 Exit status: 0 every row done; 1 some row failed (the others still ran; the table marks it) or interrupted (SIGINT /
-SIGTERM: the running child is stopped; rerun to continue); 2 usage or set-up error (bad flags; a data file row with
-unknown switches or a missing paper number; a run directory of another config; shards of another dataset), one
-line on stderr naming the file and field.
+SIGTERM stop the running child; rerun to continue); 2 usage or set-up error (bad flags; a data file row with unknown
+switches or a missing paper number; a run directory of another config; shards of another dataset), one line on
+stderr naming the file and field.
 """
 
 from __future__ import annotations
@@ -195,9 +191,6 @@ def select_rows(tables: dict[str, Table], tables_arg: str, rows_arg: str | None)
     return [r for r in rows if not wanted or r.name in wanted]
 
 
-# ------------------------------------------------------------------------------------------ shards and configs
-
-
 def shard_facts(shards: Path, tables: list[Table]) -> dict[str, Any]:
     """``feature_dim`` (the train manifest's), ``dataset`` and ``fps`` (its first sample's meta.json) of a shard
     set; a set of a published dataset (KIT-ML, HumanML3D) other than a selected table's raises BadInputError."""
@@ -302,9 +295,6 @@ def run_state(run_dir: Path, cfg: Any) -> tuple[str, str]:
     if epoch >= cfg.train.epochs and batch == 0:
         return "complete", f"epoch {epoch}/{cfg.train.epochs}"
     return "resume", f"from epoch {epoch}/{cfg.train.epochs}, batch {batch}"
-
-
-# -------------------------------------------------------------------------------- running train.py / evaluate.py
 
 
 def run_tool(script: Path, argv: list[str], log_path: Path, stop: StopSignals, in_process: bool = False,
@@ -439,9 +429,6 @@ def column_value(result: dict[str, Any], column: str) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-# ---------------------------------------------------------------------------------------------------- the tables
-
-
 def table_json(tables: dict[str, Table], selected: list[Row], res: dict[str, Resolved], results: dict[str, dict],
                paper_fusion: dict[str, float], source: str, facts: dict, args) -> dict[str, Any]:
     """What the renderers print: per table and row ours, the paper's and the difference (ours - paper)."""
@@ -473,23 +460,26 @@ def _grid(t: dict) -> list[list[str]]:
     grid = [[*setting, "", *(f"{TASK_NAMES[c.split('_')[0]]} {metric[c]}" for c in t["columns"])]]
     for r in t["rows"]:
         cells = [r["label"], *r["switches"].values()][:len(setting)]
-        for kind, vals, f in (("ours", r["ours"], "{:.2f}"), ("paper", r["paper"], "{:.2f}"), ("Δ", r["diff"], "{:+.2f}")):
+        for kind, vals, f in (("ours", r["ours"], "{:.2f}"), ("paper", r["paper"], "{:.2f}"),
+                              ("Δ", r["diff"], "{:+.2f}")):
             grid.append([*(cells if kind == "ours" else [""] * len(cells)), kind,
                          *("n/a" if vals[c] is None else f.format(vals[c]) for c in t["columns"])])
     return grid
 
 
 def _fusion_grid(fw: dict) -> list[list[str]]:
+    fw = {**fw, "Δ": fw["diff"]}
     return [["", *WEIGHTS]] + [[kind, *("n/a" if not fw[kind] or m not in fw[kind] else f.format(fw[kind][m])
                                         for m in WEIGHTS)]
-                               for kind, f in (("ours", "{:.4f}"), ("paper", "{:.4f}"), ("diff", "{:+.4f}"))]
+                               for kind, f in (("ours", "{:.4f}"), ("paper", "{:.4f}"), ("Δ", "{:+.4f}"))]
 
 
 def _protocol(data: dict, t: dict) -> str:
     ns, f = sorted({r["n"] for r in t["rows"] if r["n"] is not None}), data["shards"]
     return (f"Paper: {t['dataset']}. Ours: {f['dataset'] or 'unknown'} shards (feature_dim {f['feature_dim']}, "
             f"{f['fps']} fps), split {data['split']}{', N = ' + '/'.join(map(str, ns)) if ns else ''}. TMR's "
-            f"\"all with threshold\" protocol ({data['threshold']:g}); R@k in %, MedR = median rank; Δ = ours − paper.")
+            f"\"all with threshold\" protocol ({data['threshold']:g}); R@k in %, MedR = median rank; "
+            "Δ = ours − paper.")
 
 
 def render(data: dict, latex: bool = False) -> str:
@@ -558,9 +548,6 @@ def write_tables(selected: list[Row], res: dict[str, Resolved], loaded, facts: d
     print(render(data), end="", flush=True)
     print(f"tables written to {out / 'tables'}/paper_tables.{{md,tex,json,png}}", file=sys.stderr)
     return EXIT_FAILED if any("error" in r for r in results.values()) else EXIT_OK
-
-
-# ------------------------------------------------------------------------------------------------- command line
 
 
 def build_parser() -> argparse.ArgumentParser:
