@@ -532,6 +532,8 @@ def render_png(data: dict, path: Path) -> None:
 def write_tables(selected: list[Row], res: dict[str, Resolved], loaded, facts: dict, args, stop) -> int:
     """Evaluate every selected row's run, print the Markdown tables, write OUT/tables/; 1 if a row has no result."""
     runs = list(dict.fromkeys(res[r.name].run for r in selected))
+    for run in runs:  # a run directory of another config is refused (exit 2) before anything is evaluated
+        run_state(child_path(Path(args.out), run), res[run].cfg)
     results: dict[str, dict] = {}
     for i, run in enumerate(runs, 1):
         results[run] = evaluate_run(child_path(Path(args.out), run), args, stop)

@@ -177,6 +177,9 @@ def test_run_directory_of_another_preset_exits_2(fake_shards, tmp_path, capsys):
     assert rc == 2 and stdout == "", stdout + err
     assert f"{out / 'tmr' / 'config.json'}: " in err and "a run of another config" in err, err
     assert len(err.strip().splitlines()) == 1 and _files(tmp_path) == before
+    rc, stdout, err = _main(["table", "--shards", fake_shards, "--out", out, "--preset", "tiny", "--rows", "tmr",
+                             "--random-init"], capsys)  # nor is it evaluated as the row's
+    assert rc == 2 and "a run of another config" in err and _files(tmp_path) == before, err
 
 
 def test_shards_of_another_dataset_exit_2(tmp_path, capsys):
