@@ -60,6 +60,7 @@ WEIGHTS = ("text", "video", "motion")
 NOT_RESULT_FIELDS = {"num_workers", "log_every", "eval_every", "checkpoint_every"}  # rows differing only here share
 CONTINUABLE_FIELDS = NOT_RESULT_FIELDS | {"epochs", "extra"}  # a saved run may differ in these and be continued
 EXIT_OK, EXIT_FAILED, EXIT_SETUP = 0, 1, 2
+EXIT_PREEMPTED = 75  # train.py stopped by a signal after a checkpoint (lavimo.training.preemption)
 
 
 class Interrupted(Exception):
@@ -303,7 +304,8 @@ def run_tool(script: Path, argv: list[str], log_path: Path, stop: StopSignals, i
 
     The stop signals only *record* (``stop``), so none can land between ``Popen`` starting the child and this
     function holding it: the child is polled and, once a signal was recorded, stopped (SIGTERM, SIGKILL after
-    30 s); then :class:`Interrupted` is raised. ``in_process``: ``module.main(argv)`` here (a crash is status 1)."""
+    30 s); then (or when train.py says it was stopped) :class:`Interrupted` is raised. ``in_process``:
+    ``module.main(argv)`` here (a crash is status 1)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [*(launcher or [sys.executable]), str(script), *argv]
     with open(log_path, "a", encoding="utf-8") as fh:
@@ -320,7 +322,7 @@ def run_tool(script: Path, argv: list[str], log_path: Path, stop: StopSignals, i
                 if _poll(proc, 30) is None:
                     proc.kill()
                     proc.wait()
-    if stop():
+    if stop() or (script == TRAIN_PY and rc == EXIT_PREEMPTED):  # train.py itself was stopped (in process too)
         raise Interrupted()
     return rc
 
