@@ -63,10 +63,6 @@ EXIT_OK, EXIT_FAILED, EXIT_SETUP = 0, 1, 2
 EXIT_PREEMPTED = 75  # train.py stopped by a signal after a checkpoint (lavimo.training.preemption)
 
 
-class Interrupted(Exception):
-    """A stop signal came; the running child was stopped."""
-
-
 @dataclasses.dataclass
 class Row:
     """A row of a paper table: its switches (a sweep row: its base row's, plus ``parameter`` = ``value``) and the
@@ -227,17 +223,6 @@ class Resolved:
     run: str
 
 
-def _quiet_parse(parse, argv: list[str], what: str):
-    """argparse with its usage text swallowed: a bad flag becomes one SetupError line naming ``what``."""
-    buf = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(buf):
-            return parse(argv)
-    except SystemExit:
-        lines = [ln for ln in buf.getvalue().splitlines() if ln.strip()]
-        raise SetupError(f"{what}: {lines[-1] if lines else 'bad arguments'}") from None
-
-
 def resolve_rows(tables: dict[str, Table], shards: str, preset: str, common: list[str]) -> dict[str, Resolved]:
     """Every row of every table (run sharing does not depend on the selection) -> Resolved, by row name; the
     config as train.py resolves it, ``common`` (dataset, command-line and ``--`` flags) after the row's flags."""
@@ -249,7 +234,12 @@ def resolve_rows(tables: dict[str, Table], shards: str, preset: str, common: lis
     for row in (r for t in tables.values() for r in t.rows):
         what = f"{row.name} ({shlex.join(switch_flags(row))} + command-line flags)"
         argv = ["--shards", shards, "--preset", preset, *switch_flags(row), *common]
-        a = _quiet_parse(train_cli.parse_args, argv, what)
+        buf = io.StringIO()  # argparse's usage text swallowed: a bad flag is one SetupError line
+        try:
+            with contextlib.redirect_stderr(buf):
+                a = train_cli.parse_args(argv)
+        except SystemExit:
+            raise SetupError(f"{what}: {(buf.getvalue().strip().splitlines() or ['bad arguments'])[-1]}") from None
         moved = [f for f, ok in (("--out", a.out is None), ("--shards", a.shards == shards),
                                  ("--preset", a.preset == preset), ("--resume", not a.resume)) if not ok]
         if moved:
@@ -304,7 +294,7 @@ def run_tool(script: Path, argv: list[str], log_path: Path, stop: StopSignals, i
 
     The stop signals only *record* (``stop``), so none can land between ``Popen`` starting the child and this
     function holding it: the child is polled and, once a signal was recorded, stopped (SIGTERM, SIGKILL after
-    30 s); then (or when train.py says it was stopped) :class:`Interrupted` is raised. ``in_process``:
+    30 s); then (or when train.py says it was stopped) KeyboardInterrupt is raised. ``in_process``:
     ``module.main(argv)`` here (a crash is status 1)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [*(launcher or [sys.executable]), str(script), *argv]
@@ -323,7 +313,7 @@ def run_tool(script: Path, argv: list[str], log_path: Path, stop: StopSignals, i
                     proc.kill()
                     proc.wait()
     if stop() or (script == TRAIN_PY and rc == EXIT_PREEMPTED):  # train.py itself was stopped (in process too)
-        raise Interrupted()
+        raise KeyboardInterrupt  # the child was stopped; main() says how to continue
     return rc
 
 
@@ -624,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return print_error(PROG, exc, EXIT_SETUP)
     except OSError as exc:
         return print_error(PROG, f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", EXIT_SETUP)
-    except Interrupted:
+    except KeyboardInterrupt:
         print(f"{PROG}: interrupted: rerun the same command to continue (complete rows are skipped, unfinished runs "
               "resume)", file=sys.stderr, flush=True)
         return EXIT_FAILED
