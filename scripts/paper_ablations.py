@@ -386,7 +386,8 @@ def train_rows(selected: list[Row], res: dict[str, Resolved], args, stop: StopSi
 
 def evaluate_run(run_dir: Path, args, stop: StopSignals) -> dict[str, Any]:
     """The threshold protocol's numbers of a run: ``tasks`` (``{"t2m": {"R@1": ...}}``), ``n``, ``fusion``;
-    evaluated unless its metrics.json is newer than the checkpoint. ``{"error": ...}`` when there are none."""
+    evaluated unless an evaluation of this checkpoint (newer than it) on these shards exists. ``{"error": ...}``
+    when there are none."""
     from lavimo.evaluation.cli import resolve_checkpoint
 
     try:
@@ -394,8 +395,14 @@ def evaluate_run(run_dir: Path, args, stop: StopSignals) -> dict[str, Any]:
     except FileNotFoundError:
         return {"error": f"{run_dir}: no checkpoint (not trained)"}
     eval_dir = child_path(run_dir / "eval", f"table-{args.split}")
-    metrics = eval_dir / "metrics.json"
-    if args.force or not metrics.is_file() or metrics.stat().st_mtime < checkpoint.stat().st_mtime:
+    metrics, info_path = eval_dir / "metrics.json", eval_dir / "eval_info.json"
+    try:  # an earlier evaluation of this checkpoint on these shards counts
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        done = metrics.stat().st_mtime >= checkpoint.stat().st_mtime and Path(str(info.get("shards"))).resolve() \
+            == Path(args.shards).resolve() and info.get("threshold") == args.threshold
+    except (OSError, ValueError, AttributeError):
+        done = False
+    if args.force or not done:
         if args.dry_run:
             return {"error": "dry run"}
         argv = ["--run", str(run_dir), "--shards", args.shards, "--split", args.split, "--protocol", "threshold",
@@ -407,7 +414,7 @@ def evaluate_run(run_dir: Path, args, stop: StopSignals) -> dict[str, Any]:
             return {"error": f"evaluate.py exit {rc}: {error_line(log_path)}"}
     try:
         proto = json.loads(metrics.read_text(encoding="utf-8"))["threshold"]
-        info = json.loads((eval_dir / "eval_info.json").read_text(encoding="utf-8"))
+        info = json.loads(info_path.read_text(encoding="utf-8"))
         return {"tasks": {t: v for t, v in proto.items() if isinstance(v, dict)}, "n": info.get("n"),
                 "fusion": info.get("fusion_weights") or None}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
