@@ -14,7 +14,7 @@ from lavimo.dataset.frames import humanml3d_frame_indices
 
 
 def test_humanml3d_index_without_texts(shared_data):
-    clips = load_clips(shared_data / "humanml3d")
+    clips = load_clips(shared_data / "humanml3d", length_filter=False)
     rep = clips.report
     assert isinstance(clips, ClipSet) and rep.layout == "humanml3d"
     assert rep.requested == 29228  # all.txt, originals + M copies
@@ -54,7 +54,7 @@ def test_humanml3d_splits_and_mirrored_flag(shared_data):
 
 
 def test_kitml_annotations(shared_data):
-    clips = load_clips(shared_data / "kitml" / "annotations.json")
+    clips = load_clips(shared_data / "kitml" / "annotations.json", length_filter=False)
     rep = clips.report
     assert rep.layout == "tmr" and len(clips) == 5766 and rep.counts.get("no_texts", 0) == 0
     by = clips.by_keyid()
@@ -65,9 +65,9 @@ def test_kitml_annotations(shared_data):
     assert c.dataset == "kitml" and c.split == "train"
     m = by["M00001"]
     assert m.mirrored and m.amass_path == c.amass_path  # "M/" path prefix stripped
-    test = load_clips(shared_data / "kitml", split="test")
+    test = load_clips(shared_data / "kitml", split="test", length_filter=False)
     assert len(test) == 786 and {c.split for c in test} == {"test"}
-    assert len(load_clips(shared_data / "kitml", split="test", mirrored=False)) == 786 // 2
+    assert len(load_clips(shared_data / "kitml", split="test", mirrored=False, length_filter=False)) == 786 // 2
 
 
 def test_parse_humanml3d_text():
@@ -111,7 +111,7 @@ def test_humanml3d_dir_with_texts_and_amass(small_amass, tmp_path):
     (h / "texts" / "M000000.txt").write_text("a person jumps, mirrored right#x#0.0#0.0\n")
     (h / "train.txt").write_text("000000\nM000000\n000001\n000002\n")  # at the root, as HumanML3D ships
     (h / "test.txt").write_text("000003\n000004\n000005\n000006\n999999\n")
-    clips = load_clips(h, small_amass)
+    clips = load_clips(h, small_amass, length_filter=False)
     rep = clips.report
     by = clips.by_keyid()
     # no all.txt: every index row and its M copy is considered
@@ -131,7 +131,7 @@ def test_humanml3d_dir_with_texts_and_amass(small_amass, tmp_path):
     assert b.frames.tolist() == humanml3d_frame_indices("MPI_HDM05/bk/b_poses.npz", 601, 120.0, 5, -1).tolist()
     assert b.frames[0] == (60 + 5) * 6 and b.texts == () and "000002" in rep.no_texts
     assert by["000005"].amass_path == "CMU/1/d_stageii.npz"  # *_poses -> *_stageii fallback
-    test_only = load_clips(h, small_amass, split="test")
+    test_only = load_clips(h, small_amass, split="test", length_filter=False)
     assert test_only.report.skipped["999999"].startswith("id not in")
 
 
