@@ -82,6 +82,11 @@ HUMANML3D_MAX_ROWS = 200
 #: TMR's annotation-length rule (``src/data/text_motion.py``): outside test splits, an annotation is kept when
 #: ``min <= end - start <= max`` seconds, and an entry left without annotations is dropped
 TMR_SECONDS = (2.0, 10.0)
+#: the datasets whose reference loader applies the length rule of a layout, i.e. where ``load_clips`` applies it by
+#: default (``length_filter=None``); a dataset is named by its directory, as :func:`_dataset_name` says
+LENGTH_FILTER_DATASETS = {"humanml3d": ("humanml3d", "kitml"), "tmr": ("humanml3d", "kitml", "babel")}
+#: ``--length-filter`` of render-amass and build-shards -> ``load_clips(length_filter=...)``
+LENGTH_FILTER_MODES = {"auto": None, "on": True, "off": False}
 _FRAME_RE = re.compile(r"-?[0-9]{1,12}")
 _DRIVE_RE = re.compile(r"[A-Za-z]:")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -706,7 +711,7 @@ def _read_json(json_path: Path) -> dict:
     return data
 
 
-def _load_tmr(json_path: Path, split: str | None, mirrored: bool, length_filter: bool,
+def _load_tmr(json_path: Path, split: str | None, mirrored: bool, length_filter: bool | None,
               report: LoadReport) -> list[Clip]:
     root = json_path.parent
     data = _read_json(json_path)
@@ -721,7 +726,7 @@ def _load_tmr(json_path: Path, split: str | None, mirrored: bool, length_filter:
     ids = _requested_ids(root, split, [(k, f"{name}: top-level key") for k in data], report)
     member, split_conflicts = _membership(root)
     dataset = _dataset_name(root)
-    if length_filter and dataset != "synthetic":
+    if _filters(length_filter, "tmr", dataset):
         report.length_filter = f"TMR: train/val annotations of {TMR_SECONDS[0]:g} to {TMR_SECONDS[1]:g} s"
     clips = []
     for keyid, where in ids:
@@ -792,6 +797,12 @@ def _resolve(clips: list[Clip], amass_root: Path, report: LoadReport) -> list[Cl
     return out
 
 
+def _filters(length_filter: bool | None, layout: str, dataset: str) -> bool:
+    """Whether the length rule of ``layout`` applies: ``length_filter``, or by default (None) for the datasets of
+    :data:`LENGTH_FILTER_DATASETS`."""
+    return dataset in LENGTH_FILTER_DATASETS[layout] if length_filter is None else length_filter
+
+
 def _feature_rows(clip: Clip) -> int | None:
     """HumanML3D feature rows of a clip (its 20-fps frames - 1): from its resolved frames, else from index.csv's
     frame range; None when unknown (``end_frame == -1`` before resolution)."""
@@ -831,7 +842,7 @@ def _humanml3d_length_filter(clips: list[Clip], dataset: str, report: LoadReport
 
 
 def load_clips(source: str | os.PathLike, amass_root: str | os.PathLike | None = None, split: str | None = None,
-               *, mirrored: bool = True, length_filter: bool = True) -> ClipSet:
+               *, mirrored: bool = True, length_filter: bool | None = None) -> ClipSet:
     """Read annotations into a :class:`ClipSet` in split-file order, with ``.report`` (:class:`LoadReport`).
 
     ``source``: a HumanML3D directory (with ``index.csv``) or its ``index.csv``, or a TMR-style
@@ -841,7 +852,8 @@ def load_clips(source: str | os.PathLike, amass_root: str | os.PathLike | None =
     entries. ``mirrored``: include mirrored copies (HumanML3D ``M`` ids, TMR ``M/`` paths). ``length_filter``:
     apply the reference loader's length rule of the layout - HumanML3D's (:data:`HUMANML3D_MIN_ROWS`, every split,
     on resolved clips or index.csv's frame range) or TMR's (:data:`TMR_SECONDS`, clips whose split is not a test
-    split) - counted in the report; never for the synthetic corpus (its clips are kept whole). Raises
+    split) - counted in the report; None (default): for HumanML3D, KIT-ML and BABEL sources
+    (:data:`LENGTH_FILTER_DATASETS`) only, so never for the synthetic corpus or a dataset of one's own. Raises
     BadInputError when the source itself is unusable (no index/annotations file, missing split file, malformed
     index header); per-entry problems are reported, not raised.
     """
@@ -868,7 +880,7 @@ def load_clips(source: str | os.PathLike, amass_root: str | os.PathLike | None =
         if not ar.is_dir():
             raise BadInputError(ar, None, "AMASS root is not a directory")
         clips = _resolve(clips, ar, report)
-    if layout == "humanml3d" and length_filter and (dataset := _dataset_name(root)) != "synthetic":
+    if layout == "humanml3d" and _filters(length_filter, layout, dataset := _dataset_name(root)):
         clips = _humanml3d_length_filter(clips, dataset, report)
     report.no_texts = [c.keyid for c in clips if not c.texts]
     if report.no_texts:
