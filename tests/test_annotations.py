@@ -111,7 +111,7 @@ def test_humanml3d_dir_with_texts_and_amass(small_amass, tmp_path):
     (h / "texts" / "M000000.txt").write_text("a person jumps, mirrored right#x#0.0#0.0\n")
     (h / "train.txt").write_text("000000\nM000000\n000001\n000002\n")  # at the root, as HumanML3D ships
     (h / "test.txt").write_text("000003\n000004\n000005\n000006\n999999\n")
-    clips = load_clips(h, small_amass, length_filter=False)
+    clips = load_clips(h, small_amass)
     rep = clips.report
     by = clips.by_keyid()
     # no all.txt: every index row and its M copy is considered
@@ -131,7 +131,7 @@ def test_humanml3d_dir_with_texts_and_amass(small_amass, tmp_path):
     assert b.frames.tolist() == humanml3d_frame_indices("MPI_HDM05/bk/b_poses.npz", 601, 120.0, 5, -1).tolist()
     assert b.frames[0] == (60 + 5) * 6 and b.texts == () and "000002" in rep.no_texts
     assert by["000005"].amass_path == "CMU/1/d_stageii.npz"  # *_poses -> *_stageii fallback
-    test_only = load_clips(h, small_amass, split="test", length_filter=False)
+    test_only = load_clips(h, small_amass, split="test")
     assert test_only.report.skipped["999999"].startswith("id not in")
 
 
