@@ -14,6 +14,11 @@ Two source layouts are read (see the README):
   sequence. A clip spans ``[min start, max end]`` of its annotations (time rule, 20 fps); its texts'
   times are made relative to the clip, and a text covering the whole clip gets ``start = end = None``.
 
+As the reference loaders (HumanML3D's ``Text2MotionDatasetV2``, TMR's ``TextMotionDataset``; docs/data.md, "As
+HumanML3D's and TMR's loaders read them"): a NaN time tag reads as 0.0, a caption whose end is not after its start
+is dropped, and - by default for HumanML3D / KIT-ML / BABEL sources, never the synthetic corpus - HumanML3D's
+``40 <= feature rows < 200`` and TMR's train/val ``2-10 s`` length rules apply; all counted in the report.
+
 Entries that cannot become clips are skipped and reported, never fatal: HumanML3D rows whose motion is
 not in AMASS (HumanAct12), ids listed in a split file but absent from the index, and - when an AMASS
 root is given - clips whose AMASS file is missing or bad. Clips **without texts are kept** (with
