@@ -85,7 +85,7 @@ def test_index_new_name_is_a_name_never_a_path(tmp_path, reads):
     h = _h3d(tmp_path, rows, texts={"000000": b"walks#w#0.0#0.0\n"})
     (h / "x.txt").write_text("SECRET caption outside texts/\n")  # what texts/../x.txt would read
     (tmp_path / "abs").mkdir()
-    clips = load_clips(h, mirrored=False, length_filter=False)
+    clips = load_clips(h, mirrored=False)
     rep = clips.report
     assert [c.keyid for c in clips] == ["000000"]
     assert rep.counts["bad_keyid"] == len(BAD_KEYIDS) - 1
@@ -102,7 +102,7 @@ def test_index_empty_new_name_is_a_row_failure(tmp_path):
     # today an empty name went on as keyid '' (ffmpeg then wrote '..mp4'); an empty row name is reported
     h = _h3d(tmp_path, ["./pose_data/KIT/1/a_poses.npy,0,10,000000.npy", "./pose_data/KIT/1/a_poses.npy,0,10,",
                         "./pose_data/KIT/1/a_poses.npy,0,10, .npy"])
-    clips = load_clips(h, length_filter=False)
+    clips = load_clips(h)
     rep = clips.report
     assert sorted(c.keyid for c in clips) == ["000000", "M000000"]
     assert rep.counts["bad_keyid"] == 2
@@ -115,7 +115,7 @@ def test_split_file_ids_are_checked(tmp_path, reads):
     h = _h3d(tmp_path, ["./pose_data/KIT/1/a_poses.npy,0,10,000000.npy"], texts={},
              splits={"train": b"000000\n../x\n/etc/passwd\na.b\nM000000\n"})
     (h / "x.txt").write_text("SECRET\n")
-    clips = load_clips(h, split="train", length_filter=False)
+    clips = load_clips(h, split="train")
     rep = clips.report
     assert [c.keyid for c in clips] == ["000000", "M000000"]
     assert rep.counts["bad_keyid"] == 3 and rep.requested == 5
@@ -127,7 +127,7 @@ def test_split_file_ids_are_checked(tmp_path, reads):
 def test_mirrored_prefix_rule_and_too_long_mirror(tmp_path):
     long = "k" * 128  # valid; its mirrored copy "M" + 128 characters is not
     h = _h3d(tmp_path, ["./pose_data/KIT/1/a_poses.npy,0,10,000000.npy", f"./pose_data/KIT/1/a_poses.npy,0,10,{long}"])
-    clips = load_clips(h, length_filter=False)
+    clips = load_clips(h)
     by = clips.by_keyid()
     assert set(by) == {"000000", "M000000", long}
     assert by["M000000"].mirrored and not by["000000"].mirrored
@@ -177,7 +177,7 @@ def test_index_source_path_stays_under_the_amass_root(tmp_path):
     rows = ["./pose_data/KIT/1/a_poses.npy,0,10,000000"]
     rows += ['"' + p.replace('"', '""') + f'",0,10,{i + 1:06d}' for i, p in enumerate(BAD_SOURCE_PATHS)]
     h = _h3d(tmp_path, rows)
-    clips = load_clips(h, amass, mirrored=False, length_filter=False)
+    clips = load_clips(h, amass, mirrored=False)
     rep = clips.report
     assert [c.keyid for c in clips] == ["000000"]
     assert rep.counts["bad_path"] == len(BAD_SOURCE_PATHS)
@@ -245,7 +245,7 @@ def test_index_duplicate_new_name(tmp_path):
                         "./pose_data/KIT/1/OTHER_poses.npy,0,10,000000.npy",  # conflicts with line 2
                         "./pose_data/KIT/1/b_poses.npy, 0,10,000001,",  # line 3 again (spaces, .npy, trailing ',')
                         "./pose_data/KIT/1/a_poses.npy,0,10,000000.npy"])  # line 6: conflict stays
-    clips = load_clips(h, length_filter=False)
+    clips = load_clips(h)
     rep = clips.report
     assert sorted(c.keyid for c in clips) == ["000001", "M000001"]
     assert clips.by_keyid()["000001"].amass_path == "KIT/1/b_poses.npz"
@@ -259,13 +259,13 @@ def test_split_file_duplicates(tmp_path):
     h = _h3d(tmp_path, ["./pose_data/KIT/1/a_poses.npy,0,10,000000.npy",
                         "./pose_data/KIT/1/b_poses.npy,0,10,000001.npy"],
              splits={"train": b"000000\n000001\n000000.npy\n", "test": b"000001\n"})
-    train = load_clips(h, split="train", mirrored=False, length_filter=False)
+    train = load_clips(h, split="train", mirrored=False)
     assert [c.keyid for c in train] == ["000000"]  # listed twice, loaded once
     assert train.report.duplicates["000000"] == "train.txt lists it on lines 1 and 3; kept once"
     # 000001 is in train.txt and test.txt: its split is ambiguous, skipped from either
     assert "listed in train.txt line 2 and test.txt line 1" in train.report.skipped["000001"]
     assert train.report.counts["duplicate_keyid"] == 1 and train.report.requested == 2
-    test = load_clips(h, split="test", length_filter=False)
+    test = load_clips(h, split="test")
     assert list(test) == [] and test.report.counts["duplicate_keyid"] == 1
 
 
@@ -309,7 +309,7 @@ def test_index_bom_and_crlf(tmp_path):
     texts = {"000000": b"\xef\xbb\xbfa person walks#a/DET#0.0#0.0\r\nthen runs#x#1.0#2.0\r\n"}
     splits = {"all": b"\xef\xbb\xbf000000\r\n000001\r\nM000000\r\n", "train": b"\xef\xbb\xbf000000\r\n"}
     h = _h3d(tmp_path, b"\xef\xbb\xbf" + "\r\n".join(rows).encode() + b"\r\n", texts=texts, splits=splits)
-    clips = load_clips(h, length_filter=False)
+    clips = load_clips(h)
     by = clips.by_keyid()
     assert list(by) == ["000000", "000001", "M000000"] and not clips.report.skipped
     assert [t.caption for t in by["000000"].texts] == ["a person walks", "then runs"]
@@ -327,7 +327,7 @@ def test_index_short_rows_and_bad_frames_are_row_failures(tmp_path):
                         "./pose_data/KIT/1/a_poses.npy,0,10,000005,extra",
                         "./pose_data/KIT/1/a_poses.npy,0,10,000006,,",  # trailing empty fields: fine
                         "./pose_data/KIT/1/a_poses.npy,0,10,000007"])
-    clips = load_clips(h, mirrored=False, length_filter=False)
+    clips = load_clips(h, mirrored=False)
     rep = clips.report
     assert [c.keyid for c in clips] == ["000000", "000006", "000007"]
     assert rep.skipped["index.csv line 3"] == ("index.csv line 3: missing columns end_frame, new_name "
@@ -364,7 +364,7 @@ def test_invalid_utf8_index_json_split_is_a_file_error(tmp_path):
 def test_invalid_utf8_texts_is_an_item_failure(tmp_path):
     h = _h3d(tmp_path, ["./pose_data/KIT/1/a_poses.npy,0,10,000000", "./pose_data/KIT/1/a_poses.npy,0,10,000001"],
              texts={"000000": b"caf\xe9 walk#x#0.0#0.0\n", "000001": b"a person walks#x#0.0#0.0\n"})
-    clips = load_clips(h, mirrored=False, length_filter=False)
+    clips = load_clips(h, mirrored=False)
     assert [c.keyid for c in clips] == ["000001"]
     assert clips.report.skipped["000000"].startswith("texts/000000.txt: line 1: not valid UTF-8")
     assert clips.report.counts["bad_texts"] == 1
@@ -395,7 +395,7 @@ def test_repeated_rows_and_ids_cost_linear_time(tmp_path):
         from lavimo.dataset.annotations import load_clips
         from lavimo.dataset.subsets import read_subset
         from lavimo.core.errors import BadInputError
-        clips = load_clips(sys.argv[1], None, "train", length_filter=False)
+        clips = load_clips(sys.argv[1], None, "train")
         print(len(clips), clips.report.counts["duplicate_kept"], len(clips.report.duplicates["000000"]))
         try:
             read_subset(sys.argv[2])
