@@ -753,15 +753,15 @@ def _load_tmr(json_path: Path, split: str | None, mirrored: bool, length_filter:
         except BadInputError as e:
             report.skip(keyid, getattr(e, "kind", "bad_entry"), f"{name}: {e.reason}")
             continue
-        if dropped:
-            report.drop_captions(keyid, "caption_length_filter", dropped, f"{name}: {dropped} annotation(s) "
-                                 f"outside {TMR_SECONDS[0]:g} to {TMR_SECONDS[1]:g} s (TMR's length filter)")
         if clip.mirrored and not mirrored:
             report.counts["mirrored_excluded"] += 1
             continue
         if clip.amass_path.split("/", 1)[0] in NOT_IN_AMASS:
             report.skip(keyid, "not_in_amass", f"motion not in AMASS ({clip.amass_path})")
             continue
+        if dropped:
+            report.drop_captions(keyid, "caption_length_filter", dropped, f"{name}: {dropped} annotation(s) "
+                                 f"outside {TMR_SECONDS[0]:g} to {TMR_SECONDS[1]:g} s (TMR's length filter)")
         clips.append(clip)
     return clips
 
