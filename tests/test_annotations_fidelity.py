@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lavimo.dataset.annotations import (
@@ -188,6 +189,8 @@ def test_real_humanml3d_index_rows_filter(shared_data):
     every = load_clips(shared_data / "humanml3d", length_filter=False)
     rows = {c.keyid: int(c.frame_spec.end) - int(c.frame_spec.start) - 1 for c in every}
     want = [k for k in rows if 40 <= rows[k] < HUMANML3D_MAX_ROWS]
+    # the row count is that of HumanML3D's released features (frames [149, 320) -> 170 rows)
+    assert rows["012314"] == len(np.load(shared_data / "humanml3d" / "new_joint_vecs" / "012314.npy")) == 170
     assert [c.keyid for c in clips] == want
     assert clips.report.counts["length_filter"] == len(every) - len(want) > 0
     assert clips.report.requested == every.report.requested
