@@ -14,6 +14,11 @@ Two source layouts are read (see the README):
   sequence. A clip spans ``[min start, max end]`` of its annotations (time rule, 20 fps); its texts'
   times are made relative to the clip, and a text covering the whole clip gets ``start = end = None``.
 
+As the reference loaders (HumanML3D's ``Text2MotionDatasetV2``, TMR's ``TextMotionDataset``; docs/data.md, "As
+HumanML3D's and TMR's loaders read them"): a NaN time tag reads as 0.0, a caption whose end is not after its start
+is dropped, and - by default for HumanML3D / KIT-ML / BABEL sources, never the synthetic corpus - HumanML3D's
+``40 <= feature rows < 200`` and TMR's train/val ``2-10 s`` length rules apply; all counted in the report.
+
 Entries that cannot become clips are skipped and reported, never fatal: HumanML3D rows whose motion is
 not in AMASS (HumanAct12), ids listed in a split file but absent from the index, and - when an AMASS
 root is given - clips whose AMASS file is missing or bad. Clips **without texts are kept** (with
@@ -73,6 +78,20 @@ NOT_IN_AMASS = ("humanact12",)  # HumanML3D sources that are not AMASS motions
 # A TMR text within this many seconds of both clip bounds counts as covering the whole clip.
 _WHOLE_CLIP_TOL = 1e-3
 INDEX_COLUMNS = ("source_path", "start_frame", "end_frame", "new_name")
+#: HumanML3D's motion-length rule (text-to-motion ``Text2MotionDatasetV2``): a motion, and a caption's segment, is
+#: used when ``min <= feature rows < HUMANML3D_MAX_ROWS`` (rows at 20 fps; a clip of N frames has N - 1 rows);
+#: min is 40 ("t2m") or 24 for KIT-ML
+HUMANML3D_MIN_ROWS = {"kitml": 24}
+HUMANML3D_DEFAULT_MIN_ROWS = 40
+HUMANML3D_MAX_ROWS = 200
+#: TMR's annotation-length rule (``src/data/text_motion.py``): outside test splits, an annotation is kept when
+#: ``min <= end - start <= max`` seconds, and an entry left without annotations is dropped
+TMR_SECONDS = (2.0, 10.0)
+#: the datasets whose reference loader applies the length rule of a layout, i.e. where ``load_clips`` applies it by
+#: default (``length_filter=None``); a dataset is named by its directory, as :func:`_dataset_name` says
+LENGTH_FILTER_DATASETS = {"humanml3d": ("humanml3d", "kitml"), "tmr": ("humanml3d", "kitml", "babel")}
+#: ``--length-filter`` of render-amass and build-shards -> ``load_clips(length_filter=...)``
+LENGTH_FILTER_MODES = {"auto": None, "on": True, "off": False}
 _FRAME_RE = re.compile(r"-?[0-9]{1,12}")
 _DRIVE_RE = re.compile(r"[A-Za-z]:")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -106,7 +125,11 @@ class LoadReport:
             ``skipped`` as "duplicate_keyid".
         counts: number of entries per outcome ("loaded", "no_texts", "not_in_amass", "unknown_id",
             "bad_entry", "bad_keyid", "bad_path", "bad_texts", "duplicate_keyid", "missing_amass_file",
-            "bad_amass_file", "mirrored_excluded"), plus "duplicate_kept" (entries of ``duplicates``).
+            "bad_amass_file", "mirrored_excluded", "length_filter"), plus "duplicate_kept" (entries of
+            ``duplicates``) and the number of captions dropped from entries: "caption_bad_span" (HumanML3D
+            end not after start), "caption_length_filter".
+        captions_dropped: keyid -> reason, for entries that lost captions (the entry itself may still load).
+        length_filter: the reference loader's length rule applied (see :func:`load_clips`), or None.
     """
 
     source: str
@@ -118,6 +141,8 @@ class LoadReport:
     no_texts: list[str] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
     duplicates: dict[str, str] = field(default_factory=dict)
+    captions_dropped: dict[str, str] = field(default_factory=dict)
+    length_filter: str | None = None
 
     def skip(self, keyid: str, kind: str, reason: str) -> None:
         """Record that ``keyid`` did not become a clip. A keyid has one outcome: a second call for the same
@@ -136,17 +161,29 @@ class LoadReport:
         self.duplicates[keyid] = reason
         self.counts["duplicate_kept"] += 1
 
+    def drop_captions(self, keyid: str, kind: str, n: int, reason: str) -> None:
+        """Record that ``n`` captions of ``keyid`` were dropped (counted per caption under ``kind``)."""
+        self.counts[kind] += n
+        old = self.captions_dropped.get(keyid)
+        self.captions_dropped[keyid] = reason if old is None else _more(old, reason)
+
     def to_dict(self) -> dict:
-        return {"source": self.source, "layout": self.layout, "split": self.split,
-                "requested": self.requested, "loaded": self.loaded, "counts": dict(sorted(self.counts.items())),
-                "no_texts": list(self.no_texts), "skipped": dict(self.skipped),
-                "duplicates": dict(self.duplicates)}
+        d = {"source": self.source, "layout": self.layout, "split": self.split,
+             "requested": self.requested, "loaded": self.loaded, "counts": dict(sorted(self.counts.items())),
+             "no_texts": list(self.no_texts), "skipped": dict(self.skipped),
+             "duplicates": dict(self.duplicates)}
+        if self.captions_dropped:
+            d["captions_dropped"] = dict(self.captions_dropped)
+        if self.length_filter:
+            d["length_filter"] = self.length_filter
+        return d
 
     def summary(self) -> str:
         """One line: ``loaded N of M (kind: n, ...)``."""
         parts = ", ".join(f"{k}: {v}" for k, v in sorted(self.counts.items()) if k != "loaded")
         return (f"{self.source} [{self.layout}, split={self.split or 'all'}]: loaded {self.loaded} of "
-                f"{self.requested}" + (f" ({parts})" if parts else ""))
+                f"{self.requested}" + (f" ({parts})" if parts else "")
+                + (f" [length filter: {self.length_filter}]" if self.length_filter else ""))
 
 
 class ClipSet(list):
@@ -243,27 +280,39 @@ def humanml3d_amass_path(source_path: str) -> str:
     return p
 
 
-def parse_humanml3d_text(line: str) -> Text | None:
-    """One ``caption#tokens#start#end`` line -> :class:`Text` (None for a blank line).
-
-    ``start``/``end`` are seconds inside the clip; ``0.0#0.0`` (or unparsable/NaN times) = whole clip.
-    """
+def _parse_text_line(line: str) -> tuple[Text | None, bool]:
+    """One ``caption#tokens#start#end`` line -> (Text or None, dropped). ``dropped``: the caption has a time span
+    that HumanML3D's loader never pairs with motion (see :func:`parse_humanml3d_text`)."""
     line = line.strip()
     if not line:
-        return None
+        return None, False
     parts = line.rsplit("#", 3)
     if len(parts) < 4:  # caption only, or caption#tokens
         caption = parts[0]
         tokens = parts[1] if len(parts) > 1 else None
-        return Text(caption.strip(), None, None, tokens or None)
+        return Text(caption.strip(), None, None, tokens or None), False
     caption, tokens, s, e = parts
     try:
         start, end = float(s), float(e)
     except ValueError:
         start = end = 0.0
-    if not (math.isfinite(start) and math.isfinite(end)) or (start == 0.0 and end == 0.0) or end <= start:
-        return Text(caption.strip(), None, None, tokens or None)
-    return Text(caption.strip(), start, end, tokens or None)
+    # HumanML3D (Text2MotionDatasetV2): a NaN tag reads as 0.0, each on its own; 0.0#0.0 is the whole clip
+    start, end = (0.0 if math.isnan(start) else start), (0.0 if math.isnan(end) else end)
+    if start == 0.0 and end == 0.0:
+        return Text(caption.strip(), None, None, tokens or None), False
+    if not (math.isfinite(start) and math.isfinite(end)) or end <= start:
+        return None, True  # motion[int(f*20):int(t*20)] is empty (or int() fails): HumanML3D drops the caption
+    return Text(caption.strip(), start, end, tokens or None), False
+
+
+def parse_humanml3d_text(line: str) -> Text | None:
+    """One ``caption#tokens#start#end`` line -> :class:`Text`; None for a blank line or a dropped caption.
+
+    ``start``/``end`` are seconds inside the clip. As HumanML3D's ``Text2MotionDatasetV2``: a NaN tag is read as
+    0.0 (each tag on its own), ``0.0#0.0`` = the whole clip; a span whose end is not after its start (or with an
+    infinite tag) selects no motion and the caption is dropped. Unparsable times = whole clip.
+    """
+    return _parse_text_line(line)[0]
 
 
 # A requested id and where it came from ("splits/train.txt line 3", "index.csv line 5: new_name", ...).
@@ -459,19 +508,20 @@ def _read_index(index: Path, report: LoadReport) -> _Index:
     return out
 
 
-def _humanml3d_texts(texts_dir: Path | None, keyid: str) -> tuple[Text, ...]:
-    """Captions of ``texts/<keyid>.txt`` (``keyid`` already valid); () when there is no such file.
+def _humanml3d_texts(texts_dir: Path | None, keyid: str) -> tuple[tuple[Text, ...], int]:
+    """Captions of ``texts/<keyid>.txt`` (``keyid`` already valid; () when there is no such file) and the number
+    of captions dropped for their time span (:func:`parse_humanml3d_text`).
 
     Raises:
         BadInputError: the file exists but is unreadable or not UTF-8.
     """
     if texts_dir is None:
-        return ()
+        return (), 0
     f = child_path(texts_dir, f"{check_keyid(keyid, texts_dir)}.txt")
     if not f.is_file():
-        return ()
-    out = [parse_humanml3d_text(line) for line in _lines(_read_text(f))]
-    return tuple(t for t in out if t is not None and t.caption)
+        return (), 0
+    out = [_parse_text_line(line) for line in _lines(_read_text(f))]
+    return tuple(t for t, _ in out if t is not None and t.caption), sum(d for _, d in out)
 
 
 def _load_humanml3d(root: Path, split: str | None, mirrored: bool, report: LoadReport) -> list[Clip]:
@@ -521,10 +571,13 @@ def _load_humanml3d(root: Path, split: str | None, mirrored: bool, report: LoadR
             report.skip(keyid, "bad_entry", f"{index.name} line {row.line}: bad frame range [{start}, {end})")
             continue
         try:
-            texts = _humanml3d_texts(texts_dir, keyid)
+            texts, dropped = _humanml3d_texts(texts_dir, keyid)
         except BadInputError as e:
             report.skip(keyid, "bad_texts", f"texts/{keyid}.txt: {e.reason}")
             continue
+        if dropped:
+            report.drop_captions(keyid, "caption_bad_span", dropped, f"texts/{keyid}.txt: {dropped} caption(s) "
+                                 "whose end is not after its start (HumanML3D drops them)")
         spec = FrameSpec("humanml3d", float(start), None if end == -1 else float(end), HUMANML3D_FPS)
         clips.append(Clip(keyid=keyid, amass_path=row.amass_path, frame_spec=spec, fps=HUMANML3D_FPS,
                           texts=texts, split=member.get(keyid, split), mirrored=is_m, dataset=dataset))
@@ -579,8 +632,13 @@ def _seconds(value: object) -> float:
     return float(value)
 
 
-def _tmr_clip(keyid: str, entry: object, src: Path, split: str | None, dataset: str) -> Clip:
-    """One annotations.json entry -> Clip. Raises BadInputError (``.kind`` "bad_path" or "bad_entry")."""
+def _tmr_clip(keyid: str, entry: object, src: Path, split: str | None, dataset: str,
+              seconds: tuple[float, float] | None = None) -> tuple[Clip, int]:
+    """One annotations.json entry -> (Clip, number of annotations dropped by ``seconds``).
+
+    ``seconds``: TMR's ``(min, max)`` annotation length, applied before the clip's span is taken (None: keep
+    all). Raises BadInputError (``.kind`` "bad_path", "bad_entry", or "length_filter" when no annotation is
+    left)."""
     if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
         raise BadInputError(src, keyid, "entry must be an object with a string 'path'")
     _check_no_dups(entry, src, keyid)
@@ -618,6 +676,11 @@ def _tmr_clip(keyid: str, entry: object, src: Path, split: str | None, dataset: 
             raise BadInputError(src, where, f"bad time span [{s}, {e}]")
         if text:
             segs.append((text, s, e))
+    kept = segs if seconds is None else [x for x in segs if seconds[0] <= x[2] - x[1] <= seconds[1]]
+    if segs and not kept:
+        raise _entry_error("length_filter", src, f"{keyid}.annotations", f"no annotation of {seconds[0]:g} to "
+                           f"{seconds[1]:g} s (TMR's length filter outside test splits)")
+    dropped, segs = len(segs) - len(kept), kept
     if segs:
         c0, c1 = min(s for _, s, _ in segs), max(e for _, _, e in segs)
     else:
@@ -636,7 +699,7 @@ def _tmr_clip(keyid: str, entry: object, src: Path, split: str | None, dataset: 
             texts.append(Text(text, round(s - c0, 6), round(e - c0, 6)))
     spec = FrameSpec("time", c0, c1, HUMANML3D_FPS)
     return Clip(keyid=keyid, amass_path=amass_path, frame_spec=spec, fps=HUMANML3D_FPS, texts=tuple(texts),
-                split=split, mirrored=is_m, dataset=dataset)
+                split=split, mirrored=is_m, dataset=dataset), dropped
 
 
 def _read_json(json_path: Path) -> dict:
@@ -653,7 +716,8 @@ def _read_json(json_path: Path) -> dict:
     return data
 
 
-def _load_tmr(json_path: Path, split: str | None, mirrored: bool, report: LoadReport) -> list[Clip]:
+def _load_tmr(json_path: Path, split: str | None, mirrored: bool, length_filter: bool | None,
+              report: LoadReport) -> list[Clip]:
     root = json_path.parent
     data = _read_json(json_path)
     name = json_path.name
@@ -667,6 +731,8 @@ def _load_tmr(json_path: Path, split: str | None, mirrored: bool, report: LoadRe
     ids = _requested_ids(root, split, [(k, f"{name}: top-level key") for k in data], report)
     member, split_conflicts = _membership(root)
     dataset = _dataset_name(root)
+    if _filters(length_filter, "tmr", dataset):
+        report.length_filter = f"TMR: train/val annotations of {TMR_SECONDS[0]:g} to {TMR_SECONDS[1]:g} s"
     clips = []
     for keyid, where in ids:
         problem = _keyid_problem(keyid)
@@ -679,8 +745,11 @@ def _load_tmr(json_path: Path, split: str | None, mirrored: bool, report: LoadRe
         if keyid in conflicts or keyid in split_conflicts:
             report.skip(keyid, "duplicate_keyid", conflicts.get(keyid) or split_conflicts[keyid])
             continue
+        clip_split = member.get(keyid, split)
+        filtered = report.length_filter is not None and clip_split is not None and "test" not in clip_split
         try:
-            clip = _tmr_clip(keyid, data[keyid], json_path, member.get(keyid, split), dataset)
+            clip, dropped = _tmr_clip(keyid, data[keyid], json_path, clip_split, dataset,
+                                      TMR_SECONDS if filtered else None)
         except BadInputError as e:
             report.skip(keyid, getattr(e, "kind", "bad_entry"), f"{name}: {e.reason}")
             continue
@@ -690,6 +759,9 @@ def _load_tmr(json_path: Path, split: str | None, mirrored: bool, report: LoadRe
         if clip.amass_path.split("/", 1)[0] in NOT_IN_AMASS:
             report.skip(keyid, "not_in_amass", f"motion not in AMASS ({clip.amass_path})")
             continue
+        if dropped:
+            report.drop_captions(keyid, "caption_length_filter", dropped, f"{name}: {dropped} annotation(s) "
+                                 f"outside {TMR_SECONDS[0]:g} to {TMR_SECONDS[1]:g} s (TMR's length filter)")
         clips.append(clip)
     return clips
 
@@ -730,15 +802,63 @@ def _resolve(clips: list[Clip], amass_root: Path, report: LoadReport) -> list[Cl
     return out
 
 
+def _filters(length_filter: bool | None, layout: str, dataset: str) -> bool:
+    """Whether the length rule of ``layout`` applies: ``length_filter``, or by default (None) for the datasets of
+    :data:`LENGTH_FILTER_DATASETS`."""
+    return dataset in LENGTH_FILTER_DATASETS[layout] if length_filter is None else length_filter
+
+
+def _feature_rows(clip: Clip) -> int | None:
+    """HumanML3D feature rows of a clip (its 20-fps frames - 1): from its resolved frames, else from index.csv's
+    frame range; None when unknown (``end_frame == -1`` before resolution)."""
+    if clip.num_frames is not None:
+        return clip.num_frames - 1
+    spec = clip.frame_spec
+    if spec.rule == "humanml3d" and spec.end is not None:
+        return int(spec.end) - int(spec.start) - 1
+    return None
+
+
+def _humanml3d_length_filter(clips: list[Clip], dataset: str, report: LoadReport) -> list[Clip]:
+    """HumanML3D's motion-length rule (:data:`HUMANML3D_MIN_ROWS`): a clip outside ``[min, 200)`` feature rows is
+    skipped ("length_filter"); a segment caption whose rows ``motion[int(start*20):int(end*20)]`` fall outside it
+    is dropped ("caption_length_filter"). A clip of unknown length is kept."""
+    lo, hi = HUMANML3D_MIN_ROWS.get(dataset, HUMANML3D_DEFAULT_MIN_ROWS), HUMANML3D_MAX_ROWS
+    report.length_filter = f"HumanML3D: {lo} <= feature rows < {hi} at 20 fps"
+    out = []
+    for c in clips:
+        rows = _feature_rows(c)
+        if rows is not None and not lo <= rows < hi:
+            report.skip(c.keyid, "length_filter", f"{rows} feature rows at 20 fps, outside HumanML3D's [{lo}, {hi})")
+            continue
+
+        def seg_rows(t: Text) -> int:
+            end = int(t.end * HUMANML3D_FPS)
+            return max(0, (end if rows is None else min(end, rows)) - int(t.start * HUMANML3D_FPS))
+
+        keep = tuple(t for t in c.texts if t.start is None or t.end is None or lo <= seg_rows(t) < hi)
+        if len(keep) < len(c.texts):
+            n = len(c.texts) - len(keep)
+            report.drop_captions(c.keyid, "caption_length_filter", n, f"{n} segment caption(s) outside HumanML3D's "
+                                 f"[{lo}, {hi}) feature rows")
+            c = replace(c, texts=keep)
+        out.append(c)
+    return out
+
+
 def load_clips(source: str | os.PathLike, amass_root: str | os.PathLike | None = None, split: str | None = None,
-               *, mirrored: bool = True) -> ClipSet:
+               *, mirrored: bool = True, length_filter: bool | None = None) -> ClipSet:
     """Read annotations into a :class:`ClipSet` in split-file order, with ``.report`` (:class:`LoadReport`).
 
     ``source``: a HumanML3D directory (with ``index.csv``) or its ``index.csv``, or a TMR-style
     ``annotations.json`` or its directory. ``amass_root`` (holding ``KIT/``, ``CMU/``, ...): every clip is
     resolved (``clip.frames`` from the file's frame count and fps), clips whose file is missing or bad are
     skipped and reported; None: ``frames`` stays None. ``split``: a split-file name; None or "all" = all
-    entries. ``mirrored``: include mirrored copies (HumanML3D ``M`` ids, TMR ``M/`` paths). Raises
+    entries. ``mirrored``: include mirrored copies (HumanML3D ``M`` ids, TMR ``M/`` paths). ``length_filter``:
+    apply the reference loader's length rule of the layout - HumanML3D's (:data:`HUMANML3D_MIN_ROWS`, every split,
+    on resolved clips or index.csv's frame range) or TMR's (:data:`TMR_SECONDS`, clips whose split is not a test
+    split) - counted in the report; None (default): for HumanML3D, KIT-ML and BABEL sources
+    (:data:`LENGTH_FILTER_DATASETS`) only, so never for the synthetic corpus or a dataset of one's own. Raises
     BadInputError when the source itself is unusable (no index/annotations file, missing split file, malformed
     index header); per-entry problems are reported, not raised.
     """
@@ -758,13 +878,15 @@ def load_clips(source: str | os.PathLike, amass_root: str | os.PathLike | None =
         raise BadInputError(src, None, "annotation source not found")
     report = LoadReport(source=str(src), layout=layout, split=split)
     clips = (_load_humanml3d(root, split, mirrored, report) if layout == "humanml3d"
-             else _load_tmr(root, split, mirrored, report))
+             else _load_tmr(root, split, mirrored, length_filter, report))
     report.requested = len(clips) + len(report.skipped) + report.counts["mirrored_excluded"]
     if amass_root is not None:
         ar = Path(amass_root)
         if not ar.is_dir():
             raise BadInputError(ar, None, "AMASS root is not a directory")
         clips = _resolve(clips, ar, report)
+    if layout == "humanml3d" and _filters(length_filter, layout, dataset := _dataset_name(root)):
+        clips = _humanml3d_length_filter(clips, dataset, report)
     report.no_texts = [c.keyid for c in clips if not c.texts]
     if report.no_texts:
         report.counts["no_texts"] = len(report.no_texts)

@@ -42,7 +42,7 @@ from lavimo.dataset.text_embed import SentenceEmbedder, same_sentence_model
 from lavimo.evaluation import metrics as M
 from lavimo.evaluation import protocols as P
 from lavimo.evaluation import report as R
-from lavimo.evaluation.encode import encode_split
+from lavimo.evaluation.encode import EVAL_MIN_SEGMENT_ROWS, encode_split
 from lavimo.model import load_checkpoint
 
 PROG = "evaluate.py"
@@ -376,7 +376,7 @@ class _Encoder:
         """:func:`encode_split` of ``split_name`` -> (EncodedSplit, captions per keyid, mean fusion weights)."""
         args = self.args
         loader = make_loader(args.shards, split_name, batch_size=args.batch_size, train=False,
-                             num_workers=args.workers, **self.loader_kw)
+                             num_workers=args.workers, min_segment_len=EVAL_MIN_SEGMENT_ROWS, **self.loader_kw)
         t0 = time.perf_counter()
         enc = encode_split(self.model, loader, self.device, args.text_choice, _has_video(self.model),
                            progress=not args.no_progress, embedder=self.embedder)

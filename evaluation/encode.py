@@ -13,6 +13,13 @@ from lavimo.evaluation.protocols import EncodedSplit
 from lavimo.model.lavimo import FUSION_NAMES
 
 
+#: The loader's minimum segment length (rows) in evaluation: each test motion is paired with its first caption
+#: whatever that caption's length, as TMR's evaluation does (``TextMotionDataset.load_keyid``: annotation 0 outside
+#: training, test splits never length-filtered); only a segment of 0 rows cannot be cut. Training's own filters
+#: (HumanML3D's 40 / 24 rows) still hold for training and validation.
+EVAL_MIN_SEGMENT_ROWS = 1
+
+
 class EmptySplitError(ValueError):
     """The loader gave no sample at all."""
 
@@ -41,7 +48,8 @@ def encode_split(model: Any, loader: Iterable[Any], device: Any, text_choice: st
                  ) -> tuple[EncodedSplit, dict[str, list[str]], dict[str, float] | None]:
     """Encode every sample of ``loader`` once -> (EncodedSplit, {keyid: captions}, mean fusion weights or None).
 
-    ``text_choice`` "first": the loader's ``text`` (first caption in evaluation) and its ``sent_emb``; "all":
+    ``text_choice`` "first": the loader's ``text`` (the first caption, given a loader made with
+    ``min_segment_len=``:data:`EVAL_MIN_SEGMENT_ROWS`, as evaluate.py makes it) and its ``sent_emb``; "all":
     every caption of ``texts`` is a text row (its sentence embedding from ``embedder`` when given).
     Latents are float32 numpy arrays on the CPU, as the model returns them (not normalised), computed in eval
     mode under ``torch.no_grad`` (not ``inference_mode``: a frozen text backbone memoises its outputs, and

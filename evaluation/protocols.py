@@ -15,7 +15,8 @@ Tasks: ``t2m m2t v2m m2v t2v v2t`` (query modality 2 gallery modality; t = text,
 A task and its reverse share one similarity matrix (rows of ``x2y`` are ``x`` queries; ``y2x`` uses its
 transpose), as TMR computes ``m2t`` from the transposed ``t2m`` matrix.
 
-Texts: by default one text per sample (its first caption, as TMR evaluates). With several captions per
+Texts: by default one text per sample, its first caption paired with that caption's motion segment whatever its
+length, as TMR evaluates (:data:`lavimo.evaluation.encode.EVAL_MIN_SEGMENT_ROWS`). With several captions per
 sample (``--text-choice all``) every caption is its own text query (t2m, t2v: Q = number of captions rows,
 ground truth = the caption's sample) and, in the other direction (m2t, v2t), the gallery holds every caption
 and the best-scored caption of the query's sample is the ground truth. For the threshold protocol a sample's

@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keyids", default=None, help="file with one keyid per line: render only these")
     p.add_argument("--mirror", action="store_true", help="also render an M<keyid> mirrored copy of every clip")
     p.add_argument("--no-mirrored", action="store_true", help="leave out the dataset's own mirrored clips")
+    p.add_argument("--length-filter", choices=("auto", "on", "off"), default="auto",
+                   help="HumanML3D's / TMR's motion-length rules (docs/data.md): auto (default) = on for HumanML3D, "
+                        "KIT-ML and BABEL sources, off otherwise (the synthetic corpus, one's own data)")
     p.add_argument("--workers", type=int, default=1, help="worker processes, each with its own EGL context")
     p.add_argument("--egl-devices", default=None,
                    help="comma-separated EGL device ids handed to workers round-robin (several GPUs)")
@@ -188,10 +191,11 @@ def select_clips(args: argparse.Namespace) -> tuple[list[Clip], dict, dict]:
     (what ``--keyids`` did: ``{"path", "invalid": {"line N": reason}, "missing": [...]}``) and
     ``mirror_skipped`` ({keyid: reason} of ``--mirror`` copies left out).
     Every clip's keyid was checked when the clip was made (:class:`lavimo.dataset.clip.Clip`)."""
-    from lavimo.dataset.annotations import load_clips
+    from lavimo.dataset.annotations import LENGTH_FILTER_MODES, load_clips
 
     try:
-        clips = load_clips(args.annotations, None, split=args.split, mirrored=not args.no_mirrored)
+        clips = load_clips(args.annotations, None, split=args.split, mirrored=not args.no_mirrored,
+                           length_filter=LENGTH_FILTER_MODES[args.length_filter])
     except BadInputError as e:
         raise SetupError(f"--annotations: {e}") from e
     except OSError as e:

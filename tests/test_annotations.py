@@ -14,7 +14,7 @@ from lavimo.dataset.frames import humanml3d_frame_indices
 
 
 def test_humanml3d_index_without_texts(shared_data):
-    clips = load_clips(shared_data / "humanml3d")
+    clips = load_clips(shared_data / "humanml3d", length_filter=False)
     rep = clips.report
     assert isinstance(clips, ClipSet) and rep.layout == "humanml3d"
     assert rep.requested == 29228  # all.txt, originals + M copies
@@ -54,7 +54,7 @@ def test_humanml3d_splits_and_mirrored_flag(shared_data):
 
 
 def test_kitml_annotations(shared_data):
-    clips = load_clips(shared_data / "kitml" / "annotations.json")
+    clips = load_clips(shared_data / "kitml" / "annotations.json", length_filter=False)
     rep = clips.report
     assert rep.layout == "tmr" and len(clips) == 5766 and rep.counts.get("no_texts", 0) == 0
     by = clips.by_keyid()
@@ -65,9 +65,9 @@ def test_kitml_annotations(shared_data):
     assert c.dataset == "kitml" and c.split == "train"
     m = by["M00001"]
     assert m.mirrored and m.amass_path == c.amass_path  # "M/" path prefix stripped
-    test = load_clips(shared_data / "kitml", split="test")
+    test = load_clips(shared_data / "kitml", split="test", length_filter=False)
     assert len(test) == 786 and {c.split for c in test} == {"test"}
-    assert len(load_clips(shared_data / "kitml", split="test", mirrored=False)) == 786 // 2
+    assert len(load_clips(shared_data / "kitml", split="test", mirrored=False, length_filter=False)) == 786 // 2
 
 
 def test_parse_humanml3d_text():

@@ -370,3 +370,25 @@ def test_sentence_model_is_recorded_and_a_mismatch_warns(tiny_eval, tmp_path, ca
     rc, cap = _run(["--run", other, "--shards", shards, "--protocol", "threshold", "--no-progress",
                     "--out", tmp_path / "other"], capsys)
     assert rc == 0 and "not comparable" in caplog.text and "all-mpnet-base-v2" in caplog.text
+
+
+@pytest.mark.slow
+def test_evaluation_reads_each_test_motion_with_its_first_caption(tiny_eval, tmp_path, capsys, monkeypatch):
+    """TMR's evaluation pairs a test motion with its first annotation whatever its length: evaluate.py's loader
+    is made with min_segment_len EVAL_MIN_SEGMENT_ROWS (1 row), not training's 40 / 24 (tests/test_segments.py
+    checks what the loader then gives)."""
+    from lavimo.evaluation.encode import EVAL_MIN_SEGMENT_ROWS
+
+    shards, run = tiny_eval
+    seen = []
+    real = evaluate.make_loader
+
+    def spy(*a, **k):
+        seen.append(k.get("min_segment_len"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(evaluate, "make_loader", spy)
+    rc, cap = _run(["--run", run, "--shards", shards, "--split", "test", "--protocol", "all", "--no-progress",
+                    "--out", tmp_path / "eval"], capsys)
+    assert rc == 0, cap.err
+    assert seen == [EVAL_MIN_SEGMENT_ROWS] and EVAL_MIN_SEGMENT_ROWS == 1

@@ -421,3 +421,21 @@ def test_check_reports_a_bad_span(shards, tmp_path):
     assert any("sample seg" in p and "text 0: start -1.0" in p for p in rep.problems), rep.problems
     loader = make_loader(out, "val", batch_size=16, train=False, **KW)
     assert "seg" not in [k for b in loader for k in b["keyid"]] and loader.skip_counts["texts"] == 1
+
+
+def test_evaluation_takes_the_first_caption_whatever_its_length(shards):
+    """evaluate.py's loader (min_segment_len EVAL_MIN_SEGMENT_ROWS, as TMR's evaluation: annotation 0 of each test
+    motion, test splits never length-filtered): the first caption and its segment, however short."""
+    from lavimo.evaluation.encode import EVAL_MIN_SEGMENT_ROWS
+
+    loader = make_loader(shards / "shards", "val", batch_size=16, train=False, min_segment_len=EVAL_MIN_SEGMENT_ROWS,
+                         **KW)
+    batch = next(iter(loader))
+    mean, std = load_stats(shards / "shards")
+    assert loader.skipped == 0 and sorted(batch["keyid"]) == sorted(list(VAL_TEXTS) + ["tmr01"])
+    for key in batch["keyid"]:
+        assert _sample(batch, key)["text"] == _sample(batch, key)["texts"][0], key
+    for key, lo, hi in (("shortfirst", 5, 20), ("mixed", 5, 20), ("short", 20, 50), ("edge39", 10, 49)):
+        s = _sample(batch, key)
+        assert motion_rows(s["motion"], s["length"], mean, std) == list(range(lo, hi)), key
+        assert frame_ids(s["video"]) == centre_ids(lo, hi), key

@@ -87,6 +87,19 @@ def test_both_layouts_give_the_same_clips(corpus):
             [c.keyid for c in load_clips(corpus / "humanml3d", split=split)]
 
 
+def test_reference_length_filters_leave_the_corpus_whole(corpus):
+    """The synthetic corpus is not HumanML3D / KIT-ML for the length rules: by default every clip loads. Switched
+    on, TMR's 2-10 s rule keeps every clip (2 to 8 s); HumanML3D's 40 <= rows < 200 drops the 2.0 s clips (39
+    rows), which is why it stays off for the corpus."""
+    for src in (corpus, corpus / "humanml3d"):
+        clips = load_clips(src, corpus / "amass")
+        assert len(clips) == 30 and clips.report.length_filter is None and not clips.report.skipped
+    assert len(load_clips(corpus, corpus / "amass", length_filter=True)) == 30
+    on = load_clips(corpus / "humanml3d", corpus / "amass", length_filter=True)
+    every = load_clips(corpus / "humanml3d", corpus / "amass")
+    assert [c.keyid for c in on] == [c.keyid for c in every if 40 <= c.num_frames - 1 < 200]
+
+
 def test_every_action_in_every_split(corpus):
     items = _items(corpus)
     actions = {m["params"]["action"] for m in items.values()}

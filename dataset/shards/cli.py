@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", help="annotation source: a HumanML3D directory or annotations.json "
                    "(+ splits/), as read by lavimo.dataset.annotations.load_clips")
     p.add_argument("--amass", help="AMASS root directory (npz files)")
+    p.add_argument("--length-filter", choices=("auto", "on", "off"), default="auto",
+                   help="HumanML3D's / TMR's motion-length rules (docs/data.md): auto (default) = on for HumanML3D, "
+                        "KIT-ML and BABEL sources, off otherwise (the synthetic corpus, one's own data)")
     p.add_argument("--videos", help="render-amass output directory (<keyid>.mp4 + <keyid>.json)")
     p.add_argument("--out", required=True, help="shard set directory")
     p.add_argument("--humanml3d-vecs", help="take features from HumanML3D's new_joint_vecs/<keyid>.npy instead of "
@@ -182,7 +185,7 @@ def _build(p: argparse.ArgumentParser, a: argparse.Namespace, command: bool) -> 
     """``build-shards`` without ``check`` / ``--dry-run``: build, print the outcome, its exit status."""
     part = _check_args(p, a)
     out = Path(a.out)
-    from lavimo.dataset.annotations import load_clips
+    from lavimo.dataset.annotations import LENGTH_FILTER_MODES, load_clips
     from lavimo.dataset.shards.build import BuildConfig, ShardSetMismatch, build_shards
     from lavimo.dataset.text_embed import SentenceEmbedder
 
@@ -199,7 +202,7 @@ def _build(p: argparse.ArgumentParser, a: argparse.Namespace, command: bool) -> 
     except (FileNotFoundError, RuntimeError, ValueError, OSError) as exc:
         raise SetupError(f"--text-model: {exc}") from None
     try:
-        clips = load_clips(a.annotations, a.amass)
+        clips = load_clips(a.annotations, a.amass, length_filter=LENGTH_FILTER_MODES[a.length_filter])
     except BadInputError as exc:
         raise SetupError(f"annotations: {exc}") from None
     except (OSError, ValueError) as exc:  # unreadable / not JSON / not UTF-8
