@@ -96,7 +96,8 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[str], Any, list[str]]:
 
     missing = sorted({m for run in runs for m in missing_pretrained(res[run].cfg.model)})
     if missing:
-        raise SetupError(f"missing pretrained weights (give --weights DIR or pass --random-init): {missing[0]}")
+        raise SetupError(f"missing pretrained weights (give --weights DIR or pass --random-init): {missing[0]}"
+                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     return runs, res[runs[0]].cfg, ["--preset", args.preset, *common, *(["--device", args.device] if args.device
                                                                        else [])]
 
@@ -174,7 +175,7 @@ def run_local(args: argparse.Namespace, cmds: dict[str, list[str]]) -> int:
 
 def run_slurm(args: argparse.Namespace, cmds: dict[str, list[str]], runs: list[str], flags: list[str]) -> int:
     """Submit the unstamped stages as Slurm jobs, each after the one before (sbatch --parsable)."""
-    out, dep, body = Path(args.out).resolve(), None, ["--body-models", str(args.body_models)] \
+    out, dep, body = Path(args.out), None, ["--body-models", str(args.body_models)] \
         if args.body_models else []
 
     def submit(what: str, extra: list[str], tail: list[str], exports: dict[str, str], after: str = "afterok"):
@@ -190,7 +191,7 @@ def run_slurm(args: argparse.Namespace, cmds: dict[str, list[str]], runs: list[s
         stamp = out / f".done-{name}"
         return stamp.is_file() and stamp.read_text(encoding="utf-8") == shlex.join(cmds[name])
 
-    data = {"AMASS": str(Path(args.amass).resolve()), "ANN": str(Path(args.annotations).resolve())}
+    data = {"AMASS": args.amass, "ANN": args.annotations}
     if not stamped("render"):
         submit("render", [f"--array=0-{args.render_tasks - 1}"], [str(SLURM / "render_array.sbatch"),
                "--size", str(args.size), *(["--fps", str(args.fps)] if args.fps else []), *body],
@@ -201,7 +202,7 @@ def run_slurm(args: argparse.Namespace, cmds: dict[str, list[str]], runs: list[s
         submit("shards", [f"--array=0-{args.shard_tasks - 1}"], tail, shard_env)
         submit("shards merge", [], tail, {**shard_env, "MERGE": "1"}, after="afterany")
     submit("rows", [f"--array=0-{len(runs) - 1}"], [str(SLURM / "paper_rows.sbatch"), *flags],
-           {"RUNNER": str(RUNNER), "SHARDS": str(out / "shards"), "OUT": str(out / "runs"), "RUNS": ",".join(runs)})
+           {"RUNNER": str(RUNNER), "SHARDS": str(out / "shards"), "OUT": str(out / "runs"), "RUNS": " ".join(runs)})
     submit("tables", ["--job-name=lavimo-tables", f"--output={out / 'tables-%j.out'}"],
            ["--wrap", shlex.join(cmds["tables"])], {}, after="afterany")
     print(f"submitted; the tables will be in {out / 'runs' / 'tables'}/paper_tables.md", flush=True)
@@ -243,16 +244,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code) if isinstance(exc.code, int) else EXIT_SETUP
     try:
         check_inputs(args)
+        args.amass, args.annotations, args.out = (str(Path(p).resolve()) for p in (args.amass, args.annotations,
+                                                                                   args.out))
         runs, cfg, flags = plan_runs(args)
         for line in cost(args, runs, cfg):
             print(line, flush=True)
         cmds = stage_commands(args, flags)
+        if not args.dry_run:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
         if args.slurm:
             return run_slurm(args, cmds, runs, flags)
         if args.dry_run:
             print("\n".join(f"== {n}: {shlex.join(c)}" for n, c in cmds.items()) + "\ndry run: nothing was run")
             return EXIT_OK
-        Path(args.out).mkdir(parents=True, exist_ok=True)
         return run_local(args, cmds)
     except (SetupError, BadInputError) as exc:
         return print_error(PROG, exc, EXIT_SETUP)
