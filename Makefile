@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PYOPENGL_PLATFORM ?= egl
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: all venv sysdeps test test-fast bench demo demo-clean clean
+.PHONY: all venv sysdeps test test-fast bench demo demo-clean reproduce clean
 
 all: test
 
@@ -70,6 +70,14 @@ demo: venv
 
 demo-clean:
 	rm -rf $(DEMO)
+
+# Raw data to the paper's tables (docs/paper.md, "Reproduce"): make reproduce AMASS=DIR ANN=DIR OUT=DIR
+#   BODY_MODELS=DIR WEIGHTS=DIR [REPRO_ARGS='--slurm --tables table2 ...']; refused without the paths.
+reproduce:
+	@$(foreach v,AMASS ANN OUT,$(if $($(v)),,echo "make reproduce: missing $(v)=PATH (AMASS, ANN, OUT; BODY_MODELS, WEIGHTS or REPRO_ARGS='--procedural-body --random-init')" >&2; exit 2;)) true
+	@$(MAKE) --no-print-directory venv
+	$(PY) scripts/reproduce.py --amass "$(AMASS)" --annotations "$(ANN)" --out "$(OUT)" \
+	  $(if $(BODY_MODELS),--body-models "$(BODY_MODELS)") $(if $(WEIGHTS),--weights "$(WEIGHTS)") $(REPRO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

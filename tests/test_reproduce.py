@@ -10,6 +10,7 @@ chained by dependencies, one array task per run; paper_rows.sbatch picks its tas
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,11 @@ def test_slurm_submits_the_stages_as_chained_jobs_one_array_task_per_run(corpus,
     assert task.returncode == 0, task.stderr
     assert task.stdout.strip() == "R.py train --shards S --out O --rows negative_threshold-0p7 --preset paper -- " \
                                   "--workers 4"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_reproduce_refuses_without_the_paths():
+    env = {k: v for k, v in ENV.items() if k not in ("AMASS", "ANN", "OUT")}
+    p = subprocess.run(["make", "-s", "reproduce", "AMASS=/data/amass"], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2 and p.stderr.startswith("make reproduce: missing ANN=PATH"), p.stderr
