@@ -34,6 +34,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from lavimo.core.errors import BadInputError, SetupError, print_error  # noqa: E402
+from lavimo.core.stop import StopSignals  # noqa: E402
 
 PROG = "reproduce.py"
 RUNNER = REPO / "scripts" / "paper_ablations.py"
@@ -114,12 +115,12 @@ def cost(args: argparse.Namespace, runs: list[str], cfg: Any) -> list[str]:
         raise SetupError(f"--annotations {args.annotations}: no clip could be loaded with --amass {args.amass}")
     frames = sum(int(round(len(c.frames) * (args.fps or c.fps) / c.fps)) for c in clips if c.frames is not None)
     n_train = sum(c.split == "train" for c in clips)
-    workers = max(1, args.workers)
+    workers, mirror = max(1, args.workers), 2 if args.slurm else 1  # render_array.sbatch passes --mirror
     render_fps = RATES["render_fps_large" if args.size >= 384 else "render_fps_small"] * workers
     scale = (args.size / 512) ** 2, (min(args.size, 256) / 256) ** 2
-    video_gb = frames * RATES["mp4_bytes_per_frame"] * scale[0] / 1e9
+    video_gb = mirror * frames * RATES["mp4_bytes_per_frame"] * scale[0] / 1e9
     shard_gb = frames * RATES["shard_bytes_per_frame"] * scale[1] / 1e9
-    secs = {"render": frames / render_fps, "shards": len(clips) / RATES["shard_clips_per_s"],
+    secs = {"render": mirror * frames / render_fps, "shards": len(clips) / RATES["shard_clips_per_s"],
             "rows": len(runs) * cfg.train.epochs * n_train / RATES["train_samples_per_s"]}
     return [f"{len(clips)} clips ({n_train} train) from {args.annotations}, {frames} video frames at {args.size} px; "
             f"{len(runs)} training run(s) ({', '.join(runs)}), preset {args.preset!r}, {cfg.train.epochs} epoch(s)",
@@ -127,7 +128,8 @@ def cost(args: argparse.Namespace, runs: list[str], cfg: Any) -> list[str]:
             + f" (total {sum(secs.values()) / 3600:.2f} h); disk: videos {video_gb:.3f} GB + shards {shard_gb:.3f} GB",
             "  (rates of docs/benchmarks.md, measured on a 2-core CPU without a GPU: render "
             f"{render_fps:g} frames/s with {workers} worker(s), {RATES['shard_clips_per_s']} clips/s, training "
-            f"{RATES['train_samples_per_s']} samples/s; a GPU machine is faster)"]
+            f"{RATES['train_samples_per_s']} samples/s; a GPU machine is faster"
+            + ("; rendering counts mirrored copies, up to 2x" if args.slurm else "") + ")"]
 
 
 def stage_commands(args: argparse.Namespace, flags: list[str]) -> dict[str, list[str]]:
@@ -151,24 +153,45 @@ def stage_commands(args: argparse.Namespace, flags: list[str]) -> dict[str, list
     }
 
 
-def run_local(args: argparse.Namespace, cmds: dict[str, list[str]]) -> int:
+def _stamp_text(cmd: list[str]) -> str:
+    return shlex.join(cmd[1:])  # without the interpreter's path: another venv does not redo the stages
+
+
+def _run_stage(cmd: list[str], stop: StopSignals) -> int:
+    """A stage's exit status. A stop signal (only recorded here) is passed on as SIGTERM and the stage is waited
+    for, so it ends at its own safe point (a finished clip or shard, a checkpoint); then KeyboardInterrupt."""
+    proc, sent = subprocess.Popen(cmd, stdin=subprocess.DEVNULL), False
+    while True:
+        try:
+            rc = proc.wait(timeout=0.2)
+            break
+        except subprocess.TimeoutExpired:
+            if stop() and not sent:
+                proc.terminate()
+                sent = True
+    if stop():
+        raise KeyboardInterrupt
+    return rc
+
+
+def run_local(args: argparse.Namespace, cmds: dict[str, list[str]], stop: StopSignals) -> int:
     """Run the stages in order, skipping stamped ones until one runs; the tables are printed either way."""
     out, ran, rc = Path(args.out), False, EXIT_OK
     for name in STAGES:
-        stamp, text = out / f".done-{name}", shlex.join(cmds[name])
+        stamp, text = out / f".done-{name}", _stamp_text(cmds[name])
         if not ran and stamp.is_file() and stamp.read_text(encoding="utf-8") == text:
             print(f"== {name}: already complete (remove {stamp} to redo)", flush=True)
             if name == "tables":
                 print((out / "runs" / "tables" / "paper_tables.md").read_text(encoding="utf-8"), end="")
             continue
-        print(f"== {name}: {text}", flush=True)
-        ran, stamp_rc = True, subprocess.run(cmds[name], stdin=subprocess.DEVNULL).returncode
-        if stamp_rc == EXIT_OK:
+        print(f"== {name}: {shlex.join(cmds[name])}", flush=True)
+        ran, stage_rc = True, _run_stage(cmds[name], stop)
+        if stage_rc == EXIT_OK:
             stamp.write_text(text, encoding="utf-8")
             continue
-        print(f"{PROG}: stage {name} failed (exit {stamp_rc})", file=sys.stderr, flush=True)
-        if stamp_rc == EXIT_SETUP or name in ("render", "shards"):
-            return EXIT_SETUP if stamp_rc == EXIT_SETUP else EXIT_FAILED
+        print(f"{PROG}: stage {name} failed (exit {stage_rc})", file=sys.stderr, flush=True)
+        if stage_rc == EXIT_SETUP or name in ("render", "shards"):
+            return EXIT_SETUP if stage_rc == EXIT_SETUP else EXIT_FAILED
         rc = EXIT_FAILED  # a failed row: the tables still come, marking it
     return rc
 
@@ -183,13 +206,15 @@ def run_slurm(args: argparse.Namespace, cmds: dict[str, list[str]], runs: list[s
         cmd = ["sbatch", "--parsable", *([f"--dependency={after}:{dep}"] if dep else []),
                "--export=" + ",".join(["ALL", *(f"{k}={v}" for k, v in exports.items())]), *extra, *tail]
         print(f"== {what}: {shlex.join(cmd)}", flush=True)
-        if not args.dry_run:
+        if args.dry_run:
+            dep = f"<{what} job>"
+        else:
             dep = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout.strip().split(";")[0]
             print(f"   job {dep}", flush=True)
 
     def stamped(name: str) -> bool:
         stamp = out / f".done-{name}"
-        return stamp.is_file() and stamp.read_text(encoding="utf-8") == shlex.join(cmds[name])
+        return stamp.is_file() and stamp.read_text(encoding="utf-8") == _stamp_text(cmds[name])
 
     data = {"AMASS": args.amass, "ANN": args.annotations}
     if not stamped("render"):
@@ -205,7 +230,7 @@ def run_slurm(args: argparse.Namespace, cmds: dict[str, list[str]], runs: list[s
            {"RUNNER": str(RUNNER), "SHARDS": str(out / "shards"), "OUT": str(out / "runs"), "RUNS": " ".join(runs)})
     submit("tables", ["--job-name=lavimo-tables", f"--output={out / 'tables-%j.out'}"],
            ["--wrap", shlex.join(cmds["tables"])], {}, after="afterany")
-    print(f"submitted; the tables will be in {out / 'runs' / 'tables'}/paper_tables.md", flush=True)
+    print(f"{'dry run: nothing submitted' if args.dry_run else 'submitted'}; the tables will be in {out / 'runs' / 'tables'}/paper_tables.md", flush=True)
     return EXIT_OK
 
 
@@ -257,7 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             print("\n".join(f"== {n}: {shlex.join(c)}" for n, c in cmds.items()) + "\ndry run: nothing was run")
             return EXIT_OK
-        return run_local(args, cmds)
+        with StopSignals(prog=PROG, on_first="stopping the running stage").installed() as stop:
+            return run_local(args, cmds, stop)
     except (SetupError, BadInputError) as exc:
         return print_error(PROG, exc, EXIT_SETUP)
     except subprocess.CalledProcessError as exc:

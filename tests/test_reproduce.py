@@ -136,3 +136,25 @@ def test_make_reproduce_refuses_without_the_paths():
     p = subprocess.run(["make", "-s", "reproduce", "AMASS=/data/amass"], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 2 and p.stderr.startswith("make reproduce: missing ANN=PATH"), p.stderr
+
+
+def test_a_stop_signal_is_passed_on_and_the_stage_waited_for(tmp_path):
+    """SIGINT / SIGTERM are only recorded; the running stage gets SIGTERM and ends at its own safe point (here: a
+    stand-in that writes a file on SIGTERM), then the stop surfaces as KeyboardInterrupt (main: exit 1)."""
+    import importlib.util
+    import threading
+
+    from lavimo.core.stop import StopSignals
+
+    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    done = tmp_path / "checkpointed"
+    child = ("import pathlib, signal, sys, time\n"
+             f"signal.signal(signal.SIGTERM, lambda *a: (pathlib.Path({str(done)!r}).write_text('x'), sys.exit(0)))\n"
+             "time.sleep(60)\n")
+    stop = StopSignals(signals=())
+    threading.Timer(1.0, stop.request, ("SIGTERM",)).start()
+    with pytest.raises(KeyboardInterrupt):
+        mod._run_stage([sys.executable, "-c", child], stop)
+    assert done.read_text() == "x"
