@@ -128,7 +128,7 @@ def cost(args: argparse.Namespace, runs: list[str], cfg: Any) -> list[str]:
             + f" (total {sum(secs.values()) / 3600:.2f} h); disk: videos {video_gb:.3f} GB + shards {shard_gb:.3f} GB",
             "  (rates of docs/benchmarks.md, measured on a 2-core CPU without a GPU: render "
             f"{render_fps:g} frames/s with {workers} worker(s), {RATES['shard_clips_per_s']} clips/s, training "
-            f"{RATES['train_samples_per_s']} samples/s; a GPU machine is faster"
+            f"{RATES['train_samples_per_s']} samples/s of the demo preset; a GPU machine is faster"
             + ("; rendering counts mirrored copies, up to 2x" if args.slurm else "") + ")"]
 
 
@@ -177,12 +177,14 @@ def _run_stage(cmd: list[str], stop: StopSignals) -> int:
 def run_local(args: argparse.Namespace, cmds: dict[str, list[str]], stop: StopSignals) -> int:
     """Run the stages in order, skipping stamped ones until one runs; the tables are printed either way."""
     out, ran, rc = Path(args.out), False, EXIT_OK
+    table_md = out / "runs" / "tables" / "paper_tables.md"
     for name in STAGES:
         stamp, text = out / f".done-{name}", _stamp_text(cmds[name])
-        if not ran and stamp.is_file() and stamp.read_text(encoding="utf-8") == text:
+        if not ran and stamp.is_file() and stamp.read_text(encoding="utf-8") == text and (
+                name != "tables" or table_md.is_file()):
             print(f"== {name}: already complete (remove {stamp} to redo)", flush=True)
             if name == "tables":
-                print((out / "runs" / "tables" / "paper_tables.md").read_text(encoding="utf-8"), end="")
+                print(table_md.read_text(encoding="utf-8"), end="")
             continue
         print(f"== {name}: {shlex.join(cmds[name])}", flush=True)
         ran, stage_rc = True, _run_stage(cmds[name], stop)
