@@ -2,7 +2,7 @@
 """One command from raw data to the paper's tables: render -> shards -> every row -> tables.
 
     python scripts/reproduce.py --amass AMASS --annotations ANN --out OUT (--body-models DIR | --procedural-body)
-        [--weights DIR | --random-init] [--tables all] [--rows tmr,ours,...] [--preset paper] [--epochs N]
+        [--weights DIR | --random-init] [--text-model DIR | --any-text-model] [--tables all] [--rows tmr,ours,...] [--preset paper] [--epochs N]
         [--set FIELD=VALUE ...] [--size 512] [--fps N] [--workers N] [--device D] [--slurm] [--dry-run]
 
 Stages (local): ``render`` (render-amass -> OUT/videos), ``shards`` (build-shards -> OUT/shards), ``rows``
@@ -15,7 +15,8 @@ task per run with paper_rows.sbatch, then the tables); stamped stages are not su
 
 Before any work it prints what the run will cost: clips, frames, disk and hours, from the rates measured in
 docs/benchmarks.md (:data:`RATES`). Exit status: 0 done (or submitted); 1 a stage failed or interrupted (rerun to
-continue); 2 set-up error: one line naming what is missing (a path, the body models, pretrained weights).
+continue; also when render or shards failed some clips: the others went on); 2 set-up error: one line naming
+what is missing (a path, the body models, pretrained weights, a local copy of the preset's sentence model).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+if importlib.util.find_spec("lavimo") is None:  # the checkout is the package: installed, not put on sys.path
+    print("lavimo is not installed: run `pip install -e .` in the checkout (or make venv)", file=sys.stderr)
+    sys.exit(2)
 
 from lavimo.core.errors import BadInputError, SetupError, print_error  # noqa: E402
 from lavimo.core.stop import StopSignals  # noqa: E402
@@ -65,7 +67,8 @@ def check_inputs(args: argparse.Namespace) -> None:
     """Refuse (SetupError, one line) when a path, the body models or the weights directory is missing."""
     for flag, path, kind in (("--amass", args.amass, "directory"), ("--annotations", args.annotations, "path"),
                              ("--weights", args.weights, "directory"), ("--body-models", args.body_models,
-                                                                        "directory")):
+                                                                        "directory"),
+                             ("--text-model", args.text_model, "directory")):
         if path is not None and not (Path(path).is_dir() if kind == "directory" else Path(path).exists()):
             raise SetupError(f"{flag} {path}: no such {kind}")
     if args.body_models is None and not args.procedural_body:
@@ -81,6 +84,23 @@ def check_inputs(args: argparse.Namespace) -> None:
                 raise SetupError(f"--body-models {args.body_models}: {' '.join(str(exc).split())}") from None
     if args.weights is not None:
         os.environ["LAVIMO_WEIGHTS"] = str(Path(args.weights).resolve())  # the children inherit it
+        if args.text_model is None and (Path(args.weights) / "all-mpnet-base-v2").is_dir():
+            args.text_model = str(Path(args.weights) / "all-mpnet-base-v2")
+    if args.text_model is not None:
+        args.text_model = str(Path(args.text_model).resolve())
+
+
+def check_text_model(args: argparse.Namespace, cfg: Any) -> None:
+    """Refuse (SetupError) when the preset's sentence model (ε is defined on its scores) has no local copy: no
+    --text-model of that model and not the bundled one; ``--any-text-model`` embeds with what is given instead."""
+    from lavimo.dataset.text_embed import BUNDLED_NAME, same_sentence_model
+
+    given = args.text_model or BUNDLED_NAME
+    if args.any_text_model or same_sentence_model(given, cfg.sentence_model):
+        return
+    raise SetupError(f"the preset's sentence model {cfg.sentence_model} (its threshold is defined on it) has no "
+                     f"local copy ({'--text-model ' + args.text_model if args.text_model else 'no --text-model'}): "
+                     "give --text-model DIR (or --weights DIR holding all-mpnet-base-v2/), or pass --any-text-model")
 
 
 def plan_runs(args: argparse.Namespace) -> tuple[list[str], Any, list[str]]:
@@ -99,6 +119,7 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[str], Any, list[str]]:
     if missing:
         raise SetupError(f"missing pretrained weights (give --weights DIR or pass --random-init): {missing[0]}"
                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    check_text_model(args, res[runs[0]].cfg.model)
     return runs, res[runs[0]].cfg, ["--preset", args.preset, *common, *(["--device", args.device] if args.device
                                                                        else [])]
 
@@ -147,7 +168,8 @@ def stage_commands(args: argparse.Namespace, flags: list[str]) -> dict[str, list
                    "--workers", str(args.workers), *body],
         "shards": [py, "-m", "lavimo.dataset.shards.cli", "--annotations", args.annotations, "--amass", args.amass,
                    "--videos", str(out / "videos"), "--out", str(out / "shards"), "--frame-size",
-                   str(min(args.size, 256)), "--workers", str(args.workers), "--quiet", *body],
+                   str(min(args.size, 256)), "--workers", str(args.workers), "--quiet", *body,
+                   *(["--text-model", args.text_model] if args.text_model else [])],
         "rows": [*runner[:2], "train", *runner[2:]],
         "tables": [*runner[:2], "table", *runner[2:]],
     }
@@ -160,7 +182,8 @@ def _stamp_text(cmd: list[str]) -> str:
 def _run_stage(cmd: list[str], stop: StopSignals) -> int:
     """A stage's exit status. A stop signal (only recorded here) is passed on as SIGTERM and the stage is waited
     for, so it ends at its own safe point (a finished clip or shard, a checkpoint); then KeyboardInterrupt."""
-    proc, sent = subprocess.Popen(cmd, stdin=subprocess.DEVNULL), False
+    # its own session: the terminal's SIGINT reaches only us, and the stage gets exactly one SIGTERM from us
+    proc, sent = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True), False
     while True:
         try:
             rc = proc.wait(timeout=0.2)
@@ -175,8 +198,11 @@ def _run_stage(cmd: list[str], stop: StopSignals) -> int:
 
 
 def run_local(args: argparse.Namespace, cmds: dict[str, list[str]], stop: StopSignals) -> int:
-    """Run the stages in order, skipping stamped ones until one runs; the tables are printed either way."""
+    """Run the stages in order, skipping stamped ones until one runs; the tables are printed either way. Render or
+    shards exiting 1 (some clips failed, the others done) is a partial success: stamped, the next stage runs, and
+    the final status is 1."""
     out, ran, rc = Path(args.out), False, EXIT_OK
+    reports = {"render": out / "videos" / "render-report.json", "shards": out / "shards" / ".build" / "report.json"}
     table_md = out / "runs" / "tables" / "paper_tables.md"
     for name in STAGES:
         stamp, text = out / f".done-{name}", _stamp_text(cmds[name])
@@ -190,6 +216,12 @@ def run_local(args: argparse.Namespace, cmds: dict[str, list[str]], stop: StopSi
         ran, stage_rc = True, _run_stage(cmds[name], stop)
         if stage_rc == EXIT_OK:
             stamp.write_text(text, encoding="utf-8")
+            continue
+        if stage_rc == EXIT_FAILED and name in reports:
+            print(f"{PROG}: stage {name}: some clips failed (see {reports[name]}); continuing with the others",
+                  file=sys.stderr, flush=True)
+            stamp.write_text(text, encoding="utf-8")
+            rc = EXIT_FAILED
             continue
         print(f"{PROG}: stage {name} failed (exit {stage_rc})", file=sys.stderr, flush=True)
         if stage_rc == EXIT_SETUP or name in ("render", "shards"):
@@ -225,11 +257,14 @@ def run_slurm(args: argparse.Namespace, cmds: dict[str, list[str]], runs: list[s
                {**data, "OUT": str(out / "videos")})
     if not stamped("shards"):
         shard_env = {**data, "VIDEOS": str(out / "videos"), "OUT": str(out / "shards")}
-        tail = [str(SLURM / "build_shards.sbatch"), "--frame-size", str(min(args.size, 256)), *body]
-        submit("shards", [f"--array=0-{args.shard_tasks - 1}"], tail, shard_env)
+        tail = [str(SLURM / "build_shards.sbatch"), "--frame-size", str(min(args.size, 256)), *body,
+                *(["--text-model", args.text_model] if args.text_model else [])]
+        # afterany: a render task with failed clips exits 1; build-shards refuses missing inputs itself
+        submit("shards", [f"--array=0-{args.shard_tasks - 1}"], tail, shard_env, after="afterany")
         submit("shards merge", [], tail, {**shard_env, "MERGE": "1"}, after="afterany")
     submit("rows", [f"--array=0-{len(runs) - 1}"], [str(SLURM / "paper_rows.sbatch"), *flags],
-           {"RUNNER": str(RUNNER), "SHARDS": str(out / "shards"), "OUT": str(out / "runs"), "RUNS": " ".join(runs)})
+           {"RUNNER": str(RUNNER), "SHARDS": str(out / "shards"), "OUT": str(out / "runs"), "RUNS": " ".join(runs)},
+           after="afterany")  # a merge with failed clips exits 1; train.py refuses missing shards itself
     submit("tables", ["--job-name=lavimo-tables", f"--output={out / 'tables-%j.out'}"],
            ["--wrap", shlex.join(cmds["tables"])], {}, after="afterany")
     print(f"{'dry run: nothing submitted' if args.dry_run else 'submitted'}; the tables will be in {out / 'runs' / 'tables'}/paper_tables.md", flush=True)
@@ -246,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--procedural-body", action="store_true", help="no body models: the procedural body")
     p.add_argument("--weights", default=None, help="pretrained weights directory (DistilBERT, CLIP): "
                    "LAVIMO_WEIGHTS for every stage")
+    p.add_argument("--text-model", default=None, metavar="DIR", help="local sentence-transformers copy of the "
+                   "preset's sentence model, for build-shards (default: WEIGHTS/all-mpnet-base-v2 when it exists)")
+    p.add_argument("--any-text-model", action="store_true", help="embed captions with --text-model or the bundled "
+                   "all-MiniLM-L6-v2 even when the preset names another model (numbers not comparable)")
     p.add_argument("--random-init", action="store_true", help="random backbones (no pretrained weights needed)")
     p.add_argument("--tables", default="all", help="table2,...,table6 or all (default)")
     p.add_argument("--rows", default=None, help="only these rows, comma separated (e.g. tmr,ours)")

@@ -74,20 +74,23 @@ def _refused_args(case: str, corpus: Path, tmp: Path) -> list:
     args = [*_paths(corpus, tmp / "repro"), *TOY]
     swap = {"amass": ("--amass", tmp / "no-amass"), "annotations": ("--annotations", tmp / "no-annotations.json"),
             "body models": ("--procedural-body", None), "body model files": ("--procedural-body", "--body-models"),
-            "weights": ("--random-init", "--weights")}[case]
+            "weights": ("--random-init", "--weights"), "text model": ("--random-init", "--random-init")}[case]
     i = args.index(swap[0])
     if case in ("amass", "annotations"):
         args[i + 1] = swap[1]
+    elif case == "text model":
+        pass  # the paper preset names all-mpnet-base-v2: no local copy, no --any-text-model
     elif swap[1] is None:
         del args[i]
     else:
         args[i:i + 1] = [swap[1], tmp]  # an empty directory
-    return [("paper" if a == "tiny" and case == "weights" else a) for a in args]
+    return [("paper" if a == "tiny" and case in ("weights", "text model") else a) for a in args]
 
 
 @pytest.mark.parametrize("case, needle", [
     ("amass", "--amass"), ("annotations", "--annotations"), ("body models", "missing --body-models"),
-    ("body model files", "no SMPLH male body model"), ("weights", "missing pretrained weights")])
+    ("body model files", "no SMPLH male body model"), ("weights", "missing pretrained weights"),
+    ("text model", "sentence model sentence-transformers/all-mpnet-base-v2")])
 def test_refusals_name_what_is_missing_with_exit_2(case, needle, corpus, tmp_path):
     p = _run(_refused_args(case, corpus, tmp_path))
     assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
@@ -103,19 +106,22 @@ def test_slurm_submits_the_stages_as_chained_jobs_one_array_task_per_run(corpus,
                                     'echo "$((100 + $(wc -l < "$SBATCH_LOG")));cluster"\n')
     (bin_dir / "sbatch").chmod(0o755)
     env = dict(ENV, PATH=f"{bin_dir}{os.pathsep}{ENV['PATH']}", SBATCH_LOG=str(log))
-    out = tmp_path / "repro"
+    out, mpnet = tmp_path / "repro", tmp_path / "weights" / "all-mpnet-base-v2"
+    mpnet.mkdir(parents=True)  # --weights holding all-mpnet-base-v2/: the shards' --text-model
     p = _run([*_paths(corpus, out), "--procedural-body", "--random-init", "--preset", "paper", "--tables",
-              "table2,table4", "--slurm"], env=env)
+              "table2,table4", "--weights", mpnet.parent, "--slurm"], env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     jobs = log.read_text().splitlines()
     assert len(jobs) == 5  # render, shards, shards merge, rows, tables
     assert "--array=0-31" in jobs[0] and "render_array.sbatch --size 512" in jobs[0]
-    assert "--dependency=afterok:101" in jobs[1] and "build_shards.sbatch" in jobs[1]
+    # afterany: a task with some failed clips exits 1, and the next stage refuses missing inputs itself
+    assert "--dependency=afterany:101" in jobs[1] and "build_shards.sbatch" in jobs[1]
     assert "--dependency=afterany:102" in jobs[2] and "MERGE=1" in jobs[2]
+    assert all(j.endswith(f"--text-model {mpnet}") for j in jobs[1:3]), jobs[1:3]
     # Table 2's seven rows and Table 4's five ε values; ε 0.8 is the Ours run under the paper preset: 11 runs
     runs = "tmr row2 row3 row4 row5 row6 ours negative_threshold-0p7 negative_threshold-0p75 " \
            "negative_threshold-0p85 negative_threshold-0p9"
-    assert "--dependency=afterok:103" in jobs[3] and "--array=0-10" in jobs[3] and f"RUNS={runs}" in jobs[3]
+    assert "--dependency=afterany:103" in jobs[3] and "--array=0-10" in jobs[3] and f"RUNS={runs}" in jobs[3]
     assert jobs[3].endswith("paper_rows.sbatch --preset paper --random-init")
     assert "--dependency=afterany:104" in jobs[4] and "paper_ablations.py table" in jobs[4]
 
@@ -158,3 +164,29 @@ def test_a_stop_signal_is_passed_on_and_the_stage_waited_for(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         mod._run_stage([sys.executable, "-c", child], stop)
     assert done.read_text() == "x"
+
+
+def test_stages_run_in_their_own_session_and_failed_clips_are_a_partial_success(tmp_path, monkeypatch):
+    """The terminal's SIGINT reaches only reproduce.py (the stage has its own session); render/shards exiting 1
+    (some clips failed) is stamped, the next stages run, and the final status is 1."""
+    import argparse
+    import importlib.util
+    import os as _os
+
+    from lavimo.core.stop import StopSignals
+
+    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sid = tmp_path / "sid"
+    mod._run_stage([sys.executable, "-c", f"import os, pathlib; pathlib.Path({str(sid)!r}).write_text("
+                    "str(os.getsid(0)))"], StopSignals(signals=()))
+    assert int(sid.read_text()) != _os.getsid(0)
+
+    cmds = {name: [sys.executable, "-c", f"import sys; sys.exit({1 if name == 'render' else 0})"]
+            for name in mod.STAGES}
+    (tmp_path / "runs" / "tables").mkdir(parents=True)
+    (tmp_path / "runs" / "tables" / "paper_tables.md").write_text("table\n")
+    rc = mod.run_local(argparse.Namespace(out=str(tmp_path)), cmds, StopSignals(signals=()))
+    assert rc == 1
+    assert all((tmp_path / f".done-{name}").is_file() for name in mod.STAGES)
