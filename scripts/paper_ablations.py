@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
 import io
 import json
 import math
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -33,8 +35,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python scripts/paper_ablations.py` from anywhere
-    sys.path.insert(0, str(REPO))
+if importlib.util.find_spec("lavimo") is None:  # the checkout is the package: installed, not put on sys.path
+    print("lavimo is not installed: run `pip install -e .` in the checkout (or make venv)", file=sys.stderr)
+    sys.exit(2)
 
 from lavimo.core.atomic import write_json, write_text  # noqa: E402
 from lavimo.core.errors import BadInputError, SetupError, print_error  # noqa: E402
@@ -250,6 +253,9 @@ def resolve_rows(tables: dict[str, Table], shards: str, preset: str, common: lis
             raise SetupError(f"--preset: {exc}") from None
         except (ValueError, TypeError) as exc:
             raise SetupError(f"{what}: {' '.join(str(exc).split())}") from None
+        if row.switches.get("reconstruction") in ("plain", "fusion") and cfg.flat().get("recon_weight") == 0:
+            raise SetupError(f"row {row.name}: reconstruction {row.switches['reconstruction']!r} resolves to "
+                             "recon_weight 0 (from the preset or --set): give it a positive recon_weight")
         key = json.dumps({k: v for k, v in cfg.flat().items() if k not in NOT_RESULT_FIELDS}, sort_keys=True,
                          default=str)
         out[row.name] = Resolved(row, argv + ([] if "--no-progress" in argv else ["--no-progress"]), cfg,
@@ -301,10 +307,13 @@ def run_tool(script: Path, argv: list[str], log_path: Path, stop: StopSignals, i
     with open(log_path, "a", encoding="utf-8") as fh:
         fh.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
         fh.flush()
+        if stop():  # a stop recorded before the child started: start none
+            raise KeyboardInterrupt
         if in_process:
             rc = _run_in_process(script.stem, argv, fh)
-        else:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT)
+        else:  # its own session: the terminal's SIGINT reaches only us, and the child gets one SIGTERM from us
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
             while (rc := _poll(proc, 0.2)) is None and not stop():
                 pass
             if rc is None:
@@ -334,6 +343,9 @@ def _run_in_process(name: str, argv: list[str], fh) -> int:
     saved = root.handlers[:], root.level
     root.handlers[:] = [logging.StreamHandler(fh)]  # the tool's logging.basicConfig is then a no-op
     root.setLevel(logging.INFO)
+    # main's StopSignals only records SIGINT; the tool in this process would never see it: Ctrl-C raises
+    # KeyboardInterrupt here (or reaches the tool's own handler) for the call's duration
+    old_int = _swap_sigint(signal.default_int_handler)
     try:
         with contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
             rc = module.main(list(argv))
@@ -344,7 +356,29 @@ def _run_in_process(name: str, argv: list[str], fh) -> int:
         rc = 1
     finally:
         root.handlers[:], root.level = saved
+        if old_int is not None:
+            _swap_sigint(old_int)
     return int(rc or 0)
+
+
+def _swap_sigint(handler):
+    """Install ``handler`` for SIGINT; the previous one (None off the main thread, where it cannot be set)."""
+    try:
+        return signal.signal(signal.SIGINT, handler)
+    except ValueError:
+        return None
+
+
+def launcher_processes(launcher: str | None) -> int:
+    """Processes per node of a ``--launcher`` (torchrun's --nproc_per_node / --nproc-per-node; 1 without it; 2 for
+    a value that is not a number, e.g. ``gpu``): Table 5's batch size is per process."""
+    words = shlex.split(launcher or "")
+    for i, w in enumerate(words):
+        flag, eq, val = w.partition("=")
+        if flag in ("--nproc_per_node", "--nproc-per-node"):
+            val = val if eq else (words[i + 1] if i + 1 < len(words) else "")
+            return int(val) if val.isdigit() else 2
+    return 1
 
 
 def error_line(log_path: Path) -> str:
@@ -582,6 +616,9 @@ def run(args: argparse.Namespace, passthrough: list[str], stop: StopSignals) -> 
     check_keyid(args.split, None, "--split")
     if args.launcher is not None and (args.in_process or not shlex.split(args.launcher)):
         raise SetupError("--launcher: give a command (e.g. 'torchrun --nproc_per_node=4'), without --in-process")
+    if launcher_processes(args.launcher) > 1 and any(r.parameter == "batch_size" for r in selected):
+        raise SetupError(f"--launcher {args.launcher!r}: Table 5's batch size is per process, so B would be "
+                         "multiplied by the process count: run its rows with one process per node")
     facts = shard_facts(Path(args.shards), [loaded[0][t] for t in dict.fromkeys(r.table for r in selected)])
     args.threshold = loaded[0][selected[0].table].threshold
     common = [*(["--set", f"feature_dim={facts['feature_dim']}"] if facts["feature_dim"] else []),
@@ -603,6 +640,8 @@ def run(args: argparse.Namespace, passthrough: list[str], stop: StopSignals) -> 
     rc = write_tables(selected, res, loaded, facts, args, stop) if args.mode in ("all", "table") else EXIT_OK
     for line in failed:
         print(f"FAILED {line}", file=sys.stderr)
+    if stop():  # a signal during the tables: not a success
+        raise KeyboardInterrupt
     return EXIT_FAILED if failed else rc
 
 

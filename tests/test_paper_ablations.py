@@ -210,6 +210,9 @@ def test_usage_errors_exit_2_with_one_line(fake_shards, tmp_path, capsys):
         (["--", "--no-such-flag"], "unrecognized arguments"),
         (["--preset", "paper", "--rows", "ours", "--set", f"text_model={tmp_path / 'nope'}"],
          "missing pretrained weights"),
+        (["--rows", "ours", "--set", "recon_weight=0"], "recon_weight 0"),  # plain/fusion rows keep their decoder
+        (["--tables", "table5", "--launcher", "torchrun --nproc_per_node=4"], "batch size is per process"),
+        (["--tables", "table5", "--launcher", "torchrun --nproc-per-node 2"], "batch size is per process"),
     ]
     for extra, needle in cases:
         argv = ["--shards", fake_shards, "--out", out, *extra]
@@ -221,6 +224,40 @@ def test_usage_errors_exit_2_with_one_line(fake_shards, tmp_path, capsys):
     rc, _, err = _main(["--shards", tmp_path / "nope", "--out", out], capsys)
     assert rc == 2 and "train.json: not found" in err
     assert not out.exists()
+
+
+def test_launcher_processes():
+    assert pa.launcher_processes(None) == 1 and pa.launcher_processes("torchrun --nproc_per_node=1") == 1
+    assert pa.launcher_processes("torchrun --nproc_per_node 4") == 4
+    assert pa.launcher_processes("torchrun --nproc-per-node=gpu") == 2
+
+
+def test_a_recorded_stop_starts_no_child_and_in_process_sees_sigint(tmp_path):
+    """run_tool starts nothing once a stop was recorded; in process, SIGINT is the default handler meanwhile."""
+    import signal
+
+    from lavimo.core.stop import StopSignals
+
+    stop = StopSignals(signals=())
+    stop.request("SIGINT")
+    marker = tmp_path / "ran"
+    with pytest.raises(KeyboardInterrupt):
+        pa.run_tool(Path("-c"), [f"open({str(marker)!r}, 'w')"], tmp_path / "log", stop)
+    assert not marker.exists()
+    seen = []
+    module = type(sys)("fake_tool")
+    module.main = lambda argv: seen.append(signal.getsignal(signal.SIGINT)) or 0
+    sys.modules["lavimo.train"], saved = module, sys.modules.get("lavimo.train")
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        with open(tmp_path / "log2", "w") as fh:
+            assert pa._run_in_process("train", [], fh) == 0
+    finally:
+        if saved is not None:
+            sys.modules["lavimo.train"] = saved
+        else:
+            del sys.modules["lavimo.train"]
+    assert seen == [signal.default_int_handler] and signal.getsignal(signal.SIGINT) is before
 
 
 # ------------------------------------------------------------------------------------------------- the toy run
