@@ -61,6 +61,26 @@ _READ_CHUNK = 1 << 22
 _DTYPE_CODE = re.compile(r"(b1|\?|[iu][1248]|f[248]|c(8|16)|O[48]?|[SU][1-9][0-9]{0,6})\Z")
 
 
+#: the first torch whose ``torch.load(weights_only=True)`` a crafted file cannot make run code (CVE-2025-32434:
+#: remote code execution through the weights-only loader in torch <= 2.5.1)
+SAFE_TORCH_LOAD = (2, 6)
+
+
+def torch_load_tensors(path: str | os.PathLike, *, mmap: bool = False) -> Any:
+    """The tensors and plain containers of a pickled torch file (``.pt`` / ``.bin``), read with
+    ``torch.load(weights_only=True)`` on the CPU; never unpickles an object or runs code. Refused (BadInputError
+    naming the file) on a torch older than :data:`SAFE_TORCH_LOAD`, whose weights-only loader a crafted file can
+    escape. Other failures of the loader propagate as torch raises them."""
+    import torch
+
+    version = tuple(int(x) for x in re.findall(r"\d+", torch.__version__)[:2])
+    if version < SAFE_TORCH_LOAD:
+        raise BadInputError(path, None, f"not read with torch {torch.__version__}: before "
+                                        f"{'.'.join(map(str, SAFE_TORCH_LOAD))} its weights-only loader can run code "
+                                        f"from a crafted file (CVE-2025-32434); upgrade torch or use .safetensors")
+    return torch.load(os.fspath(path), map_location="cpu", weights_only=True, mmap=mmap)
+
+
 class Refused(ValueError):
     """Raised inside the unpickler; turned into BadInputError(path, member, message) at the load boundary."""
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from lavimo.core.errors import BadInputError
+from lavimo.core.restricted_unpickle import torch_load_tensors
 from lavimo.dataset.text_embed import bundled_model_path
 
 from .config import LavimoConfig
@@ -306,7 +307,9 @@ def _load_any(path: Path) -> Any:
         raise BadInputError(path, None, f"a TorchScript archive (it holds code, which is never run: weights are "
                                         f"loaded as tensors only); {CONVERT_HINT}")
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        return torch_load_tensors(path, mmap=zipfile.is_zipfile(path))
+    except BadInputError:
+        raise
     except Exception as exc:  # noqa: BLE001 - a pickle the weights-only loader refuses, a damaged file
         detail = " ".join(str(exc).split())[:160]
         raise BadInputError(path, None, f"not a weights-only checkpoint ({type(exc).__name__}: {detail}); objects "

@@ -26,6 +26,7 @@ from lavimo.core.atomic import atomic_path
 from lavimo.core.errors import BadInputError
 from lavimo.core.device import autocast
 from lavimo.core.keyids import is_keyid
+from lavimo.core.restricted_unpickle import torch_load_tensors
 from lavimo.evaluation.metrics import retrieval_metrics, similarity_matrix
 from lavimo.evaluation.protocols import EncodedSplit
 from lavimo.model.lavimo import FUSION_NAMES, LOSS_KEYS
@@ -273,7 +274,9 @@ def load_training_state(path: str | os.PathLike, complete: bool = False) -> dict
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no training state to resume from (was the run saved at least once?)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load_tensors(path)
+    except BadInputError:
+        raise
     except Exception as exc:  # noqa: BLE001 - truncated zip, not a torch file, a pickle the safe loader refuses
         detail = " ".join(str(exc).split())[:200]
         raise BadInputError(path, None, f"unreadable training state ({type(exc).__name__}: {detail})") from exc
