@@ -308,10 +308,8 @@ def _write_clip(target: Path, mem: Mapping[str, bytes]) -> bool:
         return True
     if VIDEO_JPGS not in mem:
         return False
-    fps = SampleMeta.parse(mem[META]).fps if META in mem else None
-    fps = 20.0 if fps is None else float(fps)
-    if not np.isfinite(fps) or fps <= 0:
-        raise ValueError(f"meta.json: fps {fps!r} is not a positive frame rate")
+    meta = SampleMeta.parse(mem[META]) if META in mem else None
+    fps = 20.0 if meta is None or meta.fps is None else meta.frame_rate()  # ValueError unless finite and > 0
     frames = decode_jpgs(mem[VIDEO_JPGS]).permute(0, 2, 3, 1).numpy()
     if frames.shape[1] % 2 or frames.shape[2] % 2:  # yuv420p needs even sides
         frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]

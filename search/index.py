@@ -108,7 +108,7 @@ class Index:
         return {"keyid": e.keyid, "score": round(score, 6), "captions": list(e.captions), "source": e.source,
                 "preview": self.preview_path(i)}
 
-    def preview_path(self, i: int) -> str | None:
+    def preview_path(self, i: int, warn: bool = True) -> str | None:
         """The preview video of motion ``i``: ``IDX/<preview>`` (None when it has none yet, or when the index's
         JSON names a file that, symbolic links resolved, is not inside the index directory: an edited index
         cannot point the page at other files; docs/security.md, "The search page and index")."""
@@ -121,7 +121,7 @@ class Index:
         except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop
             return None
         if not inside:
-            if not getattr(self, "_warned_outside", False):
+            if warn and not getattr(self, "_warned_outside", False):
                 self._warned_outside = True
                 log.warning("%s: previews outside the index directory are ignored (e.g. %s's; an index built "
                             "before previews were copied in: build it again with --videos DIR)", self.root / META,
@@ -476,7 +476,7 @@ def _announced(shards: Path, splits: Sequence[str]) -> int:
     total = 0
     for s in splits:
         try:
-            total += int(read_json_file(shards / f"{s}.json")["num_samples"])
+            total += int(shard_format.read_manifest(shards, s)["num_samples"])
         except (OSError, ValueError, KeyError, TypeError, OverflowError):  # BadInputError is a ValueError
             pass
     return total
@@ -528,7 +528,7 @@ class _Parts:
 
     def index(self, meta: dict[str, Any]) -> Index:
         c = meta["latent_dim"]
-        cat = lambda xs, shape, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(shape, dt)  # noqa: E731
+        cat = lambda xs, shape, dt: np.concatenate(xs).astype(dt, copy=False) if xs else np.zeros(shape, dt)  # noqa: E731
         return Index(self.entries, cat(self.motion, (0, c), np.float32), cat(self.video, (0, c), np.float32),
                      cat(self.has_video, (0,), bool), cat(self.text, (0, c), np.float32),
                      cat(self.text_owner, (0,), np.int64), meta)
@@ -540,11 +540,10 @@ def _repair_previews(old: Index, out: Path, videos) -> None:
     copied (hard-linked) into ``out/previews/`` again (:func:`_preview`); without, or when ``videos`` has none for
     that motion, the preview is dropped, with one logged note. An absolute path inside ``out`` is made relative."""
     dropped = []
-    old._warned_outside = True  # preview_path's own note ("rebuild it") would be noise here: this is the rebuild
     for i, e in enumerate(old.entries):
         if e.preview is None:
             continue
-        inside = old.preview_path(i)
+        inside = old.preview_path(i, warn=False)  # its note ("rebuild it") would be noise: this is the rebuild
         if inside is not None:
             if Path(e.preview).is_absolute():
                 e.preview = Path(inside).resolve().relative_to(out.resolve()).as_posix()

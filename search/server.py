@@ -29,7 +29,6 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from lavimo.core.errors import BadInputError
 from lavimo.core.keyids import child_path
 
 from . import preview
@@ -123,13 +122,11 @@ class SearchService:
         for hit in res["results"]:
             if "source" in hit:
                 n = self.index.pos[hit["keyid"]]
-                hit["preview_url"] = f"/preview/{n}" if self.can_preview(n) else None
+                # the index's preview (checked by run_query; server paths stay on the server), else a feature file
+                has = hit.pop("preview", None) is not None or self.index.feature_file(n) is not None
+                hit["preview_url"] = f"/preview/{n}" if has else None
                 hit["source_text"] = source_text(hit["source"])
-                hit.pop("preview", None)  # server paths stay on the server
         return res
-
-    def can_preview(self, n: int) -> bool:
-        return self.index.preview_path(n) is not None or self.index.feature_file(n) is not None
 
     def preview_file(self, n: int) -> Path | None:
         """The preview mp4 of motion ``n``: the index's file, else (feature databases) rendered on the first
@@ -384,7 +381,7 @@ def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BY
             raise _HTTPError(404, "no such result")
         try:
             p = svc.preview_file(n)
-        except (BadInputError, OSError, KeyError, TypeError, ValueError) as exc:  # the reason stays in the log:
+        except (OSError, ValueError) as exc:  # BadInputError is a ValueError; the reason stays in the log:
             # it could tell which files exist
             log.warning("preview %d: %s", n, exc)
             raise _HTTPError(404, "this motion has no preview") from exc

@@ -631,9 +631,8 @@ def test_feature_previews_only_from_the_feature_folder(tmp_path, monkeypatch):
 
 
 def app_can_preview(index, k: int) -> bool:
-    from lavimo.search.server import SearchService
-
-    return SearchService(None, index).can_preview(k)
+    """What the page offers a preview for: the index's own preview, else a feature file (SearchService.query)."""
+    return index.preview_path(k) is not None or index.feature_file(k) is not None
 
 
 def test_host_names_with_a_trailing_dot():

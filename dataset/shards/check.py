@@ -16,7 +16,7 @@ from lavimo.core.hashing import sha256_file
 from lavimo.dataset.shards.build import temp_leftovers
 from lavimo.dataset.shards.format import (
     BASE_MEMBERS, META, MOTION, SENT, SHA256_RE, STATS_NAME, TEXTS, VIDEO_JPGS, VIDEO_MEMBERS, is_int,
-    load_npy_bytes, manifest_path, manifest_shards, parse_json_member, parse_texts, read_manifest, read_manifests,
+    load_npy_bytes, manifest_path, manifest_shards, parse_texts, read_manifest, read_manifests,
     SampleMeta, shard_members, stats_arrays,
 )
 from lavimo.dataset.shards.source import FetchError, RemoteShards, is_url, sha256_remote, shard_set
@@ -210,21 +210,17 @@ def check_shards(out: str | os.PathLike, splits: Sequence[str] | None = None, de
 
 def _check_sample(mem: dict[str, bytes], m: dict, vmember: str, jpgs_info) -> str | None:
     try:
-        texts = parse_json_member(mem[TEXTS], TEXTS)
         sent = load_npy_bytes(mem[SENT])
         motion = load_npy_bytes(mem[MOTION])
-        meta = parse_json_member(mem[META], META)
+        meta = SampleMeta.parse(mem[META])  # bounded JSON, an object
     except (ValueError, OSError, EOFError, RecursionError) as exc:
         return f"unparsable member: {exc}"
-    if not isinstance(texts, list) or not isinstance(meta, dict):
-        return "texts.json must be a list and meta.json an object"
-    meta = SampleMeta.parse(mem[META])
     try:
-        parse_texts(mem[TEXTS])  # captions are strings, spans null or seconds >= 0 with end > start
+        captions, _ = parse_texts(mem[TEXTS])  # a non-empty list; strings; spans null or seconds >= 0, end > start
     except ValueError as exc:
         return str(exc)
-    if sent.dtype != np.float16 or sent.shape != (len(texts), m["text_model"]["dim"]):
-        return f"sent.npy {sent.dtype} {sent.shape}, expected float16 ({len(texts)}, {m['text_model']['dim']})"
+    if sent.dtype != np.float16 or sent.shape != (len(captions), m["text_model"]["dim"]):
+        return f"sent.npy {sent.dtype} {sent.shape}, expected float16 ({len(captions)}, {m['text_model']['dim']})"
     if motion.dtype != np.float32 or motion.ndim != 2 or motion.shape[1] != m["feature_dim"]:
         return f"motion.npy {motion.dtype} {motion.shape}, expected float32 (T-1, {m['feature_dim']})"
     if not np.isfinite(motion).all():
