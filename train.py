@@ -130,13 +130,13 @@ def train(args: argparse.Namespace, shards, device: torch.device, dinfo: DistInf
 
     # the model and the trainer ------------------------------------------------------------------------------
     if resume:  # before the run's model is built: the checkpoint must hold that model (bounded memory)
-        check_resume_checkpoint(run, cfg)
+        saved_step = check_resume_checkpoint(run, cfg)
     seed_everything(tc.seed)  # identical initial weights on every rank
     model = build_model(cfg).to(device)
     trainer = Trainer(model, run, run_cfg, shards=shards, device=device, precision=precision, dinfo=dinfo,
                       steps_per_epoch=steps_per_epoch, options=runtime_options(args), stop=stop)
     if resume:
-        trainer.resume()
+        trainer.resume(saved_step)
     return trainer.fit()
 
 

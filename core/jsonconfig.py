@@ -54,12 +54,12 @@ MAX_JSON_ITEMS = 2_000_000
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
-def json_items(raw: bytes) -> int:
+def json_items(raw: bytes, limit: int = MAX_JSON_ITEMS) -> int:
     """The number of ``,`` and ``:`` outside JSON strings in ``raw`` (about the number of values it holds), computed
-    in C-speed passes without building any value; below ``MAX_JSON_ITEMS / 2`` it may count those inside strings
-    too (an upper bound, without copying ``raw``)."""
+    in C-speed passes without building any value; up to ``limit`` it may count those inside strings too (an upper
+    bound already within the limit: no need to copy ``raw`` to strip the strings)."""
     total = raw.count(b",") + raw.count(b":")
-    if total <= MAX_JSON_ITEMS // 2:  # an upper bound already small: no need to strip the strings (no copy)
+    if total <= limit:
         return total
     stripped = _JSON_STRING.sub(b'""', raw)
     return stripped.count(b",") + stripped.count(b":")
@@ -75,7 +75,7 @@ def loads_bounded(text: str | bytes, source: str | os.PathLike | None, field: st
     raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
     if len(raw) > max_bytes:
         raise BadInputError(source, field, f"{len(raw)} bytes of JSON, more than the {max_bytes} accepted")
-    items = json_items(raw)
+    items = json_items(raw, max_items)
     if items > max_items:
         raise BadInputError(source, field, f"about {items} JSON values, more than the {max_items} accepted")
     del raw
@@ -152,13 +152,18 @@ class JsonConfig:
             raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {sorted(names)}")
         return cls(**{k: coerce(cls, k, v) for k, v in d.items()})
 
+    @classmethod
+    def check_names(cls, names: Any) -> None:
+        """ValueError naming the names that are not fields of ``cls`` (a removed one too: only files saved before
+        its removal may still hold it, and :meth:`from_dict` drops it there)."""
+        unknown = sorted(set(names) - cls.field_names())
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {sorted(cls.field_names())}")
+
     def replace(self: C, **overrides: Any) -> C:
         """A copy with ``overrides`` applied (converted and validated); an unknown or removed name raises
         ``ValueError``."""
-        unknown = sorted(set(overrides) - self.field_names())
-        if unknown:
-            raise ValueError(f"unknown {type(self).__name__} field(s) {unknown}; valid fields: "
-                             f"{sorted(self.field_names())}")
+        self.check_names(overrides)
         d = self.to_dict()
         d.update(overrides)
         return type(self).from_dict(d)

@@ -38,8 +38,6 @@ def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> str:
         return "prctl"
 
     def watch() -> None:
-        import time
-
         while True:
             if os.getppid() != parent_pid:
                 os._exit(1)

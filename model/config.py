@@ -178,9 +178,7 @@ def load_preset(name_or_path: str | os.PathLike, **overrides: Any) -> LavimoConf
     Overrides may be typed values or CLI strings (``fusion="false"``); unknown names raise ``ValueError``. The
     run's settings of a preset are :func:`lavimo.training.config.load_run_config`'s.
     """
-    unknown = sorted(set(overrides) - LavimoConfig.field_names())
-    if unknown:  # a removed name too: only files saved before its removal may still hold it
-        raise ValueError(f"unknown LavimoConfig field(s) {unknown}; valid fields: {sorted(LavimoConfig.field_names())}")
+    LavimoConfig.check_names(overrides)
     path, data = read_config_json(name_or_path, PRESET_DIR)
     if isinstance(data.get("model"), dict):
         data = {k: v for k, v in data["model"].items() if k not in PRE_SPLIT_RUN_FIELDS}

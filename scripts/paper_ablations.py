@@ -42,6 +42,7 @@ if importlib.util.find_spec("lavimo") is None:  # the checkout is the package: i
 from lavimo.core.atomic import write_json, write_text  # noqa: E402
 from lavimo.core.errors import BadInputError, SetupError, print_error  # noqa: E402
 from lavimo.core.keyids import check_keyid, child_path  # noqa: E402
+from lavimo.core.process import run_stoppable  # noqa: E402
 from lavimo.core.stop import StopSignals  # noqa: E402
 
 PROG = "paper_ablations.py"
@@ -311,26 +312,11 @@ def run_tool(script: Path, argv: list[str], log_path: Path, stop: StopSignals, i
             raise KeyboardInterrupt
         if in_process:
             rc = _run_in_process(script.stem, argv, fh)
-        else:  # its own session: the terminal's SIGINT reaches only us, and the child gets one SIGTERM from us
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-            while (rc := _poll(proc, 0.2)) is None and not stop():
-                pass
-            if rc is None:
-                proc.terminate()
-                if _poll(proc, 30) is None:
-                    proc.kill()
-                    proc.wait()
+        else:  # its own session; one SIGTERM once a stop was recorded, SIGKILL 30 s later
+            rc = run_stoppable(cmd, stop, kill_after_s=30, stdout=fh, stderr=subprocess.STDOUT)
     if stop() or (script == TRAIN_PY and rc == EXIT_PREEMPTED):  # train.py itself was stopped (in process too)
         raise KeyboardInterrupt  # the child was stopped; main() says how to continue
     return rc
-
-
-def _poll(proc: subprocess.Popen, timeout: float) -> int | None:
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return None
 
 
 def _run_in_process(name: str, argv: list[str], fh) -> int:

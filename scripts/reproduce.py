@@ -36,6 +36,7 @@ if importlib.util.find_spec("lavimo") is None:  # the checkout is the package: i
     sys.exit(2)
 
 from lavimo.core.errors import BadInputError, SetupError, print_error  # noqa: E402
+from lavimo.core.process import run_stoppable  # noqa: E402
 from lavimo.core.stop import StopSignals  # noqa: E402
 
 PROG = "reproduce.py"
@@ -182,16 +183,7 @@ def _stamp_text(cmd: list[str]) -> str:
 def _run_stage(cmd: list[str], stop: StopSignals) -> int:
     """A stage's exit status. A stop signal (only recorded here) is passed on as SIGTERM and the stage is waited
     for, so it ends at its own safe point (a finished clip or shard, a checkpoint); then KeyboardInterrupt."""
-    # its own session: the terminal's SIGINT reaches only us, and the stage gets exactly one SIGTERM from us
-    proc, sent = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True), False
-    while True:
-        try:
-            rc = proc.wait(timeout=0.2)
-            break
-        except subprocess.TimeoutExpired:
-            if stop() and not sent:
-                proc.terminate()
-                sent = True
+    rc = run_stoppable(cmd, stop)
     if stop():
         raise KeyboardInterrupt
     return rc

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.conftest import SHARED_DATA
 from tests.fixtures import array_bombs as ab
+from tests.fixtures.child_peak import PEAK
 from tests.fixtures.untrusted import run_python
 
 #: peak RSS of the fuzzing child over all its mutants (numpy + the readers: ~45-60 MiB measured)
@@ -283,7 +285,7 @@ def _amass_bases(tmp: Path) -> list[bytes]:
         p = tmp / f"base{i}.npz"
         save(p, **{**members, **extra})
         out.append(p.read_bytes())
-    real = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "amass" / "dmpl_sample.npz"
+    real = SHARED_DATA / "amass" / "dmpl_sample.npz"
     if real.is_file():
         out.append(real.read_bytes())
     return out
@@ -297,20 +299,16 @@ def _body_npz_base(tmp: Path) -> bytes:
     return p.read_bytes()
 
 
-def _p2_int_array(values: list[int]) -> bytes:
-    return ab.p2_array(values, "i4")
-
-
 def _pickle_base() -> bytes:
     """An SMPL-like protocol-2 pickle (as the official Python 2 files): Ch, Select, Tile, csc, a plain array."""
-    ch = ab._p2_object("chumpy.ch", "Ch", {"x": ab._p2_float_array([float(i) for i in range(12)])})
-    select = ab._p2_object("chumpy.reordering", "Select", {"a": ch, "idxs": _p2_int_array([0, 2, 4])})
-    tile = ab._p2_object("chumpy.reordering", "Tile", {"a": ch, "reps": b"]J\x02\x00\x00\x00a"})
-    csc = ab._p2_object("scipy.sparse.csc", "csc_matrix", {
-        "data": ab._p2_float_array([0.5, 1.0]), "indices": _p2_int_array([0, 1]), "indptr": _p2_int_array([0, 1, 2]),
+    ch = ab.p2_object("chumpy.ch", "Ch", {"x": ab.p2_array([float(i) for i in range(12)], "f8")})
+    select = ab.p2_object("chumpy.reordering", "Select", {"a": ch, "idxs": ab.p2_array([0, 2, 4], "i4")})
+    tile = ab.p2_object("chumpy.reordering", "Tile", {"a": ch, "reps": b"]J\x02\x00\x00\x00a"})
+    csc = ab.p2_object("scipy.sparse.csc", "csc_matrix", {
+        "data": ab.p2_array([0.5, 1.0], "f8"), "indices": ab.p2_array([0, 1], "i4"), "indptr": ab.p2_array([0, 1, 2], "i4"),
         "_shape": b"K\x02K\x02\x86"})
-    body = (ab._p2_str("v_template") + ch + ab._p2_str("sel") + select + ab._p2_str("tile") + tile
-            + ab._p2_str("J_regressor") + csc + ab._p2_str("f") + _p2_int_array([0, 1, 2]))
+    body = (ab.p2_str("v_template") + ch + ab.p2_str("sel") + select + ab.p2_str("tile") + tile
+            + ab.p2_str("J_regressor") + csc + ab.p2_str("f") + ab.p2_array([0, 1, 2], "i4"))
     return b"\x80\x02}(" + body + b"u."
 
 
@@ -322,22 +320,18 @@ def _stats_base(tmp: Path) -> bytes:
     return (tmp / "stats.npz").read_bytes()
 
 
-def _tar_base() -> bytes:
-    """Two samples laid out as the shard writer does (``<keyid>.<member>`` plain files)."""
+def _tar_base_members() -> list[tuple[str, bytes]]:
+    """(name, bytes) of two samples laid out as the shard writer does (``<keyid>.<member>`` plain files), in order."""
     from lavimo.dataset.shards.format import json_bytes, npy_bytes
 
-    samples = [{"__key__": k, "motion.npy": npy_bytes(np.ones((6, 8), np.float32)),
-                "sent.npy": npy_bytes(np.zeros((1, 4), np.float16)),
-                "texts.json": json_bytes([{"caption": "a person walks", "start": 0.0, "end": 1.0}]),
-                "meta.json": json_bytes({"fps": 20.0})} for k in ("000001", "000002")]
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
-        for s in samples:
-            for member in ("meta.json", "motion.npy", "sent.npy", "texts.json"):
-                ti = tarfile.TarInfo(f"{s['__key__']}.{member}")
-                ti.size = len(s[member])
-                tf.addfile(ti, io.BytesIO(s[member]))
-    return buf.getvalue()
+    sample = {"meta.json": json_bytes({"fps": 20.0}), "motion.npy": npy_bytes(np.ones((6, 8), np.float32)),
+              "sent.npy": npy_bytes(np.zeros((1, 4), np.float16)),
+              "texts.json": json_bytes([{"caption": "a person walks", "start": 0.0, "end": 1.0}])}
+    return [(f"{k}.{member}", data) for k in ("000001", "000002") for member, data in sample.items()]
+
+
+def _tar_base() -> bytes:
+    return _tar_bytes(_tar_base_members())
 
 
 # ----------------------------------------------------------------------------------------------- harness
@@ -494,12 +488,12 @@ def test_fuzz_annotations_and_split_files(tmp_path):
 # sample of many members of unknown kinds (kept in memory until the sample ends, before the fix). The child
 # imports the loader first (torch: a few hundred MiB), then reports its peak RSS before and after the read: the
 # growth is what the shard cost.
-_TAR_BOMB_CHILD = r'''
-import json, resource, sys, tarfile
+_TAR_BOMB_CHILD = PEAK + r'''
+import json, sys, tarfile
 from lavimo.dataset.shards.stream import _Skips, _tar_samples
 
 def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_kib() / 1024
 
 before = peak()
 skips = _Skips()
@@ -525,12 +519,6 @@ def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
             ti.size = len(data)
             tf.addfile(ti, io.BytesIO(data))
     return buf.getvalue()
-
-
-def _tar_base_members() -> list[tuple[str, bytes]]:
-    """(name, bytes) of :func:`_tar_base`'s members in order."""
-    with tarfile.open(fileobj=io.BytesIO(_tar_base())) as tf:
-        return [(ti.name, tf.extractfile(ti).read()) for ti in tf.getmembers()]
 
 
 def _tar_bomb(path: Path) -> dict:

@@ -24,7 +24,7 @@ from lavimo.core.errors import BadInputError  # noqa: E402
 from lavimo.core.restricted_unpickle import ByteBudget, read_npy_bytes, read_npz_member  # noqa: E402
 from lavimo.dataset.shards.format import load_npy_bytes, load_stats, stats_arrays  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+from tests.conftest import SHARED_DATA as SHARED  # noqa: E402 - honours LAVIMO_SHARED_DATA
 AMASS_SAMPLES = [SHARED / "amass" / "amass_sample.npz", SHARED / "amass" / "dmpl_sample.npz"]
 #: the peak RSS a refused bomb may cost the reading process (numpy + the reader: ~40 MiB measured)
 BOMB_RSS_MIB = 300
@@ -93,7 +93,7 @@ def test_issue_bombs_are_one_bad_input_error_in_bounded_memory(tmp_path, case, m
     assert got["outcome"] == "refused" and got["field"] == field, got
     assert name in got["message"] and "\n" not in got["message"], got
     assert m.peak_rss_mib < BOMB_RSS_MIB, f"{case}: peak RSS {m.peak_rss_mib:.0f} MiB"
-    assert m.seconds < 30
+    assert not m.timed_out  # the RSS bound catches a reader that allocates first; no wall-clock bound
 
 
 # ------------------------------------------------------------------------------------- parity with numpy
@@ -209,11 +209,11 @@ def test_body_model_total_budget(tmp_path, monkeypatch):
 def test_pickle_list_of_repeated_arrays_is_charged_before_numpy_builds_it(tmp_path):
     """A chumpy Ch whose ``x`` is a list of 20000 references to one 8000-element array (memo GETs: a ~100 KB
     file): np.asarray would build 1.3 GB; the list is counted and refused first."""
-    arr = ab._p2_float_array([0.0] * 8000)
+    arr = ab.p2_array([0.0] * 8000, "f8")
     x = b"(" + arr + b"q\x01" + b"h\x01" * 19999 + b"l"
-    ch = ab._p2_object("chumpy.ch", "Ch", {"x": x})
+    ch = ab.p2_object("chumpy.ch", "Ch", {"x": x})
     p = tmp_path / "SMPL.pkl"
-    p.write_bytes(b"\x80\x02}(" + ab._p2_str("v_template") + ch + b"u.")
+    p.write_bytes(b"\x80\x02}(" + ab.p2_str("v_template") + ch + b"u.")
     from lavimo.body.smpl_files import load_smpl_pickle
 
     m = run_python("import sys\nfrom lavimo.body.smpl_files import load_smpl_pickle as f\nfrom lavimo.core.errors import "

@@ -309,7 +309,12 @@ def test_toy_run_prints_tables_2_to_6_beside_the_paper_and_resumes(request, tmp_
     assert files == {"paper_tables.md", "paper_tables.tex", "paper_tables.json", "paper_tables.png"}
     data = json.loads((out / "tables" / "paper_tables.json").read_text())
     row = data["tables"]["table2"]["rows"][0]
-    assert row["paper"]["t2m_R1"] == 24.58 and row["diff"]["t2m_R1"] == round(row["ours"]["t2m_R1"] - 24.58, 4)
+    assert row["paper"]["t2m_R1"] == 24.58 and row["diff"]["t2m_R1"] == pytest.approx(row["ours"]["t2m_R1"] - 24.58,
+                                                                                       abs=1e-4)
+    # the printed Δ is ours - paper (sign included), from the printed cells, to the 2 decimals shown
+    ours_cell, delta_cell = (float(t2[i].split("|")[7]) for i in (5, 7))
+    assert ours_cell == pytest.approx(row["ours"]["t2m_R1"], abs=0.006)
+    assert delta_cell == pytest.approx(ours_cell - 24.58, abs=0.011)
     assert data["fusion_weights"]["paper"]["motion"] == 0.6684 and set(data["fusion_weights"]["ours"]) == {
         "text", "video", "motion"}
     tex = (out / "tables" / "paper_tables.tex").read_text()

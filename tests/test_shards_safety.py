@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from tests.fixtures.shard_fixtures import FakeEmbedder, fake_features, make_corpus  # noqa: E402
+from tests.fixtures.child_peak import PEAK  # noqa: E402
 
 from lavimo.dataset.clip import Text  # noqa: E402
 from lavimo.core.errors import BadInputError  # noqa: E402
@@ -538,15 +539,15 @@ def test_long_clip_is_accepted(tmp_path, video_format):
         assert sample["video.mp4"] == (vids / "000001.mp4").read_bytes()
 
 
-_JPGS_PEAK = r"""
-import json, resource, sys
+_JPGS_PEAK = PEAK + r"""
+import json, sys
 from pathlib import Path
 from types import SimpleNamespace
 import numpy as np
 from lavimo.dataset.shards.build import prepare_sample
 
 def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_kib() / 1024  # this process's and its ffmpeg's
 
 base = peak()
 n = int(sys.argv[2])

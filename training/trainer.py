@@ -87,11 +87,12 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------------------
     # resume
 
-    def resume(self) -> None:
+    def resume(self, saved_step: int | None) -> None:
         """Continue the run of RUN/checkpoints/last.state.pt + last.safetensors: weights, optimiser (with this
         command line's lr, weight decay, betas), scheduler, scaler, guard, running means, counters and this rank's
-        RNG state (restored once the loader has skipped what the interrupted run consumed). Every problem with
-        the files is a SetupError."""
+        RNG state (restored once the loader has skipped what the interrupted run consumed). ``saved_step``: the
+        step last.safetensors was saved at (:func:`check_resume_checkpoint`). Every problem with the files is a
+        SetupError."""
         run = self.run
         try:
             state = load_training_state(run.last_state, complete=True)
@@ -101,7 +102,7 @@ class Trainer:
         except BadInputError as exc:
             raise SetupError(f"{exc}; this run cannot be resumed from it: start a new --out (or remove "
                              f"{run.ckpt_dir} and start again without --resume)") from exc
-        load_weights(self.model, run.last, state)
+        load_weights(self.model, run.last, state, saved_step)
         if state["steps_per_epoch"] != self.steps_per_epoch:
             raise SetupError(f"--resume: the run used {state['steps_per_epoch']} steps/epoch, now "
                              f"{self.steps_per_epoch} (batch size, rank count or shards changed)")
@@ -408,39 +409,33 @@ class Trainer:
 # resume checks
 
 
-def check_resume_checkpoint(run: RunDir, cfg) -> None:
+def check_resume_checkpoint(run: RunDir, cfg) -> int | None:
     """Refuse to resume unless RUN/checkpoints/last.safetensors passes
     ``lavimo.model.checkpoint.check_checkpoint_fits`` and its config is the model of RUN/config.json: the model
     train.py builds is then the one the file holds, so a run directory cannot make it allocate more than its own
-    weights (a crafted config.json). Called before the model is built."""
+    weights (a crafted config.json). Called before the model is built; returns the step the checkpoint was saved
+    at (None when it does not say), for :meth:`Trainer.resume`."""
     from lavimo.model.checkpoint import check_checkpoint_fits
 
     if not run.last.is_file():
         raise SetupError(f"--resume: {run.last} not found (the run was interrupted before its first complete "
                          "checkpoint); start a new --out")
     try:
-        saved = check_checkpoint_fits(run.last)["config"]
+        info = check_checkpoint_fits(run.last)
     except BadInputError as exc:
         raise SetupError(f"--resume: {exc}; start a new --out") from exc
-    differ = changes(saved.to_dict(), cfg.to_dict())
+    differ = changes(info["config"].to_dict(), cfg.to_dict())
     if differ:
         raise SetupError(f"--resume: the model of {run.config} is not the one {run.last} holds ({differ[:300]}); "
                          "start a new --out")
+    return info["extra"].get("step")
 
 
-def load_weights(model: torch.nn.Module, path: Path, state: dict) -> None:
-    """Load RUN/checkpoints/last.safetensors into ``model`` and check it belongs to the training state."""
+def load_weights(model: torch.nn.Module, path: Path, state: dict, step: int | None) -> None:
+    """Load RUN/checkpoints/last.safetensors into ``model`` and check it belongs to the training state: ``step``
+    is the one its metadata names (:func:`check_resume_checkpoint` read and checked it)."""
     from safetensors.torch import load_model
 
-    from lavimo.model.checkpoint import read_checkpoint_metadata
-
-    if not path.is_file():
-        raise SetupError(f"--resume: {path} not found (the run was interrupted before its first complete "
-                         "checkpoint); start a new --out")
-    try:
-        step = read_checkpoint_metadata(path)["extra"].get("step")
-    except BadInputError as exc:  # names the file and the field
-        raise SetupError(f"--resume: {exc}; start a new --out") from exc
     if step is not None and step != state["step"]:
         raise SetupError(f"--resume: {path} is from step {step} but the training state is from step "
                          f"{state['step']} (the run was killed while saving); no consistent checkpoint to resume: "

@@ -34,6 +34,7 @@ import numpy as np
 
 from lavimo.dataset.augment import AugmentConfig, augment_clip, center_box, clip_normalize, eval_view, names_a_side
 from lavimo.core.errors import BadInputError
+from lavimo.core.keyids import shown
 from lavimo.core.seeding import stable_rng, stable_seed
 from lavimo.dataset.shards.format import (
     MAX_SAMPLE_BYTES, META, MOTION, SENT, TEXTS, VIDEO_JPGS, VIDEO_MP4, SampleMeta, iter_tar_members,
@@ -317,11 +318,6 @@ class ShardSource(_IterableDataset):
                 return
 
 
-def _shown(name: str) -> str:
-    r = repr(name)
-    return r if len(r) <= 60 else r[:57] + "..."
-
-
 def _tar_samples(url: str, skips: SkipStats) -> Iterator[dict]:
     """The samples of one tar, read as a stream: consecutive members ``<key>.<ext>`` -> ``{"__key__": key,
     "__url__": url, ext: bytes, ...}``. Refused members (:func:`lavimo.dataset.shards.format.iter_tar_members`) are
@@ -348,7 +344,7 @@ def _tar_samples(url: str, skips: SkipStats) -> Iterator[dict]:
         elif reason == "member_size":
             skips.add(reason, key, url, f"{ti.name}: {message}")
         else:
-            skips.add(reason, _shown(ti.name), url, message)
+            skips.add(reason, shown(ti.name, 60), url, message)
 
     # local files are opened as files (a ':' in a path is never taken for a URL scheme such as "pipe:"); http(s)
     # and pipe: urls are streamed by dataset/shards/source.py's own opener (curl / sh, with a stall timeout)
