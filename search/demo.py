@@ -59,11 +59,11 @@ def run(demo: Path, k: int = 5) -> str:
     out = demo / "search"
     index, report = build_index(r, out / "index", shards=shards, splits=["test"], videos=demo / "videos",
                                 progress=False)
-    pick = next((i for i, e in enumerate(index.entries) if e.captions and index.preview_path(i)
+    pick = next((i for i in range(len(index)) if index.entry(i).captions and index.preview_path(i)
                  and Path(index.preview_path(i)).is_file()), None)
     if pick is None:
         raise FileNotFoundError(f"{demo / 'videos'}: no rendered video of a test clip")
-    e = index.entries[pick]
+    e = index.entry(pick)
     video = out / f"{e.keyid}-user.webm"
     subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-i", index.preview_path(pick), "-vf",
                     "scale=trunc(ih*1.5/2)*2:trunc(ih*1.5/2)*2,pad=trunc(ih*16/9/2)*2:ih:(ow-iw)/2:0:gray,setsar=1",

@@ -87,6 +87,24 @@ class Index:
     def __len__(self) -> int:
         return len(self.entries)
 
+    # ------------------------------------------------------------------- the API the query, CLI and page use
+    def entry(self, i: int) -> Entry:
+        """Motion ``i``'s record (keyid, captions, source, preview)."""
+        return self.entries[i]
+
+    def keyid(self, i: int) -> str:
+        return self.entries[i].keyid
+
+    def position(self, keyid: str) -> int | None:
+        """The row of ``keyid`` in the index, None when it is not indexed."""
+        return self.pos.get(keyid)
+
+    def caption(self, row: int) -> tuple[str, int]:
+        """Caption row ``row`` (the rows are every motion's captions in order) -> (caption, its motion's row)."""
+        owner = int(self.text_owner[row])
+        first = int(np.searchsorted(self.text_owner, owner, side="left"))
+        return self.entries[owner].captions[row - first], owner
+
     # -------------------------------------------------------------------------------------------- search
     def search(self, query: np.ndarray, k: int = 5, against: str = "motion") -> list[tuple[int, float]]:
         """Exact top-k by cosine similarity: ``against`` "motion" (default) or "video" latents of the index,

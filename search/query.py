@@ -41,15 +41,10 @@ def run_query(retriever, index, *, text: str | None = None, video: Path | None =
         against = "text" if captions else "motion"
     hits = index.search(q, k, against)
     if against == "text":
-        results = [{"caption": caption_of(index, i), "keyid": index.entries[int(index.text_owner[i])].keyid,
-                    "score": round(s, 6)} for i, s in hits]
+        results = []
+        for i, s in hits:
+            caption, owner = index.caption(i)
+            results.append({"caption": caption, "keyid": index.keyid(owner), "score": round(s, 6)})
     else:
         results = [index.result(i, s) for i, s in hits]
     return {"query": {"kind": kind, "against": against, "k": k}, "results": results}
-
-
-def caption_of(index, row: int) -> str:
-    """The caption of text row ``row`` (rows are the entries' captions in order)."""
-    owner = int(index.text_owner[row])
-    first = int((index.text_owner < owner).sum())
-    return index.entries[owner].captions[row - first]

@@ -121,7 +121,7 @@ class SearchService:
             res = run_query(self.retriever, self.index, **kw)
         for hit in res["results"]:
             if "source" in hit:
-                n = self.index.pos[hit["keyid"]]
+                n = self.index.position(hit["keyid"])
                 # the index's preview (checked by run_query; server paths stay on the server), else a feature file
                 has = hit.pop("preview", None) is not None or self.index.feature_file(n) is not None
                 hit["preview_url"] = f"/preview/{n}" if has else None
@@ -137,7 +137,7 @@ class SearchService:
         if p is not None:
             return p
         idx = self.index
-        e = idx.entries[n]
+        e = idx.entry(n)
         source = idx.feature_file(n)  # a string path to <keyid>.npy inside the recorded feature folder, or None
         if source is None or idx.root is None:
             return None
