@@ -3,12 +3,13 @@
 
     python scripts/paper_ablations.py [all|train|table] --shards SHARDS --out runs/ablations [--tables all]
         [--rows tmr,ours,...] [--preset paper] [--epochs N] [--set FIELD=VALUE ...] [--random-init] [--device D]
-        [--split test] [--launcher CMD] [--in-process] [--dry-run] [--force] [-- TRAIN.PY FLAGS...]
+        [--split test] [--protocol threshold|all] [--launcher CMD] [--in-process] [--dry-run] [--force]
+        [-- TRAIN.PY FLAGS...]
 
 The rows and the paper's figures are data (``evaluation/paper/lavimo_tables.json``); :func:`switch_flags` turns a
 row's switches into ``train.py`` flags. ``train``: each row's run in ``OUT/<run>/`` (complete: skipped, unfinished:
 resumed; rows of the same config share one run). ``table``: each run evaluated under TMR's threshold protocol
-(skipped while its metrics are newer than the checkpoint), ``OUT/tables/paper_tables.{md,tex,json,png}`` written
+(``--protocol all``: exact pairs, for templated captions) (skipped while its metrics are newer than the checkpoint), ``OUT/tables/paper_tables.{md,tex,json,png}`` written
 (ours, the paper's, the difference; fusion weights). ``all`` (default): both. docs/paper.md says more.
 
 Exit status: 0 every row done; 1 some row failed (the others still ran; the table marks it) or interrupted (SIGINT /
@@ -405,7 +406,7 @@ def train_rows(selected: list[Row], res: dict[str, Resolved], args, stop: StopSi
 
 
 def evaluate_run(run_dir: Path, args, stop: StopSignals) -> dict[str, Any]:
-    """The threshold protocol's numbers of a run: ``tasks`` (``{"t2m": {"R@1": ...}}``), ``n``, ``fusion``;
+    """The ``--protocol``'s numbers of a run: ``tasks`` (``{"t2m": {"R@1": ...}}``), ``n``, ``fusion``;
     evaluated unless an evaluation of this checkpoint (newer than it) on these shards exists. ``{"error": ...}``
     when there are none."""
     from lavimo.evaluation.cli import resolve_checkpoint
@@ -419,13 +420,14 @@ def evaluate_run(run_dir: Path, args, stop: StopSignals) -> dict[str, Any]:
     try:  # an earlier evaluation of this checkpoint on these shards counts
         info = json.loads(info_path.read_text(encoding="utf-8"))
         done = metrics.stat().st_mtime >= checkpoint.stat().st_mtime and Path(str(info.get("shards"))).resolve() \
-            == Path(args.shards).resolve() and info.get("threshold") == args.threshold
+            == Path(args.shards).resolve() and info.get("threshold") == args.threshold \
+            and args.protocol in (info.get("protocols") or [])
     except (OSError, ValueError, AttributeError):
         done = False
     if args.force or not done:
         if args.dry_run:
             return {"error": "dry run"}
-        argv = ["--run", str(run_dir), "--shards", args.shards, "--split", args.split, "--protocol", "threshold",
+        argv = ["--run", str(run_dir), "--shards", args.shards, "--split", args.split, "--protocol", args.protocol,
                 "--threshold", repr(args.threshold), "--tasks", "t2m", "m2t", "v2m", "--out", str(eval_dir),
                 "--no-progress", *(["--device", args.device] if args.device else [])]
         log_path = child_path(Path(args.out) / "logs", f"{run_dir.name}-eval-{args.split}.log")
@@ -433,7 +435,7 @@ def evaluate_run(run_dir: Path, args, stop: StopSignals) -> dict[str, Any]:
         if rc != 0:
             return {"error": f"evaluate.py exit {rc}: {error_line(log_path)}"}
     try:
-        proto = json.loads(metrics.read_text(encoding="utf-8"))["threshold"]
+        proto = json.loads(metrics.read_text(encoding="utf-8"))[args.protocol]
         info = json.loads(info_path.read_text(encoding="utf-8"))
         return {"tasks": {t: v for t, v in proto.items() if isinstance(v, dict)}, "n": info.get("n"),
                 "fusion": info.get("fusion_weights") or None}
@@ -451,7 +453,8 @@ def column_value(result: dict[str, Any], column: str) -> float | None:
 def table_json(tables: dict[str, Table], selected: list[Row], res: dict[str, Resolved], results: dict[str, dict],
                paper_fusion: dict[str, float], source: str, facts: dict, args) -> dict[str, Any]:
     """What the renderers print: per table and row ours, the paper's and the difference (ours - paper)."""
-    out: dict[str, Any] = {"source": source, "split": args.split, "threshold": args.threshold, "shards": facts,
+    out: dict[str, Any] = {"source": source, "split": args.split, "protocol": args.protocol,
+                           "threshold": args.threshold, "shards": facts,
                            "tables": {}}
     for t in tables.values():
         rows = []
@@ -497,7 +500,9 @@ def _protocol(data: dict, t: dict) -> str:
     ns, f = sorted({r["n"] for r in t["rows"] if r["n"] is not None}), data["shards"]
     return (f"Paper: {t['dataset']}. Ours: {f['dataset'] or 'unknown'} shards (feature_dim {f['feature_dim']}, "
             f"{f['fps']} fps), split {data['split']}{', N = ' + '/'.join(map(str, ns)) if ns else ''}. TMR's "
-            f"\"all with threshold\" protocol ({data['threshold']:g}); R@k in %, MedR = median rank; "
+            + (f"\"all with threshold\" protocol ({data['threshold']:g})" if data.get("protocol", "threshold")
+               == "threshold" else "\"all\" protocol (exact pairs, no threshold; not the paper's)")
+            + "; R@k in %, MedR = median rank; "
             "Δ = ours − paper.")
 
 
@@ -588,6 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-init", action="store_true", help="random backbones (no pretrained weights needed)")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     p.add_argument("--split", default="test", help="split to evaluate (default: %(default)s)")
+    p.add_argument("--protocol", default="threshold", choices=["threshold", "all"],
+                   help="TMR protocol of the tables: threshold (the paper's, default) or all (exact pairs: for "
+                        "templated captions, where the threshold counts every caption of the same action as correct)")
     p.add_argument("--launcher", default=None, metavar="CMD", help="run train.py with this, e.g. 'torchrun "
                    "--nproc_per_node=4'")
     p.add_argument("--in-process", action="store_true", help="call the tools' main() in this process")
