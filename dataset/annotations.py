@@ -92,6 +92,8 @@ TMR_SECONDS = (2.0, 10.0)
 LENGTH_FILTER_DATASETS = {"humanml3d": ("humanml3d", "kitml"), "tmr": ("humanml3d", "kitml", "babel")}
 #: ``--length-filter`` of render-amass and build-shards -> ``load_clips(length_filter=...)``
 LENGTH_FILTER_MODES = {"auto": None, "on": True, "off": False}
+#: ``--dataset`` of render-amass and build-shards -> ``load_clips(dataset=...)`` ("auto": from the directory name)
+DATASET_CHOICES = ("auto", "humanml3d", "kitml", "babel", "other")
 _FRAME_RE = re.compile(r"-?[0-9]{1,12}")
 _DRIVE_RE = re.compile(r"[A-Za-z]:")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -717,7 +719,7 @@ def _read_json(json_path: Path) -> dict:
 
 
 def _load_tmr(json_path: Path, split: str | None, mirrored: bool, length_filter: bool | None,
-              report: LoadReport) -> list[Clip]:
+              report: LoadReport, dataset: str | None = None) -> list[Clip]:
     root = json_path.parent
     data = _read_json(json_path)
     name = json_path.name
@@ -730,7 +732,7 @@ def _load_tmr(json_path: Path, split: str | None, mirrored: bool, length_filter:
             conflicts[k] = f"{name} members {members} all define it, with different entries; skipped"
     ids = _requested_ids(root, split, [(k, f"{name}: top-level key") for k in data], report)
     member, split_conflicts = _membership(root)
-    dataset = _dataset_name(root)
+    dataset = dataset or _dataset_name(root)
     if _filters(length_filter, "tmr", dataset):
         report.length_filter = f"TMR: train/val annotations of {TMR_SECONDS[0]:g} to {TMR_SECONDS[1]:g} s"
     clips = []
@@ -847,7 +849,8 @@ def _humanml3d_length_filter(clips: list[Clip], dataset: str, report: LoadReport
 
 
 def load_clips(source: str | os.PathLike, amass_root: str | os.PathLike | None = None, split: str | None = None,
-               *, mirrored: bool = True, length_filter: bool | None = None) -> ClipSet:
+               *, mirrored: bool = True, length_filter: bool | None = None,
+               dataset: str | None = None) -> ClipSet:
     """Read annotations into a :class:`ClipSet` in split-file order, with ``.report`` (:class:`LoadReport`).
 
     ``source``: a HumanML3D directory (with ``index.csv``) or its ``index.csv``, or a TMR-style
@@ -858,10 +861,15 @@ def load_clips(source: str | os.PathLike, amass_root: str | os.PathLike | None =
     apply the reference loader's length rule of the layout - HumanML3D's (:data:`HUMANML3D_MIN_ROWS`, every split,
     on resolved clips or index.csv's frame range) or TMR's (:data:`TMR_SECONDS`, clips whose split is not a test
     split) - counted in the report; None (default): for HumanML3D, KIT-ML and BABEL sources
-    (:data:`LENGTH_FILTER_DATASETS`) only, so never for the synthetic corpus or a dataset of one's own. Raises
+    (:data:`LENGTH_FILTER_DATASETS`) only, so never for the synthetic corpus or a dataset of one's own. ``dataset``
+    (``humanml3d``, ``kitml``, ``babel`` or ``other``) says which dataset the source is; None or "auto": told from
+    the directory name (``HumanML3D``, ``KIT-ML``, ``kit_ml``, ``babel``... anywhere in it). Raises
     BadInputError when the source itself is unusable (no index/annotations file, missing split file, malformed
     index header); per-entry problems are reported, not raised.
     """
+    if dataset not in (None, *DATASET_CHOICES):
+        raise ValueError(f"dataset must be one of {', '.join(DATASET_CHOICES)}, not {dataset!r}")
+    dataset = None if dataset == "auto" else dataset
     src = Path(source)
     if src.is_dir():
         if (src / "index.csv").is_file():
@@ -878,14 +886,14 @@ def load_clips(source: str | os.PathLike, amass_root: str | os.PathLike | None =
         raise BadInputError(src, None, "annotation source not found")
     report = LoadReport(source=str(src), layout=layout, split=split)
     clips = (_load_humanml3d(root, split, mirrored, report) if layout == "humanml3d"
-             else _load_tmr(root, split, mirrored, length_filter, report))
+             else _load_tmr(root, split, mirrored, length_filter, report, dataset))
     report.requested = len(clips) + len(report.skipped) + report.counts["mirrored_excluded"]
     if amass_root is not None:
         ar = Path(amass_root)
         if not ar.is_dir():
             raise BadInputError(ar, None, "AMASS root is not a directory")
         clips = _resolve(clips, ar, report)
-    if layout == "humanml3d" and _filters(length_filter, layout, dataset := _dataset_name(root)):
+    if layout == "humanml3d" and _filters(length_filter, layout, dataset := dataset or _dataset_name(root)):
         clips = _humanml3d_length_filter(clips, dataset, report)
     report.no_texts = [c.keyid for c in clips if not c.texts]
     if report.no_texts:

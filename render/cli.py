@@ -31,6 +31,7 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 from tqdm import tqdm  # noqa: E402
 
 from lavimo.core.atomic import check_writable_dir, temp_target, write_json  # noqa: E402
+from lavimo.dataset.annotations import DATASET_CHOICES  # noqa: E402
 from lavimo.dataset.clip import Clip  # noqa: E402
 from lavimo.core.errors import BadInputError, SetupError, os_error_text, print_error  # noqa: E402
 from lavimo.core.keyids import check_keyid, is_keyid  # noqa: E402
@@ -173,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length-filter", choices=("auto", "on", "off"), default="auto",
                    help="HumanML3D's / TMR's motion-length rules (docs/data.md): auto (default) = on for HumanML3D, "
                         "KIT-ML and BABEL sources, off otherwise (the synthetic corpus, one's own data)")
+    p.add_argument("--dataset", choices=DATASET_CHOICES, default="auto",
+                   help="which dataset the annotations are, for --length-filter auto and KIT-ML's 24-row minimum: "
+                        "auto (default) = from the directory name (HumanML3D, KIT-ML, BABEL), else other")
     p.add_argument("--workers", type=int, default=1, help="worker processes, each with its own EGL context")
     p.add_argument("--egl-devices", default=None,
                    help="comma-separated EGL device ids handed to workers round-robin (several GPUs)")
@@ -195,7 +199,7 @@ def select_clips(args: argparse.Namespace) -> tuple[list[Clip], dict, dict]:
 
     try:
         clips = load_clips(args.annotations, None, split=args.split, mirrored=not args.no_mirrored,
-                           length_filter=LENGTH_FILTER_MODES[args.length_filter])
+                           length_filter=LENGTH_FILTER_MODES[args.length_filter], dataset=args.dataset)
     except BadInputError as e:
         raise SetupError(f"--annotations: {e}") from e
     except OSError as e:

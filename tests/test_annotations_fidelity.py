@@ -179,6 +179,19 @@ def test_tmr_seconds_filter_default_by_dataset(tmp_path):
     assert len(load_clips(tmp_path / "mydata", length_filter=True)) == 0
 
 
+def test_dataset_named_explicitly_overrides_the_directory_name(tmp_path):
+    rows = {"00000": (0, 24), "00001": (0, 25), "00002": (0, 200), "00003": (0, 201)}
+    own = _h3d(tmp_path / "export-2026", rows)  # a KIT-ML copy under a name that says nothing
+    assert len(load_clips(own, mirrored=False)) == 4 and len(load_clips(own, mirrored=False, dataset="auto")) == 4
+    assert [c.keyid for c in load_clips(own, mirrored=False, dataset="kitml")] == ["00001", "00002"]
+    named = _h3d(tmp_path / "KIT-ML", rows)  # "other": a dataset of one's own despite its name
+    assert len(load_clips(named, mirrored=False, dataset="other")) == 4
+    tmr = _tmr(tmp_path / "mine", {"00000": [(0.0, 1.0)]}, {"train": ["00000"]})
+    assert len(load_clips(tmr)) == 1 and len(load_clips(tmr, dataset="babel")) == 0
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        load_clips(own, dataset="kit")
+
+
 # -- on the real fixtures: the rules give what the reference loaders' own rules give ---------------------------
 
 

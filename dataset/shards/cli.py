@@ -29,6 +29,7 @@ from pathlib import Path
 
 from lavimo.core.atomic import check_writable_dir
 from lavimo.core.errors import BadInputError, SetupError, os_error_text, print_error
+from lavimo.dataset.annotations import DATASET_CHOICES
 from lavimo.dataset.subsets import NSIM_SPLIT
 
 log = logging.getLogger("build-shards")
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length-filter", choices=("auto", "on", "off"), default="auto",
                    help="HumanML3D's / TMR's motion-length rules (docs/data.md): auto (default) = on for HumanML3D, "
                         "KIT-ML and BABEL sources, off otherwise (the synthetic corpus, one's own data)")
+    p.add_argument("--dataset", choices=DATASET_CHOICES, default="auto",
+                   help="which dataset the annotations are, for --length-filter auto and KIT-ML's 24-row minimum: "
+                        "auto (default) = from the directory name (HumanML3D, KIT-ML, BABEL), else other")
     p.add_argument("--videos", help="render-amass output directory (<keyid>.mp4 + <keyid>.json)")
     p.add_argument("--out", required=True, help="shard set directory")
     p.add_argument("--humanml3d-vecs", help="take features from HumanML3D's new_joint_vecs/<keyid>.npy instead of "
@@ -202,7 +206,8 @@ def _build(p: argparse.ArgumentParser, a: argparse.Namespace, command: bool) -> 
     except (FileNotFoundError, RuntimeError, ValueError, OSError) as exc:
         raise SetupError(f"--text-model: {exc}") from None
     try:
-        clips = load_clips(a.annotations, a.amass, length_filter=LENGTH_FILTER_MODES[a.length_filter])
+        clips = load_clips(a.annotations, a.amass, length_filter=LENGTH_FILTER_MODES[a.length_filter],
+                           dataset=a.dataset)
     except BadInputError as exc:
         raise SetupError(f"annotations: {exc}") from None
     except (OSError, ValueError) as exc:  # unreadable / not JSON / not UTF-8
