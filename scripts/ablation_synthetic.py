@@ -4,7 +4,7 @@ corpus, on CPU, with several seeds: per row the mean and spread over seeds besid
 per claim of the paper. A benchmark with its own command (hours of CPU), not a CI test; docs/paper.md holds its
 result.
 
-    python scripts/ablation_synthetic.py [--out runs/ablation-synthetic] [--seeds 0,1] [--jobs 2] [--epochs 8]
+    python scripts/ablation_synthetic.py [--out runs/ablation-synthetic] [--seeds 0,1] [--jobs 2] [--epochs 4]
         [--motions 1200] [--test-fraction 0.25]
 
 Stages (each skipped once its stamp ``OUT/.done-<stage>`` exists; rerun to continue after a stop or a failure):
@@ -46,6 +46,7 @@ RUNNER = REPO / "scripts" / "paper_ablations.py"
 TABLES = "table2,table3,table4"
 #: the run settings every row shares (the demo preset, shortened for CPU; docs/paper.md says why)
 ROW_SETTINGS = ["--preset", "demo", "--protocol", "all", "--device", "cpu", "--set", "backbone_lr_scale=0.1",
+                "--set", "num_frames=8",
                 "--set", "lr_decay_start_epoch={half}", "--set", "eval_every={half}", "--set", "checkpoint_every={half}"]
 #: the paper's claims: (claim, row with the component, row without it), compared on text->motion R@1
 CLAIMS = [("adding video helps (Row2 vs TMR)", "row2", "tmr"),
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/ablation-synthetic", help="output directory (default: %(default)s)")
     p.add_argument("--seeds", default="0,1", help="training seeds, comma separated (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=2, help="seeds run at once, one CPU thread each (default: 2)")
-    p.add_argument("--epochs", type=int, default=8, help="epochs per row (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=4, help="epochs per row (default: %(default)s)")
     p.add_argument("--motions", type=int, default=1200, help="synthetic motions (default: %(default)s)")
     p.add_argument("--test-fraction", type=float, default=0.25, help="test split (default: %(default)s)")
     p.add_argument("--summary-only", action="store_true", help="only write OUT/ablation.{md,json} from the runs")

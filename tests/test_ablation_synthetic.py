@@ -63,7 +63,7 @@ def test_a_reversed_effect_disagrees_and_a_missing_row_is_not_run():
 def test_each_seed_runs_the_runner_with_the_all_protocol_and_its_seed(tmp_path, capsys):
     import argparse
 
-    args = argparse.Namespace(out=str(tmp_path), epochs=8, jobs=2)
+    args = argparse.Namespace(out=str(tmp_path), epochs=8, jobs=2)  # 8 epochs: settings at epoch 4
     cmd = ab.seed_command(args, 3)
     assert cmd[1].endswith("paper_ablations.py") and cmd[2] == "all"
     assert cmd[cmd.index("--protocol") + 1] == "all" and cmd[cmd.index("--epochs") + 1] == "8"
