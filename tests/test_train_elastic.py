@@ -150,3 +150,26 @@ def test_default_streams_and_statements():
     assert "read by more than one rank" in resume_statement(tc, 1, 8)
     plain = resume_statement(TrainConfig(batch_size=4), 2, 1)
     assert "NOT the same sample order" in plain and "may repeat or be missed" in plain
+
+
+def test_loader_batches_do_not_depend_on_ranks_or_workers(request):
+    """The elastic loader's global batches (rank 0's rows, then rank 1's, ...) are the same on 1, 2 and 8 ranks,
+    with 0 or 2 worker processes, including 3 streams on 2 ranks (a stream read by both)."""
+    from lavimo.dataset.shards.elastic import make_elastic_loader
+
+    shards = train_shards(request)
+
+    def global_batches(streams: int, world: int, workers: int = 0) -> list[list[str]]:
+        per_rank = []
+        for r in range(world):
+            loader = make_elastic_loader(shards, global_batch=24 if streams == 3 else 8, streams=streams,
+                                         epoch_batches=3, rank=r, world_size=world, num_workers=workers, seed=5,
+                                         image_size=32, num_frames=2, max_motion_len=32, shuffle_buffer=4)
+            loader.set_epoch(1)
+            per_rank.append([b["keyid"] for b in loader])
+        return [[k for r in range(world) for k in per_rank[r][i]] for i in range(3)]
+
+    one = global_batches(4, 1)
+    assert one == global_batches(4, 2) == global_batches(4, 8) == global_batches(4, 2, workers=2)
+    assert all(len(b) == len(set(b)) == 8 for b in one)
+    assert global_batches(3, 1) == global_batches(3, 2)
