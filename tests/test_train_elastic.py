@@ -173,3 +173,8 @@ def test_loader_batches_do_not_depend_on_ranks_or_workers(request):
     assert one == global_batches(4, 2) == global_batches(4, 8) == global_batches(4, 2, workers=2)
     assert all(len(b) == len(set(b)) == 8 for b in one)
     assert global_batches(3, 1) == global_batches(3, 2)
+
+
+def test_default_streams_prefer_a_multiple_of_the_ranks():
+    assert default_streams(6720, n_shards=39_000, world_size=64, num_workers=8) == 448  # 7 streams per rank
+    assert default_streams(64, n_shards=100, world_size=8, num_workers=4) == 32

@@ -17,15 +17,16 @@ from lavimo.training.config import RunConfig, TrainConfig
 from lavimo.training.loop import DistInfo
 
 #: the most loader streams chosen by default (each holds a shuffle buffer on the rank that reads it)
-MAX_DEFAULT_STREAMS = 256
+MAX_DEFAULT_STREAMS = 1024
 
 
 def default_streams(global_batch: int, n_shards: int, world_size: int, num_workers: int) -> int:
     """The loader streams of a new elastic run: the largest divisor of ``global_batch`` not above the ranks x
     workers of this launch (the per-rank loader's parallelism), the train shards and
-    :data:`MAX_DEFAULT_STREAMS`."""
+    :data:`MAX_DEFAULT_STREAMS`, preferring a multiple of the ranks (then no stream is read by two ranks)."""
     target = max(1, min(n_shards, world_size * max(1, num_workers), MAX_DEFAULT_STREAMS))
-    return max(d for d in range(1, target + 1) if global_batch % d == 0)
+    divisors = [d for d in range(1, target + 1) if global_batch % d == 0]
+    return max([d for d in divisors if d % world_size == 0] or divisors)
 
 
 def apply_layout(run_cfg: RunConfig, dinfo: DistInfo, manifests: dict[str, dict], batch_flag: bool) -> RunConfig:
