@@ -178,3 +178,14 @@ def test_loader_batches_do_not_depend_on_ranks_or_workers(request):
 def test_default_streams_prefer_a_multiple_of_the_ranks():
     assert default_streams(6720, n_shards=39_000, world_size=64, num_workers=8) == 448  # 7 streams per rank
     assert default_streams(64, n_shards=100, world_size=8, num_workers=4) == 32
+
+
+def test_workers_with_unequal_streams_stay_in_step(request):
+    """4 streams on 3 workers (2, 1, 1): each worker hands over once per global batch, so no stream's parts pile
+    up in the main process however long the epoch."""
+    from lavimo.dataset.shards.elastic import make_elastic_loader
+
+    loader = make_elastic_loader(train_shards(request), global_batch=8, streams=4, epoch_batches=12, num_workers=3,
+                                 image_size=32, num_frames=2, max_motion_len=32, shuffle_buffer=1)
+    assert sum(1 for _ in loader) == 12
+    assert max(len(q) for q in loader.parts.values()) <= 2 * loader.prefetch_factor

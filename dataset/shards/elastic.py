@@ -11,8 +11,9 @@ trainer in stream order. The batch rows therefore are a function of (seed, epoch
 rank as on eight, so a run resumed on another number of ranks continues the same epoch with the same samples,
 in the same order, with the same augmentation.
 
-Within a rank, DataLoader workers split the rank's streams (``streams[worker::num_workers]``); each hands over
-``{"stream": s, "rows": [...]}`` parts and :class:`ElasticLoader` assembles them. Skips, dead-shard markers and
+Within a rank, DataLoader workers split the rank's streams (``streams[worker::num_workers]``); per global batch
+each hands over ``{"parts": {stream: rows}}`` once (so the DataLoader's round robin over workers keeps every
+worker at the same batch) and :class:`ElasticLoader` assembles them in stream order. Skips, dead-shard markers and
 :class:`lavimo.dataset.shards.stream.NoUsableSamplesError` work as in the per-rank loader.
 """
 
@@ -99,10 +100,11 @@ class ElasticStreams(_IterableDataset):
         mine = sorted(self.rows)[worker::num_workers]
         skips = SkipStats()
         gens = {s: self.samples(s, skips) for s in mine}
-        while mine:
+        while mine:  # one hand-over per global batch from every worker: the DataLoader's round robin stays even
+            parts: dict[int, list[dict]] = {}
             for s in mine:
                 lo, hi = self.rows[s]
-                rows: list[dict] = []
+                parts[s] = []
                 n = 0
                 while n < self.chunk:
                     item = next(gens[s])
@@ -110,9 +112,9 @@ class ElasticStreams(_IterableDataset):
                         yield _Handover(None, skips.take(), item)
                         continue
                     if lo <= n < hi:
-                        rows.append(item)
+                        parts[s].append(item)
                     n += 1
-                yield _Handover({"stream": s, "rows": rows}, skips.take())
+            yield _Handover({"parts": parts}, skips.take())
 
 
 class ElasticLoader(StreamLoader):
@@ -128,7 +130,8 @@ class ElasticLoader(StreamLoader):
         return super().__iter__()
 
     def _assemble(self, part: dict) -> dict | None:
-        self.parts[part["stream"]].append(part["rows"])
+        for s, rows in part["parts"].items():
+            self.parts[s].append(rows)
         if any(not q for q in self.parts.values()):
             return None
         return collate([row for s in sorted(self.parts) for row in self.parts[s].popleft()])
