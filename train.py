@@ -28,14 +28,14 @@ from lavimo.core.errors import BadInputError, SetupError
 from lavimo.core.slurm import SlurmEnvError, apply_srun_env
 from lavimo.dataset.shards.source import shard_location
 from lavimo.model.weights import missing_pretrained
-from lavimo.training import data
+from lavimo.training import data, elastic
 from lavimo.training.cli import (EXIT_NO_PROGRESS, EXIT_SETUP, config_overrides, fail, os_error_line, parse_args,
                                  runtime_options, setup_logging)
 from lavimo.training.config import resolve_config
 from lavimo.training.loop import (DistInfo, TrainingDiverged, TrainingStalled, cleanup_distributed,
                                   init_distributed, local_rank_from_env, seed_everything)
 from lavimo.training.preemption import preemption_signals, resolve_resume
-from lavimo.training.run_dir import RunDir, start_run
+from lavimo.training.run_dir import RunDir, note_session, start_run
 from lavimo.training.trainer import Trainer, check_resume_checkpoint
 
 log = logging.getLogger("train")
@@ -106,6 +106,8 @@ def train(args: argparse.Namespace, shards, device: torch.device, dinfo: DistInf
 
     # the shards ---------------------------------------------------------------------------------------------
     manifests = data.check_training_manifests(shards, cfg)
+    run_cfg = elastic.apply_layout(run_cfg, dinfo, manifests, batch_flag=args.batch_size is not None)
+    tc = run_cfg.train  # with a global batch: this launch's per-rank batch and the loader streams
     steps_per_epoch = data.steps_per_epoch(shards, manifests, tc, dinfo)
     if args.no_verify:
         verified = None
@@ -120,7 +122,7 @@ def train(args: argparse.Namespace, shards, device: torch.device, dinfo: DistInf
                     "val_every": args.val_every, "save_every": args.save_every, "max_nan_steps": args.max_nan_steps,
                     "max_skip_fraction": max_skip if math.isfinite(max_skip) else None,
                     "verify": "skipped" if args.no_verify else "sha256",
-                    "global_batch": tc.batch_size * dinfo.world_size}
+                    "global_batch": tc.batch_size * dinfo.world_size, "loader_streams": tc.loader_streams or None}
     if dinfo.is_main:
         start_run(run, {**run_cfg.to_dict(), "trainer": trainer_info}, shards=shards, manifests=manifests,
                   verified=verified, extra={"command": command, "trainer": trainer_info, "resume": resume})
@@ -136,7 +138,9 @@ def train(args: argparse.Namespace, shards, device: torch.device, dinfo: DistInf
     trainer = Trainer(model, run, run_cfg, shards=shards, device=device, precision=precision, dinfo=dinfo,
                       steps_per_epoch=steps_per_epoch, options=runtime_options(args), stop=stop)
     if resume:
-        trainer.resume(saved_step)
+        note = trainer.resume(saved_step)
+        if dinfo.is_main:
+            note_session(run, "resume_exactness", note)
     return trainer.fit()
 
 

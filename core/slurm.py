@@ -1,6 +1,8 @@
 """Slurm's environment variables -> what the commands need: the ``--part K/N`` of a job-array task
-(render-amass, build-shards) and the rank / world size / local rank / master address of a training process
-that ``srun`` launched (train.py; torchrun's variables win when present).
+(render-amass, build-shards), the rank / world size / local rank / master address of a training process
+that ``srun`` launched (train.py; torchrun's variables win when present), and the c10d rendezvous of one
+torchrun agent per node (:func:`torchrun_rendezvous`; ``python -m lavimo.core.slurm rendezvous`` prints its
+torchrun flags for scripts/slurm/train_torchrun.sbatch).
 
 Nothing here talks to Slurm: the functions read an environment mapping (``os.environ`` by default), so they are
 tested with crafted environments (tests/test_slurm_env.py). See docs/scaling.md.
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from dataclasses import dataclass
 from typing import Mapping, MutableMapping
 
 log = logging.getLogger(__name__)
@@ -148,3 +152,95 @@ def apply_srun_env(env: MutableMapping[str, str] | None = None) -> dict[str, str
         log.info("srun task: rank %s of %s (local %s), master %s:%s", new["RANK"], new["WORLD_SIZE"],
                  new["LOCAL_RANK"], env.get("MASTER_ADDR", "-"), env.get("MASTER_PORT", "-"))
     return new
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """torchrun's multi-node settings: ``nnodes`` agents of ``nproc_per_node`` ranks each meet at ``endpoint``
+    (``host:port``) under the run id ``rdzv_id`` with the c10d backend (the first agent to arrive hosts the
+    store)."""
+
+    nnodes: int
+    nproc_per_node: int
+    endpoint: str
+    rdzv_id: str
+    backend: str = "c10d"
+
+    def torchrun_args(self) -> list[str]:
+        """The torchrun flags (``--nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint h:p
+        --rdzv-id 42``)."""
+        return ["--nnodes", str(self.nnodes), "--nproc-per-node", str(self.nproc_per_node), "--rdzv-backend",
+                self.backend, "--rdzv-endpoint", self.endpoint, "--rdzv-id", self.rdzv_id]
+
+
+def _gpus_on_node(env: Mapping[str, str]) -> int | None:
+    """GPUs Slurm gave this node: ``SLURM_GPUS_ON_NODE``, else the count of ``SLURM_GPUS_PER_NODE`` (``4``,
+    ``a100:4``)."""
+    n = _int(env, "SLURM_GPUS_ON_NODE")
+    if n is not None:
+        return n
+    per_node = env.get("SLURM_GPUS_PER_NODE")
+    if not per_node:
+        return None
+    count = per_node.split(",")[0].split("(")[0].rsplit(":", 1)[-1]
+    try:
+        return int(count)
+    except ValueError:
+        raise SlurmEnvError(f"$SLURM_GPUS_PER_NODE={per_node!r}: no GPU count in it; pass --nproc-per-node") from None
+
+
+def torchrun_rendezvous(env: Mapping[str, str] | None = None, nproc_per_node: int | None = None) -> Rendezvous:
+    """The rendezvous of one torchrun agent per node of this job: ``nnodes`` = SLURM_JOB_NUM_NODES (or
+    SLURM_NNODES), ``nproc_per_node`` = the argument, else the node's GPUs (:func:`_gpus_on_node`), else 1;
+    the endpoint is the host and port the srun launch uses (:func:`srun_process_env`: MASTER_ADDR or the first
+    host of the job's node list; MASTER_PORT or 20000 + SLURM_JOB_ID % 20000); the id is SLURM_JOB_ID (a
+    requeued job keeps it). Every agent computes the same values from the same job. SlurmEnvError (naming the
+    variable) outside a Slurm job or on unusable values."""
+    env = os.environ if env is None else env
+    nnodes = _int(env, "SLURM_JOB_NUM_NODES")
+    if nnodes is None:
+        nnodes = _int(env, "SLURM_NNODES")
+    job = _int(env, "SLURM_JOB_ID")
+    if nnodes is None or job is None:
+        raise SlurmEnvError("not inside a Slurm job: $SLURM_JOB_NUM_NODES / $SLURM_JOB_ID are unset")
+    nproc = nproc_per_node if nproc_per_node is not None else (_gpus_on_node(env) or 1)
+    if nnodes < 1 or nproc < 1:
+        raise SlurmEnvError(f"{nnodes} node(s) x {nproc} process(es) per node: both must be >= 1")
+    host = env.get("MASTER_ADDR")
+    if not host:
+        nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+        if not nodes:
+            raise SlurmEnvError("$SLURM_JOB_NODELIST is unset; export MASTER_ADDR")
+        host = first_host(nodes)
+    port = _int(env, "MASTER_PORT")
+    if port is None:
+        port = DEFAULT_PORT_BASE + job % 20000
+    if not 0 < port < 65536:
+        raise SlurmEnvError(f"$MASTER_PORT={port} is not a TCP port")
+    return Rendezvous(nnodes, nproc, f"{host}:{port}", str(job))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lavimo.core.slurm rendezvous [--nproc-per-node N]``: print :func:`torchrun_rendezvous`'s
+    torchrun flags on one line (exit 0), or one error line (exit 2)."""
+    import argparse
+    import shlex
+
+    from lavimo.core.errors import print_error
+
+    p = argparse.ArgumentParser(prog="python -m lavimo.core.slurm",
+                                description="Print the torchrun flags of this Slurm job's c10d rendezvous.")
+    p.add_argument("what", choices=["rendezvous"])
+    p.add_argument("--nproc-per-node", type=int, default=None,
+                   help="ranks per node (default: the node's GPUs from Slurm, else 1)")
+    args = p.parse_args(argv)
+    try:
+        rdzv = torchrun_rendezvous(nproc_per_node=args.nproc_per_node)
+    except SlurmEnvError as exc:
+        return print_error(p.prog, exc, 2)
+    print(shlex.join(rdzv.torchrun_args()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

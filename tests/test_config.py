@@ -129,7 +129,10 @@ def test_configs_from_before_the_split_still_load(tmp_path):
 
     assert PRE_SPLIT_RUN_FIELDS <= TrainConfig.field_names()
     rc = load_run_config("tiny", lr=3e-4)
-    old = {"model": rc.flat(), "train": {"device": "cpu", "world_size": 1, "steps_per_epoch": 8}}
+    # the run settings a pre-split file held (fields added since, e.g. global_batch_size, were never in one)
+    old_run = {k: v for k, v in rc.train.to_dict().items() if k in PRE_SPLIT_RUN_FIELDS}
+    old = {"model": {**rc.model.to_dict(), **old_run}, "train": {"device": "cpu", "world_size": 1,
+                                                                 "steps_per_epoch": 8}}
     path = tmp_path / "config.json"
     path.write_text(json.dumps(old))
     assert load_run_config(path) == rc and load_preset(path) == rc.model
@@ -142,6 +145,6 @@ def test_configs_from_before_the_split_still_load(tmp_path):
     with safe_open(str(ckpt), framework="pt") as fh:
         meta = dict(fh.metadata())
     conf = json.loads(meta["lavimo_config"])
-    meta["lavimo_config"] = json.dumps({**conf, **rc.train.to_dict()})  # as a pre-split checkpoint held it
+    meta["lavimo_config"] = json.dumps({**conf, **old_run})  # as a pre-split checkpoint held it
     save_file(load_file(str(ckpt)), str(ckpt), metadata=meta)
     assert read_checkpoint_metadata(ckpt)["config"] == rc.model

@@ -36,6 +36,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("preset overrides (default: the preset's value)")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int, help="per-rank batch size")
+    g.add_argument("--global-batch-size", type=int,
+                   help="the global batch (all ranks together), kept when a resume changes the rank count: the "
+                        "per-rank batch is it / ranks and the sample order does not depend on the ranks "
+                        "(docs/training.md, 'Elastic resume')")
     g.add_argument("--lr", type=float)
     g.add_argument("--workers", type=int, help="loader worker processes per rank (config num_workers)")
     g.add_argument("--seed", type=int)
@@ -89,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The config fields the flags set (only those given on the command line)."""
     o: dict[str, Any] = {}
-    for flag, field in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"),
+    for flag, field in (("epochs", "epochs"), ("batch_size", "batch_size"), ("global_batch_size", "global_batch_size"), ("lr", "lr"),
                         ("workers", "num_workers"), ("seed", "seed"), ("modalities", "modalities"),
                         ("negative_filtering", "negative_filtering"), ("threshold", "threshold"),
                         ("recon_weight", "recon_weight"), ("hflip_p", "hflip_p"),

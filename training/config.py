@@ -38,7 +38,11 @@ class TrainConfig(JsonConfig):
     with a linear decay to 1e-5 after epoch 100, 400 epochs, batch 64) where it states them, "ours" otherwise."""
 
     # --- optimisation ---
-    batch_size: int = 64  # per rank
+    batch_size: int = 64  # per rank (with global_batch_size set: derived, global_batch_size / ranks)
+    # the global batch, the invariant of an elastic run (training/elastic.py): 0 = unset (batch_size per rank,
+    # the shards split by rank); > 0 = batch_size follows the rank count and the sample order does not
+    global_batch_size: int = 0
+    loader_streams: int = 0  # elastic runs: loader streams of the global stream (0 = chosen at the start, saved)
     lr: float = 1e-4
     lr_min: float = 1e-5
     lr_decay_start_epoch: int = 100
@@ -89,6 +93,10 @@ class TrainConfig(JsonConfig):
             bad("hflip_p", "must be in [0, 1]")
         if self.randaugment_ops < 0 or not 0 <= self.randaugment_magnitude <= 30:
             bad("randaugment_ops", "randaugment_ops must be >= 0 and randaugment_magnitude in [0, 30]")
+        if self.global_batch_size < 0 or self.loader_streams < 0:
+            bad("global_batch_size", "global_batch_size and loader_streams must be >= 0 (0 = unset)")
+        if self.loader_streams and self.global_batch_size and self.global_batch_size % self.loader_streams:
+            bad("loader_streams", f"must divide global_batch_size {self.global_batch_size}")
         if self.epoch_batches is not None and self.epoch_batches < 0:
             bad("epoch_batches", "must be >= 0 (0 or None: one pass over the shards)")
 

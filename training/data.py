@@ -133,9 +133,14 @@ def verify_shards(shards: Path | RemoteShards, manifests: dict[str, dict], dinfo
 def train_loader(shards: Path | RemoteShards, cfg, tc: TrainConfig, epoch: int, steps: int, dinfo: DistInfo,
                  shuffle_buffer: int | None = None):
     """The training loader of one epoch: shard order, shuffle buffer and augmentation seeded by (seed, epoch,
-    rank, worker) inside the loader; ``steps`` batches on every rank; shards split by rank."""
+    rank, worker) inside the loader; ``steps`` batches on every rank; shards split by rank. An elastic run
+    (``global_batch_size`` set) reads the loader streams of training/elastic.py instead."""
     from lavimo.dataset.shards.stream import make_loader
 
+    if tc.global_batch_size:
+        from lavimo.training.elastic import elastic_train_loader
+
+        return elastic_train_loader(shards, cfg, tc, epoch, steps, dinfo, shuffle_buffer)
     kw = {} if shuffle_buffer is None else {"shuffle_buffer": shuffle_buffer}
     loader = make_loader(shards, "train", batch_size=tc.batch_size, train=True,
                          num_workers=tc.num_workers, seed=tc.seed, epoch_batches=steps,

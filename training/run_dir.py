@@ -90,6 +90,17 @@ def start_run(run: RunDir, config: dict[str, Any], *, shards: str | os.PathLike,
         write_run_info(run, shards=shards, manifests=manifests, verified=verified, extra=extra)
 
 
+def note_session(run: RunDir, key: str, value: Any) -> None:
+    """Record ``key: value`` in run.json's current session (the last of ``sessions``, mirrored at the top level),
+    e.g. what a resume kept exactly; rank 0, after :func:`start_run`."""
+    with writing(run.info, run):
+        info = load_json(run.info)
+        info[key] = value
+        if isinstance(info.get("sessions"), list) and info["sessions"] and isinstance(info["sessions"][-1], dict):
+            info["sessions"][-1][key] = value
+        write_json(run.info, info)
+
+
 #: the files of a run directory that are written atomically (lavimo.core.atomic): a killed run may leave a temporary file
 #: of one of these (``.{name}.{random}.tmp{ext}``), which :func:`remove_stale_temp_files` removes
 _RUN_FILE_RE = re.compile(r"^(config\.json|run\.json|metrics\.csv)$")

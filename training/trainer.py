@@ -26,6 +26,7 @@ from lavimo.model.ddp import needs_find_unused_parameters
 from lavimo.model.lavimo import FUSION_NAMES, LOSS_KEYS
 from lavimo.training.config import RunConfig, changes
 from lavimo.training.data import train_loader, val_loader
+from lavimo.training.elastic import resume_statement
 from lavimo.training.loop import (
     DistInfo, LossModule, NonFiniteGuard, RunningMeans, SkipBudget, Stepper, TrainingStalled, apply_group_settings,
     barrier, format_counts, gather_embeddings, gather_rng_states, group_settings, load_training_state,
@@ -87,12 +88,13 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------------------
     # resume
 
-    def resume(self, saved_step: int | None) -> None:
+    def resume(self, saved_step: int | None) -> str:
         """Continue the run of RUN/checkpoints/last.state.pt + last.safetensors: weights, optimiser (with this
         command line's lr, weight decay, betas), scheduler, scaler, guard, running means, counters and this rank's
         RNG state (restored once the loader has skipped what the interrupted run consumed). ``saved_step``: the
         step last.safetensors was saved at (:func:`check_resume_checkpoint`). Every problem with the files is a
-        SetupError."""
+        SetupError. Returns (and logs) the line saying what of the saved run is kept exactly
+        (:func:`lavimo.training.elastic.resume_statement`)."""
         run = self.run
         try:
             state = load_training_state(run.last_state, complete=True)
@@ -105,7 +107,8 @@ class Trainer:
         load_weights(self.model, run.last, state, saved_step)
         if state["steps_per_epoch"] != self.steps_per_epoch:
             raise SetupError(f"--resume: the run used {state['steps_per_epoch']} steps/epoch, now "
-                             f"{self.steps_per_epoch} (batch size, rank count or shards changed)")
+                             f"{self.steps_per_epoch} (batch size, rank count or shards changed; to change the "
+                             "rank count keep the global batch: --global-batch-size, docs/training.md)")
         try:
             current = group_settings(self.optimizer)  # this command line's lr, weight decay, betas
             self.optimizer.load_state_dict(state["optimizer"])
@@ -132,6 +135,9 @@ class Trainer:
             log.warning("--resume with %d rank(s) instead of %d: RNG streams are reseeded (not bit-exact)",
                         self.dinfo.world_size, len(rngs))
         log.info("resuming at epoch %d, batch %d (global step %d)", self.epoch, self.batch_in_epoch, self.step)
+        note = resume_statement(self.tc, len(rngs), self.dinfo.world_size)
+        (log.info if len(rngs) == self.dinfo.world_size else log.warning)("%s", note)
+        return note
 
     # ----------------------------------------------------------------------------------------------------------
     # the loop

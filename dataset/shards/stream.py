@@ -673,15 +673,22 @@ class _ProcessAndBatch:
             yield _Handover(None, skips.take())
 
     def _process(self, raw: dict, rng, batch: list, skips: SkipStats) -> bool:
-        key, url = raw.get("__key__"), raw.get("__url__")
-        try:
-            batch.append(self.transform(raw, rng))
-            return True
-        except SampleError as exc:
-            skips.add(exc.reason, key, url, str(exc))
-        except Exception as exc:  # noqa: BLE001 - a corrupt sample never stops a run; counted and logged
-            skips.add("other", key, url, f"{type(exc).__name__}: {exc}")
-        return False
+        sample = process_sample(self.transform, raw, rng, skips)
+        if sample is not None:
+            batch.append(sample)
+        return sample is not None
+
+
+def process_sample(transform: SampleTransform, raw: dict, rng, skips: SkipStats) -> dict | None:
+    """``transform(raw, rng)``, or None with the reason counted in ``skips`` (a bad sample never stops a run)."""
+    key, url = raw.get("__key__"), raw.get("__url__")
+    try:
+        return transform(raw, rng)
+    except SampleError as exc:
+        skips.add(exc.reason, key, url, str(exc))
+    except Exception as exc:  # noqa: BLE001 - a corrupt sample never stops a run; counted and logged
+        skips.add("other", key, url, f"{type(exc).__name__}: {exc}")
+    return None
 
 
 def _worker_init(_: int) -> None:
@@ -729,6 +736,10 @@ class StreamLoader:
         """Set the epoch used to seed shard order and augmentation of the next ``iter()``."""
         self.epoch = int(epoch)
 
+    def _assemble(self, part: dict) -> dict | None:
+        """The batch a worker's hand-over completes (here every hand-over is a whole batch)."""
+        return part
+
     def __len__(self) -> int:
         if self.epoch_batches is None:
             raise TypeError("this loader's epoch length is unknown (evaluation over shards without a manifest)")
@@ -757,7 +768,10 @@ class StreamLoader:
             if out.batch is not None:
                 dead.clear()
                 period = SkipStats()
-                yield out.batch
+                batch = self._assemble(out.batch)
+                if batch is None:  # a part of a batch (lavimo.dataset.shards.elastic)
+                    continue
+                yield batch
                 batches += 1
                 if self.epoch_batches is not None and batches >= self.epoch_batches:
                     return
