@@ -25,7 +25,8 @@ from typing import Any, Iterator
 from lavimo.core.atomic import atomic_open
 from lavimo.core.errors import BadInputError, one_line
 
-from .query import Decoded, Query, answer, check_query, decode_query, encode_query
+from .inputs import Query, check_query
+from .query import Decoded, answer, decode_query, encode_query
 
 TEXT_BATCH = 64
 #: the most queries one file may hold, and the longest line (bytes): a larger file is refused before any model loads

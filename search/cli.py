@@ -31,14 +31,21 @@ from typing import Any
 
 from lavimo.core.errors import BadInputError, SetupError, os_error_text, print_error
 
-from .index import build_index, source_text
-from .model import load
-from .preview import render_preview
 from .batch import check_all, run_batch
 from .client import remote_query
-from .query import AGAINST, Query, check_query, open_index, recorded_checkpoint, run_query
-from .server import serve
-from .video import parse_crop
+from .inputs import AGAINST, Query, check_query, parse_crop
+from .query import recorded_checkpoint, run_query
+
+# the rest of lavimo.search (torch, the model, the index, the renderer, the server) is imported by the commands that
+# use it, after their inputs are checked: a missing file or an empty text fails in a fraction of a second, and
+# `query --server` never imports torch
+
+
+def open_index(index_dir: Path, checkpoint: Path | None, stats: Path | None, device: str = "cpu"):
+    """:func:`lavimo.search.query.open_index`, imported when a command needs the model."""
+    from .query import open_index as _open
+
+    return _open(index_dir, checkpoint, stats, device)
 
 
 def _split_list(value: str) -> list[str]:
@@ -134,9 +141,17 @@ def _table(res: dict[str, Any]) -> str:
     lines = [f"{'rank':>4}  {'score':>7}  {'keyid':<10} {'caption':<52} source | preview"]
     for n, r in enumerate(rows, 1):
         cap = (r["captions"][0] if r["captions"] else "-")[:52]
-        lines.append(f"{r.get('rank', n):>4}  {r['score']:7.3f}  {r['keyid']:<10} {cap:<52} {source_text(r['source'])} | "
+        lines.append(f"{r.get('rank', n):>4}  {r['score']:7.3f}  {r['keyid']:<10} {cap:<52} {_source(r)} | "
                      f"{r.get('preview') or r.get('preview_url') or '-'}")
     return "\n".join(lines)
+
+
+def _source(hit: dict[str, Any]) -> str:
+    if "source_text" in hit:  # an answer from a server
+        return str(hit["source_text"])
+    from .index import source_text
+
+    return source_text(hit["source"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     if args.cmd == "preview":
+        from .preview import render_preview
+
         out = render_preview(args.motion, args.out, fps=args.fps, size=args.size, force=args.force)
         print(out)
         return 0
@@ -169,6 +186,9 @@ def _main(args: argparse.Namespace) -> int:
         splits = list(dict.fromkeys(args.split or ["test"]))  # in order, each once
         if "all" in splits and len(splits) > 1:
             raise SetupError("--split all already means every split; give it alone")
+        from .index import build_index
+        from .model import load
+
         r = load(args.checkpoint, stats=args.stats, device=args.device)
         idx, rep = build_index(r, args.out, shards=args.shards, folder=args.features,
                                splits=splits, videos=args.videos, previews=not args.no_previews,
@@ -183,6 +203,8 @@ def _main(args: argparse.Namespace) -> int:
         return _batch(args)
     if args.cmd == "serve":
         _check_model_inputs(args.index, args.checkpoint)
+        from .server import serve
+
         r, idx = open_index(args.index, args.checkpoint, args.stats, args.device)
         serve(r, idx, host=args.host, port=args.port, allow_hosts=args.allow_host)
         return 0

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .query import Query
+from .inputs import Query
 
 TIMEOUT_S = 600
 #: the longest answer read back (bytes): a page of results is a few kB
@@ -55,7 +55,7 @@ def multipart(fields: dict[str, str], file: Path | None, kind: str | None) -> tu
 def remote_query(url: str, q: Query, keyid: str | None = None, timeout: float = TIMEOUT_S) -> dict[str, Any]:
     """``q`` (checked) asked of the server at ``url`` -> its JSON answer (the same shape as
     :func:`lavimo.search.query.run_query`'s, hits with ``preview_url`` instead of server paths). Raises ValueError
-    with the server's one-line message for a refused query, OSError when the server cannot be reached."""
+    with the server's one-line message for a refused query, or saying the server cannot be reached."""
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ValueError(f"--server {url!r}: expected http://HOST:PORT")
@@ -72,3 +72,6 @@ def remote_query(url: str, q: Query, keyid: str | None = None, timeout: float = 
         except (ValueError, AttributeError):
             msg = None
         raise ValueError(f"{url}: HTTP {exc.code}: {msg or exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:  # refused, unreachable, timed out
+        raise ValueError(f"{url}: cannot reach the search server ({getattr(exc, 'reason', exc)}); start it with "
+                         "'lavimo-search serve --index IDX'") from None

@@ -33,7 +33,6 @@ from lavimo.model.checkpoint import PREPROCESS_KEYS, load_checkpoint, preprocess
 
 from .video import frame_numbers, model_view, query_frames
 
-MOTION_SUFFIXES = (".npy", ".npz")
 
 
 def _l2(x: np.ndarray) -> np.ndarray:

@@ -35,8 +35,9 @@ from lavimo.core.keyids import child_path, is_keyid
 from . import preview
 from .index import PREVIEWS, source_text
 from .motionfile import motion_features, npy_bytes
-from .query import (ALLOWED_AGAINST, MAX_DEPTH, MAX_TEXT, VIDEO_TYPES, Query, answer, check_query, check_text,
-                    decode_query, encode_query)
+from .inputs import (ALLOWED_AGAINST, MAX_DEPTH, MAX_TEXT, VIDEO_TYPES, Query, check_query, check_text,
+                     parse_crop)
+from .query import answer, decode_query, encode_query
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ MAX_K = 50
 #: example queries shown on the page: captions of this many motions spread over the index
 EXAMPLES = 6
 HERE = Path(__file__).resolve().parent
-__all__ = ["MAX_TEXT", "VIDEO_TYPES", "create_app", "serve", "SearchService"]
 
 
 class SearchService:
@@ -235,7 +235,7 @@ def _int(value: Any, name: str, default: int) -> int:
 
 
 def _text(value: Any) -> str:
-    """A query text (:func:`lavimo.search.query.check_text`): an empty one or one over :data:`MAX_TEXT` characters
+    """A query text (:func:`lavimo.search.inputs.check_text`): an empty one or one over :data:`MAX_TEXT` characters
     (a 100k-character paste included) is a 400 saying so; never truncated, never read as template syntax."""
     try:
         return check_text(value)
@@ -330,8 +330,6 @@ def _upload_query(form: Any, name: str) -> tuple[str, str, dict[str, Any]]:
             except (TypeError, ValueError):
                 raise _HTTPError(400, f"{key} must be a number of seconds") from None
     if form.get("crop") not in (None, "") and kind == "video":
-        from .video import parse_crop
-
         try:
             window["crop"] = parse_crop(str(form.get("crop")))
         except ValueError as exc:

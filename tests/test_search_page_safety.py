@@ -652,7 +652,7 @@ WEBM = Path(__file__).resolve().parent / "fixtures" / "media" / "mediarecorder.w
 def test_query_text_of_100k_characters_is_a_clear_400(client):
     """A pasted 100k-character text: a 400 saying how long it is and the limit (never truncated, never a 413 or a
     5xx) through the API, and the same for an over-long text in the page address; the server goes on answering."""
-    from lavimo.search.query import MAX_TEXT
+    from lavimo.search.inputs import MAX_TEXT
 
     long = "a person walks forward " * (100_000 // 23 + 1)
     r = client.post("/api/search", data={"text": long[:100_000], "k": "3"})

@@ -69,7 +69,7 @@ fileInput.addEventListener('change', () => chooseFile(fileInput.files[0] || null
 const drop = $('drop');
 for (const ev of ['dragenter', 'dragover']) drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add('over'); });
 for (const ev of ['dragleave', 'drop']) drop.addEventListener(ev, () => drop.classList.remove('over'));
-drop.addEventListener('drop', (e) => { e.preventDefault(); if (e.dataTransfer.files.length) chooseFile(e.dataTransfer.files[0]); });
+drop.addEventListener('drop', (e) => { e.preventDefault(); e.stopPropagation(); if (e.dataTransfer.files.length) chooseFile(e.dataTransfer.files[0]); });
 document.addEventListener('dragover', (e) => e.preventDefault());
 document.addEventListener('drop', (e) => {
   e.preventDefault();
