@@ -25,12 +25,25 @@ from lavimo.core.errors import BadInputError
 from .inputs import Query, check_query
 
 def open_index(index_dir: Path, checkpoint: Path | None, stats: Path | None, device: str = "cpu"):
-    """(Retriever, Index) for an index directory, the checkpoint defaulting to the one it records."""
-    from .index import Index
+    """(Retriever, Index) for an index directory, the checkpoint defaulting to the one it records. Loading order:
+    the cheap refusals first — no index, no checkpoint file, a checkpoint whose sha256 is not the one the index
+    records — and only then the model (seconds) and the index."""
+    from lavimo.core.hashing import sha256_file
+
+    from .index import META, Index, read_index_json
     from .model import load
 
-    checkpoint = recorded_checkpoint(index_dir) if checkpoint is None else checkpoint
-    retriever = load(checkpoint, stats=stats, device=device)
+    checkpoint = recorded_checkpoint(index_dir) if checkpoint is None else Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
+    meta = read_index_json(Path(index_dir) / META)
+    sha = sha256_file(checkpoint)[0]
+    if meta.get("checkpoint_sha256") != sha:
+        raise BadInputError(Path(index_dir) / META, "checkpoint_sha256", f"built with another checkpoint "
+                            f"({str(meta.get('checkpoint'))[:200]}, sha256 {str(meta.get('checkpoint_sha256'))[:12]}) "
+                            f"than {checkpoint}: its latents do not compare with this model's; rebuild the index "
+                            "with this checkpoint or query with that one")
+    retriever = load(checkpoint, stats=stats, device=device, sha256=sha)
     return retriever, Index.load(index_dir, retriever.sha256, retriever.latent_dim)
 
 

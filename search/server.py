@@ -1,24 +1,34 @@
-"""The search page: a local FastAPI app (uvicorn) over one index and its checkpoint.
+"""The search page: a local FastAPI app (uvicorn) over one index and its checkpoint (docs/search.md, "The search
+page").
 
-- ``GET /``: the page (a text box, a video or motion file upload, top-k results as playing previews with their
-  scores, captions and sources). ``GET /?text=...&k=5`` renders results on the server (works without script).
-- ``POST /api/search`` (multipart form): ``text`` or ``file`` (+ ``kind`` "video" | "motion"), ``k``,
-  ``captions`` (motion -> text), ``start``/``end`` (video window, s) -> JSON ``{"query", "results"}``.
-- ``GET /preview/{n}``: the preview mp4 of the n-th indexed motion (for feature databases rendered on the first
-  request, outside the query lock, and served from that file afterwards).
+- ``GET /``: the page (Jinja2, ``templates/page.html``, autoescape on; ``static/page.css``, ``static/page.js``):
+  modes text / video / motion, drag and drop, trim and crop of an uploaded clip, example queries, the latency,
+  result actions (more like this, captions, similar videos, .npy download) and paging. The address holds the query
+  (``?q=TEXT&mode=text&page=N&k=K`` or ``?keyid=ID&mode=more|captions|videos``; ``?text=`` too) and is rendered on
+  the server (works without script).
+- ``POST /api/search`` (multipart or urlencoded form): exactly one of ``text``, ``file`` (+ ``kind`` "video" |
+  "motion", ``start``/``end`` seconds, ``crop`` "x,y,size") or ``keyid``; ``k``, ``offset`` or ``page``,
+  ``against`` ("motion" | "video" | "text"), ``captions`` -> JSON ``{"query", "results", "latency_ms"}``.
+- ``GET /preview/{n}``, ``GET /skeleton/{n}`` (the n-th motion's preview / 256 px skeleton preview, rendered on
+  the first request outside the query lock and served from that file afterwards), ``GET /motion/{n}.npy``,
+  ``GET /api/examples``.
+
+Concurrency: an upload is decoded in a worker thread outside the model lock; only the encoder call holds it
+(:class:`SearchService`), so a slow upload never holds up other queries.
 
 Safety (docs/security.md, "The search page and index"): binds 127.0.0.1 by default; a request whose ``Host``
 header is not an allowed name (the bound address, ``localhost``, ``127.0.0.1``, ``::1`` and what
 ``--allow-host`` / ``LAVIMO_SEARCH_ALLOWED_HOSTS`` add) is answered 421 (DNS rebinding); request bodies are
 limited to :data:`MAX_UPLOAD_BYTES` plus :data:`FORM_OVERHEAD_BYTES` as they arrive, with or without a
 Content-Length (chunked bodies too: the form parser stops at the cap, HTTP 413); uploads are limited in type
-(extensions :data:`VIDEO_TYPES` / :data:`MOTION_TYPES`, HTTP 415), stored under a name of the server's choosing
+(extensions ``VIDEO_TYPES`` / :data:`MOTION_TYPES`, HTTP 415), stored under a name of the server's choosing
 and deleted after the query, and read as untrusted files (videos: ``lavimo.core.mp4.probe_video``); no request ever
-names a file the server reads (previews are addressed by their number in the index, and served only from inside
-the index directory, whatever its JSON says; a feature index's previews are rendered only from ``<keyid>.npy``
-inside the feature folder the index records, :meth:`lavimo.search.index.Index.feature_file`); every string on the page is escaped (``html.escape``
-server-side, ``textContent`` in the script); bad input is an HTTP 4xx with a message, and the server keeps
-serving.
+names a file the server reads (previews and motions are addressed by their number in the index, and served only
+from inside the index directory or its recorded database, whatever its JSON says:
+:meth:`lavimo.search.index.Index.preview_path`, :meth:`lavimo.search.index.Index.feature_file`,
+:mod:`lavimo.search.motionfile`); every string on the page is escaped (Jinja2 autoescape server-side,
+``textContent`` in the script); a query text over 1,000 characters is a 400; bad input is an HTTP 4xx with a
+message, and the server keeps serving.
 """
 
 import logging
@@ -37,7 +47,7 @@ from .index import PREVIEWS, source_text
 from .motionfile import motion_features, npy_bytes
 from .inputs import (ALLOWED_AGAINST, MAX_DEPTH, MAX_TEXT, VIDEO_TYPES, Query, check_query, check_text,
                      parse_crop)
-from .query import answer, decode_query, encode_query
+from .query import answer, decode_query, encode_query, video_vector
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +70,8 @@ class SearchService:
     a motion and searching the index happen outside it, so a slow upload never holds up other queries) and
     ``render_lock`` (one preview renders at a time; queries go on meanwhile)."""
 
-    def __init__(self, retriever: Any, index: Any):
-        self.retriever, self.index = retriever, index
+    def __init__(self, retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BYTES):
+        self.retriever, self.index, self.max_upload_bytes = retriever, index, max_upload_bytes
         self.lock = threading.Lock()
         self.render_lock = threading.Lock()
         self._stored_width: int | None = None
@@ -92,7 +102,7 @@ class SearchService:
             hit["preview_url"] = f"/preview/{n}" if has else None
             hit["preview_width"] = self._width(stored) if stored is not None else preview.SKELETON_SIZE
             hit["source_text"] = source_text(hit["source"])
-            hit["has_video"] = bool(self.index.has_video[n])
+            hit["has_video"] = video_vector(self.index, n) is not None
         hit["skeleton_url"] = f"/skeleton/{n}" if self._has_motion() else None
         hit["motion_url"] = f"/motion/{n}.npy" if self._has_motion() else None
 
@@ -434,8 +444,7 @@ def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BY
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
 
-    svc = SearchService(retriever, index)
-    svc.max_upload_bytes = max_upload_bytes
+    svc = SearchService(retriever, index, max_upload_bytes)
     env = _templates()
     app = FastAPI(title="LAVIMO motion search", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = svc
