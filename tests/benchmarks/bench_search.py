@@ -290,7 +290,7 @@ def bench_startup(r, shards: Path, tmp: Path, quick: bool) -> None:
       time is the start-up to first result (imports + model load + index load + one query);
     - ``query --server URL``: one process per query against a running ``serve`` (no model load in the process);
     - a bad input (an empty text): the wall time to its exit-2 refusal (checked before torch is imported);
-    - ``batch``: 1,000 text queries (200 with --quick) in one process (load included) and in-process
+    - ``batch``: 1,000 text queries (100 with --quick, one process of each kind) in one process (load included) and in-process
       (``run_batch`` alone), as queries/s against the one-process-per-query rate of the same run."""
     import socket
     import threading
@@ -303,8 +303,8 @@ def bench_startup(r, shards: Path, tmp: Path, quick: bool) -> None:
 
     idx_dir = tmp / "startup-index"
     index, _ = build_index(r, idx_dir, shards=shards, splits=["test"], previews=False, progress=False)
-    reps = 2 if quick else 5
-    nq = 200 if quick else 1000
+    reps = 1 if quick else 5
+    nq = 100 if quick else 1000
     texts = [f"a person walks forward and turns {i} times" for i in range(max(reps, nq))]
     ckpt = ["--checkpoint", str(r.checkpoint)]
     before = [_cli_wall(["query", "--index", str(idx_dir), *ckpt, "--text", texts[i], "--json"]) for i in range(reps)]
