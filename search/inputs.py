@@ -1,5 +1,5 @@
-"""A query's inputs and their checks, with no model and no heavy import (the standard library and ``lavimo.core.errors``):
-``lavimo-search query`` / ``batch`` check every input with these before importing torch or loading a model, so a
+"""A query's inputs and their checks, with no model and no heavy import (the standard library and
+``lavimo.core.errors``): ``lavimo-search query`` / ``batch`` check every input with these before importing torch or loading a model, so a
 missing file or an empty text fails at once."""
 
 from __future__ import annotations

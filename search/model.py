@@ -214,8 +214,8 @@ def load(checkpoint: str | os.PathLike, stats: str | os.PathLike | None = None, 
     ``stats``: a ``stats.npz`` or a shard set directory; needed only for checkpoints without
     ``extra["preprocess"]`` (saved before train.py wrote it), and used instead of the checkpoint's when given.
     ``sha256``: the file's hash when the caller computed it (``open_index`` does, to refuse an index of another
-    checkpoint before the model loads). Raises FileNotFoundError (no checkpoint) or BadInputError naming the file and the field (not a LAVIMO
-    checkpoint, no preprocessing and no ``stats``, malformed preprocessing)."""
+    checkpoint before the model loads). Raises FileNotFoundError (no checkpoint) or BadInputError naming the file
+    and the field (not a LAVIMO checkpoint, no preprocessing and no ``stats``, malformed preprocessing)."""
     path = Path(checkpoint)
     model = load_checkpoint(path, device=device)
     extra = getattr(model, "checkpoint_extra", {}) or {}

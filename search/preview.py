@@ -353,7 +353,8 @@ SKELETON_SIZE = 256
 
 
 def skeleton_preview_path(root: str | os.PathLike, keyid: str, size: int = SKELETON_SIZE) -> Path:
-    """``root/previews/skeleton-<size>/<keyid>.mp4`` (``keyid`` a plain file name: ``lavimo.core.keyids.child_path``)."""
+    """``root/previews/skeleton-<size>/<keyid>.mp4`` (``keyid`` a plain file name:
+    ``lavimo.core.keyids.child_path``)."""
     from lavimo.core.keyids import child_path
 
     return child_path(Path(root) / SKELETON_DIR / f"skeleton-{int(size)}", f"{keyid}.mp4")

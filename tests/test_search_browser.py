@@ -182,7 +182,8 @@ def _text_flows(p, width: int) -> None:
     assert _cards(p) == _api(p, text=caption)
     d.get(shared)  # a shared address: the same page 2, rendered by the server
     assert d.find_element(By.ID, "results").get_attribute("data-done") == "1"
-    assert _cards(p) == _api(p, text=caption, offset=K) and d.find_element(By.ID, "text").get_attribute("value") == caption
+    assert _cards(p) == _api(p, text=caption, offset=K)
+    assert d.find_element(By.ID, "text").get_attribute("value") == caption
     example = d.find_element(By.CSS_SELECTOR, "#examples .example")
     text = example.text
     _wait(p, example.click)
@@ -219,7 +220,8 @@ def _row_flows(p, width: int) -> None:
     assert _cards(p) == _api(p, row=index.position(key4), against="video")
     link = d.find_element(By.CSS_SELECTOR, "#results .card .act-npy")
     got = d.execute_async_script("""const done = arguments[1];
-        fetch(arguments[0]).then(async r => done([r.status, [...new Uint8Array(await r.arrayBuffer()).slice(0, 6)]]));""",
+        fetch(arguments[0]).then(async r =>
+            done([r.status, [...new Uint8Array(await r.arrayBuffer()).slice(0, 6)]]));""",
                                  link.get_attribute("href"))
     assert got == [200, list(b"\x93NUMPY")], got
 

@@ -290,8 +290,8 @@ def bench_startup(r, shards: Path, tmp: Path, quick: bool) -> None:
       time is the start-up to first result (imports + model load + index load + one query);
     - ``query --server URL``: one process per query against a running ``serve`` (no model load in the process);
     - a bad input (an empty text): the wall time to its exit-2 refusal (checked before torch is imported);
-    - ``batch``: 1,000 text queries (100 with --quick, one process of each kind) in one process (load included) and in-process
-      (``run_batch`` alone), as queries/s against the one-process-per-query rate of the same run."""
+    - ``batch``: 1,000 text queries (100 with --quick, one process of each kind) in one process (load included)
+      and in-process (``run_batch`` alone), as queries/s against the one-process-per-query rate of the same run."""
     import socket
     import threading
 
