@@ -67,9 +67,15 @@ for (const r of form.querySelectorAll('input[name=mode]')) r.addEventListener('c
 fileInput.addEventListener('change', () => chooseFile(fileInput.files[0] || null));
 
 const drop = $('drop');
-for (const ev of ['dragenter', 'dragover']) drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add('over'); });
+for (const ev of ['dragenter', 'dragover']) {
+  drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add('over'); });
+}
 for (const ev of ['dragleave', 'drop']) drop.addEventListener(ev, () => drop.classList.remove('over'));
-drop.addEventListener('drop', (e) => { e.preventDefault(); e.stopPropagation(); if (e.dataTransfer.files.length) chooseFile(e.dataTransfer.files[0]); });
+drop.addEventListener('drop', (e) => {
+  e.preventDefault();
+  e.stopPropagation();  // chosen here once, not again by the page's own drop handler
+  if (e.dataTransfer.files.length) chooseFile(e.dataTransfer.files[0]);
+});
 document.addEventListener('dragover', (e) => e.preventDefault());
 document.addEventListener('drop', (e) => {
   e.preventDefault();
@@ -97,7 +103,8 @@ function card(hit) {
   const url = hit.preview_url && (hit.preview_width || 0) >= 256 ? hit.preview_url : hit.skeleton_url;
   if (url) {
     const v = el('video');
-    Object.assign(v, {src: url, autoplay: true, loop: true, muted: true, playsInline: true, controls: true, preload: 'auto'});
+    Object.assign(v, {src: url, autoplay: true, loop: true, muted: true, playsInline: true, controls: true,
+                      preload: 'auto'});
     c.appendChild(v);
   }
   const score = el('div', 'score');
@@ -142,7 +149,10 @@ async function search(s) {
     fd.append('text', s.q);
     fd.append('against', $('against').value);
   } else {
-    if (!chosen) { $('error').textContent = 'choose or drop a ' + (s.mode === 'video' ? 'video' : '.npy motion') + ' file'; return; }
+    if (!chosen) {
+      $('error').textContent = 'choose or drop a ' + (s.mode === 'video' ? 'video' : '.npy motion') + ' file';
+      return;
+    }
     fd.append('file', chosen);
     fd.append('kind', s.mode);
     fd.append('against', $('against').value);
@@ -161,12 +171,18 @@ async function search(s) {
     const r = await fetch('/api/search', {method: 'POST', body: fd});
     const data = await r.json();
     const ms = performance.now() - t0;
-    if (!r.ok) { status.textContent = ''; err.textContent = data.error || ('HTTP ' + r.status); out.dataset.done = 'error'; return; }
+    if (!r.ok) {
+      status.textContent = '';
+      err.textContent = data.error || ('HTTP ' + r.status);
+      out.dataset.done = 'error';
+      return;
+    }
     current = s;
     for (const hit of data.results) out.appendChild(card(hit));
     const l = data.latency_ms || {};
     status.textContent = data.results.length + ' results in ' + Math.round(ms) + ' ms (server ' +
-      Math.round(l.total || 0) + ' ms: encode ' + Math.round(l.encode || 0) + ', search ' + Math.round(l.search || 0) + ')';
+      Math.round(l.total || 0) + ' ms: encode ' + Math.round(l.encode || 0) + ', search ' +
+      Math.round(l.search || 0) + ')';
     status.dataset.ms = Math.round(ms);
     $('heading').textContent = s.keyid ? TITLES[s.mode] + ' ' + s.keyid : '';
     $('page').textContent = 'page ' + s.page;
@@ -196,8 +212,12 @@ for (const a of document.querySelectorAll('#examples .example')) {
     search({mode: 'text', q: a.textContent, page: 1});
   });
 }
-$('prev').addEventListener('click', () => { if (current && current.page > 1) search(Object.assign({}, current, {page: current.page - 1})); });
-$('next').addEventListener('click', () => { if (current) search(Object.assign({}, current, {page: current.page + 1})); });
+$('prev').addEventListener('click', () => {
+  if (current && current.page > 1) search(Object.assign({}, current, {page: current.page - 1}));
+});
+$('next').addEventListener('click', () => {
+  if (current) search(Object.assign({}, current, {page: current.page + 1}));
+});
 window.addEventListener('popstate', () => location.reload());
 
 // a shared address: the server already rendered its results; the script takes over from there
@@ -206,15 +226,20 @@ window.addEventListener('popstate', () => location.reload());
   const res = $('results');
   const m = p.get('mode') || 'text';
   setMode(ACTIONS[m] ? 'text' : m);
-  if (p.get('keyid') && ACTIONS[m]) current = {mode: m, keyid: p.get('keyid'), page: +(p.get('page') || 1), k: p.get('k') || '5'};
-  else if (p.get('q') || p.get('text')) current = {mode: 'text', q: p.get('q') || p.get('text'), page: +(p.get('page') || 1), k: p.get('k') || '5'};
+  const page = +(p.get('page') || 1), k = p.get('k') || '5';
+  if (p.get('keyid') && ACTIONS[m]) current = {mode: m, keyid: p.get('keyid'), page: page, k: k};
+  else if (p.get('q') || p.get('text')) current = {mode: 'text', q: p.get('q') || p.get('text'), page: page, k: k};
   if (current && res.dataset.done === '1') {
     $('prev').disabled = current.page <= 1;
     $('next').disabled = res.children.length < +current.k;
     for (const c of res.querySelectorAll('.card')) {
       for (const [cls, am] of [['act-more', 'more'], ['act-captions', 'captions'], ['act-videos', 'videos']]) {
         const a = c.querySelector('.' + cls);
-        if (a) a.addEventListener('click', (ev) => { ev.preventDefault(); search({mode: am, keyid: c.dataset.keyid, page: 1}); });
+        if (!a) continue;
+        a.addEventListener('click', (ev) => {
+          ev.preventDefault();
+          search({mode: am, keyid: c.dataset.keyid, page: 1});
+        });
       }
     }
   }
