@@ -6,12 +6,17 @@ search page.
     lavimo-search query --index IDX --text "a person hops on the left leg" [--k 5] [--json]
     lavimo-search query --index IDX --video clip.mov [--start 2 --end 6.5] [--crop x,y,size]
     lavimo-search query --index IDX --motion motion.npy [--captions]              # motion->motion / motion->text
+    lavimo-search query --index IDX --keyid 000123 [--against motion|text|video]  # more like an indexed motion
+    lavimo-search query --server http://127.0.0.1:8000 --text "..."              # through a running page: no load
+    lavimo-search batch --index IDX --queries queries.jsonl|.txt --out results.jsonl   # one load, many queries
     lavimo-search preview motion.npy --out motion.mp4                            # features or joints -> mp4
     lavimo-search serve --index IDX [--host 127.0.0.1 --port 8000] [--allow-host NAME]
 
-``query`` and ``serve`` use the checkpoint recorded in the index (``--checkpoint`` to give it; it must be the
+Every input is checked before the model loads (a missing file or an empty text fails at once).
+``query``, ``batch`` and ``serve`` use the checkpoint recorded in the index (``--checkpoint`` to give it; it must be the
 same file, by sha256). Checkpoints from before train.py recorded their preprocessing need ``--stats``.
-Exit status: 0 done; 1 some items failed (index: samples skipped, listed); 2 usage or set-up error (one line).
+Exit status: 0 done; 1 some items failed (index: samples skipped, listed; batch: queries that failed, each an
+error line); 2 usage or set-up error (one line).
 """
 
 from __future__ import annotations
@@ -26,12 +31,21 @@ from typing import Any
 
 from lavimo.core.errors import BadInputError, SetupError, os_error_text, print_error
 
-from .index import build_index, source_text
-from .model import load
-from .preview import render_preview
-from .query import open_index, run_query
-from .server import serve
-from .video import parse_crop
+from .batch import check_all, run_batch
+from .client import remote_query
+from .inputs import AGAINST, Query, check_query, parse_crop
+from .query import recorded_checkpoint, run_query
+
+# the rest of lavimo.search (torch, the model, the index, the renderer, the server) is imported by the commands that
+# use it, after their inputs are checked: a missing file or an empty text fails in a fraction of a second, and
+# `query --server` never imports torch
+
+
+def open_index(index_dir: Path, checkpoint: Path | None, stats: Path | None, device: str = "cpu"):
+    """:func:`lavimo.search.query.open_index`, imported when a command needs the model."""
+    from .query import open_index as _open
+
+    return _open(index_dir, checkpoint, stats, device)
 
 
 def _split_list(value: str) -> list[str]:
@@ -67,18 +81,34 @@ def _parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("query", help="top-k motions (or captions) for a text, video or motion")
     model_args(q, False)
-    q.add_argument("--index", type=Path, required=True)
+    where = q.add_mutually_exclusive_group(required=True)
+    where.add_argument("--index", type=Path)
+    where.add_argument("--server", metavar="URL", help="ask a running 'lavimo-search serve' (its JSON API) instead "
+                                                       "of loading the model here, e.g. http://127.0.0.1:8000")
     what = q.add_mutually_exclusive_group(required=True)
     what.add_argument("--text")
     what.add_argument("--video", type=Path)
     what.add_argument("--motion", type=Path, help=".npy features (T, 263) / joints (T, 22, 3), or an AMASS .npz")
+    what.add_argument("--keyid", help="an indexed motion: more like it (motion latents), its captions "
+                                      "(--against text) or similar videos (--against video)")
     q.add_argument("--start", type=float, help="window start, seconds (video / AMASS)")
     q.add_argument("--end", type=float, help="window end, seconds (video / AMASS)")
     q.add_argument("--crop", help="video: square x,y,size in pixels (default: the centred square)")
     q.add_argument("--fps", type=float, help="AMASS motion: feature frame rate (default 20)")
     q.add_argument("--captions", action="store_true", help="motion -> text: the captions that fit the motion")
+    q.add_argument("--against", choices=AGAINST, help="search motion latents (default), the stored video latents, "
+                                                       "or captions (text)")
     q.add_argument("--k", type=int, default=5)
+    q.add_argument("--offset", type=int, default=0, help="skip this many results (paging)")
     q.add_argument("--json", action="store_true")
+
+    b = sub.add_parser("batch", help="many queries for one model load: a .txt (one text a line) or .jsonl file of "
+                                     "queries -> one JSON line of results per query")
+    model_args(b, False)
+    b.add_argument("--index", type=Path, required=True)
+    b.add_argument("--queries", type=Path, required=True, help="FILE.txt or FILE.jsonl (docs/search.md)")
+    b.add_argument("--out", type=Path, required=True, help="RESULTS.jsonl (written atomically)")
+    b.add_argument("--k", type=int, default=5, help="results per query (a line's own k wins)")
 
     v = sub.add_parser("preview", help="features or joints .npy -> skeleton mp4 rendered through the headless "
                                        "renderer (numpy stick figure without EGL)")
@@ -101,16 +131,27 @@ def _parser() -> argparse.ArgumentParser:
 
 def _table(res: dict[str, Any]) -> str:
     rows = res["results"]
+    if not rows:
+        return "(no results)"
     if res["query"]["against"] == "text":
         lines = [f"{'rank':>4}  {'score':>7}  {'keyid':<10} caption"]
-        lines += [f"{n:>4}  {r['score']:7.3f}  {r['keyid']:<10} {r['caption']}" for n, r in enumerate(rows, 1)]
+        lines += [f"{r.get('rank', n):>4}  {r['score']:7.3f}  {r['keyid']:<10} {r['caption']}"
+                  for n, r in enumerate(rows, 1)]
         return "\n".join(lines)
     lines = [f"{'rank':>4}  {'score':>7}  {'keyid':<10} {'caption':<52} source | preview"]
     for n, r in enumerate(rows, 1):
         cap = (r["captions"][0] if r["captions"] else "-")[:52]
-        lines.append(f"{n:>4}  {r['score']:7.3f}  {r['keyid']:<10} {cap:<52} {source_text(r['source'])} | "
-                     f"{r['preview'] or '-'}")
+        lines.append(f"{r.get('rank', n):>4}  {r['score']:7.3f}  {r['keyid']:<10} {cap:<52} {_source(r)} | "
+                     f"{r.get('preview') or r.get('preview_url') or '-'}")
     return "\n".join(lines)
+
+
+def _source(hit: dict[str, Any]) -> str:
+    if "source_text" in hit:  # an answer from a server
+        return str(hit["source_text"])
+    from .index import source_text
+
+    return source_text(hit["source"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     if args.cmd == "preview":
+        from .preview import render_preview
+
         out = render_preview(args.motion, args.out, fps=args.fps, size=args.size, force=args.force)
         print(out)
         return 0
@@ -143,6 +186,9 @@ def _main(args: argparse.Namespace) -> int:
         splits = list(dict.fromkeys(args.split or ["test"]))  # in order, each once
         if "all" in splits and len(splits) > 1:
             raise SetupError("--split all already means every split; give it alone")
+        from .index import build_index
+        from .model import load
+
         r = load(args.checkpoint, stats=args.stats, device=args.device)
         idx, rep = build_index(r, args.out, shards=args.shards, folder=args.features,
                                splits=splits, videos=args.videos, previews=not args.no_previews,
@@ -152,21 +198,73 @@ def _main(args: argparse.Namespace) -> int:
             print(f"  failed: {f}", file=sys.stderr)
         return 1 if rep.failed else 0
     if args.cmd == "query":
-        if args.k < 1:
-            raise SetupError("--k must be >= 1")
-        if args.captions and args.motion is None:
-            raise SetupError("--captions goes with --motion (motion -> text)")
-        r, idx = open_index(args.index, args.checkpoint, args.stats, args.device)
-        res = run_query(r, idx, text=args.text, video=args.video, motion=args.motion, k=args.k,
-                        captions=args.captions, start=args.start, end=args.end, crop=parse_crop(args.crop),
-                        fps=args.fps)
-        print(json.dumps(res, indent=2) if args.json else _table(res))
-        return 0
+        return _query(args)
+    if args.cmd == "batch":
+        return _batch(args)
     if args.cmd == "serve":
+        _check_model_inputs(args.index, args.checkpoint)
+        from .server import serve
+
         r, idx = open_index(args.index, args.checkpoint, args.stats, args.device)
         serve(r, idx, host=args.host, port=args.port, allow_hosts=args.allow_host)
         return 0
     raise SetupError(f"unknown command {args.cmd}")
+
+
+def _check_model_inputs(index: Path, checkpoint: Path | None) -> None:
+    """Before any model loads: the index directory holds an index and the checkpoint (given, or the one it
+    records) is a file. FileNotFoundError / BadInputError naming the file."""
+    ckpt = recorded_checkpoint(index) if checkpoint is None else checkpoint
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: no such checkpoint" + ("" if checkpoint else
+                                                                 f" (recorded by {index}; pass --checkpoint)"))
+
+
+def _query_of(args: argparse.Namespace) -> Query:
+    if args.captions and args.motion is None and args.keyid is None:
+        raise SetupError("--captions goes with --motion or --keyid (motion -> text)")
+    against = "text" if args.captions else args.against
+    crop = parse_crop(args.crop)
+    q = Query(text=args.text, video=args.video, motion=args.motion, row=0 if args.keyid is not None else None,
+              k=args.k, offset=args.offset, against=against, start=args.start, end=args.end, crop=crop, fps=args.fps)
+    check_query(q, check_files=args.server is None)  # the row is resolved once the index is open
+    if args.keyid is not None:
+        q.row = None
+    return q
+
+
+def _query(args: argparse.Namespace) -> int:
+    if args.k < 1:
+        raise SetupError("--k must be >= 1")
+    q = _query_of(args)  # every input checked before the model loads
+    if args.server is not None:
+        res = remote_query(args.server, q, keyid=args.keyid)
+    else:
+        _check_model_inputs(args.index, args.checkpoint)
+        r, idx = open_index(args.index, args.checkpoint, args.stats, args.device)
+        row = None
+        if args.keyid is not None:
+            row = idx.position(args.keyid)
+            if row is None:
+                raise SetupError(f"--keyid {args.keyid!r} is not in {args.index}")
+        res = run_query(r, idx, text=q.text, video=q.video, motion=q.motion, row=row, k=q.k, offset=q.offset,
+                        against=q.against, start=q.start, end=q.end, crop=q.crop, fps=q.fps)
+    print(json.dumps(res, indent=2) if args.json else _table(res))
+    return 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    if args.k < 1:
+        raise SetupError("--k must be >= 1")
+    lines = check_all(args.queries)  # the whole file read and parsed before the model loads
+    _check_model_inputs(args.index, args.checkpoint)
+    r, idx = open_index(args.index, args.checkpoint, args.stats, args.device)
+    done, failed = run_batch(r, idx, lines, args.queries.parent, args.out, k=args.k)
+    print(f"batch {args.queries}: {done} answered, {failed} failed -> {args.out}")
+    if failed:
+        print(f"lavimo-search batch: {failed} of {done + failed} queries failed (lines with \"error\" in "
+              f"{args.out})", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ from lavimo.model.checkpoint import PREPROCESS_KEYS, load_checkpoint, preprocess
 
 from .video import frame_numbers, model_view, query_frames
 
-MOTION_SUFFIXES = (".npy", ".npz")
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -47,12 +46,13 @@ class Retriever:
     Attributes: ``model`` (LavimoModel, eval mode), ``preprocess`` (dict, :data:`PREPROCESS_KEYS`),
     ``checkpoint`` (Path), ``device``, ``has_video`` (the model has a video encoder)."""
 
-    def __init__(self, model: Any, preprocess: dict[str, Any], checkpoint: Path, device: str = "cpu"):
+    def __init__(self, model: Any, preprocess: dict[str, Any], checkpoint: Path, device: str = "cpu",
+                 sha256: str | None = None):
         self.model, self.preprocess, self.checkpoint, self.device = model, preprocess, checkpoint, device
         self.mean = np.asarray(preprocess["feature_mean"], np.float32)
         self.std = np.asarray(preprocess["feature_std"], np.float32)
         self.has_video = model.video is not None
-        self._sha: str | None = None
+        self._sha: str | None = sha256  # the caller's hash of this very file (open_index), else computed once
 
     @property
     def sha256(self) -> str:
@@ -207,13 +207,15 @@ def _check_preprocess(pre: Any, path: Path) -> dict[str, Any]:
     return pre
 
 
-def load(checkpoint: str | os.PathLike, stats: str | os.PathLike | None = None, device: str = "cpu") -> Retriever:
+def load(checkpoint: str | os.PathLike, stats: str | os.PathLike | None = None, device: str = "cpu",
+         sha256: str | None = None) -> Retriever:
     """Load a checkpoint (``.safetensors`` from train.py) with its preprocessing -> :class:`Retriever`.
 
     ``stats``: a ``stats.npz`` or a shard set directory; needed only for checkpoints without
     ``extra["preprocess"]`` (saved before train.py wrote it), and used instead of the checkpoint's when given.
-    Raises FileNotFoundError (no checkpoint) or BadInputError naming the file and the field (not a LAVIMO
-    checkpoint, no preprocessing and no ``stats``, malformed preprocessing)."""
+    ``sha256``: the file's hash when the caller computed it (``open_index`` does, to refuse an index of another
+    checkpoint before the model loads). Raises FileNotFoundError (no checkpoint) or BadInputError naming the file
+    and the field (not a LAVIMO checkpoint, no preprocessing and no ``stats``, malformed preprocessing)."""
     path = Path(checkpoint)
     model = load_checkpoint(path, device=device)
     extra = getattr(model, "checkpoint_extra", {}) or {}
@@ -229,4 +231,4 @@ def load(checkpoint: str | os.PathLike, stats: str | os.PathLike | None = None, 
     if pre["feature_dim"] != model.cfg.feature_dim:
         raise BadInputError(stats or path, "feature_dim", f"statistics of {pre['feature_dim']} features for a model "
                                                           f"of {model.cfg.feature_dim}")
-    return Retriever(model, pre, path, device)
+    return Retriever(model, pre, path, device, sha256)

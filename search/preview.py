@@ -344,3 +344,26 @@ def render_preview(motion: np.ndarray | str | os.PathLike, out: str | os.PathLik
     with atomic_path(_key_path(out)) as tmp:
         Path(tmp).write_text(key + "\n")
     return out
+
+
+#: where skeleton previews of an index's motions live, inside the index directory (the page's ``/skeleton/{n}``
+#: and an indexing-time render write the same files: ``IDX/previews/skeleton-<size>/<keyid>.mp4``)
+SKELETON_DIR = "previews"
+SKELETON_SIZE = 256
+
+
+def skeleton_preview_path(root: str | os.PathLike, keyid: str, size: int = SKELETON_SIZE) -> Path:
+    """``root/previews/skeleton-<size>/<keyid>.mp4`` (``keyid`` a plain file name:
+    ``lavimo.core.keyids.child_path``)."""
+    from lavimo.core.keyids import child_path
+
+    return child_path(Path(root) / SKELETON_DIR / f"skeleton-{int(size)}", f"{keyid}.mp4")
+
+
+def skeleton_preview(motion: np.ndarray | str | os.PathLike, root: str | os.PathLike, keyid: str,
+                     size: int = SKELETON_SIZE, fps: float = 20.0) -> Path:
+    """The skeleton preview of one indexed motion (features (T, 263) or joints (T, 22, 3)), rendered at ``size``
+    pixels (>= 256 for the page: never an upscaled small video) into :func:`skeleton_preview_path` (cached by
+    :func:`render_preview`'s key: a second call with the same motion returns the file). For an indexing-time
+    render (so no preview is black on first view) and for the page's on-demand one."""
+    return render_preview(motion, skeleton_preview_path(root, keyid, size), fps=fps, size=size)

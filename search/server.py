@@ -1,132 +1,124 @@
-"""The search page: a local FastAPI app (uvicorn) over one index and its checkpoint.
+"""The search page: a local FastAPI app (uvicorn) over one index and its checkpoint (docs/search.md, "The search
+page").
 
-- ``GET /``: the page (a text box, a video or motion file upload, top-k results as playing previews with their
-  scores, captions and sources). ``GET /?text=...&k=5`` renders results on the server (works without script).
-- ``POST /api/search`` (multipart form): ``text`` or ``file`` (+ ``kind`` "video" | "motion"), ``k``,
-  ``captions`` (motion -> text), ``start``/``end`` (video window, s) -> JSON ``{"query", "results"}``.
-- ``GET /preview/{n}``: the preview mp4 of the n-th indexed motion (for feature databases rendered on the first
-  request, outside the query lock, and served from that file afterwards).
+- ``GET /``: the page (Jinja2, ``templates/page.html``, autoescape on; ``static/page.css``, ``static/page.js``):
+  modes text / video / motion, drag and drop, trim and crop of an uploaded clip, example queries, the latency,
+  result actions (more like this, captions, similar videos, .npy download) and paging. The address holds the query
+  (``?q=TEXT&mode=text&page=N&k=K`` or ``?keyid=ID&mode=more|captions|videos``; ``?text=`` too) and is rendered on
+  the server (works without script).
+- ``POST /api/search`` (multipart or urlencoded form): exactly one of ``text``, ``file`` (+ ``kind`` "video" |
+  "motion", ``start``/``end`` seconds, ``crop`` "x,y,size") or ``keyid``; ``k``, ``offset`` or ``page``,
+  ``against`` ("motion" | "video" | "text"), ``captions`` -> JSON ``{"query", "results", "latency_ms"}``.
+- ``GET /preview/{n}``, ``GET /skeleton/{n}`` (the n-th motion's preview / 256 px skeleton preview, rendered on
+  the first request outside the query lock and served from that file afterwards), ``GET /motion/{n}.npy``,
+  ``GET /api/examples``.
+
+Concurrency: an upload is decoded in a worker thread outside the model lock; only the encoder call holds it
+(:class:`SearchService`), so a slow upload never holds up other queries.
 
 Safety (docs/security.md, "The search page and index"): binds 127.0.0.1 by default; a request whose ``Host``
 header is not an allowed name (the bound address, ``localhost``, ``127.0.0.1``, ``::1`` and what
 ``--allow-host`` / ``LAVIMO_SEARCH_ALLOWED_HOSTS`` add) is answered 421 (DNS rebinding); request bodies are
 limited to :data:`MAX_UPLOAD_BYTES` plus :data:`FORM_OVERHEAD_BYTES` as they arrive, with or without a
 Content-Length (chunked bodies too: the form parser stops at the cap, HTTP 413); uploads are limited in type
-(extensions :data:`VIDEO_TYPES` / :data:`MOTION_TYPES`, HTTP 415), stored under a name of the server's choosing
+(extensions ``VIDEO_TYPES`` / :data:`MOTION_TYPES`, HTTP 415), stored under a name of the server's choosing
 and deleted after the query, and read as untrusted files (videos: ``lavimo.core.mp4.probe_video``); no request ever
-names a file the server reads (previews are addressed by their number in the index, and served only from inside
-the index directory, whatever its JSON says; a feature index's previews are rendered only from ``<keyid>.npy``
-inside the feature folder the index records, :meth:`lavimo.search.index.Index.feature_file`); every string on the page is escaped (``html.escape``
-server-side, ``textContent`` in the script); bad input is an HTTP 4xx with a message, and the server keeps
-serving.
+names a file the server reads (previews and motions are addressed by their number in the index, and served only
+from inside the index directory or its recorded database, whatever its JSON says:
+:meth:`lavimo.search.index.Index.preview_path`, :meth:`lavimo.search.index.Index.feature_file`,
+:mod:`lavimo.search.motionfile`); every string on the page is escaped (Jinja2 autoescape server-side,
+``textContent`` in the script); a query text over 1,000 characters is a 400; bad input is an HTTP 4xx with a
+message, and the server keeps serving.
 """
 
-import html
 import logging
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from lavimo.core.keyids import child_path
+from lavimo.core import mp4
+from lavimo.core.keyids import child_path, is_keyid
 
 from . import preview
 from .index import PREVIEWS, source_text
-from .query import run_query
+from .motionfile import motion_features, npy_bytes
+from .inputs import (ALLOWED_AGAINST, MAX_DEPTH, MAX_TEXT, VIDEO_TYPES, Query, check_query, check_text,
+                     parse_crop)
+from .query import answer, decode_query, encode_query, video_vector
 
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 64 << 20
-#: what a request body may hold beyond the upload itself (multipart headers, the other form fields)
+#: what a request body may hold beyond the upload itself (multipart headers, the other form fields; a query text of
+#: up to 100k characters still reaches the text check and gets its clear 400)
 FORM_OVERHEAD_BYTES = 64 << 10
 #: Host names every server answers to (the bound address is added); more with --allow-host or this variable
 DEFAULT_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "::1")
 ALLOWED_HOSTS_ENV = "LAVIMO_SEARCH_ALLOWED_HOSTS"
-VIDEO_TYPES = (".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".ogv")
 MOTION_TYPES = (".npy",)
 MAX_K = 50
-MAX_TEXT = 1000
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>LAVIMO motion search</title>
-<style>
-body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
-form{display:flex;gap:.5em;flex-wrap:wrap;align-items:center;margin-bottom:1em}
-#text{flex:1;min-width:20em;padding:.4em;font-size:1em}
-#results{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:1em}
-.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.5em}
-.card video{width:100%;background:#000;border-radius:4px}
-.score{font-weight:bold}.keyid{color:#666;font-family:monospace}.src{color:#777;font-size:.8em;word-break:break-all}
-#error{color:#b00;font-weight:bold}
-</style></head><body>
-<h1>LAVIMO motion search</h1>
-<p>{summary}</p>
-<form id="form" method="get" action="/">
-<input id="text" name="text" placeholder="a person hops on the left leg" value="{text}">
-<label>k <input id="k" name="k" type="number" min="1" max="{max_k}" value="{k}" style="width:4em"></label>
-<label>or a file <input id="file" name="file" type="file" accept="{accept}"></label>
-<button id="go" type="submit">Search</button>
-</form>
-<div id="error">{error}</div>
-<div id="status"></div>
-<div id="results">{results}</div>
-<script>
-const form = document.getElementById('form');
-form.addEventListener('submit', async (ev) => {
-  ev.preventDefault();
-  const fd = new FormData();
-  const file = document.getElementById('file').files[0];
-  if (file) { fd.append('file', file); fd.append('kind', /\\.npy$/i.test(file.name) ? 'motion' : 'video'); }
-  else { fd.append('text', document.getElementById('text').value); }
-  fd.append('k', document.getElementById('k').value);
-  const err = document.getElementById('error'), out = document.getElementById('results');
-  err.textContent = ''; out.replaceChildren(); document.getElementById('status').textContent = 'searching...';
-  try {
-    const r = await fetch('/api/search', {method: 'POST', body: fd});
-    const data = await r.json();
-    document.getElementById('status').textContent = '';
-    if (!r.ok) { err.textContent = data.error || ('HTTP ' + r.status); return; }
-    for (const hit of data.results) out.appendChild(card(hit));
-    out.dataset.done = '1';
-  } catch (e) { err.textContent = String(e); document.getElementById('status').textContent = ''; }
-});
-function el(tag, cls, text) { const e = document.createElement(tag); if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text; return e; }
-function card(hit) {
-  const c = el('div', 'card'); c.dataset.keyid = hit.keyid;
-  if (hit.preview_url) { const v = el('video'); v.src = hit.preview_url; v.autoplay = true; v.loop = true;
-    v.muted = true; v.playsInline = true; v.controls = true; c.appendChild(v); }
-  c.appendChild(el('div', 'score', hit.score.toFixed(3) + ' '));
-  c.lastChild.appendChild(el('span', 'keyid', hit.keyid));
-  for (const t of (hit.captions || []).slice(0, 3)) c.appendChild(el('div', 'cap', t));
-  if (hit.caption) c.appendChild(el('div', 'cap', hit.caption));
-  if (hit.source_text) c.appendChild(el('div', 'src', hit.source_text));
-  return c;
-}
-</script></body></html>"""
+#: example queries shown on the page: captions of this many motions spread over the index
+EXAMPLES = 6
+HERE = Path(__file__).resolve().parent
 
 
 class SearchService:
-    """The model, the index and two locks: ``lock`` (one query encodes at a time) and ``render_lock`` (one preview
-    renders at a time; queries go on meanwhile)."""
+    """The model, the index and two locks: ``lock`` (held around the encoder call only: decoding an upload, reading
+    a motion and searching the index happen outside it, so a slow upload never holds up other queries) and
+    ``render_lock`` (one preview renders at a time; queries go on meanwhile)."""
 
-    def __init__(self, retriever: Any, index: Any):
-        self.retriever, self.index = retriever, index
+    def __init__(self, retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BYTES):
+        self.retriever, self.index, self.max_upload_bytes = retriever, index, max_upload_bytes
         self.lock = threading.Lock()
         self.render_lock = threading.Lock()
+        self._stored_width: int | None = None
 
-    def query(self, **kw: Any) -> dict[str, Any]:
+    def query(self, q: Query) -> dict[str, Any]:
+        """A checked query -> the JSON answer (:func:`lavimo.search.query.answer`) with page fields per hit:
+        ``preview_url`` / ``skeleton_url`` / ``motion_url`` (addressed by row: no server path leaves the server),
+        ``source_text``, ``has_video``, and ``latency_ms.total`` (this call, waiting for the lock included)."""
+        t0 = time.perf_counter()
+        d = decode_query(self.retriever, self.index, q)  # no lock: file decoding runs beside other queries
         with self.lock:
-            res = run_query(self.retriever, self.index, **kw)
+            t1 = time.perf_counter()
+            vector = encode_query(self.retriever, d)
+            encode_s = time.perf_counter() - t1
+        res = answer(self.index, d, vector, encode_s)
         for hit in res["results"]:
-            if "source" in hit:
-                n = self.index.position(hit["keyid"])
-                # the index's preview (checked by run_query; server paths stay on the server), else a feature file
-                has = hit.pop("preview", None) is not None or self.index.feature_file(n) is not None
-                hit["preview_url"] = f"/preview/{n}" if has else None
-                hit["source_text"] = source_text(hit["source"])
+            self._page_fields(hit)
+        res["latency_ms"]["total"] = round((time.perf_counter() - t0) * 1000, 2)
         return res
+
+    def _page_fields(self, hit: dict[str, Any]) -> None:
+        n = hit["row"]
+        if "source" in hit:
+            stored = hit.pop("preview", None)
+            # the index's preview (checked by Index.preview_path; server paths stay on the server), else a feature
+            # file rendered on request
+            has = stored is not None or self.index.feature_file(n) is not None
+            hit["preview_url"] = f"/preview/{n}" if has else None
+            hit["preview_width"] = self._width(stored) if stored is not None else preview.SKELETON_SIZE
+            hit["source_text"] = source_text(hit["source"])
+            hit["has_video"] = video_vector(self.index, n) is not None
+        hit["skeleton_url"] = f"/skeleton/{n}" if self._has_motion() else None
+        hit["motion_url"] = f"/motion/{n}.npy" if self._has_motion() else None
+
+    def _has_motion(self) -> bool:
+        db = self.index.meta.get("database")
+        return isinstance(db, dict) and db.get("kind") in ("shards", "features")
+
+    def _width(self, stored: str) -> int:
+        """The frame width of the index's stored previews (probed once, from the first: one index's previews come
+        from one source); 0 when it cannot be read."""
+        if self._stored_width is None:
+            try:
+                self._stored_width = int(mp4.probe_video(stored).width)
+            except (OSError, ValueError):
+                self._stored_width = 0
+        return self._stored_width
 
     def preview_file(self, n: int) -> Path | None:
         """The preview mp4 of motion ``n``: the index's file, else (feature databases) rendered on the first
@@ -145,13 +137,42 @@ class SearchService:
             p = self._existing_preview(n)  # rendered by another request while this one waited
             if p is not None:
                 return p
-            out = preview.render_preview(source, child_path(idx.root / PREVIEWS, f"{e.keyid}.mp4"))
+            out = preview.render_preview(source, child_path(idx.root / PREVIEWS, f"{e.keyid}.mp4"),
+                                         size=preview.SKELETON_SIZE)
             e.preview = f"{PREVIEWS}/{e.keyid}.mp4"  # relative to the index directory, as build_index writes it
         return out
+
+    def skeleton_file(self, n: int) -> Path | None:
+        """Motion ``n``'s skeleton preview at :data:`lavimo.search.preview.SKELETON_SIZE` pixels
+        (:func:`lavimo.search.preview.skeleton_preview`): the file an indexing-time render or an earlier request
+        wrote, else rendered now from the index's own motion (:func:`lavimo.search.motionfile.motion_features`),
+        under ``render_lock``. None when the database does not hold the motion."""
+        idx = self.index
+        if idx.root is None:
+            return None
+        keyid = idx.keyid(n)
+        p = preview.skeleton_preview_path(idx.root, keyid)
+        if p.is_file():
+            return p
+        with self.render_lock:
+            if p.is_file():
+                return p
+            feats = motion_features(idx, n)
+            return None if feats is None else preview.skeleton_preview(feats, idx.root, keyid)
 
     def _existing_preview(self, n: int) -> Path | None:
         p = self.index.preview_path(n)
         return Path(p) if p is not None and Path(p).is_file() else None
+
+    def examples(self, count: int = EXAMPLES) -> list[str]:
+        """Up to ``count`` example query texts: the first caption of motions spread evenly over the index."""
+        n = len(self.index)
+        out: list[str] = []
+        for i in sorted({int(j * n / count) for j in range(count)} if n else set()):
+            caps = self.index.entry(i).captions
+            if caps and caps[0] not in out and len(caps[0]) <= MAX_TEXT:
+                out.append(caps[0])
+        return out
 
 
 def host_name(header: str) -> str:
@@ -214,39 +235,59 @@ def _k(value: Any) -> int:
     return k
 
 
+def _int(value: Any, name: str, default: int) -> int:
+    if value in (None, ""):
+        return default
+    try:
+        return int(str(value))
+    except ValueError:
+        raise _HTTPError(400, f"{name} must be an integer") from None
+
+
 def _text(value: Any) -> str:
-    t = str(value or "").strip()
-    if not t:
-        raise _HTTPError(400, "type a query text or choose a file")
-    if len(t) > MAX_TEXT:
-        raise _HTTPError(400, f"query text longer than {MAX_TEXT} characters")
-    return t
+    """A query text (:func:`lavimo.search.inputs.check_text`): an empty one or one over :data:`MAX_TEXT` characters
+    (a 100k-character paste included) is a 400 saying so; never truncated, never read as template syntax."""
+    try:
+        return check_text(value)
+    except ValueError as exc:
+        raise _HTTPError(400, str(exc)) from None
 
 
-def _render(index: Any, max_upload_bytes: int, text: str = "", k: int = 5, results: list | None = None,
-            error: str = "") -> str:
-    """The page (:data:`_PAGE`) with its summary of ``index``, the query and its result cards, every string
-    escaped."""
-    cards = []
-    for hit in results or []:
-        video = (f'<video src="{html.escape(hit["preview_url"])}" autoplay loop muted playsinline controls>'
-                 f"</video>" if hit.get("preview_url") else "")
-        caps = "".join(f'<div class="cap">{html.escape(c)}</div>' for c in hit.get("captions", [])[:3])
-        cards.append(f'<div class="card" data-keyid="{html.escape(hit["keyid"])}">{video}<div class="score">'
-                     f'{hit["score"]:.3f} <span class="keyid">{html.escape(hit["keyid"])}</span></div>{caps}'
-                     f'<div class="src">{html.escape(hit.get("source_text", ""))}</div></div>')
+def _row(index: Any, keyid: Any) -> int:
+    """The row of an indexed motion named by ``keyid`` (a result's action), 404 when it is not indexed."""
+    row = index.position(str(keyid)) if is_keyid(keyid) else None
+    if row is None:
+        raise _HTTPError(404, "no such motion in this index")
+    return row
+
+
+def _checked(q: Query, index: Any) -> Query:
+    try:
+        return check_query(q, len(index), check_files=False)
+    except ValueError as exc:
+        raise _HTTPError(400, str(exc)) from None
+
+
+#: the page's modes -> what a query of that mode searches (row actions: "more", "captions", "videos")
+MODES = ("text", "video", "motion")
+ACTIONS = {"more": "motion", "captions": "text", "videos": "video"}
+
+
+def _templates():
+    """The Jinja2 environment of ``search/templates`` (autoescape on for every template: a query, a caption or a
+    keyid is always text on the page; a query holding ``{{ }}`` or ``{results}`` is searched as typed)."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    return Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True),
+                       trim_blocks=True, lstrip_blocks=True)
+
+
+def _summary(index: Any, max_upload_bytes: int) -> dict[str, Any]:
     db = index.meta.get("database")  # index.json's: any JSON value (an edited index must not make a 500)
     db = db if isinstance(db, dict) else {}
     splits = db.get("splits") if isinstance(db.get("splits"), list) else []
-    summary = (f"{len(index)} motions from {html.escape(str(db.get('kind', '?')))} "
-               f"{html.escape(', '.join(map(str, splits)))}; video and .npy motion uploads up to "
-               f"{max_upload_bytes >> 20} MiB")
-    page = _PAGE
-    for key, val in (("{summary}", summary), ("{text}", html.escape(text)), ("{k}", str(int(k))),
-                     ("{max_k}", str(MAX_K)), ("{accept}", html.escape(",".join(VIDEO_TYPES + MOTION_TYPES))),
-                     ("{error}", html.escape(error)), ("{results}", "".join(cards))):
-        page = page.replace(key, val)
-    return page
+    return {"count": len(index), "kind": str(db.get("kind", "?")), "splits": ", ".join(map(str, splits)),
+            "max_upload_mib": max_upload_bytes >> 20}
 
 
 async def _read_form(request: Any, max_upload_bytes: int):
@@ -282,7 +323,8 @@ async def _read_form(request: Any, max_upload_bytes: int):
 
 def _upload_query(form: Any, name: str) -> tuple[str, str, dict[str, Any]]:
     """(extension, kind, window) of an uploaded file ``name``: ``kind`` "video" or "motion" (the form's, else by
-    extension) with an extension of that kind (415 otherwise), the window ``start``/``end`` in seconds."""
+    extension) with an extension of that kind (415 otherwise), the window ``start``/``end`` in seconds and a
+    video's ``crop`` ("x,y,size" pixels)."""
     ext = os.path.splitext(name)[1].lower()
     kind = str(form.get("kind") or ("motion" if ext in MOTION_TYPES else "video"))
     allowed = {"video": VIDEO_TYPES, "motion": MOTION_TYPES}.get(kind)
@@ -290,20 +332,26 @@ def _upload_query(form: Any, name: str) -> tuple[str, str, dict[str, Any]]:
         raise _HTTPError(400, "kind must be video or motion")
     if ext not in allowed:
         raise _HTTPError(415, f"{kind} uploads must be one of {', '.join(allowed)}; got {ext or 'no extension'}")
-    window = {}
+    window: dict[str, Any] = {}
     for key in ("start", "end"):
         if form.get(key) not in (None, ""):
             try:
                 window[key] = float(form.get(key))
             except (TypeError, ValueError):
                 raise _HTTPError(400, f"{key} must be a number of seconds") from None
+    if form.get("crop") not in (None, "") and kind == "video":
+        try:
+            window["crop"] = parse_crop(str(form.get("crop")))
+        except ValueError as exc:
+            raise _HTTPError(400, str(exc)) from None
     return ext, kind, window
 
 
-async def _search_upload(svc: SearchService, upload: Any, form: Any, k: int, captions: bool,
-                         max_upload_bytes: int) -> dict[str, Any]:
-    """A query by an uploaded video or motion file: stored under a name of the server's choosing (at most
-    ``max_upload_bytes``, 413 past it), queried, deleted; errors name the upload's own file name."""
+async def _search_upload(svc: SearchService, upload: Any, form: Any, k: int, offset: int,
+                         against: str | None) -> dict[str, Any]:
+    """A query by an uploaded video or motion file: stored under a name of the server's choosing (at most the
+    server's cap, 413 past it), decoded in a worker thread outside the model lock, queried, deleted; errors name
+    the upload's own file name."""
     from starlette.concurrency import run_in_threadpool
 
     name = str(upload.filename)
@@ -314,18 +362,78 @@ async def _search_upload(svc: SearchService, upload: Any, form: Any, k: int, cap
         with os.fdopen(fd, "wb") as fh:
             while chunk := await upload.read(1 << 20):
                 size += len(chunk)
-                if size > max_upload_bytes:
-                    raise _HTTPError(413, f"upload larger than {max_upload_bytes >> 20} MiB")
+                if size > svc.max_upload_bytes:
+                    raise _HTTPError(413, f"upload larger than {svc.max_upload_bytes >> 20} MiB")
                 fh.write(chunk)
         if size == 0:
             raise _HTTPError(400, f"{name}: empty file")
-        kw = {"video": Path(tmp)} if kind == "video" else {"motion": Path(tmp), "captions": captions}
+        q = Query(video=Path(tmp)) if kind == "video" else Query(motion=Path(tmp))
+        q.k, q.offset, q.against = k, offset, against
+        q.start, q.end, q.crop = window.get("start"), window.get("end"), window.get("crop")
+        q = _checked(q, svc.index)
         try:
-            return await run_in_threadpool(svc.query, k=k, **kw, **window)
+            return await run_in_threadpool(svc.query, q)
         except ValueError as exc:  # BadInputError is a ValueError
             raise _HTTPError(400, str(exc).replace(tmp, name)) from exc
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+async def _api_search(svc: SearchService, request: Any) -> dict[str, Any]:
+    """``POST /api/search`` (module docstring): exactly one of ``text``, ``file`` or ``keyid`` (a text and a file
+    together is a 400: the page's mode decides, nothing is silently dropped)."""
+    from starlette.concurrency import run_in_threadpool
+
+    form = await _read_form(request, svc.max_upload_bytes)
+    k = _k(form.get("k", 5))
+    offset = _int(form.get("offset"), "offset", 0)
+    if form.get("page") not in (None, ""):
+        offset = (max(1, _int(form.get("page"), "page", 1)) - 1) * k
+    against = str(form.get("against")) if form.get("against") not in (None, "") else None
+    if str(form.get("captions", "")).lower() in ("1", "true", "on", "yes"):
+        against = "text"
+    upload = form.get("file")
+    has_file = upload is not None and not isinstance(upload, str) and bool(getattr(upload, "filename", ""))
+    has_text = str(form.get("text") or "").strip() != ""
+    has_key = form.get("keyid") not in (None, "")
+    if has_file + has_text + has_key > 1:
+        raise _HTTPError(400, "give one query: a text, a file or a keyid (the page's mode decides which)")
+    if has_file:
+        return await _search_upload(svc, upload, form, k, offset, against)
+    if has_key:
+        q = Query(row=_row(svc.index, form.get("keyid")), k=k, offset=offset, against=against)
+    else:
+        if against == "text":
+            raise _HTTPError(400, "captions (motion -> text) need a motion file or a keyid")
+        q = Query(text=_text(form.get("text")), k=k, offset=offset, against=against)
+    q = _checked(q, svc.index)
+    try:
+        return await run_in_threadpool(svc.query, q)
+    except ValueError as exc:
+        raise _HTTPError(400, str(exc)) from exc
+
+
+def _page_query(svc: SearchService, params: Any) -> tuple[dict[str, Any], Query | None]:
+    """The query in a page address (shareable: ``?q=TEXT&mode=text&page=N&k=K`` or ``?keyid=ID&mode=more|captions|
+    videos&page=N``; ``text=`` is read as ``q=``) -> (the page's state, the checked query or None)."""
+    mode = str(params.get("mode") or "text")
+    text = str(params.get("q") or params.get("text") or "")
+    keyid = str(params.get("keyid") or "")
+    state = {"q": text, "mode": mode, "keyid": keyid, "k": 5, "page": 1}
+    if mode not in MODES and mode not in ACTIONS:
+        raise _HTTPError(400, f"mode must be one of {', '.join(MODES + tuple(ACTIONS))}")
+    state["k"] = _k(params.get("k") or 5)
+    state["page"] = max(1, _int(params.get("page"), "page", 1))
+    offset = (state["page"] - 1) * state["k"]
+    if offset + state["k"] > MAX_DEPTH:
+        raise _HTTPError(400, f"page {state['page']} is past the first {MAX_DEPTH} results")
+    if mode in ACTIONS and keyid:
+        q = Query(row=_row(svc.index, keyid), k=state["k"], offset=offset, against=ACTIONS[mode])
+    elif mode == "text" and text:
+        q = Query(text=_text(text), k=state["k"], offset=offset)
+    else:
+        return state, None
+    return state, _checked(q, svc.index)
 
 
 def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BYTES,
@@ -333,13 +441,22 @@ def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BY
     """The FastAPI app (module docstring). ``hosts``: the Host names it answers to (default
     :func:`allowed_hosts`)."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-    from starlette.concurrency import run_in_threadpool
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+    from fastapi.staticfiles import StaticFiles
 
-    svc = SearchService(retriever, index)
+    svc = SearchService(retriever, index, max_upload_bytes)
+    env = _templates()
     app = FastAPI(title="LAVIMO motion search", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = svc
     app.add_middleware(_HostCheck, hosts=allowed_hosts() if hosts is None else tuple(hosts))
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    examples = svc.examples()
+    info = {"summary": _summary(index, max_upload_bytes), "examples": examples, "max_k": MAX_K,
+            "max_text": MAX_TEXT, "video_types": ",".join(VIDEO_TYPES), "motion_types": ",".join(MOTION_TYPES),
+            "has_video": bool(getattr(retriever, "has_video", False)), "against": ALLOWED_AGAINST}
+
+    def render(status: int = 200, **kw: Any):
+        return HTMLResponse(env.get_template("page.html").render(**info, **kw), status_code=status)
 
     @app.exception_handler(_HTTPError)
     async def _http_error(_req, exc: _HTTPError):
@@ -351,44 +468,70 @@ def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BY
         return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
 
     @app.get("/", response_class=HTMLResponse)
-    def page(text: str = "", k: str = "5"):
-        if not text:
-            return HTMLResponse(_render(index, max_upload_bytes))
+    def page(request: Request):
+        state = {"q": str(request.query_params.get("q") or request.query_params.get("text") or ""),
+                 "mode": "text", "keyid": "", "k": 5, "page": 1}
         try:
-            kk = _k(k)
-            res = svc.query(text=_text(text), k=kk)
-            return HTMLResponse(_render(index, max_upload_bytes, text, kk, res["results"]))
+            state, q = _page_query(svc, request.query_params)
+            res = svc.query(q) if q is not None else None
+            return render(state=state, res=res)
         except _HTTPError as exc:
-            return HTMLResponse(_render(index, max_upload_bytes, text, 5, error=exc.message),
-                                status_code=exc.status)
+            return render(exc.status, state=state, res=None, error=exc.message)
+        except ValueError as exc:
+            return render(400, state=state, res=None, error=str(exc))
 
     @app.post("/api/search")
     async def api_search(request: Request):
-        form = await _read_form(request, max_upload_bytes)
-        k = _k(form.get("k", 5))
-        upload = form.get("file")
-        captions = str(form.get("captions", "")).lower() in ("1", "true", "on", "yes")
-        if upload is None or isinstance(upload, str) or not getattr(upload, "filename", ""):
-            if captions:
-                raise _HTTPError(400, "captions (motion -> text) needs a motion file")
-            text = _text(form.get("text"))
-            return await run_in_threadpool(svc.query, text=text, k=k)
-        return await _search_upload(svc, upload, form, k, captions, max_upload_bytes)
+        return await _api_search(svc, request)
 
-    @app.get("/preview/{n}")
-    def preview_video(n: int):
+    @app.get("/api/examples")
+    def api_examples():
+        return {"examples": examples}
+
+    def _n(n: int) -> int:
         if not 0 <= n < len(index):
             raise _HTTPError(404, "no such result")
-        try:
-            p = svc.preview_file(n)
-        except (OSError, ValueError) as exc:  # BadInputError is a ValueError; the reason stays in the log:
-            # it could tell which files exist
-            log.warning("preview %d: %s", n, exc)
-            raise _HTTPError(404, "this motion has no preview") from exc
+        return n
+
+    def _video(p: Path | None, n: int):
         if p is None:
             raise _HTTPError(404, "this motion has no preview")
         # a shard's video member is copied as is: never let a browser sniff it as anything but video
         return FileResponse(p, media_type="video/mp4", headers={"X-Content-Type-Options": "nosniff"})
+
+    @app.get("/preview/{n}")
+    def preview_video(n: int):
+        try:
+            p = svc.preview_file(_n(n))
+        except (OSError, ValueError) as exc:  # BadInputError is a ValueError; the reason stays in the log:
+            # it could tell which files exist
+            log.warning("preview %d: %s", n, exc)
+            raise _HTTPError(404, "this motion has no preview") from exc
+        return _video(p, n)
+
+    @app.get("/skeleton/{n}")
+    def skeleton_video(n: int):
+        try:
+            p = svc.skeleton_file(_n(n))
+        except (OSError, ValueError) as exc:
+            log.warning("skeleton preview %d: %s", n, exc)
+            raise _HTTPError(404, "this motion has no preview") from exc
+        return _video(p, n)
+
+    @app.get("/motion/{n}.npy")
+    def motion_npy(n: int):
+        try:
+            feats = motion_features(index, _n(n))
+        except (OSError, ValueError) as exc:
+            log.warning("motion %d: %s", n, exc)
+            feats = None
+        if feats is None:
+            raise _HTTPError(404, "this index's database does not hold this motion")
+        keyid = index.keyid(n)
+        name = keyid if is_keyid(keyid) else f"motion-{n}"
+        return Response(npy_bytes(feats), media_type="application/octet-stream",
+                        headers={"Content-Disposition": f'attachment; filename="{name}.npy"',
+                                 "X-Content-Type-Options": "nosniff"})
 
     return app
 

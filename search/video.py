@@ -193,13 +193,3 @@ def model_view(frames: np.ndarray, image_size: int, frame_crop: float = 1.0,
         top, left, ch, cw = cy, cx, side, side
     x = x[:, :, top:top + ch, left:left + cw]
     return clip_normalize(eval_view(x, image_size))
-
-
-def parse_crop(text: str | None) -> tuple[int, int, int] | None:
-    """``"x,y,size"`` -> (x, y, size) ints (None passes through). ValueError on anything else."""
-    if text is None or text == "":
-        return None
-    parts = text.split(",")
-    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"crop must be x,y,size (non-negative integers, pixels), got {text!r}")
-    return tuple(int(p) for p in parts)  # type: ignore[return-value]

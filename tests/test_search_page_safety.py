@@ -643,3 +643,150 @@ def test_host_names_with_a_trailing_dot():
     assert host_name("localhost.") == host_name("LOCALHOST.:8000") == "localhost"
     assert host_name("127.0.0.1.:80") == "127.0.0.1"
     assert host_name("localhost.evil") == "localhost.evil" and host_name("localhost..") == "localhost."
+
+
+# ------------------------------------------------------------------------------------------------ the page's API
+WEBM = Path(__file__).resolve().parent / "fixtures" / "media" / "mediarecorder.webm"
+
+
+def test_query_text_of_100k_characters_is_a_clear_400(client):
+    """A pasted 100k-character text: a 400 saying how long it is and the limit (never truncated, never a 413 or a
+    5xx) through the API, and the same for an over-long text in the page address; the server goes on answering."""
+    from lavimo.search.inputs import MAX_TEXT
+
+    long = "a person walks forward " * (100_000 // 23 + 1)
+    r = client.post("/api/search", data={"text": long[:100_000], "k": "3"})
+    assert r.status_code == 400 and r.json()["error"] == f"query text of 100000 characters: at most {MAX_TEXT} " \
+                                                           "(shorten it)"
+    page = client.get("/", params={"q": long[:20_000]})  # an address cannot hold 100k characters (HTTP clients)
+    assert page.status_code == 400 and f"of 20000 characters: at most {MAX_TEXT}" in page.text
+    assert client.post("/api/search", data={"text": "a person walks"}).status_code == 200
+
+
+def test_template_syntax_in_a_query_is_text(client):
+    """A query holding ``{results}``, Jinja syntax or HTML is searched and shown as typed (escaped), on the page and
+    in the API: the old string-replacement page put the result cards where a query said ``{results}``."""
+    q = "{results} {{ 7*7 }} {% if 1 %}x{% endif %} <b>bold</b> {summary}"
+    page = client.get("/", params={"q": q, "mode": "text", "k": "2"})
+    assert page.status_code == 200
+    assert page.text.count('class="card"') == 2  # the results once, where they belong
+    box = page.text.split('id="text"')[1].split(">")[0]
+    assert "{results} {{ 7*7 }} {% if 1 %}x{% endif %} &lt;b&gt;bold&lt;/b&gt; {summary}" in box
+    assert "<b>bold" not in page.text and "49" not in page.text
+    r = client.post("/api/search", data={"text": q, "k": "2"})
+    assert r.status_code == 200 and len(r.json()["results"]) == 2
+
+
+def test_text_and_file_together_is_refused(client, tiny):
+    """Typed text is never silently dropped for a file: a request with both is a 400 (the page's mode picks one)."""
+    r = client.post("/api/search", data={"text": "a person walks", "kind": "video"},
+                    files={"file": ("clip.mp4", Path(tiny["index"].preview_path(0)).read_bytes(), "video/mp4")})
+    assert r.status_code == 400 and "one query" in r.json()["error"]
+
+
+def test_row_actions_paging_and_download(client, tiny):
+    """"More like this" (motion -> motion by row, the row itself left out), the captions that fit a motion
+    (motion -> text), similar videos over the stored video latents, paging (page 2 = ranks k+1..2k of the same
+    ranking), and the .npy download (the shard's own motion; a number out of range is 404)."""
+    from lavimo.search.query import motion_vector, video_vector
+
+    index = tiny["index"]
+    key = index.keyid(1)
+    more = client.post("/api/search", data={"keyid": key, "k": "3"}).json()
+    want = [index.keyid(i) for i, _ in index.search(motion_vector(index, 1), 4, "motion") if i != 1][:3]
+    assert [h["keyid"] for h in more["results"]] == want and more["query"]["keyid"] == key
+    caps = client.post("/api/search", data={"keyid": key, "k": "2", "against": "text"}).json()["results"]
+    assert [h["rank"] for h in caps] == [1, 2] and all(h["caption"] for h in caps)
+    vids = client.post("/api/search", data={"keyid": key, "k": "3", "against": "video"}).json()["results"]
+    want = [index.keyid(i) for i, _ in index.search(video_vector(index, 1), 4, "video") if i != 1][:3]
+    assert [h["keyid"] for h in vids] == want
+    top4 = client.post("/api/search", data={"text": "a person walks", "k": "4"}).json()["results"]
+    p2 = client.post("/api/search", data={"text": "a person walks", "k": "2", "page": "2"}).json()["results"]
+    assert [(h["keyid"], h["rank"]) for h in p2] == [(h["keyid"], h["rank"]) for h in top4[2:]]
+    page = client.get("/", params={"keyid": key, "mode": "more", "k": "2", "page": "2"})
+    assert page.status_code == 200 and page.text.count('class="card"') == 1  # 3 others: ranks 3..3
+    assert 'class="rank">#3<' in page.text
+    assert client.get("/", params={"keyid": "../../etc/passwd", "mode": "more"}).status_code == 404
+    npy = client.get(more["results"][0]["motion_url"])
+    assert npy.status_code == 200 and npy.headers["x-content-type-options"] == "nosniff"
+    from lavimo.search.motionfile import motion_features
+
+    np.testing.assert_array_equal(np.load(__import__("io").BytesIO(npy.content)),
+                                  motion_features(index, more["results"][0]["row"]))
+    assert client.get(f"/motion/{len(index)}.npy").status_code == 404
+    assert client.get("/motion/-1.npy").status_code in (404, 422)
+
+
+def test_browser_webm_without_duration_is_accepted(client):
+    """A WebM recorded by Chromium's MediaRecorder (tests/fixtures/media/mediarecorder.webm: "Duration: N/A",
+    1k tbr) is a video query like any other: its frames are counted while reading, not taken from the header."""
+    r = client.post("/api/search", data={"kind": "video", "k": "2", "start": "0.2", "end": "1.4", "crop": "0,0,64"},
+                    files={"file": ("recording.webm", WEBM.read_bytes(), "video/webm")})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["results"]) == 2 and r.json()["latency_ms"]["decode"] > 0
+
+
+def test_concurrent_queries_never_wait_for_an_upload(tiny, monkeypatch):
+    """50 text queries against a live server while one video upload is slow twice over: its body trickles in
+    (held half-sent) and then its decoding blocks (held in the worker). Every text query is answered (no 5xx)
+    while the upload is still held at each stage; the upload is answered once released. With the decode under
+    the model lock the text queries would wait for it (the gates then open only when the guard times out)."""
+    import concurrent.futures as cf
+
+    import httpx
+    import uvicorn
+
+    from lavimo.search.server import create_app
+
+    r = tiny["r"]
+    decode_started, decode_gate, body_gate = threading.Event(), threading.Event(), threading.Event()
+    real = r.video_tensor
+
+    def held_decode(*a, **kw):
+        decode_started.set()
+        decode_gate.wait(120)  # a guard against a hang, not a timing assertion
+        return real(*a, **kw)
+
+    monkeypatch.setattr(r, "video_tensor", held_decode)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(r, tiny["index"], max_upload_bytes=1 << 20), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    url = f"http://127.0.0.1:{port}/api/search"
+    video = Path(tiny["index"].preview_path(0)).read_bytes()
+    head = (b"--XyZ\r\nContent-Disposition: form-data; name=\"kind\"\r\n\r\nvideo\r\n--XyZ\r\nContent-Disposition: "
+            b"form-data; name=\"file\"; filename=\"slow.mp4\"\r\nContent-Type: video/mp4\r\n\r\n")
+
+    def body():
+        yield head + video[:len(video) // 2]
+        body_gate.wait(120)
+        yield video[len(video) // 2:] + b"\r\n--XyZ--\r\n"
+
+    def text_query(n: int) -> int:
+        with httpx.Client(timeout=120) as c:
+            return c.post(url, data={"text": f"a person walks {n}", "k": "2"}).status_code
+
+    pool = cf.ThreadPoolExecutor(51)
+    try:
+        upload = pool.submit(lambda: httpx.Client(timeout=300).post(
+            url, content=body(), headers={"Content-Type": "multipart/form-data; boundary=XyZ"}))
+        first = [f.result(timeout=150) for f in [pool.submit(text_query, n) for n in range(25)]]
+        assert first == [200] * 25 and not upload.done() and not decode_started.is_set()
+        body_gate.set()
+        assert decode_started.wait(120)
+        second = [f.result(timeout=150) for f in [pool.submit(text_query, n) for n in range(25, 50)]]
+        assert second == [200] * 25 and not upload.done()  # the upload is still decoding: nobody waited for it
+        decode_gate.set()
+        answer = upload.result(timeout=300)
+        assert answer.status_code == 200 and answer.json()["results"], answer.text
+    finally:
+        body_gate.set()
+        decode_gate.set()
+        pool.shutdown(wait=True)
+        server.should_exit = True
+        thread.join(10)

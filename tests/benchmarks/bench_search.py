@@ -20,10 +20,15 @@
    of the same arrays, each in its own uncompressed .npy, + ``json.dump`` of the entries, and reading them back
    (``ratio save / plain``, ``ratio load / plain``: the cost of the checks).
 
+5. Start-up to first result and batch mode (:func:`bench_startup`): one ``lavimo-search query`` process per query
+   (the baseline: before batch mode, the only way) against ``query --server`` and a refused bad input; 1,000 text
+   queries through one ``batch`` process, as queries/s against one process per query (``--startup-only`` runs
+   this part alone).
+
 The model is the ``demo`` preset's architecture with random weights (``--preset``; ``--checkpoint`` for a trained
 one): latency does not depend on the weights.
 
-    .venv/bin/python tests/benchmarks/bench_search.py [--quick] [--n 100000] [--repeats 20]
+    .venv/bin/python tests/benchmarks/bench_search.py [--quick] [--n 100000] [--repeats 20] [--startup-only]
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ def main() -> int:
     p.add_argument("--preset", default=None, help="model preset (default demo; tiny with --quick)")
     p.add_argument("--checkpoint", type=Path, help="a trained checkpoint instead of random weights")
     p.add_argument("--stats", type=Path, help="stats for a checkpoint without preprocessing")
+    p.add_argument("--startup-only", action="store_true", help="only part 5: start-up to first result and batch")
     args = p.parse_args()
     n = args.n or (5000 if args.quick else 100_000)
     reps = args.repeats or (5 if args.quick else 20)
@@ -89,6 +95,9 @@ def main() -> int:
     c = r.latent_dim
     print(f"model: {what}; latent {c}; {r.preprocess['num_frames']} frames of {r.preprocess['image_size']} px; "
           f"torch threads {torch.get_num_threads()}")
+    if args.startup_only:
+        bench_startup(r, shards, tmp, args.quick)
+        return 0
 
     # 1. text query over n motions ---------------------------------------------------------------------------
     rng = np.random.default_rng(0)
@@ -256,10 +265,81 @@ def main() -> int:
     print(f"  index save / load vs plain np.save + json.dump (same arrays and entries, no checksum or checks): "
           f"save {t_save:.2f} s vs {t_psave:.2f} s, ratio save / plain {t_save / t_psave:.2f}x; load {t_load:.2f} s "
           f"vs {t_pload:.2f} s, ratio load / plain {t_load / t_pload:.2f}x")
+    bench_startup(r, shards, tmp, args.quick)
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def _cli_wall(args: list[str], ok: tuple[int, ...] = (0,)) -> float:
+    """Wall seconds of one ``lavimo-search`` process (interpreter start, imports, model load, the query)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "lavimo.search.cli", *args], capture_output=True, text=True,
+                          timeout=900)
+    wall = time.perf_counter() - t0
+    if proc.returncode not in ok:
+        raise SystemExit(f"lavimo-search {' '.join(args[:1])}: exit {proc.returncode}: {proc.stderr[-500:]}")
+    return wall
+
+
+def bench_startup(r, shards: Path, tmp: Path, quick: bool) -> None:
+    """5. Start-up to first result, and many queries for one load, on a small index of the shards' test clips.
+
+    - before: one ``lavimo-search query --text`` process per query (the only way before batch mode): its wall
+      time is the start-up to first result (imports + model load + index load + one query);
+    - ``query --server URL``: one process per query against a running ``serve`` (no model load in the process);
+    - a bad input (an empty text): the wall time to its exit-2 refusal (checked before torch is imported);
+    - ``batch``: 1,000 text queries (100 with --quick, one process of each kind) in one process (load included)
+      and in-process (``run_batch`` alone), as queries/s against the one-process-per-query rate of the same run."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from lavimo.search.batch import check_all, run_batch
+    from lavimo.search.index import build_index
+    from lavimo.search.server import create_app
+
+    idx_dir = tmp / "startup-index"
+    index, _ = build_index(r, idx_dir, shards=shards, splits=["test"], previews=False, progress=False)
+    reps = 1 if quick else 5
+    nq = 100 if quick else 1000
+    texts = [f"a person walks forward and turns {i} times" for i in range(max(reps, nq))]
+    ckpt = ["--checkpoint", str(r.checkpoint)]
+    before = [_cli_wall(["query", "--index", str(idx_dir), *ckpt, "--text", texts[i], "--json"]) for i in range(reps)]
+    bad = [_cli_wall(["query", "--index", str(idx_dir), *ckpt, "--text", " "], ok=(2,)) for _ in range(reps)]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(r, index), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        remote = [_cli_wall(["query", "--server", f"http://127.0.0.1:{port}", "--text", texts[i], "--json"])
+                  for i in range(reps)]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    qfile = tmp / "queries.txt"
+    qfile.write_text("\n".join(texts[:nq]) + "\n", encoding="utf-8")
+    batch_wall = _cli_wall(["batch", "--index", str(idx_dir), *ckpt, "--queries", str(qfile), "--out",
+                            str(tmp / "results.jsonl")])
+    t0 = time.perf_counter()
+    done, failed = run_batch(r, index, check_all(qfile), tmp, tmp / "results-inproc.jsonl")
+    inproc = time.perf_counter() - t0
+    assert done == nq and not failed
+    b, rm, bd = statistics.median(before), statistics.median(remote), statistics.median(bad)
+    per_query = 1.0 / b  # queries/s with one process per query
+    print(f"start-up to first result (median of {reps}): one 'query' process {b:.2f} s; 'query --server' "
+          f"{rm:.2f} s, ratio before / server {b / rm:.1f}x; a bad input refused in {bd:.2f} s "
+          f"(ratio query / refusal {b / bd:.1f}x)")
+    print(f"batch of {nq} text queries: one 'batch' process {batch_wall:.2f} s (load included) = "
+          f"{nq / batch_wall:.1f} queries/s; in-process run_batch {nq / inproc:.1f} queries/s; one process per "
+          f"query {per_query:.2f} queries/s: ratio batch / per-process {nq / batch_wall / per_query:.0f}x "
+          f"(in-process {nq / inproc / per_query:.0f}x)")
 
 
 if __name__ == "__main__":

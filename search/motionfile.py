@@ -1,0 +1,54 @@
+"""The motion (raw feature rows) of an indexed motion, read only from the index's own database: the feature file
+of a feature-folder index (:meth:`lavimo.search.index.Index.feature_file`: ``<keyid>.npy`` inside the recorded
+folder) or the ``motion.npy`` member of the sample in its shard (a shard the recorded shard set's manifest lists,
+matched by name; never a path from a request or from an entry). For the page's ``.npy`` download and skeleton
+previews."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lavimo.core.errors import BadInputError
+from lavimo.dataset.shards import format as shard_format, stream
+
+from .model import read_motion_npy
+
+
+def motion_features(index: Any, i: int) -> np.ndarray | None:
+    """Motion ``i``'s raw features (T, D) float32, or None when the index's database does not hold it (a moved
+    shard set, an index of another kind). Raises BadInputError for an unreadable file or member."""
+    p = index.feature_file(i)
+    if p is not None:
+        return read_motion_npy(Path(p)) if Path(p).is_file() else None
+    e, db = index.entry(i), index.meta.get("database")
+    if not isinstance(db, dict) or db.get("kind") != "shards" or not isinstance(db.get("path"), str):
+        return None
+    src = e.source if isinstance(e.source, dict) else {}
+    shard, split = src.get("shard"), src.get("split")
+    if src.get("kind") != "shard" or not isinstance(shard, str) or not isinstance(split, str):
+        return None
+    try:
+        urls = stream.resolve_shards(Path(db["path"]), split)[0]
+    except (OSError, ValueError, KeyError):  # BadInputError is a ValueError: the set moved or its manifest changed
+        return None
+    for url in urls:
+        if Path(url).name != shard:
+            continue
+        for raw in stream._tar_samples(url, stream.SkipStats()):
+            if raw.get("__key__") == e.keyid and "motion.npy" in raw:
+                a = shard_format.load_npy_bytes(raw["motion.npy"])
+                if a.ndim != 2 or a.dtype.kind != "f" or not np.isfinite(a).all():
+                    raise BadInputError(url, "motion.npy", f"not finite (T, D) features: {a.dtype} {a.shape}")
+                return a.astype(np.float32)
+    return None
+
+
+def npy_bytes(a: np.ndarray) -> bytes:
+    """An array as the bytes of a ``.npy`` file (no pickle)."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(a), allow_pickle=False)
+    return buf.getvalue()
