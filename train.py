@@ -128,7 +128,8 @@ def train(args: argparse.Namespace, shards, device: torch.device, dinfo: DistInf
     if dinfo.is_main:
         clear_requeue_marker(run.root)  # a marker on disk is this session's (training/requeue.py)
         start_run(run, {**run_cfg.to_dict(), "trainer": trainer_info}, shards=shards, manifests=manifests,
-                  verified=verified, streamed=verify == "stream", extra={"command": command, "trainer": trainer_info, "resume": resume})
+                  verified=verified, streamed=verify == "stream",
+                  extra={"command": command, "trainer": trainer_info, "resume": resume})
     log.info("run %s: preset %s, %d train samples, %d steps/epoch x %d epochs, batch %d x %d rank(s), %s %s",
              run.root, cfg.name, int(manifests["train"]["num_samples"]), steps_per_epoch, tc.epochs, tc.batch_size,
              dinfo.world_size, device, precision)

@@ -180,8 +180,8 @@ def test_srun_training_equals_torchrun(cluster, request, tmp_path):
 
     shards = train_shards(request)
     # appended to train.sbatch's own flags (the last of a repeated flag wins): the tiny preset on CPU
-    extra = ["--preset", "tiny", "--device", "cpu", "--epochs", "2", "--workers", "0", "--threads", "1",
-             "--shuffle-buffer", "1"]
+    extra = ["--preset", "tiny", "--device", "cpu", "--epochs", "1", "--workers", "0", "--threads", "1",
+             "--shuffle-buffer", "1"]  # 32 samples / (2 ranks x batch 2): 8 steps, USR1 at the second
     srun_out, torchrun_out = tmp_path / "srun", tmp_path / "torchrun"
     errors: list[str] = []
     signaller = threading.Thread(target=_usr1_when_training,
@@ -190,7 +190,7 @@ def test_srun_training_equals_torchrun(cluster, request, tmp_path):
     logs = _sbatch_wait(cluster, ["--gpus-per-node=0", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1",
                                   "--mem=512M", "--time=10", f"--output={cluster.root}/log/train-%j.out",
                                   str(SLURM / "train.sbatch"), *extra, "--log-keyids"],
-                        _job_env(cluster, SHARDS=str(shards), OUT=str(srun_out), BATCH_PER_GPU="4",
+                        _job_env(cluster, SHARDS=str(shards), OUT=str(srun_out), BATCH_PER_GPU="2",
                                  MASTER_PORT=str(_free_port())), "train-*.out", timeout=300)
     signaller.join(timeout=30)
     assert not errors, errors
@@ -205,23 +205,22 @@ def test_srun_training_equals_torchrun(cluster, request, tmp_path):
 
     env = {k: v for k, v in _job_env(cluster).items() if k != "SLURM_CONF"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "train.py"), "--shards", str(shards), "--out", str(torchrun_out), "--batch-size", "4",
+           str(REPO / "train.py"), "--shards", str(shards), "--out", str(torchrun_out), "--batch-size", "2",
            "--no-progress", *extra]  # uninterrupted
     proc = _run(cmd, cwd=REPO, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
     for run in (srun_out, torchrun_out):
         cfg = json.loads((run / "config.json").read_text())
-        assert cfg["trainer"]["world_size"] == 2 and cfg["trainer"]["global_batch"] == 8
+        assert cfg["trainer"]["world_size"] == 2 and cfg["trainer"]["global_batch"] == 4
     got, want = _metrics(srun_out), _metrics(torchrun_out)
-    assert len(got) == len(want) == 2 and [sorted(r) for r in got] == [sorted(r) for r in want]
+    assert len(got) == len(want) == 1 and [sorted(r) for r in got] == [sorted(r) for r in want]
     # the preempted epoch's logged means of the rank-local terms (recon loss, fusion weights) differ: on resume
     # every rank restores rank 0's running sums (last.state.pt holds one); the contrastive terms (gathered over
-    # ranks), validation, the later epoch and the weights are the uninterrupted run's
-    local = {"train_loss", "train_recon", "fusion_text", "fusion_video", "fusion_motion"}
-    for i, (g, w) in enumerate(zip(got, want)):
-        keys = [k for k in g if i > 0 or k not in local]
-        assert {k: g[k] for k in keys} == pytest.approx({k: w[k] for k in keys}, rel=1e-5, abs=1e-6), i
+    # ranks), the validation and the weights are the uninterrupted run's
+    keys = [k for k in got[0] if k not in {"train_loss", "train_recon", "fusion_text", "fusion_video",
+                                             "fusion_motion"}]
+    assert {k: got[0][k] for k in keys} == pytest.approx({k: want[0][k] for k in keys}, rel=1e-5, abs=1e-6)
     assert_same_last_weights(srun_out, torchrun_out, rtol=1e-5, atol=1e-6)
 
 

@@ -1,6 +1,6 @@
 """The requeue marker: ``RUN/requeue.json`` says "a resumable checkpoint was written at step N after a stop
 signal", so that a job script can tell "checkpointed, requeue me" from a crash even where the exit status is
-lost (torchrun's agent exits 1 with a traceback when its workers exit 75; docs/training.md, "Preemption").
+lost (torchrun's agent exits 1 with a traceback when its workers exit 75; docs/scaling.md, "The requeue marker").
 
 The trainer's rank 0 writes it atomically (:func:`write_marker`) after the checkpoint that a SIGTERM / SIGUSR1
 stop wrote, just before train.py exits 75; every session start removes an old one (:func:`clear_marker`), so a

@@ -150,8 +150,9 @@ def write_run_info(run: RunDir, *, shards: str | os.PathLike, manifests: dict[st
     ``verified`` is ``{split: {shard name: {"sha256": computed hex, "bytes": size, "match": bool}}}`` from the
     verification before training, or None when there was none. Per split the record holds ``"verify":
     "sha256"`` (verified before training), ``"sha256-stream"`` (``streamed``: each shard checked while training
-    streams it, a mismatch stops the run) or ``"skipped"`` (``--no-verify``) and ``"shards": {name: {"manifest_sha256": listed, "sha256":
-    computed, "bytes": size, "match": bool}}`` (only ``manifest_sha256`` when skipped). ``shards`` may be a
+    streams it, a mismatch stops the run) or ``"skipped"`` (``--no-verify``) and ``"shards": {name:
+    {"manifest_sha256": listed, "sha256": computed, "bytes": size, "match": bool}}`` (only ``manifest_sha256``
+    unless verified before training). ``shards`` may be a
     remote set (an http(s) base URL or ``pipe:`` command, dataset/shards/source.py): ``root`` is then the
     location as given, each ``manifest`` its URL, and ``manifest_sha256`` the sha256 of the bytes this process
     fetched and parsed into ``manifests[split]`` (:func:`lavimo.dataset.shards.source.fetched_manifest_sha256`; never
