@@ -30,11 +30,12 @@ from lavimo.dataset.shards.source import shard_location
 from lavimo.model.weights import missing_pretrained
 from lavimo.training import data, elastic
 from lavimo.training.cli import (EXIT_NO_PROGRESS, EXIT_SETUP, config_overrides, fail, os_error_line, parse_args,
-                                 runtime_options, setup_logging)
+                                 runtime_options, setup_logging, verify_mode)
 from lavimo.training.config import resolve_config
 from lavimo.training.loop import (DistInfo, TrainingDiverged, TrainingStalled, cleanup_distributed,
                                   init_distributed, local_rank_from_env, seed_everything)
 from lavimo.training.preemption import preemption_signals, resolve_resume
+from lavimo.training.requeue import clear_marker as clear_requeue_marker
 from lavimo.training.run_dir import RunDir, note_session, start_run
 from lavimo.training.trainer import Trainer, check_resume_checkpoint
 
@@ -109,11 +110,14 @@ def train(args: argparse.Namespace, shards, device: torch.device, dinfo: DistInf
     run_cfg = elastic.apply_layout(run_cfg, dinfo, manifests, batch_flag=args.batch_size is not None)
     tc = run_cfg.train  # with a global batch: this launch's per-rank batch and the loader streams
     steps_per_epoch = data.steps_per_epoch(shards, manifests, tc, dinfo)
-    if args.no_verify:
-        verified = None
+    verify = verify_mode(args)
+    verified = None
+    if verify == "none":
         log.warning("--no-verify: the shard files are not checked against their manifests' sha256")
-    else:
+    elif verify == "full":
         verified = data.verify_shards(shards, manifests, dinfo)
+    else:  # each shard's sha256 while training streams it; up front only the manifests' entries and file sizes
+        data.check_shard_listing(shards, manifests)
     sentence_model = data.check_sentence_model(manifests["train"], cfg)
     max_skip = args.max_skip_fraction
     trainer_info = {"shards": str(shards), "sentence_model": sentence_model, "device": str(device),
@@ -121,11 +125,13 @@ def train(args: argparse.Namespace, shards, device: torch.device, dinfo: DistInf
                     "total_steps": steps_per_epoch * tc.epochs, "compile": args.compile,
                     "val_every": args.val_every, "save_every": args.save_every, "max_nan_steps": args.max_nan_steps,
                     "max_skip_fraction": max_skip if math.isfinite(max_skip) else None,
-                    "verify": "skipped" if args.no_verify else "sha256",
+                    "verify": {"none": "skipped", "full": "sha256", "stream": "sha256-stream"}[verify],
                     "global_batch": tc.batch_size * dinfo.world_size, "loader_streams": tc.loader_streams or None}
     if dinfo.is_main:
+        clear_requeue_marker(run.root)  # a marker on disk is this session's (training/requeue.py)
         start_run(run, {**run_cfg.to_dict(), "trainer": trainer_info}, shards=shards, manifests=manifests,
-                  verified=verified, extra={"command": command, "trainer": trainer_info, "resume": resume})
+                  verified=verified, streamed=verify == "stream",
+                  extra={"command": command, "trainer": trainer_info, "resume": resume})
     log.info("run %s: preset %s, %d train samples, %d steps/epoch x %d epochs, batch %d x %d rank(s), %s %s",
              run.root, cfg.name, int(manifests["train"]["num_samples"]), steps_per_epoch, tc.epochs, tc.batch_size,
              dinfo.world_size, device, precision)

@@ -36,14 +36,28 @@ def _int(env: Mapping[str, str], name: str) -> int | None:
 
 
 def array_part(env: Mapping[str, str] | None = None) -> tuple[int, int] | None:
-    """``(K, N)`` (1-based part K of N) of the job-array task, or None outside a job array: ``K = (TASK_ID -
-    TASK_MIN) / TASK_STEP + 1``, ``N = TASK_COUNT`` (``--array=0-7``, ``1-8``, ``0-14:2``: parts 1..8 of 8). Ids
-    that are not one evenly stepped range (``--array=1,4,9``): SlurmEnvError (pass --part then).
+    """``(K, N)`` (1-based part K of N) of the job-array task, or None outside a job array.
+
+    With ``$LAVIMO_PARTS`` = N (the size the job script declares, e.g. scripts/slurm/render_array.sbatch's
+    ``PARTS``): task id ``i`` is part ``i + 1`` of N whatever the submitted array holds, so a task submitted
+    again on its own (``sbatch --array=5``) is still part 6 of N; ids outside 0..N-1 or an array of more than N
+    tasks: SlurmEnvError. Without it: ``K = (TASK_ID - TASK_MIN) / TASK_STEP + 1``, ``N = TASK_COUNT``
+    (``--array=0-7``, ``1-8``, ``0-14:2``: parts 1..8 of 8); ids that are not one evenly stepped range
+    (``--array=1,4,9``): SlurmEnvError (pass --part then).
     """
     env = os.environ if env is None else env
     task = _int(env, "SLURM_ARRAY_TASK_ID")
     if task is None:
         return None
+    declared = _int(env, "LAVIMO_PARTS")
+    if declared is not None:
+        count = _int(env, "SLURM_ARRAY_TASK_COUNT")
+        if declared < 1 or not 0 <= task < declared or (count is not None and count > declared):
+            raise SlurmEnvError(f"$SLURM_ARRAY_TASK_ID={task} (array of {count or '?'} tasks) does not fit "
+                                f"$LAVIMO_PARTS={declared}: array task i renders part i+1 of N, so submit ids "
+                                f"within 0-{declared - 1} (e.g. --array=0-{declared - 1}, or one id again) or "
+                                "set PARTS to the array's size")
+        return task + 1, declared
     lo = _int(env, "SLURM_ARRAY_TASK_MIN")
     hi = _int(env, "SLURM_ARRAY_TASK_MAX")
     step = _int(env, "SLURM_ARRAY_TASK_STEP") or 1

@@ -37,6 +37,7 @@ from lavimo.core.errors import BadInputError, SetupError, os_error_text, print_e
 from lavimo.core.keyids import check_keyid, is_keyid  # noqa: E402
 from lavimo.core.stop import StopSignals  # noqa: E402
 from lavimo.core.workers import WorkerProcesses, fork_server_context, stop_fork_server, worker_setup  # noqa: E402
+from lavimo.render.egl_device import choose_egl_devices  # noqa: E402
 
 PROG = "render-amass"
 log = logging.getLogger(PROG)
@@ -178,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which dataset the annotations are, for --length-filter auto and KIT-ML's 24-row minimum: "
                         "auto (default) = from the directory name (HumanML3D, KIT-ML, BABEL), else other")
     p.add_argument("--workers", type=int, default=1, help="worker processes, each with its own EGL context")
-    p.add_argument("--egl-devices", default=None,
-                   help="comma-separated EGL device ids handed to workers round-robin (several GPUs)")
+    p.add_argument("--egl-devices", "--egl-device", default=None,
+                   help="comma-separated EGL device ids handed to workers round-robin (several GPUs); default: "
+                        "the GPUs in CUDA_VISIBLE_DEVICES / SLURM_STEP_GPUS / SLURM_JOB_GPUS mapped to their EGL "
+                        "devices, else EGL's default device (docs/rendering.md, 'Which GPU')")
     p.add_argument("--part", default=None, help="K/N: render only the K-th of N deterministic parts (default inside "
                    "a Slurm job array: from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT)")
     p.add_argument("--overwrite", action="store_true", help="re-render clips whose outputs exist")
@@ -378,6 +381,9 @@ def run(args: argparse.Namespace, stop: StopSignals | None = None) -> int:
         raise SetupError(f"--size must be an even number >= 16, got {args.size}")
     if args.workers < 1:
         raise SetupError("--workers must be >= 1")
+    egl = choose_egl_devices(args.egl_devices, os.environ)  # the GPU(s) the job was given, or --egl-devices
+    args.egl_devices = ",".join(egl.devices) if egl.devices else None
+    log.info("EGL device(s) %s: %s", args.egl_devices or "default", egl.source)
     part = parse_part(args.part)
     try:
         lod = parse_lod(args.lod)
@@ -478,6 +484,7 @@ def _run_clips(args: argparse.Namespace, stop: StopSignals, part, lod, avatars, 
     elapsed = time.perf_counter() - progress.t0
     interrupted = stop.decide()  # the report and the exit status both say this, whatever signal comes later
     report = _report(progress.results, clips, elapsed, part, workers, removed, interrupted, fatal, notes, ann_report)
+    report["egl_devices"] = args.egl_devices  # the EGL device(s) rendered on (None: EGL's default)
     return _finish(out / report_name, report, elapsed, fatal, interrupted)
 
 

@@ -27,6 +27,8 @@ CASES = [
     ("bench_gather.py", [], ["gather_negatives=False", "gather_negatives=True", "ratio gather / no-gather:"]),
     ("bench_render.py", [], ["pipeline", "naive", "raster limit", "ratio pipeline / naive",
                              "ratio pipeline / raster limit"]),
+    ("bench_launch.py", [], ["launch-to-first-step, median of 1", "ratio full/stream",
+                             "up-front shard check alone"]),
     ("bench_train.py", ["--preset", "tiny", "--threads", "1", "--device", "cpu"],
      ["real shards (loader)", "in-memory batch (baseline)", "ratio real / in-memory", "projected:"]),
 ]

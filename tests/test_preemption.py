@@ -16,6 +16,7 @@ import lavimo.train as train_script
 import lavimo.training.trainer
 from lavimo.training.preemption import EXIT_PREEMPTED, preemption_signals, resolve_resume, stop_requested
 from lavimo.training.loop import load_training_state
+from lavimo.training.requeue import MARKER, main as requeue_main, read_marker, write_marker
 from tests.fixtures.processes import sigterm_when
 from tests.fixtures.runs import assert_same_last_weights
 
@@ -64,8 +65,16 @@ def test_signal_mid_epoch_then_same_command_is_bit_identical(shards, tmp_path, m
         assert train_script.main(_argv(shards, out)) == EXIT_PREEMPTED
     state = load_training_state(out / "checkpoints" / "last.state.pt", complete=True)
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (0, 6, 6)  # step 5 finished, then saved
+    marker, line = read_marker(out)  # what a job script reads where the exit status is lost (torchrun)
+    assert marker is not None and "step 6" in line, line
+    assert {k: marker[k] for k in ("step", "epoch", "batch_in_epoch", "signal", "exit_status", "checkpoint",
+                                   "state")} == {
+        "step": 6, "epoch": 0, "batch_in_epoch": 6, "signal": "SIGUSR1", "exit_status": EXIT_PREEMPTED,
+        "checkpoint": "checkpoints/last.safetensors", "state": "checkpoints/last.state.pt"}
+    assert not full.joinpath(MARKER).exists()  # a run that finishes writes none
     assert train_script.main(_argv(shards, out)) == 0  # the very same command line
     assert_same_last_weights(full, out)
+    assert not out.joinpath(MARKER).exists()  # the resumed session removed the old marker and finished
 
 
 @pytest.mark.slow
@@ -80,3 +89,27 @@ def test_sigterm_to_the_process_exits_75_with_a_checkpoint(shards, tmp_path):
     assert "relaunch with --resume auto" in err
     state = load_training_state(out / "checkpoints" / "last.state.pt", complete=True)
     assert 2 <= state["step"] < 400
+    marker, _ = read_marker(out)
+    assert marker is not None and marker["step"] == state["step"] and marker["signal"] == "SIGTERM"
+
+
+def test_requeue_marker_check(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    assert requeue_main([str(run)]) == 1 and "no requeue marker" in capsys.readouterr().out
+    for name in ("last.safetensors", "last.state.pt"):
+        (run / "checkpoints" / name).write_bytes(b"x")
+    path = write_marker(run, step=7, epoch=1, batch_in_epoch=2, checkpoint=run / "checkpoints" / "last.safetensors",
+                        state=run / "checkpoints" / "last.state.pt", signal="SIGUSR1", exit_status=EXIT_PREEMPTED)
+    assert path == run / MARKER
+    written = read_marker(run)[0]["time_unix"]
+    assert requeue_main([str(run), "--since", str(written - 60)]) == 0
+    assert "resumable checkpoint at step 7" in capsys.readouterr().out
+    assert requeue_main([str(run), "--since", str(written + 60)]) == 1  # an earlier job's marker
+    assert "before this job started" in capsys.readouterr().out
+    (run / "checkpoints" / "last.state.pt").unlink()
+    assert requeue_main([str(run)]) == 1 and "not in" in capsys.readouterr().out
+    for bad in ('{"step": 1}', "[]", "not json", '{"step": 1, "time_unix": 1, "checkpoint": "../x", "state": "y"}'):
+        path.write_text(bad)
+        assert requeue_main([str(run)]) == 1
+        assert capsys.readouterr().out.startswith(f"{path}: ")

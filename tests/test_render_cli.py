@@ -92,6 +92,53 @@ def test_parts_together_render_exactly_the_full_set(corpus, tmp_path):
     assert r1["rendered"] + r2["rendered"] == NUM_CLIPS and r2["skipped"] == 0
 
 
+def _array_task(monkeypatch, task: int, lo: int, hi: int, parts: int | None) -> None:
+    for k, v in {"SLURM_ARRAY_TASK_ID": task, "SLURM_ARRAY_TASK_MIN": lo, "SLURM_ARRAY_TASK_MAX": hi,
+                 "SLURM_ARRAY_TASK_COUNT": hi - lo + 1, "LAVIMO_PARTS": parts}.items():
+        if v is None:
+            monkeypatch.delenv(k, raising=False)
+        else:
+            monkeypatch.setenv(k, str(v))
+
+
+def test_parts_submitted_one_by_one_merge(corpus, tmp_path, monkeypatch, capsys):
+    """render_array.sbatch's tasks: the array 0-2 of PARTS=3 loses task 1, which is submitted again on its own
+    (sbatch --array=1: MIN = MAX = 1, COUNT 1): it is still part 2 of 3 and merge-reports takes all three."""
+    out = tmp_path / "array"
+    for task in (0, 2):
+        _array_task(monkeypatch, task, 0, 2, 3)
+        assert _run(corpus, out) == 0
+    assert main(["merge-reports", str(out)]) == 1 and "missing parts: 2/3" in capsys.readouterr().out
+    _array_task(monkeypatch, 1, 1, 1, 3)
+    assert _run(corpus, out) == 0
+    assert (out / "render-report-part-2-of-3.json").is_file()
+    assert main(["merge-reports", str(out)]) == 0
+    rep = _report(out)
+    assert rep["rendered"] == NUM_CLIPS and rep["missing_parts"] == [] and sorted(rep["parts"]) == [
+        "1/3", "2/3", "3/3"]
+    _array_task(monkeypatch, 1, 1, 1, None)  # without the declared size the lone task is part 1 of 1
+    assert _run(corpus, tmp_path / "lone") == 0 and (tmp_path / "lone" / "render-report-part-1-of-1.json").is_file()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_egl_device_from_the_jobs_gpu_variables(corpus, tmp_path, monkeypatch, capsys, workers):
+    """SLURM_JOB_GPUS (no CUDA_VISIBLE_DEVICES, no --egl-devices) chooses the EGL device of the processes that
+    render: device 0 exists here (Mesa) and renders; device 7 does not, and the renderer refuses it by name."""
+    for var in ("CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "EGL_DEVICE_ID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SLURM_JOB_GPUS", "0")
+    out = tmp_path / "gpu0"
+    assert _run(corpus, out, "--workers", str(workers), "--limit", "2") == 0
+    rep = _report(out)
+    assert rep["rendered"] == 2 and rep["egl_devices"] == "0"
+    monkeypatch.setenv("SLURM_JOB_GPUS", "7")
+    assert _run(corpus, tmp_path / "gpu7", "--workers", str(workers), "--limit", "2") == 2
+    err = capsys.readouterr().err
+    assert "7" in err and "EGL" in err, err
+    monkeypatch.setenv("SLURM_JOB_GPUS", "7")  # --egl-devices overrides the job's GPUs
+    assert _run(corpus, tmp_path / "flag", "--workers", str(workers), "--limit", "1", "--egl-devices", "0") == 0
+
+
 def test_corrupt_npz_is_one_failure_and_the_rest_render(corpus, tmp_path):
     bad = tmp_path / "corpus"
     shutil.copytree(corpus, bad)

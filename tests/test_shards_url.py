@@ -253,7 +253,8 @@ def stalling_site(shards):
 
 def test_stalled_tar_read_times_out(stalling_site, tmp_path, capsys, monkeypatch):
     """A server that answers the manifest but stalls inside a tar: reads fail within ~LAVIMO_FETCH_TIMEOUT naming
-    the tar's URL (the loader, the sha256 check), and train.py (which verifies first) exits 2 within seconds."""
+    the tar's URL (the loader, the sha256 check), and train.py --verify-shards full (which verifies first) exits 2
+    within seconds."""
     monkeypatch.setenv("LAVIMO_FETCH_TIMEOUT", "1")
     urls, _, _ = resolve_shards(stalling_site, "val")
     t0 = time.monotonic()
@@ -266,7 +267,8 @@ def test_stalled_tar_read_times_out(stalling_site, tmp_path, capsys, monkeypatch
         sha256_remote(urls[0])
     assert time.monotonic() - t0 < 30
     t0 = time.monotonic()
-    assert _run(["--shards", stalling_site, "--out", tmp_path / "run", "--epochs", 1, *BASE]) == 2
+    assert _run(["--shards", stalling_site, "--out", tmp_path / "run", "--epochs", 1, "--verify-shards", "full",
+                 *BASE]) == 2
     assert time.monotonic() - t0 < 20
     err = capsys.readouterr().err
     assert f"{stalling_site}/" in err and ".tar" in err, err
@@ -398,7 +400,13 @@ def test_remote_tar_differing_from_its_manifest_stops_training(shards, tmp_path,
     data[-2000] ^= 0xFF  # same size, other bytes
     tar.write_bytes(bytes(data))
     with serve(root) as base:
-        assert _run(["--shards", base + "/shards", "--out", tmp_path / "run", "--epochs", 1, *BASE]) == 2
+        # checked while streamed (the default): training stops when validation reads the tar's end
+        assert _run(["--shards", base + "/shards", "--out", tmp_path / "streamed", "--epochs", 1, *BASE]) == 2
+        err = capsys.readouterr().err
+        assert f"{base}/shards/val-000000.tar: sha256 differs from the manifest" in err, err
+        # --verify-shards full: before training, nothing written
+        assert _run(["--shards", base + "/shards", "--out", tmp_path / "run", "--epochs", 1, "--verify-shards",
+                     "full", *BASE]) == 2
     err = capsys.readouterr().err
     assert f"{base}/shards/val-000000.tar: sha256 differs from the manifest" in err, err
     assert not (tmp_path / "run").exists()
@@ -421,7 +429,9 @@ def test_gallery_clips_from_url(shards, site, tmp_path):
 
 @pytest.fixture(scope="module")
 def local_run(shards, tmp_path_factory):
-    return train_tiny(shards, tmp_path_factory.mktemp("local") / "run", 1)
+    """Verified before training (--verify-shards full), so the runs compared with it (checked while streamed,
+    or not at all) show that the check changes nothing."""
+    return train_tiny(shards, tmp_path_factory.mktemp("local") / "run", 1, "--verify-shards", "full")
 
 
 @pytest.mark.slow
@@ -436,12 +446,19 @@ def test_train_from_url_equals_local(local_run, shards, site, tmp_path):
     info = json.loads((out / "run.json").read_text())
     assert info["shards"]["root"] == site
     local = json.loads((local_run / "run.json").read_text())["shards"]["splits"]
-    for split in ("train", "val"):
+    for split in ("train", "val"):  # each tar checked while streamed for training (the default)
         rec = info["shards"]["splits"][split]
-        assert rec["manifest"] == f"{site}/{split}.json" and rec["verify"] == "sha256"
+        assert rec["manifest"] == f"{site}/{split}.json" and rec["verify"] == "sha256-stream"
         assert rec["manifest_sha256"] == local[split]["manifest_sha256"]
-        assert rec["shards"] == local[split]["shards"]  # every tar streamed once and matched
-        assert all(r["match"] for r in rec["shards"].values())
+        assert {k: v["manifest_sha256"] for k, v in rec["shards"].items()} == {
+            k: v["manifest_sha256"] for k, v in local[split]["shards"].items()}
+        assert all(r["match"] for r in local[split]["shards"].values())
+    # --verify-shards full from the URL: every tar streamed once before training and matched
+    full = tmp_path / "full"
+    assert _run(["--shards", site, "--out", full, "--max-steps", 1, "--verify-shards", "full", *BASE]) == 0
+    for split in ("train", "val"):
+        rec = json.loads((full / "run.json").read_text())["shards"]["splits"][split]
+        assert rec["verify"] == "sha256" and rec["shards"] == local[split]["shards"]
     assert json.loads((out / "config.json").read_text())["trainer"]["shards"] == site
 
 

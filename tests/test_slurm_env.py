@@ -49,6 +49,28 @@ def test_array_part_refuses_what_it_cannot_map(env):
         array_part(env)
 
 
+@pytest.mark.parametrize("env,part", [
+    ({**_array(5, 0, 31, 32), "LAVIMO_PARTS": "32"}, (6, 32)),  # the whole array
+    ({**_array(1, 1, 1, 1), "LAVIMO_PARTS": "32"}, (2, 32)),  # sbatch --array=1 again: still part 2 of 32
+    ({**_array(7, 3, 9, 3, 3), "LAVIMO_PARTS": "10"}, (8, 10)),  # --array=3-9:3 re-submitted: ids are parts
+    ({"SLURM_ARRAY_TASK_ID": "0", "LAVIMO_PARTS": "4"}, (1, 4)),  # MIN/MAX/COUNT not needed
+    ({"LAVIMO_PARTS": "4"}, None),  # not an array task
+])
+def test_array_part_from_the_declared_size(env, part):
+    assert array_part(env) == part
+
+
+@pytest.mark.parametrize("env", [
+    {**_array(32, 0, 32, 33), "LAVIMO_PARTS": "32"},  # id past the declared parts
+    {**_array(3, 0, 63, 64), "LAVIMO_PARTS": "32"},  # a larger array than declared
+    {**_array(0, 0, 0, 1), "LAVIMO_PARTS": "0"},
+    {**_array(0, 0, 0, 1), "LAVIMO_PARTS": "many"},
+])
+def test_declared_size_refuses_what_does_not_fit(env):
+    with pytest.raises(SlurmEnvError, match="LAVIMO_PARTS"):
+        array_part(env)
+
+
 def test_part_argument_prefers_the_flag():
     env = _array(2, 0, 3, 4)
     assert part_argument("1/2", env) == "1/2"

@@ -48,6 +48,33 @@ def test_train_job_requeues_on_exit_75(tmp_path, train_rc, job_rc, requeued):
     assert (calls[1:] == ["scontrol requeue 42"]) is requeued
 
 
+@pytest.mark.parametrize("marker,requeued", [("fresh", True), ("old", False), (None, False)])
+def test_train_job_requeues_on_a_fresh_marker(tmp_path, marker, requeued):
+    """Under a launcher that loses the exit status (torchrun exits 1 after its workers exit 75) the marker
+    OUT/requeue.json written after the job started decides: requeue; an older one or none: a crash."""
+    from lavimo.training.requeue import write_marker
+
+    out = tmp_path / "o"
+    (out / "checkpoints").mkdir(parents=True)
+    for name in ("last.safetensors", "last.state.pt"):
+        (out / "checkpoints" / name).write_bytes(b"x")
+    bin_dir = _fake_bin(tmp_path)
+    if marker == "fresh":  # written while the job runs: by the stand-in srun
+        srun = bin_dir / "srun"
+        srun.write_text(srun.read_text().replace(
+            "[ \"srun\" = srun ]", f"{sys.executable} -c 'import sys; from lavimo.training.requeue import "
+            f"write_marker as w; from pathlib import Path; p = Path(sys.argv[1]); w(p, step=5, epoch=0, "
+            f"batch_in_epoch=5, checkpoint=p / \"checkpoints/last.safetensors\", state=p / "
+            f"\"checkpoints/last.state.pt\", signal=\"SIGUSR1\", exit_status=75)' {out}\n[ \"srun\" = srun ]"))
+    elif marker == "old":
+        path = write_marker(out, step=5, epoch=0, batch_in_epoch=5, checkpoint=out / "checkpoints/last.safetensors",
+                            state=out / "checkpoints/last.state.pt", signal="SIGUSR1", exit_status=75)
+        path.write_text(path.read_text().replace('"time_unix": ', '"time_unix": 1000, "was": '))
+    rc, calls = _run(tmp_path, "train.sbatch", SHARDS="/s", OUT=str(out), SLURM_JOB_ID="42", FAKE_RC="1")
+    assert rc == (0 if requeued else 1)
+    assert (calls[1:] == ["scontrol requeue 42"]) is requeued, calls
+
+
 def test_render_array_leaves_part_to_the_task(tmp_path):
     rc, calls = _run(tmp_path, "render_array.sbatch", AMASS="/a", ANN="/h", OUT="/v")
     assert rc == 0 and calls[0].startswith("render-amass --amass /a --annotations /h --out /v --avatars ")

@@ -50,3 +50,32 @@ def test_torchrun_two_ranks_disjoint(request, tmp_path):
     assert [int(r["step"]) for r in rows] == [4, 8]
     assert all(int(r["val_samples"]) == 8 for r in rows)  # whole val split, gathered from both ranks
     assert (out / "checkpoints" / "last.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_tampered_shard_stops_the_rank_that_streams_it(request, tmp_path):
+    """Two gloo ranks, a train shard with one byte flipped inside a member (same size, the tar still reads): no
+    tar is read before training; the rank whose loader streams that shard to its end exits 2 naming it, and the
+    run stops (torchrun ends the other rank)."""
+    import shutil
+    import tarfile
+
+    bad = tmp_path / "shards"
+    shutil.copytree(train_shards(request), bad)
+    victim = bad / json.loads((bad / "train.json").read_text())["shards"][1]["name"]
+    with tarfile.open(victim) as tf:
+        member = next(ti for ti in tf if ti.name.endswith(".motion.npy"))
+    data = bytearray(victim.read_bytes())
+    data[member.offset_data + member.size - 1] ^= 0x01
+    victim.write_bytes(bytes(data))
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "train.py"), "--shards", str(bad), "--preset", "tiny", "--device", "cpu", "--epochs", "1",
+           "--out", str(tmp_path / "run"), "--no-progress", "--threads", "1", "--shuffle-buffer", "1"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("train.py: error: ")]
+    assert lines and lines[0] == (f"train.py: error: {victim}: sha256 differs from the manifest (modified or "
+                                  "corrupt), found while streaming it for training; rebuild the shards with "
+                                  "build-shards (or pass --no-verify to train on them anyway)"), proc.stderr[-5000:]
+    assert "exitcode  : 2" in proc.stderr or "exitcode: 2" in proc.stderr, proc.stderr[-3000:]

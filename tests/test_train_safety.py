@@ -220,7 +220,16 @@ def test_flipped_byte_exits_2_naming_the_file(shards, tmp_path, capsys):
     data[-1] ^= 0x01  # in the tar's end-of-archive padding: the tar still reads, only the hash tells
     victim.write_bytes(bytes(data))
     out = tmp_path / "run"
+    # checked while streamed (the default): found when training reads the shard's end
     assert _run(["--shards", bad, "--out", out, *BASE]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(victim) in err[0] and "sha256" in err[0] and "--no-verify" in err[0], err
+    info = json.loads((out / "run.json").read_text())
+    assert info["shards"]["splits"]["train"]["verify"] == "sha256-stream"
+    assert not (out / "checkpoints" / "last.safetensors").exists()  # stopped in the first epoch
+    shutil.rmtree(out)
+    # --verify-shards full: every tar read before training
+    assert _run(["--shards", bad, "--out", out, "--verify-shards", "full", *BASE]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(victim) in err[0] and "sha256" in err[0] and "--no-verify" in err[0], err
     assert not out.exists()  # nothing written before the shards are verified

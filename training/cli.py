@@ -17,6 +17,9 @@ from lavimo.training.trainer import Options
 # exit statuses (docs/training.md, "Reliability"; 75 is training/preemption.py's EXIT_PREEMPTED)
 EXIT_NO_PROGRESS, EXIT_SETUP = 1, 2
 
+#: ``--verify-shards``: checked while streamed (default), all read before training, not checked
+VERIFY_MODES = ("stream", "full", "none")
+
 #: the program name of train.py's error lines (``train.py: error: MESSAGE``, docs/design.md, "Errors")
 PROG = "train.py"
 
@@ -78,8 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.add_argument("--max-skip-fraction", type=float, default=0.5,
                    help="stop (exit 1) when the loader skips more than this fraction of an epoch's samples "
                         "(steps/epoch x batch size) within one epoch; inf = never")
+    r.add_argument("--verify-shards", choices=VERIFY_MODES, default=None,
+                   help="how the shard files are checked against their manifests' sha256: stream (default: "
+                        "while training reads them, a mismatch stops the run with exit 2; up front only sizes), "
+                        "full (every train/val tar read once before training, by rank 0), none")
     r.add_argument("--no-verify", action="store_true",
-                   help="do not check the shard files against their manifest's sha256 before training")
+                   help="do not check the shard files against their manifests' sha256 (= --verify-shards none)")
     r.add_argument("--shuffle-buffer", type=int, default=None,
                    help="samples in the loader's shuffle buffer per worker (default: the loader's; 1 = shard "
                         "order only)")
@@ -88,6 +95,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     r.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
+
+
+def verify_mode(args: argparse.Namespace) -> str:
+    """``--verify-shards`` (default ``stream``; ``--no-verify`` = ``none``); SetupError when the two disagree."""
+    if args.no_verify:
+        if args.verify_shards not in (None, "none"):
+            raise SetupError(f"--no-verify contradicts --verify-shards {args.verify_shards}; give one of them")
+        return "none"
+    return args.verify_shards or "stream"
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -121,7 +137,7 @@ def runtime_options(args: argparse.Namespace) -> Options:
     return Options(val_every=args.val_every, save_every=args.save_every, max_steps=args.max_steps,
                    max_nan_steps=args.max_nan_steps, max_skip_fraction=args.max_skip_fraction,
                    shuffle_buffer=args.shuffle_buffer, log_keyids=args.log_keyids, progress=not args.no_progress,
-                   compile=args.compile)
+                   compile=args.compile, verify_stream=verify_mode(args) == "stream")
 
 
 def setup_logging(level: str) -> None:

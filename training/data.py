@@ -88,6 +88,33 @@ def _verify_files(shards: Path | RemoteShards, manifests: dict[str, dict]) -> di
     return out
 
 
+def check_shard_listing(shards: Path | RemoteShards, manifests: dict[str, dict]) -> None:
+    """``--verify-shards stream``'s check before training (no tar is read): every train/val manifest entry
+    holds a sha256 and a size to check the shard against while it is streamed, and for a local set every
+    listed file exists with that size (one stat each). Raises BadInputError naming the manifest or the file."""
+    from lavimo.dataset.shards.stream import expected_digests
+
+    t0, n = time.perf_counter(), 0
+    for split, manifest in manifests.items():
+        for url, (_, size) in expected_digests(shards, split, manifest).items():
+            if is_remote(shards):
+                continue
+            try:
+                found = Path(url).stat().st_size
+            except FileNotFoundError:
+                raise BadInputError(url, None, "missing (listed in the manifest); rebuild the shards with "
+                                               "build-shards") from None
+            except OSError as exc:
+                raise BadInputError(url, None, f"unreadable: {exc.strerror or exc}") from exc
+            if found != size:
+                raise BadInputError(url, None, f"{found} bytes, the manifest says {size} (truncated or modified); "
+                                               "rebuild the shards with build-shards (or pass --no-verify to "
+                                               "train on them anyway)")
+            n += 1
+    log.info("checked the manifests' entries%s in %.3fs; each shard's sha256 is checked while it is streamed",
+             f" and the sizes of {n} shard files" if n else "", time.perf_counter() - t0)
+
+
 def sentence_model_of(manifest: dict) -> str | None:
     """The sentence model a shard manifest records for its ``sent.npy`` embeddings (None when unrecorded)."""
     tm = manifest.get("text_model")
@@ -131,31 +158,34 @@ def verify_shards(shards: Path | RemoteShards, manifests: dict[str, dict], dinfo
 
 
 def train_loader(shards: Path | RemoteShards, cfg, tc: TrainConfig, epoch: int, steps: int, dinfo: DistInfo,
-                 shuffle_buffer: int | None = None):
+                 shuffle_buffer: int | None = None, verify: bool = False):
     """The training loader of one epoch: shard order, shuffle buffer and augmentation seeded by (seed, epoch,
     rank, worker) inside the loader; ``steps`` batches on every rank; shards split by rank. An elastic run
-    (``global_batch_size`` set) reads the loader streams of training/elastic.py instead."""
+    (``global_batch_size`` set) reads the loader streams of training/elastic.py instead. ``verify``: each shard's
+    sha256 is computed while it is streamed (a mismatch raises ShardChecksumError, exit 2)."""
     from lavimo.dataset.shards.stream import make_loader
 
     if tc.global_batch_size:
         from lavimo.training.elastic import elastic_train_loader
 
-        return elastic_train_loader(shards, cfg, tc, epoch, steps, dinfo, shuffle_buffer)
+        return elastic_train_loader(shards, cfg, tc, epoch, steps, dinfo, shuffle_buffer, verify)
     kw = {} if shuffle_buffer is None else {"shuffle_buffer": shuffle_buffer}
     loader = make_loader(shards, "train", batch_size=tc.batch_size, train=True,
                          num_workers=tc.num_workers, seed=tc.seed, epoch_batches=steps,
                          rank=dinfo.rank, world_size=dinfo.world_size, augment=tc.augment_kwargs(),
-                         **cfg.loader_kwargs(), **kw)
+                         verify=verify, **cfg.loader_kwargs(), **kw)
     loader.set_epoch(epoch)
     return loader
 
 
-def val_loader(shards: Path | RemoteShards, cfg, tc: TrainConfig, dinfo: DistInfo):
-    """Every val sample exactly once, split by rank (each rank encodes its shards; see Trainer.validate)."""
+def val_loader(shards: Path | RemoteShards, cfg, tc: TrainConfig, dinfo: DistInfo, verify: bool = False):
+    """Every val sample exactly once, split by rank (each rank encodes its shards; see Trainer.validate);
+    ``verify`` as in :func:`train_loader` (every val shard is read to its end, so each is checked)."""
     from lavimo.dataset.shards.stream import make_loader
 
     return make_loader(shards, "val", batch_size=tc.batch_size, train=False, num_workers=tc.num_workers,
-                       seed=tc.seed, rank=dinfo.rank, world_size=dinfo.world_size, **cfg.loader_kwargs())
+                       seed=tc.seed, rank=dinfo.rank, world_size=dinfo.world_size, verify=verify,
+                       **cfg.loader_kwargs())
 
 
 def steps_per_epoch(shards: Path | RemoteShards, manifests: dict[str, dict], tc: TrainConfig, dinfo: DistInfo) -> int:

@@ -54,7 +54,7 @@ def apply_layout(run_cfg: RunConfig, dinfo: DistInfo, manifests: dict[str, dict]
 
 
 def elastic_train_loader(shards: Any, cfg: Any, tc: TrainConfig, epoch: int, steps: int, dinfo: DistInfo,
-                         shuffle_buffer: int | None = None):
+                         shuffle_buffer: int | None = None, verify: bool = False):
     """The training loader of one epoch of an elastic run (:func:`lavimo.dataset.shards.elastic
     .make_elastic_loader`): ``steps`` batches of ``tc.batch_size`` rows on this rank."""
     from lavimo.dataset.shards.elastic import make_elastic_loader
@@ -63,7 +63,7 @@ def elastic_train_loader(shards: Any, cfg: Any, tc: TrainConfig, epoch: int, ste
     loader = make_elastic_loader(shards, "train", global_batch=tc.global_batch_size, streams=tc.loader_streams,
                                  epoch_batches=steps, rank=dinfo.rank, world_size=dinfo.world_size,
                                  num_workers=tc.num_workers, seed=tc.seed, augment=tc.augment_kwargs(),
-                                 **cfg.loader_kwargs(), **kw)
+                                 verify=verify, **cfg.loader_kwargs(), **kw)
     loader.set_epoch(epoch)
     return loader
 

@@ -78,7 +78,7 @@ def writing(path: Path, run: RunDir):
 
 
 def start_run(run: RunDir, config: dict[str, Any], *, shards: str | os.PathLike, manifests: dict[str, dict],
-              verified: dict[str, dict[str, dict]] | None, extra: dict[str, Any]) -> None:
+              verified: dict[str, dict[str, dict]] | None, extra: dict[str, Any], streamed: bool = False) -> None:
     """Rank 0's first writes of a session: the run directory (what a killed run left half-written removed,
     never counted, never read), ``config.json`` (``config``) and ``run.json`` (:func:`write_run_info`)."""
     with writing(run.root, run):
@@ -87,7 +87,7 @@ def start_run(run: RunDir, config: dict[str, Any], *, shards: str | os.PathLike,
     with writing(run.config, run):
         write_json(run.config, config)
     with writing(run.info, run):
-        write_run_info(run, shards=shards, manifests=manifests, verified=verified, extra=extra)
+        write_run_info(run, shards=shards, manifests=manifests, verified=verified, extra=extra, streamed=streamed)
 
 
 def note_session(run: RunDir, key: str, value: Any) -> None:
@@ -103,7 +103,7 @@ def note_session(run: RunDir, key: str, value: Any) -> None:
 
 #: the files of a run directory that are written atomically (lavimo.core.atomic): a killed run may leave a temporary file
 #: of one of these (``.{name}.{random}.tmp{ext}``), which :func:`remove_stale_temp_files` removes
-_RUN_FILE_RE = re.compile(r"^(config\.json|run\.json|metrics\.csv)$")
+_RUN_FILE_RE = re.compile(r"^(config\.json|run\.json|metrics\.csv|requeue\.json)$")
 _CKPT_FILE_RE = re.compile(r"^(last\.safetensors|last\.state\.pt|best\.safetensors|epoch-\d+\.safetensors)$")
 
 
@@ -153,15 +153,17 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
 
 def write_run_info(run: RunDir, *, shards: str | os.PathLike, manifests: dict[str, dict],
                    verified: dict[str, dict[str, dict]] | None = None,
-                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                   extra: dict[str, Any] | None = None, streamed: bool = False) -> dict[str, Any]:
     """Write ``run.json``: git commit, package versions, command line (of this session, also appended to
     ``sessions``, which keeps every start/resume) and, per split, the sha256 of the shard manifest file and
     per shard what this session verified.
 
     ``verified`` is ``{split: {shard name: {"sha256": computed hex, "bytes": size, "match": bool}}}`` from the
-    verification before training, or None when it was skipped (``--no-verify``). Per split the record holds
-    ``"verify": "sha256"`` or ``"skipped"`` and ``"shards": {name: {"manifest_sha256": listed, "sha256":
-    computed, "bytes": size, "match": bool}}`` (only ``manifest_sha256`` when skipped). ``shards`` may be a
+    verification before training, or None when there was none. Per split the record holds ``"verify":
+    "sha256"`` (verified before training), ``"sha256-stream"`` (``streamed``: each shard checked while training
+    streams it, a mismatch stops the run) or ``"skipped"`` (``--no-verify``) and ``"shards": {name:
+    {"manifest_sha256": listed, "sha256": computed, "bytes": size, "match": bool}}`` (only ``manifest_sha256``
+    unless verified before training). ``shards`` may be a
     remote set (an http(s) base URL or ``pipe:`` command, dataset/shards/source.py): ``root`` is then the
     location as given, each ``manifest`` its URL, and ``manifest_sha256`` the sha256 of the bytes this process
     fetched and parsed into ``manifests[split]`` (:func:`lavimo.dataset.shards.source.fetched_manifest_sha256`; never
@@ -197,7 +199,8 @@ def write_run_info(run: RunDir, *, shards: str | os.PathLike, manifests: dict[st
         else:
             manifest_sha = sha256_file(mpath)[0] if mpath.is_file() else None
         shard_info[split] = {"manifest": str(mpath), "manifest_sha256": manifest_sha,
-                             "verify": "skipped" if verified is None else "sha256", "shards": per_shard}
+                             "verify": ("sha256" if verified is not None else
+                                        "sha256-stream" if streamed else "skipped"), "shards": per_shard}
         if unavailable:
             shard_info[split]["manifest_sha256_unavailable"] = unavailable
         listed_only[split] = [manifest_sha, {k: v["manifest_sha256"] for k, v in per_shard.items()}]

@@ -34,6 +34,7 @@ from lavimo.training.loop import (
     seed_everything, set_rng_state,
 )
 from lavimo.training.preemption import EXIT_PREEMPTED, stop_requested
+from lavimo.training.requeue import write_marker
 from lavimo.training.run_dir import MetricsTable, RunDir, writing
 from lavimo.training.schedule import paper_scheduler
 
@@ -53,6 +54,7 @@ class Options:
     log_keyids: bool = False  # RUN/debug/keyids-rank{R}.tsv
     progress: bool = True  # tqdm bars (rank 0)
     compile: bool = False  # torch.compile the training step
+    verify_stream: bool = False  # the loaders hash each shard while streaming it (--verify-shards stream)
 
 
 class Trainer:
@@ -162,6 +164,10 @@ class Trainer:
             raise TrainingStalled(f"no optimiser step in {self.step} step(s): every batch had a non-finite loss or "
                                   f"gradient (their keyids are in the warnings above); {run.best} was not written")
         if stop == "signal" and self.epoch < tc.epochs:
+            if self.dinfo.is_main:  # for a job script that cannot see the exit status (torchrun exits 1)
+                write_marker(run.root, step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
+                             checkpoint=run.last, state=run.last_state, signal=self.stop.signal_name,
+                             exit_status=EXIT_PREEMPTED)
             log.warning("stopped by a signal at global step %d (epoch %d, batch %d) after writing %s; relaunch "
                         "with --resume auto (or --resume) to continue; exit status %d", self.step, self.epoch,
                         self.batch_in_epoch, run.last_state, EXIT_PREEMPTED)
@@ -251,7 +257,7 @@ class Trainer:
         with preserved_rng():
             seed_everything(stable_seed(tc.seed, "loader-epoch", self.epoch, dinfo.rank))
             loader = train_loader(self.shards, self.cfg, tc, self.epoch, self.steps_per_epoch, dinfo,
-                                  self.opts.shuffle_buffer)
+                                  self.opts.shuffle_buffer, verify=self.opts.verify_stream)
             self.budget.start_epoch(loader)
             batches = _checked_batches(loader, self.budget, self.epoch, dinfo.rank, self.shards)
             first = next(batches, None)
@@ -361,7 +367,7 @@ class Trainer:
         RNG does not move."""
         shards = self.shards
         with preserved_rng():
-            loader = val_loader(shards, self.cfg, self.tc, self.dinfo)
+            loader = val_loader(shards, self.cfg, self.tc, self.dinfo, verify=self.opts.verify_stream)
             try:
                 split = encode_split(self.model, loader, self.device, with_video=self.cfg.modalities == "tmv",
                                      progress=False, precision=self.precision, fusion=False)[0]

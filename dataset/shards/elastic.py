@@ -22,15 +22,17 @@ from __future__ import annotations
 import random
 from collections import deque
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
+from lavimo.core.errors import BadInputError
 from lavimo.core.seeding import stable_rng, stable_seed
 from lavimo.dataset.augment import AugmentConfig
+from lavimo.dataset.shards.digest import ShardChecksumError
 from lavimo.dataset.shards.format import load_stats
 from lavimo.dataset.shards.source import RemoteShards
 from lavimo.dataset.shards.stream import (
     SHUFFLE_BUFFER, SampleTransform, SkipStats, StreamLoader, _Handover, _IterableDataset, _Ledger, _read_tars,
-    _worker_info, collate, process_sample, resolve_shards,
+    _worker_info, collate, expected_digests, process_sample, resolve_shards,
 )
 
 
@@ -58,8 +60,9 @@ class ElasticStreams(_IterableDataset):
     train = True
 
     def __init__(self, urls: list[str], transform: SampleTransform, *, seed: int, streams: int, chunk: int,
-                 rows: dict[int, tuple[int, int]], shuffle_buffer: int):
-        self.urls, self.transform, self.seed = list(urls), transform, seed
+                 rows: dict[int, tuple[int, int]], shuffle_buffer: int,
+                 expected: Mapping[str, tuple[str, int]] | None = None):
+        self.urls, self.transform, self.seed, self.expected = list(urls), transform, seed, expected
         self.streams, self.chunk, self.rows, self.shuffle_buffer = streams, chunk, rows, shuffle_buffer
         self.epoch = 0
 
@@ -79,7 +82,7 @@ class ElasticStreams(_IterableDataset):
         import webdataset as wds
 
         ledger = _Ledger()
-        raw_stream = _read_tars(self.shard_urls(stream), skips, ledger)
+        raw_stream = _read_tars(self.shard_urls(stream), skips, ledger, self.expected)
         if self.shuffle_buffer > 1:
             buf_rng = random.Random(stable_seed(self.seed, "buffer", self.epoch, "stream", stream))
             raw_stream = wds.shuffle(self.shuffle_buffer, min(100, self.shuffle_buffer), rng=buf_rng)(raw_stream)
@@ -96,9 +99,15 @@ class ElasticStreams(_IterableDataset):
                 yield tuple(ledger.take_dead())
 
     def __iter__(self) -> Iterator[_Handover]:
+        skips = SkipStats()
+        try:
+            yield from self._handovers(skips)
+        except ShardChecksumError as exc:  # handed to the main process, which raises it (StreamLoader)
+            yield _Handover(None, skips.take(), checksum=exc)
+
+    def _handovers(self, skips: SkipStats) -> Iterator[_Handover]:
         worker, num_workers = _worker_info()
         mine = sorted(self.rows)[worker::num_workers]
-        skips = SkipStats()
         gens = {s: self.samples(s, skips) for s in mine}
         while mine:  # one hand-over per global batch from every worker: the DataLoader's round robin stays even
             parts: dict[int, list[dict]] = {}
@@ -142,12 +151,13 @@ def make_elastic_loader(shards: str | Path | RemoteShards | Sequence[str], split
                         num_workers: int = 0, seed: int = 0, image_size: int = 224, num_frames: int = 8,
                         max_motion_len: int = 196, augment: Any = None, stats: str | Path | None = None,
                         shuffle_buffer: int = SHUFFLE_BUFFER, prefetch_factor: int = 2, frame_crop: float = 1.0,
-                        min_segment_len: int | None = None) -> ElasticLoader:
+                        min_segment_len: int | None = None, verify: bool = False) -> ElasticLoader:
     """The training loader of the module docstring: ``epoch_batches`` batches of ``global_batch / world_size``
     rows on rank ``rank``; ``streams`` loader streams (``S``, at most the number of shards, dividing
     ``global_batch``); ``shuffle_buffer`` samples per stream (capped at a stream's share of one pass). The other
-    arguments and the batch dicts are :func:`lavimo.dataset.shards.stream.make_loader`'s. Raises ValueError for a
-    layout that does not fit (naming the numbers), FileNotFoundError / BadInputError as make_loader."""
+    arguments (``verify``: each shard hashed while streamed) and the batch dicts are
+    :func:`lavimo.dataset.shards.stream.make_loader`'s. Raises ValueError for a layout that does not fit (naming
+    the numbers), FileNotFoundError / BadInputError / ShardChecksumError as make_loader."""
     urls, manifest, root = resolve_shards(shards, split)
     rows = rows_of_rank(global_batch, streams, rank, world_size)
     if not 0 <= rank < world_size:
@@ -161,7 +171,12 @@ def make_elastic_loader(shards: str | Path | RemoteShards | Sequence[str], split
         shuffle_buffer = max(2, min(shuffle_buffer, -(-num_samples // streams)))
     transform = SampleTransform(True, image_size, num_frames, max_motion_len, mean, std,
                                 AugmentConfig.from_any(augment), frame_crop, min_segment_len)
+    expected = expected_digests(root, split, manifest) if verify else None
+    unlisted = [u for u in urls if expected is not None and u not in expected]
+    if unlisted:
+        raise BadInputError(unlisted[0], None, f"not listed in the {split} manifest: cannot be checked while "
+                                               "streamed (verify=False reads it unchecked)")
     source = ElasticStreams(urls, transform, seed=seed, streams=streams, chunk=global_batch // streams,
-                            rows=rows, shuffle_buffer=shuffle_buffer)
+                            rows=rows, shuffle_buffer=shuffle_buffer, expected=expected)
     return ElasticLoader(source, num_workers=num_workers, epoch_batches=epoch_batches, num_samples=num_samples,
                          prefetch_factor=prefetch_factor, train=True, world_size=world_size)

@@ -37,9 +37,11 @@ from lavimo.core.errors import BadInputError
 from lavimo.core.keyids import shown
 from lavimo.core.seeding import stable_rng, stable_seed
 from lavimo.dataset.shards.format import (
-    MAX_SAMPLE_BYTES, META, MOTION, SENT, TEXTS, VIDEO_JPGS, VIDEO_MP4, SampleMeta, iter_tar_members,
-    load_npy_bytes, load_stats, manifest_path, manifest_shards, member_kind, parse_texts, read_manifest,
+    MAX_SAMPLE_BYTES, META, MOTION, SENT, SHA256_RE, TEXTS, VIDEO_JPGS, VIDEO_MP4, SampleMeta, is_int,
+    iter_tar_members, load_npy_bytes, load_stats, manifest_path, manifest_shards, member_kind, parse_texts,
+    read_manifest,
 )
+from lavimo.dataset.shards.digest import DigestReader, ShardChecksumError
 from lavimo.dataset.shards.source import RemoteShards, is_remote, open_shard, shard_set
 
 log = logging.getLogger(__name__)
@@ -176,6 +178,7 @@ class _Handover:
     batch: dict | None
     skips: SkipStats
     dead: tuple[str, ...] = ()
+    checksum: ShardChecksumError | None = None  # a shard whose bytes differ from its manifest (stops the run)
 
 
 @dataclass
@@ -253,6 +256,24 @@ def resolve_shards(shards: str | Path | RemoteShards | Sequence[str], split: str
     return urls, manifest, root
 
 
+def expected_digests(root: Path | RemoteShards, split: str, manifest: dict | None) -> dict[str, tuple[str, int]]:
+    """url -> (sha256, bytes) of every shard the manifest of ``split`` lists (what :func:`resolve_shards` gives
+    the loader). Raises BadInputError naming the manifest when there is none or an entry lacks a valid sha256
+    or size."""
+    where = root.url(f"{split}.json") if isinstance(root, RemoteShards) else manifest_path(root, split)
+    if manifest is None:
+        raise BadInputError(where, None, "no manifest: shards are checked against it while streamed (pass "
+                                         "verify=False / --no-verify to read them unchecked)")
+    out: dict[str, tuple[str, int]] = {}
+    for entry, url in manifest_shards(root, split, manifest):
+        sha, size = entry.get("sha256"), entry.get("bytes")
+        if not isinstance(sha, str) or not SHA256_RE.match(sha) or not is_int(size) or size < 0:
+            raise BadInputError(where, "shards", f"{entry.get('name')}: no valid sha256 and bytes to check the "
+                                                 "shard against; rebuild the shards with build-shards")
+        out[str(url)] = (sha, int(size))
+    return out
+
+
 # --------------------------------------------------------------------------------------------- pipeline stages
 try:
     from torch.utils.data import IterableDataset as _IterableDataset
@@ -318,10 +339,13 @@ class ShardSource(_IterableDataset):
                 return
 
 
-def _tar_samples(url: str, skips: SkipStats) -> Iterator[dict]:
+def _tar_samples(url: str, skips: SkipStats, expected: tuple[str, int] | None = None) -> Iterator[dict]:
     """The samples of one tar, read as a stream: consecutive members ``<key>.<ext>`` -> ``{"__key__": key,
     "__url__": url, ext: bytes, ...}``. Refused members (:func:`lavimo.dataset.shards.format.iter_tar_members`) are
-    counted in ``skips`` and never read; read errors propagate (the caller counts the shard as unreadable)."""
+    counted in ``skips`` and never read; read errors propagate (the caller counts the shard as unreadable).
+    ``expected`` = the manifest's (sha256, bytes): the stream is hashed as it is read
+    (:class:`lavimo.dataset.shards.digest.DigestReader`) and read to its end before the last sample is given;
+    bytes that differ raise :class:`ShardChecksumError` (also when the tar cannot be parsed)."""
     too_big: set[str] = set()  # keys of samples past MAX_SAMPLE_BYTES (each counted once)
     run = {"key": None, "bytes": 0}  # the sample being read: its key and the bytes of its members so far
 
@@ -349,34 +373,44 @@ def _tar_samples(url: str, skips: SkipStats) -> Iterator[dict]:
     # local files are opened as files (a ':' in a path is never taken for a URL scheme such as "pipe:"); http(s)
     # and pipe: urls are streamed by dataset/shards/source.py's own opener (curl / sh, with a stall timeout)
     stream = open_shard(url)
+    digest = None if expected is None else DigestReader(stream, url, *expected)
     try:
         cur: dict | None = None
-        for name, data in iter_tar_members(stream, where=url, refused=refused, admit=admit):
-            key, ext = name.partition(".")[0], member_kind(name)
-            if cur is None or cur["__key__"] != key:
-                if cur is not None and cur["__key__"] not in too_big:
-                    yield cur
-                cur = {"__key__": key, "__url__": url}
-            if ext in cur:
-                cur.setdefault("__dup__", ext)
-            cur[ext] = data
+        try:
+            for name, data in iter_tar_members(digest or stream, where=url, refused=refused, admit=admit):
+                key, ext = name.partition(".")[0], member_kind(name)
+                if cur is None or cur["__key__"] != key:
+                    if cur is not None and cur["__key__"] not in too_big:
+                        yield cur
+                    cur = {"__key__": key, "__url__": url}
+                if ext in cur:
+                    cur.setdefault("__dup__", ext)
+                cur[ext] = data
+        except (tarfile.TarError, EOFError, ValueError):
+            if digest is not None:
+                digest.settle()  # bytes that differ from the manifest: a checksum error, not an unreadable shard
+            raise
+        if digest is not None:
+            digest.finish()  # the tail after the end-of-archive blocks, then the verdict
         if cur is not None and cur["__key__"] not in too_big:
             yield cur
     finally:
-        stream.close()
+        (digest or stream).close()
 
 
-def _read_tars(src: Iterator[dict], skips: SkipStats, ledger: _Ledger | None) -> Iterator[dict]:
+def _read_tars(src: Iterator[dict], skips: SkipStats, ledger: _Ledger | None,
+               expected: Mapping[str, tuple[str, int]] | None = None) -> Iterator[dict]:
     """Samples of the shards ``src`` yields (``{"url": ...}``). A shard that cannot be read to its end is
     counted once ("shard_unreadable") and the stream goes on. With a ledger (training), samples carry the id
     of their shard reading, and a reading that produced no sample yields a ``{"__tick__": True}`` so the
-    consumer can notice shards that give nothing at all."""
+    consumer can notice shards that give nothing at all. ``expected``: url -> the manifest's (sha256, bytes),
+    checked while streaming (:func:`_tar_samples`; a mismatch raises :class:`ShardChecksumError`)."""
     for item in src:
         url = item["url"]
         reading = ledger.start(url) if ledger is not None else None
         produced = 0
         try:
-            for sample in _tar_samples(url, skips):
+            for sample in _tar_samples(url, skips, None if expected is None else expected[url]):
                 if ledger is not None:
                     ledger.read(reading)
                     sample["__reading__"] = reading
@@ -639,18 +673,25 @@ class _ProcessAndBatch:
     (:class:`NoUsableSamplesError`)."""
 
     def __init__(self, transform: SampleTransform, batch_size: int, train: bool, seed: int, rank: int,
-                 source: ShardSource, shuffle_buffer: int):
+                 source: ShardSource, shuffle_buffer: int, expected: Mapping[str, tuple[str, int]] | None = None):
         self.transform, self.batch_size, self.train = transform, batch_size, train
         self.seed, self.rank, self.source, self.shuffle_buffer = seed, rank, source, shuffle_buffer
+        self.expected = expected
 
     def __call__(self, src: Iterator[dict]) -> Iterator[_Handover]:
+        skips = SkipStats()
+        try:
+            yield from self._batches(src, skips)
+        except ShardChecksumError as exc:  # handed to the main process, which raises it (StreamLoader)
+            yield _Handover(None, skips.take(), checksum=exc)
+
+    def _batches(self, src: Iterator[dict], skips: SkipStats) -> Iterator[_Handover]:
         import webdataset as wds
 
         worker, _ = _worker_info()
         rng = stable_rng(self.seed, "samples", self.source.epoch, self.rank, worker)
-        skips = SkipStats()
         ledger = _Ledger() if self.train else None
-        stream = _read_tars(iter(src), skips, ledger)
+        stream = _read_tars(iter(src), skips, ledger, self.expected)
         if self.train and self.shuffle_buffer > 1:
             stream = wds.shuffle(self.shuffle_buffer, min(100, self.shuffle_buffer),
                                  rng=random.Random(stable_seed(self.seed, "buffer", self.source.epoch, self.rank,
@@ -708,7 +749,8 @@ class StreamLoader:
         skip_examples: reason -> up to :data:`SKIP_EXAMPLES` keyids (member or shard names for those reasons).
 
     Raises (while iterating) :class:`NoUsableSamplesError` when no shard gives a usable sample (module
-    docstring)."""
+    docstring), and :class:`lavimo.dataset.shards.digest.ShardChecksumError` (exit 2) when a shard read to its
+    end differs from its manifest (``verify=True``; raised in the main process whichever worker read it)."""
 
     def __init__(self, pipeline, *, num_workers: int, epoch_batches: int | None, source: ShardSource,
                  num_samples: int | None, prefetch_factor: int = 2, train: bool | None = None,
@@ -760,6 +802,8 @@ class StreamLoader:
         batches = skipped = 0
         for out in loader:
             self.skips.merge(out.skips)
+            if out.checksum is not None:
+                raise out.checksum
             period.merge(out.skips)
             if out.skips:
                 skipped += out.skips.total
@@ -788,7 +832,7 @@ def make_loader(shards: str | Path | RemoteShards | Sequence[str], split: str, *
                 max_motion_len: int = 196, epoch_batches: int | None = None, rank: int = 0, world_size: int = 1,
                 augment: Any = None, resampled: bool = False, stats: str | Path | None = None,
                 shuffle_buffer: int = SHUFFLE_BUFFER, prefetch_factor: int = 2,
-                frame_crop: float = 1.0, min_segment_len: int | None = None) -> StreamLoader:
+                frame_crop: float = 1.0, min_segment_len: int | None = None, verify: bool = False) -> StreamLoader:
     """Streaming loader over a shard set.
 
     Args:
@@ -819,6 +863,9 @@ def make_loader(shards: str | Path | RemoteShards | Sequence[str], split: str, *
         min_segment_len: a caption's time segment shorter than this many motion feature rows is not used
             (module docstring, "Caption segments"); None = :func:`min_segment_rows` of the stats' feature width
             (40 for 263-dim HumanML3D features, 24 for 251-dim KIT-ML), as HumanML3D's ``min_motion_len``.
+        verify: hash every shard while it is streamed and compare it with the manifest's sha256 and size when a
+            reading reaches the shard's end (:mod:`lavimo.dataset.shards.digest`); needs a manifest listing both
+            for every shard (BadInputError naming it otherwise).
 
     Yields:
         dicts with ``keyid`` list[str], ``video`` (B, num_frames, 3, S, S) float32 CLIP-normalised, ``text``
@@ -828,7 +875,8 @@ def make_loader(shards: str | Path | RemoteShards | Sequence[str], split: str, *
 
     Raises:
         FileNotFoundError: no manifest / shard set / stats.npz. BadInputError: a malformed manifest or stats.npz
-        (naming the file). While iterating: :class:`NoUsableSamplesError` (see the module docstring).
+        (naming the file). While iterating: :class:`NoUsableSamplesError` (see the module docstring) and, with
+        ``verify``, :class:`lavimo.dataset.shards.digest.ShardChecksumError`.
     """
     import webdataset as wds
 
@@ -864,7 +912,12 @@ def make_loader(shards: str | Path | RemoteShards | Sequence[str], split: str, *
     transform = SampleTransform(train, image_size, num_frames, max_motion_len, mean, std,
                                 AugmentConfig.from_any(augment) if train else None, frame_crop,
                                 min_segment_len)
-    stage = _ProcessAndBatch(transform, batch_size, train, seed, rank, source, shuffle_buffer)
+    expected = expected_digests(root, split, manifest) if verify else None
+    unlisted = [u for u in urls if expected is not None and u not in expected]
+    if unlisted:
+        raise BadInputError(unlisted[0], None, f"not listed in the {split} manifest: cannot be checked while "
+                                               "streamed (verify=False reads it unchecked)")
+    stage = _ProcessAndBatch(transform, batch_size, train, seed, rank, source, shuffle_buffer, expected)
     pipeline = wds.DataPipeline(source, stage)
     return StreamLoader(pipeline, num_workers=num_workers, epoch_batches=epoch_batches, source=source,
                         num_samples=num_samples, prefetch_factor=prefetch_factor, train=train,
