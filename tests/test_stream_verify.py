@@ -140,3 +140,18 @@ def test_digest_reader_verdicts():
         DigestReader(io.BytesIO(payload), "x.tar", "0" * 64, len(payload)).finish()
     with pytest.raises(ShardChecksumError, match="more than the 10 bytes"):
         DigestReader(io.BytesIO(payload), "x.tar", good, 10).finish()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_elastic_loader_checks_while_streaming(shards, tmp_path, workers):
+    """An elastic run (--global-batch-size) streams through loader streams: the same check applies."""
+    from lavimo.dataset.shards.elastic import make_elastic_loader
+
+    kw = dict(global_batch=2, streams=2, epoch_batches=4, num_workers=workers, seed=3, image_size=32, num_frames=2)
+    plain, checked = make_elastic_loader(shards, "train", **kw), make_elastic_loader(shards, "train", verify=True, **kw)
+    assert [b["keyid"] for b in _batches(plain)] == [b["keyid"] for b in _batches(checked)]
+    bad, victim = _tampered(shards, tmp_path)
+    loader = make_elastic_loader(bad, "train", verify=True, **{**kw, "epoch_batches": 8})  # every shard read whole
+    with pytest.raises(ShardChecksumError) as info:
+        _batches(loader)
+    assert info.value.url == str(victim)
