@@ -150,6 +150,11 @@ class Index:
         j = vs.slot(int(i))
         return None if j is None else vs.vector(j)
 
+    def vectors(self, against: str = "motion") -> np.ndarray:
+        """The stored latents of set ``against`` (memory-mapped; read-only): "motion" (N, C), "text" (K, C) in
+        caption-row order, "video" (V, C) of the motions that have a video, in row order."""
+        return self._sets[against].vectors
+
     def iter_entries(self) -> Iterator[Entry]:
         """Every record in row order."""
         return self._records.iter_entries()

@@ -48,13 +48,13 @@ def test_search_page_in_chromium(tmp_path_factory):
     # a random tiny model ranks arbitrarily: query a caption whose clip the API puts in the top 5, and check the
     # page shows exactly the API's top 5 (the ranking itself is tested in test_search.py)
     caption, api_top = None, []
-    for e in index.entries:
-        top = [index.entries[i].keyid for i, _ in index.search(r.encode_text([e.captions[0]]), 5)]
+    for e in index.iter_entries():
+        top = [index.keyid(i) for i, _ in index.search(r.encode_text([e.captions[0]]), 5)]
         if e.keyid in top:
             caption, api_top = e.captions[0], top
             break
     assert caption is not None
-    expected = {e.keyid for e in index.entries if caption in e.captions} & set(api_top)
+    expected = {e.keyid for e in index.iter_entries() if caption in e.captions} & set(api_top)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(r, index), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -61,12 +61,11 @@ def test_rebuild_decodes_nothing_already_indexed(tiny, tmp_path, decodes):
     assert (second.done, second.reused, second.failed) == (0, N_TEST, [])
     assert decodes == {"sample": 0, "video": 0}
     after = Index.load(out, r.sha256)
-    assert [e.keyid for e in after.entries] == [e.keyid for e in before.entries]
-    assert [e.source for e in after.entries] == [e.source for e in before.entries]
+    assert [e.keyid for e in after.iter_entries()] == [e.keyid for e in before.iter_entries()]
+    assert [e.source for e in after.iter_entries()] == [e.source for e in before.iter_entries()]
     # bit for bit: a rebuild reuses the stored latents (read back, never re-encoded): docs/design.md, "Determinism"
-    np.testing.assert_array_equal(after.motion, before.motion)
-    np.testing.assert_array_equal(after.video, before.video)
-    np.testing.assert_array_equal(after.text, before.text)
+    for name in ("motion", "video", "text"):
+        np.testing.assert_array_equal(after.vectors(name), before.vectors(name), err_msg=name)
 
 
 def test_a_sample_with_another_source_is_decoded(tiny, decodes):
@@ -139,7 +138,7 @@ def test_feature_preview_is_rendered_once_outside_the_query_lock(tmp_path, rende
         got = client.get("/preview/0", headers={"Range": "bytes=0-99"})
         assert got.status_code in (200, 206) and got.headers["content-type"] == "video/mp4"
     assert len(renders["calls"]) == 1 and renders["query_lock_free"] == [True]
-    assert index.entries[0].preview == "previews/M00000.mp4"
+    assert index.entry(0).preview == "previews/M00000.mp4"
     assert Path(index.preview_path(0)) == renders["calls"][0][1] == tmp_path / "idx" / "previews" / "M00000.mp4"
     # concurrent first requests of another motion: one render, every request gets the file
     got: list = []
