@@ -150,6 +150,11 @@ class Index:
         j = vs.slot(int(i))
         return None if j is None else vs.vector(j)
 
+    def check_model(self, checkpoint_sha256: str | None, latent_dim: int | None = None) -> None:
+        """Refuse (BadInputError naming index.json) when the index was built with another checkpoint or latent
+        size than the model's (what :meth:`load` checks when given them)."""
+        _check_model(Path(self.root or ".") / META, self.meta, checkpoint_sha256, latent_dim)
+
     def vectors(self, against: str = "motion") -> np.ndarray:
         """The stored latents of set ``against`` (memory-mapped; read-only): "motion" (N, C), "text" (K, C) in
         caption-row order, "video" (V, C) of the motions that have a video, in row order."""
@@ -293,16 +298,7 @@ class Index:
             raise BadInputError(meta_path, "version", f"index format version {str(meta.get('version'))[:20]!r}, "
                                                       f"this code reads {VERSION}: rebuild it with "
                                                       "'lavimo-search index'")
-        if checkpoint_sha256 is not None and meta.get("checkpoint_sha256") != checkpoint_sha256:
-            raise BadInputError(meta_path, "checkpoint_sha256", f"built with another checkpoint "
-                                f"({str(meta.get('checkpoint'))[:200]}, sha256 "
-                                f"{str(meta.get('checkpoint_sha256'))[:12]}): its latents do not compare with "
-                                "this model's; rebuild the index with this checkpoint or query with that one")
-        c = meta.get("latent_dim")
-        if type(c) is not int or not 1 <= c <= MAX_LATENT_DIM:
-            raise BadInputError(meta_path, "latent_dim", f"{str(c)[:40]!r} is not a latent size in 1..{MAX_LATENT_DIM}")
-        if latent_dim is not None and c != latent_dim:
-            raise BadInputError(meta_path, "latent_dim", f"latents of {c} values, this model's have {latent_dim}")
+        c = _check_model(meta_path, meta, checkpoint_sha256, latent_dim)
         n, k = _count(meta_path, meta, "count"), _count(meta_path, meta, "captions")
         build_id = meta.get("build_id")
         if not isinstance(build_id, str) or not re.fullmatch(r"[0-9a-f]{16}", build_id):
@@ -322,6 +318,23 @@ class Index:
         index = cls.__new__(cls)
         index._setup(records, sets, meta, root)
         return index
+
+
+def _check_model(meta_path: Path, meta: dict[str, Any], checkpoint_sha256: str | None,
+                 latent_dim: int | None) -> int:
+    """index.json's ``latent_dim`` (checked), after refusing an index of another checkpoint (``checkpoint_sha256``)
+    or latent size (``latent_dim``); None skips that check."""
+    if checkpoint_sha256 is not None and meta.get("checkpoint_sha256") != checkpoint_sha256:
+        raise BadInputError(meta_path, "checkpoint_sha256", f"built with another checkpoint "
+                            f"({str(meta.get('checkpoint'))[:200]}, sha256 "
+                            f"{str(meta.get('checkpoint_sha256'))[:12]}): its latents do not compare with "
+                            "this model's; rebuild the index with this checkpoint or query with that one")
+    c = meta.get("latent_dim")
+    if type(c) is not int or not 1 <= c <= MAX_LATENT_DIM:
+        raise BadInputError(meta_path, "latent_dim", f"{str(c)[:40]!r} is not a latent size in 1..{MAX_LATENT_DIM}")
+    if latent_dim is not None and c != latent_dim:
+        raise BadInputError(meta_path, "latent_dim", f"latents of {c} values, this model's have {latent_dim}")
+    return c
 
 
 def _index_files(root: Path) -> list[Path]:

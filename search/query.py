@@ -9,23 +9,26 @@ from typing import Any
 
 from lavimo.core.errors import BadInputError
 
-from .index import META, Index, read_index_json
+from .index import META, Index
 from .model import load
 
 
 def open_index(index_dir: Path, checkpoint: Path | None, stats: Path | None, device: str = "cpu"):
-    """(Retriever, Index) for an index directory, the checkpoint defaulting to the one it records."""
+    """(Retriever, Index) for an index directory, the checkpoint defaulting to the one it records. The index is
+    opened and checked first (milliseconds, whatever its size: :meth:`Index.load`), so a missing or damaged index
+    fails before the model loads; then the model, whose checkpoint and latent size the index must match."""
     meta_path = index_dir / META
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{index_dir}: no index (build it with 'lavimo-search index')")
+    index = Index.load(index_dir)
     if checkpoint is None:
-        try:  # bounded: a hostile index.json is one BadInputError naming it (read_index_json), never a traceback
-            recorded = read_index_json(meta_path).get("checkpoint")
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(f"{index_dir}: no index (build it with 'lavimo-search index')") from exc
+        recorded = index.meta.get("checkpoint")
         if not isinstance(recorded, str) or not recorded or "\0" in recorded:
             raise BadInputError(meta_path, "checkpoint", "not a file name; pass --checkpoint")
         checkpoint = Path(recorded)
     retriever = load(checkpoint, stats=stats, device=device)
-    return retriever, Index.load(index_dir, retriever.sha256, retriever.latent_dim)
+    index.check_model(retriever.sha256, retriever.latent_dim)
+    return retriever, index
 
 
 def run_query(retriever, index, *, text: str | None = None, video: Path | None = None,
