@@ -153,3 +153,22 @@ def test_same_sample_across_splits():
     assert same_sample(a, b) and same_sample(a, a)
     assert not same_sample(a, dict(b, frame_end=3.0))  # another window of the motion: a different sample
     assert not same_sample({"kind": "features", "path": "/a"}, {"kind": "features", "path": "/b"})
+
+
+@pytest.mark.parametrize("block,faiss_max", [(128, 1 << 15), (128, 64), (1 << 20, 64)])
+def test_exact_search_blocks_and_kernels_agree(tmp_path, monkeypatch, block, faiss_max):
+    """Exact search over blocks of rows, with faiss' kernel or the BLAS product per block: numpy's top-k."""
+    import lavimo.search.vectors as vectors
+    from lavimo.search.index import Index
+
+    monkeypatch.setattr(vectors, "EXACT_BLOCK", block)
+    monkeypatch.setattr(vectors, "EXACT_FAISS_MAX", faiss_max)
+    mem, m = _index(500, seed=3)
+    mem.save(tmp_path / "i", "exact")
+    ix = Index.load(tmp_path / "i")
+    for j in (0, 250, 499):
+        scores = m @ m[j]
+        want = np.argsort(-scores, kind="stable")[:15]
+        got = ix.search(m[j], 15)
+        assert [i for i, _ in got] == want.tolist()
+        np.testing.assert_allclose([s for _, s in got], scores[want], rtol=1e-5, atol=1e-6)
