@@ -72,7 +72,7 @@ def main() -> int:
     t0 = time.perf_counter()
     m = latents(n, c, rng, basis)
     near = m[rng.choice(n, nq, replace=False)] + 0.15 * rng.standard_normal((nq, c), dtype=np.float32) / np.sqrt(c) * 4
-    q = near / np.linalg.norm(near, axis=1, keepdims=True)
+    q = (near / np.linalg.norm(near, axis=1, keepdims=True)).astype(np.float32)  # float32, as the model's
     truth = exact_top(m, q, 10)
     print(f"{n} latents of {c} (synthetic, intrinsic dimension 32), {nq} queries; generated in "
           f"{time.perf_counter() - t0:.1f} s; faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads")
