@@ -7,9 +7,9 @@ header checked against index.json and the file's size first, :func:`open_npy`): 
 
 Search (``search(q, k)``, cosine = inner product of unit vectors):
 
-- **exact**: one BLAS matrix-vector product over the (memory-mapped) float32 latents and a partial sort; the
-  same results as faiss' ``IndexFlatIP`` (whose kernel is the same product), measured faster for one query at a
-  time on 2 cores (tests/benchmarks/bench_search_scale.py prints both).
+- **exact**: over the (memory-mapped) float32 latents, in blocks: faiss' exhaustive kernel (what ``IndexFlatIP``
+  runs) for a block of up to :data:`EXACT_FAISS_MAX` rows, one BLAS matrix-vector product and a partial sort for a
+  larger one (measured faster for one query on 2 cores: tests/benchmarks/bench_search_scale.py prints both).
 - **ivfpq**: faiss ``IndexIVFPQ`` (inner product; ``nlist`` coarse cells, ``m`` sub-quantisers of 8 bits) proposes
   ``refine * k`` candidates from ``nprobe`` cells, which are re-ranked exactly on their stored float16 latents.
   ``nprobe`` and ``refine`` are chosen at build (:func:`train_ivfpq`) as the cheapest pair whose recall@10 against
@@ -63,7 +63,7 @@ MAX_NLIST = 1 << 16
 #: exact search reads the latents in blocks of this many rows (float16 blocks are converted one at a time)
 EXACT_BLOCK = 1 << 20
 #: exact search of a block up to this many rows uses faiss' kernel, a larger one a BLAS product (bench_search_scale)
-EXACT_FAISS_MAX = 1 << 15
+EXACT_FAISS_MAX = 1 << 12
 
 
 def _ivf_shapes(n: int, c: int, nlist: int, m: int) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
