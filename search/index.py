@@ -1,32 +1,39 @@
-"""A motion index: the latents of a database of motions under one checkpoint, searched exactly (a matrix product).
+"""A motion index: the latents of a database of motions under one checkpoint, and their per-motion records.
 
 Sources: a shard set (``build-shards`` output; one split, several, or ``all``) or a HumanML3D-style folder
 (``new_joint_vecs/*.npy`` features, optional ``texts/<id>.txt`` with ``caption#tokens#start#end`` lines).
 
-On disk, in the index directory (format :data:`FORMAT` version :data:`VERSION`):
+On disk, in the index directory (format :data:`FORMAT` version :data:`VERSION`; docs/search.md, "The index"):
 
-- ``index.npz`` (no pickled objects; read with ``allow_pickle=False``): ``keyid`` (N,) str, ``motion`` (N, C)
-  and ``video`` (N, C) float32 L2-normalised latents (``video`` rows are 0 where the database has no video,
-  ``has_video`` (N,) bool), ``text`` (K, C) latents of every caption and ``text_owner`` (K,) int64 (its motion).
-- ``index.json``: format, version, the checkpoint's path and sha256, the npz's sha256, latent size, the
-  database description, and per motion ``keyid``, ``captions``, ``source`` (AMASS path + frame rule, or the
-  feature file) and ``preview`` (a video file inside the index directory, relative to it, or null: rendered on
-  demand by ``lavimo.search.preview``; a preview that resolves outside the directory is ignored).
+- ``motion.npy`` (N, C), ``video.npy`` (V, C) with ``video_rows.npy`` (V,) int64 (the motions that have a video,
+  ascending) and ``text.npy`` (K, C): L2-normalised latents, float32 for an exact set, float16 for an
+  approximate one (:mod:`lavimo.search.vectors`), memory-mapped when read; for an approximate set its IVF-PQ
+  arrays ``<set>.ivf.<part>.npy`` (:data:`lavimo.search.vectors.IVF_PARTS`).
+- ``records.sqlite``: keyid, captions, source and preview of every motion (:mod:`lavimo.search.store`); a
+  query reads only its hits' rows.
+- ``index.json`` (small, written last): format, version, the checkpoint's path and sha256, latent size, the
+  database description, ``count`` (N), ``captions`` (K), ``build_id``, per latent set its rows, dtype and search
+  (``vectors.<set>.ann``: ``exact``, or ``ivfpq`` with its parameters and the recall@10 measured at build), and
+  per data file its size and sha256 (``files``).
 
-Both are written atomically (npz first, then the json naming its sha256), the npz's members stored uncompressed.
-Reading is bounded (docs/security.md, "The search page and index"): :func:`read_index_json`, then
-:func:`read_index_arrays` (every member's header checked against index.json before any data is read). A query
-refuses an index built with another checkpoint. Building again into the same directory with the same checkpoint
-is incremental (:func:`build_index`: kept motions are not decoded again; :func:`_repair_previews`).
+Every file is written atomically, index.json last. Loading (:meth:`Index.load`) reads index.json (bounded),
+checks each file's size and each ``.npy`` header against it, and opens records.sqlite (its schema and build id
+checked): no latent and no record is read, so it takes the same time for 100 or 10 M motions; a truncated or
+replaced file is one BadInputError naming it and the field. The sha256 of the files is checked by
+``lavimo-search verify`` (:func:`verify_index`), not on every load. Index format version 1 (``index.npz`` +
+a large ``index.json``) is refused with one line: rebuild. A query refuses an index built with another
+checkpoint. Building again into the same directory with the same checkpoint is incremental
+(:func:`build_index`: kept motions are not decoded again; :func:`_repair_previews`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import secrets
 import shutil
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -40,97 +47,155 @@ from lavimo.core.errors import BadInputError
 from lavimo.core.hashing import sha256_file
 from lavimo.core.jsonconfig import read_json_file
 from lavimo.core.keyids import child_path, is_keyid
-from lavimo.core.restricted_unpickle import open_npz, read_npz_header, read_npz_member
 from lavimo.dataset import video_frames
 from lavimo.dataset.shards import format as shard_format, stream
 
 from .preview import write_mp4
+from .store import RECORDS, Entry, MemoryRecords, Records, write_records
+from .vectors import ANN_KINDS, AUTO_ANN_MIN, IVF_PARTS, MAX_NLIST, MIN_ANN_ROWS, IvfPq, VectorSet, _ivf_shapes, open_npy, \
+    train_ivfpq, write_npy
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Entry", "Index", "BuildReport", "build_index", "verify_index", "source_text", "read_index_json"]
+
 FORMAT = "lavimo-search-index"
-VERSION = 1
-NPZ = "index.npz"
+VERSION = 2
 META = "index.json"
+LEGACY_NPZ = "index.npz"
 PREVIEWS = "previews"
-
-
-@dataclass
-class Entry:
-    keyid: str
-    captions: list[str]
-    source: dict[str, Any]
-    preview: str | None = None
+SETS = ("motion", "video", "text")
+#: index.json is small now (no per-motion data): read with these caps
+MAX_INDEX_JSON_BYTES = 1 << 20
+MAX_INDEX_JSON_ITEMS = 100_000
+#: the largest latent size an index may declare (LAVIMO's models use 256..1024)
+MAX_LATENT_DIM = 1 << 14
+#: the most motions / captions an index may declare (10 M motions of 3 captions are 3e7)
+MAX_ROWS = 1 << 40
+#: queries sampled at build to measure an approximate set's recall@10
+RECALL_QUERIES = 200
 
 
 @dataclass
 class BuildReport:
     done: int = 0
     reused: int = 0
+    duplicates: int = 0
     failed: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    times: dict[str, float] = field(default_factory=dict)  # seconds spent: decode, encode, write
 
     def summary(self) -> str:
-        return (f"{self.done} encoded, {self.reused} reused, {len(self.failed)} failed"
-                + (f" (e.g. {'; '.join(self.failed[:3])})" if self.failed else "") + f" in {self.seconds:.1f} s")
+        where = ", ".join(f"{k} {v:.1f} s" for k, v in self.times.items())
+        return (f"{self.done} encoded, {self.reused} reused, {self.duplicates} duplicate(s) of an indexed sample "
+                f"skipped, {len(self.failed)} failed"
+                + (f" (e.g. {'; '.join(self.failed[:3])})" if self.failed else "") + f" in {self.seconds:.1f} s"
+                + (f" ({where})" if where else ""))
 
 
 class Index:
-    """An index in memory: ``entries`` (list[Entry]) and the latent arrays (module docstring)."""
+    """An index: its records (:class:`lavimo.search.store.Records` for a stored index, a list in memory) and its
+    latent sets (:class:`lavimo.search.vectors.VectorSet`: ``motion``, ``video``, ``text``).
+
+    ``Index(entries, motion, video, has_video, text, text_owner, meta, root)`` makes one in memory (``video``
+    (N, C) with ``has_video`` (N,) bool; ``text`` (K, C) the captions' latents in order, ``text_owner`` (K,)
+    their motions); :meth:`load` opens a stored one, :meth:`save` writes one."""
 
     def __init__(self, entries: list[Entry], motion: np.ndarray, video: np.ndarray, has_video: np.ndarray,
                  text: np.ndarray, text_owner: np.ndarray, meta: dict[str, Any], root: Path | None = None):
-        self.entries, self.motion, self.video, self.has_video = entries, motion, video, has_video
-        self.text, self.text_owner, self.meta, self.root = text, text_owner, meta, root
-        self.pos = {e.keyid: i for i, e in enumerate(entries)}
+        records = MemoryRecords(list(entries))
+        if not np.array_equal(np.asarray(text_owner, np.int64), np.asarray(records.owner, np.int64)):
+            raise ValueError("text_owner does not match the entries' captions")
+        rows = np.flatnonzero(np.asarray(has_video, bool)).astype(np.int64)
+        f32 = lambda a: np.ascontiguousarray(a, np.float32)  # noqa: E731
+        self._setup(records, {"motion": VectorSet(f32(motion), None), "video": VectorSet(f32(video)[rows], None, rows),
+                              "text": VectorSet(f32(text), None)}, dict(meta), root)
+
+    def _setup(self, records: Records | MemoryRecords, sets: dict[str, VectorSet], meta: dict[str, Any],
+               root: Path | None) -> None:
+        self._records, self._sets, self.meta, self.root = records, sets, meta, root
+        self._warned_outside = False
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self._records)
 
     # ------------------------------------------------------------------- the API the query, CLI and page use
     def entry(self, i: int) -> Entry:
         """Motion ``i``'s record (keyid, captions, source, preview)."""
-        return self.entries[i]
+        return self._records.entry(i)
 
     def keyid(self, i: int) -> str:
-        return self.entries[i].keyid
+        return self.entry(i).keyid
 
     def position(self, keyid: str) -> int | None:
         """The row of ``keyid`` in the index, None when it is not indexed."""
-        return self.pos.get(keyid)
+        return self._records.position(keyid)
 
     def caption(self, row: int) -> tuple[str, int]:
         """Caption row ``row`` (the rows are every motion's captions in order) -> (caption, its motion's row)."""
-        owner = int(self.text_owner[row])
-        first = int(np.searchsorted(self.text_owner, owner, side="left"))
-        return self.entries[owner].captions[row - first], owner
+        return self._records.caption(row)
+
+    def set_preview(self, i: int, preview: str | None) -> None:
+        """Motion ``i``'s preview (relative to the index directory) from now on, in memory (a preview rendered
+        while serving; the next build records it)."""
+        self._records.set_preview(i, preview)
+
+    def motion_vector(self, i: int) -> np.ndarray:
+        """Motion ``i``'s latent, (C,) float32 (for "more like this")."""
+        return self._sets["motion"].vector(int(i))
+
+    def video_vector(self, i: int) -> np.ndarray | None:
+        """Motion ``i``'s video latent, (C,) float32, or None when it has no video."""
+        vs = self._sets["video"]
+        j = vs.slot(int(i))
+        return None if j is None else vs.vector(j)
+
+    def check_model(self, checkpoint_sha256: str | None, latent_dim: int | None = None) -> None:
+        """Refuse (BadInputError naming index.json) when the index was built with another checkpoint or latent
+        size than the model's (what :meth:`load` checks when given them)."""
+        _check_model(Path(self.root or ".") / META, self.meta, checkpoint_sha256, latent_dim)
+
+    def vectors(self, against: str = "motion") -> np.ndarray:
+        """The stored latents of set ``against`` (memory-mapped; read-only): "motion" (N, C), "text" (K, C) in
+        caption-row order, "video" (V, C) of the motions that have a video, in row order."""
+        return self._sets[against].vectors
+
+    def iter_entries(self) -> Iterator[Entry]:
+        """Every record in row order."""
+        return self._records.iter_entries()
+
+    def ann(self, against: str = "motion") -> dict[str, Any]:
+        """How set ``against`` is searched: {"kind": "exact"} or the IVF-PQ parameters and measured recall@10."""
+        a = self._sets[against].ann
+        return {"kind": "exact"} if a is None else a.params()
 
     # -------------------------------------------------------------------------------------------- search
-    def search(self, query: np.ndarray, k: int = 5, against: str = "motion") -> list[tuple[int, float]]:
-        """Exact top-k by cosine similarity: ``against`` "motion" (default) or "video" latents of the index,
-        or "text" (caption rows; returns caption row numbers). ``query`` (C,) or (1, C) L2-normalised."""
+    def search(self, query: np.ndarray, k: int = 5, against: str = "motion",
+               offset: int = 0) -> list[tuple[int, float]]:
+        """Top-k by cosine similarity, results ``offset``..``offset + k`` (paging): ``against`` "motion"
+        (default) or "video" latents of the index (rows of motions; only motions with a video), or "text"
+        (caption rows). ``query`` (C,) or (1, C) L2-normalised. Exact, or approximate for a set built with
+        ``--ann ivfpq`` (:mod:`lavimo.search.vectors`)."""
+        if against not in self._sets:
+            raise ValueError(f"against must be one of {SETS}, not {against!r}")
+        vs = self._sets[against]
         q = np.asarray(query, np.float32).reshape(-1)
-        mat = {"motion": self.motion, "video": self.video, "text": self.text}[against]
-        if mat.shape[0] == 0:
-            return []
-        scores = mat @ q
-        if against == "video":
-            scores = np.where(self.has_video, scores, -np.inf)
-        k = max(1, min(int(k), len(scores)))
-        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return [(int(i), float(scores[i])) for i in top if np.isfinite(scores[i])]
+        c = vs.vectors.shape[1]
+        if q.shape[0] != c or not np.isfinite(q).all():
+            raise ValueError(f"a query is {c} finite values, got {q.shape[0]}")
+        offset, k = max(0, int(offset)), max(1, int(k))
+        return vs.search(q, offset + k)[offset:]
 
     def result(self, i: int, score: float) -> dict[str, Any]:
-        e = self.entries[i]
+        e = self.entry(i)
         return {"keyid": e.keyid, "score": round(score, 6), "captions": list(e.captions), "source": e.source,
                 "preview": self.preview_path(i)}
 
     def preview_path(self, i: int, warn: bool = True) -> str | None:
-        """The preview video of motion ``i``: ``IDX/<preview>`` (None when it has none yet, or when the index's
-        JSON names a file that, symbolic links resolved, is not inside the index directory: an edited index
+        """The preview video of motion ``i``: ``IDX/<preview>`` (None when it has none yet, or when its record
+        names a file that, symbolic links resolved, is not inside the index directory: an edited index
         cannot point the page at other files; docs/security.md, "The search page and index")."""
-        p = self.entries[i].preview
+        p = self.entry(i).preview
         if p is None or self.root is None:
             return None
         try:
@@ -139,11 +204,11 @@ class Index:
         except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop
             return None
         if not inside:
-            if warn and not getattr(self, "_warned_outside", False):
+            if warn and not self._warned_outside:
                 self._warned_outside = True
                 log.warning("%s: previews outside the index directory are ignored (e.g. %s's; an index built "
-                            "before previews were copied in: build it again with --videos DIR)", self.root / META,
-                            self.entries[i].keyid)
+                            "before previews were copied in: build it again with --videos DIR)", self.root,
+                            self.keyid(i))
             return None
         return str(path)
 
@@ -153,7 +218,7 @@ class Index:
         index.json records as the database (``database.path``, kind ``features``); None otherwise (another kind
         of index, no folder recorded, a missing or non-string path, a path elsewhere: an edited index cannot make
         the page render other files; docs/security.md, "The search page and index")."""
-        e = self.entries[i]
+        e = self.entry(i)
         db = self.meta.get("database")
         if e.source.get("kind") != "features" or not isinstance(db, dict) or db.get("kind") != "features":
             return None
@@ -168,88 +233,214 @@ class Index:
         return p if ok else None
 
     # -------------------------------------------------------------------------------------------- io
-    def save(self, root: str | os.PathLike) -> Path:
-        """Write index.npz then index.json atomically into ``root``."""
+    def save(self, root: str | os.PathLike, ann: str = "auto") -> Path:
+        """Write the index into ``root`` (module docstring): the latent files, records.sqlite, then index.json.
+        ``ann``: "exact", "ivfpq", or "auto" (IVF-PQ for a set of at least
+        :data:`lavimo.search.vectors.AUTO_ANN_MIN` latents)."""
+        if ann not in ANN_KINDS:
+            raise ValueError(f"ann must be one of {ANN_KINDS}, not {ann!r}")
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
-        npz = root / NPZ
-        keyids = np.array([e.keyid for e in self.entries], dtype=str)
-        with atomic_path(npz) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, keyid=keyids, motion=self.motion.astype(np.float32),
-                         video=self.video.astype(np.float32), has_video=self.has_video.astype(bool),
-                         text=self.text.astype(np.float32), text_owner=self.text_owner.astype(np.int64))
-        meta = dict(self.meta)
-        meta.setdefault("latent_dim", int(self.motion.shape[1]))  # read back first: it fixes the arrays' shapes
-        meta.update({"format": FORMAT, "version": VERSION, "count": len(self.entries),
-                     "npz_sha256": sha256_file(npz)[0],
-                     "entries": [{"keyid": e.keyid, "captions": e.captions, "source": e.source,
-                                  "preview": e.preview} for e in self.entries]})
+        build_id = secrets.token_hex(8)
+        c = int(self._sets["motion"].vectors.shape[1])
+        written, spec = [], {}
+        for name in SETS:
+            vs = self._sets[name]
+            vectors = np.asarray(vs.vectors, np.float32)
+            approx = ann == "ivfpq" or (ann == "auto" and len(vs) >= AUTO_ANN_MIN)
+            approx = approx and len(vs) >= MIN_ANN_ROWS
+            ivf = train_ivfpq(vectors, _recall_queries(self, name, vectors)) if approx else None
+            write_npy(root / f"{name}.npy", vectors.astype(np.float16) if ivf else vectors)
+            written.append(f"{name}.npy")
+            if name == "video":
+                write_npy(root / "video_rows.npy", np.asarray(vs.rows, np.int64))
+                written.append("video_rows.npy")
+            if ivf is not None:
+                for part in IVF_PARTS:
+                    write_npy(root / f"{name}.ivf.{part}.npy", getattr(ivf, part))
+                    written.append(f"{name}.ivf.{part}.npy")
+            spec[name] = {"rows": len(vs), "dtype": "float16" if ivf else "float32",
+                          "ann": ivf.params() if ivf else {"kind": "exact"}}
+        write_records(root / RECORDS, self._records.iter_entries(), build_id)
+        written.append(RECORDS)
+        files = {}
+        for f in written:
+            digest, size = sha256_file(root / f)
+            files[f] = {"bytes": size, "sha256": digest}
+        meta = {k: v for k, v in self.meta.items() if k not in ("entries", "npz_sha256")}
+        meta.setdefault("latent_dim", c)
+        meta.update({"format": FORMAT, "version": VERSION, "count": len(self), "captions": len(self._sets["text"]),
+                     "build_id": build_id, "vectors": spec, "files": files})
         write_json(root / META, meta)
+        for stale in _index_files(root):  # a format-1 index.npz, IVF arrays of a set that is exact now
+            if stale.name not in files:
+                stale.unlink()
         self.meta, self.root = meta, root
         return root
 
     @classmethod
     def load(cls, root: str | os.PathLike, checkpoint_sha256: str | None = None,
              latent_dim: int | None = None) -> "Index":
-        """Read an index directory. ``checkpoint_sha256``: refuse an index of another checkpoint; ``latent_dim``:
-        refuse one whose latents are not of this size (the model's). index.json is read first (bounded:
-        :func:`read_index_json`) and fixes every array's shape; index.npz's member headers are then all checked
-        against those shapes before any member's data is read (:func:`read_index_arrays`).
+        """Open an index directory. ``checkpoint_sha256``: refuse an index of another checkpoint; ``latent_dim``:
+        refuse one whose latents are not of this size (the model's). Reads index.json (bounded:
+        :func:`read_index_json`), checks the files against it (sizes, ``.npy`` headers, the records' schema and
+        build id) and memory-maps the latents; reads no latent and no record (module docstring).
         Raises FileNotFoundError (no index) or BadInputError naming the file and the field."""
         root = Path(root)
-        meta_path, npz = root / META, root / NPZ
-        if not meta_path.is_file() or not npz.is_file():
+        meta_path = root / META
+        if not meta_path.is_file():
             raise FileNotFoundError(f"{root}: no index (build it with 'lavimo-search index')")
+        if (root / LEGACY_NPZ).is_file() and not (root / RECORDS).is_file():
+            raise BadInputError(meta_path, "version", "an index of format version 1 (index.npz), this code reads "
+                                                      f"version {VERSION}: rebuild it with 'lavimo-search index'")
         meta = read_index_json(meta_path)
         if meta.get("version") != VERSION:
-            raise BadInputError(meta_path, "version", f"index format version {meta.get('version')!r}, this code "
-                                                      f"reads {VERSION}: rebuild it with 'lavimo-search index'")
-        if checkpoint_sha256 is not None and meta.get("checkpoint_sha256") != checkpoint_sha256:
-            raise BadInputError(meta_path, "checkpoint_sha256", f"built with another checkpoint "
-                                f"({meta.get('checkpoint')}, sha256 {str(meta.get('checkpoint_sha256'))[:12]}): "
-                                "its latents do not compare with this model's; rebuild the index with this "
-                                "checkpoint or query with that one")
-        rows = meta.get("entries")
-        if not isinstance(rows, list):
-            raise BadInputError(meta_path, "entries", "not a list of one entry per indexed motion")
-        entries = [_entry(meta_path, j, r) for j, r in enumerate(rows)]
-        c = meta.get("latent_dim")
-        if type(c) is not int or not 1 <= c <= MAX_LATENT_DIM:
-            raise BadInputError(meta_path, "latent_dim", f"{str(c)[:40]!r} is not a latent size in 1..{MAX_LATENT_DIM}")
-        if latent_dim is not None and c != latent_dim:
-            raise BadInputError(meta_path, "latent_dim", f"latents of {c} values, this model's have {latent_dim}")
-        if sha256_file(npz)[0] != meta.get("npz_sha256"):
-            raise BadInputError(npz, "npz_sha256", "does not match index.json (an interrupted or mixed build): "
-                                                   "rebuild the index")
-        arrays = read_index_arrays(npz, len(entries), sum(len(e.captions) for e in entries), c)
-        if [e.keyid for e in entries] != [str(k) for k in arrays["keyid"]]:
-            raise BadInputError(meta_path, "entries", "keyids differ from index.npz")
-        owners = np.repeat(np.arange(len(entries), dtype=np.int64), [len(e.captions) for e in entries])
-        if not np.array_equal(arrays["text_owner"], owners):
-            raise BadInputError(npz, "text_owner", "does not match the captions index.json lists per motion")
-        meta = {k: v for k, v in meta.items() if k != "entries"}
-        return cls(entries, arrays["motion"], arrays["video"], arrays["has_video"], arrays["text"],
-                   arrays["text_owner"], meta, root)
+            raise BadInputError(meta_path, "version", f"index format version {str(meta.get('version'))[:20]!r}, "
+                                                      f"this code reads {VERSION}: rebuild it with "
+                                                      "'lavimo-search index'")
+        c = _check_model(meta_path, meta, checkpoint_sha256, latent_dim)
+        n, k = _count(meta_path, meta, "count"), _count(meta_path, meta, "captions")
+        build_id = meta.get("build_id")
+        if not isinstance(build_id, str) or not re.fullmatch(r"[0-9a-f]{16}", build_id):
+            raise BadInputError(meta_path, "build_id", "not 16 hexadecimal digits")
+        specs = _vector_specs(meta_path, meta, n, k, c)
+        files = _file_table(meta_path, meta, specs)
+        for name, (size, _) in files.items():
+            try:
+                got = (root / name).stat().st_size
+            except FileNotFoundError:
+                raise BadInputError(root / name, None, "missing (an incomplete index: rebuild it)") from None
+            if got != size:
+                raise BadInputError(root / name, "bytes", f"{got} bytes, index.json records {size}: truncated or "
+                                                          "replaced (rebuild the index)")
+        sets = {name: _open_set(root, name, spec, c, n) for name, spec in specs.items()}
+        records = Records(root / RECORDS, n, k, build_id)
+        index = cls.__new__(cls)
+        index._setup(records, sets, meta, root)
+        return index
 
 
-#: index.json is as large as its library (~400 bytes and ~15 JSON values per motion): read with these caps instead
-#: of the 16 MiB / 2 M values of other JSON state files (lavimo.core.jsonconfig); parsing costs at most ~50 bytes a value
-MAX_INDEX_JSON_BYTES = 512 << 20
-MAX_INDEX_JSON_ITEMS = 32_000_000
-#: the largest latent size an index may declare (LAVIMO's models use 256..1024)
-MAX_LATENT_DIM = 1 << 14
-#: the longest keyid string index.npz may store (keyids are at most 128 characters)
-MAX_KEYID_CHARS = 256
+def _check_model(meta_path: Path, meta: dict[str, Any], checkpoint_sha256: str | None,
+                 latent_dim: int | None) -> int:
+    """index.json's ``latent_dim`` (checked), after refusing an index of another checkpoint (``checkpoint_sha256``)
+    or latent size (``latent_dim``); None skips that check."""
+    if checkpoint_sha256 is not None and meta.get("checkpoint_sha256") != checkpoint_sha256:
+        raise BadInputError(meta_path, "checkpoint_sha256", f"built with another checkpoint "
+                            f"({str(meta.get('checkpoint'))[:200]}, sha256 "
+                            f"{str(meta.get('checkpoint_sha256'))[:12]}): its latents do not compare with "
+                            "this model's; rebuild the index with this checkpoint or query with that one")
+    c = meta.get("latent_dim")
+    if type(c) is not int or not 1 <= c <= MAX_LATENT_DIM:
+        raise BadInputError(meta_path, "latent_dim", f"{str(c)[:40]!r} is not a latent size in 1..{MAX_LATENT_DIM}")
+    if latent_dim is not None and c != latent_dim:
+        raise BadInputError(meta_path, "latent_dim", f"latents of {c} values, this model's have {latent_dim}")
+    return c
+
+
+def _index_files(root: Path) -> list[Path]:
+    """The data files an index directory may hold (those index.json does not list are stale)."""
+    names = [LEGACY_NPZ, RECORDS, "video_rows.npy"] + [f"{s}.npy" for s in SETS]
+    names += [f"{s}.ivf.{p}.npy" for s in SETS for p in IVF_PARTS]
+    return [root / n for n in names if (root / n).is_file()]
+
+
+def _recall_queries(index: Index, name: str, vectors: np.ndarray) -> np.ndarray:
+    """Queries to measure set ``name``'s recall with: the other modality's latents where there are (captions
+    for motions, motions for captions), else the set's own latents with noise; at most
+    :data:`RECALL_QUERIES`, drawn with a fixed seed."""
+    rng = np.random.default_rng(0)
+    other = {"motion": "text", "text": "motion"}.get(name)
+    pool = np.asarray(index._sets[other].vectors, np.float32) if other and len(index._sets[other]) else None
+    if pool is None:
+        pool = vectors + rng.standard_normal(vectors.shape, dtype=np.float32) * (0.5 / np.sqrt(vectors.shape[1]))
+    q = pool[np.sort(rng.choice(len(pool), min(len(pool), RECALL_QUERIES), replace=False))]
+    return q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+
+
+def _count(meta_path: Path, meta: dict[str, Any], key: str) -> int:
+    v = meta.get(key)
+    if type(v) is not int or not 0 <= v <= MAX_ROWS:
+        raise BadInputError(meta_path, key, f"{str(v)[:40]!r} is not a count in 0..{MAX_ROWS}")
+    return v
+
+
+def _vector_specs(meta_path: Path, meta: dict[str, Any], n: int, k: int, c: int) -> dict[str, dict[str, Any]]:
+    """index.json's ``vectors``, checked: per set its rows (motion N, text K, video at most N), dtype (float32
+    for exact search, float16 for IVF-PQ) and ``ann`` (exact, or ivfpq with nlist, m dividing C, nprobe, refine)."""
+    vec = meta.get("vectors")
+    if not isinstance(vec, dict) or set(vec) != set(SETS):
+        raise BadInputError(meta_path, "vectors", f"expected an object of {', '.join(SETS)}")
+    out = {}
+    for name in SETS:
+        spec, what = vec[name], f"vectors.{name}"
+        if not isinstance(spec, dict) or not isinstance(spec.get("ann"), dict):
+            raise BadInputError(meta_path, what, "expected an object with rows, dtype and ann")
+        rows, ann = spec.get("rows"), spec["ann"]
+        want = {"motion": n, "text": k}.get(name)
+        if type(rows) is not int or not 0 <= rows <= MAX_ROWS or (want is None and rows > n) or \
+                (want is not None and rows != want):
+            raise BadInputError(meta_path, f"{what}.rows", f"{str(rows)[:40]!r} does not fit count {n} / captions {k}")
+        kind = ann.get("kind")
+        if kind == "exact" and spec.get("dtype") == "float32":
+            out[name] = {"rows": rows, "ivf": None}
+            continue
+        ints = [ann.get(f) for f in ("nlist", "m", "nprobe", "refine")]
+        if (kind != "ivfpq" or spec.get("dtype") != "float16" or any(type(v) is not int for v in ints)
+                or not 1 <= ints[0] <= MAX_NLIST or not 1 <= ints[1] <= c or c % ints[1]
+                or not 1 <= ints[2] <= MAX_NLIST or not 1 <= ints[3] <= 4096 or rows < 2):
+            raise BadInputError(meta_path, f"{what}.ann", "expected exact search of float32 latents or ivfpq of "
+                                                         f"float16 ones (nlist 1..{MAX_NLIST}, m dividing {c}, "
+                                                         "nprobe, refine 1..4096)")
+        recall = ann.get("recall_at_10")
+        out[name] = {"rows": rows, "ivf": dict(zip(("nlist", "m", "nprobe", "refine"), ints)),
+                     "recall_at_10": recall if isinstance(recall, (int, float)) else None}
+    return out
+
+
+def _file_table(meta_path: Path, meta: dict[str, Any], specs: dict[str, dict[str, Any]]) -> dict[str, tuple[int, str]]:
+    """index.json's ``files``: name -> (bytes, sha256), exactly the files this index's sets imply (the names
+    come from the code, never from the file: an index cannot name other files)."""
+    expected = [RECORDS, "video_rows.npy"] + [f"{s}.npy" for s in SETS]
+    expected += [f"{s}.ivf.{p}.npy" for s, spec in specs.items() if spec["ivf"] for p in IVF_PARTS]
+    files = meta.get("files")
+    if not isinstance(files, dict) or set(files) != set(expected):
+        raise BadInputError(meta_path, "files", f"expected sizes and sha256 of exactly {', '.join(sorted(expected))}")
+    out = {}
+    for name in expected:
+        f = files[name]
+        size, digest = (f.get("bytes"), f.get("sha256")) if isinstance(f, dict) else (None, None)
+        if type(size) is not int or size < 0 or not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise BadInputError(meta_path, f"files.{name}", "expected bytes (an integer) and sha256 (64 hex digits)")
+        out[name] = (size, digest)
+    return out
+
+
+def _open_set(root: Path, name: str, spec: dict[str, Any], c: int, row_limit: int) -> VectorSet:
+    """Set ``name`` memory-mapped (headers checked by :func:`lavimo.search.vectors.open_npy`)."""
+    rows, ivf = spec["rows"], spec["ivf"]
+    vectors = open_npy(root / f"{name}.npy", np.dtype("<f2" if ivf else "<f4"), (rows, c))
+    ids = open_npy(root / "video_rows.npy", np.dtype("<i8"), (rows,)) if name == "video" else None
+    ann = None
+    if ivf:
+        shapes = _ivf_shapes(rows, c, ivf["nlist"], ivf["m"])
+        parts = {p: open_npy(root / f"{name}.ivf.{p}.npy", *shapes[p]) for p in IVF_PARTS}
+        ann = IvfPq(**parts, nprobe=ivf["nprobe"], refine=ivf["refine"], recall_at_10=spec.get("recall_at_10"),
+                    source=root, prefix=f"{name}.ivf.")
+    return VectorSet(vectors, ann, ids, root / "video_rows.npy", row_limit) if ids is not None else \
+        VectorSet(vectors, ann)
 
 
 def read_index_json(path: str | os.PathLike) -> dict[str, Any]:
-    """The object in an ``index.json`` (:func:`lavimo.core.jsonconfig.loads_bounded`: at most
+    """The object in an ``index.json`` (:func:`lavimo.core.jsonconfig.read_json_file`: at most
     :data:`MAX_INDEX_JSON_BYTES` bytes, checked before reading, :data:`MAX_INDEX_JSON_ITEMS` values and 64 levels of
     nesting; a RecursionError is never raised). FileNotFoundError when absent; anything else wrong (unreadable,
-    not JSON, not an object of :data:`FORMAT`) is a BadInputError naming the file."""
+    not JSON, not an object of :data:`FORMAT`) is a BadInputError naming the file. A format-1 index.json (as
+    large as its library) is refused by its size with a note to rebuild."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_INDEX_JSON_BYTES and (path.parent / LEGACY_NPZ).is_file():
+            raise BadInputError(path, "version", "an index of format version 1 (index.npz), this code reads "
+                                                 f"version {VERSION}: rebuild it with 'lavimo-search index'")
         meta = read_json_file(path, max_bytes=MAX_INDEX_JSON_BYTES, max_items=MAX_INDEX_JSON_ITEMS)
     except FileNotFoundError:
         raise
@@ -260,67 +451,32 @@ def read_index_json(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-#: the arrays of index.npz: name -> (dtype kinds accepted, largest item size in bytes)
-_ARRAYS = {"keyid": ("U", 4 * MAX_KEYID_CHARS), "motion": ("f", 8), "video": ("f", 8), "has_video": ("b", 1),
-           "text": ("f", 8), "text_owner": ("iu", 8)}
-#: no per-array cap: an index's arrays are as large as its library (10 M motions x 256 float32 latents = 10 GB);
-#: what bounds them is index.json (the shapes) and the file itself (members stored, not compressed)
-_INDEX_MAX_ARRAY = 1 << 40
-
-
-
-
-
-def read_index_arrays(npz: Path, n: int, k: int, c: int) -> dict[str, np.ndarray]:
-    """The arrays of an ``index.npz`` (:data:`_ARRAYS`) for an index.json of ``n`` motions with ``k`` captions in
-    all and latents of ``c`` values, header first: every member's ``.npy`` header is read (numpy's header parser,
-    no pickle) and must declare the shape the JSON implies (``keyid`` (N,), ``motion`` and ``video`` (N, C),
-    ``has_video`` (N,), ``text`` (K, C), ``text_owner`` (K,)), an accepted dtype, and exactly the bytes its zip
-    entry holds (``read_npz_header``: the header length itself capped); every member must be stored uncompressed, as ``Index.save`` writes it (a
-    deflated member could expand to far more than the file). Only then is any data read (the one checked ``.npy``
-    reader, ``read_npz_member``), so what is allocated is at most the file's own size. Owners must be in
-    ``0..N-1`` and in order, latents finite. Raises BadInputError(npz, field)."""
-    expected = {"keyid": (n,), "motion": (n, c), "video": (n, c), "has_video": (n,), "text": (k, c),
-                "text_owner": (k,)}
-    out: dict[str, np.ndarray] = {}
-    with open_npz(npz) as zf:
-        infos = {}
-        for name, (kinds, max_item) in _ARRAYS.items():  # every header before any data
-            shape, _, dtype = read_npz_header(zf, npz, name, max_bytes=_INDEX_MAX_ARRAY,
-                                              max_elements=_INDEX_MAX_ARRAY)  # checked against the entry's size
-            if dtype.kind not in kinds or dtype.itemsize > max_item or shape != expected[name]:
-                raise BadInputError(npz, name, f"shape {shape} of {dtype}; index.json ({n} motions, {k} captions, "
-                                               f"latent_dim {c}) implies shape {expected[name]} of kind {kinds}")
-            infos[name] = zf.getinfo(f"{name}.npy")
-        for name, info in infos.items():
-            if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
-                raise BadInputError(npz, name, "compressed member: lavimo-search index stores index.npz "
-                                               "uncompressed (a compressed member could expand to far more than "
-                                               "the file)")
-        for name in _ARRAYS:
-            out[name] = read_npz_member(zf, npz, name, max_bytes=_INDEX_MAX_ARRAY, max_elements=_INDEX_MAX_ARRAY)
-    own = out["text_owner"]
-    if len(own) and (int(own.min()) < 0 or int(own.max()) >= n or np.any(np.diff(own.astype(np.int64)) < 0)):
-        raise BadInputError(npz, "text_owner", f"owners outside 0..{n - 1} or out of order")
-    for name in ("motion", "video", "text"):
-        out[name] = out[name].astype(np.float32, copy=False)  # no second copy of a float32 file's latents
-        if not np.isfinite(out[name]).all():
-            raise BadInputError(npz, name, "non-finite latents")
-    out["text_owner"] = own.astype(np.int64)
-    return out
-
-
-def _entry(meta_path: Path, j: int, row: Any) -> Entry:
-    """Entry ``j`` of index.json's ``entries`` (BadInputError naming it unless keyid is a string, captions a list
-    of strings, source an object and preview a string or null)."""
-    if not isinstance(row, dict):
-        raise BadInputError(meta_path, f"entries[{j}]", "not an object")
-    keyid, caps, source, preview = row.get("keyid"), row.get("captions", []), row.get("source"), row.get("preview")
-    if (not isinstance(keyid, str) or not isinstance(caps, list) or not all(isinstance(c, str) for c in caps)
-            or not isinstance(source, (dict, type(None))) or not isinstance(preview, (str, type(None)))):
-        raise BadInputError(meta_path, f"entries[{j}]", "expected keyid (string), captions (list of strings), "
-                                                        "source (object) and preview (string or null)")
-    return Entry(keyid, list(caps), dict(source or {}), preview)
+def verify_index(root: str | os.PathLike) -> list[str]:
+    """Check an index directory fully: every data file's sha256 against index.json, every record
+    (:meth:`lavimo.search.store.Records.iter_entries`), every latent finite, the IVF-PQ arrays. Returns the
+    problems found, one line each (empty: the index is intact). FileNotFoundError / BadInputError naming
+    index.json when the directory is not a readable index of this version (nothing to check against)."""
+    root = Path(root)
+    meta = read_index_json(root / META)  # raises when there is no index.json to check against
+    try:
+        index = Index.load(root)
+    except BadInputError as exc:
+        if exc.path == str(root / META):
+            raise
+        return [str(exc)]
+    problems = []
+    for name, (_, digest) in _file_table(root / META, meta, _vector_specs(
+            root / META, meta, len(index), meta["captions"], meta["latent_dim"])).items():
+        if sha256_file(root / name)[0] != digest:
+            problems.append(f"{root / name}: sha256: differs from index.json's (edited or damaged since the build)")
+    checks = [("records", lambda: sum(1 for _ in index.iter_entries()))]
+    checks += [(name, vs.check) for name, vs in index._sets.items()]
+    for _, check in checks:
+        try:
+            check()
+        except BadInputError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def source_text(source: dict[str, Any]) -> str:
@@ -346,44 +502,97 @@ class Item:
 
 
 def shard_items(shards: str | os.PathLike, splits: Sequence[str], retriever: Any, failed: list[str],
-                indexed: Mapping[str, dict[str, Any]] | None = None) -> Iterator[Item]:
+                indexed: Mapping[str, dict[str, Any]] | None = None, workers: int = 1) -> Iterator[Item]:
     """Samples of a shard set, decoded by the loader's evaluation transform with the checkpoint's preprocessing
-    (``lavimo.dataset.shards.stream.SampleTransform``: first usable caption's segment, first max_motion_len rows, segment-centre
-    frames, centred crop). A sample the loader would skip is recorded in ``failed`` ("keyid: reason").
+    (``lavimo.dataset.shards.stream.SampleTransform``: first usable caption's segment, first max_motion_len rows,
+    segment-centre frames, centred crop), in order. ``workers`` > 1: decoded in that many forked processes
+    (:class:`lavimo.core.workers.WorkerPool`; the tar files are read here, a bounded window of samples ahead).
+    A sample the loader would skip is recorded in ``failed`` ("keyid: reason").
 
     ``indexed`` (keyid -> source, read as the iteration goes): a sample whose keyid is in it with the same
     source (which comes from its ``meta.json`` and the shard's name alone) is not decoded; it is yielded as an
     Item with ``motion`` None, for the caller to keep its indexed entry."""
-    root = Path(shards)
+    from collections import deque
+
+    from lavimo.core.workers import WorkerPool
+
     p = retriever.preprocess
     transform = stream.SampleTransform(False, p["image_size"], p["num_frames"], p["max_motion_len"], retriever.mean,
-                                   retriever.std, None, p["frame_crop"])
+                                       retriever.std, None, p["frame_crop"])
+    pool = WorkerPool(max(1, int(workers)))
+    tasks: deque = deque()
+
+    def raws() -> Iterator[tuple]:
+        for key, source, raw, meta in _shard_raws(Path(shards), splits, failed):
+            skip = indexed is not None and indexed.get(key) == source
+            tasks.append((key, source, raw, meta, skip))
+            yield (transform, None if skip else raw)
+
+    try:
+        for result in pool.ordered(_decode, raws(), window=8 * max(1, int(workers))):
+            key, source, raw, meta, skip = tasks.popleft()
+            if skip:
+                yield Item(key, [], source, None)  # already indexed from this very sample: no decode
+            elif isinstance(result, str):
+                failed.append(f"{key}: {result}")
+            else:
+                texts, motion, video = result
+                yield Item(key, texts, source, motion, None if video is None else torch.from_numpy(video),
+                           _shard_preview(raw, meta))
+        pool.close()
+    finally:
+        pool.terminate()
+
+
+def _shard_raws(root: Path, splits: Sequence[str], failed: list[str]) -> Iterator[tuple]:
+    """(keyid, source, raw sample, SampleMeta) of every sample of ``splits``; refused tar members in ``failed``."""
     for split in splits:
         urls, _, _ = stream.resolve_shards(root, split)
         for url in urls:
             skips = stream._Skips()
             for raw in stream._tar_samples(url, skips):
-                key = raw.get("__key__")
                 try:  # the shard format's one meta.json parser (bounded): a hostile member is a failed sample
                     meta = shard_format.SampleMeta.parse(raw.get("meta.json", b"{}"))
                 except ValueError:
-                    meta = shard_format.SampleMeta()  # the loader's transform below reads meta.json itself and reports the sample
+                    meta = shard_format.SampleMeta()  # the loader's transform reads meta.json itself and reports it
                 source = {"kind": "shard", "split": split, "shard": Path(url).name,
                           "amass_path": meta.amass_path, "frame_rule": meta.frame_rule,
-                          "frame_start": meta.frame_start, "frame_end": meta.frame_end,
-                          "fps": meta.fps}
-                if indexed is not None and indexed.get(key) == source:
-                    yield Item(key, [], source, None)  # already indexed from this very sample: no decode
-                    continue
-                try:
-                    s = transform(raw, None)
-                except Exception as exc:  # noqa: BLE001 - SampleError or a decoder error: reported, build goes on
-                    failed.append(f"{key}: {getattr(exc, 'reason', type(exc).__name__)}: {exc}")
-                    continue
-                yield Item(key, list(s["texts"]), source, s["motion"].numpy(), s["video"],
-                           _shard_preview(raw, meta))
+                          "frame_start": meta.frame_start, "frame_end": meta.frame_end, "fps": meta.fps}
+                yield raw.get("__key__"), source, raw, meta
             for reason, n in skips.counts.items():
                 failed.append(f"{Path(url).name}: {n} member(s) refused ({reason})")
+
+
+def _decode(task: tuple) -> tuple | str | None:
+    """Worker side of :func:`shard_items`: (texts, motion (T, D) float32, video (F, 3, S, S) or None), a failure
+    reason (str), or None for a sample not to decode."""
+    transform, raw = task
+    if raw is None:
+        return None
+    try:
+        s = transform(raw, None)
+    except Exception as exc:  # noqa: BLE001 - SampleError or a decoder error: reported, build goes on
+        return f"{getattr(exc, 'reason', type(exc).__name__)}: {exc}"
+    video = s.get("video")
+    return list(s["texts"]), s["motion"].numpy(), None if video is None else video.numpy()
+
+
+#: the fields of a shard sample's source that name where it was read, not what it is
+_WHERE = ("split", "shard")
+
+
+def same_sample(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    """True when sources ``a`` and ``b`` describe the same sample: equal, or two shard samples whose meta.json
+    (AMASS path, frame rule and window, fps) agree, read from different splits or shards (``nsim_test`` repeats
+    test samples)."""
+    if a is None or b is None:
+        return False
+    if a == b:
+        return True
+    if a.get("kind") != "shard" or b.get("kind") != "shard":
+        return False
+    strip = lambda s: {k: v for k, v in s.items() if k not in _WHERE}  # noqa: E731
+    return strip(a) == strip(b) and a.get("amass_path") is not None
 
 
 def _shard_preview(raw: dict, meta):
@@ -434,15 +643,20 @@ def folder_items(folder: str | os.PathLike, retriever: Any, failed: list[str]) -
 def build_index(retriever: Any, out: str | os.PathLike, *, shards: str | os.PathLike | None = None,
                 splits: Sequence[str] = ("test",), folder: str | os.PathLike | None = None,
                 videos: str | os.PathLike | None = None, previews: bool = True, batch_size: int = 32,
-                progress: bool = True) -> tuple[Index, BuildReport]:
+                progress: bool = True, ann: str = "auto", workers: int = 1) -> tuple[Index, BuildReport]:
     """Build (or extend) the index in ``out`` from a shard set (``splits``; "all" = every manifest) or a feature
     folder. ``videos``: a directory of rendered ``<keyid>.mp4`` used as previews when present; otherwise, with
     ``previews``, a shard's own video is written to ``out/previews/<keyid>.mp4``. Motions already in an index of
-    the same checkpoint in ``out`` are kept, not re-encoded. Returns the index and a report (bad samples are
-    listed in ``report.failed``; the build goes on)."""
+    the same checkpoint in ``out`` are kept, not re-encoded. A keyid met again with the same sample (another
+    split: ``nsim_test`` repeats test samples) is counted in ``report.duplicates``; with a different sample it
+    is a failure (the first kept). ``ann``: how the latent sets are searched (:meth:`Index.save`); ``workers``:
+    shard samples decoded in that many processes. Returns the index and a report (bad samples are listed in
+    ``report.failed``; the build goes on; ``report.times``: seconds spent decoding, encoding, writing)."""
+    if ann not in ANN_KINDS:
+        raise ValueError(f"ann must be one of {ANN_KINDS}, not {ann!r}")
     t0 = time.perf_counter()
     out = Path(out)
-    report = BuildReport()
+    report = BuildReport(times={"decode": 0.0, "encode": 0.0, "previews": 0.0, "write": 0.0})
     old: Index | None = None
     if (out / META).is_file():
         try:
@@ -451,41 +665,67 @@ def build_index(retriever: Any, out: str | os.PathLike, *, shards: str | os.Path
             log.warning("%s: starting a new index (%s)", out, exc.message)
     if (shards is None) == (folder is None):
         raise ValueError("give exactly one of shards= or folder=")
-    if old:
-        _repair_previews(old, out, videos)
     parts = _Parts.of(old)
+    if old:
+        _repair_previews(parts.entries, out, videos)
     seen = {e.keyid: e.source for e in parts.entries}  # keyid -> source, of the old index and of this build so far
     if shards is not None:
         if list(splits) == ["all"]:
             splits = sorted(shard_format.read_manifests(Path(shards)))
-        items = shard_items(shards, splits, retriever, report.failed, indexed=seen)
+        items = shard_items(shards, splits, retriever, report.failed, indexed=seen, workers=workers)
         total = _announced(Path(shards), splits)
         database = {"kind": "shards", "path": str(Path(shards).resolve()), "splits": list(splits)}
     else:
         items, total = folder_items(folder, retriever, report.failed), None
         database = {"kind": "features", "path": str(Path(folder).resolve())}
+
+    def preview(it: Item) -> str | None:
+        t = time.perf_counter()
+        try:
+            return _preview(it, out, videos, previews)
+        finally:
+            report.times["previews"] += time.perf_counter() - t
+
     batch: list[Item] = []
     bar = tqdm(total=total, desc="index", unit="motion", disable=not progress)
-    for it in items:
+    for it in _timed(items, report.times):
         bar.update(1)
         if it.keyid in seen:
             if seen[it.keyid] == it.source:
                 report.reused += 1
+            elif same_sample(seen[it.keyid], it.source):
+                report.duplicates += 1
             else:
                 where = it.source.get("shard") or it.source.get("path")
-                report.failed.append(f"{it.keyid}: duplicate keyid (from {where}), first kept")
+                report.failed.append(f"{it.keyid}: duplicate keyid of another sample (from {where}), first kept")
             continue
         seen[it.keyid] = it.source
         batch.append(it)
         if len(batch) >= batch_size:
-            report.done += parts.add(retriever, batch, lambda it: _preview(it, out, videos, previews))
-    report.done += parts.add(retriever, batch, lambda it: _preview(it, out, videos, previews))
+            report.done += parts.add(retriever, batch, preview, report.times)
+    report.done += parts.add(retriever, batch, preview, report.times)
     bar.close()
     index = parts.index({"checkpoint": str(Path(retriever.checkpoint).resolve()), "checkpoint_sha256":
                          retriever.sha256, "latent_dim": retriever.latent_dim, "database": database})
-    index.save(out)
+    t = time.perf_counter()
+    index.save(out, ann)
+    report.times["write"] += time.perf_counter() - t
+    report.times["encode"] -= report.times["previews"]
     report.seconds = time.perf_counter() - t0
-    return index, report
+    return Index.load(out, retriever.sha256, retriever.latent_dim), report
+
+
+def _timed(items: Iterator[Item], times: dict[str, float]) -> Iterator[Item]:
+    """``items``, adding the time spent producing each (reading + decoding) to ``times["decode"]``."""
+    while True:
+        t = time.perf_counter()
+        try:
+            it = next(items)
+        except StopIteration:
+            return
+        finally:
+            times["decode"] += time.perf_counter() - t
+        yield it
 
 
 def _announced(shards: Path, splits: Sequence[str]) -> int:
@@ -509,20 +749,27 @@ class _Parts:
     video: list[np.ndarray]
     has_video: list[np.ndarray]
     text: list[np.ndarray]
-    text_owner: list[np.ndarray]
 
     @classmethod
     def of(cls, old: Index | None) -> "_Parts":
         if old is None:
-            return cls([], [], [], [], [], [])
-        return cls(list(old.entries), [old.motion], [old.video], [old.has_video], [old.text], [old.text_owner])
+            return cls([], [], [], [], [])
+        n = len(old)
+        vs = old._sets["video"]
+        video = np.zeros((n, vs.vectors.shape[1]), np.float32)
+        has = np.zeros(n, bool)
+        if len(vs):
+            rows = vs._rows()
+            video[rows], has[rows] = np.asarray(vs.vectors, np.float32), True
+        return cls(list(old.iter_entries()), [np.asarray(old._sets["motion"].vectors, np.float32)], [video], [has],
+                   [np.asarray(old._sets["text"].vectors, np.float32)])
 
-    def add(self, retriever: Any, batch: list[Item], preview) -> int:
+    def add(self, retriever: Any, batch: list[Item], preview, times: dict[str, float]) -> int:
         """Encode ``batch`` (motions; videos when the model has a video encoder; captions) and append it with each
         item's ``preview(item)``; empties ``batch`` and returns how many items it held."""
         if not batch:
             return 0
-        base = len(self.entries)
+        t0 = time.perf_counter()
         m = retriever.encode_motion_batch([it.motion for it in batch])
         v = np.zeros_like(m)
         has = np.array([it.video is not None for it in batch])
@@ -531,10 +778,9 @@ class _Parts:
             v[idx] = retriever.encode_video_batch(torch.stack([batch[i].video for i in idx]))
         else:
             has[:] = False
-        caps = [(base + j, c) for j, it in enumerate(batch) for c in it.captions]
+        caps = [c for it in batch for c in it.captions]
         if caps:
-            self.text.append(retriever.encode_text([c for _, c in caps]))
-            self.text_owner.append(np.array([o for o, _ in caps], np.int64))
+            self.text.append(retriever.encode_text(caps))
         for it in batch:
             self.entries.append(Entry(it.keyid, it.captions, it.source, preview(it)))
         self.motion.append(m)
@@ -542,29 +788,35 @@ class _Parts:
         self.has_video.append(has)
         n = len(batch)
         batch.clear()
+        times["encode"] += time.perf_counter() - t0
         return n
 
     def index(self, meta: dict[str, Any]) -> Index:
         c = meta["latent_dim"]
         cat = lambda xs, shape, dt: np.concatenate(xs).astype(dt, copy=False) if xs else np.zeros(shape, dt)  # noqa: E731
+        owners = np.repeat(np.arange(len(self.entries), dtype=np.int64), [len(e.captions) for e in self.entries])
         return Index(self.entries, cat(self.motion, (0, c), np.float32), cat(self.video, (0, c), np.float32),
-                     cat(self.has_video, (0,), bool), cat(self.text, (0, c), np.float32),
-                     cat(self.text_owner, (0,), np.int64), meta)
+                     cat(self.has_video, (0,), bool), cat(self.text, (0, c), np.float32), owners, meta)
 
 
-def _repair_previews(old: Index, out: Path, videos) -> None:
+def _repair_previews(entries: list[Entry], out: Path, videos) -> None:
     """Entries kept from an index built before previews were copied in name their preview by an absolute path
     (or one outside ``out``), which :meth:`Index.preview_path` ignores: with ``videos`` the rendered video is
     copied (hard-linked) into ``out/previews/`` again (:func:`_preview`); without, or when ``videos`` has none for
     that motion, the preview is dropped, with one logged note. An absolute path inside ``out`` is made relative."""
     dropped = []
-    for i, e in enumerate(old.entries):
+    root = out.resolve()
+    for e in entries:
         if e.preview is None:
             continue
-        inside = old.preview_path(i, warn=False)  # its note ("rebuild it") would be noise: this is the rebuild
-        if inside is not None:
+        try:
+            path = (out / str(e.preview)).resolve()
+            inside = path.is_relative_to(root)
+        except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop
+            inside = False
+        if inside:
             if Path(e.preview).is_absolute():
-                e.preview = Path(inside).resolve().relative_to(out.resolve()).as_posix()
+                e.preview = path.relative_to(root).as_posix()
             continue
         try:
             e.preview = _preview(Item(e.keyid, e.captions, e.source, None), out, videos, False)
@@ -575,7 +827,7 @@ def _repair_previews(old: Index, out: Path, videos) -> None:
     if dropped:
         log.warning("%s: %d preview(s) outside the index directory dropped (e.g. %s's: an index built before "
                     "previews were copied in); build again with --videos DIR to copy the rendered videos in",
-                    out / META, len(dropped), dropped[0])
+                    out, len(dropped), dropped[0])
 
 
 def _preview(it: Item, out: Path, videos, previews: bool) -> str | None:

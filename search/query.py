@@ -24,27 +24,28 @@ from lavimo.core.errors import BadInputError
 
 from .inputs import Query, check_query
 
+
 def open_index(index_dir: Path, checkpoint: Path | None, stats: Path | None, device: str = "cpu"):
     """(Retriever, Index) for an index directory, the checkpoint defaulting to the one it records. Loading order:
-    the cheap refusals first — no index, no checkpoint file, a checkpoint whose sha256 is not the one the index
-    records — and only then the model (seconds) and the index."""
+    the cheap refusals first — no index or a damaged one (:meth:`Index.load`: milliseconds, whatever its size), no
+    checkpoint file, a checkpoint whose sha256 is not the one the index records — and only then the model
+    (seconds), whose latent size the index must match."""
     from lavimo.core.hashing import sha256_file
 
-    from .index import META, Index, read_index_json
+    from .index import META, Index
     from .model import load
 
+    if not (Path(index_dir) / META).is_file():
+        raise FileNotFoundError(f"{index_dir}: no index (build it with 'lavimo-search index')")
+    index = Index.load(index_dir)
     checkpoint = recorded_checkpoint(index_dir) if checkpoint is None else Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
-    meta = read_index_json(Path(index_dir) / META)
     sha = sha256_file(checkpoint)[0]
-    if meta.get("checkpoint_sha256") != sha:
-        raise BadInputError(Path(index_dir) / META, "checkpoint_sha256", f"built with another checkpoint "
-                            f"({str(meta.get('checkpoint'))[:200]}, sha256 {str(meta.get('checkpoint_sha256'))[:12]}) "
-                            f"than {checkpoint}: its latents do not compare with this model's; rebuild the index "
-                            "with this checkpoint or query with that one")
+    index.check_model(sha)
     retriever = load(checkpoint, stats=stats, device=device, sha256=sha)
-    return retriever, Index.load(index_dir, retriever.sha256, retriever.latent_dim)
+    index.check_model(retriever.sha256, retriever.latent_dim)
+    return retriever, index
 
 
 def recorded_checkpoint(index_dir: Path) -> Path:
@@ -67,14 +68,13 @@ def recorded_checkpoint(index_dir: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- the stored latents
 def motion_vector(index: Any, i: int) -> np.ndarray:
     """The stored motion latent of row ``i`` -> (1, C) float32 (L2-normalised)."""
-    return np.asarray(index.motion[i], np.float32).reshape(1, -1)
+    return np.asarray(index.motion_vector(i), np.float32).reshape(1, -1)
 
 
 def video_vector(index: Any, i: int) -> np.ndarray | None:
     """The stored video latent of row ``i`` -> (1, C) float32, or None when that motion has no video."""
-    if not bool(index.has_video[i]):
-        return None
-    return np.asarray(index.video[i], np.float32).reshape(1, -1)
+    v = index.video_vector(i)
+    return None if v is None else np.asarray(v, np.float32).reshape(1, -1)
 
 
 @dataclass

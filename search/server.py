@@ -139,7 +139,7 @@ class SearchService:
                 return p
             out = preview.render_preview(source, child_path(idx.root / PREVIEWS, f"{e.keyid}.mp4"),
                                          size=preview.SKELETON_SIZE)
-            e.preview = f"{PREVIEWS}/{e.keyid}.mp4"  # relative to the index directory, as build_index writes it
+            idx.set_preview(n, f"{PREVIEWS}/{e.keyid}.mp4")  # relative to the index directory, as build_index writes it
         return out
 
     def skeleton_file(self, n: int) -> Path | None:

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -204,7 +205,7 @@ def test_chunked_upload_stops_at_the_cap(tiny, monkeypatch):
 
 
 def test_previews_only_from_inside_the_index(tiny, tmp_path):
-    """An edited index.json naming /etc/passwd, a ../ path or a symbolic link out of the directory as previews:
+    """An edited records.sqlite naming /etc/passwd, a ../ path or a symbolic link out of the directory as previews:
     404 and never the file's bytes; an honest preview is still served."""
     from fastapi.testclient import TestClient
 
@@ -216,11 +217,14 @@ def test_previews_only_from_inside_the_index(tiny, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("root:x:0:0:secret\n")
     (d / "previews" / "link.mp4").symlink_to(secret)
-    meta = json.loads((d / "index.json").read_text())
     depth = len(d.resolve().parts)
-    meta["entries"][0]["preview"] = str(secret)
-    meta["entries"][1]["preview"] = "../" * depth + str(secret).lstrip("/")
-    meta["entries"][2]["preview"] = "previews/link.mp4"
+    con = sqlite3.connect(d / "records.sqlite")
+    for row, preview in ((0, str(secret)), (1, "../" * depth + str(secret).lstrip("/")), (2, "previews/link.mp4")):
+        con.execute("UPDATE motions SET preview = ? WHERE row = ?", (preview, row))
+    con.commit()
+    con.close()
+    meta = json.loads((d / "index.json").read_text())  # the sizes it records, as a careful editor would
+    meta["files"]["records.sqlite"]["bytes"] = (d / "records.sqlite").stat().st_size
     (d / "index.json").write_text(json.dumps(meta))
     index = Index.load(d, tiny["r"].sha256)
     c = TestClient(create_app(tiny["r"], index), base_url="http://localhost")
@@ -239,14 +243,14 @@ import errno, sys
 import numpy as np
 def full(*a, **k):
     raise OSError(errno.ENOSPC, "No space left on device")
-np.savez = full
+np.save = full
 from lavimo.search.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
 def test_disk_full_while_indexing_is_one_line(tiny, tmp_path):
-    """``lavimo-search index`` when writing index.npz fails with ENOSPC: exit 2, one line saying so."""
+    """``lavimo-search index`` when writing the latents (np.save) fails with ENOSPC: exit 2, one line saying so."""
     out = tmp_path / "idx"
     m = run_python(DISK_FULL, "index", "--checkpoint", tiny["ckpt"], "--shards", tiny["root"] / "shards",
                    "--out", out, "--no-progress", timeout=300)
@@ -255,21 +259,14 @@ def test_disk_full_while_indexing_is_one_line(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("checkpoint", ["given", "recorded"])
-@pytest.mark.parametrize("which", ["index.json", "index.npz"])
+@pytest.mark.parametrize("which", ["index.json", "motion.npy", "records.sqlite"])
 def test_truncated_index_files_are_one_line(tiny, tmp_path, which, checkpoint):
-    """A truncated index.json, or a truncated index.npz whose sha256 the JSON was edited to match: ``lavimo-search
-    query`` exits 2 with one line naming that file, with ``--checkpoint`` and without (the checkpoint index.json
-    records: the documented default)."""
-    from lavimo.core.hashing import sha256_file
-
+    """A truncated index.json, latent file or records file: ``lavimo-search query`` exits 2 with one line naming
+    that file, with ``--checkpoint`` and without (the checkpoint index.json records: the documented default)."""
     d = tmp_path / "index"
     shutil.copytree(tiny["dir"], d)
     f = d / which
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    if which == "index.npz":
-        meta = json.loads((d / "index.json").read_text())
-        meta["npz_sha256"] = sha256_file(f)[0]
-        (d / "index.json").write_text(json.dumps(meta))
     given = ["--checkpoint", str(tiny["ckpt"])] if checkpoint == "given" else []
     m = run_measured([sys.executable, "-m", "lavimo.search.cli", "query", "--index", str(d), "--text", "a person walks",
                       *given], timeout=180)
@@ -279,15 +276,23 @@ def test_truncated_index_files_are_one_line(tiny, tmp_path, which, checkpoint):
 
 # ------------------------------------------------------------------------------------------------ index fuzz
 LOAD_INDEXES = reader_loop("""
+import numpy as np
 from lavimo.core.errors import BadInputError
 from lavimo.search.index import Index
 """, """
-ok = len(Index.load(p))
+ix = Index.load(p)
+ok = len(ix)
+for i in range(ok):  # first use: every record, every search
+    ix.entry(i), ix.keyid(i), ix.position(ix.keyid(i)), ix.video_vector(i)
+for against in ("motion", "video", "text"):
+    for i, _ in ix.search(np.ones(ix.vectors(against).shape[1], np.float32) / 4, 3, against):
+        ix.caption(i) if against == "text" else ix.result(i, 0.0)
 """)
+INDEX_FIELDS = ["files", "count", "captions", "format", "version", "build_id", "latent_dim", "vectors"]
 
 
 def _json_mutation(rng: np.random.Generator, meta: dict, text: str) -> str:
-    kind = rng.choice(["cut", "flip", "nest", "entry", "field"])
+    kind = rng.choice(["cut", "flip", "nest", "field", "vectors"])
     if kind == "cut":
         return text[: int(rng.integers(0, len(text)))]
     if kind == "flip":
@@ -296,29 +301,31 @@ def _json_mutation(rng: np.random.Generator, meta: dict, text: str) -> str:
     if kind == "nest":
         return "[" * 100_000 + "]" * 100_000
     m = json.loads(text)
-    bad = [None, 1, 1e308, "x", [], {}, [1, 2], {"a": [[[]]]}, "/etc/passwd", "../../x"][int(rng.integers(0, 10))]
-    if kind == "entry":
-        j = int(rng.integers(0, len(m["entries"])))
-        field = str(rng.choice(["keyid", "captions", "source", "preview", None]))
-        if field == "None":
-            m["entries"][j] = bad
-        else:
-            m["entries"][j][field] = bad
+    bad = [None, 1, 1e308, "x", [], {}, [1, 2], {"a": [[[]]]}, "/etc/passwd", "../../x", -1, 1 << 62][
+        int(rng.integers(0, 12))]
+    if kind == "vectors":
+        name = str(rng.choice(["motion", "video", "text"]))
+        field = str(rng.choice(["rows", "dtype", "ann"]))
+        m["vectors"][name][field] = bad if field != "ann" else {"kind": "ivfpq", "nlist": bad, "m": 4,
+                                                                "nprobe": 1, "refine": 1}
     else:
-        m[str(rng.choice(["entries", "count", "format", "version", "npz_sha256", "latent_dim"]))] = bad
+        m[str(rng.choice(INDEX_FIELDS))] = bad
     return json.dumps(m)
 
 
-def _npz_mutation(rng: np.random.Generator, data: bytes) -> bytes:
+def _data_mutation(rng: np.random.Generator, data: bytes) -> bytes:
+    """A data file (.npy or SQLite) cut, bytes flipped, or an .npy header declaring another shape."""
     b = bytearray(data)
-    kind = rng.choice(["cut", "flip", "shape", "shape", "zipsize"])
+    kind = rng.choice(["cut", "flip", "flips", "shape"])
     if kind == "cut":
         del b[int(rng.integers(0, len(b))):]
     elif kind == "flip":
         b[int(rng.integers(0, len(b)))] ^= int(rng.integers(1, 256))
-    elif kind == "shape":  # an array header declaring a huge shape, in the same header length
-        spots = [i for i in range(len(b)) if b[i:i + 10] == b"'shape': ("]
-        i = spots[int(rng.integers(0, len(spots)))] + 10
+    elif kind == "flips":
+        for i in rng.integers(0, len(b), 20):
+            b[int(i)] = int(rng.integers(0, 256))
+    elif b[:6] == b"\x93NUMPY":  # an array header declaring a huge shape, in the same header length
+        i = b.index(b"'shape': (") + 10
         end, nl = b.index(b")", i), b.index(b"\n", i)
         new = str(rng.choice(["99999999999, 32", "4000000000", "12, 99999999", "3, -1", "1e9, 3"])).encode()
         spaces = nl - len(bytes(b[:nl]).rstrip(b" "))  # the header's padding before its newline
@@ -330,34 +337,40 @@ def _npz_mutation(rng: np.random.Generator, data: bytes) -> bytes:
                 del b[nl - grow:nl]
             elif grow < 0:
                 b[nl:nl] = b" " * -grow
-    else:  # the zip directory's sizes of a member set huge
-        spots = [i for i in range(len(b) - 4) if b[i:i + 4] == b"PK\x01\x02"]
-        i = spots[int(rng.integers(0, len(spots)))]
-        b[i + 20:i + 28] = (0xFFFFFFF0).to_bytes(4, "little") * 2
     return bytes(b)
 
 
-def test_fuzz_index_files(tmp_path):
-    """Mutated index.json (truncated, flipped, nested 100 000 deep, fields of the wrong type) and index.npz
-    (truncated, flipped, headers declaring huge shapes, zip sizes set huge; the JSON's sha256 updated so the
-    arrays are parsed): Index.load loads them or refuses with one line naming index.json or index.npz; never a
-    crash; at most 200 MiB above the child's baseline (search imports torch)."""
+def _fuzz_base(tmp_path: Path, ann: str) -> Path:
+    from lavimo.search.index import Entry, Index
+
+    n, c = 1100 if ann == "ivfpq" else 6, 16
+    g = np.random.default_rng(0)
+
+    def lat(k: int) -> np.ndarray:
+        x = g.standard_normal((k, c)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    ents = [Entry(f"M{i:05d}", [f"caption {i}", f"other {i}"], {"kind": "features", "path": f"/x/{i}.npy"},
+                  None) for i in range(n)]
+    good = tmp_path / f"good-{ann}"
+    Index(ents, lat(n), lat(n), g.random(n) < 0.6, lat(2 * n), np.repeat(np.arange(n), 2),
+          {"checkpoint": "x", "checkpoint_sha256": "0" * 64, "latent_dim": c, "database": {}}).save(good, ann)
+    return good
+
+
+@pytest.mark.parametrize("ann", ["exact", "ivfpq"])
+def test_fuzz_index_files(tmp_path, ann):
+    """Mutated index.json (truncated, flipped, nested 100 000 deep, fields of the wrong type) and data files
+    (latents, IVF-PQ arrays, records.sqlite: truncated, bytes flipped, .npy headers declaring huge shapes; sizes
+    in index.json kept, so flipped files are read): Index.load and the first use of every record and of each
+    search load them or refuse with one line naming a file of the index; never a crash; at most 200 MiB above
+    the child's baseline (search imports torch)."""
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from lavimo.core.hashing import sha256_file
-    from lavimo.search.index import Entry, Index
-
-    n, c = 6, 16
-    g = np.random.default_rng(0)
-    lat = lambda k: (g.standard_normal((k, c)) / 4).astype(np.float32)  # noqa: E731
-    ents = [Entry(f"M{i:05d}", [f"caption {i}", f"other {i}"], {"kind": "features", "path": f"/x/{i}.npy"},
-                  None) for i in range(n)]
-    good = tmp_path / "good"
-    Index(ents, lat(n), lat(n), np.ones(n, bool), lat(2 * n), np.repeat(np.arange(n), 2),
-          {"checkpoint": "x", "checkpoint_sha256": "0" * 64, "latent_dim": c, "database": {}}).save(good)
+    good = _fuzz_base(tmp_path, ann)
     meta_text = (good / "index.json").read_text()
-    npz_bytes = (good / "index.npz").read_bytes()
+    data = sorted(p.name for p in good.iterdir() if p.name != "index.json")
 
     @settings(derandomize=True, deadline=None, max_examples=2, database=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -369,16 +382,13 @@ def test_fuzz_index_files(tmp_path):
         for j in range(30):
             d = root / f"i{j}"
             shutil.copytree(good, d)
-            if j % 2:
+            if j % 3 == 0:
                 (d / "index.json").write_text(_json_mutation(rng, json.loads(meta_text), meta_text))
             else:
-                (d / "index.npz").write_bytes(_npz_mutation(rng, npz_bytes))
-                if j % 4 == 0:  # the JSON names the mutated npz: its arrays are parsed
-                    meta = json.loads(meta_text)
-                    meta["npz_sha256"] = sha256_file(d / "index.npz")[0]
-                    (d / "index.json").write_text(json.dumps(meta))
+                f = d / str(rng.choice(data))
+                f.write_bytes(_data_mutation(rng, f.read_bytes()))
             dirs.append(str(d))
-        m = run_python(LOAD_INDEXES, json.dumps(dirs), timeout=120)
+        m = run_python(LOAD_INDEXES, json.dumps(dirs), timeout=180)
         assert not m.timed_out and m.returncode == 0, m.stderr[-3000:]
         rows = [json.loads(line) for line in m.stdout.splitlines() if line.startswith("{")]
         assert len(rows) == len(dirs) + 1, m.stdout[-2000:]
@@ -386,109 +396,64 @@ def test_fuzz_index_files(tmp_path):
         assert not crashes, crashes[0]["crash"]
         for r in rows[:-1]:
             if "refused" in r:
-                assert (r["refused"].startswith(f"{r['file']}/index.json") or
-                        r["refused"].startswith(f"{r['file']}/index.npz")) and "\n" not in r["refused"], r
+                assert r["refused"].startswith(f"{r['file']}/") and "\n" not in r["refused"], r
         assert (rows[-1]["peak_kib"] - rows[-1]["base_kib"]) / 1024 < 200, rows[-1]
-        assert m.seconds < 60
+        assert m.seconds < 90
 
     run()
 
 
 # ------------------------------------------------------------------------------------------------ review fixes
-def _bomb_index(d: Path, columns: int = 1 << 26) -> Path:
-    """An index directory whose index.json lists one motion (latent_dim 16) and whose index.npz holds a deflated
-    ``motion`` member of shape (1, ``columns``) float32 (256 MiB of zeros in ~261 KB), its sha256 in the JSON."""
-    import io
-    import zipfile
-
-    from lavimo.core.hashing import sha256_file
-
-    d.mkdir(parents=True)
-    c = 16
-
-    def npy(a: np.ndarray) -> bytes:
-        buf = io.BytesIO()
-        np.save(buf, a)
-        return buf.getvalue()
-
-    members = {"keyid": np.array(["M00000"]), "motion": np.zeros((1, columns), np.float32),
-               "video": np.zeros((1, c), np.float32), "has_video": np.zeros(1, bool),
-               "text": np.zeros((0, c), np.float32), "text_owner": np.zeros(0, np.int64)}
-    with zipfile.ZipFile(d / "index.npz", "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, a in members.items():
-            zf.writestr(f"{name}.npy", npy(a))
-            del a
-    members.clear()
-    meta = {"format": "lavimo-search-index", "version": 1, "count": 1, "checkpoint": "x",
-            "checkpoint_sha256": "0" * 64, "latent_dim": c, "database": {},
-            "npz_sha256": sha256_file(d / "index.npz")[0],
-            "entries": [{"keyid": "M00000", "captions": [], "source": {}, "preview": None}]}
-    (d / "index.json").write_text(json.dumps(meta))
-    return d
-
-
-def test_deflated_index_member_is_refused_from_its_header(tmp_path):
-    """index.npz is read header first: a ~261 KB npz whose deflated ``motion`` member declares (1, 67 M) float32
-    (honestly: its zip entry says 256 MiB uncompressed) for an index.json of one motion of 16 columns is refused
-    with one line naming index.npz before any member's data is read: at most 100 MiB above the child's baseline."""
-    import zipfile
-
-    from lavimo.core.hashing import sha256_file
-
-    d = _bomb_index(tmp_path / "bomb")
-    assert (d / "index.npz").stat().st_size < 400_000
-    # and one whose deflated keyid member starts with a version-2 .npy header declaring 128 MiB of header
-    d2 = _bomb_index(tmp_path / "header", columns=16)
-    with zipfile.ZipFile(d2 / "index.npz", "a", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("keyid2.npy", b"")  # (zipfile cannot replace a member: rebuild below)
-    with zipfile.ZipFile(d2 / "index.npz") as zf:
-        members = {n: zf.read(n) for n in zf.namelist() if n not in ("keyid.npy", "keyid2.npy")}
-    hlen = 128 << 20
-    with zipfile.ZipFile(d2 / "index.npz", "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("keyid.npy", b"\x93NUMPY\x02\x00" + hlen.to_bytes(4, "little") + b"{" + b" " * (hlen - 1))
-        for n, b in members.items():
-            zf.writestr(n, b)
-    meta = json.loads((d2 / "index.json").read_text())
-    meta["npz_sha256"] = sha256_file(d2 / "index.npz")[0]
-    (d2 / "index.json").write_text(json.dumps(meta))
-    m = run_python(LOAD_INDEXES, json.dumps([str(d), str(d2)]), timeout=120)
+def test_npy_headers_are_checked_before_reading(tmp_path):
+    """The latent files are read header first: a motion.npy whose header declares 128 MiB of header, or a
+    (1, 67 M) float32 array, for an index.json of 6 motions of 16 columns is refused with one line naming
+    motion.npy before any data is read (at most 100 MiB above the child's baseline); a format-1 index
+    (index.npz + index.json) gets one line: rebuild."""
+    good = _fuzz_base(tmp_path, "exact")
+    dirs = []
+    for name, data in (("hlen", b"\x93NUMPY\x02\x00" + (128 << 20).to_bytes(4, "little") + b"{" + b" " * 1000),
+                       ("shape", None)):
+        d = tmp_path / name
+        shutil.copytree(good, d)
+        if data is None:
+            hdr = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 67108864), }"
+            hdr += " " * (118 - len(hdr)) + "\n"
+            data = b"\x93NUMPY\x01\x00" + len(hdr).to_bytes(2, "little") + hdr.encode() + b"\x00" * 4096
+        (d / "motion.npy").write_bytes(data)
+        dirs.append(d)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    np.savez(legacy / "index.npz", motion=np.zeros((1, 16), np.float32))
+    (legacy / "index.json").write_text(json.dumps({"format": "lavimo-search-index", "version": 1, "entries": []}))
+    m = run_python(LOAD_INDEXES, json.dumps([str(d) for d in dirs + [legacy]]), timeout=120)
     assert not m.timed_out and m.returncode == 0, m.stderr[-3000:]
     rows = [json.loads(line) for line in m.stdout.splitlines() if line.startswith("{")]
-    assert "refused" in rows[0] and "refused" in rows[1], rows
+    assert all("refused" in r for r in rows[:-1]), rows
     assert (rows[-1]["peak_kib"] - rows[-1]["base_kib"]) / 1024 <= 100, rows
-    assert rows[0]["refused"].startswith(f"{d}/index.npz: motion: ") and "\n" not in rows[0]["refused"], rows[0]
-    assert rows[1]["refused"].startswith(f"{d2}/index.npz: keyid: "), rows[1]
+    for d, r in zip(dirs, rows):
+        assert r["refused"].startswith(f"{d}/motion.npy: ") and "\n" not in r["refused"], r
+    assert r"rebuild it with 'lavimo-search index'" in rows[2]["refused"] and "version 1" in rows[2]["refused"]
 
 
-def test_index_arrays_must_have_the_jsons_shapes(tmp_path):
-    """Every index.npz member must have the shape index.json implies (N entries, K captions, C = latent_dim)
-    before its data is read; compressed members are refused (lavimo-search index stores them uncompressed)."""
-    from lavimo.search.index import Entry, Index
+def test_index_files_must_have_the_jsons_shapes(tmp_path):
+    """Every latent file must have the shape index.json implies (N motions, K captions, C = latent_dim) before
+    its data is read."""
+    from lavimo.search.index import Index
 
-    n, c = 3, 8
-    z = np.zeros((n, c), np.float32)
-    ents = [Entry(f"M{i:05d}", ["a"] if i == 0 else [], {}) for i in range(n)]
-    good = tmp_path / "good"
-    Index(ents, z, z, np.zeros(n, bool), np.zeros((1, c), np.float32), np.zeros(1, np.int64),
-          {"checkpoint": "x", "checkpoint_sha256": "0" * 64, "latent_dim": c, "database": {}}).save(good)
-    assert len(Index.load(good)) == n
-    for field, value, match in (("latent_dim", 9, "motion: shape"), ("latent_dim", 1 << 20, "latent_dim"),
-                                ("latent_dim", "8", "latent_dim"), ("captions", ["a", "b"], "text: shape")):
+    good = _fuzz_base(tmp_path, "exact")
+    n = len(Index.load(good))
+    for field, value, match in (("latent_dim", 9, "motion.npy: header"), ("latent_dim", 1 << 20, "latent_dim"),
+                                ("latent_dim", "8", "latent_dim"), ("captions", 13, "vectors.text.rows"),
+                                ("count", n + 1, "vectors.motion.rows")):
         d = tmp_path / f"{field}-{value}"[:40]
         shutil.copytree(good, d)
         meta = json.loads((d / "index.json").read_text())
-        if field == "captions":
-            meta["entries"][0]["captions"] = value
-        else:
-            meta[field] = value
+        meta[field] = value
         (d / "index.json").write_text(json.dumps(meta))
         with pytest.raises(BadInputError, match=match):
             Index.load(d)
     with pytest.raises(BadInputError, match="latent_dim"):
-        Index.load(good, latent_dim=c + 1)  # another model's latent size
-    d = _bomb_index(tmp_path / "deflated", columns=16)
-    with pytest.raises(BadInputError, match="compressed"):
-        Index.load(d)
+        Index.load(good, latent_dim=17)  # another model's latent size
 
 
 def test_deeply_nested_index_json_without_checkpoint_is_one_line(tiny, tmp_path):
@@ -542,11 +507,16 @@ def _old_style_previews(tiny, d: Path, videos: Path) -> list[str]:
     for p in (d / "previews").glob("*.mp4"):
         shutil.copyfile(p, videos / p.name)
     shutil.rmtree(d / "previews")
+    con = sqlite3.connect(d / "records.sqlite")
+    keys = [k for (k,) in con.execute("SELECT keyid FROM motions ORDER BY row")]
+    for k in keys:
+        con.execute("UPDATE motions SET preview = ? WHERE keyid = ?", (str(videos / f"{k}.mp4"), k))
+    con.commit()
+    con.close()
     meta = json.loads((d / "index.json").read_text())
-    for e in meta["entries"]:
-        e["preview"] = str(videos / f"{e['keyid']}.mp4")
+    meta["files"]["records.sqlite"]["bytes"] = (d / "records.sqlite").stat().st_size
     (d / "index.json").write_text(json.dumps(meta))
-    return [e["keyid"] for e in meta["entries"]]
+    return keys
 
 
 def test_rebuilding_an_old_index_restores_its_previews(tiny, tmp_path, caplog):
@@ -564,7 +534,7 @@ def test_rebuilding_an_old_index_restores_its_previews(tiny, tmp_path, caplog):
     assert (rep.done, rep.reused, rep.failed) == (0, len(keys), [])
     again = Index.load(d, tiny["r"].sha256)
     for i, k in enumerate(keys):
-        assert again.entries[i].preview == f"previews/{k}.mp4"
+        assert again.entry(i).preview == f"previews/{k}.mp4"
         p = again.preview_path(i)
         assert p and Path(p).read_bytes() == (videos / f"{k}.mp4").read_bytes()
     d2 = tmp_path / "old2"
@@ -573,7 +543,7 @@ def test_rebuilding_an_old_index_restores_its_previews(tiny, tmp_path, caplog):
         build_index(tiny["r"], d2, shards=tiny["root"] / "shards", splits=["test"], previews=False,
                     progress=False)
     again = Index.load(d2, tiny["r"].sha256)
-    assert all(e.preview is None for e in again.entries)
+    assert all(e.preview is None for e in again.iter_entries())
     assert any("outside the index directory" in r.getMessage() and "--videos" in r.getMessage()
                for r in caplog.records), caplog.text
 

@@ -61,12 +61,11 @@ def test_rebuild_decodes_nothing_already_indexed(tiny, tmp_path, decodes):
     assert (second.done, second.reused, second.failed) == (0, N_TEST, [])
     assert decodes == {"sample": 0, "video": 0}
     after = Index.load(out, r.sha256)
-    assert [e.keyid for e in after.entries] == [e.keyid for e in before.entries]
-    assert [e.source for e in after.entries] == [e.source for e in before.entries]
+    assert [e.keyid for e in after.iter_entries()] == [e.keyid for e in before.iter_entries()]
+    assert [e.source for e in after.iter_entries()] == [e.source for e in before.iter_entries()]
     # bit for bit: a rebuild reuses the stored latents (read back, never re-encoded): docs/design.md, "Determinism"
-    np.testing.assert_array_equal(after.motion, before.motion)
-    np.testing.assert_array_equal(after.video, before.video)
-    np.testing.assert_array_equal(after.text, before.text)
+    for name in ("motion", "video", "text"):
+        np.testing.assert_array_equal(after.vectors(name), before.vectors(name), err_msg=name)
 
 
 def test_a_sample_with_another_source_is_decoded(tiny, decodes):
@@ -139,7 +138,7 @@ def test_feature_preview_is_rendered_once_outside_the_query_lock(tmp_path, rende
         got = client.get("/preview/0", headers={"Range": "bytes=0-99"})
         assert got.status_code in (200, 206) and got.headers["content-type"] == "video/mp4"
     assert len(renders["calls"]) == 1 and renders["query_lock_free"] == [True]
-    assert index.entries[0].preview == "previews/M00000.mp4"
+    assert index.entry(0).preview == "previews/M00000.mp4"
     assert Path(index.preview_path(0)) == renders["calls"][0][1] == tmp_path / "idx" / "previews" / "M00000.mp4"
     # concurrent first requests of another motion: one render, every request gets the file
     got: list = []
@@ -209,3 +208,39 @@ def test_search_has_no_unused_imports():
     out = io.StringIO()
     n = api.checkRecursive([str(REPO / "search")], Reporter(out, out))
     assert n == 0, out.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------ --split all
+def test_split_all_counts_repeated_samples_and_parallel_decoding_agrees(tiny, tmp_path):
+    """A shard set whose ``nsim_test`` split repeats the test samples (as TMR's does): ``--split all`` indexes each
+    sample once, counts the repeats as duplicates (no false "duplicate keyid" failure); decoding in 2 worker
+    processes gives the same index as decoding here (latents within the tolerance of other batch compositions)."""
+    import json
+    import shutil
+
+    from lavimo.search.index import build_index
+
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny["shards"], shards)
+    man = json.loads((shards / "test.json").read_text())
+    for s in man["shards"]:
+        new = s["name"].replace("test-", "nsim_test-")
+        shutil.copyfile(shards / s["name"], shards / new)
+        s["name"] = new
+    man["split"] = "nsim_test"
+    (shards / "nsim_test.json").write_text(json.dumps(man))
+    r = tiny["r"]
+    one, rep1 = build_index(r, tmp_path / "a", shards=shards, splits=["all"], progress=False, previews=False)
+    two, rep2 = build_index(r, tmp_path / "b", shards=shards, splits=["all"], progress=False, previews=False,
+                            workers=2)
+    for rep in (rep1, rep2):
+        assert (rep.done, rep.duplicates, rep.failed) == (N_TEST + 2, N_TEST, []), rep.summary()
+        assert set(rep.times) == {"decode", "encode", "previews", "write"}
+    assert [e.keyid for e in one.iter_entries()] == [e.keyid for e in two.iter_entries()]
+    assert [e.source for e in one.iter_entries()] == [e.source for e in two.iter_entries()]
+    for name in ("motion", "video", "text"):
+        np.testing.assert_allclose(one.vectors(name), two.vectors(name), rtol=1e-5, atol=1e-5, err_msg=name)
+    # built again: every sample reused, the repeats counted again (a keyid with a different sample stays a
+    # failure: test_search_index.py's test_same_sample_across_splits)
+    _, rep3 = build_index(r, tmp_path / "a", shards=shards, splits=["all"], progress=False, previews=False)
+    assert (rep3.done, rep3.reused, rep3.duplicates, rep3.failed) == (0, N_TEST + 2, N_TEST, [])
