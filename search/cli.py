@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
                         "from 200 000 latents in a set); docs/search.md")
     i.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="processes decoding shard samples (default min(4, CPUs))")
+    i.add_argument("--skeleton-previews", action="store_true",
+                   help="also render every motion's 256 px skeleton preview now (the page otherwise renders one on "
+                        "its first view)")
     i.add_argument("--no-progress", action="store_true")
 
     q = sub.add_parser("query", help="top-k motions (or captions) for a text, video or motion")
@@ -207,6 +210,8 @@ def _main(args: argparse.Namespace) -> int:
                                batch_size=args.batch_size, progress=not args.no_progress, ann=args.ann,
                                workers=args.workers)
         print(f"index {args.out}: {len(idx)} motions; {rep.summary()}")
+        if args.skeleton_previews:
+            rep.failed += _skeleton_previews(idx, not args.no_progress)
         for f in rep.failed[:20]:
             print(f"  failed: {f}", file=sys.stderr)
         return 1 if rep.failed else 0
@@ -252,6 +257,28 @@ def _query_of(args: argparse.Namespace) -> Query:
     if args.keyid is not None:
         q.row = None
     return q
+
+
+def _skeleton_previews(idx: Any, progress: bool) -> list[str]:
+    """Render every motion's skeleton preview (:func:`lavimo.search.preview.skeleton_preview`) from the index's own
+    motion (:func:`lavimo.search.motionfile.motion_features`); a line per motion that failed or is not held."""
+    from tqdm import tqdm
+
+    from .motionfile import motion_features
+    from .preview import skeleton_preview
+
+    failed = []
+    for i in tqdm(range(len(idx)), desc="skeleton previews", unit="motion", disable=not progress):
+        keyid = idx.keyid(i)
+        try:
+            motion = motion_features(idx, i)
+            if motion is None:
+                failed.append(f"{keyid}: skeleton preview: the index's database does not hold its motion")
+                continue
+            skeleton_preview(motion, idx.root, keyid)
+        except (OSError, ValueError, RuntimeError) as exc:
+            failed.append(f"{keyid}: skeleton preview: {' '.join(str(exc).split())[:200]}")
+    return failed
 
 
 def _query(args: argparse.Namespace) -> int:

@@ -264,6 +264,19 @@ def test_cli_query_and_errors(tiny, tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+def test_index_skeleton_previews_rendered_while_indexing(tiny, tmp_path):
+    from lavimo.search.cli import main
+    from lavimo.search.index import Index
+    from lavimo.search.preview import skeleton_preview_path
+
+    out = tmp_path / "idx"
+    assert main(["index", "--checkpoint", str(tiny["ckpt"]), "--shards", str(tiny["shards"]), "--out", str(out),
+                 "--workers", "1", "--skeleton-previews", "--no-progress"]) == 0
+    index = Index.load(out)
+    paths = [skeleton_preview_path(out, index.keyid(i)) for i in range(len(index))]
+    assert len(paths) == N_TEST and all(p.is_file() and p.stat().st_size > 0 for p in paths)
+
+
 # ------------------------------------------------------------------------------------------------ features folder, previews
 def test_feature_folder_index_and_previews(tiny, tmp_path):
     from lavimo.search.index import build_index
