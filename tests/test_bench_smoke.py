@@ -23,7 +23,7 @@ CASES = [
     ("bench_metrics.py", [], ["identical ranks"]),
     ("bench_search.py", [], ["text query over", "ratio naive / search", "video query auto", "video query naive",
                              "naive / auto", "seek / auto", "ratio build / naive", "ratio parallel / serial build",
-                             "memory of a",
+                             "memory of a", "start-up to first result", "batch of",
                              "ratio save / plain", "ratio load / plain"]),
     ("bench_search_scale.py", [], ["baseline exact numpy", "index exact:", "index ivfpq:", "ratio baseline / exact",
                                    "ratio baseline / ivfpq", "recall@10"]),
