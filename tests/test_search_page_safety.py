@@ -790,3 +790,29 @@ def test_concurrent_queries_never_wait_for_an_upload(tiny, monkeypatch):
         pool.shutdown(wait=True)
         server.should_exit = True
         thread.join(10)
+
+
+def test_motion_of_a_shard_entry_reads_only_its_member(tiny, monkeypatch):
+    """The .npy download / skeleton preview reads one member of the shard (the entry's motion.npy), not every
+    sample before it, and gives the loader's features for it."""
+    from lavimo.dataset.shards import format as shard_format, stream
+    from lavimo.search.motionfile import motion_features
+
+    index = tiny["index"]
+    n = len(index) - 1
+    read: list[str] = []
+    real = shard_format.iter_tar_members
+
+    def spy(*args, **kwargs):
+        for name, data in real(*args, **kwargs):
+            read.append(name)
+            yield name, data
+
+    monkeypatch.setattr(shard_format, "iter_tar_members", spy)
+    feats = motion_features(index, n)
+    assert feats is not None and read == [f"{index.keyid(n)}.motion.npy"]
+    monkeypatch.setattr(shard_format, "iter_tar_members", real)
+    src, db = index.entry(n).source, index.meta["database"]
+    url = next(u for u in stream.resolve_shards(Path(db["path"]), src["split"])[0] if Path(u).name == src["shard"])
+    raw = next(r for r in stream._tar_samples(url, stream.SkipStats()) if r["__key__"] == index.keyid(n))
+    np.testing.assert_array_equal(feats, shard_format.load_npy_bytes(raw["motion.npy"]).astype(np.float32))
