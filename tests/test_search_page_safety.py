@@ -816,3 +816,20 @@ def test_motion_of_a_shard_entry_reads_only_its_member(tiny, monkeypatch):
     url = next(u for u in stream.resolve_shards(Path(db["path"]), src["split"])[0] if Path(u).name == src["shard"])
     raw = next(r for r in stream._tar_samples(url, stream.SkipStats()) if r["__key__"] == index.keyid(n))
     np.testing.assert_array_equal(feats, shard_format.load_npy_bytes(raw["motion.npy"]).astype(np.float32))
+
+
+def test_a_busy_render_lock_answers_503(client, tiny, monkeypatch):
+    """A preview request that would wait for another render is answered 503 with Retry-After (bounded wait), so
+    it does not hold a request thread that queries need; queries go on."""
+    import lavimo.search.server as server
+
+    monkeypatch.setattr(server, "RENDER_WAIT_S", 0.01)
+    index = tiny["index"]
+    p = server.preview.skeleton_preview_path(index.root, index.keyid(0))
+    p.unlink(missing_ok=True)
+    svc = client.app.state.service
+    with svc.render_lock:  # another render in progress
+        busy = client.get("/skeleton/0")
+        assert busy.status_code == 503 and busy.headers["retry-after"] == str(server.RETRY_AFTER_S)
+        assert "rendered" in busy.json()["error"]
+        assert client.post("/api/search", data={"text": "a person walks", "k": "2"}).status_code == 200
