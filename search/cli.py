@@ -256,7 +256,7 @@ def _query(args: argparse.Namespace) -> int:
 def _batch(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise SetupError("--k must be >= 1")
-    lines = check_all(args.queries)  # the whole file read and parsed before the model loads
+    lines = check_all(args.queries, k=args.k)  # the whole file read and checked before the model loads
     _check_model_inputs(args.index, args.checkpoint)
     r, idx = open_index(args.index, args.checkpoint, args.stats, args.device)
     done, failed = run_batch(r, idx, lines, args.queries.parent, args.out, k=args.k)
