@@ -227,7 +227,7 @@ def _query_of(args: argparse.Namespace) -> Query:
     crop = parse_crop(args.crop)
     q = Query(text=args.text, video=args.video, motion=args.motion, row=0 if args.keyid is not None else None,
               k=args.k, offset=args.offset, against=against, start=args.start, end=args.end, crop=crop, fps=args.fps)
-    check_query(q, check_files=args.server is None)  # the row is resolved once the index is open
+    check_query(q)  # the files too (--server uploads them); the row is resolved once the index is open
     if args.keyid is not None:
         q.row = None
     return q

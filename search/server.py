@@ -46,20 +46,19 @@ from lavimo.core.keyids import child_path, is_keyid
 from . import preview
 from .index import PREVIEWS, source_text
 from .motionfile import motion_features, npy_bytes
-from .inputs import (ALLOWED_AGAINST, MAX_DEPTH, MAX_TEXT, VIDEO_TYPES, Query, check_query, check_text,
-                     parse_crop)
+from .inputs import (ALLOWED_AGAINST, MAX_DEPTH, MAX_TEXT, MAX_UPLOAD_BYTES, SERVER_MOTION_TYPES, VIDEO_TYPES,
+                     Query, check_query, check_text, parse_crop)
 from .query import answer, decode_query, encode_query, video_vector
 
 log = logging.getLogger(__name__)
 
-MAX_UPLOAD_BYTES = 64 << 20
 #: what a request body may hold beyond the upload itself (multipart headers, the other form fields; a query text of
 #: up to 100k characters still reaches the text check and gets its clear 400)
 FORM_OVERHEAD_BYTES = 64 << 10
 #: Host names every server answers to (the bound address is added); more with --allow-host or this variable
 DEFAULT_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "::1")
 ALLOWED_HOSTS_ENV = "LAVIMO_SEARCH_ALLOWED_HOSTS"
-MOTION_TYPES = (".npy",)
+MOTION_TYPES = SERVER_MOTION_TYPES
 MAX_K = 50
 #: example queries shown on the page: captions of this many motions spread over the index
 EXAMPLES = 6

@@ -165,6 +165,24 @@ def test_batch_unreadable_and_failing_lines_are_reported(tiny, tmp_path, capsys,
     assert "results" in got[1] and "results" in got[3]
 
 
+def test_query_server_checks_the_local_file_first(tmp_path, capsys, no_model):
+    """``query --server``: the local file is checked (exists, known suffix) and one the server would refuse (over
+    its upload cap, found by stat on a sparse file; an AMASS .npz) is exit 2 before anything is sent (the port
+    below has no server: reaching it would be another message)."""
+    from lavimo.search.inputs import MAX_UPLOAD_BYTES
+
+    url = "http://127.0.0.1:9"
+    big = tmp_path / "big.mp4"
+    with open(big, "wb") as fh:
+        fh.truncate(MAX_UPLOAD_BYTES + 1)
+    (tmp_path / "m.npz").write_bytes(b"PK")
+    for args, msg in ((("--motion", tmp_path / "missing.npy"), "missing.npy: motion: file not found"),
+                      (("--video", big), "over the search server's upload cap of 64 MiB"),
+                      (("--motion", tmp_path / "m.npz"), "the search server takes .npy motions")):
+        code, out, err = _main(capsys, "query", "--server", url, *args)
+        assert code == 2 and msg in err and "cannot reach" not in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_query_through_a_running_server(tiny, tmp_path, capsys):
     """``query --server URL``: the same answer as the local query, without loading a model here; a motion file is
     uploaded; a refused query is exit 2 with the server's message; an unreachable server is one line."""
