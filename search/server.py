@@ -405,9 +405,17 @@ async def _search_upload(svc: SearchService, upload: Any, form: Any, k: int, off
 async def _api_search(svc: SearchService, request: Any) -> dict[str, Any]:
     """``POST /api/search`` (module docstring): exactly one of ``text``, ``file`` or ``keyid`` (a text and a file
     together is a 400: the page's mode decides, nothing is silently dropped)."""
+    form = await _read_form(request, svc.max_upload_bytes)
+    try:  # the form's upload is a spooled temp file: closed however the query ends
+        return await _answer_form(svc, form)
+    finally:
+        await form.close()
+
+
+async def _answer_form(svc: SearchService, form: Any) -> dict[str, Any]:
+    """:func:`_api_search` once its form is read."""
     from starlette.concurrency import run_in_threadpool
 
-    form = await _read_form(request, svc.max_upload_bytes)
     k = _k(form.get("k", 5))
     offset = _int(form.get("offset"), "offset", 0)
     if form.get("page") not in (None, ""):

@@ -833,3 +833,20 @@ def test_a_busy_render_lock_answers_503(client, tiny, monkeypatch):
         assert busy.status_code == 503 and busy.headers["retry-after"] == str(server.RETRY_AFTER_S)
         assert "rendered" in busy.json()["error"]
         assert client.post("/api/search", data={"text": "a person walks", "k": "2"}).status_code == 200
+
+
+def test_the_form_is_closed_whatever_the_answer(client, monkeypatch):
+    """``POST /api/search`` closes its FormData (an upload's spooled temp file) on an answer and on a refusal."""
+    from starlette.datastructures import FormData
+
+    closed = []
+    real = FormData.close
+
+    async def close(self):
+        closed.append(1)
+        await real(self)
+
+    monkeypatch.setattr(FormData, "close", close)
+    assert client.post("/api/search", data={"text": "a person walks", "k": "2"}).status_code == 200
+    bad = client.post("/api/search", files={"file": ("clip.txt", b"not a video", "text/plain")})
+    assert bad.status_code == 415 and len(closed) == 2
