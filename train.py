@@ -31,7 +31,7 @@ from lavimo.model.weights import missing_pretrained
 from lavimo.training import data, elastic
 from lavimo.training.cli import (EXIT_NO_PROGRESS, EXIT_SETUP, config_overrides, fail, os_error_line, parse_args,
                                  runtime_options, setup_logging, verify_mode)
-from lavimo.training.config import resolve_config
+from lavimo.training.config import load_run_config, resolve_config
 from lavimo.training.loop import (DistInfo, TrainingDiverged, TrainingStalled, cleanup_distributed,
                                   init_distributed, local_rank_from_env, seed_everything)
 from lavimo.training.preemption import preemption_signals, resolve_resume
@@ -95,6 +95,8 @@ def train(args: argparse.Namespace, shards, device: torch.device, dinfo: DistInf
     if not resume and run.last_state.exists():
         raise SetupError(f"{run.root} already holds a run; pass --resume or choose another --out")
     run_cfg = resolve_config(args.preset, config_overrides(args), run, resume)
+    # the saved run's loader layout, read before start_run rewrites config.json (older states do not record it)
+    saved_layout = elastic.loader_layout(load_run_config(run.config).train) if resume else None
     cfg, tc = run_cfg.model, run_cfg.train  # the model (saved in checkpoints), the run's settings
     try:
         precision = resolve_precision(args.precision, device, amp=tc.amp)
@@ -144,7 +146,7 @@ def train(args: argparse.Namespace, shards, device: torch.device, dinfo: DistInf
     trainer = Trainer(model, run, run_cfg, shards=shards, device=device, precision=precision, dinfo=dinfo,
                       steps_per_epoch=steps_per_epoch, options=runtime_options(args), stop=stop)
     if resume:
-        note = trainer.resume(saved_step)
+        note = trainer.resume(saved_step, saved_layout)
         if dinfo.is_main:
             note_session(run, "resume_exactness", note)
     return trainer.fit()

@@ -96,30 +96,76 @@ def _index(var: str, entry: str) -> int:
 
 def egl_cuda_devices() -> dict[int, int] | None:
     """CUDA ordinal -> EGL device index for the EGL devices that offer ``EGL_NV_device_cuda`` (NVIDIA's EGL),
-    or None when EGL, its device query or that extension is not there. No context or display is created."""
+    or None when EGL, its device query or that extension is not there (logged at debug level: the GPU index is
+    then the EGL index). A query that fails otherwise is logged as a warning and also gives None. No context or
+    display is created."""
     try:
-        os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
-        from pyrender.platforms import egl as pegl  # loads libEGL through PyOpenGL
-
-        if pegl._eglQueryDevicesEXT is None:  # noqa: SLF001 - pyrender's own device query
-            return None
-        address = pegl.egl.eglGetProcAddress("eglQueryDeviceAttribEXT")
-        string_address = pegl.egl.eglGetProcAddress("eglQueryDeviceStringEXT")
-        if not address or not string_address:
-            return None
-        attrib = ctypes.CFUNCTYPE(ctypes.c_uint, ctypes.c_void_p, ctypes.c_int,
-                                  ctypes.POINTER(ctypes.c_ssize_t))(address)
-        query_string = ctypes.CFUNCTYPE(ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int)(string_address)
-        out: dict[int, int] = {}
-        for i, device in enumerate(pegl.query_devices()):
-            handle = ctypes.cast(device._display, ctypes.c_void_p)  # noqa: SLF001 - the EGLDeviceEXT
-            extensions = (query_string(handle, EGL_EXTENSIONS) or b"").split()
-            if b"EGL_NV_device_cuda" not in extensions:
-                continue
-            value = ctypes.c_ssize_t(-1)
-            if attrib(handle, EGL_CUDA_DEVICE_NV, ctypes.byref(value)) and value.value >= 0:
-                out.setdefault(int(value.value), i)
-        return out or None
-    except Exception as exc:  # noqa: BLE001 - no EGL / an old PyOpenGL: fall back to the GPU index
+        found = _egl_device_functions()
+    except _missing_egl_errors() as exc:  # no libEGL / pyrender / an old PyOpenGL without the device query
         log.debug("no EGL CUDA device query: %s: %s", type(exc).__name__, exc)
         return None
+    if found is None:
+        log.debug("no EGL CUDA device query: eglQueryDevicesEXT / eglQueryDeviceAttribEXT not offered")
+        return None
+    devices, extensions_of, cuda_ordinal_of = found
+    try:
+        return cuda_device_map(devices(), extensions_of, cuda_ordinal_of)
+    except Exception as exc:  # noqa: BLE001 - an EGL that offers the query but fails it: say so, then fall back
+        log.warning("the EGL CUDA device query failed (%s: %s): taking the GPU index as the EGL device index",
+                    type(exc).__name__, exc)
+        return None
+
+
+def cuda_device_map(handles: list, extensions_of: Callable[[object], list[bytes]],
+                    cuda_ordinal_of: Callable[[object], int | None]) -> dict[int, int] | None:
+    """CUDA ordinal -> EGL device index over the EGL device ``handles`` (in EGL order): a device counts when
+    ``extensions_of(handle)`` lists ``EGL_NV_device_cuda`` and ``cuda_ordinal_of(handle)`` gives an ordinal >= 0
+    (the first device of an ordinal wins). None when no device does."""
+    out: dict[int, int] = {}
+    for i, handle in enumerate(handles):
+        if b"EGL_NV_device_cuda" not in extensions_of(handle):
+            continue
+        ordinal = cuda_ordinal_of(handle)
+        if ordinal is not None and ordinal >= 0:
+            out.setdefault(int(ordinal), i)
+    return out or None
+
+
+def _missing_egl_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "EGL or its extension is not there": a library that does not load, a module or
+    attribute an old PyOpenGL / pyrender lacks, PyOpenGL's NullFunctionError for an absent entry point."""
+    errors: tuple[type[BaseException], ...] = (ImportError, OSError, AttributeError)
+    try:
+        from OpenGL.error import NullFunctionError
+    except Exception:  # noqa: BLE001 - PyOpenGL itself missing or broken: the ImportError above covers it
+        return errors
+    return (*errors, NullFunctionError)
+
+
+def _egl_device_functions():
+    """(devices() -> EGLDeviceEXT handles, extensions_of(handle) -> list[bytes], cuda_ordinal_of(handle) -> int |
+    None) through pyrender's EGL bindings, or None when the device query functions are not offered. Raises
+    ImportError / OSError / AttributeError when EGL or PyOpenGL is not there."""
+    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+    from pyrender.platforms import egl as pegl  # loads libEGL through PyOpenGL
+
+    if pegl._eglQueryDevicesEXT is None:  # noqa: SLF001 - pyrender's own device query
+        return None
+    address = pegl.egl.eglGetProcAddress("eglQueryDeviceAttribEXT")
+    string_address = pegl.egl.eglGetProcAddress("eglQueryDeviceStringEXT")
+    if not address or not string_address:
+        return None
+    attrib = ctypes.CFUNCTYPE(ctypes.c_uint, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_ssize_t))(address)
+    query_string = ctypes.CFUNCTYPE(ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int)(string_address)
+
+    def devices() -> list:
+        return [ctypes.cast(d._display, ctypes.c_void_p) for d in pegl.query_devices()]  # noqa: SLF001
+
+    def extensions_of(handle) -> list[bytes]:
+        return (query_string(handle, EGL_EXTENSIONS) or b"").split()
+
+    def cuda_ordinal_of(handle) -> int | None:
+        value = ctypes.c_ssize_t(-1)
+        return int(value.value) if attrib(handle, EGL_CUDA_DEVICE_NV, ctypes.byref(value)) else None
+
+    return devices, extensions_of, cuda_ordinal_of

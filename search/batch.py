@@ -1,6 +1,7 @@
 """``lavimo-search batch``: many queries for one model load. A queries file in, one JSON line per query out.
 
-Input (``--queries``), read before the model loads, every line checked (:func:`lavimo.search.query.check_query`):
+Input (``--queries``), read before the model loads, every line checked (:func:`check_all`: each line's
+:func:`lavimo.search.inputs.check_query`, its files included; a ``keyid`` line is looked up once the index is open):
 
 - ``.txt``: one query text per line (blank lines and lines starting with ``#`` are skipped);
 - ``.jsonl``: one JSON object per line: ``{"text": "..."}``, ``{"video": "clip.mp4", "start": 2, "end": 6.5,
@@ -45,8 +46,9 @@ def _number(obj: dict, name: str) -> float | None:
     return float(v)
 
 
-def parse_line(obj: Any, base: Path, index: Any, k: int) -> Query:
-    """One JSONL object -> a checked :class:`Query` (module docstring). ValueError / BadInputError otherwise."""
+def parse_line(obj: Any, base: Path, index: Any | None, k: int) -> Query:
+    """One JSONL object -> a checked :class:`Query` (module docstring). ValueError / BadInputError otherwise.
+    ``index`` None (before it is open): a ``keyid`` line is refused, rows are not checked against its length."""
     if not isinstance(obj, dict):
         raise ValueError("expected a JSON object such as {\"text\": \"a person walks\"}")
     unknown = sorted(set(obj) - _FIELDS)
@@ -57,6 +59,8 @@ def parse_line(obj: Any, base: Path, index: Any, k: int) -> Query:
             raise ValueError(f"{name} must be a string")
     row = None
     if "keyid" in obj:
+        if index is None:
+            raise ValueError("a keyid query needs the index")
         row = index.position(obj["keyid"])
         if row is None:
             raise ValueError(f"keyid {obj['keyid'][:64]!r} is not in the index")
@@ -71,7 +75,7 @@ def parse_line(obj: Any, base: Path, index: Any, k: int) -> Query:
               motion=base / obj["motion"] if "motion" in obj else None, row=row, k=kk, offset=offset,
               against=against, start=_number(obj, "start"), end=_number(obj, "end"), crop=crop,
               fps=_number(obj, "fps"))
-    return check_query(q, len(index))
+    return check_query(q, None if index is None else len(index))
 
 
 def read_queries(path: Path) -> Iterator[tuple[int, Any, str | None]]:
@@ -107,13 +111,26 @@ def read_queries(path: Path) -> Iterator[tuple[int, Any, str | None]]:
                 yield no, None, f"not JSON ({str(exc)[:80]})"
 
 
-def check_all(path: Path, index_len: int | None = None) -> list[tuple[int, Any, str | None]]:
-    """Every line of ``path`` read (:func:`read_queries`) before any model loads; a JSON line that is not an
-    object is already an error here. Raises when the file itself is unusable or holds no query."""
+def check_all(path: Path, k: int = 5) -> list[tuple[int, Any, str | None]]:
+    """Every line of ``path`` read (:func:`read_queries`) and checked before any model loads: a JSON line that
+    is not an object is an error, and every query but a ``keyid`` one (which needs the index) goes through
+    :func:`lavimo.search.inputs.check_query` with its files checked (they exist, with a known suffix; relative to
+    the queries file's folder), its error kept as the line's. Raises when the file itself is unusable or holds
+    no query."""
     lines = list(read_queries(path))
     if not lines:
         raise BadInputError(path, "queries", "no query in the file")
-    return [(no, obj, err or (None if isinstance(obj, dict) else "expected a JSON object")) for no, obj, err in lines]
+    out: list[tuple[int, Any, str | None]] = []
+    for no, obj, err in lines:
+        if err is None and not isinstance(obj, dict):
+            err = "expected a JSON object"
+        if err is None and "keyid" not in obj:
+            try:
+                parse_line(obj, path.parent, None, k)
+            except (ValueError, OSError) as exc:  # BadInputError is a ValueError: the file and field, one line
+                err = one_line(exc)
+        out.append((no, obj, err))
+    return out
 
 
 def run_batch(retriever: Any, index: Any, lines: list[tuple[int, Any, str | None]], base: Path, out: Path,
@@ -158,8 +175,8 @@ def run_batch(retriever: Any, index: Any, lines: list[tuple[int, Any, str | None
             t0 = time.perf_counter()
             v = encode_query(retriever, d)
             rec.update(answer(index, d, v, time.perf_counter() - t0))
-        except ValueError as exc:  # BadInputError is a ValueError: the file and field, one line
-            rec["error"] = one_line(exc)
+        except (ValueError, OSError, RuntimeError) as exc:  # a bad, unreadable or undecodable input: this line
+            rec["error"] = one_line(exc)  # BadInputError is a ValueError: the file and field, one line
     flush()
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "w", encoding="utf-8") as fh:

@@ -253,7 +253,7 @@ def _query_of(args: argparse.Namespace) -> Query:
     crop = parse_crop(args.crop)
     q = Query(text=args.text, video=args.video, motion=args.motion, row=0 if args.keyid is not None else None,
               k=args.k, offset=args.offset, against=against, start=args.start, end=args.end, crop=crop, fps=args.fps)
-    check_query(q, check_files=args.server is None)  # the row is resolved once the index is open
+    check_query(q)  # the files too (--server uploads them); the row is resolved once the index is open
     if args.keyid is not None:
         q.row = None
     return q
@@ -304,7 +304,7 @@ def _query(args: argparse.Namespace) -> int:
 def _batch(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise SetupError("--k must be >= 1")
-    lines = check_all(args.queries)  # the whole file read and parsed before the model loads
+    lines = check_all(args.queries, k=args.k)  # the whole file read and checked before the model loads
     _check_model_inputs(args.index, args.checkpoint)
     r, idx = open_index(args.index, args.checkpoint, args.stats, args.device)
     done, failed = run_batch(r, idx, lines, args.queries.parent, args.out, k=args.k)

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .inputs import Query
+from .inputs import MAX_UPLOAD_BYTES, SERVER_MOTION_TYPES, Query
 
 TIMEOUT_S = 600
 #: the longest answer read back (bytes): a page of results is a few kB
@@ -19,7 +19,8 @@ MAX_ANSWER_BYTES = 16 << 20
 
 
 def form_fields(q: Query, keyid: str | None = None) -> dict[str, str]:
-    """The API's form fields for ``q`` (docs/search.md, "JSON API"): text / keyid, k, offset, against, window."""
+    """The API's form fields for ``q`` (docs/search.md, "JSON API"): text / keyid, k, offset, against, window
+    (``fps``, an AMASS .npz motion's rate, is not a field: the server takes .npy motions only)."""
     f: dict[str, str] = {"k": str(q.k), "offset": str(q.offset)}
     if q.text is not None:
         f["text"] = q.text
@@ -27,12 +28,26 @@ def form_fields(q: Query, keyid: str | None = None) -> dict[str, str]:
         f["keyid"] = keyid
     if q.against is not None:
         f["against"] = q.against
-    for name in ("start", "end", "fps"):
+    for name in ("start", "end"):
         if getattr(q, name) is not None:
             f[name] = repr(float(getattr(q, name)))
     if q.crop is not None:
         f["crop"] = ",".join(str(int(c)) for c in q.crop)
     return f
+
+
+def check_upload(path: Path, kind: str, cap: int = MAX_UPLOAD_BYTES) -> None:
+    """Refuse, before anything is read or sent, a local file the server would refuse: larger than its upload cap
+    (``stat`` only) or an AMASS ``.npz`` motion (the server takes .npy motions; a local query reads .npz).
+    ValueError naming the file."""
+    if kind == "motion" and path.suffix.lower() not in SERVER_MOTION_TYPES:
+        raise ValueError(f"{path}: motion: the search server takes {', '.join(SERVER_MOTION_TYPES)} motions, not "
+                         f"{path.suffix or 'no extension'}; run this query without --server (a local query reads "
+                         "AMASS .npz)")
+    size = path.stat().st_size
+    if size > cap:
+        raise ValueError(f"{path}: {kind}: {size} bytes, over the search server's upload cap of {cap >> 20} MiB; "
+                         "run this query without --server")
 
 
 def multipart(fields: dict[str, str], file: Path | None, kind: str | None) -> tuple[bytes, str]:
@@ -60,6 +75,8 @@ def remote_query(url: str, q: Query, keyid: str | None = None, timeout: float = 
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ValueError(f"--server {url!r}: expected http://HOST:PORT")
     file, kind = (q.video, "video") if q.video is not None else (q.motion, "motion")
+    if file is not None:
+        check_upload(Path(file), kind)
     body, ctype = multipart(form_fields(q, keyid), file, kind if file is not None else None)
     req = urllib.request.Request(url.rstrip("/") + "/api/search", data=body, method="POST",
                                  headers={"Content-Type": ctype, "Accept": "application/json"})

@@ -16,6 +16,11 @@ MAX_TEXT = 1000
 #: the deepest result (offset + k) a query may ask for (the page caps k itself: lavimo.search.server.MAX_K)
 MAX_DEPTH = 1000
 MOTION_SUFFIXES = (".npy", ".npz")
+#: the largest file the search server accepts as an upload (HTTP 413 above it; ``query --server`` refuses a larger
+#: local file before sending it)
+MAX_UPLOAD_BYTES = 64 << 20
+#: the motion files the search server accepts (no AMASS .npz: a local query reads those)
+SERVER_MOTION_TYPES = (".npy",)
 VIDEO_TYPES = (".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".ogv")
 #: what a query searches: "motion" latents (default), "video" latents (stored video latents) or "text" (captions)
 AGAINST = ("motion", "video", "text")

@@ -7,6 +7,7 @@ previews."""
 from __future__ import annotations
 
 import io
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +36,35 @@ def motion_features(index: Any, i: int) -> np.ndarray | None:
         urls = stream.resolve_shards(Path(db["path"]), split)[0]
     except (OSError, ValueError, KeyError):  # BadInputError is a ValueError: the set moved or its manifest changed
         return None
+    try:
+        wanted = shard_format.member_name(e.keyid, "motion.npy")
+    except BadInputError:  # an entry whose keyid is not a keyid names no member
+        return None
     for url in urls:
         if Path(url).name != shard:
             continue
-        for raw in stream._tar_samples(url, stream.SkipStats()):
-            if raw.get("__key__") == e.keyid and "motion.npy" in raw:
-                a = shard_format.load_npy_bytes(raw["motion.npy"])
-                if a.ndim != 2 or a.dtype.kind != "f" or not np.isfinite(a).all():
-                    raise BadInputError(url, "motion.npy", f"not finite (T, D) features: {a.dtype} {a.shape}")
-                return a.astype(np.float32)
+        data = _first_member(Path(url), wanted)
+        if data is None:
+            return None
+        a = shard_format.load_npy_bytes(data)
+        if a.ndim != 2 or a.dtype.kind != "f" or not np.isfinite(a).all():
+            raise BadInputError(url, "motion.npy", f"not finite (T, D) features: {a.dtype} {a.shape}")
+        return a.astype(np.float32)
+    return None
+
+
+def _first_member(path: Path, name: str) -> bytes | None:
+    """The bytes of the first member ``name`` of the shard ``path``, or None when it has none. Only that member
+    is read (the others are skipped unread, one at a time), and the reading stops at it. BadInputError for a
+    shard that cannot be read (damaged, truncated, compressed)."""
+    members = shard_format.shard_members(path, want=lambda n: n == name)
+    try:
+        for _, data in members:
+            return data
+    except (tarfile.TarError, EOFError) as exc:
+        raise BadInputError(path, name, f"unreadable shard ({' '.join(str(exc).split())[:200]})") from exc
+    finally:
+        members.close()
     return None
 
 

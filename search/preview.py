@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 PREVIEW_VERSION = 2  # bump when the look of a preview changes (invalidates cached previews)
 MIN_SIZE, MAX_SIZE = 16, 2048
 MAX_FPS = 240.0
+#: the most frames a preview the server renders holds (30 s at 20 fps); a longer motion is subsampled to it at a
+#: lower frame rate, keeping its duration (:func:`cap_frames`)
+MAX_PREVIEW_FRAMES = 600
 
 # chain colours in the order of HUMANML3D.chains: right leg, left leg, spine, right arm, left arm
 _COLOURS = ((214, 60, 60), (60, 110, 214), (90, 90, 90), (214, 60, 60), (60, 110, 214))
@@ -301,11 +304,24 @@ def _cached(out: Path, key: str) -> bool:
         return False
 
 
+def cap_frames(joints: np.ndarray, fps: float, max_frames: int | None) -> tuple[np.ndarray, float]:
+    """(T, ...) frames at ``fps`` -> at most ``max_frames`` of them, keeping the duration: every s-th frame, s =
+    ceil(T / max_frames), at ``fps`` / s. Unchanged when ``max_frames`` is None or T fits."""
+    t = len(joints)
+    if max_frames is None or t <= max_frames:
+        return joints, fps
+    if max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    stride = -(-t // int(max_frames))
+    return joints[::stride], fps / stride
+
+
 def render_preview(motion: np.ndarray | str | os.PathLike, out: str | os.PathLike, fps: float = 20.0,
                    size: int = 256, force: bool = False, angle_deg: float = 30.0, light: int = 0,
-                   renderer: str = "auto") -> Path:
+                   renderer: str = "auto", max_frames: int | None = None) -> Path:
     """Features (T, 263) or joints (T, 22, 3) (array, or ``.npy`` path read without pickle) -> a skeleton mp4
-    at ``out`` (``size`` x ``size`` pixels, one frame per motion frame at ``fps``), rendered through
+    at ``out`` (``size`` x ``size`` pixels, one frame per motion frame at ``fps``; with ``max_frames``, a longer
+    motion is subsampled to at most that many frames at a lower frame rate, :func:`cap_frames`), rendered through
     :mod:`lavimo.render.scene` (module docstring); the numpy stick figure when EGL is unavailable (``renderer``:
     "auto", "egl" (no fallback) or "numpy"). An existing ``out`` whose cache key (joints and settings) matches
     is returned as is unless ``force``. Raises BadInputError for a bad motion file, ValueError for bad
@@ -324,7 +340,7 @@ def render_preview(motion: np.ndarray | str | os.PathLike, out: str | os.PathLik
         if not src.is_file():
             raise BadInputError(src, "motion", "file not found")
         motion = read_motion_npy(src)
-    joints = to_joints(motion, src)
+    joints, fps = cap_frames(to_joints(motion, src), fps, max_frames)
     use = renderer
     if use == "auto":
         use = "egl" if egl_available() else "numpy"
@@ -361,9 +377,12 @@ def skeleton_preview_path(root: str | os.PathLike, keyid: str, size: int = SKELE
 
 
 def skeleton_preview(motion: np.ndarray | str | os.PathLike, root: str | os.PathLike, keyid: str,
-                     size: int = SKELETON_SIZE, fps: float = 20.0) -> Path:
+                     size: int = SKELETON_SIZE, fps: float = 20.0, max_frames: int | None = MAX_PREVIEW_FRAMES
+                     ) -> Path:
     """The skeleton preview of one indexed motion (features (T, 263) or joints (T, 22, 3)), rendered at ``size``
     pixels (>= 256 for the page: never an upscaled small video) into :func:`skeleton_preview_path` (cached by
-    :func:`render_preview`'s key: a second call with the same motion returns the file). For an indexing-time
-    render (so no preview is black on first view) and for the page's on-demand one."""
-    return render_preview(motion, skeleton_preview_path(root, keyid, size), fps=fps, size=size)
+    :func:`render_preview`'s key: a second call with the same motion returns the file), at most ``max_frames``
+    frames (:func:`cap_frames`). For an indexing-time render (so no preview is black on first view) and for the
+    page's on-demand one."""
+    return render_preview(motion, skeleton_preview_path(root, keyid, size), fps=fps, size=size,
+                          max_frames=max_frames)

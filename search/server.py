@@ -31,13 +31,14 @@ from inside the index directory or its recorded database, whatever its JSON says
 message, and the server keeps serving.
 """
 
+import contextlib
 import logging
 import os
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from lavimo.core import mp4
 from lavimo.core.keyids import child_path, is_keyid
@@ -45,24 +46,30 @@ from lavimo.core.keyids import child_path, is_keyid
 from . import preview
 from .index import PREVIEWS, source_text
 from .motionfile import motion_features, npy_bytes
-from .inputs import (ALLOWED_AGAINST, MAX_DEPTH, MAX_TEXT, VIDEO_TYPES, Query, check_query, check_text,
-                     parse_crop)
+from .inputs import (ALLOWED_AGAINST, MAX_DEPTH, MAX_TEXT, MAX_UPLOAD_BYTES, SERVER_MOTION_TYPES, VIDEO_TYPES,
+                     Query, check_query, check_text, parse_crop)
 from .query import answer, decode_query, encode_query, video_vector
 
 log = logging.getLogger(__name__)
 
-MAX_UPLOAD_BYTES = 64 << 20
 #: what a request body may hold beyond the upload itself (multipart headers, the other form fields; a query text of
 #: up to 100k characters still reaches the text check and gets its clear 400)
 FORM_OVERHEAD_BYTES = 64 << 10
 #: Host names every server answers to (the bound address is added); more with --allow-host or this variable
 DEFAULT_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "::1")
 ALLOWED_HOSTS_ENV = "LAVIMO_SEARCH_ALLOWED_HOSTS"
-MOTION_TYPES = (".npy",)
+MOTION_TYPES = SERVER_MOTION_TYPES
 MAX_K = 50
 #: example queries shown on the page: captions of this many motions spread over the index
 EXAMPLES = 6
 HERE = Path(__file__).resolve().parent
+#: how long a preview request waits for another preview's render before it is answered 503 (Retry-After)
+RENDER_WAIT_S = 5.0
+RETRY_AFTER_S = 5
+
+
+class RenderBusy(RuntimeError):
+    """Another preview holds the render lock past :data:`RENDER_WAIT_S` (answered 503 with Retry-After)."""
 
 
 class SearchService:
@@ -133,14 +140,25 @@ class SearchService:
         source = idx.feature_file(n)  # a string path to <keyid>.npy inside the recorded feature folder, or None
         if source is None or idx.root is None:
             return None
-        with self.render_lock:
+        with self._rendering():
             p = self._existing_preview(n)  # rendered by another request while this one waited
             if p is not None:
                 return p
             out = preview.render_preview(source, child_path(idx.root / PREVIEWS, f"{e.keyid}.mp4"),
-                                         size=preview.SKELETON_SIZE)
+                                         size=preview.SKELETON_SIZE, max_frames=preview.MAX_PREVIEW_FRAMES)
             idx.set_preview(n, f"{PREVIEWS}/{e.keyid}.mp4")  # relative to the index directory, as build_index writes it
         return out
+
+    @contextlib.contextmanager
+    def _rendering(self) -> Iterator[None]:
+        """Hold ``render_lock``, waiting at most :data:`RENDER_WAIT_S` (a request thread is one of the pool's
+        that queries need too): RenderBusy when another render still holds it."""
+        if not self.render_lock.acquire(timeout=RENDER_WAIT_S):
+            raise RenderBusy("another preview is being rendered")
+        try:
+            yield
+        finally:
+            self.render_lock.release()
 
     def skeleton_file(self, n: int) -> Path | None:
         """Motion ``n``'s skeleton preview at :data:`lavimo.search.preview.SKELETON_SIZE` pixels
@@ -154,7 +172,7 @@ class SearchService:
         p = preview.skeleton_preview_path(idx.root, keyid)
         if p.is_file():
             return p
-        with self.render_lock:
+        with self._rendering():
             if p.is_file():
                 return p
             feats = motion_features(idx, n)
@@ -219,10 +237,15 @@ class _TooLarge(Exception):
 
 
 class _HTTPError(Exception):
-    """An HTTP 4xx answered as ``{"error": message}``."""
+    """An HTTP 4xx (or 503) answered as ``{"error": message}`` with ``headers``."""
 
-    def __init__(self, status: int, message: str):
-        self.status, self.message = status, message
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        self.status, self.message, self.headers = status, message, headers
+
+
+def _busy() -> _HTTPError:
+    """503 with Retry-After: another preview is being rendered."""
+    return _HTTPError(503, "another preview is being rendered; retry shortly", {"Retry-After": str(RETRY_AFTER_S)})
 
 
 def _k(value: Any) -> int:
@@ -382,9 +405,17 @@ async def _search_upload(svc: SearchService, upload: Any, form: Any, k: int, off
 async def _api_search(svc: SearchService, request: Any) -> dict[str, Any]:
     """``POST /api/search`` (module docstring): exactly one of ``text``, ``file`` or ``keyid`` (a text and a file
     together is a 400: the page's mode decides, nothing is silently dropped)."""
+    form = await _read_form(request, svc.max_upload_bytes)
+    try:  # the form's upload is a spooled temp file: closed however the query ends
+        return await _answer_form(svc, form)
+    finally:
+        await form.close()
+
+
+async def _answer_form(svc: SearchService, form: Any) -> dict[str, Any]:
+    """:func:`_api_search` once its form is read."""
     from starlette.concurrency import run_in_threadpool
 
-    form = await _read_form(request, svc.max_upload_bytes)
     k = _k(form.get("k", 5))
     offset = _int(form.get("offset"), "offset", 0)
     if form.get("page") not in (None, ""):
@@ -460,7 +491,7 @@ def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BY
 
     @app.exception_handler(_HTTPError)
     async def _http_error(_req, exc: _HTTPError):
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _any_error(_req, exc: Exception):  # never a traceback to the client; the server keeps serving
@@ -503,6 +534,8 @@ def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BY
     def preview_video(n: int):
         try:
             p = svc.preview_file(_n(n))
+        except RenderBusy as exc:
+            raise _busy() from exc
         except (OSError, ValueError) as exc:  # BadInputError is a ValueError; the reason stays in the log:
             # it could tell which files exist
             log.warning("preview %d: %s", n, exc)
@@ -513,6 +546,8 @@ def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BY
     def skeleton_video(n: int):
         try:
             p = svc.skeleton_file(_n(n))
+        except RenderBusy as exc:
+            raise _busy() from exc
         except (OSError, ValueError) as exc:
             log.warning("skeleton preview %d: %s", n, exc)
             raise _HTTPError(404, "this motion has no preview") from exc

@@ -65,21 +65,35 @@ def test_print_rendezvous_and_the_sbatch_script(tmp_path):
     # the script passes the same flags to every node's torchrun (a stand-in srun records its arguments)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    # with FAKE_MARK set the stand-in srun writes a fresh requeue marker, as train.py does before exiting 75
+    # (torchrun itself then exits 1)
+    mark = (f'[ -n "$FAKE_MARK" ] && {sys.executable} -c \'import sys; from pathlib import Path; '
+            'from lavimo.training.requeue import write_marker as w; p = Path(sys.argv[1]); w(p, step=5, epoch=0, '
+            'batch_in_epoch=5, checkpoint=p / "checkpoints/last.safetensors", state=p / "checkpoints/last.state.pt", '
+            'signal="SIGTERM", exit_status=75)\' "$FAKE_MARK"\n')
     for name, rc in (("srun", "${FAKE_RC:-0}"), ("scontrol", "0")):
-        (bin_dir / name).write_text(f'#!/bin/bash\necho "{name} $*" >> "$CALLS"\nexit {rc}\n')
+        (bin_dir / name).write_text(f'#!/bin/bash\necho "{name} $*" >> "$CALLS"\n'
+                                    f'{mark if name == "srun" else ""}exit {rc}\n')
         (bin_dir / name).chmod(0o755)
     calls = tmp_path / "calls.txt"
-    for fake_rc, requeued in (("0", False), ("75", True)):
+    out = tmp_path / "o"
+    (out / "checkpoints").mkdir(parents=True)
+    for name in ("last.safetensors", "last.state.pt"):
+        (out / "checkpoints" / name).write_bytes(b"x")
+    for fake_rc, marker, job_rc, requeued in (("0", False, 0, False), ("75", False, 0, True), ("1", True, 0, True),
+                                              ("1", False, 1, False)):
         calls.unlink(missing_ok=True)
+        (out / "requeue.json").unlink(missing_ok=True)
         run = subprocess.run(["bash", str(SLURM / "train_torchrun.sbatch"), "--epochs", "3"], cwd=REPO, timeout=120,
                              env={**env, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-                                  "CALLS": str(calls), "SHARDS": "/s", "OUT": "/o", "FAKE_RC": fake_rc},
+                                  "CALLS": str(calls), "SHARDS": "/s", "OUT": str(out), "FAKE_RC": fake_rc,
+                                  "FAKE_MARK": str(out) if marker else ""},
                              capture_output=True, text=True)
         lines = calls.read_text().splitlines()
-        assert run.returncode == 0, run.stderr
+        assert run.returncode == job_rc, run.stderr
         assert lines[0] == (f"srun --kill-on-bad-exit=0 python -m torch.distributed.run {flags} -m lavimo.train "
-                            "--shards /s --out /o --preset paper --global-batch-size 64 --workers 4 --no-progress "
-                            "--resume auto --epochs 3")
+                            f"--shards /s --out {out} --preset paper --global-batch-size 64 --workers 4 "
+                            "--no-progress --resume auto --epochs 3")
         assert (lines[1:] == ["scontrol requeue 77"]) is requeued
 
 

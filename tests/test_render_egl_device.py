@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from lavimo.core.errors import SetupError
-from lavimo.render.egl_device import GPU_VARIABLES, assigned_gpus, choose_egl_devices, egl_cuda_devices
+from lavimo.render.egl_device import (GPU_VARIABLES, assigned_gpus, choose_egl_devices, cuda_device_map,
+                                     egl_cuda_devices)
 
 
 def _choose(env, explicit=None, mapping=None):
@@ -55,3 +56,40 @@ def test_assigned_gpus_and_the_query_here():
     assert assigned_gpus({}) is None and GPU_VARIABLES[0] == "CUDA_VISIBLE_DEVICES"
     mapping = egl_cuda_devices()  # Mesa / no GPU: None; NVIDIA's EGL: CUDA ordinal -> EGL index
     assert mapping is None or all(isinstance(k, int) and isinstance(v, int) for k, v in mapping.items())
+
+
+def test_cuda_device_map_from_faked_egl_devices():
+    """EGL devices 0 (Mesa software), 1 and 2 (NVIDIA: CUDA 1 and 0), 3 (NVIDIA, a second EGL device of CUDA 0):
+    CUDA 0 -> EGL 2 (the first), CUDA 1 -> EGL 1; none with the extension -> None."""
+    exts = {0: [b"EGL_MESA_device_software"], 1: [b"EGL_EXT_device_drm", b"EGL_NV_device_cuda"],
+            2: [b"EGL_NV_device_cuda"], 3: [b"EGL_NV_device_cuda"]}
+    ordinals = {0: None, 1: 1, 2: 0, 3: 0}
+    assert cuda_device_map([0, 1, 2, 3], exts.get, ordinals.get) == {1: 1, 0: 2}
+    assert cuda_device_map([0], exts.get, ordinals.get) is None
+    assert cuda_device_map([1], exts.get, lambda h: None) is None  # the attribute query failed
+
+
+def test_egl_query_failures_missing_is_quiet_others_warn(monkeypatch, caplog):
+    import logging
+
+    import lavimo.render.egl_device as egl_device
+
+    def no_egl():
+        raise ImportError("libEGL.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(egl_device, "_egl_device_functions", no_egl)
+    with caplog.at_level(logging.DEBUG, logger="lavimo.render.egl_device"):
+        assert egl_cuda_devices() is None
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG] and "libEGL" in caplog.text
+    caplog.clear()
+
+    def failing_devices():
+        raise RuntimeError("EGL_BAD_ALLOC")
+
+    monkeypatch.setattr(egl_device, "_egl_device_functions", lambda: (failing_devices, None, None))
+    with caplog.at_level(logging.DEBUG, logger="lavimo.render.egl_device"):
+        assert egl_cuda_devices() is None
+    assert [r.levelno for r in caplog.records] == [logging.WARNING] and "EGL_BAD_ALLOC" in caplog.text
+    nvidia = ((lambda: [7]), (lambda h: [b"EGL_NV_device_cuda"]), (lambda h: 3))
+    monkeypatch.setattr(egl_device, "_egl_device_functions", lambda: nvidia)
+    assert egl_cuda_devices() == {3: 0}

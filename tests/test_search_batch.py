@@ -119,6 +119,70 @@ def test_batch_one_load_many_queries(tiny, tmp_path, capsys):
     assert code == 0 and "2 answered, 0 failed" in stdout and len(out.read_text().splitlines()) == 2
 
 
+def test_batch_lines_checked_before_the_model_loads(tmp_path, no_model):
+    """check_all (what batch runs before the model loads) runs every non-keyid line's real check, files
+    included: a missing or wrongly typed file is that line's error before any model is loaded."""
+    from lavimo.search.batch import check_all
+
+    (tmp_path / "notes.txt").write_text("x")
+    lines = [json.dumps({"text": "a person walks"}), json.dumps({"motion": "missing.npy"}),
+             json.dumps({"video": "notes.txt"}), json.dumps({"keyid": "000001"}), json.dumps({"text": "a", "k": 0}),
+             json.dumps({"text": "a", "against": "text"})]
+    (tmp_path / "q.jsonl").write_text("\n".join(lines) + "\n")
+    got = check_all(tmp_path / "q.jsonl")
+    assert [(no, err is None) for no, _, err in got] == [(1, True), (2, False), (3, False), (4, True), (5, False),
+                                                          (6, False)]
+    errs = [err for _, _, err in got]
+    assert "missing.npy: motion: file not found" in errs[1] and str(tmp_path) in errs[1]
+    assert "notes.txt: video: expected one of" in errs[2] and "k must be" in errs[4] and "searches" in errs[5]
+
+
+def test_batch_unreadable_and_failing_lines_are_reported(tiny, tmp_path, capsys, monkeypatch):
+    """An input that cannot be read (OSError) or decoded (RuntimeError) is that line's error; the others are
+    answered; exit 1."""
+    import lavimo.search.batch as batch
+    from lavimo.search.motionfile import motion_features
+
+    for name in ("ok.npy", "locked.npy", "broken.npy"):
+        np.save(tmp_path / name, motion_features(tiny["index"], 2))
+    real = batch.decode_query
+
+    def decode(retriever, index, q):
+        if q.motion is not None and q.motion.name == "locked.npy":
+            raise PermissionError(13, "Permission denied", str(q.motion))
+        if q.motion is not None and q.motion.name == "broken.npy":
+            raise RuntimeError("decoder failed")
+        return real(retriever, index, q)
+
+    monkeypatch.setattr(batch, "decode_query", decode)
+    lines = [json.dumps({"motion": n}) for n in ("locked.npy", "ok.npy", "broken.npy")]
+    (tmp_path / "q.jsonl").write_text("\n".join(lines + [json.dumps({"text": "a person walks"})]) + "\n")
+    out = tmp_path / "out.jsonl"
+    code, _, err = _main(capsys, "batch", "--index", tiny["dir"], "--queries", tmp_path / "q.jsonl", "--out", out)
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert code == 1 and "2 of 4 queries failed" in err, err
+    assert "Permission denied" in got[0]["error"] and "decoder failed" in got[2]["error"]
+    assert "results" in got[1] and "results" in got[3]
+
+
+def test_query_server_checks_the_local_file_first(tmp_path, capsys, no_model):
+    """``query --server``: the local file is checked (exists, known suffix) and one the server would refuse (over
+    its upload cap, found by stat on a sparse file; an AMASS .npz) is exit 2 before anything is sent (the port
+    below has no server: reaching it would be another message)."""
+    from lavimo.search.inputs import MAX_UPLOAD_BYTES
+
+    url = "http://127.0.0.1:9"
+    big = tmp_path / "big.mp4"
+    with open(big, "wb") as fh:
+        fh.truncate(MAX_UPLOAD_BYTES + 1)
+    (tmp_path / "m.npz").write_bytes(b"PK")
+    for args, msg in ((("--motion", tmp_path / "missing.npy"), "missing.npy: motion: file not found"),
+                      (("--video", big), "over the search server's upload cap of 64 MiB"),
+                      (("--motion", tmp_path / "m.npz"), "the search server takes .npy motions")):
+        code, out, err = _main(capsys, "query", "--server", url, *args)
+        assert code == 2 and msg in err and "cannot reach" not in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_query_through_a_running_server(tiny, tmp_path, capsys):
     """``query --server URL``: the same answer as the local query, without loading a model here; a motion file is
     uploaded; a refused query is exit 2 with the server's message; an unreachable server is one line."""

@@ -760,3 +760,63 @@ def test_concurrent_queries_never_wait_for_an_upload(tiny, monkeypatch):
         pool.shutdown(wait=True)
         server.should_exit = True
         thread.join(10)
+
+
+def test_motion_of_a_shard_entry_reads_only_its_member(tiny, monkeypatch):
+    """The .npy download / skeleton preview reads one member of the shard (the entry's motion.npy), not every
+    sample before it, and gives the loader's features for it."""
+    from lavimo.dataset.shards import format as shard_format, stream
+    from lavimo.search.motionfile import motion_features
+
+    index = tiny["index"]
+    n = len(index) - 1
+    read: list[str] = []
+    real = shard_format.iter_tar_members
+
+    def spy(*args, **kwargs):
+        for name, data in real(*args, **kwargs):
+            read.append(name)
+            yield name, data
+
+    monkeypatch.setattr(shard_format, "iter_tar_members", spy)
+    feats = motion_features(index, n)
+    assert feats is not None and read == [f"{index.keyid(n)}.motion.npy"]
+    monkeypatch.setattr(shard_format, "iter_tar_members", real)
+    src, db = index.entry(n).source, index.meta["database"]
+    url = next(u for u in stream.resolve_shards(Path(db["path"]), src["split"])[0] if Path(u).name == src["shard"])
+    raw = next(r for r in stream._tar_samples(url, stream.SkipStats()) if r["__key__"] == index.keyid(n))
+    np.testing.assert_array_equal(feats, shard_format.load_npy_bytes(raw["motion.npy"]).astype(np.float32))
+
+
+def test_a_busy_render_lock_answers_503(client, tiny, monkeypatch):
+    """A preview request that would wait for another render is answered 503 with Retry-After (bounded wait), so
+    it does not hold a request thread that queries need; queries go on."""
+    import lavimo.search.server as server
+
+    monkeypatch.setattr(server, "RENDER_WAIT_S", 0.01)
+    index = tiny["index"]
+    p = server.preview.skeleton_preview_path(index.root, index.keyid(0))
+    p.unlink(missing_ok=True)
+    svc = client.app.state.service
+    with svc.render_lock:  # another render in progress
+        busy = client.get("/skeleton/0")
+        assert busy.status_code == 503 and busy.headers["retry-after"] == str(server.RETRY_AFTER_S)
+        assert "rendered" in busy.json()["error"]
+        assert client.post("/api/search", data={"text": "a person walks", "k": "2"}).status_code == 200
+
+
+def test_the_form_is_closed_whatever_the_answer(client, monkeypatch):
+    """``POST /api/search`` closes its FormData (an upload's spooled temp file) on an answer and on a refusal."""
+    from starlette.datastructures import FormData
+
+    closed = []
+    real = FormData.close
+
+    async def close(self):
+        closed.append(1)
+        await real(self)
+
+    monkeypatch.setattr(FormData, "close", close)
+    assert client.post("/api/search", data={"text": "a person walks", "k": "2"}).status_code == 200
+    bad = client.post("/api/search", files={"file": ("clip.txt", b"not a video", "text/plain")})
+    assert bad.status_code == 415 and len(closed) == 2

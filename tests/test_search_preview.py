@@ -115,6 +115,22 @@ def test_numpy_fallback_without_egl(tmp_path, monkeypatch, caplog, counter):
     assert _skeleton_mask(frames[0]).sum() > 10
 
 
+def test_preview_frames_are_capped_keeping_the_duration(tmp_path, monkeypatch):
+    j = walking(25)
+    same, fps = preview.cap_frames(j, 20.0, 25)
+    assert same is j and fps == 20.0 and preview.cap_frames(j, 20.0, None)[0] is j
+    capped, fps = preview.cap_frames(j, 20.0, 10)  # stride 3: frames 0, 3, ..., 24 at 20/3 fps
+    np.testing.assert_array_equal(capped, j[::3])
+    assert len(capped) == 9 and fps == pytest.approx(20.0 / 3)
+    assert preview.MAX_PREVIEW_FRAMES == 600
+    monkeypatch.setattr(preview, "egl_available", lambda: False)
+    out = preview.skeleton_preview(j, tmp_path, "M00001", size=64, max_frames=10)
+    frames, _ = read_video(out)
+    assert frames.shape == (9, 64, 64, 3)
+    whole = preview.render_preview(j, tmp_path / "whole.mp4", size=64)  # the CLI's default: every frame
+    assert read_video(whole)[0].shape[0] == 25
+
+
 def test_write_mp4_is_atomic_once(tmp_path, monkeypatch):
     """write_mp4 relies on lavimo.core.mp4's own atomic write (one temporary file, renamed), not a second one around it."""
     import lavimo.core.mp4

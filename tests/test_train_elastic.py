@@ -15,7 +15,8 @@ import pytest
 
 from lavimo.dataset.shards.elastic import rows_of_rank
 from lavimo.training.config import TrainConfig
-from lavimo.training.elastic import default_streams, resume_statement
+from lavimo.training.elastic import (default_streams, layout_change, loader_layout, resume_statement,
+                                     saved_loader_layout)
 from tests.fixtures.runs import TINY_FLAGS, metrics_rows, run_train, train_shards
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,6 +151,25 @@ def test_default_streams_and_statements():
     assert "read by more than one rank" in resume_statement(tc, 1, 8)
     plain = resume_statement(TrainConfig(batch_size=4), 2, 1)
     assert "NOT the same sample order" in plain and "may repeat or be missed" in plain
+
+
+def test_a_changed_loader_layout_is_not_called_exact():
+    """A resume that adds or changes the global batch / loader streams mid-epoch switches loaders: the statement
+    says the sample order is not the same (from the checkpoint's layout, else the saved config.json's)."""
+    tc = TrainConfig(batch_size=4, global_batch_size=8, loader_streams=4)
+    assert loader_layout(TrainConfig(batch_size=4, loader_streams=3)) == (0, 0)
+    assert layout_change((8, 4), tc) == "" and layout_change(None, tc) == ""
+    assert layout_change((0, 0), tc) == "global batch 0 -> 8, loader streams 0 -> 4"
+    assert saved_loader_layout({"loader_layout": [8, 2]}, (0, 0)) == (8, 2)
+    assert saved_loader_layout({}, (0, 0)) == (0, 0)
+    assert saved_loader_layout({"loader_layout": ["8", 2]}, None) is None  # malformed: unknown
+    for saved_ranks in (2, 1):
+        mid = resume_statement(tc, saved_ranks, 2, changed_layout=layout_change((8, 2), tc), batch_in_epoch=3)
+        assert "NOT the same sample order (loader layout changed: loader streams 2 -> 4;" in mid
+        assert "exact (" not in mid and "same global sample order" not in mid
+    boundary = resume_statement(tc, 2, 2, changed_layout=layout_change((0, 0), tc), batch_in_epoch=0)
+    assert "NOT the same" not in boundary and "loader layout changed at an epoch boundary" in boundary
+    assert resume_statement(tc, 2, 2, changed_layout="", batch_in_epoch=3) == resume_statement(tc, 2, 2)
 
 
 def test_loader_batches_do_not_depend_on_ranks_or_workers(request):

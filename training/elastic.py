@@ -68,10 +68,57 @@ def elastic_train_loader(shards: Any, cfg: Any, tc: TrainConfig, epoch: int, ste
     return loader
 
 
-def resume_statement(tc: TrainConfig, saved_world_size: int, world_size: int) -> str:
+def loader_layout(tc: TrainConfig) -> tuple[int, int]:
+    """(global batch, loader streams) of a run's settings; (0, 0) without a global batch (the streams unused)."""
+    g = int(tc.global_batch_size or 0)
+    return (g, int(tc.loader_streams or 0)) if g else (0, 0)
+
+
+def saved_loader_layout(state: dict[str, Any], fallback: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The loader layout a checkpoint was written with: the training state's ``loader_layout`` (two
+    non-negative ints), else ``fallback`` (the saved config.json's, read before this session rewrote it)."""
+    value = state.get("loader_layout")
+    if (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+        return (value[0], value[1]) if value[0] else (0, 0)
+    return fallback
+
+
+def layout_change(saved: tuple[int, int] | None, tc: TrainConfig) -> str:
+    """``"global batch 0 -> 64, loader streams 0 -> 8"`` when this launch's loader layout differs from the
+    saved one (``saved``: :func:`saved_loader_layout`; None = unknown, taken as unchanged), else ""."""
+    if saved is None:
+        return ""
+    now = loader_layout(tc)
+    parts = [f"{name} {a} -> {b}" for name, a, b in (("global batch", saved[0], now[0]),
+                                                      ("loader streams", saved[1], now[1])) if a != b]
+    return ", ".join(parts)
+
+
+def resume_statement(tc: TrainConfig, saved_world_size: int, world_size: int, *, changed_layout: str = "",
+                     batch_in_epoch: int = 0) -> str:
     """One line: what a resume from a checkpoint written by ``saved_world_size`` ranks on ``world_size`` ranks
-    keeps exactly and what it does not (docs/training.md, "Elastic resume")."""
+    keeps exactly and what it does not (docs/training.md, "Elastic resume"). ``changed_layout``: the loader
+    layout change (:func:`layout_change`, "" when none); with it and a checkpoint inside an epoch
+    (``batch_in_epoch`` > 0) the sample order is not the same: the interrupted epoch goes on with the new
+    loader's batches."""
     counters = "step/epoch counters, optimiser, scheduler and lr schedule exact"
+    if changed_layout:
+        where = f"resume on {world_size} rank(s) of a checkpoint written by {saved_world_size}"
+        if batch_in_epoch > 0:
+            return (f"{where}: NOT the same sample order (loader layout changed: {changed_layout}; the interrupted "
+                    f"epoch continues at batch {batch_in_epoch} with the new loader's batches: samples of it may "
+                    f"repeat or be missed until it ends); {counters}; RNG streams "
+                    f"{'restored' if saved_world_size == world_size else 'reseeded'}")
+        changed_at_boundary = (f"; loader layout changed at an epoch boundary ({changed_layout}): the next epochs "
+                               "follow the new layout's sample order")
+    else:
+        changed_at_boundary = ""
+    return _statement(tc, saved_world_size, world_size, counters) + changed_at_boundary
+
+
+def _statement(tc: TrainConfig, saved_world_size: int, world_size: int, counters: str) -> str:
+    """:func:`resume_statement` when the loader layout is unchanged."""
     if saved_world_size == world_size:
         return (f"resume on the same {world_size} rank(s): exact ({counters}; sample order and every rank's RNG "
                 "state restored; bit-identical weights on CPU)")

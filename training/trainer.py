@@ -26,7 +26,7 @@ from lavimo.model.ddp import needs_find_unused_parameters
 from lavimo.model.lavimo import FUSION_NAMES, LOSS_KEYS
 from lavimo.training.config import RunConfig, changes
 from lavimo.training.data import train_loader, val_loader
-from lavimo.training.elastic import resume_statement
+from lavimo.training.elastic import layout_change, loader_layout, resume_statement, saved_loader_layout
 from lavimo.training.loop import (
     DistInfo, LossModule, NonFiniteGuard, RunningMeans, SkipBudget, Stepper, TrainingStalled, apply_group_settings,
     barrier, format_counts, gather_embeddings, gather_rng_states, group_settings, load_training_state,
@@ -90,12 +90,13 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------------------
     # resume
 
-    def resume(self, saved_step: int | None) -> str:
+    def resume(self, saved_step: int | None, saved_layout: tuple[int, int] | None = None) -> str:
         """Continue the run of RUN/checkpoints/last.state.pt + last.safetensors: weights, optimiser (with this
         command line's lr, weight decay, betas), scheduler, scaler, guard, running means, counters and this rank's
         RNG state (restored once the loader has skipped what the interrupted run consumed). ``saved_step``: the
         step last.safetensors was saved at (:func:`check_resume_checkpoint`). Every problem with the files is a
-        SetupError. Returns (and logs) the line saying what of the saved run is kept exactly
+        SetupError. ``saved_layout``: the saved config.json's (global batch, loader streams), used when the state
+        does not record them. Returns (and logs) the line saying what of the saved run is kept exactly
         (:func:`lavimo.training.elastic.resume_statement`)."""
         run = self.run
         try:
@@ -137,8 +138,10 @@ class Trainer:
             log.warning("--resume with %d rank(s) instead of %d: RNG streams are reseeded (not bit-exact)",
                         self.dinfo.world_size, len(rngs))
         log.info("resuming at epoch %d, batch %d (global step %d)", self.epoch, self.batch_in_epoch, self.step)
-        note = resume_statement(self.tc, len(rngs), self.dinfo.world_size)
-        (log.info if len(rngs) == self.dinfo.world_size else log.warning)("%s", note)
+        changed = layout_change(saved_loader_layout(state, saved_layout), self.tc)
+        note = resume_statement(self.tc, len(rngs), self.dinfo.world_size, changed_layout=changed,
+                                batch_in_epoch=self.batch_in_epoch)
+        (log.info if len(rngs) == self.dinfo.world_size and not changed else log.warning)("%s", note)
         return note
 
     # ----------------------------------------------------------------------------------------------------------
@@ -326,7 +329,8 @@ class Trainer:
                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                     "scaler": self.scaler.state_dict(), "rng": rngs, "best_score": self.best_score,
                     "nonfinite": self.guard.state_dict(), "period": self.period.state_dict(),
-                    "updates": self.updates, "epoch_updates": self.epoch_updates},
+                    "updates": self.updates, "epoch_updates": self.epoch_updates,
+                    "loader_layout": list(loader_layout(tc))},
                     before_rename=lambda: self._save_weights(run.last, extra))
             if tc.checkpoint_every and batch_in_epoch == 0 and epoch % tc.checkpoint_every == 0:
                 self._save_weights(run.ckpt_dir / f"epoch-{epoch:04d}.safetensors", extra)

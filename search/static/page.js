@@ -136,7 +136,15 @@ function address(s) {
   return '/?' + p.toString();
 }
 
+// overlapping searches: only the newest one's answer is shown and pushed to history (an older request is aborted,
+// and its answer, if it still arrives, is dropped by the counter)
+let searchSeq = 0;
+let inflight = null;
+
 async function search(s) {
+  const seq = ++searchSeq;
+  if (inflight) inflight.abort();
+  inflight = null;
   const k = $('k').value || '5';
   s = Object.assign({k: k, page: 1}, s);
   const fd = new FormData();
@@ -167,10 +175,14 @@ async function search(s) {
   out.dataset.done = '';
   status.textContent = 'searching\u2026';
   const t0 = performance.now();
+  const ctl = new AbortController();
+  inflight = ctl;
   try {
-    const r = await fetch('/api/search', {method: 'POST', body: fd});
+    const r = await fetch('/api/search', {method: 'POST', body: fd, signal: ctl.signal});
     const data = await r.json();
     const ms = performance.now() - t0;
+    if (seq !== searchSeq) return;  // a newer search was started meanwhile: its answer is the one shown
+    inflight = null;
     if (!r.ok) {
       status.textContent = '';
       err.textContent = data.error || ('HTTP ' + r.status);
@@ -193,6 +205,8 @@ async function search(s) {
     else history.pushState(s, '', address({mode: s.mode, page: 1}));
     out.dataset.done = '1';
   } catch (e) {
+    if (seq !== searchSeq) return;  // aborted or overtaken by a newer search
+    inflight = null;
     status.textContent = '';
     err.textContent = String(e);
     out.dataset.done = 'error';
