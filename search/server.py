@@ -532,24 +532,20 @@ def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BY
 
     @app.get("/preview/{n}")
     def preview_video(n: int):
+        return _preview_response(svc.preview_file, "preview", n)
+
+    @app.get("/skeleton/{n}")
+    def skeleton_video(n: int):
+        return _preview_response(svc.skeleton_file, "skeleton preview", n)
+
+    def _preview_response(find, what: str, n: int):
         try:
-            p = svc.preview_file(_n(n))
+            p = find(_n(n))
         except RenderBusy as exc:
             raise _busy() from exc
         except (OSError, ValueError) as exc:  # BadInputError is a ValueError; the reason stays in the log:
             # it could tell which files exist
-            log.warning("preview %d: %s", n, exc)
-            raise _HTTPError(404, "this motion has no preview") from exc
-        return _video(p, n)
-
-    @app.get("/skeleton/{n}")
-    def skeleton_video(n: int):
-        try:
-            p = svc.skeleton_file(_n(n))
-        except RenderBusy as exc:
-            raise _busy() from exc
-        except (OSError, ValueError) as exc:
-            log.warning("skeleton preview %d: %s", n, exc)
+            log.warning("%s %d: %s", what, n, exc)
             raise _HTTPError(404, "this motion has no preview") from exc
         return _video(p, n)
 

@@ -16,16 +16,9 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from lavimo.search.index import build_index
-    from lavimo.search.model import load
-    from tests.fixtures.runs import random_tiny_checkpoint
+    from tests.fixtures.runs import random_tiny_index
 
-    root = tmp_path_factory.mktemp("batch")
-    shards, ckpt, _ = random_tiny_checkpoint(root, n_test=6, n_classes=2, frames=(10, 14), samples_per_shard=6)
-    r = load(ckpt)
-    index, report = build_index(r, root / "index", shards=shards, splits=["test"], progress=False)
-    assert not report.failed
-    return {"root": root, "ckpt": ckpt, "r": r, "index": index, "dir": root / "index"}
+    return random_tiny_index(tmp_path_factory.mktemp("batch"), n_test=6)
 
 
 @pytest.fixture()

@@ -32,16 +32,12 @@ CAP = 100_000  # the test server's upload cap, bytes
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A random tiny checkpoint, its shards and an index with previews (the shards' own videos)."""
-    from lavimo.search.index import build_index
-    from lavimo.search.model import load
-    from tests.fixtures.runs import random_tiny_checkpoint
+    from tests.fixtures.runs import random_tiny_index
 
-    root = tmp_path_factory.mktemp("pagesafety")
-    shards, ckpt, _ = random_tiny_checkpoint(root, n_test=4, n_classes=2, frames=(10, 14), samples_per_shard=4)
-    r = load(ckpt)
-    index, report = build_index(r, root / "index", shards=shards, splits=["test"], progress=False)
-    assert not report.failed and index.preview_path(0) and Path(index.preview_path(0)).is_file()
-    return {"root": root, "ckpt": ckpt, "r": r, "index": index, "dir": root / "index"}
+    data = random_tiny_index(tmp_path_factory.mktemp("pagesafety"), n_test=4)
+    index = data["index"]
+    assert index.preview_path(0) and Path(index.preview_path(0)).is_file()
+    return data
 
 
 @pytest.fixture()
