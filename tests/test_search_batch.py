@@ -5,8 +5,6 @@ never loaded), many queries for one load (a bad line reported and counted, the o
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -179,25 +177,12 @@ def test_query_server_checks_the_local_file_first(tmp_path, capsys, no_model):
 def test_query_through_a_running_server(tiny, tmp_path, capsys):
     """``query --server URL``: the same answer as the local query, without loading a model here; a motion file is
     uploaded; a refused query is exit 2 with the server's message; an unreachable server is one line."""
-    import socket
-
-    import uvicorn
-
     import lavimo.search.cli as cli
     from lavimo.search.motionfile import motion_features
     from lavimo.search.server import create_app
+    from tests.fixtures.runs import start_server
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(tiny["r"], tiny["index"]), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
+    server, thread, port = start_server(create_app(tiny["r"], tiny["index"]))
     url = f"http://127.0.0.1:{port}"
     try:
         code, out, _ = _main(capsys, "query", "--index", tiny["dir"], "--text", "a person walks", "--json", "--k", "3")

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -34,12 +31,6 @@ def _chromium() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     """A live server over a tiny index, and a headless Chromium; yields a dict (driver, url, r, index, files)."""
@@ -48,26 +39,20 @@ def page(tmp_path_factory):
         pytest.skip("headless Chromium not installed (Debian: apt-get install chromium chromium-driver; "
                     "`make sysdeps` does it as root)")
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e '.[test]')")
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     from selenium.webdriver.chrome.service import Service
 
     from lavimo.search.motionfile import motion_features
     from lavimo.search.preview import skeleton_preview
     from lavimo.search.server import create_app
+    from tests.fixtures.runs import start_server
 
     data = _build(tmp_path_factory)
     r, index, root = data["r"], data["index"], data["root"]
     for i in range(len(index)):  # what an indexing-time preview render leaves: no preview is black on first view
         skeleton_preview(motion_features(index, i), index.root, index.keyid(i))
     np.save(root / "query-motion.npy", motion_features(index, 2))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(r, index), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120  # a poll: generous for a loaded machine
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
+    server, thread, port = start_server(create_app(r, index))
     opts = webdriver.ChromeOptions()
     opts.binary_location = found[0]
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,1000",

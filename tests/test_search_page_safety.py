@@ -9,12 +9,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ torch = pytest.importorskip("torch")
 from lavimo.core.errors import BadInputError  # noqa: E402
 from tests.fixtures.untrusted import assert_clean_refusal, run_measured, run_python  # noqa: E402
 from tests.fixtures.child_peak import reader_loop  # noqa: E402
+from tests.fixtures.runs import start_server  # noqa: E402
 
 CAP = 100_000  # the test server's upload cap, bytes
 
@@ -131,18 +130,11 @@ def test_host_header_allow_list(client, tiny, monkeypatch):
     assert c2.get("/", headers={"Host": "evil.example"}).status_code == 421
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_chunked_upload_stops_at_the_cap(tiny, monkeypatch):
     """A chunked multipart body (no Content-Length) of 8 MiB to a server with a 100 kB cap: 413 (or the connection
     closed), and the form parser's spool file never held more than the cap plus the form overhead and one chunk."""
     import httpx
     import starlette.formparsers as fp
-    import uvicorn
 
     import lavimo.search.server as server_mod
 
@@ -159,15 +151,7 @@ def test_chunked_upload_stops_at_the_cap(tiny, monkeypatch):
             return n
 
     monkeypatch.setattr(fp, "SpooledTemporaryFile", Tracked)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(tiny["r"], tiny["index"], max_upload_bytes=CAP),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
+    server, thread, port = start_server(create_app(tiny["r"], tiny["index"], max_upload_bytes=CAP))
     chunk = 64 << 10
     sent = [0]
 
@@ -700,7 +684,6 @@ def test_concurrent_queries_never_wait_for_an_upload(tiny, monkeypatch):
     import concurrent.futures as cf
 
     import httpx
-    import uvicorn
 
     from lavimo.search.server import create_app
 
@@ -714,15 +697,7 @@ def test_concurrent_queries_never_wait_for_an_upload(tiny, monkeypatch):
         return real(*a, **kw)
 
     monkeypatch.setattr(r, "video_tensor", held_decode)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(r, tiny["index"], max_upload_bytes=1 << 20), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
+    server, thread, port = start_server(create_app(r, tiny["index"], max_upload_bytes=1 << 20))
     url = f"http://127.0.0.1:{port}/api/search"
     video = Path(tiny["index"].preview_path(0)).read_bytes()
     head = (b"--XyZ\r\nContent-Disposition: form-data; name=\"kind\"\r\n\r\nvideo\r\n--XyZ\r\nContent-Disposition: "
