@@ -27,6 +27,8 @@ CASES = [
                              "ratio save / plain", "ratio load / plain"]),
     ("bench_search_scale.py", [], ["baseline exact numpy", "index exact:", "index ivfpq:", "ratio baseline / exact",
                                    "ratio baseline / ivfpq", "recall@10"]),
+    ("bench_search_scale.py", ["--kinds", "ivfpq", "--text-e2e"], ["index ivfpq:", "text end to end",
+                                                                 "encode median", "search median"]),
     ("bench_gather.py", [], ["gather_negatives=False", "gather_negatives=True", "ratio gather / no-gather:"]),
     ("bench_render.py", [], ["pipeline", "naive", "raster limit", "ratio pipeline / naive",
                              "ratio pipeline / raster limit"]),
@@ -38,7 +40,8 @@ CASES = [
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script,args,needles", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("script,args,needles", CASES,
+                         ids=[c[0] + (" --text-e2e" if "--text-e2e" in c[1] else "") for c in CASES])
 def test_benchmark_runs_quick(script: str, args: list[str], needles: list[str]):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false")

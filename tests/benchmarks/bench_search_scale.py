@@ -12,7 +12,12 @@ queries (the latents float32 in memory, ``latents @ q`` and a partial sort), ove
 exhaustive kernel (``faiss.knn``, what IndexFlatIP runs) is printed too.
 
     .venv/bin/python tests/benchmarks/bench_search_scale.py [--quick] [--n 1000000] [--queries 200]
-        [--kinds exact,ivfpq] [--tmp DIR] [--in-memory-gib 4] [--baseline-queries Q]
+        [--kinds exact,ivfpq] [--tmp DIR] [--in-memory-gib 4] [--baseline-queries Q] [--text-e2e]
+
+``--text-e2e``: the end-to-end text query on each index built: a model of the ``demo`` preset (``tiny`` with
+--quick) with random weights (its text backbone the bundled MiniLM; nothing downloads) encodes each of ``--queries``
+different short English texts with the product's ``Retriever.encode_text`` and the index searches it
+(``Index.search``, top 10), timed per query after 3 warm-up queries: median and p95 of encode, search and total.
 
 Large N (10 M of 256: 10 GB of float32): the latents are generated in chunks (the same generator and draws, so
 the figures compare with smaller runs) into a float32 ``.npy`` memory map in ``--tmp`` when they exceed
@@ -93,8 +98,66 @@ def baseline(m: np.ndarray, x: np.ndarray) -> float:
     return time.perf_counter() - t
 
 
+def query_texts(n: int) -> list[str]:
+    """``n`` different short English motion queries (templates over subjects, actions and manners)."""
+    who = ["a person", "a man", "a woman", "someone", "a child", "an old man", "a dancer", "an athlete"]
+    act = ["walks forward", "runs in a circle", "jumps up", "waves the right hand", "sits down", "kicks a ball",
+           "turns around", "climbs stairs", "throws an object", "crouches", "stretches both arms", "bows",
+           "spins on one foot", "steps to the left", "picks something up", "claps"]
+    how = ["slowly", "quickly", "twice", "then stops", "happily", "carefully"]
+    out = [f"{w} {a}" for a in act for w in who] + [f"{w} {a} {h}" for h in how for a in act for w in who]
+    if n > len(out):
+        raise SystemExit(f"--text-e2e: at most {len(out)} different query texts, asked for {n}")
+    return out[:n]
+
+
+def text_e2e(r, ix, n: int) -> None:
+    """Time ``n`` text queries end to end on the opened index ``ix``: ``r.encode_text`` then ``ix.search`` (top 10)."""
+    texts = query_texts(n + 3)
+    enc, srch, total = [], [], []
+    for i, text in enumerate(texts):
+        t0 = time.perf_counter()
+        lat = r.encode_text([text])
+        t1 = time.perf_counter()
+        got = ix.search(lat[0], 10)
+        t2 = time.perf_counter()
+        if len(got) != 10:
+            raise SystemExit(f"text query {i}: {len(got)} results, not 10")
+        if i >= 3:  # the first three warm the encoder up
+            enc.append(t1 - t0)
+            srch.append(t2 - t1)
+            total.append(t2 - t0)
+    (em, ep), (sm, sp), (tm, tp) = stats(enc), stats(srch), stats(total)
+    print(f"  text end to end ({len(total)} different texts, encode_text + search top 10): median "
+          f"{tm * 1e3:.1f} ms p95 {tp * 1e3:.1f} ms (encode median {em * 1e3:.1f} ms p95 {ep * 1e3:.1f} ms; "
+          f"search median {sm * 1e3:.2f} ms p95 {sp * 1e3:.2f} ms); target <= 50 ms: ratio target / median "
+          f"{0.05 / tm:.2f} (a fixed target, not a same-run baseline)", flush=True)
+
+
+def load_retriever(preset: str, tmp: Path):
+    """A :class:`Retriever` of ``preset`` with random weights (seed 0), its preprocessing from tiny shards."""
+    import torch
+
+    from lavimo.dataset.shards.stream import load_stats
+    from lavimo.model import build_model, load_preset, save_checkpoint
+    from lavimo.search.model import load, preprocess_record
+    from tests.fixtures.tiny_shards import make_tiny_shards
+
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    shards = make_tiny_shards(tmp / "shards", n_train=2, n_val=0, n_test=4, n_classes=4, frames=(20, 30), size=32,
+                              samples_per_shard=8)
+    cfg = load_preset(preset, random_init=True)
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(build_model(cfg), tmp / "model.safetensors",
+                           extra={"preprocess": preprocess_record(cfg, *load_stats(shards))})
+    r = load(ckpt)
+    print(f"model for --text-e2e: preset {preset} (random weights), latent {r.latent_dim}, torch threads "
+          f"{torch.get_num_threads()}", flush=True)
+    return r
+
+
 def measure_kind(kind: str, d: Path, n: int, c: int, m: np.ndarray, q: np.ndarray, truth: np.ndarray,
-                 nb: int) -> None:
+                 nb: int, retriever=None) -> None:
     """Build, load and search an index of ``kind`` in ``d``; print the figures (module docstring)."""
     from lavimo.search.index import Entry, Index
 
@@ -144,6 +207,8 @@ def measure_kind(kind: str, d: Path, n: int, c: int, m: np.ndarray, q: np.ndarra
         print(f"  baseline exact numpy on the first 1 M latents (in memory, {len(b1)} queries): median "
               f"{stats(b1)[0] * 1e3:.2f} ms p95 {stats(b1)[1] * 1e3:.2f} ms; ratio (1 M baseline) / {kind} at {n} "
               f"{stats(b1)[0] / med:.2f}x", flush=True)
+    if retriever is not None:
+        text_e2e(retriever, ix, len(q))
     del ix
 
 
@@ -151,7 +216,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     p.add_argument("--n", type=int, default=None, help="latents in the index (default 20000; --quick 4000)")
-    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--dim", type=int, default=None, help="latent width (default 256; the model's with --text-e2e)")
     p.add_argument("--queries", type=int, default=None, help="timed queries (default 200; --quick 30)")
     p.add_argument("--kinds", default="exact,ivfpq")
     p.add_argument("--tmp", default=None, help="where the indexes (and a latents memory map) go (default: system)")
@@ -159,10 +224,11 @@ def main() -> int:
                    help="larger generated latents go to a float32 memory map in --tmp (default 4)")
     p.add_argument("--baseline-queries", type=int, default=None,
                    help="queries the exact baseline and faiss.knn are timed on (default: all; 20 when memory-mapped)")
+    p.add_argument("--text-e2e", action="store_true",
+                   help="also time text queries end to end (encode + search) on each index (module docstring)")
     args = p.parse_args()
     n = args.n or (4000 if args.quick else 20000)
     nq = args.queries or (30 if args.quick else 200)
-    c = args.dim
 
     import faiss
 
@@ -171,6 +237,10 @@ def main() -> int:
     threading.Thread(target=_sample_rss, daemon=True).start()
 
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        r = load_retriever("tiny" if args.quick else "demo", Path(tmp)) if args.text_e2e else None
+        c = args.dim or (r.latent_dim if r is not None else 256)
+        if r is not None and r.latent_dim != c:
+            raise SystemExit(f"--text-e2e: the model's latent is {r.latent_dim}, --dim {c}")
         rng = np.random.default_rng(0)
         basis = rng.standard_normal((c, 32)).astype(np.float32)
         t0 = time.perf_counter()
@@ -201,7 +271,7 @@ def main() -> int:
               flush=True)
         for kind in args.kinds.split(","):
             d = Path(tmp) / kind
-            measure_kind(kind, d, n, c, m, q, truth, nb)
+            measure_kind(kind, d, n, c, m, q, truth, nb, r)
             shutil.rmtree(d)
     return 0
 
