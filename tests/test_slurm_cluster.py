@@ -85,6 +85,34 @@ def _sbatch_wait(cluster, args: list[str], env: dict[str, str], log_glob: str, t
     return logs
 
 
+def _sbatch_until_completed(cluster, args: list[str], env: dict[str, str], log_glob: str, timeout: float) -> str:
+    """``sbatch --parsable ...``, then the job's output polled until the requeued run has resumed and finished
+    (train.py's "resuming at epoch", then its "done:" line), then until the job has left the queue -> the output.
+    Not ``sbatch --wait``: for a job that requeues itself it may return (status 1) at the requeue, when the first
+    run ends as "CANCELLED DUE TO JOB REQUEUE"; and the job leaves ``squeue`` for a moment while it is requeued.
+    The caller checks the output and the weights; the timeout fails the test with the logs."""
+    def job_logs() -> str:
+        return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-4000:]}"
+                         for p in sorted((cluster.root / "log").glob(log_glob)))
+
+    proc = cluster.run(["sbatch", "--parsable", "--chdir", str(REPO), *args], env=env, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job = proc.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # queued, running, requeued (pending on its begin time), running again
+        logs = job_logs()
+        resumed = logs.rfind("resuming at epoch")
+        if resumed >= 0 and "INFO train: done:" in logs[resumed:]:
+            while cluster.run(["squeue", "-h", "-j", job, "-o", "%T"], timeout=30).stdout.strip():
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            return job_logs()  # the requeued run finished: the test's own checks read its output and weights
+        time.sleep(1)
+    sc.cancel_jobs(cluster)
+    pytest.fail(f"job {job} did not finish in {timeout:g} s\n{job_logs()}\n--- cluster ---\n{cluster.logs()}")
+
+
 def _write_corpus(root: Path) -> Path:
     from tests.test_render_cli import _write_npz
 
@@ -187,11 +215,12 @@ def test_srun_training_equals_torchrun(cluster, request, tmp_path):
     signaller = threading.Thread(target=_usr1_when_training,
                                  args=(cluster, srun_out / "debug" / "keyids-rank0.tsv", 240, errors), daemon=True)
     signaller.start()
-    logs = _sbatch_wait(cluster, ["--gpus-per-node=0", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1",
-                                  "--mem=512M", "--time=10", f"--output={cluster.root}/log/train-%j.out",
-                                  str(SLURM / "train.sbatch"), *extra, "--log-keyids"],
-                        _job_env(cluster, SHARDS=str(shards), OUT=str(srun_out), BATCH_PER_GPU="2",
-                                 MASTER_PORT=str(_free_port())), "train-*.out", timeout=300)
+    logs = _sbatch_until_completed(
+        cluster, ["--gpus-per-node=0", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=512M",
+                  "--time=10", f"--output={cluster.root}/log/train-%j.out", str(SLURM / "train.sbatch"), *extra,
+                  "--log-keyids"],
+        _job_env(cluster, SHARDS=str(shards), OUT=str(srun_out), BATCH_PER_GPU="2", MASTER_PORT=str(_free_port())),
+        "train-*.out", timeout=300)
     signaller.join(timeout=30)
     assert not errors, errors
     logs = "\n".join(p.read_text(errors="replace") for p in sorted((cluster.root / "log").glob("train-*.out")))
