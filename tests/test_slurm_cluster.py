@@ -98,7 +98,7 @@ def _sbatch_until_completed(cluster, args: list[str], env: dict[str, str], log_g
     proc = cluster.run(["sbatch", "--parsable", "--chdir", str(REPO), *args], env=env, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     job = proc.stdout.strip().split(";")[0]
-    deadline = time.monotonic() + timeout
+    deadline, state = time.monotonic() + timeout, ""
     while time.monotonic() < deadline:  # queued, running, requeued (pending on its begin time), running again
         logs = job_logs()
         resumed = logs.rfind("resuming at epoch")
@@ -108,9 +108,13 @@ def _sbatch_until_completed(cluster, args: list[str], env: dict[str, str], log_g
                     break
                 time.sleep(0.5)
             return job_logs()  # the requeued run finished: the test's own checks read its output and weights
+        state = cluster.run(["squeue", "-h", "-j", job, "-o", "%T %r"], timeout=30).stdout.strip()
+        if "held" in state.lower():  # e.g. launch_failed_requeued_held: it would never run again, fail now
+            break
         time.sleep(1)
     sc.cancel_jobs(cluster)
-    pytest.fail(f"job {job} did not finish in {timeout:g} s\n{job_logs()}\n--- cluster ---\n{cluster.logs()}")
+    pytest.fail(f"job {job} did not finish in {timeout:g} s, or was held (last state: {state or 'gone'})\n"
+                f"{job_logs()}\n--- cluster ---\n{cluster.logs()}")
 
 
 def _write_corpus(root: Path) -> Path:
@@ -175,6 +179,9 @@ def _metrics(run: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if k != "samples_per_s" and v != ""} for row in csv.DictReader(fh)]
 
 
+REQUEUE_SETTLE_S = 2.5  # seconds between the requeue and the requeued job's earliest start (see below)
+
+
 def _usr1_when_training(cluster, keyids: Path, timeout: float, errors: list[str]) -> None:
     """Send SIGUSR1 to the job steps of the one job in the queue (what ``--signal=USR1@180`` does before the time
     limit) once its rank 0 has started its second step (``--log-keyids``); then, once the script has requeued
@@ -191,6 +198,10 @@ def _usr1_when_training(cluster, keyids: Path, timeout: float, errors: list[str]
     while time.monotonic() < deadline:
         state = cluster.run(["squeue", "-h", "-o", "%A %T %r"], timeout=10).stdout.split()
         if state[1:3] == ["PENDING", "BeginTime"]:
+            # not in the requeue's second: slurmd revoked the job's credential when it killed the first run, and
+            # refuses ("Job N already killed, do not launch batch job") a launch whose credential was made in the
+            # same second or earlier -- Slurm's own BeginTime (now + cred_expire) exists for this
+            time.sleep(REQUEUE_SETTLE_S)
             cluster.run(["scontrol", "update", f"JobId={state[0]}", "StartTime=now"], timeout=10, check=True)
             return
         time.sleep(0.2)
