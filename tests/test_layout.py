@@ -189,6 +189,9 @@ def test_the_install_lists_every_subpackage_under_the_one_name():
     setup = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert setup["package-dir"] == {"lavimo": "."}
     on_disk = {_module_name(p) for pkg in (*ORDER, "assets") for p in (REPO / pkg).rglob("__init__.py")}
-    assert set(setup["packages"]) == on_disk | {"lavimo"}
+    data_only = {name for name in setup["package-data"] if name not in on_disk | {"lavimo"}}
+    assert all(not (REPO / name.removeprefix("lavimo.").replace(".", "/") / "__init__.py").exists()
+               and any((REPO / name.removeprefix("lavimo.").replace(".", "/")).iterdir()) for name in data_only)
+    assert set(setup["packages"]) == on_disk | {"lavimo"} | data_only
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert all(target.startswith("lavimo.") for target in scripts.values()), scripts
