@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.fixtures.shard_fixtures import FEATURE_DIM, fake_features, make_corpus  # noqa: E402
+from tests.fixtures.shard_fixtures import FEATURE_DIM, build_corpus_shards, fake_features  # noqa: E402
 
 from lavimo.dataset.augment import CLIP_MEAN, CLIP_STD, AugmentConfig, augment_clip, clip_normalize  # noqa: E402
-from lavimo.dataset.shards.build import BuildConfig, build_shards  # noqa: E402
 from lavimo.dataset.shards.format import load_stats, read_manifest  # noqa: E402
 from lavimo.dataset.shards.stream import SampleTransform, make_loader  # noqa: E402
 
@@ -24,13 +23,8 @@ COUNTS = {"train": 8, "val": 5}
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from lavimo.dataset.text_embed import SentenceEmbedder
-
-    root = tmp_path_factory.mktemp("stream")
-    clips, videos = make_corpus(root, COUNTS, size=40, frames=(14, 40), n_texts=3)
-    cfg = BuildConfig(out=root / "shards", videos=videos, samples_per_shard=2, splits=("train", "val"))
-    build_shards(clips, cfg, embedder=SentenceEmbedder(), features_fn=fake_features, show_progress=False)
-    return root / "shards", {c.keyid: c for c in clips}
+    out, clips = build_corpus_shards(tmp_path_factory.mktemp("stream"), COUNTS, size=40, frames=(14, 40), n_texts=3)
+    return out, {c.keyid: c for c in clips}
 
 
 def _keys(loader):

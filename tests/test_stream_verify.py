@@ -12,10 +12,9 @@ import tarfile
 import pytest
 import torch
 
-from tests.fixtures.shard_fixtures import fake_features, make_corpus
+from tests.fixtures.shard_fixtures import build_corpus_shards
 
 from lavimo.core.errors import BadInputError, SetupError
-from lavimo.dataset.shards.build import BuildConfig, build_shards
 from lavimo.dataset.shards.digest import DigestReader, ShardChecksumError
 from lavimo.dataset.shards.stream import make_loader
 
@@ -24,13 +23,7 @@ COUNTS = {"train": 8, "val": 4}
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from lavimo.dataset.text_embed import SentenceEmbedder
-
-    root = tmp_path_factory.mktemp("verify")
-    clips, videos = make_corpus(root, COUNTS, size=32, frames=(14, 30), n_texts=2)
-    cfg = BuildConfig(out=root / "shards", videos=videos, samples_per_shard=2, splits=("train", "val"))
-    build_shards(clips, cfg, embedder=SentenceEmbedder(), features_fn=fake_features, show_progress=False)
-    return root / "shards"
+    return build_corpus_shards(tmp_path_factory.mktemp("verify"), COUNTS, size=32, frames=(14, 30), n_texts=2)[0]
 
 
 def _names(out, split):
