@@ -284,7 +284,7 @@ def run_state(run_dir: Path, cfg: Any) -> tuple[str, str]:
             raise BadInputError(saved_path, changed[0], f"a run of another config (saved {saved.get(changed[0])!r}, "
                                 f"this row wants {want[changed[0]]!r}; {len(changed)} field(s) differ): remove "
                                 "the directory or choose another --out")
-    if not (run_dir / "checkpoints" / "last.state.pt").is_file():
+    if not (run_dir / "checkpoints" / "last.state.safetensors").is_file():
         return "fresh", ""
     try:
         extra = read_checkpoint_metadata(run_dir / "checkpoints" / "last.safetensors")["extra"]

@@ -2,7 +2,7 @@
 
 Readers: ``model.load_checkpoint`` / ``read_checkpoint_metadata`` (LAVIMO safetensors checkpoints), the pretrained
 CLIP weights loader (``lavimo.model.weights._load_any``: safetensors or a weights-only torch zip), ``load_training_state``
-(``last.state.pt``, a weights-only torch zip), a run's ``config.json`` (``train.py``'s config loading) and
+(``last.state.safetensors``, a weights-only torch zip), a run's ``config.json`` (``train.py``'s config loading) and
 ``run.json`` (``lavimo.training.run_dir.load_json``), ``metrics.csv`` (``lavimo.training.run_dir.MetricsTable``, read back on
 resume).
 
@@ -137,7 +137,7 @@ def originals(tmp_path_factory) -> dict[str, Path]:
     save_file(visual, str(root / "clip.safetensors"))
     torch.save(visual, root / "clip.pt")
     opt = torch.optim.AdamW(model.motion.parameters() if hasattr(model, "motion") else model.parameters())
-    save_training_state(root / "last.state.pt", {
+    save_training_state(root / "last.state.safetensors", {
         "epoch": 0, "batch_in_epoch": 1, "step": 1, "epochs": 1, "steps_per_epoch": 4, "world_size": 1,
         "optimizer": opt.state_dict(), "scheduler": {"last_epoch": 1}, "scaler": {}, "rng": [rng_state()],
         "best_score": None, "nonfinite": {"total": 0}, "period": {}})
@@ -146,7 +146,7 @@ def originals(tmp_path_factory) -> dict[str, Path]:
     (root / "run.json").write_text(json.dumps({"sessions": [{"command": ["train.py"]}], "shards": {}}, indent=2))
     (root / "metrics.csv").write_text("epoch,step,lr,val_score,best\n0,1,0.001,12.5,1\n0,2,0.001,11.0,0\n")
     return {"metrics": root / "metrics.csv", "ckpt": root / "ckpt.safetensors", "clip_st": root / "clip.safetensors", "clip_pt": root / "clip.pt",
-            "state": root / "last.state.pt", "config": root / "config.json", "runjson": root / "run.json"}
+            "state": root / "last.state.safetensors", "config": root / "config.json", "runjson": root / "run.json"}
 
 
 def _bytes_mutation(data: bytes, kind: str, a: int, b: int) -> bytes:

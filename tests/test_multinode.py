@@ -69,7 +69,7 @@ def test_print_rendezvous_and_the_sbatch_script(tmp_path):
     # (torchrun itself then exits 1)
     mark = (f'[ -n "$FAKE_MARK" ] && {sys.executable} -c \'import sys; from pathlib import Path; '
             'from lavimo.training.requeue import write_marker as w; p = Path(sys.argv[1]); w(p, step=5, epoch=0, '
-            'batch_in_epoch=5, checkpoint=p / "checkpoints/last.safetensors", state=p / "checkpoints/last.state.pt", '
+            'batch_in_epoch=5, checkpoint=p / "checkpoints/last.safetensors", state=p / "checkpoints/last.state.safetensors", '
             'signal="SIGTERM", exit_status=75)\' "$FAKE_MARK"\n')
     for name, rc in (("srun", "${FAKE_RC:-0}"), ("scontrol", "0")):
         (bin_dir / name).write_text(f'#!/bin/bash\necho "{name} $*" >> "$CALLS"\n'
@@ -78,7 +78,7 @@ def test_print_rendezvous_and_the_sbatch_script(tmp_path):
     calls = tmp_path / "calls.txt"
     out = tmp_path / "o"
     (out / "checkpoints").mkdir(parents=True)
-    for name in ("last.safetensors", "last.state.pt"):
+    for name in ("last.safetensors", "last.state.safetensors"):
         (out / "checkpoints" / name).write_bytes(b"x")
     for fake_rc, marker, job_rc, requeued in (("0", False, 0, False), ("75", False, 0, True), ("1", True, 0, True),
                                               ("1", False, 1, False)):

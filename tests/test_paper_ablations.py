@@ -278,7 +278,7 @@ def test_toy_run_prints_tables_2_to_6_beside_the_paper_and_resumes(request, tmp_
     out = tmp_path / "ablations"
     bad = out / "row2" / "checkpoints"  # a row that fails: its run directory holds a broken checkpoint
     bad.mkdir(parents=True)
-    (bad / "last.state.pt").write_bytes(b"junk")
+    (bad / "last.state.safetensors").write_bytes(b"junk")
     (bad / "last.safetensors").write_bytes(b"junk")
     argv = ["--shards", shards, "--out", out, "--preset", "tiny", "--epochs", "1", "--set", "epoch_batches=1",
             "--random-init", "--device", "cpu", "--in-process", "--", "--threads", "1"]

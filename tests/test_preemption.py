@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import lavimo.train as train_script
+from lavimo.core.errors import SetupError
 import lavimo.training.trainer
 from lavimo.training.preemption import EXIT_PREEMPTED, preemption_signals, resolve_resume, stop_requested
 from lavimo.training.loop import load_training_state
@@ -30,12 +31,19 @@ def _argv(shards: Path, out: Path) -> list[str]:
 
 
 def test_resolve_resume(tmp_path):
-    state = tmp_path / "last.state.pt"
+    state = tmp_path / "last.state.safetensors"
     assert resolve_resume(None, state) is False
     assert resolve_resume("auto", state) is False  # nothing to resume: a fresh start
     assert resolve_resume("yes", state) is True  # bare --resume: the run must hold a checkpoint
     state.write_bytes(b"x")
     assert resolve_resume("auto", state) is True
+    # a run of an earlier lavimo (a pickled state, no longer read) is neither resumed nor overwritten
+    old = tmp_path / "old" / "last.state.safetensors"
+    old.parent.mkdir()
+    (old.parent / "last.state.pt").write_bytes(b"x")
+    for value in (None, "auto", "yes"):
+        with pytest.raises(SetupError, match="last.state.pt: a training state of an earlier lavimo"):
+            resolve_resume(value, old)
 
 
 def test_stop_request_records_the_signal():
@@ -63,14 +71,14 @@ def test_signal_mid_epoch_then_same_command_is_bit_identical(shards, tmp_path, m
     with monkeypatch.context() as m:
         m.setattr(lavimo.training.trainer, "Stepper", SignalAtStep5)
         assert train_script.main(_argv(shards, out)) == EXIT_PREEMPTED
-    state = load_training_state(out / "checkpoints" / "last.state.pt", complete=True)
+    state = load_training_state(out / "checkpoints" / "last.state.safetensors", complete=True)
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (0, 6, 6)  # step 5 finished, then saved
     marker, line = read_marker(out)  # what a job script reads where the exit status is lost (torchrun)
     assert marker is not None and "step 6" in line, line
     assert {k: marker[k] for k in ("step", "epoch", "batch_in_epoch", "signal", "exit_status", "checkpoint",
                                    "state")} == {
         "step": 6, "epoch": 0, "batch_in_epoch": 6, "signal": "SIGUSR1", "exit_status": EXIT_PREEMPTED,
-        "checkpoint": "checkpoints/last.safetensors", "state": "checkpoints/last.state.pt"}
+        "checkpoint": "checkpoints/last.safetensors", "state": "checkpoints/last.state.safetensors"}
     assert not full.joinpath(MARKER).exists()  # a run that finishes writes none
     assert train_script.main(_argv(shards, out)) == 0  # the very same command line
     assert_same_last_weights(full, out)
@@ -87,7 +95,7 @@ def test_sigterm_to_the_process_exits_75_with_a_checkpoint(shards, tmp_path):
     rc, err = sigterm_when(proc, lambda: keyids.is_file() and keyids.read_text().count("\n") >= 2)
     assert rc == EXIT_PREEMPTED, err[-3000:]
     assert "relaunch with --resume auto" in err
-    state = load_training_state(out / "checkpoints" / "last.state.pt", complete=True)
+    state = load_training_state(out / "checkpoints" / "last.state.safetensors", complete=True)
     assert 2 <= state["step"] < 400
     marker, _ = read_marker(out)
     assert marker is not None and marker["step"] == state["step"] and marker["signal"] == "SIGTERM"
@@ -97,17 +105,17 @@ def test_requeue_marker_check(tmp_path, capsys):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     assert requeue_main([str(run)]) == 1 and "no requeue marker" in capsys.readouterr().out
-    for name in ("last.safetensors", "last.state.pt"):
+    for name in ("last.safetensors", "last.state.safetensors"):
         (run / "checkpoints" / name).write_bytes(b"x")
     path = write_marker(run, step=7, epoch=1, batch_in_epoch=2, checkpoint=run / "checkpoints" / "last.safetensors",
-                        state=run / "checkpoints" / "last.state.pt", signal="SIGUSR1", exit_status=EXIT_PREEMPTED)
+                        state=run / "checkpoints" / "last.state.safetensors", signal="SIGUSR1", exit_status=EXIT_PREEMPTED)
     assert path == run / MARKER
     written = read_marker(run)[0]["time_unix"]
     assert requeue_main([str(run), "--since", str(written - 60)]) == 0
     assert "resumable checkpoint at step 7" in capsys.readouterr().out
     assert requeue_main([str(run), "--since", str(written + 60)]) == 1  # an earlier job's marker
     assert "before this job started" in capsys.readouterr().out
-    (run / "checkpoints" / "last.state.pt").unlink()
+    (run / "checkpoints" / "last.state.safetensors").unlink()
     assert requeue_main([str(run)]) == 1 and "not in" in capsys.readouterr().out
     for bad in ('{"step": 1}', "[]", "not json", '{"step": 1, "time_unix": 1, "checkpoint": "../x", "state": "y"}'):
         path.write_text(bad)

@@ -256,7 +256,7 @@ def test_srun_training_equals_torchrun(cluster, request, tmp_path):
     got, want = _metrics(srun_out), _metrics(torchrun_out)
     assert len(got) == len(want) == 1 and [sorted(r) for r in got] == [sorted(r) for r in want]
     # the preempted epoch's logged means of the rank-local terms (recon loss, fusion weights) differ: on resume
-    # every rank restores rank 0's running sums (last.state.pt holds one); the contrastive terms (gathered over
+    # every rank restores rank 0's running sums (last.state.safetensors holds one); the contrastive terms (gathered over
     # ranks), the validation and the weights are the uninterrupted run's
     keys = [k for k in got[0] if k not in {"train_loss", "train_recon", "fusion_text", "fusion_video",
                                              "fusion_motion"}]

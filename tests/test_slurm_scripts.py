@@ -56,7 +56,7 @@ def test_train_job_requeues_on_a_fresh_marker(tmp_path, marker, requeued):
 
     out = tmp_path / "o"
     (out / "checkpoints").mkdir(parents=True)
-    for name in ("last.safetensors", "last.state.pt"):
+    for name in ("last.safetensors", "last.state.safetensors"):
         (out / "checkpoints" / name).write_bytes(b"x")
     bin_dir = _fake_bin(tmp_path)
     if marker == "fresh":  # written while the job runs: by the stand-in srun
@@ -65,10 +65,10 @@ def test_train_job_requeues_on_a_fresh_marker(tmp_path, marker, requeued):
             "[ \"srun\" = srun ]", f"{sys.executable} -c 'import sys; from lavimo.training.requeue import "
             f"write_marker as w; from pathlib import Path; p = Path(sys.argv[1]); w(p, step=5, epoch=0, "
             f"batch_in_epoch=5, checkpoint=p / \"checkpoints/last.safetensors\", state=p / "
-            f"\"checkpoints/last.state.pt\", signal=\"SIGUSR1\", exit_status=75)' {out}\n[ \"srun\" = srun ]"))
+            f"\"checkpoints/last.state.safetensors\", signal=\"SIGUSR1\", exit_status=75)' {out}\n[ \"srun\" = srun ]"))
     elif marker == "old":
         path = write_marker(out, step=5, epoch=0, batch_in_epoch=5, checkpoint=out / "checkpoints/last.safetensors",
-                            state=out / "checkpoints/last.state.pt", signal="SIGUSR1", exit_status=75)
+                            state=out / "checkpoints/last.state.safetensors", signal="SIGUSR1", exit_status=75)
         path.write_text(path.read_text().replace('"time_unix": ', '"time_unix": 1000, "was": '))
     rc, calls = _run(tmp_path, "train.sbatch", SHARDS="/s", OUT=str(out), SLURM_JOB_ID="42", FAKE_RC="1")
     assert rc == (0 if requeued else 1)

@@ -287,7 +287,7 @@ def test_train_lowers_loss_and_logs_validation(full_run, shards):
         assert rec["bytes"] == (shards / name).stat().st_size
     assert "torch" in info["packages"] and "commit" in info["git"]
     assert list((full_run / "tb").glob("events.out.tfevents.*"))
-    for name in ("best.safetensors", "last.safetensors", "last.state.pt"):
+    for name in ("best.safetensors", "last.safetensors", "last.state.safetensors"):
         assert (full_run / "checkpoints" / name).is_file()
     from lavimo.model import load_checkpoint
 
@@ -301,7 +301,7 @@ def test_resume_mid_epoch_is_exact(full_run, shards, tmp_path, capsys, caplog):
     # "killed" after a save in the middle of epoch 2: --save-every saves at step 10, --max-steps stops at 11
     # after saving; simulate losing step 11 by resuming from the step-10 files
     assert _run(["--shards", shards, "--out", out, "--epochs", 3, "--save-every", 5, "--max-steps", 10, *BASE]) == 0
-    state = load_training_state(out / "checkpoints" / "last.state.pt")
+    state = load_training_state(out / "checkpoints" / "last.state.safetensors")
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 2, 10)
     changed = tmp_path / "changed"
     shutil.copytree(out, changed)

@@ -26,8 +26,9 @@ import torch
 from lavimo.core.errors import BadInputError
 from lavimo.core.hashing import sha256_file
 from lavimo.training.loop import (
-    NonFiniteGuard, SkipBudget, TrainingStalled, load_training_state,
+    STATE_VERSION, NonFiniteGuard, SkipBudget, TrainingStalled, load_training_state,
 )
+from lavimo.training.tensor_tree import tree_to_bytes
 from test_train import BASE
 
 from tests.fixtures.runs import TRAIN_SET, run_train
@@ -281,7 +282,7 @@ def test_disk_full_while_checkpointing(shards, tmp_path, capsys, monkeypatch):
     line = _one_error_line(capsys)
     assert str(out / "checkpoints" / "last.safetensors") in line and "no space left on device" in line
     assert "start again without --resume" in line
-    assert not (out / "checkpoints" / "last.state.pt").exists()
+    assert not (out / "checkpoints" / "last.state.safetensors").exists()
     assert not list((out / "checkpoints").glob(".*")), "temp files left behind"
     monkeypatch.setattr(model, "save_checkpoint", real)
     assert _run(["--shards", shards, "--out", out, "--resume", *BASE]) == 2
@@ -293,16 +294,16 @@ def test_disk_full_while_checkpointing(shards, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(model, "save_checkpoint", full_disk_after(1))
     assert _run(["--shards", shards, "--out", out2, "--save-every", 1, "--max-steps", 3, *BASE]) == 2
     assert "rerun with --resume" in _one_error_line(capsys)
-    assert load_training_state(out2 / "checkpoints" / "last.state.pt")["step"] == 1
+    assert load_training_state(out2 / "checkpoints" / "last.state.safetensors")["step"] == 1
     assert not list((out2 / "checkpoints").glob(".*"))
     monkeypatch.setattr(model, "save_checkpoint", real)
     assert _run(["--shards", shards, "--out", out2, "--resume", "--max-steps", 2, *BASE]) == 0
-    assert load_training_state(out2 / "checkpoints" / "last.state.pt")["step"] == 2
+    assert load_training_state(out2 / "checkpoints" / "last.state.safetensors")["step"] == 2
 
 
 @pytest.fixture(scope="module")
 def saved_run(shards, tmp_path_factory):
-    """A run stopped after one step, with its last.state.pt."""
+    """A run stopped after one step, with its last.state.safetensors."""
     out = tmp_path_factory.mktemp("saved") / "run"
     assert _run(["--shards", shards, "--out", out, "--max-steps", 1, *BASE]) == 0
     return out
@@ -316,7 +317,7 @@ def _copy_run(saved_run, tmp_path) -> Path:
 
 def test_truncated_state_exits_2(saved_run, shards, tmp_path, capsys):
     run = _copy_run(saved_run, tmp_path)
-    state = run / "checkpoints" / "last.state.pt"
+    state = run / "checkpoints" / "last.state.safetensors"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     assert _run(["--shards", shards, "--out", run, "--resume", *BASE]) == 2
     line = _one_error_line(capsys)
@@ -334,9 +335,9 @@ class _Evil:
 def test_state_with_pickled_code_is_never_run(saved_run, shards, tmp_path, capsys):
     run = _copy_run(saved_run, tmp_path)
     marker = tmp_path / "pwned"
-    state = run / "checkpoints" / "last.state.pt"
-    good = torch.load(state, weights_only=True)
-    torch.save({**good, "period": _Evil(marker)}, state)
+    state = run / "checkpoints" / "last.state.safetensors"
+    good = load_training_state(state)
+    torch.save({**good, "period": _Evil(marker)}, state)  # a pickle under the state's name: never unpickled
     assert _run(["--shards", shards, "--out", run, "--resume", *BASE]) == 2
     assert str(state) in _one_error_line(capsys)
     assert not marker.exists()
@@ -344,11 +345,11 @@ def test_state_with_pickled_code_is_never_run(saved_run, shards, tmp_path, capsy
 
 @pytest.mark.parametrize("field,value", [("step", "7"), ("optimizer", []), ("epoch", -1), ("version", 9)])
 def test_malformed_state_fields_are_named(tmp_path, field, value):
-    path = tmp_path / "s.pt"
+    path = tmp_path / "s.safetensors"
     # a crafted file (save_training_state would stamp the right version)
-    torch.save({"version": 1, "epoch": 0, "batch_in_epoch": 0, "step": 0, "steps_per_epoch": 1, "optimizer": {},
+    path.write_bytes(tree_to_bytes({"version": STATE_VERSION, "epoch": 0, "batch_in_epoch": 0, "step": 0, "steps_per_epoch": 1, "optimizer": {},
                 "scheduler": {}, "scaler": {}, "rng": [], "best_score": None, "nonfinite": {}, "period": {},
-                field: value}, path)
+                field: value}))
     with pytest.raises(BadInputError) as err:
         load_training_state(path, complete=True)
     assert err.value.path == str(path) and err.value.field == field
@@ -481,7 +482,7 @@ def test_resume_removes_a_killed_runs_temp_files_and_nothing_else(saved_run, sha
     run = _copy_run(saved_run, tmp_path)
     ck = run / "checkpoints"
     # what atomic_path leaves when the process is killed mid-write: .{final}.{random}.tmp{ext}
-    stale = [ck / ".last.safetensors.k1ll3d.tmp.safetensors", ck / ".last.state.pt.ab_12x.tmp.pt",
+    stale = [ck / ".last.safetensors.k1ll3d.tmp.safetensors", ck / ".last.state.safetensors.ab_12x.tmp.safetensors",
              ck / ".epoch-0001.safetensors.q9q9q9.tmp.safetensors", run / ".metrics.csv.zz00zz.tmp.csv"]
     kept = [ck / ".notes.abc.tmp", ck / "mine.txt", run / ".last.safetensors.abc.tmp.safetensors",
             run / "tb" / ".run.json.abc.tmp.json", ck / ".other.bin.abc.tmp.bin"]
@@ -498,9 +499,8 @@ def test_resume_removes_a_killed_runs_temp_files_and_nothing_else(saved_run, sha
 
 
 def test_disk_full_in_the_real_writers_exits_2_with_one_line(shards, tmp_path, capsys, monkeypatch):
-    """The writers themselves on a full disk: torch.save writing last.state.pt into /dev/full (the OS answers
-    ENOSPC to every write; torch reports it as a RuntimeError "unexpected pos ...", as it does on a full tmpfs),
-    and safetensors' save_file failing as it does on a full file system (its SafetensorError, measured on a
+    """The writers themselves on a full disk: the training state written into /dev/full (the OS answers ENOSPC to
+    every write), and safetensors' save_file failing as it does on a full file system (its SafetensorError, measured on a
     64 KiB tmpfs: "Error while serializing: I/O error: No space left on device (os error 28)")."""
     import builtins
 
@@ -512,21 +512,15 @@ def test_disk_full_in_the_real_writers_exits_2_with_one_line(shards, tmp_path, c
         pytest.skip("no /dev/full device on this system")
 
     def open_full(path, mode="r", *a, **kw):  # the state's temporary file is a device that is always full
-        if ".last.state.pt." in str(path) and "w" in mode:
+        if ".last.state.safetensors." in str(path) and "w" in mode:
             return builtins.open("/dev/full", mode, *a, **kw)
         return builtins.open(path, mode, *a, **kw)
 
-    real_save = torch.save
-
-    def save_to_full(obj, f, *a, **kw):  # the code at the branch point passed a path to torch.save
-        return real_save(obj, "/dev/full" if isinstance(f, (str, os.PathLike)) else f, *a, **kw)
-
     monkeypatch.setattr(lavimo.training.loop, "open", open_full, raising=False)
-    monkeypatch.setattr(torch, "save", save_to_full)
     out = tmp_path / "run"
     assert _run(["--shards", shards, "--out", out, "--max-steps", 1, *BASE]) == 2
     line = _one_error_line(capsys)
-    assert str(out / "checkpoints" / "last.state.pt") in line and "no space left on device" in line, line
+    assert str(out / "checkpoints" / "last.state.safetensors") in line and "no space left on device" in line, line
     assert not list((out / "checkpoints").iterdir()), "partial files left behind"
     monkeypatch.undo()
 

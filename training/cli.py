@@ -154,7 +154,7 @@ def os_error_line(exc: OSError) -> str:
     """One line for an OSError: the file, what happened, what to do (MissingWeightsError's message says what to
     put where)."""
     return os_error_text(exc, disk_full_hint="; free disk space (or choose another --out), then rerun (with "
-                                             "--resume if RUN/checkpoints/last.state.pt exists)")
+                                             "--resume if RUN/checkpoints/last.state.safetensors exists)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,14 +26,16 @@ from lavimo.core.atomic import atomic_path
 from lavimo.core.errors import BadInputError
 from lavimo.core.device import autocast
 from lavimo.core.keyids import is_keyid
-from lavimo.core.restricted_unpickle import torch_load_tensors
 from lavimo.evaluation.metrics import retrieval_metrics, similarity_matrix
 from lavimo.evaluation.protocols import EncodedSplit
 from lavimo.model.lavimo import FUSION_NAMES, LOSS_KEYS
+from lavimo.training.tensor_tree import load_tree, tree_to_bytes
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+#: the training state's format: 2 = a safetensors tensor tree (RUN/checkpoints/last.state.safetensors); 1 was a
+#: torch pickle (last.state.pt), no longer read
+STATE_VERSION = 2
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -170,8 +172,8 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """RNG states of python, numpy (global) and torch (CPU + CUDA) in a ``torch.load(weights_only=True)``-safe
-    form (tensors, ints, tuples)."""
+    """RNG states of python, numpy (global) and torch (CPU + CUDA) in a form a tensor tree stores
+    (:mod:`lavimo.training.tensor_tree`: tensors, ints, floats, strings, tuples)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
@@ -215,41 +217,18 @@ def gather_rng_states(info: DistInfo) -> list[dict[str, Any]]:
     return out
 
 
-class _WriteErrors:
-    """A binary file for ``torch.save`` that remembers the OSError of a failed write: torch swallows it and raises
-    a RuntimeError without the errno ("unexpected pos ..."), so a full disk would not be recognised."""
-
-    def __init__(self, fh: Any):
-        self.fh = fh
-        self.error: OSError | None = None
-
-    def write(self, data: Any) -> int:
-        try:
-            return self.fh.write(data)
-        except OSError as exc:
-            self.error = exc
-            raise
-
-    def flush(self) -> None:
-        self.fh.flush()
-
-
 def save_training_state(path: str | os.PathLike, state: dict[str, Any],
                         before_rename: Callable[[], Any] | None = None) -> None:
-    """Atomically ``torch.save`` the training state: written to a temp file in the same directory, fsynced and
-    renamed, so a crash or a full disk mid-write leaves the previous file (or none) in place, never a truncated
-    one. ``before_rename`` runs after the temp file is complete and before the rename (train.py writes the
-    matching weights there): when it raises, the previous state file stays. The state is stamped with
-    :data:`STATE_VERSION`, which :func:`load_training_state` checks."""
+    """Atomically write the training state as a ``.safetensors`` tensor tree (:mod:`lavimo.training.tensor_tree`:
+    tensors plus JSON, no pickle): written to a temp file in the same directory, fsynced and renamed, so a crash
+    or a full disk mid-write leaves the previous file (or none) in place, never a truncated one. ``before_rename``
+    runs after the temp file is complete and before the rename (train.py writes the matching weights there): when
+    it raises, the previous state file stays. The state is stamped with :data:`STATE_VERSION`, which
+    :func:`load_training_state` checks."""
+    data = tree_to_bytes({**state, "version": STATE_VERSION})
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            out = _WriteErrors(fh)
-            try:
-                torch.save({**state, "version": STATE_VERSION}, out)
-            except RuntimeError as exc:  # torch reports a failed write (a full disk) as "unexpected pos ..."
-                if out.error is not None:
-                    raise out.error from exc
-                raise
+            fh.write(data)
         if before_rename is not None:
             before_rename()
 
@@ -265,8 +244,8 @@ _STATE_FIELDS: dict[str, tuple[type, ...]] = {
 def load_training_state(path: str | os.PathLike, complete: bool = False) -> dict[str, Any]:
     """Load a training state written by :func:`save_training_state`.
 
-    Always ``torch.load(weights_only=True)``: tensors and plain containers only, no object is unpickled, no
-    code runs. Raises ``FileNotFoundError`` when the file is absent and :class:`BadInputError` naming the file
+    A tensor tree (:func:`lavimo.training.tensor_tree.load_tree`): safetensors and JSON, nothing is unpickled and
+    no code runs. Raises ``FileNotFoundError`` when the file is absent and :class:`BadInputError` naming the file
     (and the field) when it is truncated, not a torch file, has another ``version``, or mistypes a field
     train.py reads; with ``complete`` (train.py --resume) every one of those fields must be present.
     """
@@ -274,12 +253,9 @@ def load_training_state(path: str | os.PathLike, complete: bool = False) -> dict
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no training state to resume from (was the run saved at least once?)")
     try:
-        state = torch_load_tensors(path)
-    except BadInputError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - truncated zip, not a torch file, a pickle the safe loader refuses
-        detail = " ".join(str(exc).split())[:200]
-        raise BadInputError(path, None, f"unreadable training state ({type(exc).__name__}: {detail})") from exc
+        state = load_tree(path)
+    except BadInputError as exc:  # truncated, not safetensors (an older pickled state), a malformed tree
+        raise BadInputError(path, exc.field, f"unreadable training state ({exc.message})") from exc
     if not isinstance(state, dict):
         raise BadInputError(path, None, f"not a training state (a {type(state).__name__}, expected a dict)")
     if state.get("version") != STATE_VERSION:

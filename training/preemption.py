@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from lavimo.core.errors import SetupError
 from lavimo.core.stop import StopSignals
 
 EXIT_PREEMPTED = 75
@@ -43,10 +44,21 @@ def stop_requested(stop: StopSignals, distributed: bool = False, device: torch.d
     return requested
 
 
+#: the training state's file name before format 2 (training/loop.py, STATE_VERSION)
+LEGACY_STATE_NAME = "last.state.pt"
+
+
 def resolve_resume(value: str | bool | None, last_state: str | os.PathLike) -> bool:
     """train.py's ``--resume`` value -> whether to resume: absent -> False; bare ``--resume`` -> True (the run
-    must hold a checkpoint); ``auto`` -> True when ``last_state`` (RUN/checkpoints/last.state.pt) exists, False
-    (a fresh start) otherwise — so one command line serves the first launch and every requeue."""
+    must hold a checkpoint); ``auto`` -> True when ``last_state`` (RUN/checkpoints/last.state.safetensors) exists, False
+    (a fresh start) otherwise — so one command line serves the first launch and every requeue. A run directory
+    that holds only a training state of format 1 (``last.state.pt``, a torch pickle, no longer read) is a
+    SetupError whatever the value: neither resumed nor overwritten."""
+    legacy = Path(last_state).with_name(LEGACY_STATE_NAME)
+    if not Path(last_state).is_file() and legacy.is_file():
+        raise SetupError(f"{legacy}: a training state of an earlier lavimo (a torch pickle; training states are "
+                         f"safetensors now) is not read; finish this run with the lavimo that wrote it, or start "
+                         f"a new --out")
     if value in (None, False):
         return False
     if value == "auto":

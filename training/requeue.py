@@ -7,7 +7,7 @@ stop wrote, just before train.py exits 75; every session start removes an old on
 marker on disk always belongs to the latest session. Its fields::
 
     {"step": 11, "epoch": 1, "batch_in_epoch": 3, "checkpoint": "checkpoints/last.safetensors",
-     "state": "checkpoints/last.state.pt", "signal": "SIGUSR1", "exit_status": 75,
+     "state": "checkpoints/last.state.safetensors", "signal": "SIGUSR1", "exit_status": 75,
      "time": "2026-12-05T01:02:03+0000", "time_unix": 1796432523.4}
 
 ``python -m lavimo.training.requeue RUN --since UNIX_TIME`` (what scripts/slurm/train.sbatch runs) exits 0

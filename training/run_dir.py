@@ -8,7 +8,7 @@ Layout (see the README)::
     RUN/metrics.csv                  one row per validation
     RUN/tb/                          TensorBoard event files
     RUN/checkpoints/last.safetensors  latest weights (model.save_checkpoint)
-    RUN/checkpoints/last.state.pt     optimiser/scheduler/scaler/RNG/loader position for --resume
+    RUN/checkpoints/last.state.safetensors     optimiser/scheduler/scaler/RNG/loader position for --resume
     RUN/checkpoints/best.safetensors  weights with the best validation score
 """
 
@@ -51,7 +51,7 @@ class RunDir:
     tb = property(lambda self: self.root / "tb")
     ckpt_dir = property(lambda self: self.root / "checkpoints")
     last = property(lambda self: self.root / "checkpoints" / "last.safetensors")
-    last_state = property(lambda self: self.root / "checkpoints" / "last.state.pt")
+    last_state = property(lambda self: self.root / "checkpoints" / "last.state.safetensors")
     best = property(lambda self: self.root / "checkpoints" / "best.safetensors")
     debug = property(lambda self: self.root / "debug")
 
@@ -104,7 +104,7 @@ def note_session(run: RunDir, key: str, value: Any) -> None:
 #: the files of a run directory that are written atomically (lavimo.core.atomic): a killed run may leave a temporary file
 #: of one of these (``.{name}.{random}.tmp{ext}``), which :func:`remove_stale_temp_files` removes
 _RUN_FILE_RE = re.compile(r"^(config\.json|run\.json|metrics\.csv|requeue\.json)$")
-_CKPT_FILE_RE = re.compile(r"^(last\.safetensors|last\.state\.pt|best\.safetensors|epoch-\d+\.safetensors)$")
+_CKPT_FILE_RE = re.compile(r"^(last\.safetensors|last\.state\.safetensors|best\.safetensors|epoch-\d+\.safetensors)$")
 
 
 def remove_stale_temp_files(run: RunDir) -> list[Path]:

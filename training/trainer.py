@@ -1,7 +1,7 @@
 """The training loop: :class:`Trainer` (``fit`` -> ``train_one_epoch`` -> one step, ``validate``, ``save``,
 ``resume``), holding the run's state explicitly (epoch, batch in epoch, global step, optimiser steps, best score,
 NaN/inf guard, running means). One step = one batch per rank (:class:`lavimo.training.loop.Stepper`), then the
-per-step lr schedule. A checkpoint (``last.safetensors`` + ``last.state.pt``) holds everything a resume needs to
+per-step lr schedule. A checkpoint (``last.safetensors`` + ``last.state.safetensors``) holds everything a resume needs to
 continue bit-identically (docs/training.md).
 """
 
@@ -91,7 +91,7 @@ class Trainer:
     # resume
 
     def resume(self, saved_step: int | None, saved_layout: tuple[int, int] | None = None) -> str:
-        """Continue the run of RUN/checkpoints/last.state.pt + last.safetensors: weights, optimiser (with this
+        """Continue the run of RUN/checkpoints/last.state.safetensors + last.safetensors: weights, optimiser (with this
         command line's lr, weight decay, betas), scheduler, scaler, guard, running means, counters and this rank's
         RNG state (restored once the loader has skipped what the interrupted run consumed). ``saved_step``: the
         step last.safetensors was saved at (:func:`check_resume_checkpoint`). Every problem with the files is a
@@ -315,7 +315,7 @@ class Trainer:
     # checkpoints
 
     def save(self, epoch: int, batch_in_epoch: int) -> None:
-        """last.safetensors + last.state.pt (collective: every rank contributes its RNG state). The state goes
+        """last.safetensors + last.state.safetensors (collective: every rank contributes its RNG state). The state goes
         to a temp file first, the weights are written (atomically) while it waits, then the state is renamed:
         a crash or a full disk in between leaves the previous pair (or none), never a truncated file."""
         run, tc = self.run, self.tc
