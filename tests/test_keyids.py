@@ -1,6 +1,5 @@
 """Keyids are names, never paths: the one validator every reader uses, and the one safe join."""
 
-from pathlib import Path
 
 import pytest
 

@@ -4,7 +4,6 @@ job array, refused values (exit 2)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
