@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from lavimo.core.errors import BadInputError
+from lavimo.core.keyids import is_keyid
 from lavimo.dataset.shards import format as shard_format, stream
 
 from .model import read_motion_npy
@@ -32,8 +33,13 @@ def motion_features(index: Any, i: int) -> np.ndarray | None:
     shard, split = src.get("shard"), src.get("split")
     if src.get("kind") != "shard" or not isinstance(shard, str) or not isinstance(split, str):
         return None
+    # the shard set index.json records, opened only as a folder of the splits it lists: a path that is no folder
+    # (a brace pattern would be expanded) or a split that is not a name (../x) reads nothing
+    root, splits = Path(db["path"]), db.get("splits")
+    if not (is_keyid(split) and isinstance(splits, list) and split in splits and root.is_dir()):
+        return None
     try:
-        urls = stream.resolve_shards(Path(db["path"]), split)[0]
+        urls = stream.resolve_shards(root, split)[0]
     except (OSError, ValueError, KeyError):  # BadInputError is a ValueError: the set moved or its manifest changed
         return None
     try:

@@ -667,6 +667,26 @@ def test_row_actions_paging_and_download(client, tiny):
     assert client.get("/motion/-1.npy").status_code in (404, 422)
 
 
+def test_an_edited_shard_database_reads_nothing_else(tiny, monkeypatch):
+    """The shard set and split of a motion come from index.json and records.sqlite, files from elsewhere: a
+    database path that is no folder (a brace pattern the shard resolver would expand), a split that is not a name
+    (``../x``) or one the index does not list reads nothing (None: the page's download is a 404)."""
+    import dataclasses
+
+    from lavimo.search.motionfile import motion_features
+
+    index = tiny["index"]
+    assert motion_features(index, 0) is not None  # the untouched index reads its motion
+    db, entry = dict(index.meta["database"]), index.entry(0)
+    edits = [({"path": db["path"] + "/x{0..9999999999}.tar"}, {}), ({}, {"split": "../x"}),
+             ({"splits": []}, {}), ({"splits": "test"}, {})]
+    for db_edit, src_edit in edits:
+        monkeypatch.setitem(index.meta, "database", {**db, **db_edit})
+        edited = dataclasses.replace(entry, source={**entry.source, **src_edit})
+        monkeypatch.setattr(index, "entry", lambda i, edited=edited: edited)
+        assert motion_features(index, 0) is None, (db_edit, src_edit)
+
+
 def test_browser_webm_without_duration_is_accepted(client):
     """A WebM recorded by Chromium's MediaRecorder (tests/fixtures/media/mediarecorder.webm: "Duration: N/A",
     1k tbr) is a video query like any other: its frames are counted while reading, not taken from the header."""
