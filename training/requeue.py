@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from lavimo.core.atomic import write_text
-from lavimo.core.errors import print_error
+from lavimo.core.errors import BadInputError, print_error
+from lavimo.core.jsonconfig import read_json_file
 
 #: the marker's file name in the run directory
 MARKER = "requeue.json"
@@ -67,22 +68,20 @@ def read_marker(run_root: str | Path, since: float | None = None) -> tuple[dict 
     root = Path(run_root)
     path = marker_path(root)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(_MAX_BYTES + 1)
+        record = read_json_file(path, max_bytes=_MAX_BYTES)
     except FileNotFoundError:
         return None, f"{path}: no requeue marker (no checkpoint after a stop signal in this session)"
     except OSError as exc:
         return None, f"{path}: unreadable ({exc.strerror or exc})"
+    except BadInputError as exc:
+        return None, f"{path}: not a requeue marker ({exc.reason})"
     try:
-        if len(raw) > _MAX_BYTES:
-            raise ValueError(f"more than {_MAX_BYTES} bytes")
-        record = json.loads(raw.decode("utf-8"))
         step, written = record["step"], record["time_unix"]
         files = [record["checkpoint"], record["state"]]
         if (not isinstance(step, int) or isinstance(step, bool) or not isinstance(written, (int, float))
                 or not math.isfinite(written) or not all(isinstance(f, str) for f in files)):
             raise ValueError("step / time_unix / checkpoint / state of the wrong type")
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         return None, f"{path}: not a requeue marker ({exc})"
     if since is not None and written < since:
         return None, (f"{path}: written at {written:.0f}, before this job started ({since:.0f}): an earlier "
