@@ -35,7 +35,7 @@ from lavimo.core.errors import BadInputError, SetupError, os_error_text, print_e
 from .batch import check_all, run_batch
 from .client import remote_query
 from .inputs import AGAINST, Query, check_query, parse_crop
-from .query import recorded_checkpoint, run_query
+from .query import run_query
 
 # the rest of lavimo.search (torch, the model, the index, the renderer, the server) is imported by the commands that
 # use it, after their inputs are checked: a missing file or an empty text fails in a fraction of a second, and
@@ -228,22 +228,12 @@ def _main(args: argparse.Namespace) -> int:
     if args.cmd == "batch":
         return _batch(args)
     if args.cmd == "serve":
-        _check_model_inputs(args.index, args.checkpoint)
+        r, idx = open_index(args.index, args.checkpoint, args.stats, args.device)
         from .server import serve
 
-        r, idx = open_index(args.index, args.checkpoint, args.stats, args.device)
         serve(r, idx, host=args.host, port=args.port, allow_hosts=args.allow_host)
         return 0
     raise SetupError(f"unknown command {args.cmd}")
-
-
-def _check_model_inputs(index: Path, checkpoint: Path | None) -> None:
-    """Before any model loads: the index directory holds an index and the checkpoint (given, or the one it
-    records) is a file. FileNotFoundError / BadInputError naming the file."""
-    ckpt = recorded_checkpoint(index) if checkpoint is None else checkpoint
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"{ckpt}: no such checkpoint" + ("" if checkpoint else
-                                                                 f" (recorded by {index}; pass --checkpoint)"))
 
 
 def _query_of(args: argparse.Namespace) -> Query:
@@ -288,7 +278,6 @@ def _query(args: argparse.Namespace) -> int:
     if args.server is not None:
         res = remote_query(args.server, q, keyid=args.keyid)
     else:
-        _check_model_inputs(args.index, args.checkpoint)
         r, idx = open_index(args.index, args.checkpoint, args.stats, args.device)
         row = None
         if args.keyid is not None:
@@ -305,7 +294,6 @@ def _batch(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise SetupError("--k must be >= 1")
     lines = check_all(args.queries, k=args.k)  # the whole file read and checked before the model loads
-    _check_model_inputs(args.index, args.checkpoint)
     r, idx = open_index(args.index, args.checkpoint, args.stats, args.device)
     done, failed = run_batch(r, idx, lines, args.queries.parent, args.out, k=args.k)
     print(f"batch {args.queries}: {done} answered, {failed} failed -> {args.out}")

@@ -27,24 +27,25 @@ from .inputs import Query, check_query
 
 def open_index(index_dir: Path, checkpoint: Path | None, stats: Path | None, device: str = "cpu"):
     """(Retriever, Index) for an index directory, the checkpoint defaulting to the one it records. Loading order:
-    the cheap refusals first — no index or a damaged one (:meth:`Index.load`: milliseconds, whatever its size), no
-    checkpoint file, a checkpoint whose sha256 is not the one the index records — and only then the model
-    (seconds), whose latent size the index must match."""
+    the cheap refusals first — no checkpoint file (given, or the one index.json records), no index or a damaged
+    one (:meth:`Index.load`: milliseconds, whatever its size), a checkpoint whose sha256 is not the one the index
+    records — and only then the model (seconds), whose latent size the index must match."""
     from lavimo.core.hashing import sha256_file
 
     from .index import META, Index
     from .model import load
 
+    hint = "" if checkpoint is not None else f" (recorded by {index_dir}; pass --checkpoint)"
+    checkpoint = recorded_checkpoint(index_dir) if checkpoint is None else Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint}: no such checkpoint{hint}")
     if not (Path(index_dir) / META).is_file():
         raise FileNotFoundError(f"{index_dir}: no index (build it with 'lavimo-search index')")
     index = Index.load(index_dir)
-    checkpoint = recorded_checkpoint(index_dir) if checkpoint is None else Path(checkpoint)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
     sha = sha256_file(checkpoint)[0]
-    index.check_model(sha)
+    index.check_model(sha)  # the checkpoint the index was built with, before the model loads
     retriever = load(checkpoint, stats=stats, device=device, sha256=sha)
-    index.check_model(retriever.sha256, retriever.latent_dim)
+    index.check_model(None, retriever.latent_dim)
     return retriever, index
 
 

@@ -379,9 +379,11 @@ def test_train_writes_preprocess_into_checkpoints(tmp_path):
                                                "cpu", "--no-progress", "--threads", "1", "--epochs", 1,
                                                "--max-steps", 1, "--val-every", 1, "--batch-size", 4)]) == 0
     mean, std = load_stats(shards)
-    ckpts = sorted((out / "checkpoints").glob("*.safetensors"))
-    # --max-steps 1 stops mid-epoch (2 steps per epoch): last from the stop, best from --val-every 1
-    assert {c.name for c in ckpts} == {"best.safetensors", "last.safetensors"}, ckpts
+    files = sorted((out / "checkpoints").glob("*.safetensors"))
+    # --max-steps 1 stops mid-epoch (2 steps per epoch): last from the stop, best from --val-every 1, and the
+    # training state (also a safetensors file, not a model)
+    assert {c.name for c in files} == {"best.safetensors", "last.safetensors", "last.state.safetensors"}, files
+    ckpts = [c for c in files if c.name != "last.state.safetensors"]
     for ckpt in ckpts:
         r = load(ckpt)
         assert set(r.preprocess) == set(PREPROCESS_KEYS)  # exactly the record preprocess_record writes

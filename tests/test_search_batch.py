@@ -22,12 +22,12 @@ def tiny(tmp_path_factory):
 @pytest.fixture()
 def no_model(monkeypatch):
     """Any model load fails the test: the command must have refused before it."""
-    import lavimo.search.cli as cli
+    import lavimo.search.model
 
     def refuse(*a, **k):
         raise AssertionError("the model was loaded before the inputs were checked")
 
-    monkeypatch.setattr(cli, "open_index", refuse)
+    monkeypatch.setattr(lavimo.search.model, "load", refuse)
 
 
 def _main(capsys, *args) -> tuple[int, str, str]:
