@@ -24,15 +24,13 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from lavimo.core.errors import BadInputError
 from lavimo.core.seeding import stable_rng, stable_seed
 from lavimo.dataset.augment import AugmentConfig
-from lavimo.dataset.shards.digest import ShardChecksumError
 from lavimo.dataset.shards.format import load_stats
 from lavimo.dataset.shards.source import RemoteShards
 from lavimo.dataset.shards.stream import (
-    SHUFFLE_BUFFER, SampleTransform, SkipStats, StreamLoader, _Handover, _IterableDataset, _Ledger, _read_tars,
-    _worker_info, collate, expected_digests, process_sample, resolve_shards,
+    SHUFFLE_BUFFER, SampleTransform, SkipStats, StreamLoader, _Handover, _IterableDataset, _Ledger, _expected_for,
+    _usable_samples, _with_checksum, _worker_info, collate, resolve_shards,
 )
 
 
@@ -79,31 +77,14 @@ class ElasticStreams(_IterableDataset):
     def samples(self, stream: int, skips: SkipStats) -> Iterator[dict | tuple[str, ...]]:
         """Stream ``stream``'s usable samples (transformed), and tuples of the shard urls whose reading gave no
         usable sample."""
-        import webdataset as wds
-
-        ledger = _Ledger()
-        raw_stream = _read_tars(self.shard_urls(stream), skips, ledger, self.expected)
-        if self.shuffle_buffer > 1:
-            buf_rng = random.Random(stable_seed(self.seed, "buffer", self.epoch, "stream", stream))
-            raw_stream = wds.shuffle(self.shuffle_buffer, min(100, self.shuffle_buffer), rng=buf_rng)(raw_stream)
-        rng = stable_rng(self.seed, "samples", self.epoch, "stream", stream)
-        for raw in raw_stream:
-            if "__tick__" not in raw:
-                reading = raw.pop("__reading__", None)
-                sample = process_sample(self.transform, raw, rng, skips)
-                if reading is not None:
-                    ledger.resolved(reading, sample is not None)
-                if sample is not None:
-                    yield sample
-            if ledger.dead:
-                yield tuple(ledger.take_dead())
+        return _usable_samples(self.shard_urls(stream), self.transform, skips,
+                               rng=stable_rng(self.seed, "samples", self.epoch, "stream", stream), ledger=_Ledger(),
+                               expected=self.expected, shuffle_buffer=self.shuffle_buffer,
+                               buffer_seed=stable_seed(self.seed, "buffer", self.epoch, "stream", stream))
 
     def __iter__(self) -> Iterator[_Handover]:
         skips = SkipStats()
-        try:
-            yield from self._handovers(skips)
-        except ShardChecksumError as exc:  # handed to the main process, which raises it (StreamLoader)
-            yield _Handover(None, skips.take(), checksum=exc)
+        yield from _with_checksum(self._handovers(skips), skips)
 
     def _handovers(self, skips: SkipStats) -> Iterator[_Handover]:
         worker, num_workers = _worker_info()
@@ -171,11 +152,7 @@ def make_elastic_loader(shards: str | Path | RemoteShards | Sequence[str], split
         shuffle_buffer = max(2, min(shuffle_buffer, -(-num_samples // streams)))
     transform = SampleTransform(True, image_size, num_frames, max_motion_len, mean, std,
                                 AugmentConfig.from_any(augment), frame_crop, min_segment_len)
-    expected = expected_digests(root, split, manifest) if verify else None
-    unlisted = [u for u in urls if expected is not None and u not in expected]
-    if unlisted:
-        raise BadInputError(unlisted[0], None, f"not listed in the {split} manifest: cannot be checked while "
-                                               "streamed (verify=False reads it unchecked)")
+    expected = _expected_for(root, split, manifest, urls, verify)
     source = ElasticStreams(urls, transform, seed=seed, streams=streams, chunk=global_batch // streams,
                             rows=rows, shuffle_buffer=shuffle_buffer, expected=expected)
     return ElasticLoader(source, num_workers=num_workers, epoch_batches=epoch_batches, num_samples=num_samples,

@@ -274,6 +274,20 @@ def expected_digests(root: Path | RemoteShards, split: str, manifest: dict | Non
     return out
 
 
+def _expected_for(root: Path | RemoteShards, split: str, manifest: dict | None, urls: Sequence[str],
+                  verify: bool) -> dict[str, tuple[str, int]] | None:
+    """With ``verify``, :func:`expected_digests` for the loader's ``urls`` (None without). Raises BadInputError
+    as it does, and naming the first url the manifest does not list."""
+    if not verify:
+        return None
+    expected = expected_digests(root, split, manifest)
+    unlisted = [u for u in urls if u not in expected]
+    if unlisted:
+        raise BadInputError(unlisted[0], None, f"not listed in the {split} manifest: cannot be checked while "
+                                               "streamed (verify=False reads it unchecked)")
+    return expected
+
+
 # --------------------------------------------------------------------------------------------- pipeline stages
 try:
     from torch.utils.data import IterableDataset as _IterableDataset
@@ -680,44 +694,64 @@ class _ProcessAndBatch:
 
     def __call__(self, src: Iterator[dict]) -> Iterator[_Handover]:
         skips = SkipStats()
-        try:
-            yield from self._batches(src, skips)
-        except ShardChecksumError as exc:  # handed to the main process, which raises it (StreamLoader)
-            yield _Handover(None, skips.take(), checksum=exc)
+        yield from _with_checksum(self._batches(src, skips), skips)
 
     def _batches(self, src: Iterator[dict], skips: SkipStats) -> Iterator[_Handover]:
-        import webdataset as wds
-
         worker, _ = _worker_info()
-        rng = stable_rng(self.seed, "samples", self.source.epoch, self.rank, worker)
-        ledger = _Ledger() if self.train else None
-        stream = _read_tars(iter(src), skips, ledger, self.expected)
-        if self.train and self.shuffle_buffer > 1:
-            stream = wds.shuffle(self.shuffle_buffer, min(100, self.shuffle_buffer),
-                                 rng=random.Random(stable_seed(self.seed, "buffer", self.source.epoch, self.rank,
-                                                               worker)))(stream)
+        rng = stable_rng(self.seed, "samples", self.source.epoch, self.rank, worker) if self.train else None
+        samples = _usable_samples(iter(src), self.transform, skips, rng=rng,
+                                  ledger=_Ledger() if self.train else None, expected=self.expected,
+                                  shuffle_buffer=self.shuffle_buffer if self.train else 0,
+                                  buffer_seed=stable_seed(self.seed, "buffer", self.source.epoch, self.rank, worker))
         batch: list[dict] = []
-        for raw in stream:
-            if "__tick__" not in raw:
-                reading = raw.pop("__reading__", None)
-                usable = self._process(raw, rng if self.train else None, batch, skips)
-                if ledger is not None and reading is not None:
-                    ledger.resolved(reading, usable)
-                if len(batch) == self.batch_size:
-                    yield _Handover(collate(batch), skips.take())
-                    batch = []
-            if ledger is not None and ledger.dead:
-                yield _Handover(None, skips.take(), tuple(ledger.take_dead()))
+        for item in samples:
+            if isinstance(item, tuple):
+                yield _Handover(None, skips.take(), item)
+                continue
+            batch.append(item)
+            if len(batch) == self.batch_size:
+                yield _Handover(collate(batch), skips.take())
+                batch = []
         if batch and not self.train:
             yield _Handover(collate(batch), skips.take())
         elif skips:
             yield _Handover(None, skips.take())
 
-    def _process(self, raw: dict, rng, batch: list, skips: SkipStats) -> bool:
-        sample = process_sample(self.transform, raw, rng, skips)
-        if sample is not None:
-            batch.append(sample)
-        return sample is not None
+
+def _with_checksum(handovers: Iterator[_Handover], skips: SkipStats) -> Iterator[_Handover]:
+    """``handovers``, ended by a hand-over carrying the :class:`ShardChecksumError` that stopped them (with the
+    skips not yet handed over): the main process raises it (:class:`StreamLoader`), whichever worker read the
+    shard."""
+    try:
+        yield from handovers
+    except ShardChecksumError as exc:
+        yield _Handover(None, skips.take(), checksum=exc)
+
+
+def _usable_samples(shards: Iterator[dict], transform: SampleTransform, skips: SkipStats, *,
+                    rng: np.random.Generator | None, ledger: _Ledger | None,
+                    expected: Mapping[str, tuple[str, int]] | None, shuffle_buffer: int,
+                    buffer_seed: int) -> Iterator[dict | tuple[str, ...]]:
+    """The usable (transformed) samples of the shards ``shards`` yields (``{"url": ...}``), read by
+    :func:`_read_tars` through a shuffle buffer of ``shuffle_buffer`` samples seeded by ``buffer_seed`` (none
+    when <= 1), each transformed with ``rng`` (None: evaluation) and skipped samples counted in ``skips``. With
+    a ledger (training), also tuples of the shard urls whose reading ended with no usable sample, as soon as
+    that is known. Raises :class:`ShardChecksumError` (``expected``: url -> the manifest's (sha256, bytes))."""
+    import webdataset as wds
+
+    stream = _read_tars(shards, skips, ledger, expected)
+    if shuffle_buffer > 1:
+        stream = wds.shuffle(shuffle_buffer, min(100, shuffle_buffer), rng=random.Random(buffer_seed))(stream)
+    for raw in stream:
+        if "__tick__" not in raw:
+            reading = raw.pop("__reading__", None)
+            sample = process_sample(transform, raw, rng, skips)
+            if ledger is not None and reading is not None:
+                ledger.resolved(reading, sample is not None)
+            if sample is not None:
+                yield sample
+        if ledger is not None and ledger.dead:
+            yield tuple(ledger.take_dead())
 
 
 def process_sample(transform: SampleTransform, raw: dict, rng, skips: SkipStats) -> dict | None:
@@ -912,11 +946,7 @@ def make_loader(shards: str | Path | RemoteShards | Sequence[str], split: str, *
     transform = SampleTransform(train, image_size, num_frames, max_motion_len, mean, std,
                                 AugmentConfig.from_any(augment) if train else None, frame_crop,
                                 min_segment_len)
-    expected = expected_digests(root, split, manifest) if verify else None
-    unlisted = [u for u in urls if expected is not None and u not in expected]
-    if unlisted:
-        raise BadInputError(unlisted[0], None, f"not listed in the {split} manifest: cannot be checked while "
-                                               "streamed (verify=False reads it unchecked)")
+    expected = _expected_for(root, split, manifest, urls, verify)
     stage = _ProcessAndBatch(transform, batch_size, train, seed, rank, source, shuffle_buffer, expected)
     pipeline = wds.DataPipeline(source, stage)
     return StreamLoader(pipeline, num_workers=num_workers, epoch_batches=epoch_batches, source=source,
