@@ -541,7 +541,7 @@ def test_feature_previews_only_from_the_feature_folder(tmp_path, monkeypatch):
     rendered = []
 
     def fake(motion, out, **kw):
-        rendered.append(str(motion))
+        rendered.append((np.asarray(motion).copy(), Path(out)))
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 200)
         return Path(out)
@@ -551,8 +551,8 @@ def test_feature_previews_only_from_the_feature_folder(tmp_path, monkeypatch):
     folder.mkdir(parents=True)
     outside = tmp_path / "elsewhere" / "M00001.npy"
     outside.parent.mkdir()
-    for f in (folder / "M00000.npy", outside, folder / "M00009.npy"):
-        np.save(f, np.zeros((4, 263), np.float32))
+    for v, f in enumerate((folder / "M00000.npy", outside, folder / "M00009.npy")):  # told apart by value
+        np.save(f, np.full((4, 263), v, np.float32))
     (folder / "M00002.npy").symlink_to(outside)
     sources = [{"kind": "features", "path": str(folder / "M00000.npy")},  # the honest one
                {"kind": "features", "path": str(outside)},
@@ -572,7 +572,8 @@ def test_feature_previews_only_from_the_feature_folder(tmp_path, monkeypatch):
         r = client.get(f"/preview/{k}")
         assert r.status_code == 404, (k, r.status_code, r.text)
         assert not app_can_preview(index, k)
-    assert rendered == [str(folder / "M00000.npy")]
+    assert len(rendered) == 1 and rendered[0][1] == preview.skeleton_preview_path(tmp_path / "idx", "M00000")
+    assert (rendered[0][0] == 0).all()  # from folder/M00000.npy, the honest file
     index.meta = {"database": {"kind": "features", "path": 7}}  # no usable feature folder recorded: nothing
     assert client.get("/preview/1").status_code == 404
     for db in (7, ["x"], {"kind": "features", "splits": [1, None]}):  # the page itself never fails on the JSON
