@@ -45,7 +45,7 @@ from lavimo.core.keyids import is_keyid
 
 from . import preview
 from .index import source_text
-from .motionfile import motion_features, npy_bytes
+from .motionfile import MotionReader, npy_bytes
 from .inputs import (ALLOWED_AGAINST, MAX_DEPTH, MAX_TEXT, MAX_UPLOAD_BYTES, SERVER_MOTION_TYPES, VIDEO_TYPES,
                      Query, check_query, check_text, parse_crop)
 from .query import answer, decode_query, encode_query, video_vector
@@ -82,6 +82,7 @@ class SearchService:
         self.lock = threading.Lock()
         self.render_lock = threading.Lock()
         self._stored_width: int | None = None
+        self.motions = MotionReader(index)  # the shard set's manifest read once per service
         db = index.meta.get("database")
         #: whether the index's database holds motions (skeleton previews and .npy downloads): one answer per index
         self.has_motion = isinstance(db, dict) and db.get("kind") in ("shards", "features")
@@ -151,7 +152,7 @@ class SearchService:
     def skeleton_file(self, n: int) -> Path | None:
         """Motion ``n``'s skeleton preview at :data:`lavimo.search.preview.SKELETON_SIZE` pixels
         (:func:`lavimo.search.preview.skeleton_preview`): the file an indexing-time render or an earlier request
-        wrote, else rendered now from the index's own motion (:func:`lavimo.search.motionfile.motion_features`),
+        wrote, else rendered now from the index's own motion (:meth:`lavimo.search.motionfile.MotionReader.features`),
         under ``render_lock``. None when the database does not hold the motion."""
         idx = self.index
         if idx.root is None:
@@ -163,7 +164,7 @@ class SearchService:
         with self._rendering():
             if p.is_file():
                 return p
-            feats = motion_features(idx, n)
+            feats = self.motions.features(n)
             return None if feats is None else preview.skeleton_preview(feats, idx.root, keyid)
 
     def _existing_preview(self, n: int) -> Path | None:
@@ -540,7 +541,7 @@ def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BY
     @app.get("/motion/{n}.npy")
     def motion_npy(n: int):
         try:
-            feats = motion_features(index, _n(n))
+            feats = svc.motions.features(_n(n))
         except (OSError, ValueError) as exc:
             log.warning("motion %d: %s", n, exc)
             feats = None

@@ -760,6 +760,24 @@ def test_motion_of_a_shard_entry_reads_only_its_member(tiny, monkeypatch):
     np.testing.assert_array_equal(feats, shard_format.load_npy_bytes(raw["motion.npy"]).astype(np.float32))
 
 
+def test_the_server_reads_the_shard_manifest_once(tiny, monkeypatch):
+    """A service reads the shard set's manifest once (on the first motion asked for), not once per request."""
+    from fastapi.testclient import TestClient
+
+    from lavimo.dataset.shards import stream
+    from lavimo.search.server import create_app
+
+    index = tiny["index"]
+    resolved: list[str] = []
+    real = stream.resolve_shards
+    monkeypatch.setattr(stream, "resolve_shards", lambda *a, **kw: resolved.append("x") or real(*a, **kw))
+    client = TestClient(create_app(None, index), base_url="http://localhost")
+    for n in (0, len(index) - 1, 0):
+        got = client.get(f"/motion/{n}.npy")
+        assert got.status_code == 200 and got.content.startswith(b"\x93NUMPY")
+    assert resolved == ["x"]
+
+
 def test_a_busy_render_lock_answers_503(client, tiny, monkeypatch):
     """A preview request that would wait for another render is answered 503 with Retry-After (bounded wait), so
     it does not hold a request thread that queries need; queries go on."""
