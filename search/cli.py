@@ -251,17 +251,20 @@ def _query_of(args: argparse.Namespace) -> Query:
 
 def _skeleton_previews(idx: Any, progress: bool) -> list[str]:
     """Render every motion's skeleton preview (:func:`lavimo.search.preview.skeleton_preview`) from the index's own
-    motion (:func:`lavimo.search.motionfile.motion_features`); a line per motion that failed or is not held."""
+    motion (:meth:`lavimo.search.motionfile.MotionReader.each`: the manifest read once, each shard read once); a
+    line per motion that failed or is not held."""
     from tqdm import tqdm
 
-    from .motionfile import motion_features
+    from .motionfile import MotionReader
     from .preview import skeleton_preview
 
     failed = []
-    for i in tqdm(range(len(idx)), desc="skeleton previews", unit="motion", disable=not progress):
+    motions = MotionReader(idx).each(range(len(idx)))
+    for i, motion in tqdm(motions, total=len(idx), desc="skeleton previews", unit="motion", disable=not progress):
         keyid = idx.keyid(i)
         try:
-            motion = motion_features(idx, i)
+            if isinstance(motion, Exception):
+                raise motion
             if motion is None:
                 failed.append(f"{keyid}: skeleton preview: the index's database does not hold its motion")
                 continue

@@ -50,7 +50,7 @@ from lavimo.core.keyids import child_path, is_keyid
 from lavimo.dataset import video_frames
 from lavimo.dataset.shards import format as shard_format, stream
 
-from .preview import write_mp4
+from .preview import PREVIEWS, write_mp4
 from .store import RECORDS, Entry, MemoryRecords, Records, write_records
 from .vectors import ANN_KINDS, AUTO_ANN_MIN, IVF_PARTS, MAX_NLIST, MIN_ANN_ROWS, IvfPq, VectorSet, _ivf_shapes, open_npy, \
     train_ivfpq, write_npy
@@ -63,7 +63,6 @@ FORMAT = "lavimo-search-index"
 VERSION = 2
 META = "index.json"
 LEGACY_NPZ = "index.npz"
-PREVIEWS = "previews"
 SETS = ("motion", "video", "text")
 #: index.json is small now (no per-motion data): read with these caps
 MAX_INDEX_JSON_BYTES = 1 << 20
@@ -134,11 +133,6 @@ class Index:
     def caption(self, row: int) -> tuple[str, int]:
         """Caption row ``row`` (the rows are every motion's captions in order) -> (caption, its motion's row)."""
         return self._records.caption(row)
-
-    def set_preview(self, i: int, preview: str | None) -> None:
-        """Motion ``i``'s preview (relative to the index directory) from now on, in memory (a preview rendered
-        while serving; the next build records it)."""
-        self._records.set_preview(i, preview)
 
     def motion_vector(self, i: int) -> np.ndarray:
         """Motion ``i``'s latent, (C,) float32 (for "more like this")."""

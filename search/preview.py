@@ -362,9 +362,10 @@ def render_preview(motion: np.ndarray | str | os.PathLike, out: str | os.PathLik
     return out
 
 
-#: where skeleton previews of an index's motions live, inside the index directory (the page's ``/skeleton/{n}``
+#: the folder of an index's previews, inside the index directory: shard videos copied at indexing time
+#: (``IDX/previews/<keyid>.mp4``, :mod:`lavimo.search.index`) and skeleton previews (the page's ``/skeleton/{n}``
 #: and an indexing-time render write the same files: ``IDX/previews/skeleton-<size>/<keyid>.mp4``)
-SKELETON_DIR = "previews"
+PREVIEWS = "previews"
 SKELETON_SIZE = 256
 
 
@@ -373,7 +374,7 @@ def skeleton_preview_path(root: str | os.PathLike, keyid: str, size: int = SKELE
     ``lavimo.core.keyids.child_path``)."""
     from lavimo.core.keyids import child_path
 
-    return child_path(Path(root) / SKELETON_DIR / f"skeleton-{int(size)}", f"{keyid}.mp4")
+    return child_path(Path(root) / PREVIEWS / f"skeleton-{int(size)}", f"{keyid}.mp4")
 
 
 def skeleton_preview(motion: np.ndarray | str | os.PathLike, root: str | os.PathLike, keyid: str,

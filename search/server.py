@@ -41,11 +41,11 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from lavimo.core import mp4
-from lavimo.core.keyids import child_path, is_keyid
+from lavimo.core.keyids import is_keyid
 
 from . import preview
-from .index import PREVIEWS, source_text
-from .motionfile import motion_features, npy_bytes
+from .index import source_text
+from .motionfile import MotionReader, npy_bytes
 from .inputs import (ALLOWED_AGAINST, MAX_DEPTH, MAX_TEXT, MAX_UPLOAD_BYTES, SERVER_MOTION_TYPES, VIDEO_TYPES,
                      Query, check_query, check_text, parse_crop)
 from .query import answer, decode_query, encode_query, video_vector
@@ -82,6 +82,10 @@ class SearchService:
         self.lock = threading.Lock()
         self.render_lock = threading.Lock()
         self._stored_width: int | None = None
+        self.motions = MotionReader(index)  # the shard set's manifest read once per service
+        db = index.meta.get("database")
+        #: whether the index's database holds motions (skeleton previews and .npy downloads): one answer per index
+        self.has_motion = isinstance(db, dict) and db.get("kind") in ("shards", "features")
 
     def query(self, q: Query) -> dict[str, Any]:
         """A checked query -> the JSON answer (:func:`lavimo.search.query.answer`) with page fields per hit:
@@ -110,12 +114,8 @@ class SearchService:
             hit["preview_width"] = self._width(stored) if stored is not None else preview.SKELETON_SIZE
             hit["source_text"] = source_text(hit["source"])
             hit["has_video"] = video_vector(self.index, n) is not None
-        hit["skeleton_url"] = f"/skeleton/{n}" if self._has_motion() else None
-        hit["motion_url"] = f"/motion/{n}.npy" if self._has_motion() else None
-
-    def _has_motion(self) -> bool:
-        db = self.index.meta.get("database")
-        return isinstance(db, dict) and db.get("kind") in ("shards", "features")
+        hit["skeleton_url"] = f"/skeleton/{n}" if self.has_motion else None
+        hit["motion_url"] = f"/motion/{n}.npy" if self.has_motion else None
 
     def _width(self, stored: str) -> int:
         """The frame width of the index's stored previews (probed once, from the first: one index's previews come
@@ -128,26 +128,15 @@ class SearchService:
         return self._stored_width
 
     def preview_file(self, n: int) -> Path | None:
-        """The preview mp4 of motion ``n``: the index's file, else (feature databases) rendered on the first
-        request into ``IDX/previews/<keyid>.mp4`` and remembered as the entry's preview, so the next requests
-        (a browser sends several range requests per video) serve the file without rendering again. Renders
-        hold ``render_lock``, not the query lock."""
+        """The preview mp4 of motion ``n``: the index's file, else (feature databases) its skeleton preview
+        (:meth:`skeleton_file`: the one file ``/skeleton/{n}`` serves too, rendered once on the first request of
+        either, under ``render_lock``, and served from that file afterwards)."""
         p = self._existing_preview(n)
         if p is not None:
             return p
-        idx = self.index
-        e = idx.entry(n)
-        source = idx.feature_file(n)  # a string path to <keyid>.npy inside the recorded feature folder, or None
-        if source is None or idx.root is None:
+        if self.index.feature_file(n) is None:  # a path to <keyid>.npy inside the recorded feature folder, or None
             return None
-        with self._rendering():
-            p = self._existing_preview(n)  # rendered by another request while this one waited
-            if p is not None:
-                return p
-            out = preview.render_preview(source, child_path(idx.root / PREVIEWS, f"{e.keyid}.mp4"),
-                                         size=preview.SKELETON_SIZE, max_frames=preview.MAX_PREVIEW_FRAMES)
-            idx.set_preview(n, f"{PREVIEWS}/{e.keyid}.mp4")  # relative to the index directory, as build_index writes it
-        return out
+        return self.skeleton_file(n)
 
     @contextlib.contextmanager
     def _rendering(self) -> Iterator[None]:
@@ -163,7 +152,7 @@ class SearchService:
     def skeleton_file(self, n: int) -> Path | None:
         """Motion ``n``'s skeleton preview at :data:`lavimo.search.preview.SKELETON_SIZE` pixels
         (:func:`lavimo.search.preview.skeleton_preview`): the file an indexing-time render or an earlier request
-        wrote, else rendered now from the index's own motion (:func:`lavimo.search.motionfile.motion_features`),
+        wrote, else rendered now from the index's own motion (:meth:`lavimo.search.motionfile.MotionReader.features`),
         under ``render_lock``. None when the database does not hold the motion."""
         idx = self.index
         if idx.root is None:
@@ -175,7 +164,7 @@ class SearchService:
         with self._rendering():
             if p.is_file():
                 return p
-            feats = motion_features(idx, n)
+            feats = self.motions.features(n)
             return None if feats is None else preview.skeleton_preview(feats, idx.root, keyid)
 
     def _existing_preview(self, n: int) -> Path | None:
@@ -524,7 +513,7 @@ def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BY
             raise _HTTPError(404, "no such result")
         return n
 
-    def _video(p: Path | None, n: int):
+    def _video(p: Path | None):
         if p is None:
             raise _HTTPError(404, "this motion has no preview")
         # a shard's video member is copied as is: never let a browser sniff it as anything but video
@@ -547,12 +536,12 @@ def create_app(retriever: Any, index: Any, max_upload_bytes: int = MAX_UPLOAD_BY
             # it could tell which files exist
             log.warning("%s %d: %s", what, n, exc)
             raise _HTTPError(404, "this motion has no preview") from exc
-        return _video(p, n)
+        return _video(p)
 
     @app.get("/motion/{n}.npy")
     def motion_npy(n: int):
         try:
-            feats = motion_features(index, _n(n))
+            feats = svc.motions.features(_n(n))
         except (OSError, ValueError) as exc:
             log.warning("motion %d: %s", n, exc)
             feats = None

@@ -102,7 +102,6 @@ class Records:
         self.path, self.count, self.captions = path, count, captions
         self._lock = threading.Lock()
         self._cache: OrderedDict[int, Entry] = OrderedDict()
-        self._previews: dict[int, str | None] = {}
         self._steps = 0
         if not path.is_file():
             raise BadInputError(path, None, "missing (an incomplete index: rebuild it with 'lavimo-search index')")
@@ -170,18 +169,11 @@ class Records:
         keyid, source, preview = rows[0]
         caps = [c for (c,) in self._read("SELECT caption FROM captions WHERE owner = ? ORDER BY row", (i,), what)]
         e = check_entry(self.path, what, keyid, source, preview, caps)
-        if i in self._previews:
-            e.preview = self._previews[i]
         with self._lock:
             self._cache[i] = e
             while len(self._cache) > CACHE:
                 self._cache.popitem(last=False)
         return e
-
-    def set_preview(self, i: int, preview: str | None) -> None:
-        """Remember ``preview`` for motion ``i`` in memory (a preview rendered while serving)."""
-        self._previews[int(i)] = preview
-        self.entry(i).preview = preview
 
     def position(self, keyid: str) -> int | None:
         if not isinstance(keyid, str):
@@ -223,8 +215,6 @@ class Records:
                 raise BadInputError(self.path, what, "rows missing (an edited index: rebuild it)")
             for i, keyid, source, preview in rows:
                 e = check_entry(self.path, f"motions[{i}]", keyid, source, preview, caps.get(i, []))
-                if i in self._previews:
-                    e.preview = self._previews[i]
                 yield e
 
     def close(self) -> None:
@@ -249,9 +239,6 @@ class MemoryRecords:
 
     def entry(self, i: int) -> Entry:
         return self.entries[i]
-
-    def set_preview(self, i: int, preview: str | None) -> None:
-        self.entries[i].preview = preview
 
     def position(self, keyid: str) -> int | None:
         return self.pos.get(keyid)

@@ -277,6 +277,45 @@ def test_index_skeleton_previews_rendered_while_indexing(tiny, tmp_path):
     assert len(paths) == N_TEST and all(p.is_file() and p.stat().st_size > 0 for p in paths)
 
 
+def test_index_skeleton_previews_read_the_manifest_and_each_shard_once(tiny, monkeypatch):
+    """``--skeleton-previews`` over a shard index reads the split's manifest once and each shard once (not once per
+    motion, from the shard's start up to its member), and renders each motion from its own motion.npy member."""
+    import lavimo.search.preview as preview
+    from lavimo.dataset.shards import format as shard_format, stream
+    from lavimo.search.cli import _skeleton_previews
+    from lavimo.search.motionfile import motion_features
+
+    index = tiny["index"]
+    resolved: list[str] = []
+    opened: list[str] = []
+    read: list[str] = []
+    rendered: dict[str, np.ndarray] = {}
+    real_resolve, real_members = stream.resolve_shards, shard_format.iter_tar_members
+
+    def resolve(*a, **kw):
+        resolved.append(str(a[1] if len(a) > 1 else kw["split"]))
+        return real_resolve(*a, **kw)
+
+    def members(source, **kw):
+        opened.append(Path(source).name)
+        for name, data in real_members(source, **kw):
+            read.append(name)
+            yield name, data
+
+    monkeypatch.setattr(stream, "resolve_shards", resolve)
+    monkeypatch.setattr(shard_format, "iter_tar_members", members)
+    monkeypatch.setattr(preview, "skeleton_preview", lambda m, root, keyid: rendered.setdefault(keyid, m))
+    assert _skeleton_previews(index, False) == []
+    shards = {index.entry(i).source["shard"] for i in range(len(index))}
+    assert len(shards) > 1 and resolved == ["test"] and sorted(opened) == sorted(shards)
+    assert sorted(read) == sorted(f"{index.keyid(i)}.motion.npy" for i in range(len(index)))  # no other member
+    monkeypatch.setattr(stream, "resolve_shards", real_resolve)
+    monkeypatch.setattr(shard_format, "iter_tar_members", real_members)
+    assert set(rendered) == {index.keyid(i) for i in range(len(index))}
+    for i in (0, len(index) - 1):
+        np.testing.assert_array_equal(rendered[index.keyid(i)], motion_features(index, i))
+
+
 # ------------------------------------------------------------------------------------------------ features folder, previews
 def test_feature_folder_index_and_previews(tiny, tmp_path):
     from lavimo.search.index import build_index

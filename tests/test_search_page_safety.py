@@ -541,7 +541,7 @@ def test_feature_previews_only_from_the_feature_folder(tmp_path, monkeypatch):
     rendered = []
 
     def fake(motion, out, **kw):
-        rendered.append(str(motion))
+        rendered.append((np.asarray(motion).copy(), Path(out)))
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 200)
         return Path(out)
@@ -551,8 +551,8 @@ def test_feature_previews_only_from_the_feature_folder(tmp_path, monkeypatch):
     folder.mkdir(parents=True)
     outside = tmp_path / "elsewhere" / "M00001.npy"
     outside.parent.mkdir()
-    for f in (folder / "M00000.npy", outside, folder / "M00009.npy"):
-        np.save(f, np.zeros((4, 263), np.float32))
+    for v, f in enumerate((folder / "M00000.npy", outside, folder / "M00009.npy")):  # told apart by value
+        np.save(f, np.full((4, 263), v, np.float32))
     (folder / "M00002.npy").symlink_to(outside)
     sources = [{"kind": "features", "path": str(folder / "M00000.npy")},  # the honest one
                {"kind": "features", "path": str(outside)},
@@ -572,7 +572,8 @@ def test_feature_previews_only_from_the_feature_folder(tmp_path, monkeypatch):
         r = client.get(f"/preview/{k}")
         assert r.status_code == 404, (k, r.status_code, r.text)
         assert not app_can_preview(index, k)
-    assert rendered == [str(folder / "M00000.npy")]
+    assert len(rendered) == 1 and rendered[0][1] == preview.skeleton_preview_path(tmp_path / "idx", "M00000")
+    assert (rendered[0][0] == 0).all()  # from folder/M00000.npy, the honest file
     index.meta = {"database": {"kind": "features", "path": 7}}  # no usable feature folder recorded: nothing
     assert client.get("/preview/1").status_code == 404
     for db in (7, ["x"], {"kind": "features", "splits": [1, None]}):  # the page itself never fails on the JSON
@@ -777,6 +778,24 @@ def test_motion_of_a_shard_entry_reads_only_its_member(tiny, monkeypatch):
     url = next(u for u in stream.resolve_shards(Path(db["path"]), src["split"])[0] if Path(u).name == src["shard"])
     raw = next(r for r in stream._tar_samples(url, stream.SkipStats()) if r["__key__"] == index.keyid(n))
     np.testing.assert_array_equal(feats, shard_format.load_npy_bytes(raw["motion.npy"]).astype(np.float32))
+
+
+def test_the_server_reads_the_shard_manifest_once(tiny, monkeypatch):
+    """A service reads the shard set's manifest once (on the first motion asked for), not once per request."""
+    from fastapi.testclient import TestClient
+
+    from lavimo.dataset.shards import stream
+    from lavimo.search.server import create_app
+
+    index = tiny["index"]
+    resolved: list[str] = []
+    real = stream.resolve_shards
+    monkeypatch.setattr(stream, "resolve_shards", lambda *a, **kw: resolved.append("x") or real(*a, **kw))
+    client = TestClient(create_app(None, index), base_url="http://localhost")
+    for n in (0, len(index) - 1, 0):
+        got = client.get(f"/motion/{n}.npy")
+        assert got.status_code == 200 and got.content.startswith(b"\x93NUMPY")
+    assert resolved == ["x"]
 
 
 def test_a_busy_render_lock_answers_503(client, tiny, monkeypatch):

@@ -126,8 +126,11 @@ def renders(monkeypatch):
 
 
 def test_feature_preview_is_rendered_once_outside_the_query_lock(tmp_path, renders):
+    """A feature index's preview is its skeleton preview: one render, one file, for ``/preview/{n}`` and
+    ``/skeleton/{n}`` alike; the index's records stay as built."""
     from fastapi.testclient import TestClient
 
+    from lavimo.search.preview import skeleton_preview_path
     from lavimo.search.server import create_app
 
     index = _feature_index(tmp_path)
@@ -138,8 +141,12 @@ def test_feature_preview_is_rendered_once_outside_the_query_lock(tmp_path, rende
         got = client.get("/preview/0", headers={"Range": "bytes=0-99"})
         assert got.status_code in (200, 206) and got.headers["content-type"] == "video/mp4"
     assert len(renders["calls"]) == 1 and renders["query_lock_free"] == [True]
-    assert index.entry(0).preview == "previews/M00000.mp4"
-    assert Path(index.preview_path(0)) == renders["calls"][0][1] == tmp_path / "idx" / "previews" / "M00000.mp4"
+    skel = client.get("/skeleton/0")
+    assert skel.status_code == 200 and skel.content == client.get("/preview/0").content
+    assert len(renders["calls"]) == 1  # the same file: the skeleton URL renders nothing again
+    assert index.entry(0).preview is None and index.preview_path(0) is None
+    assert renders["calls"][0][1] == skeleton_preview_path(tmp_path / "idx", "M00000")
+    assert renders["calls"][0][1] == tmp_path / "idx" / "previews" / "skeleton-256" / "M00000.mp4"
     # concurrent first requests of another motion: one render, every request gets the file
     got: list = []
     threads = [threading.Thread(target=lambda: got.append(app.state.service.preview_file(1))) for _ in range(4)]
